@@ -1,0 +1,727 @@
+//! One function per command.
+
+use super::output::{relative, short_local, table};
+use super::{Cli, CliError, Command, LogFormat};
+use crate::clock::SystemClock;
+use crate::daemon::{self, DaemonOptions};
+use crate::diag::Severity;
+use crate::domain::{discover, load_domain, DomainEntry, Payload};
+use crate::jobs::{self, RunContext, RunRequest, Trigger};
+use crate::runs::{Outcome, RunLog};
+use crate::scheduler::apply_finish;
+use crate::state::{Pause, StateStore};
+use crate::workspace::{host_timezone, Workspace};
+use chrono::{DateTime, Utc};
+use serde_json::json;
+use std::io::Write;
+use std::path::Path;
+use std::sync::Arc;
+
+type Result<T = ()> = std::result::Result<T, CliError>;
+
+pub fn dispatch(cli: Cli) -> Result {
+    let ws_arg = cli.workspace.as_deref();
+    match cli.command {
+        Command::Init { dir } => init(dir.as_deref().or(ws_arg)),
+        Command::New { name, template } => new_loop(&Workspace::locate(ws_arg)?, &name, &template),
+        Command::Check { json } => check(&Workspace::locate(ws_arg)?, json),
+        Command::List { json } => list(&Workspace::locate(ws_arg)?, json),
+        Command::Next {
+            name,
+            count,
+            from,
+            json,
+        } => next(
+            &Workspace::locate(ws_arg)?,
+            &name,
+            count,
+            from.as_deref(),
+            json,
+        ),
+        Command::Run {
+            once,
+            all,
+            log_format,
+        } => run(Workspace::locate(ws_arg)?, once, all, log_format),
+        Command::Trigger { name, follow, json } => {
+            trigger(Workspace::locate(ws_arg)?, &name, follow, json)
+        }
+        Command::Log { name, limit, json } => {
+            log(&Workspace::locate(ws_arg)?, name.as_deref(), limit, json)
+        }
+        Command::Runs { name, limit, json } => {
+            runs(&Workspace::locate(ws_arg)?, &name, limit, json)
+        }
+        Command::Pause { name, reason } => pause(&Workspace::locate(ws_arg)?, &name, &reason),
+        Command::Resume { name } => resume(&Workspace::locate(ws_arg)?, &name),
+    }
+}
+
+fn print_json(v: &serde_json::Value) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}
+
+/// A loop by name, or an error that lists the names there are.
+fn find_loop(ws: &Workspace, name: &str) -> Result<DomainEntry> {
+    let config = ws.domains_dir().join(name).join("config.yaml");
+    if !crate::templates::valid_loop_name(name) || !config.is_file() {
+        let names: Vec<String> = discover(ws).into_iter().map(|e| e.name).collect();
+        let help = match crate::diag::near_miss(
+            name,
+            &names.iter().map(String::as_str).collect::<Vec<_>>(),
+        ) {
+            Some(n) => format!("did you mean `{n}`?"),
+            None if names.is_empty() => {
+                "there are no loops yet: create one with `loops new NAME`".to_string()
+            }
+            None => format!("the loops are: {}", names.join(", ")),
+        };
+        return Err(CliError::new(format!(
+            "no loop named `{name}` in {} (looked for {})",
+            ws.root.display(),
+            ws.relative(&config).display()
+        ))
+        .help(help));
+    }
+    Ok(load_domain(ws, name))
+}
+
+fn broken_loop_error(entry: &DomainEntry) -> CliError {
+    let details: Vec<String> = entry.errors().map(|d| d.to_string()).collect();
+    CliError::new(format!(
+        "loop `{}` has errors:\n{}",
+        entry.name,
+        details.join("\n")
+    ))
+    .help("fix the file as shown, then try again (`loops check` lists every problem)")
+}
+
+// ---------------------------------------------------------------------------------------
+
+fn init(dir: Option<&Path>) -> Result {
+    let dir = match dir {
+        Some(d) => d.to_path_buf(),
+        None => std::env::current_dir()
+            .map_err(|e| CliError::new(format!("cannot read the current folder: {e}")))?,
+    };
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| CliError::new(format!("cannot create {}: {e}", dir.display())))?;
+    let dir = dir.canonicalize().unwrap_or(dir);
+    let mut written = Vec::new();
+    for (rel, text) in crate::templates::WORKSPACE_FILES {
+        let path = dir.join(rel);
+        if path.exists() {
+            continue; // never overwrite what a person already has
+        }
+        if let Some(p) = path.parent() {
+            std::fs::create_dir_all(p)
+                .map_err(|e| CliError::new(format!("cannot create {}: {e}", p.display())))?;
+        }
+        std::fs::write(&path, text)
+            .map_err(|e| CliError::new(format!("cannot write {}: {e}", path.display())))?;
+        written.push(path);
+    }
+    if !dir.join("domains").join("example").exists() && !dir.join("domains").is_dir() {
+        written.extend(crate::templates::instantiate(&dir, "command", "example")?);
+    } else {
+        std::fs::create_dir_all(dir.join("domains")).ok();
+    }
+    // A workspace is a git repository: its history is the record of what loops did.
+    let repo = match git2::Repository::discover(&dir) {
+        Ok(r) => r,
+        Err(_) => git2::Repository::init(&dir).map_err(|e| {
+            CliError::new(format!(
+                "cannot create a git repository in {}: {e}",
+                dir.display()
+            ))
+        })?,
+    };
+    if !written.is_empty() {
+        if let Some(workdir) = repo.workdir() {
+            let workdir = workdir.canonicalize().unwrap_or(workdir.to_path_buf());
+            let committer = crate::history::Committer::start(&dir, "loops", "loops@localhost")?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .map_err(|e| CliError::new(e.to_string()))?;
+            let paths: Vec<_> = written
+                .iter()
+                .map(|p| p.canonicalize().unwrap_or(p.clone()))
+                .filter(|p| p.starts_with(&workdir))
+                .collect();
+            rt.block_on(committer.commit(crate::history::CommitRequest {
+                paths,
+                message: "loops: new workspace\n".into(),
+            }))?;
+        }
+    }
+    println!("Created a loops workspace in {}", dir.display());
+    for p in &written {
+        println!("  {}", p.strip_prefix(&dir).unwrap_or(p).display());
+    }
+    println!(
+        "\nNext:\n  cd {}\n  loops list\n  loops trigger example --follow\n  loops run",
+        dir.display()
+    );
+    Ok(())
+}
+
+fn new_loop(ws: &Workspace, name: &str, template: &str) -> Result {
+    let written = crate::templates::instantiate(&ws.root, template, name)?;
+    println!("Created loop `{name}` from template `{template}`:");
+    for p in &written {
+        println!("  {}", ws.relative(p).display());
+    }
+    println!("\nEdit domains/{name}/config.yaml, then `loops check` and `loops next {name}`.");
+    Ok(())
+}
+
+fn check(ws: &Workspace, json: bool) -> Result {
+    let entries = discover(ws);
+    let mut diags = ws.diagnostics.clone();
+    for e in &entries {
+        diags.extend(e.diagnostics.iter().cloned());
+    }
+    let errors = diags
+        .iter()
+        .filter(|d| d.severity == Severity::Error)
+        .count();
+    let warnings = diags.len() - errors;
+    if json {
+        print_json(&json!({
+            "ok": errors == 0,
+            "workspace": ws.root,
+            "loops": entries.len(),
+            "errors": errors,
+            "warnings": warnings,
+            "diagnostics": diags,
+        }));
+    } else {
+        for d in &diags {
+            println!("{d}");
+        }
+        if !diags.is_empty() {
+            println!();
+        }
+        let ok = entries.iter().filter(|e| e.def.is_some()).count();
+        println!(
+            "{} loop(s) checked: {ok} valid, {} with errors; {errors} error(s), {warnings} warning(s)",
+            entries.len(),
+            entries.len() - ok
+        );
+    }
+    if errors > 0 {
+        Err(CliError::silent(1))
+    } else {
+        Ok(())
+    }
+}
+
+fn list(ws: &Workspace, json: bool) -> Result {
+    let entries = discover(ws);
+    let store = StateStore::new(&ws.state_dir());
+    let now = Utc::now();
+    let local = host_timezone();
+    let mut rows = Vec::new();
+    let mut items = Vec::new();
+    for e in &entries {
+        let state = store.load(&e.name);
+        let last = state.as_ref().and_then(|s| s.last_run.clone());
+        let (kind, schedule, tz, next, status) = match &e.def {
+            None => {
+                let first = e
+                    .errors()
+                    .next()
+                    .map(|d| d.message.clone())
+                    .unwrap_or_default();
+                (
+                    "?".to_string(),
+                    "-".to_string(),
+                    None,
+                    None,
+                    format!("broken: {first}"),
+                )
+            }
+            Some(def) => {
+                let kind = match def.payload {
+                    Payload::Command { .. } => "command",
+                    Payload::Prompt { .. } => "prompt",
+                };
+                let paused = state.as_ref().and_then(|s| s.paused.clone());
+                let status = if !def.enabled {
+                    "disabled".to_string()
+                } else if let Some(p) = &paused {
+                    format!("paused: {}", p.reason)
+                } else if def.is_prompt() && !ws.settings.has_providers {
+                    "waiting for a provider".to_string()
+                } else if state.as_ref().is_some_and(|s| s.consecutive_failures > 0) {
+                    format!(
+                        "failing ({} in a row)",
+                        state.as_ref().map(|s| s.consecutive_failures).unwrap_or(0)
+                    )
+                } else {
+                    "ok".to_string()
+                };
+                let runnable = def.enabled
+                    && paused.is_none()
+                    && (!def.is_prompt() || ws.settings.has_providers);
+                let mut next = runnable
+                    .then(|| def.schedule.upcoming(now, 1).into_iter().next())
+                    .flatten();
+                if let Some(r) = state.as_ref().and_then(|s| s.pending_retry.as_ref()) {
+                    next = Some(next.map_or(r.at, |n| n.min(r.at)));
+                }
+                (
+                    kind.to_string(),
+                    def.schedule.describe(),
+                    Some(def.schedule.tz),
+                    next,
+                    status,
+                )
+            }
+        };
+        let tz_name = tz
+            .map(|t| t.name().to_string())
+            .unwrap_or_else(|| "-".into());
+        rows.push(vec![
+            e.name.clone(),
+            kind.clone(),
+            schedule.clone(),
+            tz_name.clone(),
+            next.map(|n| format!("{} ({})", short_local(n, &local), relative(n, now)))
+                .unwrap_or_else(|| "-".into()),
+            match (next, tz) {
+                (Some(n), Some(z)) => short_local(n, &z),
+                _ => "-".into(),
+            },
+            last.as_ref()
+                .map(|l| format!("{} {}", l.outcome, relative(l.finished, now)))
+                .unwrap_or_else(|| "never ran".into()),
+            status.clone(),
+        ]);
+        items.push(json!({
+            "name": e.name,
+            "kind": kind,
+            "schedule": schedule,
+            "timezone": tz.map(|t| t.name().to_string()),
+            "timezone_source": e.def.as_ref().map(|d| d.schedule.tz_source),
+            "next_run": next,
+            "next_run_local": next.map(|n| n.with_timezone(&local).to_rfc3339()),
+            "next_run_loop_time": match (next, tz) { (Some(n), Some(z)) => Some(n.with_timezone(&z).to_rfc3339()), _ => None },
+            "enabled": e.def.as_ref().map(|d| d.enabled),
+            "status": status,
+            "last_run": last,
+            "consecutive_failures": state.as_ref().map(|s| s.consecutive_failures).unwrap_or(0),
+            "paused": state.as_ref().and_then(|s| s.paused.clone()),
+            "errors": e.errors().collect::<Vec<_>>(),
+        }));
+    }
+    if json {
+        print_json(
+            &json!({ "workspace": ws.root, "local_timezone": local.name(), "loops": items }),
+        );
+        return Ok(());
+    }
+    if entries.is_empty() {
+        println!(
+            "No loops in {}. Create one with `loops new NAME`.",
+            ws.domains_dir().display()
+        );
+        return Ok(());
+    }
+    print!(
+        "{}",
+        table(
+            &[
+                "LOOP",
+                "KIND",
+                "SCHEDULE",
+                "TIMEZONE",
+                &format!("NEXT RUN ({})", local.name()),
+                "NEXT RUN (LOOP TIME)",
+                "LAST",
+                "STATUS"
+            ],
+            &rows
+        )
+    );
+    Ok(())
+}
+
+fn next(ws: &Workspace, name: &str, count: usize, from: Option<&str>, json: bool) -> Result {
+    let entry = find_loop(ws, name)?;
+    let Some(def) = &entry.def else {
+        return Err(broken_loop_error(&entry));
+    };
+    let from = match from {
+        Some(s) => DateTime::parse_from_rfc3339(s)
+            .map(|t| t.with_timezone(&Utc))
+            .map_err(|e| {
+                CliError::new(format!("--from `{s}` is not an RFC 3339 time ({e})"))
+                    .help("e.g. --from 2026-03-08T00:00:00-05:00")
+            })?,
+        None => Utc::now(),
+    };
+    let times = def.schedule.upcoming(from, count);
+    let tz = def.schedule.tz;
+    if json {
+        print_json(&json!({
+            "loop": name,
+            "schedule": def.schedule.describe(),
+            "timezone": tz.name(),
+            "timezone_source": def.schedule.tz_source,
+            "jitter_offset_ms": def.schedule.offset.as_millis() as u64,
+            "from": from,
+            "next": times.iter().map(|t| json!({"utc": t, "local": t.with_timezone(&tz).to_rfc3339()})).collect::<Vec<_>>(),
+        }));
+        return Ok(());
+    }
+    let src = match def.schedule.tz_source {
+        crate::schedule::TzSource::Loop => "from the loop's config",
+        crate::schedule::TzSource::Workspace => "from loops.yaml",
+        crate::schedule::TzSource::Host => "the host's zone",
+    };
+    println!(
+        "{name}: {} (timezone {}, {src})",
+        def.schedule.describe(),
+        tz.name()
+    );
+    if !def.schedule.offset.is_zero() {
+        println!(
+            "jitter offset: {}",
+            crate::duration::format_duration(def.schedule.offset)
+        );
+    }
+    if times.is_empty() {
+        println!("no fire times after {}", from.to_rfc3339());
+    }
+    let rows: Vec<Vec<String>> = times
+        .iter()
+        .map(|t| {
+            vec![
+                t.with_timezone(&tz)
+                    .format("%a %Y-%m-%d %H:%M:%S %Z (%:z)")
+                    .to_string(),
+                t.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
+            ]
+        })
+        .collect();
+    if !rows.is_empty() {
+        print!(
+            "{}",
+            table(&[&format!("LOOP TIME ({})", tz.name()), "UTC"], &rows)
+        );
+    }
+    Ok(())
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("LOOPS_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Human => builder.with_target(false).try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::new(format!("cannot start the async runtime: {e}")))
+}
+
+fn run(ws: Workspace, once: bool, all: bool, log_format: LogFormat) -> Result {
+    init_tracing(log_format);
+    let rt = runtime()?;
+    let opts = DaemonOptions {
+        once,
+        all,
+        clock: Arc::new(SystemClock),
+        stop: None,
+    };
+    let root = ws.root.clone();
+    let summary = rt.block_on(daemon::run(ws, opts))?;
+    if !once {
+        return Ok(());
+    }
+    // The --once summary goes to stdout.
+    if summary.runs.is_empty() {
+        println!("Nothing was due in {}.", root.display());
+        if !all {
+            println!("(`loops run --once --all` runs every enabled loop once.)");
+        }
+    } else {
+        let rows: Vec<Vec<String>> = summary
+            .runs
+            .iter()
+            .map(|r| {
+                vec![
+                    r.loop_name.clone(),
+                    r.trigger.clone(),
+                    r.outcome.to_string(),
+                    format!("{} ms", r.duration_ms),
+                    r.commit
+                        .as_deref()
+                        .map(|c| c[..c.len().min(10)].to_string())
+                        .unwrap_or_else(|| "-".into()),
+                    r.error
+                        .clone()
+                        .or_else(|| r.note.clone())
+                        .unwrap_or_default(),
+                ]
+            })
+            .collect();
+        print!(
+            "{}",
+            table(
+                &["LOOP", "TRIGGER", "OUTCOME", "TIME", "COMMIT", "DETAIL"],
+                &rows
+            )
+        );
+    }
+    if !summary.waiting_for_provider.is_empty() {
+        println!(
+            "\nWaiting for a provider (prompt loops): {}\n  Prompt loops run once a model provider is configured under `providers:` in loops.yaml.",
+            summary.waiting_for_provider.join(", ")
+        );
+    }
+    if !summary.broken.is_empty() {
+        println!(
+            "\nNot run, config has errors: {} (see `loops check`)",
+            summary.broken.join(", ")
+        );
+    }
+    if summary.failed() {
+        return Err(CliError::silent(1));
+    }
+    Ok(())
+}
+
+fn trigger(ws: Workspace, name: &str, follow: bool, json_out: bool) -> Result {
+    let entry = find_loop(&ws, name)?;
+    let Some(def) = entry.def.clone() else {
+        return Err(broken_loop_error(&entry));
+    };
+    if def.is_prompt() && !ws.settings.has_providers {
+        return Err(CliError::new(format!(
+            "`{name}` is a prompt loop and no model provider is configured"
+        ))
+        .help("prompt loops need `providers:` in loops.yaml; command loops run now"));
+    }
+    let lock = if def.concurrency == crate::domain::Concurrency::Allow {
+        None
+    } else {
+        match crate::fsutil::FileLock::try_acquire(&ws.locks_dir().join(format!("{name}.run"))) {
+            Ok(Some(l)) => Some(l),
+            Ok(None) => {
+                return Err(CliError::new(format!("a run of `{name}` is in progress")).help(
+                    "wait for it to finish (`loops runs NAME` shows it when done), or set `concurrency: allow` in its config.yaml",
+                ))
+            }
+            Err(e) => return Err(CliError::new(format!("cannot take the run lock: {e}"))),
+        }
+    };
+    let rt = runtime()?;
+    let ws = Arc::new(ws);
+    let ctx = RunContext::new(ws.clone());
+    let req = RunRequest::new(Trigger::Manual, None, 1);
+    if !json_out {
+        eprintln!("running {name} (run {})…", req.run_id);
+    }
+    let rec = rt.block_on(async {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(crate::exec::Stream, Vec<u8>)>();
+        let live = follow.then_some(tx);
+        let printer = tokio::spawn(async move {
+            while let Some((stream, bytes)) = rx.recv().await {
+                match stream {
+                    crate::exec::Stream::Stdout => {
+                        let _ = std::io::stdout().write_all(&bytes);
+                        let _ = std::io::stdout().flush();
+                    }
+                    crate::exec::Stream::Stderr => {
+                        let _ = std::io::stderr().write_all(&bytes);
+                    }
+                }
+            }
+        });
+        let rec = jobs::execute(&ctx, &def, &req, live, None).await;
+        let _ = printer.await;
+        rec
+    });
+    drop(lock);
+    apply_finish(
+        &ctx.store,
+        &def,
+        &rec,
+        false,
+        ws.settings.pause_after_failures,
+        Utc::now(),
+    );
+    if json_out {
+        print_json(&serde_json::to_value(&rec).unwrap_or_default());
+    } else {
+        if !follow && !rec.stdout_tail.is_empty() {
+            print!("{}", rec.stdout_tail);
+            if !rec.stdout_tail.ends_with('\n') {
+                println!();
+            }
+        }
+        if !follow && !rec.stderr_tail.is_empty() && rec.outcome.is_failure() {
+            eprint!("{}", rec.stderr_tail);
+        }
+        eprintln!(
+            "{name}: {} in {} ms{}{}{}",
+            rec.outcome,
+            rec.duration_ms,
+            rec.exit_code
+                .map(|c| format!(", exit {c}"))
+                .unwrap_or_default(),
+            rec.commit
+                .as_deref()
+                .map(|c| format!(", commit {}", &c[..c.len().min(10)]))
+                .unwrap_or_default(),
+            rec.error
+                .as_deref()
+                .map(|e| format!(": {e}"))
+                .unwrap_or_default(),
+        );
+    }
+    if rec.outcome.is_failure() {
+        return Err(CliError::silent(1));
+    }
+    Ok(())
+}
+
+fn log(ws: &Workspace, name: Option<&str>, limit: usize, json: bool) -> Result {
+    if let Some(n) = name {
+        find_loop(ws, n)?;
+    }
+    let entries = crate::history::read_log(&ws.root, name, limit)?;
+    if json {
+        print_json(&serde_json::to_value(&entries).unwrap_or_default());
+        return Ok(());
+    }
+    if entries.is_empty() {
+        println!(
+            "No runs in the git history yet{}.",
+            name.map(|n| format!(" for `{n}`")).unwrap_or_default()
+        );
+        return Ok(());
+    }
+    let local = host_timezone();
+    let rows: Vec<Vec<String>> = entries
+        .iter()
+        .map(|e| {
+            vec![
+                e.time
+                    .with_timezone(&local)
+                    .format("%Y-%m-%d %H:%M")
+                    .to_string(),
+                e.loop_name.clone(),
+                e.outcome.clone().unwrap_or_else(|| "-".into()),
+                e.summary.clone(),
+                e.duration_ms
+                    .map(|d| format!("{:.1}s", d as f64 / 1000.0))
+                    .unwrap_or_else(|| "-".into()),
+                e.commit[..10].to_string(),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        table(
+            &["TIME", "LOOP", "OUTCOME", "SUMMARY", "DURATION", "COMMIT"],
+            &rows
+        )
+    );
+    Ok(())
+}
+
+fn runs(ws: &Workspace, name: &str, limit: usize, json: bool) -> Result {
+    find_loop(ws, name)?;
+    let log = RunLog::new(&ws.runs_dir(), ws.settings.rotate_bytes);
+    let recs = log.recent(name, limit);
+    if json {
+        print_json(&serde_json::to_value(&recs).unwrap_or_default());
+        return Ok(());
+    }
+    if recs.is_empty() {
+        println!("`{name}` has no run records yet.");
+        return Ok(());
+    }
+    let local = host_timezone();
+    let rows: Vec<Vec<String>> = recs
+        .iter()
+        .map(|r| {
+            vec![
+                r.started
+                    .with_timezone(&local)
+                    .format("%Y-%m-%d %H:%M:%S")
+                    .to_string(),
+                r.trigger.clone(),
+                r.outcome.to_string(),
+                format!("{} ms", r.duration_ms),
+                r.exit_code
+                    .map(|c| c.to_string())
+                    .unwrap_or_else(|| "-".into()),
+                r.error
+                    .clone()
+                    .or_else(|| r.note.clone())
+                    .unwrap_or_default(),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        table(
+            &["STARTED", "TRIGGER", "OUTCOME", "TIME", "EXIT", "DETAIL"],
+            &rows
+        )
+    );
+    Ok(())
+}
+
+fn pause(ws: &Workspace, name: &str, reason: &str) -> Result {
+    find_loop(ws, name)?;
+    let store = StateStore::new(&ws.state_dir());
+    let now = Utc::now();
+    store.update(name, |s| {
+        let st = s.get_or_insert_with(|| crate::state::LoopState::new(now, ""));
+        st.paused = Some(Pause {
+            since: now,
+            reason: reason.to_string(),
+            last_error: None,
+        });
+    })?;
+    println!("`{name}` is paused; `loops resume {name}` schedules it again.");
+    Ok(())
+}
+
+fn resume(ws: &Workspace, name: &str) -> Result {
+    find_loop(ws, name)?;
+    let store = StateStore::new(&ws.state_dir());
+    let now = Utc::now();
+    let was = store.update(name, |s| {
+        let st = s.get_or_insert_with(|| crate::state::LoopState::new(now, ""));
+        let was = st.paused.take();
+        st.consecutive_failures = 0;
+        st.pending_retry = None;
+        // Slots that passed while paused are not owed.
+        st.watermark = Some(now);
+        was
+    })?;
+    match was {
+        Some(p) => println!(
+            "`{name}` resumed (it was paused since {}: {}).",
+            p.since.to_rfc3339(),
+            p.reason
+        ),
+        None => println!("`{name}` was not paused; nothing to do."),
+    }
+    let _ = Outcome::Acted;
+    Ok(())
+}

@@ -1,0 +1,193 @@
+//! The command line: argument definitions (clap) and one function per command. Every
+//! error that reaches the user says what happened, where, and what to do next.
+
+mod commands;
+mod output;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+
+pub use commands::dispatch;
+
+/// loops — a file-system-first agent loop runner.
+///
+/// A loop is a folder: domains/NAME/config.yaml (schedule, payload) plus prompt.md for
+/// prompt loops. `loops run` finds every loop, runs each on its schedule, and commits
+/// what each run changed to git, so `git log` is the history of what your agents did.
+#[derive(Debug, Parser)]
+#[command(
+    name = "loops",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
+#[command(
+    after_help = "Start with `loops init ~/mind`, then `loops new NAME --template command`, `loops check`, and `loops run`."
+)]
+pub struct Cli {
+    /// The workspace folder (default: the nearest folder upward holding loops.yaml or domains/).
+    #[arg(long, global = true, value_name = "DIR")]
+    pub workspace: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create a workspace: git repository, loops.yaml, SOUL.md, USER.md, .working-memory/,
+    /// .gitignore and one example loop.
+    Init {
+        /// Where to create it (default: the current folder).
+        dir: Option<PathBuf>,
+    },
+    /// Create domains/NAME from a template.
+    #[command(
+        after_help = "Templates: command, heartbeat, channel-monitor, morning-briefing, research-minion (and any in the workspace's templates/ folder)."
+    )]
+    New {
+        /// The loop's name: lowercase letters, digits, - and _.
+        name: String,
+        /// The template to start from.
+        #[arg(long, short, default_value = "command")]
+        template: String,
+    },
+    /// Validate loops.yaml and every loop; exit code 1 when anything is wrong.
+    Check {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Every loop: schedule, timezone, next run, last outcome, and whether it is paused or failing.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// The next fire times of a loop, in its timezone and in UTC: check a cron expression before trusting it.
+    Next {
+        /// The loop's name.
+        name: String,
+        /// How many fire times.
+        #[arg(long, short = 'n', default_value_t = 5)]
+        count: usize,
+        /// Start from this instant (RFC 3339) instead of now.
+        #[arg(long, value_name = "RFC3339")]
+        from: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run the daemon in the foreground: every loop on its schedule, until SIGINT/SIGTERM.
+    #[command(
+        after_help = "With --once, runs what is due now, waits for it and exits with a summary (exit code 1 if a run failed). With --once --all, runs every enabled loop once."
+    )]
+    Run {
+        /// Run what is due now, wait for it, and exit.
+        #[arg(long)]
+        once: bool,
+        /// With --once: run every enabled loop once, due or not.
+        #[arg(long, requires = "once")]
+        all: bool,
+        /// Log format on stderr.
+        #[arg(long, value_enum, default_value = "human")]
+        log_format: LogFormat,
+    },
+    /// Run a loop now, in this process, and report its outcome.
+    Trigger {
+        /// The loop's name.
+        name: String,
+        /// Stream the command's output while it runs.
+        #[arg(long, short)]
+        follow: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The history of runs, read from git (commits carrying a `Loop:` trailer).
+    Log {
+        /// Only this loop.
+        name: Option<String>,
+        /// At most this many entries.
+        #[arg(long, short = 'n', default_value_t = 20)]
+        limit: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Recent run records of a loop from .loops/runs (every run, including silent, skipped and missed ones).
+    Runs {
+        name: String,
+        #[arg(long, short = 'n', default_value_t = 20)]
+        limit: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop scheduling a loop until `loops resume`.
+    Pause {
+        name: String,
+        /// Why (shown in `loops list`).
+        #[arg(long, default_value = "paused by hand")]
+        reason: String,
+    },
+    /// Schedule a paused loop again (its missed slots are not replayed).
+    Resume { name: String },
+}
+
+/// An error at the command-line edge: what happened, and what to do.
+#[derive(Debug)]
+pub struct CliError {
+    pub message: String,
+    pub help: Option<String>,
+    pub code: i32,
+}
+
+impl CliError {
+    pub fn new(message: impl Into<String>) -> Self {
+        CliError {
+            message: message.into(),
+            help: None,
+            code: 1,
+        }
+    }
+
+    pub fn help(mut self, help: impl Into<String>) -> Self {
+        self.help = Some(help.into());
+        self
+    }
+
+    /// Exit quietly with a code (the command already printed its report).
+    pub fn silent(code: i32) -> Self {
+        CliError {
+            message: String::new(),
+            help: None,
+            code,
+        }
+    }
+}
+
+macro_rules! from_module_error {
+    ($($t:ty),*) => {$(
+        impl From<$t> for CliError {
+            fn from(e: $t) -> Self {
+                CliError { help: e.help(), message: e.to_string(), code: 1 }
+            }
+        }
+    )*};
+}
+
+from_module_error!(
+    crate::workspace::WorkspaceError,
+    crate::history::HistoryError,
+    crate::daemon::DaemonError,
+    crate::templates::TemplateError,
+    crate::watch::WatchError
+);
+
+impl From<crate::state::StateError> for CliError {
+    fn from(e: crate::state::StateError) -> Self {
+        CliError::new(e.to_string())
+    }
+}

@@ -1,0 +1,597 @@
+//! The daemon: `loops run`. It owns the workspace (one daemon per workspace, by lock),
+//! keeps the scheduler fed from disk, starts runs within the concurrency limits, reloads
+//! loops when their files change, and shuts down without losing a run.
+
+use crate::clock::Clock;
+use crate::domain::{discover, Concurrency, DomainEntry, LoopDef};
+use crate::fsutil::{process_start_time, FileLock};
+use crate::jobs::{self, RunContext, RunRequest, Trigger};
+use crate::runs::{Outcome, RunRecord};
+use crate::scheduler::{apply_finish, schedulable, Aftermath, DueRun, Scheduler};
+use crate::workspace::Workspace;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch, Semaphore};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(
+        "another `loops run` is already running for {workspace} (pid {pid}, started {started})"
+    )]
+    AlreadyRunning {
+        workspace: PathBuf,
+        pid: u32,
+        started: String,
+    },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl DaemonError {
+    pub fn help(&self) -> Option<String> {
+        match self {
+            DaemonError::AlreadyRunning { pid, .. } => Some(format!(
+                "stop it first (`kill {pid}`), or use it: `loops trigger NAME` works while it runs"
+            )),
+            DaemonError::Io { .. } => None,
+        }
+    }
+}
+
+/// What `.loops/daemon.lock` says about its holder.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LockInfo {
+    pub pid: u32,
+    #[serde(default)]
+    pub pid_start: Option<u64>,
+    pub started: DateTime<Utc>,
+    pub version: String,
+}
+
+/// The workspace's daemon lock, held for the daemon's lifetime.
+pub struct DaemonLock {
+    _lock: FileLock,
+}
+
+impl DaemonLock {
+    pub fn acquire(ws: &Workspace) -> Result<DaemonLock, DaemonError> {
+        let path = ws.daemon_lock_path();
+        let io = |source| DaemonError::Io {
+            path: path.clone(),
+            source,
+        };
+        match FileLock::try_acquire(&path).map_err(io)? {
+            Some(mut lock) => {
+                let pid = std::process::id();
+                let info = LockInfo {
+                    pid,
+                    pid_start: process_start_time(pid),
+                    started: Utc::now(),
+                    version: env!("CARGO_PKG_VERSION").to_string(),
+                };
+                lock.write_contents(&serde_json::to_string(&info).unwrap_or_default())
+                    .map_err(io)?;
+                Ok(DaemonLock { _lock: lock })
+            }
+            None => {
+                let info = read_lock_info(ws);
+                Err(DaemonError::AlreadyRunning {
+                    workspace: ws.root.clone(),
+                    pid: info.as_ref().map(|i| i.pid).unwrap_or(0),
+                    started: info
+                        .map(|i| i.started.to_rfc3339())
+                        .unwrap_or_else(|| "at an unknown time".into()),
+                })
+            }
+        }
+    }
+}
+
+/// The running daemon's lock info, if a daemon holds the lock right now.
+pub fn daemon_alive(ws: &Workspace) -> Option<LockInfo> {
+    match FileLock::try_acquire(&ws.daemon_lock_path()) {
+        Ok(Some(_free)) => None,
+        Ok(None) => read_lock_info(ws),
+        Err(_) => None,
+    }
+}
+
+fn read_lock_info(ws: &Workspace) -> Option<LockInfo> {
+    let text = std::fs::read_to_string(ws.daemon_lock_path()).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+/// How `loops run` behaves.
+#[derive(Clone)]
+pub struct DaemonOptions {
+    /// Run what is due now (and with `all`, every loop once), wait, and exit.
+    pub once: bool,
+    pub all: bool,
+    pub clock: Arc<dyn Clock>,
+    /// Stop when this flips to true (tests; signals are handled too).
+    pub stop: Option<watch::Receiver<bool>>,
+}
+
+/// What a `--once` pass did, for its summary.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Summary {
+    pub runs: Vec<RunRecord>,
+    pub waiting_for_provider: Vec<String>,
+    pub broken: Vec<String>,
+    pub disabled: Vec<String>,
+}
+
+impl Summary {
+    pub fn failed(&self) -> bool {
+        self.runs.iter().any(|r| r.outcome.is_failure())
+    }
+}
+
+struct Finished {
+    def: LoopDef,
+    rec: RunRecord,
+}
+
+struct RunningRun {
+    run_id: String,
+    cancel: watch::Sender<bool>,
+}
+
+struct Daemon {
+    ws: Arc<Workspace>,
+    ctx: RunContext,
+    sched: Scheduler,
+    entries: BTreeMap<String, DomainEntry>,
+    running: HashMap<String, Vec<RunningRun>>,
+    pending: Vec<DueRun>,
+    permits: Arc<Semaphore>,
+    done_tx: mpsc::UnboundedSender<Finished>,
+    summary: Summary,
+    in_flight: usize,
+}
+
+/// Runs the daemon until a signal (or, with `once`, until the due work is done).
+pub async fn run(ws: Workspace, opts: DaemonOptions) -> Result<Summary, DaemonError> {
+    let _lock = DaemonLock::acquire(&ws)?;
+    let ws = Arc::new(ws);
+    for d in &ws.diagnostics {
+        tracing::warn!("{d}");
+    }
+    let ctx = RunContext::new(ws.clone());
+    let sched = Scheduler::new(
+        opts.clock.clone(),
+        ctx.store.clone(),
+        ctx.runlog.clone(),
+        ws.settings.catch_up_stagger,
+        ws.settings.pause_after_failures,
+    );
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel();
+    let mut d = Daemon {
+        permits: Arc::new(Semaphore::new(ws.settings.max_concurrent_jobs)),
+        ws: ws.clone(),
+        ctx,
+        sched,
+        entries: BTreeMap::new(),
+        running: HashMap::new(),
+        pending: Vec::new(),
+        done_tx,
+        summary: Summary::default(),
+        in_flight: 0,
+    };
+    d.recover_interrupted();
+    d.reload(true);
+
+    let (watch_tx, mut watch_rx) = mpsc::unbounded_channel();
+    let mut fallback_rescan: Option<Duration> = None;
+    let _watcher = if opts.once {
+        None
+    } else {
+        match crate::watch::watch(
+            &[ws.domains_dir(), ws.state_dir()],
+            Duration::from_millis(100),
+            watch_tx.clone(),
+        ) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                let help = e.help().map(|h| format!("; {h}")).unwrap_or_default();
+                tracing::error!("{e}{help}");
+                fallback_rescan = Some(Duration::from_secs(5));
+                None
+            }
+        }
+    };
+
+    if opts.once {
+        let now = d.sched.now();
+        let mut due = d.sched.due();
+        if opts.all {
+            let have: Vec<String> = due.iter().map(|r| r.loop_name.clone()).collect();
+            let names: Vec<String> = d.sched.loop_names().map(str::to_string).collect();
+            for name in names {
+                if have.contains(&name) {
+                    continue;
+                }
+                let Some(def) = d.sched.def(&name) else {
+                    continue;
+                };
+                if schedulable(def, d.ws.settings.has_providers) {
+                    due.push(DueRun {
+                        loop_name: name,
+                        trigger: Trigger::Once,
+                        slot: None,
+                        attempt: 1,
+                        not_before: now,
+                    });
+                }
+            }
+        }
+        d.pending.extend(due);
+        loop {
+            d.dispatch_ready(opts.clock.now());
+            if d.in_flight == 0 && d.pending.is_empty() {
+                break;
+            }
+            let wait = d
+                .pending
+                .iter()
+                .map(|p| p.not_before)
+                .min()
+                .map(|t| (t - opts.clock.now()).to_std().unwrap_or_default())
+                .unwrap_or(Duration::from_secs(3600));
+            tokio::select! {
+                Some(f) = done_rx.recv() => d.on_finished(f, false),
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+        return Ok(d.summary);
+    }
+
+    tracing::info!(
+        workspace = %ws.root.display(),
+        loops = d.sched.loop_names().count(),
+        "loops daemon started"
+    );
+    let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .map_err(|source| DaemonError::Io {
+            path: PathBuf::from("signal"),
+            source,
+        })?;
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|source| DaemonError::Io {
+            path: PathBuf::from("signal"),
+            source,
+        })?;
+    let mut stop = opts.stop.clone();
+    let stopped = async move {
+        match stop.as_mut() {
+            Some(rx) => {
+                let _ = rx.wait_for(|v| *v).await;
+            }
+            None => std::future::pending::<()>().await,
+        }
+    };
+    tokio::pin!(stopped);
+
+    loop {
+        let now = opts.clock.now();
+        let due = d.sched.due();
+        d.pending.extend(due);
+        d.dispatch_ready(now);
+        let next = [
+            d.sched.next_wake(),
+            d.pending.iter().map(|p| p.not_before).min(),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        let mut wait = next
+            .map(|t| (t - opts.clock.now()).to_std().unwrap_or_default())
+            .unwrap_or(Duration::from_secs(24 * 3600));
+        if let Some(f) = fallback_rescan {
+            wait = wait.min(f);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {
+                if fallback_rescan.is_some() { d.reload(false); }
+            }
+            Some(batch) = watch_rx.recv() => {
+                let mut batch = batch;
+                while let Ok(more) = watch_rx.try_recv() { batch.extend(more); }
+                d.on_paths_changed(&batch);
+            }
+            Some(f) = done_rx.recv() => d.on_finished(f, true),
+            _ = sigint.recv() => { tracing::info!("SIGINT: stopping"); break; }
+            _ = sigterm.recv() => { tracing::info!("SIGTERM: stopping"); break; }
+            _ = &mut stopped => { tracing::info!("stop requested"); break; }
+        }
+    }
+
+    // Shutdown: no new runs; running ones get the grace period, then are stopped.
+    d.pending.clear();
+    let grace = ws.settings.shutdown_grace;
+    if d.in_flight > 0 {
+        tracing::info!(
+            running = d.in_flight,
+            "waiting up to {} for running jobs",
+            crate::duration::format_duration(grace)
+        );
+        let deadline = tokio::time::Instant::now() + grace;
+        while d.in_flight > 0 {
+            tokio::select! {
+                Some(f) = done_rx.recv() => d.on_finished(f, false),
+                _ = tokio::time::sleep_until(deadline) => break,
+            }
+        }
+        if d.in_flight > 0 {
+            tracing::warn!(
+                running = d.in_flight,
+                "grace period over: stopping running jobs"
+            );
+            for runs in d.running.values() {
+                for r in runs {
+                    let _ = r.cancel.send(true);
+                }
+            }
+            while d.in_flight > 0 {
+                match done_rx.recv().await {
+                    Some(f) => d.on_finished(f, false),
+                    None => break,
+                }
+            }
+        }
+    }
+    tracing::info!("loops daemon stopped");
+    Ok(d.summary)
+}
+
+impl Daemon {
+    /// Runs left "running" by a process that died are recorded as interrupted.
+    fn recover_interrupted(&mut self) {
+        for m in self.ctx.running.orphans() {
+            let now = Utc::now();
+            let mut rec = RunRecord::decision(
+                &m.loop_name,
+                &m.trigger,
+                m.slot,
+                now,
+                Outcome::Interrupted,
+                format!(
+                    "the process running it (pid {}) stopped before the run finished",
+                    m.pid
+                ),
+            );
+            rec.run_id = m.run_id.clone();
+            rec.started = m.started;
+            rec.attempt = m.attempt;
+            rec.duration_ms = (now - m.started).num_milliseconds().max(0) as u64;
+            tracing::warn!(loop_name = %m.loop_name, run = %m.run_id, "recorded an interrupted run left by pid {}", m.pid);
+            if let Err(e) = self.ctx.runlog.append(&rec) {
+                tracing::error!("{e}");
+            }
+            self.ctx.running.remove(&m.run_id);
+        }
+    }
+
+    /// Rediscovers the domains and tells the scheduler; logs what changed.
+    fn reload(&mut self, first: bool) {
+        let found = discover(&self.ws);
+        let mut next = BTreeMap::new();
+        let mut changed = first;
+        for e in found {
+            let prev = self.entries.get(&e.name);
+            let is_new = prev.is_none();
+            let edited = prev.is_some_and(|p| p.content_hash != e.content_hash);
+            let errors: Vec<String> = e.errors().map(|d| d.to_string()).collect();
+            if is_new || edited {
+                changed = true;
+                if !errors.is_empty() {
+                    for err in &errors {
+                        tracing::error!(loop_name = %e.name, "{err}");
+                    }
+                    tracing::warn!(loop_name = %e.name, "loop is not scheduled until its config is fixed");
+                } else if !first {
+                    tracing::info!(loop_name = %e.name, "{}", if is_new { "new loop" } else { "loop reloaded" });
+                }
+            }
+            if errors.is_empty() && prev.is_some_and(|p| p.def.is_none()) {
+                tracing::info!(loop_name = %e.name, "config fixed: loop scheduled again");
+            }
+            next.insert(e.name.clone(), e);
+        }
+        for name in self.entries.keys() {
+            if !next.contains_key(name) {
+                changed = true;
+                tracing::info!(loop_name = %name, "loop removed");
+            }
+        }
+        self.entries = next;
+        if !changed {
+            return;
+        }
+        let has_providers = self.ws.settings.has_providers;
+        let mut defs = Vec::new();
+        for e in self.entries.values() {
+            match &e.def {
+                Some(def) if schedulable(def, has_providers) => defs.push(def.clone()),
+                Some(def) if def.is_prompt() && def.enabled => {
+                    if first {
+                        tracing::info!(loop_name = %def.name, "waiting for a provider: add `providers:` to loops.yaml to run prompt loops");
+                    }
+                    push_unique(&mut self.summary.waiting_for_provider, &def.name);
+                }
+                Some(def) => push_unique(&mut self.summary.disabled, &def.name),
+                None => push_unique(&mut self.summary.broken, &e.name),
+            }
+        }
+        self.sched.set_loops(defs);
+    }
+
+    fn on_paths_changed(&mut self, paths: &[PathBuf]) {
+        let state_dir = self.ws.state_dir();
+        let mut domains = false;
+        for p in paths {
+            if p.as_os_str().is_empty() {
+                domains = true;
+            } else if let Ok(rest) = p.strip_prefix(&state_dir) {
+                if let Some(name) = rest.to_str().and_then(|s| s.strip_suffix(".json")) {
+                    self.sched.refresh(name);
+                }
+            } else {
+                domains = true;
+            }
+        }
+        if domains {
+            self.reload(false);
+        }
+    }
+
+    /// Starts every pending run whose time has come.
+    fn dispatch_ready(&mut self, now: DateTime<Utc>) {
+        let (ready, later): (Vec<DueRun>, Vec<DueRun>) =
+            self.pending.drain(..).partition(|p| p.not_before <= now);
+        self.pending = later;
+        for due in ready {
+            self.dispatch(due);
+        }
+    }
+
+    fn dispatch(&mut self, due: DueRun) {
+        let Some(def) = self.sched.def(&due.loop_name).cloned() else {
+            return;
+        };
+        let busy = self.running.get(&def.name).is_some_and(|r| !r.is_empty());
+        if busy {
+            match def.concurrency {
+                Concurrency::Forbid => {
+                    self.record_skip(
+                        &def,
+                        &due,
+                        "the previous run was still going (concurrency: forbid)",
+                    );
+                    return;
+                }
+                Concurrency::Replace => {
+                    for r in self.running.get(&def.name).into_iter().flatten() {
+                        tracing::info!(loop_name = %def.name, run = %r.run_id, "replacing the running run (concurrency: replace)");
+                        let _ = r.cancel.send(true);
+                    }
+                }
+                Concurrency::Allow => {}
+            }
+        }
+        // Across processes (a person's `loops trigger`), forbid is kept by a lock file.
+        let run_lock = if def.concurrency == Concurrency::Allow {
+            None
+        } else {
+            match FileLock::try_acquire(&self.ws.locks_dir().join(format!("{}.run", def.name))) {
+                Ok(Some(l)) => Some(l),
+                Ok(None) if def.concurrency == Concurrency::Forbid || !busy => {
+                    self.record_skip(
+                        &def,
+                        &due,
+                        "another process was running this loop (concurrency: forbid)",
+                    );
+                    return;
+                }
+                Ok(None) => None,
+                Err(e) => {
+                    tracing::warn!("run lock: {e}");
+                    None
+                }
+            }
+        };
+        let req = RunRequest::new(due.trigger, due.slot, due.attempt);
+        let (cancel_tx, cancel_rx) = watch::channel(false);
+        self.running
+            .entry(def.name.clone())
+            .or_default()
+            .push(RunningRun {
+                run_id: req.run_id.clone(),
+                cancel: cancel_tx,
+            });
+        self.in_flight += 1;
+        let ctx = self.ctx.clone();
+        let permits = self.permits.clone();
+        let done = self.done_tx.clone();
+        tokio::spawn(async move {
+            // The global limit queues runs; it never makes a slot's run disappear.
+            let _permit = permits.acquire_owned().await;
+            let rec = jobs::execute(&ctx, &def, &req, None, Some(cancel_rx)).await;
+            drop(run_lock);
+            let _ = done.send(Finished { def, rec });
+        });
+    }
+
+    fn record_skip(&mut self, def: &LoopDef, due: &DueRun, why: &str) {
+        let rec = RunRecord::decision(
+            &def.name,
+            due.trigger.as_str(),
+            due.slot,
+            self.sched.now(),
+            Outcome::Skipped,
+            why.to_string(),
+        );
+        tracing::info!(loop_name = %def.name, "slot skipped: {why}");
+        if let Err(e) = self.ctx.runlog.append(&rec) {
+            tracing::error!("{e}");
+        }
+        self.summary.runs.push(rec);
+    }
+
+    fn on_finished(&mut self, f: Finished, retry: bool) {
+        self.in_flight = self.in_flight.saturating_sub(1);
+        if let Some(list) = self.running.get_mut(&f.def.name) {
+            list.retain(|r| r.run_id != f.rec.run_id);
+        }
+        let rec = &f.rec;
+        let err = rec.error.as_deref().unwrap_or("");
+        match rec.outcome {
+            Outcome::Failed | Outcome::Timeout => {
+                tracing::warn!(loop_name = %rec.loop_name, run = %rec.run_id, outcome = %rec.outcome, duration_ms = rec.duration_ms, "{err}")
+            }
+            _ => {
+                tracing::info!(loop_name = %rec.loop_name, run = %rec.run_id, outcome = %rec.outcome, duration_ms = rec.duration_ms, commit = rec.commit.as_deref().unwrap_or(""), "run finished")
+            }
+        }
+        let after = if self.sched.def(&f.def.name).is_some() {
+            self.sched.finished(&f.def, rec, retry)
+        } else {
+            apply_finish(
+                &self.ctx.store,
+                &f.def,
+                rec,
+                false,
+                self.ws.settings.pause_after_failures,
+                Utc::now(),
+            )
+        };
+        match after {
+            Aftermath::RetryAt(at) => {
+                tracing::info!(loop_name = %rec.loop_name, "retry {} at {}", rec.attempt + 1, at.to_rfc3339())
+            }
+            Aftermath::Paused(p) => tracing::error!(
+                loop_name = %rec.loop_name,
+                "loop paused after {}; last error: {}. Fix it, then `loops resume {}`",
+                p.reason,
+                p.last_error.as_deref().unwrap_or("none"),
+                rec.loop_name
+            ),
+            Aftermath::Nothing => {}
+        }
+        self.summary.runs.push(f.rec);
+    }
+}
+
+fn push_unique(v: &mut Vec<String>, s: &str) {
+    if !v.iter().any(|x| x == s) {
+        v.push(s.to_string());
+    }
+}

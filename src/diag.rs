@@ -1,0 +1,328 @@
+//! Diagnostics: what is wrong with a file a person wrote, where, and what would be right.
+//!
+//! YAML parsing gives positions only for syntax errors, so semantic errors (a bad
+//! duration, an unknown timezone) find their line and column with [`YamlLocator`], a
+//! small scanner over the source text that maps a key path to where it is written.
+
+use serde::Serialize;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Error,
+    Warning,
+}
+
+/// One finding about one file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Diagnostic {
+    pub severity: Severity,
+    /// Path relative to the workspace root when inside it.
+    pub file: PathBuf,
+    pub line: Option<usize>,
+    pub column: Option<usize>,
+    pub message: String,
+    pub help: Option<String>,
+}
+
+impl Diagnostic {
+    pub fn error(file: &Path, message: impl Into<String>) -> Self {
+        Diagnostic {
+            severity: Severity::Error,
+            file: file.to_path_buf(),
+            line: None,
+            column: None,
+            message: message.into(),
+            help: None,
+        }
+    }
+
+    pub fn warning(file: &Path, message: impl Into<String>) -> Self {
+        Diagnostic {
+            severity: Severity::Warning,
+            ..Diagnostic::error(file, message)
+        }
+    }
+
+    pub fn at(mut self, pos: Option<Pos>) -> Self {
+        if let Some(p) = pos {
+            self.line = Some(p.line);
+            self.column = Some(p.column);
+        }
+        self
+    }
+
+    pub fn help(mut self, help: impl Into<String>) -> Self {
+        self.help = Some(help.into());
+        self
+    }
+
+    pub fn is_error(&self) -> bool {
+        self.severity == Severity::Error
+    }
+
+    /// `file:line:col` (or as much of it as is known).
+    pub fn location(&self) -> String {
+        match (self.line, self.column) {
+            (Some(l), Some(c)) => format!("{}:{l}:{c}", self.file.display()),
+            (Some(l), None) => format!("{}:{l}", self.file.display()),
+            _ => self.file.display().to_string(),
+        }
+    }
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let level = match self.severity {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+        };
+        write!(f, "{level}: {}: {}", self.location(), self.message)?;
+        if let Some(h) = &self.help {
+            write!(f, "\n  help: {h}")?;
+        }
+        Ok(())
+    }
+}
+
+/// A 1-based line and column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pos {
+    pub line: usize,
+    pub column: usize,
+}
+
+/// Finds where a key path (`["schedule", "every"]`) is written in a YAML document.
+///
+/// It understands block mappings by indentation and single-line flow mappings
+/// (`retry: { delay: 30s }`), which is how config files are written in practice. When a
+/// path cannot be found it answers with the nearest ancestor that can.
+pub struct YamlLocator<'a> {
+    lines: Vec<&'a str>,
+}
+
+struct KeyAt {
+    line: usize,
+    indent: usize,
+    key: String,
+    key_col: usize,
+    value_col: Option<usize>,
+}
+
+impl<'a> YamlLocator<'a> {
+    pub fn new(text: &'a str) -> Self {
+        YamlLocator {
+            lines: text.lines().collect(),
+        }
+    }
+
+    fn keys(&self) -> Vec<KeyAt> {
+        let mut out = Vec::new();
+        for (i, raw) in self.lines.iter().enumerate() {
+            let trimmed = raw.trim_start();
+            if trimmed.is_empty() || trimmed.starts_with('#') || trimmed.starts_with("---") {
+                continue;
+            }
+            let indent = raw.len() - trimmed.len();
+            let (body, indent) = match trimmed.strip_prefix("- ") {
+                Some(rest) => (rest, indent + 2),
+                None => (trimmed, indent),
+            };
+            if let Some((key, after)) = split_key(body) {
+                let value_off = body.len() - after.trim_start().len();
+                let value_col = if after.trim().is_empty() || after.trim_start().starts_with('#') {
+                    None
+                } else {
+                    Some(indent + value_off + 1)
+                };
+                out.push(KeyAt {
+                    line: i + 1,
+                    indent,
+                    key,
+                    key_col: indent + 1,
+                    value_col,
+                });
+            }
+        }
+        out
+    }
+
+    /// Where the key at `path` is written.
+    pub fn key(&self, path: &[&str]) -> Option<Pos> {
+        self.find(path).map(|(p, _)| p)
+    }
+
+    /// Where the value of `path` is written (falls back to the key).
+    pub fn value(&self, path: &[&str]) -> Option<Pos> {
+        self.find(path).map(|(k, v)| v.unwrap_or(k))
+    }
+
+    fn find(&self, path: &[&str]) -> Option<(Pos, Option<Pos>)> {
+        if path.is_empty() {
+            return None;
+        }
+        let keys = self.keys();
+        let mut stack: Vec<(usize, String)> = Vec::new();
+        let mut best: Option<(usize, Pos, Option<Pos>)> = None;
+        for k in &keys {
+            while stack.last().is_some_and(|(ind, _)| *ind >= k.indent) {
+                stack.pop();
+            }
+            stack.push((k.indent, k.key.clone()));
+            let current: Vec<&str> = stack.iter().map(|(_, s)| s.as_str()).collect();
+            let depth = matching_prefix(&current, path);
+            if depth == current.len() && depth > 0 {
+                let key_pos = Pos {
+                    line: k.line,
+                    column: k.key_col,
+                };
+                let val_pos = k.value_col.map(|c| Pos {
+                    line: k.line,
+                    column: c,
+                });
+                if depth == path.len() {
+                    return Some((key_pos, val_pos));
+                }
+                // A flow mapping on this line may hold the rest of the path.
+                if let Some(found) = self.in_flow(k.line, &path[depth..]) {
+                    return Some(found);
+                }
+                if best.as_ref().is_none_or(|(d, _, _)| depth > *d) {
+                    best = Some((depth, key_pos, val_pos));
+                }
+            }
+        }
+        best.map(|(_, k, v)| (k, v))
+    }
+
+    fn in_flow(&self, line: usize, rest: &[&str]) -> Option<(Pos, Option<Pos>)> {
+        let text = self.lines.get(line - 1)?;
+        let open = text.find('{')?;
+        let mut from = open;
+        for key in rest {
+            let needle = format!("{key}:");
+            let idx = text[from..].find(&needle)? + from;
+            from = idx + needle.len();
+        }
+        let key_col = from - rest.last()?.len() - 1;
+        let after = &text[from..];
+        let value_col = from + (after.len() - after.trim_start().len());
+        Some((
+            Pos {
+                line,
+                column: key_col + 1,
+            },
+            Some(Pos {
+                line,
+                column: value_col + 1,
+            }),
+        ))
+    }
+}
+
+fn matching_prefix(current: &[&str], path: &[&str]) -> usize {
+    current
+        .iter()
+        .zip(path.iter())
+        .take_while(|(a, b)| a == b)
+        .count()
+}
+
+/// Splits `key: rest` (quoted keys allowed); `None` when the line is not a mapping key.
+fn split_key(body: &str) -> Option<(String, &str)> {
+    if let Some(q) = body.chars().next().filter(|c| *c == '"' || *c == '\'') {
+        let end = body[1..].find(q)? + 1;
+        let after = body[end + 1..].strip_prefix(':')?;
+        if !(after.is_empty() || after.starts_with(' ')) {
+            return None;
+        }
+        return Some((body[1..end].to_string(), after));
+    }
+    let idx = body.find(':')?;
+    let key = &body[..idx];
+    if key.is_empty()
+        || key.contains(' ')
+        || key.starts_with('{')
+        || key.starts_with('[')
+        || key.starts_with('#')
+    {
+        return None;
+    }
+    let after = &body[idx + 1..];
+    if !(after.is_empty() || after.starts_with(' ')) {
+        return None;
+    }
+    Some((key.to_string(), after))
+}
+
+/// The known name closest to `word`, when it is close enough to be a typo.
+pub fn near_miss<'k>(word: &str, known: &[&'k str]) -> Option<&'k str> {
+    let lower = word.to_ascii_lowercase();
+    let mut best: Option<(usize, &str)> = None;
+    for k in known {
+        if lower == *k {
+            return Some(k);
+        }
+        let d = strsim::damerau_levenshtein(&lower, k);
+        let limit = if k.len() >= 5 { 2 } else { 1 };
+        if d <= limit && best.is_none_or(|(bd, _)| d < bd) {
+            best = Some((d, k));
+        }
+    }
+    best.map(|(_, k)| k)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DOC: &str = "description: x\nschedule:\n  every: 10 minutes\n  timezone: Mars/Base\nretry: { max_attempts: 3, delay: 3x }\npayload:\n  command:\n    - ./run.sh\n";
+
+    #[test]
+    fn finds_block_keys() {
+        let l = YamlLocator::new(DOC);
+        assert_eq!(l.key(&["schedule"]), Some(Pos { line: 2, column: 1 }));
+        assert_eq!(
+            l.value(&["schedule", "every"]),
+            Some(Pos {
+                line: 3,
+                column: 10
+            })
+        );
+        assert_eq!(
+            l.key(&["schedule", "timezone"]),
+            Some(Pos { line: 4, column: 3 })
+        );
+    }
+
+    #[test]
+    fn finds_flow_keys() {
+        let l = YamlLocator::new(DOC);
+        assert_eq!(
+            l.value(&["retry", "delay"]),
+            Some(Pos {
+                line: 5,
+                column: 35
+            })
+        );
+    }
+
+    #[test]
+    fn falls_back_to_the_nearest_ancestor() {
+        let l = YamlLocator::new(DOC);
+        assert_eq!(
+            l.key(&["schedule", "cron"]),
+            Some(Pos { line: 2, column: 1 })
+        );
+    }
+
+    #[test]
+    fn near_misses() {
+        let known = ["schedule", "payload", "retry", "timeout"];
+        assert_eq!(near_miss("schedul", &known), Some("schedule"));
+        assert_eq!(near_miss("Schedule", &known), Some("schedule"));
+        assert_eq!(near_miss("channel", &known), None);
+    }
+}

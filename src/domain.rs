@@ -1,0 +1,887 @@
+//! Domains: the loop folders under `domains/`. Discovery finds them; parsing turns each
+//! `config.yaml` into a typed [`LoopDef`] or a list of diagnostics that say exactly what
+//! to fix. One broken loop never stops the others.
+
+use crate::diag::{near_miss, Diagnostic, YamlLocator};
+use crate::duration::{parse_duration, DURATION_HELP};
+use crate::schedule::{jitter_offset, parse_cron, CatchUp, Schedule, TzSource, When};
+use crate::workspace::{parse_timezone, Workspace};
+use chrono::{DateTime, NaiveDateTime, TimeZone, Utc};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use yaml_serde::{Mapping, Value};
+
+/// What a loop runs each tick.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Payload {
+    /// A program: argv, run directly (a string in config.yaml becomes `sh -c STRING`).
+    Command { argv: Vec<String> },
+    /// An LLM prompt driven as an agent loop (prompt.md beside config.yaml).
+    Prompt {
+        model: Option<String>,
+        provider: Option<String>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Concurrency {
+    #[default]
+    Forbid,
+    Allow,
+    Replace,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Backoff {
+    Fixed,
+    #[default]
+    Exponential,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct RetryPolicy {
+    pub max_attempts: u32,
+    pub backoff: Backoff,
+    #[serde(with = "ms")]
+    pub delay: Duration,
+    pub jitter: f64,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            max_attempts: 3,
+            backoff: Backoff::Exponential,
+            delay: Duration::from_secs(30),
+            jitter: 0.2,
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The wait before attempt `next_attempt` (2, 3, …): `delay · 2^(n-2)` for
+    /// exponential, with a jitter drawn from `seed` so it is reproducible in tests.
+    pub fn backoff_for(&self, next_attempt: u32, seed: u64) -> Duration {
+        let base = self.delay.as_millis() as f64;
+        let factor = match self.backoff {
+            Backoff::Fixed => 1.0,
+            Backoff::Exponential => 2f64.powi(next_attempt.saturating_sub(2).min(30) as i32),
+        };
+        let unit = (seed % 10_000) as f64 / 10_000.0; // 0..1
+        let j = 1.0 + self.jitter * (unit * 2.0 - 1.0);
+        Duration::from_millis((base * factor * j).clamp(0.0, 86_400_000.0) as u64)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Session {
+    #[default]
+    Isolated,
+    Main,
+}
+
+/// A loop, parsed and valid.
+#[derive(Debug, Clone)]
+pub struct LoopDef {
+    pub name: String,
+    pub dir: PathBuf,
+    pub description: Option<String>,
+    pub enabled: bool,
+    pub schedule: Schedule,
+    pub payload: Payload,
+    pub timeout: Duration,
+    pub max_turns: u32,
+    pub session: Session,
+    pub tools: Option<Vec<String>>,
+    pub concurrency: Concurrency,
+    pub retry: RetryPolicy,
+    pub env: Vec<(String, String)>,
+    /// Genesis `timing.overlap_window_minutes`: how far the collection window reaches back.
+    pub overlap: Option<Duration>,
+    /// Every key the runner does not know, kept for the prompt.
+    pub settings: Mapping,
+    /// A fingerprint of config.yaml's schedule, to notice when it changes.
+    pub schedule_fingerprint: String,
+}
+
+impl LoopDef {
+    pub fn is_prompt(&self) -> bool {
+        matches!(self.payload, Payload::Prompt { .. })
+    }
+}
+
+/// One folder under `domains/`, parsed or not.
+#[derive(Debug, Clone)]
+pub struct DomainEntry {
+    pub name: String,
+    pub dir: PathBuf,
+    pub config_path: PathBuf,
+    /// The loop, when config.yaml has no errors.
+    pub def: Option<LoopDef>,
+    /// Errors and warnings for this loop's files.
+    pub diagnostics: Vec<Diagnostic>,
+    /// A hash of config.yaml and prompt.md, to tell an edit from a touch.
+    pub content_hash: u64,
+}
+
+impl DomainEntry {
+    pub fn errors(&self) -> impl Iterator<Item = &Diagnostic> {
+        self.diagnostics.iter().filter(|d| d.is_error())
+    }
+}
+
+/// Finds every loop folder: `domains/*/config.yaml`, skipping names starting with `.` or `_`.
+pub fn discover(ws: &Workspace) -> Vec<DomainEntry> {
+    let dir = ws.domains_dir();
+    let mut out = Vec::new();
+    let Ok(read) = std::fs::read_dir(&dir) else {
+        return out;
+    };
+    let mut dirs: Vec<PathBuf> = read
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false))
+        .map(|e| e.path())
+        .collect();
+    dirs.sort();
+    for d in dirs {
+        let Some(name) = d.file_name().and_then(|n| n.to_str()).map(str::to_string) else {
+            continue;
+        };
+        if name.starts_with('.') || name.starts_with('_') {
+            continue;
+        }
+        if !d.join("config.yaml").is_file() {
+            continue;
+        }
+        out.push(load_domain(ws, &name));
+    }
+    out
+}
+
+/// Loads one loop folder by name.
+pub fn load_domain(ws: &Workspace, name: &str) -> DomainEntry {
+    let dir = ws.domains_dir().join(name);
+    let config_path = dir.join("config.yaml");
+    let rel = ws.relative(&config_path);
+    let mut entry = DomainEntry {
+        name: name.to_string(),
+        dir: dir.clone(),
+        config_path: config_path.clone(),
+        def: None,
+        diagnostics: Vec::new(),
+        content_hash: 0,
+    };
+    let text = match std::fs::read(&config_path) {
+        Ok(bytes) => match String::from_utf8(bytes) {
+            Ok(t) => t,
+            Err(_) => {
+                entry.diagnostics.push(
+                    Diagnostic::error(&rel, "config.yaml is not UTF-8 text")
+                        .help("save the file as UTF-8"),
+                );
+                return entry;
+            }
+        },
+        Err(e) => {
+            entry.diagnostics.push(Diagnostic::error(
+                &rel,
+                format!("cannot read config.yaml: {e}"),
+            ));
+            return entry;
+        }
+    };
+    let prompt = std::fs::read(dir.join("prompt.md")).ok();
+    entry.content_hash = {
+        let mut h = crate::schedule::stable_hash(&text);
+        if let Some(p) = &prompt {
+            h ^= crate::schedule::stable_hash(&String::from_utf8_lossy(p)).rotate_left(1);
+        }
+        h
+    };
+    let (def, diags) = parse_config(ws, name, &dir, &rel, &text, prompt.is_some());
+    entry.def = def;
+    entry.diagnostics = diags;
+    entry
+}
+
+/// A diagnostic for a YAML syntax error, with the parser's own line and column.
+pub fn yaml_syntax_diagnostic(rel: &Path, e: &yaml_serde::Error) -> Diagnostic {
+    let mut d = Diagnostic::error(rel, format!("not valid YAML: {e}")).help(
+        "check the indentation (spaces, not tabs) and that every `key: value` has a space after the colon",
+    );
+    if let Some(loc) = e.location() {
+        d.line = Some(loc.line());
+        d.column = Some(loc.column());
+    }
+    d
+}
+
+const TOP_KEYS: &[&str] = &[
+    "description",
+    "enabled",
+    "schedule",
+    "payload",
+    "timeout",
+    "max_turns",
+    "session",
+    "tools",
+    "concurrency",
+    "retry",
+    "timing",
+    "env",
+];
+const SCHEDULE_KEYS: &[&str] = &[
+    "every",
+    "cron",
+    "at",
+    "timezone",
+    "jitter",
+    "catch_up",
+    "starting_deadline",
+];
+const PAYLOAD_KEYS: &[&str] = &["kind", "command", "model", "provider"];
+const RETRY_KEYS: &[&str] = &["max_attempts", "backoff", "delay", "jitter"];
+
+struct Ctx<'a> {
+    rel: &'a Path,
+    loc: YamlLocator<'a>,
+    diags: Vec<Diagnostic>,
+}
+
+impl Ctx<'_> {
+    fn err(&mut self, path: &[&str], msg: impl Into<String>, help: impl Into<String>) {
+        let d = Diagnostic::error(self.rel, msg)
+            .at(self.loc.value(path))
+            .help(help);
+        self.diags.push(d);
+    }
+
+    fn unknown(&mut self, path: &[&str], known: &[&str]) {
+        let key = path.last().copied().unwrap_or_default();
+        let d = Diagnostic::error(self.rel, format!("unknown key `{}`", path.join(".")))
+            .at(self.loc.key(path));
+        let d = match near_miss(key, known) {
+            Some(k) => d.help(format!("did you mean `{k}`?")),
+            None => d.help(format!("known keys here: {}", known.join(", "))),
+        };
+        self.diags.push(d);
+    }
+
+    fn duration(&mut self, path: &[&str], v: &Value) -> Option<Duration> {
+        let text = match v {
+            Value::String(s) => s.clone(),
+            Value::Number(n) => {
+                self.err(
+                    path,
+                    format!("`{}: {n}` has no unit", path.join(".")),
+                    format!("write e.g. {n}s or {n}m; {DURATION_HELP}"),
+                );
+                return None;
+            }
+            _ => {
+                self.err(
+                    path,
+                    format!("`{}` must be a duration", path.join(".")),
+                    DURATION_HELP,
+                );
+                return None;
+            }
+        };
+        match parse_duration(&text) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                self.err(path, format!("{}: {e}", path.join(".")), DURATION_HELP);
+                None
+            }
+        }
+    }
+}
+
+fn parse_config(
+    ws: &Workspace,
+    name: &str,
+    dir: &Path,
+    rel: &Path,
+    text: &str,
+    has_prompt: bool,
+) -> (Option<LoopDef>, Vec<Diagnostic>) {
+    let mut cx = Ctx {
+        rel,
+        loc: YamlLocator::new(text),
+        diags: Vec::new(),
+    };
+    let value: Value = match yaml_serde::from_str(text) {
+        Ok(v) => v,
+        Err(e) => return (None, vec![yaml_syntax_diagnostic(rel, &e)]),
+    };
+    let map = match value {
+        Value::Mapping(m) => m,
+        Value::Null => Mapping::new(),
+        _ => {
+            cx.diags.push(
+                Diagnostic::error(rel, "config.yaml must be a mapping of keys")
+                    .at(Some(crate::diag::Pos { line: 1, column: 1 }))
+                    .help("start with e.g. `schedule:` and `payload:`; see docs/configuration.md"),
+            );
+            return (None, cx.diags);
+        }
+    };
+
+    let mut description = None;
+    let mut enabled = true;
+    let mut schedule_v = None;
+    let mut payload_v = None;
+    let mut timeout = Duration::from_secs(300);
+    let mut max_turns = 20;
+    let mut session = Session::Isolated;
+    let mut tools = None;
+    let mut concurrency = Concurrency::Forbid;
+    let mut retry = RetryPolicy::default();
+    let mut env = Vec::new();
+    let mut timing_interval = None;
+    let mut overlap = None;
+    let mut settings = Mapping::new();
+
+    for (k, v) in &map {
+        let Some(key) = k.as_str() else {
+            settings.insert(k.clone(), v.clone());
+            continue;
+        };
+        match key {
+            "description" => description = v.as_str().map(str::to_string),
+            "enabled" => match v.as_bool() {
+                Some(b) => enabled = b,
+                None => cx.err(&["enabled"], "`enabled` must be true or false", "e.g. enabled: false"),
+            },
+            "schedule" => schedule_v = Some(v),
+            "payload" => payload_v = Some(v),
+            "timeout" => {
+                if let Some(d) = cx.duration(&["timeout"], v) {
+                    if d.is_zero() {
+                        cx.err(&["timeout"], "`timeout` must be longer than zero", "e.g. timeout: 5m");
+                    } else {
+                        timeout = d;
+                    }
+                }
+            }
+            "max_turns" => match v.as_u64() {
+                Some(n) if n >= 1 => max_turns = n as u32,
+                _ => cx.err(&["max_turns"], "`max_turns` must be a whole number of at least 1", "e.g. max_turns: 20"),
+            },
+            "session" => match v.as_str() {
+                Some("isolated") => session = Session::Isolated,
+                Some("main") => session = Session::Main,
+                _ => cx.err(&["session"], format!("`session` must be isolated or main, not {}", show(v)), "isolated is a minion (no SOUL, no memory); main is the main session"),
+            },
+            "tools" => match v.as_sequence() {
+                Some(seq) if seq.iter().all(|t| t.as_str().is_some()) => {
+                    tools = Some(seq.iter().filter_map(|t| t.as_str().map(str::to_string)).collect())
+                }
+                _ => cx.err(&["tools"], "`tools` must be a list of tool names", "e.g. tools: [read_file, edit_file, finish]"),
+            },
+            "concurrency" => match v.as_str() {
+                Some("forbid") => concurrency = Concurrency::Forbid,
+                Some("allow") => concurrency = Concurrency::Allow,
+                Some("replace") => concurrency = Concurrency::Replace,
+                _ => cx.err(&["concurrency"], format!("`concurrency` must be forbid, allow or replace, not {}", show(v)), "forbid skips a tick while a run is going (default); allow overlaps; replace stops the old run"),
+            },
+            "retry" => parse_retry(&mut cx, v, &mut retry),
+            "env" => match v.as_mapping() {
+                Some(m) => {
+                    for (ek, ev) in m {
+                        match (ek.as_str(), scalar_string(ev)) {
+                            (Some(k), Some(val)) if valid_env_name(k) => env.push((k.to_string(), val)),
+                            (Some(k), _) if !valid_env_name(k) => cx.err(&["env", k], format!("`{k}` is not a valid environment variable name"), "use letters, digits and _ and do not start with a digit"),
+                            (Some(k), _) => cx.err(&["env", k], format!("env.{k} must be a string, number or boolean"), "e.g. env: { REPORT_TITLE: Weekly }"),
+                            _ => cx.err(&["env"], "env keys must be strings", "e.g. env: { REPORT_TITLE: Weekly }"),
+                        }
+                    }
+                }
+                None => cx.err(&["env"], "`env` must be a mapping of NAME: value", "e.g. env: { REPORT_TITLE: Weekly }"),
+            },
+            "timing" => {
+                // Genesis form; its other keys are kept but only these two mean something here.
+                if let Some(m) = v.as_mapping() {
+                    if let Some(iv) = m.get("interval_minutes") {
+                        match iv.as_f64() {
+                            Some(n) if n > 0.0 => timing_interval = Some(Duration::from_secs_f64(n * 60.0)),
+                            _ => cx.err(&["timing", "interval_minutes"], "`timing.interval_minutes` must be a positive number", "e.g. interval_minutes: 10"),
+                        }
+                    }
+                    if let Some(ov) = m.get("overlap_window_minutes") {
+                        match ov.as_f64() {
+                            Some(n) if n >= 0.0 => overlap = Some(Duration::from_secs_f64(n * 60.0)),
+                            _ => cx.err(&["timing", "overlap_window_minutes"], "`timing.overlap_window_minutes` must be a number of minutes", "e.g. overlap_window_minutes: 11"),
+                        }
+                    }
+                } else {
+                    cx.err(&["timing"], "`timing` must be a mapping", "e.g. timing: { interval_minutes: 10 }");
+                }
+                settings.insert(k.clone(), v.clone());
+            }
+            other => {
+                if let Some(known) = near_miss(other, TOP_KEYS).filter(|k| *k != other) {
+                    let _ = known;
+                    cx.unknown(&[other], TOP_KEYS);
+                } else {
+                    settings.insert(k.clone(), v.clone());
+                }
+            }
+        }
+    }
+
+    // Payload.
+    let payload = parse_payload(&mut cx, payload_v, has_prompt, dir, rel);
+
+    // Schedule.
+    let schedule = match (schedule_v, timing_interval) {
+        (Some(v), _) => parse_schedule(&mut cx, ws, name, v),
+        (None, Some(iv)) => Some(Schedule {
+            when: When::Every(iv),
+            tz: ws.default_timezone().0,
+            tz_source: ws.default_timezone().1,
+            jitter: Duration::ZERO,
+            offset: Duration::ZERO,
+            catch_up: CatchUp::Once,
+            starting_deadline: Schedule::default_deadline(&When::Every(iv)),
+        }),
+        (None, None) => {
+            cx.diags.push(
+                Diagnostic::error(rel, "this loop has no schedule")
+                    .at(Some(crate::diag::Pos { line: 1, column: 1 }))
+                    .help("add e.g. `schedule: { every: 10m }`, `schedule: { cron: \"0 9 * * *\" }` or `schedule: { at: 2026-12-01T09:00:00Z }`"),
+            );
+            None
+        }
+    };
+
+    if let (Some(Payload::Prompt { .. }), false) = (&payload, ws.settings.has_providers) {
+        cx.diags.push(
+            Diagnostic::warning(rel, format!("prompt loop `{name}` is waiting for a provider"))
+                .help("prompt loops need a model provider under `providers:` in loops.yaml; until then they are listed but not run"),
+        );
+    }
+
+    let has_errors = cx.diags.iter().any(|d| d.is_error());
+    let def = match (schedule, payload, has_errors) {
+        (Some(schedule), Some(payload), false) => Some(LoopDef {
+            name: name.to_string(),
+            dir: dir.to_path_buf(),
+            description,
+            enabled,
+            schedule_fingerprint: format!(
+                "{}|{}|{}",
+                schedule.describe(),
+                schedule.tz.name(),
+                schedule.offset.as_millis()
+            ),
+            schedule,
+            payload,
+            timeout,
+            max_turns,
+            session,
+            tools,
+            concurrency,
+            retry,
+            env,
+            overlap,
+            settings,
+        }),
+        _ => None,
+    };
+    (def, cx.diags)
+}
+
+fn parse_payload(
+    cx: &mut Ctx,
+    v: Option<&Value>,
+    has_prompt: bool,
+    dir: &Path,
+    rel: &Path,
+) -> Option<Payload> {
+    let empty = Mapping::new();
+    let map = match v {
+        None | Some(Value::Null) => &empty,
+        Some(Value::Mapping(m)) => m,
+        Some(_) => {
+            cx.err(
+                &["payload"],
+                "`payload` must be a mapping",
+                "e.g. payload: { kind: command, command: [\"./run.sh\"] }",
+            );
+            return None;
+        }
+    };
+    for (k, _) in map {
+        if let Some(key) = k.as_str() {
+            if !PAYLOAD_KEYS.contains(&key) {
+                cx.unknown(&["payload", key], PAYLOAD_KEYS);
+            }
+        }
+    }
+    let command = map.get("command");
+    let kind = match map.get("kind") {
+        None => {
+            if command.is_some() {
+                "command"
+            } else {
+                "prompt"
+            }
+        }
+        Some(Value::String(s)) if s == "command" || s == "prompt" => s.as_str(),
+        Some(other) => {
+            cx.err(
+                &["payload", "kind"],
+                format!(
+                    "`payload.kind` must be command or prompt, not {}",
+                    show(other)
+                ),
+                "command runs a program; prompt drives a model with prompt.md",
+            );
+            return None;
+        }
+    };
+    if kind == "command" {
+        let argv = match command {
+            None => {
+                cx.err(
+                    &["payload"],
+                    "a command loop needs `payload.command`",
+                    "e.g. command: [\"./run.sh\", \"--quiet\"] or command: \"echo hello\"",
+                );
+                return None;
+            }
+            Some(Value::String(s)) if !s.trim().is_empty() => {
+                vec!["sh".to_string(), "-c".to_string(), s.clone()]
+            }
+            Some(Value::Sequence(seq)) if !seq.is_empty() => {
+                let mut argv = Vec::new();
+                for (i, item) in seq.iter().enumerate() {
+                    match scalar_string(item) {
+                        Some(s) => argv.push(s),
+                        None => {
+                            cx.err(
+                                &["payload", "command"],
+                                format!("argument {} of `payload.command` is not a string", i + 1),
+                                "every argument must be a plain string",
+                            );
+                            return None;
+                        }
+                    }
+                }
+                if argv[0].trim().is_empty() {
+                    cx.err(
+                        &["payload", "command"],
+                        "the program name in `payload.command` is empty",
+                        "e.g. command: [\"./run.sh\"]",
+                    );
+                    return None;
+                }
+                argv
+            }
+            Some(_) => {
+                cx.err(&["payload", "command"], "the command is empty", "give an argv list like [\"./run.sh\", \"--flag\"] or a shell string like \"echo hello\"");
+                return None;
+            }
+        };
+        // A relative program path is resolved in the loop's folder; say so early if missing.
+        let prog = &argv[0];
+        if (prog.starts_with("./") || prog.starts_with("../")) && !dir.join(prog).exists() {
+            cx.err(
+                &["payload", "command"],
+                format!(
+                    "`{prog}` does not exist in {}",
+                    dir.file_name()
+                        .and_then(|n| n.to_str())
+                        .unwrap_or("the loop folder")
+                ),
+                "the command runs in the loop's folder; create the script there (and chmod +x it)",
+            );
+        }
+        Some(Payload::Command { argv })
+    } else {
+        if command.is_some() {
+            cx.err(
+                &["payload", "command"],
+                "a prompt loop does not take `payload.command`",
+                "set `kind: command` to run a program, or remove `command`",
+            );
+        }
+        if !has_prompt {
+            cx.diags.push(
+                Diagnostic::error(rel, "a prompt loop needs prompt.md beside config.yaml")
+                    .at(cx.loc.key(&["payload"]).or(Some(crate::diag::Pos { line: 1, column: 1 })))
+                    .help(format!(
+                        "create {}/prompt.md, or make it a command loop with `payload: {{ command: [\"./run.sh\"] }}`",
+                        rel.parent().map(|p| p.display().to_string()).unwrap_or_default()
+                    )),
+            );
+        }
+        Some(Payload::Prompt {
+            model: map.get("model").and_then(Value::as_str).map(str::to_string),
+            provider: map
+                .get("provider")
+                .and_then(Value::as_str)
+                .map(str::to_string),
+        })
+    }
+}
+
+fn parse_schedule(cx: &mut Ctx, ws: &Workspace, name: &str, v: &Value) -> Option<Schedule> {
+    let Some(map) = v.as_mapping() else {
+        cx.err(
+            &["schedule"],
+            "`schedule` must be a mapping",
+            "e.g. schedule: { every: 10m }",
+        );
+        return None;
+    };
+    for (k, _) in map {
+        if let Some(key) = k.as_str() {
+            if !SCHEDULE_KEYS.contains(&key) {
+                cx.unknown(&["schedule", key], SCHEDULE_KEYS);
+            }
+        }
+    }
+    let (tz, tz_source) = match map.get("timezone") {
+        None => ws.default_timezone(),
+        Some(Value::String(s)) => match parse_timezone(s) {
+            Ok(tz) => (tz, TzSource::Loop),
+            Err((m, h)) => {
+                cx.err(&["schedule", "timezone"], m, h);
+                return None;
+            }
+        },
+        Some(_) => {
+            cx.err(
+                &["schedule", "timezone"],
+                "`schedule.timezone` must be a zone name",
+                "e.g. timezone: America/New_York",
+            );
+            return None;
+        }
+    };
+    let kinds: Vec<&str> = ["every", "cron", "at"]
+        .into_iter()
+        .filter(|k| map.contains_key(*k))
+        .collect();
+    let when = match kinds.as_slice() {
+        [] => {
+            cx.err(
+                &["schedule"],
+                "`schedule` needs one of every, cron or at",
+                "e.g. every: 10m, cron: \"30 9 * * 1-5\", or at: 2026-12-01T09:00:00Z",
+            );
+            return None;
+        }
+        [_, _, ..] => {
+            cx.err(
+                &["schedule", kinds[1]],
+                format!("`schedule` has both {} and {}", kinds[0], kinds[1]),
+                "a loop has one schedule: keep one of every, cron or at",
+            );
+            return None;
+        }
+        ["every"] => {
+            let d = cx.duration(&["schedule", "every"], &map["every"])?;
+            if d < Duration::from_secs(1) {
+                cx.err(
+                    &["schedule", "every"],
+                    "`schedule.every` must be at least 1s",
+                    "e.g. every: 30s",
+                );
+                return None;
+            }
+            When::Every(d)
+        }
+        ["cron"] => {
+            let Some(expr) = map["cron"].as_str() else {
+                cx.err(
+                    &["schedule", "cron"],
+                    "`schedule.cron` must be a quoted string",
+                    "e.g. cron: \"30 9 * * 1-5\"",
+                );
+                return None;
+            };
+            match parse_cron(expr) {
+                Ok(c) => When::Cron {
+                    expr: expr.trim().to_string(),
+                    cron: Box::new(c),
+                },
+                Err(p) => {
+                    cx.err(&["schedule", "cron"], p.message, p.help);
+                    return None;
+                }
+            }
+        }
+        _ => {
+            let Some(s) = scalar_string(&map["at"]) else {
+                cx.err(
+                    &["schedule", "at"],
+                    "`schedule.at` must be a date and time",
+                    "e.g. at: 2026-12-01T09:00:00Z",
+                );
+                return None;
+            };
+            match parse_at(&s, tz) {
+                Some(t) => When::At(t),
+                None => {
+                    cx.err(&["schedule", "at"], format!("`{s}` is not a date and time"), "write RFC 3339, e.g. 2026-12-01T09:00:00Z, or 2026-12-01T09:00:00 to read it in the loop's timezone");
+                    return None;
+                }
+            }
+        }
+    };
+    let jitter = match map.get("jitter") {
+        Some(j) => cx.duration(&["schedule", "jitter"], j)?,
+        None => Duration::ZERO,
+    };
+    if let When::Every(iv) = when {
+        if jitter >= iv && !jitter.is_zero() {
+            cx.err(
+                &["schedule", "jitter"],
+                "`schedule.jitter` must be shorter than the interval",
+                "a jitter spreads loops inside one interval, e.g. every: 10m with jitter: 30s",
+            );
+            return None;
+        }
+    }
+    let catch_up = match map.get("catch_up") {
+        None => CatchUp::Once,
+        Some(Value::String(s)) if s == "once" => CatchUp::Once,
+        Some(Value::String(s)) if s == "skip" => CatchUp::Skip,
+        Some(Value::String(s)) if s == "all" => CatchUp::All,
+        Some(other) => {
+            cx.err(
+                &["schedule", "catch_up"],
+                format!("`catch_up` must be once, skip or all, not {}", show(other)),
+                "once runs the latest missed slot; skip runs none; all runs each (up to 100)",
+            );
+            return None;
+        }
+    };
+    let starting_deadline = match map.get("starting_deadline") {
+        Some(d) => cx.duration(&["schedule", "starting_deadline"], d)?,
+        None => Schedule::default_deadline(&when),
+    };
+    Some(Schedule {
+        offset: jitter_offset(name, jitter),
+        when,
+        tz,
+        tz_source,
+        jitter,
+        catch_up,
+        starting_deadline,
+    })
+}
+
+fn parse_retry(cx: &mut Ctx, v: &Value, retry: &mut RetryPolicy) {
+    let Some(map) = v.as_mapping() else {
+        cx.err(
+            &["retry"],
+            "`retry` must be a mapping",
+            "e.g. retry: { max_attempts: 3, delay: 30s }",
+        );
+        return;
+    };
+    for (k, val) in map {
+        let Some(key) = k.as_str() else { continue };
+        match key {
+            "max_attempts" => match val.as_u64() {
+                Some(n) if n >= 1 => retry.max_attempts = n as u32,
+                _ => cx.err(
+                    &["retry", "max_attempts"],
+                    "`retry.max_attempts` must be a whole number of at least 1",
+                    "1 means no retry",
+                ),
+            },
+            "backoff" => match val.as_str() {
+                Some("fixed") => retry.backoff = Backoff::Fixed,
+                Some("exponential") => retry.backoff = Backoff::Exponential,
+                _ => cx.err(
+                    &["retry", "backoff"],
+                    format!(
+                        "`retry.backoff` must be fixed or exponential, not {}",
+                        show(val)
+                    ),
+                    "exponential waits delay, 2·delay, 4·delay …",
+                ),
+            },
+            "delay" => {
+                if let Some(d) = cx.duration(&["retry", "delay"], val) {
+                    retry.delay = d;
+                }
+            }
+            "jitter" => match val.as_f64() {
+                Some(j) if (0.0..=1.0).contains(&j) => retry.jitter = j,
+                _ => cx.err(
+                    &["retry", "jitter"],
+                    "`retry.jitter` must be a fraction between 0 and 1",
+                    "e.g. jitter: 0.2 spreads each wait by ±20 %",
+                ),
+            },
+            other => cx.unknown(&["retry", other], RETRY_KEYS),
+        }
+    }
+}
+
+/// Parses `at:`: RFC 3339, or a local date-time read in `tz`.
+pub fn parse_at(s: &str, tz: chrono_tz::Tz) -> Option<DateTime<Utc>> {
+    if let Ok(t) = DateTime::parse_from_rfc3339(s.trim()) {
+        return Some(t.with_timezone(&Utc));
+    }
+    for fmt in [
+        "%Y-%m-%dT%H:%M:%S",
+        "%Y-%m-%d %H:%M:%S",
+        "%Y-%m-%dT%H:%M",
+        "%Y-%m-%d %H:%M",
+    ] {
+        if let Ok(n) = NaiveDateTime::parse_from_str(s.trim(), fmt) {
+            return tz
+                .from_local_datetime(&n)
+                .earliest()
+                .map(|t| t.with_timezone(&Utc));
+        }
+    }
+    None
+}
+
+fn scalar_string(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+fn valid_env_name(k: &str) -> bool {
+    !k.is_empty()
+        && !k.starts_with(|c: char| c.is_ascii_digit())
+        && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+fn show(v: &Value) -> String {
+    match v {
+        Value::String(s) => format!("`{s}`"),
+        Value::Number(n) => format!("`{n}`"),
+        Value::Bool(b) => format!("`{b}`"),
+        Value::Null => "nothing".into(),
+        Value::Sequence(_) => "a list".into(),
+        Value::Mapping(_) => "a mapping".into(),
+        Value::Tagged(_) => "a tagged value".into(),
+    }
+}
+
+mod ms {
+    use serde::Serializer;
+    use std::time::Duration;
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(d.as_millis() as u64)
+    }
+}

@@ -1,0 +1,379 @@
+//! Git history: the committer that records every change a run makes, and `loops log`,
+//! which reads it back through the commit trailers.
+//!
+//! A libgit2 `Repository` must not be shared across threads, so one thread owns it and
+//! every commit goes through it, in order. A commit is built from HEAD's tree plus only
+//! the paths the run touched — never from the index — so whatever a person has staged
+//! or edited elsewhere stays out of it.
+
+use chrono::{DateTime, TimeZone, Utc};
+use git2::{ErrorCode, Index, IndexEntry, IndexTime, Oid, Repository, Signature};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc as std_mpsc;
+use std::time::Duration;
+use tokio::sync::oneshot;
+
+#[derive(Debug, thiserror::Error)]
+pub enum HistoryError {
+    #[error("git: {0}")]
+    Git(#[from] git2::Error),
+    #[error("{0}: the git index is locked by another process")]
+    IndexLocked(PathBuf),
+    #[error("the committer has stopped")]
+    Stopped,
+    #[error("{0} is not inside a git repository")]
+    NotARepository(PathBuf),
+}
+
+impl HistoryError {
+    pub fn help(&self) -> Option<String> {
+        match self {
+            HistoryError::IndexLocked(p) => Some(format!(
+                "another git command is running, or one crashed: if no git is running, remove {}",
+                p.display()
+            )),
+            HistoryError::NotARepository(_) => {
+                Some("run `git init` in the workspace (or create it with `loops init`)".into())
+            }
+            _ => None,
+        }
+    }
+}
+
+/// A commit to make.
+#[derive(Debug, Clone)]
+pub struct CommitRequest {
+    /// Absolute paths the run touched (files that changed, appeared or disappeared).
+    pub paths: Vec<PathBuf>,
+    pub message: String,
+}
+
+type Reply = oneshot::Sender<Result<Option<Oid>, HistoryError>>;
+
+/// A handle to the committer thread. Cheap to clone.
+#[derive(Clone)]
+pub struct Committer {
+    tx: std_mpsc::Sender<(CommitRequest, Reply)>,
+}
+
+impl Committer {
+    /// Starts the committer for the repository holding `workspace`.
+    pub fn start(
+        workspace: &Path,
+        fallback_name: &str,
+        fallback_email: &str,
+    ) -> Result<Committer, HistoryError> {
+        let repo = Repository::discover(workspace)
+            .map_err(|_| HistoryError::NotARepository(workspace.to_path_buf()))?;
+        if repo.workdir().is_none() {
+            return Err(HistoryError::NotARepository(workspace.to_path_buf()));
+        }
+        let (tx, rx) = std_mpsc::channel::<(CommitRequest, Reply)>();
+        let name = fallback_name.to_string();
+        let email = fallback_email.to_string();
+        std::thread::Builder::new()
+            .name("loops-committer".into())
+            .spawn(move || {
+                for (req, reply) in rx {
+                    let r = commit_paths(&repo, &req, &name, &email);
+                    let _ = reply.send(r);
+                }
+            })
+            .map_err(|_| HistoryError::Stopped)?;
+        Ok(Committer { tx })
+    }
+
+    /// Commits from async code.
+    pub async fn commit(&self, req: CommitRequest) -> Result<Option<Oid>, HistoryError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send((req, tx)).map_err(|_| HistoryError::Stopped)?;
+        rx.await.map_err(|_| HistoryError::Stopped)?
+    }
+}
+
+fn signature<'a>(repo: &Repository, name: &'a str, email: &'a str) -> Signature<'static> {
+    repo.signature()
+        .or_else(|_| Signature::now(name, email))
+        .or_else(|_| Signature::now("loops", "loops@localhost"))
+        .unwrap_or_else(|_| {
+            // Signature::now only fails on invalid names; this one is valid by construction.
+            Signature::new("loops", "loops@localhost", &git2::Time::new(0, 0))
+                .expect("a constant signature is valid")
+        })
+}
+
+/// Paths under these folders are never committed by a run.
+fn is_private(rel: &Path) -> bool {
+    matches!(
+        rel.components().next().and_then(|c| c.as_os_str().to_str()),
+        Some(".loops") | Some(".git")
+    )
+}
+
+fn commit_paths(
+    repo: &Repository,
+    req: &CommitRequest,
+    name: &str,
+    email: &str,
+) -> Result<Option<Oid>, HistoryError> {
+    let Some(workdir) = repo.workdir().map(Path::to_path_buf) else {
+        return Ok(None);
+    };
+    let workdir = workdir.canonicalize().unwrap_or(workdir);
+    let mut rels: Vec<PathBuf> = req
+        .paths
+        .iter()
+        .filter_map(|p| p.strip_prefix(&workdir).ok().map(Path::to_path_buf))
+        .filter(|r| !r.as_os_str().is_empty() && !is_private(r))
+        .filter(|r| !repo.is_path_ignored(r).unwrap_or(false))
+        .collect();
+    rels.sort();
+    rels.dedup();
+    if rels.is_empty() {
+        return Ok(None);
+    }
+    // A concurrent writer (another loops process, a person's `git commit`) can move HEAD
+    // between our read and our update; libgit2 refuses then, and we rebuild on the new tip.
+    for attempt in 0..20 {
+        let head = repo.head().ok().and_then(|h| h.peel_to_commit().ok());
+        let mut idx = Index::new()?;
+        if let Some(c) = &head {
+            idx.read_tree(&c.tree()?)?;
+        }
+        for rel in &rels {
+            stage(repo, &mut idx, &workdir, rel)?;
+        }
+        let tree_id = idx.write_tree_to(repo)?;
+        if head.as_ref().map(|c| c.tree_id()) == Some(tree_id) {
+            return Ok(None);
+        }
+        let tree = repo.find_tree(tree_id)?;
+        let sig = signature(repo, name, email);
+        let parents: Vec<&git2::Commit> = head.iter().collect();
+        match repo.commit(Some("HEAD"), &sig, &sig, &req.message, &tree, &parents) {
+            Ok(oid) => {
+                sync_index(repo, &rels);
+                return Ok(Some(oid));
+            }
+            Err(e) if e.code() == ErrorCode::Modified || e.code() == ErrorCode::Locked => {
+                std::thread::sleep(Duration::from_millis(10 * (attempt + 1)));
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(HistoryError::Git(git2::Error::from_str(
+        "HEAD kept moving while committing; gave up after 20 attempts",
+    )))
+}
+
+fn stage(
+    repo: &Repository,
+    idx: &mut Index,
+    workdir: &Path,
+    rel: &Path,
+) -> Result<(), HistoryError> {
+    let abs = workdir.join(rel);
+    let meta = std::fs::symlink_metadata(&abs);
+    match meta {
+        Ok(m) if m.is_file() || m.file_type().is_symlink() => {
+            use std::os::unix::fs::PermissionsExt;
+            let (id, mode) = if m.file_type().is_symlink() {
+                let target = std::fs::read_link(&abs).unwrap_or_default();
+                (repo.blob(target.to_string_lossy().as_bytes())?, 0o120000)
+            } else {
+                let exec = m.permissions().mode() & 0o111 != 0;
+                (
+                    repo.blob_path(&abs)?,
+                    if exec { 0o100755 } else { 0o100644 },
+                )
+            };
+            let path = rel.to_string_lossy().into_owned().into_bytes();
+            let entry = IndexEntry {
+                ctime: IndexTime::new(0, 0),
+                mtime: IndexTime::new(0, 0),
+                dev: 0,
+                ino: 0,
+                mode,
+                uid: 0,
+                gid: 0,
+                file_size: m.len() as u32,
+                id,
+                flags: (path.len().min(0xfff)) as u16,
+                flags_extended: 0,
+                path,
+            };
+            idx.add(&entry)?;
+        }
+        Ok(m) if m.is_dir() => {
+            // A folder the run created: stage what is in it.
+            for e in walkdir::WalkDir::new(&abs)
+                .into_iter()
+                .filter_map(|e| e.ok())
+            {
+                if e.file_type().is_file() {
+                    if let Ok(r) = e.path().strip_prefix(workdir) {
+                        if !repo.is_path_ignored(r).unwrap_or(false) {
+                            stage(repo, idx, workdir, r)?;
+                        }
+                    }
+                }
+            }
+        }
+        _ => {
+            // Gone: drop it (and anything below it) from the tree.
+            let _ = idx.remove_path(rel);
+            let _ = idx.remove_dir(rel, 0);
+        }
+    }
+    Ok(())
+}
+
+/// Brings the repository's own index up to date for the committed paths only, so
+/// `git status` is clean for them and a person's staged changes elsewhere are kept.
+fn sync_index(repo: &Repository, rels: &[PathBuf]) {
+    for attempt in 0..50 {
+        let Ok(mut index) = repo.index() else { return };
+        let _ = index.read(false);
+        for rel in rels {
+            if repo
+                .workdir()
+                .is_some_and(|w| w.join(rel).symlink_metadata().is_ok())
+            {
+                let _ = index.add_path(rel);
+            } else {
+                let _ = index.remove_path(rel);
+            }
+        }
+        match index.write() {
+            Ok(()) => return,
+            Err(e) if e.code() == ErrorCode::Locked && attempt < 49 => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => {
+                tracing::warn!(
+                    "committed, but could not update the git index ({e}); `git status` may show the run's files as changed until the next commit"
+                );
+                return;
+            }
+        }
+    }
+}
+
+/// Builds a commit message: a subject line, then the trailers.
+pub fn commit_message(subject: &str, trailers: &[(&str, String)]) -> String {
+    let mut msg = String::new();
+    let subject = subject.lines().next().unwrap_or("").trim();
+    let subject: String = if subject.chars().count() > 72 {
+        subject.chars().take(71).collect::<String>() + "…"
+    } else {
+        subject.to_string()
+    };
+    msg.push_str(&subject);
+    msg.push_str("\n\n");
+    for (k, v) in trailers {
+        msg.push_str(k);
+        msg.push_str(": ");
+        msg.push_str(&v.replace('\n', " "));
+        msg.push('\n');
+    }
+    msg
+}
+
+/// One run in the history, read back from a commit.
+#[derive(Debug, Clone, Serialize)]
+pub struct LogEntry {
+    pub commit: String,
+    pub time: DateTime<Utc>,
+    #[serde(rename = "loop")]
+    pub loop_name: String,
+    pub summary: String,
+    pub outcome: Option<String>,
+    pub run: Option<String>,
+    pub trigger: Option<String>,
+    pub duration_ms: Option<u64>,
+    pub trailers: Vec<(String, String)>,
+}
+
+/// Reads the history of runs from git: commits carrying a `Loop:` trailer, newest
+/// first, optionally of one loop.
+pub fn read_log(
+    workspace: &Path,
+    loop_filter: Option<&str>,
+    limit: usize,
+) -> Result<Vec<LogEntry>, HistoryError> {
+    let repo = Repository::discover(workspace)
+        .map_err(|_| HistoryError::NotARepository(workspace.to_path_buf()))?;
+    let mut walk = repo.revwalk()?;
+    if walk.push_head().is_err() {
+        return Ok(Vec::new());
+    }
+    walk.set_sorting(git2::Sort::TIME)?;
+    let mut out = Vec::new();
+    for oid in walk {
+        let Ok(oid) = oid else { continue };
+        let Ok(commit) = repo.find_commit(oid) else {
+            continue;
+        };
+        let Some(message) = commit.message() else {
+            continue;
+        };
+        let trailers = parse_trailers(message);
+        let Some(loop_name) = trailers
+            .iter()
+            .find(|(k, _)| k == "Loop")
+            .map(|(_, v)| v.clone())
+        else {
+            continue;
+        };
+        if loop_filter.is_some_and(|f| f != loop_name) {
+            continue;
+        }
+        let get = |key: &str| {
+            trailers
+                .iter()
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| v.clone())
+        };
+        let subject = commit.summary().unwrap_or("").to_string();
+        let summary = subject
+            .strip_prefix(&format!("{loop_name}: "))
+            .unwrap_or(&subject)
+            .to_string();
+        out.push(LogEntry {
+            commit: oid.to_string(),
+            time: Utc
+                .timestamp_opt(commit.time().seconds(), 0)
+                .single()
+                .unwrap_or_default(),
+            outcome: get("Outcome"),
+            run: get("Run"),
+            trigger: get("Trigger"),
+            duration_ms: get("Duration-Ms").and_then(|d| d.parse().ok()),
+            loop_name,
+            summary,
+            trailers,
+        });
+        if out.len() >= limit {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+/// The `Key: value` lines of a message's last paragraph.
+pub fn parse_trailers(message: &str) -> Vec<(String, String)> {
+    let trimmed = message.trim_end();
+    let last = trimmed.rsplit("\n\n").next().unwrap_or("");
+    if std::ptr::eq(last, trimmed) && !trimmed.contains("\n\n") {
+        return Vec::new();
+    }
+    last.lines()
+        .filter_map(|l| {
+            let (k, v) = l.split_once(": ")?;
+            (!k.is_empty() && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'))
+                .then(|| (k.to_string(), v.trim().to_string()))
+        })
+        .collect()
+}

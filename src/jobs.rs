@@ -1,0 +1,392 @@
+//! One run of a loop, start to finish: mark it running, run the payload, find the files
+//! it changed, commit them, append the run record. Everything that runs goes through
+//! here, whether the daemon scheduled it or a person triggered it.
+
+use crate::domain::{LoopDef, Payload};
+use crate::exec::{self, ExecSpec, Stream};
+use crate::history::{commit_message, CommitRequest, Committer};
+use crate::runs::{new_run_id, Outcome, RunLog, RunRecord, RunningMarker, RunningSet};
+use crate::schedule::When;
+use crate::state::{LoopState, StateStore};
+use crate::workspace::Workspace;
+use chrono::{DateTime, Utc};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+use tokio::sync::{mpsc, watch};
+
+/// What caused a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    Schedule,
+    CatchUp,
+    Retry,
+    Manual,
+    Once,
+}
+
+impl Trigger {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Trigger::Schedule => "schedule",
+            Trigger::CatchUp => "catch-up",
+            Trigger::Retry => "retry",
+            Trigger::Manual => "manual",
+            Trigger::Once => "once",
+        }
+    }
+
+    /// Scheduled work is retried on failure; a person's trigger reports back instead.
+    pub fn retries(&self) -> bool {
+        matches!(self, Trigger::Schedule | Trigger::CatchUp | Trigger::Retry)
+    }
+}
+
+/// A run to make.
+#[derive(Debug, Clone)]
+pub struct RunRequest {
+    pub run_id: String,
+    pub trigger: Trigger,
+    pub slot: Option<DateTime<Utc>>,
+    pub attempt: u32,
+}
+
+impl RunRequest {
+    pub fn new(trigger: Trigger, slot: Option<DateTime<Utc>>, attempt: u32) -> Self {
+        RunRequest {
+            run_id: new_run_id(),
+            trigger,
+            slot,
+            attempt,
+        }
+    }
+}
+
+/// What every run needs from its surroundings.
+#[derive(Clone)]
+pub struct RunContext {
+    pub ws: Arc<Workspace>,
+    pub committer: Option<Committer>,
+    pub runlog: RunLog,
+    pub running: RunningSet,
+    pub store: StateStore,
+}
+
+impl RunContext {
+    pub fn new(ws: Arc<Workspace>) -> Self {
+        let committer = if ws.settings.git_commit {
+            match Committer::start(
+                &ws.root,
+                &ws.settings.author_name,
+                &ws.settings.author_email,
+            ) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    tracing::warn!(
+                        "history is off: {e}{}",
+                        e.help().map(|h| format!(" ({h})")).unwrap_or_default()
+                    );
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        RunContext {
+            runlog: RunLog::new(&ws.runs_dir(), ws.settings.rotate_bytes),
+            running: RunningSet::new(&ws.running_dir()),
+            store: StateStore::new(&ws.state_dir()),
+            committer,
+            ws,
+        }
+    }
+}
+
+/// A file's identity for change detection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct FileSig {
+    len: u64,
+    mtime_ns: u128,
+    hash: Option<u64>,
+}
+
+/// Files under `dirs`, with enough to tell whether a run changed them.
+fn snapshot(dirs: &[PathBuf]) -> HashMap<PathBuf, FileSig> {
+    let mut out = HashMap::new();
+    for d in dirs {
+        for e in walkdir::WalkDir::new(d)
+            .into_iter()
+            .filter_entry(|e| e.file_name() != ".git")
+            .filter_map(|e| e.ok())
+        {
+            if e.file_type().is_dir() {
+                continue;
+            }
+            let Ok(m) = e.path().symlink_metadata() else {
+                continue;
+            };
+            let mtime_ns = m
+                .modified()
+                .ok()
+                .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                .map(|d| d.as_nanos())
+                .unwrap_or(0);
+            // Content hashes catch a same-size rewrite inside one mtime tick.
+            let hash = (m.len() <= 1 << 20 && m.is_file())
+                .then(|| std::fs::read(e.path()).ok())
+                .flatten()
+                .map(|b| crate::schedule::stable_hash(&String::from_utf8_lossy(&b)));
+            out.insert(
+                e.path().to_path_buf(),
+                FileSig {
+                    len: m.len(),
+                    mtime_ns,
+                    hash,
+                },
+            );
+        }
+    }
+    out
+}
+
+fn changed_paths(
+    before: &HashMap<PathBuf, FileSig>,
+    after: &HashMap<PathBuf, FileSig>,
+) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = after
+        .iter()
+        .filter(|(p, sig)| match before.get(*p) {
+            None => true,
+            Some(old) => match (old.hash, sig.hash) {
+                (Some(a), Some(b)) => a != b || old.len != sig.len,
+                _ => old != *sig,
+            },
+        })
+        .map(|(p, _)| p.clone())
+        .chain(before.keys().filter(|p| !after.contains_key(*p)).cloned())
+        .collect();
+    out.sort();
+    out
+}
+
+/// The folders a loop's run may change (and whose changes are committed).
+pub fn writable_areas(ws: &Workspace, def: &LoopDef) -> Vec<PathBuf> {
+    vec![def.dir.clone(), ws.root.join("drafts").join(&def.name)]
+}
+
+/// The collection window's start: the last successful run's start minus the overlap.
+pub fn window_start(def: &LoopDef, state: Option<&LoopState>) -> Option<DateTime<Utc>> {
+    let last = state?.last_success?;
+    let overlap = def.overlap.unwrap_or(match def.schedule.when {
+        When::Every(iv) => iv / 10,
+        _ => Duration::ZERO,
+    });
+    Some(last - chrono::Duration::milliseconds(overlap.as_millis() as i64))
+}
+
+/// The full environment a loop's command gets.
+pub fn run_env(
+    ws: &Workspace,
+    def: &LoopDef,
+    run_id: &str,
+    state: Option<&LoopState>,
+) -> Vec<(String, String)> {
+    let mut env = exec::base_env();
+    let ws_root = ws.root.display().to_string();
+    env.push(("LOOPS_WORKSPACE".into(), ws_root));
+    env.push(("LOOPS_DOMAIN".into(), def.dir.display().to_string()));
+    env.push(("LOOPS_LOOP".into(), def.name.clone()));
+    env.push(("LOOPS_RUN_ID".into(), run_id.to_string()));
+    env.push(("LOOPS_INBOX".into(), ws.inbox_dir().display().to_string()));
+    env.push((
+        "LOOPS_WINDOW_START".into(),
+        window_start(def, state)
+            .map(|t| t.to_rfc3339())
+            .unwrap_or_default(),
+    ));
+    env.push((
+        "LOOPS_LAST_RUN".into(),
+        state
+            .and_then(|s| s.last_run.as_ref())
+            .map(|r| r.finished.to_rfc3339())
+            .unwrap_or_default(),
+    ));
+    for (k, v) in &def.env {
+        env.retain(|(ek, _)| ek != k);
+        env.push((k.clone(), v.clone()));
+    }
+    env
+}
+
+/// Runs one loop once and returns its record (already appended to the run log).
+pub async fn execute(
+    ctx: &RunContext,
+    def: &LoopDef,
+    req: &RunRequest,
+    live: Option<mpsc::UnboundedSender<(Stream, Vec<u8>)>>,
+    cancel: Option<watch::Receiver<bool>>,
+) -> RunRecord {
+    let started = Utc::now();
+    let marker = RunningMarker::for_this_process(
+        &def.name,
+        &req.run_id,
+        req.trigger.as_str(),
+        req.slot,
+        req.attempt,
+        started,
+    );
+    if let Err(e) = ctx.running.put(&marker) {
+        tracing::warn!("cannot write the running marker: {e}");
+    }
+    let state = ctx.store.load(&def.name);
+    let mut rec = RunRecord {
+        loop_name: def.name.clone(),
+        run_id: req.run_id.clone(),
+        trigger: req.trigger.as_str().to_string(),
+        slot: req.slot,
+        attempt: req.attempt,
+        started,
+        finished: started,
+        duration_ms: 0,
+        outcome: Outcome::Silent,
+        exit_code: None,
+        error: None,
+        stdout_tail: String::new(),
+        stderr_tail: String::new(),
+        changed: Vec::new(),
+        commit: None,
+        missed_count: None,
+        note: None,
+    };
+    match &def.payload {
+        Payload::Prompt { .. } => {
+            rec.outcome = Outcome::Skipped;
+            rec.note =
+                Some("waiting for a provider: prompt loops need `providers:` in loops.yaml".into());
+        }
+        Payload::Command { argv } => {
+            let areas = writable_areas(&ctx.ws, def);
+            let before = snapshot(&areas);
+            let spec = ExecSpec {
+                argv: argv.clone(),
+                cwd: def.dir.clone(),
+                env: run_env(&ctx.ws, def, &req.run_id, state.as_ref()),
+                timeout: def.timeout,
+                grace: exec::KILL_GRACE,
+            };
+            let res = exec::run(&spec, live, cancel).await;
+            let after = snapshot(&areas);
+            let changed = changed_paths(&before, &after);
+            rec.exit_code = res.exit_code;
+            rec.stdout_tail = res.stdout_tail.clone();
+            rec.stderr_tail = res.stderr_tail.clone();
+            rec.error = res.failure_reason(def.timeout);
+            rec.outcome = if res.cancelled {
+                Outcome::Interrupted
+            } else if res.timed_out {
+                Outcome::Timeout
+            } else if !res.success() {
+                Outcome::Failed
+            } else if changed.is_empty() && res.stdout_bytes == 0 {
+                Outcome::Silent
+            } else {
+                Outcome::Acted
+            };
+            rec.changed = changed
+                .iter()
+                .map(|p| ctx.ws.relative(p).display().to_string())
+                .collect();
+            rec.finished = Utc::now();
+            rec.duration_ms = res.duration.as_millis() as u64;
+            if !changed.is_empty() {
+                if let Some(c) = &ctx.committer {
+                    let msg = commit_message(
+                        &format!("{}: {}", def.name, subject_for(&rec)),
+                        &trailers(def, &rec),
+                    );
+                    match c
+                        .commit(CommitRequest {
+                            paths: changed,
+                            message: msg,
+                        })
+                        .await
+                    {
+                        Ok(Some(oid)) => rec.commit = Some(oid.to_string()),
+                        Ok(None) => {}
+                        Err(e) => {
+                            let help = e.help().map(|h| format!(" ({h})")).unwrap_or_default();
+                            tracing::warn!(loop_name = %def.name, "could not commit the run's changes: {e}{help}");
+                            rec.note = Some(format!("not committed: {e}{help}"));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    rec.finished = rec.finished.max(started);
+    if let Err(e) = ctx.runlog.append(&rec) {
+        tracing::error!("cannot append the run record: {e}");
+    }
+    ctx.running.remove(&req.run_id);
+    rec
+}
+
+fn subject_for(rec: &RunRecord) -> String {
+    let line = rec
+        .stdout_tail
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty() && !l.starts_with("[…"));
+    match (rec.outcome, line) {
+        (Outcome::Acted, Some(l)) => l.to_string(),
+        (Outcome::Acted, None) | (Outcome::Silent, _) => {
+            let names: Vec<&str> = rec
+                .changed
+                .iter()
+                .map(|p| {
+                    Path::new(p)
+                        .file_name()
+                        .and_then(|n| n.to_str())
+                        .unwrap_or(p)
+                })
+                .take(3)
+                .collect();
+            let more = rec.changed.len().saturating_sub(3);
+            if more > 0 {
+                format!("updated {} and {more} more", names.join(", "))
+            } else {
+                format!("updated {}", names.join(", "))
+            }
+        }
+        (o, _) => format!(
+            "{o}: {}",
+            rec.error.as_deref().unwrap_or("see the run record")
+        ),
+    }
+}
+
+fn trailers(def: &LoopDef, rec: &RunRecord) -> Vec<(&'static str, String)> {
+    let trigger = match rec.slot {
+        Some(s) => format!(
+            "{} {}",
+            rec.trigger,
+            s.with_timezone(&def.schedule.tz).to_rfc3339()
+        ),
+        None => rec.trigger.clone(),
+    };
+    let mut t = vec![
+        ("Loop", def.name.clone()),
+        ("Run", rec.run_id.clone()),
+        ("Trigger", trigger),
+        ("Outcome", rec.outcome.to_string()),
+        ("Duration-Ms", rec.duration_ms.to_string()),
+    ];
+    if rec.attempt > 1 {
+        t.push(("Attempt", rec.attempt.to_string()));
+    }
+    if let Some(c) = rec.exit_code {
+        t.push(("Exit-Code", c.to_string()));
+    }
+    t
+}

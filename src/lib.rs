@@ -1,0 +1,31 @@
+//! loops: a file-system-first agent loop runner.
+//!
+//! A loop is a folder (`domains/<name>/config.yaml` + `prompt.md`); a run is a job; the
+//! history is git. The modules are named after the design's nouns:
+//!
+//! - [`workspace`]: finding the workspace and reading loops.yaml
+//! - [`domain`]: discovering and validating loop folders
+//! - [`schedule`] and [`scheduler`]: when each loop runs, exactly once per slot
+//! - [`jobs`] and [`exec`]: running one loop, its process group, its output
+//! - [`history`]: the git committer and `loops log`
+//! - [`runs`] and [`state`]: what the runner records on disk under `.loops/`
+//! - [`watch`] and [`daemon`]: `loops run`
+//! - [`cli`]: the command line
+
+pub mod cli;
+pub mod clock;
+pub mod daemon;
+pub mod diag;
+pub mod domain;
+pub mod duration;
+pub mod exec;
+pub mod fsutil;
+pub mod history;
+pub mod jobs;
+pub mod runs;
+pub mod schedule;
+pub mod scheduler;
+pub mod state;
+pub mod templates;
+pub mod watch;
+pub mod workspace;

@@ -1,0 +1,277 @@
+//! Run records: one JSON line per run in `.loops/runs/<loop>.jsonl`, and a marker in
+//! `.loops/running/` while a run is in progress so a crash is noticed and recorded.
+
+use crate::fsutil::{append_line, atomic_write, process_alive, process_start_time};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunsError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    /// It did something: printed output or changed files.
+    Acted,
+    /// It ran and had nothing to do.
+    Silent,
+    Failed,
+    Timeout,
+    /// A slot that came while a run was going (`concurrency: forbid`).
+    Skipped,
+    /// Slots that passed while the runner was down and were not caught up.
+    Missed,
+    /// Stopped by shutdown, replacement or a crash of the runner.
+    Interrupted,
+}
+
+impl Outcome {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Outcome::Acted => "acted",
+            Outcome::Silent => "silent",
+            Outcome::Failed => "failed",
+            Outcome::Timeout => "timeout",
+            Outcome::Skipped => "skipped",
+            Outcome::Missed => "missed",
+            Outcome::Interrupted => "interrupted",
+        }
+    }
+
+    pub fn is_failure(&self) -> bool {
+        matches!(self, Outcome::Failed | Outcome::Timeout)
+    }
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One line of `.loops/runs/<loop>.jsonl`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunRecord {
+    #[serde(rename = "loop")]
+    pub loop_name: String,
+    pub run_id: String,
+    /// schedule | catch-up | retry | manual | once
+    pub trigger: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slot: Option<DateTime<Utc>>,
+    #[serde(default = "one")]
+    pub attempt: u32,
+    pub started: DateTime<Utc>,
+    pub finished: DateTime<Utc>,
+    pub duration_ms: u64,
+    pub outcome: Outcome,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub stdout_tail: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub stderr_tail: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub changed: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit: Option<String>,
+    /// For missed records: how many slots, and the last one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub missed_count: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+impl RunRecord {
+    /// A record for something decided without running (skipped, missed).
+    pub fn decision(
+        loop_name: &str,
+        trigger: &str,
+        slot: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+        outcome: Outcome,
+        note: String,
+    ) -> Self {
+        RunRecord {
+            loop_name: loop_name.to_string(),
+            run_id: new_run_id(),
+            trigger: trigger.to_string(),
+            slot,
+            attempt: 1,
+            started: now,
+            finished: now,
+            duration_ms: 0,
+            outcome,
+            exit_code: None,
+            error: None,
+            stdout_tail: String::new(),
+            stderr_tail: String::new(),
+            changed: Vec::new(),
+            commit: None,
+            missed_count: None,
+            note: Some(note),
+        }
+    }
+}
+
+/// A new run id: a ULID, sortable by time.
+pub fn new_run_id() -> String {
+    ulid::Ulid::new().to_string()
+}
+
+/// Appends and reads run records.
+#[derive(Debug, Clone)]
+pub struct RunLog {
+    dir: PathBuf,
+    rotate_bytes: u64,
+}
+
+impl RunLog {
+    pub fn new(dir: &Path, rotate_bytes: u64) -> Self {
+        RunLog {
+            dir: dir.to_path_buf(),
+            rotate_bytes,
+        }
+    }
+
+    pub fn path(&self, loop_name: &str) -> PathBuf {
+        self.dir.join(format!("{loop_name}.jsonl"))
+    }
+
+    /// Appends a record, rotating the file first when it has grown past the limit.
+    /// Rotated files are kept (`<loop>.<timestamp>.jsonl`): history is never capped silently.
+    pub fn append(&self, rec: &RunRecord) -> Result<(), RunsError> {
+        let path = self.path(&rec.loop_name);
+        if let Ok(meta) = std::fs::metadata(&path) {
+            if meta.len() >= self.rotate_bytes {
+                let stamp = Utc::now().format("%Y%m%dT%H%M%S%.3fZ");
+                let rotated = self.dir.join(format!("{}.{stamp}.jsonl", rec.loop_name));
+                let _ = std::fs::rename(&path, rotated);
+            }
+        }
+        let line = serde_json::to_string(rec).unwrap_or_default();
+        append_line(&path, &line).map_err(|source| RunsError::Io { path, source })
+    }
+
+    /// The most recent `limit` records of a loop (current file only), oldest first.
+    /// Lines that do not parse (a torn write after a power cut) are skipped.
+    pub fn recent(&self, loop_name: &str, limit: usize) -> Vec<RunRecord> {
+        let Ok(text) = std::fs::read_to_string(self.path(loop_name)) else {
+            return Vec::new();
+        };
+        let mut out: Vec<RunRecord> = text
+            .lines()
+            .rev()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .take(limit)
+            .collect();
+        out.reverse();
+        out
+    }
+
+    /// Finds a run by id in a loop's current record file.
+    pub fn find(&self, loop_name: &str, run_id: &str) -> Option<RunRecord> {
+        let text = std::fs::read_to_string(self.path(loop_name)).ok()?;
+        text.lines()
+            .rev()
+            .filter_map(|l| serde_json::from_str::<RunRecord>(l).ok())
+            .find(|r| r.run_id == run_id)
+    }
+}
+
+/// The marker of a run in progress.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunningMarker {
+    #[serde(rename = "loop")]
+    pub loop_name: String,
+    pub run_id: String,
+    pub trigger: String,
+    #[serde(default)]
+    pub slot: Option<DateTime<Utc>>,
+    pub attempt: u32,
+    pub started: DateTime<Utc>,
+    pub pid: u32,
+    #[serde(default)]
+    pub pid_start: Option<u64>,
+}
+
+impl RunningMarker {
+    pub fn for_this_process(
+        loop_name: &str,
+        run_id: &str,
+        trigger: &str,
+        slot: Option<DateTime<Utc>>,
+        attempt: u32,
+        started: DateTime<Utc>,
+    ) -> Self {
+        let pid = std::process::id();
+        RunningMarker {
+            loop_name: loop_name.to_string(),
+            run_id: run_id.to_string(),
+            trigger: trigger.to_string(),
+            slot,
+            attempt,
+            started,
+            pid,
+            pid_start: process_start_time(pid),
+        }
+    }
+}
+
+/// Markers of runs in progress in `.loops/running/`.
+#[derive(Debug, Clone)]
+pub struct RunningSet {
+    dir: PathBuf,
+}
+
+impl RunningSet {
+    pub fn new(dir: &Path) -> Self {
+        RunningSet {
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    pub fn put(&self, m: &RunningMarker) -> Result<(), RunsError> {
+        let path = self.dir.join(format!("{}.json", m.run_id));
+        let text = serde_json::to_string(m).unwrap_or_default();
+        atomic_write(&path, text.as_bytes()).map_err(|source| RunsError::Io { path, source })
+    }
+
+    pub fn remove(&self, run_id: &str) {
+        let _ = std::fs::remove_file(self.dir.join(format!("{run_id}.json")));
+    }
+
+    pub fn all(&self) -> Vec<RunningMarker> {
+        let Ok(rd) = std::fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
+        rd.filter_map(|e| e.ok())
+            .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+            .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+            .filter_map(|t| serde_json::from_str(&t).ok())
+            .collect()
+    }
+
+    /// Markers whose owning process is gone: runs a crash interrupted.
+    pub fn orphans(&self) -> Vec<RunningMarker> {
+        self.all()
+            .into_iter()
+            .filter(|m| !process_alive(m.pid, m.pid_start))
+            .collect()
+    }
+}

@@ -1,0 +1,347 @@
+//! The scheduler: which loop runs when. It is synchronous and reads time only through a
+//! [`Clock`], so tests drive it through weeks, DST changes and restarts in microseconds.
+//! The loop state files are its memory; a new `Scheduler` over the same files (a
+//! restart) continues exactly where the old one stopped.
+
+use crate::clock::Clock;
+use crate::domain::LoopDef;
+use crate::jobs::Trigger;
+use crate::runs::{Outcome, RunLog, RunRecord};
+use crate::schedule::{stable_hash, Missed};
+use crate::state::{LastRun, LoopState, Pause, PendingRetry, StateStore};
+use chrono::{DateTime, Utc};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A run the scheduler wants started.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DueRun {
+    pub loop_name: String,
+    pub trigger: Trigger,
+    pub slot: Option<DateTime<Utc>>,
+    pub attempt: u32,
+    /// Caught-up runs are spread out after downtime; start no earlier than this.
+    pub not_before: DateTime<Utc>,
+}
+
+/// What a finished run changed about its loop.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Aftermath {
+    Nothing,
+    RetryAt(DateTime<Utc>),
+    Paused(Pause),
+}
+
+struct Entry {
+    def: LoopDef,
+    next: Option<DateTime<Utc>>,
+}
+
+pub struct Scheduler {
+    clock: Arc<dyn Clock>,
+    store: StateStore,
+    runlog: RunLog,
+    loops: BTreeMap<String, Entry>,
+    stagger: Duration,
+    pause_after: u32,
+    /// The last start time handed to a caught-up run, to space the next one after it.
+    last_catch_up: Option<DateTime<Utc>>,
+}
+
+fn ms(d: Duration) -> chrono::Duration {
+    chrono::Duration::milliseconds(d.as_millis().min(i64::MAX as u128) as i64)
+}
+
+/// Whether the scheduler runs this loop at all (prompt loops wait for a provider).
+pub fn schedulable(def: &LoopDef, has_providers: bool) -> bool {
+    def.enabled && (!def.is_prompt() || has_providers)
+}
+
+impl Scheduler {
+    pub fn new(
+        clock: Arc<dyn Clock>,
+        store: StateStore,
+        runlog: RunLog,
+        stagger: Duration,
+        pause_after: u32,
+    ) -> Self {
+        Scheduler {
+            clock,
+            store,
+            runlog,
+            loops: BTreeMap::new(),
+            stagger,
+            pause_after,
+            last_catch_up: None,
+        }
+    }
+
+    pub fn now(&self) -> DateTime<Utc> {
+        self.clock.now()
+    }
+
+    /// Replaces the set of loops (start-up and every reload). Loops seen for the first
+    /// time get a state whose watermark is now: a new loop owes nothing for the past.
+    pub fn set_loops(&mut self, defs: Vec<LoopDef>) {
+        let now = self.clock.now();
+        let mut next = BTreeMap::new();
+        for def in defs {
+            let fp = format!("{}|enabled={}", def.schedule_fingerprint, def.enabled);
+            if let Err(e) = self.store.load_or_init(&def.name, now, &fp) {
+                tracing::error!("{e}");
+            }
+            let name = def.name.clone();
+            let mut entry = Entry { def, next: None };
+            entry.next = self.compute_next(&entry.def);
+            next.insert(name, entry);
+        }
+        self.loops = next;
+    }
+
+    pub fn loop_names(&self) -> impl Iterator<Item = &str> {
+        self.loops.keys().map(String::as_str)
+    }
+
+    pub fn def(&self, name: &str) -> Option<&LoopDef> {
+        self.loops.get(name).map(|e| &e.def)
+    }
+
+    fn compute_next(&self, def: &LoopDef) -> Option<DateTime<Utc>> {
+        let state = self.store.load(&def.name)?;
+        if state.paused.is_some() || !def.enabled {
+            return None;
+        }
+        let slot_fire = def.schedule.next_fire_after_slot(state.decided_until());
+        let retry = state.pending_retry.as_ref().map(|r| r.at);
+        match (slot_fire, retry) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Re-reads one loop's state (after a CLI pause, resume or run).
+    pub fn refresh(&mut self, name: &str) {
+        if let Some(def) = self.loops.get(name).map(|e| e.def.clone()) {
+            let next = self.compute_next(&def);
+            if let Some(e) = self.loops.get_mut(name) {
+                e.next = next;
+            }
+        }
+    }
+
+    /// The next instant something is due, if anything ever is.
+    pub fn next_wake(&self) -> Option<DateTime<Utc>> {
+        self.loops.values().filter_map(|e| e.next).min()
+    }
+
+    /// The next fire time of one loop.
+    pub fn next_of(&self, name: &str) -> Option<DateTime<Utc>> {
+        self.loops.get(name).and_then(|e| e.next)
+    }
+
+    /// Decides every slot that is due now: runs to start, slots recorded as missed.
+    /// The watermark is saved before the runs are handed out, so a crash after this
+    /// point can never run the same slot again.
+    pub fn due(&mut self) -> Vec<DueRun> {
+        let now = self.clock.now();
+        let names: Vec<String> = self
+            .loops
+            .iter()
+            .filter(|(_, e)| e.next.is_some_and(|n| n <= now))
+            .map(|(n, _)| n.clone())
+            .collect();
+        let mut out = Vec::new();
+        for name in names {
+            let Some(def) = self.loops.get(&name).map(|e| e.def.clone()) else {
+                continue;
+            };
+            let decided = self.store.update(&name, |st| {
+                let s = st.as_mut()?;
+                if s.paused.is_some() {
+                    return None;
+                }
+                let mut runs = Vec::new();
+                if let Some(r) = s.pending_retry.clone() {
+                    if r.at <= now {
+                        s.pending_retry = None;
+                        runs.push((Trigger::Retry, r.slot, r.attempt, false));
+                    }
+                }
+                let plan = def.schedule.plan(s.decided_until(), now);
+                s.watermark = Some(plan.watermark.max(s.decided_until()));
+                for r in &plan.runs {
+                    let trig = if r.catch_up {
+                        Trigger::CatchUp
+                    } else {
+                        Trigger::Schedule
+                    };
+                    runs.push((trig, Some(r.slot), 1, r.catch_up));
+                }
+                Some((runs, plan.missed))
+            });
+            let Ok(Some((runs, missed))) = decided else {
+                self.refresh(&name);
+                continue;
+            };
+            if let Some(m) = missed {
+                self.record_missed(&def, m, now);
+            }
+            for (trigger, slot, attempt, catch_up) in runs {
+                let not_before = if catch_up {
+                    let t = match self.last_catch_up {
+                        Some(last) if last + ms(self.stagger) > now => last + ms(self.stagger),
+                        _ => now,
+                    };
+                    self.last_catch_up = Some(t);
+                    t
+                } else {
+                    now
+                };
+                out.push(DueRun {
+                    loop_name: name.clone(),
+                    trigger,
+                    slot,
+                    attempt,
+                    not_before,
+                });
+            }
+            self.refresh(&name);
+        }
+        out
+    }
+
+    fn record_missed(&self, def: &LoopDef, m: Missed, now: DateTime<Utc>) {
+        let count = m
+            .count
+            .map(|c| c.to_string())
+            .unwrap_or_else(|| "more than 100".into());
+        let note = if m.too_many {
+            format!(
+                "{count} slots missed from {} to {} while the runner was down; more than 100, so none was run (catch_up: all is bounded)",
+                m.first.to_rfc3339(),
+                m.last.to_rfc3339()
+            )
+        } else {
+            format!(
+                "{count} slot(s) missed from {} to {} (catch_up: {:?}, starting_deadline {})",
+                m.first.to_rfc3339(),
+                m.last.to_rfc3339(),
+                def.schedule.catch_up,
+                crate::duration::format_duration(def.schedule.starting_deadline)
+            )
+            .to_lowercase()
+        };
+        if m.too_many {
+            tracing::warn!(loop_name = %def.name, "{note}");
+        } else {
+            tracing::info!(loop_name = %def.name, "{note}");
+        }
+        let mut rec = RunRecord::decision(
+            &def.name,
+            "schedule",
+            Some(m.last),
+            now,
+            Outcome::Missed,
+            note,
+        );
+        rec.missed_count = m.count;
+        if let Err(e) = self.runlog.append(&rec) {
+            tracing::error!("{e}");
+        }
+    }
+
+    /// Records a finished run in the loop's state: success resets the failure count; a
+    /// failure schedules a retry with backoff or, past the limit, pauses the loop.
+    pub fn finished(&mut self, def: &LoopDef, rec: &RunRecord, retryable: bool) -> Aftermath {
+        let after = apply_finish(
+            &self.store,
+            def,
+            rec,
+            retryable,
+            self.pause_after,
+            self.clock.now(),
+        );
+        self.refresh(&def.name);
+        after
+    }
+}
+
+/// Updates a loop's state after a run; shared by the daemon and `loops trigger`.
+pub fn apply_finish(
+    store: &StateStore,
+    def: &LoopDef,
+    rec: &RunRecord,
+    retryable: bool,
+    pause_after: u32,
+    now: DateTime<Utc>,
+) -> Aftermath {
+    let r = store.update(&def.name, |st| {
+        let s = st.get_or_insert_with(|| LoopState::new(now, ""));
+        if matches!(rec.outcome, Outcome::Skipped | Outcome::Missed) {
+            return Aftermath::Nothing;
+        }
+        s.last_run = Some(LastRun {
+            run_id: rec.run_id.clone(),
+            started: rec.started,
+            finished: rec.finished,
+            outcome: rec.outcome.to_string(),
+            error: rec.error.clone(),
+        });
+        match rec.outcome {
+            Outcome::Acted | Outcome::Silent => {
+                s.consecutive_failures = 0;
+                s.last_success = Some(rec.started);
+                s.pending_retry = None;
+                Aftermath::Nothing
+            }
+            Outcome::Interrupted => Aftermath::Nothing,
+            _ => {
+                let trig = Trigger::parse(&rec.trigger);
+                if retryable && trig.retries() && rec.attempt < def.retry.max_attempts {
+                    let seed = stable_hash(&rec.run_id);
+                    let wait = def.retry.backoff_for(rec.attempt + 1, seed);
+                    let at = now + ms(wait);
+                    s.pending_retry = Some(PendingRetry {
+                        slot: rec.slot,
+                        attempt: rec.attempt + 1,
+                        at,
+                        trigger: "retry".into(),
+                    });
+                    return Aftermath::RetryAt(at);
+                }
+                s.consecutive_failures += 1;
+                s.pending_retry = None;
+                if s.consecutive_failures >= pause_after {
+                    let p = Pause {
+                        since: now,
+                        reason: format!("{} consecutive failed runs", s.consecutive_failures),
+                        last_error: rec.error.clone(),
+                    };
+                    s.paused = Some(p.clone());
+                    return Aftermath::Paused(p);
+                }
+                Aftermath::Nothing
+            }
+        }
+    });
+    match r {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::error!("{e}");
+            Aftermath::Nothing
+        }
+    }
+}
+
+impl Trigger {
+    pub fn parse(s: &str) -> Trigger {
+        match s {
+            "schedule" => Trigger::Schedule,
+            "catch-up" => Trigger::CatchUp,
+            "retry" => Trigger::Retry,
+            "once" => Trigger::Once,
+            _ => Trigger::Manual,
+        }
+    }
+}

@@ -1,0 +1,180 @@
+//! What the runner remembers about each loop between runs and across restarts:
+//! `.loops/state/<loop>.json`. The slot watermark in it is what makes "exactly one run
+//! per slot" survive a restart: a slot at or before it was already run, skipped or missed.
+
+use crate::fsutil::atomic_write;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Why a loop is paused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pause {
+    pub since: DateTime<Utc>,
+    pub reason: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+/// A retry waiting for its backoff to pass.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingRetry {
+    pub slot: Option<DateTime<Utc>>,
+    pub attempt: u32,
+    pub at: DateTime<Utc>,
+    pub trigger: String,
+}
+
+/// The last run's outcome, kept for `loops list` and the next run's environment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LastRun {
+    pub run_id: String,
+    pub started: DateTime<Utc>,
+    pub finished: DateTime<Utc>,
+    pub outcome: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoopState {
+    /// When the runner first saw this loop; no slot before it is ever owed.
+    pub first_seen: DateTime<Utc>,
+    /// Every slot at or before this instant is decided (run, skipped or missed).
+    #[serde(default)]
+    pub watermark: Option<DateTime<Utc>>,
+    /// The schedule the watermark was computed for; a changed schedule starts afresh.
+    #[serde(default)]
+    pub schedule_fingerprint: String,
+    #[serde(default)]
+    pub last_run: Option<LastRun>,
+    /// Start of the last run that succeeded: the collection window's anchor.
+    #[serde(default)]
+    pub last_success: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub consecutive_failures: u32,
+    #[serde(default)]
+    pub paused: Option<Pause>,
+    #[serde(default)]
+    pub pending_retry: Option<PendingRetry>,
+}
+
+impl LoopState {
+    pub fn new(now: DateTime<Utc>, fingerprint: &str) -> Self {
+        LoopState {
+            first_seen: now,
+            watermark: Some(now),
+            schedule_fingerprint: fingerprint.to_string(),
+            last_run: None,
+            last_success: None,
+            consecutive_failures: 0,
+            paused: None,
+            pending_retry: None,
+        }
+    }
+
+    /// The watermark to plan from.
+    pub fn decided_until(&self) -> DateTime<Utc> {
+        self.watermark.unwrap_or(self.first_seen)
+    }
+}
+
+/// Reads and writes loop state files.
+#[derive(Debug, Clone)]
+pub struct StateStore {
+    dir: PathBuf,
+}
+
+impl StateStore {
+    pub fn new(dir: &Path) -> Self {
+        StateStore {
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}.json"))
+    }
+
+    /// The stored state; `None` when the loop was never seen. A file that does not parse
+    /// is kept aside (`.corrupt`), never silently overwritten, and treated as unseen.
+    pub fn load(&self, name: &str) -> Option<LoopState> {
+        let path = self.path(name);
+        let text = std::fs::read_to_string(&path).ok()?;
+        match serde_json::from_str(&text) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                let aside = path.with_extension("json.corrupt");
+                tracing::warn!(
+                    "{}: unreadable loop state ({e}); kept as {} and starting afresh",
+                    path.display(),
+                    aside.display()
+                );
+                let _ = std::fs::rename(&path, &aside);
+                None
+            }
+        }
+    }
+
+    /// The stored state, or a fresh one saved now.
+    pub fn load_or_init(
+        &self,
+        name: &str,
+        now: DateTime<Utc>,
+        fingerprint: &str,
+    ) -> Result<LoopState, StateError> {
+        if let Some(mut s) = self.load(name) {
+            if s.schedule_fingerprint != fingerprint {
+                // A new schedule owes nothing for the time before it was written.
+                s.schedule_fingerprint = fingerprint.to_string();
+                s.watermark = Some(s.watermark.map_or(now, |w| w.max(now)));
+                self.save(name, &s)?;
+            }
+            return Ok(s);
+        }
+        let s = LoopState::new(now, fingerprint);
+        self.save(name, &s)?;
+        Ok(s)
+    }
+
+    /// Read-modify-write of one loop's state under an exclusive lock, so the daemon and
+    /// a CLI command touching the same loop never lose each other's update.
+    pub fn update<R>(
+        &self,
+        name: &str,
+        f: impl FnOnce(&mut Option<LoopState>) -> R,
+    ) -> Result<R, StateError> {
+        let lock_path = self.dir.join(format!("{name}.lock"));
+        let _lock = crate::fsutil::FileLock::acquire_blocking(&lock_path).map_err(|source| {
+            StateError::Io {
+                path: lock_path.clone(),
+                source,
+            }
+        })?;
+        let mut state = self.load(name);
+        let before = state.clone();
+        let r = f(&mut state);
+        if state != before {
+            if let Some(s) = &state {
+                self.save(name, s)?;
+            }
+        }
+        Ok(r)
+    }
+
+    pub fn save(&self, name: &str, state: &LoopState) -> Result<(), StateError> {
+        let path = self.path(name);
+        let text = serde_json::to_string_pretty(state).unwrap_or_default();
+        atomic_write(&path, text.as_bytes()).map_err(|source| StateError::Io { path, source })
+    }
+}

@@ -1,0 +1,382 @@
+//! A workspace: the folder (a git repository) that holds loops.yaml, the domains, the
+//! inbox and the runner's `.loops/` runtime folder. This module finds it, reads its
+//! settings and knows where everything lives inside it.
+
+use crate::diag::{near_miss, Diagnostic, YamlLocator};
+use crate::duration::{parse_duration, DURATION_HELP};
+use chrono_tz::Tz;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkspaceError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0} is not a folder")]
+    NotADirectory(PathBuf),
+    #[error("loops.yaml is not valid:\n{0}")]
+    InvalidSettings(String),
+}
+
+impl WorkspaceError {
+    pub fn help(&self) -> Option<String> {
+        match self {
+            WorkspaceError::NotADirectory(_) => {
+                Some("pass a folder with --workspace, or create one with `loops init DIR`".into())
+            }
+            WorkspaceError::InvalidSettings(_) => {
+                Some("fix loops.yaml as shown; `loops check` lists every problem".into())
+            }
+            WorkspaceError::Io { .. } => None,
+        }
+    }
+}
+
+/// Settings from loops.yaml, with their defaults.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub timezone: Option<Tz>,
+    pub max_concurrent_jobs: usize,
+    pub shutdown_grace: Duration,
+    pub catch_up_stagger: Duration,
+    pub pause_after_failures: u32,
+    pub git_commit: bool,
+    pub author_name: String,
+    pub author_email: String,
+    pub rotate_bytes: u64,
+    /// Whether any model provider is configured (prompt loops wait for one).
+    pub has_providers: bool,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            timezone: None,
+            max_concurrent_jobs: 4,
+            shutdown_grace: Duration::from_secs(30),
+            catch_up_stagger: Duration::from_secs(2),
+            pause_after_failures: 5,
+            git_commit: true,
+            author_name: "loops".into(),
+            author_email: "loops@localhost".into(),
+            rotate_bytes: 10 * 1024 * 1024,
+            has_providers: false,
+        }
+    }
+}
+
+const TOP_KEYS: &[&str] = &[
+    "timezone",
+    "limits",
+    "git",
+    "records",
+    "providers",
+    "defaults",
+    "main",
+    "channels",
+    "mcp_servers",
+    "allow_shell_jobs",
+];
+const LIMIT_KEYS: &[&str] = &[
+    "max_concurrent_jobs",
+    "shutdown_grace",
+    "catch_up_stagger",
+    "pause_after_failures",
+];
+const GIT_KEYS: &[&str] = &["commit", "author_name", "author_email"];
+const RECORD_KEYS: &[&str] = &["rotate_bytes"];
+
+/// An opened workspace.
+#[derive(Debug, Clone)]
+pub struct Workspace {
+    pub root: PathBuf,
+    pub settings: Settings,
+    /// Problems found in loops.yaml (errors leave the defaults in force).
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+impl Workspace {
+    /// Opens the workspace at `root` (which must exist) and reads loops.yaml.
+    pub fn open(root: &Path) -> Result<Workspace, WorkspaceError> {
+        let meta = std::fs::metadata(root).map_err(|source| WorkspaceError::Io {
+            path: root.to_path_buf(),
+            source,
+        })?;
+        if !meta.is_dir() {
+            return Err(WorkspaceError::NotADirectory(root.to_path_buf()));
+        }
+        let root = root.canonicalize().map_err(|source| WorkspaceError::Io {
+            path: root.to_path_buf(),
+            source,
+        })?;
+        let (settings, diagnostics) = read_settings(&root);
+        Ok(Workspace {
+            root,
+            settings,
+            diagnostics,
+        })
+    }
+
+    /// The workspace for a command: `--workspace` when given, else the nearest folder
+    /// upward holding loops.yaml or domains/, else the current folder.
+    pub fn locate(explicit: Option<&Path>) -> Result<Workspace, WorkspaceError> {
+        if let Some(p) = explicit {
+            return Workspace::open(p);
+        }
+        let cwd = std::env::current_dir().map_err(|source| WorkspaceError::Io {
+            path: PathBuf::from("."),
+            source,
+        })?;
+        let found = cwd
+            .ancestors()
+            .find(|d| d.join("loops.yaml").is_file() || d.join("domains").is_dir())
+            .map(Path::to_path_buf)
+            .unwrap_or(cwd);
+        Workspace::open(&found)
+    }
+
+    pub fn domains_dir(&self) -> PathBuf {
+        self.root.join("domains")
+    }
+    pub fn inbox_dir(&self) -> PathBuf {
+        self.root.join("inbox")
+    }
+    pub fn runtime_dir(&self) -> PathBuf {
+        self.root.join(".loops")
+    }
+    pub fn state_dir(&self) -> PathBuf {
+        self.runtime_dir().join("state")
+    }
+    pub fn runs_dir(&self) -> PathBuf {
+        self.runtime_dir().join("runs")
+    }
+    pub fn running_dir(&self) -> PathBuf {
+        self.runtime_dir().join("running")
+    }
+    pub fn locks_dir(&self) -> PathBuf {
+        self.runtime_dir().join("locks")
+    }
+    pub fn daemon_lock_path(&self) -> PathBuf {
+        self.runtime_dir().join("daemon.lock")
+    }
+
+    /// `path` relative to the workspace root, for messages.
+    pub fn relative(&self, path: &Path) -> PathBuf {
+        path.strip_prefix(&self.root)
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|_| path.to_path_buf())
+    }
+
+    /// The zone a loop without its own `timezone` uses, and where it came from.
+    pub fn default_timezone(&self) -> (Tz, crate::schedule::TzSource) {
+        match self.settings.timezone {
+            Some(tz) => (tz, crate::schedule::TzSource::Workspace),
+            None => (host_timezone(), crate::schedule::TzSource::Host),
+        }
+    }
+}
+
+/// The host's zone (TZ, then the system setting), UTC when it cannot be told.
+pub fn host_timezone() -> Tz {
+    if let Ok(tz) = std::env::var("TZ") {
+        if let Ok(z) = tz.trim_start_matches(':').parse::<Tz>() {
+            return z;
+        }
+    }
+    iana_time_zone::get_timezone()
+        .ok()
+        .and_then(|s| s.parse::<Tz>().ok())
+        .unwrap_or(Tz::UTC)
+}
+
+/// Parses a timezone name, suggesting the closest real one when it is a typo.
+pub fn parse_timezone(name: &str) -> Result<Tz, (String, String)> {
+    name.parse::<Tz>().map_err(|_| {
+        let lower = name.to_ascii_lowercase();
+        let best = chrono_tz::TZ_VARIANTS
+            .iter()
+            .map(|z| {
+                (
+                    strsim::levenshtein(&lower, &z.name().to_ascii_lowercase()),
+                    z.name(),
+                )
+            })
+            .min_by_key(|(d, _)| *d)
+            .filter(|(d, _)| *d <= 3)
+            .map(|(_, n)| n);
+        let help = match best {
+            Some(n) => format!(
+                "did you mean `{n}`? Use an IANA zone name like Europe/London or America/New_York"
+            ),
+            None => "use an IANA zone name like Europe/London, America/New_York or UTC".to_string(),
+        };
+        (format!("unknown timezone `{name}`"), help)
+    })
+}
+
+fn read_settings(root: &Path) -> (Settings, Vec<Diagnostic>) {
+    let path = root.join("loops.yaml");
+    let rel = PathBuf::from("loops.yaml");
+    let mut s = Settings::default();
+    let mut diags = Vec::new();
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return (s, diags),
+        Err(e) => {
+            diags.push(Diagnostic::error(&rel, format!("cannot read: {e}")));
+            return (s, diags);
+        }
+    };
+    let value: yaml_serde::Value = match yaml_serde::from_str(&text) {
+        Ok(v) => v,
+        Err(e) => {
+            diags.push(crate::domain::yaml_syntax_diagnostic(&rel, &e));
+            return (s, diags);
+        }
+    };
+    let loc = YamlLocator::new(&text);
+    let map = match value {
+        yaml_serde::Value::Mapping(m) => m,
+        yaml_serde::Value::Null => return (s, diags),
+        _ => {
+            diags.push(
+                Diagnostic::error(&rel, "loops.yaml must be a mapping of settings")
+                    .help("start with e.g. `timezone: Europe/London`"),
+            );
+            return (s, diags);
+        }
+    };
+    for (k, v) in &map {
+        let Some(key) = k.as_str() else { continue };
+        match key {
+            "timezone" => match v.as_str().map(parse_timezone) {
+                Some(Ok(tz)) => s.timezone = Some(tz),
+                Some(Err((m, h))) => diags.push(
+                    Diagnostic::error(&rel, m)
+                        .at(loc.value(&["timezone"]))
+                        .help(h),
+                ),
+                None => diags.push(
+                    Diagnostic::error(&rel, "timezone must be a zone name")
+                        .at(loc.value(&["timezone"]))
+                        .help("e.g. timezone: Europe/London"),
+                ),
+            },
+            "limits" => {
+                for (lk, lv) in v.as_mapping().into_iter().flatten() {
+                    let Some(lk) = lk.as_str() else { continue };
+                    let at = loc.value(&["limits", lk]);
+                    match lk {
+                        "max_concurrent_jobs" => match lv.as_u64() {
+                            Some(n) if n >= 1 => s.max_concurrent_jobs = n as usize,
+                            _ => diags.push(
+                                Diagnostic::error(&rel, "limits.max_concurrent_jobs must be a whole number of at least 1")
+                                    .at(at)
+                                    .help("e.g. max_concurrent_jobs: 4"),
+                            ),
+                        },
+                        "pause_after_failures" => match lv.as_u64() {
+                            Some(n) if n >= 1 => s.pause_after_failures = n as u32,
+                            _ => diags.push(
+                                Diagnostic::error(&rel, "limits.pause_after_failures must be a whole number of at least 1")
+                                    .at(at)
+                                    .help("e.g. pause_after_failures: 5"),
+                            ),
+                        },
+                        "shutdown_grace" | "catch_up_stagger" => {
+                            match lv.as_str().map(parse_duration) {
+                                Some(Ok(d)) => {
+                                    if lk == "shutdown_grace" {
+                                        s.shutdown_grace = d
+                                    } else {
+                                        s.catch_up_stagger = d
+                                    }
+                                }
+                                Some(Err(e)) => diags.push(
+                                    Diagnostic::error(&rel, format!("limits.{lk}: {e}"))
+                                        .at(at)
+                                        .help(DURATION_HELP),
+                                ),
+                                None => diags.push(
+                                    Diagnostic::error(&rel, format!("limits.{lk} must be a duration"))
+                                        .at(at)
+                                        .help(DURATION_HELP),
+                                ),
+                            }
+                        }
+                        other => diags.push(unknown_key(&rel, &loc, &["limits", other], LIMIT_KEYS)),
+                    }
+                }
+            }
+            "git" => {
+                for (gk, gv) in v.as_mapping().into_iter().flatten() {
+                    let Some(gk) = gk.as_str() else { continue };
+                    let at = loc.value(&["git", gk]);
+                    match gk {
+                        "commit" => match gv.as_bool() {
+                            Some(b) => s.git_commit = b,
+                            None => diags.push(
+                                Diagnostic::error(&rel, "git.commit must be true or false").at(at),
+                            ),
+                        },
+                        "author_name" | "author_email" => match gv.as_str() {
+                            Some(t) if !t.trim().is_empty() => {
+                                if gk == "author_name" {
+                                    s.author_name = t.to_string()
+                                } else {
+                                    s.author_email = t.to_string()
+                                }
+                            }
+                            _ => diags.push(
+                                Diagnostic::error(
+                                    &rel,
+                                    format!("git.{gk} must be a non-empty string"),
+                                )
+                                .at(at),
+                            ),
+                        },
+                        other => diags.push(unknown_key(&rel, &loc, &["git", other], GIT_KEYS)),
+                    }
+                }
+            }
+            "records" => {
+                for (rk, rv) in v.as_mapping().into_iter().flatten() {
+                    let Some(rk) = rk.as_str() else { continue };
+                    match (rk, rv.as_u64()) {
+                        ("rotate_bytes", Some(n)) if n >= 4096 => s.rotate_bytes = n,
+                        ("rotate_bytes", _) => diags.push(
+                            Diagnostic::error(
+                                &rel,
+                                "records.rotate_bytes must be a number of bytes, at least 4096",
+                            )
+                            .at(loc.value(&["records", rk]))
+                            .help("e.g. rotate_bytes: 10485760 (10 MiB)"),
+                        ),
+                        (other, _) => {
+                            diags.push(unknown_key(&rel, &loc, &["records", other], RECORD_KEYS))
+                        }
+                    }
+                }
+            }
+            "providers" => {
+                s.has_providers = v.as_mapping().is_some_and(|m| !m.is_empty());
+            }
+            "defaults" | "main" | "channels" | "mcp_servers" | "allow_shell_jobs" => {}
+            other => diags.push(unknown_key(&rel, &loc, &[other], TOP_KEYS)),
+        }
+    }
+    (s, diags)
+}
+
+fn unknown_key(rel: &Path, loc: &YamlLocator, path: &[&str], known: &[&str]) -> Diagnostic {
+    let key = path.last().copied().unwrap_or_default();
+    let d = Diagnostic::error(rel, format!("unknown key `{}`", path.join("."))).at(loc.key(path));
+    match near_miss(key, known) {
+        Some(k) => d.help(format!("did you mean `{k}`?")),
+        None => d.help(format!("known keys here: {}", known.join(", "))),
+    }
+}
