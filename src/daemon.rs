@@ -561,8 +561,12 @@ impl Daemon {
                 tracing::info!(loop_name = %rec.loop_name, run = %rec.run_id, outcome = %rec.outcome, duration_ms = rec.duration_ms, commit = rec.commit.as_deref().unwrap_or(""), "run finished")
             }
         }
+        // A program that could not be started at all (exec's "cannot run …") is a
+        // permanent error: retrying cannot fix a missing or non-executable file.
+        let permanent = rec.exit_code.is_none()
+            && rec.error.as_deref().is_some_and(|e| e.starts_with("cannot run"));
         let after = if self.sched.def(&f.def.name).is_some() {
-            self.sched.finished(&f.def, rec, retry)
+            self.sched.finished(&f.def, rec, retry && !permanent)
         } else {
             apply_finish(
                 &self.ctx.store,

@@ -224,13 +224,12 @@ impl Scheduler {
             )
         } else {
             format!(
-                "{count} slot(s) missed from {} to {} (catch_up: {:?}, starting_deadline {})",
+                "{count} slot(s) missed from {} to {} (catch_up: {}, starting_deadline {})",
                 m.first.to_rfc3339(),
                 m.last.to_rfc3339(),
-                def.schedule.catch_up,
+                format!("{:?}", def.schedule.catch_up).to_lowercase(),
                 crate::duration::format_duration(def.schedule.starting_deadline)
             )
-            .to_lowercase()
         };
         if m.too_many {
             tracing::warn!(loop_name = %def.name, "{note}");
