@@ -425,8 +425,8 @@ fn parse_config(
                 settings.insert(k.clone(), v.clone());
             }
             other => {
-                if let Some(known) = near_miss(other, TOP_KEYS).filter(|k| *k != other) {
-                    let _ = known;
+                // A key one typo away from a known one is a mistake, not a setting.
+                if near_miss(other, TOP_KEYS).is_some_and(|k| k != other) {
                     cx.unknown(&[other], TOP_KEYS);
                 } else {
                     settings.insert(k.clone(), v.clone());
@@ -439,6 +439,13 @@ fn parse_config(
     let payload = parse_payload(&mut cx, payload_v, has_prompt, dir, rel);
 
     // Schedule.
+    if schedule_v.is_some() && timing_interval.is_some() {
+        cx.diags.push(
+            Diagnostic::warning(rel, "`timing.interval_minutes` is ignored because `schedule:` is set")
+                .at(cx.loc.key(&["timing", "interval_minutes"]))
+                .help("keep one: remove `timing.interval_minutes`, or remove `schedule:` to run every that many minutes"),
+        );
+    }
     let schedule = match (schedule_v, timing_interval) {
         (Some(v), _) => parse_schedule(&mut cx, ws, name, v),
         (None, Some(iv)) => Some(Schedule {

@@ -125,10 +125,29 @@ impl Schedule {
                 let k = t.timestamp_millis().div_euclid(iv);
                 Utc.timestamp_millis_opt(k.checked_mul(iv)?).single()
             }
-            When::Cron { cron, .. } => cron
-                .find_previous_occurrence(&t.with_timezone(&self.tz), true)
-                .ok()
-                .map(|d| d.with_timezone(&Utc)),
+            When::Cron { cron, .. } => {
+                // croner's backward search disagrees with its forward search around DST
+                // changes: a time skipped by spring-forward resolves to the last instant
+                // before the gap (not the first after it), and from inside a repeated
+                // hour it can miss that day's occurrence. Slots are what the forward
+                // search names, so step back two occurrences and walk forward to `t`.
+                let p1 = cron
+                    .find_previous_occurrence(&t.with_timezone(&self.tz), true)
+                    .ok()?;
+                let p2 = cron.find_previous_occurrence(&p1, false).unwrap_or(p1);
+                let mut cursor = p2.with_timezone(&Utc).min(t) - chrono::Duration::seconds(1);
+                let mut last = None;
+                for _ in 0..1000 {
+                    match self.next_slot_after(cursor) {
+                        Some(s) if s <= t => {
+                            last = Some(s);
+                            cursor = s;
+                        }
+                        _ => break,
+                    }
+                }
+                last
+            }
             When::At(at) => (*at <= t).then_some(*at),
         }
     }
@@ -193,7 +212,7 @@ impl Schedule {
         while cursor < last {
             match self.next_slot_after(cursor) {
                 Some(s) if s <= last => {
-                    if due.len() > MAX_CATCH_UP {
+                    if due.len() >= MAX_CATCH_UP {
                         more = true;
                         break;
                     }
@@ -246,17 +265,22 @@ impl Schedule {
         if missed_count != Some(0) {
             plan.missed = Some(Missed {
                 first,
-                last: if runs.iter().any(|r| r.slot == last) {
+                last: if !runs.iter().any(|r| r.slot == last) {
+                    last
+                } else if more {
+                    // `due` stops short of `last`; only `last` ran, so the slot before it.
+                    self.last_slot_at_or_before(last - chrono::Duration::milliseconds(1))
+                        .unwrap_or(last)
+                } else {
                     due.iter()
                         .rev()
                         .find(|s| !runs.iter().any(|r| r.slot == **s))
                         .copied()
                         .unwrap_or(last)
-                } else {
-                    last
                 },
                 count: missed_count,
-                too_many: more,
+                // Only `catch_up: all` gives up on running; once and skip decide as usual.
+                too_many: more && self.catch_up == CatchUp::All,
             });
         }
         plan.runs = runs;
@@ -287,7 +311,8 @@ pub struct Missed {
     pub last: DateTime<Utc>,
     /// `None` when there were more than [`MAX_CATCH_UP`] (not counted further).
     pub count: Option<usize>,
-    /// More than [`MAX_CATCH_UP`] slots were missed; with `catch_up: all` none ran.
+    /// More than [`MAX_CATCH_UP`] slots were missed with `catch_up: all`, so none ran.
+    /// (With once or skip a long downtime only leaves `count` unknown.)
     pub too_many: bool,
 }
 

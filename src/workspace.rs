@@ -18,6 +18,8 @@ pub enum WorkspaceError {
     },
     #[error("{0} is not a folder")]
     NotADirectory(PathBuf),
+    #[error("the workspace {0} does not exist")]
+    Missing(PathBuf),
     #[error("loops.yaml is not valid:\n{0}")]
     InvalidSettings(String),
 }
@@ -25,6 +27,10 @@ pub enum WorkspaceError {
 impl WorkspaceError {
     pub fn help(&self) -> Option<String> {
         match self {
+            WorkspaceError::Missing(p) => Some(format!(
+                "create it with `loops init {}`, or pass an existing folder with --workspace",
+                p.display()
+            )),
             WorkspaceError::NotADirectory(_) => {
                 Some("pass a folder with --workspace, or create one with `loops init DIR`".into())
             }
@@ -102,9 +108,15 @@ pub struct Workspace {
 impl Workspace {
     /// Opens the workspace at `root` (which must exist) and reads loops.yaml.
     pub fn open(root: &Path) -> Result<Workspace, WorkspaceError> {
-        let meta = std::fs::metadata(root).map_err(|source| WorkspaceError::Io {
-            path: root.to_path_buf(),
-            source,
+        let meta = std::fs::metadata(root).map_err(|source| {
+            if source.kind() == std::io::ErrorKind::NotFound {
+                WorkspaceError::Missing(root.to_path_buf())
+            } else {
+                WorkspaceError::Io {
+                    path: root.to_path_buf(),
+                    source,
+                }
+            }
         })?;
         if !meta.is_dir() {
             return Err(WorkspaceError::NotADirectory(root.to_path_buf()));

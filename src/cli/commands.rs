@@ -57,6 +57,11 @@ pub fn dispatch(cli: Cli) -> Result {
     }
 }
 
+/// The one-line explanation of a run record: its error, else its note.
+fn detail(r: &crate::runs::RunRecord) -> String {
+    r.error.clone().or_else(|| r.note.clone()).unwrap_or_default()
+}
+
 fn print_json(v: &serde_json::Value) {
     println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
 }
@@ -470,10 +475,7 @@ fn run(ws: Workspace, once: bool, all: bool, log_format: LogFormat) -> Result {
                         .as_deref()
                         .map(|c| c[..c.len().min(10)].to_string())
                         .unwrap_or_else(|| "-".into()),
-                    r.error
-                        .clone()
-                        .or_else(|| r.note.clone())
-                        .unwrap_or_default(),
+                    detail(r),
                 ]
             })
             .collect();
@@ -670,10 +672,7 @@ fn runs(ws: &Workspace, name: &str, limit: usize, json: bool) -> Result {
                 r.exit_code
                     .map(|c| c.to_string())
                     .unwrap_or_else(|| "-".into()),
-                r.error
-                    .clone()
-                    .or_else(|| r.note.clone())
-                    .unwrap_or_default(),
+                detail(r),
             ]
         })
         .collect();

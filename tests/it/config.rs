@@ -1,0 +1,584 @@
+//! Loop discovery and `loops check`: good, broken and Genesis-style configs, and one
+//! snapshot per error class with its file, line and column.
+
+use crate::common::TempWorkspace;
+use loops::diag::Severity;
+use loops::domain::{discover, Payload};
+use loops::schedule::{CatchUp, When};
+use loops::workspace::Workspace;
+use std::path::Path;
+use std::time::Duration;
+
+/// A workspace made by `loops init` with the example loop removed, so every test sees
+/// only the loops it writes.
+fn bare_workspace() -> TempWorkspace {
+    let ws = TempWorkspace::new();
+    std::fs::remove_dir_all(ws.path().join("domains/example")).expect("remove example loop");
+    ws
+}
+
+fn write_loop(ws: &TempWorkspace, name: &str, config: &str) {
+    ws.write(&format!("domains/{name}/config.yaml"), config);
+}
+
+/// `loops check` (or `loops check --json`): stdout with the workspace path replaced, and
+/// the exit code.
+fn check(ws: &TempWorkspace, json: bool) -> (String, i32) {
+    let mut cmd = ws.cmd();
+    cmd.arg("check");
+    if json {
+        cmd.arg("--json");
+    }
+    let out = cmd.output().expect("run loops check");
+    let mut stdout = String::from_utf8(out.stdout).expect("utf-8 stdout");
+    for root in [
+        ws.path().canonicalize().expect("canonical root"),
+        ws.path().to_path_buf(),
+    ] {
+        stdout = stdout.replace(&root.display().to_string(), "[WS]");
+    }
+    (stdout, out.status.code().expect("exit code"))
+}
+
+/// The 1-based line and column where `needle` starts in `text` (the n-th occurrence).
+fn pos_of(text: &str, needle: &str, nth: usize) -> (usize, usize) {
+    let idx = text
+        .match_indices(needle)
+        .nth(nth)
+        .unwrap_or_else(|| panic!("`{needle}` not in the config"))
+        .0;
+    let before = &text[..idx];
+    let line = before.matches('\n').count() + 1;
+    let col = idx - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+    (line, col)
+}
+
+/// One loop, `loops check`: asserts exit code 1, that the first error points at
+/// `needle` in config.yaml, and returns the output for the snapshot.
+fn check_one_error(name: &str, config: &str, needle: &str) -> String {
+    let ws = bare_workspace();
+    write_loop(&ws, name, config);
+    let (out, code) = check(&ws, false);
+    assert_eq!(code, 1, "an error must exit 1:\n{out}");
+    let (line, col) = pos_of(config, needle, 0);
+    let want = format!("error: domains/{name}/config.yaml:{line}:{col}: ");
+    assert!(
+        out.lines().next().is_some_and(|l| l.starts_with(&want)),
+        "expected the first line to start with `{want}`:\n{out}"
+    );
+    assert!(
+        out.contains("1 loop(s) checked: 0 valid, 1 with errors"),
+        "{out}"
+    );
+    out
+}
+
+const GOOD: &str = "\
+description: a good loop
+schedule:
+  every: 10m
+  timezone: UTC
+payload:
+  command: [\"echo\", \"hello\"]
+";
+
+const GENESIS: &str = "\
+description: Watch the agent-commons channel and take part
+timing:
+  interval_minutes: 10
+  overlap_window_minutes: 11
+channel:
+  name: agent-commons
+  platform: discord
+classification:
+  labels: [question, answer, chatter]
+  threshold: 0.7
+payload:
+  command: [\"echo\", \"collect\"]
+";
+
+const BROKEN: &str = "\
+schedule:
+  cron: \"61 * * * *\"
+payload:
+  command: [\"echo\", \"hi\"]
+";
+
+#[test]
+fn discovery_keeps_good_and_genesis_loops_beside_a_broken_one() {
+    let ws = bare_workspace();
+    ws.write("loops.yaml", "timezone: Europe/London\n");
+    write_loop(&ws, "good", GOOD);
+    write_loop(&ws, "genesis", GENESIS);
+    write_loop(&ws, "broken", BROKEN);
+    // Ignored: folders starting with `.` or `_`, and a folder without config.yaml.
+    write_loop(&ws, "_draft", GOOD);
+    write_loop(&ws, ".hidden", GOOD);
+    ws.write("domains/notes/readme.md", "not a loop\n");
+
+    let w = Workspace::open(ws.path()).expect("open workspace");
+    assert!(w.diagnostics.is_empty(), "{:?}", w.diagnostics);
+    let entries = discover(&w);
+    let names: Vec<&str> = entries.iter().map(|e| e.name.as_str()).collect();
+    assert_eq!(names, ["broken", "genesis", "good"]);
+
+    let broken = &entries[0];
+    assert!(broken.def.is_none(), "a broken loop has no definition");
+    let errs: Vec<_> = broken.errors().collect();
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert_eq!(errs[0].file, Path::new("domains/broken/config.yaml"));
+    assert_eq!((errs[0].line, errs[0].column), (Some(2), Some(9)));
+    assert!(errs[0].message.contains("minute field `61`"), "{}", errs[0]);
+
+    let good = entries[2].def.as_ref().expect("good loop parses");
+    assert!(entries[2].diagnostics.is_empty());
+    assert!(matches!(good.schedule.when, When::Every(d) if d == Duration::from_secs(600)));
+    assert_eq!(good.schedule.tz, chrono_tz::UTC);
+    assert_eq!(good.description.as_deref(), Some("a good loop"));
+    assert_eq!(
+        good.payload,
+        Payload::Command {
+            argv: vec!["echo".into(), "hello".into()]
+        }
+    );
+
+    let g = &entries[1];
+    assert!(g.diagnostics.is_empty(), "{:?}", g.diagnostics);
+    let def = g.def.as_ref().expect("Genesis-style config is valid");
+    assert!(
+        matches!(def.schedule.when, When::Every(d) if d == Duration::from_secs(600)),
+        "interval_minutes: 10 is every 10m, got {}",
+        def.schedule.describe()
+    );
+    assert_eq!(def.schedule.describe(), "every 10m");
+    assert_eq!(def.schedule.catch_up, CatchUp::Once);
+    assert_eq!(def.schedule.tz, chrono_tz::Europe::London, "workspace zone");
+    assert_eq!(def.overlap, Some(Duration::from_secs(660)));
+    // Unknown blocks are kept, unchanged, for the prompt.
+    let class = def
+        .settings
+        .get("classification")
+        .and_then(|v| v.as_mapping())
+        .expect("classification kept in settings");
+    assert_eq!(
+        class.get("threshold").and_then(|v| v.as_f64()),
+        Some(0.7),
+        "{class:?}"
+    );
+    assert_eq!(
+        class
+            .get("labels")
+            .and_then(|v| v.as_sequence())
+            .map(|s| s.len()),
+        Some(3)
+    );
+    assert_eq!(
+        def.settings
+            .get("channel")
+            .and_then(|c| c.get("name"))
+            .and_then(|v| v.as_str()),
+        Some("agent-commons")
+    );
+    assert!(def.settings.contains_key("timing"));
+}
+
+#[test]
+fn a_broken_loop_is_picked_up_again_once_fixed() {
+    let ws = bare_workspace();
+    write_loop(&ws, "good", GOOD);
+    write_loop(&ws, "later", BROKEN);
+    let w = Workspace::open(ws.path()).expect("open");
+    let entries = discover(&w);
+    assert!(entries[0].def.is_some() && entries[1].def.is_none());
+
+    let (out, code) = check(&ws, false);
+    assert_eq!(code, 1);
+    assert!(
+        out.contains("2 loop(s) checked: 1 valid, 1 with errors"),
+        "{out}"
+    );
+
+    write_loop(&ws, "later", &BROKEN.replace("61 * * * *", "1 * * * *"));
+    let entries = discover(&w);
+    assert!(entries.iter().all(|e| e.def.is_some()), "{entries:?}");
+    let (out, code) = check(&ws, false);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("2 loop(s) checked: 2 valid, 0 with errors"),
+        "{out}"
+    );
+}
+
+#[test]
+fn several_broken_loops_are_each_reported() {
+    let ws = bare_workspace();
+    write_loop(&ws, "a", BROKEN);
+    write_loop(
+        &ws,
+        "b",
+        "schedule:\n  every: 10 minutes\npayload:\n  command: [\"true\"]\n",
+    );
+    write_loop(&ws, "c", GOOD);
+    write_loop(&ws, "d", "schedule: [unclosed\n");
+    let w = Workspace::open(ws.path()).expect("open");
+    let entries = discover(&w);
+    let valid: Vec<&str> = entries
+        .iter()
+        .filter(|e| e.def.is_some())
+        .map(|e| e.name.as_str())
+        .collect();
+    assert_eq!(valid, ["c"]);
+    for e in entries.iter().filter(|e| e.def.is_none()) {
+        let first = e.errors().next().expect("an error");
+        assert_eq!(
+            first.file,
+            Path::new("domains").join(&e.name).join("config.yaml")
+        );
+        assert!(first.line.is_some(), "{first}");
+    }
+    let (out, code) = check(&ws, false);
+    assert_eq!(code, 1);
+    assert!(
+        out.contains("4 loop(s) checked: 1 valid, 3 with errors"),
+        "{out}"
+    );
+}
+
+// ---- one snapshot per error class ----------------------------------------------------
+
+#[test]
+fn check_yaml_syntax_error() {
+    let cfg = "description: watch\nschedule:\n  every: 10m\n  jitter: a: b\npayload:\n  command: [\"true\"]\n";
+    // The parser points at the second colon on line 4.
+    let out = check_one_error("syntax", cfg, ": b");
+    assert!(out.contains("config.yaml:4:12: not valid YAML"), "{out}");
+    insta::assert_snapshot!(out);
+}
+
+#[test]
+fn check_bad_duration() {
+    let cfg = "schedule:\n  every: 10 minutes\npayload:\n  command: [\"true\"]\n";
+    let out = check_one_error("duration", cfg, "10 minutes");
+    assert!(out.contains("`10 minutes` is not a duration"), "{out}");
+    insta::assert_snapshot!(out);
+}
+
+#[test]
+fn check_number_without_unit() {
+    let cfg = "schedule:\n  every: 10\npayload:\n  command: [\"true\"]\n";
+    let out = check_one_error("nounit", cfg, "10");
+    assert!(out.contains("has no unit"), "{out}");
+    assert!(out.contains("10s or 10m"), "{out}");
+    insta::assert_snapshot!(out);
+}
+
+#[test]
+fn check_unknown_timezone_with_suggestion() {
+    let cfg = "schedule:\n  cron: \"0 9 * * *\"\n  timezone: America/NewYork\npayload:\n  command: [\"true\"]\n";
+    let out = check_one_error("tz", cfg, "America/NewYork");
+    assert!(out.contains("did you mean `America/New_York`?"), "{out}");
+    insta::assert_snapshot!(out);
+}
+
+#[test]
+fn check_bad_cron_names_the_field() {
+    let cfg = "schedule:\n  cron: \"61 * * * *\"\npayload:\n  command: [\"true\"]\n";
+    let out = check_one_error("cron", cfg, "\"61");
+    assert!(out.contains("the minute field `61`"), "{out}");
+    assert!(out.contains("0-59"), "{out}");
+    insta::assert_snapshot!(out);
+}
+
+#[test]
+fn check_bad_cron_hour_and_weekday_fields() {
+    let ws = bare_workspace();
+    write_loop(
+        &ws,
+        "hour",
+        "schedule:\n  cron: \"0 25 * * *\"\npayload:\n  command: [\"true\"]\n",
+    );
+    write_loop(
+        &ws,
+        "weekday",
+        "schedule:\n  cron: \"0 9 * * MON-FRX\"\npayload:\n  command: [\"true\"]\n",
+    );
+    let (out, code) = check(&ws, false);
+    assert_eq!(code, 1);
+    assert!(out.contains("the hour field `25`"), "{out}");
+    assert!(out.contains("the day of week field `MON-FRX`"), "{out}");
+    insta::assert_snapshot!(out);
+}
+
+#[test]
+fn check_cron_wrong_field_count() {
+    let cfg = "schedule:\n  cron: \"0 9 * *\"\npayload:\n  command: [\"true\"]\n";
+    let out = check_one_error("fields", cfg, "\"0 9");
+    assert!(out.contains("has 4 fields"), "{out}");
+    insta::assert_snapshot!(out);
+}
+
+#[test]
+fn check_cron_that_never_fires() {
+    let cfg = "schedule:\n  cron: \"0 0 30 2 *\"\npayload:\n  command: [\"true\"]\n";
+    let out = check_one_error("never", cfg, "\"0 0 30 2");
+    assert!(out.contains("never fires"), "{out}");
+    insta::assert_snapshot!(out);
+}
+
+#[test]
+fn check_near_miss_schedule_key() {
+    let cfg = "schedul:\n  every: 10m\npayload:\n  command: [\"true\"]\n";
+    let out = check_one_error("typo", cfg, "schedul:");
+    assert!(out.contains("unknown key `schedul`"), "{out}");
+    assert!(out.contains("did you mean `schedule`?"), "{out}");
+    insta::assert_snapshot!(out);
+}
+
+#[test]
+fn check_near_miss_retry_key() {
+    let cfg =
+        "schedule:\n  every: 10m\npayload:\n  command: [\"true\"]\nretyr: { max_attempts: 3 }\n";
+    let out = check_one_error("typo", cfg, "retyr");
+    assert!(out.contains("did you mean `retry`?"), "{out}");
+    insta::assert_snapshot!(out);
+}
+
+#[test]
+fn check_prompt_loop_without_prompt_md() {
+    let cfg = "schedule:\n  every: 10m\npayload:\n  kind: prompt\n  model: claude-sonnet-4-5\n";
+    let out = check_one_error("briefing", cfg, "payload:");
+    assert!(out.contains("needs prompt.md"), "{out}");
+    assert!(out.contains("create domains/briefing/prompt.md"), "{out}");
+    insta::assert_snapshot!(out);
+}
+
+#[test]
+fn check_empty_command_list() {
+    let cfg = "schedule:\n  every: 10m\npayload:\n  command: []\n";
+    let out = check_one_error("empty", cfg, "[]");
+    assert!(out.contains("the command is empty"), "{out}");
+    insta::assert_snapshot!(out);
+}
+
+#[test]
+fn check_empty_command_string() {
+    let cfg = "schedule:\n  every: 10m\npayload:\n  command: \"\"\n";
+    let out = check_one_error("empty", cfg, "\"\"");
+    assert!(out.contains("the command is empty"), "{out}");
+    insta::assert_snapshot!(out);
+}
+
+#[test]
+fn check_both_every_and_cron() {
+    let cfg = "schedule:\n  every: 10m\n  cron: \"0 9 * * *\"\npayload:\n  command: [\"true\"]\n";
+    let out = check_one_error("both", cfg, "\"0 9");
+    assert!(out.contains("has both every and cron"), "{out}");
+    insta::assert_snapshot!(out);
+}
+
+#[test]
+fn check_bad_concurrency() {
+    let cfg = "schedule:\n  every: 10m\npayload:\n  command: [\"true\"]\nconcurrency: sometimes\n";
+    let out = check_one_error("conc", cfg, "sometimes");
+    assert!(out.contains("must be forbid, allow or replace"), "{out}");
+    insta::assert_snapshot!(out);
+}
+
+#[test]
+fn check_errors_inside_flow_mappings() {
+    let cfg = "schedule: { every: 10m, jitter: 5 }\npayload: { kind: command, command: [\"true\"] }\nretry: { max_attempts: 0, delay: 3x }\n";
+    let ws = bare_workspace();
+    write_loop(&ws, "flow", cfg);
+    let (out, code) = check(&ws, false);
+    assert_eq!(code, 1, "{out}");
+    for (needle, msg) in [
+        ("5 }", "`schedule.jitter: 5` has no unit"),
+        ("0, delay", "`retry.max_attempts` must be"),
+        ("3x", "retry.delay: `3x` is not a duration"),
+    ] {
+        let (l, c) = pos_of(cfg, needle, 0);
+        let want = format!("domains/flow/config.yaml:{l}:{c}: {msg}");
+        assert!(out.contains(&want), "expected `{want}` in\n{out}");
+    }
+    insta::assert_snapshot!(out);
+}
+
+#[test]
+fn check_bad_loops_yaml_key_and_timezone() {
+    let ws = bare_workspace();
+    write_loop(&ws, "good", GOOD);
+    let yaml = "timezone: Europe/Londn\nlimts:\n  max_concurrent_jobs: 2\n";
+    ws.write("loops.yaml", yaml);
+    let (out, code) = check(&ws, false);
+    assert_eq!(code, 1, "{out}");
+    let (l, c) = pos_of(yaml, "Europe/Londn", 0);
+    assert!(
+        out.contains(&format!(
+            "error: loops.yaml:{l}:{c}: unknown timezone `Europe/Londn`"
+        )),
+        "{out}"
+    );
+    assert!(out.contains("did you mean `Europe/London`?"), "{out}");
+    let (l, c) = pos_of(yaml, "limts", 0);
+    assert!(
+        out.contains(&format!("error: loops.yaml:{l}:{c}: unknown key `limts`")),
+        "{out}"
+    );
+    assert!(out.contains("did you mean `limits`?"), "{out}");
+    // The loops themselves are still checked.
+    assert!(out.contains("1 loop(s) checked: 1 valid"), "{out}");
+    insta::assert_snapshot!(out);
+}
+
+#[test]
+fn check_bad_nested_loops_yaml_key() {
+    let ws = bare_workspace();
+    let yaml = "limits:\n  max_concurent_jobs: 2\n  catch_up_stagger: 2 seconds\n";
+    ws.write("loops.yaml", yaml);
+    let (out, code) = check(&ws, false);
+    assert_eq!(code, 1, "{out}");
+    let (l, c) = pos_of(yaml, "max_concurent_jobs", 0);
+    assert!(
+        out.contains(&format!(
+            "loops.yaml:{l}:{c}: unknown key `limits.max_concurent_jobs`"
+        )),
+        "{out}"
+    );
+    assert!(out.contains("did you mean `max_concurrent_jobs`?"), "{out}");
+    let (l, c) = pos_of(yaml, "2 seconds", 0);
+    assert!(
+        out.contains(&format!("loops.yaml:{l}:{c}: limits.catch_up_stagger")),
+        "{out}"
+    );
+    insta::assert_snapshot!(out);
+}
+
+#[test]
+fn check_warning_only_exits_zero() {
+    let ws = bare_workspace();
+    write_loop(
+        &ws,
+        "briefing",
+        "schedule:\n  cron: \"30 9 * * 1-5\"\n  timezone: America/New_York\npayload:\n  kind: prompt\n",
+    );
+    ws.write(
+        "domains/briefing/prompt.md",
+        "Write the morning briefing.\n",
+    );
+    let (out, code) = check(&ws, false);
+    assert_eq!(code, 0, "warnings alone must not fail:\n{out}");
+    assert!(out.starts_with("warning: domains/briefing/config.yaml: prompt loop `briefing` is waiting for a provider"), "{out}");
+    assert!(out.contains("0 error(s), 1 warning(s)"), "{out}");
+    insta::assert_snapshot!(out);
+
+    // With a provider configured the warning goes away.
+    ws.write(
+        "loops.yaml",
+        "providers:\n  anthropic:\n    api_key_env: ANTHROPIC_API_KEY\n",
+    );
+    let (out, code) = check(&ws, false);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(
+        out.trim(),
+        "1 loop(s) checked: 1 valid, 0 with errors; 0 error(s), 0 warning(s)"
+    );
+}
+
+#[test]
+fn check_json_shape() {
+    let ws = bare_workspace();
+    write_loop(&ws, "good", GOOD);
+    let cfg =
+        "schedule:\n  every: 10m\n  timezone: America/NewYork\npayload:\n  command: [\"true\"]\n";
+    write_loop(&ws, "tz", cfg);
+    write_loop(
+        &ws,
+        "prompt",
+        "schedule:\n  every: 1h\npayload:\n  kind: prompt\n",
+    );
+    ws.write("domains/prompt/prompt.md", "hello\n");
+    let (out, code) = check(&ws, true);
+    assert_eq!(code, 1);
+    let v: serde_json::Value = serde_json::from_str(&out).expect("check --json is JSON");
+    assert_eq!(v["ok"], false);
+    assert_eq!(v["errors"], 1);
+    assert_eq!(v["warnings"], 1);
+    assert_eq!(v["loops"], 3);
+    assert_eq!(v["workspace"], "[WS]");
+    let diags = v["diagnostics"].as_array().expect("diagnostics array");
+    assert_eq!(diags.len(), 2);
+    let warn = &diags[0];
+    assert_eq!(warn["severity"], "warning");
+    assert_eq!(warn["file"], "domains/prompt/config.yaml");
+    assert!(warn["line"].is_null() && warn["column"].is_null(), "{warn}");
+    let err = &diags[1];
+    assert_eq!(err["severity"], "error");
+    assert_eq!(err["file"], "domains/tz/config.yaml");
+    let (l, c) = pos_of(cfg, "America/NewYork", 0);
+    assert_eq!(err["line"], l as u64);
+    assert_eq!(err["column"], c as u64);
+    assert_eq!(err["message"], "unknown timezone `America/NewYork`");
+    assert!(err["help"]
+        .as_str()
+        .is_some_and(|h| h.contains("America/New_York")));
+    insta::assert_snapshot!(out);
+
+    // All good: ok true, exit 0.
+    std::fs::remove_dir_all(ws.path().join("domains/tz")).expect("rm");
+    let (out, code) = check(&ws, true);
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    assert_eq!(v["ok"], true);
+    assert_eq!(v["errors"], 0);
+}
+
+#[test]
+fn diagnostics_from_the_library_match_the_cli() {
+    let ws = bare_workspace();
+    let cfg = "schedule:\n  every: 10m\npayload:\n  command: [\"true\"]\nconcurrency: sometimes\n";
+    write_loop(&ws, "conc", cfg);
+    let w = Workspace::open(ws.path()).expect("open");
+    let e = discover(&w).pop().expect("one loop");
+    assert_eq!(e.diagnostics.len(), 1);
+    let d = &e.diagnostics[0];
+    assert_eq!(d.severity, Severity::Error);
+    assert_eq!((d.line, d.column), (Some(5), Some(14)));
+    let (out, _) = check(&ws, false);
+    assert!(out.starts_with(&format!("{d}\n")), "{out}");
+}
+
+#[test]
+fn check_missing_script_and_broken_loops_yaml() {
+    let ws = bare_workspace();
+    let cfg = "schedule:\n  every: 10m\npayload:\n  command: [\"./collect.sh\", \"--since\", \"{window_start}\"]\n";
+    write_loop(&ws, "collector", cfg);
+    write_loop(&ws, "good", GOOD);
+    let yaml = "timezone: UTC\nlimits:\n  max_concurrent_jobs: [1\n";
+    ws.write("loops.yaml", yaml);
+    let (out, code) = check(&ws, false);
+    assert_eq!(code, 1, "{out}");
+    // The parser reports the unclosed list where it gave up: the end of the file.
+    assert!(
+        out.starts_with("error: loops.yaml:4:1: not valid YAML"),
+        "{out}"
+    );
+    let (l, c) = pos_of(cfg, "[\"./collect.sh", 0);
+    assert!(
+        out.contains(&format!(
+            "error: domains/collector/config.yaml:{l}:{c}: `./collect.sh` does not exist in collector"
+        )),
+        "{out}"
+    );
+    // A broken loops.yaml does not stop the loops from being checked.
+    assert!(
+        out.contains("2 loop(s) checked: 1 valid, 1 with errors"),
+        "{out}"
+    );
+    insta::assert_snapshot!(out);
+
+    // Creating the script fixes the loop.
+    ws.write("domains/collector/collect.sh", "#!/bin/sh\necho hi\n");
+    ws.write("loops.yaml", "timezone: UTC\n");
+    let (out, code) = check(&ws, false);
+    assert_eq!(code, 0, "{out}");
+}
