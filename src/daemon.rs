@@ -155,6 +155,8 @@ struct Daemon {
     permits: Arc<Semaphore>,
     done_tx: mpsc::UnboundedSender<Finished>,
     summary: Summary,
+    /// Only `--once` reports a summary; a long-running daemon must not keep every record.
+    keep_summary: bool,
     in_flight: usize,
 }
 
@@ -184,6 +186,7 @@ pub async fn run(ws: Workspace, opts: DaemonOptions) -> Result<Summary, DaemonEr
         pending: Vec::new(),
         done_tx,
         summary: Summary::default(),
+        keep_summary: opts.once,
         in_flight: 0,
     };
     d.recover_interrupted();
@@ -208,6 +211,17 @@ pub async fn run(ws: Workspace, opts: DaemonOptions) -> Result<Summary, DaemonEr
             }
         }
     };
+
+    let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .map_err(|source| DaemonError::Io {
+            path: PathBuf::from("signal"),
+            source,
+        })?;
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|source| DaemonError::Io {
+            path: PathBuf::from("signal"),
+            source,
+        })?;
 
     if opts.once {
         let now = d.sched.now();
@@ -246,9 +260,22 @@ pub async fn run(ws: Workspace, opts: DaemonOptions) -> Result<Summary, DaemonEr
                 .min()
                 .map(|t| (t - opts.clock.now()).to_std().unwrap_or_default())
                 .unwrap_or(Duration::from_secs(3600));
-            tokio::select! {
-                Some(f) = done_rx.recv() => d.on_finished(f, false),
-                _ = tokio::time::sleep(wait) => {}
+            let signalled = tokio::select! {
+                Some(f) = done_rx.recv() => { d.on_finished(f, false); false }
+                _ = tokio::time::sleep(wait) => false,
+                _ = sigint.recv() => true,
+                _ = sigterm.recv() => true,
+            };
+            if signalled {
+                // Runs are in their own process groups: a signal to us does not reach
+                // them, so stop them here rather than leave them running orphaned.
+                tracing::warn!(running = d.in_flight, "signal: stopping running jobs");
+                d.pending.clear();
+                for runs in d.running.values() {
+                    for r in runs {
+                        let _ = r.cancel.send(true);
+                    }
+                }
             }
         }
         return Ok(d.summary);
@@ -259,16 +286,6 @@ pub async fn run(ws: Workspace, opts: DaemonOptions) -> Result<Summary, DaemonEr
         loops = d.sched.loop_names().count(),
         "loops daemon started"
     );
-    let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
-        .map_err(|source| DaemonError::Io {
-            path: PathBuf::from("signal"),
-            source,
-        })?;
-    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(|source| DaemonError::Io {
-            path: PathBuf::from("signal"),
-            source,
-        })?;
     let mut stop = opts.stop.clone();
     let stopped = async move {
         match stop.as_mut() {
@@ -444,7 +461,7 @@ impl Daemon {
                 if let Some(name) = rest.to_str().and_then(|s| s.strip_suffix(".json")) {
                     self.sched.refresh(name);
                 }
-            } else {
+            } else if affects_discovery(&self.ws.domains_dir(), p) {
                 domains = true;
             }
         }
@@ -543,7 +560,9 @@ impl Daemon {
         if let Err(e) = self.ctx.runlog.append(&rec) {
             tracing::error!("{e}");
         }
-        self.summary.runs.push(rec);
+        if self.keep_summary {
+            self.summary.runs.push(rec);
+        }
     }
 
     fn on_finished(&mut self, f: Finished, retry: bool) {
@@ -564,7 +583,10 @@ impl Daemon {
         // A program that could not be started at all (exec's "cannot run …") is a
         // permanent error: retrying cannot fix a missing or non-executable file.
         let permanent = rec.exit_code.is_none()
-            && rec.error.as_deref().is_some_and(|e| e.starts_with("cannot run"));
+            && rec
+                .error
+                .as_deref()
+                .is_some_and(|e| e.starts_with("cannot run"));
         let after = if self.sched.def(&f.def.name).is_some() {
             self.sched.finished(&f.def, rec, retry && !permanent)
         } else {
@@ -590,8 +612,26 @@ impl Daemon {
             ),
             Aftermath::Nothing => {}
         }
-        self.summary.runs.push(f.rec);
+        if self.keep_summary {
+            self.summary.runs.push(f.rec);
+        }
     }
+}
+
+/// Whether a changed path can change what loops exist or how they are configured: a
+/// folder appearing or going directly under domains/, or a config.yaml / prompt.md. A
+/// loop rewriting its own state.md must not make the daemon re-read every config.
+fn affects_discovery(domains: &std::path::Path, p: &std::path::Path) -> bool {
+    let Ok(rest) = p.strip_prefix(domains) else {
+        return false;
+    };
+    let depth = rest.components().count();
+    depth <= 1
+        || (depth == 2
+            && matches!(
+                rest.file_name().and_then(|n| n.to_str()),
+                Some("config.yaml") | Some("prompt.md")
+            ))
 }
 
 fn push_unique(v: &mut Vec<String>, s: &str) {

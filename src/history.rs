@@ -93,6 +93,18 @@ impl Committer {
 }
 
 fn signature<'a>(repo: &Repository, name: &'a str, email: &'a str) -> Signature<'static> {
+    // Like git itself: the environment's identity first, then git config, then ours.
+    let from_env = |n: &str, e: &str| match (std::env::var(n), std::env::var(e)) {
+        (Ok(n), Ok(e)) if !n.trim().is_empty() && !e.trim().is_empty() => {
+            Signature::now(&n, &e).ok()
+        }
+        _ => None,
+    };
+    if let Some(sig) = from_env("GIT_AUTHOR_NAME", "GIT_AUTHOR_EMAIL")
+        .or_else(|| from_env("GIT_COMMITTER_NAME", "GIT_COMMITTER_EMAIL"))
+    {
+        return sig;
+    }
     repo.signature()
         .or_else(|_| Signature::now(name, email))
         .or_else(|_| Signature::now("loops", "loops@localhost"))

@@ -106,10 +106,7 @@ impl Schedule {
                 let k = ms.div_euclid(iv) + 1;
                 Utc.timestamp_millis_opt(k.checked_mul(iv)?).single()
             }
-            When::Cron { cron, .. } => cron
-                .find_next_occurrence(&t.with_timezone(&self.tz), false)
-                .ok()
-                .map(|d| d.with_timezone(&Utc)),
+            When::Cron { cron, .. } => next_cron_slot(cron, self.tz, t),
             When::At(at) => (*at > t).then_some(*at),
         }
     }
@@ -286,6 +283,49 @@ impl Schedule {
         plan.runs = runs;
         plan
     }
+}
+
+/// The next cron slot strictly after `t`, as a whole-second UTC instant.
+///
+/// croner answers a search that lands in a spring-forward gap with the first instant
+/// after the gap, even when the pattern names no time inside the gap (`30 1 * * *`
+/// searched from 01:30 on the changeover day gives 03:00). Such an answer is kept only
+/// when a wall-clock time the pattern names really fell in the gap; otherwise the search
+/// goes on, so a job fires exactly once a day across the change.
+fn next_cron_slot(cron: &Cron, tz: Tz, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    use chrono::{Timelike, Utc as U};
+    // Sub-second "now" must not leak into slots: search from the whole second.
+    let mut cursor = t.with_nanosecond(0).unwrap_or(t);
+    for _ in 0..8 {
+        let c = cron
+            .find_next_occurrence(&cursor.with_timezone(&tz), false)
+            .ok()?;
+        let c_utc = c.with_timezone(&U).with_nanosecond(0)?;
+        if cron.is_time_matching(&c).unwrap_or(false) || gap_held_a_match(cron, tz, c_utc) {
+            return Some(c_utc);
+        }
+        cursor = c_utc;
+    }
+    None
+}
+
+/// Whether the wall-clock hour just before `after_gap` was skipped by a DST change and
+/// holds a time the pattern names.
+fn gap_held_a_match(cron: &Cron, tz: Tz, after_gap: DateTime<Utc>) -> bool {
+    let local = after_gap.with_timezone(&tz).naive_local();
+    let before = (after_gap - chrono::Duration::seconds(1))
+        .with_timezone(&tz)
+        .naive_local();
+    let skipped = (local - before).num_seconds() - 1;
+    if skipped <= 0 {
+        return false;
+    }
+    // Match on wall-clock fields only: read the skipped local times as if they were UTC.
+    (1..=skipped.min(4 * 3600)).any(|s| {
+        let wall = before + chrono::Duration::seconds(s);
+        cron.is_time_matching(&Utc.from_utc_datetime(&wall))
+            .unwrap_or(false)
+    })
 }
 
 /// The result of planning one loop at one instant.

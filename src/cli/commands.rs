@@ -59,7 +59,10 @@ pub fn dispatch(cli: Cli) -> Result {
 
 /// The one-line explanation of a run record: its error, else its note.
 fn detail(r: &crate::runs::RunRecord) -> String {
-    r.error.clone().or_else(|| r.note.clone()).unwrap_or_default()
+    r.error
+        .clone()
+        .or_else(|| r.note.clone())
+        .unwrap_or_default()
 }
 
 fn print_json(v: &serde_json::Value) {
@@ -158,6 +161,13 @@ fn init(dir: Option<&Path>) -> Result {
                 message: "loops: new workspace\n".into(),
             }))?;
         }
+    }
+    if written.is_empty() {
+        println!(
+            "{} is already a loops workspace; nothing was changed.",
+            dir.display()
+        );
+        return Ok(());
     }
     println!("Created a loops workspace in {}", dir.display());
     for p in &written {
@@ -552,7 +562,24 @@ fn trigger(ws: Workspace, name: &str, follow: bool, json_out: bool) -> Result {
                 }
             }
         });
-        let rec = jobs::execute(&ctx, &def, &req, live, None).await;
+        // Ctrl-C or SIGTERM stops the run's whole process group and records it as
+        // interrupted, rather than leaving the command running with no one watching.
+        let (cancel_tx, cancel_rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            use tokio::signal::unix::{signal, SignalKind};
+            let (Ok(mut int), Ok(mut term)) = (
+                signal(SignalKind::interrupt()),
+                signal(SignalKind::terminate()),
+            ) else {
+                return;
+            };
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+            let _ = cancel_tx.send(true);
+        });
+        let rec = jobs::execute(&ctx, &def, &req, live, Some(cancel_rx)).await;
         let _ = printer.await;
         rec
     });
@@ -593,6 +620,9 @@ fn trigger(ws: Workspace, name: &str, follow: bool, json_out: bool) -> Result {
                 .map(|e| format!(": {e}"))
                 .unwrap_or_default(),
         );
+    }
+    if rec.outcome == Outcome::Interrupted {
+        return Err(CliError::silent(130));
     }
     if rec.outcome.is_failure() {
         return Err(CliError::silent(1));
@@ -723,6 +753,5 @@ fn resume(ws: &Workspace, name: &str) -> Result {
         ),
         None => println!("`{name}` was not paused; nothing to do."),
     }
-    let _ = Outcome::Acted;
     Ok(())
 }

@@ -52,3 +52,212 @@ pub fn loops_cmd(cwd: &Path) -> assert_cmd::Command {
         .env_remove("LOOPS_LOG");
     c
 }
+
+// ---------------------------------------------------------------------------------------
+// Helpers for the exec, history, daemon and cli tests.
+
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+/// The path of the built `loops` binary.
+pub fn loops_bin() -> PathBuf {
+    assert_cmd::cargo::cargo_bin("loops")
+}
+
+/// A std `Command` for `loops` with the same clean environment as [`loops_cmd`]
+/// (for processes that run in the background: daemons, parallel triggers).
+pub fn loops_std_cmd(cwd: &Path) -> std::process::Command {
+    let mut c = std::process::Command::new(loops_bin());
+    c.current_dir(cwd)
+        .env("TZ", "UTC")
+        .env("NO_COLOR", "1")
+        .env("GIT_AUTHOR_NAME", "Test")
+        .env("GIT_AUTHOR_EMAIL", "test@example.com")
+        .env("GIT_COMMITTER_NAME", "Test")
+        .env("GIT_COMMITTER_EMAIL", "test@example.com")
+        .env_remove("LOOPS_LOG");
+    c
+}
+
+/// Polls `f` every 50 ms until it is true or `timeout` passes; returns whether it became true.
+pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let until = Instant::now() + timeout;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() >= until {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Runs `git` in `dir` and returns its stdout; panics when git fails.
+pub fn git(dir: &Path, args: &[&str]) -> String {
+    let out = std::process::Command::new("git")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("run git");
+    assert!(
+        out.status.success(),
+        "git {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Whether a process with this pid exists (signal 0 probe).
+pub fn pid_alive(pid: i32) -> bool {
+    // SAFETY: signal 0 only checks for existence and permission.
+    unsafe { libc::kill(pid, 0) == 0 }
+}
+
+impl TempWorkspace {
+    /// Writes `domains/NAME/config.yaml` (creating the folder).
+    pub fn add_loop(&self, name: &str, config: &str) -> PathBuf {
+        self.write(&format!("domains/{name}/config.yaml"), config)
+    }
+
+    /// The run records of a loop in `.loops/runs/<loop>.jsonl`, oldest first.
+    pub fn runs(&self, name: &str) -> Vec<serde_json::Value> {
+        let p = self
+            .path()
+            .join(".loops/runs")
+            .join(format!("{name}.jsonl"));
+        std::fs::read_to_string(p)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// How many run records of a loop have this outcome.
+    pub fn count_outcome(&self, name: &str, outcome: &str) -> usize {
+        self.runs(name)
+            .iter()
+            .filter(|r| r["outcome"] == outcome)
+            .count()
+    }
+
+    /// Starts `loops run` in the background, its stderr going to a file.
+    pub fn start_daemon(&self) -> DaemonProcess {
+        let log = self.path().join(format!(
+            "daemon-{}.log",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        ));
+        // Keep the log out of the workspace's git status: it lives in .git/info/exclude.
+        let exclude = self.path().join(".git/info/exclude");
+        let mut ex = std::fs::read_to_string(&exclude).unwrap_or_default();
+        if !ex.contains("daemon-*.log") {
+            ex.push_str("\ndaemon-*.log\n");
+            std::fs::create_dir_all(exclude.parent().unwrap()).unwrap();
+            std::fs::write(&exclude, ex).unwrap();
+        }
+        let f = std::fs::File::create(&log).expect("daemon log file");
+        let child = loops_std_cmd(self.path())
+            .arg("run")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(f)
+            .spawn()
+            .expect("start loops run");
+        DaemonProcess {
+            child: Some(child),
+            log,
+        }
+    }
+}
+
+/// A `loops run` child process; SIGKILLed on drop if still running.
+pub struct DaemonProcess {
+    pub child: Option<Child>,
+    pub log: PathBuf,
+}
+
+impl DaemonProcess {
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().expect("child").id() as i32
+    }
+
+    /// What the daemon logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits (generously) until the daemon logs `needle`; panics with the log if it never does.
+    pub fn wait_for_log(&self, needle: &str, timeout: Duration) {
+        assert!(
+            wait_until(timeout, || self.log().contains(needle)),
+            "the daemon never logged {needle:?}; log:\n{}",
+            self.log()
+        );
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: signalling our own child by pid.
+        unsafe {
+            libc::kill(self.pid(), sig);
+        }
+    }
+
+    /// Waits for the daemon to exit; None if it is still running after `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let until = Instant::now() + timeout;
+        loop {
+            if let Some(st) = self.child.as_mut()?.try_wait().expect("try_wait") {
+                self.child = None;
+                return Some(st);
+            }
+            if Instant::now() >= until {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGKILL and reap.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for DaemonProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// `git add -A && git commit` with a fixed identity (setup steps of a test).
+pub fn git_commit_all(dir: &Path, msg: &str) {
+    git(dir, &["add", "-A"]);
+    git(
+        dir,
+        &[
+            "-c",
+            "user.name=Setup",
+            "-c",
+            "user.email=setup@example.com",
+            "commit",
+            "-q",
+            "-m",
+            msg,
+        ],
+    );
+}
+
+/// The trailers of a commit, as (key, value) pairs, read by git itself.
+pub fn git_trailers(dir: &Path, rev: &str) -> Vec<(String, String)> {
+    git(dir, &["log", "-1", "--format=%(trailers:only,unfold)", rev])
+        .lines()
+        .filter_map(|l| l.split_once(": "))
+        .map(|(k, v)| (k.to_string(), v.trim().to_string()))
+        .collect()
+}

@@ -1,3 +1,9 @@
 //! The one integration-test binary: every area is a module, sharing the helpers in `common`.
 
+mod cli;
 mod common;
+mod config;
+mod daemon;
+mod exec;
+mod history;
+mod schedule;

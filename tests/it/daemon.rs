@@ -1,0 +1,631 @@
+//! `loops run` as a real child process on a temporary workspace: the workspace lock, hot
+//! reload, overlap policies, shutdown, crash recovery, `--once --all`, and pausing.
+//! Waits poll with generous deadlines; nothing assumes the machine is fast.
+
+use crate::common::{git_commit_all, pid_alive, wait_until, TempWorkspace};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+const LONG: Duration = Duration::from_secs(60);
+
+/// A command loop on `every: SECS` running `command` (a `sh -c` string).
+fn every_loop(ws: &TempWorkspace, name: &str, every: &str, command: &str, extra: &str) {
+    ws.add_loop(
+        name,
+        &format!(
+            "schedule: {{ every: {every} }}\npayload:\n  kind: command\n  command: {}\n{extra}",
+            serde_json::to_string(command).unwrap()
+        ),
+    );
+}
+
+fn lines(p: &Path) -> usize {
+    std::fs::read_to_string(p)
+        .map(|t| t.lines().count())
+        .unwrap_or(0)
+}
+
+fn settings(ws: &TempWorkspace, limits: &str) {
+    ws.write("loops.yaml", &format!("limits:\n{limits}"));
+}
+
+#[test]
+fn daemon_second_run_refuses_and_a_stale_lock_is_taken_over() {
+    let ws = TempWorkspace::new();
+    let mut first = ws.start_daemon();
+    first.wait_for_log("loops daemon started", LONG);
+
+    let out = ws.cmd().arg("run").timeout(LONG).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("already running"), "{err}");
+    assert!(err.contains(&format!("pid {}", first.pid())), "{err}");
+    assert!(
+        err.contains(&format!("kill {}", first.pid())),
+        "says how to stop it: {err}"
+    );
+
+    // A crash leaves the lock file behind; the next daemon takes it over.
+    first.signal(libc::SIGKILL);
+    assert!(first.wait_exit(LONG).is_some());
+    assert!(ws.path().join(".loops").read_dir().unwrap().count() > 0);
+    let mut second = ws.start_daemon();
+    second.wait_for_log("loops daemon started", LONG);
+    let out = ws.cmd().arg("run").timeout(LONG).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("pid {}", second.pid())));
+
+    second.signal(libc::SIGTERM);
+    let st = second.wait_exit(LONG).expect("the daemon stops on SIGTERM");
+    assert!(st.success(), "{st:?}\n{}", second.log());
+}
+
+#[test]
+fn daemon_hot_reloads_new_broken_and_fixed_loops() {
+    let ws = TempWorkspace::new();
+    let out = tempfile::tempdir().unwrap();
+    let steady_out = out.path().join("steady.txt");
+    let fresh_out = out.path().join("fresh.txt");
+    settings(&ws, "  shutdown_grace: 1s\n");
+    every_loop(
+        &ws,
+        "steady",
+        "1s",
+        &format!("echo tick >> {}", steady_out.display()),
+        "",
+    );
+    git_commit_all(ws.path(), "steady loop");
+    let mut d = ws.start_daemon();
+    d.wait_for_log("loops daemon started", LONG);
+    assert!(wait_until(LONG, || lines(&steady_out) >= 1), "{}", d.log());
+
+    // A new folder is picked up and run within a few seconds.
+    let good = format!(
+        "schedule: {{ every: 1s }}\npayload: {{ kind: command, command: \"echo tick >> {}\" }}\n",
+        fresh_out.display()
+    );
+    ws.add_loop("fresh", &good);
+    assert!(wait_until(LONG, || lines(&fresh_out) >= 1), "{}", d.log());
+    d.wait_for_log("new loop", LONG);
+
+    // Broken YAML: the error names the file; the loop stops; the others keep running.
+    ws.add_loop("fresh", "schedule: [every: 1s\npayload: {kind: command\n");
+    d.wait_for_log("loop is not scheduled until its config is fixed", LONG);
+    let log = d.log();
+    assert!(log.contains("domains/fresh/config.yaml"), "{log}");
+    assert!(log.contains("not valid YAML"), "{log}");
+    // Let a run that had already started finish, then watch for a while.
+    std::thread::sleep(Duration::from_millis(1500));
+    let fresh_then = lines(&fresh_out);
+    let steady_then = lines(&steady_out);
+    assert!(
+        wait_until(LONG, || lines(&steady_out) >= steady_then + 2),
+        "the other loop keeps running: {}",
+        d.log()
+    );
+    assert_eq!(lines(&fresh_out), fresh_then, "a broken loop does not run");
+    assert!(
+        d.child.as_mut().unwrap().try_wait().unwrap().is_none(),
+        "daemon still up"
+    );
+
+    // Fixed: it runs again.
+    ws.add_loop("fresh", &good);
+    d.wait_for_log("config fixed: loop scheduled again", LONG);
+    assert!(
+        wait_until(LONG, || lines(&fresh_out) > fresh_then),
+        "{}",
+        d.log()
+    );
+
+    // Removed: logged, no more runs.
+    std::fs::remove_dir_all(ws.path().join("domains/fresh")).unwrap();
+    d.wait_for_log("loop removed", LONG);
+
+    d.signal(libc::SIGTERM);
+    assert!(d.wait_exit(LONG).expect("stops").success());
+}
+
+/// Pairs (started, finished) of a loop's records with this outcome.
+fn spans(ws: &TempWorkspace, name: &str, outcomes: &[&str]) -> Vec<(String, String)> {
+    ws.runs(name)
+        .iter()
+        .filter(|r| outcomes.iter().any(|o| r["outcome"] == *o))
+        .map(|r| {
+            (
+                r["started"].as_str().unwrap().to_string(),
+                r["finished"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+fn any_overlap(s: &[(String, String)]) -> bool {
+    let parse = |t: &str| chrono::DateTime::parse_from_rfc3339(t).unwrap();
+    for (i, a) in s.iter().enumerate() {
+        for b in &s[i + 1..] {
+            if parse(&a.0) < parse(&b.1) && parse(&b.0) < parse(&a.1) {
+                return true;
+            }
+        }
+    }
+    false
+}
+
+#[test]
+fn daemon_overlap_policies_forbid_allow_replace() {
+    let ws = TempWorkspace::new();
+    settings(&ws, "  shutdown_grace: 1s\n  max_concurrent_jobs: 16\n");
+    for policy in ["forbid", "allow", "replace"] {
+        every_loop(
+            &ws,
+            policy,
+            "1s",
+            "sleep 3",
+            &format!("concurrency: {policy}\ntimeout: 60s\n"),
+        );
+    }
+    git_commit_all(ws.path(), "overlap loops");
+    let mut d = ws.start_daemon();
+    d.wait_for_log("loops daemon started", LONG);
+
+    let ok = wait_until(Duration::from_secs(90), || {
+        ws.count_outcome("forbid", "skipped") >= 2
+            && ws.count_outcome("replace", "interrupted") >= 1
+            && any_overlap(&spans(&ws, "allow", &["silent"]))
+    });
+    assert!(
+        ok,
+        "forbid: {:?}\nallow: {:?}\nreplace: {:?}\nlog:\n{}",
+        ws.runs("forbid"),
+        ws.runs("allow"),
+        ws.runs("replace"),
+        d.log()
+    );
+    d.signal(libc::SIGTERM);
+    assert!(d.wait_exit(LONG).expect("stops").success(), "{}", d.log());
+
+    // forbid: the skip says why, and its real runs never overlapped.
+    let skipped: Vec<_> = ws
+        .runs("forbid")
+        .into_iter()
+        .filter(|r| r["outcome"] == "skipped")
+        .collect();
+    assert!(skipped[0]["note"]
+        .as_str()
+        .unwrap()
+        .contains("concurrency: forbid"));
+    assert!(
+        skipped[0]["slot"].is_string(),
+        "a skipped slot names its slot"
+    );
+    assert!(!any_overlap(&spans(
+        &ws,
+        "forbid",
+        &["silent", "interrupted"]
+    )));
+    // replace: the replaced run is interrupted; no two runs ran together for long.
+    let interrupted: Vec<_> = ws
+        .runs("replace")
+        .into_iter()
+        .filter(|r| r["outcome"] == "interrupted")
+        .collect();
+    assert_eq!(interrupted[0]["error"], "interrupted");
+    assert_eq!(ws.count_outcome("replace", "skipped"), 0);
+    assert_eq!(ws.count_outcome("allow", "skipped"), 0);
+    assert!(ws.count_outcome("allow", "interrupted") + ws.count_outcome("allow", "silent") > 1);
+    // Nothing is left marked as running.
+    let running = ws.path().join(".loops/running");
+    assert_eq!(
+        running.read_dir().map(|r| r.count()).unwrap_or(0),
+        0,
+        "no run markers after a clean stop"
+    );
+}
+
+#[test]
+fn daemon_sigterm_interrupts_a_long_run_after_the_grace() {
+    let ws = TempWorkspace::new();
+    let out = tempfile::tempdir().unwrap();
+    let pidfile = out.path().join("long.pid");
+    settings(&ws, "  shutdown_grace: 1s\n");
+    every_loop(
+        &ws,
+        "long",
+        "1s",
+        &format!("echo $$ > {}; exec sleep 120", pidfile.display()),
+        "timeout: 10m\n",
+    );
+    git_commit_all(ws.path(), "long loop");
+    let mut d = ws.start_daemon();
+    d.wait_for_log("loops daemon started", LONG);
+    assert!(
+        wait_until(LONG, || std::fs::read_to_string(&pidfile)
+            .is_ok_and(|t| t.trim().parse::<i32>().is_ok())),
+        "{}",
+        d.log()
+    );
+    let job_pid: i32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(pid_alive(job_pid));
+
+    let t0 = Instant::now();
+    d.signal(libc::SIGTERM);
+    let st = d.wait_exit(LONG).expect("the daemon stops after the grace");
+    let took = t0.elapsed();
+    assert!(st.success(), "{st:?}\n{}", d.log());
+    assert!(
+        took >= Duration::from_millis(900),
+        "the daemon waited for the grace period: {took:?}"
+    );
+    let log = d.log();
+    assert!(log.contains("SIGTERM"), "{log}");
+    assert!(log.contains("grace period over"), "{log}");
+    assert!(log.contains("loops daemon stopped"), "{log}");
+
+    let recs = ws.runs("long");
+    let last = recs.last().expect("a record");
+    assert_eq!(last["outcome"], "interrupted", "{recs:?}");
+    assert!(last["duration_ms"].as_u64().unwrap() >= 900, "{last}");
+    assert!(
+        wait_until(Duration::from_secs(10), || !pid_alive(job_pid)
+            || is_zombie(job_pid)),
+        "the job's process was stopped"
+    );
+    assert_eq!(
+        ws.path()
+            .join(".loops/running")
+            .read_dir()
+            .map(|r| r.count())
+            .unwrap_or(0),
+        0
+    );
+    // The state knows the last run was interrupted; an interruption is not a failure.
+    let list = ws.cmd().args(["list", "--json"]).output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+    let l = v["loops"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["name"] == "long")
+        .unwrap();
+    assert_eq!(l["last_run"]["outcome"], "interrupted");
+    assert_eq!(l["consecutive_failures"], 0);
+}
+
+#[test]
+fn daemon_records_a_run_left_by_a_killed_daemon_as_interrupted() {
+    let ws = TempWorkspace::new();
+    let out = tempfile::tempdir().unwrap();
+    let pidfile = out.path().join("long.pid");
+    every_loop(
+        &ws,
+        "long",
+        "1s",
+        &format!("echo $$ > {}; exec sleep 120", pidfile.display()),
+        "timeout: 10m\n",
+    );
+    git_commit_all(ws.path(), "long loop");
+    let mut d = ws.start_daemon();
+    d.wait_for_log("loops daemon started", LONG);
+    let running = ws.path().join(".loops/running");
+    assert!(
+        wait_until(LONG, || std::fs::read_to_string(&pidfile)
+            .is_ok_and(|t| t.trim().parse::<i32>().is_ok())),
+        "{}",
+        d.log()
+    );
+    let markers: Vec<_> = running.read_dir().unwrap().filter_map(|e| e.ok()).collect();
+    assert_eq!(markers.len(), 1);
+    let marker: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(markers[0].path()).unwrap()).unwrap();
+    assert_eq!(marker["loop"], "long");
+    assert_eq!(marker["pid"], d.pid());
+    let run_id = marker["run_id"].as_str().unwrap().to_string();
+
+    d.signal(libc::SIGKILL);
+    assert!(d.wait_exit(LONG).is_some());
+    // The job was in its own process group, so it outlived the daemon; stop it ourselves.
+    let job_pid: i32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // SAFETY: the job this test started (through the daemon).
+    unsafe { libc::kill(job_pid, libc::SIGKILL) };
+    assert_eq!(ws.count_outcome("long", "interrupted"), 0);
+    assert!(markers[0].path().exists(), "the crash left its marker");
+
+    // Stop scheduling it so the next daemon only recovers.
+    every_loop(&ws, "long", "1s", "true", "enabled: false\n");
+    let mut d2 = ws.start_daemon();
+    d2.wait_for_log("loops daemon started", LONG);
+    let recs = ws.runs("long");
+    let rec = recs
+        .iter()
+        .find(|r| r["run_id"] == run_id.as_str())
+        .unwrap_or_else(|| panic!("no record of {run_id}: {recs:?}\n{}", d2.log()));
+    assert_eq!(rec["outcome"], "interrupted");
+    assert_eq!(rec["started"], marker["started"]);
+    assert!(
+        rec["note"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("pid {}", marker["pid"])),
+        "{rec}"
+    );
+    assert!(!markers[0].path().exists(), "the marker is cleared");
+    assert!(
+        d2.log().contains("recorded an interrupted run"),
+        "{}",
+        d2.log()
+    );
+    d2.signal(libc::SIGTERM);
+    assert!(d2.wait_exit(LONG).expect("stops").success());
+}
+
+#[test]
+fn daemon_run_once_all_summary_and_exit_code() {
+    let ws = TempWorkspace::new();
+    every_loop(&ws, "good", "1h", "echo all fine", "");
+    ws.cmd()
+        .args(["new", "thinker", "--template", "heartbeat"])
+        .assert()
+        .success();
+    git_commit_all(ws.path(), "loops");
+
+    let out = ws
+        .cmd()
+        .args(["run", "--once", "--all"])
+        .timeout(LONG)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.starts_with("LOOP"), "{stdout}");
+    let good = stdout
+        .lines()
+        .find(|l| l.starts_with("good "))
+        .expect(&stdout);
+    assert!(good.contains("once") && good.contains("acted"), "{good}");
+    assert!(
+        stdout.lines().any(|l| l.starts_with("example ")),
+        "{stdout}"
+    );
+    assert!(
+        !stdout.lines().any(|l| l.starts_with("thinker ")),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("Waiting for a provider (prompt loops): thinker"),
+        "{stdout}"
+    );
+    assert_eq!(ws.count_outcome("good", "acted"), 1);
+    assert_eq!(ws.runs("thinker").len(), 0);
+
+    // A failing loop makes the exit code 1 and shows why.
+    every_loop(&ws, "bad", "1h", "echo broken pipe dream >&2; exit 3", "");
+    // A disabled loop does not run.
+    every_loop(&ws, "off", "1h", "echo never", "enabled: false\n");
+    let out = ws
+        .cmd()
+        .args(["run", "--once", "--all"])
+        .timeout(LONG)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    let bad = stdout
+        .lines()
+        .find(|l| l.starts_with("bad "))
+        .expect(&stdout);
+    assert!(
+        bad.contains("failed") && bad.contains("exited with status 3: broken pipe dream"),
+        "{bad}"
+    );
+    assert!(stdout.lines().any(|l| l.starts_with("good ")), "{stdout}");
+    assert!(!stdout.contains("off "), "{stdout}");
+    assert_eq!(ws.runs("off").len(), 0);
+
+    // A daemon holding the workspace blocks --once too.
+    let mut d = ws.start_daemon();
+    d.wait_for_log("loops daemon started", LONG);
+    let out = ws
+        .cmd()
+        .args(["run", "--once"])
+        .timeout(LONG)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already running"));
+    d.kill();
+}
+
+#[test]
+fn daemon_pauses_a_loop_after_five_failures_and_resume_clears_it() {
+    let ws = TempWorkspace::new();
+    settings(&ws, "  shutdown_grace: 1s\n");
+    every_loop(
+        &ws,
+        "flaky",
+        "1s",
+        "echo nope >&2; exit 3",
+        "retry: { max_attempts: 1 }\n",
+    );
+    git_commit_all(ws.path(), "flaky loop");
+    let list_json = |ws: &TempWorkspace| -> serde_json::Value {
+        let out = ws.cmd().args(["list", "--json"]).output().unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["loops"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["name"] == "flaky")
+            .cloned()
+            .unwrap()
+    };
+    let mut d = ws.start_daemon();
+    d.wait_for_log("loops daemon started", LONG);
+    assert!(
+        wait_until(Duration::from_secs(90), || !list_json(&ws)["paused"]
+            .is_null()),
+        "{}",
+        d.log()
+    );
+    d.wait_for_log("loops resume flaky", LONG);
+    let l = list_json(&ws);
+    assert_eq!(l["consecutive_failures"], 5);
+    assert!(
+        l["status"]
+            .as_str()
+            .unwrap()
+            .starts_with("paused: 5 consecutive failed runs"),
+        "{l}"
+    );
+    assert!(l["paused"]["last_error"]
+        .as_str()
+        .unwrap()
+        .contains("exited with status 3: nope"));
+    assert!(
+        l["next_run"].is_null(),
+        "a paused loop has no next run: {l}"
+    );
+    let human = ws.cmd().arg("list").output().unwrap();
+    let row = String::from_utf8_lossy(&human.stdout)
+        .lines()
+        .find(|r| r.starts_with("flaky"))
+        .unwrap()
+        .to_string();
+    assert!(row.contains("paused: 5 consecutive failed runs"), "{row}");
+    // Paused means no more runs.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        ws.count_outcome("flaky", "failed"),
+        5,
+        "{:?}",
+        ws.runs("flaky")
+    );
+
+    d.signal(libc::SIGTERM);
+    assert!(d.wait_exit(LONG).expect("stops").success());
+
+    let out = ws.cmd().args(["resume", "flaky"]).output().unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("`flaky` resumed"));
+    let l = list_json(&ws);
+    assert!(l["paused"].is_null(), "{l}");
+    assert_eq!(l["consecutive_failures"], 0);
+    assert!(!l["next_run"].is_null());
+    let again = ws.cmd().args(["resume", "flaky"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&again.stdout).contains("was not paused"));
+
+    // Resumed, the daemon runs it again.
+    let mut d = ws.start_daemon();
+    d.wait_for_log("loops daemon started", LONG);
+    assert!(
+        wait_until(LONG, || ws.count_outcome("flaky", "failed") > 5),
+        "{}",
+        d.log()
+    );
+    d.signal(libc::SIGTERM);
+    assert!(d.wait_exit(LONG).expect("stops").success());
+}
+
+fn is_zombie(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .map(|(_, rest)| rest.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(false)
+}
+
+/// Starts `loops ARGS` in the background with a `slow` loop that writes its pid and sleeps;
+/// sends `sig` once the command runs; returns (exit status, the command's pid).
+fn interrupt_slow(ws: &TempWorkspace, args: &[&str], sig: i32) -> (std::process::ExitStatus, i32) {
+    let out = tempfile::tempdir().unwrap();
+    let pidfile = out.path().join("slow.pid");
+    every_loop(
+        ws,
+        "slow",
+        "1h",
+        &format!("echo $$ > {}; exec sleep 120", pidfile.display()),
+        "timeout: 10m\n",
+    );
+    let mut child = crate::common::loops_std_cmd(ws.path())
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(wait_until(LONG, || std::fs::read_to_string(&pidfile)
+        .is_ok_and(|t| t.trim().parse::<i32>().is_ok())));
+    let job: i32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // SAFETY: signalling the child this test started.
+    unsafe { libc::kill(child.id() as i32, sig) };
+    let until = Instant::now() + LONG;
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if Instant::now() >= until {
+            let _ = child.kill();
+            panic!("loops {args:?} did not exit after signal {sig}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let gone = wait_until(Duration::from_secs(15), || {
+        !pid_alive(job) || is_zombie(job)
+    });
+    if !gone {
+        // SAFETY: the job this test started; do not leave it behind.
+        unsafe { libc::kill(job, libc::SIGKILL) };
+    }
+    assert!(
+        gone,
+        "the command ({job}) kept running after loops {args:?} got signal {sig}"
+    );
+    (status, job)
+}
+
+#[test]
+fn daemon_run_once_stops_its_runs_on_sigint() {
+    let ws = TempWorkspace::new();
+    let (status, _) = interrupt_slow(&ws, &["run", "--once", "--all"], libc::SIGINT);
+    assert!(
+        status.code().is_some(),
+        "exited, not killed by the signal: {status:?}"
+    );
+    let recs = ws.runs("slow");
+    assert_eq!(recs.len(), 1, "{recs:?}");
+    assert_eq!(recs[0]["outcome"], "interrupted");
+    assert_eq!(
+        ws.path()
+            .join(".loops/running")
+            .read_dir()
+            .map(|r| r.count())
+            .unwrap_or(0),
+        0,
+        "no marker left behind"
+    );
+}
+
+#[test]
+fn daemon_trigger_stops_its_run_on_sigint() {
+    let ws = TempWorkspace::new();
+    let (_, _) = interrupt_slow(&ws, &["trigger", "slow"], libc::SIGINT);
+    assert_eq!(ws.count_outcome("slow", "interrupted"), 1);
+}
