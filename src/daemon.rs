@@ -385,6 +385,17 @@ impl Daemon {
                     m.pid
                 ),
             );
+            // Its command runs in a process group of its own and outlives the runner;
+            // stop it, but only if the group leader is the very process we started.
+            if let Some(pgid) = m.pgid {
+                if crate::fsutil::process_alive(pgid, m.pgid_start) {
+                    // SAFETY: signalling the process group recorded for this run.
+                    unsafe { libc::kill(-(pgid as i32), libc::SIGKILL) };
+                    if let Some(n) = rec.note.as_mut() {
+                        n.push_str("; its process group was still running and has been stopped");
+                    }
+                }
+            }
             rec.run_id = m.run_id.clone();
             rec.started = m.started;
             rec.attempt = m.attempt;

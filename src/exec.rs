@@ -23,6 +23,9 @@ pub struct ExecSpec {
     pub env: Vec<(String, String)>,
     pub timeout: Duration,
     pub grace: Duration,
+    /// Told the child's pid (= its process group id) as soon as it is spawned, so the
+    /// caller can record it: a runner that dies can then have its orphans stopped.
+    pub on_spawn: Option<mpsc::UnboundedSender<u32>>,
 }
 
 /// Which stream a live chunk came from.
@@ -135,6 +138,9 @@ pub async fn run(
         }
     };
     let pgid = child.id().map(|p| p as i32);
+    if let (Some(tx), Some(pid)) = (&spec.on_spawn, child.id()) {
+        let _ = tx.send(pid);
+    }
     let out = child
         .stdout
         .take()

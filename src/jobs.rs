@@ -268,14 +268,26 @@ pub async fn execute(
         Payload::Command { argv } => {
             let areas = writable_areas(&ctx.ws, def);
             let before = snapshot(&areas);
+            let (spawn_tx, mut spawn_rx) = mpsc::unbounded_channel();
             let spec = ExecSpec {
                 argv: argv.clone(),
                 cwd: def.dir.clone(),
                 env: run_env(&ctx.ws, def, &req.run_id, state.as_ref()),
                 timeout: def.timeout,
                 grace: exec::KILL_GRACE,
+                on_spawn: Some(spawn_tx),
             };
-            let res = exec::run(&spec, live, cancel).await;
+            let note_pgid = async {
+                if let Some(pid) = spawn_rx.recv().await {
+                    let mut m = marker.clone();
+                    m.pgid = Some(pid);
+                    m.pgid_start = crate::fsutil::process_start_time(pid);
+                    if let Err(e) = ctx.running.put(&m) {
+                        tracing::warn!("cannot update the running marker: {e}");
+                    }
+                }
+            };
+            let (res, ()) = tokio::join!(exec::run(&spec, live, cancel), note_pgid);
             let after = snapshot(&areas);
             let changed = changed_paths(&before, &after);
             rec.exit_code = res.exit_code;

@@ -160,7 +160,13 @@ impl RunLog {
         if let Ok(meta) = std::fs::metadata(&path) {
             if meta.len() >= self.rotate_bytes {
                 let stamp = Utc::now().format("%Y%m%dT%H%M%S%.3fZ");
-                let rotated = self.dir.join(format!("{}.{stamp}.jsonl", rec.loop_name));
+                // Never rename over an earlier rotated file (two rotations in one ms).
+                let mut rotated = self.dir.join(format!("{}.{stamp}.jsonl", rec.loop_name));
+                let mut n = 1;
+                while rotated.exists() {
+                    rotated = self.dir.join(format!("{}.{stamp}-{n}.jsonl", rec.loop_name));
+                    n += 1;
+                }
                 let _ = std::fs::rename(&path, rotated);
             }
         }
@@ -208,6 +214,11 @@ pub struct RunningMarker {
     pub pid: u32,
     #[serde(default)]
     pub pid_start: Option<u64>,
+    /// The command's process group (its leader's pid) and the leader's start time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pgid: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pgid_start: Option<u64>,
 }
 
 impl RunningMarker {
@@ -229,6 +240,8 @@ impl RunningMarker {
             started,
             pid,
             pid_start: process_start_time(pid),
+            pgid: None,
+            pgid_start: None,
         }
     }
 }
@@ -273,5 +286,48 @@ impl RunningSet {
             .into_iter()
             .filter(|m| !process_alive(m.pid, m.pid_start))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_record_file_is_rotated_and_kept() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = RunLog::new(dir.path(), 4096);
+        let now = Utc::now();
+        for i in 0..100 {
+            let rec = RunRecord::decision(
+                "l",
+                "manual",
+                None,
+                now,
+                Outcome::Silent,
+                format!("run {i}"),
+            );
+            log.append(&rec).expect("append");
+        }
+        let files: Vec<_> = std::fs::read_dir(dir.path())
+            .expect("read_dir")
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(files.len() > 1, "rotated: {files:?}");
+        // Nothing is dropped: every record is in one of the files.
+        let total: usize = files
+            .iter()
+            .map(|f| {
+                std::fs::read_to_string(dir.path().join(f))
+                    .expect("read")
+                    .lines()
+                    .count()
+            })
+            .sum();
+        assert_eq!(total, 100);
+        // The current file holds the newest records.
+        let recent = log.recent("l", 1);
+        assert_eq!(recent[0].note.as_deref(), Some("run 99"));
     }
 }

@@ -2,7 +2,7 @@
 //! reload, overlap policies, shutdown, crash recovery, `--once --all`, and pausing.
 //! Waits poll with generous deadlines; nothing assumes the machine is fast.
 
-use crate::common::{git_commit_all, pid_alive, wait_until, TempWorkspace};
+use crate::common::{git_commit_all, is_zombie, pid_alive, wait_until, TempWorkspace};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -328,14 +328,13 @@ fn daemon_records_a_run_left_by_a_killed_daemon_as_interrupted() {
 
     d.signal(libc::SIGKILL);
     assert!(d.wait_exit(LONG).is_some());
-    // The job was in its own process group, so it outlived the daemon; stop it ourselves.
+    // The job is in its own process group, so it outlives the killed daemon…
     let job_pid: i32 = std::fs::read_to_string(&pidfile)
         .unwrap()
         .trim()
         .parse()
         .unwrap();
-    // SAFETY: the job this test started (through the daemon).
-    unsafe { libc::kill(job_pid, libc::SIGKILL) };
+    assert!(pid_alive(job_pid), "the job outlived the daemon");
     assert_eq!(ws.count_outcome("long", "interrupted"), 0);
     assert!(markers[0].path().exists(), "the crash left its marker");
 
@@ -358,6 +357,15 @@ fn daemon_records_a_run_left_by_a_killed_daemon_as_interrupted() {
         "{rec}"
     );
     assert!(!markers[0].path().exists(), "the marker is cleared");
+    // …until the next daemon finds its marker and stops its process group.
+    assert!(
+        wait_until(LONG, || !pid_alive(job_pid) || is_zombie(job_pid)),
+        "the orphaned job {job_pid} was not stopped"
+    );
+    assert!(
+        rec["note"].as_str().unwrap().contains("process group"),
+        "{rec}"
+    );
     assert!(
         d2.log().contains("recorded an interrupted run"),
         "{}",
@@ -537,16 +545,6 @@ fn daemon_pauses_a_loop_after_five_failures_and_resume_clears_it() {
     );
     d.signal(libc::SIGTERM);
     assert!(d.wait_exit(LONG).expect("stops").success());
-}
-
-fn is_zombie(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            s.rsplit_once(')')
-                .map(|(_, rest)| rest.trim_start().starts_with('Z'))
-        })
-        .unwrap_or(false)
 }
 
 /// Starts `loops ARGS` in the background with a `slow` loop that writes its pid and sleeps;

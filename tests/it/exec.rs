@@ -1,6 +1,7 @@
 //! `loops::exec::run`: exit codes, bounded output tails, the allow-listed environment,
 //! process-group timeouts and spawn errors. Real processes, no mocks.
 
+use crate::common::is_zombie;
 use loops::exec::{self, ExecSpec, STDERR_TAIL, STDOUT_TAIL};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -12,6 +13,7 @@ fn spec(script: &str, cwd: &Path) -> ExecSpec {
         env: exec::base_env(),
         timeout: Duration::from_secs(60),
         grace: Duration::from_secs(1),
+        on_spawn: None,
     }
 }
 
@@ -260,15 +262,4 @@ async fn exec_missing_program_is_a_clear_spawn_error() {
     s.argv = vec![];
     let r = exec::run(&s, None, None).await;
     assert!(r.spawn_error.unwrap().contains("empty"));
-}
-
-/// A zombie has exited and only waits to be reaped: it holds nothing.
-fn is_zombie(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            s.rsplit_once(')')
-                .map(|(_, rest)| rest.trim_start().starts_with('Z'))
-        })
-        .unwrap_or(false)
 }
