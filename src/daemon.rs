@@ -7,7 +7,7 @@ use crate::domain::{discover, Concurrency, DomainEntry, LoopDef};
 use crate::fsutil::{process_start_time, FileLock};
 use crate::jobs::{self, RunContext, RunRequest, Trigger};
 use crate::runs::{Outcome, RunRecord};
-use crate::scheduler::{apply_finish, schedulable, Aftermath, DueRun, Scheduler};
+use crate::scheduler::{apply_finish, claim, schedulable, Aftermath, Claim, DueRun, Scheduler};
 use crate::workspace::Workspace;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -138,6 +138,7 @@ impl Summary {
 struct Finished {
     def: LoopDef,
     rec: RunRecord,
+    after: Aftermath,
 }
 
 struct RunningRun {
@@ -176,6 +177,8 @@ pub async fn run(ws: Workspace, opts: DaemonOptions) -> Result<Summary, DaemonEr
         ws.settings.pause_after_failures,
     );
     let (done_tx, mut done_rx) = mpsc::unbounded_channel();
+    let (claim_tx, mut claim_rx) = mpsc::unbounded_channel::<(String, Option<Claim>, DateTime<Utc>)>();
+    let mut claiming = 0usize;
     let mut d = Daemon {
         permits: Arc::new(Semaphore::new(ws.settings.max_concurrent_jobs)),
         ws: ws.clone(),
@@ -261,7 +264,7 @@ pub async fn run(ws: Workspace, opts: DaemonOptions) -> Result<Summary, DaemonEr
                 .map(|t| (t - opts.clock.now()).to_std().unwrap_or_default())
                 .unwrap_or(Duration::from_secs(3600));
             let signalled = tokio::select! {
-                Some(f) = done_rx.recv() => { d.on_finished(f, false); false }
+                Some(f) = done_rx.recv() => { d.on_finished(f); false }
                 _ = tokio::time::sleep(wait) => false,
                 _ = sigint.recv() => true,
                 _ = sigterm.recv() => true,
@@ -298,9 +301,23 @@ pub async fn run(ws: Workspace, opts: DaemonOptions) -> Result<Summary, DaemonEr
     tokio::pin!(stopped);
 
     loop {
+        // Runs that ended are accounted first, so a loop whose run just finished is not
+        // seen as busy (and its next slot wrongly skipped).
+        while let Ok(f) = done_rx.try_recv() {
+            d.on_finished(f);
+        }
         let now = opts.clock.now();
-        let due = d.sched.due();
-        d.pending.extend(due);
+        // Each due loop's claim is a durable write; they go in parallel on the blocking
+        // pool so a hundred loops due in the same second do not wait in line.
+        for def in d.sched.take_due(now) {
+            let store = d.ctx.store.clone();
+            let tx = claim_tx.clone();
+            claiming += 1;
+            tokio::task::spawn_blocking(move || {
+                let c = claim(&store, &def, now);
+                let _ = tx.send((def.name, c, now));
+            });
+        }
         d.dispatch_ready(now);
         let next = [
             d.sched.next_wake(),
@@ -324,7 +341,12 @@ pub async fn run(ws: Workspace, opts: DaemonOptions) -> Result<Summary, DaemonEr
                 while let Ok(more) = watch_rx.try_recv() { batch.extend(more); }
                 d.on_paths_changed(&batch);
             }
-            Some(f) = done_rx.recv() => d.on_finished(f, true),
+            Some(f) = done_rx.recv() => d.on_finished(f),
+            Some((name, c, at)) = claim_rx.recv() => {
+                claiming -= 1;
+                let runs = d.sched.accept(&name, c, at);
+                d.pending.extend(runs);
+            }
             _ = sigint.recv() => { tracing::info!("SIGINT: stopping"); break; }
             _ = sigterm.recv() => { tracing::info!("SIGTERM: stopping"); break; }
             _ = &mut stopped => { tracing::info!("stop requested"); break; }
@@ -332,7 +354,17 @@ pub async fn run(ws: Workspace, opts: DaemonOptions) -> Result<Summary, DaemonEr
     }
 
     // Shutdown: no new runs; running ones get the grace period, then are stopped.
-    d.pending.clear();
+    // Slots claimed a moment ago are recorded, not silently dropped.
+    while claiming > 0 {
+        let Some((name, c, at)) = claim_rx.recv().await else { break };
+        claiming -= 1;
+        d.pending.extend(d.sched.accept(&name, c, at));
+    }
+    for due in std::mem::take(&mut d.pending) {
+        if let Some(def) = d.sched.def(&due.loop_name).cloned() {
+            d.record_skip(&def, &due, "the runner was stopping");
+        }
+    }
     let grace = ws.settings.shutdown_grace;
     if d.in_flight > 0 {
         tracing::info!(
@@ -343,7 +375,7 @@ pub async fn run(ws: Workspace, opts: DaemonOptions) -> Result<Summary, DaemonEr
         let deadline = tokio::time::Instant::now() + grace;
         while d.in_flight > 0 {
             tokio::select! {
-                Some(f) = done_rx.recv() => d.on_finished(f, false),
+                Some(f) = done_rx.recv() => d.on_finished(f),
                 _ = tokio::time::sleep_until(deadline) => break,
             }
         }
@@ -359,7 +391,7 @@ pub async fn run(ws: Workspace, opts: DaemonOptions) -> Result<Summary, DaemonEr
             }
             while d.in_flight > 0 {
                 match done_rx.recv().await {
-                    Some(f) => d.on_finished(f, false),
+                    Some(f) => d.on_finished(f),
                     None => break,
                 }
             }
@@ -549,12 +581,28 @@ impl Daemon {
         let ctx = self.ctx.clone();
         let permits = self.permits.clone();
         let done = self.done_tx.clone();
+        let clock = self.sched.clock();
+        let pause_after = self.ws.settings.pause_after_failures;
         tokio::spawn(async move {
             // The global limit queues runs; it never makes a slot's run disappear.
             let _permit = permits.acquire_owned().await;
             let rec = jobs::execute(&ctx, &def, &req, None, Some(cancel_rx)).await;
             drop(run_lock);
-            let _ = done.send(Finished { def, rec });
+            // A program that could not be started at all (exec's "cannot run …") is a
+            // permanent error: retrying cannot fix a missing or non-executable file.
+            let permanent = rec.exit_code.is_none()
+                && rec
+                    .error
+                    .as_deref()
+                    .is_some_and(|e| e.starts_with("cannot run"));
+            let store = ctx.store.clone();
+            let (def, rec, after) = tokio::task::spawn_blocking(move || {
+                let after = apply_finish(&store, &def, &rec, !permanent, pause_after, clock.now());
+                (def, rec, after)
+            })
+            .await
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+            let _ = done.send(Finished { def, rec, after });
         });
     }
 
@@ -576,7 +624,7 @@ impl Daemon {
         }
     }
 
-    fn on_finished(&mut self, f: Finished, retry: bool) {
+    fn on_finished(&mut self, f: Finished) {
         self.in_flight = self.in_flight.saturating_sub(1);
         if let Some(list) = self.running.get_mut(&f.def.name) {
             list.retain(|r| r.run_id != f.rec.run_id);
@@ -591,25 +639,8 @@ impl Daemon {
                 tracing::info!(loop_name = %rec.loop_name, run = %rec.run_id, outcome = %rec.outcome, duration_ms = rec.duration_ms, commit = rec.commit.as_deref().unwrap_or(""), "run finished")
             }
         }
-        // A program that could not be started at all (exec's "cannot run …") is a
-        // permanent error: retrying cannot fix a missing or non-executable file.
-        let permanent = rec.exit_code.is_none()
-            && rec
-                .error
-                .as_deref()
-                .is_some_and(|e| e.starts_with("cannot run"));
-        let after = if self.sched.def(&f.def.name).is_some() {
-            self.sched.finished(&f.def, rec, retry && !permanent)
-        } else {
-            apply_finish(
-                &self.ctx.store,
-                &f.def,
-                rec,
-                false,
-                self.ws.settings.pause_after_failures,
-                Utc::now(),
-            )
-        };
+        self.sched.refresh(&f.def.name);
+        let after = f.after.clone();
         match after {
             Aftermath::RetryAt(at) => {
                 tracing::info!(loop_name = %rec.loop_name, "retry {} at {}", rec.attempt + 1, at.to_rfc3339())

@@ -162,6 +162,20 @@ pub async fn run(
     };
     tokio::pin!(cancelled);
 
+    // The readers finish when every holder of the output pipes has closed them.
+    let readers = async move {
+        let o = match out {
+            Some(h) => h.await.ok(),
+            None => None,
+        };
+        let e = match err {
+            Some(h) => h.await.ok(),
+            None => None,
+        };
+        (o, e)
+    };
+    tokio::pin!(readers);
+    let mut outputs = None;
     let mut status = None;
     tokio::select! {
         s = child.wait() => status = s.ok(),
@@ -171,20 +185,8 @@ pub async fn run(
     if status.is_some() {
         // The leader is done; its output pipes may still be held by children it left
         // behind. The run lasts until they close, bounded by the same deadline.
-        let readers_done = async {
-            if let Some(h) = &out {
-                while !h.is_finished() {
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-            }
-            if let Some(h) = &err {
-                while !h.is_finished() {
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-            }
-        };
         tokio::select! {
-            _ = readers_done => {},
+            r = &mut readers => outputs = Some(r),
             _ = tokio::time::sleep_until(deadline) => result.timed_out = true,
             _ = &mut cancelled => result.cancelled = true,
         }
@@ -205,17 +207,21 @@ pub async fn run(
         result.exit_code = st.code();
         result.signal = st.signal();
     }
-    if let Some(h) = out {
-        if let Ok((tail, n)) = h.await {
-            result.stdout_tail = tail;
-            result.stdout_bytes = n;
-        }
+    let (o, e) = match outputs {
+        Some(r) => r,
+        // A process that left the group (setsid) could hold the pipes forever: after the
+        // group is stopped, give the readers a moment, then give up on the tails.
+        None => tokio::time::timeout(spec.grace + Duration::from_secs(1), readers)
+            .await
+            .unwrap_or((None, None)),
+    };
+    if let Some((tail, n)) = o {
+        result.stdout_tail = tail;
+        result.stdout_bytes = n;
     }
-    if let Some(h) = err {
-        if let Ok((tail, n)) = h.await {
-            result.stderr_tail = tail;
-            result.stderr_bytes = n;
-        }
+    if let Some((tail, n)) = e {
+        result.stderr_tail = tail;
+        result.stderr_bytes = n;
     }
     result.duration = started.elapsed();
     result

@@ -36,6 +36,24 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> io::Result<()> {
     result
 }
 
+/// Replaces `path` atomically (temp file + rename) without waiting for the disk. A
+/// crashed *process* still leaves the old or the new file; only a power cut can lose the
+/// change. For files whose loss costs nothing but a redo (a run-in-progress marker, a
+/// loop's first-seen state), where an fsync would only add latency.
+pub fn atomic_replace(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let dir = path
+        .parent()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no parent"))?;
+    fs::create_dir_all(dir)?;
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    let tmp = dir.join(format!(".{name}.tmp.{}.{}", std::process::id(), unique_suffix()));
+    let result = fs::write(&tmp, bytes).and_then(|()| fs::rename(&tmp, path));
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
 /// Appends one line with a single `write` call on an `O_APPEND` descriptor, so two
 /// writers never interleave inside a line.
 pub fn append_line(path: &Path, line: &str) -> io::Result<()> {

@@ -150,6 +150,12 @@ fn snapshot(dirs: &[PathBuf]) -> HashMap<PathBuf, FileSig> {
     out
 }
 
+async fn snapshot_blocking(areas: Vec<PathBuf>) -> HashMap<PathBuf, FileSig> {
+    tokio::task::spawn_blocking(move || snapshot(&areas))
+        .await
+        .unwrap_or_default()
+}
+
 fn changed_paths(
     before: &HashMap<PathBuf, FileSig>,
     after: &HashMap<PathBuf, FileSig>,
@@ -267,7 +273,9 @@ pub async fn execute(
         }
         Payload::Command { argv } => {
             let areas = writable_areas(&ctx.ws, def);
-            let before = snapshot(&areas);
+            // Walking and hashing the loop's files is blocking work: keep it off the
+            // async workers that time every other loop's runs.
+            let before = snapshot_blocking(areas.clone()).await;
             let (spawn_tx, mut spawn_rx) = mpsc::unbounded_channel();
             let spec = ExecSpec {
                 argv: argv.clone(),
@@ -288,7 +296,7 @@ pub async fn execute(
                 }
             };
             let (res, ()) = tokio::join!(exec::run(&spec, live, cancel), note_pgid);
-            let after = snapshot(&areas);
+            let after = snapshot_blocking(areas.clone()).await;
             let changed = changed_paths(&before, &after);
             rec.exit_code = res.exit_code;
             rec.stdout_tail = res.stdout_tail.clone();

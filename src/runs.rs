@@ -1,7 +1,7 @@
 //! Run records: one JSON line per run in `.loops/runs/<loop>.jsonl`, and a marker in
 //! `.loops/running/` while a run is in progress so a crash is noticed and recorded.
 
-use crate::fsutil::{append_line, atomic_write, process_alive, process_start_time};
+use crate::fsutil::{append_line, atomic_replace, process_alive, process_start_time};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -262,7 +262,9 @@ impl RunningSet {
     pub fn put(&self, m: &RunningMarker) -> Result<(), RunsError> {
         let path = self.dir.join(format!("{}.json", m.run_id));
         let text = serde_json::to_string(m).unwrap_or_default();
-        atomic_write(&path, text.as_bytes()).map_err(|source| RunsError::Io { path, source })
+        // Not fsynced: the marker is there for a crashed process, which the page cache
+        // survives; waiting for the disk at every run start would only add latency.
+        atomic_replace(&path, text.as_bytes()).map_err(|source| RunsError::Io { path, source })
     }
 
     pub fn remove(&self, run_id: &str) {

@@ -81,6 +81,10 @@ impl Scheduler {
         self.clock.now()
     }
 
+    pub fn clock(&self) -> Arc<dyn Clock> {
+        self.clock.clone()
+    }
+
     /// Replaces the set of loops (start-up and every reload). Loops seen for the first
     /// time get a state whose watermark is now: a new loop owes nothing for the past.
     pub fn set_loops(&mut self, defs: Vec<LoopDef>) {
@@ -145,49 +149,39 @@ impl Scheduler {
     /// point can never run the same slot again.
     pub fn due(&mut self) -> Vec<DueRun> {
         let now = self.clock.now();
-        let names: Vec<String> = self
-            .loops
-            .iter()
-            .filter(|(_, e)| e.next.is_some_and(|n| n <= now))
-            .map(|(n, _)| n.clone())
-            .collect();
         let mut out = Vec::new();
-        for name in names {
-            let Some(def) = self.loops.get(&name).map(|e| e.def.clone()) else {
-                continue;
-            };
-            let decided = self.store.update(&name, |st| {
-                let s = st.as_mut()?;
-                if s.paused.is_some() {
-                    return None;
-                }
-                let mut runs = Vec::new();
-                if let Some(r) = s.pending_retry.clone() {
-                    if r.at <= now {
-                        s.pending_retry = None;
-                        runs.push((Trigger::Retry, r.slot, r.attempt, false));
-                    }
-                }
-                let plan = def.schedule.plan(s.decided_until(), now);
-                s.watermark = Some(plan.watermark.max(s.decided_until()));
-                for r in &plan.runs {
-                    let trig = if r.catch_up {
-                        Trigger::CatchUp
-                    } else {
-                        Trigger::Schedule
-                    };
-                    runs.push((trig, Some(r.slot), 1, r.catch_up));
-                }
-                Some((runs, plan.missed))
-            });
-            let Ok(Some((runs, missed))) = decided else {
-                self.refresh(&name);
-                continue;
-            };
-            if let Some(m) = missed {
+        for def in self.take_due(now) {
+            let claim = claim(&self.store, &def, now);
+            out.extend(self.accept(&def.name, claim, now));
+        }
+        out
+    }
+
+    /// The loops whose next fire time has come, marked as being claimed so they are not
+    /// handed out again while their claim is written. Each must be passed to [`claim`]
+    /// and the result to [`Scheduler::accept`]. The daemon claims them in parallel: one
+    /// durable write each, and a hundred loops due at once must not queue behind one another.
+    pub fn take_due(&mut self, now: DateTime<Utc>) -> Vec<LoopDef> {
+        let mut out = Vec::new();
+        for e in self.loops.values_mut() {
+            if e.next.is_some_and(|n| n <= now) {
+                e.next = None;
+                out.push(e.def.clone());
+            }
+        }
+        out
+    }
+
+    /// Takes a loop's claim result: records missed slots, spaces caught-up runs, and
+    /// returns the runs to start.
+    pub fn accept(&mut self, name: &str, claim: Option<Claim>, now: DateTime<Utc>) -> Vec<DueRun> {
+        let mut out = Vec::new();
+        let def = self.loops.get(name).map(|e| e.def.clone());
+        if let (Some(def), Some(c)) = (def, claim) {
+            if let Some(m) = c.missed {
                 self.record_missed(&def, m, now);
             }
-            for (trigger, slot, attempt, catch_up) in runs {
+            for (trigger, slot, attempt, catch_up) in c.runs {
                 let not_before = if catch_up {
                     let t = match self.last_catch_up {
                         Some(last) if last + ms(self.stagger) > now => last + ms(self.stagger),
@@ -199,15 +193,15 @@ impl Scheduler {
                     now
                 };
                 out.push(DueRun {
-                    loop_name: name.clone(),
+                    loop_name: name.to_string(),
                     trigger,
                     slot,
                     attempt,
                     not_before,
                 });
             }
-            self.refresh(&name);
         }
+        self.refresh(name);
         out
     }
 
@@ -263,6 +257,55 @@ impl Scheduler {
         );
         self.refresh(&def.name);
         after
+    }
+}
+
+/// What claiming a loop's due slots decided: runs (trigger, slot, attempt, caught up?)
+/// and the slots recorded as missed.
+#[derive(Debug, Clone)]
+pub struct Claim {
+    pub runs: Vec<(Trigger, Option<DateTime<Utc>>, u32, bool)>,
+    pub missed: Option<Missed>,
+}
+
+/// Decides every slot of `def` due at `now` and saves the new watermark (and a due
+/// retry's removal) durably, under the loop's state lock, before anything runs: after
+/// this a crash can never run those slots again. `None` when the loop is paused or has
+/// no state.
+pub fn claim(store: &StateStore, def: &LoopDef, now: DateTime<Utc>) -> Option<Claim> {
+    let decided = store.update(&def.name, |st| {
+        let s = st.as_mut()?;
+        if s.paused.is_some() {
+            return None;
+        }
+        let mut runs = Vec::new();
+        if let Some(r) = s.pending_retry.clone() {
+            if r.at <= now {
+                s.pending_retry = None;
+                runs.push((Trigger::Retry, r.slot, r.attempt, false));
+            }
+        }
+        let plan = def.schedule.plan(s.decided_until(), now);
+        s.watermark = Some(plan.watermark.max(s.decided_until()));
+        for r in &plan.runs {
+            let trig = if r.catch_up {
+                Trigger::CatchUp
+            } else {
+                Trigger::Schedule
+            };
+            runs.push((trig, Some(r.slot), 1, r.catch_up));
+        }
+        Some(Claim {
+            runs,
+            missed: plan.missed,
+        })
+    });
+    match decided {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!("{e}");
+            None
+        }
     }
 }
 

@@ -142,8 +142,13 @@ impl StateStore {
             }
             return Ok(s);
         }
+        // A first-seen state lost to a power cut is simply made again: no need to wait
+        // for the disk, which matters when a thousand loops are seen at once.
         let s = LoopState::new(now, fingerprint);
-        self.save(name, &s)?;
+        let path = self.path(name);
+        let text = serde_json::to_string_pretty(&s).unwrap_or_default();
+        crate::fsutil::atomic_replace(&path, text.as_bytes())
+            .map_err(|source| StateError::Io { path, source })?;
         Ok(s)
     }
 

@@ -50,8 +50,11 @@ pub fn watch(
     let mut debouncer = new_debouncer(debounce, None, move |res: DebounceEventResult| {
         match res {
             Ok(events) => {
+                // Reading a file is not a change; the daemon's own reads of the files it
+                // watches would otherwise wake it forever.
                 let mut paths: Vec<PathBuf> = events
                     .into_iter()
+                    .filter(|e| !e.event.kind.is_access())
                     .flat_map(|e| e.event.paths.clone())
                     .collect();
                 paths.sort();
