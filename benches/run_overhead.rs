@@ -91,10 +91,7 @@ fn main() {
         .expect("silent loop is valid");
     let ctx = RunContext::new(Arc::new(ws.clone()));
     assert!(ctx.committer.is_some(), "the committer must be on");
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = loops::daemon::runtime().unwrap();
 
     let writer_dir = root.join("domains/writer");
     let silent_dir = root.join("domains/silent");

@@ -7,7 +7,9 @@ use crate::domain::{discover, Concurrency, DomainEntry, LoopDef};
 use crate::fsutil::{process_start_time, FileLock};
 use crate::jobs::{self, RunContext, RunRequest, Trigger};
 use crate::runs::{Outcome, RunRecord};
-use crate::scheduler::{apply_finish, claim, schedulable, Aftermath, Claim, DueRun, Scheduler};
+use crate::scheduler::{
+    apply_finish, claim_with, schedulable, Aftermath, Claim, DueRun, Scheduler,
+};
 use crate::workspace::Workspace;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -44,6 +46,25 @@ impl DaemonError {
             DaemonError::Io { .. } => None,
         }
     }
+}
+
+/// The async runtime the daemon and the CLI run on: two workers (the work is waiting,
+/// not computing) and a small blocking pool, because every thread makes each fork of a
+/// command dearer.
+pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(16)
+        .enable_all()
+        .build()
+}
+
+/// How long before its fire time a slot is claimed (its watermark written), so that at
+/// the fire time only the start of the run is left.
+const CLAIM_LEAD: Duration = Duration::from_millis(200);
+
+fn chrono_ms(d: Duration) -> chrono::Duration {
+    chrono::Duration::milliseconds(d.as_millis() as i64)
 }
 
 /// What `.loops/daemon.lock` says about its holder.
@@ -177,7 +198,8 @@ pub async fn run(ws: Workspace, opts: DaemonOptions) -> Result<Summary, DaemonEr
         ws.settings.pause_after_failures,
     );
     let (done_tx, mut done_rx) = mpsc::unbounded_channel();
-    let (claim_tx, mut claim_rx) = mpsc::unbounded_channel::<(String, Option<Claim>, DateTime<Utc>)>();
+    let (claim_tx, mut claim_rx) =
+        mpsc::unbounded_channel::<(String, Option<Claim>, DateTime<Utc>)>();
     let mut claiming = 0usize;
     let mut d = Daemon {
         permits: Arc::new(Semaphore::new(ws.settings.max_concurrent_jobs)),
@@ -200,8 +222,19 @@ pub async fn run(ws: Workspace, opts: DaemonOptions) -> Result<Summary, DaemonEr
     let _watcher = if opts.once {
         None
     } else {
+        // Clear nudges left from before: the start reads every loop's state anyway.
+        let _ = std::fs::remove_dir_all(ws.signals_dir());
         match crate::watch::watch(
-            &[ws.domains_dir(), ws.state_dir()],
+            &[
+                (
+                    ws.domains_dir(),
+                    notify_debouncer_full::notify::RecursiveMode::Recursive,
+                ),
+                (
+                    ws.signals_dir(),
+                    notify_debouncer_full::notify::RecursiveMode::NonRecursive,
+                ),
+            ],
             Duration::from_millis(100),
             watch_tx.clone(),
         ) {
@@ -241,6 +274,7 @@ pub async fn run(ws: Workspace, opts: DaemonOptions) -> Result<Summary, DaemonEr
                 };
                 if schedulable(def, d.ws.settings.has_providers) {
                     due.push(DueRun {
+                        run_id: crate::runs::new_run_id(),
                         loop_name: name,
                         trigger: Trigger::Once,
                         slot: None,
@@ -250,7 +284,7 @@ pub async fn run(ws: Workspace, opts: DaemonOptions) -> Result<Summary, DaemonEr
                 }
             }
         }
-        d.pending.extend(due);
+        d.queue(due);
         loop {
             d.dispatch_ready(opts.clock.now());
             if d.in_flight == 0 && d.pending.is_empty() {
@@ -307,20 +341,34 @@ pub async fn run(ws: Workspace, opts: DaemonOptions) -> Result<Summary, DaemonEr
             d.on_finished(f);
         }
         let now = opts.clock.now();
-        // Each due loop's claim is a durable write; they go in parallel on the blocking
-        // pool so a hundred loops due in the same second do not wait in line.
-        for def in d.sched.take_due(now) {
+        // A slot is claimed (its watermark written) a moment before it fires, so that at
+        // the fire time starting the run is all that is left to do. The claims go in
+        // parallel on the blocking pool: a hundred loops due in the same second must not
+        // wait in line behind each other's writes.
+        let batch = d.sched.take_due_by(now + chrono_ms(CLAIM_LEAD));
+        let batch_len = batch.len();
+        for (def, due_at) in batch {
             let store = d.ctx.store.clone();
             let tx = claim_tx.clone();
             claiming += 1;
+            let at = due_at.max(now);
             tokio::task::spawn_blocking(move || {
-                let c = claim(&store, &def, now);
-                let _ = tx.send((def.name, c, now));
+                let c = claim_with(&store, &def, at, false);
+                let _ = tx.send((def.name, c, at));
+            });
+        }
+        if batch_len > 0 {
+            // One flush for the whole batch of claims, off the runs' critical path.
+            let dir = d.ctx.store.dir().to_path_buf();
+            tokio::task::spawn_blocking(move || {
+                if let Err(e) = crate::fsutil::sync_filesystem(&dir) {
+                    tracing::warn!("cannot flush loop state to disk: {e}");
+                }
             });
         }
         d.dispatch_ready(now);
         let next = [
-            d.sched.next_wake(),
+            d.sched.next_wake().map(|t| t - chrono_ms(CLAIM_LEAD)),
             d.pending.iter().map(|p| p.not_before).min(),
         ]
         .into_iter()
@@ -345,7 +393,7 @@ pub async fn run(ws: Workspace, opts: DaemonOptions) -> Result<Summary, DaemonEr
             Some((name, c, at)) = claim_rx.recv() => {
                 claiming -= 1;
                 let runs = d.sched.accept(&name, c, at);
-                d.pending.extend(runs);
+                d.queue(runs);
             }
             _ = sigint.recv() => { tracing::info!("SIGINT: stopping"); break; }
             _ = sigterm.recv() => { tracing::info!("SIGTERM: stopping"); break; }
@@ -356,9 +404,12 @@ pub async fn run(ws: Workspace, opts: DaemonOptions) -> Result<Summary, DaemonEr
     // Shutdown: no new runs; running ones get the grace period, then are stopped.
     // Slots claimed a moment ago are recorded, not silently dropped.
     while claiming > 0 {
-        let Some((name, c, at)) = claim_rx.recv().await else { break };
+        let Some((name, c, at)) = claim_rx.recv().await else {
+            break;
+        };
         claiming -= 1;
-        d.pending.extend(d.sched.accept(&name, c, at));
+        let runs = d.sched.accept(&name, c, at);
+        d.queue(runs);
     }
     for due in std::mem::take(&mut d.pending) {
         if let Some(def) = d.sched.def(&due.loop_name).cloned() {
@@ -495,14 +546,18 @@ impl Daemon {
     }
 
     fn on_paths_changed(&mut self, paths: &[PathBuf]) {
-        let state_dir = self.ws.state_dir();
+        let signals = self.ws.signals_dir();
         let mut domains = false;
         for p in paths {
             if p.as_os_str().is_empty() {
                 domains = true;
-            } else if let Ok(rest) = p.strip_prefix(&state_dir) {
-                if let Some(name) = rest.to_str().and_then(|s| s.strip_suffix(".json")) {
-                    self.sched.refresh(name);
+            } else if let Ok(rest) = p.strip_prefix(&signals) {
+                // A nudge from another process that changed this loop's state.
+                if let Some(name) = rest.to_str() {
+                    if p.exists() {
+                        self.sched.refresh(name);
+                        let _ = std::fs::remove_file(p);
+                    }
                 }
             } else if affects_discovery(&self.ws.domains_dir(), p) {
                 domains = true;
@@ -511,6 +566,25 @@ impl Daemon {
         if domains {
             self.reload(false);
         }
+    }
+
+    /// Queues claimed runs until their fire time. Each gets its running marker now, so a
+    /// crash between the claim and the start is recorded as an interrupted run, not lost.
+    fn queue(&mut self, runs: Vec<DueRun>) {
+        for due in &runs {
+            let m = crate::runs::RunningMarker::for_this_process(
+                &due.loop_name,
+                &due.run_id,
+                due.trigger.as_str(),
+                due.slot,
+                due.attempt,
+                due.not_before,
+            );
+            if let Err(e) = self.ctx.running.put(&m) {
+                tracing::warn!("cannot write the running marker: {e}");
+            }
+        }
+        self.pending.extend(runs);
     }
 
     /// Starts every pending run whose time has come.
@@ -525,6 +599,20 @@ impl Daemon {
 
     fn dispatch(&mut self, due: DueRun) {
         let Some(def) = self.sched.def(&due.loop_name).cloned() else {
+            // Removed, disabled or broken between its claim and its fire time.
+            self.ctx.running.remove(&due.run_id);
+            let mut rec = RunRecord::decision(
+                &due.loop_name,
+                due.trigger.as_str(),
+                due.slot,
+                self.sched.now(),
+                Outcome::Skipped,
+                "the loop was removed, disabled or broken before its run started".into(),
+            );
+            rec.run_id = due.run_id.clone();
+            if let Err(e) = self.ctx.runlog.append(&rec) {
+                tracing::error!("{e}");
+            }
             return;
         };
         let busy = self.running.get(&def.name).is_some_and(|r| !r.is_empty());
@@ -568,7 +656,13 @@ impl Daemon {
                 }
             }
         };
-        let req = RunRequest::new(due.trigger, due.slot, due.attempt);
+        let req = RunRequest {
+            run_id: due.run_id.clone(),
+            trigger: due.trigger,
+            slot: due.slot,
+            attempt: due.attempt,
+            fired: Some(self.sched.now()),
+        };
         let (cancel_tx, cancel_rx) = watch::channel(false);
         self.running
             .entry(def.name.clone())
@@ -607,7 +701,8 @@ impl Daemon {
     }
 
     fn record_skip(&mut self, def: &LoopDef, due: &DueRun, why: &str) {
-        let rec = RunRecord::decision(
+        self.ctx.running.remove(&due.run_id);
+        let mut rec = RunRecord::decision(
             &def.name,
             due.trigger.as_str(),
             due.slot,
@@ -615,6 +710,7 @@ impl Daemon {
             Outcome::Skipped,
             why.to_string(),
         );
+        rec.run_id = due.run_id.clone();
         tracing::info!(loop_name = %def.name, "slot skipped: {why}");
         if let Err(e) = self.ctx.runlog.append(&rec) {
             tracing::error!("{e}");

@@ -50,6 +50,9 @@ pub struct RunRequest {
     pub trigger: Trigger,
     pub slot: Option<DateTime<Utc>>,
     pub attempt: u32,
+    /// When the scheduler fired it (handed it to its task); `started` comes after any
+    /// wait for a concurrency permit and for the CPU.
+    pub fired: Option<DateTime<Utc>>,
 }
 
 impl RunRequest {
@@ -59,6 +62,7 @@ impl RunRequest {
             trigger,
             slot,
             attempt,
+            fired: None,
         }
     }
 }
@@ -242,8 +246,12 @@ pub async fn execute(
         req.attempt,
         started,
     );
-    if let Err(e) = ctx.running.put(&marker) {
-        tracing::warn!("cannot write the running marker: {e}");
+    // The daemon marks a run when it claims its slot; a run started directly (loops
+    // trigger) is marked here.
+    if !ctx.running.exists(&req.run_id) {
+        if let Err(e) = ctx.running.put(&marker) {
+            tracing::warn!("cannot write the running marker: {e}");
+        }
     }
     let state = ctx.store.load(&def.name);
     let mut rec = RunRecord {
@@ -252,6 +260,7 @@ pub async fn execute(
         trigger: req.trigger.as_str().to_string(),
         slot: req.slot,
         attempt: req.attempt,
+        fired: req.fired,
         started,
         finished: started,
         duration_ms: 0,
@@ -290,7 +299,7 @@ pub async fn execute(
                     let mut m = marker.clone();
                     m.pgid = Some(pid);
                     m.pgid_start = crate::fsutil::process_start_time(pid);
-                    if let Err(e) = ctx.running.put(&m) {
+                    if let Err(e) = ctx.running.update(&m) {
                         tracing::warn!("cannot update the running marker: {e}");
                     }
                 }

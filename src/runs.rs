@@ -70,6 +70,9 @@ pub struct RunRecord {
     pub slot: Option<DateTime<Utc>>,
     #[serde(default = "one")]
     pub attempt: u32,
+    /// When the scheduler fired the run (scheduled runs only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fired: Option<DateTime<Utc>>,
     pub started: DateTime<Utc>,
     pub finished: DateTime<Utc>,
     pub duration_ms: u64,
@@ -113,6 +116,7 @@ impl RunRecord {
             trigger: trigger.to_string(),
             slot,
             attempt: 1,
+            fired: None,
             started: now,
             finished: now,
             duration_ms: 0,
@@ -164,7 +168,9 @@ impl RunLog {
                 let mut rotated = self.dir.join(format!("{}.{stamp}.jsonl", rec.loop_name));
                 let mut n = 1;
                 while rotated.exists() {
-                    rotated = self.dir.join(format!("{}.{stamp}-{n}.jsonl", rec.loop_name));
+                    rotated = self
+                        .dir
+                        .join(format!("{}.{stamp}-{n}.jsonl", rec.loop_name));
                     n += 1;
                 }
                 let _ = std::fs::rename(&path, rotated);
@@ -265,6 +271,18 @@ impl RunningSet {
         // Not fsynced: the marker is there for a crashed process, which the page cache
         // survives; waiting for the disk at every run start would only add latency.
         atomic_replace(&path, text.as_bytes()).map_err(|source| RunsError::Io { path, source })
+    }
+
+    /// Rewrites a marker in place (it only grows: fields are added, never removed).
+    pub fn update(&self, m: &RunningMarker) -> Result<(), RunsError> {
+        let path = self.dir.join(format!("{}.json", m.run_id));
+        let text = serde_json::to_string(m).unwrap_or_default();
+        crate::fsutil::overwrite_in_place(&path, &text)
+            .map_err(|source| RunsError::Io { path, source })
+    }
+
+    pub fn exists(&self, run_id: &str) -> bool {
+        self.dir.join(format!("{run_id}.json")).exists()
     }
 
     pub fn remove(&self, run_id: &str) {

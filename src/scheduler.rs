@@ -17,6 +17,8 @@ use std::time::Duration;
 /// A run the scheduler wants started.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DueRun {
+    /// The run's id, chosen when its slot is claimed.
+    pub run_id: String,
     pub loop_name: String,
     pub trigger: Trigger,
     pub slot: Option<DateTime<Utc>>,
@@ -162,11 +164,17 @@ impl Scheduler {
     /// and the result to [`Scheduler::accept`]. The daemon claims them in parallel: one
     /// durable write each, and a hundred loops due at once must not queue behind one another.
     pub fn take_due(&mut self, now: DateTime<Utc>) -> Vec<LoopDef> {
+        self.take_due_by(now).into_iter().map(|(d, _)| d).collect()
+    }
+
+    /// Like [`Scheduler::take_due`] for every loop due by `horizon` (which may be a little
+    /// ahead of now), with the instant each is due.
+    pub fn take_due_by(&mut self, horizon: DateTime<Utc>) -> Vec<(LoopDef, DateTime<Utc>)> {
         let mut out = Vec::new();
         for e in self.loops.values_mut() {
-            if e.next.is_some_and(|n| n <= now) {
+            if let Some(n) = e.next.filter(|n| *n <= horizon) {
                 e.next = None;
-                out.push(e.def.clone());
+                out.push((e.def.clone(), n));
             }
         }
         out
@@ -193,6 +201,7 @@ impl Scheduler {
                     now
                 };
                 out.push(DueRun {
+                    run_id: crate::runs::new_run_id(),
                     loop_name: name.to_string(),
                     trigger,
                     slot,
@@ -273,7 +282,20 @@ pub struct Claim {
 /// this a crash can never run those slots again. `None` when the loop is paused or has
 /// no state.
 pub fn claim(store: &StateStore, def: &LoopDef, now: DateTime<Utc>) -> Option<Claim> {
-    let decided = store.update(&def.name, |st| {
+    claim_with(store, def, now, true)
+}
+
+/// [`claim`] without waiting for the disk: for the daemon, which claims a batch of loops
+/// at once and flushes them together with one [`crate::fsutil::sync_filesystem`]. A
+/// crash of the process cannot undo such a claim; only a power cut in the few
+/// milliseconds before the flush could.
+pub fn claim_with(
+    store: &StateStore,
+    def: &LoopDef,
+    now: DateTime<Utc>,
+    durable: bool,
+) -> Option<Claim> {
+    let decided = store.update_with(&def.name, durable, |st| {
         let s = st.as_mut()?;
         if s.paused.is_some() {
             return None;

@@ -102,28 +102,35 @@ impl StateStore {
         }
     }
 
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.join(format!("{name}.json"))
     }
 
-    /// The stored state; `None` when the loop was never seen. A file that does not parse
-    /// is kept aside (`.corrupt`), never silently overwritten, and treated as unseen.
+    fn lock_path(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}.lock"))
+    }
+
+    /// The stored state; `None` when the loop was never seen (or its file is unreadable,
+    /// which the next update sets aside). Read under a shared lock: writers rewrite the
+    /// file in place, and a reader must never see half of a write.
     pub fn load(&self, name: &str) -> Option<LoopState> {
-        let path = self.path(name);
-        let text = std::fs::read_to_string(&path).ok()?;
-        match serde_json::from_str(&text) {
-            Ok(s) => Some(s),
-            Err(e) => {
-                let aside = path.with_extension("json.corrupt");
-                tracing::warn!(
-                    "{}: unreadable loop state ({e}); kept as {} and starting afresh",
-                    path.display(),
-                    aside.display()
-                );
-                let _ = std::fs::rename(&path, &aside);
-                None
-            }
-        }
+        let _lock = crate::fsutil::FileLock::acquire_shared(&self.lock_path(name)).ok()?;
+        self.read_unlocked(name).ok().flatten()
+    }
+
+    /// Reads the file; `Err` with the parse error when it exists but is not a state.
+    fn read_unlocked(&self, name: &str) -> Result<Option<LoopState>, String> {
+        let text = match std::fs::read_to_string(self.path(name)) {
+            Ok(t) => t,
+            Err(_) => return Ok(None),
+        };
+        serde_json::from_str(&text)
+            .map(Some)
+            .map_err(|e| e.to_string())
     }
 
     /// The stored state, or a fresh one saved now.
@@ -133,23 +140,21 @@ impl StateStore {
         now: DateTime<Utc>,
         fingerprint: &str,
     ) -> Result<LoopState, StateError> {
-        if let Some(mut s) = self.load(name) {
-            if s.schedule_fingerprint != fingerprint {
-                // A new schedule owes nothing for the time before it was written.
-                s.schedule_fingerprint = fingerprint.to_string();
-                s.watermark = Some(s.watermark.map_or(now, |w| w.max(now)));
-                self.save(name, &s)?;
+        // Relaxed: a first-seen state lost to a power cut is simply made again, and a
+        // thousand loops seen at once must not wait for the disk a thousand times.
+        self.update_with(name, false, |st| {
+            match st {
+                Some(s) if s.schedule_fingerprint != fingerprint => {
+                    // A new schedule owes nothing for the time before it was written.
+                    s.schedule_fingerprint = fingerprint.to_string();
+                    s.watermark = Some(s.watermark.map_or(now, |w| w.max(now)));
+                }
+                Some(_) => {}
+                None => *st = Some(LoopState::new(now, fingerprint)),
             }
-            return Ok(s);
-        }
-        // A first-seen state lost to a power cut is simply made again: no need to wait
-        // for the disk, which matters when a thousand loops are seen at once.
-        let s = LoopState::new(now, fingerprint);
-        let path = self.path(name);
-        let text = serde_json::to_string_pretty(&s).unwrap_or_default();
-        crate::fsutil::atomic_replace(&path, text.as_bytes())
-            .map_err(|source| StateError::Io { path, source })?;
-        Ok(s)
+            st.clone()
+                .unwrap_or_else(|| LoopState::new(now, fingerprint))
+        })
     }
 
     /// Read-modify-write of one loop's state under an exclusive lock, so the daemon and
@@ -159,19 +164,52 @@ impl StateStore {
         name: &str,
         f: impl FnOnce(&mut Option<LoopState>) -> R,
     ) -> Result<R, StateError> {
-        let lock_path = self.dir.join(format!("{name}.lock"));
+        self.update_with(name, true, f)
+    }
+
+    /// [`StateStore::update`], choosing whether to wait for the disk. A relaxed write
+    /// survives a crash of the process (the page cache does); the caller flushes a batch
+    /// of them with one [`crate::fsutil::sync_filesystem`] instead of one fsync each.
+    pub fn update_with<R>(
+        &self,
+        name: &str,
+        durable: bool,
+        f: impl FnOnce(&mut Option<LoopState>) -> R,
+    ) -> Result<R, StateError> {
+        let lock_path = self.lock_path(name);
         let _lock = crate::fsutil::FileLock::acquire_blocking(&lock_path).map_err(|source| {
             StateError::Io {
                 path: lock_path.clone(),
                 source,
             }
         })?;
-        let mut state = self.load(name);
+        let path = self.path(name);
+        let mut state = match self.read_unlocked(name) {
+            Ok(s) => s,
+            Err(e) => {
+                // Never overwrite what cannot be read: keep it beside, start afresh.
+                let aside = path.with_extension("json.corrupt");
+                tracing::warn!(
+                    "{}: unreadable loop state ({e}); kept as {} and starting afresh",
+                    path.display(),
+                    aside.display()
+                );
+                let _ = std::fs::rename(&path, &aside);
+                None
+            }
+        };
         let before = state.clone();
         let r = f(&mut state);
         if state != before {
             if let Some(s) = &state {
-                self.save(name, s)?;
+                if durable {
+                    self.save(name, s)?;
+                } else {
+                    let path = self.path(name);
+                    let text = serde_json::to_string_pretty(s).unwrap_or_default();
+                    crate::fsutil::overwrite_in_place(&path, &text)
+                        .map_err(|source| StateError::Io { path, source })?;
+                }
             }
         }
         Ok(r)

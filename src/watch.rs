@@ -2,7 +2,7 @@
 //! daemon rescans the folder that rang. A lost event costs latency, never a run.
 
 use notify_debouncer_full::notify::{self, RecursiveMode};
-use notify_debouncer_full::{new_debouncer, DebounceEventResult};
+use notify_debouncer_full::{new_debouncer_opt, DebounceEventResult, NoCache};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -35,19 +35,18 @@ pub type Batch = Vec<PathBuf>;
 
 /// Keeps the watcher alive; dropping it stops watching.
 pub struct Watcher {
-    _debouncer: notify_debouncer_full::Debouncer<
-        notify::RecommendedWatcher,
-        notify_debouncer_full::RecommendedCache,
-    >,
+    _debouncer: notify_debouncer_full::Debouncer<notify::RecommendedWatcher, NoCache>,
 }
 
-/// Watches `dirs` (recursively) and sends each debounced batch of changed paths.
+/// Watches `dirs` (each recursively or not) and sends each debounced batch of changed
+/// paths. No file-id cache: it would walk every watched tree at start (slow with a large
+/// domain folder) and its rename stitching is not needed when events are only hints.
 pub fn watch(
-    dirs: &[PathBuf],
+    dirs: &[(PathBuf, RecursiveMode)],
     debounce: Duration,
     tx: mpsc::UnboundedSender<Batch>,
 ) -> Result<Watcher, WatchError> {
-    let mut debouncer = new_debouncer(debounce, None, move |res: DebounceEventResult| {
+    let handler = move |res: DebounceEventResult| {
         match res {
             Ok(events) => {
                 // Reading a file is not a change; the daemon's own reads of the files it
@@ -71,15 +70,22 @@ pub fn watch(
                 let _ = tx.send(vec![PathBuf::new()]);
             }
         }
-    })
+    };
+    let mut debouncer = new_debouncer_opt::<_, notify::RecommendedWatcher, NoCache>(
+        debounce,
+        None,
+        handler,
+        NoCache,
+        notify::Config::default(),
+    )
     .map_err(|source| WatchError::Notify {
         path: PathBuf::new(),
         source,
     })?;
-    for d in dirs {
+    for (d, mode) in dirs {
         let _ = std::fs::create_dir_all(d);
         debouncer
-            .watch(d, RecursiveMode::Recursive)
+            .watch(d, *mode)
             .map_err(|source| classify(d, source))?;
     }
     Ok(Watcher {

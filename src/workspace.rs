@@ -172,6 +172,17 @@ impl Workspace {
     pub fn locks_dir(&self) -> PathBuf {
         self.runtime_dir().join("locks")
     }
+    /// Where other processes nudge a running daemon to re-read a loop's state (a file
+    /// named after the loop); see [`Workspace::nudge_daemon`].
+    pub fn signals_dir(&self) -> PathBuf {
+        self.runtime_dir().join("signals")
+    }
+
+    /// Tells a running daemon (if any) that a loop's state changed on disk.
+    pub fn nudge_daemon(&self, loop_name: &str) {
+        let _ = crate::fsutil::atomic_replace(&self.signals_dir().join(loop_name), b"");
+    }
+
     pub fn daemon_lock_path(&self) -> PathBuf {
         self.runtime_dir().join("daemon.lock")
     }

@@ -444,11 +444,7 @@ fn init_tracing(format: LogFormat) {
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(|e| CliError::new(format!("cannot start the async runtime: {e}")))
+    daemon::runtime().map_err(|e| CliError::new(format!("cannot start the async runtime: {e}")))
 }
 
 fn run(ws: Workspace, once: bool, all: bool, log_format: LogFormat) -> Result {
@@ -592,6 +588,7 @@ fn trigger(ws: Workspace, name: &str, follow: bool, json_out: bool) -> Result {
         ws.settings.pause_after_failures,
         Utc::now(),
     );
+    ws.nudge_daemon(name);
     if json_out {
         print_json(&serde_json::to_value(&rec).unwrap_or_default());
     } else {
@@ -728,6 +725,7 @@ fn pause(ws: &Workspace, name: &str, reason: &str) -> Result {
             last_error: None,
         });
     })?;
+    ws.nudge_daemon(name);
     println!("`{name}` is paused; `loops resume {name}` schedules it again.");
     Ok(())
 }
@@ -745,6 +743,7 @@ fn resume(ws: &Workspace, name: &str) -> Result {
         st.watermark = Some(now);
         was
     })?;
+    ws.nudge_daemon(name);
     match was {
         Some(p) => println!(
             "`{name}` resumed (it was paused since {}: {}).",
