@@ -226,14 +226,8 @@ pub async fn run(ws: Workspace, opts: DaemonOptions) -> Result<Summary, DaemonEr
         let _ = std::fs::remove_dir_all(ws.signals_dir());
         match crate::watch::watch(
             &[
-                (
-                    ws.domains_dir(),
-                    notify_debouncer_full::notify::RecursiveMode::Recursive,
-                ),
-                (
-                    ws.signals_dir(),
-                    notify_debouncer_full::notify::RecursiveMode::NonRecursive,
-                ),
+                (ws.domains_dir(), notify::RecursiveMode::Recursive),
+                (ws.signals_dir(), notify::RecursiveMode::NonRecursive),
             ],
             Duration::from_millis(100),
             watch_tx.clone(),
@@ -347,13 +341,13 @@ pub async fn run(ws: Workspace, opts: DaemonOptions) -> Result<Summary, DaemonEr
         // wait in line behind each other's writes.
         let batch = d.sched.take_due_by(now + chrono_ms(CLAIM_LEAD));
         let batch_len = batch.len();
-        for (def, due_at) in batch {
+        for (def, due_at, fresh) in batch {
             let store = d.ctx.store.clone();
             let tx = claim_tx.clone();
             claiming += 1;
             let at = due_at.max(now);
             tokio::task::spawn_blocking(move || {
-                let c = claim_with(&store, &def, at, false);
+                let c = claim_with(&store, &def, at, false, fresh.as_ref());
                 let _ = tx.send((def.name, c, at));
             });
         }
@@ -542,7 +536,11 @@ impl Daemon {
                 None => push_unique(&mut self.summary.broken, &e.name),
             }
         }
-        self.sched.set_loops(defs);
+        let fresh = self.sched.set_loops_deferred(defs);
+        if !fresh.is_empty() {
+            let store = self.ctx.store.clone();
+            tokio::task::spawn_blocking(move || crate::scheduler::persist_fresh(&store, &fresh));
+        }
     }
 
     fn on_paths_changed(&mut self, paths: &[PathBuf]) {

@@ -38,6 +38,10 @@ pub enum Aftermath {
 struct Entry {
     def: LoopDef,
     next: Option<DateTime<Utc>>,
+    /// The state of a loop seen but never claimed: kept in memory, written at its first
+    /// claim. Losing it costs nothing (the loop is simply seen anew), and a thousand new
+    /// loops must not mean a thousand files created before the daemon can start.
+    fresh: Option<LoopState>,
 }
 
 pub struct Scheduler {
@@ -53,6 +57,27 @@ pub struct Scheduler {
 
 fn ms(d: Duration) -> chrono::Duration {
     chrono::Duration::milliseconds(d.as_millis().min(i64::MAX as u128) as i64)
+}
+
+/// Writes the first-seen state of loops that have none yet; a state already there (a
+/// claim that came first) is left alone.
+pub fn persist_fresh(store: &StateStore, states: &[(String, LoopState)]) {
+    for (name, fresh) in states {
+        let r = store.update_with(name, false, |st| {
+            if st.is_none() {
+                *st = Some(fresh.clone());
+            }
+        });
+        if let Err(e) = r {
+            tracing::error!("{e}");
+        }
+    }
+}
+
+/// What a loop's watermark was computed for: its schedule and whether it is enabled. A
+/// change starts the watermark afresh.
+pub fn fingerprint(def: &LoopDef) -> String {
+    format!("{}|enabled={}", def.schedule_fingerprint, def.enabled)
 }
 
 /// Whether the scheduler runs this loop at all (prompt loops wait for a provider).
@@ -90,19 +115,52 @@ impl Scheduler {
     /// Replaces the set of loops (start-up and every reload). Loops seen for the first
     /// time get a state whose watermark is now: a new loop owes nothing for the past.
     pub fn set_loops(&mut self, defs: Vec<LoopDef>) {
+        let fresh = self.set_loops_deferred(defs);
+        persist_fresh(&self.store, &fresh);
+    }
+
+    /// [`Scheduler::set_loops`] without writing the first-seen state of new loops: they
+    /// are returned for the caller to persist with [`persist_fresh`] off the start-up
+    /// path (a thousand new loops would otherwise be a thousand files created before the
+    /// daemon can start). Until then a loop's claim starts from the same in-memory state.
+    pub fn set_loops_deferred(&mut self, defs: Vec<LoopDef>) -> Vec<(String, LoopState)> {
         let now = self.clock.now();
+        let mut new_states = Vec::new();
         let mut next = BTreeMap::new();
         for def in defs {
-            let fp = format!("{}|enabled={}", def.schedule_fingerprint, def.enabled);
-            if let Err(e) = self.store.load_or_init(&def.name, now, &fp) {
-                tracing::error!("{e}");
+            let fp = fingerprint(&def);
+            let mut fresh = None;
+            match self.store.load(&def.name) {
+                Some(s) if s.schedule_fingerprint != fp => {
+                    if let Err(e) = self.store.load_or_init(&def.name, now, &fp) {
+                        tracing::error!("{e}");
+                    }
+                }
+                Some(_) => {}
+                None => {
+                    // Keep first_seen across reloads of a loop not yet claimed.
+                    fresh = self
+                        .loops
+                        .get(&def.name)
+                        .and_then(|e| e.fresh.clone())
+                        .filter(|s| s.schedule_fingerprint == fp)
+                        .or_else(|| Some(LoopState::new(now, &fp)));
+                    if let Some(s) = &fresh {
+                        new_states.push((def.name.clone(), s.clone()));
+                    }
+                }
             }
             let name = def.name.clone();
-            let mut entry = Entry { def, next: None };
-            entry.next = self.compute_next(&entry.def);
+            let mut entry = Entry {
+                def,
+                next: None,
+                fresh,
+            };
+            entry.next = self.compute_next(&entry.def, entry.fresh.as_ref());
             next.insert(name, entry);
         }
         self.loops = next;
+        new_states
     }
 
     pub fn loop_names(&self) -> impl Iterator<Item = &str> {
@@ -113,8 +171,8 @@ impl Scheduler {
         self.loops.get(name).map(|e| &e.def)
     }
 
-    fn compute_next(&self, def: &LoopDef) -> Option<DateTime<Utc>> {
-        let state = self.store.load(&def.name)?;
+    fn compute_next(&self, def: &LoopDef, fresh: Option<&LoopState>) -> Option<DateTime<Utc>> {
+        let state = self.store.load(&def.name).or_else(|| fresh.cloned())?;
         if state.paused.is_some() || !def.enabled {
             return None;
         }
@@ -128,8 +186,12 @@ impl Scheduler {
 
     /// Re-reads one loop's state (after a CLI pause, resume or run).
     pub fn refresh(&mut self, name: &str) {
-        if let Some(def) = self.loops.get(name).map(|e| e.def.clone()) {
-            let next = self.compute_next(&def);
+        if let Some((def, fresh)) = self
+            .loops
+            .get(name)
+            .map(|e| (e.def.clone(), e.fresh.clone()))
+        {
+            let next = self.compute_next(&def, fresh.as_ref());
             if let Some(e) = self.loops.get_mut(name) {
                 e.next = next;
             }
@@ -152,8 +214,8 @@ impl Scheduler {
     pub fn due(&mut self) -> Vec<DueRun> {
         let now = self.clock.now();
         let mut out = Vec::new();
-        for def in self.take_due(now) {
-            let claim = claim(&self.store, &def, now);
+        for (def, _, fresh) in self.take_due_by(now) {
+            let claim = claim_with(&self.store, &def, now, true, fresh.as_ref());
             out.extend(self.accept(&def.name, claim, now));
         }
         out
@@ -164,17 +226,25 @@ impl Scheduler {
     /// and the result to [`Scheduler::accept`]. The daemon claims them in parallel: one
     /// durable write each, and a hundred loops due at once must not queue behind one another.
     pub fn take_due(&mut self, now: DateTime<Utc>) -> Vec<LoopDef> {
-        self.take_due_by(now).into_iter().map(|(d, _)| d).collect()
+        self.take_due_by(now)
+            .into_iter()
+            .map(|(d, _, _)| d)
+            .collect()
     }
 
     /// Like [`Scheduler::take_due`] for every loop due by `horizon` (which may be a little
-    /// ahead of now), with the instant each is due.
-    pub fn take_due_by(&mut self, horizon: DateTime<Utc>) -> Vec<(LoopDef, DateTime<Utc>)> {
+    /// ahead of now), with the instant each is due and, for a loop never claimed, the
+    /// in-memory state its claim starts from.
+    #[allow(clippy::type_complexity)]
+    pub fn take_due_by(
+        &mut self,
+        horizon: DateTime<Utc>,
+    ) -> Vec<(LoopDef, DateTime<Utc>, Option<LoopState>)> {
         let mut out = Vec::new();
         for e in self.loops.values_mut() {
             if let Some(n) = e.next.filter(|n| *n <= horizon) {
                 e.next = None;
-                out.push((e.def.clone(), n));
+                out.push((e.def.clone(), n, e.fresh.take()));
             }
         }
         out
@@ -282,7 +352,7 @@ pub struct Claim {
 /// this a crash can never run those slots again. `None` when the loop is paused or has
 /// no state.
 pub fn claim(store: &StateStore, def: &LoopDef, now: DateTime<Utc>) -> Option<Claim> {
-    claim_with(store, def, now, true)
+    claim_with(store, def, now, true, None)
 }
 
 /// [`claim`] without waiting for the disk: for the daemon, which claims a batch of loops
@@ -294,8 +364,12 @@ pub fn claim_with(
     def: &LoopDef,
     now: DateTime<Utc>,
     durable: bool,
+    fresh: Option<&LoopState>,
 ) -> Option<Claim> {
     let decided = store.update_with(&def.name, durable, |st| {
+        if st.is_none() {
+            *st = fresh.cloned();
+        }
         let s = st.as_mut()?;
         if s.paused.is_some() {
             return None;
@@ -341,7 +415,7 @@ pub fn apply_finish(
     now: DateTime<Utc>,
 ) -> Aftermath {
     let r = store.update(&def.name, |st| {
-        let s = st.get_or_insert_with(|| LoopState::new(now, ""));
+        let s = st.get_or_insert_with(|| LoopState::new(now, &fingerprint(def)));
         if matches!(rec.outcome, Outcome::Skipped | Outcome::Missed) {
             return Aftermath::Nothing;
         }

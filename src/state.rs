@@ -118,6 +118,10 @@ impl StateStore {
     /// which the next update sets aside). Read under a shared lock: writers rewrite the
     /// file in place, and a reader must never see half of a write.
     pub fn load(&self, name: &str) -> Option<LoopState> {
+        // Do not create a lock file just to learn there is no state.
+        if !self.path(name).exists() {
+            return None;
+        }
         let _lock = crate::fsutil::FileLock::acquire_shared(&self.lock_path(name)).ok()?;
         self.read_unlocked(name).ok().flatten()
     }

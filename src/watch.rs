@@ -1,8 +1,10 @@
 //! The file watcher: a doorbell, never the truth. Events only say "look again"; the
 //! daemon rescans the folder that rang. A lost event costs latency, never a run.
+//!
+//! The debouncer is a task of our own rather than notify-debouncer-full: that one ticks a
+//! thread every few milliseconds forever, and an idle daemon must not wake at all.
 
-use notify_debouncer_full::notify::{self, RecursiveMode};
-use notify_debouncer_full::{new_debouncer_opt, DebounceEventResult, NoCache};
+use notify::{RecommendedWatcher, RecursiveMode, Watcher as _};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -30,66 +32,79 @@ impl WatchError {
     }
 }
 
-/// Paths that changed (deduplicated), as one batch.
+/// Paths that changed (deduplicated), as one batch. An empty path means "events may have
+/// been lost: rescan everything".
 pub type Batch = Vec<PathBuf>;
 
 /// Keeps the watcher alive; dropping it stops watching.
 pub struct Watcher {
-    _debouncer: notify_debouncer_full::Debouncer<notify::RecommendedWatcher, NoCache>,
+    _watcher: RecommendedWatcher,
+    debouncer: tokio::task::JoinHandle<()>,
 }
 
-/// Watches `dirs` (each recursively or not) and sends each debounced batch of changed
-/// paths. No file-id cache: it would walk every watched tree at start (slow with a large
-/// domain folder) and its rename stitching is not needed when events are only hints.
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        self.debouncer.abort();
+    }
+}
+
+/// Watches `dirs` (each recursively or not) and sends batches of changed paths: the
+/// first event opens a batch, everything within `debounce` after it joins, then the
+/// batch is sent. Must be called inside a tokio runtime.
 pub fn watch(
     dirs: &[(PathBuf, RecursiveMode)],
     debounce: Duration,
     tx: mpsc::UnboundedSender<Batch>,
 ) -> Result<Watcher, WatchError> {
-    let handler = move |res: DebounceEventResult| {
+    let (raw_tx, mut raw_rx) = mpsc::unbounded_channel::<Batch>();
+    let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         match res {
-            Ok(events) => {
-                // Reading a file is not a change; the daemon's own reads of the files it
-                // watches would otherwise wake it forever.
-                let mut paths: Vec<PathBuf> = events
-                    .into_iter()
-                    .filter(|e| !e.event.kind.is_access())
-                    .flat_map(|e| e.event.paths.clone())
-                    .collect();
-                paths.sort();
-                paths.dedup();
-                if !paths.is_empty() {
-                    let _ = tx.send(paths);
-                }
+            // Reading a file is not a change; the daemon's own reads of the files it
+            // watches would otherwise wake it forever.
+            Ok(ev) if ev.kind.is_access() => {}
+            Ok(ev) => {
+                let _ = raw_tx.send(ev.paths);
             }
-            Err(errs) => {
-                for e in errs {
-                    tracing::warn!("file watcher: {e}");
-                }
+            Err(e) => {
+                tracing::warn!("file watcher: {e}");
                 // An overflow or error means events may be lost: ask for a full rescan.
-                let _ = tx.send(vec![PathBuf::new()]);
+                let _ = raw_tx.send(vec![PathBuf::new()]);
             }
         }
-    };
-    let mut debouncer = new_debouncer_opt::<_, notify::RecommendedWatcher, NoCache>(
-        debounce,
-        None,
-        handler,
-        NoCache,
-        notify::Config::default(),
-    )
+    })
     .map_err(|source| WatchError::Notify {
         path: PathBuf::new(),
         source,
     })?;
     for (d, mode) in dirs {
         let _ = std::fs::create_dir_all(d);
-        debouncer
+        watcher
             .watch(d, *mode)
             .map_err(|source| classify(d, source))?;
     }
+    let debouncer = tokio::spawn(async move {
+        while let Some(first) = raw_rx.recv().await {
+            let mut batch = first;
+            let until = tokio::time::Instant::now() + debounce;
+            loop {
+                tokio::select! {
+                    more = raw_rx.recv() => match more {
+                        Some(m) => batch.extend(m),
+                        None => break,
+                    },
+                    _ = tokio::time::sleep_until(until) => break,
+                }
+            }
+            batch.sort();
+            batch.dedup();
+            if tx.send(batch).is_err() {
+                return;
+            }
+        }
+    });
     Ok(Watcher {
-        _debouncer: debouncer,
+        _watcher: watcher,
+        debouncer,
     })
 }
 
