@@ -176,6 +176,7 @@ fn main() {
         timeout: Duration::from_secs(30),
         grace: exec::KILL_GRACE,
         on_spawn: None,
+        stdin: None,
     };
     let mut s = Vec::new();
     for i in 0..iters + warm {

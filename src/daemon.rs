@@ -180,6 +180,28 @@ struct Daemon {
     /// Only `--once` reports a summary; a long-running daemon must not keep every record.
     keep_summary: bool,
     in_flight: usize,
+    /// The main session's wakes: one at a time, coalesced, flood-guarded.
+    wakes: Wakes,
+}
+
+/// State of the main session's wakes.
+struct Wakes {
+    main: Option<crate::workspace::MainSettings>,
+    inbox: crate::handoff::Inbox,
+    notes: crate::main_session::InboxState,
+    running: Option<watch::Sender<bool>>,
+    /// Something arrived (or a heartbeat fell) while a wake was running, or the flood
+    /// guard held a wake back: wake again as soon as allowed.
+    wanted: bool,
+    wanted_kind: crate::main_session::WakeKind,
+    /// Start times of recent wakes, for the flood guard.
+    recent: std::collections::VecDeque<DateTime<Utc>>,
+    /// A held-back wake (flood guard) or a recheck of unsettled files.
+    retry_at: Option<DateTime<Utc>>,
+    next_heartbeat: Option<DateTime<Utc>>,
+    done_tx: mpsc::UnboundedSender<crate::main_session::WakeResult>,
+    /// Names of handoffs addressed elsewhere than main, already reported once.
+    not_for_main: std::collections::HashSet<PathBuf>,
 }
 
 /// Runs the daemon until a signal (or, with `once`, until the due work is done).
@@ -198,6 +220,24 @@ pub async fn run(ws: Workspace, opts: DaemonOptions) -> Result<Summary, DaemonEr
         ws.settings.pause_after_failures,
     );
     let (done_tx, mut done_rx) = mpsc::unbounded_channel();
+    let (wake_tx, mut wake_rx) = mpsc::unbounded_channel::<crate::main_session::WakeResult>();
+    let main = ws.settings.main.clone();
+    let wakes = Wakes {
+        next_heartbeat: main
+            .as_ref()
+            .and_then(|m| m.heartbeat)
+            .map(|h| opts.clock.now() + chrono_ms(h)),
+        main,
+        inbox: crate::handoff::Inbox::new(&ws.root),
+        notes: crate::main_session::InboxState::new(&ws.runtime_dir()),
+        running: None,
+        wanted: false,
+        wanted_kind: crate::main_session::WakeKind::Handoffs,
+        recent: std::collections::VecDeque::new(),
+        retry_at: None,
+        done_tx: wake_tx,
+        not_for_main: std::collections::HashSet::new(),
+    };
     let (claim_tx, mut claim_rx) =
         mpsc::unbounded_channel::<(String, Option<Claim>, DateTime<Utc>)>();
     let mut claiming = 0usize;
@@ -213,8 +253,10 @@ pub async fn run(ws: Workspace, opts: DaemonOptions) -> Result<Summary, DaemonEr
         summary: Summary::default(),
         keep_summary: opts.once,
         in_flight: 0,
+        wakes,
     };
     d.recover_interrupted();
+    d.recover_inbox();
     d.reload(true);
 
     let (watch_tx, mut watch_rx) = mpsc::unbounded_channel();
@@ -230,6 +272,27 @@ pub async fn run(ws: Workspace, opts: DaemonOptions) -> Result<Summary, DaemonEr
                 (ws.signals_dir(), notify::RecursiveMode::NonRecursive),
             ],
             Duration::from_millis(100),
+            watch_tx.clone(),
+        ) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                let help = e.help().map(|h| format!("; {h}")).unwrap_or_default();
+                tracing::error!("{e}{help}");
+                fallback_rescan = Some(Duration::from_secs(5));
+                None
+            }
+        }
+    };
+
+    // The inbox has a doorbell of its own with almost no debounce: a handoff should wake
+    // the main session within milliseconds, and handoffs arriving during a wake are
+    // coalesced into the next one anyway.
+    let _inbox_watcher = if opts.once || ws.settings.main.is_none() {
+        None
+    } else {
+        match crate::watch::watch(
+            &[(ws.inbox_dir(), notify::RecursiveMode::NonRecursive)],
+            Duration::from_millis(2),
             watch_tx.clone(),
         ) {
             Ok(w) => Some(w),
@@ -279,9 +342,11 @@ pub async fn run(ws: Workspace, opts: DaemonOptions) -> Result<Summary, DaemonEr
             }
         }
         d.queue(due);
+        // Handoffs waiting in the inbox get one pass of the main session too.
+        d.try_wake(opts.clock.now(), crate::main_session::WakeKind::Handoffs);
         loop {
             d.dispatch_ready(opts.clock.now());
-            if d.in_flight == 0 && d.pending.is_empty() {
+            if d.in_flight == 0 && d.pending.is_empty() && d.wakes.running.is_none() {
                 break;
             }
             let wait = d
@@ -293,6 +358,7 @@ pub async fn run(ws: Workspace, opts: DaemonOptions) -> Result<Summary, DaemonEr
                 .unwrap_or(Duration::from_secs(3600));
             let signalled = tokio::select! {
                 Some(f) = done_rx.recv() => { d.on_finished(f); false }
+                Some(w) = wake_rx.recv() => { d.on_wake_done(w, false); false }
                 _ = tokio::time::sleep(wait) => false,
                 _ = sigint.recv() => true,
                 _ = sigterm.recv() => true,
@@ -327,6 +393,8 @@ pub async fn run(ws: Workspace, opts: DaemonOptions) -> Result<Summary, DaemonEr
         }
     };
     tokio::pin!(stopped);
+    // The start-up scan: handoffs written while the daemon was down are processed now.
+    d.try_wake(opts.clock.now(), crate::main_session::WakeKind::Handoffs);
 
     loop {
         // Runs that ended are accounted first, so a loop whose run just finished is not
@@ -361,9 +429,21 @@ pub async fn run(ws: Workspace, opts: DaemonOptions) -> Result<Summary, DaemonEr
             });
         }
         d.dispatch_ready(now);
+        if d.wakes.retry_at.is_some_and(|t| t <= now) {
+            d.wakes.retry_at = None;
+            let kind = d.wakes.wanted_kind;
+            d.try_wake(now, kind);
+        }
+        if d.wakes.next_heartbeat.is_some_and(|t| t <= now) {
+            let every = d.wakes.main.as_ref().and_then(|m| m.heartbeat);
+            d.wakes.next_heartbeat = every.map(|h| now + chrono_ms(h));
+            d.try_wake(now, crate::main_session::WakeKind::Heartbeat);
+        }
         let next = [
             d.sched.next_wake().map(|t| t - chrono_ms(CLAIM_LEAD)),
             d.pending.iter().map(|p| p.not_before).min(),
+            d.wakes.retry_at,
+            d.wakes.next_heartbeat,
         ]
         .into_iter()
         .flatten()
@@ -376,7 +456,11 @@ pub async fn run(ws: Workspace, opts: DaemonOptions) -> Result<Summary, DaemonEr
         }
         tokio::select! {
             _ = tokio::time::sleep(wait) => {
-                if fallback_rescan.is_some() { d.reload(false); }
+                if fallback_rescan.is_some() {
+                    d.reload(false);
+                    let now = opts.clock.now();
+                    d.try_wake(now, crate::main_session::WakeKind::Handoffs);
+                }
             }
             Some(batch) = watch_rx.recv() => {
                 let mut batch = batch;
@@ -384,6 +468,7 @@ pub async fn run(ws: Workspace, opts: DaemonOptions) -> Result<Summary, DaemonEr
                 d.on_paths_changed(&batch);
             }
             Some(f) = done_rx.recv() => d.on_finished(f),
+            Some(w) = wake_rx.recv() => d.on_wake_done(w, true),
             Some((name, c, at)) = claim_rx.recv() => {
                 claiming -= 1;
                 let runs = d.sched.accept(&name, c, at);
@@ -440,6 +525,17 @@ pub async fn run(ws: Workspace, opts: DaemonOptions) -> Result<Summary, DaemonEr
                     None => break,
                 }
             }
+        }
+    }
+    if let Some(cancel) = d.wakes.running.take() {
+        tracing::info!(
+            "waiting up to {} for the main session",
+            crate::duration::format_duration(grace)
+        );
+        let done = tokio::time::timeout(grace, wake_rx.recv()).await;
+        if done.is_err() {
+            let _ = cancel.send(true);
+            let _ = wake_rx.recv().await;
         }
     }
     tracing::info!("loops daemon stopped");
@@ -545,10 +641,16 @@ impl Daemon {
 
     fn on_paths_changed(&mut self, paths: &[PathBuf]) {
         let signals = self.ws.signals_dir();
+        let inbox = self.ws.inbox_dir();
         let mut domains = false;
+        let mut handoffs = false;
         for p in paths {
             if p.as_os_str().is_empty() {
                 domains = true;
+                handoffs = true;
+            } else if p.parent() == Some(inbox.as_path()) {
+                // The doorbell: something arrived in (or left) the inbox.
+                handoffs = true;
             } else if let Ok(rest) = p.strip_prefix(&signals) {
                 // A nudge from another process that changed this loop's state.
                 if let Some(name) = rest.to_str() {
@@ -563,6 +665,10 @@ impl Daemon {
         }
         if domains {
             self.reload(false);
+        }
+        if handoffs {
+            let now = self.sched.now();
+            self.try_wake(now, crate::main_session::WakeKind::Handoffs);
         }
     }
 
@@ -739,17 +845,175 @@ impl Daemon {
             Aftermath::RetryAt(at) => {
                 tracing::info!(loop_name = %rec.loop_name, "retry {} at {}", rec.attempt + 1, at.to_rfc3339())
             }
-            Aftermath::Paused(p) => tracing::error!(
-                loop_name = %rec.loop_name,
-                "loop paused after {}; last error: {}. Fix it, then `loops resume {}`",
-                p.reason,
-                p.last_error.as_deref().unwrap_or("none"),
-                rec.loop_name
-            ),
+            Aftermath::Paused(p) => {
+                tracing::error!(
+                    loop_name = %rec.loop_name,
+                    "loop paused after {}; last error: {}. Fix it, then `loops resume {}`",
+                    p.reason,
+                    p.last_error.as_deref().unwrap_or("none"),
+                    rec.loop_name
+                );
+                // The main session hears of it through a handoff, not only the log.
+                let ctx = self.ctx.clone();
+                let n = crate::main_session::paused_loop_handoff(&rec.loop_name, &p);
+                tokio::spawn(async move {
+                    crate::main_session::runner_handoff(&ctx, n).await;
+                });
+            }
             Aftermath::Nothing => {}
         }
         if self.keep_summary {
             self.summary.runs.push(f.rec);
+        }
+    }
+}
+
+impl Daemon {
+    /// Handoffs claimed by a wake that died with the last runner go back to the inbox;
+    /// stale files in inbox/.tmp/ are cleaned.
+    fn recover_inbox(&mut self) {
+        let n = self.wakes.notes.recover(&self.wakes.inbox);
+        if n > 0 {
+            tracing::warn!(
+                "{n} handoff(s) claimed by a wake that did not finish went back to the inbox"
+            );
+        }
+        let cleaned = self.wakes.inbox.clean_tmp(std::time::SystemTime::now());
+        if cleaned > 0 {
+            tracing::info!("removed {cleaned} file(s) abandoned in inbox/.tmp/");
+        }
+        if self.wakes.main.is_none() && !self.wakes.inbox.pending().is_empty() {
+            tracing::warn!("handoffs are waiting in inbox/ but loops.yaml has no `main:` session to receive them");
+        }
+    }
+
+    /// Starts a main-session wake if one is allowed now: claims every pending handoff for
+    /// main (rejecting malformed ones that have settled), and runs the main session on
+    /// them. A wake already running, or the flood guard, turns this into a later wake;
+    /// nothing is ever dropped, because the files stay in the inbox until claimed.
+    fn try_wake(&mut self, now: DateTime<Utc>, kind: crate::main_session::WakeKind) {
+        use crate::main_session::WakeKind;
+        let Some(main) = self.wakes.main.clone() else {
+            return;
+        };
+        if self.wakes.running.is_some() {
+            self.wakes.wanted = true;
+            if kind == WakeKind::Heartbeat {
+                self.wakes.wanted_kind = kind;
+            }
+            return;
+        }
+        while self
+            .wakes
+            .recent
+            .front()
+            .is_some_and(|t| now - *t >= chrono::Duration::seconds(60))
+        {
+            self.wakes.recent.pop_front();
+        }
+        if self.wakes.recent.len() >= main.max_wakes_per_minute as usize {
+            let at =
+                self.wakes.recent.front().copied().unwrap_or(now) + chrono::Duration::seconds(60);
+            self.wakes.retry_at = Some(self.wakes.retry_at.map_or(at, |r| r.min(at)));
+            self.wakes.wanted_kind = kind;
+            return;
+        }
+        let inbox = self.wakes.inbox.clone();
+        let mut claimed = Vec::new();
+        for p in inbox.pending() {
+            match crate::handoff::load(&p) {
+                Ok(h) if h.to == "main" => {
+                    if let Some(a) = inbox.claim(&p) {
+                        claimed.push(a);
+                    }
+                }
+                Ok(h) => {
+                    if self.wakes.not_for_main.insert(p.clone()) {
+                        tracing::info!(handoff = %h.id, to = %h.to, "handoff is addressed to `{}`, not the main session: left in the inbox", h.to);
+                    }
+                }
+                Err(e) => {
+                    let young = std::fs::metadata(&p)
+                        .and_then(|m| m.modified())
+                        .ok()
+                        .and_then(|t| t.elapsed().ok())
+                        .is_some_and(|age| age < crate::handoff::SETTLE);
+                    if young {
+                        // Perhaps still being written in place: look again once it settles.
+                        let at = now + chrono_ms(crate::handoff::SETTLE);
+                        self.wakes.retry_at = Some(self.wakes.retry_at.map_or(at, |r| r.min(at)));
+                    } else {
+                        match inbox.reject(&p, &e.to_string(), now) {
+                            Ok(to) => tracing::warn!(
+                                "rejected {}: {e} (see {}.error.md)",
+                                p.display(),
+                                to.with_extension("").display()
+                            ),
+                            Err(err) => tracing::error!("cannot reject {}: {err}", p.display()),
+                        }
+                    }
+                }
+            }
+        }
+        if claimed.is_empty() && kind == WakeKind::Handoffs {
+            return;
+        }
+        self.wakes.recent.push_back(now);
+        self.wakes.wanted = false;
+        self.wakes.wanted_kind = WakeKind::Handoffs;
+        let (cancel_tx, cancel_rx) = watch::channel(false);
+        self.wakes.running = Some(cancel_tx);
+        let ctx = self.ctx.clone();
+        let tx = self.wakes.done_tx.clone();
+        tracing::info!(
+            handoffs = claimed.len(),
+            kind = kind.as_str(),
+            "waking the main session"
+        );
+        tokio::spawn(async move {
+            let r = crate::main_session::wake(&ctx, &main, kind, claimed, Some(cancel_rx)).await;
+            let _ = tx.send(r);
+        });
+    }
+
+    fn on_wake_done(&mut self, w: crate::main_session::WakeResult, again: bool) {
+        self.wakes.running = None;
+        let rec = &w.record;
+        match rec.outcome {
+            Outcome::Failed | Outcome::Timeout => tracing::warn!(
+                run = %rec.run_id,
+                outcome = %rec.outcome,
+                "main session wake failed: {}; {} handoff(s) back in the inbox",
+                rec.error.as_deref().unwrap_or(""),
+                w.released.len()
+            ),
+            _ => tracing::info!(
+                run = %rec.run_id,
+                outcome = %rec.outcome,
+                completed = w.completed.len(),
+                held = w.held.len(),
+                "main session wake finished"
+            ),
+        }
+        for (id, why) in &w.held {
+            tracing::info!(handoff = %id, "held in inbox/active/: {why}");
+        }
+        if self.keep_summary {
+            self.summary.runs.push(w.record.clone());
+        }
+        let pending = !self.wakes.inbox.pending().is_empty();
+        let failed = rec.outcome.is_failure();
+        if self.wakes.wanted || (pending && !failed) || (again && pending) {
+            let kind = self.wakes.wanted_kind;
+            let now = self.sched.now();
+            if failed {
+                // A failing main session is retried, but not at once.
+                let at = now + chrono::Duration::seconds(5);
+                self.wakes.retry_at = Some(self.wakes.retry_at.map_or(at, |r| r.min(at)));
+                self.wakes.wanted_kind = kind;
+            } else {
+                self.try_wake(now, kind);
+            }
         }
     }
 }

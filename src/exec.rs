@@ -26,6 +26,8 @@ pub struct ExecSpec {
     /// Told the child's pid (= its process group id) as soon as it is spawned, so the
     /// caller can record it: a runner that dies can then have its orphans stopped.
     pub on_spawn: Option<mpsc::UnboundedSender<u32>>,
+    /// Bytes given to the command on stdin (else stdin is empty).
+    pub stdin: Option<Vec<u8>>,
 }
 
 /// Which stream a live chunk came from.
@@ -115,7 +117,11 @@ pub async fn run(
         .current_dir(&spec.cwd)
         .env_clear()
         .envs(spec.env.iter().map(|(k, v)| (k, v)))
-        .stdin(Stdio::null())
+        .stdin(if spec.stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0)
@@ -138,6 +144,15 @@ pub async fn run(
         }
     };
     let pgid = child.id().map(|p| p as i32);
+    if let (Some(mut w), Some(bytes)) = (child.stdin.take(), spec.stdin.clone()) {
+        // A command that does not read its stdin must not block the run: write in a
+        // task, and a closed pipe is not an error.
+        tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            let _ = w.write_all(&bytes).await;
+            let _ = w.shutdown().await;
+        });
+    }
     if let (Some(tx), Some(pid)) = (&spec.on_spawn, child.id()) {
         let _ = tx.send(pid);
     }

@@ -154,6 +154,20 @@ fn snapshot(dirs: &[PathBuf]) -> HashMap<PathBuf, FileSig> {
     out
 }
 
+/// A snapshot of the files under `areas`, to tell later what changed (see
+/// [`changed_between`]).
+pub async fn snapshot_areas(areas: Vec<PathBuf>) -> Snapshot {
+    Snapshot(snapshot_blocking(areas).await)
+}
+
+/// Files under some folders at one moment.
+pub struct Snapshot(HashMap<PathBuf, FileSig>);
+
+/// The files that appeared, changed or disappeared between two snapshots.
+pub fn changed_between(before: &Snapshot, after: &Snapshot) -> Vec<PathBuf> {
+    changed_paths(&before.0, &after.0)
+}
+
 async fn snapshot_blocking(areas: Vec<PathBuf>) -> HashMap<PathBuf, FileSig> {
     tokio::task::spawn_blocking(move || snapshot(&areas))
         .await
@@ -293,6 +307,7 @@ pub async fn execute(
                 timeout: def.timeout,
                 grace: exec::KILL_GRACE,
                 on_spawn: Some(spawn_tx),
+                stdin: None,
             };
             let note_pgid = async {
                 if let Some(pid) = spawn_rx.recv().await {
@@ -328,6 +343,16 @@ pub async fn execute(
                 .collect();
             rec.finished = Utc::now();
             rec.duration_ms = res.duration.as_millis() as u64;
+            let mut changed = changed;
+            if let Some(h) = orphan_draft_handoff(ctx, def, &req.run_id, &changed) {
+                rec.note = Some(format!(
+                    "wrote a draft but no handoff: made handoff {}",
+                    h.0
+                ));
+                rec.changed
+                    .push(ctx.ws.relative(&h.1).display().to_string());
+                changed.push(h.1);
+            }
             if !changed.is_empty() {
                 if let Some(c) = &ctx.committer {
                     let msg = commit_message(
@@ -359,6 +384,51 @@ pub async fn execute(
     }
     ctx.running.remove(&req.run_id);
     rec
+}
+
+/// Where `loops handoff create` notes the runs that made a handoff, so the runner can
+/// tell a minion that wrote a draft and handed it off from one that forgot.
+pub fn handoff_runs_dir(ws: &Workspace) -> PathBuf {
+    ws.runtime_dir().join("handoff-runs")
+}
+
+/// A run that wrote a draft in `drafts/<loop>/` but made no handoff gets one made for it,
+/// flagged `orphan-draft`, so the draft is not silently forgotten.
+fn orphan_draft_handoff(
+    ctx: &RunContext,
+    def: &LoopDef,
+    run_id: &str,
+    changed: &[PathBuf],
+) -> Option<(String, PathBuf)> {
+    let drafts = ctx.ws.root.join("drafts").join(&def.name);
+    let draft = changed
+        .iter()
+        .find(|p| p.starts_with(&drafts) && p.is_file())?;
+    if handoff_runs_dir(&ctx.ws).join(run_id).exists() {
+        return None;
+    }
+    let rel = ctx.ws.relative(draft).display().to_string();
+    let n = crate::handoff::NewHandoff {
+        from: def.name.clone(),
+        to: "main".into(),
+        title: format!("Draft from {} without a handoff", def.name),
+        run: Some(run_id.to_string()),
+        draft: Some(rel.clone()),
+        flagged: Some("orphan-draft".into()),
+        body: format!(
+            "The run {run_id} of `{}` wrote `{rel}` but made no handoff. The runner made this one so the draft is not forgotten.",
+            def.name
+        ),
+        items: vec!["Read the draft".into(), "Decide what to do with it".into()],
+        ..Default::default()
+    };
+    match crate::handoff::Inbox::new(&ctx.ws.root).create(&n, Utc::now()) {
+        Ok((id, path, _)) => Some((id, path)),
+        Err(e) => {
+            tracing::warn!(loop_name = %def.name, "could not make the orphan-draft handoff: {e}");
+            None
+        }
+    }
 }
 
 fn subject_for(rec: &RunRecord) -> String {

@@ -56,6 +56,40 @@ pub struct Settings {
     pub rotate_bytes: u64,
     /// Whether any model provider is configured (prompt loops wait for one).
     pub has_providers: bool,
+    /// The main session (`main:`), when configured.
+    pub main: Option<MainSettings>,
+}
+
+/// loops.yaml `main:`: the session that receives handoffs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MainSettings {
+    /// An external agent or script that receives the claimed handoffs.
+    pub command: Option<Vec<String>>,
+    /// A prompt file for a model-driven main session (run by a later version).
+    pub prompt: Option<String>,
+    /// A wake every this often, even with an empty inbox; also a rescan of the inbox.
+    pub heartbeat: Option<Duration>,
+    pub timeout: Duration,
+    /// An active handoff held longer than this is shown as overdue.
+    pub overdue_after: Duration,
+    /// The flood guard: wakes are spaced so there are at most this many a minute.
+    pub max_wakes_per_minute: u32,
+    /// Failed wakes a handoff may go through before it is held for a person.
+    pub max_attempts: u32,
+}
+
+impl Default for MainSettings {
+    fn default() -> Self {
+        MainSettings {
+            command: None,
+            prompt: None,
+            heartbeat: None,
+            timeout: Duration::from_secs(600),
+            overdue_after: Duration::from_secs(24 * 3600),
+            max_wakes_per_minute: 60,
+            max_attempts: 3,
+        }
+    }
 }
 
 impl Default for Settings {
@@ -71,6 +105,7 @@ impl Default for Settings {
             author_email: "loops@localhost".into(),
             rotate_bytes: 10 * 1024 * 1024,
             has_providers: false,
+            main: None,
         }
     }
 }
@@ -388,11 +423,98 @@ fn read_settings(root: &Path) -> (Settings, Vec<Diagnostic>) {
             "providers" => {
                 s.has_providers = v.as_mapping().is_some_and(|m| !m.is_empty());
             }
-            "defaults" | "main" | "channels" | "mcp_servers" | "allow_shell_jobs" => {}
+            "main" => s.main = read_main(&rel, &loc, v, &mut diags),
+            "defaults" | "channels" | "mcp_servers" | "allow_shell_jobs" => {}
             other => diags.push(unknown_key(&rel, &loc, &[other], TOP_KEYS)),
         }
     }
     (s, diags)
+}
+
+const MAIN_KEYS: &[&str] = &[
+    "command",
+    "prompt",
+    "provider",
+    "model",
+    "context",
+    "heartbeat",
+    "timeout",
+    "overdue_after",
+    "max_wakes_per_minute",
+    "max_attempts",
+    "history",
+];
+
+fn read_main(
+    rel: &Path,
+    loc: &YamlLocator,
+    v: &yaml_serde::Value,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<MainSettings> {
+    let Some(map) = v.as_mapping() else {
+        diags.push(
+            Diagnostic::error(rel, "`main` must be a mapping")
+                .at(loc.key(&["main"]))
+                .help("e.g. main: { command: [\"./main-session.sh\"], heartbeat: 30m }"),
+        );
+        return None;
+    };
+    let mut m = MainSettings::default();
+    for (k, val) in map {
+        let Some(key) = k.as_str() else { continue };
+        let at = loc.value(&["main", key]);
+        let err =
+            |msg: String, help: &str| Diagnostic::error(rel, msg).at(at).help(help.to_string());
+        match key {
+            "command" => match val {
+                yaml_serde::Value::String(s) if !s.trim().is_empty() => {
+                    m.command = Some(vec!["sh".into(), "-c".into(), s.clone()])
+                }
+                yaml_serde::Value::Sequence(seq)
+                    if !seq.is_empty() && seq.iter().all(|a| a.as_str().is_some()) =>
+                {
+                    m.command = Some(
+                        seq.iter()
+                            .filter_map(|a| a.as_str().map(str::to_string))
+                            .collect(),
+                    )
+                }
+                _ => diags.push(err(
+                    "`main.command` must be an argv list or a shell string".into(),
+                    "e.g. command: [\"./main-session.sh\"] (it runs in the workspace root)",
+                )),
+            },
+            "prompt" => m.prompt = val.as_str().map(str::to_string),
+            "heartbeat" | "timeout" | "overdue_after" => match val.as_str().map(parse_duration) {
+                Some(Ok(d)) if !d.is_zero() => match key {
+                    "heartbeat" => m.heartbeat = Some(d),
+                    "timeout" => m.timeout = d,
+                    _ => m.overdue_after = d,
+                },
+                Some(Err(e)) => diags.push(err(format!("main.{key}: {e}"), DURATION_HELP)),
+                _ => diags.push(err(
+                    format!("`main.{key}` must be a duration longer than zero"),
+                    DURATION_HELP,
+                )),
+            },
+            "max_wakes_per_minute" | "max_attempts" => match val.as_u64() {
+                Some(n) if n >= 1 => {
+                    if key == "max_attempts" {
+                        m.max_attempts = n as u32
+                    } else {
+                        m.max_wakes_per_minute = n as u32
+                    }
+                }
+                _ => diags.push(err(
+                    format!("`main.{key}` must be a whole number of at least 1"),
+                    "e.g. 60",
+                )),
+            },
+            "provider" | "model" | "context" | "history" => {}
+            other => diags.push(unknown_key(rel, loc, &["main", other], MAIN_KEYS)),
+        }
+    }
+    Some(m)
 }
 
 fn unknown_key(rel: &Path, loc: &YamlLocator, path: &[&str], known: &[&str]) -> Diagnostic {

@@ -52,6 +52,10 @@ pub fn dispatch(cli: Cli) -> Result {
         Command::Runs { name, limit, json } => {
             runs(&Workspace::locate(ws_arg)?, &name, limit, json)
         }
+        Command::Handoff(h) => super::inbox::handoff(&Workspace::locate(ws_arg)?, h),
+        Command::Inbox { command, json } => {
+            super::inbox::inbox(&Workspace::locate(ws_arg)?, command, json)
+        }
         Command::Pause { name, reason } => pause(&Workspace::locate(ws_arg)?, &name, &reason),
         Command::Resume { name } => resume(&Workspace::locate(ws_arg)?, &name),
     }
@@ -580,7 +584,7 @@ fn trigger(ws: Workspace, name: &str, follow: bool, json_out: bool) -> Result {
         rec
     });
     drop(lock);
-    apply_finish(
+    let after = apply_finish(
         &ctx.store,
         &def,
         &rec,
@@ -588,6 +592,10 @@ fn trigger(ws: Workspace, name: &str, follow: bool, json_out: bool) -> Result {
         ws.settings.pause_after_failures,
         Utc::now(),
     );
+    if let crate::scheduler::Aftermath::Paused(p) = after {
+        let n = crate::main_session::paused_loop_handoff(name, &p);
+        rt.block_on(crate::main_session::runner_handoff(&ctx, n));
+    }
     ws.nudge_daemon(name);
     if json_out {
         print_json(&serde_json::to_value(&rec).unwrap_or_default());

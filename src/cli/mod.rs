@@ -2,6 +2,7 @@
 //! error that reaches the user says what happened, where, and what to do next.
 
 mod commands;
+mod inbox;
 mod output;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -125,6 +126,17 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Hand work off to the main session: write a handoff into inbox/ (atomically).
+    #[command(subcommand)]
+    Handoff(HandoffCommand),
+    /// The inbox: pending, active (with age and unticked items), rejected (with the
+    /// reason) and recently done handoffs.
+    Inbox {
+        #[command(subcommand)]
+        command: Option<InboxCommand>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Stop scheduling a loop until `loops resume`.
     Pause {
         name: String,
@@ -134,6 +146,81 @@ pub enum Command {
     },
     /// Schedule a paused loop again (its missed slots are not replayed).
     Resume { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum HandoffCommand {
+    /// Write a handoff: inbox/.tmp/, fsync, rename into inbox/. Prints its id.
+    #[command(
+        after_help = "Inside a loop's command, LOOPS_RUN_ID is picked up as the handoff's run, so the runner knows the run handed its draft off.\n\nExample:\n  loops handoff create --from research-minion --title \"Research ready\" \\\n    --draft drafts/research-minion/2026-11-20.md --item \"Read the draft\" --item \"Reply to the team\""
+    )]
+    Create {
+        /// The loop (or script) handing off.
+        #[arg(long)]
+        from: String,
+        /// The title (the handoff's first heading).
+        #[arg(long)]
+        title: String,
+        /// Who receives it.
+        #[arg(long, default_value = "main")]
+        to: String,
+        /// urgent, high, normal or low.
+        #[arg(long, default_value = "normal", value_parser = ["urgent", "high", "normal", "low"])]
+        priority: String,
+        /// A draft in the workspace this handoff is about (workspace-relative path).
+        #[arg(long)]
+        draft: Option<String>,
+        /// The instructions, from a file ('-' for stdin).
+        #[arg(long, conflicts_with = "body")]
+        body_file: Option<PathBuf>,
+        /// The instructions, inline.
+        #[arg(long)]
+        body: Option<String>,
+        /// A checklist item (repeatable). Add "(optional)" to one the main session may skip.
+        #[arg(long = "item")]
+        items: Vec<String>,
+        /// A due time (RFC 3339).
+        #[arg(long)]
+        due: Option<String>,
+        /// A tag (repeatable).
+        #[arg(long = "tag")]
+        tags: Vec<String>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum InboxCommand {
+    /// Every handoff by stage (the default).
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// One handoff: front matter, body, checklist, where it is and what is noted about it.
+    Show {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Complete a handoff: every required checklist item must be ticked. Moves it to
+    /// inbox/done/YYYY-MM/ and commits.
+    Complete {
+        id: String,
+        /// What was done.
+        #[arg(long)]
+        summary: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Refuse a handoff: moves it to inbox/rejected/ with the reason beside it.
+    Reject {
+        id: String,
+        #[arg(long)]
+        reason: String,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// An error at the command-line edge: what happened, and what to do.
@@ -183,7 +270,8 @@ from_module_error!(
     crate::history::HistoryError,
     crate::daemon::DaemonError,
     crate::templates::TemplateError,
-    crate::watch::WatchError
+    crate::watch::WatchError,
+    crate::handoff::HandoffError
 );
 
 impl From<crate::state::StateError> for CliError {

@@ -14,6 +14,7 @@ fn spec(script: &str, cwd: &Path) -> ExecSpec {
         timeout: Duration::from_secs(60),
         grace: Duration::from_secs(1),
         on_spawn: None,
+        stdin: None,
     }
 }
 

@@ -1,0 +1,771 @@
+//! Handoffs: the task files minions leave in `inbox/` for the main session, and the
+//! Maildir-style protocol that moves them along. The file is the handoff; nothing about
+//! it lives only in memory.
+//!
+//! ```text
+//! inbox/.tmp/     being written (never read)
+//! inbox/*.md      pending
+//! inbox/active/   claimed by a main-session wake, or held until its checklist is ticked
+//! inbox/done/YYYY-MM/   completed
+//! inbox/rejected/ malformed or refused, each with NAME.error.md saying why
+//! ```
+
+use crate::fsutil::atomic_write;
+use chrono::{DateTime, Utc};
+use pulldown_cmark::{Event, Options, Parser, Tag, TagEnd};
+use serde::{Deserialize, Serialize};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// A handoff younger than this that does not parse may still be being written in place
+/// by someone who did not use the .tmp/ rename; it is looked at again later, not rejected.
+pub const SETTLE: Duration = Duration::from_secs(2);
+/// Files left in `inbox/.tmp/` longer than this were abandoned by a crashed writer.
+pub const STALE_TMP: Duration = Duration::from_secs(36 * 3600);
+
+#[derive(Debug, thiserror::Error)]
+pub enum HandoffError {
+    #[error("{0}")]
+    Malformed(String),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("no handoff `{0}` in the inbox")]
+    NotFound(String),
+    #[error("the draft {0} does not exist")]
+    MissingDraft(String),
+    #[error("the draft {0} is outside the workspace")]
+    DraftOutside(String),
+}
+
+impl HandoffError {
+    pub fn help(&self) -> Option<String> {
+        match self {
+            HandoffError::Malformed(_) => Some(
+                "a handoff is markdown with YAML front matter between --- lines at the top; see docs/formats.md".into(),
+            ),
+            HandoffError::NotFound(_) => {
+                Some("`loops inbox` lists the handoffs and their ids".into())
+            }
+            HandoffError::MissingDraft(_) | HandoffError::DraftOutside(_) => Some(
+                "name a file inside the workspace, relative to its root (e.g. drafts/my-loop/2026-11-20.md)".into(),
+            ),
+            HandoffError::Io { .. } => None,
+        }
+    }
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> HandoffError + '_ {
+    move |source| HandoffError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Priority {
+    Urgent,
+    High,
+    #[default]
+    Normal,
+    Low,
+}
+
+impl Priority {
+    pub fn parse(s: &str) -> Option<Priority> {
+        match s {
+            "urgent" => Some(Priority::Urgent),
+            "high" => Some(Priority::High),
+            "normal" => Some(Priority::Normal),
+            "low" => Some(Priority::Low),
+            _ => None,
+        }
+    }
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Priority::Urgent => "urgent",
+            Priority::High => "high",
+            Priority::Normal => "normal",
+            Priority::Low => "low",
+        }
+    }
+}
+
+/// One checklist item (a markdown task-list item).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Item {
+    pub text: String,
+    pub checked: bool,
+    /// Marked "(optional)": not needed for completion.
+    pub optional: bool,
+}
+
+/// A parsed handoff.
+#[derive(Debug, Clone, Serialize)]
+pub struct Handoff {
+    pub id: String,
+    pub from: String,
+    pub to: String,
+    pub created: Option<DateTime<Utc>>,
+    pub run: Option<String>,
+    pub priority: Priority,
+    pub draft: Option<String>,
+    pub due: Option<DateTime<Utc>>,
+    pub tags: Vec<String>,
+    pub flagged: Option<String>,
+    pub title: String,
+    /// The markdown after the front matter.
+    pub body: String,
+    pub checklist: Vec<Item>,
+}
+
+impl Handoff {
+    /// Required items not yet ticked.
+    pub fn unticked(&self) -> Vec<&Item> {
+        self.checklist
+            .iter()
+            .filter(|i| !i.checked && !i.optional)
+            .collect()
+    }
+}
+
+/// Splits YAML front matter from the body. Only a `---` line at byte 0 opens it (a
+/// horizontal rule later in a note is not front matter); `---` or `...` closes it.
+pub fn split_front_matter(text: &str) -> Result<(Option<&str>, &str), String> {
+    let t = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let Some(rest) = t
+        .strip_prefix("---\n")
+        .or_else(|| t.strip_prefix("---\r\n"))
+    else {
+        return Ok((None, t));
+    };
+    let mut offset = 0;
+    for line in rest.split_inclusive('\n') {
+        let trimmed = line.trim_end();
+        if trimmed == "---" || trimmed == "..." {
+            return Ok((Some(&rest[..offset]), &rest[offset + line.len()..]));
+        }
+        offset += line.len();
+    }
+    Err("the front matter is not closed: no `---` line ends it (a half-written file?)".into())
+}
+
+/// Parses a handoff file's text. `stem` (the file name without `.md`) is the id when
+/// the front matter gives none, so notes written by hand in an editor work too.
+pub fn parse(text: &str, stem: &str) -> Result<Handoff, HandoffError> {
+    let bad = |m: String| HandoffError::Malformed(m);
+    let (fm, body) = split_front_matter(text).map_err(bad)?;
+    let mut h = Handoff {
+        id: stem.to_string(),
+        from: "person".into(),
+        to: "main".into(),
+        created: None,
+        run: None,
+        priority: Priority::Normal,
+        draft: None,
+        due: None,
+        tags: Vec::new(),
+        flagged: None,
+        title: String::new(),
+        body: body.to_string(),
+        checklist: Vec::new(),
+    };
+    if let Some(fm) = fm {
+        let value: yaml_serde::Value = if fm.trim().is_empty() {
+            yaml_serde::Value::Null
+        } else {
+            yaml_serde::from_str(fm)
+                .map_err(|e| bad(format!("the front matter is not valid YAML: {e}")))?
+        };
+        let map = match value {
+            yaml_serde::Value::Mapping(m) => m,
+            yaml_serde::Value::Null => yaml_serde::Mapping::new(),
+            _ => {
+                return Err(bad(
+                    "the front matter must be a mapping of `key: value` lines".into(),
+                ))
+            }
+        };
+        let string = |key: &str| -> Result<Option<String>, HandoffError> {
+            match map.get(key) {
+                None | Some(yaml_serde::Value::Null) => Ok(None),
+                Some(yaml_serde::Value::String(s)) => Ok(Some(s.clone())),
+                Some(yaml_serde::Value::Number(n)) if key == "id" || key == "run" => {
+                    Ok(Some(n.to_string()))
+                }
+                Some(_) => Err(HandoffError::Malformed(format!("`{key}` must be a string"))),
+            }
+        };
+        let time = |key: &str| -> Result<Option<DateTime<Utc>>, HandoffError> {
+            match string(key)? {
+                None => Ok(None),
+                Some(s) => DateTime::parse_from_rfc3339(s.trim())
+                    .map(|t| Some(t.with_timezone(&Utc)))
+                    .or_else(|_| {
+                        chrono::NaiveDate::parse_from_str(s.trim(), "%Y-%m-%d")
+                            .map(|d| d.and_hms_opt(0, 0, 0).map(|n| n.and_utc()))
+                    })
+                    .map_err(|_| {
+                        HandoffError::Malformed(format!(
+                            "`{key}: {s}` is not a date and time (write RFC 3339, e.g. 2026-11-20T09:30:00Z)"
+                        ))
+                    }),
+            }
+        };
+        if let Some(id) = string("id")? {
+            if !valid_id(&id) {
+                return Err(bad(format!(
+                    "`id: {id}` may hold only letters, digits, `-`, `_` and `.`"
+                )));
+            }
+            h.id = id;
+        }
+        if let Some(v) = string("from")? {
+            h.from = v;
+        }
+        if let Some(v) = string("to")? {
+            h.to = v;
+        }
+        h.created = time("created")?;
+        h.due = time("due")?;
+        h.run = string("run")?;
+        h.draft = string("draft")?;
+        h.flagged = string("flagged")?;
+        if let Some(p) = string("priority")? {
+            h.priority = Priority::parse(&p).ok_or_else(|| {
+                bad(format!(
+                    "`priority: {p}` must be one of urgent, high, normal, low"
+                ))
+            })?;
+        }
+        match map.get("tags") {
+            None | Some(yaml_serde::Value::Null) => {}
+            Some(yaml_serde::Value::Sequence(seq)) => {
+                for t in seq {
+                    match t.as_str() {
+                        Some(s) => h.tags.push(s.to_string()),
+                        None => return Err(bad("`tags` must be a list of strings".into())),
+                    }
+                }
+            }
+            Some(yaml_serde::Value::String(s)) => {
+                h.tags = s.split(',').map(|t| t.trim().to_string()).collect()
+            }
+            Some(_) => return Err(bad("`tags` must be a list of strings".into())),
+        }
+    }
+    let (title, checklist) = read_body(body);
+    h.title = title.unwrap_or_else(|| h.id.clone());
+    h.checklist = checklist;
+    Ok(h)
+}
+
+/// The first heading and the task-list items of a markdown body.
+fn read_body(body: &str) -> (Option<String>, Vec<Item>) {
+    let parser = Parser::new_ext(body, Options::ENABLE_TASKLISTS);
+    let mut title: Option<String> = None;
+    let mut in_heading = false;
+    let mut heading = String::new();
+    let mut items = Vec::new();
+    // The item being read: (ticked, text so far, depth of nested items inside it).
+    let mut current: Option<(bool, String)> = None;
+    let mut depth = 0usize;
+    for ev in parser {
+        match ev {
+            Event::Start(Tag::Heading { .. }) if title.is_none() => {
+                in_heading = true;
+                heading.clear();
+            }
+            Event::End(TagEnd::Heading(_)) if in_heading => {
+                in_heading = false;
+                title = Some(heading.trim().to_string());
+            }
+            Event::Start(Tag::Item) => depth += 1,
+            Event::End(TagEnd::Item) => {
+                depth = depth.saturating_sub(1);
+                if let Some((checked, text)) = current.take() {
+                    let text = text.trim().to_string();
+                    let optional = text.to_ascii_lowercase().contains("(optional)");
+                    items.push(Item {
+                        text,
+                        checked,
+                        optional,
+                    });
+                }
+            }
+            Event::TaskListMarker(checked) => current = Some((checked, String::new())),
+            Event::Text(t) | Event::Code(t) => {
+                if in_heading {
+                    heading.push_str(&t);
+                } else if let Some((_, text)) = current.as_mut() {
+                    text.push_str(&t);
+                }
+            }
+            Event::SoftBreak | Event::HardBreak => {
+                if let Some((_, text)) = current.as_mut() {
+                    text.push(' ');
+                }
+            }
+            _ => {}
+        }
+    }
+    let _ = depth;
+    (title, items)
+}
+
+pub fn valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 200
+        && !id.starts_with('.')
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+}
+
+/// What to write in a new handoff.
+#[derive(Debug, Clone, Default)]
+pub struct NewHandoff {
+    pub from: String,
+    pub to: String,
+    pub title: String,
+    pub priority: Priority,
+    pub run: Option<String>,
+    pub draft: Option<String>,
+    pub due: Option<DateTime<Utc>>,
+    pub tags: Vec<String>,
+    pub flagged: Option<String>,
+    pub body: String,
+    pub items: Vec<String>,
+}
+
+/// Renders a new handoff; returns (id, text).
+pub fn render(n: &NewHandoff, now: DateTime<Utc>) -> (String, String) {
+    let from_slug: String = n
+        .from
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .take(40)
+        .collect();
+    let rand = ulid::Ulid::new().to_string();
+    let id = format!(
+        "{}-{}-{}",
+        now.format("%Y%m%dT%H%M%S%3fZ"),
+        from_slug,
+        rand[rand.len() - 6..].to_ascii_lowercase()
+    );
+    let mut fm = yaml_serde::Mapping::new();
+    let mut put = |k: &str, v: yaml_serde::Value| {
+        fm.insert(yaml_serde::Value::String(k.into()), v);
+    };
+    let s = |v: &str| yaml_serde::Value::String(v.to_string());
+    put("id", s(&id));
+    put("from", s(&n.from));
+    put("to", s(if n.to.is_empty() { "main" } else { &n.to }));
+    put(
+        "created",
+        s(&now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+    );
+    if let Some(r) = &n.run {
+        put("run", s(r));
+    }
+    put("priority", s(n.priority.as_str()));
+    if let Some(d) = &n.draft {
+        put("draft", s(d));
+    }
+    if let Some(d) = &n.due {
+        put(
+            "due",
+            s(&d.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+        );
+    }
+    if !n.tags.is_empty() {
+        put(
+            "tags",
+            yaml_serde::Value::Sequence(n.tags.iter().map(|t| s(t)).collect()),
+        );
+    }
+    if let Some(f) = &n.flagged {
+        put("flagged", s(f));
+    }
+    let yaml = yaml_serde::to_string(&fm).unwrap_or_default();
+    let mut text = format!("---\n{yaml}---\n# {}\n", n.title.trim());
+    if !n.body.trim().is_empty() {
+        text.push('\n');
+        text.push_str(n.body.trim_end());
+        text.push('\n');
+    }
+    if !n.items.is_empty() {
+        text.push('\n');
+        for i in &n.items {
+            text.push_str(&format!("- [ ] {}\n", i.trim()));
+        }
+    }
+    (id, text)
+}
+
+/// The inbox folders of a workspace.
+#[derive(Debug, Clone)]
+pub struct Inbox {
+    pub root: PathBuf,
+    workspace: PathBuf,
+}
+
+/// Where a handoff is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Stage {
+    Pending,
+    Active,
+    Done,
+    Rejected,
+}
+
+impl Inbox {
+    pub fn new(workspace: &Path) -> Self {
+        Inbox {
+            root: workspace.join("inbox"),
+            workspace: workspace.to_path_buf(),
+        }
+    }
+    pub fn tmp_dir(&self) -> PathBuf {
+        self.root.join(".tmp")
+    }
+    pub fn active_dir(&self) -> PathBuf {
+        self.root.join("active")
+    }
+    pub fn done_root(&self) -> PathBuf {
+        self.root.join("done")
+    }
+    pub fn rejected_dir(&self) -> PathBuf {
+        self.root.join("rejected")
+    }
+
+    /// Checks a draft path a handoff names: relative to the workspace, inside it, existing.
+    pub fn check_draft(&self, draft: &str) -> Result<(), HandoffError> {
+        let p = Path::new(draft);
+        if p.is_absolute()
+            || p.components()
+                .any(|c| matches!(c, std::path::Component::ParentDir))
+        {
+            return Err(HandoffError::DraftOutside(draft.to_string()));
+        }
+        let full = self.workspace.join(p);
+        let canon = full
+            .canonicalize()
+            .map_err(|_| HandoffError::MissingDraft(draft.to_string()))?;
+        let root = self
+            .workspace
+            .canonicalize()
+            .unwrap_or(self.workspace.clone());
+        if !canon.starts_with(&root) {
+            return Err(HandoffError::DraftOutside(draft.to_string()));
+        }
+        if !canon.is_file() {
+            return Err(HandoffError::MissingDraft(draft.to_string()));
+        }
+        Ok(())
+    }
+
+    /// Writes a handoff Maildir-style: `.tmp/`, fsync, rename into `inbox/`. At the rename
+    /// the handoff exists; nobody ever sees half of it. Returns (id, path, text).
+    pub fn create(
+        &self,
+        n: &NewHandoff,
+        now: DateTime<Utc>,
+    ) -> Result<(String, PathBuf, String), HandoffError> {
+        if let Some(d) = &n.draft {
+            self.check_draft(d)?;
+        }
+        let (id, text) = render(n, now);
+        let tmp = self.tmp_dir().join(format!("{id}.md"));
+        std::fs::create_dir_all(self.tmp_dir()).map_err(io(&self.tmp_dir()))?;
+        {
+            let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
+            f.write_all(text.as_bytes()).map_err(io(&tmp))?;
+            f.sync_all().map_err(io(&tmp))?;
+        }
+        let dest = self.root.join(format!("{id}.md"));
+        std::fs::rename(&tmp, &dest).map_err(io(&dest))?;
+        if let Ok(d) = std::fs::File::open(&self.root) {
+            let _ = d.sync_all();
+        }
+        Ok((id, dest, text))
+    }
+
+    /// Pending handoffs: every `*.md` directly in `inbox/`, oldest name first.
+    pub fn pending(&self) -> Vec<PathBuf> {
+        md_files(&self.root)
+    }
+
+    pub fn active(&self) -> Vec<PathBuf> {
+        md_files(&self.active_dir())
+    }
+
+    pub fn rejected(&self) -> Vec<PathBuf> {
+        md_files(&self.rejected_dir())
+            .into_iter()
+            .filter(|p| !p.to_string_lossy().ends_with(".error.md"))
+            .collect()
+    }
+
+    /// Done handoffs, newest month first.
+    pub fn done(&self) -> Vec<PathBuf> {
+        let mut months: Vec<PathBuf> = std::fs::read_dir(self.done_root())
+            .map(|rd| {
+                rd.filter_map(|e| e.ok())
+                    .map(|e| e.path())
+                    .filter(|p| p.is_dir())
+                    .collect()
+            })
+            .unwrap_or_default();
+        months.sort();
+        months.reverse();
+        months.iter().flat_map(|m| md_files(m)).collect()
+    }
+
+    /// Claims a pending handoff: a rename into `active/`. Exactly one claimer wins;
+    /// `None` when someone else got there first.
+    pub fn claim(&self, pending: &Path) -> Option<PathBuf> {
+        let name = pending.file_name()?;
+        let _ = std::fs::create_dir_all(self.active_dir());
+        let dest = self.active_dir().join(name);
+        if dest.exists() {
+            return None;
+        }
+        std::fs::rename(pending, &dest).ok().map(|()| dest)
+    }
+
+    /// Returns an active handoff to the pending inbox (its wake died).
+    pub fn release(&self, active: &Path) -> Option<PathBuf> {
+        let dest = self.root.join(active.file_name()?);
+        std::fs::rename(active, &dest).ok().map(|()| dest)
+    }
+
+    /// Moves a handoff to `done/YYYY-MM/`, appending a completion note to it.
+    pub fn complete(
+        &self,
+        path: &Path,
+        summary: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Result<PathBuf, HandoffError> {
+        let name = path
+            .file_name()
+            .ok_or_else(|| HandoffError::NotFound(path.display().to_string()))?;
+        let dir = self.done_root().join(now.format("%Y-%m").to_string());
+        std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+        let mut text = std::fs::read_to_string(path).map_err(io(path))?;
+        if !text.ends_with('\n') {
+            text.push('\n');
+        }
+        text.push_str(&format!(
+            "\n## Completed {}\n\n{}\n",
+            now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            summary
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .unwrap_or("(no summary)")
+        ));
+        let dest = dir.join(name);
+        atomic_write(&dest, text.as_bytes()).map_err(io(&dest))?;
+        std::fs::remove_file(path).map_err(io(path))?;
+        Ok(dest)
+    }
+
+    /// Moves a handoff to `rejected/` with `NAME.error.md` beside it. The file itself is
+    /// kept as it was: a malformed handoff is never deleted.
+    pub fn reject(
+        &self,
+        path: &Path,
+        reason: &str,
+        now: DateTime<Utc>,
+    ) -> Result<PathBuf, HandoffError> {
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .ok_or_else(|| HandoffError::NotFound(path.display().to_string()))?
+            .to_string();
+        std::fs::create_dir_all(self.rejected_dir()).map_err(io(&self.rejected_dir()))?;
+        let mut dest = self.rejected_dir().join(&name);
+        let mut n = 1;
+        while dest.exists() {
+            dest = self.rejected_dir().join(format!("{n}-{name}"));
+            n += 1;
+        }
+        let stem = dest
+            .file_name()
+            .and_then(|n| n.to_str())
+            .map(|s| s.strip_suffix(".md").unwrap_or(s).to_string())
+            .unwrap_or_default();
+        let note = format!(
+            "# Why {name} was rejected\n\n{reason}\n\nRejected {} from {}.\n\nFix the file and move it back into inbox/ to have it processed, or delete both files.\n",
+            now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            path.parent().map(|p| p.display().to_string()).unwrap_or_default()
+        );
+        let err_path = self.rejected_dir().join(format!("{stem}.error.md"));
+        atomic_write(&err_path, note.as_bytes()).map_err(io(&err_path))?;
+        std::fs::rename(path, &dest).map_err(io(path))?;
+        Ok(dest)
+    }
+
+    /// The reason recorded beside a rejected handoff.
+    pub fn rejection_reason(&self, rejected: &Path) -> Option<String> {
+        let stem = rejected.file_stem()?.to_str()?;
+        let text =
+            std::fs::read_to_string(self.rejected_dir().join(format!("{stem}.error.md"))).ok()?;
+        text.lines()
+            .skip(1)
+            .find(|l| !l.trim().is_empty())
+            .map(str::to_string)
+    }
+
+    /// Removes files abandoned in `.tmp/` by crashed writers.
+    pub fn clean_tmp(&self, now: std::time::SystemTime) -> usize {
+        let mut n = 0;
+        for e in std::fs::read_dir(self.tmp_dir())
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.ok())
+        {
+            let old = e
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| now.duration_since(t).ok())
+                .is_some_and(|age| age > STALE_TMP);
+            if old && std::fs::remove_file(e.path()).is_ok() {
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Finds a handoff by id (or file name) anywhere in the inbox.
+    pub fn find(&self, id: &str) -> Option<(Stage, PathBuf)> {
+        let want = id.strip_suffix(".md").unwrap_or(id);
+        let stages = [
+            (Stage::Pending, self.pending()),
+            (Stage::Active, self.active()),
+            (Stage::Rejected, self.rejected()),
+            (Stage::Done, self.done()),
+        ];
+        // File names are ids for every handoff the runner writes; a hand-written file's
+        // front matter may name another id, so look inside too.
+        for (stage, files) in &stages {
+            for f in files {
+                if f.file_stem().and_then(|s| s.to_str()) == Some(want) {
+                    return Some((*stage, f.clone()));
+                }
+            }
+        }
+        for (stage, files) in &stages {
+            for f in files {
+                if let Ok(h) = load(f) {
+                    if h.id == want {
+                        return Some((*stage, f.clone()));
+                    }
+                }
+            }
+        }
+        None
+    }
+}
+
+/// Reads and parses a handoff file.
+pub fn load(path: &Path) -> Result<Handoff, HandoffError> {
+    let bytes = std::fs::read(path).map_err(io(path))?;
+    if bytes.contains(&0) {
+        return Err(HandoffError::Malformed(
+            "the file is binary, not markdown text".into(),
+        ));
+    }
+    let text = String::from_utf8(bytes)
+        .map_err(|_| HandoffError::Malformed("the file is not UTF-8 text".into()))?;
+    let stem = path
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("handoff");
+    parse(&text, stem)
+}
+
+fn md_files(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .filter(|e| e.file_type().map(|t| t.is_file()).unwrap_or(false))
+                .map(|e| e.path())
+                .filter(|p| {
+                    p.extension().is_some_and(|x| x == "md")
+                        && !p
+                            .file_name()
+                            .and_then(|n| n.to_str())
+                            .is_some_and(|n| n.starts_with('.'))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SAMPLE: &str = "---\nid: 20261120T093000Z-morning-briefing-7f3a\nfrom: morning-briefing\nto: main\ncreated: 2026-11-20T09:30:00Z\nrun: 01JD3K\npriority: high\ndraft: drafts/morning-briefing/2026-11-20.md\n---\n# Morning briefing ready\n\nAdd today's context.\n\n- [x] Read the draft\n- [ ] Add context from memory\n- [ ] Post a summary (optional)\n\n---\n\nA rule above is not front matter.\n";
+
+    #[test]
+    fn parses_front_matter_title_and_checklist() {
+        let h = parse(SAMPLE, "x").unwrap();
+        assert_eq!(h.id, "20261120T093000Z-morning-briefing-7f3a");
+        assert_eq!(h.from, "morning-briefing");
+        assert_eq!(h.priority, Priority::High);
+        assert_eq!(h.title, "Morning briefing ready");
+        assert_eq!(h.checklist.len(), 3);
+        assert!(h.checklist[0].checked);
+        assert!(h.checklist[2].optional);
+        assert_eq!(h.unticked().len(), 1);
+    }
+
+    #[test]
+    fn a_note_without_front_matter_is_a_handoff_too() {
+        let h = parse("# Call the bank\n\n- [ ] call\n", "call-bank").unwrap();
+        assert_eq!(h.id, "call-bank");
+        assert_eq!(h.to, "main");
+        assert_eq!(h.title, "Call the bank");
+    }
+
+    #[test]
+    fn rejects_what_is_wrong() {
+        assert!(parse("---\nid: x\nfrom: y\n", "x").is_err());
+        assert!(parse("---\npriority: 5\n---\n# t\n", "x").is_err());
+        assert!(parse("---\ncreated: yesterday\n---\n# t\n", "x").is_err());
+        assert!(parse("---\nfrom: [a, b]\n---\n# t\n", "x").is_err());
+        assert!(parse("---\n- a\n- b\n---\n", "x").is_err());
+    }
+
+    #[test]
+    fn render_round_trips() {
+        let n = NewHandoff {
+            from: "minion".into(),
+            title: "Done".into(),
+            items: vec!["Read it".into()],
+            ..Default::default()
+        };
+        let (id, text) = render(&n, Utc::now());
+        let h = parse(&text, "other").unwrap();
+        assert_eq!(h.id, id);
+        assert_eq!(h.title, "Done");
+        assert_eq!(h.checklist.len(), 1);
+    }
+}

@@ -1,0 +1,499 @@
+//! The main session: the one with memory, SOUL.md and USER.md. A *wake* claims the
+//! pending handoffs, hands them to the main session, and completes, holds or releases
+//! each according to what it reported and what its checklist says.
+//!
+//! In this version the main session is a `command:` (an external agent such as
+//! `claude -p`, or a script). It gets the claimed handoffs' paths in `LOOPS_HANDOFFS`
+//! (one per line) and all of them as JSON on stdin, and reports which it completed by
+//! printing a JSON line `{"completed": ["ID", …]}` (or `[{"id": …, "summary": …}]`) and
+//! exiting 0. A non-zero exit is a failed wake: its handoffs go back to the inbox.
+
+use crate::exec::{self, ExecSpec};
+use crate::handoff::{self, Handoff, Inbox, NewHandoff, Priority};
+use crate::history::{commit_message, CommitRequest};
+use crate::jobs::RunContext;
+use crate::runs::{Outcome, RunRecord, RunningMarker};
+use crate::workspace::MainSettings;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use tokio::sync::watch;
+
+/// The name main-session wakes are recorded under (`.loops/runs/main.jsonl`).
+pub const MAIN: &str = "main";
+
+/// Why a wake happens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WakeKind {
+    Handoffs,
+    Heartbeat,
+}
+
+impl WakeKind {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            WakeKind::Handoffs => "handoffs",
+            WakeKind::Heartbeat => "heartbeat",
+        }
+    }
+}
+
+/// What the runner remembers about one handoff between wakes (`.loops/inbox/<name>.json`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Note {
+    /// Failed wakes this handoff went through.
+    #[serde(default)]
+    pub attempts: u32,
+    /// Held in active/: why (unticked items, not completed, too many failed wakes).
+    #[serde(default)]
+    pub held: Option<String>,
+    #[serde(default)]
+    pub held_since: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub last_error: Option<String>,
+}
+
+/// Runtime notes and claims of the inbox, under `.loops/inbox/`.
+#[derive(Debug, Clone)]
+pub struct InboxState {
+    dir: PathBuf,
+}
+
+/// Which files a wake claimed, so a crash can give them back.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Claims {
+    run_id: String,
+    pid: u32,
+    pid_start: Option<u64>,
+    files: Vec<String>,
+}
+
+impl InboxState {
+    pub fn new(ws_runtime: &Path) -> Self {
+        InboxState {
+            dir: ws_runtime.join("inbox"),
+        }
+    }
+
+    fn note_path(&self, name: &str) -> PathBuf {
+        self.dir.join("notes").join(format!("{name}.json"))
+    }
+
+    pub fn note(&self, name: &str) -> Note {
+        std::fs::read_to_string(self.note_path(name))
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or_default()
+    }
+
+    pub fn set_note(&self, name: &str, note: &Note) {
+        let path = self.note_path(name);
+        if *note == Note::default() {
+            let _ = std::fs::remove_file(path);
+            return;
+        }
+        let text = serde_json::to_string_pretty(note).unwrap_or_default();
+        if let Err(e) = crate::fsutil::atomic_write(&path, text.as_bytes()) {
+            tracing::warn!("{}: {e}", path.display());
+        }
+    }
+
+    fn claims_path(&self, run_id: &str) -> PathBuf {
+        self.dir.join("claims").join(format!("{run_id}.json"))
+    }
+
+    fn put_claims(&self, run_id: &str, files: &[PathBuf]) {
+        let pid = std::process::id();
+        let c = Claims {
+            run_id: run_id.to_string(),
+            pid,
+            pid_start: crate::fsutil::process_start_time(pid),
+            files: files
+                .iter()
+                .filter_map(|f| f.file_name().and_then(|n| n.to_str()).map(str::to_string))
+                .collect(),
+        };
+        let path = self.claims_path(run_id);
+        let text = serde_json::to_string(&c).unwrap_or_default();
+        if let Err(e) = crate::fsutil::atomic_write(&path, text.as_bytes()) {
+            tracing::warn!("{}: {e}", path.display());
+        }
+    }
+
+    fn drop_claims(&self, run_id: &str) {
+        let _ = std::fs::remove_file(self.claims_path(run_id));
+    }
+
+    /// Gives back handoffs claimed by wakes whose process is gone (a crash): they return
+    /// to the inbox and are processed again. Returns how many.
+    pub fn recover(&self, inbox: &Inbox) -> usize {
+        let mut n = 0;
+        let dir = self.dir.join("claims");
+        for e in std::fs::read_dir(&dir)
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.ok())
+        {
+            let Some(c) = std::fs::read_to_string(e.path())
+                .ok()
+                .and_then(|t| serde_json::from_str::<Claims>(&t).ok())
+            else {
+                let _ = std::fs::remove_file(e.path());
+                continue;
+            };
+            if crate::fsutil::process_alive(c.pid, c.pid_start) {
+                continue;
+            }
+            for f in &c.files {
+                let active = inbox.active_dir().join(f);
+                if active.exists() && inbox.release(&active).is_some() {
+                    n += 1;
+                }
+            }
+            let _ = std::fs::remove_file(e.path());
+        }
+        n
+    }
+}
+
+/// The outcome of one wake.
+#[derive(Debug, Clone)]
+pub struct WakeResult {
+    pub record: RunRecord,
+    pub completed: Vec<String>,
+    pub held: Vec<(String, String)>,
+    pub released: Vec<String>,
+}
+
+/// What the main-session command reported on stdout.
+fn reported_completions(stdout: &str) -> HashMap<String, Option<String>> {
+    let mut out = HashMap::new();
+    for line in stdout.lines() {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line.trim()) else {
+            continue;
+        };
+        let Some(list) = v.get("completed").and_then(|c| c.as_array()) else {
+            continue;
+        };
+        for item in list {
+            match item {
+                serde_json::Value::String(id) => {
+                    out.insert(id.clone(), None);
+                }
+                serde_json::Value::Object(o) => {
+                    if let Some(id) = o.get("id").and_then(|i| i.as_str()) {
+                        let summary = o
+                            .get("summary")
+                            .and_then(|s| s.as_str())
+                            .map(str::to_string);
+                        out.insert(id.to_string(), summary);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    out
+}
+
+fn handoff_json(h: &Handoff, path: &Path, ws: &Path) -> serde_json::Value {
+    let draft_text = h
+        .draft
+        .as_ref()
+        .and_then(|d| std::fs::read_to_string(ws.join(d)).ok());
+    json!({
+        "id": h.id,
+        "path": path,
+        "from": h.from,
+        "to": h.to,
+        "created": h.created,
+        "run": h.run,
+        "priority": h.priority,
+        "draft": h.draft,
+        "draft_text": draft_text,
+        "due": h.due,
+        "tags": h.tags,
+        "flagged": h.flagged,
+        "title": h.title,
+        "body": h.body,
+        "checklist": h.checklist,
+    })
+}
+
+/// Runs one wake of a command main session over `claimed` (already in `active/`).
+pub async fn wake(
+    ctx: &RunContext,
+    main: &MainSettings,
+    kind: WakeKind,
+    claimed: Vec<PathBuf>,
+    cancel: Option<watch::Receiver<bool>>,
+) -> WakeResult {
+    let ws = ctx.ws.clone();
+    let inbox = Inbox::new(&ws.root);
+    let notes = InboxState::new(&ws.runtime_dir());
+    let run_id = crate::runs::new_run_id();
+    let started = Utc::now();
+    let marker = RunningMarker::for_this_process(MAIN, &run_id, kind.as_str(), None, 1, started);
+    let _ = ctx.running.put(&marker);
+    notes.put_claims(&run_id, &claimed);
+
+    let mut items = Vec::new();
+    let mut by_id: Vec<(String, PathBuf)> = Vec::new();
+    for p in &claimed {
+        if let Ok(h) = handoff::load(p) {
+            items.push(handoff_json(&h, p, &ws.root));
+            by_id.push((h.id.clone(), p.clone()));
+        }
+    }
+    let payload = json!({ "wake": kind.as_str(), "run": run_id, "handoffs": items });
+    let mut env = exec::base_env();
+    env.extend([
+        ("LOOPS_WORKSPACE".to_string(), ws.root.display().to_string()),
+        ("LOOPS_INBOX".to_string(), inbox.root.display().to_string()),
+        ("LOOPS_RUN_ID".to_string(), run_id.clone()),
+        ("LOOPS_WAKE".to_string(), kind.as_str().to_string()),
+        (
+            "LOOPS_HANDOFFS".to_string(),
+            claimed
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join("\n"),
+        ),
+    ]);
+    let areas = vec![ws.root.join("drafts"), ws.root.join(".working-memory")];
+    let before = crate::jobs::snapshot_areas(areas.clone()).await;
+    let res = match &main.command {
+        Some(argv) => {
+            let spec = ExecSpec {
+                argv: argv.clone(),
+                cwd: ws.root.clone(),
+                env,
+                timeout: main.timeout,
+                grace: exec::KILL_GRACE,
+                on_spawn: None,
+                stdin: Some(serde_json::to_vec(&payload).unwrap_or_default()),
+            };
+            exec::run(&spec, None, cancel).await
+        }
+        None => exec::ExecResult {
+            spawn_error: Some(
+                "the main session has no `command:` (a prompt main session needs a later version)"
+                    .into(),
+            ),
+            ..Default::default()
+        },
+    };
+    let after = crate::jobs::snapshot_areas(areas).await;
+    let now = Utc::now();
+    let ok = res.success();
+    let reported = if ok {
+        reported_completions(&res.stdout_tail)
+    } else {
+        HashMap::new()
+    };
+    let mut completed = Vec::new();
+    let mut held = Vec::new();
+    let mut released = Vec::new();
+    let mut commit_paths: Vec<PathBuf> = crate::jobs::changed_between(&before, &after);
+    let mut trailers: Vec<(&'static str, String)> = Vec::new();
+    for (id, path) in &by_id {
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_string();
+        let mut note = notes.note(&name);
+        if !ok {
+            note.attempts += 1;
+            note.last_error = res.failure_reason(main.timeout);
+            if note.attempts >= main.max_attempts {
+                note.held = Some(format!(
+                    "the main session failed {} times on it; last error: {}",
+                    note.attempts,
+                    note.last_error.as_deref().unwrap_or("unknown")
+                ));
+                note.held_since.get_or_insert(now);
+                held.push((id.clone(), note.held.clone().unwrap_or_default()));
+            } else if inbox.release(path).is_some() {
+                released.push(id.clone());
+            }
+            notes.set_note(&name, &note);
+            continue;
+        }
+        match reported.get(id) {
+            Some(summary) => {
+                // The main session may have ticked items in the file: read it again.
+                let h = handoff::load(path).ok();
+                let unticked: Vec<String> = h
+                    .as_ref()
+                    .map(|h| h.unticked().iter().map(|i| i.text.clone()).collect())
+                    .unwrap_or_default();
+                if unticked.is_empty() {
+                    match inbox.complete(path, summary.as_deref(), now) {
+                        Ok(done) => {
+                            commit_paths.push(inbox.root.join(&name));
+                            commit_paths.push(path.clone());
+                            commit_paths.push(done);
+                            trailers.push(("Handoff", id.clone()));
+                            if let Some(h) = &h {
+                                trailers.push(("From", h.from.clone()));
+                            }
+                            notes.set_note(&name, &Note::default());
+                            completed.push(id.clone());
+                        }
+                        Err(e) => held.push((id.clone(), format!("could not complete: {e}"))),
+                    }
+                } else {
+                    let why = format!(
+                        "completed by the main session, but not ticked: {}",
+                        unticked.join("; ")
+                    );
+                    note.held = Some(why.clone());
+                    note.held_since.get_or_insert(now);
+                    notes.set_note(&name, &note);
+                    held.push((id.clone(), why));
+                }
+            }
+            None => {
+                let why = "the main session did not report it completed".to_string();
+                note.held = Some(why.clone());
+                note.held_since.get_or_insert(now);
+                notes.set_note(&name, &note);
+                held.push((id.clone(), why));
+            }
+        }
+    }
+    let outcome = if res.cancelled {
+        Outcome::Interrupted
+    } else if res.timed_out {
+        Outcome::Timeout
+    } else if !ok {
+        Outcome::Failed
+    } else if completed.is_empty()
+        && commit_paths.is_empty()
+        && res.stdout_bytes == 0
+        && by_id.is_empty()
+    {
+        Outcome::Silent
+    } else {
+        Outcome::Acted
+    };
+    let mut rec = RunRecord::decision(MAIN, kind.as_str(), None, started, outcome, String::new());
+    rec.run_id = run_id.clone();
+    rec.note = Some(format!(
+        "{} handoff(s): {} completed, {} held, {} returned to the inbox",
+        by_id.len(),
+        completed.len(),
+        held.len(),
+        released.len()
+    ));
+    rec.exit_code = res.exit_code;
+    rec.error = res.failure_reason(main.timeout);
+    rec.stdout_tail = res.stdout_tail.clone();
+    rec.stderr_tail = res.stderr_tail.clone();
+    rec.finished = now;
+    rec.duration_ms = res.duration.as_millis() as u64;
+    if !commit_paths.is_empty() {
+        if let Some(c) = &ctx.committer {
+            let subject = if completed.is_empty() {
+                format!("{MAIN}: {} wake", kind.as_str())
+            } else {
+                format!("{MAIN}: completed {} handoff(s)", completed.len())
+            };
+            let mut t = vec![
+                ("Loop", MAIN.to_string()),
+                ("Run", run_id.clone()),
+                ("Trigger", kind.as_str().to_string()),
+                (
+                    "Outcome",
+                    if completed.is_empty() {
+                        outcome.to_string()
+                    } else {
+                        "completed".into()
+                    },
+                ),
+                ("Duration-Ms", rec.duration_ms.to_string()),
+            ];
+            t.extend(trailers);
+            rec.changed = commit_paths
+                .iter()
+                .map(|p| ws.relative(p).display().to_string())
+                .collect();
+            match c
+                .commit(CommitRequest {
+                    paths: commit_paths,
+                    message: commit_message(&subject, &t),
+                })
+                .await
+            {
+                Ok(Some(oid)) => rec.commit = Some(oid.to_string()),
+                Ok(None) => {}
+                Err(e) => rec.note = Some(format!("not committed: {e}")),
+            }
+        }
+    }
+    if let Err(e) = ctx.runlog.append(&rec) {
+        tracing::error!("{e}");
+    }
+    notes.drop_claims(&run_id);
+    ctx.running.remove(&run_id);
+    WakeResult {
+        record: rec,
+        completed,
+        held,
+        released,
+    }
+}
+
+/// Creates a handoff from the runner itself (accountability) and commits it.
+pub async fn runner_handoff(ctx: &RunContext, n: NewHandoff) -> Option<String> {
+    let inbox = Inbox::new(&ctx.ws.root);
+    match inbox.create(&n, Utc::now()) {
+        Ok((id, path, _)) => {
+            if let Some(c) = &ctx.committer {
+                let t = vec![
+                    ("Handoff", id.clone()),
+                    ("From", n.from.clone()),
+                    ("Outcome", "created".to_string()),
+                ];
+                let msg = commit_message(&format!("{}: handoff: {}", n.from, n.title), &t);
+                let _ = c
+                    .commit(CommitRequest {
+                        paths: vec![path],
+                        message: msg,
+                    })
+                    .await;
+            }
+            Some(id)
+        }
+        Err(e) => {
+            tracing::error!("could not create a handoff ({}): {e}", n.title);
+            None
+        }
+    }
+}
+
+/// The handoff telling the main session a loop was paused after failing.
+pub fn paused_loop_handoff(loop_name: &str, pause: &crate::state::Pause) -> NewHandoff {
+    NewHandoff {
+        from: "loops".into(),
+        to: "main".into(),
+        title: format!("Loop {loop_name} is paused: {}", pause.reason),
+        priority: Priority::High,
+        tags: vec!["loop-paused".into()],
+        body: format!(
+            "The loop `{loop_name}` was paused on {} after {}.\n\nLast error:\n\n```\n{}\n```\n\nFix the loop (its files are in `domains/{loop_name}/`), then run `loops resume {loop_name}`.",
+            pause.since.to_rfc3339(),
+            pause.reason,
+            pause.last_error.as_deref().unwrap_or("(none recorded)")
+        ),
+        items: vec![
+            format!("Find why `{loop_name}` fails (`loops runs {loop_name}`)"),
+            format!("Fix it and run `loops resume {loop_name}`"),
+        ],
+        ..Default::default()
+    }
+}
