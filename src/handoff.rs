@@ -484,6 +484,19 @@ impl Inbox {
         n: &NewHandoff,
         now: DateTime<Utc>,
     ) -> Result<(String, PathBuf, String), HandoffError> {
+        self.create_with(n, now, |_, _, _| {})
+    }
+
+    /// [`Inbox::create`], calling `before_publish(id, final path, text)` after the file is
+    /// safely in `.tmp/` and before the rename delivers it. The creation commit is made
+    /// there: once the file is in `inbox/` the main session may complete it at once, and
+    /// the history must show it handed off before it shows it closed.
+    pub fn create_with(
+        &self,
+        n: &NewHandoff,
+        now: DateTime<Utc>,
+        before_publish: impl FnOnce(&str, &Path, &str),
+    ) -> Result<(String, PathBuf, String), HandoffError> {
         if let Some(d) = &n.draft {
             self.check_draft(d)?;
         }
@@ -496,6 +509,7 @@ impl Inbox {
             f.sync_all().map_err(io(&tmp))?;
         }
         let dest = self.root.join(format!("{id}.md"));
+        before_publish(&id, &dest, &text);
         std::fs::rename(&tmp, &dest).map_err(io(&dest))?;
         if let Ok(d) = std::fs::File::open(&self.root) {
             let _ = d.sync_all();

@@ -47,6 +47,19 @@ pub struct CommitRequest {
     /// Absolute paths the run touched (files that changed, appeared or disappeared).
     pub paths: Vec<PathBuf>,
     pub message: String,
+    /// Files to commit with these contents, whatever is on disk at their path (a
+    /// handoff committed before the rename that delivers it).
+    pub contents: Vec<(PathBuf, Vec<u8>)>,
+}
+
+impl CommitRequest {
+    pub fn new(paths: Vec<PathBuf>, message: String) -> Self {
+        CommitRequest {
+            paths,
+            message,
+            contents: Vec::new(),
+        }
+    }
 }
 
 type Reply = oneshot::Sender<Result<Option<Oid>, HistoryError>>;
@@ -82,6 +95,14 @@ impl Committer {
             })
             .map_err(|_| HistoryError::Stopped)?;
         Ok(Committer { tx })
+    }
+
+    /// Commits from blocking code (a CLI command, a `spawn_blocking` task); never call it
+    /// from async code, where it would block a worker.
+    pub fn commit_blocking(&self, req: CommitRequest) -> Result<Option<Oid>, HistoryError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send((req, tx)).map_err(|_| HistoryError::Stopped)?;
+        rx.blocking_recv().map_err(|_| HistoryError::Stopped)?
     }
 
     /// Commits from async code.
@@ -142,7 +163,17 @@ fn commit_paths(
         .collect();
     rels.sort();
     rels.dedup();
-    if rels.is_empty() {
+    let buffers: Vec<(PathBuf, &[u8])> = req
+        .contents
+        .iter()
+        .filter_map(|(p, b)| {
+            p.strip_prefix(&workdir)
+                .ok()
+                .map(|r| (r.to_path_buf(), b.as_slice()))
+        })
+        .filter(|(r, _)| !r.as_os_str().is_empty() && !is_private(r))
+        .collect();
+    if rels.is_empty() && buffers.is_empty() {
         return Ok(None);
     }
     // A concurrent writer (another loops process, a person's `git commit`) can move HEAD
@@ -156,6 +187,9 @@ fn commit_paths(
         for rel in &rels {
             stage(repo, &mut idx, &workdir, rel)?;
         }
+        for (rel, bytes) in &buffers {
+            idx.add(&buffer_entry(repo, rel, bytes)?)?;
+        }
         let tree_id = idx.write_tree_to(repo)?;
         if head.as_ref().map(|c| c.tree_id()) == Some(tree_id) {
             return Ok(None);
@@ -165,7 +199,7 @@ fn commit_paths(
         let parents: Vec<&git2::Commit> = head.iter().collect();
         match repo.commit(Some("HEAD"), &sig, &sig, &req.message, &tree, &parents) {
             Ok(oid) => {
-                sync_index(repo, &rels);
+                sync_index(repo, &rels, &buffers);
                 return Ok(Some(oid));
             }
             Err(e) if e.code() == ErrorCode::Modified || e.code() == ErrorCode::Locked => {
@@ -178,6 +212,24 @@ fn commit_paths(
     Err(HistoryError::Git(git2::Error::from_str(
         "HEAD kept moving while committing; gave up after 20 attempts",
     )))
+}
+
+fn buffer_entry(repo: &Repository, rel: &Path, bytes: &[u8]) -> Result<IndexEntry, HistoryError> {
+    let path = rel.to_string_lossy().into_owned().into_bytes();
+    Ok(IndexEntry {
+        ctime: IndexTime::new(0, 0),
+        mtime: IndexTime::new(0, 0),
+        dev: 0,
+        ino: 0,
+        mode: 0o100644,
+        uid: 0,
+        gid: 0,
+        file_size: bytes.len() as u32,
+        id: repo.blob(bytes)?,
+        flags: (path.len().min(0xfff)) as u16,
+        flags_extended: 0,
+        path,
+    })
 }
 
 fn stage(
@@ -244,10 +296,15 @@ fn stage(
 
 /// Brings the repository's own index up to date for the committed paths only, so
 /// `git status` is clean for them and a person's staged changes elsewhere are kept.
-fn sync_index(repo: &Repository, rels: &[PathBuf]) {
+fn sync_index(repo: &Repository, rels: &[PathBuf], buffers: &[(PathBuf, &[u8])]) {
     for attempt in 0..50 {
         let Ok(mut index) = repo.index() else { return };
         let _ = index.read(false);
+        for (rel, bytes) in buffers {
+            if let Ok(e) = buffer_entry(repo, rel, bytes) {
+                let _ = index.add(&e);
+            }
+        }
         for rel in rels {
             if repo
                 .workdir()

@@ -361,6 +361,7 @@ pub async fn execute(
                     );
                     match c
                         .commit(CommitRequest {
+                            contents: Vec::new(),
                             paths: changed,
                             message: msg,
                         })

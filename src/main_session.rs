@@ -424,6 +424,7 @@ pub async fn wake(
                 .collect();
             match c
                 .commit(CommitRequest {
+                    contents: Vec::new(),
                     paths: commit_paths,
                     message: commit_message(&subject, &t),
                 })
@@ -450,25 +451,40 @@ pub async fn wake(
 
 /// Creates a handoff from the runner itself (accountability) and commits it.
 pub async fn runner_handoff(ctx: &RunContext, n: NewHandoff) -> Option<String> {
-    let inbox = Inbox::new(&ctx.ws.root);
-    match inbox.create(&n, Utc::now()) {
-        Ok((id, path, _)) => {
-            if let Some(c) = &ctx.committer {
-                let t = vec![
-                    ("Handoff", id.clone()),
-                    ("From", n.from.clone()),
-                    ("Outcome", "created".to_string()),
-                ];
-                let msg = commit_message(&format!("{}: handoff: {}", n.from, n.title), &t);
-                let _ = c
-                    .commit(CommitRequest {
-                        paths: vec![path],
-                        message: msg,
-                    })
-                    .await;
+    let ctx = ctx.clone();
+    tokio::task::spawn_blocking(move || create_committed(&ctx.ws, ctx.committer.as_ref(), &n))
+        .await
+        .ok()
+        .flatten()
+}
+
+/// Writes a handoff and commits its creation before the rename that delivers it, so the
+/// history shows it handed off before any wake can show it closed. Blocking.
+pub fn create_committed(
+    ws: &crate::workspace::Workspace,
+    committer: Option<&crate::history::Committer>,
+    n: &NewHandoff,
+) -> Option<String> {
+    let inbox = Inbox::new(&ws.root);
+    let made = inbox.create_with(n, Utc::now(), |id, dest, text| {
+        if let Some(c) = committer {
+            let t = vec![
+                ("Handoff", id.to_string()),
+                ("From", n.from.clone()),
+                ("Outcome", "created".to_string()),
+            ];
+            let req = CommitRequest {
+                paths: Vec::new(),
+                message: commit_message(&format!("{}: handoff: {}", n.from, n.title), &t),
+                contents: vec![(dest.to_path_buf(), text.as_bytes().to_vec())],
+            };
+            if let Err(e) = c.commit_blocking(req) {
+                tracing::warn!("handoff {id}: creation not committed: {e}");
             }
-            Some(id)
         }
+    });
+    match made {
+        Ok((id, _, _)) => Some(id),
         Err(e) => {
             tracing::error!("could not create a handoff ({}): {e}", n.title);
             None

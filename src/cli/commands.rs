@@ -161,6 +161,7 @@ fn init(dir: Option<&Path>) -> Result {
                 .filter(|p| p.starts_with(&workdir))
                 .collect();
             rt.block_on(committer.commit(crate::history::CommitRequest {
+                contents: Vec::new(),
                 paths,
                 message: "loops: new workspace\n".into(),
             }))?;

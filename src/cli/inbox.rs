@@ -33,6 +33,7 @@ fn commit(ws: &Workspace, paths: Vec<PathBuf>, subject: &str, trailers: Vec<(&st
         return;
     };
     if let Err(e) = rt.block_on(c.commit(CommitRequest {
+        contents: Vec::new(),
         paths,
         message: commit_message(subject, &trailers),
     })) {
@@ -99,22 +100,44 @@ pub fn handoff(ws: &Workspace, cmd: HandoffCommand) -> Result {
         items,
     };
     let inbox = Inbox::new(&ws.root);
-    let (id, path, _) = inbox.create(&n, Utc::now())?;
-    if let Some(r) = &run {
-        // Tell the runner this run handed off (no orphan-draft handoff is needed).
-        let marker = crate::jobs::handoff_runs_dir(ws).join(r);
-        let _ = crate::fsutil::append_line(&marker, &id);
-    }
-    commit(
-        ws,
-        vec![path.clone()],
-        &format!("{from}: handoff: {}", title.trim()),
-        vec![
-            ("Handoff", id.clone()),
-            ("From", from.clone()),
-            ("Outcome", "created".into()),
-        ],
-    );
+    let committer = ws
+        .settings
+        .git_commit
+        .then(|| {
+            Committer::start(
+                &ws.root,
+                &ws.settings.author_name,
+                &ws.settings.author_email,
+            )
+            .ok()
+        })
+        .flatten();
+    // The creation is committed before the rename delivers the file: from then on the
+    // main session may complete it at once, and history must show it handed off first.
+    let (id, path, _) = inbox.create_with(&n, Utc::now(), |id, dest, text| {
+        if let Some(r) = &run {
+            // Tell the runner this run handed off (no orphan-draft handoff is needed).
+            let marker = crate::jobs::handoff_runs_dir(ws).join(r);
+            let _ = crate::fsutil::append_line(&marker, id);
+        }
+        if let Some(c) = &committer {
+            let req = CommitRequest {
+                paths: Vec::new(),
+                message: commit_message(
+                    &format!("{from}: handoff: {}", title.trim()),
+                    &[
+                        ("Handoff", id.to_string()),
+                        ("From", from.clone()),
+                        ("Outcome", "created".into()),
+                    ],
+                ),
+                contents: vec![(dest.to_path_buf(), text.as_bytes().to_vec())],
+            };
+            if let Err(e) = c.commit_blocking(req) {
+                eprintln!("warning: the handoff was written but its creation not committed: {e}");
+            }
+        }
+    })?;
     if json {
         print_json(&json!({ "id": id, "path": path }));
     } else {
