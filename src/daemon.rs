@@ -266,22 +266,15 @@ pub async fn run(ws: Workspace, opts: DaemonOptions) -> Result<Summary, DaemonEr
     } else {
         // Clear nudges left from before: the start reads every loop's state anyway.
         let _ = std::fs::remove_dir_all(ws.signals_dir());
-        match crate::watch::watch(
+        start_watcher(
             &[
                 (ws.domains_dir(), notify::RecursiveMode::Recursive),
                 (ws.signals_dir(), notify::RecursiveMode::NonRecursive),
             ],
             Duration::from_millis(100),
-            watch_tx.clone(),
-        ) {
-            Ok(w) => Some(w),
-            Err(e) => {
-                let help = e.help().map(|h| format!("; {h}")).unwrap_or_default();
-                tracing::error!("{e}{help}");
-                fallback_rescan = Some(Duration::from_secs(5));
-                None
-            }
-        }
+            &watch_tx,
+            &mut fallback_rescan,
+        )
     };
 
     // The inbox has a doorbell of its own with almost no debounce: a handoff should wake
@@ -290,19 +283,12 @@ pub async fn run(ws: Workspace, opts: DaemonOptions) -> Result<Summary, DaemonEr
     let _inbox_watcher = if opts.once || ws.settings.main.is_none() {
         None
     } else {
-        match crate::watch::watch(
+        start_watcher(
             &[(ws.inbox_dir(), notify::RecursiveMode::NonRecursive)],
             Duration::from_millis(2),
-            watch_tx.clone(),
-        ) {
-            Ok(w) => Some(w),
-            Err(e) => {
-                let help = e.help().map(|h| format!("; {h}")).unwrap_or_default();
-                tracing::error!("{e}{help}");
-                fallback_rescan = Some(Duration::from_secs(5));
-                None
-            }
-        }
+            &watch_tx,
+            &mut fallback_rescan,
+        )
     };
 
     let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
@@ -1032,6 +1018,25 @@ fn affects_discovery(domains: &std::path::Path, p: &std::path::Path) -> bool {
                 rest.file_name().and_then(|n| n.to_str()),
                 Some("config.yaml") | Some("prompt.md")
             ))
+}
+
+/// Starts a watcher; when it cannot (the inotify limit), says why and what to do, and
+/// turns on a slow periodic rescan so nothing waits forever.
+fn start_watcher(
+    dirs: &[(PathBuf, notify::RecursiveMode)],
+    debounce: Duration,
+    tx: &mpsc::UnboundedSender<crate::watch::Batch>,
+    fallback_rescan: &mut Option<Duration>,
+) -> Option<crate::watch::Watcher> {
+    match crate::watch::watch(dirs, debounce, tx.clone()) {
+        Ok(w) => Some(w),
+        Err(e) => {
+            let help = e.help().map(|h| format!("; {h}")).unwrap_or_default();
+            tracing::error!("{e}{help}");
+            *fallback_rescan = Some(Duration::from_secs(5));
+            None
+        }
+    }
 }
 
 fn push_unique(v: &mut Vec<String>, s: &str) {

@@ -10,6 +10,18 @@ use std::path::Path;
 /// Replaces `path` with `bytes` atomically: temp file in the same folder, fsync, rename,
 /// fsync of the folder. A crash at any point leaves either the old or the new file.
 pub fn atomic_write(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    replace(path, bytes, true)
+}
+
+/// Replaces `path` atomically (temp file + rename) without waiting for the disk. A
+/// crashed *process* still leaves the old or the new file; only a power cut can lose the
+/// change. For files whose loss costs nothing but a redo (a run-in-progress marker, a
+/// loop's first-seen state), where an fsync would only add latency.
+pub fn atomic_replace(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    replace(path, bytes, false)
+}
+
+fn replace(path: &Path, bytes: &[u8], durable: bool) -> io::Result<()> {
     let dir = path
         .parent()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no parent"))?;
@@ -23,35 +35,17 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let result = (|| {
         let mut f = File::create(&tmp)?;
         f.write_all(bytes)?;
-        f.sync_all()?;
+        if durable {
+            f.sync_all()?;
+        }
         fs::rename(&tmp, path)?;
-        if let Ok(d) = File::open(dir) {
-            let _ = d.sync_all();
+        if durable {
+            if let Ok(d) = File::open(dir) {
+                let _ = d.sync_all();
+            }
         }
         Ok(())
     })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
-}
-
-/// Replaces `path` atomically (temp file + rename) without waiting for the disk. A
-/// crashed *process* still leaves the old or the new file; only a power cut can lose the
-/// change. For files whose loss costs nothing but a redo (a run-in-progress marker, a
-/// loop's first-seen state), where an fsync would only add latency.
-pub fn atomic_replace(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let dir = path
-        .parent()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no parent"))?;
-    fs::create_dir_all(dir)?;
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
-    let tmp = dir.join(format!(
-        ".{name}.tmp.{}.{}",
-        std::process::id(),
-        unique_suffix()
-    ));
-    let result = fs::write(&tmp, bytes).and_then(|()| fs::rename(&tmp, path));
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
     }

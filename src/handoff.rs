@@ -10,7 +10,6 @@
 //! inbox/rejected/ malformed or refused, each with NAME.error.md saying why
 //! ```
 
-use crate::fsutil::atomic_write;
 use chrono::{DateTime, Utc};
 use pulldown_cmark::{Event, Options, Parser, Tag, TagEnd};
 use serde::{Deserialize, Serialize};
@@ -566,6 +565,39 @@ impl Inbox {
         std::fs::rename(active, &dest).ok().map(|()| dest)
     }
 
+    /// Writes `dest` atomically with its temporary file in `inbox/.tmp/` (the same
+    /// filesystem), not beside `dest`: a crash mid-write then leaves litter only where
+    /// `clean_tmp` sweeps it, never a stray dot-file in `done/` or `rejected/`.
+    fn write_via_tmp(&self, dest: &Path, bytes: &[u8]) -> Result<(), HandoffError> {
+        let tmp_dir = self.tmp_dir();
+        std::fs::create_dir_all(&tmp_dir).map_err(io(&tmp_dir))?;
+        let name = dest
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("handoff");
+        let tmp = tmp_dir.join(format!(
+            ".{name}.{}.{}",
+            std::process::id(),
+            ulid::Ulid::new()
+        ));
+        let written = std::fs::File::create(&tmp).and_then(|mut f| {
+            f.write_all(bytes)?;
+            f.sync_all()
+        });
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(io(&tmp)(e));
+        }
+        if let Err(e) = std::fs::rename(&tmp, dest) {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(io(dest)(e));
+        }
+        if let Some(d) = dest.parent().and_then(|d| std::fs::File::open(d).ok()) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    }
+
     /// Moves a handoff to `done/YYYY-MM/`, appending a completion note to it.
     pub fn complete(
         &self,
@@ -591,7 +623,7 @@ impl Inbox {
                 .unwrap_or("(no summary)")
         ));
         let dest = dir.join(name);
-        atomic_write(&dest, text.as_bytes()).map_err(io(&dest))?;
+        self.write_via_tmp(&dest, text.as_bytes())?;
         std::fs::remove_file(path).map_err(io(path))?;
         Ok(dest)
     }
@@ -627,7 +659,7 @@ impl Inbox {
             path.parent().map(|p| p.display().to_string()).unwrap_or_default()
         );
         let err_path = self.rejected_dir().join(format!("{stem}.error.md"));
-        atomic_write(&err_path, note.as_bytes()).map_err(io(&err_path))?;
+        self.write_via_tmp(&err_path, note.as_bytes())?;
         std::fs::rename(path, &dest).map_err(io(path))?;
         Ok(dest)
     }

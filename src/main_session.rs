@@ -130,6 +130,7 @@ impl InboxState {
     /// to the inbox and are processed again. Returns how many.
     pub fn recover(&self, inbox: &Inbox) -> usize {
         let mut n = 0;
+        let mut live: std::collections::HashSet<String> = std::collections::HashSet::new();
         let dir = self.dir.join("claims");
         for e in std::fs::read_dir(&dir)
             .into_iter()
@@ -144,6 +145,7 @@ impl InboxState {
                 continue;
             };
             if crate::fsutil::process_alive(c.pid, c.pid_start) {
+                live.extend(c.files);
                 continue;
             }
             for f in &c.files {
@@ -153,6 +155,21 @@ impl InboxState {
                 }
             }
             let _ = std::fs::remove_file(e.path());
+        }
+        // A crash between the claim (the rename into active/) and the writing of the
+        // claims file leaves a handoff in active/ that no claims file names. Whatever is
+        // in active/ without a live claim and without a hold was claimed by a wake that
+        // died: it goes back too. (Held handoffs wait in active/ for a person.)
+        for active in inbox.active() {
+            let Some(name) = active.file_name().and_then(|n| n.to_str()) else {
+                continue;
+            };
+            if live.contains(name) || self.note(name).held.is_some() {
+                continue;
+            }
+            if inbox.release(&active).is_some() {
+                n += 1;
+            }
         }
         n
     }
