@@ -199,6 +199,9 @@ struct Wakes {
     /// A held-back wake (flood guard) or a recheck of unsettled files.
     retry_at: Option<DateTime<Utc>>,
     next_heartbeat: Option<DateTime<Utc>>,
+    /// After a failed wake, no wake before this time: the inbox events its own release
+    /// of the handoffs causes must not retry a failing main session at once.
+    backoff_until: Option<DateTime<Utc>>,
     done_tx: mpsc::UnboundedSender<crate::main_session::WakeResult>,
     /// Names of handoffs addressed elsewhere than main, already reported once.
     not_for_main: std::collections::HashSet<PathBuf>,
@@ -235,6 +238,7 @@ pub async fn run(ws: Workspace, opts: DaemonOptions) -> Result<Summary, DaemonEr
         wanted_kind: crate::main_session::WakeKind::Handoffs,
         recent: std::collections::VecDeque::new(),
         retry_at: None,
+        backoff_until: None,
         done_tx: wake_tx,
         not_for_main: std::collections::HashSet::new(),
     };
@@ -868,9 +872,61 @@ impl Daemon {
         if cleaned > 0 {
             tracing::info!("removed {cleaned} file(s) abandoned in inbox/.tmp/");
         }
+        self.commit_uncommitted_completions();
         if self.wakes.main.is_none() && !self.wakes.inbox.pending().is_empty() {
             tracing::warn!("handoffs are waiting in inbox/ but loops.yaml has no `main:` session to receive them");
         }
+    }
+
+    /// A wake killed between moving handoffs to done/ and its commit leaves completions on
+    /// disk but not in the history: commit them now (the current and last month's done/
+    /// folders, with the inbox/ files they came from). Paths already in HEAD cost nothing.
+    fn commit_uncommitted_completions(&mut self) {
+        let Some(c) = self.ctx.committer.clone() else {
+            return;
+        };
+        let inbox = self.wakes.inbox.clone();
+        let now = Utc::now();
+        let months = [now, now - chrono::Duration::days(31)]
+            .map(|t| inbox.done_root().join(t.format("%Y-%m").to_string()));
+        let mut paths = Vec::new();
+        for m in &months {
+            for f in std::fs::read_dir(m)
+                .into_iter()
+                .flatten()
+                .filter_map(|e| e.ok())
+            {
+                let p = f.path();
+                if p.extension().is_some_and(|x| x == "md") {
+                    if let Some(name) = p.file_name() {
+                        paths.push(inbox.root.join(name));
+                    }
+                    paths.push(p);
+                }
+            }
+        }
+        if paths.is_empty() {
+            return;
+        }
+        let msg = crate::history::commit_message(
+            "main: record handoffs completed by a wake that was cut short",
+            &[
+                ("Loop", crate::main_session::MAIN.to_string()),
+                ("Outcome", "recovered".to_string()),
+            ],
+        );
+        tokio::spawn(async move {
+            match c
+                .commit(crate::history::CommitRequest::new(paths, msg))
+                .await
+            {
+                Ok(Some(oid)) => {
+                    tracing::warn!(commit = %oid, "committed handoffs a crashed wake completed but had not committed")
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!("could not commit recovered completions: {e}"),
+            }
+        });
     }
 
     /// Starts a main-session wake if one is allowed now: claims every pending handoff for
@@ -884,6 +940,13 @@ impl Daemon {
         };
         if self.wakes.running.is_some() {
             self.wakes.wanted = true;
+            if kind == WakeKind::Heartbeat {
+                self.wakes.wanted_kind = kind;
+            }
+            return;
+        }
+        if let Some(at) = self.wakes.backoff_until.filter(|t| now < *t) {
+            self.wakes.retry_at = Some(self.wakes.retry_at.map_or(at, |r| r.min(at)));
             if kind == WakeKind::Heartbeat {
                 self.wakes.wanted_kind = kind;
             }
@@ -989,6 +1052,8 @@ impl Daemon {
         }
         let pending = !self.wakes.inbox.pending().is_empty();
         let failed = rec.outcome.is_failure();
+        // A failing main session is retried, but not at once (whatever wakes it).
+        self.wakes.backoff_until = failed.then(|| self.sched.now() + chrono::Duration::seconds(5));
         if self.wakes.wanted || (pending && !failed) || (again && pending) {
             let kind = self.wakes.wanted_kind;
             let now = self.sched.now();

@@ -270,10 +270,11 @@ fn read_body(body: &str) -> (Option<String>, Vec<Item>) {
     let mut title: Option<String> = None;
     let mut in_heading = false;
     let mut heading = String::new();
-    let mut items = Vec::new();
-    // The item being read: (ticked, text so far, depth of nested items inside it).
-    let mut current: Option<(bool, String)> = None;
-    let mut depth = 0usize;
+    let mut items: Vec<Item> = Vec::new();
+    // One entry per list item being read, innermost last: the index in `items` of its
+    // task, or None for a plain bullet. Nested items must not steal their parent's
+    // place: a parent task with sub-tasks is an item too, in document order.
+    let mut open: Vec<Option<usize>> = Vec::new();
     for ev in parser {
         match ev {
             Event::Start(Tag::Heading { .. }) if title.is_none() => {
@@ -284,36 +285,39 @@ fn read_body(body: &str) -> (Option<String>, Vec<Item>) {
                 in_heading = false;
                 title = Some(heading.trim().to_string());
             }
-            Event::Start(Tag::Item) => depth += 1,
+            Event::Start(Tag::Item) => open.push(None),
             Event::End(TagEnd::Item) => {
-                depth = depth.saturating_sub(1);
-                if let Some((checked, text)) = current.take() {
-                    let text = text.trim().to_string();
-                    let optional = text.to_ascii_lowercase().contains("(optional)");
-                    items.push(Item {
-                        text,
-                        checked,
-                        optional,
-                    });
+                if let Some(Some(i)) = open.pop() {
+                    let it = &mut items[i];
+                    it.text = it.text.trim().to_string();
+                    it.optional = it.text.to_ascii_lowercase().contains("(optional)");
                 }
             }
-            Event::TaskListMarker(checked) => current = Some((checked, String::new())),
+            Event::TaskListMarker(checked) => {
+                if let Some(top) = open.last_mut() {
+                    items.push(Item {
+                        text: String::new(),
+                        checked,
+                        optional: false,
+                    });
+                    *top = Some(items.len() - 1);
+                }
+            }
             Event::Text(t) | Event::Code(t) => {
                 if in_heading {
                     heading.push_str(&t);
-                } else if let Some((_, text)) = current.as_mut() {
-                    text.push_str(&t);
+                } else if let Some(Some(i)) = open.last() {
+                    items[*i].text.push_str(&t);
                 }
             }
             Event::SoftBreak | Event::HardBreak => {
-                if let Some((_, text)) = current.as_mut() {
-                    text.push(' ');
+                if let Some(Some(i)) = open.last() {
+                    items[*i].text.push(' ');
                 }
             }
             _ => {}
         }
     }
-    let _ = depth;
     (title, items)
 }
 

@@ -272,3 +272,167 @@ pub fn is_zombie(pid: i32) -> bool {
         })
         .unwrap_or(false)
 }
+
+// ---------------------------------------------------------------------------------------
+// Helpers for the handoff and inbox tests.
+
+impl TempWorkspace {
+    /// Removes the example loop `loops init` makes (so a daemon test runs only what it
+    /// sets up) and writes loops.yaml with this `main:` section (indented YAML lines),
+    /// then commits, so the tests' own commits are the only ones that follow.
+    pub fn with_main(&self, main: &str) {
+        let _ = std::fs::remove_dir_all(self.path().join("domains/example"));
+        self.write(
+            "loops.yaml",
+            &format!("limits:\n  shutdown_grace: 2s\nmain:\n{main}"),
+        );
+        git_commit_all(self.path(), "main session");
+    }
+
+    /// The `*.md` handoff files directly in an inbox folder (`""`, `active`, `rejected`…),
+    /// sorted, `.error.md` notes left out.
+    pub fn inbox_files(&self, sub: &str) -> Vec<String> {
+        let dir = self.path().join("inbox").join(sub);
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .map(|rd| {
+                rd.filter_map(|e| e.ok())
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+                    .filter_map(|e| e.file_name().to_str().map(str::to_string))
+                    .filter(|n| n.ends_with(".md") && !n.ends_with(".error.md"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    /// The stems of every file in `inbox/done/*/`, with repeats (a duplicate would show).
+    pub fn done_stems(&self) -> Vec<String> {
+        let mut v = Vec::new();
+        for m in std::fs::read_dir(self.path().join("inbox/done"))
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.ok())
+        {
+            for f in std::fs::read_dir(m.path())
+                .into_iter()
+                .flatten()
+                .filter_map(|e| e.ok())
+            {
+                // Every file counts, hidden ones too: litter in done/ is a bug.
+                if let Some(s) = f.file_name().to_str() {
+                    v.push(s.strip_suffix(".md").unwrap_or(s).to_string());
+                }
+            }
+        }
+        v.sort();
+        v
+    }
+
+    /// `loops ARGS… --json`, which must succeed; its stdout parsed.
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        let out = self
+            .cmd()
+            .args(args)
+            .arg("--json")
+            .output()
+            .expect("run loops");
+        assert!(
+            out.status.success(),
+            "loops {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "loops {args:?}: not JSON ({e}): {}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        })
+    }
+
+    /// The entries of `loops inbox --json`.
+    pub fn inbox_json(&self) -> Vec<serde_json::Value> {
+        self.json(&["inbox"])["handoffs"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+}
+
+/// A main-session command for the tests: a small POSIX sh script in `dir` (outside the
+/// workspace) that records each wake in `dir/seen/<run id>` (one line per handoff:
+/// `WAKE ID`, or just `WAKE` for an empty wake), saves its stdin to `dir/stdin/<run id>`,
+/// runs `extra` (sh, with `$paths` holding LOOPS_HANDOFFS), and then, if `report` is
+/// true, prints `{"completed": [...]}` naming every handoff by its file stem.
+/// Returns the loops.yaml `command:` line value (an argv list).
+pub fn main_script(dir: &Path, extra: &str, report: bool) -> String {
+    let seen = dir.join("seen");
+    let stdin = dir.join("stdin");
+    std::fs::create_dir_all(&seen).unwrap();
+    std::fs::create_dir_all(&stdin).unwrap();
+    let report = if report {
+        r##"ids=$(printf '%s\n' "$paths" | sed -n 's#^.*/\([^/]*\)\.md$#"\1"#p' | paste -sd, -)
+if [ -n "$ids" ]; then printf '{"completed":[%s]}\n' "$ids"; fi"##
+    } else {
+        ""
+    };
+    let script = format!(
+        r##"#!/bin/sh
+set -u
+paths=$LOOPS_HANDOFFS
+cat > "{stdin}/$LOOPS_RUN_ID"
+if [ -n "$paths" ]; then
+  printf '%s\n' "$paths" | sed -n "s#^.*/\([^/]*\)\.md\$#$LOOPS_WAKE \1#p" > "{seen}/$LOOPS_RUN_ID.tmp"
+else
+  echo "$LOOPS_WAKE" > "{seen}/$LOOPS_RUN_ID.tmp"
+fi
+mv "{seen}/$LOOPS_RUN_ID.tmp" "{seen}/$LOOPS_RUN_ID"
+{extra}
+{report}
+"##,
+        stdin = stdin.display(),
+        seen = seen.display(),
+    );
+    let p = dir.join("main.sh");
+    std::fs::write(&p, script).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    format!("[\"{}\"]", p.display())
+}
+
+/// What the [`main_script`] in `dir` saw: (run id, wake kind, handoff id) per handoff.
+pub fn main_seen(dir: &Path) -> Vec<(String, String, String)> {
+    let mut v = Vec::new();
+    for e in std::fs::read_dir(dir.join("seen"))
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok())
+    {
+        let run = e.file_name().to_string_lossy().into_owned();
+        if run.ends_with(".tmp") {
+            continue;
+        }
+        for l in std::fs::read_to_string(e.path())
+            .unwrap_or_default()
+            .lines()
+        {
+            let mut it = l.splitn(2, ' ');
+            let kind = it.next().unwrap_or_default().to_string();
+            let id = it.next().unwrap_or_default().to_string();
+            v.push((run.clone(), kind, id));
+        }
+    }
+    v
+}
+
+/// Writes a handoff the Maildir way (inbox/.tmp/, then rename into inbox/); returns its path.
+pub fn drop_handoff(ws: &Path, id: &str, text: &str) -> PathBuf {
+    let tmp = ws.join("inbox/.tmp");
+    std::fs::create_dir_all(&tmp).unwrap();
+    let t = tmp.join(format!("{id}.md"));
+    std::fs::write(&t, text).unwrap();
+    let dest = ws.join("inbox").join(format!("{id}.md"));
+    std::fs::rename(&t, &dest).unwrap();
+    dest
+}

@@ -5,5 +5,7 @@ mod common;
 mod config;
 mod daemon;
 mod exec;
+mod handoff;
 mod history;
+mod inbox;
 mod schedule;

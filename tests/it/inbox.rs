@@ -1,0 +1,644 @@
+//! The main session's wakes, with `loops run` as a real child process and a command main
+//! session (a small POSIX sh script): discovery at start, by the heartbeat, completion
+//! rules, failed wakes, `loops inbox …`, and the 1,000-handoff stress runs (with and
+//! without SIGKILL). Waits poll with generous deadlines; nothing assumes a fast machine.
+
+use crate::common::{git, git_trailers, main_script, main_seen, wait_until, TempWorkspace};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+const LONG: Duration = Duration::from_secs(60);
+
+/// `loops handoff create --from FROM --title TITLE [extra…] --json`; returns the id.
+fn create(ws: &TempWorkspace, from: &str, title: &str, extra: &[&str]) -> String {
+    let mut args = vec!["handoff", "create", "--from", from, "--title", title];
+    args.extend_from_slice(extra);
+    let v = ws.json(&args);
+    v["id"].as_str().expect("an id").to_string()
+}
+
+fn entry(ws: &TempWorkspace, id: &str) -> Option<serde_json::Value> {
+    ws.inbox_json().into_iter().find(|h| h["id"] == id)
+}
+
+/// The commit whose trailers say `Handoff: id` and `Outcome: outcome`.
+fn commit_for(ws: &Path, id: &str, outcome: &str) -> Option<String> {
+    git(ws, &["log", "--format=%H"])
+        .lines()
+        .find(|c| {
+            let t = git_trailers(ws, c);
+            t.iter().any(|(k, v)| k == "Handoff" && v == id)
+                && t.iter().any(|(k, v)| k == "Outcome" && v == outcome)
+        })
+        .map(str::to_string)
+}
+
+#[test]
+fn inbox_handoff_written_while_stopped_is_processed_at_start() {
+    let ws = TempWorkspace::new();
+    let tools = tempfile::tempdir().unwrap();
+    ws.with_main(&format!(
+        "  command: {}\n",
+        main_script(tools.path(), "", true)
+    ));
+    let id = create(
+        &ws,
+        "research-minion",
+        "Research ready",
+        &["--item", "Read it", "--body", "Look at this."],
+    );
+    // Ticked by hand before the daemon runs: the only thing left is the wake.
+    let pending = ws.path().join("inbox").join(format!("{id}.md"));
+    let text = std::fs::read_to_string(&pending).unwrap();
+    std::fs::write(&pending, text.replace("- [ ] Read it", "- [x] Read it")).unwrap();
+    assert_eq!(ws.inbox_files(""), vec![format!("{id}.md")]);
+
+    let mut d = ws.start_daemon();
+    assert!(
+        wait_until(LONG, || ws.done_stems() == vec![id.clone()]),
+        "not completed at start; inbox: {:?}\nlog:\n{}",
+        ws.inbox_json(),
+        d.log()
+    );
+    assert!(ws.inbox_files("").is_empty());
+    assert!(ws.inbox_files("active").is_empty());
+
+    // The main session got it by path and as JSON on stdin.
+    let seen = main_seen(tools.path());
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(
+        (seen[0].1.as_str(), seen[0].2.as_str()),
+        ("handoffs", id.as_str())
+    );
+    let stdin: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(tools.path().join("stdin").join(&seen[0].0)).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(stdin["wake"], "handoffs");
+    assert_eq!(stdin["run"], seen[0].0.as_str());
+    let h = &stdin["handoffs"][0];
+    assert_eq!(h["id"], id.as_str());
+    assert_eq!(h["from"], "research-minion");
+    assert_eq!(h["title"], "Research ready");
+    assert!(h["path"]
+        .as_str()
+        .unwrap()
+        .ends_with(&format!("inbox/active/{id}.md")));
+    assert_eq!(h["checklist"][0]["text"], "Read it");
+    assert_eq!(h["checklist"][0]["checked"], true);
+
+    // Creation and completion are both in git, with trailers.
+    let created = commit_for(ws.path(), &id, "created").expect("creation commit");
+    let t = git_trailers(ws.path(), &created);
+    assert!(
+        t.contains(&("From".into(), "research-minion".into())),
+        "{t:?}"
+    );
+    assert!(
+        wait_until(LONG, || commit_for(ws.path(), &id, "completed").is_some()),
+        "{}",
+        git(ws.path(), &["log", "--format=%B"])
+    );
+    let done = commit_for(ws.path(), &id, "completed").unwrap();
+    let files = git(
+        ws.path(),
+        &["show", "--no-renames", "--name-status", "--format=", &done],
+    );
+    assert!(files.contains("A\tinbox/done/"), "{files}");
+    assert!(files.contains(&format!("D\tinbox/{id}.md")), "{files}");
+
+    d.signal(libc::SIGTERM);
+    assert!(d.wait_exit(LONG).expect("stops").success(), "{}", d.log());
+}
+
+#[test]
+fn inbox_missed_event_is_found_by_the_heartbeat() {
+    let ws = TempWorkspace::new();
+    let tools = tempfile::tempdir().unwrap();
+    ws.with_main(&format!(
+        "  command: {}\n  heartbeat: 2s\n",
+        main_script(tools.path(), "", true)
+    ));
+    let mut d = ws.start_daemon();
+    d.wait_for_log("loops daemon started", LONG);
+    // The heartbeat is a wake even with an empty inbox, and a silent one: no commit.
+    let head = git(ws.path(), &["rev-parse", "HEAD"]);
+    assert!(
+        wait_until(LONG, || main_seen(tools.path())
+            .iter()
+            .any(|s| s.1 == "heartbeat" && s.2.is_empty())),
+        "{}",
+        d.log()
+    );
+    assert!(wait_until(LONG, || ws
+        .runs("main")
+        .iter()
+        .any(|r| r["trigger"] == "heartbeat")));
+    let beats: Vec<_> = ws
+        .runs("main")
+        .into_iter()
+        .filter(|r| r["trigger"] == "heartbeat")
+        .collect();
+    assert!(beats.iter().all(|r| r["outcome"] == "silent"), "{beats:?}");
+    assert_eq!(git(ws.path(), &["rev-parse", "HEAD"]), head);
+
+    // Miss the event for real. The watcher watches the inode of inbox/ (not its name):
+    // write the handoff in a folder nobody watches, then swap that folder in as inbox/
+    // (what a sync tool or a restore from backup does). No event reaches the daemon
+    // about the new inbox/, so only a scan can find the handoff.
+    let staging = ws.path().join("staging");
+    std::fs::create_dir_all(staging.join(".tmp")).unwrap();
+    std::fs::write(
+        staging.join("missed.md"),
+        "---\nfrom: person\n---\n# Found by the heartbeat\n",
+    )
+    .unwrap();
+    std::fs::rename(ws.path().join("inbox"), ws.path().join("old-inbox")).unwrap();
+    std::fs::rename(&staging, ws.path().join("inbox")).unwrap();
+
+    assert!(
+        wait_until(LONG, || ws.done_stems() == vec!["missed".to_string()]),
+        "{}",
+        d.log()
+    );
+    let seen = main_seen(tools.path());
+    let got: Vec<_> = seen.iter().filter(|s| s.2 == "missed").collect();
+    assert_eq!(got.len(), 1, "{seen:?}");
+    assert_eq!(
+        got[0].1, "heartbeat",
+        "it was the heartbeat's scan that found it"
+    );
+
+    d.signal(libc::SIGTERM);
+    assert!(d.wait_exit(LONG).expect("stops").success(), "{}", d.log());
+}
+
+#[test]
+fn inbox_completion_needs_ticked_items_and_the_cli_completes_rejects_shows() {
+    let ws = TempWorkspace::new();
+    let tools = tempfile::tempdir().unwrap();
+    // Ticks the items of handoffs titled "Tick…" (with sed, in the file), then reports
+    // every handoff completed.
+    let tick = r#"for p in $paths; do
+  if grep -q '^# Tick' "$p"; then sed -i 's/^- \[ \]/- [x]/' "$p"; fi
+done"#;
+    ws.with_main(&format!(
+        "  command: {}\n  overdue_after: 1s\n",
+        main_script(tools.path(), tick, true)
+    ));
+    let mut d = ws.start_daemon();
+    d.wait_for_log("loops daemon started", LONG);
+
+    let ticked = create(&ws, "a", "Tick me", &["--item", "One", "--item", "Two"]);
+    let held = create(
+        &ws,
+        "b",
+        "Leave me",
+        &[
+            "--item",
+            "Call the bank",
+            "--item",
+            "Send flowers (optional)",
+        ],
+    );
+    let elsewhere = create(&ws, "c", "For someone else", &["--to", "someone-else"]);
+
+    assert!(
+        wait_until(LONG, || ws.done_stems() == vec![ticked.clone()]
+            && entry(&ws, &held).is_some_and(|e| e["held"].is_string())),
+        "{:?}\n{}",
+        ws.inbox_json(),
+        d.log()
+    );
+    let done_text = std::fs::read_to_string(
+        ws.path()
+            .join("inbox/done")
+            .join(chrono::Utc::now().format("%Y-%m").to_string())
+            .join(format!("{ticked}.md")),
+    )
+    .unwrap();
+    assert!(done_text.contains("- [x] One\n- [x] Two"), "{done_text}");
+    assert!(done_text.contains("## Completed"), "{done_text}");
+
+    // Held: reported completed, but an item is not ticked. `loops inbox` says which.
+    let e = entry(&ws, &held).expect("listed");
+    assert_eq!(e["stage"], "active");
+    assert_eq!(e["unticked"], serde_json::json!(["Call the bank"]));
+    let why = e["held"].as_str().unwrap();
+    assert!(why.contains("not ticked: Call the bank"), "{why}");
+    // Shown as overdue once held longer than overdue_after (1s).
+    assert!(
+        wait_until(LONG, || entry(&ws, &held).unwrap()["overdue"] == true),
+        "{:?}",
+        entry(&ws, &held)
+    );
+    assert!(entry(&ws, &held).unwrap()["detail"]
+        .as_str()
+        .unwrap()
+        .starts_with("OVERDUE"));
+    let table = ws.cmd().arg("inbox").output().unwrap();
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(table.contains("OVERDUE"), "{table}");
+
+    // Addressed elsewhere: left pending, never woken for.
+    let e = entry(&ws, &elsewhere).unwrap();
+    assert_eq!(e["stage"], "pending");
+    assert!(!main_seen(tools.path()).iter().any(|s| s.2 == elsewhere));
+
+    // `loops inbox complete` refuses while an item is unticked…
+    let out = ws
+        .cmd()
+        .args(["inbox", "complete", &held, "--json"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("- [ ] Call the bank"), "{err}");
+    assert!(
+        !err.contains("flowers"),
+        "optional items are not required: {err}"
+    );
+    assert_eq!(ws.inbox_files("active"), vec![format!("{held}.md")]);
+    // …and completes once it is ticked.
+    let p = ws.path().join("inbox/active").join(format!("{held}.md"));
+    let t = std::fs::read_to_string(&p).unwrap();
+    std::fs::write(&p, t.replace("- [ ] Call the bank", "- [x] Call the bank")).unwrap();
+    let v = ws.json(&["inbox", "complete", &held, "--summary", "Called; all fine"]);
+    assert_eq!(v["id"], held.as_str());
+    assert_eq!(v["stage"], "done");
+    assert!(ws.inbox_files("active").is_empty());
+    let s = ws.json(&["inbox", "show", &held]);
+    assert_eq!(s["stage"], "done");
+    assert_eq!(s["handoff"]["title"], "Leave me");
+    assert_eq!(
+        s["note"]["held"],
+        serde_json::Value::Null,
+        "the hold is cleared"
+    );
+    let text = std::fs::read_to_string(ws.path().join(s["path"].as_str().unwrap())).unwrap();
+    assert!(text.contains("Called; all fine"), "{text}");
+    let c = commit_for(ws.path(), &held, "completed").expect("completion committed");
+    assert!(git_trailers(ws.path(), &c).contains(&("From".into(), "b".into())));
+
+    // Reject with a reason: moved to rejected/ with the reason beside it, and committed.
+    let v = ws.json(&["inbox", "reject", &elsewhere, "--reason", "not mine to do"]);
+    assert_eq!(v["stage"], "rejected");
+    assert_eq!(ws.inbox_files("rejected"), vec![format!("{elsewhere}.md")]);
+    let note = std::fs::read_to_string(
+        ws.path()
+            .join("inbox/rejected")
+            .join(format!("{elsewhere}.error.md")),
+    )
+    .unwrap();
+    assert!(note.contains("not mine to do"), "{note}");
+    let s = ws.json(&["inbox", "show", &elsewhere]);
+    assert_eq!(s["stage"], "rejected");
+    assert_eq!(s["reason"], "not mine to do");
+    assert!(commit_for(ws.path(), &elsewhere, "rejected").is_some());
+    let e = entry(&ws, &elsewhere).unwrap();
+    assert_eq!(e["reason"], "not mine to do");
+    // Done and rejected handoffs cannot be completed or rejected again.
+    for args in [
+        vec!["inbox", "complete", &held],
+        vec!["inbox", "reject", &elsewhere, "--reason", "x"],
+    ] {
+        let out = ws.cmd().args(&args).output().unwrap();
+        assert!(!out.status.success(), "{args:?}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("already"));
+    }
+    let out = ws.cmd().args(["inbox", "show", "nope"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no handoff `nope`"));
+
+    d.signal(libc::SIGTERM);
+    assert!(d.wait_exit(LONG).expect("stops").success(), "{}", d.log());
+    // Every state change is committed: nothing of the inbox is left uncommitted.
+    let status = git(ws.path(), &["status", "--porcelain", "inbox"]);
+    assert!(status.trim().is_empty(), "{status}");
+}
+
+#[test]
+fn inbox_failing_main_session_returns_handoffs_then_holds_them() {
+    let ws = TempWorkspace::new();
+    let tools = tempfile::tempdir().unwrap();
+    ws.with_main(&format!(
+        "  command: {}\n  max_attempts: 2\n",
+        main_script(tools.path(), "echo 'the agent is down' >&2; exit 3", false)
+    ));
+    let mut d = ws.start_daemon();
+    d.wait_for_log("loops daemon started", LONG);
+    let id = create(&ws, "a", "Try me", &[]);
+
+    // First failed wake: back in the inbox (pending), one attempt noted.
+    let mut saw_returned = false;
+    assert!(
+        wait_until(LONG, || {
+            let s = ws.json(&["inbox", "show", &id]);
+            if s["stage"] == "pending" && s["note"]["attempts"] == 1 {
+                saw_returned = true;
+            }
+            s["stage"] == "active" && s["note"]["attempts"] == 2
+        }),
+        "{}",
+        d.log()
+    );
+    assert!(
+        saw_returned,
+        "between the failures it went back to the inbox"
+    );
+    let s = ws.json(&["inbox", "show", &id]);
+    let why = s["note"]["held"].as_str().expect("held");
+    assert!(why.contains("failed 2 times"), "{why}");
+    let e = entry(&ws, &id).unwrap();
+    assert_eq!(e["attempts"], 2);
+    assert!(e["detail"].as_str().unwrap().contains("failed 2 times"));
+    d.wait_for_log("main session wake failed", LONG);
+    let failed = ws.count_outcome("main", "failed");
+    assert_eq!(failed, 2, "{:?}", ws.runs("main"));
+    // Not retried at once: the second wake waited out the backoff after the first,
+    // although releasing the handoff into inbox/ rang the doorbell straight away.
+    let runs = ws.runs("main");
+    let t = |r: &serde_json::Value, k: &str| {
+        chrono::DateTime::parse_from_rfc3339(r[k].as_str().unwrap()).unwrap()
+    };
+    let gap = t(&runs[1], "started") - t(&runs[0], "finished");
+    assert!(gap >= chrono::Duration::seconds(4), "retried after {gap}");
+    assert_eq!(main_seen(tools.path()).len(), 2);
+
+    // Held for a person: a later wake (for another handoff) does not try it again.
+    let other = create(&ws, "a", "Another", &[]);
+    assert!(
+        wait_until(LONG, || main_seen(tools.path())
+            .iter()
+            .any(|s| s.2 == other)),
+        "{}",
+        d.log()
+    );
+    assert_eq!(
+        main_seen(tools.path()).iter().filter(|s| s.2 == id).count(),
+        2
+    );
+    d.signal(libc::SIGTERM);
+    assert!(d.wait_exit(LONG).expect("stops").success(), "{}", d.log());
+}
+
+// ---------------------------------------------------------------------------------------
+// Stress: 8 writers, 1,000 handoffs, while the daemon runs (and is SIGKILLed).
+
+const WRITERS: usize = 8;
+const PER_WRITER: usize = 125;
+
+/// Starts the 8 writer processes: each writes its handoffs Maildir-style itself
+/// (inbox/.tmp/, then `mv` into inbox/), with front matter and a ticked item.
+fn start_writers(ws: &Path) -> Vec<std::process::Child> {
+    (0..WRITERS)
+        .map(|w| {
+            let script = format!(
+                r#"set -eu
+i=0
+while [ $i -lt {PER_WRITER} ]; do
+  id=w{w}-$(printf %04d $i)
+  printf -- '---\nid: %s\nfrom: writer-{w}\npriority: normal\n---\n# Handoff %s\n\n- [x] Done already\n' "$id" "$id" > inbox/.tmp/$id.md
+  mv inbox/.tmp/$id.md inbox/$id.md
+  i=$((i+1))
+done"#
+            );
+            std::process::Command::new("sh")
+                .arg("-c")
+                .arg(script)
+                .current_dir(ws)
+                .stdin(Stdio::null())
+                .spawn()
+                .expect("start a writer")
+        })
+        .collect()
+}
+
+fn all_ids() -> BTreeSet<String> {
+    (0..WRITERS)
+        .flat_map(|w| (0..PER_WRITER).map(move |i| format!("w{w}-{i:04}")))
+        .collect()
+}
+
+/// The common end state: 1,000 in done/, each exactly once; inbox/ and active/ empty.
+/// `killed`: the daemon was SIGKILLed, so inbox/.tmp/ may hold the runner's own
+/// half-written files (dot-names, swept by clean_tmp after 36 h), never a writer's.
+fn assert_all_done_once(ws: &TempWorkspace, killed: bool) {
+    let done = ws.done_stems();
+    let unique: BTreeSet<String> = done.iter().cloned().collect();
+    assert_eq!(done.len(), unique.len(), "a handoff is in done/ twice");
+    let want = all_ids();
+    let extra: Vec<_> = unique.difference(&want).collect();
+    let missing: Vec<_> = want.difference(&unique).collect();
+    assert!(
+        extra.is_empty() && missing.is_empty(),
+        "done/ holds every handoff and nothing else: extra {extra:?}, missing {missing:?}"
+    );
+    assert_eq!(done.len(), WRITERS * PER_WRITER);
+    assert!(ws.inbox_files("").is_empty(), "{:?}", ws.inbox_files(""));
+    assert!(
+        ws.inbox_files("active").is_empty(),
+        "{:?}",
+        ws.inbox_files("active")
+    );
+    assert!(ws.inbox_files("rejected").is_empty());
+    let tmp: Vec<String> = std::fs::read_dir(ws.path().join("inbox/.tmp"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| !(killed && n.starts_with('.')))
+        .collect();
+    assert!(tmp.is_empty(), "left in inbox/.tmp/: {tmp:?}");
+}
+
+fn stress_workspace() -> (TempWorkspace, tempfile::TempDir) {
+    let ws = TempWorkspace::new();
+    let tools = tempfile::tempdir().unwrap();
+    ws.with_main(&format!(
+        "  command: {}\n  max_wakes_per_minute: 100000\n",
+        main_script(tools.path(), "", true)
+    ));
+    std::fs::create_dir_all(ws.path().join("inbox/.tmp")).unwrap();
+    (ws, tools)
+}
+
+#[test]
+fn inbox_stress_1000_handoffs_from_8_writers_each_completed_exactly_once() {
+    let (ws, tools) = stress_workspace();
+    let mut d = ws.start_daemon();
+    d.wait_for_log("loops daemon started", LONG);
+    let started = Instant::now();
+    for mut w in start_writers(ws.path()) {
+        assert!(w.wait().unwrap().success());
+    }
+    assert!(
+        wait_until(LONG, || ws.done_stems().len() >= WRITERS * PER_WRITER),
+        "{} done after {:?}\n{}",
+        ws.done_stems().len(),
+        started.elapsed(),
+        d.log()
+    );
+    d.signal(libc::SIGTERM);
+    assert!(d.wait_exit(LONG).expect("stops").success(), "{}", d.log());
+    assert_all_done_once(&ws, false);
+
+    // The main session saw each handoff exactly once, in wakes that coalesced them.
+    let seen = main_seen(tools.path());
+    let mut count: BTreeMap<&str, usize> = BTreeMap::new();
+    for s in &seen {
+        *count.entry(s.2.as_str()).or_default() += 1;
+    }
+    let dup: Vec<_> = count.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(dup.is_empty(), "seen more than once: {dup:?}");
+    assert!(
+        count.keys().map(|s| s.to_string()).collect::<BTreeSet<_>>() == all_ids(),
+        "the main session saw every handoff"
+    );
+    let wakes: BTreeSet<&str> = seen.iter().map(|s| s.0.as_str()).collect();
+    assert!(
+        wakes.len() < WRITERS * PER_WRITER,
+        "handoffs arriving together share a wake ({} wakes)",
+        wakes.len()
+    );
+    // Every completion is in git: each done file is tracked, none is left pending.
+    let tracked = git(ws.path(), &["ls-files", "inbox/done"]);
+    assert_eq!(tracked.lines().count(), WRITERS * PER_WRITER);
+    let status = git(ws.path(), &["status", "--porcelain", "inbox"]);
+    assert!(status.trim().is_empty(), "{status}");
+}
+
+#[test]
+fn inbox_stress_1000_handoffs_survive_sigkill_of_the_daemon() {
+    let (ws, tools) = stress_workspace();
+    let mut d = ws.start_daemon();
+    d.wait_for_log("loops daemon started", LONG);
+    let writers = start_writers(ws.path());
+    // Kill the daemon 5 times at moments spread over the stream: each time a little more
+    // is done, after a pseudo-random extra delay (seeded by the clock).
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos() as u64;
+    let mut rng = seed | 1;
+    let mut next = || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    let mut logs = Vec::new();
+    for k in 0..5 {
+        let want = (k + 1) * WRITERS * PER_WRITER / 7;
+        wait_until(LONG, || ws.done_stems().len() >= want);
+        std::thread::sleep(Duration::from_millis(next() % 150));
+        d.signal(libc::SIGKILL);
+        assert!(d.wait_exit(LONG).is_some());
+        logs.push(d.log());
+        d = ws.start_daemon();
+    }
+    for mut w in writers {
+        assert!(w.wait().unwrap().success());
+    }
+    assert!(
+        wait_until(LONG, || ws.done_stems().len() >= WRITERS * PER_WRITER
+            && ws.inbox_files("").is_empty()
+            && ws.inbox_files("active").is_empty()),
+        "seed {seed}: {} done, pending {}, active {:?}\n{}",
+        ws.done_stems().len(),
+        ws.inbox_files("").len(),
+        ws.inbox_files("active"),
+        d.log()
+    );
+    d.signal(libc::SIGTERM);
+    assert!(d.wait_exit(LONG).expect("stops").success(), "{}", d.log());
+    assert_all_done_once(&ws, true);
+
+    // What "exactly once" means with SIGKILL: each handoff is completed (moved to done/)
+    // exactly once. The main session may have been shown a handoff again only if the
+    // wake that first showed it was killed before it finished: at most one of the wakes
+    // that saw a handoff finished (has a record in .loops/runs/main.jsonl).
+    let finished: BTreeSet<String> = ws
+        .runs("main")
+        .iter()
+        .filter(|r| r["outcome"] == "acted")
+        .filter_map(|r| r["run_id"].as_str().map(str::to_string))
+        .collect();
+    let mut by_id_owned: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (run, _, id) in main_seen(tools.path()) {
+        by_id_owned.entry(id).or_default().push(run);
+    }
+    assert!(
+        by_id_owned.keys().cloned().collect::<BTreeSet<_>>() == all_ids(),
+        "the main session saw every handoff"
+    );
+    for (id, runs) in &by_id_owned {
+        let done_in = runs.iter().filter(|r| finished.contains(*r)).count();
+        assert!(
+            done_in <= 1,
+            "seed {seed}: {id} was completed by {done_in} finished wakes: {runs:?}"
+        );
+    }
+    let fsck = std::process::Command::new("git")
+        .current_dir(ws.path())
+        .args(["fsck", "--strict"])
+        .output()
+        .unwrap();
+    assert!(
+        fsck.status.success(),
+        "git fsck: {}{}",
+        String::from_utf8_lossy(&fsck.stdout),
+        String::from_utf8_lossy(&fsck.stderr)
+    );
+}
+
+#[test]
+fn inbox_crash_recovery_returns_claimed_handoffs_but_keeps_held_ones() {
+    let ws = TempWorkspace::new();
+    let tools = tempfile::tempdir().unwrap();
+    ws.with_main(&format!(
+        "  command: {}\n",
+        main_script(tools.path(), "", true)
+    ));
+    let active = ws.path().join("inbox/active");
+    std::fs::create_dir_all(&active).unwrap();
+    let hf = |title: &str| format!("---\nfrom: a\n---\n# {title}\n");
+    // A wake that died: its claims file names a process that is gone.
+    let mut gone = std::process::Command::new("true").spawn().unwrap();
+    let dead_pid = gone.id();
+    gone.wait().unwrap();
+    std::fs::write(active.join("claimed.md"), hf("Claimed by a dead wake")).unwrap();
+    ws.write(
+        ".loops/inbox/claims/01DEAD.json",
+        &serde_json::json!({"run_id": "01DEAD", "pid": dead_pid, "pid_start": null,
+            "files": ["claimed.md"]})
+        .to_string(),
+    );
+    // A crash between the claim (rename into active/) and the claims file being written.
+    std::fs::write(
+        active.join("unrecorded.md"),
+        hf("Claimed, claims not written"),
+    )
+    .unwrap();
+    // Held for a person: stays where it is.
+    std::fs::write(active.join("held.md"), hf("Held")).unwrap();
+    ws.write(
+        ".loops/inbox/notes/held.md.json",
+        r#"{"attempts": 0, "held": "the main session did not report it completed"}"#,
+    );
+
+    let mut d = ws.start_daemon();
+    assert!(
+        wait_until(LONG, || ws.done_stems() == vec!["claimed", "unrecorded"]),
+        "{:?}\n{}",
+        ws.inbox_json(),
+        d.log()
+    );
+    assert_eq!(ws.inbox_files("active"), vec!["held.md"]);
+    assert!(ws.inbox_files("").is_empty());
+    assert!(!ws.path().join(".loops/inbox/claims/01DEAD.json").exists());
+    d.wait_for_log("went back to the inbox", LONG);
+    d.signal(libc::SIGTERM);
+    assert!(d.wait_exit(LONG).expect("stops").success(), "{}", d.log());
+}
