@@ -427,6 +427,8 @@ pub async fn run(ws: Workspace, opts: DaemonOptions) -> Result<Summary, DaemonEr
         if d.wakes.next_heartbeat.is_some_and(|t| t <= now) {
             let every = d.wakes.main.as_ref().and_then(|m| m.heartbeat);
             d.wakes.next_heartbeat = every.map(|h| now + chrono_ms(h));
+            // A daemon up for months still sweeps what crashed writers left in .tmp/.
+            d.wakes.inbox.clean_tmp(std::time::SystemTime::now());
             d.try_wake(now, crate::main_session::WakeKind::Heartbeat);
         }
         let next = [
