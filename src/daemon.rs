@@ -971,7 +971,14 @@ impl Daemon {
         }
         let inbox = self.wakes.inbox.clone();
         let mut claimed = Vec::new();
+        // A wake takes at most this many, so its argument list and its report stay well
+        // inside the system's limits; the rest go to the next wake at once.
+        let cap = main.max_handoffs_per_wake as usize;
         for p in inbox.pending() {
+            if claimed.len() >= cap {
+                self.wakes.wanted = true;
+                break;
+            }
             match crate::handoff::load(&p) {
                 Ok(h) if h.to == "main" => {
                     if let Some(a) = inbox.claim(&p) {

@@ -614,21 +614,28 @@ impl Inbox {
             .ok_or_else(|| HandoffError::NotFound(path.display().to_string()))?;
         let dir = self.done_root().join(now.format("%Y-%m").to_string());
         std::fs::create_dir_all(&dir).map_err(io(&dir))?;
-        let mut text = std::fs::read_to_string(path).map_err(io(path))?;
-        if !text.ends_with('\n') {
-            text.push('\n');
-        }
-        text.push_str(&format!(
-            "\n## Completed {}\n\n{}\n",
+        let ends_with_newline = std::fs::read(path)
+            .map_err(io(path))?
+            .last()
+            .is_none_or(|b| *b == b'\n');
+        // A rename, then one appended write: no copy, no new file. A crash in between
+        // leaves a done handoff without its completion note, never a lost or double one.
+        let dest = dir.join(name);
+        std::fs::rename(path, &dest).map_err(io(&dest))?;
+        let note = format!(
+            "{}\n## Completed {}\n\n{}\n",
+            if ends_with_newline { "" } else { "\n" },
             now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
             summary
                 .map(str::trim)
                 .filter(|s| !s.is_empty())
                 .unwrap_or("(no summary)")
-        ));
-        let dest = dir.join(name);
-        self.write_via_tmp(&dest, text.as_bytes())?;
-        std::fs::remove_file(path).map_err(io(path))?;
+        );
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&dest)
+            .map_err(io(&dest))?;
+        f.write_all(note.as_bytes()).map_err(io(&dest))?;
         Ok(dest)
     }
 

@@ -76,6 +76,8 @@ pub struct MainSettings {
     pub max_wakes_per_minute: u32,
     /// Failed wakes a handoff may go through before it is held for a person.
     pub max_attempts: u32,
+    /// The most handoffs one wake takes (the rest wait for the next wake).
+    pub max_handoffs_per_wake: u32,
 }
 
 impl Default for MainSettings {
@@ -88,6 +90,7 @@ impl Default for MainSettings {
             overdue_after: Duration::from_secs(24 * 3600),
             max_wakes_per_minute: 60,
             max_attempts: 3,
+            max_handoffs_per_wake: 500,
         }
     }
 }
@@ -442,6 +445,7 @@ const MAIN_KEYS: &[&str] = &[
     "overdue_after",
     "max_wakes_per_minute",
     "max_attempts",
+    "max_handoffs_per_wake",
     "history",
 ];
 
@@ -497,14 +501,13 @@ fn read_main(
                     DURATION_HELP,
                 )),
             },
-            "max_wakes_per_minute" | "max_attempts" => match val.as_u64() {
-                Some(n) if n >= 1 => {
-                    if key == "max_attempts" {
-                        m.max_attempts = n as u32
-                    } else {
-                        m.max_wakes_per_minute = n as u32
-                    }
-                }
+            "max_wakes_per_minute" | "max_attempts" | "max_handoffs_per_wake" => match val.as_u64()
+            {
+                Some(n) if n >= 1 => match key {
+                    "max_attempts" => m.max_attempts = n as u32,
+                    "max_handoffs_per_wake" => m.max_handoffs_per_wake = n.min(2000) as u32,
+                    _ => m.max_wakes_per_minute = n as u32,
+                },
                 _ => diags.push(err(
                     format!("`main.{key}` must be a whole number of at least 1"),
                     "e.g. 60",
