@@ -210,6 +210,18 @@ struct Wakes {
 /// Runs the daemon until a signal (or, with `once`, until the due work is done).
 pub async fn run(ws: Workspace, opts: DaemonOptions) -> Result<Summary, DaemonError> {
     let _lock = DaemonLock::acquire(&ws)?;
+    // Signals are caught from the first moment: a SIGTERM during start-up (recovery can
+    // take a while) must stop the daemon cleanly, not kill it mid-write.
+    let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .map_err(|source| DaemonError::Io {
+            path: PathBuf::from("signal"),
+            source,
+        })?;
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|source| DaemonError::Io {
+            path: PathBuf::from("signal"),
+            source,
+        })?;
     let ws = Arc::new(ws);
     for d in &ws.diagnostics {
         tracing::warn!("{d}");
@@ -294,17 +306,6 @@ pub async fn run(ws: Workspace, opts: DaemonOptions) -> Result<Summary, DaemonEr
             &mut fallback_rescan,
         )
     };
-
-    let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
-        .map_err(|source| DaemonError::Io {
-            path: PathBuf::from("signal"),
-            source,
-        })?;
-    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(|source| DaemonError::Io {
-            path: PathBuf::from("signal"),
-            source,
-        })?;
 
     if opts.once {
         let now = d.sched.now();

@@ -551,6 +551,9 @@ fn inbox_stress_1000_handoffs_survive_sigkill_of_the_daemon() {
         ws.inbox_files("active"),
         d.log()
     );
+    // The last restart may still be starting: a SIGTERM before the process has installed
+    // its handlers would kill it by default, which says nothing about loops.
+    d.wait_for_log("loops daemon started", LONG);
     d.signal(libc::SIGTERM);
     assert!(d.wait_exit(LONG).expect("stops").success(), "{}", d.log());
     assert_all_done_once(&ws, true);
