@@ -336,15 +336,22 @@ fn show(ws: &Workspace, id: &str, json: bool) -> Result {
     Ok(())
 }
 
-fn complete(ws: &Workspace, id: &str, summary: Option<&str>, json: bool) -> Result {
-    let inbox = Inbox::new(&ws.root);
-    let (stage, path) = find(&inbox, id)?;
+/// A handoff that can still be completed or rejected (pending or active).
+fn find_open(inbox: &Inbox, id: &str) -> Result<PathBuf> {
+    let (stage, path) = find(inbox, id)?;
     if matches!(stage, Stage::Done | Stage::Rejected) {
         return Err(CliError::new(format!(
             "`{id}` is already {}",
             format!("{stage:?}").to_lowercase()
-        )));
+        ))
+        .help("`loops inbox` lists what is still pending or active"));
     }
+    Ok(path)
+}
+
+fn complete(ws: &Workspace, id: &str, summary: Option<&str>, json: bool) -> Result {
+    let inbox = Inbox::new(&ws.root);
+    let path = find_open(&inbox, id)?;
     let h = handoff::load(&path)?;
     let unticked: Vec<String> = h.unticked().iter().map(|i| i.text.clone()).collect();
     let name = path
@@ -396,13 +403,7 @@ fn complete(ws: &Workspace, id: &str, summary: Option<&str>, json: bool) -> Resu
 
 fn reject(ws: &Workspace, id: &str, reason: &str, json: bool) -> Result {
     let inbox = Inbox::new(&ws.root);
-    let (stage, path) = find(&inbox, id)?;
-    if matches!(stage, Stage::Done | Stage::Rejected) {
-        return Err(CliError::new(format!(
-            "`{id}` is already {}",
-            format!("{stage:?}").to_lowercase()
-        )));
-    }
+    let path = find_open(&inbox, id)?;
     let name = path
         .file_name()
         .and_then(|n| n.to_str())
