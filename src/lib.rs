@@ -3,6 +3,7 @@
 //! A loop is a folder (`domains/<name>/config.yaml` + `prompt.md`); a run is a job; the
 //! history is git. The modules are named after the design's nouns:
 //!
+//! - [`agent`]: prompt loops: the agent loop, providers, tools
 //! - [`workspace`]: finding the workspace and reading loops.yaml
 //! - [`domain`]: discovering and validating loop folders
 //! - [`schedule`] and [`scheduler`]: when each loop runs, exactly once per slot
@@ -12,6 +13,7 @@
 //! - [`watch`] and [`daemon`]: `loops run`
 //! - [`cli`]: the command line
 
+pub mod agent;
 pub mod cli;
 pub mod clock;
 pub mod daemon;

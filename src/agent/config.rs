@@ -1,0 +1,335 @@
+//! Providers as configured in loops.yaml: `providers:` by name and `defaults:`.
+//!
+//! ```yaml
+//! providers:
+//!   anthropic: { kind: anthropic, api_key_env: ANTHROPIC_API_KEY, model: claude-sonnet-4-5 }
+//!   local:     { kind: openai, base_url: "http://127.0.0.1:11434/v1", model: llama3.1 }
+//!   claude:    { kind: command, command: ["claude", "-p"], env: [ANTHROPIC_API_KEY] }
+//! defaults: { provider: anthropic, model: claude-sonnet-4-5 }
+//! ```
+
+use crate::diag::{near_miss, Diagnostic, YamlLocator};
+use crate::duration::{parse_duration, DURATION_HELP};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+use yaml_serde::Value;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProviderKind {
+    /// The Anthropic Messages API.
+    Anthropic,
+    /// OpenAI Chat Completions and every server that speaks it.
+    OpenAi,
+    /// An external agent CLI given the prompt on stdin.
+    Command,
+}
+
+impl ProviderKind {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ProviderKind::Anthropic => "anthropic",
+            ProviderKind::OpenAi => "openai",
+            ProviderKind::Command => "command",
+        }
+    }
+}
+
+/// One entry of `providers:`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProviderConfig {
+    pub name: String,
+    pub kind: ProviderKind,
+    /// The API root, e.g. `https://api.anthropic.com` or `http://127.0.0.1:11434/v1`.
+    pub base_url: String,
+    /// The environment variable holding the API key, read at the moment of each request.
+    pub api_key_env: Option<String>,
+    /// The model a loop gets when neither it nor `defaults:` names one.
+    pub model: Option<String>,
+    pub max_tokens: u32,
+    /// How long one HTTP request may take before it counts as a transient failure.
+    pub request_timeout: Duration,
+    /// For `kind: command`: the program and its arguments.
+    pub command: Option<Vec<String>>,
+    /// For `kind: command`: environment variables passed through to the program.
+    pub env: Vec<String>,
+}
+
+impl ProviderConfig {
+    /// The API key, read from the environment now. `Err` names the variable when the
+    /// config asks for one and it is unset.
+    pub fn api_key(&self) -> Result<Option<String>, String> {
+        match &self.api_key_env {
+            None => Ok(None),
+            Some(var) => match std::env::var(var) {
+                Ok(v) if !v.trim().is_empty() => Ok(Some(v.trim().to_string())),
+                _ => Err(var.clone()),
+            },
+        }
+    }
+}
+
+/// `defaults:`: what a prompt loop gets when it names no provider or model.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Defaults {
+    pub provider: Option<String>,
+    pub model: Option<String>,
+}
+
+const PROVIDER_KEYS: &[&str] = &[
+    "kind",
+    "base_url",
+    "api_key_env",
+    "model",
+    "max_tokens",
+    "timeout",
+    "command",
+    "env",
+];
+const DEFAULT_KEYS: &[&str] = &["provider", "model"];
+
+/// Parses `providers:`; problems become diagnostics and the entry is left out.
+pub fn parse_providers(
+    rel: &Path,
+    loc: &YamlLocator,
+    v: &Value,
+    diags: &mut Vec<Diagnostic>,
+) -> BTreeMap<String, ProviderConfig> {
+    let mut out = BTreeMap::new();
+    let Some(map) = v.as_mapping() else {
+        if !v.is_null() {
+            diags.push(
+                Diagnostic::error(rel, "`providers` must be a mapping of names to providers")
+                    .at(loc.key(&["providers"]))
+                    .help("e.g. providers: { anthropic: { kind: anthropic, api_key_env: ANTHROPIC_API_KEY } }"),
+            );
+        }
+        return out;
+    };
+    for (k, pv) in map {
+        let Some(name) = k.as_str() else { continue };
+        if let Some(p) = parse_provider(rel, loc, name, pv, diags) {
+            out.insert(name.to_string(), p);
+        }
+    }
+    out
+}
+
+fn parse_provider(
+    rel: &Path,
+    loc: &YamlLocator,
+    name: &str,
+    v: &Value,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<ProviderConfig> {
+    let err = |path: &[&str], msg: String, help: &str| {
+        Diagnostic::error(rel, msg)
+            .at(loc.value(path))
+            .help(help.to_string())
+    };
+    let Some(map) = v.as_mapping() else {
+        diags.push(err(
+            &["providers", name],
+            format!("provider `{name}` must be a mapping"),
+            "e.g. { kind: openai, base_url: \"http://127.0.0.1:11434/v1\", model: llama3.1 }",
+        ));
+        return None;
+    };
+    let before = diags.len();
+    // The kind defaults to the name when the name is a kind (`anthropic:`, `openai:`).
+    let kind_text = map
+        .get("kind")
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .or_else(|| matches!(name, "anthropic" | "openai" | "command").then(|| name.to_string()));
+    let kind = match kind_text.as_deref() {
+        Some("anthropic") => ProviderKind::Anthropic,
+        Some("openai") => ProviderKind::OpenAi,
+        Some("command") => ProviderKind::Command,
+        Some(other) => {
+            diags.push(err(
+                &["providers", name, "kind"],
+                format!("provider `{name}`: unknown kind `{other}`"),
+                "kind is anthropic (Messages API), openai (Chat Completions: OpenAI, Ollama, vLLM, llama.cpp, LM Studio, OpenRouter) or command (an agent CLI such as `claude -p`)",
+            ));
+            return None;
+        }
+        None => {
+            diags.push(
+                Diagnostic::error(rel, format!("provider `{name}` has no `kind`"))
+                    .at(loc.key(&["providers", name]))
+                    .help("add kind: anthropic, kind: openai or kind: command"),
+            );
+            return None;
+        }
+    };
+    let mut p = ProviderConfig {
+        name: name.to_string(),
+        kind,
+        base_url: match kind {
+            ProviderKind::Anthropic => "https://api.anthropic.com".into(),
+            ProviderKind::OpenAi => "https://api.openai.com/v1".into(),
+            ProviderKind::Command => String::new(),
+        },
+        api_key_env: match kind {
+            ProviderKind::Anthropic => Some("ANTHROPIC_API_KEY".into()),
+            _ => None,
+        },
+        model: None,
+        max_tokens: 4096,
+        request_timeout: Duration::from_secs(120),
+        command: None,
+        env: Vec::new(),
+    };
+    for (k, val) in map {
+        let Some(key) = k.as_str() else { continue };
+        let path = ["providers", name, key];
+        match key {
+            "kind" => {}
+            "base_url" => match val.as_str() {
+                Some(u) if u.starts_with("http://") || u.starts_with("https://") => {
+                    p.base_url = u.trim_end_matches('/').to_string()
+                }
+                _ => diags.push(err(
+                    &path,
+                    format!("providers.{name}.base_url must be an http:// or https:// URL"),
+                    "e.g. base_url: \"http://127.0.0.1:11434/v1\"",
+                )),
+            },
+            "api_key_env" => match val {
+                Value::String(s) if valid_env_name(s) => p.api_key_env = Some(s.clone()),
+                Value::Null => p.api_key_env = None,
+                Value::String(s) if s.starts_with("sk-") || s.len() > 40 => diags.push(err(
+                    &path,
+                    format!("providers.{name}.api_key_env looks like a key, not a variable name"),
+                    "never put a key in loops.yaml: export it (e.g. ANTHROPIC_API_KEY=…) and write api_key_env: ANTHROPIC_API_KEY",
+                )),
+                _ => diags.push(err(
+                    &path,
+                    format!("providers.{name}.api_key_env must be an environment variable name"),
+                    "e.g. api_key_env: OPENAI_API_KEY (leave it out for a local server with no key)",
+                )),
+            },
+            "model" => match val.as_str() {
+                Some(m) if !m.trim().is_empty() => p.model = Some(m.to_string()),
+                _ => diags.push(err(
+                    &path,
+                    format!("providers.{name}.model must be a model name"),
+                    "e.g. model: claude-sonnet-4-5",
+                )),
+            },
+            "max_tokens" => match val.as_u64() {
+                Some(n) if (1..=1_000_000).contains(&n) => p.max_tokens = n as u32,
+                _ => diags.push(err(
+                    &path,
+                    format!("providers.{name}.max_tokens must be a whole number of at least 1"),
+                    "e.g. max_tokens: 4096",
+                )),
+            },
+            "timeout" => match val.as_str().map(parse_duration) {
+                Some(Ok(d)) if !d.is_zero() => p.request_timeout = d,
+                Some(Err(e)) => diags.push(err(&path, format!("providers.{name}.timeout: {e}"), DURATION_HELP)),
+                _ => diags.push(err(
+                    &path,
+                    format!("providers.{name}.timeout must be a duration longer than zero"),
+                    DURATION_HELP,
+                )),
+            },
+            "command" => match val {
+                Value::String(s) if !s.trim().is_empty() => {
+                    p.command = Some(vec!["sh".into(), "-c".into(), s.clone()])
+                }
+                Value::Sequence(seq)
+                    if !seq.is_empty() && seq.iter().all(|a| a.as_str().is_some()) =>
+                {
+                    p.command = Some(
+                        seq.iter()
+                            .filter_map(|a| a.as_str().map(str::to_string))
+                            .collect(),
+                    )
+                }
+                _ => diags.push(err(
+                    &path,
+                    format!("providers.{name}.command must be an argv list or a shell string"),
+                    "e.g. command: [\"claude\", \"-p\"]",
+                )),
+            },
+            "env" => match val.as_sequence() {
+                Some(seq) if seq.iter().all(|e| e.as_str().is_some_and(valid_env_name)) => {
+                    p.env = seq
+                        .iter()
+                        .filter_map(|e| e.as_str().map(str::to_string))
+                        .collect()
+                }
+                _ => diags.push(err(
+                    &path,
+                    format!("providers.{name}.env must be a list of environment variable names"),
+                    "e.g. env: [ANTHROPIC_API_KEY]; the values are passed through from the runner's environment",
+                )),
+            },
+            other => {
+                let d = Diagnostic::error(rel, format!("unknown key `providers.{name}.{other}`"))
+                    .at(loc.key(&path));
+                diags.push(match near_miss(other, PROVIDER_KEYS) {
+                    Some(k) => d.help(format!("did you mean `{k}`?")),
+                    None => d.help(format!("known keys here: {}", PROVIDER_KEYS.join(", "))),
+                });
+            }
+        }
+    }
+    if kind == ProviderKind::Command && p.command.is_none() {
+        diags.push(
+            Diagnostic::error(
+                rel,
+                format!("provider `{name}` (kind: command) needs `command`"),
+            )
+            .at(loc.key(&["providers", name]))
+            .help("e.g. command: [\"claude\", \"-p\"]; the prompt is given on stdin"),
+        );
+    }
+    (diags.len() == before).then_some(p)
+}
+
+/// Parses `defaults:`.
+pub fn parse_defaults(
+    rel: &Path,
+    loc: &YamlLocator,
+    v: &Value,
+    diags: &mut Vec<Diagnostic>,
+) -> Defaults {
+    let mut d = Defaults::default();
+    let Some(map) = v.as_mapping() else {
+        diags.push(
+            Diagnostic::error(rel, "`defaults` must be a mapping")
+                .at(loc.key(&["defaults"]))
+                .help("e.g. defaults: { provider: anthropic, model: claude-sonnet-4-5 }"),
+        );
+        return d;
+    };
+    for (k, val) in map {
+        let Some(key) = k.as_str() else { continue };
+        match (key, val.as_str()) {
+            ("provider", Some(s)) => d.provider = Some(s.to_string()),
+            ("model", Some(s)) => d.model = Some(s.to_string()),
+            ("provider" | "model", None) => diags.push(
+                Diagnostic::error(rel, format!("defaults.{key} must be a name"))
+                    .at(loc.value(&["defaults", key])),
+            ),
+            (other, _) => {
+                let diag = Diagnostic::error(rel, format!("unknown key `defaults.{other}`"))
+                    .at(loc.key(&["defaults", other]));
+                diags.push(match near_miss(other, DEFAULT_KEYS) {
+                    Some(k) => diag.help(format!("did you mean `{k}`?")),
+                    None => diag.help("known keys here: provider, model"),
+                });
+            }
+        }
+    }
+    d
+}
+
+pub fn valid_env_name(k: &str) -> bool {
+    !k.is_empty()
+        && !k.starts_with(|c: char| c.is_ascii_digit())
+        && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}

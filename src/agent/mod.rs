@@ -1,0 +1,56 @@
+//! Prompt loops: the agent loop, the providers it talks to and the tools it offers.
+//!
+//! - [`config`]: `providers:` and `defaults:` in loops.yaml
+//! - [`model`]: the conversation in the runner's own terms
+//! - [`provider`], [`anthropic`], [`openai`]: HTTP providers, their wire formats, retries
+//! - [`sandbox`]: which paths a tool may read or write
+//! - [`files`]: the file tools (read, list, search, write, edit, append)
+//! - [`tools`]: the tool kit a run offers, and the other tools
+//! - [`context`]: the prompt, laid out stable-first
+//! - [`transcript`]: `.loops/runs/<loop>/<run>.md`
+//! - [`run`]: the loop itself
+
+pub mod anthropic;
+pub mod config;
+pub mod files;
+pub mod model;
+pub mod openai;
+pub mod provider;
+pub mod sandbox;
+
+use std::path::PathBuf;
+
+/// A tool that worked: the text the model gets back, and the files it wrote.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ToolOk {
+    pub text: String,
+    /// Absolute paths of files the tool created, changed or removed.
+    pub wrote: Vec<PathBuf>,
+}
+
+impl ToolOk {
+    pub fn text(text: impl Into<String>) -> Self {
+        ToolOk {
+            text: text.into(),
+            wrote: Vec::new(),
+        }
+    }
+}
+
+/// A tool that failed. The message goes back to the model as the tool's result (it
+/// never ends the run), so it says what was wrong and what would work.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{message}")]
+pub struct ToolError {
+    pub message: String,
+}
+
+impl ToolError {
+    pub fn new(message: impl Into<String>) -> Self {
+        ToolError {
+            message: message.into(),
+        }
+    }
+}
+
+pub type ToolResult = Result<ToolOk, ToolError>;
