@@ -103,6 +103,10 @@ pub struct LoopDef {
     pub env: Vec<(String, String)>,
     /// Genesis `timing.overlap_window_minutes`: how far the collection window reaches back.
     pub overlap: Option<Duration>,
+    /// A command run before any model call; no output (or a failure) is a silent run.
+    pub gate: Option<Vec<String>>,
+    /// Hosts `http_get` may fetch from.
+    pub allowed_hosts: Vec<String>,
     /// Every key the runner does not know, kept for the prompt.
     pub settings: Mapping,
     /// A fingerprint of config.yaml's schedule, to notice when it changes.
@@ -234,6 +238,8 @@ const TOP_KEYS: &[&str] = &[
     "retry",
     "timing",
     "env",
+    "gate",
+    "allowed_hosts",
 ];
 const SCHEDULE_KEYS: &[&str] = &[
     "every",
@@ -345,6 +351,8 @@ fn parse_config(
     let mut env = Vec::new();
     let mut timing_interval = None;
     let mut overlap = None;
+    let mut gate = None;
+    let mut allowed_hosts = Vec::new();
     let mut settings = Mapping::new();
 
     for (k, v) in &map {
@@ -380,9 +388,37 @@ fn parse_config(
             },
             "tools" => match v.as_sequence() {
                 Some(seq) if seq.iter().all(|t| t.as_str().is_some()) => {
-                    tools = Some(seq.iter().filter_map(|t| t.as_str().map(str::to_string)).collect())
+                    let list: Vec<String> = seq.iter().filter_map(|t| t.as_str().map(str::to_string)).collect();
+                    for t in &list {
+                        if !crate::agent::tools::is_known(t) {
+                            // A warning, not an error: loops written for other runners (or
+                            // for tools a later version adds) still run with what exists.
+                            let help = match near_miss(t, crate::agent::tools::KNOWN) {
+                                Some(k) if k != t => format!("did you mean `{k}`? Tools: {}", crate::agent::tools::KNOWN.join(", ")),
+                                _ => format!("it is not offered to the model; the tools are: {}", crate::agent::tools::KNOWN.join(", ")),
+                            };
+                            let d = Diagnostic::warning(cx.rel, format!("unknown tool `{t}` in `tools`"))
+                                .at(cx.loc.value(&["tools"]))
+                                .help(help);
+                            cx.diags.push(d);
+                        }
+                    }
+                    tools = Some(list)
                 }
                 _ => cx.err(&["tools"], "`tools` must be a list of tool names", "e.g. tools: [read_file, edit_file, finish]"),
+            },
+            "gate" => match v {
+                Value::String(s) if !s.trim().is_empty() => gate = Some(vec!["sh".to_string(), "-c".to_string(), s.clone()]),
+                Value::Sequence(seq) if !seq.is_empty() && seq.iter().all(|a| scalar_string(a).is_some()) => {
+                    gate = Some(seq.iter().filter_map(scalar_string).collect())
+                }
+                _ => cx.err(&["gate"], "`gate` must be a command (an argv list or a shell string)", "e.g. gate: [\"./new-messages.sh\"]: it runs before the model; no output means nothing to do"),
+            },
+            "allowed_hosts" => match v.as_sequence() {
+                Some(seq) if seq.iter().all(|h| h.as_str().is_some_and(|h| !h.trim().is_empty() && !h.contains('/'))) => {
+                    allowed_hosts = seq.iter().filter_map(|h| h.as_str().map(|h| h.trim().to_ascii_lowercase())).collect()
+                }
+                _ => cx.err(&["allowed_hosts"], "`allowed_hosts` must be a list of host names", "e.g. allowed_hosts: [api.github.com, news.ycombinator.com] (names only, no https:// or paths)"),
             },
             "concurrency" => match v.as_str() {
                 Some("forbid") => concurrency = Concurrency::Forbid,
@@ -467,11 +503,28 @@ fn parse_config(
         }
     };
 
-    if let (Some(Payload::Prompt { .. }), false) = (&payload, ws.settings.has_providers) {
-        cx.diags.push(
-            Diagnostic::warning(rel, format!("prompt loop `{name}` is waiting for a provider"))
-                .help("prompt loops need a model provider under `providers:` in loops.yaml; until then they are listed but not run"),
-        );
+    match (&payload, ws.settings.has_providers) {
+        (Some(Payload::Prompt { .. }), false) => cx.diags.push(
+            Diagnostic::warning(
+                rel,
+                format!("prompt loop `{name}` is waiting for a provider"),
+            )
+            .help(crate::agent::config::PROVIDER_HELP),
+        ),
+        (Some(Payload::Prompt { model, provider }), true) => {
+            if let Err((msg, help)) =
+                crate::agent::config::resolve(&ws.settings, provider.as_deref(), model.as_deref())
+            {
+                let at = if provider.is_some() {
+                    cx.loc.value(&["payload", "provider"])
+                } else {
+                    None
+                }
+                .or(cx.loc.key(&["payload"]));
+                cx.diags.push(Diagnostic::error(rel, msg).at(at).help(help));
+            }
+        }
+        _ => {}
     }
 
     let has_errors = cx.diags.iter().any(|d| d.is_error());
@@ -497,6 +550,8 @@ fn parse_config(
             retry,
             env,
             overlap,
+            gate,
+            allowed_hosts,
             settings,
         }),
         _ => None,

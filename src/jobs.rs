@@ -287,17 +287,33 @@ pub async fn execute(
         commit: None,
         missed_count: None,
         note: None,
+        provider: None,
+        model: None,
+        tokens: None,
+        turns: None,
+        summary: None,
+        transcript: None,
+        refused_tools: Vec::new(),
     };
+    let areas = writable_areas(&ctx.ws, def);
+    // Walking and hashing the loop's files is blocking work: keep it off the async
+    // workers that time every other loop's runs.
+    let mut changed = Vec::new();
     match &def.payload {
-        Payload::Prompt { .. } => {
+        Payload::Prompt { .. } if !ctx.ws.settings.has_providers => {
             rec.outcome = Outcome::Skipped;
-            rec.note =
-                Some("waiting for a provider: prompt loops need `providers:` in loops.yaml".into());
+            rec.note = Some(
+                "waiting for a provider: prompt loops need `providers:` in loops.yaml (see docs/configuration.md)".into(),
+            );
+        }
+        Payload::Prompt { .. } => {
+            let before = snapshot_blocking(areas.clone()).await;
+            let p = crate::agent::prompt::run(ctx, def, req, state.as_ref(), &marker, cancel).await;
+            let after = snapshot_blocking(areas.clone()).await;
+            changed = changed_paths(&before, &after);
+            p.fill(&mut rec, &ctx.ws, !changed.is_empty());
         }
         Payload::Command { argv } => {
-            let areas = writable_areas(&ctx.ws, def);
-            // Walking and hashing the loop's files is blocking work: keep it off the
-            // async workers that time every other loop's runs.
             let before = snapshot_blocking(areas.clone()).await;
             let (spawn_tx, mut spawn_rx) = mpsc::unbounded_channel();
             let spec = ExecSpec {
@@ -309,19 +325,10 @@ pub async fn execute(
                 on_spawn: Some(spawn_tx),
                 stdin: None,
             };
-            let note_pgid = async {
-                if let Some(pid) = spawn_rx.recv().await {
-                    let mut m = marker.clone();
-                    m.pgid = Some(pid);
-                    m.pgid_start = crate::fsutil::process_start_time(pid);
-                    if let Err(e) = ctx.running.update(&m) {
-                        tracing::warn!("cannot update the running marker: {e}");
-                    }
-                }
-            };
+            let note_pgid = note_pgid(ctx, &marker, &mut spawn_rx);
             let (res, ()) = tokio::join!(exec::run(&spec, live, cancel), note_pgid);
             let after = snapshot_blocking(areas.clone()).await;
-            let changed = changed_paths(&before, &after);
+            changed = changed_paths(&before, &after);
             rec.exit_code = res.exit_code;
             rec.stdout_tail = res.stdout_tail.clone();
             rec.stderr_tail = res.stderr_tail.clone();
@@ -337,44 +344,47 @@ pub async fn execute(
             } else {
                 Outcome::Acted
             };
-            rec.changed = changed
-                .iter()
-                .map(|p| ctx.ws.relative(p).display().to_string())
-                .collect();
-            rec.finished = Utc::now();
             rec.duration_ms = res.duration.as_millis() as u64;
-            let mut changed = changed;
-            if let Some(h) = orphan_draft_handoff(ctx, def, &req.run_id, &changed) {
-                rec.note = Some(format!(
-                    "wrote a draft but no handoff: made handoff {}",
-                    h.0
-                ));
-                rec.changed
-                    .push(ctx.ws.relative(&h.1).display().to_string());
-                changed.push(h.1);
-            }
-            if !changed.is_empty() {
-                if let Some(c) = &ctx.committer {
-                    let msg = commit_message(
-                        &format!("{}: {}", def.name, subject_for(&rec)),
-                        &trailers(def, &rec),
-                    );
-                    match c
-                        .commit(CommitRequest {
-                            contents: Vec::new(),
-                            paths: changed,
-                            message: msg,
-                        })
-                        .await
-                    {
-                        Ok(Some(oid)) => rec.commit = Some(oid.to_string()),
-                        Ok(None) => {}
-                        Err(e) => {
-                            let help = e.help().map(|h| format!(" ({h})")).unwrap_or_default();
-                            tracing::warn!(loop_name = %def.name, "could not commit the run's changes: {e}{help}");
-                            rec.note = Some(format!("not committed: {e}{help}"));
-                        }
-                    }
+        }
+    }
+    rec.changed = changed
+        .iter()
+        .map(|p| ctx.ws.relative(p).display().to_string())
+        .collect();
+    rec.finished = Utc::now();
+    if rec.duration_ms == 0 {
+        rec.duration_ms = (rec.finished - started).num_milliseconds().max(0) as u64;
+    }
+    if let Some(h) = orphan_draft_handoff(ctx, def, &req.run_id, &changed) {
+        let n = format!("wrote a draft but no handoff: made handoff {}", h.0);
+        rec.note = Some(match rec.note.take() {
+            Some(old) => format!("{old}; {n}"),
+            None => n,
+        });
+        rec.changed
+            .push(ctx.ws.relative(&h.1).display().to_string());
+        changed.push(h.1);
+    }
+    if !changed.is_empty() {
+        if let Some(c) = &ctx.committer {
+            let msg = commit_message(
+                &format!("{}: {}", def.name, subject_for(&rec)),
+                &trailers(def, &rec),
+            );
+            match c
+                .commit(CommitRequest {
+                    contents: Vec::new(),
+                    paths: changed,
+                    message: msg,
+                })
+                .await
+            {
+                Ok(Some(oid)) => rec.commit = Some(oid.to_string()),
+                Ok(None) => {}
+                Err(e) => {
+                    let help = e.help().map(|h| format!(" ({h})")).unwrap_or_default();
+                    tracing::warn!(loop_name = %def.name, "could not commit the run's changes: {e}{help}");
+                    rec.note = Some(format!("not committed: {e}{help}"));
                 }
             }
         }
@@ -385,6 +395,23 @@ pub async fn execute(
     }
     ctx.running.remove(&req.run_id);
     rec
+}
+
+/// Records the process group of a run's child in its marker, so a runner that dies can
+/// have the group stopped at its next start.
+pub async fn note_pgid(
+    ctx: &RunContext,
+    marker: &RunningMarker,
+    spawn_rx: &mut mpsc::UnboundedReceiver<u32>,
+) {
+    if let Some(pid) = spawn_rx.recv().await {
+        let mut m = marker.clone();
+        m.pgid = Some(pid);
+        m.pgid_start = crate::fsutil::process_start_time(pid);
+        if let Err(e) = ctx.running.update(&m) {
+            tracing::warn!("cannot update the running marker: {e}");
+        }
+    }
 }
 
 /// Where `loops handoff create` notes the runs that made a handoff, so the runner can
@@ -434,12 +461,15 @@ fn orphan_draft_handoff(
 
 fn subject_for(rec: &RunRecord) -> String {
     let line = rec
-        .stdout_tail
+        .summary
+        .as_deref()
+        .unwrap_or(&rec.stdout_tail)
         .lines()
         .map(str::trim)
-        .find(|l| !l.is_empty() && !l.starts_with("[…"));
+        .find(|l| !l.is_empty() && !l.starts_with("[…"))
+        .map(|l| crate::agent::tools::clip(l, 100));
     match (rec.outcome, line) {
-        (Outcome::Acted, Some(l)) => l.to_string(),
+        (Outcome::Acted, Some(l)) => l,
         (Outcome::Acted, None) | (Outcome::Silent, _) => {
             let names: Vec<&str> = rec
                 .changed
@@ -487,6 +517,22 @@ fn trailers(def: &LoopDef, rec: &RunRecord) -> Vec<(&'static str, String)> {
     }
     if let Some(c) = rec.exit_code {
         t.push(("Exit-Code", c.to_string()));
+    }
+    t.extend(token_trailers(rec));
+    t
+}
+
+/// `Tokens-In`, `Tokens-Out`, the cache figures and `Model`, for prompt runs.
+pub fn token_trailers(rec: &RunRecord) -> Vec<(&'static str, String)> {
+    let mut t = Vec::new();
+    if let Some(u) = &rec.tokens {
+        t.push(("Tokens-In", u.input.to_string()));
+        t.push(("Tokens-Out", u.output.to_string()));
+        t.push(("Tokens-Cache-Read", u.cache_read.to_string()));
+        t.push(("Tokens-Cache-Write", u.cache_write.to_string()));
+    }
+    if let Some(m) = &rec.model {
+        t.push(("Model", m.clone()));
     }
     t
 }

@@ -258,10 +258,12 @@ pub async fn wake(
 
     let mut items = Vec::new();
     let mut by_id: Vec<(String, PathBuf)> = Vec::new();
+    let mut loaded: Vec<(Handoff, PathBuf)> = Vec::new();
     for p in &claimed {
         if let Ok(h) = handoff::load(p) {
             items.push(handoff_json(&h, p, &ws.root));
             by_id.push((h.id.clone(), p.clone()));
+            loaded.push((h, p.clone()));
         }
     }
     let payload = json!({ "wake": kind.as_str(), "run": run_id, "handoffs": items });
@@ -282,7 +284,14 @@ pub async fn wake(
     ]);
     let areas = vec![ws.root.join("drafts"), ws.root.join(".working-memory")];
     let before = crate::jobs::snapshot_areas(areas.clone()).await;
+    let mut on_model: Option<crate::agent::main_agent::ModelWake> = None;
     let res = match &main.command {
+        None if main.prompt.is_some() => {
+            let w = crate::agent::main_agent::wake(ctx, main, kind, &run_id, &loaded, cancel).await;
+            let r = model_exec_result(&w.outcome);
+            on_model = Some(w);
+            r
+        }
         Some(argv) => {
             let spec = ExecSpec {
                 argv: argv.clone(),
@@ -297,8 +306,7 @@ pub async fn wake(
         }
         None => exec::ExecResult {
             spawn_error: Some(
-                "the main session has no `command:` (a prompt main session needs a later version)"
-                    .into(),
+                "the main session has neither `command:` nor `prompt:` in loops.yaml".into(),
             ),
             ..Default::default()
         },
@@ -306,15 +314,24 @@ pub async fn wake(
     let after = crate::jobs::snapshot_areas(areas).await;
     let now = Utc::now();
     let ok = res.success();
-    let reported = if ok {
-        reported_completions(&res.stdout_tail)
-    } else {
-        HashMap::new()
+    let reported = match (&on_model, ok) {
+        (_, false) => HashMap::new(),
+        (Some(w), true) => w.reported.clone(),
+        (None, true) => reported_completions(&res.stdout_tail),
     };
     let mut completed = Vec::new();
     let mut held = Vec::new();
     let mut released = Vec::new();
     let mut commit_paths: Vec<PathBuf> = crate::jobs::changed_between(&before, &after);
+    if let Some(w) = &on_model {
+        // What the model's tools wrote, wherever the main session may write.
+        let runtime = ws.runtime_dir();
+        for p in &w.wrote {
+            if !p.starts_with(&runtime) && !commit_paths.contains(p) {
+                commit_paths.push(p.clone());
+            }
+        }
+    }
     let mut trailers: Vec<(&'static str, String)> = Vec::new();
     for (id, path) in &by_id {
         let name = path
@@ -413,6 +430,20 @@ pub async fn wake(
     rec.stderr_tail = res.stderr_tail.clone();
     rec.finished = now;
     rec.duration_ms = res.duration.as_millis() as u64;
+    if let Some(w) = on_model {
+        let o = w.outcome;
+        rec.provider = o.provider;
+        rec.model = o.model;
+        rec.tokens = o.tokens;
+        rec.turns = o.turns;
+        rec.summary = o.summary;
+        rec.transcript = o.transcript.map(|p| ws.relative(&p).display().to_string());
+        rec.refused_tools = o.refused;
+        rec.stdout_tail.clear();
+        if let Some(n) = o.note {
+            rec.note = Some(format!("{}; {n}", rec.note.unwrap_or_default()));
+        }
+    }
     if !commit_paths.is_empty() {
         if let Some(c) = &ctx.committer {
             let subject = if completed.is_empty() {
@@ -435,6 +466,7 @@ pub async fn wake(
                 ("Duration-Ms", rec.duration_ms.to_string()),
             ];
             t.extend(trailers);
+            t.extend(crate::jobs::token_trailers(&rec));
             rec.changed = commit_paths
                 .iter()
                 .map(|p| ws.relative(p).display().to_string())
@@ -463,6 +495,23 @@ pub async fn wake(
         completed,
         held,
         released,
+    }
+}
+
+/// A wake on a model, seen as the result of a command, so one path decides what
+/// happens to the handoffs whichever kind of main session ran.
+fn model_exec_result(o: &crate::agent::prompt::PromptOutcome) -> exec::ExecResult {
+    let outcome = o.outcome.unwrap_or(Outcome::Silent);
+    let summary = o.summary.clone().unwrap_or_default();
+    exec::ExecResult {
+        exit_code: (!outcome.is_failure() && outcome != Outcome::Interrupted).then_some(0),
+        timed_out: outcome == Outcome::Timeout,
+        cancelled: outcome == Outcome::Interrupted,
+        spawn_error: o.error.clone(),
+        stdout_bytes: summary.len() as u64,
+        stdout_tail: summary,
+        duration: o.duration,
+        ..Default::default()
     }
 }
 

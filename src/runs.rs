@@ -94,6 +94,24 @@ pub struct RunRecord {
     pub missed_count: Option<usize>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+    /// Prompt runs: the provider and model, tokens, turns, the summary and the transcript.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens: Option<crate::agent::model::Usage>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub turns: Option<u32>,
+    /// What the run said it did (the finish summary or the final answer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub summary: Option<String>,
+    /// Workspace-relative path of the transcript.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transcript: Option<String>,
+    /// Tools the model called that are not in the loop's allow-list.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub refused_tools: Vec<String>,
 }
 
 fn one() -> u32 {
@@ -129,6 +147,13 @@ impl RunRecord {
             commit: None,
             missed_count: None,
             note: Some(note),
+            provider: None,
+            model: None,
+            tokens: None,
+            turns: None,
+            summary: None,
+            transcript: None,
+            refused_tools: Vec::new(),
         }
     }
 }

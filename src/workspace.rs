@@ -56,6 +56,12 @@ pub struct Settings {
     pub rotate_bytes: u64,
     /// Whether any model provider is configured (prompt loops wait for one).
     pub has_providers: bool,
+    /// `providers:` by name.
+    pub providers: std::collections::BTreeMap<String, crate::agent::config::ProviderConfig>,
+    /// `defaults:`: the provider and model a prompt loop gets when it names none.
+    pub defaults: crate::agent::config::Defaults,
+    /// `allow_shell_tool: true` lets loops that list `shell` in `tools:` use it.
+    pub allow_shell_tool: bool,
     /// The main session (`main:`), when configured.
     pub main: Option<MainSettings>,
 }
@@ -65,8 +71,19 @@ pub struct Settings {
 pub struct MainSettings {
     /// An external agent or script that receives the claimed handoffs.
     pub command: Option<Vec<String>>,
-    /// A prompt file for a model-driven main session (run by a later version).
+    /// A prompt file (relative to the workspace) for a model-driven main session.
     pub prompt: Option<String>,
+    /// The provider and model of a prompt main session (else `defaults:`).
+    pub provider: Option<String>,
+    pub model: Option<String>,
+    /// Files given to the main session as its identity and memory (workspace-relative).
+    pub context: Vec<String>,
+    /// How many messages of conversation the main session keeps between wakes.
+    pub history: usize,
+    /// The turn limit of one wake.
+    pub max_turns: u32,
+    /// The tools a prompt main session is offered (None: the default set).
+    pub tools: Option<Vec<String>>,
     /// A wake every this often, even with an empty inbox; also a rescan of the inbox.
     pub heartbeat: Option<Duration>,
     pub timeout: Duration,
@@ -80,11 +97,25 @@ pub struct MainSettings {
     pub max_handoffs_per_wake: u32,
 }
 
+/// What a prompt main session reads as its identity and memory when `main.context` is unset.
+pub const DEFAULT_MAIN_CONTEXT: &[&str] = &[
+    "SOUL.md",
+    "USER.md",
+    ".working-memory/memory.md",
+    ".working-memory/rules.md",
+];
+
 impl Default for MainSettings {
     fn default() -> Self {
         MainSettings {
             command: None,
             prompt: None,
+            provider: None,
+            model: None,
+            context: DEFAULT_MAIN_CONTEXT.iter().map(|s| s.to_string()).collect(),
+            history: 40,
+            max_turns: 30,
+            tools: None,
             heartbeat: None,
             timeout: Duration::from_secs(600),
             overdue_after: Duration::from_secs(24 * 3600),
@@ -108,6 +139,9 @@ impl Default for Settings {
             author_email: "loops@localhost".into(),
             rotate_bytes: 10 * 1024 * 1024,
             has_providers: false,
+            providers: Default::default(),
+            defaults: Default::default(),
+            allow_shell_tool: false,
             main: None,
         }
     }
@@ -124,6 +158,7 @@ const TOP_KEYS: &[&str] = &[
     "channels",
     "mcp_servers",
     "allow_shell_jobs",
+    "allow_shell_tool",
 ];
 const LIMIT_KEYS: &[&str] = &[
     "max_concurrent_jobs",
@@ -424,10 +459,22 @@ fn read_settings(root: &Path) -> (Settings, Vec<Diagnostic>) {
                 }
             }
             "providers" => {
-                s.has_providers = v.as_mapping().is_some_and(|m| !m.is_empty());
+                s.providers = crate::agent::config::parse_providers(&rel, &loc, v, &mut diags);
+                s.has_providers = !s.providers.is_empty();
             }
+            "defaults" => {
+                s.defaults = crate::agent::config::parse_defaults(&rel, &loc, v, &mut diags)
+            }
+            "allow_shell_tool" => match v.as_bool() {
+                Some(b) => s.allow_shell_tool = b,
+                None => diags.push(
+                    Diagnostic::error(&rel, "allow_shell_tool must be true or false")
+                        .at(loc.value(&["allow_shell_tool"]))
+                        .help("allow_shell_tool: true lets loops that list `shell` in `tools:` run commands"),
+                ),
+            },
             "main" => s.main = read_main(&rel, &loc, v, &mut diags),
-            "defaults" | "channels" | "mcp_servers" | "allow_shell_jobs" => {}
+            "channels" | "mcp_servers" | "allow_shell_jobs" => {}
             other => diags.push(unknown_key(&rel, &loc, &[other], TOP_KEYS)),
         }
     }
@@ -447,6 +494,8 @@ const MAIN_KEYS: &[&str] = &[
     "max_attempts",
     "max_handoffs_per_wake",
     "history",
+    "max_turns",
+    "tools",
 ];
 
 fn read_main(
@@ -488,7 +537,61 @@ fn read_main(
                     "e.g. command: [\"./main-session.sh\"] (it runs in the workspace root)",
                 )),
             },
-            "prompt" => m.prompt = val.as_str().map(str::to_string),
+            "prompt" => match val.as_str() {
+                Some(p) if !p.trim().is_empty() => m.prompt = Some(p.to_string()),
+                _ => diags.push(err(
+                    "`main.prompt` must be the path of a prompt file".into(),
+                    "e.g. prompt: MAIN.md (relative to the workspace root)",
+                )),
+            },
+            "provider" | "model" => match val.as_str() {
+                Some(p) if !p.trim().is_empty() => {
+                    if key == "provider" {
+                        m.provider = Some(p.to_string())
+                    } else {
+                        m.model = Some(p.to_string())
+                    }
+                }
+                _ => diags.push(err(
+                    format!("`main.{key}` must be a name"),
+                    "e.g. provider: anthropic",
+                )),
+            },
+            "context" | "tools" => match val.as_sequence() {
+                Some(seq) if seq.iter().all(|f| f.as_str().is_some()) => {
+                    let list: Vec<String> = seq
+                        .iter()
+                        .filter_map(|f| f.as_str().map(str::to_string))
+                        .collect();
+                    if key == "context" {
+                        m.context = list
+                    } else {
+                        m.tools = Some(list)
+                    }
+                }
+                _ => diags.push(err(
+                    format!("`main.{key}` must be a list"),
+                    if key == "context" {
+                        "e.g. context: [SOUL.md, USER.md, .working-memory/memory.md]"
+                    } else {
+                        "e.g. tools: [read_file, edit_file, complete_handoff, finish]"
+                    },
+                )),
+            },
+            "history" => match val.as_u64() {
+                Some(n) => m.history = n.min(10_000) as usize,
+                None => diags.push(err(
+                    "`main.history` must be a number of messages".into(),
+                    "e.g. history: 40 (0 keeps no conversation between wakes)",
+                )),
+            },
+            "max_turns" => match val.as_u64() {
+                Some(n) if n >= 1 => m.max_turns = n as u32,
+                _ => diags.push(err(
+                    "`main.max_turns` must be a whole number of at least 1".into(),
+                    "e.g. max_turns: 30",
+                )),
+            },
             "heartbeat" | "timeout" | "overdue_after" => match val.as_str().map(parse_duration) {
                 Some(Ok(d)) if !d.is_zero() => match key {
                     "heartbeat" => m.heartbeat = Some(d),
@@ -513,7 +616,6 @@ fn read_main(
                     "e.g. 60",
                 )),
             },
-            "provider" | "model" | "context" | "history" => {}
             other => diags.push(unknown_key(rel, loc, &["main", other], MAIN_KEYS)),
         }
     }

@@ -76,6 +76,9 @@ pub struct Defaults {
     pub model: Option<String>,
 }
 
+/// The model an `anthropic` provider uses when nothing names one.
+pub const DEFAULT_ANTHROPIC_MODEL: &str = "claude-sonnet-4-5";
+
 const PROVIDER_KEYS: &[&str] = &[
     "kind",
     "base_url",
@@ -175,7 +178,9 @@ fn parse_provider(
             ProviderKind::Anthropic => Some("ANTHROPIC_API_KEY".into()),
             _ => None,
         },
-        model: None,
+        // Anthropic's names are stable enough to default; an OpenAI-compatible server's
+        // models are whatever it loaded, so those must be named.
+        model: (kind == ProviderKind::Anthropic).then(|| DEFAULT_ANTHROPIC_MODEL.to_string()),
         max_tokens: 4096,
         request_timeout: Duration::from_secs(120),
         command: None,
@@ -332,4 +337,82 @@ pub fn valid_env_name(k: &str) -> bool {
     !k.is_empty()
         && !k.starts_with(|c: char| c.is_ascii_digit())
         && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// How to configure a provider, for messages about prompt loops that wait for one.
+pub const PROVIDER_HELP: &str = "prompt loops need a model provider in loops.yaml, e.g. `providers: { anthropic: { kind: anthropic, api_key_env: ANTHROPIC_API_KEY, model: claude-sonnet-4-5 } }` (or kind: openai with base_url for Ollama, vLLM, llama.cpp, LM Studio; kind: command for an agent CLI); until then they are listed but not run";
+
+/// The provider and model a prompt run uses: the loop's own, else `defaults:`, else the
+/// only provider configured; the model likewise falls back to the provider's `model`.
+/// `Err((message, help))` when that leads nowhere.
+pub fn resolve(
+    settings: &crate::workspace::Settings,
+    provider: Option<&str>,
+    model: Option<&str>,
+) -> Result<(ProviderConfig, String), (String, String)> {
+    let names = || {
+        settings
+            .providers
+            .keys()
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let name = match provider.or(settings.defaults.provider.as_deref()) {
+        Some(n) => n.to_string(),
+        None if settings.providers.len() == 1 => {
+            settings.providers.keys().next().cloned().unwrap_or_default()
+        }
+        None if settings.providers.is_empty() => {
+            return Err((
+                "no model provider is configured".into(),
+                PROVIDER_HELP.into(),
+            ))
+        }
+        None => {
+            return Err((
+                "this prompt loop names no provider and loops.yaml has no `defaults.provider`".into(),
+                format!("set `payload.provider` to one of {}, or `defaults: {{ provider: NAME }}` in loops.yaml", names()),
+            ))
+        }
+    };
+    let Some(p) = settings.providers.get(&name) else {
+        let help = match near_miss(
+            &name,
+            &settings
+                .providers
+                .keys()
+                .map(String::as_str)
+                .collect::<Vec<_>>(),
+        ) {
+            Some(k) => format!("did you mean `{k}`? Providers in loops.yaml: {}", names()),
+            None if settings.providers.is_empty() => PROVIDER_HELP.to_string(),
+            None => format!("providers in loops.yaml: {}", names()),
+        };
+        return Err((
+            format!("provider `{name}` is not in loops.yaml `providers:`"),
+            help,
+        ));
+    };
+    let model = model
+        .map(str::to_string)
+        .or_else(|| {
+            // defaults.model belongs to defaults.provider; another provider's default
+            // model would be a name it does not know.
+            let same = settings
+                .defaults
+                .provider
+                .as_deref()
+                .is_none_or(|d| d == name);
+            same.then(|| settings.defaults.model.clone()).flatten()
+        })
+        .or_else(|| p.model.clone());
+    match (model, p.kind) {
+        (Some(m), _) => Ok((p.clone(), m)),
+        (None, ProviderKind::Command) => Ok((p.clone(), p.name.clone())),
+        (None, _) => Err((
+            format!("no model for provider `{name}`"),
+            format!("set `payload.model`, `defaults.model`, or `model:` under providers.{name} in loops.yaml"),
+        )),
+    }
 }

@@ -7,16 +7,24 @@
 //! - [`files`]: the file tools (read, list, search, write, edit, append)
 //! - [`tools`]: the tool kit a run offers, and the other tools
 //! - [`context`]: the prompt, laid out stable-first
-//! - [`transcript`]: `.loops/runs/<loop>/<run>.md`
+//! - [`transcript`]: the record of a run, `.loops/runs/<loop>/<run>.md`
 //! - [`run`]: the loop itself
+//! - [`prompt`]: one run of a prompt loop (gate, context, provider, tools, transcript)
+//! - [`main_agent`]: the main session on a model, and its conversation between wakes
 
 pub mod anthropic;
 pub mod config;
+pub mod context;
 pub mod files;
+pub mod main_agent;
 pub mod model;
 pub mod openai;
+pub mod prompt;
 pub mod provider;
+pub mod run;
 pub mod sandbox;
+pub mod tools;
+pub mod transcript;
 
 use std::path::PathBuf;
 

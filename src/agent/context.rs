@@ -1,0 +1,207 @@
+//! The prompt, laid out stable-first so providers' prompt caches hit: the runner's
+//! preamble (and, in the request, the tool schemas), the identity files (main session
+//! only), prompt.md and the loop's settings, state.md — and only then the dynamic part
+//! (now, the collection window, the last run, collected data, steering messages), which
+//! is the one thing that changes between two quiet runs.
+
+use super::model::SystemPart;
+use chrono::{DateTime, Utc};
+use chrono_tz::Tz;
+use std::fmt::Write;
+
+/// Files bigger than this are cut when they go into the prompt.
+pub const MAX_FILE_BYTES: usize = 64 * 1024;
+
+/// What an isolated loop's run is told, first.
+pub fn loop_preamble(loop_name: &str) -> String {
+    format!(
+        "You are `{loop_name}`, a loop run by loops, a file-system-first agent runner. You are \
+started on a schedule, do one pass of your job with the tools offered, and stop.\n\
+\n\
+- Paths are relative to the workspace root, e.g. `domains/{loop_name}/state.md`. You may write \
+only in `domains/{loop_name}/`, `drafts/{loop_name}/` and new files in `inbox/`.\n\
+- Keep what you need next time in `domains/{loop_name}/state.md`: you remember nothing else.\n\
+- Work for the main session goes through a draft (save_draft) and a handoff (create_handoff).\n\
+- End with `finish` (a one-line summary). When there is nothing to do, call `finish` with \
+`silent: true`, or answer exactly SILENT: a silent run changes nothing and costs nothing more.\n\
+- Every file you change is committed to git with your summary, so say what you did plainly."
+    )
+}
+
+/// What the main session is told, first.
+pub const MAIN_PREAMBLE: &str = "You are the main session of this workspace, run by loops. \
+Loops (minions) hand work to you as handoffs: task files with a checklist. Each wake gives you \
+the handoffs that arrived. For each: read it and its draft, do what it asks (edit the draft, \
+update memory, deliver to the user), tick each checklist item with tick_item, then \
+complete_handoff. A handoff you cannot finish now stays open: say why in your reply.\n\
+\n\
+- Paths are relative to the workspace root. Memory lives in .working-memory/ (memory.md curated, \
+rules.md one-line lessons, log.md append-only).\n\
+- Deliver to the user with `deliver`. Never deliver SILENT, NO_REPLY or HEARTBEAT_OK.\n\
+- End the wake with `finish` (a one-line summary; silent: true when there was nothing to do).";
+
+/// The stable part of an isolated loop's prompt.
+pub fn loop_system(
+    loop_name: &str,
+    prompt: &str,
+    settings_yaml: &str,
+    state: Option<&str>,
+) -> Vec<SystemPart> {
+    let mut body = String::new();
+    let _ = write!(
+        body,
+        "# Your instructions (domains/{loop_name}/prompt.md)\n\n{}\n",
+        clip_file(prompt)
+    );
+    if !settings_yaml.trim().is_empty() && settings_yaml.trim() != "{}" {
+        let _ = write!(
+            body,
+            "\n# Your settings (from domains/{loop_name}/config.yaml)\n\n```yaml\n{}```\n",
+            ensure_newline(settings_yaml)
+        );
+    }
+    match state {
+        Some(s) => {
+            let _ = write!(
+                body,
+                "\n# Your state (domains/{loop_name}/state.md)\n\n{}\n",
+                clip_file(s)
+            );
+        }
+        None => {
+            let _ = write!(
+                body,
+                "\n# Your state\n\n(no domains/{loop_name}/state.md yet)\n"
+            );
+        }
+    }
+    vec![
+        SystemPart {
+            text: loop_preamble(loop_name),
+            cache: false,
+        },
+        SystemPart {
+            text: body,
+            cache: true,
+        },
+    ]
+}
+
+/// The stable part of the main session's prompt: preamble, identity files, its prompt.
+pub fn main_system(identity: &[(String, Option<String>)], prompt: &str) -> Vec<SystemPart> {
+    let mut id = String::new();
+    for (path, text) in identity {
+        match text {
+            Some(t) => {
+                let _ = write!(id, "# {path}\n\n{}\n\n", clip_file(t));
+            }
+            None => {
+                let _ = write!(id, "# {path}\n\n(missing)\n\n");
+            }
+        }
+    }
+    let mut parts = vec![SystemPart {
+        text: MAIN_PREAMBLE.to_string(),
+        cache: false,
+    }];
+    if !id.is_empty() {
+        parts.push(SystemPart {
+            text: id,
+            cache: false,
+        });
+    }
+    parts.push(SystemPart {
+        text: format!("# Your instructions\n\n{}\n", clip_file(prompt)),
+        cache: true,
+    });
+    parts
+}
+
+/// The dynamic part of a loop run: one user message, last in the request.
+pub struct Dynamic<'a> {
+    pub now: DateTime<Utc>,
+    pub tz: Tz,
+    pub trigger: &'a str,
+    pub window_start: Option<DateTime<Utc>>,
+    /// How the window was computed, e.g. "the last successful run minus 11m overlap".
+    pub window_rule: String,
+    pub last_run: Option<(String, DateTime<Utc>, Option<String>)>,
+    pub collected: Option<&'a str>,
+    pub steering: &'a [String],
+}
+
+pub fn dynamic_message(d: &Dynamic) -> String {
+    let local = |t: DateTime<Utc>| {
+        t.with_timezone(&d.tz)
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, false)
+    };
+    let mut s = String::new();
+    let _ = writeln!(s, "Now: {} ({})", local(d.now), d.tz.name());
+    let _ = writeln!(s, "Trigger: {}", d.trigger);
+    match d.window_start {
+        Some(w) => {
+            let _ = writeln!(
+                s,
+                "Collection window: {} to now ({})",
+                local(w),
+                d.window_rule
+            );
+        }
+        None => {
+            let _ = writeln!(
+                s,
+                "Collection window: from the beginning (no earlier successful run)"
+            );
+        }
+    }
+    match &d.last_run {
+        Some((outcome, at, summary)) => {
+            let _ = writeln!(
+                s,
+                "Last run: {outcome} at {}{}",
+                local(*at),
+                summary
+                    .as_deref()
+                    .map(|x| format!(": {x}"))
+                    .unwrap_or_default()
+            );
+        }
+        None => {
+            let _ = writeln!(s, "Last run: none (this is the first)");
+        }
+    }
+    if let Some(c) = d.collected {
+        let _ = write!(
+            s,
+            "\nCollected data (from your gate command):\n\n```\n{}```\n",
+            ensure_newline(&clip_file(c))
+        );
+    }
+    if !d.steering.is_empty() {
+        let _ = writeln!(s, "\nSteering messages from the operator:");
+        for m in d.steering {
+            let _ = writeln!(s, "- {m}");
+        }
+    }
+    let _ = write!(s, "\nDo your job now.");
+    s
+}
+
+fn ensure_newline(s: &str) -> String {
+    if s.ends_with('\n') {
+        s.to_string()
+    } else {
+        format!("{s}\n")
+    }
+}
+
+fn clip_file(s: &str) -> String {
+    if s.len() <= MAX_FILE_BYTES {
+        return s.to_string();
+    }
+    format!(
+        "{}\n[… cut at {} KiB; read the rest with read_file and a line range]",
+        super::tools::clip(s, MAX_FILE_BYTES),
+        MAX_FILE_BYTES / 1024
+    )
+}

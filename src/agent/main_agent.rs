@@ -1,0 +1,400 @@
+//! The main session on a model: a wake gives the model the claimed handoffs (front
+//! matter, body, checklist and the draft's text), its identity files and its
+//! conversation so far, and the tools to read memory, edit drafts, tick items, deliver
+//! and complete handoffs.
+//!
+//! The conversation is kept on disk between wakes (`.loops/main/conversation.json`) and
+//! bounded by `main.history` messages: when it grows past that, whole older wakes are
+//! dropped from the front (never half a wake, so no tool result loses its call) and each
+//! dropped wake leaves one summary line — when it was, what it was about and how it ended.
+//! The newest 20 summary lines are kept and shown at the start of the conversation.
+
+use super::config::ProviderKind;
+use super::context;
+use super::model::{Block, Message, Role};
+use super::prompt::{http_provider, PromptOutcome};
+use super::sandbox::{Sandbox, Scope};
+use super::tools::{Claimed, ToolEnv, ToolKit, MAIN_DEFAULT};
+use super::transcript::{Redactor, Transcript};
+use crate::handoff::Handoff;
+use crate::jobs::RunContext;
+use crate::main_session::{WakeKind, MAIN};
+use crate::workspace::MainSettings;
+use chrono::Utc;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+/// The most summary lines of dropped wakes kept.
+pub const SUMMARY_LINES: usize = 20;
+
+/// The main session's conversation between wakes.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Conversation {
+    /// One line per dropped wake, oldest first.
+    #[serde(default)]
+    pub summary: Vec<String>,
+    #[serde(default)]
+    pub messages: Vec<Message>,
+}
+
+pub fn conversation_path(runtime: &Path) -> PathBuf {
+    runtime.join("main").join("conversation.json")
+}
+
+impl Conversation {
+    /// Loads it; a missing or unreadable file is an empty conversation (an unreadable one
+    /// is set aside, not overwritten, so a person can look at it).
+    pub fn load(path: &Path) -> Conversation {
+        let Ok(text) = std::fs::read_to_string(path) else {
+            return Conversation::default();
+        };
+        match serde_json::from_str(&text) {
+            Ok(c) => c,
+            Err(e) => {
+                let aside = path.with_extension(format!("corrupt-{}.json", Utc::now().timestamp()));
+                tracing::warn!(
+                    "{} is not readable ({e}); set aside as {} and starting afresh",
+                    path.display(),
+                    aside.display()
+                );
+                let _ = std::fs::rename(path, aside);
+                Conversation::default()
+            }
+        }
+    }
+
+    pub fn save(&self, path: &Path) -> std::io::Result<()> {
+        let text = serde_json::to_vec(self).map_err(std::io::Error::other)?;
+        crate::fsutil::atomic_write(path, &text)
+    }
+
+    /// Drops whole wakes from the front until at most `limit` messages remain.
+    pub fn bound(&mut self, limit: usize) {
+        while self.messages.len() > limit {
+            // The next wake starts at a user message that is text, not tool results.
+            let next = self
+                .messages
+                .iter()
+                .enumerate()
+                .skip(1)
+                .find(|(_, m)| is_wake_start(m))
+                .map(|(i, _)| i)
+                .unwrap_or(self.messages.len());
+            let dropped: Vec<Message> = self.messages.drain(..next).collect();
+            self.summary.push(summarise(&dropped));
+            // A wake that began in the same message as the last tool results of the one
+            // before it must not keep results whose calls were just dropped.
+            if let Some(first) = self.messages.first_mut() {
+                first
+                    .content
+                    .retain(|b| !matches!(b, Block::ToolResult { .. }));
+            }
+        }
+        if self.summary.len() > SUMMARY_LINES {
+            let cut = self.summary.len() - SUMMARY_LINES;
+            self.summary.drain(..cut);
+        }
+    }
+
+    /// The messages to send: the summary of dropped wakes, the kept conversation and
+    /// the new wake's message (merged into the last user message if the conversation
+    /// ended on one, since roles must alternate).
+    pub fn with_wake(&self, wake: String) -> Vec<Message> {
+        let mut msgs = self.messages.clone();
+        let wake_block = Block::Text { text: wake };
+        match msgs.last_mut() {
+            Some(last) if last.role == Role::User => last.content.push(wake_block),
+            _ => msgs.push(Message {
+                role: Role::User,
+                content: vec![wake_block],
+            }),
+        }
+        if !self.summary.is_empty() {
+            let text = format!(
+                "Earlier wakes, summarised (older turns are dropped to keep this conversation short):\n{}",
+                self.summary
+                    .iter()
+                    .map(|l| format!("- {l}"))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            );
+            if let Some(first) = msgs.first_mut() {
+                first.content.insert(0, Block::Text { text });
+            }
+        }
+        msgs
+    }
+}
+
+fn is_wake_start(m: &Message) -> bool {
+    m.role == Role::User
+        && m.content
+            .iter()
+            .any(|b| matches!(b, Block::Text { text } if text.starts_with("Wake at")))
+}
+
+fn summarise(dropped: &[Message]) -> String {
+    let first = dropped
+        .iter()
+        .find(|m| is_wake_start(m))
+        .and_then(|m| {
+            m.content.iter().rev().find_map(|b| match b {
+                Block::Text { text } if text.starts_with("Wake") => Some(text.clone()),
+                _ => None,
+            })
+        })
+        .and_then(|t| t.lines().next().map(str::to_string))
+        .unwrap_or_else(|| "a wake".into());
+    let last = dropped
+        .iter()
+        .rev()
+        .find(|m| m.role == Role::Assistant && !m.text().trim().is_empty())
+        .map(|m| super::tools::clip(m.text().trim().lines().next().unwrap_or(""), 160));
+    let done: Vec<String> = dropped
+        .iter()
+        .flat_map(|m| m.tool_uses())
+        .filter(|(_, name, _)| *name == "complete_handoff" || *name == "finish")
+        .filter_map(|(_, name, input)| {
+            let s = input.get("summary").and_then(|s| s.as_str()).unwrap_or("");
+            let id = input.get("id").and_then(|s| s.as_str());
+            match (name, id) {
+                ("complete_handoff", Some(id)) => Some(format!("completed {id}")),
+                ("finish", _) if !s.is_empty() => Some(super::tools::clip(s, 160)),
+                _ => None,
+            }
+        })
+        .collect();
+    let mut line = first;
+    if !done.is_empty() {
+        line.push_str(&format!(" → {}", done.join("; ")));
+    } else if let Some(l) = last {
+        line.push_str(&format!(" → {l}"));
+    }
+    line
+}
+
+/// The text of a wake: when, why, and every claimed handoff in full.
+pub fn wake_message(kind: WakeKind, handoffs: &[(Handoff, PathBuf)], ws_root: &Path) -> String {
+    let now = Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let mut s = match kind {
+        WakeKind::Heartbeat if handoffs.is_empty() => format!(
+            "Wake at {now} (heartbeat): no new handoffs. Check whatever your instructions say to check; if there is nothing to do, answer exactly HEARTBEAT_OK."
+        ),
+        _ => {
+            let titles: Vec<&str> = handoffs.iter().map(|(h, _)| h.title.as_str()).collect();
+            format!(
+                "Wake at {now} ({}): {} handoff(s): {}",
+                kind.as_str(),
+                handoffs.len(),
+                titles.join("; ")
+            )
+        }
+    };
+    for (h, path) in handoffs {
+        let rel = path
+            .strip_prefix(ws_root)
+            .unwrap_or(path)
+            .display()
+            .to_string();
+        s.push_str(&format!(
+            "\n\n---\n## Handoff {}\n\n- file: {rel}\n- from: {}\n- priority: {}\n",
+            h.id,
+            h.from,
+            h.priority.as_str()
+        ));
+        if let Some(c) = h.created {
+            s.push_str(&format!("- created: {}\n", c.to_rfc3339()));
+        }
+        if let Some(d) = h.due {
+            s.push_str(&format!("- due: {}\n", d.to_rfc3339()));
+        }
+        if let Some(f) = &h.flagged {
+            s.push_str(&format!("- flagged: {f}\n"));
+        }
+        if !h.tags.is_empty() {
+            s.push_str(&format!("- tags: {}\n", h.tags.join(", ")));
+        }
+        s.push_str(&format!("\n# {}\n\n{}\n", h.title, h.body.trim()));
+        if !h.checklist.is_empty() {
+            s.push_str("\nChecklist (tick each with tick_item when done):\n");
+            for (i, item) in h.checklist.iter().enumerate() {
+                s.push_str(&format!(
+                    "{}. [{}] {}{}\n",
+                    i + 1,
+                    if item.checked { "x" } else { " " },
+                    item.text,
+                    if item.optional { " (optional)" } else { "" }
+                ));
+            }
+        }
+        if let Some(d) = &h.draft {
+            match std::fs::read_to_string(ws_root.join(d)) {
+                Ok(t) => s.push_str(&format!(
+                    "\nDraft `{d}`:\n\n```markdown\n{}\n```\n",
+                    super::tools::clip(t.trim_end(), context::MAX_FILE_BYTES)
+                )),
+                Err(e) => s.push_str(&format!("\nDraft `{d}`: cannot be read ({e})\n")),
+            }
+        }
+    }
+    s
+}
+
+/// What a wake on a model produced.
+pub struct ModelWake {
+    pub outcome: PromptOutcome,
+    /// Handoffs the model completed, with their summaries.
+    pub reported: HashMap<String, Option<String>>,
+    /// Files the tools wrote.
+    pub wrote: Vec<PathBuf>,
+}
+
+/// Runs one wake of a prompt main session.
+pub async fn wake(
+    ctx: &RunContext,
+    main: &MainSettings,
+    kind: WakeKind,
+    run_id: &str,
+    handoffs: &[(Handoff, PathBuf)],
+    cancel: Option<watch::Receiver<bool>>,
+) -> ModelWake {
+    let started = std::time::Instant::now();
+    let ws = &ctx.ws;
+    let fail = |e: String| ModelWake {
+        outcome: PromptOutcome {
+            outcome: Some(crate::runs::Outcome::Failed),
+            error: Some(e),
+            ..Default::default()
+        },
+        reported: HashMap::new(),
+        wrote: Vec::new(),
+    };
+    let Some(prompt_file) = &main.prompt else {
+        return fail("the main session has neither `command:` nor `prompt:` in loops.yaml".into());
+    };
+    let prompt = match std::fs::read_to_string(ws.root.join(prompt_file)) {
+        Ok(p) => p,
+        Err(e) => {
+            return fail(format!(
+                "cannot read the main session's prompt `{prompt_file}` (loops.yaml main.prompt): {e}; create it or fix the path"
+            ))
+        }
+    };
+    let (pcfg, model) = match super::config::resolve(
+        &ws.settings,
+        main.provider.as_deref(),
+        main.model.as_deref(),
+    ) {
+        Ok(r) => r,
+        Err((msg, help)) => return fail(format!("main session: {msg} ({help})")),
+    };
+    if pcfg.kind == ProviderKind::Command {
+        return fail(format!(
+            "provider `{}` is an agent CLI (kind: command); a main session on one is `main.command` in loops.yaml",
+            pcfg.name
+        ));
+    }
+    let identity: Vec<(String, Option<String>)> = main
+        .context
+        .iter()
+        .map(|f| (f.clone(), std::fs::read_to_string(ws.root.join(f)).ok()))
+        .collect();
+    let system = context::main_system(&identity, &prompt);
+    let conv_path = conversation_path(&ws.runtime_dir());
+    let conv = if main.history == 0 {
+        Conversation::default()
+    } else {
+        Conversation::load(&conv_path)
+    };
+    let messages = conv.with_wake(wake_message(kind, handoffs, &ws.root));
+    let allowed: Vec<String> = match &main.tools {
+        Some(t) => t.clone(),
+        None => MAIN_DEFAULT.iter().map(|s| s.to_string()).collect(),
+    };
+    let kit = ToolKit::new(ToolEnv {
+        ws: ws.clone(),
+        sandbox: Sandbox::new(&ws.root, Scope::Main),
+        loop_name: MAIN.to_string(),
+        run_id: run_id.to_string(),
+        allowed,
+        allowed_hosts: Vec::new(),
+        shell: None,
+        committer: ctx.committer.clone(),
+        claimed: handoffs
+            .iter()
+            .map(|(h, p)| Claimed {
+                id: h.id.clone(),
+                path: p.clone(),
+            })
+            .collect(),
+    });
+    let tpath = Transcript::path_for(&ws.runs_dir(), MAIN, run_id);
+    let mut tr = Transcript::create(tpath.clone(), Redactor::for_settings(&ws.settings));
+    tr.header(
+        &format!("main — {} wake {run_id}", kind.as_str()),
+        &[
+            ("handoffs", handoffs.len().to_string()),
+            (
+                "provider",
+                format!("{} ({})", pcfg.name, pcfg.kind.as_str()),
+            ),
+            ("model", model.clone()),
+        ],
+    );
+    let deadline = Instant::now() + main.timeout;
+    let (mut outcome, messages, kit) = http_provider(
+        &pcfg,
+        &model,
+        main.max_turns,
+        &system,
+        messages,
+        deadline,
+        cancel,
+        kit,
+        &mut tr,
+    )
+    .await;
+    outcome.provider = Some(pcfg.name.clone());
+    outcome.transcript = Some(tpath);
+    outcome.duration = started.elapsed();
+    let failed = outcome
+        .outcome
+        .is_some_and(|o| o.is_failure() || o == crate::runs::Outcome::Interrupted);
+    if !failed && main.history > 0 {
+        // The summary line of the dropped wakes is already at the front of `messages`;
+        // keep it out of the stored conversation (it lives in `summary`).
+        let mut stored = Conversation {
+            summary: conv.summary.clone(),
+            messages,
+        };
+        if !conv.summary.is_empty() {
+            if let Some(first) = stored.messages.first_mut() {
+                if matches!(first.content.first(), Some(Block::Text { text }) if text.starts_with("Earlier wakes, summarised"))
+                {
+                    first.content.remove(0);
+                }
+            }
+        }
+        stored.bound(main.history);
+        if let Err(e) = stored.save(&conv_path) {
+            tracing::warn!("cannot save the main session's conversation: {e}");
+        }
+    }
+    tr.note(&format!(
+        "outcome: {}{}",
+        outcome.outcome.unwrap_or(crate::runs::Outcome::Silent),
+        outcome
+            .error
+            .as_deref()
+            .map(|e| format!(" — {e}"))
+            .unwrap_or_default()
+    ));
+    ModelWake {
+        reported: kit.completed.iter().cloned().collect(),
+        wrote: kit.wrote.iter().cloned().collect(),
+        outcome,
+    }
+}

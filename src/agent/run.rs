@@ -1,0 +1,201 @@
+//! The agent loop: send the conversation, run the tools the model asks for, send their
+//! results, and repeat until the model calls `finish`, answers without a tool call, the
+//! turn limit, the deadline or a cancellation.
+
+use super::model::{Block, Message, ModelRequest, Role, SystemPart, Usage};
+use super::provider::{Completion, HttpProvider, ProviderError};
+use super::tools::{is_silent_token, Finish, ToolKit};
+use super::transcript::Transcript;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+/// How a conversation ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum End {
+    /// The model called `finish`.
+    Finished(Finish),
+    /// The model answered with text and no tool call.
+    Answered(String),
+    /// The model answered exactly SILENT, NO_REPLY or HEARTBEAT_OK.
+    SilentToken(String),
+    /// `max_turns` model turns and still no end.
+    MaxTurns(u32),
+    Timeout,
+    Cancelled,
+    /// The provider refused or failed for good.
+    Failed(String),
+}
+
+/// One conversation to drive.
+pub struct Drive<'a> {
+    pub provider: &'a HttpProvider,
+    pub model: &'a str,
+    pub max_tokens: u32,
+    pub system: &'a [SystemPart],
+    pub messages: Vec<Message>,
+    pub max_turns: u32,
+    pub deadline: Instant,
+    pub cancel: Option<watch::Receiver<bool>>,
+}
+
+/// What driving it produced.
+#[derive(Debug, Clone)]
+pub struct Driven {
+    pub end: End,
+    /// The whole conversation, the new replies and tool results included.
+    pub messages: Vec<Message>,
+    pub usage: Usage,
+    /// Model calls made.
+    pub turns: u32,
+    /// The model the provider said answered.
+    pub model: Option<String>,
+    /// The size of each request body, in order.
+    pub request_bytes: Vec<usize>,
+    /// Time spent waiting on the provider, all turns.
+    pub server_time: Duration,
+    /// Wall time of the whole conversation.
+    pub wall_time: Duration,
+}
+
+impl Driven {
+    /// The text that says what the run did: the finish summary or the final answer.
+    pub fn summary(&self) -> Option<String> {
+        match &self.end {
+            End::Finished(f) if !f.summary.trim().is_empty() => Some(f.summary.trim().to_string()),
+            End::Answered(t) if !t.trim().is_empty() => Some(t.trim().to_string()),
+            _ => None,
+        }
+    }
+}
+
+async fn cancelled(cancel: &mut Option<watch::Receiver<bool>>) {
+    match cancel {
+        Some(rx) => {
+            while !*rx.borrow() {
+                if rx.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }
+        }
+        None => std::future::pending::<()>().await,
+    }
+}
+
+pub async fn drive(mut d: Drive<'_>, kit: &mut ToolKit, tr: &mut Transcript) -> Driven {
+    let started = Instant::now();
+    let mut out = Driven {
+        end: End::MaxTurns(d.max_turns),
+        messages: std::mem::take(&mut d.messages),
+        usage: Usage::default(),
+        turns: 0,
+        model: None,
+        request_bytes: Vec::new(),
+        server_time: Duration::ZERO,
+        wall_time: Duration::ZERO,
+    };
+    tr.system(d.system, kit.specs());
+    if let Some(last) = out.messages.last() {
+        tr.message(last, "");
+    }
+    let specs = kit.specs().to_vec();
+    let end = loop {
+        if out.turns >= d.max_turns {
+            break End::MaxTurns(d.max_turns);
+        }
+        if d.cancel.as_ref().is_some_and(|c| *c.borrow()) {
+            break End::Cancelled;
+        }
+        if Instant::now() >= d.deadline {
+            break End::Timeout;
+        }
+        let req = ModelRequest {
+            model: d.model,
+            max_tokens: d.max_tokens,
+            system: d.system,
+            tools: &specs,
+            messages: &out.messages,
+        };
+        let t0 = Instant::now();
+        let res: Result<Completion, ProviderError> = tokio::select! {
+            r = tokio::time::timeout_at(d.deadline, d.provider.complete(&req, d.deadline)) => match r {
+                Ok(r) => r,
+                Err(_) => break End::Timeout,
+            },
+            _ = cancelled(&mut d.cancel) => break End::Cancelled,
+        };
+        out.turns += 1;
+        let c = match res {
+            Ok(c) => c,
+            Err(ProviderError::Deadline { last, .. }) if Instant::now() >= d.deadline => {
+                tr.note(&format!(
+                    "the provider kept failing until the deadline: {last}"
+                ));
+                break End::Timeout;
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                tr.note(&format!("provider error: {msg}"));
+                break End::Failed(msg);
+            }
+        };
+        out.server_time += c.server_time;
+        out.request_bytes.push(c.request_bytes);
+        for r in &c.retried {
+            tr.note(&format!("retried: {r}"));
+        }
+        out.usage.add(&c.reply.usage);
+        if c.reply.model.is_some() {
+            out.model = c.reply.model.clone();
+        }
+        let reply = c.reply.message;
+        tr.message(&reply, &format!(" (turn {})", out.turns));
+        tr.turn_usage(
+            out.turns,
+            &c.reply.usage,
+            t0.elapsed().as_millis(),
+            out.model.as_deref(),
+        );
+        let calls: Vec<(String, String, serde_json::Value)> = reply
+            .tool_uses()
+            .map(|(id, name, input)| (id.to_string(), name.to_string(), input.clone()))
+            .collect();
+        let text = reply.text();
+        out.messages.push(Message {
+            role: Role::Assistant,
+            content: reply.content,
+        });
+        if calls.is_empty() {
+            break if is_silent_token(&text) {
+                End::SilentToken(text.trim().to_string())
+            } else {
+                End::Answered(text)
+            };
+        }
+        let mut results = Vec::new();
+        for (id, name, input) in calls {
+            let r = kit.call(&name, &input, d.deadline).await;
+            let (content, is_error) = match r {
+                Ok(ok) => (ok.text, false),
+                Err(e) => (e.message, true),
+            };
+            results.push(Block::ToolResult {
+                tool_use_id: id,
+                content,
+                is_error,
+            });
+        }
+        let msg = Message {
+            role: Role::User,
+            content: results,
+        };
+        tr.message(&msg, "");
+        out.messages.push(msg);
+        if let Some(f) = &kit.finish {
+            break End::Finished(f.clone());
+        }
+    };
+    out.end = end;
+    out.wall_time = started.elapsed();
+    out
+}

@@ -1,0 +1,764 @@
+//! The tool kit one run offers the model: the file tools (see [`super::files`]), drafts
+//! and handoffs, delivery, `http_get`, `shell` and `finish`.
+//!
+//! A loop's `tools:` is an allow-list: the model is offered exactly those tools, and a call
+//! to anything else is refused (the refusal goes back to the model and is recorded). Every
+//! tool error goes back to the model as the tool's result; a tool never ends a run.
+
+use super::model::ToolSpec;
+use super::sandbox::{Access, Sandbox};
+use super::{files, ToolError, ToolOk, ToolResult};
+use crate::handoff::{self, Inbox, NewHandoff, Priority};
+use crate::history::Committer;
+use crate::workspace::Workspace;
+use chrono::Utc;
+use serde_json::{json, Value};
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// Every tool the runner knows.
+pub const KNOWN: &[&str] = &[
+    "read_file",
+    "list_files",
+    "search_files",
+    "write_file",
+    "edit_file",
+    "append_file",
+    "save_draft",
+    "create_handoff",
+    "complete_handoff",
+    "tick_item",
+    "deliver",
+    "http_get",
+    "shell",
+    "finish",
+];
+
+/// What an isolated loop is offered when its config.yaml has no `tools:`. `http_get`
+/// and `shell` are never on by default: they reach outside the workspace.
+pub const ISOLATED_DEFAULT: &[&str] = &[
+    "read_file",
+    "list_files",
+    "search_files",
+    "write_file",
+    "edit_file",
+    "append_file",
+    "save_draft",
+    "create_handoff",
+    "finish",
+];
+
+/// What the main session is offered when loops.yaml `main.tools` is unset.
+pub const MAIN_DEFAULT: &[&str] = &[
+    "read_file",
+    "list_files",
+    "search_files",
+    "write_file",
+    "edit_file",
+    "append_file",
+    "create_handoff",
+    "complete_handoff",
+    "tick_item",
+    "deliver",
+    "finish",
+];
+
+/// Replies that mean "nothing to say": a silent exit, never delivered anywhere.
+pub const SILENT_TOKENS: &[&str] = &["SILENT", "NO_REPLY", "HEARTBEAT_OK"];
+
+/// Whether `text` is exactly a silent token (surrounding whitespace aside).
+pub fn is_silent_token(text: &str) -> bool {
+    let t = text.trim();
+    SILENT_TOKENS.contains(&t)
+}
+
+pub fn is_known(name: &str) -> bool {
+    KNOWN.contains(&name)
+}
+
+/// The largest response body `http_get` hands back.
+pub const HTTP_MAX_BYTES: usize = 256 * 1024;
+
+/// How `shell` runs commands.
+#[derive(Debug, Clone)]
+pub struct ShellSpec {
+    pub cwd: PathBuf,
+    pub env: Vec<(String, String)>,
+}
+
+/// A handoff the main session is working on in this wake.
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    pub id: String,
+    pub path: PathBuf,
+}
+
+/// What the tools of one run need from their surroundings.
+pub struct ToolEnv {
+    pub ws: Arc<Workspace>,
+    pub sandbox: Sandbox,
+    /// The loop (or `main`) the run belongs to: drafts and handoffs are made in its name.
+    pub loop_name: String,
+    pub run_id: String,
+    /// The tools offered, in order.
+    pub allowed: Vec<String>,
+    pub allowed_hosts: Vec<String>,
+    /// Set when the loop lists `shell` and loops.yaml allows it.
+    pub shell: Option<ShellSpec>,
+    pub committer: Option<Committer>,
+    /// The main session's claimed handoffs (empty for loops).
+    pub claimed: Vec<Claimed>,
+}
+
+/// How the model ended the run with `finish`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Finish {
+    pub summary: String,
+    pub silent: bool,
+}
+
+/// The tools of one run, and what they did.
+pub struct ToolKit {
+    env: ToolEnv,
+    specs: Vec<ToolSpec>,
+    /// Files the tools wrote (absolute).
+    pub wrote: BTreeSet<PathBuf>,
+    /// Handoffs made by `create_handoff` (ids).
+    pub handoffs: Vec<String>,
+    /// `complete_handoff` calls: id and summary.
+    pub completed: Vec<(String, Option<String>)>,
+    /// Calls to tools outside the allow-list.
+    pub refused: Vec<String>,
+    /// Texts delivered by `deliver`.
+    pub delivered: usize,
+    pub finish: Option<Finish>,
+}
+
+impl ToolKit {
+    pub fn new(env: ToolEnv) -> ToolKit {
+        let all = all_specs();
+        let specs = env
+            .allowed
+            .iter()
+            .filter(|name| name.as_str() != "shell" || env.shell.is_some())
+            .filter_map(|name| all.iter().find(|s| &s.name == name).cloned())
+            .collect();
+        ToolKit {
+            env,
+            specs,
+            wrote: BTreeSet::new(),
+            handoffs: Vec::new(),
+            completed: Vec::new(),
+            refused: Vec::new(),
+            delivered: 0,
+            finish: None,
+        }
+    }
+
+    /// The tools offered to the model.
+    pub fn specs(&self) -> &[ToolSpec] {
+        &self.specs
+    }
+
+    pub fn sandbox(&self) -> &Sandbox {
+        &self.env.sandbox
+    }
+
+    /// Runs one tool call. Never panics and never fails the run: every problem is a
+    /// [`ToolError`] for the model.
+    pub async fn call(&mut self, name: &str, input: &Value, deadline: Instant) -> ToolResult {
+        if !self.specs.iter().any(|s| s.name == name) {
+            self.refused.push(name.to_string());
+            let offered: Vec<&str> = self.specs.iter().map(|s| s.name.as_str()).collect();
+            let why = if name == "shell" && self.env.allowed.iter().any(|t| t == "shell") {
+                "the shell tool is off: loops.yaml must set `allow_shell_tool: true`".to_string()
+            } else if is_known(name) {
+                format!("`{name}` is not in this loop's `tools:` list")
+            } else {
+                format!("there is no tool called `{name}`")
+            };
+            return Err(ToolError::new(format!(
+                "refused: {why}. The tools you can use are: {}",
+                offered.join(", ")
+            )));
+        }
+        if !input.is_object() {
+            return Err(ToolError::new(format!(
+                "the input of `{name}` must be a JSON object with the tool's arguments"
+            )));
+        }
+        if let Some(raw) = input.get("_raw") {
+            return Err(ToolError::new(format!(
+                "the arguments of `{name}` are not valid JSON: {}",
+                clip(&raw.to_string(), 200)
+            )));
+        }
+        let sb = &self.env.sandbox;
+        let result = match name {
+            "read_file" => files::read_file(sb, input),
+            "list_files" => files::list_files(sb, input),
+            "search_files" => files::search_files(sb, input),
+            "write_file" => files::write_file(sb, input),
+            "edit_file" => files::edit_file(sb, input),
+            "append_file" => files::append_file(sb, input),
+            "save_draft" => self.save_draft(input),
+            "create_handoff" => self.create_handoff(input).await,
+            "complete_handoff" => self.complete_handoff(input),
+            "tick_item" => self.tick_item(input),
+            "deliver" => self.deliver(input),
+            "http_get" => self.http_get(input, deadline).await,
+            "shell" => self.shell(input, deadline).await,
+            "finish" => self.finish(input),
+            other => Err(ToolError::new(format!("there is no tool called `{other}`"))),
+        };
+        if let Ok(ok) = &result {
+            self.wrote.extend(ok.wrote.iter().cloned());
+        }
+        result
+    }
+
+    fn save_draft(&mut self, input: &Value) -> ToolResult {
+        let name = str_arg(input, "name")?;
+        let content = str_arg(input, "content")?;
+        let mut name = name.trim().trim_start_matches("./").to_string();
+        let prefix = format!("drafts/{}/", self.env.loop_name);
+        if let Some(rest) = name.strip_prefix(&prefix) {
+            name = rest.to_string();
+        }
+        if name.is_empty() {
+            return Err(ToolError::new(
+                "`name` is empty; give a file name such as 2026-11-21.md",
+            ));
+        }
+        if !name.contains('.') {
+            name.push_str(".md");
+        }
+        let rel = format!("{prefix}{name}");
+        files::write_file(self.sandbox(), &json!({ "path": rel, "content": content })).map(|mut ok| {
+            ok.text = format!(
+                "saved the draft as {rel}; hand it to the main session with create_handoff (draft: \"{rel}\")"
+            );
+            ok
+        })
+    }
+
+    async fn create_handoff(&mut self, input: &Value) -> ToolResult {
+        let title = str_arg(input, "title")?.trim().to_string();
+        if title.is_empty() {
+            return Err(ToolError::new(
+                "`title` is empty: say in a few words what the main session should do",
+            ));
+        }
+        let body = opt_str(input, "body")?.unwrap_or_default();
+        let draft = opt_str(input, "draft")?.map(|d| d.trim().trim_start_matches("./").to_string());
+        let to = opt_str(input, "to")?.unwrap_or_else(|| "main".into());
+        let priority = match opt_str(input, "priority")? {
+            None => Priority::Normal,
+            Some(p) => Priority::parse(&p).ok_or_else(|| {
+                ToolError::new(format!(
+                    "priority `{p}` is not one of urgent, high, normal, low"
+                ))
+            })?,
+        };
+        let items = match input.get("items") {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::Array(a)) => a
+                .iter()
+                .map(|i| {
+                    i.as_str()
+                        .map(str::to_string)
+                        .ok_or_else(|| ToolError::new("`items` must be a list of strings"))
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+            Some(_) => return Err(ToolError::new("`items` must be a list of strings")),
+        };
+        let inbox = Inbox::new(&self.env.ws.root);
+        if let Some(d) = &draft {
+            // The draft must be one the sandbox lets this run read.
+            self.env.sandbox.resolve(d, Access::Read)?;
+            inbox
+                .check_draft(d)
+                .map_err(|e| ToolError::new(format!("{e}; save it first with save_draft")))?;
+        }
+        let n = NewHandoff {
+            from: self.env.loop_name.clone(),
+            to,
+            title,
+            priority,
+            run: Some(self.env.run_id.clone()),
+            draft,
+            body,
+            items,
+            ..Default::default()
+        };
+        let ws = self.env.ws.clone();
+        let committer = self.env.committer.clone();
+        let made = tokio::task::spawn_blocking(move || {
+            crate::main_session::create_committed(&ws, committer.as_ref(), &n)
+        })
+        .await
+        .ok()
+        .flatten();
+        match made {
+            Some(id) => {
+                let marker = crate::jobs::handoff_runs_dir(&self.env.ws).join(&self.env.run_id);
+                let _ = crate::fsutil::atomic_replace(&marker, id.as_bytes());
+                self.handoffs.push(id.clone());
+                Ok(ToolOk::text(format!("handed off as {id}")))
+            }
+            None => Err(ToolError::new(
+                "the handoff could not be written (see the runner's log); try again",
+            )),
+        }
+    }
+
+    fn claimed(&self, id: &str) -> Result<&Claimed, ToolError> {
+        self.env.claimed.iter().find(|c| c.id == id).ok_or_else(|| {
+            let ids: Vec<&str> = self.env.claimed.iter().map(|c| c.id.as_str()).collect();
+            if ids.is_empty() {
+                ToolError::new("no handoffs are open in this wake")
+            } else {
+                ToolError::new(format!(
+                    "`{id}` is not one of this wake's handoffs: {}",
+                    ids.join(", ")
+                ))
+            }
+        })
+    }
+
+    fn complete_handoff(&mut self, input: &Value) -> ToolResult {
+        let id = str_arg(input, "id")?;
+        let summary = opt_str(input, "summary")?;
+        let c = self.claimed(&id)?;
+        let h = handoff::load(&c.path).map_err(|e| ToolError::new(e.to_string()))?;
+        let unticked: Vec<String> = h.unticked().iter().map(|i| i.text.clone()).collect();
+        if !unticked.is_empty() {
+            return Err(ToolError::new(format!(
+                "`{id}` still has unticked items: {}. Do them and tick each with tick_item, then complete it",
+                unticked.join("; ")
+            )));
+        }
+        self.completed.retain(|(i, _)| *i != id);
+        self.completed.push((id.clone(), summary));
+        Ok(ToolOk::text(format!(
+            "{id} will be completed when this wake ends"
+        )))
+    }
+
+    fn tick_item(&mut self, input: &Value) -> ToolResult {
+        let id = str_arg(input, "id")?;
+        let item = match input.get("item") {
+            Some(Value::String(s)) => s.trim().to_string(),
+            Some(Value::Number(n)) => n.to_string(),
+            _ => {
+                return Err(ToolError::new(
+                    "`item` must be the item's text or its number (1 = first)",
+                ))
+            }
+        };
+        let path = self.claimed(&id)?.path.clone();
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| ToolError::new(format!("cannot read {id}: {e}")))?;
+        let mut n = 0usize;
+        let mut hit = None;
+        let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+        for (i, line) in lines.iter().enumerate() {
+            let t = line.trim_start();
+            let rest = ["- [ ] ", "* [ ] ", "- [x] ", "* [x] ", "- [X] ", "* [X] "]
+                .iter()
+                .find_map(|p| t.strip_prefix(p));
+            let Some(rest) = rest else { continue };
+            n += 1;
+            if item == n.to_string() || rest.trim() == item {
+                hit = Some(i);
+                break;
+            }
+        }
+        let Some(i) = hit else {
+            return Err(ToolError::new(format!(
+                "`{id}` has no checklist item `{item}`; give the item's exact text or its number"
+            )));
+        };
+        let line = &lines[i];
+        lines[i] = line.replacen("[ ]", "[x]", 1);
+        let mut out = lines.join("\n");
+        if text.ends_with('\n') {
+            out.push('\n');
+        }
+        crate::fsutil::atomic_write(&path, out.as_bytes())
+            .map_err(|e| ToolError::new(format!("cannot write {id}: {e}")))?;
+        Ok(ToolOk::text(format!("ticked: {}", lines[i].trim())))
+    }
+
+    fn deliver(&mut self, input: &Value) -> ToolResult {
+        let text = str_arg(input, "text")?;
+        if text.trim().is_empty() {
+            return Err(ToolError::new("`text` is empty"));
+        }
+        if is_silent_token(&text) {
+            return Err(ToolError::new(
+                "silent tokens are never delivered; to say nothing, call finish with silent: true",
+            ));
+        }
+        let channel = opt_str(input, "channel")?.unwrap_or_else(|| "outbox".into());
+        let slug: String = channel
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' {
+                    c.to_ascii_lowercase()
+                } else {
+                    '-'
+                }
+            })
+            .collect();
+        let now = Utc::now();
+        // Until delivery channels exist, a delivery is a dated markdown file per channel
+        // under outbox/, committed with the wake.
+        let rel = format!("outbox/{slug}/{}.md", now.format("%Y-%m-%d"));
+        let entry = format!(
+            "## {} — {}\n\n{}\n",
+            now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            self.env.loop_name,
+            text.trim_end()
+        );
+        let ok = files::append_file(self.sandbox(), &json!({ "path": rel, "content": entry }))?;
+        self.delivered += 1;
+        Ok(ToolOk {
+            text: format!("delivered to {channel} ({rel})"),
+            wrote: ok.wrote,
+        })
+    }
+
+    fn finish(&mut self, input: &Value) -> ToolResult {
+        let summary = opt_str(input, "summary")?.unwrap_or_default();
+        let silent = match input.get("silent") {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(b)) => *b,
+            Some(Value::String(s)) if s == "true" || s == "false" => s == "true",
+            Some(_) => return Err(ToolError::new("`silent` must be true or false")),
+        };
+        self.finish = Some(Finish { summary, silent });
+        Ok(ToolOk::text("finished"))
+    }
+
+    async fn http_get(&mut self, input: &Value, deadline: Instant) -> ToolResult {
+        let url = str_arg(input, "url")?;
+        let parsed = reqwest::Url::parse(url.trim())
+            .map_err(|e| ToolError::new(format!("`{url}` is not a URL: {e}")))?;
+        if !matches!(parsed.scheme(), "http" | "https") {
+            return Err(ToolError::new(
+                "only http:// and https:// URLs can be fetched",
+            ));
+        }
+        let host = parsed
+            .host_str()
+            .ok_or_else(|| ToolError::new("the URL has no host"))?
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_ascii_lowercase();
+        let listed = host_listed(&self.env.allowed_hosts, &host);
+        let Some(exact) = listed else {
+            return Err(ToolError::new(format!(
+                "refused: `{host}` is not in this loop's `allowed_hosts`{}",
+                if self.env.allowed_hosts.is_empty() {
+                    " (the list is empty)".to_string()
+                } else {
+                    format!(" ({})", self.env.allowed_hosts.join(", "))
+                }
+            )));
+        };
+        let port = parsed.port_or_known_default().unwrap_or(80);
+        let addrs: Vec<std::net::SocketAddr> = tokio::net::lookup_host((host.as_str(), port))
+            .await
+            .map_err(|e| ToolError::new(format!("cannot resolve {host}: {e}")))?
+            .collect();
+        let Some(addr) = addrs.first().copied() else {
+            return Err(ToolError::new(format!("{host} has no address")));
+        };
+        // A private or loopback address is reachable only when the loop names that exact
+        // host: a wildcard entry must not open the way to the local network.
+        if !exact && addrs.iter().any(|a| is_private(a.ip())) {
+            return Err(ToolError::new(format!(
+                "refused: {host} resolves to a private or loopback address; list it exactly in `allowed_hosts` to allow it"
+            )));
+        }
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let timeout = remaining.min(Duration::from_secs(30));
+        if timeout.is_zero() {
+            return Err(ToolError::new("no time left in this run"));
+        }
+        // Pin the connection to the address just checked, so a second DNS answer cannot
+        // point it somewhere else; redirects are reported, not followed.
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .resolve(&host, addr)
+            .timeout(timeout)
+            .user_agent(concat!("loops/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| ToolError::new(format!("cannot make an HTTP client: {e}")))?;
+        let mut resp = client
+            .get(parsed.clone())
+            .send()
+            .await
+            .map_err(|e| ToolError::new(format!("GET {url} failed: {}", without_url(&e))))?;
+        let status = resp.status();
+        if status.is_redirection() {
+            let to = resp
+                .headers()
+                .get("location")
+                .and_then(|l| l.to_str().ok())
+                .unwrap_or("?");
+            return Ok(ToolOk::text(format!(
+                "HTTP {status}: redirected to {to} (not followed; fetch it if its host is allowed)"
+            )));
+        }
+        let mut body: Vec<u8> = Vec::new();
+        let mut truncated = false;
+        loop {
+            match resp.chunk().await {
+                Ok(Some(c)) => {
+                    let room = HTTP_MAX_BYTES.saturating_sub(body.len());
+                    body.extend_from_slice(&c[..c.len().min(room)]);
+                    if c.len() > room {
+                        truncated = true;
+                        break;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    return Err(ToolError::new(format!(
+                        "reading {url} failed: {}",
+                        without_url(&e)
+                    )))
+                }
+            }
+        }
+        let text = String::from_utf8_lossy(&body);
+        let mut out = format!("HTTP {status}\n\n{text}");
+        if truncated {
+            out.push_str(&format!("\n\n[… cut at {} KiB]", HTTP_MAX_BYTES / 1024));
+        }
+        Ok(ToolOk::text(out))
+    }
+
+    async fn shell(&mut self, input: &Value, deadline: Instant) -> ToolResult {
+        let Some(spec) = self.env.shell.clone() else {
+            return Err(ToolError::new("the shell tool is off"));
+        };
+        let command = str_arg(input, "command")?;
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
+            return Err(ToolError::new("no time left in this run"));
+        }
+        let exec = crate::exec::ExecSpec {
+            argv: vec!["sh".into(), "-c".into(), command],
+            cwd: spec.cwd.clone(),
+            env: spec.env.clone(),
+            timeout: remaining,
+            grace: crate::exec::KILL_GRACE.min(remaining),
+            on_spawn: None,
+            stdin: None,
+        };
+        let before = crate::jobs::snapshot_areas(vec![spec.cwd.clone()]).await;
+        let res = crate::exec::run(&exec, None, None).await;
+        let after = crate::jobs::snapshot_areas(vec![spec.cwd.clone()]).await;
+        let wrote = crate::jobs::changed_between(&before, &after);
+        let mut out = match (res.exit_code, res.failure_reason(remaining)) {
+            (Some(0), _) => "exit 0".to_string(),
+            (_, Some(why)) => why,
+            (c, None) => format!("exit {c:?}"),
+        };
+        if !res.stdout_tail.is_empty() {
+            out.push_str(&format!(
+                "\n\nstdout:\n{}",
+                tail(&res.stdout_tail, 16 * 1024)
+            ));
+        }
+        if !res.stderr_tail.is_empty() {
+            out.push_str(&format!(
+                "\n\nstderr:\n{}",
+                tail(&res.stderr_tail, 8 * 1024)
+            ));
+        }
+        if res.success() {
+            Ok(ToolOk { text: out, wrote })
+        } else {
+            self.wrote.extend(wrote);
+            Err(ToolError::new(out))
+        }
+    }
+}
+
+/// Whether `host` is in `allowed`: `Some(true)` for an exact entry, `Some(false)` for a
+/// `*.domain` wildcard, `None` when not listed. Entries may carry a port (ignored).
+fn host_listed(allowed: &[String], host: &str) -> Option<bool> {
+    let mut wildcard = false;
+    for entry in allowed {
+        let e = entry.trim().to_ascii_lowercase();
+        let e = e.trim_start_matches('[');
+        let name = match e.rsplit_once(':') {
+            // An IPv6 literal has colons of its own.
+            Some((h, p)) if p.chars().all(|c| c.is_ascii_digit()) && !h.contains(':') => h,
+            _ => e,
+        };
+        let name = name.trim_end_matches(']');
+        if name == host {
+            return Some(true);
+        }
+        if let Some(domain) = name.strip_prefix("*.") {
+            if host.ends_with(&format!(".{domain}")) {
+                wildcard = true;
+            }
+        }
+    }
+    wildcard.then_some(false)
+}
+
+/// Loopback, private, link-local, unspecified and similar addresses.
+pub fn is_private(ip: std::net::IpAddr) -> bool {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || v4.octets()[0] == 100 && (64..128).contains(&v4.octets()[1])
+        }
+        std::net::IpAddr::V6(v6) => {
+            v6.is_loopback()
+                || v6.is_unspecified()
+                || (v6.segments()[0] & 0xfe00) == 0xfc00
+                || (v6.segments()[0] & 0xffc0) == 0xfe80
+                || v6.to_ipv4_mapped().is_some_and(|v4| is_private(v4.into()))
+        }
+    }
+}
+
+fn without_url(e: &reqwest::Error) -> String {
+    let mut s = e.to_string();
+    if let Some(u) = e.url() {
+        s = s.replace(u.as_str(), "the URL");
+    }
+    s
+}
+
+fn tail(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut i = s.len() - max;
+    while !s.is_char_boundary(i) {
+        i += 1;
+    }
+    &s[i..]
+}
+
+/// At most `max` bytes of `s`, on a character boundary.
+pub fn clip(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut i = max;
+    while !s.is_char_boundary(i) {
+        i -= 1;
+    }
+    format!("{}…", &s[..i])
+}
+
+fn str_arg(input: &Value, key: &str) -> Result<String, ToolError> {
+    match input.get(key) {
+        Some(Value::String(s)) => Ok(s.clone()),
+        Some(Value::Null) | None => Err(ToolError::new(format!("missing argument `{key}`"))),
+        Some(_) => Err(ToolError::new(format!("`{key}` must be a string"))),
+    }
+}
+
+fn opt_str(input: &Value, key: &str) -> Result<Option<String>, ToolError> {
+    match input.get(key) {
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(Value::Null) | None => Ok(None),
+        Some(_) => Err(ToolError::new(format!("`{key}` must be a string"))),
+    }
+}
+
+fn spec(name: &str, description: &str, schema: Value) -> ToolSpec {
+    ToolSpec {
+        name: name.to_string(),
+        description: description.to_string(),
+        input_schema: schema,
+    }
+}
+
+/// Every tool's spec, in [`KNOWN`] order.
+pub fn all_specs() -> Vec<ToolSpec> {
+    let mut out = files::specs();
+    out.extend([
+        spec(
+            "save_draft",
+            "Save a draft for the main session in drafts/<your loop>/NAME. Then hand it off with create_handoff.",
+            json!({"type": "object", "properties": {
+                "name": {"type": "string", "description": "file name, e.g. 2026-11-21.md"},
+                "content": {"type": "string"}
+            }, "required": ["name", "content"]}),
+        ),
+        spec(
+            "create_handoff",
+            "Hand work to the main session: a task file in inbox/. Give a title, what to do (body), the draft if any, and checklist items that must all be done.",
+            json!({"type": "object", "properties": {
+                "title": {"type": "string"},
+                "body": {"type": "string"},
+                "draft": {"type": "string", "description": "workspace path of a draft, e.g. drafts/my-loop/x.md"},
+                "items": {"type": "array", "items": {"type": "string"}},
+                "priority": {"type": "string", "enum": ["urgent", "high", "normal", "low"]},
+                "to": {"type": "string", "description": "default: main"}
+            }, "required": ["title"]}),
+        ),
+        spec(
+            "complete_handoff",
+            "Mark one of this wake's handoffs done (every checklist item must be ticked first).",
+            json!({"type": "object", "properties": {
+                "id": {"type": "string"},
+                "summary": {"type": "string", "description": "what was done, one line"}
+            }, "required": ["id"]}),
+        ),
+        spec(
+            "tick_item",
+            "Tick a checklist item of one of this wake's handoffs, by its text or its number (1 = first).",
+            json!({"type": "object", "properties": {
+                "id": {"type": "string"},
+                "item": {"type": ["string", "integer"]}
+            }, "required": ["id", "item"]}),
+        ),
+        spec(
+            "deliver",
+            "Deliver a message to the user (written to outbox/<channel>/<date>.md until delivery channels are configured).",
+            json!({"type": "object", "properties": {
+                "text": {"type": "string"},
+                "channel": {"type": "string", "description": "default: outbox"}
+            }, "required": ["text"]}),
+        ),
+        spec(
+            "http_get",
+            "Fetch a URL (GET) from a host listed in this loop's allowed_hosts. The body is cut at 256 KiB.",
+            json!({"type": "object", "properties": {"url": {"type": "string"}}, "required": ["url"]}),
+        ),
+        spec(
+            "shell",
+            "Run a shell command in this loop's folder; returns the exit status and output tails.",
+            json!({"type": "object", "properties": {"command": {"type": "string"}}, "required": ["command"]}),
+        ),
+        spec(
+            "finish",
+            "End this run. silent: true when there was nothing to do (nothing is committed or delivered).",
+            json!({"type": "object", "properties": {
+                "summary": {"type": "string", "description": "what this run did, one line"},
+                "silent": {"type": "boolean"}
+            }, "required": ["summary", "silent"]}),
+        ),
+    ]);
+    out
+}

@@ -1,0 +1,198 @@
+//! The transcript of a prompt run: `.loops/runs/<loop>/<run>.md`, readable markdown with
+//! every message, every tool call and its result, and the token counts of each turn.
+//! It is appended to as the run goes, so it can be followed while the run is live and a
+//! crash keeps everything up to the last turn.
+//!
+//! Every line passes through a [`Redactor`] first: the value of any provider's API key
+//! that is set in the environment is replaced, whatever put it there (a tool that read a
+//! file, an error that quoted a header).
+
+use super::model::{Block, Message, Role, SystemPart, ToolSpec, Usage};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// Replaces secret values with `[redacted]`.
+#[derive(Clone, Default)]
+pub struct Redactor {
+    secrets: Vec<String>,
+}
+
+impl std::fmt::Debug for Redactor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Redactor({} secrets)", self.secrets.len())
+    }
+}
+
+impl Redactor {
+    /// The values, now, of the API-key variables named by `providers:`.
+    pub fn for_settings(settings: &crate::workspace::Settings) -> Redactor {
+        let mut secrets: Vec<String> = settings
+            .providers
+            .values()
+            .filter_map(|p| p.api_key().ok().flatten())
+            .chain(
+                settings
+                    .providers
+                    .values()
+                    .flat_map(|p| p.env.iter())
+                    .filter_map(|name| std::env::var(name).ok()),
+            )
+            .filter(|s| s.len() >= 8)
+            .collect();
+        secrets.sort();
+        secrets.dedup();
+        Redactor { secrets }
+    }
+
+    pub fn redact(&self, text: &str) -> String {
+        let mut out = text.to_string();
+        for s in &self.secrets {
+            if out.contains(s.as_str()) {
+                out = out.replace(s.as_str(), "[redacted]");
+            }
+        }
+        out
+    }
+}
+
+/// An open transcript.
+pub struct Transcript {
+    path: PathBuf,
+    file: Option<std::fs::File>,
+    redactor: Redactor,
+}
+
+impl Transcript {
+    /// The transcript path of a run.
+    pub fn path_for(runs_dir: &Path, loop_name: &str, run_id: &str) -> PathBuf {
+        runs_dir.join(loop_name).join(format!("{run_id}.md"))
+    }
+
+    /// Starts a transcript. A transcript that cannot be written is logged and skipped:
+    /// the run itself goes on.
+    pub fn create(path: PathBuf, redactor: Redactor) -> Transcript {
+        let file = path
+            .parent()
+            .map(std::fs::create_dir_all)
+            .transpose()
+            .and_then(|_| {
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&path)
+            });
+        let file = match file {
+            Ok(f) => Some(f),
+            Err(e) => {
+                tracing::warn!("cannot write the transcript {}: {e}", path.display());
+                None
+            }
+        };
+        Transcript {
+            path,
+            file,
+            redactor,
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn write(&mut self, text: &str) {
+        let text = self.redactor.redact(text);
+        if let Some(f) = &mut self.file {
+            if let Err(e) = f.write_all(text.as_bytes()) {
+                tracing::warn!("transcript {}: {e}", self.path.display());
+                self.file = None;
+            }
+        }
+    }
+
+    pub fn header(&mut self, title: &str, facts: &[(&str, String)]) {
+        let mut s = format!("# {title}\n\n");
+        for (k, v) in facts {
+            s.push_str(&format!("- {k}: {v}\n"));
+        }
+        s.push('\n');
+        self.write(&s);
+    }
+
+    pub fn system(&mut self, parts: &[SystemPart], tools: &[ToolSpec]) {
+        let mut s = String::from("## System prompt\n\n");
+        for p in parts {
+            s.push_str(&fence(&p.text));
+        }
+        let names: Vec<&str> = tools.iter().map(|t| t.name.as_str()).collect();
+        s.push_str(&format!(
+            "Tools offered: {}\n\n",
+            if names.is_empty() {
+                "none".to_string()
+            } else {
+                names.join(", ")
+            }
+        ));
+        self.write(&s);
+    }
+
+    pub fn message(&mut self, m: &Message, heading: &str) {
+        let who = match m.role {
+            Role::User => "User",
+            Role::Assistant => "Assistant",
+        };
+        let mut s = format!("## {who}{heading}\n\n");
+        for b in &m.content {
+            match b {
+                Block::Text { text } => {
+                    s.push_str(text.trim_end());
+                    s.push_str("\n\n");
+                }
+                Block::ToolUse { id, name, input } => {
+                    let args = serde_json::to_string_pretty(input).unwrap_or_default();
+                    s.push_str(&format!(
+                        "### Tool call `{name}` ({id})\n\n```json\n{args}\n```\n\n"
+                    ));
+                }
+                Block::ToolResult {
+                    tool_use_id,
+                    content,
+                    is_error,
+                } => {
+                    let kind = if *is_error {
+                        "Tool error"
+                    } else {
+                        "Tool result"
+                    };
+                    s.push_str(&format!("### {kind} ({tool_use_id})\n\n"));
+                    s.push_str(&fence(content));
+                }
+            }
+        }
+        self.write(&s);
+    }
+
+    pub fn turn_usage(&mut self, turn: u32, usage: &Usage, ms: u128, model: Option<&str>) {
+        self.write(&format!(
+            "_turn {turn}: {} in, {} out, {} cache read, {} cache write; {ms} ms{}_\n\n",
+            usage.input,
+            usage.output,
+            usage.cache_read,
+            usage.cache_write,
+            model.map(|m| format!("; {m}")).unwrap_or_default()
+        ));
+    }
+
+    pub fn note(&mut self, text: &str) {
+        self.write(&format!("> {}\n\n", text.replace('\n', "\n> ")));
+    }
+}
+
+/// A fenced block long enough not to be closed by the text inside it.
+fn fence(text: &str) -> String {
+    let mut ticks = 3;
+    while text.contains(&"`".repeat(ticks)) {
+        ticks += 1;
+    }
+    let f = "`".repeat(ticks);
+    format!("{f}\n{}\n{f}\n\n", text.trim_end())
+}

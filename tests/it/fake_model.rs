@@ -1,0 +1,370 @@
+//! A fake model server: real HTTP on 127.0.0.1 that replays a script of replies and
+//! records every request, for the provider tests and for `loops` run as a child process.
+//!
+//! Each request takes the next reply of the script; past its end the server answers
+//! 500 "fake model: script exhausted", which a test sees as a failure it did not plan.
+//! Replies are written from their own thread, so a slow one does not hold up the next
+//! request (a client that timed out retries while the slow reply is still sleeping).
+#![allow(dead_code)]
+
+use serde_json::{json, Value};
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+pub enum Reply {
+    Json {
+        status: u16,
+        body: Value,
+        headers: Vec<(String, String)>,
+        delay: Duration,
+    },
+    Raw {
+        status: u16,
+        body: String,
+        headers: Vec<(String, String)>,
+        delay: Duration,
+    },
+}
+
+impl Reply {
+    pub fn json(status: u16, body: Value) -> Reply {
+        Reply::Json {
+            status,
+            body,
+            headers: Vec::new(),
+            delay: Duration::ZERO,
+        }
+    }
+
+    pub fn raw(status: u16, body: &str) -> Reply {
+        Reply::Raw {
+            status,
+            body: body.to_string(),
+            headers: Vec::new(),
+            delay: Duration::ZERO,
+        }
+    }
+
+    pub fn with_header(mut self, name: &str, value: &str) -> Reply {
+        match &mut self {
+            Reply::Json { headers, .. } | Reply::Raw { headers, .. } => {
+                headers.push((name.to_string(), value.to_string()))
+            }
+        }
+        self
+    }
+}
+
+/// One request as the server received it. Header names are lowercase.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub method: String,
+    pub path: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Recorded {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "request body is not JSON ({e}): {}",
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        let name = name.to_ascii_lowercase();
+        self.headers
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+pub struct FakeModel {
+    url: String,
+    server: Arc<tiny_http::Server>,
+    script: Arc<Mutex<VecDeque<Reply>>>,
+    recorded: Arc<Mutex<Vec<Recorded>>>,
+}
+
+impl FakeModel {
+    pub fn start(script: Vec<Reply>) -> FakeModel {
+        let server = Arc::new(tiny_http::Server::http("127.0.0.1:0").expect("bind fake model"));
+        let addr = server
+            .server_addr()
+            .to_ip()
+            .expect("fake model listens on an IP address");
+        let fake = FakeModel {
+            url: format!("http://{addr}"),
+            server: server.clone(),
+            script: Arc::new(Mutex::new(script.into())),
+            recorded: Arc::new(Mutex::new(Vec::new())),
+        };
+        let (script, recorded) = (fake.script.clone(), fake.recorded.clone());
+        thread::spawn(move || serve(&server, &script, &recorded));
+        fake
+    }
+
+    pub fn url(&self) -> String {
+        self.url.clone()
+    }
+
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.recorded.lock().expect("recorded lock").clone()
+    }
+
+    pub fn request_count(&self) -> usize {
+        self.recorded.lock().expect("recorded lock").len()
+    }
+
+    /// Extends the script.
+    pub fn push(&self, more: Vec<Reply>) {
+        self.script.lock().expect("script lock").extend(more);
+    }
+
+    /// Replies not yet taken.
+    pub fn remaining(&self) -> usize {
+        self.script.lock().expect("script lock").len()
+    }
+
+    /// Waits until `n` requests have arrived (for a child process talking to the fake).
+    pub fn wait_for_requests(&self, n: usize, timeout: Duration) -> Vec<Recorded> {
+        let end = Instant::now() + timeout;
+        loop {
+            let got = self.requests();
+            if got.len() >= n || Instant::now() >= end {
+                return got;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for FakeModel {
+    fn drop(&mut self) {
+        // Ends the accept loop; reply threads still sleeping finish on their own.
+        self.server.unblock();
+    }
+}
+
+fn serve(
+    server: &tiny_http::Server,
+    script: &Mutex<VecDeque<Reply>>,
+    recorded: &Mutex<Vec<Recorded>>,
+) {
+    // `incoming_requests` ends when the server is unblocked (the FakeModel dropped).
+    for mut req in server.incoming_requests() {
+        let mut body = Vec::new();
+        // A client that hung up mid-body still gets recorded (with what arrived).
+        let _ = std::io::Read::read_to_end(req.as_reader(), &mut body);
+        // Recorded and given its reply here, in arrival order; only the write is
+        // handed to another thread.
+        if let Ok(mut r) = recorded.lock() {
+            r.push(Recorded {
+                method: req.method().as_str().to_string(),
+                path: req.url().to_string(),
+                headers: req
+                    .headers()
+                    .iter()
+                    .map(|h| {
+                        (
+                            h.field.as_str().as_str().to_ascii_lowercase(),
+                            h.value.as_str().to_string(),
+                        )
+                    })
+                    .collect(),
+                body,
+            });
+        }
+        let reply = script
+            .lock()
+            .ok()
+            .and_then(|mut s| s.pop_front())
+            .unwrap_or_else(|| {
+                Reply::json(
+                    500,
+                    json!({"error": {"type": "api_error", "message": "fake model: script exhausted"}}),
+                )
+            });
+        thread::spawn(move || respond(req, reply));
+    }
+}
+
+fn respond(req: tiny_http::Request, reply: Reply) {
+    let (status, body, headers, delay, content_type) = match reply {
+        Reply::Json {
+            status,
+            body,
+            headers,
+            delay,
+        } => (status, body.to_string(), headers, delay, "application/json"),
+        Reply::Raw {
+            status,
+            body,
+            headers,
+            delay,
+        } => (status, body, headers, delay, "application/json"),
+    };
+    if !delay.is_zero() {
+        thread::sleep(delay);
+    }
+    let mut resp = tiny_http::Response::from_string(body).with_status_code(status);
+    let mut has_type = false;
+    for (k, v) in &headers {
+        has_type |= k.eq_ignore_ascii_case("content-type");
+        if let Ok(h) = tiny_http::Header::from_bytes(k.as_bytes(), v.as_bytes()) {
+            resp.add_header(h);
+        }
+    }
+    if !has_type {
+        if let Ok(h) = tiny_http::Header::from_bytes("content-type", content_type) {
+            resp.add_header(h);
+        }
+    }
+    // The client may be gone (it timed out); that is its business, not a test failure.
+    let _ = req.respond(resp);
+}
+
+/// A slower version of `reply`.
+pub fn slow(mut reply: Reply, by: Duration) -> Reply {
+    match &mut reply {
+        Reply::Json { delay, .. } | Reply::Raw { delay, .. } => *delay = by,
+    }
+    reply
+}
+
+/// 429 with `retry-after`; the body reads as an error in both wire formats.
+pub fn rate_limited(retry_after_secs: u64) -> Reply {
+    Reply::json(
+        429,
+        json!({"type": "error", "error": {"type": "rate_limit_error", "message": "fake model: rate limited"}}),
+    )
+    .with_header("retry-after", &retry_after_secs.to_string())
+}
+
+pub fn server_error() -> Reply {
+    Reply::json(
+        500,
+        json!({"type": "error", "error": {"type": "api_error", "message": "fake model: internal error"}}),
+    )
+}
+
+/// A 200 whose body is not JSON.
+pub fn malformed() -> Reply {
+    Reply::raw(200, "{\"this is\": not json")
+}
+
+pub mod anthropic {
+    use super::Reply;
+    use serde_json::{json, Value};
+
+    fn message(content: Vec<Value>, stop: &str, usage: (u64, u64, u64, u64)) -> Reply {
+        let (input, output, cache_read, cache_write) = usage;
+        Reply::json(
+            200,
+            json!({
+                "id": "msg_fake",
+                "type": "message",
+                "role": "assistant",
+                "model": "fake-claude",
+                "content": content,
+                "stop_reason": stop,
+                "stop_sequence": null,
+                "usage": {
+                    "input_tokens": input,
+                    "output_tokens": output,
+                    "cache_read_input_tokens": cache_read,
+                    "cache_creation_input_tokens": cache_write,
+                }
+            }),
+        )
+    }
+
+    /// usage: (input, output, cache_read, cache_write)
+    pub fn text(t: &str, usage: (u64, u64, u64, u64)) -> Reply {
+        message(vec![json!({"type": "text", "text": t})], "end_turn", usage)
+    }
+
+    /// calls: (id, name, input)
+    pub fn tool_use(calls: &[(&str, &str, Value)], usage: (u64, u64, u64, u64)) -> Reply {
+        let content = calls
+            .iter()
+            .map(|(id, name, input)| json!({"type": "tool_use", "id": id, "name": name, "input": input}))
+            .collect();
+        message(content, "tool_use", usage)
+    }
+
+    pub fn error(status: u16, msg: &str) -> Reply {
+        let kind = match status {
+            400 => "invalid_request_error",
+            401 => "authentication_error",
+            403 => "permission_error",
+            404 => "not_found_error",
+            413 => "request_too_large",
+            429 => "rate_limit_error",
+            529 => "overloaded_error",
+            _ => "api_error",
+        };
+        Reply::json(
+            status,
+            json!({"type": "error", "error": {"type": kind, "message": msg}}),
+        )
+    }
+}
+
+pub mod openai {
+    use super::Reply;
+    use serde_json::{json, Value};
+
+    fn completion(message: Value, finish: &str, usage: (u64, u64, u64)) -> Reply {
+        let (prompt, completion, cached) = usage;
+        Reply::json(
+            200,
+            json!({
+                "id": "chatcmpl-fake",
+                "object": "chat.completion",
+                "created": 1_700_000_000u64,
+                "model": "fake-gpt",
+                "choices": [{"index": 0, "message": message, "finish_reason": finish}],
+                "usage": {
+                    "prompt_tokens": prompt,
+                    "completion_tokens": completion,
+                    "total_tokens": prompt + completion,
+                    "prompt_tokens_details": {"cached_tokens": cached},
+                }
+            }),
+        )
+    }
+
+    /// usage: (prompt, completion, cached)
+    pub fn text(t: &str, usage: (u64, u64, u64)) -> Reply {
+        completion(json!({"role": "assistant", "content": t}), "stop", usage)
+    }
+
+    /// calls: (id, name, arguments); the arguments go out as a JSON string, as OpenAI's do.
+    pub fn tool_calls(calls: &[(&str, &str, Value)], usage: (u64, u64, u64)) -> Reply {
+        let calls: Vec<Value> = calls
+            .iter()
+            .map(|(id, name, args)| {
+                json!({"id": id, "type": "function", "function": {"name": name, "arguments": args.to_string()}})
+            })
+            .collect();
+        completion(
+            json!({"role": "assistant", "content": null, "tool_calls": calls}),
+            "tool_calls",
+            usage,
+        )
+    }
+
+    pub fn error(status: u16, msg: &str) -> Reply {
+        Reply::json(
+            status,
+            json!({"error": {"message": msg, "type": "invalid_request_error", "param": null, "code": null}}),
+        )
+    }
+}
