@@ -308,7 +308,8 @@ pub async fn execute(
         }
         Payload::Prompt { .. } => {
             let before = snapshot_blocking(areas.clone()).await;
-            let p = crate::agent::prompt::run(ctx, def, req, state.as_ref(), &marker, cancel).await;
+            let p = crate::agent::prompt::run(ctx, def, req, state.as_ref(), &marker, live, cancel)
+                .await;
             let after = snapshot_blocking(areas.clone()).await;
             changed = changed_paths(&before, &after);
             p.fill(&mut rec, &ctx.ws, !changed.is_empty());

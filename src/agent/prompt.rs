@@ -179,6 +179,7 @@ pub async fn run(
     req: &RunRequest,
     state: Option<&LoopState>,
     marker: &RunningMarker,
+    live: Option<mpsc::UnboundedSender<(crate::exec::Stream, Vec<u8>)>>,
     cancel: Option<watch::Receiver<bool>>,
 ) -> PromptOutcome {
     let started = std::time::Instant::now();
@@ -234,6 +235,7 @@ pub async fn run(
     let redactor = Redactor::for_settings(&ws.settings);
     let tpath = Transcript::path_for(&ws.runs_dir(), &def.name, &req.run_id);
     let mut tr = Transcript::create(tpath.clone(), redactor);
+    tr.echo_to(live);
     tr.header(
         &format!("{} — run {}", def.name, req.run_id),
         &[

@@ -60,6 +60,8 @@ pub struct Transcript {
     path: PathBuf,
     file: Option<std::fs::File>,
     redactor: Redactor,
+    /// Where `--follow` wants the transcript as it grows.
+    echo: Option<tokio::sync::mpsc::UnboundedSender<(crate::exec::Stream, Vec<u8>)>>,
 }
 
 impl Transcript {
@@ -92,7 +94,16 @@ impl Transcript {
             path,
             file,
             redactor,
+            echo: None,
         }
+    }
+
+    /// Also sends everything written to `echo` (for `loops trigger --follow`).
+    pub fn echo_to(
+        &mut self,
+        echo: Option<tokio::sync::mpsc::UnboundedSender<(crate::exec::Stream, Vec<u8>)>>,
+    ) {
+        self.echo = echo;
     }
 
     pub fn path(&self) -> &Path {
@@ -101,6 +112,9 @@ impl Transcript {
 
     pub fn write(&mut self, text: &str) {
         let text = self.redactor.redact(text);
+        if let Some(tx) = &self.echo {
+            let _ = tx.send((crate::exec::Stream::Stdout, text.as_bytes().to_vec()));
+        }
         if let Some(f) = &mut self.file {
             if let Err(e) = f.write_all(text.as_bytes()) {
                 tracing::warn!("transcript {}: {e}", self.path.display());

@@ -601,7 +601,9 @@ fn trigger(ws: Workspace, name: &str, follow: bool, json_out: bool) -> Result {
     if json_out {
         print_json(&serde_json::to_value(&rec).unwrap_or_default());
     } else {
-        if !follow && !rec.stdout_tail.is_empty() {
+        if let (false, Some(summary)) = (follow, &rec.summary) {
+            println!("{summary}");
+        } else if !follow && !rec.stdout_tail.is_empty() {
             print!("{}", rec.stdout_tail);
             if !rec.stdout_tail.ends_with('\n') {
                 println!();
