@@ -312,6 +312,14 @@ pub async fn execute(
                 .await;
             let after = snapshot_blocking(areas.clone()).await;
             changed = changed_paths(&before, &after);
+            // Files the tools wrote outside the loop's areas (a new inbox file, or
+            // anywhere for a loop in the main session's context) are the run's too.
+            let runtime = ctx.ws.runtime_dir();
+            for w in &p.wrote {
+                if !w.starts_with(&runtime) && !changed.contains(w) {
+                    changed.push(w.clone());
+                }
+            }
             p.fill(&mut rec, &ctx.ws, !changed.is_empty());
         }
         Payload::Command { argv } => {

@@ -173,7 +173,14 @@ pub const WORKSPACE_FILES: &[(&str, &str)] = &[
         "loops.yaml",
         "# Workspace settings for loops. Every key is optional; see docs/configuration.md.\n\
 # timezone: Europe/London      # cron schedules without their own timezone use this (else the host's zone)\n\
-limits:\n  max_concurrent_jobs: 4      # runs at once, across all loops\n  shutdown_grace: 30s         # how long `loops run` waits for running jobs when stopped\n  catch_up_stagger: 2s        # spacing between runs caught up after downtime\n  pause_after_failures: 5     # consecutive failed runs before a loop is paused\n",
+limits:\n  max_concurrent_jobs: 4      # runs at once, across all loops\n  shutdown_grace: 30s         # how long `loops run` waits for running jobs when stopped\n  catch_up_stagger: 2s        # spacing between runs caught up after downtime\n  pause_after_failures: 5     # consecutive failed runs before a loop is paused\n\
+\n\
+# Prompt loops need a model provider; the key is read from the environment, never written here.\n\
+# providers:\n\
+#   anthropic: { kind: anthropic, api_key_env: ANTHROPIC_API_KEY, model: claude-sonnet-4-5 }\n\
+#   local: { kind: openai, base_url: \"http://127.0.0.1:11434/v1\", model: llama3.1 }   # Ollama and friends\n\
+# defaults: { provider: anthropic }\n\
+# main: { prompt: MAIN.md }      # or: command: [\"./main-session.sh\"]\n",
     ),
     (
         "SOUL.md",

@@ -478,7 +478,68 @@ fn read_settings(root: &Path) -> (Settings, Vec<Diagnostic>) {
             other => diags.push(unknown_key(&rel, &loc, &[other], TOP_KEYS)),
         }
     }
+    if let Some(m) = &s.main {
+        check_main(root, &rel, &loc, m, &s, &mut diags);
+        // A main session that cannot run is no main session: handoffs wait in the inbox
+        // (and `loops run` says so) rather than failing wake after wake until held.
+        let runnable = m.command.is_some() || (m.prompt.is_some() && !s.providers.is_empty());
+        if !runnable {
+            if m.command.is_none() && m.prompt.is_none() {
+                diags.push(
+                    Diagnostic::warning(&rel, "`main` has neither `command` nor `prompt`: no main session runs")
+                        .at(loc.key(&["main"]))
+                        .help("add `command: [\"./main-session.sh\"]` (an agent CLI or script) or `prompt: MAIN.md` (a model)"),
+                );
+            }
+            s.main = None;
+        }
+    }
     (s, diags)
+}
+
+/// Cross-checks of a prompt main session: its prompt file and its provider.
+fn check_main(
+    root: &Path,
+    rel: &Path,
+    loc: &YamlLocator,
+    m: &MainSettings,
+    s: &Settings,
+    diags: &mut Vec<Diagnostic>,
+) {
+    let Some(prompt) = &m.prompt else { return };
+    if m.command.is_some() {
+        diags.push(
+            Diagnostic::warning(rel, "`main` has both `command` and `prompt`: `command` is used")
+                .at(loc.key(&["main", "prompt"]))
+                .help("keep one: `command` runs an agent CLI or script, `prompt` runs the main session on a model"),
+        );
+        return;
+    }
+    if !root.join(prompt).is_file() {
+        diags.push(
+            Diagnostic::error(rel, format!("main.prompt: `{prompt}` does not exist"))
+                .at(loc.value(&["main", "prompt"]))
+                .help(format!("create {prompt} with the main session's instructions (a path relative to the workspace root)")),
+        );
+    }
+    if s.providers.is_empty() {
+        diags.push(
+            Diagnostic::warning(
+                rel,
+                "the main session is a prompt and is waiting for a provider",
+            )
+            .at(loc.key(&["main", "prompt"]))
+            .help(crate::agent::config::PROVIDER_HELP),
+        );
+    } else if let Err((msg, help)) =
+        crate::agent::config::resolve(s, m.provider.as_deref(), m.model.as_deref())
+    {
+        diags.push(
+            Diagnostic::error(rel, format!("main session: {msg}"))
+                .at(loc.key(&["main"]))
+                .help(help),
+        );
+    }
 }
 
 const MAIN_KEYS: &[&str] = &[

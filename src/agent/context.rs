@@ -87,8 +87,9 @@ pub fn loop_system(
     ]
 }
 
-/// The stable part of the main session's prompt: preamble, identity files, its prompt.
-pub fn main_system(identity: &[(String, Option<String>)], prompt: &str) -> Vec<SystemPart> {
+/// The identity files (SOUL.md, USER.md, memory) as one system part; `None` when no
+/// file is listed.
+pub fn identity_part(identity: &[(String, Option<String>)]) -> Option<SystemPart> {
     let mut id = String::new();
     for (path, text) in identity {
         match text {
@@ -100,15 +101,20 @@ pub fn main_system(identity: &[(String, Option<String>)], prompt: &str) -> Vec<S
             }
         }
     }
+    (!id.is_empty()).then_some(SystemPart {
+        text: id,
+        cache: false,
+    })
+}
+
+/// The stable part of the main session's prompt: preamble, identity files, its prompt.
+pub fn main_system(identity: &[(String, Option<String>)], prompt: &str) -> Vec<SystemPart> {
     let mut parts = vec![SystemPart {
         text: MAIN_PREAMBLE.to_string(),
         cache: false,
     }];
-    if !id.is_empty() {
-        parts.push(SystemPart {
-            text: id,
-            cache: false,
-        });
+    if let Some(id) = identity_part(identity) {
+        parts.push(id);
     }
     parts.push(SystemPart {
         text: format!("# Your instructions\n\n{}\n", clip_file(prompt)),

@@ -37,6 +37,8 @@ pub struct PromptOutcome {
     pub turns: Option<u32>,
     pub transcript: Option<PathBuf>,
     pub refused: Vec<String>,
+    /// Files the tools wrote (absolute), committed with the run.
+    pub wrote: Vec<PathBuf>,
     pub exit_code: Option<i32>,
     pub stdout_tail: String,
     pub stderr_tail: String,
@@ -218,7 +220,29 @@ pub async fn run(
     } else {
         yaml_serde::to_string(&def.settings).unwrap_or_default()
     };
-    let system = context::loop_system(&def.name, &prompt, &settings_yaml, state_md.as_deref());
+    let mut system = context::loop_system(&def.name, &prompt, &settings_yaml, state_md.as_deref());
+    let main_scope = def.session == crate::domain::Session::Main;
+    if main_scope {
+        // A loop in the main session's context gets its identity and memory too.
+        let files = ws
+            .settings
+            .main
+            .as_ref()
+            .map(|m| m.context.clone())
+            .unwrap_or_else(|| {
+                crate::workspace::DEFAULT_MAIN_CONTEXT
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect()
+            });
+        let identity: Vec<(String, Option<String>)> = files
+            .iter()
+            .map(|f| (f.clone(), std::fs::read_to_string(ws.root.join(f)).ok()))
+            .collect();
+        if let Some(id) = context::identity_part(&identity) {
+            system.insert(1, id);
+        }
+    }
     let last_run = state
         .and_then(|s| s.last_run.as_ref())
         .map(|r| (r.outcome.clone(), r.finished, r.error.clone()));
@@ -268,8 +292,12 @@ pub async fn run(
             ws: ws.clone(),
             sandbox: Sandbox::new(
                 &ws.root,
-                Scope::Isolated {
-                    loop_name: def.name.clone(),
+                if main_scope {
+                    Scope::Main
+                } else {
+                    Scope::Isolated {
+                        loop_name: def.name.clone(),
+                    }
                 },
             ),
             loop_name: def.name.clone(),
@@ -350,6 +378,7 @@ pub async fn http_provider(
         model: driven.model.clone().or_else(|| Some(model.to_string())),
         summary: driven.summary(),
         refused: kit.refused.clone(),
+        wrote: kit.wrote.iter().cloned().collect(),
         ..Default::default()
     };
     let acted_by_tools = !kit.wrote.is_empty()
