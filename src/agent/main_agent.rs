@@ -66,9 +66,11 @@ impl Conversation {
         }
     }
 
-    pub fn save(&self, path: &Path) -> std::io::Result<()> {
-        let text = serde_json::to_vec(self).map_err(std::io::Error::other)?;
-        crate::fsutil::atomic_write(path, &text)
+    /// Writes it, with every API key value `redactor` knows replaced (a model that
+    /// quoted one must not have it kept on disk).
+    pub fn save(&self, path: &Path, redactor: &Redactor) -> std::io::Result<()> {
+        let text = serde_json::to_string(self).map_err(std::io::Error::other)?;
+        crate::fsutil::atomic_write(path, redactor.redact(&text).as_bytes())
     }
 
     /// Drops whole wakes from the front until at most `limit` messages remain.
@@ -332,7 +334,8 @@ pub async fn wake(
             .collect(),
     });
     let tpath = Transcript::path_for(&ws.runs_dir(), MAIN, run_id);
-    let mut tr = Transcript::create(tpath.clone(), Redactor::for_settings(&ws.settings));
+    let redactor = Redactor::for_settings(&ws.settings);
+    let mut tr = Transcript::create(tpath.clone(), redactor.clone());
     tr.header(
         &format!("main — {} wake {run_id}", kind.as_str()),
         &[
@@ -379,7 +382,7 @@ pub async fn wake(
             }
         }
         stored.bound(main.history);
-        if let Err(e) = stored.save(&conv_path) {
+        if let Err(e) = stored.save(&conv_path, &redactor) {
             tracing::warn!("cannot save the main session's conversation: {e}");
         }
     }
@@ -392,8 +395,18 @@ pub async fn wake(
             .map(|e| format!(" — {e}"))
             .unwrap_or_default()
     ));
+    // What the model said goes into the run record and the completed handoffs: the
+    // same redaction as a loop's record (see `PromptOutcome::fill`).
+    let redact = |t: Option<String>| t.map(|t| redactor.redact(&t));
+    outcome.summary = redact(outcome.summary.take());
+    outcome.error = redact(outcome.error.take());
+    outcome.note = redact(outcome.note.take());
     ModelWake {
-        reported: kit.completed.iter().cloned().collect(),
+        reported: kit
+            .completed
+            .iter()
+            .map(|(id, summary)| (id.clone(), redact(summary.clone())))
+            .collect(),
         wrote: kit.wrote.iter().cloned().collect(),
         outcome,
     }

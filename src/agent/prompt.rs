@@ -60,12 +60,17 @@ impl PromptOutcome {
         let redactor = Redactor::for_settings(&ws.settings);
         let mut outcome = self.outcome.unwrap_or(Outcome::Silent);
         let mut note = self.note;
-        if outcome == Outcome::Silent && changed {
+        // A run that said "silent" but changed files acted; the record says so (also when
+        // its own tools already made it `acted`), keeping any other note.
+        let contradicted = self.said_silent && matches!(outcome, Outcome::Silent | Outcome::Acted);
+        if changed && (outcome == Outcome::Silent || contradicted) {
             outcome = Outcome::Acted;
             if self.said_silent {
-                note = Some(
-                    "the model said there was nothing to do, but files changed: committed".into(),
-                );
+                let n = "the model said there was nothing to do, but files changed: committed";
+                note = Some(match note.take() {
+                    Some(old) => format!("{n}; {old}"),
+                    None => n.to_string(),
+                });
             }
         }
         rec.outcome = outcome;

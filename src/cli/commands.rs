@@ -63,10 +63,28 @@ pub fn dispatch(cli: Cli) -> Result {
 
 /// The one-line explanation of a run record: its error, else its note.
 fn detail(r: &crate::runs::RunRecord) -> String {
-    r.error
+    let text = r
+        .error
         .clone()
+        .or_else(|| r.summary.clone())
         .or_else(|| r.note.clone())
-        .unwrap_or_default()
+        .unwrap_or_default();
+    // A prompt run also shows what it cost.
+    match &r.tokens {
+        Some(t) if !t.is_zero() => format!(
+            "{text} [{} in / {} out tokens{}]",
+            t.input,
+            t.output,
+            if t.cache_read > 0 {
+                format!(", {} cached", t.cache_read)
+            } else {
+                String::new()
+            }
+        )
+        .trim_start()
+        .to_string(),
+        _ => text,
+    }
 }
 
 fn print_json(v: &serde_json::Value) {
@@ -500,7 +518,7 @@ fn run(ws: Workspace, once: bool, all: bool, log_format: LogFormat) -> Result {
     }
     if !summary.waiting_for_provider.is_empty() {
         println!(
-            "\nWaiting for a provider (prompt loops): {}\n  Prompt loops run once a model provider is configured under `providers:` in loops.yaml.",
+            "\nWaiting for a provider (prompt loops): {}\n  Prompt loops run once a model provider is configured in loops.yaml, e.g.\n    providers:\n      anthropic: {{ kind: anthropic, api_key_env: ANTHROPIC_API_KEY, model: claude-sonnet-4-5 }}\n  (or kind: openai with base_url for Ollama, vLLM, llama.cpp, LM Studio); see docs/configuration.md.",
             summary.waiting_for_provider.join(", ")
         );
     }

@@ -1,5 +1,6 @@
 //! The one integration-test binary: every area is a module, sharing the helpers in `common`.
 
+mod agent;
 mod cli;
 mod common;
 mod config;
