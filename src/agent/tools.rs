@@ -762,3 +762,55 @@ pub fn all_specs() -> Vec<ToolSpec> {
     ]);
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_match_exactly_or_by_wildcard() {
+        let allowed: Vec<String> = ["api.github.com", "*.example.com", "127.0.0.1:8080", "[::1]"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        assert_eq!(host_listed(&allowed, "api.github.com"), Some(true));
+        assert_eq!(host_listed(&allowed, "a.b.example.com"), Some(false));
+        assert_eq!(host_listed(&allowed, "example.com"), None);
+        assert_eq!(host_listed(&allowed, "evilexample.com"), None);
+        assert_eq!(host_listed(&allowed, "127.0.0.1"), Some(true));
+        assert_eq!(host_listed(&allowed, "::1"), Some(true));
+        assert_eq!(host_listed(&allowed, "github.com"), None);
+    }
+
+    #[test]
+    fn private_addresses_are_recognised() {
+        for ip in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "0.0.0.0",
+            "100.64.0.1",
+            "::1",
+            "fc00::1",
+            "fe80::1",
+            "::ffff:127.0.0.1",
+        ] {
+            let ip: std::net::IpAddr = ip.parse().expect("ip");
+            assert!(is_private(ip), "{ip}");
+        }
+        for ip in ["93.184.216.34", "2606:4700::1111", "1.1.1.1"] {
+            let ip: std::net::IpAddr = ip.parse().expect("ip");
+            assert!(!is_private(ip), "{ip}");
+        }
+    }
+
+    #[test]
+    fn silent_tokens_are_exact() {
+        assert!(is_silent_token(" HEARTBEAT_OK\n"));
+        assert!(is_silent_token("SILENT"));
+        assert!(!is_silent_token("SILENT, but here is news"));
+        assert!(!is_silent_token("silent"));
+    }
+}

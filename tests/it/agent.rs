@@ -1499,3 +1499,240 @@ fn the_bundled_channel_monitor_runs_on_a_model() {
     assert!(expected.contains(&"finish"), "{listed:?}");
     assert_eq!(offered(&reqs[0]), expected);
 }
+
+// ---------------------------------------------------------------------------------------
+// http_get, shell and `session: main`: the tools that reach further.
+
+#[test]
+fn http_get_fetches_only_from_allowed_hosts() {
+    let big = "x".repeat(300 * 1024);
+    let site = FakeModel::start(vec![
+        Reply::raw(200, "SITE-CONTENT-77"),
+        Reply::raw(200, &big),
+    ]);
+    let fake = FakeModel::start(vec![
+        anthropic::tool_use(
+            &[
+                (
+                    "h1",
+                    "http_get",
+                    json!({"url": format!("{}/page", site.url())}),
+                ),
+                ("h2", "http_get", json!({"url": "http://example.com/x"})),
+                (
+                    "h3",
+                    "http_get",
+                    json!({"url": format!("{}/big", site.url())}),
+                ),
+                ("h4", "http_get", json!({"url": "file:///etc/passwd"})),
+            ],
+            (10, 1, 0, 0),
+        ),
+        anthropic::tool_use(
+            &[(
+                "f1",
+                "finish",
+                json!({"summary": "fetched", "silent": true}),
+            )],
+            (10, 1, 0, 0),
+        ),
+    ]);
+    let ws = workspace(&anthropic_provider(&fake), false);
+    prompt_loop(
+        &ws,
+        "fetcher",
+        "tools: [http_get, finish]\nallowed_hosts: [\"127.0.0.1\"]\n",
+        "Fetch the page.\n",
+        "",
+    );
+    let (out, rec) = trigger(&ws, "fetcher");
+    ok(&out);
+    assert_eq!(rec["outcome"], "silent", "{rec}");
+    let reqs = fake.requests();
+    let res = tool_results(&reqs[1]);
+    assert_eq!(res.len(), 4, "{res:?}");
+    let text = |i: usize| res[i]["content"].as_str().unwrap_or_default().to_string();
+    assert_eq!(res[0]["is_error"], false, "{res:?}");
+    assert!(text(0).contains("SITE-CONTENT-77"), "{}", text(0));
+    assert_eq!(res[1]["is_error"], true);
+    assert!(text(1).contains("allowed_hosts"), "{}", text(1));
+    assert_eq!(res[2]["is_error"], false);
+    assert!(text(2).contains("cut at 256 KiB"), "the body is capped");
+    assert!(text(2).len() < 260 * 1024, "{}", text(2).len());
+    assert_eq!(res[3]["is_error"], true);
+    assert!(text(3).contains("http"), "{}", text(3));
+    assert_eq!(
+        site.requests().len(),
+        2,
+        "nothing fetched from refused hosts"
+    );
+}
+
+#[test]
+fn a_host_no_entry_names_is_refused_before_any_connection() {
+    let site = FakeModel::start(vec![Reply::raw(200, "SHOULD-NOT-BE-FETCHED")]);
+    let url = site.url().replace("127.0.0.1", "localhost");
+    let fake = FakeModel::start(vec![
+        anthropic::tool_use(&[("h1", "http_get", json!({ "url": url }))], (10, 1, 0, 0)),
+        anthropic::tool_use(
+            &[("f1", "finish", json!({"summary": "no", "silent": true}))],
+            (10, 1, 0, 0),
+        ),
+    ]);
+    let ws = workspace(&anthropic_provider(&fake), false);
+    // `*.localhost` matches subdomains only, not `localhost` itself.
+    prompt_loop(
+        &ws,
+        "fetcher",
+        "tools: [http_get, finish]\nallowed_hosts: [\"*.localhost\", \"example.com\"]\n",
+        "Fetch.\n",
+        "",
+    );
+    let (out, _) = trigger(&ws, "fetcher");
+    ok(&out);
+    let res = tool_results(&fake.requests()[1]);
+    assert_eq!(res[0]["is_error"], true, "{res:?}");
+    assert!(site.requests().is_empty());
+}
+
+#[test]
+fn the_shell_tool_needs_the_loop_and_loops_yaml_to_allow_it() {
+    let script = || {
+        vec![
+            anthropic::tool_use(
+                &[(
+                    "s1",
+                    "shell",
+                    json!({"command": "echo made > made.txt; echo SHELL-OUT-5"}),
+                )],
+                (10, 1, 0, 0),
+            ),
+            anthropic::tool_use(
+                &[(
+                    "f1",
+                    "finish",
+                    json!({"summary": "ran it", "silent": false}),
+                )],
+                (10, 1, 0, 0),
+            ),
+        ]
+    };
+    // Listed by the loop, but loops.yaml does not allow it: not offered, refused.
+    let fake = FakeModel::start(script());
+    let ws = workspace(&anthropic_provider(&fake), false);
+    prompt_loop(&ws, "sh", "tools: [shell, finish]\n", "Run it.\n", "");
+    let (out, rec) = trigger(&ws, "sh");
+    ok(&out);
+    let reqs = fake.requests();
+    assert_eq!(offered(&reqs[0]), vec!["finish"]);
+    let res = tool_results(&reqs[1]);
+    assert_eq!(res[0]["is_error"], true);
+    assert!(
+        res[0]["content"]
+            .as_str()
+            .unwrap()
+            .contains("allow_shell_tool"),
+        "{res:?}"
+    );
+    assert_eq!(rec["refused_tools"], json!(["shell"]));
+    assert!(!ws.path().join("domains/sh/made.txt").exists());
+
+    // Allowed: it runs in the loop's folder, and what it wrote is committed.
+    let fake = FakeModel::start(script());
+    let ws = workspace(
+        &format!("{}allow_shell_tool: true\n", anthropic_provider(&fake)),
+        false,
+    );
+    prompt_loop(&ws, "sh", "tools: [shell, finish]\n", "Run it.\n", "");
+    let (out, rec) = trigger(&ws, "sh");
+    ok(&out);
+    let reqs = fake.requests();
+    assert_eq!(offered(&reqs[0]), vec!["shell", "finish"]);
+    let res = tool_results(&reqs[1]);
+    assert_eq!(res[0]["is_error"], false, "{res:?}");
+    assert!(res[0]["content"].as_str().unwrap().contains("SHELL-OUT-5"));
+    assert_eq!(read(&ws, "domains/sh/made.txt"), "made\n");
+    assert!(rec["commit"].is_string(), "{rec}");
+    let tracked = git(ws.path(), &["ls-files", "domains/sh/made.txt"]);
+    assert!(tracked.contains("made.txt"), "committed: {tracked}");
+}
+
+#[test]
+fn a_loop_in_the_main_session_gets_identity_and_wider_writes() {
+    let fake = FakeModel::start(vec![
+        anthropic::tool_use(
+            &[(
+                "a1",
+                "append_file",
+                json!({"path": ".working-memory/memory.md", "content": "- MEMORY-LINE-9"}),
+            )],
+            (10, 1, 0, 0),
+        ),
+        anthropic::tool_use(
+            &[(
+                "f1",
+                "finish",
+                json!({"summary": "remembered", "silent": false}),
+            )],
+            (10, 1, 0, 0),
+        ),
+    ]);
+    let ws = workspace(&anthropic_provider(&fake), false);
+    prompt_loop(
+        &ws,
+        "reflect",
+        "session: main\ntools: [append_file, finish]\n",
+        "Reflect.\n",
+        "",
+    );
+    let (out, rec) = trigger(&ws, "reflect");
+    ok(&out);
+    let reqs = fake.requests();
+    assert!(system_text(&reqs[0]).contains("SOUL-MARKER-4412"));
+    assert!(read(&ws, ".working-memory/memory.md").contains("MEMORY-LINE-9"));
+    let show = git(ws.path(), &["show", "--stat", "HEAD"]);
+    assert!(show.contains(".working-memory/memory.md"), "{show}\n{rec}");
+}
+
+#[test]
+fn the_main_sessions_conversation_is_bounded_by_whole_wakes() {
+    use loops::agent::main_agent::Conversation;
+    use loops::agent::model::{Block, Message, Role};
+    let wake = |n: usize| -> Vec<Message> {
+        vec![
+            Message::user_text(format!("Wake at T{n} (handoffs): 1 handoff(s): job {n}")),
+            Message {
+                role: Role::Assistant,
+                content: vec![Block::ToolUse {
+                    id: format!("c{n}"),
+                    name: "complete_handoff".into(),
+                    input: json!({"id": format!("H{n}")}),
+                }],
+            },
+            Message {
+                role: Role::User,
+                content: vec![Block::ToolResult {
+                    tool_use_id: format!("c{n}"),
+                    content: "ok".into(),
+                    is_error: false,
+                }],
+            },
+            Message::assistant_text(format!("done with {n}")),
+        ]
+    };
+    let mut c = Conversation::default();
+    for n in 0..10 {
+        c.messages.extend(wake(n));
+        c.bound(10);
+        assert!(c.messages.len() <= 10, "{}", c.messages.len());
+        // Every kept conversation starts at a wake, so no tool result lost its call.
+        let first = &c.messages[0];
+        assert!(first.text().starts_with("Wake at"), "{first:?}");
+    }
+    assert_eq!(c.summary.len(), 8, "{:?}", c.summary);
+    assert!(c.summary[0].starts_with("Wake at T0"), "{:?}", c.summary);
+    assert!(c.summary[0].contains("completed H0"), "{:?}", c.summary);
+    let msgs = c.with_wake("Wake at T10 (heartbeat): no new handoffs.".into());
+    assert!(msgs[0].text().starts_with("Earlier wakes, summarised"));
+    assert!(msgs.last().unwrap().text().contains("T10"));
+}
