@@ -582,3 +582,114 @@ fn check_missing_script_and_broken_loops_yaml() {
     let (out, code) = check(&ws, false);
     assert_eq!(code, 0, "{out}");
 }
+
+#[test]
+fn check_reports_bad_providers_with_the_fix() {
+    let ws = bare_workspace();
+    ws.write(
+        "loops.yaml",
+        "providers:\n  claude:\n    kind: antropic\n  openai:\n    api_key_env: sk-ant-0123456789abcdefghijklmnopqrstuvwxyz0123\n  local:\n    kind: openai\n    base_url: localhost:11434\n    modle: llama3.1\n  cli:\n    kind: command\n",
+    );
+    let (out, code) = check(&ws, false);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("loops.yaml:3:11: provider `claude`: unknown kind `antropic`"),
+        "{out}"
+    );
+    assert!(
+        out.contains("looks like a key, not a variable name"),
+        "{out}"
+    );
+    assert!(
+        !out.contains("sk-ant-0123456789"),
+        "a key is never echoed:\n{out}"
+    );
+    assert!(
+        out.contains("providers.local.base_url must be an http:// or https:// URL"),
+        "{out}"
+    );
+    assert!(out.contains("unknown key `providers.local.modle`"), "{out}");
+    assert!(out.contains("did you mean `model`?"), "{out}");
+    assert!(
+        out.contains("provider `cli` (kind: command) needs `command`"),
+        "{out}"
+    );
+}
+
+#[test]
+fn check_resolves_each_prompt_loops_provider_and_model() {
+    let ws = bare_workspace();
+    ws.write(
+        "loops.yaml",
+        "providers:\n  anthropic: { kind: anthropic }\n  local: { kind: openai, base_url: \"http://127.0.0.1:11434/v1\" }\n",
+    );
+    for (name, payload) in [
+        ("typo", "payload: { kind: prompt, provider: anthropc }"),
+        ("unnamed", "payload: { kind: prompt }"),
+        ("nomodel", "payload: { kind: prompt, provider: local }"),
+        ("fine", "payload: { kind: prompt, provider: anthropic }"),
+        (
+            "fine-local",
+            "payload: { kind: prompt, provider: local, model: llama3.1 }",
+        ),
+    ] {
+        write_loop(
+            &ws,
+            name,
+            &format!("schedule: {{ every: 1h }}\n{payload}\n"),
+        );
+        ws.write(&format!("domains/{name}/prompt.md"), "Do it.\n");
+    }
+    let (out, code) = check(&ws, false);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains(
+            "domains/typo/config.yaml:2:36: provider `anthropc` is not in loops.yaml `providers:`"
+        ),
+        "{out}"
+    );
+    assert!(out.contains("did you mean `anthropic`?"), "{out}");
+    assert!(out.contains("domains/unnamed/config.yaml:2:1: this prompt loop names no provider and loops.yaml has no `defaults.provider`"), "{out}");
+    assert!(out.contains("no model for provider `local`"), "{out}");
+    assert!(
+        out.contains("5 loop(s) checked: 2 valid, 3 with errors"),
+        "{out}"
+    );
+
+    // `defaults:` settles the unnamed one.
+    ws.write(
+        "loops.yaml",
+        "providers:\n  anthropic: { kind: anthropic }\n  local: { kind: openai, base_url: \"http://127.0.0.1:11434/v1\", model: llama3.1 }\ndefaults: { provider: anthropic }\n",
+    );
+    let (out, _) = check(&ws, false);
+    assert!(
+        out.contains("5 loop(s) checked: 4 valid, 1 with errors"),
+        "{out}"
+    );
+}
+
+#[test]
+fn check_validates_a_prompt_main_session() {
+    let ws = bare_workspace();
+    ws.write(
+        "loops.yaml",
+        "providers:\n  anthropic: { kind: anthropic }\nmain:\n  prompt: MAIN.md\n  provider: antropic\n",
+    );
+    let (out, code) = check(&ws, false);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("main.prompt: `MAIN.md` does not exist"),
+        "{out}"
+    );
+    assert!(
+        out.contains("main session: provider `antropic` is not in loops.yaml"),
+        "{out}"
+    );
+    ws.write("MAIN.md", "Be helpful.\n");
+    ws.write(
+        "loops.yaml",
+        "providers:\n  anthropic: { kind: anthropic }\nmain:\n  prompt: MAIN.md\n",
+    );
+    let (out, code) = check(&ws, false);
+    assert_eq!(code, 0, "{out}");
+}
