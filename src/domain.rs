@@ -407,7 +407,7 @@ fn parse_config(
                 }
                 _ => cx.err(&["tools"], "`tools` must be a list of tool names", "e.g. tools: [read_file, edit_file, finish]"),
             },
-            "gate" => match v {
+            "gate" => match v.as_mapping().and_then(|m| m.get("command")).unwrap_or(v) {
                 Value::String(s) if !s.trim().is_empty() => gate = Some(vec!["sh".to_string(), "-c".to_string(), s.clone()]),
                 Value::Sequence(seq) if !seq.is_empty() && seq.iter().all(|a| scalar_string(a).is_some()) => {
                     gate = Some(seq.iter().filter_map(scalar_string).collect())

@@ -105,6 +105,29 @@ pub const DEFAULT_MAIN_CONTEXT: &[&str] = &[
     ".working-memory/rules.md",
 ];
 
+impl MainSettings {
+    /// The prompt main session's instructions: `main.prompt` names a file (relative to
+    /// the workspace) or, when it is not a file name (it has spaces or line breaks and no
+    /// such file exists), is the instructions themselves. `Err` says what is missing.
+    pub fn prompt_text(&self, root: &Path) -> Option<Result<String, String>> {
+        let p = self.prompt.as_ref()?;
+        let path = root.join(p.trim());
+        Some(match std::fs::read_to_string(&path) {
+            Ok(t) => Ok(t),
+            Err(_) if looks_inline(p) => Ok(p.clone()),
+            Err(e) => Err(format!(
+                "cannot read the main session's prompt `{}` (loops.yaml main.prompt): {e}; create it or fix the path",
+                p.trim()
+            )),
+        })
+    }
+}
+
+fn looks_inline(p: &str) -> bool {
+    let t = p.trim();
+    t.contains('\n') || (t.contains(' ') && !t.ends_with(".md") && !t.ends_with(".txt"))
+}
+
 impl Default for MainSettings {
     fn default() -> Self {
         MainSettings {
@@ -515,7 +538,7 @@ fn check_main(
         );
         return;
     }
-    if !root.join(prompt).is_file() {
+    if !root.join(prompt.trim()).is_file() && !looks_inline(prompt) {
         diags.push(
             Diagnostic::error(rel, format!("main.prompt: `{prompt}` does not exist"))
                 .at(loc.value(&["main", "prompt"]))

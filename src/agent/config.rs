@@ -86,6 +86,8 @@ const PROVIDER_KEYS: &[&str] = &[
     "model",
     "max_tokens",
     "timeout",
+    "request_timeout",
+    "default_model",
     "command",
     "env",
 ];
@@ -215,7 +217,7 @@ fn parse_provider(
                     "e.g. api_key_env: OPENAI_API_KEY (leave it out for a local server with no key)",
                 )),
             },
-            "model" => match val.as_str() {
+            "model" | "default_model" => match val.as_str() {
                 Some(m) if !m.trim().is_empty() => p.model = Some(m.to_string()),
                 _ => diags.push(err(
                     &path,
@@ -231,7 +233,7 @@ fn parse_provider(
                     "e.g. max_tokens: 4096",
                 )),
             },
-            "timeout" => match val.as_str().map(parse_duration) {
+            "timeout" | "request_timeout" => match val.as_str().map(parse_duration) {
                 Some(Ok(d)) if !d.is_zero() => p.request_timeout = d,
                 Some(Err(e)) => diags.push(err(&path, format!("providers.{name}.timeout: {e}"), DURATION_HELP)),
                 _ => diags.push(err(

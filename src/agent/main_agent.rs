@@ -274,16 +274,14 @@ pub async fn wake(
         reported: HashMap::new(),
         wrote: Vec::new(),
     };
-    let Some(prompt_file) = &main.prompt else {
-        return fail("the main session has neither `command:` nor `prompt:` in loops.yaml".into());
-    };
-    let prompt = match std::fs::read_to_string(ws.root.join(prompt_file)) {
-        Ok(p) => p,
-        Err(e) => {
-            return fail(format!(
-                "cannot read the main session's prompt `{prompt_file}` (loops.yaml main.prompt): {e}; create it or fix the path"
-            ))
+    let prompt = match main.prompt_text(&ws.root) {
+        None => {
+            return fail(
+                "the main session has neither `command:` nor `prompt:` in loops.yaml".into(),
+            )
         }
+        Some(Err(e)) => return fail(e),
+        Some(Ok(p)) => p,
     };
     let (pcfg, model) = match super::config::resolve(
         &ws.settings,

@@ -196,6 +196,7 @@ impl ToolKit {
                 clip(&raw.to_string(), 200)
             )));
         }
+        let input = &with_aliases(name, input);
         let sb = &self.env.sandbox;
         let result = match name {
             "read_file" => files::read_file(sb, input),
@@ -590,6 +591,48 @@ impl ToolKit {
             Err(ToolError::new(out))
         }
     }
+}
+
+/// Argument names models commonly use for the same thing (other agents' tool sets spell
+/// them so): accepted as the documented name when that one is absent, so a model trained
+/// on another harness is not refused over a spelling.
+const ALIASES: &[(&str, &str, &str)] = &[
+    ("*", "file_path", "path"),
+    ("*", "filename", "path"),
+    ("*", "file", "path"),
+    ("edit_file", "old_string", "old_text"),
+    ("edit_file", "new_string", "new_text"),
+    ("edit_file", "old", "old_text"),
+    ("edit_file", "new", "new_text"),
+    ("write_file", "text", "content"),
+    ("append_file", "text", "content"),
+    ("save_draft", "path", "name"),
+    ("save_draft", "text", "content"),
+    ("read_file", "from_line", "start_line"),
+    ("read_file", "to_line", "end_line"),
+    ("search_files", "regex", "pattern"),
+    ("search_files", "query", "pattern"),
+    ("create_handoff", "checklist", "items"),
+    ("create_handoff", "description", "body"),
+    ("complete_handoff", "handoff_id", "id"),
+    ("tick_item", "handoff_id", "id"),
+    ("deliver", "message", "text"),
+    ("finish", "reason", "summary"),
+];
+
+fn with_aliases(tool: &str, input: &Value) -> Value {
+    let Some(obj) = input.as_object() else {
+        return input.clone();
+    };
+    let mut out = obj.clone();
+    for (t, alias, name) in ALIASES {
+        if (*t == "*" || *t == tool) && !out.contains_key(*name) {
+            if let Some(v) = out.get(*alias).cloned() {
+                out.insert(name.to_string(), v);
+            }
+        }
+    }
+    Value::Object(out)
 }
 
 /// Whether `host` is in `allowed`: `Some(true)` for an exact entry, `Some(false)` for a

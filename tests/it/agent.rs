@@ -1736,3 +1736,56 @@ fn the_main_sessions_conversation_is_bounded_by_whole_wakes() {
     assert!(msgs[0].text().starts_with("Earlier wakes, summarised"));
     assert!(msgs.last().unwrap().text().contains("T10"));
 }
+
+#[test]
+fn argument_names_from_other_harnesses_are_understood() {
+    let fake = FakeModel::start(vec![
+        anthropic::tool_use(
+            &[(
+                "e1",
+                "edit_file",
+                json!({"file_path": "domains/scout/state.md", "old_string": "seen: 0", "new_string": "seen: 5"}),
+            )],
+            (10, 1, 0, 0),
+        ),
+        anthropic::tool_use(
+            &[(
+                "f1",
+                "finish",
+                json!({"summary": "counted", "silent": false}),
+            )],
+            (10, 1, 0, 0),
+        ),
+    ]);
+    let ws = workspace(&anthropic_provider(&fake), false);
+    prompt_loop(&ws, "scout", "", SCOUT_PROMPT, SCOUT_STATE);
+    let (out, rec) = trigger(&ws, "scout");
+    ok(&out);
+    assert_eq!(rec["outcome"], "acted", "{rec}");
+    assert!(read(&ws, "domains/scout/state.md").contains("seen: 5"));
+}
+
+#[test]
+fn a_main_session_prompt_may_be_written_inline() {
+    let fake = FakeModel::start(vec![anthropic::text("HEARTBEAT_OK", (10, 1, 0, 0))]);
+    let ws = workspace(&anthropic_provider(&fake), false);
+    let yaml = format!(
+        "{}main:\n  prompt: \"INLINE-MAIN-PROMPT: you are the main session; be brief.\"\n",
+        anthropic_provider(&fake)
+    );
+    ws.write("loops.yaml", &yaml);
+    git_commit_all(ws.path(), "inline main");
+    let out = loops(&ws, &["check"]);
+    ok(&out);
+    drop_handoff(
+        ws.path(),
+        "20261121T000000Z-x-aaaaaa",
+        "---\nid: 20261121T000000Z-x-aaaaaa\nfrom: x\nto: main\n---\n# Say hi\n",
+    );
+    let out = loops(&ws, &["run", "--once"]);
+    ok(&out);
+    let reqs = fake.requests();
+    assert_eq!(reqs.len(), 1, "{}", out.all());
+    assert!(system_text(&reqs[0]).contains("INLINE-MAIN-PROMPT"));
+    assert!(user_text(&reqs[0]).contains("Say hi"));
+}
