@@ -1789,3 +1789,51 @@ fn a_main_session_prompt_may_be_written_inline() {
     assert!(system_text(&reqs[0]).contains("INLINE-MAIN-PROMPT"));
     assert!(user_text(&reqs[0]).contains("Say hi"));
 }
+
+#[test]
+fn run_once_all_runs_every_bundled_prompt_loop_on_a_model() {
+    // Three silent answers: one for each bundled prompt loop.
+    let fake = FakeModel::start(vec![
+        anthropic::text("SILENT", (300, 2, 0, 0)),
+        anthropic::text("SILENT", (300, 2, 0, 0)),
+        anthropic::text("SILENT", (300, 2, 0, 0)),
+    ]);
+    let ws = workspace(
+        &format!(
+            "providers:\n  anthropic: {{ kind: anthropic, base_url: \"{}\", api_key_env: LOOPS_TEST_KEY }}\n",
+            fake.url()
+        ),
+        false,
+    );
+    for name in ["channel-monitor", "heartbeat", "morning-briefing"] {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("domains")
+            .join(name);
+        let dest = ws.path().join("domains").join(name);
+        std::fs::create_dir_all(&dest).unwrap();
+        for e in std::fs::read_dir(&src).unwrap() {
+            let e = e.unwrap();
+            std::fs::copy(e.path(), dest.join(e.file_name())).unwrap();
+        }
+    }
+    git_commit_all(ws.path(), "bundled prompt loops");
+    let before = commit_count(&ws);
+    let out = loops(&ws, &["run", "--once", "--all"]);
+    ok(&out);
+    assert_eq!(fake.requests().len(), 3, "{}", out.all());
+    for name in ["channel-monitor", "heartbeat", "morning-briefing"] {
+        let runs = ws.runs(name);
+        assert_eq!(runs.len(), 1, "{name}: {runs:?}");
+        assert_eq!(runs[0]["outcome"], "silent", "{name}: {}", runs[0]);
+        assert_eq!(runs[0]["tokens"]["input"], 300, "{name}");
+    }
+    assert_eq!(commit_count(&ws), before, "silent runs commit nothing");
+    // Each loop was sent its own prompt, and none of them SOUL.md.
+    for r in fake.requests() {
+        let sys = system_text(&r);
+        assert!(
+            !sys.contains("SOUL-MARKER-4412"),
+            "isolated loops get no SOUL.md"
+        );
+    }
+}
