@@ -296,23 +296,53 @@ fn stage(
 
 /// Brings the repository's own index up to date for the committed paths only, so
 /// `git status` is clean for them and a person's staged changes elsewhere are kept.
+///
+/// Each path gets what HEAD holds for it — which may be a later commit than this one, if
+/// another process committed since — so `git status` tells the truth: clean when the
+/// file matches HEAD, modified when it does not. Several loops processes (a daemon,
+/// `loops trigger`, `loops handoff create`) share the index: an flock makes their
+/// read-modify-writes take turns, or one would write back an index missing the other's
+/// entries.
 fn sync_index(repo: &Repository, rels: &[PathBuf], buffers: &[(PathBuf, &[u8])]) {
+    let _turn = crate::fsutil::FileLock::acquire_blocking(&repo.path().join("loops-index.lock"));
+    let tree = repo.head().ok().and_then(|h| h.peel_to_tree().ok());
+    let workdir = repo.workdir().map(Path::to_path_buf);
+    let paths: Vec<&PathBuf> = rels.iter().chain(buffers.iter().map(|(p, _)| p)).collect();
     for attempt in 0..50 {
         let Ok(mut index) = repo.index() else { return };
-        let _ = index.read(false);
-        for (rel, bytes) in buffers {
-            if let Ok(e) = buffer_entry(repo, rel, bytes) {
-                let _ = index.add(&e);
-            }
-        }
-        for rel in rels {
-            if repo
-                .workdir()
-                .is_some_and(|w| w.join(rel).symlink_metadata().is_ok())
-            {
-                let _ = index.add_path(rel);
-            } else {
-                let _ = index.remove_path(rel);
+        let _ = index.read(true);
+        for rel in &paths {
+            match tree.as_ref().and_then(|t| t.get_path(rel).ok()) {
+                Some(entry) => {
+                    let on_disk = workdir.as_ref().map(|w| w.join(rel));
+                    let matches = on_disk.as_ref().is_some_and(|f| {
+                        f.symlink_metadata().is_ok_and(|m| m.is_file())
+                            && Oid::hash_file(git2::ObjectType::Blob, f).ok() == Some(entry.id())
+                    });
+                    if matches {
+                        let _ = index.add_path(rel);
+                    } else {
+                        // No stat data: git compares the content and reports what differs.
+                        let path = rel.to_string_lossy().into_owned().into_bytes();
+                        let _ = index.add(&IndexEntry {
+                            ctime: IndexTime::new(0, 0),
+                            mtime: IndexTime::new(0, 0),
+                            dev: 0,
+                            ino: 0,
+                            mode: entry.filemode() as u32,
+                            uid: 0,
+                            gid: 0,
+                            file_size: 0,
+                            id: entry.id(),
+                            flags: (path.len().min(0xfff)) as u16,
+                            flags_extended: 0,
+                            path,
+                        });
+                    }
+                }
+                None => {
+                    let _ = index.remove_path(rel);
+                }
             }
         }
         match index.write() {
