@@ -218,7 +218,20 @@ pub async fn run(
         None => None,
     };
 
-    let prompt = std::fs::read_to_string(def.dir.join("prompt.md")).unwrap_or_default();
+    // Checked when the loop was loaded, but it may have gone or been broken since: a run
+    // without its instructions must fail, not talk to the model with an empty prompt.
+    let prompt = match std::fs::read_to_string(def.dir.join("prompt.md")) {
+        Ok(p) => p,
+        Err(e) => {
+            let mut o = PromptOutcome::failed(format!(
+                "cannot read domains/{}/prompt.md: {e}; restore it (as UTF-8 text), then `loops check`",
+                def.name
+            ));
+            o.provider = Some(pcfg.name.clone());
+            o.duration = started.elapsed();
+            return o;
+        }
+    };
     let state_md = std::fs::read_to_string(def.dir.join("state.md")).ok();
     let settings_yaml = if def.settings.is_empty() {
         String::new()

@@ -1837,3 +1837,22 @@ fn run_once_all_runs_every_bundled_prompt_loop_on_a_model() {
         );
     }
 }
+
+#[test]
+fn a_prompt_md_gone_since_the_check_fails_the_run_without_a_model_call() {
+    let fake = FakeModel::start(vec![]);
+    let ws = workspace(&anthropic_provider(&fake), false);
+    prompt_loop(&ws, "scout", "", SCOUT_PROMPT, SCOUT_STATE);
+    // Not UTF-8: unreadable as instructions.
+    std::fs::write(
+        ws.path().join("domains/scout/prompt.md"),
+        [0xff, 0xfe, 0x00],
+    )
+    .unwrap();
+    let (out, rec) = trigger(&ws, "scout");
+    assert_eq!(out.code, Some(1), "{}", out.all());
+    assert_eq!(rec["outcome"], "failed", "{rec}");
+    let err = rec["error"].as_str().unwrap_or_default();
+    assert!(err.contains("domains/scout/prompt.md"), "{err}");
+    assert!(fake.requests().is_empty());
+}
