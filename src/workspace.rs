@@ -62,6 +62,8 @@ pub struct Settings {
     pub defaults: crate::agent::config::Defaults,
     /// `allow_shell_tool: true` lets loops that list `shell` in `tools:` use it.
     pub allow_shell_tool: bool,
+    /// `allow_shell_jobs: true` lets shell jobs run (as `LOOPS_ALLOW_SHELL_JOBS=1` does).
+    pub allow_shell_jobs: bool,
     /// The main session (`main:`), when configured.
     pub main: Option<MainSettings>,
 }
@@ -165,6 +167,7 @@ impl Default for Settings {
             providers: Default::default(),
             defaults: Default::default(),
             allow_shell_tool: false,
+            allow_shell_jobs: false,
             main: None,
         }
     }
@@ -497,7 +500,15 @@ fn read_settings(root: &Path) -> (Settings, Vec<Diagnostic>) {
                 ),
             },
             "main" => s.main = read_main(&rel, &loc, v, &mut diags),
-            "channels" | "mcp_servers" | "allow_shell_jobs" => {}
+            "allow_shell_jobs" => match v.as_bool() {
+                Some(b) => s.allow_shell_jobs = b,
+                None => diags.push(
+                    Diagnostic::error(&rel, "allow_shell_jobs must be true or false")
+                        .at(loc.value(&["allow_shell_jobs"]))
+                        .help("allow_shell_jobs: true lets `loops jobs submit shell` run commands"),
+                ),
+            },
+            "channels" | "mcp_servers" => {}
             other => diags.push(unknown_key(&rel, &loc, &[other], TOP_KEYS)),
         }
     }

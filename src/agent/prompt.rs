@@ -385,6 +385,7 @@ pub async fn http_provider(
             max_turns,
             deadline,
             cancel,
+            hooks: None,
         },
         &mut kit,
         tr,
@@ -441,7 +442,7 @@ pub async fn http_provider(
                 driven.turns
             ));
         }
-        End::Cancelled => {
+        End::Cancelled | End::Paused => {
             out.outcome = Some(Outcome::Interrupted);
             out.error = Some("interrupted".into());
         }

@@ -23,8 +23,34 @@ pub enum End {
     MaxTurns(u32),
     Timeout,
     Cancelled,
+    /// Stopped between turns because its hooks asked (a paused job).
+    Paused,
     /// The provider refused or failed for good.
     Failed(String),
+}
+
+/// What the runner of a conversation wants before the next model turn.
+#[derive(Debug, Default)]
+pub struct BeforeTurn {
+    /// Texts to add to the conversation now (steering messages).
+    pub inject: Vec<String>,
+    /// Stop here, between turns, with the conversation as it is.
+    pub pause: bool,
+}
+
+/// Called around every model turn: a job reads its steering messages before each turn,
+/// and saves its conversation and progress after each.
+pub trait TurnHooks: Send {
+    /// `turn` is the number of the turn about to be made (1-based, this drive).
+    fn before_turn(&mut self, turn: u32) -> BeforeTurn;
+    /// After a turn's reply and tool results are in `messages`.
+    fn after_turn(
+        &mut self,
+        turn: u32,
+        messages: &[Message],
+        usage: &Usage,
+        last_tool: Option<&str>,
+    );
 }
 
 /// One conversation to drive.
@@ -37,6 +63,7 @@ pub struct Drive<'a> {
     pub max_turns: u32,
     pub deadline: Instant,
     pub cancel: Option<watch::Receiver<bool>>,
+    pub hooks: Option<&'a mut dyn TurnHooks>,
 }
 
 /// What driving it produced.
@@ -109,6 +136,20 @@ pub async fn drive(mut d: Drive<'_>, kit: &mut ToolKit, tr: &mut Transcript) -> 
         if Instant::now() >= d.deadline {
             break End::Timeout;
         }
+        if let Some(h) = d.hooks.as_deref_mut() {
+            let b = h.before_turn(out.turns + 1);
+            if b.pause {
+                break End::Paused;
+            }
+            if !b.inject.is_empty() {
+                let text = b.inject.join("\n\n");
+                tr.note(&format!(
+                    "steering message(s) before turn {}:\n{text}",
+                    out.turns + 1
+                ));
+                inject_text(&mut out.messages, text);
+            }
+        }
         let req = ModelRequest {
             model: d.model,
             max_tokens: d.max_tokens,
@@ -156,6 +197,7 @@ pub async fn drive(mut d: Drive<'_>, kit: &mut ToolKit, tr: &mut Transcript) -> 
             t0.elapsed().as_millis(),
             out.model.as_deref(),
         );
+        let turn_usage = c.reply.usage.clone();
         let calls: Vec<(String, String, serde_json::Value)> = reply
             .tool_uses()
             .map(|(id, name, input)| (id.to_string(), name.to_string(), input.clone()))
@@ -165,7 +207,11 @@ pub async fn drive(mut d: Drive<'_>, kit: &mut ToolKit, tr: &mut Transcript) -> 
             role: Role::Assistant,
             content: reply.content,
         });
+        let last_tool = calls.last().map(|c| c.1.clone());
         if calls.is_empty() {
+            if let Some(h) = d.hooks.as_deref_mut() {
+                h.after_turn(out.turns, &out.messages, &turn_usage, None);
+            }
             break if is_silent_token(&text) {
                 End::SilentToken(text.trim().to_string())
             } else {
@@ -191,6 +237,9 @@ pub async fn drive(mut d: Drive<'_>, kit: &mut ToolKit, tr: &mut Transcript) -> 
         };
         tr.message(&msg, "");
         out.messages.push(msg);
+        if let Some(h) = d.hooks.as_deref_mut() {
+            h.after_turn(out.turns, &out.messages, &turn_usage, last_tool.as_deref());
+        }
         if let Some(f) = &kit.finish {
             break End::Finished(f.clone());
         }
@@ -198,4 +247,14 @@ pub async fn drive(mut d: Drive<'_>, kit: &mut ToolKit, tr: &mut Transcript) -> 
     out.end = end;
     out.wall_time = started.elapsed();
     out
+}
+
+/// Adds text to the conversation as the user's: to the last user message if the
+/// conversation ends with one (after tool results: providers want turns to alternate),
+/// else as a new user message.
+fn inject_text(messages: &mut Vec<Message>, text: String) {
+    match messages.last_mut() {
+        Some(m) if m.role == Role::User => m.content.push(Block::Text { text }),
+        _ => messages.push(Message::user_text(text)),
+    }
 }

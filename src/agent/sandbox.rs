@@ -33,6 +33,9 @@ pub enum Access {
 pub enum Scope {
     /// A minion: its own domain, its drafts and new handoffs; nothing private.
     Isolated { loop_name: String },
+    /// An ad-hoc agent job: reads like a minion; writes only `drafts/<name>/` and new
+    /// handoffs (it has no domain folder of its own).
+    Job { name: String },
     /// The main session: the whole workspace except git's and the runner's folders.
     Main,
 }
@@ -305,7 +308,7 @@ impl Sandbox {
     /// Areas closed whatever the scope allows elsewhere.
     fn deny(&self, rel: &[String], shown: &str, access: Access) -> Result<(), SandboxError> {
         let is = |c: &String, name: &str| c.eq_ignore_ascii_case(name);
-        let isolated = matches!(self.scope, Scope::Isolated { .. });
+        let isolated = matches!(self.scope, Scope::Isolated { .. } | Scope::Job { .. });
         // A `.git` anywhere (a nested repository too) holds hooks and config git acts on.
         if rel.iter().any(|c| is(c, ".git")) {
             return Err(SandboxError::Protected {
@@ -370,17 +373,27 @@ impl Sandbox {
                 "it is the workspace root folder; name a file inside it".into(),
             ));
         }
-        let Scope::Isolated { loop_name } = &self.scope else {
-            return Ok(());
+        let (loop_name, own_domain) = match &self.scope {
+            Scope::Isolated { loop_name } => (loop_name, true),
+            Scope::Job { name } => (name, false),
+            Scope::Main => return Ok(()),
         };
-        let areas = format!(
-            "an isolated loop may write only under domains/{loop_name}/ and drafts/{loop_name}/, \
-             or create a new .md handoff directly in inbox/"
-        );
+        let areas = if own_domain {
+            format!(
+                "an isolated loop may write only under domains/{loop_name}/ and drafts/{loop_name}/, \
+                 or create a new .md handoff directly in inbox/"
+            )
+        } else {
+            format!(
+                "an agent job may write only under drafts/{loop_name}/, or create a new .md handoff directly in inbox/"
+            )
+        };
         let parts: Vec<&str> = rel.iter().map(String::as_str).collect();
         match parts.as_slice() {
             ["domains", name, rest @ ..] | ["drafts", name, rest @ ..]
-                if *name == loop_name.as_str() && !rest.is_empty() =>
+                if *name == loop_name.as_str()
+                    && !rest.is_empty()
+                    && (own_domain || parts[0] == "drafts") =>
             {
                 // config.yaml says which session a loop runs in and which tools it gets:
                 // a minion that could edit it would promote itself to the main session.

@@ -2,6 +2,12 @@
 //! it changed, commit them, append the run record. Everything that runs goes through
 //! here, whether the daemon scheduled it or a person triggered it.
 
+pub mod job;
+pub mod queue;
+pub mod report;
+pub mod store;
+pub mod worker;
+
 use crate::domain::{LoopDef, Payload};
 use crate::exec::{self, ExecSpec, Stream};
 use crate::history::{commit_message, CommitRequest, Committer};

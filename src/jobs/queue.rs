@@ -1,0 +1,1407 @@
+//! Every operation on the queue, as one locked transaction over the job files: submit
+//! (with idempotency keys and atomic fan-out), claim, finish (retries with backoff),
+//! cancel (cascading), pause, resume, replay, retry, steering messages, and the sweep
+//! that requeues jobs whose runner died. Each takes `now` from the caller's clock, so a
+//! test can walk through days of backoff without sleeping.
+
+use super::job::*;
+use super::store::{JobStore, StoreError, Tx};
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use serde_json::Value;
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("there is no job #{0}")]
+    NotFound(JobId),
+    #[error("job #{id} is {state}: cannot {op} it")]
+    InvalidState {
+        id: JobId,
+        state: JobState,
+        op: &'static str,
+        help: String,
+    },
+    #[error("{0}")]
+    InvalidSpec(String),
+    #[error("permission denied: {0}")]
+    Permission(String),
+    #[error("job #{0} is no longer leased by this process (its lease was taken over)")]
+    LostLease(JobId),
+}
+
+impl QueueError {
+    pub fn help(&self) -> Option<String> {
+        match self {
+            QueueError::Store(e) => e.help(),
+            QueueError::NotFound(_) => Some("`loops jobs list` shows the jobs there are".into()),
+            QueueError::InvalidState { help, .. } => Some(help.clone()),
+            QueueError::InvalidSpec(_) => {
+                Some("`loops jobs submit --help` shows the parameters each kind takes".into())
+            }
+            QueueError::Permission(_) => None,
+            QueueError::LostLease(_) => None,
+        }
+    }
+}
+
+/// Who sends a steering message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sender {
+    /// A person at the CLI, or an MCP client acting for one.
+    Operator,
+    /// Another job: allowed only if it is the target's parent.
+    Job(JobId),
+}
+
+impl Sender {
+    fn label(&self) -> String {
+        match self {
+            Sender::Operator => "operator".into(),
+            Sender::Job(id) => format!("job:{id}"),
+        }
+    }
+}
+
+/// A request to run something. Deserialises from the JSON a manifest, `--params` or an
+/// MCP call gives; durations are `"30s"`-style strings or numbers of seconds.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct JobSpec {
+    pub kind: Option<String>,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub params: Value,
+    #[serde(default)]
+    pub queue: Option<String>,
+    #[serde(default)]
+    pub priority: Option<i32>,
+    #[serde(default, deserialize_with = "de_duration")]
+    pub delay: Option<Duration>,
+    #[serde(default)]
+    pub max_attempts: Option<u32>,
+    #[serde(default)]
+    pub backoff_type: Option<String>,
+    #[serde(default, deserialize_with = "de_duration")]
+    pub backoff_delay: Option<Duration>,
+    #[serde(default)]
+    pub backoff_jitter: Option<f64>,
+    #[serde(default, deserialize_with = "de_duration")]
+    pub timeout: Option<Duration>,
+    #[serde(default)]
+    pub max_stalled: Option<u32>,
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
+    #[serde(default)]
+    pub parent: Option<JobId>,
+    #[serde(default)]
+    pub on_child_fail: Option<String>,
+    /// Set by the caller, not by the request.
+    #[serde(skip)]
+    pub source: String,
+}
+
+fn de_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    let v = Option::<Value>::deserialize(d)?;
+    match v {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => n
+            .as_f64()
+            .filter(|f| *f >= 0.0)
+            .map(|f| Some(Duration::from_secs_f64(f)))
+            .ok_or_else(|| serde::de::Error::custom("a duration must be 0 or more seconds")),
+        Some(Value::String(s)) => crate::duration::parse_duration(&s)
+            .map(Some)
+            .map_err(serde::de::Error::custom),
+        Some(other) => Err(serde::de::Error::custom(format!(
+            "a duration is a string like \"30s\" or a number of seconds, not {other}"
+        ))),
+    }
+}
+
+/// The result of a submit.
+#[derive(Debug, Clone)]
+pub struct Submitted {
+    pub job: Job,
+    /// The idempotency key was already held: this is the job that holds it.
+    pub existing: bool,
+}
+
+fn validate_params(kind: JobKind, params: &Value) -> Result<(), QueueError> {
+    let bad = |m: String| Err(QueueError::InvalidSpec(m));
+    let obj = match params.as_object() {
+        Some(o) => o,
+        None => {
+            return bad(format!(
+                "{kind} job params must be a JSON object, got {params}"
+            ))
+        }
+    };
+    match kind {
+        JobKind::Shell => {
+            let cmd = obj.get("cmd");
+            let argv = obj.get("argv");
+            match (cmd, argv) {
+                (Some(Value::String(c)), None) if !c.trim().is_empty() => {}
+                (None, Some(Value::Array(a)))
+                    if !a.is_empty() && a.iter().all(|x| x.is_string()) => {}
+                (Some(_), Some(_)) => {
+                    return bad("give either \"cmd\" (run through sh -c) or \"argv\" (a list), not both".into())
+                }
+                _ => return bad(
+                    "a shell job needs \"cmd\": \"a command line\" or \"argv\": [\"program\", \"arg\", …]"
+                        .into(),
+                ),
+            }
+            if let Some(cwd) = obj.get("cwd") {
+                match cwd.as_str() {
+                    Some(c) if std::path::Path::new(c).is_absolute() => {}
+                    _ => return bad(format!("\"cwd\" must be an absolute path, got {cwd}")),
+                }
+            }
+            if let Some(env) = obj.get("env") {
+                let ok = env
+                    .as_object()
+                    .is_some_and(|m| m.values().all(|v| v.is_string()));
+                if !ok {
+                    return bad("\"env\" must be an object of string values, e.g. {\"MODE\": \"fast\"}; name secrets in \"inherit\" instead".into());
+                }
+            }
+            if let Some(inh) = obj.get("inherit") {
+                let ok = inh
+                    .as_array()
+                    .is_some_and(|a| a.iter().all(|v| v.is_string()));
+                if !ok {
+                    return bad("\"inherit\" must be a list of environment variable names, e.g. [\"GITHUB_TOKEN\"]".into());
+                }
+            }
+            for k in obj.keys() {
+                if !["cmd", "argv", "cwd", "env", "inherit"].contains(&k.as_str()) {
+                    return bad(format!(
+                        "unknown shell job parameter \"{k}\" (known: cmd, argv, cwd, env, inherit)"
+                    ));
+                }
+            }
+        }
+        JobKind::Agent | JobKind::Aggregator => {
+            let prompt = obj.get("prompt").and_then(|p| p.as_str()).unwrap_or("");
+            if prompt.trim().is_empty() && kind == JobKind::Agent {
+                return bad("an agent job needs \"prompt\": \"what to do\"".into());
+            }
+            if let Some(t) = obj.get("tools") {
+                let ok = t.is_string()
+                    || t.as_array()
+                        .is_some_and(|a| a.iter().all(|v| v.is_string()));
+                if !ok {
+                    return bad(
+                        "\"tools\" is a list of tool names (or a comma-separated string)".into(),
+                    );
+                }
+                let names = agent_tools(params).unwrap_or_default();
+                for n in &names {
+                    if !crate::agent::tools::is_known(n) {
+                        let hint = crate::diag::near_miss(n, crate::agent::tools::KNOWN)
+                            .map(|m| format!(" (did you mean `{m}`?)"))
+                            .unwrap_or_default();
+                        return bad(format!(
+                            "unknown tool `{n}`{hint}; known tools: {}",
+                            crate::agent::tools::KNOWN.join(", ")
+                        ));
+                    }
+                }
+            }
+            if let Some(m) = obj.get("max_turns") {
+                if !m.as_u64().is_some_and(|n| n >= 1) {
+                    return bad(format!(
+                        "\"max_turns\" must be a whole number of at least 1, got {m}"
+                    ));
+                }
+            }
+            for k in ["model", "provider"] {
+                if let Some(v) = obj.get(k) {
+                    if !v.is_string() {
+                        return bad(format!("\"{k}\" must be a string"));
+                    }
+                }
+            }
+            if let Some(v) = obj.get("input_vars") {
+                if !v.is_object() {
+                    return bad("\"input_vars\" must be an object of names to values".into());
+                }
+            }
+            for k in obj.keys() {
+                if ![
+                    "prompt",
+                    "tools",
+                    "model",
+                    "provider",
+                    "max_turns",
+                    "input_vars",
+                ]
+                .contains(&k.as_str())
+                {
+                    return bad(format!(
+                        "unknown agent job parameter \"{k}\" (known: prompt, tools, model, provider, max_turns, input_vars)"
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// An agent job's tool list from its params, if it names one.
+pub fn agent_tools(params: &Value) -> Option<Vec<String>> {
+    match params.get("tools")? {
+        Value::String(s) => Some(
+            s.split(',')
+                .map(|t| t.trim().to_string())
+                .filter(|t| !t.is_empty())
+                .collect(),
+        ),
+        Value::Array(a) => Some(
+            a.iter()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect(),
+        ),
+        _ => None,
+    }
+}
+
+fn default_name(kind: JobKind, params: &Value) -> String {
+    let raw = match kind {
+        JobKind::Shell => params
+            .get("cmd")
+            .and_then(|c| c.as_str())
+            .map(str::to_string)
+            .or_else(|| {
+                params.get("argv").and_then(|a| a.as_array()).map(|a| {
+                    a.iter()
+                        .filter_map(|v| v.as_str())
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                })
+            })
+            .unwrap_or_else(|| "shell".into()),
+        JobKind::Agent => params
+            .get("prompt")
+            .and_then(|c| c.as_str())
+            .unwrap_or("agent")
+            .to_string(),
+        JobKind::Aggregator => "aggregate".into(),
+    };
+    let one_line: String = raw.split_whitespace().collect::<Vec<_>>().join(" ");
+    crate::agent::tools::clip(&one_line, 48)
+}
+
+/// Builds (and checks) the job a spec describes, without writing anything.
+pub fn plan(spec: &JobSpec, now: DateTime<Utc>) -> Result<Job, QueueError> {
+    let kind_s = spec.kind.as_deref().unwrap_or("agent");
+    let kind = JobKind::parse(kind_s).ok_or_else(|| {
+        QueueError::InvalidSpec(format!("unknown job kind `{kind_s}` (known: shell, agent)"))
+    })?;
+    validate_params(kind, &spec.params)?;
+    let backoff_kind = match spec.backoff_type.as_deref() {
+        None => BackoffKind::Exponential,
+        Some("fixed") => BackoffKind::Fixed,
+        Some("exponential") => BackoffKind::Exponential,
+        Some(o) => {
+            return Err(QueueError::InvalidSpec(format!(
+                "unknown backoff type `{o}` (use fixed or exponential)"
+            )))
+        }
+    };
+    let jitter = spec.backoff_jitter.unwrap_or(0.2);
+    if !(0.0..=1.0).contains(&jitter) {
+        return Err(QueueError::InvalidSpec(format!(
+            "backoff jitter is a fraction between 0 and 1, got {jitter}"
+        )));
+    }
+    let on_child_fail = match spec.on_child_fail.as_deref() {
+        None => OnChildFail::FailParent,
+        Some(s) => OnChildFail::parse(s).ok_or_else(|| {
+            QueueError::InvalidSpec(format!(
+                "unknown on_child_fail `{s}` (use fail_parent, continue, ignore or remove_dep)"
+            ))
+        })?,
+    };
+    let max_attempts = spec.max_attempts.unwrap_or(3);
+    if max_attempts == 0 {
+        return Err(QueueError::InvalidSpec(
+            "max attempts must be at least 1".into(),
+        ));
+    }
+    if spec.timeout.is_some_and(|t| t.is_zero()) {
+        return Err(QueueError::InvalidSpec(
+            "a timeout must be more than 0".into(),
+        ));
+    }
+    let queue = spec.queue.clone().unwrap_or_else(|| "default".into());
+    if queue.trim().is_empty() {
+        return Err(QueueError::InvalidSpec(
+            "a queue name cannot be empty".into(),
+        ));
+    }
+    let delayed = spec.delay.filter(|d| !d.is_zero());
+    let state = if delayed.is_some() {
+        JobState::Delayed
+    } else {
+        JobState::Waiting
+    };
+    Ok(Job {
+        id: 0,
+        name: spec
+            .name
+            .clone()
+            .filter(|n| !n.trim().is_empty())
+            .unwrap_or_else(|| default_name(kind, &spec.params)),
+        kind,
+        queue,
+        priority: spec.priority.unwrap_or(0),
+        params: spec.params.clone(),
+        state,
+        created: now,
+        updated: now,
+        run_at: delayed.map(|d| now + chrono_d(d)),
+        max_attempts,
+        attempts: 0,
+        backoff: Backoff {
+            kind: backoff_kind,
+            delay_ms: spec
+                .backoff_delay
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(1000),
+            jitter,
+        },
+        timeout_ms: spec.timeout.map(|t| t.as_millis() as u64),
+        max_stalled: spec.max_stalled.unwrap_or(5),
+        stalls: 0,
+        idempotency_key: spec.idempotency_key.clone().filter(|k| !k.is_empty()),
+        lease: None,
+        control: None,
+        history: vec![Transition {
+            at: now,
+            from: None,
+            to: state,
+            reason: delayed.map(|d| {
+                format!(
+                    "submitted with a delay of {}",
+                    crate::duration::format_duration(d)
+                )
+            }),
+        }],
+        result: None,
+        error: None,
+        tokens: Tokens::default(),
+        child_tokens: Tokens::default(),
+        progress: Progress::default(),
+        started: None,
+        finished: None,
+        run_ms: 0,
+        parent: spec.parent,
+        children: Vec::new(),
+        removed_children: Vec::new(),
+        on_child_fail,
+        messages: Vec::new(),
+        source: if spec.source.is_empty() {
+            "cli".into()
+        } else {
+            spec.source.clone()
+        },
+        replay_of: None,
+    })
+}
+
+pub fn chrono_d(d: Duration) -> chrono::Duration {
+    chrono::Duration::milliseconds(d.as_millis().min(i64::MAX as u128) as i64)
+}
+
+/// Submits one job. `refused` is why it may not run at all (a closed gate): the job is
+/// still recorded, straight as dead with that reason, so it never waits silently.
+pub fn submit(
+    store: &JobStore,
+    spec: &JobSpec,
+    now: DateTime<Utc>,
+    refused: Option<String>,
+) -> Result<Submitted, QueueError> {
+    let mut job = plan(spec, now)?;
+    store.transaction(|tx| {
+        if let Some(key) = &job.idempotency_key {
+            if let Some(existing) = key_holder_job(tx, key)? {
+                return Ok(Submitted {
+                    job: existing,
+                    existing: true,
+                });
+            }
+        }
+        if let Some(p) = job.parent {
+            attach_to_parent(tx, p, now)?;
+        }
+        job.id = tx.next_id()?;
+        if let Some(why) = refused {
+            job.error = Some(why.clone());
+            job.transition(JobState::Dead, now, Some(why));
+        }
+        if let Some(p) = job.parent {
+            let mut parent = tx.get(p)?.ok_or(QueueError::NotFound(p))?;
+            parent.children.push(job.id);
+            save(tx, &mut parent, now)?;
+        }
+        if let Some(key) = &job.idempotency_key {
+            tx.set_key(key, job.id)?;
+        }
+        save(tx, &mut job, now)?;
+        Ok(Submitted {
+            job: job.clone(),
+            existing: false,
+        })
+    })
+}
+
+fn key_holder_job(tx: &Tx, key: &str) -> Result<Option<Job>, QueueError> {
+    let Some(id) = tx.key_holder(key)? else {
+        return Ok(None);
+    };
+    match tx.get(id)? {
+        // A key held only by a dead or cancelled job is free again.
+        Some(j) if !matches!(j.state, JobState::Dead | JobState::Cancelled) => Ok(Some(j)),
+        _ => Ok(None),
+    }
+}
+
+fn attach_to_parent(tx: &Tx, p: JobId, now: DateTime<Utc>) -> Result<(), QueueError> {
+    let parent = tx.get(p)?.ok_or(QueueError::NotFound(p))?;
+    let _ = now;
+    if parent.state.is_terminal() {
+        return Err(QueueError::InvalidState {
+            id: p,
+            state: parent.state,
+            op: "add a child to",
+            help: "a child can only be added to a job that has not ended".into(),
+        });
+    }
+    Ok(())
+}
+
+/// Submits a fan-out: `children` and one aggregator that runs once they have all ended,
+/// with their results. It is atomic: the children are written first and the aggregator
+/// last, and a worker never starts a child whose parent file does not exist yet, so
+/// either the whole group becomes visible or (after a crash mid-way) the sweep cancels
+/// the orphans. Returns the aggregator and its children.
+pub fn submit_fanout(
+    store: &JobStore,
+    children: &[JobSpec],
+    aggregator: &JobSpec,
+    now: DateTime<Utc>,
+    refused: &dyn Fn(&Job) -> Option<String>,
+) -> Result<(Job, Vec<Job>), QueueError> {
+    if children.is_empty() {
+        return Err(QueueError::InvalidSpec(
+            "a fan-out manifest needs at least one child".into(),
+        ));
+    }
+    let mut agg = plan(aggregator, now)?;
+    agg.kind = JobKind::Aggregator;
+    if aggregator.on_child_fail.is_none() {
+        agg.on_child_fail = OnChildFail::Continue;
+    }
+    let mut kids = Vec::new();
+    for (i, c) in children.iter().enumerate() {
+        let k =
+            plan(c, now).map_err(|e| QueueError::InvalidSpec(format!("child {}: {e}", i + 1)))?;
+        if c.idempotency_key.is_some() {
+            return Err(QueueError::InvalidSpec(format!(
+                "child {}: fan-out children cannot carry idempotency keys; put one on the whole fan-out instead",
+                i + 1
+            )));
+        }
+        kids.push(k);
+    }
+    store.transaction(|tx| {
+        if let Some(key) = &agg.idempotency_key {
+            if let Some(existing) = key_holder_job(tx, key)? {
+                let mut kids = Vec::new();
+                for c in &existing.children {
+                    if let Some(j) = tx.get(*c)? {
+                        kids.push(j);
+                    }
+                }
+                return Ok((existing, kids));
+            }
+        }
+        if let Some(p) = agg.parent {
+            attach_to_parent(tx, p, now)?;
+        }
+        agg.id = tx.next_id()?;
+        for k in kids.iter_mut() {
+            k.id = tx.next_id()?;
+            k.parent = Some(agg.id);
+            agg.children.push(k.id);
+        }
+        agg.transition(
+            JobState::WaitingChildren,
+            now,
+            Some(format!("waiting for {} children", kids.len())),
+        );
+        // The history starts with the state it was created in.
+        agg.history
+            .retain(|t| t.from.is_some() || t.to == JobState::WaitingChildren);
+        if let Some(first) = agg.history.first_mut() {
+            first.from = None;
+        }
+        for k in kids.iter_mut() {
+            if let Some(why) = refused(k) {
+                k.error = Some(why.clone());
+                k.transition(JobState::Dead, now, Some(why));
+            }
+            // Children are written before their parent exists; their terminal
+            // notifications are applied when the parent is written below.
+            let bytes_job = k.clone();
+            tx.put(&bytes_job, true)?;
+        }
+        if let Some(key) = &agg.idempotency_key {
+            tx.set_key(key, agg.id)?;
+        }
+        if let Some(p) = agg.parent {
+            let mut parent = tx.get(p)?.ok_or(QueueError::NotFound(p))?;
+            parent.children.push(agg.id);
+            save(tx, &mut parent, now)?;
+        }
+        save(tx, &mut agg, now)?;
+        // Children refused at once count as ended.
+        for k in kids.iter().filter(|k| k.state.is_terminal()) {
+            notify_parent(tx, k, now)?;
+        }
+        let agg = tx.get(agg.id)?.unwrap_or(agg);
+        Ok((agg, kids))
+    })
+}
+
+/// Writes a job; if it has just reached a terminal state, tells its parent.
+fn save(tx: &mut Tx, job: &mut Job, now: DateTime<Utc>) -> Result<(), QueueError> {
+    let durable = job.state.is_terminal()
+        || job.history.len() <= 1
+        || matches!(job.state, JobState::Paused | JobState::Waiting);
+    tx.put(job, durable)?;
+    if job.state.is_terminal() && job.parent.is_some() {
+        notify_parent(tx, job, now)?;
+    }
+    Ok(())
+}
+
+/// Posts `child_done` to the parent of a terminal job, rolls its tokens up, and applies
+/// the parent's `on_child_fail` policy. Safe to repeat: a child is reported once.
+fn notify_parent(tx: &mut Tx, child: &Job, now: DateTime<Utc>) -> Result<(), QueueError> {
+    let Some(pid) = child.parent else {
+        return Ok(());
+    };
+    let Some(mut parent) = tx.get(pid)? else {
+        return Ok(());
+    };
+    let already = parent
+        .child_done_messages()
+        .any(|m| m.body.get("child").and_then(|c| c.as_u64()) == Some(child.id));
+    if already || !parent.children.contains(&child.id) {
+        return Ok(());
+    }
+    let tokens = child.total_tokens();
+    let body = serde_json::json!({
+        "child": child.id,
+        "name": child.name,
+        "kind": child.kind.as_str(),
+        "state": child.state.as_str(),
+        "summary": child.result.as_ref().and_then(|r| r.summary.clone()),
+        "exit_code": child.result.as_ref().and_then(|r| r.exit_code),
+        "stdout_tail": child.result.as_ref().map(|r| crate::agent::tools::clip(&r.stdout_tail, 4000)),
+        "error": child.error,
+        "tokens": tokens,
+    });
+    let seq = parent.next_message_seq();
+    parent.messages.push(JobMessage {
+        seq,
+        kind: MessageKind::ChildDone,
+        at: now,
+        from: format!("job:{}", child.id),
+        body,
+        read: None,
+    });
+    parent.child_tokens.add(&tokens);
+    parent.updated = now;
+    let mut cascade = Vec::new();
+    if child.state.is_unsuccessful() && !parent.state.is_terminal() {
+        match parent.on_child_fail {
+            OnChildFail::FailParent => {
+                let why = format!(
+                    "child #{} ({}) ended {}{}",
+                    child.id,
+                    child.name,
+                    child.state,
+                    child
+                        .error
+                        .as_deref()
+                        .map(|e| format!(": {}", crate::agent::tools::clip(e, 200)))
+                        .unwrap_or_default()
+                );
+                parent.error = Some(why.clone());
+                if parent.state == JobState::Active {
+                    // Its runner is told to stop; it records the failure when it does.
+                    parent.control = Some(Control::Cancel);
+                } else {
+                    parent.transition(JobState::Failed, now, Some(why));
+                }
+                cascade = parent.pending_children().collect();
+            }
+            OnChildFail::RemoveDep => {
+                parent.removed_children.push(child.id);
+            }
+            OnChildFail::Continue | OnChildFail::Ignore => {}
+        }
+    }
+    maybe_release(&mut parent, now);
+    save(tx, &mut parent, now)?;
+    for c in cascade {
+        if c != child.id {
+            cancel_in(
+                tx,
+                c,
+                now,
+                &format!("its parent #{} failed", parent.id),
+                false,
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// Children a parent still waits for that have not reported.
+pub fn outstanding_children(job: &Job) -> Vec<JobId> {
+    let done: std::collections::HashSet<u64> = job
+        .child_done_messages()
+        .filter_map(|m| m.body.get("child").and_then(|c| c.as_u64()))
+        .collect();
+    job.pending_children()
+        .filter(|c| !done.contains(c))
+        .collect()
+}
+
+/// A parent in waiting-children whose children have all ended moves on: to run (if it
+/// has not run yet, like a fan-out's aggregator) or to completed.
+fn maybe_release(parent: &mut Job, now: DateTime<Utc>) {
+    if parent.state != JobState::WaitingChildren || !outstanding_children(parent).is_empty() {
+        return;
+    }
+    let n = parent.children.len();
+    if parent.started.is_none() {
+        parent.transition(
+            JobState::Waiting,
+            now,
+            Some(format!("all {n} children ended")),
+        );
+    } else {
+        parent.transition(
+            JobState::Completed,
+            now,
+            Some(format!("its run and all {n} children ended")),
+        );
+    }
+}
+
+/// Leases a ready job to this process. `gate` says why a job may not run here at all
+/// (it then goes to dead at once). Returns `None` if it is no longer ready (another
+/// worker took it, or it was cancelled meanwhile).
+pub fn claim(
+    store: &JobStore,
+    id: JobId,
+    now: DateTime<Utc>,
+    gate: &dyn Fn(&Job) -> Option<String>,
+) -> Result<Option<Job>, QueueError> {
+    store.transaction(|tx| {
+        let Some(mut job) = tx.get(id)? else {
+            return Ok(None);
+        };
+        if !job.ready(now) {
+            return Ok(None);
+        }
+        // A fan-out child is not visible until its parent is written (atomic fan-out).
+        if let Some(p) = job.parent {
+            if !tx.store().live_path(p).exists() && !tx.store().done_path(p).exists() {
+                return Ok(None);
+            }
+        }
+        if let Some(why) = gate(&job) {
+            job.error = Some(why.clone());
+            job.transition(JobState::Dead, now, Some(why));
+            save(tx, &mut job, now)?;
+            return Ok(None);
+        }
+        let attempt = job.attempts + 1;
+        job.transition(
+            JobState::Active,
+            now,
+            Some(format!("attempt {attempt} of {}", job.max_attempts)),
+        );
+        job.lease = Some(Lease::this_process(now));
+        job.control = None;
+        job.started.get_or_insert(now);
+        job.progress.updated = Some(now);
+        save(tx, &mut job, now)?;
+        Ok(Some(job))
+    })
+}
+
+/// How a run of a job ended, as its runner reports it.
+#[derive(Debug, Clone)]
+pub enum RunEnd {
+    Completed(JobResult),
+    Failed {
+        error: String,
+        result: JobResult,
+        /// Retrying cannot help (a bad parameter, a refused permission).
+        permanent: bool,
+    },
+    /// Stopped on a cancel request.
+    Cancelled(JobResult),
+    /// An agent stopped between turns on a pause request; its conversation is saved.
+    Paused,
+    /// The runner itself cut the run short (shutdown): back to waiting, no attempt used.
+    Aborted(String),
+}
+
+/// Records the end of a run this process holds the lease on.
+pub fn finish(
+    store: &JobStore,
+    id: JobId,
+    end: RunEnd,
+    tokens: Tokens,
+    run_ms: u64,
+    now: DateTime<Utc>,
+) -> Result<Job, QueueError> {
+    store.transaction(|tx| {
+        let mut job = tx.get(id)?.ok_or(QueueError::NotFound(id))?;
+        let mine = job.lease.as_ref().is_some_and(|l| l.is_mine());
+        if !mine || !matches!(job.state, JobState::Active | JobState::Paused) {
+            return Err(QueueError::LostLease(id));
+        }
+        job.tokens.add(&tokens);
+        job.run_ms += run_ms;
+        job.progress.updated = Some(now);
+        job.progress.tokens = Tokens::default();
+        let mut cascade = false;
+        match end {
+            RunEnd::Completed(result) => {
+                job.attempts += 1;
+                job.result = Some(result);
+                job.error = None;
+                if outstanding_children(&job).is_empty() {
+                    job.transition(JobState::Completed, now, None);
+                } else {
+                    let n = outstanding_children(&job).len();
+                    job.transition(
+                        JobState::WaitingChildren,
+                        now,
+                        Some(format!("its run ended; waiting for {n} children")),
+                    );
+                }
+            }
+            RunEnd::Failed {
+                error,
+                result,
+                permanent,
+            } => {
+                job.attempts += 1;
+                job.result = Some(result);
+                job.error = Some(error.clone());
+                if job.control == Some(Control::Cancel) {
+                    job.transition(JobState::Cancelled, now, Some(error));
+                    cascade = true;
+                } else if !permanent && job.attempts < job.max_attempts {
+                    let wait = job.backoff.delay(job.id, job.attempts);
+                    job.transition(
+                        JobState::Delayed,
+                        now,
+                        Some(format!(
+                            "attempt {} of {} failed: {}; retrying in {}",
+                            job.attempts,
+                            job.max_attempts,
+                            crate::agent::tools::clip(&error, 300),
+                            crate::duration::format_duration(wait)
+                        )),
+                    );
+                    job.run_at = Some(now + chrono_d(wait));
+                } else {
+                    let why = if permanent {
+                        format!("failed (not retried: the error is permanent): {error}")
+                    } else {
+                        format!(
+                            "failed {} of {} attempts; last error: {error}",
+                            job.attempts, job.max_attempts
+                        )
+                    };
+                    job.transition(JobState::Failed, now, Some(why));
+                }
+            }
+            RunEnd::Cancelled(result) => {
+                job.result = Some(result);
+                // A parent failed by its child's failure keeps that reason.
+                let (state, why) = match job.error.clone() {
+                    Some(e) if e.starts_with("child #") => (JobState::Failed, e),
+                    _ => (JobState::Cancelled, "cancelled while running".to_string()),
+                };
+                job.transition(state, now, Some(why));
+                cascade = true;
+            }
+            RunEnd::Paused => {
+                job.transition(
+                    JobState::Paused,
+                    now,
+                    Some("paused between turns; its conversation is saved".into()),
+                );
+                job.lease = None;
+                job.control = None;
+            }
+            RunEnd::Aborted(why) => {
+                let to = if job.state == JobState::Paused {
+                    JobState::Paused
+                } else {
+                    JobState::Waiting
+                };
+                job.transition(to, now, Some(why));
+                job.lease = None;
+            }
+        }
+        save(tx, &mut job, now)?;
+        if cascade {
+            for c in job.pending_children().collect::<Vec<_>>() {
+                cancel_in(
+                    tx,
+                    c,
+                    now,
+                    &format!("its parent #{} was cancelled", job.id),
+                    false,
+                )?;
+            }
+        }
+        Ok(job)
+    })
+}
+
+/// Updates a running job's progress (and tokens so far), returning the job as it is on
+/// disk now: the runner sees cancel/pause requests and new messages this way.
+pub fn progress(
+    store: &JobStore,
+    id: JobId,
+    now: DateTime<Utc>,
+    f: impl FnOnce(&mut Progress),
+) -> Result<Job, QueueError> {
+    store.transaction(|tx| {
+        let mut job = tx.get(id)?.ok_or(QueueError::NotFound(id))?;
+        if !job.lease.as_ref().is_some_and(|l| l.is_mine()) {
+            return Err(QueueError::LostLease(id));
+        }
+        f(&mut job.progress);
+        job.progress.updated = Some(now);
+        job.updated = now;
+        tx.put(&job, false)?;
+        Ok(job)
+    })
+}
+
+/// Records the process group of a running shell job in its lease.
+pub fn note_pgid(store: &JobStore, id: JobId, pgid: u32) -> Result<(), QueueError> {
+    store.transaction(|tx| {
+        let mut job = tx.get(id)?.ok_or(QueueError::NotFound(id))?;
+        if let Some(l) = job.lease.as_mut().filter(|l| l.is_mine()) {
+            l.pgid = Some(pgid);
+            l.pgid_start = crate::fsutil::process_start_time(pgid);
+            tx.put(&job, false)?;
+        }
+        Ok(())
+    })
+}
+
+/// Marks the unread steering messages read at `turn` and returns them.
+pub fn take_steering(
+    store: &JobStore,
+    id: JobId,
+    turn: u64,
+    now: DateTime<Utc>,
+) -> Result<Vec<JobMessage>, QueueError> {
+    store.transaction(|tx| {
+        let mut job = tx.get(id)?.ok_or(QueueError::NotFound(id))?;
+        let mut taken = Vec::new();
+        for m in job.messages.iter_mut() {
+            if m.kind == MessageKind::Steer && m.read.is_none() {
+                m.read = Some(Receipt { at: now, turn });
+                taken.push(m.clone());
+            }
+        }
+        if !taken.is_empty() {
+            job.updated = now;
+            tx.put(&job, true)?;
+        }
+        Ok(taken)
+    })
+}
+
+/// Marks child_done messages read (the aggregator has been given them).
+pub fn mark_child_results_read(
+    store: &JobStore,
+    id: JobId,
+    turn: u64,
+    now: DateTime<Utc>,
+) -> Result<(), QueueError> {
+    store.transaction(|tx| {
+        let mut job = tx.get(id)?.ok_or(QueueError::NotFound(id))?;
+        let mut changed = false;
+        for m in job.messages.iter_mut() {
+            if m.kind == MessageKind::ChildDone && m.read.is_none() {
+                m.read = Some(Receipt { at: now, turn });
+                changed = true;
+            }
+        }
+        if changed {
+            tx.put(&job, false)?;
+        }
+        Ok(())
+    })
+}
+
+/// Cancels a job and (cascading) its descendants. A running job is asked to stop (its
+/// runner records the end); anything else is cancelled at once.
+pub fn cancel(store: &JobStore, id: JobId, now: DateTime<Utc>) -> Result<Job, QueueError> {
+    store.transaction(|tx| {
+        cancel_in(tx, id, now, "cancelled by the operator", true)?;
+        tx.get(id)?.ok_or(QueueError::NotFound(id))
+    })
+}
+
+fn cancel_in(
+    tx: &mut Tx,
+    id: JobId,
+    now: DateTime<Utc>,
+    why: &str,
+    strict: bool,
+) -> Result<(), QueueError> {
+    let Some(mut job) = tx.get(id)? else {
+        return if strict {
+            Err(QueueError::NotFound(id))
+        } else {
+            Ok(())
+        };
+    };
+    if job.state.is_terminal() {
+        return if strict {
+            Err(QueueError::InvalidState {
+                id,
+                state: job.state,
+                op: "cancel",
+                help: "it has already ended; `loops jobs replay` runs it again as a new job".into(),
+            })
+        } else {
+            Ok(())
+        };
+    }
+    let running = job.lease.as_ref().is_some_and(|l| l.owner_alive());
+    if running {
+        job.control = Some(Control::Cancel);
+        job.updated = now;
+        if job.state == JobState::Paused {
+            // A stopped process group cannot act on a request: its runner continues it
+            // and then stops it (it watches the file).
+            job.history.push(Transition {
+                at: now,
+                from: Some(job.state),
+                to: job.state,
+                reason: Some(format!("cancel requested: {why}")),
+            });
+        }
+        tx.put(&job, true)?;
+    } else {
+        job.transition(JobState::Cancelled, now, Some(why.to_string()));
+        save(tx, &mut job, now)?;
+    }
+    for c in job.children.clone() {
+        cancel_in(
+            tx,
+            c,
+            now,
+            &format!("its parent #{id} was cancelled"),
+            false,
+        )?;
+    }
+    Ok(())
+}
+
+/// Pauses a job: a waiting or delayed one at once; a running one is asked to stop (an
+/// agent between turns, a shell job's process group is stopped).
+pub fn pause(store: &JobStore, id: JobId, now: DateTime<Utc>) -> Result<Job, QueueError> {
+    store.transaction(|tx| {
+        let mut job = tx.get(id)?.ok_or(QueueError::NotFound(id))?;
+        match job.state {
+            JobState::Waiting | JobState::Delayed => {
+                job.transition(JobState::Paused, now, Some("paused by the operator".into()));
+            }
+            JobState::Active if job.lease.as_ref().is_some_and(|l| l.owner_alive()) => {
+                job.control = Some(Control::Pause);
+                job.updated = now;
+            }
+            s => {
+                return Err(QueueError::InvalidState {
+                    id,
+                    state: s,
+                    op: "pause",
+                    help: "only waiting, delayed and running jobs can be paused".into(),
+                })
+            }
+        }
+        save(tx, &mut job, now)?;
+        Ok(job)
+    })
+}
+
+/// Resumes a paused job: a stopped shell job continues in place; anything else goes back
+/// to waiting (an agent then continues from its saved conversation).
+pub fn resume(store: &JobStore, id: JobId, now: DateTime<Utc>) -> Result<Job, QueueError> {
+    store.transaction(|tx| {
+        let mut job = tx.get(id)?.ok_or(QueueError::NotFound(id))?;
+        if job.state != JobState::Paused {
+            return Err(QueueError::InvalidState {
+                id,
+                state: job.state,
+                op: "resume",
+                help: "only paused jobs can be resumed".into(),
+            });
+        }
+        if job.lease.as_ref().is_some_and(|l| l.owner_alive()) {
+            job.control = Some(Control::Resume);
+            job.updated = now;
+        } else {
+            job.transition(
+                JobState::Waiting,
+                now,
+                Some("resumed by the operator".into()),
+            );
+        }
+        save(tx, &mut job, now)?;
+        Ok(job)
+    })
+}
+
+/// Runs a dead or failed job again, with fresh attempts.
+pub fn retry(store: &JobStore, id: JobId, now: DateTime<Utc>) -> Result<Job, QueueError> {
+    store.transaction(|tx| {
+        let mut job = tx.get(id)?.ok_or(QueueError::NotFound(id))?;
+        if !matches!(job.state, JobState::Dead | JobState::Failed) {
+            return Err(QueueError::InvalidState {
+                id,
+                state: job.state,
+                op: "retry",
+                help: "retry is for dead or failed jobs; `loops jobs replay` runs any job again as a new one".into(),
+            });
+        }
+        job.attempts = 0;
+        job.stalls = 0;
+        job.error = None;
+        job.finished = None;
+        job.transition(JobState::Waiting, now, Some("retried by the operator".into()));
+        save(tx, &mut job, now)?;
+        Ok(job)
+    })
+}
+
+/// Submits a new job with the same parameters as `id` (with `overrides` applied to its
+/// params), keeping its timeout, queue, priority, retries and parent.
+pub fn replay(
+    store: &JobStore,
+    id: JobId,
+    overrides: &[(String, Value)],
+    now: DateTime<Utc>,
+    source: &str,
+) -> Result<Job, QueueError> {
+    let orig = store.get(id)?.ok_or(QueueError::NotFound(id))?;
+    let mut params = orig.params.clone();
+    for (k, v) in overrides {
+        set_path(&mut params, k, v.clone());
+    }
+    let kind = if orig.kind == JobKind::Aggregator {
+        JobKind::Agent
+    } else {
+        orig.kind
+    };
+    validate_params(kind, &params)?;
+    store.transaction(|tx| {
+        let mut job = orig.clone();
+        job.id = tx.next_id()?;
+        job.params = params.clone();
+        job.kind = kind;
+        job.state = JobState::Waiting;
+        job.created = now;
+        job.updated = now;
+        job.run_at = None;
+        job.attempts = 0;
+        job.stalls = 0;
+        job.idempotency_key = None;
+        job.lease = None;
+        job.control = None;
+        job.history = vec![Transition {
+            at: now,
+            from: None,
+            to: JobState::Waiting,
+            reason: Some(format!("replay of job #{id}")),
+        }];
+        job.result = None;
+        job.error = None;
+        job.tokens = Tokens::default();
+        job.child_tokens = Tokens::default();
+        job.progress = Progress::default();
+        job.started = None;
+        job.finished = None;
+        job.run_ms = 0;
+        job.children = Vec::new();
+        job.removed_children = Vec::new();
+        job.messages = Vec::new();
+        job.source = source.to_string();
+        job.replay_of = Some(id);
+        if let Some(p) = job.parent {
+            if let Some(mut parent) = tx.get(p)? {
+                if !parent.state.is_terminal() {
+                    parent.children.push(job.id);
+                    if parent.state == JobState::Waiting || parent.state == JobState::Delayed {
+                        parent.transition(
+                            JobState::WaitingChildren,
+                            now,
+                            Some(format!("waiting for its new child #{}", job.id)),
+                        );
+                    }
+                    save(tx, &mut parent, now)?;
+                }
+            }
+        }
+        save(tx, &mut job, now)?;
+        Ok(job)
+    })
+}
+
+/// Sets `a.b.c` in a JSON object, creating objects on the way.
+fn set_path(root: &mut Value, path: &str, v: Value) {
+    let mut cur = root;
+    let parts: Vec<&str> = path.split('.').collect();
+    for (i, p) in parts.iter().enumerate() {
+        if !cur.is_object() {
+            *cur = Value::Object(Default::default());
+        }
+        let Some(obj) = cur.as_object_mut() else {
+            return;
+        };
+        if i + 1 == parts.len() {
+            obj.insert(p.to_string(), v);
+            return;
+        }
+        cur = obj
+            .entry(p.to_string())
+            .or_insert_with(|| Value::Object(Default::default()));
+    }
+}
+
+/// Sends a message to a job. Only an operator or the job's parent may.
+pub fn message(
+    store: &JobStore,
+    id: JobId,
+    body: Value,
+    from: Sender,
+    now: DateTime<Utc>,
+) -> Result<JobMessage, QueueError> {
+    store.transaction(|tx| {
+        let mut job = tx.get(id)?.ok_or(QueueError::NotFound(id))?;
+        if let Sender::Job(sender) = from {
+            if job.parent != Some(sender) {
+                return Err(QueueError::Permission(format!(
+                    "job #{sender} is not the parent of job #{id}; only an operator or the job's parent may steer it"
+                )));
+            }
+        }
+        if job.state.is_terminal() {
+            return Err(QueueError::InvalidState {
+                id,
+                state: job.state,
+                op: "message",
+                help: "messages steer a job that is still to run or running".into(),
+            });
+        }
+        let m = JobMessage {
+            seq: job.next_message_seq(),
+            kind: MessageKind::Steer,
+            at: now,
+            from: from.label(),
+            body,
+            read: None,
+        };
+        job.messages.push(m.clone());
+        job.updated = now;
+        tx.put(&job, true)?;
+        Ok(m)
+    })
+}
+
+/// What a sweep did, one line each.
+#[derive(Debug, Default, Clone)]
+pub struct Swept {
+    pub requeued: Vec<(JobId, String)>,
+    pub dead: Vec<(JobId, String)>,
+    pub other: Vec<String>,
+}
+
+/// Finds jobs whose runner died and requeues them (counting a stall) or, past
+/// `max_stalled`, marks them dead; finishes moves a crash interrupted; cancels fan-out
+/// children whose submission never completed; releases parents whose children all ended.
+pub fn sweep(store: &JobStore, now: DateTime<Utc>) -> Result<Swept, QueueError> {
+    store.transaction(|tx| {
+        let mut out = Swept::default();
+        let (jobs, errors) = tx.store().live_jobs();
+        for e in errors {
+            out.other.push(format!("skipped: {e}"));
+        }
+        for mut job in jobs {
+            if job.state.is_terminal() {
+                tx.finalize(&job)?;
+                continue;
+            }
+            if let Some(lease) = job.lease.clone() {
+                if !lease.owner_alive() {
+                    if let Some(pg) = lease.pgid {
+                        if crate::fsutil::process_alive(pg, lease.pgid_start) {
+                            // SAFETY: signalling the process group recorded for this job,
+                            // checked by its start time to be the very one we started.
+                            unsafe { libc::kill(-(pg as i32), libc::SIGKILL) };
+                        }
+                    }
+                    job.stalls += 1;
+                    if job.stalls > job.max_stalled {
+                        let why = format!(
+                            "stalled {} times (max_stalled {}): its runner (pid {}) died each time",
+                            job.stalls, job.max_stalled, lease.pid
+                        );
+                        job.error = Some(why.clone());
+                        job.transition(JobState::Dead, now, Some(why.clone()));
+                        out.dead.push((job.id, why));
+                    } else {
+                        let why = format!(
+                            "its runner (pid {}) stopped while it ran; requeued (stall {} of at most {}), no attempt used",
+                            lease.pid, job.stalls, job.max_stalled
+                        );
+                        let to = if job.state == JobState::Paused {
+                            JobState::Paused
+                        } else {
+                            JobState::Waiting
+                        };
+                        job.transition(to, now, Some(why.clone()));
+                        job.lease = None;
+                        job.control = None;
+                        out.requeued.push((job.id, why));
+                    }
+                    save(tx, &mut job, now)?;
+                    continue;
+                }
+            }
+            if let Some(p) = job.parent {
+                let parent_exists = tx.store().live_path(p).exists() || tx.store().done_path(p).exists();
+                if !parent_exists && now - job.created > chrono::Duration::seconds(60) {
+                    job.transition(
+                        JobState::Cancelled,
+                        now,
+                        Some(format!(
+                            "its fan-out submission did not complete (parent #{p} was never written)"
+                        )),
+                    );
+                    tx.put(&job, true)?;
+                    out.other.push(format!("cancelled orphan job #{}", job.id));
+                    continue;
+                }
+            }
+            if job.state == JobState::WaitingChildren {
+                // A crash between a child's end and its report: report it now.
+                for c in outstanding_children(&job) {
+                    if let Some(child) = tx.get(c)? {
+                        if child.state.is_terminal() {
+                            notify_parent(tx, &child, now)?;
+                        }
+                    } else {
+                        job.removed_children.push(c);
+                    }
+                }
+                if let Some(mut j) = tx.get(job.id)? {
+                    let before = j.state;
+                    maybe_release(&mut j, now);
+                    if j.state != before {
+                        save(tx, &mut j, now)?;
+                    }
+                }
+            }
+        }
+        Ok(out)
+    })
+}
+
+/// For a runner that stops: its leased jobs go back to waiting with no attempt used.
+pub fn release_mine(
+    store: &JobStore,
+    id: JobId,
+    why: &str,
+    now: DateTime<Utc>,
+) -> Result<(), QueueError> {
+    store.transaction(|tx| {
+        let Some(mut job) = tx.get(id)? else {
+            return Ok(());
+        };
+        if job.lease.as_ref().is_some_and(|l| l.is_mine()) && !job.state.is_terminal() {
+            let to = if job.state == JobState::Paused {
+                JobState::Paused
+            } else {
+                JobState::Waiting
+            };
+            job.transition(to, now, Some(why.to_string()));
+            job.lease = None;
+            save(tx, &mut job, now)?;
+        }
+        Ok(())
+    })
+}
+
+/// A running shell job stopped (SIGSTOP) or continued in place: its runner keeps the
+/// lease and the process, only the state changes.
+pub fn hold(
+    store: &JobStore,
+    id: JobId,
+    paused: bool,
+    now: DateTime<Utc>,
+) -> Result<Job, QueueError> {
+    store.transaction(|tx| {
+        let mut job = tx.get(id)?.ok_or(QueueError::NotFound(id))?;
+        let Some(lease) = job.lease.clone().filter(|l| l.is_mine()) else {
+            return Err(QueueError::LostLease(id));
+        };
+        let (to, why) = if paused {
+            (
+                JobState::Paused,
+                "paused by the operator: its process group is stopped",
+            )
+        } else {
+            (
+                JobState::Active,
+                "resumed by the operator: its process group continues",
+            )
+        };
+        if job.state != to {
+            job.transition(to, now, Some(why.into()));
+        }
+        job.lease = Some(lease);
+        if matches!(job.control, Some(Control::Pause) | Some(Control::Resume)) {
+            job.control = None;
+        }
+        tx.put(&job, true)?;
+        Ok(job)
+    })
+}

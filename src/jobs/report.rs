@@ -1,0 +1,261 @@
+//! How a job is shown: one format everywhere (CLI, `--follow`, MCP).
+//!
+//! ```text
+//! Job #12 (research acme) — active
+//!   progress: turn 3 of 20, last tool read_file
+//!   tokens:   1,234 in / 56 out / 789 cached
+//!   runtime:  4.2s
+//!   children: 20 (17 completed, 3 failed)
+//! ```
+
+use super::job::*;
+use chrono::{DateTime, Utc};
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+
+/// `Job #ID (name) — status`
+pub fn headline(j: &Job) -> String {
+    format!("Job #{} ({}) — {}", j.id, j.name, j.state)
+}
+
+/// Thousands separators, for token counts.
+pub fn num(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+pub fn tokens_line(t: &Tokens) -> String {
+    format!(
+        "{} in / {} out / {} cached",
+        num(t.input),
+        num(t.output),
+        num(t.cache_read)
+    )
+}
+
+/// The tokens a job has used so far: finished runs, the one going now, its children.
+pub fn tokens_now(j: &Job) -> Tokens {
+    let mut t = j.total_tokens();
+    t.add(&j.progress.tokens);
+    t
+}
+
+pub fn progress_line(j: &Job) -> String {
+    let p = &j.progress;
+    let mut s = match (j.kind, p.total) {
+        (JobKind::Shell, _) if j.state == JobState::Active => "running".to_string(),
+        (JobKind::Shell, _) if p.step == 0 => "not started".to_string(),
+        (JobKind::Shell, _) => "ran".to_string(),
+        (_, Some(t)) => format!("turn {} of at most {t}", p.step),
+        (_, None) => format!("turn {}", p.step),
+    };
+    if let Some(t) = &p.last_tool {
+        s.push_str(&format!(", last tool {t}"));
+    }
+    if let Some(n) = &p.note {
+        s.push_str(&format!(" ({n})"));
+    }
+    s
+}
+
+/// Child states by count: what has ended (from child_done messages) and what has not.
+pub fn child_counts(j: &Job) -> BTreeMap<String, usize> {
+    let mut m = BTreeMap::new();
+    for c in j.child_done_messages() {
+        let st = c
+            .body
+            .get("state")
+            .and_then(|v| v.as_str())
+            .unwrap_or("ended");
+        *m.entry(st.to_string()).or_insert(0) += 1;
+    }
+    let outstanding = super::queue::outstanding_children(j).len();
+    if outstanding > 0 {
+        m.insert("running or waiting".into(), outstanding);
+    }
+    m
+}
+
+pub fn children_line(j: &Job) -> Option<String> {
+    if j.children.is_empty() {
+        return None;
+    }
+    let parts: Vec<String> = child_counts(j)
+        .into_iter()
+        .map(|(k, v)| format!("{v} {k}"))
+        .collect();
+    Some(format!("{} ({})", j.children.len(), parts.join(", ")))
+}
+
+pub fn runtime(j: &Job, now: DateTime<Utc>) -> String {
+    crate::duration::format_duration(std::time::Duration::from_millis(j.elapsed_ms(now)))
+        .replace("0s", "0s")
+}
+
+fn short_ms(ms: u64) -> String {
+    if ms < 1000 {
+        format!("{ms}ms")
+    } else if ms < 60_000 {
+        format!("{:.1}s", ms as f64 / 1000.0)
+    } else {
+        crate::duration::format_duration(std::time::Duration::from_millis(ms))
+    }
+}
+
+/// The standard report.
+pub fn report(j: &Job, now: DateTime<Utc>) -> String {
+    let mut s = headline(j);
+    s.push('\n');
+    s.push_str(&format!("  progress: {}\n", progress_line(j)));
+    s.push_str(&format!("  tokens:   {}\n", tokens_line(&tokens_now(j))));
+    s.push_str(&format!("  runtime:  {}\n", short_ms(j.elapsed_ms(now))));
+    if let Some(c) = children_line(j) {
+        s.push_str(&format!("  children: {c}\n"));
+    }
+    if let Some(e) = &j.error {
+        if j.state != JobState::Completed {
+            s.push_str(&format!("  error:    {e}\n"));
+        }
+    }
+    if let Some(t) = j.run_at.filter(|_| j.state == JobState::Delayed) {
+        s.push_str(&format!("  next try: {}\n", t.to_rfc3339()));
+    }
+    s
+}
+
+/// Everything `jobs get` shows, as text.
+pub fn details(j: &Job, now: DateTime<Utc>) -> String {
+    let mut s = report(j, now);
+    s.push_str(&format!(
+        "  kind:     {}   queue: {}   priority: {}\n",
+        j.kind, j.queue, j.priority
+    ));
+    s.push_str(&format!(
+        "  attempts: {} of {}   stalls: {} of at most {}\n",
+        j.attempts, j.max_attempts, j.stalls, j.max_stalled
+    ));
+    if let Some(t) = j.timeout() {
+        s.push_str(&format!(
+            "  timeout:  {}\n",
+            crate::duration::format_duration(t)
+        ));
+    }
+    if let Some(p) = j.parent {
+        s.push_str(&format!("  parent:   #{p}\n"));
+    }
+    if let Some(r) = j.replay_of {
+        s.push_str(&format!("  replay of #{r}\n"));
+    }
+    if let Some(k) = &j.idempotency_key {
+        s.push_str(&format!("  idempotency key: {k}\n"));
+    }
+    s.push_str(&format!("  params:   {}\n", j.params));
+    s.push_str(&format!("  created:  {}\n", j.created.to_rfc3339()));
+    if let Some(t) = j.started {
+        s.push_str(&format!("  started:  {}\n", t.to_rfc3339()));
+    }
+    if let Some(t) = j.finished {
+        s.push_str(&format!("  finished: {}\n", t.to_rfc3339()));
+    }
+    if let Some(r) = &j.result {
+        s.push_str("  result:\n");
+        if let Some(c) = r.exit_code {
+            s.push_str(&format!("    exit code: {c}\n"));
+        }
+        if let Some(sig) = r.signal {
+            s.push_str(&format!("    signal: {sig}\n"));
+        }
+        if let Some(sum) = &r.summary {
+            s.push_str(&format!("    summary: {}\n", sum.replace('\n', "\n      ")));
+        }
+        if !r.stdout_tail.is_empty() {
+            s.push_str(&format!(
+                "    stdout: {}\n",
+                crate::agent::tools::clip(r.stdout_tail.trim_end(), 2000).replace('\n', "\n      ")
+            ));
+        }
+        if !r.stderr_tail.is_empty() {
+            s.push_str(&format!(
+                "    stderr: {}\n",
+                crate::agent::tools::clip(r.stderr_tail.trim_end(), 2000).replace('\n', "\n      ")
+            ));
+        }
+        if let Some(c) = &r.commit {
+            s.push_str(&format!("    commit: {c}\n"));
+        }
+    }
+    if !j.children.is_empty() {
+        let ids: Vec<String> = j.children.iter().map(|c| format!("#{c}")).collect();
+        s.push_str(&format!("  children: {}\n", ids.join(" ")));
+    }
+    s.push_str("  history:\n");
+    for t in &j.history {
+        s.push_str(&format!(
+            "    {}  {} → {}{}\n",
+            t.at.to_rfc3339(),
+            t.from.map(|f| f.as_str()).unwrap_or("·"),
+            t.to,
+            t.reason
+                .as_deref()
+                .map(|r| format!("  ({r})"))
+                .unwrap_or_default()
+        ));
+    }
+    let steer: Vec<&JobMessage> = j
+        .messages
+        .iter()
+        .filter(|m| m.kind == MessageKind::Steer)
+        .collect();
+    if !steer.is_empty() {
+        s.push_str("  messages:\n");
+        for m in steer {
+            let read = match &m.read {
+                Some(r) => format!("read {} before turn {}", r.at.to_rfc3339(), r.turn),
+                None => "unread".into(),
+            };
+            s.push_str(&format!(
+                "    {}. from {} at {}: {} — {read}\n",
+                m.seq,
+                m.from,
+                m.at.to_rfc3339(),
+                m.body
+            ));
+        }
+    }
+    s
+}
+
+/// The JSON of `jobs get --json` and MCP `get_job`: the job file plus computed fields.
+pub fn to_json(j: &Job, now: DateTime<Utc>) -> Value {
+    let mut v = serde_json::to_value(j).unwrap_or(Value::Null);
+    if let Some(o) = v.as_object_mut() {
+        o.insert("report".into(), json!(headline(j)));
+        o.insert("total_tokens".into(), json!(tokens_now(j)));
+        o.insert("elapsed_ms".into(), json!(j.elapsed_ms(now)));
+        o.insert("children_counts".into(), json!(child_counts(j)));
+    }
+    v
+}
+
+/// The cheap progress view (`jobs progress`, MCP `get_job_progress`).
+pub fn progress_json(j: &Job, now: DateTime<Utc>) -> Value {
+    json!({
+        "id": j.id,
+        "name": j.name,
+        "state": j.state,
+        "step": j.progress.step,
+        "total": j.progress.total,
+        "last_tool": j.progress.last_tool,
+        "tokens": tokens_now(j),
+        "elapsed_ms": j.elapsed_ms(now),
+        "children": child_counts(j),
+        "report": report(j, now),
+    })
+}

@@ -1,0 +1,1129 @@
+//! The job runner: picks ready jobs off the queue (lowest priority number first, then
+//! oldest), leases them, runs them in their lane (shell or agent) and records how they
+//! ended. The daemon runs one of these; `--follow` with no daemon runs one for a single
+//! job and its children.
+//!
+//! It keeps an index of the live jobs in memory, rebuilt from disk at start and
+//! refreshed from watcher events on `.loops/jobs/` (events are hints: each one re-reads
+//! the file it names), with a heartbeat sweep as the safety net. Requests for a running
+//! job (cancel, pause, resume) arrive the same way, as changes to its file.
+
+use super::job::*;
+use super::queue::{self, RunEnd};
+use super::store::JobStore;
+use crate::agent::model::{Message, Usage};
+use crate::agent::run::{drive, BeforeTurn, Drive, End, TurnHooks};
+use crate::clock::Clock;
+use crate::exec::{self, ExecSpec, Stream};
+use crate::history::Committer;
+use crate::workspace::Workspace;
+use chrono::{DateTime, Utc};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::time::Instant;
+
+/// Output of a followed job, as it arrives.
+pub type Live = mpsc::UnboundedSender<(Stream, Vec<u8>)>;
+
+/// Default limits when a job names none.
+pub const SHELL_TIMEOUT: Duration = Duration::from_secs(3600);
+pub const AGENT_TIMEOUT: Duration = Duration::from_secs(600);
+pub const AGENT_MAX_TURNS: u32 = 20;
+/// How often the worker re-reads the whole queue and sweeps for dead runners.
+pub const SWEEP_EVERY: Duration = Duration::from_secs(30);
+
+/// Whether this process may run shell jobs.
+pub fn shell_allowed(ws: &Workspace) -> bool {
+    ws.settings.allow_shell_jobs
+        || std::env::var("LOOPS_ALLOW_SHELL_JOBS")
+            .is_ok_and(|v| matches!(v.trim(), "1" | "true" | "yes"))
+}
+
+/// Why a shell job is refused here.
+pub fn shell_refusal() -> String {
+    "shell jobs are turned off: start the daemon with LOOPS_ALLOW_SHELL_JOBS=1, or set `allow_shell_jobs: true` in loops.yaml".into()
+}
+
+#[derive(Clone)]
+pub struct WorkerConfig {
+    pub ws: Arc<Workspace>,
+    pub committer: Option<Committer>,
+    pub clock: Arc<dyn Clock>,
+    pub permits: Arc<Semaphore>,
+    pub allow_shell: bool,
+    /// How long running jobs get to finish when the worker stops.
+    pub grace: Duration,
+}
+
+/// What a worker takes on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Everything, until stopped (the daemon).
+    Serve,
+    /// What is ready now, then exit when nothing is running (`loops run --once`).
+    Drain,
+    /// One job and its descendants, until it has ended (`--follow` with no daemon).
+    Only(JobId),
+}
+
+/// A request to a running job's task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ctl {
+    Run,
+    Pause,
+    Resume,
+    Cancel,
+    /// The worker is stopping: end now, the job goes back to waiting.
+    Shutdown,
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    state: JobState,
+    priority: i32,
+    run_at: Option<DateTime<Utc>>,
+    parent: Option<JobId>,
+}
+
+struct Running {
+    ctl: watch::Sender<Ctl>,
+}
+
+struct Done {
+    id: JobId,
+    parent: Option<JobId>,
+}
+
+struct Worker {
+    cfg: WorkerConfig,
+    store: JobStore,
+    mode: Mode,
+    index: HashMap<JobId, Entry>,
+    running: HashMap<JobId, Running>,
+    done_tx: mpsc::UnboundedSender<Done>,
+    live: Option<Live>,
+}
+
+/// Runs the worker until `stop` flips (or, in the other modes, until its work is done).
+pub async fn run(
+    cfg: WorkerConfig,
+    mode: Mode,
+    mut stop: watch::Receiver<bool>,
+    live: Option<Live>,
+) {
+    let store = JobStore::new(&cfg.ws);
+    if let Err(e) = std::fs::create_dir_all(store.dir()) {
+        tracing::error!("cannot create {}: {e}", store.dir().display());
+        return;
+    }
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel();
+    let mut w = Worker {
+        cfg: cfg.clone(),
+        store: store.clone(),
+        mode,
+        index: HashMap::new(),
+        running: HashMap::new(),
+        done_tx,
+        live,
+    };
+    w.sweep().await;
+    w.reload_all();
+
+    let (watch_tx, mut watch_rx) = mpsc::unbounded_channel();
+    let _watcher = match crate::watch::watch(
+        &[(
+            store.dir().to_path_buf(),
+            notify::RecursiveMode::NonRecursive,
+        )],
+        Duration::from_millis(2),
+        watch_tx,
+    ) {
+        Ok(w) => Some(w),
+        Err(e) => {
+            let help = e.help().map(|h| format!("; {h}")).unwrap_or_default();
+            tracing::error!(
+                "cannot watch {}: {e}{help}; rescanning every second instead",
+                store.dir().display()
+            );
+            None
+        }
+    };
+    let rescan = if _watcher.is_some() {
+        SWEEP_EVERY
+    } else {
+        Duration::from_secs(1)
+    };
+    let mut next_sweep = Instant::now() + rescan;
+
+    loop {
+        while let Ok(d) = done_rx.try_recv() {
+            w.on_done(d);
+        }
+        if *stop.borrow() {
+            break;
+        }
+        let starved = w.dispatch().await;
+        let mode = w.mode;
+        match mode {
+            Mode::Drain if w.running.is_empty() && !w.has_ready() => break,
+            Mode::Only(t) if w.running.is_empty() && w.target_ended(t) => break,
+            _ => {}
+        }
+        let now = cfg.clock.now();
+        let next_delayed = w
+            .index
+            .iter()
+            .filter(|(id, _)| w.in_scope(**id))
+            .filter_map(|(_, e)| (e.state == JobState::Delayed).then_some(e.run_at).flatten())
+            .min();
+        let mut wait = next_sweep.saturating_duration_since(Instant::now());
+        if let Some(t) = next_delayed {
+            wait = wait.min((t - now).to_std().unwrap_or_default());
+        }
+        let permits = cfg.permits.clone();
+        tokio::select! {
+            Some(batch) = watch_rx.recv() => {
+                let mut batch = batch;
+                while let Ok(more) = watch_rx.try_recv() { batch.extend(more); }
+                w.on_paths(&batch);
+            }
+            Some(d) = done_rx.recv() => w.on_done(d),
+            p = permits.acquire_owned(), if starved => drop(p),
+            _ = tokio::time::sleep(wait) => {
+                if Instant::now() >= next_sweep {
+                    w.sweep().await;
+                    w.reload_all();
+                    next_sweep = Instant::now() + rescan;
+                }
+            }
+            _ = stop.changed() => {}
+        }
+    }
+
+    // Stopping: running jobs get the grace period to end on their own, then are told to
+    // stop; they go back to waiting without using an attempt.
+    if !w.running.is_empty() {
+        let deadline = Instant::now() + cfg.grace;
+        while !w.running.is_empty() {
+            tokio::select! {
+                Some(d) = done_rx.recv() => w.on_done(d),
+                _ = tokio::time::sleep_until(deadline) => break,
+            }
+        }
+        for r in w.running.values() {
+            let _ = r.ctl.send(Ctl::Shutdown);
+        }
+        while !w.running.is_empty() {
+            match done_rx.recv().await {
+                Some(d) => w.on_done(d),
+                None => break,
+            }
+        }
+    }
+}
+
+impl Worker {
+    async fn sweep(&mut self) {
+        let store = self.store.clone();
+        let now = self.cfg.clock.now();
+        let r = tokio::task::spawn_blocking(move || queue::sweep(&store, now)).await;
+        match r {
+            Ok(Ok(s)) => {
+                for (id, why) in &s.requeued {
+                    tracing::warn!(job = id, "requeued: {why}");
+                }
+                for (id, why) in &s.dead {
+                    tracing::error!(job = id, "dead: {why}");
+                }
+                for o in &s.other {
+                    tracing::info!("job sweep: {o}");
+                }
+            }
+            Ok(Err(e)) => tracing::error!("job sweep: {e}"),
+            Err(e) => tracing::error!("job sweep: {e}"),
+        }
+    }
+
+    fn reload_all(&mut self) {
+        let (jobs, errors) = self.store.live_jobs();
+        for e in errors {
+            tracing::warn!("{e}");
+        }
+        self.index.clear();
+        for j in jobs {
+            self.note(&j);
+        }
+    }
+
+    fn note(&mut self, j: &Job) {
+        if j.state.is_terminal() {
+            self.index.remove(&j.id);
+        } else {
+            self.index.insert(
+                j.id,
+                Entry {
+                    state: j.state,
+                    priority: j.priority,
+                    run_at: j.run_at,
+                    parent: j.parent,
+                },
+            );
+        }
+    }
+
+    fn reload(&mut self, id: JobId) -> Option<Job> {
+        match self.store.get(id) {
+            Ok(Some(j)) => {
+                self.note(&j);
+                Some(j)
+            }
+            Ok(None) => {
+                self.index.remove(&id);
+                None
+            }
+            Err(e) => {
+                tracing::warn!("{e}");
+                None
+            }
+        }
+    }
+
+    fn on_paths(&mut self, paths: &[PathBuf]) {
+        if paths.iter().any(|p| p.as_os_str().is_empty()) {
+            self.reload_all();
+        }
+        let mut ids: Vec<JobId> = paths
+            .iter()
+            .filter_map(|p| self.store.id_of_live_path(p))
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        for id in ids {
+            let job = self.reload(id);
+            if let (Some(r), Some(j)) = (self.running.get(&id), job) {
+                let want = match j.control {
+                    Some(Control::Cancel) => Some(Ctl::Cancel),
+                    Some(Control::Pause) => Some(Ctl::Pause),
+                    Some(Control::Resume) => Some(Ctl::Resume),
+                    None => None,
+                };
+                if let Some(c) = want {
+                    if *r.ctl.borrow() != c {
+                        let _ = r.ctl.send(c);
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_done(&mut self, d: Done) {
+        self.running.remove(&d.id);
+        self.reload(d.id);
+        if let Some(p) = d.parent {
+            self.reload(p);
+        }
+    }
+
+    /// Whether `id` is work for this worker.
+    fn in_scope(&self, id: JobId) -> bool {
+        match self.mode {
+            Mode::Only(t) => {
+                let mut cur = Some(id);
+                let mut hops = 0;
+                while let Some(c) = cur {
+                    if c == t {
+                        return true;
+                    }
+                    hops += 1;
+                    if hops > 64 {
+                        return false;
+                    }
+                    cur = self.index.get(&c).and_then(|e| e.parent);
+                }
+                false
+            }
+            _ => true,
+        }
+    }
+
+    fn ready(&self) -> Vec<JobId> {
+        let now = self.cfg.clock.now();
+        let mut v: Vec<(i32, JobId)> = self
+            .index
+            .iter()
+            .filter(|(id, e)| {
+                !self.running.contains_key(id)
+                    && match e.state {
+                        JobState::Waiting => true,
+                        JobState::Delayed => e.run_at.is_none_or(|t| t <= now),
+                        _ => false,
+                    }
+                    && self.in_scope(**id)
+            })
+            .map(|(id, e)| (e.priority, *id))
+            .collect();
+        v.sort_unstable();
+        v.into_iter().map(|(_, id)| id).collect()
+    }
+
+    fn has_ready(&self) -> bool {
+        !self.ready().is_empty()
+    }
+
+    fn target_ended(&mut self, t: JobId) -> bool {
+        if self.index.contains_key(&t) {
+            return false;
+        }
+        match self.store.get(t) {
+            Ok(Some(j)) => j.state.is_terminal() || j.state == JobState::Paused,
+            _ => true,
+        }
+    }
+
+    /// Starts ready jobs while there are permits. Returns true when ready jobs wait for
+    /// a permit.
+    async fn dispatch(&mut self) -> bool {
+        loop {
+            let ready = self.ready();
+            if ready.is_empty() {
+                return false;
+            }
+            let permit = match self.cfg.permits.clone().try_acquire_owned() {
+                Ok(p) => p,
+                Err(_) => return true,
+            };
+            let mut started = false;
+            for id in ready {
+                let store = self.store.clone();
+                let now = self.cfg.clock.now();
+                let allow_shell = self.cfg.allow_shell;
+                let claimed = tokio::task::spawn_blocking(move || {
+                    queue::claim(&store, id, now, &|j: &Job| {
+                        (j.kind == JobKind::Shell && !allow_shell).then(shell_refusal)
+                    })
+                })
+                .await;
+                match claimed {
+                    Ok(Ok(Some(job))) => {
+                        self.note(&job);
+                        self.start(job, permit);
+                        started = true;
+                        break;
+                    }
+                    Ok(Ok(None)) => {
+                        // Taken by another worker, refused, or not yet visible.
+                        let j = self.reload(id);
+                        if j.is_some_and(|j| j.ready(self.cfg.clock.now())) {
+                            // A fan-out child whose parent is not written yet: leave it
+                            // for the event that writes the parent.
+                            self.index.remove(&id);
+                        }
+                    }
+                    Ok(Err(e)) => {
+                        tracing::error!(job = id, "cannot claim: {e}");
+                        self.index.remove(&id);
+                    }
+                    Err(e) => {
+                        tracing::error!(job = id, "cannot claim: {e}");
+                        self.index.remove(&id);
+                    }
+                }
+            }
+            if !started {
+                return false;
+            }
+        }
+    }
+
+    fn start(&mut self, job: Job, permit: tokio::sync::OwnedSemaphorePermit) {
+        let (ctl_tx, ctl_rx) = watch::channel(Ctl::Run);
+        self.running.insert(job.id, Running { ctl: ctl_tx });
+        let cfg = self.cfg.clone();
+        let store = self.store.clone();
+        let done = self.done_tx.clone();
+        let live = match self.mode {
+            Mode::Only(t) if t == job.id => self.live.clone(),
+            _ => None,
+        };
+        tracing::info!(job = job.id, kind = %job.kind, name = %job.name, "job started");
+        tokio::spawn(async move {
+            let _permit = permit;
+            let id = job.id;
+            let parent = job.parent;
+            let t0 = std::time::Instant::now();
+            let (end, tokens) = match job.kind {
+                JobKind::Shell => run_shell(&cfg, &store, &job, ctl_rx, live).await,
+                JobKind::Agent | JobKind::Aggregator => {
+                    run_agent(&cfg, &store, &job, ctl_rx, live).await
+                }
+            };
+            let ms = t0.elapsed().as_millis() as u64;
+            let now = cfg.clock.now();
+            let label = match &end {
+                RunEnd::Completed(_) => "completed".to_string(),
+                RunEnd::Failed { error, .. } => format!("failed: {error}"),
+                RunEnd::Cancelled(_) => "cancelled".into(),
+                RunEnd::Paused => "paused".into(),
+                RunEnd::Aborted(why) => format!("stopped: {why}"),
+            };
+            let st = store.clone();
+            let r =
+                tokio::task::spawn_blocking(move || queue::finish(&st, id, end, tokens, ms, now))
+                    .await;
+            match r {
+                Ok(Ok(j)) => tracing::info!(job = id, state = %j.state, "job run ended: {label}"),
+                Ok(Err(e)) => tracing::warn!(
+                    job = id,
+                    "job run ended ({label}) but could not be recorded: {e}"
+                ),
+                Err(e) => tracing::error!(job = id, "{e}"),
+            }
+            let _ = done.send(Done { id, parent });
+        });
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The shell lane
+
+fn shell_argv(params: &serde_json::Value) -> Vec<String> {
+    if let Some(cmd) = params.get("cmd").and_then(|c| c.as_str()) {
+        return vec!["sh".into(), "-c".into(), cmd.into()];
+    }
+    params
+        .get("argv")
+        .and_then(|a| a.as_array())
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The environment of a shell job: the runner's allow-list, the job's own `env`, and
+/// the secrets it names in `inherit`, read from the runner's environment only now.
+fn shell_env(ws: &Workspace, job: &Job) -> Result<Vec<(String, String)>, String> {
+    let mut env = exec::base_env();
+    env.push(("LOOPS_WORKSPACE".into(), ws.root.display().to_string()));
+    env.push(("LOOPS_JOB_ID".into(), job.id.to_string()));
+    if let Some(m) = job.params.get("env").and_then(|e| e.as_object()) {
+        for (k, v) in m {
+            if let Some(v) = v.as_str() {
+                env.retain(|(x, _)| x != k);
+                env.push((k.clone(), v.to_string()));
+            }
+        }
+    }
+    if let Some(names) = job.params.get("inherit").and_then(|e| e.as_array()) {
+        for n in names.iter().filter_map(|n| n.as_str()) {
+            match std::env::var(n) {
+                Ok(v) => {
+                    env.retain(|(x, _)| x != n);
+                    env.push((n.to_string(), v));
+                }
+                Err(_) => {
+                    return Err(format!(
+                        "the job inherits {n}, which is not set in the runner's environment; set it where the daemon starts (or drop it from \"inherit\")"
+                    ))
+                }
+            }
+        }
+    }
+    Ok(env)
+}
+
+async fn run_shell(
+    cfg: &WorkerConfig,
+    store: &JobStore,
+    job: &Job,
+    mut ctl: watch::Receiver<Ctl>,
+    live: Option<Live>,
+) -> (RunEnd, Tokens) {
+    let ws = &cfg.ws;
+    let fail = |error: String, permanent: bool| RunEnd::Failed {
+        error,
+        result: JobResult::default(),
+        permanent,
+    };
+    let argv = shell_argv(&job.params);
+    let cwd = job
+        .params
+        .get("cwd")
+        .and_then(|c| c.as_str())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| ws.root.clone());
+    if !cwd.is_dir() {
+        return (
+            fail(
+                format!(
+                    "the working folder {} does not exist; fix \"cwd\" and replay the job",
+                    cwd.display()
+                ),
+                true,
+            ),
+            Tokens::default(),
+        );
+    }
+    let env = match shell_env(ws, job) {
+        Ok(e) => e,
+        Err(msg) => return (fail(msg, true), Tokens::default()),
+    };
+    let timeout = job.timeout().unwrap_or(SHELL_TIMEOUT);
+
+    // The output goes to the job's log as it arrives (and to a follower).
+    let log_path = store.log_path(job.id);
+    let (out_tx, mut out_rx) = mpsc::unbounded_channel::<(Stream, Vec<u8>)>();
+    let header = format!(
+        "--- job #{} attempt {} started {} ---\n",
+        job.id,
+        job.attempts + 1,
+        cfg.clock.now().to_rfc3339()
+    );
+    let writer = tokio::task::spawn_blocking(move || {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .ok();
+        if let Some(f) = f.as_mut() {
+            let _ = f.write_all(header.as_bytes());
+        }
+        while let Some((stream, chunk)) = out_rx.blocking_recv() {
+            if let Some(f) = f.as_mut() {
+                let _ = f.write_all(&chunk);
+            }
+            if let Some(l) = &live {
+                let _ = l.send((stream, chunk));
+            }
+        }
+    });
+
+    let (pg_tx, mut pg_rx) = mpsc::unbounded_channel();
+    let (cancel_tx, cancel_rx) = watch::channel(false);
+    let spec = ExecSpec {
+        argv,
+        cwd,
+        env,
+        // The job's own deadline is kept here, so time spent paused does not count.
+        timeout: Duration::from_secs(100 * 365 * 24 * 3600),
+        grace: exec::KILL_GRACE,
+        on_spawn: Some(pg_tx),
+        stdin: None,
+    };
+    let fut = exec::run(&spec, Some(out_tx), Some(cancel_rx));
+    tokio::pin!(fut);
+    let mut deadline = Instant::now() + timeout;
+    let mut paused_at: Option<Instant> = None;
+    let mut pgid: Option<u32> = None;
+    let mut ended_by: Option<&'static str> = None;
+    let res = loop {
+        tokio::select! {
+            res = &mut fut => break res,
+            Some(pg) = pg_rx.recv() => {
+                pgid = Some(pg);
+                let st = store.clone();
+                let id = job.id;
+                tokio::task::spawn_blocking(move || {
+                    let _ = queue::note_pgid(&st, id, pg);
+                    let _ = queue::progress(&st, id, chrono::Utc::now(), |p| {
+                        p.step = 1;
+                        p.total = Some(1);
+                        p.note = Some(format!("running as process group {pg}"));
+                    });
+                });
+            }
+            _ = tokio::time::sleep_until(deadline), if paused_at.is_none() && ended_by.is_none() => {
+                ended_by = Some("timeout");
+                let _ = cancel_tx.send(true);
+            }
+            changed = ctl.changed(), if ended_by.is_none() => {
+                if changed.is_err() {
+                    continue;
+                }
+                let c = *ctl.borrow_and_update();
+                match c {
+                    Ctl::Pause if paused_at.is_none() => {
+                        if let Some(pg) = pgid {
+                            // SAFETY: signalling the process group this task started.
+                            unsafe { libc::kill(-(pg as i32), libc::SIGSTOP) };
+                            paused_at = Some(Instant::now());
+                            let st = store.clone();
+                            let (id, now) = (job.id, cfg.clock.now());
+                            let _ = tokio::task::spawn_blocking(move || queue::hold(&st, id, true, now)).await;
+                        }
+                    }
+                    Ctl::Resume if paused_at.is_some() => {
+                        if let Some(pg) = pgid {
+                            // SAFETY: as above.
+                            unsafe { libc::kill(-(pg as i32), libc::SIGCONT) };
+                        }
+                        if let Some(p) = paused_at.take() {
+                            deadline += p.elapsed();
+                        }
+                        let st = store.clone();
+                        let (id, now) = (job.id, cfg.clock.now());
+                        let _ = tokio::task::spawn_blocking(move || queue::hold(&st, id, false, now)).await;
+                    }
+                    Ctl::Cancel | Ctl::Shutdown => {
+                        if paused_at.take().is_some() {
+                            if let Some(pg) = pgid {
+                                // SAFETY: as above; a stopped group must run to die.
+                                unsafe { libc::kill(-(pg as i32), libc::SIGCONT) };
+                            }
+                        }
+                        ended_by = Some(if c == Ctl::Cancel { "cancel" } else { "shutdown" });
+                        let _ = cancel_tx.send(true);
+                    }
+                    _ => {}
+                }
+            }
+        }
+    };
+    let _ = writer.await;
+    let result = JobResult {
+        exit_code: res.exit_code,
+        signal: res.signal,
+        stdout_tail: res.stdout_tail.clone(),
+        stderr_tail: res.stderr_tail.clone(),
+        duration_ms: res.duration.as_millis() as u64,
+        ..Default::default()
+    };
+    let end = match ended_by {
+        Some("timeout") => RunEnd::Failed {
+            error: format!(
+                "timed out after {}; its process group was stopped",
+                crate::duration::format_duration(timeout)
+            ),
+            result,
+            permanent: false,
+        },
+        Some("cancel") => RunEnd::Cancelled(result),
+        Some(_) => RunEnd::Aborted(
+            "the runner stopped while it ran; it runs again from the start, no attempt used".into(),
+        ),
+        None if res.spawn_error.is_some() => RunEnd::Failed {
+            error: res.spawn_error.clone().unwrap_or_default(),
+            result,
+            permanent: true,
+        },
+        None if res.success() => RunEnd::Completed(result),
+        None => RunEnd::Failed {
+            error: res
+                .failure_reason(timeout)
+                .unwrap_or_else(|| "failed".into()),
+            result,
+            permanent: false,
+        },
+    };
+    (end, Tokens::default())
+}
+
+// ---------------------------------------------------------------------------------------
+// The agent lane
+
+/// `{name}` in a prompt replaced by its input variable.
+pub fn fill_vars(
+    prompt: &str,
+    vars: Option<&serde_json::Map<String, serde_json::Value>>,
+) -> String {
+    let Some(vars) = vars else {
+        return prompt.to_string();
+    };
+    let mut out = prompt.to_string();
+    for (k, v) in vars {
+        let text = match v {
+            serde_json::Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        out = out.replace(&format!("{{{k}}}"), &text);
+    }
+    out
+}
+
+/// Reads steering messages before each turn and saves the conversation and progress
+/// after each.
+struct JobHooks {
+    store: JobStore,
+    id: JobId,
+    clock: Arc<dyn Clock>,
+    ctl: watch::Receiver<Ctl>,
+    /// Turns made in earlier sessions of this job (before a pause or a stall).
+    offset: u32,
+    max_turns: u32,
+    conversation: PathBuf,
+    tokens: Tokens,
+    aggregator: bool,
+}
+
+impl TurnHooks for JobHooks {
+    fn before_turn(&mut self, turn: u32) -> BeforeTurn {
+        let mut b = BeforeTurn::default();
+        if matches!(*self.ctl.borrow(), Ctl::Pause) {
+            b.pause = true;
+            return b;
+        }
+        let global = (self.offset + turn) as u64;
+        let now = self.clock.now();
+        if self.aggregator && turn == 1 {
+            let _ = queue::mark_child_results_read(&self.store, self.id, global, now);
+        }
+        match queue::take_steering(&self.store, self.id, global, now) {
+            Ok(msgs) => {
+                for m in msgs {
+                    let body = match m.body.get("directive").and_then(|d| d.as_str()) {
+                        Some(d) if m.body.as_object().is_some_and(|o| o.len() == 1) => {
+                            d.to_string()
+                        }
+                        _ => m.body.to_string(),
+                    };
+                    b.inject.push(format!(
+                        "[Steering message {} from {} at {}] {}",
+                        m.seq,
+                        m.from,
+                        m.at.to_rfc3339(),
+                        body
+                    ));
+                }
+            }
+            Err(e) => tracing::warn!(job = self.id, "cannot read steering messages: {e}"),
+        }
+        b
+    }
+
+    fn after_turn(
+        &mut self,
+        turn: u32,
+        messages: &[Message],
+        usage: &Usage,
+        last_tool: Option<&str>,
+    ) {
+        self.tokens.add(&Tokens::from_usage(usage));
+        if let Ok(bytes) = serde_json::to_vec(messages) {
+            if let Err(e) = crate::fsutil::atomic_replace(&self.conversation, &bytes) {
+                tracing::warn!(job = self.id, "cannot save the conversation: {e}");
+            }
+        }
+        let step = (self.offset + turn) as u64;
+        let total = self.max_turns as u64;
+        let tokens = self.tokens;
+        let tool = last_tool.map(str::to_string);
+        let r = queue::progress(&self.store, self.id, self.clock.now(), |p| {
+            p.step = step;
+            p.total = Some(total);
+            if tool.is_some() {
+                p.last_tool = tool;
+            }
+            p.tokens = tokens;
+        });
+        if let Err(e) = r {
+            tracing::warn!(job = self.id, "cannot record progress: {e}");
+        }
+    }
+}
+
+fn child_results_text(job: &Job) -> String {
+    let mut s = format!(
+        "## Results of the {} child jobs\n\nEvery child has ended. Their results, in the order they ended:\n",
+        job.children.len()
+    );
+    for m in job.child_done_messages() {
+        let b = &m.body;
+        let id = b.get("child").and_then(|v| v.as_u64()).unwrap_or(0);
+        let name = b.get("name").and_then(|v| v.as_str()).unwrap_or("");
+        let state = b.get("state").and_then(|v| v.as_str()).unwrap_or("");
+        s.push_str(&format!("\n### Child #{id} ({name}) — {state}\n"));
+        if job.removed_children.contains(&id) {
+            s.push_str("(removed from the dependencies after it failed)\n");
+        }
+        if let Some(t) = b.get("summary").and_then(|v| v.as_str()) {
+            s.push_str(&format!("{t}\n"));
+        }
+        if let Some(t) = b
+            .get("stdout_tail")
+            .and_then(|v| v.as_str())
+            .filter(|t| !t.is_empty())
+        {
+            s.push_str(&format!("Output:\n```\n{}\n```\n", t.trim_end()));
+        }
+        if let Some(c) = b.get("exit_code").and_then(|v| v.as_i64()) {
+            s.push_str(&format!("Exit code: {c}\n"));
+        }
+        if let Some(e) = b.get("error").and_then(|v| v.as_str()) {
+            s.push_str(&format!("Error: {e}\n"));
+        }
+    }
+    s
+}
+
+async fn run_agent(
+    cfg: &WorkerConfig,
+    store: &JobStore,
+    job: &Job,
+    ctl: watch::Receiver<Ctl>,
+    live: Option<Live>,
+) -> (RunEnd, Tokens) {
+    use crate::agent::context;
+    use crate::agent::sandbox::{Sandbox, Scope};
+    use crate::agent::tools::{ToolEnv, ToolKit, ISOLATED_DEFAULT};
+    use crate::agent::transcript::{Redactor, Transcript};
+    let ws = &cfg.ws;
+    let p = &job.params;
+    let fail = |error: String| RunEnd::Failed {
+        error,
+        result: JobResult::default(),
+        permanent: true,
+    };
+    let (pcfg, model) = match crate::agent::config::resolve(
+        &ws.settings,
+        p.get("provider").and_then(|v| v.as_str()),
+        p.get("model").and_then(|v| v.as_str()),
+    ) {
+        Ok(r) => r,
+        Err((msg, help)) => return (fail(format!("{msg} ({help})")), Tokens::default()),
+    };
+    if pcfg.kind == crate::agent::config::ProviderKind::Command {
+        return (
+            fail(format!(
+                "provider `{}` is a command provider; agent jobs run on the agent loop and need an anthropic or openai provider (pass --model with one, or set `defaults:` in loops.yaml)",
+                pcfg.name
+            )),
+            Tokens::default(),
+        );
+    }
+    let provider = match crate::agent::provider::HttpProvider::new(&pcfg) {
+        Ok(p) => p,
+        Err(e) => return (fail(e.to_string()), Tokens::default()),
+    };
+    let vars = p.get("input_vars").and_then(|v| v.as_object());
+    let aggregator = job.kind == JobKind::Aggregator;
+    let prompt_raw = p
+        .get("prompt")
+        .and_then(|v| v.as_str())
+        .filter(|s| !s.trim().is_empty())
+        .unwrap_or(if aggregator {
+            "Combine the results of the child jobs into one clear report: what each found, what failed, and what it adds up to. Then call finish with the report as the summary."
+        } else {
+            ""
+        });
+    let prompt = fill_vars(prompt_raw, vars);
+    let name = format!("job-{}", job.id);
+    let settings = vars
+        .map(|v| yaml_serde::to_string(v).unwrap_or_default())
+        .unwrap_or_default();
+    let system = context::loop_system(&name, &prompt, &settings, None);
+    let tools = super::queue::agent_tools(p)
+        .unwrap_or_else(|| ISOLATED_DEFAULT.iter().map(|s| s.to_string()).collect());
+    let max_turns = p
+        .get("max_turns")
+        .and_then(|v| v.as_u64())
+        .map(|n| n as u32)
+        .unwrap_or(AGENT_MAX_TURNS);
+    let timeout = job.timeout().unwrap_or(AGENT_TIMEOUT);
+    let conv_path = store.conversation_path(job.id);
+    let saved: Option<Vec<Message>> = std::fs::read(&conv_path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .filter(|m: &Vec<Message>| !m.is_empty());
+    let resumed = saved.is_some();
+    let offset = if resumed { job.progress.step as u32 } else { 0 };
+
+    let mut tr = Transcript::create(
+        store.transcript_path(job.id),
+        Redactor::for_settings(&ws.settings),
+    );
+    tr.echo_to(live);
+    let now = cfg.clock.now();
+    tr.header(
+        &format!(
+            "Job #{} ({}) — attempt {}",
+            job.id,
+            job.name,
+            job.attempts + 1
+        ),
+        &[
+            ("kind", job.kind.as_str().to_string()),
+            ("started", now.to_rfc3339()),
+            (
+                "provider",
+                format!("{} ({})", pcfg.name, pcfg.kind.as_str()),
+            ),
+            ("model", model.clone()),
+            ("tools", tools.join(", ")),
+        ],
+    );
+    let messages = match saved {
+        Some(m) => {
+            tr.note(&format!(
+                "resumed from its saved conversation ({} messages, {} turns made); completed tool calls are not repeated",
+                m.len(),
+                offset
+            ));
+            m
+        }
+        None => {
+            let mut first = format!(
+                "Now: {}\nThis is job #{} ({}), attempt {} of {}.\n",
+                now.to_rfc3339(),
+                job.id,
+                job.name,
+                job.attempts + 1,
+                job.max_attempts
+            );
+            if aggregator {
+                first.push('\n');
+                first.push_str(&child_results_text(job));
+            }
+            vec![Message::user_text(first)]
+        }
+    };
+    let kit_env = ToolEnv {
+        ws: ws.clone(),
+        sandbox: Sandbox::new(&ws.root, Scope::Job { name: name.clone() }),
+        loop_name: name.clone(),
+        run_id: format!("job-{}-{}", job.id, job.attempts + 1),
+        allowed: tools,
+        allowed_hosts: Vec::new(),
+        shell: None,
+        committer: cfg.committer.clone(),
+        claimed: Vec::new(),
+    };
+    let mut kit = ToolKit::new(kit_env);
+    let mut hooks = JobHooks {
+        store: store.clone(),
+        id: job.id,
+        clock: cfg.clock.clone(),
+        ctl: ctl.clone(),
+        offset,
+        max_turns,
+        conversation: conv_path.clone(),
+        tokens: Tokens::default(),
+        aggregator,
+    };
+    // Cancel and shutdown stop a model call in flight; pause waits for the turn to end.
+    let (cancel_tx, cancel_rx) = watch::channel(false);
+    let mut ctl_watch = ctl.clone();
+    let forward = tokio::spawn(async move {
+        loop {
+            if matches!(*ctl_watch.borrow_and_update(), Ctl::Cancel | Ctl::Shutdown) {
+                let _ = cancel_tx.send(true);
+                return;
+            }
+            if ctl_watch.changed().await.is_err() {
+                return;
+            }
+        }
+    });
+    let driven = drive(
+        Drive {
+            provider: &provider,
+            model: &model,
+            max_tokens: pcfg.max_tokens,
+            system: &system,
+            messages,
+            max_turns: max_turns.saturating_sub(offset).max(1),
+            deadline: Instant::now() + timeout,
+            cancel: Some(cancel_rx),
+            hooks: Some(&mut hooks),
+        },
+        &mut kit,
+        &mut tr,
+    )
+    .await;
+    forward.abort();
+    if let Ok(bytes) = serde_json::to_vec(&driven.messages) {
+        let _ = crate::fsutil::atomic_replace(&conv_path, &bytes);
+    }
+    let tokens = Tokens::from_usage(&driven.usage);
+    let turns = offset + driven.turns;
+    let mut result = JobResult {
+        duration_ms: driven.wall_time.as_millis() as u64,
+        summary: driven.summary(),
+        turns: Some(turns),
+        model: driven.model.clone().or(Some(model.clone())),
+        ..Default::default()
+    };
+    // What the tools wrote is committed, like a loop's run.
+    let wrote: Vec<PathBuf> = kit.wrote.iter().cloned().collect();
+    if !wrote.is_empty() {
+        if let Some(c) = &cfg.committer {
+            let subject = format!(
+                "job #{}: {}",
+                job.id,
+                result
+                    .summary
+                    .as_deref()
+                    .map(|s| crate::agent::tools::clip(s.lines().next().unwrap_or(""), 60))
+                    .unwrap_or_else(|| job.name.clone())
+            );
+            let mut trailers = vec![
+                ("Job", job.id.to_string()),
+                ("Job-Kind", job.kind.as_str().to_string()),
+            ];
+            trailers.push(("Tokens-In", tokens.input.to_string()));
+            trailers.push(("Tokens-Out", tokens.output.to_string()));
+            trailers.push(("Model", result.model.clone().unwrap_or_default()));
+            let msg = crate::history::commit_message(&subject, &trailers);
+            match c
+                .commit(crate::history::CommitRequest::new(wrote, msg))
+                .await
+            {
+                Ok(Some(oid)) => result.commit = Some(oid.to_string()),
+                Ok(None) => {}
+                Err(e) => tr.note(&format!("could not commit the files it wrote: {e}")),
+            }
+        }
+    }
+    let end = match driven.end {
+        End::Finished(_) | End::Answered(_) | End::SilentToken(_) => RunEnd::Completed(result),
+        End::MaxTurns(_) => RunEnd::Failed {
+            error: format!(
+                "stopped after {turns} model turns without finishing (raise max_turns, or ask it to call finish)"
+            ),
+            result,
+            permanent: true,
+        },
+        End::Timeout => {
+            let _ = std::fs::remove_file(&conv_path);
+            RunEnd::Failed {
+                error: format!(
+                    "timed out after {} ({} turns)",
+                    crate::duration::format_duration(timeout),
+                    turns
+                ),
+                result,
+                permanent: false,
+            }
+        }
+        End::Cancelled => match *ctl.borrow() {
+            Ctl::Shutdown => RunEnd::Aborted(
+                "the runner stopped while it ran; it continues from its saved conversation, no attempt used".into(),
+            ),
+            _ => RunEnd::Cancelled(result),
+        },
+        End::Paused => RunEnd::Paused,
+        End::Failed(e) => {
+            let _ = std::fs::remove_file(&conv_path);
+            RunEnd::Failed {
+                error: e,
+                result,
+                permanent: false,
+            }
+        }
+    };
+    tr.note(&format!(
+        "run ended: {}",
+        match &end {
+            RunEnd::Completed(_) => "completed".to_string(),
+            RunEnd::Failed { error, .. } => format!("failed — {error}"),
+            RunEnd::Cancelled(_) => "cancelled".into(),
+            RunEnd::Paused => "paused (conversation saved)".into(),
+            RunEnd::Aborted(w) => w.clone(),
+        }
+    ));
+    (end, tokens)
+}
