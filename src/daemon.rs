@@ -75,6 +75,9 @@ pub struct LockInfo {
     pub pid_start: Option<u64>,
     pub started: DateTime<Utc>,
     pub version: String,
+    /// Whether this daemon runs shell jobs (so the CLI can refuse them at submit).
+    #[serde(default)]
+    pub allow_shell_jobs: bool,
 }
 
 /// The workspace's daemon lock, held for the daemon's lifetime.
@@ -97,6 +100,7 @@ impl DaemonLock {
                     pid_start: process_start_time(pid),
                     started: Utc::now(),
                     version: env!("CARGO_PKG_VERSION").to_string(),
+                    allow_shell_jobs: crate::jobs::worker::shell_allowed(ws),
                 };
                 lock.write_contents(&serde_json::to_string(&info).unwrap_or_default())
                     .map_err(io)?;
@@ -275,6 +279,26 @@ pub async fn run(ws: Workspace, opts: DaemonOptions) -> Result<Summary, DaemonEr
     d.recover_inbox();
     d.reload(true);
 
+    // The job queue has a worker of its own; it shares the concurrency limit.
+    let (job_stop_tx, job_stop_rx) = watch::channel(false);
+    let job_worker = tokio::spawn(crate::jobs::worker::run(
+        crate::jobs::worker::WorkerConfig {
+            ws: ws.clone(),
+            committer: d.ctx.committer.clone(),
+            clock: opts.clock.clone(),
+            permits: d.permits.clone(),
+            allow_shell: crate::jobs::worker::shell_allowed(&ws),
+            grace: ws.settings.shutdown_grace,
+        },
+        if opts.once {
+            crate::jobs::worker::Mode::Drain
+        } else {
+            crate::jobs::worker::Mode::Serve
+        },
+        job_stop_rx,
+        None,
+    ));
+
     let (watch_tx, mut watch_rx) = mpsc::unbounded_channel();
     let mut fallback_rescan: Option<Duration> = None;
     let _watcher = if opts.once {
@@ -358,6 +382,7 @@ pub async fn run(ws: Workspace, opts: DaemonOptions) -> Result<Summary, DaemonEr
                 // Runs are in their own process groups: a signal to us does not reach
                 // them, so stop them here rather than leave them running orphaned.
                 tracing::warn!(running = d.in_flight, "signal: stopping running jobs");
+                let _ = job_stop_tx.send(true);
                 d.pending.clear();
                 for runs in d.running.values() {
                     for r in runs {
@@ -365,6 +390,17 @@ pub async fn run(ws: Workspace, opts: DaemonOptions) -> Result<Summary, DaemonEr
                     }
                 }
             }
+        }
+        // Queued jobs that were ready are drained too.
+        let mut job_worker = job_worker;
+        let finished = tokio::select! {
+            _ = &mut job_worker => true,
+            _ = sigint.recv() => false,
+            _ = sigterm.recv() => false,
+        };
+        if !finished {
+            let _ = job_stop_tx.send(true);
+            let _ = job_worker.await;
         }
         return Ok(d.summary);
     }
@@ -474,7 +510,9 @@ pub async fn run(ws: Workspace, opts: DaemonOptions) -> Result<Summary, DaemonEr
     }
 
     // Shutdown: no new runs; running ones get the grace period, then are stopped.
-    // Slots claimed a moment ago are recorded, not silently dropped.
+    // Slots claimed a moment ago are recorded, not silently dropped. Running jobs get
+    // the same grace from their worker, then go back to waiting.
+    let _ = job_stop_tx.send(true);
     while claiming > 0 {
         let Some((name, c, at)) = claim_rx.recv().await else {
             break;
@@ -530,6 +568,9 @@ pub async fn run(ws: Workspace, opts: DaemonOptions) -> Result<Summary, DaemonEr
             let _ = cancel.send(true);
             let _ = wake_rx.recv().await;
         }
+    }
+    if let Err(e) = job_worker.await {
+        tracing::error!("the job worker ended badly: {e}");
     }
     tracing::info!("loops daemon stopped");
     Ok(d.summary)

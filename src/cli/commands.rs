@@ -56,6 +56,8 @@ pub fn dispatch(cli: Cli) -> Result {
         Command::Inbox { command, json } => {
             super::inbox::inbox(&Workspace::locate(ws_arg)?, command, json)
         }
+        Command::Jobs(c) => super::jobs::jobs(&Workspace::locate(ws_arg)?, c),
+        Command::Agent(c) => super::jobs::agent(&Workspace::locate(ws_arg)?, c),
         Command::Pause { name, reason } => pause(&Workspace::locate(ws_arg)?, &name, &reason),
         Command::Resume { name } => resume(&Workspace::locate(ws_arg)?, &name),
     }

@@ -3,6 +3,7 @@
 
 mod commands;
 mod inbox;
+mod jobs;
 mod output;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -137,6 +138,14 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The job queue: submit, list, get, progress, logs, cancel, pause, resume, replay,
+    /// retry, message, stats. Jobs live in .loops/jobs/, one file each.
+    #[command(subcommand)]
+    Jobs(jobs::JobsCommand),
+    /// Run a prompt on the agent loop as a job (`loops agent run "PROMPT"`), or fan one
+    /// out over a manifest.
+    #[command(subcommand)]
+    Agent(jobs::AgentCommand),
     /// Stop scheduling a loop until `loops resume`.
     Pause {
         name: String,

@@ -545,7 +545,9 @@ impl Job {
     /// Elapsed running time: finished runs plus the one going now.
     pub fn elapsed_ms(&self, now: DateTime<Utc>) -> u64 {
         let live = match (&self.state, &self.lease) {
-            (JobState::Active, Some(l)) => (now - l.since).num_milliseconds().max(0) as u64,
+            (JobState::Active | JobState::Paused, Some(l)) => {
+                (now - l.since).num_milliseconds().max(0) as u64
+            }
             _ => 0,
         };
         self.run_ms + live

@@ -5,6 +5,7 @@
 pub mod job;
 pub mod queue;
 pub mod report;
+pub mod stats;
 pub mod store;
 pub mod worker;
 

@@ -51,6 +51,9 @@ pub fn progress_line(j: &Job) -> String {
     let p = &j.progress;
     let mut s = match (j.kind, p.total) {
         (JobKind::Shell, _) if j.state == JobState::Active => "running".to_string(),
+        (JobKind::Shell, _) if j.state == JobState::Paused && j.lease.is_some() => {
+            "stopped (paused)".to_string()
+        }
         (JobKind::Shell, _) if p.step == 0 => "not started".to_string(),
         (JobKind::Shell, _) => "ran".to_string(),
         (_, Some(t)) => format!("turn {} of at most {t}", p.step),
@@ -59,7 +62,7 @@ pub fn progress_line(j: &Job) -> String {
     if let Some(t) = &p.last_tool {
         s.push_str(&format!(", last tool {t}"));
     }
-    if let Some(n) = &p.note {
+    if let Some(n) = p.note.as_ref().filter(|_| !j.state.is_terminal()) {
         s.push_str(&format!(" ({n})"));
     }
     s

@@ -1,0 +1,1049 @@
+//! `loops jobs …` and `loops agent run`: the job queue at the command line.
+
+use super::output::table;
+use super::CliError;
+use crate::clock::SystemClock;
+use crate::jobs::job::{Job, JobId, JobKind, JobState};
+use crate::jobs::queue::{self, JobSpec, QueueError, Sender};
+use crate::jobs::store::JobStore;
+use crate::jobs::{report, stats, worker};
+use crate::workspace::Workspace;
+use chrono::Utc;
+use clap::{Args, Subcommand};
+use serde_json::{json, Value};
+use std::io::{Read, Seek, Write};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+type Result<T = ()> = std::result::Result<T, CliError>;
+
+impl From<QueueError> for CliError {
+    fn from(e: QueueError) -> Self {
+        CliError {
+            help: e.help(),
+            message: e.to_string(),
+            code: 1,
+        }
+    }
+}
+
+impl From<crate::jobs::store::StoreError> for CliError {
+    fn from(e: crate::jobs::store::StoreError) -> Self {
+        CliError {
+            help: e.help(),
+            message: e.to_string(),
+            code: 1,
+        }
+    }
+}
+
+/// The options every submission takes.
+#[derive(Debug, Args, Clone, Default)]
+pub struct SubmitOptions {
+    /// A name to show in lists and reports (default: from the command or prompt).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// The queue it joins (ordering only; all queues share the concurrency limit).
+    #[arg(long)]
+    pub queue: Option<String>,
+    /// Lower runs first (default 0).
+    #[arg(long, allow_hyphen_values = true)]
+    pub priority: Option<i32>,
+    /// Do not start before this long from now (e.g. 30s, 5m).
+    #[arg(long, value_name = "DURATION")]
+    pub delay: Option<String>,
+    /// Attempts before it is failed for good (default 3).
+    #[arg(long)]
+    pub max_attempts: Option<u32>,
+    /// How the wait between attempts grows (default exponential).
+    #[arg(long, value_parser = ["fixed", "exponential"])]
+    pub backoff_type: Option<String>,
+    /// The first wait between attempts (default 1s).
+    #[arg(long, value_name = "DURATION")]
+    pub backoff_delay: Option<String>,
+    /// Spread of each wait, as a fraction (default 0.2 = ±20 %).
+    #[arg(long)]
+    pub backoff_jitter: Option<f64>,
+    /// Stop a run after this long (default: 1h for shell jobs, 10m for agent jobs).
+    #[arg(long, value_name = "DURATION")]
+    pub timeout: Option<String>,
+    /// Times its runner may die under it before it is dead (default 5).
+    #[arg(long)]
+    pub max_stalled: Option<u32>,
+    /// A repeat submit with the same key returns the existing job (a key held only by
+    /// dead or cancelled jobs is free again).
+    #[arg(long)]
+    pub idempotency_key: Option<String>,
+    /// Make it a child of this job (the parent waits for it).
+    #[arg(long, value_name = "ID")]
+    pub parent: Option<JobId>,
+    /// What a parent does when a child fails: fail_parent, continue, ignore, remove_dep.
+    #[arg(long, value_parser = ["fail_parent", "continue", "ignore", "remove_dep"])]
+    pub on_child_fail: Option<String>,
+    /// Check it and show what would be submitted; write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum JobsCommand {
+    /// Submit a job. Shell jobs: --params '{"cmd": "make test", "cwd": "/abs/dir"}' or
+    /// '{"argv": ["make", "test"]}', optional "env" and "inherit" (names of secrets to
+    /// pass from the daemon's environment at spawn). Agent jobs: '{"prompt": "…",
+    /// "tools": [...], "model": "…", "max_turns": 10}'.
+    #[command(
+        after_help = "Shell jobs run only where they are allowed: LOOPS_ALLOW_SHELL_JOBS=1 in the daemon's environment, or `allow_shell_jobs: true` in loops.yaml. A refused job is recorded as dead at once, with the reason.\n\nExamples:\n  loops jobs submit shell --params '{\"cmd\": \"./backup.sh\", \"cwd\": \"/srv/app\"}' --timeout 10m\n  loops jobs submit agent --params '{\"prompt\": \"Summarise inbox/done this week\"}' --follow"
+    )]
+    Submit {
+        /// shell or agent.
+        #[arg(value_parser = ["shell", "agent"])]
+        kind: String,
+        /// The job's parameters as JSON.
+        #[arg(long, conflicts_with = "params_file")]
+        params: Option<String>,
+        /// The parameters from a JSON file ('-' for stdin).
+        #[arg(long)]
+        params_file: Option<PathBuf>,
+        #[command(flatten)]
+        opts: SubmitOptions,
+        /// Wait and stream its progress (runs it here if no daemon is running).
+        #[arg(long, short)]
+        follow: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Jobs, newest first.
+    List {
+        /// Only jobs in this state (waiting, delayed, active, paused, waiting-children,
+        /// completed, failed, dead, cancelled).
+        #[arg(long)]
+        status: Option<String>,
+        /// Only jobs whose name contains this.
+        #[arg(long)]
+        name: Option<String>,
+        /// Only this kind (shell, agent, aggregator).
+        #[arg(long)]
+        kind: Option<String>,
+        /// Only this queue.
+        #[arg(long)]
+        queue: Option<String>,
+        /// At most this many (0: all). Default: 50, or all with --json.
+        #[arg(long, short = 'n')]
+        limit: Option<usize>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// One job: params, state history, attempts, result, tokens, timings, children,
+    /// steering messages with their read receipts.
+    Get {
+        id: JobId,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Where a job is: step, total if known, last tool, tokens, elapsed (cheap to call).
+    Progress {
+        id: JobId,
+        #[arg(long)]
+        json: bool,
+    },
+    /// A job's transcript (agent) or output (shell).
+    Logs {
+        id: JobId,
+        /// Keep printing as it grows, until the job ends.
+        #[arg(long, short)]
+        follow: bool,
+    },
+    /// Cancel a job and its descendants (a running one is stopped).
+    Cancel {
+        id: JobId,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Pause a job: a waiting one is held; a running agent stops between turns with its
+    /// conversation saved; a running shell job's process group is stopped.
+    Pause {
+        id: JobId,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Resume a paused job (an agent continues from its saved conversation).
+    Resume {
+        id: JobId,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Submit a new job with the same parameters, keeping timeout, queue, retries and
+    /// parent. `--set key=value` changes a parameter (the value is JSON if it parses).
+    Replay {
+        id: JobId,
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+        #[arg(long, short)]
+        follow: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a dead or failed job again, with fresh attempts.
+    Retry {
+        id: JobId,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send a steering message: the agent reads it before its next model turn.
+    #[command(
+        after_help = "Example:\n  loops jobs message 42 '{\"directive\": \"focus on revenue\"}'\n\nOnly an operator (this command) or the job's parent (--from-job) may steer a job."
+    )]
+    Message {
+        id: JobId,
+        /// The message: JSON (plain text is sent as {"directive": TEXT}).
+        message: String,
+        /// Send as this job (it must be the target's parent).
+        #[arg(long, value_name = "ID")]
+        from_job: Option<JobId>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The last 24 hours per job kind, and the queue's health now.
+    Stats {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AgentCommand {
+    /// Run a prompt on the agent loop as a job. By default it waits and streams the
+    /// transcript (running it here if no daemon is running); --detach only submits it.
+    #[command(
+        after_help = "Fan-out: --fanout-manifest FILE takes a JSON array of {\"prompt\": \"…\", \"input_vars\": {…}} (or of job specs: {\"kind\": \"agent\", \"params\": {…}, …}). Each becomes a child job; PROMPT becomes the aggregator, which runs once every child has ended and sees all their results. Token totals roll up to the aggregator.\n\nExamples:\n  loops agent run \"List the open questions in drafts/\" --tools read_file,list_files,finish\n  loops agent run \"Compare the findings\" --fanout-manifest companies.json --detach"
+    )]
+    Run(AgentRun),
+}
+
+#[derive(Debug, Args)]
+pub struct AgentRun {
+    /// What to do (with --fanout-manifest: what the aggregator does with the results).
+    pub prompt: Option<String>,
+    /// Tools it may use, comma-separated (default: the isolated set).
+    #[arg(long)]
+    pub tools: Option<String>,
+    /// The model (default: loops.yaml `defaults:`).
+    #[arg(long)]
+    pub model: Option<String>,
+    /// The provider from loops.yaml (default: `defaults:`).
+    #[arg(long)]
+    pub provider: Option<String>,
+    /// At most this many model turns (default 20).
+    #[arg(long)]
+    pub max_turns: Option<u32>,
+    /// Children from a JSON manifest, plus one aggregator.
+    #[arg(long, value_name = "FILE")]
+    pub fanout_manifest: Option<PathBuf>,
+    #[command(flatten)]
+    pub opts: SubmitOptions,
+    /// Wait and stream (the default).
+    #[arg(long, short, conflicts_with = "detach")]
+    pub follow: bool,
+    /// Submit and return at once.
+    #[arg(long, short)]
+    pub detach: bool,
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn dur(s: &Option<String>, what: &str) -> Result<Option<Duration>> {
+    match s {
+        None => Ok(None),
+        Some(t) => crate::duration::parse_duration(t).map(Some).map_err(|e| {
+            CliError::new(format!("--{what} {t}: {e}"))
+                .help("durations look like 30s, 5m, 2h or 1h30m")
+        }),
+    }
+}
+
+fn spec_from(kind: &str, params: Value, o: &SubmitOptions) -> Result<JobSpec> {
+    Ok(JobSpec {
+        kind: Some(kind.to_string()),
+        name: o.name.clone(),
+        params,
+        queue: o.queue.clone(),
+        priority: o.priority,
+        delay: dur(&o.delay, "delay")?,
+        max_attempts: o.max_attempts,
+        backoff_type: o.backoff_type.clone(),
+        backoff_delay: dur(&o.backoff_delay, "backoff-delay")?,
+        backoff_jitter: o.backoff_jitter,
+        timeout: dur(&o.timeout, "timeout")?,
+        max_stalled: o.max_stalled,
+        idempotency_key: o.idempotency_key.clone(),
+        parent: o.parent,
+        on_child_fail: o.on_child_fail.clone(),
+        source: "cli".into(),
+    })
+}
+
+fn read_json_arg(inline: Option<&str>, file: Option<&PathBuf>, what: &str) -> Result<Value> {
+    let (text, origin) = match (inline, file) {
+        (Some(t), _) => (t.to_string(), format!("--{what}")),
+        (None, Some(f)) if f.as_os_str() == "-" => {
+            let mut s = String::new();
+            std::io::stdin()
+                .read_to_string(&mut s)
+                .map_err(|e| CliError::new(format!("cannot read stdin: {e}")))?;
+            (s, "stdin".into())
+        }
+        (None, Some(f)) => (
+            std::fs::read_to_string(f).map_err(|e| {
+                CliError::new(format!("cannot read {}: {e}", f.display()))
+                    .help("give the path of a JSON file")
+            })?,
+            f.display().to_string(),
+        ),
+        (None, None) => {
+            return Err(CliError::new(format!("no --{what} given"))
+                .help("e.g. --params '{\"cmd\": \"echo hello\"}'"))
+        }
+    };
+    serde_json::from_str(&text).map_err(|e| {
+        CliError::new(format!("{origin} is not valid JSON: {e} (line {}, column {})", e.line(), e.column()))
+            .help("JSON needs double quotes around names and strings; wrap the whole value in single quotes in the shell")
+    })
+}
+
+/// Whether shell jobs submitted now will be allowed where they will run.
+fn shell_allowed_for(ws: &Workspace, inline: bool) -> bool {
+    if ws.settings.allow_shell_jobs {
+        return true;
+    }
+    match crate::daemon::daemon_alive(ws) {
+        Some(info) if !inline => info.allow_shell_jobs,
+        _ => worker::shell_allowed(ws),
+    }
+}
+
+fn audit(store: &JobStore, job: &Job, allowed: bool) {
+    let env_keys: Vec<String> = job
+        .params
+        .get("env")
+        .and_then(|e| e.as_object())
+        .map(|m| m.keys().cloned().collect())
+        .unwrap_or_default();
+    let mut params = job.params.clone();
+    if let Some(o) = params.as_object_mut() {
+        // Values given inline are shown by key only; secrets come through `inherit`.
+        o.insert("env".into(), json!(env_keys));
+    }
+    let entry = json!({
+        "at": Utc::now(),
+        "job": job.id,
+        "source": job.source,
+        "user": std::env::var("USER").unwrap_or_default(),
+        "params": params,
+        "allowed": allowed,
+        "state": job.state,
+        "error": job.error,
+    });
+    if let Err(e) = store.audit(&entry) {
+        eprintln!("warning: cannot append to the audit log: {e}");
+    }
+}
+
+pub fn jobs(ws: &Workspace, cmd: JobsCommand) -> Result {
+    let store = JobStore::new(ws);
+    let now = Utc::now();
+    match cmd {
+        JobsCommand::Submit {
+            kind,
+            params,
+            params_file,
+            opts,
+            follow,
+            json,
+        } => {
+            let params = read_json_arg(params.as_deref(), params_file.as_ref(), "params")?;
+            let spec = spec_from(&kind, params, &opts)?;
+            submit_and_report(ws, &store, spec, opts.dry_run, follow, json)
+        }
+        JobsCommand::List {
+            status,
+            name,
+            kind,
+            queue,
+            limit,
+            json,
+        } => list(&store, status, name, kind, queue, limit, json),
+        JobsCommand::Get { id, json } => {
+            let j = get(&store, id)?;
+            if json {
+                print_json(&report::to_json(&j, now));
+            } else {
+                print!("{}", report::details(&j, now));
+            }
+            Ok(())
+        }
+        JobsCommand::Progress { id, json } => {
+            let j = get(&store, id)?;
+            if json {
+                print_json(&report::progress_json(&j, now));
+            } else {
+                print!("{}", report::report(&j, now));
+            }
+            Ok(())
+        }
+        JobsCommand::Logs { id, follow } => logs(ws, &store, id, follow),
+        JobsCommand::Cancel { id, json } => {
+            let j = queue::cancel(&store, id, now)?;
+            let j = if j.state.is_terminal() {
+                j
+            } else {
+                wait_for_runner(&store, id, |j| j.state.is_terminal())?
+            };
+            done_report(&j, json, "cancel requested; its runner is stopping it")
+        }
+        JobsCommand::Pause { id, json } => {
+            let j = queue::pause(&store, id, now)?;
+            let j = if j.state == JobState::Paused {
+                j
+            } else {
+                wait_for_runner(&store, id, |j| j.state != JobState::Active)?
+            };
+            done_report(
+                &j,
+                json,
+                "pause requested; it stops at the end of its current turn",
+            )
+        }
+        JobsCommand::Resume { id, json } => {
+            let j = queue::resume(&store, id, now)?;
+            let j = if j.control.is_some() {
+                wait_for_runner(&store, id, |j| j.control.is_none())?
+            } else {
+                j
+            };
+            if !json && j.state == JobState::Waiting {
+                warn_if_no_daemon(ws);
+            }
+            done_report(&j, json, "")
+        }
+        JobsCommand::Replay {
+            id,
+            set,
+            follow,
+            json,
+        } => {
+            let mut overrides = Vec::new();
+            for s in &set {
+                let Some((k, v)) = s.split_once('=') else {
+                    return Err(CliError::new(format!("--set {s}: expected KEY=VALUE"))
+                        .help("e.g. --set prompt=\"try again\" or --set max_turns=5"));
+                };
+                let v = serde_json::from_str(v).unwrap_or_else(|_| Value::String(v.to_string()));
+                overrides.push((k.trim().to_string(), v));
+            }
+            let j = queue::replay(&store, id, &overrides, now, &format!("replay:{id}"))?;
+            after_submit(ws, &store, j, false, follow, json)
+        }
+        JobsCommand::Retry { id, json } => {
+            let j = queue::retry(&store, id, now)?;
+            if !json {
+                warn_if_no_daemon(ws);
+            }
+            done_report(&j, json, "")
+        }
+        JobsCommand::Message {
+            id,
+            message,
+            from_job,
+            json,
+        } => {
+            let body = serde_json::from_str::<Value>(&message)
+                .ok()
+                .filter(|v| v.is_object())
+                .unwrap_or_else(|| json!({ "directive": message }));
+            let from = from_job.map(Sender::Job).unwrap_or(Sender::Operator);
+            let m = queue::message(&store, id, body, from, now)?;
+            if json {
+                print_json(&serde_json::to_value(&m).unwrap_or_default());
+            } else {
+                println!(
+                    "message {} sent to job #{id}; it is read before the agent's next turn (`loops jobs get {id}` shows the receipt)",
+                    m.seq
+                );
+            }
+            Ok(())
+        }
+        JobsCommand::Stats { json } => {
+            let st = stats::compute(&store, now, crate::daemon::daemon_alive(ws).is_some());
+            if json {
+                print_json(&serde_json::to_value(&st).unwrap_or_default());
+            } else {
+                print!("{}", stats::render(&st));
+            }
+            Ok(())
+        }
+    }
+}
+
+fn get(store: &JobStore, id: JobId) -> Result<Job> {
+    store
+        .get(id)?
+        .ok_or_else(|| QueueError::NotFound(id).into())
+}
+
+fn print_json(v: &Value) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}
+
+fn done_report(j: &Job, json: bool, pending_note: &str) -> Result {
+    if json {
+        print_json(&report::to_json(j, Utc::now()));
+    } else {
+        print!("{}", report::report(j, Utc::now()));
+        if j.control.is_some() && !pending_note.is_empty() {
+            println!("  ({pending_note})");
+        }
+    }
+    Ok(())
+}
+
+/// Waits (briefly) for a job's runner to act on a request; returns the job as it is then.
+fn wait_for_runner(store: &JobStore, id: JobId, done: impl Fn(&Job) -> bool) -> Result<Job> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let j = get(store, id)?;
+        if done(&j) || std::time::Instant::now() >= deadline {
+            return Ok(j);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn warn_if_no_daemon(ws: &Workspace) {
+    if crate::daemon::daemon_alive(ws).is_none() {
+        eprintln!(
+            "note: no daemon is running in this workspace: nothing will run it until `loops run` starts (or run it here with `--follow`)"
+        );
+    }
+}
+
+fn submit_and_report(
+    ws: &Workspace,
+    store: &JobStore,
+    spec: JobSpec,
+    dry_run: bool,
+    follow: bool,
+    json: bool,
+) -> Result {
+    let now = Utc::now();
+    let planned = queue::plan(&spec, now)?;
+    let inline = follow && crate::daemon::daemon_alive(ws).is_none();
+    let refused = (planned.kind == JobKind::Shell && !shell_allowed_for(ws, inline))
+        .then(worker::shell_refusal);
+    if dry_run {
+        let mut v = serde_json::to_value(&planned).unwrap_or_default();
+        if let Some(o) = v.as_object_mut() {
+            o.remove("id");
+            o.insert("dry_run".into(), json!(true));
+            o.insert("would_be_refused".into(), json!(refused));
+        }
+        if json {
+            print_json(&v);
+        } else {
+            println!(
+                "dry run: this {} job would be submitted (nothing was written):",
+                planned.kind
+            );
+            println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            if let Some(r) = &refused {
+                println!("it would be refused: {r}");
+            }
+        }
+        return Ok(());
+    }
+    let sub = queue::submit(store, &spec, now, refused.clone())?;
+    if sub.job.kind == JobKind::Shell && !sub.existing {
+        audit(store, &sub.job, refused.is_none());
+    }
+    if sub.existing && !json {
+        eprintln!(
+            "the idempotency key is held by job #{} ({}): no new job was submitted",
+            sub.job.id, sub.job.state
+        );
+    }
+    if sub.job.state == JobState::Dead {
+        if json {
+            print_json(&report::to_json(&sub.job, Utc::now()));
+        }
+        return Err(CliError::new(format!(
+            "job #{} was refused and is dead: {}",
+            sub.job.id,
+            sub.job.error.clone().unwrap_or_default()
+        ))
+        .help("shell jobs need LOOPS_ALLOW_SHELL_JOBS=1 where they run (the daemon's environment), or `allow_shell_jobs: true` in loops.yaml"));
+    }
+    after_submit(ws, store, sub.job, sub.existing, follow, json)
+}
+
+fn after_submit(
+    ws: &Workspace,
+    store: &JobStore,
+    job: Job,
+    existing: bool,
+    follow: bool,
+    json: bool,
+) -> Result {
+    if !follow {
+        if json {
+            let mut v = report::to_json(&job, Utc::now());
+            if let Some(o) = v.as_object_mut() {
+                o.insert("existing".into(), json!(existing));
+            }
+            print_json(&v);
+        } else {
+            println!("{}", report::headline(&job));
+        }
+        if !json {
+            warn_if_no_daemon(ws);
+        }
+        return Ok(());
+    }
+    let end = follow_job(ws, store, job.id, !json)?;
+    if json {
+        print_json(&report::to_json(&end, Utc::now()));
+    } else {
+        print!("{}", report::report(&end, Utc::now()));
+    }
+    match end.state {
+        JobState::Completed | JobState::Paused => Ok(()),
+        JobState::Waiting | JobState::Delayed => {
+            eprintln!("note: job #{} is {} (it runs again when `loops run` starts, or with `loops jobs replay`)", end.id, end.state);
+            Err(CliError::silent(1))
+        }
+        _ => Err(CliError::silent(1)),
+    }
+}
+
+/// Waits for a job to end (or pause), streaming its output: runs it here when no daemon
+/// is running, else follows the daemon's run through the job's files.
+fn follow_job(ws: &Workspace, store: &JobStore, id: JobId, stream: bool) -> Result<Job> {
+    let rt = crate::daemon::runtime()
+        .map_err(|e| CliError::new(format!("cannot start the async runtime: {e}")))?;
+    if crate::daemon::daemon_alive(ws).is_none() {
+        let ws = Arc::new(ws.clone());
+        let committer = if ws.settings.git_commit {
+            crate::history::Committer::start(
+                &ws.root,
+                &ws.settings.author_name,
+                &ws.settings.author_email,
+            )
+            .ok()
+        } else {
+            None
+        };
+        let cfg = worker::WorkerConfig {
+            ws: ws.clone(),
+            committer,
+            clock: Arc::new(SystemClock),
+            permits: Arc::new(tokio::sync::Semaphore::new(ws.settings.max_concurrent_jobs)),
+            allow_shell: worker::shell_allowed(&ws),
+            grace: Duration::from_secs(0),
+        };
+        if stream {
+            eprintln!("no daemon is running: running job #{id} here (Ctrl-C stops it; it then waits for `loops run`)");
+        }
+        rt.block_on(async {
+            let (tx, mut rx) =
+                tokio::sync::mpsc::unbounded_channel::<(crate::exec::Stream, Vec<u8>)>();
+            let printer = tokio::spawn(async move {
+                while let Some((s, bytes)) = rx.recv().await {
+                    if !stream {
+                        continue;
+                    }
+                    match s {
+                        crate::exec::Stream::Stdout => {
+                            let _ = std::io::stdout().write_all(&bytes);
+                            let _ = std::io::stdout().flush();
+                        }
+                        crate::exec::Stream::Stderr => {
+                            let _ = std::io::stderr().write_all(&bytes);
+                        }
+                    }
+                }
+            });
+            let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+            tokio::spawn(async move {
+                use tokio::signal::unix::{signal, SignalKind};
+                let (Ok(mut int), Ok(mut term)) = (
+                    signal(SignalKind::interrupt()),
+                    signal(SignalKind::terminate()),
+                ) else {
+                    return;
+                };
+                tokio::select! {
+                    _ = int.recv() => {}
+                    _ = term.recv() => {}
+                }
+                let _ = stop_tx.send(true);
+            });
+            worker::run(cfg, worker::Mode::Only(id), stop_rx, Some(tx)).await;
+            let _ = printer.await;
+        });
+        return get(store, id);
+    }
+    // A daemon runs it: follow its files.
+    rt.block_on(async {
+        let (wtx, mut wrx) = tokio::sync::mpsc::unbounded_channel();
+        let _w = crate::watch::watch(
+            &[(
+                store.dir().to_path_buf(),
+                notify::RecursiveMode::NonRecursive,
+            )],
+            Duration::from_millis(20),
+            wtx,
+        )
+        .ok();
+        let mut tail = Tail::default();
+        loop {
+            if stream {
+                tail.pump(store, id);
+            }
+            match store.get(id)? {
+                Some(j) if j.state.is_terminal() || j.state == JobState::Paused => {
+                    if stream {
+                        tail.pump(store, id);
+                    }
+                    return Ok(j);
+                }
+                Some(_) => {}
+                None => return Err(QueueError::NotFound(id).into()),
+            }
+            // Events wake us at once; the timeout is the safety net.
+            let _ = tokio::time::timeout(Duration::from_secs(1), wrx.recv()).await;
+        }
+    })
+}
+
+/// Prints what a job's transcript or log gained since the last call.
+#[derive(Default)]
+struct Tail {
+    offset: u64,
+}
+
+impl Tail {
+    fn pump(&mut self, store: &JobStore, id: JobId) {
+        let path = [store.transcript_path(id), store.log_path(id)]
+            .into_iter()
+            .find(|p| p.exists());
+        let Some(path) = path else {
+            return;
+        };
+        let Ok(mut f) = std::fs::File::open(&path) else {
+            return;
+        };
+        if f.seek(std::io::SeekFrom::Start(self.offset)).is_err() {
+            return;
+        }
+        let mut buf = Vec::new();
+        if f.read_to_end(&mut buf).is_ok() && !buf.is_empty() {
+            self.offset += buf.len() as u64;
+            let _ = std::io::stdout().write_all(&buf);
+            let _ = std::io::stdout().flush();
+        }
+    }
+}
+
+fn logs(ws: &Workspace, store: &JobStore, id: JobId, follow: bool) -> Result {
+    let j = get(store, id)?;
+    let _ = ws;
+    let mut tail = Tail::default();
+    tail.pump(store, id);
+    if tail.offset == 0 && !follow {
+        eprintln!("job #{id} has no output yet ({})", j.state);
+        return Ok(());
+    }
+    if follow && !(j.state.is_terminal()) {
+        let rt = crate::daemon::runtime()
+            .map_err(|e| CliError::new(format!("cannot start the async runtime: {e}")))?;
+        rt.block_on(async {
+            let (wtx, mut wrx) = tokio::sync::mpsc::unbounded_channel();
+            let _w = crate::watch::watch(
+                &[(
+                    store.dir().to_path_buf(),
+                    notify::RecursiveMode::NonRecursive,
+                )],
+                Duration::from_millis(20),
+                wtx,
+            )
+            .ok();
+            loop {
+                tail.pump(store, id);
+                if store
+                    .get(id)
+                    .ok()
+                    .flatten()
+                    .is_none_or(|j| j.state.is_terminal())
+                {
+                    tail.pump(store, id);
+                    return;
+                }
+                let _ = tokio::time::timeout(Duration::from_secs(1), wrx.recv()).await;
+            }
+        });
+    }
+    Ok(())
+}
+
+fn list(
+    store: &JobStore,
+    status: Option<String>,
+    name: Option<String>,
+    kind: Option<String>,
+    queue: Option<String>,
+    limit: Option<usize>,
+    json: bool,
+) -> Result {
+    let status = match status {
+        None => None,
+        Some(s) => Some(JobState::parse(&s).ok_or_else(|| {
+            CliError::new(format!("unknown status `{s}`")).help(
+                "use one of: waiting, delayed, active, paused, waiting-children, completed, failed, dead, cancelled",
+            )
+        })?),
+    };
+    let kind = match kind {
+        None => None,
+        Some(k) => Some(JobKind::parse(&k).ok_or_else(|| {
+            CliError::new(format!("unknown kind `{k}`")).help("use shell, agent or aggregator")
+        })?),
+    };
+    let (all, errors) = store.list();
+    for e in errors {
+        eprintln!("warning: {e}");
+    }
+    let total = all.len();
+    let mut rows: Vec<_> = all
+        .into_iter()
+        .rev()
+        .filter(|s| status.is_none_or(|st| s.state == st))
+        .filter(|s| kind.is_none_or(|k| s.kind == k))
+        .filter(|s| name.as_deref().is_none_or(|n| s.name.contains(n)))
+        .filter(|s| queue.as_deref().is_none_or(|q| s.queue == q))
+        .collect();
+    let matched = rows.len();
+    let limit = limit.unwrap_or(if json { 0 } else { 50 });
+    if limit > 0 {
+        rows.truncate(limit);
+    }
+    if json {
+        println!("{}", serde_json::to_string(&rows).unwrap_or_default());
+        return Ok(());
+    }
+    if rows.is_empty() {
+        println!(
+            "{}",
+            if total == 0 {
+                "no jobs yet: `loops jobs submit` or `loops agent run` adds one"
+            } else {
+                "no jobs match"
+            }
+        );
+        return Ok(());
+    }
+    let now = Utc::now();
+    let body: Vec<Vec<String>> = rows
+        .iter()
+        .map(|s| {
+            vec![
+                format!("#{}", s.id),
+                s.name.clone(),
+                s.kind.to_string(),
+                s.state.to_string(),
+                s.queue.clone(),
+                s.priority.to_string(),
+                s.attempts.to_string(),
+                if s.tokens.is_zero() {
+                    "-".into()
+                } else {
+                    format!(
+                        "{}/{}",
+                        report::num(s.tokens.input),
+                        report::num(s.tokens.output)
+                    )
+                },
+                super::output::relative(s.created, now),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        table(
+            &[
+                "ID",
+                "NAME",
+                "KIND",
+                "STATE",
+                "QUEUE",
+                "PRI",
+                "ATTEMPTS",
+                "TOKENS IN/OUT",
+                "CREATED"
+            ],
+            &body
+        )
+    );
+    if matched > rows.len() {
+        println!(
+            "… {} more (use --limit 0 for all, or filter with --status / --name)",
+            matched - rows.len()
+        );
+    }
+    Ok(())
+}
+
+pub fn agent(ws: &Workspace, cmd: AgentCommand) -> Result {
+    let AgentCommand::Run(a) = cmd;
+    let store = JobStore::new(ws);
+    let mut params = serde_json::Map::new();
+    if let Some(t) = &a.tools {
+        params.insert("tools".into(), json!(t));
+    }
+    if let Some(m) = &a.model {
+        params.insert("model".into(), json!(m));
+    }
+    if let Some(p) = &a.provider {
+        params.insert("provider".into(), json!(p));
+    }
+    if let Some(n) = a.max_turns {
+        params.insert("max_turns".into(), json!(n));
+    }
+    let follow = !a.detach;
+    let Some(manifest) = &a.fanout_manifest else {
+        let Some(prompt) = a.prompt.clone().filter(|p| !p.trim().is_empty()) else {
+            return Err(CliError::new("no prompt given")
+                .help("loops agent run \"what to do\" (or --fanout-manifest FILE)"));
+        };
+        params.insert("prompt".into(), json!(prompt));
+        let spec = spec_from("agent", Value::Object(params), &a.opts)?;
+        return submit_and_report(ws, &store, spec, a.opts.dry_run, follow, a.json);
+    };
+    // Fan-out.
+    let text = std::fs::read_to_string(manifest).map_err(|e| {
+        CliError::new(format!("cannot read {}: {e}", manifest.display())).help(
+            "give a JSON file: an array of {\"prompt\": …, \"input_vars\": {…}} or of job specs",
+        )
+    })?;
+    let items: Vec<Value> = serde_json::from_str(&text).map_err(|e| {
+        CliError::new(format!(
+            "{}:{}:{}: not a JSON array: {e}",
+            manifest.display(),
+            e.line(),
+            e.column()
+        ))
+        .help("the manifest is an array: [{\"prompt\": \"Research {company}\", \"input_vars\": {\"company\": \"Acme\"}}, …]")
+    })?;
+    let mut children = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let at = format!("{} item {}", manifest.display(), i + 1);
+        let spec = if item.get("kind").is_some() || item.get("params").is_some() {
+            let mut s: JobSpec = serde_json::from_value(item.clone()).map_err(|e| {
+                CliError::new(format!("{at}: {e}"))
+                    .help("a job spec has kind, params and optional name, queue, priority, timeout, max_attempts, …")
+            })?;
+            s.source = "cli".into();
+            s
+        } else {
+            let Some(obj) = item.as_object() else {
+                return Err(CliError::new(format!(
+                    "{at}: expected an object, got {item}"
+                )));
+            };
+            for k in obj.keys() {
+                if ![
+                    "prompt",
+                    "input_vars",
+                    "name",
+                    "tools",
+                    "model",
+                    "provider",
+                    "max_turns",
+                ]
+                .contains(&k.as_str())
+                {
+                    return Err(CliError::new(format!("{at}: unknown field \"{k}\""))
+                        .help("a prompt item has prompt and optional input_vars, name, tools, model, max_turns"));
+                }
+            }
+            let mut p = params.clone();
+            for (k, v) in obj {
+                if k != "name" {
+                    p.insert(k.clone(), v.clone());
+                }
+            }
+            JobSpec {
+                kind: Some("agent".into()),
+                name: obj
+                    .get("name")
+                    .and_then(|n| n.as_str())
+                    .map(str::to_string)
+                    .or_else(|| {
+                        obj.get("prompt").and_then(|p| p.as_str()).map(|p| {
+                            worker::fill_vars(p, obj.get("input_vars").and_then(|v| v.as_object()))
+                        })
+                    })
+                    .map(|n| {
+                        crate::agent::tools::clip(
+                            &n.split_whitespace().collect::<Vec<_>>().join(" "),
+                            48,
+                        )
+                    }),
+                params: Value::Object(p),
+                timeout: dur(&a.opts.timeout, "timeout")?,
+                max_attempts: a.opts.max_attempts,
+                queue: a.opts.queue.clone(),
+                priority: a.opts.priority,
+                source: "cli".into(),
+                ..Default::default()
+            }
+        };
+        children.push(spec);
+    }
+    let mut agg_params = params.clone();
+    if let Some(p) = a.prompt.clone().filter(|p| !p.trim().is_empty()) {
+        agg_params.insert("prompt".into(), json!(p));
+    }
+    let mut agg = spec_from("aggregator", Value::Object(agg_params), &a.opts)?;
+    if agg.name.is_none() {
+        agg.name = Some(format!("fan-out of {}", children.len()));
+    }
+    let now = Utc::now();
+    if a.opts.dry_run {
+        for (i, c) in children.iter().enumerate() {
+            queue::plan(c, now).map_err(|e| CliError::new(format!("child {}: {e}", i + 1)))?;
+        }
+        queue::plan(&agg, now)?;
+        println!(
+            "dry run: {} children and one aggregator would be submitted (nothing was written)",
+            children.len()
+        );
+        return Ok(());
+    }
+    let inline = follow && crate::daemon::daemon_alive(ws).is_none();
+    let shell_ok = shell_allowed_for(ws, inline);
+    let (agg_job, kids) = queue::submit_fanout(&store, &children, &agg, now, &|j: &Job| {
+        (j.kind == JobKind::Shell && !shell_ok).then(worker::shell_refusal)
+    })?;
+    for k in kids.iter().filter(|k| k.kind == JobKind::Shell) {
+        audit(&store, k, shell_ok);
+    }
+    if !a.json {
+        println!(
+            "{} with {} children (#{}–#{})",
+            report::headline(&agg_job),
+            kids.len(),
+            kids.first().map(|k| k.id).unwrap_or(0),
+            kids.last().map(|k| k.id).unwrap_or(0)
+        );
+    }
+    after_submit(ws, &store, agg_job, false, follow, a.json)
+}
