@@ -170,6 +170,7 @@ fn one_conversation(
             max_turns: turns as u32 + 5,
             deadline: tokio::time::Instant::now() + Duration::from_secs(120),
             cancel: Some(cancel_rx),
+            hooks: None,
         },
         &mut kit,
         &mut tr,

@@ -197,7 +197,7 @@ pub async fn drive(mut d: Drive<'_>, kit: &mut ToolKit, tr: &mut Transcript) -> 
             t0.elapsed().as_millis(),
             out.model.as_deref(),
         );
-        let turn_usage = c.reply.usage.clone();
+        let turn_usage = c.reply.usage;
         let calls: Vec<(String, String, serde_json::Value)> = reply
             .tool_uses()
             .map(|(id, name, input)| (id.to_string(), name.to_string(), input.clone()))

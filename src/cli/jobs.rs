@@ -106,7 +106,7 @@ pub enum JobsCommand {
         #[arg(long)]
         params_file: Option<PathBuf>,
         #[command(flatten)]
-        opts: SubmitOptions,
+        opts: Box<SubmitOptions>,
         /// Wait and stream its progress (runs it here if no daemon is running).
         #[arg(long, short)]
         follow: bool,

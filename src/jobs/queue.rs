@@ -214,7 +214,7 @@ fn validate_params(kind: JobKind, params: &Value) -> Result<(), QueueError> {
                 }
             }
             if let Some(m) = obj.get("max_turns") {
-                if !m.as_u64().is_some_and(|n| n >= 1) {
+                if m.as_u64().is_none_or(|n| n < 1) {
                     return bad(format!(
                         "\"max_turns\" must be a whole number of at least 1, got {m}"
                     ));

@@ -97,11 +97,6 @@ pub fn children_line(j: &Job) -> Option<String> {
     Some(format!("{} ({})", j.children.len(), parts.join(", ")))
 }
 
-pub fn runtime(j: &Job, now: DateTime<Utc>) -> String {
-    crate::duration::format_duration(std::time::Duration::from_millis(j.elapsed_ms(now)))
-        .replace("0s", "0s")
-}
-
 fn short_ms(ms: u64) -> String {
     if ms < 1000 {
         format!("{ms}ms")

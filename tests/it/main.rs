@@ -10,6 +10,7 @@ mod fake_model;
 mod handoff;
 mod history;
 mod inbox;
+mod jobs;
 mod provider;
 mod sandbox;
 mod schedule;
