@@ -180,7 +180,10 @@ limits:\n  max_concurrent_jobs: 4      # runs at once, across all loops\n  shutd
 #   anthropic: { kind: anthropic, api_key_env: ANTHROPIC_API_KEY, model: claude-sonnet-4-5 }\n\
 #   local: { kind: openai, base_url: \"http://127.0.0.1:11434/v1\", model: llama3.1 }   # Ollama and friends\n\
 # defaults: { provider: anthropic }\n\
-# main: { prompt: MAIN.md }      # or: command: [\"./main-session.sh\"]\n",
+# main: { prompt: MAIN.md }      # or: command: [\"./main-session.sh\"]\n\
+\n\
+# Shell jobs (`loops jobs submit shell`) run only when allowed (or LOOPS_ALLOW_SHELL_JOBS=1 for the daemon).\n\
+# allow_shell_jobs: false\n",
     ),
     (
         "SOUL.md",

@@ -1047,3 +1047,223 @@ fn fanout_with_fail_parent_fails_at_the_first_failure_and_cancels_the_rest() {
         "the failed child's tokens count too"
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// What a person sees at the command line
+
+fn run_loops(ws: &TempWorkspace, args: &[&str]) -> std::process::Output {
+    loops_std_cmd(ws.path())
+        .args(args)
+        .output()
+        .expect("run loops")
+}
+
+#[test]
+fn without_a_daemon_the_cli_says_nothing_will_run_it_and_stats_warn() {
+    let ws = ws_with("limits:\n  shutdown_grace: 1s\n");
+    let out = run_loops(
+        &ws,
+        &[
+            "jobs",
+            "submit",
+            "agent",
+            "--params",
+            r#"{"prompt": "hello"}"#,
+        ],
+    );
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "Job #1 (hello) — waiting"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("nothing will run it until `loops run` starts"),
+        "{err}"
+    );
+    let stats = run_loops(&ws, &["jobs", "stats"]);
+    let text = String::from_utf8_lossy(&stats.stdout);
+    assert!(text.contains("no daemon is running"), "{text}");
+    let v = loops_json(&ws, &["jobs", "stats", "--json"]);
+    assert_eq!(v["health"]["waiting"], 1);
+    assert_eq!(v["kinds"]["agent"]["total"], 1);
+}
+
+#[test]
+fn bad_input_gets_a_clear_error_and_writes_nothing() {
+    let ws = ws_with("allow_shell_jobs: true\n");
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["jobs", "submit", "shell", "--params", "{cmd: ls}"],
+            "not valid JSON",
+        ),
+        (
+            &[
+                "jobs",
+                "submit",
+                "shell",
+                "--params",
+                r#"{"cmd": "ls", "argv": ["ls"]}"#,
+            ],
+            "not both",
+        ),
+        (
+            &[
+                "jobs",
+                "submit",
+                "shell",
+                "--params",
+                r#"{"cmd": "ls", "cwd": "relative/dir"}"#,
+            ],
+            "absolute path",
+        ),
+        (
+            &[
+                "jobs",
+                "submit",
+                "shell",
+                "--params",
+                r#"{"cmd": "ls", "timeout": 5}"#,
+            ],
+            "unknown shell job parameter \"timeout\"",
+        ),
+        (
+            &[
+                "jobs",
+                "submit",
+                "agent",
+                "--params",
+                r#"{"prompt": "x", "tools": ["read_fiel"]}"#,
+            ],
+            "did you mean `read_file`",
+        ),
+        (
+            &[
+                "jobs",
+                "submit",
+                "agent",
+                "--params",
+                r#"{"prompt": "x"}"#,
+                "--delay",
+                "soon",
+            ],
+            "--delay soon",
+        ),
+        (
+            &[
+                "jobs",
+                "submit",
+                "agent",
+                "--params",
+                r#"{"prompt": "x"}"#,
+                "--backoff-jitter",
+                "3",
+            ],
+            "between 0 and 1",
+        ),
+        (&["jobs", "get", "999"], "there is no job #999"),
+        (
+            &["jobs", "list", "--status", "done"],
+            "unknown status `done`",
+        ),
+        (&["jobs", "retry", "999"], "there is no job #999"),
+    ];
+    for (args, needle) in cases {
+        let out = run_loops(&ws, args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(needle), "{args:?}: {err}");
+        assert!(err.contains("help:"), "{args:?} says what to do: {err}");
+    }
+    assert!(
+        !ws.path().join(".loops/jobs/1.json").exists(),
+        "nothing was submitted"
+    );
+    // A dry run checks and shows, and writes nothing either.
+    let out = run_loops(
+        &ws,
+        &[
+            "jobs",
+            "submit",
+            "shell",
+            "--params",
+            r#"{"cmd": "ls"}"#,
+            "--dry-run",
+            "--json",
+        ],
+    );
+    assert!(out.status.success());
+    let v: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(v["dry_run"], true);
+    assert_eq!(v["params"]["cmd"], "ls");
+    assert!(!ws.path().join(".loops/jobs/1.json").exists());
+}
+
+#[test]
+fn follow_streams_a_daemon_run_and_cancel_stops_a_running_command() {
+    let ws = ws_with("allow_shell_jobs: true\nlimits:\n  shutdown_grace: 1s\n");
+    let d = ws.start_daemon();
+    let out = run_loops(
+        &ws,
+        &[
+            "jobs",
+            "submit",
+            "shell",
+            "--params",
+            r#"{"cmd": "echo first; sleep 0.3; echo second"}"#,
+            "--follow",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        d.log()
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("first") && text.contains("second"), "{text}");
+    assert!(
+        text.contains("Job #1 (echo first; sleep 0.3; echo second) — completed"),
+        "{text}"
+    );
+    let logs = run_loops(&ws, &["jobs", "logs", "1"]);
+    assert!(String::from_utf8_lossy(&logs.stdout).contains("second"));
+
+    let out = run_loops(
+        &ws,
+        &[
+            "jobs",
+            "submit",
+            "shell",
+            "--params",
+            r#"{"cmd": "echo $$ > pid; exec sleep 60"}"#,
+        ],
+    );
+    assert!(out.status.success());
+    assert!(wait_until(LONG, || std::fs::read_to_string(
+        ws.path().join("pid")
+    )
+    .is_ok_and(|p| !p.trim().is_empty())));
+    let pid: i32 = std::fs::read_to_string(ws.path().join("pid"))
+        .expect("pid")
+        .trim()
+        .parse()
+        .expect("a pid");
+    let out = run_loops(&ws, &["jobs", "cancel", "2"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout)
+        .contains("Job #2 (echo $$ > pid; exec sleep 60) — cancelled"));
+    assert!(
+        wait_until(LONG, || unsafe { libc::kill(pid, 0) } != 0),
+        "the command still runs"
+    );
+    assert_eq!(
+        job_json(&ws, 2)["attempts"],
+        0,
+        "a cancel is not a failed attempt"
+    );
+}
