@@ -608,7 +608,9 @@ fn notify_parent(tx: &mut Tx, child: &Job, now: DateTime<Utc>) -> Result<(), Que
         return Ok(());
     }
     let tokens = child.total_tokens();
+    let ignored = child.state.is_unsuccessful() && parent.on_child_fail == OnChildFail::Ignore;
     let body = serde_json::json!({
+        "ignored": ignored,
         "child": child.id,
         "name": child.name,
         "kind": child.kind.as_str(),

@@ -840,6 +840,9 @@ fn child_results_text(job: &Job) -> String {
         if job.removed_children.contains(&id) {
             s.push_str("(removed from the dependencies after it failed)\n");
         }
+        if b.get("ignored").and_then(|v| v.as_bool()) == Some(true) {
+            s.push_str("(its failure is ignored: on_child_fail is ignore)\n");
+        }
         if let Some(t) = b.get("summary").and_then(|v| v.as_str()) {
             s.push_str(&format!("{t}\n"));
         }
