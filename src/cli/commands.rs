@@ -13,7 +13,6 @@ use crate::state::{Pause, StateStore};
 use crate::workspace::{host_timezone, Workspace};
 use chrono::{DateTime, Utc};
 use serde_json::json;
-use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -568,38 +567,12 @@ fn trigger(ws: Workspace, name: &str, follow: bool, json_out: bool) -> Result {
         eprintln!("running {name} (run {})…", req.run_id);
     }
     let rec = rt.block_on(async {
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(crate::exec::Stream, Vec<u8>)>();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<(crate::exec::Stream, Vec<u8>)>();
         let live = follow.then_some(tx);
-        let printer = tokio::spawn(async move {
-            while let Some((stream, bytes)) = rx.recv().await {
-                match stream {
-                    crate::exec::Stream::Stdout => {
-                        let _ = std::io::stdout().write_all(&bytes);
-                        let _ = std::io::stdout().flush();
-                    }
-                    crate::exec::Stream::Stderr => {
-                        let _ = std::io::stderr().write_all(&bytes);
-                    }
-                }
-            }
-        });
+        let printer = super::output::spawn_printer(rx);
         // Ctrl-C or SIGTERM stops the run's whole process group and records it as
         // interrupted, rather than leaving the command running with no one watching.
-        let (cancel_tx, cancel_rx) = tokio::sync::watch::channel(false);
-        tokio::spawn(async move {
-            use tokio::signal::unix::{signal, SignalKind};
-            let (Ok(mut int), Ok(mut term)) = (
-                signal(SignalKind::interrupt()),
-                signal(SignalKind::terminate()),
-            ) else {
-                return;
-            };
-            tokio::select! {
-                _ = int.recv() => {}
-                _ = term.recv() => {}
-            }
-            let _ = cancel_tx.send(true);
-        });
+        let cancel_rx = super::output::stop_on_signal();
         let rec = jobs::execute(&ctx, &def, &req, live, Some(cancel_rx)).await;
         let _ = printer.await;
         rec

@@ -653,41 +653,18 @@ fn follow_job(ws: &Workspace, store: &JobStore, id: JobId, stream: bool) -> Resu
             eprintln!("no daemon is running: running job #{id} here (Ctrl-C stops it; it then waits for `loops run`)");
         }
         rt.block_on(async {
-            let (tx, mut rx) =
-                tokio::sync::mpsc::unbounded_channel::<(crate::exec::Stream, Vec<u8>)>();
-            let printer = tokio::spawn(async move {
-                while let Some((s, bytes)) = rx.recv().await {
-                    if !stream {
-                        continue;
-                    }
-                    match s {
-                        crate::exec::Stream::Stdout => {
-                            let _ = std::io::stdout().write_all(&bytes);
-                            let _ = std::io::stdout().flush();
-                        }
-                        crate::exec::Stream::Stderr => {
-                            let _ = std::io::stderr().write_all(&bytes);
-                        }
-                    }
-                }
-            });
-            let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-            tokio::spawn(async move {
-                use tokio::signal::unix::{signal, SignalKind};
-                let (Ok(mut int), Ok(mut term)) = (
-                    signal(SignalKind::interrupt()),
-                    signal(SignalKind::terminate()),
-                ) else {
-                    return;
-                };
-                tokio::select! {
-                    _ = int.recv() => {}
-                    _ = term.recv() => {}
-                }
-                let _ = stop_tx.send(true);
-            });
-            worker::run(cfg, worker::Mode::Only(id), stop_rx, Some(tx)).await;
-            let _ = printer.await;
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<(crate::exec::Stream, Vec<u8>)>();
+            // With --json the stream is not printed: stdout is the one JSON document.
+            let (tx, printer) = if stream {
+                (Some(tx), Some(super::output::spawn_printer(rx)))
+            } else {
+                (None, None)
+            };
+            let stop_rx = super::output::stop_on_signal();
+            worker::run(cfg, worker::Mode::Only(id), stop_rx, tx).await;
+            if let Some(p) = printer {
+                let _ = p.await;
+            }
         });
         return get(store, id);
     }

@@ -59,3 +59,44 @@ where
         .format("%Y-%m-%d %H:%M:%S %Z")
         .to_string()
 }
+
+/// Prints live output (a followed run or job) as it arrives, each stream to its own.
+pub fn spawn_printer(
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<(crate::exec::Stream, Vec<u8>)>,
+) -> tokio::task::JoinHandle<()> {
+    use std::io::Write;
+    tokio::spawn(async move {
+        while let Some((stream, bytes)) = rx.recv().await {
+            match stream {
+                crate::exec::Stream::Stdout => {
+                    let _ = std::io::stdout().write_all(&bytes);
+                    let _ = std::io::stdout().flush();
+                }
+                crate::exec::Stream::Stderr => {
+                    let _ = std::io::stderr().write_all(&bytes);
+                }
+            }
+        }
+    })
+}
+
+/// Flips to true on the first SIGINT or SIGTERM: a command running work in this process
+/// stops it cleanly (its process group, its records) instead of dying mid-write.
+pub fn stop_on_signal() -> tokio::sync::watch::Receiver<bool> {
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut int), Ok(mut term)) = (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) else {
+            return;
+        };
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+        let _ = tx.send(true);
+    });
+    rx
+}

@@ -532,21 +532,27 @@ fn ws_with(yaml: &str) -> TempWorkspace {
 }
 
 fn loops_json(ws: &TempWorkspace, args: &[&str]) -> Value {
-    let out = loops_std_cmd(ws.path())
-        .args(args)
-        .output()
-        .expect("run loops");
-    assert!(
-        out.status.success(),
-        "loops {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = ok(ws, args);
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
         panic!(
             "loops {args:?}: not JSON ({e}): {}",
             String::from_utf8_lossy(&out.stdout)
         )
     })
+}
+
+/// Runs loops and insists it succeeds.
+fn ok(ws: &TempWorkspace, args: &[&str]) -> std::process::Output {
+    let out = loops_std_cmd(ws.path())
+        .args(args)
+        .output()
+        .expect("run loops");
+    assert!(
+        out.status.success(),
+        "loops {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
 }
 
 fn job_json(ws: &TempWorkspace, id: u64) -> Value {
@@ -668,15 +674,7 @@ fn priority_decides_the_order_and_delayed_jobs_wait() {
     sub("high", "-3", &[]);
     sub("mid", "0", &[]);
     sub("later", "-100", &["--delay", "1h"]);
-    let out = loops_std_cmd(ws.path())
-        .args(["run", "--once"])
-        .output()
-        .expect("run --once");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ok(&ws, &["run", "--once"]);
     assert_eq!(
         std::fs::read_to_string(&log).expect("log"),
         "high\nmid\nlow\n"
@@ -799,32 +797,19 @@ fn a_paused_agent_job_resumes_from_its_conversation_without_repeating_tool_calls
     ]);
     let ws = agent_ws(&fake, "");
     let daemon = start_daemon_with_key(&ws);
-    let out = loops_std_cmd(ws.path())
-        .args([
+    ok(
+        &ws,
+        &[
             "agent",
             "run",
             "Write one line to your notes",
             "--detach",
             "--tools",
             "append_file,finish",
-        ])
-        .output()
-        .expect("submit");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        ],
     );
     fake.wait_for_requests(1, LONG);
-    let out = loops_std_cmd(ws.path())
-        .args(["jobs", "pause", "1"])
-        .output()
-        .expect("pause");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ok(&ws, &["jobs", "pause", "1"]);
     assert!(
         wait_until(LONG, || state_of(&ws, 1) == "paused"),
         "never paused"
@@ -835,15 +820,7 @@ fn a_paused_agent_job_resumes_from_its_conversation_without_repeating_tool_calls
         "it stopped between turns: no second model call"
     );
     assert!(ws.path().join(".loops/jobs/1.conversation.json").exists());
-    let out = loops_std_cmd(ws.path())
-        .args(["jobs", "resume", "1"])
-        .output()
-        .expect("resume");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ok(&ws, &["jobs", "resume", "1"]);
     assert!(
         wait_until(LONG, || state_of(&ws, 1) == "completed"),
         "never completed"
@@ -883,19 +860,14 @@ fn steering_messages_reach_the_model_before_the_next_turn_with_a_receipt() {
         .expect("submit");
     assert!(out.status.success());
     fake.wait_for_requests(1, LONG);
-    let out = loops_std_cmd(ws.path())
-        .args([
+    ok(
+        &ws,
+        &[
             "jobs",
             "message",
             "1",
             r#"{"directive": "focus on revenue"}"#,
-        ])
-        .output()
-        .expect("message");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        ],
     );
     assert!(wait_until(LONG, || state_of(&ws, 1) == "completed"));
     stop(daemon);
