@@ -11,6 +11,8 @@
 //! - [`history`]: the git committer and `loops log`
 //! - [`runs`] and [`state`]: what the runner records on disk under `.loops/`
 //! - [`watch`] and [`daemon`]: `loops run`
+//! - [`operator`]: what a person does from outside the daemon (list, trigger, inbox)
+//! - [`mcp`]: `loops mcp`, the same operations and the job queue as MCP tools
 //! - [`cli`]: the command line
 
 pub mod agent;
@@ -26,6 +28,8 @@ pub mod handoff;
 pub mod history;
 pub mod jobs;
 pub mod main_session;
+pub mod mcp;
+pub mod operator;
 pub mod runs;
 pub mod schedule;
 pub mod scheduler;

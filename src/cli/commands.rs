@@ -5,13 +5,14 @@ use super::{Cli, CliError, Command, LogFormat};
 use crate::clock::SystemClock;
 use crate::daemon::{self, DaemonOptions};
 use crate::diag::Severity;
-use crate::domain::{discover, load_domain, DomainEntry, Payload};
+use crate::domain::{discover, DomainEntry};
 use crate::jobs::{self, RunContext, RunRequest, Trigger};
+use crate::operator;
 use crate::runs::{Outcome, RunLog};
-use crate::scheduler::apply_finish;
 use crate::state::{Pause, StateStore};
 use crate::workspace::{host_timezone, Workspace};
 use chrono::{DateTime, Utc};
+use chrono_tz::Tz;
 use serde_json::json;
 use std::path::Path;
 use std::sync::Arc;
@@ -59,6 +60,7 @@ pub fn dispatch(cli: Cli) -> Result {
         Command::Agent(c) => super::jobs::agent(&Workspace::locate(ws_arg)?, c),
         Command::Pause { name, reason } => pause(&Workspace::locate(ws_arg)?, &name, &reason),
         Command::Resume { name } => resume(&Workspace::locate(ws_arg)?, &name),
+        Command::Mcp => Ok(crate::mcp::serve_stdio(Workspace::locate(ws_arg)?)?),
     }
 }
 
@@ -94,37 +96,7 @@ fn print_json(v: &serde_json::Value) {
 
 /// A loop by name, or an error that lists the names there are.
 fn find_loop(ws: &Workspace, name: &str) -> Result<DomainEntry> {
-    let config = ws.domains_dir().join(name).join("config.yaml");
-    if !crate::templates::valid_loop_name(name) || !config.is_file() {
-        let names: Vec<String> = discover(ws).into_iter().map(|e| e.name).collect();
-        let help = match crate::diag::near_miss(
-            name,
-            &names.iter().map(String::as_str).collect::<Vec<_>>(),
-        ) {
-            Some(n) => format!("did you mean `{n}`?"),
-            None if names.is_empty() => {
-                "there are no loops yet: create one with `loops new NAME`".to_string()
-            }
-            None => format!("the loops are: {}", names.join(", ")),
-        };
-        return Err(CliError::new(format!(
-            "no loop named `{name}` in {} (looked for {})",
-            ws.root.display(),
-            ws.relative(&config).display()
-        ))
-        .help(help));
-    }
-    Ok(load_domain(ws, name))
-}
-
-fn broken_loop_error(entry: &DomainEntry) -> CliError {
-    let details: Vec<String> = entry.errors().map(|d| d.to_string()).collect();
-    CliError::new(format!(
-        "loop `{}` has errors:\n{}",
-        entry.name,
-        details.join("\n")
-    ))
-    .help("fix the file as shown, then try again (`loops check` lists every problem)")
+    Ok(operator::find_loop(ws, name)?)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -256,117 +228,24 @@ fn check(ws: &Workspace, json: bool) -> Result {
 }
 
 fn list(ws: &Workspace, json: bool) -> Result {
-    let entries = discover(ws);
-    let store = StateStore::new(&ws.state_dir());
     let now = Utc::now();
     let local = host_timezone();
-    let mut rows = Vec::new();
-    let mut items = Vec::new();
-    for e in &entries {
-        let state = store.load(&e.name);
-        let last = state.as_ref().and_then(|s| s.last_run.clone());
-        let (kind, schedule, tz, next, status) = match &e.def {
-            None => {
-                let first = e
-                    .errors()
-                    .next()
-                    .map(|d| d.message.clone())
-                    .unwrap_or_default();
-                (
-                    "?".to_string(),
-                    "-".to_string(),
-                    None,
-                    None,
-                    format!("broken: {first}"),
-                )
-            }
-            Some(def) => {
-                let kind = match def.payload {
-                    Payload::Command { .. } => "command",
-                    Payload::Prompt { .. } => "prompt",
-                };
-                let paused = state.as_ref().and_then(|s| s.paused.clone());
-                let status = if !def.enabled {
-                    "disabled".to_string()
-                } else if let Some(p) = &paused {
-                    format!("paused: {}", p.reason)
-                } else if def.is_prompt() && !ws.settings.has_providers {
-                    "waiting for a provider".to_string()
-                } else if state.as_ref().is_some_and(|s| s.consecutive_failures > 0) {
-                    format!(
-                        "failing ({} in a row)",
-                        state.as_ref().map(|s| s.consecutive_failures).unwrap_or(0)
-                    )
-                } else {
-                    "ok".to_string()
-                };
-                let runnable = def.enabled
-                    && paused.is_none()
-                    && (!def.is_prompt() || ws.settings.has_providers);
-                let mut next = runnable
-                    .then(|| def.schedule.upcoming(now, 1).into_iter().next())
-                    .flatten();
-                if let Some(r) = state.as_ref().and_then(|s| s.pending_retry.as_ref()) {
-                    next = Some(next.map_or(r.at, |n| n.min(r.at)));
-                }
-                (
-                    kind.to_string(),
-                    def.schedule.describe(),
-                    Some(def.schedule.tz),
-                    next,
-                    status,
-                )
-            }
-        };
-        let tz_name = tz
-            .map(|t| t.name().to_string())
-            .unwrap_or_else(|| "-".into());
-        rows.push(vec![
-            e.name.clone(),
-            kind.clone(),
-            schedule.clone(),
-            tz_name.clone(),
-            next.map(|n| format!("{} ({})", short_local(n, &local), relative(n, now)))
-                .unwrap_or_else(|| "-".into()),
-            match (next, tz) {
-                (Some(n), Some(z)) => short_local(n, &z),
-                _ => "-".into(),
-            },
-            last.as_ref()
-                .map(|l| format!("{} {}", l.outcome, relative(l.finished, now)))
-                .unwrap_or_else(|| "never ran".into()),
-            status.clone(),
-        ]);
-        items.push(json!({
-            "name": e.name,
-            "kind": kind,
-            "schedule": schedule,
-            "timezone": tz.map(|t| t.name().to_string()),
-            "timezone_source": e.def.as_ref().map(|d| d.schedule.tz_source),
-            "next_run": next,
-            "next_run_local": next.map(|n| n.with_timezone(&local).to_rfc3339()),
-            "next_run_loop_time": match (next, tz) { (Some(n), Some(z)) => Some(n.with_timezone(&z).to_rfc3339()), _ => None },
-            "enabled": e.def.as_ref().map(|d| d.enabled),
-            "status": status,
-            "last_run": last,
-            "consecutive_failures": state.as_ref().map(|s| s.consecutive_failures).unwrap_or(0),
-            "paused": state.as_ref().and_then(|s| s.paused.clone()),
-            "errors": e.errors().collect::<Vec<_>>(),
-        }));
-    }
+    let loops = operator::loop_rows(ws, now);
     if json {
+        let items: Vec<_> = loops.iter().map(|l| l.to_json(&local)).collect();
         print_json(
             &json!({ "workspace": ws.root, "local_timezone": local.name(), "loops": items }),
         );
         return Ok(());
     }
-    if entries.is_empty() {
+    if loops.is_empty() {
         println!(
             "No loops in {}. Create one with `loops new NAME`.",
             ws.domains_dir().display()
         );
         return Ok(());
     }
+    let rows: Vec<Vec<String>> = loops.iter().map(|l| list_row(l, &local, now)).collect();
     print!(
         "{}",
         table(
@@ -386,11 +265,31 @@ fn list(ws: &Workspace, json: bool) -> Result {
     Ok(())
 }
 
+/// One line of the `loops list` table.
+fn list_row(l: &operator::LoopRow, local: &Tz, now: DateTime<Utc>) -> Vec<String> {
+    vec![
+        l.name.clone(),
+        l.kind.to_string(),
+        l.schedule.clone(),
+        l.tz.map(|t| t.name().to_string())
+            .unwrap_or_else(|| "-".into()),
+        l.next
+            .map(|n| format!("{} ({})", short_local(n, local), relative(n, now)))
+            .unwrap_or_else(|| "-".into()),
+        match (l.next, l.tz) {
+            (Some(n), Some(z)) => short_local(n, &z),
+            _ => "-".into(),
+        },
+        l.last
+            .as_ref()
+            .map(|r| format!("{} {}", r.outcome, relative(r.finished, now)))
+            .unwrap_or_else(|| "never ran".into()),
+        l.status.clone(),
+    ]
+}
+
 fn next(ws: &Workspace, name: &str, count: usize, from: Option<&str>, json: bool) -> Result {
-    let entry = find_loop(ws, name)?;
-    let Some(def) = &entry.def else {
-        return Err(broken_loop_error(&entry));
-    };
+    let def = &operator::loop_def(&find_loop(ws, name)?)?;
     let from = match from {
         Some(s) => DateTime::parse_from_rfc3339(s)
             .map(|t| t.with_timezone(&Utc))
@@ -536,29 +435,8 @@ fn run(ws: Workspace, once: bool, all: bool, log_format: LogFormat) -> Result {
 }
 
 fn trigger(ws: Workspace, name: &str, follow: bool, json_out: bool) -> Result {
-    let entry = find_loop(&ws, name)?;
-    let Some(def) = entry.def.clone() else {
-        return Err(broken_loop_error(&entry));
-    };
-    if def.is_prompt() && !ws.settings.has_providers {
-        return Err(CliError::new(format!(
-            "`{name}` is a prompt loop and no model provider is configured"
-        ))
-        .help("prompt loops need `providers:` in loops.yaml; command loops run now"));
-    }
-    let lock = if def.concurrency == crate::domain::Concurrency::Allow {
-        None
-    } else {
-        match crate::fsutil::FileLock::try_acquire(&ws.locks_dir().join(format!("{name}.run"))) {
-            Ok(Some(l)) => Some(l),
-            Ok(None) => {
-                return Err(CliError::new(format!("a run of `{name}` is in progress")).help(
-                    "wait for it to finish (`loops runs NAME` shows it when done), or set `concurrency: allow` in its config.yaml",
-                ))
-            }
-            Err(e) => return Err(CliError::new(format!("cannot take the run lock: {e}"))),
-        }
-    };
+    let manual = operator::ManualRun::prepare(&ws, name)?;
+    let def = manual.def.clone();
     let rt = runtime()?;
     let ws = Arc::new(ws);
     let ctx = RunContext::new(ws.clone());
@@ -577,20 +455,7 @@ fn trigger(ws: Workspace, name: &str, follow: bool, json_out: bool) -> Result {
         let _ = printer.await;
         rec
     });
-    drop(lock);
-    let after = apply_finish(
-        &ctx.store,
-        &def,
-        &rec,
-        false,
-        ws.settings.pause_after_failures,
-        Utc::now(),
-    );
-    if let crate::scheduler::Aftermath::Paused(p) = after {
-        let n = crate::main_session::paused_loop_handoff(name, &p);
-        rt.block_on(crate::main_session::runner_handoff(&ctx, n));
-    }
-    ws.nudge_daemon(name);
+    rt.block_on(manual.finish(&ctx, &rec));
     if json_out {
         print_json(&serde_json::to_value(&rec).unwrap_or_default());
     } else {

@@ -155,6 +155,11 @@ pub enum Command {
     },
     /// Schedule a paused loop again (its missed slots are not replayed).
     Resume { name: String },
+    /// Serve loops, handoffs and jobs to other agents over the Model Context Protocol (stdio).
+    #[command(
+        after_help = "Speaks MCP on stdin/stdout until the client closes them; logs go to stderr (LOOPS_LOG sets the level, default warn). Register it with an MCP client as the command `loops --workspace DIR mcp`.\n\nTools: list_loops, trigger_loop, list_handoffs, get_handoff, complete_handoff, submit_job, get_job, list_jobs, get_job_progress, cancel_job, pause_job, resume_job, replay_job, send_job_message, get_job_stats. Shell jobs cannot be submitted over MCP."
+    )]
+    Mcp,
 }
 
 #[derive(Debug, Subcommand)]
@@ -280,7 +285,9 @@ from_module_error!(
     crate::daemon::DaemonError,
     crate::templates::TemplateError,
     crate::watch::WatchError,
-    crate::handoff::HandoffError
+    crate::handoff::HandoffError,
+    crate::operator::OperatorError,
+    crate::mcp::McpError
 );
 
 impl From<crate::state::StateError> for CliError {

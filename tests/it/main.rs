@@ -11,6 +11,7 @@ mod handoff;
 mod history;
 mod inbox;
 mod jobs;
+mod mcp;
 mod provider;
 mod sandbox;
 mod schedule;

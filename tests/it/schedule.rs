@@ -1349,7 +1349,7 @@ fn five_consecutive_failed_runs_pause_the_loop() {
             }
         }
         // Restart now and then; the pause is on disk.
-        if clock.now().hour() % 3 == 0 {
+        if clock.now().hour().is_multiple_of(3) {
             sched = lab.scheduler(&clock);
         }
     }

@@ -1,0 +1,636 @@
+//! What a person — or an agent acting for one over MCP — does to a workspace from outside
+//! the daemon: see the loops with their next and last runs, run one now, read the inbox,
+//! and complete a handoff. The command line prints these results and the MCP server
+//! ([`crate::mcp`]) returns them, so the two always say the same thing.
+
+use crate::diag::Diagnostic;
+use crate::domain::{discover, load_domain, Concurrency, DomainEntry, LoopDef, Payload};
+use crate::fsutil::FileLock;
+use crate::handoff::{self, Handoff, HandoffError, Inbox, Stage};
+use crate::history::{commit_message, CommitRequest, Committer};
+use crate::jobs::RunContext;
+use crate::main_session::{InboxState, Note};
+use crate::runs::RunRecord;
+use crate::schedule::TzSource;
+use crate::state::{LastRun, LoopState, Pause, StateStore};
+use crate::workspace::Workspace;
+use chrono::{DateTime, Utc};
+use chrono_tz::Tz;
+use serde_json::{json, Map, Value};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum OperatorError {
+    #[error("no loop named `{name}` in {} (looked for {})", workspace.display(), looked.display())]
+    NoLoop {
+        name: String,
+        workspace: PathBuf,
+        looked: PathBuf,
+        known: Vec<String>,
+    },
+    #[error("loop `{name}` has errors:\n{details}")]
+    BrokenLoop { name: String, details: String },
+    #[error("`{0}` is a prompt loop and no model provider is configured")]
+    NoProvider(String),
+    #[error("a run of `{0}` is in progress")]
+    RunInProgress(String),
+    #[error("cannot take the run lock: {0}")]
+    Lock(std::io::Error),
+    #[error("no handoff `{id}` in {}", inbox.display())]
+    NoHandoff { id: String, inbox: PathBuf },
+    #[error("`{id}` is already {stage}")]
+    HandoffClosed { id: String, stage: String },
+    #[error("`{id}` has unticked checklist items:\n{}", bullets(.items))]
+    Unticked {
+        id: String,
+        items: Vec<String>,
+        /// Workspace-relative, for the help text.
+        path: PathBuf,
+    },
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Handoff(#[from] HandoffError),
+}
+
+fn bullets(items: &[String]) -> String {
+    items
+        .iter()
+        .map(|u| format!("  - [ ] {u}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+impl OperatorError {
+    pub fn help(&self) -> Option<String> {
+        match self {
+            OperatorError::NoLoop { name, known, .. } => Some(loop_name_help(name, known)),
+            OperatorError::BrokenLoop { .. } => Some(
+                "fix the file as shown, then try again (`loops check` lists every problem)".into(),
+            ),
+            OperatorError::NoProvider(_) => Some(
+                "prompt loops need `providers:` in loops.yaml; command loops run now".into(),
+            ),
+            OperatorError::RunInProgress(_) => Some(
+                "wait for it to finish (`loops runs NAME` shows it when done), or set `concurrency: allow` in its config.yaml".into(),
+            ),
+            OperatorError::NoHandoff { .. } => {
+                Some("`loops inbox` lists the handoffs and their ids".into())
+            }
+            OperatorError::HandoffClosed { .. } => {
+                Some("`loops inbox` lists what is still pending or active".into())
+            }
+            OperatorError::Unticked { path, .. } => Some(format!(
+                "tick them in {} (`- [x]`), or mark an item \"(optional)\", then complete it again",
+                path.display()
+            )),
+            OperatorError::Handoff(e) => e.help(),
+            OperatorError::Lock(_) | OperatorError::Read { .. } => None,
+        }
+    }
+}
+
+fn loop_name_help(name: &str, known: &[String]) -> String {
+    let names: Vec<&str> = known.iter().map(String::as_str).collect();
+    match crate::diag::near_miss(name, &names) {
+        Some(n) => format!("did you mean `{n}`?"),
+        None if names.is_empty() => {
+            "there are no loops yet: create one with `loops new NAME`".to_string()
+        }
+        None => format!("the loops are: {}", names.join(", ")),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Loops
+
+/// A loop by name, or an error that lists the names there are.
+pub fn find_loop(ws: &Workspace, name: &str) -> Result<DomainEntry, OperatorError> {
+    let config = ws.domains_dir().join(name).join("config.yaml");
+    // The name is checked before it is joined to a path, so `../x` never leaves domains/.
+    if !crate::templates::valid_loop_name(name) || !config.is_file() {
+        return Err(OperatorError::NoLoop {
+            name: name.to_string(),
+            workspace: ws.root.clone(),
+            looked: ws.relative(&config),
+            known: discover(ws).into_iter().map(|e| e.name).collect(),
+        });
+    }
+    Ok(load_domain(ws, name))
+}
+
+/// The loop's definition, or its errors.
+pub fn loop_def(entry: &DomainEntry) -> Result<LoopDef, OperatorError> {
+    entry.def.clone().ok_or_else(|| OperatorError::BrokenLoop {
+        name: entry.name.clone(),
+        details: entry
+            .errors()
+            .map(|d| d.to_string())
+            .collect::<Vec<_>>()
+            .join("\n"),
+    })
+}
+
+/// One loop as `loops list` shows it.
+#[derive(Debug, Clone)]
+pub struct LoopRow {
+    pub name: String,
+    pub description: Option<String>,
+    /// command, prompt, or `?` when config.yaml does not parse.
+    pub kind: &'static str,
+    /// The schedule in words, `-` when config.yaml does not parse.
+    pub schedule: String,
+    pub tz: Option<Tz>,
+    pub tz_source: Option<TzSource>,
+    pub enabled: Option<bool>,
+    pub next: Option<DateTime<Utc>>,
+    /// ok, disabled, paused: …, waiting for a provider, failing (n in a row), broken: …
+    pub status: String,
+    pub last: Option<LastRun>,
+    pub consecutive_failures: u32,
+    pub paused: Option<Pause>,
+    pub errors: Vec<Diagnostic>,
+}
+
+impl LoopRow {
+    /// The JSON of one entry of `loops list --json` (and MCP `list_loops`), with the next
+    /// run also in the host's zone (`local`) and in the loop's own.
+    pub fn to_json(&self, local: &Tz) -> Value {
+        let loop_time = match (self.next, self.tz) {
+            (Some(n), Some(z)) => Some(n.with_timezone(&z).to_rfc3339()),
+            _ => None,
+        };
+        json!({
+            "name": self.name,
+            "description": self.description,
+            "kind": self.kind,
+            "schedule": self.schedule,
+            "timezone": self.tz.map(|t| t.name().to_string()),
+            "timezone_source": self.tz_source,
+            "next_run": self.next,
+            "next_run_local": self.next.map(|n| n.with_timezone(local).to_rfc3339()),
+            "next_run_loop_time": loop_time,
+            "enabled": self.enabled,
+            "status": self.status,
+            "last_run": self.last,
+            "consecutive_failures": self.consecutive_failures,
+            "paused": self.paused,
+            "errors": self.errors,
+        })
+    }
+}
+
+/// Every loop in domains/, with its state, as of `now`.
+pub fn loop_rows(ws: &Workspace, now: DateTime<Utc>) -> Vec<LoopRow> {
+    let store = StateStore::new(&ws.state_dir());
+    discover(ws)
+        .iter()
+        .map(|e| loop_row(ws, e, store.load(&e.name).as_ref(), now))
+        .collect()
+}
+
+fn loop_row(
+    ws: &Workspace,
+    e: &DomainEntry,
+    state: Option<&LoopState>,
+    now: DateTime<Utc>,
+) -> LoopRow {
+    let mut row = LoopRow {
+        name: e.name.clone(),
+        description: None,
+        kind: "?",
+        schedule: "-".into(),
+        tz: None,
+        tz_source: None,
+        enabled: None,
+        next: None,
+        status: String::new(),
+        last: state.and_then(|s| s.last_run.clone()),
+        consecutive_failures: state.map(|s| s.consecutive_failures).unwrap_or(0),
+        paused: state.and_then(|s| s.paused.clone()),
+        errors: e.errors().cloned().collect(),
+    };
+    let Some(def) = &e.def else {
+        let first = e
+            .errors()
+            .next()
+            .map(|d| d.message.clone())
+            .unwrap_or_default();
+        row.status = format!("broken: {first}");
+        return row;
+    };
+    row.description = def.description.clone();
+    row.kind = match def.payload {
+        Payload::Command { .. } => "command",
+        Payload::Prompt { .. } => "prompt",
+    };
+    row.schedule = def.schedule.describe();
+    row.tz = Some(def.schedule.tz);
+    row.tz_source = Some(def.schedule.tz_source);
+    row.enabled = Some(def.enabled);
+    row.status = loop_status(ws, def, state);
+    row.next = next_run(ws, def, state, now);
+    row
+}
+
+fn loop_status(ws: &Workspace, def: &LoopDef, state: Option<&LoopState>) -> String {
+    let failures = state.map(|s| s.consecutive_failures).unwrap_or(0);
+    if !def.enabled {
+        "disabled".to_string()
+    } else if let Some(p) = state.and_then(|s| s.paused.as_ref()) {
+        format!("paused: {}", p.reason)
+    } else if def.is_prompt() && !ws.settings.has_providers {
+        "waiting for a provider".to_string()
+    } else if failures > 0 {
+        format!("failing ({failures} in a row)")
+    } else {
+        "ok".to_string()
+    }
+}
+
+/// The next fire time of a loop that will run, or its pending retry if sooner.
+fn next_run(
+    ws: &Workspace,
+    def: &LoopDef,
+    state: Option<&LoopState>,
+    now: DateTime<Utc>,
+) -> Option<DateTime<Utc>> {
+    let runnable = def.enabled
+        && state.and_then(|s| s.paused.as_ref()).is_none()
+        && (!def.is_prompt() || ws.settings.has_providers);
+    let mut next = runnable
+        .then(|| def.schedule.upcoming(now, 1).into_iter().next())
+        .flatten();
+    if let Some(r) = state.and_then(|s| s.pending_retry.as_ref()) {
+        next = Some(next.map_or(r.at, |n| n.min(r.at)));
+    }
+    next
+}
+
+/// A loop about to be run by hand (`loops trigger`, MCP `trigger_loop`), holding its
+/// run lock so a scheduled run or another trigger cannot start alongside it.
+pub struct ManualRun {
+    pub def: LoopDef,
+    lock: Option<FileLock>,
+}
+
+impl ManualRun {
+    /// Checks the loop can run now and takes its run lock (none under `concurrency:
+    /// allow`): the same rules whoever asks.
+    pub fn prepare(ws: &Workspace, name: &str) -> Result<ManualRun, OperatorError> {
+        let def = loop_def(&find_loop(ws, name)?)?;
+        if def.is_prompt() && !ws.settings.has_providers {
+            return Err(OperatorError::NoProvider(name.to_string()));
+        }
+        let lock = if def.concurrency == Concurrency::Allow {
+            None
+        } else {
+            let path = ws.locks_dir().join(format!("{name}.run"));
+            match FileLock::try_acquire(&path).map_err(OperatorError::Lock)? {
+                Some(l) => Some(l),
+                None => return Err(OperatorError::RunInProgress(name.to_string())),
+            }
+        };
+        Ok(ManualRun { def, lock })
+    }
+
+    /// After the run: releases the lock, then records the outcome in the loop's state
+    /// (failures in a row, a pause), tells the main session when that paused the loop,
+    /// and nudges a running daemon to re-read the state.
+    pub async fn finish(mut self, ctx: &RunContext, rec: &RunRecord) {
+        drop(self.lock.take());
+        let after = crate::scheduler::apply_finish(
+            &ctx.store,
+            &self.def,
+            rec,
+            false,
+            ctx.ws.settings.pause_after_failures,
+            Utc::now(),
+        );
+        if let crate::scheduler::Aftermath::Paused(p) = after {
+            let n = crate::main_session::paused_loop_handoff(&self.def.name, &p);
+            crate::main_session::runner_handoff(ctx, n).await;
+        }
+        ctx.ws.nudge_daemon(&self.def.name);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The inbox
+
+/// How many recently done handoffs a listing shows.
+pub const DONE_LISTED: usize = 10;
+
+/// One handoff as `loops inbox` lists it.
+#[derive(Debug, Clone)]
+pub struct HandoffRow {
+    pub stage: Stage,
+    pub id: String,
+    pub from: String,
+    pub priority: String,
+    pub title: String,
+    /// Workspace-relative.
+    pub path: PathBuf,
+    /// When it reached its folder (the file's modification time).
+    pub since: Option<DateTime<Utc>>,
+    pub detail: String,
+    /// Per-stage fields: unticked items and holds (active), the reason (rejected).
+    pub extra: Map<String, Value>,
+}
+
+impl HandoffRow {
+    /// One entry of `loops inbox --json` (and MCP `list_handoffs`).
+    pub fn to_json(&self) -> Value {
+        let mut v = json!({
+            "stage": self.stage, "id": self.id, "from": self.from, "priority": self.priority,
+            "title": self.title, "path": self.path, "since": self.since, "detail": self.detail,
+        });
+        if let Some(o) = v.as_object_mut() {
+            o.extend(self.extra.clone());
+        }
+        v
+    }
+}
+
+/// Every handoff by stage: pending, active, rejected, then the [`DONE_LISTED`] most
+/// recently done.
+pub fn handoff_rows(ws: &Workspace, now: DateTime<Utc>) -> Vec<HandoffRow> {
+    let inbox = Inbox::new(&ws.root);
+    let notes = InboxState::new(&ws.runtime_dir());
+    let mut rows = Vec::new();
+    for p in inbox.pending() {
+        rows.push(handoff_row(
+            ws,
+            Stage::Pending,
+            &p,
+            now,
+            Map::new(),
+            String::new(),
+        ));
+    }
+    for p in inbox.active() {
+        let (extra, detail) = active_details(ws, &notes, &p, now);
+        rows.push(handoff_row(ws, Stage::Active, &p, now, extra, detail));
+    }
+    for p in inbox.rejected() {
+        let reason = inbox.rejection_reason(&p).unwrap_or_default();
+        let mut extra = Map::new();
+        extra.insert("reason".into(), json!(reason));
+        rows.push(handoff_row(ws, Stage::Rejected, &p, now, extra, reason));
+    }
+    for p in inbox.done().into_iter().take(DONE_LISTED) {
+        rows.push(handoff_row(
+            ws,
+            Stage::Done,
+            &p,
+            now,
+            Map::new(),
+            String::new(),
+        ));
+    }
+    rows
+}
+
+fn handoff_row(
+    ws: &Workspace,
+    stage: Stage,
+    path: &Path,
+    now: DateTime<Utc>,
+    extra: Map<String, Value>,
+    detail: String,
+) -> HandoffRow {
+    let (id, from, title, priority) = match handoff::load(path) {
+        Ok(h) => (h.id, h.from, h.title, h.priority.as_str().to_string()),
+        // A file that does not parse is still listed, by its name, so it can be found.
+        Err(_) => (
+            file_stem(path),
+            "?".into(),
+            "(does not parse)".into(),
+            "-".into(),
+        ),
+    };
+    HandoffRow {
+        stage,
+        id,
+        from,
+        priority,
+        title,
+        path: ws.relative(path),
+        since: age(path, now),
+        detail,
+        extra,
+    }
+}
+
+/// An active handoff's unticked items and why it is held, and its detail line.
+fn active_details(
+    ws: &Workspace,
+    notes: &InboxState,
+    p: &Path,
+    now: DateTime<Utc>,
+) -> (Map<String, Value>, String) {
+    let overdue_after = ws
+        .settings
+        .main
+        .as_ref()
+        .map(|m| m.overdue_after)
+        .unwrap_or(std::time::Duration::from_secs(86400));
+    let note = notes.note(&file_name(p));
+    let unticked: Vec<String> = handoff::load(p)
+        .map(|h| h.unticked().iter().map(|i| i.text.clone()).collect())
+        .unwrap_or_default();
+    let held_since = note.held_since.or_else(|| age(p, now));
+    let overdue =
+        held_since.is_some_and(|t| (now - t).to_std().unwrap_or_default() > overdue_after);
+    let mut detail = note
+        .held
+        .clone()
+        .unwrap_or_else(|| "claimed by a wake".into());
+    if overdue {
+        detail = format!("OVERDUE: {detail}");
+    }
+    let extra = json!({ "unticked": unticked, "held": note.held, "overdue": overdue, "attempts": note.attempts });
+    (extra.as_object().cloned().unwrap_or_default(), detail)
+}
+
+fn file_name(p: &Path) -> String {
+    p.file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default()
+        .to_string()
+}
+
+fn file_stem(p: &Path) -> String {
+    p.file_stem()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default()
+        .to_string()
+}
+
+fn age(path: &Path, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    let m = std::fs::metadata(path).ok()?.modified().ok()?;
+    let t: DateTime<Utc> = m.into();
+    Some(t.min(now))
+}
+
+/// Where a handoff is, by id.
+pub fn find_handoff(inbox: &Inbox, id: &str) -> Result<(Stage, PathBuf), OperatorError> {
+    inbox.find(id).ok_or_else(|| OperatorError::NoHandoff {
+        id: id.to_string(),
+        inbox: inbox.root.clone(),
+    })
+}
+
+/// A handoff that can still be completed or rejected (pending or active).
+pub fn find_open_handoff(inbox: &Inbox, id: &str) -> Result<PathBuf, OperatorError> {
+    let (stage, path) = find_handoff(inbox, id)?;
+    if matches!(stage, Stage::Done | Stage::Rejected) {
+        return Err(OperatorError::HandoffClosed {
+            id: id.to_string(),
+            stage: format!("{stage:?}").to_lowercase(),
+        });
+    }
+    Ok(path)
+}
+
+/// One handoff in full, as `loops inbox show` reports it.
+pub struct HandoffDetail {
+    pub stage: Stage,
+    pub path: PathBuf,
+    /// Workspace-relative.
+    pub rel: PathBuf,
+    pub parsed: Result<Handoff, HandoffError>,
+    pub note: Note,
+    /// Why it was rejected (rejected handoffs only).
+    pub reason: Option<String>,
+}
+
+impl HandoffDetail {
+    pub fn load(ws: &Workspace, id: &str) -> Result<HandoffDetail, OperatorError> {
+        let inbox = Inbox::new(&ws.root);
+        let (stage, path) = find_handoff(&inbox, id)?;
+        let note = InboxState::new(&ws.runtime_dir()).note(&file_name(&path));
+        let reason = (stage == Stage::Rejected)
+            .then(|| inbox.rejection_reason(&path))
+            .flatten();
+        Ok(HandoffDetail {
+            stage,
+            rel: ws.relative(&path),
+            parsed: handoff::load(&path),
+            path,
+            note,
+            reason,
+        })
+    }
+
+    /// The file as it is on disk (lossy UTF-8).
+    pub fn text(&self) -> Result<String, OperatorError> {
+        std::fs::read(&self.path)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .map_err(|source| OperatorError::Read {
+                path: self.path.clone(),
+                source,
+            })
+    }
+
+    /// The JSON of `loops inbox show --json` (and MCP `get_handoff`).
+    pub fn to_json(&self) -> Value {
+        let (h, err) = match &self.parsed {
+            Ok(h) => (serde_json::to_value(h).unwrap_or_default(), None),
+            Err(e) => (Value::Null, Some(e.to_string())),
+        };
+        json!({
+            "stage": self.stage, "path": self.rel, "handoff": h, "error": err,
+            "note": self.note, "reason": self.reason,
+        })
+    }
+}
+
+/// A handoff moved to done/.
+pub struct Completed {
+    pub id: String,
+    /// Where it is now.
+    pub done: PathBuf,
+    /// Why the completion was not committed, when it was not.
+    pub warning: Option<String>,
+}
+
+/// Completes a handoff by hand: every required checklist item must be ticked. An
+/// attempt with unticked items is noted on the handoff (`loops inbox` shows it held),
+/// and a completion is committed like the main session's.
+pub fn complete_handoff(
+    ws: &Workspace,
+    id: &str,
+    summary: Option<&str>,
+    now: DateTime<Utc>,
+) -> Result<Completed, OperatorError> {
+    let inbox = Inbox::new(&ws.root);
+    let path = find_open_handoff(&inbox, id)?;
+    let h = handoff::load(&path)?;
+    let name = file_name(&path);
+    let notes = InboxState::new(&ws.runtime_dir());
+    let unticked: Vec<String> = h.unticked().iter().map(|i| i.text.clone()).collect();
+    if !unticked.is_empty() {
+        let mut note = notes.note(&name);
+        note.held = Some(format!(
+            "completion asked, but not ticked: {}",
+            unticked.join("; ")
+        ));
+        note.held_since.get_or_insert(now);
+        notes.set_note(&name, &note);
+        return Err(OperatorError::Unticked {
+            id: id.to_string(),
+            items: unticked,
+            path: ws.relative(&path),
+        });
+    }
+    let done = inbox.complete(&path, summary, now)?;
+    notes.set_note(&name, &Note::default());
+    let warning = commit_inbox_change(
+        ws,
+        vec![inbox.root.join(&name), path.clone(), done.clone()],
+        &format!("main: completed handoff: {}", h.title),
+        vec![
+            ("Handoff", h.id.clone()),
+            ("From", h.from.clone()),
+            ("Outcome", "completed".into()),
+        ],
+    );
+    Ok(Completed {
+        id: h.id,
+        done,
+        warning,
+    })
+}
+
+/// Commits `paths` with handoff trailers, when the workspace keeps history. Returns why
+/// it was not committed, when it should have been; a failed commit never undoes the
+/// inbox change, which is already on disk. Blocking: call it from a plain thread.
+pub fn commit_inbox_change(
+    ws: &Workspace,
+    paths: Vec<PathBuf>,
+    subject: &str,
+    trailers: Vec<(&str, String)>,
+) -> Option<String> {
+    if !ws.settings.git_commit {
+        return None;
+    }
+    // Not a repository (or not yet): history is off, as for a run.
+    let Ok(c) = Committer::start(
+        &ws.root,
+        &ws.settings.author_name,
+        &ws.settings.author_email,
+    ) else {
+        return None;
+    };
+    c.commit_blocking(CommitRequest {
+        contents: Vec::new(),
+        paths,
+        message: commit_message(subject, &trailers),
+    })
+    .err()
+    .map(|e| format!("not committed: {e}"))
+}
