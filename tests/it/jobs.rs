@@ -869,7 +869,12 @@ fn steering_messages_reach_the_model_before_the_next_turn_with_a_receipt() {
             r#"{"directive": "focus on revenue"}"#,
         ],
     );
-    assert!(wait_until(LONG, || state_of(&ws, 1) == "completed"));
+    assert!(
+        wait_until(LONG, || state_of(&ws, 1) == "completed"),
+        "not completed: {}\ndaemon log:\n{}",
+        job_json(&ws, 1)["history"],
+        std::fs::read_to_string(ws.path().join(".git/daemon.log")).unwrap_or_default()
+    );
     stop(daemon);
     let reqs = fake.requests();
     assert!(!body(&reqs[0]).contains("focus on revenue"));
