@@ -54,7 +54,8 @@ pub fn progress_line(j: &Job) -> String {
         (JobKind::Shell, _) if j.state == JobState::Paused && j.lease.is_some() => {
             "stopped (paused)".to_string()
         }
-        (JobKind::Shell, _) if p.step == 0 => "not started".to_string(),
+        // The progress write at spawn can lose the race with a fast command's end.
+        (JobKind::Shell, _) if j.started.is_none() => "not started".to_string(),
         (JobKind::Shell, _) => "ran".to_string(),
         (_, Some(t)) => format!("turn {} of at most {t}", p.step),
         (_, None) => format!("turn {}", p.step),

@@ -310,6 +310,13 @@ impl Tx<'_> {
         let live = self.store.live_path(job.id);
         let done = self.store.done_path(job.id);
         std::fs::rename(&live, &done).map_err(io(&live))?;
+        // The move is durable once both folders are: done/ (where it arrives) first, so
+        // a power cut never keeps only the leaving.
+        for dir in [&done_dir, &self.store.dir] {
+            if let Ok(d) = std::fs::File::open(dir) {
+                let _ = d.sync_all();
+            }
+        }
         Ok(())
     }
 
