@@ -484,6 +484,7 @@ fn read_settings(root: &Path) -> (Settings, Vec<Diagnostic>) {
                     }
                 }
             }
+            "mcp_servers" => {}
             "providers" => {
                 s.providers = crate::agent::config::parse_providers(&rel, &loc, v, &mut diags);
                 s.has_providers = !s.providers.is_empty();
@@ -508,7 +509,7 @@ fn read_settings(root: &Path) -> (Settings, Vec<Diagnostic>) {
                         .help("allow_shell_jobs: true lets `loops jobs submit shell` run commands"),
                 ),
             },
-            "channels" | "mcp_servers" => {}
+            "channels" => {}
             other => diags.push(unknown_key(&rel, &loc, &[other], TOP_KEYS)),
         }
     }
