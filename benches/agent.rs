@@ -137,6 +137,8 @@ fn make_kit(ws: &Arc<Workspace>, run_id: &str) -> ToolKit {
         shell: None,
         committer: None,
         claimed: Vec::new(),
+        guard: Default::default(),
+        delivery_scope: run_id.into(),
     })
 }
 

@@ -85,6 +85,13 @@ pub enum Session {
     Main,
 }
 
+/// `deliver:` — where a command loop's output goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Deliver {
+    pub channel: String,
+    pub thread: Option<String>,
+}
+
 /// A loop, parsed and valid.
 #[derive(Debug, Clone)]
 pub struct LoopDef {
@@ -107,6 +114,10 @@ pub struct LoopDef {
     pub gate: Option<Vec<String>>,
     /// Hosts `http_get` may fetch from.
     pub allowed_hosts: Vec<String>,
+    /// Command loops: the channel their stdout is delivered to (`deliver:`).
+    pub deliver: Option<Deliver>,
+    /// The loop's never-share rules (`classification`, `deny_patterns`, `detectors`).
+    pub guard: crate::guard::GuardConfig,
     /// Every key the runner does not know, kept for the prompt.
     pub settings: Mapping,
     /// A fingerprint of config.yaml's schedule, to notice when it changes.
@@ -240,6 +251,9 @@ const TOP_KEYS: &[&str] = &[
     "env",
     "gate",
     "allowed_hosts",
+    "deliver",
+    "deny_patterns",
+    "detectors",
 ];
 const SCHEDULE_KEYS: &[&str] = &[
     "every",
@@ -354,6 +368,8 @@ fn parse_config(
     let mut gate = None;
     let mut allowed_hosts = Vec::new();
     let mut settings = Mapping::new();
+    let mut deliver = None;
+    let guard = crate::guard::parse(rel, &cx.loc, &map, &mut cx.diags);
 
     for (k, v) in &map {
         let Some(key) = k.as_str() else {
@@ -440,6 +456,33 @@ fn parse_config(
                 }
                 None => cx.err(&["env"], "`env` must be a mapping of NAME: value", "e.g. env: { REPORT_TITLE: Weekly }"),
             },
+            "deny_patterns" | "detectors" => {}
+            "deliver" => {
+                let (channel, thread) = match v {
+                    Value::String(s) => (Some(s.trim().to_string()), None),
+                    Value::Mapping(m) => (
+                        m.get("channel").and_then(Value::as_str).map(|s| s.trim().to_string()),
+                        m.get("thread").and_then(scalar_string),
+                    ),
+                    _ => (None, None),
+                };
+                match channel.filter(|c| !c.is_empty()) {
+                    None => cx.err(&["deliver"], "`deliver` must name a channel from loops.yaml `channels:`", "e.g. deliver: general, or deliver: { channel: general, thread: \"1234\" }"),
+                    Some(c) if !ws.settings.channels.contains_key(&c) => {
+                        let names: Vec<&str> = ws.settings.channels.keys().map(String::as_str).collect();
+                        let help = if names.is_empty() {
+                            "no channels are configured: add one under `channels:` in loops.yaml (see docs/channels.md)".to_string()
+                        } else {
+                            match near_miss(&c, &names) {
+                                Some(n) => format!("did you mean `{n}`? The channels are: {}", names.join(", ")),
+                                None => format!("the channels in loops.yaml are: {}", names.join(", ")),
+                            }
+                        };
+                        cx.err(&["deliver"], format!("`deliver`: there is no channel `{c}`"), help)
+                    }
+                    Some(c) => deliver = Some(Deliver { channel: c, thread }),
+                }
+            }
             "timing" => {
                 // Genesis form; its other keys are kept but only these two mean something here.
                 if let Some(m) = v.as_mapping() {
@@ -473,6 +516,17 @@ fn parse_config(
 
     // Payload.
     let payload = parse_payload(&mut cx, payload_v, has_prompt, dir, rel);
+
+    if deliver.is_some() && matches!(payload, Some(Payload::Prompt { .. })) {
+        cx.diags.push(
+            Diagnostic::warning(
+                rel,
+                "`deliver` applies to command loops: a prompt loop posts with the `post` tool",
+            )
+            .at(cx.loc.key(&["deliver"]))
+            .help("add `post` to `tools:` and tell the model in prompt.md where to post"),
+        );
+    }
 
     // Schedule.
     if schedule_v.is_some() && timing_interval.is_some() {
@@ -552,6 +606,8 @@ fn parse_config(
             overlap,
             gate,
             allowed_hosts,
+            deliver,
+            guard,
             settings,
         }),
         _ => None,

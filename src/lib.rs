@@ -11,11 +11,13 @@
 //! - [`history`]: the git committer and `loops log`
 //! - [`runs`] and [`state`]: what the runner records on disk under `.loops/`
 //! - [`watch`] and [`daemon`]: `loops run`
+//! - [`channels`] and [`guard`]: delivering messages, and what may never be shared
 //! - [`operator`]: what a person does from outside the daemon (list, trigger, inbox)
 //! - [`mcp`]: `loops mcp`, the same operations and the job queue as MCP tools
 //! - [`cli`]: the command line
 
 pub mod agent;
+pub mod channels;
 pub mod cli;
 pub mod clock;
 pub mod daemon;
@@ -24,6 +26,7 @@ pub mod domain;
 pub mod duration;
 pub mod exec;
 pub mod fsutil;
+pub mod guard;
 pub mod handoff;
 pub mod history;
 pub mod jobs;

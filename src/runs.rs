@@ -112,6 +112,10 @@ pub struct RunRecord {
     /// Tools the model called that are not in the loop's allow-list.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub refused_tools: Vec<String>,
+    /// Messages posted to channels, and texts the never-share guard blocked. A failed
+    /// delivery is `delivery_failed` here and does not change the run's outcome.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deliveries: Vec<crate::channels::DeliveryNote>,
 }
 
 fn one() -> u32 {
@@ -154,6 +158,7 @@ impl RunRecord {
             summary: None,
             transcript: None,
             refused_tools: Vec::new(),
+            deliveries: Vec::new(),
         }
     }
 }

@@ -66,6 +66,11 @@ pub struct Settings {
     pub allow_shell_jobs: bool,
     /// The main session (`main:`), when configured.
     pub main: Option<MainSettings>,
+    /// `channels:` by name: where messages are delivered.
+    pub channels: std::collections::BTreeMap<String, crate::channels::ChannelConfig>,
+    /// The never-share rules every loop and the main session keep (`classification`,
+    /// `deny_patterns`, `detectors`).
+    pub guard: crate::guard::GuardConfig,
 }
 
 /// loops.yaml `main:`: the session that receives handoffs.
@@ -169,6 +174,8 @@ impl Default for Settings {
             allow_shell_tool: false,
             allow_shell_jobs: false,
             main: None,
+            channels: Default::default(),
+            guard: Default::default(),
         }
     }
 }
@@ -185,6 +192,9 @@ const TOP_KEYS: &[&str] = &[
     "mcp_servers",
     "allow_shell_jobs",
     "allow_shell_tool",
+    "classification",
+    "deny_patterns",
+    "detectors",
 ];
 const LIMIT_KEYS: &[&str] = &[
     "max_concurrent_jobs",
@@ -509,10 +519,12 @@ fn read_settings(root: &Path) -> (Settings, Vec<Diagnostic>) {
                         .help("allow_shell_jobs: true lets `loops jobs submit shell` run commands"),
                 ),
             },
-            "channels" => {}
+            "channels" => s.channels = crate::channels::parse_channels(&rel, &loc, v, &mut diags),
+            "classification" | "deny_patterns" | "detectors" => {}
             other => diags.push(unknown_key(&rel, &loc, &[other], TOP_KEYS)),
         }
     }
+    s.guard = crate::guard::parse(&rel, &loc, &map, &mut diags);
     if let Some(m) = &s.main {
         check_main(root, &rel, &loc, m, &s, &mut diags);
         // A main session that cannot run is no main session: handoffs wait in the inbox

@@ -37,7 +37,7 @@ complete_handoff. A handoff you cannot finish now stays open: say why in your re
 \n\
 - Paths are relative to the workspace root. Memory lives in .working-memory/ (memory.md curated, \
 rules.md one-line lessons, log.md append-only).\n\
-- Deliver to the user with `deliver`. Never deliver SILENT, NO_REPLY or HEARTBEAT_OK.\n\
+- Deliver to the user with `post` (a channel from loops.yaml). Never post SILENT, NO_REPLY or HEARTBEAT_OK.\n\
 - End the wake with `finish` (a one-line summary; silent: true when there was nothing to do).";
 
 /// The stable part of an isolated loop's prompt.
@@ -85,6 +85,15 @@ pub fn loop_system(
             cache: true,
         },
     ]
+}
+
+/// Adds the never-share rules to the stable head of the prompt (before the cache
+/// breakpoint: they change only when the config does).
+pub fn add_rules(system: &mut [SystemPart], guard: &crate::guard::Guard) {
+    if let (Some(rules), Some(first)) = (guard.prompt_rules(), system.first_mut()) {
+        first.text.push_str("\n\n");
+        first.text.push_str(&rules);
+    }
 }
 
 /// The identity files (SOUL.md, USER.md, memory) as one system part; `None` when no

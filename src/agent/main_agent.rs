@@ -302,7 +302,11 @@ pub async fn wake(
         .iter()
         .map(|f| (f.clone(), std::fs::read_to_string(ws.root.join(f)).ok()))
         .collect();
-    let system = context::main_system(&identity, &prompt);
+    let mut system = context::main_system(&identity, &prompt);
+    context::add_rules(
+        &mut system,
+        &crate::guard::Guard::new(&ws.settings.guard, None),
+    );
     let conv_path = conversation_path(&ws.runtime_dir());
     let conv = if main.history == 0 {
         Conversation::default()
@@ -330,6 +334,15 @@ pub async fn wake(
                 path: p.clone(),
             })
             .collect(),
+        guard: crate::guard::Guard::new(&ws.settings.guard, None),
+        // A wake replayed over the same handoffs posts nothing twice.
+        delivery_scope: if handoffs.is_empty() {
+            run_id.to_string()
+        } else {
+            let mut ids: Vec<&str> = handoffs.iter().map(|(h, _)| h.id.as_str()).collect();
+            ids.sort_unstable();
+            format!("main@{}", ids.join(","))
+        },
     });
     let tpath = Transcript::path_for(&ws.runs_dir(), MAIN, run_id);
     let redactor = Redactor::for_settings(&ws.settings);

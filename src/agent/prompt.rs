@@ -37,6 +37,7 @@ pub struct PromptOutcome {
     pub turns: Option<u32>,
     pub transcript: Option<PathBuf>,
     pub refused: Vec<String>,
+    pub deliveries: Vec<crate::channels::DeliveryNote>,
     /// Files the tools wrote (absolute), committed with the run.
     pub wrote: Vec<PathBuf>,
     pub exit_code: Option<i32>,
@@ -87,6 +88,7 @@ impl PromptOutcome {
             .transcript
             .map(|p| ws.relative(&p).display().to_string());
         rec.refused_tools = self.refused;
+        rec.deliveries = self.deliveries;
         rec.exit_code = self.exit_code;
         rec.stdout_tail = redactor.redact(&self.stdout_tail);
         rec.stderr_tail = redactor.redact(&self.stderr_tail);
@@ -239,6 +241,10 @@ pub async fn run(
         yaml_serde::to_string(&def.settings).unwrap_or_default()
     };
     let mut system = context::loop_system(&def.name, &prompt, &settings_yaml, state_md.as_deref());
+    context::add_rules(
+        &mut system,
+        &crate::guard::Guard::new(&ws.settings.guard, Some(&def.guard)),
+    );
     let main_scope = def.session == crate::domain::Session::Main;
     if main_scope {
         // A loop in the main session's context gets its identity and memory too.
@@ -325,6 +331,8 @@ pub async fn run(
             shell,
             committer: ctx.committer.clone(),
             claimed: Vec::new(),
+            guard: crate::guard::Guard::new(&ws.settings.guard, Some(&def.guard)),
+            delivery_scope: crate::jobs::delivery_scope(def, req),
         });
         http_provider(
             &pcfg,
@@ -397,6 +405,7 @@ pub async fn http_provider(
         model: driven.model.clone().or_else(|| Some(model.to_string())),
         summary: driven.summary(),
         refused: kit.refused.clone(),
+        deliveries: kit.deliveries.clone(),
         wrote: kit.wrote.iter().cloned().collect(),
         ..Default::default()
     };

@@ -189,7 +189,14 @@ pub async fn drive(mut d: Drive<'_>, kit: &mut ToolKit, tr: &mut Transcript) -> 
         if c.reply.model.is_some() {
             out.model = c.reply.model.clone();
         }
-        let reply = c.reply.message;
+        let mut reply = c.reply.message;
+        let calls: Vec<(String, String, serde_json::Value)> = reply
+            .tool_uses()
+            .map(|(id, name, input)| (id.to_string(), name.to_string(), input.clone()))
+            .collect();
+        // What the guard will block must not be kept anywhere: the calls run on the
+        // original inputs, the transcript and the conversation keep a redacted copy.
+        kit.screen(&mut reply);
         tr.message(&reply, &format!(" (turn {})", out.turns));
         tr.turn_usage(
             out.turns,
@@ -198,10 +205,6 @@ pub async fn drive(mut d: Drive<'_>, kit: &mut ToolKit, tr: &mut Transcript) -> 
             out.model.as_deref(),
         );
         let turn_usage = c.reply.usage;
-        let calls: Vec<(String, String, serde_json::Value)> = reply
-            .tool_uses()
-            .map(|(id, name, input)| (id.to_string(), name.to_string(), input.clone()))
-            .collect();
         let text = reply.text();
         out.messages.push(Message {
             role: Role::Assistant,

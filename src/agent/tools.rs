@@ -1,5 +1,5 @@
 //! The tool kit one run offers the model: the file tools (see [`super::files`]), drafts
-//! and handoffs, delivery, `http_get`, `shell` and `finish`.
+//! and handoffs, `post` to delivery channels, `http_get`, `shell` and `finish`.
 //!
 //! A loop's `tools:` is an allow-list: the model is offered exactly those tools, and a call
 //! to anything else is refused (the refusal goes back to the model and is recorded). Every
@@ -8,10 +8,11 @@
 use super::model::ToolSpec;
 use super::sandbox::{Access, Sandbox};
 use super::{files, ToolError, ToolOk, ToolResult};
+use crate::channels::{DeliveryNote, Outbound, Poster};
+use crate::guard::Guard;
 use crate::handoff::{self, Inbox, NewHandoff, Priority};
 use crate::history::Committer;
 use crate::workspace::Workspace;
-use chrono::Utc;
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -31,6 +32,7 @@ pub const KNOWN: &[&str] = &[
     "create_handoff",
     "complete_handoff",
     "tick_item",
+    "post",
     "deliver",
     "http_get",
     "shell",
@@ -62,7 +64,7 @@ pub const MAIN_DEFAULT: &[&str] = &[
     "create_handoff",
     "complete_handoff",
     "tick_item",
-    "deliver",
+    "post",
     "finish",
 ];
 
@@ -111,6 +113,11 @@ pub struct ToolEnv {
     pub committer: Option<Committer>,
     /// The main session's claimed handoffs (empty for loops).
     pub claimed: Vec<Claimed>,
+    /// The never-share rules for what this run posts or hands to anyone but main.
+    pub guard: Guard,
+    /// The logical run posts are keyed by: a retry of the same slot, or a replayed wake,
+    /// posts nothing twice (see [`crate::channels::delivery_key`]).
+    pub delivery_scope: String,
 }
 
 /// How the model ended the run with `finish`.
@@ -132,21 +139,38 @@ pub struct ToolKit {
     pub completed: Vec<(String, Option<String>)>,
     /// Calls to tools outside the allow-list.
     pub refused: Vec<String>,
-    /// Texts delivered by `deliver`.
+    /// Messages posted (duplicates included: the run did say them).
     pub delivered: usize,
+    /// Every delivery and every blocked text, for the run record.
+    pub deliveries: Vec<DeliveryNote>,
+    poster: Poster,
     pub finish: Option<Finish>,
 }
 
 impl ToolKit {
     pub fn new(env: ToolEnv) -> ToolKit {
         let all = all_specs();
+        let mut poster = Poster::new(env.ws.clone(), env.committer.clone(), env.guard.clone());
+        if env.loop_name == "main" {
+            poster = poster.without_handoffs();
+        }
+        let channels = poster.channel_list();
         let specs = env
             .allowed
             .iter()
             .filter(|name| name.as_str() != "shell" || env.shell.is_some())
             .filter_map(|name| all.iter().find(|s| &s.name == name).cloned())
+            .map(|mut s| {
+                // The model needs the channel names to post anywhere.
+                if s.name == "post" || s.name == "deliver" {
+                    s.description = format!("{} Channels: {channels}.", s.description);
+                }
+                s
+            })
             .collect();
         ToolKit {
+            poster,
+            deliveries: Vec::new(),
             env,
             specs,
             wrote: BTreeSet::new(),
@@ -209,7 +233,7 @@ impl ToolKit {
             "create_handoff" => self.create_handoff(input).await,
             "complete_handoff" => self.complete_handoff(input),
             "tick_item" => self.tick_item(input),
-            "deliver" => self.deliver(input),
+            "post" | "deliver" => self.post(input, deadline).await,
             "http_get" => self.http_get(input, deadline).await,
             "shell" => self.shell(input, deadline).await,
             "finish" => self.finish(input),
@@ -276,6 +300,35 @@ impl ToolKit {
                 .collect::<Result<Vec<_>, _>>()?,
             Some(_) => return Err(ToolError::new("`items` must be a list of strings")),
         };
+        let to = to.trim().to_string();
+        if to != "main" {
+            // A handoff to anyone but the main session leaves its trust: the guard reads it.
+            let whole = format!("{title}\n{body}\n{}", items.join("\n"));
+            if let Err(b) = self.env.guard.check(&whole) {
+                let handoff = self
+                    .poster
+                    .handoff_blocked(
+                        &self.env.loop_name,
+                        &self.env.run_id,
+                        &format!("handoff to `{to}`"),
+                        &format!("handoff:{to}"),
+                        &b,
+                        &self.env.guard.redact(&whole),
+                    )
+                    .await;
+                self.deliveries.push(DeliveryNote {
+                    channel: format!("handoff:{to}"),
+                    key: String::new(),
+                    status: "blocked".into(),
+                    rule: Some(b.rule.clone()),
+                    error: None,
+                    handoff,
+                });
+                return Err(ToolError::new(format!(
+                    "{b}. The handoff to `{to}` was not written. Take that information out, or hand it to the main session instead"
+                )));
+            }
+        }
         let inbox = Inbox::new(&self.env.ws.root);
         if let Some(d) = &draft {
             // The draft must be one the sandbox lets this run read.
@@ -394,43 +447,78 @@ impl ToolKit {
         Ok(ToolOk::text(format!("ticked: {}", lines[i].trim())))
     }
 
-    fn deliver(&mut self, input: &Value) -> ToolResult {
+    async fn post(&mut self, input: &Value, deadline: Instant) -> ToolResult {
         let text = str_arg(input, "text")?;
         if text.trim().is_empty() {
             return Err(ToolError::new("`text` is empty"));
         }
-        if is_silent_token(&text) {
-            return Err(ToolError::new(
-                "silent tokens are never delivered; to say nothing, call finish with silent: true",
-            ));
+        let channel = match opt_str(input, "channel")? {
+            Some(c) if !c.trim().is_empty() => c.trim().to_string(),
+            // With one channel there is nothing to choose.
+            _ if self.poster.channels().len() == 1 => self
+                .poster
+                .channels()
+                .keys()
+                .next()
+                .cloned()
+                .unwrap_or_default(),
+            _ => {
+                return Err(ToolError::new(format!(
+                    "missing argument `channel`; the channels are: {}",
+                    self.poster.channel_list()
+                )))
+            }
+        };
+        let thread = opt_str(input, "thread")?;
+        let o = Outbound {
+            channel: channel.clone(),
+            text,
+            thread,
+            loop_name: self.env.loop_name.clone(),
+            run_id: self.env.run_id.clone(),
+            scope: self.env.delivery_scope.clone(),
+        };
+        let r = self.poster.post(&o, deadline).await;
+        if let Some(n) = DeliveryNote::of(&channel, &r) {
+            self.deliveries.push(n);
         }
-        let channel = opt_str(input, "channel")?.unwrap_or_else(|| "outbox".into());
-        let slug: String = channel
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '-' {
-                    c.to_ascii_lowercase()
-                } else {
-                    '-'
+        match r {
+            Ok(p) => {
+                self.delivered += 1;
+                Ok(ToolOk {
+                    text: p.detail,
+                    wrote: p.wrote.into_iter().collect(),
+                })
+            }
+            Err(e) => Err(ToolError::new(e.to_string())),
+        }
+    }
+
+    /// Replaces, in the model's own message, what the guard would block in outbound
+    /// tool inputs, so a blocked secret reaches neither the transcript nor the saved
+    /// conversation. The calls themselves run on the original inputs (and are blocked).
+    pub fn screen(&self, msg: &mut super::model::Message) {
+        if self.env.guard.is_empty() {
+            return;
+        }
+        for b in &mut msg.content {
+            if let super::model::Block::ToolUse { name, input, .. } = b {
+                if self.is_outbound(name, input) {
+                    redact_strings(input, &self.env.guard);
                 }
-            })
-            .collect();
-        let now = Utc::now();
-        // Until delivery channels exist, a delivery is a dated markdown file per channel
-        // under outbox/, committed with the wake.
-        let rel = format!("outbox/{slug}/{}.md", now.format("%Y-%m-%d"));
-        let entry = format!(
-            "## {} — {}\n\n{}\n",
-            now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-            self.env.loop_name,
-            text.trim_end()
-        );
-        let ok = files::append_file(self.sandbox(), &json!({ "path": rel, "content": entry }))?;
-        self.delivered += 1;
-        Ok(ToolOk {
-            text: format!("delivered to {channel} ({rel})"),
-            wrote: ok.wrote,
-        })
+            }
+        }
+    }
+
+    fn is_outbound(&self, name: &str, input: &Value) -> bool {
+        match name {
+            "post" | "deliver" => true,
+            "create_handoff" => input
+                .get("to")
+                .and_then(Value::as_str)
+                .is_some_and(|t| !t.trim().is_empty() && t.trim() != "main"),
+            _ => false,
+        }
     }
 
     fn finish(&mut self, input: &Value) -> ToolResult {
@@ -617,8 +705,21 @@ const ALIASES: &[(&str, &str, &str)] = &[
     ("complete_handoff", "handoff_id", "id"),
     ("tick_item", "handoff_id", "id"),
     ("deliver", "message", "text"),
+    ("post", "message", "text"),
+    ("post", "content", "text"),
+    ("post", "thread_id", "thread"),
+    ("post", "thread_ts", "thread"),
     ("finish", "reason", "summary"),
 ];
+
+fn redact_strings(v: &mut Value, guard: &Guard) {
+    match v {
+        Value::String(s) if guard.check(s).is_err() => *s = guard.redact(s),
+        Value::Array(a) => a.iter_mut().for_each(|x| redact_strings(x, guard)),
+        Value::Object(o) => o.values_mut().for_each(|x| redact_strings(x, guard)),
+        _ => {}
+    }
+}
 
 fn with_aliases(tool: &str, input: &Value) -> Value {
     let Some(obj) = input.as_object() else {
@@ -777,12 +878,22 @@ pub fn all_specs() -> Vec<ToolSpec> {
             }, "required": ["id", "item"]}),
         ),
         spec(
-            "deliver",
-            "Deliver a message to the user (written to outbox/<channel>/<date>.md until delivery channels are configured).",
+            "post",
+            "Post a message to a delivery channel (loops.yaml `channels:`). A message is posted once per run however often you call this; silent tokens are never posted; a text that breaks the never-share rules is not sent.",
             json!({"type": "object", "properties": {
+                "channel": {"type": "string", "description": "a channel name"},
                 "text": {"type": "string"},
-                "channel": {"type": "string", "description": "default: outbox"}
-            }, "required": ["text"]}),
+                "thread": {"type": "string", "description": "reply in this thread (Slack thread_ts, Discord thread id)"}
+            }, "required": ["channel", "text"]}),
+        ),
+        spec(
+            "deliver",
+            "Deliver a message to the user through a delivery channel (the same as `post`).",
+            json!({"type": "object", "properties": {
+                "channel": {"type": "string", "description": "a channel name"},
+                "text": {"type": "string"},
+                "thread": {"type": "string"}
+            }, "required": ["channel", "text"]}),
         ),
         spec(
             "http_get",

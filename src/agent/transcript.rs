@@ -24,7 +24,8 @@ impl std::fmt::Debug for Redactor {
 }
 
 impl Redactor {
-    /// The values, now, of the API-key variables named by `providers:`.
+    /// The values, now, of the API-key variables named by `providers:` and the secret
+    /// variables named by `channels:`.
     pub fn for_settings(settings: &crate::workspace::Settings) -> Redactor {
         let mut secrets: Vec<String> = settings
             .providers
@@ -35,6 +36,14 @@ impl Redactor {
                     .providers
                     .values()
                     .flat_map(|p| p.env.iter())
+                    .filter_map(|name| std::env::var(name).ok()),
+            )
+            // Webhook URLs carry their token; signing secrets and header values too.
+            .chain(
+                settings
+                    .channels
+                    .values()
+                    .flat_map(|c| c.secret_envs())
                     .filter_map(|name| std::env::var(name).ok()),
             )
             .filter(|s| s.len() >= 8)

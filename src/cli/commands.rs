@@ -56,6 +56,37 @@ pub fn dispatch(cli: Cli) -> Result {
         Command::Inbox { command, json } => {
             super::inbox::inbox(&Workspace::locate(ws_arg)?, command, json)
         }
+        Command::Post {
+            channel,
+            text,
+            thread,
+            from,
+            run,
+            json,
+        } => super::channels::post(
+            Workspace::locate(ws_arg)?,
+            super::channels::PostArgs {
+                channel,
+                text,
+                thread,
+                from,
+                run,
+                json,
+            },
+        ),
+        Command::Channels { json } => super::channels::channels(&Workspace::locate(ws_arg)?, json),
+        Command::Deliveries {
+            channel,
+            failed,
+            limit,
+            json,
+        } => super::channels::deliveries(
+            &Workspace::locate(ws_arg)?,
+            channel.as_deref(),
+            failed,
+            limit,
+            json,
+        ),
         Command::Jobs(c) => super::jobs::jobs(&Workspace::locate(ws_arg)?, c),
         Command::Agent(c) => super::jobs::agent(&Workspace::locate(ws_arg)?, c),
         Command::Pause { name, reason } => pause(&Workspace::locate(ws_arg)?, &name, &reason),

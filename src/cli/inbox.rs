@@ -61,6 +61,23 @@ pub fn handoff(ws: &Workspace, cmd: HandoffCommand) -> Result {
         })
         .transpose()?;
     let run = std::env::var("LOOPS_RUN_ID").ok().filter(|r| !r.is_empty());
+    if to.trim() != "main" {
+        // A handoff to anyone but the main session leaves its trust: the never-share
+        // guard of loops.yaml and of the sending loop reads it first.
+        let loop_guard = crate::domain::discover(ws)
+            .into_iter()
+            .find(|e| e.name == from)
+            .and_then(|e| e.def)
+            .map(|d| d.guard);
+        let guard = crate::guard::Guard::new(&ws.settings.guard, loop_guard.as_ref());
+        let whole = format!("{title}\n{body}\n{}", items.join("\n"));
+        if let Err(b) = guard.check(&whole) {
+            return Err(
+                CliError::new(format!("{b}: the handoff to `{to}` was not written"))
+                    .help("take that information out, or address the handoff to main"),
+            );
+        }
+    }
     let n = NewHandoff {
         from: from.clone(),
         to,

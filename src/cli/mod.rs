@@ -1,6 +1,7 @@
 //! The command line: argument definitions (clap) and one function per command. Every
 //! error that reaches the user says what happened, where, and what to do next.
 
+mod channels;
 mod commands;
 mod inbox;
 mod jobs;
@@ -135,6 +136,51 @@ pub enum Command {
     Inbox {
         #[command(subcommand)]
         command: Option<InboxCommand>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Post a message to a delivery channel (loops.yaml `channels:`), as a loop would.
+    #[command(
+        after_help = "The message is TEXT, or stdin when TEXT is `-` or absent:
+
+  echo \"Deploy finished\" | loops post general --as deploy-watch
+  loops post digest \"Three new issues today\" --run nightly-2026-11-21
+
+The never-share guard of loops.yaml (and of the loop named by --as) checks the text first. With --run, the same text to the same channel is posted once however often the command runs. A delivery that fails after its retries is handed to the main session with the text; the exit code is 1."
+    )]
+    Post {
+        /// The channel's name in loops.yaml.
+        channel: String,
+        /// The message (default: read from stdin).
+        text: Option<String>,
+        /// Reply in this thread (Slack thread_ts, Discord thread id).
+        #[arg(long)]
+        thread: Option<String>,
+        /// Who is speaking: a loop's name (its guard rules apply), or `main`.
+        #[arg(long = "as", default_value = "cli", value_name = "LOOP")]
+        from: String,
+        /// An idempotency scope: a repeat with the same --run, channel and text is not sent again.
+        #[arg(long)]
+        run: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The delivery channels of loops.yaml: kind, target (environment variables: set or not, never their values) and delivery counts.
+    Channels {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Recent deliveries from .loops/deliveries: delivered, delivery_failed (handed to the main session) and blocked.
+    Deliveries {
+        /// Only this channel.
+        #[arg(long)]
+        channel: Option<String>,
+        /// Only failed and blocked deliveries.
+        #[arg(long)]
+        failed: bool,
+        /// At most this many.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
         #[arg(long)]
         json: bool,
     },

@@ -74,6 +74,19 @@ impl RunRequest {
     }
 }
 
+/// The logical run a loop's posts are keyed by: its slot, which every retry of the slot
+/// keeps; a run without a slot (a manual trigger) is its own.
+pub fn delivery_scope(def: &LoopDef, req: &RunRequest) -> String {
+    match req.slot {
+        Some(slot) => format!(
+            "{}@{}",
+            def.name,
+            slot.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+        ),
+        None => req.run_id.clone(),
+    }
+}
+
 /// What every run needs from its surroundings.
 #[derive(Clone)]
 pub struct RunContext {
@@ -301,6 +314,7 @@ pub async fn execute(
         summary: None,
         transcript: None,
         refused_tools: Vec::new(),
+        deliveries: Vec::new(),
     };
     let areas = writable_areas(&ctx.ws, def);
     // Walking and hashing the loop's files is blocking work: keep it off the async
@@ -355,12 +369,21 @@ pub async fn execute(
                 Outcome::Timeout
             } else if !res.success() {
                 Outcome::Failed
-            } else if changed.is_empty() && res.stdout_bytes == 0 {
+            } else if changed.is_empty()
+                && (res.stdout_bytes == 0
+                    || crate::channels::strip_silent_lines(&res.stdout_tail).is_empty())
+            {
+                // Nothing changed and nothing said but a silent token: a silent run.
                 Outcome::Silent
             } else {
                 Outcome::Acted
             };
             rec.duration_ms = res.duration.as_millis() as u64;
+            if let (Some(d), Outcome::Acted) = (&def.deliver, rec.outcome) {
+                if let Some(w) = deliver_stdout(ctx, def, req, d, &res, &mut rec).await {
+                    changed.push(w);
+                }
+            }
         }
     }
     rec.changed = changed
@@ -411,6 +434,60 @@ pub async fn execute(
     }
     ctx.running.remove(&req.run_id);
     rec
+}
+
+/// `deliver:` — posts a command loop's stdout to its channel. A failure is recorded with
+/// the run (and handed to the main session by the poster); it does not fail the run.
+/// Returns the file a `file` channel wrote, to be committed with the run.
+async fn deliver_stdout(
+    ctx: &RunContext,
+    def: &LoopDef,
+    req: &RunRequest,
+    d: &crate::domain::Deliver,
+    res: &exec::ExecResult,
+    rec: &mut RunRecord,
+) -> Option<PathBuf> {
+    let mut text = crate::channels::strip_silent_lines(&res.stdout_tail);
+    if text.trim().is_empty() {
+        return None;
+    }
+    if res.stdout_bytes as usize > res.stdout_tail.len() {
+        text = format!(
+            "[… the first {} bytes are cut]\n{text}",
+            res.stdout_bytes as usize - res.stdout_tail.len()
+        );
+    }
+    let poster = crate::channels::Poster::new(
+        ctx.ws.clone(),
+        ctx.committer.clone(),
+        crate::guard::Guard::new(&ctx.ws.settings.guard, Some(&def.guard)),
+    );
+    let o = crate::channels::Outbound {
+        channel: d.channel.clone(),
+        text,
+        thread: d.thread.clone(),
+        loop_name: def.name.clone(),
+        run_id: req.run_id.clone(),
+        scope: delivery_scope(def, req),
+    };
+    // Retries are bounded by the channel's own attempts; this is a last stop.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(15 * 60);
+    let r = poster.post(&o, deadline).await;
+    if let Some(n) = crate::channels::DeliveryNote::of(&d.channel, &r) {
+        rec.deliveries.push(n);
+    }
+    match r {
+        Ok(p) => p.wrote,
+        Err(e) => {
+            tracing::warn!(loop_name = %def.name, "{e}");
+            let n = format!("not delivered: {e}");
+            rec.note = Some(match rec.note.take() {
+                Some(old) => format!("{old}; {n}"),
+                None => n,
+            });
+            None
+        }
+    }
 }
 
 /// Records the process group of a run's child in its marker, so a runner that dies can

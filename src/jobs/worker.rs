@@ -918,7 +918,11 @@ async fn run_agent(
     let settings = vars
         .map(|v| yaml_serde::to_string(v).unwrap_or_default())
         .unwrap_or_default();
-    let system = context::loop_system(&name, &prompt, &settings, None);
+    let mut system = context::loop_system(&name, &prompt, &settings, None);
+    context::add_rules(
+        &mut system,
+        &crate::guard::Guard::new(&ws.settings.guard, None),
+    );
     let tools = super::queue::agent_tools(p)
         .unwrap_or_else(|| ISOLATED_DEFAULT.iter().map(|s| s.to_string()).collect());
     let max_turns = p
@@ -994,6 +998,9 @@ async fn run_agent(
         shell: None,
         committer: cfg.committer.clone(),
         claimed: Vec::new(),
+        guard: crate::guard::Guard::new(&ws.settings.guard, None),
+        // Every attempt of a job is the same job: a retry posts nothing twice.
+        delivery_scope: format!("job-{}", job.id),
     };
     let mut kit = ToolKit::new(kit_env);
     let mut hooks = JobHooks {

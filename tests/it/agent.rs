@@ -41,6 +41,7 @@ fn workspace(providers: &str, main: bool) -> TempWorkspace {
     let mut yaml = format!("limits:\n  shutdown_grace: 2s\n{providers}");
     if main {
         yaml.push_str("main: { prompt: MAIN.md }\n");
+        yaml.push_str("channels:\n  general: { kind: file, path: \"outbox/general/{date}.md\" }\n");
     }
     ws.write("loops.yaml", &yaml);
     ws.write("SOUL.md", &format!("{SOUL}\n"));
@@ -335,7 +336,7 @@ fn main_script(id: &str) -> (Vec<Reply>, Vec<Usage>) {
                 ),
                 (
                     "m4",
-                    "deliver",
+                    "post",
                     json!({"text": "REPORT-DELIVERED-MARKER: three new things today.", "channel": "general"}),
                 ),
             ],
@@ -596,7 +597,7 @@ fn minion_and_main_session_on_a_model_anthropic() {
     assert_eq!(m.header("x-api-key"), Some(KEY));
     assert!(body(m).contains("cache_control"));
     let main_tools = offered(m);
-    for tool in ["tick_item", "complete_handoff", "deliver", "finish"] {
+    for tool in ["tick_item", "complete_handoff", "post", "finish"] {
         assert!(main_tools.iter().any(|t| t == tool), "{main_tools:?}");
     }
     for res in tool_results(&reqs[6])

@@ -1,0 +1,698 @@
+//! The never-share guard: rules an agent with private data cannot forget.
+//!
+//! A loop's `classification:` block (Genesis form: `SAFE_TO_SHARE` and `NEVER_SHARE`
+//! lists) is given to the model as rules; that part depends on the model listening. The
+//! enforced part is here: `deny_patterns` (regexes, in the loop or in loops.yaml) and
+//! built-in `detectors` switched on by name are checked on every outbound text — channel
+//! posts, webhook bodies, handoffs to anyone but the main session — and a match stops the
+//! text from leaving.
+//!
+//! A block never repeats what matched: the error names the rule, and a redacted copy
+//! (each match replaced by `[blocked: rule]`) is all that is kept.
+//!
+//! ```yaml
+//! classification:
+//!   SAFE_TO_SHARE: [public release notes, open issues]
+//!   NEVER_SHARE: [customer names, anything from USER.md]
+//! deny_patterns:
+//!   - "(?i)project\\s+falcon"
+//!   - { name: customer-id, pattern: "CUST-[0-9]{6}" }
+//! detectors: [email, phone, api_key, ip]
+//! ```
+
+use crate::diag::{near_miss, Diagnostic, YamlLocator};
+use regex::Regex;
+use std::ops::Range;
+use std::path::Path;
+use yaml_serde::Value;
+
+/// A built-in detector, switched on by name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Detector {
+    Email,
+    Phone,
+    ApiKey,
+    Ip,
+}
+
+/// Detector names as written in `detectors:`, with the spellings people also use.
+const DETECTOR_NAMES: &[(&str, Detector)] = &[
+    ("email", Detector::Email),
+    ("emails", Detector::Email),
+    ("email_address", Detector::Email),
+    ("phone", Detector::Phone),
+    ("phones", Detector::Phone),
+    ("phone_number", Detector::Phone),
+    ("api_key", Detector::ApiKey),
+    ("api_keys", Detector::ApiKey),
+    ("token", Detector::ApiKey),
+    ("tokens", Detector::ApiKey),
+    ("secrets", Detector::ApiKey),
+    ("ip", Detector::Ip),
+    ("ips", Detector::Ip),
+    ("ip_address", Detector::Ip),
+];
+
+/// The names `loops check` suggests.
+pub const DETECTORS: &[&str] = &["email", "phone", "api_key", "ip"];
+
+impl Detector {
+    pub fn parse(name: &str) -> Option<Detector> {
+        let n = name.trim().to_ascii_lowercase().replace('-', "_");
+        DETECTOR_NAMES
+            .iter()
+            .find(|(k, _)| *k == n)
+            .map(|(_, d)| *d)
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Detector::Email => "email",
+            Detector::Phone => "phone",
+            Detector::ApiKey => "api_key",
+            Detector::Ip => "ip",
+        }
+    }
+
+    /// What the detector looks for, for the model's rules and the docs.
+    pub fn describes(&self) -> &'static str {
+        match self {
+            Detector::Email => "email addresses",
+            Detector::Phone => "phone numbers",
+            Detector::ApiKey => "API keys, tokens, private keys and webhook URLs",
+            Detector::Ip => "IP addresses",
+        }
+    }
+
+    fn patterns(&self) -> &'static [&'static str] {
+        match self {
+            Detector::Email => &[r"(?i)\b[a-z0-9._%+-]+@[a-z0-9-]+(?:\.[a-z0-9-]+)*\.[a-z]{2,}\b"],
+            Detector::Phone => &[
+                // +44 20 7946 0958, +1 (555) 010-9999, (555) 010-9999, 555-010-9999
+                r"(?:\+\d{1,3}[\s.-]?)?(?:\(\d{2,4}\)[\s.-]?|\b\d{2,4}[\s.-])\d{3,4}[\s.-]\d{3,5}\b",
+                r"\+\d{8,15}\b",
+            ],
+            Detector::ApiKey => &[
+                r"\bsk-(?:ant-|proj-|live-)?[A-Za-z0-9_-]{16,}",
+                r"\b[rs]k_(?:live|test)_[A-Za-z0-9]{16,}",
+                r"\bgh[pousr]_[A-Za-z0-9]{30,}",
+                r"\bgithub_pat_[A-Za-z0-9_]{30,}",
+                r"\bxox[abposr]-[A-Za-z0-9-]{10,}",
+                r"\bAKIA[0-9A-Z]{16}\b",
+                r"\bAIza[0-9A-Za-z_-]{35}",
+                r"\bglpat-[A-Za-z0-9_-]{20,}",
+                r"\beyJ[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{5,}",
+                r"-----BEGIN [A-Z ]*PRIVATE KEY-----",
+                r"(?i)\bbearer\s+[A-Za-z0-9._~+/-]{16,}=*",
+                r"(?i)\b(?:api[_-]?key|secret|token|passw(?:or)?d|access[_-]?key)\b[\x22']?\s*[:=]\s*[\x22']?[A-Za-z0-9_\-./+=]{12,}",
+                r"(?i)hooks\.slack\.com/(?:services|workflows)/[A-Za-z0-9/_-]+",
+                r"(?i)discord(?:app)?\.com/api/webhooks/\d+/[A-Za-z0-9_-]+",
+            ],
+            // Candidates only: each is confirmed by parsing it as an address.
+            Detector::Ip => &[
+                r"\b\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}\b",
+                r"(?i)(?:[0-9a-f]{0,4}:){2,7}[0-9a-f]{0,4}(?:\.\d{1,3}){0,3}",
+            ],
+        }
+    }
+
+    /// Whether a regex candidate really is what the detector looks for.
+    fn confirms(&self, m: &str) -> bool {
+        match self {
+            Detector::Ip => {
+                if m.contains(':') {
+                    // At least three colons and a real IPv6 address: `a::b` in prose or
+                    // code (`std::fs`) is not an address worth blocking.
+                    m.matches(':').count() >= 3 && m.parse::<std::net::Ipv6Addr>().is_ok()
+                } else {
+                    m.parse::<std::net::Ipv4Addr>().is_ok()
+                }
+            }
+            _ => true,
+        }
+    }
+}
+
+/// Where a rule comes from, for messages: `loops.yaml` or `domains/x/config.yaml`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin(pub String);
+
+/// One enforced rule.
+#[derive(Debug, Clone)]
+pub struct Rule {
+    /// The detector's name, or the pattern's `name:` (else `deny_patterns[N]`).
+    pub name: String,
+    pub origin: Origin,
+    kind: RuleKind,
+}
+
+#[derive(Debug, Clone)]
+enum RuleKind {
+    Detector(Detector, Vec<Regex>),
+    Pattern(Regex),
+}
+
+impl Rule {
+    fn matches(&self, text: &str) -> Vec<Range<usize>> {
+        match &self.kind {
+            RuleKind::Pattern(re) => re
+                .find_iter(text)
+                .filter(|m| !m.as_str().is_empty())
+                .map(|m| m.range())
+                .collect(),
+            RuleKind::Detector(d, res) => res
+                .iter()
+                .flat_map(|re| re.find_iter(text))
+                .filter(|m| d.confirms(m.as_str().trim_matches(':')))
+                .map(|m| m.range())
+                .collect(),
+        }
+    }
+}
+
+/// The `classification:` lists, given to the model as rules.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Classification {
+    pub safe_to_share: Vec<String>,
+    pub never_share: Vec<String>,
+}
+
+/// The guard settings of one file (a loop's config.yaml or loops.yaml).
+#[derive(Debug, Clone, Default)]
+pub struct GuardConfig {
+    pub classification: Classification,
+    pub rules: Vec<Rule>,
+}
+
+impl GuardConfig {
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+            && self.classification.safe_to_share.is_empty()
+            && self.classification.never_share.is_empty()
+    }
+}
+
+/// The rules in force for one run: loops.yaml's and the loop's together.
+#[derive(Debug, Clone, Default)]
+pub struct Guard {
+    rules: Vec<Rule>,
+    classification: Classification,
+}
+
+/// A text the guard stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Blocked {
+    pub rule: String,
+    pub origin: String,
+    /// Every rule that matched, first the one named above.
+    pub rules: Vec<String>,
+}
+
+impl std::fmt::Display for Blocked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "blocked by the never-share guard: the text matches rule `{}` ({})",
+            self.rule, self.origin
+        )?;
+        if self.rules.len() > 1 {
+            write!(f, " and {} other rule(s)", self.rules.len() - 1)?;
+        }
+        Ok(())
+    }
+}
+
+impl Guard {
+    /// loops.yaml's rules, then the loop's.
+    pub fn new(workspace: &GuardConfig, loop_cfg: Option<&GuardConfig>) -> Guard {
+        let mut g = Guard {
+            rules: workspace.rules.clone(),
+            classification: workspace.classification.clone(),
+        };
+        if let Some(l) = loop_cfg {
+            g.rules.extend(l.rules.iter().cloned());
+            g.classification
+                .safe_to_share
+                .extend(l.classification.safe_to_share.iter().cloned());
+            g.classification
+                .never_share
+                .extend(l.classification.never_share.iter().cloned());
+        }
+        g
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+
+    /// `Err` names the first rule that matches (never what matched).
+    pub fn check(&self, text: &str) -> Result<(), Blocked> {
+        let hits: Vec<&Rule> = self
+            .rules
+            .iter()
+            .filter(|r| !r.matches(text).is_empty())
+            .collect();
+        match hits.first() {
+            None => Ok(()),
+            Some(first) => Err(Blocked {
+                rule: first.name.clone(),
+                origin: first.origin.0.clone(),
+                rules: hits.iter().map(|r| r.name.clone()).collect(),
+            }),
+        }
+    }
+
+    /// `text` with every match replaced by `[blocked: rule]`.
+    pub fn redact(&self, text: &str) -> String {
+        let mut spans: Vec<(Range<usize>, &str)> = self
+            .rules
+            .iter()
+            .flat_map(|r| r.matches(text).into_iter().map(|m| (m, r.name.as_str())))
+            .collect();
+        if spans.is_empty() {
+            return text.to_string();
+        }
+        spans.sort_by_key(|(r, _)| (r.start, std::cmp::Reverse(r.end)));
+        let mut out = String::with_capacity(text.len());
+        let mut at = 0;
+        for (r, name) in spans {
+            if r.start < at {
+                // Overlaps a span already replaced: extend that one.
+                at = at.max(r.end);
+                continue;
+            }
+            out.push_str(&text[at..r.start]);
+            out.push_str(&format!("[blocked: {name}]"));
+            at = r.end;
+        }
+        out.push_str(&text[at.min(text.len())..]);
+        out
+    }
+
+    /// The rules as the model reads them, or `None` when there are none.
+    pub fn prompt_rules(&self) -> Option<String> {
+        let c = &self.classification;
+        if self.rules.is_empty() && c.safe_to_share.is_empty() && c.never_share.is_empty() {
+            return None;
+        }
+        let mut s = String::from("## What you may share\n\n");
+        s.push_str(
+            "Everything you post to a channel or hand to anyone other than the main session leaves \
+             this workspace. Follow these rules on every such text.\n",
+        );
+        if !c.never_share.is_empty() {
+            s.push_str("\nNEVER share, in any form (not quoted, summarised or hinted at):\n");
+            for n in &c.never_share {
+                s.push_str(&format!("- {n}\n"));
+            }
+        }
+        if !c.safe_to_share.is_empty() {
+            s.push_str("\nSafe to share:\n");
+            for n in &c.safe_to_share {
+                s.push_str(&format!("- {n}\n"));
+            }
+        }
+        if !self.rules.is_empty() {
+            let mut names: Vec<String> = Vec::new();
+            for r in &self.rules {
+                let n = match &r.kind {
+                    RuleKind::Detector(d, _) => d.describes().to_string(),
+                    RuleKind::Pattern(_) => format!("rule `{}`", r.name),
+                };
+                if !names.contains(&n) {
+                    names.push(n);
+                }
+            }
+            s.push_str(&format!(
+                "\nOutbound texts are checked and a text that contains {} is not sent: \
+                 the tool returns an error naming the rule, and the main session is told. \
+                 When in doubt, leave it out or hand it to the main session.\n",
+                names.join(", ")
+            ));
+        }
+        Some(s)
+    }
+}
+
+const GUARD_HELP: &str = "e.g. deny_patterns: [\"(?i)project\\\\s+falcon\", { name: customer-id, pattern: \"CUST-[0-9]{6}\" }]";
+
+/// Reads the guard keys of one mapping: `classification`, `deny_patterns`, `detectors`
+/// at the top level, and `deny_patterns`/`detectors` inside `classification:` too (where
+/// Genesis users put their rules). Problems become diagnostics; bad rules are left out.
+pub fn parse(
+    rel: &Path,
+    loc: &YamlLocator,
+    map: &yaml_serde::Mapping,
+    diags: &mut Vec<Diagnostic>,
+) -> GuardConfig {
+    let origin = Origin(rel.display().to_string());
+    let mut g = GuardConfig::default();
+    let mut patterns = 0usize;
+    if let Some(c) = map.get("classification") {
+        match c {
+            Value::Mapping(cm) => {
+                for (k, v) in cm {
+                    let Some(key) = k.as_str() else { continue };
+                    let path = ["classification", key];
+                    match key.to_ascii_uppercase().replace('-', "_").as_str() {
+                        "SAFE_TO_SHARE" | "SAFE" => {
+                            g.classification.safe_to_share = string_list(v, rel, loc, &path, diags)
+                        }
+                        "NEVER_SHARE" | "NEVER" => {
+                            g.classification.never_share = string_list(v, rel, loc, &path, diags)
+                        }
+                        "DENY_PATTERNS" => patterns_of(
+                            v,
+                            rel,
+                            loc,
+                            &path,
+                            &origin,
+                            &mut patterns,
+                            &mut g.rules,
+                            diags,
+                        ),
+                        "DETECTORS" => detectors_of(v, rel, loc, &path, &origin, &mut g.rules, diags),
+                        // Other keys of a Genesis classification block (levels, notes)
+                        // reach the model with the loop's settings.
+                        _ => {}
+                    }
+                }
+            }
+            Value::Null => {}
+            _ => diags.push(
+                Diagnostic::error(rel, "`classification` must be a mapping")
+                    .at(loc.key(&["classification"]))
+                    .help("e.g. classification: { SAFE_TO_SHARE: [release notes], NEVER_SHARE: [customer names] }"),
+            ),
+        }
+    }
+    if let Some(v) = map.get("deny_patterns") {
+        patterns_of(
+            v,
+            rel,
+            loc,
+            &["deny_patterns"],
+            &origin,
+            &mut patterns,
+            &mut g.rules,
+            diags,
+        );
+    }
+    if let Some(v) = map.get("detectors") {
+        detectors_of(v, rel, loc, &["detectors"], &origin, &mut g.rules, diags);
+    }
+    g
+}
+
+fn string_list(
+    v: &Value,
+    rel: &Path,
+    loc: &YamlLocator,
+    path: &[&str],
+    diags: &mut Vec<Diagnostic>,
+) -> Vec<String> {
+    match v {
+        Value::String(s) => vec![s.clone()],
+        Value::Sequence(seq) => seq
+            .iter()
+            .filter_map(|i| match i {
+                Value::String(s) => Some(s.clone()),
+                Value::Number(n) => Some(n.to_string()),
+                Value::Bool(b) => Some(b.to_string()),
+                _ => None,
+            })
+            .collect(),
+        Value::Null => Vec::new(),
+        _ => {
+            diags.push(
+                Diagnostic::error(rel, format!("`{}` must be a list of texts", path.join(".")))
+                    .at(loc.value(path))
+                    .help("e.g. NEVER_SHARE: [customer names, salaries]"),
+            );
+            Vec::new()
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn patterns_of(
+    v: &Value,
+    rel: &Path,
+    loc: &YamlLocator,
+    path: &[&str],
+    origin: &Origin,
+    count: &mut usize,
+    rules: &mut Vec<Rule>,
+    diags: &mut Vec<Diagnostic>,
+) {
+    let items: Vec<&Value> = match v {
+        Value::Sequence(seq) => seq.iter().collect(),
+        Value::String(_) | Value::Mapping(_) => vec![v],
+        Value::Null => Vec::new(),
+        _ => {
+            diags.push(
+                Diagnostic::error(
+                    rel,
+                    format!("`{}` must be a list of regexes", path.join(".")),
+                )
+                .at(loc.value(path))
+                .help(GUARD_HELP),
+            );
+            return;
+        }
+    };
+    for item in items {
+        let i = *count;
+        *count += 1;
+        let (name, pattern) = match item {
+            Value::String(p) => (format!("deny_patterns[{i}]"), p.clone()),
+            Value::Mapping(m) => {
+                let pattern = m
+                    .get("pattern")
+                    .or_else(|| m.get("regex"))
+                    .and_then(Value::as_str);
+                let name = m.get("name").and_then(Value::as_str);
+                match pattern {
+                    Some(p) => (
+                        name.map(str::to_string)
+                            .unwrap_or_else(|| format!("deny_patterns[{i}]")),
+                        p.to_string(),
+                    ),
+                    None => {
+                        diags.push(
+                            Diagnostic::error(
+                                rel,
+                                format!("`{}` entry {} has no `pattern`", path.join("."), i + 1),
+                            )
+                            .at(loc.value(path))
+                            .help(GUARD_HELP),
+                        );
+                        continue;
+                    }
+                }
+            }
+            _ => {
+                diags.push(
+                    Diagnostic::error(
+                        rel,
+                        format!(
+                            "`{}` entry {} must be a regex or {{ name, pattern }}",
+                            path.join("."),
+                            i + 1
+                        ),
+                    )
+                    .at(loc.value(path))
+                    .help(GUARD_HELP),
+                );
+                continue;
+            }
+        };
+        if pattern.is_empty() {
+            diags.push(
+                Diagnostic::error(
+                    rel,
+                    format!("`{}`: pattern `{name}` is empty", path.join(".")),
+                )
+                .at(loc.value(path))
+                .help("an empty pattern would match every text; remove it"),
+            );
+            continue;
+        }
+        match regex::RegexBuilder::new(&pattern)
+            .size_limit(1 << 20)
+            .build()
+        {
+            Ok(re) => {
+                if re.is_match("") {
+                    diags.push(
+                        Diagnostic::error(rel, format!("`{}`: pattern `{name}` matches an empty text, so it would block every post", path.join(".")))
+                            .at(loc.value(path))
+                            .help("make it require at least one character, e.g. `a+` instead of `a*`"),
+                    );
+                    continue;
+                }
+                rules.push(Rule {
+                    name,
+                    origin: Origin(format!("deny_patterns in {}", origin.0)),
+                    kind: RuleKind::Pattern(re),
+                });
+            }
+            Err(e) => {
+                // The regex crate's message points at the bad part of the pattern.
+                let first = e.to_string();
+                diags.push(
+                    Diagnostic::error(rel, format!("`{}`: pattern `{name}` is not a valid regex: {}", path.join("."), first.trim()))
+                        .at(loc.value(path))
+                        .help("patterns use Rust regex syntax (https://docs.rs/regex); in YAML, quote the pattern and double each backslash inside double quotes"),
+                );
+            }
+        }
+    }
+}
+
+fn detectors_of(
+    v: &Value,
+    rel: &Path,
+    loc: &YamlLocator,
+    path: &[&str],
+    origin: &Origin,
+    rules: &mut Vec<Rule>,
+    diags: &mut Vec<Diagnostic>,
+) {
+    let names: Vec<String> = match v {
+        Value::String(s) => vec![s.clone()],
+        Value::Sequence(seq) if seq.iter().all(|i| i.as_str().is_some()) => seq
+            .iter()
+            .filter_map(|i| i.as_str().map(str::to_string))
+            .collect(),
+        Value::Null => Vec::new(),
+        _ => {
+            diags.push(
+                Diagnostic::error(
+                    rel,
+                    format!("`{}` must be a list of detector names", path.join(".")),
+                )
+                .at(loc.value(path))
+                .help(format!("e.g. detectors: [{}]", DETECTORS.join(", "))),
+            );
+            return;
+        }
+    };
+    for n in names {
+        match Detector::parse(&n) {
+            Some(d) => {
+                if rules
+                    .iter()
+                    .any(|r| matches!(r.kind, RuleKind::Detector(x, _) if x == d))
+                {
+                    continue;
+                }
+                let res = d
+                    .patterns()
+                    .iter()
+                    .filter_map(|p| Regex::new(p).ok())
+                    .collect();
+                rules.push(Rule {
+                    name: d.name().to_string(),
+                    origin: Origin(format!("detectors in {}", origin.0)),
+                    kind: RuleKind::Detector(d, res),
+                });
+            }
+            None => {
+                let help = match near_miss(&n, DETECTORS) {
+                    Some(k) => format!(
+                        "did you mean `{k}`? The detectors are: {}",
+                        DETECTORS.join(", ")
+                    ),
+                    None => format!("the detectors are: {}", DETECTORS.join(", ")),
+                };
+                diags.push(
+                    Diagnostic::error(
+                        rel,
+                        format!("unknown detector `{n}` in `{}`", path.join(".")),
+                    )
+                    .at(loc.value(path))
+                    .help(help),
+                );
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn guard(yaml: &str) -> (Guard, Vec<Diagnostic>) {
+        let map: yaml_serde::Mapping = yaml_serde::from_str(yaml).expect("yaml");
+        let loc = YamlLocator::new(yaml);
+        let mut diags = Vec::new();
+        let cfg = parse(Path::new("domains/x/config.yaml"), &loc, &map, &mut diags);
+        (Guard::new(&GuardConfig::default(), Some(&cfg)), diags)
+    }
+
+    #[test]
+    fn every_detector_finds_its_kind_and_leaves_ordinary_text_alone() {
+        let (g, d) = guard("detectors: [email, phone, api_key, ip]");
+        assert!(d.is_empty(), "{d:?}");
+        let cases = [
+            ("write to alice.smith@example.co.uk today", "email"),
+            ("call me on +44 20 7946 0958", "phone"),
+            ("call (555) 010-9999 after six", "phone"),
+            (
+                "the key is sk-ant-api03-abcdefghijklmnopqrstuvwxyz",
+                "api_key",
+            ),
+            ("token ghp_abcdefghijklmnopqrstuvwxyz0123456789", "api_key"),
+            ("AKIAIOSFODNN7EXAMPLE is the id", "api_key"),
+            ("password = hunter2hunter2hunter2", "api_key"),
+            ("xoxb-1234567890-abcdefghij", "api_key"),
+            ("the box is at 10.0.12.7 now", "ip"),
+            ("v6 2001:db8:85a3::8a2e:370:7334 is up", "ip"),
+        ];
+        for (text, rule) in cases {
+            let b = g.check(text).expect_err(text);
+            assert_eq!(b.rule, rule, "{text}");
+            let red = g.redact(text);
+            assert!(red.contains(&format!("[blocked: {rule}]")), "{red}");
+        }
+        for ok in [
+            "The release is on 2026-11-21 at 09:30.",
+            "Version 1.2.3 fixes std::fs::read and a::b.",
+            "We shipped 42 features and closed 1,204 issues.",
+            "See https://example.com/docs for more.",
+            "Order 12345 costs 99.95 dollars.",
+        ] {
+            assert!(g.check(ok).is_ok(), "{ok}: {:?}", g.check(ok));
+        }
+    }
+
+    #[test]
+    fn custom_patterns_are_named_and_never_echo_the_match() {
+        let (g, d) = guard(
+            "classification:\n  NEVER_SHARE: [the falcon project]\n  deny_patterns: [\"(?i)falcon\"]\ndeny_patterns:\n  - { name: customer-id, pattern: \"CUST-[0-9]{6}\" }\n",
+        );
+        assert!(d.is_empty(), "{d:?}");
+        let b = g.check("ticket for CUST-123456").expect_err("blocked");
+        assert_eq!(b.rule, "customer-id");
+        let msg = b.to_string();
+        assert!(!msg.contains("123456"), "{msg}");
+        assert!(msg.contains("domains/x/config.yaml"), "{msg}");
+        let b = g.check("news on Project FALCON").expect_err("blocked");
+        assert_eq!(b.rule, "deny_patterns[0]");
+        assert_eq!(g.redact("a CUST-000001 b"), "a [blocked: customer-id] b");
+        let rules = g.prompt_rules().expect("rules");
+        assert!(rules.contains("the falcon project"), "{rules}");
+    }
+
+    #[test]
+    fn bad_patterns_and_detectors_are_reported_with_a_fix() {
+        let (_, d) = guard("deny_patterns: [\"(unclosed\", \"a*\"]\ndetectors: [emial]\n");
+        let text: Vec<String> = d.iter().map(|x| x.to_string()).collect();
+        let all = text.join("\n");
+        assert!(all.contains("not a valid regex"), "{all}");
+        assert!(all.contains("matches an empty text"), "{all}");
+        assert!(all.contains("did you mean `email`"), "{all}");
+        assert!(d.iter().all(|x| x.line.is_some()), "{d:?}");
+    }
+}
