@@ -1085,7 +1085,8 @@ impl Poster {
             timeout: limit,
             grace: crate::exec::KILL_GRACE.min(limit),
             on_spawn: None,
-            stdin: Some(text.as_bytes().to_vec()),
+            // Line-oriented programs (read, mail, logger) want the last line ended.
+            stdin: Some(format!("{}\n", text.trim_end_matches('\n')).into_bytes()),
         };
         let res = crate::exec::run(&spec, None, None).await;
         if res.success() {
