@@ -439,6 +439,7 @@ pub async fn wake(
         rec.summary = o.summary;
         rec.transcript = o.transcript.map(|p| ws.relative(&p).display().to_string());
         rec.refused_tools = o.refused;
+        rec.deliveries = o.deliveries;
         rec.stdout_tail.clear();
         if let Some(n) = o.note {
             rec.note = Some(format!("{}; {n}", rec.note.unwrap_or_default()));

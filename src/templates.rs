@@ -183,7 +183,15 @@ limits:\n  max_concurrent_jobs: 4      # runs at once, across all loops\n  shutd
 # main: { prompt: MAIN.md }      # or: command: [\"./main-session.sh\"]\n\
 \n\
 # Shell jobs (`loops jobs submit shell`) run only when allowed (or LOOPS_ALLOW_SHELL_JOBS=1 for the daemon).\n\
-# allow_shell_jobs: false\n",
+# allow_shell_jobs: false\n\
+\n\
+# Where loops speak (docs/channels.md); URLs and secrets come from the environment.\n\
+# channels:\n\
+#   general: { kind: discord, url_env: DISCORD_WEBHOOK_URL }\n\
+#   digest: { kind: file, path: \"outbox/{date}.md\" }\n\
+# detectors: [api_key]           # never post what looks like a key or token (docs/never-share.md)\n\
+# mcp_servers:                   # tools from MCP servers (docs/mcp-servers.md)\n\
+#   everything: { command: [npx, -y, \"@modelcontextprotocol/server-everything\"] }\n",
     ),
     (
         "SOUL.md",

@@ -721,3 +721,91 @@ fn loops_check_validates_channels_patterns_and_deliver() {
         assert!(all.contains(needle), "missing `{needle}` in:\n{all}");
     }
 }
+
+#[test]
+fn a_replayed_main_session_wake_posts_nothing_twice() {
+    let rx = receiver(vec![ok(), ok()]);
+    let text = "Good morning: three meetings today";
+    let model = FakeModel::start(vec![
+        anthropic::tool_use(
+            &[("p1", "post", json!({"channel": "team", "text": text}))],
+            U,
+        ),
+        anthropic::error(400, "the wake fails after posting"),
+    ]);
+    let (yaml, env) = http_channels(&rx.url(), "");
+    let ws = workspace(&format!(
+        "{yaml}{}main: {{ prompt: MAIN.md }}\n",
+        anthropic_provider(&model)
+    ));
+    ws.write("MAIN.md", "Deliver what the loops hand you.\n");
+    git_commit_all(ws.path(), "main");
+    let made = loops(
+        &ws,
+        &env,
+        &[
+            "handoff",
+            "create",
+            "--from",
+            "briefing",
+            "--title",
+            "Morning briefing ready",
+            "--body",
+            "Post it to team.",
+        ],
+    );
+    assert_eq!(made.code, Some(0), "{}", made.stderr);
+
+    let first = loops(&ws, &env, &["run", "--once"]);
+    // A failed wake makes `run --once` exit 1.
+    assert_eq!(first.code, Some(1), "{}\n{}", first.stdout, first.stderr);
+    let mains = ws.runs("main");
+    assert_eq!(mains.len(), 1, "{mains:?}");
+    assert_eq!(
+        mains[0]["deliveries"][0]["status"], "delivered",
+        "{mains:?}"
+    );
+    // The wake failed: its handoff is back in the inbox, to be worked again.
+    let pending: Vec<String> = std::fs::read_dir(ws.path().join("inbox"))
+        .expect("inbox")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".md"))
+        .collect();
+    assert_eq!(pending.len(), 1, "{pending:?}");
+    let id = pending[0].trim_end_matches(".md").to_string();
+
+    // The replayed wake says the same thing again: it is not posted twice.
+    model.push(vec![
+        anthropic::tool_use(
+            &[("p2", "post", json!({"channel": "team", "text": text}))],
+            U,
+        ),
+        anthropic::tool_use(
+            &[(
+                "c",
+                "complete_handoff",
+                json!({"id": id, "summary": "posted"}),
+            )],
+            U,
+        ),
+        anthropic::tool_use(
+            &[(
+                "f",
+                "finish",
+                json!({"summary": "posted the briefing", "silent": false}),
+            )],
+            U,
+        ),
+    ]);
+    let second = loops(&ws, &env, &["run", "--once"]);
+    assert_eq!(second.code, Some(0), "{}\n{}", second.stdout, second.stderr);
+    let mains = ws.runs("main");
+    assert_eq!(mains.len(), 2, "{mains:?}");
+    assert_eq!(
+        mains[1]["deliveries"][0]["status"], "duplicate",
+        "{mains:?}"
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(rx.requests().len(), 1, "the briefing was posted twice");
+}
