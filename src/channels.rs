@@ -517,6 +517,43 @@ pub struct DeliveryRecord {
     /// `file` channels: the file written.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub file: Option<String>,
+    /// How many messages of a split text have been sent (Discord's 2,000-character limit).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub parts_sent: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+/// Discord's limit on one message's content, in characters.
+pub const DISCORD_MAX_CHARS: usize = 2000;
+
+/// `text` in pieces of at most `max` characters, split after a line break where there is
+/// one (else after a space, else anywhere).
+pub fn split_for(text: &str, max: usize) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = text;
+    while rest.chars().count() > max {
+        let cut_byte = rest
+            .char_indices()
+            .nth(max)
+            .map(|(i, _)| i)
+            .unwrap_or(rest.len());
+        let window = &rest[..cut_byte];
+        let at = window
+            .rfind('\n')
+            .filter(|&i| i > 0)
+            .or_else(|| window.rfind(' ').filter(|&i| i > 0))
+            .map(|i| i + 1)
+            .unwrap_or(cut_byte);
+        out.push(rest[..at].trim_end().to_string());
+        rest = &rest[at..];
+    }
+    if !rest.trim().is_empty() || out.is_empty() {
+        out.push(rest.to_string());
+    }
+    out
 }
 
 /// The folder of delivery records.
@@ -790,6 +827,7 @@ impl Poster {
             handoff: None,
             pid: Some(std::process::id()),
             file: None,
+            parts_sent: 0,
         };
         // One key, one delivery: a record that says delivered (or is being sent by a
         // live process) means this is a repeat.
@@ -823,15 +861,15 @@ impl Poster {
                         ),
                     });
                 }
-                _ => rec.created = prev.created,
+                _ => {
+                    rec.created = prev.created;
+                    rec.parts_sent = prev.parts_sent;
+                }
             }
         }
         // The guard sees the text and everything that leaves with it.
-        let body = self.body(&c, &rec, &text);
-        let checked = match &body {
-            Some(b) => format!("{text}\n{b}"),
-            None => text.clone(),
-        };
+        let bodies = self.bodies(&c, &rec, &text);
+        let checked = format!("{text}\n{}", bodies.join("\n"));
         if let Err(blocked) = self.guard.check(&checked) {
             rec.status = DeliveryStatus::Blocked;
             rec.rule = Some(blocked.rule.clone());
@@ -874,7 +912,10 @@ impl Poster {
                 break;
             }
             let limit = c.timeout.min(remaining);
-            match self.attempt(&c, &rec, &text, body.as_deref(), limit).await {
+            match self
+                .attempt(&c, &mut rec, &path, &text, &bodies, limit)
+                .await
+            {
                 Attempt::Done(wrote) => {
                     rec.status = DeliveryStatus::Delivered;
                     rec.updated = Utc::now();
@@ -943,16 +984,24 @@ impl Poster {
         })
     }
 
-    /// The JSON body of an HTTP channel (None for file and command channels).
-    fn body(&self, c: &ChannelConfig, rec: &DeliveryRecord, text: &str) -> Option<String> {
+    /// The JSON bodies of an HTTP channel, one per message (none for file and command
+    /// channels). Discord takes 2,000 characters a message: a longer text is split at
+    /// line breaks into several, never cut.
+    fn bodies(&self, c: &ChannelConfig, rec: &DeliveryRecord, text: &str) -> Vec<String> {
+        if c.kind == ChannelKind::Discord {
+            return split_for(text, DISCORD_MAX_CHARS)
+                .into_iter()
+                .map(|part| {
+                    let mut v = json!({ "content": part });
+                    if let Some(u) = &c.username {
+                        v["username"] = json!(u);
+                    }
+                    v.to_string()
+                })
+                .collect();
+        }
         let v = match c.kind {
-            ChannelKind::Discord => {
-                let mut v = json!({ "content": clip_chars(text, 2000) });
-                if let Some(u) = &c.username {
-                    v["username"] = json!(u);
-                }
-                v
-            }
+            ChannelKind::Discord => return Vec::new(),
             ChannelKind::Slack => {
                 let mut v = json!({ "text": text });
                 if let Some(t) = &rec.thread {
@@ -982,23 +1031,42 @@ impl Poster {
                 "run": rec.run,
                 "created": rec.created.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
             }),
-            ChannelKind::File | ChannelKind::Command => return None,
+            ChannelKind::File | ChannelKind::Command => return Vec::new(),
         };
-        Some(v.to_string())
+        vec![v.to_string()]
     }
 
     async fn attempt(
         &self,
         c: &ChannelConfig,
-        rec: &DeliveryRecord,
+        rec: &mut DeliveryRecord,
+        path: &Path,
         text: &str,
-        body: Option<&str>,
+        bodies: &[String],
         limit: Duration,
     ) -> Attempt {
         match c.kind {
             ChannelKind::File => self.append_file(c, rec, text),
             ChannelKind::Command => self.pipe(c, rec, text, limit).await,
-            _ => self.http(c, rec, body.unwrap_or_default(), limit).await,
+            _ => {
+                // Parts already sent (by an earlier attempt, or a run that died) are
+                // not sent again.
+                while (rec.parts_sent as usize) < bodies.len() {
+                    match self
+                        .http(c, rec, &bodies[rec.parts_sent as usize], limit)
+                        .await
+                    {
+                        Attempt::Done(_) => {
+                            rec.parts_sent += 1;
+                            if bodies.len() > 1 {
+                                write_record(path, rec);
+                            }
+                        }
+                        other => return other,
+                    }
+                }
+                Attempt::Done(None)
+            }
         }
     }
 
@@ -1348,15 +1416,6 @@ fn slug(s: &str) -> String {
         .collect()
 }
 
-fn clip_chars(s: &str, max: usize) -> String {
-    if s.chars().count() <= max {
-        return s.to_string();
-    }
-    let mut out: String = s.chars().take(max - 1).collect();
-    out.push('…');
-    out
-}
-
 fn read_record(path: &Path) -> Option<DeliveryRecord> {
     std::fs::read(path)
         .ok()
@@ -1425,6 +1484,22 @@ mod tests {
             a,
             delivery_key("news@2026-11-21T09:00:00Z", "general", None, "hi!")
         );
+    }
+
+    #[test]
+    fn long_texts_split_at_line_breaks_without_losing_anything() {
+        let line = "word ".repeat(30); // 150 chars
+        let text: String = (0..40).map(|i| format!("{i}: {line}\n")).collect();
+        let parts = split_for(&text, DISCORD_MAX_CHARS);
+        assert!(parts.len() >= 3, "{}", parts.len());
+        assert!(parts.iter().all(|p| p.chars().count() <= DISCORD_MAX_CHARS));
+        let joined: String = parts.join("\n");
+        let squash = |s: &str| s.split_whitespace().collect::<Vec<_>>().join(" ");
+        assert_eq!(squash(&joined), squash(&text));
+        assert_eq!(split_for("short", 2000), vec!["short".to_string()]);
+        let long_word = "x".repeat(4500);
+        let p = split_for(&long_word, 2000);
+        assert_eq!(p.iter().map(|x| x.len()).sum::<usize>(), 4500);
     }
 
     #[test]
