@@ -1488,6 +1488,7 @@ fn the_bundled_channel_monitor_runs_on_a_model() {
         "create_handoff",
         "complete_handoff",
         "tick_item",
+        "post",
         "deliver",
         "http_get",
         "finish",
