@@ -809,3 +809,78 @@ fn a_replayed_main_session_wake_posts_nothing_twice() {
     std::thread::sleep(Duration::from_millis(200));
     assert_eq!(rx.requests().len(), 1, "the briefing was posted twice");
 }
+
+#[test]
+fn a_script_handing_off_to_another_agent_is_guarded_too() {
+    let ws = workspace("detectors: [email]\n");
+    ws.add_loop(
+        "crm",
+        "schedule: { every: 1h }\npayload: { kind: command, command: \"true\" }\ndeny_patterns: [{ name: deal-size, pattern: \"\\\\$[0-9]+k\" }]\n",
+    );
+    git_commit_all(ws.path(), "loop");
+    let blocked = loops(
+        &ws,
+        &[],
+        &[
+            "handoff",
+            "create",
+            "--from",
+            "crm",
+            "--to",
+            "sales-bot",
+            "--title",
+            "Follow up",
+            "--body",
+            "Write to bob@example.com",
+        ],
+    );
+    assert_eq!(blocked.code, Some(1), "{}", blocked.stdout);
+    assert!(
+        blocked.stderr.contains("rule `email`"),
+        "{}",
+        blocked.stderr
+    );
+    assert!(
+        !blocked.stderr.contains("bob@example.com"),
+        "{}",
+        blocked.stderr
+    );
+    let custom = loops(
+        &ws,
+        &[],
+        &[
+            "handoff",
+            "create",
+            "--from",
+            "crm",
+            "--to",
+            "sales-bot",
+            "--title",
+            "Deal worth $40k",
+        ],
+    );
+    assert_eq!(custom.code, Some(1));
+    assert!(
+        custom.stderr.contains("rule `deal-size`"),
+        "{}",
+        custom.stderr
+    );
+    assert!(inbox_texts(&ws).is_empty());
+    // To the main session, which may know everything, it goes through.
+    let to_main = loops(
+        &ws,
+        &[],
+        &[
+            "handoff",
+            "create",
+            "--from",
+            "crm",
+            "--title",
+            "Follow up",
+            "--body",
+            "Write to bob@example.com",
+        ],
+    );
+    assert_eq!(to_main.code, Some(0), "{}", to_main.stderr);
+    assert_eq!(inbox_texts(&ws).len(), 1);
+}
