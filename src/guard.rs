@@ -182,6 +182,9 @@ pub struct Classification {
 pub struct GuardConfig {
     pub classification: Classification,
     pub rules: Vec<Rule>,
+    /// Set when a rule could not be read: the guard then fails closed (nothing leaves)
+    /// rather than run without the rule someone wrote. Names the file.
+    pub broken: Option<String>,
 }
 
 impl GuardConfig {
@@ -197,6 +200,7 @@ impl GuardConfig {
 pub struct Guard {
     rules: Vec<Rule>,
     classification: Classification,
+    broken: Option<String>,
 }
 
 /// A text the guard stopped.
@@ -228,8 +232,10 @@ impl Guard {
         let mut g = Guard {
             rules: workspace.rules.clone(),
             classification: workspace.classification.clone(),
+            broken: workspace.broken.clone(),
         };
         if let Some(l) = loop_cfg {
+            g.broken = g.broken.or_else(|| l.broken.clone());
             g.rules.extend(l.rules.iter().cloned());
             g.classification
                 .safe_to_share
@@ -242,11 +248,20 @@ impl Guard {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.rules.is_empty()
+        self.rules.is_empty() && self.broken.is_none()
     }
 
     /// `Err` names the first rule that matches (never what matched).
     pub fn check(&self, text: &str) -> Result<(), Blocked> {
+        if let Some(file) = &self.broken {
+            return Err(Blocked {
+                rule: "unreadable-rules".into(),
+                origin: format!(
+                    "the never-share rules in {file} have errors, so nothing is sent until they are fixed; `loops check` shows them"
+                ),
+                rules: vec!["unreadable-rules".into()],
+            });
+        }
         let hits: Vec<&Rule> = self
             .rules
             .iter()
@@ -347,6 +362,7 @@ pub fn parse(
 ) -> GuardConfig {
     let origin = Origin(rel.display().to_string());
     let mut g = GuardConfig::default();
+    let errors_before = diags.iter().filter(|d| d.is_error()).count();
     let mut patterns = 0usize;
     if let Some(c) = map.get("classification") {
         match c {
@@ -400,6 +416,9 @@ pub fn parse(
     }
     if let Some(v) = map.get("detectors") {
         detectors_of(v, rel, loc, &["detectors"], &origin, &mut g.rules, diags);
+    }
+    if diags.iter().filter(|d| d.is_error()).count() > errors_before {
+        g.broken = Some(rel.display().to_string());
     }
     g
 }
@@ -683,6 +702,15 @@ mod tests {
         assert_eq!(g.redact("a CUST-000001 b"), "a [blocked: customer-id] b");
         let rules = g.prompt_rules().expect("rules");
         assert!(rules.contains("the falcon project"), "{rules}");
+    }
+
+    #[test]
+    fn a_guard_with_an_unreadable_rule_lets_nothing_out() {
+        let (g, d) = guard("detectors: [email]\ndeny_patterns: [\"(oops\"]\n");
+        assert!(!d.is_empty());
+        let b = g.check("an entirely harmless sentence").expect_err("fails closed");
+        assert_eq!(b.rule, "unreadable-rules");
+        assert!(b.to_string().contains("loops check"), "{b}");
     }
 
     #[test]
