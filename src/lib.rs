@@ -14,6 +14,7 @@
 //! - [`channels`] and [`guard`]: delivering messages, and what may never be shared
 //! - [`operator`]: what a person does from outside the daemon (list, trigger, inbox)
 //! - [`mcp`]: `loops mcp`, the same operations and the job queue as MCP tools
+//! - [`service`]: `loops service`, the daemon as a systemd user unit or launchd agent
 //! - [`cli`]: the command line
 
 pub mod agent;
@@ -36,6 +37,7 @@ pub mod operator;
 pub mod runs;
 pub mod schedule;
 pub mod scheduler;
+pub mod service;
 pub mod state;
 pub mod templates;
 pub mod watch;

@@ -6,6 +6,7 @@ mod commands;
 mod inbox;
 mod jobs;
 mod output;
+mod service;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
@@ -206,6 +207,22 @@ The never-share guard of loops.yaml (and of the loop named by --as) checks the t
         after_help = "Speaks MCP on stdin/stdout until the client closes them; logs go to stderr (LOOPS_LOG sets the level, default warn). Register it with an MCP client as the command `loops --workspace DIR mcp`.\n\nTools: list_loops, trigger_loop, list_handoffs, get_handoff, complete_handoff, submit_job, get_job, list_jobs, get_job_progress, cancel_job, pause_job, resume_job, replay_job, send_job_message, get_job_stats. Shell jobs cannot be submitted over MCP."
     )]
     Mcp,
+    /// Run the daemon unattended, as a systemd user unit or a launchd agent.
+    ///
+    /// A systemd user unit (Linux) or launchd agent (macOS) that starts at login, restarts
+    /// on failure and logs to the journal (or a log file).
+    #[command(
+        subcommand,
+        after_help = "Examples:
+  loops service install --print        show the unit for this workspace, change nothing
+  loops service install                write it, enable it and start it
+  loops service status                 the unit, the service manager's view, the daemon's own
+  journalctl --user -u loops-mind -f   follow its logs (the name is loops-<workspace folder>)
+  loops service uninstall              stop it and remove the unit (the env file is kept)
+
+Provider keys go in ~/.config/loops/NAME.env (KEY=value lines). See docs/deploy.md, which also covers Docker."
+    )]
+    Service(service::ServiceCommand),
 }
 
 #[derive(Debug, Subcommand)]

@@ -16,3 +16,4 @@ mod mcp;
 mod provider;
 mod sandbox;
 mod schedule;
+mod service;
