@@ -708,7 +708,9 @@ mod tests {
     fn a_guard_with_an_unreadable_rule_lets_nothing_out() {
         let (g, d) = guard("detectors: [email]\ndeny_patterns: [\"(oops\"]\n");
         assert!(!d.is_empty());
-        let b = g.check("an entirely harmless sentence").expect_err("fails closed");
+        let b = g
+            .check("an entirely harmless sentence")
+            .expect_err("fails closed");
         assert_eq!(b.rule, "unreadable-rules");
         assert!(b.to_string().contains("loops check"), "{b}");
     }
