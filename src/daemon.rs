@@ -402,6 +402,7 @@ pub async fn run(ws: Workspace, opts: DaemonOptions) -> Result<Summary, DaemonEr
             let _ = job_stop_tx.send(true);
             let _ = job_worker.await;
         }
+        crate::mcp::client::McpPool::shutdown_all().await;
         return Ok(d.summary);
     }
 
@@ -572,6 +573,8 @@ pub async fn run(ws: Workspace, opts: DaemonOptions) -> Result<Summary, DaemonEr
     if let Err(e) = job_worker.await {
         tracing::error!("the job worker ended badly: {e}");
     }
+    // Nothing uses the MCP servers any more: they stop with the daemon.
+    crate::mcp::client::McpPool::shutdown_all().await;
     tracing::info!("loops daemon stopped");
     Ok(d.summary)
 }

@@ -322,6 +322,51 @@ impl Ctx<'_> {
     }
 }
 
+/// One entry of a loop's `tools:`: a built-in tool, or an MCP server of loops.yaml
+/// (`server`, or `server.tool`).
+fn check_tool(cx: &mut Ctx, ws: &Workspace, t: &str) {
+    use crate::agent::tools::{is_known, mcp_reference, KNOWN};
+    if is_known(t) {
+        return;
+    }
+    let servers = &ws.settings.mcp_servers;
+    // Not a usable reference either (`x.`): judged below as the unknown name it is.
+    let (server, tool) = mcp_reference(t).unwrap_or((t, None));
+    if servers.contains_key(server) {
+        return;
+    }
+    let names: Vec<&str> = servers.keys().map(String::as_str).collect();
+    let listed = if names.is_empty() {
+        "loops.yaml has no `mcp_servers:`".to_string()
+    } else {
+        format!("the MCP servers in loops.yaml are: {}", names.join(", "))
+    };
+    if tool.is_some() {
+        // `server.tool` can only mean an MCP server: a missing one is a mistake to fix.
+        let help = match near_miss(server, &names) {
+            Some(k) => format!("did you mean `{k}`? ({listed})"),
+            None => format!("add it under `mcp_servers:` in loops.yaml, e.g. {server}: {{ command: [\"npx\", \"-y\", \"some-mcp-server\"] }} ({listed})"),
+        };
+        let d = Diagnostic::error(cx.rel, format!("`{t}` in `tools` names MCP server `{server}`, which is not in loops.yaml `mcp_servers:`"))
+            .at(cx.loc.value(&["tools"]))
+            .help(help);
+        cx.diags.push(d);
+        return;
+    }
+    // A warning, not an error: loops written for other runners (or for tools a later
+    // version adds) still run with what exists.
+    let mut known: Vec<&str> = KNOWN.to_vec();
+    known.extend(names.iter().copied());
+    let help = match near_miss(t, &known) {
+        Some(k) if k != t => format!("did you mean `{k}`? Tools: {}; {listed}", KNOWN.join(", ")),
+        _ => format!("it is not offered to the model; the tools are: {}; an MCP server's name (or `server.tool`) offers its tools ({listed})", KNOWN.join(", ")),
+    };
+    let d = Diagnostic::warning(cx.rel, format!("unknown tool `{t}` in `tools`"))
+        .at(cx.loc.value(&["tools"]))
+        .help(help);
+    cx.diags.push(d);
+}
+
 fn parse_config(
     ws: &Workspace,
     name: &str,
@@ -406,18 +451,7 @@ fn parse_config(
                 Some(seq) if seq.iter().all(|t| t.as_str().is_some()) => {
                     let list: Vec<String> = seq.iter().filter_map(|t| t.as_str().map(str::to_string)).collect();
                     for t in &list {
-                        if !crate::agent::tools::is_known(t) {
-                            // A warning, not an error: loops written for other runners (or
-                            // for tools a later version adds) still run with what exists.
-                            let help = match near_miss(t, crate::agent::tools::KNOWN) {
-                                Some(k) if k != t => format!("did you mean `{k}`? Tools: {}", crate::agent::tools::KNOWN.join(", ")),
-                                _ => format!("it is not offered to the model; the tools are: {}", crate::agent::tools::KNOWN.join(", ")),
-                            };
-                            let d = Diagnostic::warning(cx.rel, format!("unknown tool `{t}` in `tools`"))
-                                .at(cx.loc.value(&["tools"]))
-                                .help(help);
-                            cx.diags.push(d);
-                        }
+                        check_tool(&mut cx, ws, t);
                     }
                     tools = Some(list)
                 }

@@ -10,6 +10,11 @@
 //! - Shell jobs cannot be submitted here: they run commands chosen by whoever submits
 //!   them. They can be observed and controlled like any job.
 //! - Stdout is the protocol; logs go to stderr.
+//!
+//! [`client`] is the other direction: loops as the client of the MCP servers loops.yaml
+//! names, whose tools prompt loops offer the model.
+
+pub mod client;
 
 use crate::daemon::daemon_alive;
 use crate::jobs::job::{JobId, JobKind, JobState, ALL_STATES};

@@ -71,6 +71,8 @@ pub struct Settings {
     /// The never-share rules every loop and the main session keep (`classification`,
     /// `deny_patterns`, `detectors`).
     pub guard: crate::guard::GuardConfig,
+    /// `mcp_servers:` by name: MCP servers whose tools loops may list in `tools:`.
+    pub mcp_servers: std::collections::BTreeMap<String, crate::mcp::client::McpServerConfig>,
 }
 
 /// loops.yaml `main:`: the session that receives handoffs.
@@ -176,6 +178,7 @@ impl Default for Settings {
             main: None,
             channels: Default::default(),
             guard: Default::default(),
+            mcp_servers: Default::default(),
         }
     }
 }
@@ -494,7 +497,9 @@ fn read_settings(root: &Path) -> (Settings, Vec<Diagnostic>) {
                     }
                 }
             }
-            "mcp_servers" => {}
+            "mcp_servers" => {
+                s.mcp_servers = crate::mcp::client::parse_mcp_servers(&rel, &loc, v, &mut diags)
+            }
             "providers" => {
                 s.providers = crate::agent::config::parse_providers(&rel, &loc, v, &mut diags);
                 s.has_providers = !s.providers.is_empty();

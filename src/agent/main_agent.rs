@@ -318,7 +318,7 @@ pub async fn wake(
         Some(t) => t.clone(),
         None => MAIN_DEFAULT.iter().map(|s| s.to_string()).collect(),
     };
-    let kit = ToolKit::new(ToolEnv {
+    let mut kit = ToolKit::new(ToolEnv {
         ws: ws.clone(),
         sandbox: Sandbox::new(&ws.root, Scope::Main),
         loop_name: MAIN.to_string(),
@@ -344,6 +344,7 @@ pub async fn wake(
             format!("main@{}", ids.join(","))
         },
     });
+    kit.load_mcp().await;
     let tpath = Transcript::path_for(&ws.runs_dir(), MAIN, run_id);
     let redactor = Redactor::for_settings(&ws.settings);
     let mut tr = Transcript::create(tpath.clone(), redactor.clone());

@@ -312,7 +312,7 @@ pub async fn run(
                 cwd: def.dir.clone(),
                 env: env.clone(),
             });
-        let kit = ToolKit::new(ToolEnv {
+        let mut kit = ToolKit::new(ToolEnv {
             ws: ws.clone(),
             sandbox: Sandbox::new(
                 &ws.root,
@@ -334,6 +334,7 @@ pub async fn run(
             guard: crate::guard::Guard::new(&ws.settings.guard, Some(&def.guard)),
             delivery_scope: crate::jobs::delivery_scope(def, req),
         });
+        kit.load_mcp().await;
         http_provider(
             &pcfg,
             &model,
@@ -383,6 +384,9 @@ pub async fn http_provider(
         Ok(p) => p,
         Err(e) => return (PromptOutcome::failed(e.to_string()), messages, kit),
     };
+    for e in &kit.mcp_errors {
+        tr.note(&format!("mcp: {e}"));
+    }
     let driven = drive(
         Drive {
             provider: &provider,
@@ -462,6 +466,14 @@ pub async fn http_provider(
     }
     if !kit.refused.is_empty() {
         let n = format!("refused tool call(s): {}", kit.refused.join(", "));
+        out.note = Some(match out.note.take() {
+            Some(o) => format!("{o}; {n}"),
+            None => n,
+        });
+    }
+    if !kit.mcp_errors.is_empty() {
+        // The run went on without those tools; the record says which and why.
+        let n = format!("mcp: {}", kit.mcp_errors.join("; "));
         out.note = Some(match out.note.take() {
             Some(o) => format!("{o}; {n}"),
             None => n,

@@ -1,9 +1,15 @@
 //! The tool kit one run offers the model: the file tools (see [`super::files`]), drafts
-//! and handoffs, `post` to delivery channels, `http_get`, `shell` and `finish`.
+//! and handoffs, `post` to delivery channels, `http_get`, `shell`, `finish`, and the tools of
+//! MCP servers.
 //!
 //! A loop's `tools:` is an allow-list: the model is offered exactly those tools, and a call
 //! to anything else is refused (the refusal goes back to the model and is recorded). Every
 //! tool error goes back to the model as the tool's result; a tool never ends a run.
+//!
+//! An entry of `tools:` that is not a built-in tool names an MCP server of loops.yaml
+//! `mcp_servers:`: `server` (all its tools) or `server.tool` (one). Each such tool is
+//! offered as `server__tool` with its own schema, and `call_tool(server, tool, params)`
+//! reaches the same allow-list by name (see [`crate::mcp::client`]).
 
 use super::model::ToolSpec;
 use super::sandbox::{Access, Sandbox};
@@ -36,6 +42,7 @@ pub const KNOWN: &[&str] = &[
     "deliver",
     "http_get",
     "shell",
+    "call_tool",
     "finish",
 ];
 
@@ -83,6 +90,31 @@ pub fn is_known(name: &str) -> bool {
 
 /// The largest response body `http_get` hands back.
 pub const HTTP_MAX_BYTES: usize = 256 * 1024;
+
+/// The most text one MCP tool call hands back to the model.
+pub const MCP_MAX_BYTES: usize = 128 * 1024;
+
+/// An entry of `tools:` that names an MCP server rather than a built-in tool:
+/// `Some((server, None))` for `server`, `Some((server, Some(tool)))` for `server.tool`.
+pub fn mcp_reference(entry: &str) -> Option<(&str, Option<&str>)> {
+    if is_known(entry) {
+        return None;
+    }
+    match entry.split_once('.') {
+        Some((server, tool)) if !server.is_empty() && !tool.is_empty() => {
+            Some((server, Some(tool)))
+        }
+        Some(_) => None,
+        None => Some((entry, None)),
+    }
+}
+
+/// Which tools of one MCP server a run may use.
+#[derive(Debug, Clone, PartialEq)]
+enum McpAllow {
+    All,
+    Only(Vec<String>),
+}
 
 /// How `shell` runs commands.
 #[derive(Debug, Clone)]
@@ -145,6 +177,13 @@ pub struct ToolKit {
     pub deliveries: Vec<DeliveryNote>,
     poster: Poster,
     pub finish: Option<Finish>,
+    /// MCP servers this run may use, in `tools:` order, and which of their tools.
+    mcp_allowed: Vec<(String, McpAllow)>,
+    /// Offered tool name (`server__tool`) to its server and the tool's own name.
+    mcp_tools: std::collections::BTreeMap<String, (String, String)>,
+    /// Why MCP tools the loop lists are missing from this run (a server that did not
+    /// start, a tool it does not have), for the run record.
+    pub mcp_errors: Vec<String>,
 }
 
 impl ToolKit {
@@ -179,6 +218,235 @@ impl ToolKit {
             refused: Vec::new(),
             delivered: 0,
             finish: None,
+            mcp_allowed: Vec::new(),
+            mcp_tools: Default::default(),
+            mcp_errors: Vec::new(),
+        }
+    }
+
+    /// Adds the tools of the MCP servers `tools:` lists (starting the servers if need
+    /// be), and `call_tool`. A server that does not start costs the run its tools, not
+    /// the run: the model is told in `call_tool`'s description, and [`Self::mcp_errors`]
+    /// says why for the record.
+    pub async fn load_mcp(&mut self) {
+        let ws = self.env.ws.clone();
+        let configured = &ws.settings.mcp_servers;
+        let mut allowed: Vec<(String, McpAllow)> = Vec::new();
+        for entry in &self.env.allowed {
+            let Some((server, tool)) = mcp_reference(entry) else {
+                continue;
+            };
+            if !configured.contains_key(server) {
+                // A plain unknown name is a tool this runner lacks (`loops check` warns);
+                // a dotted one meant a server.
+                if tool.is_some() {
+                    self.mcp_errors.push(format!(
+                        "`{entry}` in tools: names MCP server `{server}`, which is not in loops.yaml `mcp_servers:`"
+                    ));
+                }
+                continue;
+            }
+            let pos = match allowed.iter().position(|(s, _)| s == server) {
+                Some(p) => p,
+                None => {
+                    allowed.push((server.to_string(), McpAllow::Only(Vec::new())));
+                    allowed.len() - 1
+                }
+            };
+            match (&mut allowed[pos].1, tool) {
+                (a, None) => *a = McpAllow::All,
+                (McpAllow::Only(list), Some(t)) if !list.iter().any(|x| x == t) => {
+                    list.push(t.to_string())
+                }
+                _ => {}
+            }
+        }
+        if allowed.is_empty() {
+            return;
+        }
+        let pool = crate::mcp::client::McpPool::shared(&ws);
+        let mut taken: BTreeSet<String> = self.specs.iter().map(|s| s.name.clone()).collect();
+        for (server, allow) in &allowed {
+            let Some(cfg) = configured.get(server) else {
+                continue;
+            };
+            let tools = match pool.list_tools(cfg).await {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::warn!(loop_name = %self.env.loop_name, server = %server, "{e}");
+                    self.mcp_errors.push(e.to_string());
+                    continue;
+                }
+            };
+            if let McpAllow::Only(names) = allow {
+                for n in names
+                    .iter()
+                    .filter(|n| !tools.iter().any(|t| &t.name == *n))
+                {
+                    let have: Vec<&str> = tools.iter().map(|t| t.name.as_str()).collect();
+                    self.mcp_errors.push(format!(
+                        "mcp server `{server}` has no tool `{n}` (it has: {})",
+                        have.join(", ")
+                    ));
+                }
+            }
+            for t in tools.iter().filter(|t| match allow {
+                McpAllow::All => true,
+                McpAllow::Only(names) => names.contains(&t.name),
+            }) {
+                let mut name = crate::mcp::client::tool_spec_name(server, &t.name);
+                // Two tools that sanitise to one name must stay two tools.
+                let mut n = 2;
+                while taken.contains(&name) {
+                    let suffix = format!("_{n}");
+                    let base = crate::mcp::client::tool_spec_name(server, &t.name);
+                    let keep = base.len().min(64 - suffix.len());
+                    name = format!("{}{suffix}", &base[..keep]);
+                    n += 1;
+                }
+                taken.insert(name.clone());
+                let description = if t.description.trim().is_empty() {
+                    format!("`{}` of the MCP server `{server}`.", t.name)
+                } else {
+                    format!("{} (MCP server `{server}`)", t.description.trim())
+                };
+                self.specs.push(ToolSpec {
+                    name: name.clone(),
+                    description,
+                    input_schema: t.input_schema.clone(),
+                });
+                self.mcp_tools
+                    .insert(name, (server.clone(), t.name.clone()));
+            }
+        }
+        self.mcp_allowed = allowed;
+        if !self.mcp_allowed.is_empty() {
+            let spec = self.call_tool_spec();
+            self.specs.push(spec);
+        }
+    }
+
+    /// What the MCP allow-list permits, for descriptions and refusals.
+    fn mcp_allowed_text(&self) -> String {
+        let parts: Vec<String> = self
+            .mcp_allowed
+            .iter()
+            .map(|(s, a)| match a {
+                McpAllow::All => format!("{s} (all its tools)"),
+                McpAllow::Only(names) => names
+                    .iter()
+                    .map(|n| format!("{s}.{n}"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })
+            .collect();
+        parts.join(", ")
+    }
+
+    fn call_tool_spec(&self) -> ToolSpec {
+        let mut description = format!(
+            "Call a tool of an MCP server by name: `server`, `tool`, and `params` (the tool's arguments, as its schema says). Allowed here: {}.",
+            self.mcp_allowed_text()
+        );
+        for e in &self.mcp_errors {
+            description.push_str(&format!(" Note: {e}."));
+        }
+        spec(
+            "call_tool",
+            &description,
+            json!({"type": "object", "properties": {
+                "server": {"type": "string", "description": "the MCP server's name"},
+                "tool": {"type": "string", "description": "the tool's name on that server"},
+                "params": {"type": "object", "description": "the tool's arguments"}
+            }, "required": ["server", "tool"]}),
+        )
+    }
+
+    fn mcp_permits(&self, server: &str, tool: &str) -> bool {
+        self.mcp_allowed.iter().any(|(s, a)| {
+            s == server
+                && match a {
+                    McpAllow::All => true,
+                    McpAllow::Only(names) => names.iter().any(|n| n == tool),
+                }
+        })
+    }
+
+    /// `call_tool`: an MCP tool by name, within the same allow-list as the offered ones.
+    async fn call_tool(&mut self, input: &Value, deadline: Instant) -> ToolResult {
+        let mut tool = str_arg(input, "tool")?;
+        let mut server = opt_str(input, "server")?;
+        if server.is_none() {
+            // `tool: "server.tool"` (or the offered `server__tool`) says both.
+            if let Some((s, t)) = tool.split_once('.').or_else(|| tool.split_once("__")) {
+                let (s, t) = (s.to_string(), t.to_string());
+                server = Some(s);
+                tool = t;
+            }
+        }
+        let Some(server) = server else {
+            return Err(ToolError::new(format!(
+                "missing argument `server`: the MCP server's name. Allowed here: {}",
+                self.mcp_allowed_text()
+            )));
+        };
+        let params = match input.get("params").or_else(|| input.get("arguments")) {
+            None | Some(Value::Null) => json!({}),
+            Some(Value::Object(o)) => Value::Object(o.clone()),
+            // Models sometimes send the arguments as a JSON string.
+            Some(Value::String(s)) => match serde_json::from_str::<Value>(s) {
+                Ok(v @ Value::Object(_)) => v,
+                _ => {
+                    return Err(ToolError::new(
+                        "`params` must be a JSON object with the tool's arguments",
+                    ))
+                }
+            },
+            Some(_) => {
+                return Err(ToolError::new(
+                    "`params` must be a JSON object with the tool's arguments",
+                ))
+            }
+        };
+        if !self.mcp_permits(&server, &tool) {
+            self.refused.push(format!("call_tool({server}.{tool})"));
+            return Err(ToolError::new(format!(
+                "refused: `{server}.{tool}` is not in this loop's `tools:` list. Allowed here: {}",
+                self.mcp_allowed_text()
+            )));
+        }
+        self.call_mcp(&server, &tool, params, deadline).await
+    }
+
+    /// One MCP tool call, bounded by the server's `timeout` and the time left in the run.
+    async fn call_mcp(
+        &mut self,
+        server: &str,
+        tool: &str,
+        args: Value,
+        deadline: Instant,
+    ) -> ToolResult {
+        let Some(cfg) = self.env.ws.settings.mcp_servers.get(server).cloned() else {
+            return Err(ToolError::new(format!(
+                "there is no MCP server `{server}` in loops.yaml `mcp_servers:`"
+            )));
+        };
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(ToolError::new("no time left in this run"));
+        }
+        let pool = crate::mcp::client::McpPool::shared(&self.env.ws);
+        match pool
+            .call(&cfg, tool, args, cfg.call_timeout.min(left))
+            .await
+        {
+            Ok(r) if r.is_error => Err(ToolError::new(format!(
+                "{server}.{tool} reported an error: {}",
+                clip(&r.text, MCP_MAX_BYTES)
+            ))),
+            Ok(r) if r.text.trim().is_empty() => Ok(ToolOk::text("(the tool returned nothing)")),
+            Ok(r) => Ok(ToolOk::text(clip(&r.text, MCP_MAX_BYTES))),
+            Err(e) => Err(ToolError::new(e.to_string())),
         }
     }
 
@@ -219,6 +487,14 @@ impl ToolKit {
                 "the arguments of `{name}` are not valid JSON: {}",
                 clip(&raw.to_string(), 200)
             )));
+        }
+        // MCP tools get their arguments as the model wrote them: the aliases below are
+        // for our own tools' argument names.
+        if let Some((server, tool)) = self.mcp_tools.get(name).cloned() {
+            return self.call_mcp(&server, &tool, input.clone(), deadline).await;
+        }
+        if name == "call_tool" {
+            return self.call_tool(input, deadline).await;
         }
         let input = &with_aliases(name, input);
         let sb = &self.env.sandbox;

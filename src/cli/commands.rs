@@ -385,8 +385,10 @@ fn next(ws: &Workspace, name: &str, count: usize, from: Option<&str>, json: bool
 }
 
 fn init_tracing(format: LogFormat) {
+    // rmcp's info is protocol chatter (a server's whole `instructions` at each start);
+    // what matters about MCP servers is logged by loops itself.
     let filter = tracing_subscriber::EnvFilter::try_from_env("LOOPS_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rmcp=warn"));
     use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -485,6 +487,8 @@ fn trigger(ws: Workspace, name: &str, follow: bool, json_out: bool) -> Result {
         let cancel_rx = super::output::stop_on_signal();
         let rec = jobs::execute(&ctx, &def, &req, live, Some(cancel_rx)).await;
         let _ = printer.await;
+        // MCP servers the run started live in this process: they end with it.
+        crate::mcp::client::McpPool::shutdown_all().await;
         rec
     });
     rt.block_on(manual.finish(&ctx, &rec));

@@ -662,6 +662,7 @@ fn follow_job(ws: &Workspace, store: &JobStore, id: JobId, stream: bool) -> Resu
             };
             let stop_rx = super::output::stop_on_signal();
             worker::run(cfg, worker::Mode::Only(id), stop_rx, tx).await;
+            crate::mcp::client::McpPool::shutdown_all().await;
             if let Some(p) = printer {
                 let _ = p.await;
             }

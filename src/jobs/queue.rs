@@ -203,13 +203,21 @@ fn validate_params(kind: JobKind, params: &Value) -> Result<(), QueueError> {
                 let names = agent_tools(params).unwrap_or_default();
                 for n in &names {
                     if !crate::agent::tools::is_known(n) {
-                        let hint = crate::diag::near_miss(n, crate::agent::tools::KNOWN)
-                            .map(|m| format!(" (did you mean `{m}`?)"))
-                            .unwrap_or_default();
-                        return bad(format!(
-                            "unknown tool `{n}`{hint}; known tools: {}",
-                            crate::agent::tools::KNOWN.join(", ")
-                        ));
+                        // Anything else names an MCP server (`server` or `server.tool`) from
+                        // loops.yaml, checked when the job runs; a near miss of a built-in
+                        // tool is a typo, not a server.
+                        let near = crate::diag::near_miss(n, crate::agent::tools::KNOWN);
+                        let mcp_shaped = crate::agent::tools::mcp_reference(n)
+                            .is_some_and(|(s, _)| crate::mcp::client::valid_server_name(s));
+                        if near.is_some() || !mcp_shaped {
+                            let hint = near
+                                .map(|m| format!(" (did you mean `{m}`?)"))
+                                .unwrap_or_default();
+                            return bad(format!(
+                                "unknown tool `{n}`{hint}; known tools: {}, or an MCP server from loops.yaml (`server` or `server.tool`)",
+                                crate::agent::tools::KNOWN.join(", ")
+                            ));
+                        }
                     }
                 }
             }

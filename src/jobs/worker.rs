@@ -1003,6 +1003,10 @@ async fn run_agent(
         delivery_scope: format!("job-{}", job.id),
     };
     let mut kit = ToolKit::new(kit_env);
+    kit.load_mcp().await;
+    for e in &kit.mcp_errors {
+        tr.note(&format!("mcp: {e}"));
+    }
     let mut hooks = JobHooks {
         store: store.clone(),
         id: job.id,

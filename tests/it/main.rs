@@ -13,6 +13,7 @@ mod history;
 mod inbox;
 mod jobs;
 mod mcp;
+mod mcp_tools;
 mod provider;
 mod sandbox;
 mod schedule;
