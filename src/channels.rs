@@ -768,9 +768,13 @@ impl Poster {
         if let Some(c) = channels.get(name.trim()) {
             return Ok(c);
         }
-        // `discord:general`-style references name the channel first.
-        if let Some((head, _)) = name.split_once(':') {
-            if let Some(c) = channels.get(head.trim()) {
+        // `discord:general`-style references (platform:channel, as Genesis configs write
+        // them) name one configured channel by either part.
+        if let Some((head, tail)) = name.split_once(':') {
+            if let Some(c) = channels
+                .get(tail.trim())
+                .or_else(|| channels.get(head.trim()))
+            {
                 return Ok(c);
             }
         }

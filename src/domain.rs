@@ -551,6 +551,17 @@ fn parse_config(
     // Payload.
     let payload = parse_payload(&mut cx, payload_v, has_prompt, dir, rel);
 
+    if ws.settings.channels.is_empty()
+        && tools
+            .as_ref()
+            .is_some_and(|t| t.iter().any(|x| x == "post" || x == "deliver"))
+    {
+        cx.diags.push(
+            Diagnostic::warning(rel, "`post` is in `tools`, but loops.yaml has no `channels:`: every post will fail")
+                .at(cx.loc.value(&["tools"]))
+                .help("add a channel, e.g. channels: { general: { kind: discord, url_env: DISCORD_WEBHOOK_URL } } (see docs/channels.md)"),
+        );
+    }
     if deliver.is_some() && matches!(payload, Some(Payload::Prompt { .. })) {
         cx.diags.push(
             Diagnostic::warning(
