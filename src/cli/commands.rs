@@ -74,6 +74,7 @@ pub fn dispatch(cli: Cli) -> Result {
                 json,
             },
         ),
+        Command::Status { json } => super::status::status(&Workspace::locate(ws_arg)?, json),
         Command::Channels { json } => super::channels::channels(&Workspace::locate(ws_arg)?, json),
         Command::Deliveries {
             channel,

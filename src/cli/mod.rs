@@ -7,6 +7,7 @@ mod inbox;
 mod jobs;
 mod output;
 mod service;
+mod status;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
@@ -137,6 +138,12 @@ pub enum Command {
     Inbox {
         #[command(subcommand)]
         command: Option<InboxCommand>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// One screen: the daemon (pid, uptime, version), every loop (next run, last outcome,
+    /// failing or paused), the inbox, the job queue, deliveries, MCP servers, recent runs and commits.
+    Status {
         #[arg(long)]
         json: bool,
     },

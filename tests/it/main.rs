@@ -18,3 +18,4 @@ mod provider;
 mod sandbox;
 mod schedule;
 mod service;
+mod status;

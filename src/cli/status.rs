@@ -1,0 +1,270 @@
+//! `loops status`: one screen that says what the runner is doing — the daemon, the loops,
+//! the inbox, the job queue, deliveries, MCP servers, recent runs and commits.
+
+use super::output::{relative, table};
+use super::CliError;
+use crate::handoff::Stage;
+use crate::runs::RunLog;
+use crate::workspace::Workspace;
+use chrono::Utc;
+use serde_json::{json, Value};
+
+type Result<T = ()> = std::result::Result<T, CliError>;
+
+const RECENT: usize = 5;
+
+pub fn status(ws: &Workspace, json_out: bool) -> Result {
+    let now = Utc::now();
+    let daemon = crate::daemon::daemon_alive(ws);
+    let loops = crate::operator::loop_rows(ws, now);
+    let handoffs = crate::operator::handoff_rows(ws, now);
+    let store = crate::jobs::store::JobStore::new(ws);
+    let stats = crate::jobs::stats::compute(&store, now, daemon.is_some());
+    let deliveries = crate::channels::list_records(ws);
+    let day_ago = now - chrono::Duration::hours(24);
+    let recent_deliveries: Vec<&crate::channels::DeliveryRecord> =
+        deliveries.iter().filter(|d| d.updated >= day_ago).collect();
+    let count_status = |s: crate::channels::DeliveryStatus| {
+        recent_deliveries.iter().filter(|d| d.status == s).count()
+    };
+    let mcp = mcp_servers(ws);
+
+    let runlog = RunLog::new(&ws.runs_dir(), ws.settings.rotate_bytes);
+    let mut runs: Vec<crate::runs::RunRecord> = loops
+        .iter()
+        .map(|l| l.name.as_str())
+        .chain(std::iter::once("main"))
+        .flat_map(|n| runlog.recent(n, RECENT))
+        .collect();
+    runs.sort_by_key(|r| std::cmp::Reverse(r.finished));
+    runs.truncate(RECENT);
+    let commits = crate::history::read_log(&ws.root, None, RECENT).unwrap_or_default();
+
+    let stage_count = |s: Stage| handoffs.iter().filter(|h| h.stage == s).count();
+    let failing = loops.iter().filter(|l| l.consecutive_failures > 0).count();
+    let paused = loops.iter().filter(|l| l.paused.is_some()).count();
+    let broken = loops
+        .iter()
+        .filter(|l| !l.errors.iter().all(|d| !d.is_error()))
+        .count();
+
+    if json_out {
+        let local = crate::workspace::host_timezone();
+        let v = json!({
+            "workspace": ws.root,
+            "version": env!("CARGO_PKG_VERSION"),
+            "daemon": daemon.as_ref().map(|d| json!({
+                "pid": d.pid,
+                "started": d.started,
+                "uptime_secs": (now - d.started).num_seconds().max(0),
+                "version": d.version,
+            })),
+            "loops": loops.iter().map(|l| l.to_json(&local)).collect::<Vec<_>>(),
+            "inbox": {
+                "pending": stage_count(Stage::Pending),
+                "active": stage_count(Stage::Active),
+                "rejected": stage_count(Stage::Rejected),
+            },
+            "jobs": {
+                "active": stats.health.active,
+                "waiting": stats.health.waiting,
+                "delayed": stats.health.delayed,
+                "paused": stats.health.paused,
+                "stalled": stats.health.stalled,
+                "warnings": stats.warnings,
+            },
+            "deliveries_24h": {
+                "delivered": count_status(crate::channels::DeliveryStatus::Delivered),
+                "delivery_failed": count_status(crate::channels::DeliveryStatus::DeliveryFailed),
+                "blocked": count_status(crate::channels::DeliveryStatus::Blocked),
+            },
+            "mcp_servers": mcp,
+            "recent_runs": runs.iter().map(|r| json!({
+                "loop": r.loop_name, "run_id": r.run_id, "outcome": r.outcome,
+                "finished": r.finished, "duration_ms": r.duration_ms, "error": r.error,
+            })).collect::<Vec<_>>(),
+            "recent_commits": commits.iter().map(|c| json!({
+                "commit": c.commit, "time": c.time, "loop": c.loop_name, "summary": c.summary,
+            })).collect::<Vec<_>>(),
+        });
+        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        return Ok(());
+    }
+
+    let mut out = String::new();
+    out.push_str(&format!(
+        "loops {} — {}\n\n",
+        env!("CARGO_PKG_VERSION"),
+        ws.root.display()
+    ));
+    let daemon_line = match &daemon {
+        Some(d) => format!(
+            "running, pid {}, up {}{}",
+            d.pid,
+            crate::duration::format_duration(
+                (now - d.started).to_std().unwrap_or_default()
+            ),
+            if d.version != env!("CARGO_PKG_VERSION") {
+                format!(" (version {}: restart it to run this one)", d.version)
+            } else {
+                String::new()
+            }
+        ),
+        None => "not running: nothing runs on schedule. Start it with `loops run` (or `loops service install`)".into(),
+    };
+    let mut lines: Vec<(String, String)> = vec![("daemon".into(), daemon_line)];
+    lines.push((
+        "loops".into(),
+        format!(
+            "{} — {} failing, {} paused, {} with errors",
+            loops.len(),
+            failing,
+            paused,
+            broken
+        ),
+    ));
+    lines.push((
+        "inbox".into(),
+        format!(
+            "{} pending, {} active, {} rejected",
+            stage_count(Stage::Pending),
+            stage_count(Stage::Active),
+            stage_count(Stage::Rejected)
+        ),
+    ));
+    lines.push((
+        "jobs".into(),
+        format!(
+            "{} active, {} waiting, {} delayed, {} paused, {} stalled",
+            stats.health.active,
+            stats.health.waiting,
+            stats.health.delayed,
+            stats.health.paused,
+            stats.health.stalled
+        ),
+    ));
+    if !ws.settings.channels.is_empty() || !deliveries.is_empty() {
+        lines.push((
+            "deliveries".into(),
+            format!(
+                "last 24 h: {} delivered, {} failed, {} blocked",
+                count_status(crate::channels::DeliveryStatus::Delivered),
+                count_status(crate::channels::DeliveryStatus::DeliveryFailed),
+                count_status(crate::channels::DeliveryStatus::Blocked)
+            ),
+        ));
+    }
+    if !mcp.is_empty() {
+        let s: Vec<String> = mcp
+            .iter()
+            .map(|m| {
+                format!(
+                    "{} {}{}",
+                    m["name"].as_str().unwrap_or("?"),
+                    m["state"].as_str().unwrap_or("?"),
+                    match m["restarts"].as_u64() {
+                        Some(n) if n > 0 => format!(" ({n} restart(s))"),
+                        _ => String::new(),
+                    }
+                )
+            })
+            .collect();
+        lines.push(("mcp".into(), s.join(", ")));
+    }
+    for (k, v) in &lines {
+        out.push_str(&format!("{k:<11}{v}\n"));
+    }
+
+    if !loops.is_empty() {
+        out.push('\n');
+        let rows: Vec<Vec<String>> = loops
+            .iter()
+            .map(|l| {
+                vec![
+                    l.name.clone(),
+                    l.next
+                        .map(|n| relative(n, now))
+                        .unwrap_or_else(|| "-".into()),
+                    l.last
+                        .as_ref()
+                        .map(|r| format!("{} {}", r.outcome, relative(r.finished, now)))
+                        .unwrap_or_else(|| "never run".into()),
+                    l.status.clone(),
+                ]
+            })
+            .collect();
+        out.push_str(&table(&["LOOP", "NEXT", "LAST", "STATUS"], &rows));
+    }
+    if !runs.is_empty() {
+        out.push_str("\nRecent runs\n");
+        let rows: Vec<Vec<String>> = runs
+            .iter()
+            .map(|r| {
+                vec![
+                    relative(r.finished, now),
+                    r.loop_name.clone(),
+                    r.outcome.to_string(),
+                    crate::agent::tools::clip(
+                        r.error.as_deref().or(r.summary.as_deref()).unwrap_or(""),
+                        60,
+                    ),
+                ]
+            })
+            .collect();
+        out.push_str(&table(&["WHEN", "LOOP", "OUTCOME", "DETAIL"], &rows));
+    }
+    if !commits.is_empty() {
+        out.push_str("\nRecent commits\n");
+        let rows: Vec<Vec<String>> = commits
+            .iter()
+            .map(|c| {
+                vec![
+                    c.commit.chars().take(8).collect(),
+                    relative(c.time, now),
+                    crate::agent::tools::clip(&c.summary, 70),
+                ]
+            })
+            .collect();
+        out.push_str(&table(&["COMMIT", "WHEN", "SUMMARY"], &rows));
+    }
+    let mut warnings = stats.warnings.clone();
+    if daemon.is_none() && (stats.health.waiting > 0 || stage_count(Stage::Pending) > 0) {
+        warnings.push("work is waiting and no daemon is running: start `loops run`".into());
+    }
+    if !warnings.is_empty() {
+        out.push('\n');
+        for w in warnings {
+            out.push_str(&format!("warning: {w}\n"));
+        }
+    }
+    print!("{out}");
+    Ok(())
+}
+
+/// `.loops/mcp/<server>.json` status files, trimmed to what a person needs.
+fn mcp_servers(ws: &Workspace) -> Vec<Value> {
+    let mut out: Vec<Value> = std::fs::read_dir(ws.runtime_dir().join("mcp"))
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+        .filter_map(|e| std::fs::read(e.path()).ok())
+        .filter_map(|b| serde_json::from_slice::<Value>(&b).ok())
+        .map(|v| {
+            let name = v
+                .get("server")
+                .or_else(|| v.get("name"))
+                .cloned()
+                .unwrap_or(Value::Null);
+            json!({
+                "name": name,
+                "state": v.get("state").cloned().unwrap_or(Value::Null),
+                "pid": v.get("pid").cloned().unwrap_or(Value::Null),
+                "restarts": v.get("restarts").cloned().unwrap_or(json!(0)),
+                "last_error": v.get("last_error").cloned().unwrap_or(Value::Null),
+            })
+        })
+        .collect();
+    out.sort_by(|a, b| a["name"].to_string().cmp(&b["name"].to_string()));
+    out
+}
