@@ -44,11 +44,21 @@ fn status_shows_the_daemon_loops_inbox_jobs_and_recent_work() {
         .output()
         .expect("handoff");
     assert!(ws_done.status.success());
+    // A run to show, made now rather than waiting for the loop's schedule.
+    let trig = ws
+        .cmd()
+        .args(["trigger", "example"])
+        .output()
+        .expect("trigger");
+    assert!(
+        trig.status.success(),
+        "{}",
+        String::from_utf8_lossy(&trig.stderr)
+    );
     let mut d = ws.start_daemon();
     let started = wait_until(Duration::from_secs(60), || {
         let v = status_json(&ws);
         v["daemon"]["pid"].as_i64() == Some(d.pid() as i64)
-            && !v["recent_runs"].as_array().is_some_and(|r| r.is_empty())
     });
     let v = status_json(&ws);
     assert!(started, "{v:#}\n{}", d.log());
@@ -60,6 +70,7 @@ fn status_shows_the_daemon_loops_inbox_jobs_and_recent_work() {
     assert_eq!(v["loops"][0]["name"], "example", "{v}");
     assert!(v["inbox"]["pending"].is_number(), "{v}");
     assert!(v["jobs"]["waiting"].is_number(), "{v}");
+    assert_eq!(v["recent_runs"][0]["loop"], "example", "{v}");
     assert!(
         v["recent_commits"]
             .as_array()
