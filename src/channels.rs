@@ -903,7 +903,6 @@ impl Poster {
         }
         write_record(&path, &rec);
         let mut last_error = String::new();
-        let mut permanent = false;
         loop {
             rec.attempts += 1;
             let remaining = deadline.saturating_duration_since(Instant::now());
@@ -942,7 +941,6 @@ impl Poster {
                 }
                 Attempt::Permanent(e) => {
                     last_error = e;
-                    permanent = true;
                     break;
                 }
                 Attempt::Transient(e, retry_after) => {
@@ -970,7 +968,6 @@ impl Poster {
                 }
             }
         }
-        let _ = permanent;
         rec.status = DeliveryStatus::DeliveryFailed;
         rec.error = Some(last_error.clone());
         rec.updated = Utc::now();
