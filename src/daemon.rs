@@ -411,6 +411,9 @@ pub async fn run(ws: Workspace, opts: DaemonOptions) -> Result<Summary, DaemonEr
         loops = d.sched.loop_names().count(),
         "loops daemon started"
     );
+    // Records, transcripts and finished jobs are pruned at start and hourly (loops.yaml
+    // `records:`), so months of running do not fill the disk.
+    let pruner = crate::retention::spawn(ws.clone());
     let mut stop = opts.stop.clone();
     let stopped = async move {
         match stop.as_mut() {
@@ -510,6 +513,7 @@ pub async fn run(ws: Workspace, opts: DaemonOptions) -> Result<Summary, DaemonEr
         }
     }
 
+    pruner.abort();
     // Shutdown: no new runs; running ones get the grace period, then are stopped.
     // Slots claimed a moment ago are recorded, not silently dropped. Running jobs get
     // the same grace from their worker, then go back to waiting.

@@ -34,6 +34,7 @@ pub mod jobs;
 pub mod main_session;
 pub mod mcp;
 pub mod operator;
+pub mod retention;
 pub mod runs;
 pub mod schedule;
 pub mod scheduler;

@@ -54,6 +54,10 @@ pub struct Settings {
     pub author_name: String,
     pub author_email: String,
     pub rotate_bytes: u64,
+    /// `records.max_age`: `.loops/` records older than this are pruned (`None`: kept forever).
+    pub max_age: Option<Duration>,
+    /// `records.max_total_bytes`: the cap on `.loops/` (`None`: no cap).
+    pub max_total_bytes: Option<u64>,
     /// Whether any model provider is configured (prompt loops wait for one).
     pub has_providers: bool,
     /// `providers:` by name.
@@ -170,6 +174,8 @@ impl Default for Settings {
             author_name: "loops".into(),
             author_email: "loops@localhost".into(),
             rotate_bytes: 10 * 1024 * 1024,
+            max_age: Some(Duration::from_secs(90 * 24 * 3600)),
+            max_total_bytes: Some(1024 * 1024 * 1024),
             has_providers: false,
             providers: Default::default(),
             defaults: Default::default(),
@@ -206,7 +212,7 @@ const LIMIT_KEYS: &[&str] = &[
     "pause_after_failures",
 ];
 const GIT_KEYS: &[&str] = &["commit", "author_name", "author_email"];
-const RECORD_KEYS: &[&str] = &["rotate_bytes"];
+const RECORD_KEYS: &[&str] = &["rotate_bytes", "max_age", "max_total_bytes"];
 
 /// An opened workspace.
 #[derive(Debug, Clone)]
@@ -490,6 +496,57 @@ fn read_settings(root: &Path) -> (Settings, Vec<Diagnostic>) {
                             )
                             .at(loc.value(&["records", rk]))
                             .help("e.g. rotate_bytes: 10485760 (10 MiB)"),
+                        ),
+                        ("max_age", _) => {
+                            let text = match rv {
+                                yaml_serde::Value::String(t) => Some(t.trim().to_string()),
+                                yaml_serde::Value::Number(n) if n.as_u64() == Some(0) => {
+                                    Some("0".into())
+                                }
+                                _ => None,
+                            };
+                            match text.as_deref() {
+                                Some("forever" | "0") => s.max_age = None,
+                                Some(t) => match crate::duration::parse_duration(t) {
+                                    Ok(d) if d >= Duration::from_secs(3600) => s.max_age = Some(d),
+                                    Ok(_) => diags.push(
+                                        Diagnostic::error(
+                                            &rel,
+                                            "records.max_age must be at least 1h",
+                                        )
+                                        .at(loc.value(&["records", rk]))
+                                        .help("e.g. max_age: 90d, or max_age: forever to keep every record"),
+                                    ),
+                                    Err(e) => diags.push(
+                                        Diagnostic::error(
+                                            &rel,
+                                            format!("records.max_age: {e}"),
+                                        )
+                                        .at(loc.value(&["records", rk]))
+                                        .help("e.g. max_age: 90d, or max_age: forever to keep every record"),
+                                    ),
+                                },
+                                None => diags.push(
+                                    Diagnostic::error(
+                                        &rel,
+                                        "records.max_age must be a duration or `forever`",
+                                    )
+                                    .at(loc.value(&["records", rk]))
+                                    .help("e.g. max_age: 90d, or max_age: forever to keep every record"),
+                                ),
+                            }
+                        }
+                        ("max_total_bytes", Some(0)) => s.max_total_bytes = None,
+                        ("max_total_bytes", Some(n)) if n >= 1024 * 1024 => {
+                            s.max_total_bytes = Some(n)
+                        }
+                        ("max_total_bytes", _) => diags.push(
+                            Diagnostic::error(
+                                &rel,
+                                "records.max_total_bytes must be a number of bytes, at least 1048576 (1 MiB), or 0 for no cap",
+                            )
+                            .at(loc.value(&["records", rk]))
+                            .help("e.g. max_total_bytes: 1073741824 (1 GiB)"),
                         ),
                         (other, _) => {
                             diags.push(unknown_key(&rel, &loc, &["records", other], RECORD_KEYS))

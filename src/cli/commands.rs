@@ -75,6 +75,7 @@ pub fn dispatch(cli: Cli) -> Result {
             },
         ),
         Command::Status { json } => super::status::status(&Workspace::locate(ws_arg)?, json),
+        Command::Prune { dry_run, json } => prune(&Workspace::locate(ws_arg)?, dry_run, json),
         Command::Channels { json } => super::channels::channels(&Workspace::locate(ws_arg)?, json),
         Command::Deliveries {
             channel,
@@ -659,4 +660,66 @@ fn resume(ws: &Workspace, name: &str) -> Result {
         None => println!("`{name}` was not paused; nothing to do."),
     }
     Ok(())
+}
+
+fn prune(ws: &Workspace, dry_run: bool, json_out: bool) -> Result {
+    use crate::retention::{human_bytes, Policy};
+    let policy = Policy::of(&ws.settings);
+    // Steps of a long pass on a terminal; scripts reading stderr get only what matters.
+    let on_tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let say = |line: &str| {
+        if on_tty && !json_out {
+            eprintln!("{line}…");
+        }
+    };
+    let r = crate::retention::prune(ws, std::time::SystemTime::now(), dry_run, &say);
+    if json_out {
+        print_json(&serde_json::to_value(&r).unwrap_or_default());
+    } else {
+        let verb = if dry_run { "would remove" } else { "removed" };
+        if r.removed.is_empty() {
+            println!(
+                "nothing to remove: .loops/ holds {} in {} files ({})",
+                human_bytes(r.bytes_before),
+                r.files_before,
+                policy.describe()
+            );
+        } else {
+            let rows: Vec<Vec<String>> = r
+                .removed
+                .iter()
+                .map(|(k, t)| {
+                    vec![
+                        k.label().to_string(),
+                        t.items.to_string(),
+                        t.files.to_string(),
+                        human_bytes(t.bytes),
+                    ]
+                })
+                .collect();
+            print!("{}", table(&["WHAT", "ITEMS", "FILES", "SIZE"], &rows));
+            println!(
+                "{verb} {} older than max_age, {} more to fit max_total_bytes ({}); .loops/ {} → {}",
+                r.expired.items,
+                r.over_cap.items,
+                policy.describe(),
+                human_bytes(r.bytes_before),
+                human_bytes(r.bytes_after)
+            );
+        }
+        for f in &r.rotated {
+            println!("rotated {f}");
+        }
+        if let Some(w) = &r.warning {
+            eprintln!("warning: {w}");
+        }
+    }
+    for e in &r.errors {
+        eprintln!("error: {e}");
+    }
+    if r.errors.is_empty() {
+        Ok(())
+    } else {
+        Err(CliError::silent(1))
+    }
 }

@@ -147,6 +147,24 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Remove old run records, transcripts, finished jobs and delivery records from .loops/.
+    #[command(after_help = "What goes is set in loops.yaml `records:`:
+  max_age: 90d                  anything older is removed (`forever` keeps all)
+  max_total_bytes: 1073741824   then the oldest go while .loops/ is over this (0: no cap)
+  rotate_bytes: 10485760        run records, jobs/audit.log and MCP server logs rotate at this size
+
+Live state is never removed: loop state, runs in progress, live jobs, the current run-record file of each loop. The daemon does the same pass at start and every hour; this command does it now.
+
+Examples:
+  loops prune --dry-run     what would go, nothing removed
+  loops prune --json")]
+    Prune {
+        /// Show what would be removed; remove nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// Post a message to a delivery channel (loops.yaml `channels:`), as a loop would.
     #[command(
         after_help = "The message is TEXT, or stdin when TEXT is `-` or absent:

@@ -15,6 +15,7 @@ mod jobs;
 mod mcp;
 mod mcp_tools;
 mod provider;
+mod retention;
 mod sandbox;
 mod schedule;
 mod service;
