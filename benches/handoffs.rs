@@ -63,6 +63,7 @@ impl Daemon {
             all: false,
             clock: Arc::new(SystemClock),
             stop: Some(stop_rx),
+            progress: None,
         };
         let task = rt.spawn(daemon::run(ws, opts));
         Daemon { rt, stop, task }

@@ -119,6 +119,7 @@ fn main() {
         all: false,
         clock: Arc::new(SystemClock),
         stop: Some(stop_rx),
+        progress: None,
     };
     let t0 = Instant::now();
     let out = rt.block_on(async move {

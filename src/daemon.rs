@@ -143,6 +143,33 @@ pub struct DaemonOptions {
     pub clock: Arc<dyn Clock>,
     /// Stop when this flips to true (tests; signals are handled too).
     pub stop: Option<watch::Receiver<bool>>,
+    /// With `once`: told as runs end, and every [`PROGRESS_EVERY`] while they go on.
+    pub progress: Option<ProgressFn>,
+}
+
+/// Receives a `--once` pass's [`Progress`].
+pub type ProgressFn = Arc<dyn Fn(&Progress) + Send + Sync>;
+
+/// How often a `--once` pass says what is still running when nothing has ended.
+pub const PROGRESS_EVERY: Duration = Duration::from_secs(10);
+
+/// Where a `--once` pass is, for a progress display.
+#[derive(Debug, Clone)]
+pub enum Progress {
+    /// A run ended: the `done`th of `total` (which grows if a retry is queued).
+    Finished {
+        done: usize,
+        total: usize,
+        record: Box<RunRecord>,
+        running: Vec<(String, Duration)>,
+    },
+    /// Nothing ended for a while: what is running, and for how long.
+    Waiting {
+        done: usize,
+        total: usize,
+        running: Vec<(String, Duration)>,
+        queued: usize,
+    },
 }
 
 /// What a `--once` pass did, for its summary.
@@ -169,6 +196,7 @@ struct Finished {
 struct RunningRun {
     run_id: String,
     cancel: watch::Sender<bool>,
+    started: std::time::Instant,
 }
 
 struct Daemon {
@@ -183,6 +211,8 @@ struct Daemon {
     summary: Summary,
     /// Only `--once` reports a summary; a long-running daemon must not keep every record.
     keep_summary: bool,
+    /// A progress display shows each run's end: the log need not say it too.
+    quiet_finish: bool,
     in_flight: usize,
     /// The main session's wakes: one at a time, coalesced, flood-guarded.
     wakes: Wakes,
@@ -272,6 +302,7 @@ pub async fn run(ws: Workspace, opts: DaemonOptions) -> Result<Summary, DaemonEr
         done_tx,
         summary: Summary::default(),
         keep_summary: opts.once,
+        quiet_finish: opts.once && opts.progress.is_some(),
         in_flight: 0,
         wakes,
     };
@@ -359,20 +390,48 @@ pub async fn run(ws: Workspace, opts: DaemonOptions) -> Result<Summary, DaemonEr
         d.queue(due);
         // Handoffs waiting in the inbox get one pass of the main session too.
         d.try_wake(opts.clock.now(), crate::main_session::WakeKind::Handoffs);
+        let mut done = 0usize;
+        let mut last_said = std::time::Instant::now();
         loop {
             d.dispatch_ready(opts.clock.now());
             if d.in_flight == 0 && d.pending.is_empty() && d.wakes.running.is_none() {
                 break;
             }
-            let wait = d
+            let mut wait = d
                 .pending
                 .iter()
                 .map(|p| p.not_before)
                 .min()
                 .map(|t| (t - opts.clock.now()).to_std().unwrap_or_default())
                 .unwrap_or(Duration::from_secs(3600));
+            if let Some(say) = &opts.progress {
+                if last_said.elapsed() >= PROGRESS_EVERY && d.in_flight > 0 {
+                    say(&Progress::Waiting {
+                        done,
+                        total: done + d.in_flight + d.pending.len(),
+                        running: d.running_for(),
+                        queued: d.pending.len(),
+                    });
+                    last_said = std::time::Instant::now();
+                }
+                wait = wait.min(PROGRESS_EVERY.saturating_sub(last_said.elapsed()));
+            }
             let signalled = tokio::select! {
-                Some(f) = done_rx.recv() => { d.on_finished(f); false }
+                Some(f) = done_rx.recv() => {
+                    let record = Box::new(f.rec.clone());
+                    d.on_finished(f);
+                    done += 1;
+                    if let Some(say) = &opts.progress {
+                        say(&Progress::Finished {
+                            done,
+                            total: done + d.in_flight + d.pending.len(),
+                            record,
+                            running: d.running_for(),
+                        });
+                        last_said = std::time::Instant::now();
+                    }
+                    false
+                }
                 Some(w) = wake_rx.recv() => { d.on_wake_done(w, false); false }
                 _ = tokio::time::sleep(wait) => false,
                 _ = sigint.recv() => true,
@@ -584,6 +643,20 @@ pub async fn run(ws: Workspace, opts: DaemonOptions) -> Result<Summary, DaemonEr
 }
 
 impl Daemon {
+    /// What is running now and for how long, longest first.
+    fn running_for(&self) -> Vec<(String, Duration)> {
+        let mut out: Vec<(String, Duration)> = self
+            .running
+            .iter()
+            .flat_map(|(name, runs)| runs.iter().map(|r| (name.clone(), r.started.elapsed())))
+            .collect();
+        if self.wakes.running.is_some() {
+            out.push(("main session".into(), Duration::ZERO));
+        }
+        out.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        out
+    }
+
     /// Runs left "running" by a process that died are recorded as interrupted.
     fn recover_interrupted(&mut self) {
         for m in self.ctx.running.orphans() {
@@ -815,6 +888,7 @@ impl Daemon {
             .push(RunningRun {
                 run_id: req.run_id.clone(),
                 cancel: cancel_tx,
+                started: std::time::Instant::now(),
             });
         self.in_flight += 1;
         let ctx = self.ctx.clone();
@@ -875,6 +949,9 @@ impl Daemon {
         match rec.outcome {
             Outcome::Failed | Outcome::Timeout => {
                 tracing::warn!(loop_name = %rec.loop_name, run = %rec.run_id, outcome = %rec.outcome, duration_ms = rec.duration_ms, "{err}")
+            }
+            _ if self.quiet_finish => {
+                tracing::debug!(loop_name = %rec.loop_name, run = %rec.run_id, outcome = %rec.outcome, duration_ms = rec.duration_ms, commit = rec.commit.as_deref().unwrap_or(""), "run finished")
             }
             _ => {
                 tracing::info!(loop_name = %rec.loop_name, run = %rec.run_id, outcome = %rec.outcome, duration_ms = rec.duration_ms, commit = rec.commit.as_deref().unwrap_or(""), "run finished")

@@ -414,6 +414,7 @@ fn run(ws: Workspace, once: bool, all: bool, log_format: LogFormat) -> Result {
         all,
         clock: Arc::new(SystemClock),
         stop: None,
+        progress: once.then(|| Arc::new(say_progress) as daemon::ProgressFn),
     };
     let root = ws.root.clone();
     let summary = rt.block_on(daemon::run(ws, opts))?;
@@ -722,4 +723,72 @@ fn prune(ws: &Workspace, dry_run: bool, json_out: bool) -> Result {
     } else {
         Err(CliError::silent(1))
     }
+}
+
+/// A `--once` pass's progress on stderr, one line per event: `[ 3/13] report acted in
+/// 206 ms · commit 16b2c8b498 · running: digest, sync`. The summary table follows on stdout.
+fn say_progress(p: &daemon::Progress) {
+    fn names(running: &[(String, std::time::Duration)], with_time: bool) -> String {
+        const SHOWN: usize = 4;
+        let mut parts: Vec<String> = running
+            .iter()
+            .take(SHOWN)
+            .map(|(n, d)| {
+                if with_time && !d.is_zero() {
+                    format!(
+                        "{n} for {}",
+                        crate::duration::format_duration(std::time::Duration::from_secs(
+                            d.as_secs()
+                        ))
+                    )
+                } else {
+                    n.clone()
+                }
+            })
+            .collect();
+        if running.len() > SHOWN {
+            parts.push(format!("{} more", running.len() - SHOWN));
+        }
+        parts.join(", ")
+    }
+    let line = match p {
+        daemon::Progress::Finished {
+            done,
+            total,
+            record: r,
+            running,
+        } => {
+            let width = total.to_string().len();
+            let mut line = format!(
+                "[{done:>width$}/{total}] {} {} in {} ms",
+                r.loop_name, r.outcome, r.duration_ms
+            );
+            if let Some(c) = &r.commit {
+                line.push_str(&format!(" · commit {}", &c[..c.len().min(10)]));
+            }
+            if r.outcome.is_failure() {
+                if let Some(e) = r.error.as_deref().and_then(|e| e.lines().next()) {
+                    line.push_str(&format!(": {e}"));
+                }
+            }
+            if !running.is_empty() {
+                line.push_str(&format!(" · running: {}", names(running, false)));
+            }
+            line
+        }
+        daemon::Progress::Waiting {
+            done,
+            total,
+            running,
+            queued,
+        } => {
+            let width = total.to_string().len();
+            let mut line = format!("[{done:>width$}/{total}] running: {}", names(running, true));
+            if *queued > 0 {
+                line.push_str(&format!(" · {queued} queued"));
+            }
+            line
+        }
+    };
+    eprintln!("{line}");
 }

@@ -661,7 +661,24 @@ fn follow_job(ws: &Workspace, store: &JobStore, id: JobId, stream: bool) -> Resu
                 (None, None)
             };
             let stop_rx = super::output::stop_on_signal();
+            // The job's file says where it is; read it beside the run, as a follower of
+            // a daemon's run would.
+            let watcher = stream.then(|| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    let mut w = ProgressWatch::default();
+                    loop {
+                        if let Ok(Some(j)) = store.get(id) {
+                            w.observe(&store, &j);
+                        }
+                        tokio::time::sleep(Duration::from_millis(250)).await;
+                    }
+                })
+            });
             worker::run(cfg, worker::Mode::Only(id), stop_rx, tx).await;
+            if let Some(w) = watcher {
+                w.abort();
+            }
             crate::mcp::client::McpPool::shutdown_all().await;
             if let Some(p) = printer {
                 let _ = p.await;
@@ -682,11 +699,16 @@ fn follow_job(ws: &Workspace, store: &JobStore, id: JobId, stream: bool) -> Resu
         )
         .ok();
         let mut tail = Tail::default();
+        let mut progress = ProgressWatch::default();
         loop {
             if stream {
                 tail.pump(store, id);
             }
-            match store.get(id)? {
+            let job = store.get(id)?;
+            if let (true, Some(j)) = (stream, &job) {
+                progress.observe(store, j);
+            }
+            match job {
                 Some(j) if j.state.is_terminal() || j.state == JobState::Paused => {
                     if stream {
                         tail.pump(store, id);
@@ -700,6 +722,41 @@ fn follow_job(ws: &Workspace, store: &JobStore, id: JobId, stream: bool) -> Resu
             let _ = tokio::time::timeout(Duration::from_secs(1), wrx.recv()).await;
         }
     })
+}
+
+/// Prints a job's progress line on stderr each time it changes (`--follow`): state,
+/// attempt, step, last tool, children done. The output itself streams on stdout.
+#[derive(Default)]
+struct ProgressWatch {
+    last: String,
+}
+
+impl ProgressWatch {
+    fn observe(&mut self, store: &JobStore, j: &Job) {
+        // The report printed at the end says how it ended.
+        if j.state.is_terminal() {
+            return;
+        }
+        let children = (!j.children.is_empty()).then(|| {
+            let done = j
+                .children
+                .iter()
+                .filter(|c| {
+                    store
+                        .get(**c)
+                        .ok()
+                        .flatten()
+                        .is_some_and(|k| k.state.is_terminal())
+                })
+                .count();
+            (done, j.children.len())
+        });
+        let line = report::follow_line(j, children);
+        if line != self.last {
+            eprintln!("{line}");
+            self.last = line;
+        }
+    }
 }
 
 /// Prints what a job's transcript or log gained since the last call.

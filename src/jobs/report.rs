@@ -18,6 +18,30 @@ pub fn headline(j: &Job) -> String {
     format!("Job #{} ({}) — {}", j.id, j.name, j.state)
 }
 
+/// Where a job is, in one line for a `--follow` display: its state and attempt, its step
+/// and last tool, how many of its children are done, a delayed job's next try.
+/// `children_done` is `None` when the job has no children.
+pub fn follow_line(j: &Job, children_done: Option<(usize, usize)>) -> String {
+    let mut parts = vec![format!("job #{} {}", j.id, j.state)];
+    if j.state == JobState::Active {
+        let n = (j.attempts + 1).min(j.max_attempts.max(1));
+        parts.push(format!("attempt {n}/{}", j.max_attempts));
+        parts.push(progress_line(j));
+    }
+    if let Some((done, all)) = children_done {
+        parts.push(format!("children {done}/{all} done"));
+    }
+    if let (JobState::Delayed, Some(at)) = (j.state, j.run_at) {
+        parts.push(format!(
+            "attempt {} of {} at {}",
+            j.attempts + 1,
+            j.max_attempts,
+            at.format("%H:%M:%S UTC")
+        ));
+    }
+    parts.join(" · ")
+}
+
 /// Thousands separators, for token counts.
 pub fn num(n: u64) -> String {
     let s = n.to_string();

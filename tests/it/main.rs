@@ -14,6 +14,7 @@ mod inbox;
 mod jobs;
 mod mcp;
 mod mcp_tools;
+mod progress;
 mod provider;
 mod retention;
 mod sandbox;
