@@ -215,7 +215,7 @@ pub fn prune(ws: &Workspace, now: SystemTime, dry_run: bool, say: &dyn Fn(&str))
 }
 
 /// Every file under `dir` and their total size.
-fn total_size(dir: &Path) -> (u64, u64) {
+pub fn total_size(dir: &Path) -> (u64, u64) {
     let mut files = 0;
     let mut bytes = 0;
     for e in walkdir::WalkDir::new(dir)

@@ -28,6 +28,8 @@ pub fn status(ws: &Workspace, json_out: bool) -> Result {
         recent_deliveries.iter().filter(|d| d.status == s).count()
     };
     let mcp = mcp_servers(ws);
+    let (record_files, record_bytes) = crate::retention::total_size(&ws.runtime_dir());
+    let policy = crate::retention::Policy::of(&ws.settings);
 
     let runlog = RunLog::new(&ws.runs_dir(), ws.settings.rotate_bytes);
     let mut runs: Vec<crate::runs::RunRecord> = loops
@@ -79,6 +81,12 @@ pub fn status(ws: &Workspace, json_out: bool) -> Result {
                 "blocked": count_status(crate::channels::DeliveryStatus::Blocked),
             },
             "mcp_servers": mcp,
+            "records": {
+                "files": record_files,
+                "bytes": record_bytes,
+                "max_total_bytes": policy.max_total_bytes,
+                "max_age": policy.max_age.map(crate::duration::format_duration),
+            },
             "recent_runs": runs.iter().map(|r| json!({
                 "loop": r.loop_name, "run_id": r.run_id, "outcome": r.outcome,
                 "finished": r.finished, "duration_ms": r.duration_ms, "error": r.error,
@@ -171,6 +179,15 @@ pub fn status(ws: &Workspace, json_out: bool) -> Result {
             .collect();
         lines.push(("mcp".into(), s.join(", ")));
     }
+    lines.push((
+        "records".into(),
+        format!(
+            ".loops/ {} in {} files ({}; `loops prune --dry-run` shows what goes next)",
+            crate::retention::human_bytes(record_bytes),
+            record_files,
+            policy.describe()
+        ),
+    ));
     for (k, v) in &lines {
         out.push_str(&format!("{k:<11}{v}\n"));
     }

@@ -71,6 +71,8 @@ fn status_shows_the_daemon_loops_inbox_jobs_and_recent_work() {
     assert!(v["inbox"]["pending"].is_number(), "{v}");
     assert!(v["jobs"]["waiting"].is_number(), "{v}");
     assert_eq!(v["recent_runs"][0]["loop"], "example", "{v}");
+    assert!(v["records"]["bytes"].as_u64().is_some_and(|b| b > 0), "{v}");
+    assert_eq!(v["records"]["max_age"], "90d", "{v}");
     assert!(
         v["recent_commits"]
             .as_array()
@@ -84,7 +86,9 @@ fn status_shows_the_daemon_loops_inbox_jobs_and_recent_work() {
         "{text}"
     );
     assert!(
-        text.contains("Recent runs") && text.contains("Recent commits"),
+        text.contains("Recent runs")
+            && text.contains("Recent commits")
+            && text.contains("records    .loops/"),
         "{text}"
     );
     d.kill();
