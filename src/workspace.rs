@@ -505,35 +505,29 @@ fn read_settings(root: &Path) -> (Settings, Vec<Diagnostic>) {
                                 }
                                 _ => None,
                             };
-                            match text.as_deref() {
-                                Some("forever" | "0") => s.max_age = None,
+                            let problem = match text.as_deref() {
+                                Some("forever" | "0") => {
+                                    s.max_age = None;
+                                    None
+                                }
                                 Some(t) => match crate::duration::parse_duration(t) {
-                                    Ok(d) if d >= Duration::from_secs(3600) => s.max_age = Some(d),
-                                    Ok(_) => diags.push(
-                                        Diagnostic::error(
-                                            &rel,
-                                            "records.max_age must be at least 1h",
-                                        )
-                                        .at(loc.value(&["records", rk]))
-                                        .help("e.g. max_age: 90d, or max_age: forever to keep every record"),
-                                    ),
-                                    Err(e) => diags.push(
-                                        Diagnostic::error(
-                                            &rel,
-                                            format!("records.max_age: {e}"),
-                                        )
-                                        .at(loc.value(&["records", rk]))
-                                        .help("e.g. max_age: 90d, or max_age: forever to keep every record"),
-                                    ),
+                                    Ok(d) if d >= Duration::from_secs(3600) => {
+                                        s.max_age = Some(d);
+                                        None
+                                    }
+                                    Ok(_) => Some("records.max_age must be at least 1h".to_string()),
+                                    Err(e) => Some(format!("records.max_age: {e}")),
                                 },
-                                None => diags.push(
-                                    Diagnostic::error(
-                                        &rel,
-                                        "records.max_age must be a duration or `forever`",
-                                    )
-                                    .at(loc.value(&["records", rk]))
-                                    .help("e.g. max_age: 90d, or max_age: forever to keep every record"),
-                                ),
+                                None => {
+                                    Some("records.max_age must be a duration or `forever`".into())
+                                }
+                            };
+                            if let Some(message) = problem {
+                                diags.push(
+                                    Diagnostic::error(&rel, message)
+                                        .at(loc.value(&["records", rk]))
+                                        .help("e.g. max_age: 90d, or max_age: forever to keep every record"),
+                                );
                             }
                         }
                         ("max_total_bytes", Some(0)) => s.max_total_bytes = None,
