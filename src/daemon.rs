@@ -277,7 +277,7 @@ pub async fn run(ws: Workspace, opts: DaemonOptions) -> Result<Summary, DaemonEr
             .and_then(|m| m.heartbeat)
             .map(|h| opts.clock.now() + chrono_ms(h)),
         main,
-        inbox: crate::handoff::Inbox::new(&ws.root),
+        inbox: crate::handoff::Inbox::of(&ws),
         notes: crate::main_session::InboxState::new(&ws.runtime_dir()),
         running: None,
         wanted: false,
@@ -338,9 +338,10 @@ pub async fn run(ws: Workspace, opts: DaemonOptions) -> Result<Summary, DaemonEr
         // Clear nudges left from before: the start reads every loop's state anyway.
         let _ = std::fs::remove_dir_all(ws.signals_dir());
         start_watcher(
+            &ws,
             &[
-                (ws.domains_dir(), notify::RecursiveMode::Recursive),
-                (ws.signals_dir(), notify::RecursiveMode::NonRecursive),
+                (ws.domains_dir(), crate::watch::Mode::Children),
+                (ws.signals_dir(), crate::watch::Mode::Flat),
             ],
             Duration::from_millis(100),
             &watch_tx,
@@ -355,7 +356,8 @@ pub async fn run(ws: Workspace, opts: DaemonOptions) -> Result<Summary, DaemonEr
         None
     } else {
         start_watcher(
-            &[(ws.inbox_dir(), notify::RecursiveMode::NonRecursive)],
+            &ws,
+            &[(ws.inbox_dir(), crate::watch::Mode::Flat)],
             Duration::from_millis(2),
             &watch_tx,
             &mut fallback_rescan,
@@ -549,9 +551,8 @@ pub async fn run(ws: Workspace, opts: DaemonOptions) -> Result<Summary, DaemonEr
         tokio::select! {
             _ = tokio::time::sleep(wait) => {
                 if fallback_rescan.is_some() {
-                    d.reload(false);
-                    let now = opts.clock.now();
-                    d.try_wake(now, crate::main_session::WakeKind::Handoffs);
+                    // No watcher: look at everything it would have told us about.
+                    d.on_paths_changed(&[PathBuf::new()]);
                 }
             }
             Some(batch) = watch_rx.recv() => {
@@ -760,8 +761,21 @@ impl Daemon {
         let mut handoffs = false;
         for p in paths {
             if p.as_os_str().is_empty() {
+                // Events may have been lost (an overflow, or no watcher at all): every
+                // folder the watcher covers is looked at, nudges included.
                 domains = true;
                 handoffs = true;
+                for nudge in std::fs::read_dir(&signals)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|e| e.ok())
+                {
+                    let p = nudge.path();
+                    if let Some(name) = nudge.file_name().to_str() {
+                        self.sched.refresh(name);
+                        let _ = std::fs::remove_file(&p);
+                    }
+                }
             } else if p.parent() == Some(inbox.as_path()) {
                 // The doorbell: something arrived in (or left) the inbox.
                 handoffs = true;
@@ -1105,7 +1119,7 @@ impl Daemon {
                 self.wakes.wanted = true;
                 break;
             }
-            match crate::handoff::load(&p) {
+            match inbox.load(&p) {
                 Ok(h) if h.to == "main" => {
                     if let Some(a) = inbox.claim(&p) {
                         claimed.push(a);
@@ -1220,20 +1234,22 @@ fn affects_discovery(domains: &std::path::Path, p: &std::path::Path) -> bool {
             ))
 }
 
-/// Starts a watcher; when it cannot (the inotify limit), says why and what to do, and
-/// turns on a slow periodic rescan so nothing waits forever.
+/// Starts a watcher; when it cannot (an inotify limit), says why and what to do, records
+/// it for `loops status`, and turns on a periodic rescan (domains and inbox) so nothing
+/// waits for an event that will never come.
 fn start_watcher(
-    dirs: &[(PathBuf, notify::RecursiveMode)],
+    ws: &Workspace,
+    dirs: &[(PathBuf, crate::watch::Mode)],
     debounce: Duration,
     tx: &mpsc::UnboundedSender<crate::watch::Batch>,
     fallback_rescan: &mut Option<Duration>,
 ) -> Option<crate::watch::Watcher> {
-    match crate::watch::watch(dirs, debounce, tx.clone()) {
+    let report = crate::watch::report_path(&ws.runtime_dir());
+    match crate::watch::watch_and_report(dirs, debounce, tx.clone(), Some(report)) {
         Ok(w) => Some(w),
         Err(e) => {
-            let help = e.help().map(|h| format!("; {h}")).unwrap_or_default();
-            tracing::error!("{e}{help}");
-            *fallback_rescan = Some(Duration::from_secs(5));
+            tracing::error!("{}", e.explained());
+            *fallback_rescan = Some(crate::watch::POLL_EVERY);
             None
         }
     }

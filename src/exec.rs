@@ -1,6 +1,6 @@
 //! Running a command payload: its own process group, an allow-listed environment, a
-//! timeout that takes the whole group down (SIGTERM, grace, SIGKILL), and bounded tails
-//! of its output.
+//! timeout that takes the whole group down (SIGTERM, grace, SIGKILL), and a bounded head
+//! and tail of its output.
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -10,9 +10,29 @@ use tokio::sync::{mpsc, watch};
 
 /// Variables passed through from the runner's own environment; nothing else leaks in.
 pub const ENV_ALLOW_LIST: &[&str] = &["PATH", "HOME", "USER", "LANG", "TZ"];
+/// Bytes of standard output a run keeps (in its record): the first quarter of this and
+/// the last three quarters, so both the first line (the commit subject, an early report)
+/// and the end (the final error) survive a flood. Everything between is only counted.
 pub const STDOUT_TAIL: usize = 64 * 1024;
+/// The same for standard error.
 pub const STDERR_TAIL: usize = 16 * 1024;
+/// How much is read from a pipe at once: large reads keep a flood of output cheap.
+const READ_CHUNK: usize = 64 * 1024;
+/// Chunks of live output that may wait for a slow reader (a job log on a slow disk, a
+/// terminal). Past this the command's pipe is simply not read until there is room, so
+/// the command waits instead of the runner's memory growing: at most 16 × 64 KiB per
+/// stream.
+pub const LIVE_QUEUE: usize = 16;
 pub const KILL_GRACE: Duration = Duration::from_secs(5);
+
+/// Where live output goes as it arrives (a `--follow`, a job's log): bounded, see
+/// [`LIVE_QUEUE`].
+pub type Live = mpsc::Sender<(Stream, Vec<u8>)>;
+
+/// A channel for [`Live`] output.
+pub fn live_channel() -> (Live, mpsc::Receiver<(Stream, Vec<u8>)>) {
+    mpsc::channel(LIVE_QUEUE)
+}
 
 /// What to run and how.
 #[derive(Debug, Clone)]
@@ -48,8 +68,12 @@ pub struct ExecResult {
     pub spawn_error: Option<String>,
     pub stdout_tail: String,
     pub stderr_tail: String,
+    /// Everything the command printed, kept or not.
     pub stdout_bytes: u64,
     pub stderr_bytes: u64,
+    /// Bytes printed but not kept (between the head and the tail).
+    pub stdout_dropped: u64,
+    pub stderr_dropped: u64,
     pub duration: Duration,
 }
 
@@ -103,7 +127,7 @@ pub fn base_env() -> Vec<(String, String)> {
 /// arrives (for `--follow`); `cancel` flipping to true stops the group like a timeout.
 pub async fn run(
     spec: &ExecSpec,
-    live: Option<mpsc::UnboundedSender<(Stream, Vec<u8>)>>,
+    live: Option<Live>,
     mut cancel: Option<watch::Receiver<bool>>,
 ) -> ExecResult {
     let started = Instant::now();
@@ -159,11 +183,11 @@ pub async fn run(
     let out = child
         .stdout
         .take()
-        .map(|s| tokio::spawn(read_tail(s, STDOUT_TAIL, Stream::Stdout, live.clone())));
+        .map(|s| tokio::spawn(capture(s, STDOUT_TAIL, Stream::Stdout, live.clone())));
     let err = child
         .stderr
         .take()
-        .map(|s| tokio::spawn(read_tail(s, STDERR_TAIL, Stream::Stderr, live.clone())));
+        .map(|s| tokio::spawn(capture(s, STDERR_TAIL, Stream::Stderr, live.clone())));
     drop(live);
 
     let deadline = tokio::time::Instant::now() + spec.timeout;
@@ -230,13 +254,15 @@ pub async fn run(
             .await
             .unwrap_or((None, None)),
     };
-    if let Some((tail, n)) = o {
-        result.stdout_tail = tail;
-        result.stdout_bytes = n;
+    if let Some(c) = o {
+        result.stdout_bytes = c.total;
+        result.stdout_dropped = c.dropped();
+        result.stdout_tail = c.text();
     }
-    if let Some((tail, n)) = e {
-        result.stderr_tail = tail;
-        result.stderr_bytes = n;
+    if let Some(c) = e {
+        result.stderr_bytes = c.total;
+        result.stderr_dropped = c.dropped();
+        result.stderr_tail = c.text();
     }
     result.duration = started.elapsed();
     result
@@ -268,35 +294,146 @@ async fn stop_group(pgid: i32, child: &mut tokio::process::Child, grace: Duratio
     }
 }
 
-async fn read_tail<R: tokio::io::AsyncRead + Unpin>(
-    mut r: R,
+/// The last `cap` bytes written to it, in a fixed buffer: memory stays the same however
+/// much passes through.
+#[derive(Debug, Clone)]
+pub struct Ring {
+    buf: Vec<u8>,
     cap: usize,
+    /// Where the next byte goes once the buffer is full (the oldest byte is there).
+    at: usize,
+}
+
+impl Ring {
+    pub fn new(cap: usize) -> Self {
+        Ring {
+            buf: Vec::new(),
+            cap,
+            at: 0,
+        }
+    }
+
+    pub fn push(&mut self, mut data: &[u8]) {
+        if self.cap == 0 {
+            return;
+        }
+        if data.len() >= self.cap {
+            data = &data[data.len() - self.cap..];
+            self.buf.clear();
+            self.buf.extend_from_slice(data);
+            self.at = 0;
+            return;
+        }
+        let room = self.cap - self.buf.len();
+        if room > 0 {
+            let n = room.min(data.len());
+            self.buf.extend_from_slice(&data[..n]);
+            data = &data[n..];
+        }
+        while !data.is_empty() {
+            let n = (self.cap - self.at).min(data.len());
+            self.buf[self.at..self.at + n].copy_from_slice(&data[..n]);
+            self.at = (self.at + n) % self.cap;
+            data = &data[n..];
+        }
+    }
+
+    /// The kept bytes, oldest first.
+    pub fn to_vec(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(self.buf.len());
+        v.extend_from_slice(&self.buf[self.at..]);
+        v.extend_from_slice(&self.buf[..self.at]);
+        v
+    }
+}
+
+/// What is kept of one output stream: its first bytes, its last bytes and how much
+/// there was in all.
+#[derive(Debug, Clone)]
+pub struct Capture {
+    head: Vec<u8>,
+    head_cap: usize,
+    tail: Ring,
+    tail_cap: usize,
+    pub total: u64,
+}
+
+impl Capture {
+    /// Keeps at most `keep` bytes: a quarter from the start, the rest from the end.
+    pub fn new(keep: usize) -> Self {
+        let head_cap = keep / 4;
+        let tail_cap = keep - head_cap;
+        Capture {
+            head: Vec::new(),
+            head_cap,
+            tail: Ring::new(tail_cap),
+            tail_cap,
+            total: 0,
+        }
+    }
+
+    pub fn push(&mut self, mut data: &[u8]) {
+        self.total += data.len() as u64;
+        if self.head.len() < self.head_cap {
+            let n = (self.head_cap - self.head.len()).min(data.len());
+            self.head.extend_from_slice(&data[..n]);
+            data = &data[n..];
+        }
+        self.tail.push(data);
+    }
+
+    /// Bytes that were neither in the head nor in the tail.
+    pub fn dropped(&self) -> u64 {
+        self.total
+            .saturating_sub((self.head_cap + self.tail_cap) as u64)
+    }
+
+    /// The kept text; when something was dropped, a line between head and tail says how
+    /// much, so nobody mistakes the two ends for the whole.
+    pub fn text(&self) -> String {
+        let mut bytes = self.head.clone();
+        let dropped = self.dropped();
+        if dropped > 0 {
+            if bytes.last().is_some_and(|b| *b != b'\n') {
+                bytes.push(b'\n');
+            }
+            bytes.extend_from_slice(
+                format!(
+                    "[… {dropped} bytes not kept: {} in all; the first {} and the last {} are kept]\n",
+                    self.total,
+                    self.head.len(),
+                    self.tail_cap
+                )
+                .as_bytes(),
+            );
+        }
+        bytes.extend_from_slice(&self.tail.to_vec());
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+}
+
+/// Reads a stream to its end, keeping a bounded head and tail. Never stops reading: a
+/// command whose pipe fills up would block, and a flood of output is no reason to fail a
+/// run (its timeout bounds how long it may go on).
+async fn capture<R: tokio::io::AsyncRead + Unpin>(
+    mut r: R,
+    keep: usize,
     which: Stream,
-    live: Option<mpsc::UnboundedSender<(Stream, Vec<u8>)>>,
-) -> (String, u64) {
-    let mut buf = std::collections::VecDeque::<u8>::with_capacity(cap.min(8192));
-    let mut chunk = vec![0u8; 8192];
-    let mut total: u64 = 0;
+    live: Option<Live>,
+) -> Capture {
+    let mut kept = Capture::new(keep);
+    let mut chunk = vec![0u8; READ_CHUNK];
     loop {
         match r.read(&mut chunk).await {
             Ok(0) | Err(_) => break,
             Ok(n) => {
-                total += n as u64;
                 if let Some(tx) = &live {
-                    let _ = tx.send((which, chunk[..n].to_vec()));
+                    // A reader that went away is no reason to stop capturing.
+                    let _ = tx.send((which, chunk[..n].to_vec())).await;
                 }
-                buf.extend(&chunk[..n]);
-                if buf.len() > cap {
-                    let excess = buf.len() - cap;
-                    buf.drain(..excess);
-                }
+                kept.push(&chunk[..n]);
             }
         }
     }
-    let bytes: Vec<u8> = buf.into_iter().collect();
-    let mut text = String::from_utf8_lossy(&bytes).into_owned();
-    if total > cap as u64 {
-        text = format!("[… {} earlier bytes not kept]\n{text}", total - cap as u64);
-    }
-    (text, total)
+    kept
 }

@@ -225,3 +225,29 @@ impl FileLock {
         self.file.sync_all()
     }
 }
+
+/// A byte count for people: `512 bytes`, `1.5 KiB`, `95.4 MiB`, `3.0 GiB`.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if n < 1024 {
+        return format!("{n} bytes");
+    }
+    let mut v = n as f64 / 1024.0;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    format!("{v:.1} {}", UNITS[unit])
+}
+
+/// The first `max` bytes of a file as text (lossy), and the file's whole size: for files
+/// that go into a prompt or a message, which must not be read whole when they are huge.
+pub fn read_prefix(path: &Path, max: u64) -> io::Result<(String, u64)> {
+    use std::io::Read;
+    let f = std::fs::File::open(path)?;
+    let size = f.metadata()?.len();
+    let mut bytes = Vec::with_capacity(size.min(max) as usize);
+    f.take(max).read_to_end(&mut bytes)?;
+    Ok((String::from_utf8_lossy(&bytes).into_owned(), size))
+}

@@ -39,6 +39,14 @@ pub enum HandoffError {
     MissingDraft(String),
     #[error("the draft {0} is outside the workspace")]
     DraftOutside(String),
+    /// Bigger than `limits.max_handoff_bytes`. The message carries the fix, because it is
+    /// also the reason written beside a rejected handoff.
+    #[error(
+        "{what} is {size} bytes ({}), more than limits.max_handoff_bytes allows ({limit} bytes, {}): a handoff is a short note for the main session; put the long text in a draft (a file under drafts/, named in `draft:`), or raise limits.max_handoff_bytes in loops.yaml",
+        crate::fsutil::human_bytes(*size),
+        crate::fsutil::human_bytes(*limit)
+    )]
+    TooLarge { what: String, size: u64, limit: u64 },
 }
 
 impl HandoffError {
@@ -52,6 +60,9 @@ impl HandoffError {
             }
             HandoffError::MissingDraft(_) | HandoffError::DraftOutside(_) => Some(
                 "name a file inside the workspace, relative to its root (e.g. drafts/my-loop/2026-11-20.md)".into(),
+            ),
+            HandoffError::TooLarge { .. } => Some(
+                "write the long text to drafts/<loop>/<name>.md and pass it with --draft; keep the body to what the main session must do".into(),
             ),
             HandoffError::Io { .. } => None,
         }
@@ -417,11 +428,35 @@ pub fn render(n: &NewHandoff, now: DateTime<Utc>) -> (String, String) {
     (id, text)
 }
 
+/// Cuts a handoff's body so the whole handoff fits in `limit` bytes, with a line saying
+/// how much was cut. For handoffs the runner writes itself (a failed delivery carries the
+/// text it could not send): losing the handoff would lose more than losing its middle.
+pub fn fit_body(n: &mut NewHandoff, limit: u64) {
+    let whole = render(n, Utc::now()).1.len() as u64;
+    if whole <= limit {
+        return;
+    }
+    // Room for the note, and for the id and date, which differ from one render to the
+    // next: 256 bytes is more than both together.
+    let rest = whole - n.body.len() as u64;
+    let mut keep = (limit.saturating_sub(rest + 256) as usize).min(n.body.len());
+    while !n.body.is_char_boundary(keep) {
+        keep -= 1;
+    }
+    let cut = n.body.len() - keep;
+    n.body.truncate(keep);
+    n.body.push_str(&format!(
+        "\n\n[… {cut} bytes cut here: a handoff may be at most {limit} bytes (limits.max_handoff_bytes)]\n"
+    ));
+}
+
 /// The inbox folders of a workspace.
 #[derive(Debug, Clone)]
 pub struct Inbox {
     pub root: PathBuf,
     workspace: PathBuf,
+    /// The largest handoff read or written (`limits.max_handoff_bytes`).
+    max_bytes: u64,
 }
 
 /// Where a handoff is in its life.
@@ -435,11 +470,44 @@ pub enum Stage {
 }
 
 impl Inbox {
+    /// The inbox of the workspace at `workspace`, with the default size limit; use
+    /// [`Inbox::of`] where the workspace's settings are at hand.
     pub fn new(workspace: &Path) -> Self {
         Inbox {
             root: workspace.join("inbox"),
             workspace: workspace.to_path_buf(),
+            max_bytes: crate::workspace::DEFAULT_MAX_HANDOFF_BYTES,
         }
+    }
+
+    /// The inbox of a workspace, with its `limits.max_handoff_bytes`.
+    pub fn of(ws: &crate::workspace::Workspace) -> Self {
+        Inbox {
+            max_bytes: ws.settings.max_handoff_bytes,
+            ..Inbox::new(&ws.root)
+        }
+    }
+
+    pub fn max_bytes(&self) -> u64 {
+        self.max_bytes
+    }
+
+    /// Reads and parses a handoff file, refusing one bigger than the limit without
+    /// reading it.
+    pub fn load(&self, path: &Path) -> Result<Handoff, HandoffError> {
+        load_limited(path, self.max_bytes)
+    }
+
+    /// Refuses a handoff text of `size` bytes when it is over the limit.
+    pub fn check_size(&self, what: &str, size: u64) -> Result<(), HandoffError> {
+        if size > self.max_bytes {
+            return Err(HandoffError::TooLarge {
+                what: what.to_string(),
+                size,
+                limit: self.max_bytes,
+            });
+        }
+        Ok(())
     }
     pub fn tmp_dir(&self) -> PathBuf {
         self.root.join(".tmp")
@@ -504,6 +572,7 @@ impl Inbox {
             self.check_draft(d)?;
         }
         let (id, text) = render(n, now);
+        self.check_size("the handoff", text.len() as u64)?;
         let tmp = self.tmp_dir().join(format!("{id}.md"));
         std::fs::create_dir_all(self.tmp_dir()).map_err(io(&self.tmp_dir()))?;
         {
@@ -614,10 +683,9 @@ impl Inbox {
             .ok_or_else(|| HandoffError::NotFound(path.display().to_string()))?;
         let dir = self.done_root().join(now.format("%Y-%m").to_string());
         std::fs::create_dir_all(&dir).map_err(io(&dir))?;
-        let ends_with_newline = std::fs::read(path)
+        let ends_with_newline = last_byte(path)
             .map_err(io(path))?
-            .last()
-            .is_none_or(|b| *b == b'\n');
+            .is_none_or(|b| b == b'\n');
         // A rename, then one appended write: no copy, no new file. A crash in between
         // leaves a done handoff without its completion note, never a lost or double one.
         let dest = dir.join(name);
@@ -727,7 +795,7 @@ impl Inbox {
         }
         for (stage, files) in &stages {
             for f in files {
-                if let Ok(h) = load(f) {
+                if let Ok(h) = self.load(f) {
                     if h.id == want {
                         return Some((*stage, f.clone()));
                     }
@@ -738,9 +806,46 @@ impl Inbox {
     }
 }
 
-/// Reads and parses a handoff file.
+/// The last byte of a file, read without reading the rest.
+fn last_byte(path: &Path) -> std::io::Result<Option<u8>> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(path)?;
+    if f.metadata()?.len() == 0 {
+        return Ok(None);
+    }
+    f.seek(SeekFrom::End(-1))?;
+    let mut b = [0u8; 1];
+    f.read_exact(&mut b)?;
+    Ok(Some(b[0]))
+}
+
+/// Reads and parses a handoff file, up to the default size limit (see [`Inbox::load`]).
 pub fn load(path: &Path) -> Result<Handoff, HandoffError> {
-    let bytes = std::fs::read(path).map_err(io(path))?;
+    load_limited(path, crate::workspace::DEFAULT_MAX_HANDOFF_BYTES)
+}
+
+/// Reads and parses a handoff file of at most `limit` bytes. The size is checked before
+/// reading, and the read stops past the limit (a file growing meanwhile), so a huge file
+/// never sits in memory.
+pub fn load_limited(path: &Path, limit: u64) -> Result<Handoff, HandoffError> {
+    use std::io::Read;
+    let f = std::fs::File::open(path).map_err(io(path))?;
+    let size = f.metadata().map_err(io(path))?.len();
+    let too_large = |size| HandoffError::TooLarge {
+        what: "the file".into(),
+        size,
+        limit,
+    };
+    if size > limit {
+        return Err(too_large(size));
+    }
+    let mut bytes = Vec::with_capacity(size as usize);
+    f.take(limit + 1)
+        .read_to_end(&mut bytes)
+        .map_err(io(path))?;
+    if bytes.len() as u64 > limit {
+        return Err(too_large(bytes.len() as u64));
+    }
     if bytes.contains(&0) {
         return Err(HandoffError::Malformed(
             "the file is binary, not markdown text".into(),

@@ -176,6 +176,21 @@ fn commit_paths(
     if rels.is_empty() && buffers.is_empty() {
         return Ok(None);
     }
+    // Many files go into packs (see Blobs); the second handle keeps the in-memory
+    // backend away from the committer's own repository, whose commits must be on disk.
+    let bulk_repo = (rels.len() + buffers.len() >= BULK_FROM)
+        .then(|| Repository::open(repo.path()).ok())
+        .flatten();
+    let bulk_odb = bulk_repo.as_ref().and_then(|r| r.odb().ok());
+    let mempack = bulk_odb
+        .as_ref()
+        .and_then(|o| o.add_new_mempack_backend(1000).ok());
+    let mut blobs = Blobs {
+        repo,
+        bulk: bulk_repo.as_ref().zip(mempack.as_ref()),
+        pending_bytes: 0,
+        pending: Vec::new(),
+    };
     // A concurrent writer (another loops process, a person's `git commit`) can move HEAD
     // between our read and our update; libgit2 refuses then, and we rebuild on the new tip.
     for attempt in 0..20 {
@@ -185,11 +200,13 @@ fn commit_paths(
             idx.read_tree(&c.tree()?)?;
         }
         for rel in &rels {
-            stage(repo, &mut idx, &workdir, rel)?;
+            stage(&mut blobs, &mut idx, &workdir, rel)?;
         }
         for (rel, bytes) in &buffers {
-            idx.add(&buffer_entry(repo, rel, bytes)?)?;
+            idx.add(&buffer_entry(&mut blobs, rel, bytes)?)?;
         }
+        // Every blob is on disk before a tree names it.
+        blobs.flush()?;
         let tree_id = idx.write_tree_to(repo)?;
         if head.as_ref().map(|c| c.tree_id()) == Some(tree_id) {
             return Ok(None);
@@ -214,7 +231,89 @@ fn commit_paths(
     )))
 }
 
-fn buffer_entry(repo: &Repository, rel: &Path, bytes: &[u8]) -> Result<IndexEntry, HistoryError> {
+/// From this many paths on, a commit writes its blobs as packs rather than loose objects.
+const BULK_FROM: usize = 500;
+/// How much blob content waits in memory before it is written out as one pack.
+const BULK_PACK_BYTES: u64 = 32 << 20;
+
+/// Where a commit's blobs go. Normally straight into the object database, one loose
+/// object (one file under .git/objects/) each, as `git add` does. A commit of thousands
+/// of files (a run that wrote a data set) instead collects them in memory and writes a
+/// pack every [`BULK_PACK_BYTES`]: 100,000 new files in .git/objects took minutes of
+/// inode allocation on a busy ext4, a few packs take seconds.
+struct Blobs<'r> {
+    repo: &'r Repository,
+    bulk: Option<(&'r Repository, &'r git2::Mempack<'r>)>,
+    pending_bytes: u64,
+    /// Blobs in memory, not yet in a pack.
+    pending: Vec<Oid>,
+}
+
+impl Blobs<'_> {
+    fn write_file(&mut self, abs: &Path, size: u64) -> Result<Oid, HistoryError> {
+        match self.bulk {
+            Some((bulk, _)) => {
+                let id = bulk.blob_path(abs)?;
+                self.added(id, size)?;
+                Ok(id)
+            }
+            None => Ok(self.repo.blob_path(abs)?),
+        }
+    }
+
+    fn write_bytes(&mut self, bytes: &[u8]) -> Result<Oid, HistoryError> {
+        match self.bulk {
+            Some((bulk, _)) => {
+                let id = bulk.blob(bytes)?;
+                self.added(id, bytes.len() as u64)?;
+                Ok(id)
+            }
+            None => Ok(self.repo.blob(bytes)?),
+        }
+    }
+
+    fn added(&mut self, id: Oid, size: u64) -> Result<(), HistoryError> {
+        self.pending.push(id);
+        self.pending_bytes += size;
+        if self.pending_bytes >= BULK_PACK_BYTES {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Writes what waits in memory as a pack (with its index) into .git/objects/pack/.
+    fn flush(&mut self) -> Result<(), HistoryError> {
+        let Some((bulk, mempack)) = self.bulk else {
+            return Ok(());
+        };
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        // Not Mempack::dump: it packs only what commits in memory reach, and these
+        // blobs have no commit yet.
+        let mut pb = bulk.packbuilder()?;
+        for id in &self.pending {
+            pb.insert_object(*id, None)?;
+        }
+        let mut buf = git2::Buf::new();
+        pb.write_buf(&mut buf)?;
+        drop(pb);
+        let odb = self.repo.odb()?;
+        let mut w = odb.packwriter()?;
+        std::io::Write::write_all(&mut w, &buf)
+            .map_err(|e| git2::Error::from_str(&format!("cannot write a pack: {e}")))?;
+        w.commit()?;
+        // libgit2 does not look for new packs before checking that a tree's entries
+        // exist: without this, the tree naming these blobs is refused.
+        odb.refresh()?;
+        mempack.reset()?;
+        self.pending.clear();
+        self.pending_bytes = 0;
+        Ok(())
+    }
+}
+
+fn buffer_entry(blobs: &mut Blobs, rel: &Path, bytes: &[u8]) -> Result<IndexEntry, HistoryError> {
     let path = rel.to_string_lossy().into_owned().into_bytes();
     Ok(IndexEntry {
         ctime: IndexTime::new(0, 0),
@@ -225,7 +324,7 @@ fn buffer_entry(repo: &Repository, rel: &Path, bytes: &[u8]) -> Result<IndexEntr
         uid: 0,
         gid: 0,
         file_size: bytes.len() as u32,
-        id: repo.blob(bytes)?,
+        id: blobs.write_bytes(bytes)?,
         flags: (path.len().min(0xfff)) as u16,
         flags_extended: 0,
         path,
@@ -233,7 +332,7 @@ fn buffer_entry(repo: &Repository, rel: &Path, bytes: &[u8]) -> Result<IndexEntr
 }
 
 fn stage(
-    repo: &Repository,
+    blobs: &mut Blobs,
     idx: &mut Index,
     workdir: &Path,
     rel: &Path,
@@ -245,11 +344,14 @@ fn stage(
             use std::os::unix::fs::PermissionsExt;
             let (id, mode) = if m.file_type().is_symlink() {
                 let target = std::fs::read_link(&abs).unwrap_or_default();
-                (repo.blob(target.to_string_lossy().as_bytes())?, 0o120000)
+                (
+                    blobs.write_bytes(target.to_string_lossy().as_bytes())?,
+                    0o120000,
+                )
             } else {
                 let exec = m.permissions().mode() & 0o111 != 0;
                 (
-                    repo.blob_path(&abs)?,
+                    blobs.write_file(&abs, m.len())?,
                     if exec { 0o100755 } else { 0o100644 },
                 )
             };
@@ -278,8 +380,8 @@ fn stage(
             {
                 if e.file_type().is_file() {
                     if let Ok(r) = e.path().strip_prefix(workdir) {
-                        if !repo.is_path_ignored(r).unwrap_or(false) {
-                            stage(repo, idx, workdir, r)?;
+                        if !blobs.repo.is_path_ignored(r).unwrap_or(false) {
+                            stage(blobs, idx, workdir, r)?;
                         }
                     }
                 }
@@ -308,19 +410,33 @@ fn sync_index(repo: &Repository, rels: &[PathBuf], buffers: &[(PathBuf, &[u8])])
     let tree = repo.head().ok().and_then(|h| h.peel_to_tree().ok());
     let workdir = repo.workdir().map(Path::to_path_buf);
     let paths: Vec<&PathBuf> = rels.iter().chain(buffers.iter().map(|(p, _)| p)).collect();
+    // What HEAD holds for each path, and whether the file on disk is that, decided once
+    // (not on every retry of the index write).
+    let mut lookup = TreeLookup::new(repo, tree.as_ref());
+    let wanted: Vec<(&PathBuf, Option<InHead>)> = paths
+        .iter()
+        .map(|rel| {
+            let entry = lookup.entry(rel).map(|(id, mode)| {
+                let matches = workdir.as_ref().map(|w| w.join(rel)).and_then(|f| {
+                    let m = f.symlink_metadata().ok().filter(|m| m.is_file())?;
+                    (Oid::hash_file(git2::ObjectType::Blob, &f).ok() == Some(id)).then_some(m)
+                });
+                (id, mode, matches)
+            });
+            (*rel, entry)
+        })
+        .collect();
     for attempt in 0..50 {
         let Ok(mut index) = repo.index() else { return };
         let _ = index.read(true);
-        for rel in &paths {
-            match tree.as_ref().and_then(|t| t.get_path(rel).ok()) {
-                Some(entry) => {
-                    let on_disk = workdir.as_ref().map(|w| w.join(rel));
-                    let matches = on_disk.as_ref().is_some_and(|f| {
-                        f.symlink_metadata().is_ok_and(|m| m.is_file())
-                            && Oid::hash_file(git2::ObjectType::Blob, f).ok() == Some(entry.id())
-                    });
-                    if matches {
-                        let _ = index.add_path(rel);
+        for (rel, entry) in &wanted {
+            match entry {
+                Some((id, mode, matches)) => {
+                    if let Some(m) = matches {
+                        // The file's own stat data, so `git status` sees it clean without
+                        // reading it (what add_path would do, without reading the file
+                        // a third time).
+                        let _ = index.add(&stat_entry(rel, m, *id, *mode));
                     } else {
                         // No stat data: git compares the content and reports what differs.
                         let path = rel.to_string_lossy().into_owned().into_bytes();
@@ -329,11 +445,11 @@ fn sync_index(repo: &Repository, rels: &[PathBuf], buffers: &[(PathBuf, &[u8])])
                             mtime: IndexTime::new(0, 0),
                             dev: 0,
                             ino: 0,
-                            mode: entry.filemode() as u32,
+                            mode: *mode as u32,
                             uid: 0,
                             gid: 0,
                             file_size: 0,
-                            id: entry.id(),
+                            id: *id,
                             flags: (path.len().min(0xfff)) as u16,
                             flags_extended: 0,
                             path,
@@ -357,6 +473,80 @@ fn sync_index(repo: &Repository, rels: &[PathBuf], buffers: &[(PathBuf, &[u8])])
                 return;
             }
         }
+    }
+}
+
+/// What HEAD holds for a path (blob id, file mode) and, when the file on disk is that
+/// blob, its metadata.
+type InHead = (Oid, i32, Option<std::fs::Metadata>);
+
+/// An index entry for a file on disk known to hold blob `id`.
+fn stat_entry(rel: &Path, m: &std::fs::Metadata, id: Oid, mode: i32) -> IndexEntry {
+    use std::os::unix::fs::MetadataExt;
+    let path = rel.to_string_lossy().into_owned().into_bytes();
+    // The index stores these fields in 32 bits, as git itself truncates them.
+    IndexEntry {
+        ctime: IndexTime::new(m.ctime() as i32, m.ctime_nsec() as u32),
+        mtime: IndexTime::new(m.mtime() as i32, m.mtime_nsec() as u32),
+        dev: m.dev() as u32,
+        ino: m.ino() as u32,
+        mode: mode as u32,
+        uid: m.uid(),
+        gid: m.gid(),
+        file_size: m.len() as u32,
+        id,
+        flags: (path.len().min(0xfff)) as u16,
+        flags_extended: 0,
+        path,
+    }
+}
+
+/// Finds the entries of many paths in one tree. `Tree::get_path` walks from the root and
+/// re-reads every tree on the way; libgit2 does not cache big trees, so a run that wrote
+/// 100,000 files into one folder re-inflated that folder's tree 100,000 times (hours).
+/// Here each folder's tree is read once and its entries found by name.
+struct TreeLookup<'r> {
+    repo: &'r Repository,
+    root: Option<git2::Tree<'r>>,
+    folders: std::collections::HashMap<PathBuf, Option<git2::Tree<'r>>>,
+}
+
+impl<'r> TreeLookup<'r> {
+    fn new(repo: &'r Repository, root: Option<&git2::Tree<'r>>) -> Self {
+        TreeLookup {
+            repo,
+            root: root.cloned(),
+            folders: std::collections::HashMap::new(),
+        }
+    }
+
+    /// The blob id and file mode `rel` has in the tree, if it is there.
+    fn entry(&mut self, rel: &Path) -> Option<(Oid, i32)> {
+        let Some(name) = rel.file_name().and_then(|n| n.to_str()) else {
+            // A name that is not UTF-8 cannot be looked up by name: walk from the root.
+            let e = self.root.as_ref()?.get_path(rel).ok()?;
+            return Some((e.id(), e.filemode()));
+        };
+        let parent = rel.parent().unwrap_or(Path::new(""));
+        let folder = if parent.as_os_str().is_empty() {
+            self.root.clone()
+        } else {
+            let (repo, root) = (self.repo, &self.root);
+            self.folders
+                .entry(parent.to_path_buf())
+                .or_insert_with(|| {
+                    root.as_ref()?
+                        .get_path(parent)
+                        .ok()?
+                        .to_object(repo)
+                        .ok()?
+                        .into_tree()
+                        .ok()
+                })
+                .clone()
+        }?;
+        let e = folder.get_name(name)?;
+        Some((e.id(), e.filemode()))
     }
 }
 

@@ -215,11 +215,18 @@ fn reported_completions(stdout: &str) -> HashMap<String, Option<String>> {
     out
 }
 
-fn handoff_json(h: &Handoff, path: &Path, ws: &Path) -> serde_json::Value {
-    let draft_text = h
-        .draft
-        .as_ref()
-        .and_then(|d| std::fs::read_to_string(ws.join(d)).ok());
+fn handoff_json(h: &Handoff, path: &Path, ws: &Path, max_bytes: u64) -> serde_json::Value {
+    // A draft may be long, but not so long that the main session's stdin becomes
+    // gigabytes: beyond the handoff limit it is cut, with a line saying where the rest is.
+    let draft_text = h.draft.as_ref().and_then(|d| {
+        let (mut text, size) = crate::fsutil::read_prefix(&ws.join(d), max_bytes).ok()?;
+        if size > max_bytes {
+            text.push_str(&format!(
+                "\n[… cut: the draft is {size} bytes, only the first {max_bytes} are given here (limits.max_handoff_bytes); read {d} for the rest]\n"
+            ));
+        }
+        Some(text)
+    });
     json!({
         "id": h.id,
         "path": path,
@@ -248,7 +255,7 @@ pub async fn wake(
     cancel: Option<watch::Receiver<bool>>,
 ) -> WakeResult {
     let ws = ctx.ws.clone();
-    let inbox = Inbox::new(&ws.root);
+    let inbox = Inbox::of(&ws);
     let notes = InboxState::new(&ws.runtime_dir());
     let run_id = crate::runs::new_run_id();
     let started = Utc::now();
@@ -260,8 +267,8 @@ pub async fn wake(
     let mut by_id: Vec<(String, PathBuf)> = Vec::new();
     let mut loaded: Vec<(Handoff, PathBuf)> = Vec::new();
     for p in &claimed {
-        if let Ok(h) = handoff::load(p) {
-            items.push(handoff_json(&h, p, &ws.root));
+        if let Ok(h) = inbox.load(p) {
+            items.push(handoff_json(&h, p, &ws.root, inbox.max_bytes()));
             by_id.push((h.id.clone(), p.clone()));
             loaded.push((h, p.clone()));
         }
@@ -360,7 +367,7 @@ pub async fn wake(
         match reported.get(id) {
             Some(summary) => {
                 // The main session may have ticked items in the file: read it again.
-                let h = handoff::load(path).ok();
+                let h = inbox.load(path).ok();
                 let unticked: Vec<String> = h
                     .as_ref()
                     .map(|h| h.unticked().iter().map(|i| i.text.clone()).collect())
@@ -428,6 +435,8 @@ pub async fn wake(
     rec.error = res.failure_reason(main.timeout);
     rec.stdout_tail = res.stdout_tail.clone();
     rec.stderr_tail = res.stderr_tail.clone();
+    rec.stdout_dropped = res.stdout_dropped;
+    rec.stderr_dropped = res.stderr_dropped;
     rec.finished = now;
     rec.duration_ms = res.duration.as_millis() as u64;
     if let Some(w) = on_model {
@@ -486,6 +495,8 @@ pub async fn wake(
             }
         }
     }
+    let all = std::mem::take(&mut rec.changed);
+    rec.set_changed(all);
     if let Err(e) = ctx.runlog.append(&rec) {
         tracing::error!("{e}");
     }
@@ -532,7 +543,10 @@ pub fn create_committed(
     committer: Option<&crate::history::Committer>,
     n: &NewHandoff,
 ) -> Option<String> {
-    let inbox = Inbox::new(&ws.root);
+    let inbox = Inbox::of(ws);
+    let mut n = n.clone();
+    handoff::fit_body(&mut n, inbox.max_bytes());
+    let n = &n;
     let made = inbox.create_with(n, Utc::now(), |id, dest, text| {
         if let Some(c) = committer {
             let t = vec![

@@ -6,7 +6,7 @@
 use crate::diag::Diagnostic;
 use crate::domain::{discover, load_domain, Concurrency, DomainEntry, LoopDef, Payload};
 use crate::fsutil::FileLock;
-use crate::handoff::{self, Handoff, HandoffError, Inbox, Stage};
+use crate::handoff::{Handoff, HandoffError, Inbox, Stage};
 use crate::history::{commit_message, CommitRequest, Committer};
 use crate::jobs::RunContext;
 use crate::main_session::{InboxState, Note};
@@ -358,7 +358,7 @@ impl HandoffRow {
 /// Every handoff by stage: pending, active, rejected, then the [`DONE_LISTED`] most
 /// recently done.
 pub fn handoff_rows(ws: &Workspace, now: DateTime<Utc>) -> Vec<HandoffRow> {
-    let inbox = Inbox::new(&ws.root);
+    let inbox = Inbox::of(ws);
     let notes = InboxState::new(&ws.runtime_dir());
     let mut rows = Vec::new();
     for p in inbox.pending() {
@@ -402,7 +402,7 @@ fn handoff_row(
     extra: Map<String, Value>,
     detail: String,
 ) -> HandoffRow {
-    let (id, from, title, priority) = match handoff::load(path) {
+    let (id, from, title, priority) = match Inbox::of(ws).load(path) {
         Ok(h) => (h.id, h.from, h.title, h.priority.as_str().to_string()),
         // A file that does not parse is still listed, by its name, so it can be found.
         Err(_) => (
@@ -439,7 +439,8 @@ fn active_details(
         .map(|m| m.overdue_after)
         .unwrap_or(std::time::Duration::from_secs(86400));
     let note = notes.note(&file_name(p));
-    let unticked: Vec<String> = handoff::load(p)
+    let unticked: Vec<String> = Inbox::of(ws)
+        .load(p)
         .map(|h| h.unticked().iter().map(|i| i.text.clone()).collect())
         .unwrap_or_default();
     let held_since = note.held_since.or_else(|| age(p, now));
@@ -506,11 +507,13 @@ pub struct HandoffDetail {
     pub note: Note,
     /// Why it was rejected (rejected handoffs only).
     pub reason: Option<String>,
+    /// `limits.max_handoff_bytes`: a rejected file can be far bigger, and is shown cut.
+    pub max_bytes: u64,
 }
 
 impl HandoffDetail {
     pub fn load(ws: &Workspace, id: &str) -> Result<HandoffDetail, OperatorError> {
-        let inbox = Inbox::new(&ws.root);
+        let inbox = Inbox::of(ws);
         let (stage, path) = find_handoff(&inbox, id)?;
         let note = InboxState::new(&ws.runtime_dir()).note(&file_name(&path));
         let reason = (stage == Stage::Rejected)
@@ -519,21 +522,31 @@ impl HandoffDetail {
         Ok(HandoffDetail {
             stage,
             rel: ws.relative(&path),
-            parsed: handoff::load(&path),
+            parsed: inbox.load(&path),
+            max_bytes: inbox.max_bytes(),
             path,
             note,
             reason,
         })
     }
 
-    /// The file as it is on disk (lossy UTF-8).
+    /// The file as it is on disk (lossy UTF-8), up to the handoff size limit: a huge
+    /// rejected file is shown cut, with a line saying so, never read whole.
     pub fn text(&self) -> Result<String, OperatorError> {
-        std::fs::read(&self.path)
-            .map(|b| String::from_utf8_lossy(&b).into_owned())
-            .map_err(|source| OperatorError::Read {
-                path: self.path.clone(),
-                source,
-            })
+        let (mut text, size) =
+            crate::fsutil::read_prefix(&self.path, self.max_bytes).map_err(|source| {
+                OperatorError::Read {
+                    path: self.path.clone(),
+                    source,
+                }
+            })?;
+        if size > self.max_bytes {
+            text.push_str(&format!(
+                "\n[… cut: the file is {size} bytes; only the first {} are shown]\n",
+                self.max_bytes
+            ));
+        }
+        Ok(text)
     }
 
     /// The JSON of `loops inbox show --json` (and MCP `get_handoff`).
@@ -567,9 +580,9 @@ pub fn complete_handoff(
     summary: Option<&str>,
     now: DateTime<Utc>,
 ) -> Result<Completed, OperatorError> {
-    let inbox = Inbox::new(&ws.root);
+    let inbox = Inbox::of(ws);
     let path = find_open_handoff(&inbox, id)?;
-    let h = handoff::load(&path)?;
+    let h = inbox.load(&path)?;
     let name = file_name(&path);
     let notes = InboxState::new(&ws.runtime_dir());
     let unticked: Vec<String> = h.unticked().iter().map(|i| i.text.clone()).collect();

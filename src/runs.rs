@@ -85,8 +85,19 @@ pub struct RunRecord {
     pub stdout_tail: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub stderr_tail: String,
+    /// Bytes of standard output the run printed beyond what `stdout_tail` keeps (its
+    /// head and tail): a flood of output is recorded as cut, never silently.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub stdout_dropped: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub stderr_dropped: u64,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub changed: Vec<String>,
+    /// How many paths the run changed, when `changed` lists only the first
+    /// [`CHANGED_KEPT`] of them (a run that wrote 100,000 files must not make a
+    /// record of megabytes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub changed_count: Option<usize>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub commit: Option<String>,
     /// For missed records: how many slots, and the last one.
@@ -122,7 +133,27 @@ fn one() -> u32 {
     1
 }
 
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// The most changed paths a run record lists; the commit holds them all.
+pub const CHANGED_KEPT: usize = 1000;
+
 impl RunRecord {
+    /// Sets `changed` from workspace-relative paths, keeping the first [`CHANGED_KEPT`]
+    /// and the count of all of them when there are more.
+    pub fn set_changed(&mut self, paths: Vec<String>) {
+        let n = paths.len();
+        self.changed = paths;
+        if n > CHANGED_KEPT {
+            self.changed.truncate(CHANGED_KEPT);
+            self.changed_count = Some(n);
+        } else {
+            self.changed_count = None;
+        }
+    }
+
     /// A record for something decided without running (skipped, missed).
     pub fn decision(
         loop_name: &str,
@@ -147,7 +178,10 @@ impl RunRecord {
             error: None,
             stdout_tail: String::new(),
             stderr_tail: String::new(),
+            stdout_dropped: 0,
+            stderr_dropped: 0,
             changed: Vec::new(),
+            changed_count: None,
             commit: None,
             missed_count: None,
             note: Some(note),

@@ -50,6 +50,10 @@ pub struct Settings {
     pub shutdown_grace: Duration,
     pub catch_up_stagger: Duration,
     pub pause_after_failures: u32,
+    /// The largest handoff file the main session is given; bigger ones are rejected.
+    pub max_handoff_bytes: u64,
+    /// How much of each attempt's output a shell job's log keeps.
+    pub max_job_log_bytes: u64,
     pub git_commit: bool,
     pub author_name: String,
     pub author_email: String,
@@ -170,6 +174,8 @@ impl Default for Settings {
             shutdown_grace: Duration::from_secs(30),
             catch_up_stagger: Duration::from_secs(2),
             pause_after_failures: 5,
+            max_handoff_bytes: DEFAULT_MAX_HANDOFF_BYTES,
+            max_job_log_bytes: DEFAULT_MAX_JOB_LOG_BYTES,
             git_commit: true,
             author_name: "loops".into(),
             author_email: "loops@localhost".into(),
@@ -210,7 +216,15 @@ const LIMIT_KEYS: &[&str] = &[
     "shutdown_grace",
     "catch_up_stagger",
     "pause_after_failures",
+    "max_handoff_bytes",
+    "max_job_log_bytes",
 ];
+
+/// `limits.max_handoff_bytes`: a handoff is a note for the main session (its text goes
+/// whole into a prompt or onto a command's stdin); long material belongs in a draft.
+pub const DEFAULT_MAX_HANDOFF_BYTES: u64 = 1024 * 1024;
+/// `limits.max_job_log_bytes`: per attempt of a shell job.
+pub const DEFAULT_MAX_JOB_LOG_BYTES: u64 = 16 * 1024 * 1024;
 const GIT_KEYS: &[&str] = &["commit", "author_name", "author_email"];
 const RECORD_KEYS: &[&str] = &["rotate_bytes", "max_age", "max_total_bytes"];
 
@@ -426,6 +440,22 @@ fn read_settings(root: &Path) -> (Settings, Vec<Diagnostic>) {
                                 Diagnostic::error(&rel, "limits.pause_after_failures must be a whole number of at least 1")
                                     .at(at)
                                     .help("e.g. pause_after_failures: 5"),
+                            ),
+                        },
+                        "max_handoff_bytes" => match lv.as_u64() {
+                            Some(n) if n >= 1024 => s.max_handoff_bytes = n,
+                            _ => diags.push(
+                                Diagnostic::error(&rel, "limits.max_handoff_bytes must be a number of bytes, at least 1024")
+                                    .at(at)
+                                    .help("e.g. max_handoff_bytes: 1048576 (1 MiB, the default)"),
+                            ),
+                        },
+                        "max_job_log_bytes" => match lv.as_u64() {
+                            Some(n) if n >= 65536 => s.max_job_log_bytes = n,
+                            _ => diags.push(
+                                Diagnostic::error(&rel, "limits.max_job_log_bytes must be a number of bytes, at least 65536")
+                                    .at(at)
+                                    .help("e.g. max_job_log_bytes: 16777216 (16 MiB, the default)"),
                             ),
                         },
                         "shutdown_grace" | "catch_up_stagger" => {

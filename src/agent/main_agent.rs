@@ -219,7 +219,19 @@ pub fn wake_message(kind: WakeKind, handoffs: &[(Handoff, PathBuf)], ws_root: &P
         if !h.tags.is_empty() {
             s.push_str(&format!("- tags: {}\n", h.tags.join(", ")));
         }
-        s.push_str(&format!("\n# {}\n\n{}\n", h.title, h.body.trim()));
+        // The body is at most limits.max_handoff_bytes, which is still far more than a
+        // model should get unasked: past this much it reads the file itself.
+        let body = h.body.trim();
+        let body = if body.len() > context::MAX_FILE_BYTES {
+            format!(
+                "{}\n\n[… the body is {} bytes; read {rel} for the rest]",
+                super::tools::clip(body, context::MAX_FILE_BYTES),
+                body.len()
+            )
+        } else {
+            body.to_string()
+        };
+        s.push_str(&format!("\n# {}\n\n{body}\n", h.title));
         if !h.checklist.is_empty() {
             s.push_str("\nChecklist (tick each with tick_item when done):\n");
             for (i, item) in h.checklist.iter().enumerate() {
@@ -233,7 +245,10 @@ pub fn wake_message(kind: WakeKind, handoffs: &[(Handoff, PathBuf)], ws_root: &P
             }
         }
         if let Some(d) = &h.draft {
-            match std::fs::read_to_string(ws_root.join(d)) {
+            // Only what the clip keeps is read: a draft of gigabytes costs no memory.
+            match crate::fsutil::read_prefix(&ws_root.join(d), context::MAX_FILE_BYTES as u64 + 4)
+                .map(|(t, _)| t)
+            {
                 Ok(t) => s.push_str(&format!(
                     "\nDraft `{d}`:\n\n```markdown\n{}\n```\n",
                     super::tools::clip(t.trim_end(), context::MAX_FILE_BYTES)

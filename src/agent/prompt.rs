@@ -188,7 +188,7 @@ pub async fn run(
     req: &RunRequest,
     state: Option<&LoopState>,
     marker: &RunningMarker,
-    live: Option<mpsc::UnboundedSender<(crate::exec::Stream, Vec<u8>)>>,
+    live: Option<crate::exec::Live>,
     cancel: Option<watch::Receiver<bool>>,
 ) -> PromptOutcome {
     let started = std::time::Instant::now();

@@ -16,7 +16,7 @@ use super::sandbox::{Access, Sandbox};
 use super::{files, ToolError, ToolOk, ToolResult};
 use crate::channels::{DeliveryNote, Outbound, Poster};
 use crate::guard::Guard;
-use crate::handoff::{self, Inbox, NewHandoff, Priority};
+use crate::handoff::{Inbox, NewHandoff, Priority};
 use crate::history::Committer;
 use crate::workspace::Workspace;
 use serde_json::{json, Value};
@@ -605,7 +605,7 @@ impl ToolKit {
                 )));
             }
         }
-        let inbox = Inbox::new(&self.env.ws.root);
+        let inbox = Inbox::of(&self.env.ws);
         if let Some(d) = &draft {
             // The draft must be one the sandbox lets this run read.
             self.env.sandbox.resolve(d, Access::Read)?;
@@ -624,6 +624,13 @@ impl ToolKit {
             items,
             ..Default::default()
         };
+        // Refused here rather than cut later: the model can move the text into a draft.
+        let size = crate::handoff::render(&n, chrono::Utc::now()).1.len() as u64;
+        inbox.check_size("this handoff", size).map_err(|e| {
+            ToolError::new(format!(
+                "{e}. Nothing was written: save the long text with save_draft and hand off a short note naming it in `draft`"
+            ))
+        })?;
         let ws = self.env.ws.clone();
         let committer = self.env.committer.clone();
         let made = tokio::task::spawn_blocking(move || {
@@ -663,7 +670,9 @@ impl ToolKit {
         let id = str_arg(input, "id")?;
         let summary = opt_str(input, "summary")?;
         let c = self.claimed(&id)?;
-        let h = handoff::load(&c.path).map_err(|e| ToolError::new(e.to_string()))?;
+        let h = Inbox::of(&self.env.ws)
+            .load(&c.path)
+            .map_err(|e| ToolError::new(e.to_string()))?;
         let unticked: Vec<String> = h.unticked().iter().map(|i| i.text.clone()).collect();
         if !unticked.is_empty() {
             return Err(ToolError::new(format!(

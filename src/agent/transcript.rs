@@ -70,7 +70,7 @@ pub struct Transcript {
     file: Option<std::fs::File>,
     redactor: Redactor,
     /// Where `--follow` wants the transcript as it grows.
-    echo: Option<tokio::sync::mpsc::UnboundedSender<(crate::exec::Stream, Vec<u8>)>>,
+    echo: Option<crate::exec::Live>,
 }
 
 impl Transcript {
@@ -108,10 +108,7 @@ impl Transcript {
     }
 
     /// Also sends everything written to `echo` (for `loops trigger --follow`).
-    pub fn echo_to(
-        &mut self,
-        echo: Option<tokio::sync::mpsc::UnboundedSender<(crate::exec::Stream, Vec<u8>)>>,
-    ) {
+    pub fn echo_to(&mut self, echo: Option<crate::exec::Live>) {
         self.echo = echo;
     }
 
@@ -122,7 +119,9 @@ impl Transcript {
     pub fn write(&mut self, text: &str) {
         let text = self.redactor.redact(text);
         if let Some(tx) = &self.echo {
-            let _ = tx.send((crate::exec::Stream::Stdout, text.as_bytes().to_vec()));
+            // The echo is for a person watching; the file below has everything. A
+            // watcher too slow to keep up misses lines rather than slowing the run.
+            let _ = tx.try_send((crate::exec::Stream::Stdout, text.as_bytes().to_vec()));
         }
         if let Some(f) = &mut self.file {
             if let Err(e) = f.write_all(text.as_bytes()) {

@@ -482,7 +482,7 @@ fn trigger(ws: Workspace, name: &str, follow: bool, json_out: bool) -> Result {
         eprintln!("running {name} (run {})…", req.run_id);
     }
     let rec = rt.block_on(async {
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<(crate::exec::Stream, Vec<u8>)>();
+        let (tx, rx) = crate::exec::live_channel();
         let live = follow.then_some(tx);
         let printer = super::output::spawn_printer(rx);
         // Ctrl-C or SIGTERM stops the run's whole process group and records it as

@@ -35,19 +35,46 @@ pub fn handoff(ws: &Workspace, cmd: HandoffCommand) -> Result {
             CliError::new("the title is empty").help("give --title \"what this handoff is about\"")
         );
     }
+    let inbox = Inbox::of(ws);
+    // Read no more than a handoff may hold (plus one byte, to know it is more): a body
+    // file of gigabytes is refused without being read into memory.
+    let limit = inbox.max_bytes();
+    let bounded = |r: &mut dyn Read, what: &str| -> Result<String> {
+        let mut bytes = Vec::new();
+        r.take(limit + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|e| CliError::new(format!("cannot read {what}: {e}")))?;
+        if bytes.len() as u64 > limit {
+            return Err(CliError::new(format!(
+                "{what} is more than limits.max_handoff_bytes allows ({limit} bytes, {}): a handoff is a short note for the main session",
+                crate::fsutil::human_bytes(limit)
+            ))
+            .help("write the long text to drafts/<loop>/<name>.md and pass it with --draft; keep the body to what the main session must do (or raise limits.max_handoff_bytes in loops.yaml)"));
+        }
+        String::from_utf8(bytes).map_err(|_| {
+            CliError::new(format!("{what} is not UTF-8 text"))
+                .help("a handoff is markdown: give a text file")
+        })
+    };
     let body = match (body_file, body) {
         (Some(f), _) if f.as_os_str() == "-" => {
-            let mut s = String::new();
-            std::io::stdin()
-                .read_to_string(&mut s)
-                .map_err(|e| CliError::new(format!("cannot read the body from stdin: {e}")))?;
-            s
+            bounded(&mut std::io::stdin(), "the body on stdin")?
         }
-        (Some(f), _) => std::fs::read_to_string(&f).map_err(|e| {
-            CliError::new(format!("cannot read the body file {}: {e}", f.display()))
-                .help("give a readable text file, or --body TEXT")
-        })?,
-        (None, Some(b)) => b,
+        (Some(f), _) => {
+            let what = format!("the body file {}", f.display());
+            let mut file = std::fs::File::open(&f).map_err(|e| {
+                CliError::new(format!("cannot read {what}: {e}"))
+                    .help("give a readable text file, or --body TEXT")
+            })?;
+            if let Ok(m) = file.metadata() {
+                inbox.check_size(&what, m.len())?;
+            }
+            bounded(&mut file, &what)?
+        }
+        (None, Some(b)) => {
+            inbox.check_size("the --body text", b.len() as u64)?;
+            b
+        }
         (None, None) => String::new(),
     };
     let due = due
@@ -91,7 +118,6 @@ pub fn handoff(ws: &Workspace, cmd: HandoffCommand) -> Result {
         body,
         items,
     };
-    let inbox = Inbox::new(&ws.root);
     let committer = ws
         .settings
         .git_commit
@@ -162,7 +188,7 @@ fn list(ws: &Workspace, json: bool) -> Result {
     let handoffs = operator::handoff_rows(ws, now);
     if json {
         let items: Vec<_> = handoffs.iter().map(|h| h.to_json()).collect();
-        let inbox = Inbox::new(&ws.root);
+        let inbox = Inbox::of(ws);
         print_json(&json!({ "inbox": ws.relative(&inbox.root), "handoffs": items }));
         return Ok(());
     }
@@ -230,7 +256,7 @@ fn complete(ws: &Workspace, id: &str, summary: Option<&str>, json: bool) -> Resu
 }
 
 fn reject(ws: &Workspace, id: &str, reason: &str, json: bool) -> Result {
-    let inbox = Inbox::new(&ws.root);
+    let inbox = Inbox::of(ws);
     let path = operator::find_open_handoff(&inbox, id)?;
     let name = path
         .file_name()

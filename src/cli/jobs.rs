@@ -653,7 +653,7 @@ fn follow_job(ws: &Workspace, store: &JobStore, id: JobId, stream: bool) -> Resu
             eprintln!("no daemon is running: running job #{id} here (Ctrl-C stops it; it then waits for `loops run`)");
         }
         rt.block_on(async {
-            let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<(crate::exec::Stream, Vec<u8>)>();
+            let (tx, rx) = crate::exec::live_channel();
             // With --json the stream is not printed: stdout is the one JSON document.
             let (tx, printer) = if stream {
                 (Some(tx), Some(super::output::spawn_printer(rx)))
@@ -779,11 +779,12 @@ impl Tail {
         if f.seek(std::io::SeekFrom::Start(self.offset)).is_err() {
             return;
         }
-        let mut buf = Vec::new();
-        if f.read_to_end(&mut buf).is_ok() && !buf.is_empty() {
-            self.offset += buf.len() as u64;
-            let _ = std::io::stdout().write_all(&buf);
-            let _ = std::io::stdout().flush();
+        // Copied through a small buffer: a log is up to limits.max_job_log_bytes per
+        // attempt, and need not sit in memory to be printed.
+        let mut out = std::io::stdout().lock();
+        if let Ok(n) = std::io::copy(&mut f, &mut out) {
+            self.offset += n;
+            let _ = out.flush();
         }
     }
 }

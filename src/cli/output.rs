@@ -62,7 +62,7 @@ where
 
 /// Prints live output (a followed run or job) as it arrives, each stream to its own.
 pub fn spawn_printer(
-    mut rx: tokio::sync::mpsc::UnboundedReceiver<(crate::exec::Stream, Vec<u8>)>,
+    mut rx: tokio::sync::mpsc::Receiver<(crate::exec::Stream, Vec<u8>)>,
 ) -> tokio::task::JoinHandle<()> {
     use std::io::Write;
     tokio::spawn(async move {

@@ -30,6 +30,11 @@ pub fn status(ws: &Workspace, json_out: bool) -> Result {
     let mcp = mcp_servers(ws);
     let (record_files, record_bytes) = crate::retention::total_size(&ws.runtime_dir());
     let policy = crate::retention::Policy::of(&ws.settings);
+    // Limits the daemon's file watchers ran into (inotify watches or instances): it then
+    // polls, and says so here.
+    let watcher = daemon
+        .as_ref()
+        .and_then(|d| crate::watch::read_report(&ws.runtime_dir(), d.pid));
 
     let runlog = RunLog::new(&ws.runs_dir(), ws.settings.rotate_bytes);
     let mut runs: Vec<crate::runs::RunRecord> = loops
@@ -87,6 +92,7 @@ pub fn status(ws: &Workspace, json_out: bool) -> Result {
                 "max_total_bytes": policy.max_total_bytes,
                 "max_age": policy.max_age.map(crate::duration::format_duration),
             },
+            "watcher_problems": watcher.as_ref().map(|w| w.problems.clone()).unwrap_or_default(),
             "recent_runs": runs.iter().map(|r| json!({
                 "loop": r.loop_name, "run_id": r.run_id, "outcome": r.outcome,
                 "finished": r.finished, "duration_ms": r.duration_ms, "error": r.error,
@@ -188,6 +194,30 @@ pub fn status(ws: &Workspace, json_out: bool) -> Result {
             policy.describe()
         ),
     ));
+    if let Some(w) = &watcher {
+        // One line per limit, naming the folders it left unwatched.
+        let mut by_limit: Vec<(String, Vec<String>)> = Vec::new();
+        for p in &w.problems {
+            let limit = p.limit.clone().unwrap_or_else(|| p.error.clone());
+            let folder = ws.relative(&p.path).display().to_string();
+            match by_limit.iter_mut().find(|(l, _)| *l == limit) {
+                Some((_, folders)) => folders.push(folder),
+                None => by_limit.push((limit, vec![folder])),
+            }
+        }
+        let what: Vec<String> = by_limit
+            .iter()
+            .map(|(l, f)| format!("{l} reached (not watched: {})", f.join(", ")))
+            .collect();
+        lines.push((
+            "watcher".into(),
+            format!(
+                "polling every {}: {}",
+                crate::duration::format_duration(crate::watch::POLL_EVERY),
+                what.join("; ")
+            ),
+        ));
+    }
     for (k, v) in &lines {
         out.push_str(&format!("{k:<11}{v}\n"));
     }
@@ -247,6 +277,12 @@ pub fn status(ws: &Workspace, json_out: bool) -> Result {
     let mut warnings = stats.warnings.clone();
     if daemon.is_none() && (stats.health.waiting > 0 || stage_count(Stage::Pending) > 0) {
         warnings.push("work is waiting and no daemon is running: start `loops run`".into());
+    }
+    let mut seen = std::collections::HashSet::new();
+    for p in watcher.iter().flat_map(|w| &w.problems) {
+        if let Some(h) = p.help.as_ref().filter(|h| seen.insert(h.as_str())) {
+            warnings.push(format!("the daemon's file watcher is degraded: {h}"));
+        }
     }
     if !warnings.is_empty() {
         out.push('\n');

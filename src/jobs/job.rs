@@ -324,6 +324,10 @@ pub struct Progress {
     pub updated: Option<DateTime<Utc>>,
 }
 
+fn is_zero_u64(n: &u64) -> bool {
+    *n == 0
+}
+
 /// How a job's run ended.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct JobResult {
@@ -335,6 +339,11 @@ pub struct JobResult {
     pub stdout_tail: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub stderr_tail: String,
+    /// Bytes printed beyond the kept head and tail (a shell job's flood of output).
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub stdout_dropped: u64,
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub stderr_dropped: u64,
     #[serde(default)]
     pub duration_ms: u64,
     /// An agent's final words (its `finish` summary or its answer).

@@ -10,7 +10,7 @@ pub mod store;
 pub mod worker;
 
 use crate::domain::{LoopDef, Payload};
-use crate::exec::{self, ExecSpec, Stream};
+use crate::exec::{self, ExecSpec};
 use crate::history::{commit_message, CommitRequest, Committer};
 use crate::runs::{new_run_id, Outcome, RunLog, RunRecord, RunningMarker, RunningSet};
 use crate::schedule::When;
@@ -268,7 +268,7 @@ pub async fn execute(
     ctx: &RunContext,
     def: &LoopDef,
     req: &RunRequest,
-    live: Option<mpsc::UnboundedSender<(Stream, Vec<u8>)>>,
+    live: Option<exec::Live>,
     cancel: Option<watch::Receiver<bool>>,
 ) -> RunRecord {
     let started = Utc::now();
@@ -303,7 +303,10 @@ pub async fn execute(
         error: None,
         stdout_tail: String::new(),
         stderr_tail: String::new(),
+        stdout_dropped: 0,
+        stderr_dropped: 0,
         changed: Vec::new(),
+        changed_count: None,
         commit: None,
         missed_count: None,
         note: None,
@@ -362,6 +365,8 @@ pub async fn execute(
             rec.exit_code = res.exit_code;
             rec.stdout_tail = res.stdout_tail.clone();
             rec.stderr_tail = res.stderr_tail.clone();
+            rec.stdout_dropped = res.stdout_dropped;
+            rec.stderr_dropped = res.stderr_dropped;
             rec.error = res.failure_reason(def.timeout);
             rec.outcome = if res.cancelled {
                 Outcome::Interrupted
@@ -429,6 +434,8 @@ pub async fn execute(
         }
     }
     rec.finished = rec.finished.max(started);
+    let all = std::mem::take(&mut rec.changed);
+    rec.set_changed(all);
     if let Err(e) = ctx.runlog.append(&rec) {
         tracing::error!("cannot append the run record: {e}");
     }
@@ -447,15 +454,11 @@ async fn deliver_stdout(
     res: &exec::ExecResult,
     rec: &mut RunRecord,
 ) -> Option<PathBuf> {
-    let mut text = crate::channels::strip_silent_lines(&res.stdout_tail);
+    // A cut output keeps its head and tail with a line between them saying how much
+    // is missing, so the message says it is not the whole.
+    let text = crate::channels::strip_silent_lines(&res.stdout_tail);
     if text.trim().is_empty() {
         return None;
-    }
-    if res.stdout_bytes as usize > res.stdout_tail.len() {
-        text = format!(
-            "[… the first {} bytes are cut]\n{text}",
-            res.stdout_bytes as usize - res.stdout_tail.len()
-        );
     }
     let poster = crate::channels::Poster::new(
         ctx.ws.clone(),
@@ -543,7 +546,7 @@ fn orphan_draft_handoff(
         items: vec!["Read the draft".into(), "Decide what to do with it".into()],
         ..Default::default()
     };
-    match crate::handoff::Inbox::new(&ctx.ws.root).create(&n, Utc::now()) {
+    match crate::handoff::Inbox::of(&ctx.ws).create(&n, Utc::now()) {
         Ok((id, path, _)) => Some((id, path)),
         Err(e) => {
             tracing::warn!(loop_name = %def.name, "could not make the orphan-draft handoff: {e}");

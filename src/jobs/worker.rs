@@ -14,7 +14,7 @@ use super::store::JobStore;
 use crate::agent::model::{Message, Usage};
 use crate::agent::run::{drive, BeforeTurn, Drive, End, TurnHooks};
 use crate::clock::Clock;
-use crate::exec::{self, ExecSpec, Stream};
+use crate::exec::{self, ExecSpec};
 use crate::history::Committer;
 use crate::workspace::Workspace;
 use chrono::{DateTime, Utc};
@@ -26,7 +26,7 @@ use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::time::Instant;
 
 /// Output of a followed job, as it arrives.
-pub type Live = mpsc::UnboundedSender<(Stream, Vec<u8>)>;
+pub type Live = exec::Live;
 
 /// Default limits when a job names none.
 pub const SHELL_TIMEOUT: Duration = Duration::from_secs(3600);
@@ -133,21 +133,22 @@ pub async fn run(
     w.reload_all();
 
     let (watch_tx, mut watch_rx) = mpsc::unbounded_channel();
-    let _watcher = match crate::watch::watch(
+    let _watcher = match crate::watch::watch_and_report(
         &[(
             store.dir().to_path_buf(),
             notify::RecursiveMode::NonRecursive,
         )],
         Duration::from_millis(2),
         watch_tx,
+        // Only the daemon's problems are shown by `loops status`; a CLI following one
+        // job must not replace the daemon's report with its own.
+        matches!(mode, Mode::Serve).then(|| crate::watch::report_path(&cfg.ws.runtime_dir())),
     ) {
         Ok(w) => Some(w),
         Err(e) => {
+            // The job queue does its own rescans (every second here), not POLL_EVERY.
             let help = e.help().map(|h| format!("; {h}")).unwrap_or_default();
-            tracing::error!(
-                "cannot watch {}: {e}{help}; rescanning every second instead",
-                store.dir().display()
-            );
+            tracing::error!("{e}{help}; until then the job queue is rescanned every second");
             None
         }
     };
@@ -536,6 +537,60 @@ fn shell_env(ws: &Workspace, job: &Job) -> Result<Vec<(String, String)>, String>
     Ok(env)
 }
 
+/// A shell job's log, bounded: each attempt writes its first bytes as they arrive and,
+/// once past `limits.max_job_log_bytes`, only keeps its last bytes in memory, written at
+/// the end after a line saying how much was left out. A job that prints gigabytes is
+/// not stopped for it (its timeout bounds it); it just cannot fill the disk.
+struct CappedLog {
+    head_left: u64,
+    tail: exec::Ring,
+    tail_cap: usize,
+    cap: u64,
+    past_head: u64,
+}
+
+impl CappedLog {
+    fn new(cap: u64) -> Self {
+        // A quarter of the cap for the end, at most 1 MiB: it waits in memory.
+        let tail_cap = (cap / 4).min(1 << 20) as usize;
+        CappedLog {
+            head_left: cap - tail_cap as u64,
+            tail: exec::Ring::new(tail_cap),
+            tail_cap,
+            cap,
+            past_head: 0,
+        }
+    }
+
+    /// What of `chunk` goes to the file now; the rest goes to the tail.
+    fn admit<'a>(&mut self, chunk: &'a [u8]) -> &'a [u8] {
+        let n = (self.head_left.min(chunk.len() as u64)) as usize;
+        self.head_left -= n as u64;
+        let rest = &chunk[n..];
+        self.past_head += rest.len() as u64;
+        self.tail.push(rest);
+        &chunk[..n]
+    }
+
+    /// What to write when the output has ended: the tail, after a note when bytes were
+    /// left out.
+    fn finish(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        let dropped = self.past_head.saturating_sub(self.tail_cap as u64);
+        if dropped > 0 {
+            out.extend_from_slice(
+                format!(
+                    "\n[… {dropped} bytes of output not written to this log: it keeps the first and the last part of each attempt, {} bytes in all (limits.max_job_log_bytes in loops.yaml); the job went on running]\n",
+                    self.cap
+                )
+                .as_bytes(),
+            );
+        }
+        out.extend_from_slice(&self.tail.to_vec());
+        out
+    }
+}
+
 async fn run_shell(
     cfg: &WorkerConfig,
     store: &JobStore,
@@ -576,13 +631,14 @@ async fn run_shell(
 
     // The output goes to the job's log as it arrives (and to a follower).
     let log_path = store.log_path(job.id);
-    let (out_tx, mut out_rx) = mpsc::unbounded_channel::<(Stream, Vec<u8>)>();
+    let (out_tx, mut out_rx) = exec::live_channel();
     let header = format!(
         "--- job #{} attempt {} started {} ---\n",
         job.id,
         job.attempts + 1,
         cfg.clock.now().to_rfc3339()
     );
+    let log_cap = ws.settings.max_job_log_bytes;
     let writer = tokio::task::spawn_blocking(move || {
         use std::io::Write;
         let mut f = std::fs::OpenOptions::new()
@@ -593,13 +649,17 @@ async fn run_shell(
         if let Some(f) = f.as_mut() {
             let _ = f.write_all(header.as_bytes());
         }
+        let mut log = CappedLog::new(log_cap);
         while let Some((stream, chunk)) = out_rx.blocking_recv() {
             if let Some(f) = f.as_mut() {
-                let _ = f.write_all(&chunk);
+                let _ = f.write_all(log.admit(&chunk));
             }
             if let Some(l) = &live {
-                let _ = l.send((stream, chunk));
+                let _ = l.blocking_send((stream, chunk));
             }
+        }
+        if let Some(f) = f.as_mut() {
+            let _ = f.write_all(&log.finish());
         }
     });
 
@@ -690,6 +750,8 @@ async fn run_shell(
         signal: res.signal,
         stdout_tail: res.stdout_tail.clone(),
         stderr_tail: res.stderr_tail.clone(),
+        stdout_dropped: res.stdout_dropped,
+        stderr_dropped: res.stderr_dropped,
         duration_ms: res.duration.as_millis() as u64,
         ..Default::default()
     };

@@ -59,20 +59,36 @@ async fn exec_output_tails_are_capped_with_a_note() {
     assert_eq!(r.stdout_bytes, 200_000);
     assert_eq!(r.stderr_bytes, 50_000);
 
+    // The first quarter of what is kept comes from the start, the rest from the end, and
+    // a line between them says how much is missing.
     let out_cut = 200_000 - STDOUT_TAIL as u64;
-    let (note, rest) = r.stdout_tail.split_once('\n').unwrap();
+    assert_eq!(r.stdout_dropped, out_cut);
+    let (head, rest) = r.stdout_tail.split_once('\n').unwrap();
+    assert_eq!(
+        head,
+        "a".repeat(STDOUT_TAIL / 4),
+        "the first 16 KiB are kept"
+    );
+    let (note, tail) = rest.split_once('\n').unwrap();
     assert!(
         note.contains(&out_cut.to_string()),
         "the note says how many bytes were cut: {note}"
     );
-    assert_eq!(rest.len(), STDOUT_TAIL, "exactly the last 64 KiB are kept");
-    assert!(rest.ends_with("aEND-OUT-X\n"));
+    assert_eq!(
+        tail.len(),
+        STDOUT_TAIL - STDOUT_TAIL / 4,
+        "and the last 48 KiB"
+    );
+    assert!(tail.ends_with("aEND-OUT-X\n"));
 
     let err_cut = 50_000 - STDERR_TAIL as u64;
-    let (note, rest) = r.stderr_tail.split_once('\n').unwrap();
+    assert_eq!(r.stderr_dropped, err_cut);
+    let (head, rest) = r.stderr_tail.split_once('\n').unwrap();
+    assert_eq!(head.len(), STDERR_TAIL / 4);
+    let (note, tail) = rest.split_once('\n').unwrap();
     assert!(note.contains(&err_cut.to_string()), "{note}");
-    assert_eq!(rest.len(), STDERR_TAIL, "exactly the last 16 KiB are kept");
-    assert!(rest.ends_with("bEND-ERR-X\n"));
+    assert_eq!(tail.len(), STDERR_TAIL - STDERR_TAIL / 4);
+    assert!(tail.ends_with("bEND-ERR-X\n"));
 
     // Under the cap nothing is cut and there is no note.
     let small = exec::run(
@@ -82,6 +98,7 @@ async fn exec_output_tails_are_capped_with_a_note() {
     )
     .await;
     assert_eq!(small.stdout_tail, "c".repeat(1000));
+    assert_eq!(small.stdout_dropped, 0);
 }
 
 #[tokio::test]

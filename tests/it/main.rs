@@ -12,6 +12,7 @@ mod handoff;
 mod history;
 mod inbox;
 mod jobs;
+mod limits;
 mod mcp;
 mod mcp_tools;
 mod progress;
