@@ -4,7 +4,7 @@
 
 use crate::clock::Clock;
 use crate::domain::{discover, Concurrency, DomainEntry, LoopDef};
-use crate::fsutil::{process_start_time, FileLock};
+use crate::fsutil::{process_alive, process_start_time, FileLock};
 use crate::jobs::{self, RunContext, RunRequest, Trigger};
 use crate::runs::{Outcome, RunRecord};
 use crate::scheduler::{
@@ -82,8 +82,19 @@ pub struct LockInfo {
 
 /// The workspace's daemon lock, held for the daemon's lifetime.
 pub struct DaemonLock {
-    _lock: FileLock,
+    lock: FileLock,
+    /// What the lock file said before this daemon took it (the previous daemon), and
+    /// when that daemon last showed a sign of life (the file's modification time).
+    pub previous: Option<LockInfo>,
+    pub previous_heartbeat: Option<DateTime<Utc>>,
 }
+
+/// How often a running daemon touches its lock file, so that after a crash the next
+/// start can say when the dead daemon was last alive.
+const HEARTBEAT: Duration = Duration::from_secs(10);
+
+/// How long a start waits for the kernel to release the lock of a daemon that is dead.
+const LOCK_RELEASE_WAIT: Duration = Duration::from_secs(60);
 
 impl DaemonLock {
     pub fn acquire(ws: &Workspace) -> Result<DaemonLock, DaemonError> {
@@ -92,8 +103,43 @@ impl DaemonLock {
             path: path.clone(),
             source,
         };
-        match FileLock::try_acquire(&path).map_err(io)? {
+        // Held is not always a running daemon. The kernel may release a killed daemon's
+        // flock a while after the process is gone (seconds, on a loaded machine: the
+        // soak test saw it), and an older `loops` probe takes it for a moment. So look
+        // again for a short while, and for longer while the holder the file names is
+        // dead, before refusing to start.
+        let t0 = std::time::Instant::now();
+        let mut said = false;
+        let got = loop {
+            if let Some(l) = FileLock::try_acquire(&path).map_err(io)? {
+                break Some(l);
+            }
+            let dead_holder = read_lock_info(ws)
+                .filter(|i| i.pid_start.is_some() && !process_alive(i.pid, i.pid_start));
+            let waited = t0.elapsed();
+            match dead_holder {
+                Some(i) if waited < LOCK_RELEASE_WAIT => {
+                    if !said {
+                        said = true;
+                        tracing::info!(
+                            "waiting for the system to release the lock of the previous daemon (pid {}, which has exited)",
+                            i.pid
+                        );
+                    }
+                }
+                _ if waited < Duration::from_millis(200) => {}
+                _ => break None,
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        match got {
             Some(mut lock) => {
+                let previous = read_lock_info(ws);
+                let previous_heartbeat = std::fs::metadata(&path)
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .filter(|_| previous.is_some())
+                    .map(DateTime::<Utc>::from);
                 let pid = std::process::id();
                 let info = LockInfo {
                     pid,
@@ -104,7 +150,11 @@ impl DaemonLock {
                 };
                 lock.write_contents(&serde_json::to_string(&info).unwrap_or_default())
                     .map_err(io)?;
-                Ok(DaemonLock { _lock: lock })
+                Ok(DaemonLock {
+                    lock,
+                    previous,
+                    previous_heartbeat,
+                })
             }
             None => {
                 let info = read_lock_info(ws);
@@ -122,6 +172,14 @@ impl DaemonLock {
 
 /// The running daemon's lock info, if a daemon holds the lock right now.
 pub fn daemon_alive(ws: &Workspace) -> Option<LockInfo> {
+    // The holder is named in the file by pid and start time: checking that process is
+    // enough, and takes no lock. A probe that took the lock, even for a moment, made a
+    // daemon starting in that moment refuse to run, "already running" as itself.
+    if let Some(info) = read_lock_info(ws) {
+        if info.pid_start.is_some() {
+            return process_alive(info.pid, info.pid_start).then_some(info);
+        }
+    }
     match FileLock::try_acquire(&ws.daemon_lock_path()) {
         Ok(Some(_free)) => None,
         Ok(None) => read_lock_info(ws),
@@ -239,11 +297,13 @@ struct Wakes {
     done_tx: mpsc::UnboundedSender<crate::main_session::WakeResult>,
     /// Names of handoffs addressed elsewhere than main, already reported once.
     not_for_main: std::collections::HashSet<PathBuf>,
+    /// Completions the disk refused, tried again until it accepts them.
+    uncompleted: Vec<crate::main_session::Uncompleted>,
 }
 
 /// Runs the daemon until a signal (or, with `once`, until the due work is done).
 pub async fn run(ws: Workspace, opts: DaemonOptions) -> Result<Summary, DaemonError> {
-    let _lock = DaemonLock::acquire(&ws)?;
+    let lock = DaemonLock::acquire(&ws)?;
     // Signals are caught from the first moment: a SIGTERM during start-up (recovery can
     // take a while) must stop the daemon cleanly, not kill it mid-write.
     let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
@@ -256,6 +316,10 @@ pub async fn run(ws: Workspace, opts: DaemonOptions) -> Result<Summary, DaemonEr
             path: PathBuf::from("signal"),
             source,
         })?;
+    // Daemons the journal saw start and never saw stop were killed (or crashed): they
+    // are reported below, with what their crash left behind.
+    let (journal, unclosed) = crate::journal::record_started(&ws.runtime_dir(), opts.once);
+    let started_at = Utc::now();
     let ws = Arc::new(ws);
     for d in &ws.diagnostics {
         tracing::warn!("{d}");
@@ -287,6 +351,7 @@ pub async fn run(ws: Workspace, opts: DaemonOptions) -> Result<Summary, DaemonEr
         backoff_until: None,
         done_tx: wake_tx,
         not_for_main: std::collections::HashSet::new(),
+        uncompleted: Vec::new(),
     };
     let (claim_tx, mut claim_rx) =
         mpsc::unbounded_channel::<(String, Option<Claim>, DateTime<Utc>)>();
@@ -306,8 +371,34 @@ pub async fn run(ws: Workspace, opts: DaemonOptions) -> Result<Summary, DaemonEr
         in_flight: 0,
         wakes,
     };
-    d.recover_interrupted();
-    d.recover_inbox();
+    let interrupted = d.recover_interrupted();
+    let requeued_handoffs = d.recover_inbox();
+    // Jobs whose runner died are requeued here rather than by the worker's first sweep,
+    // so the journal can name them with the rest of what the crash left.
+    let swept = {
+        let store = crate::jobs::store::JobStore::new(&ws);
+        let now = opts.clock.now();
+        tokio::task::spawn_blocking(move || crate::jobs::queue::sweep(&store, now))
+            .await
+            .ok()
+            .and_then(|r| r.map_err(|e| tracing::error!("job sweep: {e}")).ok())
+            .unwrap_or_default()
+    };
+    for (id, why) in &swept.requeued {
+        tracing::warn!(job = id, "requeued: {why}");
+    }
+    for (id, why) in &swept.dead {
+        tracing::error!(job = id, "dead: {why}");
+    }
+    crate::journal::report_unclean(
+        &journal,
+        lock.previous.as_ref(),
+        lock.previous_heartbeat,
+        &unclosed,
+        &interrupted,
+        &requeued_handoffs,
+        &swept,
+    );
     d.reload(true);
 
     // The job queue has a worker of its own; it shares the concurrency limit.
@@ -464,6 +555,9 @@ pub async fn run(ws: Workspace, opts: DaemonOptions) -> Result<Summary, DaemonEr
             let _ = job_worker.await;
         }
         crate::mcp::client::McpPool::shutdown_all().await;
+        d.flush_held(&journal);
+        crate::journal::record_stopped(&journal, "once: done", started_at);
+        drop(lock);
         return Ok(d.summary);
     }
 
@@ -488,12 +582,20 @@ pub async fn run(ws: Workspace, opts: DaemonOptions) -> Result<Summary, DaemonEr
     // The start-up scan: handoffs written while the daemon was down are processed now.
     d.try_wake(opts.clock.now(), crate::main_session::WakeKind::Handoffs);
 
+    let mut next_touch = tokio::time::Instant::now() + HEARTBEAT;
+    let reason;
     loop {
         // Runs that ended are accounted first, so a loop whose run just finished is not
         // seen as busy (and its next slot wrongly skipped).
         while let Ok(f) = done_rx.try_recv() {
             d.on_finished(f);
         }
+        if tokio::time::Instant::now() >= next_touch {
+            next_touch = tokio::time::Instant::now() + HEARTBEAT;
+            let _ = lock.lock.touch();
+        }
+        // Records a refusing disk kept back are written as soon as it takes them.
+        let held = !d.flush_held(&journal);
         let now = opts.clock.now();
         // A slot is claimed (its watermark written) a moment before it fires, so that at
         // the fire time starting the run is all that is left to do. The claims go in
@@ -548,6 +650,10 @@ pub async fn run(ws: Workspace, opts: DaemonOptions) -> Result<Summary, DaemonEr
         if let Some(f) = fallback_rescan {
             wait = wait.min(f);
         }
+        wait = wait.min(next_touch.saturating_duration_since(tokio::time::Instant::now()));
+        if held {
+            wait = wait.min(Duration::from_secs(1));
+        }
         tokio::select! {
             _ = tokio::time::sleep(wait) => {
                 if fallback_rescan.is_some() {
@@ -567,9 +673,9 @@ pub async fn run(ws: Workspace, opts: DaemonOptions) -> Result<Summary, DaemonEr
                 let runs = d.sched.accept(&name, c, at);
                 d.queue(runs);
             }
-            _ = sigint.recv() => { tracing::info!("SIGINT: stopping"); break; }
-            _ = sigterm.recv() => { tracing::info!("SIGTERM: stopping"); break; }
-            _ = &mut stopped => { tracing::info!("stop requested"); break; }
+            _ = sigint.recv() => { tracing::info!("SIGINT: stopping"); reason = "SIGINT"; break; }
+            _ = sigterm.recv() => { tracing::info!("SIGTERM: stopping"); reason = "SIGTERM"; break; }
+            _ = &mut stopped => { tracing::info!("stop requested"); reason = "stop requested"; break; }
         }
     }
 
@@ -639,6 +745,11 @@ pub async fn run(ws: Workspace, opts: DaemonOptions) -> Result<Summary, DaemonEr
     }
     // Nothing uses the MCP servers any more: they stop with the daemon.
     crate::mcp::client::McpPool::shutdown_all().await;
+    if !d.flush_held(&journal) {
+        tracing::error!("the disk still refuses writes: run records and daemon events held in memory are lost with this process");
+    }
+    crate::journal::record_stopped(&journal, reason, started_at);
+    drop(lock);
     tracing::info!("loops daemon stopped");
     Ok(d.summary)
 }
@@ -658,9 +769,18 @@ impl Daemon {
         out
     }
 
-    /// Runs left "running" by a process that died are recorded as interrupted.
-    fn recover_interrupted(&mut self) {
+    /// Runs left "running" by a process that died are recorded as interrupted; returns
+    /// (loop, run id) of each.
+    fn recover_interrupted(&mut self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
         for m in self.ctx.running.orphans() {
+            // A process killed between appending a run's record and removing its marker
+            // left a marker for a run that did finish: it is not interrupted, and a
+            // second record would count the run twice.
+            if self.ctx.runlog.find(&m.loop_name, &m.run_id).is_some() {
+                self.ctx.running.remove(&m.run_id);
+                continue;
+            }
             let now = Utc::now();
             let mut rec = RunRecord::decision(
                 &m.loop_name,
@@ -693,7 +813,46 @@ impl Daemon {
                 tracing::error!("{e}");
             }
             self.ctx.running.remove(&m.run_id);
+            out.push((m.loop_name.clone(), m.run_id.clone()));
         }
+        out
+    }
+
+    /// Writes what a refusing disk kept back (run records, daemon events, markers of
+    /// finished runs); returns whether nothing is held any more.
+    fn flush_held(&mut self, journal: &crate::journal::Journal) -> bool {
+        let records = self.ctx.runlog.flush();
+        let markers = self.ctx.running.flush();
+        let events = journal.flush();
+        let completions = self.retry_completions();
+        records && markers && events && completions
+    }
+
+    /// Completes the handoffs whose move to done/ the disk refused; returns whether none
+    /// is left waiting.
+    fn retry_completions(&mut self) -> bool {
+        if self.wakes.uncompleted.is_empty() {
+            return true;
+        }
+        let inbox = self.wakes.inbox.clone();
+        let mut commits = Vec::new();
+        self.wakes.uncompleted.retain(|u| match u.retry(&inbox) {
+            Some(c) => {
+                commits.extend(c);
+                false
+            }
+            None => true,
+        });
+        if let (Some(c), false) = (self.ctx.committer.clone(), commits.is_empty()) {
+            tokio::spawn(async move {
+                for req in commits {
+                    if let Err(e) = c.commit(req).await {
+                        tracing::warn!("a late completion is not committed yet: {e}");
+                    }
+                }
+            });
+        }
+        self.wakes.uncompleted.is_empty()
     }
 
     /// Rediscovers the domains and tells the scheduler; logs what changed.
@@ -1003,11 +1162,12 @@ impl Daemon {
 impl Daemon {
     /// Handoffs claimed by a wake that died with the last runner go back to the inbox;
     /// stale files in inbox/.tmp/ are cleaned.
-    fn recover_inbox(&mut self) {
-        let n = self.wakes.notes.recover(&self.wakes.inbox);
-        if n > 0 {
+    fn recover_inbox(&mut self) -> Vec<String> {
+        let back = self.wakes.notes.recover(&self.wakes.inbox);
+        if !back.is_empty() {
             tracing::warn!(
-                "{n} handoff(s) claimed by a wake that did not finish went back to the inbox"
+                "{} handoff(s) claimed by a wake that did not finish went back to the inbox",
+                back.len()
             );
         }
         let cleaned = self.wakes.inbox.clean_tmp(std::time::SystemTime::now());
@@ -1018,6 +1178,7 @@ impl Daemon {
         if self.wakes.main.is_none() && !self.wakes.inbox.pending().is_empty() {
             tracing::warn!("handoffs are waiting in inbox/ but loops.yaml has no `main:` session to receive them");
         }
+        back
     }
 
     /// A wake killed between moving handoffs to done/ and its commit leaves completions on
@@ -1176,6 +1337,7 @@ impl Daemon {
 
     fn on_wake_done(&mut self, w: crate::main_session::WakeResult, again: bool) {
         self.wakes.running = None;
+        self.wakes.uncompleted.extend(w.uncompleted.iter().cloned());
         let rec = &w.record;
         match rec.outcome {
             Outcome::Failed | Outcome::Timeout => tracing::warn!(

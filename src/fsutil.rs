@@ -216,6 +216,12 @@ impl FileLock {
         }
     }
 
+    /// Sets the lock file's modification time to now: a sign of life that outlives the
+    /// holder, so after a crash the time of its last touch is known.
+    pub fn touch(&self) -> io::Result<()> {
+        self.file.set_modified(std::time::SystemTime::now())
+    }
+
     /// Replaces the lock file's contents (e.g. with the owner's pid and start time).
     pub fn write_contents(&mut self, text: &str) -> io::Result<()> {
         use std::io::Seek;

@@ -8,7 +8,9 @@
 
 use chrono::{DateTime, TimeZone, Utc};
 use git2::{ErrorCode, Index, IndexEntry, IndexTime, Oid, Repository, Signature};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use std::collections::{HashSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc as std_mpsc;
 use std::time::Duration;
@@ -24,6 +26,10 @@ pub enum HistoryError {
     Stopped,
     #[error("{0} is not inside a git repository")]
     NotARepository(PathBuf),
+    /// The commit could not be made now (a lock another git holds, a read-only disk); it
+    /// is kept and made, in order, as soon as git allows.
+    #[error("commit deferred ({0}); it is kept and made as soon as git allows")]
+    Deferred(String),
 }
 
 impl HistoryError {
@@ -36,6 +42,10 @@ impl HistoryError {
             HistoryError::NotARepository(_) => {
                 Some("run `git init` in the workspace (or create it with `loops init`)".into())
             }
+            HistoryError::Deferred(_) => Some(
+                "nothing to do unless it lasts: .loops/daemon.jsonl says when it is committed"
+                    .into(),
+            ),
             _ => None,
         }
     }
@@ -83,16 +93,27 @@ impl Committer {
             return Err(HistoryError::NotARepository(workspace.to_path_buf()));
         }
         let (tx, rx) = std_mpsc::channel::<(CommitRequest, Reply)>();
-        let name = fallback_name.to_string();
-        let email = fallback_email.to_string();
+        let mut thread = CommitterThread {
+            git_dir: repo
+                .path()
+                .canonicalize()
+                .unwrap_or_else(|_| repo.path().to_path_buf()),
+            workdir: repo
+                .workdir()
+                .map(|w| w.canonicalize().unwrap_or_else(|_| w.to_path_buf()))
+                .unwrap_or_else(|| workspace.to_path_buf()),
+            repo,
+            name: fallback_name.to_string(),
+            email: fallback_email.to_string(),
+            runtime: workspace.join(".loops"),
+            journal: crate::journal::Journal::open(&workspace.join(".loops")),
+            deferred: VecDeque::new(),
+            unsynced: Vec::new(),
+            reported_holders: HashSet::new(),
+        };
         std::thread::Builder::new()
             .name("loops-committer".into())
-            .spawn(move || {
-                for (req, reply) in rx {
-                    let r = commit_paths(&repo, &req, &name, &email);
-                    let _ = reply.send(r);
-                }
-            })
+            .spawn(move || thread.run(rx))
             .map_err(|_| HistoryError::Stopped)?;
         Ok(Committer { tx })
     }
@@ -111,6 +132,453 @@ impl Committer {
         self.tx.send((req, tx)).map_err(|_| HistoryError::Stopped)?;
         rx.await.map_err(|_| HistoryError::Stopped)?
     }
+}
+
+/// How often the committer looks again at commits it had to defer and at index entries
+/// it could not update.
+const RETRY_EVERY: Duration = Duration::from_secs(2);
+/// A git lock file no live process holds is taken as left by a git that crashed once it
+/// is this old (younger, it may belong to a git that has only just started).
+pub const STALE_LOCK_AGE: Duration = Duration::from_secs(10);
+/// Deferred commits kept at most; beyond this the oldest are given up (and said so).
+const MAX_DEFERRED: usize = 1000;
+/// In `.loops/commits/`: the paths whose index entries must follow HEAD, written before
+/// each commit and removed once the index is up to date, so a crash between a commit and
+/// the index update (or a long-held index lock) does not leave `git status` showing the
+/// runner's own committed files as staged changes.
+const INDEX_SYNC: &str = "index-sync.txt";
+
+/// A commit that could not be made when asked (a lock held by another git, a read-only
+/// disk). Kept in order in memory and, when the disk allows, in `.loops/commits/`, so a
+/// restart still makes it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Deferred {
+    paths: Vec<PathBuf>,
+    message: String,
+    since: DateTime<Utc>,
+    reason: String,
+    #[serde(skip)]
+    file: Option<PathBuf>,
+}
+
+/// The committer thread's own state: the repository, and what is waiting for git.
+struct CommitterThread {
+    repo: Repository,
+    git_dir: PathBuf,
+    workdir: PathBuf,
+    name: String,
+    email: String,
+    runtime: PathBuf,
+    journal: crate::journal::Journal,
+    deferred: VecDeque<Deferred>,
+    /// Paths whose index entries could not be brought up to date (the index was locked).
+    unsynced: Vec<PathBuf>,
+    /// (lock, holder pid) pairs already reported, so a long wait is reported once.
+    reported_holders: HashSet<(PathBuf, u32)>,
+}
+
+/// Who holds a git lock file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LockHolder {
+    pub pid: u32,
+    pub command: String,
+}
+
+impl CommitterThread {
+    fn run(&mut self, rx: std_mpsc::Receiver<(CommitRequest, Reply)>) {
+        self.load_deferred();
+        self.load_intent();
+        self.clear_stale_locks();
+        loop {
+            let msg = if self.deferred.is_empty() && self.unsynced.is_empty() {
+                match rx.recv() {
+                    Ok(m) => Some(m),
+                    Err(_) => break,
+                }
+            } else {
+                match rx.recv_timeout(RETRY_EVERY) {
+                    Ok(m) => Some(m),
+                    Err(std_mpsc::RecvTimeoutError::Timeout) => None,
+                    Err(std_mpsc::RecvTimeoutError::Disconnected) => break,
+                }
+            };
+            let late = self.retry_deferred();
+            if !self.unsynced.is_empty() {
+                self.sync(Vec::new());
+            }
+            if let Some((req, reply)) = msg {
+                let paths = req.paths.clone();
+                let r = match self.commit(req) {
+                    // A late commit just made holds this run's changes too (it commits
+                    // what its paths hold now): that commit is where they are.
+                    Ok(None) => Ok(late
+                        .iter()
+                        .rev()
+                        .find(|(_, ps)| ps.iter().any(|p| paths.contains(p)))
+                        .map(|(oid, _)| *oid)),
+                    r => r,
+                };
+                let _ = reply.send(r);
+            }
+        }
+    }
+
+    fn commit(&mut self, req: CommitRequest) -> Result<Option<Oid>, HistoryError> {
+        if let Some(last) = self.deferred.back() {
+            // Older commits are still waiting: this one waits behind them, so the history
+            // keeps the order things happened in.
+            let reason = last.reason.clone();
+            self.defer(req, reason.clone());
+            return Err(HistoryError::Deferred(reason));
+        }
+        match self.try_commit(&req) {
+            Err(HistoryError::Git(e)) if transient(&e) => {
+                let reason = e.message().to_string();
+                self.defer(req, reason.clone());
+                Err(HistoryError::Deferred(reason))
+            }
+            r => r,
+        }
+    }
+
+    fn try_commit(&mut self, req: &CommitRequest) -> Result<Option<Oid>, HistoryError> {
+        let touched: Vec<PathBuf> = req
+            .paths
+            .iter()
+            .chain(req.contents.iter().map(|(p, _)| p))
+            .cloned()
+            .collect();
+        self.save_intent(&touched);
+        let r = match commit_paths(&self.repo, req, &self.name, &self.email) {
+            Err(HistoryError::Git(e)) if e.code() == ErrorCode::Locked => {
+                if self.clear_stale_locks() {
+                    commit_paths(&self.repo, req, &self.name, &self.email)
+                } else {
+                    Err(HistoryError::Git(e))
+                }
+            }
+            r => r,
+        };
+        let (oid, synced) = r?;
+        if synced.is_empty() {
+            self.save_intent(&[]);
+        } else {
+            self.sync(synced);
+        }
+        Ok(oid)
+    }
+
+    /// Brings the index up to date for `paths` and for any left over from before; what
+    /// cannot be done now (another git holds the index) is kept for later.
+    fn sync(&mut self, paths: Vec<PathBuf>) {
+        let mut all = std::mem::take(&mut self.unsynced);
+        for p in paths {
+            if !all.contains(&p) {
+                all.push(p);
+            }
+        }
+        let mut r = sync_index(&self.repo, &all);
+        if r.as_ref().is_err_and(|e| e.code() == ErrorCode::Locked) && self.clear_stale_locks() {
+            r = sync_index(&self.repo, &all);
+        }
+        match r {
+            Ok(()) => self.save_intent(&[]),
+            Err(e) => {
+                tracing::debug!("git index not updated yet ({e}); trying again shortly");
+                self.unsynced = all;
+                self.save_intent(&[]);
+            }
+        }
+    }
+
+    /// Writes the paths whose index entries must follow HEAD (those left over, and
+    /// `touched` by the commit about to be made); removes the file when there are none.
+    fn save_intent(&self, touched: &[PathBuf]) {
+        let path = self.runtime.join("commits").join(INDEX_SYNC);
+        let mut all = self.unsynced.clone();
+        for p in touched {
+            let rel = p.strip_prefix(&self.workdir).unwrap_or(p);
+            if rel.is_relative() && !rel.as_os_str().is_empty() && !all.iter().any(|a| a == rel) {
+                all.push(rel.to_path_buf());
+            }
+        }
+        if all.is_empty() {
+            let _ = std::fs::remove_file(&path);
+            return;
+        }
+        let text: Vec<String> = all
+            .iter()
+            .map(|p| p.to_string_lossy().into_owned())
+            .collect();
+        let _ = crate::fsutil::atomic_replace(&path, text.join("\n").as_bytes());
+    }
+
+    /// Paths a crashed process committed without updating the index for.
+    fn load_intent(&mut self) {
+        let path = self.runtime.join("commits").join(INDEX_SYNC);
+        if let Ok(text) = std::fs::read_to_string(&path) {
+            for l in text.lines().filter(|l| !l.trim().is_empty()) {
+                let p = PathBuf::from(l);
+                if p.is_relative() && !is_private(&p) && !self.unsynced.contains(&p) {
+                    self.unsynced.push(p);
+                }
+            }
+        }
+    }
+
+    fn defer(&mut self, req: CommitRequest, reason: String) {
+        let mut paths = req.paths;
+        // A commit of given contents (a handoff before its delivery) becomes a commit of
+        // whatever is at that path by the time git allows it.
+        paths.extend(req.contents.into_iter().map(|(p, _)| p));
+        let mut d = Deferred {
+            paths,
+            message: req.message,
+            since: Utc::now(),
+            reason,
+            file: None,
+        };
+        let subject = d.message.lines().next().unwrap_or("").to_string();
+        tracing::warn!("commit deferred ({}): {subject}", d.reason);
+        let lower = d.reason.to_ascii_lowercase();
+        if lower.contains("read-only file system") || lower.contains("no space left") {
+            self.journal
+                .disk_error(&self.git_dir, &std::io::Error::other(d.reason.clone()));
+        }
+        self.journal.record(
+            "commit_deferred",
+            json!({"subject": subject, "reason": d.reason}),
+        );
+        let dir = self.runtime.join("commits");
+        let file = dir.join(format!("{}.json", ulid::Ulid::new()));
+        let text = serde_json::to_string(&d).unwrap_or_default();
+        if crate::fsutil::atomic_write(&file, text.as_bytes()).is_ok() {
+            d.file = Some(file);
+        }
+        self.deferred.push_back(d);
+        while self.deferred.len() > MAX_DEFERRED {
+            if let Some(old) = self.deferred.pop_front() {
+                let subject = old.message.lines().next().unwrap_or("").to_string();
+                tracing::error!("gave up a commit deferred since {}: {subject}", old.since);
+                self.journal.record(
+                    "commit_dropped",
+                    json!({"subject": subject, "since": old.since, "reason": old.reason}),
+                );
+                if let Some(f) = old.file {
+                    let _ = std::fs::remove_file(f);
+                }
+            }
+        }
+    }
+
+    /// Commits deferred by an earlier process (a crash before git allowed them) are made
+    /// first, in the order they were asked for.
+    fn load_deferred(&mut self) {
+        let dir = self.runtime.join("commits");
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .filter(|p| {
+                p.extension().is_some_and(|x| x == "json")
+                    && !p
+                        .file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| n.starts_with('.'))
+            })
+            .collect();
+        files.sort();
+        for f in files {
+            match std::fs::read_to_string(&f)
+                .ok()
+                .and_then(|t| serde_json::from_str::<Deferred>(&t).ok())
+            {
+                Some(mut d) => {
+                    d.file = Some(f);
+                    self.deferred.push_back(d);
+                }
+                None => {
+                    tracing::warn!("{}: not a deferred commit; removed", f.display());
+                    let _ = std::fs::remove_file(&f);
+                }
+            }
+        }
+    }
+
+    /// Makes the deferred commits git allows now, oldest first; returns each commit made
+    /// with its paths.
+    fn retry_deferred(&mut self) -> Vec<(Oid, Vec<PathBuf>)> {
+        let mut made = Vec::new();
+        while let Some(d) = self.deferred.front() {
+            let message = format!(
+                "{}Deferred: {}\n",
+                d.message,
+                d.since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            );
+            let req = CommitRequest::new(d.paths.clone(), message);
+            match self.try_commit(&req) {
+                Ok(oid) => {
+                    let Some(d) = self.deferred.pop_front() else {
+                        break;
+                    };
+                    let subject = d.message.lines().next().unwrap_or("").to_string();
+                    match oid {
+                        Some(oid) => {
+                            tracing::info!(commit = %oid, "made a commit deferred since {}: {subject}", d.since.to_rfc3339())
+                        }
+                        None => tracing::info!(
+                            "a commit deferred since {} had nothing left to commit: {subject}",
+                            d.since.to_rfc3339()
+                        ),
+                    }
+                    self.journal.record(
+                        "commit_made",
+                        json!({
+                            "subject": subject,
+                            "commit": oid.map(|o| o.to_string()),
+                            "deferred_since": d.since,
+                        }),
+                    );
+                    if let Some(f) = d.file {
+                        let _ = std::fs::remove_file(f);
+                    }
+                    if let Some(oid) = oid {
+                        made.push((oid, d.paths));
+                    }
+                }
+                Err(HistoryError::Git(g)) if transient(&g) => {
+                    if let Some(d) = self.deferred.front_mut() {
+                        d.reason = g.message().to_string();
+                    }
+                    break;
+                }
+                Err(e) => {
+                    // It can no longer succeed by waiting: say so, and let the rest go on.
+                    let Some(d) = self.deferred.pop_front() else {
+                        break;
+                    };
+                    let subject = d.message.lines().next().unwrap_or("").to_string();
+                    tracing::error!(
+                        "gave up a commit deferred since {}: {subject}: {e}",
+                        d.since.to_rfc3339()
+                    );
+                    self.journal.record(
+                        "commit_dropped",
+                        json!({"subject": subject, "since": d.since, "reason": e.to_string()}),
+                    );
+                    if let Some(f) = d.file {
+                        let _ = std::fs::remove_file(f);
+                    }
+                }
+            }
+        }
+        made
+    }
+
+    /// Looks at the lock files a commit needs. One held by a live process is waited for
+    /// (and reported once); one nobody holds that is older than [`STALE_LOCK_AGE`] was
+    /// left by a git that crashed: it is removed, and that is recorded. Returns whether
+    /// anything was removed.
+    fn clear_stale_locks(&mut self) -> bool {
+        let workdir = self.workdir.clone();
+        let mut removed = false;
+        for lock in lock_candidates(&self.repo, &self.git_dir) {
+            let Ok(meta) = std::fs::symlink_metadata(&lock) else {
+                continue;
+            };
+            let age = meta
+                .modified()
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .unwrap_or_default();
+            match lock_holder(&lock, &workdir) {
+                // Reported once per holder: a long hold is one event, not one per retry.
+                Some(h) if self.reported_holders.insert((lock.clone(), h.pid)) => {
+                    tracing::warn!(
+                        "{} is held by pid {} ({}): commits wait for it",
+                        lock.display(),
+                        h.pid,
+                        h.command
+                    );
+                    self.journal.record(
+                        "git_lock",
+                        json!({"path": lock, "action": "waiting", "holder_pid": h.pid, "holder": h.command, "age_ms": age.as_millis() as u64}),
+                    );
+                }
+                Some(_) => {}
+                None if age >= STALE_LOCK_AGE => match std::fs::remove_file(&lock) {
+                    Ok(()) => {
+                        removed = true;
+                        tracing::warn!(
+                            "removed {}: no process holds it and it is {}s old (a git command crashed and left it)",
+                            lock.display(),
+                            age.as_secs()
+                        );
+                        self.journal.record(
+                            "git_lock",
+                            json!({"path": lock, "action": "removed", "age_ms": age.as_millis() as u64, "why": "no live process holds it"}),
+                        );
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => tracing::warn!(
+                        "{} looks stale but cannot be removed: {e}; remove it by hand if no git is running",
+                        lock.display()
+                    ),
+                },
+                None => {}
+            }
+        }
+        removed
+    }
+}
+
+/// The lock files a commit by the committer can meet: the index, HEAD, the current
+/// branch, packed refs, and their reflogs.
+fn lock_candidates(repo: &Repository, git_dir: &Path) -> Vec<PathBuf> {
+    let mut out = vec![
+        git_dir.join("index.lock"),
+        git_dir.join("HEAD.lock"),
+        git_dir.join("packed-refs.lock"),
+        git_dir.join("logs/HEAD.lock"),
+    ];
+    let branch = repo
+        .find_reference("HEAD")
+        .ok()
+        .and_then(|h| h.symbolic_target().map(str::to_string));
+    if let Some(b) = branch {
+        out.push(git_dir.join(format!("{b}.lock")));
+        out.push(git_dir.join("logs").join(format!("{b}.lock")));
+    }
+    out
+}
+
+/// The live process holding a git lock file, if one can be seen: one with the file open
+/// (git and libgit2 keep it open while writing), or a `git` running inside the work tree
+/// (git may close the file and keep the lock, e.g. while an editor is open). Without
+/// `/proc` nothing can be seen, and only the lock's age decides.
+pub fn lock_holder(lock: &Path, workdir: &Path) -> Option<LockHolder> {
+    let procs = std::fs::read_dir("/proc").ok()?;
+    for e in procs.filter_map(|e| e.ok()) {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        let base = e.path();
+        let command = std::fs::read_to_string(base.join("comm"))
+            .map(|c| c.trim().to_string())
+            .unwrap_or_default();
+        let holds = std::fs::read_dir(base.join("fd"))
+            .into_iter()
+            .flatten()
+            .filter_map(|fd| fd.ok())
+            .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|t| t == lock));
+        let git_here = command == "git"
+            && std::fs::read_link(base.join("cwd")).is_ok_and(|c| c.starts_with(workdir));
+        if holds || git_here {
+            return Some(LockHolder { pid, command });
+        }
+    }
+    None
 }
 
 fn signature<'a>(repo: &Repository, name: &'a str, email: &'a str) -> Signature<'static> {
@@ -144,14 +612,16 @@ fn is_private(rel: &Path) -> bool {
     )
 }
 
+/// Makes the commit; returns it (None when there was nothing to commit) and the
+/// workspace-relative paths whose index entries should now follow HEAD.
 fn commit_paths(
     repo: &Repository,
     req: &CommitRequest,
     name: &str,
     email: &str,
-) -> Result<Option<Oid>, HistoryError> {
+) -> Result<(Option<Oid>, Vec<PathBuf>), HistoryError> {
     let Some(workdir) = repo.workdir().map(Path::to_path_buf) else {
-        return Ok(None);
+        return Ok((None, Vec::new()));
     };
     let workdir = workdir.canonicalize().unwrap_or(workdir);
     let mut rels: Vec<PathBuf> = req
@@ -174,7 +644,7 @@ fn commit_paths(
         .filter(|(r, _)| !r.as_os_str().is_empty() && !is_private(r))
         .collect();
     if rels.is_empty() && buffers.is_empty() {
-        return Ok(None);
+        return Ok((None, Vec::new()));
     }
     // Many files go into packs (see Blobs); the second handle keeps the in-memory
     // backend away from the committer's own repository, whose commits must be on disk.
@@ -209,16 +679,20 @@ fn commit_paths(
         blobs.flush()?;
         let tree_id = idx.write_tree_to(repo)?;
         if head.as_ref().map(|c| c.tree_id()) == Some(tree_id) {
-            return Ok(None);
+            return Ok((None, Vec::new()));
         }
         let tree = repo.find_tree(tree_id)?;
         let sig = signature(repo, name, email);
         let parents: Vec<&git2::Commit> = head.iter().collect();
         match repo.commit(Some("HEAD"), &sig, &sig, &req.message, &tree, &parents) {
             Ok(oid) => {
-                sync_index(repo, &rels, &buffers);
-                return Ok(Some(oid));
+                let mut synced = rels.clone();
+                synced.extend(buffers.iter().map(|(p, _)| p.clone()));
+                return Ok((Some(oid), synced));
             }
+            // Another writer's ref update takes milliseconds; a lock that stays longer
+            // is the committer's to look at (a crashed git's leftover, or a long hold).
+            Err(e) if e.code() == ErrorCode::Locked && attempt >= 4 => return Err(e.into()),
             Err(e) if e.code() == ErrorCode::Modified || e.code() == ErrorCode::Locked => {
                 std::thread::sleep(Duration::from_millis(10 * (attempt + 1)));
                 continue;
@@ -226,7 +700,9 @@ fn commit_paths(
             Err(e) => return Err(e.into()),
         }
     }
-    Err(HistoryError::Git(git2::Error::from_str(
+    Err(HistoryError::Git(git2::Error::new(
+        ErrorCode::Locked,
+        git2::ErrorClass::Reference,
         "HEAD kept moving while committing; gave up after 20 attempts",
     )))
 }
@@ -311,6 +787,21 @@ impl Blobs<'_> {
         self.pending_bytes = 0;
         Ok(())
     }
+}
+
+/// Whether a commit that failed this way can succeed later by itself: a lock another
+/// process holds (or a crashed one left), or a disk that refuses writes for now. Other
+/// errors are reported at once rather than deferred, so they never hold up later commits.
+fn transient(e: &git2::Error) -> bool {
+    let msg = e.message().to_ascii_lowercase();
+    e.code() == ErrorCode::Locked
+        || matches!(
+            e.class(),
+            git2::ErrorClass::Os | git2::ErrorClass::Filesystem
+        )
+        || msg.contains("read-only file system")
+        || msg.contains("no space left")
+        || msg.contains("permission denied")
 }
 
 fn buffer_entry(blobs: &mut Blobs, rel: &Path, bytes: &[u8]) -> Result<IndexEntry, HistoryError> {
@@ -405,11 +896,11 @@ fn stage(
 /// `loops trigger`, `loops handoff create`) share the index: an flock makes their
 /// read-modify-writes take turns, or one would write back an index missing the other's
 /// entries.
-fn sync_index(repo: &Repository, rels: &[PathBuf], buffers: &[(PathBuf, &[u8])]) {
+fn sync_index(repo: &Repository, paths: &[PathBuf]) -> Result<(), git2::Error> {
     let _turn = crate::fsutil::FileLock::acquire_blocking(&repo.path().join("loops-index.lock"));
     let tree = repo.head().ok().and_then(|h| h.peel_to_tree().ok());
     let workdir = repo.workdir().map(Path::to_path_buf);
-    let paths: Vec<&PathBuf> = rels.iter().chain(buffers.iter().map(|(p, _)| p)).collect();
+    let paths: Vec<&PathBuf> = paths.iter().collect();
     // What HEAD holds for each path, and whether the file on disk is that, decided once
     // (not on every retry of the index write).
     let mut lookup = TreeLookup::new(repo, tree.as_ref());
@@ -426,8 +917,9 @@ fn sync_index(repo: &Repository, rels: &[PathBuf], buffers: &[(PathBuf, &[u8])])
             (*rel, entry)
         })
         .collect();
-    for attempt in 0..50 {
-        let Ok(mut index) = repo.index() else { return };
+    let mut attempt = 0;
+    loop {
+        let mut index = repo.index()?;
         let _ = index.read(true);
         for (rel, entry) in &wanted {
             match entry {
@@ -462,16 +954,14 @@ fn sync_index(repo: &Repository, rels: &[PathBuf], buffers: &[(PathBuf, &[u8])])
             }
         }
         match index.write() {
-            Ok(()) => return,
-            Err(e) if e.code() == ErrorCode::Locked && attempt < 49 => {
+            Ok(()) => return Ok(()),
+            // Another git's index write takes milliseconds: wait that long, not longer
+            // (a lock that stays is looked at by the committer, which retries later).
+            Err(e) if e.code() == ErrorCode::Locked && attempt < 10 => {
+                attempt += 1;
                 std::thread::sleep(Duration::from_millis(20));
             }
-            Err(e) => {
-                tracing::warn!(
-                    "committed, but could not update the git index ({e}); `git status` may show the run's files as changed until the next commit"
-                );
-                return;
-            }
+            Err(e) => return Err(e),
         }
     }
 }

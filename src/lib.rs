@@ -10,7 +10,7 @@
 //! - [`jobs`] and [`exec`]: running one loop, its process group, its output
 //! - [`history`]: the git committer and `loops log`
 //! - [`runs`] and [`state`]: what the runner records on disk under `.loops/`
-//! - [`watch`] and [`daemon`]: `loops run`
+//! - [`watch`] and [`daemon`]: `loops run`; [`journal`]: the daemon's own record of its life
 //! - [`channels`] and [`guard`]: delivering messages, and what may never be shared
 //! - [`operator`]: what a person does from outside the daemon (list, trigger, inbox)
 //! - [`mcp`]: `loops mcp`, the same operations and the job queue as MCP tools
@@ -31,6 +31,7 @@ pub mod guard;
 pub mod handoff;
 pub mod history;
 pub mod jobs;
+pub mod journal;
 pub mod main_session;
 pub mod mcp;
 pub mod operator;

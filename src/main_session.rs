@@ -127,9 +127,9 @@ impl InboxState {
     }
 
     /// Gives back handoffs claimed by wakes whose process is gone (a crash): they return
-    /// to the inbox and are processed again. Returns how many.
-    pub fn recover(&self, inbox: &Inbox) -> usize {
-        let mut n = 0;
+    /// to the inbox and are processed again. Returns their file names.
+    pub fn recover(&self, inbox: &Inbox) -> Vec<String> {
+        let mut n = Vec::new();
         let mut live: std::collections::HashSet<String> = std::collections::HashSet::new();
         let dir = self.dir.join("claims");
         for e in std::fs::read_dir(&dir)
@@ -151,7 +151,7 @@ impl InboxState {
             for f in &c.files {
                 let active = inbox.active_dir().join(f);
                 if active.exists() && inbox.release(&active).is_some() {
-                    n += 1;
+                    n.push(f.clone());
                 }
             }
             let _ = std::fs::remove_file(e.path());
@@ -168,7 +168,7 @@ impl InboxState {
                 continue;
             }
             if inbox.release(&active).is_some() {
-                n += 1;
+                n.push(name.to_string());
             }
         }
         n
@@ -182,6 +182,53 @@ pub struct WakeResult {
     pub completed: Vec<String>,
     pub held: Vec<(String, String)>,
     pub released: Vec<String>,
+    /// Handoffs the main session completed that could not be moved to done/ (the disk
+    /// refused): still in active/, for the daemon to complete as soon as it can.
+    pub uncompleted: Vec<Uncompleted>,
+}
+
+/// A completion the disk refused: the main session's word is kept, so the handoff is
+/// moved to done/ when the disk allows rather than handed to the main session again.
+#[derive(Debug, Clone)]
+pub struct Uncompleted {
+    pub id: String,
+    pub from: Option<String>,
+    pub active: PathBuf,
+    pub summary: Option<String>,
+    pub run_id: String,
+}
+
+impl Uncompleted {
+    /// Tries the completion again. `None`: not yet (the disk still refuses). `Some`: done
+    /// (or the file is gone: someone else completed or released it), with the commit
+    /// to make for it, if any.
+    pub fn retry(&self, inbox: &Inbox) -> Option<Option<CommitRequest>> {
+        if !self.active.exists() {
+            return Some(None);
+        }
+        let done = inbox
+            .complete(&self.active, self.summary.as_deref(), Utc::now())
+            .ok()?;
+        tracing::info!(handoff = %self.id, "completed (the disk had refused it)");
+        let name = self
+            .active
+            .file_name()
+            .map(PathBuf::from)
+            .unwrap_or_default();
+        let mut t = vec![
+            ("Loop", MAIN.to_string()),
+            ("Run", self.run_id.clone()),
+            ("Outcome", "completed".to_string()),
+            ("Handoff", self.id.clone()),
+        ];
+        if let Some(f) = &self.from {
+            t.push(("From", f.clone()));
+        }
+        Some(Some(CommitRequest::new(
+            vec![inbox.root.join(name), self.active.clone(), done],
+            commit_message(&format!("{MAIN}: completed 1 handoff(s)"), &t),
+        )))
+    }
 }
 
 /// What the main-session command reported on stdout.
@@ -300,16 +347,25 @@ pub async fn wake(
             r
         }
         Some(argv) => {
+            let (spawn_tx, mut spawn_rx) = tokio::sync::mpsc::unbounded_channel();
             let spec = ExecSpec {
                 argv: argv.clone(),
                 cwd: ws.root.clone(),
                 env,
                 timeout: main.timeout,
                 grace: exec::KILL_GRACE,
-                on_spawn: None,
+                on_spawn: Some(spawn_tx),
                 stdin: Some(serde_json::to_vec(&payload).unwrap_or_default()),
             };
-            exec::run(&spec, None, cancel).await
+            // The marker names the command's process group, so a runner that dies
+            // mid-wake has it stopped at its next start, before the handoffs go back to
+            // the inbox: an orphaned main session must not work on them beside the next.
+            let note_pgid = crate::jobs::note_pgid(ctx, &marker, &mut spawn_rx);
+            // Owning the spec, the run drops the spawn sender when it ends, so a command
+            // that cannot start does not leave `note_pgid` waiting.
+            let run = async move { exec::run(&spec, None, cancel).await };
+            let (res, ()) = tokio::join!(run, note_pgid);
+            res
         }
         None => exec::ExecResult {
             spawn_error: Some(
@@ -329,6 +385,7 @@ pub async fn wake(
     let mut completed = Vec::new();
     let mut held = Vec::new();
     let mut released = Vec::new();
+    let mut uncompleted = Vec::new();
     let mut commit_paths: Vec<PathBuf> = crate::jobs::changed_between(&before, &after);
     if let Some(w) = &on_model {
         // What the model's tools wrote, wherever the main session may write.
@@ -385,6 +442,18 @@ pub async fn wake(
                             notes.set_note(&name, &Note::default());
                             completed.push(id.clone());
                         }
+                        Err(e) if path.exists() => {
+                            // The main session did its part; the disk refused the move.
+                            // Kept for the daemon to finish, never handed over again.
+                            tracing::warn!(handoff = %id, "could not complete it yet ({e}); trying again shortly");
+                            uncompleted.push(Uncompleted {
+                                id: id.clone(),
+                                from: h.as_ref().map(|h| h.from.clone()),
+                                active: path.clone(),
+                                summary: summary.clone(),
+                                run_id: run_id.clone(),
+                            });
+                        }
                         Err(e) => held.push((id.clone(), format!("could not complete: {e}"))),
                     }
                 } else {
@@ -425,11 +494,19 @@ pub async fn wake(
     let mut rec = RunRecord::decision(MAIN, kind.as_str(), None, started, outcome, String::new());
     rec.run_id = run_id.clone();
     rec.note = Some(format!(
-        "{} handoff(s): {} completed, {} held, {} returned to the inbox",
+        "{} handoff(s): {} completed, {} held, {} returned to the inbox{}",
         by_id.len(),
         completed.len(),
         held.len(),
-        released.len()
+        released.len(),
+        if uncompleted.is_empty() {
+            String::new()
+        } else {
+            format!(
+                ", {} to be completed when the disk allows",
+                uncompleted.len()
+            )
+        }
     ));
     rec.exit_code = res.exit_code;
     rec.error = res.failure_reason(main.timeout);
@@ -507,6 +584,7 @@ pub async fn wake(
         completed,
         held,
         released,
+        uncompleted,
     }
 }
 

@@ -4,12 +4,22 @@
 use crate::fsutil::{append_line, atomic_replace, process_alive, process_start_time};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunsError {
     #[error("{path}: {source}")]
     Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "{path}: {source}; the record is kept in memory and written as soon as the disk accepts it"
+    )]
+    Held {
         path: PathBuf,
         #[source]
         source: std::io::Error,
@@ -202,11 +212,18 @@ pub fn new_run_id() -> String {
     ulid::Ulid::new().to_string()
 }
 
+/// Records held in memory while the disk refuses them; beyond this the oldest are
+/// dropped (and said so), so a disk that never comes back cannot exhaust memory.
+const MAX_HELD_RECORDS: usize = 10_000;
+
 /// Appends and reads run records.
 #[derive(Debug, Clone)]
 pub struct RunLog {
     dir: PathBuf,
     rotate_bytes: u64,
+    /// Lines the disk refused (read-only, full), in order, with their files: a run that
+    /// ended while the disk was away is still recorded once it is back.
+    held: Arc<Mutex<VecDeque<(PathBuf, String)>>>,
 }
 
 impl RunLog {
@@ -214,7 +231,12 @@ impl RunLog {
         RunLog {
             dir: dir.to_path_buf(),
             rotate_bytes,
+            held: Arc::default(),
         }
+    }
+
+    fn journal(&self) -> crate::journal::Journal {
+        crate::journal::Journal::open(self.dir.parent().unwrap_or(&self.dir))
     }
 
     pub fn path(&self, loop_name: &str) -> PathBuf {
@@ -223,25 +245,78 @@ impl RunLog {
 
     /// Appends a record, rotating the file first when it has grown past the limit.
     /// Rotated files are kept (`<loop>.<timestamp>.jsonl`): history is never capped silently.
+    /// A record the disk refuses is held and written, in order, by the next append or
+    /// [`RunLog::flush`]; the error says so.
     pub fn append(&self, rec: &RunRecord) -> Result<(), RunsError> {
-        let path = self.path(&rec.loop_name);
-        if let Ok(meta) = std::fs::metadata(&path) {
-            if meta.len() >= self.rotate_bytes {
-                let stamp = Utc::now().format("%Y%m%dT%H%M%S%.3fZ");
-                // Never rename over an earlier rotated file (two rotations in one ms).
-                let mut rotated = self.dir.join(format!("{}.{stamp}.jsonl", rec.loop_name));
-                let mut n = 1;
-                while rotated.exists() {
-                    rotated = self
-                        .dir
-                        .join(format!("{}.{stamp}-{n}.jsonl", rec.loop_name));
-                    n += 1;
-                }
-                let _ = std::fs::rename(&path, rotated);
-            }
-        }
         let line = serde_json::to_string(rec).unwrap_or_default();
-        append_line(&path, &line).map_err(|source| RunsError::Io { path, source })
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        held.push_back((self.path(&rec.loop_name), line));
+        self.write_held(&mut held)
+    }
+
+    /// Writes the records the disk refused earlier, if it takes them now. Returns whether
+    /// nothing is held any more.
+    pub fn flush(&self) -> bool {
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        if held.is_empty() {
+            return true;
+        }
+        let ok = self.write_held(&mut held).is_ok();
+        if ok {
+            // The journal noted the outage; it can say now that it is over.
+            self.journal().flush();
+        }
+        ok
+    }
+
+    /// Whether records are waiting for the disk.
+    pub fn has_held(&self) -> bool {
+        !self
+            .held
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_empty()
+    }
+
+    fn write_held(&self, held: &mut VecDeque<(PathBuf, String)>) -> Result<(), RunsError> {
+        while let Some((path, line)) = held.front() {
+            self.rotate_if_full(path);
+            if let Err(source) = append_line(path, line) {
+                let path = path.clone();
+                self.journal().disk_error(&path, &source);
+                while held.len() > MAX_HELD_RECORDS {
+                    if let Some((p, _)) = held.pop_front() {
+                        tracing::error!("{}: a run record was dropped: the disk has refused writes for too long", p.display());
+                    }
+                }
+                return Err(RunsError::Held { path, source });
+            }
+            held.pop_front();
+        }
+        Ok(())
+    }
+
+    fn rotate_if_full(&self, path: &Path) {
+        let Ok(meta) = std::fs::metadata(path) else {
+            return;
+        };
+        if meta.len() < self.rotate_bytes {
+            return;
+        }
+        let stem = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or("runs")
+            .to_string();
+        let stamp = Utc::now().format("%Y%m%dT%H%M%S%.3fZ");
+        // Never rename over an earlier rotated file (two rotations in one ms).
+        let mut rotated = self.dir.join(format!("{stem}.{stamp}.jsonl"));
+        let mut n = 1;
+        while rotated.exists() {
+            rotated = self.dir.join(format!("{stem}.{stamp}-{n}.jsonl"));
+            n += 1;
+        }
+        let _ = std::fs::rename(path, rotated);
     }
 
     /// The most recent `limit` records of a loop (current file only), oldest first.
@@ -320,12 +395,16 @@ impl RunningMarker {
 #[derive(Debug, Clone)]
 pub struct RunningSet {
     dir: PathBuf,
+    /// Markers of finished runs the disk would not let us remove (read-only): removed by
+    /// [`RunningSet::flush`], so a finished run is not shown as running.
+    stale: Arc<Mutex<Vec<PathBuf>>>,
 }
 
 impl RunningSet {
     pub fn new(dir: &Path) -> Self {
         RunningSet {
             dir: dir.to_path_buf(),
+            stale: Arc::default(),
         }
     }
 
@@ -334,7 +413,10 @@ impl RunningSet {
         let text = serde_json::to_string(m).unwrap_or_default();
         // Not fsynced: the marker is there for a crashed process, which the page cache
         // survives; waiting for the disk at every run start would only add latency.
-        atomic_replace(&path, text.as_bytes()).map_err(|source| RunsError::Io { path, source })
+        atomic_replace(&path, text.as_bytes()).map_err(|source| {
+            crate::journal::report_io(&path, &source);
+            RunsError::Io { path, source }
+        })
     }
 
     /// Rewrites a marker in place (it only grows: fields are added, never removed).
@@ -350,7 +432,34 @@ impl RunningSet {
     }
 
     pub fn remove(&self, run_id: &str) {
-        let _ = std::fs::remove_file(self.dir.join(format!("{run_id}.json")));
+        let path = self.dir.join(format!("{run_id}.json"));
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                self.stale
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(path);
+            }
+            _ => {}
+        }
+    }
+
+    /// Removes the markers a refusing disk kept; returns whether none is left.
+    pub fn flush(&self) -> bool {
+        let mut stale = self.stale.lock().unwrap_or_else(|e| e.into_inner());
+        stale.retain(|p| {
+            std::fs::remove_file(p).is_err_and(|e| e.kind() != std::io::ErrorKind::NotFound)
+        });
+        stale.is_empty()
+    }
+
+    /// Whether markers of finished runs wait to be removed.
+    pub fn has_stale(&self) -> bool {
+        !self
+            .stale
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_empty()
     }
 
     pub fn all(&self) -> Vec<RunningMarker> {
@@ -376,6 +485,45 @@ impl RunningSet {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn records_the_disk_refuses_are_held_and_written_in_order_later() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // A file where the runtime folder should be: every append fails, as on a
+        // read-only disk.
+        let rt = dir.path().join("rt");
+        std::fs::write(&rt, "in the way").expect("write");
+        let log = RunLog::new(&rt.join("runs"), 1 << 20);
+        let now = Utc::now();
+        for i in 0..3 {
+            let rec = RunRecord::decision(
+                "l",
+                "manual",
+                None,
+                now,
+                Outcome::Silent,
+                format!("run {i}"),
+            );
+            let err = log.append(&rec).expect_err("the disk refuses");
+            assert!(err.to_string().contains("kept in memory"), "{err}");
+        }
+        assert!(log.has_held());
+        assert!(!log.flush());
+        std::fs::remove_file(&rt).expect("rm");
+        assert!(log.flush(), "written once the disk takes them");
+        assert!(!log.has_held());
+        let notes: Vec<String> = log
+            .recent("l", 10)
+            .into_iter()
+            .filter_map(|r| r.note)
+            .collect();
+        assert_eq!(notes, ["run 0", "run 1", "run 2"]);
+        let journal = crate::journal::read(&rt);
+        assert!(
+            journal.iter().any(|e| e["event"] == "disk_error"),
+            "{journal:?}"
+        );
+    }
 
     #[test]
     fn a_full_record_file_is_rotated_and_kept() {

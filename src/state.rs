@@ -181,12 +181,8 @@ impl StateStore {
         f: impl FnOnce(&mut Option<LoopState>) -> R,
     ) -> Result<R, StateError> {
         let lock_path = self.lock_path(name);
-        let _lock = crate::fsutil::FileLock::acquire_blocking(&lock_path).map_err(|source| {
-            StateError::Io {
-                path: lock_path.clone(),
-                source,
-            }
-        })?;
+        let _lock = crate::fsutil::FileLock::acquire_blocking(&lock_path)
+            .map_err(|source| io_error(lock_path.clone(), source))?;
         let path = self.path(name);
         let mut state = match self.read_unlocked(name) {
             Ok(s) => s,
@@ -212,7 +208,7 @@ impl StateStore {
                     let path = self.path(name);
                     let text = serde_json::to_string_pretty(s).unwrap_or_default();
                     crate::fsutil::overwrite_in_place(&path, &text)
-                        .map_err(|source| StateError::Io { path, source })?;
+                        .map_err(|source| io_error(path, source))?;
                 }
             }
         }
@@ -222,6 +218,13 @@ impl StateStore {
     pub fn save(&self, name: &str, state: &LoopState) -> Result<(), StateError> {
         let path = self.path(name);
         let text = serde_json::to_string_pretty(state).unwrap_or_default();
-        atomic_write(&path, text.as_bytes()).map_err(|source| StateError::Io { path, source })
+        atomic_write(&path, text.as_bytes()).map_err(|source| io_error(path, source))
     }
+}
+
+/// A state write that failed; a disk refusing writes is also noted in the daemon's
+/// journal, which says when it accepts them again.
+fn io_error(path: PathBuf, source: std::io::Error) -> StateError {
+    crate::journal::report_io(&path, &source);
+    StateError::Io { path, source }
 }

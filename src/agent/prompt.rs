@@ -526,10 +526,10 @@ async fn command_provider(
         on_spawn: Some(spawn_tx),
         stdin: Some(prompt.into_bytes()),
     };
-    let (res, ()) = tokio::join!(
-        exec::run(&spec, None, cancel),
-        crate::jobs::note_pgid(ctx, marker, &mut spawn_rx)
-    );
+    // The run owns the spec, so the spawn sender goes when the run ends: an agent CLI
+    // that cannot start does not leave `note_pgid` waiting for a pid forever.
+    let run = async move { exec::run(&spec, None, cancel).await };
+    let (res, ()) = tokio::join!(run, crate::jobs::note_pgid(ctx, marker, &mut spawn_rx));
     let text = res.stdout_tail.trim().to_string();
     tr.message(&Message::assistant_text(text.clone()), " (final text)");
     if !res.stderr_tail.trim().is_empty() {

@@ -46,6 +46,22 @@ pub fn status(ws: &Workspace, json_out: bool) -> Result {
     runs.sort_by_key(|r| std::cmp::Reverse(r.finished));
     runs.truncate(RECENT);
     let commits = crate::history::read_log(&ws.root, None, RECENT).unwrap_or_default();
+    // The daemon's own record: when it last stopped without a clean shutdown, and what
+    // the next start recovered (.loops/daemon.jsonl, at most a couple of MB).
+    let unclean: Vec<Value> = crate::journal::read(&ws.runtime_dir())
+        .into_iter()
+        .filter(|e| e["event"] == "unclean_stop")
+        .collect();
+    let unclean_24h = unclean
+        .iter()
+        .filter(|e| {
+            e["at"]
+                .as_str()
+                .and_then(|t| t.parse::<chrono::DateTime<Utc>>().ok())
+                .is_some_and(|t| t >= day_ago)
+        })
+        .count();
+    let last_unclean = unclean.last().cloned();
 
     let stage_count = |s: Stage| handoffs.iter().filter(|h| h.stage == s).count();
     let failing = loops.iter().filter(|l| l.consecutive_failures > 0).count();
@@ -93,6 +109,8 @@ pub fn status(ws: &Workspace, json_out: bool) -> Result {
                 "max_age": policy.max_age.map(crate::duration::format_duration),
             },
             "watcher_problems": watcher.as_ref().map(|w| w.problems.clone()).unwrap_or_default(),
+            "unclean_stops_24h": unclean_24h,
+            "last_unclean_stop": last_unclean,
             "recent_runs": runs.iter().map(|r| json!({
                 "loop": r.loop_name, "run_id": r.run_id, "outcome": r.outcome,
                 "finished": r.finished, "duration_ms": r.duration_ms, "error": r.error,
@@ -165,6 +183,30 @@ pub fn status(ws: &Workspace, json_out: bool) -> Result {
                 count_status(crate::channels::DeliveryStatus::Delivered),
                 count_status(crate::channels::DeliveryStatus::DeliveryFailed),
                 count_status(crate::channels::DeliveryStatus::Blocked)
+            ),
+        ));
+    }
+    if let Some(u) = &last_unclean {
+        let n = |k: &str| u["recovered"][k].as_array().map_or(0, Vec::len);
+        let when = u["at"]
+            .as_str()
+            .and_then(|t| t.parse::<chrono::DateTime<Utc>>().ok())
+            .map(|t| relative(t, now))
+            .unwrap_or_else(|| "at an unknown time".into());
+        let pids: Vec<String> = u["previous"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|p| p["pid"].to_string())
+            .collect();
+        lines.push((
+            "crashes".into(),
+            format!(
+                "{unclean_24h} unclean stop(s) in 24 h; last found {when} (pid {}): recovered {} run(s), {} handoff(s), {} job(s) — see .loops/daemon.jsonl",
+                pids.join(", "),
+                n("runs"),
+                n("handoffs"),
+                n("jobs_requeued") + n("jobs_dead")
             ),
         ));
     }

@@ -359,7 +359,11 @@ pub async fn execute(
                 stdin: None,
             };
             let note_pgid = note_pgid(ctx, &marker, &mut spawn_rx);
-            let (res, ()) = tokio::join!(exec::run(&spec, live, cancel), note_pgid);
+            // The run owns the spec (and so the spawn sender): when a command cannot be
+            // started at all, the sender goes with it and `note_pgid` ends instead of
+            // waiting forever for a pid.
+            let run = async move { exec::run(&spec, live, cancel).await };
+            let (res, ()) = tokio::join!(run, note_pgid);
             let after = snapshot_blocking(areas.clone()).await;
             changed = changed_paths(&before, &after);
             rec.exit_code = res.exit_code;

@@ -627,3 +627,206 @@ fn daemon_trigger_stops_its_run_on_sigint() {
     let (_, _) = interrupt_slow(&ws, &["trigger", "slow"], libc::SIGINT);
     assert_eq!(ws.count_outcome("slow", "interrupted"), 1);
 }
+
+fn journal(ws: &TempWorkspace) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(ws.path().join(".loops/daemon.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+#[test]
+fn daemon_journal_records_starts_clean_stops_and_what_a_crash_left() {
+    let ws = TempWorkspace::new();
+    let out = tempfile::tempdir().unwrap();
+    let pidfile = out.path().join("long.pid");
+    every_loop(
+        &ws,
+        "long",
+        "1s",
+        &format!("echo $$ > {}; exec sleep 120", pidfile.display()),
+        "timeout: 10m\n",
+    );
+    git_commit_all(ws.path(), "long loop");
+    let mut d = ws.start_daemon();
+    d.wait_for_log("loops daemon started", LONG);
+    let first = d.pid();
+    assert!(
+        wait_until(LONG, || pidfile.exists()),
+        "the run started: {}",
+        d.log()
+    );
+    let marker = std::fs::read_dir(ws.path().join(".loops/running"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .next()
+        .expect("a running marker");
+    let run_id = marker
+        .file_name()
+        .to_string_lossy()
+        .trim_end_matches(".json")
+        .to_string();
+    d.signal(libc::SIGKILL);
+    assert!(d.wait_exit(LONG).is_some());
+
+    every_loop(&ws, "long", "1s", "true", "enabled: false\n");
+    let mut d2 = ws.start_daemon();
+    d2.wait_for_log("loops daemon started", LONG);
+    let log = d2.log();
+    assert!(
+        log.contains("did not stop cleanly") && log.contains(&format!("pid {first}")),
+        "{log}"
+    );
+    d2.signal(libc::SIGTERM);
+    assert!(d2.wait_exit(LONG).expect("stops").success());
+
+    let events = journal(&ws);
+    let kinds: Vec<(&str, u64)> = events
+        .iter()
+        .map(|e| {
+            (
+                e["event"].as_str().unwrap_or(""),
+                e["pid"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    assert_eq!(kinds[0], ("started", first as u64), "{events:#?}");
+    assert_eq!(kinds[1].0, "started", "{events:#?}");
+    assert_eq!(kinds[2].0, "unclean_stop", "{events:#?}");
+    assert_eq!(kinds.last().map(|k| k.0), Some("stopped"), "{events:#?}");
+    let unclean = &events[2];
+    assert_eq!(unclean["previous"][0]["pid"], first, "{unclean}");
+    assert!(
+        unclean["previous"][0]["last_heartbeat"].is_string(),
+        "when it was last alive: {unclean}"
+    );
+    assert_eq!(unclean["recovered"]["runs"][0]["run"], run_id.as_str());
+    assert_eq!(unclean["recovered"]["runs"][0]["loop"], "long");
+    assert_eq!(events.last().unwrap()["reason"], "SIGTERM");
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| e["event"] == "unclean_stop")
+            .count(),
+        1,
+        "a clean stop is not reported as a crash"
+    );
+
+    // `loops status` shows it.
+    let st = ws.cmd().args(["status", "--json"]).output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap();
+    assert_eq!(v["last_unclean_stop"]["previous"][0]["pid"], first);
+    let text = ws.cmd().arg("status").output().unwrap();
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("unclean stop"), "{text}");
+}
+
+#[test]
+fn daemon_a_run_recorded_before_a_crash_is_not_recorded_again_as_interrupted() {
+    let ws = TempWorkspace::new();
+    // A daemon killed between writing a run's record and removing its marker.
+    let mut gone = std::process::Command::new("true").spawn().unwrap();
+    let dead_pid = gone.id();
+    gone.wait().unwrap();
+    let now = chrono::Utc::now().to_rfc3339();
+    ws.write(
+        ".loops/runs/gone.jsonl",
+        &format!(
+            "{{\"loop\":\"gone\",\"run_id\":\"01RUN\",\"trigger\":\"schedule\",\"attempt\":1,\"started\":\"{now}\",\"finished\":\"{now}\",\"duration_ms\":5,\"outcome\":\"acted\"}}\n"
+        ),
+    );
+    ws.write(
+        ".loops/running/01RUN.json",
+        &format!(
+            "{{\"loop\":\"gone\",\"run_id\":\"01RUN\",\"trigger\":\"schedule\",\"attempt\":1,\"started\":\"{now}\",\"pid\":{dead_pid},\"pid_start\":1}}"
+        ),
+    );
+    let mut d = ws.start_daemon();
+    d.wait_for_log("loops daemon started", LONG);
+    d.signal(libc::SIGTERM);
+    assert!(d.wait_exit(LONG).expect("stops").success());
+    let recs = ws.runs("gone");
+    assert_eq!(recs.len(), 1, "the run is recorded once: {recs:?}");
+    assert_eq!(recs[0]["outcome"], "acted");
+    assert!(!ws.path().join(".loops/running/01RUN.json").exists());
+}
+
+#[test]
+fn daemon_trigger_of_a_command_that_cannot_start_fails_instead_of_hanging() {
+    let ws = TempWorkspace::new();
+    // Not executable: it passes `loops check` (the file exists) but cannot be started.
+    ws.write("domains/stuck/run.sh", "#!/bin/sh\necho hi\n");
+    ws.add_loop(
+        "stuck",
+        "schedule: { every: 1h }\nretry: { max_attempts: 1 }\npayload:\n  kind: command\n  command: [\"./run.sh\"]\n",
+    );
+    let out = ws
+        .cmd()
+        .args(["trigger", "stuck", "--json"])
+        .timeout(LONG)
+        .output()
+        .unwrap();
+    let rec: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "trigger ended without a record ({e}): {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    assert_eq!(rec["outcome"], "failed", "{rec}");
+    assert!(
+        rec["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("permission denied"),
+        "{rec}"
+    );
+}
+
+#[test]
+fn daemon_starts_while_a_dead_daemons_lock_is_still_held() {
+    // The kernel can release a SIGKILLed daemon's flock seconds after the process is
+    // gone (the soak test saw it); `loops status` and `loops jobs submit` also used to
+    // take the lock for a moment to probe it. A daemon starting then must wait, not
+    // refuse as "already running" (naming the dead one, or itself).
+    let ws = TempWorkspace::new();
+    let path = ws.path().join(".loops/daemon.lock");
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let mut gone = std::process::Command::new("true").spawn().unwrap();
+    let dead_pid = gone.id();
+    gone.wait().unwrap();
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .open(&path)
+        .unwrap();
+    use std::io::Write;
+    write!(
+        f,
+        "{{\"pid\":{dead_pid},\"pid_start\":1,\"started\":\"2026-01-01T00:00:00Z\",\"version\":\"0\"}}"
+    )
+    .unwrap();
+    use std::os::unix::io::AsRawFd;
+    // SAFETY: flock on a descriptor we own.
+    assert_eq!(unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) }, 0);
+    let mut d = ws.start_daemon();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        d.child.as_mut().unwrap().try_wait().unwrap().is_none(),
+        "it waits for the lock rather than refusing: {}",
+        d.log()
+    );
+    drop(f);
+    d.wait_for_log("loops daemon started", LONG);
+    assert!(d.log().contains("which has exited"), "{}", d.log());
+    // Probing it does not take its lock: it keeps running, and says so.
+    for _ in 0..20 {
+        let out = ws.cmd().args(["status", "--json"]).output().unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["daemon"]["pid"], d.pid(), "{v}");
+    }
+    d.signal(libc::SIGTERM);
+    assert!(d.wait_exit(LONG).expect("stops").success(), "{}", d.log());
+}

@@ -363,3 +363,151 @@ fn history_a_file_the_run_deletes_is_removed_in_its_commit() {
     );
     assert_eq!(git(ws.path(), &["status", "--porcelain"]), "");
 }
+
+/// Makes a file look `secs` seconds old.
+fn age(p: &std::path::Path, secs: u64) {
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(p)
+        .expect("open to age");
+    f.set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(secs))
+        .expect("set mtime");
+}
+
+fn journal_events(ws: &TempWorkspace, event: &str) -> Vec<Value> {
+    std::fs::read_to_string(ws.path().join(".loops/daemon.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|e| e["event"] == event)
+        .collect()
+}
+
+#[test]
+fn history_git_locks_left_by_a_crashed_git_are_removed_and_recorded() {
+    let ws = TempWorkspace::new();
+    writer_loop(&ws, "notes", "noted");
+    git_commit_all(ws.path(), "notes loop");
+    let branch = git(ws.path(), &["symbolic-ref", "HEAD"]).trim().to_string();
+    // A git killed mid-commit leaves its locks: the branch's and the index's.
+    let ref_lock = ws.path().join(".git").join(format!("{branch}.lock"));
+    let index_lock = ws.path().join(".git/index.lock");
+    for l in [&ref_lock, &index_lock] {
+        std::fs::write(l, b"").unwrap();
+        age(l, 60);
+    }
+
+    let rec = trigger_json(&ws, "notes");
+    assert!(
+        rec["commit"].is_string(),
+        "the run is committed despite the leftovers: {rec}"
+    );
+    assert_eq!(head(&ws), rec["commit"].as_str().unwrap());
+    assert!(!ref_lock.exists() && !index_lock.exists());
+    let removed: Vec<String> = journal_events(&ws, "git_lock")
+        .iter()
+        .filter(|e| e["action"] == "removed")
+        .filter_map(|e| e["path"].as_str().map(str::to_string))
+        .collect();
+    assert!(
+        removed.iter().any(|p| p.ends_with("index.lock"))
+            && removed
+                .iter()
+                .any(|p| p.ends_with(&format!("{branch}.lock"))),
+        "each removal is recorded: {removed:?}"
+    );
+    // The index was brought up to date too: nothing shows as changed.
+    assert_eq!(git(ws.path(), &["status", "--porcelain"]), "");
+}
+
+#[test]
+fn history_a_lock_a_live_git_holds_is_waited_for_and_the_commit_made_later() {
+    let ws = TempWorkspace::new();
+    ws.add_loop(
+        "notes",
+        "schedule: { every: 1h }\npayload:\n  kind: command\n  command: \"if [ -f ran ]; then echo second; else echo first; touch ran; fi; echo \\\"- $LOOPS_RUN_ID\\\" >> state.md\"\n",
+    );
+    ws.write("domains/notes/state.md", "# notes\n");
+    git_commit_all(ws.path(), "notes loop");
+    let before = head(&ws);
+    let branch = git(ws.path(), &["symbolic-ref", "HEAD"]).trim().to_string();
+    let lock = ws.path().join(".git").join(format!("{branch}.lock"));
+    let out = tempfile::tempdir().unwrap();
+    let release = out.path().join("release");
+    let kept = out.path().join("kept");
+    // A live process holding the branch lock (as git does while it writes), until told.
+    let script = format!(
+        "exec 3>>{lock}; while [ ! -f {release} ]; do sleep 0.1; done; if [ -f {lock} ]; then touch {kept}; fi; rm -f {lock}",
+        lock = lock.display(),
+        release = release.display(),
+        kept = kept.display()
+    );
+    let mut holder = std::process::Command::new("sh")
+        .args(["-c", &script])
+        .spawn()
+        .unwrap();
+    assert!(crate::common::wait_until(
+        std::time::Duration::from_secs(30),
+        || lock.exists()
+    ));
+    // Old, but held: it must not be taken for a crashed git's leftover.
+    age(&lock, 600);
+
+    let rec = trigger_json(&ws, "notes");
+    assert!(rec["commit"].is_null(), "{rec}");
+    let note = rec["note"].as_str().unwrap_or("");
+    assert!(note.contains("commit deferred"), "{note}");
+    assert_eq!(head(&ws), before, "nothing was committed under the lock");
+    let waiting = journal_events(&ws, "git_lock");
+    assert!(
+        waiting
+            .iter()
+            .any(|e| e["action"] == "waiting" && e["holder_pid"] == holder.id()),
+        "the wait is recorded with the holder: {waiting:?}"
+    );
+    let deferred = std::fs::read_dir(ws.path().join(".loops/commits"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
+        .count();
+    assert_eq!(deferred, 1, "the deferred commit is kept on disk");
+
+    std::fs::write(&release, b"").unwrap();
+    holder.wait().unwrap();
+    assert!(kept.exists(), "the live holder's lock was left alone");
+
+    // The next commit (here, by the next process) makes the deferred one first. It
+    // commits what the paths hold by then, so it holds the second run's change to
+    // state.md too, and the second run names it as its commit.
+    let rec2 = trigger_json(&ws, "notes");
+    let log = git(
+        ws.path(),
+        &["log", "--format=%s", &format!("{before}..HEAD")],
+    );
+    assert_eq!(
+        log.lines().collect::<Vec<_>>(),
+        ["notes: first"],
+        "the deferred run is in the history"
+    );
+    assert_eq!(rec2["commit"].as_str(), Some(head(&ws).as_str()), "{rec2}");
+    let state = git(ws.path(), &["show", "HEAD:domains/notes/state.md"]);
+    for r in [&rec, &rec2] {
+        let id = r["run_id"].as_str().unwrap();
+        assert!(state.contains(id), "{id} is committed: {state}");
+    }
+    let trailers = git_trailers(ws.path(), "HEAD");
+    assert!(
+        trailers.iter().any(|(k, _)| k == "Deferred"),
+        "the late commit says when it was asked for: {trailers:?}"
+    );
+    assert_eq!(
+        std::fs::read_dir(ws.path().join(".loops/commits"))
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
+            .count(),
+        0
+    );
+    assert!(!journal_events(&ws, "commit_made").is_empty());
+    assert_eq!(git(ws.path(), &["status", "--porcelain"]), "");
+}

@@ -645,3 +645,97 @@ fn inbox_crash_recovery_returns_claimed_handoffs_but_keeps_held_ones() {
     d.signal(libc::SIGTERM);
     assert!(d.wait_exit(LONG).expect("stops").success(), "{}", d.log());
 }
+
+#[test]
+fn inbox_a_main_session_cut_short_by_a_crash_is_stopped_before_its_handoff_is_handed_again() {
+    let ws = TempWorkspace::new();
+    let tools = tempfile::tempdir().unwrap();
+    let pidfile = tools.path().join("main.pid");
+    // The first wake notes its pid and hangs; the next ones complete what they are given.
+    let extra = format!(
+        "if [ ! -f {p} ]; then echo $$ > {p}; sleep 120; fi",
+        p = pidfile.display()
+    );
+    ws.with_main(&format!(
+        "  command: {}\n",
+        main_script(tools.path(), &extra, true)
+    ));
+    crate::common::drop_handoff(ws.path(), "h1", "---\nfrom: a\n---\n# One\n");
+    let mut d = ws.start_daemon();
+    let read_pid = || {
+        std::fs::read_to_string(&pidfile)
+            .ok()
+            .and_then(|t| t.trim().parse::<i32>().ok())
+    };
+    assert!(wait_until(LONG, || read_pid().is_some()), "{}", d.log());
+    let main_pid = read_pid().unwrap();
+    d.signal(libc::SIGKILL);
+    assert!(d.wait_exit(LONG).is_some());
+    assert!(
+        crate::common::pid_alive(main_pid),
+        "the main session outlived the daemon"
+    );
+
+    let mut d2 = ws.start_daemon();
+    assert!(
+        wait_until(LONG, || ws.done_stems() == vec!["h1"]),
+        "{}",
+        d2.log()
+    );
+    assert!(
+        wait_until(LONG, || !crate::common::pid_alive(main_pid)
+            || crate::common::is_zombie(main_pid)),
+        "the orphaned main session {main_pid} was stopped"
+    );
+    let wakes = ws.runs("main");
+    assert!(
+        wakes.iter().any(|w| w["outcome"] == "interrupted"
+            && w["note"].as_str().unwrap_or("").contains("process group")),
+        "the cut-short wake is recorded, its group stopped: {wakes:?}"
+    );
+    let journal = std::fs::read_to_string(ws.path().join(".loops/daemon.jsonl")).unwrap();
+    let unclean: Vec<serde_json::Value> = journal
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| e["event"] == "unclean_stop")
+        .collect();
+    assert_eq!(unclean.len(), 1, "{journal}");
+    assert_eq!(unclean[0]["recovered"]["handoffs"][0], "h1.md", "{journal}");
+    d2.signal(libc::SIGTERM);
+    assert!(d2.wait_exit(LONG).expect("stops").success(), "{}", d2.log());
+}
+
+#[test]
+fn inbox_a_completion_the_disk_refuses_is_finished_later_without_handing_it_over_again() {
+    let ws = TempWorkspace::new();
+    let tools = tempfile::tempdir().unwrap();
+    ws.with_main(&format!(
+        "  command: {}\n",
+        main_script(tools.path(), "", true)
+    ));
+    // done/ cannot be made: the move that completes a handoff fails, as on a read-only disk.
+    ws.write("inbox/done", "in the way\n");
+    crate::common::drop_handoff(ws.path(), "h1", "---\nfrom: a\n---\n# One\n");
+    let mut d = ws.start_daemon();
+    d.wait_for_log("could not complete it yet", LONG);
+    assert_eq!(ws.inbox_files("active"), vec!["h1.md"]);
+    std::fs::remove_file(ws.path().join("inbox/done")).unwrap();
+    assert!(
+        wait_until(LONG, || ws.done_stems() == vec!["h1"]),
+        "{}",
+        d.log()
+    );
+    assert!(
+        wait_until(LONG, || commit_for(ws.path(), "h1", "completed").is_some()),
+        "the late completion is committed: {}",
+        d.log()
+    );
+    let seen: Vec<_> = main_seen(tools.path())
+        .into_iter()
+        .filter(|(_, _, id)| id == "h1")
+        .collect();
+    assert_eq!(seen.len(), 1, "handed to the main session once: {seen:?}");
+    d.signal(libc::SIGTERM);
+    assert!(d.wait_exit(LONG).expect("stops").success(), "{}", d.log());
+    assert_eq!(git(ws.path(), &["status", "--porcelain"]), "");
+}

@@ -21,4 +21,5 @@ mod retention;
 mod sandbox;
 mod schedule;
 mod service;
+mod soak;
 mod status;
