@@ -3,7 +3,7 @@
 //! to fix. One broken loop never stops the others.
 
 use crate::diag::{near_miss, Diagnostic, YamlLocator};
-use crate::duration::{parse_duration, DURATION_HELP};
+use crate::duration::{parse_duration, DURATION_HELP, MAX_DURATION};
 use crate::schedule::{jitter_offset, parse_cron, CatchUp, Schedule, TzSource, When};
 use crate::workspace::{parse_timezone, Workspace};
 use chrono::{DateTime, NaiveDateTime, TimeZone, Utc};
@@ -224,6 +224,20 @@ pub fn load_domain(ws: &Workspace, name: &str) -> DomainEntry {
     entry
 }
 
+/// Parses config.yaml text for the loop `name` as [`load_domain`] does, without reading
+/// the loop folder: for the fuzz targets (fuzz/), which parse thousands of texts a second.
+#[doc(hidden)]
+pub fn parse_config_text(
+    ws: &Workspace,
+    name: &str,
+    text: &str,
+    has_prompt: bool,
+) -> (Option<LoopDef>, Vec<Diagnostic>) {
+    let dir = ws.domains_dir().join(name);
+    let rel = ws.relative(&dir.join("config.yaml"));
+    parse_config(ws, name, &dir, &rel, text, has_prompt)
+}
+
 /// A diagnostic for a YAML syntax error, with the parser's own line and column.
 pub fn yaml_syntax_diagnostic(rel: &Path, e: &yaml_serde::Error) -> Diagnostic {
     let mut d = Diagnostic::error(rel, format!("not valid YAML: {e}")).help(
@@ -438,8 +452,9 @@ fn parse_config(
                     }
                 }
             }
+            // A count past u32 means "no limit", not its low 32 bits (2^32 turns is not none).
             "max_turns" => match v.as_u64() {
-                Some(n) if n >= 1 => max_turns = n as u32,
+                Some(n) if n >= 1 => max_turns = u32::try_from(n).unwrap_or(u32::MAX),
                 _ => cx.err(&["max_turns"], "`max_turns` must be a whole number of at least 1", "e.g. max_turns: 20"),
             },
             "session" => match v.as_str() {
@@ -520,16 +535,18 @@ fn parse_config(
             "timing" => {
                 // Genesis form; its other keys are kept but only these two mean something here.
                 if let Some(m) = v.as_mapping() {
+                    // Held to what `schedule.every` takes: at least a second, at most
+                    // MAX_DURATION (`.inf` and 1e300 are numbers too).
                     if let Some(iv) = m.get("interval_minutes") {
-                        match iv.as_f64() {
-                            Some(n) if n > 0.0 => timing_interval = Some(Duration::from_secs_f64(n * 60.0)),
-                            _ => cx.err(&["timing", "interval_minutes"], "`timing.interval_minutes` must be a positive number", "e.g. interval_minutes: 10"),
+                        match iv.as_f64().and_then(minutes) {
+                            Some(d) if d >= Duration::from_secs(1) => timing_interval = Some(d),
+                            _ => cx.err(&["timing", "interval_minutes"], format!("`timing.interval_minutes` must be a number of minutes from 1 second (0.017) to ten years, not {}", show(iv)), "e.g. interval_minutes: 10"),
                         }
                     }
                     if let Some(ov) = m.get("overlap_window_minutes") {
-                        match ov.as_f64() {
-                            Some(n) if n >= 0.0 => overlap = Some(Duration::from_secs_f64(n * 60.0)),
-                            _ => cx.err(&["timing", "overlap_window_minutes"], "`timing.overlap_window_minutes` must be a number of minutes", "e.g. overlap_window_minutes: 11"),
+                        match ov.as_f64().and_then(minutes) {
+                            Some(d) => overlap = Some(d),
+                            _ => cx.err(&["timing", "overlap_window_minutes"], format!("`timing.overlap_window_minutes` must be a number of minutes from 0 to ten years, not {}", show(ov)), "e.g. overlap_window_minutes: 11"),
                         }
                     }
                 } else {
@@ -592,6 +609,15 @@ fn parse_config(
             catch_up: CatchUp::Once,
             starting_deadline: Schedule::default_deadline(&When::Every(iv)),
         }),
+        // A `timing.interval_minutes` that is there but wrong has its own error already.
+        (None, None)
+            if settings
+                .get("timing")
+                .and_then(Value::as_mapping)
+                .is_some_and(|m| m.contains_key("interval_minutes")) =>
+        {
+            None
+        }
         (None, None) => {
             cx.diags.push(
                 Diagnostic::error(rel, "this loop has no schedule")
@@ -956,7 +982,7 @@ fn parse_retry(cx: &mut Ctx, v: &Value, retry: &mut RetryPolicy) {
         let Some(key) = k.as_str() else { continue };
         match key {
             "max_attempts" => match val.as_u64() {
-                Some(n) if n >= 1 => retry.max_attempts = n as u32,
+                Some(n) if n >= 1 => retry.max_attempts = u32::try_from(n).unwrap_or(u32::MAX),
                 _ => cx.err(
                     &["retry", "max_attempts"],
                     "`retry.max_attempts` must be a whole number of at least 1",
@@ -993,8 +1019,15 @@ fn parse_retry(cx: &mut Ctx, v: &Value, retry: &mut RetryPolicy) {
     }
 }
 
-/// Parses `at:`: RFC 3339, or a local date-time read in `tz`.
+/// Parses `at:`: RFC 3339, or a local date-time read in `tz`. Years run from 0000 to 9999,
+/// as in RFC 3339: chrono's formats also read six-digit years, at the edge of its range,
+/// where adding a jitter to the time overflows.
 pub fn parse_at(s: &str, tz: chrono_tz::Tz) -> Option<DateTime<Utc>> {
+    use chrono::Datelike;
+    parse_at_any_year(s, tz).filter(|t| (0..=9999).contains(&t.year()))
+}
+
+fn parse_at_any_year(s: &str, tz: chrono_tz::Tz) -> Option<DateTime<Utc>> {
     if let Ok(t) = DateTime::parse_from_rfc3339(s.trim()) {
         return Some(t.with_timezone(&Utc));
     }
@@ -1012,6 +1045,14 @@ pub fn parse_at(s: &str, tz: chrono_tz::Tz) -> Option<DateTime<Utc>> {
         }
     }
     None
+}
+
+/// A number of minutes as a duration, when it is one: not negative, NaN or past
+/// [`MAX_DURATION`].
+fn minutes(n: f64) -> Option<Duration> {
+    Duration::try_from_secs_f64(n * 60.0)
+        .ok()
+        .filter(|d| *d <= MAX_DURATION)
 }
 
 fn scalar_string(v: &Value) -> Option<String> {

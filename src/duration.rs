@@ -16,6 +16,10 @@ pub enum DurationError {
     Overflow(String),
 }
 
+/// The longest duration any setting takes: ten years is more than any schedule needs, and
+/// keeps chrono arithmetic on instants from overflowing.
+pub const MAX_DURATION: Duration = Duration::from_secs(10 * 365 * 86_400);
+
 /// The help line shown with every duration error.
 pub const DURATION_HELP: &str =
     "write a number followed by a unit (ms, s, m, h, d), e.g. 30s, 10m, 1h30m, 1d";
@@ -75,8 +79,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, DurationError> {
     if parts == 0 {
         return Err(DurationError::Invalid(s.to_string()));
     }
-    // Ten years is more than any schedule needs and keeps chrono arithmetic safe.
-    if total > 10 * 365 * 86_400_000 {
+    if total > MAX_DURATION.as_millis() {
         return Err(DurationError::Overflow(s.to_string()));
     }
     Ok(Duration::from_millis(total as u64))

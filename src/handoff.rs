@@ -846,6 +846,15 @@ pub fn load_limited(path: &Path, limit: u64) -> Result<Handoff, HandoffError> {
     if bytes.len() as u64 > limit {
         return Err(too_large(bytes.len() as u64));
     }
+    let stem = path
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("handoff");
+    parse_bytes(bytes, stem)
+}
+
+/// Parses a handoff file's bytes as [`load`] does once it has read them.
+pub fn parse_bytes(bytes: Vec<u8>, stem: &str) -> Result<Handoff, HandoffError> {
     if bytes.contains(&0) {
         return Err(HandoffError::Malformed(
             "the file is binary, not markdown text".into(),
@@ -853,10 +862,6 @@ pub fn load_limited(path: &Path, limit: u64) -> Result<Handoff, HandoffError> {
     }
     let text = String::from_utf8(bytes)
         .map_err(|_| HandoffError::Malformed("the file is not UTF-8 text".into()))?;
-    let stem = path
-        .file_stem()
-        .and_then(|s| s.to_str())
-        .unwrap_or("handoff");
     parse(&text, stem)
 }
 

@@ -374,26 +374,34 @@ pub fn parse_timezone(name: &str) -> Result<Tz, (String, String)> {
 }
 
 fn read_settings(root: &Path) -> (Settings, Vec<Diagnostic>) {
-    let path = root.join("loops.yaml");
+    let text = match std::fs::read_to_string(root.join("loops.yaml")) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return (Settings::default(), Vec::new())
+        }
+        Err(e) => {
+            let d = Diagnostic::error(Path::new("loops.yaml"), format!("cannot read: {e}"));
+            return (Settings::default(), vec![d]);
+        }
+    };
+    parse_settings(root, &text)
+}
+
+/// Parses loops.yaml text as [`Workspace::open`] does (`root` is where `main.prompt` is
+/// looked for), without reading the file: for the fuzz targets (fuzz/).
+#[doc(hidden)]
+pub fn parse_settings(root: &Path, text: &str) -> (Settings, Vec<Diagnostic>) {
     let rel = PathBuf::from("loops.yaml");
     let mut s = Settings::default();
     let mut diags = Vec::new();
-    let text = match std::fs::read_to_string(&path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return (s, diags),
-        Err(e) => {
-            diags.push(Diagnostic::error(&rel, format!("cannot read: {e}")));
-            return (s, diags);
-        }
-    };
-    let value: yaml_serde::Value = match yaml_serde::from_str(&text) {
+    let value: yaml_serde::Value = match yaml_serde::from_str(text) {
         Ok(v) => v,
         Err(e) => {
             diags.push(crate::domain::yaml_syntax_diagnostic(&rel, &e));
             return (s, diags);
         }
     };
-    let loc = YamlLocator::new(&text);
+    let loc = YamlLocator::new(text);
     let map = match value {
         yaml_serde::Value::Mapping(m) => m,
         yaml_serde::Value::Null => return (s, diags),
@@ -434,8 +442,9 @@ fn read_settings(root: &Path) -> (Settings, Vec<Diagnostic>) {
                                     .help("e.g. max_concurrent_jobs: 4"),
                             ),
                         },
+                        // A count past u32 means "no limit", not its low 32 bits.
                         "pause_after_failures" => match lv.as_u64() {
-                            Some(n) if n >= 1 => s.pause_after_failures = n as u32,
+                            Some(n) if n >= 1 => s.pause_after_failures = u32::try_from(n).unwrap_or(u32::MAX),
                             _ => diags.push(
                                 Diagnostic::error(&rel, "limits.pause_after_failures must be a whole number of at least 1")
                                     .at(at)
@@ -780,7 +789,7 @@ fn read_main(
                 )),
             },
             "max_turns" => match val.as_u64() {
-                Some(n) if n >= 1 => m.max_turns = n as u32,
+                Some(n) if n >= 1 => m.max_turns = u32::try_from(n).unwrap_or(u32::MAX),
                 _ => diags.push(err(
                     "`main.max_turns` must be a whole number of at least 1".into(),
                     "e.g. max_turns: 30",
@@ -801,9 +810,9 @@ fn read_main(
             "max_wakes_per_minute" | "max_attempts" | "max_handoffs_per_wake" => match val.as_u64()
             {
                 Some(n) if n >= 1 => match key {
-                    "max_attempts" => m.max_attempts = n as u32,
+                    "max_attempts" => m.max_attempts = u32::try_from(n).unwrap_or(u32::MAX),
                     "max_handoffs_per_wake" => m.max_handoffs_per_wake = n.min(2000) as u32,
-                    _ => m.max_wakes_per_minute = n as u32,
+                    _ => m.max_wakes_per_minute = u32::try_from(n).unwrap_or(u32::MAX),
                 },
                 _ => diags.push(err(
                     format!("`main.{key}` must be a whole number of at least 1"),

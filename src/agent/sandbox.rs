@@ -186,15 +186,6 @@ impl Sandbox {
         if path.contains('\\') {
             return Err(malformed("it contains a backslash"));
         }
-        if path.starts_with('~') {
-            return Err(malformed(
-                "'~' (a home folder) is not part of the workspace",
-            ));
-        }
-        let b = path.as_bytes();
-        if b.len() >= 2 && b[0].is_ascii_alphabetic() && b[1] == b':' {
-            return Err(malformed("a drive letter is not part of the workspace"));
-        }
         if path.split('/').any(|c| c == "..") {
             return Err(SandboxError::ParentDir {
                 path: path.to_string(),
@@ -220,6 +211,23 @@ impl Sandbox {
                 .map(str::to_string)
                 .collect()
         };
+        // Judged on the names below the root, however the path was spelled (`./~/x`,
+        // `<root>/~/x`, `<root>/ `): the tools show a file by its workspace-relative name,
+        // and a name they show must be one they take back.
+        if rel.iter().any(|c| c.trim().is_empty()) {
+            return Err(malformed("a folder or file name in it is only spaces"));
+        }
+        if let Some(first) = rel.first() {
+            if first.starts_with('~') {
+                return Err(malformed(
+                    "'~' (a home folder) is not part of the workspace",
+                ));
+            }
+            let b = first.as_bytes();
+            if b.len() >= 2 && b[0].is_ascii_alphabetic() && b[1] == b':' {
+                return Err(malformed("a drive letter is not part of the workspace"));
+            }
+        }
         Ok(rel)
     }
 

@@ -693,3 +693,91 @@ fn check_validates_a_prompt_main_session() {
     let (out, code) = check(&ws, false);
     assert_eq!(code, 0, "{out}");
 }
+
+/// Inputs the config_yaml fuzz target found (fuzz/regressions/config_yaml/): minutes too many
+/// for a duration, and a one-shot time so far ahead that adding its jitter overflowed. Each
+/// made `loops check`, `loops list` and the daemon panic; now each is an error at its value,
+/// and the loop beside them still runs.
+#[test]
+fn fuzz_regressions_are_errors_at_their_value() {
+    let cases: [(&str, &[u8], &str, &str); 3] = [
+        (
+            "interval",
+            include_bytes!("../../fuzz/regressions/config_yaml/interval-minutes-inf"),
+            ".inf",
+            "`timing.interval_minutes` must be a number of minutes",
+        ),
+        (
+            "overlap",
+            include_bytes!("../../fuzz/regressions/config_yaml/overlap-minutes-inf"),
+            ".inf",
+            "`timing.overlap_window_minutes` must be a number of minutes",
+        ),
+        (
+            "far-at",
+            include_bytes!("../../fuzz/regressions/config_yaml/at-year-262142-with-jitter"),
+            "\"+262142",
+            "is not a date and time",
+        ),
+    ];
+    let ws = bare_workspace();
+    write_loop(&ws, "good", GOOD);
+    for (name, input, needle, message) in cases {
+        let config = std::str::from_utf8(input).expect("a UTF-8 config.yaml");
+        let out = check_one_error(name, config, needle);
+        assert!(out.contains(message), "{out}");
+        write_loop(&ws, name, config);
+    }
+    let out = ws
+        .cmd()
+        .args(["list", "--json"])
+        .output()
+        .expect("run loops list");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("\"good\""), "{stdout}");
+
+    // Slightly smaller numbers are fine; past a second and ten years they are not.
+    let ws = bare_workspace();
+    let w = |timing: &str| {
+        let config = format!("timing: {timing}\npayload: {{ command: \"true\" }}\n");
+        write_loop(&ws, "t", &config);
+        let w = Workspace::open(ws.path()).expect("open workspace");
+        discover(&w).remove(0)
+    };
+    let ok = w("{ interval_minutes: 5256000, overlap_window_minutes: 0 }");
+    assert!(ok.def.is_some(), "{:?}", ok.diagnostics);
+    for bad in [
+        "{ interval_minutes: 1e300 }",
+        "{ interval_minutes: 0.001 }",
+        "{ interval_minutes: .nan }",
+        "{ interval_minutes: 10, overlap_window_minutes: -1 }",
+        "{ interval_minutes: 10, overlap_window_minutes: 1e20 }",
+    ] {
+        let e = w(bad);
+        assert!(
+            e.def.is_none() && e.errors().count() == 1,
+            "{bad}: {:?}",
+            e.diagnostics
+        );
+    }
+}
+
+/// A count past what u32 holds is "no limit", not its low 32 bits: 2^32 turns were none.
+#[test]
+fn huge_counts_saturate_instead_of_wrapping() {
+    let ws = bare_workspace();
+    write_loop(
+        &ws,
+        "big",
+        "schedule: { every: 1h }\npayload: { command: \"true\" }\nmax_turns: 4294967296\nretry: { max_attempts: 4294967297 }\n",
+    );
+    let w = Workspace::open(ws.path()).expect("open workspace");
+    let def = discover(&w).remove(0).def.expect("a valid loop");
+    assert_eq!(def.max_turns, u32::MAX);
+    assert_eq!(def.retry.max_attempts, u32::MAX);
+}

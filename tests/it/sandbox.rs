@@ -473,6 +473,68 @@ fn a_root_given_through_a_symlink_is_canonical_and_its_spelling_is_inside() {
         .is_err());
 }
 
+/// Found by the path_check fuzz target (fuzz/regressions/path_check/): `<root>/~/x`,
+/// `./~/x` and `<root>/ ` resolved, but `~/x` and ` `, the names the tools then show for
+/// those files, were refused. Each committed input is a mode byte (0x2e: an agent job,
+/// 0x2d: an isolated loop; reading, spelled from the root as given) and the path.
+#[test]
+fn fuzz_regression_a_name_the_tools_show_is_one_they_take() {
+    let f = fx();
+    let alias = f.alias.display();
+    let root = f.root.display();
+    let inputs: [(&[u8], &str); 2] = [
+        (
+            include_bytes!("../../fuzz/regressions/path_check/tilde-under-the-given-root"),
+            "home folder",
+        ),
+        (
+            include_bytes!("../../fuzz/regressions/path_check/space-name-under-the-given-root"),
+            "only spaces",
+        ),
+    ];
+    for (input, why) in inputs {
+        let (&mode, path) = input.split_first().expect("a mode byte");
+        let path = std::str::from_utf8(path).expect("UTF-8 path");
+        let scope = if mode % 3 == 1 {
+            Scope::Job { name: "a".into() }
+        } else {
+            Scope::Isolated {
+                loop_name: "a".into(),
+            }
+        };
+        let sb = Sandbox::new(&f.alias, scope);
+        for p in [
+            format!("{alias}/{path}"),
+            format!("{root}/{path}"),
+            format!("./{path}"),
+            format!(".//{path}"),
+        ] {
+            for access in [Access::Read, Access::Write] {
+                let e = sb.resolve(&p, access).expect_err(&p).to_string();
+                assert!(e.contains(why), "{p:?}: {e}");
+            }
+        }
+    }
+    let sb = Sandbox::new(&f.alias, Scope::Main);
+    let e = sb
+        .resolve("domains/a/ /x", Access::Read)
+        .expect_err("a space folder");
+    assert!(e.to_string().contains("only spaces"), "{e}");
+    for p in [format!("{root}/C:/x"), "./c:x".to_string()] {
+        let e = sb.resolve(&p, Access::Read).expect_err(&p).to_string();
+        assert!(e.contains("drive letter"), "{p}: {e}");
+    }
+    // Below the top, `~` starts a plain file name, shown and taken back the same way.
+    let deeper = sb
+        .resolve(&format!("{alias}/drafts/a/~notes.md"), Access::Write)
+        .expect("a draft named ~notes.md");
+    assert_eq!(sb.relative(&deeper), "drafts/a/~notes.md");
+    assert_eq!(
+        sb.resolve("drafts/a/~notes.md", Access::Write).ok(),
+        Some(deeper)
+    );
+}
+
 #[test]
 fn refusals_say_what_is_allowed() {
     let f = fx();

@@ -1441,3 +1441,27 @@ fn a_changed_schedule_does_not_replay_the_past() {
         assert!(next > clock.now());
     }
 }
+
+/// Found by the schedule fuzz target (fuzz/regressions/schedule/): chrono reads a year of
+/// six digits, and adding a jitter to `+262142-12-31T23:59:59` overflowed. `at:` takes the
+/// years RFC 3339 has; the last of them still takes the longest jitter.
+#[test]
+fn fuzz_regression_at_takes_four_digit_years() {
+    let input = include_bytes!("../../fuzz/regressions/schedule/at-year-262142-with-jitter");
+    // The target's input: a byte that picks the instant and jitter, then the zone, the time.
+    let text = std::str::from_utf8(&input[1..]).expect("UTF-8");
+    let mut lines = text.lines();
+    let tz: Tz = lines.next().expect("a zone").parse().expect("a known zone");
+    let at = lines.next().expect("a time");
+    assert_eq!(loops::domain::parse_at(at, tz), None, "{at}");
+    assert_eq!(loops::domain::parse_at("-0001-01-01T00:00:00", tz), None);
+
+    let last = loops::domain::parse_at("9999-12-31T23:59:59Z", tz).expect("year 9999");
+    let s = schedule("far", "  at: 9999-12-31T23:59:59Z\n  jitter: 3650d\n");
+    let fire = s.fire_time(last);
+    assert_eq!(
+        fire - last,
+        chrono::Duration::from_std(s.offset).expect("offset")
+    );
+    assert_eq!(s.upcoming(utc("2026-11-21T00:00:00Z"), 2), vec![fire]);
+}
