@@ -558,18 +558,27 @@ fn start_limited_daemon(ws: &TempWorkspace, knob: &str, value: u32) -> DaemonPro
     }
 }
 
-#[test]
-fn limits_without_inotify_instances_the_daemon_polls_and_says_how_to_fix_it() {
+/// A workspace whose main session is the shared test script, when this machine lets a
+/// test lower inotify limits in a user namespace of its own (else says why it skips).
+fn userns_workspace() -> Option<(TempWorkspace, tempfile::TempDir)> {
     if !userns_available() {
         eprintln!("skipped: this machine does not allow user namespaces (unshare --user)");
-        return;
+        return None;
     }
     let ws = TempWorkspace::new();
-    let tools = tempfile::tempdir().unwrap();
+    let tools = tempfile::tempdir().expect("tempdir");
     ws.with_main(&format!(
         "  command: {}\n",
         main_script(tools.path(), "", true)
     ));
+    Some((ws, tools))
+}
+
+#[test]
+fn limits_without_inotify_instances_the_daemon_polls_and_says_how_to_fix_it() {
+    let Some((ws, _tools)) = userns_workspace() else {
+        return;
+    };
     let d = start_limited_daemon(&ws, "max_inotify_instances", 0);
     d.wait_for_log("daemon started", LONG);
     let log = d.log();
@@ -622,16 +631,9 @@ fn limits_without_inotify_instances_the_daemon_polls_and_says_how_to_fix_it() {
 
 #[test]
 fn limits_running_out_of_inotify_watches_later_falls_back_to_polling() {
-    if !userns_available() {
-        eprintln!("skipped: this machine does not allow user namespaces (unshare --user)");
+    let Some((ws, _tools)) = userns_workspace() else {
         return;
-    }
-    let ws = TempWorkspace::new();
-    let tools = tempfile::tempdir().unwrap();
-    ws.with_main(&format!(
-        "  command: {}\n",
-        main_script(tools.path(), "", true)
-    ));
+    };
     ws.add_loop(
         "alpha",
         "schedule: { every: 1d }\npayload: { kind: command, command: \"true\" }\n",
