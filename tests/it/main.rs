@@ -1,6 +1,7 @@
 //! The one integration-test binary: every area is a module, sharing the helpers in `common`.
 
 mod agent;
+mod attacks;
 mod channels;
 mod cli;
 mod common;

@@ -1,0 +1,1 @@
+//! Attacks on the guard wall (docs/security.md).

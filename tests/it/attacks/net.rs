@@ -1,0 +1,1 @@
+//! Attacks on the net wall (docs/security.md).

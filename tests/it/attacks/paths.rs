@@ -1,0 +1,1 @@
+//! Attacks on the paths wall (docs/security.md).

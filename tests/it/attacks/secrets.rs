@@ -1,0 +1,1 @@
+//! Attacks on the secrets wall (docs/security.md).
