@@ -1282,6 +1282,19 @@ impl Daemon {
             }
             match inbox.load(&p) {
                 Ok(h) if h.to == "main" => {
+                    // Every path it names is checked now, in its writer's scope: a
+                    // handoff is a stranger's text until the runner says who wrote it.
+                    if let Err(why) =
+                        crate::agent::sandbox::check_handoff_paths(&inbox.workspace, &h)
+                    {
+                        match inbox.reject(&p, &why, now) {
+                            Ok(to) => {
+                                tracing::warn!(handoff = %h.id, "rejected {}: {why} (see {}.error.md)", p.display(), to.with_extension("").display())
+                            }
+                            Err(err) => tracing::error!("cannot reject {}: {err}", p.display()),
+                        }
+                        continue;
+                    }
                     if let Some(a) = inbox.claim(&p) {
                         claimed.push(a);
                     }

@@ -114,6 +114,10 @@ pub struct LoopDef {
     pub gate: Option<Vec<String>>,
     /// Hosts `http_get` may fetch from.
     pub allowed_hosts: Vec<String>,
+    /// What an isolated loop may read beyond its own domain and drafts (`reads:`).
+    pub reads: Vec<String>,
+    /// Whether the loop's model may rewrite its own prompt.md (`edit_prompt:`).
+    pub edit_prompt: bool,
     /// Command loops: the channel their stdout is delivered to (`deliver:`).
     pub deliver: Option<Deliver>,
     /// The loop's never-share rules (`classification`, `deny_patterns`, `detectors`).
@@ -268,6 +272,8 @@ const TOP_KEYS: &[&str] = &[
     "deliver",
     "deny_patterns",
     "detectors",
+    "reads",
+    "edit_prompt",
 ];
 const SCHEDULE_KEYS: &[&str] = &[
     "every",
@@ -426,6 +432,8 @@ fn parse_config(
     let mut overlap = None;
     let mut gate = None;
     let mut allowed_hosts = Vec::new();
+    let mut reads = Vec::new();
+    let mut edit_prompt = false;
     let mut settings = Mapping::new();
     let mut deliver = None;
     let guard = crate::guard::parse(rel, &cx.loc, &map, &mut cx.diags);
@@ -484,6 +492,11 @@ fn parse_config(
                     allowed_hosts = seq.iter().filter_map(|h| h.as_str().map(|h| h.trim().to_ascii_lowercase())).collect()
                 }
                 _ => cx.err(&["allowed_hosts"], "`allowed_hosts` must be a list of host names", "e.g. allowed_hosts: [api.github.com, news.ycombinator.com] (names only, no https:// or paths)"),
+            },
+            "reads" => reads = parse_reads(&mut cx, v),
+            "edit_prompt" => match v.as_bool() {
+                Some(b) => edit_prompt = b,
+                None => cx.err(&["edit_prompt"], "`edit_prompt` must be true or false", "edit_prompt: true lets this loop's model rewrite its own prompt.md (off by default: an injected text would persist across runs)"),
             },
             "concurrency" => match v.as_str() {
                 Some("forbid") => concurrency = Concurrency::Forbid,
@@ -677,6 +690,8 @@ fn parse_config(
             overlap,
             gate,
             allowed_hosts,
+            reads,
+            edit_prompt,
             deliver,
             guard,
             settings,
@@ -967,6 +982,59 @@ fn parse_schedule(cx: &mut Ctx, ws: &Workspace, name: &str, v: &Value) -> Option
         catch_up,
         starting_deadline,
     })
+}
+
+/// `reads:`: workspace paths, folders or globs an isolated loop may read. Each is checked
+/// as the sandbox will judge it, so a typo is found here and not as a refusal mid-run.
+fn parse_reads(cx: &mut Ctx, v: &Value) -> Vec<String> {
+    let example = "e.g. reads: [domains/news/state.md, notes/, \"drafts/scout/*.md\"] (paths from the workspace root)";
+    let Some(seq) = v.as_sequence() else {
+        cx.err(&["reads"], "`reads` must be a list of paths", example);
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for (i, item) in seq.iter().enumerate() {
+        let at = i.to_string();
+        let Some(p) = item.as_str().map(str::trim).filter(|p| !p.is_empty()) else {
+            cx.err(
+                &["reads", &at],
+                "each entry of `reads` must be a path",
+                example,
+            );
+            continue;
+        };
+        let names: Vec<&str> = p
+            .split('/')
+            .filter(|c| !c.is_empty() && *c != ".")
+            .collect();
+        let why = if p.starts_with('/') || p.starts_with('~') {
+            Some("it must be relative to the workspace root")
+        } else if names.contains(&"..") {
+            Some("'..' is not allowed")
+        } else if p.contains('\\') {
+            Some("use '/' between folders")
+        } else if names.iter().any(|c| c.eq_ignore_ascii_case(".git")) {
+            Some(".git/ is never readable by a loop")
+        } else if names
+            .first()
+            .is_some_and(|c| c.eq_ignore_ascii_case(".loops"))
+        {
+            Some(".loops/ is never readable by an isolated loop")
+        } else if names.is_empty() {
+            Some("it names the whole workspace; list the folders the loop needs instead")
+        } else {
+            None
+        };
+        match why {
+            Some(why) => cx.err(
+                &["reads", &at],
+                format!("`reads` entry {p:?}: {why}"),
+                example,
+            ),
+            None => out.push(p.to_string()),
+        }
+    }
+    out
 }
 
 fn parse_retry(cx: &mut Ctx, v: &Value, retry: &mut RetryPolicy) {

@@ -132,9 +132,35 @@ pub struct Handoff {
     /// The markdown after the front matter.
     pub body: String,
     pub checklist: Vec<Item>,
+    /// A hash of the front matter as written, to match the runner's record of the writer.
+    #[serde(skip)]
+    pub front_hash: String,
+    /// Who really wrote it, from the runner's record ([`Inbox::load`] fills it in): `None`
+    /// for a file put into `inbox/` by other means, whose `from:` is only a claim.
+    pub written_by: Option<String>,
 }
 
 impl Handoff {
+    /// Who wrote it, as the main session and the history show it: the runner's record, or
+    /// the file's own `from:` marked as unverified.
+    pub fn author(&self) -> String {
+        match &self.written_by {
+            Some(w) => w.clone(),
+            None => format!("unverified (claims `{}`)", self.from),
+        }
+    }
+
+    /// The commit trailers that say who wrote it: `From` only when the runner knows.
+    pub fn author_trailers(&self) -> Vec<(&'static str, String)> {
+        match &self.written_by {
+            Some(w) => vec![("From", w.clone())],
+            None => vec![
+                ("From", "unverified".into()),
+                ("Claimed-From", self.from.clone()),
+            ],
+        }
+    }
+
     /// Required items not yet ticked.
     pub fn unticked(&self) -> Vec<&Item> {
         self.checklist
@@ -184,6 +210,8 @@ pub fn parse(text: &str, stem: &str) -> Result<Handoff, HandoffError> {
         title: String::new(),
         body: body.to_string(),
         checklist: Vec::new(),
+        front_hash: front_hash(fm.unwrap_or("")),
+        written_by: None,
     };
     if let Some(fm) = fm {
         let value: yaml_serde::Value = if fm.trim().is_empty() {
@@ -273,6 +301,22 @@ pub fn parse(text: &str, stem: &str) -> Result<Handoff, HandoffError> {
     h.title = title.unwrap_or_else(|| h.id.clone());
     h.checklist = checklist;
     Ok(h)
+}
+
+fn front_hash(front: &str) -> String {
+    use sha2::Digest;
+    let d = sha2::Sha256::digest(front.as_bytes());
+    d.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The runner's record of who wrote a handoff: kept in `.loops/inbox/writers/<id>.json`
+/// (a place no model writes), matched to the file by the hash of its front matter, which
+/// ticking items and completing never change.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WriterRecord {
+    pub from: String,
+    pub run: Option<String>,
+    pub front_hash: String,
 }
 
 /// The first heading and the task-list items of a markdown body.
@@ -454,7 +498,7 @@ pub fn fit_body(n: &mut NewHandoff, limit: u64) {
 #[derive(Debug, Clone)]
 pub struct Inbox {
     pub root: PathBuf,
-    workspace: PathBuf,
+    pub workspace: PathBuf,
     /// The largest handoff read or written (`limits.max_handoff_bytes`).
     max_bytes: u64,
 }
@@ -493,9 +537,50 @@ impl Inbox {
     }
 
     /// Reads and parses a handoff file, refusing one bigger than the limit without
-    /// reading it.
+    /// reading it, and says who really wrote it (see [`Handoff::written_by`]).
     pub fn load(&self, path: &Path) -> Result<Handoff, HandoffError> {
-        load_limited(path, self.max_bytes)
+        let mut h = load_limited(path, self.max_bytes)?;
+        h.written_by = self.writer_of(&h);
+        Ok(h)
+    }
+
+    fn writers_dir(&self) -> PathBuf {
+        self.workspace.join(".loops").join("inbox").join("writers")
+    }
+
+    /// The recorded writer of `h`, if the record matches this very front matter.
+    pub fn writer_of(&self, h: &Handoff) -> Option<String> {
+        if !valid_id(&h.id) {
+            return None;
+        }
+        let text =
+            std::fs::read_to_string(self.writers_dir().join(format!("{}.json", h.id))).ok()?;
+        let rec: WriterRecord = serde_json::from_str(&text).ok()?;
+        (rec.front_hash == h.front_hash).then_some(rec.from)
+    }
+
+    /// Records that the runner itself wrote `text` as `id`, for `from`.
+    fn record_writer(
+        &self,
+        id: &str,
+        from: &str,
+        run: Option<&str>,
+        text: &str,
+    ) -> Result<(), HandoffError> {
+        let front = split_front_matter(text)
+            .ok()
+            .and_then(|(f, _)| f)
+            .unwrap_or("");
+        let rec = WriterRecord {
+            from: from.to_string(),
+            run: run.map(str::to_string),
+            front_hash: front_hash(front),
+        };
+        let dir = self.writers_dir();
+        std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+        let path = dir.join(format!("{id}.json"));
+        let bytes = serde_json::to_vec(&rec).unwrap_or_default();
+        crate::fsutil::atomic_write(&path, &bytes).map_err(io(&path))
     }
 
     /// Refuses a handoff text of `size` bytes when it is over the limit.
@@ -573,6 +658,8 @@ impl Inbox {
         }
         let (id, text) = render(n, now);
         self.check_size("the handoff", text.len() as u64)?;
+        // Recorded before the file exists, so no reader ever sees it unattributed.
+        self.record_writer(&id, &n.from, n.run.as_deref(), &text)?;
         let tmp = self.tmp_dir().join(format!("{id}.md"));
         std::fs::create_dir_all(self.tmp_dir()).map_err(io(&self.tmp_dir()))?;
         {

@@ -612,6 +612,26 @@ fn is_private(rel: &Path) -> bool {
     )
 }
 
+/// Whether `.gitignore` keeps `rel` out of a run's commit: only a file git does not track
+/// yet. libgit2's ignore check matches tracked files too, so on its own a `*` in some
+/// `.gitignore` would hide every later change to a tracked file from history; git itself
+/// keeps committing changes to a tracked file whatever `.gitignore` says.
+fn ignored_untracked(repo: &Repository, rel: &Path) -> bool {
+    if !repo.is_path_ignored(rel).unwrap_or(false) {
+        return false;
+    }
+    let in_head = repo
+        .head()
+        .ok()
+        .and_then(|h| h.peel_to_tree().ok())
+        .is_some_and(|t| t.get_path(rel).is_ok());
+    let in_index = repo
+        .index()
+        .ok()
+        .is_some_and(|i| i.get_path(rel, 0).is_some());
+    !(in_head || in_index)
+}
+
 /// Makes the commit; returns it (None when there was nothing to commit) and the
 /// workspace-relative paths whose index entries should now follow HEAD.
 fn commit_paths(
@@ -629,7 +649,7 @@ fn commit_paths(
         .iter()
         .filter_map(|p| p.strip_prefix(&workdir).ok().map(Path::to_path_buf))
         .filter(|r| !r.as_os_str().is_empty() && !is_private(r))
-        .filter(|r| !repo.is_path_ignored(r).unwrap_or(false))
+        .filter(|r| !ignored_untracked(repo, r))
         .collect();
     rels.sort();
     rels.dedup();
@@ -871,7 +891,7 @@ fn stage(
             {
                 if e.file_type().is_file() {
                     if let Ok(r) = e.path().strip_prefix(workdir) {
-                        if !blobs.repo.is_path_ignored(r).unwrap_or(false) {
+                        if !ignored_untracked(blobs.repo, r) {
                             stage(blobs, idx, workdir, r)?;
                         }
                     }

@@ -9,6 +9,7 @@
 //! - [`schedule`] and [`scheduler`]: when each loop runs, exactly once per slot
 //! - [`jobs`] and [`exec`]: running one loop, its process group, its output
 //! - [`history`]: the git committer and `loops log`
+//! - [`beneath`]: opening files beneath the workspace root with the kernel's help
 //! - [`runs`] and [`state`]: what the runner records on disk under `.loops/`
 //! - [`watch`] and [`daemon`]: `loops run`; [`journal`]: the daemon's own record of its life
 //! - [`channels`] and [`guard`]: delivering messages, and what may never be shared
@@ -18,6 +19,7 @@
 //! - [`cli`]: the command line
 
 pub mod agent;
+pub mod beneath;
 pub mod channels;
 pub mod cli;
 pub mod clock;

@@ -265,8 +265,9 @@ fn reported_completions(stdout: &str) -> HashMap<String, Option<String>> {
 fn handoff_json(h: &Handoff, path: &Path, ws: &Path, max_bytes: u64) -> serde_json::Value {
     // A draft may be long, but not so long that the main session's stdin becomes
     // gigabytes: beyond the handoff limit it is cut, with a line saying where the rest is.
+    // The path is checked again now, in its writer's scope, and opened beneath the root.
     let draft_text = h.draft.as_ref().and_then(|d| {
-        let (mut text, size) = crate::fsutil::read_prefix(&ws.join(d), max_bytes).ok()?;
+        let (mut text, size) = crate::agent::sandbox::read_draft(ws, h, max_bytes).ok()??;
         if size > max_bytes {
             text.push_str(&format!(
                 "\n[… cut: the draft is {size} bytes, only the first {max_bytes} are given here (limits.max_handoff_bytes); read {d} for the rest]\n"
@@ -277,7 +278,9 @@ fn handoff_json(h: &Handoff, path: &Path, ws: &Path, max_bytes: u64) -> serde_js
     json!({
         "id": h.id,
         "path": path,
-        "from": h.from,
+        "from": h.author(),
+        "claimed_from": h.from,
+        "verified": h.written_by.is_some(),
         "to": h.to,
         "created": h.created,
         "run": h.run,
@@ -437,7 +440,7 @@ pub async fn wake(
                             commit_paths.push(done);
                             trailers.push(("Handoff", id.clone()));
                             if let Some(h) = &h {
-                                trailers.push(("From", h.from.clone()));
+                                trailers.extend(h.author_trailers());
                             }
                             notes.set_note(&name, &Note::default());
                             completed.push(id.clone());
@@ -448,7 +451,7 @@ pub async fn wake(
                             tracing::warn!(handoff = %id, "could not complete it yet ({e}); trying again shortly");
                             uncompleted.push(Uncompleted {
                                 id: id.clone(),
-                                from: h.as_ref().map(|h| h.from.clone()),
+                                from: h.as_ref().map(|h| h.author()),
                                 active: path.clone(),
                                 summary: summary.clone(),
                                 run_id: run_id.clone(),

@@ -329,7 +329,10 @@ pub const DONE_LISTED: usize = 10;
 pub struct HandoffRow {
     pub stage: Stage,
     pub id: String,
+    /// Who wrote it, as the runner knows it ([`crate::handoff::Handoff::author`]).
     pub from: String,
+    /// Its recipient: `main`, `person` (a proposal for the person to apply), or another.
+    pub to: String,
     pub priority: String,
     pub title: String,
     /// Workspace-relative.
@@ -345,7 +348,7 @@ impl HandoffRow {
     /// One entry of `loops inbox --json` (and MCP `list_handoffs`).
     pub fn to_json(&self) -> Value {
         let mut v = json!({
-            "stage": self.stage, "id": self.id, "from": self.from, "priority": self.priority,
+            "stage": self.stage, "id": self.id, "from": self.from, "to": self.to, "priority": self.priority,
             "title": self.title, "path": self.path, "since": self.since, "detail": self.detail,
         });
         if let Some(o) = v.as_object_mut() {
@@ -402,20 +405,38 @@ fn handoff_row(
     extra: Map<String, Value>,
     detail: String,
 ) -> HandoffRow {
-    let (id, from, title, priority) = match Inbox::of(ws).load(path) {
-        Ok(h) => (h.id, h.from, h.title, h.priority.as_str().to_string()),
+    let (id, from, to, title, priority) = match Inbox::of(ws).load(path) {
+        Ok(h) => (
+            h.id.clone(),
+            h.author(),
+            h.to,
+            h.title,
+            h.priority.as_str().to_string(),
+        ),
         // A file that does not parse is still listed, by its name, so it can be found.
         Err(_) => (
             file_stem(path),
+            "?".into(),
             "?".into(),
             "(does not parse)".into(),
             "-".into(),
         ),
     };
+    // A pending handoff the main session does not take says who it waits for.
+    let detail = match (stage, to.as_str()) {
+        (Stage::Pending, "person") if detail.is_empty() => {
+            "for you: a proposal to apply by hand (then `loops inbox complete`)".to_string()
+        }
+        (Stage::Pending, t) if detail.is_empty() && t != "main" && t != "?" => {
+            format!("addressed to `{t}`; the main session does not take it")
+        }
+        _ => detail,
+    };
     HandoffRow {
         stage,
         id,
         from,
+        to,
         priority,
         title,
         path: ws.relative(path),
@@ -606,11 +627,11 @@ pub fn complete_handoff(
         ws,
         vec![inbox.root.join(&name), path.clone(), done.clone()],
         &format!("main: completed handoff: {}", h.title),
-        vec![
-            ("Handoff", h.id.clone()),
-            ("From", h.from.clone()),
-            ("Outcome", "completed".into()),
-        ],
+        [("Handoff", h.id.clone())]
+            .into_iter()
+            .chain(h.author_trailers())
+            .chain([("Outcome", "completed".into())])
+            .collect(),
     );
     Ok(Completed {
         id: h.id,

@@ -345,7 +345,7 @@ fn read_file_inner(sb: &Sandbox, input: &Value) -> Res<ToolOk> {
     }
     let abs = sb.resolve(path, Access::Read)?;
     let shown = sb.relative(&abs);
-    let file = open_regular(&abs, &shown, "use list_files to see what is there")?;
+    let file = open_regular(sb, &abs, &shown, "use list_files to see what is there")?;
     let from = start.unwrap_or(1);
     let to = end.unwrap_or(usize::MAX);
     let scan = scan_lines(file, from, to, READ_LIMIT).map_err(|e| match e {
@@ -508,14 +508,37 @@ fn floor_boundary(s: &str, i: usize) -> usize {
     i
 }
 
-/// Opens a regular file for reading, with the model-facing error for anything else.
-fn open_regular(abs: &Path, shown: &str, missing_hint: &'static str) -> Res<File> {
+/// Opens a regular file for reading beneath the workspace root, with the model-facing
+/// error for anything else. The kind is checked again on the open file: what was checked
+/// by name may have been swapped since.
+fn open_regular(sb: &Sandbox, abs: &Path, shown: &str, missing_hint: &'static str) -> Res<File> {
     check_regular(abs, shown, missing_hint)?;
-    File::open(abs).map_err(|source| FileToolError::Io {
+    let io_err = |source| FileToolError::Io {
         action: "open",
         path: shown.to_string(),
         source,
-    })
+    };
+    let f = sb.open_read(abs).map_err(io_err)?;
+    match f.metadata() {
+        Ok(md) if md.is_file() => Ok(f),
+        Ok(_) => Err(FileToolError::Special {
+            path: shown.to_string(),
+        }),
+        Err(source) => Err(io_err(source)),
+    }
+}
+
+/// The whole of a regular file, read beneath the workspace root.
+fn read_all(sb: &Sandbox, abs: &Path, shown: &str) -> Res<Vec<u8>> {
+    let mut f = open_regular(sb, abs, shown, "")?;
+    let mut bytes = Vec::new();
+    f.read_to_end(&mut bytes)
+        .map_err(|source| FileToolError::Io {
+            action: "read",
+            path: shown.to_string(),
+            source,
+        })?;
+    Ok(bytes)
 }
 
 /// The metadata of a regular file; a folder, a pipe or a missing file is an error.
@@ -659,7 +682,7 @@ fn search_files_inner(sb: &Sandbox, input: &Value) -> Res<ToolOk> {
     // Files are searched as the walk finds them, so a capped search stops walking too.
     let mut hits = Hits::default();
     if md.is_file() {
-        hits.search(&re, &abs, &shown, md.len());
+        hits.search(sb, &re, &abs, &shown, md.len());
     } else {
         let mut walk = walkdir::WalkDir::new(&abs)
             .min_depth(1)
@@ -692,7 +715,10 @@ fn search_files_inner(sb: &Sandbox, input: &Value) -> Res<ToolOk> {
                 }
             }
             let len = entry.metadata().map(|m| m.len()).unwrap_or(u64::MAX);
-            hits.search(&re, entry.path(), &rel, len);
+            // Read by its real name beneath the root: the walk's name may be stale.
+            if let Ok(real) = sb.resolve(&rel, Access::Read) {
+                hits.search(sb, &re, &real, &rel, len);
+            }
         }
     }
     let Hits {
@@ -730,12 +756,16 @@ struct Hits {
 impl Hits {
     /// Adds one file's matching lines; files too large, unreadable or not text are
     /// passed over (a search answers about the text files it could read).
-    fn search(&mut self, re: &regex::Regex, file: &Path, rel: &str, len: u64) {
+    fn search(&mut self, sb: &Sandbox, re: &regex::Regex, file: &Path, rel: &str, len: u64) {
         if len > SEARCH_MAX_FILE {
             self.skipped_large += 1;
             return;
         }
-        let Ok(bytes) = fs::read(file) else { return };
+        let Ok(f) = sb.open_read(file) else { return };
+        let mut bytes = Vec::new();
+        if f.take(SEARCH_MAX_FILE).read_to_end(&mut bytes).is_err() {
+            return;
+        }
         let Ok(text) = String::from_utf8(bytes) else {
             return;
         };
@@ -765,7 +795,7 @@ fn clip(line: &str) -> String {
 
 /// A glob as an anchored regex: `*` and `?` stay inside one folder, `**` crosses
 /// folders, `{a,b}` is either, `[abc]` and `[!abc]` are character classes.
-fn glob_regex(glob: &str) -> Res<regex::Regex> {
+pub(crate) fn glob_regex(glob: &str) -> Res<regex::Regex> {
     let bad = |why| FileToolError::Glob {
         glob: glob.to_string(),
         why,
@@ -846,7 +876,7 @@ fn write_file_inner(sb: &Sandbox, input: &Value) -> Res<ToolOk> {
         Ok(md) if !md.is_file() => return Err(FileToolError::Special { path: shown }),
         _ => {}
     }
-    replace_file(&abs, content.as_bytes(), &shown)?;
+    replace_file(sb, &abs, content.as_bytes(), &shown)?;
     Ok(ToolOk {
         text: format!("wrote {} bytes to {shown}", content.len()),
         wrote: vec![abs],
@@ -869,11 +899,7 @@ fn edit_file_inner(sb: &Sandbox, input: &Value) -> Res<ToolOk> {
         "use write_file to create it, or list_files to find the right name",
     )?;
     too_large("edit_file", &md, &shown)?;
-    let bytes = fs::read(&abs).map_err(|source| FileToolError::Io {
-        action: "read",
-        path: shown.clone(),
-        source,
-    })?;
+    let bytes = read_all(sb, &abs, &shown)?;
     let text = String::from_utf8(bytes).map_err(|_| FileToolError::Binary {
         path: shown.clone(),
     })?;
@@ -888,7 +914,7 @@ fn edit_file_inner(sb: &Sandbox, input: &Value) -> Res<ToolOk> {
         )));
     }
     let edited = text.replacen(old_text, new_text, 1);
-    replace_file(&abs, edited.as_bytes(), &shown)?;
+    replace_file(sb, &abs, edited.as_bytes(), &shown)?;
     Ok(ToolOk {
         text: format!(
             "edited {shown}: replaced {} line(s) with {} line(s); it is now {} bytes",
@@ -912,12 +938,7 @@ fn append_file_inner(sb: &Sandbox, input: &Value) -> Res<ToolOk> {
     let (mut bytes, created) = match check_regular(&abs, &shown, "") {
         Ok(md) => {
             too_large("append_file", &md, &shown)?;
-            let old = fs::read(&abs).map_err(|source| FileToolError::Io {
-                action: "read",
-                path: shown.clone(),
-                source,
-            })?;
-            (old, false)
+            (read_all(sb, &abs, &shown)?, false)
         }
         Err(FileToolError::NotFound { .. }) => (Vec::new(), true),
         Err(e) => return Err(e),
@@ -926,7 +947,7 @@ fn append_file_inner(sb: &Sandbox, input: &Value) -> Res<ToolOk> {
         bytes.push(b'\n');
     }
     bytes.extend_from_slice(content.as_bytes());
-    replace_file(&abs, &bytes, &shown)?;
+    replace_file(sb, &abs, &bytes, &shown)?;
     Ok(ToolOk {
         text: format!(
             "appended {} bytes to {shown}{}",
@@ -950,19 +971,14 @@ fn too_large(tool: &'static str, md: &fs::Metadata, shown: &str) -> Res<()> {
     Ok(())
 }
 
-/// Replaces a file atomically, keeping its permissions (a rename puts a new inode in
-/// place, which would otherwise drop an executable bit).
-fn replace_file(abs: &Path, bytes: &[u8], shown: &str) -> Res<()> {
-    let perms = fs::metadata(abs).ok().map(|m| m.permissions());
-    crate::fsutil::atomic_write(abs, bytes).map_err(|source| FileToolError::Io {
+/// Replaces a file atomically beneath the workspace root. It keeps its read and write
+/// permissions but loses any exec bit (see [`Sandbox::write`]).
+fn replace_file(sb: &Sandbox, abs: &Path, bytes: &[u8], shown: &str) -> Res<()> {
+    sb.write(abs, bytes).map_err(|source| FileToolError::Io {
         action: "write",
         path: shown.to_string(),
         source,
-    })?;
-    if let Some(p) = perms {
-        let _ = fs::set_permissions(abs, p);
-    }
-    Ok(())
+    })
 }
 
 /// How many times `needle` occurs in `hay`, overlapping ones included (in "aaa", "aa"

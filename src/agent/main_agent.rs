@@ -204,7 +204,7 @@ pub fn wake_message(kind: WakeKind, handoffs: &[(Handoff, PathBuf)], ws_root: &P
         s.push_str(&format!(
             "\n\n---\n## Handoff {}\n\n- file: {rel}\n- from: {}\n- priority: {}\n",
             h.id,
-            h.from,
+            h.author(),
             h.priority.as_str()
         ));
         if let Some(c) = h.created {
@@ -245,9 +245,11 @@ pub fn wake_message(kind: WakeKind, handoffs: &[(Handoff, PathBuf)], ws_root: &P
             }
         }
         if let Some(d) = &h.draft {
-            // Only what the clip keeps is read: a draft of gigabytes costs no memory.
-            match crate::fsutil::read_prefix(&ws_root.join(d), context::MAX_FILE_BYTES as u64 + 4)
-                .map(|(t, _)| t)
+            // Only what the clip keeps is read: a draft of gigabytes costs no memory. The
+            // path is checked again now, in its writer's scope, and opened beneath the root.
+            let max = context::MAX_FILE_BYTES as u64 + 4;
+            match super::sandbox::read_draft(ws_root, h, max)
+                .map(|d| d.map(|(t, _)| t).unwrap_or_default())
             {
                 Ok(t) => s.push_str(&format!(
                     "\nDraft `{d}`:\n\n```markdown\n{}\n```\n",

@@ -15,6 +15,7 @@
 pub mod anthropic;
 pub mod config;
 pub mod context;
+pub mod executables;
 pub mod files;
 pub mod main_agent;
 pub mod model;

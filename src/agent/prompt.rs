@@ -314,16 +314,7 @@ pub async fn run(
             });
         let mut kit = ToolKit::new(ToolEnv {
             ws: ws.clone(),
-            sandbox: Sandbox::new(
-                &ws.root,
-                if main_scope {
-                    Scope::Main
-                } else {
-                    Scope::Isolated {
-                        loop_name: def.name.clone(),
-                    }
-                },
-            ),
+            sandbox: loop_sandbox(&ws.root, def, main_scope),
             loop_name: def.name.clone(),
             run_id: req.run_id.clone(),
             allowed: loop_tools(def),
@@ -557,4 +548,20 @@ async fn command_provider(
         Outcome::Acted
     });
     out
+}
+
+/// The sandbox of one run of `def`: its scope, and the walls read from the configs now,
+/// with the loop's own `reads:` and `edit_prompt:` as its parsed config says.
+fn loop_sandbox(root: &std::path::Path, def: &LoopDef, main_scope: bool) -> Sandbox {
+    let scope = if main_scope {
+        Scope::Main
+    } else {
+        Scope::Isolated {
+            loop_name: def.name.clone(),
+        }
+    };
+    let mut walls = super::sandbox::Walls::load(root, &scope);
+    walls.reads = def.reads.clone();
+    walls.edit_prompt = def.edit_prompt;
+    Sandbox::with_walls(root, scope, walls)
 }

@@ -1,4 +1,4 @@
-//! Which paths the agent's file tools may read or write.
+//! Which paths the agent's file tools may read or write, and the opening of them.
 //!
 //! Paths come from a model, so every one is treated as hostile: it is checked as written
 //! (no `..`, no home folders, no drive letters, no absolute paths outside the workspace)
@@ -7,19 +7,30 @@
 //!
 //! - `.git/` is never read or written; `.loops/` (the runner's own files) is never
 //!   written, and read only by the main session.
-//! - An isolated loop (a minion) reads everything else except what is private to the main
-//!   session (`SOUL.md`, `USER.md`, `.working-memory/`), and writes only its own
-//!   `domains/<loop>/` (but not its `config.yaml`), `drafts/<loop>/`, and new `*.md`
-//!   handoffs directly in `inbox/`.
-//! - The main session writes anywhere else in the workspace.
+//! - No scope writes what a run will execute: loops.yaml, any loop's `config.yaml`, and
+//!   every file a config runs ([`super::executables`]); nor git's own `.gitignore`,
+//!   `.gitattributes` and `.gitmodules`; nor anything in `inbox/` (handoffs are made by
+//!   `create_handoff`, which sets who wrote them and runs the guard). Files the tools
+//!   write never carry an exec bit.
+//! - An isolated loop (a minion) reads only its own `domains/<loop>/`, its own
+//!   `drafts/<loop>/` and what its config.yaml lists under `reads:`, and writes only its
+//!   own domain (not its `config.yaml`, and its `prompt.md` only with `edit_prompt: true`)
+//!   and its drafts.
+//! - An agent job reads the workspace except what is private to the main session
+//!   (`SOUL.md`, `USER.md`, `.working-memory/`, every `main.context` path), other loops'
+//!   drafts, `inbox/done/` and `.env` files; it writes only its `drafts/<name>/`.
+//! - The main session reads and writes the rest of the workspace.
 //!
-//! A check and the file operation that follows are two system calls, so a process that
-//! swaps a folder for a symbolic link in between could still win the race; the threat
-//! here is a model asking for the wrong path, which is stopped completely.
+//! The check names a real path with no symbolic link in it; the operation then opens that
+//! path beneath the workspace root with the kernel refusing any link on the way
+//! ([`crate::beneath`]). A folder swapped for a link between the check and the open makes
+//! the open fail; it never leads outside.
 
+use crate::beneath::Beneath;
 use std::fs;
-use std::io;
+use std::io::{self, Read};
 use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
 
 /// What a tool is about to do with a path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,7 +74,7 @@ pub enum SandboxError {
         owner: &'static str,
         verb: &'static str,
     },
-    #[error("refused to {verb} {path}: {what} is private to the main session; an isolated loop may read the rest of the workspace")]
+    #[error("refused to {verb} {path}: {what} is private to the main session; a loop's config.yaml may list what else it needs under `reads:`")]
     Private {
         path: String,
         what: &'static str,
@@ -71,8 +82,12 @@ pub enum SandboxError {
     },
     #[error("refused to write {path}: {allowed}")]
     NotWritable { path: String, allowed: String },
-    #[error("refused to write {path}: it already exists, and a handoff in the inbox is never overwritten; write a new file with another name, such as inbox/<loop>-<topic>.md")]
-    InboxExists { path: String },
+    #[error("refused to read {path}: {allowed}")]
+    NotReadable { path: String, allowed: String },
+    #[error("refused to write {path}: {what} runs it, and no model may change what a run executes; to propose a change, describe it in a handoff to the person (create_handoff with to: person), who applies it")]
+    Executable { path: String, what: String },
+    #[error("refused to write {path}: handoffs are made with create_handoff, never written into inbox/ with the file tools (create_handoff records who wrote it)")]
+    Inbox { path: String },
     #[error("could not look at {path}: {source}")]
     Io {
         path: String,
@@ -87,6 +102,76 @@ impl From<SandboxError> for super::ToolError {
     }
 }
 
+/// What the workspace's configs say about the walls, read once when a sandbox is made
+/// (a run cannot change them: no model writes a config).
+#[derive(Debug, Default)]
+pub struct Walls {
+    /// Files some config runs, and what runs each.
+    pub executables: super::executables::Executables,
+    /// loops.yaml `main.context`: the main session's identity and memory.
+    pub main_context: Vec<Vec<String>>,
+    /// The isolated loop's `reads:` (paths, folders or globs from the root).
+    pub reads: Vec<String>,
+    /// The isolated loop's `edit_prompt: true`.
+    pub edit_prompt: bool,
+}
+
+impl Walls {
+    /// Reads the walls for `scope` from the configs under `root`.
+    pub fn load(root: &Path, scope: &Scope) -> Walls {
+        let yaml = |p: PathBuf| -> Option<yaml_serde::Value> {
+            yaml_serde::from_str(&fs::read_to_string(p).ok()?).ok()
+        };
+        let strings = |v: Option<&yaml_serde::Value>| -> Vec<String> {
+            v.and_then(|v| v.as_sequence())
+                .map(|s| {
+                    s.iter()
+                        .filter_map(|x| x.as_str().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let ws = yaml(root.join("loops.yaml"));
+        let context = match ws
+            .as_ref()
+            .and_then(|y| y.get("main"))
+            .and_then(|m| m.get("context"))
+        {
+            Some(c) => strings(Some(c)),
+            None => crate::workspace::DEFAULT_MAIN_CONTEXT
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+        };
+        let mut walls = Walls {
+            executables: super::executables::find(root),
+            main_context: context
+                .iter()
+                .map(|c| names_of(c))
+                .filter(|c| !c.is_empty())
+                .collect(),
+            ..Walls::default()
+        };
+        if let Scope::Isolated { loop_name } = scope {
+            if let Some(cfg) = yaml(root.join("domains").join(loop_name).join("config.yaml")) {
+                walls.reads = strings(cfg.get("reads"));
+                walls.edit_prompt = cfg.get("edit_prompt").and_then(|v| v.as_bool()) == Some(true);
+            }
+        }
+        walls
+    }
+}
+
+/// A path's plain names as written ('/'-separated, `./` and empty parts dropped).
+fn names_of(p: &str) -> Vec<String> {
+    p.trim()
+        .trim_end_matches('/')
+        .split('/')
+        .filter(|c| !c.is_empty() && *c != ".")
+        .map(str::to_string)
+        .collect()
+}
+
 /// Confines paths to one workspace, for one scope.
 #[derive(Debug, Clone)]
 pub struct Sandbox {
@@ -96,16 +181,86 @@ pub struct Sandbox {
     /// paths spelled with it are inside the workspace too.
     given_root: PathBuf,
     scope: Scope,
+    walls: Arc<Walls>,
+    /// The root opened once, for every open beneath it (`None` if it could not be opened;
+    /// every operation then fails with that error).
+    beneath: Option<Arc<Beneath>>,
 }
 
 impl Sandbox {
+    /// A sandbox for `scope`, its walls read from the workspace's configs now.
     pub fn new(root: &Path, scope: Scope) -> Sandbox {
+        let walls = Walls::load(root, &scope);
+        Sandbox::with_walls(root, scope, walls)
+    }
+
+    pub fn with_walls(root: &Path, scope: Scope, walls: Walls) -> Sandbox {
         let canonical = fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf());
+        let beneath = Beneath::open(&canonical).ok().map(Arc::new);
         Sandbox {
             root: canonical,
             given_root: root.to_path_buf(),
             scope,
+            walls: Arc::new(walls),
+            beneath,
         }
+    }
+
+    pub fn walls(&self) -> &Walls {
+        &self.walls
+    }
+
+    /// Opens a path [`Self::resolve`] returned, beneath the root, refusing any symbolic
+    /// link on the way (one swapped in since the check included).
+    pub fn open_read(&self, real: &Path) -> io::Result<fs::File> {
+        let (b, rel) = self.beneath_rel(real)?;
+        b.open_read(rel).map_err(refusal)
+    }
+
+    /// Reads at most `max` bytes of a path [`Self::resolve`] returned, with its size.
+    pub fn read_prefix(&self, real: &Path, max: u64) -> io::Result<(Vec<u8>, u64)> {
+        let f = self.open_read(real)?;
+        let size = f.metadata()?.len();
+        let mut bytes = Vec::with_capacity(size.min(max) as usize);
+        f.take(max).read_to_end(&mut bytes)?;
+        Ok((bytes, size))
+    }
+
+    /// The file's metadata, without following a link (`None`: it does not exist).
+    pub fn metadata(&self, real: &Path) -> io::Result<Option<rustix::fs::Stat>> {
+        let (b, rel) = self.beneath_rel(real)?;
+        b.metadata(rel).map_err(refusal)
+    }
+
+    /// Replaces a path [`Self::resolve`] allowed for writing, atomically and beneath the
+    /// root. The file keeps its read and write bits but never an exec bit: text a model
+    /// wrote is never a program.
+    pub fn write(&self, real: &Path, bytes: &[u8]) -> io::Result<()> {
+        let mode = self
+            .metadata(real)
+            .ok()
+            .flatten()
+            .map(|st| st.st_mode & 0o666)
+            .filter(|m| *m != 0)
+            .unwrap_or(0o644);
+        let (b, rel) = self.beneath_rel(real)?;
+        b.write_atomic(rel, bytes, mode).map_err(refusal)
+    }
+
+    fn beneath_rel<'a>(&'a self, real: &'a Path) -> io::Result<(&'a Beneath, &'a Path)> {
+        let b = self.beneath.as_deref().ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("the workspace {} cannot be opened", self.root.display()),
+            )
+        })?;
+        let rel = real.strip_prefix(&self.root).map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                "the path is outside the workspace",
+            )
+        })?;
+        Ok((b, rel))
     }
 
     pub fn root(&self) -> &Path {
@@ -141,8 +296,9 @@ impl Sandbox {
             format!("{asked_shown} (a symbolic link to {real_shown})")
         };
         self.deny(&rel, &shown, access)?;
-        if access == Access::Write {
-            self.allow_write(&rel, &real, &shown)?;
+        match access {
+            Access::Write => self.allow_write(&rel, &shown)?,
+            Access::Read => self.allow_read(&rel, &shown)?,
         }
         Ok(real)
     }
@@ -315,7 +471,6 @@ impl Sandbox {
 
     /// Areas closed whatever the scope allows elsewhere.
     fn deny(&self, rel: &[String], shown: &str, access: Access) -> Result<(), SandboxError> {
-        let is = |c: &String, name: &str| c.eq_ignore_ascii_case(name);
         let isolated = matches!(self.scope, Scope::Isolated { .. } | Scope::Job { .. });
         // A `.git` anywhere (a nested repository too) holds hooks and config git acts on.
         if rel.iter().any(|c| is(c, ".git")) {
@@ -345,33 +500,122 @@ impl Sandbox {
                 },
             });
         }
-        if isolated {
-            let private = if is(top, "SOUL.md") {
-                Some("SOUL.md")
-            } else if is(top, "USER.md") {
-                Some("USER.md")
-            } else if is(top, ".working-memory") {
-                Some(".working-memory/")
-            } else {
-                None
-            };
-            if let Some(what) = private {
-                return Err(SandboxError::Private {
-                    path: shown.to_string(),
-                    what,
-                    verb: if access == Access::Write {
-                        "write"
-                    } else {
-                        "read"
-                    },
-                });
-            }
-        }
         Ok(())
     }
 
-    /// The areas a scope may write, judged on the real path.
-    fn allow_write(&self, rel: &[String], real: &Path, shown: &str) -> Result<(), SandboxError> {
+    /// What a scope may read, judged on the name as written and on the real path.
+    fn allow_read(&self, rel: &[String], shown: &str) -> Result<(), SandboxError> {
+        match &self.scope {
+            Scope::Main => Ok(()),
+            Scope::Isolated { loop_name } => self.isolated_read(loop_name, rel, shown),
+            Scope::Job { name } => self.job_read(name, rel, shown),
+        }
+    }
+
+    /// A minion reads its own domain and drafts and what `reads:` lists; the folders
+    /// above those may be listed, so it can find its way.
+    fn isolated_read(&self, me: &str, rel: &[String], shown: &str) -> Result<(), SandboxError> {
+        if self.granted(rel) {
+            return Ok(());
+        }
+        let own = matches!(rel, [area, name, ..] if (area == "domains" || area == "drafts") && name == me);
+        if own && !rel.iter().any(|c| is_env_file(c)) {
+            return Ok(());
+        }
+        if self.above_readable(me, rel) {
+            return Ok(());
+        }
+        if let Some(what) = self.private(rel) {
+            return Err(SandboxError::Private {
+                path: shown.to_string(),
+                what,
+                verb: "read",
+            });
+        }
+        Err(SandboxError::NotReadable {
+            path: shown.to_string(),
+            allowed: format!(
+                "an isolated loop reads only domains/{me}/, drafts/{me}/ and the paths its config.yaml lists under `reads:` (a person adds them there)"
+            ),
+        })
+    }
+
+    /// Whether `rel` is a folder on the way to something the minion may read.
+    fn above_readable(&self, me: &str, rel: &[String]) -> bool {
+        let own = [
+            vec!["domains".to_string(), me.to_string()],
+            vec!["drafts".to_string(), me.to_string()],
+        ];
+        let grants = self.walls.reads.iter().map(|g| names_of(g));
+        own.into_iter().chain(grants).any(|area| {
+            // A glob's folders are reachable up to its first wildcard.
+            let fixed: Vec<&String> = area.iter().take_while(|c| !is_glob(c)).collect();
+            rel.len() < area.len()
+                && rel.len() <= fixed.len()
+                && rel.iter().zip(fixed).all(|(a, b)| a == b)
+        })
+    }
+
+    /// Whether the loop's `reads:` lists `rel` (a path, a folder above it, or a glob).
+    fn granted(&self, rel: &[String]) -> bool {
+        self.walls.reads.iter().any(|g| {
+            let g = names_of(g);
+            if g.iter().any(|c| is_glob(c)) {
+                glob_match(&g.join("/"), &rel.join("/"))
+            } else {
+                !g.is_empty() && rel.starts_with(&g)
+            }
+        })
+    }
+
+    fn job_read(&self, me: &str, rel: &[String], shown: &str) -> Result<(), SandboxError> {
+        if let Some(what) = self.private(rel) {
+            return Err(SandboxError::Private {
+                path: shown.to_string(),
+                what,
+                verb: "read",
+            });
+        }
+        let why = match rel {
+            [d, name, ..] if d == "drafts" && name != me => {
+                Some("other loops' drafts are theirs and the main session's")
+            }
+            [i, d, ..] if i == "inbox" && d == "done" => {
+                Some("inbox/done/ holds the main session's finished work")
+            }
+            _ if rel.iter().any(|c| is_env_file(c)) => Some(".env files hold secrets"),
+            _ => None,
+        };
+        match why {
+            Some(why) => Err(SandboxError::NotReadable {
+                path: shown.to_string(),
+                allowed: format!(
+                    "{why}; an agent job reads the rest of the workspace and its own drafts/{me}/"
+                ),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// What is private to the main session: SOUL.md, USER.md, .working-memory/ and
+    /// every `main.context` path.
+    fn private(&self, rel: &[String]) -> Option<&'static str> {
+        let top = rel.first()?;
+        if is(top, "SOUL.md") {
+            Some("SOUL.md")
+        } else if is(top, "USER.md") {
+            Some("USER.md")
+        } else if is(top, ".working-memory") {
+            Some(".working-memory/")
+        } else if self.walls.main_context.iter().any(|c| rel.starts_with(c)) {
+            Some("a main.context file")
+        } else {
+            None
+        }
+    }
+
+    /// The areas a scope may write, judged on the name as written and on the real path.
+    fn allow_write(&self, rel: &[String], shown: &str) -> Result<(), SandboxError> {
         let not_writable = |allowed: String| SandboxError::NotWritable {
             path: shown.to_string(),
             allowed,
@@ -381,20 +625,16 @@ impl Sandbox {
                 "it is the workspace root folder; name a file inside it".into(),
             ));
         }
+        self.never_written(rel, shown)?;
         let (loop_name, own_domain) = match &self.scope {
             Scope::Isolated { loop_name } => (loop_name, true),
             Scope::Job { name } => (name, false),
             Scope::Main => return Ok(()),
         };
         let areas = if own_domain {
-            format!(
-                "an isolated loop may write only under domains/{loop_name}/ and drafts/{loop_name}/, \
-                 or create a new .md handoff directly in inbox/"
-            )
+            format!("an isolated loop may write only under domains/{loop_name}/ and drafts/{loop_name}/; hand work to others with create_handoff")
         } else {
-            format!(
-                "an agent job may write only under drafts/{loop_name}/, or create a new .md handoff directly in inbox/"
-            )
+            format!("an agent job may write only under drafts/{loop_name}/; hand work to others with create_handoff")
         };
         let parts: Vec<&str> = rel.iter().map(String::as_str).collect();
         match parts.as_slice() {
@@ -403,40 +643,99 @@ impl Sandbox {
                     && !rest.is_empty()
                     && (own_domain || parts[0] == "drafts") =>
             {
-                // config.yaml says which session a loop runs in and which tools it gets:
-                // a minion that could edit it would promote itself to the main session.
                 if parts[0] == "domains"
                     && rest.len() == 1
-                    && rest[0].eq_ignore_ascii_case("config.yaml")
+                    && is(&rest[0].to_string(), "prompt.md")
+                    && !self.walls.edit_prompt
                 {
                     return Err(not_writable(format!(
-                        "a loop's config.yaml sets its session and tools, so an isolated loop cannot change it; keep what you need in domains/{loop_name}/state.md"
+                        "prompt.md is this loop's instructions, and a loop may change them only when its config.yaml says `edit_prompt: true` (a person sets that); keep what you learn in domains/{loop_name}/state.md"
                     )));
                 }
                 Ok(())
             }
-            ["inbox", name] => {
-                if !name.ends_with(".md") || name.starts_with('.') || name.len() <= 3 {
-                    return Err(not_writable(format!(
-                        "a handoff in inbox/ is a .md file whose name does not start with '.'; {areas}"
-                    )));
-                }
-                match fs::symlink_metadata(real) {
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-                    Ok(_) => Err(SandboxError::InboxExists {
-                        path: shown.to_string(),
-                    }),
-                    Err(source) => Err(SandboxError::Io {
-                        path: shown.to_string(),
-                        source,
-                    }),
-                }
-            }
-            ["inbox", _, _, ..] => Err(not_writable(format!(
-                "inbox/ subfolders belong to the runner and the main session; {areas}"
-            ))),
             _ => Err(not_writable(areas)),
         }
+    }
+
+    /// What no scope writes: what a run executes, git's own files, and the inbox.
+    fn never_written(&self, rel: &[String], shown: &str) -> Result<(), SandboxError> {
+        let not_writable = |allowed: String| SandboxError::NotWritable {
+            path: shown.to_string(),
+            allowed,
+        };
+        if let Some(git_file) = rel
+            .iter()
+            .find(|c| is(c, ".gitignore") || is(c, ".gitattributes") || is(c, ".gitmodules"))
+        {
+            return Err(not_writable(format!(
+                "{git_file} tells git what to track and how, so no model writes it (it could hide a run's changes from history); a person edits it"
+            )));
+        }
+        let joined = rel.join("/");
+        if rel.len() == 1 && is(&rel[0], "loops.yaml") {
+            return Err(SandboxError::Executable {
+                path: shown.to_string(),
+                what: "the runner (loops.yaml sets providers, tools, commands and what is allowed)"
+                    .into(),
+            });
+        }
+        if matches!(rel, [d, _, c] if d == "domains" && is(c, "config.yaml")) {
+            return Err(SandboxError::Executable {
+                path: shown.to_string(),
+                what: "the runner (a loop's config.yaml sets its session, tools, gate and command)"
+                    .into(),
+            });
+        }
+        if let Some(what) = self.walls.executables.get(&joined) {
+            return Err(SandboxError::Executable {
+                path: shown.to_string(),
+                what: what.clone(),
+            });
+        }
+        if rel.first().is_some_and(|t| is(t, "inbox")) {
+            return Err(SandboxError::Inbox {
+                path: shown.to_string(),
+            });
+        }
+        Ok(())
+    }
+}
+
+fn is(c: &str, name: &str) -> bool {
+    c.eq_ignore_ascii_case(name)
+}
+
+/// `.env`, `.env.local`, `prod.env`: files that hold secrets by convention.
+fn is_env_file(c: &str) -> bool {
+    let c = c.to_ascii_lowercase();
+    c == ".env" || c.starts_with(".env.") || c.ends_with(".env")
+}
+
+fn is_glob(c: &str) -> bool {
+    c.contains(['*', '?', '['])
+}
+
+/// A `reads:` glob against a path: `*` within one folder, `**` across folders; a glob
+/// that matches a folder grants what is below it.
+fn glob_match(glob: &str, path: &str) -> bool {
+    let Ok(re) = super::files::glob_regex(glob) else {
+        return false;
+    };
+    let parts: Vec<&str> = path.split('/').collect();
+    (1..=parts.len()).any(|n| re.is_match(&parts[..n].join("/")))
+}
+
+/// An open the kernel refused (a link on the way) as a permission error with a reason,
+/// so a raced swap reads as a refusal, not as a missing file.
+fn refusal(e: io::Error) -> io::Error {
+    if crate::beneath::is_refusal(&e) {
+        io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            "refused: a symbolic link appeared on the way to the file (the tools never follow one that was not there when the path was checked)",
+        )
+    } else {
+        e
     }
 }
 
@@ -456,4 +755,53 @@ fn join(parts: &[String]) -> String {
     } else {
         parts.join("/")
     }
+}
+
+/// The scope a handoff's paths are judged in: that of whoever really wrote it. A loop's
+/// handoff may name only what that loop could read; a handoff whose writer the runner did
+/// not record is a stranger's, read like an agent job named after its claimed `from:`.
+pub fn scope_of_handoff(root: &Path, h: &crate::handoff::Handoff) -> Scope {
+    match h.written_by.as_deref() {
+        Some("main") => Scope::Main,
+        Some(w)
+            if crate::handoff::valid_id(w)
+                && root.join("domains").join(w).join("config.yaml").is_file() =>
+        {
+            Scope::Isolated {
+                loop_name: w.to_string(),
+            }
+        }
+        // The person, or the runner itself (`loops handoff create`, a paused-loop note).
+        Some(_) => Scope::Main,
+        None => Scope::Job {
+            name: h.from.clone(),
+        },
+    }
+}
+
+/// Checks every path a handoff names, as its writer's scope would be checked at the
+/// moment of use. The error is the reason written beside a rejected handoff.
+pub fn check_handoff_paths(root: &Path, h: &crate::handoff::Handoff) -> Result<(), String> {
+    let Some(d) = &h.draft else { return Ok(()) };
+    let sb = Sandbox::new(root, scope_of_handoff(root, h));
+    sb.resolve(d, Access::Read).map(|_| ()).map_err(|e| {
+        format!(
+            "its `draft: {d}` was refused ({e}); written by {}. A draft is a file of the workspace its writer may read, such as drafts/<loop>/<name>.md",
+            h.author()
+        )
+    })
+}
+
+/// At most `max` bytes of a handoff's draft and its size, read beneath the workspace root
+/// in its writer's scope (`Ok(None)`: it names none).
+pub fn read_draft(
+    root: &Path,
+    h: &crate::handoff::Handoff,
+    max: u64,
+) -> Result<Option<(String, u64)>, String> {
+    let Some(d) = &h.draft else { return Ok(None) };
+    let sb = Sandbox::new(root, scope_of_handoff(root, h));
+    let real = sb.resolve(d, Access::Read).map_err(|e| e.to_string())?;
+    let (bytes, size) = sb.read_prefix(&real, max).map_err(|e| e.to_string())?;
+    Ok(Some((String::from_utf8_lossy(&bytes).into_owned(), size)))
 }

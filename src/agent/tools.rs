@@ -577,8 +577,9 @@ impl ToolKit {
             Some(_) => return Err(ToolError::new("`items` must be a list of strings")),
         };
         let to = to.trim().to_string();
-        if to != "main" {
-            // A handoff to anyone but the main session leaves its trust: the guard reads it.
+        {
+            // Whoever it is for, a handoff carries text a model wrote after reading
+            // strangers' text: the guard reads it before it exists anywhere.
             let whole = format!("{title}\n{body}\n{}", items.join("\n"));
             if let Err(b) = self.env.guard.check(&whole) {
                 let handoff = self
@@ -788,21 +789,10 @@ impl ToolKit {
         }
         for b in &mut msg.content {
             if let super::model::Block::ToolUse { name, input, .. } = b {
-                if self.is_outbound(name, input) {
+                if is_outbound(name) {
                     redact_strings(input, &self.env.guard);
                 }
             }
-        }
-    }
-
-    fn is_outbound(&self, name: &str, input: &Value) -> bool {
-        match name {
-            "post" | "deliver" => true,
-            "create_handoff" => input
-                .get("to")
-                .and_then(Value::as_str)
-                .is_some_and(|t| !t.trim().is_empty() && t.trim() != "main"),
-            _ => false,
         }
     }
 
@@ -997,6 +987,11 @@ const ALIASES: &[(&str, &str, &str)] = &[
     ("finish", "reason", "summary"),
 ];
 
+/// Tools whose text leaves the run: posts, and handoffs to anyone (the guard reads both).
+fn is_outbound(name: &str) -> bool {
+    matches!(name, "post" | "deliver" | "create_handoff")
+}
+
 fn redact_strings(v: &mut Value, guard: &Guard) {
     match v {
         Value::String(s) if guard.check(s).is_err() => *s = guard.redact(s),
@@ -1136,14 +1131,14 @@ pub fn all_specs() -> Vec<ToolSpec> {
         ),
         spec(
             "create_handoff",
-            "Hand work to the main session: a task file in inbox/. Give a title, what to do (body), the draft if any, and checklist items that must all be done.",
+            "Hand work to the main session: a task file in inbox/ (the only way to write there). Give a title, what to do (body), the draft if any, and checklist items that must all be done. With to: person it goes to the person instead: the way to propose a change no model may make itself (loops.yaml, a loop's config.yaml, a script a loop runs); say exactly what to change and why.",
             json!({"type": "object", "properties": {
                 "title": {"type": "string"},
                 "body": {"type": "string"},
                 "draft": {"type": "string", "description": "workspace path of a draft, e.g. drafts/my-loop/x.md"},
                 "items": {"type": "array", "items": {"type": "string"}},
                 "priority": {"type": "string", "enum": ["urgent", "high", "normal", "low"]},
-                "to": {"type": "string", "description": "default: main"}
+                "to": {"type": "string", "description": "main (default), person (a proposal for the person to apply), or another recipient"}
             }, "required": ["title"]}),
         ),
         spec(

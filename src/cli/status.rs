@@ -64,6 +64,11 @@ pub fn status(ws: &Workspace, json_out: bool) -> Result {
     let last_unclean = unclean.last().cloned();
 
     let stage_count = |s: Stage| handoffs.iter().filter(|h| h.stage == s).count();
+    // Proposals a main session could not make itself wait for the person.
+    let for_person = handoffs
+        .iter()
+        .filter(|h| h.stage == Stage::Pending && h.to == "person")
+        .count();
     let failing = loops.iter().filter(|l| l.consecutive_failures > 0).count();
     let paused = loops.iter().filter(|l| l.paused.is_some()).count();
     let broken = loops
@@ -85,6 +90,7 @@ pub fn status(ws: &Workspace, json_out: bool) -> Result {
             "loops": loops.iter().map(|l| l.to_json(&local)).collect::<Vec<_>>(),
             "inbox": {
                 "pending": stage_count(Stage::Pending),
+                "for_person": for_person,
                 "active": stage_count(Stage::Active),
                 "rejected": stage_count(Stage::Rejected),
             },
@@ -158,10 +164,15 @@ pub fn status(ws: &Workspace, json_out: bool) -> Result {
     lines.push((
         "inbox".into(),
         format!(
-            "{} pending, {} active, {} rejected",
+            "{} pending, {} active, {} rejected{}",
             stage_count(Stage::Pending),
             stage_count(Stage::Active),
-            stage_count(Stage::Rejected)
+            stage_count(Stage::Rejected),
+            if for_person > 0 {
+                format!(" · {for_person} for you (to: person; see `loops inbox`)")
+            } else {
+                String::new()
+            }
         ),
     ));
     lines.push((
