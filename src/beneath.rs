@@ -93,12 +93,14 @@ impl Beneath {
                 Ok(()) | Err(rustix::io::Errno::EXIST) => {}
                 Err(e) => return Err(e.into()),
             }
-            dir = rustix::fs::openat(
+            let next = rustix::fs::openat(
                 &dir,
                 name.as_str(),
                 OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
                 Mode::empty(),
-            )?;
+            )
+            .map_err(|e| link_as_loop(e, dir.as_fd(), &name))?;
+            dir = next;
         }
         Ok(dir)
     }
@@ -180,11 +182,7 @@ impl Beneath {
                 OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
                 Mode::empty(),
             )
-            .map_err(|e| match e {
-                // A link where a folder should be: the same answer openat2 gives.
-                rustix::io::Errno::NOTDIR if is_link(base, name) => rustix::io::Errno::LOOP,
-                e => e,
-            })?;
+            .map_err(|e| link_as_loop(e, base, name))?;
             dir = Some(next);
         }
         let base = dir.as_ref().map_or(self.root.as_fd(), |d| d.as_fd());
@@ -194,6 +192,20 @@ impl Beneath {
             flags | OFlags::NOFOLLOW,
             mode,
         )?)
+    }
+}
+
+/// A link where a folder should be fails `O_NOFOLLOW | O_DIRECTORY` with ENOTDIR; it is
+/// reported as ELOOP, the answer openat2 gives, so callers see one kind of refusal.
+fn link_as_loop(
+    e: rustix::io::Errno,
+    dir: std::os::fd::BorrowedFd<'_>,
+    name: &str,
+) -> rustix::io::Errno {
+    if e == rustix::io::Errno::NOTDIR && is_link(dir, name) {
+        rustix::io::Errno::LOOP
+    } else {
+        e
     }
 }
 

@@ -130,6 +130,10 @@ fn words(cmd: &Value, extra: &[String]) -> Vec<String> {
         let inner = shell_words(&w[2]);
         w.splice(2..3, inner);
     }
+    // `args:` continue the command line, so its last separator goes.
+    if !extra.is_empty() && w.last().is_some_and(|x| x == SEPARATOR) {
+        w.pop();
+    }
     w.extend(extra.iter().cloned());
     w
 }
@@ -167,9 +171,11 @@ fn add_command(
 ) {
     let w = words(cmd, extra);
     let mut program_next = true;
+    let mut after_interpreter = false;
     for word in &w {
         if word == SEPARATOR {
             program_next = true;
+            after_interpreter = false;
             continue;
         }
         // Options and `NAME=value` assignments come before the program they belong to.
@@ -177,8 +183,11 @@ fn add_command(
             continue;
         }
         let is_program = program_next;
-        program_next = INTERPRETERS.contains(&base_name(word));
-        let Some(rel) = inside(root, cwd, word) else {
+        // The word an interpreter is given is its script, even before the file exists.
+        let script = after_interpreter;
+        after_interpreter = INTERPRETERS.contains(&base_name(word));
+        program_next = after_interpreter;
+        let Some(rel) = inside(root, cwd, word, script) else {
             continue;
         };
         if is_program || looks_like_script(&root.join(&rel), word) {
@@ -200,12 +209,12 @@ fn looks_like_script(path: &Path, word: &str) -> bool {
 /// `word` as a workspace-relative path, if it names a place inside the workspace (a bare
 /// program name found on PATH, such as `git`, is not a path: it has no '/' and no file of
 /// that name in the folder).
-fn inside(root: &Path, cwd: &Path, word: &str) -> Option<String> {
+fn inside(root: &Path, cwd: &Path, word: &str, script: bool) -> Option<String> {
     let p = Path::new(word);
     let full = if p.is_absolute() {
         p.to_path_buf()
     } else {
-        if !word.contains('/') && !cwd.join(p).exists() {
+        if !script && !word.contains('/') && !cwd.join(p).exists() {
             return None;
         }
         cwd.join(p)

@@ -672,6 +672,11 @@ impl Sandbox {
                 "{git_file} tells git what to track and how, so no model writes it (it could hide a run's changes from history); a person edits it"
             )));
         }
+        if let Some(env) = rel.iter().find(|c| is_env_file(c)) {
+            return Err(not_writable(format!(
+                "{env} is an environment file: programs load it as settings and secrets, so no model writes it; a person edits it"
+            )));
+        }
         let joined = rel.join("/");
         if rel.len() == 1 && is(&rel[0], "loops.yaml") {
             return Err(SandboxError::Executable {

@@ -57,6 +57,8 @@ fn fx() -> Fx {
         ("domains/a/state.md", "# State of a\n"),
         ("domains/a/config.yaml", "session: isolated\n"),
         ("domains/b/state.md", "# State of b\n"),
+        ("domains/b/config.yaml", "gate: [\"./check.sh\"]\n"),
+        ("domains/b/check.sh", "#!/bin/sh\necho go\n"),
         ("drafts/other-loop/x.md", "other draft\n"),
         ("inbox/existing.md", "# An open handoff\n"),
     ] {
@@ -241,13 +243,13 @@ fn hostile_paths_are_refused() {
         ("domains/a/gitlink/config".into(), BOTH, true),
         (format!("{root}/domains/a/passwd"), BOTH, true),
         // links that stay inside but reach what the scope may not touch
-        ("domains/a/tob/state.md".into(), ISO, false),
+        ("domains/a/tob/state.md".into(), ISO, true),
         ("domains/a/tob/new.md".into(), ISO, false),
         ("domains/a/soul".into(), ISO, true),
         ("domains/a/loopslink/x".into(), ISO, true),
         ("domains/a/loopslink/x".into(), BOTH, false),
         // an isolated loop outside its own areas
-        ("domains/b/state.md".into(), ISO, false),
+        ("domains/b/state.md".into(), ISO, true),
         ("domains/b/new.md".into(), ISO, false),
         ("domains/A/state.md".into(), ISO, false),
         ("domains/new-loop/state.md".into(), ISO, false),
@@ -262,17 +264,34 @@ fn hostile_paths_are_refused() {
         (".working-memory/new.md".into(), ISO, true),
         (".Working-Memory/memory.md".into(), ISO, true),
         ("inbox/active/x.md".into(), ISO, false),
-        ("inbox/done/2026-01/x.md".into(), ISO, false),
-        ("inbox/existing.md".into(), ISO, false),
+        ("inbox/done/2026-01/x.md".into(), ISO, true),
+        ("inbox/existing.md".into(), ISO, true),
         ("inbox/x.txt".into(), ISO, false),
         ("inbox/.hidden.md".into(), ISO, false),
         ("inbox/.md".into(), ISO, false),
         ("inbox".into(), ISO, false),
-        ("drafts/other-loop/x.md".into(), ISO, false),
+        ("drafts/other-loop/x.md".into(), ISO, true),
         ("drafts/x.md".into(), ISO, false),
         ("drafts/a".into(), ISO, false),
-        ("loops.yaml".into(), ISO, false),
-        ("README.md".into(), ISO, false),
+        ("loops.yaml".into(), ISO, true),
+        ("README.md".into(), ISO, true),
+        ("domains/a/prompt.md".into(), ISO, false),
+        ("domains/a/.env".into(), ISO, true),
+        // what a run executes, and git's own files: no scope writes them
+        ("loops.yaml".into(), BOTH, false),
+        ("LOOPS.yaml".into(), BOTH, false),
+        ("domains/a/config.yaml".into(), BOTH, false),
+        ("domains/b/config.yaml".into(), BOTH, false),
+        ("domains/b/check.sh".into(), BOTH, false),
+        ("domains/a/tob/check.sh".into(), BOTH, false),
+        (".gitignore".into(), BOTH, false),
+        ("domains/a/.gitignore".into(), BOTH, false),
+        ("drafts/a/.GITATTRIBUTES".into(), BOTH, false),
+        (".gitmodules".into(), BOTH, false),
+        // the inbox: only through create_handoff
+        ("inbox/new.md".into(), BOTH, false),
+        ("inbox/existing.md".into(), BOTH, false),
+        ("inbox/active/x.md".into(), BOTH, false),
         // the root itself is no file to write
         (".".into(), BOTH, false),
         (root.clone(), BOTH, false),
@@ -360,32 +379,14 @@ fn allowed_paths_resolve_to_their_real_files() {
         ),
         (Iso, Access::Write, "drafts/a/x.md".into(), "drafts/a/x.md"),
         (Iso, Access::Write, "drafts/a/sub/".into(), "drafts/a/sub"),
-        (Iso, Access::Write, "inbox/new.md".into(), "inbox/new.md"),
         (
             Iso,
             Access::Write,
             format!("{root}/domains/a/state.md"),
             "domains/a/state.md",
         ),
-        (Iso, Access::Read, "loops.yaml".into(), "loops.yaml"),
-        (
-            Iso,
-            Access::Read,
-            "domains/b/state.md".into(),
-            "domains/b/state.md",
-        ),
-        (
-            Iso,
-            Access::Read,
-            "domains/a/tob/state.md".into(),
-            "domains/b/state.md",
-        ),
-        (
-            Iso,
-            Access::Read,
-            "inbox/existing.md".into(),
-            "inbox/existing.md",
-        ),
+        (Iso, Access::Read, "domains".into(), "domains"),
+        (Iso, Access::Read, "drafts/a/x.md".into(), "drafts/a/x.md"),
         (Iso, Access::Read, "domains/a/".into(), "domains/a"),
         (Iso, Access::Read, ".".into(), ""),
         (Iso, Access::Read, "./".into(), ""),
@@ -398,7 +399,6 @@ fn allowed_paths_resolve_to_their_real_files() {
             ".working-memory/memory.md".into(),
             ".working-memory/memory.md",
         ),
-        (Main, Access::Write, "loops.yaml".into(), "loops.yaml"),
         (
             Main,
             Access::Write,
@@ -408,14 +408,8 @@ fn allowed_paths_resolve_to_their_real_files() {
         (
             Main,
             Access::Write,
-            "domains/a/config.yaml".into(),
-            "domains/a/config.yaml",
-        ),
-        (
-            Main,
-            Access::Write,
-            "inbox/existing.md".into(),
-            "inbox/existing.md",
+            "domains/a/prompt.md".into(),
+            "domains/a/prompt.md",
         ),
         (
             Main,
@@ -423,7 +417,7 @@ fn allowed_paths_resolve_to_their_real_files() {
             "domains/a/tob/state.md".into(),
             "domains/b/state.md",
         ),
-        (Main, Access::Write, ".gitignore".into(), ".gitignore"),
+        (Main, Access::Read, "loops.yaml".into(), "loops.yaml"),
         (Main, Access::Read, ".loops/x".into(), ".loops/x"),
         (Main, Access::Read, "SOUL.md".into(), "SOUL.md"),
         (Main, Access::Read, "domains/a/soul".into(), "SOUL.md"),
@@ -546,9 +540,20 @@ fn refusals_say_what_is_allowed() {
         m.contains("domains/b/state.md")
             && m.contains("domains/a/")
             && m.contains("drafts/a/")
-            && m.contains("inbox/"),
+            && m.contains("create_handoff"),
         "{m}"
     );
+    let m = msg(&iso, "domains/b/state.md", Access::Read);
+    assert!(m.contains("reads:") && m.contains("domains/a/"), "{m}");
+    let m = msg(&f.main(), "domains/b/check.sh", Access::Write);
+    assert!(
+        m.contains("the gate of loop `b`") && m.contains("to: person"),
+        "{m}"
+    );
+    let m = msg(&f.main(), "loops.yaml", Access::Write);
+    assert!(m.contains("to: person"), "{m}");
+    let m = msg(&iso, "domains/a/prompt.md", Access::Write);
+    assert!(m.contains("edit_prompt: true"), "{m}");
     let m = msg(&iso, "domains/a/tob/state.md", Access::Write);
     assert!(m.contains("symbolic link to domains/b/state.md"), "{m}");
     let m = msg(&iso, "../x", Access::Read);
@@ -557,11 +562,8 @@ fn refusals_say_what_is_allowed() {
     assert!(m.contains(".git/") && m.contains("never written"), "{m}");
     let m = msg(&iso, "SOUL.md", Access::Read);
     assert!(m.contains("private to the main session"), "{m}");
-    let m = msg(&iso, "inbox/existing.md", Access::Write);
-    assert!(
-        m.contains("already exists") && m.contains("another name"),
-        "{m}"
-    );
+    let m = msg(&f.main(), "inbox/existing.md", Access::Write);
+    assert!(m.contains("create_handoff"), "{m}");
     let m = msg(&iso, "domains/a/passwd", Access::Read);
     assert!(m.contains("outside the workspace"), "{m}");
     let m = msg(&iso, "/etc/passwd", Access::Read);
@@ -765,20 +767,20 @@ fn list_files_hides_git_and_what_the_scope_may_not_read() {
     let entries: Vec<&str> = top.lines().collect();
     assert_eq!(
         entries,
-        ["domains/", "drafts/", "inbox/", "loops.yaml"],
-        "{top}"
+        ["domains/", "drafts/"],
+        "only the way to its own folders: {top}"
     );
 
     let all = ok(files::list_files(&iso, &json!({"recursive": true})));
     let entries: Vec<&str> = all.lines().collect();
-    for want in [
-        "domains/a/state.md",
-        "domains/b/state.md",
-        "domains/a/tob/",
-        "inbox/active/",
-        "drafts/other-loop/x.md",
-    ] {
+    for want in ["domains/a/state.md", "drafts/a/"] {
         assert!(entries.contains(&want), "{want} missing from:\n{all}");
+    }
+    for other in ["domains/b/", "inbox/", "drafts/other-loop/", "loops.yaml"] {
+        assert!(
+            !entries.iter().any(|e| e.starts_with(other)),
+            "{other} listed for an isolated loop:\n{all}"
+        );
     }
     for e in &entries {
         assert!(
@@ -800,6 +802,7 @@ fn list_files_hides_git_and_what_the_scope_may_not_read() {
         "domains/a/outdir",
         "domains/a/soul",
         "domains/a/gitlink",
+        "domains/a/tob",
         "domains/a/tob/state.md",
     ] {
         assert!(
@@ -821,8 +824,8 @@ fn list_files_hides_git_and_what_the_scope_may_not_read() {
     );
     assert!(!main.lines().any(|l| l.starts_with(".git/")), "{main}");
 
-    let sub = ok(files::list_files(&iso, &json!({"path": "domains/b"})));
-    assert_eq!(sub, "domains/b/state.md");
+    let e = err(files::list_files(&iso, &json!({"path": "domains/b"})));
+    assert!(e.contains("reads:"), "{e}");
     let e = err(files::list_files(
         &iso,
         &json!({"path": "domains/a/state.md"}),
@@ -862,7 +865,13 @@ fn list_files_stops_at_its_cap() {
 #[test]
 fn search_files_finds_lines() {
     let f = fx();
-    let sb = f.iso();
+    // A loop whose config lets it read domains/b/ (`reads:`).
+    let scope = Scope::Isolated {
+        loop_name: "a".into(),
+    };
+    let mut walls = loops::agent::sandbox::Walls::load(&f.root, &scope);
+    walls.reads = vec!["domains/b".into()];
+    let sb = Sandbox::with_walls(&f.root, scope, walls);
     f.put("domains/a/notes.md", "alpha\nthe needle here\nbeta\n");
     f.put("domains/b/log.txt", "another needle\n");
     let r = ok(files::search_files(&sb, &json!({"pattern": "needle"})));
@@ -989,18 +998,12 @@ fn write_file_creates_folders_and_reports_what_it_wrote() {
     assert_eq!(r.wrote, vec![f.root.join("domains/a/new/deep/x.md")]);
     assert_eq!(f.get("domains/a/new/deep/x.md"), "hello\n");
 
-    let r = files::write_file(
-        &sb,
-        &json!({"path": "inbox/from-a.md", "content": "# Handoff\n"}),
-    )
-    .expect("inbox");
-    assert_eq!(r.text, "wrote 10 bytes to inbox/from-a.md");
     let e = err(files::write_file(
         &sb,
-        &json!({"path": "inbox/from-a.md", "content": "again"}),
+        &json!({"path": "inbox/from-a.md", "content": "# Handoff\n"}),
     ));
-    assert!(e.contains("already exists"), "{e}");
-    assert_eq!(f.get("inbox/from-a.md"), "# Handoff\n");
+    assert!(e.contains("create_handoff"), "{e}");
+    assert!(!f.root.join("inbox/from-a.md").exists());
 
     let r = ok(files::write_file(
         &sb,
@@ -1008,7 +1011,8 @@ fn write_file_creates_folders_and_reports_what_it_wrote() {
     ));
     assert_eq!(r, "wrote 0 bytes to drafts/a/d.md");
 
-    // Replacing keeps the file's permissions.
+    // Replacing keeps the file's read and write permissions, never an exec bit: text a
+    // model wrote is never a program.
     use std::os::unix::fs::PermissionsExt;
     let script = f.put("domains/a/run.sh", "#!/bin/sh\n");
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("chmod");
@@ -1020,7 +1024,7 @@ fn write_file_creates_folders_and_reports_what_it_wrote() {
         .expect("meta")
         .permissions()
         .mode();
-    assert_eq!(mode & 0o777, 0o755);
+    assert_eq!(mode & 0o777, 0o644);
 
     let e = err(files::write_file(
         &sb,
@@ -1126,7 +1130,7 @@ fn edit_file_replaces_exactly_one_occurrence() {
         &sb,
         &json!({"path": "SOUL.md", "old_text": SOUL_SECRET, "new_text": "c"}),
     ));
-    assert!(e.contains("private"), "{e}");
+    assert!(e.contains("refused to write SOUL.md"), "{e}");
     assert_eq!(
         std::fs::read_to_string(f.root.join("SOUL.md")).expect("soul"),
         SOUL_SECRET
@@ -1186,12 +1190,12 @@ fn append_file_adds_a_line_break_when_needed() {
         &sb,
         &json!({"path": ".working-memory/log.md", "content": "x"}),
     ));
-    assert!(e.contains("private"), "{e}");
+    assert!(e.contains("refused to write .working-memory/log.md"), "{e}");
     let e = err(files::append_file(
         &sb,
         &json!({"path": "inbox/existing.md", "content": "x"}),
     ));
-    assert!(e.contains("already exists"), "{e}");
+    assert!(e.contains("create_handoff"), "{e}");
     std::fs::create_dir_all(f.root.join("domains/a/sub")).expect("mkdir");
     let e = err(files::append_file(
         &sb,
