@@ -677,6 +677,7 @@ fn commit_paths(
         .and_then(|o| o.add_new_mempack_backend(1000).ok());
     let mut blobs = Blobs {
         repo,
+        tree: crate::beneath::Beneath::open(&workdir).ok(),
         bulk: bulk_repo.as_ref().zip(mempack.as_ref()),
         pending_bytes: 0,
         pending: Vec::new(),
@@ -739,6 +740,9 @@ const BULK_PACK_BYTES: u64 = 32 << 20;
 /// inode allocation on a busy ext4, a few packs take seconds.
 struct Blobs<'r> {
     repo: &'r Repository,
+    /// The work tree opened once: files are read beneath it, never through a symbolic
+    /// link in a parent folder (git itself refuses a path beyond a symlink).
+    tree: Option<crate::beneath::Beneath>,
     bulk: Option<(&'r Repository, &'r git2::Mempack<'r>)>,
     pending_bytes: u64,
     /// Blobs in memory, not yet in a pack.
@@ -746,14 +750,44 @@ struct Blobs<'r> {
 }
 
 impl Blobs<'_> {
-    fn write_file(&mut self, abs: &Path, size: u64) -> Result<Oid, HistoryError> {
-        match self.bulk {
-            Some((bulk, _)) => {
-                let id = bulk.blob_path(abs)?;
-                self.added(id, size)?;
-                Ok(id)
+    /// The blob of the regular file `rel`, read beneath the work tree; `None` when a
+    /// parent folder is a symbolic link (or became one), or the file is no longer a
+    /// regular file: such a path is not the run's to commit.
+    fn write_file(&mut self, rel: &Path, size: u64) -> Result<Option<Oid>, HistoryError> {
+        let Some(tree) = &self.tree else {
+            return Ok(None);
+        };
+        let mut f = match tree.open_read(rel) {
+            Ok(f) => f,
+            Err(e) if crate::beneath::is_refusal(&e) => return Ok(None),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => {
+                return Err(
+                    git2::Error::from_str(&format!("cannot read {}: {e}", rel.display())).into(),
+                )
             }
-            None => Ok(self.repo.blob_path(abs)?),
+        };
+        if !f.metadata().is_ok_and(|m| m.is_file()) {
+            return Ok(None);
+        }
+        let repo = self.bulk.map_or(self.repo, |(b, _)| b);
+        let mut w = repo.blob_writer(None)?;
+        std::io::copy(&mut f, &mut w)
+            .map_err(|e| git2::Error::from_str(&format!("cannot read {}: {e}", rel.display())))?;
+        let id = w.commit()?;
+        if self.bulk.is_some() {
+            self.added(id, size)?;
+        }
+        Ok(Some(id))
+    }
+
+    /// Whether a parent folder of `rel` is a symbolic link (git refuses such paths).
+    fn beyond_link(&self, rel: &Path) -> bool {
+        match (&self.tree, rel.parent()) {
+            (Some(tree), Some(parent)) if !parent.as_os_str().is_empty() => tree
+                .open_dir(parent)
+                .is_err_and(|e| crate::beneath::is_refusal(&e)),
+            _ => false,
         }
     }
 
@@ -849,6 +883,10 @@ fn stage(
     rel: &Path,
 ) -> Result<(), HistoryError> {
     let abs = workdir.join(rel);
+    if blobs.beyond_link(rel) {
+        tracing::warn!(path = %rel.display(), "not committed: a folder on its way is a symbolic link");
+        return Ok(());
+    }
     let meta = std::fs::symlink_metadata(&abs);
     match meta {
         Ok(m) if m.is_file() || m.file_type().is_symlink() => {
@@ -861,10 +899,11 @@ fn stage(
                 )
             } else {
                 let exec = m.permissions().mode() & 0o111 != 0;
-                (
-                    blobs.write_file(&abs, m.len())?,
-                    if exec { 0o100755 } else { 0o100644 },
-                )
+                let Some(id) = blobs.write_file(rel, m.len())? else {
+                    tracing::warn!(path = %rel.display(), "not committed: it changed into something else, or a folder on its way into a symbolic link, while it was read");
+                    return Ok(());
+                };
+                (id, if exec { 0o100755 } else { 0o100644 })
             };
             let path = rel.to_string_lossy().into_owned().into_bytes();
             let entry = IndexEntry {

@@ -693,3 +693,74 @@ fn a_symlink_swapped_in_while_the_model_reads_never_leads_outside() {
     );
     nowhere(&ws, "OUTSIDE-SECRET");
 }
+
+// 4: the guard reads every handoff a model makes, to main too.
+#[test]
+fn the_guard_reads_handoffs_to_main_too() {
+    let key = "sk-ant-api03-BBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBB";
+    let fake = FakeModel::start(vec![
+        turn(&[
+            (
+                "create_handoff",
+                json!({"title": "Found a key", "body": format!("here: {key}")}),
+            ),
+            (
+                "create_handoff",
+                json!({"to": "ops", "title": "For ops", "body": format!("here: {key}")}),
+            ),
+            (
+                "create_handoff",
+                json!({"title": "Clean note", "body": "nothing secret"}),
+            ),
+        ]),
+        finish(),
+    ]);
+    let ws = workspace(&fake, false, "");
+    prompt_loop(
+        &ws,
+        "leaky",
+        "detectors: [api_key]\ntools: [create_handoff, finish]\n",
+    );
+    ok(&loops(&ws, &["trigger", "leaky"]));
+    let res = results(&fake.requests()[1]);
+    assert_eq!(res.len(), 3, "{res:?}");
+    assert!(res[0].0 && res[0].1.contains("was not written"), "{res:?}");
+    assert!(res[1].0 && res[1].1.contains("was not written"), "{res:?}");
+    assert!(!res[2].0, "{res:?}");
+    // What reached the inbox: the clean note and the runner's notes of the blocked ones
+    // (with the key replaced); the key itself is nowhere.
+    let texts: Vec<String> = ws
+        .inbox_files("")
+        .iter()
+        .map(|f| std::fs::read_to_string(ws.path().join("inbox").join(f)).expect("handoff"))
+        .collect();
+    assert!(texts.iter().any(|t| t.contains("Clean note")), "{texts:?}");
+    nowhere(&ws, key);
+}
+
+// `reads:` is checked by `loops check`, with the file and the fix.
+#[test]
+fn loops_check_names_a_bad_reads_entry() {
+    let fake = FakeModel::start(vec![]);
+    let ws = workspace(&fake, false, "");
+    prompt_loop(
+        &ws,
+        "r",
+        "reads: [../other, /etc/passwd, .git/config, domains/ok/state.md]\n",
+    );
+    let out = loops(&ws, &["check"]);
+    assert_ne!(out.code, Some(0), "{}", out.text);
+    for want in [
+        "\"../other\"",
+        "\"/etc/passwd\"",
+        "\".git/config\"",
+        "domains/r/config.yaml",
+    ] {
+        assert!(out.text.contains(want), "{want}:\n{}", out.text);
+    }
+    assert!(
+        !out.text.contains("\"domains/ok/state.md\""),
+        "{}",
+        out.text
+    );
+}
