@@ -39,15 +39,18 @@ pub enum NetError {
     )]
     NotListed { target: String, listed: String },
     #[error(
-        "refused: `{host}` resolves to {addr}, a {kind} address, and that address is not \
-         listed; a listed name alone never opens an internal address. To allow it, add \
-         \"{entry}\" to `allowed_hosts` in the loop's config.yaml"
+        "refused: `{host}` resolves to {addrs} ({kinds}), and a listed name alone never \
+         opens an internal address. To allow it, add the address the service listens on, \
+         with the port, to `allowed_hosts` in the loop's config.yaml: {entries}"
     )]
     Internal {
         host: String,
-        addr: IpAddr,
-        kind: &'static str,
-        entry: String,
+        /// The refused addresses, e.g. `::1 and 127.0.0.1`.
+        addrs: String,
+        /// Their kinds, e.g. `a loopback address`.
+        kinds: String,
+        /// The entries that would allow them, e.g. `"[::1]:8080" or "127.0.0.1:8080"`.
+        entries: String,
     },
     #[error("cannot resolve {host}: {why}")]
     Resolve { host: String, why: String },
@@ -272,13 +275,15 @@ impl AllowList {
     /// The address to connect to: the first one that is public, or internal and itself
     /// listed with the target's port. Refused when there is none.
     pub fn pick_address(&self, target: &Target, addrs: &[IpAddr]) -> Result<IpAddr, NetError> {
-        let mut refused = None;
+        let mut refused: Vec<(IpAddr, &'static str)> = Vec::new();
         for a in addrs.iter().map(|a| canonical(*a)) {
             match internal_kind(a) {
                 Some(kind)
                     if !self.lists(&HostPattern::Ip(a), target.port, target.default_port) =>
                 {
-                    refused.get_or_insert((a, kind));
+                    if !refused.iter().any(|(r, _)| *r == a) {
+                        refused.push((a, kind));
+                    }
                 }
                 _ => return Ok(a),
             }
@@ -287,15 +292,41 @@ impl AllowList {
             HostPattern::Ip(a) => a.to_string(),
             HostPattern::Name(n) | HostPattern::Subdomains(n) => n.clone(),
         };
-        match refused {
-            Some((addr, kind)) => Err(NetError::Internal {
-                entry: entry_text(&HostPattern::Ip(addr), target.port),
-                host,
-                addr,
-                kind,
-            }),
-            None => Err(NetError::NoAddress { host }),
+        if refused.is_empty() {
+            return Err(NetError::NoAddress { host });
         }
+        Err(refusal(host, &refused, target.port))
+    }
+}
+
+/// The refusal of internal addresses, naming each and the entry that would allow it.
+fn refusal(host: String, refused: &[(IpAddr, &'static str)], port: u16) -> NetError {
+    let mut kinds: Vec<&str> = refused.iter().map(|(_, k)| *k).collect();
+    kinds.dedup();
+    let plural = if refused.len() > 1 {
+        "addresses"
+    } else {
+        "address"
+    };
+    let article = if refused.len() > 1 { "" } else { "a " };
+    NetError::Internal {
+        host,
+        addrs: join_or(refused.iter().map(|(a, _)| a.to_string()), " and "),
+        kinds: format!("{article}{} {plural}", kinds.join(" and ")),
+        entries: join_or(
+            refused
+                .iter()
+                .map(|(a, _)| format!("\"{}\"", entry_text(&HostPattern::Ip(*a), port))),
+            " or ",
+        ),
+    }
+}
+
+fn join_or(items: impl Iterator<Item = String>, last: &str) -> String {
+    let v: Vec<String> = items.collect();
+    match v.split_last() {
+        Some((l, rest)) if !rest.is_empty() => format!("{}{last}{l}", rest.join(", ")),
+        _ => v.concat(),
     }
 }
 
@@ -532,6 +563,16 @@ mod tests {
         assert_eq!(
             l.pick_address(&t, &[ip("::1"), ip("127.0.0.1")]),
             Ok(ip("127.0.0.1"))
+        );
+        let none = list(&["localhost:8080"]);
+        let msg = none
+            .pick_address(&t, &[ip("::1"), ip("127.0.0.1")])
+            .expect_err("neither listed")
+            .to_string();
+        assert!(
+            msg.contains("resolves to ::1 and 127.0.0.1 (loopback addresses)")
+                && msg.contains("\"[::1]:8080\" or \"127.0.0.1:8080\""),
+            "{msg}"
         );
         // Listed on another port only: still refused.
         let l = list(&["localhost:8080", "127.0.0.1:9999"]);
