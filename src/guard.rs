@@ -335,8 +335,12 @@ impl Guard {
         for laid in normal::laid_end_to_end(lines) {
             for r in &self.rules {
                 for m in r.matches(&laid.text) {
-                    let touched: Vec<usize> = (0..lines.len())
-                        .filter(|&i| laid.spans[i].start < m.end && m.start < laid.spans[i].end)
+                    // Spans are in order: the first line ending after the match starts,
+                    // up to the last starting before it ends (empty lines never touch).
+                    let from = laid.spans.partition_point(|sp| sp.end <= m.start);
+                    let touched: Vec<usize> = (from..lines.len())
+                        .take_while(|&i| laid.spans[i].start < m.end)
+                        .filter(|&i| !laid.spans[i].is_empty())
                         .collect();
                     if touched.len() < 2 {
                         continue;
