@@ -501,6 +501,22 @@ mod tests {
     }
 
     #[test]
+    fn userinfo_and_fragments_do_not_change_the_host_that_is_checked() {
+        let l = list(&["127.0.0.1:8080"]);
+        for u in [
+            "http://127.0.0.1:8080@127.0.0.1:9999/",
+            "http://127.0.0.1:9999#@127.0.0.1:8080/",
+            "http://127.0.0.1:9999/?@127.0.0.1:8080",
+            "http://127.0.0.1:9999\\@127.0.0.1:8080/",
+        ] {
+            match url_target(&l, u) {
+                Ok(t) => assert_eq!(t.port, 8080, "{u}"),
+                Err(e) => assert!(e.to_string().contains("127.0.0.1:9999"), "{u}: {e}"),
+            }
+        }
+    }
+
+    #[test]
     fn names_and_wildcards_compare_as_hosts() {
         let l = list(&["API.GitHub.com", "*.example.com", "localhost."]);
         assert!(url_target(&l, "https://api.github.com/").is_ok());
