@@ -342,6 +342,20 @@ impl Ctx<'_> {
     }
 }
 
+/// Each `allowed_hosts` entry as `http_get` reads it (crate::net), so a typo is an error
+/// here rather than a host that is silently never allowed.
+fn check_hosts(cx: &mut Ctx, hosts: &[String]) {
+    for h in hosts {
+        if let Err(e) = crate::net::Entry::parse(h) {
+            cx.err(
+                &["allowed_hosts"],
+                format!("`allowed_hosts`: {e}"),
+                "e.g. allowed_hosts: [api.github.com, \"*.example.com\", \"127.0.0.1:8080\", \"[::1]:8080\"]; without a port only the scheme's default (80 for http, 443 for https) is allowed",
+            );
+        }
+    }
+}
+
 /// One entry of a loop's `tools:`: a built-in tool, or an MCP server of loops.yaml
 /// (`server`, or `server.tool`).
 fn check_tool(cx: &mut Ctx, ws: &Workspace, t: &str) {
@@ -488,8 +502,9 @@ fn parse_config(
                 _ => cx.err(&["gate"], "`gate` must be a command (an argv list or a shell string)", "e.g. gate: [\"./new-messages.sh\"]: it runs before the model; no output means nothing to do"),
             },
             "allowed_hosts" => match v.as_sequence() {
-                Some(seq) if seq.iter().all(|h| h.as_str().is_some_and(|h| !h.trim().is_empty() && !h.contains('/'))) => {
-                    allowed_hosts = seq.iter().filter_map(|h| h.as_str().map(|h| h.trim().to_ascii_lowercase())).collect()
+                Some(seq) if seq.iter().all(|h| h.as_str().is_some()) => {
+                    allowed_hosts = seq.iter().filter_map(|h| h.as_str().map(|h| h.trim().to_ascii_lowercase())).collect();
+                    check_hosts(&mut cx, &allowed_hosts);
                 }
                 _ => cx.err(&["allowed_hosts"], "`allowed_hosts` must be a list of host names", "e.g. allowed_hosts: [api.github.com, news.ycombinator.com] (names only, no https:// or paths)"),
             },

@@ -170,6 +170,15 @@ impl Rule {
     }
 }
 
+impl Rule {
+    /// Whether the rule matches the text or any of its normalised spellings.
+    fn hits(&self, text: &str, spellings: &[String]) -> bool {
+        std::iter::once(text)
+            .chain(spellings.iter().map(String::as_str))
+            .any(|t| !self.matches(t).is_empty())
+    }
+}
+
 /// The `classification:` lists, given to the model as rules.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Classification {
@@ -262,11 +271,7 @@ impl Guard {
                 rules: vec!["unreadable-rules".into()],
             });
         }
-        let hits: Vec<&Rule> = self
-            .rules
-            .iter()
-            .filter(|r| !r.matches(text).is_empty())
-            .collect();
+        let hits = self.hits(text);
         match hits.first() {
             None => Ok(()),
             Some(first) => Err(Blocked {
@@ -277,8 +282,82 @@ impl Guard {
         }
     }
 
-    /// `text` with every match replaced by `[blocked: rule]`.
+    /// The rules that match `text`, as written or in any normalised spelling.
+    fn hits(&self, text: &str) -> Vec<&Rule> {
+        let spellings = normal::spellings(text);
+        self.rules
+            .iter()
+            .filter(|r| r.hits(text, &spellings))
+            .collect()
+    }
+
+    /// `text` with the secret gone: every match replaced by `[blocked: rule]`. A match
+    /// that only a normalised spelling shows has no place in the text as written, so its
+    /// whole line goes, and so do all the lines a match split over lines touches. Should
+    /// anything still match after that, the whole text goes.
     pub fn redact(&self, text: &str) -> String {
+        if self.hits(text).is_empty() {
+            return text.to_string();
+        }
+        let lines: Vec<&str> = text.split_inclusive('\n').collect();
+        let split = self.split_over_lines(&lines);
+        let out: String = lines
+            .iter()
+            .zip(&split)
+            .map(|(line, across)| self.redact_line(line, across))
+            .collect();
+        match self.hits(&out).as_slice() {
+            [] => out,
+            hits => marker(hits),
+        }
+    }
+
+    /// One line redacted: its exact matches replaced, or all of it when a normalised
+    /// spelling of it still matches or a match `across` lines touches it.
+    fn redact_line(&self, line: &str, across: &[&Rule]) -> String {
+        let body = line.trim_end_matches(['\n', '\r']);
+        let end = &line[body.len()..];
+        if across.is_empty() {
+            let exact = self.redact_exact(body);
+            let left = self.hits(&exact);
+            if left.is_empty() {
+                return format!("{exact}{end}");
+            }
+            return format!("{}{end}", marker(&left));
+        }
+        format!("{}{end}", marker(across))
+    }
+
+    /// For each line, the rules whose match (in the lines normalised and laid end to end)
+    /// runs over more than one line and touches this one.
+    fn split_over_lines(&self, lines: &[&str]) -> Vec<Vec<&Rule>> {
+        let mut out: Vec<Vec<&Rule>> = vec![Vec::new(); lines.len()];
+        for laid in normal::laid_end_to_end(lines) {
+            for r in &self.rules {
+                for m in r.matches(&laid.text) {
+                    // Spans are in order: the first line ending after the match starts,
+                    // up to the last starting before it ends (empty lines never touch).
+                    let from = laid.spans.partition_point(|sp| sp.end <= m.start);
+                    let touched: Vec<usize> = (from..lines.len())
+                        .take_while(|&i| laid.spans[i].start < m.end)
+                        .filter(|&i| !laid.spans[i].is_empty())
+                        .collect();
+                    if touched.len() < 2 {
+                        continue;
+                    }
+                    for i in touched {
+                        if !out[i].iter().any(|x| std::ptr::eq(*x, r)) {
+                            out[i].push(r);
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// `text` with every exact match replaced by `[blocked: rule]`.
+    fn redact_exact(&self, text: &str) -> String {
         let mut spans: Vec<(Range<usize>, &str)> = self
             .rules
             .iter()
@@ -346,6 +425,195 @@ impl Guard {
             ));
         }
         Some(s)
+    }
+}
+
+/// `[blocked: a, b]`: what stands in for a part that matched.
+fn marker(hits: &[&Rule]) -> String {
+    let mut names: Vec<&str> = hits.iter().map(|r| r.name.as_str()).collect();
+    names.dedup();
+    format!("[blocked: {}]", names.join(", "))
+}
+
+/// The spellings a rule is tried on besides the text itself, so that an invisible
+/// character, a compatibility form, an entity or a line break does not hide a match.
+mod normal {
+    use unicode_normalization::UnicodeNormalization;
+
+    /// Rounds of decoding: `&amp;#65;` needs two, a full-width `＆＃６５；` one more.
+    const ROUNDS: usize = 4;
+
+    /// The text normalised (line breaks kept), with its line breaks turned into one
+    /// space, with them taken out (a secret split over lines), and that last one without
+    /// combining marks (an overlay such as U+0336 on each letter). Empty when every
+    /// spelling is the text itself.
+    pub fn spellings(text: &str) -> Vec<String> {
+        let norm = normalise(text);
+        let spaced = norm.replace('\n', " ");
+        // Whitespace is collapsed, so a break stands alone: no spaces to take with it.
+        let joined = norm.replace('\n', "");
+        let bare = without_marks(&joined);
+        let mut out: Vec<String> = Vec::new();
+        for s in [norm, spaced, joined, bare] {
+            if s != text && !out.contains(&s) {
+                out.push(s);
+            }
+        }
+        out
+    }
+
+    /// Lines normalised and laid end to end, with where each line lies in the result.
+    pub struct Laid {
+        pub text: String,
+        pub spans: Vec<std::ops::Range<usize>>,
+    }
+
+    /// The lines (each normalised) laid end to end with nothing between them, with one
+    /// space between them, and with nothing between them and no combining marks: the
+    /// spellings [`spellings`] tries across line breaks, with the lines still findable.
+    pub fn laid_end_to_end(lines: &[&str]) -> Vec<Laid> {
+        let norm: Vec<String> = lines
+            .iter()
+            .map(|l| normalise(l).trim().to_string())
+            .collect();
+        let joined: Vec<String> = norm.iter().map(|l| l.replace('\n', "")).collect();
+        let spaced: Vec<String> = norm.iter().map(|l| l.replace('\n', " ")).collect();
+        let bare: Vec<String> = joined.iter().map(|l| without_marks(l)).collect();
+        vec![lay(&joined, ""), lay(&spaced, " "), lay(&bare, "")]
+    }
+
+    fn lay(lines: &[String], between: &str) -> Laid {
+        let mut text = String::new();
+        let mut spans = Vec::with_capacity(lines.len());
+        for (i, l) in lines.iter().enumerate() {
+            if i > 0 {
+                text.push_str(between);
+            }
+            spans.push(text.len()..text.len() + l.len());
+            text.push_str(l);
+        }
+        Laid { text, spans }
+    }
+
+    fn without_marks(text: &str) -> String {
+        text.chars()
+            .filter(|c| !unicode_normalization::char::is_combining_mark(*c))
+            .collect()
+    }
+
+    /// Entities decoded, invisible characters removed and NFKC applied, repeated until
+    /// nothing changes (each can reveal work for the others); then whitespace collapsed.
+    pub fn normalise(text: &str) -> String {
+        let mut cur = text.to_string();
+        for _ in 0..ROUNDS {
+            let next: String = decode_entities(&cur)
+                .chars()
+                .filter(|c| !is_invisible(*c))
+                .nfkc()
+                .collect();
+            if next == cur {
+                break;
+            }
+            cur = next;
+        }
+        collapse_whitespace(&cur)
+    }
+
+    /// Named, decimal and hex references (`&amp;`, `&#65;`, `&#x41;`), also a numeric one
+    /// without its `;`, which browsers decode too.
+    fn decode_entities(text: &str) -> String {
+        let named = html_escape::decode_html_entities(text);
+        if !named.contains("&#") {
+            return named.into_owned();
+        }
+        let mut out = String::with_capacity(named.len());
+        let mut rest: &str = &named;
+        while let Some(at) = rest.find("&#") {
+            out.push_str(&rest[..at]);
+            let after = &rest[at + 2..];
+            match numeric(after) {
+                Some((c, used)) => {
+                    out.push(c);
+                    rest = &after[used..];
+                }
+                None => {
+                    out.push_str("&#");
+                    rest = after;
+                }
+            }
+        }
+        out.push_str(rest);
+        out
+    }
+
+    /// The character of `65;…` or `x41…` (after `&#`) and how many bytes it took.
+    fn numeric(s: &str) -> Option<(char, usize)> {
+        let (radix, digits_at) = match s.as_bytes().first() {
+            Some(b'x' | b'X') => (16, 1),
+            _ => (10, 0),
+        };
+        let digits = s[digits_at..]
+            .bytes()
+            .take_while(|b| (*b as char).is_digit(radix))
+            .count();
+        if digits == 0 || digits > 8 {
+            return None;
+        }
+        let end = digits_at + digits;
+        let n = u32::from_str_radix(&s[digits_at..end], radix).ok()?;
+        let c = char::from_u32(n)?;
+        // As html-escape does: a NUL or a control character is not what the text meant.
+        if c.is_control() && !c.is_whitespace() {
+            return None;
+        }
+        let used = if s[end..].starts_with(';') {
+            end + 1
+        } else {
+            end
+        };
+        Some((c, used))
+    }
+
+    /// Runs of whitespace become one space, or one `\n` when the run holds a line break.
+    fn collapse_whitespace(text: &str) -> String {
+        let mut out = String::with_capacity(text.len());
+        let mut run: Option<bool> = None; // Some(has a line break) while in a run
+        for c in text.chars() {
+            if c.is_whitespace() {
+                let brk = is_line_break(c);
+                run = Some(run.unwrap_or(false) || brk);
+                continue;
+            }
+            if let Some(brk) = run.take() {
+                out.push(if brk { '\n' } else { ' ' });
+            }
+            out.push(c);
+        }
+        if let Some(brk) = run {
+            out.push(if brk { '\n' } else { ' ' });
+        }
+        out
+    }
+
+    fn is_line_break(c: char) -> bool {
+        matches!(
+            c,
+            '\n' | '\r' | '\u{0b}' | '\u{0c}' | '\u{85}' | '\u{2028}' | '\u{2029}'
+        )
+    }
+
+    /// Unicode format characters (general category Cf: zero-width space, joiners, soft
+    /// hyphen, bidi controls, tags…) and the other default-ignorable code points that
+    /// render as nothing (variation selectors, the combining grapheme joiner, fillers).
+    /// Written out (Unicode 15.1) rather than pulled from a property crate for one table.
+    pub fn is_invisible(c: char) -> bool {
+        matches!(c as u32,
+            0x00AD | 0x034F | 0x061C | 0x06DD | 0x070F | 0x08E2 | 0x115F..=0x1160
+            | 0x0600..=0x0605 | 0x0890..=0x0891 | 0x17B4..=0x17B5 | 0x180B..=0x180F
+            | 0x200B..=0x200F | 0x202A..=0x202E | 0x2060..=0x2064 | 0x2066..=0x206F
+            | 0x3164 | 0xFE00..=0xFE0F | 0xFEFF | 0xFFA0 | 0xFFF9..=0xFFFB
+            | 0x110BD | 0x110CD | 0x13430..=0x1343F | 0x1BCA0..=0x1BCA3
+            | 0x1D173..=0x1D17A | 0xE0001 | 0xE0020..=0xE007F | 0xE0100..=0xE01EF)
     }
 }
 
@@ -702,6 +970,111 @@ mod tests {
         assert_eq!(g.redact("a CUST-000001 b"), "a [blocked: customer-id] b");
         let rules = g.prompt_rules().expect("rules");
         assert!(rules.contains("the falcon project"), "{rules}");
+    }
+
+    #[test]
+    fn normalising_undoes_invisible_characters_compatibility_forms_and_entities() {
+        use super::normal::normalise;
+        for (text, want) in [
+            ("CUST-48\u{200B}2913", "CUST-482913"),
+            ("CUST-48\u{00AD}29\u{200D}13\u{FEFF}", "CUST-482913"),
+            ("CUST-\u{202E}482913\u{202C}", "CUST-482913"),
+            ("CUST-\u{2060}482913\u{E0041}", "CUST-482913"),
+            (
+                "CUST-\u{FF14}\u{FF18}\u{FF12}\u{FF19}\u{FF11}\u{FF13}",
+                "CUST-482913",
+            ),
+            ("\u{FF23}\u{FF35}\u{FF33}\u{FF34}-482913", "CUST-482913"),
+            ("CUST&#45;482913", "CUST-482913"),
+            ("&#67;&#x55;&#X53;&#x54;-482913", "CUST-482913"),
+            ("&#67&#85STX", "CUSTX"),
+            ("CUST&hyphen;482913", "CUST\u{2010}482913"),
+            ("CUST&amp;#45;482913", "CUST-482913"),
+            ("CUST\u{FF06}#45;482913", "CUST-482913"),
+            ("a \t\u{00A0}\u{3000} b", "a b"),
+            ("a  \r\n\t b\u{2028}c", "a\nb\nc"),
+            (
+                "x &#0; &#xFFFFFFFF; &#; &nosuch; AT&T",
+                "x &#0; &#xFFFFFFFF; &#; &nosuch; AT&T",
+            ),
+        ] {
+            assert_eq!(normalise(text), want, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn a_rule_matches_through_every_disguise_and_redaction_removes_it() {
+        let (g, d) = guard(
+            "deny_patterns:\n  - { name: customer-id, pattern: \"CUST-[0-9]{6}\" }\n  - { name: codename, pattern: \"(?i)project falcon\" }\ndetectors: [api_key, email, phone]\n",
+        );
+        assert!(d.is_empty(), "{d:?}");
+        for (text, rule, gone) in [
+            ("ticket CUST-48\u{200B}2913 closed", "customer-id", "2913"),
+            ("ticket CUST-48\u{00AD}2913 closed", "customer-id", "2913"),
+            (
+                "ticket CUST-\u{FF14}\u{FF18}\u{FF12}\u{FF19}\u{FF11}\u{FF13} closed",
+                "customer-id",
+                "\u{FF13}",
+            ),
+            ("ticket CUST&#45;482913 closed", "customer-id", "482913"),
+            ("ticket CUST-482\n913 closed", "customer-id", "913"),
+            ("news on project\nfalcon today", "codename", "falcon"),
+            (
+                "news on project\u{00A0}\u{00A0}falcon",
+                "codename",
+                "falcon",
+            ),
+            (
+                "key sk-ant-api03-Zk9xQ2\nLmN4pR7sT1uV3wY5 ok",
+                "api_key",
+                "LmN4pR7s",
+            ),
+            (
+                "key sk-ant-api03-Zk9\u{200B}xQ2LmN4pR7sT1uV3wY5",
+                "api_key",
+                "LmN4pR7s",
+            ),
+            ("mail alice&#64;example.org now", "email", "example.org"),
+            ("C\u{0336}UST-482913", "customer-id", "482913"),
+        ] {
+            let b = g.check(text).expect_err(text);
+            assert_eq!(b.rule, rule, "{text:?}");
+            let red = g.redact(text);
+            assert!(!red.contains(gone), "{text:?} -> {red:?}");
+            assert!(red.contains(&format!("[blocked: {rule}")), "{red:?}");
+            assert!(g.check(&red).is_ok(), "{red:?}");
+        }
+        // An exact match is still replaced in place; other lines are kept.
+        assert_eq!(
+            g.redact("ok line\nid CUST-482913 and CUST-48\u{200B}2914\nlast"),
+            "ok line\n[blocked: customer-id]\nlast"
+        );
+        assert_eq!(
+            g.redact("first\nid CUST-482\n913 here\nlast"),
+            "first\n[blocked: customer-id]\n[blocked: customer-id]\nlast"
+        );
+        assert_eq!(
+            g.redact("id CUST-482913 ok"),
+            "id [blocked: customer-id] ok"
+        );
+        // Split over three lines: each line it touches goes, the others stay.
+        assert_eq!(
+            g.redact("keep\na CUST-4\n82\n913 b\nkeep too"),
+            "keep\n[blocked: customer-id]\n[blocked: customer-id]\n[blocked: customer-id]\nkeep too"
+        );
+        // A split key whose first part alone already looks like a key: both parts go.
+        let red = g.redact("key sk-ant-api03-Zk9xQ2\nLmN4pR7sT1uV3wY5 ok");
+        assert_eq!(red, "[blocked: api_key]\n[blocked: api_key]");
+        // Ordinary text is untouched by the extra spellings.
+        for ok in [
+            "Fish &amp; chips at 12:30",
+            "caf\u{00E9} and cafe\u{0301}, \u{FB01}ne",
+            "line one\nline two\n\n  indented",
+            "The release is on 2026-11-21 at 09:30.",
+        ] {
+            assert!(g.check(ok).is_ok(), "{ok:?}");
+            assert_eq!(g.redact(ok), ok);
+        }
     }
 
     #[test]

@@ -13,6 +13,7 @@
 //! - [`runs`] and [`state`]: what the runner records on disk under `.loops/`
 //! - [`watch`] and [`daemon`]: `loops run`; [`journal`]: the daemon's own record of its life
 //! - [`channels`] and [`guard`]: delivering messages, and what may never be shared
+//! - [`net`]: the network wall of `http_get` (`allowed_hosts`: hosts, ports, addresses)
 //! - [`operator`]: what a person does from outside the daemon (list, trigger, inbox)
 //! - [`mcp`]: `loops mcp`, the same operations and the job queue as MCP tools
 //! - [`service`]: `loops service`, the daemon as a systemd user unit or launchd agent
@@ -36,6 +37,7 @@ pub mod jobs;
 pub mod journal;
 pub mod main_session;
 pub mod mcp;
+pub mod net;
 pub mod operator;
 pub mod retention;
 pub mod runs;

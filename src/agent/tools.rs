@@ -812,53 +812,28 @@ impl ToolKit {
         let url = str_arg(input, "url")?;
         let parsed = reqwest::Url::parse(url.trim())
             .map_err(|e| ToolError::new(format!("`{url}` is not a URL: {e}")))?;
-        if !matches!(parsed.scheme(), "http" | "https") {
-            return Err(ToolError::new(
-                "only http:// and https:// URLs can be fetched",
-            ));
-        }
-        let host = parsed
-            .host_str()
-            .ok_or_else(|| ToolError::new("the URL has no host"))?
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_ascii_lowercase();
-        let listed = host_listed(&self.env.allowed_hosts, &host);
-        let Some(exact) = listed else {
-            return Err(ToolError::new(format!(
-                "refused: `{host}` is not in this loop's `allowed_hosts`{}",
-                if self.env.allowed_hosts.is_empty() {
-                    " (the list is empty)".to_string()
-                } else {
-                    format!(" ({})", self.env.allowed_hosts.join(", "))
-                }
-            )));
-        };
-        let port = parsed.port_or_known_default().unwrap_or(80);
-        let addrs: Vec<std::net::SocketAddr> = tokio::net::lookup_host((host.as_str(), port))
-            .await
-            .map_err(|e| ToolError::new(format!("cannot resolve {host}: {e}")))?
-            .collect();
-        let Some(addr) = addrs.first().copied() else {
-            return Err(ToolError::new(format!("{host} has no address")));
-        };
-        // A private or loopback address is reachable only when the loop names that exact
-        // host: a wildcard entry must not open the way to the local network.
-        if !exact && addrs.iter().any(|a| is_private(a.ip())) {
-            return Err(ToolError::new(format!(
-                "refused: {host} resolves to a private or loopback address; list it exactly in `allowed_hosts` to allow it"
-            )));
-        }
+        // The wall (crate::net): host and port listed, and an internal address only when
+        // that address itself is listed.
+        let net_err = |e: crate::net::NetError| ToolError::new(e.to_string());
+        let wall = crate::net::AllowList::new(&self.env.allowed_hosts);
+        let target = wall.check_url(&parsed).map_err(net_err)?;
+        let addrs = crate::net::resolve(&target).await.map_err(net_err)?;
+        let addr = wall.pick_address(&target, &addrs).map_err(net_err)?;
         let remaining = deadline.saturating_duration_since(Instant::now());
         let timeout = remaining.min(Duration::from_secs(30));
         if timeout.is_zero() {
             return Err(ToolError::new("no time left in this run"));
         }
         // Pin the connection to the address just checked, so a second DNS answer cannot
-        // point it somewhere else; redirects are reported, not followed.
-        let client = reqwest::Client::builder()
+        // point it somewhere else (keyed by the name as the URL spells it, which is what
+        // reqwest looks up); redirects are reported, not followed. No proxy: a proxy
+        // would resolve the name itself, past the check.
+        let mut builder = reqwest::Client::builder().no_proxy();
+        if let Some(url::Host::Domain(name)) = parsed.host() {
+            builder = builder.resolve(name, std::net::SocketAddr::new(addr, target.port));
+        }
+        let client = builder
             .redirect(reqwest::redirect::Policy::none())
-            .resolve(&host, addr)
             .timeout(timeout)
             .user_agent(concat!("loops/", env!("CARGO_PKG_VERSION")))
             .build()
@@ -1016,52 +991,6 @@ fn with_aliases(tool: &str, input: &Value) -> Value {
     Value::Object(out)
 }
 
-/// Whether `host` is in `allowed`: `Some(true)` for an exact entry, `Some(false)` for a
-/// `*.domain` wildcard, `None` when not listed. Entries may carry a port (ignored).
-fn host_listed(allowed: &[String], host: &str) -> Option<bool> {
-    let mut wildcard = false;
-    for entry in allowed {
-        let e = entry.trim().to_ascii_lowercase();
-        let e = e.trim_start_matches('[');
-        let name = match e.rsplit_once(':') {
-            // An IPv6 literal has colons of its own.
-            Some((h, p)) if p.chars().all(|c| c.is_ascii_digit()) && !h.contains(':') => h,
-            _ => e,
-        };
-        let name = name.trim_end_matches(']');
-        if name == host {
-            return Some(true);
-        }
-        if let Some(domain) = name.strip_prefix("*.") {
-            if host.ends_with(&format!(".{domain}")) {
-                wildcard = true;
-            }
-        }
-    }
-    wildcard.then_some(false)
-}
-
-/// Loopback, private, link-local, unspecified and similar addresses.
-pub fn is_private(ip: std::net::IpAddr) -> bool {
-    match ip {
-        std::net::IpAddr::V4(v4) => {
-            v4.is_loopback()
-                || v4.is_private()
-                || v4.is_link_local()
-                || v4.is_unspecified()
-                || v4.is_broadcast()
-                || v4.octets()[0] == 100 && (64..128).contains(&v4.octets()[1])
-        }
-        std::net::IpAddr::V6(v6) => {
-            v6.is_loopback()
-                || v6.is_unspecified()
-                || (v6.segments()[0] & 0xfe00) == 0xfc00
-                || (v6.segments()[0] & 0xffc0) == 0xfe80
-                || v6.to_ipv4_mapped().is_some_and(|v4| is_private(v4.into()))
-        }
-    }
-}
-
 fn without_url(e: &reqwest::Error) -> String {
     let mut s = e.to_string();
     if let Some(u) = e.url() {
@@ -1200,45 +1129,6 @@ pub fn all_specs() -> Vec<ToolSpec> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn hosts_match_exactly_or_by_wildcard() {
-        let allowed: Vec<String> = ["api.github.com", "*.example.com", "127.0.0.1:8080", "[::1]"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        assert_eq!(host_listed(&allowed, "api.github.com"), Some(true));
-        assert_eq!(host_listed(&allowed, "a.b.example.com"), Some(false));
-        assert_eq!(host_listed(&allowed, "example.com"), None);
-        assert_eq!(host_listed(&allowed, "evilexample.com"), None);
-        assert_eq!(host_listed(&allowed, "127.0.0.1"), Some(true));
-        assert_eq!(host_listed(&allowed, "::1"), Some(true));
-        assert_eq!(host_listed(&allowed, "github.com"), None);
-    }
-
-    #[test]
-    fn private_addresses_are_recognised() {
-        for ip in [
-            "127.0.0.1",
-            "10.1.2.3",
-            "172.16.0.1",
-            "192.168.1.1",
-            "169.254.169.254",
-            "0.0.0.0",
-            "100.64.0.1",
-            "::1",
-            "fc00::1",
-            "fe80::1",
-            "::ffff:127.0.0.1",
-        ] {
-            let ip: std::net::IpAddr = ip.parse().expect("ip");
-            assert!(is_private(ip), "{ip}");
-        }
-        for ip in ["93.184.216.34", "2606:4700::1111", "1.1.1.1"] {
-            let ip: std::net::IpAddr = ip.parse().expect("ip");
-            assert!(!is_private(ip), "{ip}");
-        }
-    }
 
     #[test]
     fn silent_tokens_are_exact() {

@@ -1540,10 +1540,12 @@ fn http_get_fetches_only_from_allowed_hosts() {
         ),
     ]);
     let ws = workspace(&anthropic_provider(&fake), false);
+    // An entry names the port too: without one only 80/443 would be allowed.
+    let listed = site.url().trim_start_matches("http://").to_string();
     prompt_loop(
         &ws,
         "fetcher",
-        "tools: [http_get, finish]\nallowed_hosts: [\"127.0.0.1\"]\n",
+        &format!("tools: [http_get, finish]\nallowed_hosts: [\"{listed}\"]\n"),
         "Fetch the page.\n",
         "",
     );
