@@ -119,6 +119,15 @@ pub struct Walls {
 impl Walls {
     /// Reads the walls for `scope` from the configs under `root`.
     pub fn load(root: &Path, scope: &Scope) -> Walls {
+        Walls {
+            executables: super::executables::find(root),
+            ..Walls::for_reading(root, scope)
+        }
+    }
+
+    /// The walls that decide what `scope` may read, without the executables (which only
+    /// writes need, and which take a read of every loop's config).
+    pub fn for_reading(root: &Path, scope: &Scope) -> Walls {
         let yaml = |p: PathBuf| -> Option<yaml_serde::Value> {
             yaml_serde::from_str(&fs::read_to_string(p).ok()?).ok()
         };
@@ -144,7 +153,6 @@ impl Walls {
                 .collect(),
         };
         let mut walls = Walls {
-            executables: super::executables::find(root),
             main_context: context
                 .iter()
                 .map(|c| names_of(c))
@@ -645,7 +653,7 @@ impl Sandbox {
             {
                 if parts[0] == "domains"
                     && rest.len() == 1
-                    && is(&rest[0].to_string(), "prompt.md")
+                    && is(rest[0], "prompt.md")
                     && !self.walls.edit_prompt
                 {
                     return Err(not_writable(format!(
@@ -784,11 +792,18 @@ pub fn scope_of_handoff(root: &Path, h: &crate::handoff::Handoff) -> Scope {
     }
 }
 
+/// A sandbox that reads as the writer of `h` would.
+fn reader_of(root: &Path, h: &crate::handoff::Handoff) -> Sandbox {
+    let scope = scope_of_handoff(root, h);
+    let walls = Walls::for_reading(root, &scope);
+    Sandbox::with_walls(root, scope, walls)
+}
+
 /// Checks every path a handoff names, as its writer's scope would be checked at the
 /// moment of use. The error is the reason written beside a rejected handoff.
 pub fn check_handoff_paths(root: &Path, h: &crate::handoff::Handoff) -> Result<(), String> {
     let Some(d) = &h.draft else { return Ok(()) };
-    let sb = Sandbox::new(root, scope_of_handoff(root, h));
+    let sb = reader_of(root, h);
     sb.resolve(d, Access::Read).map(|_| ()).map_err(|e| {
         format!(
             "its `draft: {d}` was refused ({e}); written by {}. A draft is a file of the workspace its writer may read, such as drafts/<loop>/<name>.md",
@@ -805,7 +820,7 @@ pub fn read_draft(
     max: u64,
 ) -> Result<Option<(String, u64)>, String> {
     let Some(d) = &h.draft else { return Ok(None) };
-    let sb = Sandbox::new(root, scope_of_handoff(root, h));
+    let sb = reader_of(root, h);
     let real = sb.resolve(d, Access::Read).map_err(|e| e.to_string())?;
     let (bytes, size) = sb.read_prefix(&real, max).map_err(|e| e.to_string())?;
     Ok(Some((String::from_utf8_lossy(&bytes).into_owned(), size)))
