@@ -7,7 +7,8 @@
 //! given, from its canonical form, or relative; the rest is the path.
 //!
 //! Invariant: every path is refused, or resolves to a real path inside the workspace that
-//! no symbolic link leads out of, that the scope may read or write, and that resolves to
+//! no symbolic link leads out of, that the scope may read or write (a minion reads only its
+//! own folders; no scope writes a config, git's files or the inbox), and that resolves to
 //! itself when asked again by the name the tools show for it.
 
 #![no_main]
@@ -156,20 +157,40 @@ fuzz_target!(|data: &[u8]| {
             assert!(!is(top, private), "{why}: private to the main session");
         }
     }
+    let parts: Vec<&str> = rel.iter().map(String::as_str).collect();
+    if matches!(scope, Scope::Isolated { .. }) && access == Access::Read {
+        // Its own folders, or the folders on the way to them; nothing else (no reads:).
+        let own = |area: &str| {
+            let want = [area, LOOP];
+            parts.len() <= 2 && parts.iter().zip(want).all(|(a, b)| *a == b)
+                || parts.len() > 2 && parts[..2] == want
+        };
+        assert!(
+            parts.is_empty() || own("domains") || own("drafts"),
+            "{why}: not the minion's to read"
+        );
+    }
     if access == Access::Write {
         assert!(!rel.is_empty(), "{why}: the root itself");
+        // What no scope writes: configs, git's files, the inbox.
+        assert!(!(parts.len() == 1 && is(parts[0], "loops.yaml")), "{why}: loops.yaml");
+        assert!(
+            !matches!(parts.as_slice(), ["domains", _, c] if is(c, "config.yaml")),
+            "{why}: a config.yaml"
+        );
+        assert!(
+            !parts.iter().any(|c| is(c, ".gitignore") || is(c, ".gitattributes") || is(c, ".gitmodules")),
+            "{why}: git's own file"
+        );
+        assert!(!is(top, "inbox"), "{why}: the inbox");
         if minion {
-            let parts: Vec<&str> = rel.iter().map(String::as_str).collect();
             let ok = match parts.as_slice() {
                 ["domains", LOOP, rest @ ..] => {
                     matches!(scope, Scope::Isolated { .. })
                         && !rest.is_empty()
-                        && !(rest.len() == 1 && is(rest[0], "config.yaml"))
+                        && !(rest.len() == 1 && is(rest[0], "prompt.md"))
                 }
                 ["drafts", LOOP, _, ..] => true,
-                ["inbox", name] => {
-                    name.ends_with(".md") && std::fs::symlink_metadata(&real).is_err()
-                }
                 _ => false,
             };
             assert!(ok, "{why}: not the scope's to write");
