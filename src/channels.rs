@@ -1135,7 +1135,7 @@ impl Poster {
         };
         let mut env = crate::exec::base_env();
         for name in &c.env {
-            if let Ok(v) = std::env::var(name) {
+            if let Ok(v) = crate::secrets::var(name) {
                 env.push((name.clone(), v));
             }
         }
@@ -1185,7 +1185,7 @@ impl Poster {
         let Some(var) = &c.url_env else {
             return Attempt::Permanent("the channel has no url_env".into());
         };
-        let url = match std::env::var(var) {
+        let url = match crate::secrets::var(var) {
             Ok(u) if !u.trim().is_empty() => u.trim().to_string(),
             _ => {
                 return Attempt::Permanent(format!(
@@ -1226,7 +1226,7 @@ impl Poster {
                 .header("x-loops-delivery", rec.key.as_str())
                 .header("x-loops-timestamp", ts);
             if let Some(senv) = &c.secret_env {
-                match std::env::var(senv) {
+                match crate::secrets::var(senv) {
                     Ok(secret) if !secret.is_empty() => {
                         req = req.header(
                             c.signature_header.as_str(),
@@ -1245,7 +1245,7 @@ impl Poster {
                 }
             }
             for (h, env) in &c.headers {
-                match std::env::var(env) {
+                match crate::secrets::var(env) {
                     Ok(v) => req = req.header(h.as_str(), v),
                     Err(_) => {
                         return Attempt::Permanent(format!(
@@ -1429,8 +1429,9 @@ fn write_record(path: &Path, rec: &DeliveryRecord) {
         .map(std::fs::create_dir_all)
         .transpose()
         .and_then(|_| {
-            let bytes = serde_json::to_vec_pretty(rec).map_err(std::io::Error::other)?;
-            crate::fsutil::atomic_replace(path, &bytes)
+            let text = serde_json::to_string_pretty(rec).map_err(std::io::Error::other)?;
+            // An HTTP error quotes the webhook URL, token and all (src/secrets.rs).
+            crate::fsutil::atomic_replace(path, crate::secrets::redact(&text).as_bytes())
         });
     if let Err(e) = r {
         tracing::warn!("cannot write the delivery record {}: {e}", path.display());

@@ -652,6 +652,13 @@ fn parse_config(
         _ => {}
     }
 
+    // A loop's `env:` is written in config.yaml (and so in git), but a value whose name
+    // says it is a secret still stays out of transcripts and logs.
+    crate::secrets::learn(
+        env.iter()
+            .filter(|(k, _)| crate::secrets::looks_secret(k))
+            .map(|(_, v)| v),
+    );
     let has_errors = cx.diags.iter().any(|d| d.is_error());
     let def = match (schedule, payload, has_errors) {
         (Some(schedule), Some(payload), false) => Some(LoopDef {

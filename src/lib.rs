@@ -14,6 +14,7 @@
 //! - [`channels`] and [`guard`]: delivering messages, and what may never be shared
 //! - [`operator`]: what a person does from outside the daemon (list, trigger, inbox)
 //! - [`mcp`]: `loops mcp`, the same operations and the job queue as MCP tools
+//! - [`secrets`]: the environment handed over at start, and nothing of it left for children
 //! - [`service`]: `loops service`, the daemon as a systemd user unit or launchd agent
 //! - [`cli`]: the command line
 
@@ -39,6 +40,7 @@ pub mod retention;
 pub mod runs;
 pub mod schedule;
 pub mod scheduler;
+pub mod secrets;
 pub mod service;
 pub mod state;
 pub mod templates;
