@@ -1106,14 +1106,11 @@ impl Poster {
         }
         let r = path
             .parent()
-            .map(std::fs::create_dir_all)
+            .map(crate::fsutil::create_dir_all)
             .transpose()
             .and_then(|_| {
                 use std::io::Write;
-                let mut f = std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&path)?;
+                let mut f = crate::fsutil::open_append(&path)?;
                 f.write_all(entry.as_bytes())?;
                 f.sync_data()
             });
@@ -1426,7 +1423,7 @@ fn read_record(path: &Path) -> Option<DeliveryRecord> {
 fn write_record(path: &Path, rec: &DeliveryRecord) {
     let r = path
         .parent()
-        .map(std::fs::create_dir_all)
+        .map(crate::fsutil::create_dir_all)
         .transpose()
         .and_then(|_| {
             let text = serde_json::to_string_pretty(rec).map_err(std::io::Error::other)?;

@@ -69,16 +69,7 @@ impl Transcript {
     /// Starts a transcript. A transcript that cannot be written is logged and skipped:
     /// the run itself goes on.
     pub fn create(path: PathBuf, redactor: Redactor) -> Transcript {
-        let file = path
-            .parent()
-            .map(std::fs::create_dir_all)
-            .transpose()
-            .and_then(|_| {
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&path)
-            });
+        let file = crate::fsutil::open_append(&path);
         let file = match file {
             Ok(f) => Some(f),
             Err(e) => {

@@ -115,7 +115,7 @@ pub async fn run(
     live: Option<Live>,
 ) {
     let store = JobStore::new(&cfg.ws);
-    if let Err(e) = std::fs::create_dir_all(store.dir()) {
+    if let Err(e) = crate::fsutil::create_dir_all(store.dir()) {
         tracing::error!("cannot create {}: {e}", store.dir().display());
         return;
     }
@@ -643,11 +643,7 @@ async fn run_shell(
     let log_cap = ws.settings.max_job_log_bytes;
     let writer = tokio::task::spawn_blocking(move || {
         use std::io::Write;
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .ok();
+        let mut f = crate::fsutil::open_append(&log_path).ok();
         if let Some(f) = f.as_mut() {
             let _ = f.write_all(header.as_bytes());
         }

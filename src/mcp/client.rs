@@ -1017,10 +1017,7 @@ impl McpPool {
             server: server.clone(),
             reason,
         };
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
+        let log = crate::fsutil::open_append(&log_path)
             .map_err(|e| spawn_err(format!("cannot open {}: {e}", log_path.display())))?;
         let log_start = log.metadata().map(|m| m.len()).unwrap_or(0);
         let mut cmd = tokio::process::Command::new(command);
@@ -1326,12 +1323,7 @@ async fn pumped_tail(
 const PUMP_LINE: usize = 64 * 1024;
 
 fn log_line(dir: &Path, server: &str, text: &str) {
-    let _ = std::fs::create_dir_all(dir);
-    if let Ok(mut f) = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.join(format!("{server}.log")))
-    {
+    if let Ok(mut f) = crate::fsutil::open_append(&dir.join(format!("{server}.log"))) {
         let _ = writeln!(
             f,
             "[loops {}] {}",
