@@ -278,11 +278,13 @@ impl Workspace {
             source,
         })?;
         let (settings, diagnostics) = read_settings(&root);
-        Ok(Workspace {
+        let ws = Workspace {
             root,
             settings,
             diagnostics,
-        })
+        };
+        crate::domain::learn_env_secrets(&ws.domains_dir());
+        Ok(ws)
     }
 
     /// The workspace for a command: `--workspace` when given, else the nearest folder
