@@ -236,8 +236,17 @@ static SCANNED: std::sync::Once = std::sync::Once::new();
 /// Name parts that mark a variable as a secret even when no setting names it (a key a
 /// person exported for a script, a token a shell job inherits).
 const SECRET_WORDS: &[&str] = &[
-    "KEY", "TOKEN", "SECRET", "PASSWORD", "PASSWD", "CREDENTIAL", "AUTH", "WEBHOOK", "PRIVATE",
-    "COOKIE", "DSN",
+    "KEY",
+    "TOKEN",
+    "SECRET",
+    "PASSWORD",
+    "PASSWD",
+    "CREDENTIAL",
+    "AUTH",
+    "WEBHOOK",
+    "PRIVATE",
+    "COOKIE",
+    "DSN",
 ];
 
 /// Names the words above match that hold paths, not secrets.
@@ -291,8 +300,13 @@ pub fn learn_vars<'a>(names: impl IntoIterator<Item = &'a str>) {
 pub fn redact(text: &str) -> std::borrow::Cow<'_, str> {
     SCANNED.call_once(|| {
         let names: Vec<String> = match ENV.get() {
-            Some(map) => map.keys().filter_map(|k| k.to_str().map(str::to_string)).collect(),
-            None => std::env::vars_os().filter_map(|(k, _)| k.into_string().ok()).collect(),
+            Some(map) => map
+                .keys()
+                .filter_map(|k| k.to_str().map(str::to_string))
+                .collect(),
+            None => std::env::vars_os()
+                .filter_map(|(k, _)| k.into_string().ok())
+                .collect(),
         };
         learn_vars(names.iter().map(String::as_str).filter(|n| looks_secret(n)));
     });

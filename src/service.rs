@@ -491,7 +491,8 @@ fn tool(program: &str, args: &[&str]) -> std::result::Result<String, ToolError> 
         // The person's session (PATH, the bus), none of the secrets loops was given.
         .env_clear()
         .envs(crate::secrets::kept_env())
-        .output() {
+        .output()
+    {
         Ok(o) => o,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(ToolError::Missing),
         Err(e) => return Err(ToolError::Failed(e.to_string())),
@@ -515,7 +516,8 @@ fn query(program: &str, args: &[&str]) -> std::result::Result<String, ToolError>
         // The person's session (PATH, the bus), none of the secrets loops was given.
         .env_clear()
         .envs(crate::secrets::kept_env())
-        .output() {
+        .output()
+    {
         Ok(o) => o,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(ToolError::Missing),
         Err(e) => return Err(ToolError::Failed(e.to_string())),

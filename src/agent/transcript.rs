@@ -35,8 +35,10 @@ impl Redactor {
             .filter(|s| s.len() >= crate::secrets::MIN_SECRET_LEN)
             .collect();
         crate::secrets::learn(&secrets);
-        secrets.sort_by(|a, b| b.len().cmp(&a.len()));
+        secrets.sort();
         secrets.dedup();
+        // Longest first: a secret that holds another is replaced whole.
+        secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
         Redactor { secrets }
     }
 

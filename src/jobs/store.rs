@@ -301,8 +301,7 @@ impl Tx<'_> {
         let index = self.store.index_path();
         let mut line = serde_json::to_vec(&JobSummary::from(job)).unwrap_or_default();
         line.push(b'\n');
-        let mut f = crate::fsutil::open_append(&index)
-            .map_err(io(&index))?;
+        let mut f = crate::fsutil::open_append(&index).map_err(io(&index))?;
         f.write_all(&line).map_err(io(&index))?;
         let live = self.store.live_path(job.id);
         let done = self.store.done_path(job.id);

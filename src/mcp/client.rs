@@ -1059,7 +1059,10 @@ impl McpPool {
             })
         })?;
         let pid = child.id();
-        let pump = child.stderr.take().map(|e| tokio::spawn(pump_stderr(e, log)));
+        let pump = child
+            .stderr
+            .take()
+            .map(|e| tokio::spawn(pump_stderr(e, log)));
         let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
             kill_group(pid, libc::SIGKILL);
             return Err(spawn_err(
@@ -1308,11 +1311,7 @@ async fn pump_stderr(mut from: tokio::process::ChildStderr, mut log: std::fs::Fi
 }
 
 /// The last lines a failed start printed, once they are through the pump.
-async fn pumped_tail(
-    pump: Option<tokio::task::JoinHandle<()>>,
-    log: &Path,
-    from: u64,
-) -> String {
+async fn pumped_tail(pump: Option<tokio::task::JoinHandle<()>>, log: &Path, from: u64) -> String {
     if let Some(p) = pump {
         let _ = tokio::time::timeout(Duration::from_millis(500), p).await;
     }

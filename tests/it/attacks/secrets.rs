@@ -111,7 +111,10 @@ fn scene(replies: Vec<Reply>) -> Scene {
             name,
             &format!("{NEVER_DUE}payload: {{ kind: prompt }}\ntimeout: 2m\ntools: {tools}\n"),
         );
-        ws.write(&format!("domains/{name}/prompt.md"), "Look around, then finish.\n");
+        ws.write(
+            &format!("domains/{name}/prompt.md"),
+            "Look around, then finish.\n",
+        );
     }
     ws.add_loop(
         "notify",
@@ -130,7 +133,10 @@ fn scene(replies: Vec<Reply>) -> Scene {
         ),
         // Nothing listens on port 9 (discard): the delivery fails, and its error quotes
         // the URL.
-        ("SECRETS_DEAD_URL", format!("http://127.0.0.1:9/dead/{DEAD_TOKEN}")),
+        (
+            "SECRETS_DEAD_URL",
+            format!("http://127.0.0.1:9/dead/{DEAD_TOKEN}"),
+        ),
         ("SECRETS_MCP_TOKEN", MCP_TOKEN.to_string()),
         ("MY_SERVICE_PASSWORD", EXPORTED.to_string()),
     ];
@@ -194,7 +200,10 @@ fn is_root() -> bool {
 /// was read, and as another user than root nothing read at all.
 fn assert_nothing_learned(what: &str, seen: &str) {
     for (kind, s) in secrets() {
-        assert!(!seen.contains(s), "{what}: the {kind} was readable:\n{seen}");
+        assert!(
+            !seen.contains(s),
+            "{what}: the {kind} was readable:\n{seen}"
+        );
     }
     if !is_root() {
         for denied in ["ENVIRON-DENIED", "MAPS-DENIED"] {
@@ -253,11 +262,19 @@ fn the_shell_tool_and_an_mcp_server_find_no_secret_in_the_loops_that_started_the
             (10, 1, 0, 0),
         ),
         anthropic::tool_use(
-            &[("f1", "finish", json!({ "summary": "looked", "silent": true }))],
+            &[(
+                "f1",
+                "finish",
+                json!({ "summary": "looked", "silent": true }),
+            )],
             (10, 1, 0, 0),
         ),
         anthropic::tool_use(
-            &[("f2", "finish", json!({ "summary": "no tools", "silent": true }))],
+            &[(
+                "f2",
+                "finish",
+                json!({ "summary": "no tools", "silent": true }),
+            )],
             (10, 1, 0, 0),
         ),
     ]);
@@ -267,7 +284,10 @@ fn the_shell_tool_and_an_mcp_server_find_no_secret_in_the_loops_that_started_the
     assert!(reqs.len() >= 2, "{}", sc.printed);
     // What the shell printed went back to the model: the channel a hostile model has.
     let result = String::from_utf8_lossy(&reqs[1].body).into_owned();
-    assert!(result.contains("== environ"), "the shell tool did not run: {result}");
+    assert!(
+        result.contains("== environ"),
+        "the shell tool did not run: {result}"
+    );
     assert_nothing_learned("the shell tool", &result);
     for r in &reqs {
         let body = String::from_utf8_lossy(&r.body);
@@ -277,13 +297,20 @@ fn the_shell_tool_and_an_mcp_server_find_no_secret_in_the_loops_that_started_the
     }
 
     let mcp = sc.read("mcp-peek.txt");
-    assert!(mcp.contains("=== mcp parent"), "the MCP server never started\n{}", sc.printed);
+    assert!(
+        mcp.contains("=== mcp parent"),
+        "the MCP server never started\n{}",
+        sc.printed
+    );
     for look in looks(&mcp, "=== mcp parent") {
         assert_nothing_learned("the MCP server", &look);
     }
     // It printed its own token; loops kept it out of the log.
     let log = sc.read(".loops/mcp/leaky.log");
-    assert!(log.contains("leaky starting with SECRETS_MCP_TOKEN=[redacted]"), "{log}");
+    assert!(
+        log.contains("leaky starting with SECRETS_MCP_TOKEN=[redacted]"),
+        "{log}"
+    );
 }
 
 /// Every place a secret could end up written: each file of the workspace (runtime folder
@@ -307,11 +334,22 @@ fn findings(sc: &Scene) -> Vec<String> {
         let rel = e.path().strip_prefix(sc.ws.path()).unwrap_or(e.path());
         // The person wrote it there: config.yaml is where a loop's env lives.
         let own = rel == Path::new("domains/peek/config.yaml");
-        check(&rel.display().to_string(), &String::from_utf8_lossy(&bytes), own);
+        check(
+            &rel.display().to_string(),
+            &String::from_utf8_lossy(&bytes),
+            own,
+        );
     }
     let history = git(
         sc.ws.path(),
-        &["log", "-p", "--all", "--", ".", ":(exclude)domains/peek/config.yaml"],
+        &[
+            "log",
+            "-p",
+            "--all",
+            "--",
+            ".",
+            ":(exclude)domains/peek/config.yaml",
+        ],
     );
     check("git log -p --all", &history, false);
     check("what loops printed", &sc.printed, false);
@@ -322,15 +360,27 @@ fn findings(sc: &Scene) -> Vec<String> {
 fn no_secret_is_written_to_the_workspace_its_history_the_records_or_the_logs() {
     let mut sc = scene(vec![
         anthropic::tool_use(
-            &[("s1", "shell", json!({ "command": format!("{SHELL_PEEK}; echo $MY_SERVICE_PASSWORD; cat ../peek/config.yaml") }))],
+            &[(
+                "s1",
+                "shell",
+                json!({ "command": format!("{SHELL_PEEK}; echo $MY_SERVICE_PASSWORD; cat ../peek/config.yaml") }),
+            )],
             (10, 1, 0, 0),
         ),
         anthropic::tool_use(
-            &[("f1", "finish", json!({ "summary": "looked", "silent": false }))],
+            &[(
+                "f1",
+                "finish",
+                json!({ "summary": "looked", "silent": false }),
+            )],
             (10, 1, 0, 0),
         ),
         anthropic::tool_use(
-            &[("f2", "finish", json!({ "summary": "no tools", "silent": true }))],
+            &[(
+                "f2",
+                "finish",
+                json!({ "summary": "no tools", "silent": true }),
+            )],
             (10, 1, 0, 0),
         ),
     ]);
@@ -343,8 +393,16 @@ fn no_secret_is_written_to_the_workspace_its_history_the_records_or_the_logs() {
     let _ = daemon.wait_exit(Duration::from_secs(20));
 
     // The scene did what it is for: each secret had its chance to be written.
-    assert!(sc.read("domains/peek/peek.txt").contains("=== parent"), "{}", sc.printed);
-    assert!(sc.read("mcp-peek.txt").contains("=== mcp parent"), "{}", sc.printed);
+    assert!(
+        sc.read("domains/peek/peek.txt").contains("=== parent"),
+        "{}",
+        sc.printed
+    );
+    assert!(
+        sc.read("mcp-peek.txt").contains("=== mcp parent"),
+        "{}",
+        sc.printed
+    );
     let runs = sc.read(".loops/runs/peek.jsonl");
     assert!(runs.contains("stdout says [redacted]"), "{runs}");
     assert!(runs.contains("stderr says [redacted]"), "{runs}");
@@ -362,15 +420,21 @@ fn the_runtime_folder_is_owner_only_and_an_older_one_is_tightened() {
     std::fs::create_dir_all(rt.join("runs")).expect("mkdir");
     std::fs::write(rt.join("runs/old.jsonl"), "{}\n").expect("write");
     std::fs::set_permissions(&rt, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    std::fs::set_permissions(rt.join("runs/old.jsonl"), std::fs::Permissions::from_mode(0o644))
-        .expect("chmod");
+    std::fs::set_permissions(
+        rt.join("runs/old.jsonl"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .expect("chmod");
     sc.trigger("notify");
     let mut daemon = sc.start_daemon();
     daemon.wait_for_log("readable by their owner only", LONG);
     daemon.signal(libc::SIGTERM);
     let _ = daemon.wait_exit(Duration::from_secs(20));
     let mut wrong = Vec::new();
-    for e in walkdir::WalkDir::new(&rt).into_iter().filter_map(|e| e.ok()) {
+    for e in walkdir::WalkDir::new(&rt)
+        .into_iter()
+        .filter_map(|e| e.ok())
+    {
         let mode = e.metadata().expect("metadata").permissions().mode() & 0o777;
         let want = if e.file_type().is_dir() {
             0o700
@@ -386,4 +450,63 @@ fn the_runtime_folder_is_owner_only_and_an_older_one_is_tightened() {
     assert!(wrong.is_empty(), "not owner-only:\n{}", wrong.join("\n"));
     let journal = sc.read(".loops/daemon.jsonl");
     assert!(journal.contains("runtime_tightened"), "{journal}");
+}
+
+/// As root every test above can only show that the environment block is clean; this one
+/// runs loops and its hostile command as an ordinary user (`setpriv`, when the tests run
+/// as root and it is installed), where the undumpable mark must keep the command from
+/// reading the environment and memory of the loops that started it at all.
+#[test]
+fn as_an_ordinary_user_a_command_cannot_read_the_environment_or_memory_of_loops() {
+    let setpriv = Path::new("/usr/bin/setpriv");
+    if !is_root() || !setpriv.exists() {
+        eprintln!("skipped: needs root and setpriv to run loops as another user");
+        return;
+    }
+    let sc = scene(vec![]);
+    let nobody = "65534";
+    let chown = std::process::Command::new("chown")
+        .args(["-R", &format!("{nobody}:{nobody}")])
+        .arg(sc.ws.path())
+        .status()
+        .expect("run chown");
+    assert!(chown.success());
+    let mut c = std::process::Command::new(setpriv);
+    c.args([
+        &format!("--reuid={nobody}"),
+        &format!("--regid={nobody}"),
+        "--clear-groups",
+    ])
+    .arg(crate::common::loops_bin())
+    .args(["trigger", "peek"])
+    .current_dir(sc.ws.path())
+    .env("HOME", sc.ws.path())
+    .env("TZ", "UTC");
+    for (k, v) in &sc.env {
+        c.env(k, v);
+    }
+    for k in ["GIT_AUTHOR", "GIT_COMMITTER"] {
+        c.env(format!("{k}_NAME"), "Test")
+            .env(format!("{k}_EMAIL"), "test@example.com");
+    }
+    let out = c.output().expect("run loops as nobody");
+    let printed = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let peek = sc.read("domains/peek/peek.txt");
+    if peek.is_empty() && printed.contains("Permission denied") {
+        // The loops binary or its folders are not open to other users (a private
+        // checkout): nothing to learn here.
+        eprintln!("skipped: loops cannot run as another user here:\n{printed}");
+        return;
+    }
+    let look = looks(&peek, "=== parent");
+    assert_eq!(look.len(), 1, "{printed}\n{peek}");
+    assert!(look[0].contains(&format!("uid={nobody}")), "{}", look[0]);
+    for denied in ["ENVIRON-DENIED", "MAPS-DENIED", "MEM-DENIED"] {
+        assert!(look[0].contains(denied), "expected {denied}:\n{}", look[0]);
+    }
+    assert_nothing_learned("as an ordinary user", &look[0]);
 }
