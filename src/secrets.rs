@@ -190,9 +190,15 @@ fn adopt(fd: &str) -> Result<(), SecretsError> {
         .ok()
         .filter(|n| *n >= 0)
         .ok_or_else(|| bad("not a file descriptor number".into()))?;
-    // SAFETY: fcntl only asks whether the descriptor is open.
-    if unsafe { libc::fcntl(n, libc::F_GETFD) } < 0 {
-        return Err(bad("the descriptor is not open".into()));
+    // Only the memfd `reexec` made: a stray value (set by hand, inherited from another
+    // tool) must not make loops swallow its stdin or some other file as the environment.
+    let target = std::fs::read_link(format!("/proc/self/fd/{n}"))
+        .map_err(|_| bad("the descriptor is not open".into()))?;
+    if !target.to_string_lossy().starts_with("/memfd:loops-env") {
+        return Err(bad(format!(
+            "it is {}, not loops' handover",
+            target.display()
+        )));
     }
     // SAFETY: the descriptor is open and was made for this process by `reexec`; the File
     // owns and closes it.

@@ -510,3 +510,20 @@ fn as_an_ordinary_user_a_command_cannot_read_the_environment_or_memory_of_loops(
     }
     assert_nothing_learned("as an ordinary user", &look[0]);
 }
+
+#[test]
+fn a_stray_handover_variable_is_refused_with_the_fix() {
+    // Not loops' memfd (here stdin): loops must not read it as the environment.
+    let out = crate::common::loops_cmd(Path::new("/"))
+        .arg("--version")
+        .env("LOOPS_ENV_HANDOVER_FD", "0")
+        .write_stdin("PATH=/evil\n")
+        .output()
+        .expect("run loops");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("not loops' handover") && err.contains("unset LOOPS_ENV_HANDOVER_FD"),
+        "{err}"
+    );
+}
