@@ -24,9 +24,11 @@ const MCP_TOKEN: &str = "SECRETWALL-mcp-env-6Pz1Vb";
 const LOOP_TOKEN: &str = "SECRETWALL-loop-env-3Ny5Qd";
 /// Exported by the person for a script; no setting names it.
 const EXPORTED: &str = "SECRETWALL-exported-9Ck4Ts";
+/// Inherited by a shell job under a name that does not say it is a secret.
+const INHERITED: &str = "SECRETWALL-inherited-5Tg8Yh";
 const LONG: Duration = Duration::from_secs(120);
 
-fn secrets() -> [(&'static str, &'static str); 6] {
+fn secrets() -> [(&'static str, &'static str); 7] {
     [
         ("provider key", PROVIDER_KEY),
         ("webhook token", HOOK_TOKEN),
@@ -34,6 +36,7 @@ fn secrets() -> [(&'static str, &'static str); 6] {
         ("MCP server env", MCP_TOKEN),
         ("loop env", LOOP_TOKEN),
         ("exported password", EXPORTED),
+        ("shell job's inherited variable", INHERITED),
     ]
 }
 
@@ -96,7 +99,7 @@ fn scene(replies: Vec<Reply>) -> Scene {
     ws.write(
         "loops.yaml",
         &format!(
-            "limits:\n  shutdown_grace: 2s\nproviders:\n  fake: {{ kind: anthropic, base_url: \"{}\", api_key_env: SECRETS_TEST_KEY, model: test-model }}\nallow_shell_tool: true\nchannels:\n  hook: {{ kind: webhook, url_env: SECRETS_HOOK_URL }}\n  dead: {{ kind: webhook, url_env: SECRETS_DEAD_URL, retry: {{ max_attempts: 1 }} }}\nmcp_servers:\n  leaky: {{ command: sh, args: [leaky-mcp.sh], env: [SECRETS_MCP_TOKEN], startup_timeout: 5s }}\n",
+            "limits:\n  shutdown_grace: 2s\nproviders:\n  fake: {{ kind: anthropic, base_url: \"{}\", api_key_env: SECRETS_TEST_KEY, model: test-model }}\nallow_shell_tool: true\nallow_shell_jobs: true\nchannels:\n  hook: {{ kind: webhook, url_env: SECRETS_HOOK_URL }}\n  dead: {{ kind: webhook, url_env: SECRETS_DEAD_URL, retry: {{ max_attempts: 1 }} }}\nmcp_servers:\n  leaky: {{ command: sh, args: [leaky-mcp.sh], env: [SECRETS_MCP_TOKEN], startup_timeout: 5s }}\n",
             fake.url()
         ),
     );
@@ -139,6 +142,7 @@ fn scene(replies: Vec<Reply>) -> Scene {
         ),
         ("SECRETS_MCP_TOKEN", MCP_TOKEN.to_string()),
         ("MY_SERVICE_PASSWORD", EXPORTED.to_string()),
+        ("RSYNC_TARGET_SPEC", INHERITED.to_string()),
     ];
     Scene {
         ws,
@@ -152,14 +156,20 @@ fn scene(replies: Vec<Reply>) -> Scene {
 impl Scene {
     /// `loops trigger NAME` with the secrets in its environment.
     fn trigger(&mut self, name: &str) {
+        self.loops(&["trigger", name]);
+    }
+
+    /// `loops ARGS` with the secrets in its environment; what it printed is kept.
+    fn loops(&mut self, args: &[&str]) {
         let mut c = self.ws.cmd();
-        c.args(["trigger", name]).timeout(LONG);
+        c.args(args).timeout(LONG);
         for (k, v) in &self.env {
             c.env(k, v);
         }
-        let out = c.output().expect("run loops trigger");
+        let out = c.output().expect("run loops");
         let text = format!(
-            "--- loops trigger {name}: {:?}\n{}\n{}\n",
+            "--- loops {}: {:?}\n{}\n{}\n",
+            args.join(" "),
             out.status.code(),
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
@@ -388,7 +398,22 @@ fn no_secret_is_written_to_the_workspace_its_history_the_records_or_the_logs() {
         sc.trigger(name);
     }
     let mut daemon = sc.start_daemon();
-    std::thread::sleep(Duration::from_secs(2));
+    // A shell job the daemon runs, followed: it prints what it inherited and what it
+    // can read of the daemon.
+    sc.loops(&[
+        "jobs",
+        "submit",
+        "shell",
+        "--params",
+        r#"{"cmd": "echo job says $RSYNC_TARGET_SPEC; echo job err $RSYNC_TARGET_SPEC >&2; tr '\\000' '\\n' < /proc/$PPID/environ", "inherit": ["RSYNC_TARGET_SPEC"]}"#,
+        "--follow",
+    ]);
+    assert!(
+        sc.printed.contains("job says [redacted]"),
+        "{}\n{}",
+        sc.printed,
+        daemon.log()
+    );
     daemon.signal(libc::SIGTERM);
     let _ = daemon.wait_exit(Duration::from_secs(20));
 
