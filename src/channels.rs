@@ -1106,14 +1106,11 @@ impl Poster {
         }
         let r = path
             .parent()
-            .map(std::fs::create_dir_all)
+            .map(crate::fsutil::create_dir_all)
             .transpose()
             .and_then(|_| {
                 use std::io::Write;
-                let mut f = std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&path)?;
+                let mut f = crate::fsutil::open_append(&path)?;
                 f.write_all(entry.as_bytes())?;
                 f.sync_data()
             });
@@ -1135,7 +1132,7 @@ impl Poster {
         };
         let mut env = crate::exec::base_env();
         for name in &c.env {
-            if let Ok(v) = std::env::var(name) {
+            if let Ok(v) = crate::secrets::var(name) {
                 env.push((name.clone(), v));
             }
         }
@@ -1185,7 +1182,7 @@ impl Poster {
         let Some(var) = &c.url_env else {
             return Attempt::Permanent("the channel has no url_env".into());
         };
-        let url = match std::env::var(var) {
+        let url = match crate::secrets::var(var) {
             Ok(u) if !u.trim().is_empty() => u.trim().to_string(),
             _ => {
                 return Attempt::Permanent(format!(
@@ -1226,7 +1223,7 @@ impl Poster {
                 .header("x-loops-delivery", rec.key.as_str())
                 .header("x-loops-timestamp", ts);
             if let Some(senv) = &c.secret_env {
-                match std::env::var(senv) {
+                match crate::secrets::var(senv) {
                     Ok(secret) if !secret.is_empty() => {
                         req = req.header(
                             c.signature_header.as_str(),
@@ -1245,7 +1242,7 @@ impl Poster {
                 }
             }
             for (h, env) in &c.headers {
-                match std::env::var(env) {
+                match crate::secrets::var(env) {
                     Ok(v) => req = req.header(h.as_str(), v),
                     Err(_) => {
                         return Attempt::Permanent(format!(
@@ -1426,11 +1423,12 @@ fn read_record(path: &Path) -> Option<DeliveryRecord> {
 fn write_record(path: &Path, rec: &DeliveryRecord) {
     let r = path
         .parent()
-        .map(std::fs::create_dir_all)
+        .map(crate::fsutil::create_dir_all)
         .transpose()
         .and_then(|_| {
-            let bytes = serde_json::to_vec_pretty(rec).map_err(std::io::Error::other)?;
-            crate::fsutil::atomic_replace(path, &bytes)
+            let text = serde_json::to_string_pretty(rec).map_err(std::io::Error::other)?;
+            // An HTTP error quotes the webhook URL, token and all (src/secrets.rs).
+            crate::fsutil::atomic_replace(path, crate::secrets::redact(&text).as_bytes())
         });
     if let Err(e) = r {
         tracing::warn!("cannot write the delivery record {}: {e}", path.display());

@@ -302,8 +302,24 @@ struct Wakes {
 }
 
 /// Runs the daemon until a signal (or, with `once`, until the due work is done).
+/// Says once, in the log and the journal, that `.loops/` was made owner-only.
+fn report_tightened(journal: &crate::journal::Journal, tightened: std::io::Result<usize>) {
+    match tightened {
+        Ok(0) => {}
+        Ok(n) => {
+            tracing::warn!("made {n} file(s) and folder(s) in .loops/ readable by their owner only (an older loops left them readable by others)");
+            journal.record("runtime_tightened", serde_json::json!({ "changed": n }));
+        }
+        Err(e) => tracing::warn!(
+            "cannot make .loops/ owner-only: {e}; run `chmod -R go-rwx .loops` in the workspace"
+        ),
+    }
+}
+
 pub async fn run(ws: Workspace, opts: DaemonOptions) -> Result<Summary, DaemonError> {
     let lock = DaemonLock::acquire(&ws)?;
+    // Before anything is written: an older loops made .loops/ readable by others.
+    let tightened = crate::fsutil::tighten(&ws.runtime_dir());
     // Signals are caught from the first moment: a SIGTERM during start-up (recovery can
     // take a while) must stop the daemon cleanly, not kill it mid-write.
     let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
@@ -320,6 +336,7 @@ pub async fn run(ws: Workspace, opts: DaemonOptions) -> Result<Summary, DaemonEr
     // are reported below, with what their crash left behind.
     let (journal, unclosed) = crate::journal::record_started(&ws.runtime_dir(), opts.once);
     let started_at = Utc::now();
+    report_tightened(&journal, tightened);
     let ws = Arc::new(ws);
     for d in &ws.diagnostics {
         tracing::warn!("{d}");

@@ -155,6 +155,32 @@ impl DomainEntry {
 }
 
 /// Finds every loop folder: `domains/*/config.yaml`, skipping names starting with `.` or `_`.
+/// Learns (src/secrets.rs) the secret-looking `env:` values of every loop under
+/// `domains_dir`, so that running one loop redacts another's token that a hostile
+/// command or tool read from its config.yaml. Unreadable configs are skipped: `loops
+/// check` reports them.
+pub fn learn_env_secrets(domains_dir: &Path) {
+    let Ok(read) = std::fs::read_dir(domains_dir) else {
+        return;
+    };
+    for e in read.filter_map(|e| e.ok()) {
+        let Ok(text) = std::fs::read_to_string(e.path().join("config.yaml")) else {
+            continue;
+        };
+        let Ok(v) = yaml_serde::from_str::<Value>(&text) else {
+            continue;
+        };
+        let Some(env) = v.get("env").and_then(Value::as_mapping) else {
+            continue;
+        };
+        crate::secrets::learn(
+            env.iter()
+                .filter(|(k, _)| k.as_str().is_some_and(crate::secrets::looks_secret))
+                .filter_map(|(_, v)| scalar_string(v)),
+        );
+    }
+}
+
 pub fn discover(ws: &Workspace) -> Vec<DomainEntry> {
     let dir = ws.domains_dir();
     let mut out = Vec::new();
@@ -680,6 +706,13 @@ fn parse_config(
         _ => {}
     }
 
+    // A loop's `env:` is written in config.yaml (and so in git), but a value whose name
+    // says it is a secret still stays out of transcripts and logs.
+    crate::secrets::learn(
+        env.iter()
+            .filter(|(k, _)| crate::secrets::looks_secret(k))
+            .map(|(_, v)| v),
+    );
     let has_errors = cx.diags.iter().any(|d| d.is_error());
     let def = match (schedule, payload, has_errors) {
         (Some(schedule), Some(payload), false) => Some(LoopDef {

@@ -119,7 +119,7 @@ impl ExecResult {
 pub fn base_env() -> Vec<(String, String)> {
     ENV_ALLOW_LIST
         .iter()
-        .filter_map(|k| std::env::var(k).ok().map(|v| (k.to_string(), v)))
+        .filter_map(|k| crate::secrets::var(k).ok().map(|v| (k.to_string(), v)))
         .collect()
 }
 
@@ -257,12 +257,12 @@ pub async fn run(
     if let Some(c) = o {
         result.stdout_bytes = c.total;
         result.stdout_dropped = c.dropped();
-        result.stdout_tail = c.text();
+        result.stdout_tail = crate::secrets::redact(&c.text()).into_owned();
     }
     if let Some(c) = e {
         result.stderr_bytes = c.total;
         result.stderr_dropped = c.dropped();
-        result.stderr_tail = c.text();
+        result.stderr_tail = crate::secrets::redact(&c.text()).into_owned();
     }
     result.duration = started.elapsed();
     result

@@ -5,7 +5,69 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
+
+/// The folder whose contents are the runner's alone.
+const RUNTIME_DIR: &str = ".loops";
+
+/// Whether `path` is in (or is) a `.loops/` folder: its transcripts, logs and records
+/// may quote what a loop read, so they are for the owner only (docs/security.md).
+pub fn is_private(path: &Path) -> bool {
+    path.components().any(|c| c.as_os_str() == RUNTIME_DIR)
+}
+
+/// The mode a new file at `path` is created with (before the umask): 0600 in `.loops/`,
+/// the usual 0666 elsewhere.
+pub fn file_mode(path: &Path) -> u32 {
+    if is_private(path) {
+        0o600
+    } else {
+        0o666
+    }
+}
+
+/// `fs::create_dir_all`, making folders in `.loops/` 0700.
+pub fn create_dir_all(dir: &Path) -> io::Result<()> {
+    let mode = if is_private(dir) { 0o700 } else { 0o777 };
+    fs::DirBuilder::new().recursive(true).mode(mode).create(dir)
+}
+
+/// Opens `path` for appending, creating it (0600 in `.loops/`) and its folder.
+pub fn open_append(path: &Path) -> io::Result<File> {
+    if let Some(dir) = path.parent() {
+        create_dir_all(dir)?;
+    }
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(file_mode(path))
+        .open(path)
+}
+
+/// Makes every folder under `dir` 0700 and every file 0600 (what an older loops left
+/// readable by others); symlinks are not followed. Returns how many were changed.
+pub fn tighten(dir: &Path) -> io::Result<usize> {
+    let mut changed = 0;
+    for entry in walkdir::WalkDir::new(dir).follow_links(false) {
+        let entry = entry.map_err(io::Error::other)?;
+        let ft = entry.file_type();
+        let want = if ft.is_dir() {
+            0o700
+        } else if ft.is_file() {
+            0o600
+        } else {
+            continue;
+        };
+        let meta = entry.metadata().map_err(io::Error::other)?;
+        if meta.permissions().mode() & 0o077 != 0 {
+            let mode = (meta.permissions().mode() & 0o700) | want;
+            fs::set_permissions(entry.path(), fs::Permissions::from_mode(mode))?;
+            changed += 1;
+        }
+    }
+    Ok(changed)
+}
 
 /// Replaces `path` with `bytes` atomically: temp file in the same folder, fsync, rename,
 /// fsync of the folder. A crash at any point leaves either the old or the new file.
@@ -25,7 +87,7 @@ fn replace(path: &Path, bytes: &[u8], durable: bool) -> io::Result<()> {
     let dir = path
         .parent()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no parent"))?;
-    fs::create_dir_all(dir)?;
+    create_dir_all(dir)?;
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
     let tmp = dir.join(format!(
         ".{name}.tmp.{}.{}",
@@ -33,7 +95,11 @@ fn replace(path: &Path, bytes: &[u8], durable: bool) -> io::Result<()> {
         unique_suffix()
     ));
     let result = (|| {
-        let mut f = File::create(&tmp)?;
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(file_mode(path))
+            .open(&tmp)?;
         f.write_all(bytes)?;
         if durable {
             f.sync_all()?;
@@ -100,10 +166,7 @@ pub fn sync_filesystem(dir: &Path) -> io::Result<()> {
 /// Appends one line with a single `write` call on an `O_APPEND` descriptor, so two
 /// writers never interleave inside a line.
 pub fn append_line(path: &Path, line: &str) -> io::Result<()> {
-    if let Some(dir) = path.parent() {
-        fs::create_dir_all(dir)?;
-    }
-    let mut f = OpenOptions::new().create(true).append(true).open(path)?;
+    let mut f = open_append(path)?;
     let mut buf = String::with_capacity(line.len() + 1);
     buf.push_str(line);
     buf.push('\n');
@@ -159,13 +222,14 @@ impl FileLock {
     /// Tries to take the lock without waiting; `Ok(None)` when another process holds it.
     pub fn try_acquire(path: &Path) -> io::Result<Option<FileLock>> {
         if let Some(dir) = path.parent() {
-            fs::create_dir_all(dir)?;
+            create_dir_all(dir)?;
         }
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
+            .mode(file_mode(path))
             .open(path)?;
         use std::os::unix::io::AsRawFd;
         // SAFETY: flock on a descriptor we own.
@@ -194,13 +258,14 @@ impl FileLock {
 
     fn acquire_mode(path: &Path, mode: libc::c_int) -> io::Result<FileLock> {
         if let Some(dir) = path.parent() {
-            fs::create_dir_all(dir)?;
+            create_dir_all(dir)?;
         }
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
+            .mode(file_mode(path))
             .open(path)?;
         use std::os::unix::io::AsRawFd;
         loop {

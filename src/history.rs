@@ -583,7 +583,7 @@ pub fn lock_holder(lock: &Path, workdir: &Path) -> Option<LockHolder> {
 
 fn signature<'a>(repo: &Repository, name: &'a str, email: &'a str) -> Signature<'static> {
     // Like git itself: the environment's identity first, then git config, then ours.
-    let from_env = |n: &str, e: &str| match (std::env::var(n), std::env::var(e)) {
+    let from_env = |n: &str, e: &str| match (crate::secrets::var(n), crate::secrets::var(e)) {
         (Ok(n), Ok(e)) if !n.trim().is_empty() && !e.trim().is_empty() => {
             Signature::now(&n, &e).ok()
         }

@@ -16,6 +16,7 @@
 //! - [`net`]: the network wall of `http_get` (`allowed_hosts`: hosts, ports, addresses)
 //! - [`operator`]: what a person does from outside the daemon (list, trigger, inbox)
 //! - [`mcp`]: `loops mcp`, the same operations and the job queue as MCP tools
+//! - [`secrets`]: the environment handed over at start, and nothing of it left for children
 //! - [`service`]: `loops service`, the daemon as a systemd user unit or launchd agent
 //! - [`cli`]: the command line
 
@@ -43,6 +44,7 @@ pub mod retention;
 pub mod runs;
 pub mod schedule;
 pub mod scheduler;
+pub mod secrets;
 pub mod service;
 pub mod state;
 pub mod templates;

@@ -71,11 +71,13 @@ pub fn serve_stdio(ws: Workspace) -> Result<(), McpError> {
 /// Logs to stderr only: stdout carries the protocol, and one stray line there would
 /// break the client's parser.
 fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("LOOPS_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let filter = crate::secrets::var("LOOPS_LOG")
+        .ok()
+        .and_then(|f| tracing_subscriber::EnvFilter::try_new(f).ok())
+        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new("warn"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(|| crate::secrets::RedactingWriter(std::io::stderr()))
         .with_ansi(false)
         .with_target(false)
         .try_init();

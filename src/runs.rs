@@ -248,7 +248,9 @@ impl RunLog {
     /// A record the disk refuses is held and written, in order, by the next append or
     /// [`RunLog::flush`]; the error says so.
     pub fn append(&self, rec: &RunRecord) -> Result<(), RunsError> {
-        let line = serde_json::to_string(rec).unwrap_or_default();
+        // Tails and errors may quote a secret; none is written down (src/secrets.rs).
+        let line =
+            crate::secrets::redact(&serde_json::to_string(rec).unwrap_or_default()).into_owned();
         let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
         held.push_back((self.path(&rec.loop_name), line));
         self.write_held(&mut held)

@@ -135,12 +135,12 @@ pub struct Dirs {
 
 impl Dirs {
     pub fn from_env() -> Result<Dirs> {
-        let home = std::env::var_os("HOME")
+        let home = crate::secrets::var_os("HOME")
             .map(PathBuf::from)
             .filter(|h| h.is_absolute())
             .ok_or(ServiceError::NoHome)?;
         // The XDG spec says a relative value is to be ignored.
-        let config = std::env::var_os("XDG_CONFIG_HOME")
+        let config = crate::secrets::var_os("XDG_CONFIG_HOME")
             .map(PathBuf::from)
             .filter(|c| c.is_absolute())
             .unwrap_or_else(|| home.join(".config"));
@@ -486,7 +486,13 @@ impl ToolError {
 
 /// Runs a manager command; its stdout on success.
 fn tool(program: &str, args: &[&str]) -> std::result::Result<String, ToolError> {
-    let out = match Command::new(program).args(args).output() {
+    let out = match Command::new(program)
+        .args(args)
+        // The person's session (PATH, the bus), none of the secrets loops was given.
+        .env_clear()
+        .envs(crate::secrets::kept_env())
+        .output()
+    {
         Ok(o) => o,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(ToolError::Missing),
         Err(e) => return Err(ToolError::Failed(e.to_string())),
@@ -505,7 +511,13 @@ fn tool(program: &str, args: &[&str]) -> std::result::Result<String, ToolError> 
 /// Runs a query whose answer is on stdout whatever its exit code (`systemctl is-active`
 /// exits 3 for "inactive"). `Err` when it printed nothing.
 fn query(program: &str, args: &[&str]) -> std::result::Result<String, ToolError> {
-    let out = match Command::new(program).args(args).output() {
+    let out = match Command::new(program)
+        .args(args)
+        // The person's session (PATH, the bus), none of the secrets loops was given.
+        .env_clear()
+        .envs(crate::secrets::kept_env())
+        .output()
+    {
         Ok(o) => o,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(ToolError::Missing),
         Err(e) => return Err(ToolError::Failed(e.to_string())),
@@ -686,8 +698,8 @@ fn create_env_file(spec: &ServiceSpec) -> Result<bool> {
 
 /// Whether systemd keeps this user's services running without a login session.
 fn linger() -> Option<bool> {
-    let user = std::env::var("USER")
-        .or_else(|_| std::env::var("LOGNAME"))
+    let user = crate::secrets::var("USER")
+        .or_else(|_| crate::secrets::var("LOGNAME"))
         .ok()?;
     if user.is_empty() || user.contains('/') {
         return None;

@@ -184,7 +184,7 @@ pub fn watch_and_report<M: Into<Mode> + Copy>(
     let watcher = Arc::new(Mutex::new(watcher));
     let mut children = Children::default();
     for (d, mode) in dirs {
-        let _ = std::fs::create_dir_all(d);
+        let _ = crate::fsutil::create_dir_all(d);
         let mode: Mode = (*mode).into();
         let nmode = match mode {
             Mode::Recursive => RecursiveMode::Recursive,

@@ -166,6 +166,26 @@ impl Default for MainSettings {
     }
 }
 
+impl Settings {
+    /// The environment variables whose values loops.yaml makes secrets: provider keys
+    /// and the variables providers, channels and MCP servers are given.
+    pub fn secret_env_names(&self) -> Vec<String> {
+        let providers = self
+            .providers
+            .values()
+            .flat_map(|p| p.api_key_env.iter().chain(p.env.iter()).cloned());
+        let channels = self
+            .channels
+            .values()
+            .flat_map(|c| c.secret_envs().chain(c.env.iter()).cloned());
+        let mcp = self.mcp_servers.values().flat_map(|m| m.secret_env_names());
+        let mut names: Vec<String> = providers.chain(channels).chain(mcp).collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+}
+
 impl Default for Settings {
     fn default() -> Self {
         Settings {
@@ -258,11 +278,13 @@ impl Workspace {
             source,
         })?;
         let (settings, diagnostics) = read_settings(&root);
-        Ok(Workspace {
+        let ws = Workspace {
             root,
             settings,
             diagnostics,
-        })
+        };
+        crate::domain::learn_env_secrets(&ws.domains_dir());
+        Ok(ws)
     }
 
     /// The workspace for a command: `--workspace` when given, else the nearest folder
@@ -337,7 +359,7 @@ impl Workspace {
 
 /// The host's zone (TZ, then the system setting), UTC when it cannot be told.
 pub fn host_timezone() -> Tz {
-    if let Ok(tz) = std::env::var("TZ") {
+    if let Ok(tz) = crate::secrets::var("TZ") {
         if let Ok(z) = tz.trim_start_matches(':').parse::<Tz>() {
             return z;
         }
@@ -384,7 +406,10 @@ fn read_settings(root: &Path) -> (Settings, Vec<Diagnostic>) {
             return (Settings::default(), vec![d]);
         }
     };
-    parse_settings(root, &text)
+    let (settings, diags) = parse_settings(root, &text);
+    // From now on nothing this process writes down shows them (src/secrets.rs).
+    crate::secrets::learn_vars(settings.secret_env_names().iter().map(String::as_str));
+    (settings, diags)
 }
 
 /// Parses loops.yaml text as [`Workspace::open`] does (`root` is where `main.prompt` is

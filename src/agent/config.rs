@@ -61,7 +61,7 @@ impl ProviderConfig {
     pub fn api_key(&self) -> Result<Option<String>, String> {
         match &self.api_key_env {
             None => Ok(None),
-            Some(var) => match std::env::var(var) {
+            Some(var) => match crate::secrets::var(var) {
                 Ok(v) if !v.trim().is_empty() => Ok(Some(v.trim().to_string())),
                 _ => Err(var.clone()),
             },

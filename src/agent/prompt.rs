@@ -500,7 +500,7 @@ async fn command_provider(
     prompt.push_str(dynamic);
     prompt.push('\n');
     for name in &pcfg.env {
-        if let Ok(v) = std::env::var(name) {
+        if let Ok(v) = crate::secrets::var(name) {
             env.retain(|(k, _)| k != name);
             env.push((name.clone(), v));
         }

@@ -3,9 +3,9 @@
 //! It is appended to as the run goes, so it can be followed while the run is live and a
 //! crash keeps everything up to the last turn.
 //!
-//! Every line passes through a [`Redactor`] first: the value of any provider's API key
-//! that is set in the environment is replaced, whatever put it there (a tool that read a
-//! file, an error that quoted a header).
+//! Every line passes through a [`Redactor`] first: the value of every secret loops knows
+//! (provider keys, channel URLs and tokens, MCP server `env`, see src/secrets.rs) is
+//! replaced, whatever put it there (a tool that read a file, an error that quoted a URL).
 
 use super::model::{Block, Message, Role, SystemPart, ToolSpec, Usage};
 use std::io::Write;
@@ -24,32 +24,21 @@ impl std::fmt::Debug for Redactor {
 }
 
 impl Redactor {
-    /// The values, now, of the API-key variables named by `providers:` and the secret
-    /// variables named by `channels:`.
+    /// The values, now, of every secret variable loops.yaml names (provider keys,
+    /// channel URLs and tokens, MCP server `env` and headers), on top of every secret
+    /// this process already knows (src/secrets.rs).
     pub fn for_settings(settings: &crate::workspace::Settings) -> Redactor {
         let mut secrets: Vec<String> = settings
-            .providers
-            .values()
-            .filter_map(|p| p.api_key().ok().flatten())
-            .chain(
-                settings
-                    .providers
-                    .values()
-                    .flat_map(|p| p.env.iter())
-                    .filter_map(|name| std::env::var(name).ok()),
-            )
-            // Webhook URLs carry their token; signing secrets and header values too.
-            .chain(
-                settings
-                    .channels
-                    .values()
-                    .flat_map(|c| c.secret_envs())
-                    .filter_map(|name| std::env::var(name).ok()),
-            )
-            .filter(|s| s.len() >= 8)
+            .secret_env_names()
+            .iter()
+            .filter_map(|name| crate::secrets::var(name).ok())
+            .filter(|s| s.len() >= crate::secrets::MIN_SECRET_LEN)
             .collect();
+        crate::secrets::learn(&secrets);
         secrets.sort();
         secrets.dedup();
+        // Longest first: a secret that holds another is replaced whole.
+        secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
         Redactor { secrets }
     }
 
@@ -57,10 +46,10 @@ impl Redactor {
         let mut out = text.to_string();
         for s in &self.secrets {
             if out.contains(s.as_str()) {
-                out = out.replace(s.as_str(), "[redacted]");
+                out = out.replace(s.as_str(), crate::secrets::REDACTED);
             }
         }
-        out
+        crate::secrets::redact(&out).into_owned()
     }
 }
 
@@ -82,16 +71,7 @@ impl Transcript {
     /// Starts a transcript. A transcript that cannot be written is logged and skipped:
     /// the run itself goes on.
     pub fn create(path: PathBuf, redactor: Redactor) -> Transcript {
-        let file = path
-            .parent()
-            .map(std::fs::create_dir_all)
-            .transpose()
-            .and_then(|_| {
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&path)
-            });
+        let file = crate::fsutil::open_append(&path);
         let file = match file {
             Ok(f) => Some(f),
             Err(e) => {

@@ -144,7 +144,7 @@ pub fn channels(ws: &Workspace, json: bool) -> Result {
             // Which variables are set, never their values.
             let env: Vec<serde_json::Value> = c
                 .secret_envs()
-                .map(|v| json!({"name": v, "set": std::env::var(v).is_ok_and(|x| !x.is_empty())}))
+                .map(|v| json!({"name": v, "set": crate::secrets::var(v).is_ok_and(|x| !x.is_empty())}))
                 .collect();
             json!({
                 "name": c.name,

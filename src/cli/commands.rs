@@ -389,12 +389,14 @@ fn next(ws: &Workspace, name: &str, count: usize, from: Option<&str>, json: bool
 fn init_tracing(format: LogFormat) {
     // rmcp's info is protocol chatter (a server's whole `instructions` at each start);
     // what matters about MCP servers is logged by loops itself.
-    let filter = tracing_subscriber::EnvFilter::try_from_env("LOOPS_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rmcp=warn"));
+    let filter = crate::secrets::var("LOOPS_LOG")
+        .ok()
+        .and_then(|f| tracing_subscriber::EnvFilter::try_new(f).ok())
+        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new("info,rmcp=warn"));
     use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(|| crate::secrets::RedactingWriter(std::io::stderr()))
         .with_ansi(std::io::stderr().is_terminal());
     let _ = match format {
         LogFormat::Human => builder.with_target(false).try_init(),

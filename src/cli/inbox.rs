@@ -87,7 +87,9 @@ pub fn handoff(ws: &Workspace, cmd: HandoffCommand) -> Result {
                 })
         })
         .transpose()?;
-    let run = std::env::var("LOOPS_RUN_ID").ok().filter(|r| !r.is_empty());
+    let run = crate::secrets::var("LOOPS_RUN_ID")
+        .ok()
+        .filter(|r| !r.is_empty());
     if to.trim() != "main" {
         // A handoff to anyone but the main session leaves its trust: the never-share
         // guard of loops.yaml and of the sending loop reads it first.

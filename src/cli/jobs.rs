@@ -338,7 +338,7 @@ fn audit(store: &JobStore, job: &Job, allowed: bool) {
         "at": Utc::now(),
         "job": job.id,
         "source": job.source,
-        "user": std::env::var("USER").unwrap_or_default(),
+        "user": crate::secrets::var("USER").unwrap_or_default(),
         "params": params,
         "allowed": allowed,
         "state": job.state,

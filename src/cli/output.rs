@@ -67,6 +67,8 @@ pub fn spawn_printer(
     use std::io::Write;
     tokio::spawn(async move {
         while let Some((stream, bytes)) = rx.recv().await {
+            // A terminal's scrollback and a CI log keep what is printed (src/secrets.rs).
+            let bytes = crate::secrets::redact_bytes(&bytes);
             match stream {
                 crate::exec::Stream::Stdout => {
                     let _ = std::io::stdout().write_all(&bytes);

@@ -128,7 +128,7 @@ impl JobStore {
     where
         E: From<StoreError>,
     {
-        std::fs::create_dir_all(&self.dir).map_err(io(&self.dir))?;
+        crate::fsutil::create_dir_all(&self.dir).map_err(io(&self.dir))?;
         let lock_path = self.dir.join(".lock");
         let lock = FileLock::acquire_blocking(&lock_path).map_err(io(&lock_path))?;
         let mut tx = Tx {
@@ -297,15 +297,11 @@ impl Tx<'_> {
     /// Moves a terminal job from the live folder into `done/`, indexing it.
     pub fn finalize(&mut self, job: &Job) -> Result<(), StoreError> {
         let done_dir = self.store.done_dir();
-        std::fs::create_dir_all(&done_dir).map_err(io(&done_dir))?;
+        crate::fsutil::create_dir_all(&done_dir).map_err(io(&done_dir))?;
         let index = self.store.index_path();
         let mut line = serde_json::to_vec(&JobSummary::from(job)).unwrap_or_default();
         line.push(b'\n');
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&index)
-            .map_err(io(&index))?;
+        let mut f = crate::fsutil::open_append(&index).map_err(io(&index))?;
         f.write_all(&line).map_err(io(&index))?;
         let live = self.store.live_path(job.id);
         let done = self.store.done_path(job.id);

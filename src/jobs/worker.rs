@@ -38,7 +38,7 @@ pub const SWEEP_EVERY: Duration = Duration::from_secs(30);
 /// Whether this process may run shell jobs.
 pub fn shell_allowed(ws: &Workspace) -> bool {
     ws.settings.allow_shell_jobs
-        || std::env::var("LOOPS_ALLOW_SHELL_JOBS")
+        || crate::secrets::var("LOOPS_ALLOW_SHELL_JOBS")
             .is_ok_and(|v| matches!(v.trim(), "1" | "true" | "yes"))
 }
 
@@ -115,7 +115,7 @@ pub async fn run(
     live: Option<Live>,
 ) {
     let store = JobStore::new(&cfg.ws);
-    if let Err(e) = std::fs::create_dir_all(store.dir()) {
+    if let Err(e) = crate::fsutil::create_dir_all(store.dir()) {
         tracing::error!("cannot create {}: {e}", store.dir().display());
         return;
     }
@@ -521,8 +521,10 @@ fn shell_env(ws: &Workspace, job: &Job) -> Result<Vec<(String, String)>, String>
     }
     if let Some(names) = job.params.get("inherit").and_then(|e| e.as_array()) {
         for n in names.iter().filter_map(|n| n.as_str()) {
-            match std::env::var(n) {
+            match crate::secrets::var(n) {
                 Ok(v) => {
+                    // Inherited from the runner: a secret, whatever its name.
+                    crate::secrets::learn([&v]);
                     env.retain(|(x, _)| x != n);
                     env.push((n.to_string(), v));
                 }
@@ -641,25 +643,23 @@ async fn run_shell(
     let log_cap = ws.settings.max_job_log_bytes;
     let writer = tokio::task::spawn_blocking(move || {
         use std::io::Write;
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .ok();
+        let mut f = crate::fsutil::open_append(&log_path).ok();
         if let Some(f) = f.as_mut() {
             let _ = f.write_all(header.as_bytes());
         }
         let mut log = CappedLog::new(log_cap);
         while let Some((stream, chunk)) = out_rx.blocking_recv() {
             if let Some(f) = f.as_mut() {
-                let _ = f.write_all(log.admit(&chunk));
+                // Redacted per chunk: a secret split across two reads of the pipe would
+                // slip through, which is why the run's record is redacted whole too.
+                let _ = f.write_all(&crate::secrets::redact_bytes(log.admit(&chunk)));
             }
             if let Some(l) = &live {
                 let _ = l.blocking_send((stream, chunk));
             }
         }
         if let Some(f) = f.as_mut() {
-            let _ = f.write_all(&log.finish());
+            let _ = f.write_all(&crate::secrets::redact_bytes(&log.finish()));
         }
     });
 
@@ -865,8 +865,10 @@ impl TurnHooks for JobHooks {
         last_tool: Option<&str>,
     ) {
         self.tokens.add(&Tokens::from_usage(usage));
-        if let Ok(bytes) = serde_json::to_vec(messages) {
-            if let Err(e) = crate::fsutil::atomic_replace(&self.conversation, &bytes) {
+        if let Ok(text) = serde_json::to_string(messages) {
+            // What a tool read (a key in a file) is not written down (src/secrets.rs).
+            let bytes = crate::secrets::redact(&text);
+            if let Err(e) = crate::fsutil::atomic_replace(&self.conversation, bytes.as_bytes()) {
                 tracing::warn!(job = self.id, "cannot save the conversation: {e}");
             }
         }
@@ -1111,8 +1113,8 @@ async fn run_agent(
     )
     .await;
     forward.abort();
-    if let Ok(bytes) = serde_json::to_vec(&driven.messages) {
-        let _ = crate::fsutil::atomic_replace(&conv_path, &bytes);
+    if let Ok(text) = serde_json::to_string(&driven.messages) {
+        let _ = crate::fsutil::atomic_replace(&conv_path, crate::secrets::redact(&text).as_bytes());
     }
     let tokens = Tokens::from_usage(&driven.usage);
     let turns = offset + driven.turns;

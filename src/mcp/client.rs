@@ -92,6 +92,20 @@ pub enum McpTransport {
     },
 }
 
+impl McpServerConfig {
+    /// The variables whose values this server is given: its `env:` (stdio) or the
+    /// variables its headers are made of (http). Each is a secret to redact.
+    pub fn secret_env_names(&self) -> Vec<String> {
+        match &self.transport {
+            McpTransport::Stdio { env, .. } => env.clone(),
+            McpTransport::Http { headers, .. } => headers
+                .values()
+                .flat_map(|h| header_template_vars(h).unwrap_or_default())
+                .collect(),
+        }
+    }
+}
+
 impl McpTransport {
     fn kind(&self) -> &'static str {
         match self {
@@ -968,10 +982,10 @@ impl McpPool {
         env.extend(
             EXTRA_ENV
                 .iter()
-                .filter_map(|k| std::env::var(k).ok().map(|v| (k.to_string(), v))),
+                .filter_map(|k| crate::secrets::var(k).ok().map(|v| (k.to_string(), v))),
         );
         for var in env_names {
-            match std::env::var(var) {
+            match crate::secrets::var(var) {
                 Ok(v) => {
                     env.retain(|(k, _)| k != var);
                     env.push((var.clone(), v));
@@ -1003,10 +1017,7 @@ impl McpPool {
             server: server.clone(),
             reason,
         };
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
+        let log = crate::fsutil::open_append(&log_path)
             .map_err(|e| spawn_err(format!("cannot open {}: {e}", log_path.display())))?;
         let log_start = log.metadata().map(|m| m.len()).unwrap_or(0);
         let mut cmd = tokio::process::Command::new(command);
@@ -1016,7 +1027,9 @@ impl McpPool {
             .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::from(log))
+            // Through loops, not straight to the file: a server that prints its
+            // environment must not write its token into the log (src/secrets.rs).
+            .stderr(Stdio::piped())
             // Its own group: a terminal's Ctrl-C is ours to handle, and stopping it
             // stops whatever it started (npx, a wrapper script) too.
             .process_group(0)
@@ -1046,6 +1059,10 @@ impl McpPool {
             })
         })?;
         let pid = child.id();
+        let pump = child
+            .stderr
+            .take()
+            .map(|e| tokio::spawn(pump_stderr(e, log)));
         let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
             kill_group(pid, libc::SIGKILL);
             return Err(spawn_err(
@@ -1069,7 +1086,7 @@ impl McpPool {
                 }
                 kill_group(pid, libc::SIGKILL);
                 let _ = child.start_kill();
-                let tail = stderr_tail(&log_path, log_start);
+                let tail = pumped_tail(pump, &log_path, log_start).await;
                 Err(match status {
                     Some(s) => McpClientError::ExitedAtStart {
                         server: server.clone(),
@@ -1089,7 +1106,7 @@ impl McpPool {
                 Err(McpClientError::StartTimeout {
                     server: server.clone(),
                     after: format_duration(cfg.startup_timeout),
-                    tail: stderr_tail(&log_path, log_start),
+                    tail: pumped_tail(pump, &log_path, log_start).await,
                 })
             }
         }
@@ -1120,7 +1137,7 @@ fn header_value(server: &str, header: &str, spec: &str) -> Result<String, McpCli
         key: format!("headers.{header}"),
     };
     let read = |var: &str| {
-        std::env::var(var)
+        crate::secrets::var(var)
             .ok()
             .filter(|v| !v.is_empty())
             .ok_or_else(|| missing(var))
@@ -1267,17 +1284,50 @@ fn stderr_tail(log: &Path, from: u64) -> String {
 }
 
 /// Appends a line of our own to the server's log, between its stderr lines.
+/// Copies a stdio server's stderr into its log, a whole line at a time so that a secret
+/// it prints is redacted whole. A line longer than [`PUMP_LINE`] is cut.
+async fn pump_stderr(mut from: tokio::process::ChildStderr, mut log: std::fs::File) {
+    use tokio::io::AsyncReadExt;
+    let mut buf = vec![0u8; 8192];
+    let mut pending: Vec<u8> = Vec::new();
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        pending.extend_from_slice(&buf[..n]);
+        let cut = match pending.iter().rposition(|b| *b == b'\n') {
+            Some(i) => i + 1,
+            None if pending.len() >= PUMP_LINE => pending.len(),
+            None => continue,
+        };
+        let rest = pending.split_off(cut);
+        let _ = log.write_all(&crate::secrets::redact_bytes(&pending));
+        pending = rest;
+    }
+    if !pending.is_empty() {
+        let _ = log.write_all(&crate::secrets::redact_bytes(&pending));
+    }
+}
+
+/// The last lines a failed start printed, once they are through the pump.
+async fn pumped_tail(pump: Option<tokio::task::JoinHandle<()>>, log: &Path, from: u64) -> String {
+    if let Some(p) = pump {
+        let _ = tokio::time::timeout(Duration::from_millis(500), p).await;
+    }
+    stderr_tail(log, from)
+}
+
+/// The longest stderr line of a server written whole.
+const PUMP_LINE: usize = 64 * 1024;
+
 fn log_line(dir: &Path, server: &str, text: &str) {
-    let _ = std::fs::create_dir_all(dir);
-    if let Ok(mut f) = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.join(format!("{server}.log")))
-    {
+    if let Ok(mut f) = crate::fsutil::open_append(&dir.join(format!("{server}.log"))) {
         let _ = writeln!(
             f,
-            "[loops {}] {text}",
-            Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            "[loops {}] {}",
+            Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            crate::secrets::redact(text)
         );
     }
 }
