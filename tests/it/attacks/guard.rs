@@ -132,31 +132,6 @@ fn trigger(ws: &TempWorkspace, hook_url: &str) -> Value {
     ws.runs("support").pop().expect("a run record")
 }
 
-/// What the model was told after each of its calls, in order: (is_error, text).
-fn tool_results(model: &FakeModel) -> Vec<(bool, String)> {
-    let reqs = model.requests();
-    assert!(reqs.len() >= 2, "the model was asked again after its calls");
-    let v = reqs[1].json();
-    let last = v["messages"]
-        .as_array()
-        .and_then(|m| m.last())
-        .cloned()
-        .unwrap_or_default();
-    last["content"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|b| b["type"] == "tool_result")
-        .map(|b| {
-            (
-                b["is_error"] == true,
-                b["content"].as_str().unwrap_or_default().to_string(),
-            )
-        })
-        .collect()
-}
-
 /// Every file under `dir` but `.git` (`.loops/` included), as text.
 fn all_text_under(dir: &Path) -> String {
     let mut s = String::new();
@@ -193,7 +168,7 @@ fn assert_no_secret_anywhere(ws: &TempWorkspace) {
 
 /// The run blocked each disguise, naming its rule, and let the clean text through.
 fn assert_each_blocked(model: &FakeModel, rec: &Value, says: &str, channel: &str) {
-    let res = tool_results(model);
+    let res = super::first_results(model);
     assert_eq!(res.len(), DISGUISES.len() + 1, "{res:?}");
     for (d, (err, text)) in DISGUISES.iter().zip(&res) {
         assert!(*err, "{} got through: {text}", d.name);

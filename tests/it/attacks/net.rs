@@ -8,7 +8,7 @@
 //! tool_result) and what the person reads in the transcript.
 
 use crate::common::{git_commit_all, TempWorkspace};
-use crate::fake_model::{anthropic, FakeModel, Recorded, Reply};
+use crate::fake_model::{anthropic, FakeModel, Reply};
 use serde_json::{json, Value};
 use std::time::Duration;
 
@@ -79,31 +79,6 @@ fn trigger(ws: &TempWorkspace) -> (Value, String) {
     (rec, transcript)
 }
 
-/// The tool_result blocks the model was sent after its calls (the second request).
-fn tool_results(model: &FakeModel) -> Vec<(bool, String)> {
-    let reqs: Vec<Recorded> = model.requests();
-    assert!(reqs.len() >= 2, "the model was asked again after its calls");
-    let v = reqs[1].json();
-    let last = v["messages"]
-        .as_array()
-        .and_then(|m| m.last())
-        .cloned()
-        .unwrap_or_default();
-    last["content"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|b| b["type"] == "tool_result")
-        .map(|b| {
-            (
-                b["is_error"] == true,
-                b["content"].as_str().unwrap_or_default().to_string(),
-            )
-        })
-        .collect()
-}
-
 fn port(server: &FakeModel) -> u16 {
     server
         .url()
@@ -136,7 +111,7 @@ fn another_port_of_an_allowed_host_is_refused_and_the_listed_port_still_works() 
 
     assert!(secret.requests().is_empty(), "the other port was reached");
     assert_eq!(site.requests().len(), 1, "the legitimate call went through");
-    let res = tool_results(&model);
+    let res = super::first_results(&model);
     assert_eq!(res.len(), 2, "{res:?}");
     let (err, text) = &res[0];
     assert!(*err, "{text}");
@@ -192,7 +167,7 @@ fn decimal_hex_octal_and_mapped_spellings_of_the_address_reach_no_other_port() {
         secret.requests().is_empty(),
         "a spelling reached the other port"
     );
-    let res = tool_results(&model);
+    let res = super::first_results(&model);
     assert_eq!(res.len(), urls.len(), "{res:?}");
     for (i, s) in spellings.iter().enumerate() {
         let (err, text) = &res[i];
@@ -222,7 +197,7 @@ fn an_unlisted_spelling_of_loopback_is_refused_when_only_a_name_is_listed() {
     let ws = workspace(&model, &[format!("localhost:{b}"), "example.com".into()]);
     trigger(&ws);
     assert!(secret.requests().is_empty());
-    for (err, text) in tool_results(&model) {
+    for (err, text) in super::first_results(&model) {
         assert!(
             err && text.contains(&format!("`127.0.0.1:{b}` is not in")),
             "{text}"
@@ -242,7 +217,7 @@ fn a_name_resolving_to_loopback_needs_its_address_listed_too() {
         secret.requests().is_empty(),
         "a listed name opened loopback"
     );
-    let res = tool_results(&model);
+    let res = super::first_results(&model);
     let (err, text) = &res[0];
     assert!(*err, "{text}");
     assert!(
@@ -263,7 +238,7 @@ fn a_name_resolving_to_loopback_needs_its_address_listed_too() {
         &[format!("localhost:{a}"), format!("127.0.0.1:{a}")],
     );
     trigger(&ws);
-    let res = tool_results(&model);
+    let res = super::first_results(&model);
     assert!(
         !res[0].0 && res[0].1.contains("LOCAL-DEV-SERVER-33"),
         "{res:?}"

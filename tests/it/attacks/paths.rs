@@ -3,6 +3,7 @@
 //! to change what a run executes or to hide its edits from git, and a second process
 //! swapping a folder for a symbolic link while the model reads (docs/security.md).
 
+use super::results;
 use crate::common::{drop_handoff, git, git_commit_all, git_trailers, TempWorkspace};
 use crate::fake_model::{anthropic, FakeModel, Recorded, Reply};
 use serde_json::{json, Value};
@@ -118,30 +119,6 @@ fn turn(calls: &[(&str, Value)]) -> Reply {
 
 fn finish() -> Reply {
     turn(&[("finish", json!({"summary": "done"}))])
-}
-
-/// The tool results the model was sent in request `r`, as (is_error, text).
-fn results(r: &Recorded) -> Vec<(bool, String)> {
-    let v = r.json();
-    let last = v["messages"]
-        .as_array()
-        .and_then(|m| m.last())
-        .cloned()
-        .unwrap_or_default();
-    last["content"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|b| b["type"] == "tool_result")
-        .map(|b| {
-            let text = match &b["content"] {
-                Value::String(s) => s.clone(),
-                other => other.to_string(),
-            };
-            (b["is_error"] == true, text)
-        })
-        .collect()
 }
 
 fn body(r: &Recorded) -> String {
