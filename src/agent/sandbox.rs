@@ -776,14 +776,14 @@ fn join(parts: &[String]) -> String {
 pub fn scope_of_handoff(root: &Path, h: &crate::handoff::Handoff) -> Scope {
     match h.written_by.as_deref() {
         Some("main") => Scope::Main,
-        Some(w)
-            if crate::handoff::valid_id(w)
-                && root.join("domains").join(w).join("config.yaml").is_file() =>
-        {
-            Scope::Isolated {
+        Some(w) if crate::handoff::valid_id(w) => match loop_session(root, w) {
+            Some(false) => Scope::Isolated {
                 loop_name: w.to_string(),
-            }
-        }
+            },
+            // A loop that runs in the main session wrote it with the main session's reach.
+            Some(true) => Scope::Main,
+            None => Scope::Main,
+        },
         // The person, or the runner itself (`loops handoff create`, a paused-loop note).
         Some(_) => Scope::Main,
         None => Scope::Job {
@@ -797,6 +797,13 @@ fn reader_of(root: &Path, h: &crate::handoff::Handoff) -> Sandbox {
     let scope = scope_of_handoff(root, h);
     let walls = Walls::for_reading(root, &scope);
     Sandbox::with_walls(root, scope, walls)
+}
+
+/// Whether the loop `name` runs in the main session (`None`: there is no such loop).
+fn loop_session(root: &Path, name: &str) -> Option<bool> {
+    let text = fs::read_to_string(root.join("domains").join(name).join("config.yaml")).ok()?;
+    let v: yaml_serde::Value = yaml_serde::from_str(&text).unwrap_or(yaml_serde::Value::Null);
+    Some(v.get("session").and_then(|s| s.as_str()) == Some("main"))
 }
 
 /// Checks every path a handoff names, as its writer's scope would be checked at the
