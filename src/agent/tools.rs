@@ -1106,7 +1106,7 @@ pub fn all_specs() -> Vec<ToolSpec> {
         ),
         spec(
             "http_get",
-            "Fetch a URL (GET) from a host listed in this loop's allowed_hosts. The body is cut at 256 KiB.",
+            "Fetch a URL (GET) from a host and port listed in this loop's allowed_hosts (an entry without a port allows only 80 for http and 443 for https). Redirects are reported, not followed. The body is cut at 256 KiB.",
             json!({"type": "object", "properties": {"url": {"type": "string"}}, "required": ["url"]}),
         ),
         spec(
