@@ -18,6 +18,7 @@ mod mcp;
 mod mcp_tools;
 mod progress;
 mod provider;
+mod pull_race;
 mod retention;
 mod sandbox;
 mod schedule;
