@@ -111,6 +111,68 @@ pub fn check(repo: &Repository, git_dir: &Path, rule: &BranchRule) -> Option<Hol
     }
 }
 
+/// Git commands that move HEAD or a branch when they finish. A plain `git commit` does
+/// not hold `.git/index.lock` while its editor is open: it reads HEAD when it starts and
+/// fails at the end if HEAD moved meanwhile, so a commit by loops in between would
+/// break it. Read-only commands (`git log` in a pager) hold nothing up.
+const MOVES_HEAD: &[&str] = &[
+    "commit",
+    "merge",
+    "pull",
+    "rebase",
+    "cherry-pick",
+    "revert",
+    "am",
+    "stash",
+    "reset",
+    "checkout",
+    "switch",
+    "tag",
+    "notes",
+    "bisect",
+];
+
+/// A `git` process in the work tree running a command that will move HEAD (pid and
+/// command), seen through /proc; without /proc nothing is seen.
+pub fn git_at_work(workdir: &Path) -> Option<String> {
+    let procs = std::fs::read_dir("/proc").ok()?;
+    for e in procs.filter_map(|e| e.ok()) {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        let base = e.path();
+        let comm = std::fs::read_to_string(base.join("comm")).unwrap_or_default();
+        if comm.trim() != "git"
+            || !std::fs::read_link(base.join("cwd")).is_ok_and(|c| c.starts_with(workdir))
+        {
+            continue;
+        }
+        let cmdline = std::fs::read(base.join("cmdline")).unwrap_or_default();
+        if let Some(sub) = subcommand(&cmdline).filter(|s| MOVES_HEAD.contains(&s.as_str())) {
+            return Some(format!("pid {pid}: git {sub}"));
+        }
+    }
+    None
+}
+
+/// The git subcommand in a NUL-separated command line (`git -c k=v commit -m x`).
+fn subcommand(cmdline: &[u8]) -> Option<String> {
+    let mut args = cmdline
+        .split(|b| *b == 0)
+        .skip(1)
+        .map(|a| String::from_utf8_lossy(a).into_owned());
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "-c" | "-C" | "--git-dir" | "--work-tree" | "--namespace" => {
+                args.next();
+            }
+            _ if a.starts_with('-') || a.is_empty() => {}
+            _ => return Some(a),
+        }
+    }
+    None
+}
+
 /// Whether the index on disk has unmerged entries (read fresh: the repository's cached
 /// index may be older than the person's last `git merge`).
 fn has_conflicts(git_dir: &Path) -> bool {
@@ -261,4 +323,59 @@ pub fn waiting(commits_dir: &Path) -> (usize, Option<HeldReport>) {
         // Written by a process that has ended: what it said may no longer be true.
         .filter(|h| Path::new(&format!("/proc/{}", h.pid)).exists());
     (n, held)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subcommand_skips_global_options() {
+        assert_eq!(
+            subcommand(b"git\0-c\0user.name=x\0-C\0/w\0commit\0-m\0msg\0").as_deref(),
+            Some("commit")
+        );
+        assert_eq!(
+            subcommand(b"git\0--no-pager\0log\0").as_deref(),
+            Some("log")
+        );
+        assert_eq!(subcommand(b"git\0").as_deref(), None);
+    }
+
+    #[test]
+    fn a_branch_rule_holds_other_branches() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let repo = Repository::init(dir.path()).expect("init");
+        let here = current_branch(&repo).expect("an unborn branch is a branch");
+        assert_eq!(
+            check(&repo, repo.path(), &BranchRule::Fixed(here.clone())),
+            None
+        );
+        assert_eq!(check(&repo, repo.path(), &BranchRule::Follow), None);
+        assert!(matches!(
+            check(&repo, repo.path(), &BranchRule::Fixed("elsewhere".into())),
+            Some(Hold::OtherBranch { .. })
+        ));
+        std::fs::write(repo.path().join("MERGE_HEAD"), "x").expect("write");
+        assert_eq!(
+            check(&repo, repo.path(), &BranchRule::Follow),
+            Some(Hold::Operation("a merge"))
+        );
+    }
+
+    #[test]
+    fn the_index_lock_is_exclusive_and_released() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let first = IndexLock::acquire(dir.path()).expect("io").expect("free");
+        assert!(IndexLock::acquire(dir.path()).expect("io").is_none());
+        drop(first);
+        assert!(!dir.path().join("index.lock").exists());
+        let lock = IndexLock::acquire(dir.path())
+            .expect("io")
+            .expect("free again");
+        let mut idx = lock.open_copy().expect("an empty index");
+        lock.commit(&mut idx).expect("written");
+        assert!(dir.path().join("index").exists());
+        assert!(!dir.path().join("index.lock").exists());
+    }
 }

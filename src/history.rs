@@ -190,6 +190,11 @@ struct Deferred {
     message: String,
     since: DateTime<Utc>,
     reason: String,
+    /// While commits are held: what each file held when the run ended and what HEAD held
+    /// for it then (blob ids). `git rebase --abort` and the like reset the work tree;
+    /// this is how the run's change is put back once they are over.
+    #[serde(default)]
+    snapshot: Vec<(PathBuf, String, Option<String>)>,
     #[serde(skip)]
     file: Option<PathBuf>,
 }
@@ -299,8 +304,81 @@ impl CommitterThread {
         if let Some(h) = crate::git_gate::check(&self.repo, &self.git_dir, &self.rule) {
             return Err(self.hold(h));
         }
-        self.release_hold();
+        // Looked for only once the lock is ours: a git that starts later finds the index
+        // locked and stops at once, rather than after its editor closes.
+        if let Some(who) = crate::git_gate::git_at_work(&self.workdir) {
+            return Err(self.hold(crate::git_gate::Hold::GitRunning(who)));
+        }
+        if self.held.is_some() {
+            self.release_hold();
+            self.restore_held();
+        }
         Ok(lock)
+    }
+
+    /// The blobs of the regular files among `paths`, written to the object database
+    /// (objects only: no ref, no index, so nothing git is in the middle of is touched).
+    fn snapshot(&self, paths: &[PathBuf]) -> Vec<(PathBuf, String, Option<String>)> {
+        let mut out = Vec::new();
+        let tree = self.repo.head().ok().and_then(|h| h.peel_to_tree().ok());
+        let mut lookup = TreeLookup::new(&self.repo, tree.as_ref());
+        for p in paths {
+            let Ok(rel) = p.strip_prefix(&self.workdir) else {
+                continue;
+            };
+            if rel.as_os_str().is_empty() || is_private(rel) {
+                continue;
+            }
+            if !std::fs::symlink_metadata(p).is_ok_and(|m| m.is_file()) {
+                continue;
+            }
+            if let Some(id) = std::fs::read(p).ok().and_then(|b| self.repo.blob(&b).ok()) {
+                let base = lookup.entry(rel).map(|(b, _)| b.to_string());
+                out.push((rel.to_path_buf(), id.to_string(), base));
+            }
+        }
+        out
+    }
+
+    /// Once a hold is over: puts back what the held runs appended to a file when git
+    /// took it out of the work tree (a `rebase --abort` resets files to HEAD). Only
+    /// appends are certain enough to put back; any other change is left as it is.
+    fn restore_held(&mut self) {
+        // Per file: what HEAD held when the first held run ended, and the last run's file.
+        let mut held: std::collections::BTreeMap<PathBuf, (Option<String>, String)> =
+            Default::default();
+        for d in &self.deferred {
+            for (rel, id, base) in &d.snapshot {
+                held.entry(rel.clone())
+                    .and_modify(|e| e.1 = id.clone())
+                    .or_insert((base.clone(), id.clone()));
+            }
+        }
+        let blob = |id: Option<&String>| -> Option<Vec<u8>> {
+            let oid = Oid::from_str(id?).ok()?;
+            Some(self.repo.find_blob(oid).ok()?.content().to_vec())
+        };
+        let mut writes = Vec::new();
+        for (rel, (base, last)) in &held {
+            let (Some(last), base) = (blob(Some(last)), blob(base.as_ref()).unwrap_or_default())
+            else {
+                continue;
+            };
+            if let Some(bytes) = restored(&self.workdir.join(rel), &base, &last) {
+                writes.push((rel.clone(), bytes));
+            }
+        }
+        for (rel, bytes) in writes {
+            match crate::fsutil::atomic_replace(&self.workdir.join(&rel), &bytes) {
+                Ok(()) => {
+                    tracing::info!(path = %rel.display(), "put back what held runs appended, which git had reset");
+                    self.journal.record("held_restored", json!({"path": rel}));
+                }
+                Err(e) => {
+                    tracing::warn!(path = %rel.display(), "cannot put back what held runs appended: {e}")
+                }
+            }
+        }
     }
 
     /// `.git/index.lock`, after a short wait for another git; a lock a crashed git left
@@ -477,8 +555,12 @@ impl CommitterThread {
             message: req.message,
             since: Utc::now(),
             reason,
+            snapshot: Vec::new(),
             file: None,
         };
+        if self.held.is_some() {
+            d.snapshot = self.snapshot(&d.paths);
+        }
         let subject = d.message.lines().next().unwrap_or("").to_string();
         if self.held.is_some() {
             // The hold itself was said once (see `hold`); each run waiting is not news.
@@ -697,6 +779,26 @@ impl CommitterThread {
         }
         removed
     }
+}
+
+/// What `file` should hold so the lines held runs appended (`last` is `base` plus them)
+/// are not lost: the file as it is now with them appended, unless it has them already;
+/// `None` to leave it as it is.
+fn restored(file: &Path, base: &[u8], last: &[u8]) -> Option<Vec<u8>> {
+    let added = last.strip_prefix(base)?;
+    if added.is_empty() {
+        return None;
+    }
+    let now = std::fs::read(file).ok()?;
+    if now.windows(added.len()).any(|w| w == added) {
+        return None;
+    }
+    let mut out = now;
+    if !out.is_empty() && !out.ends_with(b"\n") {
+        out.push(b'\n');
+    }
+    out.extend_from_slice(added);
+    Some(out)
 }
 
 /// The lock files a commit by the committer can meet: the index, HEAD, the current

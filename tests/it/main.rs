@@ -24,3 +24,4 @@ mod schedule;
 mod service;
 mod soak;
 mod status;
+mod two_writers;
