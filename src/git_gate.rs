@@ -249,14 +249,16 @@ impl IndexLock {
         let io = |e: std::io::Error| git2::Error::from_str(&format!("cannot write the index: {e}"));
         let bytes = std::fs::read(&copy).map_err(io)?;
         let _ = std::fs::remove_file(&copy);
-        let mut file = self
+        // On any failure the lock file is still ours and is removed on drop: git must
+        // never find a half-written index.lock left behind.
+        let file = self
             .file
-            .take()
+            .as_mut()
             .ok_or_else(|| git2::Error::from_str("the index lock was already released"))?;
         file.write_all(&bytes).map_err(io)?;
         file.sync_all().map_err(io)?;
-        drop(file);
         std::fs::rename(self.lock_path(), self.git_dir.join("index")).map_err(io)?;
+        self.file = None;
         Ok(())
     }
 }

@@ -328,6 +328,10 @@ fn two_writers_interactive_rebase_stopped_at_edit_then_aborted() {
     person_ok(s.dir(), &["rebase", "--abort"], &[]);
     assert!(!s.dir().join(".git/rebase-merge").exists());
     s.finish(d, &s.branch);
+    // The abort reset state.md to the branch tip: the runs made during the stop are on
+    // the branch because their lines were put back.
+    let journal = std::fs::read_to_string(s.dir().join(".loops/daemon.jsonl")).unwrap();
+    assert!(journal.contains("held_restored"), "{journal}");
 }
 
 #[test]
@@ -443,4 +447,51 @@ fn two_writers_configured_branch_is_checked() {
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{text}");
     assert!(text.contains("git.branch must be a branch name"), "{text}");
+}
+
+#[test]
+fn two_writers_loops_trigger_follows_the_same_rules() {
+    let s = Scene::new("");
+    person_ok(s.dir(), &["checkout", "-q", "--detach"], &[]);
+    let detached = s.head();
+    let out =
+        s.ws.cmd()
+            .args(["trigger", "ticker", "--json"])
+            .output()
+            .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rec: serde_json::Value = serde_json::from_slice(&out.stdout).expect("run record");
+    assert!(
+        rec["commit"].is_null(),
+        "committed on a detached HEAD: {rec}"
+    );
+    assert!(
+        rec["note"]
+            .as_str()
+            .is_some_and(|n| n.contains("HEAD is detached")),
+        "{rec}"
+    );
+    assert_eq!(s.head(), detached);
+    assert_eq!(s.status_json()["commits"]["waiting"], 1);
+    person_ok(s.dir(), &["checkout", "-q", &s.branch], &[]);
+    let out =
+        s.ws.cmd()
+            .args(["trigger", "ticker", "--json"])
+            .output()
+            .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let committed = s.committed(&s.branch);
+    let ran = s.ledger();
+    assert_eq!(ran.len(), 2);
+    assert_eq!(committed, ran, "both runs are on the branch, once each");
+    assert_eq!(s.status_json()["commits"]["waiting"], 0);
+    fsck_clean(s.dir());
 }
