@@ -175,7 +175,7 @@ fn subcommand(cmdline: &[u8]) -> Option<String> {
 
 /// Whether the index on disk has unmerged entries (read fresh: the repository's cached
 /// index may be older than the person's last `git merge`).
-fn has_conflicts(git_dir: &Path) -> bool {
+pub fn has_conflicts(git_dir: &Path) -> bool {
     let path = git_dir.join("index");
     path.exists() && git2::Index::open(&path).is_ok_and(|i| i.has_conflicts())
 }

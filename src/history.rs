@@ -473,14 +473,16 @@ impl CommitterThread {
     /// Brings the index up to date for `paths` and for any left over from before; what
     /// cannot be done now (another git holds the index) is kept for later.
     fn sync(&mut self, paths: Vec<PathBuf>) {
-        // The index is not touched while git is mid-operation: its entries (conflict
-        // stages among them) are the person's until it is over.
-        if crate::git_gate::operation(&self.repo, &self.git_dir).is_some() {
-            self.keep_unsynced(paths);
-            return;
-        }
         match self.index_lock() {
-            Ok(Some(lock)) => self.sync_locked(lock, paths),
+            // The index is not touched while git is mid-operation: its entries (conflict
+            // stages among them) are the person's until it is over. Asked with the lock
+            // held, so no merge can start in between.
+            Ok(Some(lock))
+                if crate::git_gate::operation(&self.repo, &self.git_dir).is_none()
+                    && !crate::git_gate::has_conflicts(&self.git_dir) =>
+            {
+                self.sync_locked(lock, paths)
+            }
             _ => self.keep_unsynced(paths),
         }
     }
