@@ -461,7 +461,10 @@ impl CommitterThread {
             }
             r => r,
         };
-        let (oid, synced) = r?;
+        let (oid, synced) = match r {
+            Err(HistoryError::Held(h)) => return Err(self.hold(h)),
+            r => r?,
+        };
         if synced.is_empty() {
             self.save_intent(&[]);
         } else {
@@ -975,6 +978,11 @@ fn commit_paths(
         let tree = repo.find_tree(tree_id)?;
         let sig = signature(repo, name, email);
         let parents: Vec<&git2::Commit> = head.iter().collect();
+        // A last look as close to the ref update as it can be: a `git commit` that started
+        // since the committer's first look has read HEAD and fails if it moves now.
+        if let Some(who) = crate::git_gate::git_at_work(&workdir) {
+            return Err(HistoryError::Held(crate::git_gate::Hold::GitRunning(who)));
+        }
         match repo.commit(Some("HEAD"), &sig, &sig, &req.message, &tree, &parents) {
             Ok(oid) => {
                 let mut synced = rels.clone();

@@ -175,13 +175,16 @@ fn person(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
 
 /// The person's git, tried again when another git (here: loops, for the milliseconds of
 /// a commit) holds the index, as a person would after git's "Another git process seems
-/// to be running" — git itself never waits for the index lock.
+/// to be running" — git itself never waits for the index lock. ("could not write index":
+/// the `git stash create` a merge runs first, meeting the same lock; nothing changed.)
 fn person_retry(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
     for _ in 0..100 {
         let out = person(dir, args, env);
         let err = String::from_utf8_lossy(&out.stderr);
-        if out.status.success() || !(err.contains("index.lock") || err.contains("unstaged changes"))
-        {
+        let locked = ["index.lock", "unstaged changes", "could not write index"]
+            .iter()
+            .any(|m| err.contains(m));
+        if out.status.success() || !locked {
             return out;
         }
         std::thread::sleep(Duration::from_millis(30));
@@ -225,7 +228,15 @@ fn conflicting_branch(s: &Scene) {
 }
 
 fn start_conflicted_merge(s: &Scene) -> String {
-    let out = person_retry(s.dir(), &["merge", "other"], &[]);
+    let mut out = person_retry(s.dir(), &["merge", "other"], &[]);
+    // A merge that started in the millisecond a run commit was being made read the old
+    // HEAD; git refuses it cleanly (nothing changed) and the person runs it again.
+    for _ in 0..5 {
+        if !String::from_utf8_lossy(&out.stderr).contains("would be overwritten by merge") {
+            break;
+        }
+        out = person_retry(s.dir(), &["merge", "other"], &[]);
+    }
     let said = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
