@@ -30,6 +30,9 @@ pub enum HistoryError {
     /// is kept and made, in order, as soon as git allows.
     #[error("commit deferred ({0}); it is kept and made as soon as git allows")]
     Deferred(String),
+    /// Git is in a state a commit must not interrupt (see `git_gate`); the commit waits.
+    #[error("commits held: {0}")]
+    Held(crate::git_gate::Hold),
 }
 
 impl HistoryError {
@@ -42,7 +45,7 @@ impl HistoryError {
             HistoryError::NotARepository(_) => {
                 Some("run `git init` in the workspace (or create it with `loops init`)".into())
             }
-            HistoryError::Deferred(_) => Some(
+            HistoryError::Deferred(_) | HistoryError::Held(_) => Some(
                 "nothing to do unless it lasts: .loops/daemon.jsonl says when it is committed"
                     .into(),
             ),
@@ -87,10 +90,38 @@ impl Committer {
         fallback_name: &str,
         fallback_email: &str,
     ) -> Result<Committer, HistoryError> {
+        Self::start_with(workspace, fallback_name, fallback_email, None, false)
+    }
+
+    /// Starts the committer with a branch rule: `rule` from loops.yaml when it names one;
+    /// otherwise the rule a live daemon recorded, else the branch checked out now. A
+    /// daemon (`record`) records its rule for the CLI commands that commit beside it.
+    pub fn start_with(
+        workspace: &Path,
+        fallback_name: &str,
+        fallback_email: &str,
+        rule: Option<crate::git_gate::BranchRule>,
+        record: bool,
+    ) -> Result<Committer, HistoryError> {
         let repo = Repository::discover(workspace)
             .map_err(|_| HistoryError::NotARepository(workspace.to_path_buf()))?;
         if repo.workdir().is_none() {
             return Err(HistoryError::NotARepository(workspace.to_path_buf()));
+        }
+        let commits_dir = workspace.join(".loops").join("commits");
+        let rule = rule
+            .or_else(|| {
+                (!record)
+                    .then(|| crate::git_gate::recorded_rule(&commits_dir))
+                    .flatten()
+            })
+            .unwrap_or_else(|| match crate::git_gate::current_branch(&repo) {
+                Some(b) => crate::git_gate::BranchRule::Fixed(b),
+                // Started on a detached HEAD: the first branch checked out is as good as any.
+                None => crate::git_gate::BranchRule::Follow,
+            });
+        if record {
+            crate::git_gate::record_rule(&commits_dir, &rule);
         }
         let (tx, rx) = std_mpsc::channel::<(CommitRequest, Reply)>();
         let mut thread = CommitterThread {
@@ -110,6 +141,8 @@ impl Committer {
             deferred: VecDeque::new(),
             unsynced: Vec::new(),
             reported_holders: HashSet::new(),
+            rule,
+            held: None,
         };
         std::thread::Builder::new()
             .name("loops-committer".into())
@@ -157,6 +190,11 @@ struct Deferred {
     message: String,
     since: DateTime<Utc>,
     reason: String,
+    /// While commits are held: what each file held when the run ended and what HEAD held
+    /// for it then (blob ids). `git rebase --abort` and the like reset the work tree;
+    /// this is how the run's change is put back once they are over.
+    #[serde(default)]
+    snapshot: Vec<(PathBuf, String, Option<String>)>,
     #[serde(skip)]
     file: Option<PathBuf>,
 }
@@ -175,6 +213,10 @@ struct CommitterThread {
     unsynced: Vec<PathBuf>,
     /// (lock, holder pid) pairs already reported, so a long wait is reported once.
     reported_holders: HashSet<(PathBuf, u32)>,
+    /// Which branch run commits go to.
+    rule: crate::git_gate::BranchRule,
+    /// Why commits are held now and since when, so a hold is said once, not per run.
+    held: Option<(crate::git_gate::Hold, DateTime<Utc>)>,
 }
 
 /// Who holds a git lock file.
@@ -190,18 +232,14 @@ impl CommitterThread {
         self.load_intent();
         self.clear_stale_locks();
         loop {
-            let msg = if self.deferred.is_empty() && self.unsynced.is_empty() {
-                match rx.recv() {
-                    Ok(m) => Some(m),
-                    Err(_) => break,
-                }
-            } else {
-                match rx.recv_timeout(RETRY_EVERY) {
-                    Ok(m) => Some(m),
-                    Err(std_mpsc::RecvTimeoutError::Timeout) => None,
-                    Err(std_mpsc::RecvTimeoutError::Disconnected) => break,
-                }
+            // Never blocked for good: a `loops trigger` beside this daemon may have queued
+            // a commit it could not make (git was busy) in .loops/commits/.
+            let msg = match rx.recv_timeout(RETRY_EVERY) {
+                Ok(m) => Some(m),
+                Err(std_mpsc::RecvTimeoutError::Timeout) => None,
+                Err(std_mpsc::RecvTimeoutError::Disconnected) => break,
             };
+            self.load_deferred();
             let late = self.retry_deferred();
             if !self.unsynced.is_empty() {
                 self.sync(Vec::new());
@@ -229,6 +267,9 @@ impl CommitterThread {
             // keeps the order things happened in.
             let reason = last.reason.clone();
             self.defer(req, reason.clone());
+            if let Some((h, _)) = &self.held {
+                return Err(HistoryError::Held(h.clone()));
+            }
             return Err(HistoryError::Deferred(reason));
         }
         match self.try_commit(&req) {
@@ -237,7 +278,167 @@ impl CommitterThread {
                 self.defer(req, reason.clone());
                 Err(HistoryError::Deferred(reason))
             }
+            Err(HistoryError::Held(h)) => {
+                let reason = h.to_string();
+                self.defer(req, reason.clone());
+                Err(HistoryError::Held(h))
+            }
             r => r,
+        }
+    }
+
+    /// Takes `.git/index.lock` and asks whether git is in a state a commit must wait
+    /// for; the lock is held through the commit and the index update, so no git command
+    /// (a checkout, a merge, the person's `git commit`) starts in between.
+    fn gate(&mut self) -> Result<crate::git_gate::IndexLock, HistoryError> {
+        let lock = match self.index_lock()? {
+            Some(l) => l,
+            None => {
+                let lock = self.git_dir.join("index.lock");
+                let who = lock_holder(&lock, &self.workdir)
+                    .map(|h| format!("pid {}, {}", h.pid, h.command))
+                    .unwrap_or_else(|| "index.lock is taken".into());
+                return Err(self.hold(crate::git_gate::Hold::GitRunning(who)));
+            }
+        };
+        if let Some(h) = crate::git_gate::check(&self.repo, &self.git_dir, &self.rule) {
+            return Err(self.hold(h));
+        }
+        // Looked for only once the lock is ours: a git that starts later finds the index
+        // locked and stops at once, rather than after its editor closes.
+        if let Some(who) = crate::git_gate::git_at_work(&self.workdir) {
+            return Err(self.hold(crate::git_gate::Hold::GitRunning(who)));
+        }
+        if self.held.is_some() {
+            self.release_hold();
+            self.restore_held();
+        }
+        Ok(lock)
+    }
+
+    /// The blobs of the regular files among `paths`, written to the object database
+    /// (objects only: no ref, no index, so nothing git is in the middle of is touched).
+    fn snapshot(&self, paths: &[PathBuf]) -> Vec<(PathBuf, String, Option<String>)> {
+        let mut out = Vec::new();
+        let tree = self.repo.head().ok().and_then(|h| h.peel_to_tree().ok());
+        let mut lookup = TreeLookup::new(&self.repo, tree.as_ref());
+        for p in paths {
+            let Ok(rel) = p.strip_prefix(&self.workdir) else {
+                continue;
+            };
+            if rel.as_os_str().is_empty() || is_private(rel) {
+                continue;
+            }
+            if !std::fs::symlink_metadata(p).is_ok_and(|m| m.is_file()) {
+                continue;
+            }
+            if let Some(id) = std::fs::read(p).ok().and_then(|b| self.repo.blob(&b).ok()) {
+                let base = lookup.entry(rel).map(|(b, _)| b.to_string());
+                out.push((rel.to_path_buf(), id.to_string(), base));
+            }
+        }
+        out
+    }
+
+    /// Once a hold is over: puts back what the held runs appended to a file when git
+    /// took it out of the work tree (a `rebase --abort` resets files to HEAD). Only
+    /// appends are certain enough to put back; any other change is left as it is.
+    fn restore_held(&mut self) {
+        // Per file: what HEAD held when the first held run ended, and the last run's file.
+        let mut held: std::collections::BTreeMap<PathBuf, (Option<String>, String)> =
+            Default::default();
+        for d in &self.deferred {
+            for (rel, id, base) in &d.snapshot {
+                held.entry(rel.clone())
+                    .and_modify(|e| e.1 = id.clone())
+                    .or_insert((base.clone(), id.clone()));
+            }
+        }
+        let blob = |id: Option<&String>| -> Option<Vec<u8>> {
+            let oid = Oid::from_str(id?).ok()?;
+            Some(self.repo.find_blob(oid).ok()?.content().to_vec())
+        };
+        let mut writes = Vec::new();
+        for (rel, (base, last)) in &held {
+            let (Some(last), base) = (blob(Some(last)), blob(base.as_ref()).unwrap_or_default())
+            else {
+                continue;
+            };
+            if let Some(bytes) = restored(&self.workdir.join(rel), &base, &last) {
+                writes.push((rel.clone(), bytes));
+            }
+        }
+        for (rel, bytes) in writes {
+            match crate::fsutil::atomic_replace(&self.workdir.join(&rel), &bytes) {
+                Ok(()) => {
+                    tracing::info!(path = %rel.display(), "put back what held runs appended, which git had reset");
+                    self.journal.record("held_restored", json!({"path": rel}));
+                }
+                Err(e) => {
+                    tracing::warn!(path = %rel.display(), "cannot put back what held runs appended: {e}")
+                }
+            }
+        }
+    }
+
+    /// `.git/index.lock`, after a short wait for another git; a lock a crashed git left
+    /// is cleared (see [`Self::clear_stale_locks`]). `None`: a live git holds it.
+    fn index_lock(&mut self) -> Result<Option<crate::git_gate::IndexLock>, HistoryError> {
+        let io = |e: std::io::Error| {
+            HistoryError::Git(git2::Error::new(
+                ErrorCode::Locked,
+                git2::ErrorClass::Os,
+                format!("cannot take .git/index.lock: {e}"),
+            ))
+        };
+        if let Some(l) = crate::git_gate::IndexLock::acquire(&self.git_dir).map_err(io)? {
+            return Ok(Some(l));
+        }
+        if self.clear_stale_locks() {
+            return crate::git_gate::IndexLock::acquire(&self.git_dir).map_err(io);
+        }
+        Ok(None)
+    }
+
+    /// Notes that commits are held, saying so once per reason (log, journal, and the file
+    /// `loops status` reads).
+    fn hold(&mut self, h: crate::git_gate::Hold) -> HistoryError {
+        let reason = h.to_string();
+        if self.held.as_ref().is_none_or(|(r, _)| *r != h) {
+            let since = self.held.as_ref().map_or_else(Utc::now, |(_, s)| *s);
+            tracing::warn!("commits held: {reason}; runs go on and are committed when it clears");
+            self.journal
+                .record("commits_held", json!({"reason": reason}));
+            let report = crate::git_gate::HeldReport {
+                reason: reason.clone(),
+                since,
+                pid: std::process::id(),
+            };
+            let text = serde_json::to_string(&report).unwrap_or_default();
+            let file = self
+                .runtime
+                .join("commits")
+                .join(crate::git_gate::HELD_FILE);
+            let _ = crate::fsutil::atomic_replace(&file, text.as_bytes());
+            self.held = Some((h.clone(), since));
+        }
+        HistoryError::Held(h)
+    }
+
+    fn release_hold(&mut self) {
+        if let Some((reason, since)) = self.held.take() {
+            let reason = reason.to_string();
+            tracing::info!(
+                "commits resume ({reason} since {} has cleared)",
+                since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            );
+            self.journal
+                .record("commits_resumed", json!({"reason": reason, "since": since}));
+            let _ = std::fs::remove_file(
+                self.runtime
+                    .join("commits")
+                    .join(crate::git_gate::HELD_FILE),
+            );
         }
     }
 
@@ -248,6 +449,7 @@ impl CommitterThread {
             .chain(req.contents.iter().map(|(p, _)| p))
             .cloned()
             .collect();
+        let lock = self.gate()?;
         self.save_intent(&touched);
         let r = match commit_paths(&self.repo, req, &self.name, &self.email) {
             Err(HistoryError::Git(e)) if e.code() == ErrorCode::Locked => {
@@ -259,11 +461,14 @@ impl CommitterThread {
             }
             r => r,
         };
-        let (oid, synced) = r?;
+        let (oid, synced) = match r {
+            Err(HistoryError::Held(h)) => return Err(self.hold(h)),
+            r => r?,
+        };
         if synced.is_empty() {
             self.save_intent(&[]);
         } else {
-            self.sync(synced);
+            self.sync_locked(lock, synced);
         }
         Ok(oid)
     }
@@ -271,17 +476,36 @@ impl CommitterThread {
     /// Brings the index up to date for `paths` and for any left over from before; what
     /// cannot be done now (another git holds the index) is kept for later.
     fn sync(&mut self, paths: Vec<PathBuf>) {
+        match self.index_lock() {
+            // The index is not touched while git is mid-operation: its entries (conflict
+            // stages among them) are the person's until it is over. Asked with the lock
+            // held, so no merge can start in between.
+            Ok(Some(lock))
+                if crate::git_gate::operation(&self.repo, &self.git_dir).is_none()
+                    && !crate::git_gate::has_conflicts(&self.git_dir) =>
+            {
+                self.sync_locked(lock, paths)
+            }
+            _ => self.keep_unsynced(paths),
+        }
+    }
+
+    fn keep_unsynced(&mut self, paths: Vec<PathBuf>) {
+        for p in paths {
+            if !self.unsynced.contains(&p) {
+                self.unsynced.push(p);
+            }
+        }
+    }
+
+    fn sync_locked(&mut self, lock: crate::git_gate::IndexLock, paths: Vec<PathBuf>) {
         let mut all = std::mem::take(&mut self.unsynced);
         for p in paths {
             if !all.contains(&p) {
                 all.push(p);
             }
         }
-        let mut r = sync_index(&self.repo, &all);
-        if r.as_ref().is_err_and(|e| e.code() == ErrorCode::Locked) && self.clear_stale_locks() {
-            r = sync_index(&self.repo, &all);
-        }
-        match r {
+        match sync_index(&self.repo, lock, &all) {
             Ok(()) => self.save_intent(&[]),
             Err(e) => {
                 tracing::debug!("git index not updated yet ({e}); trying again shortly");
@@ -336,19 +560,28 @@ impl CommitterThread {
             message: req.message,
             since: Utc::now(),
             reason,
+            snapshot: Vec::new(),
             file: None,
         };
-        let subject = d.message.lines().next().unwrap_or("").to_string();
-        tracing::warn!("commit deferred ({}): {subject}", d.reason);
-        let lower = d.reason.to_ascii_lowercase();
-        if lower.contains("read-only file system") || lower.contains("no space left") {
-            self.journal
-                .disk_error(&self.git_dir, &std::io::Error::other(d.reason.clone()));
+        if self.held.is_some() {
+            d.snapshot = self.snapshot(&d.paths);
         }
-        self.journal.record(
-            "commit_deferred",
-            json!({"subject": subject, "reason": d.reason}),
-        );
+        let subject = d.message.lines().next().unwrap_or("").to_string();
+        if self.held.is_some() {
+            // The hold itself was said once (see `hold`); each run waiting is not news.
+            tracing::debug!("commit deferred ({}): {subject}", d.reason);
+        } else {
+            tracing::warn!("commit deferred ({}): {subject}", d.reason);
+            let lower = d.reason.to_ascii_lowercase();
+            if lower.contains("read-only file system") || lower.contains("no space left") {
+                self.journal
+                    .disk_error(&self.git_dir, &std::io::Error::other(d.reason.clone()));
+            }
+            self.journal.record(
+                "commit_deferred",
+                json!({"subject": subject, "reason": d.reason}),
+            );
+        }
         let dir = self.runtime.join("commits");
         let file = dir.join(format!("{}.json", ulid::Ulid::new()));
         let text = serde_json::to_string(&d).unwrap_or_default();
@@ -389,7 +622,13 @@ impl CommitterThread {
             })
             .collect();
         files.sort();
-        for f in files {
+        let known: HashSet<PathBuf> = self
+            .deferred
+            .iter()
+            .filter_map(|d| d.file.clone())
+            .collect();
+        let before = self.deferred.len();
+        for f in files.into_iter().filter(|f| !known.contains(f)) {
             match std::fs::read_to_string(&f)
                 .ok()
                 .and_then(|t| serde_json::from_str::<Deferred>(&t).ok())
@@ -403,6 +642,12 @@ impl CommitterThread {
                     let _ = std::fs::remove_file(&f);
                 }
             }
+        }
+        if self.deferred.len() != before {
+            // Files are named by ULID: their names are the order they were asked for.
+            self.deferred
+                .make_contiguous()
+                .sort_by(|a, b| a.file.cmp(&b.file));
         }
     }
 
@@ -453,6 +698,12 @@ impl CommitterThread {
                     }
                     break;
                 }
+                Err(HistoryError::Held(h)) => {
+                    if let Some(d) = self.deferred.front_mut() {
+                        d.reason = h.to_string();
+                    }
+                    break;
+                }
                 Err(e) => {
                     // It can no longer succeed by waiting: say so, and let the rest go on.
                     let Some(d) = self.deferred.pop_front() else {
@@ -493,6 +744,8 @@ impl CommitterThread {
                 .and_then(|t| t.elapsed().ok())
                 .unwrap_or_default();
             match lock_holder(&lock, &workdir) {
+                // Our own index lock, held through the commit being made.
+                Some(h) if h.pid == std::process::id() => {}
                 // Reported once per holder: a long hold is one event, not one per retry.
                 Some(h) if self.reported_holders.insert((lock.clone(), h.pid)) => {
                     tracing::warn!(
@@ -531,6 +784,26 @@ impl CommitterThread {
         }
         removed
     }
+}
+
+/// What `file` should hold so the lines held runs appended (`last` is `base` plus them)
+/// are not lost: the file as it is now with them appended, unless it has them already;
+/// `None` to leave it as it is.
+fn restored(file: &Path, base: &[u8], last: &[u8]) -> Option<Vec<u8>> {
+    let added = last.strip_prefix(base)?;
+    if added.is_empty() {
+        return None;
+    }
+    let now = std::fs::read(file).ok()?;
+    if now.windows(added.len()).any(|w| w == added) {
+        return None;
+    }
+    let mut out = now;
+    if !out.is_empty() && !out.ends_with(b"\n") {
+        out.push(b'\n');
+    }
+    out.extend_from_slice(added);
+    Some(out)
 }
 
 /// The lock files a commit by the committer can meet: the index, HEAD, the current
@@ -705,6 +978,11 @@ fn commit_paths(
         let tree = repo.find_tree(tree_id)?;
         let sig = signature(repo, name, email);
         let parents: Vec<&git2::Commit> = head.iter().collect();
+        // A last look as close to the ref update as it can be: a `git commit` that started
+        // since the committer's first look has read HEAD and fails if it moves now.
+        if let Some(who) = crate::git_gate::git_at_work(&workdir) {
+            return Err(HistoryError::Held(crate::git_gate::Hold::GitRunning(who)));
+        }
         match repo.commit(Some("HEAD"), &sig, &sig, &req.message, &tree, &parents) {
             Ok(oid) => {
                 let mut synced = rels.clone();
@@ -951,12 +1229,14 @@ fn stage(
 ///
 /// Each path gets what HEAD holds for it — which may be a later commit than this one, if
 /// another process committed since — so `git status` tells the truth: clean when the
-/// file matches HEAD, modified when it does not. Several loops processes (a daemon,
-/// `loops trigger`, `loops handoff create`) share the index: an flock makes their
-/// read-modify-writes take turns, or one would write back an index missing the other's
-/// entries.
-fn sync_index(repo: &Repository, paths: &[PathBuf]) -> Result<(), git2::Error> {
-    let _turn = crate::fsutil::FileLock::acquire_blocking(&repo.path().join("loops-index.lock"));
+/// file matches HEAD, modified when it does not. The index is shared with git and with
+/// other loops processes: it is read only once `.git/index.lock` is ours, and written
+/// through that lock, so nobody's update in between is written back over.
+fn sync_index(
+    repo: &Repository,
+    lock: crate::git_gate::IndexLock,
+    paths: &[PathBuf],
+) -> Result<(), git2::Error> {
     let tree = repo.head().ok().and_then(|h| h.peel_to_tree().ok());
     let workdir = repo.workdir().map(Path::to_path_buf);
     let paths: Vec<&PathBuf> = paths.iter().collect();
@@ -976,10 +1256,8 @@ fn sync_index(repo: &Repository, paths: &[PathBuf]) -> Result<(), git2::Error> {
             (*rel, entry)
         })
         .collect();
-    let mut attempt = 0;
-    loop {
-        let mut index = repo.index()?;
-        let _ = index.read(true);
+    {
+        let mut index = lock.open_copy()?;
         for (rel, entry) in &wanted {
             match entry {
                 Some((id, mode, matches)) => {
@@ -1012,16 +1290,7 @@ fn sync_index(repo: &Repository, paths: &[PathBuf]) -> Result<(), git2::Error> {
                 }
             }
         }
-        match index.write() {
-            Ok(()) => return Ok(()),
-            // Another git's index write takes milliseconds: wait that long, not longer
-            // (a lock that stays is looked at by the committer, which retries later).
-            Err(e) if e.code() == ErrorCode::Locked && attempt < 10 => {
-                attempt += 1;
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            Err(e) => return Err(e),
-        }
+        lock.commit(&mut index)
     }
 }
 

@@ -31,6 +31,7 @@ pub mod domain;
 pub mod duration;
 pub mod exec;
 pub mod fsutil;
+pub mod git_gate;
 pub mod guard;
 pub mod handoff;
 pub mod history;

@@ -55,6 +55,11 @@ pub struct Settings {
     /// How much of each attempt's output a shell job's log keeps.
     pub max_job_log_bytes: u64,
     pub git_commit: bool,
+    /// `git.branch`: the branch run commits go to (`None`: the one checked out when the
+    /// daemon started).
+    pub git_branch: Option<String>,
+    /// `git.follow_checkout`: commit to whatever branch the person checks out.
+    pub git_follow_checkout: bool,
     pub author_name: String,
     pub author_email: String,
     pub rotate_bytes: u64,
@@ -197,6 +202,8 @@ impl Default for Settings {
             max_handoff_bytes: DEFAULT_MAX_HANDOFF_BYTES,
             max_job_log_bytes: DEFAULT_MAX_JOB_LOG_BYTES,
             git_commit: true,
+            git_branch: None,
+            git_follow_checkout: false,
             author_name: "loops".into(),
             author_email: "loops@localhost".into(),
             rotate_bytes: 10 * 1024 * 1024,
@@ -245,8 +252,24 @@ const LIMIT_KEYS: &[&str] = &[
 pub const DEFAULT_MAX_HANDOFF_BYTES: u64 = 1024 * 1024;
 /// `limits.max_job_log_bytes`: per attempt of a shell job.
 pub const DEFAULT_MAX_JOB_LOG_BYTES: u64 = 16 * 1024 * 1024;
-const GIT_KEYS: &[&str] = &["commit", "author_name", "author_email"];
+const GIT_KEYS: &[&str] = &[
+    "commit",
+    "author_name",
+    "author_email",
+    "branch",
+    "follow_checkout",
+];
 const RECORD_KEYS: &[&str] = &["rotate_bytes", "max_age", "max_total_bytes"];
+
+/// Whether `name` is a name git accepts for a branch.
+fn valid_branch(name: &str) -> bool {
+    let full = if name.starts_with("refs/heads/") {
+        name.to_string()
+    } else {
+        format!("refs/heads/{name}")
+    };
+    !name.is_empty() && git2::Reference::is_valid_name(&full)
+}
 
 /// An opened workspace.
 #[derive(Debug, Clone)]
@@ -526,6 +549,22 @@ pub fn parse_settings(root: &Path, text: &str) -> (Settings, Vec<Diagnostic>) {
                             Some(b) => s.git_commit = b,
                             None => diags.push(
                                 Diagnostic::error(&rel, "git.commit must be true or false").at(at),
+                            ),
+                        },
+                        "follow_checkout" => match gv.as_bool() {
+                            Some(b) => s.git_follow_checkout = b,
+                            None => diags.push(
+                                Diagnostic::error(&rel, "git.follow_checkout must be true or false")
+                                    .at(at),
+                            ),
+                        },
+                        "branch" => match gv.as_str().map(str::trim) {
+                            Some(b) if valid_branch(b) => {
+                                s.git_branch = Some(b.strip_prefix("refs/heads/").unwrap_or(b).to_string())
+                            }
+                            _ => diags.push(
+                                Diagnostic::error(&rel, "git.branch must be a branch name, e.g. main")
+                                    .at(at),
                             ),
                         },
                         "author_name" | "author_email" => match gv.as_str() {

@@ -62,6 +62,8 @@ pub fn status(ws: &Workspace, json_out: bool) -> Result {
         })
         .count();
     let last_unclean = unclean.last().cloned();
+    // Run commits waiting in .loops/commits/, and why (git mid-operation, another branch).
+    let (commits_waiting, held) = crate::git_gate::waiting(&ws.runtime_dir().join("commits"));
 
     let stage_count = |s: Stage| handoffs.iter().filter(|h| h.stage == s).count();
     // Proposals a main session could not make itself wait for the person.
@@ -121,6 +123,10 @@ pub fn status(ws: &Workspace, json_out: bool) -> Result {
                 "loop": r.loop_name, "run_id": r.run_id, "outcome": r.outcome,
                 "finished": r.finished, "duration_ms": r.duration_ms, "error": r.error,
             })).collect::<Vec<_>>(),
+            "commits": {
+                "waiting": commits_waiting,
+                "held": held.as_ref().map(|h| json!({"reason": h.reason, "since": h.since})),
+            },
             "recent_commits": commits.iter().map(|c| json!({
                 "commit": c.commit, "time": c.time, "loop": c.loop_name, "summary": c.summary,
             })).collect::<Vec<_>>(),
@@ -196,6 +202,9 @@ pub fn status(ws: &Workspace, json_out: bool) -> Result {
                 count_status(crate::channels::DeliveryStatus::Blocked)
             ),
         ));
+    }
+    if let Some(line) = commits_line(commits_waiting, held.as_ref()) {
+        lines.push(("commits".into(), line));
     }
     if let Some(u) = &last_unclean {
         let n = |k: &str| u["recovered"][k].as_array().map_or(0, Vec::len);
@@ -373,4 +382,20 @@ fn mcp_servers(ws: &Workspace) -> Vec<Value> {
         .collect();
     out.sort_by(|a, b| a["name"].to_string().cmp(&b["name"].to_string()));
     out
+}
+
+/// "held: a rebase in progress since 10:02; 14 runs waiting", or None when nothing waits.
+fn commits_line(waiting: usize, held: Option<&crate::git_gate::HeldReport>) -> Option<String> {
+    let runs = format!(
+        "{waiting} run{} waiting",
+        if waiting == 1 { "" } else { "s" }
+    );
+    match held {
+        Some(h) => {
+            let since = h.since.with_timezone(&chrono::Local).format("%H:%M");
+            Some(format!("held: {} since {since}; {runs}", h.reason))
+        }
+        None if waiting > 0 => Some(runs),
+        None => None,
+    }
 }

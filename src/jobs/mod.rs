@@ -100,10 +100,12 @@ pub struct RunContext {
 impl RunContext {
     pub fn new(ws: Arc<Workspace>) -> Self {
         let committer = if ws.settings.git_commit {
-            match Committer::start(
+            match Committer::start_with(
                 &ws.root,
                 &ws.settings.author_name,
                 &ws.settings.author_email,
+                branch_rule(&ws.settings),
+                is_daemon(&ws),
             ) {
                 Ok(c) => Some(c),
                 Err(e) => {
@@ -125,6 +127,21 @@ impl RunContext {
             ws,
         }
     }
+}
+
+/// The branch rule loops.yaml sets, if it sets one.
+fn branch_rule(s: &crate::workspace::Settings) -> Option<crate::git_gate::BranchRule> {
+    if s.git_follow_checkout {
+        Some(crate::git_gate::BranchRule::Follow)
+    } else {
+        s.git_branch.clone().map(crate::git_gate::BranchRule::Fixed)
+    }
+}
+
+/// Whether this process is the workspace's daemon (whose starting branch is the default
+/// for everyone), rather than a CLI command beside it.
+fn is_daemon(ws: &Workspace) -> bool {
+    crate::daemon::daemon_alive(ws).is_some_and(|d| d.pid == std::process::id())
 }
 
 /// A file's identity for change detection.
@@ -431,7 +448,12 @@ pub async fn execute(
                 Ok(None) => {}
                 Err(e) => {
                     let help = e.help().map(|h| format!(" ({h})")).unwrap_or_default();
-                    tracing::warn!(loop_name = %def.name, "could not commit the run's changes: {e}{help}");
+                    if matches!(e, crate::history::HistoryError::Held(_)) {
+                        // The committer said once that commits are held; not news per run.
+                        tracing::debug!(loop_name = %def.name, "run commit waits: {e}");
+                    } else {
+                        tracing::warn!(loop_name = %def.name, "could not commit the run's changes: {e}{help}");
+                    }
                     rec.note = Some(format!("not committed: {e}{help}"));
                 }
             }

@@ -25,3 +25,4 @@ mod schedule;
 mod service;
 mod soak;
 mod status;
+mod two_writers;

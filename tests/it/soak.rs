@@ -506,8 +506,17 @@ if [ -n "$ids" ]; then printf '{{"completed":[%s]}}\n' "$ids"; fi
             )
         );
         if i == 3 * knobs.kills / 4 {
-            // A git that crashed and left its index lock.
-            std::fs::write(&index_lock, b"").expect("index.lock");
+            // A git that crashed and left its index lock. Created exclusively, as git
+            // does: a plain write could land on the lock a committer holds that moment,
+            // which its commit then removes, and no stale lock would be left at all.
+            assert!(
+                wait_until(LONG, || std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(&index_lock)
+                    .is_ok()),
+                "index.lock was never free to leave behind"
+            );
             story.stale_lock_left = true;
             eprintln!("soak: left a stale .git/index.lock before kill {i}");
         }
