@@ -553,7 +553,8 @@ if [ -n "$ids" ]; then printf '{{"completed":[%s]}}\n' "$ids"; fi
             // A live git holding the index for a moment: it must be waited for, never
             // removed under it.
             let script = format!(
-                "exec 3>>{lock}; sleep 4; if [ -f {lock} ]; then touch {ok}; fi; rm -f {lock}",
+                // Taken as git takes it: created only if absent (noclobber is O_EXCL).
+                "until ( set -C; : > {lock} ) 2>/dev/null; do sleep 0.01; done; sleep 4; if [ -f {lock} ]; then touch {ok}; fi; rm -f {lock}",
                 lock = index_lock.display(),
                 ok = holder_ok.display()
             );
