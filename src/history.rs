@@ -811,22 +811,9 @@ impl Blobs<'_> {
     /// parent folder is a symbolic link (or became one), or the file is no longer a
     /// regular file: such a path is not the run's to commit.
     fn write_file(&mut self, rel: &Path, size: u64) -> Result<Option<Oid>, HistoryError> {
-        let Some(tree) = &self.tree else {
+        let Some(mut f) = self.open_regular(rel)? else {
             return Ok(None);
         };
-        let mut f = match tree.open_read(rel) {
-            Ok(f) => f,
-            Err(e) if crate::beneath::is_refusal(&e) => return Ok(None),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => {
-                return Err(
-                    git2::Error::from_str(&format!("cannot read {}: {e}", rel.display())).into(),
-                )
-            }
-        };
-        if !f.metadata().is_ok_and(|m| m.is_file()) {
-            return Ok(None);
-        }
         let repo = self.bulk.map_or(self.repo, |(b, _)| b);
         let mut w = repo.blob_writer(None)?;
         std::io::copy(&mut f, &mut w)
@@ -841,10 +828,22 @@ impl Blobs<'_> {
     /// The bytes of the regular file `rel`, read beneath the work tree; `None` as for
     /// [`Blobs::write_file`].
     fn read_file(&self, rel: &Path) -> Result<Option<Vec<u8>>, HistoryError> {
+        let Some(mut f) = self.open_regular(rel)? else {
+            return Ok(None);
+        };
+        let mut out = Vec::new();
+        std::io::Read::read_to_end(&mut f, &mut out)
+            .map_err(|e| git2::Error::from_str(&format!("cannot read {}: {e}", rel.display())))?;
+        Ok(Some(out))
+    }
+
+    /// The regular file `rel` opened beneath the work tree; `None` when it is gone, not a
+    /// regular file, or beyond a symbolic link.
+    fn open_regular(&self, rel: &Path) -> Result<Option<std::fs::File>, HistoryError> {
         let Some(tree) = &self.tree else {
             return Ok(None);
         };
-        let mut f = match tree.open_read(rel) {
+        let f = match tree.open_read(rel) {
             Ok(f) => f,
             Err(e) if crate::beneath::is_refusal(&e) => return Ok(None),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -854,13 +853,7 @@ impl Blobs<'_> {
                 )
             }
         };
-        if !f.metadata().is_ok_and(|m| m.is_file()) {
-            return Ok(None);
-        }
-        let mut out = Vec::new();
-        std::io::Read::read_to_end(&mut f, &mut out)
-            .map_err(|e| git2::Error::from_str(&format!("cannot read {}: {e}", rel.display())))?;
-        Ok(Some(out))
+        Ok(f.metadata().is_ok_and(|m| m.is_file()).then_some(f))
     }
 
     /// Whether a parent folder of `rel` is a symbolic link (git refuses such paths).

@@ -236,6 +236,11 @@ fn changed_paths(
     out
 }
 
+/// The files that define a loop, which are a person's to change, never a run's.
+fn definition_files(def: &LoopDef) -> Vec<PathBuf> {
+    vec![def.dir.join("config.yaml"), def.dir.join("prompt.md")]
+}
+
 /// The folders a loop's run may change (and whose changes are committed).
 pub fn writable_areas(ws: &Workspace, def: &LoopDef) -> Vec<PathBuf> {
     vec![def.dir.clone(), ws.root.join("drafts").join(&def.name)]
@@ -368,7 +373,15 @@ pub async fn execute(
                     all.push(w.clone());
                 }
             }
-            attributed = own::attribute(all, &start, &own::Writer::Tools(&p.wrote));
+            let writer = if p.writes_itself {
+                own::Writer::Command {
+                    definition: definition_files(def),
+                    reported: None,
+                }
+            } else {
+                own::Writer::Tools(&p.wrote)
+            };
+            attributed = own::attribute(all, &start, &writer);
             changed = attributed.committed();
             p.fill(&mut rec, &ctx.ws, !changed.is_empty());
         }
@@ -377,7 +390,8 @@ pub async fn execute(
             let (spawn_tx, mut spawn_rx) = mpsc::unbounded_channel();
             let wrote_list = own::wrote_file(&ctx.ws, &req.run_id);
             if let Some(dir) = wrote_list.parent() {
-                let _ = std::fs::create_dir_all(dir);
+                // Private like the rest of .loops/ (the daemon would tighten it otherwise).
+                let _ = crate::fsutil::create_dir_all(dir);
             }
             let mut env = run_env(&ctx.ws, def, &req.run_id, state.as_ref());
             env.push(("LOOPS_WROTE".into(), wrote_list.display().to_string()));
@@ -398,7 +412,7 @@ pub async fn execute(
             let (res, ()) = tokio::join!(run, note_pgid);
             let after = snapshot_blocking(areas.clone()).await;
             let writer = own::Writer::Command {
-                definition: vec![def.dir.join("config.yaml"), def.dir.join("prompt.md")],
+                definition: definition_files(def),
                 reported: own::take_reported(&wrote_list, &def.dir),
             };
             attributed = own::attribute(changed_paths(&before, &after), &start, &writer);
