@@ -227,3 +227,87 @@ pub fn records(ws: &crate::workspace::Workspace, held: &[(PathBuf, String)]) -> 
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A repository in a temporary folder with `files` committed.
+    fn repo_with(files: &[(&str, &str)]) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().canonicalize().expect("canonical");
+        let repo = Repository::init(&root).expect("init");
+        let mut idx = repo.index().expect("index");
+        for (rel, text) in files {
+            std::fs::write(root.join(rel), text).expect("write");
+            idx.add_path(Path::new(rel)).expect("add");
+        }
+        idx.write().expect("write index");
+        let tree = repo
+            .find_tree(idx.write_tree().expect("tree"))
+            .expect("find");
+        let sig = git2::Signature::now("t", "t@example.com").expect("sig");
+        repo.commit(Some("HEAD"), &sig, &sig, "setup", &tree, &[])
+            .expect("commit");
+        (dir, root)
+    }
+
+    #[test]
+    fn start_state_keeps_the_text_of_dirty_files_only() {
+        let (_d, root) = repo_with(&[("clean.md", "a\n"), ("dirty.md", "b\n")]);
+        std::fs::write(root.join("dirty.md"), "mine\nb\n").expect("edit");
+        std::fs::write(root.join("new.md"), "new\n").expect("new");
+        let files = [
+            root.join("clean.md"),
+            root.join("dirty.md"),
+            root.join("new.md"),
+        ];
+        let s = StartState::read(&root, files.iter());
+        assert!(!s.dirty.contains_key(&files[0]));
+        assert!(matches!(s.dirty.get(&files[1]), Some(Dirty::Text(t)) if t == b"mine\nb\n"));
+        assert!(matches!(s.dirty.get(&files[2]), Some(Dirty::Untracked)));
+    }
+
+    #[test]
+    fn attribute_sorts_by_writer_and_start_state() {
+        let (_d, root) = repo_with(&[("s.md", "a\n")]);
+        std::fs::write(root.join("s.md"), "mine\na\n").expect("edit");
+        let s_md = root.join("s.md");
+        let start = StartState::read(&root, [s_md.clone()].iter());
+        let (cfg, other) = (root.join("config.yaml"), root.join("o.md"));
+        let changed = vec![s_md.clone(), cfg.clone(), other.clone()];
+        let cmd = Writer::Command {
+            definition: vec![cfg.clone()],
+            reported: None,
+        };
+        let a = attribute(changed.clone(), &start, &cmd);
+        assert_eq!(a.commit, vec![other.clone()]);
+        assert_eq!(a.own_hunks.len(), 1);
+        assert_eq!(a.held.len(), 1);
+        assert_eq!(a.held[0].0, cfg);
+        let wrote = vec![s_md.clone()];
+        let a = attribute(changed, &start, &Writer::Tools(&wrote));
+        assert!(a.commit.is_empty());
+        assert_eq!(a.committed(), vec![s_md]);
+        assert_eq!(a.held.len(), 2);
+    }
+
+    #[test]
+    fn a_reported_list_is_resolved_from_the_commands_folder() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let list = dir.path().join("wrote");
+        std::fs::write(&list, "state.md\n./a/../b.md\n\n/abs/c.md\n").expect("write");
+        let cwd = Path::new("/ws/domains/x");
+        let got = take_reported(&list, cwd).expect("a list");
+        assert_eq!(
+            got,
+            vec![
+                PathBuf::from("/ws/domains/x/state.md"),
+                PathBuf::from("/ws/domains/x/b.md"),
+                PathBuf::from("/abs/c.md"),
+            ]
+        );
+        assert!(!list.exists(), "the list is removed");
+        assert!(take_reported(&list, cwd).is_none());
+    }
+}
