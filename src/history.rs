@@ -55,7 +55,7 @@ impl HistoryError {
 }
 
 /// A commit to make.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct CommitRequest {
     /// Absolute paths the run touched (files that changed, appeared or disappeared).
     pub paths: Vec<PathBuf>,
@@ -63,14 +63,32 @@ pub struct CommitRequest {
     /// Files to commit with these contents, whatever is on disk at their path (a
     /// handoff committed before the rename that delivers it).
     pub contents: Vec<(PathBuf, Vec<u8>)>,
+    /// Paths (also in `paths`) a person had uncommitted edits in when the run started,
+    /// with what they held then: only the run's change from that content is committed,
+    /// merged onto HEAD's blob, so the person's edits stay uncommitted in the work tree.
+    pub own_hunks: Vec<(PathBuf, Vec<u8>)>,
+    /// Where the committer tells which of `own_hunks` it left out, and why (the run's
+    /// change overlaps the person's, or the file is gone).
+    pub held_back: Option<HeldBackSink>,
 }
+
+/// Paths a commit left out, with the reason; filled by the committer thread.
+pub type HeldBackSink = std::sync::Arc<std::sync::Mutex<Vec<(PathBuf, String)>>>;
 
 impl CommitRequest {
     pub fn new(paths: Vec<PathBuf>, message: String) -> Self {
         CommitRequest {
             paths,
             message,
-            contents: Vec::new(),
+            ..Default::default()
+        }
+    }
+
+    fn hold_back(&self, path: PathBuf, why: String) {
+        if let Some(sink) = &self.held_back {
+            if let Ok(mut v) = sink.lock() {
+                v.push((path, why));
+            }
         }
     }
 }
@@ -551,7 +569,20 @@ impl CommitterThread {
     }
 
     fn defer(&mut self, req: CommitRequest, reason: String) {
-        let mut paths = req.paths;
+        // A deferred commit is made later from what is on disk then (and may outlive this
+        // process): the run's part of a file a person was editing cannot be told then.
+        for (p, _) in &req.own_hunks {
+            req.hold_back(
+                p.clone(),
+                "you had uncommitted edits in it, and the commit had to wait: only the rest of the run's changes are committed".into(),
+            );
+        }
+        let mut paths: Vec<PathBuf> = req
+            .paths
+            .iter()
+            .filter(|p| !req.own_hunks.iter().any(|(o, _)| o == *p))
+            .cloned()
+            .collect();
         // A commit of given contents (a handoff before its delivery) becomes a commit of
         // whatever is at that path by the time git allows it.
         paths.extend(req.contents.into_iter().map(|(p, _)| p));
@@ -955,6 +986,16 @@ fn commit_paths(
         pending_bytes: 0,
         pending: Vec::new(),
     };
+    let bases: Vec<(PathBuf, &[u8])> = req
+        .own_hunks
+        .iter()
+        .filter_map(|(p, b)| {
+            p.strip_prefix(&workdir)
+                .ok()
+                .map(|r| (r.to_path_buf(), b.as_slice()))
+        })
+        .collect();
+    let base_of = |rel: &Path| bases.iter().find(|(r, _)| r == rel).map(|(_, b)| *b);
     // A concurrent writer (another loops process, a person's `git commit`) can move HEAD
     // between our read and our update; libgit2 refuses then, and we rebuild on the new tip.
     for attempt in 0..20 {
@@ -963,9 +1004,17 @@ fn commit_paths(
         if let Some(c) = &head {
             idx.read_tree(&c.tree()?)?;
         }
+        let mut held: Vec<(PathBuf, String)> = Vec::new();
         for rel in &rels {
-            stage(&mut blobs, &mut idx, &workdir, rel)?;
+            if let Some(why) = stage(&mut blobs, &mut idx, &workdir, rel, base_of(rel))? {
+                held.push((rel.clone(), why));
+            }
         }
+        let report_held = || {
+            for (rel, why) in &held {
+                req.hold_back(workdir.join(rel), why.clone());
+            }
+        };
         for (rel, bytes) in &buffers {
             idx.add(&buffer_entry(&mut blobs, rel, bytes)?)?;
         }
@@ -973,6 +1022,7 @@ fn commit_paths(
         blobs.flush()?;
         let tree_id = idx.write_tree_to(repo)?;
         if head.as_ref().map(|c| c.tree_id()) == Some(tree_id) {
+            report_held();
             return Ok((None, Vec::new()));
         }
         let tree = repo.find_tree(tree_id)?;
@@ -985,7 +1035,14 @@ fn commit_paths(
         }
         match repo.commit(Some("HEAD"), &sig, &sig, &req.message, &tree, &parents) {
             Ok(oid) => {
-                let mut synced = rels.clone();
+                report_held();
+                // A held-back path's index entry is left as it is: the file is not what
+                // any commit holds, and the person's staging of it is theirs.
+                let mut synced: Vec<PathBuf> = rels
+                    .iter()
+                    .filter(|r| !held.iter().any(|(h, _)| h == *r))
+                    .cloned()
+                    .collect();
                 synced.extend(buffers.iter().map(|(p, _)| p.clone()));
                 return Ok((Some(oid), synced));
             }
@@ -1032,22 +1089,9 @@ impl Blobs<'_> {
     /// parent folder is a symbolic link (or became one), or the file is no longer a
     /// regular file: such a path is not the run's to commit.
     fn write_file(&mut self, rel: &Path, size: u64) -> Result<Option<Oid>, HistoryError> {
-        let Some(tree) = &self.tree else {
+        let Some(mut f) = self.open_regular(rel)? else {
             return Ok(None);
         };
-        let mut f = match tree.open_read(rel) {
-            Ok(f) => f,
-            Err(e) if crate::beneath::is_refusal(&e) => return Ok(None),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => {
-                return Err(
-                    git2::Error::from_str(&format!("cannot read {}: {e}", rel.display())).into(),
-                )
-            }
-        };
-        if !f.metadata().is_ok_and(|m| m.is_file()) {
-            return Ok(None);
-        }
         let repo = self.bulk.map_or(self.repo, |(b, _)| b);
         let mut w = repo.blob_writer(None)?;
         std::io::copy(&mut f, &mut w)
@@ -1057,6 +1101,37 @@ impl Blobs<'_> {
             self.added(id, size)?;
         }
         Ok(Some(id))
+    }
+
+    /// The bytes of the regular file `rel`, read beneath the work tree; `None` as for
+    /// [`Blobs::write_file`].
+    fn read_file(&self, rel: &Path) -> Result<Option<Vec<u8>>, HistoryError> {
+        let Some(mut f) = self.open_regular(rel)? else {
+            return Ok(None);
+        };
+        let mut out = Vec::new();
+        std::io::Read::read_to_end(&mut f, &mut out)
+            .map_err(|e| git2::Error::from_str(&format!("cannot read {}: {e}", rel.display())))?;
+        Ok(Some(out))
+    }
+
+    /// The regular file `rel` opened beneath the work tree; `None` when it is gone, not a
+    /// regular file, or beyond a symbolic link.
+    fn open_regular(&self, rel: &Path) -> Result<Option<std::fs::File>, HistoryError> {
+        let Some(tree) = &self.tree else {
+            return Ok(None);
+        };
+        let f = match tree.open_read(rel) {
+            Ok(f) => f,
+            Err(e) if crate::beneath::is_refusal(&e) => return Ok(None),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => {
+                return Err(
+                    git2::Error::from_str(&format!("cannot read {}: {e}", rel.display())).into(),
+                )
+            }
+        };
+        Ok(f.metadata().is_ok_and(|m| m.is_file()).then_some(f))
     }
 
     /// Whether a parent folder of `rel` is a symbolic link (git refuses such paths).
@@ -1154,18 +1229,37 @@ fn buffer_entry(blobs: &mut Blobs, rel: &Path, bytes: &[u8]) -> Result<IndexEntr
     })
 }
 
+/// Puts what `rel` holds now into `idx`. With `base` (what the file held when the run
+/// started, a person's uncommitted edits in it), only the run's change from `base` is
+/// staged, onto HEAD's blob; `Some(why)` when that cannot be done and the path is left
+/// out, as it is in HEAD.
 fn stage(
     blobs: &mut Blobs,
     idx: &mut Index,
     workdir: &Path,
     rel: &Path,
-) -> Result<(), HistoryError> {
+    base: Option<&[u8]>,
+) -> Result<Option<String>, HistoryError> {
     let abs = workdir.join(rel);
     if blobs.beyond_link(rel) {
         tracing::warn!(path = %rel.display(), "not committed: a folder on its way is a symbolic link");
-        return Ok(());
+        return Ok(None);
     }
     let meta = std::fs::symlink_metadata(&abs);
+    if let Some(base) = base {
+        if !meta.as_ref().is_ok_and(|m| m.is_file()) {
+            return Ok(Some(
+                "you had uncommitted edits in it, and the run removed or replaced it".into(),
+            ));
+        }
+        return match run_hunks_only(blobs, idx, rel, base)? {
+            Ok(entry) => {
+                idx.add(&entry)?;
+                Ok(None)
+            }
+            Err(why) => Ok(Some(why)),
+        };
+    }
     match meta {
         Ok(m) if m.is_file() || m.file_type().is_symlink() => {
             use std::os::unix::fs::PermissionsExt;
@@ -1179,7 +1273,7 @@ fn stage(
                 let exec = m.permissions().mode() & 0o111 != 0;
                 let Some(id) = blobs.write_file(rel, m.len())? else {
                     tracing::warn!(path = %rel.display(), "not committed: it changed into something else, or a folder on its way into a symbolic link, while it was read");
-                    return Ok(());
+                    return Ok(None);
                 };
                 (id, if exec { 0o100755 } else { 0o100644 })
             };
@@ -1209,7 +1303,7 @@ fn stage(
                 if e.file_type().is_file() {
                     if let Ok(r) = e.path().strip_prefix(workdir) {
                         if !ignored_untracked(blobs.repo, r) {
-                            stage(blobs, idx, workdir, r)?;
+                            stage(blobs, idx, workdir, r, None)?;
                         }
                     }
                 }
@@ -1221,7 +1315,71 @@ fn stage(
             let _ = idx.remove_dir(rel, 0);
         }
     }
-    Ok(())
+    Ok(None)
+}
+
+/// HEAD's entry for `rel` with only the run's change applied: a three-way merge whose
+/// base is what the file held when the run started, "ours" HEAD's blob and "theirs" the
+/// file now. `Err(why)` when HEAD has no such file or the two changes overlap; the work
+/// tree file is only read.
+fn run_hunks_only(
+    blobs: &mut Blobs,
+    idx: &Index,
+    rel: &Path,
+    base: &[u8],
+) -> Result<Result<IndexEntry, String>, HistoryError> {
+    let Some(ours) = idx.get_path(rel, 0) else {
+        return Ok(Err(
+            "you had uncommitted edits in it, and it is not in the last commit".into(),
+        ));
+    };
+    let Some(now) = blobs.read_file(rel)? else {
+        return Ok(Err(
+            "you had uncommitted edits in it, and it could not be read beneath the work tree"
+                .into(),
+        ));
+    };
+    // The start and current contents are needed only for the merge: a second handle
+    // keeps them in memory, so they never become loose objects in .git.
+    let scratch = Repository::open(blobs.repo.path())?;
+    let odb = scratch.odb()?;
+    let _memory = odb.add_new_mempack_backend(1000)?;
+    let with_id = |id: Oid| IndexEntry {
+        id,
+        ..copy_entry(&ours)
+    };
+    let ancestor = with_id(scratch.blob(base)?);
+    let theirs = with_id(scratch.blob(&now)?);
+    let merged = scratch.merge_file_from_index(&ancestor, &ours, &theirs, None)?;
+    if !merged.is_automergeable() {
+        return Ok(Err(
+            "the run changed lines you had uncommitted edits in (they conflict)".into(),
+        ));
+    }
+    let id = blobs.write_bytes(merged.content())?;
+    Ok(Ok(IndexEntry {
+        id,
+        file_size: merged.content().len() as u32,
+        ..copy_entry(&ours)
+    }))
+}
+
+/// `IndexEntry` is not `Clone`.
+fn copy_entry(e: &IndexEntry) -> IndexEntry {
+    IndexEntry {
+        ctime: e.ctime,
+        mtime: e.mtime,
+        dev: e.dev,
+        ino: e.ino,
+        mode: e.mode,
+        uid: e.uid,
+        gid: e.gid,
+        file_size: e.file_size,
+        id: e.id,
+        flags: e.flags,
+        flags_extended: e.flags_extended,
+        path: e.path.clone(),
+    }
 }
 
 /// Brings the repository's own index up to date for the committed paths only, so

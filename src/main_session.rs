@@ -566,6 +566,7 @@ pub async fn wake(
                     contents: Vec::new(),
                     paths: commit_paths,
                     message: commit_message(&subject, &t),
+                    ..Default::default()
                 })
                 .await
             {
@@ -639,6 +640,7 @@ pub fn create_committed(
                 paths: Vec::new(),
                 message: commit_message(&format!("{}: handoff: {}", n.from, n.title), &t),
                 contents: vec![(dest.to_path_buf(), text.as_bytes().to_vec())],
+                ..Default::default()
             };
             if let Err(e) = c.commit_blocking(req) {
                 tracing::warn!("handoff {id}: creation not committed: {e}");

@@ -664,6 +664,7 @@ pub fn commit_inbox_change(
         contents: Vec::new(),
         paths,
         message: commit_message(subject, &trailers),
+        ..Default::default()
     })
     .err()
     .map(|e| format!("not committed: {e}"))

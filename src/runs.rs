@@ -137,6 +137,19 @@ pub struct RunRecord {
     /// delivery is `delivery_failed` here and does not change the run's outcome.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub deliveries: Vec<crate::channels::DeliveryNote>,
+    /// Files that changed during the run but were left out of its commit, because they
+    /// hold a person's edits the run's part cannot be separated from (or are not the
+    /// run's at all). They stay in the work tree as they are, uncommitted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub held_back: Vec<HeldBack>,
+}
+
+/// A path left out of a run's commit, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeldBack {
+    /// Workspace-relative.
+    pub path: String,
+    pub why: String,
 }
 
 fn one() -> u32 {
@@ -203,6 +216,7 @@ impl RunRecord {
             transcript: None,
             refused_tools: Vec::new(),
             deliveries: Vec::new(),
+            held_back: Vec::new(),
         }
     }
 }

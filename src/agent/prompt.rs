@@ -40,6 +40,9 @@ pub struct PromptOutcome {
     pub deliveries: Vec<crate::channels::DeliveryNote>,
     /// Files the tools wrote (absolute), committed with the run.
     pub wrote: Vec<PathBuf>,
+    /// The agent was an outside program (a `command` provider) that writes files itself,
+    /// not through loops' tools: its changes are told apart as a command loop's are.
+    pub writes_itself: bool,
     pub exit_code: Option<i32>,
     pub stdout_tail: String,
     pub stderr_tail: String,
@@ -532,6 +535,7 @@ async fn command_provider(
         stderr_tail: res.stderr_tail.clone(),
         error: res.failure_reason(def.timeout),
         turns: Some(1),
+        writes_itself: true,
         ..Default::default()
     };
     out.outcome = Some(if res.cancelled {

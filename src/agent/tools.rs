@@ -436,10 +436,20 @@ impl ToolKit {
             return Err(ToolError::new("no time left in this run"));
         }
         let pool = crate::mcp::client::McpPool::shared(&self.env.ws);
-        match pool
+        // An MCP server may write files itself: what changes in the loop's folders while
+        // it works counts as the run's, as for the shell tool.
+        let watched = vec![
+            self.env.ws.root.join("domains").join(&self.env.loop_name),
+            self.env.ws.root.join("drafts").join(&self.env.loop_name),
+        ];
+        let before = crate::jobs::snapshot_areas(watched.clone()).await;
+        let r = pool
             .call(&cfg, tool, args, cfg.call_timeout.min(left))
-            .await
-        {
+            .await;
+        let after = crate::jobs::snapshot_areas(watched).await;
+        self.wrote
+            .extend(crate::jobs::changed_between(&before, &after));
+        match r {
             Ok(r) if r.is_error => Err(ToolError::new(format!(
                 "{server}.{tool} reported an error: {}",
                 clip(&r.text, MCP_MAX_BYTES)
@@ -901,9 +911,15 @@ impl ToolKit {
             on_spawn: None,
             stdin: None,
         };
-        let before = crate::jobs::snapshot_areas(vec![spec.cwd.clone()]).await;
+        // The loop's drafts too: what the command writes there is the run's, and only
+        // what the tools report writing is committed with a prompt run.
+        let watched = vec![
+            spec.cwd.clone(),
+            self.env.ws.root.join("drafts").join(&self.env.loop_name),
+        ];
+        let before = crate::jobs::snapshot_areas(watched.clone()).await;
         let res = crate::exec::run(&exec, None, None).await;
-        let after = crate::jobs::snapshot_areas(vec![spec.cwd.clone()]).await;
+        let after = crate::jobs::snapshot_areas(watched).await;
         let wrote = crate::jobs::changed_between(&before, &after);
         let mut out = match (res.exit_code, res.failure_reason(remaining)) {
             (Some(0), _) => "exit 0".to_string(),

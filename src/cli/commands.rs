@@ -189,6 +189,7 @@ fn init(dir: Option<&Path>) -> Result {
                 contents: Vec::new(),
                 paths,
                 message: "loops: new workspace\n".into(),
+                ..Default::default()
             }))?;
         }
     }

@@ -152,6 +152,7 @@ pub fn handoff(ws: &Workspace, cmd: HandoffCommand) -> Result {
                     ],
                 ),
                 contents: vec![(dest.to_path_buf(), text.as_bytes().to_vec())],
+                ..Default::default()
             };
             if let Err(e) = c.commit_blocking(req) {
                 eprintln!("warning: the handoff was written but its creation not committed: {e}");

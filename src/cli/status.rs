@@ -122,6 +122,7 @@ pub fn status(ws: &Workspace, json_out: bool) -> Result {
             "recent_runs": runs.iter().map(|r| json!({
                 "loop": r.loop_name, "run_id": r.run_id, "outcome": r.outcome,
                 "finished": r.finished, "duration_ms": r.duration_ms, "error": r.error,
+                "held_back": r.held_back,
             })).collect::<Vec<_>>(),
             "commits": {
                 "waiting": commits_waiting,
@@ -321,6 +322,7 @@ pub fn status(ws: &Workspace, json_out: bool) -> Result {
             })
             .collect();
         out.push_str(&table(&["WHEN", "LOOP", "OUTCOME", "DETAIL"], &rows));
+        out.push_str(&held_back_lines(&runs));
     }
     if !commits.is_empty() {
         out.push_str("\nRecent commits\n");
@@ -382,6 +384,24 @@ fn mcp_servers(ws: &Workspace) -> Vec<Value> {
         .collect();
     out.sort_by(|a, b| a["name"].to_string().cmp(&b["name"].to_string()));
     out
+}
+
+/// The paths recent runs left out of their commits: a person's edits, still uncommitted
+/// in the work tree, that they may want to look at.
+fn held_back_lines(runs: &[crate::runs::RunRecord]) -> String {
+    let mut out = String::new();
+    for r in runs.iter().filter(|r| !r.held_back.is_empty()) {
+        for h in &r.held_back {
+            out.push_str(&format!(
+                "  held back by {} ({}): {}: {}\n",
+                r.loop_name, r.run_id, h.path, h.why
+            ));
+        }
+    }
+    if out.is_empty() {
+        return out;
+    }
+    format!("Not committed by a run (left in the work tree as they are)\n{out}")
 }
 
 /// "held: a rebase in progress since 10:02; 14 runs waiting", or None when nothing waits.

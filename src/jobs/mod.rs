@@ -3,6 +3,7 @@
 //! here, whether the daemon scheduled it or a person triggered it.
 
 pub mod job;
+pub mod own;
 pub mod queue;
 pub mod report;
 pub mod stats;
@@ -205,6 +206,27 @@ pub fn changed_between(before: &Snapshot, after: &Snapshot) -> Vec<PathBuf> {
     changed_paths(&before.0, &after.0)
 }
 
+/// The start snapshot of a run: its areas' files, and which of them hold a person's
+/// uncommitted edits (only worth finding when the run's changes are committed).
+async fn snapshot_start(
+    ctx: &RunContext,
+    areas: Vec<PathBuf>,
+) -> (HashMap<PathBuf, FileSig>, own::StartState) {
+    let root = ctx.ws.root.clone();
+    let commits = ctx.committer.is_some();
+    tokio::task::spawn_blocking(move || {
+        let files = snapshot(&areas);
+        let start = if commits {
+            own::StartState::read(&root, files.keys())
+        } else {
+            own::StartState::default()
+        };
+        (files, start)
+    })
+    .await
+    .unwrap_or_default()
+}
+
 async fn snapshot_blocking(areas: Vec<PathBuf>) -> HashMap<PathBuf, FileSig> {
     tokio::task::spawn_blocking(move || snapshot(&areas))
         .await
@@ -229,6 +251,11 @@ fn changed_paths(
         .collect();
     out.sort();
     out
+}
+
+/// The files that define a loop, which are a person's to change, never a run's.
+fn definition_files(def: &LoopDef) -> Vec<PathBuf> {
+    vec![def.dir.join("config.yaml"), def.dir.join("prompt.md")]
 }
 
 /// The folders a loop's run may change (and whose changes are committed).
@@ -335,11 +362,13 @@ pub async fn execute(
         transcript: None,
         refused_tools: Vec::new(),
         deliveries: Vec::new(),
+        held_back: Vec::new(),
     };
     let areas = writable_areas(&ctx.ws, def);
     // Walking and hashing the loop's files is blocking work: keep it off the async
     // workers that time every other loop's runs.
     let mut changed = Vec::new();
+    let mut attributed = own::Attributed::default();
     match &def.payload {
         Payload::Prompt { .. } if !ctx.ws.settings.has_providers => {
             rec.outcome = Outcome::Skipped;
@@ -348,28 +377,45 @@ pub async fn execute(
             );
         }
         Payload::Prompt { .. } => {
-            let before = snapshot_blocking(areas.clone()).await;
+            let (before, start) = snapshot_start(ctx, areas.clone()).await;
             let p = crate::agent::prompt::run(ctx, def, req, state.as_ref(), &marker, live, cancel)
                 .await;
             let after = snapshot_blocking(areas.clone()).await;
-            changed = changed_paths(&before, &after);
+            let mut all = changed_paths(&before, &after);
             // Files the tools wrote outside the loop's areas (a new inbox file, or
             // anywhere for a loop in the main session's context) are the run's too.
             let runtime = ctx.ws.runtime_dir();
             for w in &p.wrote {
-                if !w.starts_with(&runtime) && !changed.contains(w) {
-                    changed.push(w.clone());
+                if !w.starts_with(&runtime) && !all.contains(w) {
+                    all.push(w.clone());
                 }
             }
+            let writer = if p.writes_itself {
+                own::Writer::Command {
+                    definition: definition_files(def),
+                    reported: None,
+                }
+            } else {
+                own::Writer::Tools(&p.wrote)
+            };
+            attributed = own::attribute(all, &start, &writer);
+            changed = attributed.committed();
             p.fill(&mut rec, &ctx.ws, !changed.is_empty());
         }
         Payload::Command { argv } => {
-            let before = snapshot_blocking(areas.clone()).await;
+            let (before, start) = snapshot_start(ctx, areas.clone()).await;
             let (spawn_tx, mut spawn_rx) = mpsc::unbounded_channel();
+            let wrote_list = own::wrote_file(&ctx.ws, &req.run_id);
+            if let Some(dir) = wrote_list.parent() {
+                // Private like the rest of .loops/ (the daemon would tighten it otherwise).
+                let _ = crate::fsutil::create_dir_all(dir);
+            }
+            let mut env = run_env(&ctx.ws, def, &req.run_id, state.as_ref());
+            env.push(("LOOPS_WROTE".into(), wrote_list.display().to_string()));
             let spec = ExecSpec {
                 argv: argv.clone(),
                 cwd: def.dir.clone(),
-                env: run_env(&ctx.ws, def, &req.run_id, state.as_ref()),
+                env,
                 timeout: def.timeout,
                 grace: exec::KILL_GRACE,
                 on_spawn: Some(spawn_tx),
@@ -382,7 +428,12 @@ pub async fn execute(
             let run = async move { exec::run(&spec, live, cancel).await };
             let (res, ()) = tokio::join!(run, note_pgid);
             let after = snapshot_blocking(areas.clone()).await;
-            changed = changed_paths(&before, &after);
+            let writer = own::Writer::Command {
+                definition: definition_files(def),
+                reported: own::take_reported(&wrote_list, &def.dir),
+            };
+            attributed = own::attribute(changed_paths(&before, &after), &start, &writer);
+            changed = attributed.committed();
             rec.exit_code = res.exit_code;
             rec.stdout_tail = res.stdout_tail.clone();
             rec.stderr_tail = res.stderr_tail.clone();
@@ -430,6 +481,7 @@ pub async fn execute(
             .push(ctx.ws.relative(&h.1).display().to_string());
         changed.push(h.1);
     }
+    let sink = crate::history::HeldBackSink::default();
     if !changed.is_empty() {
         if let Some(c) = &ctx.committer {
             let msg = commit_message(
@@ -438,9 +490,11 @@ pub async fn execute(
             );
             match c
                 .commit(CommitRequest {
-                    contents: Vec::new(),
                     paths: changed,
                     message: msg,
+                    own_hunks: std::mem::take(&mut attributed.own_hunks),
+                    held_back: Some(sink.clone()),
+                    ..Default::default()
                 })
                 .await
             {
@@ -460,6 +514,10 @@ pub async fn execute(
         }
     }
     rec.finished = rec.finished.max(started);
+    if let Ok(mut more) = sink.lock() {
+        attributed.held.append(&mut more);
+    }
+    note_held_back(ctx, def, &attributed.held, &mut rec);
     let all = std::mem::take(&mut rec.changed);
     rec.set_changed(all);
     if let Err(e) = ctx.runlog.append(&rec) {
@@ -467,6 +525,24 @@ pub async fn execute(
     }
     ctx.running.remove(&req.run_id);
     rec
+}
+
+/// Names in the record, and warns of, the paths left out of the run's commit; they are
+/// no longer listed as the run's changes.
+fn note_held_back(
+    ctx: &RunContext,
+    def: &LoopDef,
+    held: &[(PathBuf, String)],
+    rec: &mut RunRecord,
+) {
+    if held.is_empty() {
+        return;
+    }
+    for h in own::records(&ctx.ws, held) {
+        tracing::warn!(loop_name = %def.name, path = %h.path, "held back from the run's commit: {}", h.why);
+        rec.changed.retain(|c| *c != h.path);
+        rec.held_back.push(h);
+    }
 }
 
 /// `deliver:` — posts a command loop's stdout to its channel. A failure is recorded with

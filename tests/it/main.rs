@@ -16,6 +16,7 @@ mod jobs;
 mod limits;
 mod mcp;
 mod mcp_tools;
+mod own_changes;
 mod progress;
 mod provider;
 mod pull_race;
