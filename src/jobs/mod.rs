@@ -210,21 +210,39 @@ pub fn changed_between(before: &Snapshot, after: &Snapshot) -> Vec<PathBuf> {
 /// uncommitted edits (only worth finding when the run's changes are committed).
 async fn snapshot_start(
     ctx: &RunContext,
+    def: &LoopDef,
     areas: Vec<PathBuf>,
 ) -> (HashMap<PathBuf, FileSig>, own::StartState) {
     let root = ctx.ws.root.clone();
     let commits = ctx.committer.is_some();
+    let marker = own::interrupted_marker(&ctx.ws, &def.name);
     tokio::task::spawn_blocking(move || {
         let files = snapshot(&areas);
-        let start = if commits {
-            own::StartState::read(&root, files.keys())
-        } else {
-            own::StartState::default()
-        };
+        if !commits {
+            return (files, own::StartState::default());
+        }
+        let mut start = own::StartState::read(&root, files.keys());
+        // A marker left behind: the run before this one was killed before it committed.
+        if let Some(then) = std::fs::read(&marker)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Vec<PathBuf>>(&b).ok())
+        {
+            start.adopt_interrupted(&then);
+        }
+        let now = serde_json::to_vec(&start.dirty_paths()).unwrap_or_default();
+        if let Some(dir) = marker.parent() {
+            let _ = crate::fsutil::create_dir_all(dir);
+        }
+        let _ = crate::fsutil::atomic_replace(&marker, &now);
         (files, start)
     })
     .await
     .unwrap_or_default()
+}
+
+/// The run got as far as sorting its changes: no later run need adopt them.
+fn run_finished_sorting(ctx: &RunContext, def: &LoopDef) {
+    let _ = std::fs::remove_file(own::interrupted_marker(&ctx.ws, &def.name));
 }
 
 async fn snapshot_blocking(areas: Vec<PathBuf>) -> HashMap<PathBuf, FileSig> {
@@ -377,7 +395,7 @@ pub async fn execute(
             );
         }
         Payload::Prompt { .. } => {
-            let (before, start) = snapshot_start(ctx, areas.clone()).await;
+            let (before, start) = snapshot_start(ctx, def, areas.clone()).await;
             let p = crate::agent::prompt::run(ctx, def, req, state.as_ref(), &marker, live, cancel)
                 .await;
             let after = snapshot_blocking(areas.clone()).await;
@@ -399,11 +417,12 @@ pub async fn execute(
                 own::Writer::Tools(&p.wrote)
             };
             attributed = own::attribute(all, &start, &writer);
+            run_finished_sorting(ctx, def);
             changed = attributed.committed();
             p.fill(&mut rec, &ctx.ws, !changed.is_empty());
         }
         Payload::Command { argv } => {
-            let (before, start) = snapshot_start(ctx, areas.clone()).await;
+            let (before, start) = snapshot_start(ctx, def, areas.clone()).await;
             let (spawn_tx, mut spawn_rx) = mpsc::unbounded_channel();
             let wrote_list = own::wrote_file(&ctx.ws, &req.run_id);
             if let Some(dir) = wrote_list.parent() {
@@ -433,6 +452,7 @@ pub async fn execute(
                 reported: own::take_reported(&wrote_list, &def.dir),
             };
             attributed = own::attribute(changed_paths(&before, &after), &start, &writer);
+            run_finished_sorting(ctx, def);
             changed = attributed.committed();
             rec.exit_code = res.exit_code;
             rec.stdout_tail = res.stdout_tail.clone();

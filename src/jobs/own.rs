@@ -59,16 +59,103 @@ impl StartState {
         };
         let tree = repo.head().ok().and_then(|h| h.peel_to_tree().ok());
         let index = repo.index().ok();
+        let queued = queued_by_runner(&workdir);
         for abs in files {
             let Ok(rel) = abs.strip_prefix(&workdir) else {
                 continue;
             };
+            if is_queued_as_it_is(&queued, abs, rel) {
+                continue;
+            }
             if let Some(d) = dirty_against_head(&repo, tree.as_ref(), index.as_ref(), abs, rel) {
                 dirty.insert(abs.clone(), d);
             }
         }
         StartState { dirty }
     }
+}
+
+/// What the runner's own commits still waiting in `.loops/commits/` (git was busy: a
+/// rebase, a merge, a lock) will commit: workspace-relative path to the blob the run left
+/// there, or `None` when the waiting commit recorded no content. A file dirty only
+/// because of them is the runner's work, not the person's.
+fn queued_by_runner(workdir: &Path) -> HashMap<PathBuf, Option<git2::Oid>> {
+    let mut out = HashMap::new();
+    let Ok(dir) = std::fs::read_dir(workdir.join(".loops").join("commits")) else {
+        return out;
+    };
+    let mut files: Vec<PathBuf> = dir
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .filter(|p| {
+            !p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+        })
+        .collect();
+    // Oldest first (the names are ULIDs), so a later run's content wins.
+    files.sort();
+    for f in files {
+        let Some(v) = std::fs::read(&f)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        else {
+            continue;
+        };
+        for p in v["paths"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|p| p.as_str())
+        {
+            if let Ok(rel) = Path::new(p).strip_prefix(workdir) {
+                out.entry(rel.to_path_buf()).or_insert(None);
+            }
+        }
+        for s in v["snapshot"].as_array().into_iter().flatten() {
+            let (Some(rel), Some(blob)) = (s[0].as_str(), s[1].as_str()) else {
+                continue;
+            };
+            out.insert(PathBuf::from(rel), git2::Oid::from_str(blob).ok());
+        }
+    }
+    out
+}
+
+/// Whether `abs` is exactly what a waiting commit of the runner's will commit.
+fn is_queued_as_it_is(
+    queued: &HashMap<PathBuf, Option<git2::Oid>>,
+    abs: &Path,
+    rel: &Path,
+) -> bool {
+    match queued.get(rel) {
+        None => false,
+        Some(None) => true,
+        Some(Some(blob)) => git2::Oid::hash_file(git2::ObjectType::Blob, abs).ok() == Some(*blob),
+    }
+}
+
+impl StartState {
+    /// The files that were dirty at the start (absolute).
+    pub fn dirty_paths(&self) -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = self.dirty.keys().cloned().collect();
+        v.sort();
+        v
+    }
+
+    /// A run of this loop was interrupted (killed) before it could commit: what became
+    /// dirty since that run started is its work, not the person's, and is committed by this
+    /// run as its own. What was already dirty when it started stays the person's.
+    pub fn adopt_interrupted(&mut self, dirty_then: &[PathBuf]) {
+        self.dirty.retain(|p, _| dirty_then.contains(p));
+    }
+}
+
+/// Where a running run of `loop_name` keeps the files that were dirty at its start, so a
+/// run after it that finds it (the first was killed) knows which edits were the person's.
+pub fn interrupted_marker(ws: &crate::workspace::Workspace, loop_name: &str) -> PathBuf {
+    ws.runtime_dir()
+        .join("own")
+        .join(format!("{loop_name}.json"))
 }
 
 /// What `abs` is against HEAD, `None` when it is what HEAD holds (or git ignores it).
