@@ -240,7 +240,7 @@ async fn snapshot_start(
     .unwrap_or_default()
 }
 
-/// The run got as far as sorting its changes: no later run need adopt them.
+/// The run's changes are committed, or queued to be: no later run need adopt them.
 fn run_finished_sorting(ctx: &RunContext, def: &LoopDef) {
     let _ = std::fs::remove_file(own::interrupted_marker(&ctx.ws, &def.name));
 }
@@ -417,7 +417,6 @@ pub async fn execute(
                 own::Writer::Tools(&p.wrote)
             };
             attributed = own::attribute(all, &start, &writer);
-            run_finished_sorting(ctx, def);
             changed = attributed.committed();
             p.fill(&mut rec, &ctx.ws, !changed.is_empty());
         }
@@ -452,7 +451,6 @@ pub async fn execute(
                 reported: own::take_reported(&wrote_list, &def.dir),
             };
             attributed = own::attribute(changed_paths(&before, &after), &start, &writer);
-            run_finished_sorting(ctx, def);
             changed = attributed.committed();
             rec.exit_code = res.exit_code;
             rec.stdout_tail = res.stdout_tail.clone();
@@ -502,6 +500,9 @@ pub async fn execute(
         changed.push(h.1);
     }
     let sink = crate::history::HeldBackSink::default();
+    // Until its changes are committed (or waiting in the committer's queue), a run that is
+    // killed leaves them for the next run of the loop to adopt (see `snapshot_start`).
+    let mut committed_or_queued = true;
     if !changed.is_empty() {
         if let Some(c) = &ctx.committer {
             let msg = commit_message(
@@ -529,9 +530,13 @@ pub async fn execute(
                         tracing::warn!(loop_name = %def.name, "could not commit the run's changes: {e}{help}");
                     }
                     rec.note = Some(format!("not committed: {e}{help}"));
+                    committed_or_queued = matches!(e, crate::history::HistoryError::Held(_));
                 }
             }
         }
+    }
+    if committed_or_queued {
+        run_finished_sorting(ctx, def);
     }
     rec.finished = rec.finished.max(started);
     if let Ok(mut more) = sink.lock() {
