@@ -40,6 +40,10 @@ fn retryable(text: &str) -> bool {
         "uncommitted changes",
         "would be overwritten",
         "index.lock",
+        // git never waits for the index lock: a pull that meets loops' few-millisecond
+        // hold of it is refused whole, and the person runs it again.
+        "could not write index",
+        "stash failed",
         "cannot lock ref",
         "Please commit your changes or stash them",
     ]
@@ -55,8 +59,10 @@ fn pull(ws: &Path, rebase: bool) {
     } else {
         &["pull", "--no-rebase", "--no-edit", "-q", "origin", "main"]
     };
+    let mut last = String::new();
     for _ in 0..50 {
         let (ok, text) = person(ws, args);
+        last = text.clone();
         if ok {
             return;
         }
@@ -71,11 +77,13 @@ fn pull(ws: &Path, rebase: bool) {
         assert!(retryable(&text), "git {args:?} failed: {text}");
         std::thread::sleep(Duration::from_millis(150));
     }
-    panic!("git {args:?} never went through");
+    let status = person(ws, &["status", "--short"]).1;
+    let diff = person(ws, &["diff"]).1;
+    panic!("git {args:?} never went through; last: {last}\nstatus:\n{status}\ndiff:\n{diff}");
 }
 
 #[test]
-#[ignore = "until the committer defers during a person's merge or rebase (#15)"]
+#[ignore = "fails about 1 run in 5: state.md can stay dirty for good (so pull --rebase refuses) after a rebase meets held commits and the put-back of held appends (#15, see the closing note)"]
 fn pulls_with_merge_and_rebase_beside_a_committing_daemon_lose_nothing() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let remote = tmp.path().join("remote.git");
