@@ -35,6 +35,9 @@ pub enum DaemonError {
         #[source]
         source: std::io::Error,
     },
+    /// Refused at start, before anything is committed: see [`crate::workspace::SymlinkedArea`].
+    #[error("{0}")]
+    SymlinkedArea(#[from] crate::workspace::SymlinkedArea),
 }
 
 impl DaemonError {
@@ -44,6 +47,7 @@ impl DaemonError {
                 "stop it first (`kill {pid}`), or use it: `loops trigger NAME` works while it runs"
             )),
             DaemonError::Io { .. } => None,
+            DaemonError::SymlinkedArea(l) => Some(l.help()),
         }
     }
 }
@@ -317,6 +321,10 @@ fn report_tightened(journal: &crate::journal::Journal, tightened: std::io::Resul
 }
 
 pub async fn run(ws: Workspace, opts: DaemonOptions) -> Result<Summary, DaemonError> {
+    // Before the first commit could record a linked folder's removal.
+    if let Some(l) = ws.symlinked_areas().into_iter().next() {
+        return Err(l.into());
+    }
     let lock = DaemonLock::acquire(&ws)?;
     // Before anything is written: an older loops made .loops/ readable by others.
     let tightened = crate::fsutil::tighten(&ws.runtime_dir());

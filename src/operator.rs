@@ -652,6 +652,10 @@ pub fn commit_inbox_change(
     if !ws.settings.git_commit {
         return None;
     }
+    // A linked inbox/ is not committed to: the commit would record the link's removal.
+    if let Some(l) = ws.symlinked_areas().first() {
+        return Some(format!("not committed: {l}"));
+    }
     // Not a repository (or not yet): history is off, as for a run.
     let Ok(c) = Committer::start(
         &ws.root,

@@ -120,9 +120,12 @@ pub fn handoff(ws: &Workspace, cmd: HandoffCommand) -> Result {
         body,
         items,
     };
-    let committer = ws
-        .settings
-        .git_commit
+    // A linked inbox/ is not committed to: the commit would record the link's removal.
+    let linked = ws.symlinked_areas();
+    if let Some(l) = linked.first() {
+        eprintln!("warning: not committed: {l}");
+    }
+    let committer = (ws.settings.git_commit && linked.is_empty())
         .then(|| {
             Committer::start(
                 &ws.root,
