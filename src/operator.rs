@@ -625,7 +625,11 @@ pub fn complete_handoff(
     notes.set_note(&name, &Note::default());
     let warning = commit_inbox_change(
         ws,
-        vec![inbox.root.join(&name), path.clone(), done.clone()],
+        inbox
+            .gone_pending(name.as_ref())
+            .into_iter()
+            .chain([path.clone(), done.clone()])
+            .collect(),
         &format!("main: completed handoff: {}", h.title),
         [("Handoff", h.id.clone())]
             .into_iter()
