@@ -35,6 +35,9 @@ pub enum DaemonError {
         #[source]
         source: std::io::Error,
     },
+    /// Refused at start, before anything is committed: see [`crate::workspace::SymlinkedArea`].
+    #[error("{0}")]
+    SymlinkedArea(#[from] crate::workspace::SymlinkedArea),
 }
 
 impl DaemonError {
@@ -44,6 +47,7 @@ impl DaemonError {
                 "stop it first (`kill {pid}`), or use it: `loops trigger NAME` works while it runs"
             )),
             DaemonError::Io { .. } => None,
+            DaemonError::SymlinkedArea(l) => Some(l.help()),
         }
     }
 }
@@ -317,6 +321,10 @@ fn report_tightened(journal: &crate::journal::Journal, tightened: std::io::Resul
 }
 
 pub async fn run(ws: Workspace, opts: DaemonOptions) -> Result<Summary, DaemonError> {
+    // Before the first commit could record a linked folder's removal.
+    if let Some(l) = ws.symlinked_areas().into_iter().next() {
+        return Err(l.into());
+    }
     let lock = DaemonLock::acquire(&ws)?;
     // Before anything is written: an older loops made .loops/ readable by others.
     let tightened = crate::fsutil::tighten(&ws.runtime_dir());
@@ -1180,7 +1188,12 @@ impl Daemon {
     /// Handoffs claimed by a wake that died with the last runner go back to the inbox;
     /// stale files in inbox/.tmp/ are cleaned.
     fn recover_inbox(&mut self) -> Vec<String> {
-        let back = self.wakes.notes.recover(&self.wakes.inbox);
+        let moves = self.wakes.notes.recover_moves(&self.wakes.inbox);
+        let back: Vec<String> = moves
+            .iter()
+            .filter_map(|m| m.paths.first()?.file_name()?.to_str().map(str::to_string))
+            .collect();
+        self.commit_moves("released", moves);
         if !back.is_empty() {
             tracing::warn!(
                 "{} handoff(s) claimed by a wake that did not finish went back to the inbox",
@@ -1196,6 +1209,18 @@ impl Daemon {
             tracing::warn!("handoffs are waiting in inbox/ but loops.yaml has no `main:` session to receive them");
         }
         back
+    }
+
+    /// Commits moves within the inbox in the background (see
+    /// [`crate::main_session::commit_moves`]).
+    fn commit_moves(&self, outcome: &'static str, moved: Vec<crate::main_session::Moved>) {
+        if moved.is_empty() {
+            return;
+        }
+        let c = self.ctx.committer.clone();
+        tokio::spawn(async move {
+            crate::main_session::commit_moves(c.as_ref(), outcome, moved).await;
+        });
     }
 
     /// A wake killed between moving handoffs to done/ and its commit leaves completions on
@@ -1219,7 +1244,7 @@ impl Daemon {
                 let p = f.path();
                 if p.extension().is_some_and(|x| x == "md") {
                     if let Some(name) = p.file_name() {
-                        paths.push(inbox.root.join(name));
+                        paths.extend(inbox.gone_pending(name));
                     }
                     paths.push(p);
                 }
@@ -1287,11 +1312,57 @@ impl Daemon {
             self.wakes.wanted_kind = kind;
             return;
         }
+        let (claimed, claims) = self.claim_pending(now, main.max_handoffs_per_wake as usize);
+        if claimed.is_empty() && kind == WakeKind::Handoffs {
+            return;
+        }
+        self.wakes.recent.push_back(now);
+        self.wakes.wanted = false;
+        self.wakes.wanted_kind = WakeKind::Handoffs;
+        let (cancel_tx, cancel_rx) = watch::channel(false);
+        self.wakes.running = Some(cancel_tx);
+        let ctx = self.ctx.clone();
+        let tx = self.wakes.done_tx.clone();
+        tracing::info!(
+            handoffs = claimed.len(),
+            kind = kind.as_str(),
+            "waking the main session"
+        );
+        tokio::spawn(async move {
+            // The claims are in the history before the main session starts on them.
+            crate::main_session::commit_moves(ctx.committer.as_ref(), "claimed", claims).await;
+            let r = crate::main_session::wake(&ctx, &main, kind, claimed, Some(cancel_rx)).await;
+            let _ = tx.send(r);
+        });
+    }
+
+    /// Claims the pending handoffs for main, at most `cap` (so a wake's argument list
+    /// and its report stay well inside the system's limits; the rest go to the next wake
+    /// at once), each under an id no other handoff has, and rejects the malformed ones
+    /// that have settled (committed at once). Returns the claimed files in `active/` and
+    /// the claims to commit.
+    fn claim_pending(
+        &mut self,
+        now: DateTime<Utc>,
+        cap: usize,
+    ) -> (Vec<PathBuf>, Vec<crate::main_session::Moved>) {
+        use crate::main_session::Moved;
         let inbox = self.wakes.inbox.clone();
         let mut claimed = Vec::new();
-        // A wake takes at most this many, so its argument list and its report stay well
-        // inside the system's limits; the rest go to the next wake at once.
-        let cap = main.max_handoffs_per_wake as usize;
+        let mut claims = Vec::new();
+        let mut rejected = Vec::new();
+        let mut reject = |p: &std::path::Path, id: &str, why: &str| match inbox.reject(p, why, now)
+        {
+            Ok(to) => {
+                tracing::warn!(handoff = %id, "rejected {}: {why} (see {})", p.display(), inbox.error_note(&to).display());
+                rejected.push(Moved {
+                    id: id.to_string(),
+                    paths: vec![p.to_path_buf(), inbox.error_note(&to), to],
+                });
+            }
+            Err(err) => tracing::error!("cannot reject {}: {err}", p.display()),
+        };
+        let mut taken: Option<std::collections::HashSet<String>> = None;
         for p in inbox.pending() {
             if claimed.len() >= cap {
                 self.wakes.wanted = true;
@@ -1304,16 +1375,20 @@ impl Daemon {
                     if let Err(why) =
                         crate::agent::sandbox::check_handoff_paths(&inbox.workspace, &h)
                     {
-                        match inbox.reject(&p, &why, now) {
-                            Ok(to) => {
-                                tracing::warn!(handoff = %h.id, "rejected {}: {why} (see {}.error.md)", p.display(), to.with_extension("").display())
-                            }
-                            Err(err) => tracing::error!("cannot reject {}: {err}", p.display()),
-                        }
+                        reject(&p, &h.id, &why);
                         continue;
                     }
-                    if let Some(a) = inbox.claim(&p) {
-                        claimed.push(a);
+                    let taken = taken.get_or_insert_with(|| inbox.taken_ids());
+                    match inbox.claim_unique(&p, &h, taken) {
+                        Ok(Some((a, h))) => {
+                            claims.push(Moved {
+                                id: h.id,
+                                paths: vec![p.clone(), a.clone()],
+                            });
+                            claimed.push(a);
+                        }
+                        Ok(None) => {}
+                        Err(e) => reject(&p, &h.id, &e.to_string()),
                     }
                 }
                 Ok(h) => {
@@ -1332,37 +1407,14 @@ impl Daemon {
                         let at = now + chrono_ms(crate::handoff::SETTLE);
                         self.wakes.retry_at = Some(self.wakes.retry_at.map_or(at, |r| r.min(at)));
                     } else {
-                        match inbox.reject(&p, &e.to_string(), now) {
-                            Ok(to) => tracing::warn!(
-                                "rejected {}: {e} (see {}.error.md)",
-                                p.display(),
-                                to.with_extension("").display()
-                            ),
-                            Err(err) => tracing::error!("cannot reject {}: {err}", p.display()),
-                        }
+                        let name = p.file_stem().unwrap_or_default().to_string_lossy();
+                        reject(&p, &name, &e.to_string());
                     }
                 }
             }
         }
-        if claimed.is_empty() && kind == WakeKind::Handoffs {
-            return;
-        }
-        self.wakes.recent.push_back(now);
-        self.wakes.wanted = false;
-        self.wakes.wanted_kind = WakeKind::Handoffs;
-        let (cancel_tx, cancel_rx) = watch::channel(false);
-        self.wakes.running = Some(cancel_tx);
-        let ctx = self.ctx.clone();
-        let tx = self.wakes.done_tx.clone();
-        tracing::info!(
-            handoffs = claimed.len(),
-            kind = kind.as_str(),
-            "waking the main session"
-        );
-        tokio::spawn(async move {
-            let r = crate::main_session::wake(&ctx, &main, kind, claimed, Some(cancel_rx)).await;
-            let _ = tx.send(r);
-        });
+        self.commit_moves("rejected", rejected);
+        (claimed, claims)
     }
 
     fn on_wake_done(&mut self, w: crate::main_session::WakeResult, again: bool) {

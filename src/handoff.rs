@@ -548,6 +548,15 @@ impl Inbox {
         self.workspace.join(".loops").join("inbox").join("writers")
     }
 
+    /// The runner's record for `id`, whatever front matter it matches.
+    fn writer_record(&self, id: &str) -> Option<WriterRecord> {
+        if !valid_id(id) {
+            return None;
+        }
+        let text = std::fs::read_to_string(self.writers_dir().join(format!("{id}.json"))).ok()?;
+        serde_json::from_str(&text).ok()
+    }
+
     /// The recorded writer of `h`, if the record matches this very front matter.
     pub fn writer_of(&self, h: &Handoff) -> Option<String> {
         if !valid_id(&h.id) {
@@ -719,10 +728,97 @@ impl Inbox {
         std::fs::rename(pending, &dest).ok().map(|()| dest)
     }
 
-    /// Returns an active handoff to the pending inbox (its wake died).
+    /// Claims a pending handoff under an id no other handoff has: when its id (or file
+    /// name) is already taken in `taken` (see [`Inbox::taken_ids`]), it is claimed as
+    /// `<id>-2`, `-3`, …, and its front matter says so, so `loops inbox`, the main session
+    /// and the completion all see the new id and no file in `done/` is ever overwritten.
+    /// `None` when someone else claimed it first. The id claimed is added to `taken`.
+    pub fn claim_unique(
+        &self,
+        pending: &Path,
+        h: &Handoff,
+        taken: &mut std::collections::HashSet<String>,
+    ) -> Result<Option<(PathBuf, Handoff)>, HandoffError> {
+        let stem = pending
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or_default();
+        if !taken.contains(&h.id) && !taken.contains(stem) {
+            let Some(active) = self.claim(pending) else {
+                return Ok(None);
+            };
+            taken.insert(h.id.clone());
+            taken.insert(stem.to_string());
+            return Ok(Some((active, h.clone())));
+        }
+        let new_id = self.free_id(&h.id, taken);
+        let text = std::fs::read_to_string(pending).map_err(io(pending))?;
+        let rewritten = with_new_id(&text, h, &new_id)?;
+        let _ = std::fs::create_dir_all(self.active_dir());
+        let dest = self.active_dir().join(format!("{new_id}.md"));
+        // The same one-winner rename as a plain claim, under the new name; the new id is
+        // written in afterwards, where no other claimer looks.
+        if dest.exists() || std::fs::rename(pending, &dest).is_err() {
+            return Ok(None);
+        }
+        taken.insert(new_id.clone());
+        if rewritten != text {
+            self.write_via_tmp(&dest, rewritten.as_bytes())?;
+        }
+        let mut renamed = self.load(&dest)?;
+        if let Some(from) = &h.written_by {
+            let run = self.writer_record(&h.id).and_then(|r| r.run);
+            self.record_writer(&new_id, from, run.as_deref(), &rewritten)?;
+            renamed.written_by = Some(from.clone());
+        }
+        tracing::info!(handoff = %new_id, "the id `{}` was already used by another handoff: this one is `{new_id}`", h.id);
+        Ok(Some((dest, renamed)))
+    }
+
+    /// Every id a new handoff must not take: the file names in `active/` and `done/`
+    /// (the runner names each file after its id) and the ids inside `active/`. Files in
+    /// `done/` are not opened, so the check stays cheap however long the history grows.
+    pub fn taken_ids(&self) -> std::collections::HashSet<String> {
+        let mut taken = std::collections::HashSet::new();
+        for p in self.active() {
+            if let Ok(h) = self.load(&p) {
+                taken.insert(h.id);
+            }
+            taken.extend(stem_of(&p));
+        }
+        taken.extend(self.done().iter().filter_map(|p| stem_of(p)));
+        taken
+    }
+
+    /// `<id>-2`, `-3`, …: the first not in `taken` and not a pending file's name.
+    fn free_id(&self, id: &str, taken: &std::collections::HashSet<String>) -> String {
+        // An id near the length limit is cut so that the suffix still fits.
+        let base: String = id.chars().take(190).collect();
+        (2u64..)
+            .map(|n| format!("{base}-{n}"))
+            .find(|c| !taken.contains(c) && !self.root.join(format!("{c}.md")).exists())
+            .unwrap_or_else(|| format!("{base}-{}", ulid::Ulid::new()))
+    }
+
+    /// Returns an active handoff to the pending inbox (its wake died). A pending file of
+    /// the same name is never overwritten: the handoff comes back as `<name>-2.md`, … .
     pub fn release(&self, active: &Path) -> Option<PathBuf> {
-        let dest = self.root.join(active.file_name()?);
+        let dest = free_path(&self.root, active.file_name()?.to_str()?);
         std::fs::rename(active, &dest).ok().map(|()| dest)
+    }
+
+    /// `inbox/<name>` when no file is there: the pending path a claimed handoff came from,
+    /// for a commit to record it gone. A file that is there is another handoff that
+    /// arrived meanwhile under the same name, and is not this commit's to take.
+    pub fn gone_pending(&self, name: &std::ffi::OsStr) -> Option<PathBuf> {
+        let p = self.root.join(name);
+        (std::fs::symlink_metadata(&p).is_err()).then_some(p)
+    }
+
+    /// The note written beside a rejected handoff (`NAME.error.md`).
+    pub fn error_note(&self, rejected: &Path) -> PathBuf {
+        let stem = stem_of(rejected).unwrap_or_default();
+        self.rejected_dir().join(format!("{stem}.error.md"))
     }
 
     /// Writes `dest` atomically with its temporary file in `inbox/.tmp/` (the same
@@ -775,7 +871,9 @@ impl Inbox {
             .is_none_or(|b| b == b'\n');
         // A rename, then one appended write: no copy, no new file. A crash in between
         // leaves a done handoff without its completion note, never a lost or double one.
-        let dest = dir.join(name);
+        // A done handoff of the same name is never replaced (ids are made unique when
+        // claimed; a file completed straight from inbox/ by hand may not have been).
+        let dest = free_path(&dir, name.to_str().unwrap_or("handoff.md"));
         std::fs::rename(path, &dest).map_err(io(&dest))?;
         let note = format!(
             "{}\n## Completed {}\n\n{}\n",
@@ -952,6 +1050,58 @@ pub fn parse_bytes(bytes: Vec<u8>, stem: &str) -> Result<Handoff, HandoffError> 
     parse(&text, stem)
 }
 
+fn stem_of(p: &Path) -> Option<String> {
+    p.file_stem().and_then(|s| s.to_str()).map(str::to_string)
+}
+
+/// `dir/name`, or `dir/<stem>-2.md`, `-3`, … when that is taken: a move never replaces
+/// another handoff.
+fn free_path(dir: &Path, name: &str) -> PathBuf {
+    let first = dir.join(name);
+    if std::fs::symlink_metadata(&first).is_err() {
+        return first;
+    }
+    let stem = name.strip_suffix(".md").unwrap_or(name);
+    (2u64..)
+        .map(|n| dir.join(format!("{stem}-{n}.md")))
+        .find(|p| std::fs::symlink_metadata(p).is_err())
+        .unwrap_or(first)
+}
+
+/// `text` with the id `new_id` (its `id:` line rewritten; a file without one takes its
+/// id from its name, which is new already), checked by parsing it as it will be read.
+fn with_new_id(text: &str, h: &Handoff, new_id: &str) -> Result<String, HandoffError> {
+    let rewritten = replace_front_id(text, new_id).unwrap_or_else(|| text.to_string());
+    match parse(&rewritten, new_id) {
+        Ok(n) if n.id == new_id => Ok(rewritten),
+        _ => Err(HandoffError::Malformed(format!(
+            "its id `{}` is already used by another handoff, and its front matter could not be given the new id `{new_id}`: write `id:` on one line of its own",
+            h.id
+        ))),
+    }
+}
+
+/// The text with its front matter's top-level `id:` line set to `new_id`; `None` when
+/// it has no such line (its id is its file name).
+fn replace_front_id(text: &str, new_id: &str) -> Option<String> {
+    let (front, _) = split_front_matter(text).ok()?;
+    let front = front?;
+    // `front` is a slice of `text`: where it starts is where it lies in memory.
+    let start = front.as_ptr() as usize - text.as_ptr() as usize;
+    let mut out = String::with_capacity(text.len() + 8);
+    let mut replaced = false;
+    for line in front.split_inclusive('\n') {
+        if !replaced && line.starts_with("id:") {
+            let eol = if line.ends_with("\r\n") { "\r\n" } else { "\n" };
+            out.push_str(&format!("id: {new_id}{eol}"));
+            replaced = true;
+        } else {
+            out.push_str(line);
+        }
+    }
+    replaced.then(|| format!("{}{out}{}", &text[..start], &text[start + front.len()..]))
+}
+
 fn md_files(dir: &Path) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
         .map(|rd| {
@@ -1006,6 +1156,69 @@ mod tests {
         assert!(parse("---\ncreated: yesterday\n---\n# t\n", "x").is_err());
         assert!(parse("---\nfrom: [a, b]\n---\n# t\n", "x").is_err());
         assert!(parse("---\n- a\n- b\n---\n", "x").is_err());
+    }
+
+    #[test]
+    fn a_reused_id_is_claimed_under_a_new_one_and_keeps_its_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let inbox = Inbox::new(dir.path());
+        let n = NewHandoff {
+            from: "minion".into(),
+            title: "Twice".into(),
+            ..Default::default()
+        };
+        let (id, first, _) = inbox.create(&n, Utc::now()).unwrap();
+        let h = inbox.load(&first).unwrap();
+        let mut taken = inbox.taken_ids();
+        let (a, _) = inbox.claim_unique(&first, &h, &mut taken).unwrap().unwrap();
+        inbox.complete(&a, None, Utc::now()).unwrap();
+        // The same file again, as a script that copies handoffs might leave it.
+        let text = std::fs::read_to_string(inbox.done()[0].clone()).unwrap();
+        let again = inbox.root.join(format!("{id}.md"));
+        std::fs::write(&again, &text).unwrap();
+        let h = inbox.load(&again).unwrap();
+        assert_eq!(h.written_by.as_deref(), Some("minion"));
+        let mut taken = inbox.taken_ids();
+        let (a, renamed) = inbox.claim_unique(&again, &h, &mut taken).unwrap().unwrap();
+        let new_id = format!("{id}-2");
+        assert_eq!(a, inbox.active_dir().join(format!("{new_id}.md")));
+        assert_eq!(renamed.id, new_id);
+        let reread = inbox.load(&a).unwrap();
+        assert_eq!(reread.id, new_id);
+        assert_eq!(reread.written_by.as_deref(), Some("minion"));
+        assert!(taken.contains(&new_id));
+    }
+
+    #[test]
+    fn completing_never_replaces_a_done_handoff_of_the_same_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let inbox = Inbox::new(dir.path());
+        std::fs::create_dir_all(&inbox.root).unwrap();
+        let now = Utc::now();
+        for body in ["# One\n", "# Two\n"] {
+            let p = inbox.root.join("same.md");
+            std::fs::write(&p, body).unwrap();
+            inbox.complete(&p, None, now).unwrap();
+        }
+        let done = inbox.done();
+        assert_eq!(done.len(), 2, "{done:?}");
+        let texts: Vec<String> = done
+            .iter()
+            .map(|p| std::fs::read_to_string(p).unwrap())
+            .collect();
+        assert!(texts.iter().any(|t| t.starts_with("# One")));
+        assert!(texts.iter().any(|t| t.starts_with("# Two")));
+    }
+
+    #[test]
+    fn the_id_line_is_rewritten_and_nothing_else() {
+        let t = "---\nfrom: x\nid: a\ntitle_id: a\n---\n# id: a\n";
+        assert_eq!(
+            replace_front_id(t, "a-2").unwrap(),
+            "---\nfrom: x\nid: a-2\ntitle_id: a\n---\n# id: a\n"
+        );
+        assert!(replace_front_id("---\nfrom: x\n---\n# t\n", "b").is_none());
+        assert!(replace_front_id("# no front matter\n", "b").is_none());
     }
 
     #[test]

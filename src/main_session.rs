@@ -129,6 +129,15 @@ impl InboxState {
     /// Gives back handoffs claimed by wakes whose process is gone (a crash): they return
     /// to the inbox and are processed again. Returns their file names.
     pub fn recover(&self, inbox: &Inbox) -> Vec<String> {
+        self.recover_moves(inbox)
+            .into_iter()
+            .filter_map(|m| m.paths.first()?.file_name()?.to_str().map(str::to_string))
+            .collect()
+    }
+
+    /// [`InboxState::recover`], with each handoff's move (from active/, back to inbox/)
+    /// for the commit that records it.
+    pub fn recover_moves(&self, inbox: &Inbox) -> Vec<Moved> {
         let mut n = Vec::new();
         let mut live: std::collections::HashSet<String> = std::collections::HashSet::new();
         let dir = self.dir.join("claims");
@@ -150,8 +159,11 @@ impl InboxState {
             }
             for f in &c.files {
                 let active = inbox.active_dir().join(f);
-                if active.exists() && inbox.release(&active).is_some() {
-                    n.push(f.clone());
+                if !active.exists() {
+                    continue;
+                }
+                if let Some(back) = inbox.release(&active) {
+                    n.push(moved(inbox, active, back));
                 }
             }
             let _ = std::fs::remove_file(e.path());
@@ -167,11 +179,25 @@ impl InboxState {
             if live.contains(name) || self.note(name).held.is_some() {
                 continue;
             }
-            if inbox.release(&active).is_some() {
-                n.push(name.to_string());
+            if let Some(back) = inbox.release(&active) {
+                n.push(moved(inbox, active, back));
             }
         }
         n
+    }
+}
+
+/// The move of a handoff given back to the inbox, named by its id where it can be read.
+fn moved(inbox: &Inbox, active: PathBuf, back: PathBuf) -> Moved {
+    let id = inbox.load(&back).map(|h| h.id).unwrap_or_else(|_| {
+        back.file_stem()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into()
+    });
+    Moved {
+        id,
+        paths: vec![active, back],
     }
 }
 
@@ -224,8 +250,10 @@ impl Uncompleted {
         if let Some(f) = &self.from {
             t.push(("From", f.clone()));
         }
+        let mut paths: Vec<PathBuf> = inbox.gone_pending(name.as_os_str()).into_iter().collect();
+        paths.extend([self.active.clone(), done]);
         Some(Some(CommitRequest::new(
-            vec![inbox.root.join(name), self.active.clone(), done],
+            paths,
             commit_message(&format!("{MAIN}: completed 1 handoff(s)"), &t),
         )))
     }
@@ -388,6 +416,7 @@ pub async fn wake(
     let mut completed = Vec::new();
     let mut held = Vec::new();
     let mut released = Vec::new();
+    let mut returned = Vec::new();
     let mut uncompleted = Vec::new();
     let mut commit_paths: Vec<PathBuf> = crate::jobs::changed_between(&before, &after);
     if let Some(w) = &on_model {
@@ -418,8 +447,12 @@ pub async fn wake(
                 ));
                 note.held_since.get_or_insert(now);
                 held.push((id.clone(), note.held.clone().unwrap_or_default()));
-            } else if inbox.release(path).is_some() {
+            } else if let Some(back) = inbox.release(path) {
                 released.push(id.clone());
+                returned.push(Moved {
+                    id: id.clone(),
+                    paths: vec![path.clone(), back],
+                });
             }
             notes.set_note(&name, &note);
             continue;
@@ -435,7 +468,7 @@ pub async fn wake(
                 if unticked.is_empty() {
                     match inbox.complete(path, summary.as_deref(), now) {
                         Ok(done) => {
-                            commit_paths.push(inbox.root.join(&name));
+                            commit_paths.extend(inbox.gone_pending(name.as_ref()));
                             commit_paths.push(path.clone());
                             commit_paths.push(done);
                             trailers.push(("Handoff", id.clone()));
@@ -576,6 +609,7 @@ pub async fn wake(
             }
         }
     }
+    commit_moves(ctx.committer.as_ref(), "released", returned).await;
     let all = std::mem::take(&mut rec.changed);
     rec.set_changed(all);
     if let Err(e) = ctx.runlog.append(&rec) {
@@ -607,6 +641,46 @@ fn model_exec_result(o: &crate::agent::prompt::PromptOutcome) -> exec::ExecResul
         duration: o.duration,
         ..Default::default()
     }
+}
+
+/// One handoff moved within the inbox: its id, and the paths the move touched (where it
+/// was, where it is now, a note written beside it).
+#[derive(Debug, Clone)]
+pub struct Moved {
+    pub id: String,
+    pub paths: Vec<PathBuf>,
+}
+
+/// Commits moves within the inbox (`outcome`: claimed, rejected, released) the way a
+/// creation or a completion is committed: each move is in the history as it happens, so
+/// `git status` shows nothing for the inbox between them, not only once it is drained.
+pub async fn commit_moves(
+    committer: Option<&crate::history::Committer>,
+    outcome: &str,
+    moved: Vec<Moved>,
+) {
+    let Some(req) = moves_request(outcome, moved) else {
+        return;
+    };
+    if let Some(c) = committer {
+        if let Err(e) = c.commit(req).await {
+            tracing::warn!("handoffs {outcome}: not committed: {e}");
+        }
+    }
+}
+
+fn moves_request(outcome: &str, moved: Vec<Moved>) -> Option<CommitRequest> {
+    if moved.is_empty() {
+        return None;
+    }
+    let mut t: Vec<(&str, String)> = moved.iter().map(|m| ("Handoff", m.id.clone())).collect();
+    t.push(("Outcome", outcome.to_string()));
+    let subject = match moved.as_slice() {
+        [one] => format!("{MAIN}: {outcome} handoff {}", one.id),
+        many => format!("{MAIN}: {outcome} {} handoffs", many.len()),
+    };
+    let paths = moved.into_iter().flat_map(|m| m.paths).collect();
+    Some(CommitRequest::new(paths, commit_message(&subject, &t)))
 }
 
 /// Creates a handoff from the runner itself (accountability) and commits it.

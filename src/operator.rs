@@ -625,7 +625,11 @@ pub fn complete_handoff(
     notes.set_note(&name, &Note::default());
     let warning = commit_inbox_change(
         ws,
-        vec![inbox.root.join(&name), path.clone(), done.clone()],
+        inbox
+            .gone_pending(name.as_ref())
+            .into_iter()
+            .chain([path.clone(), done.clone()])
+            .collect(),
         &format!("main: completed handoff: {}", h.title),
         [("Handoff", h.id.clone())]
             .into_iter()
@@ -651,6 +655,10 @@ pub fn commit_inbox_change(
 ) -> Option<String> {
     if !ws.settings.git_commit {
         return None;
+    }
+    // A linked inbox/ is not committed to: the commit would record the link's removal.
+    if let Some(l) = ws.symlinked_areas().first() {
+        return Some(format!("not committed: {l}"));
     }
     // Not a repository (or not yet): history is off, as for a run.
     let Ok(c) = Committer::start(

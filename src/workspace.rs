@@ -24,6 +24,37 @@ pub enum WorkspaceError {
     InvalidSettings(String),
 }
 
+/// The folders whose files loops commits. Each must be a real folder: git does not track
+/// files beyond a symbolic link, so a commit of a path inside a linked folder would record
+/// the link's removal (and the link itself is the person's, not loops').
+pub const TRACKED_AREAS: &[&str] = &[
+    "domains",
+    "drafts",
+    "inbox",
+    "inbox/active",
+    "inbox/done",
+    "inbox/rejected",
+    ".working-memory",
+];
+
+/// A workspace folder loops commits that is a symbolic link: refused at start.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{}/ is a symbolic link to {}; git does not track files beyond a symlink, so loops would commit its removal", .area.display(), .target.display())]
+pub struct SymlinkedArea {
+    /// Relative to the workspace root.
+    pub area: PathBuf,
+    pub target: PathBuf,
+}
+
+impl SymlinkedArea {
+    pub fn help(&self) -> String {
+        let (a, t) = (self.area.display(), self.target.display());
+        format!(
+            "make {a}/ a real folder: remove the link (`rm {a}` leaves {t} as it is), `mkdir {a}`, and move the contents of {t} into it; or set `git: {{commit: false}}` in loops.yaml to keep the link and no history"
+        )
+    }
+}
+
 impl WorkspaceError {
     pub fn help(&self) -> Option<String> {
         match self {
@@ -300,12 +331,18 @@ impl Workspace {
             path: root.to_path_buf(),
             source,
         })?;
-        let (settings, diagnostics) = read_settings(&root);
-        let ws = Workspace {
+        let (settings, mut diagnostics) = read_settings(&root);
+        let mut ws = Workspace {
             root,
             settings,
-            diagnostics,
+            diagnostics: Vec::new(),
         };
+        diagnostics.extend(ws.symlinked_areas().iter().map(|l| {
+            let mut d = Diagnostic::error(&l.area, l.to_string());
+            d.help = Some(l.help());
+            d
+        }));
+        ws.diagnostics = diagnostics;
         crate::domain::learn_env_secrets(&ws.domains_dir());
         Ok(ws)
     }
@@ -326,6 +363,26 @@ impl Workspace {
             .map(Path::to_path_buf)
             .unwrap_or(cwd);
         Workspace::open(&found)
+    }
+
+    /// The folders of the workspace that are symbolic links, when loops commits to git
+    /// (see [`SymlinkedArea`]). Empty when history is off or there is no repository.
+    pub fn symlinked_areas(&self) -> Vec<SymlinkedArea> {
+        let in_repo = self.root.ancestors().any(|d| d.join(".git").exists());
+        if !self.settings.git_commit || !in_repo {
+            return Vec::new();
+        }
+        TRACKED_AREAS
+            .iter()
+            .filter_map(|area| {
+                let p = self.root.join(area);
+                let meta = std::fs::symlink_metadata(&p).ok()?;
+                meta.file_type().is_symlink().then(|| SymlinkedArea {
+                    area: PathBuf::from(area),
+                    target: std::fs::read_link(&p).unwrap_or_default(),
+                })
+            })
+            .collect()
     }
 
     pub fn domains_dir(&self) -> PathBuf {

@@ -120,9 +120,12 @@ pub fn handoff(ws: &Workspace, cmd: HandoffCommand) -> Result {
         body,
         items,
     };
-    let committer = ws
-        .settings
-        .git_commit
+    // A linked inbox/ is not committed to: the commit would record the link's removal.
+    let linked = ws.symlinked_areas();
+    if let Some(l) = linked.first() {
+        eprintln!("warning: not committed: {l}");
+    }
+    let committer = (ws.settings.git_commit && linked.is_empty())
         .then(|| {
             Committer::start(
                 &ws.root,
@@ -267,13 +270,14 @@ fn reject(ws: &Workspace, id: &str, reason: &str, json: bool) -> Result {
         .unwrap_or_default()
         .to_string();
     let to = inbox.reject(&path, reason, Utc::now())?;
-    let err_file = to.with_file_name(format!(
-        "{}.error.md",
-        to.file_stem().and_then(|s| s.to_str()).unwrap_or_default()
-    ));
+    let err_file = inbox.error_note(&to);
     if let Some(w) = operator::commit_inbox_change(
         ws,
-        vec![inbox.root.join(&name), path.clone(), to.clone(), err_file],
+        inbox
+            .gone_pending(name.as_ref())
+            .into_iter()
+            .chain([path.clone(), to.clone(), err_file])
+            .collect(),
         &format!("main: rejected handoff {id}"),
         vec![("Handoff", id.to_string()), ("Outcome", "rejected".into())],
     ) {

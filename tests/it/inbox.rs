@@ -107,6 +107,22 @@ fn inbox_handoff_written_while_stopped_is_processed_at_start() {
         &["show", "--no-renames", "--name-status", "--format=", &done],
     );
     assert!(files.contains("A\tinbox/done/"), "{files}");
+    assert!(
+        files.contains(&format!("D\tinbox/active/{id}.md")),
+        "{files}"
+    );
+    // Leaving inbox/ was the claim's commit.
+    let claimed = commit_for(ws.path(), &id, "claimed").expect("claim commit");
+    let files = git(
+        ws.path(),
+        &[
+            "show",
+            "--no-renames",
+            "--name-status",
+            "--format=",
+            &claimed,
+        ],
+    );
     assert!(files.contains(&format!("D\tinbox/{id}.md")), "{files}");
 
     d.signal(libc::SIGTERM);

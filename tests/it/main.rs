@@ -12,6 +12,7 @@ mod fake_model;
 mod handoff;
 mod history;
 mod inbox;
+mod inbox_git;
 mod jobs;
 mod limits;
 mod mcp;
