@@ -278,6 +278,9 @@ struct Daemon {
     in_flight: usize,
     /// The main session's wakes: one at a time, coalesced, flood-guarded.
     wakes: Wakes,
+    /// Commits of inbox moves made in the background, awaited at a clean stop so that a
+    /// stopped daemon leaves the history level with the inbox.
+    commits: tokio::task::JoinSet<()>,
 }
 
 /// State of the main session's wakes.
@@ -395,6 +398,7 @@ pub async fn run(ws: Workspace, opts: DaemonOptions) -> Result<Summary, DaemonEr
         quiet_finish: opts.once && opts.progress.is_some(),
         in_flight: 0,
         wakes,
+        commits: tokio::task::JoinSet::new(),
     };
     let interrupted = d.recover_interrupted();
     let requeued_handoffs = d.recover_inbox();
@@ -770,7 +774,9 @@ pub async fn run(ws: Workspace, opts: DaemonOptions) -> Result<Summary, DaemonEr
     }
     // Nothing uses the MCP servers any more: they stop with the daemon.
     crate::mcp::client::McpPool::shutdown_all().await;
-    if !d.flush_held(&journal) {
+    let flushed = d.flush_held(&journal);
+    d.finish_commits(grace).await;
+    if !flushed {
         tracing::error!("the disk still refuses writes: run records and daemon events held in memory are lost with this process");
     }
     crate::journal::record_stopped(&journal, reason, started_at);
@@ -869,7 +875,7 @@ impl Daemon {
             None => true,
         });
         if let (Some(c), false) = (self.ctx.committer.clone(), commits.is_empty()) {
-            tokio::spawn(async move {
+            self.commits.spawn(async move {
                 for req in commits {
                     if let Err(e) = c.commit(req).await {
                         tracing::warn!("a late completion is not committed yet: {e}");
@@ -1204,72 +1210,78 @@ impl Daemon {
         if cleaned > 0 {
             tracing::info!("removed {cleaned} file(s) abandoned in inbox/.tmp/");
         }
-        self.commit_uncommitted_completions();
+        self.commit_inbox_state();
         if self.wakes.main.is_none() && !self.wakes.inbox.pending().is_empty() {
             tracing::warn!("handoffs are waiting in inbox/ but loops.yaml has no `main:` session to receive them");
         }
         back
     }
 
+    /// Waits (up to `grace`) for the inbox commits still on their way, then for the
+    /// committer to make what it had to defer, if git allows it now; what is still
+    /// waiting is said, and made at the next start (it is kept in `.loops/commits/`).
+    async fn finish_commits(&mut self, grace: Duration) {
+        let deadline = tokio::time::Instant::now() + grace;
+        while !self.commits.is_empty() {
+            match tokio::time::timeout_at(deadline, self.commits.join_next()).await {
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => break,
+            }
+        }
+        if let Some(c) = &self.ctx.committer {
+            match tokio::time::timeout_at(deadline, c.flush()).await {
+                Ok(Ok(0)) | Err(_) => {}
+                Ok(Ok(n)) => tracing::warn!(
+                    "{n} commit(s) still wait for git; they are kept in .loops/commits/ and made at the next start"
+                ),
+                Ok(Err(e)) => tracing::warn!("the committer: {e}"),
+            }
+        }
+    }
+
     /// Commits moves within the inbox in the background (see
     /// [`crate::main_session::commit_moves`]).
-    fn commit_moves(&self, outcome: &'static str, moved: Vec<crate::main_session::Moved>) {
+    fn commit_moves(&mut self, outcome: &'static str, moved: Vec<crate::main_session::Moved>) {
         if moved.is_empty() {
             return;
         }
         let c = self.ctx.committer.clone();
-        tokio::spawn(async move {
+        // Finished ones are reaped here, so the set holds only what is on its way.
+        while self.commits.try_join_next().is_some() {}
+        self.commits.spawn(async move {
             crate::main_session::commit_moves(c.as_ref(), outcome, moved).await;
         });
     }
 
-    /// A wake killed between moving handoffs to done/ and its commit leaves completions on
-    /// disk but not in the history: commit them now (the current and last month's done/
-    /// folders, with the inbox/ files they came from). Paths already in HEAD cost nothing.
-    fn commit_uncommitted_completions(&mut self) {
+    /// A runner killed between a move within the inbox (a claim, a return, a rejection,
+    /// a completion) and its commit leaves the move on disk but not in the history:
+    /// commit the inbox as it is now (see [`crate::handoff::Inbox::unsettled_paths`]),
+    /// so `git status` is clean again without waiting for each handoff's next move.
+    fn commit_inbox_state(&mut self) {
         let Some(c) = self.ctx.committer.clone() else {
             return;
         };
-        let inbox = self.wakes.inbox.clone();
-        let now = Utc::now();
-        let months = [now, now - chrono::Duration::days(31)]
-            .map(|t| inbox.done_root().join(t.format("%Y-%m").to_string()));
-        let mut paths = Vec::new();
-        for m in &months {
-            for f in std::fs::read_dir(m)
-                .into_iter()
-                .flatten()
-                .filter_map(|e| e.ok())
-            {
-                let p = f.path();
-                if p.extension().is_some_and(|x| x == "md") {
-                    if let Some(name) = p.file_name() {
-                        paths.extend(inbox.gone_pending(name));
-                    }
-                    paths.push(p);
-                }
-            }
-        }
+        let paths = self.wakes.inbox.unsettled_paths(Utc::now());
         if paths.is_empty() {
             return;
         }
         let msg = crate::history::commit_message(
-            "main: record handoffs completed by a wake that was cut short",
+            "main: record inbox moves a stopped runner had not committed",
             &[
                 ("Loop", crate::main_session::MAIN.to_string()),
                 ("Outcome", "recovered".to_string()),
             ],
         );
-        tokio::spawn(async move {
+        self.commits.spawn(async move {
             match c
                 .commit(crate::history::CommitRequest::new(paths, msg))
                 .await
             {
                 Ok(Some(oid)) => {
-                    tracing::warn!(commit = %oid, "committed handoffs a crashed wake completed but had not committed")
+                    tracing::warn!(commit = %oid, "committed inbox moves a stopped runner had made but not committed")
                 }
                 Ok(None) => {}
-                Err(e) => tracing::warn!("could not commit recovered completions: {e}"),
+                Err(e) => tracing::warn!("could not commit the inbox's recovered moves: {e}"),
             }
         });
     }

@@ -815,6 +815,36 @@ impl Inbox {
         (std::fs::symlink_metadata(&p).is_err()).then_some(p)
     }
 
+    /// Every path a move within the inbox may have left uncommitted, for a commit that
+    /// brings the history level with the disk after a runner died between a move and its
+    /// commit: each file in `inbox/`, `active/`, `rejected/` and the last two months of
+    /// `done/`, with the places it may have come from that are empty now. Paths already
+    /// as HEAD has them cost the commit nothing.
+    pub fn unsettled_paths(&self, now: DateTime<Utc>) -> Vec<PathBuf> {
+        let months = [now, now - chrono::Duration::days(31)]
+            .map(|t| self.done_root().join(t.format("%Y-%m").to_string()));
+        let mut files: Vec<PathBuf> = self.pending();
+        files.extend(md_files(&self.active_dir()));
+        files.extend(md_files(&self.rejected_dir()));
+        for m in &months {
+            files.extend(md_files(m));
+        }
+        let mut out = Vec::new();
+        for f in files {
+            if let Some(name) = f.file_name() {
+                for from in [self.root.join(name), self.active_dir().join(name)] {
+                    if from != f && std::fs::symlink_metadata(&from).is_err() {
+                        out.push(from);
+                    }
+                }
+            }
+            out.push(f);
+        }
+        out.sort();
+        out.dedup();
+        out
+    }
+
     /// The note written beside a rejected handoff (`NAME.error.md`).
     pub fn error_note(&self, rejected: &Path) -> PathBuf {
         let stem = stem_of(rejected).unwrap_or_default();

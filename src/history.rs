@@ -95,10 +95,17 @@ impl CommitRequest {
 
 type Reply = oneshot::Sender<Result<Option<Oid>, HistoryError>>;
 
+/// What the committer thread is asked.
+enum Ask {
+    Commit(CommitRequest, Reply),
+    /// Make what was deferred, if git allows it now; reply how many still wait.
+    Flush(oneshot::Sender<usize>),
+}
+
 /// A handle to the committer thread. Cheap to clone.
 #[derive(Clone)]
 pub struct Committer {
-    tx: std_mpsc::Sender<(CommitRequest, Reply)>,
+    tx: std_mpsc::Sender<Ask>,
 }
 
 impl Committer {
@@ -141,7 +148,7 @@ impl Committer {
         if record {
             crate::git_gate::record_rule(&commits_dir, &rule);
         }
-        let (tx, rx) = std_mpsc::channel::<(CommitRequest, Reply)>();
+        let (tx, rx) = std_mpsc::channel::<Ask>();
         let mut thread = CommitterThread {
             git_dir: repo
                 .path()
@@ -173,15 +180,30 @@ impl Committer {
     /// from async code, where it would block a worker.
     pub fn commit_blocking(&self, req: CommitRequest) -> Result<Option<Oid>, HistoryError> {
         let (tx, rx) = oneshot::channel();
-        self.tx.send((req, tx)).map_err(|_| HistoryError::Stopped)?;
+        self.tx
+            .send(Ask::Commit(req, tx))
+            .map_err(|_| HistoryError::Stopped)?;
         rx.blocking_recv().map_err(|_| HistoryError::Stopped)?
     }
 
     /// Commits from async code.
     pub async fn commit(&self, req: CommitRequest) -> Result<Option<Oid>, HistoryError> {
         let (tx, rx) = oneshot::channel();
-        self.tx.send((req, tx)).map_err(|_| HistoryError::Stopped)?;
+        self.tx
+            .send(Ask::Commit(req, tx))
+            .map_err(|_| HistoryError::Stopped)?;
         rx.await.map_err(|_| HistoryError::Stopped)?
+    }
+
+    /// Makes the deferred commits git allows now (a stopping daemon's last try, so a
+    /// lock that cleared a moment ago does not leave them for the next start); returns
+    /// how many still wait.
+    pub async fn flush(&self) -> Result<usize, HistoryError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Ask::Flush(tx))
+            .map_err(|_| HistoryError::Stopped)?;
+        rx.await.map_err(|_| HistoryError::Stopped)
     }
 }
 
@@ -245,7 +267,7 @@ pub struct LockHolder {
 }
 
 impl CommitterThread {
-    fn run(&mut self, rx: std_mpsc::Receiver<(CommitRequest, Reply)>) {
+    fn run(&mut self, rx: std_mpsc::Receiver<Ask>) {
         self.load_deferred();
         self.load_intent();
         self.clear_stale_locks();
@@ -262,7 +284,18 @@ impl CommitterThread {
             if !self.unsynced.is_empty() {
                 self.sync(Vec::new());
             }
-            if let Some((req, reply)) = msg {
+            let (req, reply) = match msg {
+                Some(Ask::Commit(req, reply)) => (req, reply),
+                Some(Ask::Flush(reply)) => {
+                    if !self.deferred.is_empty() && self.clear_stale_locks() {
+                        self.retry_deferred();
+                    }
+                    let _ = reply.send(self.deferred.len());
+                    continue;
+                }
+                None => continue,
+            };
+            {
                 let paths = req.paths.clone();
                 let r = match self.commit(req) {
                     // A late commit just made holds this run's changes too (it commits

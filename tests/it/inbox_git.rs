@@ -283,3 +283,109 @@ fn inbox_git_a_reused_id_gets_a_new_one_and_each_completion_commits_only_its_own
     assert_eq!(status(ws.path()), "");
     git(ws.path(), &["fsck", "--strict"]);
 }
+
+/// A runner killed between moving a handoff and committing the move (here: the moves
+/// made by hand, as a crash would leave them) has its moves committed at the next start,
+/// so `git status` is clean without waiting for each handoff's next move; and a daemon
+/// stopped with SIGTERM leaves nothing of its own uncommitted.
+#[test]
+fn inbox_git_moves_a_killed_runner_left_uncommitted_are_committed_at_the_next_start() {
+    let ws = TempWorkspace::new();
+    let tools = tempfile::tempdir().unwrap();
+    gated_main(&ws, tools.path());
+    let done_id = create(&ws, "Finished before the crash");
+    let active_id = create(&ws, "Claimed before the crash");
+    let rejected_id = create(&ws, "Rejected before the crash");
+    let root = ws.path();
+    // As the committed claims left them.
+    std::fs::create_dir_all(root.join("inbox/active")).unwrap();
+    for id in [&done_id, &active_id] {
+        git(
+            root,
+            &[
+                "mv",
+                &format!("inbox/{id}.md"),
+                &format!("inbox/active/{id}.md"),
+            ],
+        );
+    }
+    git(
+        root,
+        &["commit", "-qm", "claims, as the runner commits them"],
+    );
+    assert_eq!(status(root), "");
+    // What the killed runner did after them: completed one, gave one back, rejected one.
+    let month = chrono::Utc::now().format("%Y-%m").to_string();
+    std::fs::create_dir_all(root.join("inbox/done").join(&month)).unwrap();
+    std::fs::rename(
+        root.join(format!("inbox/active/{done_id}.md")),
+        root.join(format!("inbox/done/{month}/{done_id}.md")),
+    )
+    .unwrap();
+    std::fs::rename(
+        root.join(format!("inbox/active/{active_id}.md")),
+        root.join(format!("inbox/{active_id}.md")),
+    )
+    .unwrap();
+    std::fs::create_dir_all(root.join("inbox/rejected")).unwrap();
+    std::fs::rename(
+        root.join(format!("inbox/{rejected_id}.md")),
+        root.join(format!("inbox/rejected/{rejected_id}.md")),
+    )
+    .unwrap();
+    std::fs::write(
+        root.join(format!("inbox/rejected/{rejected_id}.error.md")),
+        "# Rejected\n\nBy hand, for the test.\n",
+    )
+    .unwrap();
+    assert_ne!(status(root), "");
+
+    let mut d = ws.start_daemon();
+    // The given-back handoff is claimed again and held by the gated main session; the
+    // rest is level with the disk once the recovery commit is made.
+    assert!(
+        wait_until(LONG, || main_seen(tools.path()).len() == 1
+            && status(root).is_empty()),
+        "not level: {}\nseen {:?}\n{}",
+        status(root),
+        main_seen(tools.path()),
+        d.log()
+    );
+    let head = git(root, &["ls-tree", "-r", "--name-only", "HEAD", "inbox"]);
+    assert!(
+        head.contains(&format!("inbox/done/{month}/{done_id}.md")),
+        "{head}"
+    );
+    assert!(
+        head.contains(&format!("inbox/rejected/{rejected_id}.md")),
+        "{head}"
+    );
+    assert!(
+        head.contains(&format!("inbox/active/{active_id}.md")),
+        "{head}"
+    );
+    assert!(
+        !head.contains(&format!("inbox/active/{done_id}.md")),
+        "{head}"
+    );
+    let recovered = git(root, &["log", "--format=%s", "--grep=Outcome: recovered"]);
+    assert!(
+        recovered.contains("inbox moves a stopped runner had not committed"),
+        "{recovered}"
+    );
+
+    // Finished, then a clean stop: the completion's commit is made before it exits.
+    std::fs::write(tools.path().join("go"), "").unwrap();
+    assert!(
+        wait_until(LONG, || ws.inbox_files("active").is_empty()),
+        "{}",
+        d.log()
+    );
+    d.signal(libc::SIGTERM);
+    assert!(
+        d.wait_exit(LONG).is_some_and(|s| s.success()),
+        "{}",
+        d.log()
+    );
+    assert_eq!(status(root), "", "dirty after a clean stop\n{}", d.log());
+}

@@ -929,12 +929,26 @@ fn check(
             "{h} is still pending in HEAD"
         );
     }
+    // Each move of a handoff is committed (created, claimed, released, rejected,
+    // recovered); the one that must happen at most once is its completion.
+    let log = git(
+        root,
+        &[
+            "log",
+            "--format=%x1e%(trailers:key=Outcome,valueonly)%x1f%(trailers:key=Handoff,valueonly)",
+        ],
+    );
     let completion_trailers = count(
-        git(root, &["log", "--format=%(trailers:key=Handoff,valueonly)"])
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty())
-            .map(str::to_string),
+        log.split('\x1e')
+            .filter_map(|c| c.split_once('\x1f'))
+            .filter(|(outcome, _)| outcome.trim() == "completed")
+            .flat_map(|(_, ids)| {
+                ids.lines()
+                    .map(str::trim)
+                    .map(str::to_string)
+                    .collect::<Vec<_>>()
+            })
+            .filter(|l| !l.is_empty()),
     );
     for (h, n) in &completion_trailers {
         assert!(*n <= 1, "handoff {h} was completed in {n} commits");
