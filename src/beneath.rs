@@ -61,6 +61,17 @@ impl Beneath {
         Ok(File::from(fd))
     }
 
+    /// Opens the existing regular file `rel` for appending (writes land at its end even
+    /// while another process appends too). Fails with ELOOP on a symbolic link.
+    pub fn open_append(&self, rel: &Path) -> io::Result<File> {
+        let flags = OFlags::WRONLY | OFlags::APPEND | OFlags::CLOEXEC | OFlags::NONBLOCK;
+        let file = File::from(self.open_at(rel, flags, Mode::empty())?);
+        if !file.metadata()?.is_file() {
+            return Err(io::Error::other("not a regular file"));
+        }
+        Ok(file)
+    }
+
     /// Opens the folder `rel` (for listing, or as the parent of a write).
     pub fn open_dir(&self, rel: &Path) -> io::Result<OwnedFd> {
         self.open_at(

@@ -132,9 +132,34 @@ const MOVES_HEAD: &[&str] = &[
     "bisect",
 ];
 
+/// Git commands that rewrite files in the work tree while they run (a `git commit` only
+/// reads them, so a run may go on while its editor is open).
+const REWRITES_TREE: &[&str] = &[
+    "merge",
+    "pull",
+    "rebase",
+    "cherry-pick",
+    "revert",
+    "am",
+    "stash",
+    "reset",
+    "checkout",
+    "switch",
+    "restore",
+];
+
 /// A `git` process in the work tree running a command that will move HEAD (pid and
 /// command), seen through /proc; without /proc nothing is seen.
 pub fn git_at_work(workdir: &Path) -> Option<String> {
+    git_running(workdir, MOVES_HEAD)
+}
+
+/// A `git` process in the work tree running a command that rewrites its files.
+pub fn git_rewriting(workdir: &Path) -> Option<String> {
+    git_running(workdir, REWRITES_TREE)
+}
+
+fn git_running(workdir: &Path, commands: &[&str]) -> Option<String> {
     let procs = std::fs::read_dir("/proc").ok()?;
     for e in procs.filter_map(|e| e.ok()) {
         let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
@@ -148,7 +173,7 @@ pub fn git_at_work(workdir: &Path) -> Option<String> {
             continue;
         }
         let cmdline = std::fs::read(base.join("cmdline")).unwrap_or_default();
-        if let Some(sub) = subcommand(&cmdline).filter(|s| MOVES_HEAD.contains(&s.as_str())) {
+        if let Some(sub) = subcommand(&cmdline).filter(|s| commands.contains(&s.as_str())) {
             return Some(format!("pid {pid}: git {sub}"));
         }
     }

@@ -415,12 +415,16 @@ impl CommitterThread {
             else {
                 continue;
             };
-            if let Some(bytes) = restored(&self.workdir.join(rel), &base, &last) {
-                writes.push((rel.clone(), bytes));
+            if let Some(suffix) = restored(&self.workdir.join(rel), &base, &last) {
+                writes.push((rel.clone(), suffix));
             }
         }
-        for (rel, bytes) in writes {
-            match crate::fsutil::atomic_replace(&self.workdir.join(&rel), &bytes) {
+        for (rel, suffix) in writes {
+            // Appended, not replaced: a run writing the file at this moment keeps its line.
+            let put_back = crate::beneath::Beneath::open(&self.workdir)
+                .and_then(|b| b.open_append(&rel))
+                .and_then(|mut f| std::io::Write::write_all(&mut f, &suffix));
+            match put_back {
                 Ok(()) => {
                     tracing::info!(path = %rel.display(), "put back what held runs appended, which git had reset");
                     self.journal.record("held_restored", json!({"path": rel}));
@@ -862,8 +866,8 @@ fn restored(file: &Path, base: &[u8], last: &[u8]) -> Option<Vec<u8>> {
     if now.windows(added.len()).any(|w| w == added) {
         return None;
     }
-    let mut out = now;
-    if !out.is_empty() && !out.ends_with(b"\n") {
+    let mut out = Vec::with_capacity(added.len() + 1);
+    if !now.is_empty() && !now.ends_with(b"\n") {
         out.push(b'\n');
     }
     out.extend_from_slice(added);

@@ -206,6 +206,35 @@ pub fn changed_between(before: &Snapshot, after: &Snapshot) -> Vec<PathBuf> {
     changed_paths(&before.0, &after.0)
 }
 
+/// The longest a run waits for the person's git to finish moving HEAD.
+const GIT_WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Waits while a git command that rewrites the work tree (a pull, a rebase, a checkout)
+/// runs in it. A run that appends to a file git is replacing writes into the file git
+/// unlinks, and its line is gone before the runner can see it (the pull test found it);
+/// git's own commands take a second at most, so the run starts a moment later instead.
+/// A git that starts during a run can still meet it; that window is the run's length.
+fn wait_for_git(root: &std::path::Path, loop_name: &str) {
+    let workdir = root.canonicalize().unwrap_or_else(|_| root.to_path_buf());
+    let t0 = std::time::Instant::now();
+    let mut said = false;
+    while let Some(who) = crate::git_gate::git_rewriting(&workdir) {
+        if t0.elapsed() >= GIT_WAIT_MAX {
+            tracing::warn!(
+                loop_name,
+                "git has been at work for {}s ({who}): the run starts anyway",
+                GIT_WAIT_MAX.as_secs()
+            );
+            return;
+        }
+        if !said {
+            tracing::info!(loop_name, "the run waits for git to finish ({who})");
+            said = true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 /// The start snapshot of a run: its areas' files, and which of them hold a person's
 /// uncommitted edits (only worth finding when the run's changes are committed).
 async fn snapshot_start(
@@ -216,7 +245,11 @@ async fn snapshot_start(
     let root = ctx.ws.root.clone();
     let commits = ctx.committer.is_some();
     let marker = own::interrupted_marker(&ctx.ws, &def.name);
+    let loop_name = def.name.clone();
     tokio::task::spawn_blocking(move || {
+        if commits {
+            wait_for_git(&root, &loop_name);
+        }
         let files = snapshot(&areas);
         if !commits {
             return (files, own::StartState::default());
