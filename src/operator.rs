@@ -54,6 +54,9 @@ pub enum OperatorError {
     },
     #[error(transparent)]
     Handoff(#[from] HandoffError),
+    /// loops.yaml has settings it could not apply; a run would use the defaults instead.
+    #[error(transparent)]
+    Settings(crate::workspace::WorkspaceError),
 }
 
 fn bullets(items: &[String]) -> String {
@@ -88,6 +91,7 @@ impl OperatorError {
                 path.display()
             )),
             OperatorError::Handoff(e) => e.help(),
+            OperatorError::Settings(e) => e.help(),
             OperatorError::Lock(_) | OperatorError::Read { .. } => None,
         }
     }
@@ -306,6 +310,8 @@ impl ManualRun {
     /// Checks the loop can run now and takes its run lock (none under `concurrency:
     /// allow`): the same rules whoever asks.
     pub fn prepare(ws: &Workspace, name: &str) -> Result<ManualRun, OperatorError> {
+        ws.refuse_unapplied_settings()
+            .map_err(OperatorError::Settings)?;
         let def = loop_def(&find_loop(ws, name)?)?;
         if def.is_prompt() && !ws.settings.has_providers {
             return Err(OperatorError::NoProvider(name.to_string()));

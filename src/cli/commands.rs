@@ -473,7 +473,6 @@ fn run(ws: Workspace, once: bool, all: bool, log_format: LogFormat) -> Result {
 }
 
 fn trigger(ws: Workspace, name: &str, follow: bool, json_out: bool) -> Result {
-    ws.refuse_unapplied_settings()?;
     let manual = operator::ManualRun::prepare(&ws, name)?;
     let def = manual.def.clone();
     let rt = runtime()?;
