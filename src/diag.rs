@@ -208,7 +208,7 @@ impl<'a> YamlLocator<'a> {
     pub fn duplicate(&self, start: Option<Pos>, key: &str) -> Option<(Pos, Pos)> {
         let start = start.unwrap_or(Pos { line: 1, column: 1 });
         // A flow mapping (`{ every: 1m, every: 2m }`): the key twice on its line.
-        if let Some(line) = self.lines.get(start.line - 1) {
+        if let Some(line) = self.line_text(start.line) {
             let from = start.column.saturating_sub(1);
             if line.get(from..).is_some_and(|t| t.starts_with('{')) {
                 let needle = format!("{key}:");
