@@ -154,6 +154,11 @@ impl<'a> YamlLocator<'a> {
         self.find(path).map(|(p, _)| p)
     }
 
+    /// The text of a 1-based line.
+    pub fn line_text(&self, line: usize) -> Option<&'a str> {
+        self.lines.get(line.checked_sub(1)?).copied()
+    }
+
     /// Where the value of `path` is written (falls back to the key).
     pub fn value(&self, path: &[&str]) -> Option<Pos> {
         self.find(path).map(|(k, v)| v.unwrap_or(k))
@@ -195,6 +200,54 @@ impl<'a> YamlLocator<'a> {
             }
         }
         best.map(|(_, k, v)| (k, v))
+    }
+
+    /// The first and second places `key` is written in the mapping that starts at
+    /// `start` (the whole document when `None` or 1:1): for a duplicate key, which the
+    /// YAML parser reports only by the mapping it is in.
+    pub fn duplicate(&self, start: Option<Pos>, key: &str) -> Option<(Pos, Pos)> {
+        let start = start.unwrap_or(Pos { line: 1, column: 1 });
+        // A flow mapping (`{ every: 1m, every: 2m }`): the key twice on its line.
+        if let Some(line) = self.line_text(start.line) {
+            let from = start.column.saturating_sub(1);
+            if line.get(from..).is_some_and(|t| t.starts_with('{')) {
+                let needle = format!("{key}:");
+                let found: Vec<usize> = line[from..]
+                    .match_indices(&needle)
+                    .map(|(i, _)| from + i)
+                    .filter(|i| {
+                        // A whole key: after `{`, `,` or a space.
+                        line[..*i]
+                            .chars()
+                            .last()
+                            .is_some_and(|c| c == '{' || c == ',' || c == ' ')
+                    })
+                    .collect();
+                if let [a, b, ..] = found.as_slice() {
+                    let pos = |i: usize| Pos {
+                        line: start.line,
+                        column: i + 1,
+                    };
+                    return Some((pos(*a), pos(*b)));
+                }
+            }
+        }
+        let keys = self.keys();
+        let mut inside = keys.iter().filter(|k| k.line >= start.line).peekable();
+        // The mapping's own keys are at the indentation of its first key.
+        let indent = inside.peek()?.indent;
+        let same: Vec<Pos> = inside
+            .take_while(|k| k.indent >= indent)
+            .filter(|k| k.indent == indent && k.key == key)
+            .map(|k| Pos {
+                line: k.line,
+                column: k.key_col,
+            })
+            .collect();
+        match same.as_slice() {
+            [a, b, ..] => Some((*a, *b)),
+            _ => None,
+        }
     }
 
     fn in_flow(&self, line: usize, rest: &[&str]) -> Option<(Pos, Option<Pos>)> {

@@ -154,6 +154,49 @@ impl DomainEntry {
     }
 }
 
+/// What a loop's name may be, said the same way by `loops new` and `loops check`.
+pub const LOOP_NAME_RULE: &str =
+    "use lowercase letters, digits, - and _, starting with a letter or digit, at most 64 characters (e.g. morning-briefing)";
+
+/// Whether `name` may name a loop. The name is a folder, a file name in `.loops/`, a
+/// commit trailer and a `{{name}}` substitution, so it is kept to what is safe in each.
+pub fn valid_loop_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+}
+
+/// A valid name close to `name`, to suggest a rename: lowercased, other characters
+/// turned into `-`.
+fn suggested_loop_name(name: &str) -> String {
+    let mut out = String::new();
+    for c in name.chars() {
+        let c = c.to_ascii_lowercase();
+        if c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' {
+            out.push(c);
+        } else if !out.ends_with('-') {
+            out.push('-');
+        }
+    }
+    let out: String = out
+        .trim_start_matches(['-', '_'])
+        .trim_end_matches('-')
+        .chars()
+        .take(64)
+        .collect();
+    if out.is_empty() {
+        "my-loop".into()
+    } else {
+        out
+    }
+}
+
 /// Finds every loop folder: `domains/*/config.yaml`, skipping names starting with `.` or `_`.
 /// Learns (src/secrets.rs) the secret-looking `env:` values of every loop under
 /// `domains_dir`, so that running one loop redacts another's token that a hostile
@@ -208,6 +251,64 @@ pub fn discover(ws: &Workspace) -> Vec<DomainEntry> {
     out
 }
 
+/// Everything `loops check` reports: loops.yaml's problems, the workspace's own (it is not
+/// a git repository), then each loop's, with what many loops share said once.
+pub fn check_report(ws: &Workspace, entries: &[DomainEntry]) -> Vec<Diagnostic> {
+    let mut out = ws.diagnostics.clone();
+    if ws.settings.git_commit && !is_git_worktree(&ws.root) {
+        out.push(
+            Diagnostic::warning(
+                &ws.root,
+                "this workspace is not a git repository: commits are off, so nothing a run changes is recorded in history",
+            )
+            .help(format!(
+                "run `git init` in {} (loops commits each run's changes there), or set `git: {{ commit: false }}` in loops.yaml if you do not want commits",
+                ws.root.display()
+            )),
+        );
+    }
+    let waiting = |d: &Diagnostic| {
+        !d.is_error()
+            && d.help.as_deref() == Some(crate::agent::config::PROVIDER_HELP)
+            && d.message.starts_with("prompt loop `")
+    };
+    let waits: Vec<(&str, &Diagnostic)> = entries
+        .iter()
+        .flat_map(|e| e.diagnostics.iter().map(move |d| (e.name.as_str(), d)))
+        .filter(|(_, d)| waiting(d))
+        .collect();
+    let merge = waits.len() > 1;
+    for e in entries {
+        out.extend(
+            e.diagnostics
+                .iter()
+                .filter(|d| !(merge && waiting(d)))
+                .cloned(),
+        );
+    }
+    // One help for every prompt loop, not the same paragraph once per loop.
+    if merge {
+        let names: Vec<String> = waits.iter().map(|(n, _)| format!("`{n}`")).collect();
+        out.push(
+            Diagnostic::warning(
+                Path::new("loops.yaml"),
+                format!(
+                    "{} prompt loops are waiting for a provider: {}",
+                    waits.len(),
+                    names.join(", ")
+                ),
+            )
+            .help(crate::agent::config::PROVIDER_HELP),
+        );
+    }
+    out
+}
+
+/// Whether `root` is inside a git work tree (as the committer needs it to be).
+fn is_git_worktree(root: &Path) -> bool {
+    git2::Repository::discover(root).is_ok_and(|r| r.workdir().is_some())
+}
+
 /// Loads one loop folder by name.
 pub fn load_domain(ws: &Workspace, name: &str) -> DomainEntry {
     let dir = ws.domains_dir().join(name);
@@ -251,6 +352,24 @@ pub fn load_domain(ws: &Workspace, name: &str) -> DomainEntry {
     let (def, diags) = parse_config(ws, name, &dir, &rel, &text, prompt.is_some());
     entry.def = def;
     entry.diagnostics = diags;
+    if !valid_loop_name(name) {
+        // The loop is not run: `loops new`, `trigger` and the name's other uses refuse it.
+        let folder = ws.relative(&dir);
+        let fixed = suggested_loop_name(name);
+        entry.diagnostics.insert(
+            0,
+            Diagnostic::error(
+                &folder,
+                format!("`{name}` is not a valid loop name (a loop is named by its folder)"),
+            )
+            .help(format!(
+                "rename the folder, e.g. `mv {} {}`; {LOOP_NAME_RULE}",
+                folder.display(),
+                folder.with_file_name(&fixed).display()
+            )),
+        );
+        entry.def = None;
+    }
     entry
 }
 
@@ -268,16 +387,94 @@ pub fn parse_config_text(
     parse_config(ws, name, &dir, &rel, text, has_prompt)
 }
 
-/// A diagnostic for a YAML syntax error, with the parser's own line and column.
-pub fn yaml_syntax_diagnostic(rel: &Path, e: &yaml_serde::Error) -> Diagnostic {
-    let mut d = Diagnostic::error(rel, format!("not valid YAML: {e}")).help(
-        "check the indentation (spaces, not tabs) and that every `key: value` has a space after the colon",
-    );
-    if let Some(loc) = e.location() {
-        d.line = Some(loc.line());
-        d.column = Some(loc.column());
+/// A diagnostic for a YAML syntax error, at the fault rather than where the parser
+/// noticed it. libyaml reports the place it gave up (for an unclosed `[` or quote, the next
+/// line or the end of the file) and names the construct it was reading with where that
+/// began: an opened flow list or mapping, a quoted text, a key without its colon. That
+/// beginning is the fault. A duplicate key comes with no usable position at all (1:1, or
+/// the mapping's start), so its second occurrence is found in `text`.
+pub fn yaml_syntax_diagnostic(rel: &Path, text: &str, e: &yaml_serde::Error) -> Diagnostic {
+    let msg = e.to_string();
+    let start = e.location().map(|l| crate::diag::Pos {
+        line: l.line(),
+        column: l.column(),
+    });
+    if let Some(d) = duplicate_key_diagnostic(rel, text, &msg, start) {
+        return d;
+    }
+    let context = msg.rsplit_once(", while ").map_or("", |(_, c)| c);
+    let help = if context.starts_with("parsing a flow sequence") {
+        "the list opened with `[` here is not closed: end it with `]` on this line (items are separated by `,`)"
+    } else if context.starts_with("parsing a flow mapping") {
+        "the mapping opened with `{` here is not closed: end it with `}` on this line (entries are separated by `,`)"
+    } else if context.starts_with("scanning a quoted scalar") {
+        "the quote opened here is not closed: end the text with the same quote"
+    } else if context.starts_with("scanning a simple key") {
+        "this line is neither `key: value` nor a list item: add the colon (and a space after it), or join it to the line above"
+    } else {
+        "check the indentation (spaces, not tabs) and that every `key: value` has a space after the colon"
+    };
+    let mut d = Diagnostic::error(rel, format!("not valid YAML: {msg}")).help(help);
+    let at = opened_construct(&msg).or(start);
+    if let Some(p) = at {
+        d.line = Some(p.line);
+        d.column = Some(p.column);
     }
     d
+}
+
+/// Where the construct libyaml names in `…, while scanning a quoted scalar at line 2
+/// column 10` began, for constructs that are opened and must be closed. A block mapping or
+/// list is not one: there the place the parser stopped is the bad line.
+fn opened_construct(msg: &str) -> Option<crate::diag::Pos> {
+    let (_, context) = msg.rsplit_once(", while ")?;
+    if !(context.starts_with("scanning") || context.starts_with("parsing a flow")) {
+        return None;
+    }
+    let (_, mark) = context.rsplit_once(" at line ")?;
+    let (line, column) = mark.split_once(" column ")?;
+    Some(crate::diag::Pos {
+        line: line.trim().parse().ok()?,
+        column: column.trim().parse().ok()?,
+    })
+}
+
+/// `schedule: duplicate entry with key "every" at line 2 column 3` (the mapping's path and
+/// start): a diagnostic at the key's second occurrence.
+fn duplicate_key_diagnostic(
+    rel: &Path,
+    text: &str,
+    msg: &str,
+    start: Option<crate::diag::Pos>,
+) -> Option<Diagnostic> {
+    let idx = msg.find("duplicate entry with key ")?;
+    let path = msg[..idx].trim_end().trim_end_matches(':');
+    let rest = &msg[idx + "duplicate entry with key ".len()..];
+    let key = match rest.strip_prefix('"') {
+        Some(q) => q.split('"').next()?.to_string(),
+        None => rest
+            .split_whitespace()
+            .next()?
+            .trim_matches('`')
+            .to_string(),
+    };
+    let (first, second) = YamlLocator::new(text).duplicate(start, &key)?;
+    let within = if path.is_empty() {
+        String::new()
+    } else {
+        format!(" in `{path}`")
+    };
+    Some(
+        Diagnostic::error(
+            rel,
+            format!(
+                "not valid YAML: `{key}` is written twice{within} (first at line {})",
+                first.line
+            ),
+        )
+        .at(Some(second))
+        .help("a key may appear once in a mapping: keep one of them (YAML would not say which one counts)"),
+    )
 }
 
 const TOP_KEYS: &[&str] = &[
@@ -413,18 +610,63 @@ fn check_tool(cx: &mut Ctx, ws: &Workspace, t: &str) {
         cx.diags.push(d);
         return;
     }
-    // A warning, not an error: loops written for other runners (or for tools a later
-    // version adds) still run with what exists.
     let mut known: Vec<&str> = KNOWN.to_vec();
     known.extend(names.iter().copied());
-    let help = match near_miss(t, &known) {
-        Some(k) if k != t => format!("did you mean `{k}`? Tools: {}; {listed}", KNOWN.join(", ")),
-        _ => format!("it is not offered to the model; the tools are: {}; an MCP server's name (or `server.tool`) offers its tools ({listed})", KNOWN.join(", ")),
+    // A near-miss of a real tool is a typo (`finsh`): an error, or the loop would run
+    // without the tool it was written for. Any other name is a warning, not an error:
+    // loops written for other runners (or for tools a later version adds) still run with
+    // what exists.
+    let d = match near_miss(t, &known) {
+        Some(k) if k != t => Diagnostic::error(cx.rel, format!("unknown tool `{t}` in `tools`"))
+            .help(format!("did you mean `{k}`? Tools: {}; {listed}", KNOWN.join(", "))),
+        _ => Diagnostic::warning(cx.rel, format!("unknown tool `{t}` in `tools`"))
+            .help(format!("it is not offered to the model; the tools are: {}; an MCP server's name (or `server.tool`) offers its tools ({listed})", KNOWN.join(", "))),
     };
-    let d = Diagnostic::warning(cx.rel, format!("unknown tool `{t}` in `tools`"))
-        .at(cx.loc.value(&["tools"]))
-        .help(help);
-    cx.diags.push(d);
+    cx.diags.push(d.at(tool_pos(cx, t)));
+}
+
+/// Where the entry `t` of `tools:` is written (its list when it cannot be told apart).
+fn tool_pos(cx: &Ctx, t: &str) -> Option<crate::diag::Pos> {
+    let list = cx.loc.value(&["tools"])?;
+    let text = cx.loc.line_text(list.line)?;
+    // `tools: [read_file, finsh]` on one line: the word itself.
+    let from = list.column.saturating_sub(1);
+    let found = text
+        .get(from..)?
+        .match_indices(t)
+        .map(|(i, _)| from + i)
+        .find(|&i| {
+            let before = text[..i].chars().last();
+            let after = text[i + t.len()..].chars().next();
+            let edge = |c: Option<char>| {
+                c.is_none_or(|c| !(c.is_ascii_alphanumeric() || c == '_' || c == '.'))
+            };
+            edge(before) && edge(after)
+        });
+    if let Some(i) = found {
+        return Some(crate::diag::Pos {
+            line: list.line,
+            column: i + 1,
+        });
+    }
+    // A block list: the `- finsh` line below the key.
+    let below = (list.line + 1..).map_while(|l| cx.loc.line_text(l).map(|t| (l, t)));
+    for (l, line) in below {
+        let item = line.trim_start();
+        let Some(rest) = item.strip_prefix("- ") else {
+            if item.is_empty() || item.starts_with('#') {
+                continue;
+            }
+            break;
+        };
+        if rest.trim().trim_matches(|c| c == '"' || c == '\'') == t {
+            return Some(crate::diag::Pos {
+                line: l,
+                column: line.len() - rest.len() + 1,
+            });
+        }
+    }
+    Some(list)
 }
 
 fn parse_config(
@@ -442,7 +684,7 @@ fn parse_config(
     };
     let value: Value = match yaml_serde::from_str(text) {
         Ok(v) => v,
-        Err(e) => return (None, vec![yaml_syntax_diagnostic(rel, &e)]),
+        Err(e) => return (None, vec![yaml_syntax_diagnostic(rel, text, &e)]),
     };
     let map = match value {
         Value::Mapping(m) => m,
@@ -682,6 +924,13 @@ fn parse_config(
         }
     };
 
+    // A disabled loop is not expected to fire.
+    if let Some(sch) = schedule.as_ref().filter(|_| enabled) {
+        if let When::At(t) = sch.when {
+            past_at_warning(&mut cx, t, sch.starting_deadline, Utc::now());
+        }
+    }
+
     match (&payload, ws.settings.has_providers) {
         (Some(Payload::Prompt { .. }), false) => cx.diags.push(
             Diagnostic::warning(
@@ -836,8 +1085,17 @@ fn parse_payload(
                 }
                 argv
             }
-            Some(_) => {
+            // `command: []`, `command: ""`, `command:` with nothing after it.
+            Some(Value::Sequence(_) | Value::String(_) | Value::Null) => {
                 cx.err(&["payload", "command"], "the command is empty", "give an argv list like [\"./run.sh\", \"--flag\"] or a shell string like \"echo hello\"");
+                return None;
+            }
+            Some(other) => {
+                cx.err(
+                    &["payload", "command"],
+                    format!("`payload.command` must be a list of strings or a string, not {}", describe_type(other)),
+                    "an argv list runs the program directly: [\"./run.sh\", \"--flag\"]; a string runs through sh -c: \"echo hello\" (quote it: command: \"42\")",
+                );
                 return None;
             }
         };
@@ -1032,6 +1290,31 @@ fn parse_schedule(cx: &mut Ctx, ws: &Workspace, name: &str, v: &Value) -> Option
     })
 }
 
+/// A one-shot `at:` that has passed never fires (once its starting deadline has gone
+/// too, not even as a caught-up run), while the loop is valid and `ok`: say so.
+fn past_at_warning(cx: &mut Ctx, at: DateTime<Utc>, deadline: Duration, now: DateTime<Utc>) {
+    if at > now {
+        return;
+    }
+    let shown = at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let until = chrono::Duration::from_std(deadline)
+        .ok()
+        .and_then(|d| at.checked_add_signed(d))
+        .filter(|u| *u > now);
+    let message = match until {
+        Some(u) => format!(
+            "`schedule.at` {shown} has passed: this one-shot loop runs only if the runner catches it up before {} (its starting_deadline), and never after",
+            u.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        ),
+        None => format!("`schedule.at` {shown} has passed: this one-shot loop never fires"),
+    };
+    cx.diags.push(
+        Diagnostic::warning(cx.rel, message)
+            .at(cx.loc.value(&["schedule", "at"]))
+            .help("set a later time to run it once more, or set `enabled: false` (or remove the folder) when it is done"),
+    );
+}
+
 /// `reads:`: workspace paths, folders or globs an isolated loop may read. Each is checked
 /// as the sandbox will judge it, so a typo is found here and not as a refusal mid-run.
 fn parse_reads(cx: &mut Ctx, v: &Value) -> Vec<String> {
@@ -1184,6 +1467,15 @@ fn valid_env_name(k: &str) -> bool {
     !k.is_empty()
         && !k.starts_with(|c: char| c.is_ascii_digit())
         && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// A value's YAML type with the value, for "must be X, not …" messages.
+fn describe_type(v: &Value) -> String {
+    match v {
+        Value::Number(n) => format!("the number `{n}`"),
+        Value::Bool(b) => format!("the boolean `{b}`"),
+        other => show(other),
+    }
 }
 
 fn show(v: &Value) -> String {

@@ -54,6 +54,9 @@ pub enum OperatorError {
     },
     #[error(transparent)]
     Handoff(#[from] HandoffError),
+    /// loops.yaml has settings it could not apply; a run would use the defaults instead.
+    #[error(transparent)]
+    Settings(crate::workspace::WorkspaceError),
 }
 
 fn bullets(items: &[String]) -> String {
@@ -88,6 +91,7 @@ impl OperatorError {
                 path.display()
             )),
             OperatorError::Handoff(e) => e.help(),
+            OperatorError::Settings(e) => e.help(),
             OperatorError::Lock(_) | OperatorError::Read { .. } => None,
         }
     }
@@ -147,7 +151,7 @@ pub struct LoopRow {
     pub tz_source: Option<TzSource>,
     pub enabled: Option<bool>,
     pub next: Option<DateTime<Utc>>,
-    /// ok, disabled, paused: …, waiting for a provider, failing (n in a row), broken: …
+    /// ok, disabled, paused: …, waiting for a provider, failing (n in a row), past: never fires (a one-shot `at:` that has passed), broken: …
     pub status: String,
     pub last: Option<LastRun>,
     pub consecutive_failures: u32,
@@ -233,7 +237,32 @@ fn loop_row(
     row.enabled = Some(def.enabled);
     row.status = loop_status(ws, def, state);
     row.next = next_run(ws, def, state, now);
+    if row.status == "ok" {
+        if let Some(past) = past_one_shot(def, now) {
+            row.status = past;
+        }
+    }
     row
+}
+
+/// A one-shot `at:` that has passed is not `ok`: it never fires (after its starting
+/// deadline not even as a caught-up run), as `loops check` warns too.
+fn past_one_shot(def: &LoopDef, now: DateTime<Utc>) -> Option<String> {
+    let crate::schedule::When::At(at) = def.schedule.when else {
+        return None;
+    };
+    if at > now {
+        return None;
+    }
+    let catchable = chrono::Duration::from_std(def.schedule.starting_deadline)
+        .ok()
+        .and_then(|d| at.checked_add_signed(d))
+        .is_some_and(|until| until > now);
+    Some(if catchable {
+        "past: fires only if caught up".to_string()
+    } else {
+        "past: never fires".to_string()
+    })
 }
 
 fn loop_status(ws: &Workspace, def: &LoopDef, state: Option<&LoopState>) -> String {
@@ -281,6 +310,8 @@ impl ManualRun {
     /// Checks the loop can run now and takes its run lock (none under `concurrency:
     /// allow`): the same rules whoever asks.
     pub fn prepare(ws: &Workspace, name: &str) -> Result<ManualRun, OperatorError> {
+        ws.refuse_unapplied_settings()
+            .map_err(OperatorError::Settings)?;
         let def = loop_def(&find_loop(ws, name)?)?;
         if def.is_prompt() && !ws.settings.has_providers {
             return Err(OperatorError::NoProvider(name.to_string()));

@@ -26,10 +26,10 @@ pub enum TemplateError {
 impl TemplateError {
     pub fn help(&self) -> Option<String> {
         match self {
-            TemplateError::Unknown { known, .. } => Some(format!("the templates are: {}", known.join(", "))),
-            TemplateError::BadName(_) => Some(
-                "use lowercase letters, digits, - and _, starting with a letter or digit (e.g. morning-briefing)".into(),
-            ),
+            TemplateError::Unknown { known, .. } => {
+                Some(format!("the templates are: {}", known.join(", ")))
+            }
+            TemplateError::BadName(_) => Some(crate::domain::LOOP_NAME_RULE.into()),
             TemplateError::Exists(_) => Some("pick another name, or edit the existing loop".into()),
             TemplateError::Io { .. } => None,
         }
@@ -61,16 +61,10 @@ pub fn names(workspace: &Path) -> Vec<String> {
     out
 }
 
+/// Whether `loops new` takes `name`: the same rule `loops check` holds every folder in
+/// `domains/` to ([`crate::domain::valid_loop_name`]).
 pub fn valid_loop_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 64
-        && name
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+    crate::domain::valid_loop_name(name)
 }
 
 /// The files of a template: (relative path, contents, executable).

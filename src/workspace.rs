@@ -22,6 +22,9 @@ pub enum WorkspaceError {
     Missing(PathBuf),
     #[error("loops.yaml is not valid:\n{0}")]
     InvalidSettings(String),
+    /// Settings loops.yaml names but that could not be applied (each diagnostic a line).
+    #[error("loops.yaml has settings that cannot be applied, so nothing runs until they are fixed:\n{0}")]
+    Unapplied(String),
 }
 
 /// The folders whose files loops commits. Each must be a real folder: git does not track
@@ -65,6 +68,10 @@ impl WorkspaceError {
             WorkspaceError::NotADirectory(_) => {
                 Some("pass a folder with --workspace, or create one with `loops init DIR`".into())
             }
+            WorkspaceError::Unapplied(_) => Some(
+                "fix loops.yaml as shown (`loops check` lists every problem), then start again; the defaults are not used in their place, as they may do what you meant to stop"
+                    .into(),
+            ),
             WorkspaceError::InvalidSettings(_) => {
                 Some("fix loops.yaml as shown; `loops check` lists every problem".into())
             }
@@ -117,6 +124,10 @@ pub struct Settings {
     pub guard: crate::guard::GuardConfig,
     /// `mcp_servers:` by name: MCP servers whose tools loops may list in `tools:`.
     pub mcp_servers: std::collections::BTreeMap<String, crate::mcp::client::McpServerConfig>,
+    /// Errors in loops.yaml whose setting could not be applied, so that a default stands
+    /// in for what the person wrote: while there are any, nothing runs
+    /// ([`Workspace::refuse_unapplied_settings`]).
+    pub unapplied: Vec<Diagnostic>,
 }
 
 /// loops.yaml `main:`: the session that receives handoffs.
@@ -249,6 +260,7 @@ impl Default for Settings {
             channels: Default::default(),
             guard: Default::default(),
             mcp_servers: Default::default(),
+            unapplied: Vec::new(),
         }
     }
 }
@@ -428,6 +440,21 @@ impl Workspace {
             .unwrap_or_else(|_| path.to_path_buf())
     }
 
+    /// `Err` while loops.yaml has settings it could not apply: a run (`loops run`,
+    /// `loops trigger`) would use the defaults in their place.
+    pub fn refuse_unapplied_settings(&self) -> Result<(), WorkspaceError> {
+        if self.settings.unapplied.is_empty() {
+            return Ok(());
+        }
+        let lines: Vec<String> = self
+            .settings
+            .unapplied
+            .iter()
+            .map(|d| format!("  {}", d.to_string().replace('\n', "\n  ")))
+            .collect();
+        Err(WorkspaceError::Unapplied(lines.join("\n")))
+    }
+
     /// The zone a loop without its own `timezone` uses, and where it came from.
     pub fn default_timezone(&self) -> (Tz, crate::schedule::TzSource) {
         match self.settings.timezone {
@@ -450,29 +477,63 @@ pub fn host_timezone() -> Tz {
         .unwrap_or(Tz::UTC)
 }
 
-/// Parses a timezone name, suggesting the closest real one when it is a typo.
+/// Parses a timezone name, suggesting the closest real ones when it is a typo or a bare
+/// city (`London`, `new york`): people write the place, IANA names are `Area/City`.
 pub fn parse_timezone(name: &str) -> Result<Tz, (String, String)> {
     name.parse::<Tz>().map_err(|_| {
-        let lower = name.to_ascii_lowercase();
-        let best = chrono_tz::TZ_VARIANTS
-            .iter()
-            .map(|z| {
-                (
-                    strsim::levenshtein(&lower, &z.name().to_ascii_lowercase()),
-                    z.name(),
-                )
-            })
-            .min_by_key(|(d, _)| *d)
-            .filter(|(d, _)| *d <= 3)
-            .map(|(_, n)| n);
-        let help = match best {
-            Some(n) => format!(
-                "did you mean `{n}`? Use an IANA zone name like Europe/London or America/New_York"
+        let suggestions = timezone_suggestions(name);
+        let help = match suggestions.as_slice() {
+            [] => "use an IANA zone name like Europe/London, America/New_York or UTC".to_string(),
+            [one] => format!(
+                "did you mean `{one}`? Use an IANA zone name like Europe/London or America/New_York"
             ),
-            None => "use an IANA zone name like Europe/London, America/New_York or UTC".to_string(),
+            many => format!(
+                "did you mean {}? Use an IANA zone name like Europe/London or America/New_York",
+                many.iter()
+                    .map(|n| format!("`{n}`"))
+                    .collect::<Vec<_>>()
+                    .join(" or ")
+            ),
         };
         (format!("unknown timezone `{name}`"), help)
     })
+}
+
+/// The zones closest to `name` (at most three, the best first): by the whole name, or by
+/// the city part alone, so `London` finds `Europe/London` and `Londn` still does.
+fn timezone_suggestions(name: &str) -> Vec<&'static str> {
+    let want = name.trim().to_ascii_lowercase().replace(' ', "_");
+    if want.is_empty() {
+        return Vec::new();
+    }
+    // A full name may be further off (`Europe/Londn`, `America/NewYork`); a bare word is
+    // close to many cities by chance, the shorter the more: allow fewer edits.
+    let limit = if want.contains('/') {
+        3
+    } else if want.len() >= 5 {
+        2
+    } else {
+        1
+    };
+    let mut scored: Vec<(usize, &'static str)> = chrono_tz::TZ_VARIANTS
+        .iter()
+        .filter_map(|z| {
+            let full = z.name().to_ascii_lowercase();
+            let city = full.rsplit('/').next().unwrap_or(&full);
+            let d = strsim::levenshtein(&want, &full).min(strsim::levenshtein(&want, city));
+            (d <= limit).then_some((d, z.name()))
+        })
+        .collect();
+    scored.sort();
+    let Some(&(best, _)) = scored.first() else {
+        return Vec::new();
+    };
+    scored
+        .into_iter()
+        .take_while(|(d, _)| *d == best)
+        .map(|(_, n)| n)
+        .take(3)
+        .collect()
 }
 
 fn read_settings(root: &Path) -> (Settings, Vec<Diagnostic>) {
@@ -483,7 +544,11 @@ fn read_settings(root: &Path) -> (Settings, Vec<Diagnostic>) {
         }
         Err(e) => {
             let d = Diagnostic::error(Path::new("loops.yaml"), format!("cannot read: {e}"));
-            return (Settings::default(), vec![d]);
+            let s = Settings {
+                unapplied: vec![d.clone()],
+                ..Settings::default()
+            };
+            return (s, vec![d]);
         }
     };
     let (settings, diags) = parse_settings(root, &text);
@@ -502,7 +567,8 @@ pub fn parse_settings(root: &Path, text: &str) -> (Settings, Vec<Diagnostic>) {
     let value: yaml_serde::Value = match yaml_serde::from_str(text) {
         Ok(v) => v,
         Err(e) => {
-            diags.push(crate::domain::yaml_syntax_diagnostic(&rel, &e));
+            diags.push(crate::domain::yaml_syntax_diagnostic(&rel, text, &e));
+            s.unapplied = diags.clone();
             return (s, diags);
         }
     };
@@ -515,11 +581,13 @@ pub fn parse_settings(root: &Path, text: &str) -> (Settings, Vec<Diagnostic>) {
                 Diagnostic::error(&rel, "loops.yaml must be a mapping of settings")
                     .help("start with e.g. `timezone: Europe/London`"),
             );
+            s.unapplied = diags.clone();
             return (s, diags);
         }
     };
     for (k, v) in &map {
         let Some(key) = k.as_str() else { continue };
+        let before = diags.len();
         match key {
             "timezone" => match v.as_str().map(parse_timezone) {
                 Some(Ok(tz)) => s.timezone = Some(tz),
@@ -738,6 +806,13 @@ pub fn parse_settings(root: &Path, text: &str) -> (Settings, Vec<Diagnostic>) {
             "channels" => s.channels = crate::channels::parse_channels(&rel, &loc, v, &mut diags),
             "classification" | "deny_patterns" | "detectors" => {}
             other => diags.push(unknown_key(&rel, &loc, &[other], TOP_KEYS)),
+        }
+        // A channel, provider or MCP server with an error is left out, and whatever uses
+        // it fails and says so. Anywhere else a default would silently stand in for what
+        // the person wrote (`git: {comit: false}` keeps committing), so nothing may run.
+        if !matches!(key, "channels" | "providers" | "defaults" | "mcp_servers") {
+            s.unapplied
+                .extend(diags[before..].iter().filter(|d| d.is_error()).cloned());
         }
     }
     s.guard = crate::guard::parse(&rel, &loc, &map, &mut diags);

@@ -223,10 +223,7 @@ fn new_loop(ws: &Workspace, name: &str, template: &str) -> Result {
 
 fn check(ws: &Workspace, json: bool) -> Result {
     let entries = discover(ws);
-    let mut diags = ws.diagnostics.clone();
-    for e in &entries {
-        diags.extend(e.diagnostics.iter().cloned());
-    }
+    let diags = crate::domain::check_report(ws, &entries);
     let errors = diags
         .iter()
         .filter(|d| d.severity == Severity::Error)
@@ -410,6 +407,7 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 }
 
 fn run(ws: Workspace, once: bool, all: bool, log_format: LogFormat) -> Result {
+    ws.refuse_unapplied_settings()?;
     init_tracing(log_format);
     let rt = runtime()?;
     let opts = DaemonOptions {

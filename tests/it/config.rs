@@ -557,9 +557,11 @@ fn check_missing_script_and_broken_loops_yaml() {
     ws.write("loops.yaml", yaml);
     let (out, code) = check(&ws, false);
     assert_eq!(code, 1, "{out}");
-    // The parser reports the unclosed list where it gave up: the end of the file.
+    // The unclosed list is reported where it opens, not where the parser gave up (the
+    // end of the file).
+    let (l, c) = pos_of(yaml, "[1", 0);
     assert!(
-        out.starts_with("error: loops.yaml:4:1: not valid YAML"),
+        out.starts_with(&format!("error: loops.yaml:{l}:{c}: not valid YAML")),
         "{out}"
     );
     let (l, c) = pos_of(cfg, "[\"./collect.sh", 0);
@@ -780,4 +782,336 @@ fn huge_counts_saturate_instead_of_wrapping() {
     let def = discover(&w).remove(0).def.expect("a valid loop");
     assert_eq!(def.max_turns, u32::MAX);
     assert_eq!(def.retry.max_attempts, u32::MAX);
+}
+
+// ---- what `loops check` says, and that it is true (issue 16) -----------------------------
+
+/// `loops ARGS` in the workspace: (stdout, stderr, exit code).
+fn loops(ws: &TempWorkspace, args: &[&str]) -> (String, String, i32) {
+    let out = ws.cmd().args(args).output().expect("run loops");
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        out.status.code().expect("exit code"),
+    )
+}
+
+#[test]
+fn a_tool_name_typo_is_an_error_with_did_you_mean() {
+    let ws = bare_workspace();
+    let cfg = "schedule: { every: 1h }\npayload: { kind: prompt }\ntools: [read_file, finsh, web_search]\n";
+    write_loop(&ws, "typo", cfg);
+    ws.write("domains/typo/prompt.md", "Do the thing.\n");
+    let (out, code) = check(&ws, false);
+    assert_eq!(code, 1, "a typo must fail the check:\n{out}");
+    let (l, c) = pos_of(cfg, "finsh", 0);
+    assert!(
+        out.contains(&format!(
+            "error: domains/typo/config.yaml:{l}:{c}: unknown tool `finsh` in `tools`\n  help: did you mean `finish`?"
+        )),
+        "{out}"
+    );
+    // A name like no tool at all (another runner's) is still only a warning.
+    let (l, c) = pos_of(cfg, "web_search", 0);
+    assert!(
+        out.contains(&format!(
+            "warning: domains/typo/config.yaml:{l}:{c}: unknown tool `web_search` in `tools`"
+        )),
+        "{out}"
+    );
+    assert!(out.contains("0 valid, 1 with errors"), "{out}");
+
+    // A block list points at the entry's own line.
+    let cfg = "schedule: { every: 1h }\npayload: { kind: prompt }\ntools:\n  - read_file\n  - Read_File\n";
+    write_loop(&ws, "typo", cfg);
+    let (out, code) = check(&ws, false);
+    assert_eq!(code, 1, "{out}");
+    let (l, c) = pos_of(cfg, "Read_File", 0);
+    assert!(
+        out.contains(&format!(
+            "error: domains/typo/config.yaml:{l}:{c}: unknown tool `Read_File` in `tools`\n  help: did you mean `read_file`?"
+        )),
+        "{out}"
+    );
+}
+
+#[test]
+fn a_loops_yaml_key_typo_is_an_error_and_nothing_runs_with_the_default() {
+    let ws = TempWorkspace::new();
+    let yaml = "git: {comit: false}\nmain:\n  command: [\"./main.sh\"]\n  hartbeat: 30m\n";
+    ws.write("loops.yaml", yaml);
+    let (out, code) = check(&ws, false);
+    assert_eq!(code, 1, "{out}");
+    let comit = pos_of(yaml, "comit", 0);
+    let (l, c) = comit;
+    assert!(
+        out.contains(&format!(
+            "error: loops.yaml:{l}:{c}: unknown key `git.comit`\n  help: did you mean `commit`?"
+        )),
+        "{out}"
+    );
+    let (l, c) = pos_of(yaml, "hartbeat", 0);
+    assert!(
+        out.contains(&format!(
+            "error: loops.yaml:{l}:{c}: unknown key `main.hartbeat`\n  help: did you mean `heartbeat`?"
+        )),
+        "{out}"
+    );
+
+    // The daemon, `run --once` and `trigger` do not start with `commit: true` in its place.
+    let head = crate::common::git(ws.path(), &["rev-parse", "HEAD"]);
+    for args in [
+        &["run", "--once", "--all"][..],
+        &["trigger", "example"],
+        &["run"],
+    ] {
+        let (_, err, code) = loops(&ws, args);
+        assert_eq!(code, 1, "loops {args:?} must refuse:\n{err}");
+        assert!(
+            err.contains("loops.yaml has settings that cannot be applied, so nothing runs until they are fixed"),
+            "{args:?}: {err}"
+        );
+        assert!(
+            err.contains(&format!(
+                "loops.yaml:{}:{}: unknown key `git.comit`",
+                comit.0, comit.1
+            )) && err.contains("did you mean `commit`?"),
+            "{args:?}: {err}"
+        );
+        assert!(err.contains("`loops check` lists every problem"), "{err}");
+    }
+    assert_eq!(
+        crate::common::git(ws.path(), &["rev-parse", "HEAD"]),
+        head,
+        "nothing was committed"
+    );
+    assert!(ws.runs("example").is_empty(), "nothing ran");
+
+    // Fixed, it runs.
+    ws.write("loops.yaml", "git: {commit: false}\n");
+    let (out, err, code) = loops(&ws, &["run", "--once", "--all"]);
+    assert_eq!(code, 0, "{out}{err}");
+}
+
+#[test]
+fn the_bundled_workspaces_pass_check() {
+    // What `loops init` lays down.
+    let ws = TempWorkspace::new();
+    let (out, code) = check(&ws, false);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("0 error(s), 0 warning(s)"), "{out}");
+
+    // The repository's own example workspace (loops.yaml and domains/), copied so the
+    // check sees exactly those files.
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let ws = bare_workspace();
+    std::fs::copy(repo.join("loops.yaml"), ws.path().join("loops.yaml")).expect("copy loops.yaml");
+    for e in std::fs::read_dir(repo.join("domains")).expect("read domains/") {
+        let e = e.expect("entry");
+        copy_tree(&e.path(), &ws.path().join("domains").join(e.file_name()));
+    }
+    let (out, code) = check(&ws, false);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains(" 0 with errors; 0 error(s)"), "{out}");
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    if from.is_dir() {
+        std::fs::create_dir_all(to).expect("mkdir");
+        for e in std::fs::read_dir(from).expect("read_dir") {
+            let e = e.expect("entry");
+            copy_tree(&e.path(), &to.join(e.file_name()));
+        }
+    } else {
+        std::fs::copy(from, to).expect("copy");
+    }
+}
+
+#[test]
+fn check_says_commits_are_off_outside_a_git_repository() {
+    let ws = bare_workspace();
+    write_loop(&ws, "good", GOOD);
+    std::fs::remove_dir_all(ws.path().join(".git")).expect("remove .git");
+    let (out, code) = check(&ws, false);
+    assert_eq!(code, 0, "a warning, not an error:\n{out}");
+    assert!(
+        out.starts_with("warning: [WS]: this workspace is not a git repository: commits are off, so nothing a run changes is recorded in history\n  help: run `git init` in [WS]"),
+        "{out}"
+    );
+    // Saying so in loops.yaml is the other way to quiet it.
+    ws.write("loops.yaml", "git: { commit: false }\n");
+    let (out, code) = check(&ws, false);
+    assert_eq!(code, 0, "{out}");
+    assert!(!out.contains("git repository"), "{out}");
+}
+
+#[test]
+fn check_a_command_of_the_wrong_type_says_so() {
+    let cfg = "schedule:\n  every: 10m\npayload:\n  command: 42\n";
+    let out = check_one_error("typed", cfg, "42");
+    assert!(
+        out.contains(
+            "`payload.command` must be a list of strings or a string, not the number `42`"
+        ),
+        "{out}"
+    );
+    assert!(!out.contains("empty"), "{out}");
+    let cfg = "schedule:\n  every: 10m\npayload:\n  command: { run: x }\n";
+    let out = check_one_error("typed", cfg, "{ run");
+    assert!(
+        out.contains("must be a list of strings or a string, not a mapping"),
+        "{out}"
+    );
+}
+
+#[test]
+fn check_refuses_the_folder_names_loops_new_refuses() {
+    let ws = bare_workspace();
+    write_loop(&ws, "Morning Report", GOOD);
+    let (out, code) = check(&ws, false);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.starts_with("error: domains/Morning Report: `Morning Report` is not a valid loop name (a loop is named by its folder)\n  help: rename the folder, e.g. `mv domains/Morning Report domains/morning-report`; use lowercase letters, digits, - and _, starting with a letter or digit, at most 64 characters"),
+        "{out}"
+    );
+    assert!(
+        out.contains("1 loop(s) checked: 0 valid, 1 with errors"),
+        "{out}"
+    );
+    // `loops new` says the same rule.
+    let (_, err, code) = loops(&ws, &["new", "Morning Report"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("use lowercase letters, digits, - and _, starting with a letter or digit, at most 64 characters"),
+        "{err}"
+    );
+    // And the name it suggests is one `loops new` takes.
+    let (out, err, code) = loops(&ws, &["new", "morning-report"]);
+    assert_eq!(code, 0, "{out}{err}");
+}
+
+#[test]
+fn a_bare_city_as_timezone_gets_the_iana_name() {
+    for (tz, want) in [
+        ("London", "did you mean `Europe/London`?"),
+        ("new york", "did you mean `America/New_York`?"),
+        ("Tokio", "did you mean `Asia/Tokyo`?"),
+        ("europe/london", "did you mean `Europe/London`?"),
+    ] {
+        let cfg = format!(
+            "schedule:\n  cron: \"0 9 * * *\"\n  timezone: {tz}\npayload:\n  command: [\"true\"]\n"
+        );
+        let out = check_one_error("zoned", &cfg, tz);
+        assert!(out.contains(&format!("unknown timezone `{tz}`")), "{out}");
+        assert!(out.contains(want), "{tz}: {out}");
+    }
+    // loops.yaml too.
+    let ws = bare_workspace();
+    ws.write("loops.yaml", "timezone: Paris\n");
+    let (out, code) = check(&ws, false);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("error: loops.yaml:1:11: unknown timezone `Paris`\n  help: did you mean `Europe/Paris`?"),
+        "{out}"
+    );
+}
+
+#[test]
+fn yaml_syntax_errors_point_at_the_fault() {
+    // (config, where the fault is, what the message says)
+    let cases = [
+        (
+            "schedule:\n  every: 10m\npayload:\n  command: [\"true\"\ntimeout: 5s\n",
+            "[",
+            "the list opened with `[` here is not closed",
+        ),
+        (
+            "schedule: {every: 10m\npayload:\n  command: [\"true\"]\n",
+            "{",
+            "the mapping opened with `{` here is not closed",
+        ),
+        (
+            "schedule:\n  every: 10m\npayload:\n  command: \"echo hi\n",
+            "\"echo",
+            "the quote opened here is not closed",
+        ),
+        (
+            "description: x\nschedule\npayload:\n  command: [\"true\"]\n",
+            "schedule",
+            "add the colon",
+        ),
+    ];
+    for (cfg, fault, help) in cases {
+        let out = check_one_error("syntax", cfg, fault);
+        assert!(out.contains("not valid YAML"), "{out}");
+        assert!(out.contains(help), "{out}");
+    }
+}
+
+#[test]
+fn duplicate_keys_point_at_the_second_one() {
+    let cfg = "schedule:\n  every: 10m\npayload:\n  command: [\"true\"]\nschedule:\n  every: 5m\n";
+    let (l, c) = pos_of(cfg, "schedule", 1);
+    let ws = bare_workspace();
+    write_loop(&ws, "twice", cfg);
+    let (out, code) = check(&ws, false);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.starts_with(&format!("error: domains/twice/config.yaml:{l}:{c}: not valid YAML: `schedule` is written twice (first at line 1)\n  help: a key may appear once in a mapping")),
+        "{out}"
+    );
+
+    let cfg = "schedule:\n  every: 10m\n  every: 5m\npayload:\n  command: [\"true\"]\n";
+    let out = check_one_error("twice", cfg, "every: 5m");
+    assert!(
+        out.contains("`every` is written twice in `schedule` (first at line 2)"),
+        "{out}"
+    );
+    let cfg = "schedule: { every: 10m, every: 5m }\npayload:\n  command: [\"true\"]\n";
+    let out = check_one_error("twice", cfg, "every: 5m");
+    assert!(
+        out.contains("`every` is written twice in `schedule`"),
+        "{out}"
+    );
+
+    // loops.yaml too, and then nothing runs on its defaults.
+    let ws = TempWorkspace::new();
+    let yaml = "git:\n  commit: false\ngit:\n  commit: true\n";
+    ws.write("loops.yaml", yaml);
+    let (out, code) = check(&ws, false);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains(
+            "error: loops.yaml:3:1: not valid YAML: `git` is written twice (first at line 1)"
+        ),
+        "{out}"
+    );
+    let (_, err, code) = loops(&ws, &["run", "--once"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("`git` is written twice"), "{err}");
+}
+
+#[test]
+fn check_gives_the_provider_help_once_for_every_waiting_loop() {
+    let ws = bare_workspace();
+    for name in ["alpha", "beta", "gamma"] {
+        write_loop(
+            &ws,
+            name,
+            "schedule: { every: 1h }\npayload: { kind: prompt }\n",
+        );
+        ws.write(&format!("domains/{name}/prompt.md"), "Think.\n");
+    }
+    let (out, code) = check(&ws, false);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(
+        out.matches("prompt loops need a model provider").count(),
+        1,
+        "the help once:\n{out}"
+    );
+    assert!(
+        out.starts_with("warning: loops.yaml: 3 prompt loops are waiting for a provider: `alpha`, `beta`, `gamma`\n  help: prompt loops need a model provider in loops.yaml"),
+        "{out}"
+    );
+    assert!(out.contains("0 error(s), 1 warning(s)"), "{out}");
 }

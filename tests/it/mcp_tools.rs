@@ -786,7 +786,8 @@ fn loops_check_knows_server_names_in_tools() {
         String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{text}");
     assert!(
-        text.contains("warning: domains/typo/config.yaml:4:8: unknown tool `everythin` in `tools`"),
+        // A near-miss of a server's name is a typo: an error, at the entry itself.
+        text.contains("error: domains/typo/config.yaml:4:9: unknown tool `everythin` in `tools`"),
         "{text}"
     );
     assert!(text.contains("did you mean `everything`?"), "{text}");
