@@ -830,3 +830,44 @@ fn daemon_starts_while_a_dead_daemons_lock_is_still_held() {
     d.signal(libc::SIGTERM);
     assert!(d.wait_exit(LONG).expect("stops").success(), "{}", d.log());
 }
+
+/// Issue 16: a daemon whose loop state was written under a clock three days ahead (a
+/// clock stepped forward and back) ran nothing for three days. It says so once, in the
+/// log, and the loop fires on schedule again.
+#[test]
+fn daemon_a_watermark_ahead_of_the_clock_is_logged_once_and_re_anchored() {
+    let ws = TempWorkspace::new();
+    every_loop(&ws, "tick", "1s", "true", "");
+    git_commit_all(ws.path(), "tick loop");
+    let mut d = ws.start_daemon();
+    assert!(
+        wait_until(LONG, || ws.count_outcome("tick", "silent") >= 1),
+        "{}",
+        d.log()
+    );
+    d.signal(libc::SIGTERM);
+    d.wait_exit(LONG).expect("the daemon stops");
+
+    let state_path = ws.path().join(".loops/state/tick.json");
+    let mut state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&state_path).unwrap()).unwrap();
+    let ahead = chrono::Utc::now() + chrono::Duration::days(3);
+    state["watermark"] = serde_json::json!(ahead);
+    std::fs::write(&state_path, serde_json::to_string_pretty(&state).unwrap()).unwrap();
+    let before = ws.runs("tick").len();
+
+    let d = ws.start_daemon();
+    assert!(
+        wait_until(LONG, || ws.runs("tick").len() >= before + 2),
+        "the loop fires again after the restart; log:\n{}",
+        d.log()
+    );
+    let log = d.log();
+    assert_eq!(log.matches("it was stepped back").count(), 1, "{log}");
+    assert!(log.contains("ahead of the clock"), "{log}");
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&state_path).unwrap()).unwrap();
+    let wm: chrono::DateTime<chrono::Utc> =
+        serde_json::from_value(state["watermark"].clone()).unwrap();
+    assert!(wm < ahead - chrono::Duration::days(2), "{state}");
+}
