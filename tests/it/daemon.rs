@@ -871,3 +871,97 @@ fn daemon_a_watermark_ahead_of_the_clock_is_logged_once_and_re_anchored() {
         serde_json::from_value(state["watermark"].clone()).unwrap();
     assert!(wm < ahead - chrono::Duration::days(2), "{state}");
 }
+
+/// Issue 16: stopping took twice `shutdown_grace` with runs queued behind the concurrency
+/// limit: each of them started after the grace only to be stopped. Runs that have not
+/// started are recorded at once as not run; only the started ones get the grace.
+#[test]
+fn daemon_stopping_records_queued_runs_at_once_and_gives_the_grace_only_to_started_ones() {
+    const LOOPS: usize = 40;
+    let ws = TempWorkspace::new();
+    settings(
+        &ws,
+        "  max_concurrent_jobs: 2\n  shutdown_grace: 2s\n  catch_up_stagger: 0s\n",
+    );
+    for i in 0..LOOPS {
+        every_loop(
+            &ws,
+            &format!("q{i:02}"),
+            "1s",
+            "exec sleep 60",
+            "timeout: 10m\n",
+        );
+    }
+    git_commit_all(ws.path(), "queued loops");
+    let mut d = ws.start_daemon();
+    d.wait_for_log("loops daemon started", LONG);
+    // Every loop has a run claimed: two running, the rest waiting for a permit.
+    let markers = || {
+        ws.path()
+            .join(".loops/running")
+            .read_dir()
+            .map(|r| r.count())
+            .unwrap_or(0)
+    };
+    assert!(
+        wait_until(LONG, || markers() >= LOOPS),
+        "{} markers; log:\n{}",
+        markers(),
+        d.log()
+    );
+    assert!(
+        wait_until(LONG, || d
+            .log()
+            .matches("the previous run was still going")
+            .count()
+            >= LOOPS),
+        "{}",
+        d.log()
+    );
+
+    let t0 = chrono::Utc::now();
+    let clock = Instant::now();
+    d.signal(libc::SIGTERM);
+    let st = d.wait_exit(LONG).expect("the daemon stops");
+    let took = clock.elapsed();
+    assert!(st.success(), "{st:?}\n{}", d.log());
+    let log = d.log();
+
+    let mut interrupted = 0;
+    let mut not_run = 0;
+    for i in 0..LOOPS {
+        for r in ws.runs(&format!("q{i:02}")) {
+            match r["outcome"].as_str() {
+                Some("interrupted") => interrupted += 1,
+                Some("skipped") if r["note"] == "the runner was stopping" => {
+                    not_run += 1;
+                    // Recorded when the stop began, not after the grace.
+                    let at: chrono::DateTime<chrono::Utc> =
+                        serde_json::from_value(r["finished"].clone()).unwrap();
+                    assert!(at < t0 + chrono::Duration::seconds(2), "{r}\n{log}");
+                    assert_eq!(r["duration_ms"], 0, "{r}");
+                }
+                _ => {}
+            }
+        }
+    }
+    assert_eq!(
+        interrupted, 2,
+        "the two started runs got the grace, then were stopped\n{log}"
+    );
+    assert_eq!(not_run, LOOPS - 2, "{log}");
+    assert!(
+        log.contains(&format!(
+            "{} queued run(s) that had not started were recorded as skipped: the runner was stopping",
+            LOOPS - 2
+        )),
+        "{log}"
+    );
+    assert!(log.contains("running=2"), "{log}");
+    assert!(log.contains("grace period over"), "{log}");
+    // The grace (2 s) and the stopped commands' exit; not a grace per queued run. Generous,
+    // for a slow machine.
+    assert!(took < Duration::from_secs(2 + 10), "took {took:?}\n{log}");
+    assert!(took >= Duration::from_millis(1900), "took {took:?}\n{log}");
+    assert_eq!(markers(), 0, "no running marker is left");
+}
