@@ -560,7 +560,13 @@ pub async fn run(ws: Workspace, opts: DaemonOptions) -> Result<Summary, DaemonEr
                 // them, so stop them here rather than leave them running orphaned.
                 tracing::warn!(running = d.in_flight, "signal: stopping running jobs");
                 let _ = job_stop_tx.send(true);
-                d.pending.clear();
+                // What has not started is recorded as not run, not started to be stopped.
+                for due in std::mem::take(&mut d.pending) {
+                    if let Some(def) = d.sched.def(&due.loop_name).cloned() {
+                        d.record_skip(&def, &due, STOPPING);
+                    }
+                }
+                let _ = d.stopping.send(true);
                 for runs in d.running.values() {
                     for r in runs {
                         let _ = r.cancel.send(true);

@@ -965,3 +965,63 @@ fn daemon_stopping_records_queued_runs_at_once_and_gives_the_grace_only_to_start
     assert!(took >= Duration::from_millis(1900), "took {took:?}\n{log}");
     assert_eq!(markers(), 0, "no running marker is left");
 }
+
+/// `loops run --once` stopped by a signal: the run that started is stopped, and the ones
+/// queued behind the concurrency limit are recorded as not run (not started only to be
+/// stopped, and not dropped without a record).
+#[test]
+fn daemon_run_once_on_sigint_records_its_queued_runs_as_not_run() {
+    let ws = TempWorkspace::new();
+    settings(&ws, "  max_concurrent_jobs: 1\n");
+    for i in 0..5 {
+        every_loop(
+            &ws,
+            &format!("slow{i}"),
+            "1h",
+            "exec sleep 120",
+            "timeout: 10m\n",
+        );
+    }
+    git_commit_all(ws.path(), "slow loops");
+    let mut child = crate::common::loops_std_cmd(ws.path())
+        .args(["run", "--once", "--all"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let running = || {
+        ws.path()
+            .join(".loops/running")
+            .read_dir()
+            .map(|r| r.count())
+            .unwrap_or(0)
+    };
+    // Six claimed (the example loop too): one running, the rest behind the limit.
+    assert!(wait_until(LONG, || running() >= 6));
+    // SAFETY: signalling the child this test started.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let until = Instant::now() + LONG;
+    while child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < until, "loops run --once did not stop");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut outcomes = std::collections::BTreeMap::new();
+    for i in 0..5 {
+        for r in ws.runs(&format!("slow{i}")) {
+            let key = format!(
+                "{} {}",
+                r["outcome"].as_str().unwrap_or(""),
+                r["note"].as_str().unwrap_or("")
+            );
+            *outcomes.entry(key.trim().to_string()).or_insert(0) += 1;
+        }
+    }
+    let not_run = outcomes
+        .get("skipped the runner was stopping")
+        .copied()
+        .unwrap_or(0);
+    let interrupted = outcomes.get("interrupted").copied().unwrap_or(0);
+    assert_eq!(interrupted + not_run, 5, "{outcomes:?}");
+    assert!(not_run >= 3, "{outcomes:?}");
+    assert_eq!(running(), 0, "no marker left behind");
+}
