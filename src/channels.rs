@@ -1109,9 +1109,11 @@ impl Poster {
             .map(crate::fsutil::create_dir_all)
             .transpose()
             .and_then(|_| {
-                use std::io::Write;
-                let mut f = crate::fsutil::open_append(&path)?;
-                f.write_all(entry.as_bytes())?;
+                // Whole or not at all: the delivery is retried, and a retry after half an
+                // entry would leave the half in the person's file.
+                let f = crate::fsutil::open_append(&path)?;
+                let before = f.metadata()?.len();
+                crate::fsutil::append_whole(&f, before, entry.as_bytes())?;
                 f.sync_data()
             });
         match r {

@@ -66,6 +66,8 @@ pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
 /// How long before its fire time a slot is claimed (its watermark written), so that at
 /// the fire time only the start of the run is left.
 const CLAIM_LEAD: Duration = Duration::from_millis(200);
+/// Why a run the runner never started, because it was stopping, was skipped.
+const STOPPING: &str = "the runner was stopping";
 
 fn chrono_ms(d: Duration) -> chrono::Duration {
     chrono::Duration::milliseconds(d.as_millis() as i64)
@@ -259,6 +261,8 @@ struct RunningRun {
     run_id: String,
     cancel: watch::Sender<bool>,
     started: std::time::Instant,
+    /// Set once the run has its permit (is running, not queued behind the limit).
+    begun: Arc<std::sync::atomic::AtomicBool>,
 }
 
 struct Daemon {
@@ -269,6 +273,9 @@ struct Daemon {
     running: HashMap<String, Vec<RunningRun>>,
     pending: Vec<DueRun>,
     permits: Arc<Semaphore>,
+    /// Flips to true when the runner stops: runs still waiting for a permit are then
+    /// recorded as not run at once instead of starting only to be stopped.
+    stopping: watch::Sender<bool>,
     done_tx: mpsc::UnboundedSender<Finished>,
     summary: Summary,
     /// Only `--once` reports a summary; a long-running daemon must not keep every record.
@@ -386,6 +393,7 @@ pub async fn run(ws: Workspace, opts: DaemonOptions) -> Result<Summary, DaemonEr
     let mut claiming = 0usize;
     let mut d = Daemon {
         permits: Arc::new(Semaphore::new(ws.settings.max_concurrent_jobs)),
+        stopping: watch::channel(false).0,
         ws: ws.clone(),
         ctx,
         sched,
@@ -564,7 +572,13 @@ pub async fn run(ws: Workspace, opts: DaemonOptions) -> Result<Summary, DaemonEr
                 // them, so stop them here rather than leave them running orphaned.
                 tracing::warn!(running = d.in_flight, "signal: stopping running jobs");
                 let _ = job_stop_tx.send(true);
-                d.pending.clear();
+                // What has not started is recorded as not run, not started to be stopped.
+                for due in std::mem::take(&mut d.pending) {
+                    if let Some(def) = d.sched.def(&due.loop_name).cloned() {
+                        d.record_skip(&def, &due, STOPPING);
+                    }
+                }
+                let _ = d.stopping.send(true);
                 for runs in d.running.values() {
                     for r in runs {
                         let _ = r.cancel.send(true);
@@ -721,22 +735,39 @@ pub async fn run(ws: Workspace, opts: DaemonOptions) -> Result<Summary, DaemonEr
         let runs = d.sched.accept(&name, c, at);
         d.queue(runs);
     }
+    // One grace for everything that started (runs, the main session), counted from
+    // now; what has not started is recorded at once and gets none: a hundred runs queued
+    // behind the concurrency limit must not each start, only to be stopped.
+    let grace = ws.settings.shutdown_grace;
+    let deadline = tokio::time::Instant::now() + grace;
+    let mut not_started = 0usize;
     for due in std::mem::take(&mut d.pending) {
         if let Some(def) = d.sched.def(&due.loop_name).cloned() {
-            d.record_skip(&def, &due, "the runner was stopping");
+            d.record_skip(&def, &due, STOPPING);
+            not_started += 1;
         }
     }
-    let grace = ws.settings.shutdown_grace;
+    let _ = d.stopping.send(true);
     if d.in_flight > 0 {
+        let started = d
+            .running
+            .values()
+            .flatten()
+            .filter(|r| r.begun.load(std::sync::atomic::Ordering::SeqCst))
+            .count();
         tracing::info!(
-            running = d.in_flight,
+            running = started,
             "waiting up to {} for running jobs",
             crate::duration::format_duration(grace)
         );
-        let deadline = tokio::time::Instant::now() + grace;
         while d.in_flight > 0 {
             tokio::select! {
-                Some(f) = done_rx.recv() => d.on_finished(f),
+                Some(f) = done_rx.recv() => {
+                    if f.rec.outcome == Outcome::Skipped && f.rec.note.as_deref() == Some(STOPPING) {
+                        not_started += 1;
+                    }
+                    d.on_finished(f)
+                }
                 _ = tokio::time::sleep_until(deadline) => break,
             }
         }
@@ -758,12 +789,19 @@ pub async fn run(ws: Workspace, opts: DaemonOptions) -> Result<Summary, DaemonEr
             }
         }
     }
+    if not_started > 0 {
+        tracing::info!(
+            "{not_started} queued run(s) that had not started were recorded as skipped: {STOPPING}"
+        );
+    }
     if let Some(cancel) = d.wakes.running.take() {
         tracing::info!(
-            "waiting up to {} for the main session",
-            crate::duration::format_duration(grace)
+            "waiting up to {} (the rest of the grace) for the main session",
+            crate::duration::format_duration(
+                deadline.saturating_duration_since(tokio::time::Instant::now())
+            )
         );
-        let done = tokio::time::timeout(grace, wake_rx.recv()).await;
+        let done = tokio::time::timeout_at(deadline, wake_rx.recv()).await;
         if done.is_err() {
             let _ = cancel.send(true);
             let _ = wake_rx.recv().await;
@@ -1086,6 +1124,7 @@ impl Daemon {
             fired: Some(self.sched.now()),
         };
         let (cancel_tx, cancel_rx) = watch::channel(false);
+        let begun = Arc::new(std::sync::atomic::AtomicBool::new(false));
         self.running
             .entry(def.name.clone())
             .or_default()
@@ -1093,6 +1132,7 @@ impl Daemon {
                 run_id: req.run_id.clone(),
                 cancel: cancel_tx,
                 started: std::time::Instant::now(),
+                begun: begun.clone(),
             });
         self.in_flight += 1;
         let ctx = self.ctx.clone();
@@ -1100,9 +1140,33 @@ impl Daemon {
         let done = self.done_tx.clone();
         let clock = self.sched.clock();
         let pause_after = self.ws.settings.pause_after_failures;
+        let mut stopping = self.stopping.subscribe();
         tokio::spawn(async move {
-            // The global limit queues runs; it never makes a slot's run disappear.
-            let _permit = permits.acquire_owned().await;
+            // The global limit queues runs; it never makes a slot's run disappear. One
+            // still waiting for its turn when the runner stops is recorded as not run.
+            let _permit = tokio::select! {
+                biased;
+                Ok(_) = stopping.wait_for(|s| *s) => {
+                    ctx.running.remove(&req.run_id);
+                    let mut rec = RunRecord::decision(
+                        &def.name,
+                        req.trigger.as_str(),
+                        req.slot,
+                        clock.now(),
+                        Outcome::Skipped,
+                        STOPPING.into(),
+                    );
+                    rec.run_id = req.run_id.clone();
+                    rec.attempt = req.attempt;
+                    if let Err(e) = ctx.runlog.append(&rec) {
+                        tracing::error!("{e}");
+                    }
+                    let _ = done.send(Finished { def, rec, after: Aftermath::Nothing });
+                    return;
+                }
+                p = permits.acquire_owned() => p,
+            };
+            begun.store(true, std::sync::atomic::Ordering::SeqCst);
             let rec = jobs::execute(&ctx, &def, &req, None, Some(cancel_rx)).await;
             drop(run_lock);
             // A program that could not be started at all (exec's "cannot run …") is a

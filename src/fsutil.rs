@@ -164,13 +164,66 @@ pub fn sync_filesystem(dir: &Path) -> io::Result<()> {
 }
 
 /// Appends one line with a single `write` call on an `O_APPEND` descriptor, so two
-/// writers never interleave inside a line.
+/// writers never interleave inside a line. Every JSON-lines file the runner keeps (run
+/// records, the journal, the job index and audit log) is written through here.
+///
+/// A line is whole or absent. A write the disk cuts short (full, or over a file size
+/// limit) is cut back off again, so the caller's retry of the same record is not glued
+/// to half of it and both lost to every reader. If the file still ends inside a line
+/// (a crash mid-write, or a cut that could not be made), the line starts on a new one.
 pub fn append_line(path: &Path, line: &str) -> io::Result<()> {
-    let mut f = open_append(path)?;
-    let mut buf = String::with_capacity(line.len() + 1);
-    buf.push_str(line);
-    buf.push('\n');
-    f.write_all(buf.as_bytes())
+    if let Some(dir) = path.parent() {
+        create_dir_all(dir)?;
+    }
+    // Readable too: the last byte says whether the file ends inside a line.
+    let f = OpenOptions::new()
+        .create(true)
+        .read(true)
+        .append(true)
+        .mode(file_mode(path))
+        .open(path)?;
+    let before = f.metadata()?.len();
+    let mut buf = Vec::with_capacity(line.len() + 2);
+    if before > 0 && !ends_with_newline(&f, before) {
+        buf.push(b'\n');
+    }
+    buf.extend_from_slice(line.as_bytes());
+    buf.push(b'\n');
+    append_whole(&f, before, &buf)
+}
+
+fn ends_with_newline(f: &File, len: u64) -> bool {
+    use std::os::unix::fs::FileExt;
+    let mut last = [0u8; 1];
+    // Unreadable: assume the end is clean rather than adding blank lines to every record.
+    !matches!(f.read_at(&mut last, len - 1), Ok(1) if last[0] != b'\n')
+}
+
+/// Appends `bytes` to `f` (opened with `O_APPEND`, `before` bytes long) whole, or not at
+/// all: what a failing write left of them is truncated away again. A file another writer
+/// appended to in the meantime is not cut (that would take their line too); the next
+/// [`append_line`] then starts on a new line instead.
+pub fn append_whole(mut f: &File, before: u64, bytes: &[u8]) -> io::Result<()> {
+    let mut written = 0usize;
+    while written < bytes.len() {
+        let err = match f.write(&bytes[written..]) {
+            Ok(0) => io::Error::new(io::ErrorKind::WriteZero, "the disk took no more bytes"),
+            Ok(n) => {
+                written += n;
+                continue;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => e,
+        };
+        if written > 0
+            && f.metadata()
+                .is_ok_and(|m| m.len() == before + written as u64)
+        {
+            let _ = f.set_len(before);
+        }
+        return Err(err);
+    }
+    Ok(())
 }
 
 fn unique_suffix() -> u64 {

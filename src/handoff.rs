@@ -670,15 +670,29 @@ impl Inbox {
         // Recorded before the file exists, so no reader ever sees it unattributed.
         self.record_writer(&id, &n.from, n.run.as_deref(), &text)?;
         let tmp = self.tmp_dir().join(format!("{id}.md"));
-        std::fs::create_dir_all(self.tmp_dir()).map_err(io(&self.tmp_dir()))?;
-        {
-            let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
-            f.write_all(text.as_bytes()).map_err(io(&tmp))?;
-            f.sync_all().map_err(io(&tmp))?;
-        }
+        // A handoff that is not delivered leaves nothing behind: no empty or half file in
+        // .tmp/ (where it would sit until a daemon's sweep a day later) and no record of
+        // a writer for a handoff that does not exist.
+        let undo = |e: HandoffError| {
+            let _ = std::fs::remove_file(&tmp);
+            let _ = std::fs::remove_file(self.writers_dir().join(format!("{id}.json")));
+            e
+        };
+        std::fs::create_dir_all(self.tmp_dir())
+            .map_err(io(&self.tmp_dir()))
+            .map_err(undo)?;
+        std::fs::File::create(&tmp)
+            .and_then(|mut f| {
+                f.write_all(text.as_bytes())?;
+                f.sync_all()
+            })
+            .map_err(io(&tmp))
+            .map_err(undo)?;
         let dest = self.root.join(format!("{id}.md"));
         before_publish(&id, &dest, &text);
-        std::fs::rename(&tmp, &dest).map_err(io(&dest))?;
+        std::fs::rename(&tmp, &dest)
+            .map_err(io(&dest))
+            .map_err(undo)?;
         if let Ok(d) = std::fs::File::open(&self.root) {
             let _ = d.sync_all();
         }

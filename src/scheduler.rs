@@ -38,6 +38,10 @@ pub enum Aftermath {
 struct Entry {
     def: LoopDef,
     next: Option<DateTime<Utc>>,
+    /// The state's watermark and pending retry as last read, so a clock stepped back
+    /// behind them is noticed without reading every state file on every wake.
+    decided: Option<DateTime<Utc>>,
+    retry_at: Option<(DateTime<Utc>, u32)>,
     /// The state of a loop seen but never claimed: kept in memory, written at its first
     /// claim. Losing it costs nothing (the loop is simply seen anew), and a thousand new
     /// loops must not mean a thousand files created before the daemon can start.
@@ -154,9 +158,11 @@ impl Scheduler {
             let mut entry = Entry {
                 def,
                 next: None,
+                decided: None,
+                retry_at: None,
                 fresh,
             };
-            entry.next = self.compute_next(&entry.def, entry.fresh.as_ref());
+            compute_next(&self.store, &mut entry, now);
             next.insert(name, entry);
         }
         self.loops = next;
@@ -171,30 +177,11 @@ impl Scheduler {
         self.loops.get(name).map(|e| &e.def)
     }
 
-    fn compute_next(&self, def: &LoopDef, fresh: Option<&LoopState>) -> Option<DateTime<Utc>> {
-        let state = self.store.load(&def.name).or_else(|| fresh.cloned())?;
-        if state.paused.is_some() || !def.enabled {
-            return None;
-        }
-        let slot_fire = def.schedule.next_fire_after_slot(state.decided_until());
-        let retry = state.pending_retry.as_ref().map(|r| r.at);
-        match (slot_fire, retry) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
-    }
-
     /// Re-reads one loop's state (after a CLI pause, resume or run).
     pub fn refresh(&mut self, name: &str) {
-        if let Some((def, fresh)) = self
-            .loops
-            .get(name)
-            .map(|e| (e.def.clone(), e.fresh.clone()))
-        {
-            let next = self.compute_next(&def, fresh.as_ref());
-            if let Some(e) = self.loops.get_mut(name) {
-                e.next = next;
-            }
+        let now = self.clock.now();
+        if let Some(e) = self.loops.get_mut(name) {
+            compute_next(&self.store, e, now);
         }
     }
 
@@ -240,8 +227,13 @@ impl Scheduler {
         &mut self,
         horizon: DateTime<Utc>,
     ) -> Vec<(LoopDef, DateTime<Utc>, Option<LoopState>)> {
+        let now = self.clock.now();
         let mut out = Vec::new();
         for e in self.loops.values_mut() {
+            // A loop being claimed (no next) is looked at again once its claim is in.
+            if e.next.is_some() && ahead_of_clock(&e.def, e.decided, e.retry_at, now) {
+                compute_next(&self.store, e, now);
+            }
             if let Some(n) = e.next.filter(|n| *n <= horizon) {
                 e.next = None;
                 out.push((e.def.clone(), n, e.fresh.take()));
@@ -337,6 +329,117 @@ impl Scheduler {
         self.refresh(&def.name);
         after
     }
+}
+
+/// How far a loop's watermark may be ahead of the clock before the clock is taken to have
+/// been stepped back. A claim writes a watermark up to a moment before its fire time, and
+/// a small correction (NTP slewing, a second or two) only holds a loop back for as long
+/// as it stepped; anything larger would freeze the loop until the clock caught up, for
+/// days after a step of days, while `status` and `next` show its runs as imminent.
+pub const CLOCK_STEP_TOLERANCE: Duration = Duration::from_secs(120);
+
+/// The longest backoff a retry of `attempt` can wait: a pending retry further ahead than
+/// this (and the tolerance) was computed by a clock that has since gone back.
+fn longest_backoff(def: &LoopDef, attempt: u32) -> chrono::Duration {
+    // backoff_for's jitter is largest for the largest seed unit (seed % 10_000 = 9_999).
+    ms(def.retry.backoff_for(attempt, 9_999))
+}
+
+/// Whether a loop's watermark or pending retry lies further ahead of `now` than any
+/// schedule puts it: the clock was stepped back after they were written.
+fn ahead_of_clock(
+    def: &LoopDef,
+    decided: Option<DateTime<Utc>>,
+    retry_at: Option<(DateTime<Utc>, u32)>,
+    now: DateTime<Utc>,
+) -> bool {
+    let tol = ms(CLOCK_STEP_TOLERANCE);
+    decided.is_some_and(|d| d > now + tol)
+        || retry_at.is_some_and(|(at, attempt)| at > now + tol + longest_backoff(def, attempt))
+}
+
+/// Plans a loop's state written before the clock went back from `now` again, as if the
+/// loop were first seen now: its watermark moves back to now (a slot it already decided
+/// may come round again, which is what a clock stepped back means) and a retry waits no
+/// longer than its backoff. Says what it changed, in words for the log.
+pub fn reanchor(def: &LoopDef, s: &mut LoopState, now: DateTime<Utc>) -> Option<String> {
+    let decided = s.decided_until();
+    let retry = s.pending_retry.as_ref().map(|r| (r.at, r.attempt));
+    if !ahead_of_clock(def, Some(decided), retry, now) {
+        return None;
+    }
+    let mut said = Vec::new();
+    if decided > now + ms(CLOCK_STEP_TOLERANCE) {
+        said.push(format!(
+            "its slots were decided up to {}, {} ahead of the clock",
+            decided.to_rfc3339(),
+            crate::duration::format_duration((decided - now).to_std().unwrap_or_default())
+        ));
+        s.watermark = Some(now);
+    }
+    if let Some(r) = s.pending_retry.as_mut() {
+        let longest = longest_backoff(def, r.attempt);
+        if r.at > now + ms(CLOCK_STEP_TOLERANCE) + longest {
+            said.push(format!("its retry was set for {}", r.at.to_rfc3339()));
+            r.at = now + longest;
+        }
+    }
+    Some(format!(
+        "the clock is behind this loop's state ({}): it was stepped back. The loop is scheduled from now ({}) again instead of waiting for the clock to catch up",
+        said.join("; "),
+        now.to_rfc3339()
+    ))
+}
+
+/// Reads a loop's state and sets its next fire time. A state ahead of the clock is
+/// re-anchored first (in memory for a loop never claimed, else in its file) and logged,
+/// once: after that it is no longer ahead.
+fn compute_next(store: &StateStore, e: &mut Entry, now: DateTime<Utc>) {
+    let mut state = store.load(&e.def.name).or_else(|| e.fresh.clone());
+    if let Some(s) = state.as_mut() {
+        let retry = s.pending_retry.as_ref().map(|r| (r.at, r.attempt));
+        if ahead_of_clock(&e.def, Some(s.decided_until()), retry, now) {
+            let said = if let Some(f) = e.fresh.as_mut() {
+                let said = reanchor(&e.def, f, now);
+                *s = f.clone();
+                said
+            } else {
+                let def = e.def.clone();
+                match store.update(&def.name, |st| {
+                    let said = st.as_mut().and_then(|st| reanchor(&def, st, now));
+                    (said, st.clone())
+                }) {
+                    Ok((said, Some(fresh))) => {
+                        *s = fresh;
+                        said
+                    }
+                    Ok((said, None)) => said,
+                    Err(err) => {
+                        tracing::error!("{err}");
+                        None
+                    }
+                }
+            };
+            if let Some(said) = said {
+                tracing::warn!(loop_name = %e.def.name, "{said}");
+            }
+        }
+    }
+    e.decided = state.as_ref().map(LoopState::decided_until);
+    e.retry_at = state
+        .as_ref()
+        .and_then(|s| s.pending_retry.as_ref().map(|r| (r.at, r.attempt)));
+    e.next = state.and_then(|state| {
+        if state.paused.is_some() || !e.def.enabled {
+            return None;
+        }
+        let slot_fire = e.def.schedule.next_fire_after_slot(state.decided_until());
+        let retry = state.pending_retry.as_ref().map(|r| r.at);
+        match (slot_fire, retry) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    });
 }
 
 /// What claiming a loop's due slots decided: runs (trigger, slot, attempt, caught up?)

@@ -21,7 +21,7 @@
 use super::job::{Job, JobId, JobSummary};
 use crate::fsutil::{atomic_replace, atomic_write, FileLock};
 use std::collections::{BTreeMap, HashSet};
-use std::io::{BufRead, Write};
+use std::io::BufRead;
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
@@ -299,10 +299,8 @@ impl Tx<'_> {
         let done_dir = self.store.done_dir();
         crate::fsutil::create_dir_all(&done_dir).map_err(io(&done_dir))?;
         let index = self.store.index_path();
-        let mut line = serde_json::to_vec(&JobSummary::from(job)).unwrap_or_default();
-        line.push(b'\n');
-        let mut f = crate::fsutil::open_append(&index).map_err(io(&index))?;
-        f.write_all(&line).map_err(io(&index))?;
+        let line = serde_json::to_string(&JobSummary::from(job)).unwrap_or_default();
+        crate::fsutil::append_line(&index, &line).map_err(io(&index))?;
         let live = self.store.live_path(job.id);
         let done = self.store.done_path(job.id);
         std::fs::rename(&live, &done).map_err(io(&live))?;

@@ -64,6 +64,35 @@ pub fn loops_bin() -> PathBuf {
     assert_cmd::cargo::cargo_bin("loops")
 }
 
+/// The Python the MCP tests run (tests/mcp_client/drive.py, the Python test servers):
+/// `target/py-venv/bin/python`, the virtual environment .ci/run makes with the versions
+/// pinned in tests/mcp_client/requirements.txt, so what the machine has installed globally
+/// does not decide what the tests run against. `LOOPS_TEST_PYTHON` names another (to try
+/// another SDK version). Panics with what to do when neither is there: a skipped MCP test
+/// would hide a broken server.
+pub fn test_python() -> PathBuf {
+    if let Some(p) = std::env::var_os("LOOPS_TEST_PYTHON") {
+        return PathBuf::from(p);
+    }
+    // target/debug/loops -> target/
+    let bin = loops_bin();
+    let target = bin
+        .parent()
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("target"));
+    let python = target.join("py-venv/bin/python");
+    assert!(
+        python.exists(),
+        "{} is missing: the MCP tests run in a virtual environment of their own with the pinned MCP Python SDK. \
+         Run .ci/run (it makes it), or: python3 -m venv {venv} && {venv}/bin/python -m pip install -r tests/mcp_client/requirements.txt \
+         (or set LOOPS_TEST_PYTHON to a python that has the `mcp` package)",
+        python.display(),
+        venv = target.join("py-venv").display(),
+    );
+    python
+}
+
 /// A std `Command` for `loops` with the same clean environment as [`loops_cmd`]
 /// (for processes that run in the background: daemons, parallel triggers).
 pub fn loops_std_cmd(cwd: &Path) -> std::process::Command {

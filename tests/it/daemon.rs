@@ -830,3 +830,198 @@ fn daemon_starts_while_a_dead_daemons_lock_is_still_held() {
     d.signal(libc::SIGTERM);
     assert!(d.wait_exit(LONG).expect("stops").success(), "{}", d.log());
 }
+
+/// Issue 16: a daemon whose loop state was written under a clock three days ahead (a
+/// clock stepped forward and back) ran nothing for three days. It says so once, in the
+/// log, and the loop fires on schedule again.
+#[test]
+fn daemon_a_watermark_ahead_of_the_clock_is_logged_once_and_re_anchored() {
+    let ws = TempWorkspace::new();
+    every_loop(&ws, "tick", "1s", "true", "");
+    git_commit_all(ws.path(), "tick loop");
+    let mut d = ws.start_daemon();
+    assert!(
+        wait_until(LONG, || ws.count_outcome("tick", "silent") >= 1),
+        "{}",
+        d.log()
+    );
+    d.signal(libc::SIGTERM);
+    d.wait_exit(LONG).expect("the daemon stops");
+
+    let state_path = ws.path().join(".loops/state/tick.json");
+    let mut state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&state_path).unwrap()).unwrap();
+    let ahead = chrono::Utc::now() + chrono::Duration::days(3);
+    state["watermark"] = serde_json::json!(ahead);
+    std::fs::write(&state_path, serde_json::to_string_pretty(&state).unwrap()).unwrap();
+    let before = ws.runs("tick").len();
+
+    let d = ws.start_daemon();
+    assert!(
+        wait_until(LONG, || ws.runs("tick").len() >= before + 2),
+        "the loop fires again after the restart; log:\n{}",
+        d.log()
+    );
+    let log = d.log();
+    assert_eq!(log.matches("it was stepped back").count(), 1, "{log}");
+    assert!(log.contains("ahead of the clock"), "{log}");
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&state_path).unwrap()).unwrap();
+    let wm: chrono::DateTime<chrono::Utc> =
+        serde_json::from_value(state["watermark"].clone()).unwrap();
+    assert!(wm < ahead - chrono::Duration::days(2), "{state}");
+}
+
+/// Issue 16: stopping took twice `shutdown_grace` with runs queued behind the concurrency
+/// limit: each of them started after the grace only to be stopped. Runs that have not
+/// started are recorded at once as not run; only the started ones get the grace.
+#[test]
+fn daemon_stopping_records_queued_runs_at_once_and_gives_the_grace_only_to_started_ones() {
+    const LOOPS: usize = 40;
+    let ws = TempWorkspace::new();
+    settings(
+        &ws,
+        "  max_concurrent_jobs: 2\n  shutdown_grace: 2s\n  catch_up_stagger: 0s\n",
+    );
+    for i in 0..LOOPS {
+        every_loop(
+            &ws,
+            &format!("q{i:02}"),
+            "1s",
+            "exec sleep 60",
+            "timeout: 10m\n",
+        );
+    }
+    git_commit_all(ws.path(), "queued loops");
+    let mut d = ws.start_daemon();
+    d.wait_for_log("loops daemon started", LONG);
+    // Every loop has a run claimed: two running, the rest waiting for a permit.
+    let markers = || {
+        ws.path()
+            .join(".loops/running")
+            .read_dir()
+            .map(|r| r.count())
+            .unwrap_or(0)
+    };
+    assert!(
+        wait_until(LONG, || markers() >= LOOPS),
+        "{} markers; log:\n{}",
+        markers(),
+        d.log()
+    );
+    assert!(
+        wait_until(LONG, || d
+            .log()
+            .matches("the previous run was still going")
+            .count()
+            >= LOOPS),
+        "{}",
+        d.log()
+    );
+
+    let t0 = chrono::Utc::now();
+    let clock = Instant::now();
+    d.signal(libc::SIGTERM);
+    let st = d.wait_exit(LONG).expect("the daemon stops");
+    let took = clock.elapsed();
+    assert!(st.success(), "{st:?}\n{}", d.log());
+    let log = d.log();
+
+    let mut interrupted = 0;
+    let mut not_run = 0;
+    for i in 0..LOOPS {
+        for r in ws.runs(&format!("q{i:02}")) {
+            match r["outcome"].as_str() {
+                Some("interrupted") => interrupted += 1,
+                Some("skipped") if r["note"] == "the runner was stopping" => {
+                    not_run += 1;
+                    // Recorded when the stop began, not after the grace.
+                    let at: chrono::DateTime<chrono::Utc> =
+                        serde_json::from_value(r["finished"].clone()).unwrap();
+                    assert!(at < t0 + chrono::Duration::seconds(2), "{r}\n{log}");
+                    assert_eq!(r["duration_ms"], 0, "{r}");
+                }
+                _ => {}
+            }
+        }
+    }
+    assert_eq!(
+        interrupted, 2,
+        "the two started runs got the grace, then were stopped\n{log}"
+    );
+    assert_eq!(not_run, LOOPS - 2, "{log}");
+    assert!(
+        log.contains(&format!(
+            "{} queued run(s) that had not started were recorded as skipped: the runner was stopping",
+            LOOPS - 2
+        )),
+        "{log}"
+    );
+    assert!(log.contains("running=2"), "{log}");
+    assert!(log.contains("grace period over"), "{log}");
+    // The grace (2 s) and the stopped commands' exit; not a grace per queued run. Generous,
+    // for a slow machine.
+    assert!(took < Duration::from_secs(2 + 10), "took {took:?}\n{log}");
+    assert!(took >= Duration::from_millis(1900), "took {took:?}\n{log}");
+    assert_eq!(markers(), 0, "no running marker is left");
+}
+
+/// `loops run --once` stopped by a signal: the run that started is stopped, and the ones
+/// queued behind the concurrency limit are recorded as not run (not started only to be
+/// stopped, and not dropped without a record).
+#[test]
+fn daemon_run_once_on_sigint_records_its_queued_runs_as_not_run() {
+    let ws = TempWorkspace::new();
+    settings(&ws, "  max_concurrent_jobs: 1\n");
+    for i in 0..5 {
+        every_loop(
+            &ws,
+            &format!("slow{i}"),
+            "1h",
+            "exec sleep 120",
+            "timeout: 10m\n",
+        );
+    }
+    git_commit_all(ws.path(), "slow loops");
+    let mut child = crate::common::loops_std_cmd(ws.path())
+        .args(["run", "--once", "--all"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let running = || {
+        ws.path()
+            .join(".loops/running")
+            .read_dir()
+            .map(|r| r.count())
+            .unwrap_or(0)
+    };
+    // Six claimed (the example loop too): one running, the rest behind the limit.
+    assert!(wait_until(LONG, || running() >= 6));
+    // SAFETY: signalling the child this test started.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let until = Instant::now() + LONG;
+    while child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < until, "loops run --once did not stop");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut outcomes = std::collections::BTreeMap::new();
+    for i in 0..5 {
+        for r in ws.runs(&format!("slow{i}")) {
+            let key = format!(
+                "{} {}",
+                r["outcome"].as_str().unwrap_or(""),
+                r["note"].as_str().unwrap_or("")
+            );
+            *outcomes.entry(key.trim().to_string()).or_insert(0) += 1;
+        }
+    }
+    let not_run = outcomes
+        .get("skipped the runner was stopping")
+        .copied()
+        .unwrap_or(0);
+    let interrupted = outcomes.get("interrupted").copied().unwrap_or(0);
+    assert_eq!(interrupted + not_run, 5, "{outcomes:?}");
+    assert!(not_run >= 3, "{outcomes:?}");
+    assert_eq!(running(), 0, "no marker left behind");
+}

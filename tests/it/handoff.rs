@@ -687,3 +687,54 @@ fn handoff_a_loop_paused_after_failures_hands_off_its_last_error() {
         .expect("the handoff is committed");
     assert!(git_trailers(ws.path(), &c).contains(&("Outcome".into(), "created".into())));
 }
+
+/// Issue 16: a `loops handoff create` the disk refused left its file, empty or in part,
+/// in `inbox/.tmp/`. The failure says what happened and leaves nothing behind. The disk
+/// is full for real: the command may not grow a file past 4 KB (RLIMIT_FSIZE), and its
+/// body is 16 KB.
+#[test]
+fn handoff_create_that_the_disk_refuses_leaves_nothing_in_tmp() {
+    use std::os::unix::process::CommandExt;
+    let ws = TempWorkspace::new();
+    let body = "a line of the body that the disk will not take\n".repeat(350);
+    let mut cmd = crate::common::loops_std_cmd(ws.path());
+    cmd.args([
+        "handoff", "create", "--from", "x", "--title", "Too big", "--body", &body,
+    ]);
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+            let lim = libc::rlimit {
+                rlim_cur: 4096,
+                rlim_max: libc::RLIM_INFINITY,
+            };
+            if libc::setrlimit(libc::RLIMIT_FSIZE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let out = cmd.output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("inbox/.tmp/"), "{err}");
+    assert!(err.contains("File too large"), "{err}");
+    let left: Vec<_> = std::fs::read_dir(ws.path().join("inbox/.tmp"))
+        .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "left in inbox/.tmp/: {left:?}");
+    let writers: Vec<_> = std::fs::read_dir(ws.path().join(".loops/inbox/writers"))
+        .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(writers.is_empty(), "writer records left: {writers:?}");
+    assert!(ws.inbox_files("").is_empty(), "{:?}", ws.inbox_files(""));
+    // The same command on a disk with room delivers it.
+    ws.cmd()
+        .args([
+            "handoff", "create", "--from", "x", "--title", "Fits", "--body", &body,
+        ])
+        .assert()
+        .success();
+    assert_eq!(ws.inbox_files("").len(), 1, "{:?}", ws.inbox_files(""));
+}

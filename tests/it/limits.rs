@@ -720,3 +720,154 @@ fn limits_settings_are_checked_with_the_file_and_the_fix() {
         assert!(text.contains(want), "{want:?} missing from:\n{text}");
     }
 }
+
+// ---- a full disk -----------------------------------------------------------------------
+
+/// Sets the file size limit (`RLIMIT_FSIZE`) of process `pid`: `soft` bytes, or none.
+/// The hard limit stays unlimited, so the soft one can be raised again: the disk frees.
+fn set_file_size_limit(pid: i32, soft: Option<u64>) {
+    let lim = libc::rlimit {
+        rlim_cur: soft.unwrap_or(libc::RLIM_INFINITY),
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: prlimit on our own child with a valid rlimit; the old value is not asked for.
+    let r = unsafe { libc::prlimit(pid, libc::RLIMIT_FSIZE, &lim, std::ptr::null_mut()) };
+    assert_eq!(r, 0, "prlimit: {}", std::io::Error::last_os_error());
+}
+
+/// `loops run` that may not grow any file past `limit` bytes: a write past it is cut
+/// short, then refused with EFBIG, as on a full disk (SIGXFSZ ignored, as a disk-full
+/// write raises no signal).
+fn start_daemon_with_file_limit(ws: &TempWorkspace, limit: u64) -> DaemonProcess {
+    use std::os::unix::process::CommandExt;
+    let log = ws.path().join("daemon-fsize.log");
+    let exclude = ws.path().join(".git/info/exclude");
+    let mut ex = std::fs::read_to_string(&exclude).unwrap_or_default();
+    ex.push_str("\ndaemon-*.log\n");
+    std::fs::write(&exclude, ex).unwrap();
+    let f = std::fs::File::create(&log).unwrap();
+    let mut cmd = loops_std_cmd(ws.path());
+    cmd.arg("run")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(f);
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+            let lim = libc::rlimit {
+                rlim_cur: limit,
+                rlim_max: libc::RLIM_INFINITY,
+            };
+            if libc::setrlimit(libc::RLIMIT_FSIZE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().expect("start loops run with a file size limit");
+    DaemonProcess {
+        child: Some(child),
+        log,
+    }
+}
+
+/// Lines of a file that are not JSON.
+fn torn_lines(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| serde_json::from_str::<Value>(l).is_err())
+        .map(|l| l.chars().take(200).collect())
+        .collect()
+}
+
+/// Issue 16: on a full disk a run record was written in part, and the record's retry,
+/// once the disk took writes again, went onto the same line: one line neither half of
+/// which parses, and a run `loops runs` never shows. A refused append is cut back off;
+/// after the disk frees every record reads.
+#[test]
+fn a_full_disk_never_tears_a_run_record() {
+    let ws = workspace("");
+    ws.add_loop(
+        "tick",
+        "schedule: { every: 1s }\npayload:\n  kind: command\n  command: \"true\"\n",
+    );
+    git_commit_all(ws.path(), "tick");
+    let records = ws.path().join(".loops/runs/tick.jsonl");
+    {
+        let mut d = ws.start_daemon();
+        assert!(
+            wait_until(LONG, || ws.count_outcome("tick", "silent") >= 1),
+            "{}",
+            d.log()
+        );
+        d.signal(libc::SIGTERM);
+        d.wait_exit(LONG).expect("the daemon stops");
+    }
+    // Earlier history, so the records file is the one file near the limit: copies of the
+    // first record under other run ids.
+    let text = std::fs::read_to_string(&records).unwrap();
+    let first = text.lines().next().unwrap().to_string();
+    let rec: Value = serde_json::from_str(&first).unwrap();
+    let id = rec["run_id"].as_str().unwrap().to_string();
+    assert!(first.len() > 200, "{first}");
+    let mut history = String::new();
+    for i in 0..600 {
+        history.push_str(&first.replace(&id, &format!("{id}-{i}")));
+        history.push('\n');
+    }
+    std::fs::write(&records, &history).unwrap();
+    // The next record fits only in part.
+    let limit = history.len() as u64 + 100;
+
+    let mut d = start_daemon_with_file_limit(&ws, limit);
+    d.wait_for_log("loops daemon started", LONG);
+    assert!(
+        wait_until(LONG, || d.log().contains("os error 27")),
+        "the daemon never met the limit; log:\n{}",
+        d.log()
+    );
+    // A few retries against the limit, each cut back.
+    std::thread::sleep(Duration::from_secs(3));
+    let size = std::fs::metadata(&records).unwrap().len();
+    assert_eq!(size, history.len() as u64, "the part written was cut back");
+    assert!(torn_lines(&records).is_empty());
+
+    set_file_size_limit(d.pid(), None);
+    assert!(
+        wait_until(LONG, || ws.runs("tick").len() >= 600 + 3),
+        "the held records are written once the disk frees; log:\n{}",
+        d.log()
+    );
+    d.signal(libc::SIGTERM);
+    d.wait_exit(LONG).expect("the daemon stops");
+
+    assert_eq!(torn_lines(&records), Vec::<String>::new());
+    let lines = std::fs::read_to_string(&records).unwrap().lines().count();
+    let listed = loops_json(&ws, &["runs", "tick", "-n", "100000", "--json"]);
+    let listed = listed
+        .as_array()
+        .or_else(|| listed["runs"].as_array())
+        .map(Vec::len)
+        .unwrap_or(0);
+    assert_eq!(listed, lines, "`loops runs` reads every record");
+    // Nor is any line of the journal, which the same limit held.
+    let journal = ws.path().join(".loops/daemon.jsonl");
+    assert_eq!(torn_lines(&journal), Vec::<String>::new());
+}
+
+/// A file that ends inside a line (a crash mid-write, or a cut that could not be made)
+/// gets the next record on a line of its own, so only the torn one is lost.
+#[test]
+fn a_record_after_a_torn_line_starts_on_a_new_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("x.jsonl");
+    std::fs::write(&p, "{\"a\":1}\n{\"run_id\":\"torn").unwrap();
+    loops::fsutil::append_line(&p, "{\"b\":2}").unwrap();
+    loops::fsutil::append_line(&p, "{\"c\":3}").unwrap();
+    assert_eq!(
+        std::fs::read_to_string(&p).unwrap(),
+        "{\"a\":1}\n{\"run_id\":\"torn\n{\"b\":2}\n{\"c\":3}\n"
+    );
+}

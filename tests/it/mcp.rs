@@ -30,27 +30,37 @@ const TOOLS: [&str; 15] = [
 /// Generous: a cold Python start plus git commits on a slow machine.
 const SESSION_LIMIT: Duration = Duration::from_secs(120);
 
-fn require_python_sdk() {
-    let out = Command::new("python3")
+/// The venv's python, checked to have the SDK (a venv made but never filled says so).
+fn require_python_sdk() -> std::path::PathBuf {
+    let python = crate::common::test_python();
+    let out = Command::new(&python)
         .args(["-c", "import mcp"])
         .output()
-        .unwrap_or_else(|e| panic!("cannot run python3 ({e}): the MCP tests need python3 with the `mcp` package; run .ci/run, or `python3 -m pip install 'mcp>=1.2,<2'`"));
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot run {} ({e}): run .ci/run, which makes the MCP tests' virtual environment",
+                python.display()
+            )
+        });
     assert!(
         out.status.success(),
-        "the MCP Python SDK is not installed: run .ci/run, or `python3 -m pip install 'mcp>=1.2,<2'`\n{}",
+        "{} has no MCP Python SDK: run .ci/run, or `{} -m pip install -r tests/mcp_client/requirements.txt`\n{}",
+        python.display(),
+        python.display(),
         String::from_utf8_lossy(&out.stderr)
     );
+    python
 }
 
 /// One MCP session: initialize, tools/list, then `calls` ([{"tool", "args"}], where a
 /// string "$N.field" is call N's result field). Returns drive.py's report.
 fn session(ws: &TempWorkspace, calls: Value) -> Value {
-    require_python_sdk();
+    let python = require_python_sdk();
     let io = tempfile::tempdir().expect("tempdir");
     let (out_path, err_path) = (io.path().join("stdout"), io.path().join("stderr"));
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/mcp_client/drive.py");
     // Output goes to files, not pipes, so a long report can never block the child.
-    let mut child = Command::new("python3")
+    let mut child = Command::new(&python)
         .arg(&script)
         .arg(loops_bin())
         .arg(ws.path())
@@ -65,7 +75,7 @@ fn session(ws: &TempWorkspace, calls: Value) -> Value {
         .stdout(std::fs::File::create(&out_path).expect("stdout file"))
         .stderr(std::fs::File::create(&err_path).expect("stderr file"))
         .spawn()
-        .expect("start python3 drive.py");
+        .expect("start drive.py");
     let deadline = Instant::now() + SESSION_LIMIT;
     let status = loop {
         if let Some(st) = child.try_wait().expect("wait for drive.py") {

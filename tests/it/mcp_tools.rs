@@ -511,7 +511,10 @@ fn hanging_server(dir: &Path, marker: &Path) -> PathBuf {
         &p,
         format!(
             r#"import asyncio, pathlib, time
-from mcp.server.fastmcp import FastMCP
+try:  # the SDK's 2.x renamed FastMCP
+    from mcp.server.mcpserver import MCPServer as FastMCP
+except ImportError:
+    from mcp.server.fastmcp import FastMCP
 
 marker = pathlib.Path({marker:?})
 mcp = FastMCP("hang")
@@ -529,8 +532,10 @@ async def hang(seconds: int = 600) -> str:
 
 
 @mcp.tool()
-def freeze() -> str:
+async def freeze() -> str:
     """Blocks the server."""
+    # Blocking inside a coroutine stops the event loop itself (the SDK's 2.x runs a
+    # plain def tool on a worker thread, which would leave the server answering).
     time.sleep(600)
     return "thawed"
 
@@ -565,8 +570,9 @@ fn a_hanging_call_times_out_per_call_and_is_cancelled_and_a_hung_server_is_resta
     let ws = workspace(
         &fake,
         &format!(
-            "  hang: {{ command: [\"python3\", \"{}\"], timeout: 3s, startup_timeout: 60s }}\n",
-            script.display()
+            "  hang: {{ command: [{:?}, {:?}], timeout: 3s, startup_timeout: 60s }}\n",
+            crate::common::test_python().display().to_string(),
+            script.display().to_string()
         ),
     );
     prompt_loop(&ws, "patient", "tools: [hang, finish]\n");

@@ -1529,3 +1529,122 @@ fn an_at_in_the_past_is_a_warning_in_check_and_never_fires_in_list() {
         "{stdout}"
     );
 }
+
+// ---- a clock stepped back -------------------------------------------------------------
+
+/// Runs everything due from the clock's time until `until`, completing each run; returns
+/// the slots run, per loop.
+fn run_until(
+    lab: &Lab,
+    sched: &mut Scheduler,
+    clock: &ManualClock,
+    until: DateTime<Utc>,
+) -> BTreeMap<String, Vec<DateTime<Utc>>> {
+    let mut ran: BTreeMap<String, Vec<DateTime<Utc>>> = BTreeMap::new();
+    // Runs due right now (after a step) come first.
+    loop {
+        for r in sched.due() {
+            ran.entry(r.loop_name.clone())
+                .or_default()
+                .push(r.slot.expect("slot"));
+            complete(lab, sched, clock, &r, Outcome::Acted);
+        }
+        match sched.next_wake().filter(|w| *w <= until) {
+            Some(w) => clock.set(w.max(clock.now())),
+            None => break,
+        }
+    }
+    clock.set(until);
+    ran
+}
+
+/// Issue 16: after the clock was stepped three days ahead and back, every loop sat idle
+/// until the clock caught up with the watermark, three days later. The watermark ahead of
+/// the clock is noticed at the next wake, and both kinds of schedule fire on time again.
+#[test]
+fn a_clock_stepped_ahead_and_back_does_not_freeze_the_loops() {
+    let lab = Lab::new(&[
+        ("tenner", &loop_cfg("  every: 10m\n", "")),
+        ("nine", &loop_cfg("  cron: \"0 9 * * *\"\n", "")),
+    ]);
+    let start = utc("2026-06-01T08:00:00Z");
+    let clock = ManualClock::new(start);
+    let mut sched = lab.scheduler(&clock);
+    let ran = run_until(&lab, &mut sched, &clock, utc("2026-06-01T09:05:00Z"));
+    assert_eq!(ran["tenner"].len(), 6, "{ran:?}");
+    assert_eq!(ran["nine"], vec![utc("2026-06-01T09:00:00Z")]);
+
+    // Three days ahead: what was missed is decided, the watermarks move to 4 June.
+    clock.set(utc("2026-06-04T09:05:00Z"));
+    let ran = run_until(&lab, &mut sched, &clock, utc("2026-06-04T09:06:00Z"));
+    assert_eq!(ran["tenner"], vec![utc("2026-06-04T09:00:00Z")], "{ran:?}");
+    assert_eq!(ran["nine"], vec![utc("2026-06-04T09:00:00Z")], "{ran:?}");
+
+    // And back to the true time. Without the fix the next wake stayed at 4 June.
+    clock.set(utc("2026-06-01T09:06:00Z"));
+    let ran = run_until(&lab, &mut sched, &clock, utc("2026-06-02T09:30:00Z"));
+    let next = sched.next_wake().expect("a next wake");
+    assert!(next <= utc("2026-06-02T09:40:00Z"), "next wake {next}");
+    // Every slot from the step back on runs once: 09:10 on 1 June … 09:30 on 2 June.
+    let tenner = &ran["tenner"];
+    assert_eq!(
+        tenner.first(),
+        Some(&utc("2026-06-01T09:10:00Z")),
+        "{ran:?}"
+    );
+    assert_eq!(tenner.last(), Some(&utc("2026-06-02T09:30:00Z")), "{ran:?}");
+    assert_eq!(tenner.len(), 6 * 24 + 3, "{ran:?}");
+    assert_eq!(ran["nine"], vec![utc("2026-06-02T09:00:00Z")], "{ran:?}");
+    let state = lab.state("tenner");
+    assert_eq!(state["watermark"], "2026-06-02T09:30:00Z", "{state}");
+}
+
+/// The same found at start-up: a state file whose watermark (and retry) lie days ahead,
+/// as a daemon under a wrong clock wrote them, is planned from now again, and a clock a
+/// little behind (within the tolerance) changes nothing.
+#[test]
+fn a_watermark_ahead_of_the_clock_in_the_state_file_is_re_anchored() {
+    let lab = Lab::new(&[
+        ("tenner", &loop_cfg("  every: 10m\n", "")),
+        ("nine", &loop_cfg("  cron: \"0 9 * * *\"\n", "")),
+    ]);
+    let now = utc("2026-06-01T08:58:00Z");
+    let clock = ManualClock::new(now);
+    drop(lab.scheduler(&clock)); // writes nothing yet; the states are made by the claims
+    let store = StateStore::new(&lab.ws().state_dir());
+    for name in ["tenner", "nine"] {
+        let fp = loops::scheduler::fingerprint(lab.def(name));
+        let mut s = loops::state::LoopState::new(now, &fp);
+        s.watermark = Some(utc("2026-06-04T09:00:00Z"));
+        store.save(name, &s).expect("save state");
+    }
+    // Tenner's watermark is only a minute ahead: a small step waits, it does not replay.
+    let mut s = store.load("tenner").expect("state");
+    s.watermark = Some(utc("2026-06-01T08:59:00Z"));
+    s.pending_retry = Some(loops::state::PendingRetry {
+        slot: Some(utc("2026-06-01T08:50:00Z")),
+        attempt: 2,
+        at: utc("2026-06-04T09:00:00Z"),
+        trigger: "retry".into(),
+    });
+    store.save("tenner", &s).expect("save state");
+
+    let mut sched = lab.scheduler(&clock);
+    assert_eq!(
+        sched.next_of("nine"),
+        Some(utc("2026-06-01T09:00:00Z")),
+        "the cron loop fires today"
+    );
+    // The retry three days out waits its backoff (30 s × 2^0 with at most 20 % jitter).
+    let retry_at = sched.next_of("tenner").expect("tenner next");
+    assert!(
+        retry_at <= now + chrono::Duration::seconds(37),
+        "retry at {retry_at}"
+    );
+    assert_eq!(lab.state("tenner")["watermark"], "2026-06-01T08:59:00Z");
+    assert_eq!(lab.state("nine")["watermark"], "2026-06-01T08:58:00Z");
+    clock.set(utc("2026-06-01T09:00:00Z"));
+    let due = sched.due();
+    let names: BTreeSet<&str> = due.iter().map(|r| r.loop_name.as_str()).collect();
+    assert_eq!(names, BTreeSet::from(["nine", "tenner"]), "{due:?}");
+}

@@ -26,7 +26,21 @@ import sys
 
 from mcp import ClientSession, StdioServerParameters
 from mcp.client.stdio import stdio_client
-from mcp.shared.exceptions import McpError
+
+# The SDK's 2.x renamed the protocol error (McpError -> MCPError) and made its models'
+# fields snake_case (isError -> is_error, serverInfo -> server_info, ...): this client
+# runs on both majors, so a machine with either installed can run the tests.
+try:
+    from mcp.shared.exceptions import MCPError as McpError
+except ImportError:
+    from mcp.shared.exceptions import McpError
+
+
+def field(obj, snake, camel):
+    """A model field under its 2.x (snake_case) or 1.x (camelCase) name."""
+    if hasattr(obj, snake):
+        return getattr(obj, snake)
+    return getattr(obj, camel)
 
 REF = re.compile(r"^\$(\d+)((?:\.[A-Za-z0-9_-]+)*)$")
 
@@ -68,12 +82,17 @@ async def drive(binary, workspace, calls):
     async with stdio_client(params) as (read, write):
         async with ClientSession(read, write) as session:
             init = await session.initialize()
-            out["server"] = {"name": init.serverInfo.name, "version": init.serverInfo.version}
+            info = field(init, "server_info", "serverInfo")
+            out["server"] = {"name": info.name, "version": info.version}
             out["instructions"] = init.instructions
-            out["protocol_version"] = str(init.protocolVersion)
+            out["protocol_version"] = str(field(init, "protocol_version", "protocolVersion"))
             listed = await session.list_tools()
             out["tools"] = [
-                {"name": t.name, "description": t.description, "input_schema": t.inputSchema}
+                {
+                    "name": t.name,
+                    "description": t.description,
+                    "input_schema": field(t, "input_schema", "inputSchema"),
+                }
                 for t in listed.tools
             ]
             for call in calls:
@@ -81,7 +100,7 @@ async def drive(binary, workspace, calls):
                 entry = {"tool": call["tool"], "args": args}
                 try:
                     r = await session.call_tool(call["tool"], args)
-                    entry["is_error"] = bool(r.isError)
+                    entry["is_error"] = bool(field(r, "is_error", "isError"))
                     entry["content"] = parse_content(r)
                 except McpError as e:
                     entry["is_error"] = True
