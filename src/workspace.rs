@@ -22,6 +22,8 @@ pub enum WorkspaceError {
     Missing(PathBuf),
     #[error("loops.yaml is not valid:\n{0}")]
     InvalidSettings(String),
+    #[error("no workspace found in {0} or above (no loops.yaml or domains/ folder)")]
+    NotFound(PathBuf),
 }
 
 impl WorkspaceError {
@@ -37,6 +39,10 @@ impl WorkspaceError {
             WorkspaceError::InvalidSettings(_) => {
                 Some("fix loops.yaml as shown; `loops check` lists every problem".into())
             }
+            WorkspaceError::NotFound(_) => Some(
+                "run `loops init` to make this folder a workspace, or pass `--workspace DIR`"
+                    .into(),
+            ),
             WorkspaceError::Io { .. } => None,
         }
     }
@@ -311,7 +317,9 @@ impl Workspace {
     }
 
     /// The workspace for a command: `--workspace` when given, else the nearest folder
-    /// upward holding loops.yaml or domains/, else the current folder.
+    /// upward holding loops.yaml or domains/. Without either it is an error: a command
+    /// run in the wrong folder must not quietly make that folder a workspace (the daemon
+    /// would create `.loops/` and `domains/` there).
     pub fn locate(explicit: Option<&Path>) -> Result<Workspace, WorkspaceError> {
         if let Some(p) = explicit {
             return Workspace::open(p);
@@ -320,12 +328,13 @@ impl Workspace {
             path: PathBuf::from("."),
             source,
         })?;
-        let found = cwd
+        match cwd
             .ancestors()
             .find(|d| d.join("loops.yaml").is_file() || d.join("domains").is_dir())
-            .map(Path::to_path_buf)
-            .unwrap_or(cwd);
-        Workspace::open(&found)
+        {
+            Some(found) => Workspace::open(found),
+            None => Err(WorkspaceError::NotFound(cwd)),
+        }
     }
 
     pub fn domains_dir(&self) -> PathBuf {

@@ -319,3 +319,197 @@ fn cli_next_cron_times_are_whole_seconds() {
         );
     }
 }
+
+/// A command run where there is no workspace (no loops.yaml, no domains/ in the folder or
+/// above) says so and what to do, and leaves the folder as it was: it must not quietly
+/// become a workspace with `.loops/` and `domains/`.
+#[test]
+fn cli_outside_a_workspace_fails_and_creates_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let here = dir.path().join("notes");
+    std::fs::create_dir(&here).unwrap();
+    for args in [
+        &["run", "--once"][..],
+        &["run"],
+        &["status"],
+        &["list"],
+        &["trigger", "x"],
+        &["new", "x"],
+        &["jobs", "list"],
+        &["inbox"],
+    ] {
+        let out = loops_cmd(&here).args(args).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(
+            err.contains(&format!(
+                "no workspace found in {} or above",
+                here.canonicalize().unwrap().display()
+            )) && err.contains("run `loops init`")
+                && err.contains("--workspace"),
+            "{args:?}: {err}"
+        );
+        let left: Vec<_> = std::fs::read_dir(&here).unwrap().collect();
+        assert!(left.is_empty(), "{args:?} created {left:?}");
+    }
+    // A workspace named with --workspace is used as it is, as the message says.
+    loops_cmd(&here)
+        .arg("--workspace")
+        .arg(&here)
+        .arg("list")
+        .assert()
+        .success();
+    // And `loops init` still makes one here.
+    loops_cmd(&here).arg("init").assert().success();
+    assert!(here.join("loops.yaml").is_file());
+    loops_cmd(&here).arg("list").assert().success();
+}
+
+/// Output into a closed pipe (`loops next x -n 2000 | head -1`) ends the command as it
+/// ends a Unix tool: by SIGPIPE, with nothing on stderr (no panic, no backtrace).
+#[test]
+fn cli_closed_pipe_ends_quietly() {
+    use std::io::{BufRead, BufReader};
+    use std::os::unix::process::ExitStatusExt;
+    let ws = TempWorkspace::new();
+    // The reader takes one line and goes, while loops still has most of its output to write.
+    let mut child = crate::common::loops_std_cmd(ws.path())
+        .args(["next", "example", "-n", "5000"])
+        .env("RUST_BACKTRACE", "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert!(first.starts_with("example:"), "{first}");
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.signal(), Some(libc::SIGPIPE), "{:?}", out.status);
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "");
+    // Every command, text or JSON: the reader is gone before the first byte.
+    for args in [
+        &["list"][..],
+        &["list", "--json"],
+        &["status"],
+        &["log"],
+        &["runs", "example"],
+        &["inbox"],
+        &["jobs", "list"],
+        &["check"],
+        &["next", "example", "--json"],
+    ] {
+        let mut child = crate::common::loops_std_cmd(ws.path())
+            .args(args)
+            .env("RUST_BACKTRACE", "1")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(
+            out.status.signal(),
+            Some(libc::SIGPIPE),
+            "{args:?}: {:?}",
+            out.status
+        );
+        assert_eq!(String::from_utf8_lossy(&out.stderr), "", "{args:?}");
+    }
+}
+
+/// With `--json`, an error is a JSON object on stdout (and nothing on stderr), so a
+/// script that asked for JSON can read the failure; the exit code stays non-zero.
+#[test]
+fn cli_json_errors_are_json_on_stdout() {
+    let ws = TempWorkspace::new();
+    let parse = |out: &std::process::Output| -> serde_json::Value {
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "stdout is not JSON ({e}): {}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        })
+    };
+    // An unknown loop: the message and the hint, as the text form gives them.
+    let out = ws
+        .cmd()
+        .args(["next", "exampel", "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "");
+    let v = parse(&out);
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("exampel"), "{v}");
+    assert!(v["error"]["hint"].as_str().is_some(), "{v}");
+    assert_eq!(v["error"]["exit_code"], 1);
+    let text = ws.cmd().args(["next", "exampel"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&text.stderr).contains(msg));
+    assert!(text.stdout.is_empty());
+
+    // No workspace at all.
+    let dir = tempfile::tempdir().unwrap();
+    let out = loops_cmd(dir.path())
+        .args(["status", "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let v = parse(&out);
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("no workspace found in"),
+        "{v}"
+    );
+
+    // A subcommand's own --json, and a job that does not exist.
+    let out = ws
+        .cmd()
+        .args(["jobs", "get", "999", "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(parse(&out)["error"]["message"], "there is no job #999");
+
+    // A usage error clap finds keeps clap's exit code 2.
+    let out = ws
+        .cmd()
+        .args(["list", "--json", "--bogus"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let v = parse(&out);
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("--bogus"),
+        "{v}"
+    );
+}
+
+/// Every `--json` flag says what it does in `--help`.
+#[test]
+fn cli_every_json_flag_has_help() {
+    use clap::CommandFactory;
+    fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+        for a in cmd.get_arguments() {
+            if a.get_id() == "json" && a.get_help().is_none_or(|h| h.to_string().is_empty()) {
+                missing.push(path.to_string());
+            }
+        }
+        for sub in cmd.get_subcommands() {
+            walk(sub, &format!("{path} {}", sub.get_name()), missing);
+        }
+    }
+    let mut missing = Vec::new();
+    walk(&loops::cli::Cli::command(), "loops", &mut missing);
+    assert!(missing.is_empty(), "--json without help: {missing:?}");
+    let help = loops_cmd(Path::new("/"))
+        .args(["status", "--help"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&help.stdout);
+    let line = text.lines().find(|l| l.contains("--json")).unwrap();
+    assert!(line.contains("Print JSON"), "{line}");
+}
