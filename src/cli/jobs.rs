@@ -199,7 +199,8 @@ pub enum JobsCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Send a steering message: the agent reads it before its next model turn.
+    /// Send a steering message to an agent job: the agent reads it before its next model
+    /// turn. A shell job has no agent to read one, so it is refused.
     #[command(
         after_help = "Example:\n  loops jobs message 42 '{\"directive\": \"focus on revenue\"}'\n\nOnly an operator (this command) or the job's parent (--from-job) may steer a job."
     )]
