@@ -214,9 +214,12 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Recent run records of a loop from .loops/runs (every run, including silent, skipped and missed ones).
+    /// Recent run records of a loop from .loops/runs (every run, including silent, skipped
+    /// and missed ones), ordered by start time, the latest last.
     Runs {
+        /// The loop's name.
         name: String,
+        /// The latest this many runs (by start time).
         #[arg(long, short = 'n', default_value_t = 20)]
         limit: usize,
         /// Print JSON on stdout instead of text (an error too, as {"error": {…}}).

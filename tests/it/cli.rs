@@ -513,3 +513,117 @@ fn cli_every_json_flag_has_help() {
     let line = text.lines().find(|l| l.contains("--json")).unwrap();
     assert!(line.contains("Print JSON"), "{line}");
 }
+
+/// `loops list` fits 100 columns when it is not on a terminal (and no COLUMNS says
+/// otherwise): one next-run column in the host's zone, the loop's own time beside it
+/// where its zone differs, the status shortened to what is left.
+#[test]
+fn cli_list_fits_100_columns() {
+    let ws = varied_workspace();
+    let out = ws.cmd().arg("list").env_remove("COLUMNS").output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    for l in text.lines() {
+        assert!(
+            l.chars().count() <= 100,
+            "{} columns: {l}\n{text}",
+            l.chars().count()
+        );
+    }
+    let header = text.lines().next().unwrap();
+    assert_eq!(
+        header.split_whitespace().collect::<Vec<_>>(),
+        ["LOOP", "KIND", "SCHEDULE", "NEXT", "RUN", "(UTC)", "LAST", "STATUS"]
+    );
+    let nightly = text.lines().find(|l| l.starts_with("nightly")).unwrap();
+    assert!(
+        nightly.contains(" · 02:30 E") || nightly.contains(" · 03:00 E"),
+        "the loop's own time where its zone differs: {nightly}"
+    );
+    let example = text.lines().find(|l| l.starts_with("example")).unwrap();
+    assert!(
+        !example.contains('·'),
+        "same zone, no second time: {example}"
+    );
+    // A wide terminal gets every column.
+    let out = ws.cmd().arg("list").env("COLUMNS", "200").output().unwrap();
+    let wide = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        wide.lines()
+            .next()
+            .unwrap()
+            .contains("NEXT RUN (LOOP TIME)"),
+        "{wide}"
+    );
+    assert!(
+        wide.contains("broken: `schedule.every: 5` has no unit"),
+        "{wide}"
+    );
+}
+
+/// `log` and `runs` show times with their zone's offset and a short run's duration in
+/// milliseconds; `runs` orders by start time, whatever order the runs finished in.
+#[test]
+fn cli_log_and_runs_show_the_zone_short_durations_and_start_order() {
+    let ws = TempWorkspace::new();
+    for _ in 0..2 {
+        ws.cmd().args(["trigger", "example"]).assert().success();
+    }
+    for (tz, offset) in [("UTC", "+00:00"), ("Asia/Kolkata", "+05:30")] {
+        let out = ws.cmd().arg("log").env("TZ", tz).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        let row = text.lines().nth(1).unwrap_or_default();
+        let cells: Vec<&str> = row.split("  ").filter(|c| !c.is_empty()).collect();
+        assert!(cells[0].trim().ends_with(offset), "{tz}: {text}");
+        let duration = cells[cells.len() - 2].trim();
+        assert!(
+            duration.ends_with("ms") && duration.trim_end_matches("ms").parse::<u64>().is_ok()
+                || duration.ends_with('s') && !duration.starts_with("0.0"),
+            "{tz}: a run of a few ms: {duration:?} in {text}"
+        );
+        assert!(!text.contains("0.0s"), "{text}");
+        let out = ws
+            .cmd()
+            .args(["runs", "example"])
+            .env("TZ", tz)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.lines().nth(1).unwrap().contains(offset),
+            "{tz}: {text}"
+        );
+    }
+
+    // The run that started first finished last: its record is the file's last line.
+    let file = ws.path().join(".loops/runs/example.jsonl");
+    let mut recs: Vec<serde_json::Value> = std::fs::read_to_string(&file)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(recs.len(), 2);
+    let (first, second) = (recs[0]["run_id"].clone(), recs[1]["run_id"].clone());
+    recs[0]["finished"] = serde_json::json!("2099-01-01T00:00:00Z");
+    recs.reverse();
+    let lines: Vec<String> = recs.iter().map(|r| r.to_string() + "\n").collect();
+    std::fs::write(&file, lines.concat()).unwrap();
+    let out = ws
+        .cmd()
+        .args(["runs", "example", "--json"])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let order: Vec<&serde_json::Value> =
+        v.as_array().unwrap().iter().map(|r| &r["run_id"]).collect();
+    assert_eq!(order, [&first, &second], "by start time, the latest last");
+    let out = ws
+        .cmd()
+        .args(["runs", "example", "-n", "1", "--json"])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v[0]["run_id"], second, "-n 1 is the latest start");
+    let help = ws.cmd().args(["runs", "--help"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&help.stdout).contains("ordered by start time"));
+}
