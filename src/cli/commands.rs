@@ -545,8 +545,18 @@ fn trigger(ws: Workspace, name: &str, follow: bool, json_out: bool) -> Result {
         rec
     });
     rt.block_on(manual.finish(&ctx, &rec));
+    // Without a committer an `acted` run's changes are only in the work tree: say so, or
+    // the outcome reads as if they were kept in git like every other run's.
+    let not_committed = ctx
+        .history_off
+        .as_deref()
+        .filter(|_| rec.commit.is_none() && rec.outcome == Outcome::Acted);
     if json_out {
-        print_json(&serde_json::to_value(&rec).unwrap_or_default());
+        let mut v = serde_json::to_value(&rec).unwrap_or_default();
+        if let (Some(why), Some(o)) = (not_committed, v.as_object_mut()) {
+            o.insert("not_committed".into(), json!(why));
+        }
+        print_json(&v);
     } else {
         if let (false, Some(summary)) = (follow, &rec.summary) {
             println!("{summary}");
@@ -575,6 +585,9 @@ fn trigger(ws: Workspace, name: &str, follow: bool, json_out: bool) -> Result {
                 .map(|e| format!(": {e}"))
                 .unwrap_or_default(),
         );
+        if let Some(why) = not_committed {
+            eprintln!("nothing was committed: {why}");
+        }
     }
     if rec.outcome == Outcome::Interrupted {
         return Err(CliError::silent(130));

@@ -627,3 +627,52 @@ fn cli_log_and_runs_show_the_zone_short_durations_and_start_order() {
     let help = ws.cmd().args(["runs", "--help"]).output().unwrap();
     assert!(String::from_utf8_lossy(&help.stdout).contains("ordered by start time"));
 }
+
+/// `trigger` in a workspace that is not a git repository says the run's changes were not
+/// committed, and why, instead of a bare "acted".
+#[test]
+fn cli_trigger_outside_git_says_nothing_was_committed() {
+    let dir = tempfile::tempdir().unwrap();
+    let ws = dir.path().join("plain");
+    std::fs::create_dir_all(ws.join("domains/w")).unwrap();
+    std::fs::write(
+        ws.join("domains/w/config.yaml"),
+        "schedule: { every: 1h }\npayload: { kind: command, command: \"date +%N > out.txt\" }\n",
+    )
+    .unwrap();
+    // `git` must not find a repository above the temp folder either.
+    let cmd = || {
+        let mut c = loops_cmd(&ws);
+        c.env("GIT_CEILING_DIRECTORIES", dir.path());
+        c
+    };
+    let out = cmd().args(["trigger", "w"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("w: acted"), "{err}");
+    assert!(
+        err.contains("nothing was committed:")
+            && err.contains("is not inside a git repository")
+            && err.contains("git init"),
+        "{err}"
+    );
+    assert!(ws.join("domains/w/out.txt").is_file(), "the run wrote its file");
+    let out = cmd().args(["trigger", "w", "--json"]).output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["outcome"], "acted");
+    assert!(v["commit"].is_null());
+    assert!(
+        v["not_committed"]
+            .as_str()
+            .is_some_and(|w| w.contains("not inside a git repository")),
+        "{v}"
+    );
+    // In a repository, a committed run says nothing of the kind.
+    let ws = TempWorkspace::new();
+    let out = ws.cmd().args(["trigger", "example"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(", commit ") && !err.contains("nothing was committed"),
+        "{err}"
+    );
+}
