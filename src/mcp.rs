@@ -73,8 +73,12 @@ pub fn serve_stdio(ws: Workspace) -> Result<(), McpError> {
 fn init_logging() {
     let filter = crate::secrets::var("LOOPS_LOG")
         .ok()
-        .and_then(|f| tracing_subscriber::EnvFilter::try_new(f).ok())
-        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new("warn"));
+        .and_then(|f| {
+            tracing_subscriber::EnvFilter::try_new(crate::watch::with_quiet_notify(&f)).ok()
+        })
+        .unwrap_or_else(|| {
+            tracing_subscriber::EnvFilter::new(crate::watch::with_quiet_notify("warn"))
+        });
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(|| crate::secrets::RedactingWriter(std::io::stderr()))

@@ -439,8 +439,12 @@ fn init_tracing(format: LogFormat) {
     // what matters about MCP servers is logged by loops itself.
     let filter = crate::secrets::var("LOOPS_LOG")
         .ok()
-        .and_then(|f| tracing_subscriber::EnvFilter::try_new(f).ok())
-        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new("info,rmcp=warn"));
+        .and_then(|f| {
+            tracing_subscriber::EnvFilter::try_new(crate::watch::with_quiet_notify(&f)).ok()
+        })
+        .unwrap_or_else(|| {
+            tracing_subscriber::EnvFilter::new(crate::watch::with_quiet_notify("info,rmcp=warn"))
+        });
     use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
