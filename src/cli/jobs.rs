@@ -586,7 +586,9 @@ fn submit_and_report(
     }
     if sub.job.state == JobState::Dead {
         if json {
+            // One JSON document on stdout: the dead job, whose `error` says why.
             print_json(&report::to_json(&sub.job, Utc::now()));
+            return Err(CliError::silent(1));
         }
         return Err(CliError::new(format!(
             "job #{} was refused and is dead: {}",

@@ -474,6 +474,30 @@ fn cli_json_errors_are_json_on_stdout() {
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(parse(&out)["error"]["message"], "there is no job #999");
 
+    // A refused shell job: one document (the dead job, with why), not the job and an error.
+    let out = ws
+        .cmd()
+        .args([
+            "jobs",
+            "submit",
+            "shell",
+            "--params",
+            r#"{"cmd": "true"}"#,
+            "--json",
+        ])
+        .env_remove("LOOPS_ALLOW_SHELL_JOBS")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let v = parse(&out);
+    assert_eq!(v["state"], "dead", "{v}");
+    assert!(
+        v["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("turned off")),
+        "{v}"
+    );
+
     // A usage error clap finds keeps clap's exit code 2.
     let out = ws
         .cmd()
@@ -656,7 +680,10 @@ fn cli_trigger_outside_git_says_nothing_was_committed() {
             && err.contains("git init"),
         "{err}"
     );
-    assert!(ws.join("domains/w/out.txt").is_file(), "the run wrote its file");
+    assert!(
+        ws.join("domains/w/out.txt").is_file(),
+        "the run wrote its file"
+    );
     let out = cmd().args(["trigger", "w", "--json"]).output().unwrap();
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["outcome"], "acted");
