@@ -73,8 +73,12 @@ pub fn serve_stdio(ws: Workspace) -> Result<(), McpError> {
 fn init_logging() {
     let filter = crate::secrets::var("LOOPS_LOG")
         .ok()
-        .and_then(|f| tracing_subscriber::EnvFilter::try_new(f).ok())
-        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new("warn"));
+        .and_then(|f| {
+            tracing_subscriber::EnvFilter::try_new(crate::watch::with_quiet_notify(&f)).ok()
+        })
+        .unwrap_or_else(|| {
+            tracing_subscriber::EnvFilter::new(crate::watch::with_quiet_notify("warn"))
+        });
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(|| crate::secrets::RedactingWriter(std::io::stderr()))
@@ -347,7 +351,7 @@ const RESUME_JOB: &str = "Resume a paused job. Argument: id. A stopped running j
 
 const REPLAY_JOB: &str = "Run a job again as a new job with the same parameters, queue, priority, timeout, retries and parent. Arguments: id; set (optional): changes to the params, {\"key\": value}, keys may be dotted paths (\"input_vars.city\"). A shell job can be replayed as it was but not with changes over MCP. Returns the new job (its replay_of is the original id).";
 
-const SEND_JOB_MESSAGE: &str = "Send a steering message to a job that has not ended; an agent job reads it before its next turn. Arguments: id; message: a JSON object, e.g. {\"text\": \"also cover pricing\"}; from_job (optional): send as that job, which must be the target's parent (otherwise permission denied); without it the message is from the operator. Returns {id, message} with the message's seq, kind, time and sender.";
+const SEND_JOB_MESSAGE: &str = "Send a steering message to an agent job that has not ended; it reads it before its next turn (a shell job has no agent to read one: refused). Arguments: id; message: a JSON object, e.g. {\"text\": \"also cover pricing\"}; from_job (optional): send as that job, which must be the target's parent (otherwise permission denied); without it the message is from the operator. Returns {id, message} with the message's seq, kind, time and sender.";
 
 const GET_JOB_STATS: &str = "Statistics of the job queue. Takes no arguments. Returns window_hours (24), kinds (per job kind over that window: total, completed, failed, dead, cancelled, waiting, active, avg_ms), health (jobs waiting, delayed, active, paused, waiting for children, stalled now), daemon_running, and warnings (e.g. work waiting with no daemon to run it, a stuck queue).";
 

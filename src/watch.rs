@@ -21,6 +21,27 @@ use tokio::sync::mpsc;
 /// How often a watcher that lost events for good (a limit was reached) asks for a rescan.
 pub const POLL_EVERY: Duration = Duration::from_secs(2);
 
+/// The log filter directive that keeps notify's own lines out of the log. When a watched
+/// folder is deleted (a loop removed) the kernel has already dropped its watch, and notify
+/// logs its failed attempt to drop it again at INFO ("unable to remove watch descriptor")
+/// and WARN ("Unable to remove the path from the watches"): internal noise about a normal
+/// event, which the daemon reports in its own words ("loop removed"). What matters about
+/// watching (a limit reached) reaches us as an error from notify and is logged by this
+/// module; notify's own errors still show.
+pub const QUIET_NOTIFY: &str = "notify=error";
+
+/// `filter` (a `LOOPS_LOG` value, or the default) with [`QUIET_NOTIFY`] added, unless it
+/// already says something of notify (someone debugging the watcher asked for it).
+pub fn with_quiet_notify(filter: &str) -> String {
+    if filter.contains("notify") {
+        filter.to_string()
+    } else if filter.trim().is_empty() {
+        QUIET_NOTIFY.to_string()
+    } else {
+        format!("{filter},{QUIET_NOTIFY}")
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum WatchError {
     #[error("cannot watch {path}: the system's limit of inotify watches (fs.inotify.max_user_watches) is reached")]

@@ -25,6 +25,8 @@ pub enum WorkspaceError {
     /// Settings loops.yaml names but that could not be applied (each diagnostic a line).
     #[error("loops.yaml has settings that cannot be applied, so nothing runs until they are fixed:\n{0}")]
     Unapplied(String),
+    #[error("no workspace found in {0} or above (no loops.yaml or domains/ folder)")]
+    NotFound(PathBuf),
 }
 
 /// The folders whose files loops commits. Each must be a real folder: git does not track
@@ -75,6 +77,10 @@ impl WorkspaceError {
             WorkspaceError::InvalidSettings(_) => {
                 Some("fix loops.yaml as shown; `loops check` lists every problem".into())
             }
+            WorkspaceError::NotFound(_) => Some(
+                "run `loops init` to make this folder a workspace, or pass `--workspace DIR`"
+                    .into(),
+            ),
             WorkspaceError::Io { .. } => None,
         }
     }
@@ -360,7 +366,9 @@ impl Workspace {
     }
 
     /// The workspace for a command: `--workspace` when given, else the nearest folder
-    /// upward holding loops.yaml or domains/, else the current folder.
+    /// upward holding loops.yaml or domains/. Without either it is an error: a command
+    /// run in the wrong folder must not quietly make that folder a workspace (the daemon
+    /// would create `.loops/` and `domains/` there).
     pub fn locate(explicit: Option<&Path>) -> Result<Workspace, WorkspaceError> {
         if let Some(p) = explicit {
             return Workspace::open(p);
@@ -369,12 +377,13 @@ impl Workspace {
             path: PathBuf::from("."),
             source,
         })?;
-        let found = cwd
+        match cwd
             .ancestors()
             .find(|d| d.join("loops.yaml").is_file() || d.join("domains").is_dir())
-            .map(Path::to_path_buf)
-            .unwrap_or(cwd);
-        Workspace::open(&found)
+        {
+            Some(found) => Workspace::open(found),
+            None => Err(WorkspaceError::NotFound(cwd)),
+        }
     }
 
     /// The folders of the workspace that are symbolic links, when loops commits to git

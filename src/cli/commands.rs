@@ -1,6 +1,6 @@
 //! One function per command.
 
-use super::output::{relative, short_local, table};
+use super::output::{duration_ms, local_stamp, relative, short_local, table, table_fit};
 use super::{Cli, CliError, Command, LogFormat};
 use crate::clock::SystemClock;
 use crate::daemon::{self, DaemonOptions};
@@ -277,24 +277,71 @@ fn list(ws: &Workspace, json: bool) -> Result {
         );
         return Ok(());
     }
+    let next_header = format!("NEXT RUN ({})", local.name());
     let rows: Vec<Vec<String>> = loops.iter().map(|l| list_row(l, &local, now)).collect();
+    let wide = table(
+        &[
+            "LOOP",
+            "KIND",
+            "SCHEDULE",
+            "TIMEZONE",
+            &next_header,
+            "NEXT RUN (LOOP TIME)",
+            "LAST",
+            "STATUS",
+        ],
+        &rows,
+    );
+    let width = super::output::width();
+    if super::output::widest(&wide) <= width {
+        print!("{wide}");
+        return Ok(());
+    }
+    // Too wide for the terminal (or 100 columns): one next-run column, in the host's
+    // zone with the loop's own time beside it only where that zone differs, and the
+    // status shortened to what is left (`loops list --json` has it whole).
+    let rows: Vec<Vec<String>> = loops
+        .iter()
+        .map(|l| compact_list_row(l, &local, now))
+        .collect();
     print!(
         "{}",
-        table(
-            &[
-                "LOOP",
-                "KIND",
-                "SCHEDULE",
-                "TIMEZONE",
-                &format!("NEXT RUN ({})", local.name()),
-                "NEXT RUN (LOOP TIME)",
-                "LAST",
-                "STATUS"
-            ],
-            &rows
+        table_fit(
+            &["LOOP", "KIND", "SCHEDULE", &next_header, "LAST", "STATUS"],
+            &rows,
+            width
         )
     );
     Ok(())
+}
+
+/// One line of the narrow `loops list` table.
+fn compact_list_row(l: &operator::LoopRow, local: &Tz, now: DateTime<Utc>) -> Vec<String> {
+    let next = l.next.map(|n| {
+        let at = n.with_timezone(local);
+        let days = (at.date_naive() - now.with_timezone(local).date_naive()).num_days();
+        let when = match days {
+            0 => at.format("%H:%M"),
+            1..=6 => at.format("%a %H:%M"),
+            _ => at.format("%Y-%m-%d %H:%M"),
+        };
+        let mut s = format!("{when} ({})", relative(n, now));
+        if let Some(z) = l.tz.filter(|z| z.name() != local.name()) {
+            s.push_str(&format!(" · {}", n.with_timezone(&z).format("%H:%M %Z")));
+        }
+        s
+    });
+    vec![
+        l.name.clone(),
+        l.kind.to_string(),
+        l.schedule.clone(),
+        next.unwrap_or_else(|| "-".into()),
+        l.last
+            .as_ref()
+            .map(|r| format!("{} {}", r.outcome, relative(r.finished, now)))
+            .unwrap_or_else(|| "never ran".into()),
+        l.status.clone(),
+    ]
 }
 
 /// One line of the `loops list` table.
@@ -389,8 +436,12 @@ fn init_tracing(format: LogFormat) {
     // what matters about MCP servers is logged by loops itself.
     let filter = crate::secrets::var("LOOPS_LOG")
         .ok()
-        .and_then(|f| tracing_subscriber::EnvFilter::try_new(f).ok())
-        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new("info,rmcp=warn"));
+        .and_then(|f| {
+            tracing_subscriber::EnvFilter::try_new(crate::watch::with_quiet_notify(&f)).ok()
+        })
+        .unwrap_or_else(|| {
+            tracing_subscriber::EnvFilter::new(crate::watch::with_quiet_notify("info,rmcp=warn"))
+        });
     use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -496,8 +547,18 @@ fn trigger(ws: Workspace, name: &str, follow: bool, json_out: bool) -> Result {
         rec
     });
     rt.block_on(manual.finish(&ctx, &rec));
+    // Without a committer an `acted` run's changes are only in the work tree: say so, or
+    // the outcome reads as if they were kept in git like every other run's.
+    let not_committed = ctx
+        .history_off
+        .as_deref()
+        .filter(|_| rec.commit.is_none() && rec.outcome == Outcome::Acted);
     if json_out {
-        print_json(&serde_json::to_value(&rec).unwrap_or_default());
+        let mut v = serde_json::to_value(&rec).unwrap_or_default();
+        if let (Some(why), Some(o)) = (not_committed, v.as_object_mut()) {
+            o.insert("not_committed".into(), json!(why));
+        }
+        print_json(&v);
     } else {
         if let (false, Some(summary)) = (follow, &rec.summary) {
             println!("{summary}");
@@ -526,6 +587,9 @@ fn trigger(ws: Workspace, name: &str, follow: bool, json_out: bool) -> Result {
                 .map(|e| format!(": {e}"))
                 .unwrap_or_default(),
         );
+        if let Some(why) = not_committed {
+            eprintln!("nothing was committed: {why}");
+        }
     }
     if rec.outcome == Outcome::Interrupted {
         return Err(CliError::silent(130));
@@ -557,16 +621,11 @@ fn log(ws: &Workspace, name: Option<&str>, limit: usize, json: bool) -> Result {
         .iter()
         .map(|e| {
             vec![
-                e.time
-                    .with_timezone(&local)
-                    .format("%Y-%m-%d %H:%M")
-                    .to_string(),
+                local_stamp(e.time, &local, false),
                 e.loop_name.clone(),
                 e.outcome.clone().unwrap_or_else(|| "-".into()),
                 e.summary.clone(),
-                e.duration_ms
-                    .map(|d| format!("{:.1}s", d as f64 / 1000.0))
-                    .unwrap_or_else(|| "-".into()),
+                e.duration_ms.map(duration_ms).unwrap_or_else(|| "-".into()),
                 e.commit[..10].to_string(),
             ]
         })
@@ -584,7 +643,13 @@ fn log(ws: &Workspace, name: Option<&str>, limit: usize, json: bool) -> Result {
 fn runs(ws: &Workspace, name: &str, limit: usize, json: bool) -> Result {
     find_loop(ws, name)?;
     let log = RunLog::new(&ws.runs_dir(), ws.settings.rotate_bytes);
-    let recs = log.recent(name, limit);
+    // Records are appended as runs finish, so the file is in finish order: a long run
+    // that started first would show after the short ones that overtook it. The whole
+    // current file is read (as `recent` does anyway), ordered by start, and the last
+    // `limit` kept.
+    let mut recs = log.recent(name, usize::MAX);
+    recs.sort_by_key(|r| r.started);
+    let recs = recs.split_off(recs.len().saturating_sub(limit));
     if json {
         print_json(&serde_json::to_value(&recs).unwrap_or_default());
         return Ok(());
@@ -598,13 +663,10 @@ fn runs(ws: &Workspace, name: &str, limit: usize, json: bool) -> Result {
         .iter()
         .map(|r| {
             vec![
-                r.started
-                    .with_timezone(&local)
-                    .format("%Y-%m-%d %H:%M:%S")
-                    .to_string(),
+                local_stamp(r.started, &local, true),
                 r.trigger.clone(),
                 r.outcome.to_string(),
-                format!("{} ms", r.duration_ms),
+                duration_ms(r.duration_ms),
                 r.exit_code
                     .map(|c| c.to_string())
                     .unwrap_or_else(|| "-".into()),

@@ -110,6 +110,7 @@ pub enum JobsCommand {
         /// Wait and stream its progress (runs it here if no daemon is running).
         #[arg(long, short)]
         follow: bool,
+        /// Print JSON on stdout instead of text (an error too, as {"error": {…}}).
         #[arg(long)]
         json: bool,
     },
@@ -131,6 +132,7 @@ pub enum JobsCommand {
         /// At most this many (0: all). Default: 50, or all with --json.
         #[arg(long, short = 'n')]
         limit: Option<usize>,
+        /// Print JSON on stdout instead of text (an error too, as {"error": {…}}).
         #[arg(long)]
         json: bool,
     },
@@ -138,12 +140,14 @@ pub enum JobsCommand {
     /// steering messages with their read receipts.
     Get {
         id: JobId,
+        /// Print JSON on stdout instead of text (an error too, as {"error": {…}}).
         #[arg(long)]
         json: bool,
     },
     /// Where a job is: step, total if known, last tool, tokens, elapsed (cheap to call).
     Progress {
         id: JobId,
+        /// Print JSON on stdout instead of text (an error too, as {"error": {…}}).
         #[arg(long)]
         json: bool,
     },
@@ -157,6 +161,7 @@ pub enum JobsCommand {
     /// Cancel a job and its descendants (a running one is stopped).
     Cancel {
         id: JobId,
+        /// Print JSON on stdout instead of text (an error too, as {"error": {…}}).
         #[arg(long)]
         json: bool,
     },
@@ -164,12 +169,14 @@ pub enum JobsCommand {
     /// conversation saved; a running shell job's process group is stopped.
     Pause {
         id: JobId,
+        /// Print JSON on stdout instead of text (an error too, as {"error": {…}}).
         #[arg(long)]
         json: bool,
     },
     /// Resume a paused job (an agent continues from its saved conversation).
     Resume {
         id: JobId,
+        /// Print JSON on stdout instead of text (an error too, as {"error": {…}}).
         #[arg(long)]
         json: bool,
     },
@@ -181,16 +188,19 @@ pub enum JobsCommand {
         set: Vec<String>,
         #[arg(long, short)]
         follow: bool,
+        /// Print JSON on stdout instead of text (an error too, as {"error": {…}}).
         #[arg(long)]
         json: bool,
     },
     /// Run a dead or failed job again, with fresh attempts.
     Retry {
         id: JobId,
+        /// Print JSON on stdout instead of text (an error too, as {"error": {…}}).
         #[arg(long)]
         json: bool,
     },
-    /// Send a steering message: the agent reads it before its next model turn.
+    /// Send a steering message to an agent job: the agent reads it before its next model
+    /// turn. A shell job has no agent to read one, so it is refused.
     #[command(
         after_help = "Example:\n  loops jobs message 42 '{\"directive\": \"focus on revenue\"}'\n\nOnly an operator (this command) or the job's parent (--from-job) may steer a job."
     )]
@@ -201,11 +211,13 @@ pub enum JobsCommand {
         /// Send as this job (it must be the target's parent).
         #[arg(long, value_name = "ID")]
         from_job: Option<JobId>,
+        /// Print JSON on stdout instead of text (an error too, as {"error": {…}}).
         #[arg(long)]
         json: bool,
     },
     /// The last 24 hours per job kind, and the queue's health now.
     Stats {
+        /// Print JSON on stdout instead of text (an error too, as {"error": {…}}).
         #[arg(long)]
         json: bool,
     },
@@ -248,6 +260,7 @@ pub struct AgentRun {
     /// Submit and return at once.
     #[arg(long, short)]
     pub detach: bool,
+    /// Print JSON on stdout instead of text (an error too, as {"error": {…}}).
     #[arg(long)]
     pub json: bool,
 }
@@ -573,7 +586,9 @@ fn submit_and_report(
     }
     if sub.job.state == JobState::Dead {
         if json {
+            // One JSON document on stdout: the dead job, whose `error` says why.
             print_json(&report::to_json(&sub.job, Utc::now()));
+            return Err(CliError::silent(1));
         }
         return Err(CliError::new(format!(
             "job #{} was refused and is dead: {}",
@@ -782,9 +797,18 @@ impl Tail {
         // Copied through a small buffer: a log is up to limits.max_job_log_bytes per
         // attempt, and need not sit in memory to be printed.
         let mut out = std::io::stdout().lock();
-        if let Ok(n) = std::io::copy(&mut f, &mut out) {
+        let copied = std::io::copy(&mut f, &mut out);
+        if let Ok(n) = copied {
             self.offset += n;
-            let _ = out.flush();
+        }
+        let flushed = out.flush();
+        // `loops jobs logs ID | head`: the reader has gone, so there is no one to tail for.
+        if [copied.err(), flushed.err()]
+            .iter()
+            .flatten()
+            .any(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+        {
+            super::die_of_sigpipe();
         }
     }
 }

@@ -9,10 +9,98 @@ mod output;
 mod service;
 mod status;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 
 pub use commands::dispatch;
+
+/// The program after `main` has protected the secrets: parses the arguments, runs the
+/// command and reports an error the way the command was asked to speak (text on stderr,
+/// or a JSON object on stdout with `--json`). Returns the exit code.
+pub fn main() -> i32 {
+    quiet_broken_pipe();
+    let matches = match Cli::command().try_get_matches() {
+        Ok(m) => m,
+        Err(e) => return clap_error(e),
+    };
+    let json = json_requested(&matches);
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(c) => c,
+        Err(e) => return clap_error(e),
+    };
+    match dispatch(cli) {
+        Ok(()) => 0,
+        Err(e) => {
+            e.report(json);
+            e.code
+        }
+    }
+}
+
+/// Whether `--json` was given to the command or to any command above it (`loops inbox
+/// --json show ID` as well as `loops inbox show ID --json`).
+fn json_requested(m: &ArgMatches) -> bool {
+    let here = matches!(m.try_get_one::<bool>("json"), Ok(Some(true)));
+    here || m.subcommand().is_some_and(|(_, sub)| json_requested(sub))
+}
+
+/// A usage error from clap. With `--json` among the arguments a script still gets a JSON
+/// object on stdout (help and version output are not errors and print as they are).
+fn clap_error(e: clap::Error) -> i32 {
+    let wants_json = std::env::args_os().any(|a| a == "--json");
+    if !e.use_stderr() || !wants_json {
+        e.exit();
+    }
+    let text = e.render().to_string();
+    let mut lines = text.trim().lines();
+    let message = lines
+        .next()
+        .unwrap_or_default()
+        .trim_start_matches("error: ")
+        .to_string();
+    let rest: Vec<&str> = lines.map(str::trim).filter(|l| !l.is_empty()).collect();
+    let err = CliError {
+        message,
+        help: (!rest.is_empty()).then(|| rest.join("\n")),
+        code: e.exit_code(),
+    };
+    err.report(true);
+    err.code
+}
+
+/// Writing into a closed pipe (`loops next x -n 2000 | head -1`) ends the program quietly,
+/// as it does a Unix tool: killed by SIGPIPE, so the shell sees the usual status. The Rust
+/// runtime ignores SIGPIPE, which the daemon needs (a child or a socket that goes away
+/// must be an error, not its death), so `println!` panics on EPIPE instead; this hook
+/// turns exactly that panic back into the signal and leaves every other panic alone.
+fn quiet_broken_pipe() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or_default();
+        let printing = msg.starts_with("failed printing to stdout")
+            || msg.starts_with("failed printing to stderr");
+        if printing && msg.contains("Broken pipe") {
+            die_of_sigpipe();
+        }
+        default(info);
+    }));
+}
+
+/// Ends the process as a Unix tool ends when its reader has gone: by SIGPIPE, silently.
+pub(crate) fn die_of_sigpipe() -> ! {
+    // SAFETY: restoring the default disposition and raising a signal touch no Rust state.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        libc::raise(libc::SIGPIPE);
+    }
+    // Not reached once the signal is delivered; the status a shell shows for it.
+    std::process::exit(141)
+}
 
 /// loops — a file-system-first agent loop runner.
 ///
@@ -65,12 +153,13 @@ pub enum Command {
     },
     /// Validate loops.yaml and every loop; exit code 1 when anything is wrong.
     Check {
-        /// Machine-readable output.
+        /// Print JSON on stdout instead of text (an error too, as {"error": {…}}).
         #[arg(long)]
         json: bool,
     },
     /// Every loop: schedule, timezone, next run, last outcome, and whether it is paused or failing.
     List {
+        /// Print JSON on stdout instead of text (an error too, as {"error": {…}}).
         #[arg(long)]
         json: bool,
     },
@@ -84,6 +173,7 @@ pub enum Command {
         /// Start from this instant (RFC 3339) instead of now.
         #[arg(long, value_name = "RFC3339")]
         from: Option<String>,
+        /// Print JSON on stdout instead of text (an error too, as {"error": {…}}).
         #[arg(long)]
         json: bool,
     },
@@ -109,6 +199,7 @@ pub enum Command {
         /// Stream the command's output while it runs.
         #[arg(long, short)]
         follow: bool,
+        /// Print JSON on stdout instead of text (an error too, as {"error": {…}}).
         #[arg(long)]
         json: bool,
     },
@@ -119,14 +210,19 @@ pub enum Command {
         /// At most this many entries.
         #[arg(long, short = 'n', default_value_t = 20)]
         limit: usize,
+        /// Print JSON on stdout instead of text (an error too, as {"error": {…}}).
         #[arg(long)]
         json: bool,
     },
-    /// Recent run records of a loop from .loops/runs (every run, including silent, skipped and missed ones).
+    /// Recent run records of a loop from .loops/runs (every run, including silent, skipped
+    /// and missed ones), ordered by start time, the latest last.
     Runs {
+        /// The loop's name.
         name: String,
+        /// The latest this many runs (by start time).
         #[arg(long, short = 'n', default_value_t = 20)]
         limit: usize,
+        /// Print JSON on stdout instead of text (an error too, as {"error": {…}}).
         #[arg(long)]
         json: bool,
     },
@@ -138,12 +234,14 @@ pub enum Command {
     Inbox {
         #[command(subcommand)]
         command: Option<InboxCommand>,
+        /// Print JSON on stdout instead of text (an error too, as {"error": {…}}).
         #[arg(long)]
         json: bool,
     },
     /// One screen: the daemon (pid, uptime, version), every loop (next run, last outcome,
     /// failing or paused), the inbox, the job queue, deliveries, MCP servers, recent runs and commits.
     Status {
+        /// Print JSON on stdout instead of text (an error too, as {"error": {…}}).
         #[arg(long)]
         json: bool,
     },
@@ -162,6 +260,7 @@ Examples:
         /// Show what would be removed; remove nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Print JSON on stdout instead of text (an error too, as {"error": {…}}).
         #[arg(long)]
         json: bool,
     },
@@ -188,11 +287,13 @@ The never-share guard of loops.yaml (and of the loop named by --as) checks the t
         /// An idempotency scope: a repeat with the same --run, channel and text is not sent again.
         #[arg(long)]
         run: Option<String>,
+        /// Print JSON on stdout instead of text (an error too, as {"error": {…}}).
         #[arg(long)]
         json: bool,
     },
     /// The delivery channels of loops.yaml: kind, target (environment variables: set or not, never their values) and delivery counts.
     Channels {
+        /// Print JSON on stdout instead of text (an error too, as {"error": {…}}).
         #[arg(long)]
         json: bool,
     },
@@ -207,6 +308,7 @@ The never-share guard of loops.yaml (and of the loop named by --as) checks the t
         /// At most this many.
         #[arg(long, default_value_t = 20)]
         limit: usize,
+        /// Print JSON on stdout instead of text (an error too, as {"error": {…}}).
         #[arg(long)]
         json: bool,
     },
@@ -287,6 +389,7 @@ pub enum HandoffCommand {
         /// A tag (repeatable).
         #[arg(long = "tag")]
         tags: Vec<String>,
+        /// Print JSON on stdout instead of text (an error too, as {"error": {…}}).
         #[arg(long)]
         json: bool,
     },
@@ -296,12 +399,14 @@ pub enum HandoffCommand {
 pub enum InboxCommand {
     /// Every handoff by stage (the default).
     List {
+        /// Print JSON on stdout instead of text (an error too, as {"error": {…}}).
         #[arg(long)]
         json: bool,
     },
     /// One handoff: front matter, body, checklist, where it is and what is noted about it.
     Show {
         id: String,
+        /// Print JSON on stdout instead of text (an error too, as {"error": {…}}).
         #[arg(long)]
         json: bool,
     },
@@ -312,6 +417,7 @@ pub enum InboxCommand {
         /// What was done.
         #[arg(long)]
         summary: Option<String>,
+        /// Print JSON on stdout instead of text (an error too, as {"error": {…}}).
         #[arg(long)]
         json: bool,
     },
@@ -320,6 +426,7 @@ pub enum InboxCommand {
         id: String,
         #[arg(long)]
         reason: String,
+        /// Print JSON on stdout instead of text (an error too, as {"error": {…}}).
         #[arg(long)]
         json: bool,
     },
@@ -345,6 +452,31 @@ impl CliError {
     pub fn help(mut self, help: impl Into<String>) -> Self {
         self.help = Some(help.into());
         self
+    }
+
+    /// Tells the user: `error: …` and `  help: …` on stderr, or with `json` one object on
+    /// stdout, `{"error": {"message", "hint", "exit_code"}}`, so a script that asked for
+    /// JSON can parse the failure too. A silent error (its command already printed its
+    /// report) prints nothing.
+    pub fn report(&self, json: bool) {
+        if self.message.is_empty() {
+            return;
+        }
+        if json {
+            let v = serde_json::json!({
+                "error": {
+                    "message": self.message,
+                    "hint": self.help,
+                    "exit_code": self.code,
+                }
+            });
+            println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            return;
+        }
+        eprintln!("error: {}", self.message);
+        if let Some(h) = &self.help {
+            eprintln!("  help: {h}");
+        }
     }
 
     /// Exit quietly with a code (the command already printed its report).

@@ -31,6 +31,63 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
+/// The width a table should fit: the terminal's when stdout is one, else `$COLUMNS`
+/// when set (as clap's help reads it), else 100.
+pub fn width() -> usize {
+    use std::io::IsTerminal;
+    if std::io::stdout().is_terminal() {
+        // SAFETY: TIOCGWINSZ only fills the winsize struct it is given.
+        let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
+        if unsafe { libc::ioctl(libc::STDOUT_FILENO, libc::TIOCGWINSZ, &mut ws) } == 0
+            && ws.ws_col > 0
+        {
+            return ws.ws_col as usize;
+        }
+    }
+    crate::secrets::var("COLUMNS")
+        .ok()
+        .and_then(|c| c.trim().parse().ok())
+        .filter(|&c: &usize| c > 0)
+        .unwrap_or(100)
+}
+
+/// The widest line of a rendered table, in characters.
+pub fn widest(text: &str) -> usize {
+    text.lines().map(|l| l.chars().count()).max().unwrap_or(0)
+}
+
+/// [`table`], with the last column's cells shortened (ending in `…`) so that no line is
+/// wider than `width`; the other columns are kept whole, and the last keeps at least 12
+/// characters however narrow the terminal.
+pub fn table_fit(header: &[&str], rows: &[Vec<String>], width: usize) -> String {
+    let Some(last) = header.len().checked_sub(1) else {
+        return String::new();
+    };
+    let col = |i: usize| {
+        rows.iter()
+            .filter_map(|r| r.get(i))
+            .map(|c| c.chars().count())
+            .chain(std::iter::once(header[i].chars().count()))
+            .max()
+            .unwrap_or(0)
+    };
+    let before: usize = (0..last).map(|i| col(i) + 2).sum();
+    let room = width.saturating_sub(before).max(12);
+    let clipped: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            let mut r = r.clone();
+            if let Some(c) = r.get_mut(last) {
+                if c.chars().count() > room {
+                    *c = format!("{}…", c.chars().take(room - 1).collect::<String>());
+                }
+            }
+            r
+        })
+        .collect();
+    table(header, &clipped)
+}
+
 /// "3m ago", "in 2h" — relative to `now`.
 pub fn relative(t: DateTime<Utc>, now: DateTime<Utc>) -> String {
     let secs = (t - now).num_seconds();
@@ -49,6 +106,51 @@ pub fn relative(t: DateTime<Utc>, now: DateTime<Utc>) -> String {
     } else {
         format!("{span} ago")
     }
+}
+
+/// A span a person reads at a glance, to its two largest units: `0s`, `42s`, `18m 23s`,
+/// `3h 5m`, `2d 4h` (an uptime of `18m23s594ms` says more than anyone wants to know).
+pub fn span(d: std::time::Duration) -> String {
+    let s = d.as_secs();
+    let (big, small, units) = if s < 60 {
+        return format!("{s}s");
+    } else if s < 3600 {
+        (s / 60, s % 60, ("m", "s"))
+    } else if s < 86_400 {
+        (s / 3600, s % 3600 / 60, ("h", "m"))
+    } else {
+        (s / 86_400, s % 86_400 / 3600, ("d", "h"))
+    };
+    if small == 0 {
+        format!("{big}{}", units.0)
+    } else {
+        format!("{big}{} {small}{}", units.0, units.1)
+    }
+}
+
+/// A run's duration: `8ms`, `1.2s`, `3m 12s` (never `0.0s` for a run that took 8 ms).
+pub fn duration_ms(ms: u64) -> String {
+    if ms < 1000 {
+        format!("{ms}ms")
+    } else if ms < 60_000 {
+        format!("{:.1}s", ms as f64 / 1000.0)
+    } else {
+        span(std::time::Duration::from_millis(ms))
+    }
+}
+
+/// A time in the host's zone with its UTC offset, `2026-11-21 07:30:00 +01:00`, so that
+/// a time read from a log or a copy of it pasted elsewhere is never ambiguous.
+pub fn local_stamp<Tz: chrono::TimeZone>(t: DateTime<Utc>, tz: &Tz, seconds: bool) -> String
+where
+    Tz::Offset: std::fmt::Display,
+{
+    let fmt = if seconds {
+        "%Y-%m-%d %H:%M:%S %:z"
+    } else {
+        "%Y-%m-%d %H:%M %:z"
+    };
+    t.with_timezone(tz).format(fmt).to_string()
 }
 
 pub fn short_local<Tz: chrono::TimeZone>(t: DateTime<Utc>, tz: &Tz) -> String
@@ -101,4 +203,37 @@ pub fn stop_on_signal() -> tokio::sync::watch::Receiver<bool> {
         let _ = tx.send(true);
     });
     rx
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn spans_round_to_two_units() {
+        let ms = Duration::from_millis;
+        assert_eq!(span(ms(8)), "0s");
+        assert_eq!(span(ms(42_900)), "42s");
+        assert_eq!(span(ms((18 * 60 + 23) * 1000 + 594)), "18m 23s");
+        assert_eq!(span(ms(18 * 60 * 1000)), "18m");
+        assert_eq!(span(ms((3 * 3600 + 5 * 60 + 59) * 1000)), "3h 5m");
+        assert_eq!(span(ms((2 * 86_400 + 4 * 3600) * 1000)), "2d 4h");
+        assert_eq!(duration_ms(8), "8ms");
+        assert_eq!(duration_ms(1234), "1.2s");
+        assert_eq!(duration_ms(192_000), "3m 12s");
+    }
+
+    #[test]
+    fn local_stamps_carry_the_offset() {
+        let t: DateTime<Utc> = "2026-11-21T06:30:00Z".parse().unwrap();
+        assert_eq!(
+            local_stamp(t, &chrono_tz::Europe::Berlin, true),
+            "2026-11-21 07:30:00 +01:00"
+        );
+        assert_eq!(
+            local_stamp(t, &chrono_tz::UTC, false),
+            "2026-11-21 06:30 +00:00"
+        );
+    }
 }

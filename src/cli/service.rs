@@ -56,6 +56,7 @@ Examples:
         /// The service's name (default: loops-<workspace folder name>).
         #[arg(long)]
         name: Option<String>,
+        /// Print JSON on stdout instead of text (an error too, as {"error": {…}}).
         #[arg(long)]
         json: bool,
     },
@@ -64,6 +65,7 @@ Examples:
         /// The service's name (default: loops-<workspace folder name>).
         #[arg(long)]
         name: Option<String>,
+        /// Print JSON on stdout instead of text (an error too, as {"error": {…}}).
         #[arg(long)]
         json: bool,
     },

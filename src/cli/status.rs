@@ -1,7 +1,7 @@
 //! `loops status`: one screen that says what the runner is doing — the daemon, the loops,
 //! the inbox, the job queue, deliveries, MCP servers, recent runs and commits.
 
-use super::output::{relative, table};
+use super::output::{relative, span, table};
 use super::CliError;
 use crate::handoff::Stage;
 use crate::runs::RunLog;
@@ -35,6 +35,8 @@ pub fn status(ws: &Workspace, json_out: bool) -> Result {
     let watcher = daemon
         .as_ref()
         .and_then(|d| crate::watch::read_report(&ws.runtime_dir(), d.pid));
+
+    let running = running_now(ws, &store, now);
 
     let runlog = RunLog::new(&ws.runs_dir(), ws.settings.rotate_bytes);
     let mut runs: Vec<crate::runs::RunRecord> = loops
@@ -116,6 +118,10 @@ pub fn status(ws: &Workspace, json_out: bool) -> Result {
                 "max_total_bytes": policy.max_total_bytes,
                 "max_age": policy.max_age.map(crate::duration::format_duration),
             },
+            "running": running.iter().map(|r| json!({
+                "what": r.what, "name": r.name, "detail": r.detail,
+                "started": r.started, "running_secs": r.running_secs(now),
+            })).collect::<Vec<_>>(),
             "watcher_problems": watcher.as_ref().map(|w| w.problems.clone()).unwrap_or_default(),
             "unclean_stops_24h": unclean_24h,
             "last_unclean_stop": last_unclean,
@@ -146,9 +152,7 @@ pub fn status(ws: &Workspace, json_out: bool) -> Result {
         Some(d) => format!(
             "running, pid {}, up {}{}",
             d.pid,
-            crate::duration::format_duration(
-                (now - d.started).to_std().unwrap_or_default()
-            ),
+            span((now - d.started).to_std().unwrap_or_default()),
             if d.version != env!("CARGO_PKG_VERSION") {
                 format!(" (version {}: restart it to run this one)", d.version)
             } else {
@@ -305,6 +309,20 @@ pub fn status(ws: &Workspace, json_out: bool) -> Result {
             .collect();
         out.push_str(&table(&["LOOP", "NEXT", "LAST", "STATUS"], &rows));
     }
+    if !running.is_empty() {
+        out.push_str("\nRunning now\n");
+        let rows: Vec<Vec<String>> = running
+            .iter()
+            .map(|r| {
+                vec![
+                    format!("{} {}", r.what, r.name),
+                    span((now - r.started).to_std().unwrap_or_default()),
+                    r.detail.clone(),
+                ]
+            })
+            .collect();
+        out.push_str(&table(&["WHAT", "FOR", "DETAIL"], &rows));
+    }
     if !runs.is_empty() {
         out.push_str("\nRecent runs\n");
         let rows: Vec<Vec<String>> = runs
@@ -356,6 +374,82 @@ pub fn status(ws: &Workspace, json_out: bool) -> Result {
     }
     print!("{out}");
     Ok(())
+}
+
+/// Something running now: a loop's run, a main-session wake or a job.
+struct Running {
+    what: &'static str,
+    name: String,
+    detail: String,
+    started: chrono::DateTime<Utc>,
+}
+
+impl Running {
+    fn running_secs(&self, now: chrono::DateTime<Utc>) -> i64 {
+        (now - self.started).num_seconds().max(0)
+    }
+}
+
+/// The runs and wakes whose markers in `.loops/running/` belong to a live process (a
+/// dead one's are left for the next start to recover, and are not running), and the
+/// active jobs whose runner is alive; longest-running first.
+fn running_now(
+    ws: &Workspace,
+    jobs: &crate::jobs::store::JobStore,
+    now: chrono::DateTime<Utc>,
+) -> Vec<Running> {
+    let mut out: Vec<Running> = std::fs::read_dir(ws.running_dir())
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+        .filter_map(|e| std::fs::read(e.path()).ok())
+        .filter_map(|b| serde_json::from_slice::<crate::runs::RunningMarker>(&b).ok())
+        .filter(|m| crate::fsutil::process_alive(m.pid, m.pid_start))
+        // The daemon marks a run when it claims its slot, with the time it may start;
+        // one claimed for a later second has not started yet.
+        .filter(|m| m.started <= now)
+        .map(|m| {
+            let wake = m.loop_name == crate::main_session::MAIN;
+            Running {
+                what: if wake { "wake" } else { "run" },
+                name: if wake {
+                    "main session".into()
+                } else {
+                    m.loop_name.clone()
+                },
+                detail: format!("{} · run {}", m.trigger, m.run_id),
+                started: m.started,
+            }
+        })
+        .collect();
+    let (live, _) = jobs.live_jobs();
+    out.extend(live.iter().filter_map(|j| {
+        let lease = j.lease.as_ref()?;
+        (j.state == crate::jobs::job::JobState::Active && lease.owner_alive()).then(|| {
+            Running {
+                what: "job",
+                name: format!("#{} ({})", j.id, crate::agent::tools::clip(&j.name, 40)),
+                detail: {
+                    let mut d = format!(
+                        "{} · attempt {}/{}",
+                        j.kind.as_str(),
+                        (j.attempts + 1).min(j.max_attempts.max(1)),
+                        j.max_attempts
+                    );
+                    // An agent's turn and last tool say where it is; a shell job's
+                    // progress would only repeat "running".
+                    if j.kind != crate::jobs::job::JobKind::Shell {
+                        d.push_str(&format!(" · {}", crate::jobs::report::progress_line(j)));
+                    }
+                    d
+                },
+                started: lease.since,
+            }
+        })
+    }));
+    out.sort_by_key(|r| r.started);
+    out
 }
 
 /// `.loops/mcp/<server>.json` status files, trimmed to what a person needs.

@@ -93,6 +93,10 @@ pub fn delivery_scope(def: &LoopDef, req: &RunRequest) -> String {
 pub struct RunContext {
     pub ws: Arc<Workspace>,
     pub committer: Option<Committer>,
+    /// Why there is no committer though loops.yaml wants one (not a git repository), in
+    /// words with what to do: `loops trigger` says it beside an outcome that would
+    /// otherwise read as if the run's changes were kept in git.
+    pub history_off: Option<String>,
     pub runlog: RunLog,
     pub running: RunningSet,
     pub store: StateStore,
@@ -100,6 +104,7 @@ pub struct RunContext {
 
 impl RunContext {
     pub fn new(ws: Arc<Workspace>) -> Self {
+        let mut history_off = None;
         let committer = if ws.settings.git_commit {
             match Committer::start_with(
                 &ws.root,
@@ -110,14 +115,17 @@ impl RunContext {
             ) {
                 Ok(c) => Some(c),
                 Err(e) => {
-                    tracing::warn!(
-                        "history is off: {e}{}",
-                        e.help().map(|h| format!(" ({h})")).unwrap_or_default()
+                    let why = format!(
+                        "{e}{}",
+                        e.help().map(|h| format!("; {h}")).unwrap_or_default()
                     );
+                    tracing::warn!("history is off: {why}");
+                    history_off = Some(why);
                     None
                 }
             }
         } else {
+            // Turned off on purpose (`git.commit: false`): nothing to explain per run.
             None
         };
         RunContext {
@@ -125,6 +133,7 @@ impl RunContext {
             running: RunningSet::new(&ws.running_dir()),
             store: StateStore::new(&ws.state_dir()),
             committer,
+            history_off,
             ws,
         }
     }

@@ -30,6 +30,8 @@ pub enum QueueError {
     Permission(String),
     #[error("job #{0} is no longer leased by this process (its lease was taken over)")]
     LostLease(JobId),
+    #[error("job #{0} is a shell job: it has no agent to read a message")]
+    NotSteerable(JobId),
 }
 
 impl QueueError {
@@ -43,6 +45,10 @@ impl QueueError {
             }
             QueueError::Permission(_) => None,
             QueueError::LostLease(_) => None,
+            QueueError::NotSteerable(id) => Some(format!(
+                "messages steer agent jobs between model turns; to change what a shell job runs, \
+                 cancel it (`loops jobs cancel {id}`) or run it again changed (`loops jobs replay {id} --set cmd=\"…\"`)"
+            )),
         }
     }
 }
@@ -1232,6 +1238,11 @@ pub fn message(
                     "job #{sender} is not the parent of job #{id}; only an operator or the job's parent may steer it"
                 )));
             }
+        }
+        // A shell job's command never reads the queue: a message accepted for it would
+        // sit unread while the sender believes it was heard.
+        if job.kind == JobKind::Shell {
+            return Err(QueueError::NotSteerable(id));
         }
         if job.state.is_terminal() {
             return Err(QueueError::InvalidState {

@@ -78,6 +78,15 @@ pub fn progress_line(j: &Job) -> String {
         (JobKind::Shell, _) if j.state == JobState::Paused && j.lease.is_some() => {
             "stopped (paused)".to_string()
         }
+        // A job cancelled before any runner took it never ran at all.
+        (_, _) if j.state == JobState::Cancelled && j.started.is_none() => {
+            "cancelled before it started".to_string()
+        }
+        (JobKind::Shell, _) if j.state == JobState::Cancelled => "cancelled".to_string(),
+        (_, Some(t)) if j.state == JobState::Cancelled => {
+            format!("cancelled at turn {} of at most {t}", p.step)
+        }
+        (_, None) if j.state == JobState::Cancelled => format!("cancelled at turn {}", p.step),
         // The progress write at spawn can lose the race with a fast command's end.
         (JobKind::Shell, _) if j.started.is_none() => "not started".to_string(),
         (JobKind::Shell, _) => "ran".to_string(),

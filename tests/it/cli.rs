@@ -319,3 +319,387 @@ fn cli_next_cron_times_are_whole_seconds() {
         );
     }
 }
+
+/// A command run where there is no workspace (no loops.yaml, no domains/ in the folder or
+/// above) says so and what to do, and leaves the folder as it was: it must not quietly
+/// become a workspace with `.loops/` and `domains/`.
+#[test]
+fn cli_outside_a_workspace_fails_and_creates_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let here = dir.path().join("notes");
+    std::fs::create_dir(&here).unwrap();
+    for args in [
+        &["run", "--once"][..],
+        &["run"],
+        &["status"],
+        &["list"],
+        &["trigger", "x"],
+        &["new", "x"],
+        &["jobs", "list"],
+        &["inbox"],
+    ] {
+        let out = loops_cmd(&here).args(args).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(
+            err.contains(&format!(
+                "no workspace found in {} or above",
+                here.canonicalize().unwrap().display()
+            )) && err.contains("run `loops init`")
+                && err.contains("--workspace"),
+            "{args:?}: {err}"
+        );
+        let left: Vec<_> = std::fs::read_dir(&here).unwrap().collect();
+        assert!(left.is_empty(), "{args:?} created {left:?}");
+    }
+    // A workspace named with --workspace is used as it is, as the message says.
+    loops_cmd(&here)
+        .arg("--workspace")
+        .arg(&here)
+        .arg("list")
+        .assert()
+        .success();
+    // And `loops init` still makes one here.
+    loops_cmd(&here).arg("init").assert().success();
+    assert!(here.join("loops.yaml").is_file());
+    loops_cmd(&here).arg("list").assert().success();
+}
+
+/// Output into a closed pipe (`loops next x -n 2000 | head -1`) ends the command as it
+/// ends a Unix tool: by SIGPIPE, with nothing on stderr (no panic, no backtrace).
+#[test]
+fn cli_closed_pipe_ends_quietly() {
+    use std::io::{BufRead, BufReader};
+    use std::os::unix::process::ExitStatusExt;
+    let ws = TempWorkspace::new();
+    // The reader takes one line and goes, while loops still has most of its output to write.
+    let mut child = crate::common::loops_std_cmd(ws.path())
+        .args(["next", "example", "-n", "5000"])
+        .env("RUST_BACKTRACE", "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert!(first.starts_with("example:"), "{first}");
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.signal(), Some(libc::SIGPIPE), "{:?}", out.status);
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "");
+    // Every command, text or JSON: the reader is gone before the first byte.
+    for args in [
+        &["list"][..],
+        &["list", "--json"],
+        &["status"],
+        &["log"],
+        &["runs", "example"],
+        &["inbox"],
+        &["jobs", "list"],
+        &["check"],
+        &["next", "example", "--json"],
+    ] {
+        let mut child = crate::common::loops_std_cmd(ws.path())
+            .args(args)
+            .env("RUST_BACKTRACE", "1")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(
+            out.status.signal(),
+            Some(libc::SIGPIPE),
+            "{args:?}: {:?}",
+            out.status
+        );
+        assert_eq!(String::from_utf8_lossy(&out.stderr), "", "{args:?}");
+    }
+}
+
+/// With `--json`, an error is a JSON object on stdout (and nothing on stderr), so a
+/// script that asked for JSON can read the failure; the exit code stays non-zero.
+#[test]
+fn cli_json_errors_are_json_on_stdout() {
+    let ws = TempWorkspace::new();
+    let parse = |out: &std::process::Output| -> serde_json::Value {
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "stdout is not JSON ({e}): {}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        })
+    };
+    // An unknown loop: the message and the hint, as the text form gives them.
+    let out = ws
+        .cmd()
+        .args(["next", "exampel", "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "");
+    let v = parse(&out);
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("exampel"), "{v}");
+    assert!(v["error"]["hint"].as_str().is_some(), "{v}");
+    assert_eq!(v["error"]["exit_code"], 1);
+    let text = ws.cmd().args(["next", "exampel"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&text.stderr).contains(msg));
+    assert!(text.stdout.is_empty());
+
+    // No workspace at all.
+    let dir = tempfile::tempdir().unwrap();
+    let out = loops_cmd(dir.path())
+        .args(["status", "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let v = parse(&out);
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("no workspace found in"),
+        "{v}"
+    );
+
+    // A subcommand's own --json, and a job that does not exist.
+    let out = ws
+        .cmd()
+        .args(["jobs", "get", "999", "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(parse(&out)["error"]["message"], "there is no job #999");
+
+    // A refused shell job: one document (the dead job, with why), not the job and an error.
+    let out = ws
+        .cmd()
+        .args([
+            "jobs",
+            "submit",
+            "shell",
+            "--params",
+            r#"{"cmd": "true"}"#,
+            "--json",
+        ])
+        .env_remove("LOOPS_ALLOW_SHELL_JOBS")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let v = parse(&out);
+    assert_eq!(v["state"], "dead", "{v}");
+    assert!(
+        v["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("turned off")),
+        "{v}"
+    );
+
+    // A usage error clap finds keeps clap's exit code 2.
+    let out = ws
+        .cmd()
+        .args(["list", "--json", "--bogus"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let v = parse(&out);
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("--bogus"),
+        "{v}"
+    );
+}
+
+/// Every `--json` flag says what it does in `--help`.
+#[test]
+fn cli_every_json_flag_has_help() {
+    use clap::CommandFactory;
+    fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+        for a in cmd.get_arguments() {
+            if a.get_id() == "json" && a.get_help().is_none_or(|h| h.to_string().is_empty()) {
+                missing.push(path.to_string());
+            }
+        }
+        for sub in cmd.get_subcommands() {
+            walk(sub, &format!("{path} {}", sub.get_name()), missing);
+        }
+    }
+    let mut missing = Vec::new();
+    walk(&loops::cli::Cli::command(), "loops", &mut missing);
+    assert!(missing.is_empty(), "--json without help: {missing:?}");
+    let help = loops_cmd(Path::new("/"))
+        .args(["status", "--help"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&help.stdout);
+    let line = text.lines().find(|l| l.contains("--json")).unwrap();
+    assert!(line.contains("Print JSON"), "{line}");
+}
+
+/// `loops list` fits 100 columns when it is not on a terminal (and no COLUMNS says
+/// otherwise): one next-run column in the host's zone, the loop's own time beside it
+/// where its zone differs, the status shortened to what is left.
+#[test]
+fn cli_list_fits_100_columns() {
+    let ws = varied_workspace();
+    let out = ws.cmd().arg("list").env_remove("COLUMNS").output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    for l in text.lines() {
+        assert!(
+            l.chars().count() <= 100,
+            "{} columns: {l}\n{text}",
+            l.chars().count()
+        );
+    }
+    let header = text.lines().next().unwrap();
+    assert_eq!(
+        header.split_whitespace().collect::<Vec<_>>(),
+        ["LOOP", "KIND", "SCHEDULE", "NEXT", "RUN", "(UTC)", "LAST", "STATUS"]
+    );
+    let nightly = text.lines().find(|l| l.starts_with("nightly")).unwrap();
+    assert!(
+        nightly.contains(" · 02:30 E") || nightly.contains(" · 03:00 E"),
+        "the loop's own time where its zone differs: {nightly}"
+    );
+    let example = text.lines().find(|l| l.starts_with("example")).unwrap();
+    assert!(
+        !example.contains('·'),
+        "same zone, no second time: {example}"
+    );
+    // A wide terminal gets every column.
+    let out = ws.cmd().arg("list").env("COLUMNS", "200").output().unwrap();
+    let wide = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        wide.lines()
+            .next()
+            .unwrap()
+            .contains("NEXT RUN (LOOP TIME)"),
+        "{wide}"
+    );
+    assert!(
+        wide.contains("broken: `schedule.every: 5` has no unit"),
+        "{wide}"
+    );
+}
+
+/// `log` and `runs` show times with their zone's offset and a short run's duration in
+/// milliseconds; `runs` orders by start time, whatever order the runs finished in.
+#[test]
+fn cli_log_and_runs_show_the_zone_short_durations_and_start_order() {
+    let ws = TempWorkspace::new();
+    for _ in 0..2 {
+        ws.cmd().args(["trigger", "example"]).assert().success();
+    }
+    for (tz, offset) in [("UTC", "+00:00"), ("Asia/Kolkata", "+05:30")] {
+        let out = ws.cmd().arg("log").env("TZ", tz).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        let row = text.lines().nth(1).unwrap_or_default();
+        let cells: Vec<&str> = row.split("  ").filter(|c| !c.is_empty()).collect();
+        assert!(cells[0].trim().ends_with(offset), "{tz}: {text}");
+        let duration = cells[cells.len() - 2].trim();
+        assert!(
+            duration.ends_with("ms") && duration.trim_end_matches("ms").parse::<u64>().is_ok()
+                || duration.ends_with('s') && !duration.starts_with("0.0"),
+            "{tz}: a run of a few ms: {duration:?} in {text}"
+        );
+        assert!(!text.contains("0.0s"), "{text}");
+        let out = ws
+            .cmd()
+            .args(["runs", "example"])
+            .env("TZ", tz)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.lines().nth(1).unwrap().contains(offset),
+            "{tz}: {text}"
+        );
+    }
+
+    // The run that started first finished last: its record is the file's last line.
+    let file = ws.path().join(".loops/runs/example.jsonl");
+    let mut recs: Vec<serde_json::Value> = std::fs::read_to_string(&file)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(recs.len(), 2);
+    let (first, second) = (recs[0]["run_id"].clone(), recs[1]["run_id"].clone());
+    recs[0]["finished"] = serde_json::json!("2099-01-01T00:00:00Z");
+    recs.reverse();
+    let lines: Vec<String> = recs.iter().map(|r| r.to_string() + "\n").collect();
+    std::fs::write(&file, lines.concat()).unwrap();
+    let out = ws
+        .cmd()
+        .args(["runs", "example", "--json"])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let order: Vec<&serde_json::Value> =
+        v.as_array().unwrap().iter().map(|r| &r["run_id"]).collect();
+    assert_eq!(order, [&first, &second], "by start time, the latest last");
+    let out = ws
+        .cmd()
+        .args(["runs", "example", "-n", "1", "--json"])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v[0]["run_id"], second, "-n 1 is the latest start");
+    let help = ws.cmd().args(["runs", "--help"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&help.stdout).contains("ordered by start time"));
+}
+
+/// `trigger` in a workspace that is not a git repository says the run's changes were not
+/// committed, and why, instead of a bare "acted".
+#[test]
+fn cli_trigger_outside_git_says_nothing_was_committed() {
+    let dir = tempfile::tempdir().unwrap();
+    let ws = dir.path().join("plain");
+    std::fs::create_dir_all(ws.join("domains/w")).unwrap();
+    std::fs::write(
+        ws.join("domains/w/config.yaml"),
+        "schedule: { every: 1h }\npayload: { kind: command, command: \"date +%N > out.txt\" }\n",
+    )
+    .unwrap();
+    // `git` must not find a repository above the temp folder either.
+    let cmd = || {
+        let mut c = loops_cmd(&ws);
+        c.env("GIT_CEILING_DIRECTORIES", dir.path());
+        c
+    };
+    let out = cmd().args(["trigger", "w"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("w: acted"), "{err}");
+    assert!(
+        err.contains("nothing was committed:")
+            && err.contains("is not inside a git repository")
+            && err.contains("git init"),
+        "{err}"
+    );
+    assert!(
+        ws.join("domains/w/out.txt").is_file(),
+        "the run wrote its file"
+    );
+    let out = cmd().args(["trigger", "w", "--json"]).output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["outcome"], "acted");
+    assert!(v["commit"].is_null());
+    assert!(
+        v["not_committed"]
+            .as_str()
+            .is_some_and(|w| w.contains("not inside a git repository")),
+        "{v}"
+    );
+    // In a repository, a committed run says nothing of the kind.
+    let ws = TempWorkspace::new();
+    let out = ws.cmd().args(["trigger", "example"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(", commit ") && !err.contains("nothing was committed"),
+        "{err}"
+    );
+}

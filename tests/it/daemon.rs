@@ -1025,3 +1025,52 @@ fn daemon_run_once_on_sigint_records_its_queued_runs_as_not_run() {
     assert!(not_run >= 3, "{outcomes:?}");
     assert_eq!(running(), 0, "no marker left behind");
 }
+
+/// Deleting a loop's folder is logged once, in the daemon's words; notify's internal
+/// complaints about the watch the kernel already dropped ("unable to remove watch
+/// descriptor", "Unable to remove the path from the watches") are not shown, with the
+/// default log level or with `LOOPS_LOG=info`.
+#[test]
+fn daemon_deleting_a_loop_folder_logs_it_once_without_watcher_noise() {
+    for level in [None, Some("info")] {
+        let ws = TempWorkspace::new();
+        every_loop(&ws, "gone", "1h", "true", "");
+        git_commit_all(ws.path(), "setup");
+        let log = ws.path().join(".git/daemon-noise.log");
+        let mut cmd = crate::common::loops_std_cmd(ws.path());
+        if let Some(l) = level {
+            cmd.env("LOOPS_LOG", l);
+        }
+        let mut child = cmd
+            .arg("run")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("loops run");
+        let read = || std::fs::read_to_string(&log).unwrap_or_default();
+        assert!(
+            wait_until(LONG, || read().contains("loops daemon started")),
+            "{}",
+            read()
+        );
+        std::fs::remove_dir_all(ws.path().join("domains/gone")).unwrap();
+        assert!(
+            wait_until(LONG, || read().contains("loop removed")),
+            "{level:?}: {}",
+            read()
+        );
+        // Give a late line the time to arrive before looking for it.
+        std::thread::sleep(Duration::from_millis(500));
+        // SAFETY: a signal to the child this test started.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let _ = child.wait();
+        let text = read();
+        assert_eq!(text.matches("loop removed").count(), 1, "{level:?}: {text}");
+        assert!(
+            !text.contains("watch descriptor") && !text.contains("Unable to remove"),
+            "{level:?}: {text}"
+        );
+        assert!(!text.contains("WARN"), "{level:?}: {text}");
+    }
+}

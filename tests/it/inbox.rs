@@ -270,8 +270,10 @@ done"#;
         .output()
         .unwrap();
     assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("- [ ] Call the bank"), "{err}");
+    // With --json the error is a JSON object on stdout.
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("a JSON error");
+    let err = v["error"]["message"].as_str().unwrap_or_default();
+    assert!(err.contains("- [ ] Call the bank"), "{v}");
     assert!(
         !err.contains("flowers"),
         "optional items are not required: {err}"

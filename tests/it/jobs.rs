@@ -1244,3 +1244,72 @@ fn follow_streams_a_daemon_run_and_cancel_stops_a_running_command() {
         "a cancel is not a failed attempt"
     );
 }
+
+/// A shell job has no agent to read a steering message: `loops jobs message` refuses it
+/// instead of accepting it "for the agent's next turn". And a cancelled job's progress
+/// says it was cancelled, not that it "ran".
+#[test]
+fn a_shell_job_refuses_messages_and_a_cancelled_one_says_cancelled() {
+    let ws = ws_with("allow_shell_jobs: true\nlimits:\n  shutdown_grace: 1s\n");
+    ok(
+        &ws,
+        &[
+            "jobs",
+            "submit",
+            "shell",
+            "--params",
+            r#"{"cmd": "sleep 60"}"#,
+        ],
+    );
+    let out = run_loops(&ws, &["jobs", "message", "1", "stop now"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("job #1 is a shell job: it has no agent to read a message")
+            && err.contains("loops jobs cancel 1"),
+        "{err}"
+    );
+    assert!(out.stdout.is_empty());
+    assert_eq!(
+        job_json(&ws, 1)["messages"].as_array().map_or(0, Vec::len),
+        0
+    );
+    // An agent job takes one, as before.
+    ok(
+        &ws,
+        &["jobs", "submit", "agent", "--params", r#"{"prompt": "hi"}"#],
+    );
+    let out = ok(&ws, &["jobs", "message", "2", "focus"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("sent to job #2"));
+
+    // Cancelled before any runner took it.
+    ok(&ws, &["jobs", "cancel", "2"]);
+    let p = ok(&ws, &["jobs", "progress", "2"]);
+    assert!(
+        String::from_utf8_lossy(&p.stdout).contains("progress: cancelled before it started"),
+        "{}",
+        String::from_utf8_lossy(&p.stdout)
+    );
+    // Cancelled while its command ran.
+    let d = ws.start_daemon();
+    assert!(
+        wait_until(LONG, || state_of(&ws, 1) == "active"),
+        "never started: {}",
+        d.log()
+    );
+    ok(&ws, &["jobs", "cancel", "1"]);
+    let p = ok(&ws, &["jobs", "progress", "1"]);
+    let text = String::from_utf8_lossy(&p.stdout);
+    assert!(
+        text.contains("— cancelled") && text.contains("progress: cancelled\n"),
+        "{text}"
+    );
+    assert!(!text.contains("progress: ran"), "{text}");
+    let v = loops_json(&ws, &["jobs", "progress", "1", "--json"]);
+    assert!(
+        v["report"]
+            .as_str()
+            .is_some_and(|r| r.contains("progress: cancelled\n")),
+        "{v}"
+    );
+}

@@ -93,3 +93,83 @@ fn status_shows_the_daemon_loops_inbox_jobs_and_recent_work() {
     );
     d.kill();
 }
+
+/// `status` shows what runs now (a loop's run, a job) with how long it has run, and the
+/// daemon's uptime rounded as a person reads it (`up 12s`, not `up 12s345ms`).
+#[test]
+fn status_shows_what_runs_now_and_a_rounded_uptime() {
+    let ws = TempWorkspace::new();
+    ws.write(
+        "loops.yaml",
+        "allow_shell_jobs: true\nlimits:\n  shutdown_grace: 1s\n",
+    );
+    ws.add_loop(
+        "slow",
+        "schedule: { every: 1h }\npayload: { kind: command, command: \"sleep 30\" }\n",
+    );
+    crate::common::git_commit_all(ws.path(), "setup");
+    let mut d = ws.start_daemon();
+    assert!(
+        wait_until(Duration::from_secs(60), || !status_json(&ws)["daemon"]
+            .is_null()),
+        "{}",
+        d.log()
+    );
+    ws.cmd()
+        .args([
+            "jobs",
+            "submit",
+            "shell",
+            "--params",
+            r#"{"cmd": "sleep 30"}"#,
+        ])
+        .assert()
+        .success();
+    let mut trigger = crate::common::loops_std_cmd(ws.path())
+        .args(["trigger", "slow"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("trigger");
+    let seen = wait_until(Duration::from_secs(60), || {
+        let v = status_json(&ws);
+        let what: Vec<&str> = v["running"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|r| r["what"].as_str())
+            .collect();
+        what.contains(&"run") && what.contains(&"job")
+    });
+    let v = status_json(&ws);
+    assert!(seen, "{v:#}\n{}", d.log());
+    for r in v["running"].as_array().unwrap() {
+        assert!(r["running_secs"].as_i64().is_some_and(|s| s >= 0), "{r}");
+    }
+    let text = String::from_utf8_lossy(&ws.cmd().arg("status").output().expect("status").stdout)
+        .into_owned();
+    let running: Vec<&str> = text
+        .lines()
+        .skip_while(|l| *l != "Running now")
+        .take_while(|l| !l.is_empty())
+        .collect();
+    assert!(
+        running.iter().any(|l| l.starts_with("run slow"))
+            && running.iter().any(|l| l.starts_with("job #1 (sleep 30)")),
+        "{text}"
+    );
+    let up = text
+        .lines()
+        .find(|l| l.starts_with("daemon"))
+        .and_then(|l| l.split(", up ").nth(1))
+        .unwrap_or_else(|| panic!("no uptime: {text}"));
+    let up_ok = regex::Regex::new(r"^\d+[smhd]( \d+[smhd])?$").unwrap();
+    assert!(up_ok.is_match(up), "uptime {up:?}");
+    // SAFETY: a signal to the child this test started.
+    unsafe { libc::kill(trigger.id() as i32, libc::SIGTERM) };
+    let _ = trigger.wait();
+    // A clean stop ends the job's `sleep` too (shutdown_grace 1s), leaving nothing behind.
+    d.signal(libc::SIGTERM);
+    d.wait_exit(Duration::from_secs(30));
+    d.kill();
+}
