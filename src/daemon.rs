@@ -99,6 +99,9 @@ pub struct DaemonLock {
 /// start can say when the dead daemon was last alive.
 const HEARTBEAT: Duration = Duration::from_secs(10);
 
+/// How soon a pending handoff still open for writing is looked at again.
+const STILL_WRITTEN_RETRY: Duration = Duration::from_millis(100);
+
 /// How long a start waits for the kernel to release the lock of a daemon that is dead.
 const LOCK_RELEASE_WAIT: Duration = Duration::from_secs(60);
 
@@ -288,6 +291,21 @@ struct Daemon {
     /// Commits of inbox moves made in the background, awaited at a clean stop so that a
     /// stopped daemon leaves the history level with the inbox.
     commits: tokio::task::JoinSet<()>,
+    /// The settings in force, for the job worker: a good edit of loops.yaml is sent here.
+    live: watch::Sender<Arc<Workspace>>,
+    /// Where the watchers send what changed (the inbox's is re-armed as the folder comes
+    /// and goes, and started or stopped as `main:` is).
+    watch_tx: mpsc::UnboundedSender<crate::watch::Batch>,
+    inbox_watcher: Option<crate::watch::Watcher>,
+    /// Set when a watcher could not start: everything is rescanned this often instead.
+    fallback_rescan: Option<Duration>,
+    once: bool,
+    /// What `.loops/settings.json` says about loops.yaml (see [`SettingsReport`]).
+    settings_report: crate::workspace::SettingsReport,
+    /// The settings the daemon started with (what only a restart changes), and the text of
+    /// loops.yaml last applied (an event that changed nothing is not a reload).
+    started_settings: crate::workspace::Settings,
+    applied_text: Option<Vec<u8>>,
 }
 
 /// State of the main session's wakes.
@@ -313,6 +331,8 @@ struct Wakes {
     not_for_main: std::collections::HashSet<PathBuf>,
     /// Completions the disk refused, tried again until it accepts them.
     uncompleted: Vec<crate::main_session::Uncompleted>,
+    /// Pending handoffs already said to wait for want of a `main:` session.
+    unreceived: std::collections::HashSet<String>,
 }
 
 /// Runs the daemon until a signal (or, with `once`, until the due work is done).
@@ -387,10 +407,13 @@ pub async fn run(ws: Workspace, opts: DaemonOptions) -> Result<Summary, DaemonEr
         done_tx: wake_tx,
         not_for_main: std::collections::HashSet::new(),
         uncompleted: Vec::new(),
+        unreceived: std::collections::HashSet::new(),
     };
     let (claim_tx, mut claim_rx) =
         mpsc::unbounded_channel::<(String, Option<Claim>, DateTime<Utc>)>();
     let mut claiming = 0usize;
+    let (watch_tx, mut watch_rx) = mpsc::unbounded_channel();
+    let (live, live_rx) = watch::channel(ws.clone());
     let mut d = Daemon {
         permits: Arc::new(Semaphore::new(ws.settings.max_concurrent_jobs)),
         stopping: watch::channel(false).0,
@@ -407,6 +430,18 @@ pub async fn run(ws: Workspace, opts: DaemonOptions) -> Result<Summary, DaemonEr
         in_flight: 0,
         wakes,
         commits: tokio::task::JoinSet::new(),
+        live,
+        watch_tx,
+        inbox_watcher: None,
+        fallback_rescan: None,
+        once: opts.once,
+        settings_report: crate::workspace::SettingsReport {
+            pid: std::process::id(),
+            applied_at: Some(Utc::now()),
+            ..Default::default()
+        },
+        started_settings: ws.settings.clone(),
+        applied_text: std::fs::read(ws.root.join("loops.yaml")).ok(),
     };
     let interrupted = d.recover_interrupted();
     let requeued_handoffs = d.recover_inbox();
@@ -448,6 +483,7 @@ pub async fn run(ws: Workspace, opts: DaemonOptions) -> Result<Summary, DaemonEr
             permits: d.permits.clone(),
             allow_shell: crate::jobs::worker::shell_allowed(&ws),
             grace: ws.settings.shutdown_grace,
+            live: Some(live_rx),
         },
         if opts.once {
             crate::jobs::worker::Mode::Drain
@@ -458,39 +494,30 @@ pub async fn run(ws: Workspace, opts: DaemonOptions) -> Result<Summary, DaemonEr
         None,
     ));
 
-    let (watch_tx, mut watch_rx) = mpsc::unbounded_channel();
-    let mut fallback_rescan: Option<Duration> = None;
     let _watcher = if opts.once {
         None
     } else {
         // Clear nudges left from before: the start reads every loop's state anyway.
         let _ = std::fs::remove_dir_all(ws.signals_dir());
+        // The root itself, flat: loops.yaml edits, and inbox/ removed or made again.
         start_watcher(
             &ws,
             &[
+                (ws.root.clone(), crate::watch::Mode::Flat),
                 (ws.domains_dir(), crate::watch::Mode::Children),
                 (ws.signals_dir(), crate::watch::Mode::Flat),
             ],
             Duration::from_millis(100),
-            &watch_tx,
-            &mut fallback_rescan,
+            &d.watch_tx,
+            &mut d.fallback_rescan,
         )
     };
-
-    // The inbox has a doorbell of its own with almost no debounce: a handoff should wake
-    // the main session within milliseconds, and handoffs arriving during a wake are
-    // coalesced into the next one anyway.
-    let _inbox_watcher = if opts.once || ws.settings.main.is_none() {
-        None
-    } else {
-        start_watcher(
-            &ws,
-            &[(ws.inbox_dir(), crate::watch::Mode::Flat)],
-            Duration::from_millis(2),
-            &watch_tx,
-            &mut fallback_rescan,
-        )
-    };
+    d.arm_inbox_watcher();
+    d.settings_report.write(&ws);
+    if !opts.once {
+        // An edit between the first read of loops.yaml and the watch on it.
+        d.reload_settings();
+    }
 
     if opts.once {
         let now = d.sched.now();
@@ -690,7 +717,7 @@ pub async fn run(ws: Workspace, opts: DaemonOptions) -> Result<Summary, DaemonEr
         let mut wait = next
             .map(|t| (t - opts.clock.now()).to_std().unwrap_or_default())
             .unwrap_or(Duration::from_secs(24 * 3600));
-        if let Some(f) = fallback_rescan {
+        if let Some(f) = d.fallback_rescan {
             wait = wait.min(f);
         }
         wait = wait.min(next_touch.saturating_duration_since(tokio::time::Instant::now()));
@@ -699,7 +726,7 @@ pub async fn run(ws: Workspace, opts: DaemonOptions) -> Result<Summary, DaemonEr
         }
         tokio::select! {
             _ = tokio::time::sleep(wait) => {
-                if fallback_rescan.is_some() {
+                if d.fallback_rescan.is_some() {
                     // No watcher: look at everything it would have told us about.
                     d.on_paths_changed(&[PathBuf::new()]);
                 }
@@ -985,10 +1012,13 @@ impl Daemon {
     fn on_paths_changed(&mut self, paths: &[PathBuf]) {
         let signals = self.ws.signals_dir();
         let inbox = self.ws.inbox_dir();
+        let settings_file = self.ws.root.join("loops.yaml");
         let mut domains = false;
         let mut handoffs = false;
+        let mut settings = false;
         for p in paths {
             if p.as_os_str().is_empty() {
+                settings = true;
                 // Events may have been lost (an overflow, or no watcher at all): every
                 // folder the watcher covers is looked at, nudges included.
                 domains = true;
@@ -1004,6 +1034,13 @@ impl Daemon {
                         let _ = std::fs::remove_file(&p);
                     }
                 }
+            } else if *p == settings_file {
+                settings = true;
+            } else if *p == inbox {
+                // inbox/ itself was removed, moved aside or made again: the watch on the
+                // old folder sees nothing more, so it is set up on what is there now.
+                self.arm_inbox_watcher();
+                handoffs = true;
             } else if p.parent() == Some(inbox.as_path()) {
                 // The doorbell: something arrived in (or left) the inbox.
                 handoffs = true;
@@ -1018,6 +1055,10 @@ impl Daemon {
             } else if affects_discovery(&self.ws.domains_dir(), p) {
                 domains = true;
             }
+        }
+        if settings && self.reload_settings() {
+            domains = true;
+            handoffs = true;
         }
         if domains {
             self.reload(false);
@@ -1281,6 +1322,155 @@ impl Daemon {
         back
     }
 
+    /// Watches inbox/ when there is a main session to wake (and not for a `--once` pass):
+    /// with almost no debounce, since a handoff should wake it within milliseconds and
+    /// handoffs arriving during a wake are coalesced into the next one anyway. Called
+    /// again when inbox/ is made anew: a watch stays on the folder it was set on.
+    fn arm_inbox_watcher(&mut self) {
+        self.inbox_watcher = None;
+        // Watched without a main session too: each arrival is then said, not left silent.
+        if self.once {
+            return;
+        }
+        let dir = self.ws.inbox_dir();
+        if !dir.is_dir() {
+            // Watched again when it is made (the root's watcher sees that).
+            return;
+        }
+        self.inbox_watcher = start_watcher(
+            &self.ws,
+            &[(dir, crate::watch::Mode::Flat)],
+            Duration::from_millis(2),
+            &self.watch_tx,
+            &mut self.fallback_rescan,
+        );
+    }
+
+    /// Without `main:` nothing receives handoffs: each one that arrives is said once (the
+    /// log and the journal), with the fix, instead of waiting in silence.
+    fn say_unreceived(&mut self) {
+        let pending = self.wakes.inbox.pending();
+        let names: std::collections::HashSet<String> = pending
+            .iter()
+            .filter_map(|p| p.file_name()?.to_str().map(str::to_string))
+            .collect();
+        self.wakes.unreceived.retain(|n| names.contains(n));
+        let new: Vec<String> = names
+            .into_iter()
+            .filter(|n| !self.wakes.unreceived.contains(n))
+            .collect();
+        if new.is_empty() {
+            return;
+        }
+        let journal = crate::journal::Journal::open(&self.ws.runtime_dir());
+        for n in &new {
+            tracing::warn!(
+                "inbox/{n} waits: loops.yaml has no `main:` session to receive handoffs; add one (it takes effect without a restart)"
+            );
+            journal.record("handoff_unreceived", serde_json::json!({ "file": n }));
+        }
+        self.wakes.unreceived.extend(new);
+    }
+
+    /// Reads loops.yaml again after an edit. A good edit is in force from now on (new
+    /// runs, wakes and jobs see it); one with errors is refused whole and the last good
+    /// settings stay, said once per distinct edit in the log, the journal and `loops
+    /// status`. Settings that only a restart can change are named. Returns whether the
+    /// settings changed.
+    fn reload_settings(&mut self) -> bool {
+        let journal = crate::journal::Journal::open(&self.ws.runtime_dir());
+        let new = match Workspace::open(&self.ws.root) {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::error!(
+                    "loops.yaml: cannot read it again ({e}); the settings in force stay"
+                );
+                return false;
+            }
+        };
+        if !new.settings.unapplied.is_empty() {
+            let errors: Vec<String> = new
+                .settings
+                .unapplied
+                .iter()
+                .map(|d| d.to_string())
+                .collect();
+            let said = self
+                .settings_report
+                .rejected
+                .as_ref()
+                .is_some_and(|r| r.errors == errors);
+            if !said {
+                tracing::error!(
+                    "loops.yaml was edited, but the edit is not applied: the last good settings stay in force until it is fixed (`loops check` shows the same):\n  {}",
+                    errors.join("\n  ").replace('\n', "\n  ")
+                );
+                journal.record("settings_rejected", serde_json::json!({ "errors": errors }));
+                self.settings_report.rejected = Some(crate::workspace::RejectedEdit {
+                    at: Utc::now(),
+                    errors,
+                });
+                self.settings_report.write(&self.ws);
+            }
+            return false;
+        }
+        let text_of = |ws: &Workspace| std::fs::read(ws.root.join("loops.yaml")).ok();
+        let unchanged = self.settings_report.rejected.is_none()
+            && self.applied_text.as_deref() == text_of(&new).as_deref();
+        if unchanged {
+            return false;
+        }
+        self.applied_text = text_of(&new);
+        let mut waiting: Vec<String> = self.settings_report.restart_needed.clone();
+        for k in crate::workspace::restart_needed(&self.started_settings, &new.settings) {
+            if !waiting.iter().any(|w| w == k) {
+                waiting.push(k.to_string());
+            }
+        }
+        // A key set back to what the daemon started with needs no restart any more.
+        let now_differs = crate::workspace::restart_needed(&self.started_settings, &new.settings);
+        waiting.retain(|k| now_differs.contains(&k.as_str()));
+        for d in &new.diagnostics {
+            tracing::warn!("{d}");
+        }
+        let new = Arc::new(new);
+        self.ws = new.clone();
+        self.ctx.ws = new.clone();
+        let _ = self.live.send(new.clone());
+        let had_main = self.wakes.main.is_some();
+        self.wakes.main = new.settings.main.clone();
+        let now = self.sched.now();
+        self.wakes.next_heartbeat = self
+            .wakes
+            .main
+            .as_ref()
+            .and_then(|m| m.heartbeat)
+            .map(|h| now + chrono_ms(h));
+        if had_main != self.wakes.main.is_some() {
+            self.arm_inbox_watcher();
+        }
+        if self.wakes.main.is_none() && !self.wakes.inbox.pending().is_empty() {
+            tracing::warn!("handoffs are waiting in inbox/ but loops.yaml has no `main:` session to receive them");
+        }
+        if waiting.is_empty() {
+            tracing::info!("loops.yaml reloaded: its settings are in force");
+        } else {
+            tracing::warn!(
+                "loops.yaml reloaded; {} changed but take effect only when the daemon restarts",
+                waiting.join(", ")
+            );
+        }
+        journal.record(
+            "settings_reloaded",
+            serde_json::json!({ "restart_needed": waiting }),
+        );
+        self.settings_report.applied_at = Some(Utc::now());
+        self.settings_report.rejected = None;
+        self.settings_report.restart_needed = waiting;
+        self.settings_report.write(&self.ws);
+        true
+    }
+
     /// Waits (up to `grace`) for the inbox commits still on their way, then for the
     /// committer to make what it had to defer, if git allows it now; what is still
     /// waiting is said, and made at the next start (it is kept in `.loops/commits/`).
@@ -1357,6 +1547,7 @@ impl Daemon {
     fn try_wake(&mut self, now: DateTime<Utc>, kind: crate::main_session::WakeKind) {
         use crate::main_session::WakeKind;
         let Some(main) = self.wakes.main.clone() else {
+            self.say_unreceived();
             return;
         };
         if self.wakes.running.is_some() {
@@ -1443,6 +1634,12 @@ impl Daemon {
             if claimed.len() >= cap {
                 self.wakes.wanted = true;
                 break;
+            }
+            if inbox.still_written(&p) {
+                // Its writer's close is not an event the watcher passes on: look again soon.
+                let at = now + chrono_ms(STILL_WRITTEN_RETRY);
+                self.wakes.retry_at = Some(self.wakes.retry_at.map_or(at, |r| r.min(at)));
+                continue;
             }
             match inbox.load(&p) {
                 Ok(h) if h.to == "main" => {

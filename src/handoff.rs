@@ -859,6 +859,26 @@ impl Inbox {
         out
     }
 
+    /// Whether a pending file may still be being written in place (someone who did not use
+    /// the `.tmp/` rename): a file without front matter parses, so a half-written one would
+    /// be claimed as it is. The kernel says whether any process has it open for writing: a
+    /// read lease (`F_SETLEASE`) is refused then. Where a lease cannot be asked for (the
+    /// file is another user's, a filesystem without leases), a file counts as written until
+    /// it is [`SETTLE`] old. A file that arrived by rename is complete at once.
+    pub fn still_written(&self, path: &Path) -> bool {
+        let young = || {
+            std::fs::metadata(path)
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age < SETTLE)
+        };
+        match open_for_writing(path) {
+            Some(open) => open,
+            None => young(),
+        }
+    }
+
     /// The note written beside a rejected handoff (`NAME.error.md`).
     pub fn error_note(&self, rejected: &Path) -> PathBuf {
         let stem = stem_of(rejected).unwrap_or_default();
@@ -1164,6 +1184,34 @@ fn md_files(dir: &Path) -> Vec<PathBuf> {
         .unwrap_or_default();
     v.sort();
     v
+}
+
+/// Whether any process has `path` open for writing, asked of the kernel with a read lease
+/// taken and given back at once; `None` when the kernel will not say (not our file, no
+/// lease support, not a regular file).
+fn open_for_writing(path: &Path) -> Option<bool> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .ok()?;
+    if !f.metadata().ok()?.is_file() {
+        return None;
+    }
+    let fd = f.as_raw_fd();
+    // SAFETY: fcntl on a descriptor this function owns; F_SETLEASE takes an int argument.
+    let r = unsafe { libc::fcntl(fd, libc::F_SETLEASE, libc::F_RDLCK) };
+    if r == 0 {
+        // SAFETY: as above; gives the lease back before the file is closed.
+        unsafe { libc::fcntl(fd, libc::F_SETLEASE, libc::F_UNLCK) };
+        return Some(false);
+    }
+    match std::io::Error::last_os_error().raw_os_error() {
+        Some(libc::EAGAIN) => Some(true),
+        _ => None,
+    }
 }
 
 #[cfg(test)]

@@ -344,13 +344,28 @@ pub async fn wake(
     let mut items = Vec::new();
     let mut by_id: Vec<(String, PathBuf)> = Vec::new();
     let mut loaded: Vec<(Handoff, PathBuf)> = Vec::new();
+    let mut unreadable = Vec::new();
     for p in &claimed {
-        if let Ok(h) = inbox.load(p) {
-            items.push(handoff_json(&h, p, &ws.root, inbox.max_bytes()));
-            by_id.push((h.id.clone(), p.clone()));
-            loaded.push((h, p.clone()));
+        match inbox.load(p) {
+            Ok(h) => {
+                items.push(handoff_json(&h, p, &ws.root, inbox.max_bytes()));
+                by_id.push((h.id.clone(), p.clone()));
+                loaded.push((h, p.clone()));
+            }
+            // Never left in active/ with no word: it goes to rejected/ with the reason.
+            Err(e) => unreadable.push(reject_unreadable(&inbox, p, &e.to_string())),
         }
     }
+    let claimed: Vec<PathBuf> = claimed
+        .into_iter()
+        .filter(|p| by_id.iter().any(|(_, b)| b == p))
+        .collect();
+    commit_moves(
+        ctx.committer.as_ref(),
+        "rejected",
+        unreadable.into_iter().flatten().collect(),
+    )
+    .await;
     let payload = json!({ "wake": kind.as_str(), "run": run_id, "handoffs": items });
     let mut env = exec::base_env();
     env.extend([
@@ -640,6 +655,30 @@ fn model_exec_result(o: &crate::agent::prompt::PromptOutcome) -> exec::ExecResul
         stdout_tail: summary,
         duration: o.duration,
         ..Default::default()
+    }
+}
+
+/// Rejects a claimed handoff that can no longer be read (changed or cut after its claim),
+/// with the reason in its note; the move, for the commit that records it.
+fn reject_unreadable(inbox: &Inbox, active: &std::path::Path, why: &str) -> Option<Moved> {
+    let why = format!("it was claimed for the main session but could not be read then: {why}");
+    let id = active
+        .file_stem()
+        .unwrap_or_default()
+        .to_string_lossy()
+        .into_owned();
+    match inbox.reject(active, &why, Utc::now()) {
+        Ok(to) => {
+            tracing::warn!(handoff = %id, "rejected {}: {why} (see {})", active.display(), inbox.error_note(&to).display());
+            Some(Moved {
+                id,
+                paths: vec![active.to_path_buf(), inbox.error_note(&to), to],
+            })
+        }
+        Err(e) => {
+            tracing::error!(handoff = %id, "{why}; and it cannot be moved to rejected/: {e}");
+            None
+        }
     }
 }
 

@@ -1038,3 +1038,78 @@ fn unknown_key(rel: &Path, loc: &YamlLocator, path: &[&str], known: &[&str]) -> 
         None => d.help(format!("known keys here: {}", known.join(", "))),
     }
 }
+
+/// The settings a running daemon cannot change without a restart, by loops.yaml key: the
+/// concurrency limit sizes a semaphore shared by running work, the committer is started
+/// once with its branch rule and author, the scheduler with its catch-up and pause rules.
+pub fn restart_needed(old: &Settings, new: &Settings) -> Vec<&'static str> {
+    let mut keys = Vec::new();
+    let mut differs = |changed: bool, key: &'static str| {
+        if changed {
+            keys.push(key);
+        }
+    };
+    differs(
+        old.max_concurrent_jobs != new.max_concurrent_jobs,
+        "limits.max_concurrent_jobs",
+    );
+    differs(
+        old.catch_up_stagger != new.catch_up_stagger,
+        "limits.catch_up_stagger",
+    );
+    differs(
+        old.pause_after_failures != new.pause_after_failures,
+        "limits.pause_after_failures",
+    );
+    differs(old.git_commit != new.git_commit, "git.commit");
+    differs(old.git_branch != new.git_branch, "git.branch");
+    differs(
+        old.git_follow_checkout != new.git_follow_checkout,
+        "git.follow_checkout",
+    );
+    differs(
+        old.author_name != new.author_name || old.author_email != new.author_email,
+        "git.author",
+    );
+    keys
+}
+
+/// What a running daemon made of loops.yaml, kept in `.loops/settings.json` for `loops
+/// status`: when it last applied the file, an edit it refused (the last good settings
+/// stay in force), and the changed settings that wait for a restart.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct SettingsReport {
+    pub pid: u32,
+    pub applied_at: Option<chrono::DateTime<chrono::Utc>>,
+    #[serde(default)]
+    pub rejected: Option<RejectedEdit>,
+    #[serde(default)]
+    pub restart_needed: Vec<String>,
+}
+
+/// An edit of loops.yaml the daemon did not apply, and why (each problem with its place).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct RejectedEdit {
+    pub at: chrono::DateTime<chrono::Utc>,
+    pub errors: Vec<String>,
+}
+
+const SETTINGS_REPORT: &str = "settings.json";
+
+impl SettingsReport {
+    /// The report of the live daemon of `ws`, if it wrote one.
+    pub fn read(ws: &Workspace) -> Option<SettingsReport> {
+        let text = std::fs::read_to_string(ws.runtime_dir().join(SETTINGS_REPORT)).ok()?;
+        let r: SettingsReport = serde_json::from_str(&text).ok()?;
+        // Written by a process that has ended: what it said may no longer be true.
+        Path::new(&format!("/proc/{}", r.pid)).exists().then_some(r)
+    }
+
+    pub fn write(&self, ws: &Workspace) {
+        let text = serde_json::to_string_pretty(self).unwrap_or_default();
+        let path = ws.runtime_dir().join(SETTINGS_REPORT);
+        if let Err(e) = crate::fsutil::atomic_replace(&path, text.as_bytes()) {
+            tracing::warn!("cannot write {}: {e}", path.display());
+        }
+    }
+}

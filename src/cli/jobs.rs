@@ -663,6 +663,7 @@ fn follow_job(ws: &Workspace, store: &JobStore, id: JobId, stream: bool) -> Resu
             permits: Arc::new(tokio::sync::Semaphore::new(ws.settings.max_concurrent_jobs)),
             allow_shell: worker::shell_allowed(&ws),
             grace: Duration::from_secs(0),
+            live: None,
         };
         if stream {
             eprintln!("no daemon is running: running job #{id} here (Ctrl-C stops it; it then waits for `loops run`)");

@@ -66,8 +66,12 @@ pub fn status(ws: &Workspace, json_out: bool) -> Result {
     let last_unclean = unclean.last().cloned();
     // Run commits waiting in .loops/commits/, and why (git mid-operation, another branch).
     let (commits_waiting, held) = crate::git_gate::waiting(&ws.runtime_dir().join("commits"));
+    // What the live daemon made of loops.yaml: an edit it refused, settings waiting for a
+    // restart.
+    let settings_report = crate::workspace::SettingsReport::read(ws);
 
     let stage_count = |s: Stage| handoffs.iter().filter(|h| h.stage == s).count();
+    let no_main = ws.settings.main.is_none() && stage_count(Stage::Pending) > 0;
     // Proposals a main session could not make itself wait for the person.
     let for_person = handoffs
         .iter()
@@ -92,7 +96,13 @@ pub fn status(ws: &Workspace, json_out: bool) -> Result {
                 "version": d.version,
             })),
             "loops": loops.iter().map(|l| l.to_json(&local)).collect::<Vec<_>>(),
+            "settings": settings_report.as_ref().map(|r| json!({
+                "applied_at": r.applied_at,
+                "rejected": r.rejected.as_ref().map(|e| json!({"at": e.at, "errors": e.errors})),
+                "restart_needed": r.restart_needed,
+            })),
             "inbox": {
+                "no_main": no_main,
                 "pending": stage_count(Stage::Pending),
                 "for_person": for_person,
                 "active": stage_count(Stage::Active),
@@ -184,7 +194,11 @@ pub fn status(ws: &Workspace, json_out: bool) -> Result {
             } else {
                 String::new()
             }
-        ),
+        ) + if no_main {
+            " · nothing receives them: loops.yaml has no `main:` session"
+        } else {
+            ""
+        },
     ));
     lines.push((
         "jobs".into(),
@@ -210,6 +224,9 @@ pub fn status(ws: &Workspace, json_out: bool) -> Result {
     }
     if let Some(line) = commits_line(commits_waiting, held.as_ref()) {
         lines.push(("commits".into(), line));
+    }
+    for line in settings_lines(settings_report.as_ref(), now) {
+        lines.push(("loops.yaml".into(), line));
     }
     if let Some(u) = &last_unclean {
         let n = |k: &str| u["recovered"][k].as_array().map_or(0, Vec::len);
@@ -499,6 +516,32 @@ fn held_back_lines(runs: &[crate::runs::RunRecord]) -> String {
 }
 
 /// "held: a rebase in progress since 10:02; 14 runs waiting", or None when nothing waits.
+/// What the daemon says about loops.yaml: an edit it did not apply, and keys whose change
+/// waits for a restart.
+fn settings_lines(
+    r: Option<&crate::workspace::SettingsReport>,
+    now: chrono::DateTime<Utc>,
+) -> Vec<String> {
+    let Some(r) = r else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    if let Some(e) = &r.rejected {
+        out.push(format!(
+            "an edit {} is not applied; the daemon runs on the last good settings until it is fixed: {}",
+            relative(e.at, now),
+            e.errors.first().map(|l| l.lines().next().unwrap_or("")).unwrap_or("")
+        ));
+    }
+    if !r.restart_needed.is_empty() {
+        out.push(format!(
+            "{} changed; it takes effect when the daemon restarts",
+            r.restart_needed.join(", ")
+        ));
+    }
+    out
+}
+
 fn commits_line(waiting: usize, held: Option<&crate::git_gate::HeldReport>) -> Option<String> {
     let runs = format!(
         "{waiting} run{} waiting",

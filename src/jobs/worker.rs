@@ -56,6 +56,9 @@ pub struct WorkerConfig {
     pub allow_shell: bool,
     /// How long running jobs get to finish when the worker stops.
     pub grace: Duration,
+    /// The daemon's settings as loops.yaml is edited: jobs started after a good edit run
+    /// with it (`allow_shell_jobs`, providers, MCP servers).
+    pub live: Option<watch::Receiver<Arc<Workspace>>>,
 }
 
 /// What a worker takes on.
@@ -387,6 +390,7 @@ impl Worker {
     /// Starts ready jobs while there are permits. Returns true when ready jobs wait for
     /// a permit.
     async fn dispatch(&mut self) -> bool {
+        self.follow_settings();
         loop {
             let ready = self.ready();
             if ready.is_empty() {
@@ -436,6 +440,18 @@ impl Worker {
             if !started {
                 return false;
             }
+        }
+    }
+
+    /// Takes up the settings of a good edit of loops.yaml, if there was one.
+    fn follow_settings(&mut self) {
+        let Some(rx) = self.cfg.live.as_mut() else {
+            return;
+        };
+        if rx.has_changed().unwrap_or(false) {
+            let ws = rx.borrow_and_update().clone();
+            self.cfg.allow_shell = shell_allowed(&ws);
+            self.cfg.ws = ws;
         }
     }
 

@@ -21,6 +21,7 @@ mod own_changes;
 mod progress;
 mod provider;
 mod pull_race;
+mod reload;
 mod retention;
 mod sandbox;
 mod schedule;
