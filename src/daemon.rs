@@ -308,6 +308,38 @@ struct Daemon {
     applied_text: Option<Vec<u8>>,
 }
 
+impl Wakes {
+    /// The main session's timers after a clock stepped back: a heartbeat or a retry further
+    /// ahead than it can ever be set would wait until the clock caught up (days, after a
+    /// step of days), so it is planned from now again.
+    fn reanchor(&mut self, now: DateTime<Utc>) {
+        let tol = chrono_ms(crate::scheduler::CLOCK_STEP_TOLERANCE);
+        if let Some(h) = self.main.as_ref().and_then(|m| m.heartbeat).map(chrono_ms) {
+            let t = self.next_heartbeat;
+            self.next_heartbeat = reanchored(t, now, h + tol, now + h);
+            if self.next_heartbeat != t {
+                tracing::warn!(
+                    "the clock was stepped back: the main session's next heartbeat was further ahead than its interval; planned from now"
+                );
+            }
+        }
+        // Retries wait a settle time or a back-off of seconds; an hour is beyond any.
+        let longest = chrono::Duration::hours(1) + tol;
+        self.retry_at = reanchored(self.retry_at, now, longest, now);
+        self.backoff_until = reanchored(self.backoff_until, now, longest, now);
+    }
+}
+
+/// `t`, or `instead` when `t` is more than `longest` ahead of `now`.
+fn reanchored(
+    t: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+    longest: chrono::Duration,
+    instead: DateTime<Utc>,
+) -> Option<DateTime<Utc>> {
+    t.map(|t| if t > now + longest { instead } else { t })
+}
+
 /// State of the main session's wakes.
 struct Wakes {
     main: Option<crate::workspace::MainSettings>,
@@ -698,6 +730,7 @@ pub async fn run(ws: Workspace, opts: DaemonOptions) -> Result<Summary, DaemonEr
             let kind = d.wakes.wanted_kind;
             d.try_wake(now, kind);
         }
+        d.wakes.reanchor(now);
         if d.wakes.next_heartbeat.is_some_and(|t| t <= now) {
             let every = d.wakes.main.as_ref().and_then(|m| m.heartbeat);
             d.wakes.next_heartbeat = every.map(|h| now + chrono_ms(h));
@@ -1775,5 +1808,20 @@ fn start_watcher(
 fn push_unique(v: &mut Vec<String>, s: &str) {
     if !v.iter().any(|x| x == s) {
         v.push(s.to_string());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_timer_beyond_its_longest_wait_is_planned_from_now() {
+        let now = Utc::now();
+        let h = chrono::Duration::minutes(30);
+        let later = now + chrono::Duration::days(3);
+        assert_eq!(reanchored(Some(later), now, h, now + h), Some(now + h));
+        assert_eq!(reanchored(Some(now + h), now, h, now), Some(now + h));
+        assert_eq!(reanchored(None, now, h, now), None);
     }
 }
