@@ -503,6 +503,9 @@ pub async fn run(ws: Workspace, opts: DaemonOptions) -> Result<Summary, DaemonEr
         &requeued_handoffs,
         &swept,
     );
+    for (_, run_id) in &interrupted {
+        d.ctx.running.remove(run_id);
+    }
     d.reload(true);
 
     // The job queue has a worker of its own; it shares the concurrency limit.
@@ -906,8 +909,14 @@ impl Daemon {
             // A process killed between appending a run's record and removing its marker
             // left a marker for a run that did finish: it is not interrupted, and a
             // second record would count the run twice.
-            if self.ctx.runlog.find(&m.loop_name, &m.run_id).is_some() {
-                self.ctx.running.remove(&m.run_id);
+            if let Some(found) = self.ctx.runlog.find(&m.loop_name, &m.run_id) {
+                // Or a start was killed after recording the run interrupted but before the
+                // journal said so (the marker goes only after that): said now.
+                if found.outcome == Outcome::Interrupted {
+                    out.push((m.loop_name.clone(), m.run_id.clone()));
+                } else {
+                    self.ctx.running.remove(&m.run_id);
+                }
                 continue;
             }
             let now = Utc::now();
@@ -941,7 +950,7 @@ impl Daemon {
             if let Err(e) = self.ctx.runlog.append(&rec) {
                 tracing::error!("{e}");
             }
-            self.ctx.running.remove(&m.run_id);
+            // Its marker is removed once the journal names it (see the start).
             out.push((m.loop_name.clone(), m.run_id.clone()));
         }
         out

@@ -130,7 +130,7 @@ fn inbox_handoff_written_while_stopped_is_processed_at_start() {
 }
 
 #[test]
-fn inbox_missed_event_is_found_by_the_heartbeat() {
+fn inbox_heartbeat_wakes_and_a_swapped_in_inbox_is_watched_again() {
     let ws = TempWorkspace::new();
     let tools = tempfile::tempdir().unwrap();
     ws.with_main(&format!(
@@ -160,10 +160,11 @@ fn inbox_missed_event_is_found_by_the_heartbeat() {
     assert!(beats.iter().all(|r| r["outcome"] == "silent"), "{beats:?}");
     assert_eq!(git(ws.path(), &["rev-parse", "HEAD"]), head);
 
-    // Miss the event for real. The watcher watches the inode of inbox/ (not its name):
-    // write the handoff in a folder nobody watches, then swap that folder in as inbox/
-    // (what a sync tool or a restore from backup does). No event reaches the daemon
-    // about the new inbox/, so only a scan can find the handoff.
+    // A watch is on the inode of inbox/, not its name: write the handoff in a folder
+    // nobody watches, then swap that folder in as inbox/ (what a sync tool or a restore
+    // from backup does). The inbox watcher sees nothing of it; the workspace root's
+    // watcher sees inbox/ replaced and sets the watch up anew, and a scan finds the
+    // handoff (that one, or the next heartbeat's, whichever comes first).
     let staging = ws.path().join("staging");
     std::fs::create_dir_all(staging.join(".tmp")).unwrap();
     std::fs::write(
@@ -182,9 +183,14 @@ fn inbox_missed_event_is_found_by_the_heartbeat() {
     let seen = main_seen(tools.path());
     let got: Vec<_> = seen.iter().filter(|s| s.2 == "missed").collect();
     assert_eq!(got.len(), 1, "{seen:?}");
-    assert_eq!(
-        got[0].1, "heartbeat",
-        "it was the heartbeat's scan that found it"
+    // And the new inbox/ is watched: a handoff dropped into it now wakes at once.
+    crate::common::drop_handoff(ws.path(), "next", "# Next\n\nAfter the swap.\n");
+    assert!(
+        wait_until(LONG, || main_seen(tools.path())
+            .iter()
+            .any(|s| s.2 == "next")),
+        "{}",
+        d.log()
     );
 
     d.signal(libc::SIGTERM);
