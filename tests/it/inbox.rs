@@ -872,3 +872,94 @@ fn inbox_tick_by_number_text_prefix_or_all_then_complete() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("already done"));
     assert_eq!(git(ws.path(), &["status", "--porcelain", "inbox"]), "");
 }
+
+/// Runner-made handoffs carry checklists (here a loop paused after failing); a command
+/// main session completes them by saying what it did: `"all_ticked": true`, or the items
+/// by number or text. What it did not tick holds the handoff, with the ticks it made kept
+/// and committed.
+#[test]
+fn inbox_a_command_main_session_ticks_runner_handoffs_in_its_report() {
+    let ws = TempWorkspace::new();
+    let tools = tempfile::tempdir().unwrap();
+    let report = r#"for p in $paths; do
+  id=$(basename "$p" .md)
+  if grep -q '^# Loop ' "$p"; then
+    printf '{"completed":[{"id":"%s","all_ticked":true,"summary":"fixed and resumed"}]}\n' "$id"
+  else
+    printf '{"completed":[{"id":"%s","ticked":[1,"thr"]}]}\n' "$id"
+  fi
+done"#;
+    let _ = std::fs::remove_dir_all(ws.path().join("domains/example"));
+    ws.write(
+        "loops.yaml",
+        &format!(
+            "limits:\n  shutdown_grace: 2s\n  pause_after_failures: 1\nmain:\n  command: {}\n",
+            main_script(tools.path(), report, false)
+        ),
+    );
+    ws.add_loop(
+        "flaky",
+        "schedule: { every: 1h }\npayload: { kind: command, command: \"echo broken >&2; exit 3\" }\n",
+    );
+    crate::common::git_commit_all(ws.path(), "setup");
+    let mut d = ws.start_daemon();
+    d.wait_for_log("loops daemon started", LONG);
+
+    ws.cmd().args(["trigger", "flaky"]).assert().code(1);
+    let partial = create(
+        &ws,
+        "a",
+        "Three things",
+        &["--item", "One", "--item", "Two", "--item", "Three"],
+    );
+    let paused = || {
+        ws.inbox_json().into_iter().find(|h| {
+            h["from"] == "loops" && h["title"].as_str().is_some_and(|t| t.contains("flaky"))
+        })
+    };
+    assert!(
+        wait_until(LONG, || paused().is_some_and(|h| h["stage"] == "done")
+            && entry(&ws, &partial).is_some_and(|e| e["held"].is_string())),
+        "{:#?}\n{}",
+        ws.inbox_json(),
+        d.log()
+    );
+    let h = paused().unwrap();
+    let id = h["id"].as_str().unwrap().to_string();
+    let done = std::fs::read_to_string(ws.path().join(h["path"].as_str().unwrap())).unwrap();
+    assert!(
+        !done.contains("- [ ]") && done.contains("- [x] Fix it"),
+        "{done}"
+    );
+    assert!(done.contains("fixed and resumed"), "{done}");
+    assert!(commit_for(ws.path(), &id, "completed").is_some());
+
+    // Items 1 and "thr…" ticked; "Two" was not, so it is held, saying so.
+    let e = entry(&ws, &partial).unwrap();
+    assert_eq!(e["stage"], "active");
+    assert_eq!(e["unticked"], serde_json::json!(["Two"]));
+    assert!(
+        e["held"].as_str().unwrap().contains("not ticked: Two"),
+        "{e}"
+    );
+    let text = std::fs::read_to_string(ws.path().join(e["path"].as_str().unwrap())).unwrap();
+    assert!(text.contains("- [x] One\n- [ ] Two\n- [x] Three"), "{text}");
+
+    // A person ticks the rest and completes it; the hold says it waits for that.
+    let v = ws.json(&["inbox", "tick", &partial, "2"]);
+    assert_eq!(v["complete"], true);
+    let e = entry(&ws, &partial).unwrap();
+    assert!(
+        e["held"]
+            .as_str()
+            .unwrap()
+            .contains("waiting to be completed"),
+        "{e}"
+    );
+    ws.json(&["inbox", "complete", &partial]);
+
+    d.signal(libc::SIGTERM);
+    assert!(d.wait_exit(LONG).expect("stops").success(), "{}", d.log());
+    let status = git(ws.path(), &["status", "--porcelain", "inbox"]);
+    assert!(status.trim().is_empty(), "{status}");
+}
