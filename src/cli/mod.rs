@@ -305,16 +305,6 @@ pub enum InboxCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Complete a handoff: every required checklist item must be ticked. Moves it to
-    /// inbox/done/YYYY-MM/ and commits.
-    Complete {
-        id: String,
-        /// What was done.
-        #[arg(long)]
-        summary: Option<String>,
-        #[arg(long)]
-        json: bool,
-    },
     /// Tick checklist items of a pending or active handoff, and commit the file.
     #[command(
         after_help = "Name items by their number (1 = first, as `loops inbox show ID` lists them) or by their text, or a unique start of it:
@@ -326,6 +316,7 @@ pub enum InboxCommand {
 An item ticked already is reported, not an error; an item the handoff does not have is an error that lists its items. Once every required item is ticked, `loops inbox complete ID` completes it."
     )]
     Tick {
+        /// The handoff's id, as `loops inbox` lists it.
         id: String,
         /// The items: numbers, texts or the start of a text.
         #[arg(required_unless_present = "all", conflicts_with = "all")]
@@ -334,6 +325,16 @@ An item ticked already is reported, not an error; an item the handoff does not h
         #[arg(long)]
         all: bool,
         /// Print what was ticked as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Complete a handoff: every required checklist item must be ticked. Moves it to
+    /// inbox/done/YYYY-MM/ and commits.
+    Complete {
+        id: String,
+        /// What was done.
+        #[arg(long)]
+        summary: Option<String>,
         #[arg(long)]
         json: bool,
     },
