@@ -1149,6 +1149,13 @@ pub fn tick(path: &Path, which: &[ItemRef], all: bool, limit: u64) -> Result<Tic
         .take(limit + 1)
         .read_to_end(&mut bytes)
         .map_err(io(path))?;
+    if bytes.len() as u64 > limit {
+        return Err(HandoffError::TooLarge {
+            what: "the file".into(),
+            size: bytes.len() as u64,
+            limit,
+        });
+    }
     let stem = path
         .file_stem()
         .and_then(|s| s.to_str())
