@@ -885,6 +885,8 @@ fn inbox_a_command_main_session_ticks_runner_handoffs_in_its_report() {
   id=$(basename "$p" .md)
   if grep -q '^# Loop ' "$p"; then
     printf '{"completed":[{"id":"%s","all_ticked":true,"summary":"fixed and resumed"}]}\n' "$id"
+  elif grep -q '^# Bad' "$p"; then
+    printf '{"completed":[{"id":"%s","ticked":[1,9]}]}\n' "$id"
   else
     printf '{"completed":[{"id":"%s","ticked":[1,"thr"]}]}\n' "$id"
   fi
@@ -912,6 +914,7 @@ done"#;
         "Three things",
         &["--item", "One", "--item", "Two", "--item", "Three"],
     );
+    let bad = create(&ws, "b", "Bad report", &["--item", "Only"]);
     let paused = || {
         ws.inbox_json().into_iter().find(|h| {
             h["from"] == "loops" && h["title"].as_str().is_some_and(|t| t.contains("flaky"))
@@ -919,7 +922,8 @@ done"#;
     };
     assert!(
         wait_until(LONG, || paused().is_some_and(|h| h["stage"] == "done")
-            && entry(&ws, &partial).is_some_and(|e| e["held"].is_string())),
+            && entry(&ws, &partial).is_some_and(|e| e["held"].is_string())
+            && entry(&ws, &bad).is_some_and(|e| e["held"].is_string())),
         "{:#?}\n{}",
         ws.inbox_json(),
         d.log()
@@ -944,6 +948,15 @@ done"#;
     );
     let text = std::fs::read_to_string(ws.path().join(e["path"].as_str().unwrap())).unwrap();
     assert!(text.contains("- [x] One\n- [ ] Two\n- [x] Three"), "{text}");
+
+    // A report naming an item the handoff does not have ticks nothing, and says why.
+    let e = entry(&ws, &bad).unwrap();
+    let why = e["held"].as_str().unwrap();
+    assert!(
+        why.contains("ticks were refused") && why.contains("no checklist item `9`"),
+        "{why}"
+    );
+    assert_eq!(e["unticked"], serde_json::json!(["Only"]));
 
     // A person ticks the rest and completes it; the hold says it waits for that.
     let v = ws.json(&["inbox", "tick", &partial, "2"]);
