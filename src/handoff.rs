@@ -47,6 +47,33 @@ pub enum HandoffError {
         crate::fsutil::human_bytes(*limit)
     )]
     TooLarge { what: String, size: u64, limit: u64 },
+    /// A tick named an item the checklist does not have.
+    #[error("`{id}` has no checklist item `{item}`; {}", listing(.items))]
+    NoItem {
+        id: String,
+        item: String,
+        items: Vec<Item>,
+    },
+    /// A tick's text matched more than one item.
+    #[error("`{item}` matches more than one checklist item of `{id}`; {}", listing(.items))]
+    AmbiguousItem {
+        id: String,
+        item: String,
+        items: Vec<Item>,
+    },
+}
+
+/// A checklist as `loops inbox show` numbers it, for the messages that must list it.
+fn listing(items: &[Item]) -> String {
+    if items.is_empty() {
+        return "it has no checklist items".into();
+    }
+    let lines: Vec<String> = items
+        .iter()
+        .enumerate()
+        .map(|(i, it)| format!("  {}. {}", i + 1, it.shown()))
+        .collect();
+    format!("its items are:\n{}", lines.join("\n"))
 }
 
 impl HandoffError {
@@ -64,6 +91,12 @@ impl HandoffError {
             HandoffError::TooLarge { .. } => Some(
                 "write the long text to drafts/<loop>/<name>.md and pass it with --draft; keep the body to what the main session must do".into(),
             ),
+            HandoffError::NoItem { id, .. } => Some(format!(
+                "name an item by its number (1 = first, as `loops inbox show {id}` lists them) or by its text or the start of it"
+            )),
+            HandoffError::AmbiguousItem { .. } => {
+                Some("give its number, or more of its text".into())
+            }
             HandoffError::Io { .. } => None,
         }
     }
@@ -113,6 +146,60 @@ pub struct Item {
     pub checked: bool,
     /// Marked "(optional)": not needed for completion.
     pub optional: bool,
+}
+
+impl Item {
+    /// `[x] text`, as a checklist line shows it.
+    pub fn shown(&self) -> String {
+        format!("[{}] {}", if self.checked { 'x' } else { ' ' }, self.text)
+    }
+}
+
+/// Which checklist item a tick names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ItemRef {
+    /// Its number in the checklist, 1 for the first.
+    Number(usize),
+    /// Its text, or the start of it (case aside) when that start is unique.
+    Text(String),
+}
+
+impl ItemRef {
+    /// A number when `s` is digits only, else text.
+    pub fn parse(s: &str) -> ItemRef {
+        let t = s.trim();
+        match t.parse::<usize>() {
+            Ok(n) if t.bytes().all(|b| b.is_ascii_digit()) => ItemRef::Number(n),
+            _ => ItemRef::Text(t.to_string()),
+        }
+    }
+
+    fn shown(&self) -> String {
+        match self {
+            ItemRef::Number(n) => n.to_string(),
+            ItemRef::Text(t) => t.clone(),
+        }
+    }
+}
+
+/// One checklist item a tick touched, by its number (1 = first) and text.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NumberedItem {
+    pub number: usize,
+    pub text: String,
+}
+
+/// What [`tick`] did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Ticks {
+    /// The handoff's id.
+    pub id: String,
+    /// Items ticked now.
+    pub ticked: Vec<NumberedItem>,
+    /// Items named that were ticked already (not an error: the tick is what was wanted).
+    pub already: Vec<NumberedItem>,
+    /// Required items still not ticked afterwards.
+    pub unticked: Vec<NumberedItem>,
 }
 
 /// A parsed handoff.
@@ -1068,6 +1155,143 @@ fn last_byte(path: &Path) -> std::io::Result<Option<u8>> {
     Ok(Some(b[0]))
 }
 
+/// Ticks checklist items of the handoff at `path`: those `which` names, or with `all`
+/// every item. Each `[ ]` becomes `[x]` by writing that one byte where it stands, through
+/// the file already open: nothing else in the file moves (the front matter, and so the
+/// runner's record of the writer, stays as it was), two tickers never undo each other's
+/// ticks as whole-file rewrites would, and a rename meanwhile (a claim, a completion) takes
+/// the tick along instead of leaving a second copy at the old name. Items are numbered as
+/// [`parse`] lists them, nested ones included, in document order.
+pub fn tick(path: &Path, which: &[ItemRef], all: bool, limit: u64) -> Result<Ticks, HandoffError> {
+    use std::io::Read;
+    use std::os::unix::fs::FileExt;
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(io(path))?;
+    let size = f.metadata().map_err(io(path))?.len();
+    if size > limit {
+        return Err(HandoffError::TooLarge {
+            what: "the file".into(),
+            size,
+            limit,
+        });
+    }
+    let mut bytes = Vec::with_capacity(size as usize);
+    (&mut f)
+        .take(limit + 1)
+        .read_to_end(&mut bytes)
+        .map_err(io(path))?;
+    if bytes.len() as u64 > limit {
+        return Err(HandoffError::TooLarge {
+            what: "the file".into(),
+            size: bytes.len() as u64,
+            limit,
+        });
+    }
+    let stem = path
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("handoff");
+    let h = parse_bytes(bytes.clone(), stem)?;
+    let text = String::from_utf8_lossy(&bytes);
+    let (_, body) = split_front_matter(&text).map_err(HandoffError::Malformed)?;
+    let body_at = body.as_ptr() as usize - text.as_ptr() as usize;
+    let marks = task_marks(body);
+    if marks.len() != h.checklist.len() {
+        return Err(HandoffError::Malformed(format!(
+            "{}: its checklist could not be located in the file; tick it in an editor",
+            path.display()
+        )));
+    }
+    let items = &h.checklist;
+    let mut chosen: Vec<usize> = Vec::new();
+    if all {
+        chosen.extend(0..items.len());
+    }
+    for r in which {
+        let i = find_item(items, r).map_err(|ambiguous| {
+            let (id, item, items) = (h.id.clone(), r.shown(), items.clone());
+            if ambiguous {
+                HandoffError::AmbiguousItem { id, item, items }
+            } else {
+                HandoffError::NoItem { id, item, items }
+            }
+        })?;
+        if !chosen.contains(&i) {
+            chosen.push(i);
+        }
+    }
+    let numbered = |i: usize| NumberedItem {
+        number: i + 1,
+        text: items[i].text.clone(),
+    };
+    let mut out = Ticks {
+        id: h.id.clone(),
+        ..Default::default()
+    };
+    for &i in &chosen {
+        if items[i].checked {
+            out.already.push(numbered(i));
+            continue;
+        }
+        let at = (body_at + marks[i]) as u64;
+        f.write_all_at(b"x", at).map_err(io(path))?;
+        out.ticked.push(numbered(i));
+    }
+    if !out.ticked.is_empty() {
+        f.sync_data().map_err(io(path))?;
+    }
+    out.unticked = (0..items.len())
+        .filter(|i| !items[*i].checked && !items[*i].optional && !chosen.contains(i))
+        .map(numbered)
+        .collect();
+    Ok(out)
+}
+
+/// The byte offset, in `body`, of the character between the brackets of each task-list
+/// marker, in the order [`read_body`] lists the items (the same parser, the same events).
+fn task_marks(body: &str) -> Vec<usize> {
+    Parser::new_ext(body, Options::ENABLE_TASKLISTS)
+        .into_offset_iter()
+        .filter_map(|(ev, range)| match ev {
+            Event::TaskListMarker(_) => {
+                let open = body.get(range.clone())?.find('[')?;
+                Some(range.start + open + 1)
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// The index of the item `r` names. `Err(true)`: the text matches more than one item;
+/// `Err(false)`: none. Exact text wins over a prefix, so one item's text may begin
+/// another's.
+fn find_item(items: &[Item], r: &ItemRef) -> Result<usize, bool> {
+    let one = |hits: Vec<usize>| match hits.as_slice() {
+        [i] => Some(Ok(*i)),
+        [] => None,
+        _ => Some(Err(true)),
+    };
+    match r {
+        ItemRef::Number(n) if (1..=items.len()).contains(n) => Ok(n - 1),
+        ItemRef::Number(_) => Err(false),
+        ItemRef::Text(t) => {
+            let t = t.trim();
+            if t.is_empty() {
+                return Err(false);
+            }
+            let exact = (0..items.len()).filter(|i| items[*i].text == t).collect();
+            let lower = t.to_lowercase();
+            let prefix = (0..items.len())
+                .filter(|i| items[*i].text.to_lowercase().starts_with(&lower))
+                .collect();
+            one(exact).or_else(|| one(prefix)).unwrap_or(Err(false))
+        }
+    }
+}
+
 /// Reads and parses a handoff file, up to the default size limit (see [`Inbox::load`]).
 pub fn load(path: &Path) -> Result<Handoff, HandoffError> {
     load_limited(path, crate::workspace::DEFAULT_MAX_HANDOFF_BYTES)
@@ -1326,5 +1550,53 @@ mod tests {
         assert_eq!(h.id, id);
         assert_eq!(h.title, "Done");
         assert_eq!(h.checklist.len(), 1);
+    }
+
+    #[test]
+    fn tick_writes_one_byte_per_item_wherever_the_list_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("h.md");
+        let text = "---\nid: h\n---\n# T\n\n```\n- [ ] not an item (code)\n```\n\n* [ ] Parent\n  - [ ] Child one\n1. [X] Numbered\n- [ ] Send flowers (optional)\n";
+        std::fs::write(&p, text).unwrap();
+        let t = tick(
+            &p,
+            &[ItemRef::parse("child"), ItemRef::Number(3)],
+            false,
+            1 << 20,
+        )
+        .unwrap();
+        assert_eq!(
+            t.ticked,
+            vec![NumberedItem {
+                number: 2,
+                text: "Child one".into()
+            }]
+        );
+        assert_eq!(
+            t.already,
+            vec![NumberedItem {
+                number: 3,
+                text: "Numbered".into()
+            }]
+        );
+        assert_eq!(
+            t.unticked,
+            vec![NumberedItem {
+                number: 1,
+                text: "Parent".into()
+            }]
+        );
+        let after = std::fs::read_to_string(&p).unwrap();
+        assert_eq!(after, text.replace("- [ ] Child", "- [x] Child"));
+        let t = tick(&p, &[], true, 1 << 20).unwrap();
+        assert_eq!(t.ticked.len(), 2, "{t:?}");
+        assert!(t.unticked.is_empty());
+        let h = load(&p).unwrap();
+        assert!(h.checklist.iter().all(|i| i.checked), "{:?}", h.checklist);
+        assert!(std::fs::read_to_string(&p)
+            .unwrap()
+            .contains("- [ ] not an item (code)"));
+        let e = tick(&p, &[ItemRef::parse("9")], false, 1 << 20).unwrap_err();
+        assert!(e.to_string().contains("  1. [x] Parent"), "{e}");
     }
 }

@@ -6,7 +6,11 @@
 //! `claude -p`, or a script). It gets the claimed handoffs' paths in `LOOPS_HANDOFFS`
 //! (one per line) and all of them as JSON on stdin, and reports which it completed by
 //! printing a JSON line `{"completed": ["ID", …]}` (or `[{"id": …, "summary": …}]`) and
-//! exiting 0. A non-zero exit is a failed wake: its handoffs go back to the inbox.
+//! exiting 0; an object may also say which checklist items it did (`"ticked": [1,
+//! "Reply"]`, or `"all_ticked": true`), which the runner ticks before it judges the
+//! completion, so a script completes runner-made handoffs (a paused loop, a failed
+//! delivery) without editing files. A non-zero exit is a failed wake: its handoffs go
+//! back to the inbox.
 
 use crate::exec::{self, ExecSpec};
 use crate::handoff::{self, Handoff, Inbox, NewHandoff, Priority};
@@ -259,8 +263,20 @@ impl Uncompleted {
     }
 }
 
-/// What the main-session command reported on stdout.
-fn reported_completions(stdout: &str) -> HashMap<String, Option<String>> {
+/// What the main session said of one handoff it completed.
+#[derive(Debug, Clone, Default)]
+struct Report {
+    summary: Option<String>,
+    /// Checklist items it says it did (`"ticked": [1, "Reply to the team"]`): ticked in the
+    /// file before the completion is judged, as `loops inbox tick` would.
+    ticked: Vec<handoff::ItemRef>,
+    /// `"all_ticked": true`: it did every item.
+    all_ticked: bool,
+}
+
+/// What the main-session command reported on stdout: `{"completed": ["ID", …]}`, or
+/// objects `{"id", "summary"?, "ticked"?: [number or text, …], "all_ticked"?: bool}`.
+fn reported_completions(stdout: &str) -> HashMap<String, Report> {
     let mut out = HashMap::new();
     for line in stdout.lines() {
         let Ok(v) = serde_json::from_str::<serde_json::Value>(line.trim()) else {
@@ -272,7 +288,7 @@ fn reported_completions(stdout: &str) -> HashMap<String, Option<String>> {
         for item in list {
             match item {
                 serde_json::Value::String(id) => {
-                    out.insert(id.clone(), None);
+                    out.insert(id.clone(), Report::default());
                 }
                 serde_json::Value::Object(o) => {
                     if let Some(id) = o.get("id").and_then(|i| i.as_str()) {
@@ -280,7 +296,33 @@ fn reported_completions(stdout: &str) -> HashMap<String, Option<String>> {
                             .get("summary")
                             .and_then(|s| s.as_str())
                             .map(str::to_string);
-                        out.insert(id.to_string(), summary);
+                        let ticked = o
+                            .get("ticked")
+                            .and_then(|t| t.as_array())
+                            .map(|t| {
+                                t.iter()
+                                    .filter_map(|x| match x {
+                                        serde_json::Value::Number(n) => {
+                                            n.as_u64().map(|n| handoff::ItemRef::Number(n as usize))
+                                        }
+                                        serde_json::Value::String(s) => {
+                                            Some(handoff::ItemRef::parse(s))
+                                        }
+                                        _ => None,
+                                    })
+                                    .collect()
+                            })
+                            .unwrap_or_default();
+                        let all_ticked =
+                            o.get("all_ticked").and_then(|a| a.as_bool()) == Some(true);
+                        out.insert(
+                            id.to_string(),
+                            Report {
+                                summary,
+                                ticked,
+                                all_ticked,
+                            },
+                        );
                     }
                 }
                 _ => {}
@@ -425,7 +467,17 @@ pub async fn wake(
     let ok = res.success();
     let reported = match (&on_model, ok) {
         (_, false) => HashMap::new(),
-        (Some(w), true) => w.reported.clone(),
+        (Some(w), true) => w
+            .reported
+            .iter()
+            .map(|(id, summary)| {
+                let r = Report {
+                    summary: summary.clone(),
+                    ..Default::default()
+                };
+                (id.clone(), r)
+            })
+            .collect(),
         (None, true) => reported_completions(&res.stdout_tail),
     };
     let mut completed = Vec::new();
@@ -473,7 +525,27 @@ pub async fn wake(
             continue;
         }
         match reported.get(id) {
-            Some(summary) => {
+            Some(report) => {
+                let summary = &report.summary;
+                // The items it says it did are ticked in the file first, so the done
+                // handoff shows them ticked and the rule below is the one rule for all.
+                let mut ticked_now = false;
+                if report.all_ticked || !report.ticked.is_empty() {
+                    match handoff::tick(path, &report.ticked, report.all_ticked, inbox.max_bytes())
+                    {
+                        Ok(t) => ticked_now = !t.ticked.is_empty(),
+                        Err(e) => {
+                            let why = format!(
+                                "completed by the main session, but its ticks were refused: {e}"
+                            );
+                            note.held = Some(why.clone());
+                            note.held_since.get_or_insert(now);
+                            notes.set_note(&name, &note);
+                            held.push((id.clone(), why));
+                            continue;
+                        }
+                    }
+                }
                 // The main session may have ticked items in the file: read it again.
                 let h = inbox.load(path).ok();
                 let unticked: Vec<String> = h
@@ -512,6 +584,10 @@ pub async fn wake(
                         "completed by the main session, but not ticked: {}",
                         unticked.join("; ")
                     );
+                    // What it did tick stays ticked, and in the history.
+                    if ticked_now {
+                        commit_paths.push(path.clone());
+                    }
                     note.held = Some(why.clone());
                     note.held_since.get_or_insert(now);
                     notes.set_note(&name, &note);

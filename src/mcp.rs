@@ -223,6 +223,26 @@ struct CompleteHandoffArgs {
     note: Option<String>,
 }
 
+/// A checklist item: its number (1 = first) or its text (or a unique start of it).
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(untagged)]
+enum ItemArg {
+    Number(usize),
+    Text(String),
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+struct TickHandoffArgs {
+    /// The handoff's id.
+    id: String,
+    /// The items to tick: numbers (1 = first, in the order of get_handoff's checklist) or texts (or a unique start of one).
+    #[serde(default)]
+    items: Vec<ItemArg>,
+    /// Tick every item of the checklist.
+    #[serde(default)]
+    all: bool,
+}
+
 /// A duration: a string like "30s", "5m", "1h30m", or a number of seconds.
 #[derive(Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(untagged)]
@@ -323,7 +343,7 @@ struct SendJobMessageArgs {
 // ---------------------------------------------------------------------------------------
 // What the tools say about themselves (a model reads these to decide what to call).
 
-const INSTRUCTIONS: &str = "loops runs agent loops in a workspace: each loop is a folder under domains/ with a schedule and a command or a prompt; every change a run makes is committed to git. Use these tools to see the loops (list_loops) and run one now (trigger_loop); to work the inbox of handoffs that loops leave for the main session (list_handoffs, get_handoff, complete_handoff); and to use the job queue: submit an agent job (submit_job), watch it (get_job, get_job_progress, list_jobs, get_job_stats), steer it (send_job_message) and control it (pause_job, resume_job, cancel_job, replay_job). Jobs run only while the daemon (`loops run`) is running. Shell jobs cannot be submitted over MCP. Every tool returns JSON; a failed call says what went wrong and what to do in `error` and `help`.";
+const INSTRUCTIONS: &str = "loops runs agent loops in a workspace: each loop is a folder under domains/ with a schedule and a command or a prompt; every change a run makes is committed to git. Use these tools to see the loops (list_loops) and run one now (trigger_loop); to work the inbox of handoffs that loops leave for the main session (list_handoffs, get_handoff, tick_handoff, complete_handoff); and to use the job queue: submit an agent job (submit_job), watch it (get_job, get_job_progress, list_jobs, get_job_stats), steer it (send_job_message) and control it (pause_job, resume_job, cancel_job, replay_job). Jobs run only while the daemon (`loops run`) is running. Shell jobs cannot be submitted over MCP. Every tool returns JSON; a failed call says what went wrong and what to do in `error` and `help`.";
 
 const LIST_LOOPS: &str = "List every loop in the workspace (the folders under domains/). Takes no arguments. Returns {workspace, local_timezone, loops: [...]}, one entry per loop: name, description, kind (\"command\" runs a program, \"prompt\" runs a model on prompt.md), schedule (in words), timezone, enabled, status (ok, disabled, paused: why, waiting for a provider, failing (n in a row), or broken: the first config error), next_run (UTC, also next_run_local and next_run_loop_time; null when it will not run), last_run (outcome such as acted, silent or failed, with its times and error), consecutive_failures, paused, and errors (problems in its config.yaml).";
 
@@ -332,6 +352,8 @@ const TRIGGER_LOOP: &str = "Run a loop now, once, and wait for it to finish (lik
 const LIST_HANDOFFS: &str = "List the handoffs in the inbox: work that loops hand to the main session. Argument: status (optional): pending (waiting to be picked up), active (claimed by the main session), done (completed; only the 10 most recent are listed) or rejected; default every stage. Returns {inbox, handoffs: [...]}, each with stage, id, from (the loop), priority, title, path, since, detail, and per stage: unticked checklist items, held and overdue (active), reason (rejected).";
 
 const GET_HANDOFF: &str = "Read one handoff in full. Argument: id (from list_handoffs). Returns stage, path, handoff (id, from, to, created, priority, draft, due, tags, title, body, checklist with each item's text, ticked and optional flags), error (when the file does not parse), note (why it is held, failed wakes), reason (when rejected) and text (the markdown file as it is).";
+
+const TICK_HANDOFF: &str = "Tick checklist items of a pending or active handoff (like `loops inbox tick`): each becomes `- [x]` in its file, and the change is committed to git. Arguments: id; items: a list of item numbers (1 = first, as in get_handoff's checklist) or texts (or a unique start of one); or all: true for every item. An item ticked already is reported in already_ticked, not an error; an item the handoff does not have fails the call, listing its items. Returns {id, stage, path, ticked, already_ticked, unticked (required items still open), complete (true when complete_handoff can now complete it)}.";
 
 const COMPLETE_HANDOFF: &str = "Complete a handoff: it moves to inbox/done/YYYY-MM/ and the change is committed to git. Arguments: id; note (optional): what was done. Only a pending or active handoff can be completed, and only when every required checklist item is ticked (`- [x]` in its file); otherwise the call fails and lists the unticked items. Returns {id, stage: \"done\", path}.";
 
@@ -450,6 +472,14 @@ impl LoopsServer {
         Parameters(a): Parameters<HandoffArgs>,
     ) -> Result<CallToolResult, ErrorData> {
         self.with_ws(move |ws| ops::get_handoff(ws, &a.id)).await
+    }
+
+    #[tool(description = TICK_HANDOFF)]
+    async fn tick_handoff(
+        &self,
+        Parameters(a): Parameters<TickHandoffArgs>,
+    ) -> Result<CallToolResult, ErrorData> {
+        self.with_ws(move |ws| ops::tick_handoff(ws, a)).await
     }
 
     #[tool(description = COMPLETE_HANDOFF)]
@@ -590,6 +620,23 @@ mod ops {
             o.insert("text".into(), json!(detail.text()?));
         }
         Ok(v)
+    }
+
+    pub fn tick_handoff(ws: &Workspace, a: TickHandoffArgs) -> ToolOutcome {
+        use crate::handoff::ItemRef;
+        if a.items.is_empty() && !a.all {
+            return Err(ToolError::new("no items named")
+                .help("give items (numbers or texts), or all: true"));
+        }
+        let which: Vec<ItemRef> = a
+            .items
+            .into_iter()
+            .map(|i| match i {
+                ItemArg::Number(n) => ItemRef::Number(n),
+                ItemArg::Text(t) => ItemRef::parse(&t),
+            })
+            .collect();
+        Ok(operator::tick_handoff(ws, &a.id, &which, a.all)?.to_json())
     }
 
     pub fn complete_handoff(ws: &Workspace, id: &str, note: Option<&str>) -> ToolOutcome {

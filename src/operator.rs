@@ -86,8 +86,8 @@ impl OperatorError {
             OperatorError::HandoffClosed { .. } => {
                 Some("`loops inbox` lists what is still pending or active".into())
             }
-            OperatorError::Unticked { path, .. } => Some(format!(
-                "tick them in {} (`- [x]`), or mark an item \"(optional)\", then complete it again",
+            OperatorError::Unticked { id, path, .. } => Some(format!(
+                "tick them with `loops inbox tick {id} N` (the item's number or text; `--all` for every item), or in {} (`- [x]`), then complete it again",
                 path.display()
             )),
             OperatorError::Handoff(e) => e.help(),
@@ -673,6 +673,88 @@ pub fn complete_handoff(
         done,
         warning,
     })
+}
+
+/// A tick of a handoff's checklist by hand (`loops inbox tick`, MCP `tick_handoff`).
+pub struct TickedHandoff {
+    pub ticks: crate::handoff::Ticks,
+    pub stage: Stage,
+    /// Where it is (workspace-relative).
+    pub path: PathBuf,
+    /// Why the tick was not committed, when it should have been.
+    pub warning: Option<String>,
+}
+
+/// Ticks items of a pending or active handoff (see [`crate::handoff::tick`]) and commits
+/// the file, so `git status` shows nothing for the inbox between moves. A hold that
+/// waited for these ticks says what is left, or that it only waits for a completion now.
+pub fn tick_handoff(
+    ws: &Workspace,
+    id: &str,
+    which: &[crate::handoff::ItemRef],
+    all: bool,
+) -> Result<TickedHandoff, OperatorError> {
+    let inbox = Inbox::of(ws);
+    let (stage, path) = find_handoff(&inbox, id)?;
+    if matches!(stage, Stage::Done | Stage::Rejected) {
+        return Err(OperatorError::HandoffClosed {
+            id: id.to_string(),
+            stage: format!("{stage:?}").to_lowercase(),
+        });
+    }
+    let ticks = crate::handoff::tick(&path, which, all, inbox.max_bytes())?;
+    let name = file_name(&path);
+    let notes = InboxState::new(&ws.runtime_dir());
+    let mut note = notes.note(&name);
+    if !ticks.ticked.is_empty()
+        && note
+            .held
+            .as_deref()
+            .is_some_and(|h| h.contains("not ticked"))
+    {
+        note.held = Some(if ticks.unticked.is_empty() {
+            format!(
+                "every required item is ticked; waiting to be completed (`loops inbox complete {}`)",
+                ticks.id
+            )
+        } else {
+            let left: Vec<&str> = ticks.unticked.iter().map(|i| i.text.as_str()).collect();
+            format!("not ticked: {}", left.join("; "))
+        });
+        notes.set_note(&name, &note);
+    }
+    let warning = if ticks.ticked.is_empty() {
+        None
+    } else {
+        commit_inbox_change(
+            ws,
+            vec![path.clone()],
+            &format!(
+                "main: ticked {} item(s) of handoff {}",
+                ticks.ticked.len(),
+                ticks.id
+            ),
+            vec![("Handoff", ticks.id.clone()), ("Outcome", "ticked".into())],
+        )
+    };
+    Ok(TickedHandoff {
+        ticks,
+        stage,
+        path: ws.relative(&path),
+        warning,
+    })
+}
+
+impl TickedHandoff {
+    /// The JSON of `loops inbox tick --json` (and MCP `tick_handoff`).
+    pub fn to_json(&self) -> Value {
+        json!({
+            "id": self.ticks.id, "stage": self.stage, "path": self.path,
+            "ticked": self.ticks.ticked, "already_ticked": self.ticks.already,
+            "unticked": self.ticks.unticked, "complete": self.ticks.unticked.is_empty(),
+            "warning": self.warning,
+        })
+    }
 }
 
 /// Commits `paths` with handoff trailers, when the workspace keeps history. Returns why

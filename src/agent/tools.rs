@@ -710,37 +710,30 @@ impl ToolKit {
             }
         };
         let path = self.claimed(&id)?.path.clone();
-        let text = std::fs::read_to_string(&path)
-            .map_err(|e| ToolError::new(format!("cannot read {id}: {e}")))?;
-        let mut n = 0usize;
-        let mut hit = None;
-        let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
-        for (i, line) in lines.iter().enumerate() {
-            let t = line.trim_start();
-            let rest = ["- [ ] ", "* [ ] ", "- [x] ", "* [x] ", "- [X] ", "* [X] "]
-                .iter()
-                .find_map(|p| t.strip_prefix(p));
-            let Some(rest) = rest else { continue };
-            n += 1;
-            if item == n.to_string() || rest.trim() == item {
-                hit = Some(i);
-                break;
-            }
-        }
-        let Some(i) = hit else {
-            return Err(ToolError::new(format!(
-                "`{id}` has no checklist item `{item}`; give the item's exact text or its number"
-            )));
+        // The same tick as `loops inbox tick`: items numbered as the handoff lists them.
+        let limit = Inbox::of(&self.env.ws).max_bytes();
+        let t = crate::handoff::tick(
+            &path,
+            &[crate::handoff::ItemRef::parse(&item)],
+            false,
+            limit,
+        )
+        .map_err(|e| ToolError::new(e.to_string()))?;
+        let said = match (t.ticked.first(), t.already.first()) {
+            (Some(i), _) => format!("ticked: {}. {}", i.number, i.text),
+            (None, Some(i)) => format!("already ticked: {}. {}", i.number, i.text),
+            (None, None) => "nothing to tick".to_string(),
         };
-        let line = &lines[i];
-        lines[i] = line.replacen("[ ]", "[x]", 1);
-        let mut out = lines.join("\n");
-        if text.ends_with('\n') {
-            out.push('\n');
-        }
-        crate::fsutil::atomic_write(&path, out.as_bytes())
-            .map_err(|e| ToolError::new(format!("cannot write {id}: {e}")))?;
-        Ok(ToolOk::text(format!("ticked: {}", lines[i].trim())))
+        let left: Vec<String> = t
+            .unticked
+            .iter()
+            .map(|i| format!("{}. {}", i.number, i.text))
+            .collect();
+        Ok(ToolOk::text(if left.is_empty() {
+            format!("{said}; every required item is ticked")
+        } else {
+            format!("{said}; still to tick: {}", left.join("; "))
+        }))
     }
 
     async fn post(&mut self, input: &Value, deadline: Instant) -> ToolResult {

@@ -2,7 +2,7 @@
 
 use super::output::{relative, table};
 use super::{CliError, HandoffCommand, InboxCommand};
-use crate::handoff::{Inbox, NewHandoff, Priority};
+use crate::handoff::{Inbox, ItemRef, NewHandoff, Priority};
 use crate::history::{commit_message, CommitRequest, Committer};
 use crate::operator;
 use crate::workspace::Workspace;
@@ -186,6 +186,12 @@ pub fn inbox(ws: &Workspace, cmd: Option<InboxCommand>, json: bool) -> Result {
             reason,
             json: j,
         }) => reject(ws, &id, &reason, json || j),
+        Some(InboxCommand::Tick {
+            id,
+            items,
+            all,
+            json: j,
+        }) => tick(ws, &id, &items, all, json || j),
     }
 }
 
@@ -241,6 +247,15 @@ fn show(ws: &Workspace, id: &str, json: bool) -> Result {
     }
     println!();
     print!("{}", detail.text()?);
+    // Numbered, so `loops inbox tick ID N` can name an item.
+    if let Ok(h) = &detail.parsed {
+        if !h.checklist.is_empty() {
+            println!("\nChecklist (`loops inbox tick {id} N` ticks item N):");
+            for (i, it) in h.checklist.iter().enumerate() {
+                println!("  {}. {}", i + 1, it.shown());
+            }
+        }
+    }
     Ok(())
 }
 
@@ -257,6 +272,37 @@ fn complete(ws: &Workspace, id: &str, summary: Option<&str>, json: bool) -> Resu
             done.id,
             ws.relative(&done.done).display()
         );
+    }
+    Ok(())
+}
+
+fn tick(ws: &Workspace, id: &str, items: &[String], all: bool, json: bool) -> Result {
+    let which: Vec<ItemRef> = items.iter().map(|i| ItemRef::parse(i)).collect();
+    let t = operator::tick_handoff(ws, id, &which, all)?;
+    if let Some(w) = &t.warning {
+        eprintln!("warning: {w}");
+    }
+    if json {
+        print_json(&t.to_json());
+        return Ok(());
+    }
+    let id = &t.ticks.id;
+    for i in &t.ticks.ticked {
+        println!("ticked {}. {}", i.number, i.text);
+    }
+    for i in &t.ticks.already {
+        println!("already ticked: {}. {}", i.number, i.text);
+    }
+    if t.ticks.ticked.is_empty() && t.ticks.already.is_empty() {
+        println!("{id} has no checklist items to tick");
+    }
+    if t.ticks.unticked.is_empty() {
+        println!("every required item of {id} is ticked: `loops inbox complete {id} --summary …` completes it");
+    } else {
+        println!("still to tick:");
+        for i in &t.ticks.unticked {
+            println!("  {}. [ ] {}", i.number, i.text);
+        }
     }
     Ok(())
 }

@@ -410,6 +410,29 @@ pub enum InboxCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Tick checklist items of a pending or active handoff, and commit the file.
+    #[command(
+        after_help = "Name items by their number (1 = first, as `loops inbox show ID` lists them) or by their text, or a unique start of it:
+
+  loops inbox tick ID 2
+  loops inbox tick ID \"Reply to the team\" \"Read\"
+  loops inbox tick ID --all
+
+An item ticked already is reported, not an error; an item the handoff does not have is an error that lists its items. Once every required item is ticked, `loops inbox complete ID` completes it."
+    )]
+    Tick {
+        /// The handoff's id, as `loops inbox` lists it.
+        id: String,
+        /// The items: numbers, texts or the start of a text.
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        items: Vec<String>,
+        /// Tick every item of the checklist.
+        #[arg(long)]
+        all: bool,
+        /// Print what was ticked as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Complete a handoff: every required checklist item must be ticked. Moves it to
     /// inbox/done/YYYY-MM/ and commits.
     Complete {

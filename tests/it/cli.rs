@@ -703,3 +703,69 @@ fn cli_trigger_outside_git_says_nothing_was_committed() {
         "{err}"
     );
 }
+
+/// The names listed after `prefix` on one line of `text`, split at commas (`(and …)` and a
+/// final full stop left out).
+fn listed_after(text: &str, prefix: &str) -> Vec<String> {
+    let line = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix(prefix))
+        .unwrap_or_else(|| panic!("no line starting {prefix:?} in:\n{text}"));
+    let line = line.split(" (and").next().unwrap_or(line);
+    let mut v: Vec<String> = line
+        .split(',')
+        .map(|s| s.trim().trim_end_matches('.').to_string())
+        .filter(|s| !s.is_empty())
+        .collect();
+    v.sort();
+    v
+}
+
+/// Every bundled template, as `loops new` makes it, says only what the runner does: in a
+/// workspace with what the templates name (a provider `anthropic`, a channel `general`),
+/// `loops check` finds nothing to report, error or warning. The list of templates comes
+/// from the binary itself, so a new template is checked too; `loops new --help` names the
+/// same ones.
+#[test]
+fn cli_every_bundled_template_checks_clean() {
+    let probe = TempWorkspace::new();
+    let unknown = probe
+        .cmd()
+        .args(["new", "y", "--template", "no-such-template"])
+        .output()
+        .unwrap();
+    let templates = listed_after(
+        &String::from_utf8_lossy(&unknown.stderr),
+        "help: the templates are:",
+    );
+    assert!(templates.len() >= 5, "{templates:?}");
+    let help = probe.cmd().args(["new", "--help"]).output().unwrap();
+    let help = String::from_utf8_lossy(&help.stdout).replace('\n', " ");
+    assert_eq!(
+        listed_after(&help.replace("Templates:", "\nTemplates:"), "Templates:"),
+        templates,
+        "`loops new --help` lists other templates than there are"
+    );
+    for t in &templates {
+        let ws = TempWorkspace::new();
+        let yaml = std::fs::read_to_string(ws.path().join("loops.yaml")).unwrap();
+        ws.write(
+            "loops.yaml",
+            &format!(
+                "{yaml}\nproviders:\n  anthropic: {{ kind: anthropic, api_key_env: ANTHROPIC_API_KEY, model: claude-sonnet-4-5 }}\nchannels:\n  general: {{ kind: file, path: \"outbox/{{date}}.md\" }}\n"
+            ),
+        );
+        let name = format!("from-{t}");
+        ws.cmd()
+            .args(["new", &name, "--template", t])
+            .assert()
+            .success();
+        let out = ws.cmd().arg("check").output().unwrap();
+        let text = show(&out);
+        assert_eq!(out.status.code(), Some(0), "template {t}:\n{text}");
+        assert!(
+            text.contains("0 error(s), 0 warning(s)") && !text.contains("warning:"),
+            "template {t}: `loops check` is not clean:\n{text}"
+        );
+    }
+}

@@ -763,3 +763,224 @@ fn inbox_a_completion_the_disk_refuses_is_finished_later_without_handing_it_over
     assert!(d.wait_exit(LONG).expect("stops").success(), "{}", d.log());
     assert_eq!(git(ws.path(), &["status", "--porcelain"]), "");
 }
+
+/// The README's flow without an editor: `loops inbox tick` by number, by text and by the
+/// start of a text, `--all`, then `loops inbox complete`; each tick committed.
+#[test]
+fn inbox_tick_by_number_text_prefix_or_all_then_complete() {
+    let ws = TempWorkspace::new();
+    let id = create(
+        &ws,
+        "research-minion",
+        "Research ready",
+        &[
+            "--item",
+            "Read the draft",
+            "--item",
+            "Reply to the team",
+            "--item",
+            "Archive the notes (optional)",
+        ],
+    );
+    // Completing first fails, and says how to tick.
+    let out = ws
+        .cmd()
+        .args(["inbox", "complete", &id, "--summary", "Replied"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("loops inbox tick {id} N")), "{err}");
+
+    // `show` numbers the items, as `tick` counts them.
+    let shown = ws.cmd().args(["inbox", "show", &id]).output().unwrap();
+    let shown = String::from_utf8_lossy(&shown.stdout);
+    assert!(
+        shown.contains("  1. [ ] Read the draft\n  2. [ ] Reply to the team\n"),
+        "{shown}"
+    );
+
+    let out = ws.cmd().args(["inbox", "tick", &id, "1"]).output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("ticked 1. Read the draft"), "{text}");
+    assert!(text.contains("2. [ ] Reply to the team"), "{text}");
+    assert!(
+        !text.contains("Archive"),
+        "optional items are not required: {text}"
+    );
+    let c = commit_for(ws.path(), &id, "ticked").expect("the tick is committed");
+    assert_eq!(
+        git(ws.path(), &["show", "--format=", "--name-only", &c]).trim(),
+        format!("inbox/{id}.md")
+    );
+    assert_eq!(git(ws.path(), &["status", "--porcelain", "inbox"]), "");
+
+    // Ticked already: said, and not an error; nothing new is committed.
+    let commits = git(ws.path(), &["rev-list", "--count", "HEAD"]);
+    let out = ws
+        .cmd()
+        .args(["inbox", "tick", &id, "Read the draft"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("already ticked: 1. Read the draft"));
+    assert_eq!(git(ws.path(), &["rev-list", "--count", "HEAD"]), commits);
+
+    // Unknown and ambiguous items are errors that list the items.
+    for (item, says) in [
+        ("9", "no checklist item `9`"),
+        ("Re", "matches more than one"),
+    ] {
+        let out = ws
+            .cmd()
+            .args(["inbox", "tick", &id, item])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{item}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(says), "{err}");
+        assert!(
+            err.contains("1. [x] Read the draft") && err.contains("2. [ ] Reply to the team"),
+            "{err}"
+        );
+    }
+    // Neither items nor --all: clap refuses.
+    assert!(!ws
+        .cmd()
+        .args(["inbox", "tick", &id])
+        .output()
+        .unwrap()
+        .status
+        .success());
+
+    // The start of a text, any case; then --all (the optional item too), as JSON.
+    let v = ws.json(&["inbox", "tick", &id, "reply to"]);
+    assert_eq!(
+        v["ticked"],
+        serde_json::json!([{"number": 2, "text": "Reply to the team"}])
+    );
+    assert_eq!(v["complete"], true);
+    assert_eq!(v["stage"], "pending");
+    let v = ws.json(&["inbox", "tick", &id, "--all"]);
+    assert_eq!(v["ticked"][0]["number"], 3);
+    assert_eq!(v["already_ticked"].as_array().map(Vec::len), Some(2));
+
+    let v = ws.json(&["inbox", "complete", &id, "--summary", "Replied"]);
+    assert_eq!(v["stage"], "done");
+    let done = std::fs::read_to_string(ws.path().join(v["path"].as_str().unwrap())).unwrap();
+    assert!(
+        done.contains("- [x] Read the draft\n- [x] Reply to the team\n- [x] Archive"),
+        "{done}"
+    );
+    // The writer's record still matches: ticks never touch the front matter.
+    let c = commit_for(ws.path(), &id, "completed").expect("completion committed");
+    assert!(git_trailers(ws.path(), &c).contains(&("From".into(), "research-minion".into())));
+    let out = ws.cmd().args(["inbox", "tick", &id, "1"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already done"));
+    assert_eq!(git(ws.path(), &["status", "--porcelain", "inbox"]), "");
+}
+
+/// Runner-made handoffs carry checklists (here a loop paused after failing); a command
+/// main session completes them by saying what it did: `"all_ticked": true`, or the items
+/// by number or text. What it did not tick holds the handoff, with the ticks it made kept
+/// and committed.
+#[test]
+fn inbox_a_command_main_session_ticks_runner_handoffs_in_its_report() {
+    let ws = TempWorkspace::new();
+    let tools = tempfile::tempdir().unwrap();
+    let report = r#"for p in $paths; do
+  id=$(basename "$p" .md)
+  if grep -q '^# Loop ' "$p"; then
+    printf '{"completed":[{"id":"%s","all_ticked":true,"summary":"fixed and resumed"}]}\n' "$id"
+  elif grep -q '^# Bad' "$p"; then
+    printf '{"completed":[{"id":"%s","ticked":[1,9]}]}\n' "$id"
+  else
+    printf '{"completed":[{"id":"%s","ticked":[1,"thr"]}]}\n' "$id"
+  fi
+done"#;
+    let _ = std::fs::remove_dir_all(ws.path().join("domains/example"));
+    ws.write(
+        "loops.yaml",
+        &format!(
+            "limits:\n  shutdown_grace: 2s\n  pause_after_failures: 1\nmain:\n  command: {}\n",
+            main_script(tools.path(), report, false)
+        ),
+    );
+    ws.add_loop(
+        "flaky",
+        "schedule: { every: 1h }\npayload: { kind: command, command: \"echo broken >&2; exit 3\" }\n",
+    );
+    crate::common::git_commit_all(ws.path(), "setup");
+    let mut d = ws.start_daemon();
+    d.wait_for_log("loops daemon started", LONG);
+
+    ws.cmd().args(["trigger", "flaky"]).assert().code(1);
+    let partial = create(
+        &ws,
+        "a",
+        "Three things",
+        &["--item", "One", "--item", "Two", "--item", "Three"],
+    );
+    let bad = create(&ws, "b", "Bad report", &["--item", "Only"]);
+    let paused = || {
+        ws.inbox_json().into_iter().find(|h| {
+            h["from"] == "loops" && h["title"].as_str().is_some_and(|t| t.contains("flaky"))
+        })
+    };
+    assert!(
+        wait_until(LONG, || paused().is_some_and(|h| h["stage"] == "done")
+            && entry(&ws, &partial).is_some_and(|e| e["held"].is_string())
+            && entry(&ws, &bad).is_some_and(|e| e["held"].is_string())),
+        "{:#?}\n{}",
+        ws.inbox_json(),
+        d.log()
+    );
+    let h = paused().unwrap();
+    let id = h["id"].as_str().unwrap().to_string();
+    let done = std::fs::read_to_string(ws.path().join(h["path"].as_str().unwrap())).unwrap();
+    assert!(
+        !done.contains("- [ ]") && done.contains("- [x] Fix it"),
+        "{done}"
+    );
+    assert!(done.contains("fixed and resumed"), "{done}");
+    assert!(commit_for(ws.path(), &id, "completed").is_some());
+
+    // Items 1 and "thr…" ticked; "Two" was not, so it is held, saying so.
+    let e = entry(&ws, &partial).unwrap();
+    assert_eq!(e["stage"], "active");
+    assert_eq!(e["unticked"], serde_json::json!(["Two"]));
+    assert!(
+        e["held"].as_str().unwrap().contains("not ticked: Two"),
+        "{e}"
+    );
+    let text = std::fs::read_to_string(ws.path().join(e["path"].as_str().unwrap())).unwrap();
+    assert!(text.contains("- [x] One\n- [ ] Two\n- [x] Three"), "{text}");
+
+    // A report naming an item the handoff does not have ticks nothing, and says why.
+    let e = entry(&ws, &bad).unwrap();
+    let why = e["held"].as_str().unwrap();
+    assert!(
+        why.contains("ticks were refused") && why.contains("no checklist item `9`"),
+        "{why}"
+    );
+    assert_eq!(e["unticked"], serde_json::json!(["Only"]));
+
+    // A person ticks the rest and completes it; the hold says it waits for that.
+    let v = ws.json(&["inbox", "tick", &partial, "2"]);
+    assert_eq!(v["complete"], true);
+    let e = entry(&ws, &partial).unwrap();
+    assert!(
+        e["held"]
+            .as_str()
+            .unwrap()
+            .contains("waiting to be completed"),
+        "{e}"
+    );
+    ws.json(&["inbox", "complete", &partial]);
+
+    d.signal(libc::SIGTERM);
+    assert!(d.wait_exit(LONG).expect("stops").success(), "{}", d.log());
+    let status = git(ws.path(), &["status", "--porcelain", "inbox"]);
+    assert!(status.trim().is_empty(), "{status}");
+}

@@ -9,11 +9,12 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const TOOLS: [&str; 15] = [
+const TOOLS: [&str; 16] = [
     "list_loops",
     "trigger_loop",
     "list_handoffs",
     "get_handoff",
+    "tick_handoff",
     "complete_handoff",
     "submit_job",
     "get_job",
@@ -497,6 +498,73 @@ fn mcp_lists_reads_and_completes_handoffs() {
         "no completion commit:\n{}",
         git(ws.path(), &["log", "--format=%H %s"])
     );
+    assert_eq!(git(ws.path(), &["status", "--porcelain", "inbox"]), "");
+}
+
+#[test]
+fn mcp_ticks_handoff_items_by_number_text_or_all_then_completes() {
+    let ws = TempWorkspace::new();
+    let created = ws.json(&[
+        "handoff",
+        "create",
+        "--from",
+        "research-minion",
+        "--title",
+        "Research ready",
+        "--item",
+        "Read the draft",
+        "--item",
+        "Reply to the team",
+        "--item",
+        "Archive it",
+    ]);
+    let id = created["id"].as_str().expect("id").to_string();
+    let r = session(
+        &ws,
+        json!([
+            { "tool": "tick_handoff", "args": { "id": id, "items": [1, "reply"] } },
+            { "tool": "tick_handoff", "args": { "id": id, "items": [1] } },
+            { "tool": "tick_handoff", "args": { "id": id, "items": [7] } },
+            { "tool": "tick_handoff", "args": { "id": id } },
+            { "tool": "tick_handoff", "args": { "id": id, "all": true } },
+            { "tool": "complete_handoff", "args": { "id": id, "note": "Done" } },
+            { "tool": "tick_handoff", "args": { "id": id, "all": true } },
+        ]),
+    );
+    let first = ok(&r, 0);
+    assert_eq!(
+        first["ticked"],
+        json!([{"number": 1, "text": "Read the draft"}, {"number": 2, "text": "Reply to the team"}])
+    );
+    assert_eq!(
+        first["unticked"],
+        json!([{"number": 3, "text": "Archive it"}])
+    );
+    assert_eq!(first["complete"], false);
+    // Ticking a ticked item again is reported, not refused.
+    let again = ok(&r, 1);
+    assert_eq!(again["ticked"], json!([]));
+    assert_eq!(
+        again["already_ticked"],
+        json!([{"number": 1, "text": "Read the draft"}])
+    );
+    // An item it does not have: the error lists the items there are.
+    let e = tool_error(&r, 2);
+    assert!(
+        e.contains("no checklist item `7`") && e.contains("3. [ ] Archive it"),
+        "{e}"
+    );
+    assert!(tool_error(&r, 3).contains("no items named"));
+    assert_eq!(ok(&r, 4)["complete"], true);
+    assert_eq!(ok(&r, 5)["stage"], "done");
+    assert!(tool_error(&r, 6).contains("already done"));
+    // Each tick that changed the file was committed; nothing of the inbox is left over.
+    let ticks = git(
+        ws.path(),
+        &["log", "--format=%s", "--grep=^Outcome: ticked$"],
+    );
+    assert_eq!(ticks.lines().count(), 2, "{ticks}");
+    assert!(handoff_commit(ws.path(), &id, "completed").is_some());
     assert_eq!(git(ws.path(), &["status", "--porcelain", "inbox"]), "");
 }
 
