@@ -477,6 +477,10 @@ pub async fn run(ws: Workspace, opts: DaemonOptions) -> Result<Summary, DaemonEr
     };
     let interrupted = d.recover_interrupted();
     let requeued_handoffs = d.recover_inbox();
+    // The recovery commits are made before any claim moves a file again, so each records
+    // what a dead runner left, and a claim's own commit records the claim.
+    let settle = tokio::time::Instant::now() + Duration::from_secs(30);
+    while let Ok(Some(_)) = tokio::time::timeout_at(settle, d.commits.join_next()).await {}
     // Jobs whose runner died are requeued here rather than by the worker's first sweep,
     // so the journal can name them with the rest of what the crash left.
     let swept = {

@@ -19,7 +19,7 @@ pub fn loop_preamble(loop_name: &str) -> String {
 started on a schedule, do one pass of your job with the tools offered, and stop.\n\
 \n\
 - Paths are relative to the workspace root, e.g. `domains/{loop_name}/state.md`. You may write \
-only in `domains/{loop_name}/`, `drafts/{loop_name}/` and new files in `inbox/`.\n\
+only in `domains/{loop_name}/` and `drafts/{loop_name}/`; a handoff is made with create_handoff.\n\
 - Keep what you need next time in `domains/{loop_name}/state.md`: you remember nothing else.\n\
 - Work for the main session goes through a draft (save_draft) and a handoff (create_handoff).\n\
 - End with `finish` (a one-line summary). When there is nothing to do, call `finish` with \

@@ -639,14 +639,15 @@ fn limits_running_out_of_inotify_watches_later_falls_back_to_polling() {
         "schedule: { every: 1d }\npayload: { kind: command, command: \"true\" }\n",
     );
     git_commit_all(ws.path(), "alpha");
-    // Exactly what the daemon needs at start: domains/, domains/alpha/, .loops/signals/,
-    // inbox/ and .loops/jobs/. The next loop folder is one too many.
-    let d = start_limited_daemon(&ws, "max_inotify_watches", 5);
+    // Exactly what the daemon needs at start: the workspace root (loops.yaml, inbox/
+    // itself), domains/, domains/alpha/, .loops/signals/, inbox/ and .loops/jobs/. The
+    // next loop folder is one too many.
+    let d = start_limited_daemon(&ws, "max_inotify_watches", 6);
     d.wait_for_log("daemon started", LONG);
     std::thread::sleep(Duration::from_millis(500));
     assert!(
         !d.log().contains("inotify"),
-        "the start should fit in 5 watches:\n{}",
+        "the start should fit in 6 watches:\n{}",
         d.log()
     );
 
