@@ -128,6 +128,7 @@ impl Committer {
         rule: Option<crate::git_gate::BranchRule>,
         record: bool,
     ) -> Result<Committer, HistoryError> {
+        bound_object_cache();
         let repo = Repository::discover(workspace)
             .map_err(|_| HistoryError::NotARepository(workspace.to_path_buf()))?;
         if repo.workdir().is_none() {
@@ -205,6 +206,31 @@ impl Committer {
             .map_err(|_| HistoryError::Stopped)?;
         rx.await.map_err(|_| HistoryError::Stopped)
     }
+}
+
+/// What libgit2's object cache may hold, in bytes of raw objects (the parsed commits and
+/// trees it keeps take about three times that on the heap). Its default, 256 MiB for the
+/// process, is a bound a daemon never meets in practice: every commit adds a new commit and
+/// new trees along its path, parsed (by `write_tree_to`, `find_tree`, the ref update) and
+/// kept in the committer's repository for good, so memory grew by about 6 KB per commit, a
+/// straight line (issue 16; heaptrack: all of it under `git_object__from_odb_object` /
+/// `cache_store`). The objects read again are HEAD's unchanged trees, a few hundred KiB for
+/// a workspace of hundreds of loops: 4 MiB holds them, and the rest is evicted.
+pub const GIT_OBJECT_CACHE_BYTES: usize = 4 << 20;
+
+/// Lowers libgit2's process-wide object-cache limit to [`GIT_OBJECT_CACHE_BYTES`], once.
+fn bound_object_cache() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        libgit2_sys::init();
+        // SAFETY: GIT_OPT_SET_CACHE_MAX_SIZE takes one ssize_t; libgit2 is initialised.
+        unsafe {
+            libgit2_sys::git_libgit2_opts(
+                libgit2_sys::GIT_OPT_SET_CACHE_MAX_SIZE as libc::c_int,
+                GIT_OBJECT_CACHE_BYTES as libc::ssize_t,
+            );
+        }
+    });
 }
 
 /// How often the committer looks again at commits it had to defer and at index entries
@@ -1678,4 +1704,36 @@ pub fn parse_trailers(message: &str) -> Vec<(String, String)> {
                 .then(|| (k.to_string(), v.trim().to_string()))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// libgit2's (cache now, cache limit), process-wide.
+    fn cached_memory() -> (libc::ssize_t, libc::ssize_t) {
+        let (mut now, mut max): (libc::ssize_t, libc::ssize_t) = (0, 0);
+        // SAFETY: GIT_OPT_GET_CACHED_MEMORY writes two ssize_t through the pointers.
+        unsafe {
+            libgit2_sys::git_libgit2_opts(
+                libgit2_sys::GIT_OPT_GET_CACHED_MEMORY as libc::c_int,
+                &mut now as *mut libc::ssize_t,
+                &mut max as *mut libc::ssize_t,
+            );
+        }
+        (now, max)
+    }
+
+    /// A daemon's committer keeps what libgit2 caches bounded (issue 16: the default
+    /// bound, 256 MiB, let memory grow with every commit for hours).
+    #[test]
+    fn committer_bounds_the_git_object_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        Repository::init(dir.path()).unwrap();
+        let _c = Committer::start(dir.path(), "t", "t@localhost").unwrap();
+        let (now, max) = cached_memory();
+        assert_eq!(max, GIT_OBJECT_CACHE_BYTES as libc::ssize_t);
+        assert!(max < 256 << 20, "below libgit2's default");
+        assert!(now >= 0);
+    }
 }
