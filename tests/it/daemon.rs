@@ -972,6 +972,9 @@ fn daemon_stopping_records_queued_runs_at_once_and_gives_the_grace_only_to_start
 #[test]
 fn daemon_run_once_on_sigint_records_its_queued_runs_as_not_run() {
     let ws = TempWorkspace::new();
+    // Only the slow loops: a quick one would end and take its marker away, so how many
+    // markers are seen would depend on when the test looks.
+    let _ = std::fs::remove_dir_all(ws.path().join("domains/example"));
     settings(&ws, "  max_concurrent_jobs: 1\n");
     for i in 0..5 {
         every_loop(
@@ -996,8 +999,8 @@ fn daemon_run_once_on_sigint_records_its_queued_runs_as_not_run() {
             .map(|r| r.count())
             .unwrap_or(0)
     };
-    // Six claimed (the example loop too): one running, the rest behind the limit.
-    assert!(wait_until(LONG, || running() >= 6));
+    // Five claimed: one running, the rest behind the limit.
+    assert!(wait_until(LONG, || running() >= 5));
     // SAFETY: signalling the child this test started.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     let until = Instant::now() + LONG;
