@@ -9,6 +9,11 @@ use std::time::Duration;
 
 const LONG: Duration = Duration::from_secs(60);
 
+/// Whether the test main session in `tools` was handed the handoff `id`.
+fn handed(tools: &std::path::Path, id: &str) -> bool {
+    main_seen(tools).iter().any(|(_, _, h)| h == id)
+}
+
 fn status_text(ws: &TempWorkspace) -> String {
     let out = ws.cmd().arg("status").output().expect("loops status");
     String::from_utf8_lossy(&out.stdout).into_owned()
@@ -123,9 +128,7 @@ fn reload_adding_main_starts_waking_and_without_it_each_handoff_is_said() {
         ),
     );
     assert!(
-        wait_until(LONG, || main_seen(tools.path())
-            .iter()
-            .any(|(_, _, id)| id == "early")),
+        wait_until(LONG, || handed(tools.path(), "early")),
         "{:?}\n{}",
         main_seen(tools.path()),
         d.log()
@@ -157,9 +160,7 @@ fn reload_an_inbox_removed_and_made_again_still_wakes_the_main_session() {
     std::thread::sleep(Duration::from_millis(300));
     drop_handoff(ws.path(), "after", "# After\n\nSecond.\n");
     assert!(
-        wait_until(LONG, || main_seen(tools.path())
-            .iter()
-            .any(|(_, _, id)| id == "after")),
+        wait_until(LONG, || handed(tools.path(), "after")),
         "the handoff in the new inbox/ was never handed over\n{}",
         d.log()
     );
