@@ -1165,12 +1165,22 @@ fn last_byte(path: &Path) -> std::io::Result<Option<u8>> {
 pub fn tick(path: &Path, which: &[ItemRef], all: bool, limit: u64) -> Result<Ticks, HandoffError> {
     use std::io::Read;
     use std::os::unix::fs::FileExt;
+    use std::os::unix::fs::OpenOptionsExt;
+    // Never through a link, and never a pipe or device put where a handoff was.
     let mut f = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
         .open(path)
         .map_err(io(path))?;
-    let size = f.metadata().map_err(io(path))?.len();
+    let meta = f.metadata().map_err(io(path))?;
+    if !meta.is_file() {
+        return Err(HandoffError::Malformed(format!(
+            "{}: not a regular file",
+            path.display()
+        )));
+    }
+    let size = meta.len();
     if size > limit {
         return Err(HandoffError::TooLarge {
             what: "the file".into(),

@@ -14,6 +14,25 @@ fn handed(tools: &std::path::Path, id: &str) -> bool {
     main_seen(tools).iter().any(|(_, _, h)| h == id)
 }
 
+/// A workspace whose main session is the test script in `tools` (no heartbeat), with an
+/// inbox/, and its daemon started.
+fn started_with_main() -> (
+    TempWorkspace,
+    tempfile::TempDir,
+    crate::common::DaemonProcess,
+) {
+    let ws = TempWorkspace::new();
+    let tools = tempfile::tempdir().unwrap();
+    ws.with_main(&format!(
+        "  command: {}\n",
+        main_script(tools.path(), "", true)
+    ));
+    std::fs::create_dir_all(ws.path().join("inbox")).unwrap();
+    let d = ws.start_daemon();
+    d.wait_for_log("loops daemon started", LONG);
+    (ws, tools, d)
+}
+
 fn status_text(ws: &TempWorkspace) -> String {
     let out = ws.cmd().arg("status").output().expect("loops status");
     String::from_utf8_lossy(&out.stdout).into_owned()
@@ -137,16 +156,8 @@ fn reload_adding_main_starts_waking_and_without_it_each_handoff_is_said() {
 
 #[test]
 fn reload_an_inbox_removed_and_made_again_still_wakes_the_main_session() {
-    let ws = TempWorkspace::new();
-    let tools = tempfile::tempdir().unwrap();
     // No heartbeat: only the watcher can notice the handoff.
-    ws.with_main(&format!(
-        "  command: {}\n",
-        main_script(tools.path(), "", true)
-    ));
-    std::fs::create_dir_all(ws.path().join("inbox")).unwrap();
-    let d = ws.start_daemon();
-    d.wait_for_log("loops daemon started", LONG);
+    let (ws, tools, d) = started_with_main();
     drop_handoff(ws.path(), "before", "# Before\n\nFirst.\n");
     assert!(
         wait_until(LONG, || ws.done_stems().contains(&"before".to_string())),
@@ -168,15 +179,7 @@ fn reload_an_inbox_removed_and_made_again_still_wakes_the_main_session() {
 
 #[test]
 fn reload_a_handoff_written_in_place_is_claimed_only_once_its_writer_closes_it() {
-    let ws = TempWorkspace::new();
-    let tools = tempfile::tempdir().unwrap();
-    ws.with_main(&format!(
-        "  command: {}\n",
-        main_script(tools.path(), "", true)
-    ));
-    std::fs::create_dir_all(ws.path().join("inbox")).unwrap();
-    let d = ws.start_daemon();
-    d.wait_for_log("loops daemon started", LONG);
+    let (ws, tools, d) = started_with_main();
     // Written in place, in two parts with a pause between, as a slow tool would: a file
     // without front matter parses, so the first part alone looks like a whole handoff.
     let writer = std::process::Command::new("sh")
