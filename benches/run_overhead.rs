@@ -1,4 +1,4 @@
-//! Runner overhead of one command run: `loops::jobs::execute` (running marker, change
+//! Runner overhead of one command run: `loops::engine::loop_run::execute` (running marker, change
 //! snapshot before and after, the process in its own group, the run record, and a git
 //! commit of the changed file) against spawning the same argv bare with
 //! `std::process::Command`. Also a silent run (`true`: nothing changes, nothing is
@@ -14,7 +14,8 @@ mod common;
 use common::*;
 use loops::domain::load_domain;
 use loops::exec::{self, ExecSpec};
-use loops::jobs::{execute, RunContext, RunRequest, Trigger};
+use loops::engine::loop_run::execute;
+use loops::engine::run_context::{RunContext, RunRequest, Trigger};
 use loops::runs::Outcome;
 use loops::workspace::Workspace;
 use std::path::Path;

@@ -46,7 +46,7 @@ struct State {
 fn due_burst(ws: &Workspace, n: usize, reps: usize) {
     use loops::clock::ManualClock;
     use loops::runs::RunLog;
-    use loops::scheduler::Scheduler;
+    use loops::engine::scheduler::Scheduler;
     use loops::state::StateStore;
     let scratch = tempfile::tempdir().unwrap();
     let defs: Vec<_> = loops::domain::discover(ws)

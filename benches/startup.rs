@@ -25,7 +25,7 @@ use common::*;
 use loops::clock::SystemClock;
 use loops::domain::discover;
 use loops::runs::RunLog;
-use loops::scheduler::{schedulable, Scheduler};
+use loops::engine::scheduler::{schedulable, Scheduler};
 use loops::state::StateStore;
 use loops::workspace::Workspace;
 use std::io::BufRead;
@@ -99,7 +99,7 @@ fn startup_once(root: &Path) -> Phase {
     assert!(next.is_some());
     // What the daemon then does in the background: write the new loops' state.
     let t2 = Instant::now();
-    loops::scheduler::persist_fresh(&StateStore::new(&ws.state_dir()), &fresh);
+    loops::engine::scheduler::persist_fresh(&StateStore::new(&ws.state_dir()), &fresh);
     if !fresh.is_empty() {
         println!(
             "  (deferred, off the start-up path: first-seen state of {} new loops written in {:.2} ms)",

@@ -4,15 +4,17 @@
 
 use crate::clock::Clock;
 use crate::domain::{discover, Concurrency, DomainEntry, LoopDef};
-use crate::fsutil::{process_alive, process_start_time, FileLock};
-use crate::jobs::{self, RunContext, RunRequest, Trigger};
+use crate::daemon_lock::{DaemonLock, DaemonLockError, HEARTBEAT};
+use crate::fsutil::FileLock;
+use crate::engine::loop_run;
+use crate::engine::run_context::{RunContext, RunRequest, Trigger};
 use crate::runs::{Outcome, RunRecord};
-use crate::scheduler::{
+use crate::engine::scheduler::{
     apply_finish, claim_with, schedulable, Aftermath, Claim, DueRun, Scheduler,
 };
 use crate::workspace::Workspace;
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -21,14 +23,8 @@ use tokio::sync::{mpsc, watch, Semaphore};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
-    #[error(
-        "another `loops run` is already running for {workspace} (pid {pid}, started {started})"
-    )]
-    AlreadyRunning {
-        workspace: PathBuf,
-        pid: u32,
-        started: String,
-    },
+    #[error(transparent)]
+    Lock(#[from] DaemonLockError),
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -43,9 +39,7 @@ pub enum DaemonError {
 impl DaemonError {
     pub fn help(&self) -> Option<String> {
         match self {
-            DaemonError::AlreadyRunning { pid, .. } => Some(format!(
-                "stop it first (`kill {pid}`), or use it: `loops trigger NAME` works while it runs"
-            )),
+            DaemonError::Lock(e) => e.help(),
             DaemonError::Io { .. } => None,
             DaemonError::SymlinkedArea(l) => Some(l.help()),
         }
@@ -73,133 +67,8 @@ fn chrono_ms(d: Duration) -> chrono::Duration {
     chrono::Duration::milliseconds(d.as_millis() as i64)
 }
 
-/// What `.loops/daemon.lock` says about its holder.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct LockInfo {
-    pub pid: u32,
-    #[serde(default)]
-    pub pid_start: Option<u64>,
-    pub started: DateTime<Utc>,
-    pub version: String,
-    /// Whether this daemon runs shell jobs (so the CLI can refuse them at submit).
-    #[serde(default)]
-    pub allow_shell_jobs: bool,
-}
-
-/// The workspace's daemon lock, held for the daemon's lifetime.
-pub struct DaemonLock {
-    lock: FileLock,
-    /// What the lock file said before this daemon took it (the previous daemon), and
-    /// when that daemon last showed a sign of life (the file's modification time).
-    pub previous: Option<LockInfo>,
-    pub previous_heartbeat: Option<DateTime<Utc>>,
-}
-
-/// How often a running daemon touches its lock file, so that after a crash the next
-/// start can say when the dead daemon was last alive.
-const HEARTBEAT: Duration = Duration::from_secs(10);
-
 /// How soon a pending handoff still open for writing is looked at again.
 const STILL_WRITTEN_RETRY: Duration = Duration::from_millis(100);
-
-/// How long a start waits for the kernel to release the lock of a daemon that is dead.
-const LOCK_RELEASE_WAIT: Duration = Duration::from_secs(60);
-
-impl DaemonLock {
-    pub fn acquire(ws: &Workspace) -> Result<DaemonLock, DaemonError> {
-        let path = ws.daemon_lock_path();
-        let io = |source| DaemonError::Io {
-            path: path.clone(),
-            source,
-        };
-        // Held is not always a running daemon. The kernel may release a killed daemon's
-        // flock a while after the process is gone (seconds, on a loaded machine: the
-        // soak test saw it), and an older `loops` probe takes it for a moment. So look
-        // again for a short while, and for longer while the holder the file names is
-        // dead, before refusing to start.
-        let t0 = std::time::Instant::now();
-        let mut said = false;
-        let got = loop {
-            if let Some(l) = FileLock::try_acquire(&path).map_err(io)? {
-                break Some(l);
-            }
-            let dead_holder = read_lock_info(ws)
-                .filter(|i| i.pid_start.is_some() && !process_alive(i.pid, i.pid_start));
-            let waited = t0.elapsed();
-            match dead_holder {
-                Some(i) if waited < LOCK_RELEASE_WAIT => {
-                    if !said {
-                        said = true;
-                        tracing::info!(
-                            "waiting for the system to release the lock of the previous daemon (pid {}, which has exited)",
-                            i.pid
-                        );
-                    }
-                }
-                _ if waited < Duration::from_millis(200) => {}
-                _ => break None,
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        match got {
-            Some(mut lock) => {
-                let previous = read_lock_info(ws);
-                let previous_heartbeat = std::fs::metadata(&path)
-                    .and_then(|m| m.modified())
-                    .ok()
-                    .filter(|_| previous.is_some())
-                    .map(DateTime::<Utc>::from);
-                let pid = std::process::id();
-                let info = LockInfo {
-                    pid,
-                    pid_start: process_start_time(pid),
-                    started: Utc::now(),
-                    version: env!("CARGO_PKG_VERSION").to_string(),
-                    allow_shell_jobs: crate::jobs::worker::shell_allowed(ws),
-                };
-                lock.write_contents(&serde_json::to_string(&info).unwrap_or_default())
-                    .map_err(io)?;
-                Ok(DaemonLock {
-                    lock,
-                    previous,
-                    previous_heartbeat,
-                })
-            }
-            None => {
-                let info = read_lock_info(ws);
-                Err(DaemonError::AlreadyRunning {
-                    workspace: ws.root.clone(),
-                    pid: info.as_ref().map(|i| i.pid).unwrap_or(0),
-                    started: info
-                        .map(|i| i.started.to_rfc3339())
-                        .unwrap_or_else(|| "at an unknown time".into()),
-                })
-            }
-        }
-    }
-}
-
-/// The running daemon's lock info, if a daemon holds the lock right now.
-pub fn daemon_alive(ws: &Workspace) -> Option<LockInfo> {
-    // The holder is named in the file by pid and start time: checking that process is
-    // enough, and takes no lock. A probe that took the lock, even for a moment, made a
-    // daemon starting in that moment refuse to run, "already running" as itself.
-    if let Some(info) = read_lock_info(ws) {
-        if info.pid_start.is_some() {
-            return process_alive(info.pid, info.pid_start).then_some(info);
-        }
-    }
-    match FileLock::try_acquire(&ws.daemon_lock_path()) {
-        Ok(Some(_free)) => None,
-        Ok(None) => read_lock_info(ws),
-        Err(_) => None,
-    }
-}
-
-fn read_lock_info(ws: &Workspace) -> Option<LockInfo> {
-    let text = std::fs::read_to_string(ws.daemon_lock_path()).ok()?;
-    serde_json::from_str(&text).ok()
-}
 
 /// How `loops run` behaves.
 #[derive(Clone)]
@@ -313,7 +182,7 @@ impl Wakes {
     /// ahead than it can ever be set would wait until the clock caught up (days, after a
     /// step of days), so it is planned from now again.
     fn reanchor(&mut self, now: DateTime<Utc>) {
-        let tol = chrono_ms(crate::scheduler::CLOCK_STEP_TOLERANCE);
+        let tol = chrono_ms(crate::engine::scheduler::CLOCK_STEP_TOLERANCE);
         if let Some(h) = self.main.as_ref().and_then(|m| m.heartbeat).map(chrono_ms) {
             let t = self.next_heartbeat;
             self.next_heartbeat = reanchored(t, now, h + tol, now + h);
@@ -344,12 +213,12 @@ fn reanchored(
 struct Wakes {
     main: Option<crate::workspace::MainSettings>,
     inbox: crate::handoff::Inbox,
-    notes: crate::main_session::InboxState,
+    notes: crate::engine::main_session::InboxState,
     running: Option<watch::Sender<bool>>,
     /// Something arrived (or a heartbeat fell) while a wake was running, or the flood
     /// guard held a wake back: wake again as soon as allowed.
     wanted: bool,
-    wanted_kind: crate::main_session::WakeKind,
+    wanted_kind: crate::engine::run_context::WakeKind,
     /// Start times of recent wakes, for the flood guard.
     recent: std::collections::VecDeque<DateTime<Utc>>,
     /// A held-back wake (flood guard) or a recheck of unsettled files.
@@ -358,11 +227,11 @@ struct Wakes {
     /// After a failed wake, no wake before this time: the inbox events its own release
     /// of the handoffs causes must not retry a failing main session at once.
     backoff_until: Option<DateTime<Utc>>,
-    done_tx: mpsc::UnboundedSender<crate::main_session::WakeResult>,
+    done_tx: mpsc::UnboundedSender<crate::engine::main_session::WakeResult>,
     /// Names of handoffs addressed elsewhere than main, already reported once.
     not_for_main: std::collections::HashSet<PathBuf>,
     /// Completions the disk refused, tried again until it accepts them.
-    uncompleted: Vec<crate::main_session::Uncompleted>,
+    uncompleted: Vec<crate::engine::main_session::Uncompleted>,
     /// Pending handoffs already said to wait for want of a `main:` session.
     unreceived: std::collections::HashSet<String>,
 }
@@ -387,7 +256,7 @@ pub async fn run(ws: Workspace, opts: DaemonOptions) -> Result<Summary, DaemonEr
     if let Some(l) = ws.symlinked_areas().into_iter().next() {
         return Err(l.into());
     }
-    let lock = DaemonLock::acquire(&ws)?;
+    let lock = DaemonLock::acquire(&ws, crate::engine::worker::shell_allowed(&ws))?;
     // Before anything is written: an older loops made .loops/ readable by others.
     let tightened = crate::fsutil::tighten(&ws.runtime_dir());
     // Signals are caught from the first moment: a SIGTERM during start-up (recovery can
@@ -420,7 +289,7 @@ pub async fn run(ws: Workspace, opts: DaemonOptions) -> Result<Summary, DaemonEr
         ws.settings.pause_after_failures,
     );
     let (done_tx, mut done_rx) = mpsc::unbounded_channel();
-    let (wake_tx, mut wake_rx) = mpsc::unbounded_channel::<crate::main_session::WakeResult>();
+    let (wake_tx, mut wake_rx) = mpsc::unbounded_channel::<crate::engine::main_session::WakeResult>();
     let main = ws.settings.main.clone();
     let wakes = Wakes {
         next_heartbeat: main
@@ -429,10 +298,10 @@ pub async fn run(ws: Workspace, opts: DaemonOptions) -> Result<Summary, DaemonEr
             .map(|h| opts.clock.now() + chrono_ms(h)),
         main,
         inbox: crate::handoff::Inbox::of(&ws),
-        notes: crate::main_session::InboxState::new(&ws.runtime_dir()),
+        notes: crate::engine::main_session::InboxState::new(&ws.runtime_dir()),
         running: None,
         wanted: false,
-        wanted_kind: crate::main_session::WakeKind::Handoffs,
+        wanted_kind: crate::engine::run_context::WakeKind::Handoffs,
         recent: std::collections::VecDeque::new(),
         retry_at: None,
         backoff_until: None,
@@ -500,7 +369,7 @@ pub async fn run(ws: Workspace, opts: DaemonOptions) -> Result<Summary, DaemonEr
     }
     crate::journal::report_unclean(
         &journal,
-        lock.previous.as_ref(),
+        lock.previous.as_ref().map(|p| (p.pid, p.started)),
         lock.previous_heartbeat,
         &unclosed,
         &interrupted,
@@ -514,20 +383,20 @@ pub async fn run(ws: Workspace, opts: DaemonOptions) -> Result<Summary, DaemonEr
 
     // The job queue has a worker of its own; it shares the concurrency limit.
     let (job_stop_tx, job_stop_rx) = watch::channel(false);
-    let job_worker = tokio::spawn(crate::jobs::worker::run(
-        crate::jobs::worker::WorkerConfig {
+    let job_worker = tokio::spawn(crate::engine::worker::run(
+        crate::engine::worker::WorkerConfig {
             ws: ws.clone(),
             committer: d.ctx.committer.clone(),
             clock: opts.clock.clone(),
             permits: d.permits.clone(),
-            allow_shell: crate::jobs::worker::shell_allowed(&ws),
+            allow_shell: crate::engine::worker::shell_allowed(&ws),
             grace: ws.settings.shutdown_grace,
             live: Some(live_rx),
         },
         if opts.once {
-            crate::jobs::worker::Mode::Drain
+            crate::engine::worker::Mode::Drain
         } else {
-            crate::jobs::worker::Mode::Serve
+            crate::engine::worker::Mode::Serve
         },
         job_stop_rx,
         None,
@@ -585,7 +454,7 @@ pub async fn run(ws: Workspace, opts: DaemonOptions) -> Result<Summary, DaemonEr
         }
         d.queue(due);
         // Handoffs waiting in the inbox get one pass of the main session too.
-        d.try_wake(opts.clock.now(), crate::main_session::WakeKind::Handoffs);
+        d.try_wake(opts.clock.now(), crate::engine::run_context::WakeKind::Handoffs);
         let mut done = 0usize;
         let mut last_said = std::time::Instant::now();
         loop {
@@ -689,7 +558,7 @@ pub async fn run(ws: Workspace, opts: DaemonOptions) -> Result<Summary, DaemonEr
     };
     tokio::pin!(stopped);
     // The start-up scan: handoffs written while the daemon was down are processed now.
-    d.try_wake(opts.clock.now(), crate::main_session::WakeKind::Handoffs);
+    d.try_wake(opts.clock.now(), crate::engine::run_context::WakeKind::Handoffs);
 
     let mut next_touch = tokio::time::Instant::now() + HEARTBEAT;
     let reason;
@@ -701,7 +570,7 @@ pub async fn run(ws: Workspace, opts: DaemonOptions) -> Result<Summary, DaemonEr
         }
         if tokio::time::Instant::now() >= next_touch {
             next_touch = tokio::time::Instant::now() + HEARTBEAT;
-            let _ = lock.lock.touch();
+            lock.touch();
         }
         // Records a refusing disk kept back are written as soon as it takes them.
         let held = !d.flush_held(&journal);
@@ -743,7 +612,7 @@ pub async fn run(ws: Workspace, opts: DaemonOptions) -> Result<Summary, DaemonEr
             d.wakes.next_heartbeat = every.map(|h| now + chrono_ms(h));
             // A daemon up for months still sweeps what crashed writers left in .tmp/.
             d.wakes.inbox.clean_tmp(std::time::SystemTime::now());
-            d.try_wake(now, crate::main_session::WakeKind::Heartbeat);
+            d.try_wake(now, crate::engine::run_context::WakeKind::Heartbeat);
         }
         let next = [
             d.sched.next_wake().map(|t| t - chrono_ms(CLAIM_LEAD)),
@@ -1051,7 +920,7 @@ impl Daemon {
         let fresh = self.sched.set_loops_deferred(defs);
         if !fresh.is_empty() {
             let store = self.ctx.store.clone();
-            tokio::task::spawn_blocking(move || crate::scheduler::persist_fresh(&store, &fresh));
+            tokio::task::spawn_blocking(move || crate::engine::scheduler::persist_fresh(&store, &fresh));
         }
     }
 
@@ -1111,7 +980,7 @@ impl Daemon {
         }
         if handoffs {
             let now = self.sched.now();
-            self.try_wake(now, crate::main_session::WakeKind::Handoffs);
+            self.try_wake(now, crate::engine::run_context::WakeKind::Handoffs);
         }
     }
 
@@ -1254,7 +1123,7 @@ impl Daemon {
                 p = permits.acquire_owned() => p,
             };
             begun.store(true, std::sync::atomic::Ordering::SeqCst);
-            let rec = jobs::execute(&ctx, &def, &req, None, Some(cancel_rx)).await;
+            let rec = loop_run::execute(&ctx, &def, &req, None, Some(cancel_rx)).await;
             drop(run_lock);
             // A program that could not be started at all (exec's "cannot run …") is a
             // permanent error: retrying cannot fix a missing or non-executable file.
@@ -1328,9 +1197,9 @@ impl Daemon {
                 );
                 // The main session hears of it through a handoff, not only the log.
                 let ctx = self.ctx.clone();
-                let n = crate::main_session::paused_loop_handoff(&rec.loop_name, &p);
+                let n = crate::engine::main_session::paused_loop_handoff(&rec.loop_name, &p);
                 tokio::spawn(async move {
-                    crate::main_session::runner_handoff(&ctx, n).await;
+                    crate::engine::main_session::runner_handoff(&ctx, n).await;
                 });
             }
             Aftermath::Nothing => {}
@@ -1540,8 +1409,8 @@ impl Daemon {
     }
 
     /// Commits moves within the inbox in the background (see
-    /// [`crate::main_session::commit_moves`]).
-    fn commit_moves(&mut self, outcome: &'static str, moved: Vec<crate::main_session::Moved>) {
+    /// [`crate::engine::main_session::commit_moves`]).
+    fn commit_moves(&mut self, outcome: &'static str, moved: Vec<crate::engine::main_session::Moved>) {
         if moved.is_empty() {
             return;
         }
@@ -1549,7 +1418,7 @@ impl Daemon {
         // Finished ones are reaped here, so the set holds only what is on its way.
         while self.commits.try_join_next().is_some() {}
         self.commits.spawn(async move {
-            crate::main_session::commit_moves(c.as_ref(), outcome, moved).await;
+            crate::engine::main_session::commit_moves(c.as_ref(), outcome, moved).await;
         });
     }
 
@@ -1568,7 +1437,7 @@ impl Daemon {
         let msg = crate::history::commit_message(
             "main: record inbox moves a stopped runner had not committed",
             &[
-                ("Loop", crate::main_session::MAIN.to_string()),
+                ("Loop", crate::engine::run_context::MAIN.to_string()),
                 ("Outcome", "recovered".to_string()),
             ],
         );
@@ -1590,8 +1459,8 @@ impl Daemon {
     /// main (rejecting malformed ones that have settled), and runs the main session on
     /// them. A wake already running, or the flood guard, turns this into a later wake;
     /// nothing is ever dropped, because the files stay in the inbox until claimed.
-    fn try_wake(&mut self, now: DateTime<Utc>, kind: crate::main_session::WakeKind) {
-        use crate::main_session::WakeKind;
+    fn try_wake(&mut self, now: DateTime<Utc>, kind: crate::engine::run_context::WakeKind) {
+        use crate::engine::run_context::WakeKind;
         let Some(main) = self.wakes.main.clone() else {
             self.say_unreceived();
             return;
@@ -1643,8 +1512,8 @@ impl Daemon {
         );
         tokio::spawn(async move {
             // The claims are in the history before the main session starts on them.
-            crate::main_session::commit_moves(ctx.committer.as_ref(), "claimed", claims).await;
-            let r = crate::main_session::wake(&ctx, &main, kind, claimed, Some(cancel_rx)).await;
+            crate::engine::main_session::commit_moves(ctx.committer.as_ref(), "claimed", claims).await;
+            let r = crate::engine::main_session::wake(&ctx, &main, kind, claimed, Some(cancel_rx)).await;
             let _ = tx.send(r);
         });
     }
@@ -1658,8 +1527,8 @@ impl Daemon {
         &mut self,
         now: DateTime<Utc>,
         cap: usize,
-    ) -> (Vec<PathBuf>, Vec<crate::main_session::Moved>) {
-        use crate::main_session::Moved;
+    ) -> (Vec<PathBuf>, Vec<crate::engine::main_session::Moved>) {
+        use crate::engine::main_session::Moved;
         let inbox = self.wakes.inbox.clone();
         let mut claimed = Vec::new();
         let mut claims = Vec::new();
@@ -1736,7 +1605,7 @@ impl Daemon {
         (claimed, claims)
     }
 
-    fn on_wake_done(&mut self, w: crate::main_session::WakeResult, again: bool) {
+    fn on_wake_done(&mut self, w: crate::engine::main_session::WakeResult, again: bool) {
         self.wakes.running = None;
         self.wakes.uncompleted.extend(w.uncompleted.iter().cloned());
         let rec = &w.record;

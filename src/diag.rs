@@ -327,6 +327,96 @@ pub fn near_miss<'k>(word: &str, known: &[&'k str]) -> Option<&'k str> {
     best.map(|(_, k)| k)
 }
 
+/// A diagnostic for a YAML syntax error, at the fault rather than where the parser
+/// noticed it. libyaml reports the place it gave up (for an unclosed `[` or quote, the next
+/// line or the end of the file) and names the construct it was reading with where that
+/// began: an opened flow list or mapping, a quoted text, a key without its colon. That
+/// beginning is the fault. A duplicate key comes with no usable position at all (1:1, or
+/// the mapping's start), so its second occurrence is found in `text`.
+pub fn yaml_syntax_diagnostic(rel: &Path, text: &str, e: &yaml_serde::Error) -> Diagnostic {
+    let msg = e.to_string();
+    let start = e.location().map(|l| Pos {
+        line: l.line(),
+        column: l.column(),
+    });
+    if let Some(d) = duplicate_key_diagnostic(rel, text, &msg, start) {
+        return d;
+    }
+    let context = msg.rsplit_once(", while ").map_or("", |(_, c)| c);
+    let help = if context.starts_with("parsing a flow sequence") {
+        "the list opened with `[` here is not closed: end it with `]` on this line (items are separated by `,`)"
+    } else if context.starts_with("parsing a flow mapping") {
+        "the mapping opened with `{` here is not closed: end it with `}` on this line (entries are separated by `,`)"
+    } else if context.starts_with("scanning a quoted scalar") {
+        "the quote opened here is not closed: end the text with the same quote"
+    } else if context.starts_with("scanning a simple key") {
+        "this line is neither `key: value` nor a list item: add the colon (and a space after it), or join it to the line above"
+    } else {
+        "check the indentation (spaces, not tabs) and that every `key: value` has a space after the colon"
+    };
+    let mut d = Diagnostic::error(rel, format!("not valid YAML: {msg}")).help(help);
+    let at = opened_construct(&msg).or(start);
+    if let Some(p) = at {
+        d.line = Some(p.line);
+        d.column = Some(p.column);
+    }
+    d
+}
+
+/// Where the construct libyaml names in `…, while scanning a quoted scalar at line 2
+/// column 10` began, for constructs that are opened and must be closed. A block mapping or
+/// list is not one: there the place the parser stopped is the bad line.
+fn opened_construct(msg: &str) -> Option<Pos> {
+    let (_, context) = msg.rsplit_once(", while ")?;
+    if !(context.starts_with("scanning") || context.starts_with("parsing a flow")) {
+        return None;
+    }
+    let (_, mark) = context.rsplit_once(" at line ")?;
+    let (line, column) = mark.split_once(" column ")?;
+    Some(Pos {
+        line: line.trim().parse().ok()?,
+        column: column.trim().parse().ok()?,
+    })
+}
+
+/// `schedule: duplicate entry with key "every" at line 2 column 3` (the mapping's path and
+/// start): a diagnostic at the key's second occurrence.
+fn duplicate_key_diagnostic(
+    rel: &Path,
+    text: &str,
+    msg: &str,
+    start: Option<Pos>,
+) -> Option<Diagnostic> {
+    let idx = msg.find("duplicate entry with key ")?;
+    let path = msg[..idx].trim_end().trim_end_matches(':');
+    let rest = &msg[idx + "duplicate entry with key ".len()..];
+    let key = match rest.strip_prefix('"') {
+        Some(q) => q.split('"').next()?.to_string(),
+        None => rest
+            .split_whitespace()
+            .next()?
+            .trim_matches('`')
+            .to_string(),
+    };
+    let (first, second) = YamlLocator::new(text).duplicate(start, &key)?;
+    let within = if path.is_empty() {
+        String::new()
+    } else {
+        format!(" in `{path}`")
+    };
+    Some(
+        Diagnostic::error(
+            rel,
+            format!(
+                "not valid YAML: `{key}` is written twice{within} (first at line {})",
+                first.line
+            ),
+        )
+        .at(Some(second))
+        .help("a key may appear once in a mapping: keep one of them (YAML would not say which one counts)"),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -198,32 +198,6 @@ fn suggested_loop_name(name: &str) -> String {
 }
 
 /// Finds every loop folder: `domains/*/config.yaml`, skipping names starting with `.` or `_`.
-/// Learns (src/secrets.rs) the secret-looking `env:` values of every loop under
-/// `domains_dir`, so that running one loop redacts another's token that a hostile
-/// command or tool read from its config.yaml. Unreadable configs are skipped: `loops
-/// check` reports them.
-pub fn learn_env_secrets(domains_dir: &Path) {
-    let Ok(read) = std::fs::read_dir(domains_dir) else {
-        return;
-    };
-    for e in read.filter_map(|e| e.ok()) {
-        let Ok(text) = std::fs::read_to_string(e.path().join("config.yaml")) else {
-            continue;
-        };
-        let Ok(v) = yaml_serde::from_str::<Value>(&text) else {
-            continue;
-        };
-        let Some(env) = v.get("env").and_then(Value::as_mapping) else {
-            continue;
-        };
-        crate::secrets::learn(
-            env.iter()
-                .filter(|(k, _)| k.as_str().is_some_and(crate::secrets::looks_secret))
-                .filter_map(|(_, v)| scalar_string(v)),
-        );
-    }
-}
-
 pub fn discover(ws: &Workspace) -> Vec<DomainEntry> {
     let dir = ws.domains_dir();
     let mut out = Vec::new();
@@ -269,7 +243,7 @@ pub fn check_report(ws: &Workspace, entries: &[DomainEntry]) -> Vec<Diagnostic> 
     }
     let waiting = |d: &Diagnostic| {
         !d.is_error()
-            && d.help.as_deref() == Some(crate::agent::config::PROVIDER_HELP)
+            && d.help.as_deref() == Some(crate::providers::PROVIDER_HELP)
             && d.message.starts_with("prompt loop `")
     };
     let waits: Vec<(&str, &Diagnostic)> = entries
@@ -298,7 +272,7 @@ pub fn check_report(ws: &Workspace, entries: &[DomainEntry]) -> Vec<Diagnostic> 
                     names.join(", ")
                 ),
             )
-            .help(crate::agent::config::PROVIDER_HELP),
+            .help(crate::providers::PROVIDER_HELP),
         );
     }
     out
@@ -385,96 +359,6 @@ pub fn parse_config_text(
     let dir = ws.domains_dir().join(name);
     let rel = ws.relative(&dir.join("config.yaml"));
     parse_config(ws, name, &dir, &rel, text, has_prompt)
-}
-
-/// A diagnostic for a YAML syntax error, at the fault rather than where the parser
-/// noticed it. libyaml reports the place it gave up (for an unclosed `[` or quote, the next
-/// line or the end of the file) and names the construct it was reading with where that
-/// began: an opened flow list or mapping, a quoted text, a key without its colon. That
-/// beginning is the fault. A duplicate key comes with no usable position at all (1:1, or
-/// the mapping's start), so its second occurrence is found in `text`.
-pub fn yaml_syntax_diagnostic(rel: &Path, text: &str, e: &yaml_serde::Error) -> Diagnostic {
-    let msg = e.to_string();
-    let start = e.location().map(|l| crate::diag::Pos {
-        line: l.line(),
-        column: l.column(),
-    });
-    if let Some(d) = duplicate_key_diagnostic(rel, text, &msg, start) {
-        return d;
-    }
-    let context = msg.rsplit_once(", while ").map_or("", |(_, c)| c);
-    let help = if context.starts_with("parsing a flow sequence") {
-        "the list opened with `[` here is not closed: end it with `]` on this line (items are separated by `,`)"
-    } else if context.starts_with("parsing a flow mapping") {
-        "the mapping opened with `{` here is not closed: end it with `}` on this line (entries are separated by `,`)"
-    } else if context.starts_with("scanning a quoted scalar") {
-        "the quote opened here is not closed: end the text with the same quote"
-    } else if context.starts_with("scanning a simple key") {
-        "this line is neither `key: value` nor a list item: add the colon (and a space after it), or join it to the line above"
-    } else {
-        "check the indentation (spaces, not tabs) and that every `key: value` has a space after the colon"
-    };
-    let mut d = Diagnostic::error(rel, format!("not valid YAML: {msg}")).help(help);
-    let at = opened_construct(&msg).or(start);
-    if let Some(p) = at {
-        d.line = Some(p.line);
-        d.column = Some(p.column);
-    }
-    d
-}
-
-/// Where the construct libyaml names in `…, while scanning a quoted scalar at line 2
-/// column 10` began, for constructs that are opened and must be closed. A block mapping or
-/// list is not one: there the place the parser stopped is the bad line.
-fn opened_construct(msg: &str) -> Option<crate::diag::Pos> {
-    let (_, context) = msg.rsplit_once(", while ")?;
-    if !(context.starts_with("scanning") || context.starts_with("parsing a flow")) {
-        return None;
-    }
-    let (_, mark) = context.rsplit_once(" at line ")?;
-    let (line, column) = mark.split_once(" column ")?;
-    Some(crate::diag::Pos {
-        line: line.trim().parse().ok()?,
-        column: column.trim().parse().ok()?,
-    })
-}
-
-/// `schedule: duplicate entry with key "every" at line 2 column 3` (the mapping's path and
-/// start): a diagnostic at the key's second occurrence.
-fn duplicate_key_diagnostic(
-    rel: &Path,
-    text: &str,
-    msg: &str,
-    start: Option<crate::diag::Pos>,
-) -> Option<Diagnostic> {
-    let idx = msg.find("duplicate entry with key ")?;
-    let path = msg[..idx].trim_end().trim_end_matches(':');
-    let rest = &msg[idx + "duplicate entry with key ".len()..];
-    let key = match rest.strip_prefix('"') {
-        Some(q) => q.split('"').next()?.to_string(),
-        None => rest
-            .split_whitespace()
-            .next()?
-            .trim_matches('`')
-            .to_string(),
-    };
-    let (first, second) = YamlLocator::new(text).duplicate(start, &key)?;
-    let within = if path.is_empty() {
-        String::new()
-    } else {
-        format!(" in `{path}`")
-    };
-    Some(
-        Diagnostic::error(
-            rel,
-            format!(
-                "not valid YAML: `{key}` is written twice{within} (first at line {})",
-                first.line
-            ),
-        )
-        .at(Some(second))
-        .help("a key may appear once in a mapping: keep one of them (YAML would not say which one counts)"),
-    )
 }
 
 const TOP_KEYS: &[&str] = &[
@@ -582,7 +466,7 @@ fn check_hosts(cx: &mut Ctx, hosts: &[String]) {
 /// One entry of a loop's `tools:`: a built-in tool, or an MCP server of loops.yaml
 /// (`server`, or `server.tool`).
 fn check_tool(cx: &mut Ctx, ws: &Workspace, t: &str) {
-    use crate::agent::tools::{is_known, mcp_reference, KNOWN};
+    use crate::tool_names::{is_known, mcp_reference, KNOWN};
     if is_known(t) {
         return;
     }
@@ -684,7 +568,7 @@ fn parse_config(
     };
     let value: Value = match yaml_serde::from_str(text) {
         Ok(v) => v,
-        Err(e) => return (None, vec![yaml_syntax_diagnostic(rel, text, &e)]),
+        Err(e) => return (None, vec![crate::diag::yaml_syntax_diagnostic(rel, text, &e)]),
     };
     let map = match value {
         Value::Mapping(m) => m,
@@ -764,8 +648,8 @@ fn parse_config(
             },
             "gate" => match v.as_mapping().and_then(|m| m.get("command")).unwrap_or(v) {
                 Value::String(s) if !s.trim().is_empty() => gate = Some(vec!["sh".to_string(), "-c".to_string(), s.clone()]),
-                Value::Sequence(seq) if !seq.is_empty() && seq.iter().all(|a| scalar_string(a).is_some()) => {
-                    gate = Some(seq.iter().filter_map(scalar_string).collect())
+                Value::Sequence(seq) if !seq.is_empty() && seq.iter().all(|a| crate::workspace::yaml_scalar(a).is_some()) => {
+                    gate = Some(seq.iter().filter_map(crate::workspace::yaml_scalar).collect())
                 }
                 _ => cx.err(&["gate"], "`gate` must be a command (an argv list or a shell string)", "e.g. gate: [\"./new-messages.sh\"]: it runs before the model; no output means nothing to do"),
             },
@@ -791,9 +675,9 @@ fn parse_config(
             "env" => match v.as_mapping() {
                 Some(m) => {
                     for (ek, ev) in m {
-                        match (ek.as_str(), scalar_string(ev)) {
-                            (Some(k), Some(val)) if valid_env_name(k) => env.push((k.to_string(), val)),
-                            (Some(k), _) if !valid_env_name(k) => cx.err(&["env", k], format!("`{k}` is not a valid environment variable name"), "use letters, digits and _ and do not start with a digit"),
+                        match (ek.as_str(), crate::workspace::yaml_scalar(ev)) {
+                            (Some(k), Some(val)) if crate::providers::valid_env_name(k) => env.push((k.to_string(), val)),
+                            (Some(k), _) if !crate::providers::valid_env_name(k) => cx.err(&["env", k], format!("`{k}` is not a valid environment variable name"), "use letters, digits and _ and do not start with a digit"),
                             (Some(k), _) => cx.err(&["env", k], format!("env.{k} must be a string, number or boolean"), "e.g. env: { REPORT_TITLE: Weekly }"),
                             _ => cx.err(&["env"], "env keys must be strings", "e.g. env: { REPORT_TITLE: Weekly }"),
                         }
@@ -807,7 +691,7 @@ fn parse_config(
                     Value::String(s) => (Some(s.trim().to_string()), None),
                     Value::Mapping(m) => (
                         m.get("channel").and_then(Value::as_str).map(|s| s.trim().to_string()),
-                        m.get("thread").and_then(scalar_string),
+                        m.get("thread").and_then(crate::workspace::yaml_scalar),
                     ),
                     _ => (None, None),
                 };
@@ -937,11 +821,11 @@ fn parse_config(
                 rel,
                 format!("prompt loop `{name}` is waiting for a provider"),
             )
-            .help(crate::agent::config::PROVIDER_HELP),
+            .help(crate::providers::PROVIDER_HELP),
         ),
         (Some(Payload::Prompt { model, provider }), true) => {
             if let Err((msg, help)) =
-                crate::agent::config::resolve(&ws.settings, provider.as_deref(), model.as_deref())
+                crate::providers::resolve(&ws.settings.providers, &ws.settings.defaults, provider.as_deref(), model.as_deref())
             {
                 let at = if provider.is_some() {
                     cx.loc.value(&["payload", "provider"])
@@ -1063,7 +947,7 @@ fn parse_payload(
             Some(Value::Sequence(seq)) if !seq.is_empty() => {
                 let mut argv = Vec::new();
                 for (i, item) in seq.iter().enumerate() {
-                    match scalar_string(item) {
+                    match crate::workspace::yaml_scalar(item) {
                         Some(s) => argv.push(s),
                         None => {
                             cx.err(
@@ -1230,7 +1114,7 @@ fn parse_schedule(cx: &mut Ctx, ws: &Workspace, name: &str, v: &Value) -> Option
             }
         }
         _ => {
-            let Some(s) = scalar_string(&map["at"]) else {
+            let Some(s) = crate::workspace::yaml_scalar(&map["at"]) else {
                 cx.err(
                     &["schedule", "at"],
                     "`schedule.at` must be a date and time",
@@ -1454,20 +1338,6 @@ fn minutes(n: f64) -> Option<Duration> {
         .filter(|d| *d <= MAX_DURATION)
 }
 
-fn scalar_string(v: &Value) -> Option<String> {
-    match v {
-        Value::String(s) => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        Value::Bool(b) => Some(b.to_string()),
-        _ => None,
-    }
-}
-
-fn valid_env_name(k: &str) -> bool {
-    !k.is_empty()
-        && !k.starts_with(|c: char| c.is_ascii_digit())
-        && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-}
 
 /// A value's YAML type with the value, for "must be X, not …" messages.
 fn describe_type(v: &Value) -> String {

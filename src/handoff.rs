@@ -1448,6 +1448,44 @@ fn open_for_writing(path: &Path) -> Option<bool> {
     }
 }
 
+/// Writes a handoff and commits its creation before the rename that delivers it, so the
+/// history shows it handed off before any wake can show it closed. Blocking.
+pub fn create_committed(
+    ws: &crate::workspace::Workspace,
+    committer: Option<&crate::history::Committer>,
+    n: &NewHandoff,
+) -> Option<String> {
+    let inbox = Inbox::of(ws);
+    let mut n = n.clone();
+    fit_body(&mut n, inbox.max_bytes());
+    let n = &n;
+    let made = inbox.create_with(n, Utc::now(), |id, dest, text| {
+        if let Some(c) = committer {
+            let t = vec![
+                ("Handoff", id.to_string()),
+                ("From", n.from.clone()),
+                ("Outcome", "created".to_string()),
+            ];
+            let req = crate::history::CommitRequest {
+                paths: Vec::new(),
+                message: crate::history::commit_message(&format!("{}: handoff: {}", n.from, n.title), &t),
+                contents: vec![(dest.to_path_buf(), text.as_bytes().to_vec())],
+                ..Default::default()
+            };
+            if let Err(e) = c.commit_blocking(req) {
+                tracing::warn!("handoff {id}: creation not committed: {e}");
+            }
+        }
+    });
+    match made {
+        Ok((id, _, _)) => Some(id),
+        Err(e) => {
+            tracing::error!("could not create a handoff ({}): {e}", n.title);
+            None
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -321,7 +321,7 @@ pub fn record_stopped(journal: &Journal, reason: &str, started: DateTime<Utc>) {
 /// lock file names the last one, and a report is made only if something was recovered.
 pub fn report_unclean(
     journal: &Journal,
-    lock: Option<&crate::daemon::LockInfo>,
+    lock: Option<(u32, DateTime<Utc>)>,
     heartbeat: Option<DateTime<Utc>>,
     unclosed: &[Unclosed],
     runs: &[(String, String)],
@@ -335,7 +335,7 @@ pub fn report_unclean(
     let mut previous: Vec<serde_json::Value> = unclosed
         .iter()
         .map(|u| {
-            let beat = lock.filter(|p| u64::from(p.pid) == u.pid).and(heartbeat);
+            let beat = lock.filter(|(pid, _)| u64::from(*pid) == u.pid).and(heartbeat);
             json!({"pid": u.pid, "started": u.started, "last_heartbeat": beat})
         })
         .collect();
@@ -343,10 +343,10 @@ pub fn report_unclean(
         if !recovered_anything {
             return;
         }
-        if let Some(p) = lock {
+        if let Some((pid, started)) = lock {
             previous.push(json!({
-                "pid": p.pid,
-                "started": p.started,
+                "pid": pid,
+                "started": started,
                 "last_heartbeat": heartbeat,
             }));
         }

@@ -16,11 +16,12 @@
 
 pub mod client;
 
-use crate::daemon::daemon_alive;
+use crate::daemon_lock::daemon_alive;
 use crate::jobs::job::{JobId, JobKind, JobState, ALL_STATES};
 use crate::jobs::queue::{self, JobSpec, QueueError, Sender};
 use crate::jobs::store::{JobStore, StoreError};
-use crate::jobs::{report, stats, RunContext, RunRequest, Trigger};
+use crate::engine::run_context::{RunContext, RunRequest, Trigger};
+use crate::jobs::{report, stats};
 use crate::operator::{self, OperatorError};
 use crate::workspace::{host_timezone, Workspace, WorkspaceError};
 use chrono::Utc;
@@ -434,7 +435,7 @@ impl LoopsServer {
             rc.ct.cancelled().await;
             let _ = stop_tx.send(true);
         });
-        let rec = crate::jobs::execute(&ctx, &manual.def, &req, None, Some(stop_rx)).await;
+        let rec = crate::engine::loop_run::execute(&ctx, &manual.def, &req, None, Some(stop_rx)).await;
         watcher.abort();
         manual.finish(&ctx, &rec).await;
         serde_json::to_value(&rec).map_err(|e| ToolError::new(e.to_string()))

@@ -8,8 +8,8 @@ use crate::domain::{discover, load_domain, Concurrency, DomainEntry, LoopDef, Pa
 use crate::fsutil::FileLock;
 use crate::handoff::{Handoff, HandoffError, Inbox, Stage};
 use crate::history::{commit_message, CommitRequest, Committer};
-use crate::jobs::RunContext;
-use crate::main_session::{InboxState, Note};
+use crate::engine::run_context::RunContext;
+use crate::engine::main_session::{InboxState, Note};
 use crate::runs::RunRecord;
 use crate::schedule::TzSource;
 use crate::state::{LastRun, LoopState, Pause, StateStore};
@@ -333,7 +333,7 @@ impl ManualRun {
     /// and nudges a running daemon to re-read the state.
     pub async fn finish(mut self, ctx: &RunContext, rec: &RunRecord) {
         drop(self.lock.take());
-        let after = crate::scheduler::apply_finish(
+        let after = crate::engine::scheduler::apply_finish(
             &ctx.store,
             &self.def,
             rec,
@@ -341,9 +341,9 @@ impl ManualRun {
             ctx.ws.settings.pause_after_failures,
             Utc::now(),
         );
-        if let crate::scheduler::Aftermath::Paused(p) = after {
-            let n = crate::main_session::paused_loop_handoff(&self.def.name, &p);
-            crate::main_session::runner_handoff(ctx, n).await;
+        if let crate::engine::scheduler::Aftermath::Paused(p) = after {
+            let n = crate::engine::main_session::paused_loop_handoff(&self.def.name, &p);
+            crate::engine::main_session::runner_handoff(ctx, n).await;
         }
         ctx.ws.nudge_daemon(&self.def.name);
     }

@@ -121,7 +121,7 @@ pub struct RunRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tokens: Option<crate::agent::model::Usage>,
+    pub tokens: Option<crate::usage::Usage>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub turns: Option<u32>,
     /// What the run said it did (the finish summary or the final answer).

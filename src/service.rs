@@ -6,7 +6,7 @@
 //! it: when the manager cannot be reached (no user session bus in a container, no
 //! `systemctl` at all) the file stays written and the error says what to run by hand.
 
-use crate::daemon::LockInfo;
+use crate::daemon_lock::LockInfo;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -783,7 +783,7 @@ pub fn status(manager: Manager, dirs: &Dirs, name: &str, workspace: Option<&Path
     let lock = workspace.as_deref().and_then(|w| {
         crate::workspace::Workspace::open(w)
             .ok()
-            .and_then(|ws| crate::daemon::daemon_alive(&ws))
+            .and_then(|ws| crate::daemon_lock::daemon_alive(&ws))
     });
     Status {
         name: name.to_string(),

@@ -114,9 +114,9 @@ pub struct Settings {
     /// Whether any model provider is configured (prompt loops wait for one).
     pub has_providers: bool,
     /// `providers:` by name.
-    pub providers: std::collections::BTreeMap<String, crate::agent::config::ProviderConfig>,
+    pub providers: std::collections::BTreeMap<String, crate::providers::ProviderConfig>,
     /// `defaults:`: the provider and model a prompt loop gets when it names none.
-    pub defaults: crate::agent::config::Defaults,
+    pub defaults: crate::providers::Defaults,
     /// `allow_shell_tool: true` lets loops that list `shell` in `tools:` use it.
     pub allow_shell_tool: bool,
     /// `allow_shell_jobs: true` lets shell jobs run (as `LOOPS_ALLOW_SHELL_JOBS=1` does).
@@ -124,12 +124,12 @@ pub struct Settings {
     /// The main session (`main:`), when configured.
     pub main: Option<MainSettings>,
     /// `channels:` by name: where messages are delivered.
-    pub channels: std::collections::BTreeMap<String, crate::channels::ChannelConfig>,
+    pub channels: std::collections::BTreeMap<String, crate::channel_config::ChannelConfig>,
     /// The never-share rules every loop and the main session keep (`classification`,
     /// `deny_patterns`, `detectors`).
     pub guard: crate::guard::GuardConfig,
     /// `mcp_servers:` by name: MCP servers whose tools loops may list in `tools:`.
-    pub mcp_servers: std::collections::BTreeMap<String, crate::mcp::client::McpServerConfig>,
+    pub mcp_servers: std::collections::BTreeMap<String, crate::mcp_config::McpServerConfig>,
     /// Errors in loops.yaml whose setting could not be applied, so that a default stands
     /// in for what the person wrote: while there are any, nothing runs
     /// ([`Workspace::refuse_unapplied_settings`]).
@@ -361,7 +361,7 @@ impl Workspace {
             d
         }));
         ws.diagnostics = diagnostics;
-        crate::domain::learn_env_secrets(&ws.domains_dir());
+        learn_env_secrets(&ws.domains_dir());
         Ok(ws)
     }
 
@@ -576,7 +576,7 @@ pub fn parse_settings(root: &Path, text: &str) -> (Settings, Vec<Diagnostic>) {
     let value: yaml_serde::Value = match yaml_serde::from_str(text) {
         Ok(v) => v,
         Err(e) => {
-            diags.push(crate::domain::yaml_syntax_diagnostic(&rel, text, &e));
+            diags.push(crate::diag::yaml_syntax_diagnostic(&rel, text, &e));
             s.unapplied = diags.clone();
             return (s, diags);
         }
@@ -786,14 +786,14 @@ pub fn parse_settings(root: &Path, text: &str) -> (Settings, Vec<Diagnostic>) {
                 }
             }
             "mcp_servers" => {
-                s.mcp_servers = crate::mcp::client::parse_mcp_servers(&rel, &loc, v, &mut diags)
+                s.mcp_servers = crate::mcp_config::parse_mcp_servers(&rel, &loc, v, &mut diags)
             }
             "providers" => {
-                s.providers = crate::agent::config::parse_providers(&rel, &loc, v, &mut diags);
+                s.providers = crate::providers::parse_providers(&rel, &loc, v, &mut diags);
                 s.has_providers = !s.providers.is_empty();
             }
             "defaults" => {
-                s.defaults = crate::agent::config::parse_defaults(&rel, &loc, v, &mut diags)
+                s.defaults = crate::providers::parse_defaults(&rel, &loc, v, &mut diags)
             }
             "allow_shell_tool" => match v.as_bool() {
                 Some(b) => s.allow_shell_tool = b,
@@ -812,7 +812,7 @@ pub fn parse_settings(root: &Path, text: &str) -> (Settings, Vec<Diagnostic>) {
                         .help("allow_shell_jobs: true lets `loops jobs submit shell` run commands"),
                 ),
             },
-            "channels" => s.channels = crate::channels::parse_channels(&rel, &loc, v, &mut diags),
+            "channels" => s.channels = crate::channel_config::parse_channels(&rel, &loc, v, &mut diags),
             "classification" | "deny_patterns" | "detectors" => {}
             other => diags.push(unknown_key(&rel, &loc, &[other], TOP_KEYS)),
         }
@@ -876,10 +876,10 @@ fn check_main(
                 "the main session is a prompt and is waiting for a provider",
             )
             .at(loc.key(&["main", "prompt"]))
-            .help(crate::agent::config::PROVIDER_HELP),
+            .help(crate::providers::PROVIDER_HELP),
         );
     } else if let Err((msg, help)) =
-        crate::agent::config::resolve(s, m.provider.as_deref(), m.model.as_deref())
+        crate::providers::resolve(&s.providers, &s.defaults, m.provider.as_deref(), m.model.as_deref())
     {
         diags.push(
             Diagnostic::error(rel, format!("main session: {msg}"))
@@ -1113,3 +1113,39 @@ impl SettingsReport {
         }
     }
 }
+/// Learns (src/secrets.rs) the secret-looking `env:` values of every loop under
+/// `domains_dir`, so that running one loop redacts another's token that a hostile
+/// command or tool read from its config.yaml. Unreadable configs are skipped: `loops
+/// check` reports them.
+pub fn learn_env_secrets(domains_dir: &Path) {
+    let Ok(read) = std::fs::read_dir(domains_dir) else {
+        return;
+    };
+    for e in read.filter_map(|e| e.ok()) {
+        let Ok(text) = std::fs::read_to_string(e.path().join("config.yaml")) else {
+            continue;
+        };
+        let Ok(v) = yaml_serde::from_str::<yaml_serde::Value>(&text) else {
+            continue;
+        };
+        let Some(env) = v.get("env").and_then(yaml_serde::Value::as_mapping) else {
+            continue;
+        };
+        crate::secrets::learn(
+            env.iter()
+                .filter(|(k, _)| k.as_str().is_some_and(crate::secrets::looks_secret))
+                .filter_map(|(_, v)| yaml_scalar(v)),
+        );
+    }
+}
+
+/// A YAML scalar as text (a string, number or boolean).
+pub fn yaml_scalar(v: &yaml_serde::Value) -> Option<String> {
+    match v {
+        yaml_serde::Value::String(s) => Some(s.clone()),
+        yaml_serde::Value::Number(n) => Some(n.to_string()),
+        yaml_serde::Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+

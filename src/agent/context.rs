@@ -216,7 +216,7 @@ fn clip_file(s: &str) -> String {
     }
     format!(
         "{}\n[… cut at {} KiB; read the rest with read_file and a line range]",
-        super::tools::clip(s, MAX_FILE_BYTES),
+        crate::text::clip(s, MAX_FILE_BYTES),
         MAX_FILE_BYTES / 1024
     )
 }

@@ -661,7 +661,14 @@ fn search_files_inner(sb: &Sandbox, input: &Value) -> Res<ToolOk> {
     let path = root_if_empty(a.opt_str("path")?);
     let glob = a.opt_str("glob")?.filter(|g| !g.trim().is_empty());
     let re = regex::Regex::new(pattern).map_err(|e| FileToolError::Regex(e.to_string()))?;
-    let glob_re = glob.map(glob_regex).transpose()?;
+    let glob_re = glob
+        .map(|g| {
+            super::glob::glob_regex(g).map_err(|why| FileToolError::Glob {
+                glob: g.to_string(),
+                why,
+            })
+        })
+        .transpose()?;
     let abs = sb.resolve(path, Access::Read)?;
     let shown = sb.relative(&abs);
     let md = fs::metadata(&abs).map_err(|e| {
@@ -793,74 +800,6 @@ fn clip(line: &str) -> String {
     }
 }
 
-/// A glob as an anchored regex: `*` and `?` stay inside one folder, `**` crosses
-/// folders, `{a,b}` is either, `[abc]` and `[!abc]` are character classes.
-pub(crate) fn glob_regex(glob: &str) -> Res<regex::Regex> {
-    let bad = |why| FileToolError::Glob {
-        glob: glob.to_string(),
-        why,
-    };
-    let g = glob.strip_prefix("./").unwrap_or(glob);
-    let mut re = String::from("^");
-    let mut chars = g.chars().peekable();
-    let mut braces = 0usize;
-    while let Some(c) = chars.next() {
-        match c {
-            '*' if chars.peek() == Some(&'*') => {
-                chars.next();
-                if chars.peek() == Some(&'/') {
-                    chars.next();
-                    re.push_str("(?:.*/)?");
-                } else {
-                    re.push_str(".*");
-                }
-            }
-            '*' => re.push_str("[^/]*"),
-            '?' => re.push_str("[^/]"),
-            '{' => {
-                braces += 1;
-                re.push_str("(?:");
-            }
-            ',' if braces > 0 => re.push('|'),
-            '}' if braces > 0 => {
-                braces -= 1;
-                re.push(')');
-            }
-            '[' => {
-                let mut class = String::from("[");
-                if chars.peek() == Some(&'!') || chars.peek() == Some(&'^') {
-                    chars.next();
-                    class.push('^');
-                }
-                let mut closed = false;
-                let mut first = true;
-                for k in chars.by_ref() {
-                    if k == ']' && !first {
-                        closed = true;
-                        break;
-                    }
-                    first = false;
-                    if k == '-' {
-                        class.push('-');
-                    } else {
-                        class.push_str(&regex::escape(&k.to_string()));
-                    }
-                }
-                if !closed {
-                    return Err(bad("a [ is never closed"));
-                }
-                class.push(']');
-                re.push_str(&class);
-            }
-            other => re.push_str(&regex::escape(&other.to_string())),
-        }
-    }
-    if braces > 0 {
-        return Err(bad("a { is never closed"));
-    }
-    re.push('$');
-    regex::Regex::new(&re).map_err(|_| bad("it does not form a pattern"))
-}
 
 // ---------------------------------------------------------------------------------------
 // write_file, edit_file, append_file

@@ -13,14 +13,12 @@
 //! - [`main_agent`]: the main session on a model, and its conversation between wakes
 
 pub mod anthropic;
-pub mod config;
 pub mod context;
 pub mod executables;
 pub mod files;
-pub mod main_agent;
+pub(crate) mod glob;
 pub mod model;
 pub mod openai;
-pub mod prompt;
 pub mod provider;
 pub mod run;
 pub mod sandbox;

@@ -93,29 +93,7 @@ pub struct SystemPart {
     pub cache: bool,
 }
 
-/// Tokens a request used.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Usage {
-    pub input: u64,
-    pub output: u64,
-    #[serde(default)]
-    pub cache_read: u64,
-    #[serde(default)]
-    pub cache_write: u64,
-}
-
-impl Usage {
-    pub fn add(&mut self, other: &Usage) {
-        self.input += other.input;
-        self.output += other.output;
-        self.cache_read += other.cache_read;
-        self.cache_write += other.cache_write;
-    }
-
-    pub fn is_zero(&self) -> bool {
-        *self == Usage::default()
-    }
-}
+pub use crate::usage::Usage;
 
 /// Everything one model call needs.
 #[derive(Debug, Clone)]
@@ -137,4 +115,20 @@ pub struct ModelReply {
     pub stop_reason: Option<String>,
     /// The model that answered, when the provider says.
     pub model: Option<String>,
+}
+
+/// How much of an error body a message quotes.
+const EXCERPT_CHARS: usize = 500;
+
+/// An error body as text, for providers whose error has no message field.
+pub(crate) fn body_excerpt(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body);
+    let text = text.trim();
+    if text.is_empty() {
+        return "(empty body)".into();
+    }
+    match text.char_indices().nth(EXCERPT_CHARS) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text.to_string(),
+    }
 }

@@ -312,6 +312,6 @@ pub fn error_message(body: &[u8]) -> String {
     });
     match found {
         Some(m) if !m.trim().is_empty() => m.trim().to_string(),
-        _ => super::provider::body_excerpt(body),
+        _ => super::model::body_excerpt(body),
     }
 }

@@ -6,7 +6,7 @@
 //! could hold it derives `Debug`, the header is marked sensitive, and provider messages
 //! are scrubbed of it before they are returned.
 
-use super::config::{ProviderConfig, ProviderKind};
+use crate::providers::{ProviderConfig, ProviderKind};
 use super::model::{ModelReply, ModelRequest};
 use super::{anthropic, openai};
 use crate::duration::format_duration;
@@ -59,7 +59,6 @@ pub fn request_body(kind: ProviderKind, req: &ModelRequest<'_>) -> Vec<u8> {
 const ANTHROPIC_VERSION: &str = "2023-06-01";
 const BACKOFF_START: Duration = Duration::from_millis(500);
 const BACKOFF_CAP: Duration = Duration::from_secs(30);
-const EXCERPT_CHARS: usize = 500;
 
 pub struct HttpProvider {
     cfg: ProviderConfig,
@@ -398,15 +397,3 @@ fn jitter(d: Duration) -> Duration {
     d.mul_f64(0.8 + 0.4 * unit)
 }
 
-/// An error body as text, for providers whose error has no message field.
-pub(crate) fn body_excerpt(body: &[u8]) -> String {
-    let text = String::from_utf8_lossy(body);
-    let text = text.trim();
-    if text.is_empty() {
-        return "(empty body)".into();
-    }
-    match text.char_indices().nth(EXCERPT_CHARS) {
-        Some((cut, _)) => format!("{}…", &text[..cut]),
-        None => text.to_string(),
-    }
-}

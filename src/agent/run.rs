@@ -4,7 +4,8 @@
 
 use super::model::{Block, Message, ModelRequest, Role, SystemPart, Usage};
 use super::provider::{Completion, HttpProvider, ProviderError};
-use super::tools::{is_silent_token, Finish, ToolKit};
+use crate::text::is_silent_token;
+use super::tools::{Finish, ToolKit};
 use super::transcript::Transcript;
 use std::time::Duration;
 use tokio::sync::watch;

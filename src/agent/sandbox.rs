@@ -732,7 +732,7 @@ fn is_glob(c: &str) -> bool {
 /// A `reads:` glob against a path: `*` within one folder, `**` across folders; a glob
 /// that matches a folder grants what is below it.
 fn glob_match(glob: &str, path: &str) -> bool {
-    let Ok(re) = super::files::glob_regex(glob) else {
+    let Ok(re) = super::glob::glob_regex(glob) else {
         return false;
     };
     let parts: Vec<&str> = path.split('/').collect();

@@ -18,6 +18,8 @@ use crate::channels::{DeliveryNote, Outbound, Poster};
 use crate::guard::Guard;
 use crate::handoff::{Inbox, NewHandoff, Priority};
 use crate::history::Committer;
+use crate::text::clip;
+use crate::tool_names::{is_known, mcp_reference};
 use crate::workspace::Workspace;
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
@@ -26,88 +28,11 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 
-/// Every tool the runner knows.
-pub const KNOWN: &[&str] = &[
-    "read_file",
-    "list_files",
-    "search_files",
-    "write_file",
-    "edit_file",
-    "append_file",
-    "save_draft",
-    "create_handoff",
-    "complete_handoff",
-    "tick_item",
-    "post",
-    "deliver",
-    "http_get",
-    "shell",
-    "call_tool",
-    "finish",
-];
-
-/// What an isolated loop is offered when its config.yaml has no `tools:`. `http_get`
-/// and `shell` are never on by default: they reach outside the workspace.
-pub const ISOLATED_DEFAULT: &[&str] = &[
-    "read_file",
-    "list_files",
-    "search_files",
-    "write_file",
-    "edit_file",
-    "append_file",
-    "save_draft",
-    "create_handoff",
-    "finish",
-];
-
-/// What the main session is offered when loops.yaml `main.tools` is unset.
-pub const MAIN_DEFAULT: &[&str] = &[
-    "read_file",
-    "list_files",
-    "search_files",
-    "write_file",
-    "edit_file",
-    "append_file",
-    "create_handoff",
-    "complete_handoff",
-    "tick_item",
-    "post",
-    "finish",
-];
-
-/// Replies that mean "nothing to say": a silent exit, never delivered anywhere.
-pub const SILENT_TOKENS: &[&str] = &["SILENT", "NO_REPLY", "HEARTBEAT_OK"];
-
-/// Whether `text` is exactly a silent token (surrounding whitespace aside).
-pub fn is_silent_token(text: &str) -> bool {
-    let t = text.trim();
-    SILENT_TOKENS.contains(&t)
-}
-
-pub fn is_known(name: &str) -> bool {
-    KNOWN.contains(&name)
-}
-
 /// The largest response body `http_get` hands back.
 pub const HTTP_MAX_BYTES: usize = 256 * 1024;
 
 /// The most text one MCP tool call hands back to the model.
 pub const MCP_MAX_BYTES: usize = 128 * 1024;
-
-/// An entry of `tools:` that names an MCP server rather than a built-in tool:
-/// `Some((server, None))` for `server`, `Some((server, Some(tool)))` for `server.tool`.
-pub fn mcp_reference(entry: &str) -> Option<(&str, Option<&str>)> {
-    if is_known(entry) {
-        return None;
-    }
-    match entry.split_once('.') {
-        Some((server, tool)) if !server.is_empty() && !tool.is_empty() => {
-            Some((server, Some(tool)))
-        }
-        Some(_) => None,
-        None => Some((entry, None)),
-    }
-}
 
 /// Which tools of one MCP server a run may use.
 #[derive(Debug, Clone, PartialEq)]
@@ -442,13 +367,13 @@ impl ToolKit {
             self.env.ws.root.join("domains").join(&self.env.loop_name),
             self.env.ws.root.join("drafts").join(&self.env.loop_name),
         ];
-        let before = crate::jobs::snapshot_areas(watched.clone()).await;
+        let before = crate::snapshot::Snapshot::of(watched.clone()).await;
         let r = pool
             .call(&cfg, tool, args, cfg.call_timeout.min(left))
             .await;
-        let after = crate::jobs::snapshot_areas(watched).await;
+        let after = crate::snapshot::Snapshot::of(watched).await;
         self.wrote
-            .extend(crate::jobs::changed_between(&before, &after));
+            .extend(crate::snapshot::changed_between(&before, &after));
         match r {
             Ok(r) if r.is_error => Err(ToolError::new(format!(
                 "{server}.{tool} reported an error: {}",
@@ -645,14 +570,14 @@ impl ToolKit {
         let ws = self.env.ws.clone();
         let committer = self.env.committer.clone();
         let made = tokio::task::spawn_blocking(move || {
-            crate::main_session::create_committed(&ws, committer.as_ref(), &n)
+            crate::handoff::create_committed(&ws, committer.as_ref(), &n)
         })
         .await
         .ok()
         .flatten();
         match made {
             Some(id) => {
-                let marker = crate::jobs::handoff_runs_dir(&self.env.ws).join(&self.env.run_id);
+                let marker = crate::layout::handoff_runs_dir(&self.env.ws).join(&self.env.run_id);
                 let _ = crate::fsutil::atomic_replace(&marker, id.as_bytes());
                 self.handoffs.push(id.clone());
                 Ok(ToolOk::text(format!("handed off as {id}")))
@@ -910,10 +835,10 @@ impl ToolKit {
             spec.cwd.clone(),
             self.env.ws.root.join("drafts").join(&self.env.loop_name),
         ];
-        let before = crate::jobs::snapshot_areas(watched.clone()).await;
+        let before = crate::snapshot::Snapshot::of(watched.clone()).await;
         let res = crate::exec::run(&exec, None, None).await;
-        let after = crate::jobs::snapshot_areas(watched).await;
-        let wrote = crate::jobs::changed_between(&before, &after);
+        let after = crate::snapshot::Snapshot::of(watched).await;
+        let wrote = crate::snapshot::changed_between(&before, &after);
         let mut out = match (res.exit_code, res.failure_reason(remaining)) {
             (Some(0), _) => "exit 0".to_string(),
             (_, Some(why)) => why,
@@ -1017,18 +942,6 @@ fn tail(s: &str, max: usize) -> &str {
         i += 1;
     }
     &s[i..]
-}
-
-/// At most `max` bytes of `s`, on a character boundary.
-pub fn clip(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_string();
-    }
-    let mut i = max;
-    while !s.is_char_boundary(i) {
-        i -= 1;
-    }
-    format!("{}…", &s[..i])
 }
 
 fn str_arg(input: &Value, key: &str) -> Result<String, ToolError> {
@@ -1137,7 +1050,7 @@ pub fn all_specs() -> Vec<ToolSpec> {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use crate::text::is_silent_token;
 
     #[test]
     fn silent_tokens_are_exact() {

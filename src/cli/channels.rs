@@ -2,7 +2,7 @@
 //! was delivered.
 
 use super::output::{relative, table};
-use super::CliError;
+use super::error::CliError;
 use crate::channels::{self, DeliveryStatus, Outbound, Poster};
 use crate::guard::Guard;
 use crate::workspace::Workspace;
@@ -271,7 +271,7 @@ pub fn deliveries(
                 r.status.as_str().to_string(),
                 r.loop_name.clone(),
                 r.attempts.to_string(),
-                crate::agent::tools::clip(&why, 60),
+                crate::text::clip(&why, 60),
                 r.handoff.clone().unwrap_or_default(),
             ]
         })

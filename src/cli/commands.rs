@@ -1,12 +1,14 @@
 //! One function per command.
 
 use super::output::{duration_ms, local_stamp, relative, short_local, table, table_fit};
-use super::{Cli, CliError, Command, LogFormat};
+use super::args::{Cli, Command, LogFormat};
+use super::error::CliError;
 use crate::clock::SystemClock;
 use crate::daemon::{self, DaemonOptions};
 use crate::diag::Severity;
 use crate::domain::{discover, DomainEntry};
-use crate::jobs::{self, RunContext, RunRequest, Trigger};
+use crate::engine::loop_run;
+use crate::engine::run_context::{RunContext, RunRequest, Trigger};
 use crate::operator;
 use crate::runs::{Outcome, RunLog};
 use crate::state::{Pause, StateStore};
@@ -540,7 +542,7 @@ fn trigger(ws: Workspace, name: &str, follow: bool, json_out: bool) -> Result {
         // Ctrl-C or SIGTERM stops the run's whole process group and records it as
         // interrupted, rather than leaving the command running with no one watching.
         let cancel_rx = super::output::stop_on_signal();
-        let rec = jobs::execute(&ctx, &def, &req, live, Some(cancel_rx)).await;
+        let rec = loop_run::execute(&ctx, &def, &req, live, Some(cancel_rx)).await;
         let _ = printer.await;
         // MCP servers the run started live in this process: they end with it.
         crate::mcp::client::McpPool::shutdown_all().await;

@@ -1,7 +1,8 @@
 //! `loops handoff create` and `loops inbox`.
 
 use super::output::{relative, table};
-use super::{CliError, HandoffCommand, InboxCommand};
+use super::args::{HandoffCommand, InboxCommand};
+use super::error::CliError;
 use crate::handoff::{Inbox, ItemRef, NewHandoff, Priority};
 use crate::history::{commit_message, CommitRequest, Committer};
 use crate::operator;
@@ -140,7 +141,7 @@ pub fn handoff(ws: &Workspace, cmd: HandoffCommand) -> Result {
     let (id, path, _) = inbox.create_with(&n, Utc::now(), |id, dest, text| {
         if let Some(r) = &run {
             // Tell the runner this run handed off (no orphan-draft handoff is needed).
-            let marker = crate::jobs::handoff_runs_dir(ws).join(r);
+            let marker = crate::layout::handoff_runs_dir(ws).join(r);
             let _ = crate::fsutil::append_line(&marker, id);
         }
         if let Some(c) = &committer {

@@ -1,12 +1,13 @@
 //! `loops jobs …` and `loops agent run`: the job queue at the command line.
 
 use super::output::table;
-use super::CliError;
+use super::error::CliError;
 use crate::clock::SystemClock;
 use crate::jobs::job::{Job, JobId, JobKind, JobState};
 use crate::jobs::queue::{self, JobSpec, QueueError, Sender};
 use crate::jobs::store::JobStore;
-use crate::jobs::{report, stats, worker};
+use crate::engine::worker;
+use crate::jobs::{report, stats};
 use crate::workspace::Workspace;
 use chrono::Utc;
 use clap::{Args, Subcommand};
@@ -329,7 +330,7 @@ fn shell_allowed_for(ws: &Workspace, inline: bool) -> bool {
     if ws.settings.allow_shell_jobs {
         return true;
     }
-    match crate::daemon::daemon_alive(ws) {
+    match crate::daemon_lock::daemon_alive(ws) {
         Some(info) if !inline => info.allow_shell_jobs,
         _ => worker::shell_allowed(ws),
     }
@@ -487,7 +488,7 @@ pub fn jobs(ws: &Workspace, cmd: JobsCommand) -> Result {
             Ok(())
         }
         JobsCommand::Stats { json } => {
-            let st = stats::compute(&store, now, crate::daemon::daemon_alive(ws).is_some());
+            let st = stats::compute(&store, now, crate::daemon_lock::daemon_alive(ws).is_some());
             if json {
                 print_json(&serde_json::to_value(&st).unwrap_or_default());
             } else {
@@ -533,7 +534,7 @@ fn wait_for_runner(store: &JobStore, id: JobId, done: impl Fn(&Job) -> bool) -> 
 }
 
 fn warn_if_no_daemon(ws: &Workspace) {
-    if crate::daemon::daemon_alive(ws).is_none() {
+    if crate::daemon_lock::daemon_alive(ws).is_none() {
         eprintln!(
             "note: no daemon is running in this workspace: nothing will run it until `loops run` starts (or run it here with `--follow`)"
         );
@@ -550,7 +551,7 @@ fn submit_and_report(
 ) -> Result {
     let now = Utc::now();
     let planned = queue::plan(&spec, now)?;
-    let inline = follow && crate::daemon::daemon_alive(ws).is_none();
+    let inline = follow && crate::daemon_lock::daemon_alive(ws).is_none();
     let refused = (planned.kind == JobKind::Shell && !shell_allowed_for(ws, inline))
         .then(worker::shell_refusal);
     if dry_run {
@@ -644,7 +645,7 @@ fn after_submit(
 fn follow_job(ws: &Workspace, store: &JobStore, id: JobId, stream: bool) -> Result<Job> {
     let rt = crate::daemon::runtime()
         .map_err(|e| CliError::new(format!("cannot start the async runtime: {e}")))?;
-    if crate::daemon::daemon_alive(ws).is_none() {
+    if crate::daemon_lock::daemon_alive(ws).is_none() {
         let ws = Arc::new(ws.clone());
         let committer = if ws.settings.git_commit {
             crate::history::Committer::start(
@@ -809,7 +810,7 @@ impl Tail {
             .flatten()
             .any(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
         {
-            super::die_of_sigpipe();
+            super::error::die_of_sigpipe();
         }
     }
 }
@@ -1053,7 +1054,7 @@ pub fn agent(ws: &Workspace, cmd: AgentCommand) -> Result {
                         })
                     })
                     .map(|n| {
-                        crate::agent::tools::clip(
+                        crate::text::clip(
                             &n.split_whitespace().collect::<Vec<_>>().join(" "),
                             48,
                         )
@@ -1089,7 +1090,7 @@ pub fn agent(ws: &Workspace, cmd: AgentCommand) -> Result {
         );
         return Ok(());
     }
-    let inline = follow && crate::daemon::daemon_alive(ws).is_none();
+    let inline = follow && crate::daemon_lock::daemon_alive(ws).is_none();
     let shell_ok = shell_allowed_for(ws, inline);
     let (agg_job, kids) = queue::submit_fanout(&store, &children, &agg, now, &|j: &Job| {
         (j.kind == JobKind::Shell && !shell_ok).then(worker::shell_refusal)

@@ -1,7 +1,7 @@
 //! `loops service install|status|uninstall`: the daemon as a systemd user unit or a
 //! launchd agent. The work is in [`crate::service`]; this is arguments and printing.
 
-use super::CliError;
+use super::error::CliError;
 use crate::service::{self, Dirs, Manager, ServiceError, ServiceSpec};
 use crate::workspace::Workspace;
 use clap::Subcommand;

@@ -2,7 +2,7 @@
 //! the inbox, the job queue, deliveries, MCP servers, recent runs and commits.
 
 use super::output::{relative, span, table};
-use super::CliError;
+use super::error::CliError;
 use crate::handoff::Stage;
 use crate::runs::RunLog;
 use crate::workspace::Workspace;
@@ -15,7 +15,7 @@ const RECENT: usize = 5;
 
 pub fn status(ws: &Workspace, json_out: bool) -> Result {
     let now = Utc::now();
-    let daemon = crate::daemon::daemon_alive(ws);
+    let daemon = crate::daemon_lock::daemon_alive(ws);
     let loops = crate::operator::loop_rows(ws, now);
     let handoffs = crate::operator::handoff_rows(ws, now);
     let store = crate::jobs::store::JobStore::new(ws);
@@ -349,7 +349,7 @@ pub fn status(ws: &Workspace, json_out: bool) -> Result {
                     relative(r.finished, now),
                     r.loop_name.clone(),
                     r.outcome.to_string(),
-                    crate::agent::tools::clip(
+                    crate::text::clip(
                         r.error.as_deref().or(r.summary.as_deref()).unwrap_or(""),
                         60,
                     ),
@@ -367,7 +367,7 @@ pub fn status(ws: &Workspace, json_out: bool) -> Result {
                 vec![
                     c.commit.chars().take(8).collect(),
                     relative(c.time, now),
-                    crate::agent::tools::clip(&c.summary, 70),
+                    crate::text::clip(&c.summary, 70),
                 ]
             })
             .collect();
@@ -427,7 +427,7 @@ fn running_now(
         // one claimed for a later second has not started yet.
         .filter(|m| m.started <= now)
         .map(|m| {
-            let wake = m.loop_name == crate::main_session::MAIN;
+            let wake = m.loop_name == crate::engine::run_context::MAIN;
             Running {
                 what: if wake { "wake" } else { "run" },
                 name: if wake {
@@ -446,7 +446,7 @@ fn running_now(
         (j.state == crate::jobs::job::JobState::Active && lease.owner_alive()).then(|| {
             Running {
                 what: "job",
-                name: format!("#{} ({})", j.id, crate::agent::tools::clip(&j.name, 40)),
+                name: format!("#{} ({})", j.id, crate::text::clip(&j.name, 40)),
                 detail: {
                     let mut d = format!(
                         "{} · attempt {}/{}",

@@ -295,7 +295,7 @@ impl Tokens {
         *self == Tokens::default()
     }
 
-    pub fn from_usage(u: &crate::agent::model::Usage) -> Tokens {
+    pub fn from_usage(u: &crate::usage::Usage) -> Tokens {
         Tokens {
             input: u.input,
             output: u.output,
@@ -613,7 +613,7 @@ impl From<&Job> for JobSummary {
             error: j
                 .error
                 .as_deref()
-                .map(|e| crate::agent::tools::clip(e, 200)),
+                .map(|e| crate::text::clip(e, 200)),
         }
     }
 }

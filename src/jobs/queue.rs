@@ -208,20 +208,20 @@ fn validate_params(kind: JobKind, params: &Value) -> Result<(), QueueError> {
                 }
                 let names = agent_tools(params).unwrap_or_default();
                 for n in &names {
-                    if !crate::agent::tools::is_known(n) {
+                    if !crate::tool_names::is_known(n) {
                         // Anything else names an MCP server (`server` or `server.tool`) from
                         // loops.yaml, checked when the job runs; a near miss of a built-in
                         // tool is a typo, not a server.
-                        let near = crate::diag::near_miss(n, crate::agent::tools::KNOWN);
-                        let mcp_shaped = crate::agent::tools::mcp_reference(n)
-                            .is_some_and(|(s, _)| crate::mcp::client::valid_server_name(s));
+                        let near = crate::diag::near_miss(n, crate::tool_names::KNOWN);
+                        let mcp_shaped = crate::tool_names::mcp_reference(n)
+                            .is_some_and(|(s, _)| crate::mcp_config::valid_server_name(s));
                         if near.is_some() || !mcp_shaped {
                             let hint = near
                                 .map(|m| format!(" (did you mean `{m}`?)"))
                                 .unwrap_or_default();
                             return bad(format!(
                                 "unknown tool `{n}`{hint}; known tools: {}, or an MCP server from loops.yaml (`server` or `server.tool`)",
-                                crate::agent::tools::KNOWN.join(", ")
+                                crate::tool_names::KNOWN.join(", ")
                             ));
                         }
                     }
@@ -308,7 +308,7 @@ fn default_name(kind: JobKind, params: &Value) -> String {
         JobKind::Aggregator => "aggregate".into(),
     };
     let one_line: String = raw.split_whitespace().collect::<Vec<_>>().join(" ");
-    crate::agent::tools::clip(&one_line, 48)
+    crate::text::clip(&one_line, 48)
 }
 
 /// Builds (and checks) the job a spec describes, without writing anything.
@@ -631,7 +631,7 @@ fn notify_parent(tx: &mut Tx, child: &Job, now: DateTime<Utc>) -> Result<(), Que
         "state": child.state.as_str(),
         "summary": child.result.as_ref().and_then(|r| r.summary.clone()),
         "exit_code": child.result.as_ref().and_then(|r| r.exit_code),
-        "stdout_tail": child.result.as_ref().map(|r| crate::agent::tools::clip(&r.stdout_tail, 4000)),
+        "stdout_tail": child.result.as_ref().map(|r| crate::text::clip(&r.stdout_tail, 4000)),
         "error": child.error,
         "tokens": tokens,
     });
@@ -658,7 +658,7 @@ fn notify_parent(tx: &mut Tx, child: &Job, now: DateTime<Utc>) -> Result<(), Que
                     child
                         .error
                         .as_deref()
-                        .map(|e| format!(": {}", crate::agent::tools::clip(e, 200)))
+                        .map(|e| format!(": {}", crate::text::clip(e, 200)))
                         .unwrap_or_default()
                 );
                 parent.error = Some(why.clone());
@@ -842,7 +842,7 @@ pub fn finish(
                             "attempt {} of {} failed: {}; retrying in {}",
                             job.attempts,
                             job.max_attempts,
-                            crate::agent::tools::clip(&error, 300),
+                            crate::text::clip(&error, 300),
                             crate::duration::format_duration(wait)
                         )),
                     );

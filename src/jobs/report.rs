@@ -210,13 +210,13 @@ pub fn details(j: &Job, now: DateTime<Utc>) -> String {
         if !r.stdout_tail.is_empty() {
             s.push_str(&format!(
                 "    stdout: {}\n",
-                crate::agent::tools::clip(r.stdout_tail.trim_end(), 2000).replace('\n', "\n      ")
+                crate::text::clip(r.stdout_tail.trim_end(), 2000).replace('\n', "\n      ")
             ));
         }
         if !r.stderr_tail.is_empty() {
             s.push_str(&format!(
                 "    stderr: {}\n",
-                crate::agent::tools::clip(r.stderr_tail.trim_end(), 2000).replace('\n', "\n      ")
+                crate::text::clip(r.stderr_tail.trim_end(), 2000).replace('\n', "\n      ")
             ));
         }
         if let Some(c) = &r.commit {

@@ -3,7 +3,7 @@
 //! and the bytes of the request body.
 
 use crate::fake_model::{self, FakeModel, Reply};
-use loops::agent::config::{ProviderConfig, ProviderKind};
+use loops::providers::{ProviderConfig, ProviderKind};
 use loops::agent::model::{Block, Message, ModelRequest, Role, SystemPart, ToolSpec, Usage};
 use loops::agent::provider::{self, Completion, HttpProvider, ProviderError};
 use loops::agent::{anthropic, openai};

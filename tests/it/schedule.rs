@@ -8,10 +8,10 @@ use chrono_tz::Europe::London;
 use chrono_tz::Tz;
 use loops::clock::{Clock, ManualClock};
 use loops::domain::{discover, LoopDef};
-use loops::jobs::Trigger;
+use loops::engine::run_context::Trigger;
 use loops::runs::{Outcome, RunLog, RunRecord};
 use loops::schedule::{jitter_offset, CatchUp, Schedule, When, MAX_CATCH_UP};
-use loops::scheduler::{Aftermath, DueRun, Scheduler};
+use loops::engine::scheduler::{Aftermath, DueRun, Scheduler};
 use loops::state::StateStore;
 use loops::workspace::Workspace;
 use std::collections::{BTreeMap, BTreeSet};
@@ -1613,7 +1613,7 @@ fn a_watermark_ahead_of_the_clock_in_the_state_file_is_re_anchored() {
     drop(lab.scheduler(&clock)); // writes nothing yet; the states are made by the claims
     let store = StateStore::new(&lab.ws().state_dir());
     for name in ["tenner", "nine"] {
-        let fp = loops::scheduler::fingerprint(lab.def(name));
+        let fp = loops::engine::scheduler::fingerprint(lab.def(name));
         let mut s = loops::state::LoopState::new(now, &fp);
         s.watermark = Some(utc("2026-06-04T09:00:00Z"));
         store.save(name, &s).expect("save state");

@@ -348,24 +348,24 @@ pub const PROVIDER_HELP: &str = "prompt loops need a model provider in loops.yam
 /// only provider configured; the model likewise falls back to the provider's `model`.
 /// `Err((message, help))` when that leads nowhere.
 pub fn resolve(
-    settings: &crate::workspace::Settings,
+    providers: &BTreeMap<String, ProviderConfig>,
+    defaults: &Defaults,
     provider: Option<&str>,
     model: Option<&str>,
 ) -> Result<(ProviderConfig, String), (String, String)> {
     let names = || {
-        settings
-            .providers
+        providers
             .keys()
             .map(String::as_str)
             .collect::<Vec<_>>()
             .join(", ")
     };
-    let name = match provider.or(settings.defaults.provider.as_deref()) {
+    let name = match provider.or(defaults.provider.as_deref()) {
         Some(n) => n.to_string(),
-        None if settings.providers.len() == 1 => {
-            settings.providers.keys().next().cloned().unwrap_or_default()
+        None if providers.len() == 1 => {
+            providers.keys().next().cloned().unwrap_or_default()
         }
-        None if settings.providers.is_empty() => {
+        None if providers.is_empty() => {
             return Err((
                 "no model provider is configured".into(),
                 PROVIDER_HELP.into(),
@@ -378,17 +378,16 @@ pub fn resolve(
             ))
         }
     };
-    let Some(p) = settings.providers.get(&name) else {
+    let Some(p) = providers.get(&name) else {
         let help = match near_miss(
             &name,
-            &settings
-                .providers
+            &providers
                 .keys()
                 .map(String::as_str)
                 .collect::<Vec<_>>(),
         ) {
             Some(k) => format!("did you mean `{k}`? Providers in loops.yaml: {}", names()),
-            None if settings.providers.is_empty() => PROVIDER_HELP.to_string(),
+            None if providers.is_empty() => PROVIDER_HELP.to_string(),
             None => format!("providers in loops.yaml: {}", names()),
         };
         return Err((
@@ -401,12 +400,11 @@ pub fn resolve(
         .or_else(|| {
             // defaults.model belongs to defaults.provider; another provider's default
             // model would be a name it does not know.
-            let same = settings
-                .defaults
+            let same = defaults
                 .provider
                 .as_deref()
                 .is_none_or(|d| d == name);
-            same.then(|| settings.defaults.model.clone()).flatten()
+            same.then(|| defaults.model.clone()).flatten()
         })
         .or_else(|| p.model.clone());
     match (model, p.kind) {

@@ -9,16 +9,17 @@
 //! dropped wake leaves one summary line — when it was, what it was about and how it ended.
 //! The newest 20 summary lines are kept and shown at the start of the conversation.
 
-use super::config::ProviderKind;
-use super::context;
-use super::model::{Block, Message, Role};
-use super::prompt::{http_provider, PromptOutcome};
-use super::sandbox::{Sandbox, Scope};
-use super::tools::{Claimed, ToolEnv, ToolKit, MAIN_DEFAULT};
-use super::transcript::{Redactor, Transcript};
+use crate::providers::ProviderKind;
+use crate::agent::context;
+use crate::agent::model::{Block, Message, Role};
+use crate::engine::prompt_run::{http_provider, PromptOutcome};
+use crate::agent::sandbox::{Sandbox, Scope};
+use crate::agent::tools::{Claimed, ToolEnv, ToolKit};
+use crate::tool_names::MAIN_DEFAULT;
+use crate::agent::transcript::{Redactor, Transcript};
 use crate::handoff::Handoff;
-use crate::jobs::RunContext;
-use crate::main_session::{WakeKind, MAIN};
+use crate::engine::run_context::RunContext;
+use crate::engine::run_context::{WakeKind, MAIN};
 use crate::workspace::MainSettings;
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
@@ -154,7 +155,7 @@ fn summarise(dropped: &[Message]) -> String {
         .iter()
         .rev()
         .find(|m| m.role == Role::Assistant && !m.text().trim().is_empty())
-        .map(|m| super::tools::clip(m.text().trim().lines().next().unwrap_or(""), 160));
+        .map(|m| crate::text::clip(m.text().trim().lines().next().unwrap_or(""), 160));
     let done: Vec<String> = dropped
         .iter()
         .flat_map(|m| m.tool_uses())
@@ -164,7 +165,7 @@ fn summarise(dropped: &[Message]) -> String {
             let id = input.get("id").and_then(|s| s.as_str());
             match (name, id) {
                 ("complete_handoff", Some(id)) => Some(format!("completed {id}")),
-                ("finish", _) if !s.is_empty() => Some(super::tools::clip(s, 160)),
+                ("finish", _) if !s.is_empty() => Some(crate::text::clip(s, 160)),
                 _ => None,
             }
         })
@@ -225,7 +226,7 @@ pub fn wake_message(kind: WakeKind, handoffs: &[(Handoff, PathBuf)], ws_root: &P
         let body = if body.len() > context::MAX_FILE_BYTES {
             format!(
                 "{}\n\n[… the body is {} bytes; read {rel} for the rest]",
-                super::tools::clip(body, context::MAX_FILE_BYTES),
+                crate::text::clip(body, context::MAX_FILE_BYTES),
                 body.len()
             )
         } else {
@@ -248,12 +249,12 @@ pub fn wake_message(kind: WakeKind, handoffs: &[(Handoff, PathBuf)], ws_root: &P
             // Only what the clip keeps is read: a draft of gigabytes costs no memory. The
             // path is checked again now, in its writer's scope, and opened beneath the root.
             let max = context::MAX_FILE_BYTES as u64 + 4;
-            match super::sandbox::read_draft(ws_root, h, max)
+            match crate::agent::sandbox::read_draft(ws_root, h, max)
                 .map(|d| d.map(|(t, _)| t).unwrap_or_default())
             {
                 Ok(t) => s.push_str(&format!(
                     "\nDraft `{d}`:\n\n```markdown\n{}\n```\n",
-                    super::tools::clip(t.trim_end(), context::MAX_FILE_BYTES)
+                    crate::text::clip(t.trim_end(), context::MAX_FILE_BYTES)
                 )),
                 Err(e) => s.push_str(&format!("\nDraft `{d}`: cannot be read ({e})\n")),
             }
@@ -300,8 +301,9 @@ pub async fn wake(
         Some(Err(e)) => return fail(e),
         Some(Ok(p)) => p,
     };
-    let (pcfg, model) = match super::config::resolve(
-        &ws.settings,
+    let (pcfg, model) = match crate::providers::resolve(
+        &ws.settings.providers,
+        &ws.settings.defaults,
         main.provider.as_deref(),
         main.model.as_deref(),
     ) {

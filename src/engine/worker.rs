@@ -8,9 +8,9 @@
 //! the file it names), with a heartbeat sweep as the safety net. Requests for a running
 //! job (cancel, pause, resume) arrive the same way, as changes to its file.
 
-use super::job::*;
-use super::queue::{self, RunEnd};
-use super::store::JobStore;
+use crate::jobs::job::*;
+use crate::jobs::queue::{self, RunEnd};
+use crate::jobs::store::JobStore;
 use crate::agent::model::{Message, Usage};
 use crate::agent::run::{drive, BeforeTurn, Drive, End, TurnHooks};
 use crate::clock::Clock;
@@ -952,7 +952,8 @@ async fn run_agent(
 ) -> (RunEnd, Tokens) {
     use crate::agent::context;
     use crate::agent::sandbox::{Sandbox, Scope};
-    use crate::agent::tools::{ToolEnv, ToolKit, ISOLATED_DEFAULT};
+    use crate::agent::tools::{ToolEnv, ToolKit};
+    use crate::tool_names::ISOLATED_DEFAULT;
     use crate::agent::transcript::{Redactor, Transcript};
     let ws = &cfg.ws;
     let p = &job.params;
@@ -961,15 +962,16 @@ async fn run_agent(
         result: JobResult::default(),
         permanent: true,
     };
-    let (pcfg, model) = match crate::agent::config::resolve(
-        &ws.settings,
+    let (pcfg, model) = match crate::providers::resolve(
+        &ws.settings.providers,
+        &ws.settings.defaults,
         p.get("provider").and_then(|v| v.as_str()),
         p.get("model").and_then(|v| v.as_str()),
     ) {
         Ok(r) => r,
         Err((msg, help)) => return (fail(format!("{msg} ({help})")), Tokens::default()),
     };
-    if pcfg.kind == crate::agent::config::ProviderKind::Command {
+    if pcfg.kind == crate::providers::ProviderKind::Command {
         return (
             fail(format!(
                 "provider `{}` is a command provider; agent jobs run on the agent loop and need an anthropic or openai provider (pass --model with one, or set `defaults:` in loops.yaml)",
@@ -1003,7 +1005,7 @@ async fn run_agent(
         &mut system,
         &crate::guard::Guard::new(&ws.settings.guard, None),
     );
-    let tools = super::queue::agent_tools(p)
+    let tools = crate::jobs::queue::agent_tools(p)
         .unwrap_or_else(|| ISOLATED_DEFAULT.iter().map(|s| s.to_string()).collect());
     let max_turns = p
         .get("max_turns")
@@ -1151,7 +1153,7 @@ async fn run_agent(
                 result
                     .summary
                     .as_deref()
-                    .map(|s| crate::agent::tools::clip(s.lines().next().unwrap_or(""), 60))
+                    .map(|s| crate::text::clip(s.lines().next().unwrap_or(""), 60))
                     .unwrap_or_else(|| job.name.clone())
             );
             let mut trailers = vec![

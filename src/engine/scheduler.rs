@@ -5,7 +5,7 @@
 
 use crate::clock::Clock;
 use crate::domain::LoopDef;
-use crate::jobs::Trigger;
+use crate::engine::run_context::Trigger;
 use crate::runs::{Outcome, RunLog, RunRecord};
 use crate::schedule::{stable_hash, Missed};
 use crate::state::{LastRun, LoopState, Pause, PendingRetry, StateStore};

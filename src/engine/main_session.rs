@@ -15,7 +15,7 @@
 use crate::exec::{self, ExecSpec};
 use crate::handoff::{self, Handoff, Inbox, NewHandoff, Priority};
 use crate::history::{commit_message, CommitRequest};
-use crate::jobs::RunContext;
+use crate::engine::run_context::{RunContext, WakeKind, MAIN};
 use crate::runs::{Outcome, RunRecord, RunningMarker};
 use crate::workspace::MainSettings;
 use chrono::{DateTime, Utc};
@@ -25,24 +25,6 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use tokio::sync::watch;
 
-/// The name main-session wakes are recorded under (`.loops/runs/main.jsonl`).
-pub const MAIN: &str = "main";
-
-/// Why a wake happens.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WakeKind {
-    Handoffs,
-    Heartbeat,
-}
-
-impl WakeKind {
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            WakeKind::Handoffs => "handoffs",
-            WakeKind::Heartbeat => "heartbeat",
-        }
-    }
-}
 
 /// What the runner remembers about one handoff between wakes (`.loops/inbox/<name>.json`).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -425,11 +407,11 @@ pub async fn wake(
         ),
     ]);
     let areas = vec![ws.root.join("drafts"), ws.root.join(".working-memory")];
-    let before = crate::jobs::snapshot_areas(areas.clone()).await;
-    let mut on_model: Option<crate::agent::main_agent::ModelWake> = None;
+    let before = crate::snapshot::Snapshot::of(areas.clone()).await;
+    let mut on_model: Option<crate::engine::main_agent::ModelWake> = None;
     let res = match &main.command {
         None if main.prompt.is_some() => {
-            let w = crate::agent::main_agent::wake(ctx, main, kind, &run_id, &loaded, cancel).await;
+            let w = crate::engine::main_agent::wake(ctx, main, kind, &run_id, &loaded, cancel).await;
             let r = model_exec_result(&w.outcome);
             on_model = Some(w);
             r
@@ -448,7 +430,7 @@ pub async fn wake(
             // The marker names the command's process group, so a runner that dies
             // mid-wake has it stopped at its next start, before the handoffs go back to
             // the inbox: an orphaned main session must not work on them beside the next.
-            let note_pgid = crate::jobs::note_pgid(ctx, &marker, &mut spawn_rx);
+            let note_pgid = crate::engine::run_context::note_pgid(ctx, &marker, &mut spawn_rx);
             // Owning the spec, the run drops the spawn sender when it ends, so a command
             // that cannot start does not leave `note_pgid` waiting.
             let run = async move { exec::run(&spec, None, cancel).await };
@@ -462,7 +444,7 @@ pub async fn wake(
             ..Default::default()
         },
     };
-    let after = crate::jobs::snapshot_areas(areas).await;
+    let after = crate::snapshot::Snapshot::of(areas).await;
     let now = Utc::now();
     let ok = res.success();
     let reported = match (&on_model, ok) {
@@ -485,7 +467,7 @@ pub async fn wake(
     let mut released = Vec::new();
     let mut returned = Vec::new();
     let mut uncompleted = Vec::new();
-    let mut commit_paths: Vec<PathBuf> = crate::jobs::changed_between(&before, &after);
+    let mut commit_paths: Vec<PathBuf> = crate::snapshot::changed_between(&before, &after);
     if let Some(w) = &on_model {
         // What the model's tools wrote, wherever the main session may write.
         let runtime = ws.runtime_dir();
@@ -680,7 +662,7 @@ pub async fn wake(
                 ("Duration-Ms", rec.duration_ms.to_string()),
             ];
             t.extend(trailers);
-            t.extend(crate::jobs::token_trailers(&rec));
+            t.extend(crate::engine::loop_run::token_trailers(&rec));
             rec.changed = commit_paths
                 .iter()
                 .map(|p| ws.relative(p).display().to_string())
@@ -719,7 +701,7 @@ pub async fn wake(
 
 /// A wake on a model, seen as the result of a command, so one path decides what
 /// happens to the handoffs whichever kind of main session ran.
-fn model_exec_result(o: &crate::agent::prompt::PromptOutcome) -> exec::ExecResult {
+fn model_exec_result(o: &crate::engine::prompt_run::PromptOutcome) -> exec::ExecResult {
     let outcome = o.outcome.unwrap_or(Outcome::Silent);
     let summary = o.summary.clone().unwrap_or_default();
     exec::ExecResult {
@@ -801,48 +783,10 @@ fn moves_request(outcome: &str, moved: Vec<Moved>) -> Option<CommitRequest> {
 /// Creates a handoff from the runner itself (accountability) and commits it.
 pub async fn runner_handoff(ctx: &RunContext, n: NewHandoff) -> Option<String> {
     let ctx = ctx.clone();
-    tokio::task::spawn_blocking(move || create_committed(&ctx.ws, ctx.committer.as_ref(), &n))
+    tokio::task::spawn_blocking(move || handoff::create_committed(&ctx.ws, ctx.committer.as_ref(), &n))
         .await
         .ok()
         .flatten()
-}
-
-/// Writes a handoff and commits its creation before the rename that delivers it, so the
-/// history shows it handed off before any wake can show it closed. Blocking.
-pub fn create_committed(
-    ws: &crate::workspace::Workspace,
-    committer: Option<&crate::history::Committer>,
-    n: &NewHandoff,
-) -> Option<String> {
-    let inbox = Inbox::of(ws);
-    let mut n = n.clone();
-    handoff::fit_body(&mut n, inbox.max_bytes());
-    let n = &n;
-    let made = inbox.create_with(n, Utc::now(), |id, dest, text| {
-        if let Some(c) = committer {
-            let t = vec![
-                ("Handoff", id.to_string()),
-                ("From", n.from.clone()),
-                ("Outcome", "created".to_string()),
-            ];
-            let req = CommitRequest {
-                paths: Vec::new(),
-                message: commit_message(&format!("{}: handoff: {}", n.from, n.title), &t),
-                contents: vec![(dest.to_path_buf(), text.as_bytes().to_vec())],
-                ..Default::default()
-            };
-            if let Err(e) = c.commit_blocking(req) {
-                tracing::warn!("handoff {id}: creation not committed: {e}");
-            }
-        }
-    });
-    match made {
-        Ok((id, _, _)) => Some(id),
-        Err(e) => {
-            tracing::error!("could not create a handoff ({}): {e}", n.title);
-            None
-        }
-    }
 }
 
 /// The handoff telling the main session a loop was paused after failing.

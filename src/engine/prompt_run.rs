@@ -1,18 +1,20 @@
 //! One run of a prompt loop: the gate, the context, the provider (HTTP or an agent CLI),
-//! the tools, the transcript — everything but the commit, which [`crate::jobs::execute`]
+//! the tools, the transcript — everything but the commit, which [`crate::engine::loop_run::execute`]
 //! makes for every kind of run alike.
 
-use super::config::{ProviderConfig, ProviderKind};
-use super::context::{self, Dynamic};
-use super::model::{Message, Usage};
-use super::provider::HttpProvider;
-use super::run::{drive, Drive, End};
-use super::sandbox::{Sandbox, Scope};
-use super::tools::{is_silent_token, ShellSpec, ToolEnv, ToolKit, ISOLATED_DEFAULT};
-use super::transcript::{Redactor, Transcript};
+use crate::providers::{ProviderConfig, ProviderKind};
+use crate::agent::context::{self, Dynamic};
+use crate::agent::model::{Message, Usage};
+use crate::agent::provider::HttpProvider;
+use crate::agent::run::{drive, Drive, End};
+use crate::agent::sandbox::{Sandbox, Scope};
+use crate::text::is_silent_token;
+use crate::agent::tools::{ShellSpec, ToolEnv, ToolKit};
+use crate::tool_names::ISOLATED_DEFAULT;
+use crate::agent::transcript::{Redactor, Transcript};
 use crate::domain::{LoopDef, Payload};
 use crate::exec::{self, ExecSpec};
-use crate::jobs::{RunContext, RunRequest};
+use crate::engine::run_context::{RunContext, RunRequest};
 use crate::runs::{Outcome, RunRecord, RunningMarker};
 use crate::state::LoopState;
 use crate::workspace::Workspace;
@@ -109,7 +111,7 @@ pub fn loop_tools(def: &LoopDef) -> Vec<String> {
 
 /// The collection window's start and how it was computed.
 fn window(def: &LoopDef, state: Option<&LoopState>) -> (Option<DateTime<Utc>>, String) {
-    let start = crate::jobs::window_start(def, state);
+    let start = crate::engine::run_context::window_start(def, state);
     let rule = match def.overlap {
         Some(o) => format!(
             "the last successful run minus the {} overlap",
@@ -201,11 +203,11 @@ pub async fn run(
         return PromptOutcome::failed("not a prompt loop".into());
     };
     let (pcfg, model) =
-        match super::config::resolve(&ws.settings, provider.as_deref(), model.as_deref()) {
+        match crate::providers::resolve(&ws.settings.providers, &ws.settings.defaults, provider.as_deref(), model.as_deref()) {
             Ok(r) => r,
             Err((msg, help)) => return PromptOutcome::failed(format!("{msg} ({help})")),
         };
-    let mut env = crate::jobs::run_env(ws, def, &req.run_id, state);
+    let mut env = crate::engine::run_context::run_env(ws, def, &req.run_id, state);
     let (window_start, window_rule) = window(def, state);
     let now = Utc::now();
     env.push(("LOOPS_WINDOW_END".into(), now.to_rfc3339()));
@@ -326,7 +328,7 @@ pub async fn run(
             committer: ctx.committer.clone(),
             claimed: Vec::new(),
             guard: crate::guard::Guard::new(&ws.settings.guard, Some(&def.guard)),
-            delivery_scope: crate::jobs::delivery_scope(def, req),
+            delivery_scope: crate::engine::run_context::delivery_scope(def, req),
         });
         kit.load_mcp().await;
         http_provider(
@@ -367,7 +369,7 @@ pub async fn http_provider(
     pcfg: &ProviderConfig,
     model: &str,
     max_turns: u32,
-    system: &[super::model::SystemPart],
+    system: &[crate::agent::model::SystemPart],
     messages: Vec<Message>,
     deadline: Instant,
     cancel: Option<watch::Receiver<bool>>,
@@ -484,7 +486,7 @@ async fn command_provider(
     ctx: &RunContext,
     def: &LoopDef,
     pcfg: &ProviderConfig,
-    system: &[super::model::SystemPart],
+    system: &[crate::agent::model::SystemPart],
     dynamic: &str,
     mut env: Vec<(String, String)>,
     deadline: Instant,
@@ -523,7 +525,7 @@ async fn command_provider(
     // The run owns the spec, so the spawn sender goes when the run ends: an agent CLI
     // that cannot start does not leave `note_pgid` waiting for a pid forever.
     let run = async move { exec::run(&spec, None, cancel).await };
-    let (res, ()) = tokio::join!(run, crate::jobs::note_pgid(ctx, marker, &mut spawn_rx));
+    let (res, ()) = tokio::join!(run, crate::engine::run_context::note_pgid(ctx, marker, &mut spawn_rx));
     let text = res.stdout_tail.trim().to_string();
     tr.message(&Message::assistant_text(text.clone()), " (final text)");
     if !res.stderr_tail.trim().is_empty() {
@@ -564,7 +566,7 @@ fn loop_sandbox(root: &std::path::Path, def: &LoopDef, main_scope: bool) -> Sand
             loop_name: def.name.clone(),
         }
     };
-    let mut walls = super::sandbox::Walls::load(root, &scope);
+    let mut walls = crate::agent::sandbox::Walls::load(root, &scope);
     walls.reads = def.reads.clone();
     walls.edit_prompt = def.edit_prompt;
     Sandbox::with_walls(root, scope, walls)

@@ -1,0 +1,511 @@
+//! One run of a loop, start to finish: mark it running, run the payload, find the files
+//! it changed, commit them, append the run record. Everything that runs goes through
+//! here, whether the daemon scheduled it or a person triggered it.
+
+use crate::domain::{LoopDef, Payload};
+use crate::engine::run_context::{
+    delivery_scope, note_pgid, run_env, RunContext, RunRequest,
+};
+use crate::jobs::own;
+use crate::exec::{self, ExecSpec};
+use crate::history::{commit_message, CommitRequest};
+use crate::runs::{Outcome, RunRecord, RunningMarker};
+use crate::snapshot::{changed_between, Snapshot};
+use crate::workspace::Workspace;
+use chrono::Utc;
+use std::path::{Path, PathBuf};
+use tokio::sync::{mpsc, watch};
+
+/// The longest a run waits for the person's git to finish moving HEAD.
+const GIT_WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Waits while a git command that rewrites the work tree (a pull, a rebase, a checkout)
+/// runs in it. A run that appends to a file git is replacing writes into the file git
+/// unlinks, and its line is gone before the runner can see it (the pull test found it);
+/// git's own commands take a second at most, so the run starts a moment later instead.
+/// A git that starts during a run can still meet it; that window is the run's length.
+fn wait_for_git(root: &std::path::Path, loop_name: &str) {
+    let workdir = root.canonicalize().unwrap_or_else(|_| root.to_path_buf());
+    let t0 = std::time::Instant::now();
+    let mut said = false;
+    while let Some(who) = crate::git_gate::git_rewriting(&workdir) {
+        if t0.elapsed() >= GIT_WAIT_MAX {
+            tracing::warn!(
+                loop_name,
+                "git has been at work for {}s ({who}): the run starts anyway",
+                GIT_WAIT_MAX.as_secs()
+            );
+            return;
+        }
+        if !said {
+            tracing::info!(loop_name, "the run waits for git to finish ({who})");
+            said = true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// The start snapshot of a run: its areas' files, and which of them hold a person's
+/// uncommitted edits (only worth finding when the run's changes are committed).
+async fn snapshot_start(
+    ctx: &RunContext,
+    def: &LoopDef,
+    areas: Vec<PathBuf>,
+) -> (Snapshot, own::StartState) {
+    let root = ctx.ws.root.clone();
+    let commits = ctx.committer.is_some();
+    let marker = own::interrupted_marker(&ctx.ws, &def.name);
+    let loop_name = def.name.clone();
+    tokio::task::spawn_blocking(move || {
+        if commits {
+            wait_for_git(&root, &loop_name);
+        }
+        let files = Snapshot::take(&areas);
+        if !commits {
+            return (files, own::StartState::default());
+        }
+        let mut start = own::StartState::read(&root, files.paths());
+        // A marker left behind: the run before this one was killed before it committed.
+        if let Some(then) = std::fs::read(&marker)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Vec<PathBuf>>(&b).ok())
+        {
+            start.adopt_interrupted(&then);
+        }
+        let now = serde_json::to_vec(&start.dirty_paths()).unwrap_or_default();
+        if let Some(dir) = marker.parent() {
+            let _ = crate::fsutil::create_dir_all(dir);
+        }
+        let _ = crate::fsutil::atomic_replace(&marker, &now);
+        (files, start)
+    })
+    .await
+    .unwrap_or_default()
+}
+
+/// The run's changes are committed, or queued to be: no later run need adopt them.
+fn run_finished_sorting(ctx: &RunContext, def: &LoopDef) {
+    let _ = std::fs::remove_file(own::interrupted_marker(&ctx.ws, &def.name));
+}
+
+/// The files that define a loop, which are a person's to change, never a run's.
+fn definition_files(def: &LoopDef) -> Vec<PathBuf> {
+    vec![def.dir.join("config.yaml"), def.dir.join("prompt.md")]
+}
+
+/// The folders a loop's run may change (and whose changes are committed).
+pub fn writable_areas(ws: &Workspace, def: &LoopDef) -> Vec<PathBuf> {
+    vec![def.dir.clone(), ws.root.join("drafts").join(&def.name)]
+}
+
+/// Runs one loop once and returns its record (already appended to the run log).
+pub async fn execute(
+    ctx: &RunContext,
+    def: &LoopDef,
+    req: &RunRequest,
+    live: Option<exec::Live>,
+    cancel: Option<watch::Receiver<bool>>,
+) -> RunRecord {
+    let started = Utc::now();
+    let marker = RunningMarker::for_this_process(
+        &def.name,
+        &req.run_id,
+        req.trigger.as_str(),
+        req.slot,
+        req.attempt,
+        started,
+    );
+    // The daemon marks a run when it claims its slot; a run started directly (loops
+    // trigger) is marked here.
+    if !ctx.running.exists(&req.run_id) {
+        if let Err(e) = ctx.running.put(&marker) {
+            tracing::warn!("cannot write the running marker: {e}");
+        }
+    }
+    let state = ctx.store.load(&def.name);
+    let mut rec = RunRecord {
+        loop_name: def.name.clone(),
+        run_id: req.run_id.clone(),
+        trigger: req.trigger.as_str().to_string(),
+        slot: req.slot,
+        attempt: req.attempt,
+        fired: req.fired,
+        started,
+        finished: started,
+        duration_ms: 0,
+        outcome: Outcome::Silent,
+        exit_code: None,
+        error: None,
+        stdout_tail: String::new(),
+        stderr_tail: String::new(),
+        stdout_dropped: 0,
+        stderr_dropped: 0,
+        changed: Vec::new(),
+        changed_count: None,
+        commit: None,
+        missed_count: None,
+        note: None,
+        provider: None,
+        model: None,
+        tokens: None,
+        turns: None,
+        summary: None,
+        transcript: None,
+        refused_tools: Vec::new(),
+        deliveries: Vec::new(),
+        held_back: Vec::new(),
+    };
+    let areas = writable_areas(&ctx.ws, def);
+    // Walking and hashing the loop's files is blocking work: keep it off the async
+    // workers that time every other loop's runs.
+    let mut changed = Vec::new();
+    let mut attributed = own::Attributed::default();
+    match &def.payload {
+        Payload::Prompt { .. } if !ctx.ws.settings.has_providers => {
+            rec.outcome = Outcome::Skipped;
+            rec.note = Some(
+                "waiting for a provider: prompt loops need `providers:` in loops.yaml (see docs/configuration.md)".into(),
+            );
+        }
+        Payload::Prompt { .. } => {
+            let (before, start) = snapshot_start(ctx, def, areas.clone()).await;
+            let p = crate::engine::prompt_run::run(ctx, def, req, state.as_ref(), &marker, live, cancel)
+                .await;
+            let after = Snapshot::of(areas.clone()).await;
+            let mut all = changed_between(&before, &after);
+            // Files the tools wrote outside the loop's areas (a new inbox file, or
+            // anywhere for a loop in the main session's context) are the run's too.
+            let runtime = ctx.ws.runtime_dir();
+            for w in &p.wrote {
+                if !w.starts_with(&runtime) && !all.contains(w) {
+                    all.push(w.clone());
+                }
+            }
+            let writer = if p.writes_itself {
+                own::Writer::Command {
+                    definition: definition_files(def),
+                    reported: None,
+                }
+            } else {
+                own::Writer::Tools(&p.wrote)
+            };
+            attributed = own::attribute(all, &start, &writer);
+            changed = attributed.committed();
+            p.fill(&mut rec, &ctx.ws, !changed.is_empty());
+        }
+        Payload::Command { argv } => {
+            let (before, start) = snapshot_start(ctx, def, areas.clone()).await;
+            let (spawn_tx, mut spawn_rx) = mpsc::unbounded_channel();
+            let wrote_list = own::wrote_file(&ctx.ws, &req.run_id);
+            if let Some(dir) = wrote_list.parent() {
+                // Private like the rest of .loops/ (the daemon would tighten it otherwise).
+                let _ = crate::fsutil::create_dir_all(dir);
+            }
+            let mut env = run_env(&ctx.ws, def, &req.run_id, state.as_ref());
+            env.push(("LOOPS_WROTE".into(), wrote_list.display().to_string()));
+            let spec = ExecSpec {
+                argv: argv.clone(),
+                cwd: def.dir.clone(),
+                env,
+                timeout: def.timeout,
+                grace: exec::KILL_GRACE,
+                on_spawn: Some(spawn_tx),
+                stdin: None,
+            };
+            let note_pgid = note_pgid(ctx, &marker, &mut spawn_rx);
+            // The run owns the spec (and so the spawn sender): when a command cannot be
+            // started at all, the sender goes with it and `note_pgid` ends instead of
+            // waiting forever for a pid.
+            let run = async move { exec::run(&spec, live, cancel).await };
+            let (res, ()) = tokio::join!(run, note_pgid);
+            let after = Snapshot::of(areas.clone()).await;
+            let writer = own::Writer::Command {
+                definition: definition_files(def),
+                reported: own::take_reported(&wrote_list, &def.dir),
+            };
+            attributed = own::attribute(changed_between(&before, &after), &start, &writer);
+            changed = attributed.committed();
+            rec.exit_code = res.exit_code;
+            rec.stdout_tail = res.stdout_tail.clone();
+            rec.stderr_tail = res.stderr_tail.clone();
+            rec.stdout_dropped = res.stdout_dropped;
+            rec.stderr_dropped = res.stderr_dropped;
+            rec.error = res.failure_reason(def.timeout);
+            rec.outcome = if res.cancelled {
+                Outcome::Interrupted
+            } else if res.timed_out {
+                Outcome::Timeout
+            } else if !res.success() {
+                Outcome::Failed
+            } else if changed.is_empty()
+                && (res.stdout_bytes == 0
+                    || crate::channels::strip_silent_lines(&res.stdout_tail).is_empty())
+            {
+                // Nothing changed and nothing said but a silent token: a silent run.
+                Outcome::Silent
+            } else {
+                Outcome::Acted
+            };
+            rec.duration_ms = res.duration.as_millis() as u64;
+            if let (Some(d), Outcome::Acted) = (&def.deliver, rec.outcome) {
+                if let Some(w) = deliver_stdout(ctx, def, req, d, &res, &mut rec).await {
+                    changed.push(w);
+                }
+            }
+        }
+    }
+    rec.changed = changed
+        .iter()
+        .map(|p| ctx.ws.relative(p).display().to_string())
+        .collect();
+    rec.finished = Utc::now();
+    if rec.duration_ms == 0 {
+        rec.duration_ms = (rec.finished - started).num_milliseconds().max(0) as u64;
+    }
+    if let Some(h) = orphan_draft_handoff(ctx, def, &req.run_id, &changed) {
+        let n = format!("wrote a draft but no handoff: made handoff {}", h.0);
+        rec.note = Some(match rec.note.take() {
+            Some(old) => format!("{old}; {n}"),
+            None => n,
+        });
+        rec.changed
+            .push(ctx.ws.relative(&h.1).display().to_string());
+        changed.push(h.1);
+    }
+    let sink = crate::history::HeldBackSink::default();
+    // Until its changes are committed (or waiting in the committer's queue), a run that is
+    // killed leaves them for the next run of the loop to adopt (see `snapshot_start`).
+    let mut committed_or_queued = true;
+    if !changed.is_empty() {
+        if let Some(c) = &ctx.committer {
+            let msg = commit_message(
+                &format!("{}: {}", def.name, subject_for(&rec)),
+                &trailers(def, &rec),
+            );
+            match c
+                .commit(CommitRequest {
+                    paths: changed,
+                    message: msg,
+                    own_hunks: std::mem::take(&mut attributed.own_hunks),
+                    held_back: Some(sink.clone()),
+                    ..Default::default()
+                })
+                .await
+            {
+                Ok(Some(oid)) => rec.commit = Some(oid.to_string()),
+                Ok(None) => {}
+                Err(e) => {
+                    let help = e.help().map(|h| format!(" ({h})")).unwrap_or_default();
+                    if matches!(e, crate::history::HistoryError::Held(_)) {
+                        // The committer said once that commits are held; not news per run.
+                        tracing::debug!(loop_name = %def.name, "run commit waits: {e}");
+                    } else {
+                        tracing::warn!(loop_name = %def.name, "could not commit the run's changes: {e}{help}");
+                    }
+                    rec.note = Some(format!("not committed: {e}{help}"));
+                    committed_or_queued = matches!(e, crate::history::HistoryError::Held(_));
+                }
+            }
+        }
+    }
+    if committed_or_queued {
+        run_finished_sorting(ctx, def);
+    }
+    rec.finished = rec.finished.max(started);
+    if let Ok(mut more) = sink.lock() {
+        attributed.held.append(&mut more);
+    }
+    note_held_back(ctx, def, &attributed.held, &mut rec);
+    let all = std::mem::take(&mut rec.changed);
+    rec.set_changed(all);
+    if let Err(e) = ctx.runlog.append(&rec) {
+        tracing::error!("cannot append the run record: {e}");
+    }
+    ctx.running.remove(&req.run_id);
+    rec
+}
+
+/// Names in the record, and warns of, the paths left out of the run's commit; they are
+/// no longer listed as the run's changes.
+fn note_held_back(
+    ctx: &RunContext,
+    def: &LoopDef,
+    held: &[(PathBuf, String)],
+    rec: &mut RunRecord,
+) {
+    if held.is_empty() {
+        return;
+    }
+    for h in own::records(&ctx.ws, held) {
+        tracing::warn!(loop_name = %def.name, path = %h.path, "held back from the run's commit: {}", h.why);
+        rec.changed.retain(|c| *c != h.path);
+        rec.held_back.push(h);
+    }
+}
+
+/// `deliver:` — posts a command loop's stdout to its channel. A failure is recorded with
+/// the run (and handed to the main session by the poster); it does not fail the run.
+/// Returns the file a `file` channel wrote, to be committed with the run.
+async fn deliver_stdout(
+    ctx: &RunContext,
+    def: &LoopDef,
+    req: &RunRequest,
+    d: &crate::domain::Deliver,
+    res: &exec::ExecResult,
+    rec: &mut RunRecord,
+) -> Option<PathBuf> {
+    // A cut output keeps its head and tail with a line between them saying how much
+    // is missing, so the message says it is not the whole.
+    let text = crate::channels::strip_silent_lines(&res.stdout_tail);
+    if text.trim().is_empty() {
+        return None;
+    }
+    let poster = crate::channels::Poster::new(
+        ctx.ws.clone(),
+        ctx.committer.clone(),
+        crate::guard::Guard::new(&ctx.ws.settings.guard, Some(&def.guard)),
+    );
+    let o = crate::channels::Outbound {
+        channel: d.channel.clone(),
+        text,
+        thread: d.thread.clone(),
+        loop_name: def.name.clone(),
+        run_id: req.run_id.clone(),
+        scope: delivery_scope(def, req),
+    };
+    // Retries are bounded by the channel's own attempts; this is a last stop.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(15 * 60);
+    let r = poster.post(&o, deadline).await;
+    if let Some(n) = crate::channels::DeliveryNote::of(&d.channel, &r) {
+        rec.deliveries.push(n);
+    }
+    match r {
+        Ok(p) => p.wrote,
+        Err(e) => {
+            tracing::warn!(loop_name = %def.name, "{e}");
+            let n = format!("not delivered: {e}");
+            rec.note = Some(match rec.note.take() {
+                Some(old) => format!("{old}; {n}"),
+                None => n,
+            });
+            None
+        }
+    }
+}
+
+/// A run that wrote a draft in `drafts/<loop>/` but made no handoff gets one made for it,
+/// flagged `orphan-draft`, so the draft is not silently forgotten.
+fn orphan_draft_handoff(
+    ctx: &RunContext,
+    def: &LoopDef,
+    run_id: &str,
+    changed: &[PathBuf],
+) -> Option<(String, PathBuf)> {
+    let drafts = ctx.ws.root.join("drafts").join(&def.name);
+    let draft = changed
+        .iter()
+        .find(|p| p.starts_with(&drafts) && p.is_file())?;
+    if crate::layout::handoff_runs_dir(&ctx.ws).join(run_id).exists() {
+        return None;
+    }
+    let rel = ctx.ws.relative(draft).display().to_string();
+    let n = crate::handoff::NewHandoff {
+        from: def.name.clone(),
+        to: "main".into(),
+        title: format!("Draft from {} without a handoff", def.name),
+        run: Some(run_id.to_string()),
+        draft: Some(rel.clone()),
+        flagged: Some("orphan-draft".into()),
+        body: format!(
+            "The run {run_id} of `{}` wrote `{rel}` but made no handoff. The runner made this one so the draft is not forgotten.",
+            def.name
+        ),
+        items: vec!["Read the draft".into(), "Decide what to do with it".into()],
+        ..Default::default()
+    };
+    match crate::handoff::Inbox::of(&ctx.ws).create(&n, Utc::now()) {
+        Ok((id, path, _)) => Some((id, path)),
+        Err(e) => {
+            tracing::warn!(loop_name = %def.name, "could not make the orphan-draft handoff: {e}");
+            None
+        }
+    }
+}
+
+fn subject_for(rec: &RunRecord) -> String {
+    let line = rec
+        .summary
+        .as_deref()
+        .unwrap_or(&rec.stdout_tail)
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty() && !l.starts_with("[…"))
+        .map(|l| crate::text::clip(l, 100));
+    match (rec.outcome, line) {
+        (Outcome::Acted, Some(l)) => l,
+        (Outcome::Acted, None) | (Outcome::Silent, _) => {
+            let names: Vec<&str> = rec
+                .changed
+                .iter()
+                .map(|p| {
+                    Path::new(p)
+                        .file_name()
+                        .and_then(|n| n.to_str())
+                        .unwrap_or(p)
+                })
+                .take(3)
+                .collect();
+            let more = rec.changed.len().saturating_sub(3);
+            if more > 0 {
+                format!("updated {} and {more} more", names.join(", "))
+            } else {
+                format!("updated {}", names.join(", "))
+            }
+        }
+        (o, _) => format!(
+            "{o}: {}",
+            rec.error.as_deref().unwrap_or("see the run record")
+        ),
+    }
+}
+
+fn trailers(def: &LoopDef, rec: &RunRecord) -> Vec<(&'static str, String)> {
+    let trigger = match rec.slot {
+        Some(s) => format!(
+            "{} {}",
+            rec.trigger,
+            s.with_timezone(&def.schedule.tz).to_rfc3339()
+        ),
+        None => rec.trigger.clone(),
+    };
+    let mut t = vec![
+        ("Loop", def.name.clone()),
+        ("Run", rec.run_id.clone()),
+        ("Trigger", trigger),
+        ("Outcome", rec.outcome.to_string()),
+        ("Duration-Ms", rec.duration_ms.to_string()),
+    ];
+    if rec.attempt > 1 {
+        t.push(("Attempt", rec.attempt.to_string()));
+    }
+    if let Some(c) = rec.exit_code {
+        t.push(("Exit-Code", c.to_string()));
+    }
+    t.extend(token_trailers(rec));
+    t
+}
+
+/// `Tokens-In`, `Tokens-Out`, the cache figures and `Model`, for prompt runs.
+pub fn token_trailers(rec: &RunRecord) -> Vec<(&'static str, String)> {
+    let mut t = Vec::new();
+    if let Some(u) = &rec.tokens {
+        t.push(("Tokens-In", u.input.to_string()));
+        t.push(("Tokens-Out", u.output.to_string()));
+        t.push(("Tokens-Cache-Read", u.cache_read.to_string()));
+        t.push(("Tokens-Cache-Write", u.cache_write.to_string()));
+    }
+    if let Some(m) = &rec.model {
+        t.push(("Model", m.clone()));
+    }
+    t
+}
