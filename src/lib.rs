@@ -21,6 +21,8 @@
 //! - [`cli`]: the command line
 //! - [`sys`]: the few system calls with no safe wrapper: the crate's only `unsafe` code
 
+#![deny(unsafe_code)]
+
 pub mod agent;
 pub mod beneath;
 pub mod channels;
