@@ -31,7 +31,8 @@ pub struct Beneath {
 
 /// Whether an error means the kernel refused a link or an escape on the way.
 pub fn is_refusal(e: &io::Error) -> bool {
-    matches!(e.raw_os_error(), Some(libc::ELOOP) | Some(libc::EXDEV))
+    use rustix::io::Errno;
+    matches!(Errno::from_io_error(e), Some(Errno::LOOP | Errno::XDEV))
 }
 
 impl Beneath {
@@ -234,7 +235,7 @@ fn plain(rel: &Path) -> io::Result<Vec<String>> {
             Component::Normal(s) => s.to_str().map(str::to_string).ok_or_else(|| {
                 io::Error::new(io::ErrorKind::InvalidInput, "a path name is not UTF-8")
             }),
-            _ => Err(io::Error::from_raw_os_error(libc::EXDEV)),
+            _ => Err(rustix::io::Errno::XDEV.into()),
         })
         .collect()
 }

@@ -808,8 +808,7 @@ impl Daemon {
             // stop it, but only if the group leader is the very process we started.
             if let Some(pgid) = m.pgid {
                 if crate::fsutil::process_alive(pgid, m.pgid_start) {
-                    // SAFETY: signalling the process group recorded for this run.
-                    unsafe { libc::kill(-(pgid as i32), libc::SIGKILL) };
+                    crate::sys::signal_group(pgid, crate::sys::Signal::KILL);
                     if let Some(n) = rec.note.as_mut() {
                         n.push_str("; its process group was still running and has been stopped");
                     }

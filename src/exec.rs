@@ -167,7 +167,7 @@ pub async fn run(
             return result;
         }
     };
-    let pgid = child.id().map(|p| p as i32);
+    let pgid = child.id();
     if let (Some(mut w), Some(bytes)) = (child.stdin.take(), spec.stdin.clone()) {
         // A command that does not read its stdin must not block the run: write in a
         // task, and a closed pipe is not an error.
@@ -239,7 +239,7 @@ pub async fn run(
         }
     } else if let Some(pg) = pgid {
         // Nothing the run started may outlive it holding the loop's files.
-        signal_group(pg, libc::SIGKILL);
+        crate::sys::signal_group(pg, crate::sys::Signal::KILL);
     }
     if let Some(st) = status {
         use std::os::unix::process::ExitStatusExt;
@@ -268,26 +268,21 @@ pub async fn run(
     result
 }
 
-fn signal_group(pgid: i32, sig: i32) -> bool {
-    // SAFETY: signalling a process group we created; a negative pid names the group.
-    unsafe { libc::kill(-pgid, sig) == 0 }
-}
-
 /// SIGTERM to the group, up to `grace` for it to go, then SIGKILL to whatever is left.
-async fn stop_group(pgid: i32, child: &mut tokio::process::Child, grace: Duration) {
-    if !signal_group(pgid, libc::SIGTERM) {
+async fn stop_group(pgid: u32, child: &mut tokio::process::Child, grace: Duration) {
+    use crate::sys::{group_exists, signal_group, Signal};
+    if !signal_group(pgid, Signal::TERM) {
         return;
     }
     let until = Instant::now() + grace;
     loop {
         let _ = child.try_wait();
-        // SAFETY: signal 0 only probes whether any member of the group exists.
-        let gone = unsafe { libc::kill(-pgid, 0) } != 0;
+        let gone = !group_exists(pgid);
         if gone {
             return;
         }
         if Instant::now() >= until {
-            signal_group(pgid, libc::SIGKILL);
+            signal_group(pgid, Signal::KILL);
             return;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;

@@ -144,23 +144,16 @@ pub fn overwrite_in_place(path: &Path, text: &str) -> io::Result<()> {
 /// Flushes everything written to the file system holding `dir` (one `syncfs`), the
 /// durable end of a batch of [`atomic_replace`] writes.
 pub fn sync_filesystem(dir: &Path) -> io::Result<()> {
-    use std::os::unix::io::AsRawFd;
     let f = File::open(dir)?;
-    // SAFETY: syncfs on a descriptor we own.
     #[cfg(target_os = "linux")]
-    let rc = unsafe { libc::syncfs(f.as_raw_fd()) };
+    rustix::fs::syncfs(&f)?;
     #[cfg(not(target_os = "linux"))]
-    let rc = {
-        let _ = f.as_raw_fd();
-        // SAFETY: sync(2) takes no arguments and cannot fail.
-        unsafe { libc::sync() };
-        0
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
+    {
+        // No syncfs here: sync(2) flushes every file system (and cannot fail).
+        let _ = f;
+        rustix::fs::sync();
     }
+    Ok(())
 }
 
 /// Appends one line with a single `write` call on an `O_APPEND` descriptor, so two
@@ -252,10 +245,7 @@ pub fn process_alive(pid: u32, start_time: Option<u64>) -> bool {
     if pid == 0 {
         return false;
     }
-    // SAFETY: kill with signal 0 only checks for existence and permission.
-    let exists = unsafe { libc::kill(pid as libc::pid_t, 0) } == 0
-        || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
-    if !exists {
+    if !crate::sys::process_exists(pid) {
         return false;
     }
     match (start_time, process_start_time(pid)) {
@@ -284,32 +274,25 @@ impl FileLock {
             .truncate(false)
             .mode(file_mode(path))
             .open(path)?;
-        use std::os::unix::io::AsRawFd;
-        // SAFETY: flock on a descriptor we own.
-        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-        if rc == 0 {
-            Ok(Some(FileLock { file }))
-        } else {
-            let err = io::Error::last_os_error();
-            if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
-                Ok(None)
-            } else {
-                Err(err)
-            }
+        use rustix::fs::{flock, FlockOperation};
+        match flock(&file, FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => Ok(Some(FileLock { file })),
+            Err(rustix::io::Errno::WOULDBLOCK) => Ok(None),
+            Err(e) => Err(e.into()),
         }
     }
 
     /// Takes the lock, waiting for another holder to let go.
     pub fn acquire_blocking(path: &Path) -> io::Result<FileLock> {
-        Self::acquire_mode(path, libc::LOCK_EX)
+        Self::acquire_mode(path, rustix::fs::FlockOperation::LockExclusive)
     }
 
     /// Takes the lock shared with other readers, waiting for a writer to finish.
     pub fn acquire_shared(path: &Path) -> io::Result<FileLock> {
-        Self::acquire_mode(path, libc::LOCK_SH)
+        Self::acquire_mode(path, rustix::fs::FlockOperation::LockShared)
     }
 
-    fn acquire_mode(path: &Path, mode: libc::c_int) -> io::Result<FileLock> {
+    fn acquire_mode(path: &Path, mode: rustix::fs::FlockOperation) -> io::Result<FileLock> {
         if let Some(dir) = path.parent() {
             create_dir_all(dir)?;
         }
@@ -320,16 +303,11 @@ impl FileLock {
             .truncate(false)
             .mode(file_mode(path))
             .open(path)?;
-        use std::os::unix::io::AsRawFd;
         loop {
-            // SAFETY: flock on a descriptor we own.
-            let rc = unsafe { libc::flock(file.as_raw_fd(), mode) };
-            if rc == 0 {
-                return Ok(FileLock { file });
-            }
-            let err = io::Error::last_os_error();
-            if err.kind() != io::ErrorKind::Interrupted {
-                return Err(err);
+            match rustix::fs::flock(&file, mode) {
+                Ok(()) => return Ok(FileLock { file }),
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(e) => return Err(e.into()),
             }
         }
     }

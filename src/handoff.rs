@@ -1170,7 +1170,7 @@ pub fn tick(path: &Path, which: &[ItemRef], all: bool, limit: u64) -> Result<Tic
     let mut f = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .custom_flags((rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK).bits() as i32)
         .open(path)
         .map_err(io(path))?;
     let meta = f.metadata().map_err(io(path))?;
@@ -1424,27 +1424,21 @@ fn md_files(dir: &Path) -> Vec<PathBuf> {
 /// taken and given back at once; `None` when the kernel will not say (not our file, no
 /// lease support, not a regular file).
 fn open_for_writing(path: &Path) -> Option<bool> {
-    use std::os::fd::AsRawFd;
     use std::os::unix::fs::OpenOptionsExt;
     let f = std::fs::OpenOptions::new()
         .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .custom_flags((rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK).bits() as i32)
         .open(path)
         .ok()?;
     if !f.metadata().ok()?.is_file() {
         return None;
     }
-    let fd = f.as_raw_fd();
-    // SAFETY: fcntl on a descriptor this function owns; F_SETLEASE takes an int argument.
-    let r = unsafe { libc::fcntl(fd, libc::F_SETLEASE, libc::F_RDLCK) };
-    if r == 0 {
-        // SAFETY: as above; gives the lease back before the file is closed.
-        unsafe { libc::fcntl(fd, libc::F_SETLEASE, libc::F_UNLCK) };
-        return Some(false);
-    }
-    match std::io::Error::last_os_error().raw_os_error() {
-        Some(libc::EAGAIN) => Some(true),
-        _ => None,
+    match crate::sys::probe_read_lease(&f) {
+        Ok(()) => Some(false),
+        Err(e) if rustix::io::Errno::from_io_error(&e) == Some(rustix::io::Errno::AGAIN) => {
+            Some(true)
+        }
+        Err(_) => None,
     }
 }
 

@@ -222,14 +222,7 @@ pub const GIT_OBJECT_CACHE_BYTES: usize = 4 << 20;
 fn bound_object_cache() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
-        libgit2_sys::init();
-        // SAFETY: GIT_OPT_SET_CACHE_MAX_SIZE takes one ssize_t; libgit2 is initialised.
-        unsafe {
-            libgit2_sys::git_libgit2_opts(
-                libgit2_sys::GIT_OPT_SET_CACHE_MAX_SIZE as libc::c_int,
-                GIT_OBJECT_CACHE_BYTES as libc::ssize_t,
-            );
-        }
+        crate::sys::git_bound_object_cache(GIT_OBJECT_CACHE_BYTES);
     });
 }
 
@@ -1711,17 +1704,8 @@ mod tests {
     use super::*;
 
     /// libgit2's (cache now, cache limit), process-wide.
-    fn cached_memory() -> (libc::ssize_t, libc::ssize_t) {
-        let (mut now, mut max): (libc::ssize_t, libc::ssize_t) = (0, 0);
-        // SAFETY: GIT_OPT_GET_CACHED_MEMORY writes two ssize_t through the pointers.
-        unsafe {
-            libgit2_sys::git_libgit2_opts(
-                libgit2_sys::GIT_OPT_GET_CACHED_MEMORY as libc::c_int,
-                &mut now as *mut libc::ssize_t,
-                &mut max as *mut libc::ssize_t,
-            );
-        }
-        (now, max)
+    fn cached_memory() -> (isize, isize) {
+        crate::sys::git_cached_memory()
     }
 
     /// A daemon's committer keeps what libgit2 caches bounded (issue 16: the default
@@ -1732,7 +1716,7 @@ mod tests {
         Repository::init(dir.path()).unwrap();
         let _c = Committer::start(dir.path(), "t", "t@localhost").unwrap();
         let (now, max) = cached_memory();
-        assert_eq!(max, GIT_OBJECT_CACHE_BYTES as libc::ssize_t);
+        assert_eq!(max, GIT_OBJECT_CACHE_BYTES as isize);
         assert!(max < 256 << 20, "below libgit2's default");
         assert!(now >= 0);
     }

@@ -219,7 +219,7 @@ pub fn report_io(path: &Path, err: &std::io::Error) {
     let disk = matches!(
         err.kind(),
         ReadOnlyFilesystem | StorageFull | QuotaExceeded | PermissionDenied
-    ) || err.raw_os_error() == Some(libc::EIO);
+    ) || err.raw_os_error() == Some(rustix::io::Errno::IO.raw_os_error());
     if !disk {
         return;
     }
@@ -417,7 +417,7 @@ mod tests {
         j.record("started", json!({"n": 1}));
         j.disk_error(
             &runtime.join("runs/x.jsonl"),
-            &std::io::Error::from_raw_os_error(libc::EROFS),
+            &std::io::Error::from(rustix::io::Errno::ROFS),
         );
         j.record("stopped", json!({"n": 2}));
         assert!(j.has_held());

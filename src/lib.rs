@@ -19,6 +19,9 @@
 //! - [`secrets`]: the environment handed over at start, and nothing of it left for children
 //! - [`service`]: `loops service`, the daemon as a systemd user unit or launchd agent
 //! - [`cli`]: the command line
+//! - [`sys`]: the few system calls with no safe wrapper: the crate's only `unsafe` code
+
+#![deny(unsafe_code)]
 
 pub mod agent;
 pub mod beneath;
@@ -53,6 +56,7 @@ pub mod secrets;
 pub mod service;
 pub mod snapshot;
 pub mod state;
+pub mod sys;
 pub mod templates;
 pub mod usage;
 pub mod text;

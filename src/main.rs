@@ -1,3 +1,5 @@
+#![deny(unsafe_code)]
+
 fn main() {
     // Before clap, tokio or any thread: a child must never find the API keys in this
     // process's environment block (src/secrets.rs).

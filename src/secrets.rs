@@ -133,9 +133,10 @@ pub fn protect() -> Result<(), SecretsError> {
 
 #[cfg(target_os = "linux")]
 fn reexec() -> Result<(), SecretsError> {
+    use std::os::fd::AsRawFd;
     use std::os::unix::process::CommandExt;
     let env: Vec<(OsString, OsString)> = std::env::vars_os().collect();
-    let fd = handover_file(&encode(&env)).map_err(SecretsError::Handover)?;
+    let file = handover_file(&encode(&env)).map_err(SecretsError::Handover)?;
     let mut args = std::env::args_os();
     let argv0 = args.next().unwrap_or_else(|| "loops".into());
     let kept = env.iter().filter(|(k, _)| k.to_str().is_some_and(is_kept));
@@ -145,10 +146,9 @@ fn reexec() -> Result<(), SecretsError> {
         .args(args)
         .env_clear()
         .envs(kept.map(|(k, v)| (k, v)))
-        .env(HANDOVER_FD, fd.to_string())
+        .env(HANDOVER_FD, file.as_raw_fd().to_string())
         .exec();
-    // SAFETY: `fd` is the memfd made above, owned by nobody else.
-    unsafe { libc::close(fd) };
+    drop(file);
     Err(SecretsError::Handover(err))
 }
 
@@ -161,26 +161,22 @@ fn reexec() -> Result<(), SecretsError> {
 
 /// A memfd (inherited across exec: no close-on-exec) holding `bytes`, read from the start.
 #[cfg(target_os = "linux")]
-fn handover_file(bytes: &[u8]) -> std::io::Result<i32> {
+fn handover_file(bytes: &[u8]) -> std::io::Result<std::fs::File> {
     use std::io::{Seek, Write};
-    use std::os::fd::{FromRawFd, IntoRawFd};
-    // SAFETY: a constant C string and no flags; the result is checked.
-    let fd = unsafe { libc::memfd_create(c"loops-env".as_ptr(), 0) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: `fd` was just created and is owned here.
-    let mut f = unsafe { std::fs::File::from_raw_fd(fd) };
+    let fd = rustix::fs::memfd_create(HANDOVER_NAME, rustix::fs::MemfdFlags::empty())?;
+    let mut f = std::fs::File::from(fd);
     f.write_all(bytes)?;
     f.rewind()?;
-    Ok(f.into_raw_fd())
+    Ok(f)
 }
+
+/// The handover memfd's name (`/proc/<pid>/fd/<n>` shows `/memfd:loops-env`).
+const HANDOVER_NAME: &str = "loops-env";
 
 /// Reads the handed-over environment, closes its memfd, drops the marker and turns off
 /// dumping: from here on no child of this process can read what it holds.
 fn adopt(fd: &str) -> Result<(), SecretsError> {
     use std::io::Read;
-    use std::os::fd::FromRawFd;
     let bad = |reason: String| SecretsError::Adopt {
         fd: fd.to_string(),
         reason,
@@ -192,17 +188,16 @@ fn adopt(fd: &str) -> Result<(), SecretsError> {
         .ok_or_else(|| bad("not a file descriptor number".into()))?;
     // Only the memfd `reexec` made: a stray value (set by hand, inherited from another
     // tool) must not make loops swallow its stdin or some other file as the environment.
-    let target = std::fs::read_link(format!("/proc/self/fd/{n}"))
-        .map_err(|_| bad("the descriptor is not open".into()))?;
-    if !target.to_string_lossy().starts_with("/memfd:loops-env") {
-        return Err(bad(format!(
-            "it is {}, not loops' handover",
-            target.display()
-        )));
-    }
-    // SAFETY: the descriptor is open and was made for this process by `reexec`; the File
-    // owns and closes it.
-    let mut f = unsafe { std::fs::File::from_raw_fd(n) };
+    // The File owns and closes it.
+    let mut f = crate::sys::adopt_inherited_memfd(n, HANDOVER_NAME).map_err(|e| {
+        bad(match e {
+            crate::sys::AdoptError::NotOpen => "the descriptor is not open".into(),
+            crate::sys::AdoptError::Other(target) => {
+                format!("it is {}, not loops' handover", target.display())
+            }
+            crate::sys::AdoptError::Again => "a handover was taken already".into(),
+        })
+    })?;
     let mut bytes = Vec::new();
     f.read_to_end(&mut bytes).map_err(|e| bad(e.to_string()))?;
     drop(f);
@@ -218,10 +213,7 @@ fn adopt(fd: &str) -> Result<(), SecretsError> {
 /// through /proc or ptrace (root is not stopped: docs/security.md).
 fn undumpable() {
     #[cfg(target_os = "linux")]
-    // SAFETY: PR_SET_DUMPABLE takes plain integers and changes only this process.
-    unsafe {
-        libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
-    }
+    let _ = rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable);
 }
 
 // ---------------------------------------------------------------------------------------

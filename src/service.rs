@@ -535,8 +535,7 @@ fn query(program: &str, args: &[&str]) -> std::result::Result<String, ToolError>
 }
 
 fn uid() -> u32 {
-    // SAFETY: getuid cannot fail and touches no memory.
-    unsafe { libc::getuid() }
+    rustix::process::getuid().as_raw()
 }
 
 fn manual_commands(manager: Manager, spec_name: &str, unit: &Path) -> Vec<String> {

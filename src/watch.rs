@@ -354,9 +354,11 @@ fn classify(path: &Path, source: notify::Error, starting: bool) -> WatchError {
         _ => None,
     };
     let path = path.to_path_buf();
-    if matches!(&source.kind, notify::ErrorKind::MaxFilesWatch) || os == Some(libc::ENOSPC) {
+    use rustix::io::Errno;
+    let is = |e: Errno| os == Some(e.raw_os_error());
+    if matches!(&source.kind, notify::ErrorKind::MaxFilesWatch) || is(Errno::NOSPC) {
         WatchError::WatchLimit { path }
-    } else if starting && matches!(os, Some(libc::EMFILE) | Some(libc::ENFILE)) {
+    } else if starting && (is(Errno::MFILE) || is(Errno::NFILE)) {
         WatchError::InstanceLimit { path }
     } else {
         WatchError::Notify { path, source }

@@ -564,7 +564,8 @@ fn check_regular(abs: &Path, shown: &str, missing_hint: &'static str) -> Res<fs:
 }
 
 fn is_missing(e: &io::Error) -> bool {
-    e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ENOTDIR)
+    e.kind() == io::ErrorKind::NotFound
+        || rustix::io::Errno::from_io_error(e) == Some(rustix::io::Errno::NOTDIR)
 }
 
 // ---------------------------------------------------------------------------------------

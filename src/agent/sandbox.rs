@@ -433,7 +433,8 @@ impl Sandbox {
                 Ok(_) => real = next,
                 Err(e)
                     if e.kind() == io::ErrorKind::NotFound
-                        || e.raw_os_error() == Some(libc::ENOTDIR) =>
+                        || rustix::io::Errno::from_io_error(&e)
+                            == Some(rustix::io::Errno::NOTDIR) =>
                 {
                     // Nothing exists from here on, so nothing below can be a link; the
                     // operation itself reports the missing file or the file-as-folder.

@@ -86,11 +86,7 @@ impl From<crate::state::StateError> for CliError {
 
 /// Ends the process as a Unix tool ends when its reader has gone: by SIGPIPE, silently.
 pub(crate) fn die_of_sigpipe() -> ! {
-    // SAFETY: restoring the default disposition and raising a signal touch no Rust state.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-        libc::raise(libc::SIGPIPE);
-    }
+    crate::sys::raise_default_sigpipe();
     // Not reached once the signal is delivered; the status a shell shows for it.
     std::process::exit(141)
 }

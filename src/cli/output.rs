@@ -36,12 +36,11 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
 pub fn width() -> usize {
     use std::io::IsTerminal;
     if std::io::stdout().is_terminal() {
-        // SAFETY: TIOCGWINSZ only fills the winsize struct it is given.
-        let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
-        if unsafe { libc::ioctl(libc::STDOUT_FILENO, libc::TIOCGWINSZ, &mut ws) } == 0
-            && ws.ws_col > 0
-        {
-            return ws.ws_col as usize;
+        // TIOCGWINSZ on stdout.
+        if let Ok(ws) = rustix::termios::tcgetwinsize(std::io::stdout()) {
+            if ws.ws_col > 0 {
+                return ws.ws_col as usize;
+            }
         }
     }
     crate::secrets::var("COLUMNS")

@@ -725,8 +725,8 @@ async fn run_shell(
                 match c {
                     Ctl::Pause if paused_at.is_none() => {
                         if let Some(pg) = pgid {
-                            // SAFETY: signalling the process group this task started.
-                            unsafe { libc::kill(-(pg as i32), libc::SIGSTOP) };
+                            // The process group this task started.
+                            crate::sys::signal_group(pg, crate::sys::Signal::STOP);
                             paused_at = Some(Instant::now());
                             let st = store.clone();
                             let (id, now) = (job.id, cfg.clock.now());
@@ -735,8 +735,7 @@ async fn run_shell(
                     }
                     Ctl::Resume if paused_at.is_some() => {
                         if let Some(pg) = pgid {
-                            // SAFETY: as above.
-                            unsafe { libc::kill(-(pg as i32), libc::SIGCONT) };
+                            crate::sys::signal_group(pg, crate::sys::Signal::CONT);
                         }
                         if let Some(p) = paused_at.take() {
                             deadline += p.elapsed();
@@ -748,8 +747,8 @@ async fn run_shell(
                     Ctl::Cancel | Ctl::Shutdown => {
                         if paused_at.take().is_some() {
                             if let Some(pg) = pgid {
-                                // SAFETY: as above; a stopped group must run to die.
-                                unsafe { libc::kill(-(pg as i32), libc::SIGCONT) };
+                                // A stopped group must run to die.
+                                crate::sys::signal_group(pg, crate::sys::Signal::CONT);
                             }
                         }
                         ended_by = Some(if c == Ctl::Cancel { "cancel" } else { "shutdown" });

@@ -1294,9 +1294,9 @@ pub fn sweep(store: &JobStore, now: DateTime<Utc>) -> Result<Swept, QueueError> 
                 if !lease.owner_alive() {
                     if let Some(pg) = lease.pgid {
                         if crate::fsutil::process_alive(pg, lease.pgid_start) {
-                            // SAFETY: signalling the process group recorded for this job,
-                            // checked by its start time to be the very one we started.
-                            unsafe { libc::kill(-(pg as i32), libc::SIGKILL) };
+                            // The process group recorded for this job, checked by its
+                            // start time to be the very one we started.
+                            crate::sys::signal_group(pg, crate::sys::Signal::KILL);
                         }
                     }
                     job.stalls += 1;

@@ -669,18 +669,12 @@ impl McpPool {
             // stops whatever it started (npx, a wrapper script) too.
             .process_group(0)
             .kill_on_drop(true);
+        // If the runner dies without stopping it (SIGKILL, a crash), so does the
+        // server, instead of living on as an orphan. The signal follows the thread
+        // that spawned it: a runtime worker (or the main thread), which lives as long
+        // as the process (nothing here spawns from tokio's short-lived blocking pool).
         #[cfg(target_os = "linux")]
-        // SAFETY: prctl is async-signal-safe and touches only the child being made.
-        unsafe {
-            // If the runner dies without stopping it (SIGKILL, a crash), so does the
-            // server, instead of living on as an orphan. The signal follows the thread
-            // that spawned it: a runtime worker (or the main thread), which lives as long
-            // as the process (nothing here spawns from tokio's short-lived blocking pool).
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
+        crate::sys::kill_child_with_parent(cmd.as_std_mut());
         let mut child = cmd.spawn().map_err(|e| {
             spawn_err(match e.kind() {
                 std::io::ErrorKind::NotFound => format!(
@@ -699,7 +693,7 @@ impl McpPool {
             .take()
             .map(|e| tokio::spawn(pump_stderr(e, log)));
         let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
-            kill_group(pid, libc::SIGKILL);
+            kill_group(pid, crate::sys::Signal::KILL);
             return Err(spawn_err(
                 "its stdin and stdout could not be connected".into(),
             ));
@@ -719,7 +713,7 @@ impl McpPool {
                     }
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
-                kill_group(pid, libc::SIGKILL);
+                kill_group(pid, crate::sys::Signal::KILL);
                 let _ = child.start_kill();
                 let tail = pumped_tail(pump, &log_path, log_start).await;
                 Err(match status {
@@ -736,7 +730,7 @@ impl McpPool {
                 })
             }
             Err(_) => {
-                kill_group(pid, libc::SIGKILL);
+                kill_group(pid, crate::sys::Signal::KILL);
                 let _ = child.start_kill();
                 Err(McpClientError::StartTimeout {
                     server: server.clone(),
@@ -849,7 +843,7 @@ async fn stop(conn: &Conn) {
     conn.broken.store(true, Ordering::Relaxed);
     conn.service.cancellation_token().cancel();
     let Some(pid) = conn.pid else { return };
-    for sig in [None, Some(libc::SIGTERM)] {
+    for sig in [None, Some(crate::sys::Signal::TERM)] {
         if let Some(s) = sig {
             kill_group(Some(pid), s);
         }
@@ -862,7 +856,7 @@ async fn stop(conn: &Conn) {
         }
     }
     // Whatever it started in its group goes too, even when it exited itself.
-    kill_group(Some(pid), libc::SIGKILL);
+    kill_group(Some(pid), crate::sys::Signal::KILL);
     if let Some(child) = &conn.child {
         if let Ok(mut c) = child.lock() {
             let _ = c.start_kill();
@@ -871,13 +865,11 @@ async fn stop(conn: &Conn) {
     }
 }
 
-fn kill_group(pid: Option<u32>, sig: i32) {
+fn kill_group(pid: Option<u32>, sig: crate::sys::Signal) {
     if let Some(p) = pid.filter(|p| *p > 1) {
-        // SAFETY: signalling the process group of a child we started (its pid is the
-        // group id: it was spawned with process_group(0)).
-        unsafe {
-            libc::kill(-(p as i32), sig);
-        }
+        // The process group of a child we started (its pid is the group id: it was
+        // spawned with process_group(0)).
+        crate::sys::signal_group(p, sig);
     }
 }
 
