@@ -5,7 +5,7 @@
 //! server of the integration tests (real HTTP on 127.0.0.1, `tests/it/fake_model.rs`),
 //! answering at once.
 //!
-//! 1. Runner overhead per turn: `loops::agent::run::drive` with an `HttpProvider` on the
+//! 1. Runner overhead per turn: `loops_agent::run::drive` with an `HttpProvider` on the
 //!    fake, the isolated tool kit over a temporary workspace and a transcript on disk; a
 //!    conversation of 20 turns (19 `read_file` calls of a small file, then `finish`).
 //!    Overhead per turn = (`Driven.wall_time` − `Driven.server_time`) / turns, for both
@@ -28,6 +28,10 @@
 //!   cargo bench --bench agent -- --quick       # 10 conversations
 //!   options: --convs N  --turns N  --keep
 
+// Tests and benches start processes and signal them (libc, unsafe in any wrapper that
+// takes a raw pid); `pub` in a test binary reaches nothing outside it.
+#![allow(unsafe_code, unreachable_pub)]
+
 #[path = "../tests/it/fake_model.rs"]
 mod fake_model;
 
@@ -36,18 +40,18 @@ mod common;
 use anyhow::{anyhow, bail, Context};
 use common::*;
 use fake_model::{FakeModel, Reply};
-use loops::providers::{ProviderConfig, ProviderKind};
-use loops::agent::context::{self, Dynamic};
 use loops::engine::main_agent::{wake_message, Conversation};
-use loops::agent::model::{Block, Message, ModelRequest, Role, SystemPart, ToolSpec};
-use loops::agent::provider::{self, HttpProvider};
-use loops::agent::run::{drive, Drive, End};
-use loops::agent::sandbox::{Sandbox, Scope};
-use loops::agent::tools::{self, ToolEnv, ToolKit};
-use loops::tool_names::{ISOLATED_DEFAULT, MAIN_DEFAULT};
-use loops::agent::transcript::{Redactor, Transcript};
 use loops::engine::run_context::WakeKind;
-use loops::workspace::{Workspace, DEFAULT_MAIN_CONTEXT};
+use loops_agent::context::{self, Dynamic};
+use loops_agent::model::{Block, Message, ModelRequest, Role, SystemPart, ToolSpec};
+use loops_agent::provider::{self, HttpProvider};
+use loops_agent::run::{drive, Drive, End};
+use loops_agent::sandbox::{Sandbox, Scope};
+use loops_agent::tools::{self, ToolEnv, ToolKit};
+use loops_agent::transcript::{Redactor, Transcript};
+use loops_core::providers::{ProviderConfig, ProviderKind};
+use loops_core::tool_names::{ISOLATED_DEFAULT, MAIN_DEFAULT};
+use loops_core::workspace::{Workspace, DEFAULT_MAIN_CONTEXT};
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -376,7 +380,7 @@ fn parts(
         Redactor::default(),
     );
     let (reply, results) = (&row.messages[1], &row.messages[2]);
-    let usage = loops::agent::model::Usage::default();
+    let usage = loops_agent::model::Usage::default();
     let t = Instant::now();
     for i in 0..reps {
         tr.message(reply, " (turn)");
@@ -553,10 +557,10 @@ fn add_wake(conv: &mut Conversation, wake: String, replies: Vec<Message>, histor
 /// (HEARTBEAT_OK) in between, bounded to `history` messages as the runner keeps it.
 fn main_conversation(root: &Path, history: usize) -> anyhow::Result<Conversation> {
     let sb = Sandbox::new(root, Scope::Main);
-    let memory = loops::agent::files::read_file(&sb, &json!({"path": ".working-memory/memory.md"}))
+    let memory = loops_agent::files::read_file(&sb, &json!({"path": ".working-memory/memory.md"}))
         .map_err(|e| anyhow!("{e}"))?
         .text;
-    let user = loops::agent::files::read_file(&sb, &json!({"path": "USER.md"}))
+    let user = loops_agent::files::read_file(&sb, &json!({"path": "USER.md"}))
         .map_err(|e| anyhow!("{e}"))?
         .text;
     let mut conv = Conversation::default();
@@ -567,7 +571,7 @@ fn main_conversation(root: &Path, history: usize) -> anyhow::Result<Conversation
         write(&root.join(&draft), &text);
         let hpath = root.join(format!("inbox/active/{id}.md"));
         write(&hpath, &handoff_text(day));
-        let h = loops::handoff::parse(&handoff_text(day), &id).map_err(|e| anyhow!("{e}"))?;
+        let h = loops_core::handoff::parse(&handoff_text(day), &id).map_err(|e| anyhow!("{e}"))?;
         let wake = wake_message(WakeKind::Handoffs, &[(h, hpath)], root);
         let replies = vec![
             Message {
@@ -650,12 +654,12 @@ fn main_heartbeat(root: &Path) -> anyhow::Result<MainBeat> {
         .iter()
         .filter_map(|n| all.iter().find(|s| s.name == *n).cloned())
         .collect();
-    let history = loops::workspace::MainSettings::default().history;
+    let history = loops_core::workspace::MainSettings::default().history;
     let conv = main_conversation(root, history)?;
     let beat = wake_message(WakeKind::Heartbeat, &[], root);
     let msgs = conv.with_wake(beat.clone());
     let body = |messages: &[Message]| {
-        loops::agent::anthropic::request_body(&ModelRequest {
+        loops_agent::anthropic::request_body(&ModelRequest {
             model: "claude-sonnet-4-5",
             max_tokens: 4096,
             system: &system,

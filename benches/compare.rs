@@ -19,7 +19,7 @@
 //!    `max_concurrent_jobs`, 4) and against `job_worker.sh` (one at a time). First
 //!    submit → the last job recorded as finished (the N-th new line of
 //!    `.loops/jobs/done/index.jsonl`, or of the worker's `done/index.log`, tailed every
-//!    5 ms). Submitted two ways: from this process (`loops::jobs::queue::submit`, what
+//!    5 ms). Submitted two ways: from this process (`loops_core::jobs::queue::submit`, what
 //!    `loops jobs submit` calls, against writing the job file + a rename), and from a
 //!    shell loop (`loops jobs submit shell --params '{"cmd": "true"}'` per job, against
 //!    `sh enqueue.sh Q true` per job). Beside it, the cost of one durable write on this
@@ -63,16 +63,20 @@
 //!
 //! Exits 1 if a check fails (a wake, run, commit or job missing).
 
+// Tests and benches start processes and signal them (libc, unsafe in any wrapper that
+// takes a raw pid); `pub` in a test binary reaches nothing outside it.
+#![allow(unsafe_code, unreachable_pub)]
+
 mod common;
 
 use common::*;
-use loops::domain::load_domain;
-use loops::jobs::queue::{self, JobSpec};
-use loops::jobs::store::JobStore;
 use loops::engine::loop_run::execute;
 use loops::engine::run_context::{RunContext, RunRequest, Trigger};
-use loops::runs::Outcome;
-use loops::workspace::Workspace;
+use loops_core::domain::load_domain;
+use loops_core::jobs::queue::{self, JobSpec};
+use loops_core::jobs::store::JobStore;
+use loops_core::runs::Outcome;
+use loops_core::workspace::Workspace;
 use serde_json::json;
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
@@ -1244,7 +1248,7 @@ fn jobs(args: &Args, parent: &Path, report: &mut Report) {
     let mut durable = Vec::new();
     for i in 0..50 {
         let t = Instant::now();
-        loops::fsutil::atomic_write(&probe.join(format!("{i}.json")), &[b'x'; 400])
+        loops_core::fsutil::atomic_write(&probe.join(format!("{i}.json")), &[b'x'; 400])
             .expect("a durable write in the temporary folder");
         durable.push(ms(t.elapsed()));
     }

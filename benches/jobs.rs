@@ -2,7 +2,7 @@
 //! run` child process (the daemon, with its job worker) started with
 //! `LOOPS_ALLOW_SHELL_JOBS=1` on a temporary workspace whose loops.yaml sets
 //! `limits: {max_concurrent_jobs: 8}`. The bench submits through the library, as
-//! `loops jobs submit` does: `loops::jobs::queue::submit(&JobStore::new(&ws), &spec,
+//! `loops jobs submit` does: `loops_core::jobs::queue::submit(&JobStore::new(&ws), &spec,
 //! Utc::now(), None)`. All times compared across the two processes are the same machine's
 //! wall clock (CLOCK_REALTIME: `Utc::now()` here, `clock.now()` in the daemon, `date +%s%N`
 //! in a job). Each daemon gets 5 warm-up jobs first, one at a time.
@@ -44,14 +44,18 @@
 //!            --runs N  --only throughput|latency|list  --bin PATH (another loops binary)
 //!            --keep
 
+// Tests and benches start processes and signal them (libc, unsafe in any wrapper that
+// takes a raw pid); `pub` in a test binary reaches nothing outside it.
+#![allow(unsafe_code, unreachable_pub)]
+
 mod common;
 
 use chrono::{DateTime, Utc};
 use common::*;
-use loops::jobs::job::{Job, JobId, JobResult, JobState, JobSummary};
-use loops::jobs::queue::{self, JobSpec};
-use loops::jobs::store::JobStore;
-use loops::workspace::Workspace;
+use loops_core::jobs::job::{Job, JobId, JobResult, JobState, JobSummary};
+use loops_core::jobs::queue::{self, JobSpec};
+use loops_core::jobs::store::JobStore;
+use loops_core::workspace::Workspace;
 use serde_json::json;
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, Read, Seek, Write};
@@ -575,7 +579,7 @@ fn throughput(args: &Args, rows: &mut Vec<Row>, fails: &mut Failures) -> tempfil
     }
     let mut bad_files = 0;
     for id in &ids {
-        match loops::jobs::store::read_job(&store.done_path(*id)) {
+        match loops_core::jobs::store::read_job(&store.done_path(*id)) {
             Ok(j)
                 if j.state == JobState::Completed
                     && j.attempts == 1

@@ -22,6 +22,10 @@
 //! The binary is the one cargo builds for this bench (`CARGO_BIN_EXE_loops`, the `bench`
 //! profile: release settings) unless LOOPS_MEM_BIN names another.
 
+// Tests and benches start processes and signal them (libc, unsafe in any wrapper that
+// takes a raw pid); `pub` in a test binary reaches nothing outside it.
+#![allow(unsafe_code, unreachable_pub)]
+
 mod common;
 
 use common::*;

@@ -2,22 +2,26 @@
 //! snapshot before and after, the process in its own group, the run record, and a git
 //! commit of the changed file) against spawning the same argv bare with
 //! `std::process::Command`. Also a silent run (`true`: nothing changes, nothing is
-//! committed) and, to locate the cost, `loops::exec::run` alone (the process layer
+//! committed) and, to locate the cost, `loops_core::exec::run` alone (the process layer
 //! without snapshot, record or commit).
 //!
 //!   cargo bench --bench run_overhead                 # 200 iterations each
 //!   cargo bench --bench run_overhead -- --quick      # 30 iterations each
 //!   options: --iters N  --keep
 
+// Tests and benches start processes and signal them (libc, unsafe in any wrapper that
+// takes a raw pid); `pub` in a test binary reaches nothing outside it.
+#![allow(unsafe_code, unreachable_pub)]
+
 mod common;
 
 use common::*;
-use loops::domain::load_domain;
-use loops::exec::{self, ExecSpec};
 use loops::engine::loop_run::execute;
 use loops::engine::run_context::{RunContext, RunRequest, Trigger};
-use loops::runs::Outcome;
-use loops::workspace::Workspace;
+use loops_core::domain::load_domain;
+use loops_core::exec::{self, ExecSpec};
+use loops_core::runs::Outcome;
+use loops_core::workspace::Workspace;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};

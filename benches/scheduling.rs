@@ -10,13 +10,17 @@
 //!   cargo bench --bench scheduling -- --max-concurrent 4   # the default limit
 //!   options: --loops N  --secs S  --max-concurrent N  --keep
 
+// Tests and benches start processes and signal them (libc, unsafe in any wrapper that
+// takes a raw pid); `pub` in a test binary reaches nothing outside it.
+#![allow(unsafe_code, unreachable_pub)]
+
 mod common;
 
 use chrono::{DateTime, Duration as CDuration, Utc};
 use common::*;
-use loops::clock::SystemClock;
 use loops::daemon::{self, DaemonOptions};
-use loops::workspace::Workspace;
+use loops_core::clock::SystemClock;
+use loops_core::workspace::Workspace;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -44,12 +48,12 @@ struct State {
 /// instant (a ManualClock, real state files in a scratch folder). No run can start
 /// before it returns, so it is a floor under the lateness of every slot.
 fn due_burst(ws: &Workspace, n: usize, reps: usize) {
-    use loops::clock::ManualClock;
-    use loops::runs::RunLog;
     use loops::engine::scheduler::Scheduler;
-    use loops::state::StateStore;
+    use loops_core::clock::ManualClock;
+    use loops_core::runs::RunLog;
+    use loops_core::state::StateStore;
     let scratch = tempfile::tempdir().unwrap();
-    let defs: Vec<_> = loops::domain::discover(ws)
+    let defs: Vec<_> = loops_core::domain::discover(ws)
         .into_iter()
         .filter_map(|e| e.def)
         .collect();

@@ -1,6 +1,6 @@
 //! Start-up and idle cost.
 //!
-//! 1. 1,000 domains: `loops::domain::discover` (read + parse + validate every
+//! 1. 1,000 domains: `loops_core::domain::discover` (read + parse + validate every
 //!    config.yaml), then `Scheduler::set_loops_deferred` (load each loop's state file;
 //!    new loops are kept in memory, as the daemon does, and their first-seen state is
 //!    written afterwards off the start-up path) and `next_wake()`. Measured cold (no
@@ -19,15 +19,19 @@
 //!   cargo bench --bench startup -- --quick
 //!   options: --domains N (1000)  --reps N (7; quick 3)  --idle-secs S  --keep
 
+// Tests and benches start processes and signal them (libc, unsafe in any wrapper that
+// takes a raw pid); `pub` in a test binary reaches nothing outside it.
+#![allow(unsafe_code, unreachable_pub)]
+
 mod common;
 
 use common::*;
-use loops::clock::SystemClock;
-use loops::domain::discover;
-use loops::runs::RunLog;
 use loops::engine::scheduler::{schedulable, Scheduler};
-use loops::state::StateStore;
-use loops::workspace::Workspace;
+use loops_core::clock::SystemClock;
+use loops_core::domain::discover;
+use loops_core::runs::RunLog;
+use loops_core::state::StateStore;
+use loops_core::workspace::Workspace;
 use std::io::BufRead;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};

@@ -2,18 +2,18 @@
 //! keeps the scheduler fed from disk, starts runs within the concurrency limits, reloads
 //! loops when their files change, and shuts down without losing a run.
 
-use crate::clock::Clock;
-use crate::domain::{discover, Concurrency, DomainEntry, LoopDef};
-use crate::daemon_lock::{DaemonLock, DaemonLockError, HEARTBEAT};
-use crate::fsutil::FileLock;
 use crate::engine::loop_run;
 use crate::engine::run_context::{RunContext, RunRequest, Trigger};
-use crate::runs::{Outcome, RunRecord};
 use crate::engine::scheduler::{
     apply_finish, claim_with, schedulable, Aftermath, Claim, DueRun, Scheduler,
 };
-use crate::workspace::Workspace;
 use chrono::{DateTime, Utc};
+use loops_core::clock::Clock;
+use loops_core::daemon_lock::{DaemonLock, DaemonLockError, HEARTBEAT};
+use loops_core::domain::{discover, Concurrency, DomainEntry, LoopDef};
+use loops_core::fsutil::FileLock;
+use loops_core::runs::{Outcome, RunRecord};
+use loops_core::workspace::Workspace;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -31,9 +31,9 @@ pub enum DaemonError {
         #[source]
         source: std::io::Error,
     },
-    /// Refused at start, before anything is committed: see [`crate::workspace::SymlinkedArea`].
+    /// Refused at start, before anything is committed: see [`loops_core::workspace::SymlinkedArea`].
     #[error("{0}")]
-    SymlinkedArea(#[from] crate::workspace::SymlinkedArea),
+    SymlinkedArea(#[from] loops_core::workspace::SymlinkedArea),
 }
 
 impl DaemonError {
@@ -164,16 +164,16 @@ struct Daemon {
     live: watch::Sender<Arc<Workspace>>,
     /// Where the watchers send what changed (the inbox's is re-armed as the folder comes
     /// and goes, and started or stopped as `main:` is).
-    watch_tx: mpsc::UnboundedSender<crate::watch::Batch>,
-    inbox_watcher: Option<crate::watch::Watcher>,
+    watch_tx: mpsc::UnboundedSender<loops_core::watch::Batch>,
+    inbox_watcher: Option<loops_core::watch::Watcher>,
     /// Set when a watcher could not start: everything is rescanned this often instead.
     fallback_rescan: Option<Duration>,
     once: bool,
     /// What `.loops/settings.json` says about loops.yaml (see [`SettingsReport`]).
-    settings_report: crate::workspace::SettingsReport,
+    settings_report: loops_core::workspace::SettingsReport,
     /// The settings the daemon started with (what only a restart changes), and the text of
     /// loops.yaml last applied (an event that changed nothing is not a reload).
-    started_settings: crate::workspace::Settings,
+    started_settings: loops_core::workspace::Settings,
     applied_text: Option<Vec<u8>>,
 }
 
@@ -211,8 +211,8 @@ fn reanchored(
 
 /// State of the main session's wakes.
 struct Wakes {
-    main: Option<crate::workspace::MainSettings>,
-    inbox: crate::handoff::Inbox,
+    main: Option<loops_core::workspace::MainSettings>,
+    inbox: loops_core::handoff::Inbox,
     notes: crate::engine::main_session::InboxState,
     running: Option<watch::Sender<bool>>,
     /// Something arrived (or a heartbeat fell) while a wake was running, or the flood
@@ -238,7 +238,7 @@ struct Wakes {
 
 /// Runs the daemon until a signal (or, with `once`, until the due work is done).
 /// Says once, in the log and the journal, that `.loops/` was made owner-only.
-fn report_tightened(journal: &crate::journal::Journal, tightened: std::io::Result<usize>) {
+fn report_tightened(journal: &loops_core::journal::Journal, tightened: std::io::Result<usize>) {
     match tightened {
         Ok(0) => {}
         Ok(n) => {
@@ -258,7 +258,7 @@ pub async fn run(ws: Workspace, opts: DaemonOptions) -> Result<Summary, DaemonEr
     }
     let lock = DaemonLock::acquire(&ws, crate::engine::worker::shell_allowed(&ws))?;
     // Before anything is written: an older loops made .loops/ readable by others.
-    let tightened = crate::fsutil::tighten(&ws.runtime_dir());
+    let tightened = loops_core::fsutil::tighten(&ws.runtime_dir());
     // Signals are caught from the first moment: a SIGTERM during start-up (recovery can
     // take a while) must stop the daemon cleanly, not kill it mid-write.
     let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
@@ -273,7 +273,7 @@ pub async fn run(ws: Workspace, opts: DaemonOptions) -> Result<Summary, DaemonEr
         })?;
     // Daemons the journal saw start and never saw stop were killed (or crashed): they
     // are reported below, with what their crash left behind.
-    let (journal, unclosed) = crate::journal::record_started(&ws.runtime_dir(), opts.once);
+    let (journal, unclosed) = loops_core::journal::record_started(&ws.runtime_dir(), opts.once);
     let started_at = Utc::now();
     report_tightened(&journal, tightened);
     let ws = Arc::new(ws);
@@ -289,7 +289,8 @@ pub async fn run(ws: Workspace, opts: DaemonOptions) -> Result<Summary, DaemonEr
         ws.settings.pause_after_failures,
     );
     let (done_tx, mut done_rx) = mpsc::unbounded_channel();
-    let (wake_tx, mut wake_rx) = mpsc::unbounded_channel::<crate::engine::main_session::WakeResult>();
+    let (wake_tx, mut wake_rx) =
+        mpsc::unbounded_channel::<crate::engine::main_session::WakeResult>();
     let main = ws.settings.main.clone();
     let wakes = Wakes {
         next_heartbeat: main
@@ -297,7 +298,7 @@ pub async fn run(ws: Workspace, opts: DaemonOptions) -> Result<Summary, DaemonEr
             .and_then(|m| m.heartbeat)
             .map(|h| opts.clock.now() + chrono_ms(h)),
         main,
-        inbox: crate::handoff::Inbox::of(&ws),
+        inbox: loops_core::handoff::Inbox::of(&ws),
         notes: crate::engine::main_session::InboxState::new(&ws.runtime_dir()),
         running: None,
         wanted: false,
@@ -336,7 +337,7 @@ pub async fn run(ws: Workspace, opts: DaemonOptions) -> Result<Summary, DaemonEr
         inbox_watcher: None,
         fallback_rescan: None,
         once: opts.once,
-        settings_report: crate::workspace::SettingsReport {
+        settings_report: loops_core::workspace::SettingsReport {
             pid: std::process::id(),
             applied_at: Some(Utc::now()),
             ..Default::default()
@@ -353,9 +354,9 @@ pub async fn run(ws: Workspace, opts: DaemonOptions) -> Result<Summary, DaemonEr
     // Jobs whose runner died are requeued here rather than by the worker's first sweep,
     // so the journal can name them with the rest of what the crash left.
     let swept = {
-        let store = crate::jobs::store::JobStore::new(&ws);
+        let store = loops_core::jobs::store::JobStore::new(&ws);
         let now = opts.clock.now();
-        tokio::task::spawn_blocking(move || crate::jobs::queue::sweep(&store, now))
+        tokio::task::spawn_blocking(move || loops_core::jobs::queue::sweep(&store, now))
             .await
             .ok()
             .and_then(|r| r.map_err(|e| tracing::error!("job sweep: {e}")).ok())
@@ -367,7 +368,7 @@ pub async fn run(ws: Workspace, opts: DaemonOptions) -> Result<Summary, DaemonEr
     for (id, why) in &swept.dead {
         tracing::error!(job = id, "dead: {why}");
     }
-    crate::journal::report_unclean(
+    loops_core::journal::report_unclean(
         &journal,
         lock.previous.as_ref().map(|p| (p.pid, p.started)),
         lock.previous_heartbeat,
@@ -411,9 +412,9 @@ pub async fn run(ws: Workspace, opts: DaemonOptions) -> Result<Summary, DaemonEr
         start_watcher(
             &ws,
             &[
-                (ws.root.clone(), crate::watch::Mode::Flat),
-                (ws.domains_dir(), crate::watch::Mode::Children),
-                (ws.signals_dir(), crate::watch::Mode::Flat),
+                (ws.root.clone(), loops_core::watch::Mode::Flat),
+                (ws.domains_dir(), loops_core::watch::Mode::Children),
+                (ws.signals_dir(), loops_core::watch::Mode::Flat),
             ],
             Duration::from_millis(100),
             &d.watch_tx,
@@ -442,7 +443,7 @@ pub async fn run(ws: Workspace, opts: DaemonOptions) -> Result<Summary, DaemonEr
                 };
                 if schedulable(def, d.ws.settings.has_providers) {
                     due.push(DueRun {
-                        run_id: crate::runs::new_run_id(),
+                        run_id: loops_core::runs::new_run_id(),
                         loop_name: name,
                         trigger: Trigger::Once,
                         slot: None,
@@ -454,7 +455,10 @@ pub async fn run(ws: Workspace, opts: DaemonOptions) -> Result<Summary, DaemonEr
         }
         d.queue(due);
         // Handoffs waiting in the inbox get one pass of the main session too.
-        d.try_wake(opts.clock.now(), crate::engine::run_context::WakeKind::Handoffs);
+        d.try_wake(
+            opts.clock.now(),
+            crate::engine::run_context::WakeKind::Handoffs,
+        );
         let mut done = 0usize;
         let mut last_said = std::time::Instant::now();
         loop {
@@ -532,9 +536,9 @@ pub async fn run(ws: Workspace, opts: DaemonOptions) -> Result<Summary, DaemonEr
             let _ = job_stop_tx.send(true);
             let _ = job_worker.await;
         }
-        crate::mcp::client::McpPool::shutdown_all().await;
+        loops_agent::mcp_client::McpPool::shutdown_all().await;
         d.flush_held(&journal);
-        crate::journal::record_stopped(&journal, "once: done", started_at);
+        loops_core::journal::record_stopped(&journal, "once: done", started_at);
         drop(lock);
         return Ok(d.summary);
     }
@@ -546,7 +550,7 @@ pub async fn run(ws: Workspace, opts: DaemonOptions) -> Result<Summary, DaemonEr
     );
     // Records, transcripts and finished jobs are pruned at start and hourly (loops.yaml
     // `records:`), so months of running do not fill the disk.
-    let pruner = crate::retention::spawn(ws.clone());
+    let pruner = loops_core::retention::spawn(ws.clone());
     let mut stop = opts.stop.clone();
     let stopped = async move {
         match stop.as_mut() {
@@ -558,7 +562,10 @@ pub async fn run(ws: Workspace, opts: DaemonOptions) -> Result<Summary, DaemonEr
     };
     tokio::pin!(stopped);
     // The start-up scan: handoffs written while the daemon was down are processed now.
-    d.try_wake(opts.clock.now(), crate::engine::run_context::WakeKind::Handoffs);
+    d.try_wake(
+        opts.clock.now(),
+        crate::engine::run_context::WakeKind::Handoffs,
+    );
 
     let mut next_touch = tokio::time::Instant::now() + HEARTBEAT;
     let reason;
@@ -595,7 +602,7 @@ pub async fn run(ws: Workspace, opts: DaemonOptions) -> Result<Summary, DaemonEr
             // One flush for the whole batch of claims, off the runs' critical path.
             let dir = d.ctx.store.dir().to_path_buf();
             tokio::task::spawn_blocking(move || {
-                if let Err(e) = crate::fsutil::sync_filesystem(&dir) {
+                if let Err(e) = loops_core::fsutil::sync_filesystem(&dir) {
                     tracing::warn!("cannot flush loop state to disk: {e}");
                 }
             });
@@ -694,7 +701,7 @@ pub async fn run(ws: Workspace, opts: DaemonOptions) -> Result<Summary, DaemonEr
         tracing::info!(
             running = started,
             "waiting up to {} for running jobs",
-            crate::duration::format_duration(grace)
+            loops_core::duration::format_duration(grace)
         );
         while d.in_flight > 0 {
             tokio::select! {
@@ -733,7 +740,7 @@ pub async fn run(ws: Workspace, opts: DaemonOptions) -> Result<Summary, DaemonEr
     if let Some(cancel) = d.wakes.running.take() {
         tracing::info!(
             "waiting up to {} (the rest of the grace) for the main session",
-            crate::duration::format_duration(
+            loops_core::duration::format_duration(
                 deadline.saturating_duration_since(tokio::time::Instant::now())
             )
         );
@@ -747,13 +754,13 @@ pub async fn run(ws: Workspace, opts: DaemonOptions) -> Result<Summary, DaemonEr
         tracing::error!("the job worker ended badly: {e}");
     }
     // Nothing uses the MCP servers any more: they stop with the daemon.
-    crate::mcp::client::McpPool::shutdown_all().await;
+    loops_agent::mcp_client::McpPool::shutdown_all().await;
     let flushed = d.flush_held(&journal);
     d.finish_commits(grace).await;
     if !flushed {
         tracing::error!("the disk still refuses writes: run records and daemon events held in memory are lost with this process");
     }
-    crate::journal::record_stopped(&journal, reason, started_at);
+    loops_core::journal::record_stopped(&journal, reason, started_at);
     drop(lock);
     tracing::info!("loops daemon stopped");
     Ok(d.summary)
@@ -807,8 +814,8 @@ impl Daemon {
             // Its command runs in a process group of its own and outlives the runner;
             // stop it, but only if the group leader is the very process we started.
             if let Some(pgid) = m.pgid {
-                if crate::fsutil::process_alive(pgid, m.pgid_start) {
-                    crate::sys::signal_group(pgid, crate::sys::Signal::KILL);
+                if loops_core::fsutil::process_alive(pgid, m.pgid_start) {
+                    loops_core::sys::signal_group(pgid, loops_core::sys::Signal::KILL);
                     if let Some(n) = rec.note.as_mut() {
                         n.push_str("; its process group was still running and has been stopped");
                     }
@@ -830,7 +837,7 @@ impl Daemon {
 
     /// Writes what a refusing disk kept back (run records, daemon events, markers of
     /// finished runs); returns whether nothing is held any more.
-    fn flush_held(&mut self, journal: &crate::journal::Journal) -> bool {
+    fn flush_held(&mut self, journal: &loops_core::journal::Journal) -> bool {
         let records = self.ctx.runlog.flush();
         let markers = self.ctx.running.flush();
         let events = journal.flush();
@@ -919,7 +926,9 @@ impl Daemon {
         let fresh = self.sched.set_loops_deferred(defs);
         if !fresh.is_empty() {
             let store = self.ctx.store.clone();
-            tokio::task::spawn_blocking(move || crate::engine::scheduler::persist_fresh(&store, &fresh));
+            tokio::task::spawn_blocking(move || {
+                crate::engine::scheduler::persist_fresh(&store, &fresh)
+            });
         }
     }
 
@@ -987,7 +996,7 @@ impl Daemon {
     /// crash between the claim and the start is recorded as an interrupted run, not lost.
     fn queue(&mut self, runs: Vec<DueRun>) {
         for due in &runs {
-            let m = crate::runs::RunningMarker::for_this_process(
+            let m = loops_core::runs::RunningMarker::for_this_process(
                 &due.loop_name,
                 &due.run_id,
                 due.trigger.as_str(),
@@ -1253,7 +1262,7 @@ impl Daemon {
         }
         self.inbox_watcher = start_watcher(
             &self.ws,
-            &[(dir, crate::watch::Mode::Flat)],
+            &[(dir, loops_core::watch::Mode::Flat)],
             Duration::from_millis(2),
             &self.watch_tx,
             &mut self.fallback_rescan,
@@ -1276,7 +1285,7 @@ impl Daemon {
         if new.is_empty() {
             return;
         }
-        let journal = crate::journal::Journal::open(&self.ws.runtime_dir());
+        let journal = loops_core::journal::Journal::open(&self.ws.runtime_dir());
         for n in &new {
             tracing::warn!(
                 "inbox/{n} waits: loops.yaml has no `main:` session to receive handoffs; add one (it takes effect without a restart)"
@@ -1292,7 +1301,7 @@ impl Daemon {
     /// status`. Settings that only a restart can change are named. Returns whether the
     /// settings changed.
     fn reload_settings(&mut self) -> bool {
-        let journal = crate::journal::Journal::open(&self.ws.runtime_dir());
+        let journal = loops_core::journal::Journal::open(&self.ws.runtime_dir());
         let new = match Workspace::open(&self.ws.root) {
             Ok(w) => w,
             Err(e) => {
@@ -1320,7 +1329,7 @@ impl Daemon {
                     errors.join("\n  ").replace('\n', "\n  ")
                 );
                 journal.record("settings_rejected", serde_json::json!({ "errors": errors }));
-                self.settings_report.rejected = Some(crate::workspace::RejectedEdit {
+                self.settings_report.rejected = Some(loops_core::workspace::RejectedEdit {
                     at: Utc::now(),
                     errors,
                 });
@@ -1336,13 +1345,14 @@ impl Daemon {
         }
         self.applied_text = text_of(&new);
         let mut waiting: Vec<String> = self.settings_report.restart_needed.clone();
-        for k in crate::workspace::restart_needed(&self.started_settings, &new.settings) {
+        for k in loops_core::workspace::restart_needed(&self.started_settings, &new.settings) {
             if !waiting.iter().any(|w| w == k) {
                 waiting.push(k.to_string());
             }
         }
         // A key set back to what the daemon started with needs no restart any more.
-        let now_differs = crate::workspace::restart_needed(&self.started_settings, &new.settings);
+        let now_differs =
+            loops_core::workspace::restart_needed(&self.started_settings, &new.settings);
         waiting.retain(|k| now_differs.contains(&k.as_str()));
         for d in &new.diagnostics {
             tracing::warn!("{d}");
@@ -1409,7 +1419,11 @@ impl Daemon {
 
     /// Commits moves within the inbox in the background (see
     /// [`crate::engine::main_session::commit_moves`]).
-    fn commit_moves(&mut self, outcome: &'static str, moved: Vec<crate::engine::main_session::Moved>) {
+    fn commit_moves(
+        &mut self,
+        outcome: &'static str,
+        moved: Vec<crate::engine::main_session::Moved>,
+    ) {
         if moved.is_empty() {
             return;
         }
@@ -1423,7 +1437,7 @@ impl Daemon {
 
     /// A runner killed between a move within the inbox (a claim, a return, a rejection,
     /// a completion) and its commit leaves the move on disk but not in the history:
-    /// commit the inbox as it is now (see [`crate::handoff::Inbox::unsettled_paths`]),
+    /// commit the inbox as it is now (see [`loops_core::handoff::Inbox::unsettled_paths`]),
     /// so `git status` is clean again without waiting for each handoff's next move.
     fn commit_inbox_state(&mut self) {
         let Some(c) = self.ctx.committer.clone() else {
@@ -1433,7 +1447,7 @@ impl Daemon {
         if paths.is_empty() {
             return;
         }
-        let msg = crate::history::commit_message(
+        let msg = loops_core::history::commit_message(
             "main: record inbox moves a stopped runner had not committed",
             &[
                 ("Loop", crate::engine::run_context::MAIN.to_string()),
@@ -1442,7 +1456,7 @@ impl Daemon {
         );
         self.commits.spawn(async move {
             match c
-                .commit(crate::history::CommitRequest::new(paths, msg))
+                .commit(loops_core::history::CommitRequest::new(paths, msg))
                 .await
             {
                 Ok(Some(oid)) => {
@@ -1511,8 +1525,10 @@ impl Daemon {
         );
         tokio::spawn(async move {
             // The claims are in the history before the main session starts on them.
-            crate::engine::main_session::commit_moves(ctx.committer.as_ref(), "claimed", claims).await;
-            let r = crate::engine::main_session::wake(&ctx, &main, kind, claimed, Some(cancel_rx)).await;
+            crate::engine::main_session::commit_moves(ctx.committer.as_ref(), "claimed", claims)
+                .await;
+            let r = crate::engine::main_session::wake(&ctx, &main, kind, claimed, Some(cancel_rx))
+                .await;
             let _ = tx.send(r);
         });
     }
@@ -1560,7 +1576,7 @@ impl Daemon {
                     // Every path it names is checked now, in its writer's scope: a
                     // handoff is a stranger's text until the runner says who wrote it.
                     if let Err(why) =
-                        crate::agent::sandbox::check_handoff_paths(&inbox.workspace, &h)
+                        loops_agent::sandbox::check_handoff_paths(&inbox.workspace, &h)
                     {
                         reject(&p, &h.id, &why);
                         continue;
@@ -1588,10 +1604,10 @@ impl Daemon {
                         .and_then(|m| m.modified())
                         .ok()
                         .and_then(|t| t.elapsed().ok())
-                        .is_some_and(|age| age < crate::handoff::SETTLE);
+                        .is_some_and(|age| age < loops_core::handoff::SETTLE);
                     if young {
                         // Perhaps still being written in place: look again once it settles.
-                        let at = now + chrono_ms(crate::handoff::SETTLE);
+                        let at = now + chrono_ms(loops_core::handoff::SETTLE);
                         self.wakes.retry_at = Some(self.wakes.retry_at.map_or(at, |r| r.min(at)));
                     } else {
                         let name = p.file_stem().unwrap_or_default().to_string_lossy();
@@ -1670,17 +1686,17 @@ fn affects_discovery(domains: &std::path::Path, p: &std::path::Path) -> bool {
 /// waits for an event that will never come.
 fn start_watcher(
     ws: &Workspace,
-    dirs: &[(PathBuf, crate::watch::Mode)],
+    dirs: &[(PathBuf, loops_core::watch::Mode)],
     debounce: Duration,
-    tx: &mpsc::UnboundedSender<crate::watch::Batch>,
+    tx: &mpsc::UnboundedSender<loops_core::watch::Batch>,
     fallback_rescan: &mut Option<Duration>,
-) -> Option<crate::watch::Watcher> {
-    let report = crate::watch::report_path(&ws.runtime_dir());
-    match crate::watch::watch_and_report(dirs, debounce, tx.clone(), Some(report)) {
+) -> Option<loops_core::watch::Watcher> {
+    let report = loops_core::watch::report_path(&ws.runtime_dir());
+    match loops_core::watch::watch_and_report(dirs, debounce, tx.clone(), Some(report)) {
         Ok(w) => Some(w),
         Err(e) => {
             tracing::error!("{}", e.explained());
-            *fallback_rescan = Some(crate::watch::POLL_EVERY);
+            *fallback_rescan = Some(loops_core::watch::POLL_EVERY);
             None
         }
     }

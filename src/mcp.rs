@@ -14,17 +14,15 @@
 //! [`client`] is the other direction: loops as the client of the MCP servers loops.yaml
 //! names, whose tools prompt loops offer the model.
 
-pub mod client;
-
-use crate::daemon_lock::daemon_alive;
-use crate::jobs::job::{JobId, JobKind, JobState, ALL_STATES};
-use crate::jobs::queue::{self, JobSpec, QueueError, Sender};
-use crate::jobs::store::{JobStore, StoreError};
 use crate::engine::run_context::{RunContext, RunRequest, Trigger};
-use crate::jobs::{report, stats};
 use crate::operator::{self, OperatorError};
-use crate::workspace::{host_timezone, Workspace, WorkspaceError};
 use chrono::Utc;
+use loops_core::daemon_lock::daemon_alive;
+use loops_core::jobs::job::{JobId, JobKind, JobState, ALL_STATES};
+use loops_core::jobs::queue::{self, JobSpec, QueueError, Sender};
+use loops_core::jobs::store::{JobStore, StoreError};
+use loops_core::jobs::{report, stats};
+use loops_core::workspace::{host_timezone, Workspace, WorkspaceError};
 use rmcp::handler::server::{router::tool::ToolRouter, wrapper::Parameters};
 use rmcp::model::{CallToolResult, ContentBlock, Implementation, ServerCapabilities, ServerConfig};
 use rmcp::service::RequestContext;
@@ -72,17 +70,17 @@ pub fn serve_stdio(ws: Workspace) -> Result<(), McpError> {
 /// Logs to stderr only: stdout carries the protocol, and one stray line there would
 /// break the client's parser.
 fn init_logging() {
-    let filter = crate::secrets::var("LOOPS_LOG")
+    let filter = loops_core::secrets::var("LOOPS_LOG")
         .ok()
         .and_then(|f| {
-            tracing_subscriber::EnvFilter::try_new(crate::watch::with_quiet_notify(&f)).ok()
+            tracing_subscriber::EnvFilter::try_new(loops_core::watch::with_quiet_notify(&f)).ok()
         })
         .unwrap_or_else(|| {
-            tracing_subscriber::EnvFilter::new(crate::watch::with_quiet_notify("warn"))
+            tracing_subscriber::EnvFilter::new(loops_core::watch::with_quiet_notify("warn"))
         });
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(|| crate::secrets::RedactingWriter(std::io::stderr()))
+        .with_writer(|| loops_core::secrets::RedactingWriter(std::io::stderr()))
         .with_ansi(false)
         .with_target(false)
         .try_init();
@@ -435,7 +433,8 @@ impl LoopsServer {
             rc.ct.cancelled().await;
             let _ = stop_tx.send(true);
         });
-        let rec = crate::engine::loop_run::execute(&ctx, &manual.def, &req, None, Some(stop_rx)).await;
+        let rec =
+            crate::engine::loop_run::execute(&ctx, &manual.def, &req, None, Some(stop_rx)).await;
         watcher.abort();
         manual.finish(&ctx, &rec).await;
         serde_json::to_value(&rec).map_err(|e| ToolError::new(e.to_string()))
@@ -589,7 +588,7 @@ impl ServerHandler for LoopsServer {
 mod ops {
     use super::*;
 
-    pub fn list_loops(ws: &Workspace) -> ToolOutcome {
+    pub(super) fn list_loops(ws: &Workspace) -> ToolOutcome {
         let local = host_timezone();
         let loops: Vec<Value> = operator::loop_rows(ws, Utc::now())
             .iter()
@@ -598,8 +597,8 @@ mod ops {
         Ok(json!({ "workspace": ws.root, "local_timezone": local.name(), "loops": loops }))
     }
 
-    pub fn list_handoffs(ws: &Workspace, status: Option<HandoffStatus>) -> ToolOutcome {
-        use crate::handoff::Stage;
+    pub(super) fn list_handoffs(ws: &Workspace, status: Option<HandoffStatus>) -> ToolOutcome {
+        use loops_core::handoff::Stage;
         let wanted = status.map(|s| match s {
             HandoffStatus::Pending => Stage::Pending,
             HandoffStatus::Active => Stage::Active,
@@ -614,7 +613,7 @@ mod ops {
         Ok(json!({ "inbox": ws.relative(&ws.inbox_dir()), "handoffs": handoffs }))
     }
 
-    pub fn get_handoff(ws: &Workspace, id: &str) -> ToolOutcome {
+    pub(super) fn get_handoff(ws: &Workspace, id: &str) -> ToolOutcome {
         let detail = operator::HandoffDetail::load(ws, id)?;
         let mut v = detail.to_json();
         if let Some(o) = v.as_object_mut() {
@@ -623,8 +622,8 @@ mod ops {
         Ok(v)
     }
 
-    pub fn tick_handoff(ws: &Workspace, a: TickHandoffArgs) -> ToolOutcome {
-        use crate::handoff::ItemRef;
+    pub(super) fn tick_handoff(ws: &Workspace, a: TickHandoffArgs) -> ToolOutcome {
+        use loops_core::handoff::ItemRef;
         if a.items.is_empty() && !a.all {
             return Err(ToolError::new("no items named")
                 .help("give items (numbers or texts), or all: true"));
@@ -640,7 +639,7 @@ mod ops {
         Ok(operator::tick_handoff(ws, &a.id, &which, a.all)?.to_json())
     }
 
-    pub fn complete_handoff(ws: &Workspace, id: &str, note: Option<&str>) -> ToolOutcome {
+    pub(super) fn complete_handoff(ws: &Workspace, id: &str, note: Option<&str>) -> ToolOutcome {
         let done = operator::complete_handoff(ws, id, note, Utc::now())?;
         Ok(json!({
             "id": done.id, "stage": "done", "path": ws.relative(&done.done), "warning": done.warning,
@@ -658,7 +657,7 @@ mod ops {
         }
     }
 
-    pub fn submit_job(ws: &Workspace, a: SubmitJobArgs) -> ToolOutcome {
+    pub(super) fn submit_job(ws: &Workspace, a: SubmitJobArgs) -> ToolOutcome {
         refuse_protected(a.kind.as_deref())?;
         let mut spec: JobSpec = serde_json::to_value(&a)
             .and_then(serde_json::from_value)
@@ -683,18 +682,18 @@ mod ops {
         Ok(v)
     }
 
-    fn load_job(store: &JobStore, id: JobId) -> Result<crate::jobs::job::Job, ToolError> {
+    fn load_job(store: &JobStore, id: JobId) -> Result<loops_core::jobs::job::Job, ToolError> {
         Ok(store.get(id)?.ok_or(QueueError::NotFound(id))?)
     }
 
-    pub fn get_job(ws: &Workspace, id: JobId) -> ToolOutcome {
+    pub(super) fn get_job(ws: &Workspace, id: JobId) -> ToolOutcome {
         Ok(report::to_json(
             &load_job(&JobStore::new(ws), id)?,
             Utc::now(),
         ))
     }
 
-    pub fn get_job_progress(ws: &Workspace, id: JobId) -> ToolOutcome {
+    pub(super) fn get_job_progress(ws: &Workspace, id: JobId) -> ToolOutcome {
         Ok(report::progress_json(
             &load_job(&JobStore::new(ws), id)?,
             Utc::now(),
@@ -709,7 +708,7 @@ mod ops {
         })
     }
 
-    pub fn list_jobs(ws: &Workspace, a: ListJobsArgs) -> ToolOutcome {
+    pub(super) fn list_jobs(ws: &Workspace, a: ListJobsArgs) -> ToolOutcome {
         let state = a.status.as_deref().map(parse_state).transpose()?;
         let needle = a.name.map(|n| n.to_lowercase());
         let (jobs, errors) = JobStore::new(ws).list();
@@ -731,20 +730,20 @@ mod ops {
     }
 
     /// cancel, pause or resume: the queue decides what each state allows.
-    pub fn control(
+    pub(super) fn control(
         ws: &Workspace,
         id: JobId,
         op: fn(
             &JobStore,
             JobId,
             chrono::DateTime<Utc>,
-        ) -> Result<crate::jobs::job::Job, QueueError>,
+        ) -> Result<loops_core::jobs::job::Job, QueueError>,
     ) -> ToolOutcome {
         let now = Utc::now();
         Ok(report::to_json(&op(&JobStore::new(ws), id, now)?, now))
     }
 
-    pub fn replay_job(ws: &Workspace, a: ReplayJobArgs) -> ToolOutcome {
+    pub(super) fn replay_job(ws: &Workspace, a: ReplayJobArgs) -> ToolOutcome {
         let store = JobStore::new(ws);
         let overrides: Vec<(String, Value)> = a.set.unwrap_or_default().into_iter().collect();
         let orig = load_job(&store, a.id)?;
@@ -765,7 +764,7 @@ mod ops {
         Ok(report::to_json(&job, now))
     }
 
-    pub fn send_job_message(ws: &Workspace, a: SendJobMessageArgs) -> ToolOutcome {
+    pub(super) fn send_job_message(ws: &Workspace, a: SendJobMessageArgs) -> ToolOutcome {
         let from = a.from_job.map_or(Sender::Operator, Sender::Job);
         let m = queue::message(
             &JobStore::new(ws),
@@ -777,7 +776,7 @@ mod ops {
         Ok(json!({ "id": a.id, "message": m }))
     }
 
-    pub fn get_job_stats(ws: &Workspace) -> ToolOutcome {
+    pub(super) fn get_job_stats(ws: &Workspace) -> ToolOutcome {
         let st = stats::compute(&JobStore::new(ws), Utc::now(), daemon_alive(ws).is_some());
         serde_json::to_value(&st).map_err(|e| ToolError::new(e.to_string()))
     }

@@ -3,19 +3,19 @@
 //! and complete a handoff. The command line prints these results and the MCP server
 //! ([`crate::mcp`]) returns them, so the two always say the same thing.
 
-use crate::diag::Diagnostic;
-use crate::domain::{discover, load_domain, Concurrency, DomainEntry, LoopDef, Payload};
-use crate::fsutil::FileLock;
-use crate::handoff::{Handoff, HandoffError, Inbox, Stage};
-use crate::history::{commit_message, CommitRequest, Committer};
-use crate::engine::run_context::RunContext;
 use crate::engine::main_session::{InboxState, Note};
-use crate::runs::RunRecord;
-use crate::schedule::TzSource;
-use crate::state::{LastRun, LoopState, Pause, StateStore};
-use crate::workspace::Workspace;
+use crate::engine::run_context::RunContext;
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
+use loops_core::diag::Diagnostic;
+use loops_core::domain::{discover, load_domain, Concurrency, DomainEntry, LoopDef, Payload};
+use loops_core::fsutil::FileLock;
+use loops_core::handoff::{Handoff, HandoffError, Inbox, Stage};
+use loops_core::history::{commit_message, CommitRequest, Committer};
+use loops_core::runs::RunRecord;
+use loops_core::schedule::TzSource;
+use loops_core::state::{LastRun, LoopState, Pause, StateStore};
+use loops_core::workspace::Workspace;
 use serde_json::{json, Map, Value};
 use std::path::{Path, PathBuf};
 
@@ -56,7 +56,7 @@ pub enum OperatorError {
     Handoff(#[from] HandoffError),
     /// loops.yaml has settings it could not apply; a run would use the defaults instead.
     #[error(transparent)]
-    Settings(crate::workspace::WorkspaceError),
+    Settings(loops_core::workspace::WorkspaceError),
 }
 
 fn bullets(items: &[String]) -> String {
@@ -99,7 +99,7 @@ impl OperatorError {
 
 fn loop_name_help(name: &str, known: &[String]) -> String {
     let names: Vec<&str> = known.iter().map(String::as_str).collect();
-    match crate::diag::near_miss(name, &names) {
+    match loops_core::diag::near_miss(name, &names) {
         Some(n) => format!("did you mean `{n}`?"),
         None if names.is_empty() => {
             "there are no loops yet: create one with `loops new NAME`".to_string()
@@ -248,7 +248,7 @@ fn loop_row(
 /// A one-shot `at:` that has passed is not `ok`: it never fires (after its starting
 /// deadline not even as a caught-up run), as `loops check` warns too.
 fn past_one_shot(def: &LoopDef, now: DateTime<Utc>) -> Option<String> {
-    let crate::schedule::When::At(at) = def.schedule.when else {
+    let loops_core::schedule::When::At(at) = def.schedule.when else {
         return None;
     };
     if at > now {
@@ -360,7 +360,7 @@ pub const DONE_LISTED: usize = 10;
 pub struct HandoffRow {
     pub stage: Stage,
     pub id: String,
-    /// Who wrote it, as the runner knows it ([`crate::handoff::Handoff::author`]).
+    /// Who wrote it, as the runner knows it ([`loops_core::handoff::Handoff::author`]).
     pub from: String,
     /// Its recipient: `main`, `person` (a proposal for the person to apply), or another.
     pub to: String,
@@ -585,12 +585,10 @@ impl HandoffDetail {
     /// The file as it is on disk (lossy UTF-8), up to the handoff size limit: a huge
     /// rejected file is shown cut, with a line saying so, never read whole.
     pub fn text(&self) -> Result<String, OperatorError> {
-        let (mut text, size) =
-            crate::fsutil::read_prefix(&self.path, self.max_bytes).map_err(|source| {
-                OperatorError::Read {
-                    path: self.path.clone(),
-                    source,
-                }
+        let (mut text, size) = loops_core::fsutil::read_prefix(&self.path, self.max_bytes)
+            .map_err(|source| OperatorError::Read {
+                path: self.path.clone(),
+                source,
             })?;
         if size > self.max_bytes {
             text.push_str(&format!(
@@ -677,7 +675,7 @@ pub fn complete_handoff(
 
 /// A tick of a handoff's checklist by hand (`loops inbox tick`, MCP `tick_handoff`).
 pub struct TickedHandoff {
-    pub ticks: crate::handoff::Ticks,
+    pub ticks: loops_core::handoff::Ticks,
     pub stage: Stage,
     /// Where it is (workspace-relative).
     pub path: PathBuf,
@@ -685,13 +683,13 @@ pub struct TickedHandoff {
     pub warning: Option<String>,
 }
 
-/// Ticks items of a pending or active handoff (see [`crate::handoff::tick`]) and commits
+/// Ticks items of a pending or active handoff (see [`loops_core::handoff::tick`]) and commits
 /// the file, so `git status` shows nothing for the inbox between moves. A hold that
 /// waited for these ticks says what is left, or that it only waits for a completion now.
 pub fn tick_handoff(
     ws: &Workspace,
     id: &str,
-    which: &[crate::handoff::ItemRef],
+    which: &[loops_core::handoff::ItemRef],
     all: bool,
 ) -> Result<TickedHandoff, OperatorError> {
     let inbox = Inbox::of(ws);
@@ -702,7 +700,7 @@ pub fn tick_handoff(
             stage: format!("{stage:?}").to_lowercase(),
         });
     }
-    let ticks = crate::handoff::tick(&path, which, all, inbox.max_bytes())?;
+    let ticks = loops_core::handoff::tick(&path, which, all, inbox.max_bytes())?;
     let name = file_name(&path);
     let notes = InboxState::new(&ws.runtime_dir());
     let mut note = notes.note(&name);

@@ -6,7 +6,7 @@
 //! it: when the manager cannot be reached (no user session bus in a container, no
 //! `systemctl` at all) the file stays written and the error says what to run by hand.
 
-use crate::daemon_lock::LockInfo;
+use loops_core::daemon_lock::LockInfo;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -135,12 +135,12 @@ pub struct Dirs {
 
 impl Dirs {
     pub fn from_env() -> Result<Dirs> {
-        let home = crate::secrets::var_os("HOME")
+        let home = loops_core::secrets::var_os("HOME")
             .map(PathBuf::from)
             .filter(|h| h.is_absolute())
             .ok_or(ServiceError::NoHome)?;
         // The XDG spec says a relative value is to be ignored.
-        let config = crate::secrets::var_os("XDG_CONFIG_HOME")
+        let config = loops_core::secrets::var_os("XDG_CONFIG_HOME")
             .map(PathBuf::from)
             .filter(|c| c.is_absolute())
             .unwrap_or_else(|| home.join(".config"));
@@ -203,7 +203,7 @@ pub struct ServiceSpec {
 impl ServiceSpec {
     /// The spec for the daemon of `workspace` run by this very binary.
     pub fn for_workspace(
-        workspace: &crate::workspace::Workspace,
+        workspace: &loops_core::workspace::Workspace,
         dirs: &Dirs,
         name: Option<&str>,
         env_file: Option<&Path>,
@@ -490,7 +490,7 @@ fn tool(program: &str, args: &[&str]) -> std::result::Result<String, ToolError> 
         .args(args)
         // The person's session (PATH, the bus), none of the secrets loops was given.
         .env_clear()
-        .envs(crate::secrets::kept_env())
+        .envs(loops_core::secrets::kept_env())
         .output()
     {
         Ok(o) => o,
@@ -515,7 +515,7 @@ fn query(program: &str, args: &[&str]) -> std::result::Result<String, ToolError>
         .args(args)
         // The person's session (PATH, the bus), none of the secrets loops was given.
         .env_clear()
-        .envs(crate::secrets::kept_env())
+        .envs(loops_core::secrets::kept_env())
         .output()
     {
         Ok(o) => o,
@@ -585,7 +585,7 @@ pub fn install(manager: Manager, spec: &ServiceSpec, dirs: &Dirs) -> Result<Inst
         Ok(old) => old != text,
         Err(_) => false,
     };
-    crate::fsutil::atomic_write(&unit, text.as_bytes()).map_err(io_err(&unit))?;
+    loops_core::fsutil::atomic_write(&unit, text.as_bytes()).map_err(io_err(&unit))?;
     let env_file_created = create_env_file(spec)?;
     let log_file = match manager {
         Manager::Systemd => None,
@@ -697,8 +697,8 @@ fn create_env_file(spec: &ServiceSpec) -> Result<bool> {
 
 /// Whether systemd keeps this user's services running without a login session.
 fn linger() -> Option<bool> {
-    let user = crate::secrets::var("USER")
-        .or_else(|_| crate::secrets::var("LOGNAME"))
+    let user = loops_core::secrets::var("USER")
+        .or_else(|_| loops_core::secrets::var("LOGNAME"))
         .ok()?;
     if user.is_empty() || user.contains('/') {
         return None;
@@ -780,9 +780,9 @@ pub fn status(manager: Manager, dirs: &Dirs, name: &str, workspace: Option<&Path
         .workspace
         .or_else(|| workspace.map(Path::to_path_buf));
     let lock = workspace.as_deref().and_then(|w| {
-        crate::workspace::Workspace::open(w)
+        loops_core::workspace::Workspace::open(w)
             .ok()
-            .and_then(|ws| crate::daemon_lock::daemon_alive(&ws))
+            .and_then(|ws| loops_core::daemon_lock::daemon_alive(&ws))
     });
     Status {
         name: name.to_string(),

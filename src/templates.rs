@@ -29,7 +29,7 @@ impl TemplateError {
             TemplateError::Unknown { known, .. } => {
                 Some(format!("the templates are: {}", known.join(", ")))
             }
-            TemplateError::BadName(_) => Some(crate::domain::LOOP_NAME_RULE.into()),
+            TemplateError::BadName(_) => Some(loops_core::domain::LOOP_NAME_RULE.into()),
             TemplateError::Exists(_) => Some("pick another name, or edit the existing loop".into()),
             TemplateError::Io { .. } => None,
         }
@@ -62,9 +62,9 @@ pub fn names(workspace: &Path) -> Vec<String> {
 }
 
 /// Whether `loops new` takes `name`: the same rule `loops check` holds every folder in
-/// `domains/` to ([`crate::domain::valid_loop_name`]).
+/// `domains/` to ([`loops_core::domain::valid_loop_name`]).
 pub fn valid_loop_name(name: &str) -> bool {
-    crate::domain::valid_loop_name(name)
+    loops_core::domain::valid_loop_name(name)
 }
 
 /// The files of a template: (relative path, contents, executable).

@@ -1,19 +1,19 @@
 //! `loops post`, `loops channels` and `loops deliveries`: delivery from scripts, and what
 //! was delivered.
 
-use super::output::{relative, table};
 use super::error::CliError;
-use crate::channels::{self, DeliveryStatus, Outbound, Poster};
-use crate::guard::Guard;
-use crate::workspace::Workspace;
+use super::output::{relative, table};
 use chrono::Utc;
+use loops_core::channels::{self, DeliveryStatus, Outbound, Poster};
+use loops_core::guard::Guard;
+use loops_core::workspace::Workspace;
 use serde_json::json;
 use std::io::Read;
 use std::sync::Arc;
 
 type Result<T = ()> = std::result::Result<T, CliError>;
 
-pub struct PostArgs {
+pub(super) struct PostArgs {
     pub channel: String,
     pub text: Option<String>,
     pub thread: Option<String>,
@@ -22,7 +22,7 @@ pub struct PostArgs {
     pub json: bool,
 }
 
-pub fn post(ws: Workspace, a: PostArgs) -> Result {
+pub(super) fn post(ws: Workspace, a: PostArgs) -> Result {
     let text = match a.text.as_deref() {
         Some("-") | None => {
             let mut s = String::new();
@@ -34,7 +34,7 @@ pub fn post(ws: Workspace, a: PostArgs) -> Result {
         Some(t) => t.to_string(),
     };
     // A loop's own never-share rules apply when a script speaks in its name.
-    let loop_guard = crate::domain::discover(&ws)
+    let loop_guard = loops_core::domain::discover(&ws)
         .into_iter()
         .find(|e| e.name == a.from)
         .and_then(|e| e.def)
@@ -42,7 +42,7 @@ pub fn post(ws: Workspace, a: PostArgs) -> Result {
     let guard = Guard::new(&ws.settings.guard, loop_guard.as_ref());
     let ws = Arc::new(ws);
     let committer = if ws.settings.git_commit {
-        crate::history::Committer::start(
+        loops_core::history::Committer::start(
             &ws.root,
             &ws.settings.author_name,
             &ws.settings.author_email,
@@ -55,7 +55,7 @@ pub fn post(ws: Workspace, a: PostArgs) -> Result {
     if a.from == "main" {
         poster = poster.without_handoffs();
     }
-    let run_id = a.run.clone().unwrap_or_else(crate::runs::new_run_id);
+    let run_id = a.run.clone().unwrap_or_else(loops_core::runs::new_run_id);
     let o = Outbound {
         channel: a.channel.clone(),
         text,
@@ -73,7 +73,7 @@ pub fn post(ws: Workspace, a: PostArgs) -> Result {
     // A file channel's entry is committed like any other change a run makes.
     if let (Ok(p), Some(c)) = (&r, &committer) {
         if let Some(w) = &p.wrote {
-            let msg = crate::history::commit_message(
+            let msg = loops_core::history::commit_message(
                 &format!("{}: posted to {}", a.from, a.channel),
                 &[
                     ("Loop", a.from.clone()),
@@ -81,9 +81,10 @@ pub fn post(ws: Workspace, a: PostArgs) -> Result {
                     ("Delivery", p.key.clone()),
                 ],
             );
-            if let Err(e) =
-                rt.block_on(c.commit(crate::history::CommitRequest::new(vec![w.clone()], msg)))
-            {
+            if let Err(e) = rt.block_on(c.commit(loops_core::history::CommitRequest::new(
+                vec![w.clone()],
+                msg,
+            ))) {
                 eprintln!("warning: the entry was written but not committed: {e}");
             }
         }
@@ -131,7 +132,7 @@ pub fn post(ws: Workspace, a: PostArgs) -> Result {
     }
 }
 
-pub fn channels(ws: &Workspace, json: bool) -> Result {
+pub(super) fn channels(ws: &Workspace, json: bool) -> Result {
     let records = channels::list_records(ws);
     let rows: Vec<serde_json::Value> = ws
         .settings
@@ -144,7 +145,7 @@ pub fn channels(ws: &Workspace, json: bool) -> Result {
             // Which variables are set, never their values.
             let env: Vec<serde_json::Value> = c
                 .secret_envs()
-                .map(|v| json!({"name": v, "set": crate::secrets::var(v).is_ok_and(|x| !x.is_empty())}))
+                .map(|v| json!({"name": v, "set": loops_core::secrets::var(v).is_ok_and(|x| !x.is_empty())}))
                 .collect();
             json!({
                 "name": c.name,
@@ -224,7 +225,7 @@ pub fn channels(ws: &Workspace, json: bool) -> Result {
     Ok(())
 }
 
-pub fn deliveries(
+pub(super) fn deliveries(
     ws: &Workspace,
     channel: Option<&str>,
     failed: bool,
@@ -271,7 +272,7 @@ pub fn deliveries(
                 r.status.as_str().to_string(),
                 r.loop_name.clone(),
                 r.attempts.to_string(),
-                crate::text::clip(&why, 60),
+                loops_core::text::clip(&why, 60),
                 r.handoff.clone().unwrap_or_default(),
             ]
         })

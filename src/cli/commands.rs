@@ -1,20 +1,20 @@
 //! One function per command.
 
-use super::output::{duration_ms, local_stamp, relative, short_local, table, table_fit};
 use super::args::{Cli, Command, LogFormat};
 use super::error::CliError;
-use crate::clock::SystemClock;
+use super::output::{duration_ms, local_stamp, relative, short_local, table, table_fit};
 use crate::daemon::{self, DaemonOptions};
-use crate::diag::Severity;
-use crate::domain::{discover, DomainEntry};
 use crate::engine::loop_run;
 use crate::engine::run_context::{RunContext, RunRequest, Trigger};
 use crate::operator;
-use crate::runs::{Outcome, RunLog};
-use crate::state::{Pause, StateStore};
-use crate::workspace::{host_timezone, Workspace};
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
+use loops_core::clock::SystemClock;
+use loops_core::diag::Severity;
+use loops_core::domain::{discover, DomainEntry};
+use loops_core::runs::{Outcome, RunLog};
+use loops_core::state::{Pause, StateStore};
+use loops_core::workspace::{host_timezone, Workspace};
 use serde_json::json;
 use std::path::Path;
 use std::sync::Arc;
@@ -101,7 +101,7 @@ pub fn dispatch(cli: Cli) -> Result {
 }
 
 /// The one-line explanation of a run record: its error, else its note.
-fn detail(r: &crate::runs::RunRecord) -> String {
+fn detail(r: &loops_core::runs::RunRecord) -> String {
     let text = r
         .error
         .clone()
@@ -178,7 +178,8 @@ fn init(dir: Option<&Path>) -> Result {
     if !written.is_empty() {
         if let Some(workdir) = repo.workdir() {
             let workdir = workdir.canonicalize().unwrap_or(workdir.to_path_buf());
-            let committer = crate::history::Committer::start(&dir, "loops", "loops@localhost")?;
+            let committer =
+                loops_core::history::Committer::start(&dir, "loops", "loops@localhost")?;
             let rt = tokio::runtime::Builder::new_current_thread()
                 .build()
                 .map_err(|e| CliError::new(e.to_string()))?;
@@ -187,7 +188,7 @@ fn init(dir: Option<&Path>) -> Result {
                 .map(|p| p.canonicalize().unwrap_or(p.clone()))
                 .filter(|p| p.starts_with(&workdir))
                 .collect();
-            rt.block_on(committer.commit(crate::history::CommitRequest {
+            rt.block_on(committer.commit(loops_core::history::CommitRequest {
                 contents: Vec::new(),
                 paths,
                 message: "loops: new workspace\n".into(),
@@ -225,7 +226,7 @@ fn new_loop(ws: &Workspace, name: &str, template: &str) -> Result {
 
 fn check(ws: &Workspace, json: bool) -> Result {
     let entries = discover(ws);
-    let diags = crate::domain::check_report(ws, &entries);
+    let diags = loops_core::domain::check_report(ws, &entries);
     let errors = diags
         .iter()
         .filter(|d| d.severity == Severity::Error)
@@ -395,9 +396,9 @@ fn next(ws: &Workspace, name: &str, count: usize, from: Option<&str>, json: bool
         return Ok(());
     }
     let src = match def.schedule.tz_source {
-        crate::schedule::TzSource::Loop => "from the loop's config",
-        crate::schedule::TzSource::Workspace => "from loops.yaml",
-        crate::schedule::TzSource::Host => "the host's zone",
+        loops_core::schedule::TzSource::Loop => "from the loop's config",
+        loops_core::schedule::TzSource::Workspace => "from loops.yaml",
+        loops_core::schedule::TzSource::Host => "the host's zone",
     };
     println!(
         "{name}: {} (timezone {}, {src})",
@@ -407,7 +408,7 @@ fn next(ws: &Workspace, name: &str, count: usize, from: Option<&str>, json: bool
     if !def.schedule.offset.is_zero() {
         println!(
             "jitter offset: {}",
-            crate::duration::format_duration(def.schedule.offset)
+            loops_core::duration::format_duration(def.schedule.offset)
         );
     }
     if times.is_empty() {
@@ -436,18 +437,20 @@ fn next(ws: &Workspace, name: &str, count: usize, from: Option<&str>, json: bool
 fn init_tracing(format: LogFormat) {
     // rmcp's info is protocol chatter (a server's whole `instructions` at each start);
     // what matters about MCP servers is logged by loops itself.
-    let filter = crate::secrets::var("LOOPS_LOG")
+    let filter = loops_core::secrets::var("LOOPS_LOG")
         .ok()
         .and_then(|f| {
-            tracing_subscriber::EnvFilter::try_new(crate::watch::with_quiet_notify(&f)).ok()
+            tracing_subscriber::EnvFilter::try_new(loops_core::watch::with_quiet_notify(&f)).ok()
         })
         .unwrap_or_else(|| {
-            tracing_subscriber::EnvFilter::new(crate::watch::with_quiet_notify("info,rmcp=warn"))
+            tracing_subscriber::EnvFilter::new(loops_core::watch::with_quiet_notify(
+                "info,rmcp=warn",
+            ))
         });
     use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(|| crate::secrets::RedactingWriter(std::io::stderr()))
+        .with_writer(|| loops_core::secrets::RedactingWriter(std::io::stderr()))
         .with_ansi(std::io::stderr().is_terminal());
     let _ = match format {
         LogFormat::Human => builder.with_target(false).try_init(),
@@ -536,7 +539,7 @@ fn trigger(ws: Workspace, name: &str, follow: bool, json_out: bool) -> Result {
         eprintln!("running {name} (run {})…", req.run_id);
     }
     let rec = rt.block_on(async {
-        let (tx, rx) = crate::exec::live_channel();
+        let (tx, rx) = loops_core::exec::live_channel();
         let live = follow.then_some(tx);
         let printer = super::output::spawn_printer(rx);
         // Ctrl-C or SIGTERM stops the run's whole process group and records it as
@@ -545,7 +548,7 @@ fn trigger(ws: Workspace, name: &str, follow: bool, json_out: bool) -> Result {
         let rec = loop_run::execute(&ctx, &def, &req, live, Some(cancel_rx)).await;
         let _ = printer.await;
         // MCP servers the run started live in this process: they end with it.
-        crate::mcp::client::McpPool::shutdown_all().await;
+        loops_agent::mcp_client::McpPool::shutdown_all().await;
         rec
     });
     rt.block_on(manual.finish(&ctx, &rec));
@@ -606,7 +609,7 @@ fn log(ws: &Workspace, name: Option<&str>, limit: usize, json: bool) -> Result {
     if let Some(n) = name {
         find_loop(ws, n)?;
     }
-    let entries = crate::history::read_log(&ws.root, name, limit)?;
+    let entries = loops_core::history::read_log(&ws.root, name, limit)?;
     if json {
         print_json(&serde_json::to_value(&entries).unwrap_or_default());
         return Ok(());
@@ -691,7 +694,7 @@ fn pause(ws: &Workspace, name: &str, reason: &str) -> Result {
     let store = StateStore::new(&ws.state_dir());
     let now = Utc::now();
     store.update(name, |s| {
-        let st = s.get_or_insert_with(|| crate::state::LoopState::new(now, ""));
+        let st = s.get_or_insert_with(|| loops_core::state::LoopState::new(now, ""));
         st.paused = Some(Pause {
             since: now,
             reason: reason.to_string(),
@@ -708,7 +711,7 @@ fn resume(ws: &Workspace, name: &str) -> Result {
     let store = StateStore::new(&ws.state_dir());
     let now = Utc::now();
     let was = store.update(name, |s| {
-        let st = s.get_or_insert_with(|| crate::state::LoopState::new(now, ""));
+        let st = s.get_or_insert_with(|| loops_core::state::LoopState::new(now, ""));
         let was = st.paused.take();
         st.consecutive_failures = 0;
         st.pending_retry = None;
@@ -729,7 +732,7 @@ fn resume(ws: &Workspace, name: &str) -> Result {
 }
 
 fn prune(ws: &Workspace, dry_run: bool, json_out: bool) -> Result {
-    use crate::retention::{human_bytes, Policy};
+    use loops_core::retention::{human_bytes, Policy};
     let policy = Policy::of(&ws.settings);
     // Steps of a long pass on a terminal; scripts reading stderr get only what matters.
     let on_tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
@@ -738,7 +741,7 @@ fn prune(ws: &Workspace, dry_run: bool, json_out: bool) -> Result {
             eprintln!("{line}…");
         }
     };
-    let r = crate::retention::prune(ws, std::time::SystemTime::now(), dry_run, &say);
+    let r = loops_core::retention::prune(ws, std::time::SystemTime::now(), dry_run, &say);
     if json_out {
         print_json(&serde_json::to_value(&r).unwrap_or_default());
     } else {
@@ -802,7 +805,7 @@ fn say_progress(p: &daemon::Progress) {
                 if with_time && !d.is_zero() {
                     format!(
                         "{n} for {}",
-                        crate::duration::format_duration(std::time::Duration::from_secs(
+                        loops_core::duration::format_duration(std::time::Duration::from_secs(
                             d.as_secs()
                         ))
                     )

@@ -68,25 +68,25 @@ macro_rules! from_module_error {
 }
 
 from_module_error!(
-    crate::workspace::WorkspaceError,
-    crate::history::HistoryError,
+    loops_core::workspace::WorkspaceError,
+    loops_core::history::HistoryError,
     crate::daemon::DaemonError,
     crate::templates::TemplateError,
-    crate::watch::WatchError,
-    crate::handoff::HandoffError,
+    loops_core::watch::WatchError,
+    loops_core::handoff::HandoffError,
     crate::operator::OperatorError,
     crate::mcp::McpError
 );
 
-impl From<crate::state::StateError> for CliError {
-    fn from(e: crate::state::StateError) -> Self {
+impl From<loops_core::state::StateError> for CliError {
+    fn from(e: loops_core::state::StateError) -> Self {
         CliError::new(e.to_string())
     }
 }
 
 /// Ends the process as a Unix tool ends when its reader has gone: by SIGPIPE, silently.
 pub(crate) fn die_of_sigpipe() -> ! {
-    crate::sys::raise_default_sigpipe();
+    loops_core::sys::raise_default_sigpipe();
     // Not reached once the signal is delivered; the status a shell shows for it.
     std::process::exit(141)
 }

@@ -1,13 +1,13 @@
 //! `loops handoff create` and `loops inbox`.
 
-use super::output::{relative, table};
 use super::args::{HandoffCommand, InboxCommand};
 use super::error::CliError;
-use crate::handoff::{Inbox, ItemRef, NewHandoff, Priority};
-use crate::history::{commit_message, CommitRequest, Committer};
+use super::output::{relative, table};
 use crate::operator;
-use crate::workspace::Workspace;
 use chrono::{DateTime, Utc};
+use loops_core::handoff::{Inbox, ItemRef, NewHandoff, Priority};
+use loops_core::history::{commit_message, CommitRequest, Committer};
+use loops_core::workspace::Workspace;
 use serde_json::json;
 use std::io::Read;
 
@@ -17,7 +17,7 @@ fn print_json(v: &serde_json::Value) {
     println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
 }
 
-pub fn handoff(ws: &Workspace, cmd: HandoffCommand) -> Result {
+pub(super) fn handoff(ws: &Workspace, cmd: HandoffCommand) -> Result {
     let HandoffCommand::Create {
         from,
         title,
@@ -48,7 +48,7 @@ pub fn handoff(ws: &Workspace, cmd: HandoffCommand) -> Result {
         if bytes.len() as u64 > limit {
             return Err(CliError::new(format!(
                 "{what} is more than limits.max_handoff_bytes allows ({limit} bytes, {}): a handoff is a short note for the main session",
-                crate::fsutil::human_bytes(limit)
+                loops_core::fsutil::human_bytes(limit)
             ))
             .help("write the long text to drafts/<loop>/<name>.md and pass it with --draft; keep the body to what the main session must do (or raise limits.max_handoff_bytes in loops.yaml)"));
         }
@@ -88,18 +88,18 @@ pub fn handoff(ws: &Workspace, cmd: HandoffCommand) -> Result {
                 })
         })
         .transpose()?;
-    let run = crate::secrets::var("LOOPS_RUN_ID")
+    let run = loops_core::secrets::var("LOOPS_RUN_ID")
         .ok()
         .filter(|r| !r.is_empty());
     if to.trim() != "main" {
         // A handoff to anyone but the main session leaves its trust: the never-share
         // guard of loops.yaml and of the sending loop reads it first.
-        let loop_guard = crate::domain::discover(ws)
+        let loop_guard = loops_core::domain::discover(ws)
             .into_iter()
             .find(|e| e.name == from)
             .and_then(|e| e.def)
             .map(|d| d.guard);
-        let guard = crate::guard::Guard::new(&ws.settings.guard, loop_guard.as_ref());
+        let guard = loops_core::guard::Guard::new(&ws.settings.guard, loop_guard.as_ref());
         let whole = format!("{title}\n{body}\n{}", items.join("\n"));
         if let Err(b) = guard.check(&whole) {
             return Err(
@@ -141,8 +141,8 @@ pub fn handoff(ws: &Workspace, cmd: HandoffCommand) -> Result {
     let (id, path, _) = inbox.create_with(&n, Utc::now(), |id, dest, text| {
         if let Some(r) = &run {
             // Tell the runner this run handed off (no orphan-draft handoff is needed).
-            let marker = crate::layout::handoff_runs_dir(ws).join(r);
-            let _ = crate::fsutil::append_line(&marker, id);
+            let marker = loops_core::layout::handoff_runs_dir(ws).join(r);
+            let _ = loops_core::fsutil::append_line(&marker, id);
         }
         if let Some(c) = &committer {
             let req = CommitRequest {
@@ -172,7 +172,7 @@ pub fn handoff(ws: &Workspace, cmd: HandoffCommand) -> Result {
     Ok(())
 }
 
-pub fn inbox(ws: &Workspace, cmd: Option<InboxCommand>, json: bool) -> Result {
+pub(super) fn inbox(ws: &Workspace, cmd: Option<InboxCommand>, json: bool) -> Result {
     match cmd {
         None => list(ws, json),
         Some(InboxCommand::List { json: j }) => list(ws, json || j),

@@ -1,16 +1,16 @@
 //! `loops jobs …` and `loops agent run`: the job queue at the command line.
 
-use super::output::table;
 use super::error::CliError;
-use crate::clock::SystemClock;
-use crate::jobs::job::{Job, JobId, JobKind, JobState};
-use crate::jobs::queue::{self, JobSpec, QueueError, Sender};
-use crate::jobs::store::JobStore;
+use super::output::table;
 use crate::engine::worker;
-use crate::jobs::{report, stats};
-use crate::workspace::Workspace;
 use chrono::Utc;
 use clap::{Args, Subcommand};
+use loops_core::clock::SystemClock;
+use loops_core::jobs::job::{Job, JobId, JobKind, JobState};
+use loops_core::jobs::queue::{self, JobSpec, QueueError, Sender};
+use loops_core::jobs::store::JobStore;
+use loops_core::jobs::{report, stats};
+use loops_core::workspace::Workspace;
 use serde_json::{json, Value};
 use std::io::{Read, Seek, Write};
 use std::path::PathBuf;
@@ -29,8 +29,8 @@ impl From<QueueError> for CliError {
     }
 }
 
-impl From<crate::jobs::store::StoreError> for CliError {
-    fn from(e: crate::jobs::store::StoreError) -> Self {
+impl From<loops_core::jobs::store::StoreError> for CliError {
+    fn from(e: loops_core::jobs::store::StoreError) -> Self {
         CliError {
             help: e.help(),
             message: e.to_string(),
@@ -269,10 +269,12 @@ pub struct AgentRun {
 fn dur(s: &Option<String>, what: &str) -> Result<Option<Duration>> {
     match s {
         None => Ok(None),
-        Some(t) => crate::duration::parse_duration(t).map(Some).map_err(|e| {
-            CliError::new(format!("--{what} {t}: {e}"))
-                .help("durations look like 30s, 5m, 2h or 1h30m")
-        }),
+        Some(t) => loops_core::duration::parse_duration(t)
+            .map(Some)
+            .map_err(|e| {
+                CliError::new(format!("--{what} {t}: {e}"))
+                    .help("durations look like 30s, 5m, 2h or 1h30m")
+            }),
     }
 }
 
@@ -330,7 +332,7 @@ fn shell_allowed_for(ws: &Workspace, inline: bool) -> bool {
     if ws.settings.allow_shell_jobs {
         return true;
     }
-    match crate::daemon_lock::daemon_alive(ws) {
+    match loops_core::daemon_lock::daemon_alive(ws) {
         Some(info) if !inline => info.allow_shell_jobs,
         _ => worker::shell_allowed(ws),
     }
@@ -352,7 +354,7 @@ fn audit(store: &JobStore, job: &Job, allowed: bool) {
         "at": Utc::now(),
         "job": job.id,
         "source": job.source,
-        "user": crate::secrets::var("USER").unwrap_or_default(),
+        "user": loops_core::secrets::var("USER").unwrap_or_default(),
         "params": params,
         "allowed": allowed,
         "state": job.state,
@@ -363,7 +365,7 @@ fn audit(store: &JobStore, job: &Job, allowed: bool) {
     }
 }
 
-pub fn jobs(ws: &Workspace, cmd: JobsCommand) -> Result {
+pub(super) fn jobs(ws: &Workspace, cmd: JobsCommand) -> Result {
     let store = JobStore::new(ws);
     let now = Utc::now();
     match cmd {
@@ -488,7 +490,11 @@ pub fn jobs(ws: &Workspace, cmd: JobsCommand) -> Result {
             Ok(())
         }
         JobsCommand::Stats { json } => {
-            let st = stats::compute(&store, now, crate::daemon_lock::daemon_alive(ws).is_some());
+            let st = stats::compute(
+                &store,
+                now,
+                loops_core::daemon_lock::daemon_alive(ws).is_some(),
+            );
             if json {
                 print_json(&serde_json::to_value(&st).unwrap_or_default());
             } else {
@@ -534,7 +540,7 @@ fn wait_for_runner(store: &JobStore, id: JobId, done: impl Fn(&Job) -> bool) -> 
 }
 
 fn warn_if_no_daemon(ws: &Workspace) {
-    if crate::daemon_lock::daemon_alive(ws).is_none() {
+    if loops_core::daemon_lock::daemon_alive(ws).is_none() {
         eprintln!(
             "note: no daemon is running in this workspace: nothing will run it until `loops run` starts (or run it here with `--follow`)"
         );
@@ -551,7 +557,7 @@ fn submit_and_report(
 ) -> Result {
     let now = Utc::now();
     let planned = queue::plan(&spec, now)?;
-    let inline = follow && crate::daemon_lock::daemon_alive(ws).is_none();
+    let inline = follow && loops_core::daemon_lock::daemon_alive(ws).is_none();
     let refused = (planned.kind == JobKind::Shell && !shell_allowed_for(ws, inline))
         .then(worker::shell_refusal);
     if dry_run {
@@ -645,10 +651,10 @@ fn after_submit(
 fn follow_job(ws: &Workspace, store: &JobStore, id: JobId, stream: bool) -> Result<Job> {
     let rt = crate::daemon::runtime()
         .map_err(|e| CliError::new(format!("cannot start the async runtime: {e}")))?;
-    if crate::daemon_lock::daemon_alive(ws).is_none() {
+    if loops_core::daemon_lock::daemon_alive(ws).is_none() {
         let ws = Arc::new(ws.clone());
         let committer = if ws.settings.git_commit {
-            crate::history::Committer::start(
+            loops_core::history::Committer::start(
                 &ws.root,
                 &ws.settings.author_name,
                 &ws.settings.author_email,
@@ -670,7 +676,7 @@ fn follow_job(ws: &Workspace, store: &JobStore, id: JobId, stream: bool) -> Resu
             eprintln!("no daemon is running: running job #{id} here (Ctrl-C stops it; it then waits for `loops run`)");
         }
         rt.block_on(async {
-            let (tx, rx) = crate::exec::live_channel();
+            let (tx, rx) = loops_core::exec::live_channel();
             // With --json the stream is not printed: stdout is the one JSON document.
             let (tx, printer) = if stream {
                 (Some(tx), Some(super::output::spawn_printer(rx)))
@@ -696,7 +702,7 @@ fn follow_job(ws: &Workspace, store: &JobStore, id: JobId, stream: bool) -> Resu
             if let Some(w) = watcher {
                 w.abort();
             }
-            crate::mcp::client::McpPool::shutdown_all().await;
+            loops_agent::mcp_client::McpPool::shutdown_all().await;
             if let Some(p) = printer {
                 let _ = p.await;
             }
@@ -706,7 +712,7 @@ fn follow_job(ws: &Workspace, store: &JobStore, id: JobId, stream: bool) -> Resu
     // A daemon runs it: follow its files.
     rt.block_on(async {
         let (wtx, mut wrx) = tokio::sync::mpsc::unbounded_channel();
-        let _w = crate::watch::watch(
+        let _w = loops_core::watch::watch(
             &[(
                 store.dir().to_path_buf(),
                 notify::RecursiveMode::NonRecursive,
@@ -829,7 +835,7 @@ fn logs(ws: &Workspace, store: &JobStore, id: JobId, follow: bool) -> Result {
             .map_err(|e| CliError::new(format!("cannot start the async runtime: {e}")))?;
         rt.block_on(async {
             let (wtx, mut wrx) = tokio::sync::mpsc::unbounded_channel();
-            let _w = crate::watch::watch(
+            let _w = loops_core::watch::watch(
                 &[(
                     store.dir().to_path_buf(),
                     notify::RecursiveMode::NonRecursive,
@@ -963,7 +969,7 @@ fn list(
     Ok(())
 }
 
-pub fn agent(ws: &Workspace, cmd: AgentCommand) -> Result {
+pub(super) fn agent(ws: &Workspace, cmd: AgentCommand) -> Result {
     let AgentCommand::Run(a) = cmd;
     let store = JobStore::new(ws);
     let mut params = serde_json::Map::new();
@@ -1054,7 +1060,7 @@ pub fn agent(ws: &Workspace, cmd: AgentCommand) -> Result {
                         })
                     })
                     .map(|n| {
-                        crate::text::clip(
+                        loops_core::text::clip(
                             &n.split_whitespace().collect::<Vec<_>>().join(" "),
                             48,
                         )
@@ -1090,7 +1096,7 @@ pub fn agent(ws: &Workspace, cmd: AgentCommand) -> Result {
         );
         return Ok(());
     }
-    let inline = follow && crate::daemon_lock::daemon_alive(ws).is_none();
+    let inline = follow && loops_core::daemon_lock::daemon_alive(ws).is_none();
     let shell_ok = shell_allowed_for(ws, inline);
     let (agg_job, kids) = queue::submit_fanout(&store, &children, &agg, now, &|j: &Job| {
         (j.kind == JobKind::Shell && !shell_ok).then(worker::shell_refusal)

@@ -3,7 +3,7 @@
 use chrono::{DateTime, Utc};
 
 /// Left-aligned columns, two spaces apart, sized to their widest cell.
-pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+pub(super) fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
     for r in rows {
         for (i, c) in r.iter().enumerate() {
@@ -33,7 +33,7 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
 
 /// The width a table should fit: the terminal's when stdout is one, else `$COLUMNS`
 /// when set (as clap's help reads it), else 100.
-pub fn width() -> usize {
+pub(super) fn width() -> usize {
     use std::io::IsTerminal;
     if std::io::stdout().is_terminal() {
         // TIOCGWINSZ on stdout.
@@ -43,7 +43,7 @@ pub fn width() -> usize {
             }
         }
     }
-    crate::secrets::var("COLUMNS")
+    loops_core::secrets::var("COLUMNS")
         .ok()
         .and_then(|c| c.trim().parse().ok())
         .filter(|&c: &usize| c > 0)
@@ -51,14 +51,14 @@ pub fn width() -> usize {
 }
 
 /// The widest line of a rendered table, in characters.
-pub fn widest(text: &str) -> usize {
+pub(super) fn widest(text: &str) -> usize {
     text.lines().map(|l| l.chars().count()).max().unwrap_or(0)
 }
 
 /// [`table`], with the last column's cells shortened (ending in `…`) so that no line is
 /// wider than `width`; the other columns are kept whole, and the last keeps at least 12
 /// characters however narrow the terminal.
-pub fn table_fit(header: &[&str], rows: &[Vec<String>], width: usize) -> String {
+pub(super) fn table_fit(header: &[&str], rows: &[Vec<String>], width: usize) -> String {
     let Some(last) = header.len().checked_sub(1) else {
         return String::new();
     };
@@ -88,7 +88,7 @@ pub fn table_fit(header: &[&str], rows: &[Vec<String>], width: usize) -> String 
 }
 
 /// "3m ago", "in 2h" — relative to `now`.
-pub fn relative(t: DateTime<Utc>, now: DateTime<Utc>) -> String {
+pub(super) fn relative(t: DateTime<Utc>, now: DateTime<Utc>) -> String {
     let secs = (t - now).num_seconds();
     let (abs, future) = (secs.unsigned_abs(), secs > 0);
     let span = if abs < 60 {
@@ -109,7 +109,7 @@ pub fn relative(t: DateTime<Utc>, now: DateTime<Utc>) -> String {
 
 /// A span a person reads at a glance, to its two largest units: `0s`, `42s`, `18m 23s`,
 /// `3h 5m`, `2d 4h` (an uptime of `18m23s594ms` says more than anyone wants to know).
-pub fn span(d: std::time::Duration) -> String {
+pub(super) fn span(d: std::time::Duration) -> String {
     let s = d.as_secs();
     let (big, small, units) = if s < 60 {
         return format!("{s}s");
@@ -128,7 +128,7 @@ pub fn span(d: std::time::Duration) -> String {
 }
 
 /// A run's duration: `8ms`, `1.2s`, `3m 12s` (never `0.0s` for a run that took 8 ms).
-pub fn duration_ms(ms: u64) -> String {
+pub(super) fn duration_ms(ms: u64) -> String {
     if ms < 1000 {
         format!("{ms}ms")
     } else if ms < 60_000 {
@@ -140,7 +140,7 @@ pub fn duration_ms(ms: u64) -> String {
 
 /// A time in the host's zone with its UTC offset, `2026-11-21 07:30:00 +01:00`, so that
 /// a time read from a log or a copy of it pasted elsewhere is never ambiguous.
-pub fn local_stamp<Tz: chrono::TimeZone>(t: DateTime<Utc>, tz: &Tz, seconds: bool) -> String
+pub(super) fn local_stamp<Tz: chrono::TimeZone>(t: DateTime<Utc>, tz: &Tz, seconds: bool) -> String
 where
     Tz::Offset: std::fmt::Display,
 {
@@ -152,7 +152,7 @@ where
     t.with_timezone(tz).format(fmt).to_string()
 }
 
-pub fn short_local<Tz: chrono::TimeZone>(t: DateTime<Utc>, tz: &Tz) -> String
+pub(super) fn short_local<Tz: chrono::TimeZone>(t: DateTime<Utc>, tz: &Tz) -> String
 where
     Tz::Offset: std::fmt::Display,
 {
@@ -162,20 +162,20 @@ where
 }
 
 /// Prints live output (a followed run or job) as it arrives, each stream to its own.
-pub fn spawn_printer(
-    mut rx: tokio::sync::mpsc::Receiver<(crate::exec::Stream, Vec<u8>)>,
+pub(super) fn spawn_printer(
+    mut rx: tokio::sync::mpsc::Receiver<(loops_core::exec::Stream, Vec<u8>)>,
 ) -> tokio::task::JoinHandle<()> {
     use std::io::Write;
     tokio::spawn(async move {
         while let Some((stream, bytes)) = rx.recv().await {
             // A terminal's scrollback and a CI log keep what is printed (src/secrets.rs).
-            let bytes = crate::secrets::redact_bytes(&bytes);
+            let bytes = loops_core::secrets::redact_bytes(&bytes);
             match stream {
-                crate::exec::Stream::Stdout => {
+                loops_core::exec::Stream::Stdout => {
                     let _ = std::io::stdout().write_all(&bytes);
                     let _ = std::io::stdout().flush();
                 }
-                crate::exec::Stream::Stderr => {
+                loops_core::exec::Stream::Stderr => {
                     let _ = std::io::stderr().write_all(&bytes);
                 }
             }
@@ -185,7 +185,7 @@ pub fn spawn_printer(
 
 /// Flips to true on the first SIGINT or SIGTERM: a command running work in this process
 /// stops it cleanly (its process group, its records) instead of dying mid-write.
-pub fn stop_on_signal() -> tokio::sync::watch::Receiver<bool> {
+pub(super) fn stop_on_signal() -> tokio::sync::watch::Receiver<bool> {
     let (tx, rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         use tokio::signal::unix::{signal, SignalKind};

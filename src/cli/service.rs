@@ -3,8 +3,8 @@
 
 use super::error::CliError;
 use crate::service::{self, Dirs, Manager, ServiceError, ServiceSpec};
-use crate::workspace::Workspace;
 use clap::Subcommand;
+use loops_core::workspace::Workspace;
 use std::path::{Path, PathBuf};
 
 type Result<T = ()> = std::result::Result<T, CliError>;
@@ -71,7 +71,7 @@ Examples:
     },
 }
 
-pub fn service(ws_arg: Option<&Path>, cmd: ServiceCommand) -> Result {
+pub(super) fn service(ws_arg: Option<&Path>, cmd: ServiceCommand) -> Result {
     let dirs = Dirs::from_env()?;
     match cmd {
         ServiceCommand::Install {
@@ -155,7 +155,7 @@ pub fn service(ws_arg: Option<&Path>, cmd: ServiceCommand) -> Result {
 }
 
 /// A workspace error borrowed from a `Result` we keep using, as a `CliError`.
-fn clone_ws_err(e: &crate::workspace::WorkspaceError) -> CliError {
+fn clone_ws_err(e: &loops_core::workspace::WorkspaceError) -> CliError {
     CliError {
         message: e.to_string(),
         help: e.help(),

@@ -1,45 +1,45 @@
 //! `loops status`: one screen that says what the runner is doing — the daemon, the loops,
 //! the inbox, the job queue, deliveries, MCP servers, recent runs and commits.
 
-use super::output::{relative, span, table};
 use super::error::CliError;
-use crate::handoff::Stage;
-use crate::runs::RunLog;
-use crate::workspace::Workspace;
+use super::output::{relative, span, table};
 use chrono::Utc;
+use loops_core::handoff::Stage;
+use loops_core::runs::RunLog;
+use loops_core::workspace::Workspace;
 use serde_json::{json, Value};
 
 type Result<T = ()> = std::result::Result<T, CliError>;
 
 const RECENT: usize = 5;
 
-pub fn status(ws: &Workspace, json_out: bool) -> Result {
+pub(super) fn status(ws: &Workspace, json_out: bool) -> Result {
     let now = Utc::now();
-    let daemon = crate::daemon_lock::daemon_alive(ws);
+    let daemon = loops_core::daemon_lock::daemon_alive(ws);
     let loops = crate::operator::loop_rows(ws, now);
     let handoffs = crate::operator::handoff_rows(ws, now);
-    let store = crate::jobs::store::JobStore::new(ws);
-    let stats = crate::jobs::stats::compute(&store, now, daemon.is_some());
-    let deliveries = crate::channels::list_records(ws);
+    let store = loops_core::jobs::store::JobStore::new(ws);
+    let stats = loops_core::jobs::stats::compute(&store, now, daemon.is_some());
+    let deliveries = loops_core::channels::list_records(ws);
     let day_ago = now - chrono::Duration::hours(24);
-    let recent_deliveries: Vec<&crate::channels::DeliveryRecord> =
+    let recent_deliveries: Vec<&loops_core::channels::DeliveryRecord> =
         deliveries.iter().filter(|d| d.updated >= day_ago).collect();
-    let count_status = |s: crate::channels::DeliveryStatus| {
+    let count_status = |s: loops_core::channels::DeliveryStatus| {
         recent_deliveries.iter().filter(|d| d.status == s).count()
     };
     let mcp = mcp_servers(ws);
-    let (record_files, record_bytes) = crate::retention::total_size(&ws.runtime_dir());
-    let policy = crate::retention::Policy::of(&ws.settings);
+    let (record_files, record_bytes) = loops_core::retention::total_size(&ws.runtime_dir());
+    let policy = loops_core::retention::Policy::of(&ws.settings);
     // Limits the daemon's file watchers ran into (inotify watches or instances): it then
     // polls, and says so here.
     let watcher = daemon
         .as_ref()
-        .and_then(|d| crate::watch::read_report(&ws.runtime_dir(), d.pid));
+        .and_then(|d| loops_core::watch::read_report(&ws.runtime_dir(), d.pid));
 
     let running = running_now(ws, &store, now);
 
     let runlog = RunLog::new(&ws.runs_dir(), ws.settings.rotate_bytes);
-    let mut runs: Vec<crate::runs::RunRecord> = loops
+    let mut runs: Vec<loops_core::runs::RunRecord> = loops
         .iter()
         .map(|l| l.name.as_str())
         .chain(std::iter::once("main"))
@@ -47,10 +47,10 @@ pub fn status(ws: &Workspace, json_out: bool) -> Result {
         .collect();
     runs.sort_by_key(|r| std::cmp::Reverse(r.finished));
     runs.truncate(RECENT);
-    let commits = crate::history::read_log(&ws.root, None, RECENT).unwrap_or_default();
+    let commits = loops_core::history::read_log(&ws.root, None, RECENT).unwrap_or_default();
     // The daemon's own record: when it last stopped without a clean shutdown, and what
     // the next start recovered (.loops/daemon.jsonl, at most a couple of MB).
-    let unclean: Vec<Value> = crate::journal::read(&ws.runtime_dir())
+    let unclean: Vec<Value> = loops_core::journal::read(&ws.runtime_dir())
         .into_iter()
         .filter(|e| e["event"] == "unclean_stop")
         .collect();
@@ -65,10 +65,10 @@ pub fn status(ws: &Workspace, json_out: bool) -> Result {
         .count();
     let last_unclean = unclean.last().cloned();
     // Run commits waiting in .loops/commits/, and why (git mid-operation, another branch).
-    let (commits_waiting, held) = crate::git_gate::waiting(&ws.runtime_dir().join("commits"));
+    let (commits_waiting, held) = loops_core::git_gate::waiting(&ws.runtime_dir().join("commits"));
     // What the live daemon made of loops.yaml: an edit it refused, settings waiting for a
     // restart.
-    let settings_report = crate::workspace::SettingsReport::read(ws);
+    let settings_report = loops_core::workspace::SettingsReport::read(ws);
 
     let stage_count = |s: Stage| handoffs.iter().filter(|h| h.stage == s).count();
     let no_main = ws.settings.main.is_none() && stage_count(Stage::Pending) > 0;
@@ -85,7 +85,7 @@ pub fn status(ws: &Workspace, json_out: bool) -> Result {
         .count();
 
     if json_out {
-        let local = crate::workspace::host_timezone();
+        let local = loops_core::workspace::host_timezone();
         let v = json!({
             "workspace": ws.root,
             "version": env!("CARGO_PKG_VERSION"),
@@ -117,16 +117,16 @@ pub fn status(ws: &Workspace, json_out: bool) -> Result {
                 "warnings": stats.warnings,
             },
             "deliveries_24h": {
-                "delivered": count_status(crate::channels::DeliveryStatus::Delivered),
-                "delivery_failed": count_status(crate::channels::DeliveryStatus::DeliveryFailed),
-                "blocked": count_status(crate::channels::DeliveryStatus::Blocked),
+                "delivered": count_status(loops_core::channels::DeliveryStatus::Delivered),
+                "delivery_failed": count_status(loops_core::channels::DeliveryStatus::DeliveryFailed),
+                "blocked": count_status(loops_core::channels::DeliveryStatus::Blocked),
             },
             "mcp_servers": mcp,
             "records": {
                 "files": record_files,
                 "bytes": record_bytes,
                 "max_total_bytes": policy.max_total_bytes,
-                "max_age": policy.max_age.map(crate::duration::format_duration),
+                "max_age": policy.max_age.map(loops_core::duration::format_duration),
             },
             "running": running.iter().map(|r| json!({
                 "what": r.what, "name": r.name, "detail": r.detail,
@@ -216,9 +216,9 @@ pub fn status(ws: &Workspace, json_out: bool) -> Result {
             "deliveries".into(),
             format!(
                 "last 24 h: {} delivered, {} failed, {} blocked",
-                count_status(crate::channels::DeliveryStatus::Delivered),
-                count_status(crate::channels::DeliveryStatus::DeliveryFailed),
-                count_status(crate::channels::DeliveryStatus::Blocked)
+                count_status(loops_core::channels::DeliveryStatus::Delivered),
+                count_status(loops_core::channels::DeliveryStatus::DeliveryFailed),
+                count_status(loops_core::channels::DeliveryStatus::Blocked)
             ),
         ));
     }
@@ -273,7 +273,7 @@ pub fn status(ws: &Workspace, json_out: bool) -> Result {
         "records".into(),
         format!(
             ".loops/ {} in {} files ({}; `loops prune --dry-run` shows what goes next)",
-            crate::retention::human_bytes(record_bytes),
+            loops_core::retention::human_bytes(record_bytes),
             record_files,
             policy.describe()
         ),
@@ -297,7 +297,7 @@ pub fn status(ws: &Workspace, json_out: bool) -> Result {
             "watcher".into(),
             format!(
                 "polling every {}: {}",
-                crate::duration::format_duration(crate::watch::POLL_EVERY),
+                loops_core::duration::format_duration(loops_core::watch::POLL_EVERY),
                 what.join("; ")
             ),
         ));
@@ -349,7 +349,7 @@ pub fn status(ws: &Workspace, json_out: bool) -> Result {
                     relative(r.finished, now),
                     r.loop_name.clone(),
                     r.outcome.to_string(),
-                    crate::text::clip(
+                    loops_core::text::clip(
                         r.error.as_deref().or(r.summary.as_deref()).unwrap_or(""),
                         60,
                     ),
@@ -367,7 +367,7 @@ pub fn status(ws: &Workspace, json_out: bool) -> Result {
                 vec![
                     c.commit.chars().take(8).collect(),
                     relative(c.time, now),
-                    crate::text::clip(&c.summary, 70),
+                    loops_core::text::clip(&c.summary, 70),
                 ]
             })
             .collect();
@@ -412,7 +412,7 @@ impl Running {
 /// active jobs whose runner is alive; longest-running first.
 fn running_now(
     ws: &Workspace,
-    jobs: &crate::jobs::store::JobStore,
+    jobs: &loops_core::jobs::store::JobStore,
     now: chrono::DateTime<Utc>,
 ) -> Vec<Running> {
     let mut out: Vec<Running> = std::fs::read_dir(ws.running_dir())
@@ -421,8 +421,8 @@ fn running_now(
         .filter_map(|e| e.ok())
         .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
         .filter_map(|e| std::fs::read(e.path()).ok())
-        .filter_map(|b| serde_json::from_slice::<crate::runs::RunningMarker>(&b).ok())
-        .filter(|m| crate::fsutil::process_alive(m.pid, m.pid_start))
+        .filter_map(|b| serde_json::from_slice::<loops_core::runs::RunningMarker>(&b).ok())
+        .filter(|m| loops_core::fsutil::process_alive(m.pid, m.pid_start))
         // The daemon marks a run when it claims its slot, with the time it may start;
         // one claimed for a later second has not started yet.
         .filter(|m| m.started <= now)
@@ -443,10 +443,10 @@ fn running_now(
     let (live, _) = jobs.live_jobs();
     out.extend(live.iter().filter_map(|j| {
         let lease = j.lease.as_ref()?;
-        (j.state == crate::jobs::job::JobState::Active && lease.owner_alive()).then(|| {
+        (j.state == loops_core::jobs::job::JobState::Active && lease.owner_alive()).then(|| {
             Running {
                 what: "job",
-                name: format!("#{} ({})", j.id, crate::text::clip(&j.name, 40)),
+                name: format!("#{} ({})", j.id, loops_core::text::clip(&j.name, 40)),
                 detail: {
                     let mut d = format!(
                         "{} · attempt {}/{}",
@@ -456,8 +456,11 @@ fn running_now(
                     );
                     // An agent's turn and last tool say where it is; a shell job's
                     // progress would only repeat "running".
-                    if j.kind != crate::jobs::job::JobKind::Shell {
-                        d.push_str(&format!(" · {}", crate::jobs::report::progress_line(j)));
+                    if j.kind != loops_core::jobs::job::JobKind::Shell {
+                        d.push_str(&format!(
+                            " · {}",
+                            loops_core::jobs::report::progress_line(j)
+                        ));
                     }
                     d
                 },
@@ -499,7 +502,7 @@ fn mcp_servers(ws: &Workspace) -> Vec<Value> {
 
 /// The paths recent runs left out of their commits: a person's edits, still uncommitted
 /// in the work tree, that they may want to look at.
-fn held_back_lines(runs: &[crate::runs::RunRecord]) -> String {
+fn held_back_lines(runs: &[loops_core::runs::RunRecord]) -> String {
     let mut out = String::new();
     for r in runs.iter().filter(|r| !r.held_back.is_empty()) {
         for h in &r.held_back {
@@ -519,7 +522,7 @@ fn held_back_lines(runs: &[crate::runs::RunRecord]) -> String {
 /// What the daemon says about loops.yaml: an edit it did not apply, and keys whose change
 /// waits for a restart.
 fn settings_lines(
-    r: Option<&crate::workspace::SettingsReport>,
+    r: Option<&loops_core::workspace::SettingsReport>,
     now: chrono::DateTime<Utc>,
 ) -> Vec<String> {
     let Some(r) = r else {
@@ -542,7 +545,7 @@ fn settings_lines(
     out
 }
 
-fn commits_line(waiting: usize, held: Option<&crate::git_gate::HeldReport>) -> Option<String> {
+fn commits_line(waiting: usize, held: Option<&loops_core::git_gate::HeldReport>) -> Option<String> {
     let runs = format!(
         "{waiting} run{} waiting",
         if waiting == 1 { "" } else { "s" }

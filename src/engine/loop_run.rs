@@ -2,17 +2,15 @@
 //! it changed, commit them, append the run record. Everything that runs goes through
 //! here, whether the daemon scheduled it or a person triggered it.
 
-use crate::domain::{LoopDef, Payload};
-use crate::engine::run_context::{
-    delivery_scope, note_pgid, run_env, RunContext, RunRequest,
-};
-use crate::jobs::own;
-use crate::exec::{self, ExecSpec};
-use crate::history::{commit_message, CommitRequest};
-use crate::runs::{Outcome, RunRecord, RunningMarker};
-use crate::snapshot::{changed_between, Snapshot};
-use crate::workspace::Workspace;
+use crate::engine::run_context::{delivery_scope, note_pgid, run_env, RunContext, RunRequest};
 use chrono::Utc;
+use loops_core::domain::{LoopDef, Payload};
+use loops_core::exec::{self, ExecSpec};
+use loops_core::history::{commit_message, CommitRequest};
+use loops_core::jobs::own;
+use loops_core::runs::{Outcome, RunRecord, RunningMarker};
+use loops_core::snapshot::{changed_between, Snapshot};
+use loops_core::workspace::Workspace;
 use std::path::{Path, PathBuf};
 use tokio::sync::{mpsc, watch};
 
@@ -28,7 +26,7 @@ fn wait_for_git(root: &std::path::Path, loop_name: &str) {
     let workdir = root.canonicalize().unwrap_or_else(|_| root.to_path_buf());
     let t0 = std::time::Instant::now();
     let mut said = false;
-    while let Some(who) = crate::git_gate::git_rewriting(&workdir) {
+    while let Some(who) = loops_core::git_gate::git_rewriting(&workdir) {
         if t0.elapsed() >= GIT_WAIT_MAX {
             tracing::warn!(
                 loop_name,
@@ -74,9 +72,9 @@ async fn snapshot_start(
         }
         let now = serde_json::to_vec(&start.dirty_paths()).unwrap_or_default();
         if let Some(dir) = marker.parent() {
-            let _ = crate::fsutil::create_dir_all(dir);
+            let _ = loops_core::fsutil::create_dir_all(dir);
         }
-        let _ = crate::fsutil::atomic_replace(&marker, &now);
+        let _ = loops_core::fsutil::atomic_replace(&marker, &now);
         (files, start)
     })
     .await
@@ -169,8 +167,16 @@ pub async fn execute(
         }
         Payload::Prompt { .. } => {
             let (before, start) = snapshot_start(ctx, def, areas.clone()).await;
-            let p = crate::engine::prompt_run::run(ctx, def, req, state.as_ref(), &marker, live, cancel)
-                .await;
+            let p = crate::engine::prompt_run::run(
+                ctx,
+                def,
+                req,
+                state.as_ref(),
+                &marker,
+                live,
+                cancel,
+            )
+            .await;
             let after = Snapshot::of(areas.clone()).await;
             let mut all = changed_between(&before, &after);
             // Files the tools wrote outside the loop's areas (a new inbox file, or
@@ -199,7 +205,7 @@ pub async fn execute(
             let wrote_list = own::wrote_file(&ctx.ws, &req.run_id);
             if let Some(dir) = wrote_list.parent() {
                 // Private like the rest of .loops/ (the daemon would tighten it otherwise).
-                let _ = crate::fsutil::create_dir_all(dir);
+                let _ = loops_core::fsutil::create_dir_all(dir);
             }
             let mut env = run_env(&ctx.ws, def, &req.run_id, state.as_ref());
             env.push(("LOOPS_WROTE".into(), wrote_list.display().to_string()));
@@ -239,7 +245,7 @@ pub async fn execute(
                 Outcome::Failed
             } else if changed.is_empty()
                 && (res.stdout_bytes == 0
-                    || crate::channels::strip_silent_lines(&res.stdout_tail).is_empty())
+                    || loops_core::channels::strip_silent_lines(&res.stdout_tail).is_empty())
             {
                 // Nothing changed and nothing said but a silent token: a silent run.
                 Outcome::Silent
@@ -272,7 +278,7 @@ pub async fn execute(
             .push(ctx.ws.relative(&h.1).display().to_string());
         changed.push(h.1);
     }
-    let sink = crate::history::HeldBackSink::default();
+    let sink = loops_core::history::HeldBackSink::default();
     // Until its changes are committed (or waiting in the committer's queue), a run that is
     // killed leaves them for the next run of the loop to adopt (see `snapshot_start`).
     let mut committed_or_queued = true;
@@ -296,14 +302,14 @@ pub async fn execute(
                 Ok(None) => {}
                 Err(e) => {
                     let help = e.help().map(|h| format!(" ({h})")).unwrap_or_default();
-                    if matches!(e, crate::history::HistoryError::Held(_)) {
+                    if matches!(e, loops_core::history::HistoryError::Held(_)) {
                         // The committer said once that commits are held; not news per run.
                         tracing::debug!(loop_name = %def.name, "run commit waits: {e}");
                     } else {
                         tracing::warn!(loop_name = %def.name, "could not commit the run's changes: {e}{help}");
                     }
                     rec.note = Some(format!("not committed: {e}{help}"));
-                    committed_or_queued = matches!(e, crate::history::HistoryError::Held(_));
+                    committed_or_queued = matches!(e, loops_core::history::HistoryError::Held(_));
                 }
             }
         }
@@ -350,22 +356,22 @@ async fn deliver_stdout(
     ctx: &RunContext,
     def: &LoopDef,
     req: &RunRequest,
-    d: &crate::domain::Deliver,
+    d: &loops_core::domain::Deliver,
     res: &exec::ExecResult,
     rec: &mut RunRecord,
 ) -> Option<PathBuf> {
     // A cut output keeps its head and tail with a line between them saying how much
     // is missing, so the message says it is not the whole.
-    let text = crate::channels::strip_silent_lines(&res.stdout_tail);
+    let text = loops_core::channels::strip_silent_lines(&res.stdout_tail);
     if text.trim().is_empty() {
         return None;
     }
-    let poster = crate::channels::Poster::new(
+    let poster = loops_core::channels::Poster::new(
         ctx.ws.clone(),
         ctx.committer.clone(),
-        crate::guard::Guard::new(&ctx.ws.settings.guard, Some(&def.guard)),
+        loops_core::guard::Guard::new(&ctx.ws.settings.guard, Some(&def.guard)),
     );
-    let o = crate::channels::Outbound {
+    let o = loops_core::channels::Outbound {
         channel: d.channel.clone(),
         text,
         thread: d.thread.clone(),
@@ -376,7 +382,7 @@ async fn deliver_stdout(
     // Retries are bounded by the channel's own attempts; this is a last stop.
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(15 * 60);
     let r = poster.post(&o, deadline).await;
-    if let Some(n) = crate::channels::DeliveryNote::of(&d.channel, &r) {
+    if let Some(n) = loops_core::channels::DeliveryNote::of(&d.channel, &r) {
         rec.deliveries.push(n);
     }
     match r {
@@ -405,11 +411,14 @@ fn orphan_draft_handoff(
     let draft = changed
         .iter()
         .find(|p| p.starts_with(&drafts) && p.is_file())?;
-    if crate::layout::handoff_runs_dir(&ctx.ws).join(run_id).exists() {
+    if loops_core::layout::handoff_runs_dir(&ctx.ws)
+        .join(run_id)
+        .exists()
+    {
         return None;
     }
     let rel = ctx.ws.relative(draft).display().to_string();
-    let n = crate::handoff::NewHandoff {
+    let n = loops_core::handoff::NewHandoff {
         from: def.name.clone(),
         to: "main".into(),
         title: format!("Draft from {} without a handoff", def.name),
@@ -423,7 +432,7 @@ fn orphan_draft_handoff(
         items: vec!["Read the draft".into(), "Decide what to do with it".into()],
         ..Default::default()
     };
-    match crate::handoff::Inbox::of(&ctx.ws).create(&n, Utc::now()) {
+    match loops_core::handoff::Inbox::of(&ctx.ws).create(&n, Utc::now()) {
         Ok((id, path, _)) => Some((id, path)),
         Err(e) => {
             tracing::warn!(loop_name = %def.name, "could not make the orphan-draft handoff: {e}");
@@ -440,7 +449,7 @@ fn subject_for(rec: &RunRecord) -> String {
         .lines()
         .map(str::trim)
         .find(|l| !l.is_empty() && !l.starts_with("[…"))
-        .map(|l| crate::text::clip(l, 100));
+        .map(|l| loops_core::text::clip(l, 100));
     match (rec.outcome, line) {
         (Outcome::Acted, Some(l)) => l,
         (Outcome::Acted, None) | (Outcome::Silent, _) => {

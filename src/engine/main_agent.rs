@@ -9,19 +9,19 @@
 //! dropped wake leaves one summary line — when it was, what it was about and how it ended.
 //! The newest 20 summary lines are kept and shown at the start of the conversation.
 
-use crate::providers::ProviderKind;
-use crate::agent::context;
-use crate::agent::model::{Block, Message, Role};
 use crate::engine::prompt_run::{http_provider, PromptOutcome};
-use crate::agent::sandbox::{Sandbox, Scope};
-use crate::agent::tools::{Claimed, ToolEnv, ToolKit};
-use crate::tool_names::MAIN_DEFAULT;
-use crate::agent::transcript::{Redactor, Transcript};
-use crate::handoff::Handoff;
 use crate::engine::run_context::RunContext;
 use crate::engine::run_context::{WakeKind, MAIN};
-use crate::workspace::MainSettings;
 use chrono::Utc;
+use loops_agent::context;
+use loops_agent::model::{Block, Message, Role};
+use loops_agent::sandbox::{Sandbox, Scope};
+use loops_agent::tools::{Claimed, ToolEnv, ToolKit};
+use loops_agent::transcript::{Redactor, Transcript};
+use loops_core::handoff::Handoff;
+use loops_core::providers::ProviderKind;
+use loops_core::tool_names::MAIN_DEFAULT;
+use loops_core::workspace::MainSettings;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -71,7 +71,7 @@ impl Conversation {
     /// quoted one must not have it kept on disk).
     pub fn save(&self, path: &Path, redactor: &Redactor) -> std::io::Result<()> {
         let text = serde_json::to_string(self).map_err(std::io::Error::other)?;
-        crate::fsutil::atomic_write(path, redactor.redact(&text).as_bytes())
+        loops_core::fsutil::atomic_write(path, redactor.redact(&text).as_bytes())
     }
 
     /// Drops whole wakes from the front until at most `limit` messages remain.
@@ -155,7 +155,7 @@ fn summarise(dropped: &[Message]) -> String {
         .iter()
         .rev()
         .find(|m| m.role == Role::Assistant && !m.text().trim().is_empty())
-        .map(|m| crate::text::clip(m.text().trim().lines().next().unwrap_or(""), 160));
+        .map(|m| loops_core::text::clip(m.text().trim().lines().next().unwrap_or(""), 160));
     let done: Vec<String> = dropped
         .iter()
         .flat_map(|m| m.tool_uses())
@@ -165,7 +165,7 @@ fn summarise(dropped: &[Message]) -> String {
             let id = input.get("id").and_then(|s| s.as_str());
             match (name, id) {
                 ("complete_handoff", Some(id)) => Some(format!("completed {id}")),
-                ("finish", _) if !s.is_empty() => Some(crate::text::clip(s, 160)),
+                ("finish", _) if !s.is_empty() => Some(loops_core::text::clip(s, 160)),
                 _ => None,
             }
         })
@@ -226,7 +226,7 @@ pub fn wake_message(kind: WakeKind, handoffs: &[(Handoff, PathBuf)], ws_root: &P
         let body = if body.len() > context::MAX_FILE_BYTES {
             format!(
                 "{}\n\n[… the body is {} bytes; read {rel} for the rest]",
-                crate::text::clip(body, context::MAX_FILE_BYTES),
+                loops_core::text::clip(body, context::MAX_FILE_BYTES),
                 body.len()
             )
         } else {
@@ -249,12 +249,12 @@ pub fn wake_message(kind: WakeKind, handoffs: &[(Handoff, PathBuf)], ws_root: &P
             // Only what the clip keeps is read: a draft of gigabytes costs no memory. The
             // path is checked again now, in its writer's scope, and opened beneath the root.
             let max = context::MAX_FILE_BYTES as u64 + 4;
-            match crate::agent::sandbox::read_draft(ws_root, h, max)
+            match loops_agent::sandbox::read_draft(ws_root, h, max)
                 .map(|d| d.map(|(t, _)| t).unwrap_or_default())
             {
                 Ok(t) => s.push_str(&format!(
                     "\nDraft `{d}`:\n\n```markdown\n{}\n```\n",
-                    crate::text::clip(t.trim_end(), context::MAX_FILE_BYTES)
+                    loops_core::text::clip(t.trim_end(), context::MAX_FILE_BYTES)
                 )),
                 Err(e) => s.push_str(&format!("\nDraft `{d}`: cannot be read ({e})\n")),
             }
@@ -285,7 +285,7 @@ pub async fn wake(
     let ws = &ctx.ws;
     let fail = |e: String| ModelWake {
         outcome: PromptOutcome {
-            outcome: Some(crate::runs::Outcome::Failed),
+            outcome: Some(loops_core::runs::Outcome::Failed),
             error: Some(e),
             ..Default::default()
         },
@@ -301,7 +301,7 @@ pub async fn wake(
         Some(Err(e)) => return fail(e),
         Some(Ok(p)) => p,
     };
-    let (pcfg, model) = match crate::providers::resolve(
+    let (pcfg, model) = match loops_core::providers::resolve(
         &ws.settings.providers,
         &ws.settings.defaults,
         main.provider.as_deref(),
@@ -324,7 +324,7 @@ pub async fn wake(
     let mut system = context::main_system(&identity, &prompt);
     context::add_rules(
         &mut system,
-        &crate::guard::Guard::new(&ws.settings.guard, None),
+        &loops_core::guard::Guard::new(&ws.settings.guard, None),
     );
     let conv_path = conversation_path(&ws.runtime_dir());
     let conv = if main.history == 0 {
@@ -353,7 +353,7 @@ pub async fn wake(
                 path: p.clone(),
             })
             .collect(),
-        guard: crate::guard::Guard::new(&ws.settings.guard, None),
+        guard: loops_core::guard::Guard::new(&ws.settings.guard, None),
         // A wake replayed over the same handoffs posts nothing twice.
         delivery_scope: if handoffs.is_empty() {
             run_id.to_string()
@@ -396,7 +396,7 @@ pub async fn wake(
     outcome.duration = started.elapsed();
     let failed = outcome
         .outcome
-        .is_some_and(|o| o.is_failure() || o == crate::runs::Outcome::Interrupted);
+        .is_some_and(|o| o.is_failure() || o == loops_core::runs::Outcome::Interrupted);
     if !failed && main.history > 0 {
         // The summary line of the dropped wakes is already at the front of `messages`;
         // keep it out of the stored conversation (it lives in `summary`).
@@ -419,7 +419,7 @@ pub async fn wake(
     }
     tr.note(&format!(
         "outcome: {}{}",
-        outcome.outcome.unwrap_or(crate::runs::Outcome::Silent),
+        outcome.outcome.unwrap_or(loops_core::runs::Outcome::Silent),
         outcome
             .error
             .as_deref()

@@ -12,19 +12,18 @@
 //! delivery) without editing files. A non-zero exit is a failed wake: its handoffs go
 //! back to the inbox.
 
-use crate::exec::{self, ExecSpec};
-use crate::handoff::{self, Handoff, Inbox, NewHandoff, Priority};
-use crate::history::{commit_message, CommitRequest};
 use crate::engine::run_context::{RunContext, WakeKind, MAIN};
-use crate::runs::{Outcome, RunRecord, RunningMarker};
-use crate::workspace::MainSettings;
 use chrono::{DateTime, Utc};
+use loops_core::exec::{self, ExecSpec};
+use loops_core::handoff::{self, Handoff, Inbox, NewHandoff, Priority};
+use loops_core::history::{commit_message, CommitRequest};
+use loops_core::runs::{Outcome, RunRecord, RunningMarker};
+use loops_core::workspace::MainSettings;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use tokio::sync::watch;
-
 
 /// What the runner remembers about one handoff between wakes (`.loops/inbox/<name>.json`).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -81,7 +80,7 @@ impl InboxState {
             return;
         }
         let text = serde_json::to_string_pretty(note).unwrap_or_default();
-        if let Err(e) = crate::fsutil::atomic_write(&path, text.as_bytes()) {
+        if let Err(e) = loops_core::fsutil::atomic_write(&path, text.as_bytes()) {
             tracing::warn!("{}: {e}", path.display());
         }
     }
@@ -95,7 +94,7 @@ impl InboxState {
         let c = Claims {
             run_id: run_id.to_string(),
             pid,
-            pid_start: crate::fsutil::process_start_time(pid),
+            pid_start: loops_core::fsutil::process_start_time(pid),
             files: files
                 .iter()
                 .filter_map(|f| f.file_name().and_then(|n| n.to_str()).map(str::to_string))
@@ -103,7 +102,7 @@ impl InboxState {
         };
         let path = self.claims_path(run_id);
         let text = serde_json::to_string(&c).unwrap_or_default();
-        if let Err(e) = crate::fsutil::atomic_write(&path, text.as_bytes()) {
+        if let Err(e) = loops_core::fsutil::atomic_write(&path, text.as_bytes()) {
             tracing::warn!("{}: {e}", path.display());
         }
     }
@@ -139,7 +138,7 @@ impl InboxState {
                 let _ = std::fs::remove_file(e.path());
                 continue;
             };
-            if crate::fsutil::process_alive(c.pid, c.pid_start) {
+            if loops_core::fsutil::process_alive(c.pid, c.pid_start) {
                 live.extend(c.files);
                 continue;
             }
@@ -319,7 +318,7 @@ fn handoff_json(h: &Handoff, path: &Path, ws: &Path, max_bytes: u64) -> serde_js
     // gigabytes: beyond the handoff limit it is cut, with a line saying where the rest is.
     // The path is checked again now, in its writer's scope, and opened beneath the root.
     let draft_text = h.draft.as_ref().and_then(|d| {
-        let (mut text, size) = crate::agent::sandbox::read_draft(ws, h, max_bytes).ok()??;
+        let (mut text, size) = loops_agent::sandbox::read_draft(ws, h, max_bytes).ok()??;
         if size > max_bytes {
             text.push_str(&format!(
                 "\n[… cut: the draft is {size} bytes, only the first {max_bytes} are given here (limits.max_handoff_bytes); read {d} for the rest]\n"
@@ -359,7 +358,7 @@ pub async fn wake(
     let ws = ctx.ws.clone();
     let inbox = Inbox::of(&ws);
     let notes = InboxState::new(&ws.runtime_dir());
-    let run_id = crate::runs::new_run_id();
+    let run_id = loops_core::runs::new_run_id();
     let started = Utc::now();
     let marker = RunningMarker::for_this_process(MAIN, &run_id, kind.as_str(), None, 1, started);
     let _ = ctx.running.put(&marker);
@@ -407,11 +406,12 @@ pub async fn wake(
         ),
     ]);
     let areas = vec![ws.root.join("drafts"), ws.root.join(".working-memory")];
-    let before = crate::snapshot::Snapshot::of(areas.clone()).await;
+    let before = loops_core::snapshot::Snapshot::of(areas.clone()).await;
     let mut on_model: Option<crate::engine::main_agent::ModelWake> = None;
     let res = match &main.command {
         None if main.prompt.is_some() => {
-            let w = crate::engine::main_agent::wake(ctx, main, kind, &run_id, &loaded, cancel).await;
+            let w =
+                crate::engine::main_agent::wake(ctx, main, kind, &run_id, &loaded, cancel).await;
             let r = model_exec_result(&w.outcome);
             on_model = Some(w);
             r
@@ -444,7 +444,7 @@ pub async fn wake(
             ..Default::default()
         },
     };
-    let after = crate::snapshot::Snapshot::of(areas).await;
+    let after = loops_core::snapshot::Snapshot::of(areas).await;
     let now = Utc::now();
     let ok = res.success();
     let reported = match (&on_model, ok) {
@@ -467,7 +467,7 @@ pub async fn wake(
     let mut released = Vec::new();
     let mut returned = Vec::new();
     let mut uncompleted = Vec::new();
-    let mut commit_paths: Vec<PathBuf> = crate::snapshot::changed_between(&before, &after);
+    let mut commit_paths: Vec<PathBuf> = loops_core::snapshot::changed_between(&before, &after);
     if let Some(w) = &on_model {
         // What the model's tools wrote, wherever the main session may write.
         let runtime = ws.runtime_dir();
@@ -752,7 +752,7 @@ pub struct Moved {
 /// creation or a completion is committed: each move is in the history as it happens, so
 /// `git status` shows nothing for the inbox between them, not only once it is drained.
 pub async fn commit_moves(
-    committer: Option<&crate::history::Committer>,
+    committer: Option<&loops_core::history::Committer>,
     outcome: &str,
     moved: Vec<Moved>,
 ) {
@@ -783,14 +783,16 @@ fn moves_request(outcome: &str, moved: Vec<Moved>) -> Option<CommitRequest> {
 /// Creates a handoff from the runner itself (accountability) and commits it.
 pub async fn runner_handoff(ctx: &RunContext, n: NewHandoff) -> Option<String> {
     let ctx = ctx.clone();
-    tokio::task::spawn_blocking(move || handoff::create_committed(&ctx.ws, ctx.committer.as_ref(), &n))
-        .await
-        .ok()
-        .flatten()
+    tokio::task::spawn_blocking(move || {
+        handoff::create_committed(&ctx.ws, ctx.committer.as_ref(), &n)
+    })
+    .await
+    .ok()
+    .flatten()
 }
 
 /// The handoff telling the main session a loop was paused after failing.
-pub fn paused_loop_handoff(loop_name: &str, pause: &crate::state::Pause) -> NewHandoff {
+pub fn paused_loop_handoff(loop_name: &str, pause: &loops_core::state::Pause) -> NewHandoff {
     NewHandoff {
         from: "loops".into(),
         to: "main".into(),

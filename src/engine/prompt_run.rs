@@ -2,23 +2,23 @@
 //! the tools, the transcript — everything but the commit, which [`crate::engine::loop_run::execute`]
 //! makes for every kind of run alike.
 
-use crate::providers::{ProviderConfig, ProviderKind};
-use crate::agent::context::{self, Dynamic};
-use crate::agent::model::{Message, Usage};
-use crate::agent::provider::HttpProvider;
-use crate::agent::run::{drive, Drive, End};
-use crate::agent::sandbox::{Sandbox, Scope};
-use crate::text::is_silent_token;
-use crate::agent::tools::{ShellSpec, ToolEnv, ToolKit};
-use crate::tool_names::ISOLATED_DEFAULT;
-use crate::agent::transcript::{Redactor, Transcript};
-use crate::domain::{LoopDef, Payload};
-use crate::exec::{self, ExecSpec};
 use crate::engine::run_context::{RunContext, RunRequest};
-use crate::runs::{Outcome, RunRecord, RunningMarker};
-use crate::state::LoopState;
-use crate::workspace::Workspace;
 use chrono::{DateTime, Utc};
+use loops_agent::context::{self, Dynamic};
+use loops_agent::model::{Message, Usage};
+use loops_agent::provider::HttpProvider;
+use loops_agent::run::{drive, Drive, End};
+use loops_agent::sandbox::{Sandbox, Scope};
+use loops_agent::tools::{ShellSpec, ToolEnv, ToolKit};
+use loops_agent::transcript::{Redactor, Transcript};
+use loops_core::domain::{LoopDef, Payload};
+use loops_core::exec::{self, ExecSpec};
+use loops_core::providers::{ProviderConfig, ProviderKind};
+use loops_core::runs::{Outcome, RunRecord, RunningMarker};
+use loops_core::state::LoopState;
+use loops_core::text::is_silent_token;
+use loops_core::tool_names::ISOLATED_DEFAULT;
+use loops_core::workspace::Workspace;
 use std::path::PathBuf;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
@@ -39,7 +39,7 @@ pub struct PromptOutcome {
     pub turns: Option<u32>,
     pub transcript: Option<PathBuf>,
     pub refused: Vec<String>,
-    pub deliveries: Vec<crate::channels::DeliveryNote>,
+    pub deliveries: Vec<loops_core::channels::DeliveryNote>,
     /// Files the tools wrote (absolute), committed with the run.
     pub wrote: Vec<PathBuf>,
     /// The agent was an outside program (a `command` provider) that writes files itself,
@@ -115,7 +115,7 @@ fn window(def: &LoopDef, state: Option<&LoopState>) -> (Option<DateTime<Utc>>, S
     let rule = match def.overlap {
         Some(o) => format!(
             "the last successful run minus the {} overlap",
-            crate::duration::format_duration(o)
+            loops_core::duration::format_duration(o)
         ),
         None => "the last successful run minus 10 % of the interval".to_string(),
     };
@@ -153,7 +153,7 @@ async fn run_gate(
             outcome: Some(Outcome::Timeout),
             error: Some(format!(
                 "the gate command timed out after {}",
-                crate::duration::format_duration(def.timeout)
+                loops_core::duration::format_duration(def.timeout)
             )),
             ..Default::default()
         });
@@ -193,7 +193,7 @@ pub async fn run(
     req: &RunRequest,
     state: Option<&LoopState>,
     marker: &RunningMarker,
-    live: Option<crate::exec::Live>,
+    live: Option<loops_core::exec::Live>,
     cancel: Option<watch::Receiver<bool>>,
 ) -> PromptOutcome {
     let started = std::time::Instant::now();
@@ -202,11 +202,15 @@ pub async fn run(
     let Payload::Prompt { model, provider } = &def.payload else {
         return PromptOutcome::failed("not a prompt loop".into());
     };
-    let (pcfg, model) =
-        match crate::providers::resolve(&ws.settings.providers, &ws.settings.defaults, provider.as_deref(), model.as_deref()) {
-            Ok(r) => r,
-            Err((msg, help)) => return PromptOutcome::failed(format!("{msg} ({help})")),
-        };
+    let (pcfg, model) = match loops_core::providers::resolve(
+        &ws.settings.providers,
+        &ws.settings.defaults,
+        provider.as_deref(),
+        model.as_deref(),
+    ) {
+        Ok(r) => r,
+        Err((msg, help)) => return PromptOutcome::failed(format!("{msg} ({help})")),
+    };
     let mut env = crate::engine::run_context::run_env(ws, def, &req.run_id, state);
     let (window_start, window_rule) = window(def, state);
     let now = Utc::now();
@@ -248,9 +252,9 @@ pub async fn run(
     let mut system = context::loop_system(&def.name, &prompt, &settings_yaml, state_md.as_deref());
     context::add_rules(
         &mut system,
-        &crate::guard::Guard::new(&ws.settings.guard, Some(&def.guard)),
+        &loops_core::guard::Guard::new(&ws.settings.guard, Some(&def.guard)),
     );
-    let main_scope = def.session == crate::domain::Session::Main;
+    let main_scope = def.session == loops_core::domain::Session::Main;
     if main_scope {
         // A loop in the main session's context gets its identity and memory too.
         let files = ws
@@ -259,7 +263,7 @@ pub async fn run(
             .as_ref()
             .map(|m| m.context.clone())
             .unwrap_or_else(|| {
-                crate::workspace::DEFAULT_MAIN_CONTEXT
+                loops_core::workspace::DEFAULT_MAIN_CONTEXT
                     .iter()
                     .map(|s| s.to_string())
                     .collect()
@@ -327,7 +331,7 @@ pub async fn run(
             shell,
             committer: ctx.committer.clone(),
             claimed: Vec::new(),
-            guard: crate::guard::Guard::new(&ws.settings.guard, Some(&def.guard)),
+            guard: loops_core::guard::Guard::new(&ws.settings.guard, Some(&def.guard)),
             delivery_scope: crate::engine::run_context::delivery_scope(def, req),
         });
         kit.load_mcp().await;
@@ -369,7 +373,7 @@ pub async fn http_provider(
     pcfg: &ProviderConfig,
     model: &str,
     max_turns: u32,
-    system: &[crate::agent::model::SystemPart],
+    system: &[loops_agent::model::SystemPart],
     messages: Vec<Message>,
     deadline: Instant,
     cancel: Option<watch::Receiver<bool>>,
@@ -486,7 +490,7 @@ async fn command_provider(
     ctx: &RunContext,
     def: &LoopDef,
     pcfg: &ProviderConfig,
-    system: &[crate::agent::model::SystemPart],
+    system: &[loops_agent::model::SystemPart],
     dynamic: &str,
     mut env: Vec<(String, String)>,
     deadline: Instant,
@@ -505,7 +509,7 @@ async fn command_provider(
     prompt.push_str(dynamic);
     prompt.push('\n');
     for name in &pcfg.env {
-        if let Ok(v) = crate::secrets::var(name) {
+        if let Ok(v) = loops_core::secrets::var(name) {
             env.retain(|(k, _)| k != name);
             env.push((name.clone(), v));
         }
@@ -525,7 +529,10 @@ async fn command_provider(
     // The run owns the spec, so the spawn sender goes when the run ends: an agent CLI
     // that cannot start does not leave `note_pgid` waiting for a pid forever.
     let run = async move { exec::run(&spec, None, cancel).await };
-    let (res, ()) = tokio::join!(run, crate::engine::run_context::note_pgid(ctx, marker, &mut spawn_rx));
+    let (res, ()) = tokio::join!(
+        run,
+        crate::engine::run_context::note_pgid(ctx, marker, &mut spawn_rx)
+    );
     let text = res.stdout_tail.trim().to_string();
     tr.message(&Message::assistant_text(text.clone()), " (final text)");
     if !res.stderr_tail.trim().is_empty() {
@@ -566,7 +573,7 @@ fn loop_sandbox(root: &std::path::Path, def: &LoopDef, main_scope: bool) -> Sand
             loop_name: def.name.clone(),
         }
     };
-    let mut walls = crate::agent::sandbox::Walls::load(root, &scope);
+    let mut walls = loops_agent::sandbox::Walls::load(root, &scope);
     walls.reads = def.reads.clone();
     walls.edit_prompt = def.edit_prompt;
     Sandbox::with_walls(root, scope, walls)

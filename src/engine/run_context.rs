@@ -1,14 +1,14 @@
 //! What every run needs from its surroundings (the workspace, its committer, the records
 //! it writes to) and what caused it: a loop's trigger or a main-session wake.
 
-use crate::domain::LoopDef;
-use crate::history::Committer;
-use crate::exec;
-use crate::runs::{new_run_id, RunLog, RunningMarker, RunningSet};
-use crate::schedule::When;
-use crate::state::{LoopState, StateStore};
-use crate::workspace::Workspace;
 use chrono::{DateTime, Utc};
+use loops_core::domain::LoopDef;
+use loops_core::exec;
+use loops_core::history::Committer;
+use loops_core::runs::{new_run_id, RunLog, RunningMarker, RunningSet};
+use loops_core::schedule::When;
+use loops_core::state::{LoopState, StateStore};
+use loops_core::workspace::Workspace;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -129,18 +129,20 @@ impl RunContext {
 }
 
 /// The branch rule loops.yaml sets, if it sets one.
-fn branch_rule(s: &crate::workspace::Settings) -> Option<crate::git_gate::BranchRule> {
+fn branch_rule(s: &loops_core::workspace::Settings) -> Option<loops_core::git_gate::BranchRule> {
     if s.git_follow_checkout {
-        Some(crate::git_gate::BranchRule::Follow)
+        Some(loops_core::git_gate::BranchRule::Follow)
     } else {
-        s.git_branch.clone().map(crate::git_gate::BranchRule::Fixed)
+        s.git_branch
+            .clone()
+            .map(loops_core::git_gate::BranchRule::Fixed)
     }
 }
 
 /// Whether this process is the workspace's daemon (whose starting branch is the default
 /// for everyone), rather than a CLI command beside it.
 fn is_daemon(ws: &Workspace) -> bool {
-    crate::daemon_lock::daemon_alive(ws).is_some_and(|d| d.pid == std::process::id())
+    loops_core::daemon_lock::daemon_alive(ws).is_some_and(|d| d.pid == std::process::id())
 }
 
 /// The collection window's start: the last successful run's start minus the overlap.
@@ -187,7 +189,6 @@ pub fn run_env(
     env
 }
 
-
 /// Records the process group of a run's child in its marker, so a runner that dies can
 /// have the group stopped at its next start.
 pub async fn note_pgid(
@@ -198,7 +199,7 @@ pub async fn note_pgid(
     if let Some(pid) = spawn_rx.recv().await {
         let mut m = marker.clone();
         m.pgid = Some(pid);
-        m.pgid_start = crate::fsutil::process_start_time(pid);
+        m.pgid_start = loops_core::fsutil::process_start_time(pid);
         if let Err(e) = ctx.running.update(&m) {
             tracing::warn!("cannot update the running marker: {e}");
         }

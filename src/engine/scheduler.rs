@@ -3,13 +3,13 @@
 //! The loop state files are its memory; a new `Scheduler` over the same files (a
 //! restart) continues exactly where the old one stopped.
 
-use crate::clock::Clock;
-use crate::domain::LoopDef;
 use crate::engine::run_context::Trigger;
-use crate::runs::{Outcome, RunLog, RunRecord};
-use crate::schedule::{stable_hash, Missed};
-use crate::state::{LastRun, LoopState, Pause, PendingRetry, StateStore};
 use chrono::{DateTime, Utc};
+use loops_core::clock::Clock;
+use loops_core::domain::LoopDef;
+use loops_core::runs::{Outcome, RunLog, RunRecord};
+use loops_core::schedule::{stable_hash, Missed};
+use loops_core::state::{LastRun, LoopState, Pause, PendingRetry, StateStore};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -263,7 +263,7 @@ impl Scheduler {
                     now
                 };
                 out.push(DueRun {
-                    run_id: crate::runs::new_run_id(),
+                    run_id: loops_core::runs::new_run_id(),
                     loop_name: name.to_string(),
                     trigger,
                     slot,
@@ -293,7 +293,7 @@ impl Scheduler {
                 m.first.to_rfc3339(),
                 m.last.to_rfc3339(),
                 format!("{:?}", def.schedule.catch_up).to_lowercase(),
-                crate::duration::format_duration(def.schedule.starting_deadline)
+                loops_core::duration::format_duration(def.schedule.starting_deadline)
             )
         };
         if m.too_many {
@@ -373,7 +373,7 @@ pub fn reanchor(def: &LoopDef, s: &mut LoopState, now: DateTime<Utc>) -> Option<
         said.push(format!(
             "its slots were decided up to {}, {} ahead of the clock",
             decided.to_rfc3339(),
-            crate::duration::format_duration((decided - now).to_std().unwrap_or_default())
+            loops_core::duration::format_duration((decided - now).to_std().unwrap_or_default())
         ));
         s.watermark = Some(now);
     }
@@ -459,7 +459,7 @@ pub fn claim(store: &StateStore, def: &LoopDef, now: DateTime<Utc>) -> Option<Cl
 }
 
 /// [`claim`] without waiting for the disk: for the daemon, which claims a batch of loops
-/// at once and flushes them together with one [`crate::fsutil::sync_filesystem`]. A
+/// at once and flushes them together with one [`loops_core::fsutil::sync_filesystem`]. A
 /// crash of the process cannot undo such a claim; only a power cut in the few
 /// milliseconds before the flush could.
 pub fn claim_with(

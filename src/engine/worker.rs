@@ -8,16 +8,16 @@
 //! the file it names), with a heartbeat sweep as the safety net. Requests for a running
 //! job (cancel, pause, resume) arrive the same way, as changes to its file.
 
-use crate::jobs::job::*;
-use crate::jobs::queue::{self, RunEnd};
-use crate::jobs::store::JobStore;
-use crate::agent::model::{Message, Usage};
-use crate::agent::run::{drive, BeforeTurn, Drive, End, TurnHooks};
-use crate::clock::Clock;
-use crate::exec::{self, ExecSpec};
-use crate::history::Committer;
-use crate::workspace::Workspace;
 use chrono::{DateTime, Utc};
+use loops_agent::model::{Message, Usage};
+use loops_agent::run::{drive, BeforeTurn, Drive, End, TurnHooks};
+use loops_core::clock::Clock;
+use loops_core::exec::{self, ExecSpec};
+use loops_core::history::Committer;
+use loops_core::jobs::job::*;
+use loops_core::jobs::queue::{self, RunEnd};
+use loops_core::jobs::store::JobStore;
+use loops_core::workspace::Workspace;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -38,7 +38,7 @@ pub const SWEEP_EVERY: Duration = Duration::from_secs(30);
 /// Whether this process may run shell jobs.
 pub fn shell_allowed(ws: &Workspace) -> bool {
     ws.settings.allow_shell_jobs
-        || crate::secrets::var("LOOPS_ALLOW_SHELL_JOBS")
+        || loops_core::secrets::var("LOOPS_ALLOW_SHELL_JOBS")
             .is_ok_and(|v| matches!(v.trim(), "1" | "true" | "yes"))
 }
 
@@ -118,7 +118,7 @@ pub async fn run(
     live: Option<Live>,
 ) {
     let store = JobStore::new(&cfg.ws);
-    if let Err(e) = crate::fsutil::create_dir_all(store.dir()) {
+    if let Err(e) = loops_core::fsutil::create_dir_all(store.dir()) {
         tracing::error!("cannot create {}: {e}", store.dir().display());
         return;
     }
@@ -136,7 +136,7 @@ pub async fn run(
     w.reload_all();
 
     let (watch_tx, mut watch_rx) = mpsc::unbounded_channel();
-    let _watcher = match crate::watch::watch_and_report(
+    let _watcher = match loops_core::watch::watch_and_report(
         &[(
             store.dir().to_path_buf(),
             notify::RecursiveMode::NonRecursive,
@@ -145,7 +145,7 @@ pub async fn run(
         watch_tx,
         // Only the daemon's problems are shown by `loops status`; a CLI following one
         // job must not replace the daemon's report with its own.
-        matches!(mode, Mode::Serve).then(|| crate::watch::report_path(&cfg.ws.runtime_dir())),
+        matches!(mode, Mode::Serve).then(|| loops_core::watch::report_path(&cfg.ws.runtime_dir())),
     ) {
         Ok(w) => Some(w),
         Err(e) => {
@@ -537,10 +537,10 @@ fn shell_env(ws: &Workspace, job: &Job) -> Result<Vec<(String, String)>, String>
     }
     if let Some(names) = job.params.get("inherit").and_then(|e| e.as_array()) {
         for n in names.iter().filter_map(|n| n.as_str()) {
-            match crate::secrets::var(n) {
+            match loops_core::secrets::var(n) {
                 Ok(v) => {
                     // Inherited from the runner: a secret, whatever its name.
-                    crate::secrets::learn([&v]);
+                    loops_core::secrets::learn([&v]);
                     env.retain(|(x, _)| x != n);
                     env.push((n.to_string(), v));
                 }
@@ -659,7 +659,7 @@ async fn run_shell(
     let log_cap = ws.settings.max_job_log_bytes;
     let writer = tokio::task::spawn_blocking(move || {
         use std::io::Write;
-        let mut f = crate::fsutil::open_append(&log_path).ok();
+        let mut f = loops_core::fsutil::open_append(&log_path).ok();
         if let Some(f) = f.as_mut() {
             let _ = f.write_all(header.as_bytes());
         }
@@ -668,14 +668,14 @@ async fn run_shell(
             if let Some(f) = f.as_mut() {
                 // Redacted per chunk: a secret split across two reads of the pipe would
                 // slip through, which is why the run's record is redacted whole too.
-                let _ = f.write_all(&crate::secrets::redact_bytes(log.admit(&chunk)));
+                let _ = f.write_all(&loops_core::secrets::redact_bytes(log.admit(&chunk)));
             }
             if let Some(l) = &live {
                 let _ = l.blocking_send((stream, chunk));
             }
         }
         if let Some(f) = f.as_mut() {
-            let _ = f.write_all(&crate::secrets::redact_bytes(&log.finish()));
+            let _ = f.write_all(&loops_core::secrets::redact_bytes(&log.finish()));
         }
     });
 
@@ -726,7 +726,7 @@ async fn run_shell(
                     Ctl::Pause if paused_at.is_none() => {
                         if let Some(pg) = pgid {
                             // The process group this task started.
-                            crate::sys::signal_group(pg, crate::sys::Signal::STOP);
+                            loops_core::sys::signal_group(pg, loops_core::sys::Signal::STOP);
                             paused_at = Some(Instant::now());
                             let st = store.clone();
                             let (id, now) = (job.id, cfg.clock.now());
@@ -735,7 +735,7 @@ async fn run_shell(
                     }
                     Ctl::Resume if paused_at.is_some() => {
                         if let Some(pg) = pgid {
-                            crate::sys::signal_group(pg, crate::sys::Signal::CONT);
+                            loops_core::sys::signal_group(pg, loops_core::sys::Signal::CONT);
                         }
                         if let Some(p) = paused_at.take() {
                             deadline += p.elapsed();
@@ -748,7 +748,7 @@ async fn run_shell(
                         if paused_at.take().is_some() {
                             if let Some(pg) = pgid {
                                 // A stopped group must run to die.
-                                crate::sys::signal_group(pg, crate::sys::Signal::CONT);
+                                loops_core::sys::signal_group(pg, loops_core::sys::Signal::CONT);
                             }
                         }
                         ended_by = Some(if c == Ctl::Cancel { "cancel" } else { "shutdown" });
@@ -774,7 +774,7 @@ async fn run_shell(
         Some("timeout") => RunEnd::Failed {
             error: format!(
                 "timed out after {}; its process group was stopped",
-                crate::duration::format_duration(timeout)
+                loops_core::duration::format_duration(timeout)
             ),
             result,
             permanent: false,
@@ -882,8 +882,9 @@ impl TurnHooks for JobHooks {
         self.tokens.add(&Tokens::from_usage(usage));
         if let Ok(text) = serde_json::to_string(messages) {
             // What a tool read (a key in a file) is not written down (src/secrets.rs).
-            let bytes = crate::secrets::redact(&text);
-            if let Err(e) = crate::fsutil::atomic_replace(&self.conversation, bytes.as_bytes()) {
+            let bytes = loops_core::secrets::redact(&text);
+            if let Err(e) = loops_core::fsutil::atomic_replace(&self.conversation, bytes.as_bytes())
+            {
                 tracing::warn!(job = self.id, "cannot save the conversation: {e}");
             }
         }
@@ -949,11 +950,11 @@ async fn run_agent(
     ctl: watch::Receiver<Ctl>,
     live: Option<Live>,
 ) -> (RunEnd, Tokens) {
-    use crate::agent::context;
-    use crate::agent::sandbox::{Sandbox, Scope};
-    use crate::agent::tools::{ToolEnv, ToolKit};
-    use crate::tool_names::ISOLATED_DEFAULT;
-    use crate::agent::transcript::{Redactor, Transcript};
+    use loops_agent::context;
+    use loops_agent::sandbox::{Sandbox, Scope};
+    use loops_agent::tools::{ToolEnv, ToolKit};
+    use loops_agent::transcript::{Redactor, Transcript};
+    use loops_core::tool_names::ISOLATED_DEFAULT;
     let ws = &cfg.ws;
     let p = &job.params;
     let fail = |error: String| RunEnd::Failed {
@@ -961,7 +962,7 @@ async fn run_agent(
         result: JobResult::default(),
         permanent: true,
     };
-    let (pcfg, model) = match crate::providers::resolve(
+    let (pcfg, model) = match loops_core::providers::resolve(
         &ws.settings.providers,
         &ws.settings.defaults,
         p.get("provider").and_then(|v| v.as_str()),
@@ -970,7 +971,7 @@ async fn run_agent(
         Ok(r) => r,
         Err((msg, help)) => return (fail(format!("{msg} ({help})")), Tokens::default()),
     };
-    if pcfg.kind == crate::providers::ProviderKind::Command {
+    if pcfg.kind == loops_core::providers::ProviderKind::Command {
         return (
             fail(format!(
                 "provider `{}` is a command provider; agent jobs run on the agent loop and need an anthropic or openai provider (pass --model with one, or set `defaults:` in loops.yaml)",
@@ -979,7 +980,7 @@ async fn run_agent(
             Tokens::default(),
         );
     }
-    let provider = match crate::agent::provider::HttpProvider::new(&pcfg) {
+    let provider = match loops_agent::provider::HttpProvider::new(&pcfg) {
         Ok(p) => p,
         Err(e) => return (fail(e.to_string()), Tokens::default()),
     };
@@ -1002,9 +1003,9 @@ async fn run_agent(
     let mut system = context::loop_system(&name, &prompt, &settings, None);
     context::add_rules(
         &mut system,
-        &crate::guard::Guard::new(&ws.settings.guard, None),
+        &loops_core::guard::Guard::new(&ws.settings.guard, None),
     );
-    let tools = crate::jobs::queue::agent_tools(p)
+    let tools = loops_core::jobs::queue::agent_tools(p)
         .unwrap_or_else(|| ISOLATED_DEFAULT.iter().map(|s| s.to_string()).collect());
     let max_turns = p
         .get("max_turns")
@@ -1079,7 +1080,7 @@ async fn run_agent(
         shell: None,
         committer: cfg.committer.clone(),
         claimed: Vec::new(),
-        guard: crate::guard::Guard::new(&ws.settings.guard, None),
+        guard: loops_core::guard::Guard::new(&ws.settings.guard, None),
         // Every attempt of a job is the same job: a retry posts nothing twice.
         delivery_scope: format!("job-{}", job.id),
     };
@@ -1131,7 +1132,10 @@ async fn run_agent(
     .await;
     forward.abort();
     if let Ok(text) = serde_json::to_string(&driven.messages) {
-        let _ = crate::fsutil::atomic_replace(&conv_path, crate::secrets::redact(&text).as_bytes());
+        let _ = loops_core::fsutil::atomic_replace(
+            &conv_path,
+            loops_core::secrets::redact(&text).as_bytes(),
+        );
     }
     let tokens = Tokens::from_usage(&driven.usage);
     let turns = offset + driven.turns;
@@ -1152,7 +1156,7 @@ async fn run_agent(
                 result
                     .summary
                     .as_deref()
-                    .map(|s| crate::text::clip(s.lines().next().unwrap_or(""), 60))
+                    .map(|s| loops_core::text::clip(s.lines().next().unwrap_or(""), 60))
                     .unwrap_or_else(|| job.name.clone())
             );
             let mut trailers = vec![
@@ -1162,9 +1166,9 @@ async fn run_agent(
             trailers.push(("Tokens-In", tokens.input.to_string()));
             trailers.push(("Tokens-Out", tokens.output.to_string()));
             trailers.push(("Model", result.model.clone().unwrap_or_default()));
-            let msg = crate::history::commit_message(&subject, &trailers);
+            let msg = loops_core::history::commit_message(&subject, &trailers);
             match c
-                .commit(crate::history::CommitRequest::new(wrote, msg))
+                .commit(loops_core::history::CommitRequest::new(wrote, msg))
                 .await
             {
                 Ok(Some(oid)) => result.commit = Some(oid.to_string()),
@@ -1187,7 +1191,7 @@ async fn run_agent(
             RunEnd::Failed {
                 error: format!(
                     "timed out after {} ({} turns)",
-                    crate::duration::format_duration(timeout),
+                    loops_core::duration::format_duration(timeout),
                     turns
                 ),
                 result,

@@ -1701,7 +1701,7 @@ fn a_loop_in_the_main_session_gets_identity_and_wider_writes() {
 #[test]
 fn the_main_sessions_conversation_is_bounded_by_whole_wakes() {
     use loops::engine::main_agent::Conversation;
-    use loops::agent::model::{Block, Message, Role};
+    use loops_agent::model::{Block, Message, Role};
     let wake = |n: usize| -> Vec<Message> {
         vec![
             Message::user_text(format!("Wake at T{n} (handoffs): 1 handoff(s): job {n}")),

@@ -2,10 +2,10 @@
 //! snapshot per error class with its file, line and column.
 
 use crate::common::TempWorkspace;
-use loops::diag::Severity;
-use loops::domain::{discover, Payload};
-use loops::schedule::{CatchUp, When};
-use loops::workspace::Workspace;
+use loops_core::diag::Severity;
+use loops_core::domain::{discover, Payload};
+use loops_core::schedule::{CatchUp, When};
+use loops_core::workspace::Workspace;
 use std::path::Path;
 use std::time::Duration;
 

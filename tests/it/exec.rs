@@ -1,8 +1,8 @@
-//! `loops::exec::run`: exit codes, bounded output tails, the allow-listed environment,
+//! `loops_core::exec::run`: exit codes, bounded output tails, the allow-listed environment,
 //! process-group timeouts and spawn errors. Real processes, no mocks.
 
 use crate::common::is_zombie;
-use loops::exec::{self, ExecSpec, STDERR_TAIL, STDOUT_TAIL};
+use loops_core::exec::{self, ExecSpec, STDERR_TAIL, STDOUT_TAIL};
 use std::path::Path;
 use std::time::{Duration, Instant};
 

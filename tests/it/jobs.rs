@@ -6,9 +6,9 @@
 use crate::common::{git_commit_all, loops_std_cmd, wait_until, TempWorkspace};
 use crate::fake_model::{anthropic, FakeModel, Reply};
 use chrono::{DateTime, Duration as CDuration, TimeZone, Utc};
-use loops::jobs::job::{Job, JobState, Lease};
-use loops::jobs::queue::{self, JobSpec, QueueError, RunEnd, Sender};
-use loops::jobs::store::JobStore;
+use loops_core::jobs::job::{Job, JobState, Lease};
+use loops_core::jobs::queue::{self, JobSpec, QueueError, RunEnd, Sender};
+use loops_core::jobs::store::JobStore;
 use serde_json::{json, Value};
 use std::time::Duration;
 

@@ -865,8 +865,8 @@ fn a_record_after_a_torn_line_starts_on_a_new_line() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("x.jsonl");
     std::fs::write(&p, "{\"a\":1}\n{\"run_id\":\"torn").unwrap();
-    loops::fsutil::append_line(&p, "{\"b\":2}").unwrap();
-    loops::fsutil::append_line(&p, "{\"c\":3}").unwrap();
+    loops_core::fsutil::append_line(&p, "{\"b\":2}").unwrap();
+    loops_core::fsutil::append_line(&p, "{\"c\":3}").unwrap();
     assert_eq!(
         std::fs::read_to_string(&p).unwrap(),
         "{\"a\":1}\n{\"run_id\":\"torn\n{\"b\":2}\n{\"c\":3}\n"

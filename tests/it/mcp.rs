@@ -362,12 +362,12 @@ fn mcp_refuses_shell_jobs_and_writes_nothing() {
 fn mcp_observes_and_controls_a_shell_job_a_person_submitted() {
     let ws = TempWorkspace::new();
     // A person's shell job, submitted the way `loops jobs submit shell` does.
-    let w = loops::workspace::Workspace::open(ws.path()).expect("workspace");
-    let spec: loops::jobs::queue::JobSpec =
+    let w = loops_core::workspace::Workspace::open(ws.path()).expect("workspace");
+    let spec: loops_core::jobs::queue::JobSpec =
         serde_json::from_value(json!({ "kind": "shell", "params": { "cmd": "echo hi" } }))
             .expect("spec");
-    let store = loops::jobs::store::JobStore::new(&w);
-    let id = loops::jobs::queue::submit(&store, &spec, chrono::Utc::now(), None)
+    let store = loops_core::jobs::store::JobStore::new(&w);
+    let id = loops_core::jobs::queue::submit(&store, &spec, chrono::Utc::now(), None)
         .expect("submit")
         .job
         .id;
@@ -617,9 +617,9 @@ fn mcp_triggers_a_command_loop_and_refuses_what_cannot_run() {
 fn mcp_trigger_respects_the_loop_run_lock() {
     let ws = TempWorkspace::new();
     // Another process is running the loop: its lock is held.
-    let w = loops::workspace::Workspace::open(ws.path()).expect("workspace");
+    let w = loops_core::workspace::Workspace::open(ws.path()).expect("workspace");
     std::fs::create_dir_all(w.locks_dir()).unwrap();
-    let _held = loops::fsutil::FileLock::try_acquire(&w.locks_dir().join("example.run"))
+    let _held = loops_core::fsutil::FileLock::try_acquire(&w.locks_dir().join("example.run"))
         .expect("lock")
         .expect("free");
     let r = session(

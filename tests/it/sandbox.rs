@@ -1,8 +1,8 @@
 //! The agent's path sandbox and file tools, against real folders and real symbolic links.
 
-use loops::agent::files;
-use loops::agent::sandbox::{Access, Sandbox, Scope};
-use loops::agent::ToolResult;
+use loops_agent::files;
+use loops_agent::sandbox::{Access, Sandbox, Scope};
+use loops_agent::ToolResult;
 use serde_json::{json, Value};
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
@@ -573,7 +573,7 @@ fn refusals_say_what_is_allowed() {
     let m = msg(&iso, "", Access::Read);
     assert!(m.contains("no path given"), "{m}");
 
-    let e: loops::agent::ToolError = iso
+    let e: loops_agent::ToolError = iso
         .resolve("SOUL.md", Access::Read)
         .expect_err("private")
         .into();
@@ -869,7 +869,7 @@ fn search_files_finds_lines() {
     let scope = Scope::Isolated {
         loop_name: "a".into(),
     };
-    let mut walls = loops::agent::sandbox::Walls::load(&f.root, &scope);
+    let mut walls = loops_agent::sandbox::Walls::load(&f.root, &scope);
     walls.reads = vec!["domains/b".into()];
     let sb = Sandbox::with_walls(&f.root, scope, walls);
     f.put("domains/a/notes.md", "alpha\nthe needle here\nbeta\n");

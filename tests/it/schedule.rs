@@ -6,14 +6,14 @@ use chrono::{DateTime, Datelike, NaiveDate, TimeZone, Timelike, Utc, Weekday};
 use chrono_tz::America::New_York;
 use chrono_tz::Europe::London;
 use chrono_tz::Tz;
-use loops::clock::{Clock, ManualClock};
-use loops::domain::{discover, LoopDef};
 use loops::engine::run_context::Trigger;
-use loops::runs::{Outcome, RunLog, RunRecord};
-use loops::schedule::{jitter_offset, CatchUp, Schedule, When, MAX_CATCH_UP};
 use loops::engine::scheduler::{Aftermath, DueRun, Scheduler};
-use loops::state::StateStore;
-use loops::workspace::Workspace;
+use loops_core::clock::{Clock, ManualClock};
+use loops_core::domain::{discover, LoopDef};
+use loops_core::runs::{Outcome, RunLog, RunRecord};
+use loops_core::schedule::{jitter_offset, CatchUp, Schedule, When, MAX_CATCH_UP};
+use loops_core::state::StateStore;
+use loops_core::workspace::Workspace;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
@@ -1460,10 +1460,13 @@ fn fuzz_regression_at_takes_four_digit_years() {
     let mut lines = text.lines();
     let tz: Tz = lines.next().expect("a zone").parse().expect("a known zone");
     let at = lines.next().expect("a time");
-    assert_eq!(loops::domain::parse_at(at, tz), None, "{at}");
-    assert_eq!(loops::domain::parse_at("-0001-01-01T00:00:00", tz), None);
+    assert_eq!(loops_core::domain::parse_at(at, tz), None, "{at}");
+    assert_eq!(
+        loops_core::domain::parse_at("-0001-01-01T00:00:00", tz),
+        None
+    );
 
-    let last = loops::domain::parse_at("9999-12-31T23:59:59Z", tz).expect("year 9999");
+    let last = loops_core::domain::parse_at("9999-12-31T23:59:59Z", tz).expect("year 9999");
     let s = schedule("far", "  at: 9999-12-31T23:59:59Z\n  jitter: 3650d\n");
     let fire = s.fire_time(last);
     assert_eq!(
@@ -1614,14 +1617,14 @@ fn a_watermark_ahead_of_the_clock_in_the_state_file_is_re_anchored() {
     let store = StateStore::new(&lab.ws().state_dir());
     for name in ["tenner", "nine"] {
         let fp = loops::engine::scheduler::fingerprint(lab.def(name));
-        let mut s = loops::state::LoopState::new(now, &fp);
+        let mut s = loops_core::state::LoopState::new(now, &fp);
         s.watermark = Some(utc("2026-06-04T09:00:00Z"));
         store.save(name, &s).expect("save state");
     }
     // Tenner's watermark is only a minute ahead: a small step waits, it does not replay.
     let mut s = store.load("tenner").expect("state");
     s.watermark = Some(utc("2026-06-01T08:59:00Z"));
-    s.pending_retry = Some(loops::state::PendingRetry {
+    s.pending_retry = Some(loops_core::state::PendingRetry {
         slot: Some(utc("2026-06-01T08:50:00Z")),
         attempt: 2,
         at: utc("2026-06-04T09:00:00Z"),

@@ -447,7 +447,7 @@ mod normal {
     /// space, with them taken out (a secret split over lines), and that last one without
     /// combining marks (an overlay such as U+0336 on each letter). Empty when every
     /// spelling is the text itself.
-    pub fn spellings(text: &str) -> Vec<String> {
+    pub(super) fn spellings(text: &str) -> Vec<String> {
         let norm = normalise(text);
         let spaced = norm.replace('\n', " ");
         // Whitespace is collapsed, so a break stands alone: no spaces to take with it.
@@ -463,7 +463,7 @@ mod normal {
     }
 
     /// Lines normalised and laid end to end, with where each line lies in the result.
-    pub struct Laid {
+    pub(super) struct Laid {
         pub text: String,
         pub spans: Vec<std::ops::Range<usize>>,
     }
@@ -471,7 +471,7 @@ mod normal {
     /// The lines (each normalised) laid end to end with nothing between them, with one
     /// space between them, and with nothing between them and no combining marks: the
     /// spellings [`spellings`] tries across line breaks, with the lines still findable.
-    pub fn laid_end_to_end(lines: &[&str]) -> Vec<Laid> {
+    pub(super) fn laid_end_to_end(lines: &[&str]) -> Vec<Laid> {
         let norm: Vec<String> = lines
             .iter()
             .map(|l| normalise(l).trim().to_string())
@@ -503,7 +503,7 @@ mod normal {
 
     /// Entities decoded, invisible characters removed and NFKC applied, repeated until
     /// nothing changes (each can reveal work for the others); then whitespace collapsed.
-    pub fn normalise(text: &str) -> String {
+    pub(super) fn normalise(text: &str) -> String {
         let mut cur = text.to_string();
         for _ in 0..ROUNDS {
             let next: String = decode_entities(&cur)
@@ -606,7 +606,7 @@ mod normal {
     /// hyphen, bidi controls, tags…) and the other default-ignorable code points that
     /// render as nothing (variation selectors, the combining grapheme joiner, fillers).
     /// Written out (Unicode 15.1) rather than pulled from a property crate for one table.
-    pub fn is_invisible(c: char) -> bool {
+    pub(super) fn is_invisible(c: char) -> bool {
         matches!(c as u32,
             0x00AD | 0x034F | 0x061C | 0x06DD | 0x070F | 0x08E2 | 0x115F..=0x1160
             | 0x0600..=0x0605 | 0x0890..=0x0891 | 0x17B4..=0x17B5 | 0x180B..=0x180F

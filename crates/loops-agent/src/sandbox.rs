@@ -23,10 +23,10 @@
 //!
 //! The check names a real path with no symbolic link in it; the operation then opens that
 //! path beneath the workspace root with the kernel refusing any link on the way
-//! ([`crate::beneath`]). A folder swapped for a link between the check and the open makes
+//! ([`loops_core::beneath`]). A folder swapped for a link between the check and the open makes
 //! the open fail; it never leads outside.
 
-use crate::beneath::Beneath;
+use loops_core::beneath::Beneath;
 use std::fs;
 use std::io::{self, Read};
 use std::path::{Component, Path, PathBuf};
@@ -147,7 +147,7 @@ impl Walls {
             .and_then(|m| m.get("context"))
         {
             Some(c) => strings(Some(c)),
-            None => crate::workspace::DEFAULT_MAIN_CONTEXT
+            None => loops_core::workspace::DEFAULT_MAIN_CONTEXT
                 .iter()
                 .map(|s| s.to_string())
                 .collect(),
@@ -743,7 +743,7 @@ fn glob_match(glob: &str, path: &str) -> bool {
 /// An open the kernel refused (a link on the way) as a permission error with a reason,
 /// so a raced swap reads as a refusal, not as a missing file.
 fn refusal(e: io::Error) -> io::Error {
-    if crate::beneath::is_refusal(&e) {
+    if loops_core::beneath::is_refusal(&e) {
         io::Error::new(
             io::ErrorKind::PermissionDenied,
             "refused: a symbolic link appeared on the way to the file (the tools never follow one that was not there when the path was checked)",
@@ -774,10 +774,10 @@ fn join(parts: &[String]) -> String {
 /// The scope a handoff's paths are judged in: that of whoever really wrote it. A loop's
 /// handoff may name only what that loop could read; a handoff whose writer the runner did
 /// not record is a stranger's, read like an agent job named after its claimed `from:`.
-pub fn scope_of_handoff(root: &Path, h: &crate::handoff::Handoff) -> Scope {
+pub fn scope_of_handoff(root: &Path, h: &loops_core::handoff::Handoff) -> Scope {
     match h.written_by.as_deref() {
         Some("main") => Scope::Main,
-        Some(w) if crate::handoff::valid_id(w) => match loop_session(root, w) {
+        Some(w) if loops_core::handoff::valid_id(w) => match loop_session(root, w) {
             Some(false) => Scope::Isolated {
                 loop_name: w.to_string(),
             },
@@ -794,7 +794,7 @@ pub fn scope_of_handoff(root: &Path, h: &crate::handoff::Handoff) -> Scope {
 }
 
 /// A sandbox that reads as the writer of `h` would.
-fn reader_of(root: &Path, h: &crate::handoff::Handoff) -> Sandbox {
+fn reader_of(root: &Path, h: &loops_core::handoff::Handoff) -> Sandbox {
     let scope = scope_of_handoff(root, h);
     let walls = Walls::for_reading(root, &scope);
     Sandbox::with_walls(root, scope, walls)
@@ -809,7 +809,7 @@ fn loop_session(root: &Path, name: &str) -> Option<bool> {
 
 /// Checks every path a handoff names, as its writer's scope would be checked at the
 /// moment of use. The error is the reason written beside a rejected handoff.
-pub fn check_handoff_paths(root: &Path, h: &crate::handoff::Handoff) -> Result<(), String> {
+pub fn check_handoff_paths(root: &Path, h: &loops_core::handoff::Handoff) -> Result<(), String> {
     let Some(d) = &h.draft else { return Ok(()) };
     let sb = reader_of(root, h);
     sb.resolve(d, Access::Read).map(|_| ()).map_err(|e| {
@@ -824,7 +824,7 @@ pub fn check_handoff_paths(root: &Path, h: &crate::handoff::Handoff) -> Result<(
 /// in its writer's scope (`Ok(None)`: it names none).
 pub fn read_draft(
     root: &Path,
-    h: &crate::handoff::Handoff,
+    h: &loops_core::handoff::Handoff,
     max: u64,
 ) -> Result<Option<(String, u64)>, String> {
     let Some(d) = &h.draft else { return Ok(None) };

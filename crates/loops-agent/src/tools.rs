@@ -9,18 +9,18 @@
 //! An entry of `tools:` that is not a built-in tool names an MCP server of loops.yaml
 //! `mcp_servers:`: `server` (all its tools) or `server.tool` (one). Each such tool is
 //! offered as `server__tool` with its own schema, and `call_tool(server, tool, params)`
-//! reaches the same allow-list by name (see [`crate::mcp::client`]).
+//! reaches the same allow-list by name (see [`crate::mcp_client`]).
 
 use super::model::ToolSpec;
 use super::sandbox::{Access, Sandbox};
 use super::{files, ToolError, ToolOk, ToolResult};
-use crate::channels::{DeliveryNote, Outbound, Poster};
-use crate::guard::Guard;
-use crate::handoff::{Inbox, NewHandoff, Priority};
-use crate::history::Committer;
-use crate::text::clip;
-use crate::tool_names::{is_known, mcp_reference};
-use crate::workspace::Workspace;
+use loops_core::channels::{DeliveryNote, Outbound, Poster};
+use loops_core::guard::Guard;
+use loops_core::handoff::{Inbox, NewHandoff, Priority};
+use loops_core::history::Committer;
+use loops_core::text::clip;
+use loops_core::tool_names::{is_known, mcp_reference};
+use loops_core::workspace::Workspace;
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -73,7 +73,7 @@ pub struct ToolEnv {
     /// The never-share rules for what this run posts or hands to anyone but main.
     pub guard: Guard,
     /// The logical run posts are keyed by: a retry of the same slot, or a replayed wake,
-    /// posts nothing twice (see [`crate::channels::delivery_key`]).
+    /// posts nothing twice (see [`loops_core::channels::delivery_key`]).
     pub delivery_scope: String,
 }
 
@@ -189,7 +189,7 @@ impl ToolKit {
         if allowed.is_empty() {
             return;
         }
-        let pool = crate::mcp::client::McpPool::shared(&ws);
+        let pool = crate::mcp_client::McpPool::shared(&ws);
         let mut taken: BTreeSet<String> = self.specs.iter().map(|s| s.name.clone()).collect();
         for (server, allow) in &allowed {
             let Some(cfg) = configured.get(server) else {
@@ -219,12 +219,12 @@ impl ToolKit {
                 McpAllow::All => true,
                 McpAllow::Only(names) => names.contains(&t.name),
             }) {
-                let mut name = crate::mcp::client::tool_spec_name(server, &t.name);
+                let mut name = crate::mcp_client::tool_spec_name(server, &t.name);
                 // Two tools that sanitise to one name must stay two tools.
                 let mut n = 2;
                 while taken.contains(&name) {
                     let suffix = format!("_{n}");
-                    let base = crate::mcp::client::tool_spec_name(server, &t.name);
+                    let base = crate::mcp_client::tool_spec_name(server, &t.name);
                     let keep = base.len().min(64 - suffix.len());
                     name = format!("{}{suffix}", &base[..keep]);
                     n += 1;
@@ -360,20 +360,20 @@ impl ToolKit {
         if left.is_zero() {
             return Err(ToolError::new("no time left in this run"));
         }
-        let pool = crate::mcp::client::McpPool::shared(&self.env.ws);
+        let pool = crate::mcp_client::McpPool::shared(&self.env.ws);
         // An MCP server may write files itself: what changes in the loop's folders while
         // it works counts as the run's, as for the shell tool.
         let watched = vec![
             self.env.ws.root.join("domains").join(&self.env.loop_name),
             self.env.ws.root.join("drafts").join(&self.env.loop_name),
         ];
-        let before = crate::snapshot::Snapshot::of(watched.clone()).await;
+        let before = loops_core::snapshot::Snapshot::of(watched.clone()).await;
         let r = pool
             .call(&cfg, tool, args, cfg.call_timeout.min(left))
             .await;
-        let after = crate::snapshot::Snapshot::of(watched).await;
+        let after = loops_core::snapshot::Snapshot::of(watched).await;
         self.wrote
-            .extend(crate::snapshot::changed_between(&before, &after));
+            .extend(loops_core::snapshot::changed_between(&before, &after));
         match r {
             Ok(r) if r.is_error => Err(ToolError::new(format!(
                 "{server}.{tool} reported an error: {}",
@@ -561,7 +561,7 @@ impl ToolKit {
             ..Default::default()
         };
         // Refused here rather than cut later: the model can move the text into a draft.
-        let size = crate::handoff::render(&n, chrono::Utc::now()).1.len() as u64;
+        let size = loops_core::handoff::render(&n, chrono::Utc::now()).1.len() as u64;
         inbox.check_size("this handoff", size).map_err(|e| {
             ToolError::new(format!(
                 "{e}. Nothing was written: save the long text with save_draft and hand off a short note naming it in `draft`"
@@ -570,15 +570,16 @@ impl ToolKit {
         let ws = self.env.ws.clone();
         let committer = self.env.committer.clone();
         let made = tokio::task::spawn_blocking(move || {
-            crate::handoff::create_committed(&ws, committer.as_ref(), &n)
+            loops_core::handoff::create_committed(&ws, committer.as_ref(), &n)
         })
         .await
         .ok()
         .flatten();
         match made {
             Some(id) => {
-                let marker = crate::layout::handoff_runs_dir(&self.env.ws).join(&self.env.run_id);
-                let _ = crate::fsutil::atomic_replace(&marker, id.as_bytes());
+                let marker =
+                    loops_core::layout::handoff_runs_dir(&self.env.ws).join(&self.env.run_id);
+                let _ = loops_core::fsutil::atomic_replace(&marker, id.as_bytes());
                 self.handoffs.push(id.clone());
                 Ok(ToolOk::text(format!("handed off as {id}")))
             }
@@ -637,9 +638,9 @@ impl ToolKit {
         let path = self.claimed(&id)?.path.clone();
         // The same tick as `loops inbox tick`: items numbered as the handoff lists them.
         let limit = Inbox::of(&self.env.ws).max_bytes();
-        let t = crate::handoff::tick(
+        let t = loops_core::handoff::tick(
             &path,
-            &[crate::handoff::ItemRef::parse(&item)],
+            &[loops_core::handoff::ItemRef::parse(&item)],
             false,
             limit,
         )
@@ -740,12 +741,12 @@ impl ToolKit {
         let url = str_arg(input, "url")?;
         let parsed = reqwest::Url::parse(url.trim())
             .map_err(|e| ToolError::new(format!("`{url}` is not a URL: {e}")))?;
-        // The wall (crate::net): host and port listed, and an internal address only when
+        // The wall (loops_core::net): host and port listed, and an internal address only when
         // that address itself is listed.
-        let net_err = |e: crate::net::NetError| ToolError::new(e.to_string());
-        let wall = crate::net::AllowList::new(&self.env.allowed_hosts);
+        let net_err = |e: loops_core::net::NetError| ToolError::new(e.to_string());
+        let wall = loops_core::net::AllowList::new(&self.env.allowed_hosts);
         let target = wall.check_url(&parsed).map_err(net_err)?;
-        let addrs = crate::net::resolve(&target).await.map_err(net_err)?;
+        let addrs = loops_core::net::resolve(&target).await.map_err(net_err)?;
         let addr = wall.pick_address(&target, &addrs).map_err(net_err)?;
         let remaining = deadline.saturating_duration_since(Instant::now());
         let timeout = remaining.min(Duration::from_secs(30));
@@ -820,12 +821,12 @@ impl ToolKit {
         if remaining.is_zero() {
             return Err(ToolError::new("no time left in this run"));
         }
-        let exec = crate::exec::ExecSpec {
+        let exec = loops_core::exec::ExecSpec {
             argv: vec!["sh".into(), "-c".into(), command],
             cwd: spec.cwd.clone(),
             env: spec.env.clone(),
             timeout: remaining,
-            grace: crate::exec::KILL_GRACE.min(remaining),
+            grace: loops_core::exec::KILL_GRACE.min(remaining),
             on_spawn: None,
             stdin: None,
         };
@@ -835,10 +836,10 @@ impl ToolKit {
             spec.cwd.clone(),
             self.env.ws.root.join("drafts").join(&self.env.loop_name),
         ];
-        let before = crate::snapshot::Snapshot::of(watched.clone()).await;
-        let res = crate::exec::run(&exec, None, None).await;
-        let after = crate::snapshot::Snapshot::of(watched).await;
-        let wrote = crate::snapshot::changed_between(&before, &after);
+        let before = loops_core::snapshot::Snapshot::of(watched.clone()).await;
+        let res = loops_core::exec::run(&exec, None, None).await;
+        let after = loops_core::snapshot::Snapshot::of(watched).await;
+        let wrote = loops_core::snapshot::changed_between(&before, &after);
         let mut out = match (res.exit_code, res.failure_reason(remaining)) {
             (Some(0), _) => "exit 0".to_string(),
             (_, Some(why)) => why,
@@ -1050,7 +1051,7 @@ pub fn all_specs() -> Vec<ToolSpec> {
 
 #[cfg(test)]
 mod tests {
-    use crate::text::is_silent_token;
+    use loops_core::text::is_silent_token;
 
     #[test]
     fn silent_tokens_are_exact() {

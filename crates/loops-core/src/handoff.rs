@@ -1462,7 +1462,10 @@ pub fn create_committed(
             ];
             let req = crate::history::CommitRequest {
                 paths: Vec::new(),
-                message: crate::history::commit_message(&format!("{}: handoff: {}", n.from, n.title), &t),
+                message: crate::history::commit_message(
+                    &format!("{}: handoff: {}", n.from, n.title),
+                    &t,
+                ),
                 contents: vec![(dest.to_path_buf(), text.as_bytes().to_vec())],
                 ..Default::default()
             };

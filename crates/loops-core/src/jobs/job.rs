@@ -610,10 +610,7 @@ impl From<&Job> for JobSummary {
             tokens: j.total_tokens(),
             parent: j.parent,
             children: j.children.len(),
-            error: j
-                .error
-                .as_deref()
-                .map(|e| crate::text::clip(e, 200)),
+            error: j.error.as_deref().map(|e| crate::text::clip(e, 200)),
         }
     }
 }

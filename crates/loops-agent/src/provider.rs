@@ -6,10 +6,10 @@
 //! could hold it derives `Debug`, the header is marked sensitive, and provider messages
 //! are scrubbed of it before they are returned.
 
-use crate::providers::{ProviderConfig, ProviderKind};
 use super::model::{ModelReply, ModelRequest};
 use super::{anthropic, openai};
-use crate::duration::format_duration;
+use loops_core::duration::format_duration;
+use loops_core::providers::{ProviderConfig, ProviderKind};
 use reqwest::header::{HeaderMap, HeaderValue, CONTENT_TYPE};
 use reqwest::StatusCode;
 use std::time::Duration;
@@ -396,4 +396,3 @@ fn jitter(d: Duration) -> Duration {
     let unit = (h.finish() >> 11) as f64 / (1u64 << 53) as f64;
     d.mul_f64(0.8 + 0.4 * unit)
 }
-

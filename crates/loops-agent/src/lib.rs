@@ -1,6 +1,8 @@
-//! Prompt loops: the agent loop, the providers it talks to and the tools it offers.
+//! loops-agent: prompt loops' agent loop, the providers it talks to, the tools it offers
+//! and the MCP servers it reaches. Stands on `loops_core`; never imports the engine: what a
+//! tool does to the world goes through the effects it is handed (the committer, the inbox,
+//! the poster).
 //!
-//! - [`config`]: `providers:` and `defaults:` in loops.yaml
 //! - [`model`]: the conversation in the runner's own terms
 //! - [`provider`], [`anthropic`], [`openai`]: HTTP providers, their wire formats, retries
 //! - [`sandbox`]: which paths a tool may read or write
@@ -8,15 +10,15 @@
 //! - [`tools`]: the tool kit a run offers, and the other tools
 //! - [`context`]: the prompt, laid out stable-first
 //! - [`transcript`]: the record of a run, `.loops/runs/<loop>/<run>.md`
-//! - [`run`]: the loop itself
-//! - [`prompt`]: one run of a prompt loop (gate, context, provider, tools, transcript)
-//! - [`main_agent`]: the main session on a model, and its conversation between wakes
+//! - [`run`]: the agent loop itself
+//! - [`mcp_client`]: the MCP servers of loops.yaml `mcp_servers:`
 
 pub mod anthropic;
 pub mod context;
 pub mod executables;
 pub mod files;
 pub(crate) mod glob;
+pub mod mcp_client;
 pub mod model;
 pub mod openai;
 pub mod provider;

@@ -89,7 +89,7 @@ pub fn loop_system(
 
 /// Adds the never-share rules to the stable head of the prompt (before the cache
 /// breakpoint: they change only when the config does).
-pub fn add_rules(system: &mut [SystemPart], guard: &crate::guard::Guard) {
+pub fn add_rules(system: &mut [SystemPart], guard: &loops_core::guard::Guard) {
     if let (Some(rules), Some(first)) = (guard.prompt_rules(), system.first_mut()) {
         first.text.push_str("\n\n");
         first.text.push_str(&rules);
@@ -216,7 +216,7 @@ fn clip_file(s: &str) -> String {
     }
     format!(
         "{}\n[… cut at {} KiB; read the rest with read_file and a line range]",
-        crate::text::clip(s, MAX_FILE_BYTES),
+        loops_core::text::clip(s, MAX_FILE_BYTES),
         MAX_FILE_BYTES / 1024
     )
 }

@@ -27,14 +27,14 @@ impl Redactor {
     /// The values, now, of every secret variable loops.yaml names (provider keys,
     /// channel URLs and tokens, MCP server `env` and headers), on top of every secret
     /// this process already knows (src/secrets.rs).
-    pub fn for_settings(settings: &crate::workspace::Settings) -> Redactor {
+    pub fn for_settings(settings: &loops_core::workspace::Settings) -> Redactor {
         let mut secrets: Vec<String> = settings
             .secret_env_names()
             .iter()
-            .filter_map(|name| crate::secrets::var(name).ok())
-            .filter(|s| s.len() >= crate::secrets::MIN_SECRET_LEN)
+            .filter_map(|name| loops_core::secrets::var(name).ok())
+            .filter(|s| s.len() >= loops_core::secrets::MIN_SECRET_LEN)
             .collect();
-        crate::secrets::learn(&secrets);
+        loops_core::secrets::learn(&secrets);
         secrets.sort();
         secrets.dedup();
         // Longest first: a secret that holds another is replaced whole.
@@ -46,10 +46,10 @@ impl Redactor {
         let mut out = text.to_string();
         for s in &self.secrets {
             if out.contains(s.as_str()) {
-                out = out.replace(s.as_str(), crate::secrets::REDACTED);
+                out = out.replace(s.as_str(), loops_core::secrets::REDACTED);
             }
         }
-        crate::secrets::redact(&out).into_owned()
+        loops_core::secrets::redact(&out).into_owned()
     }
 }
 
@@ -59,7 +59,7 @@ pub struct Transcript {
     file: Option<std::fs::File>,
     redactor: Redactor,
     /// Where `--follow` wants the transcript as it grows.
-    echo: Option<crate::exec::Live>,
+    echo: Option<loops_core::exec::Live>,
 }
 
 impl Transcript {
@@ -71,7 +71,7 @@ impl Transcript {
     /// Starts a transcript. A transcript that cannot be written is logged and skipped:
     /// the run itself goes on.
     pub fn create(path: PathBuf, redactor: Redactor) -> Transcript {
-        let file = crate::fsutil::open_append(&path);
+        let file = loops_core::fsutil::open_append(&path);
         let file = match file {
             Ok(f) => Some(f),
             Err(e) => {
@@ -88,7 +88,7 @@ impl Transcript {
     }
 
     /// Also sends everything written to `echo` (for `loops trigger --follow`).
-    pub fn echo_to(&mut self, echo: Option<crate::exec::Live>) {
+    pub fn echo_to(&mut self, echo: Option<loops_core::exec::Live>) {
         self.echo = echo;
     }
 
@@ -101,7 +101,7 @@ impl Transcript {
         if let Some(tx) = &self.echo {
             // The echo is for a person watching; the file below has everything. A
             // watcher too slow to keep up misses lines rather than slowing the run.
-            let _ = tx.try_send((crate::exec::Stream::Stdout, text.as_bytes().to_vec()));
+            let _ = tx.try_send((loops_core::exec::Stream::Stdout, text.as_bytes().to_vec()));
         }
         if let Some(f) = &mut self.file {
             if let Err(e) = f.write_all(text.as_bytes()) {

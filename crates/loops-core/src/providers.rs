@@ -381,10 +381,7 @@ pub fn resolve(
     let Some(p) = providers.get(&name) else {
         let help = match near_miss(
             &name,
-            &providers
-                .keys()
-                .map(String::as_str)
-                .collect::<Vec<_>>(),
+            &providers.keys().map(String::as_str).collect::<Vec<_>>(),
         ) {
             Some(k) => format!("did you mean `{k}`? Providers in loops.yaml: {}", names()),
             None if providers.is_empty() => PROVIDER_HELP.to_string(),
@@ -400,10 +397,7 @@ pub fn resolve(
         .or_else(|| {
             // defaults.model belongs to defaults.provider; another provider's default
             // model would be a name it does not know.
-            let same = defaults
-                .provider
-                .as_deref()
-                .is_none_or(|d| d == name);
+            let same = defaults.provider.as_deref().is_none_or(|d| d == name);
             same.then(|| defaults.model.clone()).flatten()
         })
         .or_else(|| p.model.clone());

@@ -17,10 +17,10 @@
 //!   its stderr appended to `.loops/mcp/<server>.log`. It dies with the runner.
 //! - `.loops/mcp/<server>.json` says how each server is doing (pid, restarts, last error).
 
-use crate::providers::valid_env_name;
-use crate::duration::format_duration;
-use crate::workspace::Workspace;
 use chrono::{DateTime, Utc};
+use loops_core::duration::format_duration;
+use loops_core::providers::valid_env_name;
+use loops_core::workspace::Workspace;
 use rmcp::model::{
     CallToolRequestParams, CallToolResult, ClientCapabilities, ClientConfig, ClientRequest,
     Implementation, PingRequest,
@@ -50,11 +50,11 @@ const START_WINDOW: Duration = Duration::from_secs(60);
 const STOP_STEP: Duration = Duration::from_secs(1);
 /// How much of a server's stderr an error quotes.
 const STDERR_TAIL: usize = 1500;
-/// Besides [`crate::exec::ENV_ALLOW_LIST`]: locale and temp dir, which interpreters
+/// Besides [`loops_core::exec::ENV_ALLOW_LIST`]: locale and temp dir, which interpreters
 /// (node, python) read and which hold no secrets.
 const EXTRA_ENV: &[&str] = &["LC_ALL", "LC_CTYPE", "TMPDIR"];
 
-pub use crate::mcp_config::{
+pub use loops_core::mcp_config::{
     McpServerConfig, McpTransport, DEFAULT_CALL_TIMEOUT, DEFAULT_STARTUP_TIMEOUT,
 };
 
@@ -409,7 +409,7 @@ impl McpPool {
                 return Err(McpClientError::BadArguments {
                     server: cfg.name.clone(),
                     tool: tool.to_string(),
-                    got: crate::text::clip(&other.to_string(), 80),
+                    got: loops_core::text::clip(&other.to_string(), 80),
                 })
             }
         };
@@ -613,14 +613,14 @@ impl McpPool {
         cwd: Option<&Path>,
     ) -> Result<Conn, McpClientError> {
         let server = &cfg.name;
-        let mut env = crate::exec::base_env();
+        let mut env = loops_core::exec::base_env();
         env.extend(
             EXTRA_ENV
                 .iter()
-                .filter_map(|k| crate::secrets::var(k).ok().map(|v| (k.to_string(), v))),
+                .filter_map(|k| loops_core::secrets::var(k).ok().map(|v| (k.to_string(), v))),
         );
         for var in env_names {
-            match crate::secrets::var(var) {
+            match loops_core::secrets::var(var) {
                 Ok(v) => {
                     env.retain(|(k, _)| k != var);
                     env.push((var.clone(), v));
@@ -652,7 +652,7 @@ impl McpPool {
             server: server.clone(),
             reason,
         };
-        let log = crate::fsutil::open_append(&log_path)
+        let log = loops_core::fsutil::open_append(&log_path)
             .map_err(|e| spawn_err(format!("cannot open {}: {e}", log_path.display())))?;
         let log_start = log.metadata().map(|m| m.len()).unwrap_or(0);
         let mut cmd = tokio::process::Command::new(command);
@@ -674,7 +674,7 @@ impl McpPool {
         // that spawned it: a runtime worker (or the main thread), which lives as long
         // as the process (nothing here spawns from tokio's short-lived blocking pool).
         #[cfg(target_os = "linux")]
-        crate::sys::kill_child_with_parent(cmd.as_std_mut());
+        loops_core::sys::kill_child_with_parent(cmd.as_std_mut());
         let mut child = cmd.spawn().map_err(|e| {
             spawn_err(match e.kind() {
                 std::io::ErrorKind::NotFound => format!(
@@ -693,7 +693,7 @@ impl McpPool {
             .take()
             .map(|e| tokio::spawn(pump_stderr(e, log)));
         let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
-            kill_group(pid, crate::sys::Signal::KILL);
+            kill_group(pid, loops_core::sys::Signal::KILL);
             return Err(spawn_err(
                 "its stdin and stdout could not be connected".into(),
             ));
@@ -713,7 +713,7 @@ impl McpPool {
                     }
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
-                kill_group(pid, crate::sys::Signal::KILL);
+                kill_group(pid, loops_core::sys::Signal::KILL);
                 let _ = child.start_kill();
                 let tail = pumped_tail(pump, &log_path, log_start).await;
                 Err(match status {
@@ -730,7 +730,7 @@ impl McpPool {
                 })
             }
             Err(_) => {
-                kill_group(pid, crate::sys::Signal::KILL);
+                kill_group(pid, loops_core::sys::Signal::KILL);
                 let _ = child.start_kill();
                 Err(McpClientError::StartTimeout {
                     server: server.clone(),
@@ -766,7 +766,7 @@ fn header_value(server: &str, header: &str, spec: &str) -> Result<String, McpCli
         key: format!("headers.{header}"),
     };
     let read = |var: &str| {
-        crate::secrets::var(var)
+        loops_core::secrets::var(var)
             .ok()
             .filter(|v| !v.is_empty())
             .ok_or_else(|| missing(var))
@@ -775,7 +775,7 @@ fn header_value(server: &str, header: &str, spec: &str) -> Result<String, McpCli
         return read(spec);
     }
     let mut out = spec.to_string();
-    for var in crate::mcp_config::header_template_vars(spec).unwrap_or_default() {
+    for var in loops_core::mcp_config::header_template_vars(spec).unwrap_or_default() {
         out = out.replace(&format!("${{{var}}}"), &read(&var)?);
     }
     Ok(out)
@@ -843,7 +843,7 @@ async fn stop(conn: &Conn) {
     conn.broken.store(true, Ordering::Relaxed);
     conn.service.cancellation_token().cancel();
     let Some(pid) = conn.pid else { return };
-    for sig in [None, Some(crate::sys::Signal::TERM)] {
+    for sig in [None, Some(loops_core::sys::Signal::TERM)] {
         if let Some(s) = sig {
             kill_group(Some(pid), s);
         }
@@ -856,7 +856,7 @@ async fn stop(conn: &Conn) {
         }
     }
     // Whatever it started in its group goes too, even when it exited itself.
-    kill_group(Some(pid), crate::sys::Signal::KILL);
+    kill_group(Some(pid), loops_core::sys::Signal::KILL);
     if let Some(child) = &conn.child {
         if let Ok(mut c) = child.lock() {
             let _ = c.start_kill();
@@ -865,11 +865,11 @@ async fn stop(conn: &Conn) {
     }
 }
 
-fn kill_group(pid: Option<u32>, sig: crate::sys::Signal) {
+fn kill_group(pid: Option<u32>, sig: loops_core::sys::Signal) {
     if let Some(p) = pid.filter(|p| *p > 1) {
         // The process group of a child we started (its pid is the group id: it was
         // spawned with process_group(0)).
-        crate::sys::signal_group(p, sig);
+        loops_core::sys::signal_group(p, sig);
     }
 }
 
@@ -929,11 +929,11 @@ async fn pump_stderr(mut from: tokio::process::ChildStderr, mut log: std::fs::Fi
             None => continue,
         };
         let rest = pending.split_off(cut);
-        let _ = log.write_all(&crate::secrets::redact_bytes(&pending));
+        let _ = log.write_all(&loops_core::secrets::redact_bytes(&pending));
         pending = rest;
     }
     if !pending.is_empty() {
-        let _ = log.write_all(&crate::secrets::redact_bytes(&pending));
+        let _ = log.write_all(&loops_core::secrets::redact_bytes(&pending));
     }
 }
 
@@ -949,12 +949,12 @@ async fn pumped_tail(pump: Option<tokio::task::JoinHandle<()>>, log: &Path, from
 const PUMP_LINE: usize = 64 * 1024;
 
 fn log_line(dir: &Path, server: &str, text: &str) {
-    if let Ok(mut f) = crate::fsutil::open_append(&dir.join(format!("{server}.log"))) {
+    if let Ok(mut f) = loops_core::fsutil::open_append(&dir.join(format!("{server}.log"))) {
         let _ = writeln!(
             f,
             "[loops {}] {}",
             Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-            crate::secrets::redact(text)
+            loops_core::secrets::redact(text)
         );
     }
 }
@@ -994,7 +994,8 @@ fn write_status(dir: &Path, server: &str, st: &SlotState, state: &str, conn: Opt
         return;
     };
     bytes.push(b'\n');
-    if let Err(e) = crate::fsutil::atomic_replace(&dir.join(format!("{server}.json")), &bytes) {
+    if let Err(e) = loops_core::fsutil::atomic_replace(&dir.join(format!("{server}.json")), &bytes)
+    {
         tracing::warn!(server, "cannot write the mcp status file: {e}");
     }
 }
@@ -1102,8 +1103,8 @@ pub fn tool_spec_name(server: &str, tool: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::diag::{Diagnostic, YamlLocator};
-    use crate::mcp_config::{header_template_vars, parse_mcp_servers};
+    use loops_core::diag::{Diagnostic, YamlLocator};
+    use loops_core::mcp_config::{header_template_vars, parse_mcp_servers};
     use yaml_serde::Value as Yaml;
 
     fn parse(yaml: &str) -> (BTreeMap<String, McpServerConfig>, Vec<Diagnostic>) {

@@ -93,7 +93,7 @@ pub struct SystemPart {
     pub cache: bool,
 }
 
-pub use crate::usage::Usage;
+pub use loops_core::usage::Usage;
 
 /// Everything one model call needs.
 #[derive(Debug, Clone)]

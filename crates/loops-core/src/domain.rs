@@ -568,7 +568,12 @@ fn parse_config(
     };
     let value: Value = match yaml_serde::from_str(text) {
         Ok(v) => v,
-        Err(e) => return (None, vec![crate::diag::yaml_syntax_diagnostic(rel, text, &e)]),
+        Err(e) => {
+            return (
+                None,
+                vec![crate::diag::yaml_syntax_diagnostic(rel, text, &e)],
+            )
+        }
     };
     let map = match value {
         Value::Mapping(m) => m,
@@ -824,9 +829,12 @@ fn parse_config(
             .help(crate::providers::PROVIDER_HELP),
         ),
         (Some(Payload::Prompt { model, provider }), true) => {
-            if let Err((msg, help)) =
-                crate::providers::resolve(&ws.settings.providers, &ws.settings.defaults, provider.as_deref(), model.as_deref())
-            {
+            if let Err((msg, help)) = crate::providers::resolve(
+                &ws.settings.providers,
+                &ws.settings.defaults,
+                provider.as_deref(),
+                model.as_deref(),
+            ) {
                 let at = if provider.is_some() {
                     cx.loc.value(&["payload", "provider"])
                 } else {
@@ -1338,7 +1346,6 @@ fn minutes(n: f64) -> Option<Duration> {
         .filter(|d| *d <= MAX_DURATION)
 }
 
-
 /// A value's YAML type with the value, for "must be X, not …" messages.
 fn describe_type(v: &Value) -> String {
     match v {
@@ -1363,7 +1370,7 @@ fn show(v: &Value) -> String {
 mod ms {
     use serde::Serializer;
     use std::time::Duration;
-    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    pub(super) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_u64(d.as_millis() as u64)
     }
 }

@@ -335,7 +335,9 @@ pub fn report_unclean(
     let mut previous: Vec<serde_json::Value> = unclosed
         .iter()
         .map(|u| {
-            let beat = lock.filter(|(pid, _)| u64::from(*pid) == u.pid).and(heartbeat);
+            let beat = lock
+                .filter(|(pid, _)| u64::from(*pid) == u.pid)
+                .and(heartbeat);
             json!({"pid": u.pid, "started": u.started, "last_heartbeat": beat})
         })
         .collect();

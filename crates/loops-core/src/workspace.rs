@@ -878,9 +878,12 @@ fn check_main(
             .at(loc.key(&["main", "prompt"]))
             .help(crate::providers::PROVIDER_HELP),
         );
-    } else if let Err((msg, help)) =
-        crate::providers::resolve(&s.providers, &s.defaults, m.provider.as_deref(), m.model.as_deref())
-    {
+    } else if let Err((msg, help)) = crate::providers::resolve(
+        &s.providers,
+        &s.defaults,
+        m.provider.as_deref(),
+        m.model.as_deref(),
+    ) {
         diags.push(
             Diagnostic::error(rel, format!("main session: {msg}"))
                 .at(loc.key(&["main"]))
@@ -1148,4 +1151,3 @@ pub fn yaml_scalar(v: &yaml_serde::Value) -> Option<String> {
         _ => None,
     }
 }
-

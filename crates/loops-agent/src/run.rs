@@ -4,9 +4,9 @@
 
 use super::model::{Block, Message, ModelRequest, Role, SystemPart, Usage};
 use super::provider::{Completion, HttpProvider, ProviderError};
-use crate::text::is_silent_token;
 use super::tools::{Finish, ToolKit};
 use super::transcript::Transcript;
+use loops_core::text::is_silent_token;
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;

@@ -1,0 +1,48 @@
+//! loops-core: the layers every part of loops stands on, each importing only those before it.
+//!
+//! - **base**: [`diag`] (diagnostics with file:line), [`duration`], [`clock`], [`schedule`]
+//!   (when a loop fires), [`text`], [`fsutil`] (atomic writes, locks, process identity),
+//!   [`secrets`], [`sys`] (the few system calls with no safe wrapper: the only `unsafe`
+//!   code), [`usage`], [`tool_names`]; the configuration: [`workspace`] (loops.yaml),
+//!   [`domain`] (a loop's config.yaml), [`providers`], [`channel_config`], [`mcp_config`],
+//!   [`guard`] rules, [`net`] (`allowed_hosts`).
+//! - **store**, what the runner keeps under `.loops/`: [`layout`], [`jobs`] (the queue),
+//!   [`runs`] (run records), [`state`] (loop state), [`journal`], [`daemon_lock`],
+//!   [`retention`].
+//! - **effects**, what a run does to the world: [`exec`] (child processes), [`history`]
+//!   and [`git_gate`] (commits beside a person's git), [`beneath`] (opening files beneath
+//!   the workspace), [`handoff`] (the inbox), [`channels`] (delivery), [`snapshot`] (what a
+//!   run changed), [`watch`] (the file watcher).
+
+pub mod beneath;
+pub mod channel_config;
+pub mod channels;
+pub mod clock;
+pub mod daemon_lock;
+pub mod diag;
+pub mod domain;
+pub mod duration;
+pub mod exec;
+pub mod fsutil;
+pub mod git_gate;
+pub mod guard;
+pub mod handoff;
+pub mod history;
+pub mod jobs;
+pub mod journal;
+pub mod layout;
+pub mod mcp_config;
+pub mod net;
+pub mod providers;
+pub mod retention;
+pub mod runs;
+pub mod schedule;
+pub mod secrets;
+pub mod snapshot;
+pub mod state;
+pub mod sys;
+pub mod text;
+pub mod tool_names;
+pub mod usage;
+pub mod watch;
+pub mod workspace;
