@@ -1133,13 +1133,9 @@ impl Daemon {
             begun.store(true, std::sync::atomic::Ordering::SeqCst);
             let rec = loop_run::execute(&ctx, &def, &req, None, Some(cancel_rx)).await;
             drop(run_lock);
-            // A program that could not be started at all (exec's "cannot run …") is a
-            // permanent error: retrying cannot fix a missing or non-executable file.
-            let permanent = rec.exit_code.is_none()
-                && rec
-                    .error
-                    .as_deref()
-                    .is_some_and(|e| e.starts_with("cannot run"));
+            // A program that could not be started at all is a permanent error: retrying
+            // cannot fix a missing or non-executable file.
+            let permanent = rec.cannot_start;
             let store = ctx.store.clone();
             let (def, rec, after) = tokio::task::spawn_blocking(move || {
                 let after = apply_finish(&store, &def, &rec, !permanent, pause_after, clock.now());

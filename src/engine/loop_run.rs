@@ -122,6 +122,7 @@ pub async fn execute(
     }
     let state = ctx.store.load(&def.name);
     let mut rec = RunRecord {
+        cannot_start: false,
         loop_name: def.name.clone(),
         run_id: req.run_id.clone(),
         trigger: req.trigger.as_str().to_string(),
@@ -237,6 +238,7 @@ pub async fn execute(
             rec.stdout_dropped = res.stdout_dropped;
             rec.stderr_dropped = res.stderr_dropped;
             rec.error = res.failure_reason(def.timeout);
+            rec.cannot_start = res.spawn_error.is_some();
             rec.outcome = if res.cancelled {
                 Outcome::Interrupted
             } else if res.timed_out {

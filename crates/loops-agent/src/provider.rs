@@ -134,7 +134,7 @@ impl HttpProvider {
         let mut retried = Vec::new();
         let mut server_time = Duration::ZERO;
         let mut last: Option<String> = None;
-        let mut backoff = BACKOFF_START;
+        let mut retried_waits = 0u32;
         loop {
             let key = self
                 .cfg
@@ -174,8 +174,15 @@ impl HttpProvider {
             let wait = match asked {
                 Some(w) => w,
                 None => {
-                    let w = jitter(backoff);
-                    backoff = (backoff * 2).min(BACKOFF_CAP);
+                    let w = loops_core::backoff::wait(
+                        BACKOFF_START,
+                        loops_core::backoff::Growth::Doubling,
+                        retried_waits,
+                        0.2,
+                        loops_core::backoff::random_spread(),
+                        BACKOFF_CAP,
+                    );
+                    retried_waits += 1;
                     w
                 }
             };
@@ -380,19 +387,4 @@ fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     let when = chrono::DateTime::parse_from_rfc2822(v).ok()?;
     let left = when.with_timezone(&chrono::Utc) - chrono::Utc::now();
     Some(left.to_std().unwrap_or(Duration::ZERO))
-}
-
-/// ±20 %, so that runs failing together do not retry together.
-fn jitter(d: Duration) -> Duration {
-    use std::hash::{BuildHasher, Hasher};
-    // A fresh RandomState is randomly keyed: good enough randomness without a dependency.
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|t| t.as_nanos())
-            .unwrap_or(0),
-    );
-    let unit = (h.finish() >> 11) as f64 / (1u64 << 53) as f64;
-    d.mul_f64(0.8 + 0.4 * unit)
 }

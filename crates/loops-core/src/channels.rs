@@ -531,11 +531,14 @@ impl Poster {
                     if rec.attempts >= c.retry.max_attempts {
                         break;
                     }
-                    let backoff = c
-                        .retry
-                        .delay
-                        .saturating_mul(1 << (rec.attempts - 1).min(16))
-                        .min(c.retry.max_delay);
+                    let backoff = crate::backoff::wait(
+                        c.retry.delay,
+                        crate::backoff::Growth::Doubling,
+                        (rec.attempts - 1).min(16),
+                        0.0,
+                        0.0,
+                        c.retry.max_delay,
+                    );
                     let wait = retry_after
                         .map(|r| r.min(c.retry.max_delay))
                         .unwrap_or(backoff);

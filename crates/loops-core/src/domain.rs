@@ -66,14 +66,18 @@ impl RetryPolicy {
     /// The wait before attempt `next_attempt` (2, 3, …): `delay · 2^(n-2)` for
     /// exponential, with a jitter drawn from `seed` so it is reproducible in tests.
     pub fn backoff_for(&self, next_attempt: u32, seed: u64) -> Duration {
-        let base = self.delay.as_millis() as f64;
-        let factor = match self.backoff {
-            Backoff::Fixed => 1.0,
-            Backoff::Exponential => 2f64.powi(next_attempt.saturating_sub(2).min(30) as i32),
+        let growth = match self.backoff {
+            Backoff::Fixed => crate::backoff::Growth::Fixed,
+            Backoff::Exponential => crate::backoff::Growth::Doubling,
         };
-        let unit = (seed % 10_000) as f64 / 10_000.0; // 0..1
-        let j = 1.0 + self.jitter * (unit * 2.0 - 1.0);
-        Duration::from_millis((base * factor * j).clamp(0.0, 86_400_000.0) as u64)
+        crate::backoff::wait(
+            self.delay,
+            growth,
+            next_attempt.saturating_sub(2),
+            self.jitter,
+            crate::backoff::seeded_spread(seed),
+            Duration::from_secs(86_400),
+        )
     }
 }
 

@@ -14,6 +14,7 @@
 //!   the workspace), [`handoff`] (the inbox), [`channels`] (delivery), [`snapshot`] (what a
 //!   run changed), [`watch`] (the file watcher).
 
+pub mod backoff;
 pub mod beneath;
 pub mod channel_config;
 pub mod channels;

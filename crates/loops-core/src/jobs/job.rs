@@ -166,22 +166,25 @@ impl Backoff {
     /// deterministic function of the job and attempt, so a test can predict it and two
     /// jobs failing together still spread out.
     pub fn delay(&self, job: JobId, attempt: u32) -> Duration {
-        let base = match self.kind {
-            BackoffKind::Fixed => self.delay_ms as f64,
-            BackoffKind::Exponential => {
-                self.delay_ms as f64 * 2f64.powi(attempt.saturating_sub(1).min(30) as i32)
-            }
+        let growth = match self.kind {
+            BackoffKind::Fixed => crate::backoff::Growth::Fixed,
+            BackoffKind::Exponential => crate::backoff::Growth::Doubling,
         };
-        let jitter = self.jitter.clamp(0.0, 1.0);
         // A cheap, well-spread hash of (job, attempt) in [-1, 1).
         let mut x = job
             .wrapping_mul(0x9E37_79B9_7F4A_7C15)
             .wrapping_add(attempt as u64)
             .wrapping_mul(0xBF58_476D_1CE4_E5B9);
         x ^= x >> 31;
-        let unit = (x % 2_000_001) as f64 / 1_000_000.0 - 1.0;
-        let ms = (base * (1.0 + jitter * unit)).max(0.0);
-        Duration::from_millis(ms.min(30.0 * 24.0 * 3600.0 * 1000.0) as u64)
+        let spread = (x % 2_000_001) as f64 / 1_000_000.0 - 1.0;
+        crate::backoff::wait(
+            Duration::from_millis(self.delay_ms),
+            growth,
+            attempt.saturating_sub(1),
+            self.jitter.clamp(0.0, 1.0),
+            spread,
+            Duration::from_secs(30 * 24 * 3600),
+        )
     }
 }
 
