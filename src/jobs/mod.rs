@@ -2,6 +2,8 @@
 //! it changed, commit them, append the run record. Everything that runs goes through
 //! here, whether the daemon scheduled it or a person triggered it.
 
+pub mod engine;
+pub mod group_commit;
 pub mod job;
 pub mod own;
 pub mod queue;
