@@ -17,6 +17,7 @@ mod handoff;
 mod history;
 mod inbox;
 mod inbox_git;
+mod job_engine;
 mod jobs;
 mod limits;
 mod mcp;

@@ -262,6 +262,38 @@ impl Lease {
     }
 }
 
+/// The fencing half of a job's lease (the owner is in [`Lease`]): every claim takes the
+/// next generation, and a runner names the one it was given in every call it makes for
+/// the job ([`LeaseToken`]), so one whose lease was taken over (swept as stalled and
+/// claimed again) can no longer complete, renew or hold it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fence {
+    /// The latest claim's number; kept when the lease ends, so numbers only grow.
+    #[serde(default)]
+    pub generation: u64,
+    /// A lease taken with a time to live: how long each renewal lasts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_ms: Option<u64>,
+    /// … and when it lapses unless renewed; the sweep treats it as stalled after.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires: Option<DateTime<Utc>>,
+}
+
+impl Fence {
+    fn is_unset(&self) -> bool {
+        *self == Fence::default()
+    }
+}
+
+/// What a runner holds for a job it claimed: proof of that one claim.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseToken {
+    pub job: JobId,
+    pub pid: u32,
+    pub pid_start: Option<u64>,
+    pub generation: u64,
+}
+
 /// One state change.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Transition {
@@ -432,6 +464,8 @@ pub struct Job {
     pub idempotency_key: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lease: Option<Lease>,
+    #[serde(default, skip_serializing_if = "Fence::is_unset")]
+    pub fence: Fence,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub control: Option<Control>,
     #[serde(default)]
@@ -498,8 +532,36 @@ impl Job {
             self.control = None;
         }
         if to != JobState::Active {
-            self.lease = None;
+            self.end_lease();
         }
+    }
+
+    /// Drops the lease (its generation stays, so the next claim's is higher).
+    pub fn end_lease(&mut self) {
+        self.lease = None;
+        self.fence.ttl_ms = None;
+        self.fence.expires = None;
+    }
+
+    /// The token of the lease it is under now, if any.
+    pub fn lease_token(&self) -> Option<LeaseToken> {
+        self.lease.as_ref().map(|l| LeaseToken {
+            job: self.id,
+            pid: l.pid,
+            pid_start: l.pid_start,
+            generation: self.fence.generation,
+        })
+    }
+
+    /// Whether `t` is the lease it is under now.
+    pub fn leased_by(&self, t: &LeaseToken) -> bool {
+        self.lease_token().as_ref() == Some(t)
+    }
+
+    /// Whether its lease is held: the owner lives and the lease has not lapsed.
+    pub fn lease_held(&self, now: DateTime<Utc>) -> bool {
+        self.lease.as_ref().is_some_and(|l| l.owner_alive())
+            && self.fence.expires.is_none_or(|e| e > now)
     }
 
     pub fn timeout(&self) -> Option<Duration> {

@@ -1,11 +1,16 @@
 //! Every operation on the queue, as one locked transaction over the job files: submit
-//! (with idempotency keys and atomic fan-out), claim, finish (retries with backoff),
-//! cancel (cascading), pause, resume, replay, retry, steering messages, and the sweep
-//! that requeues jobs whose runner died. Each takes `now` from the caller's clock, so a
-//! test can walk through days of backoff without sleeping.
+//! (with idempotency keys, in batches, and atomic fan-out), claim (a fenced lease),
+//! heartbeat, finish (retries with backoff), cancel (cascading), pause, resume, replay,
+//! retry, steering messages, and the sweep that requeues jobs whose runner died or whose
+//! lease lapsed. Each takes `now` from the caller's clock, so a test can walk through
+//! days of backoff without sleeping.
+//!
+//! Each operation is written once, as a `*_in` function over a [`JobTx`] (one
+//! transaction of any engine); the functions taking a [`JobStore`] run it in a
+//! transaction of the file engine, and `engine::JobEngine` is the interface over both.
 
 use super::job::*;
-use super::store::{JobStore, StoreError, Tx};
+use super::store::{JobStore, JobTx, StoreError};
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::Value;
@@ -395,6 +400,7 @@ pub fn plan(spec: &JobSpec, now: DateTime<Utc>) -> Result<Job, QueueError> {
         stalls: 0,
         idempotency_key: spec.idempotency_key.clone().filter(|k| !k.is_empty()),
         lease: None,
+        fence: Fence::default(),
         control: None,
         history: vec![Transition {
             at: now,
@@ -441,41 +447,105 @@ pub fn submit(
     now: DateTime<Utc>,
     refused: Option<String>,
 ) -> Result<Submitted, QueueError> {
-    let mut job = plan(spec, now)?;
-    store.transaction(|tx| {
-        if let Some(key) = &job.idempotency_key {
-            if let Some(existing) = key_holder_job(tx, key)? {
-                return Ok(Submitted {
-                    job: existing,
-                    existing: true,
-                });
-            }
+    let job = plan(spec, now)?;
+    store.transaction(|tx| submit_in(tx, job, now, refused))
+}
+
+/// Writes a planned job (see [`plan`]) unless its idempotency key is held.
+pub fn submit_in(
+    tx: &mut dyn JobTx,
+    mut job: Job,
+    now: DateTime<Utc>,
+    refused: Option<String>,
+) -> Result<Submitted, QueueError> {
+    if let Some(key) = &job.idempotency_key {
+        if let Some(existing) = key_holder_job(tx, key)? {
+            // Its holder may have been written by a transaction whose flush is still
+            // under way: the answer is only given once it is on disk.
+            tx.require_durable();
+            return Ok(Submitted {
+                job: existing,
+                existing: true,
+            });
         }
-        if let Some(p) = job.parent {
-            attach_to_parent(tx, p, now)?;
-        }
-        job.id = tx.next_id()?;
-        if let Some(why) = refused {
-            job.error = Some(why.clone());
-            job.transition(JobState::Dead, now, Some(why));
-        }
-        if let Some(p) = job.parent {
-            let mut parent = tx.get(p)?.ok_or(QueueError::NotFound(p))?;
-            parent.children.push(job.id);
-            save(tx, &mut parent, now)?;
-        }
-        if let Some(key) = &job.idempotency_key {
-            tx.set_key(key, job.id)?;
-        }
-        save(tx, &mut job, now)?;
-        Ok(Submitted {
-            job: job.clone(),
-            existing: false,
-        })
+    }
+    if let Some(p) = job.parent {
+        attach_to_parent(tx, p, now)?;
+    }
+    job.id = tx.next_id()?;
+    if let Some(why) = refused {
+        job.error = Some(why.clone());
+        job.transition(JobState::Dead, now, Some(why));
+    }
+    if let Some(p) = job.parent {
+        let mut parent = tx.get(p)?.ok_or(QueueError::NotFound(p))?;
+        parent.children.push(job.id);
+        save(tx, &mut parent, now)?;
+    }
+    if let Some(key) = &job.idempotency_key {
+        tx.set_key(key, job.id)?;
+    }
+    save(tx, &mut job, now)?;
+    Ok(Submitted {
+        job,
+        existing: false,
     })
 }
 
-fn key_holder_job(tx: &Tx, key: &str) -> Result<Option<Job>, QueueError> {
+/// Submits a batch in one transaction with one flush (a scheduler's slot, a manifest):
+/// what a submit each would do, in order, at a fraction of the cost. Every spec is
+/// checked first and every parent named, so a bad one refuses the whole batch and
+/// nothing is written. `refused` is asked about each planned job, as `submit`'s is.
+pub fn submit_many(
+    store: &JobStore,
+    specs: &[JobSpec],
+    now: DateTime<Utc>,
+    refused: &dyn Fn(&Job) -> Option<String>,
+) -> Result<Vec<Submitted>, QueueError> {
+    let jobs = plan_many(specs, now)?;
+    store.transaction(|tx| submit_many_in(tx, jobs, now, refused))
+}
+
+/// Plans every spec of a batch, naming the one that is wrong.
+pub fn plan_many(specs: &[JobSpec], now: DateTime<Utc>) -> Result<Vec<Job>, QueueError> {
+    specs
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            plan(s, now).map_err(|e| match e {
+                QueueError::InvalidSpec(m) => {
+                    QueueError::InvalidSpec(format!("job {}: {m}", i + 1))
+                }
+                e => e,
+            })
+        })
+        .collect()
+}
+
+pub fn submit_many_in(
+    tx: &mut dyn JobTx,
+    jobs: Vec<Job>,
+    now: DateTime<Utc>,
+    refused: &dyn Fn(&Job) -> Option<String>,
+) -> Result<Vec<Submitted>, QueueError> {
+    for job in &jobs {
+        let held = match &job.idempotency_key {
+            Some(key) => key_holder_job(tx, key)?.is_some(),
+            None => false,
+        };
+        if let (Some(p), false) = (job.parent, held) {
+            attach_to_parent(tx, p, now)?;
+        }
+    }
+    jobs.into_iter()
+        .map(|job| {
+            let why = refused(&job);
+            submit_in(tx, job, now, why)
+        })
+        .collect()
+}
+
+fn key_holder_job(tx: &dyn JobTx, key: &str) -> Result<Option<Job>, QueueError> {
     let Some(id) = tx.key_holder(key)? else {
         return Ok(None);
     };
@@ -486,7 +556,7 @@ fn key_holder_job(tx: &Tx, key: &str) -> Result<Option<Job>, QueueError> {
     }
 }
 
-fn attach_to_parent(tx: &Tx, p: JobId, now: DateTime<Utc>) -> Result<(), QueueError> {
+fn attach_to_parent(tx: &dyn JobTx, p: JobId, now: DateTime<Utc>) -> Result<(), QueueError> {
     let parent = tx.get(p)?.ok_or(QueueError::NotFound(p))?;
     let _ = now;
     if parent.state.is_terminal() {
@@ -512,6 +582,16 @@ pub fn submit_fanout(
     now: DateTime<Utc>,
     refused: &dyn Fn(&Job) -> Option<String>,
 ) -> Result<(Job, Vec<Job>), QueueError> {
+    let (agg, kids) = plan_fanout(children, aggregator, now)?;
+    store.transaction(|tx| submit_fanout_in(tx, agg, kids, now, refused))
+}
+
+/// Plans a fan-out: its aggregator and its children, checked.
+pub fn plan_fanout(
+    children: &[JobSpec],
+    aggregator: &JobSpec,
+    now: DateTime<Utc>,
+) -> Result<(Job, Vec<Job>), QueueError> {
     if children.is_empty() {
         return Err(QueueError::InvalidSpec(
             "a fan-out manifest needs at least one child".into(),
@@ -534,68 +614,78 @@ pub fn submit_fanout(
         }
         kids.push(k);
     }
-    store.transaction(|tx| {
-        if let Some(key) = &agg.idempotency_key {
-            if let Some(existing) = key_holder_job(tx, key)? {
-                let mut kids = Vec::new();
-                for c in &existing.children {
-                    if let Some(j) = tx.get(*c)? {
-                        kids.push(j);
-                    }
+    Ok((agg, kids))
+}
+
+/// Writes a planned fan-out (see [`plan_fanout`]) unless its key is held.
+pub fn submit_fanout_in(
+    tx: &mut dyn JobTx,
+    mut agg: Job,
+    mut kids: Vec<Job>,
+    now: DateTime<Utc>,
+    refused: &dyn Fn(&Job) -> Option<String>,
+) -> Result<(Job, Vec<Job>), QueueError> {
+    if let Some(key) = &agg.idempotency_key {
+        if let Some(existing) = key_holder_job(tx, key)? {
+            tx.require_durable();
+            let mut kids = Vec::new();
+            for c in &existing.children {
+                if let Some(j) = tx.get(*c)? {
+                    kids.push(j);
                 }
-                return Ok((existing, kids));
             }
+            return Ok((existing, kids));
         }
-        if let Some(p) = agg.parent {
-            attach_to_parent(tx, p, now)?;
+    }
+    if let Some(p) = agg.parent {
+        attach_to_parent(tx, p, now)?;
+    }
+    agg.id = tx.next_id()?;
+    for k in kids.iter_mut() {
+        k.id = tx.next_id()?;
+        k.parent = Some(agg.id);
+        agg.children.push(k.id);
+    }
+    agg.transition(
+        JobState::WaitingChildren,
+        now,
+        Some(format!("waiting for {} children", kids.len())),
+    );
+    // The history starts with the state it was created in.
+    agg.history
+        .retain(|t| t.from.is_some() || t.to == JobState::WaitingChildren);
+    if let Some(first) = agg.history.first_mut() {
+        first.from = None;
+    }
+    for k in kids.iter_mut() {
+        if let Some(why) = refused(k) {
+            k.error = Some(why.clone());
+            k.transition(JobState::Dead, now, Some(why));
         }
-        agg.id = tx.next_id()?;
-        for k in kids.iter_mut() {
-            k.id = tx.next_id()?;
-            k.parent = Some(agg.id);
-            agg.children.push(k.id);
-        }
-        agg.transition(
-            JobState::WaitingChildren,
-            now,
-            Some(format!("waiting for {} children", kids.len())),
-        );
-        // The history starts with the state it was created in.
-        agg.history
-            .retain(|t| t.from.is_some() || t.to == JobState::WaitingChildren);
-        if let Some(first) = agg.history.first_mut() {
-            first.from = None;
-        }
-        for k in kids.iter_mut() {
-            if let Some(why) = refused(k) {
-                k.error = Some(why.clone());
-                k.transition(JobState::Dead, now, Some(why));
-            }
-            // Children are written before their parent exists; their terminal
-            // notifications are applied when the parent is written below.
-            let bytes_job = k.clone();
-            tx.put(&bytes_job, true)?;
-        }
-        if let Some(key) = &agg.idempotency_key {
-            tx.set_key(key, agg.id)?;
-        }
-        if let Some(p) = agg.parent {
-            let mut parent = tx.get(p)?.ok_or(QueueError::NotFound(p))?;
-            parent.children.push(agg.id);
-            save(tx, &mut parent, now)?;
-        }
-        save(tx, &mut agg, now)?;
-        // Children refused at once count as ended.
-        for k in kids.iter().filter(|k| k.state.is_terminal()) {
-            notify_parent(tx, k, now)?;
-        }
-        let agg = tx.get(agg.id)?.unwrap_or(agg);
-        Ok((agg, kids))
-    })
+        // Children are written before their parent exists; their terminal
+        // notifications are applied when the parent is written below.
+        let bytes_job = k.clone();
+        tx.put(&bytes_job, true)?;
+    }
+    if let Some(key) = &agg.idempotency_key {
+        tx.set_key(key, agg.id)?;
+    }
+    if let Some(p) = agg.parent {
+        let mut parent = tx.get(p)?.ok_or(QueueError::NotFound(p))?;
+        parent.children.push(agg.id);
+        save(tx, &mut parent, now)?;
+    }
+    save(tx, &mut agg, now)?;
+    // Children refused at once count as ended.
+    for k in kids.iter().filter(|k| k.state.is_terminal()) {
+        notify_parent(tx, k, now)?;
+    }
+    let agg = tx.get(agg.id)?.unwrap_or(agg);
+    Ok((agg, kids))
 }
 
 /// Writes a job; if it has just reached a terminal state, tells its parent.
-fn save(tx: &mut Tx, job: &mut Job, now: DateTime<Utc>) -> Result<(), QueueError> {
+fn save(tx: &mut dyn JobTx, job: &mut Job, now: DateTime<Utc>) -> Result<(), QueueError> {
     let durable = job.state.is_terminal()
         || job.history.len() <= 1
         || matches!(job.state, JobState::Paused | JobState::Waiting);
@@ -608,7 +698,7 @@ fn save(tx: &mut Tx, job: &mut Job, now: DateTime<Utc>) -> Result<(), QueueError
 
 /// Posts `child_done` to the parent of a terminal job, rolls its tokens up, and applies
 /// the parent's `on_child_fail` policy. Safe to repeat: a child is reported once.
-fn notify_parent(tx: &mut Tx, child: &Job, now: DateTime<Utc>) -> Result<(), QueueError> {
+fn notify_parent(tx: &mut dyn JobTx, child: &Job, now: DateTime<Utc>) -> Result<(), QueueError> {
     let Some(pid) = child.parent else {
         return Ok(());
     };
@@ -680,7 +770,7 @@ fn notify_parent(tx: &mut Tx, child: &Job, now: DateTime<Utc>) -> Result<(), Que
     save(tx, &mut parent, now)?;
     for c in cascade {
         if c != child.id {
-            cancel_in(
+            cancel_tree(
                 tx,
                 c,
                 now,
@@ -725,6 +815,44 @@ fn maybe_release(parent: &mut Job, now: DateTime<Utc>) {
     }
 }
 
+/// How a runner names the lease it holds.
+#[derive(Debug, Clone, Copy)]
+pub enum Holder<'a> {
+    /// Whatever lease this process holds on the job (the owner's pid and start time):
+    /// what a runner that kept no token can say.
+    ThisProcess,
+    /// The one claim this token came from: refused once the lease was taken over, even
+    /// by this same process.
+    Token(&'a LeaseToken),
+}
+
+impl Holder<'_> {
+    fn holds(&self, job: &Job) -> bool {
+        match self {
+            Holder::ThisProcess => job.lease.as_ref().is_some_and(|l| l.is_mine()),
+            Holder::Token(t) => t.job == job.id && job.leased_by(t),
+        }
+    }
+}
+
+/// How a claim leases a job.
+#[derive(Debug, Clone, Default)]
+pub struct ClaimOptions {
+    /// The lease lapses this long after the claim and after each heartbeat unless
+    /// renewed; the sweep then takes it back (stalled). `None`: it lasts as long as the
+    /// owning process lives, which is all this engine can tell of a local runner.
+    pub ttl: Option<Duration>,
+    /// `claim_next` only: take jobs of this queue only.
+    pub queue: Option<String>,
+}
+
+/// A job leased to its caller, and the token every later call for it must show.
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    pub job: Job,
+    pub lease: LeaseToken,
+}
+
 /// Leases a ready job to this process. `gate` says why a job may not run here at all
 /// (it then goes to dead at once). Returns `None` if it is no longer ready (another
 /// worker took it, or it was cancelled meanwhile).
@@ -734,38 +862,76 @@ pub fn claim(
     now: DateTime<Utc>,
     gate: &dyn Fn(&Job) -> Option<String>,
 ) -> Result<Option<Job>, QueueError> {
-    store.transaction(|tx| {
-        let Some(mut job) = tx.get(id)? else {
-            return Ok(None);
-        };
-        if !job.ready(now) {
+    let opts = ClaimOptions::default();
+    store.transaction(|tx| Ok(claim_in(tx, id, now, &opts, gate)?.map(|c| c.job)))
+}
+
+pub fn claim_in(
+    tx: &mut dyn JobTx,
+    id: JobId,
+    now: DateTime<Utc>,
+    opts: &ClaimOptions,
+    gate: &dyn Fn(&Job) -> Option<String>,
+) -> Result<Option<Claimed>, QueueError> {
+    let Some(mut job) = tx.get(id)? else {
+        return Ok(None);
+    };
+    if !job.ready(now) {
+        return Ok(None);
+    }
+    // A fan-out child is not visible until its parent is written (atomic fan-out).
+    if let Some(p) = job.parent {
+        if !tx.exists(p)? {
             return Ok(None);
         }
-        // A fan-out child is not visible until its parent is written (atomic fan-out).
-        if let Some(p) = job.parent {
-            if !tx.store().live_path(p).exists() && !tx.store().done_path(p).exists() {
-                return Ok(None);
-            }
-        }
-        if let Some(why) = gate(&job) {
-            job.error = Some(why.clone());
-            job.transition(JobState::Dead, now, Some(why));
-            save(tx, &mut job, now)?;
-            return Ok(None);
-        }
-        let attempt = job.attempts + 1;
-        job.transition(
-            JobState::Active,
-            now,
-            Some(format!("attempt {attempt} of {}", job.max_attempts)),
-        );
-        job.lease = Some(Lease::this_process(now));
-        job.control = None;
-        job.started.get_or_insert(now);
-        job.progress.updated = Some(now);
+    }
+    if let Some(why) = gate(&job) {
+        job.error = Some(why.clone());
+        job.transition(JobState::Dead, now, Some(why));
         save(tx, &mut job, now)?;
-        Ok(Some(job))
-    })
+        return Ok(None);
+    }
+    let attempt = job.attempts + 1;
+    job.transition(
+        JobState::Active,
+        now,
+        Some(format!("attempt {attempt} of {}", job.max_attempts)),
+    );
+    job.lease = Some(Lease::this_process(now));
+    job.fence.generation += 1;
+    job.fence.ttl_ms = opts.ttl.map(|t| t.as_millis().min(u64::MAX as u128) as u64);
+    job.fence.expires = opts.ttl.map(|t| now + chrono_d(t));
+    job.control = None;
+    job.started.get_or_insert(now);
+    job.progress.updated = Some(now);
+    save(tx, &mut job, now)?;
+    let lease = job.lease_token().ok_or(QueueError::LostLease(id))?;
+    Ok(Some(Claimed { job, lease }))
+}
+
+/// Leases the job a worker should run next: the ready one with the lowest priority
+/// number, then the oldest, of `opts.queue` if given. Jobs `gate` refuses go to dead on
+/// the way.
+pub fn claim_next_in(
+    tx: &mut dyn JobTx,
+    now: DateTime<Utc>,
+    opts: &ClaimOptions,
+    gate: &dyn Fn(&Job) -> Option<String>,
+) -> Result<Option<Claimed>, QueueError> {
+    let (jobs, _) = tx.live_jobs();
+    let mut ready: Vec<(i32, JobId)> = jobs
+        .iter()
+        .filter(|j| j.ready(now))
+        .filter(|j| opts.queue.as_ref().is_none_or(|q| *q == j.queue))
+        .map(|j| (j.priority, j.id))
+        .collect();
+    ready.sort_unstable();
+    for (_, id) in ready {
+        if let Some(c) = claim_in(tx, id, now, opts, gate)? {
+            return Ok(Some(c));
+        }
+    }
+    Ok(None)
 }
 
 /// How a run of a job ended, as its runner reports it.
@@ -795,113 +961,124 @@ pub fn finish(
     run_ms: u64,
     now: DateTime<Utc>,
 ) -> Result<Job, QueueError> {
-    store.transaction(|tx| {
-        let mut job = tx.get(id)?.ok_or(QueueError::NotFound(id))?;
-        let mine = job.lease.as_ref().is_some_and(|l| l.is_mine());
-        if !mine || !matches!(job.state, JobState::Active | JobState::Paused) {
-            return Err(QueueError::LostLease(id));
-        }
-        job.tokens.add(&tokens);
-        job.run_ms += run_ms;
-        job.progress.updated = Some(now);
-        job.progress.tokens = Tokens::default();
-        let mut cascade = false;
-        match end {
-            RunEnd::Completed(result) => {
-                job.attempts += 1;
-                job.result = Some(result);
-                job.error = None;
-                if outstanding_children(&job).is_empty() {
-                    job.transition(JobState::Completed, now, None);
-                } else {
-                    let n = outstanding_children(&job).len();
-                    job.transition(
-                        JobState::WaitingChildren,
-                        now,
-                        Some(format!("its run ended; waiting for {n} children")),
-                    );
-                }
-            }
-            RunEnd::Failed {
-                error,
-                result,
-                permanent,
-            } => {
-                job.attempts += 1;
-                job.result = Some(result);
-                job.error = Some(error.clone());
-                if job.control == Some(Control::Cancel) {
-                    job.transition(JobState::Cancelled, now, Some(error));
-                    cascade = true;
-                } else if !permanent && job.attempts < job.max_attempts {
-                    let wait = job.backoff.delay(job.id, job.attempts);
-                    job.transition(
-                        JobState::Delayed,
-                        now,
-                        Some(format!(
-                            "attempt {} of {} failed: {}; retrying in {}",
-                            job.attempts,
-                            job.max_attempts,
-                            crate::text::clip(&error, 300),
-                            crate::duration::format_duration(wait)
-                        )),
-                    );
-                    job.run_at = Some(now + chrono_d(wait));
-                } else {
-                    let why = if permanent {
-                        format!("failed (not retried: the error is permanent): {error}")
-                    } else {
-                        format!(
-                            "failed {} of {} attempts; last error: {error}",
-                            job.attempts, job.max_attempts
-                        )
-                    };
-                    job.transition(JobState::Failed, now, Some(why));
-                }
-            }
-            RunEnd::Cancelled(result) => {
-                job.result = Some(result);
-                // A parent failed by its child's failure keeps that reason.
-                let (state, why) = match job.error.clone() {
-                    Some(e) if e.starts_with("child #") => (JobState::Failed, e),
-                    _ => (JobState::Cancelled, "cancelled while running".to_string()),
-                };
-                job.transition(state, now, Some(why));
-                cascade = true;
-            }
-            RunEnd::Paused => {
+    store.transaction(|tx| finish_in(tx, id, Holder::ThisProcess, end, tokens, run_ms, now))
+}
+
+/// Records the end of a run: refused ([`QueueError::LostLease`]) unless `holder` holds
+/// the job's lease now.
+pub fn finish_in(
+    tx: &mut dyn JobTx,
+    id: JobId,
+    holder: Holder,
+    end: RunEnd,
+    tokens: Tokens,
+    run_ms: u64,
+    now: DateTime<Utc>,
+) -> Result<Job, QueueError> {
+    let mut job = tx.get(id)?.ok_or(QueueError::NotFound(id))?;
+    if !holder.holds(&job) || !matches!(job.state, JobState::Active | JobState::Paused) {
+        return Err(QueueError::LostLease(id));
+    }
+    job.tokens.add(&tokens);
+    job.run_ms += run_ms;
+    job.progress.updated = Some(now);
+    job.progress.tokens = Tokens::default();
+    let mut cascade = false;
+    match end {
+        RunEnd::Completed(result) => {
+            job.attempts += 1;
+            job.result = Some(result);
+            job.error = None;
+            if outstanding_children(&job).is_empty() {
+                job.transition(JobState::Completed, now, None);
+            } else {
+                let n = outstanding_children(&job).len();
                 job.transition(
-                    JobState::Paused,
+                    JobState::WaitingChildren,
                     now,
-                    Some("paused between turns; its conversation is saved".into()),
+                    Some(format!("its run ended; waiting for {n} children")),
                 );
-                job.lease = None;
-                job.control = None;
-            }
-            RunEnd::Aborted(why) => {
-                let to = if job.state == JobState::Paused {
-                    JobState::Paused
-                } else {
-                    JobState::Waiting
-                };
-                job.transition(to, now, Some(why));
-                job.lease = None;
             }
         }
-        save(tx, &mut job, now)?;
-        if cascade {
-            for c in job.pending_children().collect::<Vec<_>>() {
-                cancel_in(
-                    tx,
-                    c,
+        RunEnd::Failed {
+            error,
+            result,
+            permanent,
+        } => {
+            job.attempts += 1;
+            job.result = Some(result);
+            job.error = Some(error.clone());
+            if job.control == Some(Control::Cancel) {
+                job.transition(JobState::Cancelled, now, Some(error));
+                cascade = true;
+            } else if !permanent && job.attempts < job.max_attempts {
+                let wait = job.backoff.delay(job.id, job.attempts);
+                job.transition(
+                    JobState::Delayed,
                     now,
-                    &format!("its parent #{} was cancelled", job.id),
-                    false,
-                )?;
+                    Some(format!(
+                        "attempt {} of {} failed: {}; retrying in {}",
+                        job.attempts,
+                        job.max_attempts,
+                        crate::text::clip(&error, 300),
+                        crate::duration::format_duration(wait)
+                    )),
+                );
+                job.run_at = Some(now + chrono_d(wait));
+            } else {
+                let why = if permanent {
+                    format!("failed (not retried: the error is permanent): {error}")
+                } else {
+                    format!(
+                        "failed {} of {} attempts; last error: {error}",
+                        job.attempts, job.max_attempts
+                    )
+                };
+                job.transition(JobState::Failed, now, Some(why));
             }
         }
-        Ok(job)
-    })
+        RunEnd::Cancelled(result) => {
+            job.result = Some(result);
+            // A parent failed by its child's failure keeps that reason.
+            let (state, why) = match job.error.clone() {
+                Some(e) if e.starts_with("child #") => (JobState::Failed, e),
+                _ => (JobState::Cancelled, "cancelled while running".to_string()),
+            };
+            job.transition(state, now, Some(why));
+            cascade = true;
+        }
+        RunEnd::Paused => {
+            job.transition(
+                JobState::Paused,
+                now,
+                Some("paused between turns; its conversation is saved".into()),
+            );
+            job.end_lease();
+            job.control = None;
+        }
+        RunEnd::Aborted(why) => {
+            let to = if job.state == JobState::Paused {
+                JobState::Paused
+            } else {
+                JobState::Waiting
+            };
+            job.transition(to, now, Some(why));
+            job.end_lease();
+        }
+    }
+    save(tx, &mut job, now)?;
+    if cascade {
+        for c in job.pending_children().collect::<Vec<_>>() {
+            cancel_tree(
+                tx,
+                c,
+                now,
+                &format!("its parent #{} was cancelled", job.id),
+                false,
+            )?;
+        }
+    }
+    Ok(job)
 }
 
 /// Updates a running job's progress (and tokens so far), returning the job as it is on
@@ -912,30 +1089,65 @@ pub fn progress(
     now: DateTime<Utc>,
     f: impl FnOnce(&mut Progress),
 ) -> Result<Job, QueueError> {
+    let mut f = Some(f);
     store.transaction(|tx| {
-        let mut job = tx.get(id)?.ok_or(QueueError::NotFound(id))?;
-        if !job.lease.as_ref().is_some_and(|l| l.is_mine()) {
-            return Err(QueueError::LostLease(id));
-        }
-        f(&mut job.progress);
-        job.progress.updated = Some(now);
-        job.updated = now;
-        tx.put(&job, false)?;
-        Ok(job)
+        heartbeat_in(tx, id, Holder::ThisProcess, now, &mut |p| {
+            if let Some(f) = f.take() {
+                f(p)
+            }
+        })
     })
+}
+
+/// A runner's heartbeat: renews a lease taken with a time to live, records progress
+/// (`update`), and returns the job as it is now (cancel and pause requests, messages).
+pub fn heartbeat_in(
+    tx: &mut dyn JobTx,
+    id: JobId,
+    holder: Holder,
+    now: DateTime<Utc>,
+    update: &mut dyn FnMut(&mut Progress),
+) -> Result<Job, QueueError> {
+    let mut job = tx.get(id)?.ok_or(QueueError::NotFound(id))?;
+    if !holder.holds(&job) {
+        return Err(QueueError::LostLease(id));
+    }
+    update(&mut job.progress);
+    job.progress.updated = Some(now);
+    job.updated = now;
+    if let Some(ttl) = job.fence.ttl_ms {
+        job.fence.expires =
+            Some(now + chrono::Duration::milliseconds(ttl.min(i64::MAX as u64) as i64));
+    }
+    tx.put(&job, false)?;
+    Ok(job)
 }
 
 /// Records the process group of a running shell job in its lease.
 pub fn note_pgid(store: &JobStore, id: JobId, pgid: u32) -> Result<(), QueueError> {
-    store.transaction(|tx| {
-        let mut job = tx.get(id)?.ok_or(QueueError::NotFound(id))?;
-        if let Some(l) = job.lease.as_mut().filter(|l| l.is_mine()) {
-            l.pgid = Some(pgid);
-            l.pgid_start = crate::fsutil::process_start_time(pgid);
-            tx.put(&job, false)?;
-        }
-        Ok(())
-    })
+    store.transaction(|tx| note_pgid_in(tx, id, Holder::ThisProcess, pgid))
+}
+
+pub fn note_pgid_in(
+    tx: &mut dyn JobTx,
+    id: JobId,
+    holder: Holder,
+    pgid: u32,
+) -> Result<(), QueueError> {
+    let mut job = tx.get(id)?.ok_or(QueueError::NotFound(id))?;
+    if !holder.holds(&job) {
+        return match holder {
+            // As before tokens: a runner without one is told nothing.
+            Holder::ThisProcess => Ok(()),
+            Holder::Token(_) => Err(QueueError::LostLease(id)),
+        };
+    }
+    if let Some(l) = job.lease.as_mut() {
+        l.pgid = Some(pgid);
+        l.pgid_start = crate::fsutil::process_start_time(pgid);
+        tx.put(&job, false)?;
+    }
+    Ok(())
 }
 
 /// Marks the unread steering messages read at `turn` and returns them.
@@ -945,21 +1157,28 @@ pub fn take_steering(
     turn: u64,
     now: DateTime<Utc>,
 ) -> Result<Vec<JobMessage>, QueueError> {
-    store.transaction(|tx| {
-        let mut job = tx.get(id)?.ok_or(QueueError::NotFound(id))?;
-        let mut taken = Vec::new();
-        for m in job.messages.iter_mut() {
-            if m.kind == MessageKind::Steer && m.read.is_none() {
-                m.read = Some(Receipt { at: now, turn });
-                taken.push(m.clone());
-            }
+    store.transaction(|tx| take_steering_in(tx, id, turn, now))
+}
+
+pub fn take_steering_in(
+    tx: &mut dyn JobTx,
+    id: JobId,
+    turn: u64,
+    now: DateTime<Utc>,
+) -> Result<Vec<JobMessage>, QueueError> {
+    let mut job = tx.get(id)?.ok_or(QueueError::NotFound(id))?;
+    let mut taken = Vec::new();
+    for m in job.messages.iter_mut() {
+        if m.kind == MessageKind::Steer && m.read.is_none() {
+            m.read = Some(Receipt { at: now, turn });
+            taken.push(m.clone());
         }
-        if !taken.is_empty() {
-            job.updated = now;
-            tx.put(&job, true)?;
-        }
-        Ok(taken)
-    })
+    }
+    if !taken.is_empty() {
+        job.updated = now;
+        tx.put(&job, true)?;
+    }
+    Ok(taken)
 }
 
 /// Marks child_done messages read (the aggregator has been given them).
@@ -969,33 +1188,42 @@ pub fn mark_child_results_read(
     turn: u64,
     now: DateTime<Utc>,
 ) -> Result<(), QueueError> {
-    store.transaction(|tx| {
-        let mut job = tx.get(id)?.ok_or(QueueError::NotFound(id))?;
-        let mut changed = false;
-        for m in job.messages.iter_mut() {
-            if m.kind == MessageKind::ChildDone && m.read.is_none() {
-                m.read = Some(Receipt { at: now, turn });
-                changed = true;
-            }
+    store.transaction(|tx| mark_child_results_read_in(tx, id, turn, now))
+}
+
+pub fn mark_child_results_read_in(
+    tx: &mut dyn JobTx,
+    id: JobId,
+    turn: u64,
+    now: DateTime<Utc>,
+) -> Result<(), QueueError> {
+    let mut job = tx.get(id)?.ok_or(QueueError::NotFound(id))?;
+    let mut changed = false;
+    for m in job.messages.iter_mut() {
+        if m.kind == MessageKind::ChildDone && m.read.is_none() {
+            m.read = Some(Receipt { at: now, turn });
+            changed = true;
         }
-        if changed {
-            tx.put(&job, false)?;
-        }
-        Ok(())
-    })
+    }
+    if changed {
+        tx.put(&job, false)?;
+    }
+    Ok(())
 }
 
 /// Cancels a job and (cascading) its descendants. A running job is asked to stop (its
 /// runner records the end); anything else is cancelled at once.
 pub fn cancel(store: &JobStore, id: JobId, now: DateTime<Utc>) -> Result<Job, QueueError> {
-    store.transaction(|tx| {
-        cancel_in(tx, id, now, "cancelled by the operator", true)?;
-        tx.get(id)?.ok_or(QueueError::NotFound(id))
-    })
+    store.transaction(|tx| cancel_in(tx, id, now))
 }
 
-fn cancel_in(
-    tx: &mut Tx,
+pub fn cancel_in(tx: &mut dyn JobTx, id: JobId, now: DateTime<Utc>) -> Result<Job, QueueError> {
+    cancel_tree(tx, id, now, "cancelled by the operator", true)?;
+    tx.get(id)?.ok_or(QueueError::NotFound(id))
+}
+
+fn cancel_tree(
+    tx: &mut dyn JobTx,
     id: JobId,
     now: DateTime<Utc>,
     why: &str,
@@ -1020,8 +1248,7 @@ fn cancel_in(
             Ok(())
         };
     }
-    let running = job.lease.as_ref().is_some_and(|l| l.owner_alive());
-    if running {
+    if job.lease_held(now) {
         job.control = Some(Control::Cancel);
         job.updated = now;
         if job.state == JobState::Paused {
@@ -1040,7 +1267,7 @@ fn cancel_in(
         save(tx, &mut job, now)?;
     }
     for c in job.children.clone() {
-        cancel_in(
+        cancel_tree(
             tx,
             c,
             now,
@@ -1054,78 +1281,88 @@ fn cancel_in(
 /// Pauses a job: a waiting or delayed one at once; a running one is asked to stop (an
 /// agent between turns, a shell job's process group is stopped).
 pub fn pause(store: &JobStore, id: JobId, now: DateTime<Utc>) -> Result<Job, QueueError> {
-    store.transaction(|tx| {
-        let mut job = tx.get(id)?.ok_or(QueueError::NotFound(id))?;
-        match job.state {
-            JobState::Waiting | JobState::Delayed => {
-                job.transition(JobState::Paused, now, Some("paused by the operator".into()));
-            }
-            JobState::Active if job.lease.as_ref().is_some_and(|l| l.owner_alive()) => {
-                job.control = Some(Control::Pause);
-                job.updated = now;
-            }
-            s => {
-                return Err(QueueError::InvalidState {
-                    id,
-                    state: s,
-                    op: "pause",
-                    help: "only waiting, delayed and running jobs can be paused".into(),
-                })
-            }
+    store.transaction(|tx| pause_in(tx, id, now))
+}
+
+pub fn pause_in(tx: &mut dyn JobTx, id: JobId, now: DateTime<Utc>) -> Result<Job, QueueError> {
+    let mut job = tx.get(id)?.ok_or(QueueError::NotFound(id))?;
+    match job.state {
+        JobState::Waiting | JobState::Delayed => {
+            job.transition(JobState::Paused, now, Some("paused by the operator".into()));
         }
-        save(tx, &mut job, now)?;
-        Ok(job)
-    })
+        JobState::Active if job.lease_held(now) => {
+            job.control = Some(Control::Pause);
+            job.updated = now;
+        }
+        s => {
+            return Err(QueueError::InvalidState {
+                id,
+                state: s,
+                op: "pause",
+                help: "only waiting, delayed and running jobs can be paused".into(),
+            })
+        }
+    }
+    save(tx, &mut job, now)?;
+    Ok(job)
 }
 
 /// Resumes a paused job: a stopped shell job continues in place; anything else goes back
 /// to waiting (an agent then continues from its saved conversation).
 pub fn resume(store: &JobStore, id: JobId, now: DateTime<Utc>) -> Result<Job, QueueError> {
-    store.transaction(|tx| {
-        let mut job = tx.get(id)?.ok_or(QueueError::NotFound(id))?;
-        if job.state != JobState::Paused {
-            return Err(QueueError::InvalidState {
-                id,
-                state: job.state,
-                op: "resume",
-                help: "only paused jobs can be resumed".into(),
-            });
-        }
-        if job.lease.as_ref().is_some_and(|l| l.owner_alive()) {
-            job.control = Some(Control::Resume);
-            job.updated = now;
-        } else {
-            job.transition(
-                JobState::Waiting,
-                now,
-                Some("resumed by the operator".into()),
-            );
-        }
-        save(tx, &mut job, now)?;
-        Ok(job)
-    })
+    store.transaction(|tx| resume_in(tx, id, now))
+}
+
+pub fn resume_in(tx: &mut dyn JobTx, id: JobId, now: DateTime<Utc>) -> Result<Job, QueueError> {
+    let mut job = tx.get(id)?.ok_or(QueueError::NotFound(id))?;
+    if job.state != JobState::Paused {
+        return Err(QueueError::InvalidState {
+            id,
+            state: job.state,
+            op: "resume",
+            help: "only paused jobs can be resumed".into(),
+        });
+    }
+    if job.lease_held(now) {
+        job.control = Some(Control::Resume);
+        job.updated = now;
+    } else {
+        job.transition(
+            JobState::Waiting,
+            now,
+            Some("resumed by the operator".into()),
+        );
+    }
+    save(tx, &mut job, now)?;
+    Ok(job)
 }
 
 /// Runs a dead or failed job again, with fresh attempts.
 pub fn retry(store: &JobStore, id: JobId, now: DateTime<Utc>) -> Result<Job, QueueError> {
-    store.transaction(|tx| {
-        let mut job = tx.get(id)?.ok_or(QueueError::NotFound(id))?;
-        if !matches!(job.state, JobState::Dead | JobState::Failed) {
-            return Err(QueueError::InvalidState {
-                id,
-                state: job.state,
-                op: "retry",
-                help: "retry is for dead or failed jobs; `loops jobs replay` runs any job again as a new one".into(),
-            });
-        }
-        job.attempts = 0;
-        job.stalls = 0;
-        job.error = None;
-        job.finished = None;
-        job.transition(JobState::Waiting, now, Some("retried by the operator".into()));
-        save(tx, &mut job, now)?;
-        Ok(job)
-    })
+    store.transaction(|tx| retry_in(tx, id, now))
+}
+
+pub fn retry_in(tx: &mut dyn JobTx, id: JobId, now: DateTime<Utc>) -> Result<Job, QueueError> {
+    let mut job = tx.get(id)?.ok_or(QueueError::NotFound(id))?;
+    if !matches!(job.state, JobState::Dead | JobState::Failed) {
+        return Err(QueueError::InvalidState {
+            id,
+            state: job.state,
+            op: "retry",
+            help: "retry is for dead or failed jobs; `loops jobs replay` runs any job again as a new one".into(),
+        });
+    }
+    job.attempts = 0;
+    job.stalls = 0;
+    job.error = None;
+    job.finished = None;
+    job.transition(
+        JobState::Waiting,
+        now,
+        Some("retried by the operator".into()),
+    );
+    save(tx, &mut job, now)?;
+    Ok(job)
 }
 
 /// Submits a new job with the same parameters as `id` (with `overrides` applied to its
@@ -1138,6 +1375,15 @@ pub fn replay(
     source: &str,
 ) -> Result<Job, QueueError> {
     let orig = store.get(id)?.ok_or(QueueError::NotFound(id))?;
+    let (kind, params) = replay_params(&orig, overrides)?;
+    store.transaction(|tx| replay_in(tx, &orig, kind, params, now, source))
+}
+
+/// The kind and params a replay of `orig` runs with, checked.
+pub fn replay_params(
+    orig: &Job,
+    overrides: &[(String, Value)],
+) -> Result<(JobKind, Value), QueueError> {
     let mut params = orig.params.clone();
     for (k, v) in overrides {
         set_path(&mut params, k, v.clone());
@@ -1148,57 +1394,69 @@ pub fn replay(
         orig.kind
     };
     validate_params(kind, &params)?;
-    store.transaction(|tx| {
-        let mut job = orig.clone();
-        job.id = tx.next_id()?;
-        job.params = params.clone();
-        job.kind = kind;
-        job.state = JobState::Waiting;
-        job.created = now;
-        job.updated = now;
-        job.run_at = None;
-        job.attempts = 0;
-        job.stalls = 0;
-        job.idempotency_key = None;
-        job.lease = None;
-        job.control = None;
-        job.history = vec![Transition {
-            at: now,
-            from: None,
-            to: JobState::Waiting,
-            reason: Some(format!("replay of job #{id}")),
-        }];
-        job.result = None;
-        job.error = None;
-        job.tokens = Tokens::default();
-        job.child_tokens = Tokens::default();
-        job.progress = Progress::default();
-        job.started = None;
-        job.finished = None;
-        job.run_ms = 0;
-        job.children = Vec::new();
-        job.removed_children = Vec::new();
-        job.messages = Vec::new();
-        job.source = source.to_string();
-        job.replay_of = Some(id);
-        if let Some(p) = job.parent {
-            if let Some(mut parent) = tx.get(p)? {
-                if !parent.state.is_terminal() {
-                    parent.children.push(job.id);
-                    if parent.state == JobState::Waiting || parent.state == JobState::Delayed {
-                        parent.transition(
-                            JobState::WaitingChildren,
-                            now,
-                            Some(format!("waiting for its new child #{}", job.id)),
-                        );
-                    }
-                    save(tx, &mut parent, now)?;
+    Ok((kind, params))
+}
+
+/// Writes the replay of `orig` (see [`replay_params`]).
+pub fn replay_in(
+    tx: &mut dyn JobTx,
+    orig: &Job,
+    kind: JobKind,
+    params: Value,
+    now: DateTime<Utc>,
+    source: &str,
+) -> Result<Job, QueueError> {
+    let id = orig.id;
+    let mut job = orig.clone();
+    job.id = tx.next_id()?;
+    job.params = params;
+    job.kind = kind;
+    job.state = JobState::Waiting;
+    job.created = now;
+    job.updated = now;
+    job.run_at = None;
+    job.attempts = 0;
+    job.stalls = 0;
+    job.idempotency_key = None;
+    job.lease = None;
+    job.fence = Fence::default();
+    job.control = None;
+    job.history = vec![Transition {
+        at: now,
+        from: None,
+        to: JobState::Waiting,
+        reason: Some(format!("replay of job #{id}")),
+    }];
+    job.result = None;
+    job.error = None;
+    job.tokens = Tokens::default();
+    job.child_tokens = Tokens::default();
+    job.progress = Progress::default();
+    job.started = None;
+    job.finished = None;
+    job.run_ms = 0;
+    job.children = Vec::new();
+    job.removed_children = Vec::new();
+    job.messages = Vec::new();
+    job.source = source.to_string();
+    job.replay_of = Some(id);
+    if let Some(p) = job.parent {
+        if let Some(mut parent) = tx.get(p)? {
+            if !parent.state.is_terminal() {
+                parent.children.push(job.id);
+                if parent.state == JobState::Waiting || parent.state == JobState::Delayed {
+                    parent.transition(
+                        JobState::WaitingChildren,
+                        now,
+                        Some(format!("waiting for its new child #{}", job.id)),
+                    );
                 }
+                save(tx, &mut parent, now)?;
             }
         }
-        save(tx, &mut job, now)?;
-        Ok(job)
-    })
+    }
+    save(tx, &mut job, now)?;
+    Ok(job)
 }
 
 /// Sets `a.b.c` in a JSON object, creating objects on the way.
@@ -1230,41 +1488,49 @@ pub fn message(
     from: Sender,
     now: DateTime<Utc>,
 ) -> Result<JobMessage, QueueError> {
-    store.transaction(|tx| {
-        let mut job = tx.get(id)?.ok_or(QueueError::NotFound(id))?;
-        if let Sender::Job(sender) = from {
-            if job.parent != Some(sender) {
-                return Err(QueueError::Permission(format!(
-                    "job #{sender} is not the parent of job #{id}; only an operator or the job's parent may steer it"
-                )));
-            }
+    store.transaction(|tx| message_in(tx, id, body, from, now))
+}
+
+pub fn message_in(
+    tx: &mut dyn JobTx,
+    id: JobId,
+    body: Value,
+    from: Sender,
+    now: DateTime<Utc>,
+) -> Result<JobMessage, QueueError> {
+    let mut job = tx.get(id)?.ok_or(QueueError::NotFound(id))?;
+    if let Sender::Job(sender) = from {
+        if job.parent != Some(sender) {
+            return Err(QueueError::Permission(format!(
+                "job #{sender} is not the parent of job #{id}; only an operator or the job's parent may steer it"
+            )));
         }
-        // A shell job's command never reads the queue: a message accepted for it would
-        // sit unread while the sender believes it was heard.
-        if job.kind == JobKind::Shell {
-            return Err(QueueError::NotSteerable(id));
-        }
-        if job.state.is_terminal() {
-            return Err(QueueError::InvalidState {
-                id,
-                state: job.state,
-                op: "message",
-                help: "messages steer a job that is still to run or running".into(),
-            });
-        }
-        let m = JobMessage {
-            seq: job.next_message_seq(),
-            kind: MessageKind::Steer,
-            at: now,
-            from: from.label(),
-            body,
-            read: None,
-        };
-        job.messages.push(m.clone());
-        job.updated = now;
-        tx.put(&job, true)?;
-        Ok(m)
-    })
+    }
+    // A shell job's command never reads the queue: a message accepted for it would
+    // sit unread while the sender believes it was heard.
+    if job.kind == JobKind::Shell {
+        return Err(QueueError::NotSteerable(id));
+    }
+    if job.state.is_terminal() {
+        return Err(QueueError::InvalidState {
+            id,
+            state: job.state,
+            op: "message",
+            help: "messages steer a job that is still to run or running".into(),
+        });
+    }
+    let m = JobMessage {
+        seq: job.next_message_seq(),
+        kind: MessageKind::Steer,
+        at: now,
+        from: from.label(),
+        body,
+        read: None,
+    };
+    job.messages.push(m.clone());
+    job.updated = now;
+    tx.put(&job, true)?;
+    Ok(m)
 }
 
 /// What a sweep did, one line each.
@@ -1275,95 +1541,131 @@ pub struct Swept {
     pub other: Vec<String>,
 }
 
-/// Finds jobs whose runner died and requeues them (counting a stall) or, past
-/// `max_stalled`, marks them dead; finishes moves a crash interrupted; cancels fan-out
-/// children whose submission never completed; releases parents whose children all ended.
+/// Finds jobs whose runner died (or whose lease lapsed without a renewal) and requeues
+/// them (counting a stall) or, past `max_stalled`, marks them dead; finishes moves a
+/// crash interrupted; cancels fan-out children whose submission never completed;
+/// releases parents whose children all ended.
 pub fn sweep(store: &JobStore, now: DateTime<Utc>) -> Result<Swept, QueueError> {
-    store.transaction(|tx| {
-        let mut out = Swept::default();
-        let (jobs, errors) = tx.store().live_jobs();
-        for e in errors {
-            out.other.push(format!("skipped: {e}"));
+    store.transaction(|tx| sweep_in(tx, now))
+}
+
+pub fn sweep_in(tx: &mut dyn JobTx, now: DateTime<Utc>) -> Result<Swept, QueueError> {
+    let mut out = Swept::default();
+    let (jobs, errors) = tx.live_jobs();
+    for e in errors {
+        out.other.push(format!("skipped: {e}"));
+    }
+    for mut job in jobs {
+        if job.state.is_terminal() {
+            tx.finalize(&job)?;
+            continue;
         }
-        for mut job in jobs {
-            if job.state.is_terminal() {
-                tx.finalize(&job)?;
+        if let Some(lease) = job.lease.clone() {
+            let dead = !lease.owner_alive();
+            let lapsed = job.fence.expires.filter(|e| *e <= now);
+            if dead || lapsed.is_some() {
+                stalled(&mut job, &lease, dead, lapsed, now, &mut out);
+                save(tx, &mut job, now)?;
                 continue;
             }
-            if let Some(lease) = job.lease.clone() {
-                if !lease.owner_alive() {
-                    if let Some(pg) = lease.pgid {
-                        if crate::fsutil::process_alive(pg, lease.pgid_start) {
-                            // The process group recorded for this job, checked by its
-                            // start time to be the very one we started.
-                            crate::sys::signal_group(pg, crate::sys::Signal::KILL);
-                        }
+        }
+        if let Some(p) = job.parent {
+            if !tx.exists(p)? && now - job.created > chrono::Duration::seconds(60) {
+                job.transition(
+                    JobState::Cancelled,
+                    now,
+                    Some(format!(
+                        "its fan-out submission did not complete (parent #{p} was never written)"
+                    )),
+                );
+                tx.put(&job, true)?;
+                out.other.push(format!("cancelled orphan job #{}", job.id));
+                continue;
+            }
+        }
+        if job.state == JobState::WaitingChildren {
+            // A crash between a child's end and its report: report it now.
+            for c in outstanding_children(&job) {
+                if let Some(child) = tx.get(c)? {
+                    if child.state.is_terminal() {
+                        notify_parent(tx, &child, now)?;
                     }
-                    job.stalls += 1;
-                    if job.stalls > job.max_stalled {
-                        let why = format!(
-                            "stalled {} times (max_stalled {}): its runner (pid {}) died each time",
-                            job.stalls, job.max_stalled, lease.pid
-                        );
-                        job.error = Some(why.clone());
-                        job.transition(JobState::Dead, now, Some(why.clone()));
-                        out.dead.push((job.id, why));
-                    } else {
-                        let why = format!(
-                            "its runner (pid {}) stopped while it ran; requeued (stall {} of at most {}), no attempt used",
-                            lease.pid, job.stalls, job.max_stalled
-                        );
-                        let to = if job.state == JobState::Paused {
-                            JobState::Paused
-                        } else {
-                            JobState::Waiting
-                        };
-                        job.transition(to, now, Some(why.clone()));
-                        job.lease = None;
-                        job.control = None;
-                        out.requeued.push((job.id, why));
-                    }
-                    save(tx, &mut job, now)?;
-                    continue;
+                } else {
+                    job.removed_children.push(c);
                 }
             }
-            if let Some(p) = job.parent {
-                let parent_exists = tx.store().live_path(p).exists() || tx.store().done_path(p).exists();
-                if !parent_exists && now - job.created > chrono::Duration::seconds(60) {
-                    job.transition(
-                        JobState::Cancelled,
-                        now,
-                        Some(format!(
-                            "its fan-out submission did not complete (parent #{p} was never written)"
-                        )),
-                    );
-                    tx.put(&job, true)?;
-                    out.other.push(format!("cancelled orphan job #{}", job.id));
-                    continue;
-                }
-            }
-            if job.state == JobState::WaitingChildren {
-                // A crash between a child's end and its report: report it now.
-                for c in outstanding_children(&job) {
-                    if let Some(child) = tx.get(c)? {
-                        if child.state.is_terminal() {
-                            notify_parent(tx, &child, now)?;
-                        }
-                    } else {
-                        job.removed_children.push(c);
-                    }
-                }
-                if let Some(mut j) = tx.get(job.id)? {
-                    let before = j.state;
-                    maybe_release(&mut j, now);
-                    if j.state != before {
-                        save(tx, &mut j, now)?;
-                    }
+            if let Some(mut j) = tx.get(job.id)? {
+                let before = j.state;
+                maybe_release(&mut j, now);
+                if j.state != before {
+                    save(tx, &mut j, now)?;
                 }
             }
         }
-        Ok(out)
-    })
+    }
+    Ok(out)
+}
+
+/// A job whose runner died (`dead`) or whose lease lapsed: requeued, counting a stall,
+/// or dead past `max_stalled`.
+fn stalled(
+    job: &mut Job,
+    lease: &Lease,
+    dead: bool,
+    lapsed: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+    out: &mut Swept,
+) {
+    if dead {
+        if let Some(pg) = lease.pgid {
+            if crate::fsutil::process_alive(pg, lease.pgid_start) {
+                // The process group recorded for this job, checked by its start time to be
+                // the very one we started.
+                crate::sys::signal_group(pg, crate::sys::Signal::KILL);
+            }
+        }
+    }
+    // An owner that lives on past its lapsed lease keeps its process group: it finds
+    // the lease gone at its next call and stops the run itself.
+    job.stalls += 1;
+    if job.stalls > job.max_stalled {
+        let why = if dead || lapsed.is_none() {
+            format!(
+                "stalled {} times (max_stalled {}): its runner (pid {}) died each time",
+                job.stalls, job.max_stalled, lease.pid
+            )
+        } else {
+            format!(
+                "stalled {} times (max_stalled {}): its runner (pid {}) died or let its lease lapse each time",
+                job.stalls, job.max_stalled, lease.pid
+            )
+        };
+        job.error = Some(why.clone());
+        job.transition(JobState::Dead, now, Some(why.clone()));
+        out.dead.push((job.id, why));
+    } else {
+        let cause = match (dead, lapsed) {
+            (false, Some(at)) => format!(
+                "its runner's lease (pid {}) lapsed at {} without a renewal",
+                lease.pid,
+                at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+            ),
+            _ => format!("its runner (pid {}) stopped while it ran", lease.pid),
+        };
+        let why = format!(
+            "{cause}; requeued (stall {} of at most {}), no attempt used",
+            job.stalls, job.max_stalled
+        );
+        let to = if job.state == JobState::Paused {
+            JobState::Paused
+        } else {
+            JobState::Waiting
+        };
+        job.transition(to, now, Some(why.clone()));
+        job.end_lease();
+        job.control = None;
+        out.requeued.push((job.id, why));
+    }
 }
 
 /// For a runner that stops: its leased jobs go back to waiting with no attempt used.
@@ -1373,22 +1675,32 @@ pub fn release_mine(
     why: &str,
     now: DateTime<Utc>,
 ) -> Result<(), QueueError> {
-    store.transaction(|tx| {
-        let Some(mut job) = tx.get(id)? else {
-            return Ok(());
+    store.transaction(|tx| release_in(tx, id, Holder::ThisProcess, why, now))
+}
+
+/// Gives a lease back: the job goes back to waiting (or stays paused), no attempt used.
+/// A lease `holder` does not hold (any more) is left alone.
+pub fn release_in(
+    tx: &mut dyn JobTx,
+    id: JobId,
+    holder: Holder,
+    why: &str,
+    now: DateTime<Utc>,
+) -> Result<(), QueueError> {
+    let Some(mut job) = tx.get(id)? else {
+        return Ok(());
+    };
+    if holder.holds(&job) && !job.state.is_terminal() {
+        let to = if job.state == JobState::Paused {
+            JobState::Paused
+        } else {
+            JobState::Waiting
         };
-        if job.lease.as_ref().is_some_and(|l| l.is_mine()) && !job.state.is_terminal() {
-            let to = if job.state == JobState::Paused {
-                JobState::Paused
-            } else {
-                JobState::Waiting
-            };
-            job.transition(to, now, Some(why.to_string()));
-            job.lease = None;
-            save(tx, &mut job, now)?;
-        }
-        Ok(())
-    })
+        job.transition(to, now, Some(why.to_string()));
+        job.end_lease();
+        save(tx, &mut job, now)?;
+    }
+    Ok(())
 }
 
 /// A running shell job stopped (SIGSTOP) or continued in place: its runner keeps the
@@ -1399,30 +1711,40 @@ pub fn hold(
     paused: bool,
     now: DateTime<Utc>,
 ) -> Result<Job, QueueError> {
-    store.transaction(|tx| {
-        let mut job = tx.get(id)?.ok_or(QueueError::NotFound(id))?;
-        let Some(lease) = job.lease.clone().filter(|l| l.is_mine()) else {
-            return Err(QueueError::LostLease(id));
-        };
-        let (to, why) = if paused {
-            (
-                JobState::Paused,
-                "paused by the operator: its process group is stopped",
-            )
-        } else {
-            (
-                JobState::Active,
-                "resumed by the operator: its process group continues",
-            )
-        };
-        if job.state != to {
-            job.transition(to, now, Some(why.into()));
-        }
-        job.lease = Some(lease);
-        if matches!(job.control, Some(Control::Pause) | Some(Control::Resume)) {
-            job.control = None;
-        }
-        tx.put(&job, true)?;
-        Ok(job)
-    })
+    store.transaction(|tx| hold_in(tx, id, Holder::ThisProcess, paused, now))
+}
+
+pub fn hold_in(
+    tx: &mut dyn JobTx,
+    id: JobId,
+    holder: Holder,
+    paused: bool,
+    now: DateTime<Utc>,
+) -> Result<Job, QueueError> {
+    let mut job = tx.get(id)?.ok_or(QueueError::NotFound(id))?;
+    if !holder.holds(&job) {
+        return Err(QueueError::LostLease(id));
+    }
+    let (lease, fence) = (job.lease.clone(), job.fence);
+    let (to, why) = if paused {
+        (
+            JobState::Paused,
+            "paused by the operator: its process group is stopped",
+        )
+    } else {
+        (
+            JobState::Active,
+            "resumed by the operator: its process group continues",
+        )
+    };
+    if job.state != to {
+        job.transition(to, now, Some(why.into()));
+    }
+    job.lease = lease;
+    job.fence = fence;
+    if matches!(job.control, Some(Control::Pause) | Some(Control::Resume)) {
+        job.control = None;
+    }
+    tx.put(&job, true)?;
+    Ok(job)
 }

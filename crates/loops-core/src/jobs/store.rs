@@ -12,17 +12,30 @@
 //!   audit.log             one JSON line per shell-job submission
 //!   done/<id>.json        a job that reached a terminal state
 //!   done/index.jsonl      one summary line per terminal transition (`jobs list` reads it)
+//! .loops/watermarks/
+//!   .lock                 flock: one compare-and-set at a time
+//!   <key>.json            a loop's last slot fired (`<key>` percent-encoded)
 //! ```
 //!
 //! Terminal jobs move to `done/` so that the live folder, which a daemon scans at start
 //! and watches, stays as small as the work in flight, and `jobs list` over a hundred
 //! thousand finished jobs reads one index file instead of a hundred thousand.
+//!
+//! This is the file engine: [`JobTx`] is what the queue's operations (in `queue`) need
+//! from a transaction, and [`Tx`] gives it over these files. Every write is a temporary
+//! file renamed in; a transaction that must be durable (a submit, a state a person or a
+//! crash must not lose) flushes the file system once, after letting go of the lock,
+//! through the process's [`GroupCommit`] for the folder, so that transactions that
+//! overlap share one `syncfs`. It returns only after that flush.
 
+use super::group_commit::{self, GroupCommit};
 use super::job::{Job, JobId, JobSummary};
-use crate::fsutil::{atomic_replace, atomic_write, FileLock};
+use crate::fsutil::{atomic_replace, FileLock};
+use chrono::{DateTime, Utc};
 use std::collections::{BTreeMap, HashSet};
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -36,6 +49,8 @@ pub enum StoreError {
         path: PathBuf,
         source: serde_json::Error,
     },
+    #[error("`{key}` cannot name a watermark: {why}")]
+    InvalidKey { key: String, why: &'static str },
 }
 
 impl StoreError {
@@ -48,8 +63,17 @@ impl StoreError {
                 "the file was edited by hand or damaged; fix its JSON or move it aside ({} is left as it is)",
                 path.display()
             )),
+            StoreError::InvalidKey { .. } => {
+                Some("a watermark key is a loop's name: 1 to 80 characters".into())
+            }
         }
     }
+}
+
+fn flush_through(flusher: &GroupCommit, dir: &Path) -> Result<(), StoreError> {
+    flusher
+        .commit(&|| crate::fsutil::sync_filesystem(dir))
+        .map_err(io(dir))
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
@@ -59,10 +83,39 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
     }
 }
 
+/// What the queue's operations need from one transaction of an engine: whole jobs read
+/// and written, the id counter, idempotency keys, all seen and changed as one (under the
+/// queue lock here; in a database, one transaction). The operations in `queue` are
+/// written against this, so an engine that gives it gets the whole state machine.
+pub trait JobTx {
+    /// A job, live or finished.
+    fn get(&self, id: JobId) -> Result<Option<Job>, StoreError>;
+    /// Whether a job has been written at all (live or finished).
+    fn exists(&self, id: JobId) -> Result<bool, StoreError>;
+    /// Every job not yet finished. Records that cannot be read are reported, not fatal.
+    fn live_jobs(&self) -> (Vec<Job>, Vec<StoreError>);
+    /// The next job id: never one given out before.
+    fn next_id(&mut self) -> Result<JobId, StoreError>;
+    /// Writes a job. `durable`: the transaction must be on disk before it returns; a
+    /// terminal job always is, and is moved to the finished ones.
+    fn put(&mut self, job: &Job, durable: bool) -> Result<(), StoreError>;
+    /// Moves a terminal job to the finished ones (again, after a crash mid-way).
+    fn finalize(&mut self, job: &Job) -> Result<(), StoreError>;
+    /// The job holding an idempotency key, if any holds it.
+    fn key_holder(&self, key: &str) -> Result<Option<JobId>, StoreError>;
+    fn set_key(&mut self, key: &str, id: JobId) -> Result<(), StoreError>;
+    /// The transaction must be durable before it returns even if it wrote nothing
+    /// itself: it answered with something another writer may not have flushed yet.
+    fn require_durable(&mut self);
+}
+
 /// The job folder of a workspace.
 #[derive(Debug, Clone)]
 pub struct JobStore {
     dir: PathBuf,
+    watermarks: PathBuf,
+    flusher: Arc<GroupCommit>,
+    watermark_flusher: Arc<GroupCommit>,
 }
 
 impl JobStore {
@@ -70,8 +123,30 @@ impl JobStore {
         JobStore::at(ws.runtime_dir().join("jobs"))
     }
 
+    /// The queue in `dir`; its watermarks beside it, in `../watermarks`.
     pub fn at(dir: PathBuf) -> JobStore {
-        JobStore { dir }
+        let watermarks = match dir.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.join("watermarks"),
+            _ => dir.join("watermarks"),
+        };
+        JobStore {
+            flusher: group_commit::for_dir(&dir),
+            watermark_flusher: group_commit::for_dir(&watermarks),
+            dir,
+            watermarks,
+        }
+    }
+
+    /// How many times this process has flushed the queue's file system for it (its
+    /// durable transactions share flushes when they overlap).
+    pub fn flushes(&self) -> u64 {
+        self.flusher.flushes()
+    }
+
+    /// Flushes this queue's writes so far: one `syncfs`, shared with every other
+    /// transaction of this process waiting for one.
+    fn flush(&self) -> Result<(), StoreError> {
+        flush_through(&self.flusher, &self.dir)
     }
 
     pub fn dir(&self) -> &Path {
@@ -123,7 +198,9 @@ impl JobStore {
     }
 
     /// Runs `f` holding the queue lock: every read-modify-write of job files goes through
-    /// here, so two processes never interleave their changes.
+    /// here, so two processes never interleave their changes. If `f` wrote something
+    /// durable, this returns once it is on disk: the lock is let go first, and the flush
+    /// is shared with the transactions that overlap this one.
     pub fn transaction<R, E>(&self, f: impl FnOnce(&mut Tx) -> Result<R, E>) -> Result<R, E>
     where
         E: From<StoreError>,
@@ -134,8 +211,19 @@ impl JobStore {
         let mut tx = Tx {
             store: self,
             _lock: lock,
+            seq: None,
+            durable: false,
         };
-        f(&mut tx)
+        let r = f(&mut tx);
+        // Ids given out are recorded whether or not `f` succeeded: a job may be written.
+        let counted = tx.save_seq();
+        let durable = tx.durable;
+        drop(tx);
+        let flushed = if durable { self.flush() } else { Ok(()) };
+        let r = r?;
+        counted?;
+        flushed?;
+        Ok(r)
     }
 
     /// Reads a job without the lock (a snapshot: fine for looking, not for changing).
@@ -220,6 +308,11 @@ impl JobStore {
 pub struct Tx<'a> {
     store: &'a JobStore,
     _lock: FileLock,
+    /// The last id given out, once this transaction has given one (`.seq` is written
+    /// once, at its end).
+    seq: Option<JobId>,
+    /// Something was written that must be on disk before the transaction returns.
+    durable: bool,
 }
 
 impl Tx<'_> {
@@ -227,26 +320,30 @@ impl Tx<'_> {
         self.store
     }
 
-    pub fn get(&self, id: JobId) -> Result<Option<Job>, StoreError> {
-        self.store.get(id)
+    fn seq_path(&self) -> PathBuf {
+        self.store.dir.join(".seq")
     }
 
-    /// Gives out the next job id.
-    pub fn next_id(&mut self) -> Result<JobId, StoreError> {
-        let seq = self.store.dir.join(".seq");
+    fn last_id(&self) -> Result<JobId, StoreError> {
+        let seq = self.seq_path();
         let last = match std::fs::read_to_string(&seq) {
             Ok(s) => s.trim().parse::<JobId>().ok(),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(e) => return Err(io(&seq)(e)),
         };
         // Lost or damaged: never hand out an id that is already taken.
-        let last = match last {
+        Ok(match last {
             Some(n) => n,
             None => self.highest_id_on_disk(),
+        })
+    }
+
+    fn save_seq(&mut self) -> Result<(), StoreError> {
+        let Some(id) = self.seq else {
+            return Ok(());
         };
-        let id = last + 1;
-        atomic_replace(&seq, id.to_string().as_bytes()).map_err(io(&seq))?;
-        Ok(id)
+        let seq = self.seq_path();
+        atomic_replace(&seq, id.to_string().as_bytes()).map_err(io(&seq))
     }
 
     fn highest_id_on_disk(&self) -> JobId {
@@ -268,74 +365,6 @@ impl Tx<'_> {
             .max(listed.last().map(|s| s.id).unwrap_or(0))
     }
 
-    /// Writes a job. A terminal job is summarised into the index and moved to `done/`; a
-    /// job that leaves a terminal state (a retry) comes back to the live folder.
-    pub fn put(&mut self, job: &Job, durable: bool) -> Result<(), StoreError> {
-        let bytes = serde_json::to_vec_pretty(job).unwrap_or_default();
-        let live = self.store.live_path(job.id);
-        if job.state.is_terminal() {
-            // Written live first: a crash before the move leaves a terminal job in the
-            // live folder, which the next sweep finishes moving.
-            atomic_write(&live, &bytes).map_err(io(&live))?;
-            self.finalize(job)?;
-        } else {
-            if durable {
-                atomic_write(&live, &bytes).map_err(io(&live))?;
-            } else {
-                atomic_replace(&live, &bytes).map_err(io(&live))?;
-            }
-            let done = self.store.done_path(job.id);
-            match std::fs::remove_file(&done) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(io(&done)(e)),
-            }
-        }
-        Ok(())
-    }
-
-    /// Moves a terminal job from the live folder into `done/`, indexing it.
-    pub fn finalize(&mut self, job: &Job) -> Result<(), StoreError> {
-        let done_dir = self.store.done_dir();
-        crate::fsutil::create_dir_all(&done_dir).map_err(io(&done_dir))?;
-        let index = self.store.index_path();
-        let line = serde_json::to_string(&JobSummary::from(job)).unwrap_or_default();
-        crate::fsutil::append_line(&index, &line).map_err(io(&index))?;
-        let live = self.store.live_path(job.id);
-        let done = self.store.done_path(job.id);
-        std::fs::rename(&live, &done).map_err(io(&live))?;
-        // The move is durable once both folders are: done/ (where it arrives) first, so
-        // a power cut never keeps only the leaving.
-        for dir in [&done_dir, &self.store.dir] {
-            if let Ok(d) = std::fs::File::open(dir) {
-                let _ = d.sync_all();
-            }
-        }
-        Ok(())
-    }
-
-    /// The job holding an idempotency key, if any holds it.
-    pub fn key_holder(&self, key: &str) -> Result<Option<JobId>, StoreError> {
-        let p = self.key_path(key);
-        match std::fs::read(&p) {
-            Ok(bytes) => {
-                let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
-                if v.get("key").and_then(|k| k.as_str()) != Some(key) {
-                    return Ok(None);
-                }
-                Ok(v.get("id").and_then(|i| i.as_u64()))
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(io(&p)(e)),
-        }
-    }
-
-    pub fn set_key(&mut self, key: &str, id: JobId) -> Result<(), StoreError> {
-        let p = self.key_path(key);
-        let v = serde_json::json!({ "key": key, "id": id });
-        atomic_write(&p, v.to_string().as_bytes()).map_err(io(&p))
-    }
-
     fn key_path(&self, key: &str) -> PathBuf {
         // Two independent 64-bit FNV-1a hashes: a file name of fixed, safe characters
         // whatever the key holds. The key itself is stored and compared too.
@@ -350,6 +379,203 @@ impl Tx<'_> {
             fnv(0x6c62_272e_07bb_0142)
         );
         self.store.dir.join("keys").join(format!("{name}.json"))
+    }
+}
+
+impl JobTx for Tx<'_> {
+    fn get(&self, id: JobId) -> Result<Option<Job>, StoreError> {
+        self.store.get(id)
+    }
+
+    fn exists(&self, id: JobId) -> Result<bool, StoreError> {
+        Ok(self.store.live_path(id).exists() || self.store.done_path(id).exists())
+    }
+
+    fn live_jobs(&self) -> (Vec<Job>, Vec<StoreError>) {
+        self.store.live_jobs()
+    }
+
+    /// Gives out the next job id.
+    fn next_id(&mut self) -> Result<JobId, StoreError> {
+        let last = match self.seq {
+            Some(n) => n,
+            None => self.last_id()?,
+        };
+        let mut id = last + 1;
+        if self.exists(id)? {
+            // The counter fell behind the files (a power cut kept a job but not the
+            // counter's last change): never write over a job.
+            id = self.highest_id_on_disk().max(id) + 1;
+        }
+        self.seq = Some(id);
+        Ok(id)
+    }
+
+    /// Writes a job. A terminal job is summarised into the index and moved to `done/`; a
+    /// job that leaves a terminal state (a retry) comes back to the live folder.
+    fn put(&mut self, job: &Job, durable: bool) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec_pretty(job).unwrap_or_default();
+        let live = self.store.live_path(job.id);
+        // Renamed in, never half-written; on disk once the transaction's flush is done.
+        atomic_replace(&live, &bytes).map_err(io(&live))?;
+        if job.state.is_terminal() {
+            // Written live first: a crash before the move leaves a terminal job in the
+            // live folder, which the next sweep finishes moving.
+            self.finalize(job)?;
+        } else {
+            self.durable |= durable;
+            let done = self.store.done_path(job.id);
+            match std::fs::remove_file(&done) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io(&done)(e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves a terminal job from the live folder into `done/`, indexing it.
+    fn finalize(&mut self, job: &Job) -> Result<(), StoreError> {
+        let done_dir = self.store.done_dir();
+        crate::fsutil::create_dir_all(&done_dir).map_err(io(&done_dir))?;
+        let index = self.store.index_path();
+        let line = serde_json::to_string(&JobSummary::from(job)).unwrap_or_default();
+        crate::fsutil::append_line(&index, &line).map_err(io(&index))?;
+        let live = self.store.live_path(job.id);
+        let done = self.store.done_path(job.id);
+        std::fs::rename(&live, &done).map_err(io(&live))?;
+        // The move, the index line and the job are on disk once the flush is done.
+        self.durable = true;
+        Ok(())
+    }
+
+    fn key_holder(&self, key: &str) -> Result<Option<JobId>, StoreError> {
+        let p = self.key_path(key);
+        match std::fs::read(&p) {
+            Ok(bytes) => {
+                let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+                if v.get("key").and_then(|k| k.as_str()) != Some(key) {
+                    return Ok(None);
+                }
+                Ok(v.get("id").and_then(|i| i.as_u64()))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io(&p)(e)),
+        }
+    }
+
+    fn set_key(&mut self, key: &str, id: JobId) -> Result<(), StoreError> {
+        let p = self.key_path(key);
+        let v = serde_json::json!({ "key": key, "id": id });
+        atomic_replace(&p, v.to_string().as_bytes()).map_err(io(&p))?;
+        self.durable = true;
+        Ok(())
+    }
+
+    fn require_durable(&mut self) {
+        self.durable = true;
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Watermarks: a loop's last slot fired, changed only by compare-and-set
+
+/// The result of a watermark compare-and-set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CasOutcome {
+    /// It held the expected value and now holds the new one (on disk).
+    Swapped,
+    /// It held something else (shown), and was left as it was.
+    Conflict { current: Option<DateTime<Utc>> },
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct WatermarkFile {
+    key: String,
+    slot: DateTime<Utc>,
+}
+
+impl JobStore {
+    /// Where watermarks are kept (`.loops/watermarks/`).
+    pub fn watermark_dir(&self) -> &Path {
+        &self.watermarks
+    }
+
+    fn watermark_path(&self, key: &str) -> Result<PathBuf, StoreError> {
+        let bad = |why| StoreError::InvalidKey {
+            key: key.chars().take(80).collect(),
+            why,
+        };
+        if key.is_empty() {
+            return Err(bad("it is empty"));
+        }
+        if key.chars().count() > 80 {
+            return Err(bad("it is longer than 80 characters"));
+        }
+        // Percent-encoded: one name per key, of safe characters, readable for a loop's
+        // name (which is all letters, digits and dashes).
+        let mut name = String::with_capacity(key.len() + 5);
+        for b in key.bytes() {
+            if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' {
+                name.push(b as char);
+            } else {
+                name.push_str(&format!("%{b:02X}"));
+            }
+        }
+        name.push_str(".json");
+        Ok(self.watermarks.join(name))
+    }
+
+    fn read_watermark(&self, p: &Path, key: &str) -> Result<Option<DateTime<Utc>>, StoreError> {
+        match std::fs::read(p) {
+            Ok(bytes) => {
+                let w: WatermarkFile =
+                    serde_json::from_slice(&bytes).map_err(|source| StoreError::Corrupt {
+                        path: p.to_path_buf(),
+                        source,
+                    })?;
+                Ok((w.key == key).then_some(w.slot))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io(p)(e)),
+        }
+    }
+
+    /// A key's watermark, if it has one.
+    pub fn watermark(&self, key: &str) -> Result<Option<DateTime<Utc>>, StoreError> {
+        let p = self.watermark_path(key)?;
+        self.read_watermark(&p, key)
+    }
+
+    /// Sets a key's watermark to `new` only if it is still `expected` (`None`: it has
+    /// none yet). Durable before it returns `Swapped`.
+    pub fn compare_and_set_watermark(
+        &self,
+        key: &str,
+        expected: Option<DateTime<Utc>>,
+        new: DateTime<Utc>,
+    ) -> Result<CasOutcome, StoreError> {
+        let p = self.watermark_path(key)?;
+        let dir = &self.watermarks;
+        crate::fsutil::create_dir_all(dir).map_err(io(dir))?;
+        let lock_path = dir.join(".lock");
+        let lock = FileLock::acquire_blocking(&lock_path).map_err(io(&lock_path))?;
+        let current = self.read_watermark(&p, key)?;
+        if current != expected {
+            drop(lock);
+            // What it saw may be another writer's change not yet flushed.
+            flush_through(&self.watermark_flusher, dir)?;
+            return Ok(CasOutcome::Conflict { current });
+        }
+        let body = serde_json::to_vec(&WatermarkFile {
+            key: key.to_string(),
+            slot: new,
+        })
+        .unwrap_or_default();
+        atomic_replace(&p, &body).map_err(io(&p))?;
+        drop(lock);
+        flush_through(&self.watermark_flusher, dir)?;
+        Ok(CasOutcome::Swapped)
     }
 }
 
