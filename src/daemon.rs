@@ -11,7 +11,6 @@ use chrono::{DateTime, Utc};
 use loops_core::clock::Clock;
 use loops_core::daemon_lock::{DaemonLock, DaemonLockError, HEARTBEAT};
 use loops_core::domain::{discover, Concurrency, DomainEntry, LoopDef};
-use loops_core::fsutil::FileLock;
 use loops_core::runs::{Outcome, RunRecord};
 use loops_core::workspace::Workspace;
 use serde::Serialize;
@@ -1004,8 +1003,8 @@ impl Daemon {
                 due.attempt,
                 due.not_before,
             );
-            if let Err(e) = self.ctx.running.put(&m) {
-                tracing::warn!("cannot write the running marker: {e}");
+            if let Err(e) = self.ctx.running.put_pending(&m) {
+                tracing::warn!("cannot record the pending run: {e}");
             }
         }
         self.pending.extend(runs);
@@ -1059,13 +1058,21 @@ impl Daemon {
                 Concurrency::Allow => {}
             }
         }
-        // Across processes (a person's `loops trigger`), forbid is kept by a lock file.
-        let run_lock = if def.concurrency == Concurrency::Allow {
-            None
-        } else {
-            match FileLock::try_acquire(&self.ws.locks_dir().join(format!("{}.run", def.name))) {
-                Ok(Some(l)) => Some(l),
-                Ok(None) if def.concurrency == Concurrency::Forbid || !busy => {
+        // Across processes (a person's `loops trigger`), forbid is kept in the queue: the
+        // run begins only if no other live run of the loop has (one transaction). A run
+        // replacing this process's own goes ahead: that one is being stopped.
+        if def.concurrency != Concurrency::Allow && !busy {
+            let m = loops_core::runs::RunningMarker::for_this_process(
+                &def.name,
+                &due.run_id,
+                due.trigger.as_str(),
+                due.slot,
+                due.attempt,
+                self.sched.now(),
+            );
+            match self.ctx.running.begin_exclusive(&m) {
+                Ok(true) => {}
+                Ok(false) => {
                     self.record_skip(
                         &def,
                         &due,
@@ -1073,13 +1080,9 @@ impl Daemon {
                     );
                     return;
                 }
-                Ok(None) => None,
-                Err(e) => {
-                    tracing::warn!("run lock: {e}");
-                    None
-                }
+                Err(e) => tracing::warn!("cannot check who else runs {}: {e}", def.name),
             }
-        };
+        }
         let req = RunRequest {
             run_id: due.run_id.clone(),
             trigger: due.trigger,
@@ -1132,7 +1135,6 @@ impl Daemon {
             };
             begun.store(true, std::sync::atomic::Ordering::SeqCst);
             let rec = loop_run::execute(&ctx, &def, &req, None, Some(cancel_rx)).await;
-            drop(run_lock);
             // A program that could not be started at all is a permanent error: retrying
             // cannot fix a missing or non-executable file.
             let permanent = rec.cannot_start;

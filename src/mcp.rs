@@ -14,7 +14,7 @@
 //! [`client`] is the other direction: loops as the client of the MCP servers loops.yaml
 //! names, whose tools prompt loops offer the model.
 
-use crate::engine::run_context::{RunContext, RunRequest, Trigger};
+use crate::engine::run_context::RunContext;
 use crate::operator::{self, OperatorError};
 use chrono::Utc;
 use loops_core::daemon_lock::daemon_alive;
@@ -425,7 +425,7 @@ impl LoopsServer {
         })
         .await
         .map_err(stopped)??;
-        let req = RunRequest::new(Trigger::Manual, None, 1);
+        let req = manual.req.clone();
         // A client that cancels the call (or goes away) stops the run's whole process
         // group, as Ctrl-C does for `loops trigger`.
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

@@ -4,15 +4,15 @@
 //! ([`crate::mcp`]) returns them, so the two always say the same thing.
 
 use crate::engine::main_session::{InboxState, Note};
-use crate::engine::run_context::RunContext;
+use crate::engine::run_context::{RunContext, RunRequest, Trigger};
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 use loops_core::diag::Diagnostic;
 use loops_core::domain::{discover, load_domain, Concurrency, DomainEntry, LoopDef, Payload};
-use loops_core::fsutil::FileLock;
 use loops_core::handoff::{Handoff, HandoffError, Inbox, Stage};
 use loops_core::history::{commit_message, CommitRequest, Committer};
 use loops_core::runs::RunRecord;
+use loops_core::runs::{RunningMarker, RunningSet};
 use loops_core::schedule::TzSource;
 use loops_core::state::{LastRun, LoopState, Pause, StateStore};
 use loops_core::workspace::Workspace;
@@ -34,7 +34,7 @@ pub enum OperatorError {
     NoProvider(String),
     #[error("a run of `{0}` is in progress")]
     RunInProgress(String),
-    #[error("cannot take the run lock: {0}")]
+    #[error("cannot reserve the run in the queue: {0}")]
     Lock(std::io::Error),
     #[error("no handoff `{id}` in {}", inbox.display())]
     NoHandoff { id: String, inbox: PathBuf },
@@ -299,16 +299,19 @@ fn next_run(
     next
 }
 
-/// A loop about to be run by hand (`loops trigger`, MCP `trigger_loop`), holding its
-/// run lock so a scheduled run or another trigger cannot start alongside it.
+/// A loop about to be run by hand (`loops trigger`, MCP `trigger_loop`): its run is
+/// reserved in the queue (a light `loop` job that has begun), so a scheduled run or another
+/// trigger cannot start alongside it, and the reservation is the run's own record.
 pub struct ManualRun {
     pub def: LoopDef,
-    lock: Option<FileLock>,
+    /// The run to make: its id is the reservation's.
+    pub req: RunRequest,
+    running: RunningSet,
 }
 
 impl ManualRun {
-    /// Checks the loop can run now and takes its run lock (none under `concurrency:
-    /// allow`): the same rules whoever asks.
+    /// Checks the loop can run now and reserves its run (concurrency checked unless
+    /// `concurrency: allow`): the same rules whoever asks.
     pub fn prepare(ws: &Workspace, name: &str) -> Result<ManualRun, OperatorError> {
         ws.refuse_unapplied_settings()
             .map_err(OperatorError::Settings)?;
@@ -316,23 +319,32 @@ impl ManualRun {
         if def.is_prompt() && !ws.settings.has_providers {
             return Err(OperatorError::NoProvider(name.to_string()));
         }
-        let lock = if def.concurrency == Concurrency::Allow {
-            None
+        let req = RunRequest::new(Trigger::Manual, None, 1);
+        let running = RunningSet::new(&ws.runtime_dir());
+        let m = RunningMarker::for_this_process(
+            name,
+            &req.run_id,
+            req.trigger.as_str(),
+            None,
+            1,
+            Utc::now(),
+        );
+        let begun = if def.concurrency == Concurrency::Allow {
+            running.put(&m).map(|()| true)
         } else {
-            let path = ws.locks_dir().join(format!("{name}.run"));
-            match FileLock::try_acquire(&path).map_err(OperatorError::Lock)? {
-                Some(l) => Some(l),
-                None => return Err(OperatorError::RunInProgress(name.to_string())),
-            }
+            running.begin_exclusive(&m)
         };
-        Ok(ManualRun { def, lock })
+        match begun {
+            Ok(true) => Ok(ManualRun { def, req, running }),
+            Ok(false) => Err(OperatorError::RunInProgress(name.to_string())),
+            Err(e) => Err(OperatorError::Lock(std::io::Error::other(e.to_string()))),
+        }
     }
 
     /// After the run: releases the lock, then records the outcome in the loop's state
     /// (failures in a row, a pause), tells the main session when that paused the loop,
     /// and nudges a running daemon to re-read the state.
-    pub async fn finish(mut self, ctx: &RunContext, rec: &RunRecord) {
-        drop(self.lock.take());
+    pub async fn finish(self, ctx: &RunContext, rec: &RunRecord) {
         let after = crate::engine::scheduler::apply_finish(
             &ctx.store,
             &self.def,
@@ -346,6 +358,13 @@ impl ManualRun {
             crate::engine::main_session::runner_handoff(ctx, n).await;
         }
         ctx.ws.nudge_daemon(&self.def.name);
+    }
+}
+
+impl Drop for ManualRun {
+    /// A reservation whose run never started (or whose run ended) is let go.
+    fn drop(&mut self) {
+        self.running.remove(&self.req.run_id);
     }
 }
 

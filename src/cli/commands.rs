@@ -5,7 +5,7 @@ use super::error::CliError;
 use super::output::{duration_ms, local_stamp, relative, short_local, table, table_fit};
 use crate::daemon::{self, DaemonOptions};
 use crate::engine::loop_run;
-use crate::engine::run_context::{RunContext, RunRequest, Trigger};
+use crate::engine::run_context::RunContext;
 use crate::operator;
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
@@ -534,7 +534,7 @@ fn trigger(ws: Workspace, name: &str, follow: bool, json_out: bool) -> Result {
     let rt = runtime()?;
     let ws = Arc::new(ws);
     let ctx = RunContext::new(ws.clone());
-    let req = RunRequest::new(Trigger::Manual, None, 1);
+    let req = manual.req.clone();
     if !json_out {
         eprintln!("running {name} (run {})…", req.run_id);
     }

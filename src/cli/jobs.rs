@@ -124,12 +124,16 @@ pub enum JobsCommand {
         /// Only jobs whose name contains this.
         #[arg(long)]
         name: Option<String>,
-        /// Only this kind (shell, agent, aggregator).
+        /// Only this kind (shell, agent, aggregator; loop and wake are the runner's own).
         #[arg(long)]
         kind: Option<String>,
         /// Only this queue.
         #[arg(long)]
         queue: Option<String>,
+        /// The runner's own jobs too: loop runs in progress (kind loop, queue runs) and
+        /// main-session wakes (kind wake), which `loops jobs cancel ID` stops like any job.
+        #[arg(long)]
+        all: bool,
         /// At most this many (0: all). Default: 50, or all with --json.
         #[arg(long, short = 'n')]
         limit: Option<usize>,
@@ -386,9 +390,21 @@ pub(super) fn jobs(ws: &Workspace, cmd: JobsCommand) -> Result {
             name,
             kind,
             queue,
+            all,
             limit,
             json,
-        } => list(&store, status, name, kind, queue, limit, json),
+        } => list(
+            &store,
+            ListFilter {
+                status,
+                name,
+                kind,
+                queue,
+                with_runs: all,
+            },
+            limit,
+            json,
+        ),
         JobsCommand::Get { id, json } => {
             let j = get(&store, id)?;
             if json {
@@ -412,6 +428,8 @@ pub(super) fn jobs(ws: &Workspace, cmd: JobsCommand) -> Result {
             let j = queue::cancel(&store, id, now)?;
             let j = if j.state.is_terminal() {
                 j
+            } else if j.kind.is_light() {
+                wait_for_run_to_stop(&store, j)
             } else {
                 wait_for_runner(&store, id, |j| j.state.is_terminal())?
             };
@@ -536,6 +554,33 @@ fn wait_for_runner(store: &JobStore, id: JobId, done: impl Fn(&Job) -> bool) -> 
             return Ok(j);
         }
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A loop's run or a wake, asked to stop: its job is removed once the run has ended and
+/// been recorded (the run's record, not the queue, is its history).
+fn wait_for_run_to_stop(store: &JobStore, asked: Job) -> Job {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match store.get(asked.id) {
+            Ok(Some(j)) if std::time::Instant::now() < deadline => {
+                let _ = j;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Ok(Some(j)) => return j,
+            _ => {
+                let mut j = asked;
+                j.transition(
+                    JobState::Cancelled,
+                    Utc::now(),
+                    Some(format!(
+                        "the run was stopped and recorded as interrupted (`loops runs {}`)",
+                        j.name
+                    )),
+                );
+                return j;
+            }
+        }
     }
 }
 
@@ -862,15 +907,24 @@ fn logs(ws: &Workspace, store: &JobStore, id: JobId, follow: bool) -> Result {
     Ok(())
 }
 
-fn list(
-    store: &JobStore,
+/// Which jobs `loops jobs list` shows.
+struct ListFilter {
     status: Option<String>,
     name: Option<String>,
     kind: Option<String>,
     queue: Option<String>,
-    limit: Option<usize>,
-    json: bool,
-) -> Result {
+    /// The runner's own loop runs and wakes too (`--all`).
+    with_runs: bool,
+}
+
+fn list(store: &JobStore, filter: ListFilter, limit: Option<usize>, json: bool) -> Result {
+    let ListFilter {
+        status,
+        name,
+        kind,
+        queue,
+        with_runs,
+    } = filter;
     let status = match status {
         None => None,
         Some(s) => Some(JobState::parse(&s).ok_or_else(|| {
@@ -882,7 +936,8 @@ fn list(
     let kind = match kind {
         None => None,
         Some(k) => Some(JobKind::parse(&k).ok_or_else(|| {
-            CliError::new(format!("unknown kind `{k}`")).help("use shell, agent or aggregator")
+            CliError::new(format!("unknown kind `{k}`"))
+                .help("use shell, agent, aggregator, loop or wake")
         })?),
     };
     let (all, errors) = store.list();
@@ -895,6 +950,7 @@ fn list(
         .rev()
         .filter(|s| status.is_none_or(|st| s.state == st))
         .filter(|s| kind.is_none_or(|k| s.kind == k))
+        .filter(|s| with_runs || kind.is_some() || !s.kind.is_light())
         .filter(|s| name.as_deref().is_none_or(|n| s.name.contains(n)))
         .filter(|s| queue.as_deref().is_none_or(|q| s.queue == q))
         .collect();

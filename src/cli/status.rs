@@ -407,21 +407,17 @@ impl Running {
     }
 }
 
-/// The runs and wakes whose markers in `.loops/running/` belong to a live process (a
-/// dead one's are left for the next start to recover, and are not running), and the
+/// The runs and wakes (light jobs in the queue) that belong to a live process (a dead
+/// one's are left for the next start to recover, and are not running), and the other
 /// active jobs whose runner is alive; longest-running first.
 fn running_now(
     ws: &Workspace,
     jobs: &loops_core::jobs::store::JobStore,
     now: chrono::DateTime<Utc>,
 ) -> Vec<Running> {
-    let mut out: Vec<Running> = std::fs::read_dir(ws.running_dir())
+    let mut out: Vec<Running> = loops_core::runs::RunningSet::new(&ws.runtime_dir())
+        .all()
         .into_iter()
-        .flatten()
-        .filter_map(|e| e.ok())
-        .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
-        .filter_map(|e| std::fs::read(e.path()).ok())
-        .filter_map(|b| serde_json::from_slice::<loops_core::runs::RunningMarker>(&b).ok())
         .filter(|m| loops_core::fsutil::process_alive(m.pid, m.pid_start))
         // The daemon marks a run when it claims its slot, with the time it may start;
         // one claimed for a later second has not started yet.
@@ -443,7 +439,8 @@ fn running_now(
     let (live, _) = jobs.live_jobs();
     out.extend(live.iter().filter_map(|j| {
         let lease = j.lease.as_ref()?;
-        (j.state == loops_core::jobs::job::JobState::Active && lease.owner_alive()).then(|| {
+        let shown = j.state == loops_core::jobs::job::JobState::Active && !j.kind.is_light();
+        (shown && lease.owner_alive()).then(|| {
             Running {
                 what: "job",
                 name: format!("#{} ({})", j.id, loops_core::text::clip(&j.name, 40)),

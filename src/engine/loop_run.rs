@@ -113,13 +113,16 @@ pub async fn execute(
         req.attempt,
         started,
     );
-    // The daemon marks a run when it claims its slot; a run started directly (loops
-    // trigger) is marked here.
-    if !ctx.running.exists(&req.run_id) {
-        if let Err(e) = ctx.running.put(&marker) {
-            tracing::warn!("cannot write the running marker: {e}");
-        }
+    // The daemon records a run when it claims its slot, a trigger when it reserves the
+    // loop; either way the run has begun now.
+    if let Err(e) = ctx.running.put(&marker) {
+        tracing::warn!("cannot record the run as begun: {e}");
     }
+    let cancel = Some(crate::engine::run_context::cancel_on_request(
+        ctx,
+        &req.run_id,
+        cancel,
+    ));
     let state = ctx.store.load(&def.name);
     let mut rec = RunRecord {
         cannot_start: false,

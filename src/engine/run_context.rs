@@ -119,7 +119,7 @@ impl RunContext {
         };
         RunContext {
             runlog: RunLog::new(&ws.runs_dir(), ws.settings.rotate_bytes),
-            running: RunningSet::new(&ws.running_dir()),
+            running: RunningSet::new(&ws.runtime_dir()),
             store: StateStore::new(&ws.state_dir()),
             committer,
             history_off,
@@ -223,4 +223,50 @@ impl WakeKind {
             WakeKind::Heartbeat => "heartbeat",
         }
     }
+}
+
+/// How often a run looks whether someone asked it to stop (`loops jobs cancel`).
+const CANCEL_POLL: Duration = Duration::from_millis(250);
+
+/// A stop signal for a run that fires when `caller` does (the daemon replacing the run, a
+/// person's Ctrl-C) or when its job is cancelled from outside (`loops jobs cancel`, the MCP
+/// server). Ends with the run: once the returned receiver is dropped.
+pub fn cancel_on_request(
+    ctx: &RunContext,
+    run_id: &str,
+    caller: Option<tokio::sync::watch::Receiver<bool>>,
+) -> tokio::sync::watch::Receiver<bool> {
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let running = ctx.running.clone();
+    let run_id = run_id.to_string();
+    tokio::spawn(async move {
+        let mut caller = caller;
+        loop {
+            let asked = match caller.as_mut() {
+                Some(c) => tokio::select! {
+                    changed = c.changed() => match changed {
+                        Ok(()) => *c.borrow(),
+                        Err(_) => { caller = None; false }
+                    },
+                    _ = tokio::time::sleep(CANCEL_POLL) => false,
+                    _ = tx.closed() => return,
+                },
+                None => tokio::select! {
+                    _ = tokio::time::sleep(CANCEL_POLL) => false,
+                    _ = tx.closed() => return,
+                },
+            };
+            let r = running.clone();
+            let id = run_id.clone();
+            let requested = asked
+                || tokio::task::spawn_blocking(move || r.cancel_requested(&id))
+                    .await
+                    .unwrap_or(false);
+            if requested {
+                let _ = tx.send(true);
+                return;
+            }
+        }
+    });
+    rx
 }

@@ -476,6 +476,11 @@ impl Worker {
                 JobKind::Agent | JobKind::Aggregator => {
                     run_agent(&cfg, &store, &job, ctl_rx, live).await
                 }
+                // Never ready to a worker (Job::ready), so never claimed by one.
+                JobKind::Loop | JobKind::Wake => (
+                    RunEnd::Aborted(format!("a {} job is run by whoever made it", job.kind)),
+                    Tokens::default(),
+                ),
             };
             let ms = t0.elapsed().as_millis() as u64;
             let now = cfg.clock.now();

@@ -215,11 +215,10 @@ fn daemon_overlap_policies_forbid_allow_replace() {
     assert_eq!(ws.count_outcome("allow", "skipped"), 0);
     assert!(ws.count_outcome("allow", "interrupted") + ws.count_outcome("allow", "silent") > 1);
     // Nothing is left marked as running.
-    let running = ws.path().join(".loops/running");
     assert_eq!(
-        running.read_dir().map(|r| r.count()).unwrap_or(0),
+        runs_in_progress(&ws).len(),
         0,
-        "no run markers after a clean stop"
+        "no run in progress after a clean stop"
     );
 }
 
@@ -275,14 +274,7 @@ fn daemon_sigterm_interrupts_a_long_run_after_the_grace() {
             || is_zombie(job_pid)),
         "the job's process was stopped"
     );
-    assert_eq!(
-        ws.path()
-            .join(".loops/running")
-            .read_dir()
-            .map(|r| r.count())
-            .unwrap_or(0),
-        0
-    );
+    assert_eq!(runs_in_progress(&ws).len(), 0);
     // The state knows the last run was interrupted; an interruption is not a failure.
     let list = ws.cmd().args(["list", "--json"]).output().unwrap();
     let v: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
@@ -311,17 +303,15 @@ fn daemon_records_a_run_left_by_a_killed_daemon_as_interrupted() {
     git_commit_all(ws.path(), "long loop");
     let mut d = ws.start_daemon();
     d.wait_for_log("loops daemon started", LONG);
-    let running = ws.path().join(".loops/running");
     assert!(
         wait_until(LONG, || std::fs::read_to_string(&pidfile)
             .is_ok_and(|t| t.trim().parse::<i32>().is_ok())),
         "{}",
         d.log()
     );
-    let markers: Vec<_> = running.read_dir().unwrap().filter_map(|e| e.ok()).collect();
+    let markers = runs_in_progress(&ws);
     assert_eq!(markers.len(), 1);
-    let marker: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(markers[0].path()).unwrap()).unwrap();
+    let marker = markers[0].1.clone();
     assert_eq!(marker["loop"], "long");
     assert_eq!(marker["pid"], d.pid());
     let run_id = marker["run_id"].as_str().unwrap().to_string();
@@ -336,7 +326,7 @@ fn daemon_records_a_run_left_by_a_killed_daemon_as_interrupted() {
         .unwrap();
     assert!(pid_alive(job_pid), "the job outlived the daemon");
     assert_eq!(ws.count_outcome("long", "interrupted"), 0);
-    assert!(markers[0].path().exists(), "the crash left its marker");
+    assert!(markers[0].0.exists(), "the crash left its run in the queue");
 
     // Stop scheduling it so the next daemon only recovers.
     every_loop(&ws, "long", "1s", "true", "enabled: false\n");
@@ -356,7 +346,7 @@ fn daemon_records_a_run_left_by_a_killed_daemon_as_interrupted() {
             .contains(&format!("pid {}", marker["pid"])),
         "{rec}"
     );
-    assert!(!markers[0].path().exists(), "the marker is cleared");
+    assert!(!markers[0].0.exists(), "the run is cleared from the queue");
     // …until the next daemon finds its marker and stops its process group.
     assert!(
         wait_until(LONG, || !pid_alive(job_pid) || is_zombie(job_pid)),
@@ -610,15 +600,7 @@ fn daemon_run_once_stops_its_runs_on_sigint() {
     let recs = ws.runs("slow");
     assert_eq!(recs.len(), 1, "{recs:?}");
     assert_eq!(recs[0]["outcome"], "interrupted");
-    assert_eq!(
-        ws.path()
-            .join(".loops/running")
-            .read_dir()
-            .map(|r| r.count())
-            .unwrap_or(0),
-        0,
-        "no marker left behind"
-    );
+    assert_eq!(runs_in_progress(&ws).len(), 0, "no marker left behind");
 }
 
 #[test]
@@ -657,16 +639,11 @@ fn daemon_journal_records_starts_clean_stops_and_what_a_crash_left() {
         "the run started: {}",
         d.log()
     );
-    let marker = std::fs::read_dir(ws.path().join(".loops/running"))
-        .unwrap()
-        .filter_map(|e| e.ok())
+    let (_, marker) = runs_in_progress(&ws)
+        .into_iter()
         .next()
-        .expect("a running marker");
-    let run_id = marker
-        .file_name()
-        .to_string_lossy()
-        .trim_end_matches(".json")
-        .to_string();
+        .expect("a run in progress");
+    let run_id = marker["run_id"].as_str().expect("run_id").to_string();
     d.signal(libc::SIGKILL);
     assert!(d.wait_exit(LONG).is_some());
 
@@ -896,13 +873,7 @@ fn daemon_stopping_records_queued_runs_at_once_and_gives_the_grace_only_to_start
     let mut d = ws.start_daemon();
     d.wait_for_log("loops daemon started", LONG);
     // Every loop has a run claimed: two running, the rest waiting for a permit.
-    let markers = || {
-        ws.path()
-            .join(".loops/running")
-            .read_dir()
-            .map(|r| r.count())
-            .unwrap_or(0)
-    };
+    let markers = || runs_in_progress(&ws).len();
     assert!(
         wait_until(LONG, || markers() >= LOOPS),
         "{} markers; log:\n{}",
@@ -992,13 +963,7 @@ fn daemon_run_once_on_sigint_records_its_queued_runs_as_not_run() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let running = || {
-        ws.path()
-            .join(".loops/running")
-            .read_dir()
-            .map(|r| r.count())
-            .unwrap_or(0)
-    };
+    let running = || runs_in_progress(&ws).len();
     // Five claimed: one running, the rest behind the limit.
     assert!(wait_until(LONG, || running() >= 5));
     // SAFETY: signalling the child this test started.
@@ -1076,4 +1041,20 @@ fn daemon_deleting_a_loop_folder_logs_it_once_without_watcher_noise() {
         );
         assert!(!text.contains("WARN"), "{level:?}: {text}");
     }
+}
+
+/// The runs in progress the queue holds (light `loop` and `wake` jobs in `.loops/jobs/`):
+/// each job's file and its run (loop, run_id, trigger, pid, started, …).
+fn runs_in_progress(ws: &TempWorkspace) -> Vec<(std::path::PathBuf, serde_json::Value)> {
+    let Ok(rd) = ws.path().join(".loops/jobs").read_dir() else {
+        return Vec::new();
+    };
+    rd.filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .filter_map(|p| {
+            let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&p).ok()?).ok()?;
+            matches!(v["kind"].as_str(), Some("loop" | "wake")).then(|| (p, v["params"].clone()))
+        })
+        .collect()
 }

@@ -819,7 +819,10 @@ pub mod cases {
         assert_eq!(held.state, JobState::Paused);
         assert!(held.leased_by(&c.lease), "the runner keeps its lease");
         let resumed = e.resume(j.id, t0() + secs(2)).expect("resume");
-        assert_eq!(resumed.control, Some(loops_core::jobs::job::Control::Resume));
+        assert_eq!(
+            resumed.control,
+            Some(loops_core::jobs::job::Control::Resume)
+        );
         let going = e.hold(&c.lease, false, t0() + secs(3)).expect("continue");
         assert_eq!(going.state, JobState::Active);
         assert_eq!(going.control, None);

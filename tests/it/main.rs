@@ -22,6 +22,7 @@ mod jobs;
 mod limits;
 mod mcp;
 mod mcp_tools;
+mod one_engine;
 mod own_changes;
 mod progress;
 mod provider;

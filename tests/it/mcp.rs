@@ -614,14 +614,20 @@ fn mcp_triggers_a_command_loop_and_refuses_what_cannot_run() {
 }
 
 #[test]
-fn mcp_trigger_respects_the_loop_run_lock() {
+fn mcp_trigger_respects_a_run_of_the_loop_in_another_process() {
     let ws = TempWorkspace::new();
-    // Another process is running the loop: its lock is held.
+    // Another process (this test) is running the loop: its run has begun in the queue.
     let w = loops_core::workspace::Workspace::open(ws.path()).expect("workspace");
-    std::fs::create_dir_all(w.locks_dir()).unwrap();
-    let _held = loops_core::fsutil::FileLock::try_acquire(&w.locks_dir().join("example.run"))
-        .expect("lock")
-        .expect("free");
+    let running = loops_core::runs::RunningSet::new(&w.runtime_dir());
+    let m = loops_core::runs::RunningMarker::for_this_process(
+        "example",
+        "01OTHER",
+        "manual",
+        None,
+        1,
+        chrono::Utc::now(),
+    );
+    assert!(running.begin_exclusive(&m).expect("queue"));
     let r = session(
         &ws,
         json!([{ "tool": "trigger_loop", "args": { "name": "example" } }]),

@@ -278,9 +278,16 @@ fn collect(ws: &Workspace, report: &mut Report) -> Vec<Item> {
     let mut items = Vec::new();
 
     // Transcripts of runs still going are being written: never theirs.
-    let running: HashSet<String> = files_in(&ws.running_dir())
-        .filter_map(|(n, _)| n.strip_suffix(".json").map(str::to_string))
+    let mut running: HashSet<String> = crate::runs::RunningSet::new(&ws.runtime_dir())
+        .all()
+        .into_iter()
+        .map(|m| m.run_id)
         .collect();
+    // An older version's markers (`.loops/running/<run>.json`), read for one release.
+    running.extend(
+        files_in(&root.join("running"))
+            .filter_map(|(n, _)| n.strip_suffix(".json").map(str::to_string)),
+    );
     for (name, path) in files_in(&ws.runs_dir()) {
         if path.is_dir() {
             for (t, tp) in files_in(&path) {

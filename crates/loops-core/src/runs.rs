@@ -1,10 +1,12 @@
 //! Run records: one JSON line per run in `.loops/runs/<loop>.jsonl`, and a marker in
 //! `.loops/running/` while a run is in progress so a crash is noticed and recorded.
 
-use crate::fsutil::{append_line, atomic_replace, process_alive, process_start_time};
+use crate::fsutil::{append_line, process_alive, process_start_time};
+use crate::jobs::job::{Control, Job, JobId, JobKind, JobState, Lease};
+use crate::jobs::store::{JobStore, JobTx, StoreError};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -413,79 +415,241 @@ impl RunningMarker {
     }
 }
 
-/// Markers of runs in progress in `.loops/running/`.
+/// The runs in progress: each a light job in the queue (`.loops/jobs/`, kind `loop`, or
+/// `wake` for the main session), owned by the process running it through the job's lease,
+/// listed with every other job (`loops jobs list --all`), cancellable with `loops jobs
+/// cancel`, and removed when the run ends (its history is the run record). Concurrency
+/// across processes (`concurrency: forbid | replace`) is checked in the queue's transaction
+/// when a run begins ([`RunningSet::begin_exclusive`]).
+///
+/// `.loops/running/` is where an older version kept its markers: read for one release, so
+/// that runs it left interrupted are recovered, and emptied as they are.
 #[derive(Debug, Clone)]
 pub struct RunningSet {
-    dir: PathBuf,
-    /// Markers of finished runs the disk would not let us remove (read-only): removed by
+    store: JobStore,
+    legacy: PathBuf,
+    /// Which job holds each run this process made.
+    ids: Arc<Mutex<HashMap<String, JobId>>>,
+    /// Runs whose job the disk would not let us remove (read-only): removed by
     /// [`RunningSet::flush`], so a finished run is not shown as running.
-    stale: Arc<Mutex<Vec<PathBuf>>>,
+    stale: Arc<Mutex<Vec<String>>>,
+}
+
+/// A run's marker as the light job's parameters, with whether it has begun.
+#[derive(Serialize, Deserialize)]
+struct RunParams {
+    #[serde(flatten)]
+    marker: RunningMarker,
+    #[serde(default)]
+    begun: bool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl RunningSet {
-    pub fn new(dir: &Path) -> Self {
+    /// The runs in progress of the workspace whose runner folder is `runtime_dir`.
+    /// Every `RunningSet` of one workspace in a process shares what it knows of its runs
+    /// (a trigger reserves the loop, the run it starts records itself begun).
+    pub fn new(runtime_dir: &Path) -> Self {
+        type Shared = (Arc<Mutex<HashMap<String, JobId>>>, Arc<Mutex<Vec<String>>>);
+        static SHARED: std::sync::OnceLock<Mutex<HashMap<PathBuf, Shared>>> =
+            std::sync::OnceLock::new();
+        let (ids, stale) = lock(SHARED.get_or_init(Mutex::default))
+            .entry(runtime_dir.to_path_buf())
+            .or_default()
+            .clone();
         RunningSet {
-            dir: dir.to_path_buf(),
-            stale: Arc::default(),
+            store: JobStore::at(runtime_dir.join("jobs")),
+            legacy: runtime_dir.join("running"),
+            ids,
+            stale,
         }
     }
 
+    /// Records a run that has begun (or updates its record).
     pub fn put(&self, m: &RunningMarker) -> Result<(), RunsError> {
-        let path = self.dir.join(format!("{}.json", m.run_id));
-        let text = serde_json::to_string(m).unwrap_or_default();
-        // Not fsynced: the marker is there for a crashed process, which the page cache
-        // survives; waiting for the disk at every run start would only add latency.
-        atomic_replace(&path, text.as_bytes()).map_err(|source| {
-            crate::journal::report_io(&path, &source);
-            RunsError::Io { path, source }
-        })
+        self.write(m, true, false).map(|_| ())
     }
 
-    /// Rewrites a marker in place (it only grows: fields are added, never removed).
+    /// Records a run that waits for its time (a slot claimed ahead of its fire time).
+    pub fn put_pending(&self, m: &RunningMarker) -> Result<(), RunsError> {
+        self.write(m, false, false).map(|_| ())
+    }
+
+    /// Records that a run begins, unless another process's or this one's run of the same
+    /// loop has begun and is still going: `Ok(false)` then, and nothing is written.
+    pub fn begin_exclusive(&self, m: &RunningMarker) -> Result<bool, RunsError> {
+        self.write(m, true, true)
+    }
+
+    /// Rewrites a run's record (it only grows: fields are added, never removed).
     pub fn update(&self, m: &RunningMarker) -> Result<(), RunsError> {
-        let path = self.dir.join(format!("{}.json", m.run_id));
-        let text = serde_json::to_string(m).unwrap_or_default();
-        crate::fsutil::overwrite_in_place(&path, &text)
-            .map_err(|source| RunsError::Io { path, source })
+        self.put(m)
+    }
+
+    fn write(&self, m: &RunningMarker, begun: bool, exclusive: bool) -> Result<bool, RunsError> {
+        let known = lock(&self.ids).get(&m.run_id).copied();
+        let now = Utc::now();
+        let r = self.store.transaction(|tx| {
+            let existing = match known {
+                Some(id) => tx.get(id)?,
+                None => None,
+            };
+            if exclusive {
+                let (jobs, _) = tx.live_jobs();
+                let taken = jobs.iter().filter(|j| j.kind == JobKind::Loop).any(|j| {
+                    let p = run_params(j);
+                    p.as_ref().is_some_and(|p| {
+                        p.begun
+                            && p.marker.loop_name == m.loop_name
+                            && p.marker.run_id != m.run_id
+                            && j.lease.as_ref().is_some_and(|l| l.owner_alive())
+                    })
+                });
+                if taken {
+                    return Ok::<_, StoreError>(None);
+                }
+            }
+            let mut job = match existing {
+                Some(j) => j,
+                None => light_job(tx.next_id()?, m, now)?,
+            };
+            job.params = serde_json::to_value(RunParams {
+                marker: m.clone(),
+                begun,
+            })
+            .unwrap_or_default();
+            job.updated = now;
+            // Waiting for its fire time until it begins; a cancelled one stays cancelled
+            // (the run it belongs to sees that, and stops).
+            if job.state != JobState::Cancelled {
+                let state = if begun {
+                    JobState::Active
+                } else {
+                    JobState::Delayed
+                };
+                // Set, not transitioned: a light job keeps no history (its run record
+                // is that), and keeps its lease while it waits.
+                job.state = state;
+                job.run_at = (!begun).then_some(m.started);
+                if job.lease.is_none() {
+                    job.lease = Some(Lease::this_process(now));
+                }
+            }
+            if let Some(l) = job.lease.as_mut() {
+                l.pgid = m.pgid;
+                l.pgid_start = m.pgid_start;
+            }
+            if begun && job.started.is_none() {
+                job.started = Some(now);
+            }
+            // Not flushed: the record is there for a crashed process, which the page
+            // cache survives; waiting for the disk at every run start would only add latency.
+            tx.put(&job, false)?;
+            Ok(Some(job.id))
+        });
+        match r {
+            Ok(Some(id)) => {
+                lock(&self.ids).insert(m.run_id.clone(), id);
+                Ok(true)
+            }
+            Ok(None) => Ok(false),
+            Err(e) => {
+                let path = self.store.dir().to_path_buf();
+                let source = std::io::Error::other(e.to_string());
+                crate::journal::report_io(&path, &source);
+                Err(RunsError::Io { path, source })
+            }
+        }
+    }
+
+    /// The job that holds a run, if it is in progress.
+    pub fn job_of(&self, run_id: &str) -> Option<JobId> {
+        if let Some(id) = lock(&self.ids).get(run_id).copied() {
+            return Some(id);
+        }
+        self.light_jobs()
+            .into_iter()
+            .find(|(_, p)| p.marker.run_id == run_id)
+            .map(|(j, _)| j.id)
     }
 
     pub fn exists(&self, run_id: &str) -> bool {
-        self.dir.join(format!("{run_id}.json")).exists()
+        self.job_of(run_id).is_some() || self.legacy.join(format!("{run_id}.json")).exists()
+    }
+
+    /// Whether someone asked for the run to stop (`loops jobs cancel`).
+    pub fn cancel_requested(&self, run_id: &str) -> bool {
+        let Some(id) = lock(&self.ids).get(run_id).copied() else {
+            return false;
+        };
+        self.store
+            .get(id)
+            .ok()
+            .flatten()
+            .is_some_and(|j| j.control == Some(Control::Cancel) || j.state == JobState::Cancelled)
     }
 
     pub fn remove(&self, run_id: &str) {
-        let path = self.dir.join(format!("{run_id}.json"));
-        match std::fs::remove_file(&path) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                self.stale
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .push(path);
-            }
-            _ => {}
+        let id = self.job_of(run_id);
+        let gone = match id {
+            Some(id) => self.store.transaction(|tx| tx.delete(id)).is_ok(),
+            None => true,
+        };
+        let legacy = self.legacy.join(format!("{run_id}.json"));
+        let legacy_gone = !matches!(std::fs::remove_file(&legacy), Err(e) if e.kind() != std::io::ErrorKind::NotFound);
+        if gone && legacy_gone {
+            lock(&self.ids).remove(run_id);
+        } else {
+            lock(&self.stale).push(run_id.to_string());
         }
     }
 
-    /// Removes the markers a refusing disk kept; returns whether none is left.
+    /// Removes the runs a refusing disk kept; returns whether none is left.
     pub fn flush(&self) -> bool {
-        let mut stale = self.stale.lock().unwrap_or_else(|e| e.into_inner());
-        stale.retain(|p| {
-            std::fs::remove_file(p).is_err_and(|e| e.kind() != std::io::ErrorKind::NotFound)
-        });
-        stale.is_empty()
+        let stale: Vec<String> = std::mem::take(&mut *lock(&self.stale));
+        for run_id in stale {
+            self.remove(&run_id);
+        }
+        lock(&self.stale).is_empty()
     }
 
-    /// Whether markers of finished runs wait to be removed.
+    /// Whether runs that ended wait to be removed.
     pub fn has_stale(&self) -> bool {
-        !self
-            .stale
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_empty()
+        !lock(&self.stale).is_empty()
     }
 
+    fn light_jobs(&self) -> Vec<(Job, RunParams)> {
+        let (jobs, _) = self.store.live_jobs();
+        jobs.into_iter()
+            .filter(|j| j.kind.is_light())
+            .filter_map(|j| run_params(&j).map(|p| (j, p)))
+            .collect()
+    }
+
+    /// Every run in progress, each with the pid of the process running it.
     pub fn all(&self) -> Vec<RunningMarker> {
-        let Ok(rd) = std::fs::read_dir(&self.dir) else {
+        let mut out: Vec<RunningMarker> = self
+            .light_jobs()
+            .into_iter()
+            .map(|(j, p)| {
+                let mut m = p.marker;
+                if let Some(l) = j.lease {
+                    m.pid = l.pid;
+                    m.pid_start = l.pid_start;
+                }
+                m
+            })
+            .collect();
+        out.extend(self.legacy_markers());
+        out
+    }
+
+    /// What an older version left in `.loops/running/`.
+    fn legacy_markers(&self) -> Vec<RunningMarker> {
+        let Ok(rd) = std::fs::read_dir(&self.legacy) else {
             return Vec::new();
         };
         rd.filter_map(|e| e.ok())
@@ -495,7 +659,7 @@ impl RunningSet {
             .collect()
     }
 
-    /// Markers whose owning process is gone: runs a crash interrupted.
+    /// Runs whose owning process is gone: runs a crash interrupted.
     pub fn orphans(&self) -> Vec<RunningMarker> {
         self.all()
             .into_iter()
@@ -503,6 +667,40 @@ impl RunningSet {
             .collect()
     }
 }
+
+fn run_params(j: &Job) -> Option<RunParams> {
+    serde_json::from_value(j.params.clone()).ok()
+}
+
+/// A new light job for a run, leased to this process.
+fn light_job(id: JobId, m: &RunningMarker, now: DateTime<Utc>) -> Result<Job, StoreError> {
+    let kind = if m.loop_name == MAIN_SESSION {
+        JobKind::Wake
+    } else {
+        JobKind::Loop
+    };
+    let v = serde_json::json!({
+        "id": id,
+        "name": m.loop_name,
+        "kind": kind,
+        "queue": "runs",
+        "state": JobState::Active,
+        "created": now,
+        "updated": now,
+        "max_attempts": 1,
+        "max_stalled": 0,
+        "source": format!("{} run", m.trigger),
+    });
+    let mut job: Job = serde_json::from_value(v).map_err(|source| StoreError::Corrupt {
+        path: PathBuf::from(format!("job {id}")),
+        source,
+    })?;
+    job.lease = Some(Lease::this_process(now));
+    Ok(job)
+}
+
+/// The name main-session wakes are recorded under.
+const MAIN_SESSION: &str = "main";
 
 #[cfg(test)]
 mod tests {

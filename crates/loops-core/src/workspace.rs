@@ -421,12 +421,6 @@ impl Workspace {
     pub fn runs_dir(&self) -> PathBuf {
         self.runtime_dir().join("runs")
     }
-    pub fn running_dir(&self) -> PathBuf {
-        self.runtime_dir().join("running")
-    }
-    pub fn locks_dir(&self) -> PathBuf {
-        self.runtime_dir().join("locks")
-    }
     /// Where other processes nudge a running daemon to re-read a loop's state (a file
     /// named after the loop); see [`Workspace::nudge_daemon`].
     pub fn signals_dir(&self) -> PathBuf {

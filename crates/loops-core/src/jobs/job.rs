@@ -101,6 +101,11 @@ pub enum JobKind {
     Agent,
     /// A fan-out's aggregator: an agent job that runs once its children have ended.
     Aggregator,
+    /// A run of a loop (scheduled, retried, caught up or triggered). Light: in the queue
+    /// while it waits and runs, gone when it ends; its history is `.loops/runs/`.
+    Loop,
+    /// A wake of the main session. Light, as a loop's run.
+    Wake,
 }
 
 impl JobKind {
@@ -109,6 +114,8 @@ impl JobKind {
             JobKind::Shell => "shell",
             JobKind::Agent => "agent",
             JobKind::Aggregator => "aggregator",
+            JobKind::Loop => "loop",
+            JobKind::Wake => "wake",
         }
     }
 
@@ -117,6 +124,8 @@ impl JobKind {
             "shell" => Some(JobKind::Shell),
             "agent" => Some(JobKind::Agent),
             "aggregator" => Some(JobKind::Aggregator),
+            "loop" => Some(JobKind::Loop),
+            "wake" => Some(JobKind::Wake),
             _ => None,
         }
     }
@@ -124,6 +133,13 @@ impl JobKind {
     /// Kinds that run code chosen by whoever submits them: never submittable over MCP.
     pub fn is_protected(&self) -> bool {
         matches!(self, JobKind::Shell)
+    }
+
+    /// The runner's own kinds: made by the daemon (or a person's trigger) for a loop's run
+    /// or a wake, run by whoever made them, never submitted and never claimed by the job
+    /// worker; removed when they end.
+    pub fn is_light(&self) -> bool {
+        matches!(self, JobKind::Loop | JobKind::Wake)
     }
 }
 
@@ -577,6 +593,10 @@ impl Job {
 
     /// Whether a worker may start it now.
     pub fn ready(&self, now: DateTime<Utc>) -> bool {
+        if self.kind.is_light() {
+            // Run by whoever made it, never by a worker that finds it.
+            return false;
+        }
         match self.state {
             JobState::Waiting => true,
             JobState::Delayed => self.run_at.is_none_or(|t| t <= now),

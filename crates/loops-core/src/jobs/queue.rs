@@ -152,6 +152,11 @@ fn validate_params(kind: JobKind, params: &Value) -> Result<(), QueueError> {
         }
     };
     match kind {
+        JobKind::Loop | JobKind::Wake => {
+            return bad(format!(
+                "{kind} jobs are the runner's own (a loop's run, a wake of the main session); to run a loop now, use `loops trigger NAME`"
+            ))
+        }
         JobKind::Shell => {
             let cmd = obj.get("cmd");
             let argv = obj.get("argv");
@@ -311,6 +316,11 @@ fn default_name(kind: JobKind, params: &Value) -> String {
             .unwrap_or("agent")
             .to_string(),
         JobKind::Aggregator => "aggregate".into(),
+        JobKind::Loop | JobKind::Wake => params
+            .get("loop")
+            .and_then(|c| c.as_str())
+            .unwrap_or(kind.as_str())
+            .to_string(),
     };
     let one_line: String = raw.split_whitespace().collect::<Vec<_>>().join(" ");
     crate::text::clip(&one_line, 48)
@@ -1556,6 +1566,11 @@ pub fn sweep_in(tx: &mut dyn JobTx, now: DateTime<Utc>) -> Result<Swept, QueueEr
         out.other.push(format!("skipped: {e}"));
     }
     for mut job in jobs {
+        if job.kind.is_light() {
+            // A loop's run or a wake: whoever made it recovers it (the daemon's start
+            // records an interrupted run, returns a dead wake's handoffs).
+            continue;
+        }
         if job.state.is_terminal() {
             tx.finalize(&job)?;
             continue;

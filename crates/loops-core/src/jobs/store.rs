@@ -101,6 +101,9 @@ pub trait JobTx {
     fn put(&mut self, job: &Job, durable: bool) -> Result<(), StoreError>;
     /// Moves a terminal job to the finished ones (again, after a crash mid-way).
     fn finalize(&mut self, job: &Job) -> Result<(), StoreError>;
+    /// Removes a light job (a loop's run, a wake) that ended: its history is its run
+    /// record, not the queue. Removing one that is not there is no error.
+    fn delete(&mut self, id: JobId) -> Result<(), StoreError>;
     /// The job holding an idempotency key, if any holds it.
     fn key_holder(&self, key: &str) -> Result<Option<JobId>, StoreError>;
     fn set_key(&mut self, key: &str, id: JobId) -> Result<(), StoreError>;
@@ -435,6 +438,14 @@ impl JobTx for Tx<'_> {
     }
 
     /// Moves a terminal job from the live folder into `done/`, indexing it.
+    fn delete(&mut self, id: JobId) -> Result<(), StoreError> {
+        let live = self.store.live_path(id);
+        match std::fs::remove_file(&live) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io(&live)(e)),
+            _ => Ok(()),
+        }
+    }
+
     fn finalize(&mut self, job: &Job) -> Result<(), StoreError> {
         let done_dir = self.store.done_dir();
         crate::fsutil::create_dir_all(&done_dir).map_err(io(&done_dir))?;

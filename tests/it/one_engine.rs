@@ -1,0 +1,141 @@
+//! Everything that runs is a job (issue #17): a loop's run in progress is a light `loop`
+//! job in the queue, seen by `loops jobs list --all`, stopped by `loops jobs cancel`, and
+//! it keeps `concurrency: forbid` across processes; no `.loops/running/` markers or
+//! `.loops/locks/*.run` files are made.
+
+use crate::common::{git_commit_all, loops_std_cmd, wait_until, TempWorkspace};
+use std::time::Duration;
+
+const LONG: Duration = Duration::from_secs(60);
+
+fn long_loop(ws: &TempWorkspace) {
+    ws.add_loop(
+        "long",
+        "schedule: { every: 1s }\npayload:\n  kind: command\n  command: \"exec sleep 120\"\ntimeout: 10m\n",
+    );
+    git_commit_all(ws.path(), "long loop");
+}
+
+fn jobs(ws: &TempWorkspace, args: &[&str]) -> Vec<serde_json::Value> {
+    let out = ws.cmd().args(args).output().expect("loops jobs list");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout).expect("json")
+}
+
+fn loop_jobs(ws: &TempWorkspace) -> Vec<serde_json::Value> {
+    jobs(ws, &["jobs", "list", "--all", "--json"])
+        .into_iter()
+        .filter(|j| j["kind"] == "loop" && j["name"] == "long")
+        .collect()
+}
+
+#[test]
+fn a_running_loop_tick_is_a_job_that_jobs_cancel_stops() {
+    let ws = TempWorkspace::new();
+    long_loop(&ws);
+    let mut d = ws.start_daemon();
+    d.wait_for_log("loops daemon started", LONG);
+    assert!(
+        wait_until(LONG, || loop_jobs(&ws)
+            .iter()
+            .any(|j| j["state"] == "active")),
+        "no loop job in `jobs list --all`: {}",
+        d.log()
+    );
+    // The runner's own jobs stay out of the plain listing (the queue's work).
+    assert!(
+        !jobs(&ws, &["jobs", "list", "--json"])
+            .iter()
+            .any(|j| j["kind"] == "loop"),
+        "a plain `jobs list` shows only submitted jobs"
+    );
+    let job = loop_jobs(&ws)
+        .into_iter()
+        .find(|j| j["state"] == "active")
+        .expect("active");
+    let id = job["id"].as_u64().expect("id").to_string();
+
+    // A person's trigger meanwhile is refused: the loop's run is in progress elsewhere.
+    let t = ws
+        .cmd()
+        .args(["trigger", "long"])
+        .output()
+        .expect("trigger");
+    assert!(!t.status.success());
+    assert!(
+        String::from_utf8_lossy(&t.stderr).contains("in progress"),
+        "{}",
+        String::from_utf8_lossy(&t.stderr)
+    );
+
+    let out = ws
+        .cmd()
+        .args(["jobs", "cancel", &id, "--json"])
+        .output()
+        .expect("cancel");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(v["state"], "cancelled", "{v}");
+    assert!(
+        wait_until(LONG, || ws.count_outcome("long", "interrupted") >= 1),
+        "the cancelled run is recorded as interrupted: {:?}\n{}",
+        ws.runs("long"),
+        d.log()
+    );
+    assert!(
+        wait_until(LONG, || !loop_jobs(&ws)
+            .iter()
+            .any(
+                |j| j["id"].as_u64().map(|i| i.to_string()) == Some(id.clone())
+            )),
+        "the ended run leaves the queue"
+    );
+    d.kill();
+    assert!(!ws.path().join(".loops/running").exists(), "no run markers");
+    assert!(!ws.path().join(".loops/locks").exists(), "no run locks");
+}
+
+#[test]
+fn a_trigger_holds_the_loop_against_the_daemon_across_processes() {
+    let ws = TempWorkspace::new();
+    ws.add_loop(
+        "slowtrig",
+        "schedule: { every: 1h }\npayload:\n  kind: command\n  command: \"sleep 3\"\n",
+    );
+    git_commit_all(ws.path(), "slow loop");
+    let mut first = loops_std_cmd(ws.path())
+        .args(["trigger", "slowtrig"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("trigger");
+    assert!(
+        wait_until(LONG, || jobs(
+            &ws,
+            &["jobs", "list", "--kind", "loop", "--json"]
+        )
+        .iter()
+        .any(|j| j["name"] == "slowtrig" && j["state"] == "active")),
+        "the trigger's run is a loop job"
+    );
+    let second = ws
+        .cmd()
+        .args(["trigger", "slowtrig"])
+        .output()
+        .expect("trigger");
+    assert!(
+        !second.status.success(),
+        "a second trigger is refused while the first runs"
+    );
+    assert!(first.wait().expect("wait").success());
+    assert_eq!(ws.runs("slowtrig").len(), 1);
+    assert!(jobs(&ws, &["jobs", "list", "--all", "--json"]).is_empty());
+}
