@@ -46,7 +46,7 @@ pub struct InboxState {
     dir: PathBuf,
 }
 
-/// Which files a wake claimed, so a crash can give them back.
+/// Which files a wake claimed, as an older version listed them in `.loops/inbox/claims/`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Claims {
     run_id: String,
@@ -85,30 +85,10 @@ impl InboxState {
         }
     }
 
-    fn claims_path(&self, run_id: &str) -> PathBuf {
-        self.dir.join("claims").join(format!("{run_id}.json"))
-    }
-
-    fn put_claims(&self, run_id: &str, files: &[PathBuf]) {
-        let pid = std::process::id();
-        let c = Claims {
-            run_id: run_id.to_string(),
-            pid,
-            pid_start: loops_core::fsutil::process_start_time(pid),
-            files: files
-                .iter()
-                .filter_map(|f| f.file_name().and_then(|n| n.to_str()).map(str::to_string))
-                .collect(),
-        };
-        let path = self.claims_path(run_id);
-        let text = serde_json::to_string(&c).unwrap_or_default();
-        if let Err(e) = loops_core::fsutil::atomic_write(&path, text.as_bytes()) {
-            tracing::warn!("{}: {e}", path.display());
-        }
-    }
-
-    fn drop_claims(&self, run_id: &str) {
-        let _ = std::fs::remove_file(self.claims_path(run_id));
+    /// Where an older version listed a wake's claims (`.loops/inbox/claims/`), read for
+    /// one release.
+    fn legacy_claims_dir(&self) -> PathBuf {
+        self.dir.join("claims")
     }
 
     /// Gives back handoffs claimed by wakes whose process is gone (a crash): they return
@@ -125,7 +105,26 @@ impl InboxState {
     pub fn recover_moves(&self, inbox: &Inbox) -> Vec<Moved> {
         let mut n = Vec::new();
         let mut live: std::collections::HashSet<String> = std::collections::HashSet::new();
-        let dir = self.dir.join("claims");
+        // The wakes in progress (light jobs), by whether their process lives.
+        let runtime = self.dir.parent().unwrap_or(&self.dir);
+        for w in loops_core::runs::RunningSet::new(runtime).all() {
+            if w.loop_name != MAIN {
+                continue;
+            }
+            if loops_core::fsutil::process_alive(w.pid, w.pid_start) {
+                live.extend(w.handoffs);
+                continue;
+            }
+            for f in &w.handoffs {
+                let active = inbox.active_dir().join(f);
+                if active.exists() {
+                    if let Some(back) = inbox.release(&active) {
+                        n.push(moved(inbox, active, back));
+                    }
+                }
+            }
+        }
+        let dir = self.legacy_claims_dir();
         for e in std::fs::read_dir(&dir)
             .into_iter()
             .flatten()
@@ -360,9 +359,14 @@ pub async fn wake(
     let notes = InboxState::new(&ws.runtime_dir());
     let run_id = loops_core::runs::new_run_id();
     let started = Utc::now();
-    let marker = RunningMarker::for_this_process(MAIN, &run_id, kind.as_str(), None, 1, started);
+    // The wake's job names what it claimed: a crash gives exactly those back.
+    let mut marker =
+        RunningMarker::for_this_process(MAIN, &run_id, kind.as_str(), None, 1, started);
+    marker.handoffs = claimed
+        .iter()
+        .filter_map(|f| f.file_name().and_then(|n| n.to_str()).map(str::to_string))
+        .collect();
     let _ = ctx.running.put(&marker);
-    notes.put_claims(&run_id, &claimed);
 
     let mut items = Vec::new();
     let mut by_id: Vec<(String, PathBuf)> = Vec::new();
@@ -688,7 +692,6 @@ pub async fn wake(
     if let Err(e) = ctx.runlog.append(&rec) {
         tracing::error!("{e}");
     }
-    notes.drop_claims(&run_id);
     ctx.running.remove(&run_id);
     WakeResult {
         record: rec,

@@ -388,6 +388,10 @@ pub struct RunningMarker {
     pub pgid: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pgid_start: Option<u64>,
+    /// A wake's claimed handoffs (their file names in `inbox/active/`), given back to the
+    /// inbox if the wake's process dies.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub handoffs: Vec<String>,
 }
 
 impl RunningMarker {
@@ -411,6 +415,7 @@ impl RunningMarker {
             pid_start: process_start_time(pid),
             pgid: None,
             pgid_start: None,
+            handoffs: Vec::new(),
         }
     }
 }
