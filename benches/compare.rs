@@ -67,9 +67,6 @@
 // takes a raw pid); `pub` in a test binary reaches nothing outside it.
 #![allow(unsafe_code, unreachable_pub)]
 
-mod common;
-
-use common::*;
 use loops::engine::loop_run::execute;
 use loops::engine::run_context::{RunContext, RunRequest, Trigger};
 use loops_core::domain::load_domain;
@@ -77,6 +74,7 @@ use loops_core::jobs::queue::{self, JobSpec};
 use loops_core::jobs::store::JobStore;
 use loops_core::runs::Outcome;
 use loops_core::workspace::Workspace;
+use loops_testutil::bench::*;
 use serde_json::json;
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};

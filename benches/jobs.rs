@@ -48,14 +48,12 @@
 // takes a raw pid); `pub` in a test binary reaches nothing outside it.
 #![allow(unsafe_code, unreachable_pub)]
 
-mod common;
-
 use chrono::{DateTime, Utc};
-use common::*;
 use loops_core::jobs::job::{Job, JobId, JobResult, JobState, JobSummary};
 use loops_core::jobs::queue::{self, JobSpec};
 use loops_core::jobs::store::JobStore;
 use loops_core::workspace::Workspace;
+use loops_testutil::bench::*;
 use serde_json::json;
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, Read, Seek, Write};

@@ -26,9 +26,7 @@
 // takes a raw pid); `pub` in a test binary reaches nothing outside it.
 #![allow(unsafe_code, unreachable_pub)]
 
-mod common;
-
-use common::*;
+use loops_testutil::bench::*;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};

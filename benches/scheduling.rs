@@ -14,13 +14,11 @@
 // takes a raw pid); `pub` in a test binary reaches nothing outside it.
 #![allow(unsafe_code, unreachable_pub)]
 
-mod common;
-
 use chrono::{DateTime, Duration as CDuration, Utc};
-use common::*;
 use loops::daemon::{self, DaemonOptions};
 use loops_core::clock::SystemClock;
 use loops_core::workspace::Workspace;
+use loops_testutil::bench::*;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};

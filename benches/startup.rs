@@ -23,15 +23,13 @@
 // takes a raw pid); `pub` in a test binary reaches nothing outside it.
 #![allow(unsafe_code, unreachable_pub)]
 
-mod common;
-
-use common::*;
 use loops::engine::scheduler::{schedulable, Scheduler};
 use loops_core::clock::SystemClock;
 use loops_core::domain::discover;
 use loops_core::runs::RunLog;
 use loops_core::state::StateStore;
 use loops_core::workspace::Workspace;
+use loops_testutil::bench::*;
 use std::io::BufRead;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};

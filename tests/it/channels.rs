@@ -2,8 +2,8 @@
 //! standing in for Discord, Slack, Teams and a generic webhook.
 
 use crate::common::{git, git_commit_all, wait_until, TempWorkspace};
-use crate::fake_model::FakeModel;
-use crate::fake_model::{anthropic, Recorded, Reply};
+use loops_testutil::fake_model::FakeModel;
+use loops_testutil::fake_model::{anthropic, Recorded, Reply};
 use serde_json::{json, Value};
 use std::path::Path;
 use std::time::Duration;

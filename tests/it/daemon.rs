@@ -3,6 +3,7 @@
 //! Waits poll with generous deadlines; nothing assumes the machine is fast.
 
 use crate::common::{git_commit_all, is_zombie, pid_alive, wait_until, TempWorkspace};
+use loops_testutil::Signal;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -46,7 +47,7 @@ fn daemon_second_run_refuses_and_a_stale_lock_is_taken_over() {
     );
 
     // A crash leaves the lock file behind; the next daemon takes it over.
-    first.signal(libc::SIGKILL);
+    first.signal(Signal::KILL);
     assert!(first.wait_exit(LONG).is_some());
     assert!(ws.path().join(".loops").read_dir().unwrap().count() > 0);
     let mut second = ws.start_daemon();
@@ -55,7 +56,7 @@ fn daemon_second_run_refuses_and_a_stale_lock_is_taken_over() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("pid {}", second.pid())));
 
-    second.signal(libc::SIGTERM);
+    second.signal(Signal::TERM);
     let st = second.wait_exit(LONG).expect("the daemon stops on SIGTERM");
     assert!(st.success(), "{st:?}\n{}", second.log());
 }
@@ -122,7 +123,7 @@ fn daemon_hot_reloads_new_broken_and_fixed_loops() {
     std::fs::remove_dir_all(ws.path().join("domains/fresh")).unwrap();
     d.wait_for_log("loop removed", LONG);
 
-    d.signal(libc::SIGTERM);
+    d.signal(Signal::TERM);
     assert!(d.wait_exit(LONG).expect("stops").success());
 }
 
@@ -182,7 +183,7 @@ fn daemon_overlap_policies_forbid_allow_replace() {
         ws.runs("replace"),
         d.log()
     );
-    d.signal(libc::SIGTERM);
+    d.signal(Signal::TERM);
     assert!(d.wait_exit(LONG).expect("stops").success(), "{}", d.log());
 
     // forbid: the skip says why, and its real runs never overlapped.
@@ -253,7 +254,7 @@ fn daemon_sigterm_interrupts_a_long_run_after_the_grace() {
     assert!(pid_alive(job_pid));
 
     let t0 = Instant::now();
-    d.signal(libc::SIGTERM);
+    d.signal(Signal::TERM);
     let st = d.wait_exit(LONG).expect("the daemon stops after the grace");
     let took = t0.elapsed();
     assert!(st.success(), "{st:?}\n{}", d.log());
@@ -326,7 +327,7 @@ fn daemon_records_a_run_left_by_a_killed_daemon_as_interrupted() {
     assert_eq!(marker["pid"], d.pid());
     let run_id = marker["run_id"].as_str().unwrap().to_string();
 
-    d.signal(libc::SIGKILL);
+    d.signal(Signal::KILL);
     assert!(d.wait_exit(LONG).is_some());
     // The job is in its own process group, so it outlives the killed daemon…
     let job_pid: i32 = std::fs::read_to_string(&pidfile)
@@ -371,7 +372,7 @@ fn daemon_records_a_run_left_by_a_killed_daemon_as_interrupted() {
         "{}",
         d2.log()
     );
-    d2.signal(libc::SIGTERM);
+    d2.signal(Signal::TERM);
     assert!(d2.wait_exit(LONG).expect("stops").success());
 }
 
@@ -522,7 +523,7 @@ fn daemon_pauses_a_loop_after_five_failures_and_resume_clears_it() {
         ws.runs("flaky")
     );
 
-    d.signal(libc::SIGTERM);
+    d.signal(Signal::TERM);
     assert!(d.wait_exit(LONG).expect("stops").success());
 
     let out = ws.cmd().args(["resume", "flaky"]).output().unwrap();
@@ -543,7 +544,7 @@ fn daemon_pauses_a_loop_after_five_failures_and_resume_clears_it() {
         "{}",
         d.log()
     );
-    d.signal(libc::SIGTERM);
+    d.signal(Signal::TERM);
     assert!(d.wait_exit(LONG).expect("stops").success());
 }
 
@@ -667,7 +668,7 @@ fn daemon_journal_records_starts_clean_stops_and_what_a_crash_left() {
         .to_string_lossy()
         .trim_end_matches(".json")
         .to_string();
-    d.signal(libc::SIGKILL);
+    d.signal(Signal::KILL);
     assert!(d.wait_exit(LONG).is_some());
 
     every_loop(&ws, "long", "1s", "true", "enabled: false\n");
@@ -678,7 +679,7 @@ fn daemon_journal_records_starts_clean_stops_and_what_a_crash_left() {
         log.contains("did not stop cleanly") && log.contains(&format!("pid {first}")),
         "{log}"
     );
-    d2.signal(libc::SIGTERM);
+    d2.signal(Signal::TERM);
     assert!(d2.wait_exit(LONG).expect("stops").success());
 
     let events = journal(&ws);
@@ -744,7 +745,7 @@ fn daemon_a_run_recorded_before_a_crash_is_not_recorded_again_as_interrupted() {
     );
     let mut d = ws.start_daemon();
     d.wait_for_log("loops daemon started", LONG);
-    d.signal(libc::SIGTERM);
+    d.signal(Signal::TERM);
     assert!(d.wait_exit(LONG).expect("stops").success());
     let recs = ws.runs("gone");
     assert_eq!(recs.len(), 1, "the run is recorded once: {recs:?}");
@@ -827,7 +828,7 @@ fn daemon_starts_while_a_dead_daemons_lock_is_still_held() {
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         assert_eq!(v["daemon"]["pid"], d.pid(), "{v}");
     }
-    d.signal(libc::SIGTERM);
+    d.signal(Signal::TERM);
     assert!(d.wait_exit(LONG).expect("stops").success(), "{}", d.log());
 }
 
@@ -845,7 +846,7 @@ fn daemon_a_watermark_ahead_of_the_clock_is_logged_once_and_re_anchored() {
         "{}",
         d.log()
     );
-    d.signal(libc::SIGTERM);
+    d.signal(Signal::TERM);
     d.wait_exit(LONG).expect("the daemon stops");
 
     let state_path = ws.path().join(".loops/state/tick.json");
@@ -921,7 +922,7 @@ fn daemon_stopping_records_queued_runs_at_once_and_gives_the_grace_only_to_start
 
     let t0 = chrono::Utc::now();
     let clock = Instant::now();
-    d.signal(libc::SIGTERM);
+    d.signal(Signal::TERM);
     let st = d.wait_exit(LONG).expect("the daemon stops");
     let took = clock.elapsed();
     assert!(st.success(), "{st:?}\n{}", d.log());

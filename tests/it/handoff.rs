@@ -7,6 +7,7 @@ use crate::common::{
     drop_handoff, git, git_commit_all, git_trailers, main_script, main_seen, wait_until,
     TempWorkspace,
 };
+use loops_testutil::Signal;
 use std::io::Write;
 use std::time::{Duration, Instant};
 
@@ -539,7 +540,7 @@ fn handoff_malformed_files_are_rejected_once_settled_and_never_block_the_others(
     );
     assert!(ws.inbox_files("").is_empty());
     assert!(ws.inbox_files("active").is_empty());
-    d.signal(libc::SIGTERM);
+    d.signal(Signal::TERM);
     assert!(d.wait_exit(LONG).expect("stops").success(), "{}", d.log());
 }
 
@@ -656,7 +657,7 @@ fn handoff_a_loop_paused_after_failures_hands_off_its_last_error() {
         ws.runs("flaky"),
         d.log()
     );
-    d.signal(libc::SIGTERM);
+    d.signal(Signal::TERM);
     assert!(d.wait_exit(LONG).expect("stops").success(), "{}", d.log());
     assert_eq!(
         ws.count_outcome("flaky", "failed"),

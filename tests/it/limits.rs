@@ -8,7 +8,8 @@ use crate::common::{
     drop_handoff, git, git_commit_all, loops_std_cmd, main_script, main_seen, wait_until,
     DaemonProcess, TempWorkspace,
 };
-use crate::fake_model::{anthropic, FakeModel};
+use loops_testutil::fake_model::{anthropic, FakeModel};
+use loops_testutil::Signal;
 use serde_json::{json, Value};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -202,7 +203,7 @@ fn limits_the_daemon_stays_responsive_while_a_loop_and_the_main_session_flood() 
         "still flooding"
     );
 
-    d.signal(libc::SIGTERM);
+    d.signal(Signal::TERM);
     assert!(d.wait_exit(LONG).is_some(), "the daemon did not stop");
     let runs = ws.runs("flood");
     let flood = runs
@@ -498,7 +499,7 @@ fn limits_thousands_of_files_in_a_loop_folder_list_check_start_run_and_commit() 
     // The daemon took the storm of events in the loop's folder and still answers.
     let status = ws.json(&["status"]);
     assert_eq!(status["daemon"]["pid"], d.pid(), "{status}");
-    d.signal(libc::SIGTERM);
+    d.signal(Signal::TERM);
     assert!(d.wait_exit(LONG).is_some(), "the daemon did not stop");
     assert!(!d.log().contains("ERROR"), "{}", d.log());
 }
@@ -803,7 +804,7 @@ fn a_full_disk_never_tears_a_run_record() {
             "{}",
             d.log()
         );
-        d.signal(libc::SIGTERM);
+        d.signal(Signal::TERM);
         d.wait_exit(LONG).expect("the daemon stops");
     }
     // Earlier history, so the records file is the one file near the limit: copies of the
@@ -841,7 +842,7 @@ fn a_full_disk_never_tears_a_run_record() {
         "the held records are written once the disk frees; log:\n{}",
         d.log()
     );
-    d.signal(libc::SIGTERM);
+    d.signal(Signal::TERM);
     d.wait_exit(LONG).expect("the daemon stops");
 
     assert_eq!(torn_lines(&records), Vec::<String>::new());

@@ -12,7 +12,6 @@ mod common;
 mod config;
 mod daemon;
 mod exec;
-mod fake_model;
 mod handoff;
 mod history;
 mod inbox;

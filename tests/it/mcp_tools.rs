@@ -7,7 +7,8 @@
 use crate::common::{
     git_commit_all, is_zombie, loops_std_cmd, pid_alive, wait_until, DaemonProcess, TempWorkspace,
 };
-use crate::fake_model::{anthropic, FakeModel, Recorded, Reply};
+use loops_testutil::fake_model::{anthropic, FakeModel, Recorded, Reply};
+use loops_testutil::Signal;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -760,7 +761,7 @@ fn a_daemon_restarts_a_server_that_died_and_stops_it_when_it_stops() {
         "{now}"
     );
 
-    d.signal(libc::SIGTERM);
+    d.signal(Signal::TERM);
     assert!(
         d.wait_exit(LONG).expect("the daemon stops").success(),
         "{}",

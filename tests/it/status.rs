@@ -1,6 +1,7 @@
 //! `loops status`: one screen, and the same as JSON.
 
 use crate::common::{wait_until, TempWorkspace};
+use loops_testutil::Signal;
 use std::time::Duration;
 
 fn status_json(ws: &TempWorkspace) -> serde_json::Value {
@@ -169,7 +170,7 @@ fn status_shows_what_runs_now_and_a_rounded_uptime() {
     unsafe { libc::kill(trigger.id() as i32, libc::SIGTERM) };
     let _ = trigger.wait();
     // A clean stop ends the job's `sleep` too (shutdown_grace 1s), leaving nothing behind.
-    d.signal(libc::SIGTERM);
+    d.signal(Signal::TERM);
     d.wait_exit(Duration::from_secs(30));
     d.kill();
 }
