@@ -28,10 +28,6 @@
 //!   cargo bench --bench agent -- --quick       # 10 conversations
 //!   options: --convs N  --turns N  --keep
 
-// Tests and benches start processes and signal them (libc, unsafe in any wrapper that
-// takes a raw pid); `pub` in a test binary reaches nothing outside it.
-#![allow(unsafe_code, unreachable_pub)]
-
 use anyhow::{anyhow, bail, Context};
 use loops::engine::main_agent::{wake_message, Conversation};
 use loops::engine::run_context::WakeKind;

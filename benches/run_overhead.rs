@@ -9,10 +9,6 @@
 //!   cargo bench --bench run_overhead -- --quick      # 30 iterations each
 //!   options: --iters N  --keep
 
-// Tests and benches start processes and signal them (libc, unsafe in any wrapper that
-// takes a raw pid); `pub` in a test binary reaches nothing outside it.
-#![allow(unsafe_code, unreachable_pub)]
-
 use loops::engine::loop_run::execute;
 use loops::engine::run_context::{RunContext, RunRequest, Trigger};
 use loops_core::domain::load_domain;

@@ -10,10 +10,6 @@
 //!   cargo bench --bench scheduling -- --max-concurrent 4   # the default limit
 //!   options: --loops N  --secs S  --max-concurrent N  --keep
 
-// Tests and benches start processes and signal them (libc, unsafe in any wrapper that
-// takes a raw pid); `pub` in a test binary reaches nothing outside it.
-#![allow(unsafe_code, unreachable_pub)]
-
 use chrono::{DateTime, Duration as CDuration, Utc};
 use loops::daemon::{self, DaemonOptions};
 use loops_core::clock::SystemClock;

@@ -3,6 +3,7 @@
 //! Waits poll with generous deadlines; nothing assumes the machine is fast.
 
 use crate::common::{git_commit_all, is_zombie, pid_alive, wait_until, TempWorkspace};
+use loops_testutil::process::{lock_exclusive, signal, signal_child};
 use loops_testutil::Signal;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -550,7 +551,11 @@ fn daemon_pauses_a_loop_after_five_failures_and_resume_clears_it() {
 
 /// Starts `loops ARGS` in the background with a `slow` loop that writes its pid and sleeps;
 /// sends `sig` once the command runs; returns (exit status, the command's pid).
-fn interrupt_slow(ws: &TempWorkspace, args: &[&str], sig: i32) -> (std::process::ExitStatus, i32) {
+fn interrupt_slow(
+    ws: &TempWorkspace,
+    args: &[&str],
+    sig: Signal,
+) -> (std::process::ExitStatus, i32) {
     let out = tempfile::tempdir().unwrap();
     let pidfile = out.path().join("slow.pid");
     every_loop(
@@ -573,8 +578,7 @@ fn interrupt_slow(ws: &TempWorkspace, args: &[&str], sig: i32) -> (std::process:
         .trim()
         .parse()
         .unwrap();
-    // SAFETY: signalling the child this test started.
-    unsafe { libc::kill(child.id() as i32, sig) };
+    signal_child(&child, sig);
     let until = Instant::now() + LONG;
     let status = loop {
         if let Some(st) = child.try_wait().unwrap() {
@@ -582,7 +586,7 @@ fn interrupt_slow(ws: &TempWorkspace, args: &[&str], sig: i32) -> (std::process:
         }
         if Instant::now() >= until {
             let _ = child.kill();
-            panic!("loops {args:?} did not exit after signal {sig}");
+            panic!("loops {args:?} did not exit after signal {}", sig.as_raw());
         }
         std::thread::sleep(Duration::from_millis(50));
     };
@@ -590,12 +594,13 @@ fn interrupt_slow(ws: &TempWorkspace, args: &[&str], sig: i32) -> (std::process:
         !pid_alive(job) || is_zombie(job)
     });
     if !gone {
-        // SAFETY: the job this test started; do not leave it behind.
-        unsafe { libc::kill(job, libc::SIGKILL) };
+        // The job this test started: do not leave it behind.
+        signal(job, Signal::KILL);
     }
     assert!(
         gone,
-        "the command ({job}) kept running after loops {args:?} got signal {sig}"
+        "the command ({job}) kept running after loops {args:?} got signal {}",
+        sig.as_raw()
     );
     (status, job)
 }
@@ -603,7 +608,7 @@ fn interrupt_slow(ws: &TempWorkspace, args: &[&str], sig: i32) -> (std::process:
 #[test]
 fn daemon_run_once_stops_its_runs_on_sigint() {
     let ws = TempWorkspace::new();
-    let (status, _) = interrupt_slow(&ws, &["run", "--once", "--all"], libc::SIGINT);
+    let (status, _) = interrupt_slow(&ws, &["run", "--once", "--all"], Signal::INT);
     assert!(
         status.code().is_some(),
         "exited, not killed by the signal: {status:?}"
@@ -625,7 +630,7 @@ fn daemon_run_once_stops_its_runs_on_sigint() {
 #[test]
 fn daemon_trigger_stops_its_run_on_sigint() {
     let ws = TempWorkspace::new();
-    let (_, _) = interrupt_slow(&ws, &["trigger", "slow"], libc::SIGINT);
+    let (_, _) = interrupt_slow(&ws, &["trigger", "slow"], Signal::INT);
     assert_eq!(ws.count_outcome("slow", "interrupted"), 1);
 }
 
@@ -809,9 +814,7 @@ fn daemon_starts_while_a_dead_daemons_lock_is_still_held() {
         "{{\"pid\":{dead_pid},\"pid_start\":1,\"started\":\"2026-01-01T00:00:00Z\",\"version\":\"0\"}}"
     )
     .unwrap();
-    use std::os::unix::io::AsRawFd;
-    // SAFETY: flock on a descriptor we own.
-    assert_eq!(unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) }, 0);
+    lock_exclusive(&f).unwrap();
     let mut d = ws.start_daemon();
     std::thread::sleep(Duration::from_millis(1500));
     assert!(
@@ -1002,8 +1005,7 @@ fn daemon_run_once_on_sigint_records_its_queued_runs_as_not_run() {
     };
     // Five claimed: one running, the rest behind the limit.
     assert!(wait_until(LONG, || running() >= 5));
-    // SAFETY: signalling the child this test started.
-    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    signal_child(&child, Signal::INT);
     let until = Instant::now() + LONG;
     while child.try_wait().unwrap().is_none() {
         assert!(Instant::now() < until, "loops run --once did not stop");
@@ -1066,8 +1068,7 @@ fn daemon_deleting_a_loop_folder_logs_it_once_without_watcher_noise() {
         );
         // Give a late line the time to arrive before looking for it.
         std::thread::sleep(Duration::from_millis(500));
-        // SAFETY: a signal to the child this test started.
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        signal_child(&child, Signal::TERM);
         let _ = child.wait();
         let text = read();
         assert_eq!(text.matches("loop removed").count(), 1, "{level:?}: {text}");

@@ -9,6 +9,7 @@ use loops_core::jobs::job::{Job, JobState, Lease};
 use loops_core::jobs::queue::{self, JobSpec, QueueError, RunEnd, Sender};
 use loops_core::jobs::store::JobStore;
 use loops_testutil::fake_model::{anthropic, FakeModel, Reply};
+use loops_testutil::process::{group_alive, pid_alive, signal_child};
 use loops_testutil::Signal;
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -741,7 +742,7 @@ fn a_daemon_killed_mid_job_has_it_requeued_and_completed_at_the_next_start() {
     );
     // The orphaned sleep of the first run was stopped.
     assert!(
-        wait_until(LONG, || unsafe { libc::kill(-pgid, 0) } != 0),
+        wait_until(LONG, || !group_alive(pgid)),
         "the old process group still runs"
     );
 }
@@ -771,8 +772,7 @@ fn start_daemon_with_key(ws: &TempWorkspace) -> std::process::Child {
 }
 
 fn stop(mut c: std::process::Child) {
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+    signal_child(&c, Signal::TERM);
     let _ = c.wait();
 }
 
@@ -1236,7 +1236,7 @@ fn follow_streams_a_daemon_run_and_cancel_stops_a_running_command() {
     assert!(String::from_utf8_lossy(&out.stdout)
         .contains("Job #2 (echo $$ > pid; exec sleep 60) — cancelled"));
     assert!(
-        wait_until(LONG, || unsafe { libc::kill(pid, 0) } != 0),
+        wait_until(LONG, || !pid_alive(pid)),
         "the command still runs"
     );
     assert_eq!(

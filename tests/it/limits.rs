@@ -9,6 +9,8 @@ use crate::common::{
     DaemonProcess, TempWorkspace,
 };
 use loops_testutil::fake_model::{anthropic, FakeModel};
+use loops_testutil::pre_exec::limit_file_size;
+use loops_testutil::process::set_file_size_limit;
 use loops_testutil::Signal;
 use serde_json::{json, Value};
 use std::io::Write;
@@ -725,23 +727,10 @@ fn limits_settings_are_checked_with_the_file_and_the_fix() {
 
 // ---- a full disk -----------------------------------------------------------------------
 
-/// Sets the file size limit (`RLIMIT_FSIZE`) of process `pid`: `soft` bytes, or none.
-/// The hard limit stays unlimited, so the soft one can be raised again: the disk frees.
-fn set_file_size_limit(pid: i32, soft: Option<u64>) {
-    let lim = libc::rlimit {
-        rlim_cur: soft.unwrap_or(libc::RLIM_INFINITY),
-        rlim_max: libc::RLIM_INFINITY,
-    };
-    // SAFETY: prlimit on our own child with a valid rlimit; the old value is not asked for.
-    let r = unsafe { libc::prlimit(pid, libc::RLIMIT_FSIZE, &lim, std::ptr::null_mut()) };
-    assert_eq!(r, 0, "prlimit: {}", std::io::Error::last_os_error());
-}
-
 /// `loops run` that may not grow any file past `limit` bytes: a write past it is cut
 /// short, then refused with EFBIG, as on a full disk (SIGXFSZ ignored, as a disk-full
 /// write raises no signal).
 fn start_daemon_with_file_limit(ws: &TempWorkspace, limit: u64) -> DaemonProcess {
-    use std::os::unix::process::CommandExt;
     let log = ws.path().join("daemon-fsize.log");
     let exclude = ws.path().join(".git/info/exclude");
     let mut ex = std::fs::read_to_string(&exclude).unwrap_or_default();
@@ -753,20 +742,7 @@ fn start_daemon_with_file_limit(ws: &TempWorkspace, limit: u64) -> DaemonProcess
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(f);
-    // SAFETY: only async-signal-safe calls between fork and exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
-            let lim = libc::rlimit {
-                rlim_cur: limit,
-                rlim_max: libc::RLIM_INFINITY,
-            };
-            if libc::setrlimit(libc::RLIMIT_FSIZE, &lim) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    limit_file_size(&mut cmd, limit);
     let child = cmd.spawn().expect("start loops run with a file size limit");
     DaemonProcess {
         child: Some(child),

@@ -9,6 +9,8 @@
 //! - [`bench`]: the benches' argument parsing, statistics and workspace skeletons
 //! - [`process`]: the system calls tests make (signals, liveness, flock, rlimits, the
 //!   effective uid, clock ticks) as safe functions over rustix
+//! - [`pre_exec`]: the one thing that cannot be safe, a hook run between fork and exec,
+//!   and the only `unsafe` code of the tests and benches
 //!
 //! The `loops` binary is not found here: cargo tells only the root package's test and
 //! bench targets where it is (`env!("CARGO_BIN_EXE_loops")`), so they pass its path in.
@@ -16,6 +18,7 @@
 pub mod bench;
 pub mod daemon;
 pub mod fake_model;
+pub mod pre_exec;
 pub mod process;
 pub mod workspace;
 

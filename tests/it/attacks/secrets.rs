@@ -10,6 +10,7 @@
 
 use crate::common::{git, git_commit_all, loops_std_cmd, wait_until, DaemonProcess, TempWorkspace};
 use loops_testutil::fake_model::{anthropic, FakeModel, Reply};
+use loops_testutil::process::is_root;
 use loops_testutil::Signal;
 use serde_json::json;
 use std::path::Path;
@@ -200,11 +201,6 @@ impl Scene {
     fn read(&self, rel: &str) -> String {
         std::fs::read_to_string(self.ws.path().join(rel)).unwrap_or_default()
     }
-}
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
 }
 
 /// Checks one look at a parent (a block of peek.txt or a tool result): no secret in what
