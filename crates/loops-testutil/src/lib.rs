@@ -15,6 +15,9 @@
 //! The `loops` binary is not found here: cargo tells only the root package's test and
 //! bench targets where it is (`env!("CARGO_BIN_EXE_loops")`), so they pass its path in.
 
+// Every dependency is used (issue #17): one a change leaves behind is a warning here.
+#![warn(unused_crate_dependencies)]
+
 pub mod bench;
 pub mod daemon;
 pub mod fake_model;
