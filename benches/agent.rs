@@ -2,7 +2,7 @@
 //! repeats the previous one byte for byte (what a provider's prompt cache can reuse), and
 //! how many bytes a silent heartbeat sends compared with the same heartbeat in a main
 //! session that carries identity files and a conversation. The model is the fake model
-//! server of the integration tests (real HTTP on 127.0.0.1, `tests/it/fake_model.rs`),
+//! server of the integration tests (real HTTP on 127.0.0.1, `loops_testutil::fake_model`),
 //! answering at once.
 //!
 //! 1. Runner overhead per turn: `loops_agent::run::drive` with an `HttpProvider` on the
@@ -28,18 +28,7 @@
 //!   cargo bench --bench agent -- --quick       # 10 conversations
 //!   options: --convs N  --turns N  --keep
 
-// Tests and benches start processes and signal them (libc, unsafe in any wrapper that
-// takes a raw pid); `pub` in a test binary reaches nothing outside it.
-#![allow(unsafe_code, unreachable_pub)]
-
-#[path = "../tests/it/fake_model.rs"]
-mod fake_model;
-
-mod common;
-
 use anyhow::{anyhow, bail, Context};
-use common::*;
-use fake_model::{FakeModel, Reply};
 use loops::engine::main_agent::{wake_message, Conversation};
 use loops::engine::run_context::WakeKind;
 use loops_agent::context::{self, Dynamic};
@@ -52,6 +41,8 @@ use loops_agent::transcript::{Redactor, Transcript};
 use loops_core::providers::{ProviderConfig, ProviderKind};
 use loops_core::tool_names::{ISOLATED_DEFAULT, MAIN_DEFAULT};
 use loops_core::workspace::{Workspace, DEFAULT_MAIN_CONTEXT};
+use loops_testutil::bench::*;
+use loops_testutil::fake_model::{self, FakeModel, Reply};
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;

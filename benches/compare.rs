@@ -63,13 +63,6 @@
 //!
 //! Exits 1 if a check fails (a wake, run, commit or job missing).
 
-// Tests and benches start processes and signal them (libc, unsafe in any wrapper that
-// takes a raw pid); `pub` in a test binary reaches nothing outside it.
-#![allow(unsafe_code, unreachable_pub)]
-
-mod common;
-
-use common::*;
 use loops::engine::loop_run::execute;
 use loops::engine::run_context::{RunContext, RunRequest, Trigger};
 use loops_core::domain::load_domain;
@@ -77,6 +70,8 @@ use loops_core::jobs::queue::{self, JobSpec};
 use loops_core::jobs::store::JobStore;
 use loops_core::runs::Outcome;
 use loops_core::workspace::Workspace;
+use loops_testutil::bench::*;
+use loops_testutil::process::{clock_ticks_per_second, signal, signal_group, Signal};
 use serde_json::json;
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
@@ -298,14 +293,11 @@ impl Proc {
             return;
         }
         let pid = self.pid() as i32;
-        // SAFETY: signalling a process (group) this bench started and has not reaped,
-        // so the id is still its own.
-        unsafe {
-            if self.graceful {
-                libc::kill(pid, libc::SIGTERM);
-            } else {
-                libc::kill(-pid, libc::SIGTERM);
-            }
+        // A process (group) this bench started and has not reaped, so the id is still its own.
+        if self.graceful {
+            signal(pid, Signal::TERM);
+        } else {
+            signal_group(pid, Signal::TERM);
         }
         let until = Instant::now() + Duration::from_secs(30);
         while Instant::now() < until {
@@ -315,8 +307,8 @@ impl Proc {
             std::thread::sleep(Duration::from_millis(10));
         }
         eprintln!("{} did not stop within 30 s; killing its group", self.label);
-        // SAFETY: as above: not reaped yet, so the group id is still the child's.
-        unsafe { libc::kill(-pid, libc::SIGKILL) };
+        // As above: not reaped yet, so the group id is still the child's.
+        signal_group(pid, Signal::KILL);
         let _ = self.child.wait();
     }
 }
@@ -425,8 +417,7 @@ fn tree_rss_kb(root: u32) -> u64 {
 }
 
 fn clk_tck() -> f64 {
-    // SAFETY: sysconf has no preconditions.
-    unsafe { libc::sysconf(libc::_SC_CLK_TCK) as f64 }
+    clock_ticks_per_second() as f64
 }
 
 // ---------------------------------------------------------------------------------------

@@ -28,16 +28,10 @@
 //!            --max-wakes N (main.max_wakes_per_minute in the throughput run; default: the
 //!            product default, 60)  --keep
 
-// Tests and benches start processes and signal them (libc, unsafe in any wrapper that
-// takes a raw pid); `pub` in a test binary reaches nothing outside it.
-#![allow(unsafe_code, unreachable_pub)]
-
-mod common;
-
-use common::*;
 use loops::daemon::{self, DaemonOptions};
 use loops_core::clock::SystemClock;
 use loops_core::workspace::Workspace;
+use loops_testutil::bench::*;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

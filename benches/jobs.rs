@@ -44,18 +44,13 @@
 //!            --runs N  --only throughput|latency|list  --bin PATH (another loops binary)
 //!            --keep
 
-// Tests and benches start processes and signal them (libc, unsafe in any wrapper that
-// takes a raw pid); `pub` in a test binary reaches nothing outside it.
-#![allow(unsafe_code, unreachable_pub)]
-
-mod common;
-
 use chrono::{DateTime, Utc};
-use common::*;
 use loops_core::jobs::job::{Job, JobId, JobResult, JobState, JobSummary};
 use loops_core::jobs::queue::{self, JobSpec};
 use loops_core::jobs::store::JobStore;
 use loops_core::workspace::Workspace;
+use loops_testutil::bench::*;
+use loops_testutil::process::{signal_child, Signal};
 use serde_json::json;
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, Read, Seek, Write};
@@ -158,8 +153,7 @@ impl Daemon {
     }
 
     fn stop(mut self) -> Vec<String> {
-        // SAFETY: signalling the child we spawned.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        signal_child(&self.child, Signal::TERM);
         let until = Instant::now() + Duration::from_secs(30);
         loop {
             if self.child.try_wait().unwrap().is_some() {

@@ -22,13 +22,8 @@
 //! The binary is the one cargo builds for this bench (`CARGO_BIN_EXE_loops`, the `bench`
 //! profile: release settings) unless LOOPS_MEM_BIN names another.
 
-// Tests and benches start processes and signal them (libc, unsafe in any wrapper that
-// takes a raw pid); `pub` in a test binary reaches nothing outside it.
-#![allow(unsafe_code, unreachable_pub)]
-
-mod common;
-
-use common::*;
+use loops_testutil::bench::*;
+use loops_testutil::process::{signal_child, Signal};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -69,7 +64,7 @@ fn commits(root: &Path) -> u64 {
 }
 
 fn stop(mut child: Child) {
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    signal_child(&child, Signal::TERM);
     let t = Instant::now();
     while t.elapsed() < Duration::from_secs(60) {
         if let Ok(Some(_)) = child.try_wait() {

@@ -9,19 +9,13 @@
 //!   cargo bench --bench run_overhead -- --quick      # 30 iterations each
 //!   options: --iters N  --keep
 
-// Tests and benches start processes and signal them (libc, unsafe in any wrapper that
-// takes a raw pid); `pub` in a test binary reaches nothing outside it.
-#![allow(unsafe_code, unreachable_pub)]
-
-mod common;
-
-use common::*;
 use loops::engine::loop_run::execute;
 use loops::engine::run_context::{RunContext, RunRequest, Trigger};
 use loops_core::domain::load_domain;
 use loops_core::exec::{self, ExecSpec};
 use loops_core::runs::Outcome;
 use loops_core::workspace::Workspace;
+use loops_testutil::bench::*;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};

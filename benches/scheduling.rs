@@ -10,17 +10,11 @@
 //!   cargo bench --bench scheduling -- --max-concurrent 4   # the default limit
 //!   options: --loops N  --secs S  --max-concurrent N  --keep
 
-// Tests and benches start processes and signal them (libc, unsafe in any wrapper that
-// takes a raw pid); `pub` in a test binary reaches nothing outside it.
-#![allow(unsafe_code, unreachable_pub)]
-
-mod common;
-
 use chrono::{DateTime, Duration as CDuration, Utc};
-use common::*;
 use loops::daemon::{self, DaemonOptions};
 use loops_core::clock::SystemClock;
 use loops_core::workspace::Workspace;
+use loops_testutil::bench::*;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};

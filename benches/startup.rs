@@ -19,19 +19,14 @@
 //!   cargo bench --bench startup -- --quick
 //!   options: --domains N (1000)  --reps N (7; quick 3)  --idle-secs S  --keep
 
-// Tests and benches start processes and signal them (libc, unsafe in any wrapper that
-// takes a raw pid); `pub` in a test binary reaches nothing outside it.
-#![allow(unsafe_code, unreachable_pub)]
-
-mod common;
-
-use common::*;
 use loops::engine::scheduler::{schedulable, Scheduler};
 use loops_core::clock::SystemClock;
 use loops_core::domain::discover;
 use loops_core::runs::RunLog;
 use loops_core::state::StateStore;
 use loops_core::workspace::Workspace;
+use loops_testutil::bench::*;
+use loops_testutil::process::{clock_ticks_per_second, signal_child, Signal};
 use std::io::BufRead;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -210,8 +205,7 @@ fn spawn_daemon(root: &Path) -> (Child, mpsc::Receiver<Instant>, Instant) {
 }
 
 fn stop(child: &mut Child) {
-    // SAFETY: signalling the child we spawned.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    signal_child(child, Signal::TERM);
     let until = Instant::now() + Duration::from_secs(10);
     loop {
         if child.try_wait().unwrap().is_some() {
@@ -328,8 +322,7 @@ fn main() {
     let (cs1, _) = wakeups(pid);
     let (syscr1, rchar1) = (io("syscr:"), io("rchar:"));
     stop(&mut child);
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let hz = clock_ticks_per_second() as f64;
     let ticks = tick1 - tick0;
     println!(
         "idle daemon, 100 loops every 1h: VmRSS {:.1} MB (peak VmHWM {:.1} MB), {threads} threads",

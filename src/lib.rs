@@ -14,6 +14,10 @@
 //! - [`templates`]: the loops `loops new` makes
 //! - [`cli`]: the command line
 
+// Every dependency is used (issue #17). Not in the unit-test build: it is handed the
+// dev-dependencies of the integration tests and benches too, which it does not use.
+#![cfg_attr(not(test), warn(unused_crate_dependencies))]
+
 pub mod cli;
 pub mod daemon;
 pub mod engine;

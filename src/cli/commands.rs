@@ -166,18 +166,15 @@ fn init(dir: Option<&Path>) -> Result {
         std::fs::create_dir_all(dir.join("domains")).ok();
     }
     // A workspace is a git repository: its history is the record of what loops did.
-    let repo = match git2::Repository::discover(&dir) {
-        Ok(r) => r,
-        Err(_) => git2::Repository::init(&dir).map_err(|e| {
-            CliError::new(format!(
-                "cannot create a git repository in {}: {e}",
-                dir.display()
-            ))
-        })?,
-    };
+    let workdir = loops_core::history::discover_or_init(&dir).map_err(|e| {
+        CliError::new(format!(
+            "cannot create a git repository in {}: {e}",
+            dir.display()
+        ))
+    })?;
     if !written.is_empty() {
-        if let Some(workdir) = repo.workdir() {
-            let workdir = workdir.canonicalize().unwrap_or(workdir.to_path_buf());
+        if let Some(workdir) = workdir {
+            let workdir = workdir.canonicalize().unwrap_or(workdir);
             let committer =
                 loops_core::history::Committer::start(&dir, "loops", "loops@localhost")?;
             let rt = tokio::runtime::Builder::new_current_thread()

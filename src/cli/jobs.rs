@@ -758,10 +758,7 @@ fn follow_job(ws: &Workspace, store: &JobStore, id: JobId, stream: bool) -> Resu
     rt.block_on(async {
         let (wtx, mut wrx) = tokio::sync::mpsc::unbounded_channel();
         let _w = loops_core::watch::watch(
-            &[(
-                store.dir().to_path_buf(),
-                notify::RecursiveMode::NonRecursive,
-            )],
+            &[(store.dir().to_path_buf(), loops_core::watch::Mode::Flat)],
             Duration::from_millis(20),
             wtx,
         )
@@ -881,10 +878,7 @@ fn logs(ws: &Workspace, store: &JobStore, id: JobId, follow: bool) -> Result {
         rt.block_on(async {
             let (wtx, mut wrx) = tokio::sync::mpsc::unbounded_channel();
             let _w = loops_core::watch::watch(
-                &[(
-                    store.dir().to_path_buf(),
-                    notify::RecursiveMode::NonRecursive,
-                )],
+                &[(store.dir().to_path_buf(), loops_core::watch::Mode::Flat)],
                 Duration::from_millis(20),
                 wtx,
             )

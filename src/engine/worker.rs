@@ -137,10 +137,7 @@ pub async fn run(
 
     let (watch_tx, mut watch_rx) = mpsc::unbounded_channel();
     let _watcher = match loops_core::watch::watch_and_report(
-        &[(
-            store.dir().to_path_buf(),
-            notify::RecursiveMode::NonRecursive,
-        )],
+        &[(store.dir().to_path_buf(), loops_core::watch::Mode::Flat)],
         Duration::from_millis(2),
         watch_tx,
         // Only the daemon's problems are shown by `loops status`; a CLI following one

@@ -4,7 +4,7 @@
 //! to the model.
 
 use crate::common::{drop_handoff, git, git_commit_all, git_trailers, TempWorkspace};
-use crate::fake_model::{self, anthropic, openai, FakeModel, Recorded, Reply};
+use loops_testutil::fake_model::{self, anthropic, openai, FakeModel, Recorded, Reply};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

@@ -2,8 +2,10 @@
 //! standing in for Discord, Slack, Teams and a generic webhook.
 
 use crate::common::{git, git_commit_all, wait_until, TempWorkspace};
-use crate::fake_model::FakeModel;
-use crate::fake_model::{anthropic, Recorded, Reply};
+use loops_testutil::fake_model::FakeModel;
+use loops_testutil::fake_model::{anthropic, Recorded, Reply};
+use loops_testutil::process::signal_child;
+use loops_testutil::Signal;
 use serde_json::{json, Value};
 use std::path::Path;
 use std::time::Duration;
@@ -537,9 +539,7 @@ fn a_retried_scheduled_run_posts_its_message_once() {
         .spawn()
         .expect("loops run");
     let done = wait_until(LONG, || ws.runs("weekly").len() >= 2);
-    unsafe {
-        libc::kill(child.id() as i32, libc::SIGTERM);
-    }
+    signal_child(&child, Signal::TERM);
     let _ = child.wait();
     let runs = ws.runs("weekly");
     assert!(

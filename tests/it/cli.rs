@@ -2,6 +2,7 @@
 //! commit hashes are normalised by insta filters.
 
 use crate::common::{git_commit_all, loops_cmd, TempWorkspace};
+use loops_testutil::Signal;
 use std::path::Path;
 
 /// Escapes regex metacharacters in a literal.
@@ -386,7 +387,12 @@ fn cli_closed_pipe_ends_quietly() {
         .unwrap();
     assert!(first.starts_with("example:"), "{first}");
     let out = child.wait_with_output().unwrap();
-    assert_eq!(out.status.signal(), Some(libc::SIGPIPE), "{:?}", out.status);
+    assert_eq!(
+        out.status.signal(),
+        Some(Signal::PIPE.as_raw()),
+        "{:?}",
+        out.status
+    );
     assert_eq!(String::from_utf8_lossy(&out.stderr), "");
     // Every command, text or JSON: the reader is gone before the first byte.
     for args in [
@@ -411,7 +417,7 @@ fn cli_closed_pipe_ends_quietly() {
         let out = child.wait_with_output().unwrap();
         assert_eq!(
             out.status.signal(),
-            Some(libc::SIGPIPE),
+            Some(Signal::PIPE.as_raw()),
             "{args:?}: {:?}",
             out.status
         );

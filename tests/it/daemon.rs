@@ -3,6 +3,8 @@
 //! Waits poll with generous deadlines; nothing assumes the machine is fast.
 
 use crate::common::{git_commit_all, is_zombie, pid_alive, wait_until, TempWorkspace};
+use loops_testutil::process::{lock_exclusive, signal, signal_child};
+use loops_testutil::Signal;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -46,7 +48,7 @@ fn daemon_second_run_refuses_and_a_stale_lock_is_taken_over() {
     );
 
     // A crash leaves the lock file behind; the next daemon takes it over.
-    first.signal(libc::SIGKILL);
+    first.signal(Signal::KILL);
     assert!(first.wait_exit(LONG).is_some());
     assert!(ws.path().join(".loops").read_dir().unwrap().count() > 0);
     let mut second = ws.start_daemon();
@@ -55,7 +57,7 @@ fn daemon_second_run_refuses_and_a_stale_lock_is_taken_over() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("pid {}", second.pid())));
 
-    second.signal(libc::SIGTERM);
+    second.signal(Signal::TERM);
     let st = second.wait_exit(LONG).expect("the daemon stops on SIGTERM");
     assert!(st.success(), "{st:?}\n{}", second.log());
 }
@@ -122,7 +124,7 @@ fn daemon_hot_reloads_new_broken_and_fixed_loops() {
     std::fs::remove_dir_all(ws.path().join("domains/fresh")).unwrap();
     d.wait_for_log("loop removed", LONG);
 
-    d.signal(libc::SIGTERM);
+    d.signal(Signal::TERM);
     assert!(d.wait_exit(LONG).expect("stops").success());
 }
 
@@ -182,7 +184,7 @@ fn daemon_overlap_policies_forbid_allow_replace() {
         ws.runs("replace"),
         d.log()
     );
-    d.signal(libc::SIGTERM);
+    d.signal(Signal::TERM);
     assert!(d.wait_exit(LONG).expect("stops").success(), "{}", d.log());
 
     // forbid: the skip says why, and its real runs never overlapped.
@@ -252,7 +254,7 @@ fn daemon_sigterm_interrupts_a_long_run_after_the_grace() {
     assert!(pid_alive(job_pid));
 
     let t0 = Instant::now();
-    d.signal(libc::SIGTERM);
+    d.signal(Signal::TERM);
     let st = d.wait_exit(LONG).expect("the daemon stops after the grace");
     let took = t0.elapsed();
     assert!(st.success(), "{st:?}\n{}", d.log());
@@ -316,7 +318,7 @@ fn daemon_records_a_run_left_by_a_killed_daemon_as_interrupted() {
     assert_eq!(marker["pid"], d.pid());
     let run_id = marker["run_id"].as_str().unwrap().to_string();
 
-    d.signal(libc::SIGKILL);
+    d.signal(Signal::KILL);
     assert!(d.wait_exit(LONG).is_some());
     // The job is in its own process group, so it outlives the killed daemon…
     let job_pid: i32 = std::fs::read_to_string(&pidfile)
@@ -361,7 +363,7 @@ fn daemon_records_a_run_left_by_a_killed_daemon_as_interrupted() {
         "{}",
         d2.log()
     );
-    d2.signal(libc::SIGTERM);
+    d2.signal(Signal::TERM);
     assert!(d2.wait_exit(LONG).expect("stops").success());
 }
 
@@ -512,7 +514,7 @@ fn daemon_pauses_a_loop_after_five_failures_and_resume_clears_it() {
         ws.runs("flaky")
     );
 
-    d.signal(libc::SIGTERM);
+    d.signal(Signal::TERM);
     assert!(d.wait_exit(LONG).expect("stops").success());
 
     let out = ws.cmd().args(["resume", "flaky"]).output().unwrap();
@@ -533,13 +535,17 @@ fn daemon_pauses_a_loop_after_five_failures_and_resume_clears_it() {
         "{}",
         d.log()
     );
-    d.signal(libc::SIGTERM);
+    d.signal(Signal::TERM);
     assert!(d.wait_exit(LONG).expect("stops").success());
 }
 
 /// Starts `loops ARGS` in the background with a `slow` loop that writes its pid and sleeps;
 /// sends `sig` once the command runs; returns (exit status, the command's pid).
-fn interrupt_slow(ws: &TempWorkspace, args: &[&str], sig: i32) -> (std::process::ExitStatus, i32) {
+fn interrupt_slow(
+    ws: &TempWorkspace,
+    args: &[&str],
+    sig: Signal,
+) -> (std::process::ExitStatus, i32) {
     let out = tempfile::tempdir().unwrap();
     let pidfile = out.path().join("slow.pid");
     every_loop(
@@ -562,8 +568,7 @@ fn interrupt_slow(ws: &TempWorkspace, args: &[&str], sig: i32) -> (std::process:
         .trim()
         .parse()
         .unwrap();
-    // SAFETY: signalling the child this test started.
-    unsafe { libc::kill(child.id() as i32, sig) };
+    signal_child(&child, sig);
     let until = Instant::now() + LONG;
     let status = loop {
         if let Some(st) = child.try_wait().unwrap() {
@@ -571,7 +576,7 @@ fn interrupt_slow(ws: &TempWorkspace, args: &[&str], sig: i32) -> (std::process:
         }
         if Instant::now() >= until {
             let _ = child.kill();
-            panic!("loops {args:?} did not exit after signal {sig}");
+            panic!("loops {args:?} did not exit after signal {}", sig.as_raw());
         }
         std::thread::sleep(Duration::from_millis(50));
     };
@@ -579,12 +584,13 @@ fn interrupt_slow(ws: &TempWorkspace, args: &[&str], sig: i32) -> (std::process:
         !pid_alive(job) || is_zombie(job)
     });
     if !gone {
-        // SAFETY: the job this test started; do not leave it behind.
-        unsafe { libc::kill(job, libc::SIGKILL) };
+        // The job this test started: do not leave it behind.
+        signal(job, Signal::KILL);
     }
     assert!(
         gone,
-        "the command ({job}) kept running after loops {args:?} got signal {sig}"
+        "the command ({job}) kept running after loops {args:?} got signal {}",
+        sig.as_raw()
     );
     (status, job)
 }
@@ -592,7 +598,7 @@ fn interrupt_slow(ws: &TempWorkspace, args: &[&str], sig: i32) -> (std::process:
 #[test]
 fn daemon_run_once_stops_its_runs_on_sigint() {
     let ws = TempWorkspace::new();
-    let (status, _) = interrupt_slow(&ws, &["run", "--once", "--all"], libc::SIGINT);
+    let (status, _) = interrupt_slow(&ws, &["run", "--once", "--all"], Signal::INT);
     assert!(
         status.code().is_some(),
         "exited, not killed by the signal: {status:?}"
@@ -606,7 +612,7 @@ fn daemon_run_once_stops_its_runs_on_sigint() {
 #[test]
 fn daemon_trigger_stops_its_run_on_sigint() {
     let ws = TempWorkspace::new();
-    let (_, _) = interrupt_slow(&ws, &["trigger", "slow"], libc::SIGINT);
+    let (_, _) = interrupt_slow(&ws, &["trigger", "slow"], Signal::INT);
     assert_eq!(ws.count_outcome("slow", "interrupted"), 1);
 }
 
@@ -644,7 +650,7 @@ fn daemon_journal_records_starts_clean_stops_and_what_a_crash_left() {
         .next()
         .expect("a run in progress");
     let run_id = marker["run_id"].as_str().expect("run_id").to_string();
-    d.signal(libc::SIGKILL);
+    d.signal(Signal::KILL);
     assert!(d.wait_exit(LONG).is_some());
 
     every_loop(&ws, "long", "1s", "true", "enabled: false\n");
@@ -655,7 +661,7 @@ fn daemon_journal_records_starts_clean_stops_and_what_a_crash_left() {
         log.contains("did not stop cleanly") && log.contains(&format!("pid {first}")),
         "{log}"
     );
-    d2.signal(libc::SIGTERM);
+    d2.signal(Signal::TERM);
     assert!(d2.wait_exit(LONG).expect("stops").success());
 
     let events = journal(&ws);
@@ -721,7 +727,7 @@ fn daemon_a_run_recorded_before_a_crash_is_not_recorded_again_as_interrupted() {
     );
     let mut d = ws.start_daemon();
     d.wait_for_log("loops daemon started", LONG);
-    d.signal(libc::SIGTERM);
+    d.signal(Signal::TERM);
     assert!(d.wait_exit(LONG).expect("stops").success());
     let recs = ws.runs("gone");
     assert_eq!(recs.len(), 1, "the run is recorded once: {recs:?}");
@@ -785,9 +791,7 @@ fn daemon_starts_while_a_dead_daemons_lock_is_still_held() {
         "{{\"pid\":{dead_pid},\"pid_start\":1,\"started\":\"2026-01-01T00:00:00Z\",\"version\":\"0\"}}"
     )
     .unwrap();
-    use std::os::unix::io::AsRawFd;
-    // SAFETY: flock on a descriptor we own.
-    assert_eq!(unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) }, 0);
+    lock_exclusive(&f).unwrap();
     let mut d = ws.start_daemon();
     std::thread::sleep(Duration::from_millis(1500));
     assert!(
@@ -804,7 +808,7 @@ fn daemon_starts_while_a_dead_daemons_lock_is_still_held() {
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         assert_eq!(v["daemon"]["pid"], d.pid(), "{v}");
     }
-    d.signal(libc::SIGTERM);
+    d.signal(Signal::TERM);
     assert!(d.wait_exit(LONG).expect("stops").success(), "{}", d.log());
 }
 
@@ -822,7 +826,7 @@ fn daemon_a_watermark_ahead_of_the_clock_is_logged_once_and_re_anchored() {
         "{}",
         d.log()
     );
-    d.signal(libc::SIGTERM);
+    d.signal(Signal::TERM);
     d.wait_exit(LONG).expect("the daemon stops");
 
     let state_path = ws.path().join(".loops/state/tick.json");
@@ -892,7 +896,7 @@ fn daemon_stopping_records_queued_runs_at_once_and_gives_the_grace_only_to_start
 
     let t0 = chrono::Utc::now();
     let clock = Instant::now();
-    d.signal(libc::SIGTERM);
+    d.signal(Signal::TERM);
     let st = d.wait_exit(LONG).expect("the daemon stops");
     let took = clock.elapsed();
     assert!(st.success(), "{st:?}\n{}", d.log());
@@ -966,8 +970,7 @@ fn daemon_run_once_on_sigint_records_its_queued_runs_as_not_run() {
     let running = || runs_in_progress(&ws).len();
     // Five claimed: one running, the rest behind the limit.
     assert!(wait_until(LONG, || running() >= 5));
-    // SAFETY: signalling the child this test started.
-    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    signal_child(&child, Signal::INT);
     let until = Instant::now() + LONG;
     while child.try_wait().unwrap().is_none() {
         assert!(Instant::now() < until, "loops run --once did not stop");
@@ -1030,8 +1033,7 @@ fn daemon_deleting_a_loop_folder_logs_it_once_without_watcher_noise() {
         );
         // Give a late line the time to arrive before looking for it.
         std::thread::sleep(Duration::from_millis(500));
-        // SAFETY: a signal to the child this test started.
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        signal_child(&child, Signal::TERM);
         let _ = child.wait();
         let text = read();
         assert_eq!(text.matches("loop removed").count(), 1, "{level:?}: {text}");

@@ -7,6 +7,8 @@ use crate::common::{
     drop_handoff, git, git_commit_all, git_trailers, main_script, main_seen, wait_until,
     TempWorkspace,
 };
+use loops_testutil::pre_exec::limit_file_size;
+use loops_testutil::Signal;
 use std::io::Write;
 use std::time::{Duration, Instant};
 
@@ -539,7 +541,7 @@ fn handoff_malformed_files_are_rejected_once_settled_and_never_block_the_others(
     );
     assert!(ws.inbox_files("").is_empty());
     assert!(ws.inbox_files("active").is_empty());
-    d.signal(libc::SIGTERM);
+    d.signal(Signal::TERM);
     assert!(d.wait_exit(LONG).expect("stops").success(), "{}", d.log());
 }
 
@@ -656,7 +658,7 @@ fn handoff_a_loop_paused_after_failures_hands_off_its_last_error() {
         ws.runs("flaky"),
         d.log()
     );
-    d.signal(libc::SIGTERM);
+    d.signal(Signal::TERM);
     assert!(d.wait_exit(LONG).expect("stops").success(), "{}", d.log());
     assert_eq!(
         ws.count_outcome("flaky", "failed"),
@@ -694,27 +696,13 @@ fn handoff_a_loop_paused_after_failures_hands_off_its_last_error() {
 /// body is 16 KB.
 #[test]
 fn handoff_create_that_the_disk_refuses_leaves_nothing_in_tmp() {
-    use std::os::unix::process::CommandExt;
     let ws = TempWorkspace::new();
     let body = "a line of the body that the disk will not take\n".repeat(350);
     let mut cmd = crate::common::loops_std_cmd(ws.path());
     cmd.args([
         "handoff", "create", "--from", "x", "--title", "Too big", "--body", &body,
     ]);
-    // SAFETY: only async-signal-safe calls between fork and exec.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
-            let lim = libc::rlimit {
-                rlim_cur: 4096,
-                rlim_max: libc::RLIM_INFINITY,
-            };
-            if libc::setrlimit(libc::RLIMIT_FSIZE, &lim) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    limit_file_size(&mut cmd, 4096);
     let out = cmd.output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{err}");

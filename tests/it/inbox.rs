@@ -4,6 +4,7 @@
 //! without SIGKILL). Waits poll with generous deadlines; nothing assumes a fast machine.
 
 use crate::common::{git, git_trailers, main_script, main_seen, wait_until, TempWorkspace};
+use loops_testutil::Signal;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::process::Stdio;
@@ -125,7 +126,7 @@ fn inbox_handoff_written_while_stopped_is_processed_at_start() {
     );
     assert!(files.contains(&format!("D\tinbox/{id}.md")), "{files}");
 
-    d.signal(libc::SIGTERM);
+    d.signal(Signal::TERM);
     assert!(d.wait_exit(LONG).expect("stops").success(), "{}", d.log());
 }
 
@@ -193,7 +194,7 @@ fn inbox_heartbeat_wakes_and_a_swapped_in_inbox_is_watched_again() {
         d.log()
     );
 
-    d.signal(libc::SIGTERM);
+    d.signal(Signal::TERM);
     assert!(d.wait_exit(LONG).expect("stops").success(), "{}", d.log());
 }
 
@@ -336,7 +337,7 @@ done"#;
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no handoff `nope`"));
 
-    d.signal(libc::SIGTERM);
+    d.signal(Signal::TERM);
     assert!(d.wait_exit(LONG).expect("stops").success(), "{}", d.log());
     // Every state change is committed: nothing of the inbox is left uncommitted.
     let status = git(ws.path(), &["status", "--porcelain", "inbox"]);
@@ -404,7 +405,7 @@ fn inbox_failing_main_session_returns_handoffs_then_holds_them() {
         main_seen(tools.path()).iter().filter(|s| s.2 == id).count(),
         2
     );
-    d.signal(libc::SIGTERM);
+    d.signal(Signal::TERM);
     assert!(d.wait_exit(LONG).expect("stops").success(), "{}", d.log());
 }
 
@@ -504,7 +505,7 @@ fn inbox_stress_1000_handoffs_from_8_writers_each_completed_exactly_once() {
         started.elapsed(),
         d.log()
     );
-    d.signal(libc::SIGTERM);
+    d.signal(Signal::TERM);
     assert!(d.wait_exit(LONG).expect("stops").success(), "{}", d.log());
     assert_all_done_once(&ws, false);
 
@@ -557,7 +558,7 @@ fn inbox_stress_1000_handoffs_survive_sigkill_of_the_daemon() {
         let want = (k + 1) * WRITERS * PER_WRITER / 7;
         wait_until(LONG, || ws.done_stems().len() >= want);
         std::thread::sleep(Duration::from_millis(next() % 150));
-        d.signal(libc::SIGKILL);
+        d.signal(Signal::KILL);
         assert!(d.wait_exit(LONG).is_some());
         logs.push(d.log());
         d = ws.start_daemon();
@@ -578,7 +579,7 @@ fn inbox_stress_1000_handoffs_survive_sigkill_of_the_daemon() {
     // The last restart may still be starting: a SIGTERM before the process has installed
     // its handlers would kill it by default, which says nothing about loops.
     d.wait_for_log("loops daemon started", LONG);
-    d.signal(libc::SIGTERM);
+    d.signal(Signal::TERM);
     assert!(d.wait_exit(LONG).expect("stops").success(), "{}", d.log());
     assert_all_done_once(&ws, true);
 
@@ -666,7 +667,7 @@ fn inbox_crash_recovery_returns_claimed_handoffs_but_keeps_held_ones() {
     assert!(ws.inbox_files("").is_empty());
     assert!(!ws.path().join(".loops/inbox/claims/01DEAD.json").exists());
     d.wait_for_log("went back to the inbox", LONG);
-    d.signal(libc::SIGTERM);
+    d.signal(Signal::TERM);
     assert!(d.wait_exit(LONG).expect("stops").success(), "{}", d.log());
 }
 
@@ -693,7 +694,7 @@ fn inbox_a_main_session_cut_short_by_a_crash_is_stopped_before_its_handoff_is_ha
     };
     assert!(wait_until(LONG, || read_pid().is_some()), "{}", d.log());
     let main_pid = read_pid().unwrap();
-    d.signal(libc::SIGKILL);
+    d.signal(Signal::KILL);
     assert!(d.wait_exit(LONG).is_some());
     assert!(
         crate::common::pid_alive(main_pid),
@@ -725,7 +726,7 @@ fn inbox_a_main_session_cut_short_by_a_crash_is_stopped_before_its_handoff_is_ha
         .collect();
     assert_eq!(unclean.len(), 1, "{journal}");
     assert_eq!(unclean[0]["recovered"]["handoffs"][0], "h1.md", "{journal}");
-    d2.signal(libc::SIGTERM);
+    d2.signal(Signal::TERM);
     assert!(d2.wait_exit(LONG).expect("stops").success(), "{}", d2.log());
 }
 
@@ -759,7 +760,7 @@ fn inbox_a_completion_the_disk_refuses_is_finished_later_without_handing_it_over
         .filter(|(_, _, id)| id == "h1")
         .collect();
     assert_eq!(seen.len(), 1, "handed to the main session once: {seen:?}");
-    d.signal(libc::SIGTERM);
+    d.signal(Signal::TERM);
     assert!(d.wait_exit(LONG).expect("stops").success(), "{}", d.log());
     assert_eq!(git(ws.path(), &["status", "--porcelain"]), "");
 }
@@ -979,7 +980,7 @@ done"#;
     );
     ws.json(&["inbox", "complete", &partial]);
 
-    d.signal(libc::SIGTERM);
+    d.signal(Signal::TERM);
     assert!(d.wait_exit(LONG).expect("stops").success(), "{}", d.log());
     let status = git(ws.path(), &["status", "--porcelain", "inbox"]);
     assert!(status.trim().is_empty(), "{status}");

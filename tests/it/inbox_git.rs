@@ -7,6 +7,7 @@
 use crate::common::{
     drop_handoff, git, git_trailers, main_script, main_seen, wait_until, TempWorkspace,
 };
+use loops_testutil::Signal;
 use std::path::Path;
 use std::time::Duration;
 
@@ -138,7 +139,7 @@ fn inbox_git_claims_rejections_and_completions_each_leave_git_status_clean() {
         vec!["inbox/rejected/broken.error.md", "inbox/rejected/broken.md"]
     );
 
-    d.signal(libc::SIGTERM);
+    d.signal(Signal::TERM);
     assert!(d.wait_exit(LONG).expect("stops").success(), "{}", d.log());
     assert_eq!(status(ws.path()), "");
     git(ws.path(), &["fsck", "--strict"]);
@@ -278,7 +279,7 @@ fn inbox_git_a_reused_id_gets_a_new_one_and_each_completion_commits_only_its_own
         ]
     );
 
-    d.signal(libc::SIGTERM);
+    d.signal(Signal::TERM);
     assert!(d.wait_exit(LONG).expect("stops").success(), "{}", d.log());
     assert_eq!(status(ws.path()), "");
     git(ws.path(), &["fsck", "--strict"]);
@@ -381,7 +382,7 @@ fn inbox_git_moves_a_killed_runner_left_uncommitted_are_committed_at_the_next_st
         "{}",
         d.log()
     );
-    d.signal(libc::SIGTERM);
+    d.signal(Signal::TERM);
     assert!(
         d.wait_exit(LONG).is_some_and(|s| s.success()),
         "{}",

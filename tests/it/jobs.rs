@@ -4,11 +4,13 @@
 //! resume, steering, fan-out under each `on_child_fail` policy).
 
 use crate::common::{git_commit_all, loops_std_cmd, wait_until, TempWorkspace};
-use crate::fake_model::{anthropic, FakeModel, Reply};
 use chrono::{DateTime, Duration as CDuration, TimeZone, Utc};
 use loops_core::jobs::job::{Job, JobState, Lease};
 use loops_core::jobs::queue::{self, JobSpec, QueueError, RunEnd, Sender};
 use loops_core::jobs::store::JobStore;
+use loops_testutil::fake_model::{anthropic, FakeModel, Reply};
+use loops_testutil::process::{group_alive, pid_alive, signal_child};
+use loops_testutil::Signal;
 use serde_json::{json, Value};
 use std::time::Duration;
 
@@ -706,7 +708,7 @@ fn a_daemon_killed_mid_job_has_it_requeued_and_completed_at_the_next_start() {
     );
     assert!(wait_until(LONG, || job_json(&ws, 1)["lease"]["pgid"].is_u64()));
     let pgid = job_json(&ws, 1)["lease"]["pgid"].as_u64().expect("pgid") as i32;
-    d.signal(libc::SIGKILL);
+    d.signal(Signal::KILL);
     d.wait_exit(LONG);
     assert_eq!(
         state_of(&ws, 1),
@@ -740,7 +742,7 @@ fn a_daemon_killed_mid_job_has_it_requeued_and_completed_at_the_next_start() {
     );
     // The orphaned sleep of the first run was stopped.
     assert!(
-        wait_until(LONG, || unsafe { libc::kill(-pgid, 0) } != 0),
+        wait_until(LONG, || !group_alive(pgid)),
         "the old process group still runs"
     );
 }
@@ -770,19 +772,18 @@ fn start_daemon_with_key(ws: &TempWorkspace) -> std::process::Child {
 }
 
 fn stop(mut c: std::process::Child) {
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+    signal_child(&c, Signal::TERM);
     let _ = c.wait();
 }
 
-fn body(r: &crate::fake_model::Recorded) -> String {
+fn body(r: &loops_testutil::fake_model::Recorded) -> String {
     String::from_utf8_lossy(&r.body).to_string()
 }
 
 #[test]
 fn a_paused_agent_job_resumes_from_its_conversation_without_repeating_tool_calls() {
     let fake = FakeModel::start(vec![
-        crate::fake_model::slow(
+        loops_testutil::fake_model::slow(
             anthropic::tool_use(
                 &[(
                     "t1",
@@ -846,7 +847,7 @@ fn a_paused_agent_job_resumes_from_its_conversation_without_repeating_tool_calls
 #[test]
 fn steering_messages_reach_the_model_before_the_next_turn_with_a_receipt() {
     let fake = FakeModel::start(vec![
-        crate::fake_model::slow(
+        loops_testutil::fake_model::slow(
             anthropic::tool_use(&[("t1", "list_files", json!({"path": "."}))], (10, 1, 0, 0)),
             Duration::from_millis(1500),
         ),
@@ -1235,7 +1236,7 @@ fn follow_streams_a_daemon_run_and_cancel_stops_a_running_command() {
     assert!(String::from_utf8_lossy(&out.stdout)
         .contains("Job #2 (echo $$ > pid; exec sleep 60) — cancelled"));
     assert!(
-        wait_until(LONG, || unsafe { libc::kill(pid, 0) } != 0),
+        wait_until(LONG, || !pid_alive(pid)),
         "the command still runs"
     );
     assert_eq!(

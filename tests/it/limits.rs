@@ -8,7 +8,10 @@ use crate::common::{
     drop_handoff, git, git_commit_all, loops_std_cmd, main_script, main_seen, wait_until,
     DaemonProcess, TempWorkspace,
 };
-use crate::fake_model::{anthropic, FakeModel};
+use loops_testutil::fake_model::{anthropic, FakeModel};
+use loops_testutil::pre_exec::limit_file_size;
+use loops_testutil::process::set_file_size_limit;
+use loops_testutil::Signal;
 use serde_json::{json, Value};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -202,7 +205,7 @@ fn limits_the_daemon_stays_responsive_while_a_loop_and_the_main_session_flood() 
         "still flooding"
     );
 
-    d.signal(libc::SIGTERM);
+    d.signal(Signal::TERM);
     assert!(d.wait_exit(LONG).is_some(), "the daemon did not stop");
     let runs = ws.runs("flood");
     let flood = runs
@@ -498,7 +501,7 @@ fn limits_thousands_of_files_in_a_loop_folder_list_check_start_run_and_commit() 
     // The daemon took the storm of events in the loop's folder and still answers.
     let status = ws.json(&["status"]);
     assert_eq!(status["daemon"]["pid"], d.pid(), "{status}");
-    d.signal(libc::SIGTERM);
+    d.signal(Signal::TERM);
     assert!(d.wait_exit(LONG).is_some(), "the daemon did not stop");
     assert!(!d.log().contains("ERROR"), "{}", d.log());
 }
@@ -724,23 +727,10 @@ fn limits_settings_are_checked_with_the_file_and_the_fix() {
 
 // ---- a full disk -----------------------------------------------------------------------
 
-/// Sets the file size limit (`RLIMIT_FSIZE`) of process `pid`: `soft` bytes, or none.
-/// The hard limit stays unlimited, so the soft one can be raised again: the disk frees.
-fn set_file_size_limit(pid: i32, soft: Option<u64>) {
-    let lim = libc::rlimit {
-        rlim_cur: soft.unwrap_or(libc::RLIM_INFINITY),
-        rlim_max: libc::RLIM_INFINITY,
-    };
-    // SAFETY: prlimit on our own child with a valid rlimit; the old value is not asked for.
-    let r = unsafe { libc::prlimit(pid, libc::RLIMIT_FSIZE, &lim, std::ptr::null_mut()) };
-    assert_eq!(r, 0, "prlimit: {}", std::io::Error::last_os_error());
-}
-
 /// `loops run` that may not grow any file past `limit` bytes: a write past it is cut
 /// short, then refused with EFBIG, as on a full disk (SIGXFSZ ignored, as a disk-full
 /// write raises no signal).
 fn start_daemon_with_file_limit(ws: &TempWorkspace, limit: u64) -> DaemonProcess {
-    use std::os::unix::process::CommandExt;
     let log = ws.path().join("daemon-fsize.log");
     let exclude = ws.path().join(".git/info/exclude");
     let mut ex = std::fs::read_to_string(&exclude).unwrap_or_default();
@@ -752,20 +742,7 @@ fn start_daemon_with_file_limit(ws: &TempWorkspace, limit: u64) -> DaemonProcess
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(f);
-    // SAFETY: only async-signal-safe calls between fork and exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
-            let lim = libc::rlimit {
-                rlim_cur: limit,
-                rlim_max: libc::RLIM_INFINITY,
-            };
-            if libc::setrlimit(libc::RLIMIT_FSIZE, &lim) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    limit_file_size(&mut cmd, limit);
     let child = cmd.spawn().expect("start loops run with a file size limit");
     DaemonProcess {
         child: Some(child),
@@ -803,7 +780,7 @@ fn a_full_disk_never_tears_a_run_record() {
             "{}",
             d.log()
         );
-        d.signal(libc::SIGTERM);
+        d.signal(Signal::TERM);
         d.wait_exit(LONG).expect("the daemon stops");
     }
     // Earlier history, so the records file is the one file near the limit: copies of the
@@ -841,7 +818,7 @@ fn a_full_disk_never_tears_a_run_record() {
         "the held records are written once the disk frees; log:\n{}",
         d.log()
     );
-    d.signal(libc::SIGTERM);
+    d.signal(Signal::TERM);
     d.wait_exit(LONG).expect("the daemon stops");
 
     assert_eq!(torn_lines(&records), Vec::<String>::new());

@@ -1,8 +1,8 @@
 //! The one integration-test binary: every area is a module, sharing the helpers in `common`.
 
-// Tests and benches start processes and signal them (libc, unsafe in any wrapper that
-// takes a raw pid); `pub` in a test binary reaches nothing outside it.
-#![allow(unsafe_code, unreachable_pub)]
+// `pub` in a test binary reaches nothing outside it. The system calls tests make (signals,
+// flock, rlimits) are safe functions of loops_testutil.
+#![allow(unreachable_pub)]
 
 mod agent;
 mod attacks;
@@ -12,7 +12,6 @@ mod common;
 mod config;
 mod daemon;
 mod exec;
-mod fake_model;
 mod handoff;
 mod history;
 mod inbox;

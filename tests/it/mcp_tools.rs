@@ -7,7 +7,9 @@
 use crate::common::{
     git_commit_all, is_zombie, loops_std_cmd, pid_alive, wait_until, DaemonProcess, TempWorkspace,
 };
-use crate::fake_model::{anthropic, FakeModel, Recorded, Reply};
+use loops_testutil::fake_model::{anthropic, FakeModel, Recorded, Reply};
+use loops_testutil::process::signal;
+use loops_testutil::Signal;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -727,10 +729,8 @@ fn a_daemon_restarts_a_server_that_died_and_stops_it_when_it_stops() {
     assert_eq!(first["state"], "running", "{first}");
     let pid = first["pid"].as_i64().expect("pid") as i32;
     assert!(pid_alive(pid), "{first}");
-    // SAFETY: killing the MCP server the daemon started (a process of this test's tree).
-    unsafe {
-        libc::kill(pid, libc::SIGKILL);
-    }
+    // Killing the MCP server the daemon started (a process of this test's tree).
+    signal(pid, Signal::KILL);
     assert!(wait_until(Duration::from_secs(10), || gone(pid)));
 
     assert!(
@@ -760,7 +760,7 @@ fn a_daemon_restarts_a_server_that_died_and_stops_it_when_it_stops() {
         "{now}"
     );
 
-    d.signal(libc::SIGTERM);
+    d.signal(Signal::TERM);
     assert!(
         d.wait_exit(LONG).expect("the daemon stops").success(),
         "{}",

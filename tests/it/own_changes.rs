@@ -4,7 +4,7 @@
 //! repositories, and the git CLI as the person.
 
 use crate::common::{git, git_commit_all, loops_std_cmd, wait_until, TempWorkspace};
-use crate::fake_model::{anthropic, slow, FakeModel, Reply};
+use loops_testutil::fake_model::{anthropic, slow, FakeModel, Reply};
 use serde_json::{json, Value};
 use std::path::Path;
 use std::time::Duration;

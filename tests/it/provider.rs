@@ -2,11 +2,11 @@
 //! 127.0.0.1: replies and usage, tool round trips, headers and keys, retries, deadlines,
 //! and the bytes of the request body.
 
-use crate::fake_model::{self, FakeModel, Reply};
 use loops_agent::model::{Block, Message, ModelRequest, Role, SystemPart, ToolSpec, Usage};
 use loops_agent::provider::{self, Completion, HttpProvider, ProviderError};
 use loops_agent::{anthropic, openai};
 use loops_core::providers::{ProviderConfig, ProviderKind};
+use loops_testutil::fake_model::{self, FakeModel, Reply};
 use serde_json::{json, Value};
 use std::time::Duration;
 use tokio::time::Instant;

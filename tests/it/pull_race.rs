@@ -4,6 +4,7 @@
 //! the repository is sound, and every run's line is on the branch exactly once.
 
 use crate::common::{git, git_commit_all, TempWorkspace};
+use loops_testutil::Signal;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -137,7 +138,7 @@ fn pulls_with_merge_and_rebase_beside_a_committing_daemon_lose_nothing() {
     }
     // Let a few more runs land after the last pull, then stop the daemon.
     std::thread::sleep(Duration::from_secs(2));
-    daemon.signal(libc::SIGTERM);
+    daemon.signal(Signal::TERM);
     daemon
         .wait_exit(Duration::from_secs(60))
         .expect("the daemon stops on SIGTERM");

@@ -4,6 +4,7 @@
 
 use crate::common::{loops_bin, loops_cmd, wait_until, TempWorkspace};
 use loops::service::{self, ServiceSpec};
+use loops_testutil::Signal;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -442,7 +443,7 @@ fn service_install_status_uninstall_with_a_fake_systemctl() {
         "{human}"
     );
     assert!(human.contains("manager:      active, enabled"), "{human}");
-    daemon.signal(libc::SIGTERM);
+    daemon.signal(Signal::TERM);
     assert!(daemon.wait_exit(Duration::from_secs(20)).is_some());
 
     // Uninstall: disabled and stopped, the unit removed, the env file kept.

@@ -20,6 +20,8 @@
 //! generous deadline, so a slow, loaded machine only makes it slower.
 
 use crate::common::{git, git_commit_all, loops_std_cmd, wait_until, TempWorkspace};
+use loops_testutil::process::{is_root, signal};
+use loops_testutil::Signal;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -122,8 +124,7 @@ impl ReadOnly {
     /// Makes `path` read-only, or says why it cannot be done here.
     fn on(path: &Path) -> Result<ReadOnly, String> {
         let p = path.to_str().ok_or("the workspace path is not UTF-8")?;
-        // SAFETY: geteuid has no preconditions.
-        let root = unsafe { libc::geteuid() } == 0;
+        let root = is_root();
         if root {
             for _ in 0..50 {
                 if !run_quiet("mount", &["--bind", p, p]) {
@@ -571,8 +572,8 @@ if [ -n "$ids" ]; then printf '{{"completed":[%s]}}\n' "$ids"; fi
             holder = Some(c);
         }
         std::thread::sleep(Duration::from_millis(rng.range(0, knobs.max_kill_ms)));
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        // Our own child, not reaped yet.
+        signal(pid as i32, Signal::KILL);
         let _ = d.wait();
         story.killed.push(pid);
         if i % 10 == 9 {
@@ -635,8 +636,8 @@ if [ -n "$ids" ]; then printf '{{"completed":[%s]}}\n' "$ids"; fi
         written.len(),
         tail(&log(), 80)
     );
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(story.final_pid as i32, libc::SIGTERM) };
+    // Our own child, not reaped yet.
+    signal(story.final_pid as i32, Signal::TERM);
     let st = wait_child(&mut d, LONG).expect("the last daemon stops on SIGTERM");
     assert!(st.success(), "{st:?}\n{}", tail(&log(), 80));
     eprintln!("soak: drained and stopped in {:.0?}", t0.elapsed());

@@ -1,6 +1,8 @@
 //! `loops status`: one screen, and the same as JSON.
 
 use crate::common::{wait_until, TempWorkspace};
+use loops_testutil::process::signal_child;
+use loops_testutil::Signal;
 use std::time::Duration;
 
 fn status_json(ws: &TempWorkspace) -> serde_json::Value {
@@ -165,11 +167,10 @@ fn status_shows_what_runs_now_and_a_rounded_uptime() {
         .unwrap_or_else(|| panic!("no uptime: {text}"));
     let up_ok = regex::Regex::new(r"^\d+[smhd]( \d+[smhd])?$").unwrap();
     assert!(up_ok.is_match(up), "uptime {up:?}");
-    // SAFETY: a signal to the child this test started.
-    unsafe { libc::kill(trigger.id() as i32, libc::SIGTERM) };
+    signal_child(&trigger, Signal::TERM);
     let _ = trigger.wait();
     // A clean stop ends the job's `sleep` too (shutdown_grace 1s), leaving nothing behind.
-    d.signal(libc::SIGTERM);
+    d.signal(Signal::TERM);
     d.wait_exit(Duration::from_secs(30));
     d.kill();
 }

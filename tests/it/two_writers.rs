@@ -4,6 +4,7 @@
 //! end up on the branch exactly once.
 
 use crate::common::{git, git_commit_all, wait_until, DaemonProcess, TempWorkspace};
+use loops_testutil::Signal;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::Duration;
@@ -103,7 +104,7 @@ impl Scene {
             "held runs never reached {rev}; log:\n{}",
             d.log()
         );
-        d.signal(libc::SIGTERM);
+        d.signal(Signal::TERM);
         assert!(d.wait_exit(LONG).is_some(), "the daemon stops on SIGTERM");
         let committed = self.committed(rev);
         for l in self.ledger() {

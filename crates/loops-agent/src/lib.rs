@@ -13,6 +13,9 @@
 //! - [`run`]: the agent loop itself
 //! - [`mcp_client`]: the MCP servers of loops.yaml `mcp_servers:`
 
+// Every dependency is used (issue #17): one a change leaves behind is a warning here.
+#![warn(unused_crate_dependencies)]
+
 pub mod anthropic;
 pub mod context;
 pub mod executables;

@@ -913,6 +913,17 @@ fn lock_candidates(repo: &Repository, git_dir: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// The work tree of the git repository `dir` is in, first making `dir` a repository
+/// (`git init`) if it is in none, as `loops init` does: a workspace is a git repository.
+/// None for a bare repository, which has no work tree.
+pub fn discover_or_init(dir: &Path) -> Result<Option<PathBuf>, git2::Error> {
+    let repo = match Repository::discover(dir) {
+        Ok(r) => r,
+        Err(_) => Repository::init(dir)?,
+    };
+    Ok(repo.workdir().map(Path::to_path_buf))
+}
+
 /// The live process holding a git lock file, if one can be seen: one with the file open
 /// (git and libgit2 keep it open while writing), or a `git` running inside the work tree
 /// (git may close the file and keep the lock, e.g. while an editor is open). Without

@@ -14,6 +14,9 @@
 //!   the workspace), [`handoff`] (the inbox), [`channels`] (delivery), [`snapshot`] (what a
 //!   run changed), [`watch`] (the file watcher).
 
+// Every dependency is used (issue #17): one a change leaves behind is a warning here.
+#![warn(unused_crate_dependencies)]
+
 pub mod backoff;
 pub mod beneath;
 pub mod channel_config;

@@ -9,7 +9,7 @@
 //! and that a clean text still goes through.
 
 use crate::common::{git, git_commit_all, TempWorkspace};
-use crate::fake_model::{anthropic, FakeModel, Reply};
+use loops_testutil::fake_model::{anthropic, FakeModel, Reply};
 use serde_json::{json, Value};
 use std::path::Path;
 use std::time::Duration;

@@ -8,7 +8,7 @@ mod net;
 mod paths;
 mod secrets;
 
-use crate::fake_model::{FakeModel, Recorded};
+use loops_testutil::fake_model::{FakeModel, Recorded};
 use serde_json::Value;
 
 /// The tool results the model was sent in request `r` (after the calls of the reply

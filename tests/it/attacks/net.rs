@@ -8,7 +8,7 @@
 //! tool_result) and what the person reads in the transcript.
 
 use crate::common::{git_commit_all, TempWorkspace};
-use crate::fake_model::{anthropic, FakeModel, Reply};
+use loops_testutil::fake_model::{anthropic, FakeModel, Reply};
 use serde_json::{json, Value};
 use std::time::Duration;
 

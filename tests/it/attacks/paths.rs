@@ -5,7 +5,7 @@
 
 use super::results;
 use crate::common::{drop_handoff, git, git_commit_all, git_trailers, TempWorkspace};
-use crate::fake_model::{anthropic, FakeModel, Recorded, Reply};
+use loops_testutil::fake_model::{anthropic, FakeModel, Recorded, Reply};
 use serde_json::{json, Value};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;

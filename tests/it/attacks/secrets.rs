@@ -9,7 +9,9 @@
 //! at all (undumpable).
 
 use crate::common::{git, git_commit_all, loops_std_cmd, wait_until, DaemonProcess, TempWorkspace};
-use crate::fake_model::{anthropic, FakeModel, Reply};
+use loops_testutil::fake_model::{anthropic, FakeModel, Reply};
+use loops_testutil::process::is_root;
+use loops_testutil::Signal;
 use serde_json::json;
 use std::path::Path;
 use std::process::Stdio;
@@ -201,11 +203,6 @@ impl Scene {
     }
 }
 
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
-
 /// Checks one look at a parent (a block of peek.txt or a tool result): no secret in what
 /// was read, and as another user than root nothing read at all.
 fn assert_nothing_learned(what: &str, seen: &str) {
@@ -256,7 +253,7 @@ fn a_command_loop_finds_no_secret_in_the_environment_or_memory_of_trigger_or_dae
             .iter()
             .any(|b| b.contains(" run"))
     });
-    daemon.signal(libc::SIGTERM);
+    daemon.signal(Signal::TERM);
     let _ = daemon.wait_exit(Duration::from_secs(20));
     assert!(ran, "the daemon never ran peek; log:\n{}", daemon.log());
     for look in looks(&sc.read("domains/peek/peek.txt"), "=== parent") {
@@ -414,7 +411,7 @@ fn no_secret_is_written_to_the_workspace_its_history_the_records_or_the_logs() {
         sc.printed,
         daemon.log()
     );
-    daemon.signal(libc::SIGTERM);
+    daemon.signal(Signal::TERM);
     let _ = daemon.wait_exit(Duration::from_secs(20));
 
     // The scene did what it is for: each secret had its chance to be written.
@@ -453,7 +450,7 @@ fn the_runtime_folder_is_owner_only_and_an_older_one_is_tightened() {
     sc.trigger("notify");
     let mut daemon = sc.start_daemon();
     daemon.wait_for_log("readable by their owner only", LONG);
-    daemon.signal(libc::SIGTERM);
+    daemon.signal(Signal::TERM);
     let _ = daemon.wait_exit(Duration::from_secs(20));
     let mut wrong = Vec::new();
     for e in walkdir::WalkDir::new(&rt)

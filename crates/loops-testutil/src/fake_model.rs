@@ -5,7 +5,6 @@
 //! 500 "fake model: script exhausted", which a test sees as a failure it did not plan.
 //! Replies are written from their own thread, so a slow one does not hold up the next
 //! request (a client that timed out retries while the slow reply is still sleeping).
-#![allow(dead_code)]
 
 use serde_json::{json, Value};
 use std::collections::VecDeque;

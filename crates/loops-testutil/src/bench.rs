@@ -1,6 +1,5 @@
-//! Helpers shared by the benchmark binaries (`harness = false`, plain std timing).
-//! Each bench includes this file with `mod common;`.
-#![allow(dead_code)]
+//! Helpers shared by the benchmark binaries (`harness = false`, plain std timing): the
+//! command line, percentiles and summaries, workspace skeletons, the machine's description.
 
 use std::path::Path;
 use std::process::Command;
