@@ -994,17 +994,22 @@ impl Daemon {
     /// Queues claimed runs until their fire time. Each gets its running marker now, so a
     /// crash between the claim and the start is recorded as an interrupted run, not lost.
     fn queue(&mut self, runs: Vec<DueRun>) {
-        for due in &runs {
-            let m = loops_core::runs::RunningMarker::for_this_process(
-                &due.loop_name,
-                &due.run_id,
-                due.trigger.as_str(),
-                due.slot,
-                due.attempt,
-                due.not_before,
-            );
-            if let Err(e) = self.ctx.running.put_pending(&m) {
-                tracing::warn!("cannot record the pending run: {e}");
+        let markers: Vec<_> = runs
+            .iter()
+            .map(|due| {
+                loops_core::runs::RunningMarker::for_this_process(
+                    &due.loop_name,
+                    &due.run_id,
+                    due.trigger.as_str(),
+                    due.slot,
+                    due.attempt,
+                    due.not_before,
+                )
+            })
+            .collect();
+        if !markers.is_empty() {
+            if let Err(e) = self.ctx.running.put_pending_many(&markers) {
+                tracing::warn!("cannot record the pending runs: {e}");
             }
         }
         self.pending.extend(runs);
@@ -1059,30 +1064,11 @@ impl Daemon {
             }
         }
         // Across processes (a person's `loops trigger`), forbid is kept in the queue: the
-        // run begins only if no other live run of the loop has (one transaction). A run
-        // replacing this process's own goes ahead: that one is being stopped.
-        if def.concurrency != Concurrency::Allow && !busy {
-            let m = loops_core::runs::RunningMarker::for_this_process(
-                &def.name,
-                &due.run_id,
-                due.trigger.as_str(),
-                due.slot,
-                due.attempt,
-                self.sched.now(),
-            );
-            match self.ctx.running.begin_exclusive(&m) {
-                Ok(true) => {}
-                Ok(false) => {
-                    self.record_skip(
-                        &def,
-                        &due,
-                        "another process was running this loop (concurrency: forbid)",
-                    );
-                    return;
-                }
-                Err(e) => tracing::warn!("cannot check who else runs {}: {e}", def.name),
-            }
-        }
+        // run begins only if no other live run of the loop has (one transaction, made in
+        // the run's own task so that a hundred runs due together do not wait on each
+        // other's writes). A run replacing this process's own goes ahead: that one is
+        // being stopped.
+        let exclusive = def.concurrency != Concurrency::Allow && !busy;
         let req = RunRequest {
             run_id: due.run_id.clone(),
             trigger: due.trigger,
@@ -1133,6 +1119,30 @@ impl Daemon {
                 }
                 p = permits.acquire_owned() => p,
             };
+            if exclusive && !begin_alone(&ctx, &def, &req).await {
+                let why = "another process was running this loop (concurrency: forbid)";
+                tracing::info!(loop_name = %def.name, "slot skipped: {why}");
+                ctx.running.remove(&req.run_id);
+                let mut rec = RunRecord::decision(
+                    &def.name,
+                    req.trigger.as_str(),
+                    req.slot,
+                    clock.now(),
+                    Outcome::Skipped,
+                    why.into(),
+                );
+                rec.run_id = req.run_id.clone();
+                rec.attempt = req.attempt;
+                if let Err(e) = ctx.runlog.append(&rec) {
+                    tracing::error!("{e}");
+                }
+                let _ = done.send(Finished {
+                    def,
+                    rec,
+                    after: Aftermath::Nothing,
+                });
+                return;
+            }
             begun.store(true, std::sync::atomic::Ordering::SeqCst);
             let rec = loop_run::execute(&ctx, &def, &req, None, Some(cancel_rx)).await;
             // A program that could not be started at all is a permanent error: retrying
@@ -1666,6 +1676,31 @@ impl Daemon {
 /// Whether a changed path can change what loops exist or how they are configured: a
 /// folder appearing or going directly under domains/, or a config.yaml / prompt.md. A
 /// loop rewriting its own state.md must not make the daemon re-read every config.
+/// Begins `req`'s run unless another live process has begun a run of the loop
+/// (`concurrency: forbid`, or `replace` across processes). A queue it cannot read does not
+/// stop the run: it is said, and the run goes ahead as it would without the check.
+async fn begin_alone(ctx: &RunContext, def: &LoopDef, req: &RunRequest) -> bool {
+    let m = loops_core::runs::RunningMarker::for_this_process(
+        &def.name,
+        &req.run_id,
+        req.trigger.as_str(),
+        req.slot,
+        req.attempt,
+        Utc::now(),
+    );
+    let running = ctx.running.clone();
+    let name = def.name.clone();
+    tokio::task::spawn_blocking(move || match running.begin_exclusive(&m) {
+        Ok(alone) => alone,
+        Err(e) => {
+            tracing::warn!("cannot check who else runs {name}: {e}");
+            true
+        }
+    })
+    .await
+    .unwrap_or(true)
+}
+
 fn affects_discovery(domains: &std::path::Path, p: &std::path::Path) -> bool {
     let Ok(rest) = p.strip_prefix(domains) else {
         return false;

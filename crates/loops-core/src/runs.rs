@@ -483,6 +483,40 @@ impl RunningSet {
         self.write(m, false, false).map(|_| ())
     }
 
+    /// Records runs that wait for their time, all in one write of the queue (the slots a
+    /// tick claims together).
+    pub fn put_pending_many(&self, ms: &[RunningMarker]) -> Result<(), RunsError> {
+        let now = Utc::now();
+        let r = self.store.transaction(|tx| {
+            let mut made = Vec::with_capacity(ms.len());
+            for m in ms {
+                let mut job = light_job(tx.next_id()?, m, now)?;
+                job.params = serde_json::to_value(RunParams {
+                    marker: m.clone(),
+                    begun: false,
+                })
+                .unwrap_or_default();
+                job.state = JobState::Delayed;
+                job.run_at = Some(m.started);
+                tx.put(&job, false)?;
+                made.push((m.run_id.clone(), job.id));
+            }
+            Ok::<_, StoreError>(made)
+        });
+        match r {
+            Ok(made) => {
+                lock(&self.ids).extend(made);
+                Ok(())
+            }
+            Err(e) => {
+                let path = self.store.dir().to_path_buf();
+                let source = std::io::Error::other(e.to_string());
+                crate::journal::report_io(&path, &source);
+                Err(RunsError::Io { path, source })
+            }
+        }
+    }
+
     /// Records that a run begins, unless another process's or this one's run of the same
     /// loop has begun and is still going: `Ok(false)` then, and nothing is written.
     pub fn begin_exclusive(&self, m: &RunningMarker) -> Result<bool, RunsError> {
@@ -502,20 +536,8 @@ impl RunningSet {
                 Some(id) => tx.get(id)?,
                 None => None,
             };
-            if exclusive {
-                let (jobs, _) = tx.live_jobs();
-                let taken = jobs.iter().filter(|j| j.kind == JobKind::Loop).any(|j| {
-                    let p = run_params(j);
-                    p.as_ref().is_some_and(|p| {
-                        p.begun
-                            && p.marker.loop_name == m.loop_name
-                            && p.marker.run_id != m.run_id
-                            && j.lease.as_ref().is_some_and(|l| l.owner_alive())
-                    })
-                });
-                if taken {
-                    return Ok::<_, StoreError>(None);
-                }
+            if exclusive && self.busy_elsewhere(tx, m)? {
+                return Ok::<_, StoreError>(None);
             }
             let mut job = match existing {
                 Some(j) => j,
@@ -553,6 +575,9 @@ impl RunningSet {
             // Not flushed: the record is there for a crashed process, which the page
             // cache survives; waiting for the disk at every run start would only add latency.
             tx.put(&job, false)?;
+            if begun && job.kind == JobKind::Loop {
+                self.set_busy(&m.loop_name, job.id)?;
+            }
             Ok(Some(job.id))
         });
         match r {
@@ -568,6 +593,51 @@ impl RunningSet {
                 Err(RunsError::Io { path, source })
             }
         }
+    }
+
+    /// Where the begun run of each loop is named: the concurrency key, so that checking
+    /// it reads one file, not every job.
+    fn busy_path(&self, loop_name: &str) -> PathBuf {
+        self.store
+            .dir()
+            .join("busy")
+            .join(format!("{loop_name}.json"))
+    }
+
+    fn set_busy(&self, loop_name: &str, id: JobId) -> Result<(), StoreError> {
+        let path = self.busy_path(loop_name);
+        let io = |source| StoreError::Io {
+            path: path.clone(),
+            source,
+        };
+        if let Some(dir) = path.parent() {
+            crate::fsutil::create_dir_all(dir).map_err(io)?;
+        }
+        crate::fsutil::atomic_replace(&path, id.to_string().as_bytes()).map_err(io)
+    }
+
+    fn busy_job(&self, loop_name: &str) -> Option<JobId> {
+        std::fs::read_to_string(self.busy_path(loop_name))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    /// Whether another run of `m`'s loop has begun and its process lives (read under
+    /// the queue's lock, so that checking and beginning are one step).
+    fn busy_elsewhere(&self, tx: &dyn JobTx, m: &RunningMarker) -> Result<bool, StoreError> {
+        let Some(id) = self.busy_job(&m.loop_name) else {
+            return Ok(false);
+        };
+        let Some(j) = tx.get(id)? else {
+            return Ok(false);
+        };
+        Ok(j.kind == JobKind::Loop
+            && run_params(&j).is_some_and(|p| {
+                p.begun && p.marker.loop_name == m.loop_name && p.marker.run_id != m.run_id
+            })
+            && j.lease.as_ref().is_some_and(|l| l.owner_alive()))
     }
 
     /// The job that holds a run, if it is in progress.
@@ -600,7 +670,17 @@ impl RunningSet {
     pub fn remove(&self, run_id: &str) {
         let id = self.job_of(run_id);
         let gone = match id {
-            Some(id) => self.store.transaction(|tx| tx.delete(id)).is_ok(),
+            Some(id) => self
+                .store
+                .transaction(|tx| {
+                    if let Some(j) = tx.get(id)? {
+                        if self.busy_job(&j.name) == Some(id) {
+                            let _ = std::fs::remove_file(self.busy_path(&j.name));
+                        }
+                    }
+                    tx.delete(id)
+                })
+                .is_ok(),
             None => true,
         };
         let legacy = self.legacy.join(format!("{run_id}.json"));
