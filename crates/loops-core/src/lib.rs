@@ -18,6 +18,7 @@ pub mod beneath;
 pub mod channel_config;
 pub mod channels;
 pub mod clock;
+mod config_fields;
 pub mod daemon_lock;
 pub mod diag;
 pub mod domain;
