@@ -571,9 +571,15 @@ fn job_params_diagnostics() {
         ("shell", r#"{"cmd": "ls", "cwd": "/tmp"}"#),
         ("shell", r#"{"cmd": "ls", "env": {"A": 1}}"#),
         ("shell", r#"{"cmd": "ls", "env": ["A"]}"#),
-        ("shell", r#"{"cmd": "ls", "env": {"A": "b"}, "inherit": "A"}"#),
+        (
+            "shell",
+            r#"{"cmd": "ls", "env": {"A": "b"}, "inherit": "A"}"#,
+        ),
         ("shell", r#"{"cmd": "ls", "inherit": ["A", 5]}"#),
-        ("shell", r#"{"cmd": "ls", "inherit": ["GITHUB_TOKEN"], "timeout": 5}"#),
+        (
+            "shell",
+            r#"{"cmd": "ls", "inherit": ["GITHUB_TOKEN"], "timeout": 5}"#,
+        ),
         ("shell", r#"{"timeout": 5, "cmd": "ls", "cwd": "x"}"#),
         ("agent", "[]"),
         ("agent", "{}"),
@@ -585,7 +591,10 @@ fn job_params_diagnostics() {
         ("agent", r#"{"prompt": "x", "tools": ["Read_File"]}"#),
         ("agent", r#"{"prompt": "x", "tools": "read_file, finsh"}"#),
         ("agent", r#"{"prompt": "x", "tools": "read_file,, github"}"#),
-        ("agent", r#"{"prompt": "x", "tools": ["github.create_issue", "web_search"]}"#),
+        (
+            "agent",
+            r#"{"prompt": "x", "tools": ["github.create_issue", "web_search"]}"#,
+        ),
         ("agent", r#"{"prompt": "x", "tools": ["bad name"]}"#),
         ("agent", r#"{"prompt": "x", "tools": ["x."]}"#),
         ("agent", r#"{"prompt": "x", "tools": [".x"]}"#),
@@ -595,7 +604,10 @@ fn job_params_diagnostics() {
         ("agent", r#"{"prompt": "x", "model": 5}"#),
         ("agent", r#"{"prompt": "x", "provider": null}"#),
         ("agent", r#"{"prompt": "x", "input_vars": []}"#),
-        ("agent", r#"{"prompt": "x", "input_vars": {"a": 1}, "model": "m", "provider": "p"}"#),
+        (
+            "agent",
+            r#"{"prompt": "x", "input_vars": {"a": 1}, "model": "m", "provider": "p"}"#,
+        ),
         ("agent", r#"{"prompt": "x", "cmd": "ls"}"#),
         ("agent", r#"{"cmd": "ls", "tools": 5}"#),
         ("aggregate", "{}"),
@@ -605,10 +617,9 @@ fn job_params_diagnostics() {
     ];
     let mut out = String::new();
     for (kind, params) in cases {
-        let spec: JobSpec = serde_json::from_str(&format!(
-            "{{\"kind\": \"{kind}\", \"params\": {params}}}"
-        ))
-        .expect("a spec");
+        let spec: JobSpec =
+            serde_json::from_str(&format!("{{\"kind\": \"{kind}\", \"params\": {params}}}"))
+                .expect("a spec");
         let result = match plan(&spec, now) {
             Ok(_) => "ok".to_string(),
             Err(e) => format!("error: {e}"),
