@@ -89,13 +89,7 @@ const SERVER_KEYS: &[&str] = &[
 
 const SERVER_EXAMPLE: &str = "e.g. everything: { command: [\"npx\", \"-y\", \"@modelcontextprotocol/server-everything\"] } or github: { url: \"https://api.githubcopilot.com/mcp/\", headers: { Authorization: \"Bearer ${GITHUB_TOKEN}\" } }";
 
-/// Whether `name` can name a server: it becomes part of tool names (`name__tool`).
-pub fn valid_server_name(name: &str) -> bool {
-    !name.is_empty()
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-}
+pub use crate::tool_names::valid_server_name;
 
 /// Parses `mcp_servers:`; problems become diagnostics and the entry is left out.
 pub fn parse_mcp_servers(
