@@ -377,6 +377,11 @@ fn read_channel(sec: &mut Section, name: &str, y: ChannelYaml, c: &mut ChannelCo
         let retry = read_retry(sec.file, sec.loc, name, &r, &mut c.retry);
         sec.extend("retry", retry);
     }
+    unknown_channel_keys(sec, name);
+}
+
+/// Keys a channel does not have, with the closest one.
+fn unknown_channel_keys(sec: &mut Section, name: &str) {
     for other in sec.unknown() {
         let help = match near_miss(&other, CHANNEL_KEYS) {
             Some(k) => format!(

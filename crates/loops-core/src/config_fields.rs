@@ -18,26 +18,31 @@ use std::path::Path;
 use std::time::Duration;
 use yaml_serde::{Mapping, Value};
 
-/// What one key of a section says.
+/// What one key of a section says. `Raw` is the document's own value type: YAML's for
+/// config files, JSON's for job params.
 #[derive(Debug, Clone)]
-pub(crate) enum Field<T> {
+pub(crate) enum Field<T, Raw = Value> {
     /// The key is not written.
     Absent,
     /// The value, as the type the setting takes.
     Ok(T),
     /// A value that is not that type, as written (for the message that says so).
-    Bad(Value),
+    Bad(Raw),
 }
 
-impl<T> Default for Field<T> {
+impl<T, Raw> Default for Field<T, Raw> {
     fn default() -> Self {
         Field::Absent
     }
 }
 
-impl<'de, T: DeserializeOwned> Deserialize<'de> for Field<T> {
+impl<'de, T, Raw> Deserialize<'de> for Field<T, Raw>
+where
+    T: DeserializeOwned,
+    Raw: Deserialize<'de> + Deserializer<'de> + Clone,
+{
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let written = Value::deserialize(d)?;
+        let written = Raw::deserialize(d)?;
         Ok(match T::deserialize(written.clone()) {
             Ok(t) => Field::Ok(t),
             Err(_) => Field::Bad(written),
@@ -45,13 +50,9 @@ impl<'de, T: DeserializeOwned> Deserialize<'de> for Field<T> {
     }
 }
 
-impl<T> Field<T> {
-    pub(crate) fn is_present(&self) -> bool {
-        !matches!(self, Field::Absent)
-    }
-
+impl<T, Raw> Field<T, Raw> {
     /// `None` when absent; else the typed value or what was written instead.
-    pub(crate) fn written(self) -> Option<Result<T, Value>> {
+    pub(crate) fn written(self) -> Option<Result<T, Raw>> {
         match self {
             Field::Absent => None,
             Field::Ok(t) => Some(Ok(t)),
@@ -127,11 +128,29 @@ pub(crate) struct EnvName(pub(crate) String);
 impl TryFrom<String> for EnvName {
     type Error = &'static str;
     fn try_from(s: String) -> Result<Self, Self::Error> {
-        if crate::providers::valid_env_name(&s) {
+        if valid_env_name(&s) {
             Ok(EnvName(s))
         } else {
             Err("not a variable name")
         }
+    }
+}
+
+/// Whether `k` can name an environment variable: letters, digits and `_`, not starting
+/// with a digit.
+pub fn valid_env_name(k: &str) -> bool {
+    !k.is_empty()
+        && !k.starts_with(|c: char| c.is_ascii_digit())
+        && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// A YAML scalar as text (a string, number or boolean).
+pub fn yaml_scalar(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
     }
 }
 
@@ -209,7 +228,7 @@ pub(crate) struct Scalar(pub(crate) String);
 impl<'de> Deserialize<'de> for Scalar {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let v = Value::deserialize(d)?;
-        match crate::workspace::yaml_scalar(&v) {
+        match yaml_scalar(&v) {
             Some(s) => Ok(Scalar(s)),
             None => Err(serde::de::Error::custom("not a scalar")),
         }

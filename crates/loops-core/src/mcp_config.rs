@@ -1,12 +1,12 @@
 //! loops.yaml `mcp_servers:`: the MCP servers prompt loops may be offered tools of, as
 //! configured (see `mcp::client` for connecting to them). Checked when loops.yaml is read.
 
+use crate::config_fields::valid_env_name;
 use crate::config_fields::{
     duration_of, env_names, DurationField, EnvName, Field, List, Map, Scalar, Section,
 };
 use crate::diag::{Diagnostic, YamlLocator};
 use crate::duration::DURATION_HELP;
-use crate::providers::valid_env_name;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -184,7 +184,7 @@ enum ServerCommand {
 
 impl<'de> Deserialize<'de> for ServerCommand {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let scalar = crate::workspace::yaml_scalar;
+        let scalar = crate::config_fields::yaml_scalar;
         match Yaml::deserialize(d)? {
             Yaml::String(s) if !s.trim().is_empty() => Ok(ServerCommand::Line(s)),
             Yaml::Sequence(seq) if !seq.is_empty() && seq.iter().all(|a| scalar(a).is_some()) => {
@@ -279,29 +279,7 @@ fn read_server(sec: &mut Section, name: &str, y: ServerYaml) -> ServerParts {
         call_timeout: DEFAULT_CALL_TIMEOUT,
         startup_timeout: DEFAULT_STARTUP_TIMEOUT,
     };
-    match sec.take(
-        "command",
-        y.command,
-        format!("{} must be a program or an argv list", at("command")),
-        "e.g. command: [\"npx\", \"-y\", \"@modelcontextprotocol/server-everything\"] (relative paths are resolved in the workspace root, or in `cwd`)",
-    ) {
-        // A line with spaces is a shell command line, as `command:` is elsewhere in
-        // loops; a bare word is the program.
-        Some(ServerCommand::Line(s)) if s.trim().contains(char::is_whitespace) => {
-            p.shell_string = true;
-            p.command = Some(("sh".into(), vec!["-c".into(), s]));
-        }
-        Some(ServerCommand::Line(s)) => p.command = Some((s.trim().to_string(), Vec::new())),
-        Some(ServerCommand::Argv(mut argv)) => {
-            let prog = argv.remove(0);
-            if prog.trim().is_empty() {
-                sec.error("command", format!("{}: the program name is empty", at("command")), "e.g. command: [\"npx\", \"-y\", \"@modelcontextprotocol/server-everything\"]");
-            } else {
-                p.command = Some((prog, argv));
-            }
-        }
-        None => {}
-    }
+    (p.command, p.shell_string) = read_command(sec, name, y.command);
     p.args = sec
         .take(
             "args",
@@ -357,30 +335,71 @@ fn read_server(sec: &mut Section, name: &str, y: ServerYaml) -> ServerParts {
     ) {
         p.headers = read_headers(sec, name, &h);
     }
-    for (key, field) in [
-        ("timeout", y.timeout),
-        ("startup_timeout", y.startup_timeout),
-    ] {
-        let slot = if key == "timeout" {
-            &mut p.call_timeout
-        } else {
-            &mut p.startup_timeout
-        };
-        match duration_of(field) {
-            Some(DurationField::Ok(d)) if !d.is_zero() => *slot = d,
-            Some(DurationField::Invalid(e)) => {
-                sec.error(key, format!("{}: {e}", at(key)), DURATION_HELP)
-            }
-            Some(_) => sec.error(
-                key,
-                format!("{} must be a duration longer than zero", at(key)),
-                DURATION_HELP,
-            ),
-            None => {}
-        }
+    if let Some(d) = positive_duration(sec, name, "timeout", y.timeout) {
+        p.call_timeout = d;
+    }
+    if let Some(d) = positive_duration(sec, name, "startup_timeout", y.startup_timeout) {
+        p.startup_timeout = d;
     }
     sec.unknown_keys(SERVER_KEYS);
     p
+}
+
+/// A server's `command`: the program and its arguments, and whether it is a shell
+/// command line.
+fn read_command(
+    sec: &mut Section,
+    name: &str,
+    f: Field<ServerCommand>,
+) -> (Option<(String, Vec<String>)>, bool) {
+    let at = format!("mcp_servers.{name}.command");
+    let command = sec.take(
+        "command",
+        f,
+        format!("{at} must be a program or an argv list"),
+        "e.g. command: [\"npx\", \"-y\", \"@modelcontextprotocol/server-everything\"] (relative paths are resolved in the workspace root, or in `cwd`)",
+    );
+    match command {
+        // A line with spaces is a shell command line, as `command:` is elsewhere in
+        // loops; a bare word is the program.
+        Some(ServerCommand::Line(s)) if s.trim().contains(char::is_whitespace) => {
+            (Some(("sh".into(), vec!["-c".into(), s])), true)
+        }
+        Some(ServerCommand::Line(s)) => (Some((s.trim().to_string(), Vec::new())), false),
+        Some(ServerCommand::Argv(mut argv)) => {
+            let prog = argv.remove(0);
+            if prog.trim().is_empty() {
+                sec.error(
+                    "command",
+                    format!("{at}: the program name is empty"),
+                    "e.g. command: [\"npx\", \"-y\", \"@modelcontextprotocol/server-everything\"]",
+                );
+                return (None, false);
+            }
+            (Some((prog, argv)), false)
+        }
+        None => (None, false),
+    }
+}
+
+/// `timeout` or `startup_timeout`: a duration longer than zero.
+fn positive_duration(
+    sec: &mut Section,
+    name: &str,
+    key: &str,
+    f: Field<String>,
+) -> Option<Duration> {
+    let at = format!("mcp_servers.{name}.{key}");
+    match duration_of(f)? {
+        DurationField::Ok(d) if !d.is_zero() => return Some(d),
+        DurationField::Invalid(e) => sec.error(key, format!("{at}: {e}"), DURATION_HELP),
+        _ => sec.error(
+            key,
+            format!("{at} must be a duration longer than zero"),
+            DURATION_HELP,
+        ),
+    }
+    None
 }
 
 /// A server's `headers:`: each a valid header name with an environment variable (or a

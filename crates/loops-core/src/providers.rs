@@ -235,32 +235,7 @@ fn parse_provider(
 
 /// The settings of one provider, over its defaults.
 fn read_provider(sec: &mut Section, name: &str, y: ProviderYaml, p: &mut ProviderConfig) {
-    match y.base_url.written() {
-        Some(Ok(u)) if u.starts_with("http://") || u.starts_with("https://") => {
-            p.base_url = u.trim_end_matches('/').to_string()
-        }
-        Some(_) => sec.error(
-            "base_url",
-            format!("providers.{name}.base_url must be an http:// or https:// URL"),
-            "e.g. base_url: \"http://127.0.0.1:11434/v1\"",
-        ),
-        None => {}
-    }
-    match y.api_key_env.written() {
-        Some(Ok(Value::String(s))) if valid_env_name(&s) => p.api_key_env = Some(s),
-        Some(Ok(Value::Null)) => p.api_key_env = None,
-        Some(Ok(Value::String(s))) if s.starts_with("sk-") || s.len() > 40 => sec.error(
-            "api_key_env",
-            format!("providers.{name}.api_key_env looks like a key, not a variable name"),
-            "never put a key in loops.yaml: export it (e.g. ANTHROPIC_API_KEY=…) and write api_key_env: ANTHROPIC_API_KEY",
-        ),
-        Some(_) => sec.error(
-            "api_key_env",
-            format!("providers.{name}.api_key_env must be an environment variable name"),
-            "e.g. api_key_env: OPENAI_API_KEY (leave it out for a local server with no key)",
-        ),
-        None => {}
-    }
+    read_endpoint(sec, name, y.base_url, y.api_key_env, p);
     // Two spellings each of the model and the timeout: the one written later counts.
     let mut models = [("model", y.model), ("default_model", y.default_model)];
     if sec.later("model", "default_model") {
@@ -320,6 +295,42 @@ fn read_provider(sec: &mut Section, name: &str, y: ProviderYaml, p: &mut Provide
     sec.unknown_keys(PROVIDER_KEYS);
 }
 
+/// Where the provider is and the variable holding its key.
+fn read_endpoint(
+    sec: &mut Section,
+    name: &str,
+    base_url: Field<String>,
+    api_key_env: Field<Value>,
+    p: &mut ProviderConfig,
+) {
+    match base_url.written() {
+        Some(Ok(u)) if u.starts_with("http://") || u.starts_with("https://") => {
+            p.base_url = u.trim_end_matches('/').to_string()
+        }
+        Some(_) => sec.error(
+            "base_url",
+            format!("providers.{name}.base_url must be an http:// or https:// URL"),
+            "e.g. base_url: \"http://127.0.0.1:11434/v1\"",
+        ),
+        None => {}
+    }
+    match api_key_env.written() {
+        Some(Ok(Value::String(s))) if valid_env_name(&s) => p.api_key_env = Some(s),
+        Some(Ok(Value::Null)) => p.api_key_env = None,
+        Some(Ok(Value::String(s))) if s.starts_with("sk-") || s.len() > 40 => sec.error(
+            "api_key_env",
+            format!("providers.{name}.api_key_env looks like a key, not a variable name"),
+            "never put a key in loops.yaml: export it (e.g. ANTHROPIC_API_KEY=…) and write api_key_env: ANTHROPIC_API_KEY",
+        ),
+        Some(_) => sec.error(
+            "api_key_env",
+            format!("providers.{name}.api_key_env must be an environment variable name"),
+            "e.g. api_key_env: OPENAI_API_KEY (leave it out for a local server with no key)",
+        ),
+        None => {}
+    }
+}
+
 /// `defaults:`, as written.
 #[derive(Deserialize, Default)]
 #[serde(default)]
@@ -353,11 +364,7 @@ pub fn parse_defaults(
     d
 }
 
-pub fn valid_env_name(k: &str) -> bool {
-    !k.is_empty()
-        && !k.starts_with(|c: char| c.is_ascii_digit())
-        && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-}
+pub use crate::config_fields::valid_env_name;
 
 /// How to configure a provider, for messages about prompt loops that wait for one.
 pub const PROVIDER_HELP: &str = "prompt loops need a model provider in loops.yaml, e.g. `providers: { anthropic: { kind: anthropic, api_key_env: ANTHROPIC_API_KEY, model: claude-sonnet-4-5 } }` (or kind: openai with base_url for Ollama, vLLM, llama.cpp, LM Studio; kind: command for an agent CLI); until then they are listed but not run";

@@ -1037,9 +1037,31 @@ fn read_main(top: &mut Section, map: &yaml_serde::Mapping) -> MainSettings {
             "e.g. tools: [read_file, edit_file, complete_handoff, finish]",
         )
         .map(|l| l.0);
+    let durations = [y.heartbeat, y.timeout, y.overdue_after];
+    let counts = [
+        y.max_wakes_per_minute,
+        y.max_attempts,
+        y.max_handoffs_per_wake,
+    ];
+    read_main_limits(&mut sec, y.history, y.max_turns, durations, counts, &mut m);
+    sec.unknown_keys(MAIN_KEYS);
+    top.extend("main", sec.finish());
+    m
+}
+
+/// The limits of the main session: how much conversation it keeps, how long a wake may
+/// take and how often one comes.
+fn read_main_limits(
+    sec: &mut Section,
+    history: Field<u64>,
+    max_turns: Field<Whole<1>>,
+    [heartbeat, timeout, overdue_after]: [Field<String>; 3],
+    counts: [Field<Whole<1>>; 3],
+    m: &mut MainSettings,
+) {
     if let Some(n) = sec.take(
         "history",
-        y.history,
+        history,
         "`main.history` must be a number of messages",
         "e.g. history: 40 (0 keeps no conversation between wakes)",
     ) {
@@ -1047,44 +1069,30 @@ fn read_main(top: &mut Section, map: &yaml_serde::Mapping) -> MainSettings {
     }
     if let Some(n) = sec.take(
         "max_turns",
-        y.max_turns,
+        max_turns,
         "`main.max_turns` must be a whole number of at least 1",
         "e.g. max_turns: 30",
     ) {
         m.max_turns = n.saturating_u32();
     }
-    m.heartbeat = positive_duration(&mut sec, "heartbeat", y.heartbeat).or(m.heartbeat);
-    m.timeout = positive_duration(&mut sec, "timeout", y.timeout).unwrap_or(m.timeout);
+    m.heartbeat = positive_duration(sec, "heartbeat", heartbeat).or(m.heartbeat);
+    m.timeout = positive_duration(sec, "timeout", timeout).unwrap_or(m.timeout);
     m.overdue_after =
-        positive_duration(&mut sec, "overdue_after", y.overdue_after).unwrap_or(m.overdue_after);
-    let count = |key: &str| format!("`main.{key}` must be a whole number of at least 1");
-    if let Some(n) = sec.take(
-        "max_wakes_per_minute",
-        y.max_wakes_per_minute,
-        count("max_wakes_per_minute"),
-        "e.g. 60",
-    ) {
+        positive_duration(sec, "overdue_after", overdue_after).unwrap_or(m.overdue_after);
+    let [wakes, attempts, per_wake] = counts;
+    let mut count = |key: &str, f: Field<Whole<1>>| {
+        let message = format!("`main.{key}` must be a whole number of at least 1");
+        sec.take(key, f, message, "e.g. 60")
+    };
+    if let Some(n) = count("max_wakes_per_minute", wakes) {
         m.max_wakes_per_minute = n.saturating_u32();
     }
-    if let Some(n) = sec.take(
-        "max_attempts",
-        y.max_attempts,
-        count("max_attempts"),
-        "e.g. 60",
-    ) {
+    if let Some(n) = count("max_attempts", attempts) {
         m.max_attempts = n.saturating_u32();
     }
-    if let Some(n) = sec.take(
-        "max_handoffs_per_wake",
-        y.max_handoffs_per_wake,
-        count("max_handoffs_per_wake"),
-        "e.g. 60",
-    ) {
+    if let Some(n) = count("max_handoffs_per_wake", per_wake) {
         m.max_handoffs_per_wake = n.0.min(2000) as u32;
     }
-    sec.unknown_keys(MAIN_KEYS);
-    top.extend("main", sec.finish());
-    m
 }
 
 /// `main.heartbeat`, `main.timeout` or `main.overdue_after`: a duration longer than zero.
@@ -1201,12 +1209,4 @@ pub fn learn_env_secrets(domains_dir: &Path) {
     }
 }
 
-/// A YAML scalar as text (a string, number or boolean).
-pub fn yaml_scalar(v: &yaml_serde::Value) -> Option<String> {
-    match v {
-        yaml_serde::Value::String(s) => Some(s.clone()),
-        yaml_serde::Value::Number(n) => Some(n.to_string()),
-        yaml_serde::Value::Bool(b) => Some(b.to_string()),
-        _ => None,
-    }
-}
+pub use crate::config_fields::yaml_scalar;
