@@ -3,6 +3,7 @@
 
 pub mod job;
 pub mod own;
+pub mod params;
 pub mod queue;
 pub mod report;
 pub mod stats;
