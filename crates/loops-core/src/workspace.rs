@@ -1210,3 +1210,27 @@ pub fn learn_env_secrets(domains_dir: &Path) {
 }
 
 pub use crate::config_fields::yaml_scalar;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config_fields::field_names;
+
+    /// The keys a message lists are the keys the struct reads, in any order.
+    fn same_keys(read: &[&str], listed: &[&str]) {
+        let mut a = read.to_vec();
+        let mut b = listed.to_vec();
+        a.sort();
+        b.sort();
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn the_keys_in_messages_are_the_keys_read() {
+        same_keys(field_names::<SettingsYaml>(), TOP_KEYS);
+        same_keys(field_names::<LimitsYaml>(), LIMIT_KEYS);
+        same_keys(field_names::<GitYaml>(), GIT_KEYS);
+        same_keys(field_names::<RecordsYaml>(), RECORD_KEYS);
+        same_keys(field_names::<MainYaml>(), MAIN_KEYS);
+    }
+}
