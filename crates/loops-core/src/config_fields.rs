@@ -20,20 +20,15 @@ use yaml_serde::{Mapping, Value};
 
 /// What one key of a section says. `Raw` is the document's own value type: YAML's for
 /// config files, JSON's for job params.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub(crate) enum Field<T, Raw = Value> {
     /// The key is not written.
+    #[default]
     Absent,
     /// The value, as the type the setting takes.
     Ok(T),
     /// A value that is not that type, as written (for the message that says so).
     Bad(Raw),
-}
-
-impl<T, Raw> Default for Field<T, Raw> {
-    fn default() -> Self {
-        Field::Absent
-    }
 }
 
 impl<'de, T, Raw> Deserialize<'de> for Field<T, Raw>

@@ -995,8 +995,7 @@ struct MainYaml {
 /// `main:` (a mapping); its problems go to `top` at the key `main`.
 fn read_main(top: &mut Section, map: &yaml_serde::Mapping) -> MainSettings {
     let (y, mut sec) = Section::read::<MainYaml>(top.file, top.loc, &["main"], map);
-    let mut m = MainSettings::default();
-    m.command = sec
+    let command = sec
         .take(
             "command",
             y.command,
@@ -1004,7 +1003,7 @@ fn read_main(top: &mut Section, map: &yaml_serde::Mapping) -> MainSettings {
             "e.g. command: [\"./main-session.sh\"] (it runs in the workspace root)",
         )
         .map(|c| c.0);
-    m.prompt = sec
+    let prompt = sec
         .take(
             "prompt",
             y.prompt,
@@ -1012,6 +1011,11 @@ fn read_main(top: &mut Section, map: &yaml_serde::Mapping) -> MainSettings {
             "e.g. prompt: MAIN.md (relative to the workspace root)",
         )
         .map(|p| p.0);
+    let mut m = MainSettings {
+        command,
+        prompt,
+        ..MainSettings::default()
+    };
     for (key, field, slot) in [
         ("provider", y.provider, &mut m.provider),
         ("model", y.model, &mut m.model),
