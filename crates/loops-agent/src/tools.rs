@@ -19,7 +19,7 @@ use loops_core::guard::Guard;
 use loops_core::handoff::{Inbox, NewHandoff, Priority};
 use loops_core::history::Committer;
 use loops_core::text::clip;
-use loops_core::tool_names::{is_known, mcp_reference};
+use loops_core::tool_names::{self, is_known, ToolEntry};
 use loops_core::workspace::Workspace;
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
@@ -156,21 +156,21 @@ impl ToolKit {
     pub async fn load_mcp(&mut self) {
         let ws = self.env.ws.clone();
         let configured = &ws.settings.mcp_servers;
+        let names: Vec<&str> = configured.keys().map(String::as_str).collect();
         let mut allowed: Vec<(String, McpAllow)> = Vec::new();
         for entry in &self.env.allowed {
-            let Some((server, tool)) = mcp_reference(entry) else {
-                continue;
-            };
-            if !configured.contains_key(server) {
-                // A plain unknown name is a tool this runner lacks (`loops check` warns);
-                // a dotted one meant a server.
-                if tool.is_some() {
+            let (server, tool) = match tool_names::check(entry, Some(&names)) {
+                ToolEntry::Server { server, tool } => (server, tool),
+                // A dotted name meant a server.
+                ToolEntry::MissingServer { server, .. } => {
                     self.mcp_errors.push(format!(
                         "`{entry}` in tools: names MCP server `{server}`, which is not in loops.yaml `mcp_servers:`"
                     ));
+                    continue;
                 }
-                continue;
-            }
+                // A built-in tool, or one this runner lacks (`loops check` warns).
+                _ => continue,
+            };
             let pos = match allowed.iter().position(|(s, _)| s == server) {
                 Some(p) => p,
                 None => {

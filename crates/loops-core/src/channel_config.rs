@@ -2,13 +2,17 @@
 //! sending). Checked when loops.yaml is read, so a typo is reported with its line before any
 //! message is sent.
 
+use crate::config_fields::{
+    duration_of, env_names, CommandLine, DurationField, EnvName, Field, List, Map, NonEmpty,
+    Section, Whole,
+};
 use crate::diag::{near_miss, Diagnostic, YamlLocator};
-use crate::duration::{parse_duration, DURATION_HELP};
+use crate::duration::DURATION_HELP;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
-use yaml_serde::Value;
+use yaml_serde::{Mapping, Value};
 
 /// What kind of place a channel is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -184,6 +188,65 @@ fn env_name_ok(s: &str) -> bool {
         && !s.starts_with(|c: char| c.is_ascii_digit())
 }
 
+/// One entry of `channels:`, as written.
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct ChannelYaml {
+    kind: Field<String>,
+    url_env: Field<String>,
+    secret_env: Field<String>,
+    signature_header: Field<NonEmpty>,
+    headers: Field<Map>,
+    username: Field<String>,
+    path: Field<String>,
+    command: Field<CommandLine>,
+    env: Field<List<EnvName>>,
+    timeout: Field<String>,
+    retry: Field<Map>,
+}
+
+/// A channel's `retry:`, as written.
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct RetryYaml {
+    max_attempts: Field<Whole<1, 20>>,
+    delay: Field<String>,
+    max_delay: Field<String>,
+}
+
+/// The channel's kind: `kind:`, else the name when the name is a kind (`discord:`).
+fn channel_kind(
+    rel: &Path,
+    loc: &YamlLocator,
+    name: &str,
+    kind: &Field<String>,
+) -> Result<ChannelKind, Diagnostic> {
+    let written = match kind {
+        Field::Ok(k) => Some(k.as_str()),
+        _ => None,
+    };
+    let kind_text = written.or_else(|| ChannelKind::parse(name).map(|_| name));
+    match kind_text.map(|k| (k, ChannelKind::parse(k))) {
+        Some((_, Some(k))) => Ok(k),
+        Some((other, None)) => {
+            let help = match near_miss(other, KINDS) {
+                Some(k) => format!("did you mean `{k}`? kind is one of {}", KINDS.join(", ")),
+                None => format!("kind is one of {}", KINDS.join(", ")),
+            };
+            Err(
+                Diagnostic::error(rel, format!("channel `{name}`: unknown kind `{other}`"))
+                    .at(loc.value(&["channels", name, "kind"]))
+                    .help(help),
+            )
+        }
+        None => Err(
+            Diagnostic::error(rel, format!("channel `{name}` has no `kind`"))
+                .at(loc.key(&["channels", name]))
+                .help(format!("add kind: one of {}", KINDS.join(", "))),
+        ),
+    }
+}
+
 fn parse_channel(
     rel: &Path,
     loc: &YamlLocator,
@@ -191,9 +254,6 @@ fn parse_channel(
     v: &Value,
     diags: &mut Vec<Diagnostic>,
 ) -> Option<ChannelConfig> {
-    let err = |path: &[&str], msg: String, help: String| {
-        Diagnostic::error(rel, msg).at(loc.value(path)).help(help)
-    };
     if name.is_empty()
         || !name
             .chars()
@@ -210,39 +270,18 @@ fn parse_channel(
         return None;
     }
     let Some(map) = v.as_mapping() else {
-        diags.push(err(
-            &["channels", name],
-            format!("channel `{name}` must be a mapping"),
-            example(None).into(),
-        ));
+        diags.push(
+            Diagnostic::error(rel, format!("channel `{name}` must be a mapping"))
+                .at(loc.value(&["channels", name]))
+                .help(example(None)),
+        );
         return None;
     };
-    let before = diags.len();
-    let kind_text = map
-        .get("kind")
-        .and_then(Value::as_str)
-        .map(str::to_string)
-        .or_else(|| ChannelKind::parse(name).map(|_| name.to_string()));
-    let kind = match kind_text.as_deref().map(|k| (k, ChannelKind::parse(k))) {
-        Some((_, Some(k))) => k,
-        Some((other, None)) => {
-            let help = match near_miss(other, KINDS) {
-                Some(k) => format!("did you mean `{k}`? kind is one of {}", KINDS.join(", ")),
-                None => format!("kind is one of {}", KINDS.join(", ")),
-            };
-            diags.push(err(
-                &["channels", name, "kind"],
-                format!("channel `{name}`: unknown kind `{other}`"),
-                help,
-            ));
-            return None;
-        }
-        None => {
-            diags.push(
-                Diagnostic::error(rel, format!("channel `{name}` has no `kind`"))
-                    .at(loc.key(&["channels", name]))
-                    .help(format!("add kind: one of {}", KINDS.join(", "))),
-            );
+    let (y, mut sec) = Section::read::<ChannelYaml>(rel, loc, &["channels", name], map);
+    let kind = match channel_kind(rel, loc, name, &y.kind) {
+        Ok(k) => k,
+        Err(d) => {
+            diags.push(d);
             return None;
         }
     };
@@ -260,164 +299,220 @@ fn parse_channel(
         timeout: Duration::from_secs(if kind == ChannelKind::Command { 60 } else { 15 }),
         retry: DeliveryRetry::default(),
     };
-    for (k, val) in map {
-        let Some(key) = k.as_str() else { continue };
-        let path = ["channels", name, key];
-        let env_var = |val: &Value, diags: &mut Vec<Diagnostic>| -> Option<String> {
-            match val.as_str() {
-                Some(s) if env_name_ok(s) => Some(s.to_string()),
-                Some(s) if s.starts_with("http://") || s.starts_with("https://") => {
-                    diags.push(err(
-                        &path,
-                        format!("channel `{name}`: `{key}` names an environment variable, not the value itself"),
-                        format!("put the value in an environment variable and name it: {key}: MY_{}_URL (keep secrets out of files)", name.to_ascii_uppercase().replace('-', "_")),
-                    ));
-                    None
-                }
-                _ => {
-                    diags.push(err(
-                        &path,
-                        format!(
-                            "channel `{name}`: `{key}` must be the name of an environment variable"
-                        ),
-                        format!(
-                            "e.g. {key}: {}_URL",
-                            name.to_ascii_uppercase().replace('-', "_")
-                        ),
-                    ));
-                    None
-                }
-            }
+    read_channel(&mut sec, name, y, &mut c);
+    let mut found = sec.finish();
+    found.extend(kind_needs(rel, loc, &c, found.is_empty()));
+    let ok = found.iter().all(|d| !d.is_error());
+    diags.extend(found);
+    ok.then_some(c)
+}
+
+/// The settings of one channel, over its defaults.
+fn read_channel(sec: &mut Section, name: &str, y: ChannelYaml, c: &mut ChannelConfig) {
+    c.url_env = env_var(sec, name, "url_env", y.url_env);
+    c.secret_env = env_var(sec, name, "secret_env", y.secret_env);
+    if let Some(h) = sec.take(
+        "signature_header",
+        y.signature_header,
+        format!("channel `{name}`: `signature_header` must be a header name"),
+        "e.g. signature_header: X-Hub-Signature-256",
+    ) {
+        c.signature_header = h.0.trim().to_string();
+    }
+    // Any other value is no name to post under.
+    c.username = match y.username {
+        Field::Ok(u) => Some(u),
+        _ => None,
+    };
+    if let Some(Map(h)) = sec.take(
+        "headers",
+        y.headers,
+        format!("channel `{name}`: `headers` must be a mapping"),
+        "e.g. headers: { Authorization: HOOK_AUTH }",
+    ) {
+        read_headers(sec, name, &h, c);
+    }
+    match y.path.written() {
+        Some(Ok(p)) if file_path_ok(&p) => {
+            c.path = Some(p.trim().trim_start_matches("./").to_string())
+        }
+        Some(_) => sec.error(
+            "path",
+            format!("channel `{name}`: `path` must be a file inside the workspace (not under .git or .loops)"),
+            "e.g. path: \"outbox/{date}.md\" ({date}, {month}, {loop} and {channel} are filled in)",
+        ),
+        None => {}
+    }
+    c.command = sec
+        .take(
+            "command",
+            y.command,
+            format!("channel `{name}`: `command` must be an argv list or a shell string"),
+            example(Some(ChannelKind::Command)),
+        )
+        .map(|cmd| cmd.0);
+    if let Some(list) = sec.take(
+        "env",
+        y.env,
+        format!("channel `{name}`: `env` must be a list of environment variable names"),
+        "e.g. env: [NTFY_TOKEN]",
+    ) {
+        c.env = env_names(list.0);
+    }
+    match duration_of(y.timeout) {
+        Some(DurationField::Ok(d)) if !d.is_zero() => c.timeout = d,
+        Some(_) => sec.error(
+            "timeout",
+            format!("channel `{name}`: `timeout` must be a duration"),
+            DURATION_HELP,
+        ),
+        None => {}
+    }
+    if let Some(Map(r)) = sec.take(
+        "retry",
+        y.retry,
+        format!("channel `{name}`: `retry` must be a mapping"),
+        "e.g. retry: { max_attempts: 4, delay: 1s }",
+    ) {
+        let retry = read_retry(sec.file, sec.loc, name, &r, &mut c.retry);
+        sec.extend("retry", retry);
+    }
+    unknown_channel_keys(sec, name);
+}
+
+/// Keys a channel does not have, with the closest one.
+fn unknown_channel_keys(sec: &mut Section, name: &str) {
+    for other in sec.unknown() {
+        let help = match near_miss(&other, CHANNEL_KEYS) {
+            Some(k) => format!(
+                "did you mean `{k}`? Channel keys: {}",
+                CHANNEL_KEYS.join(", ")
+            ),
+            None => format!("channel keys: {}", CHANNEL_KEYS.join(", ")),
         };
-        match key {
-            "kind" => {}
-            "url_env" => c.url_env = env_var(val, diags),
-            "secret_env" => c.secret_env = env_var(val, diags),
-            "signature_header" => match val.as_str() {
-                Some(h) if !h.trim().is_empty() => c.signature_header = h.trim().to_string(),
-                _ => diags.push(err(&path, format!("channel `{name}`: `signature_header` must be a header name"), "e.g. signature_header: X-Hub-Signature-256".into())),
-            },
-            "username" => c.username = val.as_str().map(str::to_string),
-            "headers" => match val.as_mapping() {
-                Some(h) => {
-                    for (hk, hv) in h {
-                        match (hk.as_str(), hv.as_str()) {
-                            (Some(hn), Some(ev)) if env_name_ok(ev) => {
-                                c.headers.insert(hn.to_string(), ev.to_string());
-                            }
-                            _ => diags.push(err(
-                                &path,
-                                format!("channel `{name}`: each header maps to the environment variable holding its value"),
-                                "e.g. headers: { Authorization: HOOK_AUTH } (HOOK_AUTH=\"Bearer …\" in the environment)".into(),
-                            )),
-                        }
-                    }
-                }
-                None => diags.push(err(&path, format!("channel `{name}`: `headers` must be a mapping"), "e.g. headers: { Authorization: HOOK_AUTH }".into())),
-            },
-            "path" => match val.as_str() {
-                Some(p) if file_path_ok(p) => c.path = Some(p.trim().trim_start_matches("./").to_string()),
-                _ => diags.push(err(
-                    &path,
-                    format!("channel `{name}`: `path` must be a file inside the workspace (not under .git or .loops)"),
-                    "e.g. path: \"outbox/{date}.md\" ({date}, {month}, {loop} and {channel} are filled in)".into(),
-                )),
-            },
-            "command" => match val {
-                Value::String(s) if !s.trim().is_empty() => {
-                    c.command = Some(vec!["sh".into(), "-c".into(), s.clone()])
-                }
-                Value::Sequence(seq)
-                    if !seq.is_empty() && seq.iter().all(|a| a.as_str().is_some()) =>
-                {
-                    c.command = Some(seq.iter().filter_map(|a| a.as_str().map(str::to_string)).collect())
-                }
-                _ => diags.push(err(&path, format!("channel `{name}`: `command` must be an argv list or a shell string"), example(Some(ChannelKind::Command)).into())),
-            },
-            "env" => match val.as_sequence() {
-                Some(seq) if seq.iter().all(|e| e.as_str().is_some_and(env_name_ok)) => {
-                    c.env = seq.iter().filter_map(|e| e.as_str().map(str::to_string)).collect()
-                }
-                _ => diags.push(err(&path, format!("channel `{name}`: `env` must be a list of environment variable names"), "e.g. env: [NTFY_TOKEN]".into())),
-            },
-            "timeout" => match val.as_str().map(parse_duration) {
-                Some(Ok(d)) if !d.is_zero() => c.timeout = d,
-                _ => diags.push(err(&path, format!("channel `{name}`: `timeout` must be a duration"), DURATION_HELP.into())),
-            },
-            "retry" => match val.as_mapping() {
-                Some(r) => {
-                    for (rk, rv) in r {
-                        let Some(rk) = rk.as_str() else { continue };
-                        let rpath = ["channels", name, "retry", rk];
-                        match rk {
-                            "max_attempts" => match rv.as_u64() {
-                                Some(n) if (1..=20).contains(&n) => c.retry.max_attempts = n as u32,
-                                _ => diags.push(err(&rpath, format!("channel `{name}`: retry.max_attempts must be 1 to 20"), "e.g. max_attempts: 4 (the first attempt counts)".into())),
-                            },
-                            "delay" | "max_delay" => match rv.as_str().map(parse_duration) {
-                                Some(Ok(d)) => {
-                                    if rk == "delay" {
-                                        c.retry.delay = d
-                                    } else {
-                                        c.retry.max_delay = d
-                                    }
-                                }
-                                _ => diags.push(err(&rpath, format!("channel `{name}`: retry.{rk} must be a duration"), DURATION_HELP.into())),
-                            },
-                            other => {
-                                let help = match near_miss(other, RETRY_KEYS) {
-                                    Some(k) => format!("did you mean `{k}`? retry keys: {}", RETRY_KEYS.join(", ")),
-                                    None => format!("retry keys: {}", RETRY_KEYS.join(", ")),
-                                };
-                                diags.push(Diagnostic::error(rel, format!("channel `{name}`: unknown key `retry.{other}`")).at(loc.key(&rpath)).help(help))
-                            }
-                        }
-                    }
-                }
-                None => diags.push(err(&path, format!("channel `{name}`: `retry` must be a mapping"), "e.g. retry: { max_attempts: 4, delay: 1s }".into())),
-            },
-            other => {
-                let help = match near_miss(other, CHANNEL_KEYS) {
-                    Some(k) => format!("did you mean `{k}`? Channel keys: {}", CHANNEL_KEYS.join(", ")),
-                    None => format!("channel keys: {}", CHANNEL_KEYS.join(", ")),
-                };
-                diags.push(
-                    Diagnostic::error(rel, format!("channel `{name}`: unknown key `{other}`"))
-                        .at(loc.key(&path))
-                        .help(help),
-                );
+        let d = Diagnostic::error(sec.file, format!("channel `{name}`: unknown key `{other}`"))
+            .at(sec.key_pos(&other))
+            .help(help);
+        sec.push(&other, d);
+    }
+}
+
+/// `url_env` or `secret_env`: the name of the variable that holds the value.
+fn env_var(sec: &mut Section, name: &str, key: &str, f: Field<String>) -> Option<String> {
+    let upper = name.to_ascii_uppercase().replace('-', "_");
+    match f.written()? {
+        Ok(s) if env_name_ok(&s) => return Some(s),
+        Ok(s) if s.starts_with("http://") || s.starts_with("https://") => sec.error(
+            key,
+            format!("channel `{name}`: `{key}` names an environment variable, not the value itself"),
+            format!("put the value in an environment variable and name it: {key}: MY_{upper}_URL (keep secrets out of files)"),
+        ),
+        _ => sec.error(
+            key,
+            format!("channel `{name}`: `{key}` must be the name of an environment variable"),
+            format!("e.g. {key}: {upper}_URL"),
+        ),
+    }
+    None
+}
+
+/// `headers:`: each header's value is read from the environment variable it names.
+fn read_headers(sec: &mut Section, name: &str, h: &Mapping, c: &mut ChannelConfig) {
+    for (hk, hv) in h {
+        match (hk.as_str(), hv.as_str()) {
+            (Some(hn), Some(ev)) if env_name_ok(ev) => {
+                c.headers.insert(hn.to_string(), ev.to_string());
             }
+            _ => sec.error(
+                "headers",
+                format!("channel `{name}`: each header maps to the environment variable holding its value"),
+                "e.g. headers: { Authorization: HOOK_AUTH } (HOOK_AUTH=\"Bearer …\" in the environment)",
+            ),
         }
     }
-    // What each kind needs.
-    if kind.is_http() && c.url_env.is_none() && diags.len() == before {
-        diags.push(
+}
+
+/// A channel's `retry:`.
+fn read_retry(
+    rel: &Path,
+    loc: &YamlLocator,
+    name: &str,
+    map: &Mapping,
+    retry: &mut DeliveryRetry,
+) -> Vec<Diagnostic> {
+    let (y, mut sec) = Section::read::<RetryYaml>(rel, loc, &["channels", name, "retry"], map);
+    if let Some(n) = sec.take(
+        "max_attempts",
+        y.max_attempts,
+        format!("channel `{name}`: retry.max_attempts must be 1 to 20"),
+        "e.g. max_attempts: 4 (the first attempt counts)",
+    ) {
+        retry.max_attempts = n.0 as u32;
+    }
+    for (key, field, slot) in [
+        ("delay", y.delay, &mut retry.delay),
+        ("max_delay", y.max_delay, &mut retry.max_delay),
+    ] {
+        match duration_of(field) {
+            Some(DurationField::Ok(d)) => *slot = d,
+            Some(_) => sec.error(
+                key,
+                format!("channel `{name}`: retry.{key} must be a duration"),
+                DURATION_HELP,
+            ),
+            None => {}
+        }
+    }
+    for other in sec.unknown() {
+        let help = match near_miss(&other, RETRY_KEYS) {
+            Some(k) => format!("did you mean `{k}`? retry keys: {}", RETRY_KEYS.join(", ")),
+            None => format!("retry keys: {}", RETRY_KEYS.join(", ")),
+        };
+        let d = Diagnostic::error(
+            rel,
+            format!("channel `{name}`: unknown key `retry.{other}`"),
+        )
+        .at(sec.key_pos(&other))
+        .help(help);
+        sec.push(&other, d);
+    }
+    sec.finish()
+}
+
+/// What each kind needs (said only of a channel with nothing else wrong), and a
+/// `secret_env` that signs nothing.
+fn kind_needs(rel: &Path, loc: &YamlLocator, c: &ChannelConfig, clean: bool) -> Vec<Diagnostic> {
+    let (name, kind) = (c.name.as_str(), c.kind);
+    let at = loc.key(&["channels", name]);
+    let mut out = Vec::new();
+    if clean && kind.is_http() && c.url_env.is_none() {
+        out.push(
             Diagnostic::error(rel, format!("channel `{name}` ({}) has no `url_env`", kind.as_str()))
-                .at(loc.key(&["channels", name]))
+                .at(at)
                 .help(format!("{} — the webhook URL is read from that environment variable when a message is sent", example(Some(kind)))),
         );
     }
-    if kind == ChannelKind::File && c.path.is_none() && diags.len() == before {
-        diags.push(
+    if clean && kind == ChannelKind::File && c.path.is_none() {
+        out.push(
             Diagnostic::error(rel, format!("channel `{name}` (file) has no `path`"))
-                .at(loc.key(&["channels", name]))
+                .at(at)
                 .help(example(Some(kind))),
         );
     }
-    if kind == ChannelKind::Command && c.command.is_none() && diags.len() == before {
-        diags.push(
+    if clean && kind == ChannelKind::Command && c.command.is_none() {
+        out.push(
             Diagnostic::error(rel, format!("channel `{name}` (command) has no `command`"))
-                .at(loc.key(&["channels", name]))
+                .at(at)
                 .help(example(Some(kind))),
         );
     }
     if c.secret_env.is_some() && kind != ChannelKind::Webhook {
-        diags.push(
+        out.push(
             Diagnostic::warning(rel, format!("channel `{name}`: `secret_env` only signs `webhook` channels; it is ignored for {}", kind.as_str()))
                 .at(loc.key(&["channels", name, "secret_env"])),
         );
     }
-    (diags.len() == before || diags[before..].iter().all(|d| !d.is_error())).then_some(c)
+    out
 }
 
 pub fn file_path_ok(p: &str) -> bool {
@@ -428,4 +523,25 @@ pub fn file_path_ok(p: &str) -> bool {
     let parts: Vec<&str> = p.split('/').collect();
     !parts.iter().any(|c| *c == ".." || c.is_empty())
         && !matches!(parts.first(), Some(&".git") | Some(&".loops"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config_fields::field_names;
+
+    /// The keys a message lists are the keys the struct reads, in any order.
+    fn same_keys(read: &[&str], listed: &[&str]) {
+        let mut a = read.to_vec();
+        let mut b = listed.to_vec();
+        a.sort();
+        b.sort();
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn the_keys_in_messages_are_the_keys_read() {
+        same_keys(field_names::<ChannelYaml>(), CHANNEL_KEYS);
+        same_keys(field_names::<RetryYaml>(), RETRY_KEYS);
+    }
 }

@@ -2,12 +2,14 @@
 //! `config.yaml` into a typed [`LoopDef`] or a list of diagnostics that say exactly what
 //! to fix. One broken loop never stops the others.
 
+use crate::config_fields::{describe_type, show, Field, List, Map, Section, Whole};
 use crate::diag::{near_miss, Diagnostic, YamlLocator};
 use crate::duration::{parse_duration, DURATION_HELP, MAX_DURATION};
 use crate::schedule::{jitter_offset, parse_cron, CatchUp, Schedule, TzSource, When};
 use crate::workspace::{parse_timezone, Workspace};
 use chrono::{DateTime, NaiveDateTime, TimeZone, Utc};
-use serde::Serialize;
+use serde::de::IgnoredAny;
+use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use yaml_serde::{Mapping, Value};
@@ -400,7 +402,7 @@ const RETRY_KEYS: &[&str] = &["max_attempts", "backoff", "delay", "jitter"];
 
 struct Ctx<'a> {
     rel: &'a Path,
-    loc: YamlLocator<'a>,
+    loc: &'a YamlLocator<'a>,
     diags: Vec<Diagnostic>,
 }
 
@@ -412,54 +414,401 @@ impl Ctx<'_> {
         self.diags.push(d);
     }
 
-    fn unknown(&mut self, path: &[&str], known: &[&str]) {
-        let key = path.last().copied().unwrap_or_default();
-        let d = Diagnostic::error(self.rel, format!("unknown key `{}`", path.join(".")))
-            .at(self.loc.key(path));
-        let d = match near_miss(key, known) {
-            Some(k) => d.help(format!("did you mean `{k}`?")),
-            None => d.help(format!("known keys here: {}", known.join(", "))),
-        };
-        self.diags.push(d);
-    }
-
     fn duration(&mut self, path: &[&str], v: &Value) -> Option<Duration> {
-        let text = match v {
-            Value::String(s) => s.clone(),
-            Value::Number(n) => {
-                self.err(
-                    path,
-                    format!("`{}: {n}` has no unit", path.join(".")),
-                    format!("write e.g. {n}s or {n}m; {DURATION_HELP}"),
-                );
-                return None;
-            }
-            _ => {
-                self.err(
-                    path,
-                    format!("`{}` must be a duration", path.join(".")),
-                    DURATION_HELP,
-                );
-                return None;
-            }
-        };
-        match parse_duration(&text) {
+        match loop_duration(&path.join("."), v) {
             Ok(d) => Some(d),
-            Err(e) => {
-                self.err(path, format!("{}: {e}", path.join(".")), DURATION_HELP);
+            Err((message, help)) => {
+                self.err(path, message, help);
                 None
             }
         }
     }
 }
 
+/// A duration of a loop's config.yaml (`timeout`, `schedule.every`, `retry.delay`), or
+/// the message and help of what is wrong with it; `path` is the setting's dotted path.
+fn loop_duration(path: &str, v: &Value) -> Result<Duration, (String, String)> {
+    let text = match v {
+        Value::String(s) => s,
+        Value::Number(n) => {
+            return Err((
+                format!("`{path}: {n}` has no unit"),
+                format!("write e.g. {n}s or {n}m; {DURATION_HELP}"),
+            ))
+        }
+        _ => {
+            return Err((
+                format!("`{path}` must be a duration"),
+                DURATION_HELP.to_string(),
+            ))
+        }
+    };
+    parse_duration(text).map_err(|e| (format!("{path}: {e}"), DURATION_HELP.to_string()))
+}
+
+/// [`loop_duration`] of `key` in `sec`, its problem reported there.
+fn section_duration(sec: &mut Section, key: &str, v: &Value) -> Option<Duration> {
+    match loop_duration(&sec.path_of(key).join("."), v) {
+        Ok(d) => Some(d),
+        Err((message, help)) => {
+            sec.error(key, message, help);
+            None
+        }
+    }
+}
+
+/// The option `v` names, of `options` (by their names as written in config.yaml).
+fn one_of<T: Copy>(v: &Value, options: &[(&str, T)]) -> Option<T> {
+    let s = v.as_str()?;
+    options.iter().find(|(name, _)| *name == s).map(|(_, t)| *t)
+}
+
+/// A loop's config.yaml, key by key. `schedule` and `payload` are read after the rest
+/// (they are checked against what the other keys say); every key the struct does not
+/// name is one of the loop's settings for the prompt, unless it is a typo of a key.
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct ConfigYaml {
+    description: Field<String>,
+    enabled: Field<bool>,
+    schedule: Field<Value>,
+    payload: Field<Value>,
+    timeout: Field<Value>,
+    max_turns: Field<Whole<1>>,
+    session: Field<Value>,
+    tools: Field<List<String>>,
+    concurrency: Field<Value>,
+    retry: Field<Map>,
+    /// The Genesis form of a schedule; kept among the settings as well.
+    timing: Field<Value>,
+    env: Field<Map>,
+    gate: Field<Gate>,
+    allowed_hosts: Field<List<String>>,
+    deliver: Field<Value>,
+    deny_patterns: Field<IgnoredAny>,
+    detectors: Field<IgnoredAny>,
+    reads: Field<List<Value>>,
+    edit_prompt: Field<bool>,
+}
+
+/// `gate:`: a command (an argv list, or a line of shell), or `{ command: … }`.
+struct Gate(Vec<String>);
+
+impl<'de> Deserialize<'de> for Gate {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use crate::workspace::yaml_scalar;
+        let v = Value::deserialize(d)?;
+        let command = v.as_mapping().and_then(|m| m.get("command")).unwrap_or(&v);
+        match command {
+            Value::String(s) if !s.trim().is_empty() => {
+                Ok(Gate(vec!["sh".to_string(), "-c".to_string(), s.clone()]))
+            }
+            Value::Sequence(seq)
+                if !seq.is_empty() && seq.iter().all(|a| yaml_scalar(a).is_some()) =>
+            {
+                Ok(Gate(seq.iter().filter_map(yaml_scalar).collect()))
+            }
+            _ => Err(serde::de::Error::custom("not a command")),
+        }
+    }
+}
+
+/// What the keys of config.yaml other than `schedule` and `payload` say, with the
+/// defaults of those not written.
+struct LoopKeys {
+    description: Option<String>,
+    enabled: bool,
+    schedule: Option<Value>,
+    payload: Option<Value>,
+    timeout: Duration,
+    max_turns: u32,
+    session: Session,
+    tools: Option<Vec<String>>,
+    concurrency: Concurrency,
+    retry: RetryPolicy,
+    env: Vec<(String, String)>,
+    timing_interval: Option<Duration>,
+    overlap: Option<Duration>,
+    gate: Option<Vec<String>>,
+    allowed_hosts: Vec<String>,
+    reads: Vec<String>,
+    edit_prompt: bool,
+    deliver: Option<Deliver>,
+}
+
+impl Default for LoopKeys {
+    fn default() -> Self {
+        LoopKeys {
+            description: None,
+            enabled: true,
+            schedule: None,
+            payload: None,
+            timeout: Duration::from_secs(300),
+            max_turns: 20,
+            session: Session::Isolated,
+            tools: None,
+            concurrency: Concurrency::Forbid,
+            retry: RetryPolicy::default(),
+            env: Vec::new(),
+            timing_interval: None,
+            overlap: None,
+            gate: None,
+            allowed_hosts: Vec::new(),
+            reads: Vec::new(),
+            edit_prompt: false,
+            deliver: None,
+        }
+    }
+}
+
+/// Reads every key but `schedule` and `payload` (kept as written for later).
+fn read_loop_keys(sec: &mut Section, ws: &Workspace, y: ConfigYaml) -> LoopKeys {
+    let mut k = LoopKeys {
+        description: y.description.written().and_then(Result::ok),
+        schedule: y.schedule.written().and_then(Result::ok),
+        payload: y.payload.written().and_then(Result::ok),
+        ..LoopKeys::default()
+    };
+    if let Some(b) = sec.take(
+        "enabled",
+        y.enabled,
+        "`enabled` must be true or false",
+        "e.g. enabled: false",
+    ) {
+        k.enabled = b;
+    }
+    if let Field::Ok(v) = y.timeout {
+        match section_duration(sec, "timeout", &v) {
+            Some(d) if d.is_zero() => sec.error(
+                "timeout",
+                "`timeout` must be longer than zero",
+                "e.g. timeout: 5m",
+            ),
+            Some(d) => k.timeout = d,
+            None => {}
+        }
+    }
+    // A count past u32 means "no limit", not its low 32 bits (2^32 turns is not none).
+    if let Some(n) = sec.take(
+        "max_turns",
+        y.max_turns,
+        "`max_turns` must be a whole number of at least 1",
+        "e.g. max_turns: 20",
+    ) {
+        k.max_turns = n.saturating_u32();
+    }
+    read_choices(sec, y.session, y.concurrency, &mut k);
+    k.tools = read_tools(sec, ws, y.tools);
+    k.gate = sec
+        .take(
+            "gate",
+            y.gate,
+            "`gate` must be a command (an argv list or a shell string)",
+            "e.g. gate: [\"./new-messages.sh\"]: it runs before the model; no output means nothing to do",
+        )
+        .map(|g| g.0);
+    if let Some(hosts) = sec.take(
+        "allowed_hosts",
+        y.allowed_hosts,
+        "`allowed_hosts` must be a list of host names",
+        "e.g. allowed_hosts: [api.github.com, news.ycombinator.com] (names only, no https:// or paths)",
+    ) {
+        k.allowed_hosts = hosts.0.iter().map(|h| h.trim().to_ascii_lowercase()).collect();
+        check_hosts(sec, &k.allowed_hosts);
+    }
+    if let Some(items) = y.reads.written() {
+        k.reads = read_reads(sec, items.ok());
+    }
+    if let Some(b) = sec.take(
+        "edit_prompt",
+        y.edit_prompt,
+        "`edit_prompt` must be true or false",
+        "edit_prompt: true lets this loop's model rewrite its own prompt.md (off by default: an injected text would persist across runs)",
+    ) {
+        k.edit_prompt = b;
+    }
+    read_nested(sec, ws, y.retry, y.env, y.deliver, y.timing, &mut k);
+    k
+}
+
+/// `session` and `concurrency`: one of their names.
+fn read_choices(
+    sec: &mut Section,
+    session: Field<Value>,
+    concurrency: Field<Value>,
+    k: &mut LoopKeys,
+) {
+    if let Field::Ok(v) = session {
+        match one_of(
+            &v,
+            &[("isolated", Session::Isolated), ("main", Session::Main)],
+        ) {
+            Some(s) => k.session = s,
+            None => sec.error(
+                "session",
+                format!("`session` must be isolated or main, not {}", show(&v)),
+                "isolated is a minion (no SOUL, no memory); main is the main session",
+            ),
+        }
+    }
+    if let Field::Ok(v) = concurrency {
+        let options = [
+            ("forbid", Concurrency::Forbid),
+            ("allow", Concurrency::Allow),
+            ("replace", Concurrency::Replace),
+        ];
+        match one_of(&v, &options) {
+            Some(c) => k.concurrency = c,
+            None => sec.error("concurrency", format!("`concurrency` must be forbid, allow or replace, not {}", show(&v)), "forbid skips a tick while a run is going (default); allow overlaps; replace stops the old run"),
+        }
+    }
+}
+
+/// The keys that hold mappings: `retry`, `env`, `deliver` (or a name) and `timing`.
+fn read_nested(
+    sec: &mut Section,
+    ws: &Workspace,
+    retry: Field<Map>,
+    env: Field<Map>,
+    deliver: Field<Value>,
+    timing: Field<Value>,
+    k: &mut LoopKeys,
+) {
+    if let Some(Map(m)) = sec.take(
+        "retry",
+        retry,
+        "`retry` must be a mapping",
+        "e.g. retry: { max_attempts: 3, delay: 30s }",
+    ) {
+        let found = read_retry(sec.file, sec.loc, &m, &mut k.retry);
+        sec.extend("retry", found);
+    }
+    if let Some(Map(m)) = sec.take(
+        "env",
+        env,
+        "`env` must be a mapping of NAME: value",
+        "e.g. env: { REPORT_TITLE: Weekly }",
+    ) {
+        k.env = read_env(sec, &m);
+    }
+    if let Field::Ok(v) = deliver {
+        k.deliver = read_deliver(sec, ws, &v);
+    }
+    if let Field::Ok(v) = timing {
+        read_timing(sec, &v, k);
+    }
+}
+
+/// `env:`: NAME: value pairs, each value a string, number or boolean.
+fn read_env(sec: &mut Section, m: &Mapping) -> Vec<(String, String)> {
+    let mut env = Vec::new();
+    for (ek, ev) in m {
+        let example = "e.g. env: { REPORT_TITLE: Weekly }";
+        let (at, message, help) = match (ek.as_str(), crate::workspace::yaml_scalar(ev)) {
+            (Some(k), Some(val)) if crate::providers::valid_env_name(k) => {
+                env.push((k.to_string(), val));
+                continue;
+            }
+            (Some(k), _) if !crate::providers::valid_env_name(k) => (
+                vec!["env", k],
+                format!("`{k}` is not a valid environment variable name"),
+                "use letters, digits and _ and do not start with a digit",
+            ),
+            (Some(k), _) => (
+                vec!["env", k],
+                format!("env.{k} must be a string, number or boolean"),
+                example,
+            ),
+            _ => (vec!["env"], "env keys must be strings".to_string(), example),
+        };
+        let d = Diagnostic::error(sec.file, message)
+            .at(sec.loc.value(&at))
+            .help(help);
+        sec.push("env", d);
+    }
+    env
+}
+
+/// `deliver:`: a channel of loops.yaml (`general`, or `{ channel: general, thread: … }`).
+fn read_deliver(sec: &mut Section, ws: &Workspace, v: &Value) -> Option<Deliver> {
+    let (channel, thread) = match v {
+        Value::String(s) => (Some(s.trim().to_string()), None),
+        Value::Mapping(m) => (
+            m.get("channel")
+                .and_then(Value::as_str)
+                .map(|s| s.trim().to_string()),
+            m.get("thread").and_then(crate::workspace::yaml_scalar),
+        ),
+        _ => (None, None),
+    };
+    let Some(c) = channel.filter(|c| !c.is_empty()) else {
+        sec.error(
+            "deliver",
+            "`deliver` must name a channel from loops.yaml `channels:`",
+            "e.g. deliver: general, or deliver: { channel: general, thread: \"1234\" }",
+        );
+        return None;
+    };
+    if ws.settings.channels.contains_key(&c) {
+        return Some(Deliver { channel: c, thread });
+    }
+    let names: Vec<&str> = ws.settings.channels.keys().map(String::as_str).collect();
+    let help = if names.is_empty() {
+        "no channels are configured: add one under `channels:` in loops.yaml (see docs/channels.md)"
+            .to_string()
+    } else {
+        match near_miss(&c, &names) {
+            Some(n) => format!("did you mean `{n}`? The channels are: {}", names.join(", ")),
+            None => format!("the channels in loops.yaml are: {}", names.join(", ")),
+        }
+    };
+    sec.error(
+        "deliver",
+        format!("`deliver`: there is no channel `{c}`"),
+        help,
+    );
+    None
+}
+
+/// `timing:` (the Genesis form): its other keys are kept but only these two mean
+/// something here. Held to what `schedule.every` takes: at least a second, at most
+/// MAX_DURATION (`.inf` and 1e300 are numbers too).
+fn read_timing(sec: &mut Section, v: &Value, k: &mut LoopKeys) {
+    let Some(m) = v.as_mapping() else {
+        sec.error(
+            "timing",
+            "`timing` must be a mapping",
+            "e.g. timing: { interval_minutes: 10 }",
+        );
+        return;
+    };
+    let mut problem = |key: &str, message: String, help: &str| {
+        let d = Diagnostic::error(sec.file, message)
+            .at(sec.loc.value(&["timing", key]))
+            .help(help);
+        sec.push("timing", d);
+    };
+    if let Some(iv) = m.get("interval_minutes") {
+        match iv.as_f64().and_then(minutes) {
+            Some(d) if d >= Duration::from_secs(1) => k.timing_interval = Some(d),
+            _ => problem("interval_minutes", format!("`timing.interval_minutes` must be a number of minutes from 1 second (0.017) to ten years, not {}", show(iv)), "e.g. interval_minutes: 10"),
+        }
+    }
+    if let Some(ov) = m.get("overlap_window_minutes") {
+        match ov.as_f64().and_then(minutes) {
+            Some(d) => k.overlap = Some(d),
+            _ => problem("overlap_window_minutes", format!("`timing.overlap_window_minutes` must be a number of minutes from 0 to ten years, not {}", show(ov)), "e.g. overlap_window_minutes: 11"),
+        }
+    }
+}
+
 /// Each `allowed_hosts` entry as `http_get` reads it (crate::net), so a typo is an error
 /// here rather than a host that is silently never allowed.
-fn check_hosts(cx: &mut Ctx, hosts: &[String]) {
+fn check_hosts(sec: &mut Section, hosts: &[String]) {
     for h in hosts {
         if let Err(e) = crate::net::Entry::parse(h) {
-            cx.err(
-                &["allowed_hosts"],
+            sec.error(
+                "allowed_hosts",
                 format!("`allowed_hosts`: {e}"),
                 "e.g. allowed_hosts: [api.github.com, \"*.example.com\", \"127.0.0.1:8080\", \"[::1]:8080\"]; without a port only the scheme's default (80 for http, 443 for https) is allowed",
             );
@@ -467,56 +816,70 @@ fn check_hosts(cx: &mut Ctx, hosts: &[String]) {
     }
 }
 
-/// One entry of a loop's `tools:`: a built-in tool, or an MCP server of loops.yaml
-/// (`server`, or `server.tool`).
-fn check_tool(cx: &mut Ctx, ws: &Workspace, t: &str) {
-    use crate::tool_names::{is_known, mcp_reference, KNOWN};
-    if is_known(t) {
-        return;
+/// `tools:`: the allow-list of tools, each entry checked.
+fn read_tools(
+    sec: &mut Section,
+    ws: &Workspace,
+    tools: Field<List<String>>,
+) -> Option<Vec<String>> {
+    let list = sec.take(
+        "tools",
+        tools,
+        "`tools` must be a list of tool names",
+        "e.g. tools: [read_file, edit_file, finish]",
+    )?;
+    for t in &list.0 {
+        if let Some(d) = tool_diagnostic(sec, ws, t) {
+            sec.push("tools", d);
+        }
     }
-    let servers = &ws.settings.mcp_servers;
-    // Not a usable reference either (`x.`): judged below as the unknown name it is.
-    let (server, tool) = mcp_reference(t).unwrap_or((t, None));
-    if servers.contains_key(server) {
-        return;
-    }
-    let names: Vec<&str> = servers.keys().map(String::as_str).collect();
+    Some(list.0)
+}
+
+/// What is wrong with the entry `t` of `tools:`, by [`crate::tool_names::check`]: a
+/// built-in tool, or an MCP server of loops.yaml (`server`, or `server.tool`), is right.
+fn tool_diagnostic(sec: &Section, ws: &Workspace, t: &str) -> Option<Diagnostic> {
+    use crate::tool_names::{check, ToolEntry, KNOWN};
+    let names: Vec<&str> = ws.settings.mcp_servers.keys().map(String::as_str).collect();
     let listed = if names.is_empty() {
         "loops.yaml has no `mcp_servers:`".to_string()
     } else {
         format!("the MCP servers in loops.yaml are: {}", names.join(", "))
     };
-    if tool.is_some() {
+    let rel = sec.file;
+    match check(t, Some(&names)) {
+        ToolEntry::Builtin | ToolEntry::Server { .. } => None,
         // `server.tool` can only mean an MCP server: a missing one is a mistake to fix.
-        let help = match near_miss(server, &names) {
-            Some(k) => format!("did you mean `{k}`? ({listed})"),
-            None => format!("add it under `mcp_servers:` in loops.yaml, e.g. {server}: {{ command: [\"npx\", \"-y\", \"some-mcp-server\"] }} ({listed})"),
-        };
-        let d = Diagnostic::error(cx.rel, format!("`{t}` in `tools` names MCP server `{server}`, which is not in loops.yaml `mcp_servers:`"))
-            .at(cx.loc.value(&["tools"]))
-            .help(help);
-        cx.diags.push(d);
-        return;
+        ToolEntry::MissingServer { server, suggestion } => {
+            let help = match suggestion {
+                Some(k) => format!("did you mean `{k}`? ({listed})"),
+                None => format!("add it under `mcp_servers:` in loops.yaml, e.g. {server}: {{ command: [\"npx\", \"-y\", \"some-mcp-server\"] }} ({listed})"),
+            };
+            Some(Diagnostic::error(rel, format!("`{t}` in `tools` names MCP server `{server}`, which is not in loops.yaml `mcp_servers:`"))
+                .at(sec.loc.value(&["tools"]))
+                .help(help))
+        }
+        // A near miss of a real tool is a typo (`finsh`): an error, or the loop would run
+        // without the tool it was written for.
+        ToolEntry::Typo { suggestion } => Some(
+            Diagnostic::error(rel, format!("unknown tool `{t}` in `tools`"))
+                .help(format!("did you mean `{suggestion}`? Tools: {}; {listed}", KNOWN.join(", ")))
+                .at(tool_pos(sec.loc, t)),
+        ),
+        // Any other name is a warning, not an error: loops written for other runners (or
+        // for tools a later version adds) still run with what exists.
+        ToolEntry::Unknown => Some(
+            Diagnostic::warning(rel, format!("unknown tool `{t}` in `tools`"))
+                .help(format!("it is not offered to the model; the tools are: {}; an MCP server's name (or `server.tool`) offers its tools ({listed})", KNOWN.join(", ")))
+                .at(tool_pos(sec.loc, t)),
+        ),
     }
-    let mut known: Vec<&str> = KNOWN.to_vec();
-    known.extend(names.iter().copied());
-    // A near-miss of a real tool is a typo (`finsh`): an error, or the loop would run
-    // without the tool it was written for. Any other name is a warning, not an error:
-    // loops written for other runners (or for tools a later version adds) still run with
-    // what exists.
-    let d = match near_miss(t, &known) {
-        Some(k) if k != t => Diagnostic::error(cx.rel, format!("unknown tool `{t}` in `tools`"))
-            .help(format!("did you mean `{k}`? Tools: {}; {listed}", KNOWN.join(", "))),
-        _ => Diagnostic::warning(cx.rel, format!("unknown tool `{t}` in `tools`"))
-            .help(format!("it is not offered to the model; the tools are: {}; an MCP server's name (or `server.tool`) offers its tools ({listed})", KNOWN.join(", "))),
-    };
-    cx.diags.push(d.at(tool_pos(cx, t)));
 }
 
 /// Where the entry `t` of `tools:` is written (its list when it cannot be told apart).
-fn tool_pos(cx: &Ctx, t: &str) -> Option<crate::diag::Pos> {
-    let list = cx.loc.value(&["tools"])?;
-    let text = cx.loc.line_text(list.line)?;
+fn tool_pos(loc: &YamlLocator, t: &str) -> Option<crate::diag::Pos> {
+    let list = loc.value(&["tools"])?;
+    let text = loc.line_text(list.line)?;
     // `tools: [read_file, finsh]` on one line: the word itself.
     let from = list.column.saturating_sub(1);
     let found = text
@@ -538,7 +901,7 @@ fn tool_pos(cx: &Ctx, t: &str) -> Option<crate::diag::Pos> {
         });
     }
     // A block list: the `- finsh` line below the key.
-    let below = (list.line + 1..).map_while(|l| cx.loc.line_text(l).map(|t| (l, t)));
+    let below = (list.line + 1..).map_while(|l| loc.line_text(l).map(|t| (l, t)));
     for (l, line) in below {
         let item = line.trim_start();
         let Some(rest) = item.strip_prefix("- ") else {
@@ -565,9 +928,10 @@ fn parse_config(
     text: &str,
     has_prompt: bool,
 ) -> (Option<LoopDef>, Vec<Diagnostic>) {
+    let loc = YamlLocator::new(text);
     let mut cx = Ctx {
         rel,
-        loc: YamlLocator::new(text),
+        loc: &loc,
         diags: Vec::new(),
     };
     let value: Value = match yaml_serde::from_str(text) {
@@ -591,184 +955,123 @@ fn parse_config(
             return (None, cx.diags);
         }
     };
+    let guard = crate::guard::parse(rel, &loc, &map, &mut cx.diags);
+    let (yaml, mut sec) = Section::read::<ConfigYaml>(rel, &loc, &[], &map);
+    let keys = read_loop_keys(&mut sec, ws, yaml);
+    let settings = loop_settings(&mut sec, &map);
+    cx.diags.extend(sec.finish());
 
-    let mut description = None;
-    let mut enabled = true;
-    let mut schedule_v = None;
-    let mut payload_v = None;
-    let mut timeout = Duration::from_secs(300);
-    let mut max_turns = 20;
-    let mut session = Session::Isolated;
-    let mut tools = None;
-    let mut concurrency = Concurrency::Forbid;
-    let mut retry = RetryPolicy::default();
-    let mut env = Vec::new();
-    let mut timing_interval = None;
-    let mut overlap = None;
-    let mut gate = None;
-    let mut allowed_hosts = Vec::new();
-    let mut reads = Vec::new();
-    let mut edit_prompt = false;
+    let payload = parse_payload(&mut cx, keys.payload.as_ref(), has_prompt, dir);
+    payload_warnings(&mut cx, ws, &keys, payload.as_ref());
+    let schedule = loop_schedule(&mut cx, ws, name, &keys, &settings);
+    check_provider(&mut cx, ws, name, payload.as_ref());
+
+    // A loop's `env:` is written in config.yaml (and so in git), but a value whose name
+    // says it is a secret still stays out of transcripts and logs.
+    crate::secrets::learn(
+        keys.env
+            .iter()
+            .filter(|(k, _)| crate::secrets::looks_secret(k))
+            .map(|(_, v)| v),
+    );
+    let has_errors = cx.diags.iter().any(|d| d.is_error());
+    let def = match (schedule, payload, has_errors) {
+        (Some(schedule), Some(payload), false) => Some(loop_def(
+            name, dir, keys, schedule, payload, guard, settings,
+        )),
+        _ => None,
+    };
+    (def, cx.diags)
+}
+
+/// The loop, from config.yaml with no errors.
+fn loop_def(
+    name: &str,
+    dir: &Path,
+    keys: LoopKeys,
+    schedule: Schedule,
+    payload: Payload,
+    guard: crate::guard::GuardConfig,
+    settings: Mapping,
+) -> LoopDef {
+    LoopDef {
+        name: name.to_string(),
+        dir: dir.to_path_buf(),
+        description: keys.description,
+        enabled: keys.enabled,
+        schedule_fingerprint: format!(
+            "{}|{}|{}",
+            schedule.describe(),
+            schedule.tz.name(),
+            schedule.offset.as_millis()
+        ),
+        schedule,
+        payload,
+        timeout: keys.timeout,
+        max_turns: keys.max_turns,
+        session: keys.session,
+        tools: keys.tools,
+        concurrency: keys.concurrency,
+        retry: keys.retry,
+        env: keys.env,
+        overlap: keys.overlap,
+        gate: keys.gate,
+        allowed_hosts: keys.allowed_hosts,
+        reads: keys.reads,
+        edit_prompt: keys.edit_prompt,
+        deliver: keys.deliver,
+        guard,
+        settings,
+    }
+}
+
+/// The keys of config.yaml the runner does not read, kept for the prompt as the loop's
+/// settings (with `timing`, which it reads too); a key one typo away from a known one is
+/// a mistake, not a setting.
+fn loop_settings(sec: &mut Section, map: &Mapping) -> Mapping {
+    let unknown = sec.unknown();
     let mut settings = Mapping::new();
-    let mut deliver = None;
-    let guard = crate::guard::parse(rel, &cx.loc, &map, &mut cx.diags);
-
-    for (k, v) in &map {
-        let Some(key) = k.as_str() else {
-            settings.insert(k.clone(), v.clone());
-            continue;
+    for (k, v) in map {
+        let kept = match k.as_str() {
+            None | Some("timing") => true,
+            Some(key) if unknown.iter().any(|u| u == key) => {
+                let typo = near_miss(key, TOP_KEYS).is_some_and(|known| known != key);
+                if typo {
+                    let d = Diagnostic::error(sec.file, format!("unknown key `{key}`"))
+                        .at(sec.key_pos(key))
+                        .help(format!(
+                            "did you mean `{}`?",
+                            near_miss(key, TOP_KEYS).unwrap_or_default()
+                        ));
+                    sec.push(key, d);
+                }
+                !typo
+            }
+            Some(_) => false,
         };
-        match key {
-            "description" => description = v.as_str().map(str::to_string),
-            "enabled" => match v.as_bool() {
-                Some(b) => enabled = b,
-                None => cx.err(&["enabled"], "`enabled` must be true or false", "e.g. enabled: false"),
-            },
-            "schedule" => schedule_v = Some(v),
-            "payload" => payload_v = Some(v),
-            "timeout" => {
-                if let Some(d) = cx.duration(&["timeout"], v) {
-                    if d.is_zero() {
-                        cx.err(&["timeout"], "`timeout` must be longer than zero", "e.g. timeout: 5m");
-                    } else {
-                        timeout = d;
-                    }
-                }
-            }
-            // A count past u32 means "no limit", not its low 32 bits (2^32 turns is not none).
-            "max_turns" => match v.as_u64() {
-                Some(n) if n >= 1 => max_turns = u32::try_from(n).unwrap_or(u32::MAX),
-                _ => cx.err(&["max_turns"], "`max_turns` must be a whole number of at least 1", "e.g. max_turns: 20"),
-            },
-            "session" => match v.as_str() {
-                Some("isolated") => session = Session::Isolated,
-                Some("main") => session = Session::Main,
-                _ => cx.err(&["session"], format!("`session` must be isolated or main, not {}", show(v)), "isolated is a minion (no SOUL, no memory); main is the main session"),
-            },
-            "tools" => match v.as_sequence() {
-                Some(seq) if seq.iter().all(|t| t.as_str().is_some()) => {
-                    let list: Vec<String> = seq.iter().filter_map(|t| t.as_str().map(str::to_string)).collect();
-                    for t in &list {
-                        check_tool(&mut cx, ws, t);
-                    }
-                    tools = Some(list)
-                }
-                _ => cx.err(&["tools"], "`tools` must be a list of tool names", "e.g. tools: [read_file, edit_file, finish]"),
-            },
-            "gate" => match v.as_mapping().and_then(|m| m.get("command")).unwrap_or(v) {
-                Value::String(s) if !s.trim().is_empty() => gate = Some(vec!["sh".to_string(), "-c".to_string(), s.clone()]),
-                Value::Sequence(seq) if !seq.is_empty() && seq.iter().all(|a| crate::workspace::yaml_scalar(a).is_some()) => {
-                    gate = Some(seq.iter().filter_map(crate::workspace::yaml_scalar).collect())
-                }
-                _ => cx.err(&["gate"], "`gate` must be a command (an argv list or a shell string)", "e.g. gate: [\"./new-messages.sh\"]: it runs before the model; no output means nothing to do"),
-            },
-            "allowed_hosts" => match v.as_sequence() {
-                Some(seq) if seq.iter().all(|h| h.as_str().is_some()) => {
-                    allowed_hosts = seq.iter().filter_map(|h| h.as_str().map(|h| h.trim().to_ascii_lowercase())).collect();
-                    check_hosts(&mut cx, &allowed_hosts);
-                }
-                _ => cx.err(&["allowed_hosts"], "`allowed_hosts` must be a list of host names", "e.g. allowed_hosts: [api.github.com, news.ycombinator.com] (names only, no https:// or paths)"),
-            },
-            "reads" => reads = parse_reads(&mut cx, v),
-            "edit_prompt" => match v.as_bool() {
-                Some(b) => edit_prompt = b,
-                None => cx.err(&["edit_prompt"], "`edit_prompt` must be true or false", "edit_prompt: true lets this loop's model rewrite its own prompt.md (off by default: an injected text would persist across runs)"),
-            },
-            "concurrency" => match v.as_str() {
-                Some("forbid") => concurrency = Concurrency::Forbid,
-                Some("allow") => concurrency = Concurrency::Allow,
-                Some("replace") => concurrency = Concurrency::Replace,
-                _ => cx.err(&["concurrency"], format!("`concurrency` must be forbid, allow or replace, not {}", show(v)), "forbid skips a tick while a run is going (default); allow overlaps; replace stops the old run"),
-            },
-            "retry" => parse_retry(&mut cx, v, &mut retry),
-            "env" => match v.as_mapping() {
-                Some(m) => {
-                    for (ek, ev) in m {
-                        match (ek.as_str(), crate::workspace::yaml_scalar(ev)) {
-                            (Some(k), Some(val)) if crate::providers::valid_env_name(k) => env.push((k.to_string(), val)),
-                            (Some(k), _) if !crate::providers::valid_env_name(k) => cx.err(&["env", k], format!("`{k}` is not a valid environment variable name"), "use letters, digits and _ and do not start with a digit"),
-                            (Some(k), _) => cx.err(&["env", k], format!("env.{k} must be a string, number or boolean"), "e.g. env: { REPORT_TITLE: Weekly }"),
-                            _ => cx.err(&["env"], "env keys must be strings", "e.g. env: { REPORT_TITLE: Weekly }"),
-                        }
-                    }
-                }
-                None => cx.err(&["env"], "`env` must be a mapping of NAME: value", "e.g. env: { REPORT_TITLE: Weekly }"),
-            },
-            "deny_patterns" | "detectors" => {}
-            "deliver" => {
-                let (channel, thread) = match v {
-                    Value::String(s) => (Some(s.trim().to_string()), None),
-                    Value::Mapping(m) => (
-                        m.get("channel").and_then(Value::as_str).map(|s| s.trim().to_string()),
-                        m.get("thread").and_then(crate::workspace::yaml_scalar),
-                    ),
-                    _ => (None, None),
-                };
-                match channel.filter(|c| !c.is_empty()) {
-                    None => cx.err(&["deliver"], "`deliver` must name a channel from loops.yaml `channels:`", "e.g. deliver: general, or deliver: { channel: general, thread: \"1234\" }"),
-                    Some(c) if !ws.settings.channels.contains_key(&c) => {
-                        let names: Vec<&str> = ws.settings.channels.keys().map(String::as_str).collect();
-                        let help = if names.is_empty() {
-                            "no channels are configured: add one under `channels:` in loops.yaml (see docs/channels.md)".to_string()
-                        } else {
-                            match near_miss(&c, &names) {
-                                Some(n) => format!("did you mean `{n}`? The channels are: {}", names.join(", ")),
-                                None => format!("the channels in loops.yaml are: {}", names.join(", ")),
-                            }
-                        };
-                        cx.err(&["deliver"], format!("`deliver`: there is no channel `{c}`"), help)
-                    }
-                    Some(c) => deliver = Some(Deliver { channel: c, thread }),
-                }
-            }
-            "timing" => {
-                // Genesis form; its other keys are kept but only these two mean something here.
-                if let Some(m) = v.as_mapping() {
-                    // Held to what `schedule.every` takes: at least a second, at most
-                    // MAX_DURATION (`.inf` and 1e300 are numbers too).
-                    if let Some(iv) = m.get("interval_minutes") {
-                        match iv.as_f64().and_then(minutes) {
-                            Some(d) if d >= Duration::from_secs(1) => timing_interval = Some(d),
-                            _ => cx.err(&["timing", "interval_minutes"], format!("`timing.interval_minutes` must be a number of minutes from 1 second (0.017) to ten years, not {}", show(iv)), "e.g. interval_minutes: 10"),
-                        }
-                    }
-                    if let Some(ov) = m.get("overlap_window_minutes") {
-                        match ov.as_f64().and_then(minutes) {
-                            Some(d) => overlap = Some(d),
-                            _ => cx.err(&["timing", "overlap_window_minutes"], format!("`timing.overlap_window_minutes` must be a number of minutes from 0 to ten years, not {}", show(ov)), "e.g. overlap_window_minutes: 11"),
-                        }
-                    }
-                } else {
-                    cx.err(&["timing"], "`timing` must be a mapping", "e.g. timing: { interval_minutes: 10 }");
-                }
-                settings.insert(k.clone(), v.clone());
-            }
-            other => {
-                // A key one typo away from a known one is a mistake, not a setting.
-                if near_miss(other, TOP_KEYS).is_some_and(|k| k != other) {
-                    cx.unknown(&[other], TOP_KEYS);
-                } else {
-                    settings.insert(k.clone(), v.clone());
-                }
-            }
+        if kept {
+            settings.insert(k.clone(), v.clone());
         }
     }
+    settings
+}
 
-    // Payload.
-    let payload = parse_payload(&mut cx, payload_v, has_prompt, dir, rel);
-
-    if ws.settings.channels.is_empty()
-        && tools
-            .as_ref()
-            .is_some_and(|t| t.iter().any(|x| x == "post" || x == "deliver"))
-    {
+/// What the payload and the other keys say together: `post` with no channel to post
+/// to, `deliver` on a prompt loop.
+fn payload_warnings(cx: &mut Ctx, ws: &Workspace, keys: &LoopKeys, payload: Option<&Payload>) {
+    let rel = cx.rel;
+    let posts = keys
+        .tools
+        .as_ref()
+        .is_some_and(|t| t.iter().any(|x| x == "post" || x == "deliver"));
+    if ws.settings.channels.is_empty() && posts {
         cx.diags.push(
             Diagnostic::warning(rel, "`post` is in `tools`, but loops.yaml has no `channels:`: every post will fail")
                 .at(cx.loc.value(&["tools"]))
                 .help("add a channel, e.g. channels: { general: { kind: discord, url_env: DISCORD_WEBHOOK_URL } } (see docs/channels.md)"),
         );
     }
-    if deliver.is_some() && matches!(payload, Some(Payload::Prompt { .. })) {
+    if keys.deliver.is_some() && matches!(payload, Some(Payload::Prompt { .. })) {
         cx.diags.push(
             Diagnostic::warning(
                 rel,
@@ -778,17 +1081,27 @@ fn parse_config(
             .help("add `post` to `tools:` and tell the model in prompt.md where to post"),
         );
     }
+}
 
-    // Schedule.
-    if schedule_v.is_some() && timing_interval.is_some() {
+/// The loop's schedule: `schedule:`, else the Genesis `timing.interval_minutes`; and a
+/// one-shot `at:` that has passed.
+fn loop_schedule(
+    cx: &mut Ctx,
+    ws: &Workspace,
+    name: &str,
+    keys: &LoopKeys,
+    settings: &Mapping,
+) -> Option<Schedule> {
+    let rel = cx.rel;
+    if keys.schedule.is_some() && keys.timing_interval.is_some() {
         cx.diags.push(
             Diagnostic::warning(rel, "`timing.interval_minutes` is ignored because `schedule:` is set")
                 .at(cx.loc.key(&["timing", "interval_minutes"]))
                 .help("keep one: remove `timing.interval_minutes`, or remove `schedule:` to run every that many minutes"),
         );
     }
-    let schedule = match (schedule_v, timing_interval) {
-        (Some(v), _) => parse_schedule(&mut cx, ws, name, v),
+    let schedule = match (&keys.schedule, keys.timing_interval) {
+        (Some(v), _) => parse_schedule(cx, ws, name, v),
         (None, Some(iv)) => Some(Schedule {
             when: When::Every(iv),
             tz: ws.default_timezone().0,
@@ -816,91 +1129,58 @@ fn parse_config(
             None
         }
     };
-
     // A disabled loop is not expected to fire.
-    if let Some(sch) = schedule.as_ref().filter(|_| enabled) {
+    if let Some(sch) = schedule.as_ref().filter(|_| keys.enabled) {
         if let When::At(t) = sch.when {
-            past_at_warning(&mut cx, t, sch.starting_deadline, Utc::now());
+            past_at_warning(cx, t, sch.starting_deadline, Utc::now());
         }
     }
+    schedule
+}
 
-    match (&payload, ws.settings.has_providers) {
-        (Some(Payload::Prompt { .. }), false) => cx.diags.push(
+/// A prompt loop's provider and model, as loops.yaml resolves them.
+fn check_provider(cx: &mut Ctx, ws: &Workspace, name: &str, payload: Option<&Payload>) {
+    let Some(Payload::Prompt { model, provider }) = payload else {
+        return;
+    };
+    if !ws.settings.has_providers {
+        cx.diags.push(
             Diagnostic::warning(
-                rel,
+                cx.rel,
                 format!("prompt loop `{name}` is waiting for a provider"),
             )
             .help(crate::providers::PROVIDER_HELP),
-        ),
-        (Some(Payload::Prompt { model, provider }), true) => {
-            if let Err((msg, help)) = crate::providers::resolve(
-                &ws.settings.providers,
-                &ws.settings.defaults,
-                provider.as_deref(),
-                model.as_deref(),
-            ) {
-                let at = if provider.is_some() {
-                    cx.loc.value(&["payload", "provider"])
-                } else {
-                    None
-                }
-                .or(cx.loc.key(&["payload"]));
-                cx.diags.push(Diagnostic::error(rel, msg).at(at).help(help));
-            }
-        }
-        _ => {}
+        );
+        return;
     }
-
-    // A loop's `env:` is written in config.yaml (and so in git), but a value whose name
-    // says it is a secret still stays out of transcripts and logs.
-    crate::secrets::learn(
-        env.iter()
-            .filter(|(k, _)| crate::secrets::looks_secret(k))
-            .map(|(_, v)| v),
-    );
-    let has_errors = cx.diags.iter().any(|d| d.is_error());
-    let def = match (schedule, payload, has_errors) {
-        (Some(schedule), Some(payload), false) => Some(LoopDef {
-            name: name.to_string(),
-            dir: dir.to_path_buf(),
-            description,
-            enabled,
-            schedule_fingerprint: format!(
-                "{}|{}|{}",
-                schedule.describe(),
-                schedule.tz.name(),
-                schedule.offset.as_millis()
-            ),
-            schedule,
-            payload,
-            timeout,
-            max_turns,
-            session,
-            tools,
-            concurrency,
-            retry,
-            env,
-            overlap,
-            gate,
-            allowed_hosts,
-            reads,
-            edit_prompt,
-            deliver,
-            guard,
-            settings,
-        }),
-        _ => None,
-    };
-    (def, cx.diags)
+    if let Err((msg, help)) = crate::providers::resolve(
+        &ws.settings.providers,
+        &ws.settings.defaults,
+        provider.as_deref(),
+        model.as_deref(),
+    ) {
+        let at = if provider.is_some() {
+            cx.loc.value(&["payload", "provider"])
+        } else {
+            None
+        }
+        .or(cx.loc.key(&["payload"]));
+        cx.diags
+            .push(Diagnostic::error(cx.rel, msg).at(at).help(help));
+    }
 }
 
-fn parse_payload(
-    cx: &mut Ctx,
-    v: Option<&Value>,
-    has_prompt: bool,
-    dir: &Path,
-    rel: &Path,
-) -> Option<Payload> {
+/// `payload:`, as written.
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct PayloadYaml {
+    kind: Field<Value>,
+    command: Field<Value>,
+    model: Field<String>,
+    provider: Field<String>,
+}
+
+fn parse_payload(cx: &mut Ctx, v: Option<&Value>, has_prompt: bool, dir: &Path) -> Option<Payload> {
     let empty = Mapping::new();
     let map = match v {
         None | Some(Value::Null) => &empty,
@@ -914,29 +1194,21 @@ fn parse_payload(
             return None;
         }
     };
-    for (k, _) in map {
-        if let Some(key) = k.as_str() {
-            if !PAYLOAD_KEYS.contains(&key) {
-                cx.unknown(&["payload", key], PAYLOAD_KEYS);
-            }
-        }
-    }
-    let command = map.get("command");
-    let kind = match map.get("kind") {
-        None => {
-            if command.is_some() {
-                "command"
-            } else {
-                "prompt"
-            }
-        }
-        Some(Value::String(s)) if s == "command" || s == "prompt" => s.as_str(),
+    let (y, mut sec) = Section::read::<PayloadYaml>(cx.rel, cx.loc, &["payload"], map);
+    sec.unknown_keys(PAYLOAD_KEYS);
+    cx.diags.extend(sec.finish());
+    let command = y.command.written().and_then(Result::ok);
+    let kind = match y.kind.written().and_then(Result::ok) {
+        None if command.is_some() => "command",
+        None => "prompt",
+        Some(Value::String(s)) if s == "command" => "command",
+        Some(Value::String(s)) if s == "prompt" => "prompt",
         Some(other) => {
             cx.err(
                 &["payload", "kind"],
                 format!(
                     "`payload.kind` must be command or prompt, not {}",
-                    show(other)
+                    show(&other)
                 ),
                 "command runs a program; prompt drives a model with prompt.md",
             );
@@ -944,98 +1216,115 @@ fn parse_payload(
         }
     };
     if kind == "command" {
-        let argv = match command {
-            None => {
-                cx.err(
-                    &["payload"],
-                    "a command loop needs `payload.command`",
-                    "e.g. command: [\"./run.sh\", \"--quiet\"] or command: \"echo hello\"",
-                );
-                return None;
-            }
-            Some(Value::String(s)) if !s.trim().is_empty() => {
-                vec!["sh".to_string(), "-c".to_string(), s.clone()]
-            }
-            Some(Value::Sequence(seq)) if !seq.is_empty() => {
-                let mut argv = Vec::new();
-                for (i, item) in seq.iter().enumerate() {
-                    match crate::workspace::yaml_scalar(item) {
-                        Some(s) => argv.push(s),
-                        None => {
-                            cx.err(
-                                &["payload", "command"],
-                                format!("argument {} of `payload.command` is not a string", i + 1),
-                                "every argument must be a plain string",
-                            );
-                            return None;
-                        }
-                    }
-                }
-                if argv[0].trim().is_empty() {
+        let argv = command_argv(cx, command.as_ref())?;
+        check_program(cx, &argv[0], dir);
+        return Some(Payload::Command { argv });
+    }
+    if command.is_some() {
+        cx.err(
+            &["payload", "command"],
+            "a prompt loop does not take `payload.command`",
+            "set `kind: command` to run a program, or remove `command`",
+        );
+    }
+    if !has_prompt {
+        let rel = cx.rel;
+        cx.diags.push(
+            Diagnostic::error(rel, "a prompt loop needs prompt.md beside config.yaml")
+                .at(cx.loc.key(&["payload"]).or(Some(crate::diag::Pos { line: 1, column: 1 })))
+                .help(format!(
+                    "create {}/prompt.md, or make it a command loop with `payload: {{ command: [\"./run.sh\"] }}`",
+                    rel.parent().map(|p| p.display().to_string()).unwrap_or_default()
+                )),
+        );
+    }
+    Some(Payload::Prompt {
+        model: y.model.written().and_then(Result::ok),
+        provider: y.provider.written().and_then(Result::ok),
+    })
+}
+
+/// A command loop's `payload.command`: an argv list, or a string run through `sh -c`.
+fn command_argv(cx: &mut Ctx, command: Option<&Value>) -> Option<Vec<String>> {
+    let at = ["payload", "command"];
+    match command {
+        None => {
+            cx.err(
+                &["payload"],
+                "a command loop needs `payload.command`",
+                "e.g. command: [\"./run.sh\", \"--quiet\"] or command: \"echo hello\"",
+            );
+            None
+        }
+        Some(Value::String(s)) if !s.trim().is_empty() => {
+            Some(vec!["sh".to_string(), "-c".to_string(), s.clone()])
+        }
+        Some(Value::Sequence(seq)) if !seq.is_empty() => {
+            let mut argv = Vec::new();
+            for (i, item) in seq.iter().enumerate() {
+                let Some(s) = crate::workspace::yaml_scalar(item) else {
                     cx.err(
-                        &["payload", "command"],
-                        "the program name in `payload.command` is empty",
-                        "e.g. command: [\"./run.sh\"]",
+                        &at,
+                        format!("argument {} of `payload.command` is not a string", i + 1),
+                        "every argument must be a plain string",
                     );
                     return None;
-                }
-                argv
+                };
+                argv.push(s);
             }
-            // `command: []`, `command: ""`, `command:` with nothing after it.
-            Some(Value::Sequence(_) | Value::String(_) | Value::Null) => {
-                cx.err(&["payload", "command"], "the command is empty", "give an argv list like [\"./run.sh\", \"--flag\"] or a shell string like \"echo hello\"");
-                return None;
-            }
-            Some(other) => {
+            if argv[0].trim().is_empty() {
                 cx.err(
-                    &["payload", "command"],
-                    format!("`payload.command` must be a list of strings or a string, not {}", describe_type(other)),
-                    "an argv list runs the program directly: [\"./run.sh\", \"--flag\"]; a string runs through sh -c: \"echo hello\" (quote it: command: \"42\")",
+                    &at,
+                    "the program name in `payload.command` is empty",
+                    "e.g. command: [\"./run.sh\"]",
                 );
                 return None;
             }
-        };
-        // A relative program path is resolved in the loop's folder; say so early if missing.
-        let prog = &argv[0];
-        if (prog.starts_with("./") || prog.starts_with("../")) && !dir.join(prog).exists() {
+            Some(argv)
+        }
+        // `command: []`, `command: ""`, `command:` with nothing after it.
+        Some(Value::Sequence(_) | Value::String(_) | Value::Null) => {
+            cx.err(&at, "the command is empty", "give an argv list like [\"./run.sh\", \"--flag\"] or a shell string like \"echo hello\"");
+            None
+        }
+        Some(other) => {
             cx.err(
-                &["payload", "command"],
-                format!(
-                    "`{prog}` does not exist in {}",
-                    dir.file_name()
-                        .and_then(|n| n.to_str())
-                        .unwrap_or("the loop folder")
-                ),
-                "the command runs in the loop's folder; create the script there (and chmod +x it)",
+                &at,
+                format!("`payload.command` must be a list of strings or a string, not {}", describe_type(other)),
+                "an argv list runs the program directly: [\"./run.sh\", \"--flag\"]; a string runs through sh -c: \"echo hello\" (quote it: command: \"42\")",
             );
+            None
         }
-        Some(Payload::Command { argv })
-    } else {
-        if command.is_some() {
-            cx.err(
-                &["payload", "command"],
-                "a prompt loop does not take `payload.command`",
-                "set `kind: command` to run a program, or remove `command`",
-            );
-        }
-        if !has_prompt {
-            cx.diags.push(
-                Diagnostic::error(rel, "a prompt loop needs prompt.md beside config.yaml")
-                    .at(cx.loc.key(&["payload"]).or(Some(crate::diag::Pos { line: 1, column: 1 })))
-                    .help(format!(
-                        "create {}/prompt.md, or make it a command loop with `payload: {{ command: [\"./run.sh\"] }}`",
-                        rel.parent().map(|p| p.display().to_string()).unwrap_or_default()
-                    )),
-            );
-        }
-        Some(Payload::Prompt {
-            model: map.get("model").and_then(Value::as_str).map(str::to_string),
-            provider: map
-                .get("provider")
-                .and_then(Value::as_str)
-                .map(str::to_string),
-        })
     }
+}
+
+/// A relative program path is resolved in the loop's folder; say so early if missing.
+fn check_program(cx: &mut Ctx, prog: &str, dir: &Path) {
+    if (prog.starts_with("./") || prog.starts_with("../")) && !dir.join(prog).exists() {
+        cx.err(
+            &["payload", "command"],
+            format!(
+                "`{prog}` does not exist in {}",
+                dir.file_name()
+                    .and_then(|n| n.to_str())
+                    .unwrap_or("the loop folder")
+            ),
+            "the command runs in the loop's folder; create the script there (and chmod +x it)",
+        );
+    }
+}
+
+/// `schedule:`, as written.
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct ScheduleYaml {
+    every: Field<Value>,
+    cron: Field<Value>,
+    at: Field<Value>,
+    timezone: Field<Value>,
+    jitter: Field<Value>,
+    catch_up: Field<Value>,
+    starting_deadline: Field<Value>,
 }
 
 fn parse_schedule(cx: &mut Ctx, ws: &Workspace, name: &str, v: &Value) -> Option<Schedule> {
@@ -1047,16 +1336,12 @@ fn parse_schedule(cx: &mut Ctx, ws: &Workspace, name: &str, v: &Value) -> Option
         );
         return None;
     };
-    for (k, _) in map {
-        if let Some(key) = k.as_str() {
-            if !SCHEDULE_KEYS.contains(&key) {
-                cx.unknown(&["schedule", key], SCHEDULE_KEYS);
-            }
-        }
-    }
-    let (tz, tz_source) = match map.get("timezone") {
+    let (y, mut sec) = Section::read::<ScheduleYaml>(cx.rel, cx.loc, &["schedule"], map);
+    sec.unknown_keys(SCHEDULE_KEYS);
+    cx.diags.extend(sec.finish());
+    let (tz, tz_source) = match y.timezone.written().and_then(Result::ok) {
         None => ws.default_timezone(),
-        Some(Value::String(s)) => match parse_timezone(s) {
+        Some(Value::String(s)) => match parse_timezone(&s) {
             Ok(tz) => (tz, TzSource::Loop),
             Err((m, h)) => {
                 cx.err(&["schedule", "timezone"], m, h);
@@ -1072,79 +1357,9 @@ fn parse_schedule(cx: &mut Ctx, ws: &Workspace, name: &str, v: &Value) -> Option
             return None;
         }
     };
-    let kinds: Vec<&str> = ["every", "cron", "at"]
-        .into_iter()
-        .filter(|k| map.contains_key(*k))
-        .collect();
-    let when = match kinds.as_slice() {
-        [] => {
-            cx.err(
-                &["schedule"],
-                "`schedule` needs one of every, cron or at",
-                "e.g. every: 10m, cron: \"30 9 * * 1-5\", or at: 2026-12-01T09:00:00Z",
-            );
-            return None;
-        }
-        [_, _, ..] => {
-            cx.err(
-                &["schedule", kinds[1]],
-                format!("`schedule` has both {} and {}", kinds[0], kinds[1]),
-                "a loop has one schedule: keep one of every, cron or at",
-            );
-            return None;
-        }
-        ["every"] => {
-            let d = cx.duration(&["schedule", "every"], &map["every"])?;
-            if d < Duration::from_secs(1) {
-                cx.err(
-                    &["schedule", "every"],
-                    "`schedule.every` must be at least 1s",
-                    "e.g. every: 30s",
-                );
-                return None;
-            }
-            When::Every(d)
-        }
-        ["cron"] => {
-            let Some(expr) = map["cron"].as_str() else {
-                cx.err(
-                    &["schedule", "cron"],
-                    "`schedule.cron` must be a quoted string",
-                    "e.g. cron: \"30 9 * * 1-5\"",
-                );
-                return None;
-            };
-            match parse_cron(expr) {
-                Ok(c) => When::Cron {
-                    expr: expr.trim().to_string(),
-                    cron: Box::new(c),
-                },
-                Err(p) => {
-                    cx.err(&["schedule", "cron"], p.message, p.help);
-                    return None;
-                }
-            }
-        }
-        _ => {
-            let Some(s) = crate::workspace::yaml_scalar(&map["at"]) else {
-                cx.err(
-                    &["schedule", "at"],
-                    "`schedule.at` must be a date and time",
-                    "e.g. at: 2026-12-01T09:00:00Z",
-                );
-                return None;
-            };
-            match parse_at(&s, tz) {
-                Some(t) => When::At(t),
-                None => {
-                    cx.err(&["schedule", "at"], format!("`{s}` is not a date and time"), "write RFC 3339, e.g. 2026-12-01T09:00:00Z, or 2026-12-01T09:00:00 to read it in the loop's timezone");
-                    return None;
-                }
-            }
-        }
-    };
-    let jitter = match map.get("jitter") {
-        Some(j) => cx.duration(&["schedule", "jitter"], j)?,
+    let when = schedule_when(cx, [y.every, y.cron, y.at], tz)?;
+    let jitter = match y.jitter.written().and_then(Result::ok) {
+        Some(j) => cx.duration(&["schedule", "jitter"], &j)?,
         None => Duration::ZERO,
     };
     if let When::Every(iv) = when {
@@ -1157,7 +1372,7 @@ fn parse_schedule(cx: &mut Ctx, ws: &Workspace, name: &str, v: &Value) -> Option
             return None;
         }
     }
-    let catch_up = match map.get("catch_up") {
+    let catch_up = match y.catch_up.written().and_then(Result::ok) {
         None => CatchUp::Once,
         Some(Value::String(s)) if s == "once" => CatchUp::Once,
         Some(Value::String(s)) if s == "skip" => CatchUp::Skip,
@@ -1165,14 +1380,14 @@ fn parse_schedule(cx: &mut Ctx, ws: &Workspace, name: &str, v: &Value) -> Option
         Some(other) => {
             cx.err(
                 &["schedule", "catch_up"],
-                format!("`catch_up` must be once, skip or all, not {}", show(other)),
+                format!("`catch_up` must be once, skip or all, not {}", show(&other)),
                 "once runs the latest missed slot; skip runs none; all runs each (up to 100)",
             );
             return None;
         }
     };
-    let starting_deadline = match map.get("starting_deadline") {
-        Some(d) => cx.duration(&["schedule", "starting_deadline"], d)?,
+    let starting_deadline = match y.starting_deadline.written().and_then(Result::ok) {
+        Some(d) => cx.duration(&["schedule", "starting_deadline"], &d)?,
         None => Schedule::default_deadline(&when),
     };
     Some(Schedule {
@@ -1184,6 +1399,85 @@ fn parse_schedule(cx: &mut Ctx, ws: &Workspace, name: &str, v: &Value) -> Option
         catch_up,
         starting_deadline,
     })
+}
+
+/// When the schedule fires: exactly one of `every`, `cron` and `at`.
+fn schedule_when(cx: &mut Ctx, kinds: [Field<Value>; 3], tz: chrono_tz::Tz) -> Option<When> {
+    let written: Vec<(&str, Value)> = ["every", "cron", "at"]
+        .into_iter()
+        .zip(kinds)
+        .filter_map(|(k, f)| f.written().and_then(Result::ok).map(|v| (k, v)))
+        .collect();
+    let (kind, v) = match written.as_slice() {
+        [] => {
+            cx.err(
+                &["schedule"],
+                "`schedule` needs one of every, cron or at",
+                "e.g. every: 10m, cron: \"30 9 * * 1-5\", or at: 2026-12-01T09:00:00Z",
+            );
+            return None;
+        }
+        [(a, _), (b, _), ..] => {
+            cx.err(
+                &["schedule", b],
+                format!("`schedule` has both {a} and {b}"),
+                "a loop has one schedule: keep one of every, cron or at",
+            );
+            return None;
+        }
+        [(kind, v)] => (*kind, v),
+    };
+    match kind {
+        "every" => {
+            let d = cx.duration(&["schedule", "every"], v)?;
+            if d < Duration::from_secs(1) {
+                cx.err(
+                    &["schedule", "every"],
+                    "`schedule.every` must be at least 1s",
+                    "e.g. every: 30s",
+                );
+                return None;
+            }
+            Some(When::Every(d))
+        }
+        "cron" => {
+            let Some(expr) = v.as_str() else {
+                cx.err(
+                    &["schedule", "cron"],
+                    "`schedule.cron` must be a quoted string",
+                    "e.g. cron: \"30 9 * * 1-5\"",
+                );
+                return None;
+            };
+            match parse_cron(expr) {
+                Ok(c) => Some(When::Cron {
+                    expr: expr.trim().to_string(),
+                    cron: Box::new(c),
+                }),
+                Err(p) => {
+                    cx.err(&["schedule", "cron"], p.message, p.help);
+                    None
+                }
+            }
+        }
+        _ => {
+            let Some(s) = crate::workspace::yaml_scalar(v) else {
+                cx.err(
+                    &["schedule", "at"],
+                    "`schedule.at` must be a date and time",
+                    "e.g. at: 2026-12-01T09:00:00Z",
+                );
+                return None;
+            };
+            match parse_at(&s, tz) {
+                Some(t) => Some(When::At(t)),
+                None => {
+                    cx.err(&["schedule", "at"], format!("`{s}` is not a date and time"), "write RFC 3339, e.g. 2026-12-01T09:00:00Z, or 2026-12-01T09:00:00 to read it in the loop's timezone");
+                    None
+                }
+            }
+        }
+    }
 }
 
 /// A one-shot `at:` that has passed never fires (once its starting deadline has gone
@@ -1211,107 +1505,121 @@ fn past_at_warning(cx: &mut Ctx, at: DateTime<Utc>, deadline: Duration, now: Dat
     );
 }
 
-/// `reads:`: workspace paths, folders or globs an isolated loop may read. Each is checked
-/// as the sandbox will judge it, so a typo is found here and not as a refusal mid-run.
-fn parse_reads(cx: &mut Ctx, v: &Value) -> Vec<String> {
+/// `reads:`: workspace paths, folders or globs an isolated loop may read (`None`: not a
+/// list). Each is checked as the sandbox will judge it, so a typo is found here and not
+/// as a refusal mid-run.
+fn read_reads(sec: &mut Section, items: Option<List<Value>>) -> Vec<String> {
     let example = "e.g. reads: [domains/news/state.md, notes/, \"drafts/scout/*.md\"] (paths from the workspace root)";
-    let Some(seq) = v.as_sequence() else {
-        cx.err(&["reads"], "`reads` must be a list of paths", example);
+    let Some(List(items)) = items else {
+        sec.error("reads", "`reads` must be a list of paths", example);
         return Vec::new();
     };
     let mut out = Vec::new();
-    for (i, item) in seq.iter().enumerate() {
+    for (i, item) in items.iter().enumerate() {
         let at = i.to_string();
-        let Some(p) = item.as_str().map(str::trim).filter(|p| !p.is_empty()) else {
-            cx.err(
-                &["reads", &at],
-                "each entry of `reads` must be a path",
-                example,
-            );
-            continue;
+        let problem = match item.as_str().map(str::trim).filter(|p| !p.is_empty()) {
+            None => "each entry of `reads` must be a path".to_string(),
+            Some(p) => match reads_refusal(p) {
+                Some(why) => format!("`reads` entry {p:?}: {why}"),
+                None => {
+                    out.push(p.to_string());
+                    continue;
+                }
+            },
         };
-        let names: Vec<&str> = p
-            .split('/')
-            .filter(|c| !c.is_empty() && *c != ".")
-            .collect();
-        let why = if p.starts_with('/') || p.starts_with('~') {
-            Some("it must be relative to the workspace root")
-        } else if names.contains(&"..") {
-            Some("'..' is not allowed")
-        } else if p.contains('\\') {
-            Some("use '/' between folders")
-        } else if names.iter().any(|c| c.eq_ignore_ascii_case(".git")) {
-            Some(".git/ is never readable by a loop")
-        } else if names
-            .first()
-            .is_some_and(|c| c.eq_ignore_ascii_case(".loops"))
-        {
-            Some(".loops/ is never readable by an isolated loop")
-        } else if names.is_empty() {
-            Some("it names the whole workspace; list the folders the loop needs instead")
-        } else {
-            None
-        };
-        match why {
-            Some(why) => cx.err(
-                &["reads", &at],
-                format!("`reads` entry {p:?}: {why}"),
-                example,
-            ),
-            None => out.push(p.to_string()),
-        }
+        let d = Diagnostic::error(sec.file, problem)
+            .at(sec.loc.value(&["reads", &at]))
+            .help(example);
+        sec.push("reads", d);
     }
     out
 }
 
-fn parse_retry(cx: &mut Ctx, v: &Value, retry: &mut RetryPolicy) {
-    let Some(map) = v.as_mapping() else {
-        cx.err(
-            &["retry"],
-            "`retry` must be a mapping",
-            "e.g. retry: { max_attempts: 3, delay: 30s }",
-        );
-        return;
-    };
-    for (k, val) in map {
-        let Some(key) = k.as_str() else { continue };
-        match key {
-            "max_attempts" => match val.as_u64() {
-                Some(n) if n >= 1 => retry.max_attempts = u32::try_from(n).unwrap_or(u32::MAX),
-                _ => cx.err(
-                    &["retry", "max_attempts"],
-                    "`retry.max_attempts` must be a whole number of at least 1",
-                    "1 means no retry",
+/// Why the sandbox would never let an isolated loop read `p`, if it would not.
+fn reads_refusal(p: &str) -> Option<&'static str> {
+    let names: Vec<&str> = p
+        .split('/')
+        .filter(|c| !c.is_empty() && *c != ".")
+        .collect();
+    if p.starts_with('/') || p.starts_with('~') {
+        Some("it must be relative to the workspace root")
+    } else if names.contains(&"..") {
+        Some("'..' is not allowed")
+    } else if p.contains('\\') {
+        Some("use '/' between folders")
+    } else if names.iter().any(|c| c.eq_ignore_ascii_case(".git")) {
+        Some(".git/ is never readable by a loop")
+    } else if names
+        .first()
+        .is_some_and(|c| c.eq_ignore_ascii_case(".loops"))
+    {
+        Some(".loops/ is never readable by an isolated loop")
+    } else if names.is_empty() {
+        Some("it names the whole workspace; list the folders the loop needs instead")
+    } else {
+        None
+    }
+}
+
+/// `retry:`, as written.
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct RetryYaml {
+    max_attempts: Field<Whole<1>>,
+    backoff: Field<Value>,
+    delay: Field<Value>,
+    jitter: Field<f64>,
+}
+
+/// `retry:` over the defaults in `retry`; the problems, in the order the keys are written.
+fn read_retry(
+    rel: &Path,
+    loc: &YamlLocator,
+    map: &Mapping,
+    retry: &mut RetryPolicy,
+) -> Vec<Diagnostic> {
+    let (y, mut sec) = Section::read::<RetryYaml>(rel, loc, &["retry"], map);
+    if let Some(n) = sec.take(
+        "max_attempts",
+        y.max_attempts,
+        "`retry.max_attempts` must be a whole number of at least 1",
+        "1 means no retry",
+    ) {
+        retry.max_attempts = n.saturating_u32();
+    }
+    if let Field::Ok(v) = y.backoff {
+        let options = [
+            ("fixed", Backoff::Fixed),
+            ("exponential", Backoff::Exponential),
+        ];
+        match one_of(&v, &options) {
+            Some(b) => retry.backoff = b,
+            None => sec.error(
+                "backoff",
+                format!(
+                    "`retry.backoff` must be fixed or exponential, not {}",
+                    show(&v)
                 ),
-            },
-            "backoff" => match val.as_str() {
-                Some("fixed") => retry.backoff = Backoff::Fixed,
-                Some("exponential") => retry.backoff = Backoff::Exponential,
-                _ => cx.err(
-                    &["retry", "backoff"],
-                    format!(
-                        "`retry.backoff` must be fixed or exponential, not {}",
-                        show(val)
-                    ),
-                    "exponential waits delay, 2·delay, 4·delay …",
-                ),
-            },
-            "delay" => {
-                if let Some(d) = cx.duration(&["retry", "delay"], val) {
-                    retry.delay = d;
-                }
-            }
-            "jitter" => match val.as_f64() {
-                Some(j) if (0.0..=1.0).contains(&j) => retry.jitter = j,
-                _ => cx.err(
-                    &["retry", "jitter"],
-                    "`retry.jitter` must be a fraction between 0 and 1",
-                    "e.g. jitter: 0.2 spreads each wait by ±20 %",
-                ),
-            },
-            other => cx.unknown(&["retry", other], RETRY_KEYS),
+                "exponential waits delay, 2·delay, 4·delay …",
+            ),
         }
     }
+    if let Field::Ok(v) = y.delay {
+        if let Some(d) = section_duration(&mut sec, "delay", &v) {
+            retry.delay = d;
+        }
+    }
+    match y.jitter.written() {
+        Some(Ok(j)) if (0.0..=1.0).contains(&j) => retry.jitter = j,
+        Some(_) => sec.error(
+            "jitter",
+            "`retry.jitter` must be a fraction between 0 and 1",
+            "e.g. jitter: 0.2 spreads each wait by ±20 %",
+        ),
+        None => {}
+    }
+    sec.unknown_keys(RETRY_KEYS);
+    sec.finish()
 }
 
 /// Parses `at:`: RFC 3339, or a local date-time read in `tz`. Years run from 0000 to 9999,
@@ -1350,31 +1658,33 @@ fn minutes(n: f64) -> Option<Duration> {
         .filter(|d| *d <= MAX_DURATION)
 }
 
-/// A value's YAML type with the value, for "must be X, not …" messages.
-fn describe_type(v: &Value) -> String {
-    match v {
-        Value::Number(n) => format!("the number `{n}`"),
-        Value::Bool(b) => format!("the boolean `{b}`"),
-        other => show(other),
-    }
-}
-
-fn show(v: &Value) -> String {
-    match v {
-        Value::String(s) => format!("`{s}`"),
-        Value::Number(n) => format!("`{n}`"),
-        Value::Bool(b) => format!("`{b}`"),
-        Value::Null => "nothing".into(),
-        Value::Sequence(_) => "a list".into(),
-        Value::Mapping(_) => "a mapping".into(),
-        Value::Tagged(_) => "a tagged value".into(),
-    }
-}
-
 mod ms {
     use serde::Serializer;
     use std::time::Duration;
     pub(super) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_u64(d.as_millis() as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config_fields::field_names;
+
+    /// The keys a message lists are the keys the struct reads, in any order.
+    fn same_keys(read: &[&str], listed: &[&str]) {
+        let mut a = read.to_vec();
+        let mut b = listed.to_vec();
+        a.sort();
+        b.sort();
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn the_keys_in_messages_are_the_keys_read() {
+        same_keys(field_names::<ConfigYaml>(), TOP_KEYS);
+        same_keys(field_names::<ScheduleYaml>(), SCHEDULE_KEYS);
+        same_keys(field_names::<PayloadYaml>(), PAYLOAD_KEYS);
+        same_keys(field_names::<RetryYaml>(), RETRY_KEYS);
     }
 }

@@ -628,264 +628,153 @@ pub fn parse(
     map: &yaml_serde::Mapping,
     diags: &mut Vec<Diagnostic>,
 ) -> GuardConfig {
-    let origin = Origin(rel.display().to_string());
-    let mut g = GuardConfig::default();
     let errors_before = diags.iter().filter(|d| d.is_error()).count();
-    let mut patterns = 0usize;
+    let mut r = RuleReader {
+        rel,
+        loc,
+        origin: Origin(rel.display().to_string()),
+        patterns: 0,
+        config: GuardConfig::default(),
+        diags,
+    };
     if let Some(c) = map.get("classification") {
-        match c {
-            Value::Mapping(cm) => {
-                for (k, v) in cm {
-                    let Some(key) = k.as_str() else { continue };
-                    let path = ["classification", key];
-                    match key.to_ascii_uppercase().replace('-', "_").as_str() {
-                        "SAFE_TO_SHARE" | "SAFE" => {
-                            g.classification.safe_to_share = string_list(v, rel, loc, &path, diags)
-                        }
-                        "NEVER_SHARE" | "NEVER" => {
-                            g.classification.never_share = string_list(v, rel, loc, &path, diags)
-                        }
-                        "DENY_PATTERNS" => patterns_of(
-                            v,
-                            rel,
-                            loc,
-                            &path,
-                            &origin,
-                            &mut patterns,
-                            &mut g.rules,
-                            diags,
-                        ),
-                        "DETECTORS" => detectors_of(v, rel, loc, &path, &origin, &mut g.rules, diags),
-                        // Other keys of a Genesis classification block (levels, notes)
-                        // reach the model with the loop's settings.
-                        _ => {}
-                    }
-                }
-            }
-            Value::Null => {}
-            _ => diags.push(
-                Diagnostic::error(rel, "`classification` must be a mapping")
-                    .at(loc.key(&["classification"]))
-                    .help("e.g. classification: { SAFE_TO_SHARE: [release notes], NEVER_SHARE: [customer names] }"),
-            ),
-        }
+        r.classification(c);
     }
     if let Some(v) = map.get("deny_patterns") {
-        patterns_of(
-            v,
-            rel,
-            loc,
-            &["deny_patterns"],
-            &origin,
-            &mut patterns,
-            &mut g.rules,
-            diags,
-        );
+        r.patterns(v, &["deny_patterns"]);
     }
     if let Some(v) = map.get("detectors") {
-        detectors_of(v, rel, loc, &["detectors"], &origin, &mut g.rules, diags);
+        r.detectors(v, &["detectors"]);
     }
+    let RuleReader {
+        config: mut g,
+        diags,
+        ..
+    } = r;
     if diags.iter().filter(|d| d.is_error()).count() > errors_before {
         g.broken = Some(rel.display().to_string());
     }
     g
 }
 
-fn string_list(
-    v: &Value,
-    rel: &Path,
-    loc: &YamlLocator,
-    path: &[&str],
-    diags: &mut Vec<Diagnostic>,
-) -> Vec<String> {
-    match v {
-        Value::String(s) => vec![s.clone()],
-        Value::Sequence(seq) => seq
-            .iter()
-            .filter_map(|i| match i {
-                Value::String(s) => Some(s.clone()),
-                Value::Number(n) => Some(n.to_string()),
-                Value::Bool(b) => Some(b.to_string()),
-                _ => None,
-            })
-            .collect(),
-        Value::Null => Vec::new(),
-        _ => {
-            diags.push(
-                Diagnostic::error(rel, format!("`{}` must be a list of texts", path.join(".")))
-                    .at(loc.value(path))
-                    .help("e.g. NEVER_SHARE: [customer names, salaries]"),
-            );
-            Vec::new()
-        }
-    }
+/// The guard keys of one file, being read.
+struct RuleReader<'a> {
+    rel: &'a Path,
+    loc: &'a YamlLocator<'a>,
+    origin: Origin,
+    /// Patterns seen so far: an unnamed one is `deny_patterns[N]` across every list.
+    patterns: usize,
+    config: GuardConfig,
+    diags: &'a mut Vec<Diagnostic>,
 }
 
-#[allow(clippy::too_many_arguments)]
-fn patterns_of(
-    v: &Value,
-    rel: &Path,
-    loc: &YamlLocator,
-    path: &[&str],
-    origin: &Origin,
-    count: &mut usize,
-    rules: &mut Vec<Rule>,
-    diags: &mut Vec<Diagnostic>,
-) {
-    let items: Vec<&Value> = match v {
-        Value::Sequence(seq) => seq.iter().collect(),
-        Value::String(_) | Value::Mapping(_) => vec![v],
-        Value::Null => Vec::new(),
-        _ => {
-            diags.push(
-                Diagnostic::error(
-                    rel,
-                    format!("`{}` must be a list of regexes", path.join(".")),
-                )
-                .at(loc.value(path))
-                .help(GUARD_HELP),
-            );
-            return;
-        }
-    };
-    for item in items {
-        let i = *count;
-        *count += 1;
-        let (name, pattern) = match item {
-            Value::String(p) => (format!("deny_patterns[{i}]"), p.clone()),
-            Value::Mapping(m) => {
-                let pattern = m
-                    .get("pattern")
-                    .or_else(|| m.get("regex"))
-                    .and_then(Value::as_str);
-                let name = m.get("name").and_then(Value::as_str);
-                match pattern {
-                    Some(p) => (
-                        name.map(str::to_string)
-                            .unwrap_or_else(|| format!("deny_patterns[{i}]")),
-                        p.to_string(),
-                    ),
-                    None => {
-                        diags.push(
-                            Diagnostic::error(
-                                rel,
-                                format!("`{}` entry {} has no `pattern`", path.join("."), i + 1),
-                            )
-                            .at(loc.value(path))
-                            .help(GUARD_HELP),
-                        );
-                        continue;
-                    }
-                }
-            }
+impl RuleReader<'_> {
+    fn error(&mut self, path: &[&str], message: String, help: impl Into<String>) {
+        let d = Diagnostic::error(self.rel, message)
+            .at(self.loc.value(path))
+            .help(help);
+        self.diags.push(d);
+    }
+
+    /// `classification:`, whose keys are matched however they are cased or dashed.
+    fn classification(&mut self, c: &Value) {
+        let cm = match c {
+            Value::Mapping(cm) => cm,
+            Value::Null => return,
             _ => {
-                diags.push(
-                    Diagnostic::error(
-                        rel,
-                        format!(
-                            "`{}` entry {} must be a regex or {{ name, pattern }}",
-                            path.join("."),
-                            i + 1
-                        ),
-                    )
-                    .at(loc.value(path))
-                    .help(GUARD_HELP),
+                self.diags.push(
+                    Diagnostic::error(self.rel, "`classification` must be a mapping")
+                        .at(self.loc.key(&["classification"]))
+                        .help("e.g. classification: { SAFE_TO_SHARE: [release notes], NEVER_SHARE: [customer names] }"),
                 );
-                continue;
+                return;
             }
         };
-        if pattern.is_empty() {
-            diags.push(
-                Diagnostic::error(
-                    rel,
-                    format!("`{}`: pattern `{name}` is empty", path.join(".")),
-                )
-                .at(loc.value(path))
-                .help("an empty pattern would match every text; remove it"),
-            );
-            continue;
-        }
-        match regex::RegexBuilder::new(&pattern)
-            .size_limit(1 << 20)
-            .build()
-        {
-            Ok(re) => {
-                if re.is_match("") {
-                    diags.push(
-                        Diagnostic::error(rel, format!("`{}`: pattern `{name}` matches an empty text, so it would block every post", path.join(".")))
-                            .at(loc.value(path))
-                            .help("make it require at least one character, e.g. `a+` instead of `a*`"),
-                    );
-                    continue;
+        for (k, v) in cm {
+            let Some(key) = k.as_str() else { continue };
+            let path = ["classification", key];
+            match key.to_ascii_uppercase().replace('-', "_").as_str() {
+                "SAFE_TO_SHARE" | "SAFE" => {
+                    self.config.classification.safe_to_share = self.string_list(v, &path)
                 }
-                rules.push(Rule {
-                    name,
-                    origin: Origin(format!("deny_patterns in {}", origin.0)),
-                    kind: RuleKind::Pattern(re),
-                });
-            }
-            Err(e) => {
-                // The regex crate's message points at the bad part of the pattern.
-                let first = e.to_string();
-                diags.push(
-                    Diagnostic::error(rel, format!("`{}`: pattern `{name}` is not a valid regex: {}", path.join("."), first.trim()))
-                        .at(loc.value(path))
-                        .help("patterns use Rust regex syntax (https://docs.rs/regex); in YAML, quote the pattern and double each backslash inside double quotes"),
-                );
+                "NEVER_SHARE" | "NEVER" => {
+                    self.config.classification.never_share = self.string_list(v, &path)
+                }
+                "DENY_PATTERNS" => self.patterns(v, &path),
+                "DETECTORS" => self.detectors(v, &path),
+                // Other keys of a Genesis classification block (levels, notes) reach the
+                // model with the loop's settings.
+                _ => {}
             }
         }
     }
-}
 
-fn detectors_of(
-    v: &Value,
-    rel: &Path,
-    loc: &YamlLocator,
-    path: &[&str],
-    origin: &Origin,
-    rules: &mut Vec<Rule>,
-    diags: &mut Vec<Diagnostic>,
-) {
-    let names: Vec<String> = match v {
-        Value::String(s) => vec![s.clone()],
-        Value::Sequence(seq) if seq.iter().all(|i| i.as_str().is_some()) => seq
-            .iter()
-            .filter_map(|i| i.as_str().map(str::to_string))
-            .collect(),
-        Value::Null => Vec::new(),
-        _ => {
-            diags.push(
-                Diagnostic::error(
-                    rel,
-                    format!("`{}` must be a list of detector names", path.join(".")),
-                )
-                .at(loc.value(path))
-                .help(format!("e.g. detectors: [{}]", DETECTORS.join(", "))),
-            );
-            return;
-        }
-    };
-    for n in names {
-        match Detector::parse(&n) {
-            Some(d) => {
-                if rules
-                    .iter()
-                    .any(|r| matches!(r.kind, RuleKind::Detector(x, _) if x == d))
-                {
-                    continue;
-                }
-                let res = d
-                    .patterns()
-                    .iter()
-                    .filter_map(|p| Regex::new(p).ok())
-                    .collect();
-                rules.push(Rule {
-                    name: d.name().to_string(),
-                    origin: Origin(format!("detectors in {}", origin.0)),
-                    kind: RuleKind::Detector(d, res),
-                });
+    fn string_list(&mut self, v: &Value, path: &[&str]) -> Vec<String> {
+        match v {
+            Value::String(s) => vec![s.clone()],
+            Value::Sequence(seq) => seq
+                .iter()
+                .filter_map(crate::config_fields::yaml_scalar)
+                .collect(),
+            Value::Null => Vec::new(),
+            _ => {
+                self.error(
+                    path,
+                    format!("`{}` must be a list of texts", path.join(".")),
+                    "e.g. NEVER_SHARE: [customer names, salaries]",
+                );
+                Vec::new()
             }
-            None => {
+        }
+    }
+
+    /// `deny_patterns`: a list of regexes and `{ name, pattern }` (one alone is a list).
+    fn patterns(&mut self, v: &Value, path: &[&str]) {
+        let items: Vec<&Value> = match v {
+            Value::Sequence(seq) => seq.iter().collect(),
+            Value::String(_) | Value::Mapping(_) => vec![v],
+            Value::Null => Vec::new(),
+            _ => {
+                let message = format!("`{}` must be a list of regexes", path.join("."));
+                self.error(path, message, GUARD_HELP);
+                return;
+            }
+        };
+        for item in items {
+            let i = self.patterns;
+            self.patterns += 1;
+            match pattern_rule(item, i, &path.join(".")) {
+                Ok((name, re)) => self.config.rules.push(Rule {
+                    name,
+                    origin: Origin(format!("deny_patterns in {}", self.origin.0)),
+                    kind: RuleKind::Pattern(re),
+                }),
+                Err((message, help)) => self.error(path, message, help),
+            }
+        }
+    }
+
+    /// `detectors`: names of built-in detectors (one alone is a list).
+    fn detectors(&mut self, v: &Value, path: &[&str]) {
+        let names: Vec<String> = match v {
+            Value::String(s) => vec![s.clone()],
+            Value::Sequence(seq) if seq.iter().all(|i| i.as_str().is_some()) => seq
+                .iter()
+                .filter_map(|i| i.as_str().map(str::to_string))
+                .collect(),
+            Value::Null => Vec::new(),
+            _ => {
+                let message = format!("`{}` must be a list of detector names", path.join("."));
+                self.error(
+                    path,
+                    message,
+                    format!("e.g. detectors: [{}]", DETECTORS.join(", ")),
+                );
+                return;
+            }
+        };
+        for n in names {
+            let Some(d) = Detector::parse(&n) else {
                 let help = match near_miss(&n, DETECTORS) {
                     Some(k) => format!(
                         "did you mean `{k}`? The detectors are: {}",
@@ -893,16 +782,84 @@ fn detectors_of(
                     ),
                     None => format!("the detectors are: {}", DETECTORS.join(", ")),
                 };
-                diags.push(
-                    Diagnostic::error(
-                        rel,
-                        format!("unknown detector `{n}` in `{}`", path.join(".")),
-                    )
-                    .at(loc.value(path))
-                    .help(help),
+                self.error(
+                    path,
+                    format!("unknown detector `{n}` in `{}`", path.join(".")),
+                    help,
                 );
+                continue;
+            };
+            let rules = &mut self.config.rules;
+            if rules
+                .iter()
+                .any(|r| matches!(r.kind, RuleKind::Detector(x, _) if x == d))
+            {
+                continue;
             }
+            let res = d
+                .patterns()
+                .iter()
+                .filter_map(|p| Regex::new(p).ok())
+                .collect();
+            rules.push(Rule {
+                name: d.name().to_string(),
+                origin: Origin(format!("detectors in {}", self.origin.0)),
+                kind: RuleKind::Detector(d, res),
+            });
         }
+    }
+}
+
+/// The `i`-th pattern of the list at `path`: its name and regex, or what is wrong with it.
+fn pattern_rule(
+    item: &Value,
+    i: usize,
+    path: &str,
+) -> Result<(String, Regex), (String, &'static str)> {
+    let unnamed = || format!("deny_patterns[{i}]");
+    let (name, pattern) = match item {
+        Value::String(p) => (unnamed(), p.clone()),
+        Value::Mapping(m) => {
+            let pattern = m
+                .get("pattern")
+                .or_else(|| m.get("regex"))
+                .and_then(Value::as_str);
+            let Some(p) = pattern else {
+                return Err((
+                    format!("`{path}` entry {} has no `pattern`", i + 1),
+                    GUARD_HELP,
+                ));
+            };
+            let name = m.get("name").and_then(Value::as_str).map(str::to_string);
+            (name.unwrap_or_else(unnamed), p.to_string())
+        }
+        _ => {
+            return Err((
+                format!(
+                    "`{path}` entry {} must be a regex or {{ name, pattern }}",
+                    i + 1
+                ),
+                GUARD_HELP,
+            ))
+        }
+    };
+    if pattern.is_empty() {
+        return Err((
+            format!("`{path}`: pattern `{name}` is empty"),
+            "an empty pattern would match every text; remove it",
+        ));
+    }
+    match regex::RegexBuilder::new(&pattern).size_limit(1 << 20).build() {
+        Ok(re) if re.is_match("") => Err((
+            format!("`{path}`: pattern `{name}` matches an empty text, so it would block every post"),
+            "make it require at least one character, e.g. `a+` instead of `a*`",
+        )),
+        Ok(re) => Ok((name, re)),
+        // The regex crate's message points at the bad part of the pattern.
+        Err(e) => Err((
+            format!("`{path}`: pattern `{name}` is not a valid regex: {}", e.to_string().trim()),
+            "patterns use Rust regex syntax (https://docs.rs/regex); in YAML, quote the pattern and double each backslash inside double quotes",
+        )),
     }
 }
 

@@ -8,8 +8,13 @@
 //! defaults: { provider: anthropic, model: claude-sonnet-4-5 }
 //! ```
 
+use crate::config_fields::{
+    duration_of, env_names, CommandLine, DurationField, EnvName, Field, List, NonEmpty, Section,
+    Whole,
+};
 use crate::diag::{near_miss, Diagnostic, YamlLocator};
-use crate::duration::{parse_duration, DURATION_HELP};
+use crate::duration::DURATION_HELP;
+use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
@@ -120,55 +125,52 @@ pub fn parse_providers(
     out
 }
 
-fn parse_provider(
+/// One entry of `providers:`, as written.
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct ProviderYaml {
+    kind: Field<String>,
+    base_url: Field<String>,
+    /// A variable name, or nothing for no key.
+    api_key_env: Field<Value>,
+    model: Field<NonEmpty>,
+    max_tokens: Field<Whole<1, 1_000_000>>,
+    timeout: Field<String>,
+    request_timeout: Field<String>,
+    default_model: Field<NonEmpty>,
+    command: Field<CommandLine>,
+    env: Field<List<EnvName>>,
+}
+
+/// The provider's kind: `kind:`, else the name when the name is a kind (`anthropic:`).
+fn provider_kind(
     rel: &Path,
     loc: &YamlLocator,
     name: &str,
-    v: &Value,
-    diags: &mut Vec<Diagnostic>,
-) -> Option<ProviderConfig> {
-    let err = |path: &[&str], msg: String, help: &str| {
-        Diagnostic::error(rel, msg)
-            .at(loc.value(path))
-            .help(help.to_string())
+    kind: &Field<String>,
+) -> Result<ProviderKind, Diagnostic> {
+    let written = match kind {
+        Field::Ok(k) => Some(k.as_str()),
+        _ => None,
     };
-    let Some(map) = v.as_mapping() else {
-        diags.push(err(
-            &["providers", name],
-            format!("provider `{name}` must be a mapping"),
-            "e.g. { kind: openai, base_url: \"http://127.0.0.1:11434/v1\", model: llama3.1 }",
-        ));
-        return None;
-    };
-    let before = diags.len();
-    // The kind defaults to the name when the name is a kind (`anthropic:`, `openai:`).
-    let kind_text = map
-        .get("kind")
-        .and_then(Value::as_str)
-        .map(str::to_string)
-        .or_else(|| matches!(name, "anthropic" | "openai" | "command").then(|| name.to_string()));
-    let kind = match kind_text.as_deref() {
-        Some("anthropic") => ProviderKind::Anthropic,
-        Some("openai") => ProviderKind::OpenAi,
-        Some("command") => ProviderKind::Command,
-        Some(other) => {
-            diags.push(err(
-                &["providers", name, "kind"],
-                format!("provider `{name}`: unknown kind `{other}`"),
-                "kind is anthropic (Messages API), openai (Chat Completions: OpenAI, Ollama, vLLM, llama.cpp, LM Studio, OpenRouter) or command (an agent CLI such as `claude -p`)",
-            ));
-            return None;
-        }
-        None => {
-            diags.push(
-                Diagnostic::error(rel, format!("provider `{name}` has no `kind`"))
-                    .at(loc.key(&["providers", name]))
-                    .help("add kind: anthropic, kind: openai or kind: command"),
-            );
-            return None;
-        }
-    };
-    let mut p = ProviderConfig {
+    let kind_text =
+        written.or_else(|| matches!(name, "anthropic" | "openai" | "command").then_some(name));
+    match kind_text {
+        Some("anthropic") => Ok(ProviderKind::Anthropic),
+        Some("openai") => Ok(ProviderKind::OpenAi),
+        Some("command") => Ok(ProviderKind::Command),
+        Some(other) => Err(Diagnostic::error(rel, format!("provider `{name}`: unknown kind `{other}`"))
+            .at(loc.value(&["providers", name, "kind"]))
+            .help("kind is anthropic (Messages API), openai (Chat Completions: OpenAI, Ollama, vLLM, llama.cpp, LM Studio, OpenRouter) or command (an agent CLI such as `claude -p`)")),
+        None => Err(Diagnostic::error(rel, format!("provider `{name}` has no `kind`"))
+            .at(loc.key(&["providers", name]))
+            .help("add kind: anthropic, kind: openai or kind: command")),
+    }
+}
+
+/// What a provider of `kind` is when loops.yaml says no more than its kind.
+fn provider_defaults(name: &str, kind: ProviderKind) -> ProviderConfig {
+    ProviderConfig {
         name: name.to_string(),
         kind,
         base_url: match kind {
@@ -187,105 +189,37 @@ fn parse_provider(
         request_timeout: Duration::from_secs(120),
         command: None,
         env: Vec::new(),
-    };
-    for (k, val) in map {
-        let Some(key) = k.as_str() else { continue };
-        let path = ["providers", name, key];
-        match key {
-            "kind" => {}
-            "base_url" => match val.as_str() {
-                Some(u) if u.starts_with("http://") || u.starts_with("https://") => {
-                    p.base_url = u.trim_end_matches('/').to_string()
-                }
-                _ => diags.push(err(
-                    &path,
-                    format!("providers.{name}.base_url must be an http:// or https:// URL"),
-                    "e.g. base_url: \"http://127.0.0.1:11434/v1\"",
-                )),
-            },
-            "api_key_env" => match val {
-                Value::String(s) if valid_env_name(s) => p.api_key_env = Some(s.clone()),
-                Value::Null => p.api_key_env = None,
-                Value::String(s) if s.starts_with("sk-") || s.len() > 40 => diags.push(err(
-                    &path,
-                    format!("providers.{name}.api_key_env looks like a key, not a variable name"),
-                    "never put a key in loops.yaml: export it (e.g. ANTHROPIC_API_KEY=…) and write api_key_env: ANTHROPIC_API_KEY",
-                )),
-                _ => diags.push(err(
-                    &path,
-                    format!("providers.{name}.api_key_env must be an environment variable name"),
-                    "e.g. api_key_env: OPENAI_API_KEY (leave it out for a local server with no key)",
-                )),
-            },
-            "model" | "default_model" => match val.as_str() {
-                Some(m) if !m.trim().is_empty() => p.model = Some(m.to_string()),
-                _ => diags.push(err(
-                    &path,
-                    format!("providers.{name}.model must be a model name"),
-                    "e.g. model: claude-sonnet-4-5",
-                )),
-            },
-            "max_tokens" => match val.as_u64() {
-                Some(n) if (1..=1_000_000).contains(&n) => p.max_tokens = n as u32,
-                _ => diags.push(err(
-                    &path,
-                    format!("providers.{name}.max_tokens must be a whole number of at least 1"),
-                    "e.g. max_tokens: 4096",
-                )),
-            },
-            "timeout" | "request_timeout" => match val.as_str().map(parse_duration) {
-                Some(Ok(d)) if !d.is_zero() => p.request_timeout = d,
-                Some(Err(e)) => diags.push(err(&path, format!("providers.{name}.timeout: {e}"), DURATION_HELP)),
-                _ => diags.push(err(
-                    &path,
-                    format!("providers.{name}.timeout must be a duration longer than zero"),
-                    DURATION_HELP,
-                )),
-            },
-            "command" => match val {
-                Value::String(s) if !s.trim().is_empty() => {
-                    p.command = Some(vec!["sh".into(), "-c".into(), s.clone()])
-                }
-                Value::Sequence(seq)
-                    if !seq.is_empty() && seq.iter().all(|a| a.as_str().is_some()) =>
-                {
-                    p.command = Some(
-                        seq.iter()
-                            .filter_map(|a| a.as_str().map(str::to_string))
-                            .collect(),
-                    )
-                }
-                _ => diags.push(err(
-                    &path,
-                    format!("providers.{name}.command must be an argv list or a shell string"),
-                    "e.g. command: [\"claude\", \"-p\"]",
-                )),
-            },
-            "env" => match val.as_sequence() {
-                Some(seq) if seq.iter().all(|e| e.as_str().is_some_and(valid_env_name)) => {
-                    p.env = seq
-                        .iter()
-                        .filter_map(|e| e.as_str().map(str::to_string))
-                        .collect()
-                }
-                _ => diags.push(err(
-                    &path,
-                    format!("providers.{name}.env must be a list of environment variable names"),
-                    "e.g. env: [ANTHROPIC_API_KEY]; the values are passed through from the runner's environment",
-                )),
-            },
-            other => {
-                let d = Diagnostic::error(rel, format!("unknown key `providers.{name}.{other}`"))
-                    .at(loc.key(&path));
-                diags.push(match near_miss(other, PROVIDER_KEYS) {
-                    Some(k) => d.help(format!("did you mean `{k}`?")),
-                    None => d.help(format!("known keys here: {}", PROVIDER_KEYS.join(", "))),
-                });
-            }
-        }
     }
-    if kind == ProviderKind::Command && p.command.is_none() {
+}
+
+fn parse_provider(
+    rel: &Path,
+    loc: &YamlLocator,
+    name: &str,
+    v: &Value,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<ProviderConfig> {
+    let Some(map) = v.as_mapping() else {
         diags.push(
+            Diagnostic::error(rel, format!("provider `{name}` must be a mapping"))
+                .at(loc.value(&["providers", name]))
+                .help("e.g. { kind: openai, base_url: \"http://127.0.0.1:11434/v1\", model: llama3.1 }"),
+        );
+        return None;
+    };
+    let (y, mut sec) = Section::read::<ProviderYaml>(rel, loc, &["providers", name], map);
+    let kind = match provider_kind(rel, loc, name, &y.kind) {
+        Ok(k) => k,
+        Err(d) => {
+            diags.push(d);
+            return None;
+        }
+    };
+    let mut p = provider_defaults(name, kind);
+    read_provider(&mut sec, name, y, &mut p);
+    let mut found = sec.finish();
+    if kind == ProviderKind::Command && p.command.is_none() {
+        found.push(
             Diagnostic::error(
                 rel,
                 format!("provider `{name}` (kind: command) needs `command`"),
@@ -294,7 +228,115 @@ fn parse_provider(
             .help("e.g. command: [\"claude\", \"-p\"]; the prompt is given on stdin"),
         );
     }
-    (diags.len() == before).then_some(p)
+    let ok = found.is_empty();
+    diags.extend(found);
+    ok.then_some(p)
+}
+
+/// The settings of one provider, over its defaults.
+fn read_provider(sec: &mut Section, name: &str, y: ProviderYaml, p: &mut ProviderConfig) {
+    read_endpoint(sec, name, y.base_url, y.api_key_env, p);
+    // Two spellings each of the model and the timeout: the one written later counts.
+    let mut models = [("model", y.model), ("default_model", y.default_model)];
+    if sec.later("model", "default_model") {
+        models.reverse();
+    }
+    for (key, field) in models {
+        let message = format!("providers.{name}.model must be a model name");
+        if let Some(m) = sec.take(key, field, message, "e.g. model: claude-sonnet-4-5") {
+            p.model = Some(m.0);
+        }
+    }
+    let mut timeouts = [
+        ("timeout", y.timeout),
+        ("request_timeout", y.request_timeout),
+    ];
+    if sec.later("timeout", "request_timeout") {
+        timeouts.reverse();
+    }
+    for (key, field) in timeouts {
+        match duration_of(field) {
+            Some(DurationField::Ok(d)) if !d.is_zero() => p.request_timeout = d,
+            Some(DurationField::Invalid(e)) => {
+                sec.error(key, format!("providers.{name}.timeout: {e}"), DURATION_HELP)
+            }
+            Some(_) => sec.error(
+                key,
+                format!("providers.{name}.timeout must be a duration longer than zero"),
+                DURATION_HELP,
+            ),
+            None => {}
+        }
+    }
+    if let Some(n) = sec.take(
+        "max_tokens",
+        y.max_tokens,
+        format!("providers.{name}.max_tokens must be a whole number of at least 1"),
+        "e.g. max_tokens: 4096",
+    ) {
+        p.max_tokens = n.0 as u32;
+    }
+    if let Some(c) = sec.take(
+        "command",
+        y.command,
+        format!("providers.{name}.command must be an argv list or a shell string"),
+        "e.g. command: [\"claude\", \"-p\"]",
+    ) {
+        p.command = Some(c.0);
+    }
+    if let Some(list) = sec.take(
+        "env",
+        y.env,
+        format!("providers.{name}.env must be a list of environment variable names"),
+        "e.g. env: [ANTHROPIC_API_KEY]; the values are passed through from the runner's environment",
+    ) {
+        p.env = env_names(list.0);
+    }
+    sec.unknown_keys(PROVIDER_KEYS);
+}
+
+/// Where the provider is and the variable holding its key.
+fn read_endpoint(
+    sec: &mut Section,
+    name: &str,
+    base_url: Field<String>,
+    api_key_env: Field<Value>,
+    p: &mut ProviderConfig,
+) {
+    match base_url.written() {
+        Some(Ok(u)) if u.starts_with("http://") || u.starts_with("https://") => {
+            p.base_url = u.trim_end_matches('/').to_string()
+        }
+        Some(_) => sec.error(
+            "base_url",
+            format!("providers.{name}.base_url must be an http:// or https:// URL"),
+            "e.g. base_url: \"http://127.0.0.1:11434/v1\"",
+        ),
+        None => {}
+    }
+    match api_key_env.written() {
+        Some(Ok(Value::String(s))) if valid_env_name(&s) => p.api_key_env = Some(s),
+        Some(Ok(Value::Null)) => p.api_key_env = None,
+        Some(Ok(Value::String(s))) if s.starts_with("sk-") || s.len() > 40 => sec.error(
+            "api_key_env",
+            format!("providers.{name}.api_key_env looks like a key, not a variable name"),
+            "never put a key in loops.yaml: export it (e.g. ANTHROPIC_API_KEY=…) and write api_key_env: ANTHROPIC_API_KEY",
+        ),
+        Some(_) => sec.error(
+            "api_key_env",
+            format!("providers.{name}.api_key_env must be an environment variable name"),
+            "e.g. api_key_env: OPENAI_API_KEY (leave it out for a local server with no key)",
+        ),
+        None => {}
+    }
+}
+
+/// `defaults:`, as written.
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct DefaultsYaml {
+    provider: Field<String>,
+    model: Field<String>,
 }
 
 /// Parses `defaults:`.
@@ -304,42 +346,25 @@ pub fn parse_defaults(
     v: &Value,
     diags: &mut Vec<Diagnostic>,
 ) -> Defaults {
-    let mut d = Defaults::default();
     let Some(map) = v.as_mapping() else {
         diags.push(
             Diagnostic::error(rel, "`defaults` must be a mapping")
                 .at(loc.key(&["defaults"]))
                 .help("e.g. defaults: { provider: anthropic, model: claude-sonnet-4-5 }"),
         );
-        return d;
+        return Defaults::default();
     };
-    for (k, val) in map {
-        let Some(key) = k.as_str() else { continue };
-        match (key, val.as_str()) {
-            ("provider", Some(s)) => d.provider = Some(s.to_string()),
-            ("model", Some(s)) => d.model = Some(s.to_string()),
-            ("provider" | "model", None) => diags.push(
-                Diagnostic::error(rel, format!("defaults.{key} must be a name"))
-                    .at(loc.value(&["defaults", key])),
-            ),
-            (other, _) => {
-                let diag = Diagnostic::error(rel, format!("unknown key `defaults.{other}`"))
-                    .at(loc.key(&["defaults", other]));
-                diags.push(match near_miss(other, DEFAULT_KEYS) {
-                    Some(k) => diag.help(format!("did you mean `{k}`?")),
-                    None => diag.help("known keys here: provider, model"),
-                });
-            }
-        }
-    }
+    let (y, mut sec) = Section::read::<DefaultsYaml>(rel, loc, &["defaults"], map);
+    let d = Defaults {
+        provider: sec.take_bare("provider", y.provider, "defaults.provider must be a name"),
+        model: sec.take_bare("model", y.model, "defaults.model must be a name"),
+    };
+    sec.unknown_keys(DEFAULT_KEYS);
+    diags.extend(sec.finish());
     d
 }
 
-pub fn valid_env_name(k: &str) -> bool {
-    !k.is_empty()
-        && !k.starts_with(|c: char| c.is_ascii_digit())
-        && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-}
+pub use crate::config_fields::valid_env_name;
 
 /// How to configure a provider, for messages about prompt loops that wait for one.
 pub const PROVIDER_HELP: &str = "prompt loops need a model provider in loops.yaml, e.g. `providers: { anthropic: { kind: anthropic, api_key_env: ANTHROPIC_API_KEY, model: claude-sonnet-4-5 } }` (or kind: openai with base_url for Ollama, vLLM, llama.cpp, LM Studio; kind: command for an agent CLI); until then they are listed but not run";
@@ -408,5 +433,26 @@ pub fn resolve(
             format!("no model for provider `{name}`"),
             format!("set `payload.model`, `defaults.model`, or `model:` under providers.{name} in loops.yaml"),
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config_fields::field_names;
+
+    /// The keys a message lists are the keys the struct reads, in any order.
+    fn same_keys(read: &[&str], listed: &[&str]) {
+        let mut a = read.to_vec();
+        let mut b = listed.to_vec();
+        a.sort();
+        b.sort();
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn the_keys_in_messages_are_the_keys_read() {
+        same_keys(field_names::<ProviderYaml>(), PROVIDER_KEYS);
+        same_keys(field_names::<DefaultsYaml>(), DEFAULT_KEYS);
     }
 }

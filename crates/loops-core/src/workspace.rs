@@ -2,11 +2,17 @@
 //! inbox and the runner's `.loops/` runtime folder. This module finds it, reads its
 //! settings and knows where everything lives inside it.
 
-use crate::diag::{near_miss, Diagnostic, YamlLocator};
+use crate::config_fields::{
+    duration_of, CommandLine, DurationField, Field, List, Map, NonEmpty, Section, Whole,
+};
+use crate::diag::{Diagnostic, YamlLocator};
 use crate::duration::{parse_duration, DURATION_HELP};
 use chrono_tz::Tz;
+use serde::de::IgnoredAny;
+use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+use yaml_serde::Value;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WorkspaceError {
@@ -567,7 +573,7 @@ pub fn parse_settings(root: &Path, text: &str) -> (Settings, Vec<Diagnostic>) {
     let rel = PathBuf::from("loops.yaml");
     let mut s = Settings::default();
     let mut diags = Vec::new();
-    let value: yaml_serde::Value = match yaml_serde::from_str(text) {
+    let value: Value = match yaml_serde::from_str(text) {
         Ok(v) => v,
         Err(e) => {
             diags.push(crate::diag::yaml_syntax_diagnostic(&rel, text, &e));
@@ -577,8 +583,8 @@ pub fn parse_settings(root: &Path, text: &str) -> (Settings, Vec<Diagnostic>) {
     };
     let loc = YamlLocator::new(text);
     let map = match value {
-        yaml_serde::Value::Mapping(m) => m,
-        yaml_serde::Value::Null => return (s, diags),
+        Value::Mapping(m) => m,
+        Value::Null => return (s, diags),
         _ => {
             diags.push(
                 Diagnostic::error(&rel, "loops.yaml must be a mapping of settings")
@@ -588,235 +594,20 @@ pub fn parse_settings(root: &Path, text: &str) -> (Settings, Vec<Diagnostic>) {
             return (s, diags);
         }
     };
-    for (k, v) in &map {
-        let Some(key) = k.as_str() else { continue };
-        let before = diags.len();
-        match key {
-            "timezone" => match v.as_str().map(parse_timezone) {
-                Some(Ok(tz)) => s.timezone = Some(tz),
-                Some(Err((m, h))) => diags.push(
-                    Diagnostic::error(&rel, m)
-                        .at(loc.value(&["timezone"]))
-                        .help(h),
-                ),
-                None => diags.push(
-                    Diagnostic::error(&rel, "timezone must be a zone name")
-                        .at(loc.value(&["timezone"]))
-                        .help("e.g. timezone: Europe/London"),
-                ),
-            },
-            "limits" => {
-                for (lk, lv) in v.as_mapping().into_iter().flatten() {
-                    let Some(lk) = lk.as_str() else { continue };
-                    let at = loc.value(&["limits", lk]);
-                    match lk {
-                        "max_concurrent_jobs" => match lv.as_u64() {
-                            Some(n) if n >= 1 => s.max_concurrent_jobs = n as usize,
-                            _ => diags.push(
-                                Diagnostic::error(&rel, "limits.max_concurrent_jobs must be a whole number of at least 1")
-                                    .at(at)
-                                    .help("e.g. max_concurrent_jobs: 4"),
-                            ),
-                        },
-                        // A count past u32 means "no limit", not its low 32 bits.
-                        "pause_after_failures" => match lv.as_u64() {
-                            Some(n) if n >= 1 => s.pause_after_failures = u32::try_from(n).unwrap_or(u32::MAX),
-                            _ => diags.push(
-                                Diagnostic::error(&rel, "limits.pause_after_failures must be a whole number of at least 1")
-                                    .at(at)
-                                    .help("e.g. pause_after_failures: 5"),
-                            ),
-                        },
-                        "max_handoff_bytes" => match lv.as_u64() {
-                            Some(n) if n >= 1024 => s.max_handoff_bytes = n,
-                            _ => diags.push(
-                                Diagnostic::error(&rel, "limits.max_handoff_bytes must be a number of bytes, at least 1024")
-                                    .at(at)
-                                    .help("e.g. max_handoff_bytes: 1048576 (1 MiB, the default)"),
-                            ),
-                        },
-                        "max_job_log_bytes" => match lv.as_u64() {
-                            Some(n) if n >= 65536 => s.max_job_log_bytes = n,
-                            _ => diags.push(
-                                Diagnostic::error(&rel, "limits.max_job_log_bytes must be a number of bytes, at least 65536")
-                                    .at(at)
-                                    .help("e.g. max_job_log_bytes: 16777216 (16 MiB, the default)"),
-                            ),
-                        },
-                        "shutdown_grace" | "catch_up_stagger" => {
-                            match lv.as_str().map(parse_duration) {
-                                Some(Ok(d)) => {
-                                    if lk == "shutdown_grace" {
-                                        s.shutdown_grace = d
-                                    } else {
-                                        s.catch_up_stagger = d
-                                    }
-                                }
-                                Some(Err(e)) => diags.push(
-                                    Diagnostic::error(&rel, format!("limits.{lk}: {e}"))
-                                        .at(at)
-                                        .help(DURATION_HELP),
-                                ),
-                                None => diags.push(
-                                    Diagnostic::error(&rel, format!("limits.{lk} must be a duration"))
-                                        .at(at)
-                                        .help(DURATION_HELP),
-                                ),
-                            }
-                        }
-                        other => diags.push(unknown_key(&rel, &loc, &["limits", other], LIMIT_KEYS)),
-                    }
-                }
-            }
-            "git" => {
-                for (gk, gv) in v.as_mapping().into_iter().flatten() {
-                    let Some(gk) = gk.as_str() else { continue };
-                    let at = loc.value(&["git", gk]);
-                    match gk {
-                        "commit" => match gv.as_bool() {
-                            Some(b) => s.git_commit = b,
-                            None => diags.push(
-                                Diagnostic::error(&rel, "git.commit must be true or false").at(at),
-                            ),
-                        },
-                        "follow_checkout" => match gv.as_bool() {
-                            Some(b) => s.git_follow_checkout = b,
-                            None => diags.push(
-                                Diagnostic::error(&rel, "git.follow_checkout must be true or false")
-                                    .at(at),
-                            ),
-                        },
-                        "branch" => match gv.as_str().map(str::trim) {
-                            Some(b) if valid_branch(b) => {
-                                s.git_branch = Some(b.strip_prefix("refs/heads/").unwrap_or(b).to_string())
-                            }
-                            _ => diags.push(
-                                Diagnostic::error(&rel, "git.branch must be a branch name, e.g. main")
-                                    .at(at),
-                            ),
-                        },
-                        "author_name" | "author_email" => match gv.as_str() {
-                            Some(t) if !t.trim().is_empty() => {
-                                if gk == "author_name" {
-                                    s.author_name = t.to_string()
-                                } else {
-                                    s.author_email = t.to_string()
-                                }
-                            }
-                            _ => diags.push(
-                                Diagnostic::error(
-                                    &rel,
-                                    format!("git.{gk} must be a non-empty string"),
-                                )
-                                .at(at),
-                            ),
-                        },
-                        other => diags.push(unknown_key(&rel, &loc, &["git", other], GIT_KEYS)),
-                    }
-                }
-            }
-            "records" => {
-                for (rk, rv) in v.as_mapping().into_iter().flatten() {
-                    let Some(rk) = rk.as_str() else { continue };
-                    match (rk, rv.as_u64()) {
-                        ("rotate_bytes", Some(n)) if n >= 4096 => s.rotate_bytes = n,
-                        ("rotate_bytes", _) => diags.push(
-                            Diagnostic::error(
-                                &rel,
-                                "records.rotate_bytes must be a number of bytes, at least 4096",
-                            )
-                            .at(loc.value(&["records", rk]))
-                            .help("e.g. rotate_bytes: 10485760 (10 MiB)"),
-                        ),
-                        ("max_age", _) => {
-                            let text = match rv {
-                                yaml_serde::Value::String(t) => Some(t.trim().to_string()),
-                                yaml_serde::Value::Number(n) if n.as_u64() == Some(0) => {
-                                    Some("0".into())
-                                }
-                                _ => None,
-                            };
-                            let problem = match text.as_deref() {
-                                Some("forever" | "0") => {
-                                    s.max_age = None;
-                                    None
-                                }
-                                Some(t) => match crate::duration::parse_duration(t) {
-                                    Ok(d) if d >= Duration::from_secs(3600) => {
-                                        s.max_age = Some(d);
-                                        None
-                                    }
-                                    Ok(_) => Some("records.max_age must be at least 1h".to_string()),
-                                    Err(e) => Some(format!("records.max_age: {e}")),
-                                },
-                                None => {
-                                    Some("records.max_age must be a duration or `forever`".into())
-                                }
-                            };
-                            if let Some(message) = problem {
-                                diags.push(
-                                    Diagnostic::error(&rel, message)
-                                        .at(loc.value(&["records", rk]))
-                                        .help("e.g. max_age: 90d, or max_age: forever to keep every record"),
-                                );
-                            }
-                        }
-                        ("max_total_bytes", Some(0)) => s.max_total_bytes = None,
-                        ("max_total_bytes", Some(n)) if n >= 1024 * 1024 => {
-                            s.max_total_bytes = Some(n)
-                        }
-                        ("max_total_bytes", _) => diags.push(
-                            Diagnostic::error(
-                                &rel,
-                                "records.max_total_bytes must be a number of bytes, at least 1048576 (1 MiB), or 0 for no cap",
-                            )
-                            .at(loc.value(&["records", rk]))
-                            .help("e.g. max_total_bytes: 1073741824 (1 GiB)"),
-                        ),
-                        (other, _) => {
-                            diags.push(unknown_key(&rel, &loc, &["records", other], RECORD_KEYS))
-                        }
-                    }
-                }
-            }
-            "mcp_servers" => {
-                s.mcp_servers = crate::mcp_config::parse_mcp_servers(&rel, &loc, v, &mut diags)
-            }
-            "providers" => {
-                s.providers = crate::providers::parse_providers(&rel, &loc, v, &mut diags);
-                s.has_providers = !s.providers.is_empty();
-            }
-            "defaults" => {
-                s.defaults = crate::providers::parse_defaults(&rel, &loc, v, &mut diags)
-            }
-            "allow_shell_tool" => match v.as_bool() {
-                Some(b) => s.allow_shell_tool = b,
-                None => diags.push(
-                    Diagnostic::error(&rel, "allow_shell_tool must be true or false")
-                        .at(loc.value(&["allow_shell_tool"]))
-                        .help("allow_shell_tool: true lets loops that list `shell` in `tools:` run commands"),
-                ),
-            },
-            "main" => s.main = read_main(&rel, &loc, v, &mut diags),
-            "allow_shell_jobs" => match v.as_bool() {
-                Some(b) => s.allow_shell_jobs = b,
-                None => diags.push(
-                    Diagnostic::error(&rel, "allow_shell_jobs must be true or false")
-                        .at(loc.value(&["allow_shell_jobs"]))
-                        .help("allow_shell_jobs: true lets `loops jobs submit shell` run commands"),
-                ),
-            },
-            "channels" => s.channels = crate::channel_config::parse_channels(&rel, &loc, v, &mut diags),
-            "classification" | "deny_patterns" | "detectors" => {}
-            other => diags.push(unknown_key(&rel, &loc, &[other], TOP_KEYS)),
-        }
+    let (yaml, mut sec) = Section::read::<SettingsYaml>(&rel, &loc, &[], &map);
+    read_top(&mut sec, yaml, &mut s);
+    for (key, d) in sec.finish_keyed() {
         // A channel, provider or MCP server with an error is left out, and whatever uses
         // it fails and says so. Anywhere else a default would silently stand in for what
         // the person wrote (`git: {comit: false}` keeps committing), so nothing may run.
-        if !matches!(key, "channels" | "providers" | "defaults" | "mcp_servers") {
-            s.unapplied
-                .extend(diags[before..].iter().filter(|d| d.is_error()).cloned());
+        let left_out = matches!(
+            key.as_deref(),
+            Some("channels" | "providers" | "defaults" | "mcp_servers")
+        );
+        if d.is_error() && !left_out {
+            s.unapplied.push(d.clone());
         }
+        diags.push(d);
     }
     s.guard = crate::guard::parse(&rel, &loc, &map, &mut diags);
     if let Some(m) = &s.main {
@@ -836,6 +627,278 @@ pub fn parse_settings(root: &Path, text: &str) -> (Settings, Vec<Diagnostic>) {
         }
     }
     (s, diags)
+}
+
+/// loops.yaml, key by key. The sections with readers of their own (providers, channels,
+/// MCP servers) are handed over as written; the guard's keys are read by
+/// [`crate::guard::parse`].
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct SettingsYaml {
+    timezone: Field<String>,
+    limits: Field<Map>,
+    git: Field<Map>,
+    records: Field<Map>,
+    providers: Field<Value>,
+    defaults: Field<Value>,
+    main: Field<Map>,
+    channels: Field<Value>,
+    mcp_servers: Field<Value>,
+    allow_shell_jobs: Field<bool>,
+    allow_shell_tool: Field<bool>,
+    classification: Field<IgnoredAny>,
+    deny_patterns: Field<IgnoredAny>,
+    detectors: Field<IgnoredAny>,
+}
+
+/// `limits:`.
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct LimitsYaml {
+    max_concurrent_jobs: Field<Whole<1>>,
+    shutdown_grace: Field<String>,
+    catch_up_stagger: Field<String>,
+    pause_after_failures: Field<Whole<1>>,
+    max_handoff_bytes: Field<Whole<1024>>,
+    max_job_log_bytes: Field<Whole<65536>>,
+}
+
+/// `git:`.
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct GitYaml {
+    commit: Field<bool>,
+    author_name: Field<NonEmpty>,
+    author_email: Field<NonEmpty>,
+    branch: Field<String>,
+    follow_checkout: Field<bool>,
+}
+
+/// `records:`.
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct RecordsYaml {
+    rotate_bytes: Field<Whole<4096>>,
+    /// A duration, `forever`, or 0.
+    max_age: Field<Value>,
+    max_total_bytes: Field<u64>,
+}
+
+/// Reads `y` into `s`; the problems go to `sec`, which places each at its key.
+fn read_top(sec: &mut Section, y: SettingsYaml, s: &mut Settings) {
+    let (file, loc) = (sec.file, sec.loc);
+    match y.timezone.written() {
+        Some(Ok(name)) => match parse_timezone(&name) {
+            Ok(tz) => s.timezone = Some(tz),
+            Err((m, h)) => sec.error("timezone", m, h),
+        },
+        Some(Err(_)) => sec.error(
+            "timezone",
+            "timezone must be a zone name",
+            "e.g. timezone: Europe/London",
+        ),
+        None => {}
+    }
+    // `limits`, `git` and `records` that are not mappings hold no settings to read.
+    if let Field::Ok(Map(m)) = y.limits {
+        let (l, mut ls) = Section::read::<LimitsYaml>(file, loc, &["limits"], &m);
+        read_limits(&mut ls, l, s);
+        sec.extend("limits", ls.finish());
+    }
+    if let Field::Ok(Map(m)) = y.git {
+        let (g, mut gs) = Section::read::<GitYaml>(file, loc, &["git"], &m);
+        read_git(&mut gs, g, s);
+        sec.extend("git", gs.finish());
+    }
+    if let Field::Ok(Map(m)) = y.records {
+        let (r, mut rs) = Section::read::<RecordsYaml>(file, loc, &["records"], &m);
+        read_records(&mut rs, r, s);
+        sec.extend("records", rs.finish());
+    }
+    let mut found = Vec::new();
+    if let Field::Ok(v) = y.mcp_servers {
+        s.mcp_servers = crate::mcp_config::parse_mcp_servers(file, loc, &v, &mut found);
+        sec.extend("mcp_servers", std::mem::take(&mut found));
+    }
+    if let Field::Ok(v) = y.providers {
+        s.providers = crate::providers::parse_providers(file, loc, &v, &mut found);
+        s.has_providers = !s.providers.is_empty();
+        sec.extend("providers", std::mem::take(&mut found));
+    }
+    if let Field::Ok(v) = y.defaults {
+        s.defaults = crate::providers::parse_defaults(file, loc, &v, &mut found);
+        sec.extend("defaults", std::mem::take(&mut found));
+    }
+    if let Field::Ok(v) = y.channels {
+        s.channels = crate::channel_config::parse_channels(file, loc, &v, &mut found);
+        sec.extend("channels", std::mem::take(&mut found));
+    }
+    if let Some(b) = sec.take(
+        "allow_shell_tool",
+        y.allow_shell_tool,
+        "allow_shell_tool must be true or false",
+        "allow_shell_tool: true lets loops that list `shell` in `tools:` run commands",
+    ) {
+        s.allow_shell_tool = b;
+    }
+    if let Some(b) = sec.take(
+        "allow_shell_jobs",
+        y.allow_shell_jobs,
+        "allow_shell_jobs must be true or false",
+        "allow_shell_jobs: true lets `loops jobs submit shell` run commands",
+    ) {
+        s.allow_shell_jobs = b;
+    }
+    match y.main.written() {
+        Some(Ok(Map(m))) => s.main = Some(read_main(sec, &m)),
+        Some(Err(_)) => sec.push(
+            "main",
+            Diagnostic::error(file, "`main` must be a mapping")
+                .at(sec.key_pos("main"))
+                .help("e.g. main: { command: [\"./main-session.sh\"], heartbeat: 30m }"),
+        ),
+        None => {}
+    }
+    sec.unknown_keys(TOP_KEYS);
+}
+
+fn read_limits(sec: &mut Section, l: LimitsYaml, s: &mut Settings) {
+    if let Some(n) = sec.take(
+        "max_concurrent_jobs",
+        l.max_concurrent_jobs,
+        "limits.max_concurrent_jobs must be a whole number of at least 1",
+        "e.g. max_concurrent_jobs: 4",
+    ) {
+        s.max_concurrent_jobs = n.0 as usize;
+    }
+    if let Some(n) = sec.take(
+        "pause_after_failures",
+        l.pause_after_failures,
+        "limits.pause_after_failures must be a whole number of at least 1",
+        "e.g. pause_after_failures: 5",
+    ) {
+        s.pause_after_failures = n.saturating_u32();
+    }
+    if let Some(n) = sec.take(
+        "max_handoff_bytes",
+        l.max_handoff_bytes,
+        "limits.max_handoff_bytes must be a number of bytes, at least 1024",
+        "e.g. max_handoff_bytes: 1048576 (1 MiB, the default)",
+    ) {
+        s.max_handoff_bytes = n.0;
+    }
+    if let Some(n) = sec.take(
+        "max_job_log_bytes",
+        l.max_job_log_bytes,
+        "limits.max_job_log_bytes must be a number of bytes, at least 65536",
+        "e.g. max_job_log_bytes: 16777216 (16 MiB, the default)",
+    ) {
+        s.max_job_log_bytes = n.0;
+    }
+    let durations = [
+        ("shutdown_grace", l.shutdown_grace, &mut s.shutdown_grace),
+        (
+            "catch_up_stagger",
+            l.catch_up_stagger,
+            &mut s.catch_up_stagger,
+        ),
+    ];
+    for (key, field, slot) in durations {
+        match duration_of(field) {
+            Some(DurationField::Ok(d)) => *slot = d,
+            Some(DurationField::Invalid(e)) => {
+                sec.error(key, format!("limits.{key}: {e}"), DURATION_HELP)
+            }
+            Some(DurationField::NotText) => sec.error(
+                key,
+                format!("limits.{key} must be a duration"),
+                DURATION_HELP,
+            ),
+            None => {}
+        }
+    }
+    sec.unknown_keys(LIMIT_KEYS);
+}
+
+fn read_git(sec: &mut Section, g: GitYaml, s: &mut Settings) {
+    if let Some(b) = sec.take_bare("commit", g.commit, "git.commit must be true or false") {
+        s.git_commit = b;
+    }
+    if let Some(b) = sec.take_bare(
+        "follow_checkout",
+        g.follow_checkout,
+        "git.follow_checkout must be true or false",
+    ) {
+        s.git_follow_checkout = b;
+    }
+    match g.branch.written() {
+        Some(Ok(b)) if valid_branch(b.trim()) => {
+            let b = b.trim();
+            s.git_branch = Some(b.strip_prefix("refs/heads/").unwrap_or(b).to_string());
+        }
+        Some(_) => sec.error_bare("branch", "git.branch must be a branch name, e.g. main"),
+        None => {}
+    }
+    let authors = [
+        ("author_name", g.author_name, &mut s.author_name),
+        ("author_email", g.author_email, &mut s.author_email),
+    ];
+    for (key, field, slot) in authors {
+        if let Some(t) = sec.take_bare(key, field, format!("git.{key} must be a non-empty string"))
+        {
+            *slot = t.0;
+        }
+    }
+    sec.unknown_keys(GIT_KEYS);
+}
+
+fn read_records(sec: &mut Section, r: RecordsYaml, s: &mut Settings) {
+    if let Some(n) = sec.take(
+        "rotate_bytes",
+        r.rotate_bytes,
+        "records.rotate_bytes must be a number of bytes, at least 4096",
+        "e.g. rotate_bytes: 10485760 (10 MiB)",
+    ) {
+        s.rotate_bytes = n.0;
+    }
+    if let Field::Ok(v) = r.max_age {
+        match max_age(&v) {
+            Ok(age) => s.max_age = age,
+            Err(message) => sec.error(
+                "max_age",
+                message,
+                "e.g. max_age: 90d, or max_age: forever to keep every record",
+            ),
+        }
+    }
+    match r.max_total_bytes.written() {
+        Some(Ok(0)) => s.max_total_bytes = None,
+        Some(Ok(n)) if n >= 1024 * 1024 => s.max_total_bytes = Some(n),
+        Some(_) => sec.error(
+            "max_total_bytes",
+            "records.max_total_bytes must be a number of bytes, at least 1048576 (1 MiB), or 0 for no cap",
+            "e.g. max_total_bytes: 1073741824 (1 GiB)",
+        ),
+        None => {}
+    }
+    sec.unknown_keys(RECORD_KEYS);
+}
+
+/// `records.max_age`: a duration of at least an hour, or `forever` (or 0) for no limit.
+fn max_age(v: &Value) -> Result<Option<Duration>, String> {
+    let text = match v {
+        Value::String(t) => t.trim().to_string(),
+        Value::Number(n) if n.as_u64() == Some(0) => "0".into(),
+        _ => return Err("records.max_age must be a duration or `forever`".into()),
+    };
+    if text == "forever" || text == "0" {
+        return Ok(None);
+    }
+    match parse_duration(&text) {
+        Ok(d) if d >= Duration::from_secs(3600) => Ok(Some(d)),
+        Ok(_) => Err("records.max_age must be at least 1h".to_string()),
+        Err(e) => Err(format!("records.max_age: {e}")),
+    }
 }
 
 /// Cross-checks of a prompt main session: its prompt file and its provider.
@@ -903,137 +966,145 @@ const MAIN_KEYS: &[&str] = &[
     "tools",
 ];
 
-fn read_main(
-    rel: &Path,
-    loc: &YamlLocator,
-    v: &yaml_serde::Value,
-    diags: &mut Vec<Diagnostic>,
-) -> Option<MainSettings> {
-    let Some(map) = v.as_mapping() else {
-        diags.push(
-            Diagnostic::error(rel, "`main` must be a mapping")
-                .at(loc.key(&["main"]))
-                .help("e.g. main: { command: [\"./main-session.sh\"], heartbeat: 30m }"),
-        );
-        return None;
-    };
-    let mut m = MainSettings::default();
-    for (k, val) in map {
-        let Some(key) = k.as_str() else { continue };
-        let at = loc.value(&["main", key]);
-        let err =
-            |msg: String, help: &str| Diagnostic::error(rel, msg).at(at).help(help.to_string());
-        match key {
-            "command" => match val {
-                yaml_serde::Value::String(s) if !s.trim().is_empty() => {
-                    m.command = Some(vec!["sh".into(), "-c".into(), s.clone()])
-                }
-                yaml_serde::Value::Sequence(seq)
-                    if !seq.is_empty() && seq.iter().all(|a| a.as_str().is_some()) =>
-                {
-                    m.command = Some(
-                        seq.iter()
-                            .filter_map(|a| a.as_str().map(str::to_string))
-                            .collect(),
-                    )
-                }
-                _ => diags.push(err(
-                    "`main.command` must be an argv list or a shell string".into(),
-                    "e.g. command: [\"./main-session.sh\"] (it runs in the workspace root)",
-                )),
-            },
-            "prompt" => match val.as_str() {
-                Some(p) if !p.trim().is_empty() => m.prompt = Some(p.to_string()),
-                _ => diags.push(err(
-                    "`main.prompt` must be the path of a prompt file".into(),
-                    "e.g. prompt: MAIN.md (relative to the workspace root)",
-                )),
-            },
-            "provider" | "model" => match val.as_str() {
-                Some(p) if !p.trim().is_empty() => {
-                    if key == "provider" {
-                        m.provider = Some(p.to_string())
-                    } else {
-                        m.model = Some(p.to_string())
-                    }
-                }
-                _ => diags.push(err(
-                    format!("`main.{key}` must be a name"),
-                    "e.g. provider: anthropic",
-                )),
-            },
-            "context" | "tools" => match val.as_sequence() {
-                Some(seq) if seq.iter().all(|f| f.as_str().is_some()) => {
-                    let list: Vec<String> = seq
-                        .iter()
-                        .filter_map(|f| f.as_str().map(str::to_string))
-                        .collect();
-                    if key == "context" {
-                        m.context = list
-                    } else {
-                        m.tools = Some(list)
-                    }
-                }
-                _ => diags.push(err(
-                    format!("`main.{key}` must be a list"),
-                    if key == "context" {
-                        "e.g. context: [SOUL.md, USER.md, .working-memory/memory.md]"
-                    } else {
-                        "e.g. tools: [read_file, edit_file, complete_handoff, finish]"
-                    },
-                )),
-            },
-            "history" => match val.as_u64() {
-                Some(n) => m.history = n.min(10_000) as usize,
-                None => diags.push(err(
-                    "`main.history` must be a number of messages".into(),
-                    "e.g. history: 40 (0 keeps no conversation between wakes)",
-                )),
-            },
-            "max_turns" => match val.as_u64() {
-                Some(n) if n >= 1 => m.max_turns = u32::try_from(n).unwrap_or(u32::MAX),
-                _ => diags.push(err(
-                    "`main.max_turns` must be a whole number of at least 1".into(),
-                    "e.g. max_turns: 30",
-                )),
-            },
-            "heartbeat" | "timeout" | "overdue_after" => match val.as_str().map(parse_duration) {
-                Some(Ok(d)) if !d.is_zero() => match key {
-                    "heartbeat" => m.heartbeat = Some(d),
-                    "timeout" => m.timeout = d,
-                    _ => m.overdue_after = d,
-                },
-                Some(Err(e)) => diags.push(err(format!("main.{key}: {e}"), DURATION_HELP)),
-                _ => diags.push(err(
-                    format!("`main.{key}` must be a duration longer than zero"),
-                    DURATION_HELP,
-                )),
-            },
-            "max_wakes_per_minute" | "max_attempts" | "max_handoffs_per_wake" => match val.as_u64()
-            {
-                Some(n) if n >= 1 => match key {
-                    "max_attempts" => m.max_attempts = u32::try_from(n).unwrap_or(u32::MAX),
-                    "max_handoffs_per_wake" => m.max_handoffs_per_wake = n.min(2000) as u32,
-                    _ => m.max_wakes_per_minute = u32::try_from(n).unwrap_or(u32::MAX),
-                },
-                _ => diags.push(err(
-                    format!("`main.{key}` must be a whole number of at least 1"),
-                    "e.g. 60",
-                )),
-            },
-            other => diags.push(unknown_key(rel, loc, &["main", other], MAIN_KEYS)),
-        }
-    }
-    Some(m)
+/// `main:`.
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct MainYaml {
+    command: Field<CommandLine>,
+    prompt: Field<NonEmpty>,
+    provider: Field<NonEmpty>,
+    model: Field<NonEmpty>,
+    context: Field<List<String>>,
+    heartbeat: Field<String>,
+    timeout: Field<String>,
+    overdue_after: Field<String>,
+    max_wakes_per_minute: Field<Whole<1>>,
+    max_attempts: Field<Whole<1>>,
+    max_handoffs_per_wake: Field<Whole<1>>,
+    history: Field<u64>,
+    max_turns: Field<Whole<1>>,
+    tools: Field<List<String>>,
 }
 
-fn unknown_key(rel: &Path, loc: &YamlLocator, path: &[&str], known: &[&str]) -> Diagnostic {
-    let key = path.last().copied().unwrap_or_default();
-    let d = Diagnostic::error(rel, format!("unknown key `{}`", path.join("."))).at(loc.key(path));
-    match near_miss(key, known) {
-        Some(k) => d.help(format!("did you mean `{k}`?")),
-        None => d.help(format!("known keys here: {}", known.join(", "))),
+/// `main:` (a mapping); its problems go to `top` at the key `main`.
+fn read_main(top: &mut Section, map: &yaml_serde::Mapping) -> MainSettings {
+    let (y, mut sec) = Section::read::<MainYaml>(top.file, top.loc, &["main"], map);
+    let command = sec
+        .take(
+            "command",
+            y.command,
+            "`main.command` must be an argv list or a shell string",
+            "e.g. command: [\"./main-session.sh\"] (it runs in the workspace root)",
+        )
+        .map(|c| c.0);
+    let prompt = sec
+        .take(
+            "prompt",
+            y.prompt,
+            "`main.prompt` must be the path of a prompt file",
+            "e.g. prompt: MAIN.md (relative to the workspace root)",
+        )
+        .map(|p| p.0);
+    let mut m = MainSettings {
+        command,
+        prompt,
+        ..MainSettings::default()
+    };
+    for (key, field, slot) in [
+        ("provider", y.provider, &mut m.provider),
+        ("model", y.model, &mut m.model),
+    ] {
+        let help = "e.g. provider: anthropic";
+        if let Some(n) = sec.take(key, field, format!("`main.{key}` must be a name"), help) {
+            *slot = Some(n.0);
+        }
     }
+    if let Some(list) = sec.take(
+        "context",
+        y.context,
+        "`main.context` must be a list",
+        "e.g. context: [SOUL.md, USER.md, .working-memory/memory.md]",
+    ) {
+        m.context = list.0;
+    }
+    m.tools = sec
+        .take(
+            "tools",
+            y.tools,
+            "`main.tools` must be a list",
+            "e.g. tools: [read_file, edit_file, complete_handoff, finish]",
+        )
+        .map(|l| l.0);
+    let durations = [y.heartbeat, y.timeout, y.overdue_after];
+    let counts = [
+        y.max_wakes_per_minute,
+        y.max_attempts,
+        y.max_handoffs_per_wake,
+    ];
+    read_main_limits(&mut sec, y.history, y.max_turns, durations, counts, &mut m);
+    sec.unknown_keys(MAIN_KEYS);
+    top.extend("main", sec.finish());
+    m
+}
+
+/// The limits of the main session: how much conversation it keeps, how long a wake may
+/// take and how often one comes.
+fn read_main_limits(
+    sec: &mut Section,
+    history: Field<u64>,
+    max_turns: Field<Whole<1>>,
+    [heartbeat, timeout, overdue_after]: [Field<String>; 3],
+    counts: [Field<Whole<1>>; 3],
+    m: &mut MainSettings,
+) {
+    if let Some(n) = sec.take(
+        "history",
+        history,
+        "`main.history` must be a number of messages",
+        "e.g. history: 40 (0 keeps no conversation between wakes)",
+    ) {
+        m.history = n.min(10_000) as usize;
+    }
+    if let Some(n) = sec.take(
+        "max_turns",
+        max_turns,
+        "`main.max_turns` must be a whole number of at least 1",
+        "e.g. max_turns: 30",
+    ) {
+        m.max_turns = n.saturating_u32();
+    }
+    m.heartbeat = positive_duration(sec, "heartbeat", heartbeat).or(m.heartbeat);
+    m.timeout = positive_duration(sec, "timeout", timeout).unwrap_or(m.timeout);
+    m.overdue_after =
+        positive_duration(sec, "overdue_after", overdue_after).unwrap_or(m.overdue_after);
+    let [wakes, attempts, per_wake] = counts;
+    let mut count = |key: &str, f: Field<Whole<1>>| {
+        let message = format!("`main.{key}` must be a whole number of at least 1");
+        sec.take(key, f, message, "e.g. 60")
+    };
+    if let Some(n) = count("max_wakes_per_minute", wakes) {
+        m.max_wakes_per_minute = n.saturating_u32();
+    }
+    if let Some(n) = count("max_attempts", attempts) {
+        m.max_attempts = n.saturating_u32();
+    }
+    if let Some(n) = count("max_handoffs_per_wake", per_wake) {
+        m.max_handoffs_per_wake = n.0.min(2000) as u32;
+    }
+}
+
+/// `main.heartbeat`, `main.timeout` or `main.overdue_after`: a duration longer than zero.
+fn positive_duration(sec: &mut Section, key: &str, f: Field<String>) -> Option<Duration> {
+    match duration_of(f)? {
+        DurationField::Ok(d) if !d.is_zero() => return Some(d),
+        DurationField::Invalid(e) => sec.error(key, format!("main.{key}: {e}"), DURATION_HELP),
+        _ => sec.error(
+            key,
+            format!("`main.{key}` must be a duration longer than zero"),
+            DURATION_HELP,
+        ),
+    }
+    None
 }
 
 /// The settings a running daemon cannot change without a restart, by loops.yaml key: the
@@ -1136,12 +1207,28 @@ pub fn learn_env_secrets(domains_dir: &Path) {
     }
 }
 
-/// A YAML scalar as text (a string, number or boolean).
-pub fn yaml_scalar(v: &yaml_serde::Value) -> Option<String> {
-    match v {
-        yaml_serde::Value::String(s) => Some(s.clone()),
-        yaml_serde::Value::Number(n) => Some(n.to_string()),
-        yaml_serde::Value::Bool(b) => Some(b.to_string()),
-        _ => None,
+pub use crate::config_fields::yaml_scalar;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config_fields::field_names;
+
+    /// The keys a message lists are the keys the struct reads, in any order.
+    fn same_keys(read: &[&str], listed: &[&str]) {
+        let mut a = read.to_vec();
+        let mut b = listed.to_vec();
+        a.sort();
+        b.sort();
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn the_keys_in_messages_are_the_keys_read() {
+        same_keys(field_names::<SettingsYaml>(), TOP_KEYS);
+        same_keys(field_names::<LimitsYaml>(), LIMIT_KEYS);
+        same_keys(field_names::<GitYaml>(), GIT_KEYS);
+        same_keys(field_names::<RecordsYaml>(), RECORD_KEYS);
+        same_keys(field_names::<MainYaml>(), MAIN_KEYS);
     }
 }

@@ -5,6 +5,7 @@ pub mod engine;
 pub mod group_commit;
 pub mod job;
 pub mod own;
+pub mod params;
 pub mod queue;
 pub mod report;
 pub mod stats;
