@@ -8,6 +8,7 @@ pub mod job;
 pub mod own;
 pub mod queue;
 pub mod report;
+pub mod spares;
 pub mod stats;
 pub mod store;
 pub mod worker;
