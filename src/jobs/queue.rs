@@ -1553,7 +1553,9 @@ pub struct Swept {
 /// crash interrupted; cancels fan-out children whose submission never completed;
 /// releases parents whose children all ended.
 pub fn sweep(store: &JobStore, now: DateTime<Utc>) -> Result<Swept, QueueError> {
-    let swept = store.transaction(|tx| sweep_in(tx, now))?;
+    // Whatever a sweep does, the next one does again if a power cut lost it: it need not
+    // wait for the disk (and a daemon starting up records it in its journal at once).
+    let swept = store.transaction_redone_if_lost(|tx| sweep_in(tx, now))?;
     super::spares::Spares::remove_orphans(store.dir());
     Ok(swept)
 }

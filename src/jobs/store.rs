@@ -221,6 +221,32 @@ impl JobStore {
     where
         E: From<StoreError>,
     {
+        self.run_transaction(files, true, f)
+    }
+
+    /// A transaction whose every change the next one like it would make again if a
+    /// power cut lost it (the sweep: a requeue, a move to `done/`, a parent's release):
+    /// it returns without waiting for the disk. A crashed *process* still loses nothing,
+    /// and the next durable transaction's flush carries these writes too.
+    pub fn transaction_redone_if_lost<R, E>(
+        &self,
+        f: impl FnOnce(&mut Tx) -> Result<R, E>,
+    ) -> Result<R, E>
+    where
+        E: From<StoreError>,
+    {
+        self.run_transaction(1, false, f)
+    }
+
+    fn run_transaction<R, E>(
+        &self,
+        files: usize,
+        flush: bool,
+        f: impl FnOnce(&mut Tx) -> Result<R, E>,
+    ) -> Result<R, E>
+    where
+        E: From<StoreError>,
+    {
         crate::fsutil::create_dir_all(&self.dir).map_err(io(&self.dir))?;
         let spares = self.spares.take(files);
         let lock_path = self.dir.join(".lock");
@@ -239,15 +265,16 @@ impl JobStore {
             spares,
         };
         let r = f(&mut tx);
-        // Ids given out are recorded whether or not `f` succeeded: a job may be written.
-        let counted = tx.save_seq();
         let durable = tx.durable;
         let unused = std::mem::take(&mut tx.spares);
         drop(tx);
         self.spares.put_back(unused);
-        let flushed = if durable { self.flush() } else { Ok(()) };
+        let flushed = if durable && flush {
+            self.flush()
+        } else {
+            Ok(())
+        };
         let r = r?;
-        counted?;
         flushed?;
         Ok(r)
     }
@@ -334,8 +361,7 @@ impl JobStore {
 pub struct Tx<'a> {
     store: &'a JobStore,
     _lock: FileLock,
-    /// The last id given out, once this transaction has given one (`.seq` is written
-    /// once, at its end).
+    /// The last id given out, once this transaction has given one.
     seq: Option<JobId>,
     /// Something was written that must be on disk before the transaction returns.
     durable: bool,
@@ -372,17 +398,6 @@ impl Tx<'_> {
             Some(n) => n,
             None => self.highest_id_on_disk(),
         })
-    }
-
-    fn save_seq(&mut self) -> Result<(), StoreError> {
-        let Some(id) = self.seq else {
-            return Ok(());
-        };
-        let seq = self.seq_path();
-        // Rewritten in place (one pwrite, no new file: creating a file is most of what a
-        // submit costs on a busy ext4); on disk with the transaction's flush. A counter
-        // that a power cut still set back is caught by `next_id`.
-        crate::fsutil::overwrite_in_place(&seq, &id.to_string()).map_err(io(&seq))
     }
 
     fn highest_id_on_disk(&self) -> JobId {
@@ -446,6 +461,10 @@ impl JobTx for Tx<'_> {
             // counter's last change): never write over a job.
             id = self.highest_id_on_disk().max(id) + 1;
         }
+        // Recorded before the job is written (one pwrite, no new file): a transaction
+        // that fails after writing a job never leaves the counter behind it.
+        let seq = self.seq_path();
+        crate::fsutil::overwrite_in_place(&seq, &id.to_string()).map_err(io(&seq))?;
         self.seq = Some(id);
         Ok(id)
     }
