@@ -19,11 +19,16 @@
 //!    `max_concurrent_jobs`, 4) and against `job_worker.sh` (one at a time). First
 //!    submit → the last job recorded as finished (the N-th new line of
 //!    `.loops/jobs/done/index.jsonl`, or of the worker's `done/index.log`, tailed every
-//!    5 ms). Submitted two ways: from this process (`loops_core::jobs::queue::submit`, what
-//!    `loops jobs submit` calls, against writing the job file + a rename), and from a
-//!    shell loop (`loops jobs submit shell --params '{"cmd": "true"}'` per job, against
-//!    `sh enqueue.sh Q true` per job). Beside it, the cost of one durable write on this
-//!    file system (temp + fsync + rename + fsync of the folder), which each submit pays.
+//!    5 ms). Submitted from this process (against writing the job file + a rename, one
+//!    after another) three ways: back to back from one thread
+//!    (`loops_core::jobs::queue::submit`, what `loops jobs submit` calls: each waits for its
+//!    own flush), from 8 threads at once (`queue::submit`: overlapping submits share
+//!    one `syncfs`), and in batches of 100 (`queue::submit_many`, one flush a batch, as
+//!    the scheduler submits a slot's runs); and from a shell loop (`loops jobs submit
+//!    shell --params '{"cmd": "true"}'` per job, against `sh enqueue.sh Q true` per
+//!    job). Every loops submit returns only once its job is on disk. Beside it, the cost
+//!    of one durable write on this file system (temp + fsync + rename + fsync of the
+//!    folder), and of one `syncfs`.
 //! 2. Wake latency: a handoff renamed into `inbox/` → the handler's first instruction
 //!    (`date +%s%N`, appended to a log). loops: the main session is `main: {command:
 //!    [handler]}` on a `loops run` daemon (the flood guard lifted so that back-to-back
@@ -1247,6 +1252,13 @@ fn jobs(args: &Args, parent: &Path, report: &mut Report) {
         "{}",
         summary("durable write (temp+fsync+rename+fsync dir)", &durable)
     );
+    let mut syncfs = Vec::new();
+    for _ in 0..20 {
+        let t = Instant::now();
+        loops_core::fsutil::sync_filesystem(&probe).expect("syncfs of the temporary folder");
+        syncfs.push(ms(t.elapsed()));
+    }
+    println!("{}", summary("one syncfs", &syncfs));
 
     // loops
     let root = parent.join("jobs-loops");
@@ -1283,6 +1295,44 @@ fn jobs(args: &Args, parent: &Path, report: &mut Report) {
     println!("{}", summary("loops: one queue::submit call", &calls));
     let l_lib = drained("loops (in-process submit)", &mut count, n, limit).map(|t| t - t0);
 
+    // The same from 8 threads of this process, and in batches: the submits share flushes.
+    let mut count = LineCount::new(index.clone());
+    let flushes = store.flushes();
+    let t0 = Instant::now();
+    std::thread::scope(|s| {
+        for i in 0..8 {
+            let store = &store;
+            s.spawn(move || {
+                for _ in 0..(n / 8 + usize::from(i < n % 8)) {
+                    queue::submit(store, &shell_spec("true"), chrono::Utc::now(), None)
+                        .expect("submit");
+                }
+            });
+        }
+    });
+    let l_threads_submit = t0.elapsed();
+    let l_threads_flushes = store.flushes() - flushes;
+    let l_threads = drained("loops (8 submitting threads)", &mut count, n, limit).map(|t| t - t0);
+
+    let mut count = LineCount::new(index.clone());
+    let flushes = store.flushes();
+    let t0 = Instant::now();
+    let mut left = n;
+    while left > 0 {
+        let specs = vec![shell_spec("true"); left.min(100)];
+        left -= specs.len();
+        queue::submit_many(&store, &specs, chrono::Utc::now(), &|_| None).expect("submit_many");
+    }
+    let l_batch_submit = t0.elapsed();
+    let l_batch_flushes = store.flushes() - flushes;
+    let l_batch = drained("loops (batches of 100)", &mut count, n, limit).map(|t| t - t0);
+    println!(
+        "  loops submitting: one by one {:.2} s; 8 threads {:.2} s ({l_threads_flushes} syncfs); batches of 100 {:.2} s ({l_batch_flushes} syncfs)",
+        l_submit.as_secs_f64(),
+        l_threads_submit.as_secs_f64(),
+        l_batch_submit.as_secs_f64()
+    );
+
     let mut count = LineCount::new(index.clone());
     let one = format!(
         "{} --workspace {} jobs submit shell --params '{{\"cmd\": \"true\"}}' >/dev/null",
@@ -1300,10 +1350,10 @@ fn jobs(args: &Args, parent: &Path, report: &mut Report) {
     let text = std::fs::read_to_string(&index).unwrap_or_default();
     let done = text.lines().count();
     let completed = text.lines().filter(|l| l.contains("\"completed\"")).count();
-    if done != 2 * n + 3 || completed != done {
+    if done != 4 * n + 3 || completed != done {
         report.fail(format!(
             "loops: {done} jobs in the index ({completed} completed), expected {}",
-            2 * n + 3
+            4 * n + 3
         ));
     }
 
@@ -1378,10 +1428,26 @@ fn jobs(args: &Args, parent: &Path, report: &mut Report) {
     for (key, how, l, b, ls, bs) in [
         (
             "jobs-inprocess",
-            "submitted from one process (`queue::submit` / write + rename)",
+            "submitted from one process, back to back (`queue::submit` / write + rename)",
             l_lib,
             b_lib,
             l_submit,
+            b_submit,
+        ),
+        (
+            "jobs-threads",
+            "submitted from one process, 8 threads at once (`queue::submit`, flushes shared / write + rename)",
+            l_threads,
+            b_lib,
+            l_threads_submit,
+            b_submit,
+        ),
+        (
+            "jobs-batch",
+            "submitted from one process in batches of 100 (`queue::submit_many` / write + rename)",
+            l_batch,
+            b_lib,
+            l_batch_submit,
             b_submit,
         ),
         (

@@ -7,12 +7,20 @@
 //! wall clock (CLOCK_REALTIME: `Utc::now()` here, `clock.now()` in the daemon, `date +%s%N`
 //! in a job). Each daemon gets 5 warm-up jobs first, one at a time.
 //!
-//! 1. Throughput: N = 2,000 trivial shell jobs `{"cmd": "true"}` submitted back to back
-//!    from one thread; rate = N / (the last job's `finished` − the first submit call's
-//!    start). Completion is watched by tailing `.loops/jobs/done/index.jsonl` (every
-//!    10 ms). Then lossless: every id in the index exactly once, as completed; its
-//!    `done/<id>.json` completed after one attempt with one `→ active` transition; no
-//!    job file left in the live folder. Target: ≥ 200 jobs/s.
+//! 1. Throughput: N = 2,000 trivial shell jobs `{"cmd": "true"}` submitted from this one
+//!    process, three ways, each against a daemon of its own: back to back from one
+//!    thread (`queue::submit`, each waiting for its own flush: the figure before group
+//!    commit), from 8 threads at once (`queue::submit`; overlapping submits share a
+//!    flush), and from one thread in batches of 100 (`queue::submit_many`, one flush a
+//!    batch, as the scheduler submits a slot's runs). Every submit returns only once its
+//!    job is on disk. Submit rate = N / the time to submit them all (with the number of
+//!    `syncfs` calls it took); end to end = N / (the last job's `finished` − the first
+//!    submit call's start). Completion is watched by tailing
+//!    `.loops/jobs/done/index.jsonl` (every 10 ms). Then lossless: every id in the index
+//!    exactly once, as completed; its `done/<id>.json` completed after one attempt with
+//!    one `→ active` transition; no job file left in the live folder. Targets: ≥ 1,000
+//!    durable submits/s from one process (8 threads, and batches); ≥ 200 jobs/s end to
+//!    end one by one (the target before).
 //! 2. Submit-to-start latency: 1,000 shell jobs `{"cmd": "date +%s%N"}`, one at a time:
 //!    each is submitted only after the previous one has ended and moved to `done/` (plus
 //!    a 5 ms gap), so every one meets an idle worker and nothing queues. Latency = the
@@ -42,6 +50,7 @@
 //!   cargo bench --bench jobs -- --quick           # 500, 200, 20,000
 //!   options: --jobs N  --latency-jobs N  --finished N  --concurrency N  --gap-ms N
 //!            --runs N  --only throughput|latency|list  --bin PATH (another loops binary)
+//!            --submitters N (threads) | --batch N (submit_many): only that way of submitting
 //!            --keep
 
 use chrono::{DateTime, Utc};
@@ -464,11 +473,103 @@ impl IndexTail {
     }
 }
 
-fn throughput(args: &Args, rows: &mut Vec<Row>, fails: &mut Failures) -> tempfile::TempDir {
+/// How the throughput run submits its jobs, all from this one process.
+#[derive(Clone, Copy, Debug)]
+enum Submitting {
+    /// One thread, one `queue::submit` after another: each waits for its own flush.
+    OneByOne,
+    /// This many threads, each one `queue::submit` at a time: overlapping submits share
+    /// a flush (group commit).
+    Threads(usize),
+    /// One thread, `queue::submit_many` of this many specs at a time: one flush each.
+    Batches(usize),
+}
+
+impl Submitting {
+    fn label(&self) -> String {
+        match self {
+            Submitting::OneByOne => "back to back from one thread (`queue::submit`)".into(),
+            Submitting::Threads(t) => format!("from {t} threads at once (`queue::submit`)"),
+            Submitting::Batches(b) => {
+                format!("from one thread in batches of {b} (`queue::submit_many`)")
+            }
+        }
+    }
+
+    /// Submits `n` jobs; their ids, in the order each submitter got them.
+    fn submit(&self, store: &JobStore, n: usize) -> Vec<JobId> {
+        let spec = shell_spec("true");
+        match *self {
+            Submitting::OneByOne => (0..n)
+                .map(|_| {
+                    queue::submit(store, &spec, Utc::now(), None)
+                        .expect("submit")
+                        .job
+                        .id
+                })
+                .collect(),
+            Submitting::Threads(t) => std::thread::scope(|s| {
+                let spec = &spec;
+                let handles: Vec<_> = (0..t)
+                    .map(|i| {
+                        let mine = n / t + usize::from(i < n % t);
+                        s.spawn(move || {
+                            (0..mine)
+                                .map(|_| {
+                                    queue::submit(store, spec, Utc::now(), None)
+                                        .expect("submit")
+                                        .job
+                                        .id
+                                })
+                                .collect::<Vec<_>>()
+                        })
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .flat_map(|h| h.join().expect("a submitting thread panicked"))
+                    .collect()
+            }),
+            Submitting::Batches(b) => {
+                let mut ids = Vec::with_capacity(n);
+                while ids.len() < n {
+                    let specs = vec![spec.clone(); b.min(n - ids.len())];
+                    let out = queue::submit_many(store, &specs, Utc::now(), &|_| None)
+                        .expect("submit_many");
+                    ids.extend(out.into_iter().map(|s| s.job.id));
+                }
+                ids
+            }
+        }
+    }
+}
+
+fn throughput(args: &Args, rows: &mut Vec<Row>, fails: &mut Failures) -> Vec<tempfile::TempDir> {
+    let ways = match (args.value("submitters"), args.value("batch")) {
+        (Some(_), _) => vec![Submitting::Threads(args.num("submitters", 8).max(1))],
+        (None, Some(_)) => vec![Submitting::Batches(args.num("batch", 100).max(1))],
+        (None, None) => vec![
+            Submitting::OneByOne,
+            Submitting::Threads(8),
+            Submitting::Batches(100),
+        ],
+    };
+    ways.into_iter()
+        .map(|way| throughput_one(args, way, rows, fails))
+        .collect()
+}
+
+fn throughput_one(
+    args: &Args,
+    way: Submitting,
+    rows: &mut Vec<Row>,
+    fails: &mut Failures,
+) -> tempfile::TempDir {
     let n: usize = args.num("jobs", if args.quick { 500 } else { 2000 });
     let conc: usize = args.num("concurrency", 8);
     println!(
-        "\n-- 1. throughput: {n} shell jobs `true` submitted back to back, max_concurrent_jobs {conc}"
+        "\n-- 1. throughput: {n} shell jobs `true` submitted {}, max_concurrent_jobs {conc}",
+        way.label()
     );
     let tmp = tempdir(args, "loops-bench-jobs-thr-");
     let root = tmp.path().to_path_buf();
@@ -480,15 +581,12 @@ fn throughput(args: &Args, rows: &mut Vec<Row>, fails: &mut Failures) -> tempfil
     tail.read(&mut seen);
     seen.clear();
 
-    let mut ids: Vec<JobId> = Vec::with_capacity(n);
-    let spec = shell_spec("true");
+    let flushes_before = store.flushes();
     let w0 = Utc::now();
     let t0 = Instant::now();
-    for _ in 0..n {
-        let s = queue::submit(&store, &spec, Utc::now(), None).expect("submit");
-        ids.push(s.job.id);
-    }
+    let ids = way.submit(&store, n);
     let submit_s = t0.elapsed().as_secs_f64();
+    let flushes = store.flushes() - flushes_before;
     let want: std::collections::HashSet<JobId> = ids.iter().copied().collect();
     let limit = Duration::from_secs(60 + n as u64 / 10);
     let mut done_seen = 0usize;
@@ -609,9 +707,10 @@ fn throughput(args: &Args, rows: &mut Vec<Row>, fails: &mut Failures) -> tempfil
         .unwrap_or(f64::NAN);
     let rate = n as f64 / span;
     let seen_s = observed_at.map(|d| d.as_secs_f64()).unwrap_or(f64::NAN);
+    let submit_rate = n as f64 / submit_s;
     println!(
-        "  submitted {n} in {submit_s:.2} s ({:.0} submits/s); first start {:.1} ms after the first submit",
-        n as f64 / submit_s,
+        "  submitted {n} in {submit_s:.2} s ({submit_rate:.0} durable submits/s, {flushes} syncfs: {:.1} jobs a flush); first start {:.1} ms after the first submit",
+        n as f64 / flushes.max(1) as f64,
         first_started.map(|s| dt_ms(w0, s)).unwrap_or(f64::NAN)
     );
     println!(
@@ -625,24 +724,34 @@ fn throughput(args: &Args, rows: &mut Vec<Row>, fails: &mut Failures) -> tempfil
         live.len(),
         started_lines
     );
-    let met = rate >= 200.0;
+    let lossless = dups.is_empty()
+        && missing.is_empty()
+        && completed == n
+        && live.is_empty()
+        && bad_files == 0;
+    // The bar of each way: the durable submit rate where submits can share flushes;
+    // end to end where each waits for its own (the bar before group commit).
+    let (what, target, met) = match way {
+        Submitting::OneByOne => ("end to end", "≥ 200 jobs/s end to end", rate >= 200.0),
+        _ => (
+            "submitting",
+            "≥ 1,000 durable submits/s",
+            submit_rate >= 1000.0,
+        ),
+    };
     println!(
-        "RESULT jobs throughput: {n} jobs in {span:.2} s = {rate:.0} jobs/s -> target >= 200 jobs/s: {}; lossless: {}",
+        "RESULT jobs throughput ({way:?}): submitting {submit_rate:.0}/s ({flushes} syncfs), end to end {n} jobs in {span:.2} s = {rate:.0} jobs/s -> target {target} ({what}): {}; lossless: {}",
         if met { "PASS" } else { "MISSED target" },
-        if dups.is_empty() && missing.is_empty() && completed == n && live.is_empty() && bad_files == 0 {
-            "yes"
-        } else {
-            "NO"
-        }
+        if lossless { "yes" } else { "NO" }
     );
     rows.push(Row {
         figure: format!(
-            "Throughput: {n} shell jobs `true` submitted back to back, max_concurrent_jobs {conc}, first submit → last finished"
+            "Throughput: {n} shell jobs `true` submitted {}, max_concurrent_jobs {conc}",
+            way.label()
         ),
-        target: "≥ 200 jobs/s".into(),
+        target: target.into(),
         measured: format!(
-            "{rate:.0} jobs/s ({span:.2} s); submitting alone {:.0}/s; {completed} completed once each, 0 left",
-            n as f64 / submit_s
+            "submitting **{submit_rate:.0}/s** ({submit_s:.2} s, {flushes} syncfs); first submit → last finished {rate:.0} jobs/s ({span:.2} s); {completed} completed once each, 0 left"
         ),
         verdict: verdict(Some(met)),
     });
@@ -888,7 +997,7 @@ fn main() {
     // Throughput goes first for the same reason (the latency run makes files too).
     let mut dirs = Vec::new();
     if run("throughput") {
-        dirs.push(throughput(&args, &mut rows, &mut fails));
+        dirs.extend(throughput(&args, &mut rows, &mut fails));
     }
     if run("latency") {
         dirs.push(latency(&args, &mut rows, &mut fails));

@@ -8,5 +8,6 @@ pub mod own;
 pub mod params;
 pub mod queue;
 pub mod report;
+pub mod spares;
 pub mod stats;
 pub mod store;

@@ -313,7 +313,12 @@ pub fn submit(
     refused: Option<String>,
 ) -> Result<Submitted, QueueError> {
     let job = plan(spec, now)?;
-    store.transaction(|tx| submit_in(tx, job, now, refused))
+    store.transaction_writing(files_written(&job), |tx| submit_in(tx, job, now, refused))
+}
+
+/// About how many files submitting `job` writes: itself, its key, its parent.
+fn files_written(job: &Job) -> usize {
+    1 + usize::from(job.idempotency_key.is_some()) + usize::from(job.parent.is_some())
 }
 
 /// Writes a planned job (see [`plan`]) unless its idempotency key is held.
@@ -368,7 +373,8 @@ pub fn submit_many(
     refused: &dyn Fn(&Job) -> Option<String>,
 ) -> Result<Vec<Submitted>, QueueError> {
     let jobs = plan_many(specs, now)?;
-    store.transaction(|tx| submit_many_in(tx, jobs, now, refused))
+    let files = jobs.iter().map(files_written).sum();
+    store.transaction_writing(files, |tx| submit_many_in(tx, jobs, now, refused))
 }
 
 /// Plans every spec of a batch, naming the one that is wrong.
@@ -448,7 +454,8 @@ pub fn submit_fanout(
     refused: &dyn Fn(&Job) -> Option<String>,
 ) -> Result<(Job, Vec<Job>), QueueError> {
     let (agg, kids) = plan_fanout(children, aggregator, now)?;
-    store.transaction(|tx| submit_fanout_in(tx, agg, kids, now, refused))
+    let files = files_written(&agg) + kids.len();
+    store.transaction_writing(files, |tx| submit_fanout_in(tx, agg, kids, now, refused))
 }
 
 /// Plans a fan-out: its aggregator and its children, checked.
@@ -1411,7 +1418,11 @@ pub struct Swept {
 /// crash interrupted; cancels fan-out children whose submission never completed;
 /// releases parents whose children all ended.
 pub fn sweep(store: &JobStore, now: DateTime<Utc>) -> Result<Swept, QueueError> {
-    store.transaction(|tx| sweep_in(tx, now))
+    // Whatever a sweep does, the next one does again if a power cut lost it: it need not
+    // wait for the disk (and a daemon starting up records it in its journal at once).
+    let swept = store.transaction_redone_if_lost(|tx| sweep_in(tx, now))?;
+    super::spares::Spares::remove_orphans(store.dir());
+    Ok(swept)
 }
 
 pub fn sweep_in(tx: &mut dyn JobTx, now: DateTime<Utc>) -> Result<Swept, QueueError> {

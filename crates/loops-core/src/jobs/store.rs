@@ -30,6 +30,7 @@
 
 use super::group_commit::{self, GroupCommit};
 use super::job::{Job, JobId, JobSummary};
+use super::spares::{Spare, Spares};
 use crate::fsutil::{atomic_replace, FileLock};
 use chrono::{DateTime, Utc};
 use std::collections::{BTreeMap, HashSet};
@@ -119,6 +120,7 @@ pub struct JobStore {
     watermarks: PathBuf,
     flusher: Arc<GroupCommit>,
     watermark_flusher: Arc<GroupCommit>,
+    spares: Arc<Spares>,
 }
 
 impl JobStore {
@@ -135,6 +137,7 @@ impl JobStore {
         JobStore {
             flusher: group_commit::for_dir(&dir),
             watermark_flusher: group_commit::for_dir(&watermarks),
+            spares: Arc::new(Spares::new(dir.clone())),
             dir,
             watermarks,
         }
@@ -208,23 +211,73 @@ impl JobStore {
     where
         E: From<StoreError>,
     {
+        self.transaction_writing(1, f)
+    }
+
+    /// [`JobStore::transaction`] for one that will write about `files` files: their
+    /// empty files are made before the lock is taken (see `spares`).
+    pub fn transaction_writing<R, E>(
+        &self,
+        files: usize,
+        f: impl FnOnce(&mut Tx) -> Result<R, E>,
+    ) -> Result<R, E>
+    where
+        E: From<StoreError>,
+    {
+        self.run_transaction(files, true, f)
+    }
+
+    /// A transaction whose every change the next one like it would make again if a
+    /// power cut lost it (the sweep: a requeue, a move to `done/`, a parent's release):
+    /// it returns without waiting for the disk. A crashed *process* still loses nothing,
+    /// and the next durable transaction's flush carries these writes too.
+    pub fn transaction_redone_if_lost<R, E>(
+        &self,
+        f: impl FnOnce(&mut Tx) -> Result<R, E>,
+    ) -> Result<R, E>
+    where
+        E: From<StoreError>,
+    {
+        self.run_transaction(1, false, f)
+    }
+
+    fn run_transaction<R, E>(
+        &self,
+        files: usize,
+        flush: bool,
+        f: impl FnOnce(&mut Tx) -> Result<R, E>,
+    ) -> Result<R, E>
+    where
+        E: From<StoreError>,
+    {
         crate::fsutil::create_dir_all(&self.dir).map_err(io(&self.dir))?;
+        let spares = self.spares.take(files);
         let lock_path = self.dir.join(".lock");
-        let lock = FileLock::acquire_blocking(&lock_path).map_err(io(&lock_path))?;
+        let lock = match FileLock::acquire_blocking(&lock_path) {
+            Ok(l) => l,
+            Err(e) => {
+                self.spares.put_back(spares);
+                return Err(io(&lock_path)(e).into());
+            }
+        };
         let mut tx = Tx {
             store: self,
             _lock: lock,
             seq: None,
             durable: false,
+            spares,
         };
         let r = f(&mut tx);
-        // Ids given out are recorded whether or not `f` succeeded: a job may be written.
-        let counted = tx.save_seq();
         let durable = tx.durable;
+        let unused = std::mem::take(&mut tx.spares);
         drop(tx);
-        let flushed = if durable { self.flush() } else { Ok(()) };
+        self.spares.put_back(unused);
+        let flushed = if durable && flush {
+            self.flush()
+        } else {
+            Ok(())
+        };
         let r = r?;
-        counted?;
         flushed?;
         Ok(r)
     }
@@ -311,16 +364,25 @@ impl JobStore {
 pub struct Tx<'a> {
     store: &'a JobStore,
     _lock: FileLock,
-    /// The last id given out, once this transaction has given one (`.seq` is written
-    /// once, at its end).
+    /// The last id given out, once this transaction has given one.
     seq: Option<JobId>,
     /// Something was written that must be on disk before the transaction returns.
     durable: bool,
+    /// Empty files made before the lock was taken, for the writes to fill.
+    spares: Vec<Spare>,
 }
 
 impl Tx<'_> {
     pub fn store(&self) -> &JobStore {
         self.store
+    }
+
+    /// Replaces `path` with `bytes` whole (renamed in), in a spare if one is left.
+    fn write_file(&mut self, path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+        match self.spares.pop() {
+            Some(spare) => spare.fill_into(path, bytes).map_err(io(path)),
+            None => atomic_replace(path, bytes).map_err(io(path)),
+        }
     }
 
     fn seq_path(&self) -> PathBuf {
@@ -339,14 +401,6 @@ impl Tx<'_> {
             Some(n) => n,
             None => self.highest_id_on_disk(),
         })
-    }
-
-    fn save_seq(&mut self) -> Result<(), StoreError> {
-        let Some(id) = self.seq else {
-            return Ok(());
-        };
-        let seq = self.seq_path();
-        atomic_replace(&seq, id.to_string().as_bytes()).map_err(io(&seq))
     }
 
     fn highest_id_on_disk(&self) -> JobId {
@@ -410,6 +464,10 @@ impl JobTx for Tx<'_> {
             // counter's last change): never write over a job.
             id = self.highest_id_on_disk().max(id) + 1;
         }
+        // Recorded before the job is written (one pwrite, no new file): a transaction
+        // that fails after writing a job never leaves the counter behind it.
+        let seq = self.seq_path();
+        crate::fsutil::overwrite_in_place(&seq, &id.to_string()).map_err(io(&seq))?;
         self.seq = Some(id);
         Ok(id)
     }
@@ -420,7 +478,7 @@ impl JobTx for Tx<'_> {
         let bytes = serde_json::to_vec_pretty(job).unwrap_or_default();
         let live = self.store.live_path(job.id);
         // Renamed in, never half-written; on disk once the transaction's flush is done.
-        atomic_replace(&live, &bytes).map_err(io(&live))?;
+        self.write_file(&live, &bytes)?;
         if job.state.is_terminal() {
             // Written live first: a crash before the move leaves a terminal job in the
             // live folder, which the next sweep finishes moving.
@@ -478,7 +536,10 @@ impl JobTx for Tx<'_> {
     fn set_key(&mut self, key: &str, id: JobId) -> Result<(), StoreError> {
         let p = self.key_path(key);
         let v = serde_json::json!({ "key": key, "id": id });
-        atomic_replace(&p, v.to_string().as_bytes()).map_err(io(&p))?;
+        if let Some(keys) = p.parent() {
+            crate::fsutil::create_dir_all(keys).map_err(io(keys))?;
+        }
+        self.write_file(&p, v.to_string().as_bytes())?;
         self.durable = true;
         Ok(())
     }
