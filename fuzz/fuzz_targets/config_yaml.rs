@@ -9,9 +9,9 @@
 
 use chrono::{TimeZone, Utc};
 use libfuzzer_sys::fuzz_target;
-use loops::diag::Diagnostic;
-use loops::domain::parse_config_text;
-use loops::workspace::{parse_settings, Settings, Workspace};
+use loops_core::diag::Diagnostic;
+use loops_core::domain::parse_config_text;
+use loops_core::workspace::{parse_settings, Settings, Workspace};
 use std::path::PathBuf;
 
 fuzz_target!(|data: &[u8]| {

@@ -10,7 +10,7 @@
 
 use chrono::{TimeZone, Utc};
 use libfuzzer_sys::fuzz_target;
-use loops::handoff::{parse, parse_bytes, valid_id, NewHandoff};
+use loops_core::handoff::{parse, parse_bytes, valid_id, NewHandoff};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(h) = parse_bytes(data.to_vec(), "fuzz-note") else {
@@ -43,7 +43,7 @@ fuzz_target!(|data: &[u8]| {
         items: items.clone(),
     };
     let now = Utc.with_ymd_and_hms(2026, 11, 20, 9, 30, 0).unwrap();
-    let (id, text) = loops::handoff::render(&new, now);
+    let (id, text) = loops_core::handoff::render(&new, now);
     let back = match parse(&text, "unused") {
         Ok(b) => b,
         Err(e) => panic!("the runner wrote a handoff it cannot read ({e}):\n{text}"),

@@ -14,7 +14,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use loops::agent::sandbox::{Access, Sandbox, Scope};
+use loops_agent::sandbox::{Access, Sandbox, Scope};
 use std::os::unix::fs::symlink;
 use std::path::{Component, PathBuf};
 use std::sync::OnceLock;

@@ -15,10 +15,10 @@
 use chrono::{DateTime, TimeZone, Utc};
 use chrono_tz::Tz;
 use libfuzzer_sys::fuzz_target;
-use loops::domain::parse_at;
-use loops::duration::{format_duration, parse_duration};
-use loops::schedule::{parse_cron, CatchUp, Schedule, TzSource, When};
-use loops::workspace::parse_timezone;
+use loops_core::domain::parse_at;
+use loops_core::duration::{format_duration, parse_duration};
+use loops_core::schedule::{parse_cron, CatchUp, Schedule, TzSource, When};
+use loops_core::workspace::parse_timezone;
 use std::time::Duration;
 
 /// Instants a minute before daylight-saving changes (and one on a quiet day): the United
@@ -85,7 +85,7 @@ fuzz_target!(|data: &[u8]| {
 });
 
 fn schedule(when: When, tz: Tz, jitter: Duration) -> Schedule {
-    let offset = loops::schedule::jitter_offset("fuzz-loop", jitter);
+    let offset = loops_core::schedule::jitter_offset("fuzz-loop", jitter);
     Schedule {
         starting_deadline: Schedule::default_deadline(&when),
         when,
