@@ -1100,20 +1100,7 @@ impl Daemon {
             let _permit = tokio::select! {
                 biased;
                 Ok(_) = stopping.wait_for(|s| *s) => {
-                    ctx.running.remove(&req.run_id);
-                    let mut rec = RunRecord::decision(
-                        &def.name,
-                        req.trigger.as_str(),
-                        req.slot,
-                        clock.now(),
-                        Outcome::Skipped,
-                        STOPPING.into(),
-                    );
-                    rec.run_id = req.run_id.clone();
-                    rec.attempt = req.attempt;
-                    if let Err(e) = ctx.runlog.append(&rec) {
-                        tracing::error!("{e}");
-                    }
+                    let rec = record_not_run(&ctx, &def, &req, clock.now(), STOPPING);
                     let _ = done.send(Finished { def, rec, after: Aftermath::Nothing });
                     return;
                 }
@@ -1122,20 +1109,7 @@ impl Daemon {
             if exclusive && !begin_alone(&ctx, &def, &req).await {
                 let why = "another process was running this loop (concurrency: forbid)";
                 tracing::info!(loop_name = %def.name, "slot skipped: {why}");
-                ctx.running.remove(&req.run_id);
-                let mut rec = RunRecord::decision(
-                    &def.name,
-                    req.trigger.as_str(),
-                    req.slot,
-                    clock.now(),
-                    Outcome::Skipped,
-                    why.into(),
-                );
-                rec.run_id = req.run_id.clone();
-                rec.attempt = req.attempt;
-                if let Err(e) = ctx.runlog.append(&rec) {
-                    tracing::error!("{e}");
-                }
+                let rec = record_not_run(&ctx, &def, &req, clock.now(), why);
                 let _ = done.send(Finished {
                     def,
                     rec,
@@ -1676,6 +1650,31 @@ impl Daemon {
 /// Whether a changed path can change what loops exist or how they are configured: a
 /// folder appearing or going directly under domains/, or a config.yaml / prompt.md. A
 /// loop rewriting its own state.md must not make the daemon re-read every config.
+/// Records a run that was never started (`skipped`, with why) and lets go of its job.
+fn record_not_run(
+    ctx: &RunContext,
+    def: &LoopDef,
+    req: &RunRequest,
+    at: DateTime<Utc>,
+    why: &str,
+) -> RunRecord {
+    ctx.running.remove(&req.run_id);
+    let mut rec = RunRecord::decision(
+        &def.name,
+        req.trigger.as_str(),
+        req.slot,
+        at,
+        Outcome::Skipped,
+        why.into(),
+    );
+    rec.run_id = req.run_id.clone();
+    rec.attempt = req.attempt;
+    if let Err(e) = ctx.runlog.append(&rec) {
+        tracing::error!("{e}");
+    }
+    rec
+}
+
 /// Begins `req`'s run unless another live process has begun a run of the loop
 /// (`concurrency: forbid`, or `replace` across processes). A queue it cannot read does not
 /// stop the run: it is said, and the run goes ahead as it would without the check.

@@ -508,12 +508,7 @@ impl RunningSet {
                 lock(&self.ids).extend(made);
                 Ok(())
             }
-            Err(e) => {
-                let path = self.store.dir().to_path_buf();
-                let source = std::io::Error::other(e.to_string());
-                crate::journal::report_io(&path, &source);
-                Err(RunsError::Io { path, source })
-            }
+            Err(e) => Err(self.refused(e)),
         }
     }
 
@@ -586,12 +581,7 @@ impl RunningSet {
                 Ok(true)
             }
             Ok(None) => Ok(false),
-            Err(e) => {
-                let path = self.store.dir().to_path_buf();
-                let source = std::io::Error::other(e.to_string());
-                crate::journal::report_io(&path, &source);
-                Err(RunsError::Io { path, source })
-            }
+            Err(e) => Err(self.refused(e)),
         }
     }
 
@@ -638,6 +628,14 @@ impl RunningSet {
                 p.begun && p.marker.loop_name == m.loop_name && p.marker.run_id != m.run_id
             })
             && j.lease.as_ref().is_some_and(|l| l.owner_alive()))
+    }
+
+    /// A queue write the disk refused, told to the journal.
+    fn refused(&self, e: StoreError) -> RunsError {
+        let path = self.store.dir().to_path_buf();
+        let source = std::io::Error::other(e.to_string());
+        crate::journal::report_io(&path, &source);
+        RunsError::Io { path, source }
     }
 
     /// The job that holds a run, if it is in progress.
