@@ -467,6 +467,16 @@ pub(crate) fn show(v: &Value) -> String {
     }
 }
 
+/// In tests: the keys a message lists are the keys the struct reads, in any order.
+#[cfg(test)]
+pub(crate) fn same_keys(read: &[&str], listed: &[&str]) {
+    let mut a = read.to_vec();
+    let mut b = listed.to_vec();
+    a.sort();
+    b.sort();
+    assert_eq!(a, b);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1212,16 +1212,7 @@ pub use crate::config_fields::yaml_scalar;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config_fields::field_names;
-
-    /// The keys a message lists are the keys the struct reads, in any order.
-    fn same_keys(read: &[&str], listed: &[&str]) {
-        let mut a = read.to_vec();
-        let mut b = listed.to_vec();
-        a.sort();
-        b.sort();
-        assert_eq!(a, b);
-    }
+    use crate::config_fields::{field_names, same_keys};
 
     #[test]
     fn the_keys_in_messages_are_the_keys_read() {
