@@ -72,6 +72,19 @@ fn a_running_loop_tick_is_a_job_that_jobs_cancel_stops() {
         String::from_utf8_lossy(&t.stderr)
     );
 
+    // A run has no turns to pause between: refused, saying what does work.
+    let p = ws
+        .cmd()
+        .args(["jobs", "pause", &id])
+        .output()
+        .expect("pause");
+    assert!(!p.status.success());
+    assert!(
+        String::from_utf8_lossy(&p.stderr).contains("cannot be paused"),
+        "{}",
+        String::from_utf8_lossy(&p.stderr)
+    );
+
     let out = ws
         .cmd()
         .args(["jobs", "cancel", &id, "--json"])

@@ -1158,6 +1158,18 @@ pub fn pause(store: &JobStore, id: JobId, now: DateTime<Utc>) -> Result<Job, Que
 
 pub fn pause_in(tx: &mut dyn JobTx, id: JobId, now: DateTime<Utc>) -> Result<Job, QueueError> {
     let mut job = tx.get(id)?.ok_or(QueueError::NotFound(id))?;
+    if job.kind.is_light() {
+        // A loop's run or a wake has no turns to stop between: it runs or it is stopped.
+        return Err(QueueError::InvalidState {
+            id,
+            state: job.state,
+            op: "pause",
+            help: format!(
+                "a {} job cannot be paused: `loops jobs cancel {id}` stops this run, `loops pause {}` stops scheduling the loop",
+                job.kind, job.name
+            ),
+        });
+    }
     match job.state {
         JobState::Waiting | JobState::Delayed => {
             job.transition(JobState::Paused, now, Some("paused by the operator".into()));
