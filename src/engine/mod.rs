@@ -3,10 +3,13 @@
 //! (`main_session`, its model in `main_agent`) and a queued job (`worker`) each start from a
 //! [`run_context::RunContext`].
 
+pub mod doorbell;
 pub mod loop_run;
 pub mod main_agent;
 pub mod main_session;
 pub mod prompt_run;
+pub mod recovery;
 pub mod run_context;
+pub mod run_lane;
 pub mod scheduler;
 pub mod worker;

@@ -68,11 +68,7 @@ impl RunRequest {
 /// keeps; a run without a slot (a manual trigger) is its own.
 pub fn delivery_scope(def: &LoopDef, req: &RunRequest) -> String {
     match req.slot {
-        Some(slot) => format!(
-            "{}@{}",
-            def.name,
-            slot.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-        ),
+        Some(slot) => loops_core::runs::slot_key(&def.name, slot),
         None => req.run_id.clone(),
     }
 }

@@ -3,6 +3,7 @@
 
 use crate::fsutil::{append_line, process_alive, process_start_time};
 use crate::jobs::job::{Control, Job, JobId, JobKind, JobState, Lease};
+use crate::jobs::policy::ConcurrencyKey;
 use crate::jobs::store::{JobStore, JobTx, StoreError};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -418,6 +419,15 @@ impl RunningMarker {
             handoffs: Vec::new(),
         }
     }
+
+    /// The kind of job this run is: a wake of the main session, or a loop's run.
+    pub fn kind(&self) -> JobKind {
+        if self.loop_name == MAIN_SESSION {
+            JobKind::Wake
+        } else {
+            JobKind::Loop
+        }
+    }
 }
 
 /// The runs in progress: each a light job in the queue (`.loops/jobs/`, kind `loop`, or
@@ -570,7 +580,7 @@ impl RunningSet {
             // Not flushed: the record is there for a crashed process, which the page
             // cache survives; waiting for the disk at every run start would only add latency.
             tx.put(&job, false)?;
-            if begun && job.kind == JobKind::Loop {
+            if begun && job.kind.policy().concurrency == ConcurrencyKey::Loop {
                 self.set_busy(&m.loop_name, job.id)?;
             }
             Ok(Some(job.id))
@@ -757,11 +767,7 @@ fn run_params(j: &Job) -> Option<RunParams> {
 
 /// A new light job for a run, leased to this process.
 fn light_job(id: JobId, m: &RunningMarker, now: DateTime<Utc>) -> Result<Job, StoreError> {
-    let kind = if m.loop_name == MAIN_SESSION {
-        JobKind::Wake
-    } else {
-        JobKind::Loop
-    };
+    let kind = m.kind();
     let v = serde_json::json!({
         "id": id,
         "name": m.loop_name,
@@ -773,6 +779,7 @@ fn light_job(id: JobId, m: &RunningMarker, now: DateTime<Utc>) -> Result<Job, St
         "max_attempts": 1,
         "max_stalled": 0,
         "source": format!("{} run", m.trigger),
+        "idempotency_key": m.slot.map(|slot| slot_key(&m.loop_name, slot)),
     });
     let mut job: Job = serde_json::from_value(v).map_err(|source| StoreError::Corrupt {
         path: PathBuf::from(format!("job {id}")),
@@ -780,6 +787,17 @@ fn light_job(id: JobId, m: &RunningMarker, now: DateTime<Utc>) -> Result<Job, St
     })?;
     job.lease = Some(Lease::this_process(now));
     Ok(job)
+}
+
+/// A scheduled run's idempotency key, `<loop>@<slot instant>` (DESIGN §4): every attempt
+/// at the slot shares it. Its exactly-once is kept by the loop's watermark, moved past
+/// the slot in one compare-and-set before the run is planned, so the key is not
+/// registered in `jobs/keys/` (a light job leaves no file behind).
+pub fn slot_key(loop_name: &str, slot: DateTime<Utc>) -> String {
+    format!(
+        "{loop_name}@{}",
+        slot.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    )
 }
 
 /// The name main-session wakes are recorded under.

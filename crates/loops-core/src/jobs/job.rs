@@ -6,6 +6,7 @@
 //! children). Only [`super::store::JobStore`] writes it, always atomically and under the
 //! queue lock.
 
+use super::policy::{ConcurrencyKey, KindPolicy, Lane, OnStalled, Retries, TimeLimit, WAKE_RETRY};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -139,7 +140,39 @@ impl JobKind {
     /// or a wake, run by whoever made them, never submitted and never claimed by the job
     /// worker; removed when they end.
     pub fn is_light(&self) -> bool {
-        matches!(self, JobKind::Loop | JobKind::Wake)
+        self.policy().lane == Lane::Runs
+    }
+}
+
+impl JobKind {
+    /// The policy of this kind.
+    pub const fn policy(self) -> KindPolicy {
+        match self {
+            JobKind::Loop => KindPolicy {
+                lane: Lane::Runs,
+                on_stalled: OnStalled::RecordInterrupted,
+                concurrency: ConcurrencyKey::Loop,
+                retries: Retries::LoopConfig,
+                time_limit: TimeLimit::LoopConfig,
+                pausable: false,
+            },
+            JobKind::Wake => KindPolicy {
+                lane: Lane::Runs,
+                on_stalled: OnStalled::ReturnHandoffs,
+                concurrency: ConcurrencyKey::MainSession,
+                retries: Retries::Fixed(WAKE_RETRY),
+                time_limit: TimeLimit::MainSettings,
+                pausable: false,
+            },
+            JobKind::Shell | JobKind::Agent | JobKind::Aggregator => KindPolicy {
+                lane: Lane::Jobs,
+                on_stalled: OnStalled::Requeue,
+                concurrency: ConcurrencyKey::Unkeyed,
+                retries: Retries::JobSettings,
+                time_limit: TimeLimit::JobSettings,
+                pausable: true,
+            },
+        }
     }
 }
 
@@ -593,7 +626,7 @@ impl Job {
 
     /// Whether a worker may start it now.
     pub fn ready(&self, now: DateTime<Utc>) -> bool {
-        if self.kind.is_light() {
+        if self.kind.policy().lane != Lane::Jobs {
             // Run by whoever made it, never by a worker that finds it.
             return false;
         }
@@ -703,6 +736,30 @@ impl From<&Job> for JobSummary {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_runners_own_runs_are_never_requeued_and_submitted_work_always_is() {
+        for kind in [
+            JobKind::Shell,
+            JobKind::Agent,
+            JobKind::Aggregator,
+            JobKind::Loop,
+            JobKind::Wake,
+        ] {
+            let p = kind.policy();
+            // A slot must not run twice and a wake's handoffs must not be lost: only
+            // what a worker claims from the queue goes back to it.
+            assert_eq!(
+                p.lane == Lane::Jobs,
+                p.on_stalled == OnStalled::Requeue,
+                "{kind}"
+            );
+            assert_eq!(p.lane == Lane::Jobs, p.pausable, "{kind}");
+            assert_eq!(kind.is_light(), p.lane == Lane::Runs, "{kind}");
+        }
+        assert_eq!(JobKind::Wake.policy().retries, Retries::Fixed(WAKE_RETRY));
+        assert_eq!(JobKind::Loop.policy().concurrency, ConcurrencyKey::Loop);
+    }
 
     #[test]
     fn exponential_backoff_doubles_within_its_jitter() {

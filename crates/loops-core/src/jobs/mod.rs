@@ -6,6 +6,7 @@ pub mod group_commit;
 pub mod job;
 pub mod own;
 pub mod params;
+pub mod policy;
 pub mod queue;
 pub mod report;
 pub mod spares;

@@ -1158,7 +1158,7 @@ pub fn pause(store: &JobStore, id: JobId, now: DateTime<Utc>) -> Result<Job, Que
 
 pub fn pause_in(tx: &mut dyn JobTx, id: JobId, now: DateTime<Utc>) -> Result<Job, QueueError> {
     let mut job = tx.get(id)?.ok_or(QueueError::NotFound(id))?;
-    if job.kind.is_light() {
+    if !job.kind.policy().pausable {
         // A loop's run or a wake has no turns to stop between: it runs or it is stopped.
         return Err(QueueError::InvalidState {
             id,
@@ -1444,9 +1444,9 @@ pub fn sweep_in(tx: &mut dyn JobTx, now: DateTime<Utc>) -> Result<Swept, QueueEr
         out.other.push(format!("skipped: {e}"));
     }
     for mut job in jobs {
-        if job.kind.is_light() {
-            // A loop's run or a wake: whoever made it recovers it (the daemon's start
-            // records an interrupted run, returns a dead wake's handoffs).
+        if job.kind.policy().on_stalled != super::policy::OnStalled::Requeue {
+            // A loop's run or a wake: the runner's recovery does what its kind says
+            // (records an interrupted run, returns a dead wake's handoffs).
             continue;
         }
         if job.state.is_terminal() {
