@@ -865,7 +865,7 @@ pub mod cases {
         let sh = submit(e, &shell("true"));
         assert!(matches!(
             e.message(sh.id, json!("hi"), Sender::Operator, t0()),
-            Err(QueueError::NotSteerable(_))
+            Err(QueueError::NotSteerable(_, _))
         ));
         run(e, j.id, completed("done"), t0());
         invalid_state(e.message(j.id, json!("late"), Sender::Operator, t0()));

@@ -85,6 +85,20 @@ fn a_running_loop_tick_is_a_job_that_jobs_cancel_stops() {
         String::from_utf8_lossy(&p.stderr)
     );
 
+    // Nor does it read the queue: a steering message would sit unread, so it is refused.
+    let m = ws
+        .cmd()
+        .args(["jobs", "message", &id, "stop now"])
+        .output()
+        .expect("message");
+    assert!(!m.status.success());
+    let said = String::from_utf8_lossy(&m.stderr);
+    assert!(
+        said.contains("is a loop job: it has no agent to read a message")
+            && said.contains(&format!("loops jobs cancel {id}")),
+        "{said}"
+    );
+
     let out = ws
         .cmd()
         .args(["jobs", "cancel", &id, "--json"])

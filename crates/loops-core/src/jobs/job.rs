@@ -155,6 +155,7 @@ impl JobKind {
                 retries: Retries::LoopConfig,
                 time_limit: TimeLimit::LoopConfig,
                 pausable: false,
+                steerable: false,
             },
             JobKind::Wake => KindPolicy {
                 lane: Lane::Runs,
@@ -163,6 +164,7 @@ impl JobKind {
                 retries: Retries::Fixed(WAKE_RETRY),
                 time_limit: TimeLimit::MainSettings,
                 pausable: false,
+                steerable: false,
             },
             JobKind::Shell | JobKind::Agent | JobKind::Aggregator => KindPolicy {
                 lane: Lane::Jobs,
@@ -171,6 +173,7 @@ impl JobKind {
                 retries: Retries::JobSettings,
                 time_limit: TimeLimit::JobSettings,
                 pausable: true,
+                steerable: !matches!(self, JobKind::Shell),
             },
         }
     }

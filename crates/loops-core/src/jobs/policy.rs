@@ -77,6 +77,9 @@ pub struct KindPolicy {
     /// Whether `loops jobs pause` applies: a job with turns can stop between them; a
     /// loop's run or a wake runs or is stopped.
     pub pausable: bool,
+    /// Whether a steering message (`loops jobs message`) is read: only an agent reads the
+    /// queue between its turns.
+    pub steerable: bool,
 }
 
 /// How long a failed wake waits before the next one.

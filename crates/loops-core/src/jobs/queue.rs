@@ -35,8 +35,8 @@ pub enum QueueError {
     Permission(String),
     #[error("job #{0} is no longer leased by this process (its lease was taken over)")]
     LostLease(JobId),
-    #[error("job #{0} is a shell job: it has no agent to read a message")]
-    NotSteerable(JobId),
+    #[error("job #{0} is a {1} job: it has no agent to read a message")]
+    NotSteerable(JobId, JobKind),
 }
 
 impl QueueError {
@@ -50,9 +50,13 @@ impl QueueError {
             }
             QueueError::Permission(_) => None,
             QueueError::LostLease(_) => None,
-            QueueError::NotSteerable(id) => Some(format!(
+            QueueError::NotSteerable(id, JobKind::Shell) => Some(format!(
                 "messages steer agent jobs between model turns; to change what a shell job runs, \
                  cancel it (`loops jobs cancel {id}`) or run it again changed (`loops jobs replay {id} --set cmd=\"…\"`)"
+            )),
+            QueueError::NotSteerable(id, _) => Some(format!(
+                "messages steer agent jobs between model turns; a loop's run or a wake reads none: \
+                 `loops jobs cancel {id}` stops it, and what the loop's next run reads is its prompt.md and state.md"
             )),
         }
     }
@@ -1390,10 +1394,10 @@ pub fn message_in(
             )));
         }
     }
-    // A shell job's command never reads the queue: a message accepted for it would
-    // sit unread while the sender believes it was heard.
-    if job.kind == JobKind::Shell {
-        return Err(QueueError::NotSteerable(id));
+    // A shell job's command, a loop's run and a wake never read the queue: a message
+    // accepted for them would sit unread while the sender believes it was heard.
+    if !job.kind.policy().steerable {
+        return Err(QueueError::NotSteerable(id, job.kind));
     }
     if job.state.is_terminal() {
         return Err(QueueError::InvalidState {
