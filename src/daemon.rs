@@ -198,7 +198,7 @@ pub async fn run(ws: Workspace, opts: DaemonOptions) -> Result<Summary, DaemonEr
     if let Some(l) = ws.symlinked_areas().into_iter().next() {
         return Err(l.into());
     }
-    let lock = DaemonLock::acquire(&ws, crate::engine::worker::shell_allowed(&ws))?;
+    let lock = DaemonLock::acquire(&ws, crate::engine::worker::shell_allowed(&ws), !opts.once)?;
     // Before anything is written: an older loops made .loops/ readable by others.
     let tightened = loops_core::fsutil::tighten(&ws.runtime_dir());
     // Signals are caught from the first moment: a SIGTERM during start-up (recovery can
@@ -213,6 +213,10 @@ pub async fn run(ws: Workspace, opts: DaemonOptions) -> Result<Summary, DaemonEr
     let (mut d, mut inputs, live_rx) = Daemon::new(Arc::new(ws), &opts, journal, sigint, sigterm);
     d.recover(&lock, &unclosed).await;
     d.reload(true);
+    if !opts.once {
+        // Runs triggered while no daemon served (or while this one started).
+        d.take_submitted();
+    }
     let worker = d.start_job_worker(&opts, live_rx);
     let _watcher = d.start_watching();
     let reason = if opts.once {
@@ -769,6 +773,66 @@ impl Daemon {
         records && markers && events && completions
     }
 
+    /// A trigger is a submit while the daemon serves: each run submitted and not yet
+    /// claimed is claimed and starts now, in the run lane with every other run, with the
+    /// loop's definition read from its folder (a trigger may run a loop the scheduler
+    /// does not plan).
+    fn take_submitted(&mut self) {
+        let claimed = match self.ctx.running.claim_submitted() {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!("cannot claim the triggered runs: {e}");
+                return;
+            }
+        };
+        let now = self.clock.now();
+        for s in claimed {
+            let m = s.marker;
+            let due = DueRun {
+                run_id: m.run_id.clone(),
+                loop_name: m.loop_name.clone(),
+                trigger: Trigger::Manual,
+                slot: None,
+                attempt: 1,
+                not_before: now,
+            };
+            let def = crate::operator::find_loop(&self.ws, &m.loop_name)
+                .and_then(|e| crate::operator::loop_def(&e));
+            match def {
+                Ok(def) => {
+                    tracing::info!(loop_name = %m.loop_name, run = %m.run_id, "triggered: the run starts now");
+                    self.lane.queue_submitted(due, def, s.follow);
+                }
+                Err(e) => self.refuse_submitted(&m, now, &e.to_string()),
+            }
+        }
+        self.dispatch_ready(now);
+    }
+
+    /// A triggered run whose loop cannot be read any more: recorded failed, with why.
+    fn refuse_submitted(
+        &mut self,
+        m: &loops_core::runs::RunningMarker,
+        now: DateTime<Utc>,
+        why: &str,
+    ) {
+        let mut rec = RunRecord::decision(
+            &m.loop_name,
+            &m.trigger,
+            None,
+            now,
+            Outcome::Failed,
+            why.into(),
+        );
+        rec.run_id = m.run_id.clone();
+        rec.error = Some(why.to_string());
+        if let Err(e) = self.ctx.runlog.append(&rec) {
+            tracing::error!("{e}");
+        }
+        self.ctx.running.remove(&m.run_id);
+        self.keep([rec]);
+    }
+
     /// Rediscovers the domains and tells the scheduler; logs what changed.
     fn reload(&mut self, first: bool) {
         let found = discover(&self.ws);
@@ -836,9 +900,11 @@ impl Daemon {
         let mut domains = false;
         let mut handoffs = false;
         let mut settings = false;
+        let mut submitted = false;
         for p in paths {
             if p.as_os_str().is_empty() {
                 settings = true;
+                submitted = true;
                 // Events may have been lost (an overflow, or no watcher at all): every
                 // folder the watcher covers is looked at, nudges included.
                 domains = true;
@@ -865,13 +931,15 @@ impl Daemon {
                 // The doorbell: something arrived in (or left) the inbox.
                 handoffs = true;
             } else if let Ok(rest) = p.strip_prefix(&signals) {
-                // A nudge from another process that changed this loop's state.
+                // A nudge from another process that changed this loop's state, or
+                // submitted a run of it.
                 if let Some(name) = rest.to_str() {
                     if p.exists() {
                         self.sched.refresh(name);
                         let _ = std::fs::remove_file(p);
                     }
                 }
+                submitted = true;
             } else if affects_discovery(&self.ws.domains_dir(), p) {
                 domains = true;
             }
@@ -885,6 +953,9 @@ impl Daemon {
         }
         if handoffs {
             self.ring(WakeKind::Handoffs);
+        }
+        if submitted {
+            self.take_submitted();
         }
     }
 }

@@ -8,7 +8,8 @@
 //! - [`engine`]: everything that runs: the scheduler, a loop's run, a main-session wake,
 //!   the job worker
 //! - [`daemon`]: `loops run`, wiring the engine to the watcher and the clock
-//! - [`operator`]: what a person does from outside the daemon (list, trigger, inbox)
+//! - [`operator`]: what a person does from outside the daemon (list, inbox, a run here)
+//! - [`trigger`]: a run asked for by hand: submitted to the serving daemon, or run here
 //! - [`mcp`]: `loops mcp`, the same operations and the job queue as MCP tools
 //! - [`service`]: `loops service`, the daemon as a systemd user unit or launchd agent
 //! - [`templates`]: the loops `loops new` makes
@@ -25,3 +26,4 @@ pub mod mcp;
 pub mod operator;
 pub mod service;
 pub mod templates;
+pub mod trigger;

@@ -418,14 +418,13 @@ impl LoopsServer {
             .help("wait for one to finish, then try again")
         })?;
         let root = self.root.clone();
-        let (ctx, manual) = tokio::task::spawn_blocking(move || -> Result<_, ToolError> {
+        let (ctx, triggered) = tokio::task::spawn_blocking(move || -> Result<_, ToolError> {
             let ws = Workspace::open(&root)?;
-            let manual = operator::ManualRun::prepare(&ws, &name)?;
-            Ok((RunContext::new(Arc::new(ws)), manual))
+            let triggered = crate::trigger::trigger(&ws, &name, false)?;
+            Ok((RunContext::new(Arc::new(ws)), triggered))
         })
         .await
         .map_err(stopped)??;
-        let req = manual.req.clone();
         // A client that cancels the call (or goes away) stops the run's whole process
         // group, as Ctrl-C does for `loops trigger`.
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -433,10 +432,8 @@ impl LoopsServer {
             rc.ct.cancelled().await;
             let _ = stop_tx.send(true);
         });
-        let rec =
-            crate::engine::loop_run::execute(&ctx, &manual.def, &req, None, Some(stop_rx)).await;
+        let rec = triggered.run(&ctx, None, stop_rx).await;
         watcher.abort();
-        manual.finish(&ctx, &rec).await;
         serde_json::to_value(&rec).map_err(|e| ToolError::new(e.to_string()))
     }
 }

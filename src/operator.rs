@@ -299,8 +299,9 @@ fn next_run(
     next
 }
 
-/// A loop about to be run by hand (`loops trigger`, MCP `trigger_loop`): its run is
-/// reserved in the queue (a light `loop` job that has begun), so a scheduled run or another
+/// A loop about to be run by hand in this process (`loops trigger`, MCP `trigger_loop`,
+/// when no daemon serves the workspace: see [`crate::trigger`]): its run is reserved in the
+/// queue (a light `loop` job that has begun), so a scheduled run or another
 /// trigger cannot start alongside it, and the reservation is the run's own record.
 pub struct ManualRun {
     pub def: LoopDef,
@@ -310,15 +311,10 @@ pub struct ManualRun {
 }
 
 impl ManualRun {
-    /// Checks the loop can run now and reserves its run (concurrency checked unless
-    /// `concurrency: allow`): the same rules whoever asks.
-    pub fn prepare(ws: &Workspace, name: &str) -> Result<ManualRun, OperatorError> {
-        ws.refuse_unapplied_settings()
-            .map_err(OperatorError::Settings)?;
-        let def = loop_def(&find_loop(ws, name)?)?;
-        if def.is_prompt() && !ws.settings.has_providers {
-            return Err(OperatorError::NoProvider(name.to_string()));
-        }
+    /// Reserves a run of `def`, checked already, to run in this process.
+    pub fn reserve(ws: &Workspace, def: LoopDef) -> Result<ManualRun, OperatorError> {
+        let name = def.name.clone();
+        let name = name.as_str();
         let req = RunRequest::new(Trigger::Manual, None, 1);
         let running = RunningSet::new(&ws.runtime_dir());
         let m = RunningMarker::for_this_process(

@@ -94,7 +94,10 @@ pub enum Command {
         #[arg(long, value_enum, default_value = "human")]
         log_format: LogFormat,
     },
-    /// Run a loop now, in this process, and report its outcome.
+    /// Run a loop now, once, and report its outcome.
+    #[command(
+        after_help = "While a daemon serves the workspace (`loops run`), the run is handed to it: it runs in the daemon's run lane, with its settings, secrets and concurrency limit, and this command waits for the record (Ctrl-C stops the run there). With no daemon, the loop runs in this process. Either way a run of a loop with `concurrency: forbid` or `replace` is refused while another is in progress, and the exit status is 0 for a run that did not fail, 1 for one that failed, 130 for one stopped.\n\nExamples:\n  loops trigger report            # run it, print its output and outcome\n  loops trigger report --follow   # stream its output as it runs\n  loops trigger report --json     # the run record as JSON"
+    )]
     Trigger {
         /// The loop's name.
         name: String,

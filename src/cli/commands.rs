@@ -4,7 +4,6 @@ use super::args::{Cli, Command, LogFormat};
 use super::error::CliError;
 use super::output::{duration_ms, local_stamp, relative, short_local, table, table_fit};
 use crate::daemon::{self, DaemonOptions};
-use crate::engine::loop_run;
 use crate::engine::run_context::RunContext;
 use crate::operator;
 use chrono::{DateTime, Utc};
@@ -526,14 +525,18 @@ fn run(ws: Workspace, once: bool, all: bool, log_format: LogFormat) -> Result {
 }
 
 fn trigger(ws: Workspace, name: &str, follow: bool, json_out: bool) -> Result {
-    let manual = operator::ManualRun::prepare(&ws, name)?;
-    let def = manual.def.clone();
+    let triggered = crate::trigger::trigger(&ws, name, follow)?;
     let rt = runtime()?;
     let ws = Arc::new(ws);
     let ctx = RunContext::new(ws.clone());
-    let req = manual.req.clone();
     if !json_out {
-        eprintln!("running {name} (run {})…", req.run_id);
+        let by = match &triggered {
+            crate::trigger::Triggered::Daemon(s) => {
+                format!(" by the daemon (pid {})", s.daemon_pid)
+            }
+            crate::trigger::Triggered::Here(_) => String::new(),
+        };
+        eprintln!("running {name} (run {}){by}…", triggered.run_id());
     }
     let rec = rt.block_on(async {
         let (tx, rx) = loops_core::exec::live_channel();
@@ -542,13 +545,12 @@ fn trigger(ws: Workspace, name: &str, follow: bool, json_out: bool) -> Result {
         // Ctrl-C or SIGTERM stops the run's whole process group and records it as
         // interrupted, rather than leaving the command running with no one watching.
         let cancel_rx = super::output::stop_on_signal();
-        let rec = loop_run::execute(&ctx, &def, &req, live, Some(cancel_rx)).await;
+        let rec = triggered.run(&ctx, live, cancel_rx).await;
         let _ = printer.await;
         // MCP servers the run started live in this process: they end with it.
         loops_agent::mcp_client::McpPool::shutdown_all().await;
         rec
     });
-    rt.block_on(manual.finish(&ctx, &rec));
     // Without a committer an `acted` run's changes are only in the work tree: say so, or
     // the outcome reads as if they were kept in git like every other run's.
     let not_committed = ctx

@@ -5,11 +5,12 @@
 //! their end is applied to the loop's state (failures in a row, retries, a pause).
 
 use crate::engine::loop_run;
-use crate::engine::run_context::{RunContext, RunRequest};
+use crate::engine::run_context::{RunContext, RunRequest, Trigger};
 use crate::engine::scheduler::{apply_finish, Aftermath, DueRun, Scheduler};
 use chrono::{DateTime, Utc};
 use loops_core::clock::Clock;
 use loops_core::domain::{Concurrency, LoopDef};
+use loops_core::exec::{Live, Stream};
 use loops_core::runs::{Outcome, RunRecord};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -27,6 +28,16 @@ pub struct Finished {
     after: Aftermath,
 }
 
+/// A run waiting for its fire time: planned by the scheduler (its loop's definition is
+/// the scheduler's), or submitted by a trigger (with the definition the daemon read for it,
+/// since a trigger may run a loop the scheduler does not plan: disabled, or one-shot done).
+struct Planned {
+    due: DueRun,
+    def: Option<LoopDef>,
+    /// Its output is written for the trigger that follows it.
+    follow: bool,
+}
+
 struct RunningRun {
     run_id: String,
     cancel: watch::Sender<bool>,
@@ -38,7 +49,7 @@ struct RunningRun {
 /// The runs waiting for their time and those running.
 pub struct RunLane {
     running: HashMap<String, Vec<RunningRun>>,
-    pending: Vec<DueRun>,
+    pending: Vec<Planned>,
     permits: Arc<Semaphore>,
     /// Flips to true when the runner stops: runs still waiting for a permit are then
     /// recorded as not run at once instead of starting only to be stopped.
@@ -86,7 +97,7 @@ impl RunLane {
 
     /// The earliest fire time of a waiting run.
     pub fn next_due(&self) -> Option<DateTime<Utc>> {
-        self.pending.iter().map(|p| p.not_before).min()
+        self.pending.iter().map(|p| p.due.not_before).min()
     }
 
     /// Runs that hold a permit (have begun), not those queued behind the limit.
@@ -109,9 +120,9 @@ impl RunLane {
     /// still waiting for a permit are told to give up.
     pub fn stop(&mut self, ctx: &RunContext, sched: &Scheduler) -> Vec<RunRecord> {
         let mut out = Vec::new();
-        for due in std::mem::take(&mut self.pending) {
-            if let Some(def) = sched.def(&due.loop_name).cloned() {
-                out.push(self.record_skip(ctx, sched, &def, &due, STOPPING));
+        for p in std::mem::take(&mut self.pending) {
+            if let Some(def) = p.def.or_else(|| sched.def(&p.due.loop_name).cloned()) {
+                out.push(self.record_skip(ctx, sched, &def, &p.due, STOPPING));
             }
         }
         let _ = self.stopping.send(true);
@@ -153,7 +164,20 @@ impl RunLane {
                 tracing::warn!("cannot record the pending runs: {e}");
             }
         }
-        self.pending.extend(runs);
+        self.pending.extend(runs.into_iter().map(|due| Planned {
+            due,
+            def: None,
+            follow: false,
+        }));
+    }
+
+    /// Queues a run a trigger submitted and this process claimed (its job exists).
+    pub fn queue_submitted(&mut self, due: DueRun, def: LoopDef, follow: bool) {
+        self.pending.push(Planned {
+            due,
+            def: Some(def),
+            follow,
+        });
     }
 
     /// Starts every pending run whose time has come.
@@ -163,19 +187,22 @@ impl RunLane {
         sched: &Scheduler,
         now: DateTime<Utc>,
     ) -> Vec<RunRecord> {
-        let (ready, later): (Vec<DueRun>, Vec<DueRun>) =
-            self.pending.drain(..).partition(|p| p.not_before <= now);
+        let (ready, later): (Vec<Planned>, Vec<Planned>) = self
+            .pending
+            .drain(..)
+            .partition(|p| p.due.not_before <= now);
         self.pending = later;
         ready
             .into_iter()
-            .filter_map(|due| self.dispatch(ctx, sched, due))
+            .filter_map(|p| self.dispatch(ctx, sched, p))
             .collect()
     }
 
     /// Starts `due`'s run in a task of its own; returns the record of a run decided
     /// against at once (its loop gone, or `concurrency: forbid` with the last one going).
-    fn dispatch(&mut self, ctx: &RunContext, sched: &Scheduler, due: DueRun) -> Option<RunRecord> {
-        let Some(def) = sched.def(&due.loop_name).cloned() else {
+    fn dispatch(&mut self, ctx: &RunContext, sched: &Scheduler, p: Planned) -> Option<RunRecord> {
+        let due = p.due;
+        let Some(def) = p.def.or_else(|| sched.def(&due.loop_name).cloned()) else {
             // Removed, disabled or broken between its claim and its fire time.
             record_gone(ctx, sched, &due);
             return None;
@@ -220,6 +247,7 @@ impl RunLane {
             permits: self.permits.clone(),
             stopping: self.stopping.subscribe(),
             clock: sched.clock(),
+            follow: p.follow,
         };
         let done = self.done_tx.clone();
         tokio::spawn(async move {
@@ -334,6 +362,7 @@ struct LaneRun {
     permits: Arc<Semaphore>,
     stopping: watch::Receiver<bool>,
     clock: Arc<dyn Clock>,
+    follow: bool,
 }
 
 impl LaneRun {
@@ -360,10 +389,18 @@ impl LaneRun {
             };
         }
         self.begun.store(true, Ordering::SeqCst);
-        let rec = loop_run::execute(ctx, def, req, None, Some(self.cancel.clone())).await;
+        let (live, writer) = match self.follow {
+            true => follow_output(ctx, def, req),
+            false => (None, None),
+        };
+        let rec = loop_run::execute(ctx, def, req, live, Some(self.cancel.clone())).await;
+        if let Some(w) = writer {
+            let _ = w.await;
+        }
         // A program that could not be started at all is a permanent error: retrying
-        // cannot fix a missing or non-executable file.
-        let permanent = rec.cannot_start;
+        // cannot fix a missing or non-executable file; and a run asked for by hand is
+        // not retried (the person sees its outcome).
+        let permanent = rec.cannot_start || req.trigger == Trigger::Manual;
         let store = ctx.store.clone();
         let pause_after = ctx.ws.settings.pause_after_failures;
         let clock = self.clock.clone();
@@ -375,6 +412,50 @@ impl LaneRun {
         .await
         .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
     }
+}
+
+/// The output of a followed run, written (redacted: the trigger's process knows none of the
+/// daemon's secrets) where its trigger reads it; the trigger removes the files.
+fn follow_output(
+    ctx: &RunContext,
+    def: &LoopDef,
+    req: &RunRequest,
+) -> (Option<Live>, Option<tokio::task::JoinHandle<()>>) {
+    let (out, err) =
+        loops_core::runs::live_output_paths(&ctx.ws.runs_dir(), &def.name, &req.run_id);
+    let open = |p: &std::path::Path| {
+        use std::os::unix::fs::OpenOptionsExt;
+        if let Some(dir) = p.parent() {
+            let _ = loops_core::fsutil::create_dir_all(dir);
+        }
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(p)
+            .map_err(|e| {
+                tracing::warn!(
+                    "cannot write a followed run's output to {}: {e}",
+                    p.display()
+                )
+            })
+            .ok()
+    };
+    let (Some(mut out), Some(mut err)) = (open(&out), open(&err)) else {
+        return (None, None);
+    };
+    let (tx, mut rx) = loops_core::exec::live_channel();
+    let writer = tokio::task::spawn_blocking(move || {
+        use std::io::Write;
+        while let Some((stream, bytes)) = rx.blocking_recv() {
+            let bytes = loops_core::secrets::redact_bytes(&bytes);
+            let _ = match stream {
+                Stream::Stdout => out.write_all(&bytes),
+                Stream::Stderr => err.write_all(&bytes),
+            };
+        }
+    });
+    (Some(tx), Some(writer))
 }
 
 /// Records a run whose loop was removed, disabled or broken before its fire time.

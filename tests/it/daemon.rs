@@ -311,6 +311,15 @@ fn daemon_records_a_run_left_by_a_killed_daemon_as_interrupted() {
         "{}",
         d.log()
     );
+    // The run's process group is recorded just after its command starts: a daemon
+    // killed before that could not name the group to stop.
+    assert!(
+        wait_until(LONG, || runs_in_progress(&ws)
+            .first()
+            .is_some_and(|(_, m)| m["pgid"].is_number())),
+        "{}",
+        d.log()
+    );
     let markers = runs_in_progress(&ws);
     assert_eq!(markers.len(), 1);
     let marker = markers[0].1.clone();

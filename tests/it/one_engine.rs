@@ -166,3 +166,135 @@ fn a_trigger_holds_the_loop_against_the_daemon_across_processes() {
     assert_eq!(ws.runs("slowtrig").len(), 1);
     assert!(jobs(&ws, &["jobs", "list", "--all", "--json"]).is_empty());
 }
+
+fn echo_loop(ws: &TempWorkspace) {
+    ws.add_loop(
+        "echo",
+        "schedule: { every: 24h }\npayload:\n  kind: command\n  command: \"echo parent=$PPID; echo to-stderr >&2; echo done >> out.md\"\n",
+    );
+    git_commit_all(ws.path(), "echo loop");
+}
+
+/// The pid of the process that ran a command loop, from its `parent=` line.
+fn parent_of(text: &str) -> Option<i32> {
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix("parent="))
+        .and_then(|p| p.trim().parse().ok())
+}
+
+#[test]
+fn a_trigger_while_the_daemon_serves_is_a_submit_the_daemon_runs() {
+    let ws = TempWorkspace::new();
+    echo_loop(&ws);
+    let mut d = ws.start_daemon();
+    d.wait_for_log("loops daemon started", LONG);
+    let before = ws.runs("echo").len();
+
+    let out = ws
+        .cmd()
+        .args(["trigger", "echo", "--json"])
+        .output()
+        .expect("trigger");
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        d.log()
+    );
+    let rec: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json record");
+    assert_eq!(rec["outcome"], "acted", "{rec}");
+    assert_eq!(rec["trigger"], "manual", "{rec}");
+    // Run by the daemon, in its run lane: the command's parent is the daemon.
+    assert_eq!(
+        parent_of(rec["stdout_tail"].as_str().unwrap_or("")),
+        Some(d.pid()),
+        "{rec}"
+    );
+    assert!(rec["commit"].is_string(), "its change is committed: {rec}");
+    let runs = ws.runs("echo");
+    assert_eq!(runs.len(), before + 1, "one record: {runs:?}");
+    assert_eq!(runs.last().expect("run")["run_id"], rec["run_id"]);
+    assert!(
+        d.log().contains("triggered: the run starts now"),
+        "{}",
+        d.log()
+    );
+
+    // Followed: the daemon's output streams to the trigger's terminal, each stream to its
+    // own, and the trigger says who runs it.
+    let out = ws
+        .cmd()
+        .args(["trigger", "echo", "--follow"])
+        .output()
+        .expect("trigger --follow");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(parent_of(&stdout), Some(d.pid()), "{stdout}");
+    assert!(stderr.contains("to-stderr"), "{stderr}");
+    assert!(
+        stderr.contains(&format!("by the daemon (pid {})", d.pid())),
+        "{stderr}"
+    );
+    // Nothing is left of the followed output, and no job of the runs.
+    let left: Vec<_> = walk(&ws.path().join(".loops/runs/echo"))
+        .into_iter()
+        .filter(|p| p.ends_with(".live"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    assert!(jobs(&ws, &["jobs", "list", "--all", "--json"]).is_empty());
+    d.kill();
+}
+
+fn walk(dir: &std::path::Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok())
+        .map(|e| e.path().display().to_string())
+        .collect()
+}
+
+#[test]
+fn ctrl_c_on_a_trigger_stops_the_run_in_the_daemon() {
+    let ws = TempWorkspace::new();
+    ws.add_loop(
+        "long",
+        "schedule: { every: 24h }\npayload:\n  kind: command\n  command: \"exec sleep 120\"\ntimeout: 10m\n",
+    );
+    git_commit_all(ws.path(), "long loop");
+    let mut d = ws.start_daemon();
+    d.wait_for_log("loops daemon started", LONG);
+    let before = ws.count_outcome("long", "interrupted");
+    let mut t = loops_std_cmd(ws.path())
+        .args(["trigger", "long"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("trigger");
+    assert!(
+        wait_until(LONG, || loop_jobs(&ws)
+            .iter()
+            .any(|j| j["state"] == "active")),
+        "the triggered run begins in the daemon: {}",
+        d.log()
+    );
+    loops_testutil::process::signal_child(&t, loops_testutil::process::Signal::INT);
+    let status = t.wait().expect("wait");
+    assert_eq!(status.code(), Some(130), "Ctrl-C exits 130");
+    assert!(
+        wait_until(LONG, || ws.count_outcome("long", "interrupted") > before),
+        "the daemon's run is recorded interrupted: {:?}\n{}",
+        ws.runs("long"),
+        d.log()
+    );
+    assert!(
+        wait_until(LONG, || loop_jobs(&ws).is_empty()),
+        "the stopped run leaves the queue"
+    );
+    d.kill();
+}

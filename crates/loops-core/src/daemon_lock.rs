@@ -49,6 +49,10 @@ pub struct LockInfo {
     /// Whether this daemon runs shell jobs (so the CLI can refuse them at submit).
     #[serde(default)]
     pub allow_shell_jobs: bool,
+    /// Whether this daemon serves (not a `--once` pass): it then claims the runs `loops
+    /// trigger` submits, rather than the trigger running the loop itself.
+    #[serde(default)]
+    pub takes_runs: bool,
 }
 
 /// The workspace's daemon lock, held for the daemon's lifetime.
@@ -68,9 +72,14 @@ pub const HEARTBEAT: Duration = Duration::from_secs(10);
 const LOCK_RELEASE_WAIT: Duration = Duration::from_secs(60);
 
 impl DaemonLock {
-    /// Takes the lock for this process, or says who holds it. `allow_shell_jobs` is
-    /// recorded for the CLI (it refuses shell jobs this daemon would not run).
-    pub fn acquire(ws: &Workspace, allow_shell_jobs: bool) -> Result<DaemonLock, DaemonLockError> {
+    /// Takes the lock for this process, or says who holds it. `allow_shell_jobs` and
+    /// `takes_runs` are recorded for the CLI (it refuses shell jobs this daemon would not
+    /// run, and submits triggered runs to a daemon that takes them).
+    pub fn acquire(
+        ws: &Workspace,
+        allow_shell_jobs: bool,
+        takes_runs: bool,
+    ) -> Result<DaemonLock, DaemonLockError> {
         let path = ws.daemon_lock_path();
         let io = |source| DaemonLockError::Io {
             path: path.clone(),
@@ -120,6 +129,7 @@ impl DaemonLock {
                     started: Utc::now(),
                     version: env!("CARGO_PKG_VERSION").to_string(),
                     allow_shell_jobs,
+                    takes_runs,
                 };
                 lock.write_contents(&serde_json::to_string(&info).unwrap_or_default())
                     .map_err(io)?;
@@ -158,6 +168,11 @@ pub fn daemon_alive(ws: &Workspace) -> Option<LockInfo> {
         Ok(None) => read_lock_info(ws),
         Err(_) => None,
     }
+}
+
+/// The daemon that takes triggered runs, if one serves the workspace now.
+pub fn serving_daemon(ws: &Workspace) -> Option<LockInfo> {
+    daemon_alive(ws).filter(|i| i.takes_runs)
 }
 
 fn read_lock_info(ws: &Workspace) -> Option<LockInfo> {

@@ -457,6 +457,41 @@ struct RunParams {
     marker: RunningMarker,
     #[serde(default)]
     begun: bool,
+    /// Submitted by `loops trigger --follow`: the runner writes the run's output where
+    /// the trigger reads it ([`live_output_paths`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    follow: bool,
+}
+
+/// A run submitted to the daemon (`loops trigger` while a daemon serves the workspace),
+/// as the daemon claims it.
+#[derive(Debug, Clone)]
+pub struct SubmittedRun {
+    pub marker: RunningMarker,
+    pub follow: bool,
+}
+
+/// Where a submitted run stands, as its submitter sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SubmittedState {
+    /// Not claimed yet.
+    Waiting,
+    /// Claimed by a runner, alive or not.
+    Claimed { pid: u32, alive: bool },
+    /// Cancelled (`loops jobs cancel`) before a runner claimed it.
+    Cancelled,
+    /// Ended: its record is in the loop's run history.
+    Gone,
+}
+
+/// The files a followed run's output is written to while it runs (stdout, stderr): beside
+/// its transcript, owner-only like all of `.loops/`.
+pub fn live_output_paths(runs_dir: &Path, loop_name: &str, run_id: &str) -> (PathBuf, PathBuf) {
+    let dir = runs_dir.join(loop_name);
+    (
+        dir.join(format!("{run_id}.stdout.live")),
+        dir.join(format!("{run_id}.stderr.live")),
+    )
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -504,6 +539,7 @@ impl RunningSet {
                 job.params = serde_json::to_value(RunParams {
                     marker: m.clone(),
                     begun: false,
+                    follow: false,
                 })
                 .unwrap_or_default();
                 job.state = JobState::Delayed;
@@ -520,6 +556,106 @@ impl RunningSet {
             }
             Err(e) => Err(self.refused(e)),
         }
+    }
+
+    /// Submits a run for the daemon to claim (unowned until then). With `exclusive`
+    /// (the loop's `concurrency` is not `allow`), `Ok(None)` when a run of the loop has
+    /// begun and lives, or another submitted one waits: the same refusal as a run here.
+    pub fn submit(
+        &self,
+        m: &RunningMarker,
+        follow: bool,
+        exclusive: bool,
+    ) -> Result<Option<JobId>, RunsError> {
+        let now = Utc::now();
+        let r = self.store.transaction(|tx| {
+            if exclusive && (self.busy_elsewhere(tx, m)? || waiting_submitted(tx, &m.loop_name)) {
+                return Ok::<_, StoreError>(None);
+            }
+            let mut job = light_job(tx.next_id()?, m, now)?;
+            job.params = serde_json::to_value(RunParams {
+                marker: m.clone(),
+                begun: false,
+                follow,
+            })
+            .unwrap_or_default();
+            job.state = JobState::Waiting;
+            job.lease = None;
+            // Durable: the submitter waits on it, and a daemon restarting claims it.
+            tx.put(&job, true)?;
+            Ok(Some(job.id))
+        });
+        match r {
+            Ok(Some(id)) => {
+                lock(&self.ids).insert(m.run_id.clone(), id);
+                Ok(Some(id))
+            }
+            Ok(None) => Ok(None),
+            Err(e) => Err(self.refused(e)),
+        }
+    }
+
+    /// Claims every submitted run no runner has claimed, for this process: each then
+    /// waits for its start as a run this process planned.
+    pub fn claim_submitted(&self) -> Result<Vec<SubmittedRun>, RunsError> {
+        let now = Utc::now();
+        let r = self.store.transaction(|tx| {
+            let (jobs, _) = tx.live_jobs();
+            let mut out = Vec::new();
+            for mut job in jobs.into_iter().filter(is_unclaimed_submission) {
+                let Some(p) = run_params(&job) else { continue };
+                job.lease = Some(Lease::this_process(now));
+                job.state = JobState::Delayed;
+                job.run_at = Some(now);
+                job.updated = now;
+                tx.put(&job, false)?;
+                out.push((job.id, p));
+            }
+            Ok::<_, StoreError>(out)
+        });
+        match r {
+            Ok(claimed) => {
+                let mut ids = lock(&self.ids);
+                Ok(claimed
+                    .into_iter()
+                    .map(|(id, p)| {
+                        ids.insert(p.marker.run_id.clone(), id);
+                        SubmittedRun {
+                            marker: p.marker,
+                            follow: p.follow,
+                        }
+                    })
+                    .collect())
+            }
+            Err(e) => Err(self.refused(e)),
+        }
+    }
+
+    /// Takes back a submitted run no runner has claimed: `Ok(true)` when it is gone,
+    /// `Ok(false)` when a runner claimed it first (then it is theirs to stop).
+    pub fn withdraw(&self, id: JobId) -> Result<bool, RunsError> {
+        let r = self.store.transaction(|tx| match tx.get(id)? {
+            Some(j) if j.lease.is_some() => Ok::<_, StoreError>(false),
+            Some(_) => tx.delete(id).map(|()| true),
+            None => Ok(true),
+        });
+        r.map_err(|e| self.refused(e))
+    }
+
+    /// Where the submitted run `id` stands.
+    pub fn submitted_state(&self, id: JobId) -> Result<SubmittedState, RunsError> {
+        let job = self.store.get(id).map_err(|e| self.refused(e))?;
+        Ok(match job {
+            None => SubmittedState::Gone,
+            Some(j) if j.state == JobState::Cancelled => SubmittedState::Cancelled,
+            Some(j) => match j.lease {
+                None => SubmittedState::Waiting,
+                Some(l) => SubmittedState::Claimed {
+                    pid: l.pid,
+                    alive: l.owner_alive(),
+                },
+            },
+        })
     }
 
     /// Records that a run begins, unless another process's or this one's run of the same
@@ -548,9 +684,11 @@ impl RunningSet {
                 Some(j) => j,
                 None => light_job(tx.next_id()?, m, now)?,
             };
+            let follow = run_params(&job).is_some_and(|p| p.follow);
             job.params = serde_json::to_value(RunParams {
                 marker: m.clone(),
                 begun,
+                follow,
             })
             .unwrap_or_default();
             job.updated = now;
@@ -752,13 +890,40 @@ impl RunningSet {
             .collect()
     }
 
-    /// Runs whose owning process is gone: runs a crash interrupted.
+    /// Runs whose owning process is gone: runs a crash interrupted. A submitted run no
+    /// runner claimed is not one: the next runner claims it.
     pub fn orphans(&self) -> Vec<RunningMarker> {
-        self.all()
+        let mut out: Vec<RunningMarker> = self
+            .light_jobs()
             .into_iter()
+            .filter_map(|(j, p)| {
+                let l = j.lease?;
+                let mut m = p.marker;
+                m.pid = l.pid;
+                m.pid_start = l.pid_start;
+                Some(m)
+            })
             .filter(|m| !process_alive(m.pid, m.pid_start))
-            .collect()
+            .collect();
+        out.extend(
+            self.legacy_markers()
+                .into_iter()
+                .filter(|m| !process_alive(m.pid, m.pid_start)),
+        );
+        out
     }
+}
+
+/// A run submitted to the daemon and not claimed yet.
+fn is_unclaimed_submission(j: &Job) -> bool {
+    j.kind == JobKind::Loop && j.lease.is_none() && j.state == JobState::Waiting
+}
+
+/// Whether a submitted run of `loop_name` waits to be claimed.
+fn waiting_submitted(tx: &dyn JobTx, loop_name: &str) -> bool {
+    let (jobs, _) = tx.live_jobs();
+    jobs.iter()
+        .any(|j| is_unclaimed_submission(j) && j.name == loop_name)
 }
 
 fn run_params(j: &Job) -> Option<RunParams> {
