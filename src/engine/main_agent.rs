@@ -9,24 +9,27 @@
 //! dropped wake leaves one summary line — when it was, what it was about and how it ended.
 //! The newest 20 summary lines are kept and shown at the start of the conversation.
 
-use crate::engine::prompt_run::{http_provider, PromptOutcome};
+use crate::engine::prompt_run::PromptOutcome;
 use crate::engine::run_context::RunContext;
 use crate::engine::run_context::{WakeKind, MAIN};
 use chrono::Utc;
 use loops_agent::context;
-use loops_agent::model::{Block, Message, Role};
+use loops_agent::model::{Block, Message, Role, SystemPart};
 use loops_agent::sandbox::{Sandbox, Scope};
-use loops_agent::tools::{Claimed, ToolEnv, ToolKit};
+use loops_agent::session::{
+    Limits, ModelChoice, SessionRun, SessionSpec, TimeLimit, TranscriptSpec,
+};
+use loops_agent::tools::{Claimed, ToolEnv};
 use loops_agent::transcript::{Redactor, Transcript};
+use loops_core::guard::Guard;
 use loops_core::handoff::Handoff;
-use loops_core::providers::ProviderKind;
+use loops_core::runs::Outcome;
 use loops_core::tool_names::MAIN_DEFAULT;
-use loops_core::workspace::MainSettings;
+use loops_core::workspace::{MainSettings, Workspace};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use tokio::sync::watch;
-use tokio::time::Instant;
 
 /// The most summary lines of dropped wakes kept.
 pub const SUMMARY_LINES: usize = 20;
@@ -272,6 +275,16 @@ pub struct ModelWake {
     pub wrote: Vec<PathBuf>,
 }
 
+impl ModelWake {
+    fn failed(error: String) -> ModelWake {
+        ModelWake {
+            outcome: PromptOutcome::failed(error),
+            reported: HashMap::new(),
+            wrote: Vec::new(),
+        }
+    }
+}
+
 /// Runs one wake of a prompt main session.
 pub async fn wake(
     ctx: &RunContext,
@@ -283,66 +296,107 @@ pub async fn wake(
 ) -> ModelWake {
     let started = std::time::Instant::now();
     let ws = &ctx.ws;
-    let fail = |e: String| ModelWake {
-        outcome: PromptOutcome {
-            outcome: Some(loops_core::runs::Outcome::Failed),
-            error: Some(e),
-            ..Default::default()
-        },
-        reported: HashMap::new(),
-        wrote: Vec::new(),
+    let (system, choice) = match main_system(ws, main) {
+        Ok(x) => x,
+        Err(e) => return ModelWake::failed(e),
     };
-    let prompt = match main.prompt_text(&ws.root) {
-        None => {
-            return fail(
-                "the main session has neither `command:` nor `prompt:` in loops.yaml".into(),
-            )
-        }
-        Some(Err(e)) => return fail(e),
-        Some(Ok(p)) => p,
-    };
-    let (pcfg, model) = match loops_core::providers::resolve(
-        &ws.settings.providers,
-        &ws.settings.defaults,
-        main.provider.as_deref(),
-        main.model.as_deref(),
-    ) {
-        Ok(r) => r,
-        Err((msg, help)) => return fail(format!("main session: {msg} ({help})")),
-    };
-    if pcfg.kind == ProviderKind::Command {
-        return fail(format!(
-            "provider `{}` is an agent CLI (kind: command); a main session on one is `main.command` in loops.yaml",
-            pcfg.name
-        ));
-    }
-    let identity: Vec<(String, Option<String>)> = main
-        .context
-        .iter()
-        .map(|f| (f.clone(), std::fs::read_to_string(ws.root.join(f)).ok()))
-        .collect();
-    let mut system = context::main_system(&identity, &prompt);
-    context::add_rules(
-        &mut system,
-        &loops_core::guard::Guard::new(&ws.settings.guard, None),
-    );
     let conv_path = conversation_path(&ws.runtime_dir());
     let conv = if main.history == 0 {
         Conversation::default()
     } else {
         Conversation::load(&conv_path)
     };
-    let messages = conv.with_wake(wake_message(kind, handoffs, &ws.root));
-    let allowed: Vec<String> = match &main.tools {
-        Some(t) => t.clone(),
-        None => MAIN_DEFAULT.iter().map(|s| s.to_string()).collect(),
+    let tpath = Transcript::path_for(&ws.runs_dir(), MAIN, run_id);
+    let mut facts = vec![("handoffs", handoffs.len().to_string())];
+    facts.extend(choice.facts());
+    let mut tr = TranscriptSpec {
+        path: tpath.clone(),
+        title: format!("main — {} wake {run_id}", kind.as_str()),
+        facts,
+        echo: None,
+    }
+    .open(&ws.settings);
+    let spec = SessionSpec {
+        model: &choice,
+        tools: main_tools(ctx, main, run_id, handoffs),
+        system,
+        messages: conv.with_wake(wake_message(kind, handoffs, &ws.root)),
+        limits: Limits {
+            max_turns: main.max_turns,
+            time: TimeLimit::For(main.timeout),
+        },
+        cancel,
+        hooks: None,
     };
-    let mut kit = ToolKit::new(ToolEnv {
+    let run = spec.run(&mut tr).await;
+    let mut outcome = match &run {
+        Ok(run) => PromptOutcome::of_session(run, &choice),
+        Err(e) => PromptOutcome::failed(e.to_string()),
+    };
+    outcome.provider = Some(choice.provider.name.clone());
+    outcome.transcript = Some(tpath);
+    outcome.duration = started.elapsed();
+    let failed = outcome
+        .outcome
+        .is_some_and(|o| o.is_failure() || o == Outcome::Interrupted);
+    if let Ok(run) = &run {
+        if !failed && main.history > 0 {
+            let messages = &run.driven.messages;
+            keep_conversation(conv, messages, main.history, &conv_path, tr.redactor());
+        }
+    }
+    outcome.note_end(&mut tr);
+    finish_wake(outcome, run.ok(), tr.redactor())
+}
+
+/// The main session's prompt (preamble, identity files, its instructions) and the model
+/// it runs on. `Err`: why this wake cannot run.
+fn main_system(
+    ws: &Workspace,
+    main: &MainSettings,
+) -> Result<(Vec<SystemPart>, ModelChoice), String> {
+    let prompt = match main.prompt_text(&ws.root) {
+        None => {
+            return Err(
+                "the main session has neither `command:` nor `prompt:` in loops.yaml".into(),
+            )
+        }
+        Some(r) => r?,
+    };
+    let choice = ModelChoice::resolve(
+        &ws.settings,
+        main.provider.as_deref(),
+        main.model.as_deref(),
+    )
+    .map_err(|e| format!("main session: {e}"))?;
+    if choice.is_agent_cli() {
+        return Err(format!(
+            "provider `{}` is an agent CLI (kind: command); a main session on one is `main.command` in loops.yaml",
+            choice.provider.name
+        ));
+    }
+    let identity = context::read_identity(&ws.root, &main.context);
+    Ok((context::main_system(&identity, &prompt), choice))
+}
+
+/// The main session's tools: the whole workspace as its scope, this wake's handoffs to
+/// tick and complete.
+fn main_tools(
+    ctx: &RunContext,
+    main: &MainSettings,
+    run_id: &str,
+    handoffs: &[(Handoff, PathBuf)],
+) -> ToolEnv {
+    let ws = &ctx.ws;
+    ToolEnv {
         ws: ws.clone(),
         sandbox: Sandbox::new(&ws.root, Scope::Main),
         loop_name: MAIN.to_string(),
         run_id: run_id.to_string(),
-        allowed,
+        allowed: match &main.tools {
+            Some(t) => t.clone(),
+            None => MAIN_DEFAULT.iter().map(|s| s.to_string()).collect(),
+        },
         allowed_hosts: Vec::new(),
         shell: None,
         committer: ctx.committer.clone(),
@@ -353,92 +407,75 @@ pub async fn wake(
                 path: p.clone(),
             })
             .collect(),
-        guard: loops_core::guard::Guard::new(&ws.settings.guard, None),
-        // A wake replayed over the same handoffs posts nothing twice.
-        delivery_scope: if handoffs.is_empty() {
-            run_id.to_string()
-        } else {
-            let mut ids: Vec<&str> = handoffs.iter().map(|(h, _)| h.id.as_str()).collect();
-            ids.sort_unstable();
-            format!("main@{}", ids.join(","))
-        },
-    });
-    kit.load_mcp().await;
-    let tpath = Transcript::path_for(&ws.runs_dir(), MAIN, run_id);
-    let redactor = Redactor::for_settings(&ws.settings);
-    let mut tr = Transcript::create(tpath.clone(), redactor.clone());
-    tr.header(
-        &format!("main — {} wake {run_id}", kind.as_str()),
-        &[
-            ("handoffs", handoffs.len().to_string()),
-            (
-                "provider",
-                format!("{} ({})", pcfg.name, pcfg.kind.as_str()),
-            ),
-            ("model", model.clone()),
-        ],
-    );
-    let deadline = Instant::now() + main.timeout;
-    let (mut outcome, messages, kit) = http_provider(
-        &pcfg,
-        &model,
-        main.max_turns,
-        &system,
-        messages,
-        deadline,
-        cancel,
-        kit,
-        &mut tr,
-    )
-    .await;
-    outcome.provider = Some(pcfg.name.clone());
-    outcome.transcript = Some(tpath);
-    outcome.duration = started.elapsed();
-    let failed = outcome
-        .outcome
-        .is_some_and(|o| o.is_failure() || o == loops_core::runs::Outcome::Interrupted);
-    if !failed && main.history > 0 {
-        // The summary line of the dropped wakes is already at the front of `messages`;
-        // keep it out of the stored conversation (it lives in `summary`).
-        let mut stored = Conversation {
-            summary: conv.summary.clone(),
-            messages,
-        };
-        if !conv.summary.is_empty() {
-            if let Some(first) = stored.messages.first_mut() {
-                if matches!(first.content.first(), Some(Block::Text { text }) if text.starts_with("Earlier wakes, summarised"))
-                {
-                    first.content.remove(0);
-                }
+        guard: Guard::new(&ws.settings.guard, None),
+        delivery_scope: wake_delivery_scope(run_id, handoffs),
+    }
+}
+
+/// A wake replayed over the same handoffs posts nothing twice.
+fn wake_delivery_scope(run_id: &str, handoffs: &[(Handoff, PathBuf)]) -> String {
+    if handoffs.is_empty() {
+        return run_id.to_string();
+    }
+    let mut ids: Vec<&str> = handoffs.iter().map(|(h, _)| h.id.as_str()).collect();
+    ids.sort_unstable();
+    format!("main@{}", ids.join(","))
+}
+
+/// Stores the conversation after a wake that did not fail, bounded by `main.history`.
+fn keep_conversation(
+    before: Conversation,
+    messages: &[Message],
+    history: usize,
+    path: &Path,
+    redactor: &Redactor,
+) {
+    let mut stored = Conversation {
+        summary: before.summary,
+        messages: messages.to_vec(),
+    };
+    // The summary line of the dropped wakes is at the front of `messages`; keep it out
+    // of the stored conversation (it lives in `summary`).
+    if !stored.summary.is_empty() {
+        if let Some(first) = stored.messages.first_mut() {
+            if matches!(first.content.first(), Some(Block::Text { text }) if text.starts_with("Earlier wakes, summarised"))
+            {
+                first.content.remove(0);
             }
         }
-        stored.bound(main.history);
-        if let Err(e) = stored.save(&conv_path, &redactor) {
-            tracing::warn!("cannot save the main session's conversation: {e}");
-        }
     }
-    tr.note(&format!(
-        "outcome: {}{}",
-        outcome.outcome.unwrap_or(loops_core::runs::Outcome::Silent),
-        outcome
-            .error
-            .as_deref()
-            .map(|e| format!(" — {e}"))
-            .unwrap_or_default()
-    ));
-    // What the model said goes into the run record and the completed handoffs: the
-    // same redaction as a loop's record (see `PromptOutcome::fill`).
+    stored.bound(history);
+    if let Err(e) = stored.save(path, redactor) {
+        tracing::warn!("cannot save the main session's conversation: {e}");
+    }
+}
+
+/// What the model said goes into the run record and the completed handoffs: the same
+/// redaction as a loop's record (see `PromptOutcome::fill`).
+fn finish_wake(
+    mut outcome: PromptOutcome,
+    run: Option<SessionRun>,
+    redactor: &Redactor,
+) -> ModelWake {
     let redact = |t: Option<String>| t.map(|t| redactor.redact(&t));
     outcome.summary = redact(outcome.summary.take());
     outcome.error = redact(outcome.error.take());
     outcome.note = redact(outcome.note.take());
+    let Some(run) = run else {
+        return ModelWake {
+            outcome,
+            reported: HashMap::new(),
+            wrote: Vec::new(),
+        };
+    };
     ModelWake {
-        reported: kit
+        reported: run
+            .kit
             .completed
             .iter()
             .map(|(id, summary)| (id.clone(), redact(summary.clone())))
             .collect(),
-        wrote: kit.wrote.iter().cloned().collect(),
+        wrote: run.kit.wrote.iter().cloned().collect(),
         outcome,
     }
 }

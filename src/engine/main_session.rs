@@ -346,7 +346,8 @@ fn handoff_json(h: &Handoff, path: &Path, ws: &Path, max_bytes: u64) -> serde_js
     })
 }
 
-/// Runs one wake of a command main session over `claimed` (already in `active/`).
+/// Runs one wake of the main session over `claimed` (already in `active/`): a command
+/// main session, or one on a model ([`crate::engine::main_agent`]).
 pub async fn wake(
     ctx: &RunContext,
     main: &MainSettings,
@@ -354,106 +355,205 @@ pub async fn wake(
     claimed: Vec<PathBuf>,
     cancel: Option<watch::Receiver<bool>>,
 ) -> WakeResult {
-    let ws = ctx.ws.clone();
-    let inbox = Inbox::of(&ws);
-    let notes = InboxState::new(&ws.runtime_dir());
     let run_id = loops_core::runs::new_run_id();
     let started = Utc::now();
-    // The wake's job names what it claimed: a crash gives exactly those back.
-    let mut marker =
-        RunningMarker::for_this_process(MAIN, &run_id, kind.as_str(), None, 1, started);
+    let marker = mark_wake(ctx, kind, &run_id, started, &claimed);
+    let inbox = Inbox::of(&ctx.ws);
+    let handoffs = load_claimed(ctx, &inbox, &claimed).await;
+    let areas = vec![
+        ctx.ws.root.join("drafts"),
+        ctx.ws.root.join(".working-memory"),
+    ];
+    let before = loops_core::snapshot::Snapshot::of(areas.clone()).await;
+    let w = WakeRun {
+        ctx,
+        main,
+        kind,
+        run_id: &run_id,
+        marker: &marker,
+    };
+    let (res, on_model) = w.run_main_session(&inbox, &handoffs, cancel).await;
+    let after = loops_core::snapshot::Snapshot::of(areas).await;
+    let changed = loops_core::snapshot::changed_between(&before, &after);
+    let notes = InboxState::new(&ctx.ws.runtime_dir());
+    let mut s = Settlement::new(&inbox, notes, main, &run_id, changed);
+    if let Some(m) = &on_model {
+        s.add_model_writes(&ctx.ws.runtime_dir(), &m.wrote);
+    }
+    s.settle(&res, &reported(&res, on_model.as_ref()), &handoffs);
+    let outcome = s.outcome(&res, handoffs.len());
+    let mut rec = s.record(kind, started, outcome, &res, handoffs.len());
+    if let Some(m) = on_model {
+        add_model_wake(&mut rec, m, &ctx.ws);
+    }
+    s.commit(ctx, &mut rec, kind, outcome).await;
+    commit_moves(ctx.committer.as_ref(), "released", s.returned).await;
+    let all = std::mem::take(&mut rec.changed);
+    rec.set_changed(all);
+    if let Err(e) = ctx.runlog.append(&rec) {
+        tracing::error!("{e}");
+    }
+    ctx.running.remove(&run_id);
+    WakeResult {
+        record: rec,
+        completed: s.completed,
+        held: s.held,
+        released: s.released,
+        uncompleted: s.uncompleted,
+    }
+}
+
+/// The wake's job names what it claimed: a crash gives exactly those back.
+fn mark_wake(
+    ctx: &RunContext,
+    kind: WakeKind,
+    run_id: &str,
+    started: DateTime<Utc>,
+    claimed: &[PathBuf],
+) -> RunningMarker {
+    let mut marker = RunningMarker::for_this_process(MAIN, run_id, kind.as_str(), None, 1, started);
     marker.handoffs = claimed
         .iter()
         .filter_map(|f| f.file_name().and_then(|n| n.to_str()).map(str::to_string))
         .collect();
     let _ = ctx.running.put(&marker);
+    marker
+}
 
-    let mut items = Vec::new();
-    let mut by_id: Vec<(String, PathBuf)> = Vec::new();
-    let mut loaded: Vec<(Handoff, PathBuf)> = Vec::new();
+/// The claimed handoffs that can be read, in claim order. One that cannot is never left
+/// in active/ with no word: it goes to rejected/ with the reason, committed.
+async fn load_claimed(
+    ctx: &RunContext,
+    inbox: &Inbox,
+    claimed: &[PathBuf],
+) -> Vec<(Handoff, PathBuf)> {
+    let mut loaded = Vec::new();
     let mut unreadable = Vec::new();
-    for p in &claimed {
+    for p in claimed {
         match inbox.load(p) {
-            Ok(h) => {
-                items.push(handoff_json(&h, p, &ws.root, inbox.max_bytes()));
-                by_id.push((h.id.clone(), p.clone()));
-                loaded.push((h, p.clone()));
-            }
-            // Never left in active/ with no word: it goes to rejected/ with the reason.
-            Err(e) => unreadable.push(reject_unreadable(&inbox, p, &e.to_string())),
+            Ok(h) => loaded.push((h, p.clone())),
+            Err(e) => unreadable.extend(reject_unreadable(inbox, p, &e.to_string())),
         }
     }
-    let claimed: Vec<PathBuf> = claimed
-        .into_iter()
-        .filter(|p| by_id.iter().any(|(_, b)| b == p))
-        .collect();
-    commit_moves(
-        ctx.committer.as_ref(),
-        "rejected",
-        unreadable.into_iter().flatten().collect(),
-    )
-    .await;
-    let payload = json!({ "wake": kind.as_str(), "run": run_id, "handoffs": items });
-    let mut env = exec::base_env();
-    env.extend([
-        ("LOOPS_WORKSPACE".to_string(), ws.root.display().to_string()),
-        ("LOOPS_INBOX".to_string(), inbox.root.display().to_string()),
-        ("LOOPS_RUN_ID".to_string(), run_id.clone()),
-        ("LOOPS_WAKE".to_string(), kind.as_str().to_string()),
-        (
-            "LOOPS_HANDOFFS".to_string(),
-            claimed
-                .iter()
-                .map(|p| p.display().to_string())
-                .collect::<Vec<_>>()
-                .join("\n"),
-        ),
-    ]);
-    let areas = vec![ws.root.join("drafts"), ws.root.join(".working-memory")];
-    let before = loops_core::snapshot::Snapshot::of(areas.clone()).await;
-    let mut on_model: Option<crate::engine::main_agent::ModelWake> = None;
-    let res = match &main.command {
-        None if main.prompt.is_some() => {
-            let w =
-                crate::engine::main_agent::wake(ctx, main, kind, &run_id, &loaded, cancel).await;
-            let r = model_exec_result(&w.outcome);
-            on_model = Some(w);
-            r
+    commit_moves(ctx.committer.as_ref(), "rejected", unreadable).await;
+    loaded
+}
+
+/// One wake, as [`wake`] was given it.
+struct WakeRun<'a> {
+    ctx: &'a RunContext,
+    main: &'a MainSettings,
+    kind: WakeKind,
+    run_id: &'a str,
+    marker: &'a RunningMarker,
+}
+
+impl WakeRun<'_> {
+    /// Runs the main session on the handoffs. A wake on a model is also returned as
+    /// the result a command would have had, so one path decides what happens to the
+    /// handoffs whichever kind ran.
+    async fn run_main_session(
+        &self,
+        inbox: &Inbox,
+        handoffs: &[(Handoff, PathBuf)],
+        cancel: Option<watch::Receiver<bool>>,
+    ) -> (
+        exec::ExecResult,
+        Option<crate::engine::main_agent::ModelWake>,
+    ) {
+        let main = self.main;
+        match &main.command {
+            None if main.prompt.is_some() => {
+                let w = crate::engine::main_agent::wake(
+                    self.ctx,
+                    main,
+                    self.kind,
+                    self.run_id,
+                    handoffs,
+                    cancel,
+                )
+                .await;
+                (model_exec_result(&w.outcome), Some(w))
+            }
+            Some(argv) => (self.run_command(argv, inbox, handoffs, cancel).await, None),
+            None => {
+                let res = exec::ExecResult {
+                    spawn_error: Some(
+                        "the main session has neither `command:` nor `prompt:` in loops.yaml"
+                            .into(),
+                    ),
+                    ..Default::default()
+                };
+                (res, None)
+            }
         }
-        Some(argv) => {
-            let (spawn_tx, mut spawn_rx) = tokio::sync::mpsc::unbounded_channel();
-            let spec = ExecSpec {
-                argv: argv.clone(),
-                cwd: ws.root.clone(),
-                env,
-                timeout: main.timeout,
-                grace: exec::KILL_GRACE,
-                on_spawn: Some(spawn_tx),
-                stdin: Some(serde_json::to_vec(&payload).unwrap_or_default()),
-            };
-            // The marker names the command's process group, so a runner that dies
-            // mid-wake has it stopped at its next start, before the handoffs go back to
-            // the inbox: an orphaned main session must not work on them beside the next.
-            let note_pgid = crate::engine::run_context::note_pgid(ctx, &marker, &mut spawn_rx);
-            // Owning the spec, the run drops the spawn sender when it ends, so a command
-            // that cannot start does not leave `note_pgid` waiting.
-            let run = async move { exec::run(&spec, None, cancel).await };
-            let (res, ()) = tokio::join!(run, note_pgid);
-            res
-        }
-        None => exec::ExecResult {
-            spawn_error: Some(
-                "the main session has neither `command:` nor `prompt:` in loops.yaml".into(),
-            ),
-            ..Default::default()
-        },
-    };
-    let after = loops_core::snapshot::Snapshot::of(areas).await;
-    let now = Utc::now();
-    let ok = res.success();
-    let reported = match (&on_model, ok) {
-        (_, false) => HashMap::new(),
-        (Some(w), true) => w
+    }
+
+    /// A command main session: the handoffs' paths in `LOOPS_HANDOFFS`, all of them as
+    /// JSON on stdin, in its own process group under `main.timeout`.
+    async fn run_command(
+        &self,
+        argv: &[String],
+        inbox: &Inbox,
+        handoffs: &[(Handoff, PathBuf)],
+        cancel: Option<watch::Receiver<bool>>,
+    ) -> exec::ExecResult {
+        let ws = &self.ctx.ws;
+        let items: Vec<serde_json::Value> = handoffs
+            .iter()
+            .map(|(h, p)| handoff_json(h, p, &ws.root, inbox.max_bytes()))
+            .collect();
+        let payload = json!({ "wake": self.kind.as_str(), "run": self.run_id, "handoffs": items });
+        let (spawn_tx, mut spawn_rx) = tokio::sync::mpsc::unbounded_channel();
+        let spec = ExecSpec {
+            argv: argv.to_vec(),
+            cwd: ws.root.clone(),
+            env: self.command_env(inbox, handoffs),
+            timeout: self.main.timeout,
+            grace: exec::KILL_GRACE,
+            on_spawn: Some(spawn_tx),
+            stdin: Some(serde_json::to_vec(&payload).unwrap_or_default()),
+        };
+        // The marker names the command's process group, so a runner that dies mid-wake
+        // has it stopped at its next start, before the handoffs go back to the inbox: an
+        // orphaned main session must not work on them beside the next.
+        let note_pgid = crate::engine::run_context::note_pgid(self.ctx, self.marker, &mut spawn_rx);
+        // Owning the spec, the run drops the spawn sender when it ends, so a command that
+        // cannot start does not leave `note_pgid` waiting.
+        let run = async move { exec::run(&spec, None, cancel).await };
+        let (res, ()) = tokio::join!(run, note_pgid);
+        res
+    }
+
+    fn command_env(&self, inbox: &Inbox, handoffs: &[(Handoff, PathBuf)]) -> Vec<(String, String)> {
+        let ws = &self.ctx.ws;
+        let paths: Vec<String> = handoffs
+            .iter()
+            .map(|(_, p)| p.display().to_string())
+            .collect();
+        let mut env = exec::base_env();
+        env.extend([
+            ("LOOPS_WORKSPACE".to_string(), ws.root.display().to_string()),
+            ("LOOPS_INBOX".to_string(), inbox.root.display().to_string()),
+            ("LOOPS_RUN_ID".to_string(), self.run_id.to_string()),
+            ("LOOPS_WAKE".to_string(), self.kind.as_str().to_string()),
+            ("LOOPS_HANDOFFS".to_string(), paths.join("\n")),
+        ]);
+        env
+    }
+}
+
+/// What the main session said it completed: a model's `complete_handoff` calls, or a
+/// command's JSON line. Nothing, from a wake that failed.
+fn reported(
+    res: &exec::ExecResult,
+    on_model: Option<&crate::engine::main_agent::ModelWake>,
+) -> HashMap<String, Report> {
+    if !res.success() {
+        return HashMap::new();
+    }
+    match on_model {
+        Some(w) => w
             .reported
             .iter()
             .map(|(id, summary)| {
@@ -464,241 +564,331 @@ pub async fn wake(
                 (id.clone(), r)
             })
             .collect(),
-        (None, true) => reported_completions(&res.stdout_tail),
-    };
-    let mut completed = Vec::new();
-    let mut held = Vec::new();
-    let mut released = Vec::new();
-    let mut returned = Vec::new();
-    let mut uncompleted = Vec::new();
-    let mut commit_paths: Vec<PathBuf> = loops_core::snapshot::changed_between(&before, &after);
-    if let Some(w) = &on_model {
-        // What the model's tools wrote, wherever the main session may write.
-        let runtime = ws.runtime_dir();
-        for p in &w.wrote {
-            if !p.starts_with(&runtime) && !commit_paths.contains(p) {
-                commit_paths.push(p.clone());
+        None => reported_completions(&res.stdout_tail),
+    }
+}
+
+/// What a wake does with its handoffs once the main session has ended: each is
+/// completed, held in active/ with a note, or given back to the inbox; and what the
+/// wake commits for it.
+struct Settlement<'a> {
+    inbox: &'a Inbox,
+    notes: InboxState,
+    main: &'a MainSettings,
+    run_id: &'a str,
+    /// When the main session ended: held notes and completions are dated by it.
+    now: DateTime<Utc>,
+    completed: Vec<String>,
+    held: Vec<(String, String)>,
+    released: Vec<String>,
+    /// The moves of the released handoffs, committed after the wake's own commit.
+    returned: Vec<Moved>,
+    uncompleted: Vec<Uncompleted>,
+    commit_paths: Vec<PathBuf>,
+    trailers: Vec<(&'static str, String)>,
+}
+
+impl<'a> Settlement<'a> {
+    /// `changed`: what changed in the main session's areas while it ran.
+    fn new(
+        inbox: &'a Inbox,
+        notes: InboxState,
+        main: &'a MainSettings,
+        run_id: &'a str,
+        changed: Vec<PathBuf>,
+    ) -> Self {
+        Settlement {
+            notes,
+            inbox,
+            main,
+            run_id,
+            now: Utc::now(),
+            completed: Vec::new(),
+            held: Vec::new(),
+            released: Vec::new(),
+            returned: Vec::new(),
+            uncompleted: Vec::new(),
+            commit_paths: changed,
+            trailers: Vec::new(),
+        }
+    }
+
+    /// What the model's tools wrote, wherever the main session may write.
+    fn add_model_writes(&mut self, runtime: &Path, wrote: &[PathBuf]) {
+        for p in wrote {
+            if !p.starts_with(runtime) && !self.commit_paths.contains(p) {
+                self.commit_paths.push(p.clone());
             }
         }
     }
-    let mut trailers: Vec<(&'static str, String)> = Vec::new();
-    for (id, path) in &by_id {
-        let name = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or_default()
-            .to_string();
-        let mut note = notes.note(&name);
-        if !ok {
-            note.attempts += 1;
-            note.last_error = res.failure_reason(main.timeout);
-            if note.attempts >= main.max_attempts {
-                note.held = Some(format!(
-                    "the main session failed {} times on it; last error: {}",
-                    note.attempts,
-                    note.last_error.as_deref().unwrap_or("unknown")
-                ));
-                note.held_since.get_or_insert(now);
-                held.push((id.clone(), note.held.clone().unwrap_or_default()));
-            } else if let Some(back) = inbox.release(path) {
-                released.push(id.clone());
-                returned.push(Moved {
-                    id: id.clone(),
-                    paths: vec![path.clone(), back],
+
+    fn settle(
+        &mut self,
+        res: &exec::ExecResult,
+        reported: &HashMap<String, Report>,
+        handoffs: &[(Handoff, PathBuf)],
+    ) {
+        for (h, path) in handoffs {
+            let name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default()
+                .to_string();
+            let note = self.notes.note(&name);
+            if !res.success() {
+                self.after_failure(&h.id, path, &name, note, res);
+                continue;
+            }
+            match reported.get(&h.id) {
+                Some(report) => self.after_report(&h.id, path, &name, note, report),
+                None => {
+                    let why = "the main session did not report it completed".to_string();
+                    self.hold(&h.id, &name, note, why);
+                }
+            }
+        }
+    }
+
+    /// A failed wake gives the handoff back to the inbox, or holds it for a person once
+    /// it has failed `main.max_attempts` times.
+    fn after_failure(
+        &mut self,
+        id: &str,
+        path: &Path,
+        name: &str,
+        mut note: Note,
+        res: &exec::ExecResult,
+    ) {
+        note.attempts += 1;
+        note.last_error = res.failure_reason(self.main.timeout);
+        if note.attempts >= self.main.max_attempts {
+            let why = format!(
+                "the main session failed {} times on it; last error: {}",
+                note.attempts,
+                note.last_error.as_deref().unwrap_or("unknown")
+            );
+            self.hold(id, name, note, why);
+            return;
+        }
+        if let Some(back) = self.inbox.release(path) {
+            self.released.push(id.to_string());
+            self.returned.push(Moved {
+                id: id.to_string(),
+                paths: vec![path.to_path_buf(), back],
+            });
+        }
+        self.notes.set_note(name, &note);
+    }
+
+    /// The main session says it completed the handoff: it is, once every required item
+    /// is ticked.
+    fn after_report(&mut self, id: &str, path: &Path, name: &str, note: Note, report: &Report) {
+        // The items it says it did are ticked in the file first, so the done handoff
+        // shows them ticked and the rule below is the one rule for all.
+        let mut ticked_now = false;
+        if report.all_ticked || !report.ticked.is_empty() {
+            let max = self.inbox.max_bytes();
+            match handoff::tick(path, &report.ticked, report.all_ticked, max) {
+                Ok(t) => ticked_now = !t.ticked.is_empty(),
+                Err(e) => {
+                    let why =
+                        format!("completed by the main session, but its ticks were refused: {e}");
+                    self.hold(id, name, note, why);
+                    return;
+                }
+            }
+        }
+        // The main session may have ticked items in the file: read it again.
+        let h = self.inbox.load(path).ok();
+        let unticked: Vec<String> = h
+            .as_ref()
+            .map(|h| h.unticked().iter().map(|i| i.text.clone()).collect())
+            .unwrap_or_default();
+        if unticked.is_empty() {
+            self.complete(id, path, name, h, &report.summary);
+            return;
+        }
+        // What it did tick stays ticked, and in the history.
+        if ticked_now {
+            self.commit_paths.push(path.to_path_buf());
+        }
+        let why = format!(
+            "completed by the main session, but not ticked: {}",
+            unticked.join("; ")
+        );
+        self.hold(id, name, note, why);
+    }
+
+    fn complete(
+        &mut self,
+        id: &str,
+        path: &Path,
+        name: &str,
+        h: Option<Handoff>,
+        summary: &Option<String>,
+    ) {
+        match self.inbox.complete(path, summary.as_deref(), self.now) {
+            Ok(done) => {
+                self.commit_paths
+                    .extend(self.inbox.gone_pending(name.as_ref()));
+                self.commit_paths.push(path.to_path_buf());
+                self.commit_paths.push(done);
+                self.trailers.push(("Handoff", id.to_string()));
+                if let Some(h) = &h {
+                    self.trailers.extend(h.author_trailers());
+                }
+                self.notes.set_note(name, &Note::default());
+                self.completed.push(id.to_string());
+            }
+            Err(e) if path.exists() => {
+                // The main session did its part; the disk refused the move. Kept for
+                // the daemon to finish, never handed over again.
+                tracing::warn!(handoff = %id, "could not complete it yet ({e}); trying again shortly");
+                self.uncompleted.push(Uncompleted {
+                    id: id.to_string(),
+                    from: h.as_ref().map(|h| h.author()),
+                    active: path.to_path_buf(),
+                    summary: summary.clone(),
+                    run_id: self.run_id.to_string(),
                 });
             }
-            notes.set_note(&name, &note);
-            continue;
-        }
-        match reported.get(id) {
-            Some(report) => {
-                let summary = &report.summary;
-                // The items it says it did are ticked in the file first, so the done
-                // handoff shows them ticked and the rule below is the one rule for all.
-                let mut ticked_now = false;
-                if report.all_ticked || !report.ticked.is_empty() {
-                    match handoff::tick(path, &report.ticked, report.all_ticked, inbox.max_bytes())
-                    {
-                        Ok(t) => ticked_now = !t.ticked.is_empty(),
-                        Err(e) => {
-                            let why = format!(
-                                "completed by the main session, but its ticks were refused: {e}"
-                            );
-                            note.held = Some(why.clone());
-                            note.held_since.get_or_insert(now);
-                            notes.set_note(&name, &note);
-                            held.push((id.clone(), why));
-                            continue;
-                        }
-                    }
-                }
-                // The main session may have ticked items in the file: read it again.
-                let h = inbox.load(path).ok();
-                let unticked: Vec<String> = h
-                    .as_ref()
-                    .map(|h| h.unticked().iter().map(|i| i.text.clone()).collect())
-                    .unwrap_or_default();
-                if unticked.is_empty() {
-                    match inbox.complete(path, summary.as_deref(), now) {
-                        Ok(done) => {
-                            commit_paths.extend(inbox.gone_pending(name.as_ref()));
-                            commit_paths.push(path.clone());
-                            commit_paths.push(done);
-                            trailers.push(("Handoff", id.clone()));
-                            if let Some(h) = &h {
-                                trailers.extend(h.author_trailers());
-                            }
-                            notes.set_note(&name, &Note::default());
-                            completed.push(id.clone());
-                        }
-                        Err(e) if path.exists() => {
-                            // The main session did its part; the disk refused the move.
-                            // Kept for the daemon to finish, never handed over again.
-                            tracing::warn!(handoff = %id, "could not complete it yet ({e}); trying again shortly");
-                            uncompleted.push(Uncompleted {
-                                id: id.clone(),
-                                from: h.as_ref().map(|h| h.author()),
-                                active: path.clone(),
-                                summary: summary.clone(),
-                                run_id: run_id.clone(),
-                            });
-                        }
-                        Err(e) => held.push((id.clone(), format!("could not complete: {e}"))),
-                    }
-                } else {
-                    let why = format!(
-                        "completed by the main session, but not ticked: {}",
-                        unticked.join("; ")
-                    );
-                    // What it did tick stays ticked, and in the history.
-                    if ticked_now {
-                        commit_paths.push(path.clone());
-                    }
-                    note.held = Some(why.clone());
-                    note.held_since.get_or_insert(now);
-                    notes.set_note(&name, &note);
-                    held.push((id.clone(), why));
-                }
-            }
-            None => {
-                let why = "the main session did not report it completed".to_string();
-                note.held = Some(why.clone());
-                note.held_since.get_or_insert(now);
-                notes.set_note(&name, &note);
-                held.push((id.clone(), why));
-            }
+            Err(e) => self
+                .held
+                .push((id.to_string(), format!("could not complete: {e}"))),
         }
     }
-    let outcome = if res.cancelled {
-        Outcome::Interrupted
-    } else if res.timed_out {
-        Outcome::Timeout
-    } else if !ok {
-        Outcome::Failed
-    } else if completed.is_empty()
-        && commit_paths.is_empty()
-        && res.stdout_bytes == 0
-        && by_id.is_empty()
-    {
-        Outcome::Silent
-    } else {
-        Outcome::Acted
-    };
-    let mut rec = RunRecord::decision(MAIN, kind.as_str(), None, started, outcome, String::new());
-    rec.run_id = run_id.clone();
-    rec.note = Some(format!(
-        "{} handoff(s): {} completed, {} held, {} returned to the inbox{}",
-        by_id.len(),
-        completed.len(),
-        held.len(),
-        released.len(),
-        if uncompleted.is_empty() {
-            String::new()
+
+    /// Holds the handoff in active/ with `why` in its note.
+    fn hold(&mut self, id: &str, name: &str, mut note: Note, why: String) {
+        note.held = Some(why.clone());
+        note.held_since.get_or_insert(self.now);
+        self.notes.set_note(name, &note);
+        self.held.push((id.to_string(), why));
+    }
+
+    fn outcome(&self, res: &exec::ExecResult, handoffs: usize) -> Outcome {
+        if res.cancelled {
+            Outcome::Interrupted
+        } else if res.timed_out {
+            Outcome::Timeout
+        } else if !res.success() {
+            Outcome::Failed
+        } else if self.completed.is_empty()
+            && self.commit_paths.is_empty()
+            && res.stdout_bytes == 0
+            && handoffs == 0
+        {
+            Outcome::Silent
         } else {
-            format!(
-                ", {} to be completed when the disk allows",
-                uncompleted.len()
-            )
-        }
-    ));
-    rec.exit_code = res.exit_code;
-    rec.error = res.failure_reason(main.timeout);
-    rec.stdout_tail = res.stdout_tail.clone();
-    rec.stderr_tail = res.stderr_tail.clone();
-    rec.stdout_dropped = res.stdout_dropped;
-    rec.stderr_dropped = res.stderr_dropped;
-    rec.finished = now;
-    rec.duration_ms = res.duration.as_millis() as u64;
-    if let Some(w) = on_model {
-        let o = w.outcome;
-        rec.provider = o.provider;
-        rec.model = o.model;
-        rec.tokens = o.tokens;
-        rec.turns = o.turns;
-        rec.summary = o.summary;
-        rec.transcript = o.transcript.map(|p| ws.relative(&p).display().to_string());
-        rec.refused_tools = o.refused;
-        rec.deliveries = o.deliveries;
-        rec.stdout_tail.clear();
-        if let Some(n) = o.note {
-            rec.note = Some(format!("{}; {n}", rec.note.unwrap_or_default()));
+            Outcome::Acted
         }
     }
-    if !commit_paths.is_empty() {
-        if let Some(c) = &ctx.committer {
-            let subject = if completed.is_empty() {
-                format!("{MAIN}: {} wake", kind.as_str())
-            } else {
-                format!("{MAIN}: completed {} handoff(s)", completed.len())
-            };
-            let mut t = vec![
-                ("Loop", MAIN.to_string()),
-                ("Run", run_id.clone()),
-                ("Trigger", kind.as_str().to_string()),
-                (
-                    "Outcome",
-                    if completed.is_empty() {
-                        outcome.to_string()
-                    } else {
-                        "completed".into()
-                    },
-                ),
-                ("Duration-Ms", rec.duration_ms.to_string()),
-            ];
-            t.extend(trailers);
-            t.extend(crate::engine::loop_run::token_trailers(&rec));
-            rec.changed = commit_paths
-                .iter()
-                .map(|p| ws.relative(p).display().to_string())
-                .collect();
-            match c
-                .commit(CommitRequest {
-                    contents: Vec::new(),
-                    paths: commit_paths,
-                    message: commit_message(&subject, &t),
-                    ..Default::default()
-                })
-                .await
-            {
-                Ok(Some(oid)) => rec.commit = Some(oid.to_string()),
-                Ok(None) => {}
-                Err(e) => rec.note = Some(format!("not committed: {e}")),
-            }
+
+    /// The wake's run record, as a command's run would have it.
+    fn record(
+        &self,
+        kind: WakeKind,
+        started: DateTime<Utc>,
+        outcome: Outcome,
+        res: &exec::ExecResult,
+        handoffs: usize,
+    ) -> RunRecord {
+        let mut rec =
+            RunRecord::decision(MAIN, kind.as_str(), None, started, outcome, String::new());
+        rec.run_id = self.run_id.to_string();
+        let later = match self.uncompleted.len() {
+            0 => String::new(),
+            n => format!(", {n} to be completed when the disk allows"),
+        };
+        rec.note = Some(format!(
+            "{handoffs} handoff(s): {} completed, {} held, {} returned to the inbox{later}",
+            self.completed.len(),
+            self.held.len(),
+            self.released.len(),
+        ));
+        rec.exit_code = res.exit_code;
+        rec.error = res.failure_reason(self.main.timeout);
+        rec.stdout_tail = res.stdout_tail.clone();
+        rec.stderr_tail = res.stderr_tail.clone();
+        rec.stdout_dropped = res.stdout_dropped;
+        rec.stderr_dropped = res.stderr_dropped;
+        rec.finished = self.now;
+        rec.duration_ms = res.duration.as_millis() as u64;
+        rec
+    }
+
+    /// Commits what the wake changed and completed, in one commit.
+    async fn commit(
+        &mut self,
+        ctx: &RunContext,
+        rec: &mut RunRecord,
+        kind: WakeKind,
+        outcome: Outcome,
+    ) {
+        let Some(c) = ctx
+            .committer
+            .as_ref()
+            .filter(|_| !self.commit_paths.is_empty())
+        else {
+            return;
+        };
+        let subject = if self.completed.is_empty() {
+            format!("{MAIN}: {} wake", kind.as_str())
+        } else {
+            format!("{MAIN}: completed {} handoff(s)", self.completed.len())
+        };
+        let said = if self.completed.is_empty() {
+            outcome.to_string()
+        } else {
+            "completed".into()
+        };
+        let mut t = vec![
+            ("Loop", MAIN.to_string()),
+            ("Run", self.run_id.to_string()),
+            ("Trigger", kind.as_str().to_string()),
+            ("Outcome", said),
+            ("Duration-Ms", rec.duration_ms.to_string()),
+        ];
+        t.append(&mut self.trailers);
+        t.extend(crate::engine::loop_run::token_trailers(rec));
+        rec.changed = self
+            .commit_paths
+            .iter()
+            .map(|p| ctx.ws.relative(p).display().to_string())
+            .collect();
+        let req = CommitRequest {
+            contents: Vec::new(),
+            paths: std::mem::take(&mut self.commit_paths),
+            message: commit_message(&subject, &t),
+            ..Default::default()
+        };
+        match c.commit(req).await {
+            Ok(Some(oid)) => rec.commit = Some(oid.to_string()),
+            Ok(None) => {}
+            Err(e) => rec.note = Some(format!("not committed: {e}")),
         }
     }
-    commit_moves(ctx.committer.as_ref(), "released", returned).await;
-    let all = std::mem::take(&mut rec.changed);
-    rec.set_changed(all);
-    if let Err(e) = ctx.runlog.append(&rec) {
-        tracing::error!("{e}");
-    }
-    ctx.running.remove(&run_id);
-    WakeResult {
-        record: rec,
-        completed,
-        held,
-        released,
-        uncompleted,
+}
+
+/// A wake on a model: its provider, tokens, transcript and summary in the record,
+/// instead of a command's output.
+fn add_model_wake(
+    rec: &mut RunRecord,
+    w: crate::engine::main_agent::ModelWake,
+    ws: &loops_core::workspace::Workspace,
+) {
+    let o = w.outcome;
+    rec.provider = o.provider;
+    rec.model = o.model;
+    rec.tokens = o.tokens;
+    rec.turns = o.turns;
+    rec.summary = o.summary;
+    rec.transcript = o.transcript.map(|p| ws.relative(&p).display().to_string());
+    rec.refused_tools = o.refused;
+    rec.deliveries = o.deliveries;
+    rec.stdout_tail.clear();
+    if let Some(n) = o.note {
+        rec.note = Some(format!("{}; {n}", rec.note.take().unwrap_or_default()));
     }
 }
 

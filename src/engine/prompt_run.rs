@@ -1,19 +1,23 @@
-//! One run of a prompt loop: the gate, the context, the provider (HTTP or an agent CLI),
-//! the tools, the transcript — everything but the commit, which [`crate::engine::loop_run::execute`]
-//! makes for every kind of run alike.
+//! One run of a prompt loop: the gate, the context, then the model — an agent session
+//! ([`loops_agent::session`]) or an agent CLI run as a program — and the transcript:
+//! everything but the commit, which [`crate::engine::loop_run::execute`] makes for every
+//! kind of run alike.
 
 use crate::engine::run_context::{RunContext, RunRequest};
 use chrono::{DateTime, Utc};
 use loops_agent::context::{self, Dynamic};
-use loops_agent::model::{Message, Usage};
-use loops_agent::provider::HttpProvider;
-use loops_agent::run::{drive, Drive, End};
+use loops_agent::model::{Message, SystemPart, Usage};
+use loops_agent::run::End;
 use loops_agent::sandbox::{Sandbox, Scope};
+use loops_agent::session::{
+    Limits, ModelChoice, SessionRun, SessionSpec, TimeLimit, TranscriptSpec,
+};
 use loops_agent::tools::{ShellSpec, ToolEnv, ToolKit};
 use loops_agent::transcript::{Redactor, Transcript};
 use loops_core::domain::{LoopDef, Payload};
 use loops_core::exec::{self, ExecSpec};
-use loops_core::providers::{ProviderConfig, ProviderKind};
+use loops_core::guard::Guard;
+use loops_core::providers::ProviderConfig;
 use loops_core::runs::{Outcome, RunRecord, RunningMarker};
 use loops_core::state::LoopState;
 use loops_core::text::is_silent_token;
@@ -52,12 +56,101 @@ pub struct PromptOutcome {
 }
 
 impl PromptOutcome {
-    fn failed(error: String) -> Self {
+    pub(crate) fn failed(error: String) -> Self {
         PromptOutcome {
             outcome: Some(Outcome::Failed),
             error: Some(error),
             ..Default::default()
         }
+    }
+
+    /// What a session's end means for a run (of a loop, or of the main session): its
+    /// outcome, its error, and notes on refused tool calls and missing MCP tools.
+    pub(crate) fn of_session(run: &SessionRun, asked: &ModelChoice) -> PromptOutcome {
+        let (driven, kit) = (&run.driven, &run.kit);
+        let mut out = PromptOutcome {
+            tokens: Some(driven.usage),
+            turns: Some(driven.turns),
+            model: Some(run.model(asked)),
+            summary: driven.summary(),
+            refused: kit.refused.clone(),
+            deliveries: kit.deliveries.clone(),
+            wrote: kit.wrote.iter().cloned().collect(),
+            ..Default::default()
+        };
+        out.judge_end(&driven.end, driven.turns, acted_by_tools(kit));
+        if !kit.refused.is_empty() {
+            out.add_note(format!("refused tool call(s): {}", kit.refused.join(", ")));
+        }
+        if !kit.mcp_errors.is_empty() {
+            // The run went on without those tools; the record says which and why.
+            out.add_note(format!("mcp: {}", kit.mcp_errors.join("; ")));
+        }
+        out
+    }
+
+    /// Sets the outcome (and the error, or the note) for how the conversation ended.
+    /// `acted`: the tools did something (wrote, handed off, posted, completed), so a run
+    /// that says it had nothing to do still acted.
+    fn judge_end(&mut self, end: &End, turns: u32, acted: bool) {
+        let quiet = |silent: bool| {
+            if silent && !acted {
+                Outcome::Silent
+            } else {
+                Outcome::Acted
+            }
+        };
+        self.outcome = Some(match end {
+            End::Finished(f) => {
+                self.said_silent = f.silent;
+                quiet(f.silent)
+            }
+            End::SilentToken(t) => {
+                self.said_silent = true;
+                self.note = Some(format!("answered {t}"));
+                quiet(true)
+            }
+            End::Answered(t) => quiet(t.trim().is_empty()),
+            End::MaxTurns(n) => {
+                self.error = Some(format!(
+                    "stopped after {n} model turns without finishing (raise `max_turns`, or make the prompt end with `finish`)"
+                ));
+                Outcome::Failed
+            }
+            End::Timeout => {
+                self.error = Some(format!(
+                    "timed out after {turns} turn(s); the conversation was stopped"
+                ));
+                Outcome::Timeout
+            }
+            End::Cancelled | End::Paused => {
+                self.error = Some("interrupted".into());
+                Outcome::Interrupted
+            }
+            End::Failed(e) => {
+                self.error = Some(e.clone());
+                Outcome::Failed
+            }
+        });
+    }
+
+    fn add_note(&mut self, n: String) {
+        self.note = Some(match self.note.take() {
+            Some(o) => format!("{o}; {n}"),
+            None => n,
+        });
+    }
+
+    /// The transcript's last line: how the run ended.
+    pub(crate) fn note_end(&self, tr: &mut Transcript) {
+        tr.note(&format!(
+            "outcome: {}{}",
+            self.outcome.unwrap_or(Outcome::Silent),
+            self.error
+                .as_deref()
+                .map(|e| format!(" — {e}"))
+                .unwrap_or_default()
+        ));
     }
 
     /// Writes what the run did into its record. `changed` says whether any file in the
@@ -101,8 +194,16 @@ impl PromptOutcome {
     }
 }
 
+/// Whether the tools did something a run is `acted` for, whatever the model said.
+fn acted_by_tools(kit: &ToolKit) -> bool {
+    !kit.wrote.is_empty()
+        || !kit.handoffs.is_empty()
+        || kit.delivered > 0
+        || !kit.completed.is_empty()
+}
+
 /// The tools a loop is offered: its `tools:` list, else the isolated default.
-pub fn loop_tools(def: &LoopDef) -> Vec<String> {
+pub(crate) fn loop_tools(def: &LoopDef) -> Vec<String> {
     match &def.tools {
         Some(t) => t.clone(),
         None => ISOLATED_DEFAULT.iter().map(|s| s.to_string()).collect(),
@@ -121,7 +222,6 @@ fn window(def: &LoopDef, state: Option<&LoopState>) -> (Option<DateTime<Utc>>, S
     };
     (start, rule)
 }
-
 /// Runs the loop's `gate:`. `Ok(Some(text))`: go on, with what it printed; `Ok(None)`:
 /// nothing to do (it printed nothing or exited non-zero) — a silent run at zero tokens.
 async fn run_gate(
@@ -198,351 +298,305 @@ pub async fn run(
 ) -> PromptOutcome {
     let started = std::time::Instant::now();
     let deadline = Instant::now() + def.timeout;
-    let ws = &ctx.ws;
     let Payload::Prompt { model, provider } = &def.payload else {
         return PromptOutcome::failed("not a prompt loop".into());
     };
-    let (pcfg, model) = match loops_core::providers::resolve(
-        &ws.settings.providers,
-        &ws.settings.defaults,
-        provider.as_deref(),
-        model.as_deref(),
-    ) {
-        Ok(r) => r,
-        Err((msg, help)) => return PromptOutcome::failed(format!("{msg} ({help})")),
+    let choice = match ModelChoice::resolve(&ctx.ws.settings, provider.as_deref(), model.as_deref())
+    {
+        Ok(c) => c,
+        Err(e) => return PromptOutcome::failed(e.to_string()),
     };
-    let mut env = crate::engine::run_context::run_env(ws, def, &req.run_id, state);
-    let (window_start, window_rule) = window(def, state);
     let now = Utc::now();
+    let mut env = crate::engine::run_context::run_env(&ctx.ws, def, &req.run_id, state);
     env.push(("LOOPS_WINDOW_END".into(), now.to_rfc3339()));
-
-    // The gate runs before any model call: a quiet channel costs nothing.
-    let collected = match &def.gate {
-        Some(argv) => match run_gate(argv, def, env.clone(), deadline, cancel.clone()).await {
-            Ok(c) => c,
-            Err(mut o) => {
-                o.provider = Some(pcfg.name.clone());
-                o.duration = started.elapsed();
-                return o;
-            }
-        },
-        None => None,
-    };
-
-    // Checked when the loop was loaded, but it may have gone or been broken since: a run
-    // without its instructions must fail, not talk to the model with an empty prompt.
-    let prompt = match std::fs::read_to_string(def.dir.join("prompt.md")) {
-        Ok(p) => p,
-        Err(e) => {
-            let mut o = PromptOutcome::failed(format!(
-                "cannot read domains/{}/prompt.md: {e}; restore it (as UTF-8 text), then `loops check`",
-                def.name
-            ));
-            o.provider = Some(pcfg.name.clone());
-            o.duration = started.elapsed();
-            return o;
-        }
-    };
-    let state_md = std::fs::read_to_string(def.dir.join("state.md")).ok();
-    let settings_yaml = if def.settings.is_empty() {
-        String::new()
-    } else {
-        yaml_serde::to_string(&def.settings).unwrap_or_default()
-    };
-    let mut system = context::loop_system(&def.name, &prompt, &settings_yaml, state_md.as_deref());
-    context::add_rules(
-        &mut system,
-        &loops_core::guard::Guard::new(&ws.settings.guard, Some(&def.guard)),
-    );
-    let main_scope = def.session == loops_core::domain::Session::Main;
-    if main_scope {
-        // A loop in the main session's context gets its identity and memory too.
-        let files = ws
-            .settings
-            .main
-            .as_ref()
-            .map(|m| m.context.clone())
-            .unwrap_or_else(|| {
-                loops_core::workspace::DEFAULT_MAIN_CONTEXT
-                    .iter()
-                    .map(|s| s.to_string())
-                    .collect()
-            });
-        let identity: Vec<(String, Option<String>)> = files
-            .iter()
-            .map(|f| (f.clone(), std::fs::read_to_string(ws.root.join(f)).ok()))
-            .collect();
-        if let Some(id) = context::identity_part(&identity) {
-            system.insert(1, id);
-        }
-    }
-    let last_run = state
-        .and_then(|s| s.last_run.as_ref())
-        .map(|r| (r.outcome.clone(), r.finished, r.error.clone()));
-    let dynamic = context::dynamic_message(&Dynamic {
+    let run = PromptRun {
+        ctx,
+        def,
+        req,
+        state,
         now,
-        tz: def.schedule.tz,
-        trigger: req.trigger.as_str(),
-        window_start,
-        window_rule,
-        last_run,
-        collected: collected.as_deref(),
-        steering: &[],
-    });
-    let redactor = Redactor::for_settings(&ws.settings);
-    let tpath = Transcript::path_for(&ws.runs_dir(), &def.name, &req.run_id);
-    let mut tr = Transcript::create(tpath.clone(), redactor);
-    tr.echo_to(live);
-    tr.header(
-        &format!("{} — run {}", def.name, req.run_id),
-        &[
-            ("trigger", req.trigger.as_str().to_string()),
-            ("started", now.to_rfc3339()),
-            (
-                "provider",
-                format!("{} ({})", pcfg.name, pcfg.kind.as_str()),
-            ),
-            ("model", model.clone()),
-        ],
-    );
-
-    let mut out = if pcfg.kind == ProviderKind::Command {
-        command_provider(
-            ctx, def, &pcfg, &system, &dynamic, env, deadline, marker, cancel, &mut tr,
-        )
-        .await
-    } else {
-        let shell = (def
-            .tools
-            .as_ref()
-            .is_some_and(|t| t.iter().any(|x| x == "shell"))
-            && ws.settings.allow_shell_tool)
-            .then(|| ShellSpec {
-                cwd: def.dir.clone(),
-                env: env.clone(),
-            });
-        let mut kit = ToolKit::new(ToolEnv {
-            ws: ws.clone(),
-            sandbox: loop_sandbox(&ws.root, def, main_scope),
-            loop_name: def.name.clone(),
-            run_id: req.run_id.clone(),
-            allowed: loop_tools(def),
-            allowed_hosts: def.allowed_hosts.clone(),
-            shell,
-            committer: ctx.committer.clone(),
-            claimed: Vec::new(),
-            guard: loops_core::guard::Guard::new(&ws.settings.guard, Some(&def.guard)),
-            delivery_scope: crate::engine::run_context::delivery_scope(def, req),
-        });
-        kit.load_mcp().await;
-        http_provider(
-            &pcfg,
-            &model,
-            def.max_turns,
-            &system,
-            vec![Message::user_text(dynamic)],
-            deadline,
-            cancel,
-            kit,
-            &mut tr,
-        )
-        .await
-        .0
+        deadline,
+        env,
     };
-    out.provider = Some(pcfg.name.clone());
-    if out.model.is_none() {
-        out.model = Some(model);
-    }
-    out.transcript = Some(tpath);
-    out.duration = started.elapsed();
-    tr.note(&format!(
-        "outcome: {}{}",
-        out.outcome.unwrap_or(Outcome::Silent),
-        out.error
-            .as_deref()
-            .map(|e| format!(" — {e}"))
-            .unwrap_or_default()
-    ));
+    let mut out = match run.prompt(cancel.clone()).await {
+        Err(mut out) => {
+            out.duration = started.elapsed();
+            out
+        }
+        Ok(prompt) => {
+            let tpath = Transcript::path_for(&ctx.ws.runs_dir(), &def.name, &req.run_id);
+            let mut tr = run.transcript(&choice, tpath.clone(), live);
+            let mut out = if choice.is_agent_cli() {
+                run.agent_cli(&choice.provider, prompt, marker, cancel, &mut tr)
+                    .await
+            } else {
+                run.session(&choice, prompt, cancel, &mut tr).await
+            };
+            if out.model.is_none() {
+                out.model = Some(choice.model.clone());
+            }
+            out.transcript = Some(tpath);
+            out.duration = started.elapsed();
+            out.note_end(&mut tr);
+            out
+        }
+    };
+    out.provider = Some(choice.provider.name);
     out
 }
 
-/// Drives the conversation on an HTTP provider and maps how it ended to an outcome.
-/// Also returns the conversation and the tool kit (the main session needs both).
-#[allow(clippy::too_many_arguments)]
-pub async fn http_provider(
-    pcfg: &ProviderConfig,
-    model: &str,
-    max_turns: u32,
-    system: &[loops_agent::model::SystemPart],
-    messages: Vec<Message>,
+/// One prompt run, as [`run`] was given it.
+struct PromptRun<'a> {
+    ctx: &'a RunContext,
+    def: &'a LoopDef,
+    req: &'a RunRequest,
+    state: Option<&'a LoopState>,
+    /// When it started: the prompt's "now" and the collection window's end.
+    now: DateTime<Utc>,
+    /// The loop's `timeout:`, counted from the start: the gate's time is the run's.
     deadline: Instant,
-    cancel: Option<watch::Receiver<bool>>,
-    mut kit: ToolKit,
-    tr: &mut Transcript,
-) -> (PromptOutcome, Vec<Message>, ToolKit) {
-    let provider = match HttpProvider::new(pcfg) {
-        Ok(p) => p,
-        Err(e) => return (PromptOutcome::failed(e.to_string()), messages, kit),
-    };
-    for e in &kit.mcp_errors {
-        tr.note(&format!("mcp: {e}"));
-    }
-    let driven = drive(
-        Drive {
-            provider: &provider,
-            model,
-            max_tokens: pcfg.max_tokens,
-            system,
-            messages,
-            max_turns,
-            deadline,
-            cancel,
-            hooks: None,
-        },
-        &mut kit,
-        tr,
-    )
-    .await;
-    let mut out = PromptOutcome {
-        tokens: Some(driven.usage),
-        turns: Some(driven.turns),
-        model: driven.model.clone().or_else(|| Some(model.to_string())),
-        summary: driven.summary(),
-        refused: kit.refused.clone(),
-        deliveries: kit.deliveries.clone(),
-        wrote: kit.wrote.iter().cloned().collect(),
-        ..Default::default()
-    };
-    let acted_by_tools = !kit.wrote.is_empty()
-        || !kit.handoffs.is_empty()
-        || kit.delivered > 0
-        || !kit.completed.is_empty();
-    match &driven.end {
-        End::Finished(f) => {
-            out.said_silent = f.silent;
-            out.outcome = Some(if f.silent && !acted_by_tools {
-                Outcome::Silent
-            } else {
-                Outcome::Acted
-            });
-        }
-        End::SilentToken(t) => {
-            out.said_silent = true;
-            out.outcome = Some(if acted_by_tools {
-                Outcome::Acted
-            } else {
-                Outcome::Silent
-            });
-            out.note = Some(format!("answered {t}"));
-        }
-        End::Answered(t) => {
-            out.outcome = Some(if t.trim().is_empty() && !acted_by_tools {
-                Outcome::Silent
-            } else {
-                Outcome::Acted
-            });
-        }
-        End::MaxTurns(n) => {
-            out.outcome = Some(Outcome::Failed);
-            out.error = Some(format!(
-                "stopped after {n} model turns without finishing (raise `max_turns`, or make the prompt end with `finish`)"
-            ));
-        }
-        End::Timeout => {
-            out.outcome = Some(Outcome::Timeout);
-            out.error = Some(format!(
-                "timed out after {} turn(s); the conversation was stopped",
-                driven.turns
-            ));
-        }
-        End::Cancelled | End::Paused => {
-            out.outcome = Some(Outcome::Interrupted);
-            out.error = Some("interrupted".into());
-        }
-        End::Failed(e) => {
-            out.outcome = Some(Outcome::Failed);
-            out.error = Some(e.clone());
-        }
-    }
-    if !kit.refused.is_empty() {
-        let n = format!("refused tool call(s): {}", kit.refused.join(", "));
-        out.note = Some(match out.note.take() {
-            Some(o) => format!("{o}; {n}"),
-            None => n,
-        });
-    }
-    if !kit.mcp_errors.is_empty() {
-        // The run went on without those tools; the record says which and why.
-        let n = format!("mcp: {}", kit.mcp_errors.join("; "));
-        out.note = Some(match out.note.take() {
-            Some(o) => format!("{o}; {n}"),
-            None => n,
-        });
-    }
-    (out, driven.messages, kit)
+    /// The environment of the gate, the `shell` tool and an agent CLI.
+    env: Vec<(String, String)>,
 }
 
-/// A `kind: command` provider: an agent CLI that does its own tool loop. It gets the
-/// assembled prompt on stdin, runs in the workspace root in its own process group under
-/// the loop's timeout, and its final text is the run's summary.
-#[allow(clippy::too_many_arguments)]
-async fn command_provider(
-    ctx: &RunContext,
-    def: &LoopDef,
-    pcfg: &ProviderConfig,
-    system: &[loops_agent::model::SystemPart],
-    dynamic: &str,
-    mut env: Vec<(String, String)>,
-    deadline: Instant,
-    marker: &RunningMarker,
-    cancel: Option<watch::Receiver<bool>>,
-    tr: &mut Transcript,
-) -> PromptOutcome {
-    let Some(argv) = pcfg.command.clone() else {
-        return PromptOutcome::failed(format!("provider `{}` has no `command`", pcfg.name));
-    };
-    let mut prompt = String::new();
-    for p in system {
-        prompt.push_str(&p.text);
-        prompt.push_str("\n\n");
+/// A run's prompt: the stable part (before the guard's rules) and the dynamic message.
+struct LoopPrompt {
+    system: Vec<SystemPart>,
+    dynamic: String,
+}
+
+impl PromptRun<'_> {
+    /// The gate, then the prompt. `Err`: the run ends here (the gate found nothing to
+    /// do, or failed; prompt.md is gone).
+    async fn prompt(
+        &self,
+        cancel: Option<watch::Receiver<bool>>,
+    ) -> Result<LoopPrompt, PromptOutcome> {
+        // The gate runs before any model call: a quiet channel costs nothing.
+        let collected = match &self.def.gate {
+            Some(argv) => run_gate(argv, self.def, self.env.clone(), self.deadline, cancel).await?,
+            None => None,
+        };
+        let system = self.system().map_err(PromptOutcome::failed)?;
+        Ok(LoopPrompt {
+            system,
+            dynamic: self.dynamic(collected.as_deref()),
+        })
     }
-    prompt.push_str(dynamic);
-    prompt.push('\n');
-    for name in &pcfg.env {
-        if let Ok(v) = loops_core::secrets::var(name) {
-            env.retain(|(k, _)| k != name);
-            env.push((name.clone(), v));
+
+    /// Whether the loop runs in the main session's context (`session: main`).
+    fn main_scope(&self) -> bool {
+        self.def.session == loops_core::domain::Session::Main
+    }
+
+    /// The never-share rules of this loop: loops.yaml's, then its own.
+    fn guard(&self) -> Guard {
+        Guard::new(&self.ctx.ws.settings.guard, Some(&self.def.guard))
+    }
+
+    /// The stable part: preamble, prompt.md, settings, state.md; and for a loop in the
+    /// main session's context, its identity and memory too.
+    fn system(&self) -> Result<Vec<SystemPart>, String> {
+        let (ws, def) = (&self.ctx.ws, self.def);
+        // Checked when the loop was loaded, but it may have gone or been broken since: a
+        // run without its instructions must fail, not talk to the model with an empty
+        // prompt.
+        let prompt = std::fs::read_to_string(def.dir.join("prompt.md")).map_err(|e| {
+            format!(
+                "cannot read domains/{}/prompt.md: {e}; restore it (as UTF-8 text), then `loops check`",
+                def.name
+            )
+        })?;
+        let state_md = std::fs::read_to_string(def.dir.join("state.md")).ok();
+        let settings_yaml = if def.settings.is_empty() {
+            String::new()
+        } else {
+            yaml_serde::to_string(&def.settings).unwrap_or_default()
+        };
+        let mut system =
+            context::loop_system(&def.name, &prompt, &settings_yaml, state_md.as_deref());
+        if self.main_scope() {
+            let files = ws
+                .settings
+                .main
+                .as_ref()
+                .map(|m| m.context.clone())
+                .unwrap_or_else(|| {
+                    loops_core::workspace::DEFAULT_MAIN_CONTEXT
+                        .iter()
+                        .map(|s| s.to_string())
+                        .collect()
+                });
+            if let Some(id) = context::identity_part(&context::read_identity(&ws.root, &files)) {
+                system.insert(1, id);
+            }
+        }
+        Ok(system)
+    }
+
+    /// The dynamic message: now, the trigger, the window, the last run, what the gate
+    /// collected.
+    fn dynamic(&self, collected: Option<&str>) -> String {
+        let (window_start, window_rule) = window(self.def, self.state);
+        let last_run = self
+            .state
+            .and_then(|s| s.last_run.as_ref())
+            .map(|r| (r.outcome.clone(), r.finished, r.error.clone()));
+        context::dynamic_message(&Dynamic {
+            now: self.now,
+            tz: self.def.schedule.tz,
+            trigger: self.req.trigger.as_str(),
+            window_start,
+            window_rule,
+            last_run,
+            collected,
+            steering: &[],
+        })
+    }
+
+    fn transcript(
+        &self,
+        choice: &ModelChoice,
+        path: PathBuf,
+        live: Option<loops_core::exec::Live>,
+    ) -> Transcript {
+        let mut facts = vec![
+            ("trigger", self.req.trigger.as_str().to_string()),
+            ("started", self.now.to_rfc3339()),
+        ];
+        facts.extend(choice.facts());
+        TranscriptSpec {
+            path,
+            title: format!("{} — run {}", self.def.name, self.req.run_id),
+            facts,
+            echo: live,
+        }
+        .open(&self.ctx.ws.settings)
+    }
+
+    /// The conversation on an HTTP provider, with the loop's tools.
+    async fn session(
+        &self,
+        choice: &ModelChoice,
+        prompt: LoopPrompt,
+        cancel: Option<watch::Receiver<bool>>,
+        tr: &mut Transcript,
+    ) -> PromptOutcome {
+        let spec = SessionSpec {
+            model: choice,
+            tools: self.tool_env(),
+            system: prompt.system,
+            messages: vec![Message::user_text(prompt.dynamic)],
+            limits: Limits {
+                max_turns: self.def.max_turns,
+                time: TimeLimit::Until(self.deadline),
+            },
+            cancel,
+            hooks: None,
+        };
+        match spec.run(tr).await {
+            Ok(run) => PromptOutcome::of_session(&run, choice),
+            Err(e) => PromptOutcome::failed(e.to_string()),
         }
     }
-    tr.write(&format!("## Prompt (on stdin of `{}`)\n\n", argv.join(" ")));
-    tr.message(&Message::user_text(prompt.clone()), "");
-    let (spawn_tx, mut spawn_rx) = mpsc::unbounded_channel();
-    let spec = ExecSpec {
-        argv,
-        cwd: ctx.ws.root.clone(),
-        env,
-        timeout: deadline.saturating_duration_since(Instant::now()),
-        grace: exec::KILL_GRACE,
-        on_spawn: Some(spawn_tx),
-        stdin: Some(prompt.into_bytes()),
-    };
-    // The run owns the spec, so the spawn sender goes when the run ends: an agent CLI
-    // that cannot start does not leave `note_pgid` waiting for a pid forever.
-    let run = async move { exec::run(&spec, None, cancel).await };
-    let (res, ()) = tokio::join!(
-        run,
-        crate::engine::run_context::note_pgid(ctx, marker, &mut spawn_rx)
-    );
-    let text = res.stdout_tail.trim().to_string();
-    tr.message(&Message::assistant_text(text.clone()), " (final text)");
-    if !res.stderr_tail.trim().is_empty() {
-        tr.note(&format!("stderr:\n{}", res.stderr_tail.trim_end()));
+
+    fn tool_env(&self) -> ToolEnv {
+        let (ws, def) = (&self.ctx.ws, self.def);
+        let lists_shell = def
+            .tools
+            .as_ref()
+            .is_some_and(|t| t.iter().any(|x| x == "shell"));
+        let shell = (lists_shell && ws.settings.allow_shell_tool).then(|| ShellSpec {
+            cwd: def.dir.clone(),
+            env: self.env.clone(),
+        });
+        ToolEnv {
+            ws: ws.clone(),
+            sandbox: loop_sandbox(&ws.root, def, self.main_scope()),
+            loop_name: def.name.clone(),
+            run_id: self.req.run_id.clone(),
+            allowed: loop_tools(def),
+            allowed_hosts: def.allowed_hosts.clone(),
+            shell,
+            committer: self.ctx.committer.clone(),
+            claimed: Vec::new(),
+            guard: self.guard(),
+            delivery_scope: crate::engine::run_context::delivery_scope(def, self.req),
+        }
     }
+
+    /// A `kind: command` provider: an agent CLI that does its own tool loop. It gets the
+    /// assembled prompt on stdin, runs in the workspace root in its own process group
+    /// under the loop's timeout, and its final text is the run's summary.
+    async fn agent_cli(
+        &self,
+        pcfg: &ProviderConfig,
+        prompt: LoopPrompt,
+        marker: &RunningMarker,
+        cancel: Option<watch::Receiver<bool>>,
+        tr: &mut Transcript,
+    ) -> PromptOutcome {
+        let Some(argv) = pcfg.command.clone() else {
+            return PromptOutcome::failed(format!("provider `{}` has no `command`", pcfg.name));
+        };
+        let stdin = self.agent_cli_prompt(prompt);
+        let mut env = self.env.clone();
+        for name in &pcfg.env {
+            if let Ok(v) = loops_core::secrets::var(name) {
+                env.retain(|(k, _)| k != name);
+                env.push((name.clone(), v));
+            }
+        }
+        tr.write(&format!("## Prompt (on stdin of `{}`)\n\n", argv.join(" ")));
+        tr.message(&Message::user_text(stdin.clone()), "");
+        let (spawn_tx, mut spawn_rx) = mpsc::unbounded_channel();
+        let spec = ExecSpec {
+            argv,
+            cwd: self.ctx.ws.root.clone(),
+            env,
+            timeout: self.deadline.saturating_duration_since(Instant::now()),
+            grace: exec::KILL_GRACE,
+            on_spawn: Some(spawn_tx),
+            stdin: Some(stdin.into_bytes()),
+        };
+        // The run owns the spec, so the spawn sender goes when the run ends: an agent CLI
+        // that cannot start does not leave `note_pgid` waiting for a pid forever.
+        let run = async move { exec::run(&spec, None, cancel).await };
+        let (res, ()) = tokio::join!(
+            run,
+            crate::engine::run_context::note_pgid(self.ctx, marker, &mut spawn_rx)
+        );
+        let text = res.stdout_tail.trim().to_string();
+        tr.message(&Message::assistant_text(text.clone()), " (final text)");
+        if !res.stderr_tail.trim().is_empty() {
+            tr.note(&format!("stderr:\n{}", res.stderr_tail.trim_end()));
+        }
+        agent_cli_outcome(res, text, self.def.timeout)
+    }
+
+    /// The whole prompt as one text. An agent CLI is not a session, so the never-share
+    /// rules are added here, where a session adds them itself.
+    fn agent_cli_prompt(&self, prompt: LoopPrompt) -> String {
+        let mut system = prompt.system;
+        context::add_rules(&mut system, &self.guard());
+        let mut text = String::new();
+        for p in &system {
+            text.push_str(&p.text);
+            text.push_str("\n\n");
+        }
+        text.push_str(&prompt.dynamic);
+        text.push('\n');
+        text
+    }
+}
+
+/// How an agent CLI's run ended, as a run's outcome: its final text is the summary.
+fn agent_cli_outcome(res: exec::ExecResult, text: String, timeout: Duration) -> PromptOutcome {
     let mut out = PromptOutcome {
         exit_code: res.exit_code,
         stdout_tail: res.stdout_tail.clone(),
         stderr_tail: res.stderr_tail.clone(),
-        error: res.failure_reason(def.timeout),
+        error: res.failure_reason(timeout),
         turns: Some(1),
         writes_itself: true,
         ..Default::default()

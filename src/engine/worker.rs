@@ -9,14 +9,23 @@
 //! job (cancel, pause, resume) arrive the same way, as changes to its file.
 
 use chrono::{DateTime, Utc};
-use loops_agent::model::{Message, Usage};
-use loops_agent::run::{drive, BeforeTurn, Drive, End, TurnHooks};
+use loops_agent::context;
+use loops_agent::model::{Message, SystemPart, Usage};
+use loops_agent::run::{BeforeTurn, End, TurnHooks};
+use loops_agent::sandbox::{Sandbox, Scope};
+use loops_agent::session::{
+    Limits, ModelChoice, SessionRun, SessionSpec, TimeLimit, TranscriptSpec,
+};
+use loops_agent::tools::ToolEnv;
+use loops_agent::transcript::Transcript;
 use loops_core::clock::Clock;
 use loops_core::exec::{self, ExecSpec};
+use loops_core::guard::Guard;
 use loops_core::history::Committer;
 use loops_core::jobs::job::*;
 use loops_core::jobs::queue::{self, RunEnd};
 use loops_core::jobs::store::JobStore;
+use loops_core::tool_names::ISOLATED_DEFAULT;
 use loops_core::workspace::Workspace;
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -945,6 +954,167 @@ fn child_results_text(job: &Job) -> String {
     s
 }
 
+/// What an agent job's params and saved state make of its session.
+struct AgentPlan {
+    model: ModelChoice,
+    /// The name it acts as, `job-<id>`: its drafts and handoffs are made under it.
+    name: String,
+    system: Vec<SystemPart>,
+    tools: Vec<String>,
+    /// Over all its sessions (a resumed job continues the count).
+    max_turns: u32,
+    timeout: Duration,
+    conversation: PathBuf,
+    /// The conversation of an earlier session (before a pause, a stall or a shutdown).
+    saved: Option<Vec<Message>>,
+    /// Turns made in earlier sessions.
+    offset: u32,
+    aggregator: bool,
+}
+
+/// The default prompt of a fan-out's aggregator that names none.
+const AGGREGATOR_PROMPT: &str = "Combine the results of the child jobs into one clear report: what each found, what failed, and what it adds up to. Then call finish with the report as the summary.";
+
+impl AgentPlan {
+    /// Reads the job's params and saved conversation. `Err`: why it cannot run at all
+    /// (a failure no retry mends).
+    fn of(ws: &Workspace, store: &JobStore, job: &Job) -> Result<AgentPlan, String> {
+        let p = &job.params;
+        let str_param = |key: &str| p.get(key).and_then(|v| v.as_str());
+        let model = ModelChoice::resolve(&ws.settings, str_param("provider"), str_param("model"))
+            .map_err(|e| e.to_string())?;
+        if model.is_agent_cli() {
+            return Err(format!(
+                "provider `{}` is a command provider; agent jobs run on the agent loop and need an anthropic or openai provider (pass --model with one, or set `defaults:` in loops.yaml)",
+                model.provider.name
+            ));
+        }
+        let vars = p.get("input_vars").and_then(|v| v.as_object());
+        let aggregator = job.kind == JobKind::Aggregator;
+        let prompt_raw = str_param("prompt")
+            .filter(|s| !s.trim().is_empty())
+            .unwrap_or(if aggregator { AGGREGATOR_PROMPT } else { "" });
+        let name = format!("job-{}", job.id);
+        let settings = vars
+            .map(|v| yaml_serde::to_string(v).unwrap_or_default())
+            .unwrap_or_default();
+        let system = context::loop_system(&name, &fill_vars(prompt_raw, vars), &settings, None);
+        let conversation = store.conversation_path(job.id);
+        let saved: Option<Vec<Message>> = std::fs::read(&conversation)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .filter(|m: &Vec<Message>| !m.is_empty());
+        Ok(AgentPlan {
+            model,
+            name,
+            system,
+            tools: loops_core::jobs::queue::agent_tools(p)
+                .unwrap_or_else(|| ISOLATED_DEFAULT.iter().map(|s| s.to_string()).collect()),
+            max_turns: p
+                .get("max_turns")
+                .and_then(|v| v.as_u64())
+                .map(|n| n as u32)
+                .unwrap_or(AGENT_MAX_TURNS),
+            timeout: job.timeout().unwrap_or(AGENT_TIMEOUT),
+            offset: if saved.is_some() {
+                job.progress.step as u32
+            } else {
+                0
+            },
+            saved,
+            conversation,
+            aggregator,
+        })
+    }
+
+    /// Opens the attempt's transcript; a resumed job says so first.
+    fn transcript(
+        &self,
+        ws: &Workspace,
+        store: &JobStore,
+        job: &Job,
+        live: Option<Live>,
+        now: DateTime<Utc>,
+    ) -> Transcript {
+        let mut facts = vec![
+            ("kind", job.kind.as_str().to_string()),
+            ("started", now.to_rfc3339()),
+        ];
+        facts.extend(self.model.facts());
+        facts.push(("tools", self.tools.join(", ")));
+        TranscriptSpec {
+            path: store.transcript_path(job.id),
+            title: format!(
+                "Job #{} ({}) — attempt {}",
+                job.id,
+                job.name,
+                job.attempts + 1
+            ),
+            facts,
+            echo: live,
+        }
+        .open(&ws.settings)
+    }
+
+    /// The conversation to continue: the saved one, or a first message.
+    fn messages(&mut self, job: &Job, now: DateTime<Utc>, tr: &mut Transcript) -> Vec<Message> {
+        if let Some(m) = self.saved.take() {
+            tr.note(&format!(
+                "resumed from its saved conversation ({} messages, {} turns made); completed tool calls are not repeated",
+                m.len(),
+                self.offset
+            ));
+            return m;
+        }
+        let mut first = format!(
+            "Now: {}\nThis is job #{} ({}), attempt {} of {}.\n",
+            now.to_rfc3339(),
+            job.id,
+            job.name,
+            job.attempts + 1,
+            job.max_attempts
+        );
+        if self.aggregator {
+            first.push('\n');
+            first.push_str(&child_results_text(job));
+        }
+        vec![Message::user_text(first)]
+    }
+
+    /// The job's tools: it reads like a minion and writes only its drafts and handoffs.
+    fn tool_env(&self, cfg: &WorkerConfig, job: &Job) -> ToolEnv {
+        let ws = &cfg.ws;
+        ToolEnv {
+            ws: ws.clone(),
+            sandbox: Sandbox::new(
+                &ws.root,
+                Scope::Job {
+                    name: self.name.clone(),
+                },
+            ),
+            loop_name: self.name.clone(),
+            run_id: format!("job-{}-{}", job.id, job.attempts + 1),
+            allowed: self.tools.clone(),
+            allowed_hosts: Vec::new(),
+            shell: None,
+            committer: cfg.committer.clone(),
+            claimed: Vec::new(),
+            guard: Guard::new(&ws.settings.guard, None),
+            // Every attempt of a job is the same job: a retry posts nothing twice.
+            delivery_scope: format!("job-{}", job.id),
+        }
+    }
+}
+
+/// A job that can never run as asked: retrying would fail the same way.
+fn permanent_failure(error: String) -> RunEnd {
+    RunEnd::Failed {
+        error,
+        result: JobResult::default(),
+        permanent: true,
+    }
+}
+
 async fn run_agent(
     cfg: &WorkerConfig,
     store: &JobStore,
@@ -952,234 +1122,142 @@ async fn run_agent(
     ctl: watch::Receiver<Ctl>,
     live: Option<Live>,
 ) -> (RunEnd, Tokens) {
-    use loops_agent::context;
-    use loops_agent::sandbox::{Sandbox, Scope};
-    use loops_agent::tools::{ToolEnv, ToolKit};
-    use loops_agent::transcript::{Redactor, Transcript};
-    use loops_core::tool_names::ISOLATED_DEFAULT;
-    let ws = &cfg.ws;
-    let p = &job.params;
-    let fail = |error: String| RunEnd::Failed {
-        error,
-        result: JobResult::default(),
-        permanent: true,
-    };
-    let (pcfg, model) = match loops_core::providers::resolve(
-        &ws.settings.providers,
-        &ws.settings.defaults,
-        p.get("provider").and_then(|v| v.as_str()),
-        p.get("model").and_then(|v| v.as_str()),
-    ) {
-        Ok(r) => r,
-        Err((msg, help)) => return (fail(format!("{msg} ({help})")), Tokens::default()),
-    };
-    if pcfg.kind == loops_core::providers::ProviderKind::Command {
-        return (
-            fail(format!(
-                "provider `{}` is a command provider; agent jobs run on the agent loop and need an anthropic or openai provider (pass --model with one, or set `defaults:` in loops.yaml)",
-                pcfg.name
-            )),
-            Tokens::default(),
-        );
-    }
-    let provider = match loops_agent::provider::HttpProvider::new(&pcfg) {
+    let mut plan = match AgentPlan::of(&cfg.ws, store, job) {
         Ok(p) => p,
-        Err(e) => return (fail(e.to_string()), Tokens::default()),
+        Err(e) => return (permanent_failure(e), Tokens::default()),
     };
-    let vars = p.get("input_vars").and_then(|v| v.as_object());
-    let aggregator = job.kind == JobKind::Aggregator;
-    let prompt_raw = p
-        .get("prompt")
-        .and_then(|v| v.as_str())
-        .filter(|s| !s.trim().is_empty())
-        .unwrap_or(if aggregator {
-            "Combine the results of the child jobs into one clear report: what each found, what failed, and what it adds up to. Then call finish with the report as the summary."
-        } else {
-            ""
-        });
-    let prompt = fill_vars(prompt_raw, vars);
-    let name = format!("job-{}", job.id);
-    let settings = vars
-        .map(|v| yaml_serde::to_string(v).unwrap_or_default())
-        .unwrap_or_default();
-    let mut system = context::loop_system(&name, &prompt, &settings, None);
-    context::add_rules(
-        &mut system,
-        &loops_core::guard::Guard::new(&ws.settings.guard, None),
-    );
-    let tools = loops_core::jobs::queue::agent_tools(p)
-        .unwrap_or_else(|| ISOLATED_DEFAULT.iter().map(|s| s.to_string()).collect());
-    let max_turns = p
-        .get("max_turns")
-        .and_then(|v| v.as_u64())
-        .map(|n| n as u32)
-        .unwrap_or(AGENT_MAX_TURNS);
-    let timeout = job.timeout().unwrap_or(AGENT_TIMEOUT);
-    let conv_path = store.conversation_path(job.id);
-    let saved: Option<Vec<Message>> = std::fs::read(&conv_path)
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .filter(|m: &Vec<Message>| !m.is_empty());
-    let resumed = saved.is_some();
-    let offset = if resumed { job.progress.step as u32 } else { 0 };
-
-    let mut tr = Transcript::create(
-        store.transcript_path(job.id),
-        Redactor::for_settings(&ws.settings),
-    );
-    tr.echo_to(live);
     let now = cfg.clock.now();
-    tr.header(
-        &format!(
-            "Job #{} ({}) — attempt {}",
-            job.id,
-            job.name,
-            job.attempts + 1
-        ),
-        &[
-            ("kind", job.kind.as_str().to_string()),
-            ("started", now.to_rfc3339()),
-            (
-                "provider",
-                format!("{} ({})", pcfg.name, pcfg.kind.as_str()),
-            ),
-            ("model", model.clone()),
-            ("tools", tools.join(", ")),
-        ],
-    );
-    let messages = match saved {
-        Some(m) => {
-            tr.note(&format!(
-                "resumed from its saved conversation ({} messages, {} turns made); completed tool calls are not repeated",
-                m.len(),
-                offset
-            ));
-            m
-        }
-        None => {
-            let mut first = format!(
-                "Now: {}\nThis is job #{} ({}), attempt {} of {}.\n",
-                now.to_rfc3339(),
-                job.id,
-                job.name,
-                job.attempts + 1,
-                job.max_attempts
-            );
-            if aggregator {
-                first.push('\n');
-                first.push_str(&child_results_text(job));
-            }
-            vec![Message::user_text(first)]
-        }
-    };
-    let kit_env = ToolEnv {
-        ws: ws.clone(),
-        sandbox: Sandbox::new(&ws.root, Scope::Job { name: name.clone() }),
-        loop_name: name.clone(),
-        run_id: format!("job-{}-{}", job.id, job.attempts + 1),
-        allowed: tools,
-        allowed_hosts: Vec::new(),
-        shell: None,
-        committer: cfg.committer.clone(),
-        claimed: Vec::new(),
-        guard: loops_core::guard::Guard::new(&ws.settings.guard, None),
-        // Every attempt of a job is the same job: a retry posts nothing twice.
-        delivery_scope: format!("job-{}", job.id),
-    };
-    let mut kit = ToolKit::new(kit_env);
-    kit.load_mcp().await;
-    for e in &kit.mcp_errors {
-        tr.note(&format!("mcp: {e}"));
-    }
+    let mut tr = plan.transcript(&cfg.ws, store, job, live, now);
+    let messages = plan.messages(job, now, &mut tr);
     let mut hooks = JobHooks {
         store: store.clone(),
         id: job.id,
         clock: cfg.clock.clone(),
         ctl: ctl.clone(),
-        offset,
-        max_turns,
-        conversation: conv_path.clone(),
+        offset: plan.offset,
+        max_turns: plan.max_turns,
+        conversation: plan.conversation.clone(),
         tokens: Tokens::default(),
-        aggregator,
+        aggregator: plan.aggregator,
     };
-    // Cancel and shutdown stop a model call in flight; pause waits for the turn to end.
+    let (cancel, forward) = cancel_on_stop(ctl.clone());
+    let spec = SessionSpec {
+        model: &plan.model,
+        tools: plan.tool_env(cfg, job),
+        system: std::mem::take(&mut plan.system),
+        messages,
+        limits: Limits {
+            max_turns: plan.max_turns.saturating_sub(plan.offset).max(1),
+            time: TimeLimit::For(plan.timeout),
+        },
+        cancel: Some(cancel),
+        hooks: Some(&mut hooks),
+    };
+    let run = spec.run(&mut tr).await;
+    forward.abort();
+    let run = match run {
+        Ok(run) => run,
+        Err(e) => {
+            let end = permanent_failure(e.to_string());
+            note_end(&mut tr, &end);
+            return (end, Tokens::default());
+        }
+    };
+    save_conversation(&plan.conversation, &run.driven.messages);
+    let tokens = Tokens::from_usage(&run.driven.usage);
+    let turns = plan.offset + run.driven.turns;
+    let mut result = JobResult {
+        duration_ms: run.driven.wall_time.as_millis() as u64,
+        summary: run.driven.summary(),
+        turns: Some(turns),
+        model: Some(run.model(&plan.model)),
+        ..Default::default()
+    };
+    commit_job_writes(cfg, job, &run, tokens, &mut result, &mut tr).await;
+    let end = job_end(run.driven.end, result, &plan, turns, &ctl);
+    note_end(&mut tr, &end);
+    (end, tokens)
+}
+
+/// A stop signal for the session: cancel and shutdown stop a model call in flight; pause
+/// waits for the turn to end (the hooks see it). Abort the task when the session ends.
+fn cancel_on_stop(
+    mut ctl: watch::Receiver<Ctl>,
+) -> (watch::Receiver<bool>, tokio::task::JoinHandle<()>) {
     let (cancel_tx, cancel_rx) = watch::channel(false);
-    let mut ctl_watch = ctl.clone();
     let forward = tokio::spawn(async move {
         loop {
-            if matches!(*ctl_watch.borrow_and_update(), Ctl::Cancel | Ctl::Shutdown) {
+            if matches!(*ctl.borrow_and_update(), Ctl::Cancel | Ctl::Shutdown) {
                 let _ = cancel_tx.send(true);
                 return;
             }
-            if ctl_watch.changed().await.is_err() {
+            if ctl.changed().await.is_err() {
                 return;
             }
         }
     });
-    let driven = drive(
-        Drive {
-            provider: &provider,
-            model: &model,
-            max_tokens: pcfg.max_tokens,
-            system: &system,
-            messages,
-            max_turns: max_turns.saturating_sub(offset).max(1),
-            deadline: Instant::now() + timeout,
-            cancel: Some(cancel_rx),
-            hooks: Some(&mut hooks),
-        },
-        &mut kit,
-        &mut tr,
-    )
-    .await;
-    forward.abort();
-    if let Ok(text) = serde_json::to_string(&driven.messages) {
-        let _ = loops_core::fsutil::atomic_replace(
-            &conv_path,
-            loops_core::secrets::redact(&text).as_bytes(),
-        );
+    (cancel_rx, forward)
+}
+
+/// The whole conversation, for a resume; what a tool read (a key in a file) is not
+/// written down (src/secrets.rs).
+fn save_conversation(path: &std::path::Path, messages: &[Message]) {
+    if let Ok(text) = serde_json::to_string(messages) {
+        let _ =
+            loops_core::fsutil::atomic_replace(path, loops_core::secrets::redact(&text).as_bytes());
     }
-    let tokens = Tokens::from_usage(&driven.usage);
-    let turns = offset + driven.turns;
-    let mut result = JobResult {
-        duration_ms: driven.wall_time.as_millis() as u64,
-        summary: driven.summary(),
-        turns: Some(turns),
-        model: driven.model.clone().or(Some(model.clone())),
-        ..Default::default()
+}
+
+/// What the tools wrote is committed, like a loop's run.
+async fn commit_job_writes(
+    cfg: &WorkerConfig,
+    job: &Job,
+    run: &SessionRun,
+    tokens: Tokens,
+    result: &mut JobResult,
+    tr: &mut Transcript,
+) {
+    let wrote: Vec<PathBuf> = run.kit.wrote.iter().cloned().collect();
+    let Some(c) = cfg.committer.as_ref().filter(|_| !wrote.is_empty()) else {
+        return;
     };
-    // What the tools wrote is committed, like a loop's run.
-    let wrote: Vec<PathBuf> = kit.wrote.iter().cloned().collect();
-    if !wrote.is_empty() {
-        if let Some(c) = &cfg.committer {
-            let subject = format!(
-                "job #{}: {}",
-                job.id,
-                result
-                    .summary
-                    .as_deref()
-                    .map(|s| loops_core::text::clip(s.lines().next().unwrap_or(""), 60))
-                    .unwrap_or_else(|| job.name.clone())
-            );
-            let mut trailers = vec![
-                ("Job", job.id.to_string()),
-                ("Job-Kind", job.kind.as_str().to_string()),
-            ];
-            trailers.push(("Tokens-In", tokens.input.to_string()));
-            trailers.push(("Tokens-Out", tokens.output.to_string()));
-            trailers.push(("Model", result.model.clone().unwrap_or_default()));
-            let msg = loops_core::history::commit_message(&subject, &trailers);
-            match c
-                .commit(loops_core::history::CommitRequest::new(wrote, msg))
-                .await
-            {
-                Ok(Some(oid)) => result.commit = Some(oid.to_string()),
-                Ok(None) => {}
-                Err(e) => tr.note(&format!("could not commit the files it wrote: {e}")),
-            }
-        }
+    let subject = format!(
+        "job #{}: {}",
+        job.id,
+        result
+            .summary
+            .as_deref()
+            .map(|s| loops_core::text::clip(s.lines().next().unwrap_or(""), 60))
+            .unwrap_or_else(|| job.name.clone())
+    );
+    let trailers = vec![
+        ("Job", job.id.to_string()),
+        ("Job-Kind", job.kind.as_str().to_string()),
+        ("Tokens-In", tokens.input.to_string()),
+        ("Tokens-Out", tokens.output.to_string()),
+        ("Model", result.model.clone().unwrap_or_default()),
+    ];
+    let msg = loops_core::history::commit_message(&subject, &trailers);
+    match c
+        .commit(loops_core::history::CommitRequest::new(wrote, msg))
+        .await
+    {
+        Ok(Some(oid)) => result.commit = Some(oid.to_string()),
+        Ok(None) => {}
+        Err(e) => tr.note(&format!("could not commit the files it wrote: {e}")),
     }
-    let end = match driven.end {
+}
+
+/// How the job's attempt ended, for the queue. A timeout or a provider failure starts
+/// the next attempt afresh (its saved conversation is dropped); a shutdown keeps it.
+fn job_end(
+    end: End,
+    result: JobResult,
+    plan: &AgentPlan,
+    turns: u32,
+    ctl: &watch::Receiver<Ctl>,
+) -> RunEnd {
+    match end {
         End::Finished(_) | End::Answered(_) | End::SilentToken(_) => RunEnd::Completed(result),
         End::MaxTurns(_) => RunEnd::Failed {
             error: format!(
@@ -1189,11 +1267,11 @@ async fn run_agent(
             permanent: true,
         },
         End::Timeout => {
-            let _ = std::fs::remove_file(&conv_path);
+            let _ = std::fs::remove_file(&plan.conversation);
             RunEnd::Failed {
                 error: format!(
                     "timed out after {} ({} turns)",
-                    loops_core::duration::format_duration(timeout),
+                    loops_core::duration::format_duration(plan.timeout),
                     turns
                 ),
                 result,
@@ -1208,17 +1286,21 @@ async fn run_agent(
         },
         End::Paused => RunEnd::Paused,
         End::Failed(e) => {
-            let _ = std::fs::remove_file(&conv_path);
+            let _ = std::fs::remove_file(&plan.conversation);
             RunEnd::Failed {
                 error: e,
                 result,
                 permanent: false,
             }
         }
-    };
+    }
+}
+
+/// The transcript's last line: how the attempt ended.
+fn note_end(tr: &mut Transcript, end: &RunEnd) {
     tr.note(&format!(
         "run ended: {}",
-        match &end {
+        match end {
             RunEnd::Completed(_) => "completed".to_string(),
             RunEnd::Failed { error, .. } => format!("failed — {error}"),
             RunEnd::Cancelled(_) => "cancelled".into(),
@@ -1226,5 +1308,4 @@ async fn run_agent(
             RunEnd::Aborted(w) => w.clone(),
         }
     ));
-    (end, tokens)
 }

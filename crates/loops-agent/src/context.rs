@@ -96,6 +96,16 @@ pub fn add_rules(system: &mut [SystemPart], guard: &loops_core::guard::Guard) {
     }
 }
 
+/// The identity files (SOUL.md, USER.md, memory), each named as `files` lists it
+/// (workspace-relative) with its text now; a file that cannot be read is `None` and is
+/// shown as missing rather than failing the run.
+pub fn read_identity(root: &std::path::Path, files: &[String]) -> Vec<(String, Option<String>)> {
+    files
+        .iter()
+        .map(|f| (f.clone(), std::fs::read_to_string(root.join(f)).ok()))
+        .collect()
+}
+
 /// The identity files (SOUL.md, USER.md, memory) as one system part; `None` when no
 /// file is listed.
 pub fn identity_part(identity: &[(String, Option<String>)]) -> Option<SystemPart> {

@@ -11,6 +11,8 @@
 //! - [`context`]: the prompt, laid out stable-first
 //! - [`transcript`]: the record of a run, `.loops/runs/<loop>/<run>.md`
 //! - [`run`]: the agent loop itself
+//! - [`session`]: one agent session, set up the same way for a prompt loop, a main-session
+//!   wake and an agent job
 //! - [`mcp_client`]: the MCP servers of loops.yaml `mcp_servers:`
 
 // Every dependency is used (issue #17): one a change leaves behind is a warning here.
@@ -27,6 +29,7 @@ pub mod openai;
 pub mod provider;
 pub mod run;
 pub mod sandbox;
+pub mod session;
 pub mod tools;
 pub mod transcript;
 

@@ -2,7 +2,7 @@
 //! results, and repeat until the model calls `finish`, answers without a tool call, the
 //! turn limit, the deadline or a cancellation.
 
-use super::model::{Block, Message, ModelRequest, Role, SystemPart, Usage};
+use super::model::{Block, Message, ModelRequest, Role, SystemPart, ToolSpec, Usage};
 use super::provider::{Completion, HttpProvider, ProviderError};
 use super::tools::{Finish, ToolKit};
 use super::transcript::Transcript;
@@ -127,68 +127,112 @@ pub async fn drive(mut d: Drive<'_>, kit: &mut ToolKit, tr: &mut Transcript) -> 
         tr.message(last, "");
     }
     let specs = kit.specs().to_vec();
-    let end = loop {
-        if out.turns >= d.max_turns {
-            break End::MaxTurns(d.max_turns);
+    out.end = loop {
+        if let Some(end) = d.before_turn(&mut out, tr) {
+            break end;
         }
-        if d.cancel.as_ref().is_some_and(|c| *c.borrow()) {
-            break End::Cancelled;
+        let asked_at = Instant::now();
+        let c = match d.ask(&specs, &mut out, tr).await {
+            Ok(c) => c,
+            Err(end) => break end,
+        };
+        if let Some(end) = d.take_reply(c, asked_at, kit, &mut out, tr).await {
+            break end;
         }
-        if Instant::now() >= d.deadline {
-            break End::Timeout;
+    };
+    out.wall_time = started.elapsed();
+    out
+}
+
+impl Drive<'_> {
+    /// Whether the conversation stops before the next turn; else the steering messages
+    /// the hooks give are added to it.
+    fn before_turn(&mut self, out: &mut Driven, tr: &mut Transcript) -> Option<End> {
+        if out.turns >= self.max_turns {
+            return Some(End::MaxTurns(self.max_turns));
         }
-        if let Some(h) = d.hooks.as_deref_mut() {
-            let b = h.before_turn(out.turns + 1);
-            if b.pause {
-                break End::Paused;
-            }
-            if !b.inject.is_empty() {
-                let text = b.inject.join("\n\n");
-                tr.note(&format!(
-                    "steering message(s) before turn {}:\n{text}",
-                    out.turns + 1
-                ));
-                inject_text(&mut out.messages, text);
-            }
+        if self.cancel.as_ref().is_some_and(|c| *c.borrow()) {
+            return Some(End::Cancelled);
         }
+        if Instant::now() >= self.deadline {
+            return Some(End::Timeout);
+        }
+        let h = self.hooks.as_deref_mut()?;
+        let b = h.before_turn(out.turns + 1);
+        if b.pause {
+            return Some(End::Paused);
+        }
+        if !b.inject.is_empty() {
+            let text = b.inject.join("\n\n");
+            tr.note(&format!(
+                "steering message(s) before turn {}:\n{text}",
+                out.turns + 1
+            ));
+            inject_text(&mut out.messages, text);
+        }
+        None
+    }
+
+    /// One model call, cut short by the deadline or a cancellation. `Err`: how the
+    /// conversation ends instead.
+    async fn ask(
+        &mut self,
+        specs: &[ToolSpec],
+        out: &mut Driven,
+        tr: &mut Transcript,
+    ) -> Result<Completion, End> {
+        let (provider, deadline) = (self.provider, self.deadline);
         let req = ModelRequest {
-            model: d.model,
-            max_tokens: d.max_tokens,
-            system: d.system,
-            tools: &specs,
+            model: self.model,
+            max_tokens: self.max_tokens,
+            system: self.system,
+            tools: specs,
             messages: &out.messages,
         };
-        let t0 = Instant::now();
         let res: Result<Completion, ProviderError> = tokio::select! {
-            r = tokio::time::timeout_at(d.deadline, d.provider.complete(&req, d.deadline)) => match r {
+            r = tokio::time::timeout_at(deadline, provider.complete(&req, deadline)) => match r {
                 Ok(r) => r,
-                Err(_) => break End::Timeout,
+                Err(_) => return Err(End::Timeout),
             },
-            _ = cancelled(&mut d.cancel) => break End::Cancelled,
+            _ = cancelled(&mut self.cancel) => return Err(End::Cancelled),
         };
         out.turns += 1;
-        let c = match res {
-            Ok(c) => c,
-            Err(ProviderError::Deadline { last, .. }) if Instant::now() >= d.deadline => {
+        match res {
+            Ok(c) => Ok(c),
+            Err(ProviderError::Deadline { last, .. }) if Instant::now() >= deadline => {
                 tr.note(&format!(
                     "the provider kept failing until the deadline: {last}"
                 ));
-                break End::Timeout;
+                Err(End::Timeout)
             }
             Err(e) => {
                 let msg = e.to_string();
                 tr.note(&format!("provider error: {msg}"));
-                break End::Failed(msg);
+                Err(End::Failed(msg))
             }
-        };
+        }
+    }
+
+    /// Takes the model's reply into the transcript and the conversation, then runs the
+    /// tools it called. `Some`: the conversation ends with this turn (no tool call, or
+    /// `finish`).
+    async fn take_reply(
+        &mut self,
+        c: Completion,
+        asked_at: Instant,
+        kit: &mut ToolKit,
+        out: &mut Driven,
+        tr: &mut Transcript,
+    ) -> Option<End> {
         out.server_time += c.server_time;
         out.request_bytes.push(c.request_bytes);
         for r in &c.retried {
             tr.note(&format!("retried: {r}"));
         }
-        out.usage.add(&c.reply.usage);
+        let turn_usage = c.reply.usage;
+        out.usage.add(&turn_usage);
         if c.reply.model.is_some() {
-            out.model = c.reply.model.clone();
+            out.model = c.reply.model;
         }
         let mut reply = c.reply.message;
         let calls: Vec<(String, String, serde_json::Value)> = reply
@@ -199,58 +243,58 @@ pub async fn drive(mut d: Drive<'_>, kit: &mut ToolKit, tr: &mut Transcript) -> 
         // original inputs, the transcript and the conversation keep a redacted copy.
         kit.screen(&mut reply);
         tr.message(&reply, &format!(" (turn {})", out.turns));
-        tr.turn_usage(
-            out.turns,
-            &c.reply.usage,
-            t0.elapsed().as_millis(),
-            out.model.as_deref(),
-        );
-        let turn_usage = c.reply.usage;
+        let ms = asked_at.elapsed().as_millis();
+        tr.turn_usage(out.turns, &turn_usage, ms, out.model.as_deref());
         let text = reply.text();
         out.messages.push(Message {
             role: Role::Assistant,
             content: reply.content,
         });
-        let last_tool = calls.last().map(|c| c.1.clone());
-        if calls.is_empty() {
-            if let Some(h) = d.hooks.as_deref_mut() {
-                h.after_turn(out.turns, &out.messages, &turn_usage, None);
-            }
-            break if is_silent_token(&text) {
+        let Some(last_tool) = calls.last().map(|c| c.1.clone()) else {
+            self.after_turn(out, &turn_usage, None);
+            return Some(if is_silent_token(&text) {
                 End::SilentToken(text.trim().to_string())
             } else {
                 End::Answered(text)
-            };
-        }
-        let mut results = Vec::new();
-        for (id, name, input) in calls {
-            let r = kit.call(&name, &input, d.deadline).await;
-            let (content, is_error) = match r {
-                Ok(ok) => (ok.text, false),
-                Err(e) => (e.message, true),
-            };
-            results.push(Block::ToolResult {
-                tool_use_id: id,
-                content,
-                is_error,
             });
-        }
-        let msg = Message {
-            role: Role::User,
-            content: results,
         };
-        tr.message(&msg, "");
-        out.messages.push(msg);
-        if let Some(h) = d.hooks.as_deref_mut() {
-            h.after_turn(out.turns, &out.messages, &turn_usage, last_tool.as_deref());
+        let results = run_calls(kit, calls, self.deadline).await;
+        tr.message(&results, "");
+        out.messages.push(results);
+        self.after_turn(out, &turn_usage, Some(&last_tool));
+        kit.finish.clone().map(End::Finished)
+    }
+
+    fn after_turn(&mut self, out: &Driven, usage: &Usage, last_tool: Option<&str>) {
+        if let Some(h) = self.hooks.as_deref_mut() {
+            h.after_turn(out.turns, &out.messages, usage, last_tool);
         }
-        if let Some(f) = &kit.finish {
-            break End::Finished(f.clone());
-        }
-    };
-    out.end = end;
-    out.wall_time = started.elapsed();
-    out
+    }
+}
+
+/// Runs the tool calls in order. Every result, an error too, goes back to the model as
+/// one user message.
+async fn run_calls(
+    kit: &mut ToolKit,
+    calls: Vec<(String, String, serde_json::Value)>,
+    deadline: Instant,
+) -> Message {
+    let mut results = Vec::new();
+    for (id, name, input) in calls {
+        let (content, is_error) = match kit.call(&name, &input, deadline).await {
+            Ok(ok) => (ok.text, false),
+            Err(e) => (e.message, true),
+        };
+        results.push(Block::ToolResult {
+            tool_use_id: id,
+            content,
+            is_error,
+        });
+    }
+    Message {
+        role: Role::User,
+        content: results,
+    }
 }
 
 /// Adds text to the conversation as the user's: to the last user message if the

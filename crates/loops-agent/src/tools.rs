@@ -156,6 +156,37 @@ impl ToolKit {
     pub async fn load_mcp(&mut self) {
         let ws = self.env.ws.clone();
         let configured = &ws.settings.mcp_servers;
+        let allowed = self.mcp_allow_list(configured);
+        if allowed.is_empty() {
+            return;
+        }
+        let pool = crate::mcp_client::McpPool::shared(&ws);
+        let mut taken: BTreeSet<String> = self.specs.iter().map(|s| s.name.clone()).collect();
+        for (server, allow) in &allowed {
+            let Some(cfg) = configured.get(server) else {
+                continue;
+            };
+            match pool.list_tools(cfg).await {
+                Ok(tools) => self.offer_mcp_tools(server, allow, &tools, &mut taken),
+                Err(e) => {
+                    tracing::warn!(loop_name = %self.env.loop_name, server = %server, "{e}");
+                    self.mcp_errors.push(e.to_string());
+                }
+            }
+        }
+        self.mcp_allowed = allowed;
+        if !self.mcp_allowed.is_empty() {
+            let spec = self.call_tool_spec();
+            self.specs.push(spec);
+        }
+    }
+
+    /// The MCP servers `tools:` names, in its order, and which of their tools. An entry
+    /// naming a server loops.yaml lacks is noted in [`Self::mcp_errors`].
+    fn mcp_allow_list(
+        &mut self,
+        configured: &std::collections::BTreeMap<String, loops_core::mcp_config::McpServerConfig>,
+    ) -> Vec<(String, McpAllow)> {
         let names: Vec<&str> = configured.keys().map(String::as_str).collect();
         let mut allowed: Vec<(String, McpAllow)> = Vec::new();
         for entry in &self.env.allowed {
@@ -186,68 +217,47 @@ impl ToolKit {
                 _ => {}
             }
         }
-        if allowed.is_empty() {
-            return;
-        }
-        let pool = crate::mcp_client::McpPool::shared(&ws);
-        let mut taken: BTreeSet<String> = self.specs.iter().map(|s| s.name.clone()).collect();
-        for (server, allow) in &allowed {
-            let Some(cfg) = configured.get(server) else {
-                continue;
-            };
-            let tools = match pool.list_tools(cfg).await {
-                Ok(t) => t,
-                Err(e) => {
-                    tracing::warn!(loop_name = %self.env.loop_name, server = %server, "{e}");
-                    self.mcp_errors.push(e.to_string());
-                    continue;
-                }
-            };
-            if let McpAllow::Only(names) = allow {
-                for n in names
-                    .iter()
-                    .filter(|n| !tools.iter().any(|t| &t.name == *n))
-                {
-                    let have: Vec<&str> = tools.iter().map(|t| t.name.as_str()).collect();
-                    self.mcp_errors.push(format!(
-                        "mcp server `{server}` has no tool `{n}` (it has: {})",
-                        have.join(", ")
-                    ));
-                }
-            }
-            for t in tools.iter().filter(|t| match allow {
-                McpAllow::All => true,
-                McpAllow::Only(names) => names.contains(&t.name),
-            }) {
-                let mut name = crate::mcp_client::tool_spec_name(server, &t.name);
-                // Two tools that sanitise to one name must stay two tools.
-                let mut n = 2;
-                while taken.contains(&name) {
-                    let suffix = format!("_{n}");
-                    let base = crate::mcp_client::tool_spec_name(server, &t.name);
-                    let keep = base.len().min(64 - suffix.len());
-                    name = format!("{}{suffix}", &base[..keep]);
-                    n += 1;
-                }
-                taken.insert(name.clone());
-                let description = if t.description.trim().is_empty() {
-                    format!("`{}` of the MCP server `{server}`.", t.name)
-                } else {
-                    format!("{} (MCP server `{server}`)", t.description.trim())
-                };
-                self.specs.push(ToolSpec {
-                    name: name.clone(),
-                    description,
-                    input_schema: t.input_schema.clone(),
-                });
-                self.mcp_tools
-                    .insert(name, (server.clone(), t.name.clone()));
+        allowed
+    }
+
+    /// Offers the tools of one server that `allow` lets through, each under a name no
+    /// other offered tool has (`taken`); a listed tool the server lacks is noted.
+    fn offer_mcp_tools(
+        &mut self,
+        server: &str,
+        allow: &McpAllow,
+        tools: &[crate::mcp_client::RemoteTool],
+        taken: &mut BTreeSet<String>,
+    ) {
+        if let McpAllow::Only(names) = allow {
+            for n in names
+                .iter()
+                .filter(|n| !tools.iter().any(|t| &t.name == *n))
+            {
+                let have: Vec<&str> = tools.iter().map(|t| t.name.as_str()).collect();
+                self.mcp_errors.push(format!(
+                    "mcp server `{server}` has no tool `{n}` (it has: {})",
+                    have.join(", ")
+                ));
             }
         }
-        self.mcp_allowed = allowed;
-        if !self.mcp_allowed.is_empty() {
-            let spec = self.call_tool_spec();
-            self.specs.push(spec);
+        for t in tools.iter().filter(|t| match allow {
+            McpAllow::All => true,
+            McpAllow::Only(names) => names.contains(&t.name),
+        }) {
+            let name = unique_tool_name(server, &t.name, taken);
+            let description = if t.description.trim().is_empty() {
+                format!("`{}` of the MCP server `{server}`.", t.name)
+            } else {
+                format!("{} (MCP server `{server}`)", t.description.trim())
+            };
+            self.specs.push(ToolSpec {
+                name: name.clone(),
+                description,
+                input_schema: t.input_schema.clone(),
+            });
+            self.mcp_tools
+                .insert(name, (server.to_string(), t.name.clone()));
         }
     }
 
@@ -864,6 +874,22 @@ impl ToolKit {
             Err(ToolError::new(out))
         }
     }
+}
+
+/// The name an MCP tool is offered as, `server__tool`, taken into `taken`: two tools
+/// that sanitise to one name must stay two tools, so a later one gets `_2`, `_3`, ….
+fn unique_tool_name(server: &str, tool: &str, taken: &mut BTreeSet<String>) -> String {
+    let base = crate::mcp_client::tool_spec_name(server, tool);
+    let mut name = base.clone();
+    let mut n = 2;
+    while taken.contains(&name) {
+        let suffix = format!("_{n}");
+        let keep = base.len().min(64 - suffix.len());
+        name = format!("{}{suffix}", &base[..keep]);
+        n += 1;
+    }
+    taken.insert(name.clone());
+    name
 }
 
 /// Argument names models commonly use for the same thing (other agents' tool sets spell

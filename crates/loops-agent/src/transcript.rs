@@ -96,6 +96,11 @@ impl Transcript {
         &self.path
     }
 
+    /// What it scrubs: the main session keeps its conversation with the same.
+    pub fn redactor(&self) -> &Redactor {
+        &self.redactor
+    }
+
     pub fn write(&mut self, text: &str) {
         let text = self.redactor.redact(text);
         if let Some(tx) = &self.echo {
