@@ -71,7 +71,7 @@ impl DaemonLock {
     /// Takes the lock for this process, or says who holds it. `allow_shell_jobs` is
     /// recorded for the CLI (it refuses shell jobs this daemon would not run).
     pub fn acquire(ws: &Workspace, allow_shell_jobs: bool) -> Result<DaemonLock, DaemonLockError> {
-        let path = ws.daemon_lock_path();
+        let path = ws.layout().daemon_lock();
         let io = |source| DaemonLockError::Io {
             path: path.clone(),
             source,
@@ -153,7 +153,7 @@ pub fn daemon_alive(ws: &Workspace) -> Option<LockInfo> {
             return process_alive(info.pid, info.pid_start).then_some(info);
         }
     }
-    match FileLock::try_acquire(&ws.daemon_lock_path()) {
+    match FileLock::try_acquire(&ws.layout().daemon_lock()) {
         Ok(Some(_free)) => None,
         Ok(None) => read_lock_info(ws),
         Err(_) => None,
@@ -161,7 +161,7 @@ pub fn daemon_alive(ws: &Workspace) -> Option<LockInfo> {
 }
 
 fn read_lock_info(ws: &Workspace) -> Option<LockInfo> {
-    let text = std::fs::read_to_string(ws.daemon_lock_path()).ok()?;
+    let text = std::fs::read_to_string(ws.layout().daemon_lock()).ok()?;
     serde_json::from_str(&text).ok()
 }
 
