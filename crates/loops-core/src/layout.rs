@@ -26,6 +26,14 @@ impl Layout {
         }
     }
 
+    /// The layout whose runtime folder is `runtime_dir` itself, for the functions that are
+    /// handed `.loops/` as a path rather than a workspace.
+    pub(crate) fn at(runtime_dir: &Path) -> Layout {
+        Layout {
+            root: runtime_dir.to_path_buf(),
+        }
+    }
+
     /// `.loops/` itself: pruned by size as a whole, made owner-only at start.
     pub fn root(&self) -> &Path {
         &self.root
@@ -233,6 +241,14 @@ mod tests {
         for (path, want) in got {
             assert_eq!(path, Path::new(want));
         }
+    }
+
+    #[test]
+    fn a_runtime_folder_given_as_it_is_is_the_same_layout() {
+        assert_eq!(
+            Layout::at(Path::new("/ws/.loops")),
+            Layout::of(Path::new("/ws"))
+        );
     }
 
     #[test]
