@@ -153,7 +153,7 @@ fn one_conversation(
     let run_id = format!("{}-{n:03}", kind.as_str());
     let mut kit = make_kit(ws, &run_id);
     let mut tr = Transcript::create(
-        Transcript::path_for(&ws.runs_dir(), LOOP, &run_id),
+        Transcript::path_for(&ws.layout().runs_dir(), LOOP, &run_id),
         Redactor::default(),
     );
     // As `loops trigger` does: a cancel channel the loop selects on.
@@ -367,7 +367,7 @@ fn parts(
     let tool_us = t.elapsed().as_secs_f64() * 1e6 / reps as f64;
     // One turn writes the reply, its usage line and the tool results.
     let mut tr = Transcript::create(
-        Transcript::path_for(&ws.runs_dir(), LOOP, "parts"),
+        Transcript::path_for(&ws.layout().runs_dir(), LOOP, "parts"),
         Redactor::default(),
     );
     let (reply, results) = (&row.messages[1], &row.messages[2]);

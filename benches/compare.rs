@@ -1120,7 +1120,7 @@ fn startup(args: &Args, parent: &Path, report: &mut Report) {
     let (mut rss_loops, mut rss_cron) = (0.0, 0.0);
     // One unmeasured round first: the binary's and the script's pages come into the cache.
     for rep in 0..=reps {
-        let _ = std::fs::remove_dir_all(root.join(".loops"));
+        let _ = std::fs::remove_dir_all(loops_core::layout::Layout::of(&root).root());
         let mut d = Proc::loops_daemon("loops run (cold)", &root);
         let (c, line) = d.wait_ready(Duration::from_secs(60));
         if !line.contains(&format!("loops={n}")) {

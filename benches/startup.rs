@@ -86,8 +86,8 @@ fn startup_once(root: &Path) -> Phase {
     let t1 = Instant::now();
     let mut sched = Scheduler::new(
         Arc::new(SystemClock),
-        StateStore::new(&ws.state_dir()),
-        RunLog::new(&ws.runs_dir(), ws.settings.rotate_bytes),
+        StateStore::new(&ws.layout().state_dir()),
+        RunLog::new(&ws.layout().runs_dir(), ws.settings.rotate_bytes),
         ws.settings.catch_up_stagger,
         ws.settings.pause_after_failures,
     );
@@ -98,7 +98,7 @@ fn startup_once(root: &Path) -> Phase {
     assert!(next.is_some());
     // What the daemon then does in the background: write the new loops' state.
     let t2 = Instant::now();
-    loops::engine::scheduler::persist_fresh(&StateStore::new(&ws.state_dir()), &fresh);
+    loops::engine::scheduler::persist_fresh(&StateStore::new(&ws.layout().state_dir()), &fresh);
     if !fresh.is_empty() {
         println!(
             "  (deferred, off the start-up path: first-seen state of {} new loops written in {:.2} ms)",
@@ -238,7 +238,7 @@ fn main() {
     git_commit_all(&root, "bench workspace");
     // A first pass warms the page cache (the files were just written, so they are hot
     // anyway; a cold-cache figure after a reboot would be higher).
-    let _ = std::fs::remove_dir_all(root.join(".loops"));
+    let _ = std::fs::remove_dir_all(loops_core::layout::Layout::of(&root).root());
     let _ = startup_once(&root);
 
     let mut cold = Vec::new();
@@ -268,7 +268,7 @@ fn main() {
     );
 
     // ---- 3. the real daemon's start-up with 1,000 loops ----
-    let _ = std::fs::remove_dir_all(root.join(".loops"));
+    let _ = std::fs::remove_dir_all(loops_core::layout::Layout::of(&root).root());
     let mut first_log = Vec::new();
     for rep in 0..2 {
         let (mut child, rx, t) = spawn_daemon(&root);

@@ -646,7 +646,7 @@ fn log(ws: &Workspace, name: Option<&str>, limit: usize, json: bool) -> Result {
 
 fn runs(ws: &Workspace, name: &str, limit: usize, json: bool) -> Result {
     find_loop(ws, name)?;
-    let log = RunLog::new(&ws.runs_dir(), ws.settings.rotate_bytes);
+    let log = RunLog::new(&ws.layout().runs_dir(), ws.settings.rotate_bytes);
     // Records are appended as runs finish, so the file is in finish order: a long run
     // that started first would show after the short ones that overtook it. The whole
     // current file is read (as `recent` does anyway), ordered by start, and the last
@@ -690,7 +690,7 @@ fn runs(ws: &Workspace, name: &str, limit: usize, json: bool) -> Result {
 
 fn pause(ws: &Workspace, name: &str, reason: &str) -> Result {
     find_loop(ws, name)?;
-    let store = StateStore::new(&ws.state_dir());
+    let store = StateStore::new(&ws.layout().state_dir());
     let now = Utc::now();
     store.update(name, |s| {
         let st = s.get_or_insert_with(|| loops_core::state::LoopState::new(now, ""));
@@ -707,7 +707,7 @@ fn pause(ws: &Workspace, name: &str, reason: &str) -> Result {
 
 fn resume(ws: &Workspace, name: &str) -> Result {
     find_loop(ws, name)?;
-    let store = StateStore::new(&ws.state_dir());
+    let store = StateStore::new(&ws.layout().state_dir());
     let now = Utc::now();
     let was = store.update(name, |s| {
         let st = s.get_or_insert_with(|| loops_core::state::LoopState::new(now, ""));

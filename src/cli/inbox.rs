@@ -141,7 +141,7 @@ pub(super) fn handoff(ws: &Workspace, cmd: HandoffCommand) -> Result {
     let (id, path, _) = inbox.create_with(&n, Utc::now(), |id, dest, text| {
         if let Some(r) = &run {
             // Tell the runner this run handed off (no orphan-draft handoff is needed).
-            let marker = loops_core::layout::handoff_runs_dir(ws).join(r);
+            let marker = ws.layout().handoff_run(r);
             let _ = loops_core::fsutil::append_line(&marker, id);
         }
         if let Some(c) = &committer {

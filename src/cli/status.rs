@@ -5,6 +5,7 @@ use super::error::CliError;
 use super::output::{relative, span, table};
 use chrono::Utc;
 use loops_core::handoff::Stage;
+use loops_core::layout::Layout;
 use loops_core::runs::RunLog;
 use loops_core::workspace::Workspace;
 use serde_json::{json, Value};
@@ -27,18 +28,19 @@ pub(super) fn status(ws: &Workspace, json_out: bool) -> Result {
     let count_status = |s: loops_core::channels::DeliveryStatus| {
         recent_deliveries.iter().filter(|d| d.status == s).count()
     };
-    let mcp = mcp_servers(ws);
-    let (record_files, record_bytes) = loops_core::retention::total_size(&ws.runtime_dir());
+    let layout = ws.layout();
+    let mcp = mcp_servers(&layout);
+    let (record_files, record_bytes) = loops_core::retention::total_size(layout.root());
     let policy = loops_core::retention::Policy::of(&ws.settings);
     // Limits the daemon's file watchers ran into (inotify watches or instances): it then
     // polls, and says so here.
     let watcher = daemon
         .as_ref()
-        .and_then(|d| loops_core::watch::read_report(&ws.runtime_dir(), d.pid));
+        .and_then(|d| loops_core::watch::read_report(&layout, d.pid));
 
     let running = running_now(ws, &store, now);
 
-    let runlog = RunLog::new(&ws.runs_dir(), ws.settings.rotate_bytes);
+    let runlog = RunLog::new(&layout.runs_dir(), ws.settings.rotate_bytes);
     let mut runs: Vec<loops_core::runs::RunRecord> = loops
         .iter()
         .map(|l| l.name.as_str())
@@ -50,7 +52,7 @@ pub(super) fn status(ws: &Workspace, json_out: bool) -> Result {
     let commits = loops_core::history::read_log(&ws.root, None, RECENT).unwrap_or_default();
     // The daemon's own record: when it last stopped without a clean shutdown, and what
     // the next start recovered (.loops/daemon.jsonl, at most a couple of MB).
-    let unclean: Vec<Value> = loops_core::journal::read(&ws.runtime_dir())
+    let unclean: Vec<Value> = loops_core::journal::read(layout.root())
         .into_iter()
         .filter(|e| e["event"] == "unclean_stop")
         .collect();
@@ -65,7 +67,7 @@ pub(super) fn status(ws: &Workspace, json_out: bool) -> Result {
         .count();
     let last_unclean = unclean.last().cloned();
     // Run commits waiting in .loops/commits/, and why (git mid-operation, another branch).
-    let (commits_waiting, held) = loops_core::git_gate::waiting(&ws.runtime_dir().join("commits"));
+    let (commits_waiting, held) = loops_core::git_gate::waiting(&layout);
     // What the live daemon made of loops.yaml: an edit it refused, settings waiting for a
     // restart.
     let settings_report = loops_core::workspace::SettingsReport::read(ws);
@@ -415,7 +417,7 @@ fn running_now(
     jobs: &loops_core::jobs::store::JobStore,
     now: chrono::DateTime<Utc>,
 ) -> Vec<Running> {
-    let mut out: Vec<Running> = loops_core::runs::RunningSet::new(&ws.runtime_dir())
+    let mut out: Vec<Running> = loops_core::runs::RunningSet::new(ws.layout().root())
         .all()
         .into_iter()
         .filter(|m| loops_core::fsutil::process_alive(m.pid, m.pid_start))
@@ -470,8 +472,8 @@ fn running_now(
 }
 
 /// `.loops/mcp/<server>.json` status files, trimmed to what a person needs.
-fn mcp_servers(ws: &Workspace) -> Vec<Value> {
-    let mut out: Vec<Value> = std::fs::read_dir(ws.runtime_dir().join("mcp"))
+fn mcp_servers(layout: &Layout) -> Vec<Value> {
+    let mut out: Vec<Value> = std::fs::read_dir(layout.mcp_dir())
         .into_iter()
         .flatten()
         .filter_map(|e| e.ok())

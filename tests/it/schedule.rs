@@ -92,7 +92,7 @@ impl Lab {
     }
 
     fn runlog(&self) -> RunLog {
-        RunLog::new(&self.ws().runs_dir(), 10 * 1024 * 1024)
+        RunLog::new(&self.ws().layout().runs_dir(), 10 * 1024 * 1024)
     }
 
     /// A scheduler over this workspace's state and run folders (a fresh one is a restart).
@@ -100,7 +100,7 @@ impl Lab {
         let ws = self.ws();
         let mut s = Scheduler::new(
             Arc::new(clock.clone()),
-            StateStore::new(&ws.state_dir()),
+            StateStore::new(&ws.layout().state_dir()),
             self.runlog(),
             STAGGER,
             PAUSE_AFTER,
@@ -111,7 +111,7 @@ impl Lab {
 
     /// Every record in `.loops/runs/<loop>.jsonl`, read from the file itself.
     fn records(&self, name: &str) -> Vec<RunRecord> {
-        let path = self.ws().runs_dir().join(format!("{name}.jsonl"));
+        let path = self.ws().layout().runs_dir().join(format!("{name}.jsonl"));
         let Ok(text) = std::fs::read_to_string(&path) else {
             return Vec::new();
         };
@@ -122,7 +122,7 @@ impl Lab {
 
     /// `.loops/state/<loop>.json` as JSON.
     fn state(&self, name: &str) -> serde_json::Value {
-        let path = self.ws().state_dir().join(format!("{name}.json"));
+        let path = self.ws().layout().state_dir().join(format!("{name}.json"));
         let text = std::fs::read_to_string(&path).expect("state file");
         serde_json::from_str(&text).expect("state JSON")
     }
@@ -1614,7 +1614,7 @@ fn a_watermark_ahead_of_the_clock_in_the_state_file_is_re_anchored() {
     let now = utc("2026-06-01T08:58:00Z");
     let clock = ManualClock::new(now);
     drop(lab.scheduler(&clock)); // writes nothing yet; the states are made by the claims
-    let store = StateStore::new(&lab.ws().state_dir());
+    let store = StateStore::new(&lab.ws().layout().state_dir());
     for name in ["tenner", "nine"] {
         let fp = loops::engine::scheduler::fingerprint(lab.def(name));
         let mut s = loops_core::state::LoopState::new(now, &fp);

@@ -19,6 +19,7 @@
 
 use chrono::{DateTime, Utc};
 use loops_core::duration::format_duration;
+use loops_core::layout::Layout;
 use loops_core::providers::valid_env_name;
 use loops_core::workspace::Workspace;
 use rmcp::model::{
@@ -322,7 +323,7 @@ impl McpPool {
 
     /// `.loops/mcp/`: the servers' status files and logs.
     pub fn dir(&self) -> PathBuf {
-        self.root.join(".loops").join("mcp")
+        Layout::of(&self.root).mcp_dir()
     }
 
     fn slot(&self, name: &str) -> Arc<Slot> {

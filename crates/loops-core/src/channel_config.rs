@@ -8,6 +8,7 @@ use crate::config_fields::{
 };
 use crate::diag::{near_miss, Diagnostic, YamlLocator};
 use crate::duration::DURATION_HELP;
+use crate::layout::RUNTIME_DIR;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -522,7 +523,9 @@ pub fn file_path_ok(p: &str) -> bool {
     }
     let parts: Vec<&str> = p.split('/').collect();
     !parts.iter().any(|c| *c == ".." || c.is_empty())
-        && !matches!(parts.first(), Some(&".git") | Some(&".loops"))
+        && !parts
+            .first()
+            .is_some_and(|top| *top == ".git" || *top == RUNTIME_DIR)
 }
 
 #[cfg(test)]

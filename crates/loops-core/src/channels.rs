@@ -136,14 +136,9 @@ pub fn split_for(text: &str, max: usize) -> Vec<String> {
     out
 }
 
-/// The folder of delivery records.
-pub fn deliveries_dir(ws: &Workspace) -> PathBuf {
-    ws.runtime_dir().join("deliveries")
-}
-
 /// Every record, newest first.
 pub fn list_records(ws: &Workspace) -> Vec<DeliveryRecord> {
-    let mut out: Vec<DeliveryRecord> = std::fs::read_dir(deliveries_dir(ws))
+    let mut out: Vec<DeliveryRecord> = std::fs::read_dir(ws.layout().deliveries_dir())
         .into_iter()
         .flatten()
         .filter_map(|e| e.ok())
@@ -389,7 +384,7 @@ impl Poster {
         let c = self.channel(&o.channel)?.clone();
         let thread = o.thread.as_deref().map(str::trim).filter(|t| !t.is_empty());
         let key = delivery_key(&o.scope, &c.name, thread, &text);
-        let dir = deliveries_dir(&self.ws);
+        let dir = self.ws.layout().deliveries_dir();
         let path = dir.join(format!("{key}.json"));
         let now = Utc::now();
         let mut rec = DeliveryRecord {

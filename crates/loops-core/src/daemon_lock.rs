@@ -80,7 +80,7 @@ impl DaemonLock {
         allow_shell_jobs: bool,
         takes_runs: bool,
     ) -> Result<DaemonLock, DaemonLockError> {
-        let path = ws.daemon_lock_path();
+        let path = ws.layout().daemon_lock();
         let io = |source| DaemonLockError::Io {
             path: path.clone(),
             source,
@@ -163,7 +163,7 @@ pub fn daemon_alive(ws: &Workspace) -> Option<LockInfo> {
             return process_alive(info.pid, info.pid_start).then_some(info);
         }
     }
-    match FileLock::try_acquire(&ws.daemon_lock_path()) {
+    match FileLock::try_acquire(&ws.layout().daemon_lock()) {
         Ok(Some(_free)) => None,
         Ok(None) => read_lock_info(ws),
         Err(_) => None,
@@ -176,7 +176,7 @@ pub fn serving_daemon(ws: &Workspace) -> Option<LockInfo> {
 }
 
 fn read_lock_info(ws: &Workspace) -> Option<LockInfo> {
-    let text = std::fs::read_to_string(ws.daemon_lock_path()).ok()?;
+    let text = std::fs::read_to_string(ws.layout().daemon_lock()).ok()?;
     serde_json::from_str(&text).ok()
 }
 

@@ -5,6 +5,7 @@
 use crate::config_fields::{describe_type, show, Field, List, Map, Section, Whole};
 use crate::diag::{near_miss, Diagnostic, YamlLocator};
 use crate::duration::{parse_duration, DURATION_HELP, MAX_DURATION};
+use crate::layout::RUNTIME_DIR;
 use crate::schedule::{jitter_offset, parse_cron, CatchUp, Schedule, TzSource, When};
 use crate::workspace::{parse_timezone, Workspace};
 use chrono::{DateTime, NaiveDateTime, TimeZone, Utc};
@@ -1551,7 +1552,7 @@ fn reads_refusal(p: &str) -> Option<&'static str> {
         Some(".git/ is never readable by a loop")
     } else if names
         .first()
-        .is_some_and(|c| c.eq_ignore_ascii_case(".loops"))
+        .is_some_and(|c| c.eq_ignore_ascii_case(RUNTIME_DIR))
     {
         Some(".loops/ is never readable by an isolated loop")
     } else if names.is_empty() {

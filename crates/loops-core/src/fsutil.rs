@@ -3,13 +3,11 @@
 //! The rule they exist for: a file the runner owns is either the old version or the new
 //! version, never half of one (DESIGN.md §9).
 
+use crate::layout::RUNTIME_DIR;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
-
-/// The folder whose contents are the runner's alone.
-const RUNTIME_DIR: &str = ".loops";
 
 /// Whether `path` is in (or is) a `.loops/` folder: its transcripts, logs and records
 /// may quote what a loop read, so they are for the owner only (docs/security.md).

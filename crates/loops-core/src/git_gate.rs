@@ -8,6 +8,7 @@
 //! while anything says "busy", and it takes `.git/index.lock` exactly as git does
 //! ([`IndexLock`]), so git and loops take turns on the index and on HEAD.
 
+use crate::layout::Layout;
 use git2::{Repository, RepositoryState};
 use serde::{Deserialize, Serialize};
 use std::io::Write;
@@ -304,11 +305,6 @@ pub struct HeldReport {
     pub pid: u32,
 }
 
-pub const HELD_FILE: &str = ".held.json";
-/// Where a daemon records the branch rule it chose, so a `loops trigger` beside it follows
-/// the same one.
-pub const RULE_FILE: &str = ".branch.json";
-
 #[derive(Debug, Serialize, Deserialize)]
 struct RecordedRule {
     pid: u32,
@@ -316,25 +312,26 @@ struct RecordedRule {
 }
 
 /// The rule a live daemon recorded (not this process's own).
-pub fn recorded_rule(commits_dir: &Path) -> Option<BranchRule> {
-    let text = std::fs::read_to_string(commits_dir.join(RULE_FILE)).ok()?;
+pub fn recorded_rule(layout: &Layout) -> Option<BranchRule> {
+    let text = std::fs::read_to_string(layout.branch_rule()).ok()?;
     let r: RecordedRule = serde_json::from_str(&text).ok()?;
     let alive = r.pid != std::process::id() && Path::new(&format!("/proc/{}", r.pid)).exists();
     alive.then_some(r.rule)
 }
 
-pub fn record_rule(commits_dir: &Path, rule: &BranchRule) {
+/// Records the rule this daemon chose, so a `loops trigger` beside it follows the same one.
+pub fn record_rule(layout: &Layout, rule: &BranchRule) {
     let r = RecordedRule {
         pid: std::process::id(),
         rule: rule.clone(),
     };
     let text = serde_json::to_string(&r).unwrap_or_default();
-    let _ = crate::fsutil::atomic_replace(&commits_dir.join(RULE_FILE), text.as_bytes());
+    let _ = crate::fsutil::atomic_replace(&layout.branch_rule(), text.as_bytes());
 }
 
 /// Runs waiting in `.loops/commits/`, and why, for `loops status`.
-pub fn waiting(commits_dir: &Path) -> (usize, Option<HeldReport>) {
-    let n = std::fs::read_dir(commits_dir)
+pub fn waiting(layout: &Layout) -> (usize, Option<HeldReport>) {
+    let n = std::fs::read_dir(layout.commits_dir())
         .into_iter()
         .flatten()
         .filter_map(|e| e.ok())
@@ -344,7 +341,7 @@ pub fn waiting(commits_dir: &Path) -> (usize, Option<HeldReport>) {
             name.ends_with(".json") && !name.starts_with('.')
         })
         .count();
-    let held = std::fs::read_to_string(commits_dir.join(HELD_FILE))
+    let held = std::fs::read_to_string(layout.commits_held())
         .ok()
         .and_then(|t| serde_json::from_str::<HeldReport>(&t).ok())
         // Written by a process that has ended: what it said may no longer be true.

@@ -10,6 +10,7 @@
 //! inbox/rejected/ malformed or refused, each with NAME.error.md saying why
 //! ```
 
+use crate::layout::Layout;
 use chrono::{DateTime, Utc};
 use pulldown_cmark::{Event, Options, Parser, Tag, TagEnd};
 use serde::{Deserialize, Serialize};
@@ -632,7 +633,7 @@ impl Inbox {
     }
 
     fn writers_dir(&self) -> PathBuf {
-        self.workspace.join(".loops").join("inbox").join("writers")
+        Layout::of(&self.workspace).inbox_writers_dir()
     }
 
     /// The runner's record for `id`, whatever front matter it matches.

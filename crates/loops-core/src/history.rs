@@ -6,6 +6,7 @@
 //! the paths the run touched — never from the index — so whatever a person has staged
 //! or edited elsewhere stays out of it.
 
+use crate::layout::Layout;
 use chrono::{DateTime, TimeZone, Utc};
 use git2::{ErrorCode, Index, IndexEntry, IndexTime, Oid, Repository, Signature};
 use serde::{Deserialize, Serialize};
@@ -134,11 +135,11 @@ impl Committer {
         if repo.workdir().is_none() {
             return Err(HistoryError::NotARepository(workspace.to_path_buf()));
         }
-        let commits_dir = workspace.join(".loops").join("commits");
+        let layout = Layout::of(workspace);
         let rule = rule
             .or_else(|| {
                 (!record)
-                    .then(|| crate::git_gate::recorded_rule(&commits_dir))
+                    .then(|| crate::git_gate::recorded_rule(&layout))
                     .flatten()
             })
             .unwrap_or_else(|| match crate::git_gate::current_branch(&repo) {
@@ -147,7 +148,7 @@ impl Committer {
                 None => crate::git_gate::BranchRule::Follow,
             });
         if record {
-            crate::git_gate::record_rule(&commits_dir, &rule);
+            crate::git_gate::record_rule(&layout, &rule);
         }
         let (tx, rx) = std_mpsc::channel::<Ask>();
         let mut thread = CommitterThread {
@@ -162,8 +163,8 @@ impl Committer {
             repo,
             name: fallback_name.to_string(),
             email: fallback_email.to_string(),
-            runtime: workspace.join(".loops"),
-            journal: crate::journal::Journal::open(&workspace.join(".loops")),
+            journal: crate::journal::Journal::open(layout.root()),
+            layout,
             deferred: VecDeque::new(),
             unsynced: Vec::new(),
             reported_holders: HashSet::new(),
@@ -234,12 +235,6 @@ const RETRY_EVERY: Duration = Duration::from_secs(2);
 pub const STALE_LOCK_AGE: Duration = Duration::from_secs(10);
 /// Deferred commits kept at most; beyond this the oldest are given up (and said so).
 const MAX_DEFERRED: usize = 1000;
-/// In `.loops/commits/`: the paths whose index entries must follow HEAD, written before
-/// each commit and removed once the index is up to date, so a crash between a commit and
-/// the index update (or a long-held index lock) does not leave `git status` showing the
-/// runner's own committed files as staged changes.
-const INDEX_SYNC: &str = "index-sync.txt";
-
 /// A commit that could not be made when asked (a lock held by another git, a read-only
 /// disk). Kept in order in memory and, when the disk allows, in `.loops/commits/`, so a
 /// restart still makes it.
@@ -265,7 +260,7 @@ struct CommitterThread {
     workdir: PathBuf,
     name: String,
     email: String,
-    runtime: PathBuf,
+    layout: Layout,
     journal: crate::journal::Journal,
     deferred: VecDeque<Deferred>,
     /// Paths whose index entries could not be brought up to date (the index was locked).
@@ -489,11 +484,7 @@ impl CommitterThread {
                 pid: std::process::id(),
             };
             let text = serde_json::to_string(&report).unwrap_or_default();
-            let file = self
-                .runtime
-                .join("commits")
-                .join(crate::git_gate::HELD_FILE);
-            let _ = crate::fsutil::atomic_replace(&file, text.as_bytes());
+            let _ = crate::fsutil::atomic_replace(&self.layout.commits_held(), text.as_bytes());
             self.held = Some((h.clone(), since));
         }
         HistoryError::Held(h)
@@ -508,11 +499,7 @@ impl CommitterThread {
             );
             self.journal
                 .record("commits_resumed", json!({"reason": reason, "since": since}));
-            let _ = std::fs::remove_file(
-                self.runtime
-                    .join("commits")
-                    .join(crate::git_gate::HELD_FILE),
-            );
+            let _ = std::fs::remove_file(self.layout.commits_held());
         }
     }
 
@@ -591,8 +578,11 @@ impl CommitterThread {
 
     /// Writes the paths whose index entries must follow HEAD (those left over, and
     /// `touched` by the commit about to be made); removes the file when there are none.
+    /// Written before each commit and removed once the index is up to date, so a crash
+    /// between a commit and the index update (or a long-held index lock) does not leave
+    /// `git status` showing the runner's own committed files as staged changes.
     fn save_intent(&self, touched: &[PathBuf]) {
-        let path = self.runtime.join("commits").join(INDEX_SYNC);
+        let path = self.layout.index_sync();
         let mut all = self.unsynced.clone();
         for p in touched {
             let rel = p.strip_prefix(&self.workdir).unwrap_or(p);
@@ -613,7 +603,7 @@ impl CommitterThread {
 
     /// Paths a crashed process committed without updating the index for.
     fn load_intent(&mut self) {
-        let path = self.runtime.join("commits").join(INDEX_SYNC);
+        let path = self.layout.index_sync();
         if let Ok(text) = std::fs::read_to_string(&path) {
             for l in text.lines().filter(|l| !l.trim().is_empty()) {
                 let p = PathBuf::from(l);
@@ -669,8 +659,10 @@ impl CommitterThread {
                 json!({"subject": subject, "reason": d.reason}),
             );
         }
-        let dir = self.runtime.join("commits");
-        let file = dir.join(format!("{}.json", ulid::Ulid::new()));
+        let file = self
+            .layout
+            .commits_dir()
+            .join(format!("{}.json", ulid::Ulid::new()));
         let text = serde_json::to_string(&d).unwrap_or_default();
         if crate::fsutil::atomic_write(&file, text.as_bytes()).is_ok() {
             d.file = Some(file);
@@ -694,8 +686,7 @@ impl CommitterThread {
     /// Commits deferred by an earlier process (a crash before git allowed them) are made
     /// first, in the order they were asked for.
     fn load_deferred(&mut self) {
-        let dir = self.runtime.join("commits");
-        let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        let mut files: Vec<PathBuf> = std::fs::read_dir(self.layout.commits_dir())
             .into_iter()
             .flatten()
             .filter_map(|e| e.ok())
@@ -977,10 +968,10 @@ fn signature<'a>(repo: &Repository, name: &'a str, email: &'a str) -> Signature<
 
 /// Paths under these folders are never committed by a run.
 fn is_private(rel: &Path) -> bool {
-    matches!(
-        rel.components().next().and_then(|c| c.as_os_str().to_str()),
-        Some(".loops") | Some(".git")
-    )
+    rel.components()
+        .next()
+        .and_then(|c| c.as_os_str().to_str())
+        .is_some_and(|top| top == crate::layout::RUNTIME_DIR || top == ".git")
 }
 
 /// Whether `.gitignore` keeps `rel` out of a run's commit: only a file git does not track

@@ -12,16 +12,13 @@
 //! to `daemon.1.jsonl` (replacing the previous one) and a new one is started.
 
 use crate::fsutil::append_line;
+use crate::layout::{Layout, RUNTIME_DIR};
 use chrono::{DateTime, Utc};
 use serde_json::{json, Map, Value};
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 
-/// The journal's file name under `.loops/`.
-pub const FILE: &str = "daemon.jsonl";
-/// The previous journal, kept after a rotation.
-pub const ROTATED: &str = "daemon.1.jsonl";
 /// Past this size the journal is rotated.
 pub const MAX_BYTES: u64 = 1 << 20;
 /// Events held in memory while the disk refuses writes; older ones are dropped (and
@@ -52,6 +49,8 @@ struct Held {
 #[derive(Debug)]
 struct Inner {
     path: PathBuf,
+    /// Where the journal goes when it passed [`MAX_BYTES`].
+    rotated: PathBuf,
     held: Mutex<Held>,
 }
 
@@ -70,12 +69,14 @@ fn registry() -> &'static Mutex<HashMap<PathBuf, Journal>> {
 impl Journal {
     /// The journal of the workspace whose runtime folder is `runtime_dir` (`.loops/`).
     pub fn open(runtime_dir: &Path) -> Journal {
-        let path = runtime_dir.join(FILE);
+        let layout = Layout::at(runtime_dir);
+        let path = layout.journal();
         let mut reg = registry().lock().unwrap_or_else(|e| e.into_inner());
         reg.entry(path.clone())
             .or_insert_with(|| Journal {
                 inner: Arc::new(Inner {
                     path,
+                    rotated: layout.journal_rotated(),
                     held: Mutex::new(Held::default()),
                 }),
             })
@@ -135,7 +136,7 @@ impl Journal {
         let path = &self.inner.path;
         if let Ok(m) = std::fs::metadata(path) {
             if m.len() >= MAX_BYTES {
-                let _ = std::fs::rename(path, path.with_file_name(ROTATED));
+                let _ = std::fs::rename(path, &self.inner.rotated);
             }
         }
         while let Some(line) = held.lines.front() {
@@ -225,7 +226,7 @@ pub fn report_io(path: &Path, err: &std::io::Error) {
     }
     if let Some(rt) = path
         .ancestors()
-        .find(|a| a.file_name().is_some_and(|n| n == ".loops"))
+        .find(|a| a.file_name().is_some_and(|n| n == RUNTIME_DIR))
     {
         Journal::open(rt).disk_error(path, err);
     }
@@ -234,9 +235,10 @@ pub fn report_io(path: &Path, err: &std::io::Error) {
 /// Every event in the journal (the rotated file first), oldest first; lines that do not
 /// parse are skipped.
 pub fn read(runtime_dir: &Path) -> Vec<Value> {
-    [ROTATED, FILE]
+    let layout = Layout::at(runtime_dir);
+    [layout.journal_rotated(), layout.journal()]
         .iter()
-        .filter_map(|f| std::fs::read_to_string(runtime_dir.join(f)).ok())
+        .filter_map(|f| std::fs::read_to_string(f).ok())
         .flat_map(|t| {
             t.lines()
                 .filter_map(|l| serde_json::from_str::<Value>(l).ok())

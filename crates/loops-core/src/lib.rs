@@ -1,14 +1,14 @@
 //! loops-core: the layers every part of loops stands on, each importing only those before it.
 //!
-//! - **base**: [`diag`] (diagnostics with file:line), [`duration`], [`clock`], [`schedule`]
-//!   (when a loop fires), [`text`], [`fsutil`] (atomic writes, locks, process identity),
-//!   [`secrets`], [`sys`] (the few system calls with no safe wrapper: the only `unsafe`
-//!   code), [`usage`], [`tool_names`]; the configuration: [`workspace`] (loops.yaml),
-//!   [`domain`] (a loop's config.yaml), [`providers`], [`channel_config`], [`mcp_config`],
-//!   [`guard`] rules, [`net`] (`allowed_hosts`).
-//! - **store**, what the runner keeps under `.loops/`: [`layout`], [`jobs`] (the queue),
-//!   [`runs`] (run records), [`state`] (loop state), [`journal`], [`daemon_lock`],
-//!   [`retention`].
+//! - **base**: [`layout`] (every path under `.loops/`; it imports nothing), [`diag`]
+//!   (diagnostics with file:line), [`duration`], [`clock`], [`schedule`] (when a loop
+//!   fires), [`text`], [`fsutil`] (atomic writes, locks, process identity), [`secrets`],
+//!   [`sys`] (the few system calls with no safe wrapper: the only `unsafe` code),
+//!   [`usage`], [`tool_names`]; the configuration: [`workspace`] (loops.yaml), [`domain`]
+//!   (a loop's config.yaml), [`providers`], [`channel_config`], [`mcp_config`], [`guard`]
+//!   rules, [`net`] (`allowed_hosts`).
+//! - **store**, what the runner keeps under `.loops/`: [`jobs`] (the queue), [`runs`]
+//!   (run records), [`state`] (loop state), [`journal`], [`daemon_lock`], [`retention`].
 //! - **effects**, what a run does to the world: [`exec`] (child processes), [`history`]
 //!   and [`git_gate`] (commits beside a person's git), [`beneath`] (opening files beneath
 //!   the workspace), [`handoff`] (the inbox), [`channels`] (delivery), [`snapshot`] (what a

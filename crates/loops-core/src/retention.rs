@@ -149,7 +149,8 @@ struct Item {
 /// `max_total_bytes`. `say` gets a line for each step of a long pass.
 pub fn prune(ws: &Workspace, now: SystemTime, dry_run: bool, say: &dyn Fn(&str)) -> Report {
     let policy = Policy::of(&ws.settings);
-    let root = ws.runtime_dir();
+    let layout = ws.layout();
+    let root = layout.root();
     let mut report = Report {
         dry_run,
         max_age: policy.max_age.map(crate::duration::format_duration),
@@ -163,7 +164,7 @@ pub fn prune(ws: &Workspace, now: SystemTime, dry_run: bool, say: &dyn Fn(&str))
         rotate_growing_logs(ws, &policy, now, &mut report);
     }
     say("scanning .loops/");
-    let (files, bytes) = total_size(&root);
+    let (files, bytes) = total_size(root);
     report.files_before = files;
     report.bytes_before = bytes;
     let items = collect(ws, &mut report);
@@ -274,21 +275,21 @@ fn rotated_log(name: &str) -> bool {
 
 /// Everything that may be removed, each with its size and age.
 fn collect(ws: &Workspace, report: &mut Report) -> Vec<Item> {
-    let root = ws.runtime_dir();
+    let layout = ws.layout();
     let mut items = Vec::new();
 
     // Transcripts of runs still going are being written: never theirs.
-    let mut running: HashSet<String> = crate::runs::RunningSet::new(&ws.runtime_dir())
+    let mut running: HashSet<String> = crate::runs::RunningSet::new(layout.root())
         .all()
         .into_iter()
         .map(|m| m.run_id)
         .collect();
     // An older version's markers (`.loops/running/<run>.json`), read for one release.
     running.extend(
-        files_in(&root.join("running"))
+        files_in(&layout.legacy_running_dir())
             .filter_map(|(n, _)| n.strip_suffix(".json").map(str::to_string)),
     );
-    for (name, path) in files_in(&ws.runs_dir()) {
+    for (name, path) in files_in(&layout.runs_dir()) {
         if path.is_dir() {
             for (t, tp) in files_in(&path) {
                 let stem = t.strip_suffix(".md").unwrap_or(&t);
@@ -301,20 +302,20 @@ fn collect(ws: &Workspace, report: &mut Report) -> Vec<Item> {
         }
     }
 
-    for (_, path) in files_in(&crate::channels::deliveries_dir(ws)) {
+    for (_, path) in files_in(&layout.deliveries_dir()) {
         items.extend(single(Kind::Deliveries, path));
     }
-    for (_, path) in files_in(&root.join("handoff-runs")) {
+    for (_, path) in files_in(&layout.handoff_runs_dir()) {
         items.extend(single(Kind::HandoffRuns, path));
     }
-    for (name, path) in files_in(&root.join("main")) {
+    for (name, path) in files_in(&layout.main_dir()) {
         if name.starts_with("conversation.corrupt-") {
             items.extend(single(Kind::Logs, path));
         }
     }
-    for (name, path) in files_in(&root.join("mcp"))
-        .chain(files_in(&root.join("jobs")))
-        .chain(files_in(&root))
+    for (name, path) in files_in(&layout.mcp_dir())
+        .chain(files_in(&layout.jobs_dir()))
+        .chain(files_in(layout.root()))
     {
         if rotated_log(&name) {
             items.extend(single(Kind::Logs, path));
@@ -444,7 +445,7 @@ fn remove_file(ws: &Workspace, p: &Path, report: &mut Report) {
 }
 
 fn remove_keys(ws: &Workspace, store: &JobStore, gone: &HashSet<JobId>, report: &mut Report) {
-    for (_, path) in files_in(&store.dir().join("keys")) {
+    for (_, path) in files_in(&store.keys_dir()) {
         let Ok(bytes) = std::fs::read(&path) else {
             continue;
         };
@@ -463,7 +464,7 @@ fn rewrite_index(ws: &Workspace, store: &JobStore, gone: &HashSet<JobId>, report
     struct IdOnly {
         id: JobId,
     }
-    let path = store.done_dir().join("index.jsonl");
+    let path = store.index_path();
     let Ok(f) = std::fs::File::open(&path) else {
         return;
     };
@@ -502,10 +503,9 @@ fn rewrite_index(ws: &Workspace, store: &JobStore, gone: &HashSet<JobId>, report
 
 /// Rotates the files that are appended to in place once they pass `rotate_bytes`.
 fn rotate_growing_logs(ws: &Workspace, policy: &Policy, now: SystemTime, report: &mut Report) {
-    let root = ws.runtime_dir();
-    let mut logs: Vec<PathBuf> = vec![root.join("jobs").join("audit.log")];
+    let mut logs: Vec<PathBuf> = vec![JobStore::new(ws).audit_path()];
     logs.extend(
-        files_in(&root.join("mcp"))
+        files_in(&ws.layout().mcp_dir())
             .filter(|(n, _)| n.ends_with(".log"))
             .map(|(_, p)| p),
     );

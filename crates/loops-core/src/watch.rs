@@ -9,6 +9,7 @@
 //! `.loops/watcher.json` for `loops status`, and falls back to asking for a rescan every
 //! [`POLL_EVERY`], so handoffs and new loops are still found, a little later.
 
+use crate::layout::Layout;
 use chrono::{DateTime, Utc};
 use notify::{RecommendedWatcher, RecursiveMode, Watcher as _};
 use serde::{Deserialize, Serialize};
@@ -390,9 +391,10 @@ pub struct WatchProblem {
     pub polling_every_ms: u64,
 }
 
-/// The report's file in a workspace's runtime folder.
+/// The report's file in a workspace's runtime folder: [`Layout::watcher_report`], for the
+/// callers that hold `.loops/` as a path.
 pub fn report_path(runtime_dir: &Path) -> PathBuf {
-    runtime_dir.join("watcher.json")
+    Layout::at(runtime_dir).watcher_report()
 }
 
 /// One process writes the report at a time (its watchers run on several threads).
@@ -430,6 +432,6 @@ fn read_report_file(path: &Path) -> Option<WatchReport> {
 
 /// The problems of the daemon with this pid (`loops status`); an older daemon's are not
 /// this one's.
-pub fn read_report(runtime_dir: &Path, daemon_pid: u32) -> Option<WatchReport> {
-    read_report_file(&report_path(runtime_dir)).filter(|r| r.pid == daemon_pid)
+pub fn read_report(layout: &Layout, daemon_pid: u32) -> Option<WatchReport> {
+    read_report_file(&layout.watcher_report()).filter(|r| r.pid == daemon_pid)
 }

@@ -7,6 +7,7 @@ use crate::config_fields::{
 };
 use crate::diag::{Diagnostic, YamlLocator};
 use crate::duration::{parse_duration, DURATION_HELP};
+use crate::layout::{Layout, WorkspaceRoot};
 use chrono_tz::Tz;
 use serde::de::IgnoredAny;
 use serde::Deserialize;
@@ -335,6 +336,12 @@ pub struct Workspace {
     pub diagnostics: Vec<Diagnostic>,
 }
 
+impl WorkspaceRoot for Workspace {
+    fn workspace_root(&self) -> &Path {
+        &self.root
+    }
+}
+
 impl Workspace {
     /// Opens the workspace at `root` (which must exist) and reads loops.yaml.
     pub fn open(root: &Path) -> Result<Workspace, WorkspaceError> {
@@ -418,28 +425,31 @@ impl Workspace {
     pub fn inbox_dir(&self) -> PathBuf {
         self.root.join("inbox")
     }
+    /// Where the runner keeps its own files (`.loops/`).
+    pub fn layout(&self) -> Layout {
+        Layout::of(&self.root)
+    }
+
+    // The next four are `layout()`'s, kept for the callers not yet moved to it (issue
+    // #17: the daemon, the operator, the engine); they go with them.
     pub fn runtime_dir(&self) -> PathBuf {
-        self.root.join(".loops")
+        self.layout().root().to_path_buf()
     }
     pub fn state_dir(&self) -> PathBuf {
-        self.runtime_dir().join("state")
+        self.layout().state_dir()
     }
     pub fn runs_dir(&self) -> PathBuf {
-        self.runtime_dir().join("runs")
+        self.layout().runs_dir()
     }
-    /// Where other processes nudge a running daemon to re-read a loop's state (a file
-    /// named after the loop); see [`Workspace::nudge_daemon`].
     pub fn signals_dir(&self) -> PathBuf {
-        self.runtime_dir().join("signals")
+        self.layout().signals_dir()
     }
 
-    /// Tells a running daemon (if any) that a loop's state changed on disk.
+    /// Tells a running daemon (if any) that a loop's state changed on disk: a file named
+    /// after the loop in [`Layout::signals_dir`], which it watches.
     pub fn nudge_daemon(&self, loop_name: &str) {
-        let _ = crate::fsutil::atomic_replace(&self.signals_dir().join(loop_name), b"");
-    }
-
-    pub fn daemon_lock_path(&self) -> PathBuf {
-        self.runtime_dir().join("daemon.lock")
+        let signal = self.layout().signals_dir().join(loop_name);
+        let _ = crate::fsutil::atomic_replace(&signal, b"");
     }
 
     /// `path` relative to the workspace root, for messages.
@@ -1162,12 +1172,10 @@ pub struct RejectedEdit {
     pub errors: Vec<String>,
 }
 
-const SETTINGS_REPORT: &str = "settings.json";
-
 impl SettingsReport {
     /// The report of the live daemon of `ws`, if it wrote one.
     pub fn read(ws: &Workspace) -> Option<SettingsReport> {
-        let text = std::fs::read_to_string(ws.runtime_dir().join(SETTINGS_REPORT)).ok()?;
+        let text = std::fs::read_to_string(ws.layout().settings_report()).ok()?;
         let r: SettingsReport = serde_json::from_str(&text).ok()?;
         // Written by a process that has ended: what it said may no longer be true.
         Path::new(&format!("/proc/{}", r.pid)).exists().then_some(r)
@@ -1175,7 +1183,7 @@ impl SettingsReport {
 
     pub fn write(&self, ws: &Workspace) {
         let text = serde_json::to_string_pretty(self).unwrap_or_default();
-        let path = ws.runtime_dir().join(SETTINGS_REPORT);
+        let path = ws.layout().settings_report();
         if let Err(e) = crate::fsutil::atomic_replace(&path, text.as_bytes()) {
             tracing::warn!("cannot write {}: {e}", path.display());
         }

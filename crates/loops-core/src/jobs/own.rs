@@ -18,6 +18,7 @@
 //! A held-back path stays in the work tree as it is, uncommitted, and is named in the run
 //! record's `held_back`.
 
+use crate::layout::Layout;
 use crate::runs::HeldBack;
 use git2::Repository;
 use std::collections::HashMap;
@@ -81,7 +82,7 @@ impl StartState {
 /// because of them is the runner's work, not the person's.
 fn queued_by_runner(workdir: &Path) -> HashMap<PathBuf, Option<git2::Oid>> {
     let mut out = HashMap::new();
-    let Ok(dir) = std::fs::read_dir(workdir.join(".loops").join("commits")) else {
+    let Ok(dir) = std::fs::read_dir(Layout::of(workdir).commits_dir()) else {
         return out;
     };
     let mut files: Vec<PathBuf> = dir
@@ -150,12 +151,10 @@ impl StartState {
     }
 }
 
-/// Where a running run of `loop_name` keeps the files that were dirty at its start, so a
-/// run after it that finds it (the first was killed) knows which edits were the person's.
+/// [`Layout::dirty_at_start`], kept for `engine::loop_run` until it uses `ws.layout()`
+/// (issue #17).
 pub fn interrupted_marker(ws: &crate::workspace::Workspace, loop_name: &str) -> PathBuf {
-    ws.runtime_dir()
-        .join("own")
-        .join(format!("{loop_name}.json"))
+    ws.layout().dirty_at_start(loop_name)
 }
 
 /// What `abs` is against HEAD, `None` when it is what HEAD holds (or git ignores it).
@@ -269,10 +268,11 @@ pub fn attribute(changed: Vec<PathBuf>, start: &StartState, writer: &Writer) -> 
     out
 }
 
-/// Where a command may list the files it wrote, one a line (relative to its folder, or
-/// absolute), so that nothing else is taken for its work.
+/// [`Layout::wrote_list`]: where a command may list the files it wrote, one a line
+/// (relative to its folder, or absolute), so that nothing else is taken for its work.
+/// Kept for `engine::loop_run` until it uses `ws.layout()` (issue #17).
 pub fn wrote_file(ws: &crate::workspace::Workspace, run_id: &str) -> PathBuf {
-    ws.runtime_dir().join("wrote").join(run_id)
+    ws.layout().wrote_list(run_id)
 }
 
 /// The files a command listed in `$LOOPS_WROTE` (absolute, `.` and `..` resolved by name),

@@ -32,6 +32,7 @@ use super::group_commit::{self, GroupCommit};
 use super::job::{Job, JobId, JobSummary};
 use super::spares::{Spare, Spares};
 use crate::fsutil::{atomic_replace, FileLock};
+use crate::layout::Layout;
 use chrono::{DateTime, Utc};
 use std::collections::{BTreeMap, HashSet};
 use std::io::BufRead;
@@ -125,15 +126,22 @@ pub struct JobStore {
 
 impl JobStore {
     pub fn new(ws: &crate::workspace::Workspace) -> JobStore {
-        JobStore::at(ws.runtime_dir().join("jobs"))
+        let layout = ws.layout();
+        JobStore::with_watermarks(layout.jobs_dir(), layout.watermarks_dir())
     }
 
-    /// The queue in `dir`; its watermarks beside it, in `../watermarks`.
+    /// The queue in `dir`; its watermarks beside it, as in a workspace's runtime folder
+    /// (inside it when `dir` has no parent).
     pub fn at(dir: PathBuf) -> JobStore {
-        let watermarks = match dir.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.join("watermarks"),
-            _ => dir.join("watermarks"),
+        let runtime = match dir.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => dir.as_path(),
         };
+        let watermarks = Layout::at(runtime).watermarks_dir();
+        JobStore::with_watermarks(dir, watermarks)
+    }
+
+    fn with_watermarks(dir: PathBuf, watermarks: PathBuf) -> JobStore {
         JobStore {
             flusher: group_commit::for_dir(&dir),
             watermark_flusher: group_commit::for_dir(&watermarks),
@@ -190,7 +198,13 @@ impl JobStore {
         self.dir.join("audit.log")
     }
 
-    fn index_path(&self) -> PathBuf {
+    /// The jobs holding idempotency keys, one file per key.
+    pub(crate) fn keys_dir(&self) -> PathBuf {
+        self.dir.join("keys")
+    }
+
+    /// One summary line per finished job.
+    pub(crate) fn index_path(&self) -> PathBuf {
         self.done_dir().join("index.jsonl")
     }
 
@@ -435,7 +449,7 @@ impl Tx<'_> {
             fnv(0xcbf2_9ce4_8422_2325),
             fnv(0x6c62_272e_07bb_0142)
         );
-        self.store.dir.join("keys").join(format!("{name}.json"))
+        self.store.keys_dir().join(format!("{name}.json"))
     }
 }
 
