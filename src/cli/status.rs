@@ -16,99 +16,133 @@ const RECENT: usize = 5;
 
 pub(super) fn status(ws: &Workspace, json_out: bool) -> Result {
     let now = Utc::now();
-    let daemon = loops_core::daemon_lock::daemon_alive(ws);
-    let loops = crate::operator::loop_rows(ws, now);
-    let handoffs = crate::operator::handoff_rows(ws, now);
-    let store = loops_core::jobs::store::JobStore::new(ws);
-    let stats = loops_core::jobs::stats::compute(&store, now, daemon.is_some());
-    let deliveries = loops_core::channels::list_records(ws);
-    let day_ago = now - chrono::Duration::hours(24);
-    let recent_deliveries: Vec<&loops_core::channels::DeliveryRecord> =
-        deliveries.iter().filter(|d| d.updated >= day_ago).collect();
-    let count_status = |s: loops_core::channels::DeliveryStatus| {
-        recent_deliveries.iter().filter(|d| d.status == s).count()
-    };
-    let layout = ws.layout();
-    let mcp = mcp_servers(&layout);
-    let (record_files, record_bytes) = loops_core::retention::total_size(layout.root());
-    let policy = loops_core::retention::Policy::of(&ws.settings);
-    // Limits the daemon's file watchers ran into (inotify watches or instances): it then
-    // polls, and says so here.
-    let watcher = daemon
-        .as_ref()
-        .and_then(|d| loops_core::watch::read_report(&layout, d.pid));
-
-    let running = running_now(ws, &store, now);
-
-    let runlog = RunLog::new(&layout.runs_dir(), ws.settings.rotate_bytes);
-    let mut runs: Vec<loops_core::runs::RunRecord> = loops
-        .iter()
-        .map(|l| l.name.as_str())
-        .chain(std::iter::once("main"))
-        .flat_map(|n| runlog.recent(n, RECENT))
-        .collect();
-    runs.sort_by_key(|r| std::cmp::Reverse(r.finished));
-    runs.truncate(RECENT);
-    let commits = loops_core::history::read_log(&ws.root, None, RECENT).unwrap_or_default();
-    // The daemon's own record: when it last stopped without a clean shutdown, and what
-    // the next start recovered (.loops/daemon.jsonl, at most a couple of MB).
-    let unclean: Vec<Value> = loops_core::journal::read(layout.root())
-        .into_iter()
-        .filter(|e| e["event"] == "unclean_stop")
-        .collect();
-    let unclean_24h = unclean
-        .iter()
-        .filter(|e| {
-            e["at"]
-                .as_str()
-                .and_then(|t| t.parse::<chrono::DateTime<Utc>>().ok())
-                .is_some_and(|t| t >= day_ago)
-        })
-        .count();
-    let last_unclean = unclean.last().cloned();
-    // Run commits waiting in .loops/commits/, and why (git mid-operation, another branch).
-    let (commits_waiting, held) = loops_core::git_gate::waiting(&layout);
-    // What the live daemon made of loops.yaml: an edit it refused, settings waiting for a
-    // restart.
-    let settings_report = loops_core::workspace::SettingsReport::read(ws);
-
-    let stage_count = |s: Stage| handoffs.iter().filter(|h| h.stage == s).count();
-    let no_main = ws.settings.main.is_none() && stage_count(Stage::Pending) > 0;
-    // Proposals a main session could not make itself wait for the person.
-    let for_person = handoffs
-        .iter()
-        .filter(|h| h.stage == Stage::Pending && h.to == "person")
-        .count();
-    let failing = loops.iter().filter(|l| l.consecutive_failures > 0).count();
-    let paused = loops.iter().filter(|l| l.paused.is_some()).count();
-    let broken = loops
-        .iter()
-        .filter(|l| !l.errors.iter().all(|d| !d.is_error()))
-        .count();
-
+    let snap = Snapshot::gather(ws, now);
     if json_out {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&snap.to_json()).unwrap_or_default()
+        );
+    } else {
+        print!("{}", snap.text());
+    }
+    Ok(())
+}
+
+/// Everything `loops status` shows, read once.
+struct Snapshot<'a> {
+    ws: &'a Workspace,
+    now: chrono::DateTime<Utc>,
+    daemon: Option<loops_core::daemon_lock::LockInfo>,
+    loops: Vec<crate::operator::LoopRow>,
+    handoffs: Vec<crate::operator::HandoffRow>,
+    stats: loops_core::jobs::stats::Stats,
+    deliveries: Vec<loops_core::channels::DeliveryRecord>,
+    mcp: Vec<Value>,
+    record_files: u64,
+    record_bytes: u64,
+    policy: loops_core::retention::Policy,
+    /// Limits the daemon's file watchers ran into (inotify watches or instances): it
+    /// then polls, and says so here.
+    watcher: Option<loops_core::watch::WatchReport>,
+    running: Vec<Running>,
+    runs: Vec<loops_core::runs::RunRecord>,
+    commits: Vec<loops_core::history::LogEntry>,
+    unclean_24h: usize,
+    last_unclean: Option<Value>,
+    /// Run commits waiting in .loops/commits/, and why (git mid-operation, another branch).
+    commits_waiting: usize,
+    held: Option<loops_core::git_gate::HeldReport>,
+    /// What the live daemon made of loops.yaml: an edit it refused, settings waiting for
+    /// a restart.
+    settings_report: Option<loops_core::workspace::SettingsReport>,
+}
+
+impl<'a> Snapshot<'a> {
+    fn gather(ws: &'a Workspace, now: chrono::DateTime<Utc>) -> Self {
+        let daemon = loops_core::daemon_lock::daemon_alive(ws);
+        let loops = crate::operator::loop_rows(ws, now);
+        let store = loops_core::jobs::store::JobStore::new(ws);
+        let layout = ws.layout();
+        let (record_files, record_bytes) = loops_core::retention::total_size(layout.root());
+        let (commits_waiting, held) = loops_core::git_gate::waiting(&layout);
+        let (unclean_24h, last_unclean) = unclean_stops(&layout, now);
+        Snapshot {
+            ws,
+            now,
+            watcher: daemon
+                .as_ref()
+                .and_then(|d| loops_core::watch::read_report(&layout, d.pid)),
+            stats: loops_core::jobs::stats::compute(&store, now, daemon.is_some()),
+            running: running_now(ws, &store, now),
+            runs: recent_runs(ws, &layout, &loops),
+            handoffs: crate::operator::handoff_rows(ws, now),
+            deliveries: loops_core::channels::list_records(ws),
+            mcp: mcp_servers(&layout),
+            policy: loops_core::retention::Policy::of(&ws.settings),
+            commits: loops_core::history::read_log(&ws.root, None, RECENT).unwrap_or_default(),
+            settings_report: loops_core::workspace::SettingsReport::read(ws),
+            daemon,
+            loops,
+            record_files,
+            record_bytes,
+            unclean_24h,
+            last_unclean,
+            commits_waiting,
+            held,
+        }
+    }
+
+    fn stage_count(&self, s: Stage) -> usize {
+        self.handoffs.iter().filter(|h| h.stage == s).count()
+    }
+
+    /// Handoffs wait and loops.yaml has no `main:` session to receive them.
+    fn no_main(&self) -> bool {
+        self.ws.settings.main.is_none() && self.stage_count(Stage::Pending) > 0
+    }
+
+    /// Proposals a main session could not make itself, waiting for the person.
+    fn for_person(&self) -> usize {
+        self.handoffs
+            .iter()
+            .filter(|h| h.stage == Stage::Pending && h.to == "person")
+            .count()
+    }
+
+    /// Deliveries of the last 24 hours with status `s`.
+    fn deliveries_24h(&self, s: loops_core::channels::DeliveryStatus) -> usize {
+        let day_ago = self.now - chrono::Duration::hours(24);
+        self.deliveries
+            .iter()
+            .filter(|d| d.updated >= day_ago && d.status == s)
+            .count()
+    }
+
+    fn to_json(&self) -> Value {
+        use loops_core::channels::DeliveryStatus;
+        let (now, stats) = (self.now, &self.stats);
         let local = loops_core::workspace::host_timezone();
-        let v = json!({
-            "workspace": ws.root,
+        json!({
+            "workspace": self.ws.root,
             "version": env!("CARGO_PKG_VERSION"),
-            "daemon": daemon.as_ref().map(|d| json!({
+            "daemon": self.daemon.as_ref().map(|d| json!({
                 "pid": d.pid,
                 "started": d.started,
                 "uptime_secs": (now - d.started).num_seconds().max(0),
                 "version": d.version,
             })),
-            "loops": loops.iter().map(|l| l.to_json(&local)).collect::<Vec<_>>(),
-            "settings": settings_report.as_ref().map(|r| json!({
+            "loops": self.loops.iter().map(|l| l.to_json(&local)).collect::<Vec<_>>(),
+            "settings": self.settings_report.as_ref().map(|r| json!({
                 "applied_at": r.applied_at,
                 "rejected": r.rejected.as_ref().map(|e| json!({"at": e.at, "errors": e.errors})),
                 "restart_needed": r.restart_needed,
             })),
             "inbox": {
-                "no_main": no_main,
-                "pending": stage_count(Stage::Pending),
-                "for_person": for_person,
-                "active": stage_count(Stage::Active),
-                "rejected": stage_count(Stage::Rejected),
+                "no_main": self.no_main(),
+                "pending": self.stage_count(Stage::Pending),
+                "for_person": self.for_person(),
+                "active": self.stage_count(Stage::Active),
+                "rejected": self.stage_count(Stage::Rejected),
             },
             "jobs": {
                 "active": stats.health.active,
@@ -119,123 +153,170 @@ pub(super) fn status(ws: &Workspace, json_out: bool) -> Result {
                 "warnings": stats.warnings,
             },
             "deliveries_24h": {
-                "delivered": count_status(loops_core::channels::DeliveryStatus::Delivered),
-                "delivery_failed": count_status(loops_core::channels::DeliveryStatus::DeliveryFailed),
-                "blocked": count_status(loops_core::channels::DeliveryStatus::Blocked),
+                "delivered": self.deliveries_24h(DeliveryStatus::Delivered),
+                "delivery_failed": self.deliveries_24h(DeliveryStatus::DeliveryFailed),
+                "blocked": self.deliveries_24h(DeliveryStatus::Blocked),
             },
-            "mcp_servers": mcp,
+            "mcp_servers": self.mcp,
             "records": {
-                "files": record_files,
-                "bytes": record_bytes,
-                "max_total_bytes": policy.max_total_bytes,
-                "max_age": policy.max_age.map(loops_core::duration::format_duration),
+                "files": self.record_files,
+                "bytes": self.record_bytes,
+                "max_total_bytes": self.policy.max_total_bytes,
+                "max_age": self.policy.max_age.map(loops_core::duration::format_duration),
             },
-            "running": running.iter().map(|r| json!({
+            "running": self.running.iter().map(|r| json!({
                 "what": r.what, "name": r.name, "detail": r.detail,
                 "started": r.started, "running_secs": r.running_secs(now),
             })).collect::<Vec<_>>(),
-            "watcher_problems": watcher.as_ref().map(|w| w.problems.clone()).unwrap_or_default(),
-            "unclean_stops_24h": unclean_24h,
-            "last_unclean_stop": last_unclean,
-            "recent_runs": runs.iter().map(|r| json!({
+            "watcher_problems": self.watcher.as_ref().map(|w| w.problems.clone()).unwrap_or_default(),
+            "unclean_stops_24h": self.unclean_24h,
+            "last_unclean_stop": self.last_unclean,
+            "recent_runs": self.runs.iter().map(|r| json!({
                 "loop": r.loop_name, "run_id": r.run_id, "outcome": r.outcome,
                 "finished": r.finished, "duration_ms": r.duration_ms, "error": r.error,
                 "held_back": r.held_back,
             })).collect::<Vec<_>>(),
             "commits": {
-                "waiting": commits_waiting,
-                "held": held.as_ref().map(|h| json!({"reason": h.reason, "since": h.since})),
+                "waiting": self.commits_waiting,
+                "held": self.held.as_ref().map(|h| json!({"reason": h.reason, "since": h.since})),
             },
-            "recent_commits": commits.iter().map(|c| json!({
+            "recent_commits": self.commits.iter().map(|c| json!({
                 "commit": c.commit, "time": c.time, "loop": c.loop_name, "summary": c.summary,
             })).collect::<Vec<_>>(),
-        });
-        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
-        return Ok(());
+        })
     }
 
-    let mut out = String::new();
-    out.push_str(&format!(
-        "loops {} — {}\n\n",
-        env!("CARGO_PKG_VERSION"),
-        ws.root.display()
-    ));
-    let daemon_line = match &daemon {
-        Some(d) => format!(
-            "running, pid {}, up {}{}",
-            d.pid,
-            span((now - d.started).to_std().unwrap_or_default()),
-            if d.version != env!("CARGO_PKG_VERSION") {
-                format!(" (version {}: restart it to run this one)", d.version)
-            } else {
-                String::new()
+    /// The screen: a header, one line per part, then the tables and the warnings.
+    fn text(&self) -> String {
+        let mut out = format!(
+            "loops {} — {}\n\n",
+            env!("CARGO_PKG_VERSION"),
+            self.ws.root.display()
+        );
+        for (k, v) in &self.lines() {
+            out.push_str(&format!("{k:<11}{v}\n"));
+        }
+        out.push_str(&self.tables());
+        let warnings = self.warnings();
+        if !warnings.is_empty() {
+            out.push('\n');
+            for w in warnings {
+                out.push_str(&format!("warning: {w}\n"));
             }
-        ),
-        None => "not running: nothing runs on schedule. Start it with `loops run` (or `loops service install`)".into(),
-    };
-    let mut lines: Vec<(String, String)> = vec![("daemon".into(), daemon_line)];
-    lines.push((
-        "loops".into(),
+        }
+        out
+    }
+
+    fn lines(&self) -> Vec<(String, String)> {
+        let mut lines: Vec<(String, String)> = vec![
+            ("daemon".into(), self.daemon_line()),
+            ("loops".into(), self.loops_line()),
+            ("inbox".into(), self.inbox_line()),
+            ("jobs".into(), self.jobs_line()),
+        ];
+        if !self.ws.settings.channels.is_empty() || !self.deliveries.is_empty() {
+            lines.push(("deliveries".into(), self.deliveries_line()));
+        }
+        if let Some(line) = commits_line(self.commits_waiting, self.held.as_ref()) {
+            lines.push(("commits".into(), line));
+        }
+        for line in settings_lines(self.settings_report.as_ref(), self.now) {
+            lines.push(("loops.yaml".into(), line));
+        }
+        if let Some(line) = self.crashes_line() {
+            lines.push(("crashes".into(), line));
+        }
+        if let Some(line) = self.mcp_line() {
+            lines.push(("mcp".into(), line));
+        }
+        lines.push(("records".into(), self.records_line()));
+        if let Some(line) = self.watcher_line() {
+            lines.push(("watcher".into(), line));
+        }
+        lines
+    }
+
+    fn daemon_line(&self) -> String {
+        match &self.daemon {
+            Some(d) => format!(
+                "running, pid {}, up {}{}",
+                d.pid,
+                span((self.now - d.started).to_std().unwrap_or_default()),
+                if d.version != env!("CARGO_PKG_VERSION") {
+                    format!(" (version {}: restart it to run this one)", d.version)
+                } else {
+                    String::new()
+                }
+            ),
+            None => "not running: nothing runs on schedule. Start it with `loops run` (or `loops service install`)".into(),
+        }
+    }
+
+    fn loops_line(&self) -> String {
+        let failing = self
+            .loops
+            .iter()
+            .filter(|l| l.consecutive_failures > 0)
+            .count();
+        let paused = self.loops.iter().filter(|l| l.paused.is_some()).count();
+        let broken = self
+            .loops
+            .iter()
+            .filter(|l| !l.errors.iter().all(|d| !d.is_error()))
+            .count();
         format!(
             "{} — {} failing, {} paused, {} with errors",
-            loops.len(),
+            self.loops.len(),
             failing,
             paused,
             broken
-        ),
-    ));
-    lines.push((
-        "inbox".into(),
+        )
+    }
+
+    fn inbox_line(&self) -> String {
+        let for_person = self.for_person();
         format!(
             "{} pending, {} active, {} rejected{}",
-            stage_count(Stage::Pending),
-            stage_count(Stage::Active),
-            stage_count(Stage::Rejected),
+            self.stage_count(Stage::Pending),
+            self.stage_count(Stage::Active),
+            self.stage_count(Stage::Rejected),
             if for_person > 0 {
                 format!(" · {for_person} for you (to: person; see `loops inbox`)")
             } else {
                 String::new()
             }
-        ) + if no_main {
+        ) + if self.no_main() {
             " · nothing receives them: loops.yaml has no `main:` session"
         } else {
             ""
-        },
-    ));
-    lines.push((
-        "jobs".into(),
+        }
+    }
+
+    fn jobs_line(&self) -> String {
+        let h = &self.stats.health;
         format!(
             "{} active, {} waiting, {} delayed, {} paused, {} stalled",
-            stats.health.active,
-            stats.health.waiting,
-            stats.health.delayed,
-            stats.health.paused,
-            stats.health.stalled
-        ),
-    ));
-    if !ws.settings.channels.is_empty() || !deliveries.is_empty() {
-        lines.push((
-            "deliveries".into(),
-            format!(
-                "last 24 h: {} delivered, {} failed, {} blocked",
-                count_status(loops_core::channels::DeliveryStatus::Delivered),
-                count_status(loops_core::channels::DeliveryStatus::DeliveryFailed),
-                count_status(loops_core::channels::DeliveryStatus::Blocked)
-            ),
-        ));
+            h.active, h.waiting, h.delayed, h.paused, h.stalled
+        )
     }
-    if let Some(line) = commits_line(commits_waiting, held.as_ref()) {
-        lines.push(("commits".into(), line));
+
+    fn deliveries_line(&self) -> String {
+        use loops_core::channels::DeliveryStatus;
+        format!(
+            "last 24 h: {} delivered, {} failed, {} blocked",
+            self.deliveries_24h(DeliveryStatus::Delivered),
+            self.deliveries_24h(DeliveryStatus::DeliveryFailed),
+            self.deliveries_24h(DeliveryStatus::Blocked)
+        )
     }
-    for line in settings_lines(settings_report.as_ref(), now) {
-        lines.push(("loops.yaml".into(), line));
-    }
-    if let Some(u) = &last_unclean {
+
+    fn crashes_line(&self) -> Option<String> {
+        let u = self.last_unclean.as_ref()?;
         let n = |k: &str| u["recovered"][k].as_array().map_or(0, Vec::len);
         let when = u["at"]
             .as_str()
             .and_then(|t| t.parse::<chrono::DateTime<Utc>>().ok())
-            .map(|t| relative(t, now))
+            .map(|t| relative(t, self.now))
             .unwrap_or_else(|| "at an unknown time".into());
         let pids: Vec<String> = u["previous"]
             .as_array()
@@ -243,19 +324,22 @@ pub(super) fn status(ws: &Workspace, json_out: bool) -> Result {
             .flatten()
             .map(|p| p["pid"].to_string())
             .collect();
-        lines.push((
-            "crashes".into(),
-            format!(
-                "{unclean_24h} unclean stop(s) in 24 h; last found {when} (pid {}): recovered {} run(s), {} handoff(s), {} job(s) — see .loops/daemon.jsonl",
-                pids.join(", "),
-                n("runs"),
-                n("handoffs"),
-                n("jobs_requeued") + n("jobs_dead")
-            ),
-        ));
+        Some(format!(
+            "{} unclean stop(s) in 24 h; last found {when} (pid {}): recovered {} run(s), {} handoff(s), {} job(s) — see .loops/daemon.jsonl",
+            self.unclean_24h,
+            pids.join(", "),
+            n("runs"),
+            n("handoffs"),
+            n("jobs_requeued") + n("jobs_dead")
+        ))
     }
-    if !mcp.is_empty() {
-        let s: Vec<String> = mcp
+
+    fn mcp_line(&self) -> Option<String> {
+        if self.mcp.is_empty() {
+            return None;
+        }
+        let s: Vec<String> = self
+            .mcp
             .iter()
             .map(|m| {
                 format!(
@@ -269,23 +353,25 @@ pub(super) fn status(ws: &Workspace, json_out: bool) -> Result {
                 )
             })
             .collect();
-        lines.push(("mcp".into(), s.join(", ")));
+        Some(s.join(", "))
     }
-    lines.push((
-        "records".into(),
+
+    fn records_line(&self) -> String {
         format!(
             ".loops/ {} in {} files ({}; `loops prune --dry-run` shows what goes next)",
-            loops_core::retention::human_bytes(record_bytes),
-            record_files,
-            policy.describe()
-        ),
-    ));
-    if let Some(w) = &watcher {
-        // One line per limit, naming the folders it left unwatched.
+            loops_core::retention::human_bytes(self.record_bytes),
+            self.record_files,
+            self.policy.describe()
+        )
+    }
+
+    /// One line per limit the watcher ran into, naming the folders it left unwatched.
+    fn watcher_line(&self) -> Option<String> {
+        let w = self.watcher.as_ref()?;
         let mut by_limit: Vec<(String, Vec<String>)> = Vec::new();
         for p in &w.problems {
             let limit = p.limit.clone().unwrap_or_else(|| p.error.clone());
-            let folder = ws.relative(&p.path).display().to_string();
+            let folder = self.ws.relative(&p.path).display().to_string();
             match by_limit.iter_mut().find(|(l, _)| *l == limit) {
                 Some((_, folders)) => folders.push(folder),
                 None => by_limit.push((limit, vec![folder])),
@@ -295,22 +381,39 @@ pub(super) fn status(ws: &Workspace, json_out: bool) -> Result {
             .iter()
             .map(|(l, f)| format!("{l} reached (not watched: {})", f.join(", ")))
             .collect();
-        lines.push((
-            "watcher".into(),
-            format!(
-                "polling every {}: {}",
-                loops_core::duration::format_duration(loops_core::watch::POLL_EVERY),
-                what.join("; ")
-            ),
-        ));
-    }
-    for (k, v) in &lines {
-        out.push_str(&format!("{k:<11}{v}\n"));
+        Some(format!(
+            "polling every {}: {}",
+            loops_core::duration::format_duration(loops_core::watch::POLL_EVERY),
+            what.join("; ")
+        ))
     }
 
-    if !loops.is_empty() {
-        out.push('\n');
-        let rows: Vec<Vec<String>> = loops
+    fn tables(&self) -> String {
+        let mut out = String::new();
+        if !self.loops.is_empty() {
+            out.push('\n');
+            out.push_str(&self.loops_table());
+        }
+        if !self.running.is_empty() {
+            out.push_str("\nRunning now\n");
+            out.push_str(&self.running_table());
+        }
+        if !self.runs.is_empty() {
+            out.push_str("\nRecent runs\n");
+            out.push_str(&self.runs_table());
+            out.push_str(&held_back_lines(&self.runs));
+        }
+        if !self.commits.is_empty() {
+            out.push_str("\nRecent commits\n");
+            out.push_str(&self.commits_table());
+        }
+        out
+    }
+
+    fn loops_table(&self) -> String {
+        let now = self.now;
+        let rows: Vec<Vec<String>> = self
+            .loops
             .iter()
             .map(|l| {
                 vec![
@@ -326,29 +429,31 @@ pub(super) fn status(ws: &Workspace, json_out: bool) -> Result {
                 ]
             })
             .collect();
-        out.push_str(&table(&["LOOP", "NEXT", "LAST", "STATUS"], &rows));
+        table(&["LOOP", "NEXT", "LAST", "STATUS"], &rows)
     }
-    if !running.is_empty() {
-        out.push_str("\nRunning now\n");
-        let rows: Vec<Vec<String>> = running
+
+    fn running_table(&self) -> String {
+        let rows: Vec<Vec<String>> = self
+            .running
             .iter()
             .map(|r| {
                 vec![
                     format!("{} {}", r.what, r.name),
-                    span((now - r.started).to_std().unwrap_or_default()),
+                    span((self.now - r.started).to_std().unwrap_or_default()),
                     r.detail.clone(),
                 ]
             })
             .collect();
-        out.push_str(&table(&["WHAT", "FOR", "DETAIL"], &rows));
+        table(&["WHAT", "FOR", "DETAIL"], &rows)
     }
-    if !runs.is_empty() {
-        out.push_str("\nRecent runs\n");
-        let rows: Vec<Vec<String>> = runs
+
+    fn runs_table(&self) -> String {
+        let rows: Vec<Vec<String>> = self
+            .runs
             .iter()
             .map(|r| {
                 vec![
-                    relative(r.finished, now),
+                    relative(r.finished, self.now),
                     r.loop_name.clone(),
                     r.outcome.to_string(),
                     loops_core::text::clip(
@@ -358,41 +463,77 @@ pub(super) fn status(ws: &Workspace, json_out: bool) -> Result {
                 ]
             })
             .collect();
-        out.push_str(&table(&["WHEN", "LOOP", "OUTCOME", "DETAIL"], &rows));
-        out.push_str(&held_back_lines(&runs));
+        table(&["WHEN", "LOOP", "OUTCOME", "DETAIL"], &rows)
     }
-    if !commits.is_empty() {
-        out.push_str("\nRecent commits\n");
-        let rows: Vec<Vec<String>> = commits
+
+    fn commits_table(&self) -> String {
+        let rows: Vec<Vec<String>> = self
+            .commits
             .iter()
             .map(|c| {
                 vec![
                     c.commit.chars().take(8).collect(),
-                    relative(c.time, now),
+                    relative(c.time, self.now),
                     loops_core::text::clip(&c.summary, 70),
                 ]
             })
             .collect();
-        out.push_str(&table(&["COMMIT", "WHEN", "SUMMARY"], &rows));
+        table(&["COMMIT", "WHEN", "SUMMARY"], &rows)
     }
-    let mut warnings = stats.warnings.clone();
-    if daemon.is_none() && (stats.health.waiting > 0 || stage_count(Stage::Pending) > 0) {
-        warnings.push("work is waiting and no daemon is running: start `loops run`".into());
-    }
-    let mut seen = std::collections::HashSet::new();
-    for p in watcher.iter().flat_map(|w| &w.problems) {
-        if let Some(h) = p.help.as_ref().filter(|h| seen.insert(h.as_str())) {
-            warnings.push(format!("the daemon's file watcher is degraded: {h}"));
+
+    fn warnings(&self) -> Vec<String> {
+        let mut warnings = self.stats.warnings.clone();
+        let waiting = self.stats.health.waiting > 0 || self.stage_count(Stage::Pending) > 0;
+        if self.daemon.is_none() && waiting {
+            warnings.push("work is waiting and no daemon is running: start `loops run`".into());
         }
-    }
-    if !warnings.is_empty() {
-        out.push('\n');
-        for w in warnings {
-            out.push_str(&format!("warning: {w}\n"));
+        let mut seen = std::collections::HashSet::new();
+        for p in self.watcher.iter().flat_map(|w| &w.problems) {
+            if let Some(h) = p.help.as_ref().filter(|h| seen.insert(h.as_str())) {
+                warnings.push(format!("the daemon's file watcher is degraded: {h}"));
+            }
         }
+        warnings
     }
-    print!("{out}");
-    Ok(())
+}
+
+/// The latest runs of every loop and of the main session, newest first.
+fn recent_runs(
+    ws: &Workspace,
+    layout: &Layout,
+    loops: &[crate::operator::LoopRow],
+) -> Vec<loops_core::runs::RunRecord> {
+    let runlog = RunLog::new(&layout.runs_dir(), ws.settings.rotate_bytes);
+    let mut runs: Vec<loops_core::runs::RunRecord> = loops
+        .iter()
+        .map(|l| l.name.as_str())
+        .chain(std::iter::once("main"))
+        .flat_map(|n| runlog.recent(n, RECENT))
+        .collect();
+    runs.sort_by_key(|r| std::cmp::Reverse(r.finished));
+    runs.truncate(RECENT);
+    runs
+}
+
+/// The daemon's own record: how often it stopped without a clean shutdown in the last 24
+/// hours, and the last such stop with what the next start recovered (.loops/daemon.jsonl,
+/// at most a couple of MB).
+fn unclean_stops(layout: &Layout, now: chrono::DateTime<Utc>) -> (usize, Option<Value>) {
+    let day_ago = now - chrono::Duration::hours(24);
+    let unclean: Vec<Value> = loops_core::journal::read(layout.root())
+        .into_iter()
+        .filter(|e| e["event"] == "unclean_stop")
+        .collect();
+    let in_24h = unclean
+        .iter()
+        .filter(|e| {
+            e["at"]
+                .as_str()
+                .and_then(|t| t.parse::<chrono::DateTime<Utc>>().ok())
+                .is_some_and(|t| t >= day_ago)
+        })
+        .count();
+    (in_24h, unclean.last().cloned())
 }
 
 /// Something running now: a loop's run, a main-session wake or a job.
