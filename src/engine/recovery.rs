@@ -54,6 +54,12 @@ pub async fn sweep(
             OnStalled::Requeue => {}
         }
     }
+    for id in ctx.running.remove_unreadable() {
+        tracing::warn!(
+            job = id,
+            "removed a run's job whose parameters cannot be read (its process is gone)"
+        );
+    }
     // The dead wakes' handoffs, and what an older version's claims files left.
     out.returned = notes.recover_moves(inbox);
     out.swept = sweep_queue(ctx, now).await;

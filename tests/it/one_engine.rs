@@ -298,3 +298,56 @@ fn ctrl_c_on_a_trigger_stops_the_run_in_the_daemon() {
     );
     d.kill();
 }
+
+#[test]
+fn a_damaged_run_job_left_by_a_dead_daemon_is_removed_and_said() {
+    let ws = TempWorkspace::new();
+    long_loop(&ws);
+    let mut d = ws.start_daemon();
+    d.wait_for_log("loops daemon started", LONG);
+    assert!(
+        wait_until(LONG, || loop_jobs(&ws)
+            .iter()
+            .any(|j| j["state"] == "active")),
+        "{}",
+        d.log()
+    );
+    let id = loop_jobs(&ws)[0]["id"].as_u64().expect("id");
+    let path = ws.path().join(format!(".loops/jobs/{id}.json"));
+    let read = || -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(&path).unwrap_or_default()).unwrap_or_default()
+    };
+    // The command's process group is in the lease once it is spawned.
+    assert!(wait_until(LONG, || read()["lease"]["pgid"].is_number()));
+    d.signal(loops_testutil::process::Signal::KILL);
+    assert!(d.wait_exit(LONG).is_some());
+    // Its parameters damaged (a torn write, a hand edit): no run can be read from it.
+    let mut job = read();
+    job["params"] = serde_json::json!("garbage");
+    std::fs::write(&path, serde_json::to_vec(&job).expect("json")).expect("write");
+    // The loop is off, so the next daemon only recovers.
+    ws.add_loop(
+        "long",
+        "enabled: false\nschedule: { every: 1s }\npayload:\n  kind: command\n  command: \"true\"\n",
+    );
+    let mut d2 = ws.start_daemon();
+    d2.wait_for_log("loops daemon started", LONG);
+    assert!(!path.exists(), "the damaged job is gone: {}", d2.log());
+    assert!(
+        d2.log()
+            .contains("removed a run's job whose parameters cannot be read"),
+        "{}",
+        d2.log()
+    );
+    assert!(jobs(&ws, &["jobs", "list", "--all", "--json"]).is_empty());
+    // The command the dead daemon left running, found through the lease, is stopped.
+    let pgid = job["lease"]["pgid"]
+        .as_i64()
+        .expect("the lease names the group") as i32;
+    assert!(
+        wait_until(LONG, || !crate::common::pid_alive(pgid)
+            || crate::common::is_zombie(pgid)),
+        "the orphaned command {pgid} still runs"
+    );
+    d2.kill();
+}

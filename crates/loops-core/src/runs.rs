@@ -890,6 +890,34 @@ impl RunningSet {
             .collect()
     }
 
+    /// Removes light jobs whose parameters cannot be read (a damaged file) and whose owner
+    /// is gone, stopping the process group their lease names: nothing can record them as
+    /// runs, and left alone they would be listed as running for ever. Returns their ids.
+    pub fn remove_unreadable(&self) -> Vec<JobId> {
+        let r = self.store.transaction(|tx| {
+            let (jobs, _) = tx.live_jobs();
+            let mut gone = Vec::new();
+            for j in jobs.iter().filter(|j| j.kind.is_light()) {
+                let owner_gone = j.lease.as_ref().is_none_or(|l| !l.owner_alive());
+                if run_params(j).is_none() && owner_gone {
+                    // Its command's group, named by the lease, is stopped all the same.
+                    if let Some(l) = j.lease.as_ref() {
+                        if let Some(pg) = l.pgid.filter(|pg| process_alive(*pg, l.pgid_start)) {
+                            crate::sys::signal_group(pg, crate::sys::Signal::KILL);
+                        }
+                    }
+                    tx.delete(j.id)?;
+                    gone.push(j.id);
+                }
+            }
+            Ok::<_, StoreError>(gone)
+        });
+        r.unwrap_or_else(|e| {
+            self.refused(e);
+            Vec::new()
+        })
+    }
+
     /// Runs whose owning process is gone: runs a crash interrupted. A submitted run no
     /// runner claimed is not one: the next runner claims it.
     pub fn orphans(&self) -> Vec<RunningMarker> {
