@@ -351,3 +351,38 @@ fn a_damaged_run_job_left_by_a_dead_daemon_is_removed_and_said() {
     );
     d2.kill();
 }
+
+#[test]
+fn a_damaged_concurrency_key_does_not_let_a_second_run_begin() {
+    let ws = TempWorkspace::new();
+    ws.add_loop(
+        "slowkey",
+        "schedule: { every: 1h }\npayload:\n  kind: command\n  command: \"sleep 3\"\n",
+    );
+    git_commit_all(ws.path(), "slow loop");
+    let mut first = loops_std_cmd(ws.path())
+        .args(["trigger", "slowkey"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("trigger");
+    let key = ws.path().join(".loops/jobs/busy/slowkey.json");
+    assert!(wait_until(LONG, || key.exists()), "the run holds its key");
+    std::fs::write(&key, "not a job id").expect("damage the key");
+    let second = ws
+        .cmd()
+        .args(["trigger", "slowkey"])
+        .output()
+        .expect("trigger");
+    assert!(
+        !second.status.success(),
+        "a second trigger is refused while the first runs, damaged key or not"
+    );
+    assert!(
+        String::from_utf8_lossy(&second.stderr).contains("in progress"),
+        "{}",
+        String::from_utf8_lossy(&second.stderr)
+    );
+    assert!(first.wait().expect("wait").success());
+    assert_eq!(ws.runs("slowkey").len(), 1);
+}

@@ -450,6 +450,17 @@ pub struct RunningSet {
     stale: Arc<Mutex<Vec<String>>>,
 }
 
+/// What a loop's concurrency key file says.
+#[derive(Debug, PartialEq, Eq)]
+enum Busy {
+    /// No file: no run of the loop has begun (or the last one ended).
+    Free,
+    /// The job of the run that began last.
+    Job(JobId),
+    /// A file that cannot be read or parsed.
+    Unreadable,
+}
+
 /// A run's marker as the light job's parameters, with whether it has begun.
 #[derive(Serialize, Deserialize)]
 struct RunParams {
@@ -754,28 +765,30 @@ impl RunningSet {
         crate::fsutil::atomic_replace(&path, id.to_string().as_bytes()).map_err(io)
     }
 
-    fn busy_job(&self, loop_name: &str) -> Option<JobId> {
-        std::fs::read_to_string(self.busy_path(loop_name))
-            .ok()?
-            .trim()
-            .parse()
-            .ok()
+    fn busy_job(&self, loop_name: &str) -> Busy {
+        match std::fs::read_to_string(self.busy_path(loop_name)) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Busy::Free,
+            Err(_) => Busy::Unreadable,
+            Ok(t) => t.trim().parse().map_or(Busy::Unreadable, Busy::Job),
+        }
     }
 
     /// Whether another run of `m`'s loop has begun and its process lives (read under
-    /// the queue's lock, so that checking and beginning are one step).
+    /// the queue's lock, so that checking and beginning are one step). A key file that
+    /// cannot be read is not taken for a free loop: every live job is looked at instead.
     fn busy_elsewhere(&self, tx: &dyn JobTx, m: &RunningMarker) -> Result<bool, StoreError> {
-        let Some(id) = self.busy_job(&m.loop_name) else {
-            return Ok(false);
+        let holds = |j: &Job| {
+            j.kind == JobKind::Loop
+                && run_params(j).is_some_and(|p| {
+                    p.begun && p.marker.loop_name == m.loop_name && p.marker.run_id != m.run_id
+                })
+                && j.lease.as_ref().is_some_and(|l| l.owner_alive())
         };
-        let Some(j) = tx.get(id)? else {
-            return Ok(false);
-        };
-        Ok(j.kind == JobKind::Loop
-            && run_params(&j).is_some_and(|p| {
-                p.begun && p.marker.loop_name == m.loop_name && p.marker.run_id != m.run_id
-            })
-            && j.lease.as_ref().is_some_and(|l| l.owner_alive()))
+        match self.busy_job(&m.loop_name) {
+            Busy::Free => Ok(false),
+            Busy::Job(id) => Ok(tx.get(id)?.is_some_and(|j| holds(&j))),
+            Busy::Unreadable => Ok(tx.live_jobs().0.iter().any(holds)),
+        }
     }
 
     /// A queue write the disk refused, told to the journal.
@@ -820,7 +833,7 @@ impl RunningSet {
                 .store
                 .transaction(|tx| {
                     if let Some(j) = tx.get(id)? {
-                        if self.busy_job(&j.name) == Some(id) {
+                        if self.busy_job(&j.name) == Busy::Job(id) {
                             let _ = std::fs::remove_file(self.busy_path(&j.name));
                         }
                     }
