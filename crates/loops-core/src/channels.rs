@@ -408,75 +408,130 @@ impl Poster {
             file: None,
             parts_sent: 0,
         };
-        // One key, one delivery: a record that says delivered (or is being sent by a
-        // live process) means this is a repeat.
-        if let Some(prev) = read_record(&path) {
-            match prev.status {
-                DeliveryStatus::Delivered => {
-                    return Ok(Posted {
-                        key,
-                        duplicate: true,
-                        wrote: None,
-                        detail: format!(
-                            "already posted to {} at {} (same run, same text): not sent again",
-                            c.describe(),
-                            prev.updated
-                                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-                        ),
-                    });
-                }
-                DeliveryStatus::Sending
-                    if prev.pid.is_some_and(|p| {
-                        p != std::process::id() && crate::fsutil::process_alive(p, None)
-                    }) =>
-                {
-                    return Ok(Posted {
-                        key,
-                        duplicate: true,
-                        wrote: None,
-                        detail: format!(
-                            "already being posted to {} by another process",
-                            c.describe()
-                        ),
-                    });
-                }
-                _ => {
-                    rec.created = prev.created;
-                    rec.parts_sent = prev.parts_sent;
-                }
-            }
+        if let Some(repeat) = repeat_of(&c, &path, &mut rec) {
+            return Ok(repeat);
         }
         // The guard sees the text and everything that leaves with it.
         let bodies = self.bodies(&c, &rec, &text);
         let checked = format!("{text}\n{}", bodies.join("\n"));
         if let Err(blocked) = self.guard.check(&checked) {
-            rec.status = DeliveryStatus::Blocked;
-            rec.rule = Some(blocked.rule.clone());
-            rec.pid = None;
-            let prior_handoff = read_record(&path).and_then(|p| p.handoff);
-            rec.handoff = match prior_handoff {
-                Some(h) => Some(h),
-                None if self.handoffs => {
-                    self.handoff_blocked(
-                        &o.loop_name,
-                        &o.run_id,
-                        &format!("post to `{}`", c.describe()),
-                        &c.name,
-                        &blocked,
-                        &self.guard.redact(&text),
-                    )
-                    .await
-                }
-                None => None,
-            };
-            write_record(&path, &rec);
-            return Err(PostError::Blocked {
-                blocked,
-                key,
-                handoff: rec.handoff,
-            });
+            return Err(self.block(o, &c, &path, rec, &text, blocked).await);
         }
         write_record(&path, &rec);
+        match self
+            .deliver(&c, &path, &mut rec, &text, &bodies, deadline)
+            .await
+        {
+            Ok(wrote) => Ok(self.delivered(&c, &path, rec, wrote)),
+            Err(last_error) => Err(self.failed(o, &c, &path, rec, &text, last_error).await),
+        }
+    }
+
+    /// A delivery the guard refused: recorded `blocked`, handed to the main session once
+    /// (with the text redacted).
+    async fn block(
+        &self,
+        o: &Outbound,
+        c: &ChannelConfig,
+        path: &Path,
+        mut rec: DeliveryRecord,
+        text: &str,
+        blocked: crate::guard::Blocked,
+    ) -> PostError {
+        rec.status = DeliveryStatus::Blocked;
+        rec.rule = Some(blocked.rule.clone());
+        rec.pid = None;
+        let prior_handoff = read_record(path).and_then(|p| p.handoff);
+        rec.handoff = match prior_handoff {
+            Some(h) => Some(h),
+            None if self.handoffs => {
+                self.handoff_blocked(
+                    &o.loop_name,
+                    &o.run_id,
+                    &format!("post to `{}`", c.describe()),
+                    &c.name,
+                    &blocked,
+                    &self.guard.redact(text),
+                )
+                .await
+            }
+            None => None,
+        };
+        write_record(path, &rec);
+        PostError::Blocked {
+            blocked,
+            key: rec.key,
+            handoff: rec.handoff,
+        }
+    }
+
+    fn delivered(
+        &self,
+        c: &ChannelConfig,
+        path: &Path,
+        mut rec: DeliveryRecord,
+        wrote: Option<PathBuf>,
+    ) -> Posted {
+        rec.status = DeliveryStatus::Delivered;
+        rec.updated = Utc::now();
+        rec.error = None;
+        rec.pid = None;
+        rec.file = wrote
+            .as_ref()
+            .map(|w| self.ws.relative(w).display().to_string());
+        write_record(path, &rec);
+        let detail = match &rec.file {
+            Some(f) => format!("posted to {} ({f})", c.name),
+            None => format!("posted to {}", c.describe()),
+        };
+        Posted {
+            key: rec.key,
+            duplicate: false,
+            wrote,
+            detail,
+        }
+    }
+
+    /// A delivery that still failed: recorded `delivery_failed` and handed to the main
+    /// session with the undelivered text.
+    async fn failed(
+        &self,
+        o: &Outbound,
+        c: &ChannelConfig,
+        path: &Path,
+        mut rec: DeliveryRecord,
+        text: &str,
+        last_error: String,
+    ) -> PostError {
+        rec.status = DeliveryStatus::DeliveryFailed;
+        rec.error = Some(last_error.clone());
+        rec.updated = Utc::now();
+        rec.pid = None;
+        if self.handoffs {
+            rec.handoff = self.handoff_failed(o, c, text, &last_error).await;
+        }
+        write_record(path, &rec);
+        PostError::Failed {
+            channel: c.name.clone(),
+            key: rec.key,
+            attempts: rec.attempts,
+            error: last_error,
+            handoff: rec.handoff,
+        }
+    }
+
+    /// Attempts until one succeeds (the file it wrote, for a file channel), a permanent
+    /// failure, the channel's attempts or the deadline; transient failures back off
+    /// (doubling, or the server's `Retry-After`). `Err` is the last error.
+    async fn deliver(
+        &self,
+        c: &ChannelConfig,
+        path: &Path,
+        rec: &mut DeliveryRecord,
+        text: &str,
+        bodies: &[String],
+        deadline: Instant,
+    ) -> Result<Option<PathBuf>, String> {
         let mut last_error = String::new();
         loop {
             rec.attempts += 1;
@@ -490,30 +545,8 @@ impl Poster {
                 break;
             }
             let limit = c.timeout.min(remaining);
-            match self
-                .attempt(&c, &mut rec, &path, &text, &bodies, limit)
-                .await
-            {
-                Attempt::Done(wrote) => {
-                    rec.status = DeliveryStatus::Delivered;
-                    rec.updated = Utc::now();
-                    rec.error = None;
-                    rec.pid = None;
-                    rec.file = wrote
-                        .as_ref()
-                        .map(|w| self.ws.relative(w).display().to_string());
-                    write_record(&path, &rec);
-                    let detail = match &rec.file {
-                        Some(f) => format!("posted to {} ({f})", c.name),
-                        None => format!("posted to {}", c.describe()),
-                    };
-                    return Ok(Posted {
-                        key,
-                        duplicate: false,
-                        wrote,
-                        detail,
-                    });
-                }
+            match self.attempt(c, rec, path, text, bodies, limit).await {
+                Attempt::Done(wrote) => return Ok(wrote),
                 Attempt::Permanent(e) => {
                     last_error = e;
                     break;
@@ -522,7 +555,7 @@ impl Poster {
                     last_error = e;
                     rec.error = Some(last_error.clone());
                     rec.updated = Utc::now();
-                    write_record(&path, &rec);
+                    write_record(path, rec);
                     if rec.attempts >= c.retry.max_attempts {
                         break;
                     }
@@ -546,21 +579,7 @@ impl Poster {
                 }
             }
         }
-        rec.status = DeliveryStatus::DeliveryFailed;
-        rec.error = Some(last_error.clone());
-        rec.updated = Utc::now();
-        rec.pid = None;
-        if self.handoffs {
-            rec.handoff = self.handoff_failed(o, &c, &text, &last_error).await;
-        }
-        write_record(&path, &rec);
-        Err(PostError::Failed {
-            channel: c.name.clone(),
-            key,
-            attempts: rec.attempts,
-            error: last_error,
-            handoff: rec.handoff,
-        })
+        Err(last_error)
     }
 
     /// The JSON bodies of an HTTP channel, one per message (none for file and command
@@ -1025,6 +1044,42 @@ pub fn hmac_sha256_hex(key: &[u8], body: &[u8]) -> String {
         }
         // HMAC takes keys of any length; this cannot happen.
         Err(_) => String::new(),
+    }
+}
+
+/// One key, one delivery: a record that says delivered (or is being sent by a live
+/// process) makes this a repeat, said and not sent; otherwise `rec` carries on what an
+/// earlier attempt of the same delivery began (its creation, the parts already sent).
+fn repeat_of(c: &ChannelConfig, path: &Path, rec: &mut DeliveryRecord) -> Option<Posted> {
+    let prev = read_record(path)?;
+    let repeat = |detail: String| Posted {
+        key: rec.key.clone(),
+        duplicate: true,
+        wrote: None,
+        detail,
+    };
+    match prev.status {
+        DeliveryStatus::Delivered => Some(repeat(format!(
+            "already posted to {} at {} (same run, same text): not sent again",
+            c.describe(),
+            prev.updated
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        ))),
+        DeliveryStatus::Sending
+            if prev.pid.is_some_and(|p| {
+                p != std::process::id() && crate::fsutil::process_alive(p, None)
+            }) =>
+        {
+            Some(repeat(format!(
+                "already being posted to {} by another process",
+                c.describe()
+            )))
+        }
+        _ => {
+            rec.created = prev.created;
+            rec.parts_sent = prev.parts_sent;
+            None
+        }
     }
 }
 
