@@ -34,6 +34,12 @@ impl Layout {
         }
     }
 
+    /// The layout whose [`Layout::runs_dir`] is `runs_dir`: a run log is handed its folder
+    /// and notes what the disk refused in the journal beside it.
+    pub(crate) fn around_runs_dir(runs_dir: &Path) -> Layout {
+        Layout::at(runs_dir.parent().unwrap_or(runs_dir))
+    }
+
     /// `.loops/` itself: pruned by size as a whole, made owner-only at start.
     pub fn root(&self) -> &Path {
         &self.root
@@ -249,6 +255,12 @@ mod tests {
             Layout::at(Path::new("/ws/.loops")),
             Layout::of(Path::new("/ws"))
         );
+    }
+
+    #[test]
+    fn the_runs_folder_is_in_the_layout_it_names() {
+        let l = Layout::of(Path::new("/ws"));
+        assert_eq!(Layout::around_runs_dir(&l.runs_dir()), l);
     }
 
     #[test]
