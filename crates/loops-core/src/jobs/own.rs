@@ -153,12 +153,6 @@ impl StartState {
     }
 }
 
-/// [`Layout::dirty_at_start`], kept for `engine::loop_run` until it uses `ws.layout()`
-/// (issue #17).
-pub fn interrupted_marker(ws: &crate::workspace::Workspace, loop_name: &str) -> PathBuf {
-    ws.layout().dirty_at_start(loop_name)
-}
-
 /// What `abs` is against HEAD, `None` when it is what HEAD holds (or git ignores it).
 fn dirty_against_head(
     repo: &Repository,
@@ -268,13 +262,6 @@ pub fn attribute(changed: Vec<PathBuf>, start: &StartState, writer: &Writer) -> 
         }
     }
     out
-}
-
-/// [`Layout::wrote_list`]: where a command may list the files it wrote, one a line
-/// (relative to its folder, or absolute), so that nothing else is taken for its work.
-/// Kept for `engine::loop_run` until it uses `ws.layout()` (issue #17).
-pub fn wrote_file(ws: &crate::workspace::Workspace, run_id: &str) -> PathBuf {
-    ws.layout().wrote_list(run_id)
 }
 
 /// The files a command listed in `$LOOPS_WROTE` (absolute, `.` and `..` resolved by name),
