@@ -200,14 +200,14 @@ pub async fn run(ws: Workspace, opts: DaemonOptions) -> Result<Summary, DaemonEr
     }
     let lock = DaemonLock::acquire(&ws, crate::engine::worker::shell_allowed(&ws), !opts.once)?;
     // Before anything is written: an older loops made .loops/ readable by others.
-    let tightened = loops_core::fsutil::tighten(&ws.runtime_dir());
+    let tightened = loops_core::fsutil::tighten(ws.layout().root());
     // Signals are caught from the first moment: a SIGTERM during start-up (recovery can
     // take a while) must stop the daemon cleanly, not kill it mid-write.
     let sigint = catch(SignalKind::interrupt())?;
     let sigterm = catch(SignalKind::terminate())?;
     // Daemons the journal saw start and never saw stop were killed (or crashed): they
     // are reported below, with what their crash left behind.
-    let (journal, unclosed) = loops_core::journal::record_started(&ws.runtime_dir(), opts.once);
+    let (journal, unclosed) = loops_core::journal::record_started(ws.layout().root(), opts.once);
     let started_at = Utc::now();
     report_tightened(&journal, tightened);
     let (mut d, mut inputs, live_rx) = Daemon::new(Arc::new(ws), &opts, journal, sigint, sigterm);
@@ -360,14 +360,15 @@ impl Daemon {
             None
         } else {
             // Clear nudges left from before: the start reads every loop's state anyway.
-            let _ = std::fs::remove_dir_all(self.ws.signals_dir());
+            let signals = self.ws.layout().signals_dir();
+            let _ = std::fs::remove_dir_all(&signals);
             // The root itself, flat: loops.yaml edits, and inbox/ removed or made again.
             start_watcher(
                 &self.ws,
                 &[
                     (self.ws.root.clone(), loops_core::watch::Mode::Flat),
                     (self.ws.domains_dir(), loops_core::watch::Mode::Children),
-                    (self.ws.signals_dir(), loops_core::watch::Mode::Flat),
+                    (signals, loops_core::watch::Mode::Flat),
                 ],
                 Duration::from_millis(100),
                 &self.watch_tx,
@@ -894,7 +895,7 @@ impl Daemon {
     }
 
     fn on_paths_changed(&mut self, paths: &[PathBuf]) {
-        let signals = self.ws.signals_dir();
+        let signals = self.ws.layout().signals_dir();
         let inbox = self.ws.inbox_dir();
         let settings_file = self.ws.root.join("loops.yaml");
         let mut domains = false;
@@ -1112,7 +1113,7 @@ fn start_watcher(
     tx: &mpsc::UnboundedSender<loops_core::watch::Batch>,
     fallback_rescan: &mut Option<Duration>,
 ) -> Option<loops_core::watch::Watcher> {
-    let report = loops_core::watch::report_path(&ws.runtime_dir());
+    let report = ws.layout().watcher_report();
     match loops_core::watch::watch_and_report(dirs, debounce, tx.clone(), Some(report)) {
         Ok(w) => Some(w),
         Err(e) => {

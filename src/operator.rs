@@ -189,7 +189,7 @@ impl LoopRow {
 
 /// Every loop in domains/, with its state, as of `now`.
 pub fn loop_rows(ws: &Workspace, now: DateTime<Utc>) -> Vec<LoopRow> {
-    let store = StateStore::new(&ws.state_dir());
+    let store = StateStore::new(&ws.layout().state_dir());
     discover(ws)
         .iter()
         .map(|e| loop_row(ws, e, store.load(&e.name).as_ref(), now))
@@ -316,7 +316,7 @@ impl ManualRun {
         let name = def.name.clone();
         let name = name.as_str();
         let req = RunRequest::new(Trigger::Manual, None, 1);
-        let running = RunningSet::new(&ws.runtime_dir());
+        let running = RunningSet::new(ws.layout().root());
         let m = RunningMarker::for_this_process(
             name,
             &req.run_id,
@@ -408,7 +408,7 @@ impl HandoffRow {
 /// recently done.
 pub fn handoff_rows(ws: &Workspace, now: DateTime<Utc>) -> Vec<HandoffRow> {
     let inbox = Inbox::of(ws);
-    let notes = InboxState::new(&ws.runtime_dir());
+    let notes = InboxState::new(&ws.layout());
     let mut rows = Vec::new();
     for p in inbox.pending() {
         rows.push(handoff_row(
@@ -582,7 +582,7 @@ impl HandoffDetail {
     pub fn load(ws: &Workspace, id: &str) -> Result<HandoffDetail, OperatorError> {
         let inbox = Inbox::of(ws);
         let (stage, path) = find_handoff(&inbox, id)?;
-        let note = InboxState::new(&ws.runtime_dir()).note(&file_name(&path));
+        let note = InboxState::new(&ws.layout()).note(&file_name(&path));
         let reason = (stage == Stage::Rejected)
             .then(|| inbox.rejection_reason(&path))
             .flatten();
@@ -649,7 +649,7 @@ pub fn complete_handoff(
     let path = find_open_handoff(&inbox, id)?;
     let h = inbox.load(&path)?;
     let name = file_name(&path);
-    let notes = InboxState::new(&ws.runtime_dir());
+    let notes = InboxState::new(&ws.layout());
     let unticked: Vec<String> = h.unticked().iter().map(|i| i.text.clone()).collect();
     if !unticked.is_empty() {
         let mut note = notes.note(&name);
@@ -717,7 +717,7 @@ pub fn tick_handoff(
     }
     let ticks = loops_core::handoff::tick(&path, which, all, inbox.max_bytes())?;
     let name = file_name(&path);
-    let notes = InboxState::new(&ws.runtime_dir());
+    let notes = InboxState::new(&ws.layout());
     let mut note = notes.note(&name);
     if !ticks.ticked.is_empty()
         && note

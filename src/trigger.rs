@@ -89,7 +89,7 @@ fn submit(
     daemon_pid: u32,
 ) -> Result<Submitted, OperatorError> {
     let req = RunRequest::new(Trigger::Manual, None, 1);
-    let running = RunningSet::new(&ws.runtime_dir());
+    let running = RunningSet::new(ws.layout().root());
     let m = RunningMarker::for_this_process(
         &def.name,
         &req.run_id,
@@ -107,7 +107,7 @@ fn submit(
                 req,
                 job,
                 running,
-                runs_dir: ws.runs_dir(),
+                runs_dir: ws.layout().runs_dir(),
                 daemon_pid,
             })
         }

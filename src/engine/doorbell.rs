@@ -68,7 +68,7 @@ impl Doorbell {
                 .map(|h| now + chrono_ms(h)),
             main,
             inbox: loops_core::handoff::Inbox::of(ws),
-            notes: InboxState::new(&ws.runtime_dir()),
+            notes: InboxState::new(&ws.layout()),
             running: None,
             wanted: false,
             wanted_kind: WakeKind::Handoffs,
@@ -202,7 +202,7 @@ impl Doorbell {
         if new.is_empty() {
             return;
         }
-        let journal = loops_core::journal::Journal::open(&ctx.ws.runtime_dir());
+        let journal = loops_core::journal::Journal::open(ctx.ws.layout().root());
         for n in &new {
             tracing::warn!(
                 "inbox/{n} waits: loops.yaml has no `main:` session to receive handoffs; add one (it takes effect without a restart)"

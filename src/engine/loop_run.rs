@@ -52,7 +52,7 @@ async fn snapshot_start(
 ) -> (Snapshot, own::StartState) {
     let root = ctx.ws.root.clone();
     let commits = ctx.committer.is_some();
-    let marker = own::interrupted_marker(&ctx.ws, &def.name);
+    let marker = ctx.ws.layout().dirty_at_start(&def.name);
     let loop_name = def.name.clone();
     tokio::task::spawn_blocking(move || {
         if commits {
@@ -83,7 +83,7 @@ async fn snapshot_start(
 
 /// The run's changes are committed, or queued to be: no later run need adopt them.
 fn run_finished_sorting(ctx: &RunContext, def: &LoopDef) {
-    let _ = std::fs::remove_file(own::interrupted_marker(&ctx.ws, &def.name));
+    let _ = std::fs::remove_file(ctx.ws.layout().dirty_at_start(&def.name));
 }
 
 /// The files that define a loop, which are a person's to change, never a run's.
@@ -185,9 +185,9 @@ pub async fn execute(
             let mut all = changed_between(&before, &after);
             // Files the tools wrote outside the loop's areas (a new inbox file, or
             // anywhere for a loop in the main session's context) are the run's too.
-            let runtime = ctx.ws.runtime_dir();
+            let layout = ctx.ws.layout();
             for w in &p.wrote {
-                if !w.starts_with(&runtime) && !all.contains(w) {
+                if !w.starts_with(layout.root()) && !all.contains(w) {
                     all.push(w.clone());
                 }
             }
@@ -206,7 +206,7 @@ pub async fn execute(
         Payload::Command { argv } => {
             let (before, start) = snapshot_start(ctx, def, areas.clone()).await;
             let (spawn_tx, mut spawn_rx) = mpsc::unbounded_channel();
-            let wrote_list = own::wrote_file(&ctx.ws, &req.run_id);
+            let wrote_list = ctx.ws.layout().wrote_list(&req.run_id);
             if let Some(dir) = wrote_list.parent() {
                 // Private like the rest of .loops/ (the daemon would tighten it otherwise).
                 let _ = loops_core::fsutil::create_dir_all(dir);
@@ -416,10 +416,7 @@ fn orphan_draft_handoff(
     let draft = changed
         .iter()
         .find(|p| p.starts_with(&drafts) && p.is_file())?;
-    if loops_core::layout::handoff_runs_dir(&ctx.ws)
-        .join(run_id)
-        .exists()
-    {
+    if ctx.ws.layout().handoff_run(run_id).exists() {
         return None;
     }
     let rel = ctx.ws.relative(draft).display().to_string();

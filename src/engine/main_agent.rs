@@ -44,10 +44,6 @@ pub struct Conversation {
     pub messages: Vec<Message>,
 }
 
-pub fn conversation_path(runtime: &Path) -> PathBuf {
-    runtime.join("main").join("conversation.json")
-}
-
 impl Conversation {
     /// Loads it; a missing or unreadable file is an empty conversation (an unreadable one
     /// is set aside, not overwritten, so a person can look at it).
@@ -300,13 +296,14 @@ pub async fn wake(
         Ok(x) => x,
         Err(e) => return ModelWake::failed(e),
     };
-    let conv_path = conversation_path(&ws.runtime_dir());
+    let layout = ws.layout();
+    let conv_path = layout.conversation();
     let conv = if main.history == 0 {
         Conversation::default()
     } else {
         Conversation::load(&conv_path)
     };
-    let tpath = Transcript::path_for(&ws.runs_dir(), MAIN, run_id);
+    let tpath = Transcript::path_for(&layout.runs_dir(), MAIN, run_id);
     let mut facts = vec![("handoffs", handoffs.len().to_string())];
     facts.extend(choice.facts());
     let mut tr = TranscriptSpec {

@@ -17,6 +17,7 @@ use chrono::{DateTime, Utc};
 use loops_core::exec::{self, ExecSpec};
 use loops_core::handoff::{self, Handoff, Inbox, NewHandoff, Priority};
 use loops_core::history::{commit_message, CommitRequest};
+use loops_core::layout::Layout;
 use loops_core::runs::{Outcome, RunRecord, RunningMarker};
 use loops_core::workspace::MainSettings;
 use serde::{Deserialize, Serialize};
@@ -43,7 +44,7 @@ pub struct Note {
 /// Runtime notes and claims of the inbox, under `.loops/inbox/`.
 #[derive(Debug, Clone)]
 pub struct InboxState {
-    dir: PathBuf,
+    layout: Layout,
 }
 
 /// Which files a wake claimed, as an older version listed them in `.loops/inbox/claims/`.
@@ -56,14 +57,14 @@ struct Claims {
 }
 
 impl InboxState {
-    pub fn new(ws_runtime: &Path) -> Self {
+    pub fn new(layout: &Layout) -> Self {
         InboxState {
-            dir: ws_runtime.join("inbox"),
+            layout: layout.clone(),
         }
     }
 
     fn note_path(&self, name: &str) -> PathBuf {
-        self.dir.join("notes").join(format!("{name}.json"))
+        self.layout.inbox_notes_dir().join(format!("{name}.json"))
     }
 
     pub fn note(&self, name: &str) -> Note {
@@ -85,12 +86,6 @@ impl InboxState {
         }
     }
 
-    /// Where an older version listed a wake's claims (`.loops/inbox/claims/`), read for
-    /// one release.
-    fn legacy_claims_dir(&self) -> PathBuf {
-        self.dir.join("claims")
-    }
-
     /// Gives back handoffs claimed by wakes whose process is gone (a crash): they return
     /// to the inbox and are processed again. Returns their file names.
     pub fn recover(&self, inbox: &Inbox) -> Vec<String> {
@@ -106,8 +101,7 @@ impl InboxState {
         let mut n = Vec::new();
         let mut live: std::collections::HashSet<String> = std::collections::HashSet::new();
         // The wakes in progress (light jobs), by whether their process lives.
-        let runtime = self.dir.parent().unwrap_or(&self.dir);
-        for w in loops_core::runs::RunningSet::new(runtime).all() {
+        for w in loops_core::runs::RunningSet::new(self.layout.root()).all() {
             if w.loop_name != MAIN {
                 continue;
             }
@@ -124,7 +118,8 @@ impl InboxState {
                 }
             }
         }
-        let dir = self.legacy_claims_dir();
+        // What wakes of an older version claimed, listed in a file of their own.
+        let dir = self.layout.legacy_inbox_claims_dir();
         for e in std::fs::read_dir(&dir)
             .into_iter()
             .flatten()
@@ -375,10 +370,11 @@ pub async fn wake(
     let (res, on_model) = w.run_main_session(&inbox, &handoffs, cancel).await;
     let after = loops_core::snapshot::Snapshot::of(areas).await;
     let changed = loops_core::snapshot::changed_between(&before, &after);
-    let notes = InboxState::new(&ctx.ws.runtime_dir());
+    let layout = ctx.ws.layout();
+    let notes = InboxState::new(&layout);
     let mut s = Settlement::new(&inbox, notes, main, &run_id, changed);
     if let Some(m) = &on_model {
-        s.add_model_writes(&ctx.ws.runtime_dir(), &m.wrote);
+        s.add_model_writes(layout.root(), &m.wrote);
     }
     s.settle(&res, &reported(&res, on_model.as_ref()), &handoffs);
     let outcome = s.outcome(&res, handoffs.len());

@@ -324,7 +324,7 @@ pub async fn run(
             out
         }
         Ok(prompt) => {
-            let tpath = Transcript::path_for(&ctx.ws.runs_dir(), &def.name, &req.run_id);
+            let tpath = Transcript::path_for(&ctx.ws.layout().runs_dir(), &def.name, &req.run_id);
             let mut tr = run.transcript(&choice, tpath.clone(), live);
             let mut out = if choice.is_agent_cli() {
                 run.agent_cli(&choice.provider, prompt, marker, cancel, &mut tr)

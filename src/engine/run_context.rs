@@ -113,10 +113,11 @@ impl RunContext {
             // Turned off on purpose (`git.commit: false`): nothing to explain per run.
             None
         };
+        let layout = ws.layout();
         RunContext {
-            runlog: RunLog::new(&ws.runs_dir(), ws.settings.rotate_bytes),
-            running: RunningSet::new(&ws.runtime_dir()),
-            store: StateStore::new(&ws.state_dir()),
+            runlog: RunLog::new(&layout.runs_dir(), ws.settings.rotate_bytes),
+            running: RunningSet::new(layout.root()),
+            store: StateStore::new(&layout.state_dir()),
             committer,
             history_off,
             ws,

@@ -422,7 +422,7 @@ fn follow_output(
     req: &RunRequest,
 ) -> (Option<Live>, Option<tokio::task::JoinHandle<()>>) {
     let (out, err) =
-        loops_core::runs::live_output_paths(&ctx.ws.runs_dir(), &def.name, &req.run_id);
+        loops_core::runs::live_output_paths(&ctx.ws.layout().runs_dir(), &def.name, &req.run_id);
     let open = |p: &std::path::Path| {
         use std::os::unix::fs::OpenOptionsExt;
         if let Some(dir) = p.parent() {

@@ -151,7 +151,7 @@ pub async fn run(
         watch_tx,
         // Only the daemon's problems are shown by `loops status`; a CLI following one
         // job must not replace the daemon's report with its own.
-        matches!(mode, Mode::Serve).then(|| loops_core::watch::report_path(&cfg.ws.runtime_dir())),
+        matches!(mode, Mode::Serve).then(|| cfg.ws.layout().watcher_report()),
     ) {
         Ok(w) => Some(w),
         Err(e) => {

@@ -27,6 +27,7 @@
 //! the open fail; it never leads outside.
 
 use loops_core::beneath::Beneath;
+use loops_core::layout::RUNTIME_DIR;
 use std::fs;
 use std::io::{self, Read};
 use std::path::{Component, Path, PathBuf};
@@ -497,10 +498,10 @@ impl Sandbox {
         let Some(top) = rel.first() else {
             return Ok(());
         };
-        if is(top, ".loops") && (access == Access::Write || isolated) {
+        if is(top, RUNTIME_DIR) && (access == Access::Write || isolated) {
             return Err(SandboxError::Protected {
                 path: shown.to_string(),
-                area: ".loops",
+                area: RUNTIME_DIR,
                 owner: "the runner",
                 verb: if access == Access::Write {
                     "written"

@@ -587,8 +587,7 @@ impl ToolKit {
         .flatten();
         match made {
             Some(id) => {
-                let marker =
-                    loops_core::layout::handoff_runs_dir(&self.env.ws).join(&self.env.run_id);
+                let marker = self.env.ws.layout().handoff_run(&self.env.run_id);
                 let _ = loops_core::fsutil::atomic_replace(&marker, id.as_bytes());
                 self.handoffs.push(id.clone());
                 Ok(ToolOk::text(format!("handed off as {id}")))

@@ -34,6 +34,12 @@ impl Layout {
         }
     }
 
+    /// The layout whose [`Layout::runs_dir`] is `runs_dir`: a run log is handed its folder
+    /// and notes what the disk refused in the journal beside it.
+    pub(crate) fn around_runs_dir(runs_dir: &Path) -> Layout {
+        Layout::at(runs_dir.parent().unwrap_or(runs_dir))
+    }
+
     /// `.loops/` itself: pruned by size as a whole, made owner-only at start.
     pub fn root(&self) -> &Path {
         &self.root
@@ -180,25 +186,6 @@ impl Layout {
     }
 }
 
-/// Lets [`handoff_runs_dir`] take a workspace without this module importing the
-/// configuration (which imports this module). Temporary, like that function.
-pub trait WorkspaceRoot {
-    fn workspace_root(&self) -> &Path;
-}
-
-impl<T: WorkspaceRoot + ?Sized> WorkspaceRoot for std::sync::Arc<T> {
-    fn workspace_root(&self) -> &Path {
-        (**self).workspace_root()
-    }
-}
-
-/// Where runs note the handoffs they made: [`Layout::handoff_runs_dir`]. Kept for the
-/// callers not yet moved to `ws.layout()` (issue #17: `engine::loop_run`, the agent's
-/// tools); it goes with them.
-pub fn handoff_runs_dir(ws: &impl WorkspaceRoot) -> PathBuf {
-    Layout::of(ws.workspace_root()).handoff_runs_dir()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -252,17 +239,8 @@ mod tests {
     }
 
     #[test]
-    fn the_temporary_handoff_runs_dir_is_the_layouts() {
-        struct Root;
-        impl WorkspaceRoot for Root {
-            fn workspace_root(&self) -> &Path {
-                Path::new("/ws")
-            }
-        }
-        let ws = std::sync::Arc::new(Root);
-        assert_eq!(
-            handoff_runs_dir(&ws),
-            Layout::of(Path::new("/ws")).handoff_runs_dir()
-        );
+    fn the_runs_folder_is_in_the_layout_it_names() {
+        let l = Layout::of(Path::new("/ws"));
+        assert_eq!(Layout::around_runs_dir(&l.runs_dir()), l);
     }
 }

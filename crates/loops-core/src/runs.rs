@@ -1,10 +1,11 @@
-//! Run records: one JSON line per run in `.loops/runs/<loop>.jsonl`, and a marker in
-//! `.loops/running/` while a run is in progress so a crash is noticed and recorded.
+//! Run records: one JSON line per run in `.loops/runs/<loop>.jsonl`, and a light job in
+//! `.loops/jobs/` while a run is in progress so a crash is noticed and recorded.
 
 use crate::fsutil::{append_line, process_alive, process_start_time};
 use crate::jobs::job::{Control, Job, JobId, JobKind, JobState, Lease};
 use crate::jobs::policy::ConcurrencyKey;
 use crate::jobs::store::{JobStore, JobTx, StoreError};
+use crate::layout::Layout;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, VecDeque};
@@ -259,7 +260,7 @@ impl RunLog {
     }
 
     fn journal(&self) -> crate::journal::Journal {
-        crate::journal::Journal::open(self.dir.parent().unwrap_or(&self.dir))
+        crate::journal::Journal::open(Layout::around_runs_dir(&self.dir).root())
     }
 
     pub fn path(&self, loop_name: &str) -> PathBuf {
@@ -442,6 +443,8 @@ impl RunningMarker {
 #[derive(Debug, Clone)]
 pub struct RunningSet {
     store: JobStore,
+    /// [`Layout::busy_dir`]: per loop, the job whose run began last.
+    busy: PathBuf,
     legacy: PathBuf,
     /// Which job holds each run this process made.
     ids: Arc<Mutex<HashMap<String, JobId>>>,
@@ -521,9 +524,11 @@ impl RunningSet {
             .entry(runtime_dir.to_path_buf())
             .or_default()
             .clone();
+        let layout = Layout::at(runtime_dir);
         RunningSet {
-            store: JobStore::at(runtime_dir.join("jobs")),
-            legacy: runtime_dir.join("running"),
+            store: JobStore::at(layout.jobs_dir()),
+            busy: layout.busy_dir(),
+            legacy: layout.legacy_running_dir(),
             ids,
             stale,
         }
@@ -747,10 +752,7 @@ impl RunningSet {
     /// Where the begun run of each loop is named: the concurrency key, so that checking
     /// it reads one file, not every job.
     fn busy_path(&self, loop_name: &str) -> PathBuf {
-        self.store
-            .dir()
-            .join("busy")
-            .join(format!("{loop_name}.json"))
+        self.busy.join(format!("{loop_name}.json"))
     }
 
     fn set_busy(&self, loop_name: &str, id: JobId) -> Result<(), StoreError> {

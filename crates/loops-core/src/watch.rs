@@ -391,12 +391,6 @@ pub struct WatchProblem {
     pub polling_every_ms: u64,
 }
 
-/// The report's file in a workspace's runtime folder: [`Layout::watcher_report`], for the
-/// callers that hold `.loops/` as a path.
-pub fn report_path(runtime_dir: &Path) -> PathBuf {
-    Layout::at(runtime_dir).watcher_report()
-}
-
 /// One process writes the report at a time (its watchers run on several threads).
 static REPORT_LOCK: Mutex<()> = Mutex::new(());
 

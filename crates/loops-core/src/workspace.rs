@@ -7,7 +7,7 @@ use crate::config_fields::{
 };
 use crate::diag::{Diagnostic, YamlLocator};
 use crate::duration::{parse_duration, DURATION_HELP};
-use crate::layout::{Layout, WorkspaceRoot};
+use crate::layout::Layout;
 use chrono_tz::Tz;
 use serde::de::IgnoredAny;
 use serde::Deserialize;
@@ -336,12 +336,6 @@ pub struct Workspace {
     pub diagnostics: Vec<Diagnostic>,
 }
 
-impl WorkspaceRoot for Workspace {
-    fn workspace_root(&self) -> &Path {
-        &self.root
-    }
-}
-
 impl Workspace {
     /// Opens the workspace at `root` (which must exist) and reads loops.yaml.
     pub fn open(root: &Path) -> Result<Workspace, WorkspaceError> {
@@ -428,21 +422,6 @@ impl Workspace {
     /// Where the runner keeps its own files (`.loops/`).
     pub fn layout(&self) -> Layout {
         Layout::of(&self.root)
-    }
-
-    // The next four are `layout()`'s, kept for the callers not yet moved to it (issue
-    // #17: the daemon, the operator, the engine); they go with them.
-    pub fn runtime_dir(&self) -> PathBuf {
-        self.layout().root().to_path_buf()
-    }
-    pub fn state_dir(&self) -> PathBuf {
-        self.layout().state_dir()
-    }
-    pub fn runs_dir(&self) -> PathBuf {
-        self.layout().runs_dir()
-    }
-    pub fn signals_dir(&self) -> PathBuf {
-        self.layout().signals_dir()
     }
 
     /// Tells a running daemon (if any) that a loop's state changed on disk: a file named

@@ -48,8 +48,8 @@ pub struct StartState {
 
 impl StartState {
     /// Notes which of `files` (absolute, regular files) differ from HEAD in the
-    /// repository holding `root`. Without a repository nothing is dirty: nothing is
-    /// committed then either.
+    /// repository holding the workspace at `root`. Without a repository nothing is dirty:
+    /// nothing is committed then either.
     pub fn read<'a>(root: &Path, files: impl Iterator<Item = &'a PathBuf>) -> StartState {
         let mut dirty = HashMap::new();
         let Ok(repo) = Repository::discover(root) else {
@@ -60,7 +60,9 @@ impl StartState {
         };
         let tree = repo.head().ok().and_then(|h| h.peel_to_tree().ok());
         let index = repo.index().ok();
-        let queued = queued_by_runner(&workdir);
+        // The runner's waiting commits are in the workspace's `.loops/`, which is not at
+        // the repository's top when the workspace is a folder inside it.
+        let queued = queued_by_runner(&Layout::of(root), &workdir);
         for abs in files {
             let Ok(rel) = abs.strip_prefix(&workdir) else {
                 continue;
@@ -77,12 +79,12 @@ impl StartState {
 }
 
 /// What the runner's own commits still waiting in `.loops/commits/` (git was busy: a
-/// rebase, a merge, a lock) will commit: workspace-relative path to the blob the run left
-/// there, or `None` when the waiting commit recorded no content. A file dirty only
-/// because of them is the runner's work, not the person's.
-fn queued_by_runner(workdir: &Path) -> HashMap<PathBuf, Option<git2::Oid>> {
+/// rebase, a merge, a lock) will commit: the path relative to `workdir` (the repository's
+/// work tree) to the blob the run left there, or `None` when the waiting commit recorded
+/// no content. A file dirty only because of them is the runner's work, not the person's.
+fn queued_by_runner(layout: &Layout, workdir: &Path) -> HashMap<PathBuf, Option<git2::Oid>> {
     let mut out = HashMap::new();
-    let Ok(dir) = std::fs::read_dir(Layout::of(workdir).commits_dir()) else {
+    let Ok(dir) = std::fs::read_dir(layout.commits_dir()) else {
         return out;
     };
     let mut files: Vec<PathBuf> = dir
@@ -149,12 +151,6 @@ impl StartState {
     pub fn adopt_interrupted(&mut self, dirty_then: &[PathBuf]) {
         self.dirty.retain(|p, _| dirty_then.contains(p));
     }
-}
-
-/// [`Layout::dirty_at_start`], kept for `engine::loop_run` until it uses `ws.layout()`
-/// (issue #17).
-pub fn interrupted_marker(ws: &crate::workspace::Workspace, loop_name: &str) -> PathBuf {
-    ws.layout().dirty_at_start(loop_name)
 }
 
 /// What `abs` is against HEAD, `None` when it is what HEAD holds (or git ignores it).
@@ -268,13 +264,6 @@ pub fn attribute(changed: Vec<PathBuf>, start: &StartState, writer: &Writer) -> 
     out
 }
 
-/// [`Layout::wrote_list`]: where a command may list the files it wrote, one a line
-/// (relative to its folder, or absolute), so that nothing else is taken for its work.
-/// Kept for `engine::loop_run` until it uses `ws.layout()` (issue #17).
-pub fn wrote_file(ws: &crate::workspace::Workspace, run_id: &str) -> PathBuf {
-    ws.layout().wrote_list(run_id)
-}
-
 /// The files a command listed in `$LOOPS_WROTE` (absolute, `.` and `..` resolved by name),
 /// or `None` when it listed nothing; the list is removed.
 pub fn take_reported(list: &Path, cwd: &Path) -> Option<Vec<PathBuf>> {
@@ -353,6 +342,41 @@ mod tests {
         assert!(!s.dirty.contains_key(&files[0]));
         assert!(matches!(s.dirty.get(&files[1]), Some(Dirty::Text(t)) if t == b"mine\nb\n"));
         assert!(matches!(s.dirty.get(&files[2]), Some(Dirty::Untracked)));
+    }
+
+    /// The committer keeps a commit git did not allow yet in the workspace's `.loops/`;
+    /// with the workspace a folder inside the repository, that is not `<top>/.loops/`, and
+    /// the file the waiting commit holds must still not be taken for the person's edit.
+    #[test]
+    fn a_waiting_runner_commit_is_found_in_a_workspace_inside_the_repository() {
+        let (_d, top) = repo_with(&[("README.md", "top\n")]);
+        let ws = top.join("sub").join("ws");
+        let state = ws.join("domains").join("x").join("state.md");
+        std::fs::create_dir_all(state.parent().expect("parent")).expect("mkdir");
+        std::fs::write(&state, "the run's\n").expect("write");
+        let blob = git2::Oid::hash_file(git2::ObjectType::Blob, &state).expect("hash");
+        let rel = state.strip_prefix(&top).expect("inside");
+        // As `history` defers one: absolute paths, and the blobs relative to the work tree.
+        let waiting = serde_json::json!({
+            "paths": [state],
+            "message": "x: run",
+            "since": "2026-01-01T00:00:00Z",
+            "reason": "index.lock is held",
+            "snapshot": [[rel, blob.to_string(), null]],
+        });
+        let commits = Layout::of(&ws).commits_dir();
+        std::fs::create_dir_all(&commits).expect("mkdir");
+        std::fs::write(
+            commits.join("01JAAAAAAAAAAAAAAAAAAAAAAA.json"),
+            waiting.to_string(),
+        )
+        .expect("write");
+        let s = StartState::read(&ws, [state.clone()].iter());
+        assert!(s.dirty_paths().is_empty(), "{:?}", s.dirty_paths());
+        // A later edit of the person's is theirs again.
+        std::fs::write(&state, "the run's\nmine\n").expect("edit");
+        let s = StartState::read(&ws, [state.clone()].iter());
+        assert_eq!(s.dirty_paths(), vec![state]);
     }
 
     #[test]
