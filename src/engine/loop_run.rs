@@ -124,7 +124,59 @@ pub async fn execute(
         cancel,
     ));
     let state = ctx.store.load(&def.name);
-    let mut rec = RunRecord {
+    let mut rec = starting_record(def, req, started);
+    let run = PayloadRun {
+        ctx,
+        def,
+        req,
+        state: state.as_ref(),
+        marker: &marker,
+        areas: writable_areas(&ctx.ws, def),
+    };
+    let (mut changed, mut attributed) = match &def.payload {
+        Payload::Prompt { .. } if !ctx.ws.settings.has_providers => {
+            rec.outcome = Outcome::Skipped;
+            rec.note = Some(
+                "waiting for a provider: prompt loops need `providers:` in loops.yaml (see docs/configuration.md)".into(),
+            );
+            (Vec::new(), own::Attributed::default())
+        }
+        Payload::Prompt { .. } => run.prompt(live, cancel, &mut rec).await,
+        Payload::Command { argv } => run.command(argv, live, cancel, &mut rec).await,
+    };
+    rec.changed = changed
+        .iter()
+        .map(|p| ctx.ws.relative(p).display().to_string())
+        .collect();
+    rec.finished = Utc::now();
+    if rec.duration_ms == 0 {
+        rec.duration_ms = (rec.finished - started).num_milliseconds().max(0) as u64;
+    }
+    note_orphan_draft(ctx, def, req, &mut changed, &mut rec);
+    let sink = loops_core::history::HeldBackSink::default();
+    // Until its changes are committed (or waiting in the committer's queue), a run that is
+    // killed leaves them for the next run of the loop to adopt (see `snapshot_start`).
+    let own_hunks = std::mem::take(&mut attributed.own_hunks);
+    if commit_run(ctx, def, &mut rec, changed, own_hunks, &sink).await {
+        run_finished_sorting(ctx, def);
+    }
+    rec.finished = rec.finished.max(started);
+    if let Ok(mut more) = sink.lock() {
+        attributed.held.append(&mut more);
+    }
+    note_held_back(ctx, def, &attributed.held, &mut rec);
+    let all = std::mem::take(&mut rec.changed);
+    rec.set_changed(all);
+    if let Err(e) = ctx.runlog.append(&rec) {
+        tracing::error!("cannot append the run record: {e}");
+    }
+    ctx.running.remove(&req.run_id);
+    rec
+}
+
+/// A run's record as it begins: nothing done yet.
+fn starting_record(def: &LoopDef, req: &RunRequest, started: chrono::DateTime<Utc>) -> RunRecord {
+    RunRecord {
         cannot_start: false,
         loop_name: def.name.clone(),
         run_id: req.run_id.clone(),
@@ -156,184 +208,211 @@ pub async fn execute(
         refused_tools: Vec::new(),
         deliveries: Vec::new(),
         held_back: Vec::new(),
-    };
-    let areas = writable_areas(&ctx.ws, def);
-    // Walking and hashing the loop's files is blocking work: keep it off the async
-    // workers that time every other loop's runs.
-    let mut changed = Vec::new();
-    let mut attributed = own::Attributed::default();
-    match &def.payload {
-        Payload::Prompt { .. } if !ctx.ws.settings.has_providers => {
-            rec.outcome = Outcome::Skipped;
-            rec.note = Some(
-                "waiting for a provider: prompt loops need `providers:` in loops.yaml (see docs/configuration.md)".into(),
-            );
-        }
-        Payload::Prompt { .. } => {
-            let (before, start) = snapshot_start(ctx, def, areas.clone()).await;
-            let p = crate::engine::prompt_run::run(
-                ctx,
-                def,
-                req,
-                state.as_ref(),
-                &marker,
-                live,
-                cancel,
-            )
-            .await;
-            let after = Snapshot::of(areas.clone()).await;
-            let mut all = changed_between(&before, &after);
-            // Files the tools wrote outside the loop's areas (a new inbox file, or
-            // anywhere for a loop in the main session's context) are the run's too.
-            let layout = ctx.ws.layout();
-            for w in &p.wrote {
-                if !w.starts_with(layout.root()) && !all.contains(w) {
-                    all.push(w.clone());
-                }
+    }
+}
+
+/// What a run's payload needs around it.
+struct PayloadRun<'a> {
+    ctx: &'a RunContext,
+    def: &'a LoopDef,
+    req: &'a RunRequest,
+    state: Option<&'a loops_core::state::LoopState>,
+    marker: &'a RunningMarker,
+    /// Where the run may write: snapshotted before and after to find its changes.
+    areas: Vec<PathBuf>,
+}
+
+impl PayloadRun<'_> {
+    /// A prompt payload: the agent loop; its changes are what its tools wrote (or, for an
+    /// agent CLI that writes itself, what changed).
+    async fn prompt(
+        &self,
+        live: Option<exec::Live>,
+        cancel: Option<watch::Receiver<bool>>,
+        rec: &mut RunRecord,
+    ) -> (Vec<PathBuf>, own::Attributed) {
+        let (ctx, def) = (self.ctx, self.def);
+        let (before, start) = snapshot_start(ctx, def, self.areas.clone()).await;
+        let p = crate::engine::prompt_run::run(
+            ctx,
+            def,
+            self.req,
+            self.state,
+            self.marker,
+            live,
+            cancel,
+        )
+        .await;
+        let after = Snapshot::of(self.areas.clone()).await;
+        let mut all = changed_between(&before, &after);
+        // Files the tools wrote outside the loop's areas (a new inbox file, or
+        // anywhere for a loop in the main session's context) are the run's too.
+        let layout = ctx.ws.layout();
+        for w in &p.wrote {
+            if !w.starts_with(layout.root()) && !all.contains(w) {
+                all.push(w.clone());
             }
-            let writer = if p.writes_itself {
-                own::Writer::Command {
-                    definition: definition_files(def),
-                    reported: None,
-                }
-            } else {
-                own::Writer::Tools(&p.wrote)
-            };
-            attributed = own::attribute(all, &start, &writer);
-            changed = attributed.committed();
-            p.fill(&mut rec, &ctx.ws, !changed.is_empty());
         }
-        Payload::Command { argv } => {
-            let (before, start) = snapshot_start(ctx, def, areas.clone()).await;
-            let (spawn_tx, mut spawn_rx) = mpsc::unbounded_channel();
-            let wrote_list = ctx.ws.layout().wrote_list(&req.run_id);
-            if let Some(dir) = wrote_list.parent() {
-                // Private like the rest of .loops/ (the daemon would tighten it otherwise).
-                let _ = loops_core::fsutil::create_dir_all(dir);
-            }
-            let mut env = run_env(&ctx.ws, def, &req.run_id, state.as_ref());
-            env.push(("LOOPS_WROTE".into(), wrote_list.display().to_string()));
-            let spec = ExecSpec {
-                argv: argv.clone(),
-                cwd: def.dir.clone(),
-                env,
-                timeout: def.timeout,
-                grace: exec::KILL_GRACE,
-                on_spawn: Some(spawn_tx),
-                stdin: None,
-            };
-            let note_pgid = note_pgid(ctx, &marker, &mut spawn_rx);
-            // The run owns the spec (and so the spawn sender): when a command cannot be
-            // started at all, the sender goes with it and `note_pgid` ends instead of
-            // waiting forever for a pid.
-            let run = async move { exec::run(&spec, live, cancel).await };
-            let (res, ()) = tokio::join!(run, note_pgid);
-            let after = Snapshot::of(areas.clone()).await;
-            let writer = own::Writer::Command {
+        let writer = if p.writes_itself {
+            own::Writer::Command {
                 definition: definition_files(def),
-                reported: own::take_reported(&wrote_list, &def.dir),
-            };
-            attributed = own::attribute(changed_between(&before, &after), &start, &writer);
-            changed = attributed.committed();
-            rec.exit_code = res.exit_code;
-            rec.stdout_tail = res.stdout_tail.clone();
-            rec.stderr_tail = res.stderr_tail.clone();
-            rec.stdout_dropped = res.stdout_dropped;
-            rec.stderr_dropped = res.stderr_dropped;
-            rec.error = res.failure_reason(def.timeout);
-            rec.cannot_start = res.spawn_error.is_some();
-            rec.outcome = if res.cancelled {
-                Outcome::Interrupted
-            } else if res.timed_out {
-                Outcome::Timeout
-            } else if !res.success() {
-                Outcome::Failed
-            } else if changed.is_empty()
-                && (res.stdout_bytes == 0
-                    || loops_core::channels::strip_silent_lines(&res.stdout_tail).is_empty())
-            {
-                // Nothing changed and nothing said but a silent token: a silent run.
-                Outcome::Silent
+                reported: None,
+            }
+        } else {
+            own::Writer::Tools(&p.wrote)
+        };
+        let attributed = own::attribute(all, &start, &writer);
+        let changed = attributed.committed();
+        p.fill(rec, &ctx.ws, !changed.is_empty());
+        (changed, attributed)
+    }
+
+    /// A command payload in its own process group; its changes are what changed in its
+    /// areas, less what someone else was editing, plus what it reported in `LOOPS_WROTE`.
+    async fn command(
+        &self,
+        argv: &[String],
+        live: Option<exec::Live>,
+        cancel: Option<watch::Receiver<bool>>,
+        rec: &mut RunRecord,
+    ) -> (Vec<PathBuf>, own::Attributed) {
+        let (ctx, def, req) = (self.ctx, self.def, self.req);
+        let (before, start) = snapshot_start(ctx, def, self.areas.clone()).await;
+        let (spawn_tx, mut spawn_rx) = mpsc::unbounded_channel();
+        let wrote_list = ctx.ws.layout().wrote_list(&req.run_id);
+        if let Some(dir) = wrote_list.parent() {
+            // Private like the rest of .loops/ (the daemon would tighten it otherwise).
+            let _ = loops_core::fsutil::create_dir_all(dir);
+        }
+        let mut env = run_env(&ctx.ws, def, &req.run_id, self.state);
+        env.push(("LOOPS_WROTE".into(), wrote_list.display().to_string()));
+        let spec = ExecSpec {
+            argv: argv.to_vec(),
+            cwd: def.dir.clone(),
+            env,
+            timeout: def.timeout,
+            grace: exec::KILL_GRACE,
+            on_spawn: Some(spawn_tx),
+            stdin: None,
+        };
+        let note_pgid = note_pgid(ctx, self.marker, &mut spawn_rx);
+        // The run owns the spec (and so the spawn sender): when a command cannot be
+        // started at all, the sender goes with it and `note_pgid` ends instead of
+        // waiting forever for a pid.
+        let run = async move { exec::run(&spec, live, cancel).await };
+        let (res, ()) = tokio::join!(run, note_pgid);
+        let after = Snapshot::of(self.areas.clone()).await;
+        let writer = own::Writer::Command {
+            definition: definition_files(def),
+            reported: own::take_reported(&wrote_list, &def.dir),
+        };
+        let attributed = own::attribute(changed_between(&before, &after), &start, &writer);
+        let mut changed = attributed.committed();
+        fill_from_command(rec, &res, def, &changed);
+        if let (Some(d), Outcome::Acted) = (&def.deliver, rec.outcome) {
+            if let Some(w) = deliver_stdout(ctx, def, req, d, &res, rec).await {
+                changed.push(w);
+            }
+        }
+        (changed, attributed)
+    }
+}
+
+/// What a command's end says about the run: its output tails, its exit, and the outcome.
+fn fill_from_command(
+    rec: &mut RunRecord,
+    res: &exec::ExecResult,
+    def: &LoopDef,
+    changed: &[PathBuf],
+) {
+    rec.exit_code = res.exit_code;
+    rec.stdout_tail = res.stdout_tail.clone();
+    rec.stderr_tail = res.stderr_tail.clone();
+    rec.stdout_dropped = res.stdout_dropped;
+    rec.stderr_dropped = res.stderr_dropped;
+    rec.error = res.failure_reason(def.timeout);
+    rec.cannot_start = res.spawn_error.is_some();
+    rec.outcome = if res.cancelled {
+        Outcome::Interrupted
+    } else if res.timed_out {
+        Outcome::Timeout
+    } else if !res.success() {
+        Outcome::Failed
+    } else if changed.is_empty()
+        && (res.stdout_bytes == 0
+            || loops_core::channels::strip_silent_lines(&res.stdout_tail).is_empty())
+    {
+        // Nothing changed and nothing said but a silent token: a silent run.
+        Outcome::Silent
+    } else {
+        Outcome::Acted
+    };
+    rec.duration_ms = res.duration.as_millis() as u64;
+}
+
+/// A draft the run wrote with no handoff of its own gets one made for it, committed with
+/// the run.
+fn note_orphan_draft(
+    ctx: &RunContext,
+    def: &LoopDef,
+    req: &RunRequest,
+    changed: &mut Vec<PathBuf>,
+    rec: &mut RunRecord,
+) {
+    let Some(h) = orphan_draft_handoff(ctx, def, &req.run_id, changed) else {
+        return;
+    };
+    let n = format!("wrote a draft but no handoff: made handoff {}", h.0);
+    rec.note = Some(match rec.note.take() {
+        Some(old) => format!("{old}; {n}"),
+        None => n,
+    });
+    rec.changed
+        .push(ctx.ws.relative(&h.1).display().to_string());
+    changed.push(h.1);
+}
+
+/// Commits the run's changes (only its own hunks); returns whether they are committed or
+/// waiting in the committer's queue (a run with nothing to commit counts as committed).
+async fn commit_run(
+    ctx: &RunContext,
+    def: &LoopDef,
+    rec: &mut RunRecord,
+    changed: Vec<PathBuf>,
+    own_hunks: Vec<(PathBuf, Vec<u8>)>,
+    sink: &loops_core::history::HeldBackSink,
+) -> bool {
+    let (false, Some(c)) = (changed.is_empty(), &ctx.committer) else {
+        return true;
+    };
+    let msg = commit_message(
+        &format!("{}: {}", def.name, subject_for(rec)),
+        &trailers(def, rec),
+    );
+    let req = CommitRequest {
+        paths: changed,
+        message: msg,
+        own_hunks,
+        held_back: Some(sink.clone()),
+        ..Default::default()
+    };
+    match c.commit(req).await {
+        Ok(Some(oid)) => rec.commit = Some(oid.to_string()),
+        Ok(None) => {}
+        Err(e) => {
+            let help = e.help().map(|h| format!(" ({h})")).unwrap_or_default();
+            let held = matches!(e, loops_core::history::HistoryError::Held(_));
+            if held {
+                // The committer said once that commits are held; not news per run.
+                tracing::debug!(loop_name = %def.name, "run commit waits: {e}");
             } else {
-                Outcome::Acted
-            };
-            rec.duration_ms = res.duration.as_millis() as u64;
-            if let (Some(d), Outcome::Acted) = (&def.deliver, rec.outcome) {
-                if let Some(w) = deliver_stdout(ctx, def, req, d, &res, &mut rec).await {
-                    changed.push(w);
-                }
+                tracing::warn!(loop_name = %def.name, "could not commit the run's changes: {e}{help}");
             }
+            rec.note = Some(format!("not committed: {e}{help}"));
+            return held;
         }
     }
-    rec.changed = changed
-        .iter()
-        .map(|p| ctx.ws.relative(p).display().to_string())
-        .collect();
-    rec.finished = Utc::now();
-    if rec.duration_ms == 0 {
-        rec.duration_ms = (rec.finished - started).num_milliseconds().max(0) as u64;
-    }
-    if let Some(h) = orphan_draft_handoff(ctx, def, &req.run_id, &changed) {
-        let n = format!("wrote a draft but no handoff: made handoff {}", h.0);
-        rec.note = Some(match rec.note.take() {
-            Some(old) => format!("{old}; {n}"),
-            None => n,
-        });
-        rec.changed
-            .push(ctx.ws.relative(&h.1).display().to_string());
-        changed.push(h.1);
-    }
-    let sink = loops_core::history::HeldBackSink::default();
-    // Until its changes are committed (or waiting in the committer's queue), a run that is
-    // killed leaves them for the next run of the loop to adopt (see `snapshot_start`).
-    let mut committed_or_queued = true;
-    if !changed.is_empty() {
-        if let Some(c) = &ctx.committer {
-            let msg = commit_message(
-                &format!("{}: {}", def.name, subject_for(&rec)),
-                &trailers(def, &rec),
-            );
-            match c
-                .commit(CommitRequest {
-                    paths: changed,
-                    message: msg,
-                    own_hunks: std::mem::take(&mut attributed.own_hunks),
-                    held_back: Some(sink.clone()),
-                    ..Default::default()
-                })
-                .await
-            {
-                Ok(Some(oid)) => rec.commit = Some(oid.to_string()),
-                Ok(None) => {}
-                Err(e) => {
-                    let help = e.help().map(|h| format!(" ({h})")).unwrap_or_default();
-                    if matches!(e, loops_core::history::HistoryError::Held(_)) {
-                        // The committer said once that commits are held; not news per run.
-                        tracing::debug!(loop_name = %def.name, "run commit waits: {e}");
-                    } else {
-                        tracing::warn!(loop_name = %def.name, "could not commit the run's changes: {e}{help}");
-                    }
-                    rec.note = Some(format!("not committed: {e}{help}"));
-                    committed_or_queued = matches!(e, loops_core::history::HistoryError::Held(_));
-                }
-            }
-        }
-    }
-    if committed_or_queued {
-        run_finished_sorting(ctx, def);
-    }
-    rec.finished = rec.finished.max(started);
-    if let Ok(mut more) = sink.lock() {
-        attributed.held.append(&mut more);
-    }
-    note_held_back(ctx, def, &attributed.held, &mut rec);
-    let all = std::mem::take(&mut rec.changed);
-    rec.set_changed(all);
-    if let Err(e) = ctx.runlog.append(&rec) {
-        tracing::error!("cannot append the run record: {e}");
-    }
-    ctx.running.remove(&req.run_id);
-    rec
+    true
 }
 
 /// Names in the record, and warns of, the paths left out of the run's commit; they are
