@@ -813,7 +813,7 @@ impl Daemon {
     /// A triggered run whose loop cannot be read any more: recorded failed, with why.
     fn refuse_submitted(
         &mut self,
-        m: &loops_core::runs::RunningMarker,
+        m: &loops_core::runs::RunInProgress,
         now: DateTime<Utc>,
         why: &str,
     ) {

@@ -12,7 +12,7 @@ use loops_core::domain::{discover, load_domain, Concurrency, DomainEntry, LoopDe
 use loops_core::handoff::{Handoff, HandoffError, Inbox, Stage};
 use loops_core::history::{commit_message, CommitRequest, Committer};
 use loops_core::runs::RunRecord;
-use loops_core::runs::{RunningMarker, RunningSet};
+use loops_core::runs::{RunInProgress, RunningSet};
 use loops_core::schedule::TzSource;
 use loops_core::state::{LastRun, LoopState, Pause, StateStore};
 use loops_core::workspace::Workspace;
@@ -317,7 +317,7 @@ impl ManualRun {
         let name = name.as_str();
         let req = RunRequest::new(Trigger::Manual, None, 1);
         let running = RunningSet::new(ws.layout().root());
-        let m = RunningMarker::for_this_process(
+        let m = RunInProgress::for_this_process(
             name,
             &req.run_id,
             req.trigger.as_str(),

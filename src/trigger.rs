@@ -14,7 +14,7 @@ use loops_core::domain::{Concurrency, LoopDef};
 use loops_core::exec::{Live, Stream};
 use loops_core::jobs::job::JobId;
 use loops_core::runs::{
-    live_output_paths, Outcome, RunRecord, RunningMarker, RunningSet, SubmittedState,
+    live_output_paths, Outcome, RunInProgress, RunRecord, RunningSet, SubmittedState,
 };
 use loops_core::workspace::Workspace;
 use std::path::PathBuf;
@@ -90,7 +90,7 @@ fn submit(
 ) -> Result<Submitted, OperatorError> {
     let req = RunRequest::new(Trigger::Manual, None, 1);
     let running = RunningSet::new(ws.layout().root());
-    let m = RunningMarker::for_this_process(
+    let m = RunInProgress::for_this_process(
         &def.name,
         &req.run_id,
         req.trigger.as_str(),

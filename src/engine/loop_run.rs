@@ -8,7 +8,7 @@ use loops_core::domain::{LoopDef, Payload};
 use loops_core::exec::{self, ExecSpec};
 use loops_core::history::{commit_message, CommitRequest};
 use loops_core::jobs::own;
-use loops_core::runs::{Outcome, RunRecord, RunningMarker};
+use loops_core::runs::{Outcome, RunInProgress, RunRecord};
 use loops_core::snapshot::{changed_between, Snapshot};
 use loops_core::workspace::Workspace;
 use std::path::{Path, PathBuf};
@@ -105,7 +105,7 @@ pub async fn execute(
     cancel: Option<watch::Receiver<bool>>,
 ) -> RunRecord {
     let started = Utc::now();
-    let marker = RunningMarker::for_this_process(
+    let marker = RunInProgress::for_this_process(
         &def.name,
         &req.run_id,
         req.trigger.as_str(),
@@ -217,7 +217,7 @@ struct PayloadRun<'a> {
     def: &'a LoopDef,
     req: &'a RunRequest,
     state: Option<&'a loops_core::state::LoopState>,
-    marker: &'a RunningMarker,
+    marker: &'a RunInProgress,
     /// Where the run may write: snapshotted before and after to find its changes.
     areas: Vec<PathBuf>,
 }

@@ -18,7 +18,7 @@ use loops_core::exec::{self, ExecSpec};
 use loops_core::handoff::{self, Handoff, Inbox, NewHandoff, Priority};
 use loops_core::history::{commit_message, CommitRequest};
 use loops_core::layout::Layout;
-use loops_core::runs::{Outcome, RunRecord, RunningMarker};
+use loops_core::runs::{Outcome, RunInProgress, RunRecord};
 use loops_core::workspace::MainSettings;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -406,8 +406,8 @@ fn mark_wake(
     run_id: &str,
     started: DateTime<Utc>,
     claimed: &[PathBuf],
-) -> RunningMarker {
-    let mut marker = RunningMarker::for_this_process(MAIN, run_id, kind.as_str(), None, 1, started);
+) -> RunInProgress {
+    let mut marker = RunInProgress::for_this_process(MAIN, run_id, kind.as_str(), None, 1, started);
     marker.handoffs = claimed
         .iter()
         .filter_map(|f| f.file_name().and_then(|n| n.to_str()).map(str::to_string))
@@ -441,7 +441,7 @@ struct WakeRun<'a> {
     main: &'a MainSettings,
     kind: WakeKind,
     run_id: &'a str,
-    marker: &'a RunningMarker,
+    marker: &'a RunInProgress,
 }
 
 impl WakeRun<'_> {

@@ -18,7 +18,7 @@ use loops_core::domain::{LoopDef, Payload};
 use loops_core::exec::{self, ExecSpec};
 use loops_core::guard::Guard;
 use loops_core::providers::ProviderConfig;
-use loops_core::runs::{Outcome, RunRecord, RunningMarker};
+use loops_core::runs::{Outcome, RunInProgress, RunRecord};
 use loops_core::state::LoopState;
 use loops_core::text::is_silent_token;
 use loops_core::tool_names::ISOLATED_DEFAULT;
@@ -292,7 +292,7 @@ pub async fn run(
     def: &LoopDef,
     req: &RunRequest,
     state: Option<&LoopState>,
-    marker: &RunningMarker,
+    marker: &RunInProgress,
     live: Option<loops_core::exec::Live>,
     cancel: Option<watch::Receiver<bool>>,
 ) -> PromptOutcome {
@@ -532,7 +532,7 @@ impl PromptRun<'_> {
         &self,
         pcfg: &ProviderConfig,
         prompt: LoopPrompt,
-        marker: &RunningMarker,
+        marker: &RunInProgress,
         cancel: Option<watch::Receiver<bool>>,
         tr: &mut Transcript,
     ) -> PromptOutcome {

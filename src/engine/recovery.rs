@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use loops_core::handoff::Inbox;
 use loops_core::jobs::policy::OnStalled;
 use loops_core::jobs::queue::Swept;
-use loops_core::runs::{Outcome, RunRecord, RunningMarker};
+use loops_core::runs::{Outcome, RunInProgress, RunRecord};
 
 /// What the sweep found and did.
 #[derive(Default)]
@@ -91,7 +91,7 @@ async fn sweep_queue(ctx: &RunContext, now: DateTime<Utc>) -> Swept {
 
 /// Records a run its dead process left `interrupted` (stopping its process group if that
 /// outlived it); returns (loop, run id) when the journal should name it.
-fn record_interrupted(ctx: &RunContext, m: &RunningMarker) -> Option<(String, String)> {
+fn record_interrupted(ctx: &RunContext, m: &RunInProgress) -> Option<(String, String)> {
     let named = Some((m.loop_name.clone(), m.run_id.clone()));
     // A process killed between appending a run's record and removing its job left a job
     // for a run that did finish: it is not interrupted, and a second record would count
@@ -134,7 +134,7 @@ fn record_interrupted(ctx: &RunContext, m: &RunningMarker) -> Option<(String, St
 
 /// Its command runs in a process group of its own and outlives the runner: stopped, but
 /// only if the group leader is the very process the runner started.
-fn stop_left_group(m: &RunningMarker) -> bool {
+fn stop_left_group(m: &RunInProgress) -> bool {
     match m.pgid {
         Some(pgid) if loops_core::fsutil::process_alive(pgid, m.pgid_start) => {
             loops_core::sys::signal_group(pgid, loops_core::sys::Signal::KILL);

@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use loops_core::domain::LoopDef;
 use loops_core::exec;
 use loops_core::history::Committer;
-use loops_core::runs::{new_run_id, RunLog, RunningMarker, RunningSet};
+use loops_core::runs::{new_run_id, RunInProgress, RunLog, RunningSet};
 use loops_core::schedule::When;
 use loops_core::state::{LoopState, StateStore};
 use loops_core::workspace::Workspace;
@@ -190,7 +190,7 @@ pub fn run_env(
 /// have the group stopped at its next start.
 pub async fn note_pgid(
     ctx: &RunContext,
-    marker: &RunningMarker,
+    marker: &RunInProgress,
     spawn_rx: &mut mpsc::UnboundedReceiver<u32>,
 ) {
     if let Some(pid) = spawn_rx.recv().await {

@@ -149,7 +149,7 @@ impl RunLane {
         let markers: Vec<_> = runs
             .iter()
             .map(|due| {
-                loops_core::runs::RunningMarker::for_this_process(
+                loops_core::runs::RunInProgress::for_this_process(
                     &due.loop_name,
                     &due.run_id,
                     due.trigger.as_str(),
@@ -504,7 +504,7 @@ fn record_not_run(
 /// (`concurrency: forbid`, or `replace` across processes). A queue it cannot read does not
 /// stop the run: it is said, and the run goes ahead as it would without the check.
 async fn begin_alone(ctx: &RunContext, def: &LoopDef, req: &RunRequest) -> bool {
-    let m = loops_core::runs::RunningMarker::for_this_process(
+    let m = loops_core::runs::RunInProgress::for_this_process(
         &def.name,
         &req.run_id,
         req.trigger.as_str(),

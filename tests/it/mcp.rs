@@ -619,7 +619,7 @@ fn mcp_trigger_respects_a_run_of_the_loop_in_another_process() {
     // Another process (this test) is running the loop: its run has begun in the queue.
     let w = loops_core::workspace::Workspace::open(ws.path()).expect("workspace");
     let running = loops_core::runs::RunningSet::new(w.layout().root());
-    let m = loops_core::runs::RunningMarker::for_this_process(
+    let m = loops_core::runs::RunInProgress::for_this_process(
         "example",
         "01OTHER",
         "manual",

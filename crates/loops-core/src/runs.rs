@@ -371,9 +371,11 @@ impl RunLog {
     }
 }
 
-/// The marker of a run in progress.
+/// A run in progress as its light job records it (the job's `params`): which run, who
+/// runs it, its command's process group and, for a wake, the handoffs it claimed. An older
+/// version kept the same record as a marker file in `.loops/running/`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RunningMarker {
+pub struct RunInProgress {
     #[serde(rename = "loop")]
     pub loop_name: String,
     pub run_id: String,
@@ -396,7 +398,7 @@ pub struct RunningMarker {
     pub handoffs: Vec<String>,
 }
 
-impl RunningMarker {
+impl RunInProgress {
     pub fn for_this_process(
         loop_name: &str,
         run_id: &str,
@@ -406,7 +408,7 @@ impl RunningMarker {
         started: DateTime<Utc>,
     ) -> Self {
         let pid = std::process::id();
-        RunningMarker {
+        RunInProgress {
             loop_name: loop_name.to_string(),
             run_id: run_id.to_string(),
             trigger: trigger.to_string(),
@@ -468,7 +470,7 @@ enum Busy {
 #[derive(Serialize, Deserialize)]
 struct RunParams {
     #[serde(flatten)]
-    marker: RunningMarker,
+    marker: RunInProgress,
     #[serde(default)]
     begun: bool,
     /// Submitted by `loops trigger --follow`: the runner writes the run's output where
@@ -481,7 +483,7 @@ struct RunParams {
 /// as the daemon claims it.
 #[derive(Debug, Clone)]
 pub struct SubmittedRun {
-    pub marker: RunningMarker,
+    pub marker: RunInProgress,
     pub follow: bool,
 }
 
@@ -535,18 +537,18 @@ impl RunningSet {
     }
 
     /// Records a run that has begun (or updates its record).
-    pub fn put(&self, m: &RunningMarker) -> Result<(), RunsError> {
+    pub fn put(&self, m: &RunInProgress) -> Result<(), RunsError> {
         self.write(m, true, false).map(|_| ())
     }
 
     /// Records a run that waits for its time (a slot claimed ahead of its fire time).
-    pub fn put_pending(&self, m: &RunningMarker) -> Result<(), RunsError> {
+    pub fn put_pending(&self, m: &RunInProgress) -> Result<(), RunsError> {
         self.write(m, false, false).map(|_| ())
     }
 
     /// Records runs that wait for their time, all in one write of the queue (the slots a
     /// tick claims together).
-    pub fn put_pending_many(&self, ms: &[RunningMarker]) -> Result<(), RunsError> {
+    pub fn put_pending_many(&self, ms: &[RunInProgress]) -> Result<(), RunsError> {
         let now = Utc::now();
         let r = self.store.transaction(|tx| {
             let mut made = Vec::with_capacity(ms.len());
@@ -579,7 +581,7 @@ impl RunningSet {
     /// begun and lives, or another submitted one waits: the same refusal as a run here.
     pub fn submit(
         &self,
-        m: &RunningMarker,
+        m: &RunInProgress,
         follow: bool,
         exclusive: bool,
     ) -> Result<Option<JobId>, RunsError> {
@@ -676,16 +678,16 @@ impl RunningSet {
 
     /// Records that a run begins, unless another process's or this one's run of the same
     /// loop has begun and is still going: `Ok(false)` then, and nothing is written.
-    pub fn begin_exclusive(&self, m: &RunningMarker) -> Result<bool, RunsError> {
+    pub fn begin_exclusive(&self, m: &RunInProgress) -> Result<bool, RunsError> {
         self.write(m, true, true)
     }
 
     /// Rewrites a run's record (it only grows: fields are added, never removed).
-    pub fn update(&self, m: &RunningMarker) -> Result<(), RunsError> {
+    pub fn update(&self, m: &RunInProgress) -> Result<(), RunsError> {
         self.put(m)
     }
 
-    fn write(&self, m: &RunningMarker, begun: bool, exclusive: bool) -> Result<bool, RunsError> {
+    fn write(&self, m: &RunInProgress, begun: bool, exclusive: bool) -> Result<bool, RunsError> {
         let known = lock(&self.ids).get(&m.run_id).copied();
         let now = Utc::now();
         let r = self.store.transaction(|tx| {
@@ -778,7 +780,7 @@ impl RunningSet {
     /// Whether another run of `m`'s loop has begun and its process lives (read under
     /// the queue's lock, so that checking and beginning are one step). A key file that
     /// cannot be read is not taken for a free loop: every live job is looked at instead.
-    fn busy_elsewhere(&self, tx: &dyn JobTx, m: &RunningMarker) -> Result<bool, StoreError> {
+    fn busy_elsewhere(&self, tx: &dyn JobTx, m: &RunInProgress) -> Result<bool, StoreError> {
         let holds = |j: &Job| {
             j.kind == JobKind::Loop
                 && run_params(j).is_some_and(|p| {
@@ -876,8 +878,8 @@ impl RunningSet {
     }
 
     /// Every run in progress, each with the pid of the process running it.
-    pub fn all(&self) -> Vec<RunningMarker> {
-        let mut out: Vec<RunningMarker> = self
+    pub fn all(&self) -> Vec<RunInProgress> {
+        let mut out: Vec<RunInProgress> = self
             .light_jobs()
             .into_iter()
             .map(|(j, p)| {
@@ -894,7 +896,7 @@ impl RunningSet {
     }
 
     /// What an older version left in `.loops/running/`.
-    fn legacy_markers(&self) -> Vec<RunningMarker> {
+    fn legacy_markers(&self) -> Vec<RunInProgress> {
         let Ok(rd) = std::fs::read_dir(&self.legacy) else {
             return Vec::new();
         };
@@ -935,8 +937,8 @@ impl RunningSet {
 
     /// Runs whose owning process is gone: runs a crash interrupted. A submitted run no
     /// runner claimed is not one: the next runner claims it.
-    pub fn orphans(&self) -> Vec<RunningMarker> {
-        let mut out: Vec<RunningMarker> = self
+    pub fn orphans(&self) -> Vec<RunInProgress> {
+        let mut out: Vec<RunInProgress> = self
             .light_jobs()
             .into_iter()
             .filter_map(|(j, p)| {
@@ -974,7 +976,7 @@ fn run_params(j: &Job) -> Option<RunParams> {
 }
 
 /// A new light job for a run, leased to this process.
-fn light_job(id: JobId, m: &RunningMarker, now: DateTime<Utc>) -> Result<Job, StoreError> {
+fn light_job(id: JobId, m: &RunInProgress, now: DateTime<Utc>) -> Result<Job, StoreError> {
     let kind = m.kind();
     let v = serde_json::json!({
         "id": id,
