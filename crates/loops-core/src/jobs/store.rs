@@ -134,10 +134,11 @@ impl JobStore {
             Some(p) if !p.as_os_str().is_empty() => p.join("watermarks"),
             _ => dir.join("watermarks"),
         };
+        let flusher = group_commit::for_dir(&dir);
         JobStore {
-            flusher: group_commit::for_dir(&dir),
+            spares: Arc::new(Spares::new(dir.clone(), flusher.clone())),
+            flusher,
             watermark_flusher: group_commit::for_dir(&watermarks),
-            spares: Arc::new(Spares::new(dir.clone())),
             dir,
             watermarks,
         }
@@ -266,11 +267,14 @@ impl JobStore {
             seq: None,
             durable: false,
             spares,
+            old: Vec::new(),
         };
         let r = f(&mut tx);
         let durable = tx.durable;
         let unused = std::mem::take(&mut tx.spares);
+        let old = std::mem::take(&mut tx.old);
         drop(tx);
+        self.spares.recycle(old);
         self.spares.put_back(unused);
         let flushed = if durable && flush {
             self.flush()
@@ -370,6 +374,9 @@ pub struct Tx<'a> {
     durable: bool,
     /// Empty files made before the lock was taken, for the writes to fill.
     spares: Vec<Spare>,
+    /// The old versions this transaction's writes replaced or removed, kept under a
+    /// spare's name to be emptied and used again after the lock (see `spares`).
+    old: Vec<Spare>,
 }
 
 impl Tx<'_> {
@@ -379,9 +386,20 @@ impl Tx<'_> {
 
     /// Replaces `path` with `bytes` whole (renamed in), in a spare if one is left.
     fn write_file(&mut self, path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
-        match self.spares.pop() {
+        let old = self.store.spares.adopt(path);
+        let r = match self.spares.pop() {
             Some(spare) => spare.fill_into(path, bytes).map_err(io(path)),
             None => atomic_replace(path, bytes).map_err(io(path)),
+        };
+        self.keep_if_replaced(old, r.is_ok());
+        r
+    }
+
+    /// An adopted old version is used again only if it was replaced: if the write
+    /// failed it is still the file in place, and only its spare name is removed.
+    fn keep_if_replaced(&mut self, old: Option<Spare>, replaced: bool) {
+        if let (Some(s), true) = (old, replaced) {
+            self.old.push(s);
         }
     }
 
@@ -498,10 +516,13 @@ impl JobTx for Tx<'_> {
     /// Moves a terminal job from the live folder into `done/`, indexing it.
     fn delete(&mut self, id: JobId) -> Result<(), StoreError> {
         let live = self.store.live_path(id);
-        match std::fs::remove_file(&live) {
+        let old = self.store.spares.adopt(&live);
+        let r = match std::fs::remove_file(&live) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io(&live)(e)),
             _ => Ok(()),
-        }
+        };
+        self.keep_if_replaced(old, r.is_ok());
+        r
     }
 
     fn finalize(&mut self, job: &Job) -> Result<(), StoreError> {
