@@ -77,6 +77,16 @@ fn flush_through(flusher: &GroupCommit, dir: &Path) -> Result<(), StoreError> {
         .map_err(io(dir))
 }
 
+/// Makes `dir` if it is not there. Looked at first: `mkdir` of a folder that exists
+/// still takes its parent's lock for writing, which every rename in the queue folder
+/// then waits behind (for `done/`, whose parent is the queue folder).
+fn ensure_dir(dir: &Path) -> Result<(), StoreError> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    crate::fsutil::create_dir_all(dir).map_err(io(dir))
+}
+
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
     move |source| StoreError::Io {
         path: path.to_path_buf(),
@@ -251,7 +261,7 @@ impl JobStore {
     where
         E: From<StoreError>,
     {
-        crate::fsutil::create_dir_all(&self.dir).map_err(io(&self.dir))?;
+        ensure_dir(&self.dir)?;
         let spares = self.spares.take(files);
         let lock_path = self.dir.join(".lock");
         let lock = match FileLock::acquire_blocking(&lock_path) {
@@ -527,7 +537,7 @@ impl JobTx for Tx<'_> {
 
     fn finalize(&mut self, job: &Job) -> Result<(), StoreError> {
         let done_dir = self.store.done_dir();
-        crate::fsutil::create_dir_all(&done_dir).map_err(io(&done_dir))?;
+        ensure_dir(&done_dir)?;
         let index = self.store.index_path();
         let line = serde_json::to_string(&JobSummary::from(job)).unwrap_or_default();
         crate::fsutil::append_line(&index, &line).map_err(io(&index))?;
@@ -672,7 +682,33 @@ impl JobStore {
     }
 }
 
+/// Reads a job file. A reader without the queue lock can open a version just as a
+/// write replaces it, and the replaced version's file is then emptied and used again for
+/// another write (see `spares`): what it read may be empty, cut short or another job.
+/// Such a read is made again, and the name then leads to the version in place; only a
+/// file that reads wrong every time (edited by hand) is returned as it reads.
 pub fn read_job(p: &Path) -> Result<Job, StoreError> {
+    const TRIES: usize = 5;
+    let named = p
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .and_then(|s| s.parse::<JobId>().ok());
+    let mut tries = 1;
+    loop {
+        let r = read_job_once(p);
+        let wrong = match &r {
+            Ok(j) => named.is_some_and(|id| id != j.id),
+            Err(StoreError::Corrupt { .. }) => true,
+            Err(_) => false,
+        };
+        if !wrong || tries >= TRIES {
+            return r;
+        }
+        tries += 1;
+    }
+}
+
+fn read_job_once(p: &Path) -> Result<Job, StoreError> {
     let bytes = std::fs::read(p).map_err(io(p))?;
     serde_json::from_slice(&bytes).map_err(|source| StoreError::Corrupt {
         path: p.to_path_buf(),
