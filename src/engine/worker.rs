@@ -166,9 +166,9 @@ pub async fn run(
         ledger,
         live,
     };
-    w.sweep().await;
-    w.reload_all();
-
+    // The watch begins before the first read of the queue: a job submitted while the
+    // worker starts is then either read now or told by an event, never missed until the
+    // next rescan (a submit right after "daemon started" waited 30 s for it).
     let (watch_tx, mut watch_rx) = mpsc::unbounded_channel();
     let _watcher = match loops_core::watch::watch_and_report(
         &[(store.dir().to_path_buf(), loops_core::watch::Mode::Flat)],
@@ -186,6 +186,8 @@ pub async fn run(
             None
         }
     };
+    w.sweep().await;
+    w.reload_all();
     let rescan = if _watcher.is_some() {
         SWEEP_EVERY
     } else {
@@ -758,8 +760,7 @@ fn write_batch(store: &JobStore, ops: Vec<Op>) {
                 }
                 Op::Started { id, .. } if ending.contains(&id) => {}
                 Op::Started { id, pgid, at } => {
-                    if let Err(e) = queue::note_started_in(tx, id, Holder::ThisProcess, pgid, at)
-                    {
+                    if let Err(e) = queue::note_started_in(tx, id, Holder::ThisProcess, pgid, at) {
                         tracing::warn!(job = id, "cannot record its process group: {e}");
                     }
                 }
