@@ -603,10 +603,10 @@ enum Op {
         pgid: u32,
         at: DateTime<Utc>,
     },
-    /// A run ended.
+    /// A run ended (boxed: a result with its output tails is large).
     Finish {
         id: JobId,
-        end: RunEnd,
+        end: Box<RunEnd>,
         tokens: Tokens,
         run_ms: u64,
         at: DateTime<Utc>,
@@ -696,7 +696,7 @@ impl Ledger {
         let (reply, rx) = oneshot::channel();
         self.send(Op::Finish {
             id,
-            end,
+            end: Box::new(end),
             tokens,
             run_ms,
             at,
@@ -772,7 +772,7 @@ fn write_batch(store: &JobStore, ops: Vec<Op>) {
                     at,
                     reply,
                 } => {
-                    let r = queue::finish_in(tx, id, Holder::ThisProcess, end, tokens, run_ms, at);
+                    let r = queue::finish_in(tx, id, Holder::ThisProcess, *end, tokens, run_ms, at);
                     ended.push((reply, r.map_err(|e| e.to_string())));
                 }
             }

@@ -44,6 +44,9 @@ const KEEP: usize = 64;
 /// its own (it pays the freeing itself, as before, instead of holding more of them).
 const RECYCLER_QUEUE: usize = 256;
 
+/// What the recycler thread is given to do.
+type Work = Box<dyn FnOnce() + Send>;
+
 /// An empty file, open for writing; deleted if dropped unused.
 #[derive(Debug)]
 pub struct Spare {
@@ -183,9 +186,9 @@ impl Spares {
         if old.is_empty() {
             return;
         }
-        static RECYCLER: OnceLock<Option<SyncSender<Box<dyn FnOnce() + Send>>>> = OnceLock::new();
+        static RECYCLER: OnceLock<Option<SyncSender<Work>>> = OnceLock::new();
         let recycler = RECYCLER.get_or_init(|| {
-            let (tx, rx) = sync_channel::<Box<dyn FnOnce() + Send>>(RECYCLER_QUEUE);
+            let (tx, rx) = sync_channel::<Work>(RECYCLER_QUEUE);
             std::thread::Builder::new()
                 .name("loops-recycler".into())
                 .spawn(move || rx.into_iter().for_each(|work| work()))
@@ -193,7 +196,7 @@ impl Spares {
                 .map(|_| tx)
         });
         let me = Arc::clone(self);
-        let work: Box<dyn FnOnce() + Send> = Box::new(move || me.empty_and_keep(old));
+        let work: Work = Box::new(move || me.empty_and_keep(old));
         match recycler {
             Some(tx) => match tx.try_send(work) {
                 Ok(()) => {}
@@ -291,12 +294,18 @@ mod tests {
         new.fill_into(&live, b"new").expect("fill");
         spares.empty_and_keep(vec![old]);
         let fresh = spares.take(1);
-        assert_eq!(names(d.path()).len(), 3, "1.json, the old version, a new spare");
+        assert_eq!(
+            names(d.path()).len(),
+            3,
+            "1.json, the old version, a new spare"
+        );
         spares.put_back(fresh);
         let _ = spares.take(1); // the new spare again, not the old version
         flusher.commit(&|| Ok(())).expect("flush");
         let again = spares.take(1).pop().expect("the old version");
-        again.fill_into(&d.path().join("2.json"), b"{}").expect("fill");
+        again
+            .fill_into(&d.path().join("2.json"), b"{}")
+            .expect("fill");
         assert_eq!(
             std::fs::read_to_string(d.path().join("2.json")).expect("read"),
             "{}",
