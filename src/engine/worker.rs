@@ -23,15 +23,15 @@ use loops_core::exec::{self, ExecSpec};
 use loops_core::guard::Guard;
 use loops_core::history::Committer;
 use loops_core::jobs::job::*;
-use loops_core::jobs::queue::{self, RunEnd};
+use loops_core::jobs::queue::{self, ClaimOptions, Holder, QueueError, RunEnd};
 use loops_core::jobs::store::JobStore;
 use loops_core::tool_names::ISOLATED_DEFAULT;
 use loops_core::workspace::Workspace;
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tokio::time::Instant;
 
 /// Output of a followed job, as it arrives.
@@ -100,6 +100,32 @@ struct Entry {
     parent: Option<JobId>,
 }
 
+/// The index's waiting and delayed jobs in the order they run, and the delayed ones by
+/// when they are due: picking the next jobs reads a few entries, not the whole index.
+#[derive(Default)]
+struct Queued {
+    order: BTreeSet<(i32, JobId)>,
+    due: BTreeSet<(DateTime<Utc>, JobId)>,
+}
+
+impl Queued {
+    fn add(&mut self, id: JobId, e: &Entry) {
+        if matches!(e.state, JobState::Waiting | JobState::Delayed) {
+            self.order.insert((e.priority, id));
+            if let (JobState::Delayed, Some(t)) = (e.state, e.run_at) {
+                self.due.insert((t, id));
+            }
+        }
+    }
+
+    fn remove(&mut self, id: JobId, e: &Entry) {
+        self.order.remove(&(e.priority, id));
+        if let Some(t) = e.run_at {
+            self.due.remove(&(t, id));
+        }
+    }
+}
+
 struct Running {
     ctl: watch::Sender<Ctl>,
 }
@@ -107,6 +133,8 @@ struct Running {
 struct Done {
     id: JobId,
     parent: Option<JobId>,
+    /// The job as its end was recorded, when it was.
+    job: Option<Job>,
 }
 
 struct Worker {
@@ -114,8 +142,11 @@ struct Worker {
     store: JobStore,
     mode: Mode,
     index: HashMap<JobId, Entry>,
+    /// The waiting and delayed ones of `index`, ordered.
+    queued: Queued,
     running: HashMap<JobId, Running>,
     done_tx: mpsc::UnboundedSender<Done>,
+    ledger: Ledger,
     live: Option<Live>,
 }
 
@@ -132,18 +163,21 @@ pub async fn run(
         return;
     }
     let (done_tx, mut done_rx) = mpsc::unbounded_channel();
+    let (ledger, ledger_task) = Ledger::open(store.clone());
     let mut w = Worker {
         cfg: cfg.clone(),
         store: store.clone(),
         mode,
         index: HashMap::new(),
+        queued: Queued::default(),
         running: HashMap::new(),
         done_tx,
+        ledger,
         live,
     };
-    w.sweep().await;
-    w.reload_all();
-
+    // The watch begins before the first read of the queue: a job submitted while the
+    // worker starts is then either read now or told by an event, never missed until the
+    // next rescan (a submit right after "daemon started" waited 30 s for it).
     let (watch_tx, mut watch_rx) = mpsc::unbounded_channel();
     let _watcher = match loops_core::watch::watch_and_report(
         &[(store.dir().to_path_buf(), loops_core::watch::Mode::Flat)],
@@ -161,6 +195,8 @@ pub async fn run(
             None
         }
     };
+    w.sweep().await;
+    w.reload_all();
     let rescan = if _watcher.is_some() {
         SWEEP_EVERY
     } else {
@@ -183,12 +219,7 @@ pub async fn run(
             _ => {}
         }
         let now = cfg.clock.now();
-        let next_delayed = w
-            .index
-            .iter()
-            .filter(|(id, _)| w.in_scope(**id))
-            .filter_map(|(_, e)| (e.state == JobState::Delayed).then_some(e.run_at).flatten())
-            .min();
+        let next_delayed = w.next_delayed();
         let mut wait = next_sweep.saturating_duration_since(Instant::now());
         if let Some(t) = next_delayed {
             wait = wait.min((t - now).to_std().unwrap_or_default());
@@ -233,6 +264,9 @@ pub async fn run(
             }
         }
     }
+    // What the ledger still holds (a started job's note) is written before returning.
+    drop(w);
+    let _ = ledger_task.await;
 }
 
 impl Worker {
@@ -263,25 +297,40 @@ impl Worker {
             tracing::warn!("{e}");
         }
         self.index.clear();
+        self.queued = Queued::default();
         for j in jobs {
             self.note(&j);
         }
     }
 
     fn note(&mut self, j: &Job) {
-        if j.state.is_terminal() {
-            self.index.remove(&j.id);
-        } else {
-            self.index.insert(
-                j.id,
-                Entry {
-                    state: j.state,
-                    priority: j.priority,
-                    run_at: j.run_at,
-                    parent: j.parent,
-                },
-            );
+        let entry = (!j.state.is_terminal()).then_some(Entry {
+            state: j.state,
+            priority: j.priority,
+            run_at: j.run_at,
+            parent: j.parent,
+        });
+        self.set(j.id, entry);
+    }
+
+    /// Puts `id` in the index as `entry`, or takes it out (`None`).
+    fn set(&mut self, id: JobId, entry: Option<Entry>) {
+        if let Some(old) = self.index.remove(&id) {
+            self.queued.remove(id, &old);
         }
+        if let Some(e) = entry {
+            self.queued.add(id, &e);
+            self.index.insert(id, e);
+        }
+    }
+
+    /// When the first delayed job of this worker's is due.
+    fn next_delayed(&self) -> Option<DateTime<Utc>> {
+        self.queued
+            .due
+            .iter()
+            .find(|(_, id)| self.in_scope(*id))
+            .map(|(t, _)| *t)
     }
 
     fn reload(&mut self, id: JobId) -> Option<Job> {
@@ -291,7 +340,7 @@ impl Worker {
                 Some(j)
             }
             Ok(None) => {
-                self.index.remove(&id);
+                self.set(id, None);
                 None
             }
             Err(e) => {
@@ -331,7 +380,13 @@ impl Worker {
 
     fn on_done(&mut self, d: Done) {
         self.running.remove(&d.id);
-        self.reload(d.id);
+        // The job as its end wrote it: no need to read it back.
+        match d.job {
+            Some(j) => self.note(&j),
+            None => {
+                self.reload(d.id);
+            }
+        }
         if let Some(p) = d.parent {
             self.reload(p);
         }
@@ -359,28 +414,29 @@ impl Worker {
         }
     }
 
-    fn ready(&self) -> Vec<JobId> {
+    /// The first `limit` ready jobs, in the order they run (lowest priority number, then
+    /// oldest): read off the queued set in order, never the whole index.
+    fn ready(&self, limit: usize) -> Vec<JobId> {
         let now = self.cfg.clock.now();
-        let mut v: Vec<(i32, JobId)> = self
-            .index
+        self.queued
+            .order
             .iter()
-            .filter(|(id, e)| {
+            .filter(|(_, id)| {
                 !self.running.contains_key(id)
-                    && match e.state {
+                    && self.index.get(id).is_some_and(|e| match e.state {
                         JobState::Waiting => true,
                         JobState::Delayed => e.run_at.is_none_or(|t| t <= now),
                         _ => false,
-                    }
-                    && self.in_scope(**id)
+                    })
+                    && self.in_scope(*id)
             })
-            .map(|(id, e)| (e.priority, *id))
-            .collect();
-        v.sort_unstable();
-        v.into_iter().map(|(_, id)| id).collect()
+            .map(|(_, id)| *id)
+            .take(limit)
+            .collect()
     }
 
     fn has_ready(&self) -> bool {
-        !self.ready().is_empty()
+        !self.ready(1).is_empty()
     }
 
     fn target_ended(&mut self, t: JobId) -> bool {
@@ -398,54 +454,67 @@ impl Worker {
     async fn dispatch(&mut self) -> bool {
         self.follow_settings();
         loop {
-            let ready = self.ready();
+            // A few more than can start: the claim goes on past the ones it cannot have.
+            let ready = self.ready(self.cfg.permits.available_permits() + 16);
             if ready.is_empty() {
                 return false;
             }
-            let permit = match self.cfg.permits.clone().try_acquire_owned() {
-                Ok(p) => p,
-                Err(_) => return true,
-            };
-            let mut started = false;
-            for id in ready {
-                let store = self.store.clone();
-                let now = self.cfg.clock.now();
-                let allow_shell = self.cfg.allow_shell;
-                let claimed = tokio::task::spawn_blocking(move || {
-                    queue::claim(&store, id, now, &|j: &Job| {
-                        (j.kind == JobKind::Shell && !allow_shell).then(shell_refusal)
-                    })
-                })
-                .await;
-                match claimed {
-                    Ok(Ok(Some(job))) => {
-                        self.note(&job);
-                        self.start(job, permit);
-                        started = true;
-                        break;
-                    }
-                    Ok(Ok(None)) => {
-                        // Taken by another worker, refused, or not yet visible.
-                        let j = self.reload(id);
-                        if j.is_some_and(|j| j.ready(self.cfg.clock.now())) {
-                            // A fan-out child whose parent is not written yet: leave it
-                            // for the event that writes the parent.
-                            self.index.remove(&id);
-                        }
-                    }
-                    Ok(Err(e)) => {
-                        tracing::error!(job = id, "cannot claim: {e}");
-                        self.index.remove(&id);
-                    }
-                    Err(e) => {
-                        tracing::error!(job = id, "cannot claim: {e}");
-                        self.index.remove(&id);
-                    }
-                }
+            let permits = self.free_permits(ready.len());
+            if permits.is_empty() {
+                return true;
             }
-            if !started {
+            let claims = self
+                .ledger
+                .claim(
+                    ready,
+                    permits.len(),
+                    self.cfg.allow_shell,
+                    self.cfg.clock.now(),
+                )
+                .await;
+            let claims = match claims {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::error!("cannot claim jobs: {e}");
+                    return false;
+                }
+            };
+            let started = !claims.claimed.is_empty();
+            // Every one missed leaves the ready set, so this loop ends.
+            let missed = !claims.missed.is_empty() || !claims.failed.is_empty();
+            self.settle_misses(&claims);
+            // Unused permits go back as they are dropped.
+            for (job, permit) in claims.claimed.into_iter().zip(permits) {
+                self.note(&job);
+                self.start(job, permit);
+            }
+            if !started && !missed {
                 return false;
             }
+        }
+    }
+
+    /// As many free permits as there are, up to `n`.
+    fn free_permits(&self, n: usize) -> Vec<tokio::sync::OwnedSemaphorePermit> {
+        std::iter::from_fn(|| self.cfg.permits.clone().try_acquire_owned().ok())
+            .take(n)
+            .collect()
+    }
+
+    /// Ready jobs a claim did not get.
+    fn settle_misses(&mut self, claims: &Claims) {
+        for &id in &claims.missed {
+            // Taken by another worker, refused, or not yet visible.
+            let j = self.reload(id);
+            if j.is_none_or(|j| j.ready(self.cfg.clock.now())) {
+                // A fan-out child whose parent is not written yet: leave it for the
+                // event that writes the parent (or one that cannot be read now).
+                self.set(id, None);
+            }
+        }
+        for (id, e) in &claims.failed {
+            tracing::error!(job = id, "cannot claim: {e}");
+            self.set(*id, None);
         }
     }
 
@@ -467,6 +536,7 @@ impl Worker {
         let cfg = self.cfg.clone();
         let store = self.store.clone();
         let done = self.done_tx.clone();
+        let ledger = self.ledger.clone();
         let live = match self.mode {
             Mode::Only(t) if t == job.id => self.live.clone(),
             _ => None,
@@ -478,7 +548,7 @@ impl Worker {
             let parent = job.parent;
             let t0 = std::time::Instant::now();
             let (end, tokens) = match job.kind {
-                JobKind::Shell => run_shell(&cfg, &store, &job, ctl_rx, live).await,
+                JobKind::Shell => run_shell(&cfg, &store, &ledger, &job, ctl_rx, live).await,
                 JobKind::Agent | JobKind::Aggregator => {
                     run_agent(&cfg, &store, &job, ctl_rx, live).await
                 }
@@ -497,29 +567,280 @@ impl Worker {
                 RunEnd::Paused => "paused".into(),
                 RunEnd::Aborted(why) => format!("stopped: {why}"),
             };
-            let st = store.clone();
-            let r =
-                tokio::task::spawn_blocking(move || queue::finish(&st, id, end, tokens, ms, now))
-                    .await;
-            match r {
-                Ok(Ok(j)) => tracing::info!(job = id, state = %j.state, "job run ended: {label}"),
-                Ok(Err(e)) => tracing::warn!(
-                    job = id,
-                    "job run ended ({label}) but could not be recorded: {e}"
-                ),
-                Err(e) => tracing::error!(job = id, "{e}"),
-            }
-            let _ = done.send(Done { id, parent });
+            // Returns once the end is on disk (shared with the ends around it).
+            let recorded = match ledger.finish(id, end, tokens, ms, now).await {
+                Ok(j) => {
+                    tracing::info!(job = id, state = %j.state, "job run ended: {label}");
+                    Some(j)
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        job = id,
+                        "job run ended ({label}) but could not be recorded: {e}"
+                    );
+                    None
+                }
+            };
+            let _ = done.send(Done {
+                id,
+                parent,
+                job: recorded,
+            });
         });
     }
 }
 
 // ---------------------------------------------------------------------------------------
+// The ledger: the worker's writes to the queue, combined
+
+/// Writes combined into one transaction, at most.
+const LEDGER_BATCH: usize = 256;
+
+/// A write the worker asks of the queue.
+enum Op {
+    /// Lease up to `want` of `ids`, tried in that order, to this process.
+    Claim {
+        ids: Vec<JobId>,
+        want: usize,
+        allow_shell: bool,
+        at: DateTime<Utc>,
+        reply: oneshot::Sender<Result<Claims, String>>,
+    },
+    /// A shell job's command started as process group `pgid`.
+    Started {
+        id: JobId,
+        pgid: u32,
+        at: DateTime<Utc>,
+    },
+    /// A run ended (boxed: a result with its output tails is large).
+    Finish {
+        id: JobId,
+        end: Box<RunEnd>,
+        tokens: Tokens,
+        run_ms: u64,
+        at: DateTime<Utc>,
+        reply: oneshot::Sender<Result<Job, String>>,
+    },
+}
+
+impl Op {
+    /// About how many files the op writes (spares are made for them before the lock).
+    fn files(&self) -> usize {
+        match self {
+            Op::Claim { want, .. } => *want,
+            Op::Started { .. } => 1,
+            Op::Finish { .. } => 1,
+        }
+    }
+
+    /// Tells the asker the op was never made.
+    fn refuse(self, why: &str) {
+        match self {
+            Op::Claim { reply, .. } => drop(reply.send(Err(why.to_string()))),
+            Op::Finish { reply, .. } => drop(reply.send(Err(why.to_string()))),
+            Op::Started { .. } => {}
+        }
+    }
+}
+
+/// What a claim got.
+#[derive(Default)]
+struct Claims {
+    claimed: Vec<Job>,
+    /// Tried and not leased (taken, no longer ready, refused by the gate).
+    missed: Vec<JobId>,
+    failed: Vec<(JobId, String)>,
+}
+
+/// The worker's one writer to the queue. Every claim, start note and end the worker and
+/// its running jobs make goes to one task, which makes all that are waiting in one
+/// transaction of the queue and one flush: one lock taken (and one `syncfs`) for many
+/// jobs, where each op alone would take its own. Nothing is weaker for it: a claim is
+/// answered once written (as a claim alone is: it need not be on disk, a power cut only
+/// puts the job back to waiting), an end only once the flush that covers it has ended.
+#[derive(Clone)]
+struct Ledger {
+    tx: mpsc::UnboundedSender<Op>,
+}
+
+impl Ledger {
+    /// The ledger of `store`, and its task, which ends when every handle is dropped.
+    fn open(store: JobStore) -> (Ledger, tokio::task::JoinHandle<()>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (Ledger { tx }, tokio::spawn(keep_ledger(store, rx)))
+    }
+
+    async fn claim(
+        &self,
+        ids: Vec<JobId>,
+        want: usize,
+        allow_shell: bool,
+        at: DateTime<Utc>,
+    ) -> Result<Claims, String> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Op::Claim {
+            ids,
+            want,
+            allow_shell,
+            at,
+            reply,
+        });
+        rx.await
+            .unwrap_or_else(|_| Err("the queue writer stopped".into()))
+    }
+
+    fn started(&self, id: JobId, pgid: u32, at: DateTime<Utc>) {
+        self.send(Op::Started { id, pgid, at });
+    }
+
+    /// Records a run's end; returns once it is on disk.
+    async fn finish(
+        &self,
+        id: JobId,
+        end: RunEnd,
+        tokens: Tokens,
+        run_ms: u64,
+        at: DateTime<Utc>,
+    ) -> Result<Job, String> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Op::Finish {
+            id,
+            end: Box::new(end),
+            tokens,
+            run_ms,
+            at,
+            reply,
+        });
+        rx.await
+            .unwrap_or_else(|_| Err("the queue writer stopped".into()))
+    }
+
+    fn send(&self, op: Op) {
+        if let Err(mpsc::error::SendError(op)) = self.tx.send(op) {
+            op.refuse("the queue writer stopped");
+        }
+    }
+}
+
+/// Takes what waits, writes it as one batch, and again, until every handle is gone.
+async fn keep_ledger(store: JobStore, mut rx: mpsc::UnboundedReceiver<Op>) {
+    while let Some(first) = rx.recv().await {
+        let mut ops = vec![first];
+        while ops.len() < LEDGER_BATCH {
+            match rx.try_recv() {
+                Ok(op) => ops.push(op),
+                Err(_) => break,
+            }
+        }
+        let st = store.clone();
+        if let Err(e) = tokio::task::spawn_blocking(move || write_batch(&st, ops)).await {
+            // Its ops' askers hear of it through their dropped replies.
+            tracing::error!("the job queue writer failed: {e}");
+        }
+    }
+}
+
+/// Makes `ops` in one transaction, in order. Claims are answered as soon as they are
+/// written, ends once the transaction's flush is done.
+fn write_batch(store: &JobStore, ops: Vec<Op>) {
+    // A start note followed by its job's end in the same batch is not written: the end
+    // replaces it in the same transaction, and the process group has ended with the run.
+    let ending: HashSet<JobId> = ops
+        .iter()
+        .filter_map(|op| match op {
+            Op::Finish { id, .. } => Some(*id),
+            _ => None,
+        })
+        .collect();
+    let files = ops.iter().map(Op::files).sum();
+    let mut pending = ops.into_iter();
+    let mut ended = Vec::new();
+    let r = store.transaction_writing(files, |tx| {
+        for op in pending.by_ref() {
+            match op {
+                Op::Claim {
+                    ids,
+                    want,
+                    allow_shell,
+                    at,
+                    reply,
+                } => {
+                    let _ = reply.send(Ok(claim_some(tx, &ids, want, allow_shell, at)));
+                }
+                Op::Started { id, .. } if ending.contains(&id) => {}
+                Op::Started { id, pgid, at } => {
+                    if let Err(e) = queue::note_started_in(tx, id, Holder::ThisProcess, pgid, at) {
+                        tracing::warn!(job = id, "cannot record its process group: {e}");
+                    }
+                }
+                Op::Finish {
+                    id,
+                    end,
+                    tokens,
+                    run_ms,
+                    at,
+                    reply,
+                } => {
+                    let r = queue::finish_in(tx, id, Holder::ThisProcess, *end, tokens, run_ms, at);
+                    ended.push((reply, r.map_err(|e| e.to_string())));
+                }
+            }
+        }
+        Ok::<(), QueueError>(())
+    });
+    let failed = r.err().map(|e| e.to_string());
+    for (reply, res) in ended {
+        // Written but not flushed: not reported as recorded.
+        let res = match &failed {
+            Some(e) => Err(e.clone()),
+            None => res,
+        };
+        let _ = reply.send(res);
+    }
+    // Ops the transaction never reached (it could not take the lock).
+    let why = failed.unwrap_or_else(|| "not written".into());
+    pending.for_each(|op| op.refuse(&why));
+}
+
+/// Leases up to `want` of `ids`, in order.
+fn claim_some(
+    tx: &mut loops_core::jobs::store::Tx,
+    ids: &[JobId],
+    want: usize,
+    allow_shell: bool,
+    at: DateTime<Utc>,
+) -> Claims {
+    let gate = |j: &Job| (j.kind == JobKind::Shell && !allow_shell).then(shell_refusal);
+    let opts = ClaimOptions::default();
+    let mut out = Claims::default();
+    for &id in ids {
+        if out.claimed.len() >= want {
+            break;
+        }
+        match queue::claim_in(tx, id, at, &opts, &gate) {
+            Ok(Some(c)) => out.claimed.push(c.job),
+            Ok(None) => out.missed.push(id),
+            Err(e) => out.failed.push((id, e.to_string())),
+        }
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------
 // The shell lane
 
-fn shell_argv(params: &serde_json::Value) -> Vec<String> {
+/// A shell job's command line. A `cmd` runs as `sh -c CMD`, with `sh` looked up on the
+/// job's PATH here rather than by the child: given a program by its path, the standard
+/// library starts it with `posix_spawn` (a vfork), where a bare name with a PATH of our
+/// own makes it fork the whole runner, copying its page tables and then faulting on
+/// every page it touches (a third of the runner's CPU per job, measured). `sh` is given
+/// as the command name, so `$0` and the shell's messages still say `sh`.
+fn shell_argv(params: &serde_json::Value, env: &[(String, String)]) -> Vec<String> {
     if let Some(cmd) = params.get("cmd").and_then(|c| c.as_str()) {
-        return vec!["sh".into(), "-c".into(), cmd.into()];
+        return match find_on_path("sh", env) {
+            Some(sh) => vec![sh, "-c".into(), cmd.into(), "sh".into()],
+            None => vec!["sh".into(), "-c".into(), cmd.into()],
+        };
     }
     params
         .get("argv")
@@ -530,6 +851,27 @@ fn shell_argv(params: &serde_json::Value) -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// Where `execvp` in the child would find `prog` on the PATH of `env`. `None` leaves the
+/// search to the child: no PATH, or a relative entry met first (the child resolves it
+/// against its own working folder).
+fn find_on_path(prog: &str, env: &[(String, String)]) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let (_, path) = env.iter().rev().find(|(k, _)| k == "PATH")?;
+    for dir in path.split(':') {
+        if !dir.starts_with('/') {
+            return None;
+        }
+        let p = std::path::Path::new(dir).join(prog);
+        match std::fs::metadata(&p) {
+            Ok(m) if m.is_file() && m.permissions().mode() & 0o111 != 0 => {
+                return p.to_str().map(str::to_string)
+            }
+            _ => {}
+        }
+    }
+    None
 }
 
 /// The environment of a shell job: the runner's allow-list, the job's own `env`, and
@@ -623,6 +965,7 @@ impl CappedLog {
 async fn run_shell(
     cfg: &WorkerConfig,
     store: &JobStore,
+    ledger: &Ledger,
     job: &Job,
     mut ctl: watch::Receiver<Ctl>,
     live: Option<Live>,
@@ -633,7 +976,6 @@ async fn run_shell(
         result: JobResult::default(),
         permanent,
     };
-    let argv = shell_argv(&job.params);
     let cwd = job
         .params
         .get("cwd")
@@ -656,6 +998,7 @@ async fn run_shell(
         Ok(e) => e,
         Err(msg) => return (fail(msg, true), Tokens::default()),
     };
+    let argv = shell_argv(&job.params, &env);
     let timeout = job.timeout().unwrap_or(SHELL_TIMEOUT);
 
     // The output goes to the job's log as it arrives (and to a follower).
@@ -713,16 +1056,7 @@ async fn run_shell(
             res = &mut fut => break res,
             Some(pg) = pg_rx.recv() => {
                 pgid = Some(pg);
-                let st = store.clone();
-                let id = job.id;
-                tokio::task::spawn_blocking(move || {
-                    let _ = queue::note_pgid(&st, id, pg);
-                    let _ = queue::progress(&st, id, chrono::Utc::now(), |p| {
-                        p.step = 1;
-                        p.total = Some(1);
-                        p.note = Some(format!("running as process group {pg}"));
-                    });
-                });
+                ledger.started(job.id, pg, cfg.clock.now());
             }
             _ = tokio::time::sleep_until(deadline), if paused_at.is_none() && ended_by.is_none() => {
                 ended_by = Some("timeout");

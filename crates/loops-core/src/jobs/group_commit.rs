@@ -33,6 +33,10 @@ struct State {
     flushed: u64,
     /// A leader is flushing now.
     flushing: bool,
+    /// Flushes begun so far, and the number of the latest begun one that has ended well:
+    /// what [`GroupCommit::mark`] and [`GroupCommit::flushed_since`] compare.
+    begun: u64,
+    ended_well: u64,
 }
 
 impl GroupCommit {
@@ -54,6 +58,8 @@ impl GroupCommit {
             if !st.flushing {
                 // Lead: this flush begins after every write announced so far.
                 st.flushing = true;
+                st.begun += 1;
+                let number = st.begun;
                 let upto = st.written;
                 drop(st);
                 let r = flush();
@@ -62,6 +68,7 @@ impl GroupCommit {
                 st.flushing = false;
                 if r.is_ok() {
                     st.flushed = st.flushed.max(upto);
+                    st.ended_well = st.ended_well.max(number);
                 }
                 self.flushed.notify_all();
                 r?;
@@ -72,6 +79,18 @@ impl GroupCommit {
                 .wait(st)
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
         }
+    }
+
+    /// A mark for a change made without a `commit` of its own (a file emptied to be used
+    /// again): it is on disk once [`GroupCommit::flushed_since`] the mark, by a flush
+    /// some writer made meanwhile.
+    pub fn mark(&self) -> u64 {
+        self.lock().begun
+    }
+
+    /// Whether a flush that began after `mark` was taken has ended well.
+    pub fn flushed_since(&self, mark: u64) -> bool {
+        self.lock().ended_well > mark
     }
 
     /// How many flushes were made (for benches and tests: writes per flush).
@@ -189,6 +208,18 @@ mod tests {
             oks, 3,
             "exactly the leader of the failed flush sees the error"
         );
+    }
+
+    #[test]
+    fn a_mark_is_flushed_only_by_a_flush_begun_after_it() {
+        let g = GroupCommit::new();
+        g.commit(&|| Ok(())).expect("commit");
+        let m = g.mark();
+        assert!(!g.flushed_since(m), "no flush has begun since");
+        let _ = g.commit(&|| Err(io::Error::other("full")));
+        assert!(!g.flushed_since(m), "a failed flush covers nothing");
+        g.commit(&|| Ok(())).expect("commit");
+        assert!(g.flushed_since(m));
     }
 
     #[test]

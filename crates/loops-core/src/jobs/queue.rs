@@ -1026,6 +1026,44 @@ pub fn note_pgid_in(
     Ok(())
 }
 
+/// Records that a running job's command has started as process group `pgid`: the group
+/// in its lease (so the sweep can stop it if this runner dies) and a progress note, in
+/// one write where `note_pgid` and `progress` make two. A job that is no longer running
+/// under `holder` (it ended meanwhile) is left alone: its group is gone with its run.
+pub fn note_started_in(
+    tx: &mut dyn JobTx,
+    id: JobId,
+    holder: Holder,
+    pgid: u32,
+    now: DateTime<Utc>,
+) -> Result<(), QueueError> {
+    let Some(mut job) = tx.get(id)? else {
+        return Ok(());
+    };
+    let running = matches!(job.state, JobState::Active | JobState::Paused);
+    if !holder.holds(&job) || !running {
+        return match holder {
+            Holder::ThisProcess => Ok(()),
+            Holder::Token(_) => Err(QueueError::LostLease(id)),
+        };
+    }
+    if let Some(l) = job.lease.as_mut() {
+        l.pgid = Some(pgid);
+        l.pgid_start = crate::fsutil::process_start_time(pgid);
+    }
+    job.progress.step = 1;
+    job.progress.total = Some(1);
+    job.progress.note = Some(format!("running as process group {pgid}"));
+    job.progress.updated = Some(now);
+    job.updated = now;
+    if let Some(ttl) = job.fence.ttl_ms {
+        job.fence.expires =
+            Some(now + chrono::Duration::milliseconds(ttl.min(i64::MAX as u64) as i64));
+    }
+    tx.put(&job, false)?;
+    Ok(())
+}
+
 /// Marks the unread steering messages read at `turn` and returns them.
 pub fn take_steering(
     store: &JobStore,

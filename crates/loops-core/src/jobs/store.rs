@@ -78,6 +78,16 @@ fn flush_through(flusher: &GroupCommit, dir: &Path) -> Result<(), StoreError> {
         .map_err(io(dir))
 }
 
+/// Makes `dir` if it is not there. Looked at first: `mkdir` of a folder that exists
+/// still takes its parent's lock for writing, which every rename in the queue folder
+/// then waits behind (for `done/`, whose parent is the queue folder).
+fn ensure_dir(dir: &Path) -> Result<(), StoreError> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    crate::fsutil::create_dir_all(dir).map_err(io(dir))
+}
+
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
     move |source| StoreError::Io {
         path: path.to_path_buf(),
@@ -142,10 +152,11 @@ impl JobStore {
     }
 
     fn with_watermarks(dir: PathBuf, watermarks: PathBuf) -> JobStore {
+        let flusher = group_commit::for_dir(&dir);
         JobStore {
-            flusher: group_commit::for_dir(&dir),
+            spares: Arc::new(Spares::new(dir.clone(), flusher.clone())),
+            flusher,
             watermark_flusher: group_commit::for_dir(&watermarks),
-            spares: Arc::new(Spares::new(dir.clone())),
             dir,
             watermarks,
         }
@@ -264,7 +275,7 @@ impl JobStore {
     where
         E: From<StoreError>,
     {
-        crate::fsutil::create_dir_all(&self.dir).map_err(io(&self.dir))?;
+        ensure_dir(&self.dir)?;
         let spares = self.spares.take(files);
         let lock_path = self.dir.join(".lock");
         let lock = match FileLock::acquire_blocking(&lock_path) {
@@ -280,11 +291,14 @@ impl JobStore {
             seq: None,
             durable: false,
             spares,
+            old: Vec::new(),
         };
         let r = f(&mut tx);
         let durable = tx.durable;
         let unused = std::mem::take(&mut tx.spares);
+        let old = std::mem::take(&mut tx.old);
         drop(tx);
+        self.spares.recycle(old);
         self.spares.put_back(unused);
         let flushed = if durable && flush {
             self.flush()
@@ -384,6 +398,9 @@ pub struct Tx<'a> {
     durable: bool,
     /// Empty files made before the lock was taken, for the writes to fill.
     spares: Vec<Spare>,
+    /// The old versions this transaction's writes replaced or removed, kept under a
+    /// spare's name to be emptied and used again after the lock (see `spares`).
+    old: Vec<Spare>,
 }
 
 impl Tx<'_> {
@@ -393,9 +410,20 @@ impl Tx<'_> {
 
     /// Replaces `path` with `bytes` whole (renamed in), in a spare if one is left.
     fn write_file(&mut self, path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
-        match self.spares.pop() {
+        let old = self.store.spares.adopt(path);
+        let r = match self.spares.pop() {
             Some(spare) => spare.fill_into(path, bytes).map_err(io(path)),
             None => atomic_replace(path, bytes).map_err(io(path)),
+        };
+        self.keep_if_replaced(old, r.is_ok());
+        r
+    }
+
+    /// An adopted old version is used again only if it was replaced: if the write
+    /// failed it is still the file in place, and only its spare name is removed.
+    fn keep_if_replaced(&mut self, old: Option<Spare>, replaced: bool) {
+        if let (Some(s), true) = (old, replaced) {
+            self.old.push(s);
         }
     }
 
@@ -512,15 +540,18 @@ impl JobTx for Tx<'_> {
     /// Moves a terminal job from the live folder into `done/`, indexing it.
     fn delete(&mut self, id: JobId) -> Result<(), StoreError> {
         let live = self.store.live_path(id);
-        match std::fs::remove_file(&live) {
+        let old = self.store.spares.adopt(&live);
+        let r = match std::fs::remove_file(&live) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io(&live)(e)),
             _ => Ok(()),
-        }
+        };
+        self.keep_if_replaced(old, r.is_ok());
+        r
     }
 
     fn finalize(&mut self, job: &Job) -> Result<(), StoreError> {
         let done_dir = self.store.done_dir();
-        crate::fsutil::create_dir_all(&done_dir).map_err(io(&done_dir))?;
+        ensure_dir(&done_dir)?;
         let index = self.store.index_path();
         let line = serde_json::to_string(&JobSummary::from(job)).unwrap_or_default();
         crate::fsutil::append_line(&index, &line).map_err(io(&index))?;
@@ -665,7 +696,33 @@ impl JobStore {
     }
 }
 
+/// Reads a job file. A reader without the queue lock can open a version just as a
+/// write replaces it, and the replaced version's file is then emptied and used again for
+/// another write (see `spares`): what it read may be empty, cut short or another job.
+/// Such a read is made again, and the name then leads to the version in place; only a
+/// file that reads wrong every time (edited by hand) is returned as it reads.
 pub fn read_job(p: &Path) -> Result<Job, StoreError> {
+    const TRIES: usize = 5;
+    let named = p
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .and_then(|s| s.parse::<JobId>().ok());
+    let mut tries = 1;
+    loop {
+        let r = read_job_once(p);
+        let wrong = match &r {
+            Ok(j) => named.is_some_and(|id| id != j.id),
+            Err(StoreError::Corrupt { .. }) => true,
+            Err(_) => false,
+        };
+        if !wrong || tries >= TRIES {
+            return r;
+        }
+        tries += 1;
+    }
+}
+
+fn read_job_once(p: &Path) -> Result<Job, StoreError> {
     let bytes = std::fs::read(p).map_err(io(p))?;
     serde_json::from_slice(&bytes).map_err(|source| StoreError::Corrupt {
         path: p.to_path_buf(),
