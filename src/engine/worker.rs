@@ -970,12 +970,69 @@ async fn run_shell(
     mut ctl: watch::Receiver<Ctl>,
     live: Option<Live>,
 ) -> (RunEnd, Tokens) {
-    let ws = &cfg.ws;
-    let fail = |error: String, permanent: bool| RunEnd::Failed {
-        error,
-        result: JobResult::default(),
-        permanent,
+    let (argv, cwd, env) = match shell_command(&cfg.ws, job) {
+        Ok(c) => c,
+        Err(error) => {
+            let end = RunEnd::Failed {
+                error,
+                result: JobResult::default(),
+                permanent: true,
+            };
+            return (end, Tokens::default());
+        }
     };
+    let timeout = job.timeout().unwrap_or(SHELL_TIMEOUT);
+    // The output goes to the job's log as it arrives (and to a follower).
+    let (out_tx, writer) = spawn_log_writer(cfg, store, job, live);
+    let (pg_tx, mut pg_rx) = mpsc::unbounded_channel();
+    let (cancel_tx, cancel_rx) = watch::channel(false);
+    let spec = ExecSpec {
+        argv,
+        cwd,
+        env,
+        // The job's own deadline is kept here, so time spent paused does not count.
+        timeout: Duration::from_secs(100 * 365 * 24 * 3600),
+        grace: exec::KILL_GRACE,
+        on_spawn: Some(pg_tx),
+        stdin: None,
+    };
+    let fut = exec::run(&spec, Some(out_tx), Some(cancel_rx));
+    tokio::pin!(fut);
+    let mut run = ShellControl {
+        deadline: Instant::now() + timeout,
+        paused_at: None,
+        pgid: None,
+        ended_by: None,
+        cancel: cancel_tx,
+    };
+    let res = loop {
+        tokio::select! {
+            res = &mut fut => break res,
+            Some(pg) = pg_rx.recv() => {
+                run.pgid = Some(pg);
+                ledger.started(job.id, pg, cfg.clock.now());
+            }
+            _ = tokio::time::sleep_until(run.deadline), if run.paused_at.is_none() && run.ended_by.is_none() => {
+                run.end(Ended::Timeout);
+            }
+            changed = ctl.changed(), if run.ended_by.is_none() => {
+                if changed.is_ok() {
+                    let c = *ctl.borrow_and_update();
+                    run.obey(c, store, job.id, cfg.clock.now()).await;
+                }
+            }
+        }
+    };
+    let _ = writer.await;
+    (shell_end(run.ended_by, &res, timeout), Tokens::default())
+}
+
+/// What a shell job runs (argv), where, and with what environment.
+type ShellCommand = (Vec<String>, PathBuf, Vec<(String, String)>);
+
+/// A shell job's [`ShellCommand`]; `Err` says what to fix (a permanent failure: replaying
+/// the job unchanged cannot help).
+fn shell_command(ws: &Workspace, job: &Job) -> Result<ShellCommand, String> {
     let cwd = job
         .params
         .get("cwd")
@@ -983,25 +1040,24 @@ async fn run_shell(
         .map(PathBuf::from)
         .unwrap_or_else(|| ws.root.clone());
     if !cwd.is_dir() {
-        return (
-            fail(
-                format!(
-                    "the working folder {} does not exist; fix \"cwd\" and replay the job",
-                    cwd.display()
-                ),
-                true,
-            ),
-            Tokens::default(),
-        );
+        return Err(format!(
+            "the working folder {} does not exist; fix \"cwd\" and replay the job",
+            cwd.display()
+        ));
     }
-    let env = match shell_env(ws, job) {
-        Ok(e) => e,
-        Err(msg) => return (fail(msg, true), Tokens::default()),
-    };
+    let env = shell_env(ws, job)?;
     let argv = shell_argv(&job.params, &env);
-    let timeout = job.timeout().unwrap_or(SHELL_TIMEOUT);
+    Ok((argv, cwd, env))
+}
 
-    // The output goes to the job's log as it arrives (and to a follower).
+/// Writes a shell job's output to its log (capped, redacted) and passes it on to a
+/// follower; returns where to send the output and the writer to await.
+fn spawn_log_writer(
+    cfg: &WorkerConfig,
+    store: &JobStore,
+    job: &Job,
+    live: Option<Live>,
+) -> (Live, tokio::task::JoinHandle<()>) {
     let log_path = store.log_path(job.id);
     let (out_tx, mut out_rx) = exec::live_channel();
     let header = format!(
@@ -1010,7 +1066,7 @@ async fn run_shell(
         job.attempts + 1,
         cfg.clock.now().to_rfc3339()
     );
-    let log_cap = ws.settings.max_job_log_bytes;
+    let log_cap = cfg.ws.settings.max_job_log_bytes;
     let writer = tokio::task::spawn_blocking(move || {
         use std::io::Write;
         let mut f = loops_core::fsutil::open_append(&log_path).ok();
@@ -1032,79 +1088,78 @@ async fn run_shell(
             let _ = f.write_all(&loops_core::secrets::redact_bytes(&log.finish()));
         }
     });
+    (out_tx, writer)
+}
 
-    let (pg_tx, mut pg_rx) = mpsc::unbounded_channel();
-    let (cancel_tx, cancel_rx) = watch::channel(false);
-    let spec = ExecSpec {
-        argv,
-        cwd,
-        env,
-        // The job's own deadline is kept here, so time spent paused does not count.
-        timeout: Duration::from_secs(100 * 365 * 24 * 3600),
-        grace: exec::KILL_GRACE,
-        on_spawn: Some(pg_tx),
-        stdin: None,
-    };
-    let fut = exec::run(&spec, Some(out_tx), Some(cancel_rx));
-    tokio::pin!(fut);
-    let mut deadline = Instant::now() + timeout;
-    let mut paused_at: Option<Instant> = None;
-    let mut pgid: Option<u32> = None;
-    let mut ended_by: Option<&'static str> = None;
-    let res = loop {
-        tokio::select! {
-            res = &mut fut => break res,
-            Some(pg) = pg_rx.recv() => {
-                pgid = Some(pg);
-                ledger.started(job.id, pg, cfg.clock.now());
-            }
-            _ = tokio::time::sleep_until(deadline), if paused_at.is_none() && ended_by.is_none() => {
-                ended_by = Some("timeout");
-                let _ = cancel_tx.send(true);
-            }
-            changed = ctl.changed(), if ended_by.is_none() => {
-                if changed.is_err() {
-                    continue;
-                }
-                let c = *ctl.borrow_and_update();
-                match c {
-                    Ctl::Pause if paused_at.is_none() => {
-                        if let Some(pg) = pgid {
-                            // The process group this task started.
-                            loops_core::sys::signal_group(pg, loops_core::sys::Signal::STOP);
-                            paused_at = Some(Instant::now());
-                            let st = store.clone();
-                            let (id, now) = (job.id, cfg.clock.now());
-                            let _ = tokio::task::spawn_blocking(move || queue::hold(&st, id, true, now)).await;
-                        }
-                    }
-                    Ctl::Resume if paused_at.is_some() => {
-                        if let Some(pg) = pgid {
-                            loops_core::sys::signal_group(pg, loops_core::sys::Signal::CONT);
-                        }
-                        if let Some(p) = paused_at.take() {
-                            deadline += p.elapsed();
-                        }
-                        let st = store.clone();
-                        let (id, now) = (job.id, cfg.clock.now());
-                        let _ = tokio::task::spawn_blocking(move || queue::hold(&st, id, false, now)).await;
-                    }
-                    Ctl::Cancel | Ctl::Shutdown => {
-                        if paused_at.take().is_some() {
-                            if let Some(pg) = pgid {
-                                // A stopped group must run to die.
-                                loops_core::sys::signal_group(pg, loops_core::sys::Signal::CONT);
-                            }
-                        }
-                        ended_by = Some(if c == Ctl::Cancel { "cancel" } else { "shutdown" });
-                        let _ = cancel_tx.send(true);
-                    }
-                    _ => {}
-                }
-            }
+/// Why a shell job's command was stopped before it ended by itself.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Ended {
+    Timeout,
+    Cancel,
+    Shutdown,
+}
+
+/// A running shell job's command as its worker steers it: paused (its group stopped, the
+/// pause not counted against its timeout), resumed, or stopped.
+struct ShellControl {
+    deadline: Instant,
+    paused_at: Option<Instant>,
+    /// The process group this task started, once it is spawned.
+    pgid: Option<u32>,
+    ended_by: Option<Ended>,
+    cancel: watch::Sender<bool>,
+}
+
+impl ShellControl {
+    fn end(&mut self, why: Ended) {
+        self.ended_by = Some(why);
+        let _ = self.cancel.send(true);
+    }
+
+    fn signal(&self, sig: loops_core::sys::Signal) {
+        if let Some(pg) = self.pgid {
+            loops_core::sys::signal_group(pg, sig);
         }
-    };
-    let _ = writer.await;
+    }
+
+    async fn obey(&mut self, c: Ctl, store: &JobStore, id: JobId, now: DateTime<Utc>) {
+        match c {
+            Ctl::Pause if self.paused_at.is_none() && self.pgid.is_some() => {
+                self.signal(loops_core::sys::Signal::STOP);
+                self.paused_at = Some(Instant::now());
+                hold(store, id, true, now).await;
+            }
+            Ctl::Resume if self.paused_at.is_some() => {
+                self.signal(loops_core::sys::Signal::CONT);
+                if let Some(p) = self.paused_at.take() {
+                    self.deadline += p.elapsed();
+                }
+                hold(store, id, false, now).await;
+            }
+            Ctl::Cancel | Ctl::Shutdown => {
+                if self.paused_at.take().is_some() {
+                    // A stopped group must run to die.
+                    self.signal(loops_core::sys::Signal::CONT);
+                }
+                self.end(if c == Ctl::Cancel {
+                    Ended::Cancel
+                } else {
+                    Ended::Shutdown
+                });
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Records a shell job held (paused) or let go again.
+async fn hold(store: &JobStore, id: JobId, paused: bool, now: DateTime<Utc>) {
+    let st = store.clone();
+    let _ = tokio::task::spawn_blocking(move || queue::hold(&st, id, paused, now)).await;
+}
+
+/// How a shell job's attempt ended, from why it was stopped (if it was) and its result.
+fn shell_end(ended_by: Option<Ended>, res: &exec::ExecResult, timeout: Duration) -> RunEnd {
     let result = JobResult {
         exit_code: res.exit_code,
         signal: res.signal,
@@ -1115,8 +1170,8 @@ async fn run_shell(
         duration_ms: res.duration.as_millis() as u64,
         ..Default::default()
     };
-    let end = match ended_by {
-        Some("timeout") => RunEnd::Failed {
+    match ended_by {
+        Some(Ended::Timeout) => RunEnd::Failed {
             error: format!(
                 "timed out after {}; its process group was stopped",
                 loops_core::duration::format_duration(timeout)
@@ -1124,8 +1179,8 @@ async fn run_shell(
             result,
             permanent: false,
         },
-        Some("cancel") => RunEnd::Cancelled(result),
-        Some(_) => RunEnd::Aborted(
+        Some(Ended::Cancel) => RunEnd::Cancelled(result),
+        Some(Ended::Shutdown) => RunEnd::Aborted(
             "the runner stopped while it ran; it runs again from the start, no attempt used".into(),
         ),
         None if res.spawn_error.is_some() => RunEnd::Failed {
@@ -1141,8 +1196,7 @@ async fn run_shell(
             result,
             permanent: false,
         },
-    };
-    (end, Tokens::default())
+    }
 }
 
 // ---------------------------------------------------------------------------------------

@@ -26,6 +26,21 @@ fn jobs(ws: &TempWorkspace, args: &[&str]) -> Vec<serde_json::Value> {
     serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout).expect("json")
 }
 
+/// A loop whose run takes 3 s, triggered by hand (no daemon: it runs in the trigger).
+fn trigger_slow_loop(ws: &TempWorkspace, name: &str) -> std::process::Child {
+    ws.add_loop(
+        name,
+        "schedule: { every: 1h }\npayload:\n  kind: command\n  command: \"sleep 3\"\n",
+    );
+    git_commit_all(ws.path(), "slow loop");
+    loops_std_cmd(ws.path())
+        .args(["trigger", name])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("trigger")
+}
+
 fn loop_jobs(ws: &TempWorkspace) -> Vec<serde_json::Value> {
     jobs(ws, &["jobs", "list", "--all", "--json"])
         .into_iter()
@@ -133,17 +148,7 @@ fn a_running_loop_tick_is_a_job_that_jobs_cancel_stops() {
 #[test]
 fn a_trigger_holds_the_loop_against_the_daemon_across_processes() {
     let ws = TempWorkspace::new();
-    ws.add_loop(
-        "slowtrig",
-        "schedule: { every: 1h }\npayload:\n  kind: command\n  command: \"sleep 3\"\n",
-    );
-    git_commit_all(ws.path(), "slow loop");
-    let mut first = loops_std_cmd(ws.path())
-        .args(["trigger", "slowtrig"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("trigger");
+    let mut first = trigger_slow_loop(&ws, "slowtrig");
     assert!(
         wait_until(LONG, || jobs(
             &ws,
@@ -355,17 +360,7 @@ fn a_damaged_run_job_left_by_a_dead_daemon_is_removed_and_said() {
 #[test]
 fn a_damaged_concurrency_key_does_not_let_a_second_run_begin() {
     let ws = TempWorkspace::new();
-    ws.add_loop(
-        "slowkey",
-        "schedule: { every: 1h }\npayload:\n  kind: command\n  command: \"sleep 3\"\n",
-    );
-    git_commit_all(ws.path(), "slow loop");
-    let mut first = loops_std_cmd(ws.path())
-        .args(["trigger", "slowkey"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("trigger");
+    let mut first = trigger_slow_loop(&ws, "slowkey");
     let key = ws.path().join(".loops/jobs/busy/slowkey.json");
     assert!(wait_until(LONG, || key.exists()), "the run holds its key");
     std::fs::write(&key, "not a job id").expect("damage the key");

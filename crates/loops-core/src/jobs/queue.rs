@@ -1018,12 +1018,21 @@ pub fn note_pgid_in(
             Holder::Token(_) => Err(QueueError::LostLease(id)),
         };
     }
-    if let Some(l) = job.lease.as_mut() {
-        l.pgid = Some(pgid);
-        l.pgid_start = crate::fsutil::process_start_time(pgid);
+    if name_group(&mut job, pgid) {
         tx.put(&job, false)?;
     }
     Ok(())
+}
+
+/// Names the process group `pgid` (with its leader's start time) in the job's lease, so
+/// the sweep can stop it if the runner dies; whether the job has a lease to name it in.
+fn name_group(job: &mut Job, pgid: u32) -> bool {
+    let Some(l) = job.lease.as_mut() else {
+        return false;
+    };
+    l.pgid = Some(pgid);
+    l.pgid_start = crate::fsutil::process_start_time(pgid);
+    true
 }
 
 /// Records that a running job's command has started as process group `pgid`: the group
@@ -1047,10 +1056,7 @@ pub fn note_started_in(
             Holder::Token(_) => Err(QueueError::LostLease(id)),
         };
     }
-    if let Some(l) = job.lease.as_mut() {
-        l.pgid = Some(pgid);
-        l.pgid_start = crate::fsutil::process_start_time(pgid);
-    }
+    name_group(&mut job, pgid);
     job.progress.step = 1;
     job.progress.total = Some(1);
     job.progress.note = Some(format!("running as process group {pgid}"));
