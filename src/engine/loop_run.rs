@@ -287,7 +287,7 @@ impl PayloadRun<'_> {
         let mut env = run_env(&ctx.ws, def, &req.run_id, self.state);
         env.push(("LOOPS_WROTE".into(), wrote_list.display().to_string()));
         let spec = ExecSpec {
-            argv: argv.to_vec(),
+            argv: exec::spawnable(argv.to_vec(), &env),
             cwd: def.dir.clone(),
             env,
             timeout: def.timeout,

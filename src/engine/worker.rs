@@ -829,18 +829,10 @@ fn claim_some(
 // ---------------------------------------------------------------------------------------
 // The shell lane
 
-/// A shell job's command line. A `cmd` runs as `sh -c CMD`, with `sh` looked up on the
-/// job's PATH here rather than by the child: given a program by its path, the standard
-/// library starts it with `posix_spawn` (a vfork), where a bare name with a PATH of our
-/// own makes it fork the whole runner, copying its page tables and then faulting on
-/// every page it touches (a third of the runner's CPU per job, measured). `sh` is given
-/// as the command name, so `$0` and the shell's messages still say `sh`.
+/// A shell job's command line: a `cmd` runs as `sh -c CMD` (see [`exec::spawnable`]).
 fn shell_argv(params: &serde_json::Value, env: &[(String, String)]) -> Vec<String> {
     if let Some(cmd) = params.get("cmd").and_then(|c| c.as_str()) {
-        return match find_on_path("sh", env) {
-            Some(sh) => vec![sh, "-c".into(), cmd.into(), "sh".into()],
-            None => vec!["sh".into(), "-c".into(), cmd.into()],
-        };
+        return exec::spawnable(vec!["sh".into(), "-c".into(), cmd.into()], env);
     }
     params
         .get("argv")
@@ -851,27 +843,6 @@ fn shell_argv(params: &serde_json::Value, env: &[(String, String)]) -> Vec<Strin
                 .collect()
         })
         .unwrap_or_default()
-}
-
-/// Where `execvp` in the child would find `prog` on the PATH of `env`. `None` leaves the
-/// search to the child: no PATH, or a relative entry met first (the child resolves it
-/// against its own working folder).
-fn find_on_path(prog: &str, env: &[(String, String)]) -> Option<String> {
-    use std::os::unix::fs::PermissionsExt;
-    let (_, path) = env.iter().rev().find(|(k, _)| k == "PATH")?;
-    for dir in path.split(':') {
-        if !dir.starts_with('/') {
-            return None;
-        }
-        let p = std::path::Path::new(dir).join(prog);
-        match std::fs::metadata(&p) {
-            Ok(m) if m.is_file() && m.permissions().mode() & 0o111 != 0 => {
-                return p.to_str().map(str::to_string)
-            }
-            _ => {}
-        }
-    }
-    None
 }
 
 /// The environment of a shell job: the runner's allow-list, the job's own `env`, and

@@ -34,6 +34,43 @@ pub fn live_channel() -> (Live, mpsc::Receiver<(Stream, Vec<u8>)>) {
     mpsc::channel(LIVE_QUEUE)
 }
 
+/// `argv` as the child is best started: `sh -c CMD` gets `sh` looked up on the PATH of
+/// `env` here rather than by the child. Given a program by its path, the standard library
+/// starts it with `posix_spawn` (a vfork), where a bare name with a PATH of our own makes
+/// it fork the whole runner, copying its page tables and then faulting on every page it
+/// touches (a third of the runner's CPU per job, measured). `sh` is passed as the command
+/// name (`$0`), so the shell's messages still say `sh`. Anything else is left as it is.
+pub fn spawnable(argv: Vec<String>, env: &[(String, String)]) -> Vec<String> {
+    match argv.as_slice() {
+        [sh, c, cmd] if sh == "sh" && c == "-c" => match find_on_path("sh", env) {
+            Some(path) => vec![path, "-c".into(), cmd.clone(), "sh".into()],
+            None => argv,
+        },
+        _ => argv,
+    }
+}
+
+/// Where `execvp` in the child would find `prog` on the PATH of `env`. `None` leaves the
+/// search to the child: no PATH, or a relative entry met first (the child resolves it
+/// against its own working folder).
+pub fn find_on_path(prog: &str, env: &[(String, String)]) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let (_, path) = env.iter().rev().find(|(k, _)| k == "PATH")?;
+    for dir in path.split(':') {
+        if !dir.starts_with('/') {
+            return None;
+        }
+        let p = std::path::Path::new(dir).join(prog);
+        match std::fs::metadata(&p) {
+            Ok(m) if m.is_file() && m.permissions().mode() & 0o111 != 0 => {
+                return p.to_str().map(str::to_string)
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
 /// What to run and how.
 #[derive(Debug, Clone)]
 pub struct ExecSpec {
@@ -431,4 +468,27 @@ async fn capture<R: tokio::io::AsyncRead + Unpin>(
         }
     }
     kept
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sh_dash_c_is_given_by_its_path_and_keeps_its_name() {
+        let env = vec![("PATH".to_string(), "/usr/bin:/bin".to_string())];
+        let argv = spawnable(vec!["sh".into(), "-c".into(), "echo hi".into()], &env);
+        assert!(
+            argv[0].ends_with("/sh") && argv[0].starts_with('/'),
+            "{argv:?}"
+        );
+        assert_eq!(&argv[1..], ["-c", "echo hi", "sh"]);
+        // A relative PATH entry first: the child's own search decides, as before.
+        let rel = vec![("PATH".to_string(), "bin:/usr/bin".to_string())];
+        let argv = spawnable(vec!["sh".into(), "-c".into(), "x".into()], &rel);
+        assert_eq!(argv, ["sh", "-c", "x"]);
+        // Anything else is left as it is.
+        let argv = spawnable(vec!["./run.sh".into(), "-c".into()], &env);
+        assert_eq!(argv, ["./run.sh", "-c"]);
+    }
 }
