@@ -179,22 +179,7 @@ pub async fn run(
     // worker starts is then either read now or told by an event, never missed until the
     // next rescan (a submit right after "daemon started" waited 30 s for it).
     let (watch_tx, mut watch_rx) = mpsc::unbounded_channel();
-    let _watcher = match loops_core::watch::watch_and_report(
-        &[(store.dir().to_path_buf(), loops_core::watch::Mode::Flat)],
-        Duration::from_millis(2),
-        watch_tx,
-        // Only the daemon's problems are shown by `loops status`; a CLI following one
-        // job must not replace the daemon's report with its own.
-        matches!(mode, Mode::Serve).then(|| cfg.ws.layout().watcher_report()),
-    ) {
-        Ok(w) => Some(w),
-        Err(e) => {
-            // The job queue does its own rescans (every second here), not POLL_EVERY.
-            let help = e.help().map(|h| format!("; {h}")).unwrap_or_default();
-            tracing::error!("{e}{help}; until then the job queue is rescanned every second");
-            None
-        }
-    };
+    let _watcher = watch_queue(&cfg, &store, mode, watch_tx);
     w.sweep().await;
     w.reload_all();
     let rescan = if _watcher.is_some() {
@@ -244,32 +229,63 @@ pub async fn run(
         }
     }
 
-    // Stopping: running jobs get the grace period to end on their own, then are told to
-    // stop; they go back to waiting without using an attempt.
-    if !w.running.is_empty() {
-        let deadline = Instant::now() + cfg.grace;
-        while !w.running.is_empty() {
-            tokio::select! {
-                Some(d) = done_rx.recv() => w.on_done(d),
-                _ = tokio::time::sleep_until(deadline) => break,
-            }
-        }
-        for r in w.running.values() {
-            let _ = r.ctl.send(Ctl::Shutdown);
-        }
-        while !w.running.is_empty() {
-            match done_rx.recv().await {
-                Some(d) => w.on_done(d),
-                None => break,
-            }
-        }
-    }
+    w.stop_running(&mut done_rx).await;
     // What the ledger still holds (a started job's note) is written before returning.
     drop(w);
     let _ = ledger_task.await;
 }
 
+/// Watches the queue's folder for submits and edits; when the watcher cannot start, says
+/// so (the worker then rescans every second).
+fn watch_queue(
+    cfg: &WorkerConfig,
+    store: &JobStore,
+    mode: Mode,
+    tx: mpsc::UnboundedSender<loops_core::watch::Batch>,
+) -> Option<loops_core::watch::Watcher> {
+    match loops_core::watch::watch_and_report(
+        &[(store.dir().to_path_buf(), loops_core::watch::Mode::Flat)],
+        Duration::from_millis(2),
+        tx,
+        // Only the daemon's problems are shown by `loops status`; a CLI following one
+        // job must not replace the daemon's report with its own.
+        matches!(mode, Mode::Serve).then(|| cfg.ws.layout().watcher_report()),
+    ) {
+        Ok(w) => Some(w),
+        Err(e) => {
+            // The job queue does its own rescans (every second here), not POLL_EVERY.
+            let help = e.help().map(|h| format!("; {h}")).unwrap_or_default();
+            tracing::error!("{e}{help}; until then the job queue is rescanned every second");
+            None
+        }
+    }
+}
+
 impl Worker {
+    /// Stopping: running jobs get the grace period to end on their own, then are told to
+    /// stop; they go back to waiting without using an attempt.
+    async fn stop_running(&mut self, done_rx: &mut mpsc::UnboundedReceiver<Done>) {
+        if self.running.is_empty() {
+            return;
+        }
+        let deadline = Instant::now() + self.cfg.grace;
+        while !self.running.is_empty() {
+            tokio::select! {
+                Some(d) = done_rx.recv() => self.on_done(d),
+                _ = tokio::time::sleep_until(deadline) => break,
+            }
+        }
+        for r in self.running.values() {
+            let _ = r.ctl.send(Ctl::Shutdown);
+        }
+        while !self.running.is_empty() {
+            match done_rx.recv().await {
+                Some(d) => self.on_done(d),
+                None => break,
+            }
+        }
+    }
+
     async fn sweep(&mut self) {
         let store = self.store.clone();
         let now = self.cfg.clock.now();
