@@ -575,6 +575,8 @@ impl Daemon {
             if tokio::time::Instant::now() >= next_touch {
                 next_touch = tokio::time::Instant::now() + HEARTBEAT;
                 lock.touch();
+                // A trigger whose nudge was lost (a watcher overflow) waits at most this.
+                self.take_submitted();
             }
             let wait = self
                 .tick(inputs)
