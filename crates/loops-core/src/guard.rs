@@ -116,6 +116,13 @@ impl Detector {
         }
     }
 
+    fn compiled(&self) -> Vec<Regex> {
+        self.patterns()
+            .iter()
+            .filter_map(|p| Regex::new(p).ok())
+            .collect()
+    }
+
     /// Whether a regex candidate really is what the detector looks for.
     fn confirms(&self, m: &str) -> bool {
         match self {
@@ -258,6 +265,23 @@ impl Guard {
 
     pub fn is_empty(&self) -> bool {
         self.rules.is_empty() && self.broken.is_none()
+    }
+
+    /// The guard with built-in detector `d` on as well (if it is not already), for what
+    /// must never leave whatever loops.yaml says: a pushed secret is public.
+    pub fn with_detector(mut self, d: Detector, origin: &str) -> Guard {
+        if !self
+            .rules
+            .iter()
+            .any(|r| matches!(r.kind, RuleKind::Detector(x, _) if x == d))
+        {
+            self.rules.push(Rule {
+                name: d.name().to_string(),
+                origin: Origin(format!("built in for {origin}")),
+                kind: RuleKind::Detector(d, d.compiled()),
+            });
+        }
+        self
     }
 
     /// `Err` names the first rule that matches (never what matched).
@@ -796,11 +820,7 @@ impl RuleReader<'_> {
             {
                 continue;
             }
-            let res = d
-                .patterns()
-                .iter()
-                .filter_map(|p| Regex::new(p).ok())
-                .collect();
+            let res = d.compiled();
             rules.push(Rule {
                 name: d.name().to_string(),
                 origin: Origin(format!("detectors in {}", self.origin.0)),

@@ -101,6 +101,9 @@ enum Ask {
     Commit(CommitRequest, Reply),
     /// Make what was deferred, if git allows it now; reply how many still wait.
     Flush(oneshot::Sender<usize>),
+    /// Work on the repository that no commit may interleave with (a pull moving the
+    /// branch and the work tree, src/remote.rs); it runs on the committer's thread.
+    Exclusive(Box<dyn FnOnce(&Repository) + Send>),
 }
 
 /// A handle to the committer thread. Cheap to clone.
@@ -195,6 +198,23 @@ impl Committer {
             .send(Ask::Commit(req, tx))
             .map_err(|_| HistoryError::Stopped)?;
         rx.await.map_err(|_| HistoryError::Stopped)?
+    }
+
+    /// Runs `work` on the committer's thread with its repository, between two commits, and
+    /// returns what it returns. Blocking: never from async code. `work` must not commit
+    /// through this committer (it would wait for itself).
+    pub fn exclusive<R: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Repository) -> R + Send + 'static,
+    ) -> Result<R, HistoryError> {
+        let (tx, rx) = std_mpsc::channel();
+        let job = Box::new(move |repo: &Repository| {
+            let _ = tx.send(work(repo));
+        });
+        self.tx
+            .send(Ask::Exclusive(job))
+            .map_err(|_| HistoryError::Stopped)?;
+        rx.recv().map_err(|_| HistoryError::Stopped)
     }
 
     /// Makes the deferred commits git allows now (a stopping daemon's last try, so a
@@ -300,6 +320,10 @@ impl CommitterThread {
             }
             let (req, reply) = match msg {
                 Some(Ask::Commit(req, reply)) => (req, reply),
+                Some(Ask::Exclusive(work)) => {
+                    work(&self.repo);
+                    continue;
+                }
                 Some(Ask::Flush(reply)) => {
                     if !self.deferred.is_empty() && self.clear_stale_locks() {
                         self.retry_deferred();

@@ -135,6 +135,11 @@ impl Layout {
         self.commits_dir().join(".held.json")
     }
 
+    /// The git remote as the last sync saw it (`loops status`).
+    pub fn remote_state(&self) -> PathBuf {
+        self.join("remote.json")
+    }
+
     /// The branch rule the daemon chose, so a `loops trigger` beside it follows it.
     pub fn branch_rule(&self) -> PathBuf {
         self.commits_dir().join(".branch.json")

@@ -137,6 +137,8 @@ pub struct Settings {
     pub guard: crate::guard::GuardConfig,
     /// `mcp_servers:` by name: MCP servers whose tools loops may list in `tools:`.
     pub mcp_servers: std::collections::BTreeMap<String, crate::mcp_config::McpServerConfig>,
+    /// `remote:`: the git remote the workspace syncs with (`None`: no sync).
+    pub remote: Option<crate::remote_config::RemoteSettings>,
     /// Errors in loops.yaml whose setting could not be applied, so that a default stands
     /// in for what the person wrote: while there are any, nothing runs
     /// ([`Workspace::refuse_unapplied_settings`]).
@@ -239,7 +241,11 @@ impl Settings {
             .values()
             .flat_map(|c| c.secret_envs().chain(c.env.iter()).cloned());
         let mcp = self.mcp_servers.values().flat_map(|m| m.secret_env_names());
-        let mut names: Vec<String> = providers.chain(channels).chain(mcp).collect();
+        let token = self
+            .remote
+            .iter()
+            .flat_map(|r| r.auth.token_env.iter().cloned());
+        let mut names: Vec<String> = providers.chain(channels).chain(mcp).chain(token).collect();
         names.sort();
         names.dedup();
         names
@@ -273,6 +279,7 @@ impl Default for Settings {
             channels: Default::default(),
             guard: Default::default(),
             mcp_servers: Default::default(),
+            remote: None,
             unapplied: Vec::new(),
         }
     }
@@ -288,6 +295,7 @@ const TOP_KEYS: &[&str] = &[
     "main",
     "channels",
     "mcp_servers",
+    "remote",
     "allow_shell_jobs",
     "allow_shell_tool",
     "classification",
@@ -318,7 +326,7 @@ const GIT_KEYS: &[&str] = &[
 const RECORD_KEYS: &[&str] = &["rotate_bytes", "max_age", "max_total_bytes"];
 
 /// Whether `name` is a name git accepts for a branch.
-fn valid_branch(name: &str) -> bool {
+pub(crate) fn valid_branch(name: &str) -> bool {
     let full = if name.starts_with("refs/heads/") {
         name.to_string()
     } else {
@@ -633,6 +641,7 @@ struct SettingsYaml {
     main: Field<Map>,
     channels: Field<Value>,
     mcp_servers: Field<Value>,
+    remote: Field<Map>,
     allow_shell_jobs: Field<bool>,
     allow_shell_tool: Field<bool>,
     classification: Field<IgnoredAny>,
@@ -703,6 +712,20 @@ fn read_top(sec: &mut Section, y: SettingsYaml, s: &mut Settings) {
         let (r, mut rs) = Section::read::<RecordsYaml>(file, loc, &["records"], &m);
         read_records(&mut rs, r, s);
         sec.extend("records", rs.finish());
+    }
+    match y.remote.written() {
+        Some(Ok(Map(m))) => {
+            let (r, mut rs) =
+                Section::read::<crate::remote_config::RemoteYaml>(file, loc, &["remote"], &m);
+            s.remote = Some(crate::remote_config::read_remote(&mut rs, r));
+            sec.extend("remote", rs.finish());
+        }
+        Some(Err(_)) => sec.error(
+            "remote",
+            "`remote` must be a mapping",
+            "e.g. remote: { name: origin, pull_every: 30s }",
+        ),
+        None => {}
     }
     let mut found = Vec::new();
     if let Field::Ok(v) = y.mcp_servers {
@@ -1207,6 +1230,10 @@ mod tests {
         same_keys(field_names::<LimitsYaml>(), LIMIT_KEYS);
         same_keys(field_names::<GitYaml>(), GIT_KEYS);
         same_keys(field_names::<RecordsYaml>(), RECORD_KEYS);
+        same_keys(
+            field_names::<crate::remote_config::RemoteYaml>(),
+            crate::remote_config::REMOTE_KEYS,
+        );
         same_keys(field_names::<MainYaml>(), MAIN_KEYS);
     }
 }
