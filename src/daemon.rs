@@ -149,6 +149,8 @@ struct Daemon {
     /// loops.yaml last applied (an event that changed nothing is not a reload).
     started_settings: loops_core::workspace::Settings,
     applied_text: Option<Vec<u8>>,
+    /// Rung by `loops sync` (a `.sync` nudge): the syncer syncs now.
+    sync_poke: Arc<tokio::sync::Notify>,
 }
 
 /// What the daemon's loop waits on: runs and wakes ending, slots claimed, files changed,
@@ -286,6 +288,7 @@ impl Daemon {
             },
             started_settings: ws.settings.clone(),
             applied_text: std::fs::read(ws.root.join("loops.yaml")).ok(),
+            sync_poke: Arc::new(tokio::sync::Notify::new()),
         };
         let inputs = Inputs {
             done_rx,
@@ -553,6 +556,10 @@ impl Daemon {
         // Records, transcripts and finished jobs are pruned at start and hourly (loops.yaml
         // `records:`), so months of running do not fill the disk.
         let pruner = loops_core::retention::spawn(self.ws.clone());
+        // loops.yaml `remote:` (read live, so adding it needs no restart).
+        let syncer = self.ctx.committer.clone().map(|c| {
+            crate::engine::syncer::spawn(self.live.subscribe(), c, self.sync_poke.clone())
+        });
         let mut stop = opts.stop.clone();
         let stopped = async move {
             match stop.as_mut() {
@@ -606,6 +613,9 @@ impl Daemon {
             }
         };
         pruner.abort();
+        if let Some(s) = syncer {
+            s.abort();
+        }
         reason
     }
 
@@ -918,6 +928,11 @@ impl Daemon {
                     .filter_map(|e| e.ok())
                 {
                     let p = nudge.path();
+                    if nudge.file_name() == loops_core::remote::SYNC_NUDGE {
+                        self.sync_poke.notify_one();
+                        let _ = std::fs::remove_file(&p);
+                        continue;
+                    }
                     if let Some(name) = nudge.file_name().to_str() {
                         self.sched.refresh(name);
                         let _ = std::fs::remove_file(&p);
@@ -936,6 +951,13 @@ impl Daemon {
             } else if let Ok(rest) = p.strip_prefix(&signals) {
                 // A nudge from another process that changed this loop's state, or
                 // submitted a run of it.
+                if rest.as_os_str() == loops_core::remote::SYNC_NUDGE {
+                    if p.exists() {
+                        self.sync_poke.notify_one();
+                        let _ = std::fs::remove_file(p);
+                    }
+                    continue;
+                }
                 if let Some(name) = rest.to_str() {
                     if p.exists() {
                         self.sched.refresh(name);

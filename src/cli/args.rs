@@ -143,6 +143,30 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Sync with the git remote of loops.yaml `remote:` now: fetch, fast-forward or replay
+    /// this workspace's unpushed commits onto what came, push (fast-forward only).
+    #[command(
+        after_help = "A serving daemon syncs by itself (every remote.pull_every, and remote.push_delay after a commit); beside one, `loops sync` asks it to sync now and prints what it did.
+
+What can happen:
+  the person's uncommitted edit would be overwritten  the pull is deferred, nothing moves
+  the remote changed a file a run changed too         the remote's version wins; the run's is kept on refs/loops/held/<run> with a handoff
+  the remote's history was rewritten (force-push)     followed; unpushed commits replayed on top; the old history is never pushed back
+  a commit matches a never-share rule or an API key   it is not pushed (nor what follows it); a handoff says how to go on
+
+See docs/remote.md for a laptop+server setup."
+    )]
+    Sync {
+        /// Push only: do not move the branch to what the remote has (unless a push needs it).
+        #[arg(long)]
+        no_pull: bool,
+        /// Pull only.
+        #[arg(long)]
+        no_push: bool,
+        /// Print JSON on stdout instead of text (an error too, as {"error": {…}}).
+        #[arg(long)]
+        json: bool,
+    },
     /// One screen: the daemon (pid, uptime, version), every loop (next run, last outcome,
     /// failing or paused), the inbox, the job queue, deliveries, MCP servers, recent runs and commits.
     Status {

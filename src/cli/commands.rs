@@ -75,6 +75,18 @@ pub fn dispatch(cli: Cli) -> Result {
                 json,
             },
         ),
+        Command::Sync {
+            no_pull,
+            no_push,
+            json,
+        } => super::sync::sync(
+            &Workspace::locate(ws_arg)?,
+            loops_core::remote::SyncAsk {
+                pull: !no_pull,
+                push: !no_push,
+            },
+            json,
+        ),
         Command::Status { json } => super::status::status(&Workspace::locate(ws_arg)?, json),
         Command::Prune { dry_run, json } => prune(&Workspace::locate(ws_arg)?, dry_run, json),
         Command::Channels { json } => super::channels::channels(&Workspace::locate(ws_arg)?, json),

@@ -10,6 +10,7 @@ mod jobs;
 mod output;
 mod service;
 mod status;
+mod sync;
 
 pub use args::Cli;
 use clap::{ArgMatches, CommandFactory, FromArgMatches};

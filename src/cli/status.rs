@@ -55,6 +55,8 @@ struct Snapshot<'a> {
     /// What the live daemon made of loops.yaml: an edit it refused, settings waiting for
     /// a restart.
     settings_report: Option<loops_core::workspace::SettingsReport>,
+    /// The git remote as the last sync saw it (loops.yaml `remote:`).
+    remote: Option<loops_core::remote::RemoteState>,
 }
 
 impl<'a> Snapshot<'a> {
@@ -81,6 +83,11 @@ impl<'a> Snapshot<'a> {
             policy: loops_core::retention::Policy::of(&ws.settings),
             commits: loops_core::history::read_log(&ws.root, None, RECENT).unwrap_or_default(),
             settings_report: loops_core::workspace::SettingsReport::read(ws),
+            remote: ws
+                .settings
+                .remote
+                .as_ref()
+                .map(|_| loops_core::remote::RemoteState::load(&layout).unwrap_or_default()),
             daemon,
             loops,
             record_files,
@@ -176,6 +183,19 @@ impl<'a> Snapshot<'a> {
                 "finished": r.finished, "duration_ms": r.duration_ms, "error": r.error,
                 "held_back": r.held_back,
             })).collect::<Vec<_>>(),
+            "remote": self.remote.as_ref().map(|r| json!({
+                "name": self.ws.settings.remote.as_ref().map(|s| s.name.clone()),
+                "branch": r.branch,
+                "ahead": r.ahead,
+                "behind": r.behind,
+                "last_fetch": r.last_fetch,
+                "last_push": r.last_push,
+                "last_error": r.last_error,
+                "failing_since": r.failing_since,
+                "failures": r.failures,
+                "deferred": r.deferred,
+                "held": r.held,
+            })),
             "commits": {
                 "waiting": self.commits_waiting,
                 "held": self.held.as_ref().map(|h| json!({"reason": h.reason, "since": h.since})),
@@ -217,6 +237,9 @@ impl<'a> Snapshot<'a> {
         if !self.ws.settings.channels.is_empty() || !self.deliveries.is_empty() {
             lines.push(("deliveries".into(), self.deliveries_line()));
         }
+        if let Some(line) = self.remote_line() {
+            lines.push(("remote".into(), line));
+        }
         if let Some(line) = commits_line(self.commits_waiting, self.held.as_ref()) {
             lines.push(("commits".into(), line));
         }
@@ -234,6 +257,50 @@ impl<'a> Snapshot<'a> {
             lines.push(("watcher".into(), line));
         }
         lines
+    }
+
+    /// The remote: ahead/behind, the last fetch and push, what fails or waits.
+    fn remote_line(&self) -> Option<String> {
+        let r = self.remote.as_ref()?;
+        let name = self
+            .ws
+            .settings
+            .remote
+            .as_ref()
+            .map_or("origin", |s| s.name.as_str());
+        let ago = |t: Option<chrono::DateTime<Utc>>| {
+            t.map_or("never".to_string(), |t| relative(t, self.now))
+        };
+        let mut line = if r.last_attempt.is_none() {
+            format!("{name}: not synced yet")
+        } else {
+            format!(
+                "{name}/{}: {} ahead, {} behind · fetched {} · pushed {}",
+                r.branch,
+                r.ahead,
+                r.behind,
+                ago(r.last_fetch),
+                ago(r.last_push)
+            )
+        };
+        if let Some(e) = &r.last_error {
+            line.push_str(&format!(
+                " · FAILING since {} ({} tries): {}",
+                ago(r.failing_since),
+                r.failures,
+                e.message
+            ));
+        }
+        if let Some(d) = &r.deferred {
+            line.push_str(&format!(" · pull deferred: {d}"));
+        }
+        if !r.held.is_empty() {
+            line.push_str(&format!(
+                " · {} commit(s) held (refs/loops/held/)",
+                r.held.len()
+            ));
+        }
+        Some(line)
     }
 
     fn daemon_line(&self) -> String {

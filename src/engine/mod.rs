@@ -12,4 +12,5 @@ pub mod recovery;
 pub mod run_context;
 pub mod run_lane;
 pub mod scheduler;
+pub mod syncer;
 pub mod worker;

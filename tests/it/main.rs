@@ -27,6 +27,7 @@ mod progress;
 mod provider;
 mod pull_race;
 mod reload;
+mod remote;
 mod retention;
 mod sandbox;
 mod schedule;

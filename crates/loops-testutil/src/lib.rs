@@ -6,6 +6,8 @@
 //! - [`daemon`]: a `loops run` child process, killed when dropped
 //! - [`fake_model`]: a fake model server, real HTTP on 127.0.0.1, in the Anthropic and
 //!   OpenAI wire formats
+//! - [`git_http`]: git's own smart-HTTP server (`git http-backend`) on 127.0.0.1 behind a
+//!   token, the remote of the sync tests
 //! - [`bench`]: the benches' argument parsing, statistics and workspace skeletons
 //! - [`process`]: the system calls tests make (signals, liveness, flock, rlimits, the
 //!   effective uid, clock ticks) as safe functions over rustix
@@ -21,6 +23,7 @@
 pub mod bench;
 pub mod daemon;
 pub mod fake_model;
+pub mod git_http;
 pub mod pre_exec;
 pub mod process;
 pub mod workspace;

@@ -1,0 +1,159 @@
+//! The daemon's side of loops.yaml `remote:`: a pull every `pull_every`, a push once the
+//! oldest unpushed commit has waited `push_delay` (so commits close together go in one
+//! push), `loops sync` on request, and after a failure a wait that grows with each one
+//! (docs/remote.md). Each sync is one blocking call of [`loops_core::remote::sync`].
+
+use loops_core::history::Committer;
+use loops_core::remote::{self, Pulled, Pushed, RemoteState, SyncAsk, SyncReport};
+use loops_core::workspace::Workspace;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{watch, Notify};
+use tokio::time::Instant;
+
+/// How often the syncer looks for unpushed commits.
+const LOOK_EVERY: Duration = Duration::from_millis(250);
+/// The longest wait after failures.
+const MAX_BACKOFF: Duration = Duration::from_secs(300);
+
+/// Starts the syncer; `poke` asks for a sync now (a `loops sync` beside the daemon).
+pub fn spawn(
+    live: watch::Receiver<Arc<Workspace>>,
+    committer: Committer,
+    poke: Arc<Notify>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(run(live, committer, poke))
+}
+
+struct Timers {
+    next_pull: Instant,
+    /// When a commit not yet pushed was first seen.
+    unpushed_since: Option<Instant>,
+    /// No sync before this after a failure.
+    not_before: Instant,
+}
+
+async fn run(mut live: watch::Receiver<Arc<Workspace>>, committer: Committer, poke: Arc<Notify>) {
+    let now = Instant::now();
+    let mut t = Timers {
+        next_pull: now,
+        unpushed_since: None,
+        not_before: now,
+    };
+    let mut poked = false;
+    loop {
+        let ws = live.borrow().clone();
+        if let Some(settings) = ws.settings.remote.clone() {
+            let now = Instant::now();
+            if t.unpushed_since.is_none() && settings.push && remote::has_unpushed(&ws) {
+                t.unpushed_since = Some(now);
+            }
+            let pull = poked || (!settings.pull_every.is_zero() && now >= t.next_pull);
+            let push = poked
+                || t.unpushed_since
+                    .is_some_and(|s| now.duration_since(s) >= settings.push_delay);
+            if (pull || push) && (poked || now >= t.not_before) {
+                poked = false;
+                let ok = sync_once(&ws, &committer, SyncAsk { pull, push: true }).await;
+                let now = Instant::now();
+                if pull || !ok {
+                    t.next_pull = now + settings.pull_every.max(Duration::from_secs(1));
+                }
+                t.unpushed_since = None;
+                t.not_before = if ok { now } else { now + backoff(&ws) };
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(LOOK_EVERY) => {}
+            _ = poke.notified() => poked = true,
+            changed = live.changed() => if changed.is_err() { return },
+        }
+    }
+}
+
+/// The wait after the latest failure: 2 s doubled per failure in a row, with jitter.
+fn backoff(ws: &Workspace) -> Duration {
+    let failures = RemoteState::load(&ws.layout()).map_or(1, |s| s.failures.max(1));
+    loops_core::backoff::wait(
+        Duration::from_secs(2),
+        loops_core::backoff::Growth::Doubling,
+        failures - 1,
+        0.3,
+        loops_core::backoff::random_spread(),
+        MAX_BACKOFF,
+    )
+}
+
+/// One sync on the blocking pool; says what it did. `false`: it failed.
+async fn sync_once(ws: &Arc<Workspace>, committer: &Committer, ask: SyncAsk) -> bool {
+    let (w, c) = (ws.clone(), committer.clone());
+    let done = tokio::task::spawn_blocking(move || remote::sync(&w, &c, ask)).await;
+    match done {
+        Ok(Ok(Some(report))) => {
+            say(&report);
+            true
+        }
+        Ok(Ok(None)) => true,
+        Ok(Err(e)) => {
+            tracing::warn!(
+                "sync: {e}{}",
+                e.help().map(|h| format!(" ({h})")).unwrap_or_default()
+            );
+            false
+        }
+        Err(e) => {
+            tracing::error!("sync: the sync task failed: {e}");
+            false
+        }
+    }
+}
+
+/// The log line of a sync that did something.
+fn say(r: &SyncReport) {
+    match &r.pull {
+        Pulled::Nothing => {}
+        Pulled::FastForward { to, .. } => {
+            tracing::info!(changed = r.changed.len(), "pulled {}/{} to {}", r.remote, r.branch, short(to))
+        }
+        Pulled::Replayed { onto, commits } => tracing::info!(
+            changed = r.changed.len(),
+            "pulled {}/{}: {commits} unpushed commit(s) replayed onto {}",
+            r.remote,
+            r.branch,
+            short(onto)
+        ),
+        Pulled::FollowedRewrite { onto, commits } => tracing::warn!(
+            "the history of {}/{} was rewritten (a force-push): followed it to {}, {commits} unpushed commit(s) replayed on top; the old history is not pushed back",
+            r.remote,
+            r.branch,
+            short(onto)
+        ),
+        Pulled::Deferred { reason, paths } => tracing::warn!(
+            "pull from {}/{} deferred: {reason}{}",
+            r.remote,
+            r.branch,
+            if paths.is_empty() { String::new() } else { format!(" ({})", paths.join(", ")) }
+        ),
+    }
+    for h in &r.held {
+        tracing::warn!(
+            "sync conflict in {}: the remote's version won; the run's is kept on {}",
+            h.paths.join(", "),
+            h.reference
+        );
+    }
+    match &r.push {
+        Pushed::Nothing => {}
+        Pushed::Pushed { to, commits, .. } => {
+            tracing::info!("pushed {commits} commit(s) to {}/{} ({})", r.remote, r.branch, short(to))
+        }
+        Pushed::Held { commit, rule, pushed } => tracing::warn!(
+            "commit {} not pushed: it matches never-share rule `{rule}` ({pushed} before it pushed); see `loops inbox`",
+            short(commit)
+        ),
+    }
+}
+
+fn short(oid: &str) -> &str {
+    &oid[..oid.len().min(12)]
+}
