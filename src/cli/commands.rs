@@ -234,7 +234,8 @@ fn new_loop(ws: &Workspace, name: &str, template: &str) -> Result {
 
 fn check(ws: &Workspace, json: bool) -> Result {
     let entries = discover(ws);
-    let diags = loops_core::domain::check_report(ws, &entries);
+    let mut diags = loops_core::domain::check_report(ws, &entries);
+    diags.extend(loops_core::remote::check(ws));
     let errors = diags
         .iter()
         .filter(|d| d.severity == Severity::Error)

@@ -219,6 +219,7 @@ mod tests {
             (l.commits_dir(), "/ws/.loops/commits"),
             (l.index_sync(), "/ws/.loops/commits/index-sync.txt"),
             (l.commits_held(), "/ws/.loops/commits/.held.json"),
+            (l.remote_state(), "/ws/.loops/remote.json"),
             (l.branch_rule(), "/ws/.loops/commits/.branch.json"),
             (l.main_dir(), "/ws/.loops/main"),
             (l.conversation(), "/ws/.loops/main/conversation.json"),

@@ -1286,3 +1286,38 @@ fn outage_handoff(
     };
     handoff(ws, committer, n);
 }
+
+/// What `loops check` says about `remote:` beyond its syntax: a remote git does not know,
+/// a token variable unset here, a key file that is not there.
+pub fn check(ws: &crate::workspace::Workspace) -> Vec<crate::diag::Diagnostic> {
+    use crate::diag::Diagnostic;
+    let Some(r) = &ws.settings.remote else {
+        return Vec::new();
+    };
+    let file = Path::new("loops.yaml");
+    let mut out = Vec::new();
+    if let Err(e) = Remote::new(&ws.root, r, None) {
+        let mut d = Diagnostic::error(file, format!("remote: {e}"));
+        if let Some(h) = e.help() {
+            d = d.help(h);
+        }
+        out.push(d);
+    }
+    if let Some(var) = &r.auth.token_env {
+        if crate::secrets::var(var).is_err() {
+            out.push(
+                Diagnostic::warning(file, format!("remote.token_env names `{var}`, which is not set here"))
+                    .help(format!("the daemon reads it when it syncs: export {var}=… in its environment (the service's environment file)")),
+            );
+        }
+    }
+    if let Some(key) = &r.auth.ssh_key_file {
+        if !key.is_file() {
+            out.push(
+                Diagnostic::warning(file, format!("remote.ssh_key_file {} does not exist", key.display()))
+                    .help("create it (`ssh-keygen -t ed25519 -f FILE`) and add its .pub as a deploy key, or fix the path"),
+            );
+        }
+    }
+    out
+}
