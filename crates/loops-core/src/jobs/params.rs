@@ -290,19 +290,6 @@ fn check_tools(names: Vec<String>) -> Result<Vec<String>, String> {
     Ok(names)
 }
 
-/// An agent job's tool list from its params, if it names one.
-pub fn agent_tools(params: &Value) -> Option<Vec<String>> {
-    match params.get("tools")? {
-        Value::String(s) => Some(ToolList::Line(s.clone()).names()),
-        Value::Array(a) => Some(
-            a.iter()
-                .filter_map(|v| v.as_str().map(str::to_string))
-                .collect(),
-        ),
-        _ => None,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -152,8 +152,6 @@ fn validate_params(kind: JobKind, params: &Value) -> Result<JobParams, QueueErro
     JobParams::of(kind, params).map_err(QueueError::InvalidSpec)
 }
 
-pub use super::params::agent_tools;
-
 /// A job's name when its spec gives none: its command or its prompt, on one line.
 fn default_name(kind: JobKind, params: &JobParams) -> String {
     let raw = match (kind, params) {
