@@ -23,6 +23,7 @@ use loops_core::exec::{self, ExecSpec};
 use loops_core::guard::Guard;
 use loops_core::history::Committer;
 use loops_core::jobs::job::*;
+use loops_core::jobs::params::{AgentParams, Command, JobParams, ShellParams};
 use loops_core::jobs::queue::{self, ClaimOptions, Holder, QueueError, RunEnd};
 use loops_core::jobs::store::JobStore;
 use loops_core::tool_names::ISOLATED_DEFAULT;
@@ -564,15 +565,22 @@ impl Worker {
             let parent = job.parent;
             let t0 = std::time::Instant::now();
             let (end, tokens) = match job.kind {
-                JobKind::Shell => run_shell(&cfg, &store, &ledger, &job, ctl_rx, live).await,
-                JobKind::Agent | JobKind::Aggregator => {
-                    run_agent(&cfg, &store, &job, ctl_rx, live).await
-                }
                 // Never ready to a worker (Job::ready), so never claimed by one.
                 JobKind::Loop | JobKind::Wake => (
                     RunEnd::Aborted(format!("a {} job is run by whoever made it", job.kind)),
                     Tokens::default(),
                 ),
+                // Read as the queue read them when the job was submitted; a job file
+                // changed since (by hand, or by another version) fails for good.
+                _ => match job.typed_params() {
+                    Err(e) => (permanent_failure(e), Tokens::default()),
+                    Ok(JobParams::Shell(p)) => {
+                        run_shell(&cfg, &store, &ledger, &job, &p, ctl_rx, live).await
+                    }
+                    Ok(JobParams::Agent(p)) => {
+                        run_agent(&cfg, &store, &job, &p, ctl_rx, live).await
+                    }
+                },
             };
             let ms = t0.elapsed().as_millis() as u64;
             let now = cfg.clock.now();
@@ -846,49 +854,35 @@ fn claim_some(
 // The shell lane
 
 /// A shell job's command line: a `cmd` runs as `sh -c CMD` (see [`exec::spawnable`]).
-fn shell_argv(params: &serde_json::Value, env: &[(String, String)]) -> Vec<String> {
-    if let Some(cmd) = params.get("cmd").and_then(|c| c.as_str()) {
-        return exec::spawnable(vec!["sh".into(), "-c".into(), cmd.into()], env);
+fn shell_argv(command: &Command, env: &[(String, String)]) -> Vec<String> {
+    match command {
+        Command::Line(_) => exec::spawnable(command.argv(), env),
+        Command::Argv(argv) => argv.clone(),
     }
-    params
-        .get("argv")
-        .and_then(|a| a.as_array())
-        .map(|a| {
-            a.iter()
-                .filter_map(|v| v.as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 /// The environment of a shell job: the runner's allow-list, the job's own `env`, and
 /// the secrets it names in `inherit`, read from the runner's environment only now.
-fn shell_env(ws: &Workspace, job: &Job) -> Result<Vec<(String, String)>, String> {
+fn shell_env(ws: &Workspace, job: &Job, p: &ShellParams) -> Result<Vec<(String, String)>, String> {
     let mut env = exec::base_env();
     env.push(("LOOPS_WORKSPACE".into(), ws.root.display().to_string()));
     env.push(("LOOPS_JOB_ID".into(), job.id.to_string()));
-    if let Some(m) = job.params.get("env").and_then(|e| e.as_object()) {
-        for (k, v) in m {
-            if let Some(v) = v.as_str() {
-                env.retain(|(x, _)| x != k);
-                env.push((k.clone(), v.to_string()));
-            }
-        }
+    for (k, v) in &p.env {
+        env.retain(|(x, _)| x != k);
+        env.push((k.clone(), v.clone()));
     }
-    if let Some(names) = job.params.get("inherit").and_then(|e| e.as_array()) {
-        for n in names.iter().filter_map(|n| n.as_str()) {
-            match loops_core::secrets::var(n) {
-                Ok(v) => {
-                    // Inherited from the runner: a secret, whatever its name.
-                    loops_core::secrets::learn([&v]);
-                    env.retain(|(x, _)| x != n);
-                    env.push((n.to_string(), v));
-                }
-                Err(_) => {
-                    return Err(format!(
-                        "the job inherits {n}, which is not set in the runner's environment; set it where the daemon starts (or drop it from \"inherit\")"
-                    ))
-                }
+    for n in &p.inherit {
+        match loops_core::secrets::var(n) {
+            Ok(v) => {
+                // Inherited from the runner: a secret, whatever its name.
+                loops_core::secrets::learn([&v]);
+                env.retain(|(x, _)| x != n);
+                env.push((n.clone(), v));
+            }
+            Err(_) => {
+                return Err(format!(
+                    "the job inherits {n}, which is not set in the runner's environment; set it where the daemon starts (or drop it from \"inherit\")"
+                ))
             }
         }
     }
@@ -954,10 +948,11 @@ async fn run_shell(
     store: &JobStore,
     ledger: &Ledger,
     job: &Job,
+    params: &ShellParams,
     mut ctl: watch::Receiver<Ctl>,
     live: Option<Live>,
 ) -> (RunEnd, Tokens) {
-    let (argv, cwd, env) = match shell_command(&cfg.ws, job) {
+    let (argv, cwd, env) = match shell_command(&cfg.ws, job, params) {
         Ok(c) => c,
         Err(error) => {
             let end = RunEnd::Failed {
@@ -1019,21 +1014,16 @@ type ShellCommand = (Vec<String>, PathBuf, Vec<(String, String)>);
 
 /// A shell job's [`ShellCommand`]; `Err` says what to fix (a permanent failure: replaying
 /// the job unchanged cannot help).
-fn shell_command(ws: &Workspace, job: &Job) -> Result<ShellCommand, String> {
-    let cwd = job
-        .params
-        .get("cwd")
-        .and_then(|c| c.as_str())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| ws.root.clone());
+fn shell_command(ws: &Workspace, job: &Job, p: &ShellParams) -> Result<ShellCommand, String> {
+    let cwd = p.cwd.clone().unwrap_or_else(|| ws.root.clone());
     if !cwd.is_dir() {
         return Err(format!(
             "the working folder {} does not exist; fix \"cwd\" and replay the job",
             cwd.display()
         ));
     }
-    let env = shell_env(ws, job)?;
-    let argv = shell_argv(&job.params, &env);
+    let env = shell_env(ws, job, p)?;
+    let argv = shell_argv(&p.command, &env);
     Ok((argv, cwd, env))
 }
 
@@ -1353,10 +1343,13 @@ const AGGREGATOR_PROMPT: &str = "Combine the results of the child jobs into one 
 impl AgentPlan {
     /// Reads the job's params and saved conversation. `Err`: why it cannot run at all
     /// (a failure no retry mends).
-    fn of(ws: &Workspace, store: &JobStore, job: &Job) -> Result<AgentPlan, String> {
-        let p = &job.params;
-        let str_param = |key: &str| p.get(key).and_then(|v| v.as_str());
-        let model = ModelChoice::resolve(&ws.settings, str_param("provider"), str_param("model"))
+    fn of(
+        ws: &Workspace,
+        store: &JobStore,
+        job: &Job,
+        p: &AgentParams,
+    ) -> Result<AgentPlan, String> {
+        let model = ModelChoice::resolve(&ws.settings, p.provider.as_deref(), p.model.as_deref())
             .map_err(|e| e.to_string())?;
         if model.is_agent_cli() {
             return Err(format!(
@@ -1364,16 +1357,17 @@ impl AgentPlan {
                 model.provider.name
             ));
         }
-        let vars = p.get("input_vars").and_then(|v| v.as_object());
+        let vars = &p.input_vars;
         let aggregator = job.kind == JobKind::Aggregator;
-        let prompt_raw = str_param("prompt")
-            .filter(|s| !s.trim().is_empty())
-            .unwrap_or(if aggregator { AGGREGATOR_PROMPT } else { "" });
+        let prompt_raw = match p.prompt.as_str() {
+            blank if blank.trim().is_empty() && aggregator => AGGREGATOR_PROMPT,
+            prompt => prompt,
+        };
         let name = format!("job-{}", job.id);
-        let settings = vars
-            .map(|v| yaml_serde::to_string(v).unwrap_or_default())
-            .unwrap_or_default();
-        let system = context::loop_system(&name, &fill_vars(prompt_raw, vars), &settings, None);
+        // No input_vars (`{}`) is no settings section.
+        let settings = yaml_serde::to_string(vars).unwrap_or_default();
+        let system =
+            context::loop_system(&name, &fill_vars(prompt_raw, Some(vars)), &settings, None);
         let conversation = store.conversation_path(job.id);
         let saved: Option<Vec<Message>> = std::fs::read(&conversation)
             .ok()
@@ -1383,13 +1377,11 @@ impl AgentPlan {
             model,
             name,
             system,
-            tools: loops_core::jobs::queue::agent_tools(p)
+            tools: p
+                .tools
+                .clone()
                 .unwrap_or_else(|| ISOLATED_DEFAULT.iter().map(|s| s.to_string()).collect()),
-            max_turns: p
-                .get("max_turns")
-                .and_then(|v| v.as_u64())
-                .map(|n| n as u32)
-                .unwrap_or(AGENT_MAX_TURNS),
+            max_turns: p.max_turns.unwrap_or(AGENT_MAX_TURNS),
             timeout: job.timeout().unwrap_or(AGENT_TIMEOUT),
             offset: if saved.is_some() {
                 job.progress.step as u32
@@ -1494,10 +1486,11 @@ async fn run_agent(
     cfg: &WorkerConfig,
     store: &JobStore,
     job: &Job,
+    params: &AgentParams,
     ctl: watch::Receiver<Ctl>,
     live: Option<Live>,
 ) -> (RunEnd, Tokens) {
-    let mut plan = match AgentPlan::of(&cfg.ws, store, job) {
+    let mut plan = match AgentPlan::of(&cfg.ws, store, job, params) {
         Ok(p) => p,
         Err(e) => return (permanent_failure(e), Tokens::default()),
     };

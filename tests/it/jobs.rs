@@ -1026,6 +1026,68 @@ fn fanout_with_fail_parent_fails_at_the_first_failure_and_cancels_the_rest() {
     );
 }
 
+/// A job file whose params no longer read (edited by hand, or written by a version that
+/// took other params) fails that job for good, naming it and the field; its params are
+/// kept as they were.
+#[test]
+fn a_job_whose_params_were_edited_fails_naming_the_field() {
+    let ws = ws_with("allow_shell_jobs: true\nlimits:\n  shutdown_grace: 1s\n");
+    let s = JobStore::at(ws.path().join(".loops/jobs"));
+    let edit = |spec: JobSpec, params: Value| {
+        let j = queue::submit(&s, &spec, Utc::now(), None)
+            .expect("submit")
+            .job;
+        let path = s.live_path(j.id);
+        let mut on_disk: Value =
+            serde_json::from_slice(&std::fs::read(&path).expect("job file")).expect("json");
+        on_disk["params"] = params;
+        std::fs::write(&path, serde_json::to_vec(&on_disk).expect("json")).expect("write");
+        j.id
+    };
+    let cases = [
+        (
+            edit(
+                shell_spec("touch ran"),
+                json!({"cmd": "touch ran", "cwd": 5}),
+            ),
+            "\"cwd\" must be an absolute path, got 5",
+        ),
+        (
+            edit(agent_spec("hello"), json!({"prompt": 5})),
+            "an agent job needs \"prompt\"",
+        ),
+        (
+            edit(
+                agent_spec("hello"),
+                json!({"prompt": "hello", "max_turn": 3}),
+            ),
+            "unknown agent job parameter \"max_turn\"",
+        ),
+    ];
+    let d = ws.start_daemon();
+    for (id, said) in cases {
+        assert!(
+            wait_until(LONG, || state_of(&ws, id) == "failed"),
+            "job #{id} never failed: {} {}",
+            job_json(&ws, id),
+            d.log()
+        );
+        let j = job_json(&ws, id);
+        let error = j["error"].as_str().unwrap_or("");
+        assert!(
+            error.starts_with(&format!("job #{id}'s params cannot be read: {said}"))
+                && error.contains(&format!("loops jobs replay {id} --set")),
+            "{error}"
+        );
+        assert_eq!(j["attempts"], 1, "not retried: {j}");
+    }
+    assert_eq!(
+        job_json(&ws, 1)["params"],
+        json!({"cmd": "touch ran", "cwd": 5})
+    );
+    assert!(!ws.path().join("ran").exists());
+}
+
 // ---------------------------------------------------------------------------------------
 // What a person sees at the command line
 

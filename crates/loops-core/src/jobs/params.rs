@@ -1,8 +1,12 @@
 //! The params of shell and agent jobs, typed: what a manifest, `--params` or an MCP call
 //! gives as JSON is read into [`ShellParams`] or [`AgentParams`] by serde, and the first
 //! thing wrong with it is said in the words `loops jobs submit` has always used.
+//!
+//! The JSON is what a job file keeps; [`parse`] (or [`Job::typed_params`]) is the one
+//! reader of it, for the queue checking a submit or a replay and for the worker running
+//! the job.
 
-use super::job::JobKind;
+use super::job::{Job, JobKind};
 use crate::config_fields::{field_names, Field, Whole};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -13,13 +17,39 @@ use std::path::PathBuf;
 /// What a shell job runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ShellParams {
-    /// The program and its arguments (`cmd` becomes `sh -c CMD`).
-    pub argv: Vec<String>,
+    pub command: Command,
     /// An absolute folder to run in.
     pub cwd: Option<PathBuf>,
     pub env: BTreeMap<String, String>,
     /// Variables the job inherits from the runner (its secrets).
     pub inherit: Vec<String>,
+}
+
+/// A shell job's program: a command line (`cmd`) or a program and its arguments (`argv`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// Run as `sh -c LINE`.
+    Line(String),
+    /// Never empty.
+    Argv(Vec<String>),
+}
+
+impl Command {
+    /// The program and its arguments (a line becomes `sh -c LINE`).
+    pub fn argv(&self) -> Vec<String> {
+        match self {
+            Command::Line(c) => vec!["sh".into(), "-c".into(), c.clone()],
+            Command::Argv(a) => a.clone(),
+        }
+    }
+
+    /// The command as a person wrote it: the line, or the argv joined by spaces.
+    pub fn text(&self) -> String {
+        match self {
+            Command::Line(c) => c.clone(),
+            Command::Argv(a) => a.join(" "),
+        }
+    }
 }
 
 /// What an agent job (or a fan-out's aggregator) asks of the model.
@@ -39,6 +69,27 @@ pub struct AgentParams {
 pub enum JobParams {
     Shell(ShellParams),
     Agent(AgentParams),
+}
+
+impl JobParams {
+    /// Reads `params` as the params of a `kind` job (see [`parse`]).
+    pub fn of(kind: JobKind, params: &Value) -> Result<JobParams, String> {
+        parse(kind, params)
+    }
+}
+
+impl Job {
+    /// This job's params, typed. `Err` names the job and says the first thing wrong
+    /// with them: a job file edited by hand, or written by a version that took other
+    /// params, can no longer be run as it is.
+    pub fn typed_params(&self) -> Result<JobParams, String> {
+        parse(self.kind, &self.params).map_err(|e| {
+            format!(
+                "job #{}'s params cannot be read: {e}; replay it with that fixed (`loops jobs replay {} --set KEY=VALUE`) or submit it anew",
+                self.id, self.id
+            )
+        })
+    }
 }
 
 type Json<T> = Field<T, Value>;
@@ -126,9 +177,9 @@ fn unknown<S: DeserializeOwned, A: DeserializeOwned>(
 }
 
 fn shell(p: ShellJson) -> Result<ShellParams, String> {
-    let argv = match (p.cmd.written(), p.argv.written()) {
-        (Some(Ok(c)), None) if !c.trim().is_empty() => vec!["sh".into(), "-c".into(), c],
-        (None, Some(Ok(a))) if !a.is_empty() => a,
+    let command = match (p.cmd.written(), p.argv.written()) {
+        (Some(Ok(c)), None) if !c.trim().is_empty() => Command::Line(c),
+        (None, Some(Ok(a))) if !a.is_empty() => Command::Argv(a),
         (Some(_), Some(_)) => {
             return Err(
                 "give either \"cmd\" (run through sh -c) or \"argv\" (a list), not both".into(),
@@ -165,7 +216,7 @@ fn shell(p: ShellJson) -> Result<ShellParams, String> {
             None => Vec::new(),
         };
     Ok(ShellParams {
-        argv,
+        command,
         cwd,
         env,
         inherit,
@@ -239,19 +290,6 @@ fn check_tools(names: Vec<String>) -> Result<Vec<String>, String> {
     Ok(names)
 }
 
-/// An agent job's tool list from its params, if it names one.
-pub fn agent_tools(params: &Value) -> Option<Vec<String>> {
-    match params.get("tools")? {
-        Value::String(s) => Some(ToolList::Line(s.clone()).names()),
-        Value::Array(a) => Some(
-            a.iter()
-                .filter_map(|v| v.as_str().map(str::to_string))
-                .collect(),
-        ),
-        _ => None,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -266,7 +304,7 @@ mod tests {
         assert_eq!(
             p,
             Ok(JobParams::Shell(ShellParams {
-                argv: vec!["sh".into(), "-c".into(), "ls -l".into()],
+                command: Command::Line("ls -l".into()),
                 cwd: Some("/tmp".into()),
                 env: [("A".to_string(), "b".to_string())].into(),
                 inherit: vec!["T".into()],
@@ -287,6 +325,39 @@ mod tests {
             Some(vec!["read_file".into(), "github.issues".into()])
         );
         assert_eq!(a.max_turns, Some(3));
+    }
+
+    #[test]
+    fn a_command_keeps_how_it_was_written() {
+        let Ok(JobParams::Shell(p)) = parse(JobKind::Shell, &json!({"argv": ["ls", "-l"]})) else {
+            panic!("shell params")
+        };
+        assert_eq!(p.command, Command::Argv(vec!["ls".into(), "-l".into()]));
+        assert_eq!(p.command.argv(), ["ls", "-l"]);
+        assert_eq!(p.command.text(), "ls -l");
+        let line = Command::Line("ls -l | wc".into());
+        assert_eq!(line.argv(), ["sh", "-c", "ls -l | wc"]);
+        assert_eq!(line.text(), "ls -l | wc");
+    }
+
+    #[test]
+    fn a_job_whose_params_no_longer_read_is_named_with_the_field() {
+        let spec = crate::jobs::queue::JobSpec {
+            kind: Some("shell".into()),
+            params: json!({"cmd": "true"}),
+            ..Default::default()
+        };
+        let mut job = crate::jobs::queue::plan(&spec, chrono::Utc::now()).expect("a job");
+        assert!(job.typed_params().is_ok());
+        job.id = 7;
+        job.params = json!({"cmd": "true", "cwd": 5});
+        let e = job.typed_params().expect_err("cwd is not a path");
+        assert!(
+            e.starts_with(
+                "job #7's params cannot be read: \"cwd\" must be an absolute path, got 5;"
+            ) && e.contains("loops jobs replay 7 --set"),
+            "{e}"
+        );
     }
 
     #[test]

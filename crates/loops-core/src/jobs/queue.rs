@@ -10,6 +10,7 @@
 //! transaction of the file engine, and `engine::JobEngine` is the interface over both.
 
 use super::job::*;
+use super::params::JobParams;
 use super::store::{JobStore, JobTx, StoreError};
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
@@ -145,41 +146,18 @@ pub struct Submitted {
     pub existing: bool,
 }
 
-/// Checks a job's params as [`super::params::parse`] reads them.
-fn validate_params(kind: JobKind, params: &Value) -> Result<(), QueueError> {
-    super::params::parse(kind, params)
-        .map(|_| ())
-        .map_err(QueueError::InvalidSpec)
+/// Reads a job's params as [`JobParams::of`] does (the worker reads them so too); `Err`
+/// is the first thing wrong with them.
+fn validate_params(kind: JobKind, params: &Value) -> Result<JobParams, QueueError> {
+    JobParams::of(kind, params).map_err(QueueError::InvalidSpec)
 }
 
-pub use super::params::agent_tools;
-
-fn default_name(kind: JobKind, params: &Value) -> String {
-    let raw = match kind {
-        JobKind::Shell => params
-            .get("cmd")
-            .and_then(|c| c.as_str())
-            .map(str::to_string)
-            .or_else(|| {
-                params.get("argv").and_then(|a| a.as_array()).map(|a| {
-                    a.iter()
-                        .filter_map(|v| v.as_str())
-                        .collect::<Vec<_>>()
-                        .join(" ")
-                })
-            })
-            .unwrap_or_else(|| "shell".into()),
-        JobKind::Agent => params
-            .get("prompt")
-            .and_then(|c| c.as_str())
-            .unwrap_or("agent")
-            .to_string(),
-        JobKind::Aggregator => "aggregate".into(),
-        JobKind::Loop | JobKind::Wake => params
-            .get("loop")
-            .and_then(|c| c.as_str())
-            .unwrap_or(kind.as_str())
-            .to_string(),
+/// A job's name when its spec gives none: its command or its prompt, on one line.
+fn default_name(kind: JobKind, params: &JobParams) -> String {
+    let raw = match (kind, params) {
+        (JobKind::Aggregator, _) => "aggregate".into(),
+        (_, JobParams::Shell(p)) => p.command.text(),
+        (_, JobParams::Agent(p)) => p.prompt.clone(),
     };
     let one_line: String = raw.split_whitespace().collect::<Vec<_>>().join(" ");
     crate::text::clip(&one_line, 48)
@@ -191,7 +169,7 @@ pub fn plan(spec: &JobSpec, now: DateTime<Utc>) -> Result<Job, QueueError> {
     let kind = JobKind::parse(kind_s).ok_or_else(|| {
         QueueError::InvalidSpec(format!("unknown job kind `{kind_s}` (known: shell, agent)"))
     })?;
-    validate_params(kind, &spec.params)?;
+    let typed = validate_params(kind, &spec.params)?;
     let backoff_kind = match spec.backoff_type.as_deref() {
         None => BackoffKind::Exponential,
         Some("fixed") => BackoffKind::Fixed,
@@ -245,7 +223,7 @@ pub fn plan(spec: &JobSpec, now: DateTime<Utc>) -> Result<Job, QueueError> {
             .name
             .clone()
             .filter(|n| !n.trim().is_empty())
-            .unwrap_or_else(|| default_name(kind, &spec.params)),
+            .unwrap_or_else(|| default_name(kind, &typed)),
         kind,
         queue,
         priority: spec.priority.unwrap_or(0),
