@@ -582,3 +582,114 @@ fn loops_check_names_a_bad_remote_setting_and_the_fix() {
         "{text}"
     );
 }
+
+#[test]
+fn the_laptop_edits_a_prompt_fifty_times_while_the_server_commits_every_second() {
+    let sc = Scene::new("  pull_every: 1s\n  push_delay: 100ms\n");
+    sc.server.write(
+        "domains/ticker/config.yaml",
+        "schedule: { every: 1s }\npayload:\n  kind: command\n  command: \"echo \\\"- $LOOPS_RUN_ID\\\" >> state.md\"\n",
+    );
+    git_commit_all(sc.server.path(), "tick every second");
+    git(sc.server.path(), &["push", "-q", "origin", &sc.branch]);
+    git(&sc.laptop, &["pull", "-q", "--ff-only"]);
+    let mut daemon = sc.server.start_daemon();
+    daemon.wait_for_log("loops daemon started", LONG);
+    let prompt = "domains/ticker/notes.md";
+    for i in 0..50 {
+        std::fs::write(sc.laptop.join(prompt), format!("edit {i}\n")).unwrap();
+        git(&sc.laptop, &["add", "-A"]);
+        git(
+            &sc.laptop,
+            &["commit", "-q", "-m", &format!("laptop: edit {i}")],
+        );
+        // As a person does: rebase onto what the server pushed meanwhile, push, again
+        // if the server got in first.
+        let pushed = wait_until(LONG, || {
+            let rebased = std::process::Command::new("git")
+                .current_dir(&sc.laptop)
+                .args(["pull", "-q", "--rebase", "origin", &sc.branch])
+                .status()
+                .is_ok_and(|s| s.success());
+            rebased
+                && std::process::Command::new("git")
+                    .current_dir(&sc.laptop)
+                    .args(["push", "-q", "origin", &sc.branch])
+                    .stderr(std::process::Stdio::null())
+                    .status()
+                    .is_ok_and(|s| s.success())
+        });
+        assert!(pushed, "the laptop could not push edit {i}");
+    }
+    assert!(
+        wait_until(LONG, || std::fs::read_to_string(
+            sc.server.path().join(prompt)
+        )
+        .is_ok_and(|t| t == "edit 49\n")),
+        "the server never got the last edit; log:\n{}",
+        daemon.log()
+    );
+    daemon.kill();
+    sc.sync_ok();
+    git(
+        &sc.laptop,
+        &["pull", "-q", "--rebase", "origin", &sc.branch],
+    );
+    let remote = git(&sc.remote, &["log", "--format=%s", &sc.branch]);
+    for i in 0..50 {
+        assert!(
+            remote.contains(&format!("laptop: edit {i}\n")),
+            "edit {i} was lost"
+        );
+    }
+    // Every run the server recorded with a commit reached the remote.
+    let runs: Vec<String> = sc
+        .server
+        .runs("ticker")
+        .iter()
+        .filter(|r| r["commit"].is_string())
+        .map(|r| r["run_id"].as_str().unwrap_or_default().to_string())
+        .collect();
+    let trailers = git(
+        &sc.remote,
+        &["log", "--format=%(trailers:key=Run,valueonly)", &sc.branch],
+    );
+    for id in &runs {
+        assert!(
+            trailers.contains(id.as_str()),
+            "run {id} never reached the remote; its record: {:?}\nserver: {}\nlog:\n{}",
+            sc.server
+                .runs("ticker")
+                .iter()
+                .find(|r| r["run_id"] == id.as_str()),
+            git(
+                sc.server.path(),
+                &[
+                    "log",
+                    "--all",
+                    "--format=%h %s %(trailers:key=Run,valueonly)"
+                ]
+            ),
+            daemon.log()
+        );
+    }
+    assert!(
+        runs.len() >= 5,
+        "the server ran too little to prove anything: {}",
+        runs.len()
+    );
+    for dir in [sc.server.path(), sc.laptop.as_path()] {
+        let markers = std::process::Command::new("git")
+            .current_dir(dir)
+            .args(["grep", "-l", "^<<<<<<<"])
+            .output()
+            .unwrap();
+        assert!(
+            markers.stdout.is_empty(),
+            "conflict markers in {}",
+            dir.display()
+        );
+    }
+    assert!(linear(&sc.remote));
+    sc.fsck_all();
+}

@@ -352,6 +352,7 @@ impl Remote {
                 repo,
                 None,
                 tip,
+                tip,
                 Pulled::FastForward {
                     from: String::new(),
                     to: tip.to_string(),
@@ -371,7 +372,7 @@ impl Remote {
                 from: head.to_string(),
                 to: tip.to_string(),
             };
-            return self.move_to(repo, Some(head), tip, did, out);
+            return self.move_to(repo, Some(head), tip, tip, did, out);
         }
         let rewritten =
             seen.is_some_and(|s| s != tip && !repo.graph_descendant_of(tip, s).unwrap_or(false));
@@ -404,7 +405,7 @@ impl Remote {
                 commits: ours.len(),
             }
         };
-        self.move_to(repo, Some(head), onto, did, out)
+        self.move_to(repo, Some(head), onto, tip, did, out)
     }
 
     /// Why the branch must not move now: git is mid-operation, HEAD is elsewhere.
@@ -453,12 +454,15 @@ impl Remote {
     }
 
     /// Checks `to` out over `from` (only where the work tree still holds `from`'s files)
-    /// and moves the branch there, if nobody moved it meanwhile.
+    /// and moves the branch there, if nobody moved it meanwhile; then `tip` (the fetched
+    /// remote tip `to` is built on) is what the remote was last seen to hold. Never `to`
+    /// itself: it may hold our replayed commits, which the remote does not have yet.
     fn move_to(
         &self,
         repo: &Repository,
         from: Option<Oid>,
         to: Oid,
+        tip: Oid,
         did: Pulled,
         mut out: Integrated,
     ) -> Result<Integrated, RemoteError> {
@@ -526,7 +530,7 @@ impl Remote {
             }
             return Err(e.into());
         }
-        self.set_seen(repo, repo.find_commit(to).map(|_| to).unwrap_or(to));
+        self.set_seen(repo, tip);
         out.pulled = did;
         out.head = Some(to);
         Ok(out)
@@ -600,6 +604,15 @@ impl Remote {
         let mut remote = repo
             .find_remote(name)
             .map_err(|_| RemoteError::NoRemote(name.clone()))?;
+        let on_disk = local_path(remote.url().unwrap_or_default(), &self.workdir);
+        let dst = match &on_disk {
+            // libgit2 pushes to a repository on disk by writing the ref itself, forced and
+            // without a look at its old value (transports/local.c), so a person's push in
+            // between would be overwritten. The objects go to a ref of our own there, and
+            // the branch is then moved by compare-and-set, under git's own ref lock.
+            Some(_) => format!("refs/loops/incoming/{upto}"),
+            None => format!("refs/heads/{}", self.branch),
+        };
         let rejected: RefCell<Option<String>> = RefCell::new(None);
         let moved: Cell<bool> = Cell::new(false);
         let auth = Auth::new(&self.settings, &self.url(repo));
@@ -607,6 +620,11 @@ impl Remote {
         cb.push_negotiation(|updates| {
             // The remote must still hold what we fetched: anything else is someone else's
             // push since, which a fast-forward from our view would not include.
+            // (On disk the check is the compare-and-set after the push: the ref pushed to
+            // is our own, maybe left by a push a kill cut short.)
+            if on_disk.is_some() {
+                return Ok(());
+            }
             let expected = tip.unwrap_or_else(Oid::zero);
             if updates.iter().any(|u| u.src() != expected) {
                 moved.set(true);
@@ -622,7 +640,7 @@ impl Remote {
         });
         let mut po = PushOptions::new();
         po.remote_callbacks(cb);
-        let spec = format!("{src}:refs/heads/{}", self.branch);
+        let spec = format!("+{src}:{dst}");
         let r = remote.push(&[&spec], Some(&mut po));
         drop(po);
         if moved.get() {
@@ -638,6 +656,9 @@ impl Remote {
                 message,
             });
         }
+        if let Some(path) = on_disk {
+            self.move_on_disk(&path, &dst, upto, tip)?;
+        }
         repo.reference(
             &tracking_ref(name, &self.branch),
             upto,
@@ -646,6 +667,41 @@ impl Remote {
         )?;
         self.set_seen(repo, upto);
         Ok(())
+    }
+
+    /// Moves the branch of the repository on disk at `path` from `tip` to `upto` (pushed
+    /// there as `incoming`), only if it still holds `tip`.
+    fn move_on_disk(
+        &self,
+        path: &Path,
+        incoming: &str,
+        upto: Oid,
+        tip: Option<Oid>,
+    ) -> Result<(), RemoteError> {
+        let there = Repository::open(path)?;
+        let branch = format!("refs/heads/{}", self.branch);
+        let moved = match tip {
+            Some(t) => there.reference_matching(&branch, upto, true, t, "loops sync: push"),
+            None => there.reference(&branch, upto, false, "loops sync: push"),
+        };
+        if let Ok(mut r) = there.find_reference(incoming) {
+            let _ = r.delete();
+        }
+        match moved {
+            Ok(_) => Ok(()),
+            Err(e)
+                if matches!(
+                    e.code(),
+                    git2::ErrorCode::Modified | git2::ErrorCode::Exists | git2::ErrorCode::Locked
+                ) =>
+            {
+                Err(RemoteError::Rejected {
+                    remote: self.settings.name.clone(),
+                    message: "the remote moved since the fetch".into(),
+                })
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// How far the local branch and the fetched tip are apart: (ahead, behind).
@@ -840,6 +896,29 @@ pub fn redact_url(url: &str) -> String {
         (Some(s), Some(at)) if at > s => format!("{}://[redacted]@{}", &url[..s], &url[at + 1..]),
         _ => url.to_string(),
     }
+}
+
+/// The folder of a remote reached as a path (`/srv/mind.git`, `../mind.git`,
+/// `file:///srv/mind.git`) rather than over a network transport.
+fn local_path(url: &str, workdir: &Path) -> Option<PathBuf> {
+    if let Some(p) = url.strip_prefix("file://") {
+        return Some(PathBuf::from(p));
+    }
+    if url.contains("://") {
+        return None;
+    }
+    // `host:path` is scp-style ssh, unless the part before the colon holds a slash.
+    if let Some((host, _)) = url.split_once(':') {
+        if !host.contains('/') {
+            return None;
+        }
+    }
+    let p = Path::new(url);
+    Some(if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        workdir.join(p)
+    })
 }
 
 /// The port of an `ssh://host:port/…` URL.
