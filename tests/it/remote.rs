@@ -5,6 +5,7 @@ use crate::common::{
     git, git_commit_all, loops_cmd, loops_std_cmd, wait_until, DaemonProcess, TempWorkspace,
 };
 use loops_testutil::git_http::GitHttp;
+use loops_testutil::sshd::Sshd;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -691,5 +692,75 @@ fn the_laptop_edits_a_prompt_fifty_times_while_the_server_commits_every_second()
         );
     }
     assert!(linear(&sc.remote));
+    sc.fsck_all();
+}
+
+#[test]
+fn an_ssh_remote_is_reached_with_the_deploy_key_and_an_unknown_or_changed_host_key_is_refused() {
+    let sc = Scene::new("  pull_every: 0\n");
+    let sshd = Sshd::start(&sc._dirs.path().join("sshd"));
+    git(
+        sc.server.path(),
+        &["remote", "set-url", "origin", &sshd.url(&sc.remote)],
+    );
+    let known = sc._dirs.path().join("known_hosts");
+    let yaml = |kh: &Path| {
+        format!(
+            "limits:\n  shutdown_grace: 2s\nremote:\n  pull_every: 0\n  ssh_key_file: {}\n  known_hosts: {}\n",
+            sshd.client_key.display(),
+            kh.display()
+        )
+    };
+    sc.server.write("loops.yaml", &yaml(&known));
+    git_commit_all(sc.server.path(), "remote over ssh");
+    let before = sc.remote_log();
+    // A host not in known_hosts: refused, with its fingerprint and the line to add.
+    std::fs::write(&known, "").unwrap();
+    let out = sc.sync(&[]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("is not in") && err.contains("SHA256:") && err.contains("ssh-keyscan"),
+        "{err}"
+    );
+    assert_eq!(
+        sc.remote_log(),
+        before,
+        "nothing was pushed to an unchecked host"
+    );
+    // A host whose key changed: refused.
+    let other = sc._dirs.path().join("other_key");
+    std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&other)
+        .status()
+        .unwrap();
+    let other_pub = std::fs::read_to_string(other.with_extension("pub")).unwrap();
+    let other_line: Vec<&str> = other_pub.split_whitespace().take(2).collect();
+    std::fs::write(
+        &known,
+        format!("[127.0.0.1]:{} {}\n", sshd.port, other_line.join(" ")),
+    )
+    .unwrap();
+    let out = sc.sync(&[]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("does not match"), "{err}");
+    assert_eq!(sc.remote_log(), before);
+    // The right key: the push goes through sshd with the deploy key.
+    std::fs::write(&known, sshd.known_hosts_line()).unwrap();
+    let out = sc.sync(&[]);
+    assert!(
+        out.status.success(),
+        "{}{}\nsshd:\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        sshd.log()
+    );
+    assert!(sc.remote_log().contains("remote over ssh"));
+    git(&sc.laptop, &["pull", "-q", "--ff-only"]);
+    sc.laptop_commit("over-ssh.md", "hi\n", "laptop: over ssh");
+    assert!(String::from_utf8_lossy(&sc.sync(&[]).stdout).contains("fast-forwarded"));
+    assert!(sc.server.path().join("over-ssh.md").exists());
     sc.fsck_all();
 }

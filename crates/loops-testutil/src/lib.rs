@@ -8,6 +8,7 @@
 //!   OpenAI wire formats
 //! - [`git_http`]: git's own smart-HTTP server (`git http-backend`) on 127.0.0.1 behind a
 //!   token, the remote of the sync tests
+//! - [`sshd`]: a real OpenSSH server on 127.0.0.1 (key auth, its own host key)
 //! - [`bench`]: the benches' argument parsing, statistics and workspace skeletons
 //! - [`process`]: the system calls tests make (signals, liveness, flock, rlimits, the
 //!   effective uid, clock ticks) as safe functions over rustix
@@ -26,6 +27,7 @@ pub mod fake_model;
 pub mod git_http;
 pub mod pre_exec;
 pub mod process;
+pub mod sshd;
 pub mod workspace;
 
 pub use daemon::DaemonProcess;
