@@ -558,7 +558,12 @@ impl Daemon {
         let pruner = loops_core::retention::spawn(self.ws.clone());
         // loops.yaml `remote:` (read live, so adding it needs no restart).
         let syncer = self.ctx.committer.clone().map(|c| {
-            crate::engine::syncer::spawn(self.live.subscribe(), c, self.sync_poke.clone())
+            crate::engine::syncer::spawn(
+                self.live.subscribe(),
+                c,
+                self.sync_poke.clone(),
+                self.watch_tx.clone(),
+            )
         });
         let mut stop = opts.stop.clone();
         let stopped = async move {

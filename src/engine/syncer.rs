@@ -16,13 +16,16 @@ const LOOK_EVERY: Duration = Duration::from_millis(250);
 /// The longest wait after failures.
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
 
-/// Starts the syncer; `poke` asks for a sync now (a `loops sync` beside the daemon).
+/// Starts the syncer; `poke` asks for a sync now (a `loops sync` beside the daemon); the
+/// paths a pull changed go to `changed`, the daemon's channel of file events, so the hot
+/// reload of a pulled loop runs at once rather than after the watcher's debounce.
 pub fn spawn(
     live: watch::Receiver<Arc<Workspace>>,
     committer: Committer,
     poke: Arc<Notify>,
+    changed: tokio::sync::mpsc::UnboundedSender<loops_core::watch::Batch>,
 ) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(run(live, committer, poke))
+    tokio::spawn(run(live, committer, poke, changed))
 }
 
 struct Timers {
@@ -33,7 +36,12 @@ struct Timers {
     not_before: Instant,
 }
 
-async fn run(mut live: watch::Receiver<Arc<Workspace>>, committer: Committer, poke: Arc<Notify>) {
+async fn run(
+    mut live: watch::Receiver<Arc<Workspace>>,
+    committer: Committer,
+    poke: Arc<Notify>,
+    changed: tokio::sync::mpsc::UnboundedSender<loops_core::watch::Batch>,
+) {
     let now = Instant::now();
     let mut t = Timers {
         next_pull: now,
@@ -54,7 +62,7 @@ async fn run(mut live: watch::Receiver<Arc<Workspace>>, committer: Committer, po
                     .is_some_and(|s| now.duration_since(s) >= settings.push_delay);
             if (pull || push) && (poked || now >= t.not_before) {
                 poked = false;
-                let ok = sync_once(&ws, &committer, SyncAsk { pull, push: true }).await;
+                let ok = sync_once(&ws, &committer, SyncAsk { pull, push: true }, &changed).await;
                 let now = Instant::now();
                 if pull || !ok {
                     t.next_pull = now + settings.pull_every.max(Duration::from_secs(1));
@@ -85,12 +93,21 @@ fn backoff(ws: &Workspace) -> Duration {
 }
 
 /// One sync on the blocking pool; says what it did. `false`: it failed.
-async fn sync_once(ws: &Arc<Workspace>, committer: &Committer, ask: SyncAsk) -> bool {
+async fn sync_once(
+    ws: &Arc<Workspace>,
+    committer: &Committer,
+    ask: SyncAsk,
+    changed: &tokio::sync::mpsc::UnboundedSender<loops_core::watch::Batch>,
+) -> bool {
     let (w, c) = (ws.clone(), committer.clone());
     let done = tokio::task::spawn_blocking(move || remote::sync(&w, &c, ask)).await;
     match done {
         Ok(Ok(Some(report))) => {
             say(&report);
+            if !report.changed.is_empty() {
+                let paths = report.changed.iter().map(|p| ws.root.join(p)).collect();
+                let _ = changed.send(paths);
+            }
             true
         }
         Ok(Ok(None)) => true,
