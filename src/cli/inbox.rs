@@ -10,6 +10,7 @@ use loops_core::history::{commit_message, CommitRequest, Committer};
 use loops_core::workspace::Workspace;
 use serde_json::json;
 use std::io::Read;
+use std::path::{Path, PathBuf};
 
 type Result<T = ()> = std::result::Result<T, CliError>;
 
@@ -37,29 +38,54 @@ pub(super) fn handoff(ws: &Workspace, cmd: HandoffCommand) -> Result {
         );
     }
     let inbox = Inbox::of(ws);
-    // Read no more than a handoff may hold (plus one byte, to know it is more): a body
-    // file of gigabytes is refused without being read into memory.
-    let limit = inbox.max_bytes();
-    let bounded = |r: &mut dyn Read, what: &str| -> Result<String> {
-        let mut bytes = Vec::new();
-        r.take(limit + 1)
-            .read_to_end(&mut bytes)
-            .map_err(|e| CliError::new(format!("cannot read {what}: {e}")))?;
-        if bytes.len() as u64 > limit {
-            return Err(CliError::new(format!(
-                "{what} is more than limits.max_handoff_bytes allows ({limit} bytes, {}): a handoff is a short note for the main session",
-                loops_core::fsutil::human_bytes(limit)
-            ))
-            .help("write the long text to drafts/<loop>/<name>.md and pass it with --draft; keep the body to what the main session must do (or raise limits.max_handoff_bytes in loops.yaml)"));
-        }
-        String::from_utf8(bytes).map_err(|_| {
-            CliError::new(format!("{what} is not UTF-8 text"))
-                .help("a handoff is markdown: give a text file")
-        })
+    let body = read_body(&inbox, body_file, body)?;
+    let due = parse_due(due)?;
+    let run = loops_core::secrets::var("LOOPS_RUN_ID")
+        .ok()
+        .filter(|r| !r.is_empty());
+    let n = NewHandoff {
+        from,
+        to,
+        title,
+        priority: Priority::parse(&priority).unwrap_or_default(),
+        run,
+        draft,
+        due,
+        tags,
+        flagged: None,
+        body,
+        items,
     };
-    let body = match (body_file, body) {
+    check_outgoing(ws, &n)?;
+    let committer = handoff_committer(ws);
+    // The creation is committed before the rename delivers the file: from then on the
+    // main session may complete it at once, and history must show it handed off first.
+    let (id, path, _) = inbox.create_with(&n, Utc::now(), |id, dest, text| {
+        if let Some(r) = &n.run {
+            // Tell the runner this run handed off (no orphan-draft handoff is needed).
+            let marker = ws.layout().handoff_run(r);
+            let _ = loops_core::fsutil::append_line(&marker, id);
+        }
+        if let Some(c) = &committer {
+            commit_creation(c, &n, id, dest, text);
+        }
+    })?;
+    if json {
+        print_json(&json!({ "id": id, "path": path }));
+    } else {
+        println!("{id}");
+        eprintln!("handed off: {}", ws.relative(&path).display());
+    }
+    Ok(())
+}
+
+/// The handoff's body: from `--body-file` (a path, or '-' for stdin), from `--body`, or
+/// empty; refused when it is more than a handoff may hold.
+fn read_body(inbox: &Inbox, body_file: Option<PathBuf>, body: Option<String>) -> Result<String> {
+    let limit = inbox.max_bytes();
+    Ok(match (body_file, body) {
         (Some(f), _) if f.as_os_str() == "-" => {
-            bounded(&mut std::io::stdin(), "the body on stdin")?
+            read_bounded(&mut std::io::stdin(), "the body on stdin", limit)?
         }
         (Some(f), _) => {
             let what = format!("the body file {}", f.display());
@@ -70,63 +96,82 @@ pub(super) fn handoff(ws: &Workspace, cmd: HandoffCommand) -> Result {
             if let Ok(m) = file.metadata() {
                 inbox.check_size(&what, m.len())?;
             }
-            bounded(&mut file, &what)?
+            read_bounded(&mut file, &what, limit)?
         }
         (None, Some(b)) => {
             inbox.check_size("the --body text", b.len() as u64)?;
             b
         }
         (None, None) => String::new(),
-    };
-    let due = due
-        .map(|d| {
-            DateTime::parse_from_rfc3339(&d)
-                .map(|t| t.with_timezone(&Utc))
-                .map_err(|e| {
-                    CliError::new(format!("--due `{d}` is not an RFC 3339 time ({e})"))
-                        .help("e.g. --due 2026-11-21T09:00:00Z")
-                })
-        })
-        .transpose()?;
-    let run = loops_core::secrets::var("LOOPS_RUN_ID")
-        .ok()
-        .filter(|r| !r.is_empty());
-    if to.trim() != "main" {
-        // A handoff to anyone but the main session leaves its trust: the never-share
-        // guard of loops.yaml and of the sending loop reads it first.
-        let loop_guard = loops_core::domain::discover(ws)
-            .into_iter()
-            .find(|e| e.name == from)
-            .and_then(|e| e.def)
-            .map(|d| d.guard);
-        let guard = loops_core::guard::Guard::new(&ws.settings.guard, loop_guard.as_ref());
-        let whole = format!("{title}\n{body}\n{}", items.join("\n"));
-        if let Err(b) = guard.check(&whole) {
-            return Err(
-                CliError::new(format!("{b}: the handoff to `{to}` was not written"))
-                    .help("take that information out, or address the handoff to main"),
-            );
-        }
+    })
+}
+
+/// The UTF-8 text `r` holds, when it is no more than `limit` bytes.
+fn read_bounded(r: &mut dyn Read, what: &str, limit: u64) -> Result<String> {
+    // Read no more than a handoff may hold (plus one byte, to know it is more): a body
+    // file of gigabytes is refused without being read into memory.
+    let mut bytes = Vec::new();
+    r.take(limit + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| CliError::new(format!("cannot read {what}: {e}")))?;
+    if bytes.len() as u64 > limit {
+        return Err(CliError::new(format!(
+            "{what} is more than limits.max_handoff_bytes allows ({limit} bytes, {}): a handoff is a short note for the main session",
+            loops_core::fsutil::human_bytes(limit)
+        ))
+        .help("write the long text to drafts/<loop>/<name>.md and pass it with --draft; keep the body to what the main session must do (or raise limits.max_handoff_bytes in loops.yaml)"));
     }
-    let n = NewHandoff {
-        from: from.clone(),
-        to,
-        title: title.clone(),
-        priority: Priority::parse(&priority).unwrap_or_default(),
-        run: run.clone(),
-        draft,
-        due,
-        tags,
-        flagged: None,
-        body,
-        items,
-    };
+    String::from_utf8(bytes).map_err(|_| {
+        CliError::new(format!("{what} is not UTF-8 text"))
+            .help("a handoff is markdown: give a text file")
+    })
+}
+
+/// The `--due` time.
+fn parse_due(due: Option<String>) -> Result<Option<DateTime<Utc>>> {
+    due.map(|d| {
+        DateTime::parse_from_rfc3339(&d)
+            .map(|t| t.with_timezone(&Utc))
+            .map_err(|e| {
+                CliError::new(format!("--due `{d}` is not an RFC 3339 time ({e})"))
+                    .help("e.g. --due 2026-11-21T09:00:00Z")
+            })
+    })
+    .transpose()
+}
+
+/// Refuses a handoff to anyone but the main session that the never-share guard stops.
+fn check_outgoing(ws: &Workspace, n: &NewHandoff) -> Result {
+    if n.to.trim() == "main" {
+        return Ok(());
+    }
+    // A handoff to anyone but the main session leaves its trust: the never-share
+    // guard of loops.yaml and of the sending loop reads it first.
+    let loop_guard = loops_core::domain::discover(ws)
+        .into_iter()
+        .find(|e| e.name == n.from)
+        .and_then(|e| e.def)
+        .map(|d| d.guard);
+    let guard = loops_core::guard::Guard::new(&ws.settings.guard, loop_guard.as_ref());
+    let whole = format!("{}\n{}\n{}", n.title, n.body, n.items.join("\n"));
+    if let Err(b) = guard.check(&whole) {
+        return Err(
+            CliError::new(format!("{b}: the handoff to `{}` was not written", n.to))
+                .help("take that information out, or address the handoff to main"),
+        );
+    }
+    Ok(())
+}
+
+/// The committer of the handoff's creation, when the workspace commits and its inbox/
+/// is not a link.
+fn handoff_committer(ws: &Workspace) -> Option<Committer> {
     // A linked inbox/ is not committed to: the commit would record the link's removal.
     let linked = ws.symlinked_areas();
     if let Some(l) = linked.first() {
         eprintln!("warning: not committed: {l}");
     }
-    let committer = (ws.settings.git_commit && linked.is_empty())
+    (ws.settings.git_commit && linked.is_empty())
         .then(|| {
             Committer::start(
                 &ws.root,
@@ -135,41 +180,27 @@ pub(super) fn handoff(ws: &Workspace, cmd: HandoffCommand) -> Result {
             )
             .ok()
         })
-        .flatten();
-    // The creation is committed before the rename delivers the file: from then on the
-    // main session may complete it at once, and history must show it handed off first.
-    let (id, path, _) = inbox.create_with(&n, Utc::now(), |id, dest, text| {
-        if let Some(r) = &run {
-            // Tell the runner this run handed off (no orphan-draft handoff is needed).
-            let marker = ws.layout().handoff_run(r);
-            let _ = loops_core::fsutil::append_line(&marker, id);
-        }
-        if let Some(c) = &committer {
-            let req = CommitRequest {
-                paths: Vec::new(),
-                message: commit_message(
-                    &format!("{from}: handoff: {}", title.trim()),
-                    &[
-                        ("Handoff", id.to_string()),
-                        ("From", from.clone()),
-                        ("Outcome", "created".into()),
-                    ],
-                ),
-                contents: vec![(dest.to_path_buf(), text.as_bytes().to_vec())],
-                ..Default::default()
-            };
-            if let Err(e) = c.commit_blocking(req) {
-                eprintln!("warning: the handoff was written but its creation not committed: {e}");
-            }
-        }
-    })?;
-    if json {
-        print_json(&json!({ "id": id, "path": path }));
-    } else {
-        println!("{id}");
-        eprintln!("handed off: {}", ws.relative(&path).display());
+        .flatten()
+}
+
+/// Commits the handoff `id` as `text` at `dest`, before the file is there.
+fn commit_creation(c: &Committer, n: &NewHandoff, id: &str, dest: &Path, text: &str) {
+    let req = CommitRequest {
+        paths: Vec::new(),
+        message: commit_message(
+            &format!("{}: handoff: {}", n.from, n.title.trim()),
+            &[
+                ("Handoff", id.to_string()),
+                ("From", n.from.clone()),
+                ("Outcome", "created".into()),
+            ],
+        ),
+        contents: vec![(dest.to_path_buf(), text.as_bytes().to_vec())],
+        ..Default::default()
+    };
+    if let Err(e) = c.commit_blocking(req) {
+        eprintln!("warning: the handoff was written but its creation not committed: {e}");
     }
-    Ok(())
 }
 
 pub(super) fn inbox(ws: &Workspace, cmd: Option<InboxCommand>, json: bool) -> Result {

@@ -6,7 +6,7 @@ use crate::engine::worker;
 use chrono::Utc;
 use clap::{Args, Subcommand};
 use loops_core::clock::SystemClock;
-use loops_core::jobs::job::{Job, JobId, JobKind, JobState};
+use loops_core::jobs::job::{Job, JobId, JobKind, JobState, JobSummary};
 use loops_core::jobs::queue::{self, JobSpec, QueueError, Sender};
 use loops_core::jobs::store::JobStore;
 use loops_core::jobs::{report, stats};
@@ -371,7 +371,6 @@ fn audit(store: &JobStore, job: &Job, allowed: bool) {
 
 pub(super) fn jobs(ws: &Workspace, cmd: JobsCommand) -> Result {
     let store = JobStore::new(ws);
-    let now = Utc::now();
     match cmd {
         JobsCommand::Submit {
             kind,
@@ -405,122 +404,170 @@ pub(super) fn jobs(ws: &Workspace, cmd: JobsCommand) -> Result {
             limit,
             json,
         ),
-        JobsCommand::Get { id, json } => {
-            let j = get(&store, id)?;
-            if json {
-                print_json(&report::to_json(&j, now));
-            } else {
-                print!("{}", report::details(&j, now));
-            }
-            Ok(())
-        }
-        JobsCommand::Progress { id, json } => {
-            let j = get(&store, id)?;
-            if json {
-                print_json(&report::progress_json(&j, now));
-            } else {
-                print!("{}", report::report(&j, now));
-            }
-            Ok(())
-        }
+        JobsCommand::Get { id, json } => show_job(&store, id, json),
+        JobsCommand::Progress { id, json } => show_progress(&store, id, json),
         JobsCommand::Logs { id, follow } => logs(ws, &store, id, follow),
-        JobsCommand::Cancel { id, json } => {
-            let j = queue::cancel(&store, id, now)?;
-            let j = if j.state.is_terminal() {
-                j
-            } else if j.kind.is_light() {
-                wait_for_run_to_stop(&store, j)
-            } else {
-                wait_for_runner(&store, id, |j| j.state.is_terminal())?
-            };
-            done_report(&j, json, "cancel requested; its runner is stopping it")
-        }
-        JobsCommand::Pause { id, json } => {
-            let j = queue::pause(&store, id, now)?;
-            let j = if j.state == JobState::Paused {
-                j
-            } else {
-                wait_for_runner(&store, id, |j| j.state != JobState::Active)?
-            };
-            done_report(
-                &j,
-                json,
-                "pause requested; it stops at the end of its current turn",
-            )
-        }
-        JobsCommand::Resume { id, json } => {
-            let j = queue::resume(&store, id, now)?;
-            let j = if j.control.is_some() {
-                wait_for_runner(&store, id, |j| j.control.is_none())?
-            } else {
-                j
-            };
-            if !json && j.state == JobState::Waiting {
-                warn_if_no_daemon(ws);
-            }
-            done_report(&j, json, "")
-        }
+        JobsCommand::Cancel { id, json } => cancel_job(&store, id, json),
+        JobsCommand::Pause { id, json } => pause_job(&store, id, json),
+        JobsCommand::Resume { id, json } => resume_job(ws, &store, id, json),
         JobsCommand::Replay {
             id,
             set,
             follow,
             json,
-        } => {
-            let mut overrides = Vec::new();
-            for s in &set {
-                let Some((k, v)) = s.split_once('=') else {
-                    return Err(CliError::new(format!("--set {s}: expected KEY=VALUE"))
-                        .help("e.g. --set prompt=\"try again\" or --set max_turns=5"));
-                };
-                let v = serde_json::from_str(v).unwrap_or_else(|_| Value::String(v.to_string()));
-                overrides.push((k.trim().to_string(), v));
-            }
-            let j = queue::replay(&store, id, &overrides, now, &format!("replay:{id}"))?;
-            after_submit(ws, &store, j, false, follow, json)
-        }
-        JobsCommand::Retry { id, json } => {
-            let j = queue::retry(&store, id, now)?;
-            if !json {
-                warn_if_no_daemon(ws);
-            }
-            done_report(&j, json, "")
-        }
+        } => replay_job(ws, &store, id, &set, follow, json),
+        JobsCommand::Retry { id, json } => retry_job(ws, &store, id, json),
         JobsCommand::Message {
             id,
             message,
             from_job,
             json,
-        } => {
-            let body = serde_json::from_str::<Value>(&message)
-                .ok()
-                .filter(|v| v.is_object())
-                .unwrap_or_else(|| json!({ "directive": message }));
-            let from = from_job.map(Sender::Job).unwrap_or(Sender::Operator);
-            let m = queue::message(&store, id, body, from, now)?;
-            if json {
-                print_json(&serde_json::to_value(&m).unwrap_or_default());
-            } else {
-                println!(
-                    "message {} sent to job #{id}; it is read before the agent's next turn (`loops jobs get {id}` shows the receipt)",
-                    m.seq
-                );
-            }
-            Ok(())
-        }
-        JobsCommand::Stats { json } => {
-            let st = stats::compute(
-                &store,
-                now,
-                loops_core::daemon_lock::daemon_alive(ws).is_some(),
-            );
-            if json {
-                print_json(&serde_json::to_value(&st).unwrap_or_default());
-            } else {
-                print!("{}", stats::render(&st));
-            }
-            Ok(())
-        }
+        } => message_job(&store, id, message, from_job, json),
+        JobsCommand::Stats { json } => show_stats(ws, &store, json),
     }
+}
+
+/// `loops jobs get ID`.
+fn show_job(store: &JobStore, id: JobId, json: bool) -> Result {
+    let now = Utc::now();
+    let j = get(store, id)?;
+    if json {
+        print_json(&report::to_json(&j, now));
+    } else {
+        print!("{}", report::details(&j, now));
+    }
+    Ok(())
+}
+
+/// `loops jobs progress ID`.
+fn show_progress(store: &JobStore, id: JobId, json: bool) -> Result {
+    let now = Utc::now();
+    let j = get(store, id)?;
+    if json {
+        print_json(&report::progress_json(&j, now));
+    } else {
+        print!("{}", report::report(&j, now));
+    }
+    Ok(())
+}
+
+/// `loops jobs cancel ID`: asks, then waits briefly for the run to stop.
+fn cancel_job(store: &JobStore, id: JobId, json: bool) -> Result {
+    let j = queue::cancel(store, id, Utc::now())?;
+    let j = if j.state.is_terminal() {
+        j
+    } else if j.kind.is_light() {
+        wait_for_run_to_stop(store, j)
+    } else {
+        wait_for_runner(store, id, |j| j.state.is_terminal())?
+    };
+    done_report(&j, json, "cancel requested; its runner is stopping it")
+}
+
+/// `loops jobs pause ID`: asks, then waits briefly for the runner to hold it.
+fn pause_job(store: &JobStore, id: JobId, json: bool) -> Result {
+    let j = queue::pause(store, id, Utc::now())?;
+    let j = if j.state == JobState::Paused {
+        j
+    } else {
+        wait_for_runner(store, id, |j| j.state != JobState::Active)?
+    };
+    done_report(
+        &j,
+        json,
+        "pause requested; it stops at the end of its current turn",
+    )
+}
+
+/// `loops jobs resume ID`.
+fn resume_job(ws: &Workspace, store: &JobStore, id: JobId, json: bool) -> Result {
+    let j = queue::resume(store, id, Utc::now())?;
+    let j = if j.control.is_some() {
+        wait_for_runner(store, id, |j| j.control.is_none())?
+    } else {
+        j
+    };
+    if !json && j.state == JobState::Waiting {
+        warn_if_no_daemon(ws);
+    }
+    done_report(&j, json, "")
+}
+
+/// `loops jobs replay ID [--set KEY=VALUE]…`.
+fn replay_job(
+    ws: &Workspace,
+    store: &JobStore,
+    id: JobId,
+    set: &[String],
+    follow: bool,
+    json: bool,
+) -> Result {
+    let overrides = parse_overrides(set)?;
+    let j = queue::replay(store, id, &overrides, Utc::now(), &format!("replay:{id}"))?;
+    after_submit(ws, store, j, false, follow, json)
+}
+
+/// The `--set KEY=VALUE` pairs of a replay; a value is JSON when it parses, else a string.
+fn parse_overrides(set: &[String]) -> Result<Vec<(String, Value)>> {
+    let mut overrides = Vec::new();
+    for s in set {
+        let Some((k, v)) = s.split_once('=') else {
+            return Err(CliError::new(format!("--set {s}: expected KEY=VALUE"))
+                .help("e.g. --set prompt=\"try again\" or --set max_turns=5"));
+        };
+        let v = serde_json::from_str(v).unwrap_or_else(|_| Value::String(v.to_string()));
+        overrides.push((k.trim().to_string(), v));
+    }
+    Ok(overrides)
+}
+
+/// `loops jobs retry ID`.
+fn retry_job(ws: &Workspace, store: &JobStore, id: JobId, json: bool) -> Result {
+    let j = queue::retry(store, id, Utc::now())?;
+    if !json {
+        warn_if_no_daemon(ws);
+    }
+    done_report(&j, json, "")
+}
+
+/// `loops jobs message ID MESSAGE`: plain text is sent as `{"directive": TEXT}`.
+fn message_job(
+    store: &JobStore,
+    id: JobId,
+    message: String,
+    from_job: Option<JobId>,
+    json: bool,
+) -> Result {
+    let body = serde_json::from_str::<Value>(&message)
+        .ok()
+        .filter(|v| v.is_object())
+        .unwrap_or_else(|| json!({ "directive": message }));
+    let from = from_job.map(Sender::Job).unwrap_or(Sender::Operator);
+    let m = queue::message(store, id, body, from, Utc::now())?;
+    if json {
+        print_json(&serde_json::to_value(&m).unwrap_or_default());
+    } else {
+        println!(
+            "message {} sent to job #{id}; it is read before the agent's next turn (`loops jobs get {id}` shows the receipt)",
+            m.seq
+        );
+    }
+    Ok(())
+}
+
+/// `loops jobs stats`.
+fn show_stats(ws: &Workspace, store: &JobStore, json: bool) -> Result {
+    let st = stats::compute(
+        store,
+        Utc::now(),
+        loops_core::daemon_lock::daemon_alive(ws).is_some(),
+    );
+    if json {
+        print_json(&serde_json::to_value(&st).unwrap_or_default());
+    } else {
+        print!("{}", stats::render(&st));
+    }
+    Ok(())
 }
 
 fn get(store: &JobStore, id: JobId) -> Result<Job> {
@@ -697,96 +744,118 @@ fn follow_job(ws: &Workspace, store: &JobStore, id: JobId, stream: bool) -> Resu
     let rt = crate::daemon::runtime()
         .map_err(|e| CliError::new(format!("cannot start the async runtime: {e}")))?;
     if loops_core::daemon_lock::daemon_alive(ws).is_none() {
-        let ws = Arc::new(ws.clone());
-        let committer = if ws.settings.git_commit {
-            loops_core::history::Committer::start(
-                &ws.root,
-                &ws.settings.author_name,
-                &ws.settings.author_email,
-            )
-            .ok()
-        } else {
-            None
-        };
-        let cfg = worker::WorkerConfig {
-            ws: ws.clone(),
-            committer,
-            clock: Arc::new(SystemClock),
-            permits: Arc::new(tokio::sync::Semaphore::new(ws.settings.max_concurrent_jobs)),
-            allow_shell: worker::shell_allowed(&ws),
-            grace: Duration::from_secs(0),
-            live: None,
-        };
-        if stream {
-            eprintln!("no daemon is running: running job #{id} here (Ctrl-C stops it; it then waits for `loops run`)");
-        }
-        rt.block_on(async {
-            let (tx, rx) = loops_core::exec::live_channel();
-            // With --json the stream is not printed: stdout is the one JSON document.
-            let (tx, printer) = if stream {
-                (Some(tx), Some(super::output::spawn_printer(rx)))
-            } else {
-                (None, None)
-            };
-            let stop_rx = super::output::stop_on_signal();
-            // The job's file says where it is; read it beside the run, as a follower of
-            // a daemon's run would.
-            let watcher = stream.then(|| {
-                let store = store.clone();
-                tokio::spawn(async move {
-                    let mut w = ProgressWatch::default();
-                    loop {
-                        if let Ok(Some(j)) = store.get(id) {
-                            w.observe(&store, &j);
-                        }
-                        tokio::time::sleep(Duration::from_millis(250)).await;
-                    }
-                })
-            });
-            worker::run(cfg, worker::Mode::Only(id), stop_rx, tx).await;
-            if let Some(w) = watcher {
-                w.abort();
-            }
-            loops_agent::mcp_client::McpPool::shutdown_all().await;
-            if let Some(p) = printer {
-                let _ = p.await;
-            }
-        });
+        run_here(&rt, ws, store, id, stream);
         return get(store, id);
     }
     // A daemon runs it: follow its files.
-    rt.block_on(async {
-        let (wtx, mut wrx) = tokio::sync::mpsc::unbounded_channel();
-        let _w = loops_core::watch::watch(
-            &[(store.dir().to_path_buf(), loops_core::watch::Mode::Flat)],
-            Duration::from_millis(20),
-            wtx,
+    rt.block_on(follow_daemon_run(store, id, stream))
+}
+
+/// A worker for this process alone, as the daemon's would be, without its grace period.
+fn inline_worker(ws: &Workspace) -> worker::WorkerConfig {
+    let ws = Arc::new(ws.clone());
+    let committer = if ws.settings.git_commit {
+        loops_core::history::Committer::start(
+            &ws.root,
+            &ws.settings.author_name,
+            &ws.settings.author_email,
         )
-        .ok();
-        let mut tail = Tail::default();
-        let mut progress = ProgressWatch::default();
+        .ok()
+    } else {
+        None
+    };
+    worker::WorkerConfig {
+        ws: ws.clone(),
+        committer,
+        clock: Arc::new(SystemClock),
+        permits: Arc::new(tokio::sync::Semaphore::new(ws.settings.max_concurrent_jobs)),
+        allow_shell: worker::shell_allowed(&ws),
+        grace: Duration::from_secs(0),
+        live: None,
+    }
+}
+
+/// Runs job `id` in this process (no daemon is running) until it ends, pauses or a
+/// signal stops it; with `stream`, its output on stdout and its progress on stderr.
+fn run_here(
+    rt: &tokio::runtime::Runtime,
+    ws: &Workspace,
+    store: &JobStore,
+    id: JobId,
+    stream: bool,
+) {
+    let cfg = inline_worker(ws);
+    if stream {
+        eprintln!("no daemon is running: running job #{id} here (Ctrl-C stops it; it then waits for `loops run`)");
+    }
+    rt.block_on(async {
+        let (tx, rx) = loops_core::exec::live_channel();
+        // With --json the stream is not printed: stdout is the one JSON document.
+        let (tx, printer) = if stream {
+            (Some(tx), Some(super::output::spawn_printer(rx)))
+        } else {
+            (None, None)
+        };
+        let stop_rx = super::output::stop_on_signal();
+        let watcher = stream.then(|| watch_progress(store.clone(), id));
+        worker::run(cfg, worker::Mode::Only(id), stop_rx, tx).await;
+        if let Some(w) = watcher {
+            w.abort();
+        }
+        loops_agent::mcp_client::McpPool::shutdown_all().await;
+        if let Some(p) = printer {
+            let _ = p.await;
+        }
+    });
+}
+
+/// Prints job `id`'s progress lines until aborted.
+fn watch_progress(store: JobStore, id: JobId) -> tokio::task::JoinHandle<()> {
+    // The job's file says where it is; read it beside the run, as a follower of
+    // a daemon's run would.
+    tokio::spawn(async move {
+        let mut w = ProgressWatch::default();
         loop {
-            if stream {
-                tail.pump(store, id);
+            if let Ok(Some(j)) = store.get(id) {
+                w.observe(&store, &j);
             }
-            let job = store.get(id)?;
-            if let (true, Some(j)) = (stream, &job) {
-                progress.observe(store, j);
-            }
-            match job {
-                Some(j) if j.state.is_terminal() || j.state == JobState::Paused => {
-                    if stream {
-                        tail.pump(store, id);
-                    }
-                    return Ok(j);
-                }
-                Some(_) => {}
-                None => return Err(QueueError::NotFound(id).into()),
-            }
-            // Events wake us at once; the timeout is the safety net.
-            let _ = tokio::time::timeout(Duration::from_secs(1), wrx.recv()).await;
+            tokio::time::sleep(Duration::from_millis(250)).await;
         }
     })
+}
+
+/// Follows the daemon's run of job `id` through its files until it ends or pauses.
+async fn follow_daemon_run(store: &JobStore, id: JobId, stream: bool) -> Result<Job> {
+    let (wtx, mut wrx) = tokio::sync::mpsc::unbounded_channel();
+    let _w = loops_core::watch::watch(
+        &[(store.dir().to_path_buf(), loops_core::watch::Mode::Flat)],
+        Duration::from_millis(20),
+        wtx,
+    )
+    .ok();
+    let mut tail = Tail::default();
+    let mut progress = ProgressWatch::default();
+    loop {
+        if stream {
+            tail.pump(store, id);
+        }
+        let job = store.get(id)?;
+        if let (true, Some(j)) = (stream, &job) {
+            progress.observe(store, j);
+        }
+        match job {
+            Some(j) if j.state.is_terminal() || j.state == JobState::Paused => {
+                if stream {
+                    tail.pump(store, id);
+                }
+                return Ok(j);
+            }
+            Some(_) => {}
+            None => return Err(QueueError::NotFound(id).into()),
+        }
+        // Events wake us at once; the timeout is the safety net.
+        let _ = tokio::time::timeout(Duration::from_secs(1), wrx.recv()).await;
+    }
 }
 
 /// Prints a job's progress line on stderr each time it changes (`--follow`): state,
@@ -912,42 +981,7 @@ struct ListFilter {
 }
 
 fn list(store: &JobStore, filter: ListFilter, limit: Option<usize>, json: bool) -> Result {
-    let ListFilter {
-        status,
-        name,
-        kind,
-        queue,
-        with_runs,
-    } = filter;
-    let status = match status {
-        None => None,
-        Some(s) => Some(JobState::parse(&s).ok_or_else(|| {
-            CliError::new(format!("unknown status `{s}`")).help(
-                "use one of: waiting, delayed, active, paused, waiting-children, completed, failed, dead, cancelled",
-            )
-        })?),
-    };
-    let kind = match kind {
-        None => None,
-        Some(k) => Some(JobKind::parse(&k).ok_or_else(|| {
-            CliError::new(format!("unknown kind `{k}`"))
-                .help("use shell, agent, aggregator, loop or wake")
-        })?),
-    };
-    let (all, errors) = store.list();
-    for e in errors {
-        eprintln!("warning: {e}");
-    }
-    let total = all.len();
-    let mut rows: Vec<_> = all
-        .into_iter()
-        .rev()
-        .filter(|s| status.is_none_or(|st| s.state == st))
-        .filter(|s| kind.is_none_or(|k| s.kind == k))
-        .filter(|s| with_runs || kind.is_some() || !s.kind.is_light())
-        .filter(|s| name.as_deref().is_none_or(|n| s.name.contains(n)))
-        .filter(|s| queue.as_deref().is_none_or(|q| s.queue == q))
-        .collect();
+    let (mut rows, total) = filter.matching(store)?;
     let matched = rows.len();
     let limit = limit.unwrap_or(if json { 0 } else { 50 });
     if limit > 0 {
@@ -968,6 +1002,65 @@ fn list(store: &JobStore, filter: ListFilter, limit: Option<usize>, json: bool) 
         );
         return Ok(());
     }
+    print!("{}", list_table(&rows));
+    if matched > rows.len() {
+        println!(
+            "… {} more (use --limit 0 for all, or filter with --status / --name)",
+            matched - rows.len()
+        );
+    }
+    Ok(())
+}
+
+impl ListFilter {
+    /// The jobs that pass, newest first, and how many jobs there are in all.
+    fn matching(self, store: &JobStore) -> Result<(Vec<JobSummary>, usize)> {
+        let ListFilter {
+            status,
+            name,
+            kind,
+            queue,
+            with_runs,
+        } = self;
+        let status = status.map(|s| parse_state_arg(&s)).transpose()?;
+        let kind = kind.map(|k| parse_kind_arg(&k)).transpose()?;
+        let (all, errors) = store.list();
+        for e in errors {
+            eprintln!("warning: {e}");
+        }
+        let total = all.len();
+        let rows = all
+            .into_iter()
+            .rev()
+            .filter(|s| status.is_none_or(|st| s.state == st))
+            .filter(|s| kind.is_none_or(|k| s.kind == k))
+            .filter(|s| with_runs || kind.is_some() || !s.kind.is_light())
+            .filter(|s| name.as_deref().is_none_or(|n| s.name.contains(n)))
+            .filter(|s| queue.as_deref().is_none_or(|q| s.queue == q))
+            .collect();
+        Ok((rows, total))
+    }
+}
+
+/// The state `--status` names.
+fn parse_state_arg(s: &str) -> Result<JobState> {
+    JobState::parse(s).ok_or_else(|| {
+        CliError::new(format!("unknown status `{s}`")).help(
+            "use one of: waiting, delayed, active, paused, waiting-children, completed, failed, dead, cancelled",
+        )
+    })
+}
+
+/// The kind `--kind` names.
+fn parse_kind_arg(k: &str) -> Result<JobKind> {
+    JobKind::parse(k).ok_or_else(|| {
+        CliError::new(format!("unknown kind `{k}`"))
+            .help("use shell, agent, aggregator, loop or wake")
+    })
+}
+
+/// The table `loops jobs list` prints: one row a job.
+fn list_table(rows: &[JobSummary]) -> String {
     let now = Utc::now();
     let body: Vec<Vec<String>> = rows
         .iter()
@@ -993,35 +1086,53 @@ fn list(store: &JobStore, filter: ListFilter, limit: Option<usize>, json: bool) 
             ]
         })
         .collect();
-    print!(
-        "{}",
-        table(
-            &[
-                "ID",
-                "NAME",
-                "KIND",
-                "STATE",
-                "QUEUE",
-                "PRI",
-                "ATTEMPTS",
-                "TOKENS IN/OUT",
-                "CREATED"
-            ],
-            &body
-        )
-    );
-    if matched > rows.len() {
-        println!(
-            "… {} more (use --limit 0 for all, or filter with --status / --name)",
-            matched - rows.len()
-        );
-    }
-    Ok(())
+    table(
+        &[
+            "ID",
+            "NAME",
+            "KIND",
+            "STATE",
+            "QUEUE",
+            "PRI",
+            "ATTEMPTS",
+            "TOKENS IN/OUT",
+            "CREATED",
+        ],
+        &body,
+    )
 }
 
 pub(super) fn agent(ws: &Workspace, cmd: AgentCommand) -> Result {
     let AgentCommand::Run(a) = cmd;
     let store = JobStore::new(ws);
+    let params = agent_params(&a);
+    let follow = !a.detach;
+    let Some(manifest) = &a.fanout_manifest else {
+        let Some(prompt) = a.prompt.clone().filter(|p| !p.trim().is_empty()) else {
+            return Err(CliError::new("no prompt given")
+                .help("loops agent run \"what to do\" (or --fanout-manifest FILE)"));
+        };
+        let mut params = params;
+        params.insert("prompt".into(), json!(prompt));
+        let spec = spec_from("agent", Value::Object(params), &a.opts)?;
+        return submit_and_report(ws, &store, spec, a.opts.dry_run, follow, a.json);
+    };
+    // Fan-out.
+    let children = fanout_children(manifest, &params, &a.opts)?;
+    let mut agg_params = params.clone();
+    if let Some(p) = a.prompt.clone().filter(|p| !p.trim().is_empty()) {
+        agg_params.insert("prompt".into(), json!(p));
+    }
+    let mut agg = spec_from("aggregator", Value::Object(agg_params), &a.opts)?;
+    if agg.name.is_none() {
+        agg.name = Some(format!("fan-out of {}", children.len()));
+    }
+    submit_fanout(ws, &store, &children, &agg, &a, follow)
+}
+
+/// The agent parameters `loops agent run` takes as options (every child of a fan-out
+/// starts from them too).
+fn agent_params(a: &AgentRun) -> serde_json::Map<String, Value> {
     let mut params = serde_json::Map::new();
     if let Some(t) = &a.tools {
         params.insert("tools".into(), json!(t));
@@ -1035,17 +1146,15 @@ pub(super) fn agent(ws: &Workspace, cmd: AgentCommand) -> Result {
     if let Some(n) = a.max_turns {
         params.insert("max_turns".into(), json!(n));
     }
-    let follow = !a.detach;
-    let Some(manifest) = &a.fanout_manifest else {
-        let Some(prompt) = a.prompt.clone().filter(|p| !p.trim().is_empty()) else {
-            return Err(CliError::new("no prompt given")
-                .help("loops agent run \"what to do\" (or --fanout-manifest FILE)"));
-        };
-        params.insert("prompt".into(), json!(prompt));
-        let spec = spec_from("agent", Value::Object(params), &a.opts)?;
-        return submit_and_report(ws, &store, spec, a.opts.dry_run, follow, a.json);
-    };
-    // Fan-out.
+    params
+}
+
+/// The children a fan-out manifest lists, one spec an item.
+fn fanout_children(
+    manifest: &std::path::Path,
+    params: &serde_json::Map<String, Value>,
+    opts: &SubmitOptions,
+) -> Result<Vec<JobSpec>> {
     let text = std::fs::read_to_string(manifest).map_err(|e| {
         CliError::new(format!("cannot read {}: {e}", manifest.display())).help(
             "give a JSON file: an array of {\"prompt\": …, \"input_vars\": {…}} or of job specs",
@@ -1071,75 +1180,93 @@ pub(super) fn agent(ws: &Workspace, cmd: AgentCommand) -> Result {
             s.source = "cli".into();
             s
         } else {
-            let Some(obj) = item.as_object() else {
-                return Err(CliError::new(format!(
-                    "{at}: expected an object, got {item}"
-                )));
-            };
-            for k in obj.keys() {
-                if ![
-                    "prompt",
-                    "input_vars",
-                    "name",
-                    "tools",
-                    "model",
-                    "provider",
-                    "max_turns",
-                ]
-                .contains(&k.as_str())
-                {
-                    return Err(CliError::new(format!("{at}: unknown field \"{k}\""))
-                        .help("a prompt item has prompt and optional input_vars, name, tools, model, max_turns"));
-                }
-            }
-            let mut p = params.clone();
-            for (k, v) in obj {
-                if k != "name" {
-                    p.insert(k.clone(), v.clone());
-                }
-            }
-            JobSpec {
-                kind: Some("agent".into()),
-                name: obj
-                    .get("name")
-                    .and_then(|n| n.as_str())
-                    .map(str::to_string)
-                    .or_else(|| {
-                        obj.get("prompt").and_then(|p| p.as_str()).map(|p| {
-                            worker::fill_vars(p, obj.get("input_vars").and_then(|v| v.as_object()))
-                        })
-                    })
-                    .map(|n| {
-                        loops_core::text::clip(
-                            &n.split_whitespace().collect::<Vec<_>>().join(" "),
-                            48,
-                        )
-                    }),
-                params: Value::Object(p),
-                timeout: dur(&a.opts.timeout, "timeout")?,
-                max_attempts: a.opts.max_attempts,
-                queue: a.opts.queue.clone(),
-                priority: a.opts.priority,
-                source: "cli".into(),
-                ..Default::default()
-            }
+            prompt_item_spec(item, &at, params, opts)?
         };
         children.push(spec);
     }
-    let mut agg_params = params.clone();
-    if let Some(p) = a.prompt.clone().filter(|p| !p.trim().is_empty()) {
-        agg_params.insert("prompt".into(), json!(p));
+    Ok(children)
+}
+
+/// The fields a prompt item of a fan-out manifest may have.
+const PROMPT_ITEM_FIELDS: &[&str] = &[
+    "prompt",
+    "input_vars",
+    "name",
+    "tools",
+    "model",
+    "provider",
+    "max_turns",
+];
+
+/// The agent job a prompt item (`{"prompt": …, "input_vars": {…}}`) of a fan-out
+/// manifest stands for: the run's parameters, with the item's fields over them.
+fn prompt_item_spec(
+    item: &Value,
+    at: &str,
+    params: &serde_json::Map<String, Value>,
+    opts: &SubmitOptions,
+) -> Result<JobSpec> {
+    let Some(obj) = item.as_object() else {
+        return Err(CliError::new(format!(
+            "{at}: expected an object, got {item}"
+        )));
+    };
+    for k in obj.keys() {
+        if !PROMPT_ITEM_FIELDS.contains(&k.as_str()) {
+            return Err(CliError::new(format!("{at}: unknown field \"{k}\"")).help(
+                "a prompt item has prompt and optional input_vars, name, tools, model, max_turns",
+            ));
+        }
     }
-    let mut agg = spec_from("aggregator", Value::Object(agg_params), &a.opts)?;
-    if agg.name.is_none() {
-        agg.name = Some(format!("fan-out of {}", children.len()));
+    let mut p = params.clone();
+    for (k, v) in obj {
+        if k != "name" {
+            p.insert(k.clone(), v.clone());
+        }
     }
+    Ok(JobSpec {
+        kind: Some("agent".into()),
+        name: prompt_item_name(obj),
+        params: Value::Object(p),
+        timeout: dur(&opts.timeout, "timeout")?,
+        max_attempts: opts.max_attempts,
+        queue: opts.queue.clone(),
+        priority: opts.priority,
+        source: "cli".into(),
+        ..Default::default()
+    })
+}
+
+/// A prompt item's name: its own, else its prompt with the variables filled in, on one
+/// line and clipped.
+fn prompt_item_name(obj: &serde_json::Map<String, Value>) -> Option<String> {
+    obj.get("name")
+        .and_then(|n| n.as_str())
+        .map(str::to_string)
+        .or_else(|| {
+            obj.get("prompt")
+                .and_then(|p| p.as_str())
+                .map(|p| worker::fill_vars(p, obj.get("input_vars").and_then(|v| v.as_object())))
+        })
+        .map(|n| loops_core::text::clip(&n.split_whitespace().collect::<Vec<_>>().join(" "), 48))
+}
+
+/// Submits a fan-out's children and aggregator (or, with --dry-run, only checks them),
+/// then reports or follows the aggregator as a single submission would.
+fn submit_fanout(
+    ws: &Workspace,
+    store: &JobStore,
+    children: &[JobSpec],
+    agg: &JobSpec,
+    a: &AgentRun,
+    follow: bool,
+) -> Result {
     let now = Utc::now();
     if a.opts.dry_run {
         for (i, c) in children.iter().enumerate() {
             queue::plan(c, now).map_err(|e| CliError::new(format!("child {}: {e}", i + 1)))?;
         }
-        queue::plan(&agg, now)?;
+        queue::plan(agg, now)?;
         println!(
             "dry run: {} children and one aggregator would be submitted (nothing was written)",
             children.len()
@@ -1148,11 +1275,11 @@ pub(super) fn agent(ws: &Workspace, cmd: AgentCommand) -> Result {
     }
     let inline = follow && loops_core::daemon_lock::daemon_alive(ws).is_none();
     let shell_ok = shell_allowed_for(ws, inline);
-    let (agg_job, kids) = queue::submit_fanout(&store, &children, &agg, now, &|j: &Job| {
+    let (agg_job, kids) = queue::submit_fanout(store, children, agg, now, &|j: &Job| {
         (j.kind == JobKind::Shell && !shell_ok).then(worker::shell_refusal)
     })?;
     for k in kids.iter().filter(|k| k.kind == JobKind::Shell) {
-        audit(&store, k, shell_ok);
+        audit(store, k, shell_ok);
     }
     if !a.json {
         println!(
@@ -1163,5 +1290,5 @@ pub(super) fn agent(ws: &Workspace, cmd: AgentCommand) -> Result {
             kids.last().map(|k| k.id).unwrap_or(0)
         );
     }
-    after_submit(ws, &store, agg_job, false, follow, a.json)
+    after_submit(ws, store, agg_job, false, follow, a.json)
 }

@@ -94,64 +94,75 @@ pub(super) fn service(ws_arg: Option<&Path>, cmd: ServiceCommand) -> Result {
             }
             install(manager, &spec, &dirs)
         }
-        ServiceCommand::Status { name, json } => {
-            let manager = Manager::current()?;
-            // With --name the workspace comes from the installed file; without it, the
-            // name comes from the workspace.
-            let ws = Workspace::locate(ws_arg);
-            let name = match name {
-                Some(n) => service::check_name(&n)?,
-                None => service::default_name(&ws.as_ref().map_err(clone_ws_err)?.root),
-            };
-            let st = service::status(
-                manager,
-                &dirs,
-                &name,
-                ws.as_ref().ok().map(|w| w.root.as_path()),
-            );
-            if json {
-                println!("{}", serde_json::to_string_pretty(&st).unwrap_or_default());
-            } else {
-                print_status(&st);
-            }
-            Ok(())
-        }
-        ServiceCommand::Uninstall { name, json } => {
-            let manager = Manager::current()?;
-            let name = match name {
-                Some(n) => service::check_name(&n)?,
-                None => service::default_name(&Workspace::locate(ws_arg)?.root),
-            };
-            let r = service::uninstall(manager, &dirs, &name)?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
-                return Ok(());
-            }
-            if !r.was_installed {
-                println!(
-                    "{name} is not installed ({} does not exist); nothing to do.",
-                    r.unit_file.display()
-                );
-            } else if r.warnings.is_empty() {
-                println!(
-                    "Removed {} ({name} is stopped and disabled).",
-                    r.unit_file.display()
-                );
-            } else {
-                println!("Removed {}.", r.unit_file.display());
-            }
-            for w in &r.warnings {
-                eprintln!("warning: {w}");
-            }
-            if let Some(env) = &r.env_file_kept {
-                println!(
-                    "The env file {} is kept (it may hold keys); delete it yourself if it is no longer needed.",
-                    env.display()
-                );
-            }
-            Ok(())
-        }
+        ServiceCommand::Status { name, json } => show_status(ws_arg, &dirs, name, json),
+        ServiceCommand::Uninstall { name, json } => uninstall_service(ws_arg, &dirs, name, json),
     }
+}
+
+/// `loops service status`.
+fn show_status(ws_arg: Option<&Path>, dirs: &Dirs, name: Option<String>, json: bool) -> Result {
+    let manager = Manager::current()?;
+    // With --name the workspace comes from the installed file; without it, the
+    // name comes from the workspace.
+    let ws = Workspace::locate(ws_arg);
+    let name = match name {
+        Some(n) => service::check_name(&n)?,
+        None => service::default_name(&ws.as_ref().map_err(clone_ws_err)?.root),
+    };
+    let st = service::status(
+        manager,
+        dirs,
+        &name,
+        ws.as_ref().ok().map(|w| w.root.as_path()),
+    );
+    if json {
+        println!("{}", serde_json::to_string_pretty(&st).unwrap_or_default());
+    } else {
+        print_status(&st);
+    }
+    Ok(())
+}
+
+/// `loops service uninstall`.
+fn uninstall_service(
+    ws_arg: Option<&Path>,
+    dirs: &Dirs,
+    name: Option<String>,
+    json: bool,
+) -> Result {
+    let manager = Manager::current()?;
+    let name = match name {
+        Some(n) => service::check_name(&n)?,
+        None => service::default_name(&Workspace::locate(ws_arg)?.root),
+    };
+    let r = service::uninstall(manager, dirs, &name)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
+        return Ok(());
+    }
+    if !r.was_installed {
+        println!(
+            "{name} is not installed ({} does not exist); nothing to do.",
+            r.unit_file.display()
+        );
+    } else if r.warnings.is_empty() {
+        println!(
+            "Removed {} ({name} is stopped and disabled).",
+            r.unit_file.display()
+        );
+    } else {
+        println!("Removed {}.", r.unit_file.display());
+    }
+    for w in &r.warnings {
+        eprintln!("warning: {w}");
+    }
+    if let Some(env) = &r.env_file_kept {
+        println!(
+            "The env file {} is kept (it may hold keys); delete it yourself if it is no longer needed.",
+            env.display()
+        );
+    }
+    Ok(())
 }
 
 /// A workspace error borrowed from a `Result` we keep using, as a `CliError`.

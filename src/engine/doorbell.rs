@@ -352,79 +352,55 @@ impl Doorbell {
         cap: usize,
     ) -> (Vec<PathBuf>, Vec<Moved>) {
         let inbox = self.inbox.clone();
-        let mut claimed = Vec::new();
-        let mut claims = Vec::new();
-        let mut rejected = Vec::new();
-        let mut reject = |p: &std::path::Path, id: &str, why: &str| match inbox.reject(p, why, now)
-        {
-            Ok(to) => {
-                tracing::warn!(handoff = %id, "rejected {}: {why} (see {})", p.display(), inbox.error_note(&to).display());
-                rejected.push(Moved {
-                    id: id.to_string(),
-                    paths: vec![p.to_path_buf(), inbox.error_note(&to), to],
-                });
-            }
-            Err(err) => tracing::error!("cannot reject {}: {err}", p.display()),
+        let mut c = Claiming {
+            inbox: &inbox,
+            now,
+            claimed: Vec::new(),
+            claims: Vec::new(),
+            rejected: Vec::new(),
+            taken: None,
         };
-        let mut taken: Option<std::collections::HashSet<String>> = None;
         for p in inbox.pending() {
-            if claimed.len() >= cap {
+            if c.claimed.len() >= cap {
                 self.wanted = true;
                 break;
             }
             if inbox.still_written(&p) {
                 // Its writer's close is not an event the watcher passes on: look again soon.
-                let at = now + chrono_ms(STILL_WRITTEN_RETRY);
-                self.retry_at = Some(self.retry_at.map_or(at, |r| r.min(at)));
+                self.look_again_at(now + chrono_ms(STILL_WRITTEN_RETRY));
                 continue;
             }
             match inbox.load(&p) {
-                Ok(h) if h.to == "main" => {
-                    // Every path it names is checked now, in its writer's scope: a
-                    // handoff is a stranger's text until the runner says who wrote it.
-                    if let Err(why) =
-                        loops_agent::sandbox::check_handoff_paths(&inbox.workspace, &h)
-                    {
-                        reject(&p, &h.id, &why);
-                        continue;
-                    }
-                    let taken = taken.get_or_insert_with(|| inbox.taken_ids());
-                    match inbox.claim_unique(&p, &h, taken) {
-                        Ok(Some((a, h))) => {
-                            claims.push(Moved {
-                                id: h.id,
-                                paths: vec![p.clone(), a.clone()],
-                            });
-                            claimed.push(a);
-                        }
-                        Ok(None) => {}
-                        Err(e) => reject(&p, &h.id, &e.to_string()),
-                    }
-                }
+                Ok(h) if h.to == "main" => c.claim(&p, &h),
                 Ok(h) => {
                     if self.not_for_main.insert(p.clone()) {
                         tracing::info!(handoff = %h.id, to = %h.to, "handoff is addressed to `{}`, not the main session: left in the inbox", h.to);
                     }
                 }
                 Err(e) => {
-                    let young = std::fs::metadata(&p)
-                        .and_then(|m| m.modified())
-                        .ok()
-                        .and_then(|t| t.elapsed().ok())
-                        .is_some_and(|age| age < loops_core::handoff::SETTLE);
-                    if young {
+                    if settling(&p) {
                         // Perhaps still being written in place: look again once it settles.
-                        let at = now + chrono_ms(loops_core::handoff::SETTLE);
-                        self.retry_at = Some(self.retry_at.map_or(at, |r| r.min(at)));
+                        self.look_again_at(now + chrono_ms(loops_core::handoff::SETTLE));
                     } else {
                         let name = p.file_stem().unwrap_or_default().to_string_lossy();
-                        reject(&p, &name, &e.to_string());
+                        c.reject(&p, &name, &e.to_string());
                     }
                 }
             }
         }
+        let Claiming {
+            claimed,
+            claims,
+            rejected,
+            ..
+        } = c;
         self.commit_moves(ctx, "rejected", rejected);
         (claimed, claims)
+    }
+
+    /// Rings again by `at` at the latest.
+    fn look_again_at(&mut self, at: DateTime<Utc>) {
+        self.retry_at = Some(self.retry_at.map_or(at, |r| r.min(at)));
     }
 
     /// A wake ended: said, and the next one planned (at once if more waits, after
@@ -512,6 +488,70 @@ fn reanchored(
     instead: DateTime<Utc>,
 ) -> Option<DateTime<Utc>> {
     t.map(|t| if t > now + longest { instead } else { t })
+}
+
+/// Whether the file `p` was modified less than [`loops_core::handoff::SETTLE`] ago.
+fn settling(p: &std::path::Path) -> bool {
+    std::fs::metadata(p)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .is_some_and(|age| age < loops_core::handoff::SETTLE)
+}
+
+/// What one claim of the pending handoffs has done so far.
+struct Claiming<'a> {
+    inbox: &'a loops_core::handoff::Inbox,
+    now: DateTime<Utc>,
+    /// The claimed files in `active/`.
+    claimed: Vec<PathBuf>,
+    /// The claims, to commit before the wake starts.
+    claims: Vec<Moved>,
+    /// The handoffs rejected, to commit at once.
+    rejected: Vec<Moved>,
+    /// The ids handoffs already have, read at the first claim.
+    taken: Option<HashSet<String>>,
+}
+
+impl Claiming<'_> {
+    /// Claims the pending handoff `p` for main under an id no other handoff has, or
+    /// rejects it.
+    fn claim(&mut self, p: &std::path::Path, h: &loops_core::handoff::Handoff) {
+        // Every path it names is checked now, in its writer's scope: a
+        // handoff is a stranger's text until the runner says who wrote it.
+        if let Err(why) = loops_agent::sandbox::check_handoff_paths(&self.inbox.workspace, h) {
+            self.reject(p, &h.id, &why);
+            return;
+        }
+        let inbox = self.inbox;
+        let taken = self.taken.get_or_insert_with(|| inbox.taken_ids());
+        match inbox.claim_unique(p, h, taken) {
+            Ok(Some((a, h))) => {
+                self.claims.push(Moved {
+                    id: h.id,
+                    paths: vec![p.to_path_buf(), a.clone()],
+                });
+                self.claimed.push(a);
+            }
+            Ok(None) => {}
+            Err(e) => self.reject(p, &h.id, &e.to_string()),
+        }
+    }
+
+    /// Moves the pending handoff `p` to `rejected/` with a note saying why.
+    fn reject(&mut self, p: &std::path::Path, id: &str, why: &str) {
+        let inbox = self.inbox;
+        match inbox.reject(p, why, self.now) {
+            Ok(to) => {
+                tracing::warn!(handoff = %id, "rejected {}: {why} (see {})", p.display(), inbox.error_note(&to).display());
+                self.rejected.push(Moved {
+                    id: id.to_string(),
+                    paths: vec![p.to_path_buf(), inbox.error_note(&to), to],
+                });
+            }
+            Err(err) => tracing::error!("cannot reject {}: {err}", p.display()),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -196,70 +196,76 @@ pub fn wake_message(kind: WakeKind, handoffs: &[(Handoff, PathBuf)], ws_root: &P
         }
     };
     for (h, path) in handoffs {
-        let rel = path
-            .strip_prefix(ws_root)
-            .unwrap_or(path)
-            .display()
-            .to_string();
-        s.push_str(&format!(
-            "\n\n---\n## Handoff {}\n\n- file: {rel}\n- from: {}\n- priority: {}\n",
-            h.id,
-            h.author(),
-            h.priority.as_str()
-        ));
-        if let Some(c) = h.created {
-            s.push_str(&format!("- created: {}\n", c.to_rfc3339()));
-        }
-        if let Some(d) = h.due {
-            s.push_str(&format!("- due: {}\n", d.to_rfc3339()));
-        }
-        if let Some(f) = &h.flagged {
-            s.push_str(&format!("- flagged: {f}\n"));
-        }
-        if !h.tags.is_empty() {
-            s.push_str(&format!("- tags: {}\n", h.tags.join(", ")));
-        }
-        // The body is at most limits.max_handoff_bytes, which is still far more than a
-        // model should get unasked: past this much it reads the file itself.
-        let body = h.body.trim();
-        let body = if body.len() > context::MAX_FILE_BYTES {
-            format!(
-                "{}\n\n[… the body is {} bytes; read {rel} for the rest]",
-                loops_core::text::clip(body, context::MAX_FILE_BYTES),
-                body.len()
-            )
-        } else {
-            body.to_string()
-        };
-        s.push_str(&format!("\n# {}\n\n{body}\n", h.title));
-        if !h.checklist.is_empty() {
-            s.push_str("\nChecklist (tick each with tick_item when done):\n");
-            for (i, item) in h.checklist.iter().enumerate() {
-                s.push_str(&format!(
-                    "{}. [{}] {}{}\n",
-                    i + 1,
-                    if item.checked { "x" } else { " " },
-                    item.text,
-                    if item.optional { " (optional)" } else { "" }
-                ));
-            }
-        }
-        if let Some(d) = &h.draft {
-            // Only what the clip keeps is read: a draft of gigabytes costs no memory. The
-            // path is checked again now, in its writer's scope, and opened beneath the root.
-            let max = context::MAX_FILE_BYTES as u64 + 4;
-            match loops_agent::sandbox::read_draft(ws_root, h, max)
-                .map(|d| d.map(|(t, _)| t).unwrap_or_default())
-            {
-                Ok(t) => s.push_str(&format!(
-                    "\nDraft `{d}`:\n\n```markdown\n{}\n```\n",
-                    loops_core::text::clip(t.trim_end(), context::MAX_FILE_BYTES)
-                )),
-                Err(e) => s.push_str(&format!("\nDraft `{d}`: cannot be read ({e})\n")),
-            }
-        }
+        push_handoff(&mut s, h, path, ws_root);
     }
     s
+}
+
+/// Appends one claimed handoff to a wake's text: its facts, title, body, checklist and
+/// draft.
+fn push_handoff(s: &mut String, h: &Handoff, path: &Path, ws_root: &Path) {
+    let rel = path
+        .strip_prefix(ws_root)
+        .unwrap_or(path)
+        .display()
+        .to_string();
+    s.push_str(&format!(
+        "\n\n---\n## Handoff {}\n\n- file: {rel}\n- from: {}\n- priority: {}\n",
+        h.id,
+        h.author(),
+        h.priority.as_str()
+    ));
+    if let Some(c) = h.created {
+        s.push_str(&format!("- created: {}\n", c.to_rfc3339()));
+    }
+    if let Some(d) = h.due {
+        s.push_str(&format!("- due: {}\n", d.to_rfc3339()));
+    }
+    if let Some(f) = &h.flagged {
+        s.push_str(&format!("- flagged: {f}\n"));
+    }
+    if !h.tags.is_empty() {
+        s.push_str(&format!("- tags: {}\n", h.tags.join(", ")));
+    }
+    // The body is at most limits.max_handoff_bytes, which is still far more than a
+    // model should get unasked: past this much it reads the file itself.
+    let body = h.body.trim();
+    let body = if body.len() > context::MAX_FILE_BYTES {
+        format!(
+            "{}\n\n[… the body is {} bytes; read {rel} for the rest]",
+            loops_core::text::clip(body, context::MAX_FILE_BYTES),
+            body.len()
+        )
+    } else {
+        body.to_string()
+    };
+    s.push_str(&format!("\n# {}\n\n{body}\n", h.title));
+    if !h.checklist.is_empty() {
+        s.push_str("\nChecklist (tick each with tick_item when done):\n");
+        for (i, item) in h.checklist.iter().enumerate() {
+            s.push_str(&format!(
+                "{}. [{}] {}{}\n",
+                i + 1,
+                if item.checked { "x" } else { " " },
+                item.text,
+                if item.optional { " (optional)" } else { "" }
+            ));
+        }
+    }
+    if let Some(d) = &h.draft {
+        // Only what the clip keeps is read: a draft of gigabytes costs no memory. The
+        // path is checked again now, in its writer's scope, and opened beneath the root.
+        let max = context::MAX_FILE_BYTES as u64 + 4;
+        match loops_agent::sandbox::read_draft(ws_root, h, max)
+            .map(|d| d.map(|(t, _)| t).unwrap_or_default())
+        {
+            Ok(t) => s.push_str(&format!(
+                "\nDraft `{d}`:\n\n```markdown\n{}\n```\n",
+                loops_core::text::clip(t.trim_end(), context::MAX_FILE_BYTES)
+            )),
+            Err(e) => s.push_str(&format!("\nDraft `{d}`: cannot be read ({e})\n")),
+        }
+    }
 }
 
 /// What a wake on a model produced.

@@ -662,14 +662,7 @@ fn search_files_inner(sb: &Sandbox, input: &Value) -> Res<ToolOk> {
     let path = root_if_empty(a.opt_str("path")?);
     let glob = a.opt_str("glob")?.filter(|g| !g.trim().is_empty());
     let re = regex::Regex::new(pattern).map_err(|e| FileToolError::Regex(e.to_string()))?;
-    let glob_re = glob
-        .map(|g| {
-            super::glob::glob_regex(g).map_err(|why| FileToolError::Glob {
-                glob: g.to_string(),
-                why,
-            })
-        })
-        .transpose()?;
+    let glob = glob.map(FileGlob::new).transpose()?;
     let abs = sb.resolve(path, Access::Read)?;
     let shown = sb.relative(&abs);
     let md = fs::metadata(&abs).map_err(|e| {
@@ -687,47 +680,11 @@ fn search_files_inner(sb: &Sandbox, input: &Value) -> Res<ToolOk> {
         }
     })?;
 
-    // Files are searched as the walk finds them, so a capped search stops walking too.
     let mut hits = Hits::default();
     if md.is_file() {
         hits.search(sb, &re, &abs, &shown, md.len());
     } else {
-        let mut walk = walkdir::WalkDir::new(&abs)
-            .min_depth(1)
-            .follow_links(false)
-            .sort_by_file_name()
-            .into_iter();
-        while let Some(entry) = walk.next() {
-            if hits.capped {
-                break;
-            }
-            let Ok(entry) = entry else { continue };
-            let rel = sb.relative(entry.path());
-            if !visible(sb, &entry, &rel) {
-                if entry.file_type().is_dir() {
-                    walk.skip_current_dir();
-                }
-                continue;
-            }
-            if !entry.file_type().is_file() {
-                continue;
-            }
-            if let Some(g) = &glob_re {
-                let subject = if glob.is_some_and(|g| g.contains('/')) {
-                    rel.as_str()
-                } else {
-                    entry.file_name().to_str().unwrap_or("")
-                };
-                if !g.is_match(subject) {
-                    continue;
-                }
-            }
-            let len = entry.metadata().map(|m| m.len()).unwrap_or(u64::MAX);
-            // Read by its real name beneath the root: the walk's name may be stale.
-            if let Ok(real) = sb.resolve(&rel, Access::Read) {
-                hits.search(sb, &re, &real, &rel, len);
-            }
-        }
+        hits.search_tree(sb, &re, &abs, glob.as_ref());
     }
     let Hits {
         lines: out,
@@ -753,6 +710,35 @@ fn search_files_inner(sb: &Sandbox, input: &Value) -> Res<ToolOk> {
     Ok(ToolOk::text(text))
 }
 
+/// The `glob` of a search: a file-name pattern (`*.md`), or a path pattern from the
+/// root when it holds a `/` (`domains/**/state.md`).
+struct FileGlob {
+    re: regex::Regex,
+    on_path: bool,
+}
+
+impl FileGlob {
+    fn new(glob: &str) -> Res<FileGlob> {
+        let re = super::glob::glob_regex(glob).map_err(|why| FileToolError::Glob {
+            glob: glob.to_string(),
+            why,
+        })?;
+        Ok(FileGlob {
+            re,
+            on_path: glob.contains('/'),
+        })
+    }
+
+    fn matches(&self, entry: &walkdir::DirEntry, rel: &str) -> bool {
+        let subject = if self.on_path {
+            rel
+        } else {
+            entry.file_name().to_str().unwrap_or("")
+        };
+        self.re.is_match(subject)
+    }
+}
+
 /// What a search found so far.
 #[derive(Default)]
 struct Hits {
@@ -762,6 +748,47 @@ struct Hits {
 }
 
 impl Hits {
+    /// Searches the text files below the folder `abs` (those `glob` matches), in the
+    /// order of the walk.
+    fn search_tree(
+        &mut self,
+        sb: &Sandbox,
+        re: &regex::Regex,
+        abs: &Path,
+        glob: Option<&FileGlob>,
+    ) {
+        // Files are searched as the walk finds them, so a capped search stops walking too.
+        let mut walk = walkdir::WalkDir::new(abs)
+            .min_depth(1)
+            .follow_links(false)
+            .sort_by_file_name()
+            .into_iter();
+        while let Some(entry) = walk.next() {
+            if self.capped {
+                break;
+            }
+            let Ok(entry) = entry else { continue };
+            let rel = sb.relative(entry.path());
+            if !visible(sb, &entry, &rel) {
+                if entry.file_type().is_dir() {
+                    walk.skip_current_dir();
+                }
+                continue;
+            }
+            if !entry.file_type().is_file() {
+                continue;
+            }
+            if glob.is_some_and(|g| !g.matches(&entry, &rel)) {
+                continue;
+            }
+            let len = entry.metadata().map(|m| m.len()).unwrap_or(u64::MAX);
+            // Read by its real name beneath the root: the walk's name may be stale.
+            if let Ok(real) = sb.resolve(&rel, Access::Read) {
+                self.search(sb, re, &real, &rel, len);
+            }
+        }
+    }
+
     /// Adds one file's matching lines; files too large, unreadable or not text are
     /// passed over (a search answers about the text files it could read).
     fn search(&mut self, sb: &Sandbox, re: &regex::Regex, file: &Path, rel: &str, len: u64) {

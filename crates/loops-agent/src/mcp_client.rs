@@ -614,27 +614,7 @@ impl McpPool {
         cwd: Option<&Path>,
     ) -> Result<Conn, McpClientError> {
         let server = &cfg.name;
-        let mut env = loops_core::exec::base_env();
-        env.extend(
-            EXTRA_ENV
-                .iter()
-                .filter_map(|k| loops_core::secrets::var(k).ok().map(|v| (k.to_string(), v))),
-        );
-        for var in env_names {
-            match loops_core::secrets::var(var) {
-                Ok(v) => {
-                    env.retain(|(k, _)| k != var);
-                    env.push((var.clone(), v));
-                }
-                Err(_) => {
-                    return Err(McpClientError::MissingEnv {
-                        server: server.clone(),
-                        var: var.clone(),
-                        key: "env".into(),
-                    })
-                }
-            }
-        }
+        let env = server_env(server, env_names)?;
         let dir = self.dir();
         let cwd = match cwd {
             Some(c) => self.root.join(c),
@@ -656,38 +636,9 @@ impl McpPool {
         let log = loops_core::fsutil::open_append(&log_path)
             .map_err(|e| spawn_err(format!("cannot open {}: {e}", log_path.display())))?;
         let log_start = log.metadata().map(|m| m.len()).unwrap_or(0);
-        let mut cmd = tokio::process::Command::new(command);
-        cmd.args(args)
-            .current_dir(&cwd)
-            .env_clear()
-            .envs(env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            // Through loops, not straight to the file: a server that prints its
-            // environment must not write its token into the log (src/secrets.rs).
-            .stderr(Stdio::piped())
-            // Its own group: a terminal's Ctrl-C is ours to handle, and stopping it
-            // stops whatever it started (npx, a wrapper script) too.
-            .process_group(0)
-            .kill_on_drop(true);
-        // If the runner dies without stopping it (SIGKILL, a crash), so does the
-        // server, instead of living on as an orphan. The signal follows the thread
-        // that spawned it: a runtime worker (or the main thread), which lives as long
-        // as the process (nothing here spawns from tokio's short-lived blocking pool).
-        #[cfg(target_os = "linux")]
-        loops_core::sys::kill_child_with_parent(cmd.as_std_mut());
-        let mut child = cmd.spawn().map_err(|e| {
-            spawn_err(match e.kind() {
-                std::io::ErrorKind::NotFound => format!(
-                    "`{command}` was not found (relative paths are resolved in {}; programs are looked up in PATH)",
-                    cwd.display()
-                ),
-                std::io::ErrorKind::PermissionDenied => {
-                    format!("`{command}`: permission denied (is it executable? chmod +x)")
-                }
-                _ => format!("`{command}`: {e}"),
-            })
-        })?;
+        let mut child = server_command(command, args, &cwd, &env)
+            .spawn()
+            .map_err(|e| spawn_err(not_started(command, &cwd, &e)))?;
         let pid = child.id();
         let pump = child
             .stderr
@@ -702,43 +653,144 @@ impl McpPool {
         let (handler, flag) = handler();
         let handshake =
             tokio::time::timeout(cfg.startup_timeout, handler.serve((stdout, stdin))).await;
+        let starting = Starting {
+            server: server.clone(),
+            child,
+            pid,
+            pump,
+            log_path,
+            log_start,
+        };
         match handshake {
-            Ok(Ok(service)) => Ok(Conn::new(service, Some(child), flag)),
-            Ok(Err(e)) => {
-                // It may still be on its way out: a moment lets the error say how it ended.
-                let mut status = None;
-                for _ in 0..20 {
-                    if let Ok(Some(s)) = child.try_wait() {
-                        status = Some(s);
-                        break;
-                    }
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                kill_group(pid, loops_core::sys::Signal::KILL);
-                let _ = child.start_kill();
-                let tail = pumped_tail(pump, &log_path, log_start).await;
-                Err(match status {
-                    Some(s) => McpClientError::ExitedAtStart {
-                        server: server.clone(),
-                        status: describe_exit(s),
-                        tail,
-                    },
-                    None => McpClientError::Handshake {
-                        server: server.clone(),
-                        reason: e.to_string(),
-                        tail,
-                    },
-                })
+            Ok(Ok(service)) => Ok(Conn::new(service, Some(starting.child), flag)),
+            Ok(Err(e)) => Err(starting.refused(e.to_string()).await),
+            Err(_) => Err(starting.timed_out(cfg.startup_timeout).await),
+        }
+    }
+}
+
+/// The environment of a stdio server: the runner's allow-listed variables, the extra
+/// ones servers commonly need, and the variables its `env` names (each must be set).
+fn server_env(server: &str, env_names: &[String]) -> Result<Vec<(String, String)>, McpClientError> {
+    let mut env = loops_core::exec::base_env();
+    env.extend(
+        EXTRA_ENV
+            .iter()
+            .filter_map(|k| loops_core::secrets::var(k).ok().map(|v| (k.to_string(), v))),
+    );
+    for var in env_names {
+        match loops_core::secrets::var(var) {
+            Ok(v) => {
+                env.retain(|(k, _)| k != var);
+                env.push((var.clone(), v));
             }
             Err(_) => {
-                kill_group(pid, loops_core::sys::Signal::KILL);
-                let _ = child.start_kill();
-                Err(McpClientError::StartTimeout {
-                    server: server.clone(),
-                    after: format_duration(cfg.startup_timeout),
-                    tail: pumped_tail(pump, &log_path, log_start).await,
+                return Err(McpClientError::MissingEnv {
+                    server: server.to_string(),
+                    var: var.clone(),
+                    key: "env".into(),
                 })
             }
+        }
+    }
+    Ok(env)
+}
+
+/// The command that starts a stdio server: piped, in a process group of its own, with
+/// only `env`.
+fn server_command(
+    command: &str,
+    args: &[String],
+    cwd: &Path,
+    env: &[(String, String)],
+) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(command);
+    cmd.args(args)
+        .current_dir(cwd)
+        .env_clear()
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        // Through loops, not straight to the file: a server that prints its
+        // environment must not write its token into the log (src/secrets.rs).
+        .stderr(Stdio::piped())
+        // Its own group: a terminal's Ctrl-C is ours to handle, and stopping it
+        // stops whatever it started (npx, a wrapper script) too.
+        .process_group(0)
+        .kill_on_drop(true);
+    // If the runner dies without stopping it (SIGKILL, a crash), so does the
+    // server, instead of living on as an orphan. The signal follows the thread
+    // that spawned it: a runtime worker (or the main thread), which lives as long
+    // as the process (nothing here spawns from tokio's short-lived blocking pool).
+    #[cfg(target_os = "linux")]
+    loops_core::sys::kill_child_with_parent(cmd.as_std_mut());
+    cmd
+}
+
+/// Why a stdio server's command could not be started, with what to check.
+fn not_started(command: &str, cwd: &Path, e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::NotFound => format!(
+            "`{command}` was not found (relative paths are resolved in {}; programs are looked up in PATH)",
+            cwd.display()
+        ),
+        std::io::ErrorKind::PermissionDenied => {
+            format!("`{command}`: permission denied (is it executable? chmod +x)")
+        }
+        _ => format!("`{command}`: {e}"),
+    }
+}
+
+/// A stdio server spawned but not yet through its handshake.
+struct Starting {
+    server: String,
+    child: tokio::process::Child,
+    pid: Option<u32>,
+    /// The task copying its stderr into its log.
+    pump: Option<tokio::task::JoinHandle<()>>,
+    log_path: PathBuf,
+    /// Where this start's part of the log begins.
+    log_start: u64,
+}
+
+impl Starting {
+    /// The handshake failed: stops the server and says how it ended, with the last of
+    /// what it printed.
+    async fn refused(mut self, reason: String) -> McpClientError {
+        // It may still be on its way out: a moment lets the error say how it ended.
+        let mut status = None;
+        for _ in 0..20 {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                status = Some(s);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        kill_group(self.pid, loops_core::sys::Signal::KILL);
+        let _ = self.child.start_kill();
+        let tail = pumped_tail(self.pump, &self.log_path, self.log_start).await;
+        match status {
+            Some(s) => McpClientError::ExitedAtStart {
+                server: self.server,
+                status: describe_exit(s),
+                tail,
+            },
+            None => McpClientError::Handshake {
+                server: self.server,
+                reason,
+                tail,
+            },
+        }
+    }
+
+    /// No handshake within `after`: stops the server.
+    async fn timed_out(mut self, after: Duration) -> McpClientError {
+        kill_group(self.pid, loops_core::sys::Signal::KILL);
+        let _ = self.child.start_kill();
+        McpClientError::StartTimeout {
+            server: self.server,
+            after: format_duration(after),
+            tail: pumped_tail(self.pump, &self.log_path, self.log_start).await,
         }
     }
 }

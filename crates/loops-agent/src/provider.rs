@@ -204,33 +204,10 @@ impl HttpProvider {
     }
 
     async fn attempt(&self, body: Vec<u8>, key: Option<&str>, timeout: Duration) -> Attempt {
-        let mut headers = HeaderMap::new();
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        if let Some(key) = key {
-            let value = match self.cfg.kind {
-                ProviderKind::Anthropic => HeaderValue::from_str(key),
-                _ => HeaderValue::from_str(&format!("Bearer {key}")),
-            };
-            let Ok(mut value) = value else {
-                return Attempt::Fatal(ProviderError::Client(format!(
-                    "the API key in ${} is not a valid HTTP header value",
-                    self.cfg.api_key_env.as_deref().unwrap_or("?")
-                )));
-            };
-            value.set_sensitive(true);
-            let name = match self.cfg.kind {
-                ProviderKind::Anthropic => "x-api-key",
-                _ => "authorization",
-            };
-            headers.insert(name, value);
-        }
-        if self.cfg.kind == ProviderKind::Anthropic {
-            headers.insert(
-                "anthropic-version",
-                HeaderValue::from_static(ANTHROPIC_VERSION),
-            );
-        }
-
+        let headers = match self.headers(key) {
+            Ok(h) => h,
+            Err(e) => return Attempt::Fatal(e),
+        };
         let sent = self
             .client
             .post(&self.endpoint)
@@ -270,11 +247,54 @@ impl HttpProvider {
                 }
             }
         };
+        self.answer(status, asked, &bytes, key)
+    }
 
+    /// The headers of a request: JSON, the API key as this provider's kind expects it,
+    /// and Anthropic's API version.
+    fn headers(&self, key: Option<&str>) -> Result<HeaderMap, ProviderError> {
+        let mut headers = HeaderMap::new();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        if let Some(key) = key {
+            let value = match self.cfg.kind {
+                ProviderKind::Anthropic => HeaderValue::from_str(key),
+                _ => HeaderValue::from_str(&format!("Bearer {key}")),
+            };
+            let Ok(mut value) = value else {
+                return Err(ProviderError::Client(format!(
+                    "the API key in ${} is not a valid HTTP header value",
+                    self.cfg.api_key_env.as_deref().unwrap_or("?")
+                )));
+            };
+            value.set_sensitive(true);
+            let name = match self.cfg.kind {
+                ProviderKind::Anthropic => "x-api-key",
+                _ => "authorization",
+            };
+            headers.insert(name, value);
+        }
+        if self.cfg.kind == ProviderKind::Anthropic {
+            headers.insert(
+                "anthropic-version",
+                HeaderValue::from_static(ANTHROPIC_VERSION),
+            );
+        }
+        Ok(headers)
+    }
+
+    /// What a response means: the reply, a failure worth retrying (408, 429, 5xx, after
+    /// the wait the server `asked` for), or a refusal; the key never shows in a message.
+    fn answer(
+        &self,
+        status: reqwest::StatusCode,
+        asked: Option<Duration>,
+        bytes: &[u8],
+        key: Option<&str>,
+    ) -> Attempt {
         if status.is_success() {
             let parsed = match self.cfg.kind {
-                ProviderKind::Anthropic => anthropic::parse_reply(&bytes),
-                _ => openai::parse_reply(&bytes),
+                ProviderKind::Anthropic => anthropic::parse_reply(bytes),
+                _ => openai::parse_reply(bytes),
             };
             return match parsed {
                 Ok(reply) => Attempt::Done(reply),
@@ -286,8 +306,8 @@ impl HttpProvider {
         }
         let message = scrub(
             match self.cfg.kind {
-                ProviderKind::Anthropic => anthropic::error_message(&bytes),
-                _ => openai::error_message(&bytes),
+                ProviderKind::Anthropic => anthropic::error_message(bytes),
+                _ => openai::error_message(bytes),
             },
             key,
         );

@@ -492,6 +492,46 @@ impl ToolKit {
     }
 
     async fn create_handoff(&mut self, input: &Value) -> ToolResult {
+        let n = self.new_handoff(input)?;
+        self.guard_handoff(&n).await?;
+        let inbox = Inbox::of(&self.env.ws);
+        if let Some(d) = &n.draft {
+            // The draft must be one the sandbox lets this run read.
+            self.env.sandbox.resolve(d, Access::Read)?;
+            inbox
+                .check_draft(d)
+                .map_err(|e| ToolError::new(format!("{e}; save it first with save_draft")))?;
+        }
+        // Refused here rather than cut later: the model can move the text into a draft.
+        let size = loops_core::handoff::render(&n, chrono::Utc::now()).1.len() as u64;
+        inbox.check_size("this handoff", size).map_err(|e| {
+            ToolError::new(format!(
+                "{e}. Nothing was written: save the long text with save_draft and hand off a short note naming it in `draft`"
+            ))
+        })?;
+        let ws = self.env.ws.clone();
+        let committer = self.env.committer.clone();
+        let made = tokio::task::spawn_blocking(move || {
+            loops_core::handoff::create_committed(&ws, committer.as_ref(), &n)
+        })
+        .await
+        .ok()
+        .flatten();
+        match made {
+            Some(id) => {
+                let marker = self.env.ws.layout().handoff_run(&self.env.run_id);
+                let _ = loops_core::fsutil::atomic_replace(&marker, id.as_bytes());
+                self.handoffs.push(id.clone());
+                Ok(ToolOk::text(format!("handed off as {id}")))
+            }
+            None => Err(ToolError::new(
+                "the handoff could not be written (see the runner's log); try again",
+            )),
+        }
+    }
+
+    /// The handoff `create_handoff`'s input describes, from this run's loop.
+    fn new_handoff(&self, input: &Value) -> Result<NewHandoff, ToolError> {
         let title = str_arg(input, "title")?.trim().to_string();
         if title.is_empty() {
             return Err(ToolError::new(
@@ -521,47 +561,9 @@ impl ToolKit {
                 .collect::<Result<Vec<_>, _>>()?,
             Some(_) => return Err(ToolError::new("`items` must be a list of strings")),
         };
-        let to = to.trim().to_string();
-        {
-            // Whoever it is for, a handoff carries text a model wrote after reading
-            // strangers' text: the guard reads it before it exists anywhere.
-            let whole = format!("{title}\n{body}\n{}", items.join("\n"));
-            if let Err(b) = self.env.guard.check(&whole) {
-                let handoff = self
-                    .poster
-                    .handoff_blocked(
-                        &self.env.loop_name,
-                        &self.env.run_id,
-                        &format!("handoff to `{to}`"),
-                        &format!("handoff:{to}"),
-                        &b,
-                        &self.env.guard.redact(&whole),
-                    )
-                    .await;
-                self.deliveries.push(DeliveryNote {
-                    channel: format!("handoff:{to}"),
-                    key: String::new(),
-                    status: "blocked".into(),
-                    rule: Some(b.rule.clone()),
-                    error: None,
-                    handoff,
-                });
-                return Err(ToolError::new(format!(
-                    "{b}. The handoff to `{to}` was not written. Take that information out, or hand it to the main session instead"
-                )));
-            }
-        }
-        let inbox = Inbox::of(&self.env.ws);
-        if let Some(d) = &draft {
-            // The draft must be one the sandbox lets this run read.
-            self.env.sandbox.resolve(d, Access::Read)?;
-            inbox
-                .check_draft(d)
-                .map_err(|e| ToolError::new(format!("{e}; save it first with save_draft")))?;
-        }
-        let n = NewHandoff {
+        Ok(NewHandoff {
             from: self.env.loop_name.clone(),
-            to,
+            to: to.trim().to_string(),
             title,
             priority,
             run: Some(self.env.run_id.clone()),
@@ -569,33 +571,41 @@ impl ToolKit {
             body,
             items,
             ..Default::default()
-        };
-        // Refused here rather than cut later: the model can move the text into a draft.
-        let size = loops_core::handoff::render(&n, chrono::Utc::now()).1.len() as u64;
-        inbox.check_size("this handoff", size).map_err(|e| {
-            ToolError::new(format!(
-                "{e}. Nothing was written: save the long text with save_draft and hand off a short note naming it in `draft`"
-            ))
-        })?;
-        let ws = self.env.ws.clone();
-        let committer = self.env.committer.clone();
-        let made = tokio::task::spawn_blocking(move || {
-            loops_core::handoff::create_committed(&ws, committer.as_ref(), &n)
         })
-        .await
-        .ok()
-        .flatten();
-        match made {
-            Some(id) => {
-                let marker = self.env.ws.layout().handoff_run(&self.env.run_id);
-                let _ = loops_core::fsutil::atomic_replace(&marker, id.as_bytes());
-                self.handoffs.push(id.clone());
-                Ok(ToolOk::text(format!("handed off as {id}")))
-            }
-            None => Err(ToolError::new(
-                "the handoff could not be written (see the runner's log); try again",
-            )),
-        }
+    }
+
+    /// Refuses a handoff the never-share guard stops: the main session is told (with what
+    /// matched taken out) and the blocked delivery is recorded.
+    async fn guard_handoff(&mut self, n: &NewHandoff) -> Result<(), ToolError> {
+        let to = &n.to;
+        // Whoever it is for, a handoff carries text a model wrote after reading
+        // strangers' text: the guard reads it before it exists anywhere.
+        let whole = format!("{}\n{}\n{}", n.title, n.body, n.items.join("\n"));
+        let Err(b) = self.env.guard.check(&whole) else {
+            return Ok(());
+        };
+        let handoff = self
+            .poster
+            .handoff_blocked(
+                &self.env.loop_name,
+                &self.env.run_id,
+                &format!("handoff to `{to}`"),
+                &format!("handoff:{to}"),
+                &b,
+                &self.env.guard.redact(&whole),
+            )
+            .await;
+        self.deliveries.push(DeliveryNote {
+            channel: format!("handoff:{to}"),
+            key: String::new(),
+            status: "blocked".into(),
+            rule: Some(b.rule.clone()),
+            error: None,
+            handoff,
+        });
+        Err(ToolError::new(format!(
+            "{b}. The handoff to `{to}` was not written. Take that information out, or hand it to the main session instead"
+        )))
     }
 
     fn claimed(&self, id: &str) -> Result<&Claimed, ToolError> {

@@ -778,31 +778,10 @@ impl Poster {
         body: &str,
         limit: Duration,
     ) -> Attempt {
-        let Some(var) = &c.url_env else {
-            return Attempt::Permanent("the channel has no url_env".into());
+        let (url, var) = match webhook_url(c, rec) {
+            Ok(u) => u,
+            Err(a) => return a,
         };
-        let url = match crate::secrets::var(var) {
-            Ok(u) if !u.trim().is_empty() => u.trim().to_string(),
-            _ => {
-                return Attempt::Permanent(format!(
-                    "{var} is not set: export it with the {} webhook URL (for a service, in its environment file)",
-                    c.kind.as_str()
-                ))
-            }
-        };
-        let mut url = match reqwest::Url::parse(&url) {
-            Ok(u) if matches!(u.scheme(), "http" | "https") => u,
-            _ => {
-                return Attempt::Permanent(format!(
-                    "{var} does not hold an http(s) URL; set it to the webhook URL"
-                ))
-            }
-        };
-        if c.kind == ChannelKind::Discord {
-            if let Some(t) = &rec.thread {
-                url.query_pairs_mut().append_pair("thread_id", t);
-            }
-        }
         let client = match reqwest::Client::builder()
             .timeout(limit)
             .redirect(reqwest::redirect::Policy::limited(3))
@@ -817,40 +796,10 @@ impl Poster {
             .header("content-type", "application/json")
             .header("idempotency-key", rec.key.as_str());
         if c.kind == ChannelKind::Webhook {
-            let ts = Utc::now().timestamp().to_string();
-            req = req
-                .header("x-loops-delivery", rec.key.as_str())
-                .header("x-loops-timestamp", ts);
-            if let Some(senv) = &c.secret_env {
-                match crate::secrets::var(senv) {
-                    Ok(secret) if !secret.is_empty() => {
-                        req = req.header(
-                            c.signature_header.as_str(),
-                            format!(
-                                "sha256={}",
-                                hmac_sha256_hex(secret.as_bytes(), body.as_bytes())
-                            ),
-                        );
-                    }
-                    _ => {
-                        return Attempt::Permanent(format!(
-                            "{senv} is not set: export the signing secret (channels.{}.secret_env)",
-                            c.name
-                        ))
-                    }
-                }
-            }
-            for (h, env) in &c.headers {
-                match crate::secrets::var(env) {
-                    Ok(v) => req = req.header(h.as_str(), v),
-                    Err(_) => {
-                        return Attempt::Permanent(format!(
-                            "{env} is not set: export the value of the `{h}` header (channels.{}.headers)",
-                            c.name
-                        ))
-                    }
-                }
-            }
+            req = match webhook_headers(req, c, rec, body) {
+                Ok(r) => r,
+                Err(a) => return a,
+            };
         }
         let resp = match req.body(body.to_string()).send().await {
             Ok(r) => r,
@@ -868,34 +817,7 @@ impl Poster {
                 return Attempt::Transient(what, None);
             }
         };
-        let status = resp.status();
-        if status.is_success() {
-            return Attempt::Done(None);
-        }
-        let retry_after = resp
-            .headers()
-            .get("retry-after")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<f64>().ok())
-            .filter(|s| s.is_finite() && *s >= 0.0)
-            .map(Duration::from_secs_f64);
-        let text = resp.text().await.unwrap_or_default();
-        let detail = crate::text::clip(text.trim(), 200);
-        let msg = if detail.is_empty() {
-            format!("HTTP {status}")
-        } else {
-            format!("HTTP {status}: {detail}")
-        };
-        if status.as_u16() == 429 || status.is_server_error() || status.as_u16() == 408 {
-            Attempt::Transient(msg, retry_after)
-        } else {
-            let hint = match status.as_u16() {
-                401 | 403 => format!("; check the URL or credentials in {var}"),
-                404 => format!("; the webhook no longer exists: update {var}"),
-                _ => String::new(),
-            };
-            Attempt::Permanent(format!("{msg}{hint}"))
-        }
+        http_answer(resp, var).await
     }
 
     async fn handoff_failed(
@@ -975,6 +897,118 @@ impl Poster {
         .await
         .ok()
         .flatten()
+    }
+}
+
+/// The URL an http channel posts to, from the variable its `url_env` names (with a
+/// Discord thread as `thread_id`), and that variable's name.
+fn webhook_url<'c>(
+    c: &'c ChannelConfig,
+    rec: &DeliveryRecord,
+) -> Result<(reqwest::Url, &'c str), Attempt> {
+    let Some(var) = &c.url_env else {
+        return Err(Attempt::Permanent("the channel has no url_env".into()));
+    };
+    let url = match crate::secrets::var(var) {
+        Ok(u) if !u.trim().is_empty() => u.trim().to_string(),
+        _ => {
+            return Err(Attempt::Permanent(format!(
+                "{var} is not set: export it with the {} webhook URL (for a service, in its environment file)",
+                c.kind.as_str()
+            )))
+        }
+    };
+    let mut url = match reqwest::Url::parse(&url) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") => u,
+        _ => {
+            return Err(Attempt::Permanent(format!(
+                "{var} does not hold an http(s) URL; set it to the webhook URL"
+            )))
+        }
+    };
+    if c.kind == ChannelKind::Discord {
+        if let Some(t) = &rec.thread {
+            url.query_pairs_mut().append_pair("thread_id", t);
+        }
+    }
+    Ok((url, var.as_str()))
+}
+
+/// A generic webhook's own headers: the delivery key, the time, the body's signature
+/// when the channel has a secret, and the headers it takes from the environment.
+fn webhook_headers(
+    mut req: reqwest::RequestBuilder,
+    c: &ChannelConfig,
+    rec: &DeliveryRecord,
+    body: &str,
+) -> Result<reqwest::RequestBuilder, Attempt> {
+    let ts = Utc::now().timestamp().to_string();
+    req = req
+        .header("x-loops-delivery", rec.key.as_str())
+        .header("x-loops-timestamp", ts);
+    if let Some(senv) = &c.secret_env {
+        match crate::secrets::var(senv) {
+            Ok(secret) if !secret.is_empty() => {
+                req = req.header(
+                    c.signature_header.as_str(),
+                    format!(
+                        "sha256={}",
+                        hmac_sha256_hex(secret.as_bytes(), body.as_bytes())
+                    ),
+                );
+            }
+            _ => {
+                return Err(Attempt::Permanent(format!(
+                    "{senv} is not set: export the signing secret (channels.{}.secret_env)",
+                    c.name
+                )))
+            }
+        }
+    }
+    for (h, env) in &c.headers {
+        match crate::secrets::var(env) {
+            Ok(v) => req = req.header(h.as_str(), v),
+            Err(_) => {
+                return Err(Attempt::Permanent(format!(
+                    "{env} is not set: export the value of the `{h}` header (channels.{}.headers)",
+                    c.name
+                )))
+            }
+        }
+    }
+    Ok(req)
+}
+
+/// What an http channel's answer means: delivered, worth another try (429, 408, 5xx,
+/// after the server's Retry-After when it gives one), or refused for good.
+async fn http_answer(resp: reqwest::Response, var: &str) -> Attempt {
+    let status = resp.status();
+    if status.is_success() {
+        return Attempt::Done(None);
+    }
+    let retry_after = resp
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .filter(|s| s.is_finite() && *s >= 0.0)
+        .map(Duration::from_secs_f64);
+    let text = resp.text().await.unwrap_or_default();
+    let detail = crate::text::clip(text.trim(), 200);
+    let msg = if detail.is_empty() {
+        format!("HTTP {status}")
+    } else {
+        format!("HTTP {status}: {detail}")
+    };
+    if status.as_u16() == 429 || status.is_server_error() || status.as_u16() == 408 {
+        Attempt::Transient(msg, retry_after)
+    } else {
+        let hint = match status.as_u16() {
+            401 | 403 => format!("; check the URL or credentials in {var}"),
+            404 => format!("; the webhook no longer exists: update {var}"),
+            _ => String::new(),
+        };
+        Attempt::Permanent(format!("{msg}{hint}"))
     }
 }
 

@@ -173,83 +173,22 @@ pub async fn run(
         result.spawn_error = Some("the command is empty".into());
         return result;
     };
-    let mut cmd = tokio::process::Command::new(prog);
-    cmd.args(args)
-        .current_dir(&spec.cwd)
-        .env_clear()
-        .envs(spec.env.iter().map(|(k, v)| (k, v)))
-        .stdin(if spec.stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(true);
-    let mut child = match cmd.spawn() {
+    let mut child = match command(spec, prog, args).spawn() {
         Ok(c) => c,
         Err(e) => {
-            result.spawn_error = Some(match e.kind() {
-                std::io::ErrorKind::NotFound => format!(
-                    "cannot run `{prog}`: not found (relative paths are resolved in {})",
-                    spec.cwd.display()
-                ),
-                std::io::ErrorKind::PermissionDenied => {
-                    format!("cannot run `{prog}`: permission denied (is it executable? chmod +x)")
-                }
-                _ => format!("cannot run `{prog}`: {e}"),
-            });
+            result.spawn_error = Some(spawn_error(prog, spec, &e));
             result.duration = started.elapsed();
             return result;
         }
     };
     let pgid = child.id();
-    if let (Some(mut w), Some(bytes)) = (child.stdin.take(), spec.stdin.clone()) {
-        // A command that does not read its stdin must not block the run: write in a
-        // task, and a closed pipe is not an error.
-        tokio::spawn(async move {
-            use tokio::io::AsyncWriteExt;
-            let _ = w.write_all(&bytes).await;
-            let _ = w.shutdown().await;
-        });
-    }
-    if let (Some(tx), Some(pid)) = (&spec.on_spawn, child.id()) {
-        let _ = tx.send(pid);
-    }
-    let out = child
-        .stdout
-        .take()
-        .map(|s| tokio::spawn(capture(s, STDOUT_TAIL, Stream::Stdout, live.clone())));
-    let err = child
-        .stderr
-        .take()
-        .map(|s| tokio::spawn(capture(s, STDERR_TAIL, Stream::Stderr, live.clone())));
-    drop(live);
+    let (out, err) = attach(&mut child, spec, live);
 
     let deadline = tokio::time::Instant::now() + spec.timeout;
-    let cancelled = async {
-        match cancel.as_mut() {
-            Some(rx) => {
-                let _ = rx.wait_for(|v| *v).await;
-            }
-            None => std::future::pending::<()>().await,
-        }
-    };
+    let cancelled = until_cancelled(cancel.as_mut());
     tokio::pin!(cancelled);
-
     // The readers finish when every holder of the output pipes has closed them.
-    let readers = async move {
-        let o = match out {
-            Some(h) => h.await.ok(),
-            None => None,
-        };
-        let e = match err {
-            Some(h) => h.await.ok(),
-            None => None,
-        };
-        (o, e)
-    };
+    let readers = read_both(out, err);
     tokio::pin!(readers);
     let mut outputs = None;
     let mut status = None;
@@ -291,18 +230,115 @@ pub async fn run(
             .await
             .unwrap_or((None, None)),
     };
-    if let Some(c) = o {
-        result.stdout_bytes = c.total;
-        result.stdout_dropped = c.dropped();
-        result.stdout_tail = crate::secrets::redact(&c.text()).into_owned();
-    }
-    if let Some(c) = e {
-        result.stderr_bytes = c.total;
-        result.stderr_dropped = c.dropped();
-        result.stderr_tail = crate::secrets::redact(&c.text()).into_owned();
-    }
+    result.keep_output(o, e);
     result.duration = started.elapsed();
     result
+}
+
+/// The task reading one of a command's output pipes.
+type Reader = tokio::task::JoinHandle<Capture>;
+
+/// Feeds the child its stdin, tells `spec.on_spawn` its pid, and starts the readers of
+/// its stdout and stderr (which also pass the output on to `live`).
+fn attach(
+    child: &mut tokio::process::Child,
+    spec: &ExecSpec,
+    live: Option<Live>,
+) -> (Option<Reader>, Option<Reader>) {
+    if let (Some(mut w), Some(bytes)) = (child.stdin.take(), spec.stdin.clone()) {
+        // A command that does not read its stdin must not block the run: write in a
+        // task, and a closed pipe is not an error.
+        tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            let _ = w.write_all(&bytes).await;
+            let _ = w.shutdown().await;
+        });
+    }
+    if let (Some(tx), Some(pid)) = (&spec.on_spawn, child.id()) {
+        let _ = tx.send(pid);
+    }
+    let out = child
+        .stdout
+        .take()
+        .map(|s| tokio::spawn(capture(s, STDOUT_TAIL, Stream::Stdout, live.clone())));
+    let err = child
+        .stderr
+        .take()
+        .map(|s| tokio::spawn(capture(s, STDERR_TAIL, Stream::Stderr, live.clone())));
+    (out, err)
+}
+
+/// The command of `spec`, in a process group of its own, with only the environment the
+/// spec gives it.
+fn command(spec: &ExecSpec, prog: &str, args: &[String]) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(prog);
+    cmd.args(args)
+        .current_dir(&spec.cwd)
+        .env_clear()
+        .envs(spec.env.iter().map(|(k, v)| (k, v)))
+        .stdin(if spec.stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    cmd
+}
+
+/// Why `prog` could not be started, with what to check.
+fn spawn_error(prog: &str, spec: &ExecSpec, e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::NotFound => format!(
+            "cannot run `{prog}`: not found (relative paths are resolved in {})",
+            spec.cwd.display()
+        ),
+        std::io::ErrorKind::PermissionDenied => {
+            format!("cannot run `{prog}`: permission denied (is it executable? chmod +x)")
+        }
+        _ => format!("cannot run `{prog}`: {e}"),
+    }
+}
+
+/// Resolves once `cancel` turns true; never without one.
+async fn until_cancelled(cancel: Option<&mut watch::Receiver<bool>>) {
+    match cancel {
+        Some(rx) => {
+            let _ = rx.wait_for(|v| *v).await;
+        }
+        None => std::future::pending::<()>().await,
+    }
+}
+
+/// What the stdout and stderr readers captured, once both have finished.
+async fn read_both(out: Option<Reader>, err: Option<Reader>) -> (Option<Capture>, Option<Capture>) {
+    let o = match out {
+        Some(h) => h.await.ok(),
+        None => None,
+    };
+    let e = match err {
+        Some(h) => h.await.ok(),
+        None => None,
+    };
+    (o, e)
+}
+
+impl ExecResult {
+    /// Keeps the tails of what the command printed (secrets redacted) and the counts.
+    fn keep_output(&mut self, out: Option<Capture>, err: Option<Capture>) {
+        if let Some(c) = out {
+            self.stdout_bytes = c.total;
+            self.stdout_dropped = c.dropped();
+            self.stdout_tail = crate::secrets::redact(&c.text()).into_owned();
+        }
+        if let Some(c) = err {
+            self.stderr_bytes = c.total;
+            self.stderr_dropped = c.dropped();
+            self.stderr_tail = crate::secrets::redact(&c.text()).into_owned();
+        }
+    }
 }
 
 /// SIGTERM to the group, up to `grace` for it to go, then SIGKILL to whatever is left.

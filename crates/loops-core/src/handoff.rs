@@ -302,48 +302,39 @@ pub fn parse(text: &str, stem: &str) -> Result<Handoff, HandoffError> {
         written_by: None,
     };
     if let Some(fm) = fm {
+        FrontMatter::parse(fm)?.apply(&mut h)?;
+    }
+    let (title, checklist) = read_body(body);
+    h.title = title.unwrap_or_else(|| h.id.clone());
+    h.checklist = checklist;
+    Ok(h)
+}
+
+/// A handoff's front matter: the `key: value` mapping above its body.
+struct FrontMatter(yaml_serde::Mapping);
+
+impl FrontMatter {
+    fn parse(fm: &str) -> Result<FrontMatter, HandoffError> {
+        let bad = |m: String| HandoffError::Malformed(m);
         let value: yaml_serde::Value = if fm.trim().is_empty() {
             yaml_serde::Value::Null
         } else {
             yaml_serde::from_str(fm)
                 .map_err(|e| bad(format!("the front matter is not valid YAML: {e}")))?
         };
-        let map = match value {
-            yaml_serde::Value::Mapping(m) => m,
-            yaml_serde::Value::Null => yaml_serde::Mapping::new(),
-            _ => {
-                return Err(bad(
-                    "the front matter must be a mapping of `key: value` lines".into(),
-                ))
-            }
-        };
-        let string = |key: &str| -> Result<Option<String>, HandoffError> {
-            match map.get(key) {
-                None | Some(yaml_serde::Value::Null) => Ok(None),
-                Some(yaml_serde::Value::String(s)) => Ok(Some(s.clone())),
-                Some(yaml_serde::Value::Number(n)) if key == "id" || key == "run" => {
-                    Ok(Some(n.to_string()))
-                }
-                Some(_) => Err(HandoffError::Malformed(format!("`{key}` must be a string"))),
-            }
-        };
-        let time = |key: &str| -> Result<Option<DateTime<Utc>>, HandoffError> {
-            match string(key)? {
-                None => Ok(None),
-                Some(s) => DateTime::parse_from_rfc3339(s.trim())
-                    .map(|t| Some(t.with_timezone(&Utc)))
-                    .or_else(|_| {
-                        chrono::NaiveDate::parse_from_str(s.trim(), "%Y-%m-%d")
-                            .map(|d| d.and_hms_opt(0, 0, 0).map(|n| n.and_utc()))
-                    })
-                    .map_err(|_| {
-                        HandoffError::Malformed(format!(
-                            "`{key}: {s}` is not a date and time (write RFC 3339, e.g. 2026-11-20T09:30:00Z)"
-                        ))
-                    }),
-            }
-        };
-        if let Some(id) = string("id")? {
+        match value {
+            yaml_serde::Value::Mapping(m) => Ok(FrontMatter(m)),
+            yaml_serde::Value::Null => Ok(FrontMatter(yaml_serde::Mapping::new())),
+            _ => Err(bad(
+                "the front matter must be a mapping of `key: value` lines".into(),
+            )),
+        }
+    }
+
+    /// Sets what the front matter gives over the defaults `h` holds.
+    fn apply(&self, h: &mut Handoff) -> Result<(), HandoffError> {
+        let bad = |m: String| HandoffError::Malformed(m);
+        if let Some(id) = self.string("id")? {
             if !valid_id(&id) {
                 return Err(bad(format!(
                     "`id: {id}` may hold only letters, digits, `-`, `_` and `.`"
@@ -351,44 +342,72 @@ pub fn parse(text: &str, stem: &str) -> Result<Handoff, HandoffError> {
             }
             h.id = id;
         }
-        if let Some(v) = string("from")? {
+        if let Some(v) = self.string("from")? {
             h.from = v;
         }
-        if let Some(v) = string("to")? {
+        if let Some(v) = self.string("to")? {
             h.to = v;
         }
-        h.created = time("created")?;
-        h.due = time("due")?;
-        h.run = string("run")?;
-        h.draft = string("draft")?;
-        h.flagged = string("flagged")?;
-        if let Some(p) = string("priority")? {
+        h.created = self.time("created")?;
+        h.due = self.time("due")?;
+        h.run = self.string("run")?;
+        h.draft = self.string("draft")?;
+        h.flagged = self.string("flagged")?;
+        if let Some(p) = self.string("priority")? {
             h.priority = Priority::parse(&p).ok_or_else(|| {
                 bad(format!(
                     "`priority: {p}` must be one of urgent, high, normal, low"
                 ))
             })?;
         }
-        match map.get("tags") {
-            None | Some(yaml_serde::Value::Null) => {}
-            Some(yaml_serde::Value::Sequence(seq)) => {
-                for t in seq {
-                    match t.as_str() {
-                        Some(s) => h.tags.push(s.to_string()),
-                        None => return Err(bad("`tags` must be a list of strings".into())),
-                    }
-                }
+        h.tags = self.tags()?;
+        Ok(())
+    }
+
+    fn string(&self, key: &str) -> Result<Option<String>, HandoffError> {
+        match self.0.get(key) {
+            None | Some(yaml_serde::Value::Null) => Ok(None),
+            Some(yaml_serde::Value::String(s)) => Ok(Some(s.clone())),
+            Some(yaml_serde::Value::Number(n)) if key == "id" || key == "run" => {
+                Ok(Some(n.to_string()))
             }
-            Some(yaml_serde::Value::String(s)) => {
-                h.tags = s.split(',').map(|t| t.trim().to_string()).collect()
-            }
-            Some(_) => return Err(bad("`tags` must be a list of strings".into())),
+            Some(_) => Err(HandoffError::Malformed(format!("`{key}` must be a string"))),
         }
     }
-    let (title, checklist) = read_body(body);
-    h.title = title.unwrap_or_else(|| h.id.clone());
-    h.checklist = checklist;
-    Ok(h)
+
+    /// An RFC 3339 time, or a date (taken as midnight UTC).
+    fn time(&self, key: &str) -> Result<Option<DateTime<Utc>>, HandoffError> {
+        match self.string(key)? {
+            None => Ok(None),
+            Some(s) => DateTime::parse_from_rfc3339(s.trim())
+                .map(|t| Some(t.with_timezone(&Utc)))
+                .or_else(|_| {
+                    chrono::NaiveDate::parse_from_str(s.trim(), "%Y-%m-%d")
+                        .map(|d| d.and_hms_opt(0, 0, 0).map(|n| n.and_utc()))
+                })
+                .map_err(|_| {
+                    HandoffError::Malformed(format!(
+                        "`{key}: {s}` is not a date and time (write RFC 3339, e.g. 2026-11-20T09:30:00Z)"
+                    ))
+                }),
+        }
+    }
+
+    /// `tags`: a list of strings, or one comma-separated string.
+    fn tags(&self) -> Result<Vec<String>, HandoffError> {
+        let bad = || HandoffError::Malformed("`tags` must be a list of strings".into());
+        match self.0.get("tags") {
+            None | Some(yaml_serde::Value::Null) => Ok(Vec::new()),
+            Some(yaml_serde::Value::Sequence(seq)) => seq
+                .iter()
+                .map(|t| t.as_str().map(str::to_string).ok_or_else(bad))
+                .collect(),
+            Some(yaml_serde::Value::String(s)) => {
+                Ok(s.split(',').map(|t| t.trim().to_string()).collect())
+            }
+            Some(_) => Err(bad()),
+        }
+    }
 }
 
 fn front_hash(front: &str) -> String {
@@ -1164,8 +1183,56 @@ fn last_byte(path: &Path) -> std::io::Result<Option<u8>> {
 /// the tick along instead of leaving a second copy at the old name. Items are numbered as
 /// [`parse`] lists them, nested ones included, in document order.
 pub fn tick(path: &Path, which: &[ItemRef], all: bool, limit: u64) -> Result<Ticks, HandoffError> {
-    use std::io::Read;
     use std::os::unix::fs::FileExt;
+    let (f, bytes) = open_to_tick(path, limit)?;
+    let stem = path
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("handoff");
+    let h = parse_bytes(bytes.clone(), stem)?;
+    let text = String::from_utf8_lossy(&bytes);
+    let (_, body) = split_front_matter(&text).map_err(HandoffError::Malformed)?;
+    let body_at = body.as_ptr() as usize - text.as_ptr() as usize;
+    let marks = task_marks(body);
+    if marks.len() != h.checklist.len() {
+        return Err(HandoffError::Malformed(format!(
+            "{}: its checklist could not be located in the file; tick it in an editor",
+            path.display()
+        )));
+    }
+    let items = &h.checklist;
+    let chosen = chosen_items(&h, which, all)?;
+    let numbered = |i: usize| NumberedItem {
+        number: i + 1,
+        text: items[i].text.clone(),
+    };
+    let mut out = Ticks {
+        id: h.id.clone(),
+        ..Default::default()
+    };
+    for &i in &chosen {
+        if items[i].checked {
+            out.already.push(numbered(i));
+            continue;
+        }
+        let at = (body_at + marks[i]) as u64;
+        f.write_all_at(b"x", at).map_err(io(path))?;
+        out.ticked.push(numbered(i));
+    }
+    if !out.ticked.is_empty() {
+        f.sync_data().map_err(io(path))?;
+    }
+    out.unticked = (0..items.len())
+        .filter(|i| !items[*i].checked && !items[*i].optional && !chosen.contains(i))
+        .map(numbered)
+        .collect();
+    Ok(out)
+}
+
+/// The handoff file at `path` opened for writing its ticks in place, and what it holds
+/// (at most `limit` bytes).
+fn open_to_tick(path: &Path, limit: u64) -> Result<(std::fs::File, Vec<u8>), HandoffError> {
+    use std::io::Read;
     use std::os::unix::fs::OpenOptionsExt;
     // Never through a link, and never a pipe or device put where a handoff was.
     let mut f = std::fs::OpenOptions::new()
@@ -1201,21 +1268,12 @@ pub fn tick(path: &Path, which: &[ItemRef], all: bool, limit: u64) -> Result<Tic
             limit,
         });
     }
-    let stem = path
-        .file_stem()
-        .and_then(|s| s.to_str())
-        .unwrap_or("handoff");
-    let h = parse_bytes(bytes.clone(), stem)?;
-    let text = String::from_utf8_lossy(&bytes);
-    let (_, body) = split_front_matter(&text).map_err(HandoffError::Malformed)?;
-    let body_at = body.as_ptr() as usize - text.as_ptr() as usize;
-    let marks = task_marks(body);
-    if marks.len() != h.checklist.len() {
-        return Err(HandoffError::Malformed(format!(
-            "{}: its checklist could not be located in the file; tick it in an editor",
-            path.display()
-        )));
-    }
+    Ok((f, bytes))
+}
+
+/// The indexes of the checklist items to tick: every one with `all`, and those `which`
+/// names, each once, in the order given.
+fn chosen_items(h: &Handoff, which: &[ItemRef], all: bool) -> Result<Vec<usize>, HandoffError> {
     let items = &h.checklist;
     let mut chosen: Vec<usize> = Vec::new();
     if all {
@@ -1234,31 +1292,7 @@ pub fn tick(path: &Path, which: &[ItemRef], all: bool, limit: u64) -> Result<Tic
             chosen.push(i);
         }
     }
-    let numbered = |i: usize| NumberedItem {
-        number: i + 1,
-        text: items[i].text.clone(),
-    };
-    let mut out = Ticks {
-        id: h.id.clone(),
-        ..Default::default()
-    };
-    for &i in &chosen {
-        if items[i].checked {
-            out.already.push(numbered(i));
-            continue;
-        }
-        let at = (body_at + marks[i]) as u64;
-        f.write_all_at(b"x", at).map_err(io(path))?;
-        out.ticked.push(numbered(i));
-    }
-    if !out.ticked.is_empty() {
-        f.sync_data().map_err(io(path))?;
-    }
-    out.unticked = (0..items.len())
-        .filter(|i| !items[*i].checked && !items[*i].optional && !chosen.contains(i))
-        .map(numbered)
-        .collect();
-    Ok(out)
+    Ok(chosen)
 }
 
 /// The byte offset, in `body`, of the character between the brackets of each task-list

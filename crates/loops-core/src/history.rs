@@ -1030,31 +1030,13 @@ fn commit_paths(
         return Ok((None, Vec::new()));
     };
     let workdir = workdir.canonicalize().unwrap_or(workdir);
-    let mut rels: Vec<PathBuf> = req
-        .paths
-        .iter()
-        .filter_map(|p| p.strip_prefix(&workdir).ok().map(Path::to_path_buf))
-        .filter(|r| !r.as_os_str().is_empty() && !is_private(r))
-        .filter(|r| !ignored_untracked(repo, r))
-        .collect();
-    rels.sort();
-    rels.dedup();
-    let buffers: Vec<(PathBuf, &[u8])> = req
-        .contents
-        .iter()
-        .filter_map(|(p, b)| {
-            p.strip_prefix(&workdir)
-                .ok()
-                .map(|r| (r.to_path_buf(), b.as_slice()))
-        })
-        .filter(|(r, _)| !r.as_os_str().is_empty() && !is_private(r))
-        .collect();
-    if rels.is_empty() && buffers.is_empty() {
+    let paths = CommitPaths::of(repo, req, workdir);
+    if paths.rels.is_empty() && paths.buffers.is_empty() {
         return Ok((None, Vec::new()));
     }
     // Many files go into packs (see Blobs); the second handle keeps the in-memory
     // backend away from the committer's own repository, whose commits must be on disk.
-    let bulk_repo = (rels.len() + buffers.len() >= BULK_FROM)
+    let bulk_repo = (paths.rels.len() + paths.buffers.len() >= BULK_FROM)
         .then(|| Repository::open(repo.path()).ok())
         .flatten();
     let bulk_odb = bulk_repo.as_ref().and_then(|r| r.odb().ok());
@@ -1063,46 +1045,103 @@ fn commit_paths(
         .and_then(|o| o.add_new_mempack_backend(1000).ok());
     let mut blobs = Blobs {
         repo,
-        tree: crate::beneath::Beneath::open(&workdir).ok(),
+        tree: crate::beneath::Beneath::open(&paths.workdir).ok(),
         bulk: bulk_repo.as_ref().zip(mempack.as_ref()),
         pending_bytes: 0,
         pending: Vec::new(),
     };
-    let bases: Vec<(PathBuf, &[u8])> = req
-        .own_hunks
+    commit_onto_head(repo, req, &paths, &mut blobs, name, email)
+}
+
+/// What one commit request names, relative to the work tree: private paths, paths
+/// outside the work tree and untracked ignored files are left out.
+struct CommitPaths<'q> {
+    /// The work tree, canonical when it can be.
+    workdir: PathBuf,
+    /// Paths whose current state is committed, sorted, each once.
+    rels: Vec<PathBuf>,
+    /// Paths committed with the request's contents, whatever is on disk.
+    buffers: Vec<(PathBuf, &'q [u8])>,
+    /// What a path with a person's uncommitted edits held when the run started.
+    bases: Vec<(PathBuf, &'q [u8])>,
+}
+
+impl<'q> CommitPaths<'q> {
+    fn of(repo: &Repository, req: &'q CommitRequest, workdir: PathBuf) -> Self {
+        let mut rels: Vec<PathBuf> = req
+            .paths
+            .iter()
+            .filter_map(|p| p.strip_prefix(&workdir).ok().map(Path::to_path_buf))
+            .filter(|r| !r.as_os_str().is_empty() && !is_private(r))
+            .filter(|r| !ignored_untracked(repo, r))
+            .collect();
+        rels.sort();
+        rels.dedup();
+        let mut buffers = relative_contents(&req.contents, &workdir);
+        buffers.retain(|(r, _)| !r.as_os_str().is_empty() && !is_private(r));
+        let bases = relative_contents(&req.own_hunks, &workdir);
+        CommitPaths {
+            workdir,
+            rels,
+            buffers,
+            bases,
+        }
+    }
+
+    fn base_of(&self, rel: &Path) -> Option<&'q [u8]> {
+        self.bases.iter().find(|(r, _)| r == rel).map(|(_, b)| *b)
+    }
+
+    /// The paths whose index entries follow HEAD once the commit is made. A held-back
+    /// path's index entry is left as it is: the file is not what any commit holds, and
+    /// the person's staging of it is theirs.
+    fn synced(&self, held: &[(PathBuf, String)]) -> Vec<PathBuf> {
+        let mut synced: Vec<PathBuf> = self
+            .rels
+            .iter()
+            .filter(|r| !held.iter().any(|(h, _)| h == *r))
+            .cloned()
+            .collect();
+        synced.extend(self.buffers.iter().map(|(p, _)| p.clone()));
+        synced
+    }
+}
+
+/// The `(path, bytes)` pairs under `workdir`, with their paths made relative to it.
+fn relative_contents<'q>(
+    contents: &'q [(PathBuf, Vec<u8>)],
+    workdir: &Path,
+) -> Vec<(PathBuf, &'q [u8])> {
+    contents
         .iter()
         .filter_map(|(p, b)| {
-            p.strip_prefix(&workdir)
+            p.strip_prefix(workdir)
                 .ok()
                 .map(|r| (r.to_path_buf(), b.as_slice()))
         })
-        .collect();
-    let base_of = |rel: &Path| bases.iter().find(|(r, _)| r == rel).map(|(_, b)| *b);
+        .collect()
+}
+
+/// Commits `paths` onto the current HEAD, rebuilding on the new tip while another
+/// writer moves it.
+fn commit_onto_head(
+    repo: &Repository,
+    req: &CommitRequest,
+    paths: &CommitPaths,
+    blobs: &mut Blobs,
+    name: &str,
+    email: &str,
+) -> Result<(Option<Oid>, Vec<PathBuf>), HistoryError> {
     // A concurrent writer (another loops process, a person's `git commit`) can move HEAD
     // between our read and our update; libgit2 refuses then, and we rebuild on the new tip.
     for attempt in 0..20 {
         let head = repo.head().ok().and_then(|h| h.peel_to_commit().ok());
-        let mut idx = Index::new()?;
-        if let Some(c) = &head {
-            idx.read_tree(&c.tree()?)?;
-        }
-        let mut held: Vec<(PathBuf, String)> = Vec::new();
-        for rel in &rels {
-            if let Some(why) = stage(&mut blobs, &mut idx, &workdir, rel, base_of(rel))? {
-                held.push((rel.clone(), why));
-            }
-        }
+        let (tree_id, held) = write_tree(repo, paths, blobs, head.as_ref())?;
         let report_held = || {
             for (rel, why) in &held {
-                req.hold_back(workdir.join(rel), why.clone());
+                req.hold_back(paths.workdir.join(rel), why.clone());
             }
         };
-        for (rel, bytes) in &buffers {
-            idx.add(&buffer_entry(&mut blobs, rel, bytes)?)?;
-        }
-        // Every blob is on disk before a tree names it.
-        blobs.flush()?;
-        let tree_id = idx.write_tree_to(repo)?;
         if head.as_ref().map(|c| c.tree_id()) == Some(tree_id) {
             report_held();
             return Ok((None, Vec::new()));
@@ -1112,21 +1151,13 @@ fn commit_paths(
         let parents: Vec<&git2::Commit> = head.iter().collect();
         // A last look as close to the ref update as it can be: a `git commit` that started
         // since the committer's first look has read HEAD and fails if it moves now.
-        if let Some(who) = crate::git_gate::git_at_work(&workdir) {
+        if let Some(who) = crate::git_gate::git_at_work(&paths.workdir) {
             return Err(HistoryError::Held(crate::git_gate::Hold::GitRunning(who)));
         }
         match repo.commit(Some("HEAD"), &sig, &sig, &req.message, &tree, &parents) {
             Ok(oid) => {
                 report_held();
-                // A held-back path's index entry is left as it is: the file is not what
-                // any commit holds, and the person's staging of it is theirs.
-                let mut synced: Vec<PathBuf> = rels
-                    .iter()
-                    .filter(|r| !held.iter().any(|(h, _)| h == *r))
-                    .cloned()
-                    .collect();
-                synced.extend(buffers.iter().map(|(p, _)| p.clone()));
-                return Ok((Some(oid), synced));
+                return Ok((Some(oid), paths.synced(&held)));
             }
             // Another writer's ref update takes milliseconds; a lock that stays longer
             // is the committer's to look at (a crashed git's leftover, or a long hold).
@@ -1143,6 +1174,33 @@ fn commit_paths(
         git2::ErrorClass::Reference,
         "HEAD kept moving while committing; gave up after 20 attempts",
     )))
+}
+
+/// The tree of `head` with `paths` staged onto it, written to the repository, and the
+/// paths left out with the reason.
+fn write_tree(
+    repo: &Repository,
+    paths: &CommitPaths,
+    blobs: &mut Blobs,
+    head: Option<&git2::Commit>,
+) -> Result<(Oid, Vec<(PathBuf, String)>), HistoryError> {
+    let mut idx = Index::new()?;
+    if let Some(c) = head {
+        idx.read_tree(&c.tree()?)?;
+    }
+    let mut held: Vec<(PathBuf, String)> = Vec::new();
+    for rel in &paths.rels {
+        let base = paths.base_of(rel);
+        if let Some(why) = stage(blobs, &mut idx, &paths.workdir, rel, base)? {
+            held.push((rel.clone(), why));
+        }
+    }
+    for (rel, bytes) in &paths.buffers {
+        idx.add(&buffer_entry(blobs, rel, bytes)?)?;
+    }
+    // Every blob is on disk before a tree names it.
+    blobs.flush()?;
+    Ok((idx.write_tree_to(repo)?, held))
 }
 
 /// From this many paths on, a commit writes its blobs as packs rather than loose objects.

@@ -202,6 +202,27 @@ impl Schedule {
             return plan;
         };
         plan.watermark = last;
+        let (due, more) = self.due_slots(first, last);
+        let runs = self.runs_of(&due, last, more, now);
+        let total = if more { None } else { Some(due.len()) };
+        let run_count = runs.len();
+        let missed_count = total.map(|t| t - run_count);
+        if missed_count != Some(0) {
+            plan.missed = Some(Missed {
+                first,
+                last: self.last_missed(&due, last, more, &runs),
+                count: missed_count,
+                // Only `catch_up: all` gives up on running; once and skip decide as usual.
+                too_many: more && self.catch_up == CatchUp::All,
+            });
+        }
+        plan.runs = runs;
+        plan
+    }
+
+    /// The slots from `first` to `last`, both included: at most [`MAX_CATCH_UP`] and
+    /// `last`, with `true` when there were more between them.
+    fn due_slots(&self, first: DateTime<Utc>, last: DateTime<Utc>) -> (Vec<DateTime<Utc>>, bool) {
         // Enumerate at most MAX_CATCH_UP + 1 slots; beyond that only the count matters.
         let mut due = vec![first];
         let mut more = false;
@@ -222,6 +243,17 @@ impl Schedule {
         if due.last() != Some(&last) && !more {
             due.push(last);
         }
+        (due, more)
+    }
+
+    /// Which of the due slots run now, as the loop's `catch_up` and starting deadline say.
+    fn runs_of(
+        &self,
+        due: &[DateTime<Utc>],
+        last: DateTime<Utc>,
+        more: bool,
+        now: DateTime<Utc>,
+    ) -> Vec<PlannedRun> {
         let lateness = |s: DateTime<Utc>| (now - self.fire_time(s)).to_std().unwrap_or_default();
         let grace = ON_TIME_GRACE.min(self.starting_deadline);
         let within = |s: DateTime<Utc>| lateness(s) <= self.starting_deadline;
@@ -245,7 +277,7 @@ impl Schedule {
             }
             CatchUp::All => {
                 if !more {
-                    for s in &due {
+                    for s in due {
                         if within(*s) {
                             runs.push(PlannedRun {
                                 slot: *s,
@@ -256,32 +288,30 @@ impl Schedule {
                 }
             }
         }
-        let total = if more { None } else { Some(due.len()) };
-        let run_count = runs.len();
-        let missed_count = total.map(|t| t - run_count);
-        if missed_count != Some(0) {
-            plan.missed = Some(Missed {
-                first,
-                last: if !runs.iter().any(|r| r.slot == last) {
-                    last
-                } else if more {
-                    // `due` stops short of `last`; only `last` ran, so the slot before it.
-                    self.last_slot_at_or_before(last - chrono::Duration::milliseconds(1))
-                        .unwrap_or(last)
-                } else {
-                    due.iter()
-                        .rev()
-                        .find(|s| !runs.iter().any(|r| r.slot == **s))
-                        .copied()
-                        .unwrap_or(last)
-                },
-                count: missed_count,
-                // Only `catch_up: all` gives up on running; once and skip decide as usual.
-                too_many: more && self.catch_up == CatchUp::All,
-            });
+        runs
+    }
+
+    /// The latest due slot that does not run.
+    fn last_missed(
+        &self,
+        due: &[DateTime<Utc>],
+        last: DateTime<Utc>,
+        more: bool,
+        runs: &[PlannedRun],
+    ) -> DateTime<Utc> {
+        if !runs.iter().any(|r| r.slot == last) {
+            last
+        } else if more {
+            // `due` stops short of `last`; only `last` ran, so the slot before it.
+            self.last_slot_at_or_before(last - chrono::Duration::milliseconds(1))
+                .unwrap_or(last)
+        } else {
+            due.iter()
+                .rev()
+                .find(|s| !runs.iter().any(|r| r.slot == **s))
+                .copied()
+                .unwrap_or(last)
         }
-        plan.runs = runs;
-        plan
     }
 }
 

@@ -175,34 +175,10 @@ pub fn watch_and_report<M: Into<Mode> + Copy>(
         }
         e
     };
-    let (raw_tx, mut raw_rx) = mpsc::unbounded_channel::<Raw>();
+    let (raw_tx, raw_rx) = mpsc::unbounded_channel::<Raw>();
     let cb_tx = raw_tx.clone();
-    let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-        match res {
-            // A full queue (IN_Q_OVERFLOW): events were dropped, so look at everything.
-            Ok(ev) if ev.need_rescan() => {
-                let _ = cb_tx.send(Raw::Paths(vec![PathBuf::new()]));
-            }
-            // Reading a file is not a change; the daemon's own reads of the files it
-            // watches would otherwise wake it forever.
-            Ok(ev) if ev.kind.is_access() => {}
-            Ok(ev) => {
-                let _ = cb_tx.send(Raw::Paths(ev.paths));
-            }
-            // A folder created under a recursive watch could not be watched: from now on
-            // changes there go unseen.
-            Err(e) if matches!(e.kind, notify::ErrorKind::MaxFilesWatch) => {
-                let path = e.paths.first().cloned().unwrap_or_default();
-                let _ = cb_tx.send(Raw::Degraded(WatchError::WatchLimit { path }));
-            }
-            Err(e) => {
-                tracing::warn!("file watcher: {e}");
-                // An overflow or error means events may be lost: ask for a full rescan.
-                let _ = cb_tx.send(Raw::Paths(vec![PathBuf::new()]));
-            }
-        }
-    })
-    .map_err(|source| failed(classify(&first, source, true)))?;
+    let watcher = notify::recommended_watcher(move |res| forward(&cb_tx, res))
+        .map_err(|source| failed(classify(&first, source, true)))?;
     let watcher = Arc::new(Mutex::new(watcher));
     let mut children = Children::default();
     for (d, mode) in dirs {
@@ -226,41 +202,78 @@ pub fn watch_and_report<M: Into<Mode> + Copy>(
             }
         }
     }
-    let shared = watcher.clone();
-    let debouncer = tokio::spawn(async move {
+    let debouncer = tokio::spawn(
+        Debouncer {
+            raw_rx,
+            watcher: watcher.clone(),
+            children,
+            debounce,
+            report,
+        }
+        .run(tx),
+    );
+    drop(raw_tx);
+    Ok(Watcher {
+        _watcher: watcher,
+        debouncer,
+    })
+}
+
+/// Passes one of notify's events (or errors) on to the debouncer.
+fn forward(tx: &mpsc::UnboundedSender<Raw>, res: notify::Result<notify::Event>) {
+    match res {
+        // A full queue (IN_Q_OVERFLOW): events were dropped, so look at everything.
+        Ok(ev) if ev.need_rescan() => {
+            let _ = tx.send(Raw::Paths(vec![PathBuf::new()]));
+        }
+        // Reading a file is not a change; the daemon's own reads of the files it
+        // watches would otherwise wake it forever.
+        Ok(ev) if ev.kind.is_access() => {}
+        Ok(ev) => {
+            let _ = tx.send(Raw::Paths(ev.paths));
+        }
+        // A folder created under a recursive watch could not be watched: from now on
+        // changes there go unseen.
+        Err(e) if matches!(e.kind, notify::ErrorKind::MaxFilesWatch) => {
+            let path = e.paths.first().cloned().unwrap_or_default();
+            let _ = tx.send(Raw::Degraded(WatchError::WatchLimit { path }));
+        }
+        Err(e) => {
+            tracing::warn!("file watcher: {e}");
+            // An overflow or error means events may be lost: ask for a full rescan.
+            let _ = tx.send(Raw::Paths(vec![PathBuf::new()]));
+        }
+    }
+}
+
+/// Turns the notify thread's events into batches: the task behind a [`Watcher`].
+struct Debouncer {
+    raw_rx: mpsc::UnboundedReceiver<Raw>,
+    watcher: Arc<Mutex<RecommendedWatcher>>,
+    children: Children,
+    debounce: Duration,
+    report: Option<PathBuf>,
+}
+
+impl Debouncer {
+    /// Sends a batch for each burst of events until the notify side or `tx` is gone;
+    /// once events may be missed, a full rescan every [`POLL_EVERY`] as well.
+    async fn run(mut self, tx: mpsc::UnboundedSender<Batch>) {
         let mut degraded = false;
         let mut poll = tokio::time::interval(POLL_EVERY);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let first = tokio::select! {
-                m = raw_rx.recv() => match m {
+                m = self.raw_rx.recv() => match m {
                     Some(m) => m,
                     None => return,
                 },
                 _ = poll.tick(), if degraded => Raw::Paths(vec![PathBuf::new()]),
             };
-            let mut batch = Vec::new();
-            let mut problem = None;
-            let mut take = |m: Raw, batch: &mut Vec<PathBuf>| match m {
-                Raw::Paths(p) => batch.extend(p),
-                Raw::Degraded(e) => problem = Some(e),
-            };
-            take(first, &mut batch);
-            // Sleep through the window, then take what came: waking for each event of a
-            // storm (a run writing 100,000 files) cost the daemon seconds of CPU.
-            // A bounded drain: a storm that never pauses still yields batches.
-            tokio::time::sleep(debounce).await;
-            for _ in 0..65_536 {
-                match raw_rx.try_recv() {
-                    Ok(m) => take(m, &mut batch),
-                    Err(_) => break,
-                }
-            }
-            batch.sort();
-            batch.dedup();
+            let (mut batch, mut problem) = self.gather(first).await;
             // New loop folders are watched before the batch goes out, so the rescan it
             // causes cannot miss a config.yaml written just after the folder appeared.
-            if let Err(source) = children.follow(&shared, &batch) {
+            if let Err(source) = self.children.follow(&self.watcher, &batch) {
                 let path = source.paths.first().cloned().unwrap_or_default();
                 problem = Some(classify(&path, source, false));
             }
@@ -268,7 +281,7 @@ pub fn watch_and_report<M: Into<Mode> + Copy>(
                 if !degraded {
                     degraded = true;
                     tracing::error!("{}", e.explained());
-                    if let Some(r) = &report {
+                    if let Some(r) = &self.report {
                         note_problem(r, &e);
                     }
                     poll.reset();
@@ -279,12 +292,32 @@ pub fn watch_and_report<M: Into<Mode> + Copy>(
                 return;
             }
         }
-    });
-    drop(raw_tx);
-    Ok(Watcher {
-        _watcher: watcher,
-        debouncer,
-    })
+    }
+
+    /// The paths of `first` and of what follows it within the debounce window, sorted
+    /// and each once, and the last limit reported meanwhile.
+    async fn gather(&mut self, first: Raw) -> (Vec<PathBuf>, Option<WatchError>) {
+        let mut batch = Vec::new();
+        let mut problem = None;
+        let mut take = |m: Raw, batch: &mut Vec<PathBuf>| match m {
+            Raw::Paths(p) => batch.extend(p),
+            Raw::Degraded(e) => problem = Some(e),
+        };
+        take(first, &mut batch);
+        // Sleep through the window, then take what came: waking for each event of a
+        // storm (a run writing 100,000 files) cost the daemon seconds of CPU.
+        // A bounded drain: a storm that never pauses still yields batches.
+        tokio::time::sleep(self.debounce).await;
+        for _ in 0..65_536 {
+            match self.raw_rx.try_recv() {
+                Ok(m) => take(m, &mut batch),
+                Err(_) => break,
+            }
+        }
+        batch.sort();
+        batch.dedup();
+        (batch, problem)
+    }
 }
 
 fn lock(w: &Mutex<RecommendedWatcher>) -> std::sync::MutexGuard<'_, RecommendedWatcher> {

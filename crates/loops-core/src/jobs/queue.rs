@@ -170,47 +170,12 @@ pub fn plan(spec: &JobSpec, now: DateTime<Utc>) -> Result<Job, QueueError> {
         QueueError::InvalidSpec(format!("unknown job kind `{kind_s}` (known: shell, agent)"))
     })?;
     let typed = validate_params(kind, &spec.params)?;
-    let backoff_kind = match spec.backoff_type.as_deref() {
-        None => BackoffKind::Exponential,
-        Some("fixed") => BackoffKind::Fixed,
-        Some("exponential") => BackoffKind::Exponential,
-        Some(o) => {
-            return Err(QueueError::InvalidSpec(format!(
-                "unknown backoff type `{o}` (use fixed or exponential)"
-            )))
-        }
-    };
-    let jitter = spec.backoff_jitter.unwrap_or(0.2);
-    if !(0.0..=1.0).contains(&jitter) {
-        return Err(QueueError::InvalidSpec(format!(
-            "backoff jitter is a fraction between 0 and 1, got {jitter}"
-        )));
-    }
-    let on_child_fail = match spec.on_child_fail.as_deref() {
-        None => OnChildFail::FailParent,
-        Some(s) => OnChildFail::parse(s).ok_or_else(|| {
-            QueueError::InvalidSpec(format!(
-                "unknown on_child_fail `{s}` (use fail_parent, continue, ignore or remove_dep)"
-            ))
-        })?,
-    };
-    let max_attempts = spec.max_attempts.unwrap_or(3);
-    if max_attempts == 0 {
-        return Err(QueueError::InvalidSpec(
-            "max attempts must be at least 1".into(),
-        ));
-    }
-    if spec.timeout.is_some_and(|t| t.is_zero()) {
-        return Err(QueueError::InvalidSpec(
-            "a timeout must be more than 0".into(),
-        ));
-    }
-    let queue = spec.queue.clone().unwrap_or_else(|| "default".into());
-    if queue.trim().is_empty() {
-        return Err(QueueError::InvalidSpec(
-            "a queue name cannot be empty".into(),
-        ));
-    }
+    let RunSettings {
+        backoff,
+        on_child_fail,
+        max_attempts,
+        queue,
+    } = RunSettings::of(spec)?;
     let delayed = spec.delay.filter(|d| !d.is_zero());
     let state = if delayed.is_some() {
         JobState::Delayed
@@ -234,14 +199,7 @@ pub fn plan(spec: &JobSpec, now: DateTime<Utc>) -> Result<Job, QueueError> {
         run_at: delayed.map(|d| now + chrono_d(d)),
         max_attempts,
         attempts: 0,
-        backoff: Backoff {
-            kind: backoff_kind,
-            delay_ms: spec
-                .backoff_delay
-                .map(|d| d.as_millis() as u64)
-                .unwrap_or(1000),
-            jitter,
-        },
+        backoff,
         timeout_ms: spec.timeout.map(|t| t.as_millis() as u64),
         max_stalled: spec.max_stalled.unwrap_or(5),
         stalls: 0,
@@ -280,6 +238,74 @@ pub fn plan(spec: &JobSpec, now: DateTime<Utc>) -> Result<Job, QueueError> {
         },
         replay_of: None,
     })
+}
+
+/// How a spec's job is retried, what its failing children do to it, and its queue:
+/// checked, with the defaults filled in.
+struct RunSettings {
+    backoff: Backoff,
+    on_child_fail: OnChildFail,
+    max_attempts: u32,
+    queue: String,
+}
+
+impl RunSettings {
+    fn of(spec: &JobSpec) -> Result<RunSettings, QueueError> {
+        let backoff_kind = match spec.backoff_type.as_deref() {
+            None => BackoffKind::Exponential,
+            Some("fixed") => BackoffKind::Fixed,
+            Some("exponential") => BackoffKind::Exponential,
+            Some(o) => {
+                return Err(QueueError::InvalidSpec(format!(
+                    "unknown backoff type `{o}` (use fixed or exponential)"
+                )))
+            }
+        };
+        let jitter = spec.backoff_jitter.unwrap_or(0.2);
+        if !(0.0..=1.0).contains(&jitter) {
+            return Err(QueueError::InvalidSpec(format!(
+                "backoff jitter is a fraction between 0 and 1, got {jitter}"
+            )));
+        }
+        let on_child_fail = match spec.on_child_fail.as_deref() {
+            None => OnChildFail::FailParent,
+            Some(s) => OnChildFail::parse(s).ok_or_else(|| {
+                QueueError::InvalidSpec(format!(
+                    "unknown on_child_fail `{s}` (use fail_parent, continue, ignore or remove_dep)"
+                ))
+            })?,
+        };
+        let max_attempts = spec.max_attempts.unwrap_or(3);
+        if max_attempts == 0 {
+            return Err(QueueError::InvalidSpec(
+                "max attempts must be at least 1".into(),
+            ));
+        }
+        if spec.timeout.is_some_and(|t| t.is_zero()) {
+            return Err(QueueError::InvalidSpec(
+                "a timeout must be more than 0".into(),
+            ));
+        }
+        let queue = spec.queue.clone().unwrap_or_else(|| "default".into());
+        if queue.trim().is_empty() {
+            return Err(QueueError::InvalidSpec(
+                "a queue name cannot be empty".into(),
+            ));
+        }
+        Ok(RunSettings {
+            backoff: Backoff {
+                kind: backoff_kind,
+                delay_ms: spec
+                    .backoff_delay
+                    .map(|d| d.as_millis() as u64)
+                    .unwrap_or(1000),
+                jitter,
+            },
+            on_child_fail,
+            max_attempts,
+            queue,
+        })
+    }
 }
 
 pub fn chrono_d(d: Duration) -> chrono::Duration {
@@ -567,18 +593,7 @@ fn notify_parent(tx: &mut dyn JobTx, child: &Job, now: DateTime<Utc>) -> Result<
     }
     let tokens = child.total_tokens();
     let ignored = child.state.is_unsuccessful() && parent.on_child_fail == OnChildFail::Ignore;
-    let body = serde_json::json!({
-        "ignored": ignored,
-        "child": child.id,
-        "name": child.name,
-        "kind": child.kind.as_str(),
-        "state": child.state.as_str(),
-        "summary": child.result.as_ref().and_then(|r| r.summary.clone()),
-        "exit_code": child.result.as_ref().and_then(|r| r.exit_code),
-        "stdout_tail": child.result.as_ref().map(|r| crate::text::clip(&r.stdout_tail, 4000)),
-        "error": child.error,
-        "tokens": tokens,
-    });
+    let body = child_done_body(child, ignored, &tokens);
     let seq = parent.next_message_seq();
     parent.messages.push(JobMessage {
         seq,
@@ -590,36 +605,11 @@ fn notify_parent(tx: &mut dyn JobTx, child: &Job, now: DateTime<Utc>) -> Result<
     });
     parent.child_tokens.add(&tokens);
     parent.updated = now;
-    let mut cascade = Vec::new();
-    if child.state.is_unsuccessful() && !parent.state.is_terminal() {
-        match parent.on_child_fail {
-            OnChildFail::FailParent => {
-                let why = format!(
-                    "child #{} ({}) ended {}{}",
-                    child.id,
-                    child.name,
-                    child.state,
-                    child
-                        .error
-                        .as_deref()
-                        .map(|e| format!(": {}", crate::text::clip(e, 200)))
-                        .unwrap_or_default()
-                );
-                parent.error = Some(why.clone());
-                if parent.state == JobState::Active {
-                    // Its runner is told to stop; it records the failure when it does.
-                    parent.control = Some(Control::Cancel);
-                } else {
-                    parent.transition(JobState::Failed, now, Some(why));
-                }
-                cascade = parent.pending_children().collect();
-            }
-            OnChildFail::RemoveDep => {
-                parent.removed_children.push(child.id);
-            }
-            OnChildFail::Continue | OnChildFail::Ignore => {}
-        }
-    }
+    let cascade = if child.state.is_unsuccessful() && !parent.state.is_terminal() {
+        apply_child_failure(&mut parent, child, now)
+    } else {
+        Vec::new()
+    };
     maybe_release(&mut parent, now);
     save(tx, &mut parent, now)?;
     for c in cascade {
@@ -634,6 +624,55 @@ fn notify_parent(tx: &mut dyn JobTx, child: &Job, now: DateTime<Utc>) -> Result<
         }
     }
     Ok(())
+}
+
+/// The body of the `child_done` message a parent gets when `child` ends.
+fn child_done_body(child: &Job, ignored: bool, tokens: &Tokens) -> Value {
+    serde_json::json!({
+        "ignored": ignored,
+        "child": child.id,
+        "name": child.name,
+        "kind": child.kind.as_str(),
+        "state": child.state.as_str(),
+        "summary": child.result.as_ref().and_then(|r| r.summary.clone()),
+        "exit_code": child.result.as_ref().and_then(|r| r.exit_code),
+        "stdout_tail": child.result.as_ref().map(|r| crate::text::clip(&r.stdout_tail, 4000)),
+        "error": child.error,
+        "tokens": tokens,
+    })
+}
+
+/// Applies the parent's `on_child_fail` policy to a child that ended unsuccessfully;
+/// returns the children to cancel with it (when the parent fails).
+fn apply_child_failure(parent: &mut Job, child: &Job, now: DateTime<Utc>) -> Vec<JobId> {
+    match parent.on_child_fail {
+        OnChildFail::FailParent => {
+            let why = format!(
+                "child #{} ({}) ended {}{}",
+                child.id,
+                child.name,
+                child.state,
+                child
+                    .error
+                    .as_deref()
+                    .map(|e| format!(": {}", crate::text::clip(e, 200)))
+                    .unwrap_or_default()
+            );
+            parent.error = Some(why.clone());
+            if parent.state == JobState::Active {
+                // Its runner is told to stop; it records the failure when it does.
+                parent.control = Some(Control::Cancel);
+            } else {
+                parent.transition(JobState::Failed, now, Some(why));
+            }
+            parent.pending_children().collect()
+        }
+        OnChildFail::RemoveDep => {
+            parent.removed_children.push(child.id);
+            Vec::new()
+        }
+        OnChildFail::Continue | OnChildFail::Ignore => Vec::new(),
+    }
 }
 
 /// Children a parent still waits for that have not reported.
@@ -837,89 +876,7 @@ pub fn finish_in(
     job.run_ms += run_ms;
     job.progress.updated = Some(now);
     job.progress.tokens = Tokens::default();
-    let mut cascade = false;
-    match end {
-        RunEnd::Completed(result) => {
-            job.attempts += 1;
-            job.result = Some(result);
-            job.error = None;
-            if outstanding_children(&job).is_empty() {
-                job.transition(JobState::Completed, now, None);
-            } else {
-                let n = outstanding_children(&job).len();
-                job.transition(
-                    JobState::WaitingChildren,
-                    now,
-                    Some(format!("its run ended; waiting for {n} children")),
-                );
-            }
-        }
-        RunEnd::Failed {
-            error,
-            result,
-            permanent,
-        } => {
-            job.attempts += 1;
-            job.result = Some(result);
-            job.error = Some(error.clone());
-            if job.control == Some(Control::Cancel) {
-                job.transition(JobState::Cancelled, now, Some(error));
-                cascade = true;
-            } else if !permanent && job.attempts < job.max_attempts {
-                let wait = job.backoff.delay(job.id, job.attempts);
-                job.transition(
-                    JobState::Delayed,
-                    now,
-                    Some(format!(
-                        "attempt {} of {} failed: {}; retrying in {}",
-                        job.attempts,
-                        job.max_attempts,
-                        crate::text::clip(&error, 300),
-                        crate::duration::format_duration(wait)
-                    )),
-                );
-                job.run_at = Some(now + chrono_d(wait));
-            } else {
-                let why = if permanent {
-                    format!("failed (not retried: the error is permanent): {error}")
-                } else {
-                    format!(
-                        "failed {} of {} attempts; last error: {error}",
-                        job.attempts, job.max_attempts
-                    )
-                };
-                job.transition(JobState::Failed, now, Some(why));
-            }
-        }
-        RunEnd::Cancelled(result) => {
-            job.result = Some(result);
-            // A parent failed by its child's failure keeps that reason.
-            let (state, why) = match job.error.clone() {
-                Some(e) if e.starts_with("child #") => (JobState::Failed, e),
-                _ => (JobState::Cancelled, "cancelled while running".to_string()),
-            };
-            job.transition(state, now, Some(why));
-            cascade = true;
-        }
-        RunEnd::Paused => {
-            job.transition(
-                JobState::Paused,
-                now,
-                Some("paused between turns; its conversation is saved".into()),
-            );
-            job.end_lease();
-            job.control = None;
-        }
-        RunEnd::Aborted(why) => {
-            let to = if job.state == JobState::Paused {
-                JobState::Paused
-            } else {
-                JobState::Waiting
-            };
-            job.transition(to, now, Some(why));
-            job.end_lease();
-        }
-    }
+    let cascade = apply_end(&mut job, end, now);
     save(tx, &mut job, now)?;
     if cascade {
         for c in job.pending_children().collect::<Vec<_>>() {
@@ -933,6 +890,109 @@ pub fn finish_in(
         }
     }
     Ok(job)
+}
+
+/// Moves a job whose run ended as `end` on; returns whether its pending children are to
+/// be cancelled with it.
+fn apply_end(job: &mut Job, end: RunEnd, now: DateTime<Utc>) -> bool {
+    match end {
+        RunEnd::Completed(result) => {
+            job.attempts += 1;
+            job.result = Some(result);
+            job.error = None;
+            if outstanding_children(job).is_empty() {
+                job.transition(JobState::Completed, now, None);
+            } else {
+                let n = outstanding_children(job).len();
+                job.transition(
+                    JobState::WaitingChildren,
+                    now,
+                    Some(format!("its run ended; waiting for {n} children")),
+                );
+            }
+            false
+        }
+        RunEnd::Failed {
+            error,
+            result,
+            permanent,
+        } => run_failed(job, error, result, permanent, now),
+        RunEnd::Cancelled(result) => {
+            job.result = Some(result);
+            // A parent failed by its child's failure keeps that reason.
+            let (state, why) = match job.error.clone() {
+                Some(e) if e.starts_with("child #") => (JobState::Failed, e),
+                _ => (JobState::Cancelled, "cancelled while running".to_string()),
+            };
+            job.transition(state, now, Some(why));
+            true
+        }
+        RunEnd::Paused => {
+            job.transition(
+                JobState::Paused,
+                now,
+                Some("paused between turns; its conversation is saved".into()),
+            );
+            job.end_lease();
+            job.control = None;
+            false
+        }
+        RunEnd::Aborted(why) => {
+            let to = if job.state == JobState::Paused {
+                JobState::Paused
+            } else {
+                JobState::Waiting
+            };
+            job.transition(to, now, Some(why));
+            job.end_lease();
+            false
+        }
+    }
+}
+
+/// A failed run: cancelled (when a cancel was asked), retried after its back-off while
+/// attempts are left and the error is not permanent, else failed for good. Returns
+/// whether its pending children are to be cancelled with it.
+fn run_failed(
+    job: &mut Job,
+    error: String,
+    result: JobResult,
+    permanent: bool,
+    now: DateTime<Utc>,
+) -> bool {
+    job.attempts += 1;
+    job.result = Some(result);
+    job.error = Some(error.clone());
+    if job.control == Some(Control::Cancel) {
+        job.transition(JobState::Cancelled, now, Some(error));
+        return true;
+    }
+    if !permanent && job.attempts < job.max_attempts {
+        let wait = job.backoff.delay(job.id, job.attempts);
+        job.transition(
+            JobState::Delayed,
+            now,
+            Some(format!(
+                "attempt {} of {} failed: {}; retrying in {}",
+                job.attempts,
+                job.max_attempts,
+                crate::text::clip(&error, 300),
+                crate::duration::format_duration(wait)
+            )),
+        );
+        job.run_at = Some(now + chrono_d(wait));
+    } else {
+        let why = if permanent {
+            format!("failed (not retried: the error is permanent): {error}")
+        } else {
+            format!(
+                "failed {} of {} attempts; last error: {error}",
+                job.attempts, job.max_attempts
+            )
+        };
+        job.transition(JobState::Failed, now, Some(why));
+    }
+    false
 }
 
 /// Updates a running job's progress (and tokens so far), returning the job as it is on

@@ -197,36 +197,48 @@ pub fn details(j: &Job, now: DateTime<Utc>) -> String {
         s.push_str(&format!("  finished: {}\n", t.to_rfc3339()));
     }
     if let Some(r) = &j.result {
-        s.push_str("  result:\n");
-        if let Some(c) = r.exit_code {
-            s.push_str(&format!("    exit code: {c}\n"));
-        }
-        if let Some(sig) = r.signal {
-            s.push_str(&format!("    signal: {sig}\n"));
-        }
-        if let Some(sum) = &r.summary {
-            s.push_str(&format!("    summary: {}\n", sum.replace('\n', "\n      ")));
-        }
-        if !r.stdout_tail.is_empty() {
-            s.push_str(&format!(
-                "    stdout: {}\n",
-                crate::text::clip(r.stdout_tail.trim_end(), 2000).replace('\n', "\n      ")
-            ));
-        }
-        if !r.stderr_tail.is_empty() {
-            s.push_str(&format!(
-                "    stderr: {}\n",
-                crate::text::clip(r.stderr_tail.trim_end(), 2000).replace('\n', "\n      ")
-            ));
-        }
-        if let Some(c) = &r.commit {
-            s.push_str(&format!("    commit: {c}\n"));
-        }
+        push_result(&mut s, r);
     }
     if !j.children.is_empty() {
         let ids: Vec<String> = j.children.iter().map(|c| format!("#{c}")).collect();
         s.push_str(&format!("  children: {}\n", ids.join(" ")));
     }
+    push_history(&mut s, j);
+    push_steering(&mut s, j);
+    s
+}
+
+/// The `result:` section of [`details`].
+fn push_result(s: &mut String, r: &JobResult) {
+    s.push_str("  result:\n");
+    if let Some(c) = r.exit_code {
+        s.push_str(&format!("    exit code: {c}\n"));
+    }
+    if let Some(sig) = r.signal {
+        s.push_str(&format!("    signal: {sig}\n"));
+    }
+    if let Some(sum) = &r.summary {
+        s.push_str(&format!("    summary: {}\n", sum.replace('\n', "\n      ")));
+    }
+    if !r.stdout_tail.is_empty() {
+        s.push_str(&format!(
+            "    stdout: {}\n",
+            crate::text::clip(r.stdout_tail.trim_end(), 2000).replace('\n', "\n      ")
+        ));
+    }
+    if !r.stderr_tail.is_empty() {
+        s.push_str(&format!(
+            "    stderr: {}\n",
+            crate::text::clip(r.stderr_tail.trim_end(), 2000).replace('\n', "\n      ")
+        ));
+    }
+    if let Some(c) = &r.commit {
+        s.push_str(&format!("    commit: {c}\n"));
+    }
+}
+
+/// The `history:` section of [`details`]: every transition, with its reason.
+fn push_history(s: &mut String, j: &Job) {
     s.push_str("  history:\n");
     for t in &j.history {
         s.push_str(&format!(
@@ -240,6 +252,10 @@ pub fn details(j: &Job, now: DateTime<Utc>) -> String {
                 .unwrap_or_default()
         ));
     }
+}
+
+/// The `messages:` section of [`details`]: steering messages with their read receipts.
+fn push_steering(s: &mut String, j: &Job) {
     let steer: Vec<&JobMessage> = j
         .messages
         .iter()
@@ -261,7 +277,6 @@ pub fn details(j: &Job, now: DateTime<Utc>) -> String {
             ));
         }
     }
-    s
 }
 
 /// The JSON of `jobs get --json` and MCP `get_job`: the job file plus computed fields.

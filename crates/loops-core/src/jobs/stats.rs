@@ -56,13 +56,29 @@ pub fn compute(store: &JobStore, now: DateTime<Utc>, daemon_running: bool) -> St
     for e in errors {
         st.warnings.push(format!("unreadable job file: {e}"));
     }
+    st.kinds = kind_stats(&summaries, since);
+    let (live, _) = store.live_jobs();
+    let ready = st.health.count(&live, now);
+    ready.warn(&mut st.warnings, now, daemon_running);
+    if st.health.stalled > 0 {
+        st.warnings.push(format!(
+            "{} active job(s) have lost their runner; the next sweep (at the daemon's start, or within 30s while it runs) requeues them",
+            st.health.stalled
+        ));
+    }
+    st
+}
+
+/// Per kind, the jobs created or finished since `since`, and those not ended yet.
+fn kind_stats(summaries: &[JobSummary], since: DateTime<Utc>) -> BTreeMap<String, KindStats> {
+    let mut kinds: BTreeMap<String, KindStats> = BTreeMap::new();
     let mut sums: BTreeMap<String, (u64, usize)> = BTreeMap::new();
-    for s in &summaries {
+    for s in summaries {
         let recent = s.created >= since || s.finished.is_some_and(|f| f >= since);
         if !recent && s.state.is_terminal() {
             continue;
         }
-        let k = st.kinds.entry(s.kind.as_str().to_string()).or_default();
+        let k = kinds.entry(s.kind.as_str().to_string()).or_default();
         k.total += 1;
         match s.state {
             JobState::Completed => {
@@ -79,58 +95,75 @@ pub fn compute(store: &JobStore, now: DateTime<Utc>, daemon_running: bool) -> St
         }
     }
     for (kind, (ms, n)) in sums {
-        if let Some(k) = st.kinds.get_mut(&kind) {
+        if let Some(k) = kinds.get_mut(&kind) {
             k.avg_ms = (n > 0).then(|| ms / n as u64);
         }
     }
-    let (live, _) = store.live_jobs();
-    let mut stuck: BTreeMap<String, (usize, DateTime<Utc>)> = BTreeMap::new();
-    let mut active_queues: std::collections::HashSet<String> = Default::default();
-    for j in &live {
-        match j.state {
-            JobState::Waiting => st.health.waiting += 1,
-            JobState::Delayed => st.health.delayed += 1,
-            JobState::Active => {
-                st.health.active += 1;
-                active_queues.insert(j.queue.clone());
-                if j.lease.as_ref().is_some_and(|l| !l.owner_alive()) {
-                    st.health.stalled += 1;
+    kinds
+}
+
+/// Which queues have ready work, and which have a job running.
+struct Readiness {
+    /// Per queue: how many jobs are ready, and since when the oldest has been.
+    ready: BTreeMap<String, (usize, DateTime<Utc>)>,
+    active_queues: std::collections::HashSet<String>,
+}
+
+impl Health {
+    /// Counts the live jobs by state; returns which queues have work ready.
+    fn count(&mut self, live: &[Job], now: DateTime<Utc>) -> Readiness {
+        let mut stuck: BTreeMap<String, (usize, DateTime<Utc>)> = BTreeMap::new();
+        let mut active_queues: std::collections::HashSet<String> = Default::default();
+        for j in live {
+            match j.state {
+                JobState::Waiting => self.waiting += 1,
+                JobState::Delayed => self.delayed += 1,
+                JobState::Active => {
+                    self.active += 1;
+                    active_queues.insert(j.queue.clone());
+                    if j.lease.as_ref().is_some_and(|l| !l.owner_alive()) {
+                        self.stalled += 1;
+                    }
+                }
+                JobState::Paused => self.paused += 1,
+                JobState::WaitingChildren => self.waiting_children += 1,
+                _ => {}
+            }
+            if j.ready(now) {
+                // Ready since it was last touched (submitted, requeued, or its delay ran out).
+                let since = j.run_at.unwrap_or(j.updated).max(j.updated.min(now));
+                let e = stuck.entry(j.queue.clone()).or_insert((0, since));
+                e.0 += 1;
+                e.1 = e.1.min(since);
+            }
+        }
+        Readiness {
+            ready: stuck,
+            active_queues,
+        }
+    }
+}
+
+impl Readiness {
+    /// Warns of ready work with no daemon to run it, or of a queue that stopped moving
+    /// under a running daemon.
+    fn warn(&self, warnings: &mut Vec<String>, now: DateTime<Utc>, daemon_running: bool) {
+        let ready: usize = self.ready.values().map(|v| v.0).sum();
+        if ready > 0 && !daemon_running {
+            warnings.push(format!(
+                "{ready} job(s) are ready but no daemon is running: nothing will run them until `loops run` starts (or use `--follow` to run one here)"
+            ));
+        } else if daemon_running {
+            for (q, (n, since)) in &self.ready {
+                if !self.active_queues.contains(q) && now - *since > STUCK_AFTER {
+                    warnings.push(format!(
+                        "queue `{q}` has stopped moving: {n} job(s) ready since {}, none running; check the daemon's log (`loops status`)",
+                        since.to_rfc3339()
+                    ));
                 }
             }
-            JobState::Paused => st.health.paused += 1,
-            JobState::WaitingChildren => st.health.waiting_children += 1,
-            _ => {}
-        }
-        if j.ready(now) {
-            // Ready since it was last touched (submitted, requeued, or its delay ran out).
-            let since = j.run_at.unwrap_or(j.updated).max(j.updated.min(now));
-            let e = stuck.entry(j.queue.clone()).or_insert((0, since));
-            e.0 += 1;
-            e.1 = e.1.min(since);
         }
     }
-    let ready: usize = stuck.values().map(|v| v.0).sum();
-    if ready > 0 && !daemon_running {
-        st.warnings.push(format!(
-            "{ready} job(s) are ready but no daemon is running: nothing will run them until `loops run` starts (or use `--follow` to run one here)"
-        ));
-    } else if daemon_running {
-        for (q, (n, since)) in &stuck {
-            if !active_queues.contains(q) && now - *since > STUCK_AFTER {
-                st.warnings.push(format!(
-                    "queue `{q}` has stopped moving: {n} job(s) ready since {}, none running; check the daemon's log (`loops status`)",
-                    since.to_rfc3339()
-                ));
-            }
-        }
-    }
-    if st.health.stalled > 0 {
-        st.warnings.push(format!(
-            "{} active job(s) have lost their runner; the next sweep (at the daemon's start, or within 30s while it runs) requeues them",
-            st.health.stalled
-        ));
-    }
-    st
 }
 
 /// The text view.
