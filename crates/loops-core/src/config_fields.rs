@@ -390,6 +390,23 @@ impl<'a> Section<'a> {
         }
     }
 
+    /// The duration written at `key`, or an error naming the setting (`limits.x: …`).
+    pub(crate) fn duration(&mut self, key: &str, field: Field<String>) -> Option<Duration> {
+        let full = self.path_of(key).join(".");
+        let help = crate::duration::DURATION_HELP;
+        match duration_of(field)? {
+            DurationField::Ok(d) => Some(d),
+            DurationField::Invalid(e) => {
+                self.error(key, format!("{full}: {e}"), help);
+                None
+            }
+            DurationField::NotText => {
+                self.error(key, format!("{full} must be a duration"), help);
+                None
+            }
+        }
+    }
+
     /// [`Section::take`] with no help line.
     pub(crate) fn take_bare<T>(
         &mut self,
@@ -475,6 +492,16 @@ pub(crate) fn same_keys(read: &[&str], listed: &[&str]) {
     a.sort();
     b.sort();
     assert_eq!(a, b);
+}
+
+/// Whether `name` is a name git accepts for a branch.
+pub(crate) fn valid_branch(name: &str) -> bool {
+    let full = if name.starts_with("refs/heads/") {
+        name.to_string()
+    } else {
+        format!("refs/heads/{name}")
+    };
+    !name.is_empty() && git2::Reference::is_valid_name(&full)
 }
 
 #[cfg(test)]

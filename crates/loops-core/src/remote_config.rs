@@ -3,8 +3,7 @@
 //! Credentials are named here, never written: a key file's path, the ssh agent, or the
 //! variable that holds an https token, read at the moment of use.
 
-use crate::config_fields::{duration_of, DurationField, Field, Section};
-use crate::duration::DURATION_HELP;
+use crate::config_fields::{Field, Section};
 use serde::Deserialize;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -90,7 +89,7 @@ pub(crate) fn read_remote(sec: &mut Section, y: RemoteYaml) -> RemoteSettings {
         None => {}
     }
     match y.branch.written() {
-        Some(Ok(b)) if crate::workspace::valid_branch(b.trim()) => {
+        Some(Ok(b)) if crate::config_fields::valid_branch(b.trim()) => {
             let b = b.trim();
             r.branch = Some(b.strip_prefix("refs/heads/").unwrap_or(b).to_string());
         }
@@ -142,17 +141,8 @@ fn read_times(
             }
             f => f,
         };
-        match duration_of(field) {
-            Some(DurationField::Ok(d)) => *slot = d,
-            Some(DurationField::Invalid(e)) => {
-                sec.error(key, format!("remote.{key}: {e}"), DURATION_HELP)
-            }
-            Some(DurationField::NotText) => sec.error(
-                key,
-                format!("remote.{key} must be a duration"),
-                DURATION_HELP,
-            ),
-            None => {}
+        if let Some(d) = sec.duration(key, field) {
+            *slot = d;
         }
     }
 }

@@ -325,16 +325,6 @@ const GIT_KEYS: &[&str] = &[
 ];
 const RECORD_KEYS: &[&str] = &["rotate_bytes", "max_age", "max_total_bytes"];
 
-/// Whether `name` is a name git accepts for a branch.
-pub(crate) fn valid_branch(name: &str) -> bool {
-    let full = if name.starts_with("refs/heads/") {
-        name.to_string()
-    } else {
-        format!("refs/heads/{name}")
-    };
-    !name.is_empty() && git2::Reference::is_valid_name(&full)
-}
-
 /// An opened workspace.
 #[derive(Debug, Clone)]
 pub struct Workspace {
@@ -816,17 +806,8 @@ fn read_limits(sec: &mut Section, l: LimitsYaml, s: &mut Settings) {
         ),
     ];
     for (key, field, slot) in durations {
-        match duration_of(field) {
-            Some(DurationField::Ok(d)) => *slot = d,
-            Some(DurationField::Invalid(e)) => {
-                sec.error(key, format!("limits.{key}: {e}"), DURATION_HELP)
-            }
-            Some(DurationField::NotText) => sec.error(
-                key,
-                format!("limits.{key} must be a duration"),
-                DURATION_HELP,
-            ),
-            None => {}
+        if let Some(d) = sec.duration(key, field) {
+            *slot = d;
         }
     }
     sec.unknown_keys(LIMIT_KEYS);
@@ -844,7 +825,7 @@ fn read_git(sec: &mut Section, g: GitYaml, s: &mut Settings) {
         s.git_follow_checkout = b;
     }
     match g.branch.written() {
-        Some(Ok(b)) if valid_branch(b.trim()) => {
+        Some(Ok(b)) if crate::config_fields::valid_branch(b.trim()) => {
             let b = b.trim();
             s.git_branch = Some(b.strip_prefix("refs/heads/").unwrap_or(b).to_string());
         }

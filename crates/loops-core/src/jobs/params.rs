@@ -341,26 +341,6 @@ mod tests {
     }
 
     #[test]
-    fn a_job_whose_params_no_longer_read_is_named_with_the_field() {
-        let spec = crate::jobs::queue::JobSpec {
-            kind: Some("shell".into()),
-            params: json!({"cmd": "true"}),
-            ..Default::default()
-        };
-        let mut job = crate::jobs::queue::plan(&spec, chrono::Utc::now()).expect("a job");
-        assert!(job.typed_params().is_ok());
-        job.id = 7;
-        job.params = json!({"cmd": "true", "cwd": 5});
-        let e = job.typed_params().expect_err("cwd is not a path");
-        assert!(
-            e.starts_with(
-                "job #7's params cannot be read: \"cwd\" must be an absolute path, got 5;"
-            ) && e.contains("loops jobs replay 7 --set"),
-            "{e}"
-        );
-    }
-
-    #[test]
     fn the_known_keys_are_the_structs_fields() {
         assert_eq!(
             field_names::<ShellJson>(),

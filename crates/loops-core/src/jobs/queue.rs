@@ -1727,3 +1727,29 @@ pub fn hold_in(
     tx.put(&job, true)?;
     Ok(job)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_job_whose_params_no_longer_read_is_named_with_the_field() {
+        let spec = JobSpec {
+            kind: Some("shell".into()),
+            params: json!({"cmd": "true"}),
+            ..Default::default()
+        };
+        let mut job = plan(&spec, chrono::Utc::now()).expect("a job");
+        assert!(job.typed_params().is_ok());
+        job.id = 7;
+        job.params = json!({"cmd": "true", "cwd": 5});
+        let e = job.typed_params().expect_err("cwd is not a path");
+        assert!(
+            e.starts_with(
+                "job #7's params cannot be read: \"cwd\" must be an absolute path, got 5;"
+            ) && e.contains("loops jobs replay 7 --set"),
+            "{e}"
+        );
+    }
+}
