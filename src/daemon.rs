@@ -399,8 +399,23 @@ impl Daemon {
     }
 
     fn dispatch_ready(&mut self, now: DateTime<Utc>) {
-        let skipped = self.lane.dispatch_ready(&self.ctx, &self.sched, now);
+        let awaiting_push = self.awaiting_push(now);
+        let skipped = self
+            .lane
+            .dispatch_ready(&self.ctx, &self.sched, now, &awaiting_push);
         self.keep(skipped);
+    }
+
+    /// With a remote, a loop's next run waits until its last commits are pushed (while
+    /// pushing works), so a run never builds on state the other side has not seen. Not
+    /// with --once or without commits: no syncer runs then to push them.
+    fn awaiting_push(&self, now: DateTime<Utc>) -> std::collections::HashSet<String> {
+        let syncing = !self.once && self.ctx.committer.is_some();
+        if syncing && self.ws.settings.remote.is_some() && self.lane.has_ready(now) {
+            loops_core::remote::loops_awaiting_push(&self.ws)
+        } else {
+            Default::default()
+        }
     }
 
     fn on_finished(&mut self, f: Finished) {

@@ -46,6 +46,9 @@ struct RunningRun {
     begun: Arc<AtomicBool>,
 }
 
+/// How soon a run held for its loop's unpushed commits looks again.
+const PUSH_RECHECK_MS: i64 = 200;
+
 /// The runs waiting for their time and those running.
 pub struct RunLane {
     running: HashMap<String, Vec<RunningRun>>,
@@ -180,17 +183,31 @@ impl RunLane {
         });
     }
 
-    /// Starts every pending run whose time has come.
+    /// Whether a pending run's time has come.
+    pub fn has_ready(&self, now: DateTime<Utc>) -> bool {
+        self.pending.iter().any(|p| p.due.not_before <= now)
+    }
+
+    /// Starts every pending run whose time has come, except those of the loops in
+    /// `awaiting_push` (their last commits are not pushed yet), which look again shortly.
     pub fn dispatch_ready(
         &mut self,
         ctx: &RunContext,
         sched: &Scheduler,
         now: DateTime<Utc>,
+        awaiting_push: &std::collections::HashSet<String>,
     ) -> Vec<RunRecord> {
-        let (ready, later): (Vec<Planned>, Vec<Planned>) = self
+        let (ready, mut later): (Vec<Planned>, Vec<Planned>) = self
             .pending
             .drain(..)
             .partition(|p| p.due.not_before <= now);
+        let (held, ready): (Vec<Planned>, Vec<Planned>) = ready
+            .into_iter()
+            .partition(|p| awaiting_push.contains(&p.due.loop_name));
+        for mut p in held {
+            p.due.not_before = now + chrono::Duration::milliseconds(PUSH_RECHECK_MS);
+            later.push(p);
+        }
         self.pending = later;
         ready
             .into_iter()

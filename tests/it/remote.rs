@@ -764,3 +764,50 @@ fn an_ssh_remote_is_reached_with_the_deploy_key_and_an_unknown_or_changed_host_k
     assert!(sc.server.path().join("over-ssh.md").exists());
     sc.fsck_all();
 }
+
+#[test]
+fn a_loops_next_run_waits_until_its_last_commit_is_pushed() {
+    // A push every 2 s at the soonest, a run due every second: each run must find the
+    // one before it already on the remote.
+    let sc = Scene::new("  pull_every: 30s\n  push_delay: 2s\n");
+    sc.server.write(
+        "domains/ticker/config.yaml",
+        "schedule: { every: 1s }\npayload:\n  kind: command\n  command: \"git -C ../.. ls-remote origin HEAD | cut -c1-40 > ../../.git/seen-$LOOPS_RUN_ID; echo \\\"- $LOOPS_RUN_ID\\\" >> state.md\"\n",
+    );
+    git_commit_all(sc.server.path(), "tick every second");
+    git(sc.server.path(), &["push", "-q", "origin", &sc.branch]);
+    let mut daemon = sc.server.start_daemon();
+    assert!(
+        wait_until(LONG, || sc.server.count_outcome("ticker", "acted") >= 4),
+        "log:\n{}",
+        daemon.log()
+    );
+    daemon.kill();
+    // Each run (after the first) saw, at its start, the remote holding the run before it.
+    let runs: Vec<serde_json::Value> = sc
+        .server
+        .runs("ticker")
+        .into_iter()
+        .filter(|r| r["outcome"] == "acted")
+        .collect();
+    for pair in runs.windows(2) {
+        let (before, after) = (&pair[0], &pair[1]);
+        let seen_file = sc
+            .server
+            .path()
+            .join(format!(".git/seen-{}", after["run_id"].as_str().unwrap()));
+        let seen = std::fs::read_to_string(&seen_file).unwrap_or_default();
+        let seen = seen.trim();
+        // The remote's tip at the second run's start holds the first run's trailer.
+        let trailers = git(
+            &sc.remote,
+            &["log", "--format=%(trailers:key=Run,valueonly)", seen],
+        );
+        assert!(
+            trailers.contains(before["run_id"].as_str().unwrap()),
+            "run {} started before run {} was pushed",
+            after["run_id"],
+            before["run_id"]
+        );
+    }
+}

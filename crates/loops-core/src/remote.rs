@@ -1400,3 +1400,51 @@ pub fn check(ws: &crate::workspace::Workspace) -> Vec<crate::diag::Diagnostic> {
     }
     out
 }
+
+/// The loops whose last commits the remote does not have yet, while pushing works: the
+/// daemon holds their next run until those are pushed, so a run never builds on state the
+/// other side has not seen (docs/remote.md). Empty when pushing is off or failing (then
+/// runs go on and commit locally; nothing is lost) and when nothing is unpushed.
+pub fn loops_awaiting_push(ws: &crate::workspace::Workspace) -> std::collections::HashSet<String> {
+    let mut out = std::collections::HashSet::new();
+    let Some(r) = &ws.settings.remote else {
+        return out;
+    };
+    if !r.push || !has_unpushed(ws) {
+        return out;
+    }
+    if RemoteState::load(&ws.layout()).is_some_and(|s| s.failures > 0 || s.last_attempt.is_none()) {
+        return out;
+    }
+    let Ok(repo) = Repository::open(&ws.root) else {
+        return out;
+    };
+    let Some(head) = repo.head().ok().and_then(|h| h.target()) else {
+        return out;
+    };
+    let branch = r
+        .branch
+        .clone()
+        .or_else(|| crate::git_gate::current_branch(&repo))
+        .unwrap_or_default();
+    let Ok(seen) = repo.refname_to_id(&seen_ref(&r.name, &branch)) else {
+        return out;
+    };
+    let Ok(mut walk) = repo.revwalk() else {
+        return out;
+    };
+    if walk.push(head).is_err() || walk.hide(seen).is_err() {
+        return out;
+    }
+    // A handful of commits at most: the ones made since the last push.
+    for oid in walk.flatten().take(1000) {
+        let Ok(c) = repo.find_commit(oid) else {
+            continue;
+        };
+        let trailers = crate::history::parse_trailers(c.message().unwrap_or(""));
+        if let Some((_, name)) = trailers.iter().find(|(k, _)| k == "Loop") {
+            out.insert(name.clone());
+        }
+    }
+    out
+}
