@@ -114,8 +114,12 @@ pub fn dispatch(cli: Cli) -> Result {
 /// The one-line explanation of a run record: its error, else its note.
 fn detail(r: &loops_core::runs::RunRecord) -> String {
     let text = r
-        .error
-        .clone()
+        .held
+        .as_ref()
+        .map(|h| {
+            format!("held: the person's edit of the same file won; this run's version is on {h}")
+        })
+        .or_else(|| r.error.clone())
         .or_else(|| r.summary.clone())
         .or_else(|| r.note.clone())
         .unwrap_or_default();
@@ -666,7 +670,13 @@ fn runs(ws: &Workspace, name: &str, limit: usize, json: bool) -> Result {
     // `limit` kept.
     let mut recs = log.recent(name, usize::MAX);
     recs.sort_by_key(|r| r.started);
-    let recs = recs.split_off(recs.len().saturating_sub(limit));
+    let mut recs = recs.split_off(recs.len().saturating_sub(limit));
+    if let Some(state) = loops_core::remote::RemoteState::load(&ws.layout()) {
+        let held = state.held_runs();
+        for r in &mut recs {
+            r.held = held.get(&r.run_id).cloned();
+        }
+    }
     if json {
         print_json(&serde_json::to_value(&recs).unwrap_or_default());
         return Ok(());

@@ -208,6 +208,7 @@ fn starting_record(def: &LoopDef, req: &RunRequest, started: chrono::DateTime<Ut
         refused_tools: Vec::new(),
         deliveries: Vec::new(),
         held_back: Vec::new(),
+        held: None,
     }
 }
 

@@ -271,6 +271,28 @@ fn the_same_file_edited_on_both_sides_keeps_the_persons_version_and_holds_the_ru
         "a handoff names both versions: {notes:?}"
     );
     assert!(!state.contains("<<<<<<<"));
+    // The run's record says where its version is.
+    let runs = loops_cmd(sc.server.path())
+        .args(["runs", "ticker", "--json"])
+        .output()
+        .unwrap();
+    let runs: serde_json::Value = serde_json::from_slice(&runs.stdout).expect("json");
+    let held_ref = runs
+        .as_array()
+        .and_then(|a| a.iter().find(|r| r["commit"] == run_commit.as_str()))
+        .map(|r| r["held"].clone());
+    assert!(
+        held_ref
+            .as_ref()
+            .and_then(|h| h.as_str())
+            .is_some_and(|h| h.starts_with("refs/loops/held/")),
+        "the run record does not say held: {runs}"
+    );
+    let text = loops_cmd(sc.server.path())
+        .args(["runs", "ticker"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&text.stdout).contains("held: the person's edit"));
     // Nothing of the held run was pushed, and the remote and the server agree.
     assert!(!sc.remote_log().contains(&run_commit));
     assert_eq!(

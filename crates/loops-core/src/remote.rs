@@ -227,6 +227,14 @@ pub struct SyncFailure {
 }
 
 impl RemoteState {
+    /// Run id → the ref that keeps its commit, for the runs a sync held.
+    pub fn held_runs(&self) -> std::collections::HashMap<String, String> {
+        self.held
+            .iter()
+            .filter_map(|h| h.run.clone().map(|r| (r, h.reference.clone())))
+            .collect()
+    }
+
     pub fn load(layout: &Layout) -> Option<RemoteState> {
         let text = std::fs::read_to_string(layout.remote_state()).ok()?;
         serde_json::from_str(&text).ok()

@@ -151,6 +151,11 @@ pub struct RunRecord {
     /// run's at all). They stay in the work tree as they are, uncommitted.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub held_back: Vec<HeldBack>,
+    /// With a git remote: the ref keeping this run's commit because the person changed the
+    /// same file and their version won (docs/remote.md). Filled in from
+    /// `.loops/remote.json` when records are read (`loops runs`), not stored in the line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held: Option<String>,
 }
 
 /// A path left out of a run's commit, and why.
@@ -227,6 +232,7 @@ impl RunRecord {
             refused_tools: Vec::new(),
             deliveries: Vec::new(),
             held_back: Vec::new(),
+            held: None,
         }
     }
 }
