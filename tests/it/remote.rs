@@ -833,3 +833,19 @@ fn a_loops_next_run_waits_until_its_last_commit_is_pushed() {
         );
     }
 }
+
+#[test]
+fn a_lock_a_killed_push_left_in_a_folder_remote_stops_nothing() {
+    let sc = Scene::new("  pull_every: 0\n");
+    sc.trigger("ticker");
+    let head = git(sc.server.path(), &["rev-parse", "HEAD"])
+        .trim()
+        .to_string();
+    // What a daemon SIGKILLed in the middle of pushing this commit leaves there.
+    let incoming = sc.remote.join("refs/loops/incoming");
+    std::fs::create_dir_all(&incoming).unwrap();
+    std::fs::write(incoming.join(format!("{head}.lock")), "").unwrap();
+    let out = sc.sync_ok();
+    assert!(out.contains("pushed 1 commit(s)"), "{out}");
+    assert!(sc.remote_log().contains(&head));
+}

@@ -618,7 +618,13 @@ impl Remote {
             // without a look at its old value (transports/local.c), so a person's push in
             // between would be overwritten. The objects go to a ref of our own there, and
             // the branch is then moved by compare-and-set, under git's own ref lock.
-            Some(_) => format!("refs/loops/incoming/{upto}"),
+            // Named for this attempt: a daemon killed mid-push leaves the ref's lock file
+            // behind there, which must not stop the next push of the same commit.
+            Some(_) => format!(
+                "refs/loops/incoming/{upto}-{}-{}",
+                std::process::id(),
+                Utc::now().timestamp_nanos_opt().unwrap_or_default()
+            ),
             None => format!("refs/heads/{}", self.branch),
         };
         let rejected: RefCell<Option<String>> = RefCell::new(None);
