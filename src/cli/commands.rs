@@ -542,8 +542,15 @@ fn run(ws: Workspace, once: bool, all: bool, log_format: LogFormat) -> Result {
 }
 
 fn trigger(ws: Workspace, name: &str, follow: bool, json_out: bool) -> Result {
-    let triggered = crate::trigger::trigger(&ws, name, follow)?;
     let rt = runtime()?;
+    // Ctrl-C or SIGTERM stops the run's whole process group and records it as
+    // interrupted, rather than leaving the command running with no one watching. Caught
+    // before the run is submitted: a serving daemon may start it at once.
+    let cancel_rx = {
+        let _in_runtime = rt.enter();
+        super::output::stop_on_signal()
+    };
+    let triggered = crate::trigger::trigger(&ws, name, follow)?;
     let ws = Arc::new(ws);
     let ctx = RunContext::new(ws.clone());
     if !json_out {
@@ -559,9 +566,6 @@ fn trigger(ws: Workspace, name: &str, follow: bool, json_out: bool) -> Result {
         let (tx, rx) = loops_core::exec::live_channel();
         let live = follow.then_some(tx);
         let printer = super::output::spawn_printer(rx);
-        // Ctrl-C or SIGTERM stops the run's whole process group and records it as
-        // interrupted, rather than leaving the command running with no one watching.
-        let cancel_rx = super::output::stop_on_signal();
         let rec = triggered.run(&ctx, live, cancel_rx).await;
         let _ = printer.await;
         // MCP servers the run started live in this process: they end with it.

@@ -186,15 +186,17 @@ pub(super) fn spawn_printer(
 /// Flips to true on the first SIGINT or SIGTERM: a command running work in this process
 /// stops it cleanly (its process group, its records) instead of dying mid-write.
 pub(super) fn stop_on_signal() -> tokio::sync::watch::Receiver<bool> {
+    use tokio::signal::unix::{signal, SignalKind};
     let (tx, rx) = tokio::sync::watch::channel(false);
+    // The handlers are in place when this returns (not when the task first runs): a run
+    // the daemon starts at once must find Ctrl-C caught, or this process dies of it.
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        return rx;
+    };
     tokio::spawn(async move {
-        use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut int), Ok(mut term)) = (
-            signal(SignalKind::interrupt()),
-            signal(SignalKind::terminate()),
-        ) else {
-            return;
-        };
         tokio::select! {
             _ = int.recv() => {}
             _ = term.recv() => {}
