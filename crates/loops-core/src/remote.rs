@@ -1161,24 +1161,27 @@ fn sync_with(
     Ok(report)
 }
 
+/// The repository, its HEAD and the remote tip loops last saw there (`None`: never
+/// synced), for the daemon's cheap looks between syncs.
+fn head_and_seen(ws: &crate::workspace::Workspace) -> Option<(Repository, Oid, Option<Oid>)> {
+    let r = ws.settings.remote.as_ref()?;
+    let repo = Repository::open(&ws.root).ok()?;
+    let head = repo.head().ok().and_then(|h| h.target())?;
+    // The remote branch as `Remote::new` names it: remote.branch, else the branch runs
+    // commit to, else the one checked out.
+    let local = match branch_rule(&ws.settings) {
+        Some(BranchRule::Fixed(b)) => Some(b),
+        _ => crate::git_gate::current_branch(&repo),
+    };
+    let branch = r.branch.clone().or(local).unwrap_or_default();
+    let seen = repo.refname_to_id(&seen_ref(&r.name, &branch)).ok();
+    Some((repo, head, seen))
+}
+
 /// Whether the local branch holds commits the remote was not seen to have (cheap: two
 /// refs read, for the daemon's look every fraction of a second).
 pub fn has_unpushed(ws: &crate::workspace::Workspace) -> bool {
-    let Some(r) = &ws.settings.remote else {
-        return false;
-    };
-    let Ok(repo) = Repository::open(&ws.root) else {
-        return false;
-    };
-    let Some(head) = repo.head().ok().and_then(|h| h.target()) else {
-        return false;
-    };
-    let branch = r
-        .branch
-        .clone()
-        .or_else(|| crate::git_gate::current_branch(&repo))
-        .unwrap_or_default();
-    repo.refname_to_id(&seen_ref(&r.name, &branch)).ok() != Some(head)
+    head_and_seen(ws).is_some_and(|(_, head, seen)| seen != Some(head))
 }
 
 /// Folds one integration into the report (a retried push may integrate twice).
@@ -1430,18 +1433,7 @@ pub fn loops_awaiting_push(ws: &crate::workspace::Workspace) -> std::collections
     if RemoteState::load(&ws.layout()).is_some_and(|s| s.failures > 0 || s.last_attempt.is_none()) {
         return out;
     }
-    let Ok(repo) = Repository::open(&ws.root) else {
-        return out;
-    };
-    let Some(head) = repo.head().ok().and_then(|h| h.target()) else {
-        return out;
-    };
-    let branch = r
-        .branch
-        .clone()
-        .or_else(|| crate::git_gate::current_branch(&repo))
-        .unwrap_or_default();
-    let Ok(seen) = repo.refname_to_id(&seen_ref(&r.name, &branch)) else {
+    let Some((repo, head, Some(seen))) = head_and_seen(ws) else {
         return out;
     };
     let Ok(mut walk) = repo.revwalk() else {
