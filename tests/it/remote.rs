@@ -849,3 +849,37 @@ fn a_lock_a_killed_push_left_in_a_folder_remote_stops_nothing() {
     assert!(out.contains("pushed 1 commit(s)"), "{out}");
     assert!(sc.remote_log().contains(&head));
 }
+
+#[test]
+fn a_pull_waits_while_the_person_is_in_the_middle_of_a_rebase_on_the_server() {
+    let sc = Scene::new("  pull_every: 0\n");
+    sc.laptop_commit("from-laptop.md", "hi\n", "laptop: hi");
+    // The person's rebase stops (an --exec that fails): a rebase is in progress.
+    let stopped = std::process::Command::new("git")
+        .current_dir(sc.server.path())
+        .args([
+            "-c",
+            "core.editor=true",
+            "rebase",
+            "--exec",
+            "false",
+            "HEAD~1",
+        ])
+        .output()
+        .unwrap();
+    assert!(!stopped.status.success(), "the rebase was meant to stop");
+    let head = git(sc.server.path(), &["rev-parse", "HEAD"]);
+    let out = sc.sync_ok();
+    assert!(out.contains("deferred") && out.contains("rebase"), "{out}");
+    assert_eq!(
+        git(sc.server.path(), &["rev-parse", "HEAD"]),
+        head,
+        "HEAD moved mid-rebase"
+    );
+    assert!(!sc.server.path().join("from-laptop.md").exists());
+    git(sc.server.path(), &["rebase", "--abort"]);
+    let out = sc.sync_ok();
+    assert!(out.contains("fast-forwarded"), "{out}");
+    assert!(sc.server.path().join("from-laptop.md").exists());
+    sc.fsck_all();
+}

@@ -292,7 +292,9 @@ impl Remote {
         }
         let local = match rule {
             Some(BranchRule::Fixed(b)) => b.clone(),
-            _ => crate::git_gate::current_branch(&repo).unwrap_or_else(|| "main".into()),
+            _ => crate::git_gate::current_branch(&repo)
+                .or_else(|| branch_being_rewritten(&repo))
+                .unwrap_or_else(|| "main".into()),
         };
         let branch = settings.branch.clone().unwrap_or_else(|| local.clone());
         Ok(Remote {
@@ -910,6 +912,15 @@ pub fn redact_url(url: &str) -> String {
         (Some(s), Some(at)) if at > s => format!("{}://[redacted]@{}", &url[..s], &url[at + 1..]),
         _ => url.to_string(),
     }
+}
+
+/// The branch a rebase in progress is rewriting (HEAD is detached meanwhile), so a sync
+/// then names the right branch and waits, rather than take another for it.
+fn branch_being_rewritten(repo: &Repository) -> Option<String> {
+    ["rebase-merge/head-name", "rebase-apply/head-name"]
+        .iter()
+        .find_map(|f| std::fs::read_to_string(repo.path().join(f)).ok())
+        .and_then(|t| t.trim().strip_prefix("refs/heads/").map(str::to_string))
 }
 
 /// The folder of a remote reached as a path (`/srv/mind.git`, `../mind.git`,
