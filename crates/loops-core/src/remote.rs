@@ -609,8 +609,30 @@ impl Remote {
         tip: Option<Oid>,
     ) -> Result<(), RemoteError> {
         let name = &self.settings.name;
-        let src = push_ref(name, &self.branch);
+        // Named for this attempt and removed after it: a sync killed mid-push leaves the
+        // ref's lock file behind, which must not stop the next one.
+        let src = format!(
+            "{}-{}-{}",
+            push_ref(name, &self.branch),
+            std::process::id(),
+            Utc::now().timestamp_nanos_opt().unwrap_or_default()
+        );
         repo.reference(&src, upto, true, "loops sync: push")?;
+        let result = self.push_ref_to(repo, &src, upto, tip);
+        if let Ok(mut r) = repo.find_reference(&src) {
+            let _ = r.delete();
+        }
+        result
+    }
+
+    fn push_ref_to(
+        &self,
+        repo: &Repository,
+        src: &str,
+        upto: Oid,
+        tip: Option<Oid>,
+    ) -> Result<(), RemoteError> {
+        let name = &self.settings.name;
         let mut remote = repo
             .find_remote(name)
             .map_err(|_| RemoteError::NoRemote(name.clone()))?;
