@@ -135,6 +135,7 @@ fn make_kit(ws: &Arc<Workspace>, run_id: &str) -> ToolKit {
         claimed: Vec::new(),
         guard: Default::default(),
         delivery_scope: run_id.into(),
+        next_check: None,
     })
 }
 

@@ -157,6 +157,8 @@ pub struct LoopRow {
     pub consecutive_failures: u32,
     pub paused: Option<Pause>,
     pub errors: Vec<Diagnostic>,
+    /// What the loop spent since the UTC day began (tokens, estimated cost).
+    pub spent_today: loops_core::budget::Spend,
 }
 
 impl LoopRow {
@@ -183,6 +185,13 @@ impl LoopRow {
             "consecutive_failures": self.consecutive_failures,
             "paused": self.paused,
             "errors": self.errors,
+            "spent_today": {
+                "tokens": self.spent_today.tokens,
+                "cost_estimate_usd": (!self.spent_today.cost_unknown || self.spent_today.cost > 0.0)
+                    .then_some(self.spent_today.cost),
+                "cost_unknown": self.spent_today.cost_unknown,
+                "runs": self.spent_today.runs,
+            },
         })
     }
 }
@@ -216,6 +225,11 @@ fn loop_row(
         consecutive_failures: state.map(|s| s.consecutive_failures).unwrap_or(0),
         paused: state.and_then(|s| s.paused.clone()),
         errors: e.errors().cloned().collect(),
+        spent_today: loops_core::budget::spent_today(
+            &loops_core::runs::RunLog::new(&ws.layout().runs_dir(), u64::MAX),
+            &e.name,
+            now,
+        ),
     };
     let Some(def) = &e.def else {
         let first = e
@@ -241,6 +255,18 @@ fn loop_row(
         if let Some(past) = past_one_shot(def, now) {
             row.status = past;
         }
+    }
+    if let Some(until) = state
+        .and_then(|s| s.budget_paused_until)
+        .filter(|u| *u > now)
+    {
+        row.status = format!(
+            "paused for today: daily budget reached (resumes {})",
+            until.format("%Y-%m-%d %H:%M UTC")
+        );
+    }
+    if row.spent_today.tokens > 0 {
+        row.status = format!("{} · today {}", row.status, row.spent_today.describe());
     }
     row
 }
@@ -293,6 +319,15 @@ fn next_run(
     let mut next = runnable
         .then(|| def.schedule.upcoming(now, 1).into_iter().next())
         .flatten();
+    if let Some(at) = state
+        .and_then(|s| s.next_check)
+        .filter(|_| runnable && def.schedule.adaptive.is_some())
+    {
+        next = Some(at);
+    }
+    if let Some(until) = state.and_then(|s| s.budget_paused_until) {
+        next = next.map(|n| n.max(until));
+    }
     if let Some(r) = state.and_then(|s| s.pending_retry.as_ref()) {
         next = Some(next.map_or(r.at, |n| n.min(r.at)));
     }

@@ -394,11 +394,18 @@ fn next(ws: &Workspace, name: &str, count: usize, from: Option<&str>, json: bool
             })?,
         None => Utc::now(),
     };
+    let chosen = chosen_next_check(ws, def);
     let times = def.schedule.upcoming(from, count);
     let tz = def.schedule.tz;
     if json {
         print_json(&json!({
             "loop": name,
+            "next_check": chosen.map(|(at, after)| json!({
+                "utc": at,
+                "local": at.with_timezone(&tz).to_rfc3339(),
+                "after_last_run": after.map(loops_core::duration::format_duration),
+                "chosen_by": "model",
+            })),
             "schedule": def.schedule.describe(),
             "timezone": tz.name(),
             "timezone_source": def.schedule.tz_source,
@@ -424,6 +431,15 @@ fn next(ws: &Workspace, name: &str, count: usize, from: Option<&str>, json: bool
             loops_core::duration::format_duration(def.schedule.offset)
         );
     }
+    if let Some((at, after)) = chosen {
+        let after = after
+            .map(|d| format!(" (+{} after the last run)", loops_core::duration::format_duration(d)))
+            .unwrap_or_default();
+        println!(
+            "next check: {}{after}, chosen by the model (finish next_check); then the schedule again",
+            at.with_timezone(&tz).format("%a %Y-%m-%d %H:%M:%S %Z")
+        );
+    }
     if times.is_empty() {
         println!("no fire times after {}", from.to_rfc3339());
     }
@@ -445,6 +461,23 @@ fn next(ws: &Workspace, name: &str, count: usize, from: Option<&str>, json: bool
         );
     }
     Ok(())
+}
+
+/// An adaptive loop's next look as its model chose it, and how long after the last run's
+/// end that is.
+fn chosen_next_check(
+    ws: &Workspace,
+    def: &loops_core::domain::LoopDef,
+) -> Option<(DateTime<Utc>, Option<std::time::Duration>)> {
+    def.schedule.adaptive?;
+    let state = loops_core::state::StateStore::new(&ws.layout().state_dir()).load(&def.name)?;
+    let at = state.next_check?;
+    let after = state
+        .last_run
+        .and_then(|r| (at - r.finished).to_std().ok())
+        // Rounded to the minute: the run's end and the chosen instant are a moment apart.
+        .map(|d| std::time::Duration::from_secs((d.as_secs() + 30) / 60 * 60));
+    Some((at, after))
 }
 
 fn init_tracing(format: LogFormat) {

@@ -170,6 +170,9 @@ pub async fn execute(
     if let Err(e) = ctx.runlog.append(&rec) {
         tracing::error!("cannot append the run record: {e}");
     }
+    if rec.tokens.is_some() {
+        crate::engine::budget::after_run(ctx, def, &rec.run_id);
+    }
     ctx.running.remove(&req.run_id);
     rec
 }
@@ -209,6 +212,8 @@ fn starting_record(def: &LoopDef, req: &RunRequest, started: chrono::DateTime<Ut
         deliveries: Vec::new(),
         held_back: Vec::new(),
         held: None,
+        cost_estimate: None,
+        next_check: None,
     }
 }
 
@@ -597,6 +602,10 @@ pub fn token_trailers(rec: &RunRecord) -> Vec<(&'static str, String)> {
     }
     if let Some(m) = &rec.model {
         t.push(("Model", m.clone()));
+    }
+    // Only when the model's price is known: an unknown cost is never written as $0.
+    if let Some(c) = rec.cost_estimate {
+        t.push(("Cost-Estimate", loops_core::pricing::Cost(c).display()));
     }
     t
 }

@@ -412,6 +412,7 @@ fn main_tools(
             .collect(),
         guard: Guard::new(&ws.settings.guard, None),
         delivery_scope: wake_delivery_scope(run_id, handoffs),
+        next_check: None,
     }
 }
 

@@ -3,6 +3,7 @@
 //! (`main_session`, its model in `main_agent`) and a queued job (`worker`) each start from a
 //! [`run_context::RunContext`].
 
+pub mod budget;
 pub mod doorbell;
 pub mod loop_run;
 pub mod main_agent;

@@ -50,6 +50,8 @@ pub struct PromptOutcome {
     /// not through loops' tools: its changes are told apart as a command loop's are.
     pub writes_itself: bool,
     pub exit_code: Option<i32>,
+    /// An adaptive loop's model asked to look again this long after the run.
+    pub next_check: Option<Duration>,
     pub stdout_tail: String,
     pub stderr_tail: String,
     pub duration: Duration,
@@ -79,6 +81,9 @@ impl PromptOutcome {
             ..Default::default()
         };
         out.judge_end(&driven.end, driven.turns, acted_by_tools(kit));
+        if let End::Finished(f) = &driven.end {
+            out.next_check = f.next_check;
+        }
         if !kit.refused.is_empty() {
             out.add_note(format!("refused tool call(s): {}", kit.refused.join(", ")));
         }
@@ -178,6 +183,18 @@ impl PromptOutcome {
             rec.note = note.map(|n| redactor.redact(&n));
         }
         rec.summary = self.summary.map(|s| redactor.redact(&s));
+        rec.cost_estimate = self.tokens.as_ref().and_then(|u| {
+            crate::engine::budget::cost_of(
+                &ws.settings,
+                self.provider.as_deref(),
+                self.model.as_deref(),
+                u,
+            )
+        });
+        rec.next_check = self
+            .next_check
+            .and_then(|d| chrono::Duration::from_std(d).ok())
+            .map(|d| chrono::Utc::now() + d);
         rec.provider = self.provider;
         rec.model = self.model;
         rec.tokens = self.tokens;
@@ -307,6 +324,17 @@ pub async fn run(
         Err(e) => return PromptOutcome::failed(e.to_string()),
     };
     let now = Utc::now();
+    if let Some(why) = crate::engine::budget::over_today(ctx, def, now) {
+        crate::engine::budget::hold_for_the_day(ctx, def, &req.run_id, &why, now);
+        let mut out = PromptOutcome {
+            outcome: Some(Outcome::Budget),
+            error: Some(format!("not started: {why}")),
+            provider: Some(choice.provider.name.clone()),
+            ..Default::default()
+        };
+        out.duration = started.elapsed();
+        return out;
+    }
     let mut env = crate::engine::run_context::run_env(&ctx.ws, def, &req.run_id, state);
     env.push(("LOOPS_WINDOW_END".into(), now.to_rfc3339()));
     let run = PromptRun {
@@ -482,6 +510,13 @@ impl PromptRun<'_> {
         cancel: Option<watch::Receiver<bool>>,
         tr: &mut Transcript,
     ) -> PromptOutcome {
+        let mut budget = crate::engine::budget::RunBudget::for_run(
+            self.ctx,
+            self.def,
+            &choice.provider.name,
+            &choice.model,
+            self.now,
+        );
         let spec = SessionSpec {
             model: choice,
             tools: self.tool_env(),
@@ -492,12 +527,20 @@ impl PromptRun<'_> {
                 time: TimeLimit::Until(self.deadline),
             },
             cancel,
-            hooks: None,
+            hooks: budget
+                .as_mut()
+                .map(|b| b as &mut dyn loops_agent::run::TurnHooks),
         };
-        match spec.run(tr).await {
+        let mut out = match spec.run(tr).await {
             Ok(run) => PromptOutcome::of_session(&run, choice),
             Err(e) => PromptOutcome::failed(e.to_string()),
+        };
+        if let Some(why) = budget.and_then(|b| b.stopped) {
+            tr.note(&format!("budget: {why}"));
+            out.outcome = Some(Outcome::Budget);
+            out.error = Some(why);
         }
+        out
     }
 
     fn tool_env(&self) -> ToolEnv {
@@ -522,6 +565,7 @@ impl PromptRun<'_> {
             claimed: Vec::new(),
             guard: self.guard(),
             delivery_scope: crate::engine::run_context::delivery_scope(def, self.req),
+            next_check: def.schedule.adaptive.map(|a| (a.min, a.max)),
         }
     }
 

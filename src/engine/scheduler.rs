@@ -433,13 +433,51 @@ fn compute_next(store: &StateStore, e: &mut Entry, now: DateTime<Utc>) {
         if state.paused.is_some() || !e.def.enabled {
             return None;
         }
-        let slot_fire = e.def.schedule.next_fire_after_slot(state.decided_until());
+        let slot_fire = next_slot_fire(&e.def, &state);
         let retry = state.pending_retry.as_ref().map(|r| r.at);
         match (slot_fire, retry) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
     });
+}
+
+/// The loop's next slot: the model's chosen look (`next_check`) when an adaptive loop has
+/// one, else its schedule's; never before a daily budget's pause ends.
+fn next_slot_fire(def: &LoopDef, state: &LoopState) -> Option<DateTime<Utc>> {
+    let fire = match state.next_check.filter(|_| def.schedule.adaptive.is_some()) {
+        Some(at) => Some(at),
+        None => def.schedule.next_fire_after_slot(state.decided_until()),
+    };
+    match state.budget_paused_until {
+        Some(until) => fire.map(|f| f.max(until)),
+        None => fire,
+    }
+}
+
+/// The slot an adaptive loop's chosen look or a budget's pause decides at `now`, in place
+/// of the schedule's plan: `Some(runs)` when one of them holds the loop. The slots they
+/// passed over are decided (not missed: the model, or the budget, chose to skip them).
+fn held_slot(
+    def: &LoopDef,
+    s: &mut LoopState,
+    now: DateTime<Utc>,
+) -> Option<Vec<(Trigger, Option<DateTime<Utc>>, u32, bool)>> {
+    if let Some(until) = s.budget_paused_until {
+        if until > now {
+            return Some(Vec::new());
+        }
+        s.budget_paused_until = None;
+        s.watermark = Some(now.max(s.decided_until()));
+    }
+    let at = s.next_check.filter(|_| def.schedule.adaptive.is_some())?;
+    if at > now {
+        return Some(Vec::new());
+    }
+    // Exactly once: after this look the `every` grid takes over again from now.
+    s.next_check = None;
+    s.watermark = Some(now.max(s.decided_until()));
+    Some(vec![(Trigger::Schedule, Some(at), 1, false)])
 }
 
 /// What claiming a loop's due slots decided: runs (trigger, slot, attempt, caught up?)
@@ -484,6 +522,10 @@ pub fn claim_with(
                 runs.push((Trigger::Retry, r.slot, r.attempt, false));
             }
         }
+        if let Some(held) = held_slot(def, s, now) {
+            runs.extend(held);
+            return Some(Claim { runs, missed: None });
+        }
         let plan = def.schedule.plan(s.decided_until(), now);
         s.watermark = Some(plan.watermark.max(s.decided_until()));
         for r in &plan.runs {
@@ -522,6 +564,8 @@ pub fn apply_finish(
         if matches!(rec.outcome, Outcome::Skipped | Outcome::Missed) {
             return Aftermath::Nothing;
         }
+        // Set, or cleared: the model's choice holds for the next slot only.
+        s.next_check = rec.next_check.filter(|_| def.schedule.adaptive.is_some());
         s.last_run = Some(LastRun {
             run_id: rec.run_id.clone(),
             started: rec.started,
@@ -536,7 +580,7 @@ pub fn apply_finish(
                 s.pending_retry = None;
                 Aftermath::Nothing
             }
-            Outcome::Interrupted => Aftermath::Nothing,
+            Outcome::Interrupted | Outcome::Budget => Aftermath::Nothing,
             _ => {
                 let trig = Trigger::parse(&rec.trigger);
                 if retryable && trig.retries() && rec.attempt < def.retry.max_attempts {

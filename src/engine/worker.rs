@@ -1469,6 +1469,7 @@ impl AgentPlan {
             guard: Guard::new(&ws.settings.guard, None),
             // Every attempt of a job is the same job: a retry posts nothing twice.
             delivery_scope: format!("job-{}", job.id),
+            next_check: None,
         }
     }
 }

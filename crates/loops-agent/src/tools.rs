@@ -75,6 +75,8 @@ pub struct ToolEnv {
     /// The logical run posts are keyed by: a retry of the same slot, or a replayed wake,
     /// posts nothing twice (see [`loops_core::channels::delivery_key`]).
     pub delivery_scope: String,
+    /// An adaptive loop's bounds (min, max): `finish` then offers `next_check`.
+    pub next_check: Option<(std::time::Duration, std::time::Duration)>,
 }
 
 /// How the model ended the run with `finish`.
@@ -82,6 +84,9 @@ pub struct ToolEnv {
 pub struct Finish {
     pub summary: String,
     pub silent: bool,
+    /// When the model wants to look next (`next_check`), already held to the loop's
+    /// adaptive bounds.
+    pub next_check: Option<std::time::Duration>,
 }
 
 /// The tools of one run, and what they did.
@@ -128,6 +133,9 @@ impl ToolKit {
                 // The model needs the channel names to post anywhere.
                 if s.name == "post" || s.name == "deliver" {
                     s.description = format!("{} Channels: {channels}.", s.description);
+                }
+                if let (true, Some(b)) = (s.name == "finish", env.next_check) {
+                    offer_next_check(&mut s, b);
                 }
                 s
             })
@@ -752,7 +760,15 @@ impl ToolKit {
             Some(Value::String(s)) if s == "true" || s == "false" => s == "true",
             Some(_) => return Err(ToolError::new("`silent` must be true or false")),
         };
-        self.finish = Some(Finish { summary, silent });
+        let next_check = match self.env.next_check {
+            Some(bounds) => next_check_arg(input, bounds)?,
+            None => None,
+        };
+        self.finish = Some(Finish {
+            summary,
+            silent,
+            next_check,
+        });
         Ok(ToolOk::text("finished"))
     }
 
@@ -985,6 +1001,46 @@ fn str_arg(input: &Value, key: &str) -> Result<String, ToolError> {
         Some(Value::String(s)) => Ok(s.clone()),
         Some(Value::Null) | None => Err(ToolError::new(format!("missing argument `{key}`"))),
         Some(_) => Err(ToolError::new(format!("`{key}` must be a string"))),
+    }
+}
+
+/// Adds `next_check` to `finish` for an adaptive loop, saying its bounds.
+fn offer_next_check(s: &mut ToolSpec, (min, max): (std::time::Duration, std::time::Duration)) {
+    let (min, max) = (
+        loops_core::duration::format_duration(min),
+        loops_core::duration::format_duration(max),
+    );
+    s.description = format!(
+        "{} next_check: when this loop should look again, e.g. \"45m\" (between {min} and {max}; leave it out for the usual schedule).",
+        s.description
+    );
+    if let Some(props) = s
+        .input_schema
+        .get_mut("properties")
+        .and_then(Value::as_object_mut)
+    {
+        props.insert(
+            "next_check".into(),
+            json!({"type": "string", "description": format!("a duration from {min} to {max}, e.g. 45m")}),
+        );
+    }
+}
+
+/// `finish`'s `next_check`, held to `(min, max)`; an unreadable one is the model's to fix.
+fn next_check_arg(
+    input: &Value,
+    (min, max): (std::time::Duration, std::time::Duration),
+) -> Result<Option<std::time::Duration>, ToolError> {
+    let Some(text) = opt_str(input, "next_check")? else {
+        return Ok(None);
+    };
+    match loops_core::duration::parse_duration(text.trim()) {
+        Ok(d) => Ok(Some(d.clamp(min, max))),
+        Err(e) => Err(ToolError::new(format!(
+            "`next_check` {text:?} is not a duration ({e}): write e.g. \"45m\" or \"2h\", between {} and {}, and call finish again",
+            loops_core::duration::format_duration(min),
+            loops_core::duration::format_duration(max)
+        ))),
     }
 }
 

@@ -131,6 +131,8 @@ pub struct LoopDef {
     pub guard: crate::guard::GuardConfig,
     /// Every key the runner does not know, kept for the prompt.
     pub settings: Mapping,
+    /// `budget:`: this loop's token and cost limits (none when not written).
+    pub budget: crate::budget::Budget,
     /// A fingerprint of config.yaml's schedule, to notice when it changes.
     pub schedule_fingerprint: String,
 }
@@ -388,6 +390,7 @@ const TOP_KEYS: &[&str] = &[
     "detectors",
     "reads",
     "edit_prompt",
+    "budget",
 ];
 const SCHEDULE_KEYS: &[&str] = &[
     "every",
@@ -397,6 +400,7 @@ const SCHEDULE_KEYS: &[&str] = &[
     "jitter",
     "catch_up",
     "starting_deadline",
+    "adaptive",
 ];
 const PAYLOAD_KEYS: &[&str] = &["kind", "command", "model", "provider"];
 const RETRY_KEYS: &[&str] = &["max_attempts", "backoff", "delay", "jitter"];
@@ -490,6 +494,7 @@ struct ConfigYaml {
     detectors: Field<IgnoredAny>,
     reads: Field<List<Value>>,
     edit_prompt: Field<bool>,
+    budget: Field<Value>,
 }
 
 /// `gate:`: a command (an argv list, or a line of shell), or `{ command: … }`.
@@ -961,6 +966,10 @@ fn parse_config(
     let keys = read_loop_keys(&mut sec, ws, yaml);
     let settings = loop_settings(&mut sec, &map);
     cx.diags.extend(sec.finish());
+    let budget = match map.get("budget") {
+        Some(v) => crate::budget::parse(rel, &loc, &["budget"], v, &mut cx.diags),
+        None => Default::default(),
+    };
 
     let payload = parse_payload(&mut cx, keys.payload.as_ref(), has_prompt, dir);
     payload_warnings(&mut cx, ws, &keys, payload.as_ref());
@@ -977,9 +986,10 @@ fn parse_config(
     );
     let has_errors = cx.diags.iter().any(|d| d.is_error());
     let def = match (schedule, payload, has_errors) {
-        (Some(schedule), Some(payload), false) => Some(loop_def(
-            name, dir, keys, schedule, payload, guard, settings,
-        )),
+        (Some(schedule), Some(payload), false) => Some(LoopDef {
+            budget,
+            ..loop_def(name, dir, keys, schedule, payload, guard, settings)
+        }),
         _ => None,
     };
     (def, cx.diags)
@@ -1023,6 +1033,7 @@ fn loop_def(
         deliver: keys.deliver,
         guard,
         settings,
+        budget: Default::default(),
     }
 }
 
@@ -1111,6 +1122,7 @@ fn loop_schedule(
             offset: Duration::ZERO,
             catch_up: CatchUp::Once,
             starting_deadline: Schedule::default_deadline(&When::Every(iv)),
+            adaptive: None,
         }),
         // A `timing.interval_minutes` that is there but wrong has its own error already.
         (None, None)
@@ -1326,6 +1338,7 @@ struct ScheduleYaml {
     jitter: Field<Value>,
     catch_up: Field<Value>,
     starting_deadline: Field<Value>,
+    adaptive: Field<Value>,
 }
 
 fn parse_schedule(cx: &mut Ctx, ws: &Workspace, name: &str, v: &Value) -> Option<Schedule> {
@@ -1391,7 +1404,12 @@ fn parse_schedule(cx: &mut Ctx, ws: &Workspace, name: &str, v: &Value) -> Option
         Some(d) => cx.duration(&["schedule", "starting_deadline"], &d)?,
         None => Schedule::default_deadline(&when),
     };
+    let adaptive = match y.adaptive.written() {
+        Some(v) => Some(parse_adaptive(cx, &when, v.unwrap_or_else(|v| v))?),
+        None => None,
+    };
     Some(Schedule {
+        adaptive,
         offset: jitter_offset(name, jitter),
         when,
         tz,
@@ -1400,6 +1418,46 @@ fn parse_schedule(cx: &mut Ctx, ws: &Workspace, name: &str, v: &Value) -> Option
         catch_up,
         starting_deadline,
     })
+}
+
+/// `schedule.adaptive: {min, max}`: only beside `every`, with `min` no longer than `max`.
+fn parse_adaptive(cx: &mut Ctx, when: &When, v: Value) -> Option<crate::schedule::Adaptive> {
+    let at = ["schedule", "adaptive"];
+    let help = "e.g. schedule: { every: 10m, adaptive: { min: 5m, max: 2h } }";
+    if !matches!(when, When::Every(_)) {
+        cx.err(&at, "`schedule.adaptive` needs `every`", help);
+        return None;
+    }
+    let Some(m) = v.as_mapping() else {
+        cx.err(&at, "`schedule.adaptive` must be a mapping with `min` and `max`", help);
+        return None;
+    };
+    if let Some(k) = m.keys().filter_map(Value::as_str).find(|k| !["min", "max"].contains(k)) {
+        let path = ["schedule", "adaptive", k];
+        cx.diags.push(
+            Diagnostic::error(cx.rel, format!("unknown key `{k}` in `schedule.adaptive`"))
+                .at(cx.loc.key(&path))
+                .help(help),
+        );
+        return None;
+    }
+    let mut bound = |k: &str| match m.get(k) {
+        Some(d) => cx.duration(&["schedule", "adaptive", k], d),
+        None => {
+            cx.err(&at, format!("`schedule.adaptive` has no `{k}`"), help);
+            None
+        }
+    };
+    let (min, max) = (bound("min")?, bound("max")?);
+    if min.is_zero() || min > max {
+        cx.err(
+            &["schedule", "adaptive", "min"],
+            "`schedule.adaptive.min` must be longer than zero and no longer than `max`",
+            help,
+        );
+        return None;
+    }
+    Some(crate::schedule::Adaptive { min, max })
 }
 
 /// When the schedule fires: exactly one of `every`, `cron` and `at`.

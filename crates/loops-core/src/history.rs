@@ -173,6 +173,8 @@ impl Committer {
             reported_holders: HashSet::new(),
             rule,
             held: None,
+            cost_estimate: None,
+            next_check: None,
         };
         std::thread::Builder::new()
             .name("loops-committer".into())

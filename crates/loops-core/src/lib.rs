@@ -19,6 +19,7 @@
 #![cfg_attr(not(test), warn(unused_crate_dependencies))]
 
 pub mod backoff;
+pub mod budget;
 pub mod beneath;
 pub mod channel_config;
 pub mod channels;
@@ -40,6 +41,7 @@ pub mod known_hosts;
 pub mod layout;
 pub mod mcp_config;
 pub mod net;
+pub mod pricing;
 pub mod providers;
 pub mod remote;
 pub mod remote_config;

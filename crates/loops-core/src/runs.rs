@@ -46,6 +46,9 @@ pub enum Outcome {
     Missed,
     /// Stopped by shutdown, replacement or a crash of the runner.
     Interrupted,
+    /// Stopped at a turn boundary, or not started, because it would go over its token or
+    /// cost budget (`budget:`); not a failure, so never retried.
+    Budget,
 }
 
 impl Outcome {
@@ -58,6 +61,7 @@ impl Outcome {
             Outcome::Skipped => "skipped",
             Outcome::Missed => "missed",
             Outcome::Interrupted => "interrupted",
+            Outcome::Budget => "budget",
         }
     }
 
@@ -133,6 +137,14 @@ pub struct RunRecord {
     pub tokens: Option<crate::usage::Usage>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub turns: Option<u32>,
+    /// The estimated cost of `tokens` in dollars (loops.yaml `pricing:`); absent when the
+    /// model's price is unknown. An estimate, never a bill.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost_estimate: Option<f64>,
+    /// An adaptive loop's model asked to look again at this instant (`finish(next_check)`,
+    /// clamped to `schedule.adaptive`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_check: Option<DateTime<Utc>>,
     /// What the run said it did (the finish summary or the final answer).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub summary: Option<String>,
@@ -233,6 +245,8 @@ impl RunRecord {
             deliveries: Vec::new(),
             held_back: Vec::new(),
             held: None,
+            cost_estimate: None,
+            next_check: None,
         }
     }
 }

@@ -58,6 +58,23 @@ pub struct Schedule {
     pub offset: Duration,
     pub catch_up: CatchUp,
     pub starting_deadline: Duration,
+    /// `adaptive: {min, max}`: the model may choose its next look within these bounds.
+    pub adaptive: Option<Adaptive>,
+}
+
+/// `schedule.adaptive`: the bounds of the next look a model may choose
+/// (`finish(next_check)`), used once instead of `every`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Adaptive {
+    pub min: Duration,
+    pub max: Duration,
+}
+
+impl Adaptive {
+    /// `d` held inside the bounds.
+    pub fn clamp(&self, d: Duration) -> Duration {
+        d.clamp(self.min, self.max)
+    }
 }
 
 /// Stable 64-bit FNV-1a: the same name gives the same offset on every machine and run.

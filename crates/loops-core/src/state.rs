@@ -67,6 +67,14 @@ pub struct LoopState {
     pub paused: Option<Pause>,
     #[serde(default)]
     pub pending_retry: Option<PendingRetry>,
+    /// An adaptive loop's next look, as its model chose it (`finish(next_check)`): the
+    /// next slot is this instant, once, instead of the `every` grid.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_check: Option<DateTime<Utc>>,
+    /// The loop went over a daily budget: no slot runs before this instant (the next
+    /// UTC midnight), and then it resumes by itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget_paused_until: Option<DateTime<Utc>>,
 }
 
 impl LoopState {
@@ -80,6 +88,8 @@ impl LoopState {
             consecutive_failures: 0,
             paused: None,
             pending_retry: None,
+            next_check: None,
+            budget_paused_until: None,
         }
     }
 

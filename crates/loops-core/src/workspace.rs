@@ -139,6 +139,10 @@ pub struct Settings {
     pub mcp_servers: std::collections::BTreeMap<String, crate::mcp_config::McpServerConfig>,
     /// `remote:`: the git remote the workspace syncs with (`None`: no sync).
     pub remote: Option<crate::remote_config::RemoteSettings>,
+    /// `pricing:`: model prices over the built-in estimates.
+    pub pricing: crate::pricing::Pricing,
+    /// `budget:`: limits on all loops together.
+    pub budget: crate::budget::Budget,
     /// Errors in loops.yaml whose setting could not be applied, so that a default stands
     /// in for what the person wrote: while there are any, nothing runs
     /// ([`Workspace::refuse_unapplied_settings`]).
@@ -280,6 +284,8 @@ impl Default for Settings {
             guard: Default::default(),
             mcp_servers: Default::default(),
             remote: None,
+            pricing: Default::default(),
+            budget: Default::default(),
             unapplied: Vec::new(),
         }
     }
@@ -301,6 +307,8 @@ const TOP_KEYS: &[&str] = &[
     "classification",
     "deny_patterns",
     "detectors",
+    "pricing",
+    "budget",
 ];
 const LIMIT_KEYS: &[&str] = &[
     "max_concurrent_jobs",
@@ -637,6 +645,8 @@ struct SettingsYaml {
     classification: Field<IgnoredAny>,
     deny_patterns: Field<IgnoredAny>,
     detectors: Field<IgnoredAny>,
+    pricing: Field<Value>,
+    budget: Field<Value>,
 }
 
 /// `limits:`.
@@ -730,6 +740,16 @@ fn read_top(sec: &mut Section, y: SettingsYaml, s: &mut Settings) {
     if let Field::Ok(v) = y.defaults {
         s.defaults = crate::providers::parse_defaults(file, loc, &v, &mut found);
         sec.extend("defaults", std::mem::take(&mut found));
+    }
+    if let Some(v) = y.pricing.written() {
+        let v = v.unwrap_or_else(|v| v);
+        s.pricing = crate::pricing::parse(file, loc, &v, &mut found);
+        sec.extend("pricing", std::mem::take(&mut found));
+    }
+    if let Some(v) = y.budget.written() {
+        let v = v.unwrap_or_else(|v| v);
+        s.budget = crate::budget::parse(file, loc, &["budget"], &v, &mut found);
+        sec.extend("budget", std::mem::take(&mut found));
     }
     if let Field::Ok(v) = y.channels {
         s.channels = crate::channel_config::parse_channels(file, loc, &v, &mut found);

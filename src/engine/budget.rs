@@ -1,0 +1,192 @@
+//! Budgets at run time: a run stops at a turn boundary before it would pass its loop's
+//! `tokens_per_run` or what is left of a daily budget (outcome `budget`), and a loop whose
+//! day's spend reaches its daily budget, or the workspace's, is held until the next UTC
+//! midnight with a handoff to the main session saying so. Costs are estimates from
+//! [`loops_core::pricing`], never a bill.
+
+use crate::engine::run_context::RunContext;
+use chrono::{DateTime, Utc};
+use loops_agent::model::{Message, Usage};
+use loops_agent::run::{BeforeTurn, TurnHooks};
+use loops_core::budget::{self, Budget, Spend};
+use loops_core::domain::LoopDef;
+use loops_core::pricing::Pricing;
+use loops_core::workspace::{Settings, Workspace};
+
+/// The estimated cost of `usage` on `model` of `provider` (a local server costs nothing);
+/// `None` when the model's price is unknown.
+pub fn cost_of(s: &Settings, provider: Option<&str>, model: Option<&str>, usage: &Usage) -> Option<f64> {
+    let model = model?;
+    let local = provider
+        .and_then(|p| s.providers.get(p))
+        .is_some_and(|p| loops_core::pricing::is_local_url(&p.base_url));
+    s.pricing.estimate(usage, model, local).map(|c| c.0)
+}
+
+/// What the loop and the workspace spent today.
+pub fn spent(ctx: &RunContext, loop_name: &str, now: DateTime<Utc>) -> (Spend, Spend) {
+    let runs_dir = ctx.ws.layout().runs_dir();
+    (
+        budget::spent_today(&ctx.runlog, loop_name, now),
+        budget::workspace_spent_today(&ctx.runlog, &runs_dir, now),
+    )
+}
+
+/// Why the loop may not run more today (its daily budget, or the workspace's, is
+/// reached), in words; `None` while both have room.
+pub fn over_today(ctx: &RunContext, def: &LoopDef, now: DateTime<Utc>) -> Option<String> {
+    let ws_budget = &ctx.ws.settings.budget;
+    if def.budget.is_empty() && ws_budget.is_empty() {
+        return None;
+    }
+    let (mine, all) = spent(ctx, &def.name, now);
+    if let Some(why) = def.budget.over_daily(&mine) {
+        return Some(format!("`{}`: {why} (domains/{}/config.yaml)", def.name, def.name));
+    }
+    ws_budget
+        .over_daily(&all)
+        .map(|why| format!("all loops together: {why} (loops.yaml)"))
+}
+
+/// Holds the loop until the next UTC midnight and tells the main session, once a day: a
+/// loop already held until then is left alone.
+pub fn hold_for_the_day(ctx: &RunContext, def: &LoopDef, run_id: &str, why: &str, now: DateTime<Utc>) {
+    let until = budget::next_day(now);
+    let newly = ctx.store.update(&def.name, |st| match st.as_mut() {
+        Some(s) if s.budget_paused_until.is_some_and(|u| u >= until) => false,
+        Some(s) => {
+            s.budget_paused_until = Some(until);
+            true
+        }
+        None => false,
+    });
+    match newly {
+        Ok(true) => handoff(&ctx.ws, def, run_id, why, until),
+        Ok(false) => {}
+        Err(e) => tracing::error!(loop_name = %def.name, "cannot hold the loop for its budget: {e}"),
+    }
+}
+
+fn handoff(ws: &Workspace, def: &LoopDef, run_id: &str, why: &str, until: DateTime<Utc>) {
+    let n = loops_core::handoff::NewHandoff {
+        from: def.name.clone(),
+        to: "main".into(),
+        title: format!("{} is paused until tomorrow: daily budget reached", def.name),
+        run: Some(run_id.to_string()),
+        flagged: Some("budget".into()),
+        body: format!(
+            "{why}. The loop runs again by itself at {} (the next UTC midnight). Spend is an estimate from token counts and `pricing:`, not a bill. To let it run more each day, raise `budget:` in domains/{}/config.yaml or loops.yaml.",
+            until.to_rfc3339(),
+            def.name
+        ),
+        items: vec!["Decide whether the budget is right".into()],
+        ..Default::default()
+    };
+    if let Err(e) = loops_core::handoff::Inbox::of(ws).create(&n, Utc::now()) {
+        tracing::warn!(loop_name = %def.name, "could not make the budget handoff: {e}");
+    }
+}
+
+/// After a run's record is in: a loop that has now reached a daily budget is held.
+pub fn after_run(ctx: &RunContext, def: &LoopDef, run_id: &str) {
+    let now = Utc::now();
+    if let Some(why) = over_today(ctx, def, now) {
+        hold_for_the_day(ctx, def, run_id, &why, now);
+    }
+}
+
+/// A run's budget, checked between turns: stops the conversation before a turn that
+/// would pass `tokens_per_run` or what today's budgets have left. The next turn is
+/// taken to cost what the last one did (the conversation only grows), so a run stops
+/// before it goes over, not after.
+pub struct RunBudget {
+    per_run: Option<u64>,
+    tokens_left: Option<u64>,
+    cost_left: Option<f64>,
+    pricing: Pricing,
+    model: String,
+    local: bool,
+    used: Usage,
+    last: Usage,
+    /// Why it stopped the run, once it has.
+    pub stopped: Option<String>,
+}
+
+impl RunBudget {
+    /// The budget of a run of `def` on `model` starting at `now`; `None` when no budget
+    /// applies to it.
+    pub fn for_run(ctx: &RunContext, def: &LoopDef, provider: &str, model: &str, now: DateTime<Utc>) -> Option<RunBudget> {
+        let ws_budget = ctx.ws.settings.budget;
+        if def.budget.is_empty() && ws_budget.is_empty() {
+            return None;
+        }
+        let (mine, all) = spent(ctx, &def.name, now);
+        let left = |b: &Budget, s: &Spend| {
+            (
+                b.tokens_per_day.map(|t| t.saturating_sub(s.tokens)),
+                b.cost_per_day.map(|c| (c - s.cost).max(0.0)),
+            )
+        };
+        let (t1, c1) = left(&def.budget, &mine);
+        let (t2, c2) = left(&ws_budget, &all);
+        let min_u = |a: Option<u64>, b: Option<u64>| a.into_iter().chain(b).min();
+        let min_f = |a: Option<f64>, b: Option<f64>| a.into_iter().chain(b).reduce(f64::min);
+        let s = &ctx.ws.settings;
+        Some(RunBudget {
+            per_run: def.budget.tokens_per_run,
+            tokens_left: min_u(t1, t2),
+            cost_left: min_f(c1, c2),
+            pricing: s.pricing.clone(),
+            model: model.to_string(),
+            local: s
+                .providers
+                .get(provider)
+                .is_some_and(|p| loops_core::pricing::is_local_url(&p.base_url)),
+            used: Usage::default(),
+            last: Usage::default(),
+            stopped: None,
+        })
+    }
+
+    /// Why the next turn may not be made, if it may not.
+    fn verdict(&self) -> Option<String> {
+        let used = budget::total(&self.used);
+        let next = used + budget::total(&self.last);
+        if let Some(l) = self.per_run.filter(|l| next > *l) {
+            return Some(format!(
+                "stopped after {used} tokens: another turn would pass budget.tokens_per_run {l}"
+            ));
+        }
+        if let Some(l) = self.tokens_left.filter(|l| next > *l) {
+            return Some(format!(
+                "stopped after {used} tokens: another turn would pass today's token budget ({l} tokens were left)"
+            ));
+        }
+        let cost = |u: &Usage| self.pricing.estimate(u, &self.model, self.local).map(|c| c.0);
+        if let (Some(l), Some(a), Some(b)) = (self.cost_left, cost(&self.used), cost(&self.last)) {
+            if a + b > l {
+                return Some(format!(
+                    "stopped after an estimated ${a:.4}: another turn would pass today's cost budget (${l:.4} was left)"
+                ));
+            }
+        }
+        None
+    }
+}
+
+impl TurnHooks for RunBudget {
+    fn before_turn(&mut self, turn: u32) -> BeforeTurn {
+        if turn > 1 && self.stopped.is_none() {
+            self.stopped = self.verdict();
+        }
+        BeforeTurn {
+            inject: Vec::new(),
+            pause: self.stopped.is_some(),
+        }
+    }
+
+    fn after_turn(&mut self, _turn: u32, _m: &[Message], usage: &Usage, _last: Option<&str>) {
+        self.used.add(usage);
+        self.last = *usage;
+    }
+}
