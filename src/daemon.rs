@@ -151,6 +151,8 @@ struct Daemon {
     applied_text: Option<Vec<u8>>,
     /// Rung by `loops sync` (a `.sync` nudge): the syncer syncs now.
     sync_poke: Arc<tokio::sync::Notify>,
+    /// Loops whose folders a pull is rewriting: no run starts until they are reloaded.
+    pull_hold: Arc<crate::engine::pull_hold::PullHold>,
 }
 
 /// What the daemon's loop waits on: runs and wakes ending, slots claimed, files changed,
@@ -289,6 +291,7 @@ impl Daemon {
             started_settings: ws.settings.clone(),
             applied_text: std::fs::read(ws.root.join("loops.yaml")).ok(),
             sync_poke: Arc::new(tokio::sync::Notify::new()),
+            pull_hold: Default::default(),
         };
         let inputs = Inputs {
             done_rx,
@@ -407,15 +410,18 @@ impl Daemon {
     }
 
     /// With a remote, a loop's next run waits until its last commits are pushed (while
-    /// pushing works), so a run never builds on state the other side has not seen. Not
-    /// with --once or without commits: no syncer runs then to push them.
+    /// pushing works), so a run never builds on state the other side has not seen, and
+    /// until a pull that is rewriting its folder has been reloaded. Not with --once or
+    /// without commits: no syncer runs then.
     fn awaiting_push(&self, now: DateTime<Utc>) -> std::collections::HashSet<String> {
         let syncing = !self.once && self.ctx.committer.is_some();
-        if syncing && self.ws.settings.remote.is_some() && self.lane.has_ready(now) {
-            loops_core::remote::loops_awaiting_push(&self.ws)
-        } else {
-            Default::default()
+        if !(syncing && self.ws.settings.remote.is_some() && self.lane.has_ready(now)) {
+            return Default::default();
         }
+        let mut held = loops_core::remote::loops_awaiting_push(&self.ws);
+        let ready = self.lane.ready_names(now);
+        held.extend(self.pull_hold.holding(ready, std::time::Instant::now()));
+        held
     }
 
     fn on_finished(&mut self, f: Finished) {
@@ -577,7 +583,10 @@ impl Daemon {
                 self.live.subscribe(),
                 c,
                 self.sync_poke.clone(),
-                self.watch_tx.clone(),
+                crate::engine::syncer::Changed {
+                    events: self.watch_tx.clone(),
+                    hold: self.pull_hold.clone(),
+                },
             )
         });
         let mut stop = opts.stop.clone();
@@ -619,6 +628,7 @@ impl Daemon {
                     let mut batch = batch;
                     while let Ok(more) = inputs.watch_rx.try_recv() { batch.extend(more); }
                     self.on_paths_changed(&batch);
+                    self.pull_hold.applied(&batch, &self.ws.root);
                 }
                 Some(f) = inputs.done_rx.recv() => self.on_finished(f),
                 Some(w) = inputs.wake_rx.recv() => self.on_wake_done(w, true),

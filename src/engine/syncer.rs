@@ -3,6 +3,7 @@
 //! push), `loops sync` on request, and after a failure a wait that grows with each one
 //! (docs/remote.md). Each sync is one blocking call of [`loops_core::remote::sync`].
 
+use super::pull_hold::PullHold;
 use loops_core::history::Committer;
 use loops_core::remote::{self, Pulled, Pushed, RemoteState, SyncAsk, SyncReport};
 use loops_core::workspace::Workspace;
@@ -18,14 +19,23 @@ const MAX_BACKOFF: Duration = Duration::from_secs(300);
 
 /// Starts the syncer; `poke` asks for a sync now (a `loops sync` beside the daemon); the
 /// paths a pull changed go to `changed`, the daemon's channel of file events, so the hot
-/// reload of a pulled loop runs at once rather than after the watcher's debounce.
+/// reload of a pulled loop runs at once rather than after the watcher's debounce; `hold`
+/// hears of each checkout before it starts, so those loops wait for that reload.
 pub fn spawn(
     live: watch::Receiver<Arc<Workspace>>,
     committer: Committer,
     poke: Arc<Notify>,
-    changed: tokio::sync::mpsc::UnboundedSender<loops_core::watch::Batch>,
+    changed: Changed,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(run(live, committer, poke, changed))
+}
+
+/// Where the paths a pull changed go: the daemon's channel of file events, and the hold
+/// on those loops' runs that the daemon lets go once it has applied them.
+#[derive(Clone)]
+pub struct Changed {
+    pub events: tokio::sync::mpsc::UnboundedSender<loops_core::watch::Batch>,
+    pub hold: Arc<PullHold>,
 }
 
 struct Timers {
@@ -40,7 +50,7 @@ async fn run(
     mut live: watch::Receiver<Arc<Workspace>>,
     committer: Committer,
     poke: Arc<Notify>,
-    changed: tokio::sync::mpsc::UnboundedSender<loops_core::watch::Batch>,
+    changed: Changed,
 ) {
     let now = Instant::now();
     let mut t = Timers {
@@ -97,16 +107,26 @@ async fn sync_once(
     ws: &Arc<Workspace>,
     committer: &Committer,
     ask: SyncAsk,
-    changed: &tokio::sync::mpsc::UnboundedSender<loops_core::watch::Batch>,
+    changed: &Changed,
 ) -> bool {
     let (w, c) = (ws.clone(), committer.clone());
-    let done = tokio::task::spawn_blocking(move || remote::sync(&w, &c, ask)).await;
+    let hold = changed.hold.clone();
+    let announce: remote::Announce =
+        Arc::new(move |paths: &[String]| hold.announce(paths, std::time::Instant::now()));
+    let done =
+        tokio::task::spawn_blocking(move || remote::sync_announcing(&w, &c, ask, announce)).await;
+    let pulled = match &done {
+        Ok(Ok(Some(report))) => report.changed.as_slice(),
+        _ => &[],
+    };
+    // Before the paths are sent: the daemon lets a loop go only once it is marked landed.
+    changed.hold.landed(pulled);
     match done {
         Ok(Ok(Some(report))) => {
             say(&report);
             if !report.changed.is_empty() {
                 let paths = report.changed.iter().map(|p| ws.root.join(p)).collect();
-                let _ = changed.send(paths);
+                let _ = changed.events.send(paths);
             }
             true
         }
