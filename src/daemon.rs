@@ -216,6 +216,10 @@ pub async fn run(ws: Workspace, opts: DaemonOptions) -> Result<Summary, DaemonEr
     report_tightened(&journal, tightened);
     let (mut d, mut inputs, live_rx) = Daemon::new(Arc::new(ws), &opts, journal, sigint, sigterm);
     d.recover(&lock, &unclosed).await;
+    if let Some(c) = d.ctx.committer.clone().filter(|_| opts.once) {
+        // Before the loops are read: a pulled loop runs in this very pass.
+        crate::engine::syncer::once(&d.ws, &c, true).await;
+    }
     d.reload(true);
     if !opts.once {
         // Runs triggered while no daemon served (or while this one started).
@@ -231,6 +235,9 @@ pub async fn run(ws: Workspace, opts: DaemonOptions) -> Result<Summary, DaemonEr
     };
     if opts.once {
         d.finish_once(&mut inputs, worker).await;
+        if let Some(c) = d.ctx.committer.clone() {
+            crate::engine::syncer::once(&d.ws, &c, false).await;
+        }
     } else {
         d.shut_down(&mut inputs, worker).await;
     }

@@ -72,7 +72,13 @@ async fn run(
                     .is_some_and(|s| now.duration_since(s) >= settings.push_delay);
             if (pull || push) && (poked || now >= t.not_before) {
                 poked = false;
-                let ok = sync_once(&ws, &committer, SyncAsk { pull, push: true }, &changed).await;
+                let ok = sync_once(
+                    &ws,
+                    &committer,
+                    SyncAsk { pull, push: true },
+                    Some(&changed),
+                )
+                .await;
                 let now = Instant::now();
                 if pull || !ok {
                     t.next_pull = now + settings.pull_every.max(Duration::from_secs(1));
@@ -102,17 +108,44 @@ fn backoff(ws: &Workspace) -> Duration {
     )
 }
 
+/// The sync of a `loops run --once` pass, which has no syncer: a pull before it (unless
+/// `pull_every` is 0) so a server driven by cron runs what the laptop pushed, or a push
+/// after it. A failure is said and kept for `loops status` as the daemon's are; the pass
+/// goes on, and what was not pushed goes with the next one.
+pub async fn once(ws: &Arc<Workspace>, committer: &Committer, pull: bool) {
+    let Some(settings) = &ws.settings.remote else {
+        return;
+    };
+    let ask = if pull {
+        SyncAsk {
+            pull: !settings.pull_every.is_zero(),
+            push: false,
+        }
+    } else {
+        SyncAsk {
+            pull: false,
+            push: settings.push,
+        }
+    };
+    if ask.pull || ask.push {
+        sync_once(ws, committer, ask, None).await;
+    }
+}
+
 /// One sync on the blocking pool; says what it did. `false`: it failed.
 async fn sync_once(
     ws: &Arc<Workspace>,
     committer: &Committer,
     ask: SyncAsk,
-    changed: &Changed,
+    changed: Option<&Changed>,
 ) -> bool {
     let (w, c) = (ws.clone(), committer.clone());
-    let hold = changed.hold.clone();
-    let announce: remote::Announce =
-        Arc::new(move |paths: &[String]| hold.announce(paths, std::time::Instant::now()));
+    let hold = changed.map(|c| c.hold.clone());
+    let announce: remote::Announce = Arc::new(move |paths: &[String]| {
+        if let Some(h) = &hold {
+            h.announce(paths, std::time::Instant::now());
+        }
+    });
     let done =
         tokio::task::spawn_blocking(move || remote::sync_announcing(&w, &c, ask, announce)).await;
     let pulled = match &done {
@@ -120,13 +153,15 @@ async fn sync_once(
         _ => &[],
     };
     // Before the paths are sent: the daemon lets a loop go only once it is marked landed.
-    changed.hold.landed(pulled);
+    if let Some(c) = changed {
+        c.hold.landed(pulled);
+    }
     match done {
         Ok(Ok(Some(report))) => {
             say(&report);
-            if !report.changed.is_empty() {
+            if let Some(c) = changed.filter(|_| !report.changed.is_empty()) {
                 let paths = report.changed.iter().map(|p| ws.root.join(p)).collect();
-                let _ = changed.events.send(paths);
+                let _ = c.events.send(paths);
             }
             true
         }
