@@ -39,6 +39,7 @@ use loops_agent::sandbox::{Sandbox, Scope};
 use loops_agent::tools::{self, ToolEnv, ToolKit};
 use loops_agent::transcript::{Redactor, Transcript};
 use loops_core::providers::{ProviderConfig, ProviderKind};
+use loops_core::request_options::RequestOptions;
 use loops_core::tool_names::{ISOLATED_DEFAULT, MAIN_DEFAULT};
 use loops_core::workspace::{Workspace, DEFAULT_MAIN_CONTEXT};
 use loops_testutil::bench::*;
@@ -71,6 +72,7 @@ fn provider_config(kind: ProviderKind, url: &str) -> ProviderConfig {
         request_timeout: Duration::from_secs(30),
         command: None,
         env: Vec::new(),
+        options: Default::default(),
     }
 }
 
@@ -350,6 +352,7 @@ fn parts(
                     system,
                     tools: &specs,
                     messages: &row.messages[..*n],
+                    options: RequestOptions::none(),
                 },
             )
             .len();
@@ -656,6 +659,7 @@ fn main_heartbeat(root: &Path) -> anyhow::Result<MainBeat> {
             system: &system,
             tools: &specs,
             messages,
+            options: RequestOptions::none(),
         })
     };
     Ok(MainBeat {

@@ -111,6 +111,9 @@ pub fn dispatch(cli: Cli) -> Result {
     }
 }
 
+/// How much of a run's error or summary a table shows.
+const DETAIL_CHARS: usize = 100;
+
 /// The one-line explanation of a run record: its error, else its note.
 fn detail(r: &loops_core::runs::RunRecord) -> String {
     let text = r
@@ -123,6 +126,12 @@ fn detail(r: &loops_core::runs::RunRecord) -> String {
         .or_else(|| r.summary.clone())
         .or_else(|| r.note.clone())
         .unwrap_or_default();
+    // One short line in a table (the whole is in `--json`), so the cost below stays on it.
+    let text = super::output::one_line(&text);
+    let text = match text.char_indices().nth(DETAIL_CHARS) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text,
+    };
     // A prompt run also shows what it cost.
     match &r.tokens {
         Some(t) if !t.is_zero() => format!(

@@ -298,14 +298,21 @@ pub async fn run(
 ) -> PromptOutcome {
     let started = std::time::Instant::now();
     let deadline = Instant::now() + def.timeout;
-    let Payload::Prompt { model, provider } = &def.payload else {
+    let Payload::Prompt {
+        model,
+        provider,
+        options,
+    } = &def.payload
+    else {
         return PromptOutcome::failed("not a prompt loop".into());
     };
-    let choice = match ModelChoice::resolve(&ctx.ws.settings, provider.as_deref(), model.as_deref())
-    {
-        Ok(c) => c,
-        Err(e) => return PromptOutcome::failed(e.to_string()),
-    };
+    let mut choice =
+        match ModelChoice::resolve(&ctx.ws.settings, provider.as_deref(), model.as_deref()) {
+            Ok(c) => c,
+            Err(e) => return PromptOutcome::failed(e.to_string()),
+        };
+    // The loop's request options lie over its provider's, key by key.
+    choice.provider.options = choice.provider.options.overridden_by(options);
     let now = Utc::now();
     let mut env = crate::engine::run_context::run_env(&ctx.ws, def, &req.run_id, state);
     env.push(("LOOPS_WINDOW_END".into(), now.to_rfc3339()));

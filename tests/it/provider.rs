@@ -6,6 +6,7 @@ use loops_agent::model::{Block, Message, ModelRequest, Role, SystemPart, ToolSpe
 use loops_agent::provider::{self, Completion, HttpProvider, ProviderError};
 use loops_agent::{anthropic, openai};
 use loops_core::providers::{ProviderConfig, ProviderKind};
+use loops_core::request_options::RequestOptions;
 use loops_testutil::fake_model::{self, FakeModel, Reply};
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -27,6 +28,7 @@ fn config(kind: ProviderKind, fake: &FakeModel, key_env: Option<&str>) -> Provid
         request_timeout: Duration::from_secs(30),
         command: None,
         env: Vec::new(),
+        options: Default::default(),
     }
 }
 
@@ -80,6 +82,7 @@ impl Convo {
             system: &self.system,
             tools: &self.tools,
             messages: &self.messages,
+            options: RequestOptions::none(),
         }
     }
 }
@@ -368,7 +371,10 @@ fn openai_replies_from_lenient_servers() {
             (
                 "call_0",
                 "read_file",
-                &json!({"_raw": "{\"path\": \"a.md\""})
+                &loops_agent::model::invalid_arguments(
+                    "{\"path\": \"a.md\"",
+                    "EOF while parsing an object at line 1 column 15"
+                )
             ),
             ("call_1", "list", &json!({})),
         ]

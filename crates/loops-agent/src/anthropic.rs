@@ -140,8 +140,7 @@ pub fn request_body(req: &ModelRequest<'_>) -> Vec<u8> {
             .collect(),
         messages: req.messages.iter().map(wire_message).collect(),
     };
-    // Serializing borrowed strings, JSON values and integers cannot fail.
-    serde_json::to_vec(&body).unwrap_or_default()
+    super::request_options::body_bytes(super::request_options::Wire::Anthropic, &body, req.options)
 }
 
 #[derive(Deserialize)]

@@ -27,6 +27,7 @@ pub mod mcp_client;
 pub mod model;
 pub mod openai;
 pub mod provider;
+pub mod request_options;
 pub mod run;
 pub mod sandbox;
 pub mod session;

@@ -76,6 +76,36 @@ impl Message {
     }
 }
 
+/// Where a tool call's arguments that are not a JSON object are kept, with why: the
+/// provider's reply still parses (one bad generation does not fail the run), the tool is
+/// not run, and its result tells the model what was wrong (crate::tools).
+const INVALID_ARGUMENTS: &str = "_loops_invalid_arguments";
+
+/// The input of a tool call whose arguments `raw` were not a JSON object (`error`: why).
+pub fn invalid_arguments(raw: &str, error: &str) -> Value {
+    serde_json::json!({ INVALID_ARGUMENTS: { "raw": raw, "error": error } })
+}
+
+/// The arguments as written and why they were refused, when `input` is
+/// [`invalid_arguments`]' marker.
+pub fn invalid_arguments_of(input: &Value) -> Option<(&str, &str)> {
+    let m = input.get(INVALID_ARGUMENTS)?;
+    Some((m.get("raw")?.as_str()?, m.get("error")?.as_str()?))
+}
+
+/// Replaces the marker of invalid arguments in `reply` with `{}`: the conversation the
+/// model sees again holds its call with no arguments (the tool result says what was
+/// wrong), never loops' own wrapper around them.
+pub fn clear_invalid_arguments(reply: &mut Message) {
+    for b in &mut reply.content {
+        if let Block::ToolUse { input, .. } = b {
+            if invalid_arguments_of(input).is_some() {
+                *input = Value::Object(Default::default());
+            }
+        }
+    }
+}
+
 /// A tool as offered to the model.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ToolSpec {
@@ -103,6 +133,8 @@ pub struct ModelRequest<'a> {
     pub system: &'a [SystemPart],
     pub tools: &'a [ToolSpec],
     pub messages: &'a [Message],
+    /// tool_choice, temperature, …: written into the body by crate::request_options.
+    pub options: &'a loops_core::request_options::RequestOptions,
 }
 
 /// What one model call returned.

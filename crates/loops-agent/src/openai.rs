@@ -166,8 +166,7 @@ pub fn request_body(req: &ModelRequest<'_>) -> Vec<u8> {
             .collect(),
         messages,
     };
-    // Serializing strings, JSON values and integers cannot fail.
-    serde_json::to_vec(&body).unwrap_or_default()
+    super::request_options::body_bytes(super::request_options::Wire::OpenAi, &body, req.options)
 }
 
 #[derive(Deserialize)]
@@ -202,21 +201,25 @@ struct PromptDetails {
     cached_tokens: Option<u64>,
 }
 
-/// Tool arguments arrive as a JSON string. Ones that do not parse are kept as
-/// `{"_raw": …}` so the tool can answer with an argument error the model can fix,
-/// instead of the whole run failing on one bad generation.
+/// Tool arguments arrive as a JSON string. Ones that are not a JSON object are marked
+/// invalid with the parse error ([`super::model::invalid_arguments`]), so the tool
+/// answers with an error the model can fix instead of the whole run failing on one bad
+/// generation.
 fn arguments(raw: Option<&Value>) -> Value {
+    use super::model::invalid_arguments;
+    let not_object = "a JSON value that is not an object of named arguments";
     match raw {
         None | Some(Value::Null) => Value::Object(Default::default()),
         Some(Value::String(s)) if s.trim().is_empty() => Value::Object(Default::default()),
         Some(Value::String(s)) => match serde_json::from_str::<Value>(s) {
             Ok(v @ Value::Object(_)) => v,
             Ok(Value::Null) => Value::Object(Default::default()),
-            _ => serde_json::json!({ "_raw": s }),
+            Ok(_) => invalid_arguments(s, not_object),
+            Err(e) => invalid_arguments(s, &e.to_string()),
         },
         // Some servers send the arguments as an object already.
         Some(v @ Value::Object(_)) => v.clone(),
-        Some(other) => serde_json::json!({ "_raw": other.to_string() }),
+        Some(other) => invalid_arguments(&other.to_string(), not_object),
     }
 }
 

@@ -121,6 +121,11 @@ impl HttpProvider {
         &self.endpoint
     }
 
+    /// The request options each request carries (the provider's, with a loop's on top).
+    pub fn options(&self) -> &loops_core::request_options::RequestOptions {
+        &self.cfg.options
+    }
+
     /// Sends the request, retrying transient failures (connect errors, timeouts, 408,
     /// 429, 5xx, a body cut short) with backoff, but never sleeping past `deadline`.
     pub async fn complete(

@@ -74,7 +74,7 @@ pub struct Driven {
     /// The whole conversation, the new replies and tool results included.
     pub messages: Vec<Message>,
     pub usage: Usage,
-    /// Model calls made.
+    /// Model replies received: a call that timed out, was cancelled or failed made none.
     pub turns: u32,
     /// The model the provider said answered.
     pub model: Option<String>,
@@ -188,6 +188,7 @@ impl Drive<'_> {
             system: self.system,
             tools: specs,
             messages: &out.messages,
+            options: provider.options(),
         };
         let res: Result<Completion, ProviderError> = tokio::select! {
             r = tokio::time::timeout_at(deadline, provider.complete(&req, deadline)) => match r {
@@ -196,9 +197,13 @@ impl Drive<'_> {
             },
             _ = cancelled(&mut self.cancel) => return Err(End::Cancelled),
         };
-        out.turns += 1;
         match res {
-            Ok(c) => Ok(c),
+            // A turn is a reply: a call that timed out or failed made none, so a timeout
+            // after one reply says "1 turn", however the deadline caught the second call.
+            Ok(c) => {
+                out.turns += 1;
+                Ok(c)
+            }
             Err(ProviderError::Deadline { last, .. }) if Instant::now() >= deadline => {
                 tr.note(&format!(
                     "the provider kept failing until the deadline: {last}"
@@ -239,6 +244,7 @@ impl Drive<'_> {
             .tool_uses()
             .map(|(id, name, input)| (id.to_string(), name.to_string(), input.clone()))
             .collect();
+        super::model::clear_invalid_arguments(&mut reply);
         // What the guard will block must not be kept anywhere: the calls run on the
         // original inputs, the transcript and the conversation keep a redacted copy.
         kit.screen(&mut reply);

@@ -43,6 +43,7 @@ pub mod net;
 pub mod providers;
 pub mod remote;
 pub mod remote_config;
+pub mod request_options;
 pub mod retention;
 pub mod runs;
 pub mod schedule;

@@ -58,6 +58,8 @@ pub struct ProviderConfig {
     pub command: Option<Vec<String>>,
     /// For `kind: command`: environment variables passed through to the program.
     pub env: Vec<String>,
+    /// How the model is asked (tool_choice, temperature, …): crate::request_options.
+    pub options: crate::request_options::RequestOptions,
 }
 
 impl ProviderConfig {
@@ -189,6 +191,7 @@ fn provider_defaults(name: &str, kind: ProviderKind) -> ProviderConfig {
         request_timeout: Duration::from_secs(120),
         command: None,
         env: Vec::new(),
+        options: Default::default(),
     }
 }
 
@@ -216,7 +219,10 @@ fn parse_provider(
         }
     };
     let mut p = provider_defaults(name, kind);
+    // Before read_provider, which reports unknown keys: the options' keys are known.
+    p.options = crate::request_options::read(&mut sec, map);
     read_provider(&mut sec, name, y, &mut p);
+    crate::request_options::check_provider(&mut sec, &p);
     let mut found = sec.finish();
     if kind == ProviderKind::Command && p.command.is_none() {
         found.push(
@@ -228,7 +234,8 @@ fn parse_provider(
             .help("e.g. command: [\"claude\", \"-p\"]; the prompt is given on stdin"),
         );
     }
-    let ok = found.is_empty();
+    // Warnings (an option this kind ignores) keep the provider.
+    let ok = !found.iter().any(Diagnostic::is_error);
     diags.extend(found);
     ok.then_some(p)
 }
