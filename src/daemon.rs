@@ -227,6 +227,10 @@ pub async fn run(ws: Workspace, opts: DaemonOptions) -> Result<Summary, DaemonEr
     }
     let worker = d.start_job_worker(&opts, live_rx);
     let _watcher = d.start_watching();
+    // loops.yaml `ui:`: the web view in this process too (src/ui/); dropped with the daemon.
+    let _ui = (!opts.once)
+        .then(|| crate::ui::start_with_daemon(d.ws.clone()))
+        .flatten();
     let reason = if opts.once {
         d.run_once(&opts, &mut inputs, &worker).await;
         "once: done"

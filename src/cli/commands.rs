@@ -107,6 +107,11 @@ pub fn dispatch(cli: Cli) -> Result {
         Command::Pause { name, reason } => pause(&Workspace::locate(ws_arg)?, &name, &reason),
         Command::Resume { name } => resume(&Workspace::locate(ws_arg)?, &name),
         Command::Mcp => Ok(crate::mcp::serve_stdio(Workspace::locate(ws_arg)?)?),
+        Command::Ui {
+            listen,
+            token,
+            no_token,
+        } => super::ui::ui(Workspace::locate(ws_arg)?, listen, token, no_token),
         Command::Service(c) => super::service::service(ws_arg, c),
     }
 }

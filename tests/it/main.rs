@@ -37,3 +37,4 @@ mod service;
 mod soak;
 mod status;
 mod two_writers;
+mod ui;

@@ -139,6 +139,8 @@ pub struct Settings {
     pub mcp_servers: std::collections::BTreeMap<String, crate::mcp_config::McpServerConfig>,
     /// `remote:`: the git remote the workspace syncs with (`None`: no sync).
     pub remote: Option<crate::remote_config::RemoteSettings>,
+    /// `ui:`: the daemon serves the web view too (`None`: only `loops ui` does).
+    pub ui: Option<UiSettings>,
     /// Errors in loops.yaml whose setting could not be applied, so that a default stands
     /// in for what the person wrote: while there are any, nothing runs
     /// ([`Workspace::refuse_unapplied_settings`]).
@@ -280,6 +282,7 @@ impl Default for Settings {
             guard: Default::default(),
             mcp_servers: Default::default(),
             remote: None,
+            ui: None,
             unapplied: Vec::new(),
         }
     }
@@ -301,6 +304,7 @@ const TOP_KEYS: &[&str] = &[
     "classification",
     "deny_patterns",
     "detectors",
+    "ui",
 ];
 const LIMIT_KEYS: &[&str] = &[
     "max_concurrent_jobs",
@@ -324,6 +328,14 @@ const GIT_KEYS: &[&str] = &[
     "follow_checkout",
 ];
 const RECORD_KEYS: &[&str] = &["rotate_bytes", "max_age", "max_total_bytes"];
+const UI_KEYS: &[&str] = &["listen"];
+
+/// `ui:` in loops.yaml: where the daemon serves the web view (docs/ui.md).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UiSettings {
+    /// An IP address and port; the token guards it whatever the address.
+    pub listen: std::net::SocketAddr,
+}
 
 /// An opened workspace.
 #[derive(Debug, Clone)]
@@ -637,6 +649,14 @@ struct SettingsYaml {
     classification: Field<IgnoredAny>,
     deny_patterns: Field<IgnoredAny>,
     detectors: Field<IgnoredAny>,
+    ui: Field<Map>,
+}
+
+/// `ui:`.
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct UiYaml {
+    listen: Field<String>,
 }
 
 /// `limits:`.
@@ -702,6 +722,19 @@ fn read_top(sec: &mut Section, y: SettingsYaml, s: &mut Settings) {
         let (r, mut rs) = Section::read::<RecordsYaml>(file, loc, &["records"], &m);
         read_records(&mut rs, r, s);
         sec.extend("records", rs.finish());
+    }
+    match y.ui.written() {
+        Some(Ok(Map(m))) => {
+            let (u, mut us) = Section::read::<UiYaml>(file, loc, &["ui"], &m);
+            s.ui = read_ui(&mut us, u);
+            sec.extend("ui", us.finish());
+        }
+        Some(Err(_)) => sec.error(
+            "ui",
+            "`ui` must be a mapping",
+            "e.g. ui: { listen: 127.0.0.1:7788 }",
+        ),
+        None => {}
     }
     match y.remote.written() {
         Some(Ok(Map(m))) => {
@@ -875,6 +908,40 @@ fn read_records(sec: &mut Section, r: RecordsYaml, s: &mut Settings) {
         None => {}
     }
     sec.unknown_keys(RECORD_KEYS);
+}
+
+fn read_ui(sec: &mut Section, u: UiYaml) -> Option<UiSettings> {
+    sec.unknown_keys(UI_KEYS);
+    let help = "e.g. listen: 127.0.0.1:7788 (an IP address and a port; reach it from elsewhere through `ssh -L`)";
+    match u.listen.written() {
+        Some(Ok(l)) => match l.trim().parse() {
+            Ok(listen) => Some(UiSettings { listen }),
+            Err(_) => {
+                sec.error(
+                    "listen",
+                    format!("ui.listen `{l}` is not an IP address and port"),
+                    help,
+                );
+                None
+            }
+        },
+        Some(Err(_)) => {
+            sec.error(
+                "listen",
+                "ui.listen must be an address such as 127.0.0.1:7788",
+                help,
+            );
+            None
+        }
+        None => {
+            sec.error(
+                "listen",
+                "ui: needs `listen:`, the address to serve on",
+                help,
+            );
+            None
+        }
+    }
 }
 
 /// `records.max_age`: a duration of at least an hour, or `forever` (or 0) for no limit.
@@ -1123,6 +1190,8 @@ pub fn restart_needed(old: &Settings, new: &Settings) -> Vec<&'static str> {
         "limits.pause_after_failures",
     );
     differs(old.git_commit != new.git_commit, "git.commit");
+    // The daemon starts its UI server once.
+    differs(old.ui != new.ui, "ui");
     differs(old.git_branch != new.git_branch, "git.branch");
     differs(
         old.git_follow_checkout != new.git_follow_checkout,
@@ -1211,6 +1280,7 @@ mod tests {
         same_keys(field_names::<LimitsYaml>(), LIMIT_KEYS);
         same_keys(field_names::<GitYaml>(), GIT_KEYS);
         same_keys(field_names::<RecordsYaml>(), RECORD_KEYS);
+        same_keys(field_names::<UiYaml>(), UI_KEYS);
         same_keys(
             field_names::<crate::remote_config::RemoteYaml>(),
             crate::remote_config::REMOTE_KEYS,
