@@ -51,7 +51,7 @@ pub(super) async fn tick(
     Form(f): Form<Fields>,
 ) -> Response {
     if let Err(r) = check_csrf(&app, f.csrf.as_deref()) {
-        return r;
+        return *r;
     }
     let all = f.all.is_some();
     let which: Vec<ItemRef> = nonempty(&f.item).map(ItemRef::parse).into_iter().collect();
@@ -76,7 +76,7 @@ pub(super) async fn complete(
     Form(f): Form<Fields>,
 ) -> Response {
     if let Err(r) = check_csrf(&app, f.csrf.as_deref()) {
-        return r;
+        return *r;
     }
     let ws = app.ws.clone();
     let summary = nonempty(&f.summary).map(str::to_string);
@@ -97,7 +97,7 @@ pub(super) async fn reject(
     Form(f): Form<Fields>,
 ) -> Response {
     if let Err(r) = check_csrf(&app, f.csrf.as_deref()) {
-        return r;
+        return *r;
     }
     let Some(reason) = nonempty(&f.reason).map(str::to_string) else {
         return missing("reason");
@@ -120,7 +120,7 @@ type JobOp =
 
 async fn job_action(app: App, id: String, f: Fields, op: JobOp) -> Response {
     if let Err(r) = check_csrf(&app, f.csrf.as_deref()) {
-        return r;
+        return *r;
     }
     let Ok(job) = id.parse::<JobId>() else {
         return view::error_page(
@@ -177,7 +177,7 @@ pub(super) async fn message(
     Form(f): Form<Fields>,
 ) -> Response {
     if let Err(r) = check_csrf(&app, f.csrf.as_deref()) {
-        return r;
+        return *r;
     }
     let Some(text) = nonempty(&f.message).map(str::to_string) else {
         return missing("message");

@@ -145,15 +145,15 @@ fn with_cookie(uri: &Uri, token: &str) -> Response {
 }
 
 /// The CSRF check of a POST: the form's `csrf` field must be this server's.
-pub(super) fn check_csrf(app: &App, given: Option<&str>) -> Result<(), Response> {
+pub(super) fn check_csrf(app: &App, given: Option<&str>) -> Result<(), Box<Response>> {
     match given {
         Some(g) if same(g, &app.csrf) => Ok(()),
-        _ => Err(view::error_page(
+        _ => Err(Box::new(view::error_page(
             StatusCode::FORBIDDEN,
             "the form's CSRF token is missing or not this server's",
             Some(
                 "reload the page (the token changes when the server restarts) and try again".into(),
             ),
-        )),
+        ))),
     }
 }
