@@ -68,9 +68,8 @@ fn provider_config(kind: ProviderKind, url: &str) -> ProviderConfig {
         api_key_env: Some(KEY_ENV.into()),
         model: Some("fake-model".into()),
         max_tokens: 4096,
-        request_timeout: Duration::from_secs(30),
-        command: None,
-        env: Vec::new(),
+        request_timeout: Some(Duration::from_secs(30)),
+        ..ProviderConfig::new("fake", kind)
     }
 }
 
@@ -163,6 +162,7 @@ fn one_conversation(
             provider: &provider,
             model: "fake-model",
             max_tokens: cfg.max_tokens,
+            fallbacks: Vec::new(),
             system,
             messages: vec![Message::user_text(dynamic)],
             max_turns: turns as u32 + 5,

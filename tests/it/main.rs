@@ -35,3 +35,4 @@ mod service;
 mod soak;
 mod status;
 mod two_writers;
+mod wire;

@@ -30,6 +30,7 @@ pub mod provider;
 pub mod run;
 pub mod sandbox;
 pub mod session;
+pub mod sse;
 pub mod tools;
 pub mod transcript;
 
