@@ -375,7 +375,7 @@ fn parts(
     let t = Instant::now();
     for i in 0..reps {
         tr.message(reply, " (turn)");
-        tr.turn_usage(i as u32, &usage, 1, Some("fake-model"));
+        tr.turn_usage(i as u32, &usage, 1, Some("fake-model"), Some("tool_use"));
         tr.message(results, "");
     }
     let tr_us = t.elapsed().as_secs_f64() * 1e6 / reps as f64;
@@ -536,6 +536,7 @@ fn add_wake(conv: &mut Conversation, wake: String, replies: Vec<Message>, histor
     let mut msgs = Conversation {
         summary: Vec::new(),
         messages: std::mem::take(&mut conv.messages),
+        fit_bytes: None,
     }
     .with_wake(wake);
     msgs.extend(replies);

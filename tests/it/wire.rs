@@ -456,7 +456,14 @@ fn the_main_session_trims_its_conversation_to_the_context_and_learns_it() {
         String::from_utf8_lossy(&reqs[1].body),
     );
     assert!(first.contains("OLD-WAKE-0"), "the whole conversation first");
-    assert!(!second.contains("OLD-ANSWER-0"), "the oldest wake went");
+    // A dropped wake leaves only its summary line (clipped to 160 characters).
+    let whole_answer = format!("OLD-ANSWER-0 {}", "lorem ipsum ".repeat(20));
+    assert!(first.contains(&whole_answer));
+    assert!(!second.contains(&whole_answer), "the oldest wake went");
+    assert!(
+        second.contains("Earlier wakes, summarised"),
+        "and left its line"
+    );
     assert!(second.contains("NEW-HANDOFF"), "the new wake stayed");
     assert!(
         second.contains("Do what each handoff asks"),

@@ -271,7 +271,9 @@ impl<'a> Drive<'a> {
                         continue;
                     }
                     out.usage.add(&lost);
-                    return Err(self.failed(e, out, tr, &req));
+                    let bytes =
+                        super::provider::request_body(route.provider.config().kind, &req).len();
+                    return Err(self.failed(e, out, tr, bytes));
                 }
             }
         }
@@ -292,7 +294,7 @@ impl<'a> Drive<'a> {
         e: ProviderError,
         out: &mut Driven,
         tr: &mut Transcript,
-        req: &ModelRequest<'_>,
+        request_bytes: usize,
     ) -> End {
         if let ProviderError::Deadline { last, .. } = &e {
             if Instant::now() >= self.deadline {
@@ -307,11 +309,10 @@ impl<'a> Drive<'a> {
             ..
         } = &e
         {
-            let bytes = super::provider::request_body(self.provider.config().kind, req).len();
             out.overflow = Some(Overflow {
                 asked: *asked,
                 limit: *limit,
-                request_bytes: bytes,
+                request_bytes,
                 turn: out.turns,
             });
         }
