@@ -380,7 +380,7 @@ fn provider_errors_are_classified() {
 
 #[test]
 fn auth_and_not_found_are_not_retried() {
-    for (status, hint) in [(401, "LOOPS_WIRE_KEY"), (404, "base_url")] {
+    for (status, hint) in [(401, "api_key_env"), (404, "base_url")] {
         let fake = FakeModel::start(vec![
             openai::error(status, "FAKE-REFUSAL"),
             finish_call("unused"),

@@ -682,7 +682,7 @@ fn hint(class: &Rejection, cfg: &ProviderConfig) -> String {
             "; not retried, the same request would be refused again: check providers.{name} (model, max_tokens) in loops.yaml"
         ),
         Rejection::Auth => match &cfg.api_key_env {
-            Some(env) => format!("; not retried: check the key in ${env} for providers.{name}"),
+            Some(_) => format!("; not retried: check the key providers.{name}.api_key_env names"),
             None => format!("; not retried: providers.{name} sends no key (set api_key_env)"),
         },
         Rejection::NotFound => format!(
