@@ -254,6 +254,7 @@ fn check(ws: &Workspace, json: bool) -> Result {
     let entries = discover(ws);
     let mut diags = loops_core::domain::check_report(ws, &entries);
     diags.extend(loops_core::remote::check(ws));
+    diags.extend(loops_core::providers::key_warnings(&ws.settings.providers));
     let errors = diags
         .iter()
         .filter(|d| d.severity == Severity::Error)

@@ -203,6 +203,7 @@ fn starting_record(def: &LoopDef, req: &RunRequest, started: chrono::DateTime<Ut
         model: None,
         tokens: None,
         turns: None,
+        fallbacks: Vec::new(),
         summary: None,
         transcript: None,
         refused_tools: Vec::new(),
@@ -586,7 +587,8 @@ fn trailers(def: &LoopDef, rec: &RunRecord) -> Vec<(&'static str, String)> {
     t
 }
 
-/// `Tokens-In`, `Tokens-Out`, the cache figures and `Model`, for prompt runs.
+/// `Tokens-In`, `Tokens-Out`, the cache figures, `Model` and each `Fallback: a -> b`,
+/// for prompt runs.
 pub fn token_trailers(rec: &RunRecord) -> Vec<(&'static str, String)> {
     let mut t = Vec::new();
     if let Some(u) = &rec.tokens {
@@ -597,6 +599,9 @@ pub fn token_trailers(rec: &RunRecord) -> Vec<(&'static str, String)> {
     }
     if let Some(m) = &rec.model {
         t.push(("Model", m.clone()));
+    }
+    for f in &rec.fallbacks {
+        t.push(("Fallback", f.clone()));
     }
     t
 }

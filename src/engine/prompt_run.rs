@@ -41,6 +41,8 @@ pub struct PromptOutcome {
     pub model: Option<String>,
     pub tokens: Option<Usage>,
     pub turns: Option<u32>,
+    /// Each move to a fallback provider, `from -> to`.
+    pub fallbacks: Vec<String>,
     pub transcript: Option<PathBuf>,
     pub refused: Vec<String>,
     pub deliveries: Vec<loops_core::channels::DeliveryNote>,
@@ -71,6 +73,7 @@ impl PromptOutcome {
         let mut out = PromptOutcome {
             tokens: Some(driven.usage),
             turns: Some(driven.turns),
+            fallbacks: driven.fallbacks.clone(),
             model: Some(run.model(asked)),
             summary: driven.summary(),
             refused: kit.refused.clone(),
@@ -182,6 +185,7 @@ impl PromptOutcome {
         rec.model = self.model;
         rec.tokens = self.tokens;
         rec.turns = self.turns;
+        rec.fallbacks = self.fallbacks;
         rec.transcript = self
             .transcript
             .map(|p| ws.relative(&p).display().to_string());

@@ -766,7 +766,13 @@ fn cli_every_bundled_template_checks_clean() {
             .args(["new", &name, "--template", t])
             .assert()
             .success();
-        let out = ws.cmd().arg("check").output().unwrap();
+        // The key is set: an unset one is a warning of its own (issue #19).
+        let out = ws
+            .cmd()
+            .arg("check")
+            .env("ANTHROPIC_API_KEY", "test-key-never-sent")
+            .output()
+            .unwrap();
         let text = show(&out);
         assert_eq!(out.status.code(), Some(0), "template {t}:\n{text}");
         assert!(

@@ -38,3 +38,4 @@ mod soak;
 mod status;
 mod two_writers;
 mod ui;
+mod wire;

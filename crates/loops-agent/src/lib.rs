@@ -31,6 +31,7 @@ pub mod request_options;
 pub mod run;
 pub mod sandbox;
 pub mod session;
+pub mod sse;
 pub mod tools;
 pub mod transcript;
 

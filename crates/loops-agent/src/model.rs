@@ -149,6 +149,48 @@ pub struct ModelReply {
     pub model: Option<String>,
 }
 
+/// Why a streamed reply stopped short of its end.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StreamFailure {
+    /// The server sent an error event (overloaded, a failure mid-generation): its message.
+    Provider(String),
+    /// An event that cannot be read.
+    Malformed(String),
+}
+
+/// Why the model stopped, in the runner's terms; both wire formats' words map here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StopReason {
+    /// It ended its turn (`stop`, `end_turn`, `stop_sequence`).
+    Done,
+    /// It asked for tools (`tool_calls`, `tool_use`).
+    ToolCalls,
+    /// Cut at `max_tokens` (`length`, `max_tokens`): what it said is not all it meant to.
+    Cut,
+    /// The provider's filter stopped it (`content_filter`).
+    ContentFilter,
+    /// The model declined (`refusal`).
+    Refusal,
+    /// Something else, as the provider said it.
+    Other(String),
+    /// The provider said nothing.
+    Unknown,
+}
+
+impl StopReason {
+    pub fn of(said: Option<&str>) -> StopReason {
+        match said {
+            Some("stop" | "end_turn" | "stop_sequence" | "eos") => StopReason::Done,
+            Some("tool_calls" | "tool_use" | "function_call") => StopReason::ToolCalls,
+            Some("length" | "max_tokens" | "model_length") => StopReason::Cut,
+            Some("content_filter") => StopReason::ContentFilter,
+            Some("refusal") => StopReason::Refusal,
+            Some(other) => StopReason::Other(other.to_string()),
+            None => StopReason::Unknown,
+        }
+    }
+}
+
 /// How much of an error body a message quotes.
 const EXCERPT_CHARS: usize = 500;
 

@@ -133,6 +133,9 @@ pub struct RunRecord {
     pub tokens: Option<crate::usage::Usage>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub turns: Option<u32>,
+    /// Each time a turn went to a fallback provider (`from -> to`), in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fallbacks: Vec<String>,
     /// What the run said it did (the finish summary or the final answer).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub summary: Option<String>,
@@ -227,6 +230,7 @@ impl RunRecord {
             model: None,
             tokens: None,
             turns: None,
+            fallbacks: Vec::new(),
             summary: None,
             transcript: None,
             refused_tools: Vec::new(),
