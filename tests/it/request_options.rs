@@ -247,7 +247,18 @@ fn a_request_without_options_is_unchanged() {
         .keys()
         .map(String::as_str)
         .collect();
-    assert_eq!(keys, ["max_tokens", "messages", "model", "tools"]);
+    // Only what loops itself writes (every reply is streamed, usage included).
+    assert_eq!(
+        keys,
+        [
+            "max_tokens",
+            "messages",
+            "model",
+            "stream",
+            "stream_options",
+            "tools"
+        ]
+    );
 }
 
 #[test]

@@ -231,7 +231,6 @@ impl<'a> Drive<'a> {
     ) -> Result<(Completion, Usage), End> {
         let deadline = self.deadline;
         let mut lost = Usage::default();
-        let mut counted = false;
         loop {
             let Some(route) = self.route(out.fallbacks.len()) else {
                 return Err(End::Failed("no provider is left to try".into()));
@@ -254,16 +253,17 @@ impl<'a> Drive<'a> {
             };
             lost.add(&spent);
             note_lost(tr, route.provider.name(), &spent);
-            if !counted {
-                out.turns += 1;
-                counted = true;
-            }
             let Some(res) = res else {
                 out.usage.add(&lost);
                 return Err(End::Timeout);
             };
             match res {
-                Ok(c) => return Ok((c, lost)),
+                // A turn is a reply: a call the deadline cut made none, so a timeout
+                // after one reply says "1 turn".
+                Ok(c) => {
+                    out.turns += 1;
+                    return Ok((c, lost));
+                }
                 Err(e) => {
                     if let Some(next) = self.fallback_for(&e, out) {
                         let line = format!("{} -> {next}", route.provider.name());
@@ -314,7 +314,8 @@ impl<'a> Drive<'a> {
                 asked: *asked,
                 limit: *limit,
                 request_bytes,
-                turn: out.turns,
+                // The turn that was being asked (it made no reply, so is not counted).
+                turn: out.turns + 1,
             });
         }
         let msg = e.to_string();
