@@ -1172,22 +1172,19 @@ fn check_provider(cx: &mut Ctx, ws: &Workspace, name: &str, payload: Option<&Pay
         Ok((p, _)) => {
             // The loop's own options as its provider's kind reads them (the provider's
             // were checked in loops.yaml), in the order they are written.
-            let mut found: Vec<Diagnostic> = crate::request_options::wire_notes(
-                p.kind,
-                &p.name,
-                p.max_tokens,
-                options,
-                "payload",
-            )
-            .into_iter()
-            .map(|n| {
-                let d = match n.severity {
-                    crate::diag::Severity::Error => Diagnostic::error(cx.rel, n.message),
-                    crate::diag::Severity::Warning => Diagnostic::warning(cx.rel, n.message),
-                };
-                d.at(cx.loc.value(&["payload", n.key])).help(n.help)
-            })
-            .collect();
+            let mut found: Vec<Diagnostic> =
+                crate::providers::wire_notes(p.kind, &p.name, p.max_tokens, options, "payload")
+                    .into_iter()
+                    .map(|n| {
+                        let d = match n.severity {
+                            crate::diag::Severity::Error => Diagnostic::error(cx.rel, n.message),
+                            crate::diag::Severity::Warning => {
+                                Diagnostic::warning(cx.rel, n.message)
+                            }
+                        };
+                        d.at(cx.loc.value(&["payload", n.key])).help(n.help)
+                    })
+                    .collect();
             found.sort_by_key(|d| (d.line, d.column));
             cx.diags.extend(found);
         }

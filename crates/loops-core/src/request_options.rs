@@ -21,8 +21,7 @@
 //! transport settings, so each can change without the other.
 
 use crate::config_fields::{show, Field, Map, Section, Whole};
-use crate::diag::{Diagnostic, Severity};
-use crate::providers::ProviderKind;
+use crate::diag::Diagnostic;
 use serde::{Deserialize, Serialize};
 use yaml_serde::Mapping;
 
@@ -414,87 +413,4 @@ fn extra_body(sec: &mut Section, f: Field<Map>) -> serde_json::Map<String, serde
         }
     }
     out
-}
-
-/// One finding about options as a provider's kind reads them.
-pub struct WireNote {
-    /// The option it is about.
-    pub key: &'static str,
-    pub severity: Severity,
-    pub message: String,
-    pub help: String,
-}
-
-/// What a provider of `kind` makes of `opts` that the options alone cannot say: options
-/// that wire format has no place for (ignored, so a warning), and a thinking budget that
-/// leaves no room for the answer. `what` names where they are written
-/// (`providers.anthropic`, `payload`).
-pub fn wire_notes(
-    kind: ProviderKind,
-    provider: &str,
-    max_tokens: u32,
-    opts: &RequestOptions,
-    what: &str,
-) -> Vec<WireNote> {
-    let mut out = Vec::new();
-    let mut ignored = |key: &'static str, help: String| {
-        out.push(WireNote {
-            key,
-            severity: Severity::Warning,
-            message: format!(
-                "{what}.{key} is ignored by provider `{provider}` (kind: {})",
-                kind.as_str()
-            ),
-            help,
-        })
-    };
-    match kind {
-        ProviderKind::Command => {
-            for key in opts.written_keys() {
-                ignored(key, "an agent CLI makes its own requests; set its options in its own configuration or command line".into());
-            }
-            return out;
-        }
-        ProviderKind::Anthropic => {
-            if opts.seed.is_some() {
-                ignored("seed", "the Anthropic Messages API has no seed; remove it, or use a kind: openai provider".into());
-            }
-            if opts.reasoning_effort.is_some() {
-                ignored(
-                    "reasoning_effort",
-                    "the Anthropic Messages API thinks by a token budget: use thinking_budget"
-                        .into(),
-                );
-            }
-        }
-        ProviderKind::OpenAi => {
-            if opts.thinking_budget.is_some() {
-                ignored("thinking_budget", "Chat Completions has no thinking budget: use reasoning_effort (or the server's own key in extra_body)".into());
-            }
-        }
-    }
-    if let (ProviderKind::Anthropic, Some(b)) = (kind, opts.thinking_budget) {
-        if b >= max_tokens {
-            out.push(WireNote {
-                key: "thinking_budget",
-                severity: Severity::Error,
-                message: format!("{what}.thinking_budget ({b}) must be less than providers.{provider}.max_tokens ({max_tokens})"),
-                help: "the thinking budget is part of max_tokens: lower it, or raise max_tokens so the answer has room".into(),
-            });
-        }
-    }
-    out
-}
-
-/// The provider's own options as its kind reads them, reported at their keys.
-pub(crate) fn check_provider(sec: &mut Section, p: &crate::providers::ProviderConfig) {
-    let what = format!("providers.{}", p.name);
-    for n in wire_notes(p.kind, &p.name, p.max_tokens, &p.options, &what) {
-        let d = match n.severity {
-            Severity::Error => Diagnostic::error(sec.file, n.message),
-            Severity::Warning => Diagnostic::warning(sec.file, n.message),
-        };
-        let d = d.at(sec.value_pos(n.key)).help(n.help);
-        sec.push(n.key, d);
-    }
 }
