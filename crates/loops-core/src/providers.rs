@@ -677,18 +677,6 @@ pub fn resolve(
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config_fields::{field_names, same_keys};
-
-    #[test]
-    fn the_keys_in_messages_are_the_keys_read() {
-        same_keys(field_names::<ProviderYaml>(), PROVIDER_KEYS);
-        same_keys(field_names::<DefaultsYaml>(), DEFAULT_KEYS);
-    }
-}
-
 // How a provider's kind reads request options lives here, beside the kinds, so that
 // request_options (which providers uses) needs nothing from providers.
 /// One finding about options as a provider's kind reads them.
@@ -771,5 +759,17 @@ fn check_options(sec: &mut Section, p: &ProviderConfig) {
         };
         let d = d.at(sec.value_pos(n.key)).help(n.help);
         sec.push(n.key, d);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config_fields::{field_names, same_keys};
+
+    #[test]
+    fn the_keys_in_messages_are_the_keys_read() {
+        same_keys(field_names::<ProviderYaml>(), PROVIDER_KEYS);
+        same_keys(field_names::<DefaultsYaml>(), DEFAULT_KEYS);
     }
 }
