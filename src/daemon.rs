@@ -321,8 +321,19 @@ impl Daemon {
     /// in the journal with the unclean stop it followed.
     async fn recover(&mut self, lock: &DaemonLock, unclosed: &[loops_core::journal::Unclosed]) {
         let now = self.clock.now();
-        let recovered = recovery::sweep(&self.ctx, self.bell.notes(), self.bell.inbox(), now).await;
-        let returned = recovered.returned_names();
+        let journal = self.journal.clone();
+        let previous = lock.previous.as_ref().map(|p| (p.pid, p.started));
+        let heartbeat = lock.previous_heartbeat;
+        let unclosed = unclosed.to_vec();
+        // Journaled before the requeues are written: a start killed right after them
+        // (during the commits below, say) has still said why those jobs run again.
+        let report: recovery::Report = Box::new(move |runs, handoffs, swept| {
+            loops_core::journal::report_unclean(
+                &journal, previous, heartbeat, &unclosed, runs, handoffs, swept,
+            );
+        });
+        let recovered =
+            recovery::sweep(&self.ctx, self.bell.notes(), self.bell.inbox(), now, report).await;
         self.bell
             .after_recovery(&self.ctx, recovered.returned.clone());
         // The recovery commits are made before any claim moves a file again, so each
@@ -330,15 +341,6 @@ impl Daemon {
         self.bell
             .settle_commits(tokio::time::Instant::now() + Duration::from_secs(30))
             .await;
-        loops_core::journal::report_unclean(
-            &self.journal,
-            lock.previous.as_ref().map(|p| (p.pid, p.started)),
-            lock.previous_heartbeat,
-            unclosed,
-            &recovered.interrupted,
-            &returned,
-            &recovered.swept,
-        );
         recovery::forget_interrupted(&self.ctx, &recovered);
     }
 
