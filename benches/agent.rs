@@ -39,6 +39,7 @@ use loops_agent::sandbox::{Sandbox, Scope};
 use loops_agent::tools::{self, ToolEnv, ToolKit};
 use loops_agent::transcript::{Redactor, Transcript};
 use loops_core::providers::{ProviderConfig, ProviderKind};
+use loops_core::request_options::RequestOptions;
 use loops_core::tool_names::{ISOLATED_DEFAULT, MAIN_DEFAULT};
 use loops_core::workspace::{Workspace, DEFAULT_MAIN_CONTEXT};
 use loops_testutil::bench::*;
@@ -68,9 +69,8 @@ fn provider_config(kind: ProviderKind, url: &str) -> ProviderConfig {
         api_key_env: Some(KEY_ENV.into()),
         model: Some("fake-model".into()),
         max_tokens: 4096,
-        request_timeout: Duration::from_secs(30),
-        command: None,
-        env: Vec::new(),
+        request_timeout: Some(Duration::from_secs(30)),
+        ..ProviderConfig::new("fake", kind)
     }
 }
 
@@ -164,6 +164,7 @@ fn one_conversation(
             provider: &provider,
             model: "fake-model",
             max_tokens: cfg.max_tokens,
+            fallbacks: Vec::new(),
             system,
             messages: vec![Message::user_text(dynamic)],
             max_turns: turns as u32 + 5,
@@ -351,6 +352,7 @@ fn parts(
                     system,
                     tools: &specs,
                     messages: &row.messages[..*n],
+                    options: RequestOptions::none(),
                 },
             )
             .len();
@@ -376,7 +378,7 @@ fn parts(
     let t = Instant::now();
     for i in 0..reps {
         tr.message(reply, " (turn)");
-        tr.turn_usage(i as u32, &usage, 1, Some("fake-model"));
+        tr.turn_usage(i as u32, &usage, 1, Some("fake-model"), Some("tool_use"));
         tr.message(results, "");
     }
     let tr_us = t.elapsed().as_secs_f64() * 1e6 / reps as f64;
@@ -537,6 +539,7 @@ fn add_wake(conv: &mut Conversation, wake: String, replies: Vec<Message>, histor
     let mut msgs = Conversation {
         summary: Vec::new(),
         messages: std::mem::take(&mut conv.messages),
+        fit_bytes: None,
     }
     .with_wake(wake);
     msgs.extend(replies);
@@ -657,6 +660,7 @@ fn main_heartbeat(root: &Path) -> anyhow::Result<MainBeat> {
             system: &system,
             tools: &specs,
             messages,
+            options: RequestOptions::none(),
         })
     };
     Ok(MainBeat {

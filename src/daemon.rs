@@ -151,6 +151,8 @@ struct Daemon {
     applied_text: Option<Vec<u8>>,
     /// Rung by `loops sync` (a `.sync` nudge): the syncer syncs now.
     sync_poke: Arc<tokio::sync::Notify>,
+    /// Loops whose folders a pull is rewriting: no run starts until they are reloaded.
+    pull_hold: Arc<crate::engine::pull_hold::PullHold>,
 }
 
 /// What the daemon's loop waits on: runs and wakes ending, slots claimed, files changed,
@@ -214,6 +216,10 @@ pub async fn run(ws: Workspace, opts: DaemonOptions) -> Result<Summary, DaemonEr
     report_tightened(&journal, tightened);
     let (mut d, mut inputs, live_rx) = Daemon::new(Arc::new(ws), &opts, journal, sigint, sigterm);
     d.recover(&lock, &unclosed).await;
+    if let Some(c) = d.ctx.committer.clone().filter(|_| opts.once) {
+        // Before the loops are read: a pulled loop runs in this very pass.
+        crate::engine::syncer::once(&d.ws, &c, true).await;
+    }
     d.reload(true);
     if !opts.once {
         // Runs triggered while no daemon served (or while this one started).
@@ -221,6 +227,10 @@ pub async fn run(ws: Workspace, opts: DaemonOptions) -> Result<Summary, DaemonEr
     }
     let worker = d.start_job_worker(&opts, live_rx);
     let _watcher = d.start_watching();
+    // loops.yaml `ui:`: the web view in this process too (src/ui/); dropped with the daemon.
+    let _ui = (!opts.once)
+        .then(|| crate::ui::start_with_daemon(d.ws.clone()))
+        .flatten();
     let reason = if opts.once {
         d.run_once(&opts, &mut inputs, &worker).await;
         "once: done"
@@ -229,6 +239,9 @@ pub async fn run(ws: Workspace, opts: DaemonOptions) -> Result<Summary, DaemonEr
     };
     if opts.once {
         d.finish_once(&mut inputs, worker).await;
+        if let Some(c) = d.ctx.committer.clone() {
+            crate::engine::syncer::once(&d.ws, &c, false).await;
+        }
     } else {
         d.shut_down(&mut inputs, worker).await;
     }
@@ -289,6 +302,7 @@ impl Daemon {
             started_settings: ws.settings.clone(),
             applied_text: std::fs::read(ws.root.join("loops.yaml")).ok(),
             sync_poke: Arc::new(tokio::sync::Notify::new()),
+            pull_hold: Default::default(),
         };
         let inputs = Inputs {
             done_rx,
@@ -307,8 +321,19 @@ impl Daemon {
     /// in the journal with the unclean stop it followed.
     async fn recover(&mut self, lock: &DaemonLock, unclosed: &[loops_core::journal::Unclosed]) {
         let now = self.clock.now();
-        let recovered = recovery::sweep(&self.ctx, self.bell.notes(), self.bell.inbox(), now).await;
-        let returned = recovered.returned_names();
+        let journal = self.journal.clone();
+        let previous = lock.previous.as_ref().map(|p| (p.pid, p.started));
+        let heartbeat = lock.previous_heartbeat;
+        let unclosed = unclosed.to_vec();
+        // Journaled before the requeues are written: a start killed right after them
+        // (during the commits below, say) has still said why those jobs run again.
+        let report: recovery::Report = Box::new(move |runs, handoffs, swept| {
+            loops_core::journal::report_unclean(
+                &journal, previous, heartbeat, &unclosed, runs, handoffs, swept,
+            );
+        });
+        let recovered =
+            recovery::sweep(&self.ctx, self.bell.notes(), self.bell.inbox(), now, report).await;
         self.bell
             .after_recovery(&self.ctx, recovered.returned.clone());
         // The recovery commits are made before any claim moves a file again, so each
@@ -316,15 +341,6 @@ impl Daemon {
         self.bell
             .settle_commits(tokio::time::Instant::now() + Duration::from_secs(30))
             .await;
-        loops_core::journal::report_unclean(
-            &self.journal,
-            lock.previous.as_ref().map(|p| (p.pid, p.started)),
-            lock.previous_heartbeat,
-            unclosed,
-            &recovered.interrupted,
-            &returned,
-            &recovered.swept,
-        );
         recovery::forget_interrupted(&self.ctx, &recovered);
     }
 
@@ -407,15 +423,18 @@ impl Daemon {
     }
 
     /// With a remote, a loop's next run waits until its last commits are pushed (while
-    /// pushing works), so a run never builds on state the other side has not seen. Not
-    /// with --once or without commits: no syncer runs then to push them.
+    /// pushing works), so a run never builds on state the other side has not seen, and
+    /// until a pull that is rewriting its folder has been reloaded. Not with --once or
+    /// without commits: no syncer runs then.
     fn awaiting_push(&self, now: DateTime<Utc>) -> std::collections::HashSet<String> {
         let syncing = !self.once && self.ctx.committer.is_some();
-        if syncing && self.ws.settings.remote.is_some() && self.lane.has_ready(now) {
-            loops_core::remote::loops_awaiting_push(&self.ws)
-        } else {
-            Default::default()
+        if !(syncing && self.ws.settings.remote.is_some() && self.lane.has_ready(now)) {
+            return Default::default();
         }
+        let mut held = loops_core::remote::loops_awaiting_push(&self.ws);
+        let ready = self.lane.ready_names(now);
+        held.extend(self.pull_hold.holding(ready, std::time::Instant::now()));
+        held
     }
 
     fn on_finished(&mut self, f: Finished) {
@@ -577,7 +596,10 @@ impl Daemon {
                 self.live.subscribe(),
                 c,
                 self.sync_poke.clone(),
-                self.watch_tx.clone(),
+                crate::engine::syncer::Changed {
+                    events: self.watch_tx.clone(),
+                    hold: self.pull_hold.clone(),
+                },
             )
         });
         let mut stop = opts.stop.clone();
@@ -619,6 +641,7 @@ impl Daemon {
                     let mut batch = batch;
                     while let Ok(more) = inputs.watch_rx.try_recv() { batch.extend(more); }
                     self.on_paths_changed(&batch);
+                    self.pull_hold.applied(&batch, &self.ws.root);
                 }
                 Some(f) = inputs.done_rx.recv() => self.on_finished(f),
                 Some(w) = inputs.wake_rx.recv() => self.on_wake_done(w, true),

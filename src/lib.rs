@@ -13,6 +13,7 @@
 //! - [`mcp`]: `loops mcp`, the same operations and the job queue as MCP tools
 //! - [`service`]: `loops service`, the daemon as a systemd user unit or launchd agent
 //! - [`templates`]: the loops `loops new` makes
+//! - [`ui`]: `loops ui`, a web view of the same, with the inbox's and the jobs' actions
 //! - [`cli`]: the command line
 
 // Every dependency is used (issue #17). Not in the unit-test build: it is handed the
@@ -27,3 +28,4 @@ pub mod operator;
 pub mod service;
 pub mod templates;
 pub mod trigger;
+pub mod ui;

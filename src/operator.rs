@@ -723,6 +723,54 @@ pub fn complete_handoff(
     })
 }
 
+/// A handoff moved to rejected/.
+pub struct Rejected {
+    pub id: String,
+    /// Where it is now.
+    pub to: PathBuf,
+    /// Why the rejection was not committed, when it was not.
+    pub warning: Option<String>,
+}
+
+/// Rejects a pending or active handoff with `reason` (kept beside it in
+/// `NAME.error.md`), and commits the move like a completion.
+pub fn reject_handoff(
+    ws: &Workspace,
+    id: &str,
+    reason: &str,
+    now: DateTime<Utc>,
+) -> Result<Rejected, OperatorError> {
+    let inbox = Inbox::of(ws);
+    let path = find_open_handoff(&inbox, id)?;
+    let name = file_name(&path);
+    let to = inbox.reject(&path, reason, now)?;
+    let err_file = inbox.error_note(&to);
+    let warning = commit_inbox_change(
+        ws,
+        inbox
+            .gone_pending(name.as_ref())
+            .into_iter()
+            .chain([path.clone(), to.clone(), err_file])
+            .collect(),
+        &format!("main: rejected handoff {id}"),
+        vec![("Handoff", id.to_string()), ("Outcome", "rejected".into())],
+    );
+    Ok(Rejected {
+        id: id.to_string(),
+        to,
+        warning,
+    })
+}
+
+/// The body of a steering message to a job (`loops jobs message`, the UI): a JSON object
+/// is sent as it is, any other text as `{"directive": TEXT}`.
+pub fn job_message_body(message: &str) -> Value {
+    serde_json::from_str::<Value>(message)
+        .ok()
+        .filter(|v| v.is_object())
+        .unwrap_or_else(|| json!({ "directive": message }))
+}
+
 /// A tick of a handoff's checklist by hand (`loops inbox tick`, MCP `tick_handoff`).
 pub struct TickedHandoff {
     pub ticks: loops_core::handoff::Ticks,

@@ -263,6 +263,21 @@ The never-share guard of loops.yaml (and of the loop named by --as) checks the t
         after_help = "Speaks MCP on stdin/stdout until the client closes them; logs go to stderr (LOOPS_LOG sets the level, default warn). Register it with an MCP client as the command `loops --workspace DIR mcp`.\n\nTools: list_loops, trigger_loop, list_handoffs, get_handoff, complete_handoff, submit_job, get_job, list_jobs, get_job_progress, cancel_job, pause_job, resume_job, replay_job, send_job_message, get_job_stats. Shell jobs cannot be submitted over MCP."
     )]
     Mcp,
+    /// A web view of the workspace: loops, runs, transcripts, diffs, the inbox and jobs.
+    #[command(
+        after_help = "Serves until Ctrl-C. Every request needs the UI token (kept 0600 in .loops/ui-token, printed when it is made): open the address with ?token=… once and a cookie keeps it. To reach a server's UI from a laptop, keep it on 127.0.0.1 and use `ssh -L 7788:127.0.0.1:7788 HOST` (docs/ui.md).\n\nExamples:\n  loops ui                          # http://127.0.0.1:7788/\n  loops ui --listen 127.0.0.1:9000  # another port\n  loops ui --token                  # print the token and exit"
+    )]
+    Ui {
+        /// The address to listen on (loopback unless you mean it; port 0 picks one).
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7788")]
+        listen: std::net::SocketAddr,
+        /// Print the UI token (made if there is none yet) and exit.
+        #[arg(long, conflicts_with = "no_token")]
+        token: bool,
+        /// Serve without a token: refused unless the address is a loopback one.
+        #[arg(long)]
+        no_token: bool,
+    },
     /// Run the daemon unattended, as a systemd user unit or a launchd agent.
     ///
     /// A systemd user unit (Linux) or launchd agent (macOS) that starts at login, restarts

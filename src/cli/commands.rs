@@ -107,9 +107,17 @@ pub fn dispatch(cli: Cli) -> Result {
         Command::Pause { name, reason } => pause(&Workspace::locate(ws_arg)?, &name, &reason),
         Command::Resume { name } => resume(&Workspace::locate(ws_arg)?, &name),
         Command::Mcp => Ok(crate::mcp::serve_stdio(Workspace::locate(ws_arg)?)?),
+        Command::Ui {
+            listen,
+            token,
+            no_token,
+        } => super::ui::ui(Workspace::locate(ws_arg)?, listen, token, no_token),
         Command::Service(c) => super::service::service(ws_arg, c),
     }
 }
+
+/// How much of a run's error or summary a table shows.
+const DETAIL_CHARS: usize = 100;
 
 /// The one-line explanation of a run record: its error, else its note.
 fn detail(r: &loops_core::runs::RunRecord) -> String {
@@ -123,6 +131,12 @@ fn detail(r: &loops_core::runs::RunRecord) -> String {
         .or_else(|| r.summary.clone())
         .or_else(|| r.note.clone())
         .unwrap_or_default();
+    // One short line in a table (the whole is in `--json`), so the cost below stays on it.
+    let text = super::output::one_line(&text);
+    let text = match text.char_indices().nth(DETAIL_CHARS) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text,
+    };
     // A prompt run also shows what it cost.
     match &r.tokens {
         Some(t) if !t.is_zero() => format!(
@@ -240,6 +254,7 @@ fn check(ws: &Workspace, json: bool) -> Result {
     let entries = discover(ws);
     let mut diags = loops_core::domain::check_report(ws, &entries);
     diags.extend(loops_core::remote::check(ws));
+    diags.extend(loops_core::providers::key_warnings(&ws.settings.providers));
     let errors = diags
         .iter()
         .filter(|d| d.severity == Severity::Error)

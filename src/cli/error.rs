@@ -75,7 +75,8 @@ from_module_error!(
     loops_core::watch::WatchError,
     loops_core::handoff::HandoffError,
     crate::operator::OperatorError,
-    crate::mcp::McpError
+    crate::mcp::McpError,
+    crate::ui::UiError
 );
 
 impl From<loops_core::state::StateError> for CliError {

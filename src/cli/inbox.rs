@@ -340,25 +340,9 @@ fn tick(ws: &Workspace, id: &str, items: &[String], all: bool, json: bool) -> Re
 }
 
 fn reject(ws: &Workspace, id: &str, reason: &str, json: bool) -> Result {
-    let inbox = Inbox::of(ws);
-    let path = operator::find_open_handoff(&inbox, id)?;
-    let name = path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or_default()
-        .to_string();
-    let to = inbox.reject(&path, reason, Utc::now())?;
-    let err_file = inbox.error_note(&to);
-    if let Some(w) = operator::commit_inbox_change(
-        ws,
-        inbox
-            .gone_pending(name.as_ref())
-            .into_iter()
-            .chain([path.clone(), to.clone(), err_file])
-            .collect(),
-        &format!("main: rejected handoff {id}"),
-        vec![("Handoff", id.to_string()), ("Outcome", "rejected".into())],
-    ) {
+    let r = operator::reject_handoff(ws, id, reason, Utc::now())?;
+    let to = r.to;
+    if let Some(w) = r.warning {
         eprintln!("warning: {w}");
     }
     if json {

@@ -538,10 +538,7 @@ fn message_job(
     from_job: Option<JobId>,
     json: bool,
 ) -> Result {
-    let body = serde_json::from_str::<Value>(&message)
-        .ok()
-        .filter(|v| v.is_object())
-        .unwrap_or_else(|| json!({ "directive": message }));
+    let body = crate::operator::job_message_body(&message);
     let from = from_job.map(Sender::Job).unwrap_or(Sender::Operator);
     let m = queue::message(store, id, body, from, Utc::now())?;
     if json {

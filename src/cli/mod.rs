@@ -11,6 +11,7 @@ mod output;
 mod service;
 mod status;
 mod sync;
+mod ui;
 
 pub use args::Cli;
 use clap::{ArgMatches, CommandFactory, FromArgMatches};

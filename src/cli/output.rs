@@ -2,10 +2,16 @@
 
 use chrono::{DateTime, Utc};
 
-/// Left-aligned columns, two spaces apart, sized to their widest cell.
+/// Left-aligned columns, two spaces apart, sized to their widest cell. A cell is one
+/// line: a multi-line value (a run's summary) shows its first line and `…`; `--json`
+/// keeps the whole.
 pub(super) fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| r.iter().map(|c| one_line(c)).collect())
+        .collect();
     let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
-    for r in rows {
+    for r in &rows {
         for (i, c) in r.iter().enumerate() {
             if i < widths.len() {
                 widths[i] = widths[i].max(c.chars().count());
@@ -25,10 +31,22 @@ pub(super) fn table(header: &[&str], rows: &[Vec<String>]) -> String {
         out.push('\n');
     };
     line(header.to_vec(), &mut out);
-    for r in rows {
+    for r in &rows {
         line(r.iter().map(String::as_str).collect(), &mut out);
     }
     out
+}
+
+/// The first line of `text` that says something, with `…` when more follows.
+pub(super) fn one_line(text: &str) -> String {
+    if !text.contains('\n') {
+        return text.to_string();
+    }
+    let text = text.trim();
+    match text.split_once('\n') {
+        None => text.to_string(),
+        Some((first, _)) => format!("{} …", first.trim_end()),
+    }
 }
 
 /// The width a table should fit: the terminal's when stdout is one, else `$COLUMNS`
@@ -62,6 +80,10 @@ pub(super) fn table_fit(header: &[&str], rows: &[Vec<String>], width: usize) -> 
     let Some(last) = header.len().checked_sub(1) else {
         return String::new();
     };
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| r.iter().map(|c| one_line(c)).collect())
+        .collect();
     let col = |i: usize| {
         rows.iter()
             .filter_map(|r| r.get(i))

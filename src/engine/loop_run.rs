@@ -206,6 +206,7 @@ fn starting_record(def: &LoopDef, req: &RunRequest, started: chrono::DateTime<Ut
         model: None,
         tokens: None,
         turns: None,
+        fallbacks: Vec::new(),
         summary: None,
         transcript: None,
         refused_tools: Vec::new(),
@@ -591,7 +592,8 @@ fn trailers(def: &LoopDef, rec: &RunRecord) -> Vec<(&'static str, String)> {
     t
 }
 
-/// `Tokens-In`, `Tokens-Out`, the cache figures and `Model`, for prompt runs.
+/// `Tokens-In`, `Tokens-Out`, the cache figures, `Model` and each `Fallback: a -> b`,
+/// for prompt runs.
 pub fn token_trailers(rec: &RunRecord) -> Vec<(&'static str, String)> {
     let mut t = Vec::new();
     if let Some(u) = &rec.tokens {
@@ -606,6 +608,9 @@ pub fn token_trailers(rec: &RunRecord) -> Vec<(&'static str, String)> {
     // Only when the model's price is known: an unknown cost is never written as $0.
     if let Some(c) = rec.cost_estimate {
         t.push(("Cost-Estimate", loops_core::pricing::Cost(c).display()));
+    }
+    for f in &rec.fallbacks {
+        t.push(("Fallback", f.clone()));
     }
     t
 }

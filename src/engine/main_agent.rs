@@ -15,6 +15,7 @@ use crate::engine::run_context::{WakeKind, MAIN};
 use chrono::Utc;
 use loops_agent::context;
 use loops_agent::model::{Block, Message, Role, SystemPart};
+use loops_agent::run::Overflow;
 use loops_agent::sandbox::{Sandbox, Scope};
 use loops_agent::session::{
     Limits, ModelChoice, SessionRun, SessionSpec, TimeLimit, TranscriptSpec,
@@ -42,6 +43,11 @@ pub struct Conversation {
     pub summary: Vec<String>,
     #[serde(default)]
     pub messages: Vec<Message>,
+    /// How many bytes of kept conversation fit the model's context, learned from the
+    /// provider's first "exceeds the context" error: older wakes past it are dropped
+    /// before each wake, so the error is not met again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fit_bytes: Option<usize>,
 }
 
 impl Conversation {
@@ -73,32 +79,76 @@ impl Conversation {
         loops_core::fsutil::atomic_write(path, redactor.redact(&text).as_bytes())
     }
 
-    /// Drops whole wakes from the front until at most `limit` messages remain.
+    /// Drops whole wakes from the front until at most `limit` messages remain, and
+    /// then until they fit what the model's context was learned to take.
     pub fn bound(&mut self, limit: usize) {
         while self.messages.len() > limit {
-            // The next wake starts at a user message that is text, not tool results.
-            let next = self
-                .messages
-                .iter()
-                .enumerate()
-                .skip(1)
-                .find(|(_, m)| is_wake_start(m))
-                .map(|(i, _)| i)
-                .unwrap_or(self.messages.len());
-            let dropped: Vec<Message> = self.messages.drain(..next).collect();
-            self.summary.push(summarise(&dropped));
-            // A wake that began in the same message as the last tool results of the one
-            // before it must not keep results whose calls were just dropped.
-            if let Some(first) = self.messages.first_mut() {
-                first
-                    .content
-                    .retain(|b| !matches!(b, Block::ToolResult { .. }));
-            }
+            self.drop_oldest_wake();
         }
+        if let Some(bytes) = self.fit_bytes {
+            self.fit(bytes);
+        }
+        self.clip_summary();
+    }
+
+    /// Drops whole wakes from the front until the messages take at most `bytes` (as
+    /// JSON, about what they take in a request). Returns how many wakes went.
+    pub fn fit(&mut self, bytes: usize) -> usize {
+        let mut dropped = 0;
+        while !self.messages.is_empty() && message_bytes(&self.messages) > bytes {
+            self.drop_oldest_wake();
+            dropped += 1;
+        }
+        self.clip_summary();
+        dropped
+    }
+
+    /// Drops the oldest wake, leaving a summary line for it.
+    fn drop_oldest_wake(&mut self) {
+        // The next wake starts at a user message that is text, not tool results.
+        let next = self
+            .messages
+            .iter()
+            .enumerate()
+            .skip(1)
+            .find(|(_, m)| is_wake_start(m))
+            .map(|(i, _)| i)
+            .unwrap_or(self.messages.len());
+        let dropped: Vec<Message> = self.messages.drain(..next).collect();
+        self.summary.push(summarise(&dropped));
+        // A wake that began in the same message as the last tool results of the one
+        // before it must not keep results whose calls were just dropped.
+        if let Some(first) = self.messages.first_mut() {
+            first
+                .content
+                .retain(|b| !matches!(b, Block::ToolResult { .. }));
+        }
+    }
+
+    fn clip_summary(&mut self) {
         if self.summary.len() > SUMMARY_LINES {
             let cut = self.summary.len() - SUMMARY_LINES;
             self.summary.drain(..cut);
         }
+    }
+
+    /// Learns from a context error how much kept conversation fits: of the request that
+    /// did not fit, the part that is not the kept conversation (prompt, tools, the
+    /// wake) stays, so the conversation gets what is left of the limit, with a margin.
+    /// Without the numbers, half of what was kept.
+    pub fn learn_fit(&mut self, o: &Overflow) -> usize {
+        let kept = message_bytes(&self.messages);
+        let fixed = o.request_bytes.saturating_sub(kept);
+        let fits = match (o.asked, o.limit) {
+            (Some(asked), Some(limit)) if asked > 0 => {
+                let total = o.request_bytes as f64 * limit as f64 / asked as f64 * 0.9;
+                (total as usize).saturating_sub(fixed)
+            }
+            _ => kept / 2,
+        };
+        let fits = self.fit_bytes.map_or(fits, |known| known.min(fits));
+        self.fit_bytes = Some(fits);
+        fits
     }
 
     /// The messages to send: the summary of dropped wakes, the kept conversation and
@@ -129,6 +179,10 @@ impl Conversation {
         }
         msgs
     }
+}
+
+fn message_bytes(messages: &[Message]) -> usize {
+    serde_json::to_vec(messages).map_or(0, |v| v.len())
 }
 
 fn is_wake_start(m: &Message) -> bool {
@@ -304,11 +358,14 @@ pub async fn wake(
     };
     let layout = ws.layout();
     let conv_path = layout.conversation();
-    let conv = if main.history == 0 {
+    let mut conv = if main.history == 0 {
         Conversation::default()
     } else {
         Conversation::load(&conv_path)
     };
+    if let Some(bytes) = conv.fit_bytes {
+        conv.fit(bytes);
+    }
     let tpath = Transcript::path_for(&layout.runs_dir(), MAIN, run_id);
     let mut facts = vec![("handoffs", handoffs.len().to_string())];
     facts.extend(choice.facts());
@@ -319,19 +376,22 @@ pub async fn wake(
         echo: None,
     }
     .open(&ws.settings);
-    let spec = SessionSpec {
-        model: &choice,
-        tools: main_tools(ctx, main, run_id, handoffs),
-        system,
-        messages: conv.with_wake(wake_message(kind, handoffs, &ws.root)),
-        limits: Limits {
-            max_turns: main.max_turns,
-            time: TimeLimit::For(main.timeout),
-        },
+    let session = Wake {
+        ctx,
+        main,
+        kind,
+        run_id,
+        handoffs,
+        system: &system,
+        choice: &choice,
         cancel,
-        hooks: None,
     };
-    let run = spec.run(&mut tr).await;
+    let mut run = session.converse(&conv, &mut tr).await;
+    if let Some(o) = run.as_ref().ok().and_then(|r| r.driven.overflow.clone()) {
+        if session.fit_after_overflow(&mut conv, &o, &conv_path, &mut tr) {
+            run = session.converse(&conv, &mut tr).await;
+        }
+    }
     let mut outcome = match &run {
         Ok(run) => PromptOutcome::of_session(run, &choice),
         Err(e) => PromptOutcome::failed(e.to_string()),
@@ -350,6 +410,67 @@ pub async fn wake(
     }
     outcome.note_end(&mut tr);
     finish_wake(outcome, run.ok(), tr.redactor())
+}
+
+/// One wake's conversation, as it can be had twice (once more after a context error).
+struct Wake<'a> {
+    ctx: &'a RunContext,
+    main: &'a MainSettings,
+    kind: WakeKind,
+    run_id: &'a str,
+    handoffs: &'a [(Handoff, PathBuf)],
+    system: &'a [SystemPart],
+    choice: &'a ModelChoice,
+    cancel: Option<watch::Receiver<bool>>,
+}
+
+impl Wake<'_> {
+    async fn converse(
+        &self,
+        conv: &Conversation,
+        tr: &mut Transcript,
+    ) -> Result<SessionRun, loops_agent::session::SessionError> {
+        let ws = &self.ctx.ws;
+        let spec = SessionSpec {
+            model: self.choice,
+            tools: main_tools(self.ctx, self.main, self.run_id, self.handoffs),
+            system: self.system.to_vec(),
+            messages: conv.with_wake(wake_message(self.kind, self.handoffs, &ws.root)),
+            limits: Limits {
+                max_turns: self.main.max_turns,
+                time: TimeLimit::For(self.main.timeout),
+            },
+            cancel: self.cancel.clone(),
+            hooks: None,
+        };
+        spec.run(tr).await
+    }
+
+    /// After the provider said the conversation does not fit its context: learns how
+    /// much fits (kept for the next wakes too) and drops the oldest wakes. `true`: try
+    /// once more, which is worth it only when the error came before any tool ran and
+    /// something was dropped.
+    fn fit_after_overflow(
+        &self,
+        conv: &mut Conversation,
+        o: &Overflow,
+        path: &Path,
+        tr: &mut Transcript,
+    ) -> bool {
+        let fits = conv.learn_fit(o);
+        let dropped = conv.fit(fits);
+        if self.main.history > 0 {
+            if let Err(e) = conv.save(path, tr.redactor()) {
+                tracing::warn!("cannot save the main session's conversation: {e}");
+            }
+        }
+        let again = o.turn == 1 && dropped > 0;
+        tr.note(&format!(
+            "the conversation did not fit the model's context: {dropped} oldest wake(s) dropped (about {fits} bytes of kept conversation fit, learned for the next wakes){}",
+            if again { "; trying once more" } else { "" }
+        ));
+        again
+    }
 }
 
 /// The main session's prompt (preamble, identity files, its instructions) and the model
@@ -437,6 +558,7 @@ fn keep_conversation(
     let mut stored = Conversation {
         summary: before.summary,
         messages: messages.to_vec(),
+        fit_bytes: before.fit_bytes,
     };
     // The summary line of the dropped wakes is at the front of `messages`; keep it out
     // of the stored conversation (it lives in `summary`).

@@ -878,6 +878,7 @@ fn add_model_wake(
     rec.model = o.model;
     rec.tokens = o.tokens;
     rec.turns = o.turns;
+    rec.fallbacks = o.fallbacks;
     rec.summary = o.summary;
     rec.transcript = o.transcript.map(|p| ws.relative(&p).display().to_string());
     rec.refused_tools = o.refused;

@@ -9,6 +9,7 @@ pub mod loop_run;
 pub mod main_agent;
 pub mod main_session;
 pub mod prompt_run;
+pub mod pull_hold;
 pub mod recovery;
 pub mod run_context;
 pub mod run_lane;

@@ -41,6 +41,8 @@ pub struct PromptOutcome {
     pub model: Option<String>,
     pub tokens: Option<Usage>,
     pub turns: Option<u32>,
+    /// Each move to a fallback provider, `from -> to`.
+    pub fallbacks: Vec<String>,
     pub transcript: Option<PathBuf>,
     pub refused: Vec<String>,
     pub deliveries: Vec<loops_core::channels::DeliveryNote>,
@@ -73,6 +75,7 @@ impl PromptOutcome {
         let mut out = PromptOutcome {
             tokens: Some(driven.usage),
             turns: Some(driven.turns),
+            fallbacks: driven.fallbacks.clone(),
             model: Some(run.model(asked)),
             summary: driven.summary(),
             refused: kit.refused.clone(),
@@ -199,6 +202,7 @@ impl PromptOutcome {
         rec.model = self.model;
         rec.tokens = self.tokens;
         rec.turns = self.turns;
+        rec.fallbacks = self.fallbacks;
         rec.transcript = self
             .transcript
             .map(|p| ws.relative(&p).display().to_string());
@@ -315,14 +319,21 @@ pub async fn run(
 ) -> PromptOutcome {
     let started = std::time::Instant::now();
     let deadline = Instant::now() + def.timeout;
-    let Payload::Prompt { model, provider } = &def.payload else {
+    let Payload::Prompt {
+        model,
+        provider,
+        options,
+    } = &def.payload
+    else {
         return PromptOutcome::failed("not a prompt loop".into());
     };
-    let choice = match ModelChoice::resolve(&ctx.ws.settings, provider.as_deref(), model.as_deref())
-    {
-        Ok(c) => c,
-        Err(e) => return PromptOutcome::failed(e.to_string()),
-    };
+    let mut choice =
+        match ModelChoice::resolve(&ctx.ws.settings, provider.as_deref(), model.as_deref()) {
+            Ok(c) => c,
+            Err(e) => return PromptOutcome::failed(e.to_string()),
+        };
+    // The loop's request options lie over its provider's, key by key.
+    choice.provider.options = choice.provider.options.overridden_by(options);
     let now = Utc::now();
     if let Some(why) = crate::engine::budget::over_today(ctx, def, now) {
         crate::engine::budget::hold_for_the_day(ctx, def, &req.run_id, &why, now);

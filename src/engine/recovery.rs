@@ -41,6 +41,7 @@ pub async fn sweep(
     notes: &InboxState,
     inbox: &Inbox,
     now: DateTime<Utc>,
+    report: Report,
 ) -> Recovered {
     let mut out = Recovered::default();
     for m in ctx.running.orphans() {
@@ -62,9 +63,14 @@ pub async fn sweep(
     }
     // The dead wakes' handoffs, and what an older version's claims files left.
     out.returned = notes.recover_moves(inbox);
-    out.swept = sweep_queue(ctx, now).await;
+    let (runs, handoffs) = (out.interrupted.clone(), out.returned_names());
+    out.swept = sweep_queue(ctx, now, move |swept| report(&runs, &handoffs, swept)).await;
     out
 }
+
+/// Says what the sweep recovered: the interrupted runs (loop, run id), the handoffs given
+/// back and what the queue's sweep does. Called before the queue's changes are written.
+pub type Report = Box<dyn FnOnce(&[(String, String)], &[String], &Swept) + Send>;
 
 /// Lets go of the jobs of runs recorded interrupted, once the journal has named them.
 pub fn forget_interrupted(ctx: &RunContext, recovered: &Recovered) {
@@ -73,13 +79,30 @@ pub fn forget_interrupted(ctx: &RunContext, recovered: &Recovered) {
     }
 }
 
-async fn sweep_queue(ctx: &RunContext, now: DateTime<Utc>) -> Swept {
+/// The queue's sweep, `report`ed before its changes are on disk (see
+/// [`loops_core::jobs::queue::sweep_reporting`]), or after it if the sweep failed.
+async fn sweep_queue(
+    ctx: &RunContext,
+    now: DateTime<Utc>,
+    report: impl FnOnce(&Swept) + Send + 'static,
+) -> Swept {
     let store = loops_core::jobs::store::JobStore::new(&ctx.ws);
-    let swept = tokio::task::spawn_blocking(move || loops_core::jobs::queue::sweep(&store, now))
-        .await
-        .ok()
-        .and_then(|r| r.map_err(|e| tracing::error!("job sweep: {e}")).ok())
-        .unwrap_or_default();
+    let once = std::sync::Arc::new(std::sync::Mutex::new(Some(report)));
+    let inner = once.clone();
+    let swept = tokio::task::spawn_blocking(move || {
+        loops_core::jobs::queue::sweep_reporting(&store, now, |s| {
+            if let Some(r) = inner.lock().ok().and_then(|mut r| r.take()) {
+                r(s);
+            }
+        })
+    })
+    .await
+    .ok()
+    .and_then(|r| r.map_err(|e| tracing::error!("job sweep: {e}")).ok())
+    .unwrap_or_default();
+    if let Some(r) = once.lock().ok().and_then(|mut r| r.take()) {
+        r(&swept);
+    }
     for (id, why) in &swept.requeued {
         tracing::warn!(job = id, "requeued: {why}");
     }

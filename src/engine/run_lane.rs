@@ -188,8 +188,17 @@ impl RunLane {
         self.pending.iter().any(|p| p.due.not_before <= now)
     }
 
+    /// The loops with a run whose time has come.
+    pub fn ready_names(&self, now: DateTime<Utc>) -> impl Iterator<Item = &str> {
+        self.pending
+            .iter()
+            .filter(move |p| p.due.not_before <= now)
+            .map(|p| p.due.loop_name.as_str())
+    }
+
     /// Starts every pending run whose time has come, except those of the loops in
-    /// `awaiting_push` (their last commits are not pushed yet), which look again shortly.
+    /// `awaiting_push` (their last commits are not pushed yet, or a pull is rewriting their
+    /// folder), which look again shortly.
     pub fn dispatch_ready(
         &mut self,
         ctx: &RunContext,

@@ -3,6 +3,7 @@
 //! push), `loops sync` on request, and after a failure a wait that grows with each one
 //! (docs/remote.md). Each sync is one blocking call of [`loops_core::remote::sync`].
 
+use super::pull_hold::PullHold;
 use loops_core::history::Committer;
 use loops_core::remote::{self, Pulled, Pushed, RemoteState, SyncAsk, SyncReport};
 use loops_core::workspace::Workspace;
@@ -18,14 +19,23 @@ const MAX_BACKOFF: Duration = Duration::from_secs(300);
 
 /// Starts the syncer; `poke` asks for a sync now (a `loops sync` beside the daemon); the
 /// paths a pull changed go to `changed`, the daemon's channel of file events, so the hot
-/// reload of a pulled loop runs at once rather than after the watcher's debounce.
+/// reload of a pulled loop runs at once rather than after the watcher's debounce; `hold`
+/// hears of each checkout before it starts, so those loops wait for that reload.
 pub fn spawn(
     live: watch::Receiver<Arc<Workspace>>,
     committer: Committer,
     poke: Arc<Notify>,
-    changed: tokio::sync::mpsc::UnboundedSender<loops_core::watch::Batch>,
+    changed: Changed,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(run(live, committer, poke, changed))
+}
+
+/// Where the paths a pull changed go: the daemon's channel of file events, and the hold
+/// on those loops' runs that the daemon lets go once it has applied them.
+#[derive(Clone)]
+pub struct Changed {
+    pub events: tokio::sync::mpsc::UnboundedSender<loops_core::watch::Batch>,
+    pub hold: Arc<PullHold>,
 }
 
 struct Timers {
@@ -40,7 +50,7 @@ async fn run(
     mut live: watch::Receiver<Arc<Workspace>>,
     committer: Committer,
     poke: Arc<Notify>,
-    changed: tokio::sync::mpsc::UnboundedSender<loops_core::watch::Batch>,
+    changed: Changed,
 ) {
     let now = Instant::now();
     let mut t = Timers {
@@ -62,7 +72,13 @@ async fn run(
                     .is_some_and(|s| now.duration_since(s) >= settings.push_delay);
             if (pull || push) && (poked || now >= t.not_before) {
                 poked = false;
-                let ok = sync_once(&ws, &committer, SyncAsk { pull, push: true }, &changed).await;
+                let ok = sync_once(
+                    &ws,
+                    &committer,
+                    SyncAsk { pull, push: true },
+                    Some(&changed),
+                )
+                .await;
                 let now = Instant::now();
                 if pull || !ok {
                     t.next_pull = now + settings.pull_every.max(Duration::from_secs(1));
@@ -92,21 +108,60 @@ fn backoff(ws: &Workspace) -> Duration {
     )
 }
 
+/// The sync of a `loops run --once` pass, which has no syncer: a pull before it (unless
+/// `pull_every` is 0) so a server driven by cron runs what the laptop pushed, or a push
+/// after it. A failure is said and kept for `loops status` as the daemon's are; the pass
+/// goes on, and what was not pushed goes with the next one.
+pub async fn once(ws: &Arc<Workspace>, committer: &Committer, pull: bool) {
+    let Some(settings) = &ws.settings.remote else {
+        return;
+    };
+    let ask = if pull {
+        SyncAsk {
+            pull: !settings.pull_every.is_zero(),
+            push: false,
+        }
+    } else {
+        SyncAsk {
+            pull: false,
+            push: settings.push,
+        }
+    };
+    if ask.pull || ask.push {
+        sync_once(ws, committer, ask, None).await;
+    }
+}
+
 /// One sync on the blocking pool; says what it did. `false`: it failed.
 async fn sync_once(
     ws: &Arc<Workspace>,
     committer: &Committer,
     ask: SyncAsk,
-    changed: &tokio::sync::mpsc::UnboundedSender<loops_core::watch::Batch>,
+    changed: Option<&Changed>,
 ) -> bool {
     let (w, c) = (ws.clone(), committer.clone());
-    let done = tokio::task::spawn_blocking(move || remote::sync(&w, &c, ask)).await;
+    let hold = changed.map(|c| c.hold.clone());
+    let announce: remote::Announce = Arc::new(move |paths: &[String]| {
+        if let Some(h) = &hold {
+            h.announce(paths, std::time::Instant::now());
+        }
+    });
+    let done =
+        tokio::task::spawn_blocking(move || remote::sync_announcing(&w, &c, ask, announce)).await;
+    let pulled = match &done {
+        Ok(Ok(Some(report))) => report.changed.as_slice(),
+        _ => &[],
+    };
+    // Before the paths are sent: the daemon lets a loop go only once it is marked landed.
+    if let Some(c) = changed {
+        c.hold.landed(pulled);
+    }
     match done {
         Ok(Ok(Some(report))) => {
             say(&report);
-            if !report.changed.is_empty() {
+            if let Some(c) = changed.filter(|_| !report.changed.is_empty()) {
                 let paths = report.changed.iter().map(|p| ws.root.join(p)).collect();
-                let _ = changed.send(paths);
+                let _ = c.events.send(paths);
             }
             true
         }

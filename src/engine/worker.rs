@@ -1337,6 +1337,13 @@ struct AgentPlan {
     aggregator: bool,
 }
 
+/// What an agent job's tools may touch; its prompt is written from the same value.
+fn job_scope(name: &str) -> Scope {
+    Scope::Job {
+        name: name.to_string(),
+    }
+}
+
 /// The default prompt of a fan-out's aggregator that names none.
 const AGGREGATOR_PROMPT: &str = "Combine the results of the child jobs into one clear report: what each found, what failed, and what it adds up to. Then call finish with the report as the summary.";
 
@@ -1366,8 +1373,12 @@ impl AgentPlan {
         let name = format!("job-{}", job.id);
         // No input_vars (`{}`) is no settings section.
         let settings = yaml_serde::to_string(vars).unwrap_or_default();
-        let system =
-            context::loop_system(&name, &fill_vars(prompt_raw, Some(vars)), &settings, None);
+        // The prompt says where the job may write from the scope its sandbox enforces.
+        let system = context::job_system(
+            &job_scope(&name),
+            &fill_vars(prompt_raw, Some(vars)),
+            &settings,
+        );
         let conversation = store.conversation_path(job.id);
         let saved: Option<Vec<Message>> = std::fs::read(&conversation)
             .ok()
@@ -1453,12 +1464,7 @@ impl AgentPlan {
         let ws = &cfg.ws;
         ToolEnv {
             ws: ws.clone(),
-            sandbox: Sandbox::new(
-                &ws.root,
-                Scope::Job {
-                    name: self.name.clone(),
-                },
-            ),
+            sandbox: Sandbox::new(&ws.root, job_scope(&self.name)),
             loop_name: self.name.clone(),
             run_id: format!("job-{}-{}", job.id, job.attempts + 1),
             allowed: self.tools.clone(),

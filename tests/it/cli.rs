@@ -766,11 +766,68 @@ fn cli_every_bundled_template_checks_clean() {
             .args(["new", &name, "--template", t])
             .assert()
             .success();
-        let out = ws.cmd().arg("check").output().unwrap();
+        // The key is set: an unset one is a warning of its own (issue #19).
+        let out = ws
+            .cmd()
+            .arg("check")
+            .env("ANTHROPIC_API_KEY", "test-key-never-sent")
+            .output()
+            .unwrap();
         let text = show(&out);
         assert_eq!(out.status.code(), Some(0), "template {t}:\n{text}");
         assert!(
             text.contains("0 error(s), 0 warning(s)") && !text.contains("warning:"),
+            "template {t}: `loops check` is not clean:\n{text}"
+        );
+    }
+}
+
+#[test]
+fn every_template_checks_clean_with_only_a_local_provider_as_default() {
+    // The templates name no provider and no model: a workspace whose one provider is a
+    // local OpenAI-compatible server (no Anthropic anywhere) takes each as it comes.
+    let probe = TempWorkspace::new();
+    let unknown = probe
+        .cmd()
+        .args(["new", "y", "--template", "no-such-template"])
+        .output()
+        .unwrap();
+    let templates = listed_after(
+        &String::from_utf8_lossy(&unknown.stderr),
+        "help: the templates are:",
+    );
+    assert!(templates.len() >= 5, "{templates:?}");
+    for t in &templates {
+        let ws = TempWorkspace::new();
+        let yaml = std::fs::read_to_string(ws.path().join("loops.yaml")).unwrap();
+        ws.write(
+            "loops.yaml",
+            &format!(
+                "{yaml}\nproviders:\n  local: {{ kind: openai, base_url: \"http://127.0.0.1:8080/v1\", model: gemma-3-270m }}\ndefaults: {{ provider: local, model: gemma-3-270m }}\nchannels:\n  general: {{ kind: file, path: \"outbox/{{date}}.md\" }}\n"
+            ),
+        );
+        let name = format!("from-{t}");
+        ws.cmd()
+            .args(["new", &name, "--template", t])
+            .assert()
+            .success();
+        let config =
+            std::fs::read_to_string(ws.path().join(format!("domains/{name}/config.yaml"))).unwrap();
+        let written: Vec<&str> = config
+            .lines()
+            .filter(|l| !l.trim_start().starts_with('#'))
+            .collect();
+        assert!(
+            !written
+                .iter()
+                .any(|l| l.contains("provider:") || l.contains("model:")),
+            "template {t} names a provider or a model:\n{config}"
+        );
+        let out = ws.cmd().arg("check").output().unwrap();
+        let text = show(&out);
+        assert_eq!(out.status.code(), Some(0), "template {t}:\n{text}");
+        assert!(
+            text.contains("0 error(s), 0 warning(s)"),
             "template {t}: `loops check` is not clean:\n{text}"
         );
     }

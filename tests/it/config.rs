@@ -474,7 +474,8 @@ fn check_warning_only_exits_zero() {
     // With a provider configured the warning goes away.
     ws.write(
         "loops.yaml",
-        "providers:\n  anthropic:\n    api_key_env: ANTHROPIC_API_KEY\n",
+        // No key variable: an unset key would be warned about (issue #19).
+        "providers:\n  anthropic:\n    api_key_env: ~\n",
     );
     let (out, code) = check(&ws, false);
     assert_eq!(code, 0, "{out}");

@@ -371,7 +371,21 @@ fn a_runner_that_died_counts_a_stall_not_an_attempt_until_max_stalled_makes_it_d
         )
         .expect("write");
         now += CDuration::seconds(5);
-        let swept = queue::sweep(&s, now).expect("sweep");
+        // What the sweep will do is said while the job is still as the dead runner left
+        // it: a daemon journals it there, so a kill right after the write loses nothing.
+        let mut told = None;
+        let swept = queue::sweep_reporting(&s, now, |r| {
+            let still = get(&s, j.id);
+            assert!(
+                still.lease.is_some(),
+                "reported after the requeue was written"
+            );
+            told = Some(r.clone());
+        })
+        .expect("sweep");
+        let told = told.expect("the sweep reported");
+        assert_eq!(told.requeued, swept.requeued, "stall {stall}");
+        assert_eq!(told.dead, swept.dead, "stall {stall}");
         let after = get(&s, j.id);
         assert_eq!(after.stalls, stall);
         assert_eq!(after.attempts, 0, "a stall never uses an attempt");

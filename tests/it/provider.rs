@@ -6,6 +6,7 @@ use loops_agent::model::{Block, Message, ModelRequest, Role, SystemPart, ToolSpe
 use loops_agent::provider::{self, Completion, HttpProvider, ProviderError};
 use loops_agent::{anthropic, openai};
 use loops_core::providers::{ProviderConfig, ProviderKind};
+use loops_core::request_options::RequestOptions;
 use loops_testutil::fake_model::{self, FakeModel, Reply};
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -24,9 +25,8 @@ fn config(kind: ProviderKind, fake: &FakeModel, key_env: Option<&str>) -> Provid
         api_key_env: key_env.map(str::to_string),
         model: Some("test-model".into()),
         max_tokens: 1024,
-        request_timeout: Duration::from_secs(30),
-        command: None,
-        env: Vec::new(),
+        request_timeout: Some(Duration::from_secs(30)),
+        ..ProviderConfig::new("fake", kind)
     }
 }
 
@@ -80,6 +80,7 @@ impl Convo {
             system: &self.system,
             tools: &self.tools,
             messages: &self.messages,
+            options: RequestOptions::none(),
         }
     }
 }
@@ -368,7 +369,10 @@ fn openai_replies_from_lenient_servers() {
             (
                 "call_0",
                 "read_file",
-                &json!({"_raw": "{\"path\": \"a.md\""})
+                &loops_agent::model::invalid_arguments(
+                    "{\"path\": \"a.md\"",
+                    "EOF while parsing an object at line 1 column 15"
+                )
             ),
             ("call_1", "list", &json!({})),
         ]
@@ -541,7 +545,7 @@ async fn slow_response_times_out_and_is_retried() {
         let c = complete(
             kind,
             &fake,
-            |c| c.request_timeout = Duration::from_millis(500),
+            |c| c.request_timeout = Some(Duration::from_millis(500)),
             far(),
         )
         .await
@@ -565,7 +569,10 @@ async fn persistent_server_errors_end_at_the_deadline() {
         let fake = FakeModel::start(Vec::new());
         let started = std::time::Instant::now();
         let deadline = Instant::now() + Duration::from_secs(2);
-        let err = complete(kind, &fake, |_| {}, deadline).await.unwrap_err();
+        // Retries not capped here: what is tested is the deadline.
+        let err = complete(kind, &fake, |c| c.max_retries = 100, deadline)
+            .await
+            .unwrap_err();
         match &err {
             ProviderError::Deadline { last, .. } => {
                 assert!(last.contains("500"), "{last}");
@@ -609,6 +616,7 @@ async fn unreachable_server_is_transient() {
         .port();
     let mut cfg = config(ProviderKind::OpenAi, &FakeModel::start(Vec::new()), None);
     cfg.base_url = format!("http://127.0.0.1:{port}/v1");
+    cfg.max_retries = 100;
     let p = HttpProvider::new(&cfg).expect("provider");
     let deadline = Instant::now() + Duration::from_millis(1200);
     let err = p.complete(&Convo::new().req(), deadline).await.unwrap_err();
@@ -629,7 +637,11 @@ async fn missing_key_fails_before_any_request() {
             kind.as_str().to_ascii_uppercase()
         );
         std::env::remove_var(&env);
-        let p = HttpProvider::new(&config(kind, &fake, Some(&env))).expect("provider");
+        // A server on another machine (a local one needs no key: tests/it/wire.rs); the
+        // address is never reached, the key is looked for first.
+        let mut cfg = config(kind, &fake, Some(&env));
+        cfg.base_url = "http://192.0.2.1:9/v1".into();
+        let p = HttpProvider::new(&cfg).expect("provider");
         let err = p.complete(&Convo::new().req(), far()).await.unwrap_err();
         match &err {
             ProviderError::MissingKey { env: e, .. } => assert_eq!(e, &env),

@@ -883,3 +883,36 @@ fn a_pull_waits_while_the_person_is_in_the_middle_of_a_rebase_on_the_server() {
     assert!(sc.server.path().join("from-laptop.md").exists());
     sc.fsck_all();
 }
+
+#[test]
+fn a_once_pass_pulls_before_it_runs_and_pushes_after() {
+    // A server driven by cron (`loops run --once`) has no daemon to sync for it.
+    let sc = Scene::new("  pull_every: 30s\n");
+    sc.laptop_commit(
+        "domains/hello/config.yaml",
+        "schedule: { every: 1h }\npayload:\n  kind: command\n  command: \"echo \\\"- $LOOPS_RUN_ID\\\" >> state.md\"\n",
+        "laptop: add hello",
+    );
+    let out = loops_cmd(sc.server.path())
+        .args(["run", "--once", "--all"])
+        .output()
+        .expect("loops run --once");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{said}");
+    assert_eq!(
+        sc.server.count_outcome("hello", "acted"),
+        1,
+        "the pulled loop ran in the same pass: {said}"
+    );
+    assert!(
+        sc.remote_log().contains("hello: "),
+        "the pass pushed its run: {}\n{said}",
+        sc.remote_log()
+    );
+    assert!(linear(sc.server.path()));
+    sc.fsck_all();
+}

@@ -5,7 +5,7 @@
 //! tools, system, messages), so a request that only adds messages shares the previous
 //! request's bytes as a prefix, which is what prompt caching keys on.
 
-use super::model::{Block, Message, ModelReply, ModelRequest, Role, Usage};
+use super::model::{Block, Message, ModelReply, ModelRequest, Role, StreamFailure, Usage};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -23,6 +23,9 @@ pub fn endpoint(base_url: &str) -> String {
 struct Body<'a> {
     model: &'a str,
     max_tokens: u32,
+    /// Always streamed: a reply that keeps coming is never cut by a timeout, and the
+    /// tokens of one that stalls are known (see `provider.rs`).
+    stream: bool,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     tools: Vec<Tool<'a>>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -116,6 +119,7 @@ pub fn request_body(req: &ModelRequest<'_>) -> Vec<u8> {
     let body = Body {
         model: req.model,
         max_tokens: req.max_tokens,
+        stream: true,
         tools: req
             .tools
             .iter()
@@ -140,8 +144,7 @@ pub fn request_body(req: &ModelRequest<'_>) -> Vec<u8> {
             .collect(),
         messages: req.messages.iter().map(wire_message).collect(),
     };
-    // Serializing borrowed strings, JSON values and integers cannot fail.
-    serde_json::to_vec(&body).unwrap_or_default()
+    super::request_options::body_bytes(super::request_options::Wire::Anthropic, &body, req.options)
 }
 
 #[derive(Deserialize)]
@@ -155,7 +158,7 @@ struct ReplyBody {
     error: Option<Value>,
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Debug, Deserialize, Default)]
 struct WireUsage {
     input_tokens: Option<u64>,
     output_tokens: Option<u64>,
@@ -234,4 +237,141 @@ pub fn error_message(body: &[u8]) -> String {
         Some(m) if !m.trim().is_empty() => m.trim().to_string(),
         _ => super::model::body_excerpt(body),
     }
+}
+
+/// A streamed reply (`message_start`, content blocks with their deltas, `message_delta`,
+/// `message_stop`), put back together as the body a reply without streaming would have
+/// had.
+#[derive(Debug, Default)]
+pub struct Stream {
+    model: Option<String>,
+    /// By index: the block as it started, and the text or input JSON its deltas added.
+    blocks: Vec<(Value, String)>,
+    stop_reason: Option<String>,
+    usage: WireUsage,
+    /// Deltas seen: what the model is known to have produced before `message_delta`
+    /// reports the output tokens.
+    pieces: u64,
+    stopped: bool,
+}
+
+impl Stream {
+    /// Takes one event. `Err`: the server sent an `error` event (overloaded, say), or an
+    /// event that is not JSON.
+    pub fn event(&mut self, name: Option<&str>, data: &str) -> Result<(), StreamFailure> {
+        let v: Value = serde_json::from_str(data)
+            .map_err(|e| StreamFailure::Malformed(format!("a streamed event is not JSON: {e}")))?;
+        let kind = v.get("type").and_then(Value::as_str).or(name).unwrap_or("");
+        match kind {
+            "message_start" => {
+                let m = v.get("message").cloned().unwrap_or(Value::Null);
+                self.model = m.get("model").and_then(Value::as_str).map(str::to_string);
+                self.add_usage(m.get("usage"));
+            }
+            "content_block_start" => {
+                let i = index(&v);
+                if i <= self.blocks.len() + 64 {
+                    while self.blocks.len() <= i {
+                        self.blocks.push((Value::Null, String::new()));
+                    }
+                    self.blocks[i].0 = v.get("content_block").cloned().unwrap_or(Value::Null);
+                }
+            }
+            "content_block_delta" => self.delta(&v),
+            "message_delta" => {
+                if let Some(r) = v.pointer("/delta/stop_reason").and_then(Value::as_str) {
+                    self.stop_reason = Some(r.to_string());
+                }
+                self.add_usage(v.get("usage"));
+            }
+            "message_stop" => self.stopped = true,
+            "error" => return Err(StreamFailure::Provider(error_message(data.as_bytes()))),
+            // ping, content_block_stop, and whatever comes later.
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn delta(&mut self, v: &Value) {
+        let i = index(v);
+        let Some(block) = self.blocks.get_mut(i) else {
+            return;
+        };
+        let d = v.get("delta");
+        let piece = d
+            .and_then(|d| d.get("text").or_else(|| d.get("partial_json")))
+            .and_then(Value::as_str);
+        if let Some(p) = piece {
+            block.1.push_str(p);
+            self.pieces += 1;
+        }
+    }
+
+    /// Usage fields overwrite: `message_delta` carries the running output count.
+    fn add_usage(&mut self, u: Option<&Value>) {
+        let Some(u) = u.and_then(|u| serde_json::from_value::<WireUsage>(u.clone()).ok()) else {
+            return;
+        };
+        let u0 = &mut self.usage;
+        u0.input_tokens = u.input_tokens.or(u0.input_tokens);
+        u0.output_tokens = u.output_tokens.or(u0.output_tokens);
+        u0.cache_read_input_tokens = u.cache_read_input_tokens.or(u0.cache_read_input_tokens);
+        u0.cache_creation_input_tokens = u
+            .cache_creation_input_tokens
+            .or(u0.cache_creation_input_tokens);
+    }
+
+    /// Whether the reply came to its end.
+    pub fn complete(&self) -> bool {
+        self.stopped || self.stop_reason.is_some()
+    }
+
+    /// The tokens known so far: the output the server counted, or the deltas seen if
+    /// more.
+    pub fn usage(&self) -> Usage {
+        let u = &self.usage;
+        Usage {
+            input: u.input_tokens.unwrap_or(0),
+            // message_start says 1 before anything is generated; a stream that stalls
+            // before message_delta has produced at least its deltas.
+            output: u.output_tokens.unwrap_or(0).max(self.pieces),
+            cache_read: u.cache_read_input_tokens.unwrap_or(0),
+            cache_write: u.cache_creation_input_tokens.unwrap_or(0),
+        }
+    }
+
+    /// The reply, read as a reply without streaming is.
+    pub fn finish(self) -> Result<ModelReply, String> {
+        let usage = self.usage();
+        let content: Vec<Value> = self
+            .blocks
+            .into_iter()
+            .filter(|(b, _)| !b.is_null())
+            .map(|(mut b, added)| {
+                match b.get("type").and_then(Value::as_str) {
+                    Some("text") => b["text"] = Value::String(added),
+                    Some("tool_use") if !added.trim().is_empty() => {
+                        // Input cut short stays as written, never run (see run.rs).
+                        b["input"] = serde_json::from_str::<Value>(&added)
+                            .unwrap_or_else(|_| serde_json::json!({ "_raw": added }));
+                    }
+                    _ => {}
+                }
+                b
+            })
+            .collect();
+        let body = serde_json::json!({
+            "type": "message",
+            "model": self.model,
+            "content": content,
+            "stop_reason": self.stop_reason,
+        });
+        let mut reply = parse_reply(body.to_string().as_bytes())?;
+        reply.usage = usage;
+        Ok(reply)
+    }
+}
+
+fn index(v: &Value) -> usize {
+    v.get("index").and_then(Value::as_u64).unwrap_or(0) as usize
 }

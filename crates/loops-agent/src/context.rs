@@ -5,6 +5,7 @@
 //! is the one thing that changes between two quiet runs.
 
 use super::model::SystemPart;
+use super::sandbox::Scope;
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 use std::fmt::Write;
@@ -12,20 +13,81 @@ use std::fmt::Write;
 /// Files bigger than this are cut when they go into the prompt.
 pub const MAX_FILE_BYTES: usize = 64 * 1024;
 
+/// The folders `scope` writes, as a prompt names them: "`domains/x/` and `drafts/x/`".
+/// From [`Scope::writable_areas`], the value the sandbox enforces.
+pub fn writable_text(scope: &Scope) -> String {
+    match scope.writable_areas() {
+        Some(areas) => areas
+            .iter()
+            .map(|a| format!("`{a}`"))
+            .collect::<Vec<_>>()
+            .join(" and "),
+        None => "the workspace (except git's files and the runner's)".into(),
+    }
+}
+
 /// What an isolated loop's run is told, first.
 pub fn loop_preamble(loop_name: &str) -> String {
+    let may_write = writable_text(&Scope::Isolated {
+        loop_name: loop_name.to_string(),
+    });
     format!(
         "You are `{loop_name}`, a loop run by loops, a file-system-first agent runner. You are \
 started on a schedule, do one pass of your job with the tools offered, and stop.\n\
 \n\
 - Paths are relative to the workspace root, e.g. `domains/{loop_name}/state.md`. You may write \
-only in `domains/{loop_name}/` and `drafts/{loop_name}/`; a handoff is made with create_handoff.\n\
+only in {may_write}; a handoff is made with create_handoff.\n\
 - Keep what you need next time in `domains/{loop_name}/state.md`: you remember nothing else.\n\
 - Work for the main session goes through a draft (save_draft) and a handoff (create_handoff).\n\
 - End with `finish` (a one-line summary). When there is nothing to do, call `finish` with \
 `silent: true`, or answer exactly SILENT: a silent run changes nothing and costs nothing more.\n\
 - Every file you change is committed to git with your summary, so say what you did plainly."
     )
+}
+
+/// What an agent job (`loops jobs submit agent`, `loops agent run`, MCP `submit_job`) is
+/// told, first. It has no schedule, no domain folder, no prompt.md and no state.md: it
+/// runs once, and writes only where its `scope` lets it.
+pub fn job_preamble(scope: &Scope) -> String {
+    let name = match scope {
+        Scope::Job { name } | Scope::Isolated { loop_name: name } => name.as_str(),
+        Scope::Main => "main",
+    };
+    let may_write = writable_text(scope);
+    format!(
+        "You are `{name}`, an agent job run by loops, a file-system-first agent runner. You were \
+submitted once: do the job below with the tools offered, and stop.\n\
+\n\
+- Paths are relative to the workspace root. You may write only in {may_write}; a handoff is \
+made with create_handoff.\n\
+- Work for the main session goes through a draft (save_draft) and a handoff (create_handoff).\n\
+- End with `finish` (a one-line summary of what you did or found)."
+    )
+}
+
+/// The stable part of an agent job's prompt: its preamble, its prompt, its input vars.
+pub fn job_system(scope: &Scope, prompt: &str, settings_yaml: &str) -> Vec<SystemPart> {
+    let mut body = format!(
+        "# Your instructions (the job's prompt)\n\n{}\n",
+        clip_file(prompt)
+    );
+    if !settings_yaml.trim().is_empty() && settings_yaml.trim() != "{}" {
+        let _ = write!(
+            body,
+            "\n# Your settings (the job's input_vars)\n\n```yaml\n{}```\n",
+            ensure_newline(settings_yaml)
+        );
+    }
+    vec![
+        SystemPart {
+            text: job_preamble(scope),
+            cache: false,
+        },
+        SystemPart {
+            text: body,
+            cache: true,
+        },
+    ]
 }
 
 /// What the main session is told, first.

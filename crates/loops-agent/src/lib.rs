@@ -27,9 +27,11 @@ pub mod mcp_client;
 pub mod model;
 pub mod openai;
 pub mod provider;
+pub mod request_options;
 pub mod run;
 pub mod sandbox;
 pub mod session;
+pub mod sse;
 pub mod tools;
 pub mod transcript;
 

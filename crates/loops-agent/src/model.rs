@@ -76,6 +76,36 @@ impl Message {
     }
 }
 
+/// Where a tool call's arguments that are not a JSON object are kept, with why: the
+/// provider's reply still parses (one bad generation does not fail the run), the tool is
+/// not run, and its result tells the model what was wrong (crate::tools).
+const INVALID_ARGUMENTS: &str = "_loops_invalid_arguments";
+
+/// The input of a tool call whose arguments `raw` were not a JSON object (`error`: why).
+pub fn invalid_arguments(raw: &str, error: &str) -> Value {
+    serde_json::json!({ INVALID_ARGUMENTS: { "raw": raw, "error": error } })
+}
+
+/// The arguments as written and why they were refused, when `input` is
+/// [`invalid_arguments`]' marker.
+pub fn invalid_arguments_of(input: &Value) -> Option<(&str, &str)> {
+    let m = input.get(INVALID_ARGUMENTS)?;
+    Some((m.get("raw")?.as_str()?, m.get("error")?.as_str()?))
+}
+
+/// Replaces the marker of invalid arguments in `reply` with `{}`: the conversation the
+/// model sees again holds its call with no arguments (the tool result says what was
+/// wrong), never loops' own wrapper around them.
+pub fn clear_invalid_arguments(reply: &mut Message) {
+    for b in &mut reply.content {
+        if let Block::ToolUse { input, .. } = b {
+            if invalid_arguments_of(input).is_some() {
+                *input = Value::Object(Default::default());
+            }
+        }
+    }
+}
+
 /// A tool as offered to the model.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ToolSpec {
@@ -103,6 +133,8 @@ pub struct ModelRequest<'a> {
     pub system: &'a [SystemPart],
     pub tools: &'a [ToolSpec],
     pub messages: &'a [Message],
+    /// tool_choice, temperature, …: written into the body by crate::request_options.
+    pub options: &'a loops_core::request_options::RequestOptions,
 }
 
 /// What one model call returned.
@@ -115,6 +147,48 @@ pub struct ModelReply {
     pub stop_reason: Option<String>,
     /// The model that answered, when the provider says.
     pub model: Option<String>,
+}
+
+/// Why a streamed reply stopped short of its end.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StreamFailure {
+    /// The server sent an error event (overloaded, a failure mid-generation): its message.
+    Provider(String),
+    /// An event that cannot be read.
+    Malformed(String),
+}
+
+/// Why the model stopped, in the runner's terms; both wire formats' words map here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StopReason {
+    /// It ended its turn (`stop`, `end_turn`, `stop_sequence`).
+    Done,
+    /// It asked for tools (`tool_calls`, `tool_use`).
+    ToolCalls,
+    /// Cut at `max_tokens` (`length`, `max_tokens`): what it said is not all it meant to.
+    Cut,
+    /// The provider's filter stopped it (`content_filter`).
+    ContentFilter,
+    /// The model declined (`refusal`).
+    Refusal,
+    /// Something else, as the provider said it.
+    Other(String),
+    /// The provider said nothing.
+    Unknown,
+}
+
+impl StopReason {
+    pub fn of(said: Option<&str>) -> StopReason {
+        match said {
+            Some("stop" | "end_turn" | "stop_sequence" | "eos") => StopReason::Done,
+            Some("tool_calls" | "tool_use" | "function_call") => StopReason::ToolCalls,
+            Some("length" | "max_tokens" | "model_length") => StopReason::Cut,
+            Some("content_filter") => StopReason::ContentFilter,
+            Some("refusal") => StopReason::Refusal,
+            Some(other) => StopReason::Other(other.to_string()),
+            None => StopReason::Unknown,
+        }
+    }
 }
 
 /// How much of an error body a message quotes.

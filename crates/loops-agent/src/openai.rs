@@ -17,9 +17,19 @@ pub fn endpoint(base_url: &str) -> String {
 struct Body<'a> {
     model: &'a str,
     max_tokens: u32,
+    /// Always streamed: a reply that keeps coming is never cut by a timeout, and the
+    /// tokens of one that stalls are known (see `provider.rs`).
+    stream: bool,
+    stream_options: StreamOptions,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     tools: Vec<Tool<'a>>,
     messages: Vec<WireMessage<'a>>,
+}
+
+/// Without it a streamed reply carries no `usage`.
+#[derive(Serialize)]
+struct StreamOptions {
+    include_usage: bool,
 }
 
 #[derive(Serialize)]
@@ -152,6 +162,10 @@ pub fn request_body(req: &ModelRequest<'_>) -> Vec<u8> {
     let body = Body {
         model: req.model,
         max_tokens: req.max_tokens,
+        stream: true,
+        stream_options: StreamOptions {
+            include_usage: true,
+        },
         tools: req
             .tools
             .iter()
@@ -166,8 +180,7 @@ pub fn request_body(req: &ModelRequest<'_>) -> Vec<u8> {
             .collect(),
         messages,
     };
-    // Serializing strings, JSON values and integers cannot fail.
-    serde_json::to_vec(&body).unwrap_or_default()
+    super::request_options::body_bytes(super::request_options::Wire::OpenAi, &body, req.options)
 }
 
 #[derive(Deserialize)]
@@ -202,21 +215,40 @@ struct PromptDetails {
     cached_tokens: Option<u64>,
 }
 
-/// Tool arguments arrive as a JSON string. Ones that do not parse are kept as
-/// `{"_raw": …}` so the tool can answer with an argument error the model can fix,
-/// instead of the whole run failing on one bad generation.
+/// Prompt tokens that were not cached are the input; cached ones are a cache read.
+fn usage_of(u: WireUsage) -> Usage {
+    let prompt = u.prompt_tokens.unwrap_or(0);
+    let cached = u
+        .prompt_tokens_details
+        .and_then(|d| d.cached_tokens)
+        .unwrap_or(0);
+    Usage {
+        input: prompt.saturating_sub(cached),
+        output: u.completion_tokens.unwrap_or(0),
+        cache_read: cached,
+        cache_write: 0,
+    }
+}
+
+/// Tool arguments arrive as a JSON string. Ones that are not a JSON object are marked
+/// invalid with the parse error ([`super::model::invalid_arguments`]), so the tool
+/// answers with an error the model can fix instead of the whole run failing on one bad
+/// generation.
 fn arguments(raw: Option<&Value>) -> Value {
+    use super::model::invalid_arguments;
+    let not_object = "a JSON value that is not an object of named arguments";
     match raw {
         None | Some(Value::Null) => Value::Object(Default::default()),
         Some(Value::String(s)) if s.trim().is_empty() => Value::Object(Default::default()),
         Some(Value::String(s)) => match serde_json::from_str::<Value>(s) {
             Ok(v @ Value::Object(_)) => v,
             Ok(Value::Null) => Value::Object(Default::default()),
-            _ => serde_json::json!({ "_raw": s }),
+            Ok(_) => invalid_arguments(s, not_object),
+            Err(e) => invalid_arguments(s, &e.to_string()),
         },
         // Some servers send the arguments as an object already.
         Some(v @ Value::Object(_)) => v.clone(),
-        Some(other) => serde_json::json!({ "_raw": other.to_string() }),
+        Some(other) => invalid_arguments(&other.to_string(), not_object),
     }
 }
 
@@ -277,23 +309,12 @@ pub fn parse_reply(body: &[u8]) -> Result<ModelReply, String> {
         });
     }
 
-    let u = reply.usage.unwrap_or_default();
-    let prompt = u.prompt_tokens.unwrap_or(0);
-    let cached = u
-        .prompt_tokens_details
-        .and_then(|d| d.cached_tokens)
-        .unwrap_or(0);
     Ok(ModelReply {
         message: Message {
             role: Role::Assistant,
             content,
         },
-        usage: Usage {
-            input: prompt.saturating_sub(cached),
-            output: u.completion_tokens.unwrap_or(0),
-            cache_read: cached,
-            cache_write: 0,
-        },
+        usage: usage_of(reply.usage.unwrap_or_default()),
         stop_reason: choice.finish_reason,
         model: reply.model,
     })
@@ -313,5 +334,136 @@ pub fn error_message(body: &[u8]) -> String {
     match found {
         Some(m) if !m.trim().is_empty() => m.trim().to_string(),
         _ => super::model::body_excerpt(body),
+    }
+}
+
+/// A streamed reply (`data: {chunk}` events, then `data: [DONE]`), put back together as
+/// the body a reply without streaming would have had.
+#[derive(Debug, Default)]
+pub struct Stream {
+    model: Option<String>,
+    content: String,
+    /// By `index`: id, name, the argument text so far.
+    calls: Vec<(Option<String>, String, String)>,
+    finish_reason: Option<String>,
+    usage: Option<Value>,
+    /// Pieces of text or arguments: what the model is known to have produced when the
+    /// server reports no usage before the stream stops.
+    pieces: u64,
+    done: bool,
+}
+
+impl Stream {
+    /// Takes one event's data. `Err`: the server sent an error in the stream (its
+    /// message), or a chunk that is not JSON.
+    pub fn event(&mut self, data: &str) -> Result<(), super::model::StreamFailure> {
+        use super::model::StreamFailure;
+        if data.trim() == "[DONE]" {
+            self.done = true;
+            return Ok(());
+        }
+        let v: Value = serde_json::from_str(data)
+            .map_err(|e| StreamFailure::Malformed(format!("a streamed chunk is not JSON: {e}")))?;
+        if v.get("error").is_some_and(|e| !e.is_null()) {
+            return Err(StreamFailure::Provider(error_message(data.as_bytes())));
+        }
+        if let Some(m) = v.get("model").and_then(Value::as_str) {
+            self.model = Some(m.to_string());
+        }
+        if let Some(u) = v.get("usage").filter(|u| !u.is_null()) {
+            self.usage = Some(u.clone());
+        }
+        let Some(choice) = v.pointer("/choices/0") else {
+            return Ok(());
+        };
+        if let Some(r) = choice.get("finish_reason").and_then(Value::as_str) {
+            self.finish_reason = Some(r.to_string());
+        }
+        if let Some(delta) = choice.get("delta") {
+            self.delta(delta);
+        }
+        Ok(())
+    }
+
+    fn delta(&mut self, delta: &Value) {
+        if let Some(t) = delta.get("content").and_then(Value::as_str) {
+            if !t.is_empty() {
+                self.content.push_str(t);
+                self.pieces += 1;
+            }
+        }
+        for (n, call) in delta
+            .get("tool_calls")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
+            let i = call
+                .get("index")
+                .and_then(Value::as_u64)
+                .map_or(n, |i| i as usize);
+            // An index far past the calls so far is a server's bug, not a reason to
+            // allocate without bound.
+            if i > self.calls.len() + 64 {
+                continue;
+            }
+            while self.calls.len() <= i {
+                self.calls.push((None, String::new(), String::new()));
+            }
+            let slot = &mut self.calls[i];
+            if let Some(id) = call.get("id").and_then(Value::as_str) {
+                slot.0 = Some(id.to_string());
+            }
+            if let Some(name) = call.pointer("/function/name").and_then(Value::as_str) {
+                slot.1.push_str(name);
+            }
+            if let Some(args) = call.pointer("/function/arguments").and_then(Value::as_str) {
+                slot.2.push_str(args);
+                self.pieces += 1;
+            }
+        }
+    }
+
+    /// Whether the reply came to its end (a finish reason or `[DONE]`).
+    pub fn complete(&self) -> bool {
+        self.done || self.finish_reason.is_some()
+    }
+
+    /// The tokens known so far: the server's usage once it sent it, else the pieces
+    /// streamed as output (about one token each).
+    pub fn usage(&self) -> Usage {
+        match &self.usage {
+            Some(u) => usage_of(serde_json::from_value(u.clone()).unwrap_or_default()),
+            None => Usage {
+                output: self.pieces,
+                ..Usage::default()
+            },
+        }
+    }
+
+    /// The reply, read as a reply without streaming is.
+    pub fn finish(self) -> Result<ModelReply, String> {
+        let calls: Vec<Value> = self
+            .calls
+            .into_iter()
+            .map(|(id, name, args)| {
+                serde_json::json!({"id": id, "type": "function", "function": {"name": name, "arguments": args}})
+            })
+            .collect();
+        let body = serde_json::json!({
+            "model": self.model,
+            "choices": [{
+                "message": {"role": "assistant", "content": self.content, "tool_calls": calls},
+                "finish_reason": self.finish_reason,
+            }],
+            "usage": self.usage,
+        });
+        let pieces = self.pieces;
+        let mut reply = parse_reply(body.to_string().as_bytes())?;
+        if reply.usage.is_zero() {
+            reply.usage.output = pieces;
+        }
+        Ok(reply)
     }
 }

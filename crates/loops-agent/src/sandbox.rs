@@ -52,6 +52,33 @@ pub enum Scope {
     Main,
 }
 
+impl Scope {
+    /// The folders this scope writes files under, workspace-relative and ending in `/`;
+    /// `None` for the main session, which writes the whole workspace but what no scope
+    /// writes. The sandbox allows exactly these ([`Sandbox::resolve`]) and the prompt
+    /// names exactly these (`context::loop_preamble`, `context::job_preamble`): one
+    /// value, so what a model is told and what it may do cannot drift apart.
+    pub fn writable_areas(&self) -> Option<Vec<String>> {
+        match self {
+            Scope::Isolated { loop_name } => Some(vec![
+                format!("domains/{loop_name}/"),
+                format!("drafts/{loop_name}/"),
+            ]),
+            Scope::Job { name } => Some(vec![format!("drafts/{name}/")]),
+            Scope::Main => None,
+        }
+    }
+
+    /// Who the scope is, in a refusal: "an isolated loop", "an agent job".
+    fn who(&self) -> &'static str {
+        match self {
+            Scope::Isolated { .. } => "an isolated loop",
+            Scope::Job { .. } => "an agent job",
+            Scope::Main => "the main session",
+        }
+    }
+}
+
 /// A path the sandbox refused. The messages go to the model, so each says what was
 /// refused and what would be allowed; none of them includes a file's contents.
 #[derive(Debug, thiserror::Error)]
@@ -636,36 +663,32 @@ impl Sandbox {
             ));
         }
         self.never_written(rel, shown)?;
-        let (loop_name, own_domain) = match &self.scope {
-            Scope::Isolated { loop_name } => (loop_name, true),
-            Scope::Job { name } => (name, false),
-            Scope::Main => return Ok(()),
+        let Some(areas) = self.scope.writable_areas() else {
+            return Ok(());
         };
-        let areas = if own_domain {
-            format!("an isolated loop may write only under domains/{loop_name}/ and drafts/{loop_name}/; hand work to others with create_handoff")
-        } else {
-            format!("an agent job may write only under drafts/{loop_name}/; hand work to others with create_handoff")
-        };
-        let parts: Vec<&str> = rel.iter().map(String::as_str).collect();
-        match parts.as_slice() {
-            ["domains", name, rest @ ..] | ["drafts", name, rest @ ..]
-                if *name == loop_name.as_str()
-                    && !rest.is_empty()
-                    && (own_domain || parts[0] == "drafts") =>
-            {
-                if parts[0] == "domains"
-                    && rest.len() == 1
-                    && is(rest[0], "prompt.md")
-                    && !self.walls.edit_prompt
-                {
-                    return Err(not_writable(format!(
-                        "prompt.md is this loop's instructions, and a loop may change them only when its config.yaml says `edit_prompt: true` (a person sets that); keep what you learn in domains/{loop_name}/state.md"
-                    )));
-                }
-                Ok(())
-            }
-            _ => Err(not_writable(areas)),
+        let inside = areas.iter().any(|a| {
+            let area = names_of(a);
+            rel.len() > area.len() && rel.starts_with(&area)
+        });
+        if !inside {
+            return Err(not_writable(format!(
+                "{} may write only under {}; hand work to others with create_handoff",
+                self.scope.who(),
+                areas.join(" and ")
+            )));
         }
+        if let (Scope::Isolated { loop_name }, [d, name, file]) = (&self.scope, rel) {
+            if d == "domains"
+                && name == loop_name
+                && is(file, "prompt.md")
+                && !self.walls.edit_prompt
+            {
+                return Err(not_writable(format!(
+                    "prompt.md is this loop's instructions, and a loop may change them only when its config.yaml says `edit_prompt: true` (a person sets that); keep what you learn in domains/{loop_name}/state.md"
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// What no scope writes: what a run executes, git's own files, and the inbox.

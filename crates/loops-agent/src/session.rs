@@ -15,7 +15,7 @@
 use crate::context;
 use crate::model::{Message, SystemPart};
 use crate::provider::{HttpProvider, ProviderError};
-use crate::run::{drive, Drive, Driven, TurnHooks};
+use crate::run::{drive, Drive, Driven, Route, TurnHooks};
 use crate::tools::{ToolEnv, ToolKit};
 use crate::transcript::{Redactor, Transcript};
 use loops_core::providers::{ProviderConfig, ProviderKind};
@@ -42,6 +42,9 @@ pub enum SessionError {
 pub struct ModelChoice {
     pub provider: ProviderConfig,
     pub model: String,
+    /// Where a turn goes when `provider` is overloaded, keeps failing or stalls: its
+    /// `fallback:` chain, each with its own model.
+    pub fallbacks: Vec<(ProviderConfig, String)>,
 }
 
 impl ModelChoice {
@@ -53,7 +56,18 @@ impl ModelChoice {
         model: Option<&str>,
     ) -> Result<ModelChoice, SessionError> {
         loops_core::providers::resolve(&settings.providers, &settings.defaults, provider, model)
-            .map(|(provider, model)| ModelChoice { provider, model })
+            .map(|(provider, model)| ModelChoice {
+                fallbacks: loops_core::providers::fallback_chain(
+                    &settings.providers,
+                    &provider.name,
+                )
+                .into_iter()
+                .filter(|p| p.kind != ProviderKind::Command)
+                .filter_map(|p| p.model.clone().map(|m| (p, m)))
+                .collect(),
+                provider,
+                model,
+            })
             .map_err(|(message, help)| SessionError::NoProvider { message, help })
     }
 
@@ -154,6 +168,12 @@ impl SessionSpec<'_> {
         // Before the tool kit: a provider that cannot be reached must not start the MCP
         // servers first.
         let provider = HttpProvider::new(&self.model.provider)?;
+        let fallbacks = self
+            .model
+            .fallbacks
+            .iter()
+            .map(|(p, m)| HttpProvider::new(p).map(|h| (h, m.as_str())))
+            .collect::<Result<Vec<_>, _>>()?;
         let mut system = self.system;
         context::add_rules(&mut system, &self.tools.guard);
         let mut kit = ToolKit::new(self.tools);
@@ -172,6 +192,14 @@ impl SessionSpec<'_> {
                 provider: &provider,
                 model: &self.model.model,
                 max_tokens: self.model.provider.max_tokens,
+                fallbacks: fallbacks
+                    .iter()
+                    .map(|(p, m)| Route {
+                        provider: p,
+                        model: m,
+                        max_tokens: p.config().max_tokens,
+                    })
+                    .collect(),
                 system: &system,
                 messages: self.messages,
                 max_turns: self.limits.max_turns,

@@ -435,10 +435,10 @@ impl ToolKit {
                 "the input of `{name}` must be a JSON object with the tool's arguments"
             )));
         }
-        if let Some(raw) = input.get("_raw") {
+        if let Some((raw, error)) = crate::model::invalid_arguments_of(input) {
             return Err(ToolError::new(format!(
-                "the arguments of `{name}` are not valid JSON: {}",
-                clip(&raw.to_string(), 200)
+                "the arguments of `{name}` were not valid JSON ({error}), so it was not run; call it again with a JSON object of its arguments. You wrote: {}",
+                clip(raw, 200)
             )));
         }
         // MCP tools get their arguments as the model wrote them: the aliases below are

@@ -178,14 +178,24 @@ impl Transcript {
         self.write(&s);
     }
 
-    pub fn turn_usage(&mut self, turn: u32, usage: &Usage, ms: u128, model: Option<&str>) {
+    /// The turn's tokens, time, model and stop reason (as the provider said it:
+    /// `end_turn`, `tool_calls`, `length`, …).
+    pub fn turn_usage(
+        &mut self,
+        turn: u32,
+        usage: &Usage,
+        ms: u128,
+        model: Option<&str>,
+        stop: Option<&str>,
+    ) {
         self.write(&format!(
-            "_turn {turn}: {} in, {} out, {} cache read, {} cache write; {ms} ms{}_\n\n",
+            "_turn {turn}: {} in, {} out, {} cache read, {} cache write; {ms} ms{}; stop: {}_\n\n",
             usage.input,
             usage.output,
             usage.cache_read,
             usage.cache_write,
-            model.map(|m| format!("; {m}")).unwrap_or_default()
+            model.map(|m| format!("; {m}")).unwrap_or_default(),
+            stop.unwrap_or("(not said)")
         ));
     }
 

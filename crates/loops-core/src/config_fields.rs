@@ -280,6 +280,8 @@ pub(crate) struct Section<'a> {
     path: Vec<String>,
     keys: Vec<String>,
     unknown: Vec<String>,
+    /// Keys read by a second struct from the same mapping ([`Section::read_also`]).
+    also_known: Vec<&'static str>,
     found: Vec<(usize, Diagnostic)>,
 }
 
@@ -292,12 +294,7 @@ impl<'a> Section<'a> {
         path: &[&str],
         map: &Mapping,
     ) -> (T, Section<'a>) {
-        let mut text_keyed = Mapping::new();
-        for (k, v) in map {
-            if k.as_str().is_some() {
-                text_keyed.insert(k.clone(), v.clone());
-            }
-        }
+        let text_keyed = text_keyed(map);
         let names = field_names::<T>();
         let keys: Vec<String> = text_keyed
             .keys()
@@ -315,9 +312,20 @@ impl<'a> Section<'a> {
             path: path.iter().map(|s| s.to_string()).collect(),
             keys,
             unknown,
+            also_known: Vec::new(),
             found: Vec::new(),
         };
         (t, section)
+    }
+
+    /// Reads the same mapping as a second struct `T`, a block of settings kept in a file
+    /// of its own (request options, under a provider and under `payload:`); its keys then
+    /// count as known here, and typos are matched against them too.
+    pub(crate) fn read_also<T: DeserializeOwned + Default>(&mut self, map: &Mapping) -> T {
+        let names = field_names::<T>();
+        self.unknown.retain(|k| !names.contains(&k.as_str()));
+        self.also_known.extend(names);
+        T::deserialize(Value::Mapping(text_keyed(map))).unwrap_or_default()
     }
 
     /// The path of `key` in this section.
@@ -427,6 +435,8 @@ impl<'a> Section<'a> {
     /// `unknown key `a.b.c`` for each key the struct does not name, with the known key
     /// closest to it (or the list of them, `known`, in the order people read them).
     pub(crate) fn unknown_keys(&mut self, known: &[&str]) {
+        let all: Vec<&str> = known.iter().chain(&self.also_known).copied().collect();
+        let known = all.as_slice();
         for key in self.unknown() {
             let full = self.path_of(&key).join(".");
             let d = Diagnostic::error(self.file, format!("unknown key `{full}`"))
@@ -460,6 +470,18 @@ impl<'a> Section<'a> {
     pub(crate) fn finish(self) -> Vec<Diagnostic> {
         self.finish_keyed().into_iter().map(|(_, d)| d).collect()
     }
+}
+
+/// The entries of `map` whose keys are text: other keys name no setting, and serde would
+/// take a number for a field's position.
+fn text_keyed(map: &Mapping) -> Mapping {
+    let mut out = Mapping::new();
+    for (k, v) in map {
+        if k.as_str().is_some() {
+            out.insert(k.clone(), v.clone());
+        }
+    }
+    out
 }
 
 /// A value's YAML type with the value, for "must be X, not …" messages.

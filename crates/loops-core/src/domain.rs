@@ -6,6 +6,7 @@ use crate::config_fields::{describe_type, show, Field, List, Map, Section, Whole
 use crate::diag::{near_miss, Diagnostic, YamlLocator};
 use crate::duration::{parse_duration, DURATION_HELP, MAX_DURATION};
 use crate::layout::RUNTIME_DIR;
+use crate::request_options::RequestOptions;
 use crate::schedule::{jitter_offset, parse_cron, CatchUp, Schedule, TzSource, When};
 use crate::workspace::{parse_timezone, Workspace};
 use chrono::{DateTime, NaiveDateTime, TimeZone, Utc};
@@ -25,6 +26,9 @@ pub enum Payload {
     Prompt {
         model: Option<String>,
         provider: Option<String>,
+        /// The loop's request options (tool_choice, temperature, …), over its provider's.
+        #[serde(skip_serializing_if = "RequestOptions::is_empty")]
+        options: RequestOptions,
     },
 }
 
@@ -1153,7 +1157,12 @@ fn loop_schedule(
 
 /// A prompt loop's provider and model, as loops.yaml resolves them.
 fn check_provider(cx: &mut Ctx, ws: &Workspace, name: &str, payload: Option<&Payload>) {
-    let Some(Payload::Prompt { model, provider }) = payload else {
+    let Some(Payload::Prompt {
+        model,
+        provider,
+        options,
+    }) = payload
+    else {
         return;
     };
     if !ws.settings.has_providers {
@@ -1166,20 +1175,41 @@ fn check_provider(cx: &mut Ctx, ws: &Workspace, name: &str, payload: Option<&Pay
         );
         return;
     }
-    if let Err((msg, help)) = crate::providers::resolve(
+    match crate::providers::resolve(
         &ws.settings.providers,
         &ws.settings.defaults,
         provider.as_deref(),
         model.as_deref(),
     ) {
-        let at = if provider.is_some() {
-            cx.loc.value(&["payload", "provider"])
-        } else {
-            None
+        Ok((p, _)) => {
+            // The loop's own options as its provider's kind reads them (the provider's
+            // were checked in loops.yaml), in the order they are written.
+            let mut found: Vec<Diagnostic> =
+                crate::providers::wire_notes(p.kind, &p.name, p.max_tokens, options, "payload")
+                    .into_iter()
+                    .map(|n| {
+                        let d = match n.severity {
+                            crate::diag::Severity::Error => Diagnostic::error(cx.rel, n.message),
+                            crate::diag::Severity::Warning => {
+                                Diagnostic::warning(cx.rel, n.message)
+                            }
+                        };
+                        d.at(cx.loc.value(&["payload", n.key])).help(n.help)
+                    })
+                    .collect();
+            found.sort_by_key(|d| (d.line, d.column));
+            cx.diags.extend(found);
         }
-        .or(cx.loc.key(&["payload"]));
-        cx.diags
-            .push(Diagnostic::error(cx.rel, msg).at(at).help(help));
+        Err((msg, help)) => {
+            let at = if provider.is_some() {
+                cx.loc.value(&["payload", "provider"])
+            } else {
+                None
+            }
+            .or(cx.loc.key(&["payload"]));
+            cx.diags
+                .push(Diagnostic::error(cx.rel, msg).at(at).help(help));
+        }
     }
 }
 
@@ -1208,6 +1238,7 @@ fn parse_payload(cx: &mut Ctx, v: Option<&Value>, has_prompt: bool, dir: &Path) 
         }
     };
     let (y, mut sec) = Section::read::<PayloadYaml>(cx.rel, cx.loc, &["payload"], map);
+    let options = crate::request_options::read(&mut sec, map);
     sec.unknown_keys(PAYLOAD_KEYS);
     cx.diags.extend(sec.finish());
     let command = y.command.written().and_then(Result::ok);
@@ -1229,6 +1260,13 @@ fn parse_payload(cx: &mut Ctx, v: Option<&Value>, has_prompt: bool, dir: &Path) 
         }
     };
     if kind == "command" {
+        if let Some(&key) = options.written_keys().first() {
+            cx.err(
+                &["payload", key],
+                format!("`payload.{key}` is a request option of prompt loops; a command loop asks no model"),
+                "remove it, or make this a prompt loop (`kind: prompt` with prompt.md)",
+            );
+        }
         let argv = command_argv(cx, command.as_ref())?;
         check_program(cx, &argv[0], dir);
         return Some(Payload::Command { argv });
@@ -1254,6 +1292,7 @@ fn parse_payload(cx: &mut Ctx, v: Option<&Value>, has_prompt: bool, dir: &Path) 
     Some(Payload::Prompt {
         model: y.model.written().and_then(Result::ok),
         provider: y.provider.written().and_then(Result::ok),
+        options,
     })
 }
 

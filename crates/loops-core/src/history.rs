@@ -173,8 +173,6 @@ impl Committer {
             reported_holders: HashSet::new(),
             rule,
             held: None,
-            cost_estimate: None,
-            next_check: None,
         };
         std::thread::Builder::new()
             .name("loops-committer".into())
@@ -1765,6 +1763,44 @@ pub fn read_log(
         if out.len() >= limit {
             break;
         }
+    }
+    Ok(out)
+}
+
+/// One commit as `git show` would print it (its message, then the patch against its
+/// first parent), cut at `max_bytes` with a line saying so. `rev` is a full or
+/// abbreviated commit id; anything else (a branch name, `HEAD~1`) is refused, so a web
+/// page cannot be made to show what no run committed.
+pub fn commit_diff(workspace: &Path, rev: &str, max_bytes: usize) -> Result<String, HistoryError> {
+    let repo = Repository::discover(workspace)
+        .map_err(|_| HistoryError::NotARepository(workspace.to_path_buf()))?;
+    if rev.len() < 7 || !rev.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(git2::Error::from_str(&format!("`{rev}` is not a commit id")).into());
+    }
+    let commit = repo.revparse_single(rev)?.peel_to_commit()?;
+    let parent = commit.parents().next().map(|p| p.tree()).transpose()?;
+    let diff = repo.diff_tree_to_tree(parent.as_ref(), Some(&commit.tree()?), None)?;
+    let mut out = format!(
+        "commit {}\nAuthor: {}\n\n{}\n",
+        commit.id(),
+        commit.author(),
+        commit.message().unwrap_or("").trim_end()
+    );
+    let mut cut = false;
+    diff.print(git2::DiffFormat::Patch, |_, _, line| {
+        if out.len() >= max_bytes {
+            cut = true;
+            return false;
+        }
+        if matches!(line.origin(), '+' | '-' | ' ') {
+            out.push(line.origin());
+        }
+        out.push_str(&String::from_utf8_lossy(line.content()));
+        true
+    })
+    .or_else(|e| if cut { Ok(()) } else { Err(e) })?;
+    if cut {
+        out.push_str(&format!("\n[… cut at {max_bytes} bytes]\n"));
     }
     Ok(out)
 }

@@ -189,6 +189,11 @@ impl Layout {
     pub fn mcp_dir(&self) -> PathBuf {
         self.join("mcp")
     }
+
+    /// The secret `loops ui` asks every request for, owner-only (docs/ui.md).
+    pub fn ui_token(&self) -> PathBuf {
+        self.join("ui-token")
+    }
 }
 
 #[cfg(test)]
@@ -230,6 +235,7 @@ mod tests {
             (l.handoff_run("01RUN"), "/ws/.loops/handoff-runs/01RUN"),
             (l.deliveries_dir(), "/ws/.loops/deliveries"),
             (l.mcp_dir(), "/ws/.loops/mcp"),
+            (l.ui_token(), "/ws/.loops/ui-token"),
         ];
         for (path, want) in got {
             assert_eq!(path, Path::new(want));

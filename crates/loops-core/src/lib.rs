@@ -45,6 +45,7 @@ pub mod pricing;
 pub mod providers;
 pub mod remote;
 pub mod remote_config;
+pub mod request_options;
 pub mod retention;
 pub mod runs;
 pub mod schedule;

@@ -12,8 +12,9 @@ use crate::config_fields::{
     duration_of, env_names, CommandLine, DurationField, EnvName, Field, List, NonEmpty, Section,
     Whole,
 };
-use crate::diag::{near_miss, Diagnostic, YamlLocator};
+use crate::diag::{near_miss, Diagnostic, Severity, YamlLocator};
 use crate::duration::DURATION_HELP;
+use crate::request_options::RequestOptions;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -52,25 +53,66 @@ pub struct ProviderConfig {
     /// The model a loop gets when neither it nor `defaults:` names one.
     pub model: Option<String>,
     pub max_tokens: u32,
-    /// How long one HTTP request may take before it counts as a transient failure.
-    pub request_timeout: Duration,
+    /// How long a request may go without a byte from the server (before the headers, or
+    /// between two pieces of a streamed reply) before the attempt counts as stalled: a
+    /// long generation that keeps streaming is never cut.
+    pub idle_timeout: Duration,
+    /// `timeout:` / `request_timeout:`: a cap on one attempt's whole time, when written.
+    /// Unset by default: the run's own `timeout:` bounds a turn.
+    pub request_timeout: Option<Duration>,
+    /// Retries of one turn after a transient failure (so `max_retries + 1` requests at
+    /// most), before the turn goes to a fallback provider or fails.
+    pub max_retries: u32,
+    /// Providers a turn goes to, in order, when this one is overloaded, keeps failing or
+    /// stalls (`fallback: [b, c]`).
+    pub fallback: Vec<String>,
     /// For `kind: command`: the program and its arguments.
     pub command: Option<Vec<String>>,
     /// For `kind: command`: environment variables passed through to the program.
     pub env: Vec<String>,
+    /// How the model is asked (tool_choice, temperature, …): crate::request_options.
+    pub options: crate::request_options::RequestOptions,
 }
 
 impl ProviderConfig {
+    /// What a provider of `kind` is when loops.yaml says no more than its kind.
+    pub fn new(name: &str, kind: ProviderKind) -> ProviderConfig {
+        provider_defaults(name, kind)
+    }
+
     /// The API key, read from the environment now. `Err` names the variable when the
-    /// config asks for one and it is unset.
+    /// config asks for one and it is unset, unless the server is on this machine: a
+    /// local server (llama.cpp, Ollama) needs no key, so an unset one sends none.
     pub fn api_key(&self) -> Result<Option<String>, String> {
         match &self.api_key_env {
             None => Ok(None),
             Some(var) => match crate::secrets::var(var) {
                 Ok(v) if !v.trim().is_empty() => Ok(Some(v.trim().to_string())),
+                _ if self.is_local() => Ok(None),
                 _ => Err(var.clone()),
             },
         }
+    }
+
+    /// Whether `base_url` points at this machine (localhost, 127.0.0.0/8, ::1).
+    pub fn is_local(&self) -> bool {
+        self.kind != ProviderKind::Command && is_local_url(&self.base_url)
+    }
+}
+
+/// Whether an http(s) URL's host is this machine.
+pub fn is_local_url(base_url: &str) -> bool {
+    let Ok(url) = url::Url::parse(base_url) else {
+        return false;
+    };
+    match url.host() {
+        Some(url::Host::Domain(d)) => {
+            let d = d.trim_end_matches('.').to_ascii_lowercase();
+            d == "localhost" || d.ends_with(".localhost")
+        }
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
     }
 }
 
@@ -80,6 +122,13 @@ pub struct Defaults {
     pub provider: Option<String>,
     pub model: Option<String>,
 }
+
+/// `idle_timeout` unless written: longer than a CPU model takes to read a long prompt
+/// before its first token.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// `max_retries` unless written.
+pub const DEFAULT_MAX_RETRIES: u32 = 2;
 
 /// The model an `anthropic` provider uses when nothing names one.
 pub const DEFAULT_ANTHROPIC_MODEL: &str = "claude-sonnet-4-5";
@@ -92,6 +141,9 @@ const PROVIDER_KEYS: &[&str] = &[
     "max_tokens",
     "timeout",
     "request_timeout",
+    "idle_timeout",
+    "max_retries",
+    "fallback",
     "default_model",
     "command",
     "env",
@@ -122,7 +174,144 @@ pub fn parse_providers(
             out.insert(name.to_string(), p);
         }
     }
+    diags.extend(check_fallbacks(rel, loc, &out));
     out
+}
+
+/// Every `fallback:` names an HTTP provider with a model, and no chain comes back to
+/// where it started.
+fn check_fallbacks(
+    rel: &Path,
+    loc: &YamlLocator,
+    providers: &BTreeMap<String, ProviderConfig>,
+) -> Vec<Diagnostic> {
+    let mut out = Vec::new();
+    let names: Vec<&str> = providers.keys().map(String::as_str).collect();
+    for (name, p) in providers {
+        let at = loc.value(&["providers", name, "fallback"]);
+        for f in &p.fallback {
+            let problem = match providers.get(f) {
+                None => Some((
+                    format!("providers.{name}.fallback names `{f}`, which is not in `providers:`"),
+                    match near_miss(f, &names) {
+                        Some(k) => format!("did you mean `{k}`?"),
+                        None => format!("providers here: {}", names.join(", ")),
+                    },
+                )),
+                Some(q) if q.kind == ProviderKind::Command => Some((
+                    format!("providers.{name}.fallback names `{f}`, an agent CLI (kind: command)"),
+                    "a turn can go only to an HTTP provider (kind: anthropic or openai)".into(),
+                )),
+                Some(q) if q.model.is_none() => Some((
+                    format!("providers.{name}.fallback names `{f}`, which has no `model:`"),
+                    format!("a turn that goes to `{f}` runs on its own model: add `model:` under providers.{f}"),
+                )),
+                Some(_) => None,
+            };
+            if let Some((message, help)) = problem {
+                out.push(Diagnostic::error(rel, message).at(at).help(help));
+            }
+        }
+        if let Some(cycle) = fallback_cycle(providers, name) {
+            out.push(
+                Diagnostic::error(
+                    rel,
+                    format!(
+                        "providers.{name}.fallback comes back to itself: {}",
+                        cycle.join(" -> ")
+                    ),
+                )
+                .at(at)
+                .help("a fallback chain must end; remove one of these `fallback:` entries"),
+            );
+        }
+    }
+    out
+}
+
+/// The path from `start` back to `start` through `fallback:` lists, if there is one.
+fn fallback_cycle(
+    providers: &BTreeMap<String, ProviderConfig>,
+    start: &str,
+) -> Option<Vec<String>> {
+    fn walk(
+        providers: &BTreeMap<String, ProviderConfig>,
+        start: &str,
+        path: &mut Vec<String>,
+    ) -> Option<Vec<String>> {
+        let here = path.last()?.clone();
+        for next in providers
+            .get(&here)
+            .map(|p| p.fallback.as_slice())
+            .unwrap_or(&[])
+        {
+            if next == start {
+                let mut cycle = path.clone();
+                cycle.push(next.clone());
+                return Some(cycle);
+            }
+            if path.contains(next) {
+                continue;
+            }
+            path.push(next.clone());
+            if let Some(c) = walk(providers, start, path) {
+                return Some(c);
+            }
+            path.pop();
+        }
+        None
+    }
+    walk(providers, start, &mut vec![start.to_string()])
+}
+
+/// The providers a turn on `name` may go to, in order: its `fallback:` list, each
+/// followed by its own fallbacks, none twice and never `name` itself.
+pub fn fallback_chain(
+    providers: &BTreeMap<String, ProviderConfig>,
+    name: &str,
+) -> Vec<ProviderConfig> {
+    fn push(
+        providers: &BTreeMap<String, ProviderConfig>,
+        name: &str,
+        seen: &mut Vec<String>,
+        out: &mut Vec<ProviderConfig>,
+    ) {
+        let Some(p) = providers.get(name) else { return };
+        for f in &p.fallback {
+            if seen.contains(f) {
+                continue;
+            }
+            seen.push(f.clone());
+            if let Some(q) = providers.get(f) {
+                out.push(q.clone());
+                push(providers, f, seen, out);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    push(providers, name, &mut vec![name.to_string()], &mut out);
+    out
+}
+
+/// Warnings for `loops check`: a provider on another machine whose key variable is
+/// unset now would fail its first request.
+pub fn key_warnings(providers: &BTreeMap<String, ProviderConfig>) -> Vec<Diagnostic> {
+    providers
+        .values()
+        .filter(|p| p.kind != ProviderKind::Command)
+        .filter_map(|p| match p.api_key() {
+            Err(var) => Some(
+                Diagnostic::warning(
+                    Path::new("loops.yaml"),
+                    format!("provider `{}` needs an API key, and ${var} is not set", p.name),
+                )
+                .help(format!(
+                    "export {var}=… where loops runs (it is read at each request, never written anywhere); a provider on this machine (base_url on 127.0.0.1 or localhost) needs none"
+                )),
+            ),
+            Ok(_) => None,
+        })
+        .collect()
 }
 
 /// One entry of `providers:`, as written.
@@ -137,6 +326,9 @@ struct ProviderYaml {
     max_tokens: Field<Whole<1, 1_000_000>>,
     timeout: Field<String>,
     request_timeout: Field<String>,
+    idle_timeout: Field<String>,
+    max_retries: Field<Whole<0, 100>>,
+    fallback: Field<List<NonEmpty>>,
     default_model: Field<NonEmpty>,
     command: Field<CommandLine>,
     env: Field<List<EnvName>>,
@@ -186,9 +378,13 @@ fn provider_defaults(name: &str, kind: ProviderKind) -> ProviderConfig {
         // models are whatever it loaded, so those must be named.
         model: (kind == ProviderKind::Anthropic).then(|| DEFAULT_ANTHROPIC_MODEL.to_string()),
         max_tokens: 4096,
-        request_timeout: Duration::from_secs(120),
+        idle_timeout: DEFAULT_IDLE_TIMEOUT,
+        request_timeout: None,
+        max_retries: DEFAULT_MAX_RETRIES,
+        fallback: Vec::new(),
         command: None,
         env: Vec::new(),
+        options: Default::default(),
     }
 }
 
@@ -216,7 +412,10 @@ fn parse_provider(
         }
     };
     let mut p = provider_defaults(name, kind);
+    // Before read_provider, which reports unknown keys: the options' keys are known.
+    p.options = crate::request_options::read(&mut sec, map);
     read_provider(&mut sec, name, y, &mut p);
+    check_options(&mut sec, &p);
     let mut found = sec.finish();
     if kind == ProviderKind::Command && p.command.is_none() {
         found.push(
@@ -228,7 +427,8 @@ fn parse_provider(
             .help("e.g. command: [\"claude\", \"-p\"]; the prompt is given on stdin"),
         );
     }
-    let ok = found.is_empty();
+    // Warnings (an option this kind ignores) keep the provider.
+    let ok = !found.iter().any(Diagnostic::is_error);
     diags.extend(found);
     ok.then_some(p)
 }
@@ -247,26 +447,22 @@ fn read_provider(sec: &mut Section, name: &str, y: ProviderYaml, p: &mut Provide
             p.model = Some(m.0);
         }
     }
-    let mut timeouts = [
-        ("timeout", y.timeout),
-        ("request_timeout", y.request_timeout),
-    ];
-    if sec.later("timeout", "request_timeout") {
-        timeouts.reverse();
+    read_timeouts(sec, name, y.timeout, y.request_timeout, y.idle_timeout, p);
+    if let Some(n) = sec.take(
+        "max_retries",
+        y.max_retries,
+        format!("providers.{name}.max_retries must be a whole number from 0 to 100"),
+        "e.g. max_retries: 2 (0: a failed request is not tried again)",
+    ) {
+        p.max_retries = n.0 as u32;
     }
-    for (key, field) in timeouts {
-        match duration_of(field) {
-            Some(DurationField::Ok(d)) if !d.is_zero() => p.request_timeout = d,
-            Some(DurationField::Invalid(e)) => {
-                sec.error(key, format!("providers.{name}.timeout: {e}"), DURATION_HELP)
-            }
-            Some(_) => sec.error(
-                key,
-                format!("providers.{name}.timeout must be a duration longer than zero"),
-                DURATION_HELP,
-            ),
-            None => {}
-        }
+    if let Some(list) = sec.take(
+        "fallback",
+        y.fallback,
+        format!("providers.{name}.fallback must be a list of provider names"),
+        "e.g. fallback: [local] (a turn goes there when this provider is overloaded or keeps failing)",
+    ) {
+        p.fallback = list.0.into_iter().map(|n| n.0).collect();
     }
     if let Some(n) = sec.take(
         "max_tokens",
@@ -293,6 +489,51 @@ fn read_provider(sec: &mut Section, name: &str, y: ProviderYaml, p: &mut Provide
         p.env = env_names(list.0);
     }
     sec.unknown_keys(PROVIDER_KEYS);
+}
+
+/// `timeout` (or its other spelling `request_timeout`, the later written counts): a cap on
+/// one attempt; `idle_timeout`: how long without a byte.
+fn read_timeouts(
+    sec: &mut Section,
+    name: &str,
+    timeout: Field<String>,
+    request_timeout: Field<String>,
+    idle_timeout: Field<String>,
+    p: &mut ProviderConfig,
+) {
+    let mut timeouts = [("timeout", timeout), ("request_timeout", request_timeout)];
+    if sec.later("timeout", "request_timeout") {
+        timeouts.reverse();
+    }
+    // Both spellings are named `timeout` in messages, as they always were.
+    for (key, field) in timeouts {
+        if let Some(d) = positive_duration(sec, key, &format!("providers.{name}.timeout"), field) {
+            p.request_timeout = Some(d);
+        }
+    }
+    let idle = format!("providers.{name}.idle_timeout");
+    if let Some(d) = positive_duration(sec, "idle_timeout", &idle, idle_timeout) {
+        p.idle_timeout = d;
+    }
+}
+
+/// The duration at `key`, longer than zero; else an error naming it `full`.
+fn positive_duration(
+    sec: &mut Section,
+    key: &str,
+    full: &str,
+    field: Field<String>,
+) -> Option<Duration> {
+    match duration_of(field)? {
+        DurationField::Ok(d) if !d.is_zero() => return Some(d),
+        DurationField::Invalid(e) => sec.error(key, format!("{full}: {e}"), DURATION_HELP),
+        _ => sec.error(
+            key,
+            format!("{full} must be a duration longer than zero"),
+            DURATION_HELP,
+        ),
+    }
+    None
 }
 
 /// Where the provider is and the variable holding its key.
@@ -433,6 +674,91 @@ pub fn resolve(
             format!("no model for provider `{name}`"),
             format!("set `payload.model`, `defaults.model`, or `model:` under providers.{name} in loops.yaml"),
         )),
+    }
+}
+
+// How a provider's kind reads request options lives here, beside the kinds, so that
+// request_options (which providers uses) needs nothing from providers.
+/// One finding about options as a provider's kind reads them.
+pub struct WireNote {
+    /// The option it is about.
+    pub key: &'static str,
+    pub severity: Severity,
+    pub message: String,
+    pub help: String,
+}
+
+/// What a provider of `kind` makes of `opts` that the options alone cannot say: options
+/// that wire format has no place for (ignored, so a warning), and a thinking budget that
+/// leaves no room for the answer. `what` names where they are written
+/// (`providers.anthropic`, `payload`).
+pub fn wire_notes(
+    kind: ProviderKind,
+    provider: &str,
+    max_tokens: u32,
+    opts: &RequestOptions,
+    what: &str,
+) -> Vec<WireNote> {
+    let mut out = Vec::new();
+    let mut ignored = |key: &'static str, help: String| {
+        out.push(WireNote {
+            key,
+            severity: Severity::Warning,
+            message: format!(
+                "{what}.{key} is ignored by provider `{provider}` (kind: {})",
+                kind.as_str()
+            ),
+            help,
+        })
+    };
+    match kind {
+        ProviderKind::Command => {
+            for key in opts.written_keys() {
+                ignored(key, "an agent CLI makes its own requests; set its options in its own configuration or command line".into());
+            }
+            return out;
+        }
+        ProviderKind::Anthropic => {
+            if opts.seed.is_some() {
+                ignored("seed", "the Anthropic Messages API has no seed; remove it, or use a kind: openai provider".into());
+            }
+            if opts.reasoning_effort.is_some() {
+                ignored(
+                    "reasoning_effort",
+                    "the Anthropic Messages API thinks by a token budget: use thinking_budget"
+                        .into(),
+                );
+            }
+        }
+        ProviderKind::OpenAi => {
+            if opts.thinking_budget.is_some() {
+                ignored("thinking_budget", "Chat Completions has no thinking budget: use reasoning_effort (or the server's own key in extra_body)".into());
+            }
+        }
+    }
+    if let (ProviderKind::Anthropic, Some(b)) = (kind, opts.thinking_budget) {
+        if b >= max_tokens {
+            out.push(WireNote {
+                key: "thinking_budget",
+                severity: Severity::Error,
+                message: format!("{what}.thinking_budget ({b}) must be less than providers.{provider}.max_tokens ({max_tokens})"),
+                help: "the thinking budget is part of max_tokens: lower it, or raise max_tokens so the answer has room".into(),
+            });
+        }
+    }
+    out
+}
+
+/// The provider's own options as its kind reads them, reported at their keys.
+fn check_options(sec: &mut Section, p: &ProviderConfig) {
+    let what = format!("providers.{}", p.name);
+    for n in wire_notes(p.kind, &p.name, p.max_tokens, &p.options, &what) {
+        let d = match n.severity {
+            Severity::Error => Diagnostic::error(sec.file, n.message),
+            Severity::Warning => Diagnostic::warning(sec.file, n.message),
+        };
+        let d = d.at(sec.value_pos(n.key)).help(n.help);
+        sec.push(n.key, d);
     }
 }
 

@@ -24,6 +24,7 @@ use git2::{
 use serde::{Deserialize, Serialize};
 use std::cell::{Cell, RefCell};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RemoteError {
@@ -339,11 +340,14 @@ impl Remote {
     }
 
     /// Moves the local branch and the work tree to include `tip`; runs on the committer's
-    /// thread (the caller's `repo`).
+    /// thread (the caller's `repo`). `announce` hears the paths the checkout is about to
+    /// rewrite before it starts, so the daemon can hold the runs of those loops until it
+    /// has reloaded them.
     pub fn integrate(
         &self,
         repo: &Repository,
         tip: Option<Oid>,
+        announce: &Announce,
     ) -> Result<Integrated, RemoteError> {
         let mut out = Integrated::default();
         let Some(tip) = tip else {
@@ -360,14 +364,14 @@ impl Remote {
             // An unborn branch: the remote's history is all there is.
             return self.move_to(
                 repo,
-                None,
-                tip,
+                (None, tip),
                 tip,
                 Pulled::FastForward {
                     from: String::new(),
                     to: tip.to_string(),
                 },
                 out,
+                announce,
             );
         };
         let seen = repo
@@ -382,7 +386,7 @@ impl Remote {
                 from: head.to_string(),
                 to: tip.to_string(),
             };
-            return self.move_to(repo, Some(head), tip, tip, did, out);
+            return self.move_to(repo, (Some(head), tip), tip, did, out, announce);
         }
         let rewritten =
             seen.is_some_and(|s| s != tip && !repo.graph_descendant_of(tip, s).unwrap_or(false));
@@ -415,7 +419,7 @@ impl Remote {
                 commits: ours.len(),
             }
         };
-        self.move_to(repo, Some(head), onto, tip, did, out)
+        self.move_to(repo, (Some(head), onto), tip, did, out, announce)
     }
 
     /// Why the branch must not move now: git is mid-operation, HEAD is elsewhere.
@@ -470,11 +474,11 @@ impl Remote {
     fn move_to(
         &self,
         repo: &Repository,
-        from: Option<Oid>,
-        to: Oid,
+        (from, to): (Option<Oid>, Oid),
         tip: Oid,
         did: Pulled,
         mut out: Integrated,
+        announce: &Announce,
     ) -> Result<Integrated, RemoteError> {
         let target = repo.find_commit(to)?.tree()?;
         let base = match from {
@@ -482,6 +486,9 @@ impl Remote {
             None => None,
         };
         out.changed = changed_paths(repo, base.as_ref(), &target)?;
+        if !out.changed.is_empty() {
+            announce(&out.changed);
+        }
         let blocked = RefCell::new(Vec::new());
         // Safe: only files that still hold HEAD's version (the baseline) are rewritten;
         // anything someone changed and did not commit stops the checkout before it starts.
@@ -1120,13 +1127,27 @@ pub fn sync(
     committer: &crate::history::Committer,
     ask: SyncAsk,
 ) -> Result<Option<SyncReport>, RemoteError> {
+    sync_announcing(ws, committer, ask, Arc::new(|_: &[String]| {}))
+}
+
+/// Hears, on the committer's thread, the workspace-relative paths a pull is about to
+/// rewrite, before the checkout starts (the daemon holds those loops' runs).
+pub type Announce = Arc<dyn Fn(&[String]) + Send + Sync>;
+
+/// [`sync`], with `announce` told of each checkout before it happens.
+pub fn sync_announcing(
+    ws: &crate::workspace::Workspace,
+    committer: &crate::history::Committer,
+    ask: SyncAsk,
+    announce: Announce,
+) -> Result<Option<SyncReport>, RemoteError> {
     let Some(settings) = ws.settings.remote.clone() else {
         return Ok(None);
     };
     let layout = ws.layout();
     let rule = branch_rule(&ws.settings).or_else(|| crate::git_gate::recorded_rule(&layout));
     let result = Remote::new(&ws.root, &settings, rule.as_ref())
-        .and_then(|remote| sync_with(&remote, ws, committer, ask));
+        .and_then(|remote| sync_with(&remote, ws, committer, ask, &announce));
     let state = record(ws, committer, &settings, &result);
     state.save(&layout);
     result.map(Some)
@@ -1137,6 +1158,7 @@ fn sync_with(
     ws: &crate::workspace::Workspace,
     committer: &crate::history::Committer,
     ask: SyncAsk,
+    announce: &Announce,
 ) -> Result<SyncReport, RemoteError> {
     let mut report = SyncReport {
         remote: remote.settings.name.clone(),
@@ -1154,9 +1176,9 @@ fn sync_with(
         report.fetched = tip.map(|t| t.to_string());
         let diverged = tip.is_some_and(|t| !remote.contains(t));
         if ask.pull || (push && diverged) {
-            let r = remote.clone();
+            let (r, heard) = (remote.clone(), announce.clone());
             let done = committer
-                .exclusive(move |repo| r.integrate(repo, tip))
+                .exclusive(move |repo| r.integrate(repo, tip, &heard))
                 .map_err(|_| RemoteError::Stopped)??;
             merge_pull(&mut report, done);
         }
@@ -1486,4 +1508,81 @@ pub fn loops_awaiting_push(ws: &crate::workspace::Workspace) -> std::collections
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    fn commit_file(repo: &Repository, rel: &str, text: &str, parent: Option<Oid>) -> Oid {
+        let root = repo.workdir().expect("work tree");
+        let path = root.join(rel);
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+        std::fs::write(&path, text).expect("write");
+        let mut index = repo.index().expect("index");
+        index.add_path(Path::new(rel)).expect("add");
+        index.write().expect("index write");
+        let tree = repo
+            .find_tree(index.write_tree().expect("tree"))
+            .expect("tree");
+        let sig = git2::Signature::now("t", "t@example.com").expect("sig");
+        let parents: Vec<git2::Commit> = parent
+            .map(|p| repo.find_commit(p).expect("parent"))
+            .into_iter()
+            .collect();
+        let refs: Vec<&git2::Commit> = parents.iter().collect();
+        repo.commit(Some("HEAD"), &sig, &sig, rel, &tree, &refs)
+            .expect("commit")
+    }
+
+    /// The daemon holds a loop's runs from the announcement on, so the announcement must
+    /// come while the work tree still holds the old files, and name every path that moves.
+    #[test]
+    fn a_checkout_is_announced_before_it_touches_the_work_tree() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let server = Repository::init(dir.path().join("server")).expect("init");
+        let first = commit_file(&server, "domains/a/prompt.md", "old", None);
+        let laptop_dir = dir.path().join("laptop");
+        let server_dir = dir.path().join("server");
+        let laptop =
+            Repository::clone(server_dir.to_str().expect("utf-8"), &laptop_dir).expect("clone");
+        server
+            .remote("origin", laptop_dir.to_str().expect("utf-8"))
+            .expect("remote");
+        let tip = commit_file(&laptop, "domains/a/prompt.md", "new", Some(first));
+
+        let settings = RemoteSettings::default();
+        let branch = server
+            .head()
+            .ok()
+            .and_then(|h| h.shorthand().map(str::to_string))
+            .expect("a branch");
+        let remote = Remote::new(
+            server.workdir().expect("wd"),
+            &settings,
+            Some(&BranchRule::Fixed(branch)),
+        )
+        .expect("remote");
+        let fetched = remote.fetch().expect("fetch");
+        assert_eq!(fetched, Some(tip));
+        let prompt = dir.path().join("server/domains/a/prompt.md");
+        let heard = Arc::new(Mutex::new(Vec::new()));
+        let h = heard.clone();
+        let announce: Announce = Arc::new(move |paths: &[String]| {
+            let on_disk = std::fs::read_to_string(&prompt).unwrap_or_default();
+            h.lock().expect("lock").push((paths.to_vec(), on_disk));
+        });
+        let done = remote
+            .integrate(&server, fetched, &announce)
+            .expect("integrate");
+        assert!(matches!(done.pulled, Pulled::FastForward { .. }));
+        let heard = heard.lock().expect("lock").clone();
+        assert_eq!(
+            heard,
+            vec![(vec!["domains/a/prompt.md".to_string()], "old".to_string())]
+        );
+        let now = std::fs::read_to_string(dir.path().join("server/domains/a/prompt.md"));
+        assert_eq!(now.expect("read"), "new");
+    }
 }

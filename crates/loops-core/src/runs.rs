@@ -77,7 +77,7 @@ impl std::fmt::Display for Outcome {
 }
 
 /// One line of `.loops/runs/<loop>.jsonl`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunRecord {
     #[serde(rename = "loop")]
     pub loop_name: String,
@@ -145,6 +145,9 @@ pub struct RunRecord {
     /// clamped to `schedule.adaptive`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_check: Option<DateTime<Utc>>,
+    /// Each time a turn went to a fallback provider (`from -> to`), in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fallbacks: Vec<String>,
     /// What the run said it did (the finish summary or the final answer).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub summary: Option<String>,
@@ -239,6 +242,7 @@ impl RunRecord {
             model: None,
             tokens: None,
             turns: None,
+            fallbacks: Vec::new(),
             summary: None,
             transcript: None,
             refused_tools: Vec::new(),

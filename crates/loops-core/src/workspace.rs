@@ -143,6 +143,8 @@ pub struct Settings {
     pub pricing: crate::pricing::Pricing,
     /// `budget:`: limits on all loops together.
     pub budget: crate::budget::Budget,
+    /// `ui:`: the daemon serves the web view too (`None`: only `loops ui` does).
+    pub ui: Option<UiSettings>,
     /// Errors in loops.yaml whose setting could not be applied, so that a default stands
     /// in for what the person wrote: while there are any, nothing runs
     /// ([`Workspace::refuse_unapplied_settings`]).
@@ -286,6 +288,7 @@ impl Default for Settings {
             remote: None,
             pricing: Default::default(),
             budget: Default::default(),
+            ui: None,
             unapplied: Vec::new(),
         }
     }
@@ -309,6 +312,7 @@ const TOP_KEYS: &[&str] = &[
     "detectors",
     "pricing",
     "budget",
+    "ui",
 ];
 const LIMIT_KEYS: &[&str] = &[
     "max_concurrent_jobs",
@@ -332,6 +336,14 @@ const GIT_KEYS: &[&str] = &[
     "follow_checkout",
 ];
 const RECORD_KEYS: &[&str] = &["rotate_bytes", "max_age", "max_total_bytes"];
+const UI_KEYS: &[&str] = &["listen"];
+
+/// `ui:` in loops.yaml: where the daemon serves the web view (docs/ui.md).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UiSettings {
+    /// An IP address and port; the token guards it whatever the address.
+    pub listen: std::net::SocketAddr,
+}
 
 /// An opened workspace.
 #[derive(Debug, Clone)]
@@ -647,6 +659,14 @@ struct SettingsYaml {
     detectors: Field<IgnoredAny>,
     pricing: Field<Value>,
     budget: Field<Value>,
+    ui: Field<Map>,
+}
+
+/// `ui:`.
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct UiYaml {
+    listen: Field<String>,
 }
 
 /// `limits:`.
@@ -712,6 +732,19 @@ fn read_top(sec: &mut Section, y: SettingsYaml, s: &mut Settings) {
         let (r, mut rs) = Section::read::<RecordsYaml>(file, loc, &["records"], &m);
         read_records(&mut rs, r, s);
         sec.extend("records", rs.finish());
+    }
+    match y.ui.written() {
+        Some(Ok(Map(m))) => {
+            let (u, mut us) = Section::read::<UiYaml>(file, loc, &["ui"], &m);
+            s.ui = read_ui(&mut us, u);
+            sec.extend("ui", us.finish());
+        }
+        Some(Err(_)) => sec.error(
+            "ui",
+            "`ui` must be a mapping",
+            "e.g. ui: { listen: 127.0.0.1:7788 }",
+        ),
+        None => {}
     }
     match y.remote.written() {
         Some(Ok(Map(m))) => {
@@ -895,6 +928,40 @@ fn read_records(sec: &mut Section, r: RecordsYaml, s: &mut Settings) {
         None => {}
     }
     sec.unknown_keys(RECORD_KEYS);
+}
+
+fn read_ui(sec: &mut Section, u: UiYaml) -> Option<UiSettings> {
+    sec.unknown_keys(UI_KEYS);
+    let help = "e.g. listen: 127.0.0.1:7788 (an IP address and a port; reach it from elsewhere through `ssh -L`)";
+    match u.listen.written() {
+        Some(Ok(l)) => match l.trim().parse() {
+            Ok(listen) => Some(UiSettings { listen }),
+            Err(_) => {
+                sec.error(
+                    "listen",
+                    format!("ui.listen `{l}` is not an IP address and port"),
+                    help,
+                );
+                None
+            }
+        },
+        Some(Err(_)) => {
+            sec.error(
+                "listen",
+                "ui.listen must be an address such as 127.0.0.1:7788",
+                help,
+            );
+            None
+        }
+        None => {
+            sec.error(
+                "listen",
+                "ui: needs `listen:`, the address to serve on",
+                help,
+            );
+            None
+        }
+    }
 }
 
 /// `records.max_age`: a duration of at least an hour, or `forever` (or 0) for no limit.
@@ -1143,6 +1210,8 @@ pub fn restart_needed(old: &Settings, new: &Settings) -> Vec<&'static str> {
         "limits.pause_after_failures",
     );
     differs(old.git_commit != new.git_commit, "git.commit");
+    // The daemon starts its UI server once.
+    differs(old.ui != new.ui, "ui");
     differs(old.git_branch != new.git_branch, "git.branch");
     differs(
         old.git_follow_checkout != new.git_follow_checkout,
@@ -1231,6 +1300,7 @@ mod tests {
         same_keys(field_names::<LimitsYaml>(), LIMIT_KEYS);
         same_keys(field_names::<GitYaml>(), GIT_KEYS);
         same_keys(field_names::<RecordsYaml>(), RECORD_KEYS);
+        same_keys(field_names::<UiYaml>(), UI_KEYS);
         same_keys(
             field_names::<crate::remote_config::RemoteYaml>(),
             crate::remote_config::REMOTE_KEYS,

@@ -25,6 +25,18 @@ pub enum Reply {
         headers: Vec<(String, String)>,
         delay: Duration,
     },
+    /// A `text/event-stream` reply written piece by piece, flushed after each, with the
+    /// pauses between them: a stream that stalls and resumes, or stops for good.
+    Sse { steps: Vec<Step>, delay: Duration },
+}
+
+/// One step of a streamed reply.
+#[derive(Debug, Clone)]
+pub enum Step {
+    /// One event, as its bytes (`event: …\ndata: …\n\n`).
+    Event(String),
+    /// Nothing is sent for this long.
+    Pause(Duration),
 }
 
 impl Reply {
@@ -51,6 +63,65 @@ impl Reply {
             Reply::Json { headers, .. } | Reply::Raw { headers, .. } => {
                 headers.push((name.to_string(), value.to_string()))
             }
+            Reply::Sse { .. } => {}
+        }
+        self
+    }
+
+    /// A stream of these events (`data:` JSON, with an `event:` name when given).
+    pub fn sse(events: Vec<(Option<&str>, String)>) -> Reply {
+        let steps = events
+            .into_iter()
+            .map(|(name, data)| {
+                Step::Event(match name {
+                    Some(n) => format!("event: {n}\ndata: {data}\n\n"),
+                    None => format!("data: {data}\n\n"),
+                })
+            })
+            .collect();
+        Reply::Sse {
+            steps,
+            delay: Duration::ZERO,
+        }
+    }
+
+    /// A streamed reply with `pause` after its first `after` events: it stalls there and
+    /// (unless the client gave up) resumes.
+    pub fn stall_after(mut self, after: usize, pause: Duration) -> Reply {
+        if let Reply::Sse { steps, .. } = &mut self {
+            let at = after.min(steps.len());
+            steps.insert(at, Step::Pause(pause));
+        }
+        self
+    }
+
+    /// A streamed reply with `gap` between every two events: a slow model that keeps
+    /// producing.
+    pub fn paced(mut self, gap: Duration) -> Reply {
+        if let Reply::Sse { steps, .. } = &mut self {
+            let mut paced = Vec::new();
+            for s in steps.drain(..) {
+                if !paced.is_empty() {
+                    paced.push(Step::Pause(gap));
+                }
+                paced.push(s);
+            }
+            *steps = paced;
+        }
+        self
+    }
+
+    /// A streamed reply cut off after its first `keep` events (the connection closes).
+    pub fn truncated(mut self, keep: usize) -> Reply {
+        if let Reply::Sse { steps, .. } = &mut self {
+            let mut events = 0;
+            steps.retain(|s| match s {
+                Step::Event(_) => {
+                    events += 1;
+                    events <= keep
+                }
+                Step::Pause(_) => events < keep,
+            });
         }
         self
     }
@@ -190,8 +261,44 @@ fn serve(
                     json!({"error": {"type": "api_error", "message": "fake model: script exhausted"}}),
                 )
             });
-        thread::spawn(move || respond(req, reply));
+        thread::spawn(move || match reply {
+            Reply::Sse { steps, delay } => stream(req, &steps, delay),
+            other => respond(req, other),
+        });
     }
+}
+
+/// Writes a streamed reply by hand: tiny_http buffers a chunked body until it has 8 KiB,
+/// which would hide every pause. Chunked encoding, flushed after each event; errors mean
+/// the client has gone (it gave up on a stall), which is its business.
+fn stream(req: tiny_http::Request, steps: &[Step], delay: Duration) {
+    use std::io::Write;
+    if !delay.is_zero() {
+        thread::sleep(delay);
+    }
+    let mut w = req.into_writer();
+    let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n";
+    if w.write_all(head.as_bytes())
+        .and_then(|_| w.flush())
+        .is_err()
+    {
+        return;
+    }
+    for step in steps {
+        match step {
+            Step::Pause(d) => thread::sleep(*d),
+            Step::Event(text) => {
+                let chunk = format!("{:x}\r\n{text}\r\n", text.len());
+                if w.write_all(chunk.as_bytes())
+                    .and_then(|_| w.flush())
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        }
+    }
+    let _ = w.write_all(b"0\r\n\r\n").and_then(|_| w.flush());
 }
 
 fn respond(req: tiny_http::Request, reply: Reply) {
@@ -208,6 +315,7 @@ fn respond(req: tiny_http::Request, reply: Reply) {
             headers,
             delay,
         } => (status, body, headers, delay, "application/json"),
+        Reply::Sse { steps, delay } => return stream(req, &steps, delay),
     };
     if !delay.is_zero() {
         thread::sleep(delay);
@@ -232,7 +340,9 @@ fn respond(req: tiny_http::Request, reply: Reply) {
 /// A slower version of `reply`.
 pub fn slow(mut reply: Reply, by: Duration) -> Reply {
     match &mut reply {
-        Reply::Json { delay, .. } | Reply::Raw { delay, .. } => *delay = by,
+        Reply::Json { delay, .. } | Reply::Raw { delay, .. } | Reply::Sse { delay, .. } => {
+            *delay = by
+        }
     }
     reply
 }
@@ -296,6 +406,81 @@ pub mod anthropic {
             .map(|(id, name, input)| json!({"type": "tool_use", "id": id, "name": name, "input": input}))
             .collect();
         message(content, "tool_use", usage)
+    }
+
+    /// A streamed message as the Messages API streams one: `message_start` (input and
+    /// cache usage), a text block with one delta per piece, `message_delta` (the stop
+    /// reason and output tokens), `message_stop`. usage: (input, output, cache_read,
+    /// cache_write)
+    pub fn stream_text(pieces: &[&str], stop: &str, usage: (u64, u64, u64, u64)) -> Reply {
+        let mut events = vec![start(usage)];
+        events.push(ev("content_block_start", json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}})));
+        events.push(ev("ping", json!({"type": "ping"})));
+        for p in pieces {
+            events.push(ev("content_block_delta", json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": p}})));
+        }
+        events.push(ev(
+            "content_block_stop",
+            json!({"type": "content_block_stop", "index": 0}),
+        ));
+        events.extend(end(stop, usage.1));
+        Reply::sse(events)
+    }
+
+    /// A streamed tool use, its input JSON sent in `pieces` (`input_json_delta`).
+    pub fn stream_tool_use(
+        id: &str,
+        name: &str,
+        pieces: &[&str],
+        stop: &str,
+        usage: (u64, u64, u64, u64),
+    ) -> Reply {
+        let mut events = vec![start(usage)];
+        events.push(ev("content_block_start", json!({"type": "content_block_start", "index": 0, "content_block": {"type": "tool_use", "id": id, "name": name, "input": {}}})));
+        for p in pieces {
+            events.push(ev("content_block_delta", json!({"type": "content_block_delta", "index": 0, "delta": {"type": "input_json_delta", "partial_json": p}})));
+        }
+        events.push(ev(
+            "content_block_stop",
+            json!({"type": "content_block_stop", "index": 0}),
+        ));
+        events.extend(end(stop, usage.1));
+        Reply::sse(events)
+    }
+
+    /// An `error` event in the middle of a stream, as the API sends when overloaded.
+    pub fn stream_error_event(kind: &str, msg: &str) -> (Option<&'static str>, String) {
+        ev(
+            "error",
+            json!({"type": "error", "error": {"type": kind, "message": msg}}),
+        )
+    }
+
+    fn ev(name: &'static str, data: Value) -> (Option<&'static str>, String) {
+        (Some(name), data.to_string())
+    }
+
+    fn start(usage: (u64, u64, u64, u64)) -> (Option<&'static str>, String) {
+        let (input, _, cache_read, cache_write) = usage;
+        ev(
+            "message_start",
+            json!({"type": "message_start", "message": {
+                "id": "msg_fake", "type": "message", "role": "assistant", "model": "fake-claude",
+                "content": [], "stop_reason": null, "stop_sequence": null,
+                "usage": {"input_tokens": input, "cache_read_input_tokens": cache_read,
+                          "cache_creation_input_tokens": cache_write, "output_tokens": 1}
+            }}),
+        )
+    }
+
+    fn end(stop: &str, output: u64) -> Vec<(Option<&'static str>, String)> {
+        vec![
+            ev(
+                "message_delta",
+                json!({"type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": null}, "usage": {"output_tokens": output}}),
+            ),
+            ev("message_stop", json!({"type": "message_stop"})),
+        ]
     }
 
     pub fn error(status: u16, msg: &str) -> Reply {
@@ -364,6 +549,120 @@ pub mod openai {
         Reply::json(
             status,
             json!({"error": {"message": msg, "type": "invalid_request_error", "param": null, "code": null}}),
+        )
+    }
+
+    /// A chunk as llama-server (and OpenAI) streams one.
+    fn chunk(delta: Value, finish: Option<&str>) -> String {
+        json!({
+            "choices": [{"finish_reason": finish, "index": 0, "delta": delta}],
+            "created": 1_796_160_282u64, "id": "chatcmpl-fake", "model": "fake-gpt",
+            "system_fingerprint": "b0-unknown", "object": "chat.completion.chunk"
+        })
+        .to_string()
+    }
+
+    /// The last chunks: the finish reason with the usage (and llama-server's timings),
+    /// then `[DONE]`. usage: (prompt, completion, cached)
+    fn tail(finish: &str, usage: (u64, u64, u64)) -> Vec<(Option<&'static str>, String)> {
+        let (prompt, completion, cached) = usage;
+        let mut last: Value =
+            serde_json::from_str(&chunk(json!({}), Some(finish))).unwrap_or_default();
+        last["usage"] = json!({
+            "completion_tokens": completion, "prompt_tokens": prompt,
+            "total_tokens": prompt + completion,
+            "prompt_tokens_details": {"cached_tokens": cached},
+        });
+        last["timings"] = json!({"cache_n": cached, "prompt_n": prompt - cached.min(prompt), "predicted_n": completion});
+        vec![(None, last.to_string()), (None, "[DONE]".to_string())]
+    }
+
+    /// A streamed text reply, one chunk per piece. usage: (prompt, completion, cached)
+    pub fn stream_text(pieces: &[&str], finish: &str, usage: (u64, u64, u64)) -> Reply {
+        let mut events = vec![(
+            None,
+            chunk(json!({"role": "assistant", "content": null}), None),
+        )];
+        for p in pieces {
+            events.push((None, chunk(json!({"content": p}), None)));
+        }
+        events.extend(tail(finish, usage));
+        Reply::sse(events)
+    }
+
+    /// A streamed tool call, its arguments in `pieces`.
+    pub fn stream_tool_call(
+        id: &str,
+        name: &str,
+        pieces: &[&str],
+        finish: &str,
+        usage: (u64, u64, u64),
+    ) -> Reply {
+        let mut events = vec![(
+            None,
+            chunk(
+                json!({"role": "assistant", "content": null, "tool_calls": [
+                    {"index": 0, "id": id, "type": "function", "function": {"name": name, "arguments": ""}}
+                ]}),
+                None,
+            ),
+        )];
+        for p in pieces {
+            events.push((
+                None,
+                chunk(
+                    json!({"tool_calls": [{"index": 0, "function": {"arguments": p}}]}),
+                    None,
+                ),
+            ));
+        }
+        events.extend(tail(finish, usage));
+        Reply::sse(events)
+    }
+}
+
+/// Upstream llama.cpp `llama-server`, exactly as recorded
+/// (`fixtures/llama-server/`, from /work/shared/fixtures): its replies cut at
+/// `max_tokens`, its 500 for a tool call it cannot parse, its 400 for a prompt longer
+/// than its context.
+pub mod llama {
+    use super::Reply;
+    use serde_json::{json, Value};
+
+    const RECORDED: &str = include_str!("../fixtures/llama-server/chat-completions-length.json");
+
+    /// The recorded exchanges: (request, response).
+    pub fn recorded() -> Vec<(Value, Value)> {
+        let all: Vec<Value> = serde_json::from_str(RECORDED).expect("the fixture is JSON");
+        all.into_iter()
+            .map(|e| (e["request"].clone(), e["response"].clone()))
+            .collect()
+    }
+
+    /// The first recorded reply: eight `write_file` calls salvaged from a reply cut at
+    /// `max_tokens` (600), `finish_reason: "length"`.
+    pub fn cut_tool_calls() -> Reply {
+        Reply::json(200, recorded()[0].1.clone())
+    }
+
+    /// The second recorded reply: text only, cut at `max_tokens` (600).
+    pub fn cut_text() -> Reply {
+        Reply::json(200, recorded()[1].1.clone())
+    }
+
+    /// HTTP 500 for model output that is not a tool call it can parse.
+    pub fn unparseable_tool_call() -> Reply {
+        Reply::json(
+            500,
+            json!({"error": {"code": 500, "message": "The model produced output that does not match the expected peg-native format", "type": "server_error"}}),
+        )
+    }
+
+    /// HTTP 400 for a prompt longer than `-c`.
+    pub fn context_exceeded(asked: u64, n_ctx: u64) -> Reply {
+        Reply::json(
+            400,
+            json!({"error": {"code": 400, "message": format!("request ({asked} tokens) exceeds the available context size ({n_ctx} tokens), try increasing it"), "type": "exceed_context_size_error", "n_prompt_tokens": asked, "n_ctx": n_ctx}}),
         )
     }
 }

@@ -1516,9 +1516,25 @@ pub struct Swept {
 /// crash interrupted; cancels fan-out children whose submission never completed;
 /// releases parents whose children all ended.
 pub fn sweep(store: &JobStore, now: DateTime<Utc>) -> Result<Swept, QueueError> {
+    sweep_reporting(store, now, |_| {})
+}
+
+/// [`sweep`], handing what it is about to do to `report` before the transaction is
+/// written. A starting daemon journals its recovery there: killed a moment after the
+/// requeue is on disk, the journal would otherwise never say why the job ran again (the
+/// next start finds nothing left to requeue). Killed before the write, the next sweep
+/// does and reports it again; a repeat said twice is better than one never said.
+pub fn sweep_reporting(
+    store: &JobStore,
+    now: DateTime<Utc>,
+    report: impl FnOnce(&Swept),
+) -> Result<Swept, QueueError> {
     // Whatever a sweep does, the next one does again if a power cut lost it: it need not
-    // wait for the disk (and a daemon starting up records it in its journal at once).
-    let swept = store.transaction_redone_if_lost(|tx| sweep_in(tx, now))?;
+    // wait for the disk.
+    let swept = store.transaction_redone_if_lost(|tx| {
+        report(&stalls_due(tx, now));
+        sweep_in(tx, now)
+    })?;
     super::spares::Spares::remove_orphans(store.dir());
     Ok(swept)
 }
@@ -1585,6 +1601,69 @@ pub fn sweep_in(tx: &mut dyn JobTx, now: DateTime<Utc>) -> Result<Swept, QueueEr
     Ok(out)
 }
 
+/// What a sweep under the same lock would requeue or mark dead, without doing it.
+fn stalls_due(tx: &mut dyn JobTx, now: DateTime<Utc>) -> Swept {
+    let mut out = Swept::default();
+    let (jobs, _) = tx.live_jobs();
+    for job in jobs {
+        if job.kind.policy().on_stalled != super::policy::OnStalled::Requeue
+            || job.state.is_terminal()
+        {
+            continue;
+        }
+        if let Some(lease) = &job.lease {
+            let dead = !lease.owner_alive();
+            let lapsed = job.fence.expires.filter(|e| *e <= now);
+            if dead || lapsed.is_some() {
+                let (gives_up, why) = stall_verdict(&job, lease, dead, lapsed);
+                if gives_up {
+                    out.dead.push((job.id, why));
+                } else {
+                    out.requeued.push((job.id, why));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Whether a stalled job is now past its `max_stalled` (dead), and why, in words.
+fn stall_verdict(
+    job: &Job,
+    lease: &Lease,
+    dead: bool,
+    lapsed: Option<DateTime<Utc>>,
+) -> (bool, String) {
+    let stalls = job.stalls + 1;
+    if stalls > job.max_stalled {
+        let why = if dead || lapsed.is_none() {
+            format!(
+                "stalled {stalls} times (max_stalled {}): its runner (pid {}) died each time",
+                job.max_stalled, lease.pid
+            )
+        } else {
+            format!(
+                "stalled {stalls} times (max_stalled {}): its runner (pid {}) died or let its lease lapse each time",
+                job.max_stalled, lease.pid
+            )
+        };
+        return (true, why);
+    }
+    let cause = match (dead, lapsed) {
+        (false, Some(at)) => format!(
+            "its runner's lease (pid {}) lapsed at {} without a renewal",
+            lease.pid,
+            at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+        ),
+        _ => format!("its runner (pid {}) stopped while it ran", lease.pid),
+    };
+    let why = format!(
+        "{cause}; requeued (stall {stalls} of at most {}), no attempt used",
+        job.max_stalled
+    );
+    (false, why)
+}
+
 /// A job whose runner died (`dead`) or whose lease lapsed: requeued, counting a stall,
 /// or dead past `max_stalled`.
 fn stalled(
@@ -1606,35 +1685,13 @@ fn stalled(
     }
     // An owner that lives on past its lapsed lease keeps its process group: it finds
     // the lease gone at its next call and stops the run itself.
+    let (gives_up, why) = stall_verdict(job, lease, dead, lapsed);
     job.stalls += 1;
-    if job.stalls > job.max_stalled {
-        let why = if dead || lapsed.is_none() {
-            format!(
-                "stalled {} times (max_stalled {}): its runner (pid {}) died each time",
-                job.stalls, job.max_stalled, lease.pid
-            )
-        } else {
-            format!(
-                "stalled {} times (max_stalled {}): its runner (pid {}) died or let its lease lapse each time",
-                job.stalls, job.max_stalled, lease.pid
-            )
-        };
+    if gives_up {
         job.error = Some(why.clone());
         job.transition(JobState::Dead, now, Some(why.clone()));
         out.dead.push((job.id, why));
     } else {
-        let cause = match (dead, lapsed) {
-            (false, Some(at)) => format!(
-                "its runner's lease (pid {}) lapsed at {} without a renewal",
-                lease.pid,
-                at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-            ),
-            _ => format!("its runner (pid {}) stopped while it ran", lease.pid),
-        };
-        let why = format!(
-            "{cause}; requeued (stall {} of at most {}), no attempt used",
-            job.stalls, job.max_stalled
-        );
         let to = if job.state == JobState::Paused {
             JobState::Paused
         } else {
