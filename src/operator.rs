@@ -265,9 +265,6 @@ fn loop_row(
             until.format("%Y-%m-%d %H:%M UTC")
         );
     }
-    if row.spent_today.tokens > 0 {
-        row.status = format!("{} · today {}", row.status, row.spent_today.describe());
-    }
     row
 }
 

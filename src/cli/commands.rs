@@ -310,19 +310,18 @@ fn list(ws: &Workspace, json: bool) -> Result {
     }
     let next_header = format!("NEXT RUN ({})", local.name());
     let rows: Vec<Vec<String>> = loops.iter().map(|l| list_row(l, &local, now)).collect();
-    let wide = table(
-        &[
-            "LOOP",
-            "KIND",
-            "SCHEDULE",
-            "TIMEZONE",
-            &next_header,
-            "NEXT RUN (LOOP TIME)",
-            "LAST",
-            "STATUS",
-        ],
-        &rows,
-    );
+    let mut header = vec![
+        "LOOP",
+        "KIND",
+        "SCHEDULE",
+        "TIMEZONE",
+        &next_header,
+        "NEXT RUN (LOOP TIME)",
+        "LAST",
+        "STATUS",
+    ];
+    let rows = with_spend(&mut header, rows, &loops);
+    let wide = table(&header, &rows);
     let width = super::output::width();
     if super::output::widest(&wide) <= width {
         print!("{wide}");
@@ -335,15 +334,33 @@ fn list(ws: &Workspace, json: bool) -> Result {
         .iter()
         .map(|l| compact_list_row(l, &local, now))
         .collect();
-    print!(
-        "{}",
-        table_fit(
-            &["LOOP", "KIND", "SCHEDULE", &next_header, "LAST", "STATUS"],
-            &rows,
-            width
-        )
-    );
+    let mut header = vec!["LOOP", "KIND", "SCHEDULE", &next_header, "LAST", "STATUS"];
+    let rows = with_spend(&mut header, rows, &loops);
+    print!("{}", table_fit(&header, &rows, width));
     Ok(())
+}
+
+/// A `TODAY (ESTIMATE)` column before the status, when any loop spent tokens today:
+/// what each spent since the UTC day began (`loops list --json` has it as numbers).
+pub(super) fn with_spend(
+    header: &mut Vec<&str>,
+    mut rows: Vec<Vec<String>>,
+    loops: &[operator::LoopRow],
+) -> Vec<Vec<String>> {
+    if loops.iter().all(|l| l.spent_today.tokens == 0) {
+        return rows;
+    }
+    let at = header.len().saturating_sub(1);
+    header.insert(at, "TODAY (ESTIMATE)");
+    for (row, l) in rows.iter_mut().zip(loops) {
+        let spent = if l.spent_today.tokens == 0 {
+            "-".to_string()
+        } else {
+            l.spent_today.describe()
+        };
+        row.insert(at.min(row.len()), spent);
+    }
+    rows
 }
 
 /// One line of the narrow `loops list` table.
@@ -448,7 +465,12 @@ fn next(ws: &Workspace, name: &str, count: usize, from: Option<&str>, json: bool
     }
     if let Some((at, after)) = chosen {
         let after = after
-            .map(|d| format!(" (+{} after the last run)", loops_core::duration::format_duration(d)))
+            .map(|d| {
+                format!(
+                    " (+{} after the last run)",
+                    loops_core::duration::format_duration(d)
+                )
+            })
             .unwrap_or_default();
         println!(
             "next check: {}{after}, chosen by the model (finish next_check); then the schedule again",
@@ -787,20 +809,25 @@ fn resume(ws: &Workspace, name: &str) -> Result {
     let was = store.update(name, |s| {
         let st = s.get_or_insert_with(|| loops_core::state::LoopState::new(now, ""));
         let was = st.paused.take();
+        let held = st.budget_paused_until.take().filter(|u| *u > now);
         st.consecutive_failures = 0;
         st.pending_retry = None;
         // Slots that passed while paused are not owed.
         st.watermark = Some(now);
-        was
+        (was, held)
     })?;
     ws.nudge_daemon(name);
     match was {
-        Some(p) => println!(
+        (Some(p), _) => println!(
             "`{name}` resumed (it was paused since {}: {}).",
             p.since.to_rfc3339(),
             p.reason
         ),
-        None => println!("`{name}` was not paused; nothing to do."),
+        (None, Some(until)) => println!(
+            "`{name}` resumed (it was held for its daily budget until {}); a run that would pass the budget still stops at its next turn.",
+            until.to_rfc3339()
+        ),
+        (None, None) => println!("`{name}` was not paused; nothing to do."),
     }
     Ok(())
 }

@@ -496,7 +496,9 @@ impl<'a> Snapshot<'a> {
                 ]
             })
             .collect();
-        table(&["LOOP", "NEXT", "LAST", "STATUS"], &rows)
+        let mut header = vec!["LOOP", "NEXT", "LAST", "STATUS"];
+        let rows = super::commands::with_spend(&mut header, rows, &self.loops);
+        table(&header, &rows)
     }
 
     fn running_table(&self) -> String {

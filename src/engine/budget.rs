@@ -15,12 +15,26 @@ use loops_core::workspace::{Settings, Workspace};
 
 /// The estimated cost of `usage` on `model` of `provider` (a local server costs nothing);
 /// `None` when the model's price is unknown.
-pub fn cost_of(s: &Settings, provider: Option<&str>, model: Option<&str>, usage: &Usage) -> Option<f64> {
-    let model = model?;
+/// `models`: the one the provider said answered, then the one asked for (an alias such
+/// as `claude-sonnet-4-5` answers as a dated name; a local server may name its file).
+pub fn cost_of(
+    s: &Settings,
+    provider: Option<&str>,
+    models: &[Option<&str>],
+    usage: &Usage,
+) -> Option<f64> {
     let local = provider
         .and_then(|p| s.providers.get(p))
         .is_some_and(|p| loops_core::pricing::is_local_url(&p.base_url));
-    s.pricing.estimate(usage, model, local).map(|c| c.0)
+    let priced = models
+        .iter()
+        .flatten()
+        .find_map(|m| s.pricing.price(m).map(|p| (p, *m)));
+    match priced {
+        Some((_, m)) => s.pricing.estimate(usage, m, false).map(|c| c.0),
+        None if local => Some(0.0),
+        None => None,
+    }
 }
 
 /// What the loop and the workspace spent today.
@@ -41,16 +55,41 @@ pub fn over_today(ctx: &RunContext, def: &LoopDef, now: DateTime<Utc>) -> Option
     }
     let (mine, all) = spent(ctx, &def.name, now);
     if let Some(why) = def.budget.over_daily(&mine) {
-        return Some(format!("`{}`: {why} (domains/{}/config.yaml)", def.name, def.name));
+        return Some(format!(
+            "`{}`: {why} (domains/{}/config.yaml)",
+            def.name, def.name
+        ));
     }
     ws_budget
         .over_daily(&all)
         .map(|why| format!("all loops together: {why} (loops.yaml)"))
 }
 
+/// Why a loop held for its daily budget may not start now, in words, with the ways out.
+pub fn held_until(
+    def: &LoopDef,
+    state: Option<&loops_core::state::LoopState>,
+    now: DateTime<Utc>,
+) -> Option<String> {
+    let until = state?.budget_paused_until.filter(|u| *u > now)?;
+    Some(format!(
+        "`{}` is held for its daily budget until {} (raise `budget:` in domains/{}/config.yaml or loops.yaml, or `loops resume {}`)",
+        def.name,
+        until.to_rfc3339(),
+        def.name,
+        def.name
+    ))
+}
+
 /// Holds the loop until the next UTC midnight and tells the main session, once a day: a
 /// loop already held until then is left alone.
-pub fn hold_for_the_day(ctx: &RunContext, def: &LoopDef, run_id: &str, why: &str, now: DateTime<Utc>) {
+pub fn hold_for_the_day(
+    ctx: &RunContext,
+    def: &LoopDef,
+    run_id: &str,
+    why: &str,
+    now: DateTime<Utc>,
+) {
     let until = budget::next_day(now);
     let newly = ctx.store.update(&def.name, |st| match st.as_mut() {
         Some(s) if s.budget_paused_until.is_some_and(|u| u >= until) => false,
@@ -58,12 +97,21 @@ pub fn hold_for_the_day(ctx: &RunContext, def: &LoopDef, run_id: &str, why: &str
             s.budget_paused_until = Some(until);
             true
         }
-        None => false,
+        // A loop's first run (a `loops trigger` before any scheduled one) has no state yet.
+        None => {
+            let mut s =
+                loops_core::state::LoopState::new(now, &crate::engine::scheduler::fingerprint(def));
+            s.budget_paused_until = Some(until);
+            *st = Some(s);
+            true
+        }
     });
     match newly {
         Ok(true) => handoff(&ctx.ws, def, run_id, why, until),
         Ok(false) => {}
-        Err(e) => tracing::error!(loop_name = %def.name, "cannot hold the loop for its budget: {e}"),
+        Err(e) => {
+            tracing::error!(loop_name = %def.name, "cannot hold the loop for its budget: {e}")
+        }
     }
 }
 
@@ -101,21 +149,35 @@ pub fn after_run(ctx: &RunContext, def: &LoopDef, run_id: &str) {
 /// before it goes over, not after.
 pub struct RunBudget {
     per_run: Option<u64>,
-    tokens_left: Option<u64>,
-    cost_left: Option<f64>,
+    /// What today's tightest budget has left, and the file that sets it.
+    tokens_left: Option<(u64, String)>,
+    cost_left: Option<(f64, String)>,
     pricing: Pricing,
     model: String,
     local: bool,
     used: Usage,
     last: Usage,
     /// Why it stopped the run, once it has.
-    pub stopped: Option<String>,
+    pub stopped: Option<Stop>,
+}
+
+/// Why a run was stopped between turns.
+pub struct Stop {
+    pub why: String,
+    /// A daily budget (the loop's or the workspace's), not `tokens_per_run`, stopped it.
+    pub daily: bool,
 }
 
 impl RunBudget {
     /// The budget of a run of `def` on `model` starting at `now`; `None` when no budget
     /// applies to it.
-    pub fn for_run(ctx: &RunContext, def: &LoopDef, provider: &str, model: &str, now: DateTime<Utc>) -> Option<RunBudget> {
+    pub fn for_run(
+        ctx: &RunContext,
+        def: &LoopDef,
+        provider: &str,
+        model: &str,
+        now: DateTime<Utc>,
+    ) -> Option<RunBudget> {
         let ws_budget = ctx.ws.settings.budget;
         if def.budget.is_empty() && ws_budget.is_empty() {
             return None;
@@ -129,8 +191,19 @@ impl RunBudget {
         };
         let (t1, c1) = left(&def.budget, &mine);
         let (t2, c2) = left(&ws_budget, &all);
-        let min_u = |a: Option<u64>, b: Option<u64>| a.into_iter().chain(b).min();
-        let min_f = |a: Option<f64>, b: Option<f64>| a.into_iter().chain(b).reduce(f64::min);
+        // The tighter of the two, with the file that sets it, for the message.
+        let here = format!("domains/{}/config.yaml", def.name);
+        let there = "loops.yaml".to_string();
+        let min_u = |a: Option<u64>, b: Option<u64>| match (a, b) {
+            (Some(a), Some(b)) if b < a => Some((b, there.clone())),
+            (Some(a), _) => Some((a, here.clone())),
+            (None, b) => b.map(|b| (b, there.clone())),
+        };
+        let min_f = |a: Option<f64>, b: Option<f64>| match (a, b) {
+            (Some(a), Some(b)) if b < a => Some((b, there.clone())),
+            (Some(a), _) => Some((a, here.clone())),
+            (None, b) => b.map(|b| (b, there.clone())),
+        };
         let s = &ctx.ws.settings;
         Some(RunBudget {
             per_run: def.budget.tokens_per_run,
@@ -149,25 +222,40 @@ impl RunBudget {
     }
 
     /// Why the next turn may not be made, if it may not.
-    fn verdict(&self) -> Option<String> {
+    fn verdict(&self) -> Option<Stop> {
         let used = budget::total(&self.used);
         let next = used + budget::total(&self.last);
         if let Some(l) = self.per_run.filter(|l| next > *l) {
-            return Some(format!(
-                "stopped after {used} tokens: another turn would pass budget.tokens_per_run {l}"
-            ));
+            return Some(Stop {
+                why: format!(
+                    "stopped after {used} tokens: another turn would pass budget.tokens_per_run {l}"
+                ),
+                daily: false,
+            });
         }
-        if let Some(l) = self.tokens_left.filter(|l| next > *l) {
-            return Some(format!(
-                "stopped after {used} tokens: another turn would pass today's token budget ({l} tokens were left)"
-            ));
+        if let Some((l, file)) = self.tokens_left.as_ref().filter(|(l, _)| next > *l) {
+            return Some(Stop {
+                why: format!(
+                    "stopped after {used} tokens: another turn would pass budget.tokens_per_day ({l} tokens were left today; {file})"
+                ),
+                daily: true,
+            });
         }
-        let cost = |u: &Usage| self.pricing.estimate(u, &self.model, self.local).map(|c| c.0);
-        if let (Some(l), Some(a), Some(b)) = (self.cost_left, cost(&self.used), cost(&self.last)) {
-            if a + b > l {
-                return Some(format!(
-                    "stopped after an estimated ${a:.4}: another turn would pass today's cost budget (${l:.4} was left)"
-                ));
+        let cost = |u: &Usage| {
+            self.pricing
+                .estimate(u, &self.model, self.local)
+                .map(|c| c.0)
+        };
+        if let (Some((l, file)), Some(a), Some(b)) =
+            (self.cost_left.as_ref(), cost(&self.used), cost(&self.last))
+        {
+            if a + b > *l {
+                return Some(Stop {
+                    why: format!(
+                        "stopped after an estimated ${a:.4}: another turn would pass budget.cost_per_day (${l:.4} was left today; {file})"
+                    ),
+                    daily: true,
+                });
             }
         }
         None

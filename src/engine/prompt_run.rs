@@ -54,6 +54,9 @@ pub struct PromptOutcome {
     pub exit_code: Option<i32>,
     /// An adaptive loop's model asked to look again this long after the run.
     pub next_check: Option<Duration>,
+    /// The model the run asked for (`model` is what the provider says answered): a
+    /// price is looked up by the one, else the other.
+    pub asked_model: Option<String>,
     pub stdout_tail: String,
     pub stderr_tail: String,
     pub duration: Duration,
@@ -77,6 +80,7 @@ impl PromptOutcome {
             turns: Some(driven.turns),
             fallbacks: driven.fallbacks.clone(),
             model: Some(run.model(asked)),
+            asked_model: Some(asked.model.clone()),
             summary: driven.summary(),
             refused: kit.refused.clone(),
             deliveries: kit.deliveries.clone(),
@@ -187,12 +191,8 @@ impl PromptOutcome {
         }
         rec.summary = self.summary.map(|s| redactor.redact(&s));
         rec.cost_estimate = self.tokens.as_ref().and_then(|u| {
-            crate::engine::budget::cost_of(
-                &ws.settings,
-                self.provider.as_deref(),
-                self.model.as_deref(),
-                u,
-            )
+            let models = [self.model.as_deref(), self.asked_model.as_deref()];
+            crate::engine::budget::cost_of(&ws.settings, self.provider.as_deref(), &models, u)
         });
         rec.next_check = self
             .next_check
@@ -335,7 +335,8 @@ pub async fn run(
     // The loop's request options lie over its provider's, key by key.
     choice.provider.options = choice.provider.options.overridden_by(options);
     let now = Utc::now();
-    if let Some(why) = crate::engine::budget::over_today(ctx, def, now) {
+    let held = crate::engine::budget::held_until(def, state, now);
+    if let Some(why) = held.or_else(|| crate::engine::budget::over_today(ctx, def, now)) {
         crate::engine::budget::hold_for_the_day(ctx, def, &req.run_id, &why, now);
         let mut out = PromptOutcome {
             outcome: Some(Outcome::Budget),
@@ -546,10 +547,20 @@ impl PromptRun<'_> {
             Ok(run) => PromptOutcome::of_session(&run, choice),
             Err(e) => PromptOutcome::failed(e.to_string()),
         };
-        if let Some(why) = budget.and_then(|b| b.stopped) {
-            tr.note(&format!("budget: {why}"));
+        if let Some(stop) = budget.and_then(|b| b.stopped) {
+            tr.note(&format!("budget: {}", stop.why));
+            if stop.daily {
+                // The next run would stop after its first turn too: the day is spent.
+                crate::engine::budget::hold_for_the_day(
+                    self.ctx,
+                    self.def,
+                    &self.req.run_id,
+                    &stop.why,
+                    self.now,
+                );
+            }
             out.outcome = Some(Outcome::Budget);
-            out.error = Some(why);
+            out.error = Some(stop.why);
         }
         out
     }

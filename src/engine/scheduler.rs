@@ -458,17 +458,16 @@ fn next_slot_fire(def: &LoopDef, state: &LoopState) -> Option<DateTime<Utc>> {
 /// The slot an adaptive loop's chosen look or a budget's pause decides at `now`, in place
 /// of the schedule's plan: `Some(runs)` when one of them holds the loop. The slots they
 /// passed over are decided (not missed: the model, or the budget, chose to skip them).
-fn held_slot(
-    def: &LoopDef,
-    s: &mut LoopState,
-    now: DateTime<Utc>,
-) -> Option<Vec<(Trigger, Option<DateTime<Utc>>, u32, bool)>> {
+fn held_slot(def: &LoopDef, s: &mut LoopState, now: DateTime<Utc>) -> Option<Vec<ClaimedRun>> {
     if let Some(until) = s.budget_paused_until {
         if until > now {
             return Some(Vec::new());
         }
         s.budget_paused_until = None;
-        s.watermark = Some(now.max(s.decided_until()));
+        // The slots before it were held back (decided, not missed); one falling on the
+        // instant it ends (midnight) is the day's first and runs.
+        let held_back = until - chrono::Duration::nanoseconds(1);
+        s.watermark = Some(held_back.max(s.decided_until()));
     }
     let at = s.next_check.filter(|_| def.schedule.adaptive.is_some())?;
     if at > now {
@@ -480,11 +479,14 @@ fn held_slot(
     Some(vec![(Trigger::Schedule, Some(at), 1, false)])
 }
 
+/// One run a claim decided: (trigger, slot, attempt, caught up?).
+pub type ClaimedRun = (Trigger, Option<DateTime<Utc>>, u32, bool);
+
 /// What claiming a loop's due slots decided: runs (trigger, slot, attempt, caught up?)
 /// and the slots recorded as missed.
 #[derive(Debug, Clone)]
 pub struct Claim {
-    pub runs: Vec<(Trigger, Option<DateTime<Utc>>, u32, bool)>,
+    pub runs: Vec<ClaimedRun>,
     pub missed: Option<Missed>,
 }
 

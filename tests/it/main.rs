@@ -6,6 +6,7 @@
 
 mod agent;
 mod attacks;
+mod budget;
 mod channels;
 mod cli;
 mod common;

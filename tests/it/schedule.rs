@@ -1651,3 +1651,143 @@ fn a_watermark_ahead_of_the_clock_in_the_state_file_is_re_anchored() {
     let names: BTreeSet<&str> = due.iter().map(|r| r.loop_name.as_str()).collect();
     assert_eq!(names, BTreeSet::from(["nine", "tenner"]), "{due:?}");
 }
+
+// ---- adaptive cadence -----------------------------------------------------------------
+
+/// Finishes `run` as an adaptive loop's model would: silent, asking to look again `after`.
+fn complete_looking_again(
+    lab: &Lab,
+    sched: &mut Scheduler,
+    clock: &ManualClock,
+    run: &DueRun,
+    after: Option<chrono::Duration>,
+) {
+    let now = clock.now();
+    let mut rec = RunRecord::decision(
+        &run.loop_name,
+        run.trigger.as_str(),
+        run.slot,
+        now,
+        Outcome::Silent,
+        String::new(),
+    );
+    rec.note = None;
+    rec.next_check = after.map(|d| now + d);
+    lab.runlog().append(&rec).expect("append run record");
+    let def = lab.def(&run.loop_name).clone();
+    sched.finished(&def, &rec, true);
+}
+
+#[test]
+fn a_chosen_next_check_is_the_next_slot_exactly_once_then_the_grid_again() {
+    let lab = Lab::new(&[(
+        "watch",
+        &loop_cfg("  every: 10m\n  adaptive: { min: 5m, max: 2h }\n", ""),
+    )]);
+    let clock = ManualClock::new(utc("2026-03-01T10:00:30Z"));
+    let mut sched = lab.scheduler(&clock);
+    let first = sched.next_wake().expect("a first slot");
+    clock.set(first);
+    let runs = sched.due();
+    assert_eq!(runs.len(), 1);
+    complete_looking_again(&lab, &mut sched, &clock, &runs[0], Some(mins(45)));
+    let chosen = first + mins(45);
+    assert_eq!(
+        sched.next_wake(),
+        Some(chosen),
+        "the model's choice, not the grid"
+    );
+    assert_eq!(
+        lab.state("watch")["next_check"].as_str().map(utc),
+        Some(chosen)
+    );
+    // Nothing in between: the grid's four slots before it are passed over, not missed.
+    clock.set(chosen - chrono::Duration::seconds(1));
+    assert!(sched.due().is_empty());
+    clock.set(chosen);
+    let runs = sched.due();
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    assert_eq!(runs[0].trigger, Trigger::Schedule);
+    assert!(
+        lab.scheduler(&clock).due().is_empty(),
+        "handed out once: a restart at the same moment finds it decided"
+    );
+    assert!(
+        lab.records("watch")
+            .iter()
+            .all(|r| r.outcome != Outcome::Missed),
+        "the passed-over slots are not missed"
+    );
+    // This run chooses nothing: the `every` grid takes over again from now.
+    complete_looking_again(&lab, &mut sched, &clock, &runs[0], None);
+    let next = sched.next_wake().expect("the grid");
+    assert!(next > chosen && next - chosen <= mins(10), "{next}");
+    assert!(lab.state("watch")["next_check"].is_null());
+}
+
+#[test]
+fn a_quiet_day_of_an_adaptive_monitor_runs_a_fraction_of_the_fixed_one() {
+    // The same 10-minute monitor, one day, on a channel where nothing happens: the fixed
+    // loop looks every slot; the adaptive one's model asks for its maximum each time.
+    let day = |adaptive: bool| {
+        let block = if adaptive {
+            "  every: 10m\n  adaptive: { min: 5m, max: 2h }\n"
+        } else {
+            "  every: 10m\n"
+        };
+        let lab = Lab::new(&[("monitor", &loop_cfg(block, ""))]);
+        // A second before midnight: the day's first slot is 00:00.
+        let start = utc("2026-02-28T23:59:59Z");
+        let clock = ManualClock::new(start);
+        let mut sched = lab.scheduler(&clock);
+        let mut n = 0;
+        while let Some(wake) = sched.next_wake().filter(|w| *w < start + hours(24)) {
+            clock.set(wake);
+            for r in sched.due() {
+                n += 1;
+                let ask = adaptive.then(|| hours(2));
+                complete_looking_again(&lab, &mut sched, &clock, &r, ask);
+            }
+        }
+        n
+    };
+    let fixed = day(false);
+    let adaptive = day(true);
+    assert_eq!(fixed, 144);
+    assert!((12..=13).contains(&adaptive), "{adaptive}");
+}
+
+#[test]
+fn a_loop_held_for_its_daily_budget_runs_again_the_next_day_owing_nothing() {
+    let lab = Lab::new(&[("spender", &loop_cfg("  every: 1h\n", ""))]);
+    let clock = ManualClock::new(utc("2026-03-01T09:59:59Z"));
+    let mut sched = lab.scheduler(&clock);
+    clock.set(utc("2026-03-01T10:00:00Z"));
+    let runs = sched.due();
+    assert_eq!(runs.len(), 1);
+    complete(&lab, &mut sched, &clock, &runs[0], Outcome::Acted);
+    // The run reached the daily budget: held until the next UTC midnight.
+    let midnight = utc("2026-03-02T00:00:00Z");
+    StateStore::new(&lab.ws().layout().state_dir())
+        .update("spender", |s| {
+            if let Some(s) = s.as_mut() {
+                s.budget_paused_until = Some(midnight);
+            }
+        })
+        .expect("hold");
+    let mut sched = lab.scheduler(&clock);
+    assert_eq!(sched.next_wake(), Some(midnight), "nothing before midnight");
+    clock.set(midnight - chrono::Duration::seconds(1));
+    assert!(sched.due().is_empty());
+    clock.set(midnight);
+    let runs = sched.due();
+    assert_eq!(runs.len(), 1, "the day's first slot, once: {runs:?}");
+    assert_eq!(runs[0].slot, Some(midnight));
+    assert!(
+        lab.records("spender")
+            .iter()
+            .all(|r| r.outcome != Outcome::Missed),
+        "the slots held back are not missed"
+    );
+    assert!(lab.state("spender")["budget_paused_until"].is_null());
+}

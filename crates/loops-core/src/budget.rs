@@ -56,7 +56,10 @@ impl Spend {
         let cost = if self.cost_unknown && self.cost == 0.0 {
             "cost unknown".to_string()
         } else if self.cost_unknown {
-            format!("at least ~${:.4} (estimate; some models unpriced)", self.cost)
+            format!(
+                "at least ~${:.4} (estimate; some models unpriced)",
+                self.cost
+            )
         } else {
             format!("~${:.4} (estimate)", self.cost)
         };

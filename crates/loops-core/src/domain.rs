@@ -1468,10 +1468,18 @@ fn parse_adaptive(cx: &mut Ctx, when: &When, v: Value) -> Option<crate::schedule
         return None;
     }
     let Some(m) = v.as_mapping() else {
-        cx.err(&at, "`schedule.adaptive` must be a mapping with `min` and `max`", help);
+        cx.err(
+            &at,
+            "`schedule.adaptive` must be a mapping with `min` and `max`",
+            help,
+        );
         return None;
     };
-    if let Some(k) = m.keys().filter_map(Value::as_str).find(|k| !["min", "max"].contains(k)) {
+    if let Some(k) = m
+        .keys()
+        .filter_map(Value::as_str)
+        .find(|k| !["min", "max"].contains(k))
+    {
         let path = ["schedule", "adaptive", k];
         cx.diags.push(
             Diagnostic::error(cx.rel, format!("unknown key `{k}` in `schedule.adaptive`"))

@@ -19,8 +19,8 @@
 #![cfg_attr(not(test), warn(unused_crate_dependencies))]
 
 pub mod backoff;
-pub mod budget;
 pub mod beneath;
+pub mod budget;
 pub mod channel_config;
 pub mod channels;
 pub mod clock;

@@ -161,7 +161,12 @@ const PRICE_HELP: &str =
     "dollars per million tokens, e.g. pricing: { my-model: { input: 3, output: 15 } }";
 
 /// Reads loops.yaml `pricing:`; problems go to `diags`, each at its place.
-pub(crate) fn parse(file: &Path, loc: &YamlLocator, v: &Value, diags: &mut Vec<Diagnostic>) -> Pricing {
+pub(crate) fn parse(
+    file: &Path,
+    loc: &YamlLocator,
+    v: &Value,
+    diags: &mut Vec<Diagnostic>,
+) -> Pricing {
     let mut out = Pricing::default();
     let Some(map) = v.as_mapping() else {
         diags.push(
@@ -240,4 +245,84 @@ fn read_price(sec: &mut Section, y: PriceYaml, model: &str) -> Option<Price> {
         cache_read: cache_read.unwrap_or(input),
         cache_write: cache_write.unwrap_or(input),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn usage(input: u64, output: u64, cache_read: u64, cache_write: u64) -> Usage {
+        Usage {
+            input,
+            output,
+            cache_read,
+            cache_write,
+        }
+    }
+
+    #[test]
+    fn a_dated_model_name_is_priced_by_its_longest_known_prefix() {
+        let p = Pricing::default();
+        assert_eq!(
+            p.price("claude-opus-4-5-20251101"),
+            p.price("claude-opus-4-5")
+        );
+        assert_ne!(p.price("claude-opus-4-5"), p.price("claude-opus-4"));
+        assert_eq!(p.price("gpt-4o-mini-2024-07-18"), p.price("gpt-4o-mini"));
+        assert_eq!(p.price("gemma-3-270m"), None);
+    }
+
+    #[test]
+    fn an_unknown_model_costs_unknown_unless_its_server_is_local() {
+        let u = usage(1_000_000, 0, 0, 0);
+        let p = Pricing::default();
+        assert_eq!(p.estimate(&u, "my-own-model", false), None);
+        assert_eq!(p.estimate(&u, "my-own-model", true), Some(Cost(0.0)));
+        // A price written for it counts even on a local server.
+        let mut p = Pricing::default();
+        p.overrides.insert(
+            "my-own".into(),
+            Price {
+                input: 2.0,
+                output: 4.0,
+                cache_read: 2.0,
+                cache_write: 2.0,
+            },
+        );
+        assert_eq!(p.estimate(&u, "my-own-model", true), Some(Cost(2.0)));
+    }
+
+    #[test]
+    fn each_kind_of_token_has_its_price() {
+        let cost = estimate(
+            &usage(1_000_000, 1_000_000, 1_000_000, 1_000_000),
+            "claude-sonnet-4-5",
+        )
+        .expect("priced");
+        assert!(
+            (cost.0 - (3.0 + 15.0 + 0.3 + 3.75)).abs() < 1e-9,
+            "{cost:?}"
+        );
+        assert_eq!(Cost(0.012345).display(), "$0.0123");
+    }
+
+    #[test]
+    fn local_servers_are_told_apart_from_remote_ones() {
+        for url in [
+            "http://127.0.0.1:8080/v1",
+            "http://localhost:11434",
+            "http://[::1]:8080",
+            "http://192.168.1.20:8000/v1",
+            "http://gpu-box.local:8080",
+        ] {
+            assert!(is_local_url(url), "{url}");
+        }
+        for url in [
+            "https://api.anthropic.com",
+            "https://api.openai.com/v1",
+            "http://8.8.8.8",
+        ] {
+            assert!(!is_local_url(url), "{url}");
+        }
+    }
 }

@@ -1,0 +1,472 @@
+//! Issue #19, the bill: the `pricing:` table, `budget:` per loop and per workspace, and
+//! adaptive cadence (`schedule.adaptive`, `finish(next_check)`), through the real `loops`
+//! binary against the fake model server on 127.0.0.1.
+
+use crate::common::{git_commit_all, git_trailers, TempWorkspace};
+use loops_testutil::fake_model::{openai, FakeModel, Reply};
+use serde_json::{json, Value};
+use std::time::Duration;
+
+const LONG: Duration = Duration::from_secs(180);
+
+struct Out {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+impl Out {
+    fn all(&self) -> String {
+        format!(
+            "exit {:?}\n--- stdout\n{}\n--- stderr\n{}",
+            self.code, self.stdout, self.stderr
+        )
+    }
+}
+
+fn loops(ws: &TempWorkspace, args: &[&str]) -> Out {
+    let out = ws
+        .cmd()
+        .args(args)
+        .timeout(LONG)
+        .output()
+        .expect("run loops");
+    Out {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// A workspace whose one provider is the fake server, a model priced in loops.yaml at
+/// $1,000 per million input tokens and $2,000 per million output tokens (so that the
+/// fake's few tokens cost whole cents), plus these loops.yaml lines.
+fn workspace(fake: &FakeModel, yaml: &str) -> TempWorkspace {
+    let ws = TempWorkspace::new();
+    let _ = std::fs::remove_dir_all(ws.path().join("domains/example"));
+    ws.write(
+        "loops.yaml",
+        &format!(
+            "limits:\n  shutdown_grace: 2s\nproviders:\n  local: {{ kind: openai, base_url: \"{}/v1\", model: pricey-1, max_tokens: 600 }}\npricing:\n  pricey-1: {{ input: 1000, output: 2000 }}\n{yaml}",
+            fake.url()
+        ),
+    );
+    git_commit_all(ws.path(), "setup");
+    ws
+}
+
+/// A prompt loop `name` with these config.yaml lines (a schedule never due unless one is
+/// given), committed.
+fn prompt_loop(ws: &TempWorkspace, name: &str, extra: &str) {
+    let schedule = if extra.contains("schedule:") {
+        String::new()
+    } else {
+        "schedule: { at: \"2099-01-01T00:00:00Z\" }\n".to_string()
+    };
+    ws.add_loop(
+        name,
+        &format!("{schedule}payload: {{ kind: prompt }}\n{extra}"),
+    );
+    ws.write(
+        &format!("domains/{name}/prompt.md"),
+        "Note what you saw in state.md, then call finish.\n",
+    );
+    ws.write(&format!("domains/{name}/state.md"), "STATE-BEFORE\n");
+    git_commit_all(ws.path(), &format!("loop {name}"));
+}
+
+fn trigger(ws: &TempWorkspace, name: &str) -> (Out, Value) {
+    let before = ws.runs(name).len();
+    let out = loops(ws, &["trigger", name]);
+    let runs = ws.runs(name);
+    assert_eq!(runs.len(), before + 1, "one record\n{}", out.all());
+    (out, runs.last().cloned().expect("a record"))
+}
+
+/// One turn of 50 input and 5 output tokens: 55 tokens, an estimated $0.06.
+fn write_state(name: &str, text: &str) -> Reply {
+    openai::tool_calls(
+        &[(
+            "w1",
+            "write_file",
+            json!({"path": format!("domains/{name}/state.md"), "content": text}),
+        )],
+        (50, 5, 0),
+    )
+}
+
+fn finish(args: Value) -> Reply {
+    openai::tool_calls(&[("f1", "finish", args)], (50, 5, 0))
+}
+
+fn done() -> Reply {
+    finish(json!({"summary": "looked", "silent": false}))
+}
+
+fn state(ws: &TempWorkspace, name: &str) -> Value {
+    let p = ws.path().join(format!(".loops/state/{name}.json"));
+    let text = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    serde_json::from_str(&text).expect("state json")
+}
+
+fn next_utc_midnight() -> chrono::DateTime<chrono::Utc> {
+    let now = chrono::Utc::now();
+    now.date_naive()
+        .and_hms_opt(0, 0, 0)
+        .expect("midnight")
+        .and_utc()
+        + chrono::Duration::days(1)
+}
+
+// ---------------------------------------------------------------------------------------
+// Pricing: each run's estimated cost, in its record and its commit's trailers.
+
+#[test]
+fn a_run_records_its_estimated_cost_and_its_commit_says_it() {
+    let fake = FakeModel::start(vec![write_state("job", "SEEN\n"), done()]);
+    let ws = workspace(&fake, "");
+    prompt_loop(&ws, "job", "");
+    let (out, rec) = trigger(&ws, "job");
+    assert_eq!(out.code, Some(0), "{}", out.all());
+    // Two turns of 50 in and 5 out at $1,000 and $2,000 per million: 2 x $0.06.
+    let cost = rec["cost_estimate"].as_f64().expect("a cost estimate");
+    assert!((cost - 0.12).abs() < 1e-9, "{rec}");
+    let trailers = git_trailers(ws.path(), "HEAD");
+    assert!(
+        trailers.contains(&("Cost-Estimate".into(), "$0.1200".into())),
+        "{trailers:?}"
+    );
+    // `loops list` shows today's spend, and says it is an estimate.
+    let list = loops(&ws, &["list"]);
+    assert!(
+        list.stdout.contains("110 tokens") && list.stdout.contains("~$0.1200 (estimate)"),
+        "{}",
+        list.all()
+    );
+    let v: Value = serde_json::from_str(&loops(&ws, &["list", "--json"]).stdout).expect("json");
+    let row = v
+        .as_array()
+        .and_then(|a| a.iter().find(|r| r["name"] == "job"))
+        .cloned()
+        .unwrap_or_else(|| v["loops"][0].clone());
+    assert_eq!(row["spent_today"]["tokens"], 110, "{v}");
+    assert_eq!(row["spent_today"]["runs"], 1, "{v}");
+}
+
+#[test]
+fn a_local_server_costs_nothing_unless_its_model_is_priced() {
+    let fake = FakeModel::start(vec![write_state("job", "SEEN\n"), done()]);
+    let ws = TempWorkspace::new();
+    let _ = std::fs::remove_dir_all(ws.path().join("domains/example"));
+    ws.write(
+        "loops.yaml",
+        &format!(
+            "providers:\n  local: {{ kind: openai, base_url: \"{}/v1\", model: gemma-3-270m, max_tokens: 600 }}\n",
+            fake.url()
+        ),
+    );
+    git_commit_all(ws.path(), "setup");
+    prompt_loop(&ws, "job", "");
+    let (_, rec) = trigger(&ws, "job");
+    assert_eq!(rec["cost_estimate"].as_f64(), Some(0.0), "{rec}");
+    let trailers = git_trailers(ws.path(), "HEAD");
+    assert!(
+        trailers.contains(&("Cost-Estimate".into(), "$0.0000".into())),
+        "{trailers:?}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Budgets.
+
+#[test]
+fn a_run_stops_at_the_turn_boundary_before_it_would_pass_tokens_per_run() {
+    let fake = FakeModel::start(vec![
+        write_state("job", "ONE\n"),
+        write_state("job", "TWO\n"),
+        done(),
+    ]);
+    let ws = workspace(&fake, "");
+    prompt_loop(&ws, "job", "budget: { tokens_per_run: 100 }\n");
+    let (out, rec) = trigger(&ws, "job");
+    assert_eq!(rec["outcome"], "budget", "{rec}\n{}", out.all());
+    let err = rec["error"].as_str().unwrap_or_default();
+    assert!(
+        err.contains("budget.tokens_per_run 100") && err.contains("55 tokens"),
+        "{err}"
+    );
+    // One turn (55 tokens) was made; a second would reach 110.
+    assert_eq!(fake.request_count(), 1);
+    assert_eq!(rec["tokens"]["input"], 50, "{rec}");
+    // What the first turn did is kept and committed.
+    assert_eq!(
+        std::fs::read_to_string(ws.path().join("domains/job/state.md")).expect("state"),
+        "ONE\n"
+    );
+    // Not a failure: never retried, and the loop is not paused for the day.
+    assert!(state(&ws, "job")["budget_paused_until"].is_null());
+    assert!(state(&ws, "job")["pending_retry"].is_null());
+}
+
+#[test]
+fn a_loop_over_its_daily_budget_is_paused_until_the_next_day_with_a_handoff() {
+    let fake = FakeModel::start(vec![write_state("job", "SEEN\n"), done()]);
+    let ws = workspace(&fake, "");
+    prompt_loop(&ws, "job", "budget: { tokens_per_day: 100 }\n");
+    let (out, rec) = trigger(&ws, "job");
+    // After the first turn's 55 tokens a second would pass the 100 a day: the run stops
+    // there, its work kept, and the loop is paused until the next UTC midnight.
+    assert_eq!(rec["outcome"], "budget", "{rec}\n{}", out.all());
+    assert_eq!(
+        std::fs::read_to_string(ws.path().join("domains/job/state.md")).expect("state"),
+        "SEEN\n"
+    );
+    let until = state(&ws, "job")["budget_paused_until"]
+        .as_str()
+        .expect("paused for the day")
+        .parse::<chrono::DateTime<chrono::Utc>>()
+        .expect("a time");
+    assert_eq!(until, next_utc_midnight());
+    let handoffs: Vec<String> = std::fs::read_dir(ws.path().join("inbox"))
+        .expect("inbox")
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().extension().is_some_and(|x| x == "md"))
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+        .filter(|t| t.contains("daily budget"))
+        .collect();
+    assert_eq!(handoffs.len(), 1, "one handoff says so: {handoffs:?}");
+    assert!(
+        handoffs[0].contains("budget.tokens_per_day")
+            && handoffs[0].contains("domains/job/config.yaml")
+            && handoffs[0].contains("not a bill"),
+        "{}",
+        handoffs[0]
+    );
+    let list = ws
+        .cmd()
+        .env("COLUMNS", "250")
+        .arg("list")
+        .output()
+        .expect("loops list");
+    let list = Out {
+        code: list.status.code(),
+        stdout: String::from_utf8_lossy(&list.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&list.stderr).into_owned(),
+    };
+    assert!(
+        list.stdout
+            .contains("paused for today: daily budget reached"),
+        "{}",
+        list.all()
+    );
+    // Triggered again the same day: not started, the model never asked.
+    let (_, again) = trigger(&ws, "job");
+    assert_eq!(again["outcome"], "budget", "{again}");
+    assert!(
+        again["error"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("not started: "),
+        "{again}"
+    );
+    assert_eq!(
+        fake.request_count(),
+        1,
+        "no request after the budget was reached"
+    );
+    // One handoff a day, however often it is refused.
+    let n = std::fs::read_dir(ws.path().join("inbox"))
+        .expect("inbox")
+        .filter_map(|e| e.ok())
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+        .filter(|t| t.contains("daily budget"))
+        .count();
+    assert_eq!(n, 1);
+}
+
+#[test]
+fn the_workspace_budget_counts_every_loop_together() {
+    let fake = FakeModel::start(vec![write_state("a", "SEEN\n"), done()]);
+    let ws = workspace(&fake, "budget: { cost_per_day: 0.05 }\n");
+    prompt_loop(&ws, "a", "");
+    prompt_loop(&ws, "b", "");
+    let (_, rec) = trigger(&ws, "a");
+    // A first turn is always made; a second would pass the workspace's $0.05.
+    assert_eq!(rec["outcome"], "budget", "{rec}");
+    assert!(
+        rec["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("budget.cost_per_day")
+            && rec["error"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("loops.yaml"),
+        "{rec}"
+    );
+    // a spent ~$0.06 of the workspace's $0.05: b may not start today either.
+    let (_, b) = trigger(&ws, "b");
+    assert_eq!(b["outcome"], "budget", "{b}");
+    let err = b["error"].as_str().unwrap_or_default();
+    assert!(
+        err.contains("all loops together") && err.contains("loops.yaml"),
+        "{err}"
+    );
+    assert_eq!(fake.request_count(), 1);
+}
+
+#[test]
+fn check_names_the_line_and_the_fix_of_a_bad_budget_pricing_or_adaptive_schedule() {
+    let fake = FakeModel::start(vec![]);
+    let ws = workspace(&fake, "");
+    ws.write(
+        "loops.yaml",
+        "pricing:\n  my-model: { input: 3 }\n  other: { input: -1, output: 2 }\nbudget: { cost_per_day: 0 }\n",
+    );
+    prompt_loop(
+        &ws,
+        "job",
+        "schedule: { every: 10m, adaptive: { min: 3h, max: 2h } }\nbudget: { tokens_per_day: -5, per_week: 3 }\n",
+    );
+    let out = loops(&ws, &["check"]);
+    assert_ne!(out.code, Some(0), "{}", out.all());
+    let all = out.all();
+    for needle in [
+        "loops.yaml:2",
+        "`pricing.my-model` has no `output`",
+        "`pricing.other.input` must be 0 or more",
+        "`budget.cost_per_day` must be more than 0",
+        "domains/job/config.yaml:2:",
+        "domains/job/config.yaml:3:",
+        "`schedule.adaptive.min` must be longer than zero and no longer than `max`",
+        "`budget.tokens_per_day` must be a whole number of tokens, at least 1",
+        "per_week",
+    ] {
+        assert!(all.contains(needle), "missing {needle:?} in\n{all}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Adaptive cadence.
+
+const ADAPTIVE: &str = "schedule: { every: 10m, adaptive: { min: 5m, max: 2h } }\n";
+
+#[test]
+fn an_adaptive_loop_offers_next_check_and_its_choice_is_the_next_slot_once() {
+    let fake = FakeModel::start(vec![finish(
+        json!({"summary": "quiet", "silent": true, "next_check": "45m"}),
+    )]);
+    let ws = workspace(&fake, "");
+    prompt_loop(&ws, "watch", ADAPTIVE);
+    let (out, rec) = trigger(&ws, "watch");
+    assert_eq!(rec["outcome"], "silent", "{rec}\n{}", out.all());
+    // The finish tool the model was offered names the bounds.
+    let req = fake.requests()[0].json();
+    let fin = req["tools"]
+        .as_array()
+        .and_then(|t| t.iter().find(|t| t["function"]["name"] == "finish"))
+        .cloned()
+        .expect("finish offered");
+    assert!(
+        fin["function"]["parameters"]["properties"]["next_check"].is_object(),
+        "{fin}"
+    );
+    assert!(
+        fin["function"]["description"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("between 5m and 2h"),
+        "{fin}"
+    );
+    let finished: chrono::DateTime<chrono::Utc> = rec["finished"]
+        .as_str()
+        .expect("finished")
+        .parse()
+        .expect("time");
+    let chosen: chrono::DateTime<chrono::Utc> = state(&ws, "watch")["next_check"]
+        .as_str()
+        .expect("the next check is kept")
+        .parse()
+        .expect("time");
+    let after = chosen - finished;
+    assert!(
+        (after - chrono::Duration::minutes(45)).num_seconds().abs() <= 2,
+        "45 minutes after the run: {after}"
+    );
+    // `loops next` shows it, in words and in JSON.
+    let next = loops(&ws, &["next", "watch"]);
+    assert!(
+        next.stdout.contains("next check:") && next.stdout.contains("chosen by the model"),
+        "{}",
+        next.all()
+    );
+    let v: Value =
+        serde_json::from_str(&loops(&ws, &["next", "watch", "--json"]).stdout).expect("json");
+    assert_eq!(v["next_check"]["chosen_by"], "model", "{v}");
+    assert_eq!(v["next_check"]["after_last_run"], "45m", "{v}");
+}
+
+#[test]
+fn next_check_is_held_to_the_bounds_and_a_bad_one_is_the_models_to_fix() {
+    let fake = FakeModel::start(vec![
+        finish(json!({"summary": "x", "silent": true, "next_check": "soon"})),
+        finish(json!({"summary": "x", "silent": true, "next_check": "9h"})),
+    ]);
+    let ws = workspace(&fake, "");
+    prompt_loop(&ws, "watch", ADAPTIVE);
+    let (_, rec) = trigger(&ws, "watch");
+    assert_eq!(rec["outcome"], "silent", "{rec}");
+    let told = fake.requests()[1].json()["messages"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|m| m["role"] == "tool")
+        .map(|m| m["content"].as_str().unwrap_or_default().to_string())
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(
+        told.contains("`next_check` \"soon\" is not a duration")
+            && told.contains("between 5m and 2h"),
+        "{told}"
+    );
+    let finished: chrono::DateTime<chrono::Utc> = rec["finished"]
+        .as_str()
+        .expect("finished")
+        .parse()
+        .expect("time");
+    let chosen: chrono::DateTime<chrono::Utc> = state(&ws, "watch")["next_check"]
+        .as_str()
+        .expect("kept")
+        .parse()
+        .expect("time");
+    assert!(
+        ((chosen - finished) - chrono::Duration::hours(2))
+            .num_seconds()
+            .abs()
+            <= 2,
+        "9h is held to the 2h maximum: {}",
+        chosen - finished
+    );
+}
+
+#[test]
+fn a_loop_without_adaptive_is_not_offered_next_check() {
+    let fake = FakeModel::start(vec![finish(
+        json!({"summary": "x", "silent": true, "next_check": "45m"}),
+    )]);
+    let ws = workspace(&fake, "");
+    prompt_loop(&ws, "plain", "schedule: { every: 10m }\n");
+    let (_, rec) = trigger(&ws, "plain");
+    assert_eq!(rec["outcome"], "silent", "{rec}");
+    let req = fake.requests()[0].json();
+    let fin = req["tools"]
+        .as_array()
+        .and_then(|t| t.iter().find(|t| t["function"]["name"] == "finish"))
+        .cloned()
+        .expect("finish offered");
+    assert!(
+        fin["function"]["parameters"]["properties"]["next_check"].is_null(),
+        "{fin}"
+    );
+    assert!(state(&ws, "plain")["next_check"].is_null());
+}
