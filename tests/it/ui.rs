@@ -704,3 +704,68 @@ fn in_a_real_browser_the_ui_goes_live_and_its_actions_work() {
         assert!(screenshots_dir().join(shot).exists(), "{shot} was taken");
     }
 }
+
+#[test]
+fn the_pictures_show_estimated_cost_per_day_and_handoff_wait_times() {
+    let ws = workspace();
+    // Two prompt runs of today, one priced and one whose model has no price, as the
+    // runner records them.
+    let now = chrono::Utc::now();
+    let rec = |id: &str, cost: Option<f64>| {
+        let mut v = serde_json::json!({
+            "loop": "report", "run_id": id, "trigger": "manual", "attempt": 1,
+            "started": now, "finished": now, "duration_ms": 5, "outcome": "acted",
+            "tokens": {"input": 1200, "output": 300, "cache_read": 0, "cache_write": 0},
+            "model": "claude-sonnet-4-5",
+        });
+        if let Some(c) = cost {
+            v["cost_estimate"] = serde_json::json!(c);
+        }
+        v.to_string()
+    };
+    ws.write(
+        ".loops/runs/report.jsonl",
+        &format!(
+            "{}\n{}\n",
+            rec("01JD3K8Q6W0Y7M2C4T5V9XBNRA", Some(0.0081)),
+            rec("01JD3K8Q6W0Y7M2C4T5V9XBNRB", None)
+        ),
+    );
+    // A handoff completed 90 minutes after it was written, and one still waiting.
+    let at = |ago: i64| {
+        (now - chrono::Duration::minutes(ago)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    };
+    let (created, completed) = (at(180), at(90));
+    ws.write(
+        &format!("inbox/done/{}/h-done.md", now.format("%Y-%m")),
+        &format!(
+            "---\nid: h-done\nfrom: report\nto: main\ncreated: {created}\n---\n# The weekly draft\n\nbody\n\n## Completed {completed}\n\nsent\n"
+        ),
+    );
+    ws.write(
+        "inbox/h-open.md",
+        &format!("---\nid: h-open\nfrom: report\nto: main\ncreated: {created}\n---\n# Still waiting\n\nbody\n"),
+    );
+    let ui = start_ui(&ws, &[]);
+    let overview = ui.get("/");
+    assert_eq!(overview.status, StatusCode::OK);
+    assert!(
+        overview.body.contains("3.0k tokens in 7 days")
+            && overview.body.contains("≥ ~$0.0081")
+            && overview.body.contains("never a bill"),
+        "{}",
+        overview.body
+    );
+    let inbox = ui.get("/inbox");
+    assert_eq!(inbox.status, StatusCode::OK);
+    let b = &inbox.body;
+    assert!(b.contains("Wait times"), "{b}");
+    assert!(
+        b.contains("Completed in the last 7 days: 1, median wait 1 h 30 min, slowest 1 h 30 min"),
+        "{b}"
+    );
+    assert!(
+        b.contains("Still waiting (h-open)") && b.contains("and waiting"),
+        "the open one grows to now: {b}"
+    );
+}

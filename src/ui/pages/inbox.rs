@@ -20,6 +20,8 @@ pub(in crate::ui) async fn page(State(app): State<App>) -> Response {
             let now = Utc::now();
             let rows = operator::handoff_rows(&ws, now);
             let body = html! {
+                h2 { "Wait times" }
+                (crate::ui::charts::handoff_waits(&ws, now, 7))
                 @for (stage, title) in [(Stage::Pending, "Pending"), (Stage::Active, "Active"), (Stage::Rejected, "Rejected"), (Stage::Done, "Done (most recent)")] {
                     h2 { (title) }
                     (stage_table(stage, &rows, now))
