@@ -180,7 +180,7 @@ pub async fn execute(
 /// A run's record as it begins: nothing done yet.
 fn starting_record(def: &LoopDef, req: &RunRequest, started: chrono::DateTime<Utc>) -> RunRecord {
     RunRecord {
-        cannot_start: false,
+        permanent_failure: false,
         loop_name: def.name.clone(),
         run_id: req.run_id.clone(),
         trigger: req.trigger.as_str().to_string(),
@@ -338,7 +338,7 @@ fn fill_from_command(
     rec.stdout_dropped = res.stdout_dropped;
     rec.stderr_dropped = res.stderr_dropped;
     rec.error = res.failure_reason(def.timeout);
-    rec.cannot_start = res.spawn_error.is_some();
+    rec.permanent_failure = res.spawn_error.is_some();
     rec.outcome = if res.cancelled {
         Outcome::Interrupted
     } else if res.timed_out {

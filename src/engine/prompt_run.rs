@@ -54,6 +54,9 @@ pub struct PromptOutcome {
     pub exit_code: Option<i32>,
     /// An adaptive loop's model asked to look again this long after the run.
     pub next_check: Option<Duration>,
+    /// The conversation failed as the same request would fail again (a refused request,
+    /// a cut reply): the run is not retried.
+    pub permanent: bool,
     /// The model the run asked for (`model` is what the provider says answered): a
     /// price is looked up by the one, else the other.
     pub asked_model: Option<String>,
@@ -81,6 +84,7 @@ impl PromptOutcome {
             fallbacks: driven.fallbacks.clone(),
             model: Some(run.model(asked)),
             asked_model: Some(asked.model.clone()),
+            permanent: driven.permanent,
             summary: driven.summary(),
             refused: kit.refused.clone(),
             deliveries: kit.deliveries.clone(),
@@ -185,6 +189,7 @@ impl PromptOutcome {
             }
         }
         rec.outcome = outcome;
+        rec.permanent_failure |= self.permanent && outcome == Outcome::Failed;
         rec.error = self.error.map(|e| redactor.redact(&e));
         if note.is_some() {
             rec.note = note.map(|n| redactor.redact(&n));

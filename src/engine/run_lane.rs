@@ -423,10 +423,10 @@ impl LaneRun {
         if let Some(w) = writer {
             let _ = w.await;
         }
-        // A program that could not be started at all is a permanent error: retrying
-        // cannot fix a missing or non-executable file; and a run asked for by hand is
-        // not retried (the person sees its outcome).
-        let permanent = rec.cannot_start || req.trigger == Trigger::Manual;
+        // A permanent failure is not retried: a missing or non-executable program, a
+        // request the provider refused, a reply cut at max_tokens; and a run asked for by
+        // hand is not retried either (the person sees its outcome).
+        let permanent = rec.permanent_failure || req.trigger == Trigger::Manual;
         let store = ctx.store.clone();
         let pause_after = ctx.ws.settings.pause_after_failures;
         let clock = self.clock.clone();

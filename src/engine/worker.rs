@@ -1549,7 +1549,8 @@ async fn run_agent(
         ..Default::default()
     };
     commit_job_writes(cfg, job, &run, tokens, &mut result, &mut tr).await;
-    let end = job_end(run.driven.end, result, &plan, turns, &ctl);
+    let permanent = run.driven.permanent;
+    let end = job_end(run.driven.end, result, &plan, turns, permanent, &ctl);
     note_end(&mut tr, &end);
     (end, tokens)
 }
@@ -1630,6 +1631,7 @@ fn job_end(
     result: JobResult,
     plan: &AgentPlan,
     turns: u32,
+    permanent: bool,
     ctl: &watch::Receiver<Ctl>,
 ) -> RunEnd {
     match end {
@@ -1660,12 +1662,14 @@ fn job_end(
             _ => RunEnd::Cancelled(result),
         },
         End::Paused => RunEnd::Paused,
+        // A refused request or a cut reply fails the same way on the next attempt: the
+        // job ends now, its error naming the setting to change.
         End::Failed(e) => {
             let _ = std::fs::remove_file(&plan.conversation);
             RunEnd::Failed {
                 error: e,
                 result,
-                permanent: false,
+                permanent,
             }
         }
     }

@@ -590,3 +590,177 @@ fn check_refuses_unknown_and_circular_fallbacks() {
         out.all()
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// A failure the same request meets again is not retried, by a loop's retry policy or a
+// job's attempts.
+
+#[test]
+fn an_agent_job_whose_request_does_not_fit_the_context_fails_once_not_max_attempts_times() {
+    let fake = FakeModel::start(vec![
+        llama::context_exceeded(9000, 4096),
+        llama::context_exceeded(9000, 4096),
+        llama::context_exceeded(9000, 4096),
+    ]);
+    let ws = workspace(&format!(
+        "{}defaults: {{ provider: local }}\n",
+        local_openai(&fake, "")
+    ));
+    let out = loops(
+        &ws,
+        &[
+            "jobs",
+            "submit",
+            "agent",
+            "--params",
+            r#"{"prompt": "summarise the notes"}"#,
+            "--max-attempts",
+            "3",
+            "--json",
+        ],
+    );
+    assert_eq!(out.code, Some(0), "{}", out.all());
+    let d = ws.start_daemon();
+    let job = || -> Value {
+        serde_json::from_str(&loops(&ws, &["jobs", "get", "1", "--json"]).stdout)
+            .unwrap_or(Value::Null)
+    };
+    assert!(
+        crate::common::wait_until(LONG, || job()["state"] == "failed"),
+        "{}\n{}",
+        job(),
+        d.log()
+    );
+    let j = job();
+    assert_eq!(
+        j["attempts"], 1,
+        "a permanent failure uses one attempt: {j}"
+    );
+    assert!(
+        j["error"].as_str().unwrap_or_default().contains("context"),
+        "{j}"
+    );
+    assert_eq!(fake.request_count(), 1, "never asked again");
+}
+
+#[test]
+fn a_scheduled_run_whose_reply_is_cut_is_not_retried_by_its_retry_policy() {
+    let fake = FakeModel::start(vec![
+        llama::cut_text(),
+        llama::cut_text(),
+        llama::cut_text(),
+    ]);
+    let ws = workspace(&local_openai(&fake, ""));
+    let at = (chrono::Utc::now() + chrono::Duration::seconds(3))
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    ws.add_loop(
+        "once",
+        &format!(
+            "schedule: {{ at: \"{at}\" }}\nretry: {{ max_attempts: 3, delay: 1s }}\npayload: {{ kind: prompt }}\n"
+        ),
+    );
+    ws.write("domains/once/prompt.md", "Say something long.\n");
+    git_commit_all(ws.path(), "loop once");
+    let d = ws.start_daemon();
+    assert!(
+        crate::common::wait_until(LONG, || !ws.runs("once").is_empty()),
+        "{}",
+        d.log()
+    );
+    // Long enough for two retries a second apart, had there been any.
+    std::thread::sleep(Duration::from_secs(4));
+    let runs = ws.runs("once");
+    assert_eq!(runs.len(), 1, "{runs:?}\n{}", d.log());
+    assert_eq!(runs[0]["outcome"], "failed");
+    assert!(
+        error(&runs[0]).contains("raise providers.local.max_tokens"),
+        "{}",
+        runs[0]
+    );
+    assert_eq!(fake.request_count(), 1);
+    let state: Value = serde_json::from_str(
+        &std::fs::read_to_string(ws.path().join(".loops/state/once.json")).expect("state"),
+    )
+    .expect("json");
+    assert!(state["pending_retry"].is_null(), "{state}");
+}
+
+// ---------------------------------------------------------------------------------------
+// Extended thinking on the Anthropic wire: the thinking block goes back as it came.
+
+/// The assistant turn of the second request, as sent.
+fn second_assistant_turn(fake: &FakeModel) -> Value {
+    let reqs = fake.requests();
+    assert!(reqs.len() >= 2, "{} requests", reqs.len());
+    reqs[1].json()["messages"]
+        .as_array()
+        .and_then(|m| m.iter().find(|m| m["role"] == "assistant"))
+        .cloned()
+        .expect("an assistant turn")
+}
+
+#[test]
+fn a_thinking_block_and_its_signature_are_sent_back_with_the_tool_result() {
+    for streamed in [false, true] {
+        let first = if streamed {
+            anthropic::stream_thinking_tool_use(
+                &["The note ", "needs a line."],
+                "sig-EqQBCgIYAhIM",
+                (
+                    "toolu_1",
+                    "write_file",
+                    r#"{"path": "drafts/job/x.md", "content": "hello"}"#,
+                ),
+                (40, 30, 0, 0),
+            )
+        } else {
+            anthropic::thinking_tool_use(
+                "The note needs a line.",
+                "sig-EqQBCgIYAhIM",
+                (
+                    "toolu_1",
+                    "write_file",
+                    json!({"path": "drafts/job/x.md", "content": "hello"}),
+                ),
+                (40, 30, 0, 0),
+            )
+        };
+        let fake = FakeModel::start(vec![
+            first,
+            anthropic::tool_use(
+                &[(
+                    "toolu_2",
+                    "finish",
+                    json!({"summary": "wrote it", "silent": false}),
+                )],
+                (60, 10, 0, 0),
+            ),
+        ]);
+        let ws = workspace(&format!(
+            "providers:\n  local: {{ kind: anthropic, base_url: \"{}\", model: claude-sonnet-4-5, max_tokens: 4096, thinking_budget: 1024 }}\n",
+            fake.url()
+        ));
+        prompt_loop(&ws, "job", "");
+        let (out, rec) = trigger(&ws, "job");
+        assert_eq!(
+            rec["outcome"],
+            "acted",
+            "streamed {streamed}: {rec}\n{}",
+            out.all()
+        );
+        let turn = second_assistant_turn(&fake);
+        let content = turn["content"].as_array().cloned().unwrap_or_default();
+        assert_eq!(
+            content.first(),
+            Some(
+                &json!({"type": "thinking", "thinking": "The note needs a line.", "signature": "sig-EqQBCgIYAhIM"})
+            ),
+            "streamed {streamed}: the thinking block first, as it came: {turn}"
+        );
+        assert_eq!(content[1]["type"], "tool_use", "{turn}");
+        assert!(
+            transcript(&ws, &rec).contains("### Thinking"),
+            "the transcript shows the reasoning"
+        );
+    }
+}

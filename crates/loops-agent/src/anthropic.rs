@@ -81,6 +81,13 @@ enum WireBlock<'a> {
         content: &'a str,
         is_error: bool,
     },
+    Thinking {
+        thinking: &'a str,
+        signature: &'a str,
+    },
+    RedactedThinking {
+        data: &'a str,
+    },
 }
 
 fn wire_message(m: &Message) -> WireMessage<'_> {
@@ -107,6 +114,14 @@ fn wire_message(m: &Message) -> WireMessage<'_> {
                 content,
                 is_error: *is_error,
             },
+            Block::Thinking {
+                thinking,
+                signature,
+            } => WireBlock::Thinking {
+                thinking,
+                signature,
+            },
+            Block::RedactedThinking { data } => WireBlock::RedactedThinking { data },
         })
         .collect();
     WireMessage { role, content }
@@ -202,7 +217,18 @@ pub fn parse_reply(body: &[u8]) -> Result<ModelReply, String> {
                         .unwrap_or(Value::Object(Default::default())),
                 });
             }
-            // Thinking and server-tool blocks are the provider's business, not the loop's.
+            Some("thinking") => {
+                let text = |k: &str| b.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+                content.push(Block::Thinking {
+                    thinking: text("thinking"),
+                    signature: text("signature"),
+                });
+            }
+            Some("redacted_thinking") => {
+                let data = b.get("data").and_then(Value::as_str).unwrap_or("");
+                content.push(Block::RedactedThinking { data: data.into() });
+            }
+            // Server-tool blocks are the provider's business, not the loop's.
             Some(_) => {}
             None => return Err(format!("content[{i}] has no `type`")),
         }
@@ -298,8 +324,19 @@ impl Stream {
             return;
         };
         let d = v.get("delta");
+        if let Some(sig) = d.and_then(|d| d.get("signature")).and_then(Value::as_str) {
+            // signature_delta: the whole signature of a thinking block, once, at its end.
+            if let Some(o) = block.0.as_object_mut() {
+                o.insert("signature".into(), Value::String(sig.to_string()));
+            }
+            return;
+        }
         let piece = d
-            .and_then(|d| d.get("text").or_else(|| d.get("partial_json")))
+            .and_then(|d| {
+                d.get("text")
+                    .or_else(|| d.get("partial_json"))
+                    .or_else(|| d.get("thinking"))
+            })
             .and_then(Value::as_str);
         if let Some(p) = piece {
             block.1.push_str(p);
@@ -350,6 +387,7 @@ impl Stream {
             .map(|(mut b, added)| {
                 match b.get("type").and_then(Value::as_str) {
                     Some("text") => b["text"] = Value::String(added),
+                    Some("thinking") => b["thinking"] = Value::String(added),
                     Some("tool_use") if !added.trim().is_empty() => {
                         // Input cut short stays as written, never run (see run.rs).
                         b["input"] = serde_json::from_str::<Value>(&added)

@@ -32,6 +32,18 @@ pub enum Block {
         #[serde(default)]
         is_error: bool,
     },
+    /// The model's reasoning before it answered (Anthropic's extended thinking). Sent
+    /// back as it came, signature and all: the API refuses a tool result that follows a
+    /// thinking turn without it. Other wire formats leave it out.
+    Thinking {
+        thinking: String,
+        #[serde(default)]
+        signature: String,
+    },
+    /// Reasoning the provider keeps encrypted; sent back as it came, like `Thinking`.
+    RedactedThinking {
+        data: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

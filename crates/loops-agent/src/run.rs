@@ -102,6 +102,11 @@ pub struct Driven {
     pub overflow: Option<Overflow>,
     /// Replies in a row cut at `max_tokens` in the middle of tool calls.
     pub cut_in_a_row: u32,
+    /// The conversation failed in a way the same request would fail again: the provider
+    /// refused it (context length, invalid request, auth, not found), or the reply was cut
+    /// at `max_tokens`, filtered or refused. A retry of the run or job cannot help; the
+    /// setting the message names can.
+    pub permanent: bool,
 }
 
 /// A prompt too long for the model's context, as the provider said.
@@ -154,6 +159,7 @@ pub async fn drive(mut d: Drive<'_>, kit: &mut ToolKit, tr: &mut Transcript) -> 
         fallbacks: Vec::new(),
         overflow: None,
         cut_in_a_row: 0,
+        permanent: false,
     };
     tr.system(d.system, kit.specs());
     if let Some(last) = out.messages.last() {
@@ -318,6 +324,7 @@ impl<'a> Drive<'a> {
                 turn: out.turns + 1,
             });
         }
+        out.permanent = matches!(e, ProviderError::Rejected { .. });
         let msg = e.to_string();
         tr.note(&format!("provider error: {msg}"));
         End::Failed(msg)
@@ -372,6 +379,7 @@ impl<'a> Drive<'a> {
             content: reply.content,
         });
         if let Some(end) = self.stopped_short(&stop, &text, calls.is_empty(), out) {
+            out.permanent = true;
             self.after_turn(out, &turn_usage, None);
             return Some(end);
         }

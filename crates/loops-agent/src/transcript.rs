@@ -160,6 +160,16 @@ impl Transcript {
                         "### Tool call `{name}` ({id})\n\n```json\n{args}\n```\n\n"
                     ));
                 }
+                Block::Thinking { thinking, .. } => {
+                    s.push_str("### Thinking\n\n");
+                    s.push_str(&fence(thinking));
+                }
+                Block::RedactedThinking { data } => {
+                    s.push_str(&format!(
+                        "### Thinking (redacted by the provider, {} bytes)\n\n",
+                        data.len()
+                    ));
+                }
                 Block::ToolResult {
                     tool_use_id,
                     content,

@@ -81,11 +81,12 @@ impl std::fmt::Display for Outcome {
 pub struct RunRecord {
     #[serde(rename = "loop")]
     pub loop_name: String,
-    /// The payload's program could not be started at all (not found, not executable): a
-    /// permanent failure, which retrying cannot fix. Known to the process that ran it; not
-    /// part of the record on disk.
+    /// A failure retrying cannot fix: the payload's program could not be started at all
+    /// (not found, not executable), or the model's provider refused the request or cut
+    /// the reply (the same request fails the same way). Known to the process that ran
+    /// it; not part of the record on disk.
     #[serde(skip)]
-    pub cannot_start: bool,
+    pub permanent_failure: bool,
     pub run_id: String,
     /// schedule | catch-up | retry | manual | once
     pub trigger: String,
@@ -217,7 +218,7 @@ impl RunRecord {
     ) -> Self {
         RunRecord {
             loop_name: loop_name.to_string(),
-            cannot_start: false,
+            permanent_failure: false,
             run_id: new_run_id(),
             trigger: trigger.to_string(),
             slot,

@@ -448,6 +448,54 @@ pub mod anthropic {
         Reply::sse(events)
     }
 
+    /// A reply with extended thinking before its tool use, as the Messages API answers
+    /// with `thinking` enabled: a `thinking` block with its signature, then the call.
+    pub fn thinking_tool_use(
+        thinking: &str,
+        signature: &str,
+        call: (&str, &str, Value),
+        usage: (u64, u64, u64, u64),
+    ) -> Reply {
+        let (id, name, input) = call;
+        message(
+            vec![
+                json!({"type": "thinking", "thinking": thinking, "signature": signature}),
+                json!({"type": "tool_use", "id": id, "name": name, "input": input}),
+            ],
+            "tool_use",
+            usage,
+        )
+    }
+
+    /// The same streamed: `thinking_delta`s, then one `signature_delta`, then the tool
+    /// use's `input_json_delta`.
+    pub fn stream_thinking_tool_use(
+        thinking: &[&str],
+        signature: &str,
+        call: (&str, &str, &str),
+        usage: (u64, u64, u64, u64),
+    ) -> Reply {
+        let (id, name, input) = call;
+        let mut events = vec![start(usage)];
+        events.push(ev("content_block_start", json!({"type": "content_block_start", "index": 0, "content_block": {"type": "thinking", "thinking": ""}})));
+        for p in thinking {
+            events.push(ev("content_block_delta", json!({"type": "content_block_delta", "index": 0, "delta": {"type": "thinking_delta", "thinking": p}})));
+        }
+        events.push(ev("content_block_delta", json!({"type": "content_block_delta", "index": 0, "delta": {"type": "signature_delta", "signature": signature}})));
+        events.push(ev(
+            "content_block_stop",
+            json!({"type": "content_block_stop", "index": 0}),
+        ));
+        events.push(ev("content_block_start", json!({"type": "content_block_start", "index": 1, "content_block": {"type": "tool_use", "id": id, "name": name, "input": {}}})));
+        events.push(ev("content_block_delta", json!({"type": "content_block_delta", "index": 1, "delta": {"type": "input_json_delta", "partial_json": input}})));
+        events.push(ev(
+            "content_block_stop",
+            json!({"type": "content_block_stop", "index": 1}),
+        ));
+        events.extend(end("tool_use", usage.1));
+        Reply::sse(events)
+    }
+
     /// An `error` event in the middle of a stream, as the API sends when overloaded.
     pub fn stream_error_event(kind: &str, msg: &str) -> (Option<&'static str>, String) {
         ev(
