@@ -764,3 +764,88 @@ fn a_thinking_block_and_its_signature_are_sent_back_with_the_tool_result() {
         );
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// `stream: false`, for a server that refuses streaming.
+
+#[test]
+fn stream_false_asks_for_whole_replies_and_a_slow_one_is_not_cut_by_the_idle_timeout() {
+    for kind in ["openai", "anthropic"] {
+        let (first, last) = if kind == "openai" {
+            (
+                loops_testutil::fake_model::slow(
+                    openai::tool_calls(
+                        &[(
+                            "w1",
+                            "write_file",
+                            json!({"path": "drafts/job/x.md", "content": "hello"}),
+                        )],
+                        (50, 5, 0),
+                    ),
+                    Duration::from_millis(2500),
+                ),
+                finish_call("wrote it"),
+            )
+        } else {
+            (
+                loops_testutil::fake_model::slow(
+                    anthropic::tool_use(
+                        &[(
+                            "w1",
+                            "write_file",
+                            json!({"path": "drafts/job/x.md", "content": "hello"}),
+                        )],
+                        (50, 5, 0, 0),
+                    ),
+                    Duration::from_millis(2500),
+                ),
+                anthropic::tool_use(
+                    &[(
+                        "f1",
+                        "finish",
+                        json!({"summary": "wrote it", "silent": false}),
+                    )],
+                    (50, 5, 0, 0),
+                ),
+            )
+        };
+        let fake = FakeModel::start(vec![first, last]);
+        let base = if kind == "openai" {
+            format!("{}/v1", fake.url())
+        } else {
+            fake.url()
+        };
+        let ws = workspace(&format!(
+            "providers:\n  local: {{ kind: {kind}, base_url: \"{base}\", model: m, max_tokens: 600, stream: false, idle_timeout: 1s, max_retries: 0 }}\n"
+        ));
+        prompt_loop(&ws, "job", "");
+        let (out, rec) = trigger(&ws, "job");
+        assert_eq!(rec["outcome"], "acted", "{kind}: {rec}\n{}", out.all());
+        let reqs = fake.requests();
+        assert_eq!(
+            reqs.len(),
+            2,
+            "{kind}: the slow reply was waited for, not retried"
+        );
+        for r in &reqs {
+            let body = r.json();
+            assert_eq!(body["stream"], false, "{kind}: {body}");
+            assert!(body.get("stream_options").is_none(), "{kind}: {body}");
+        }
+    }
+}
+
+#[test]
+fn check_refuses_a_stream_that_is_not_a_boolean() {
+    let ws = workspace(
+        "providers:\n  local: { kind: openai, base_url: \"http://127.0.0.1:9/v1\", model: m, stream: sometimes }\n",
+    );
+    let out = loops(&ws, &["check"]);
+    assert_ne!(out.code, Some(0), "{}", out.all());
+    assert!(
+        out.all()
+            .contains("providers.local.stream must be true or false"),
+        "{}",
+        out.all()
+    );
+}

@@ -23,8 +23,8 @@ pub fn endpoint(base_url: &str) -> String {
 struct Body<'a> {
     model: &'a str,
     max_tokens: u32,
-    /// Always streamed: a reply that keeps coming is never cut by a timeout, and the
-    /// tokens of one that stalls are known (see `provider.rs`).
+    /// Streamed unless `providers.X.stream: false`: a reply that keeps coming is never
+    /// cut by a timeout, and the tokens of one that stalls are known (see `provider.rs`).
     stream: bool,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     tools: Vec<Tool<'a>>,
@@ -129,12 +129,17 @@ fn wire_message(m: &Message) -> WireMessage<'_> {
 
 /// The exact bytes sent.
 pub fn request_body(req: &ModelRequest<'_>) -> Vec<u8> {
+    request_body_streamed(req, true)
+}
+
+/// The bytes sent, asking for a streamed reply or (`stream: false`) a whole one.
+pub fn request_body_streamed(req: &ModelRequest<'_>, stream: bool) -> Vec<u8> {
     let cached = req.system.iter().any(|p| p.cache);
     let last_tool = req.tools.len().checked_sub(1);
     let body = Body {
         model: req.model,
         max_tokens: req.max_tokens,
-        stream: true,
+        stream,
         tools: req
             .tools
             .iter()

@@ -17,10 +17,11 @@ pub fn endpoint(base_url: &str) -> String {
 struct Body<'a> {
     model: &'a str,
     max_tokens: u32,
-    /// Always streamed: a reply that keeps coming is never cut by a timeout, and the
-    /// tokens of one that stalls are known (see `provider.rs`).
+    /// Streamed unless `providers.X.stream: false`: a reply that keeps coming is never
+    /// cut by a timeout, and the tokens of one that stalls are known (see `provider.rs`).
     stream: bool,
-    stream_options: StreamOptions,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stream_options: Option<StreamOptions>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     tools: Vec<Tool<'a>>,
     messages: Vec<WireMessage<'a>>,
@@ -151,6 +152,11 @@ fn push_message<'a>(out: &mut Vec<WireMessage<'a>>, m: &'a Message) {
 
 /// The exact bytes sent.
 pub fn request_body(req: &ModelRequest<'_>) -> Vec<u8> {
+    request_body_streamed(req, true)
+}
+
+/// The bytes sent, asking for a streamed reply or (`stream: false`) a whole one.
+pub fn request_body_streamed(req: &ModelRequest<'_>, stream: bool) -> Vec<u8> {
     let mut messages = Vec::with_capacity(req.messages.len() + 1);
     if !req.system.is_empty() {
         let parts: Vec<&str> = req.system.iter().map(|p| p.text.as_str()).collect();
@@ -162,10 +168,10 @@ pub fn request_body(req: &ModelRequest<'_>) -> Vec<u8> {
     let body = Body {
         model: req.model,
         max_tokens: req.max_tokens,
-        stream: true,
-        stream_options: StreamOptions {
+        stream,
+        stream_options: stream.then_some(StreamOptions {
             include_usage: true,
-        },
+        }),
         tools: req
             .tools
             .iter()

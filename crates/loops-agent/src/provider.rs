@@ -94,9 +94,14 @@ pub struct Completion {
 
 /// The bytes a request would send (empty for `kind: command`, which has no wire format).
 pub fn request_body(kind: ProviderKind, req: &ModelRequest<'_>) -> Vec<u8> {
+    request_body_streamed(kind, req, true)
+}
+
+/// [`request_body`], streamed or not (`providers.X.stream`).
+pub fn request_body_streamed(kind: ProviderKind, req: &ModelRequest<'_>, stream: bool) -> Vec<u8> {
     match kind {
-        ProviderKind::Anthropic => anthropic::request_body(req),
-        ProviderKind::OpenAi => openai::request_body(req),
+        ProviderKind::Anthropic => anthropic::request_body_streamed(req, stream),
+        ProviderKind::OpenAi => openai::request_body_streamed(req, stream),
         ProviderKind::Command => Vec::new(),
     }
 }
@@ -257,7 +262,7 @@ impl HttpProvider {
         deadline: Instant,
         lost: &mut Usage,
     ) -> Result<Completion, ProviderError> {
-        let body = request_body(self.cfg.kind, req);
+        let body = request_body_streamed(self.cfg.kind, req, self.cfg.stream);
         let request_bytes = body.len();
         let mut lost_here = Usage::default();
         let mut attempts = 0u32;
@@ -276,14 +281,18 @@ impl HttpProvider {
             if now >= deadline {
                 return Err(self.deadline(last));
             }
-            let bounds = Bounds {
-                idle: self.cfg.idle_timeout,
-                total: self
-                    .cfg
-                    .request_timeout
-                    .unwrap_or(Duration::MAX)
-                    .min(deadline - now),
+            let total = self
+                .cfg
+                .request_timeout
+                .unwrap_or(Duration::MAX)
+                .min(deadline - now);
+            // A whole reply sends nothing until it is done: only the total bounds it.
+            let idle = if self.cfg.stream {
+                self.cfg.idle_timeout
+            } else {
+                total
             };
+            let bounds = Bounds { idle, total };
             attempts += 1;
             let started = Instant::now();
             let outcome = self.attempt(body.clone(), key.as_deref(), bounds).await;

@@ -278,8 +278,10 @@ impl<'a> Drive<'a> {
                         continue;
                     }
                     out.usage.add(&lost);
-                    let bytes =
-                        super::provider::request_body(route.provider.config().kind, &req).len();
+                    let bytes = {
+                        let cfg = route.provider.config();
+                        super::provider::request_body_streamed(cfg.kind, &req, cfg.stream).len()
+                    };
                     return Err(self.failed(e, out, tr, bytes));
                 }
             }

@@ -57,6 +57,9 @@ pub struct ProviderConfig {
     /// between two pieces of a streamed reply) before the attempt counts as stalled: a
     /// long generation that keeps streaming is never cut.
     pub idle_timeout: Duration,
+    /// Ask for a streamed reply (SSE). `stream: false` for a server that refuses
+    /// streaming: the reply comes whole, bounded by `timeout` and the run's own.
+    pub stream: bool,
     /// `timeout:` / `request_timeout:`: a cap on one attempt's whole time, when written.
     /// Unset by default: the run's own `timeout:` bounds a turn.
     pub request_timeout: Option<Duration>,
@@ -142,6 +145,7 @@ const PROVIDER_KEYS: &[&str] = &[
     "timeout",
     "request_timeout",
     "idle_timeout",
+    "stream",
     "max_retries",
     "fallback",
     "default_model",
@@ -327,6 +331,7 @@ struct ProviderYaml {
     timeout: Field<String>,
     request_timeout: Field<String>,
     idle_timeout: Field<String>,
+    stream: Field<bool>,
     max_retries: Field<Whole<0, 100>>,
     fallback: Field<List<NonEmpty>>,
     default_model: Field<NonEmpty>,
@@ -379,6 +384,7 @@ fn provider_defaults(name: &str, kind: ProviderKind) -> ProviderConfig {
         model: (kind == ProviderKind::Anthropic).then(|| DEFAULT_ANTHROPIC_MODEL.to_string()),
         max_tokens: 4096,
         idle_timeout: DEFAULT_IDLE_TIMEOUT,
+        stream: true,
         request_timeout: None,
         max_retries: DEFAULT_MAX_RETRIES,
         fallback: Vec::new(),
@@ -448,6 +454,14 @@ fn read_provider(sec: &mut Section, name: &str, y: ProviderYaml, p: &mut Provide
         }
     }
     read_timeouts(sec, name, y.timeout, y.request_timeout, y.idle_timeout, p);
+    if let Some(b) = sec.take(
+        "stream",
+        y.stream,
+        format!("providers.{name}.stream must be true or false"),
+        "stream: false asks for whole replies, for a server that refuses streaming",
+    ) {
+        p.stream = b;
+    }
     if let Some(n) = sec.take(
         "max_retries",
         y.max_retries,
