@@ -158,7 +158,7 @@ pub struct LoopRow {
     pub paused: Option<Pause>,
     pub errors: Vec<Diagnostic>,
     /// What the loop spent since the UTC day began (tokens, estimated cost).
-    pub spent_today: loops_core::budget::Spend,
+    pub spent_today: loops_core::spend::Spend,
 }
 
 impl LoopRow {
@@ -225,7 +225,7 @@ fn loop_row(
         consecutive_failures: state.map(|s| s.consecutive_failures).unwrap_or(0),
         paused: state.and_then(|s| s.paused.clone()),
         errors: e.errors().cloned().collect(),
-        spent_today: loops_core::budget::spent_today(
+        spent_today: loops_core::spend::spent_today(
             &loops_core::runs::RunLog::new(&ws.layout().runs_dir(), u64::MAX),
             &e.name,
             now,

@@ -320,7 +320,7 @@ fn list(ws: &Workspace, json: bool) -> Result {
         "LAST",
         "STATUS",
     ];
-    let rows = with_spend(&mut header, rows, &loops);
+    let rows = super::output::with_spend(&mut header, rows, &loops);
     let wide = table(&header, &rows);
     let width = super::output::width();
     if super::output::widest(&wide) <= width {
@@ -335,32 +335,9 @@ fn list(ws: &Workspace, json: bool) -> Result {
         .map(|l| compact_list_row(l, &local, now))
         .collect();
     let mut header = vec!["LOOP", "KIND", "SCHEDULE", &next_header, "LAST", "STATUS"];
-    let rows = with_spend(&mut header, rows, &loops);
+    let rows = super::output::with_spend(&mut header, rows, &loops);
     print!("{}", table_fit(&header, &rows, width));
     Ok(())
-}
-
-/// A `TODAY (ESTIMATE)` column before the status, when any loop spent tokens today:
-/// what each spent since the UTC day began (`loops list --json` has it as numbers).
-pub(super) fn with_spend(
-    header: &mut Vec<&str>,
-    mut rows: Vec<Vec<String>>,
-    loops: &[operator::LoopRow],
-) -> Vec<Vec<String>> {
-    if loops.iter().all(|l| l.spent_today.tokens == 0) {
-        return rows;
-    }
-    let at = header.len().saturating_sub(1);
-    header.insert(at, "TODAY (ESTIMATE)");
-    for (row, l) in rows.iter_mut().zip(loops) {
-        let spent = if l.spent_today.tokens == 0 {
-            "-".to_string()
-        } else {
-            l.spent_today.describe()
-        };
-        row.insert(at.min(row.len()), spent);
-    }
-    rows
 }
 
 /// One line of the narrow `loops list` table.

@@ -228,6 +228,29 @@ pub(super) fn stop_on_signal() -> tokio::sync::watch::Receiver<bool> {
     rx
 }
 
+/// A `TODAY (ESTIMATE)` column before the status, when any loop spent tokens today:
+/// what each spent since the UTC day began (`loops list --json` has it as numbers).
+pub(super) fn with_spend(
+    header: &mut Vec<&str>,
+    mut rows: Vec<Vec<String>>,
+    loops: &[crate::operator::LoopRow],
+) -> Vec<Vec<String>> {
+    if loops.iter().all(|l| l.spent_today.tokens == 0) {
+        return rows;
+    }
+    let at = header.len().saturating_sub(1);
+    header.insert(at, "TODAY (ESTIMATE)");
+    for (row, l) in rows.iter_mut().zip(loops) {
+        let spent = if l.spent_today.tokens == 0 {
+            "-".to_string()
+        } else {
+            l.spent_today.describe()
+        };
+        row.insert(at.min(row.len()), spent);
+    }
+    rows
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

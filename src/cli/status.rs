@@ -497,7 +497,7 @@ impl<'a> Snapshot<'a> {
             })
             .collect();
         let mut header = vec!["LOOP", "NEXT", "LAST", "STATUS"];
-        let rows = super::commands::with_spend(&mut header, rows, &self.loops);
+        let rows = super::output::with_spend(&mut header, rows, &self.loops);
         table(&header, &rows)
     }
 

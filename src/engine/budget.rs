@@ -8,9 +8,10 @@ use crate::engine::run_context::RunContext;
 use chrono::{DateTime, Utc};
 use loops_agent::model::{Message, Usage};
 use loops_agent::run::{BeforeTurn, TurnHooks};
-use loops_core::budget::{self, Budget, Spend};
+use loops_core::budget::{self, Budget};
 use loops_core::domain::LoopDef;
 use loops_core::pricing::Pricing;
+use loops_core::spend::{self, Spend};
 use loops_core::workspace::{Settings, Workspace};
 
 /// The estimated cost of `usage` on `model` of `provider` (a local server costs nothing);
@@ -41,8 +42,8 @@ pub fn cost_of(
 pub fn spent(ctx: &RunContext, loop_name: &str, now: DateTime<Utc>) -> (Spend, Spend) {
     let runs_dir = ctx.ws.layout().runs_dir();
     (
-        budget::spent_today(&ctx.runlog, loop_name, now),
-        budget::workspace_spent_today(&ctx.runlog, &runs_dir, now),
+        spend::spent_today(&ctx.runlog, loop_name, now),
+        spend::workspace_spent_today(&ctx.runlog, &runs_dir, now),
     )
 }
 
@@ -54,15 +55,13 @@ pub fn over_today(ctx: &RunContext, def: &LoopDef, now: DateTime<Utc>) -> Option
         return None;
     }
     let (mine, all) = spent(ctx, &def.name, now);
-    if let Some(why) = def.budget.over_daily(&mine) {
+    if let Some(why) = spend::over_daily(&def.budget, &mine) {
         return Some(format!(
             "`{}`: {why} (domains/{}/config.yaml)",
             def.name, def.name
         ));
     }
-    ws_budget
-        .over_daily(&all)
-        .map(|why| format!("all loops together: {why} (loops.yaml)"))
+    spend::over_daily(ws_budget, &all).map(|why| format!("all loops together: {why} (loops.yaml)"))
 }
 
 /// Why a loop held for its daily budget may not start now, in words, with the ways out.
@@ -206,7 +205,11 @@ impl RunBudget {
         };
         let s = &ctx.ws.settings;
         Some(RunBudget {
-            per_run: def.budget.tokens_per_run,
+            // loops.yaml's is every run's cap; a loop's own can only be tighter.
+            per_run: [def.budget.tokens_per_run, ws_budget.tokens_per_run]
+                .into_iter()
+                .flatten()
+                .min(),
             tokens_left: min_u(t1, t2),
             cost_left: min_f(c1, c2),
             pricing: s.pricing.clone(),
@@ -223,8 +226,8 @@ impl RunBudget {
 
     /// Why the next turn may not be made, if it may not.
     fn verdict(&self) -> Option<Stop> {
-        let used = budget::total(&self.used);
-        let next = used + budget::total(&self.last);
+        let used = spend::total(&self.used);
+        let next = used + spend::total(&self.last);
         if let Some(l) = self.per_run.filter(|l| next > *l) {
             return Some(Stop {
                 why: format!(

@@ -470,3 +470,24 @@ fn a_loop_without_adaptive_is_not_offered_next_check() {
     );
     assert!(state(&ws, "plain")["next_check"].is_null());
 }
+
+#[test]
+fn the_workspace_tokens_per_run_caps_every_run() {
+    let fake = FakeModel::start(vec![
+        write_state("job", "ONE\n"),
+        write_state("job", "TWO\n"),
+        done(),
+    ]);
+    let ws = workspace(&fake, "budget: { tokens_per_run: 100 }\n");
+    prompt_loop(&ws, "job", "");
+    let (_, rec) = trigger(&ws, "job");
+    assert_eq!(rec["outcome"], "budget", "{rec}");
+    assert!(
+        rec["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("budget.tokens_per_run 100"),
+        "{rec}"
+    );
+    assert_eq!(fake.request_count(), 1);
+}

@@ -51,6 +51,7 @@ pub mod runs;
 pub mod schedule;
 pub mod secrets;
 pub mod snapshot;
+pub mod spend;
 pub mod state;
 pub mod sys;
 pub mod text;
