@@ -497,8 +497,12 @@ fn a_retried_scheduled_run_posts_its_message_once() {
             )],
             U,
         ),
-        // The run then fails: the provider refuses (a permanent error for this turn).
-        anthropic::error(400, "the run fails after posting"),
+        // The run then fails: the provider keeps failing (500, past its retries): a
+        // transient failure, so the slot is retried. (A 400 would not be: the same
+        // request would be refused again.)
+        loops_testutil::fake_model::server_error(),
+        loops_testutil::fake_model::server_error(),
+        loops_testutil::fake_model::server_error(),
         // The retry of the same slot says the same thing again, then finishes.
         anthropic::tool_use(
             &[(
@@ -553,7 +557,7 @@ fn a_retried_scheduled_run_posts_its_message_once() {
     assert_eq!(runs[1]["deliveries"][0]["status"], "duplicate", "{runs:?}");
     // The model was told the second post was not sent again.
     let reqs = model.requests();
-    let told = String::from_utf8_lossy(&reqs[3].body).into_owned();
+    let told = String::from_utf8_lossy(&reqs.last().expect("requests").body).into_owned();
     assert!(told.contains("not sent again"), "{told}");
     std::thread::sleep(Duration::from_millis(200));
     assert_eq!(rx.requests().len(), 1, "the message was posted twice");

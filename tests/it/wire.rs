@@ -476,6 +476,10 @@ fn the_main_session_trims_its_conversation_to_the_context_and_learns_it() {
         serde_json::from_str(&std::fs::read_to_string(&conv).expect("saved")).expect("json");
     let fit = saved["fit_bytes"].as_u64().expect("the limit is learned");
     assert!(fit > 0 && (fit as usize) < first.len(), "{fit}");
+    // The wake's record has its estimated cost like a loop's run (a local server's
+    // unpriced model: $0), so it counts in the workspace's spend.
+    let wake = ws.runs("main").last().cloned().expect("the wake's record");
+    assert_eq!(wake["cost_estimate"].as_f64(), Some(0.0), "{wake}");
 }
 
 // ---------------------------------------------------------------------------------------
