@@ -88,6 +88,7 @@ fn schedule(when: When, tz: Tz, jitter: Duration) -> Schedule {
     let offset = loops_core::schedule::jitter_offset("fuzz-loop", jitter);
     Schedule {
         starting_deadline: Schedule::default_deadline(&when),
+        adaptive: None,
         when,
         tz,
         tz_source: TzSource::Loop,
