@@ -225,12 +225,11 @@ pub async fn run(ws: Workspace, opts: DaemonOptions) -> Result<Summary, DaemonEr
         // Runs triggered while no daemon served (or while this one started).
         d.take_submitted();
     }
+    // loops.yaml `ui:`: the web view in this process too (src/ui/), following edits of
+    // loops.yaml; dropped with the daemon.
+    let _ui = (!opts.once).then(|| crate::ui::follow_daemon_settings(live_rx.clone()));
     let worker = d.start_job_worker(&opts, live_rx);
     let _watcher = d.start_watching();
-    // loops.yaml `ui:`: the web view in this process too (src/ui/); dropped with the daemon.
-    let _ui = (!opts.once)
-        .then(|| crate::ui::start_with_daemon(d.ws.clone()))
-        .flatten();
     let reason = if opts.once {
         d.run_once(&opts, &mut inputs, &worker).await;
         "once: done"

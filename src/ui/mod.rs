@@ -84,13 +84,53 @@ pub async fn serve(
 
 /// The UI server a daemon runs (loops.yaml `ui:`); dropping it stops the server.
 pub struct DaemonUi {
-    task: tokio::task::JoinHandle<()>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl DaemonUi {
+    /// Stops the server and waits until it has let go of its listener.
+    async fn stop(mut self) {
+        if let Some(t) = self.task.take() {
+            t.abort();
+            let _ = t.await;
+        }
+    }
 }
 
 impl Drop for DaemonUi {
     fn drop(&mut self) {
-        self.task.abort();
+        if let Some(t) = &self.task {
+            t.abort();
+        }
     }
+}
+
+/// The UI a daemon's loops.yaml asks for, following its edits as the rest of loops.yaml
+/// is followed: `ui:` added starts it, its address changed moves it, removed stops it.
+/// `live` carries each settings the daemon took (a rejected edit never arrives).
+pub fn follow_daemon_settings(mut live: tokio::sync::watch::Receiver<Arc<Workspace>>) -> DaemonUi {
+    let task = tokio::spawn(async move {
+        let mut serving: Option<(loops_core::workspace::UiSettings, DaemonUi)> = None;
+        loop {
+            let ws = live.borrow_and_update().clone();
+            let wanted = ws.settings.ui.clone();
+            if serving.as_ref().map(|(u, _)| u) != wanted.as_ref() {
+                if let Some((old, ui)) = serving.take() {
+                    // Aborted and awaited: its port is free before another may take it.
+                    ui.stop().await;
+                    tracing::info!(
+                        "web UI on {} stopped (loops.yaml `ui:` changed)",
+                        old.listen
+                    );
+                }
+                serving = wanted.and_then(|u| start_with_daemon(ws).map(|ui| (u, ui)));
+            }
+            if live.changed().await.is_err() {
+                break;
+            }
+        }
+    });
+    DaemonUi { task: Some(task) }
 }
 
 /// Starts the UI a daemon's loops.yaml asks for, always with the token. A UI that cannot
@@ -118,7 +158,7 @@ pub fn start_with_daemon(ws: Arc<Workspace>) -> Option<DaemonUi> {
             );
         }
     });
-    Some(DaemonUi { task })
+    Some(DaemonUi { task: Some(task) })
 }
 
 fn router(app: App) -> Router {

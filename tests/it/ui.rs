@@ -615,6 +615,40 @@ fn the_daemon_serves_the_ui_that_loops_yaml_asks_for() {
     assert_eq!(status.0, StatusCode::UNAUTHORIZED);
     assert_eq!(status.1, StatusCode::OK, "{}", status.2);
     assert!(status.2.contains("report"), "{}", status.2);
+
+    // An edit of `ui:` is followed as the rest of loops.yaml is: the UI moves to the new
+    // address (the old one is let go), and goes when `ui:` does.
+    let free_port = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let moved = free_port();
+    ws.write("loops.yaml", &format!("ui:\n  listen: 127.0.0.1:{moved}\n"));
+    d.wait_for_log(
+        &format!("web UI on http://127.0.0.1:{moved}/"),
+        Duration::from_secs(30),
+    );
+    let get = |port: u16| {
+        rt.block_on(async {
+            let c = reqwest::Client::builder().no_proxy().build().unwrap();
+            c.get(format!("http://127.0.0.1:{port}/"))
+                .header(COOKIE, format!("loops_ui_token={}", token.trim()))
+                .send()
+                .await
+                .map(|r| r.status())
+        })
+    };
+    assert_eq!(get(moved).ok(), Some(StatusCode::OK), "{}", d.log());
+    assert!(get(port).is_err(), "the old address is let go");
+    ws.write("loops.yaml", "limits:\n  shutdown_grace: 2s\n");
+    d.wait_for_log(
+        &format!("web UI on 127.0.0.1:{moved} stopped"),
+        Duration::from_secs(30),
+    );
+    assert!(get(moved).is_err(), "no `ui:`, no UI");
 }
 
 /// Where the browser test's screenshots go: `target/ui-screenshots/` (beside the binary's

@@ -1210,8 +1210,6 @@ pub fn restart_needed(old: &Settings, new: &Settings) -> Vec<&'static str> {
         "limits.pause_after_failures",
     );
     differs(old.git_commit != new.git_commit, "git.commit");
-    // The daemon starts its UI server once.
-    differs(old.ui != new.ui, "ui");
     differs(old.git_branch != new.git_branch, "git.branch");
     differs(
         old.git_follow_checkout != new.git_follow_checkout,
