@@ -290,7 +290,15 @@ impl Worker {
     async fn sweep(&mut self) {
         let store = self.store.clone();
         let now = self.cfg.clock.now();
-        let r = tokio::task::spawn_blocking(move || queue::sweep(&store, now)).await;
+        let journal = loops_core::journal::Journal::open(self.cfg.ws.layout().root());
+        // Journaled before the requeues are written, as a start's are: a job that runs
+        // again because its runner died while this daemon lived is said too.
+        let r = tokio::task::spawn_blocking(move || {
+            queue::sweep_reporting(&store, now, |s| {
+                loops_core::journal::report_swept(&journal, s);
+            })
+        })
+        .await;
         match r {
             Ok(Ok(s)) => {
                 for (id, why) in &s.requeued {

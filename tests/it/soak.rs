@@ -811,7 +811,19 @@ fn check(
             .iter()
             .filter_map(|h| h.as_str().map(|s| s.trim_end_matches(".md").to_string())),
     );
-    let requeued_jobs = count(recovered("jobs_requeued").iter().filter_map(Value::as_u64));
+    // A start's sweep says what it requeued in `unclean_stop`; a running daemon's in
+    // `jobs_swept`.
+    let swept_ids: Vec<Value> = of("jobs_swept")
+        .iter()
+        .flat_map(|e| e["requeued"].as_array().cloned().unwrap_or_default())
+        .map(|r| r["id"].clone())
+        .collect();
+    let requeued_jobs = count(
+        recovered("jobs_requeued")
+            .iter()
+            .chain(&swept_ids)
+            .filter_map(Value::as_u64),
+    );
     if story.read_only.is_some() {
         assert!(
             !of("disk_error").is_empty() && !of("disk_ok").is_empty(),

@@ -318,6 +318,23 @@ pub fn record_stopped(journal: &Journal, reason: &str, started: DateTime<Utc>) {
     journal.flush();
 }
 
+/// Records what a running daemon's sweep requeued or marked dead (a runner that died
+/// while the daemon lived: a `loops agent run`, a lease that lapsed), if anything.
+pub fn report_swept(journal: &Journal, swept: &crate::jobs::queue::Swept) {
+    if swept.requeued.is_empty() && swept.dead.is_empty() {
+        return;
+    }
+    let entries = |v: &[(u64, String)]| {
+        v.iter()
+            .map(|(id, why)| json!({"id": id, "why": why}))
+            .collect::<Vec<_>>()
+    };
+    journal.record(
+        "jobs_swept",
+        json!({"requeued": entries(&swept.requeued), "dead": entries(&swept.dead)}),
+    );
+}
+
 /// Records that the daemons before this one did not stop cleanly, with what their crash
 /// left and this start recovered. With no journal from them (an older version), the
 /// lock file names the last one, and a report is made only if something was recovered.
@@ -391,6 +408,29 @@ pub fn report_unclean(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_running_daemons_sweep_is_journaled_only_when_it_did_something() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let journal = Journal::open(dir.path());
+        report_swept(&journal, &crate::jobs::queue::Swept::default());
+        let swept = crate::jobs::queue::Swept {
+            requeued: vec![(7, "its runner (pid 1) stopped while it ran".into())],
+            dead: vec![(9, "stalled 6 times".into())],
+            other: Vec::new(),
+        };
+        report_swept(&journal, &swept);
+        let events: Vec<Value> = read(dir.path())
+            .into_iter()
+            .filter(|e| e["event"] == "jobs_swept")
+            .collect();
+        assert_eq!(events.len(), 1, "{events:?}");
+        assert_eq!(events[0]["requeued"][0]["id"], 7);
+        assert_eq!(events[0]["dead"][0]["id"], 9);
+        assert!(events[0]["requeued"][0]["why"]
+            .as_str()
+            .is_some_and(|w| w.contains("stopped while it ran")));
+    }
 
     #[test]
     fn unclosed_daemons_are_those_never_seen_to_stop() {
