@@ -12,7 +12,7 @@ use loops_core::budget::{self, Budget};
 use loops_core::domain::LoopDef;
 use loops_core::pricing::Pricing;
 use loops_core::spend::{self, Spend};
-use loops_core::workspace::{Settings, Workspace};
+use loops_core::workspace::Settings;
 
 /// The estimated cost of `usage` on `model` of `provider` (a local server costs nothing);
 /// `None` when the model's price is unknown.
@@ -81,8 +81,9 @@ pub fn held_until(
 }
 
 /// Holds the loop until the next UTC midnight and tells the main session, once a day: a
-/// loop already held until then is left alone.
-pub fn hold_for_the_day(
+/// loop already held until then is left alone. The handoff is committed, as every
+/// handoff the runner writes is.
+pub async fn hold_for_the_day(
     ctx: &RunContext,
     def: &LoopDef,
     run_id: &str,
@@ -106,7 +107,16 @@ pub fn hold_for_the_day(
         }
     });
     match newly {
-        Ok(true) => handoff(&ctx.ws, def, run_id, why, until),
+        Ok(true) => {
+            let (ctx, n) = (ctx.clone(), handoff(def, run_id, why, until));
+            let made = tokio::task::spawn_blocking(move || {
+                loops_core::handoff::create_committed(&ctx.ws, ctx.committer.as_ref(), &n)
+            })
+            .await;
+            if !matches!(made, Ok(Some(_))) {
+                tracing::warn!(loop_name = %def.name, "could not make the budget handoff");
+            }
+        }
         Ok(false) => {}
         Err(e) => {
             tracing::error!(loop_name = %def.name, "cannot hold the loop for its budget: {e}")
@@ -114,8 +124,13 @@ pub fn hold_for_the_day(
     }
 }
 
-fn handoff(ws: &Workspace, def: &LoopDef, run_id: &str, why: &str, until: DateTime<Utc>) {
-    let n = loops_core::handoff::NewHandoff {
+fn handoff(
+    def: &LoopDef,
+    run_id: &str,
+    why: &str,
+    until: DateTime<Utc>,
+) -> loops_core::handoff::NewHandoff {
+    loops_core::handoff::NewHandoff {
         from: def.name.clone(),
         to: "main".into(),
         title: format!("{} is paused until tomorrow: daily budget reached", def.name),
@@ -128,17 +143,14 @@ fn handoff(ws: &Workspace, def: &LoopDef, run_id: &str, why: &str, until: DateTi
         ),
         items: vec!["Decide whether the budget is right".into()],
         ..Default::default()
-    };
-    if let Err(e) = loops_core::handoff::Inbox::of(ws).create(&n, Utc::now()) {
-        tracing::warn!(loop_name = %def.name, "could not make the budget handoff: {e}");
     }
 }
 
 /// After a run's record is in: a loop that has now reached a daily budget is held.
-pub fn after_run(ctx: &RunContext, def: &LoopDef, run_id: &str) {
+pub async fn after_run(ctx: &RunContext, def: &LoopDef, run_id: &str) {
     let now = Utc::now();
     if let Some(why) = over_today(ctx, def, now) {
-        hold_for_the_day(ctx, def, run_id, &why, now);
+        hold_for_the_day(ctx, def, run_id, &why, now).await;
     }
 }
 

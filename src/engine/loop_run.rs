@@ -171,7 +171,7 @@ pub async fn execute(
         tracing::error!("cannot append the run record: {e}");
     }
     if rec.tokens.is_some() {
-        crate::engine::budget::after_run(ctx, def, &rec.run_id);
+        crate::engine::budget::after_run(ctx, def, &rec.run_id).await;
     }
     ctx.running.remove(&req.run_id);
     rec

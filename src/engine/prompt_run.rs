@@ -342,7 +342,7 @@ pub async fn run(
     let now = Utc::now();
     let held = crate::engine::budget::held_until(def, state, now);
     if let Some(why) = held.or_else(|| crate::engine::budget::over_today(ctx, def, now)) {
-        crate::engine::budget::hold_for_the_day(ctx, def, &req.run_id, &why, now);
+        crate::engine::budget::hold_for_the_day(ctx, def, &req.run_id, &why, now).await;
         let mut out = PromptOutcome {
             outcome: Some(Outcome::Budget),
             error: Some(format!("not started: {why}")),
@@ -562,7 +562,8 @@ impl PromptRun<'_> {
                     &self.req.run_id,
                     &stop.why,
                     self.now,
-                );
+                )
+                .await;
             }
             out.outcome = Some(Outcome::Budget);
             out.error = Some(stop.why);

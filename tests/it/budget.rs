@@ -242,6 +242,10 @@ fn a_loop_over_its_daily_budget_is_paused_until_the_next_day_with_a_handoff() {
         "{}",
         handoffs[0]
     );
+    // The handoff is committed as every handoff the runner writes; nothing is left
+    // uncommitted in the person's tree.
+    let status = crate::common::git(ws.path(), &["status", "--porcelain"]);
+    assert!(status.trim().is_empty(), "{status}");
     let list = ws
         .cmd()
         .env("COLUMNS", "250")
