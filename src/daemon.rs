@@ -172,7 +172,7 @@ struct Inputs {
 /// The job worker, running beside the runs and sharing their limit.
 struct JobWorker {
     stop: watch::Sender<bool>,
-    task: tokio::task::JoinHandle<()>,
+    task: tokio::task::JoinHandle<crate::engine::worker::WorkerEnded>,
 }
 
 /// Says once, in the log and the journal, that `.loops/` was made owner-only.

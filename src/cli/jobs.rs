@@ -741,11 +741,23 @@ fn follow_job(ws: &Workspace, store: &JobStore, id: JobId, stream: bool) -> Resu
     let rt = crate::daemon::runtime()
         .map_err(|e| CliError::new(format!("cannot start the async runtime: {e}")))?;
     if loops_core::daemon_lock::daemon_alive(ws).is_none() {
-        run_here(&rt, ws, store, id, stream);
-        return get(store, id);
+        if run_here(&rt, ws, store, id, stream) == Ran::Here {
+            return get(store, id);
+        }
+        if stream {
+            eprintln!("note: job #{id} ran in another process (a daemon that started meanwhile): its output follows");
+        }
     }
     // A daemon runs it: follow its files.
     rt.block_on(follow_daemon_run(store, id, stream))
+}
+
+/// Who ran a job the CLI set out to run itself.
+#[derive(Debug, PartialEq, Eq)]
+enum Ran {
+    Here,
+    /// A daemon that started after the CLI looked for one claimed the job first.
+    Elsewhere,
 }
 
 /// A worker for this process alone, as the daemon's would be, without its grace period.
@@ -780,7 +792,7 @@ fn run_here(
     store: &JobStore,
     id: JobId,
     stream: bool,
-) {
+) -> Ran {
     let cfg = inline_worker(ws);
     if stream {
         eprintln!("no daemon is running: running job #{id} here (Ctrl-C stops it; it then waits for `loops run`)");
@@ -793,9 +805,21 @@ fn run_here(
         } else {
             (None, None)
         };
-        let stop_rx = super::output::stop_on_signal();
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let stop_tx = Arc::new(stop_tx);
+        let mut signalled = super::output::stop_on_signal();
+        let on_signal = {
+            let stop_tx = stop_tx.clone();
+            tokio::spawn(async move {
+                if signalled.changed().await.is_ok() {
+                    let _ = stop_tx.send(true);
+                }
+            })
+        };
+        let taken = tokio::spawn(taken_elsewhere(store.clone(), id, stop_tx));
         let watcher = stream.then(|| watch_progress(store.clone(), id));
-        worker::run(cfg, worker::Mode::Only(id), stop_rx, tx).await;
+        let ended = worker::run(cfg, worker::Mode::Only(id), stop_rx, tx).await;
+        on_signal.abort();
         if let Some(w) = watcher {
             w.abort();
         }
@@ -803,7 +827,41 @@ fn run_here(
         if let Some(p) = printer {
             let _ = p.await;
         }
-    });
+        taken.abort();
+        // Not started here, yet it ran: another worker claimed it first, and its output
+        // is in the job's files (the job may even have ended before this process looked).
+        let ran = store
+            .get(id)
+            .ok()
+            .flatten()
+            .is_some_and(|j| j.started.is_some());
+        if !ended.ran_target && ran {
+            Ran::Elsewhere
+        } else {
+            Ran::Here
+        }
+    })
+}
+
+/// Watches job `id` while this process means to run it: a daemon that started after the
+/// CLI looked for one may claim it first. Then this process's worker is stopped (it has
+/// nothing of the job to run), so that the CLI follows the daemon's run as it goes.
+async fn taken_elsewhere(store: JobStore, id: JobId, stop: Arc<tokio::sync::watch::Sender<bool>>) {
+    let me = std::process::id();
+    loop {
+        match store.get(id) {
+            Ok(Some(j)) if j.state.is_terminal() || j.state == JobState::Paused => return,
+            Ok(Some(j)) if j.state == JobState::Active => {
+                if j.lease.as_ref().is_some_and(|l| l.pid != me) {
+                    let _ = stop.send(true);
+                    return;
+                }
+            }
+            Ok(Some(_)) => {}
+            Ok(None) | Err(_) => return,
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Prints job `id`'s progress lines until aborted.

@@ -149,6 +149,16 @@ struct Worker {
     done_tx: mpsc::UnboundedSender<Done>,
     ledger: Ledger,
     live: Option<Live>,
+    /// In `Mode::Only`: whether this worker started the job it is for.
+    ran_target: bool,
+}
+
+/// What a worker did, said when it ends.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct WorkerEnded {
+    /// In `Mode::Only(id)`: this worker started job `id` at least once (else another
+    /// worker, a daemon's, claimed it first).
+    pub ran_target: bool,
 }
 
 /// Runs the worker until `stop` flips (or, in the other modes, until its work is done).
@@ -157,11 +167,11 @@ pub async fn run(
     mode: Mode,
     mut stop: watch::Receiver<bool>,
     live: Option<Live>,
-) {
+) -> WorkerEnded {
     let store = JobStore::new(&cfg.ws);
     if let Err(e) = loops_core::fsutil::create_dir_all(store.dir()) {
         tracing::error!("cannot create {}: {e}", store.dir().display());
-        return;
+        return WorkerEnded::default();
     }
     let (done_tx, mut done_rx) = mpsc::unbounded_channel();
     let (ledger, ledger_task) = Ledger::open(store.clone());
@@ -175,6 +185,7 @@ pub async fn run(
         done_tx,
         ledger,
         live,
+        ran_target: false,
     };
     // The watch begins before the first read of the queue: a job submitted while the
     // worker starts is then either read now or told by an event, never missed until the
@@ -231,9 +242,13 @@ pub async fn run(
     }
 
     w.stop_running(&mut done_rx).await;
+    let ended = WorkerEnded {
+        ran_target: w.ran_target,
+    };
     // What the ledger still holds (a started job's note) is written before returning.
     drop(w);
     let _ = ledger_task.await;
+    ended
 }
 
 /// Watches the queue's folder for submits and edits; when the watcher cannot start, says
@@ -563,7 +578,10 @@ impl Worker {
         let done = self.done_tx.clone();
         let ledger = self.ledger.clone();
         let live = match self.mode {
-            Mode::Only(t) if t == job.id => self.live.clone(),
+            Mode::Only(t) if t == job.id => {
+                self.ran_target = true;
+                self.live.clone()
+            }
             _ => None,
         };
         tracing::info!(job = job.id, kind = %job.kind, name = %job.name, "job started");

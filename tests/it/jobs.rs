@@ -1390,3 +1390,58 @@ fn a_shell_job_refuses_messages_and_a_cancelled_one_says_cancelled() {
         "{v}"
     );
 }
+
+/// `--follow` with no daemon runs the job here; a daemon that starts meanwhile may claim
+/// it first. The CLI then follows the daemon's run: the job's output is still what it
+/// prints, and it says where the job ran. (The CLI is stopped with SIGSTOP until the
+/// daemon has run the job, so the daemon is sure to win the claim.)
+#[test]
+fn follow_shows_the_output_of_a_job_a_daemon_that_started_meanwhile_ran() {
+    let ws = ws_with("allow_shell_jobs: true\nlimits:\n  shutdown_grace: 1s\n");
+    let err_path = ws.path().join(".git/follow.err");
+    let err = std::fs::File::create(&err_path).expect("stderr file");
+    let cli = loops_std_cmd(ws.path())
+        .args([
+            "jobs",
+            "submit",
+            "shell",
+            "--params",
+            r#"{"cmd": "echo printed-by-the-job"}"#,
+            "--delay",
+            "2s",
+            "--follow",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(err)
+        .spawn()
+        .expect("spawn the follower");
+    let said = |s: &str| {
+        std::fs::read_to_string(&err_path)
+            .unwrap_or_default()
+            .contains(s)
+    };
+    assert!(
+        wait_until(LONG, || said("running job #1 here")),
+        "the follower never started"
+    );
+    // Let it settle into waiting for the delay, then freeze it.
+    std::thread::sleep(Duration::from_millis(300));
+    signal_child(&cli, Signal::STOP);
+    let daemon = start_daemon_with_key(&ws);
+    let ran = wait_until(LONG, || state_of(&ws, 1) == "completed");
+    stop(daemon);
+    signal_child(&cli, Signal::CONT);
+    let out = cli.wait_with_output().expect("wait for the follower");
+    let stderr = std::fs::read_to_string(&err_path).unwrap_or_default();
+    assert!(ran, "the daemon never ran the job");
+    assert!(out.status.success(), "the follower failed:\n{stderr}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("printed-by-the-job"),
+        "the job's output is missing:\n{stdout}\n{stderr}"
+    );
+    assert!(
+        stderr.contains("job #1 ran in another process"),
+        "the follower did not say where the job ran:\n{stderr}"
+    );
+}
