@@ -993,7 +993,14 @@ fn logs(ws: &Workspace, store: &JobStore, id: JobId, follow: bool) -> Result {
     let mut tail = Tail::default();
     tail.pump(store, id);
     if tail.offset == 0 && !follow {
-        eprintln!("job #{id} has no output yet ({})", j.state);
+        if j.state.is_terminal() {
+            eprintln!(
+                "job #{id} has no output: it ended ({}) without printing anything",
+                j.state
+            );
+        } else {
+            eprintln!("job #{id} has no output yet ({})", j.state);
+        }
         return Ok(());
     }
     if follow && !(j.state.is_terminal()) {

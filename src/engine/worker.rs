@@ -586,7 +586,6 @@ impl Worker {
         };
         tracing::info!(job = job.id, kind = %job.kind, name = %job.name, "job started");
         tokio::spawn(async move {
-            let _permit = permit;
             let id = job.id;
             let parent = job.parent;
             let t0 = std::time::Instant::now();
@@ -609,6 +608,10 @@ impl Worker {
                 },
             };
             let ms = t0.elapsed().as_millis() as u64;
+            // The run is over: its place under the limit goes to the next job while its
+            // end is written and flushed (the limit is on what runs, not on what is
+            // being recorded).
+            drop(permit);
             let now = cfg.clock.now();
             let label = match &end {
                 RunEnd::Completed(_) => "completed".to_string(),
@@ -772,8 +775,11 @@ impl Ledger {
     }
 }
 
-/// Takes what waits, writes it as one batch, and again, until every handle is gone.
+/// Takes what waits, writes it as one batch, and again, until every handle is gone. A
+/// batch's flush runs on its own while the next batch is written: a claim never waits
+/// for the disk, and the ends of several batches share a flush (group commit).
 async fn keep_ledger(store: JobStore, mut rx: mpsc::UnboundedReceiver<Op>) {
+    let mut flushes = tokio::task::JoinSet::new();
     while let Some(first) = rx.recv().await {
         let mut ops = vec![first];
         while ops.len() < LEDGER_BATCH {
@@ -783,16 +789,47 @@ async fn keep_ledger(store: JobStore, mut rx: mpsc::UnboundedReceiver<Op>) {
             }
         }
         let st = store.clone();
-        if let Err(e) = tokio::task::spawn_blocking(move || write_batch(&st, ops)).await {
+        match tokio::task::spawn_blocking(move || write_batch(&st, ops)).await {
+            Ok(Some(written)) => {
+                let st = store.clone();
+                flushes.spawn_blocking(move || written.flush_and_answer(&st));
+            }
+            Ok(None) => {}
             // Its ops' askers hear of it through their dropped replies.
-            tracing::error!("the job queue writer failed: {e}");
+            Err(e) => tracing::error!("the job queue writer failed: {e}"),
+        }
+        while flushes.try_join_next().is_some() {}
+    }
+    // The last ends are answered before the ledger is gone.
+    while flushes.join_next().await.is_some() {}
+}
+
+/// Ends written in a batch, to be answered once they are on disk.
+struct WrittenEnds {
+    needs: loops_core::jobs::store::NeedsFlush,
+    ended: Vec<(EndReply, Result<Job, String>)>,
+}
+
+/// Where a run's end is answered: the job as recorded, or why it could not be.
+type EndReply = oneshot::Sender<Result<Job, String>>;
+
+impl WrittenEnds {
+    fn flush_and_answer(self, store: &JobStore) {
+        let flushed = store.flush_writes(self.needs).map_err(|e| e.to_string());
+        for (reply, res) in self.ended {
+            // Written but not flushed: not reported as recorded.
+            let res = match &flushed {
+                Err(e) => Err(e.clone()),
+                Ok(()) => res,
+            };
+            let _ = reply.send(res);
         }
     }
 }
 
 /// Makes `ops` in one transaction, in order. Claims are answered as soon as they are
-/// written, ends once the transaction's flush is done.
-fn write_batch(store: &JobStore, ops: Vec<Op>) {
+/// written; the ends written are returned, to be answered after the flush.
+fn write_batch(store: &JobStore, ops: Vec<Op>) -> Option<WrittenEnds> {
     // A start note followed by its job's end in the same batch is not written: the end
     // replaces it in the same transaction, and the process group has ended with the run.
     let ending: HashSet<JobId> = ops
@@ -805,7 +842,7 @@ fn write_batch(store: &JobStore, ops: Vec<Op>) {
     let files = ops.iter().map(Op::files).sum();
     let mut pending = ops.into_iter();
     let mut ended = Vec::new();
-    let r = store.transaction_writing(files, |tx| {
+    let r = store.transaction_flushed_later(files, |tx| {
         for op in pending.by_ref() {
             match op {
                 Op::Claim {
@@ -838,18 +875,22 @@ fn write_batch(store: &JobStore, ops: Vec<Op>) {
         }
         Ok::<(), QueueError>(())
     });
-    let failed = r.err().map(|e| e.to_string());
-    for (reply, res) in ended {
-        // Written but not flushed: not reported as recorded.
-        let res = match &failed {
-            Some(e) => Err(e.clone()),
-            None => res,
-        };
-        let _ = reply.send(res);
+    match r {
+        Ok(((), needs)) => {
+            // Every op was reached: the iterator is empty.
+            pending.for_each(|op| op.refuse("not written"));
+            Some(WrittenEnds { needs, ended })
+        }
+        Err(e) => {
+            let why = e.to_string();
+            for (reply, _) in ended {
+                let _ = reply.send(Err(why.clone()));
+            }
+            // Ops the transaction never reached (it could not take the lock).
+            pending.for_each(|op| op.refuse(&why));
+            None
+        }
     }
-    // Ops the transaction never reached (it could not take the lock).
-    let why = failed.unwrap_or_else(|| "not written".into());
-    pending.for_each(|op| op.refuse(&why));
 }
 
 /// Leases up to `want` of `ids`, in order.
@@ -1072,26 +1113,54 @@ fn spawn_log_writer(
     let log_cap = cfg.ws.settings.max_job_log_bytes;
     let writer = tokio::task::spawn_blocking(move || {
         use std::io::Write;
-        let mut f = loops_core::fsutil::open_append(&log_path).ok();
-        if let Some(f) = f.as_mut() {
-            let _ = f.write_all(header.as_bytes());
-        }
+        // Made with the first output: an attempt that prints nothing leaves no file (a
+        // new file per job is much of what a burst of silent jobs costs the disk).
+        let mut log_file = LazyLog {
+            path: log_path,
+            header,
+            file: None,
+        };
         let mut log = CappedLog::new(log_cap);
         while let Some((stream, chunk)) = out_rx.blocking_recv() {
-            if let Some(f) = f.as_mut() {
-                // Redacted per chunk: a secret split across two reads of the pipe would
-                // slip through, which is why the run's record is redacted whole too.
-                let _ = f.write_all(&loops_core::secrets::redact_bytes(log.admit(&chunk)));
-            }
+            // Redacted per chunk: a secret split across two reads of the pipe would slip
+            // through, which is why the run's record is redacted whole too.
+            log_file.write(&loops_core::secrets::redact_bytes(log.admit(&chunk)));
             if let Some(l) = &live {
                 let _ = l.blocking_send((stream, chunk));
             }
         }
-        if let Some(f) = f.as_mut() {
-            let _ = f.write_all(&loops_core::secrets::redact_bytes(&log.finish()));
+        let tail = log.finish();
+        if !tail.is_empty() {
+            log_file.write(&loops_core::secrets::redact_bytes(&tail));
+        }
+        if let Some(f) = log_file.file.as_mut() {
+            let _ = f.flush();
         }
     });
     (out_tx, writer)
+}
+
+/// A job attempt's log, opened (and its header written) when the first output comes.
+struct LazyLog {
+    path: PathBuf,
+    header: String,
+    file: Option<std::fs::File>,
+}
+
+impl LazyLog {
+    fn write(&mut self, bytes: &[u8]) {
+        use std::io::Write;
+        if self.file.is_none() {
+            let Ok(mut f) = loops_core::fsutil::open_append(&self.path) else {
+                return;
+            };
+            let _ = f.write_all(self.header.as_bytes());
+            self.file = Some(f);
+        }
+        if let Some(f) = self.file.as_mut() {
+            let _ = f.write_all(bytes);
+        }
+    }
 }
 
 /// Why a shell job's command was stopped before it ended by itself.

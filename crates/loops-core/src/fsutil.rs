@@ -27,6 +27,11 @@ pub fn file_mode(path: &Path) -> u32 {
 
 /// `fs::create_dir_all`, making folders in `.loops/` 0700.
 pub fn create_dir_all(dir: &Path) -> io::Result<()> {
+    // Looked at first: `mkdir` of a folder that exists fails, but only after taking its
+    // parent's lock for writing, which renames in that parent then wait behind.
+    if dir.is_dir() {
+        return Ok(());
+    }
     let mode = if is_private(dir) { 0o700 } else { 0o777 };
     fs::DirBuilder::new().recursive(true).mode(mode).create(dir)
 }

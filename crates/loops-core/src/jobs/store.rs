@@ -95,6 +95,12 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
     }
 }
 
+/// Whether a transaction made with [`JobStore::transaction_flushed_later`] wrote
+/// something that must reach the disk before it is reported done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use = "its writes are not on disk until flush_writes is called"]
+pub struct NeedsFlush(bool);
+
 /// What the queue's operations need from one transaction of an engine: whole jobs read
 /// and written, the id counter, idempotency keys, all seen and changed as one (under the
 /// queue lock here; in a database, one transaction). The operations in `queue` are
@@ -250,6 +256,38 @@ impl JobStore {
         E: From<StoreError>,
     {
         self.run_transaction(files, true, f)
+    }
+
+    /// [`JobStore::transaction_writing`] that returns once its changes are written, before
+    /// they are flushed: the caller learns whether they need a flush, and makes it with
+    /// [`JobStore::flush_writes`] before it tells anyone they are on disk. A writer that
+    /// batches (the worker's ledger) writes its next batch while this one's flush runs.
+    pub fn transaction_flushed_later<R, E>(
+        &self,
+        files: usize,
+        f: impl FnOnce(&mut Tx) -> Result<R, E>,
+    ) -> Result<(R, NeedsFlush), E>
+    where
+        E: From<StoreError>,
+    {
+        let mut durable = false;
+        let r = self.run_transaction(files, false, |tx| {
+            let r = f(tx);
+            durable = tx.durable;
+            r
+        })?;
+        Ok((r, NeedsFlush(durable)))
+    }
+
+    /// Flushes what this process's transactions have written so far (one `syncfs`,
+    /// shared with every other writer waiting for one); see
+    /// [`JobStore::transaction_flushed_later`].
+    pub fn flush_writes(&self, needs: NeedsFlush) -> Result<(), StoreError> {
+        if needs.0 {
+            self.flush()
+        } else {
+            Ok(())
+        }
     }
 
     /// A transaction whose every change the next one like it would make again if a
