@@ -25,7 +25,7 @@ use loops_core::history::Committer;
 use loops_core::jobs::job::*;
 use loops_core::jobs::params::{AgentParams, Command, JobParams, ShellParams};
 use loops_core::jobs::queue::{self, ClaimOptions, Holder, QueueError, RunEnd};
-use loops_core::jobs::store::JobStore;
+use loops_core::jobs::store::{JobStore, NeedsFlush};
 use loops_core::tool_names::ISOLATED_DEFAULT;
 use loops_core::workspace::Workspace;
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -777,9 +777,10 @@ impl Ledger {
 
 /// Takes what waits, writes it as one batch, and again, until every handle is gone. A
 /// batch's flush runs on its own while the next batch is written: a claim never waits
-/// for the disk, and the ends of several batches share a flush (group commit).
+/// for the disk, and the ends of the batches written meanwhile share one flush.
 async fn keep_ledger(store: JobStore, mut rx: mpsc::UnboundedReceiver<Op>) {
-    let mut flushes = tokio::task::JoinSet::new();
+    let (flush_tx, flush_rx) = mpsc::unbounded_channel();
+    let flusher = tokio::spawn(keep_flushing(store.clone(), flush_rx));
     while let Some(first) = rx.recv().await {
         let mut ops = vec![first];
         while ops.len() < LEDGER_BATCH {
@@ -791,22 +792,47 @@ async fn keep_ledger(store: JobStore, mut rx: mpsc::UnboundedReceiver<Op>) {
         let st = store.clone();
         match tokio::task::spawn_blocking(move || write_batch(&st, ops)).await {
             Ok(Some(written)) => {
-                let st = store.clone();
-                flushes.spawn_blocking(move || written.flush_and_answer(&st));
+                if let Err(mpsc::error::SendError(w)) = flush_tx.send(written) {
+                    w.answer(Err("the queue's flusher stopped".into()));
+                }
             }
             Ok(None) => {}
             // Its ops' askers hear of it through their dropped replies.
             Err(e) => tracing::error!("the job queue writer failed: {e}"),
         }
-        while flushes.try_join_next().is_some() {}
     }
     // The last ends are answered before the ledger is gone.
-    while flushes.join_next().await.is_some() {}
+    drop(flush_tx);
+    let _ = flusher.await;
+}
+
+/// Flushes what the ledger wrote, one flush for every batch written since the last one
+/// began, and answers their ends.
+async fn keep_flushing(store: JobStore, mut rx: mpsc::UnboundedReceiver<WrittenEnds>) {
+    while let Some(first) = rx.recv().await {
+        let mut batches = vec![first];
+        while let Ok(more) = rx.try_recv() {
+            batches.push(more);
+        }
+        let st = store.clone();
+        let flushed = tokio::task::spawn_blocking(move || {
+            let needs = batches.iter().fold(NeedsFlush::NO, |n, b| n.or(b.needs));
+            let flushed = st.flush_writes(needs).map_err(|e| e.to_string());
+            for b in batches {
+                b.answer(flushed.clone());
+            }
+        })
+        .await;
+        if let Err(e) = flushed {
+            // Its ends' askers hear of it through their dropped replies.
+            tracing::error!("the job queue's flusher failed: {e}");
+        }
+    }
 }
 
 /// Ends written in a batch, to be answered once they are on disk.
 struct WrittenEnds {
-    needs: loops_core::jobs::store::NeedsFlush,
+    needs: NeedsFlush,
     ended: Vec<(EndReply, Result<Job, String>)>,
 }
 
@@ -814,8 +840,8 @@ struct WrittenEnds {
 type EndReply = oneshot::Sender<Result<Job, String>>;
 
 impl WrittenEnds {
-    fn flush_and_answer(self, store: &JobStore) {
-        let flushed = store.flush_writes(self.needs).map_err(|e| e.to_string());
+    /// Answers each end with how the flush that covers it went.
+    fn answer(self, flushed: Result<(), String>) {
         for (reply, res) in self.ended {
             // Written but not flushed: not reported as recorded.
             let res = match &flushed {

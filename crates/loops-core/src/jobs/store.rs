@@ -101,6 +101,16 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
 #[must_use = "its writes are not on disk until flush_writes is called"]
 pub struct NeedsFlush(bool);
 
+impl NeedsFlush {
+    /// Nothing to flush.
+    pub const NO: NeedsFlush = NeedsFlush(false);
+
+    /// What one flush must cover for both.
+    pub fn or(self, other: NeedsFlush) -> NeedsFlush {
+        NeedsFlush(self.0 || other.0)
+    }
+}
+
 /// What the queue's operations need from one transaction of an engine: whole jobs read
 /// and written, the id counter, idempotency keys, all seen and changed as one (under the
 /// queue lock here; in a database, one transaction). The operations in `queue` are
