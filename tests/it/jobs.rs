@@ -1445,3 +1445,38 @@ fn follow_shows_the_output_of_a_job_a_daemon_that_started_meanwhile_ran() {
         "the follower did not say where the job ran:\n{stderr}"
     );
 }
+
+/// A job's log is made with its first output: a silent job leaves no file, and `jobs logs`
+/// says it ended without printing; a job that prints gets its attempt header and output.
+#[test]
+fn a_silent_job_leaves_no_log_and_logs_says_so() {
+    let ws = ws_with("allow_shell_jobs: true\n");
+    ok(
+        &ws,
+        &["jobs", "submit", "shell", "--params", r#"{"cmd": "true"}"#],
+    );
+    ok(
+        &ws,
+        &[
+            "jobs",
+            "submit",
+            "shell",
+            "--params",
+            r#"{"cmd": "echo spoke"}"#,
+        ],
+    );
+    ok(&ws, &["run", "--once"]);
+    assert_eq!(state_of(&ws, 1), "completed");
+    assert!(!ws.path().join(".loops/jobs/1.log").exists());
+    let silent = ok(&ws, &["jobs", "logs", "1"]);
+    assert!(silent.stdout.is_empty());
+    assert!(
+        String::from_utf8_lossy(&silent.stderr)
+            .contains("job #1 has no output: it ended (completed) without printing anything"),
+        "{}",
+        String::from_utf8_lossy(&silent.stderr)
+    );
+    let spoke = String::from_utf8_lossy(&ok(&ws, &["jobs", "logs", "2"]).stdout).to_string();
+    assert!(spoke.starts_with("--- job #2 attempt 1 started"), "{spoke}");
+    assert!(spoke.contains("spoke"), "{spoke}");
+}
