@@ -407,7 +407,7 @@ pub(super) fn jobs(ws: &Workspace, cmd: JobsCommand) -> Result {
         JobsCommand::Get { id, json } => show_job(&store, id, json),
         JobsCommand::Progress { id, json } => show_progress(&store, id, json),
         JobsCommand::Logs { id, follow } => logs(ws, &store, id, follow),
-        JobsCommand::Cancel { id, json } => cancel_job(&store, id, json),
+        JobsCommand::Cancel { id, json } => cancel_job(ws, &store, id, json),
         JobsCommand::Pause { id, json } => pause_job(&store, id, json),
         JobsCommand::Resume { id, json } => resume_job(ws, &store, id, json),
         JobsCommand::Replay {
@@ -452,16 +452,65 @@ fn show_progress(store: &JobStore, id: JobId, json: bool) -> Result {
 }
 
 /// `loops jobs cancel ID`: asks, then waits briefly for the run to stop.
-fn cancel_job(store: &JobStore, id: JobId, json: bool) -> Result {
+fn cancel_job(ws: &Workspace, store: &JobStore, id: JobId, json: bool) -> Result {
     let j = queue::cancel(store, id, Utc::now())?;
+    if j.kind.is_light() && !j.state.is_terminal() {
+        return cancel_report(ws, wait_for_run_to_stop(store, j), json);
+    }
     let j = if j.state.is_terminal() {
         j
-    } else if j.kind.is_light() {
-        wait_for_run_to_stop(store, j)
     } else {
         wait_for_runner(store, id, |j| j.state.is_terminal())?
     };
     done_report(&j, json, "cancel requested; its runner is stopping it")
+}
+
+/// What a cancel of a loop's run or a wake did: the run's record once it has one (how
+/// long it ran, what it was recorded as), or that its runner is still stopping it.
+fn cancel_report(ws: &Workspace, stopped: Stopped, json: bool) -> Result {
+    let (j, run) = match stopped {
+        Stopped::Still(j) => {
+            return done_report(&j, json, "cancel requested; its runner is stopping it")
+        }
+        Stopped::Ended(j, run) => (j, run),
+    };
+    let log = loops_core::runs::RunLog::new(&ws.layout().runs_dir(), ws.settings.rotate_bytes);
+    let rec = run.as_ref().and_then(|r| log.find(&r.loop_name, &r.run_id));
+    if json {
+        let mut v = report::to_json(&j, Utc::now());
+        v["run"] = rec.as_ref().map_or(Value::Null, |r| json!(r));
+        print_json(&v);
+        return Ok(());
+    }
+    println!("{}", report::headline(&j));
+    match (&run, &rec) {
+        (Some(m), Some(r)) => {
+            println!(
+                "  run:      {} of `{}`, stopped after {}, recorded {}{}",
+                r.run_id,
+                m.loop_name,
+                report::short_ms(r.duration_ms),
+                r.outcome.as_str(),
+                r.error
+                    .as_ref()
+                    .map(|e| format!(": {e}"))
+                    .unwrap_or_default()
+            );
+            if j.kind == JobKind::Wake {
+                println!(
+                    "  inbox:    its handoffs went back to the inbox, an attempt counted; the main session is woken for them again in {} (`loops inbox reject ID` drops one)",
+                    loops_core::duration::format_duration(loops_core::jobs::policy::WAKE_RETRY)
+                );
+            }
+            println!("  history:  `loops runs {}`", m.loop_name);
+        }
+        _ => {
+            if let Some(e) = &j.error {
+                println!("  {e}");
+            }
+        }
+    }
+    Ok(())
 }
 
 /// `loops jobs pause ID`: asks, then waits briefly for the runner to hold it.
@@ -601,28 +650,34 @@ fn wait_for_runner(store: &JobStore, id: JobId, done: impl Fn(&Job) -> bool) -> 
     }
 }
 
-/// A loop's run or a wake, asked to stop: its job is removed once the run has ended and
-/// been recorded (the run's record, not the queue, is its history).
-fn wait_for_run_to_stop(store: &JobStore, asked: Job) -> Job {
+/// A loop's run or a wake asked to stop, as far as the cancel can tell.
+enum Stopped {
+    /// Still running when the wait ended: its runner is stopping it.
+    Still(Job),
+    /// Its job is gone: the run has ended and been recorded (the run's record, not the
+    /// queue, is its history). With the run the job stood for.
+    Ended(Job, Option<loops_core::runs::RunInProgress>),
+}
+
+fn wait_for_run_to_stop(store: &JobStore, asked: Job) -> Stopped {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let run = loops_core::runs::run_of_job(&asked);
     loop {
         match store.get(asked.id) {
-            Ok(Some(j)) if std::time::Instant::now() < deadline => {
-                let _ = j;
+            Ok(Some(j)) if j.state.is_terminal() => return Stopped::Ended(j, run),
+            Ok(Some(_)) if std::time::Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_millis(20));
             }
-            Ok(Some(j)) => return j,
+            Ok(Some(j)) => return Stopped::Still(j),
             _ => {
                 let mut j = asked;
-                j.transition(
-                    JobState::Cancelled,
-                    Utc::now(),
-                    Some(format!(
-                        "the run was stopped and recorded as interrupted (`loops runs {}`)",
-                        j.name
-                    )),
+                let why = format!(
+                    "the run was stopped and recorded as interrupted (`loops runs {}`)",
+                    j.name
                 );
-                return j;
+                j.transition(JobState::Cancelled, Utc::now(), Some(why.clone()));
+                j.error = Some(why);
+                return Stopped::Ended(j, run);
             }
         }
     }

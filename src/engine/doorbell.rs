@@ -423,6 +423,12 @@ impl Doorbell {
                 rec.error.as_deref().unwrap_or(""),
                 w.released.len()
             ),
+            _ if w.cancelled_on_request => tracing::info!(
+                run = %rec.run_id,
+                "main session wake cancelled on request; {} handoff(s) back in the inbox, handed over again in {}",
+                w.released.len(),
+                loops_core::duration::format_duration(WAKE_RETRY)
+            ),
             _ => tracing::info!(
                 run = %rec.run_id,
                 outcome = %rec.outcome,
@@ -435,7 +441,9 @@ impl Doorbell {
             tracing::info!(handoff = %id, "held in inbox/active/: {why}");
         }
         let pending = !self.inbox.pending().is_empty();
-        let failed = rec.outcome.is_failure();
+        // A cancelled wake waits as a failed one does: the person who stopped it is not
+        // answered by the same wake starting again the same instant.
+        let failed = rec.outcome.is_failure() || w.cancelled_on_request;
         // A failing main session is retried, but not at once (whatever wakes it).
         let retry = chrono_ms(WAKE_RETRY);
         self.backoff_until = failed.then(|| now + retry);

@@ -118,11 +118,8 @@ pub async fn execute(
     if let Err(e) = ctx.running.put(&marker) {
         tracing::warn!("cannot record the run as begun: {e}");
     }
-    let cancel = Some(crate::engine::run_context::cancel_on_request(
-        ctx,
-        &req.run_id,
-        cancel,
-    ));
+    let stop = crate::engine::run_context::cancel_on_request(ctx, &req.run_id, cancel);
+    let cancel = Some(stop.rx.clone());
     let state = ctx.store.load(&def.name);
     let mut rec = starting_record(def, req, started);
     let run = PayloadRun {
@@ -144,6 +141,10 @@ pub async fn execute(
         Payload::Prompt { .. } => run.prompt(live, cancel, &mut rec).await,
         Payload::Command { argv } => run.command(argv, live, cancel, &mut rec).await,
     };
+    if rec.outcome == Outcome::Interrupted && stop.by_request() {
+        rec.error = Some(crate::engine::run_context::CANCELLED_ON_REQUEST.into());
+    }
+    drop(stop);
     rec.changed = changed
         .iter()
         .map(|p| ctx.ws.relative(p).display().to_string())

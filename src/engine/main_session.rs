@@ -190,6 +190,9 @@ pub struct WakeResult {
     /// Handoffs the main session completed that could not be moved to done/ (the disk
     /// refused): still in active/, for the daemon to complete as soon as it can.
     pub uncompleted: Vec<Uncompleted>,
+    /// A person cancelled the wake (`loops jobs cancel`): its handoffs are back in the
+    /// inbox, and not handed over again at once.
+    pub cancelled_on_request: bool,
 }
 
 /// A completion the disk refused: the main session's word is kept, so the handoff is
@@ -367,12 +370,19 @@ pub async fn wake(
         run_id: &run_id,
         marker: &marker,
     };
-    let (res, on_model) = w.run_main_session(&inbox, &handoffs, cancel).await;
+    let stop = crate::engine::run_context::cancel_on_request(ctx, &run_id, cancel);
+    let (res, on_model) = w
+        .run_main_session(&inbox, &handoffs, Some(stop.rx.clone()))
+        .await;
+    let stopped_why = (res.cancelled && stop.by_request())
+        .then_some(crate::engine::run_context::CANCELLED_ON_REQUEST);
+    drop(stop);
     let after = loops_core::snapshot::Snapshot::of(areas).await;
     let changed = loops_core::snapshot::changed_between(&before, &after);
     let layout = ctx.ws.layout();
     let notes = InboxState::new(&layout);
     let mut s = Settlement::new(&inbox, notes, main, &run_id, changed);
+    s.stopped_why = stopped_why;
     if let Some(m) = &on_model {
         s.add_model_writes(layout.root(), &m.wrote);
     }
@@ -381,6 +391,9 @@ pub async fn wake(
     let mut rec = s.record(kind, started, outcome, &res, handoffs.len());
     if let Some(m) = on_model {
         add_model_wake(&mut rec, m, &ctx.ws);
+    }
+    if let Some(why) = stopped_why {
+        rec.error = Some(why.into());
     }
     s.commit(ctx, &mut rec, kind, outcome).await;
     commit_moves(ctx.committer.as_ref(), "released", s.returned).await;
@@ -396,6 +409,7 @@ pub async fn wake(
         held: s.held,
         released: s.released,
         uncompleted: s.uncompleted,
+        cancelled_on_request: stopped_why.is_some(),
     }
 }
 
@@ -582,6 +596,8 @@ struct Settlement<'a> {
     uncompleted: Vec<Uncompleted>,
     commit_paths: Vec<PathBuf>,
     trailers: Vec<(&'static str, String)>,
+    /// Why the wake was stopped, when a person asked for it: the handoffs' notes say so.
+    stopped_why: Option<&'static str>,
 }
 
 impl<'a> Settlement<'a> {
@@ -606,6 +622,7 @@ impl<'a> Settlement<'a> {
             uncompleted: Vec::new(),
             commit_paths: changed,
             trailers: Vec::new(),
+            stopped_why: None,
         }
     }
 
@@ -656,7 +673,10 @@ impl<'a> Settlement<'a> {
         res: &exec::ExecResult,
     ) {
         note.attempts += 1;
-        note.last_error = res.failure_reason(self.main.timeout);
+        note.last_error = match self.stopped_why {
+            Some(why) => Some(why.into()),
+            None => res.failure_reason(self.main.timeout),
+        };
         if note.attempts >= self.main.max_attempts {
             let why = format!(
                 "the main session failed {} times on it; last error: {}",

@@ -9,6 +9,7 @@ use loops_core::runs::{new_run_id, RunInProgress, RunLog, RunningSet};
 use loops_core::schedule::When;
 use loops_core::state::{LoopState, StateStore};
 use loops_core::workspace::Workspace;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -225,6 +226,24 @@ impl WakeKind {
 /// How often a run looks whether someone asked it to stop (`loops jobs cancel`).
 const CANCEL_POLL: Duration = Duration::from_millis(250);
 
+/// Why a run stopped when a person asked for it (`loops jobs cancel`, MCP `cancel_job`):
+/// its record says so, rather than the "interrupted" of a shutdown or a replacement.
+pub const CANCELLED_ON_REQUEST: &str =
+    "cancelled on request (`loops jobs cancel`, MCP `cancel_job`, or Ctrl-C on `loops trigger`)";
+
+/// A run's stop signal, and whether what fired it was a person's request.
+pub struct StopSignal {
+    pub rx: tokio::sync::watch::Receiver<bool>,
+    requested: Arc<AtomicBool>,
+}
+
+impl StopSignal {
+    /// The run was stopped because its job was cancelled from outside.
+    pub fn by_request(&self) -> bool {
+        self.requested.load(Ordering::Acquire)
+    }
+}
+
 /// A stop signal for a run that fires when `caller` does (the daemon replacing the run, a
 /// person's Ctrl-C) or when its job is cancelled from outside (`loops jobs cancel`, the MCP
 /// server). Ends with the run: once the returned receiver is dropped.
@@ -232,8 +251,10 @@ pub fn cancel_on_request(
     ctx: &RunContext,
     run_id: &str,
     caller: Option<tokio::sync::watch::Receiver<bool>>,
-) -> tokio::sync::watch::Receiver<bool> {
+) -> StopSignal {
     let (tx, rx) = tokio::sync::watch::channel(false);
+    let requested = Arc::new(AtomicBool::new(false));
+    let flag = requested.clone();
     let running = ctx.running.clone();
     let run_id = run_id.to_string();
     tokio::spawn(async move {
@@ -255,15 +276,16 @@ pub fn cancel_on_request(
             };
             let r = running.clone();
             let id = run_id.clone();
-            let requested = asked
-                || tokio::task::spawn_blocking(move || r.cancel_requested(&id))
+            let requested = !asked
+                && tokio::task::spawn_blocking(move || r.cancel_requested(&id))
                     .await
                     .unwrap_or(false);
-            if requested {
+            if asked || requested {
+                flag.store(requested, Ordering::Release);
                 let _ = tx.send(true);
                 return;
             }
         }
     });
-    rx
+    StopSignal { rx, requested }
 }

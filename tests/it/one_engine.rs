@@ -3,7 +3,9 @@
 //! it keeps `concurrency: forbid` across processes; no `.loops/running/` markers or
 //! `.loops/locks/*.run` files are made.
 
-use crate::common::{git_commit_all, loops_std_cmd, wait_until, TempWorkspace};
+use crate::common::{
+    git_commit_all, loops_std_cmd, main_script, main_seen, wait_until, TempWorkspace,
+};
 use std::time::Duration;
 
 const LONG: Duration = Duration::from_secs(60);
@@ -126,6 +128,14 @@ fn a_running_loop_tick_is_a_job_that_jobs_cancel_stops() {
     );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(v["state"], "cancelled", "{v}");
+    // The answer carries the run's record: a person's cancel, not a shutdown.
+    assert_eq!(v["run"]["outcome"], "interrupted", "{v}");
+    assert!(
+        v["run"]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("cancelled on request")),
+        "{v}"
+    );
     assert!(
         wait_until(LONG, || ws.count_outcome("long", "interrupted") >= 1),
         "the cancelled run is recorded as interrupted: {:?}\n{}",
@@ -143,6 +153,87 @@ fn a_running_loop_tick_is_a_job_that_jobs_cancel_stops() {
     d.kill();
     assert!(!ws.path().join(".loops/running").exists(), "no run markers");
     assert!(!ws.path().join(".loops/locks").exists(), "no run locks");
+}
+
+#[test]
+fn jobs_cancel_stops_a_wake_and_its_handoff_waits_before_it_is_handed_over_again() {
+    let ws = TempWorkspace::new();
+    let tools = tempfile::tempdir().expect("tempdir");
+    ws.with_main(&format!(
+        "  command: {}\n  max_attempts: 5\n",
+        main_script(tools.path(), "exec sleep 120", false)
+    ));
+    let mut d = ws.start_daemon();
+    d.wait_for_log("loops daemon started", LONG);
+    let h = ws.json(&["handoff", "create", "--from", "a", "--title", "Stop me"]);
+    let handoff = h["id"].as_str().expect("id").to_string();
+    let wake_job = || {
+        jobs(&ws, &["jobs", "list", "--all", "--json"])
+            .into_iter()
+            .find(|j| j["kind"] == "wake" && j["state"] == "active")
+    };
+    assert!(wait_until(LONG, || wake_job().is_some()), "{}", d.log());
+    let id = wake_job().expect("wake")["id"].to_string();
+
+    let out = ws
+        .cmd()
+        .args(["jobs", "cancel", &id])
+        .output()
+        .expect("cancel");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        said.contains("cancelled")
+            && said.contains("recorded interrupted: cancelled on request")
+            && said.contains("went back to the inbox"),
+        "{said}"
+    );
+    let first = ws.runs("main");
+    assert_eq!(first.len(), 1, "{first:?}");
+    assert!(
+        first[0]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("cancelled on request")),
+        "{first:?}"
+    );
+    let s = ws.json(&["inbox", "show", &handoff]);
+    assert!(
+        s["note"]["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("cancelled on request")),
+        "{s}"
+    );
+
+    // Handed over again, but not the instant the person stopped it.
+    assert!(
+        wait_until(LONG, || main_seen(tools.path()).len() >= 2),
+        "{}",
+        d.log()
+    );
+    assert!(wait_until(LONG, || wake_job().is_some()), "{}", d.log());
+    let id = wake_job().expect("wake")["id"].to_string();
+    let out = ws
+        .cmd()
+        .args(["jobs", "cancel", &id])
+        .output()
+        .expect("cancel");
+    assert!(out.status.success());
+    let runs = ws.runs("main");
+    assert_eq!(runs.len(), 2, "{runs:?}");
+    let t = |r: &serde_json::Value, k: &str| {
+        chrono::DateTime::parse_from_rfc3339(r[k].as_str().expect("time")).expect("rfc3339")
+    };
+    let gap = t(&runs[1], "started") - t(&runs[0], "finished");
+    assert!(
+        gap >= chrono::Duration::seconds(4),
+        "handed over again after {gap}"
+    );
+    assert_eq!(ws.json(&["inbox", "show", &handoff])["note"]["attempts"], 2);
+    d.kill();
 }
 
 #[test]

@@ -1000,6 +1000,14 @@ fn run_params(j: &Job) -> Option<RunParams> {
     serde_json::from_value(j.params.clone()).ok()
 }
 
+/// The run a light job (`loop` or `wake`) stands for, as its params name it.
+pub fn run_of_job(j: &Job) -> Option<RunInProgress> {
+    j.kind
+        .is_light()
+        .then(|| run_params(j).map(|p| p.marker))
+        .flatten()
+}
+
 /// A new light job for a run, leased to this process.
 fn light_job(id: JobId, m: &RunInProgress, now: DateTime<Utc>) -> Result<Job, StoreError> {
     let kind = m.kind();

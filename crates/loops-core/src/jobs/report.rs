@@ -131,7 +131,7 @@ pub fn children_line(j: &Job) -> Option<String> {
     Some(format!("{} ({})", j.children.len(), parts.join(", ")))
 }
 
-fn short_ms(ms: u64) -> String {
+pub fn short_ms(ms: u64) -> String {
     if ms < 1000 {
         format!("{ms}ms")
     } else if ms < 60_000 {
