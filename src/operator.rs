@@ -191,6 +191,7 @@ impl LoopRow {
                     .then_some(self.spent_today.cost),
                 "cost_unknown": self.spent_today.cost_unknown,
                 "runs": self.spent_today.runs,
+                "unreadable_records": self.spent_today.unreadable,
             },
         })
     }

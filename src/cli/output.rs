@@ -235,13 +235,14 @@ pub(super) fn with_spend(
     mut rows: Vec<Vec<String>>,
     loops: &[crate::operator::LoopRow],
 ) -> Vec<Vec<String>> {
-    if loops.iter().all(|l| l.spent_today.tokens == 0) {
+    let nothing = |s: &loops_core::spend::Spend| s.tokens == 0 && s.unreadable == 0;
+    if loops.iter().all(|l| nothing(&l.spent_today)) {
         return rows;
     }
     let at = header.len().saturating_sub(1);
     header.insert(at, "TODAY (ESTIMATE)");
     for (row, l) in rows.iter_mut().zip(loops) {
-        let spent = if l.spent_today.tokens == 0 {
+        let spent = if nothing(&l.spent_today) {
             "-".to_string()
         } else {
             l.spent_today.describe()

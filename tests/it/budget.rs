@@ -151,6 +151,29 @@ fn a_run_records_its_estimated_cost_and_its_commit_says_it() {
         .unwrap_or_else(|| v["loops"][0].clone());
     assert_eq!(row["spent_today"]["tokens"], 110, "{v}");
     assert_eq!(row["spent_today"]["runs"], 1, "{v}");
+    assert_eq!(row["spent_today"]["unreadable_records"], 0, "{v}");
+
+    // A damaged record line is not counted, and the spend says it is a lower bound.
+    let records = ws.path().join(".loops/runs/job.jsonl");
+    let mut text = std::fs::read_to_string(&records).expect("records");
+    text.push_str("{\"loop\":\"job\",\"run_id\":\"torn\n");
+    std::fs::write(&records, text).expect("damage a line");
+    let list = loops(&ws, &["list"]);
+    assert!(
+        list.stdout.contains("110 tokens")
+            && list
+                .stdout
+                .contains("1 damaged record line in .loops/runs/ not counted"),
+        "{}",
+        list.all()
+    );
+    let v: Value = serde_json::from_str(&loops(&ws, &["list", "--json"]).stdout).expect("json");
+    let row = v
+        .as_array()
+        .and_then(|a| a.iter().find(|r| r["name"] == "job"))
+        .cloned()
+        .unwrap_or_else(|| v["loops"][0].clone());
+    assert_eq!(row["spent_today"]["unreadable_records"], 1, "{v}");
 }
 
 #[test]

@@ -15,6 +15,9 @@ pub struct Spend {
     /// Some tokens were spent on a model whose price is unknown: `cost` is a lower bound.
     pub cost_unknown: bool,
     pub runs: u32,
+    /// Whole record lines that could not be read (damaged by hand or by the disk): what
+    /// they spent is not counted, so the figures are a lower bound.
+    pub unreadable: u32,
 }
 
 impl Spend {
@@ -35,6 +38,7 @@ impl Spend {
         self.cost += o.cost;
         self.cost_unknown |= o.cost_unknown;
         self.runs += o.runs;
+        self.unreadable += o.unreadable;
     }
 
     /// `12,345 tokens, ~$0.0123 (estimate)`, for people.
@@ -49,7 +53,14 @@ impl Spend {
         } else {
             format!("~${:.4} (estimate)", self.cost)
         };
-        format!("{} tokens, {cost}", self.tokens)
+        let unread = match self.unreadable {
+            0 => String::new(),
+            n => format!(
+                "; {n} damaged record line{} in .loops/runs/ not counted: at least this",
+                if n == 1 { "" } else { "s" }
+            ),
+        };
+        format!("{} tokens, {cost}{unread}", self.tokens)
     }
 }
 
@@ -66,12 +77,22 @@ pub fn spent_today(runlog: &RunLog, loop_name: &str, now: DateTime<Utc>) -> Spen
         return s;
     };
     let since = day_start(now);
-    for rec in text
-        .lines()
-        .filter_map(|l| serde_json::from_str::<RunRecord>(l).ok())
-        .filter(|r| r.finished >= since)
-    {
-        s.add_record(&rec);
+    // A last line with no newline yet is a record being appended now, not damage.
+    let whole = text.rfind('\n').map_or("", |end| &text[..end]);
+    for line in whole.lines().filter(|l| !l.trim().is_empty()) {
+        match serde_json::from_str::<RunRecord>(line) {
+            Ok(rec) if rec.finished >= since => s.add_record(&rec),
+            Ok(_) => {}
+            Err(_) => s.unreadable += 1,
+        }
+    }
+    if s.unreadable > 0 {
+        tracing::warn!(
+            "{}: {} record line(s) cannot be read, so today's spend counted from it is a lower bound; \
+             move the damaged lines out of the file (each line is one JSON record)",
+            runlog.path(loop_name).display(),
+            s.unreadable
+        );
     }
     s
 }
