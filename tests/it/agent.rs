@@ -3,11 +3,11 @@
 //! files, git's history and trailers, the run records and transcripts, and what was sent
 //! to the model.
 
-use crate::common::{drop_handoff, git, git_commit_all, git_trailers, TempWorkspace};
+use crate::common::{drop_handoff, git, git_commit_all, git_trailers, Out, TempWorkspace};
 use loops_testutil::fake_model::{self, anthropic, openai, FakeModel, Recorded, Reply};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// The API key the runner is given. Distinctive, so a leak anywhere is found by a search.
 const KEY: &str = "sk-test-SECRET-q7Zp3LxW9vKeyNeverWritten";
@@ -71,39 +71,9 @@ fn prompt_loop(ws: &TempWorkspace, name: &str, extra: &str, prompt: &str, state:
     git_commit_all(ws.path(), &format!("loop {name}"));
 }
 
-/// What a `loops` command did.
-struct Out {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-    elapsed: Duration,
-}
-
-impl Out {
-    fn all(&self) -> String {
-        format!(
-            "exit {:?}\n--- stdout\n{}\n--- stderr\n{}",
-            self.code, self.stdout, self.stderr
-        )
-    }
-}
-
 /// `loops ARGS…` in the workspace, with the API key in the environment.
 fn loops(ws: &TempWorkspace, args: &[&str]) -> Out {
-    let t0 = Instant::now();
-    let out = ws
-        .cmd()
-        .args(args)
-        .env("LOOPS_TEST_KEY", KEY)
-        .timeout(LONG)
-        .output()
-        .expect("run loops");
-    Out {
-        code: out.status.code(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        elapsed: t0.elapsed(),
-    }
+    Out::of(ws.cmd().args(args).env("LOOPS_TEST_KEY", KEY).timeout(LONG))
 }
 
 /// `loops trigger NAME` and the run record it appended.

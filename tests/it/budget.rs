@@ -2,40 +2,15 @@
 //! adaptive cadence (`schedule.adaptive`, `finish(next_check)`), through the real `loops`
 //! binary against the fake model server on 127.0.0.1.
 
-use crate::common::{git_commit_all, git_trailers, TempWorkspace};
+use crate::common::{git_commit_all, git_trailers, Out, TempWorkspace};
 use loops_testutil::fake_model::{openai, FakeModel, Reply};
 use serde_json::{json, Value};
 use std::time::Duration;
 
 const LONG: Duration = Duration::from_secs(180);
 
-struct Out {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-impl Out {
-    fn all(&self) -> String {
-        format!(
-            "exit {:?}\n--- stdout\n{}\n--- stderr\n{}",
-            self.code, self.stdout, self.stderr
-        )
-    }
-}
-
 fn loops(ws: &TempWorkspace, args: &[&str]) -> Out {
-    let out = ws
-        .cmd()
-        .args(args)
-        .timeout(LONG)
-        .output()
-        .expect("run loops");
-    Out {
-        code: out.status.code(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    Out::of(ws.cmd().args(args).timeout(LONG))
 }
 
 /// A workspace whose one provider is the fake server, a model priced in loops.yaml at
@@ -269,17 +244,7 @@ fn a_loop_over_its_daily_budget_is_paused_until_the_next_day_with_a_handoff() {
     // uncommitted in the person's tree.
     let status = crate::common::git(ws.path(), &["status", "--porcelain"]);
     assert!(status.trim().is_empty(), "{status}");
-    let list = ws
-        .cmd()
-        .env("COLUMNS", "250")
-        .arg("list")
-        .output()
-        .expect("loops list");
-    let list = Out {
-        code: list.status.code(),
-        stdout: String::from_utf8_lossy(&list.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&list.stderr).into_owned(),
-    };
+    let list = Out::of(ws.cmd().env("COLUMNS", "250").arg("list"));
     assert!(
         list.stdout
             .contains("paused for today: daily budget reached"),

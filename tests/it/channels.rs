@@ -1,7 +1,7 @@
 //! Delivery channels and the never-share guard, against local HTTP receivers on 127.0.0.1
 //! standing in for Discord, Slack, Teams and a generic webhook.
 
-use crate::common::{git, git_commit_all, wait_until, TempWorkspace};
+use crate::common::{git, git_commit_all, wait_until, Out, TempWorkspace};
 use loops_testutil::fake_model::FakeModel;
 use loops_testutil::fake_model::{anthropic, Recorded, Reply};
 use loops_testutil::process::signal_child;
@@ -58,24 +58,13 @@ fn http_channels(url: &str, retry: &str) -> (String, Vec<(String, String)>) {
     (yaml, env)
 }
 
-struct Out {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
 fn loops(ws: &TempWorkspace, env: &[(String, String)], args: &[&str]) -> Out {
     let mut c = ws.cmd();
     c.args(args).env("LOOPS_TEST_KEY", KEY).timeout(LONG);
     for (k, v) in env {
         c.env(k, v);
     }
-    let out = c.output().expect("run loops");
-    Out {
-        code: out.status.code(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    Out::of(&mut c)
 }
 
 /// Every file under `dir` as text (binary files lossily).

@@ -78,3 +78,33 @@ pub fn test_python() -> PathBuf {
     );
     python
 }
+
+/// What a `loops` command did: its exit code, its output as text, and how long it took.
+pub struct Out {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+    pub elapsed: std::time::Duration,
+}
+
+impl Out {
+    /// Runs `cmd` to its end.
+    pub fn of(cmd: &mut assert_cmd::Command) -> Out {
+        let t0 = std::time::Instant::now();
+        let out = cmd.output().expect("run loops");
+        Out {
+            code: out.status.code(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            elapsed: t0.elapsed(),
+        }
+    }
+
+    /// Everything it said, for an assertion's message.
+    pub fn all(&self) -> String {
+        format!(
+            "exit {:?}\n--- stdout\n{}\n--- stderr\n{}",
+            self.code, self.stdout, self.stderr
+        )
+    }
+}

@@ -6,7 +6,7 @@
 //! conversation trimmed to the model's context, keys optional for local servers, and
 //! fallback providers.
 
-use crate::common::{drop_handoff, git_commit_all, git_trailers, TempWorkspace};
+use crate::common::{drop_handoff, git_commit_all, git_trailers, Out, TempWorkspace};
 use loops_testutil::fake_model::{anthropic, llama, openai, FakeModel, Recorded, Reply};
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -15,33 +15,8 @@ use std::time::Duration;
 const LONG: Duration = Duration::from_secs(180);
 
 /// What a `loops` command did.
-struct Out {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-impl Out {
-    fn all(&self) -> String {
-        format!(
-            "exit {:?}\n--- stdout\n{}\n--- stderr\n{}",
-            self.code, self.stdout, self.stderr
-        )
-    }
-}
-
 fn loops(ws: &TempWorkspace, args: &[&str]) -> Out {
-    let out = ws
-        .cmd()
-        .args(args)
-        .timeout(LONG)
-        .output()
-        .expect("run loops");
-    Out {
-        code: out.status.code(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    Out::of(ws.cmd().args(args).timeout(LONG))
 }
 
 /// A workspace with these loops.yaml lines and nothing else; committed.
