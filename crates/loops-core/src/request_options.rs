@@ -239,28 +239,20 @@ struct OptionsYaml {
 pub(crate) fn read(sec: &mut Section, map: &Mapping) -> RequestOptions {
     let y: OptionsYaml = sec.read_also(map);
     let name = |sec: &Section, key: &str| sec.path_of(key).join(".");
-    let mut o = RequestOptions::default();
-    match y.tool_choice.written() {
-        Some(Ok(s)) if matches!(s.as_str(), "auto" | "required" | "none") => {
-            o.tool_choice = Some(match s.as_str() {
-                "auto" => ToolChoice::Auto,
-                "required" => ToolChoice::Required,
-                _ => ToolChoice::None,
-            })
-        }
-        Some(w) => {
-            let shown = match w {
-                Ok(s) => format!("`{s}`"),
-                Err(v) => show(&v),
-            };
-            let msg = format!(
-                "{} must be auto, required or none, not {shown}",
-                name(sec, "tool_choice")
-            );
-            sec.error("tool_choice", msg, "required makes every reply a tool call (small local models call tools only so; loops always offers `finish`), auto lets the model choose, none forbids calls");
-        }
-        None => {}
-    }
+    let mut o = RequestOptions {
+        tool_choice: one_of(
+            sec,
+            "tool_choice",
+            y.tool_choice,
+            &[
+                ("auto", ToolChoice::Auto),
+                ("required", ToolChoice::Required),
+                ("none", ToolChoice::None),
+            ],
+            "required makes every reply a tool call (small local models call tools only so; loops always offers `finish`), auto lets the model choose, none forbids calls",
+        ),
+        ..Default::default()
+    };
     o.temperature = fraction(
         sec,
         "temperature",
@@ -297,31 +289,17 @@ pub(crate) fn read(sec: &mut Section, map: &Mapping) -> RequestOptions {
         msg,
         "false asks for at most one tool call per reply",
     );
-    match y.reasoning_effort.written() {
-        Some(Ok(s)) if matches!(s.as_str(), "low" | "medium" | "high") => {
-            o.reasoning_effort = Some(match s.as_str() {
-                "low" => ReasoningEffort::Low,
-                "medium" => ReasoningEffort::Medium,
-                _ => ReasoningEffort::High,
-            })
-        }
-        Some(w) => {
-            let shown = match w {
-                Ok(s) => format!("`{s}`"),
-                Err(v) => show(&v),
-            };
-            let msg = format!(
-                "{} must be low, medium or high, not {shown}",
-                name(sec, "reasoning_effort")
-            );
-            sec.error(
-                "reasoning_effort",
-                msg,
-                "how long a reasoning model thinks before it answers (OpenAI's reasoning_effort)",
-            );
-        }
-        None => {}
-    }
+    o.reasoning_effort = one_of(
+        sec,
+        "reasoning_effort",
+        y.reasoning_effort,
+        &[
+            ("low", ReasoningEffort::Low),
+            ("medium", ReasoningEffort::Medium),
+            ("high", ReasoningEffort::High),
+        ],
+        "how long a reasoning model thinks before it answers (OpenAI's reasoning_effort)",
+    );
     let bad = bad_text(&y.thinking_budget);
     let msg = format!(
         "{} must be a whole number of tokens, at least 1, not {bad}",
@@ -332,6 +310,38 @@ pub(crate) fn read(sec: &mut Section, map: &Mapping) -> RequestOptions {
         .map(|w| w.saturating_u32());
     o.extra_body = extra_body(sec, y.extra_body);
     o
+}
+
+/// A setting that is one of a few words: the value of the word written, or an error
+/// listing the words (`KEY must be a, b or c, not X`).
+fn one_of<T: Copy>(
+    sec: &mut Section,
+    key: &str,
+    field: Field<String>,
+    words: &[(&str, T)],
+    help: &str,
+) -> Option<T> {
+    let written = field.written()?;
+    if let Ok(w) = &written {
+        if let Some((_, v)) = words.iter().find(|(word, _)| word == w) {
+            return Some(*v);
+        }
+    }
+    let shown = match written {
+        Ok(s) => format!("`{s}`"),
+        Err(v) => show(&v),
+    };
+    let names: Vec<&str> = words.iter().map(|(w, _)| *w).collect();
+    let listed = match names.split_last() {
+        Some((last, rest)) if !rest.is_empty() => format!("{} or {last}", rest.join(", ")),
+        _ => names.join(""),
+    };
+    let msg = format!(
+        "{} must be {listed}, not {shown}",
+        sec.path_of(key).join(".")
+    );
+    sec.error(key, msg, help.to_string());
+    None
 }
 
 /// What a value that is not the setting's type was, for its message.

@@ -703,9 +703,9 @@ struct RecordsYaml {
 }
 
 /// Reads `y` into `s`; the problems go to `sec`, which places each at its key.
-fn read_top(sec: &mut Section, y: SettingsYaml, s: &mut Settings) {
-    let (file, loc) = (sec.file, sec.loc);
-    match y.timezone.written() {
+fn read_top(sec: &mut Section, mut y: SettingsYaml, s: &mut Settings) {
+    let file = sec.file;
+    match std::mem::take(&mut y.timezone).written() {
         Some(Ok(name)) => match parse_timezone(&name) {
             Ok(tz) => s.timezone = Some(tz),
             Err((m, h)) => sec.error("timezone", m, h),
@@ -717,77 +717,8 @@ fn read_top(sec: &mut Section, y: SettingsYaml, s: &mut Settings) {
         ),
         None => {}
     }
-    // `limits`, `git` and `records` that are not mappings hold no settings to read.
-    if let Field::Ok(Map(m)) = y.limits {
-        let (l, mut ls) = Section::read::<LimitsYaml>(file, loc, &["limits"], &m);
-        read_limits(&mut ls, l, s);
-        sec.extend("limits", ls.finish());
-    }
-    if let Field::Ok(Map(m)) = y.git {
-        let (g, mut gs) = Section::read::<GitYaml>(file, loc, &["git"], &m);
-        read_git(&mut gs, g, s);
-        sec.extend("git", gs.finish());
-    }
-    if let Field::Ok(Map(m)) = y.records {
-        let (r, mut rs) = Section::read::<RecordsYaml>(file, loc, &["records"], &m);
-        read_records(&mut rs, r, s);
-        sec.extend("records", rs.finish());
-    }
-    match y.ui.written() {
-        Some(Ok(Map(m))) => {
-            let (u, mut us) = Section::read::<UiYaml>(file, loc, &["ui"], &m);
-            s.ui = read_ui(&mut us, u);
-            sec.extend("ui", us.finish());
-        }
-        Some(Err(_)) => sec.error(
-            "ui",
-            "`ui` must be a mapping",
-            "e.g. ui: { listen: 127.0.0.1:7788 }",
-        ),
-        None => {}
-    }
-    match y.remote.written() {
-        Some(Ok(Map(m))) => {
-            let (r, mut rs) =
-                Section::read::<crate::remote_config::RemoteYaml>(file, loc, &["remote"], &m);
-            s.remote = Some(crate::remote_config::read_remote(&mut rs, r));
-            sec.extend("remote", rs.finish());
-        }
-        Some(Err(_)) => sec.error(
-            "remote",
-            "`remote` must be a mapping",
-            "e.g. remote: { name: origin, pull_every: 30s }",
-        ),
-        None => {}
-    }
-    let mut found = Vec::new();
-    if let Field::Ok(v) = y.mcp_servers {
-        s.mcp_servers = crate::mcp_config::parse_mcp_servers(file, loc, &v, &mut found);
-        sec.extend("mcp_servers", std::mem::take(&mut found));
-    }
-    if let Field::Ok(v) = y.providers {
-        s.providers = crate::providers::parse_providers(file, loc, &v, &mut found);
-        s.has_providers = !s.providers.is_empty();
-        sec.extend("providers", std::mem::take(&mut found));
-    }
-    if let Field::Ok(v) = y.defaults {
-        s.defaults = crate::providers::parse_defaults(file, loc, &v, &mut found);
-        sec.extend("defaults", std::mem::take(&mut found));
-    }
-    if let Some(v) = y.pricing.written() {
-        let v = v.unwrap_or_else(|v| v);
-        s.pricing = crate::pricing::parse(file, loc, &v, &mut found);
-        sec.extend("pricing", std::mem::take(&mut found));
-    }
-    if let Some(v) = y.budget.written() {
-        let v = v.unwrap_or_else(|v| v);
-        s.budget = crate::budget::parse(file, loc, &["budget"], &v, &mut found);
-        sec.extend("budget", std::mem::take(&mut found));
-    }
-    if let Field::Ok(v) = y.channels {
-        s.channels = crate::channel_config::parse_channels(file, loc, &v, &mut found);
-        sec.extend("channels", std::mem::take(&mut found));
-    }
+    read_mapped_sections(sec, &mut y, s);
+    read_parsed_sections(sec, &mut y, s);
     if let Some(b) = sec.take(
         "allow_shell_tool",
         y.allow_shell_tool,
@@ -815,6 +746,89 @@ fn read_top(sec: &mut Section, y: SettingsYaml, s: &mut Settings) {
         None => {}
     }
     sec.unknown_keys(TOP_KEYS);
+}
+
+/// The sections that are mappings of their own keys: `limits`, `git`, `records`, `ui`,
+/// `remote`.
+fn read_mapped_sections(sec: &mut Section, y: &mut SettingsYaml, s: &mut Settings) {
+    let (file, loc) = (sec.file, sec.loc);
+    // `limits`, `git` and `records` that are not mappings hold no settings to read.
+    if let Field::Ok(Map(m)) = std::mem::take(&mut y.limits) {
+        let (l, mut ls) = Section::read::<LimitsYaml>(file, loc, &["limits"], &m);
+        read_limits(&mut ls, l, s);
+        sec.extend("limits", ls.finish());
+    }
+    if let Field::Ok(Map(m)) = std::mem::take(&mut y.git) {
+        let (g, mut gs) = Section::read::<GitYaml>(file, loc, &["git"], &m);
+        read_git(&mut gs, g, s);
+        sec.extend("git", gs.finish());
+    }
+    if let Field::Ok(Map(m)) = std::mem::take(&mut y.records) {
+        let (r, mut rs) = Section::read::<RecordsYaml>(file, loc, &["records"], &m);
+        read_records(&mut rs, r, s);
+        sec.extend("records", rs.finish());
+    }
+    match std::mem::take(&mut y.ui).written() {
+        Some(Ok(Map(m))) => {
+            let (u, mut us) = Section::read::<UiYaml>(file, loc, &["ui"], &m);
+            s.ui = read_ui(&mut us, u);
+            sec.extend("ui", us.finish());
+        }
+        Some(Err(_)) => sec.error(
+            "ui",
+            "`ui` must be a mapping",
+            "e.g. ui: { listen: 127.0.0.1:7788 }",
+        ),
+        None => {}
+    }
+    match std::mem::take(&mut y.remote).written() {
+        Some(Ok(Map(m))) => {
+            let (r, mut rs) =
+                Section::read::<crate::remote_config::RemoteYaml>(file, loc, &["remote"], &m);
+            s.remote = Some(crate::remote_config::read_remote(&mut rs, r));
+            sec.extend("remote", rs.finish());
+        }
+        Some(Err(_)) => sec.error(
+            "remote",
+            "`remote` must be a mapping",
+            "e.g. remote: { name: origin, pull_every: 30s }",
+        ),
+        None => {}
+    }
+}
+
+/// The sections read by their own modules: MCP servers, providers and their defaults,
+/// pricing, the budget, channels.
+fn read_parsed_sections(sec: &mut Section, y: &mut SettingsYaml, s: &mut Settings) {
+    let (file, loc) = (sec.file, sec.loc);
+    let mut found = Vec::new();
+    if let Field::Ok(v) = std::mem::take(&mut y.mcp_servers) {
+        s.mcp_servers = crate::mcp_config::parse_mcp_servers(file, loc, &v, &mut found);
+        sec.extend("mcp_servers", std::mem::take(&mut found));
+    }
+    if let Field::Ok(v) = std::mem::take(&mut y.providers) {
+        s.providers = crate::providers::parse_providers(file, loc, &v, &mut found);
+        s.has_providers = !s.providers.is_empty();
+        sec.extend("providers", std::mem::take(&mut found));
+    }
+    if let Field::Ok(v) = std::mem::take(&mut y.defaults) {
+        s.defaults = crate::providers::parse_defaults(file, loc, &v, &mut found);
+        sec.extend("defaults", std::mem::take(&mut found));
+    }
+    if let Some(v) = std::mem::take(&mut y.pricing).written() {
+        let v = v.unwrap_or_else(|v| v);
+        s.pricing = crate::pricing::parse(file, loc, &v, &mut found);
+        sec.extend("pricing", std::mem::take(&mut found));
+    }
+    if let Some(v) = std::mem::take(&mut y.budget).written() {
+        let v = v.unwrap_or_else(|v| v);
+        s.budget = crate::budget::parse(file, loc, &["budget"], &v, &mut found);
+        sec.extend("budget", std::mem::take(&mut found));
+    }
+    if let Field::Ok(v) = std::mem::take(&mut y.channels) {
+        s.channels = crate::channel_config::parse_channels(file, loc, &v, &mut found);
+        sec.extend("channels", std::mem::take(&mut found));
+    }
 }
 
 fn read_limits(sec: &mut Section, l: LimitsYaml, s: &mut Settings) {
