@@ -96,6 +96,17 @@ fn next_utc_midnight() -> chrono::DateTime<chrono::Utc> {
 // ---------------------------------------------------------------------------------------
 // Pricing: each run's estimated cost, in its record and its commit's trailers.
 
+/// A loop's row of `loops list --json`, and the whole answer (for messages).
+fn list_row(ws: &TempWorkspace, name: &str) -> (Value, Value) {
+    let v: Value = serde_json::from_str(&loops(ws, &["list", "--json"]).stdout).expect("json");
+    let row = v
+        .as_array()
+        .and_then(|a| a.iter().find(|r| r["name"] == name))
+        .cloned()
+        .unwrap_or_else(|| v["loops"][0].clone());
+    (row, v)
+}
+
 #[test]
 fn a_run_records_its_estimated_cost_and_its_commit_says_it() {
     let fake = FakeModel::start(vec![write_state("job", "SEEN\n"), done()]);
@@ -118,12 +129,7 @@ fn a_run_records_its_estimated_cost_and_its_commit_says_it() {
         "{}",
         list.all()
     );
-    let v: Value = serde_json::from_str(&loops(&ws, &["list", "--json"]).stdout).expect("json");
-    let row = v
-        .as_array()
-        .and_then(|a| a.iter().find(|r| r["name"] == "job"))
-        .cloned()
-        .unwrap_or_else(|| v["loops"][0].clone());
+    let (row, v) = list_row(&ws, "job");
     assert_eq!(row["spent_today"]["tokens"], 110, "{v}");
     assert_eq!(row["spent_today"]["runs"], 1, "{v}");
     assert_eq!(row["spent_today"]["unreadable_records"], 0, "{v}");
@@ -142,12 +148,7 @@ fn a_run_records_its_estimated_cost_and_its_commit_says_it() {
         "{}",
         list.all()
     );
-    let v: Value = serde_json::from_str(&loops(&ws, &["list", "--json"]).stdout).expect("json");
-    let row = v
-        .as_array()
-        .and_then(|a| a.iter().find(|r| r["name"] == "job"))
-        .cloned()
-        .unwrap_or_else(|| v["loops"][0].clone());
+    let (row, v) = list_row(&ws, "job");
     assert_eq!(row["spent_today"]["unreadable_records"], 1, "{v}");
 }
 

@@ -50,6 +50,13 @@ fn loop_jobs(ws: &TempWorkspace) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// A record's error, or a handoff's note, says a person's cancel stopped the run.
+fn cancelled_on_request(error: &serde_json::Value) -> bool {
+    error
+        .as_str()
+        .is_some_and(|e| e.contains("cancelled on request"))
+}
+
 #[test]
 fn a_running_loop_tick_is_a_job_that_jobs_cancel_stops() {
     let ws = TempWorkspace::new();
@@ -130,12 +137,7 @@ fn a_running_loop_tick_is_a_job_that_jobs_cancel_stops() {
     assert_eq!(v["state"], "cancelled", "{v}");
     // The answer carries the run's record: a person's cancel, not a shutdown.
     assert_eq!(v["run"]["outcome"], "interrupted", "{v}");
-    assert!(
-        v["run"]["error"]
-            .as_str()
-            .is_some_and(|e| e.contains("cancelled on request")),
-        "{v}"
-    );
+    assert!(cancelled_on_request(&v["run"]["error"]), "{v}");
     assert!(
         wait_until(LONG, || ws.count_outcome("long", "interrupted") >= 1),
         "the cancelled run is recorded as interrupted: {:?}\n{}",
@@ -194,19 +196,9 @@ fn jobs_cancel_stops_a_wake_and_its_handoff_waits_before_it_is_handed_over_again
     );
     let first = ws.runs("main");
     assert_eq!(first.len(), 1, "{first:?}");
-    assert!(
-        first[0]["error"]
-            .as_str()
-            .is_some_and(|e| e.contains("cancelled on request")),
-        "{first:?}"
-    );
+    assert!(cancelled_on_request(&first[0]["error"]), "{first:?}");
     let s = ws.json(&["inbox", "show", &handoff]);
-    assert!(
-        s["note"]["last_error"]
-            .as_str()
-            .is_some_and(|e| e.contains("cancelled on request")),
-        "{s}"
-    );
+    assert!(cancelled_on_request(&s["note"]["last_error"]), "{s}");
 
     // Handed over again, but not the instant the person stopped it.
     assert!(
