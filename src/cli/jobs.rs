@@ -455,6 +455,13 @@ fn show_progress(store: &JobStore, id: JobId, json: bool) -> Result {
 fn cancel_job(ws: &Workspace, store: &JobStore, id: JobId, json: bool) -> Result {
     let j = queue::cancel(store, id, Utc::now())?;
     if j.kind.is_light() && !j.state.is_terminal() {
+        if !loops_core::runs::run_has_begun(&j) {
+            return done_report(
+                &j,
+                json,
+                "cancel requested; the run had not begun: it is recorded as not run instead of starting",
+            );
+        }
         return cancel_report(ws, wait_for_run_to_stop(store, j), json);
     }
     let j = if j.state.is_terminal() {

@@ -231,6 +231,10 @@ const CANCEL_POLL: Duration = Duration::from_millis(250);
 pub const CANCELLED_ON_REQUEST: &str =
     "cancelled on request (`loops jobs cancel`, MCP `cancel_job`, or Ctrl-C on `loops trigger`)";
 
+/// Why a run cancelled while it waited for its time or its turn was not run.
+pub const CANCELLED_BEFORE_IT_BEGAN: &str =
+    "cancelled on request before it began (`loops jobs cancel`, MCP `cancel_job`, or Ctrl-C on `loops trigger`)";
+
 /// A run's stop signal, and whether what fired it was a person's request.
 pub struct StopSignal {
     pub rx: tokio::sync::watch::Receiver<bool>,

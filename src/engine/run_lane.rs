@@ -404,6 +404,18 @@ impl LaneRun {
             }
             p = self.permits.clone().acquire_owned() => p,
         };
+        // A run a person cancelled while it waited (for its turn, or its staggered time)
+        // does not begin only to be stopped: it is recorded as not run, saying why.
+        if cancelled_before_begin(ctx, req).await {
+            let why = crate::engine::run_context::CANCELLED_BEFORE_IT_BEGAN;
+            tracing::info!(loop_name = %def.name, run = %req.run_id, "not run: {why}");
+            let rec = record_not_run(ctx, def, req, self.clock.now(), why);
+            return Finished {
+                def: self.def,
+                rec,
+                after: Aftermath::Nothing,
+            };
+        }
         if self.exclusive && !begin_alone(ctx, def, req).await {
             let why = "another process was running this loop (concurrency: forbid)";
             tracing::info!(loop_name = %def.name, "slot skipped: {why}");
@@ -524,6 +536,15 @@ fn record_not_run(
         tracing::error!("{e}");
     }
     rec
+}
+
+/// Whether the run's job was cancelled (`loops jobs cancel`) before the run began.
+async fn cancelled_before_begin(ctx: &RunContext, req: &RunRequest) -> bool {
+    let running = ctx.running.clone();
+    let run_id = req.run_id.clone();
+    tokio::task::spawn_blocking(move || running.cancel_requested(&run_id))
+        .await
+        .unwrap_or(false)
 }
 
 /// Begins `req`'s run unless another live process has begun a run of the loop

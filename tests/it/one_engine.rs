@@ -229,6 +229,90 @@ fn jobs_cancel_stops_a_wake_and_its_handoff_waits_before_it_is_handed_over_again
 }
 
 #[test]
+fn a_run_cancelled_while_it_waits_for_its_turn_never_begins() {
+    let ws = TempWorkspace::new();
+    ws.write("loops.yaml", "limits:\n  max_concurrent_jobs: 1\n");
+    for (name, cmd) in [
+        ("hog", "exec sleep 120"),
+        ("queued", "echo ran >> state.md"),
+    ] {
+        ws.add_loop(
+            name,
+            &format!(
+                "schedule: {{ every: 1h }}\npayload:\n  kind: command\n  command: \"{cmd}\"\n"
+            ),
+        );
+    }
+    git_commit_all(ws.path(), "two loops, one at a time");
+    let mut d = ws.start_daemon();
+    d.wait_for_log("loops daemon started", LONG);
+    let trigger = |name: &str| {
+        loops_std_cmd(ws.path())
+            .args(["trigger", name])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("trigger")
+    };
+    let listed = |name: &str| {
+        jobs(&ws, &["jobs", "list", "--all", "--json"])
+            .into_iter()
+            .find(|j| j["name"] == name)
+            .map(|j| j["id"].to_string())
+    };
+    let mut hog = trigger("hog");
+    assert!(wait_until(LONG, || listed("hog").is_some()), "{}", d.log());
+    let mut queued = trigger("queued");
+    // Claimed by the daemon, waiting behind the limit of one.
+    d.wait_for_log("triggered: the run starts now loop_name=queued", LONG);
+    assert!(
+        wait_until(LONG, || listed("queued").is_some()),
+        "{}",
+        d.log()
+    );
+    let id = listed("queued").expect("queued");
+    let out = ws
+        .cmd()
+        .args(["jobs", "cancel", &id])
+        .output()
+        .expect("cancel");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Its turn comes when the hog is stopped: it is recorded as not run, and never ran.
+    let hog_id = listed("hog").expect("hog");
+    let out = ws
+        .cmd()
+        .args(["jobs", "cancel", &hog_id])
+        .output()
+        .expect("cancel");
+    assert!(out.status.success());
+    assert!(
+        wait_until(LONG, || !ws.runs("queued").is_empty()),
+        "{}",
+        d.log()
+    );
+    let rec = &ws.runs("queued")[0];
+    assert_eq!(rec["outcome"], "skipped", "{rec}");
+    assert!(
+        rec["note"]
+            .as_str()
+            .is_some_and(|n| n.contains("cancelled on request before it began")),
+        "{rec}"
+    );
+    assert!(
+        !ws.path().join("domains/queued/state.md").exists(),
+        "it ran"
+    );
+    let _ = hog.wait();
+    let _ = queued.wait();
+    d.kill();
+}
+
+#[test]
 fn a_trigger_holds_the_loop_against_the_daemon_across_processes() {
     let ws = TempWorkspace::new();
     let mut first = trigger_slow_loop(&ws, "slowtrig");

@@ -1000,6 +1000,12 @@ fn run_params(j: &Job) -> Option<RunParams> {
     serde_json::from_value(j.params.clone()).ok()
 }
 
+/// Whether the run a light job stands for has begun (is past its wait for its time and
+/// its turn under `limits.max_concurrent_jobs`).
+pub fn run_has_begun(j: &Job) -> bool {
+    run_params(j).is_some_and(|p| p.begun)
+}
+
 /// The run a light job (`loop` or `wake`) stands for, as its params name it.
 pub fn run_of_job(j: &Job) -> Option<RunInProgress> {
     j.kind
