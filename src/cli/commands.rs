@@ -719,7 +719,15 @@ fn runs(ws: &Workspace, name: &str, limit: usize, json: bool) -> Result {
     // that started first would show after the short ones that overtook it. The whole
     // current file is read (as `recent` does anyway), ordered by start, and the last
     // `limit` kept.
-    let mut recs = log.recent(name, usize::MAX);
+    let (mut recs, damaged) = log.all_counting_damaged(name);
+    if damaged > 0 {
+        eprintln!(
+            "note: {damaged} line{} of {} cannot be read and {} not shown; each line is one JSON record: move the damaged ones out of the file",
+            if damaged == 1 { "" } else { "s" },
+            ws.relative(&log.path(name)).display(),
+            if damaged == 1 { "is" } else { "are" },
+        );
+    }
     recs.sort_by_key(|r| r.started);
     let mut recs = recs.split_off(recs.len().saturating_sub(limit));
     if let Some(state) = loops_core::remote::RemoteState::load(&ws.layout()) {

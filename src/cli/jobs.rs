@@ -456,11 +456,7 @@ fn cancel_job(ws: &Workspace, store: &JobStore, id: JobId, json: bool) -> Result
     let j = queue::cancel(store, id, Utc::now())?;
     if j.kind.is_light() && !j.state.is_terminal() {
         if !loops_core::runs::run_has_begun(&j) {
-            return done_report(
-                &j,
-                json,
-                "cancel requested; the run had not begun: it is recorded as not run instead of starting",
-            );
+            return not_begun_report(&j, json);
         }
         return cancel_report(ws, wait_for_run_to_stop(store, j), json);
     }
@@ -470,6 +466,20 @@ fn cancel_job(ws: &Workspace, store: &JobStore, id: JobId, json: bool) -> Result
         wait_for_runner(store, id, |j| j.state.is_terminal())?
     };
     done_report(&j, json, "cancel requested; its runner is stopping it")
+}
+
+/// A cancelled run that was still waiting to begin: it will not start.
+fn not_begun_report(j: &Job, json: bool) -> Result {
+    if json {
+        print_json(&report::to_json(j, Utc::now()));
+        return Ok(());
+    }
+    println!("Job #{} ({}) — cancel requested", j.id, j.name);
+    println!(
+        "  run:      had not begun (waiting for its time, or its turn under limits.max_concurrent_jobs): it is recorded as not run instead of starting"
+    );
+    println!("  history:  `loops runs {}`", j.name);
+    Ok(())
 }
 
 /// What a cancel of a loop's run or a wake did: the run's record once it has one (how

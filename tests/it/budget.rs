@@ -150,6 +150,15 @@ fn a_run_records_its_estimated_cost_and_its_commit_says_it() {
     );
     let (row, v) = list_row(&ws, "job");
     assert_eq!(row["spent_today"]["unreadable_records"], 1, "{v}");
+    // `loops runs` shows the records it can read and says what it could not.
+    let runs = loops(&ws, &["runs", "job"]);
+    assert_eq!(runs.code, Some(0), "{}", runs.all());
+    assert!(
+        runs.stderr
+            .contains("1 line of .loops/runs/job.jsonl cannot be read and is not shown"),
+        "{}",
+        runs.all()
+    );
 }
 
 #[test]

@@ -281,6 +281,11 @@ fn a_run_cancelled_while_it_waits_for_its_turn_never_begins() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains("had not begun") && said.contains("recorded as not run"),
+        "{said}"
+    );
 
     // Its turn comes when the hog is stopped: it is recorded as not run, and never ran.
     let hog_id = listed("hog").expect("hog");

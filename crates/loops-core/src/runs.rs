@@ -386,6 +386,23 @@ impl RunLog {
         out
     }
 
+    /// Every record of a loop's current file, in file order, and how many lines could
+    /// not be read (damaged by hand or by the disk).
+    pub fn all_counting_damaged(&self, loop_name: &str) -> (Vec<RunRecord>, usize) {
+        let Ok(text) = std::fs::read_to_string(self.path(loop_name)) else {
+            return (Vec::new(), 0);
+        };
+        let mut recs = Vec::new();
+        let mut damaged = 0;
+        for line in record_lines(&text) {
+            match line {
+                Ok(r) => recs.push(r),
+                Err(()) => damaged += 1,
+            }
+        }
+        (recs, damaged)
+    }
+
     /// Finds a run by id in a loop's current record file.
     pub fn find(&self, loop_name: &str, run_id: &str) -> Option<RunRecord> {
         let text = std::fs::read_to_string(self.path(loop_name)).ok()?;
@@ -394,6 +411,22 @@ impl RunLog {
             .filter_map(|l| serde_json::from_str::<RunRecord>(l).ok())
             .find(|r| r.run_id == run_id)
     }
+}
+
+/// The records of a record file's text, each line read, or `Err` for a line that cannot
+/// be. A last line with no newline that does not parse is a record being appended this
+/// moment, not damage: it is left out without a word.
+pub fn record_lines(text: &str) -> impl Iterator<Item = Result<RunRecord, ()>> + '_ {
+    let appending = !text.is_empty() && !text.ends_with('\n');
+    let count = text.lines().count();
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .filter_map(move |(i, l)| match serde_json::from_str::<RunRecord>(l) {
+            Ok(r) => Some(Ok(r)),
+            Err(_) if appending && i + 1 == count => None,
+            Err(_) => Some(Err(())),
+        })
 }
 
 /// A run in progress as its light job records it (the job's `params`): which run, who
@@ -1055,6 +1088,29 @@ const MAIN_SESSION: &str = "main";
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_damaged_line_is_counted_and_a_line_being_appended_is_not() {
+        let rec = |id: &str| {
+            let mut r =
+                RunRecord::decision("l", "manual", None, Utc::now(), Outcome::Silent, "x".into());
+            r.run_id = id.into();
+            serde_json::to_string(&r).expect("json")
+        };
+        let read = |text: &str| {
+            let (ok, bad): (Vec<_>, Vec<_>) = record_lines(text).partition(|r| r.is_ok());
+            let ids: Vec<String> = ok.into_iter().flatten().map(|r| r.run_id).collect();
+            (ids, bad.len())
+        };
+        let text = format!("{}\n{{\"torn\n\n{}\n", rec("a"), rec("b"));
+        assert_eq!(read(&text), (vec!["a".into(), "b".into()], 1));
+        // Being appended this moment: neither a record nor damage.
+        let text = format!("{}\n{{\"loop\":\"l\",\"ru", rec("a"));
+        assert_eq!(read(&text), (vec!["a".into()], 0));
+        // A whole record with its newline lost (edited by hand) is still read.
+        let text = format!("{}\n{}", rec("a"), rec("b"));
+        assert_eq!(read(&text), (vec!["a".into(), "b".into()], 0));
+    }
 
     #[test]
     fn records_the_disk_refuses_are_held_and_written_in_order_later() {

@@ -77,13 +77,11 @@ pub fn spent_today(runlog: &RunLog, loop_name: &str, now: DateTime<Utc>) -> Spen
         return s;
     };
     let since = day_start(now);
-    // A last line with no newline yet is a record being appended now, not damage.
-    let whole = text.rfind('\n').map_or("", |end| &text[..end]);
-    for line in whole.lines().filter(|l| !l.trim().is_empty()) {
-        match serde_json::from_str::<RunRecord>(line) {
+    for line in crate::runs::record_lines(&text) {
+        match line {
             Ok(rec) if rec.finished >= since => s.add_record(&rec),
             Ok(_) => {}
-            Err(_) => s.unreadable += 1,
+            Err(()) => s.unreadable += 1,
         }
     }
     if s.unreadable > 0 {
