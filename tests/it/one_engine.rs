@@ -96,6 +96,14 @@ fn a_running_loop_tick_is_a_job_that_jobs_cancel_stops() {
         String::from_utf8_lossy(&t.stderr)
     );
 
+    // Shown as a run (which, begun), not as an agent's turns and tokens.
+    let got = ws.cmd().args(["jobs", "get", &id]).output().expect("get");
+    let shown = String::from_utf8_lossy(&got.stdout);
+    assert!(
+        shown.contains("progress: running (run ") && !shown.contains("tokens:"),
+        "{shown}"
+    );
+
     // A run has no turns to pause between: refused, saying what does work.
     let p = ws
         .cmd()

@@ -72,6 +72,9 @@ pub fn tokens_now(j: &Job) -> Tokens {
 }
 
 pub fn progress_line(j: &Job) -> String {
+    if j.kind.is_light() {
+        return run_line(j);
+    }
     let p = &j.progress;
     let mut s = match (j.kind, p.total) {
         (JobKind::Shell, _) if j.state == JobState::Active => "running".to_string(),
@@ -98,6 +101,38 @@ pub fn progress_line(j: &Job) -> String {
     }
     if let Some(n) = p.note.as_ref().filter(|_| !j.state.is_terminal()) {
         s.push_str(&format!(" ({n})"));
+    }
+    s
+}
+
+/// Where a loop's run or a wake is, from the run its light job names (its params are the
+/// run's marker: `run_id`, `trigger`, `slot`, `begun`; a wake's `handoffs`).
+fn run_line(j: &Job) -> String {
+    let p = &j.params;
+    let text = |k: &str| p.get(k).and_then(|v| v.as_str());
+    let begun = p.get("begun").and_then(|v| v.as_bool()).unwrap_or(false);
+    let mut s = match j.state {
+        JobState::Cancelled => "cancelled".to_string(),
+        _ if begun => "running".to_string(),
+        _ => {
+            "waiting to begin (its time, or its turn under limits.max_concurrent_jobs)".to_string()
+        }
+    };
+    let mut about = Vec::new();
+    if let Some(id) = text("run_id") {
+        about.push(format!("run {id}"));
+    }
+    if let Some(t) = text("trigger") {
+        about.push(match text("slot") {
+            Some(slot) => format!("{t}, slot {slot}"),
+            None => t.to_string(),
+        });
+    }
+    if let Some(n) = p.get("handoffs").and_then(|v| v.as_array()).map(Vec::len) {
+        about.push(format!("{n} handoff{}", if n == 1 { "" } else { "s" }));
+    }
+    if !about.is_empty() {
+        s.push_str(&format!(" ({})", about.join("; ")));
     }
     s
 }
@@ -146,7 +181,10 @@ pub fn report(j: &Job, now: DateTime<Utc>) -> String {
     let mut s = headline(j);
     s.push('\n');
     s.push_str(&format!("  progress: {}\n", progress_line(j)));
-    s.push_str(&format!("  tokens:   {}\n", tokens_line(&tokens_now(j))));
+    // A run's tokens are in its run record, not its light job.
+    if !j.kind.is_light() {
+        s.push_str(&format!("  tokens:   {}\n", tokens_line(&tokens_now(j))));
+    }
     s.push_str(&format!("  runtime:  {}\n", short_ms(j.elapsed_ms(now))));
     if let Some(c) = children_line(j) {
         s.push_str(&format!("  children: {c}\n"));
@@ -156,7 +194,10 @@ pub fn report(j: &Job, now: DateTime<Utc>) -> String {
             s.push_str(&format!("  error:    {e}\n"));
         }
     }
-    if let Some(t) = j.run_at.filter(|_| j.state == JobState::Delayed) {
+    if let Some(t) = j
+        .run_at
+        .filter(|_| j.state == JobState::Delayed && !j.kind.is_light())
+    {
         s.push_str(&format!("  next try: {}\n", t.to_rfc3339()));
     }
     s
