@@ -269,7 +269,13 @@ fn a_run_cancelled_while_it_waits_for_its_turn_never_begins() {
             .map(|j| j["id"].to_string())
     };
     let mut hog = trigger("hog");
-    assert!(wait_until(LONG, || listed("hog").is_some()), "{}", d.log());
+    // The hog holds the one permit (its run has begun) before the other is triggered.
+    let begun = |name: &str| {
+        jobs(&ws, &["jobs", "list", "--all", "--json"])
+            .into_iter()
+            .any(|j| j["name"] == name && j["state"] == "active")
+    };
+    assert!(wait_until(LONG, || begun("hog")), "{}", d.log());
     let mut queued = trigger("queued");
     // Claimed by the daemon, waiting behind the limit of one.
     d.wait_for_log("triggered: the run starts now loop_name=queued", LONG);

@@ -237,6 +237,25 @@ fn unique_suffix() -> u64 {
 /// field 22). With the pid it names a process uniquely: a pid reused after a crash has
 /// another start time, so a lease or lock naming (pid, start) is never mistaken as alive.
 pub fn process_start_time(pid: u32) -> Option<u64> {
+    // This process's own is asked for at every lease and run marker (thousands a second
+    // under load): read once, since it cannot change while the process lives. Keyed by
+    // pid, so a forked child reads its own; a read that failed is not kept.
+    static OWN: std::sync::OnceLock<(u32, u64)> = std::sync::OnceLock::new();
+    let me = std::process::id();
+    if pid == me {
+        if let Some(&(cached_pid, start)) = OWN.get() {
+            if cached_pid == me {
+                return Some(start);
+            }
+        }
+        let start = read_start_time(me)?;
+        let _ = OWN.set((me, start));
+        return Some(start);
+    }
+    read_start_time(pid)
+}
+
+fn read_start_time(pid: u32) -> Option<u64> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) may hold spaces and parentheses: split after the last ')'.
     let rest = &stat[stat.rfind(')')? + 2..];
