@@ -365,6 +365,30 @@ fn history_a_file_the_run_deletes_is_removed_in_its_commit() {
 }
 
 /// Makes a file look `secs` seconds old.
+#[test]
+fn history_a_lock_a_killed_index_update_left_does_not_stop_the_index_following_head() {
+    // A runner SIGKILLed while libgit2 wrote its copy of the index leaves the copy's lock
+    // behind (`.git/loops-index.tmp.lock`; found by the soak test). Every later index
+    // update then failed, so commits went on and `git status` showed them as staged
+    // deletions with the files untracked.
+    let ws = TempWorkspace::new();
+    writer_loop(&ws, "w", "wrote");
+    git_commit_all(ws.path(), "writer loop");
+    std::fs::write(ws.path().join(".git/loops-index.tmp.lock"), b"").unwrap();
+    for _ in 0..2 {
+        let rec = trigger_json(&ws, "w");
+        assert!(rec["commit"].is_string(), "{rec}");
+        assert_eq!(
+            git(
+                ws.path(),
+                &["status", "--porcelain", "--untracked-files=all"]
+            ),
+            "",
+            "the index follows the run's commit"
+        );
+    }
+}
+
 fn age(p: &std::path::Path, secs: u64) {
     let f = std::fs::OpenOptions::new()
         .write(true)

@@ -255,6 +255,10 @@ impl IndexLock {
     pub fn open_copy(&self) -> Result<git2::Index, git2::Error> {
         let copy = self.git_dir.join("loops-index.tmp");
         let _ = std::fs::remove_file(&copy);
+        // libgit2 writes the copy through `<copy>.lock`; a runner killed in that write
+        // leaves it, and every later write of the copy would fail on it. Nobody else
+        // uses the copy while `.git/index.lock` is ours, so a lock found here is stale.
+        let _ = std::fs::remove_file(self.git_dir.join("loops-index.tmp.lock"));
         match std::fs::copy(self.git_dir.join("index"), &copy) {
             Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

@@ -593,7 +593,7 @@ impl CommitterThread {
         match sync_index(&self.repo, lock, &all) {
             Ok(()) => self.save_intent(&[]),
             Err(e) => {
-                tracing::debug!("git index not updated yet ({e}); trying again shortly");
+                tracing::warn!("git index not updated yet ({e}); trying again at the next commit");
                 self.unsynced = all;
                 self.save_intent(&[]);
             }
