@@ -182,20 +182,24 @@ fn jobs_cancel_stops_a_wake_and_its_handoff_waits_before_it_is_handed_over_again
             .into_iter()
             .find(|j| j["kind"] == "wake" && j["state"] == "active")
     };
-    assert!(wait_until(LONG, || wake_job().is_some()), "{}", d.log());
-    let id = wake_job().expect("wake")["id"].to_string();
-
-    let out = ws
-        .cmd()
-        .args(["jobs", "cancel", &id])
-        .output()
-        .expect("cancel");
-    let said = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{said}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    // Cancels the wake running now; returns what the cancel said.
+    let cancel_the_wake = || {
+        assert!(wait_until(LONG, || wake_job().is_some()), "{}", d.log());
+        let id = wake_job().expect("wake")["id"].to_string();
+        let out = ws
+            .cmd()
+            .args(["jobs", "cancel", &id])
+            .output()
+            .expect("cancel");
+        let said = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{said}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        said
+    };
+    let said = cancel_the_wake();
     assert!(
         said.contains("cancelled")
             && said.contains("recorded interrupted: cancelled on request")
@@ -214,14 +218,7 @@ fn jobs_cancel_stops_a_wake_and_its_handoff_waits_before_it_is_handed_over_again
         "{}",
         d.log()
     );
-    assert!(wait_until(LONG, || wake_job().is_some()), "{}", d.log());
-    let id = wake_job().expect("wake")["id"].to_string();
-    let out = ws
-        .cmd()
-        .args(["jobs", "cancel", &id])
-        .output()
-        .expect("cancel");
-    assert!(out.status.success());
+    cancel_the_wake();
     let runs = ws.runs("main");
     assert_eq!(runs.len(), 2, "{runs:?}");
     let t = |r: &serde_json::Value, k: &str| {
