@@ -40,6 +40,10 @@ pub enum OperatorError {
     NoHandoff { id: String, inbox: PathBuf },
     #[error("`{id}` is already {stage}")]
     HandoffClosed { id: String, stage: String },
+    #[error("cannot move {} back to the inbox", .0.display())]
+    MoveBack(PathBuf),
+    #[error("`{id}` is not held: {why}")]
+    NotHeld { id: String, why: String },
     #[error("`{id}` has unticked checklist items:\n{}", bullets(.items))]
     Unticked {
         id: String,
@@ -86,6 +90,12 @@ impl OperatorError {
             OperatorError::HandoffClosed { .. } => {
                 Some("`loops inbox` lists what is still pending or active".into())
             }
+            OperatorError::MoveBack(_) => Some(
+                "the handoff is still held where it was: check that inbox/ and inbox/active/ are writable, then try again".into(),
+            ),
+            OperatorError::NotHeld { .. } => Some(
+                "only a handoff held for a person (`held:` in `loops inbox show ID`) is handed back; `loops inbox` lists each handoff's stage".into(),
+            ),
             OperatorError::Unticked { id, path, .. } => Some(format!(
                 "tick them with `loops inbox tick {id} N` (the item's number or text; `--all` for every item), or in {} (`- [x]`), then complete it again",
                 path.display()
@@ -756,6 +766,76 @@ pub fn reject_handoff(
     Ok(Rejected {
         id: id.to_string(),
         to,
+        warning,
+    })
+}
+
+/// A held handoff given back to the main session.
+pub struct Retried {
+    pub id: String,
+    /// Where it was held (in `active/`).
+    pub from: PathBuf,
+    /// Where it waits now (in `inbox/`).
+    pub to: PathBuf,
+    /// Why it had been held.
+    pub was_held: String,
+    /// The failed wakes it had been through, now forgotten.
+    pub attempts: u32,
+    /// Why the move was not committed, when it should have been.
+    pub warning: Option<String>,
+}
+
+/// Gives a handoff held for a person (after `main.max_attempts` failed wakes, or a
+/// completion without its ticks) back to the main session: it moves from `active/` to
+/// the inbox with its failed attempts forgotten, so the next wake takes it with the full
+/// `max_attempts` again, and the move is committed like the others. Only a held handoff:
+/// an active one that is not held is a running wake's, which is not the person's to take.
+pub fn retry_handoff(ws: &Workspace, id: &str) -> Result<Retried, OperatorError> {
+    let inbox = Inbox::of(ws);
+    let (stage, path) = find_handoff(&inbox, id)?;
+    let not_held = |why: &str| OperatorError::NotHeld {
+        id: id.to_string(),
+        why: why.to_string(),
+    };
+    let notes = InboxState::new(&ws.layout());
+    let name = file_name(&path);
+    let note = notes.note(&name);
+    let was_held = match (stage, note.held.clone()) {
+        (Stage::Done | Stage::Rejected, _) => {
+            return Err(OperatorError::HandoffClosed {
+                id: id.to_string(),
+                stage: format!("{stage:?}").to_lowercase(),
+            })
+        }
+        (Stage::Pending, _) => {
+            return Err(not_held(
+                "it is pending, and the main session takes it at its next wake",
+            ))
+        }
+        (Stage::Active, None) => {
+            return Err(not_held(
+                "a wake of the main session is working on it (`loops jobs cancel` on that wake hands it back)",
+            ))
+        }
+        (Stage::Active, Some(why)) => why,
+    };
+    let to = inbox
+        .release(&path)
+        .ok_or_else(|| OperatorError::MoveBack(ws.relative(&path)))?;
+    notes.set_note(&name, &Note::default());
+    notes.set_note(&file_name(&to), &Note::default());
+    let warning = commit_inbox_change(
+        ws,
+        vec![path.clone(), to.clone()],
+        &format!("main: handed held handoff {id} back to the main session"),
+        vec![("Handoff", id.to_string()), ("Outcome", "retried".into())],
+    );
+    Ok(Retried {
+        id: id.to_string(),
+        from: path,
+        to,
+        was_held,
+        attempts: note.attempts,
         warning,
     })
 }

@@ -388,6 +388,16 @@ An item ticked already is reported, not an error; an item the handoff does not h
         #[arg(long)]
         json: bool,
     },
+    /// Hand a handoff held for a person back to the main session: moves it from
+    /// inbox/active/ to inbox/ with its failed wakes forgotten, and commits. For one held
+    /// after `main.max_attempts` failed wakes once the cause is fixed, or one completed
+    /// without its ticks.
+    Retry {
+        id: String,
+        /// Print JSON on stdout instead of text (an error too, as {"error": {…}}).
+        #[arg(long)]
+        json: bool,
+    },
     /// Refuse a handoff: moves it to inbox/rejected/ with the reason beside it.
     Reject {
         id: String,

@@ -218,6 +218,7 @@ pub(super) fn inbox(ws: &Workspace, cmd: Option<InboxCommand>, json: bool) -> Re
             reason,
             json: j,
         }) => reject(ws, &id, &reason, json || j),
+        Some(InboxCommand::Retry { id, json: j }) => retry(ws, &id, json || j),
         Some(InboxCommand::Tick {
             id,
             items,
@@ -276,6 +277,9 @@ fn show(ws: &Workspace, id: &str, json: bool) -> Result {
     }
     if let Some(h) = &detail.note.held {
         println!("held: {h}");
+        if detail.stage == loops_core::handoff::Stage::Active {
+            println!("(`loops inbox retry {id}` hands it back to the main session once the cause is fixed; `complete` or `reject` closes it)");
+        }
     }
     println!();
     print!("{}", detail.text()?);
@@ -351,6 +355,35 @@ fn reject(ws: &Workspace, id: &str, reason: &str, json: bool) -> Result {
         );
     } else {
         println!("rejected {id} → {}", ws.relative(&to).display());
+    }
+    Ok(())
+}
+
+fn retry(ws: &Workspace, id: &str, json: bool) -> Result {
+    let r = operator::retry_handoff(ws, id)?;
+    if let Some(w) = &r.warning {
+        eprintln!("warning: {w}");
+    }
+    if json {
+        print_json(&json!({
+            "id": r.id,
+            "stage": "pending",
+            "path": ws.relative(&r.to),
+            "was_held": r.was_held,
+            "attempts_forgotten": r.attempts,
+        }));
+        return Ok(());
+    }
+    println!(
+        "handed {} back to the main session: {} → {}",
+        r.id,
+        ws.relative(&r.from).display(),
+        ws.relative(&r.to).display()
+    );
+    println!("it had been held: {}", r.was_held);
+    match loops_core::daemon_lock::daemon_alive(ws) {
+        Some(_) => println!("the daemon's next wake takes it"),
+        None => println!("no daemon is running: `loops run` takes it when it starts"),
     }
     Ok(())
 }

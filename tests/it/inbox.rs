@@ -409,6 +409,132 @@ fn inbox_failing_main_session_returns_handoffs_then_holds_them() {
     assert!(d.wait_exit(LONG).expect("stops").success(), "{}", d.log());
 }
 
+#[test]
+fn inbox_retry_hands_a_held_handoff_back_once_the_cause_is_fixed() {
+    let ws = TempWorkspace::new();
+    let tools = tempfile::tempdir().unwrap();
+    let down = tools.path().join("down");
+    std::fs::write(&down, "").unwrap();
+    let fail = format!(
+        "if [ -e '{}' ]; then echo 'the agent is down' >&2; exit 3; fi",
+        down.display()
+    );
+    ws.with_main(&format!(
+        "  command: {}\n  max_attempts: 1\n",
+        main_script(tools.path(), &fail, true)
+    ));
+    let mut d = ws.start_daemon();
+    d.wait_for_log("loops daemon started", LONG);
+    let id = create(&ws, "a", "Try me again", &[]);
+    assert!(
+        wait_until(LONG, || ws.json(&["inbox", "show", &id])["note"]["held"]
+            .is_string()),
+        "{}",
+        d.log()
+    );
+
+    // What cannot be handed back says why, and nothing moves.
+    let refused = |args: &[&str], says: &str| {
+        let out = ws.cmd().args(args).output().unwrap();
+        assert!(!out.status.success(), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(err.contains(says), "{args:?}: {err}");
+    };
+    refused(&["inbox", "retry", "nope"], "no handoff `nope`");
+    let pending = std::fs::read_dir(ws.path().join("inbox"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "md")
+        })
+        .count();
+    assert_eq!(pending, 0, "held, not pending");
+
+    // The cause fixed, the person hands it back: pending again, its failure forgotten,
+    // the move committed, and the next wake completes it.
+    std::fs::remove_file(&down).unwrap();
+    let r = ws.json(&["inbox", "retry", &id]);
+    assert_eq!(r["stage"], "pending", "{r}");
+    assert_eq!(r["attempts_forgotten"], 1, "{r}");
+    assert!(
+        r["was_held"].as_str().unwrap().contains("failed 1 times"),
+        "{r}"
+    );
+    assert!(
+        commit_for(ws.path(), &id, "retried").is_some(),
+        "{}",
+        git(ws.path(), &["log", "--format=%B"])
+    );
+    assert!(
+        wait_until(LONG, || ws.json(&["inbox", "show", &id])["stage"] == "done"),
+        "{}",
+        d.log()
+    );
+    assert!(commit_for(ws.path(), &id, "completed").is_some());
+    let s = ws.json(&["inbox", "show", &id]);
+    assert!(s["note"]["held"].is_null(), "{s}");
+    assert_eq!(
+        main_seen(tools.path()).iter().filter(|s| s.2 == id).count(),
+        2
+    );
+
+    // A done handoff is not handed back.
+    refused(&["inbox", "retry", &id], "already done");
+    d.signal(Signal::TERM);
+    assert!(d.wait_exit(LONG).expect("stops").success(), "{}", d.log());
+    let status = git(ws.path(), &["status", "--porcelain", "inbox"]);
+    assert!(status.trim().is_empty(), "{status}");
+}
+
+#[test]
+fn inbox_retry_refuses_a_handoff_that_is_not_held() {
+    let ws = TempWorkspace::new();
+    let id = create(&ws, "a", "Waiting", &[]);
+    let out = ws.cmd().args(["inbox", "retry", &id]).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(err.contains("is not held: it is pending"), "{err}");
+    assert!(
+        err.contains("loops inbox show"),
+        "the help says what is held: {err}"
+    );
+    assert!(ws.path().join(format!("inbox/{id}.md")).is_file());
+
+    // Nor one a wake is working on: that wake's to finish or give back.
+    let tools = tempfile::tempdir().unwrap();
+    let hold = tools.path().join("hold");
+    std::fs::write(&hold, "").unwrap();
+    let wait = format!("while [ -e '{}' ]; do sleep 0.05; done", hold.display());
+    ws.with_main(&format!(
+        "  command: {}\n",
+        main_script(tools.path(), &wait, true)
+    ));
+    let mut d = ws.start_daemon();
+    assert!(
+        wait_until(LONG, || main_seen(tools.path()).iter().any(|s| s.2 == id)),
+        "{}",
+        d.log()
+    );
+    let out = ws.cmd().args(["inbox", "retry", &id]).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(
+        err.contains("a wake of the main session is working on it"),
+        "{err}"
+    );
+    std::fs::remove_file(&hold).unwrap();
+    assert!(
+        wait_until(LONG, || ws.json(&["inbox", "show", &id])["stage"] == "done"),
+        "{}",
+        d.log()
+    );
+    d.signal(Signal::TERM);
+    assert!(d.wait_exit(LONG).expect("stops").success(), "{}", d.log());
+}
+
 // ---------------------------------------------------------------------------------------
 // Stress: 8 writers, 1,000 handoffs, while the daemon runs (and is SIGKILLed).
 
