@@ -719,8 +719,18 @@ struct Ledger {
 impl Ledger {
     /// The ledger of `store`, and its task, which ends when every handle is dropped.
     fn open(store: JobStore) -> (Ledger, tokio::task::JoinHandle<()>) {
+        let st = store.clone();
+        Ledger::open_flushing(
+            store,
+            Arc::new(move |needs| st.flush_writes(needs).map_err(|e| e.to_string())),
+        )
+    }
+
+    /// [`Ledger::open`], its writes made durable by `flush` (a test puts a disk that
+    /// stalls or refuses here).
+    fn open_flushing(store: JobStore, flush: Flush) -> (Ledger, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::unbounded_channel();
-        (Ledger { tx }, tokio::spawn(keep_ledger(store, rx)))
+        (Ledger { tx }, tokio::spawn(keep_ledger(store, flush, rx)))
     }
 
     async fn claim(
@@ -778,9 +788,9 @@ impl Ledger {
 /// Takes what waits, writes it as one batch, and again, until every handle is gone. A
 /// batch's flush runs on its own while the next batch is written: a claim never waits
 /// for the disk, and the ends of the batches written meanwhile share one flush.
-async fn keep_ledger(store: JobStore, mut rx: mpsc::UnboundedReceiver<Op>) {
+async fn keep_ledger(store: JobStore, flush: Flush, mut rx: mpsc::UnboundedReceiver<Op>) {
     let (flush_tx, flush_rx) = mpsc::unbounded_channel();
-    let flusher = tokio::spawn(keep_flushing(store.clone(), flush_rx));
+    let flusher = tokio::spawn(keep_flushing(flush, flush_rx));
     while let Some(first) = rx.recv().await {
         let mut ops = vec![first];
         while ops.len() < LEDGER_BATCH {
@@ -808,16 +818,16 @@ async fn keep_ledger(store: JobStore, mut rx: mpsc::UnboundedReceiver<Op>) {
 
 /// Flushes what the ledger wrote, one flush for every batch written since the last one
 /// began, and answers their ends.
-async fn keep_flushing(store: JobStore, mut rx: mpsc::UnboundedReceiver<WrittenEnds>) {
+async fn keep_flushing(flush: Flush, mut rx: mpsc::UnboundedReceiver<WrittenEnds>) {
     while let Some(first) = rx.recv().await {
         let mut batches = vec![first];
         while let Ok(more) = rx.try_recv() {
             batches.push(more);
         }
-        let st = store.clone();
+        let flush = flush.clone();
         let flushed = tokio::task::spawn_blocking(move || {
             let needs = batches.iter().fold(NeedsFlush::NO, |n, b| n.or(b.needs));
-            let flushed = st.flush_writes(needs).map_err(|e| e.to_string());
+            let flushed = flush(needs);
             for b in batches {
                 b.answer(flushed.clone());
             }
@@ -829,6 +839,10 @@ async fn keep_flushing(store: JobStore, mut rx: mpsc::UnboundedReceiver<WrittenE
         }
     }
 }
+
+/// Makes the writes of the batches it is given durable (one `syncfs` of the queue's
+/// file system), or says why not.
+type Flush = Arc<dyn Fn(NeedsFlush) -> Result<(), String> + Send + Sync>;
 
 /// Ends written in a batch, to be answered once they are on disk.
 struct WrittenEnds {
@@ -1808,4 +1822,123 @@ fn note_end(tr: &mut Transcript, end: &RunEnd) {
             RunEnd::Aborted(w) => w.clone(),
         }
     ));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use loops_core::jobs::queue::JobSpec;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::mpsc as std_mpsc;
+
+    /// A disk that flushes at once until it is armed; then the test holds its next
+    /// flush, and lets it fail or pass.
+    struct HeldDisk {
+        armed: Arc<AtomicBool>,
+        passed: Arc<AtomicUsize>,
+        entered: std_mpsc::Receiver<()>,
+        release: std_mpsc::Sender<Result<(), String>>,
+    }
+
+    fn held_disk() -> (HeldDisk, Flush) {
+        let (entered_tx, entered) = std_mpsc::channel();
+        let (release, release_rx) = std_mpsc::channel::<Result<(), String>>();
+        let release_rx = std::sync::Mutex::new(release_rx);
+        let armed = Arc::new(AtomicBool::new(false));
+        let passed = Arc::new(AtomicUsize::new(0));
+        let (a, p) = (armed.clone(), passed.clone());
+        let flush: Flush = Arc::new(move |_| {
+            if !a.load(Ordering::SeqCst) {
+                p.fetch_add(1, Ordering::SeqCst);
+                return Ok(());
+            }
+            let _ = entered_tx.send(());
+            let rx = release_rx.lock().map_err(|e| e.to_string())?;
+            rx.recv()
+                .unwrap_or_else(|_| Err("the test went away".into()))
+        });
+        let disk = HeldDisk {
+            armed,
+            passed,
+            entered,
+            release,
+        };
+        (disk, flush)
+    }
+
+    fn one_claimed_job(store: &JobStore) -> JobId {
+        let spec = JobSpec {
+            kind: Some("shell".into()),
+            params: serde_json::json!({ "cmd": "true" }),
+            source: "test".into(),
+            ..Default::default()
+        };
+        queue::submit(store, &spec, Utc::now(), None)
+            .expect("submitted")
+            .job
+            .id
+    }
+
+    /// Ends the job through the ledger while the disk holds its flush: the end is not
+    /// answered until the flush has ended, and is answered with the flush's failure.
+    async fn end_under(flush_result: Result<(), String>) -> Result<Job, String> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = JobStore::at(dir.path().join("jobs"));
+        let id = one_claimed_job(&store);
+        let (disk, flush) = held_disk();
+        let (ledger, task) = Ledger::open_flushing(store.clone(), flush);
+        let claims = ledger
+            .claim(vec![id], 1, true, Utc::now())
+            .await
+            .expect("claim written");
+        assert_eq!(claims.claimed.len(), 1, "the job is leased");
+        // The claim's own batch is flushed (at once) before the disk holds the next.
+        let waited = Instant::now();
+        while disk.passed.load(Ordering::SeqCst) == 0 {
+            assert!(
+                waited.elapsed() < Duration::from_secs(30),
+                "no flush of the claim"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        disk.armed.store(true, Ordering::SeqCst);
+        let end = RunEnd::Completed(JobResult::default());
+        let l = ledger.clone();
+        let mut finished =
+            tokio::spawn(async move { l.finish(id, end, Tokens::default(), 1, Utc::now()).await });
+        // The end is written; its flush has begun and is held.
+        tokio::task::spawn_blocking(move || {
+            disk.entered.recv().expect("the flush began");
+            disk
+        })
+        .await
+        .map(|disk| {
+            for _ in 0..20 {
+                std::thread::yield_now();
+            }
+            assert!(!finished.is_finished(), "answered before its flush ended");
+            disk.release.send(flush_result).expect("released");
+        })
+        .expect("the flush was waited for");
+        let answered = (&mut finished).await.expect("the finish task");
+        drop(ledger);
+        let _ = task.await;
+        drop(store);
+        drop(dir);
+        answered
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_end_is_answered_only_after_the_flush_that_covers_it() {
+        let answered = end_under(Ok(())).await;
+        let job = answered.expect("recorded");
+        assert_eq!(job.state, JobState::Completed);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_end_whose_flush_fails_is_not_reported_recorded() {
+        let answered = end_under(Err("injected: the disk refused the flush".into())).await;
+        let e = answered.expect_err("a failed flush is not a recorded end");
+        assert!(e.contains("injected"), "{e}");
+    }
 }
