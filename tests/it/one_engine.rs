@@ -282,6 +282,20 @@ fn a_run_cancelled_while_it_waits_for_its_turn_never_begins() {
         d.log()
     );
     let id = listed("queued").expect("queued");
+    // Its time has come and it waits for its turn: shown as waiting, not delayed.
+    let state_of = |args: &[&str]| {
+        jobs(&ws, args)
+            .into_iter()
+            .find(|j| j["name"] == "queued")
+            .map(|j| j["state"].clone())
+    };
+    assert_eq!(
+        state_of(&["jobs", "list", "--all", "--json"]),
+        Some(serde_json::json!("waiting"))
+    );
+    assert!(state_of(&["jobs", "list", "--all", "--status", "waiting", "--json"]).is_some());
+    let got = ws.json(&["jobs", "get", &id]);
+    assert_eq!(got["state"], "waiting", "{got}");
     let out = ws
         .cmd()
         .args(["jobs", "cancel", &id])

@@ -640,6 +640,18 @@ impl Job {
         }
     }
 
+    /// The state to show a person. A loop's run or a wake is `delayed` in its file until
+    /// it begins (its fire time is its `run_at`); once that time has come it is waiting
+    /// for its turn (under `limits.max_concurrent_jobs`, or behind its loop's running
+    /// one), not delayed, and is shown as `waiting`.
+    pub fn shown_state(&self, now: DateTime<Utc>) -> JobState {
+        let due = self.run_at.is_none_or(|t| t <= now);
+        match self.state {
+            JobState::Delayed if self.kind.is_light() && due => JobState::Waiting,
+            s => s,
+        }
+    }
+
     /// The next time this job needs a worker's attention by the clock.
     pub fn wake_at(&self) -> Option<DateTime<Utc>> {
         (self.state == JobState::Delayed)

@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 
 /// `Job #ID (name) — status`
 pub fn headline(j: &Job) -> String {
-    format!("Job #{} ({}) — {}", j.id, j.name, j.state)
+    format!("Job #{} ({}) — {}", j.id, j.name, j.shown_state(Utc::now()))
 }
 
 /// Where a job is, in one line for a `--follow` display: its state and attempt, its step
@@ -324,6 +324,7 @@ fn push_steering(s: &mut String, j: &Job) {
 pub fn to_json(j: &Job, now: DateTime<Utc>) -> Value {
     let mut v = serde_json::to_value(j).unwrap_or(Value::Null);
     if let Some(o) = v.as_object_mut() {
+        o.insert("state".into(), json!(j.shown_state(now)));
         o.insert("report".into(), json!(headline(j)));
         o.insert("total_tokens".into(), json!(tokens_now(j)));
         o.insert("elapsed_ms".into(), json!(j.elapsed_ms(now)));
@@ -337,7 +338,7 @@ pub fn progress_json(j: &Job, now: DateTime<Utc>) -> Value {
     json!({
         "id": j.id,
         "name": j.name,
-        "state": j.state,
+        "state": j.shown_state(now),
         "step": j.progress.step,
         "total": j.progress.total,
         "last_tool": j.progress.last_tool,

@@ -401,8 +401,9 @@ impl JobStore {
         (jobs, errors)
     }
 
-    /// A summary of every job, newest last: the live ones read from their files, the
-    /// finished ones from the index (the last line about an id wins).
+    /// A summary of every job, newest last: the live ones read from their files (each in
+    /// the state shown to a person, [`Job::shown_state`]), the finished ones from the
+    /// index (the last line about an id wins).
     pub fn list(&self) -> (Vec<JobSummary>, Vec<StoreError>) {
         let (live, errors) = self.live_jobs();
         let live_ids: HashSet<JobId> = live.iter().map(|j| j.id).collect();
@@ -422,8 +423,11 @@ impl JobStore {
                 }
             }
         }
+        let now = chrono::Utc::now();
         for j in &live {
-            all.insert(j.id, JobSummary::from(j));
+            let mut s = JobSummary::from(j);
+            s.state = j.shown_state(now);
+            all.insert(j.id, s);
         }
         (all.into_values().collect(), errors)
     }
