@@ -814,7 +814,7 @@ pub fn retry_handoff(ws: &Workspace, id: &str) -> Result<Retried, OperatorError>
         }
         (Stage::Active, None) => {
             return Err(not_held(
-                "a wake of the main session is working on it (`loops jobs cancel` on that wake hands it back)",
+                "a wake of the main session claimed it, and gives it back when it ends (or the daemon's next start does, if that wake's runner is gone); `loops jobs cancel` on a running wake stops it sooner",
             ))
         }
         (Stage::Active, Some(why)) => why,

@@ -1,5 +1,5 @@
 //! The UI's only ways to change anything: each is a POST carrying the CSRF token, and
-//! each calls the function the command line calls (`loops inbox tick|complete|reject`,
+//! each calls the function the command line calls (`loops inbox tick|complete|reject|retry`,
 //! `loops jobs cancel|pause|resume|message`), then sends the browser back to the page.
 
 use super::app::{blocking, either, App};
@@ -110,6 +110,24 @@ pub(super) async fn reject(
                 Err(e) => operator_error(e),
             },
         )
+        .await,
+    )
+}
+
+pub(super) async fn retry(
+    State(app): State<App>,
+    Path(id): Path<String>,
+    Form(f): Form<Fields>,
+) -> Response {
+    if let Err(r) = check_csrf(&app, f.csrf.as_deref()) {
+        return *r;
+    }
+    let ws = app.ws.clone();
+    either(
+        blocking(move || match operator::retry_handoff(&ws, &id) {
+            Ok(_) => back(format!("/inbox/{id}")),
+            Err(e) => operator_error(e),
+        })
         .await,
     )
 }

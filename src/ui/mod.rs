@@ -1,6 +1,6 @@
 //! `loops ui`: a web view of the workspace, for the person who would rather look than
 //! read — what ran when, what it cost in tokens, what waits in the inbox, what the agent
-//! said — with a few safe actions (complete, reject and tick a handoff; cancel, pause,
+//! said — with a few safe actions (complete, reject, tick and retry a handoff; cancel, pause,
 //! resume and message a job). Every action calls the same operator and store functions
 //! as the command line, so the UI adds no second way to change state.
 //!
@@ -172,6 +172,7 @@ fn router(app: App) -> Router {
         .route("/inbox/{id}/tick", post(actions::tick))
         .route("/inbox/{id}/complete", post(actions::complete))
         .route("/inbox/{id}/reject", post(actions::reject))
+        .route("/inbox/{id}/retry", post(actions::retry))
         .route("/jobs", get(pages::jobs::page))
         .route("/jobs/{id}", get(pages::jobs::job))
         .route("/jobs/{id}/cancel", post(actions::cancel))

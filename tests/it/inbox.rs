@@ -522,7 +522,7 @@ fn inbox_retry_refuses_a_handoff_that_is_not_held() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr).to_string();
     assert!(
-        err.contains("a wake of the main session is working on it"),
+        err.contains("a wake of the main session claimed it"),
         "{err}"
     );
     std::fs::remove_file(&hold).unwrap();

@@ -2,7 +2,9 @@
 //! token and CSRF checks, the security headers, every page's status, escaping of text
 //! from files and models, and each action changing state as the CLI does.
 
-use crate::common::{drop_handoff, git, loops_cmd, loops_std_cmd, DaemonProcess, TempWorkspace};
+use crate::common::{
+    drop_handoff, git, git_commit_all, loops_cmd, loops_std_cmd, DaemonProcess, TempWorkspace,
+};
 use reqwest::header::{HeaderMap, CONTENT_TYPE, COOKIE, LOCATION, SET_COOKIE};
 use reqwest::StatusCode;
 use std::process::Stdio;
@@ -460,6 +462,35 @@ fn an_action_needs_the_csrf_token_and_does_what_the_cli_does() {
     assert!(log.contains("main: rejected handoff h4"), "{log}");
     let again = ui.post("/inbox/h4/reject", &[("csrf", &csrf), ("reason", "twice")]);
     assert_eq!(again.status, StatusCode::CONFLICT, "{}", again.body);
+
+    // A handoff held for a person (here: a completion asked before its ticks) is handed
+    // back to the main session as `loops inbox retry` does it; one not held is refused.
+    let active = ws.path().join("inbox/active");
+    std::fs::create_dir_all(&active).unwrap();
+    std::fs::write(active.join("h5.md"), handoff_text("h5", "Hold me", "Held.")).unwrap();
+    git_commit_all(ws.path(), "a handoff a wake claimed");
+    let claimed = ui.get("/inbox/h5").body;
+    assert!(!claimed.contains("/inbox/h5/retry"), "not held: {claimed}");
+    let not_held = ui.post("/inbox/h5/retry", &[("csrf", &csrf)]);
+    assert_eq!(not_held.status, StatusCode::CONFLICT, "{}", not_held.body);
+    assert!(not_held.body.contains("is not held"), "{}", not_held.body);
+    let early = ws.cmd().args(["inbox", "complete", "h5"]).output().unwrap();
+    assert!(!early.status.success(), "unticked: held for a person");
+    let held = ui.get("/inbox/h5").body;
+    assert!(held.contains("/inbox/h5/retry"), "{held}");
+    let none = ui.post("/inbox/h5/retry", &[]);
+    assert_eq!(none.status, StatusCode::FORBIDDEN, "{}", none.body);
+    let back = ui.post("/inbox/h5/retry", &[("csrf", &csrf)]);
+    assert_eq!(back.status, StatusCode::SEE_OTHER, "{}", back.body);
+    assert!(ws.path().join("inbox/h5.md").is_file());
+    assert!(!active.join("h5.md").exists());
+    let log = git(ws.path(), &["log", "--format=%s"]);
+    assert!(
+        log.contains("main: handed held handoff h5 back to the main session"),
+        "{log}"
+    );
+    let page = ui.get("/inbox/h5").body;
+    assert!(!page.contains("Held:"), "its hold is forgotten: {page}");
 }
 
 #[test]

@@ -1,6 +1,6 @@
 //! `/inbox`: the handoffs by stage (pending, active with what is left and how long it
 //! waits, rejected with the reason, recently done); `/inbox/ID`: one handoff with its
-//! checklist and the tick, complete and reject forms.
+//! checklist and the tick, complete and reject forms (and, when it is held, retry).
 
 use super::loops::operator_error;
 use crate::operator::{self, HandoffDetail, HandoffRow};
@@ -86,6 +86,12 @@ fn detail_page(id: &str, d: &HandoffDetail, csrf: &str) -> Response {
         p { (view::tag(&format!("{:?}", d.stage).to_lowercase())) " " span.mono { (d.rel.display().to_string()) } }
         @if let Some(r) = &d.reason { p.error { "Rejected: " (r) } }
         @if let Some(h) = &d.note.held { p.help { "Held: " (h) } }
+        @if d.note.held.is_some() && d.stage == Stage::Active {
+            form.stack method="post" action={ "/inbox/" (id) "/retry" } {
+                (view::csrf_field(csrf))
+                button type="submit" title="back to the inbox, its failed wakes forgotten, for the main session's next wake" { "hand it back to the main session" }
+            }
+        }
         @match &d.parsed {
             Ok(h) => { (handoff_view(id, h, open, csrf)) }
             Err(e) => { p.error { (e.to_string()) } }

@@ -30,9 +30,9 @@ pub(in crate::ui) async fn page(State(app): State<App>, Path(name): Path<String>
 pub(in crate::ui) fn operator_error(e: OperatorError) -> Response {
     let status = match e {
         OperatorError::NoLoop { .. } | OperatorError::NoHandoff { .. } => StatusCode::NOT_FOUND,
-        OperatorError::HandoffClosed { .. } | OperatorError::Unticked { .. } => {
-            StatusCode::CONFLICT
-        }
+        OperatorError::HandoffClosed { .. }
+        | OperatorError::Unticked { .. }
+        | OperatorError::NotHeld { .. } => StatusCode::CONFLICT,
         _ => StatusCode::BAD_REQUEST,
     };
     view::error_page(status, &e.to_string(), e.help())
