@@ -679,8 +679,11 @@ impl<'a> Settlement<'a> {
         };
         if note.attempts >= self.main.max_attempts {
             let why = format!(
-                "the main session failed {} times on it; last error: {}",
-                note.attempts,
+                "the main session failed {} on it; last error: {}",
+                match note.attempts {
+                    1 => "1 time".to_string(),
+                    n => format!("{n} times"),
+                },
                 note.last_error.as_deref().unwrap_or("unknown")
             );
             self.hold(id, name, note, why);

@@ -453,14 +453,17 @@ fn inbox_retry_hands_a_held_handoff_back_once_the_cause_is_fixed() {
         .count();
     assert_eq!(pending, 0, "held, not pending");
 
-    // The cause fixed, the person hands it back: pending again, its failure forgotten,
-    // the move committed, and the next wake completes it.
+    // The cause fixed, the person hands it back (the daemon stopped, so that no wake
+    // takes it before the move is committed): pending again, its failure forgotten, the
+    // move committed, and the next start's wake completes it.
+    d.signal(Signal::TERM);
+    assert!(d.wait_exit(LONG).expect("stops").success(), "{}", d.log());
     std::fs::remove_file(&down).unwrap();
     let r = ws.json(&["inbox", "retry", &id]);
     assert_eq!(r["stage"], "pending", "{r}");
     assert_eq!(r["attempts_forgotten"], 1, "{r}");
     assert!(
-        r["was_held"].as_str().unwrap().contains("failed 1 times"),
+        r["was_held"].as_str().unwrap().contains("failed 1 time on it"),
         "{r}"
     );
     assert!(
@@ -468,6 +471,8 @@ fn inbox_retry_hands_a_held_handoff_back_once_the_cause_is_fixed() {
         "{}",
         git(ws.path(), &["log", "--format=%B"])
     );
+    assert_eq!(ws.json(&["inbox", "show", &id])["stage"], "pending");
+    let mut d = ws.start_daemon();
     assert!(
         wait_until(LONG, || ws.json(&["inbox", "show", &id])["stage"] == "done"),
         "{}",
