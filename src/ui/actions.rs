@@ -16,6 +16,7 @@ use loops_core::handoff::ItemRef;
 use loops_core::jobs::job::JobId;
 use loops_core::jobs::queue::{self, QueueError, Sender};
 use loops_core::jobs::store::JobStore;
+use loops_core::workspace::Workspace;
 use serde::Deserialize;
 
 /// Every form's fields; each action reads the ones it needs.
@@ -58,16 +59,10 @@ pub(super) async fn tick(
     if which.is_empty() && !all {
         return missing("item to tick");
     }
-    let ws = app.ws.clone();
-    either(
-        blocking(
-            move || match operator::tick_handoff(&ws, &id, &which, all) {
-                Ok(_) => back(format!("/inbox/{id}")),
-                Err(e) => operator_error(e),
-            },
-        )
-        .await,
-    )
+    handoff_action(&app, id, move |ws, id| {
+        operator::tick_handoff(ws, id, &which, all).map(drop)
+    })
+    .await
 }
 
 pub(super) async fn complete(
@@ -78,17 +73,11 @@ pub(super) async fn complete(
     if let Err(r) = check_csrf(&app, f.csrf.as_deref()) {
         return *r;
     }
-    let ws = app.ws.clone();
     let summary = nonempty(&f.summary).map(str::to_string);
-    either(
-        blocking(move || {
-            match operator::complete_handoff(&ws, &id, summary.as_deref(), Utc::now()) {
-                Ok(_) => back(format!("/inbox/{id}")),
-                Err(e) => operator_error(e),
-            }
-        })
-        .await,
-    )
+    handoff_action(&app, id, move |ws, id| {
+        operator::complete_handoff(ws, id, summary.as_deref(), Utc::now()).map(drop)
+    })
+    .await
 }
 
 pub(super) async fn reject(
@@ -102,16 +91,10 @@ pub(super) async fn reject(
     let Some(reason) = nonempty(&f.reason).map(str::to_string) else {
         return missing("reason");
     };
-    let ws = app.ws.clone();
-    either(
-        blocking(
-            move || match operator::reject_handoff(&ws, &id, &reason, Utc::now()) {
-                Ok(_) => back(format!("/inbox/{id}")),
-                Err(e) => operator_error(e),
-            },
-        )
-        .await,
-    )
+    handoff_action(&app, id, move |ws, id| {
+        operator::reject_handoff(ws, id, &reason, Utc::now()).map(drop)
+    })
+    .await
 }
 
 pub(super) async fn retry(
@@ -122,10 +105,20 @@ pub(super) async fn retry(
     if let Err(r) = check_csrf(&app, f.csrf.as_deref()) {
         return *r;
     }
+    handoff_action(&app, id, |ws, id| operator::retry_handoff(ws, id).map(drop)).await
+}
+
+/// Does `op` to handoff `id` off the async threads (it moves files and commits), then
+/// sends the browser back to the handoff's page, or shows why it was refused.
+async fn handoff_action(
+    app: &App,
+    id: String,
+    op: impl FnOnce(&Workspace, &str) -> Result<(), operator::OperatorError> + Send + 'static,
+) -> Response {
     let ws = app.ws.clone();
     either(
-        blocking(move || match operator::retry_handoff(&ws, &id) {
-            Ok(_) => back(format!("/inbox/{id}")),
+        blocking(move || match op(&ws, &id) {
+            Ok(()) => back(format!("/inbox/{id}")),
             Err(e) => operator_error(e),
         })
         .await,

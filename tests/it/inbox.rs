@@ -463,7 +463,10 @@ fn inbox_retry_hands_a_held_handoff_back_once_the_cause_is_fixed() {
     assert_eq!(r["stage"], "pending", "{r}");
     assert_eq!(r["attempts_forgotten"], 1, "{r}");
     assert!(
-        r["was_held"].as_str().unwrap().contains("failed 1 time on it"),
+        r["was_held"]
+            .as_str()
+            .unwrap()
+            .contains("failed 1 time on it"),
         "{r}"
     );
     assert!(
