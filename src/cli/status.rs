@@ -57,6 +57,8 @@ struct Snapshot<'a> {
     settings_report: Option<loops_core::workspace::SettingsReport>,
     /// The git remote as the last sync saw it (loops.yaml `remote:`).
     remote: Option<loops_core::remote::RemoteState>,
+    /// The main session held for the rest of the day: the budget is spent.
+    main_hold: Option<crate::engine::doorbell::BudgetHold>,
 }
 
 impl<'a> Snapshot<'a> {
@@ -96,6 +98,7 @@ impl<'a> Snapshot<'a> {
             last_unclean,
             commits_waiting,
             held,
+            main_hold: crate::engine::doorbell::BudgetHold::read(&layout.main_budget_hold(), now),
         }
     }
 
@@ -150,6 +153,7 @@ impl<'a> Snapshot<'a> {
                 "for_person": self.for_person(),
                 "active": self.stage_count(Stage::Active),
                 "rejected": self.stage_count(Stage::Rejected),
+                "main_held": self.main_hold.as_ref().map(|h| json!({"until": h.until, "why": h.why})),
             },
             "jobs": {
                 "active": stats.health.active,
@@ -356,7 +360,17 @@ impl<'a> Snapshot<'a> {
             " · nothing receives them: loops.yaml has no `main:` session"
         } else {
             ""
-        }
+        } + &self
+            .main_hold
+            .as_ref()
+            .map(|h| {
+                format!(
+                    " · the main session is held until {} UTC: {} (raise `budget:` in loops.yaml to wake it sooner)",
+                    h.until.format("%Y-%m-%d %H:%M"),
+                    h.why
+                )
+            })
+            .unwrap_or_default()
     }
 
     fn jobs_line(&self) -> String {

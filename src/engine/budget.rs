@@ -154,6 +154,30 @@ pub async fn after_run(ctx: &RunContext, def: &LoopDef, run_id: &str) {
     }
 }
 
+/// Who spends a run's tokens: a loop (its own `budget:` in its config.yaml) or the main
+/// session (none of its own); the workspace's budget is over both.
+struct Spender<'a> {
+    name: &'a str,
+    own: &'a Budget,
+    file: String,
+}
+
+/// What the main session's wakes are recorded under (`.loops/runs/main.jsonl`).
+const MAIN_SESSION: &str = "main";
+
+/// Why the main session may not wake on a model again today (the workspace's daily
+/// budget, which it shares with every loop, is reached), in words; `None` while there is
+/// room, or no budget.
+pub fn main_over_today(ctx: &RunContext, now: DateTime<Utc>) -> Option<String> {
+    let ws_budget = &ctx.ws.settings.budget;
+    if ws_budget.is_empty() {
+        return None;
+    }
+    let (_, all) = spent(ctx, MAIN_SESSION, now);
+    spend::over_daily(ws_budget, &all)
+        .map(|why| format!("all loops and the main session together: {why} (loops.yaml)"))
+}
+
 /// A run's budget, checked between turns: stops the conversation before a turn that
 /// would pass `tokens_per_run` or what today's budgets have left. The next turn is
 /// taken to cost what the last one did (the conversation only grows), so a run stops
@@ -189,21 +213,52 @@ impl RunBudget {
         model: &str,
         now: DateTime<Utc>,
     ) -> Option<RunBudget> {
+        let spender = Spender {
+            name: &def.name,
+            own: &def.budget,
+            file: format!("domains/{}/config.yaml", def.name),
+        };
+        RunBudget::for_spender(ctx, spender, provider, model, now)
+    }
+
+    /// The budget of a wake of the main session on `model`: the workspace's (loops.yaml
+    /// `budget:`), which all loops and the main session share; `None` when it sets none.
+    pub fn for_main_wake(
+        ctx: &RunContext,
+        provider: &str,
+        model: &str,
+        now: DateTime<Utc>,
+    ) -> Option<RunBudget> {
+        let spender = Spender {
+            name: MAIN_SESSION,
+            own: &Budget::default(),
+            file: "loops.yaml".into(),
+        };
+        RunBudget::for_spender(ctx, spender, provider, model, now)
+    }
+
+    fn for_spender(
+        ctx: &RunContext,
+        spender: Spender<'_>,
+        provider: &str,
+        model: &str,
+        now: DateTime<Utc>,
+    ) -> Option<RunBudget> {
         let ws_budget = ctx.ws.settings.budget;
-        if def.budget.is_empty() && ws_budget.is_empty() {
+        if spender.own.is_empty() && ws_budget.is_empty() {
             return None;
         }
-        let (mine, all) = spent(ctx, &def.name, now);
+        let (mine, all) = spent(ctx, spender.name, now);
         let left = |b: &Budget, s: &Spend| {
             (
                 b.tokens_per_day.map(|t| t.saturating_sub(s.tokens)),
                 b.cost_per_day.map(|c| (c - s.cost).max(0.0)),
             )
         };
-        let (t1, c1) = left(&def.budget, &mine);
+        let (t1, c1) = left(spender.own, &mine);
         let (t2, c2) = left(&ws_budget, &all);
         // The tighter of the two, with the file that sets it, for the message.
-        let here = format!("domains/{}/config.yaml", def.name);
+        let here = spender.file;
         let there = "loops.yaml".to_string();
         let min_u = |a: Option<u64>, b: Option<u64>| match (a, b) {
             (Some(a), Some(b)) if b < a => Some((b, there.clone())),
@@ -218,7 +273,7 @@ impl RunBudget {
         let s = &ctx.ws.settings;
         Some(RunBudget {
             // loops.yaml's is every run's cap; a loop's own can only be tighter.
-            per_run: [def.budget.tokens_per_run, ws_budget.tokens_per_run]
+            per_run: [spender.own.tokens_per_run, ws_budget.tokens_per_run]
                 .into_iter()
                 .flatten()
                 .min(),

@@ -23,6 +23,37 @@ fn chrono_ms(d: Duration) -> chrono::Duration {
     chrono::Duration::milliseconds(d.as_millis() as i64)
 }
 
+/// `.loops/main/budget-hold.json`: the day's budget is spent, and the main session is
+/// not woken before `until`.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct BudgetHold {
+    pub until: DateTime<Utc>,
+    pub why: String,
+}
+
+impl BudgetHold {
+    /// The hold in `path`, if it still holds at `now`.
+    pub fn read(path: &std::path::Path, now: DateTime<Utc>) -> Option<BudgetHold> {
+        let text = std::fs::read(path).ok()?;
+        serde_json::from_slice::<BudgetHold>(&text)
+            .ok()
+            .filter(|h| now < h.until)
+    }
+}
+
+/// A hold an earlier run of the daemon wrote, said again: the person who starts the
+/// daemon hears why the main session does not wake.
+fn held_at_start(ws: &Workspace, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    let path = ws.layout().main_budget_hold();
+    let hold = BudgetHold::read(&path, now)?;
+    tracing::warn!(
+        "the main session is held until {}: {}; handoffs wait in the inbox until then (raise `budget:` in loops.yaml to wake it sooner)",
+        hold.until.to_rfc3339(),
+        hold.why
+    );
+    Some(hold.until)
+}
+
 /// The main session's wakes: one at a time, coalesced, flood-guarded.
 pub struct Doorbell {
     main: Option<MainSettings>,
@@ -41,6 +72,9 @@ pub struct Doorbell {
     /// After a failed wake, no wake before this time: the inbox events its own release
     /// of the handoffs causes must not retry a failing main session at once.
     backoff_until: Option<DateTime<Utc>>,
+    /// The workspace's daily budget is spent: a model main session is not woken before
+    /// this time (the next UTC midnight), and its handoffs wait in the inbox.
+    budget_until: Option<DateTime<Utc>>,
     done_tx: mpsc::UnboundedSender<WakeResult>,
     /// Names of handoffs addressed elsewhere than main, already reported once.
     not_for_main: HashSet<PathBuf>,
@@ -75,6 +109,7 @@ impl Doorbell {
             recent: VecDeque::new(),
             retry_at: None,
             backoff_until: None,
+            budget_until: held_at_start(ws, now),
             done_tx,
             not_for_main: HashSet::new(),
             uncompleted: Vec::new(),
@@ -107,6 +142,9 @@ impl Doorbell {
     /// The settings of a reloaded loops.yaml: the heartbeat is planned from now.
     pub fn set_main(&mut self, main: Option<MainSettings>, now: DateTime<Utc>) {
         self.main = main;
+        // A new loops.yaml may have raised the budget: the next ring looks again.
+        self.budget_until = None;
+        let _ = std::fs::remove_file(self.budget_hold_path());
         self.next_heartbeat = self
             .main
             .as_ref()
@@ -303,6 +341,9 @@ impl Doorbell {
             }
             return;
         }
+        if self.held_for_budget(ctx, &main, now, kind) {
+            return;
+        }
         while self
             .recent
             .front()
@@ -338,6 +379,72 @@ impl Doorbell {
             let r = wake(&ctx, &main, kind, claimed, Some(cancel_rx)).await;
             let _ = tx.send(r);
         });
+    }
+
+    /// Whether a wake must wait for tomorrow: the main session runs on a model and the
+    /// workspace's daily budget (loops.yaml `budget:`, shared with every loop) is spent.
+    /// A command main session's cost is its own business: it is never held.
+    fn held_for_budget(
+        &mut self,
+        ctx: &RunContext,
+        main: &MainSettings,
+        now: DateTime<Utc>,
+        kind: WakeKind,
+    ) -> bool {
+        if main.command.is_some() || main.prompt.is_none() {
+            return false;
+        }
+        let tomorrow = loops_core::budget::next_day(now);
+        let held = match self.budget_until.filter(|u| now < *u && *u <= tomorrow) {
+            Some(until) => {
+                self.look_again_at(until);
+                true
+            }
+            None => match crate::engine::budget::main_over_today(ctx, now) {
+                Some(why) => {
+                    self.hold_for_budget(&why, now);
+                    true
+                }
+                None => false,
+            },
+        };
+        if held {
+            if kind == WakeKind::Heartbeat {
+                self.wanted_kind = kind;
+            }
+            self.wanted = true;
+        }
+        held
+    }
+
+    /// Holds every wake until the next UTC midnight, said once, and written down so that
+    /// a restart does not give a spent day another wake.
+    fn hold_for_budget(&mut self, why: &str, now: DateTime<Utc>) {
+        let until = loops_core::budget::next_day(now);
+        if self.budget_until != Some(until) {
+            tracing::warn!(
+                "the main session is held until {}: {why}; handoffs wait in the inbox until then (raise `budget:` in loops.yaml to wake it sooner)",
+                until.to_rfc3339()
+            );
+            let hold = BudgetHold {
+                until,
+                why: why.to_string(),
+            };
+            let text = serde_json::to_vec_pretty(&hold).unwrap_or_default();
+            let path = self.budget_hold_path();
+            if let Err(e) = loops_core::fsutil::atomic_write(&path, &text) {
+                tracing::warn!(
+                    "cannot record the main session's budget hold in {}: {e}",
+                    path.display()
+                );
+            }
+        }
+        self.budget_until = Some(until);
+        self.look_again_at(until);
+    }
+
+    fn budget_hold_path(&self) -> std::path::PathBuf {
+        self.notes.layout().main_budget_hold()
     }
 
     /// Claims the pending handoffs for main, at most `cap` (so a wake's argument list
@@ -439,6 +546,13 @@ impl Doorbell {
         }
         for (id, why) in &w.held {
             tracing::info!(handoff = %id, "held in inbox/active/: {why}");
+        }
+        if w.daily_budget_spent {
+            // The day is spent: another wake now would stop after its first turn.
+            let why = rec.error.clone().unwrap_or_default();
+            self.hold_for_budget(&why, now);
+            self.wanted = true;
+            return;
         }
         let pending = !self.inbox.pending().is_empty();
         // A cancelled wake waits as a failed one does: the person who stopped it is not

@@ -329,6 +329,9 @@ pub struct ModelWake {
     pub reported: HashMap<String, Option<String>>,
     /// Files the tools wrote.
     pub wrote: Vec<PathBuf>,
+    /// A daily budget stopped the wake between turns: the day is spent, and the wakes
+    /// wait for the next UTC midnight.
+    pub daily_budget_spent: bool,
 }
 
 impl ModelWake {
@@ -337,6 +340,7 @@ impl ModelWake {
             outcome: PromptOutcome::failed(error),
             reported: HashMap::new(),
             wrote: Vec::new(),
+            daily_budget_spent: false,
         }
     }
 }
@@ -386,16 +390,31 @@ pub async fn wake(
         choice: &choice,
         cancel,
     };
-    let mut run = session.converse(&conv, &mut tr).await;
+    // The workspace's budget (loops.yaml), shared with every loop, covers the main
+    // session too: a wake stops between turns before it would pass it.
+    let mut budget = crate::engine::budget::RunBudget::for_main_wake(
+        ctx,
+        &choice.provider.name,
+        &choice.model,
+        Utc::now(),
+    );
+    let mut run = session.converse(&conv, &mut tr, budget.as_mut()).await;
     if let Some(o) = run.as_ref().ok().and_then(|r| r.driven.overflow.clone()) {
         if session.fit_after_overflow(&mut conv, &o, &conv_path, &mut tr) {
-            run = session.converse(&conv, &mut tr).await;
+            run = session.converse(&conv, &mut tr, budget.as_mut()).await;
         }
     }
     let mut outcome = match &run {
         Ok(run) => PromptOutcome::of_session(run, &choice),
         Err(e) => PromptOutcome::failed(e.to_string()),
     };
+    let stop = budget.and_then(|b| b.stopped);
+    let daily_budget_spent = stop.as_ref().is_some_and(|s| s.daily);
+    if let Some(stop) = stop {
+        tr.note(&format!("budget: {}", stop.why));
+        outcome.outcome = Some(Outcome::Budget);
+        outcome.error = Some(stop.why);
+    }
     outcome.provider = Some(choice.provider.name.clone());
     outcome.transcript = Some(tpath);
     outcome.duration = started.elapsed();
@@ -409,7 +428,9 @@ pub async fn wake(
         }
     }
     outcome.note_end(&mut tr);
-    finish_wake(outcome, run.ok(), tr.redactor())
+    let mut w = finish_wake(outcome, run.ok(), tr.redactor());
+    w.daily_budget_spent = daily_budget_spent;
+    w
 }
 
 /// One wake's conversation, as it can be had twice (once more after a context error).
@@ -429,6 +450,7 @@ impl Wake<'_> {
         &self,
         conv: &Conversation,
         tr: &mut Transcript,
+        budget: Option<&mut crate::engine::budget::RunBudget>,
     ) -> Result<SessionRun, loops_agent::session::SessionError> {
         let ws = &self.ctx.ws;
         let spec = SessionSpec {
@@ -441,7 +463,7 @@ impl Wake<'_> {
                 time: TimeLimit::For(self.main.timeout),
             },
             cancel: self.cancel.clone(),
-            hooks: None,
+            hooks: budget.map(|b| b as &mut dyn loops_agent::run::TurnHooks),
         };
         spec.run(tr).await
     }
@@ -592,6 +614,7 @@ fn finish_wake(
             outcome,
             reported: HashMap::new(),
             wrote: Vec::new(),
+            daily_budget_spent: false,
         };
     };
     ModelWake {
@@ -603,5 +626,6 @@ fn finish_wake(
             .collect(),
         wrote: run.kit.wrote.iter().cloned().collect(),
         outcome,
+        daily_budget_spent: false,
     }
 }

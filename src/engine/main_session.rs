@@ -63,6 +63,10 @@ impl InboxState {
         }
     }
 
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
     fn note_path(&self, name: &str) -> PathBuf {
         self.layout.inbox_notes_dir().join(format!("{name}.json"))
     }
@@ -193,6 +197,9 @@ pub struct WakeResult {
     /// A person cancelled the wake (`loops jobs cancel`): its handoffs are back in the
     /// inbox, and not handed over again at once.
     pub cancelled_on_request: bool,
+    /// A daily budget stopped the wake: the handoffs it had not finished are back in the
+    /// inbox, and the next wake waits for the next UTC midnight.
+    pub daily_budget_spent: bool,
 }
 
 /// A completion the disk refused: the main session's word is kept, so the handoff is
@@ -385,10 +392,20 @@ pub async fn wake(
     s.stopped_why = stopped_why;
     if let Some(m) = &on_model {
         s.add_model_writes(layout.root(), &m.wrote);
+        if m.outcome.outcome == Some(Outcome::Budget) {
+            let why = m.outcome.error.clone().unwrap_or_default();
+            s.budget_stop = Some((why, m.daily_budget_spent));
+        }
     }
     s.settle(&res, &reported(&res, on_model.as_ref()), &handoffs);
-    let outcome = s.outcome(&res, handoffs.len());
+    let outcome = match &s.budget_stop {
+        Some(_) => Outcome::Budget,
+        None => s.outcome(&res, handoffs.len()),
+    };
     let mut rec = s.record(kind, started, outcome, &res, handoffs.len());
+    if let Some((why, _)) = &s.budget_stop {
+        rec.error = Some(why.clone());
+    }
     if let Some(m) = on_model {
         add_model_wake(&mut rec, m, &ctx.ws);
     }
@@ -410,6 +427,7 @@ pub async fn wake(
         released: s.released,
         uncompleted: s.uncompleted,
         cancelled_on_request: stopped_why.is_some(),
+        daily_budget_spent: s.budget_stop.is_some_and(|(_, daily)| daily),
     }
 }
 
@@ -598,6 +616,8 @@ struct Settlement<'a> {
     trailers: Vec<(&'static str, String)>,
     /// Why the wake was stopped, when a person asked for it: the handoffs' notes say so.
     stopped_why: Option<&'static str>,
+    /// Why a budget stopped a model wake between turns, and whether it was a daily one.
+    budget_stop: Option<(String, bool)>,
 }
 
 impl<'a> Settlement<'a> {
@@ -622,6 +642,7 @@ impl<'a> Settlement<'a> {
             uncompleted: Vec::new(),
             commit_paths: changed,
             trailers: Vec::new(),
+            budget_stop: None,
             stopped_why: None,
         }
     }
@@ -649,8 +670,18 @@ impl<'a> Settlement<'a> {
                 .to_string();
             let note = self.notes.note(&name);
             if !res.success() {
-                self.after_failure(&h.id, path, &name, note, res);
+                let why = match self.stopped_why {
+                    Some(why) => Some(why.into()),
+                    None => res.failure_reason(self.main.timeout),
+                };
+                self.after_failure(&h.id, path, &name, note, why);
                 continue;
+            }
+            if let Some((why, daily)) = self.budget_stop.clone() {
+                if !reported.contains_key(&h.id) {
+                    self.after_budget(&h.id, path, &name, note, why, daily);
+                    continue;
+                }
             }
             match reported.get(&h.id) {
                 Some(report) => self.after_report(&h.id, path, &name, note, report),
@@ -670,13 +701,10 @@ impl<'a> Settlement<'a> {
         path: &Path,
         name: &str,
         mut note: Note,
-        res: &exec::ExecResult,
+        why: Option<String>,
     ) {
         note.attempts += 1;
-        note.last_error = match self.stopped_why {
-            Some(why) => Some(why.into()),
-            None => res.failure_reason(self.main.timeout),
-        };
+        note.last_error = why;
         if note.attempts >= self.main.max_attempts {
             let why = format!(
                 "the main session failed {} on it; last error: {}",
@@ -689,6 +717,31 @@ impl<'a> Settlement<'a> {
             self.hold(id, name, note, why);
             return;
         }
+        self.give_back(id, path, name, &note);
+    }
+
+    /// A budget stopped the wake before the main session finished with the handoff. A
+    /// daily budget is not the handoff's fault: it goes back to the inbox with no attempt
+    /// counted, and waits there for the next day's wakes. A wake that cannot finish within
+    /// `budget.tokens_per_run` is a failed attempt, so it is not woken for forever.
+    fn after_budget(
+        &mut self,
+        id: &str,
+        path: &Path,
+        name: &str,
+        mut note: Note,
+        why: String,
+        daily: bool,
+    ) {
+        if !daily {
+            return self.after_failure(id, path, name, note, Some(why));
+        }
+        note.last_error = Some(why);
+        self.give_back(id, path, name, &note);
+    }
+
+    /// Returns an active handoff to the inbox, with its note.
+    fn give_back(&mut self, id: &str, path: &Path, name: &str, note: &Note) {
         if let Some(back) = self.inbox.release(path) {
             self.released.push(id.to_string());
             self.returned.push(Moved {
@@ -696,7 +749,7 @@ impl<'a> Settlement<'a> {
                 paths: vec![path.to_path_buf(), back],
             });
         }
-        self.notes.set_note(name, &note);
+        self.notes.set_note(name, note);
     }
 
     /// The main session says it completed the handoff: it is, once every required item

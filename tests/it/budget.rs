@@ -493,3 +493,81 @@ fn the_workspace_tokens_per_run_caps_every_run() {
     );
     assert_eq!(fake.request_count(), 1);
 }
+
+#[test]
+fn the_workspace_budget_holds_the_main_session_until_the_next_day() {
+    // Turn 1 of the main session's wake: a tool call of 55 tokens. A second turn would
+    // pass the workspace's 100 tokens a day.
+    let fake = FakeModel::start(vec![openai::tool_calls(
+        &[("l1", "list_files", json!({"path": "."}))],
+        (50, 5, 0),
+    )]);
+    let ws = workspace(
+        &fake,
+        "budget: { tokens_per_day: 100 }\nmain: { prompt: MAIN.md }\n",
+    );
+    ws.write("MAIN.md", "You are the main session. Work the handoffs.\n");
+    git_commit_all(ws.path(), "a main session on the model");
+    let handoff = |title: &str| {
+        let v = ws.json(&["handoff", "create", "--from", "scout", "--title", title]);
+        v["id"].as_str().expect("an id").to_string()
+    };
+    let first = handoff("Look at this");
+    let mut d = ws.start_daemon();
+    let wait = |what: &dyn Fn() -> bool| crate::common::wait_until(LONG, what);
+    assert!(
+        wait(&|| ws.runs("main").iter().any(|r| r["outcome"] == "budget")),
+        "{}",
+        d.log()
+    );
+    let rec = ws.runs("main").pop().expect("the wake's record");
+    let why = rec["error"].as_str().unwrap_or_default().to_string();
+    assert!(
+        why.contains("budget.tokens_per_day") && why.contains("loops.yaml"),
+        "{rec}"
+    );
+    assert_eq!(fake.request_count(), 1, "stopped before a second turn");
+    // The handoff is not the budget's victim: back in the inbox, no attempt counted.
+    assert!(
+        wait(&|| ws.json(&["inbox", "show", &first])["stage"] == "pending"),
+        "{}",
+        d.log()
+    );
+    let note = ws.json(&["inbox", "show", &first])["note"].clone();
+    assert_eq!(note["attempts"], 0, "{note}");
+    assert!(note["held"].is_null(), "{note}");
+    d.wait_for_log("the main session is held until", LONG);
+    let midnight = next_utc_midnight().to_rfc3339();
+    assert!(d.log().contains(&midnight), "{}", d.log());
+
+    // The day is spent: a new handoff waits, and so does a restarted daemon.
+    let second = handoff("And this");
+    d.signal(loops_testutil::Signal::TERM);
+    assert!(d.wait_exit(LONG).expect("stops").success(), "{}", d.log());
+    let d = ws.start_daemon();
+    d.wait_for_log("the main session is held until", LONG);
+    d.wait_for_log("loops daemon started", LONG);
+    for id in [&first, &second] {
+        assert_eq!(ws.json(&["inbox", "show", id])["stage"], "pending");
+    }
+    assert_eq!(fake.request_count(), 1, "no wake after the day was spent");
+    let status = ws.json(&["status"]);
+    let held = &status["inbox"]["main_held"];
+    assert_eq!(held["until"], midnight.replace("+00:00", "Z"), "{status}");
+    assert!(
+        held["why"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("budget.tokens_per_day"),
+        "{status}"
+    );
+    let text = Out::of(ws.cmd().env("COLUMNS", "250").arg("status"));
+    assert!(
+        text.stdout.contains("the main session is held until"),
+        "{}",
+        text.all()
+    );
+    assert_eq!(ws.runs("main").len(), 1, "{}", d.log());
+    let status = crate::common::git(ws.path(), &["status", "--porcelain"]);
+    assert!(status.trim().is_empty(), "{status}");
+}

@@ -155,6 +155,11 @@ impl Layout {
         self.main_dir().join("conversation.json")
     }
 
+    /// Until when the main session is held because the day's budget is spent.
+    pub fn main_budget_hold(&self) -> PathBuf {
+        self.main_dir().join("budget-hold.json")
+    }
+
     /// Who really wrote each handoff the runner created (`<id>.json`), whatever `from:` says.
     pub fn inbox_writers_dir(&self) -> PathBuf {
         self.join("inbox").join("writers")
@@ -228,6 +233,7 @@ mod tests {
             (l.branch_rule(), "/ws/.loops/commits/.branch.json"),
             (l.main_dir(), "/ws/.loops/main"),
             (l.conversation(), "/ws/.loops/main/conversation.json"),
+            (l.main_budget_hold(), "/ws/.loops/main/budget-hold.json"),
             (l.inbox_writers_dir(), "/ws/.loops/inbox/writers"),
             (l.inbox_notes_dir(), "/ws/.loops/inbox/notes"),
             (l.legacy_inbox_claims_dir(), "/ws/.loops/inbox/claims"),
