@@ -7,6 +7,7 @@ mod guard;
 mod net;
 mod paths;
 mod secrets;
+mod spend;
 
 use loops_testutil::fake_model::{FakeModel, Recorded};
 use serde_json::Value;
