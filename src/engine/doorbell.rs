@@ -557,7 +557,9 @@ impl Doorbell {
         let pending = !self.inbox.pending().is_empty();
         // A cancelled wake waits as a failed one does: the person who stopped it is not
         // answered by the same wake starting again the same instant.
-        let failed = rec.outcome.is_failure() || w.cancelled_on_request;
+        // So does one `budget.tokens_per_run` cut short: woken at once it would be again.
+        let failed =
+            rec.outcome.is_failure() || rec.outcome == Outcome::Budget || w.cancelled_on_request;
         // A failing main session is retried, but not at once (whatever wakes it).
         let retry = chrono_ms(WAKE_RETRY);
         self.backoff_until = failed.then(|| now + retry);

@@ -571,3 +571,44 @@ fn the_workspace_budget_holds_the_main_session_until_the_next_day() {
     let status = crate::common::git(ws.path(), &["status", "--porcelain"]);
     assert!(status.trim().is_empty(), "{status}");
 }
+
+#[test]
+fn a_main_session_wake_cut_by_tokens_per_run_counts_an_attempt() {
+    // Each wake makes one turn of 55 tokens; a second would pass 60 a run.
+    let turn = || openai::tool_calls(&[("l1", "list_files", json!({"path": "."}))], (50, 5, 0));
+    let fake = FakeModel::start(vec![turn(), turn(), turn()]);
+    let ws = workspace(
+        &fake,
+        "budget: { tokens_per_run: 60 }\nmain: { prompt: MAIN.md, max_attempts: 2 }\n",
+    );
+    ws.write("MAIN.md", "You are the main session. Work the handoffs.\n");
+    git_commit_all(ws.path(), "a main session on the model");
+    let v = ws.json(&["handoff", "create", "--from", "scout", "--title", "Too big"]);
+    let id = v["id"].as_str().expect("an id").to_string();
+    let mut d = ws.start_daemon();
+    // Not a daily budget: the day is not spent, so the handoff is tried again (after the
+    // back-off a failed wake gets) and, too big for a run, held for a person.
+    assert!(
+        crate::common::wait_until(LONG, || ws.json(&["inbox", "show", &id])["note"]["held"]
+            .is_string()),
+        "{}",
+        d.log()
+    );
+    let show = ws.json(&["inbox", "show", &id]);
+    let held = show["note"]["held"].as_str().unwrap_or_default();
+    assert!(
+        held.contains("failed 2 times") && held.contains("budget.tokens_per_run"),
+        "{show}"
+    );
+    let runs = ws.runs("main");
+    assert_eq!(runs.len(), 2, "{runs:?}");
+    assert!(runs.iter().all(|r| r["outcome"] == "budget"), "{runs:?}");
+    assert_eq!(fake.request_count(), 2);
+    assert!(
+        !d.log().contains("the main session is held until"),
+        "{}",
+        d.log()
+    );
+    d.signal(loops_testutil::Signal::TERM);
+    assert!(d.wait_exit(LONG).expect("stops").success(), "{}", d.log());
+}
