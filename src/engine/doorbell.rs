@@ -34,10 +34,21 @@ pub struct BudgetHold {
 impl BudgetHold {
     /// The hold in `path`, if it still holds at `now`.
     pub fn read(path: &std::path::Path, now: DateTime<Utc>) -> Option<BudgetHold> {
-        let text = std::fs::read(path).ok()?;
-        serde_json::from_slice::<BudgetHold>(&text)
+        BudgetHold::load(path)
             .ok()
+            .flatten()
             .filter(|h| now < h.until)
+    }
+
+    /// The hold in `path` (`None`: there is none), or why it cannot be read.
+    fn load(path: &std::path::Path) -> Result<Option<BudgetHold>, String> {
+        match std::fs::read(path) {
+            Ok(text) => serde_json::from_slice(&text)
+                .map(Some)
+                .map_err(|e| e.to_string()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.to_string()),
+        }
     }
 }
 
@@ -45,7 +56,17 @@ impl BudgetHold {
 /// daemon hears why the main session does not wake.
 fn held_at_start(ws: &Workspace, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
     let path = ws.layout().main_budget_hold();
-    let hold = BudgetHold::read(&path, now)?;
+    let hold = match BudgetHold::load(&path) {
+        Ok(hold) => hold.filter(|h| now < h.until)?,
+        Err(e) => {
+            // The day's spend is read from the run records at the next wake anyway.
+            tracing::warn!(
+                "{} cannot be read ({e}): it is ignored, and the main session's budget is checked from the run records; delete the file to silence this",
+                path.display()
+            );
+            return None;
+        }
+    };
     tracing::warn!(
         "the main session is held until {}: {}; handoffs wait in the inbox until then (raise `budget:` in loops.yaml to wake it sooner)",
         hold.until.to_rfc3339(),

@@ -612,3 +612,23 @@ fn a_main_session_wake_cut_by_tokens_per_run_counts_an_attempt() {
     d.signal(loops_testutil::Signal::TERM);
     assert!(d.wait_exit(LONG).expect("stops").success(), "{}", d.log());
 }
+
+#[test]
+fn a_damaged_budget_hold_is_said_and_the_budget_read_from_the_records() {
+    let fake = FakeModel::start(vec![]);
+    let ws = workspace(
+        &fake,
+        "budget: { tokens_per_day: 100 }\nmain: { prompt: MAIN.md }\n",
+    );
+    ws.write("MAIN.md", "You are the main session.\n");
+    git_commit_all(ws.path(), "a main session on the model");
+    let hold = ws.path().join(".loops/main/budget-hold.json");
+    std::fs::create_dir_all(hold.parent().unwrap()).unwrap();
+    std::fs::write(&hold, "{\"until\": \"tomorrow\"").unwrap();
+    let mut d = ws.start_daemon();
+    d.wait_for_log("budget-hold.json cannot be read", LONG);
+    assert!(d.log().contains("delete the file"), "{}", d.log());
+    assert!(hold.exists(), "nothing on disk is taken away");
+    d.signal(loops_testutil::Signal::TERM);
+    assert!(d.wait_exit(LONG).expect("stops").success(), "{}", d.log());
+}
