@@ -95,7 +95,7 @@ pub(in crate::ui) async fn job(State(app): State<App>, Path(id): Path<String>) -
 fn job_page(j: &Job, csrf: &str) -> Response {
     let now = Utc::now();
     let body = html! {
-        p { (view::tag(j.state.as_str())) " " (report::progress_line(j))
+        p { (view::tag(j.shown_state(now).as_str())) " " (report::progress_line(j))
             @if let Some(p) = j.parent { " · child of " a href={ "/jobs/" (p) } { "#" (p) } } }
         (actions(j, csrf))
         pre { (report::details(j, now)) }

@@ -22,7 +22,7 @@ pub fn headline(j: &Job) -> String {
 /// and last tool, how many of its children are done, a delayed job's next try.
 /// `children_done` is `None` when the job has no children.
 pub fn follow_line(j: &Job, children_done: Option<(usize, usize)>) -> String {
-    let mut parts = vec![format!("job #{} {}", j.id, j.state)];
+    let mut parts = vec![format!("job #{} {}", j.id, j.shown_state(Utc::now()))];
     if j.state == JobState::Active {
         let n = (j.attempts + 1).min(j.max_attempts.max(1));
         parts.push(format!("attempt {n}/{}", j.max_attempts));
