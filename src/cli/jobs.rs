@@ -1115,6 +1115,7 @@ struct ListFilter {
 }
 
 fn list(store: &JobStore, filter: ListFilter, limit: Option<usize>, json: bool) -> Result {
+    let with_runs = filter.with_runs;
     let (mut rows, total) = filter.matching(store)?;
     let matched = rows.len();
     let limit = limit.unwrap_or(if json { 0 } else { 50 });
@@ -1134,6 +1135,11 @@ fn list(store: &JobStore, filter: ListFilter, limit: Option<usize>, json: bool) 
                 "no jobs match"
             }
         );
+        // A loop's run or a wake is a job only while it waits or runs: a person who
+        // looks for a finished one is told where it went.
+        if with_runs {
+            println!("(loops' runs and the main session's wakes are listed while they wait or run; `loops runs` has the finished ones)");
+        }
         return Ok(());
     }
     print!("{}", list_table(&rows));
