@@ -38,6 +38,50 @@ pub fn cost_of(
     }
 }
 
+/// The estimated cost of a run's `total` tokens, each model's turns (`by_model`) at its own
+/// price when more than one model answered (a fallback mid-run). Tokens no turn accounts
+/// for (a call cut short) are priced as the last model's. `None` when a model's price is
+/// unknown.
+pub fn cost_of_turns(
+    s: &Settings,
+    provider: Option<&str>,
+    models: &[Option<&str>],
+    total: &Usage,
+    by_model: &[loops_agent::run::ModelUsage],
+) -> Option<f64> {
+    let (Some(last), true) = (by_model.last(), by_model.len() > 1) else {
+        return cost_of(s, provider, models, total);
+    };
+    let mut counted = Usage::default();
+    let mut cost = 0.0;
+    let names = |m: &loops_agent::run::ModelUsage| [m.answered.clone(), Some(m.asked.clone())];
+    for m in by_model {
+        let n = names(m);
+        cost += cost_of(
+            s,
+            Some(&m.provider),
+            &[n[0].as_deref(), n[1].as_deref()],
+            &m.usage,
+        )?;
+        counted.add(&m.usage);
+    }
+    let rest = Usage {
+        input: total.input.saturating_sub(counted.input),
+        output: total.output.saturating_sub(counted.output),
+        cache_read: total.cache_read.saturating_sub(counted.cache_read),
+        cache_write: total.cache_write.saturating_sub(counted.cache_write),
+    };
+    let n = names(last);
+    Some(
+        cost + cost_of(
+            s,
+            Some(&last.provider),
+            &[n[0].as_deref(), n[1].as_deref()],
+            &rest,
+        )?,
+    )
+}
+
 /// What the loop and the workspace spent today.
 pub fn spent(ctx: &RunContext, loop_name: &str, now: DateTime<Utc>) -> (Spend, Spend) {
     let runs_dir = ctx.ws.layout().runs_dir();

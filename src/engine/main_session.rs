@@ -950,10 +950,7 @@ fn add_model_wake(
     ws: &loops_core::workspace::Workspace,
 ) {
     let o = w.outcome;
-    rec.cost_estimate = o.tokens.as_ref().and_then(|u| {
-        let models = [o.model.as_deref(), o.asked_model.as_deref()];
-        crate::engine::budget::cost_of(&ws.settings, o.provider.as_deref(), &models, u)
-    });
+    rec.cost_estimate = o.cost_estimate(&ws.settings);
     rec.provider = o.provider;
     rec.model = o.model;
     rec.tokens = o.tokens;

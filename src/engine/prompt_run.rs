@@ -40,6 +40,9 @@ pub struct PromptOutcome {
     pub provider: Option<String>,
     pub model: Option<String>,
     pub tokens: Option<Usage>,
+    /// `tokens` by the provider and model that answered (more than one after a fallback
+    /// mid-run).
+    pub usage_by_model: Vec<loops_agent::run::ModelUsage>,
     pub turns: Option<u32>,
     /// Each move to a fallback provider, `from -> to`.
     pub fallbacks: Vec<String>,
@@ -80,6 +83,7 @@ impl PromptOutcome {
         let (driven, kit) = (&run.driven, &run.kit);
         let mut out = PromptOutcome {
             tokens: Some(driven.usage),
+            usage_by_model: driven.usage_by_model.clone(),
             turns: Some(driven.turns),
             fallbacks: driven.fallbacks.clone(),
             model: Some(run.model(asked)),
@@ -103,6 +107,19 @@ impl PromptOutcome {
             out.add_note(format!("mcp: {}", kit.mcp_errors.join("; ")));
         }
         out
+    }
+
+    /// What the run's tokens cost, estimated: each model's turns at its own price.
+    pub(crate) fn cost_estimate(&self, s: &loops_core::workspace::Settings) -> Option<f64> {
+        let total = self.tokens.as_ref()?;
+        let models = [self.model.as_deref(), self.asked_model.as_deref()];
+        crate::engine::budget::cost_of_turns(
+            s,
+            self.provider.as_deref(),
+            &models,
+            total,
+            &self.usage_by_model,
+        )
     }
 
     /// Sets the outcome (and the error, or the note) for how the conversation ended.
@@ -172,6 +189,7 @@ impl PromptOutcome {
     /// Writes what the run did into its record. `changed` says whether any file in the
     /// loop's areas changed: a run that said "silent" but changed files acted.
     pub fn fill(self, rec: &mut RunRecord, ws: &Workspace, changed: bool) {
+        rec.cost_estimate = self.cost_estimate(&ws.settings);
         let redactor = Redactor::for_settings(&ws.settings);
         let mut outcome = self.outcome.unwrap_or(Outcome::Silent);
         let mut note = self.note;
@@ -195,10 +213,6 @@ impl PromptOutcome {
             rec.note = note.map(|n| redactor.redact(&n));
         }
         rec.summary = self.summary.map(|s| redactor.redact(&s));
-        rec.cost_estimate = self.tokens.as_ref().and_then(|u| {
-            let models = [self.model.as_deref(), self.asked_model.as_deref()];
-            crate::engine::budget::cost_of(&ws.settings, self.provider.as_deref(), &models, u)
-        });
         rec.next_check = self
             .next_check
             .and_then(|d| chrono::Duration::from_std(d).ok())

@@ -632,3 +632,36 @@ fn a_damaged_budget_hold_is_said_and_the_budget_read_from_the_records() {
     d.signal(loops_testutil::Signal::TERM);
     assert!(d.wait_exit(LONG).expect("stops").success(), "{}", d.log());
 }
+
+#[test]
+fn a_run_that_moves_to_a_fallback_mid_way_is_priced_by_each_model_for_its_own_turns() {
+    // Turn 1 on the pricey model (55 tokens, an estimated $0.06); then it fails, and the
+    // turn goes to the cheap one (55 tokens, $0.00006).
+    let pricey = FakeModel::start(vec![
+        write_state("job", "SEEN\n"),
+        Reply::json(503, json!({"error": {"message": "overloaded"}})),
+    ]);
+    let cheap = FakeModel::start(vec![done()]);
+    let ws = TempWorkspace::new();
+    let _ = std::fs::remove_dir_all(ws.path().join("domains/example"));
+    ws.write(
+        "loops.yaml",
+        &format!(
+            "limits:\n  shutdown_grace: 2s\nproviders:\n  pricey: {{ kind: openai, base_url: \"{}/v1\", model: pricey-1, max_retries: 0, fallback: [cheap] }}\n  cheap: {{ kind: openai, base_url: \"{}/v1\", model: cheap-1 }}\ndefaults: {{ provider: pricey }}\npricing:\n  pricey-1: {{ input: 1000, output: 2000 }}\n  cheap-1: {{ input: 1, output: 2 }}\n",
+            pricey.url(),
+            cheap.url()
+        ),
+    );
+    git_commit_all(ws.path(), "setup");
+    prompt_loop(&ws, "job", "");
+    let (out, rec) = trigger(&ws, "job");
+    assert_eq!(
+        rec["fallbacks"],
+        json!(["pricey -> cheap"]),
+        "{rec}\n{}",
+        out.all()
+    );
+    let cost = rec["cost_estimate"].as_f64().expect("a cost");
+    // All of it at the cheap model's price would be $0.00012; at the pricey one's, $0.12.
+    assert!((cost - 0.06006).abs() < 1e-9, "{cost}: {rec}");
+}

@@ -90,6 +90,10 @@ pub struct Driven {
     pub turns: u32,
     /// The model the provider said answered.
     pub model: Option<String>,
+    /// The turns' tokens by the provider and model that answered them, in the order each
+    /// first answered: a run that moved to a fallback mid-way is priced by each model for
+    /// its own turns, not all of it by the last.
+    pub usage_by_model: Vec<ModelUsage>,
     /// The size of each request body, in order.
     pub request_bytes: Vec<usize>,
     /// Time spent waiting on the provider, all turns.
@@ -107,6 +111,17 @@ pub struct Driven {
     /// at `max_tokens`, filtered or refused. A retry of the run or job cannot help; the
     /// setting the message names can.
     pub permanent: bool,
+}
+
+/// The tokens of the turns one provider's model answered.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelUsage {
+    pub provider: String,
+    /// The model asked for.
+    pub asked: String,
+    /// The model the provider said answered, when it said.
+    pub answered: Option<String>,
+    pub usage: Usage,
 }
 
 /// A prompt too long for the model's context, as the provider said.
@@ -132,6 +147,16 @@ impl Driven {
     }
 }
 
+fn add_model_usage(out: &mut Driven, turn: ModelUsage) {
+    let same = |m: &&mut ModelUsage| {
+        m.provider == turn.provider && m.asked == turn.asked && m.answered == turn.answered
+    };
+    match out.usage_by_model.iter_mut().find(same) {
+        Some(m) => m.usage.add(&turn.usage),
+        None => out.usage_by_model.push(turn),
+    }
+}
+
 async fn cancelled(cancel: &mut Option<watch::Receiver<bool>>) {
     match cancel {
         Some(rx) => {
@@ -153,6 +178,7 @@ pub async fn drive(mut d: Drive<'_>, kit: &mut ToolKit, tr: &mut Transcript) -> 
         usage: Usage::default(),
         turns: 0,
         model: None,
+        usage_by_model: Vec::new(),
         request_bytes: Vec::new(),
         server_time: Duration::ZERO,
         wall_time: Duration::ZERO,
@@ -352,6 +378,15 @@ impl<'a> Drive<'a> {
         let mut turn_usage = c.reply.usage;
         turn_usage.add(&lost);
         out.usage.add(&turn_usage);
+        if let Some(route) = self.route(out.fallbacks.len()) {
+            let m = ModelUsage {
+                provider: route.provider.name().to_string(),
+                asked: route.model.to_string(),
+                answered: c.reply.model.clone(),
+                usage: turn_usage,
+            };
+            add_model_usage(out, m);
+        }
         if c.reply.model.is_some() {
             out.model = c.reply.model;
         }
