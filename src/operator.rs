@@ -40,8 +40,11 @@ pub enum OperatorError {
     NoHandoff { id: String, inbox: PathBuf },
     #[error("`{id}` is already {stage}")]
     HandoffClosed { id: String, stage: String },
-    #[error("cannot move {} back to the inbox", .0.display())]
-    MoveBack(PathBuf),
+    #[error("cannot move {} back to the inbox: {source}", path.display())]
+    MoveBack {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("`{id}` is not held: {why}")]
     NotHeld { id: String, why: String },
     #[error("`{id}` has unticked checklist items:\n{}", bullets(.items))]
@@ -90,7 +93,7 @@ impl OperatorError {
             OperatorError::HandoffClosed { .. } => {
                 Some("`loops inbox` lists what is still pending or active".into())
             }
-            OperatorError::MoveBack(_) => Some(
+            OperatorError::MoveBack { .. } => Some(
                 "the handoff is still held where it was: check that inbox/ and inbox/active/ are writable, then try again".into(),
             ),
             OperatorError::NotHeld { .. } => Some(
@@ -820,8 +823,11 @@ pub fn retry_handoff(ws: &Workspace, id: &str) -> Result<Retried, OperatorError>
         (Stage::Active, Some(why)) => why,
     };
     let to = inbox
-        .release(&path)
-        .ok_or_else(|| OperatorError::MoveBack(ws.relative(&path)))?;
+        .try_release(&path)
+        .map_err(|source| OperatorError::MoveBack {
+            path: ws.relative(&path),
+            source,
+        })?;
     notes.set_note(&name, &Note::default());
     notes.set_note(&file_name(&to), &Note::default());
     let warning = commit_inbox_change(

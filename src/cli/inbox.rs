@@ -381,9 +381,16 @@ fn retry(ws: &Workspace, id: &str, json: bool) -> Result {
         ws.relative(&r.to).display()
     );
     println!("it had been held: {}", r.was_held);
-    match loops_core::daemon_lock::daemon_alive(ws) {
-        Some(_) => println!("the daemon's next wake takes it"),
-        None => println!("no daemon is running: `loops run` takes it when it starts"),
+    let budget =
+        crate::engine::doorbell::BudgetHold::read(&ws.layout().main_budget_hold(), Utc::now());
+    match (loops_core::daemon_lock::daemon_alive(ws), budget) {
+        (_, Some(h)) => println!(
+            "the main session is held until {} UTC ({}): it takes it then",
+            h.until.format("%Y-%m-%d %H:%M"),
+            h.why
+        ),
+        (Some(_), None) => println!("the daemon's next wake takes it"),
+        (None, None) => println!("no daemon is running: `loops run` takes it when it starts"),
     }
     Ok(())
 }

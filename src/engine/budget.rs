@@ -52,17 +52,14 @@ pub fn cost_of_turns(
     let (Some(last), true) = (by_model.last(), by_model.len() > 1) else {
         return cost_of(s, provider, models, total);
     };
+    let price = |m: &loops_agent::run::ModelUsage, u: &Usage| {
+        let names = [m.answered.as_deref(), Some(m.asked.as_str())];
+        cost_of(s, Some(&m.provider), &names, u)
+    };
     let mut counted = Usage::default();
     let mut cost = 0.0;
-    let names = |m: &loops_agent::run::ModelUsage| [m.answered.clone(), Some(m.asked.clone())];
     for m in by_model {
-        let n = names(m);
-        cost += cost_of(
-            s,
-            Some(&m.provider),
-            &[n[0].as_deref(), n[1].as_deref()],
-            &m.usage,
-        )?;
+        cost += price(m, &m.usage)?;
         counted.add(&m.usage);
     }
     let rest = Usage {
@@ -71,15 +68,7 @@ pub fn cost_of_turns(
         cache_read: total.cache_read.saturating_sub(counted.cache_read),
         cache_write: total.cache_write.saturating_sub(counted.cache_write),
     };
-    let n = names(last);
-    Some(
-        cost + cost_of(
-            s,
-            Some(&last.provider),
-            &[n[0].as_deref(), n[1].as_deref()],
-            &rest,
-        )?,
-    )
+    Some(cost + price(last, &rest)?)
 }
 
 /// What the loop and the workspace spent today.

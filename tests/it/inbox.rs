@@ -1119,3 +1119,114 @@ done"#;
     let status = git(ws.path(), &["status", "--porcelain", "inbox"]);
     assert!(status.trim().is_empty(), "{status}");
 }
+
+/// A handoff a wake claimed and a completion asked for before its ticks held, as a person
+/// finds it: `inbox/active/<id>.md`, held, committed.
+fn held_handoff(ws: &TempWorkspace, id: &str) {
+    let active = ws.path().join("inbox/active");
+    std::fs::create_dir_all(&active).unwrap();
+    std::fs::write(
+        active.join(format!("{id}.md")),
+        format!("---\nid: {id}\nfrom: scout\nto: main\n---\n# Hold me\n\n- [ ] Read it\n"),
+    )
+    .unwrap();
+    crate::common::git_commit_all(ws.path(), "a handoff a wake claimed");
+    let early = ws.cmd().args(["inbox", "complete", id]).output().unwrap();
+    assert!(!early.status.success(), "unticked: held for a person");
+    assert!(ws.json(&["inbox", "show", id])["note"]["held"].is_string());
+}
+
+#[test]
+fn inbox_retry_beside_a_persons_git_work_takes_none_of_it() {
+    let ws = TempWorkspace::new();
+    held_handoff(&ws, "h7");
+    // The person has an edit staged and another not, and a file git does not track.
+    ws.write("notes.txt", "one\n");
+    crate::common::git_commit_all(ws.path(), "notes");
+    ws.write("notes.txt", "one\ntwo (staged)\n");
+    git(ws.path(), &["add", "notes.txt"]);
+    ws.write("notes.txt", "one\ntwo (staged)\nthree (not staged)\n");
+    ws.write("scratch.txt", "mine\n");
+    let r = ws.json(&["inbox", "retry", "h7"]);
+    assert_eq!(r["stage"], "pending", "{r}");
+    let c = commit_for(ws.path(), "h7", "retried").expect("the move is committed");
+    let files = git(
+        ws.path(),
+        &["show", "--no-renames", "--name-only", "--format=", &c],
+    );
+    let mut files: Vec<&str> = files.lines().collect();
+    files.sort();
+    assert_eq!(
+        files,
+        ["inbox/active/h7.md", "inbox/h7.md"],
+        "only the move"
+    );
+    assert_eq!(
+        git(ws.path(), &["diff", "--cached", "--name-only"]).trim(),
+        "notes.txt"
+    );
+    assert_eq!(
+        git(ws.path(), &["show", ":notes.txt"]),
+        "one\ntwo (staged)\n",
+        "the staged edit is still staged, as it was"
+    );
+    assert_eq!(
+        std::fs::read_to_string(ws.path().join("notes.txt")).unwrap(),
+        "one\ntwo (staged)\nthree (not staged)\n"
+    );
+    let status = git(ws.path(), &["status", "--porcelain"]);
+    assert!(status.contains("?? scratch.txt"), "{status}");
+    assert!(!status.contains("inbox"), "{status}");
+    git(ws.path(), &["fsck", "--strict"]);
+}
+
+#[test]
+fn inbox_retry_during_a_conflicted_merge_commits_nothing_and_leaves_the_merge() {
+    let ws = TempWorkspace::new();
+    held_handoff(&ws, "h8");
+    ws.write("notes.txt", "base\n");
+    crate::common::git_commit_all(ws.path(), "notes");
+    let main = git(ws.path(), &["rev-parse", "--abbrev-ref", "HEAD"]);
+    git(ws.path(), &["checkout", "-q", "-b", "other"]);
+    ws.write("notes.txt", "theirs\n");
+    crate::common::git_commit_all(ws.path(), "theirs");
+    git(ws.path(), &["checkout", "-q", main.trim()]);
+    ws.write("notes.txt", "ours\n");
+    crate::common::git_commit_all(ws.path(), "ours");
+    let merge = std::process::Command::new("git")
+        .args(["merge", "other"])
+        .current_dir(ws.path())
+        .output()
+        .unwrap();
+    assert!(!merge.status.success(), "the merge conflicts");
+    let head = git(ws.path(), &["rev-parse", "HEAD"]);
+
+    let out = ws.cmd().args(["inbox", "retry", "h8"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The handoff is back in the inbox; git is left mid-merge as the person left it.
+    assert!(ws.path().join("inbox/h8.md").is_file());
+    assert_eq!(
+        git(ws.path(), &["rev-parse", "HEAD"]),
+        head,
+        "no commit during the merge"
+    );
+    assert!(
+        ws.path().join(".git/MERGE_HEAD").is_file(),
+        "the merge is still going"
+    );
+    let unmerged = git(ws.path(), &["ls-files", "-u", "notes.txt"]);
+    assert_eq!(
+        unmerged.lines().count(),
+        3,
+        "the conflict is as git left it: {unmerged}"
+    );
+    let said = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(
+        said.contains("warning"),
+        "the person hears it was not committed: {said}"
+    );
+}

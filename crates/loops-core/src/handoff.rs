@@ -924,8 +924,19 @@ impl Inbox {
     /// Returns an active handoff to the pending inbox (its wake died). A pending file of
     /// the same name is never overwritten: the handoff comes back as `<name>-2.md`, … .
     pub fn release(&self, active: &Path) -> Option<PathBuf> {
-        let dest = free_path(&self.root, active.file_name()?.to_str()?);
-        std::fs::rename(active, &dest).ok().map(|()| dest)
+        self.try_release(active).ok()
+    }
+
+    /// [`Inbox::release`], saying why it could not be moved.
+    pub fn try_release(&self, active: &Path) -> std::io::Result<PathBuf> {
+        let name = active.file_name().and_then(|n| n.to_str()).ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "not a handoff's file name",
+            )
+        })?;
+        let dest = free_path(&self.root, name);
+        std::fs::rename(active, &dest).map(|()| dest)
     }
 
     /// `inbox/<name>` when no file is there: the pending path a claimed handoff came from,
