@@ -67,12 +67,15 @@ fn held_at_start(ws: &Workspace, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
             return None;
         }
     };
-    tracing::warn!(
-        "the main session is held until {}: {}; handoffs wait in the inbox until then (raise `budget:` in loops.yaml to wake it sooner)",
-        hold.until.to_rfc3339(),
-        hold.why
-    );
+    say_held(hold.until, &hold.why);
     Some(hold.until)
+}
+
+fn say_held(until: DateTime<Utc>, why: &str) {
+    tracing::warn!(
+        "the main session is held until {}: {why}; handoffs wait in the inbox until then (raise `budget:` in loops.yaml to wake it sooner)",
+        until.to_rfc3339()
+    );
 }
 
 /// The main session's wakes: one at a time, coalesced, flood-guarded.
@@ -443,10 +446,7 @@ impl Doorbell {
     fn hold_for_budget(&mut self, why: &str, now: DateTime<Utc>) {
         let until = loops_core::budget::next_day(now);
         if self.budget_until != Some(until) {
-            tracing::warn!(
-                "the main session is held until {}: {why}; handoffs wait in the inbox until then (raise `budget:` in loops.yaml to wake it sooner)",
-                until.to_rfc3339()
-            );
+            say_held(until, why);
             let hold = BudgetHold {
                 until,
                 why: why.to_string(),
