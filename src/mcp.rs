@@ -368,7 +368,7 @@ const CANCEL_JOB: &str = "Cancel a job and, cascading, its children. Argument: i
 
 const PAUSE_JOB: &str = "Pause a job. Argument: id. A waiting or delayed job is paused at once; a running one is asked to stop (an agent between turns, a shell job's processes are stopped). Other states fail. Resume it with resume_job. Returns the job.";
 
-const RESUME_JOB: &str = "Resume a paused job. Argument: id. A stopped running job continues where it was; otherwise it goes back to waiting (an agent continues its saved conversation). Fails when the job is not paused. Returns the job.";
+const RESUME_JOB: &str = "Resume a paused job. Argument: id. A stopped running job continues where it was; otherwise it goes back to waiting (an agent continues its saved conversation). An agent job held for the day's budget (delayed, with `held` saying why) goes back to waiting, and is held again at once if the budget is still spent. Fails when the job is neither. Returns the job.";
 
 const REPLAY_JOB: &str = "Run a job again as a new job with the same parameters, queue, priority, timeout, retries and parent. Arguments: id; set (optional): changes to the params, {\"key\": value}, keys may be dotted paths (\"input_vars.city\"). A shell job can be replayed as it was but not with changes over MCP. Returns the new job (its replay_of is the original id).";
 

@@ -178,7 +178,8 @@ pub enum JobsCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Resume a paused job (an agent continues from its saved conversation).
+    /// Resume a paused job (an agent continues from its saved conversation), or run an
+    /// agent job held for the day's budget now (held again at once if it is still spent).
     Resume {
         id: JobId,
         /// Print JSON on stdout instead of text (an error too, as {"error": {…}}).
@@ -797,6 +798,14 @@ fn after_submit(
     } else {
         print!("{}", report::report(&end, Utc::now()));
     }
+    if let Some(why) = &end.held {
+        eprintln!(
+            "note: job #{} is held, and runs by itself at {} while `loops run` serves the workspace: {why}",
+            end.id,
+            end.run_at.map(|t| t.to_rfc3339()).unwrap_or_default()
+        );
+        return Err(CliError::silent(1));
+    }
     match end.state {
         JobState::Completed | JobState::Paused => Ok(()),
         JobState::Waiting | JobState::Delayed => {
@@ -971,7 +980,7 @@ async fn follow_daemon_run(store: &JobStore, id: JobId, stream: bool) -> Result<
             progress.observe(store, j);
         }
         match job {
-            Some(j) if j.state.is_terminal() || j.state == JobState::Paused => {
+            Some(j) if j.state.is_terminal() || j.state == JobState::Paused || j.held.is_some() => {
                 if stream {
                     tail.pump(store, id);
                 }

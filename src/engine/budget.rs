@@ -11,8 +11,9 @@ use loops_agent::run::{BeforeTurn, TurnHooks};
 use loops_core::budget::{self, Budget};
 use loops_core::domain::LoopDef;
 use loops_core::pricing::Pricing;
+use loops_core::runs::RunLog;
 use loops_core::spend::{self, Spend};
-use loops_core::workspace::Settings;
+use loops_core::workspace::{Settings, Workspace};
 
 /// The estimated cost of `usage` on `model` of `provider` (a local server costs nothing);
 /// `None` when the model's price is unknown.
@@ -73,10 +74,16 @@ pub fn cost_of_turns(
 
 /// What the loop and the workspace spent today.
 pub fn spent(ctx: &RunContext, loop_name: &str, now: DateTime<Utc>) -> (Spend, Spend) {
-    let runs_dir = ctx.ws.layout().runs_dir();
+    spent_in(&ctx.ws, &ctx.runlog, loop_name, now)
+}
+
+/// What `name` (a loop, or the main session) and the workspace (every loop, the main
+/// session and the agent jobs) spent today.
+fn spent_in(ws: &Workspace, runlog: &RunLog, name: &str, now: DateTime<Utc>) -> (Spend, Spend) {
+    let layout = ws.layout();
     (
-        spend::spent_today(&ctx.runlog, loop_name, now),
-        spend::workspace_spent_today(&ctx.runlog, &runs_dir, now),
+        spend::spent_today(runlog, name, now),
+        spend::workspace_spent_today(runlog, &layout.runs_dir(), &layout.jobs_spend_dir(), now),
     )
 }
 
@@ -94,7 +101,7 @@ pub fn over_today(ctx: &RunContext, def: &LoopDef, now: DateTime<Utc>) -> Option
             def.name, def.name
         ));
     }
-    spend::over_daily(ws_budget, &all).map(|why| format!("all loops together: {why} (loops.yaml)"))
+    spend::over_daily(ws_budget, &all).map(|why| workspace_words(&why))
 }
 
 /// Why a loop held for its daily budget may not start now, in words, with the ways out.
@@ -202,13 +209,24 @@ const MAIN_SESSION: &str = "main";
 /// budget, which it shares with every loop, is reached), in words; `None` while there is
 /// room, or no budget.
 pub fn main_over_today(ctx: &RunContext, now: DateTime<Utc>) -> Option<String> {
-    let ws_budget = &ctx.ws.settings.budget;
+    workspace_over_today(&ctx.ws, &ctx.runlog, now)
+}
+
+/// Why nothing without a budget of its own (the main session, an agent job) may start
+/// on a model again today: the workspace's daily budget is reached. `None` while there
+/// is room, or no budget.
+pub fn workspace_over_today(ws: &Workspace, runlog: &RunLog, now: DateTime<Utc>) -> Option<String> {
+    let ws_budget = &ws.settings.budget;
     if ws_budget.is_empty() {
         return None;
     }
-    let (_, all) = spent(ctx, MAIN_SESSION, now);
-    spend::over_daily(ws_budget, &all)
-        .map(|why| format!("all loops and the main session together: {why} (loops.yaml)"))
+    let (_, all) = spent_in(ws, runlog, MAIN_SESSION, now);
+    spend::over_daily(ws_budget, &all).map(|why| workspace_words(&why))
+}
+
+/// The workspace's daily budget reached, in words: what it covers and where it is set.
+fn workspace_words(why: &str) -> String {
+    format!("all loops together, with the main session and agent jobs: {why} (loops.yaml)")
 }
 
 /// A run's budget, checked between turns: stops the conversation before a turn that
@@ -251,7 +269,7 @@ impl RunBudget {
             own: &def.budget,
             file: format!("domains/{}/config.yaml", def.name),
         };
-        RunBudget::for_spender(ctx, spender, provider, model, now)
+        RunBudget::for_spender(&ctx.ws, &ctx.runlog, spender, provider, model, now)
     }
 
     /// The budget of a wake of the main session on `model`: the workspace's (loops.yaml
@@ -267,21 +285,40 @@ impl RunBudget {
             own: &Budget::default(),
             file: "loops.yaml".into(),
         };
-        RunBudget::for_spender(ctx, spender, provider, model, now)
+        RunBudget::for_spender(&ctx.ws, &ctx.runlog, spender, provider, model, now)
+    }
+
+    /// The budget of an attempt of an agent job on `model`: the workspace's, as for the
+    /// main session; `None` when loops.yaml sets none.
+    pub fn for_agent_job(
+        ws: &Workspace,
+        runlog: &RunLog,
+        provider: &str,
+        model: &str,
+        now: DateTime<Utc>,
+    ) -> Option<RunBudget> {
+        let spender = Spender {
+            // Jobs have no budget of their own, so no record of their own is read.
+            name: MAIN_SESSION,
+            own: &Budget::default(),
+            file: "loops.yaml".into(),
+        };
+        RunBudget::for_spender(ws, runlog, spender, provider, model, now)
     }
 
     fn for_spender(
-        ctx: &RunContext,
+        ws: &Workspace,
+        runlog: &RunLog,
         spender: Spender<'_>,
         provider: &str,
         model: &str,
         now: DateTime<Utc>,
     ) -> Option<RunBudget> {
-        let ws_budget = ctx.ws.settings.budget;
+        let ws_budget = ws.settings.budget;
         if spender.own.is_empty() && ws_budget.is_empty() {
             return None;
         }
-        let (mine, all) = spent(ctx, spender.name, now);
+        let (mine, all) = spent_in(ws, runlog, spender.name, now);
         let left = |b: &Budget, s: &Spend| {
             (
                 b.tokens_per_day.map(|t| t.saturating_sub(s.tokens)),
@@ -303,7 +340,7 @@ impl RunBudget {
             (Some(a), _) => Some((a, here.clone())),
             (None, b) => b.map(|b| (b, there.clone())),
         };
-        let s = &ctx.ws.settings;
+        let s = &ws.settings;
         Some(RunBudget {
             // loops.yaml's is every run's cap; a loop's own can only be tighter.
             per_run: [spender.own.tokens_per_run, ws_budget.tokens_per_run]

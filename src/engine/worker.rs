@@ -8,6 +8,7 @@
 //! the file it names), with a heartbeat sweep as the safety net. Requests for a running
 //! job (cancel, pause, resume) arrive the same way, as changes to its file.
 
+use crate::engine::budget::{self, RunBudget};
 use chrono::{DateTime, Utc};
 use loops_agent::context;
 use loops_agent::model::{Message, SystemPart, Usage};
@@ -99,6 +100,8 @@ struct Entry {
     priority: i32,
     run_at: Option<DateTime<Utc>>,
     parent: Option<JobId>,
+    /// Delayed by a hold (the day's budget), not a back-off.
+    held: bool,
 }
 
 /// The index's waiting and delayed jobs in the order they run, and the delayed ones by
@@ -349,6 +352,7 @@ impl Worker {
             priority: j.priority,
             run_at: j.run_at,
             parent: j.parent,
+            held: j.held.is_some(),
         });
         self.set(j.id, entry);
     }
@@ -480,6 +484,10 @@ impl Worker {
     }
 
     fn target_ended(&mut self, t: JobId) -> bool {
+        if self.index.get(&t).is_some_and(|e| e.held) {
+            // Held for the day: nothing here runs it before then (the daemon will).
+            return true;
+        }
         if self.index.contains_key(&t) {
             return false;
         }
@@ -619,6 +627,7 @@ impl Worker {
                 RunEnd::Cancelled(_) => "cancelled".into(),
                 RunEnd::Paused => "paused".into(),
                 RunEnd::Aborted(why) => format!("stopped: {why}"),
+                RunEnd::Held { why, .. } => format!("held: {why}"),
             };
             // Returns once the end is on disk (shared with the ends around it).
             let recorded = match ledger.finish(id, end, tokens, ms, now).await {
@@ -1346,6 +1355,9 @@ struct JobHooks {
     conversation: PathBuf,
     tokens: Tokens,
     aggregator: bool,
+    /// The workspace's budget (loops.yaml), which agent jobs share with every loop and
+    /// the main session.
+    budget: Option<RunBudget>,
 }
 
 impl TurnHooks for JobHooks {
@@ -1354,6 +1366,12 @@ impl TurnHooks for JobHooks {
         if matches!(*self.ctl.borrow(), Ctl::Pause) {
             b.pause = true;
             return b;
+        }
+        if let Some(budget) = self.budget.as_mut() {
+            if budget.before_turn(turn).pause {
+                b.pause = true;
+                return b;
+            }
         }
         let global = (self.offset + turn) as u64;
         let now = self.clock.now();
@@ -1391,6 +1409,9 @@ impl TurnHooks for JobHooks {
         last_tool: Option<&str>,
     ) {
         self.tokens.add(&Tokens::from_usage(usage));
+        if let Some(budget) = self.budget.as_mut() {
+            budget.after_turn(turn, messages, usage, last_tool);
+        }
         if let Ok(text) = serde_json::to_string(messages) {
             // What a tool read (a key in a file) is not written down (src/secrets.rs).
             let bytes = loops_core::secrets::redact(&text);
@@ -1637,6 +1658,13 @@ async fn run_agent(
         Err(e) => return (permanent_failure(e), Tokens::default()),
     };
     let now = cfg.clock.now();
+    let runlog = loops_core::runs::RunLog::new(&cfg.ws.layout().runs_dir(), u64::MAX);
+    if let Some(why) = budget::workspace_over_today(&cfg.ws, &runlog, now) {
+        return (
+            held_for_the_day(job.id, &why, now, false),
+            Tokens::default(),
+        );
+    }
     let mut tr = plan.transcript(&cfg.ws, store, job, live, now);
     let messages = plan.messages(job, now, &mut tr);
     let mut hooks = JobHooks {
@@ -1649,6 +1677,13 @@ async fn run_agent(
         conversation: plan.conversation.clone(),
         tokens: Tokens::default(),
         aggregator: plan.aggregator,
+        budget: RunBudget::for_agent_job(
+            &cfg.ws,
+            &runlog,
+            &plan.model.provider.name,
+            &plan.model.model,
+            now,
+        ),
     };
     let (cancel, forward) = cancel_on_stop(ctl.clone());
     let spec = SessionSpec {
@@ -1674,6 +1709,7 @@ async fn run_agent(
         }
     };
     save_conversation(&plan.conversation, &run.driven.messages);
+    record_spend(cfg, job, &plan.model, &run);
     let tokens = Tokens::from_usage(&run.driven.usage);
     let turns = plan.offset + run.driven.turns;
     let mut result = JobResult {
@@ -1685,9 +1721,78 @@ async fn run_agent(
     };
     commit_job_writes(cfg, job, &run, tokens, &mut result, &mut tr).await;
     let permanent = run.driven.permanent;
-    let end = job_end(run.driven.end, result, &plan, turns, permanent, &ctl);
+    let end = match hooks.budget.and_then(|b| b.stopped) {
+        Some(stop) => budget_end(job.id, stop, result, cfg.clock.now()),
+        None => job_end(run.driven.end, result, &plan, turns, permanent, &ctl),
+    };
     note_end(&mut tr, &end);
     (end, tokens)
+}
+
+/// An agent job the workspace's daily budget holds: it waits for the next UTC midnight,
+/// no attempt used. `begun`: it was stopped between turns (its conversation is saved
+/// and goes on then), not before its first.
+fn held_for_the_day(id: JobId, why: &str, now: DateTime<Utc>, begun: bool) -> RunEnd {
+    let until = loops_core::budget::next_day(now);
+    let what = if begun {
+        "stopped between turns and held"
+    } else {
+        "not started: held"
+    };
+    RunEnd::Held {
+        why: format!(
+            "{what} until {} (the next UTC midnight), no attempt used: {why}; to run it sooner, raise `budget:` in loops.yaml, then `loops jobs resume {id}`",
+            until.to_rfc3339()
+        ),
+        until,
+    }
+}
+
+/// How an attempt the budget stopped between turns ends: a daily budget holds the job
+/// for the day; `tokens_per_run` fails it for good (every attempt would stop the same).
+fn budget_end(id: JobId, stop: budget::Stop, result: JobResult, now: DateTime<Utc>) -> RunEnd {
+    if stop.daily {
+        return held_for_the_day(id, &stop.why, now, true);
+    }
+    RunEnd::Failed {
+        error: format!(
+            "{} (loops.yaml caps every attempt of an agent job)",
+            stop.why
+        ),
+        result,
+        permanent: true,
+    }
+}
+
+/// Keeps what the attempt spent, for the workspace's daily budget.
+fn record_spend(cfg: &WorkerConfig, job: &Job, asked: &ModelChoice, run: &SessionRun) {
+    let usage = run.driven.usage;
+    if usage.is_zero() {
+        return;
+    }
+    let answered = run.model(asked);
+    let cost = budget::cost_of_turns(
+        &cfg.ws.settings,
+        Some(&asked.provider.name),
+        &[Some(answered.as_str()), Some(asked.model.as_str())],
+        &usage,
+        &run.driven.usage_by_model,
+    );
+    let line = loops_core::spend::JobSpend {
+        finished: cfg.clock.now(),
+        job: job.id,
+        attempt: job.attempts + 1,
+        tokens: usage,
+        cost_estimate: cost,
+    };
+    let dir = cfg.ws.layout().jobs_spend_dir();
+    if let Err(e) = loops_core::spend::record_job_spend(&dir, &line) {
+        tracing::warn!(
+            job = job.id,
+            "cannot record what the job spent in {}: {e}; the workspace budget does not count it",
+            dir.display()
+        );
+    }
 }
 
 /// A stop signal for the session: cancel and shutdown stop a model call in flight; pause
@@ -1820,6 +1925,7 @@ fn note_end(tr: &mut Transcript, end: &RunEnd) {
             RunEnd::Cancelled(_) => "cancelled".into(),
             RunEnd::Paused => "paused (conversation saved)".into(),
             RunEnd::Aborted(w) => w.clone(),
+            RunEnd::Held { why, .. } => format!("held (conversation saved) — {why}"),
         }
     ));
 }

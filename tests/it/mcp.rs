@@ -55,7 +55,7 @@ fn require_python_sdk() -> std::path::PathBuf {
 
 /// One MCP session: initialize, tools/list, then `calls` ([{"tool", "args"}], where a
 /// string "$N.field" is call N's result field). Returns drive.py's report.
-fn session(ws: &TempWorkspace, calls: Value) -> Value {
+pub(crate) fn session(ws: &TempWorkspace, calls: Value) -> Value {
     let python = require_python_sdk();
     let io = tempfile::tempdir().expect("tempdir");
     let (out_path, err_path) = (io.path().join("stdout"), io.path().join("stderr"));
@@ -103,7 +103,7 @@ fn session(ws: &TempWorkspace, calls: Value) -> Value {
 }
 
 /// The parsed content of call `i`, which must have succeeded.
-fn ok(report: &Value, i: usize) -> &Value {
+pub(crate) fn ok(report: &Value, i: usize) -> &Value {
     let r = &report["results"][i];
     assert_eq!(
         r["is_error"], false,

@@ -99,6 +99,12 @@ impl Layout {
         self.join("jobs")
     }
 
+    /// What agent jobs spent, one file per UTC day (`jobs-YYYY-MM-DD.jsonl`): the
+    /// workspace budget counts them with the loops' run records.
+    pub fn jobs_spend_dir(&self) -> PathBuf {
+        self.join("spend")
+    }
+
     /// Per loop, the light job whose run began last: the key `concurrency` is checked on.
     pub fn busy_dir(&self) -> PathBuf {
         self.jobs_dir().join("busy")

@@ -95,9 +95,15 @@ pub fn spent_today(runlog: &RunLog, loop_name: &str, now: DateTime<Utc>) -> Spen
     s
 }
 
-/// What all loops with records in `runs_dir` spent today together (the workspace budget).
-pub fn workspace_spent_today(runlog: &RunLog, runs_dir: &Path, now: DateTime<Utc>) -> Spend {
-    let mut s = Spend::default();
+/// What all loops with records in `runs_dir` spent today together, with the agent jobs
+/// whose spend is in `jobs_spend_dir` (the workspace budget covers both).
+pub fn workspace_spent_today(
+    runlog: &RunLog,
+    runs_dir: &Path,
+    jobs_spend_dir: &Path,
+    now: DateTime<Utc>,
+) -> Spend {
+    let mut s = jobs_spent_today(jobs_spend_dir, now);
     let Ok(rd) = std::fs::read_dir(runs_dir) else {
         return s;
     };
@@ -107,6 +113,93 @@ pub fn workspace_spent_today(runlog: &RunLog, runs_dir: &Path, now: DateTime<Utc
         if let Some(stem) = name.strip_suffix(".jsonl").filter(|s| !s.contains('.')) {
             s.add(&spent_today(runlog, stem, now));
         }
+    }
+    s
+}
+
+/// One attempt of an agent job, as its spend is kept: a line of the day's file in
+/// [`crate::layout::Layout::jobs_spend_dir`]. Jobs have no run records, and the done
+/// index is far too long to sum on every check.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct JobSpend {
+    pub finished: DateTime<Utc>,
+    pub job: u64,
+    pub attempt: u32,
+    pub tokens: crate::usage::Usage,
+    /// `None`: the model's price is unknown.
+    pub cost_estimate: Option<f64>,
+}
+
+/// How many days of job spend files are kept (only today's is read; the rest are for a
+/// person looking back).
+const JOB_SPEND_DAYS: i64 = 7;
+
+/// The file of the UTC day of `at`.
+fn job_spend_file(dir: &Path, at: DateTime<Utc>) -> std::path::PathBuf {
+    dir.join(format!("jobs-{}.jsonl", at.format("%Y-%m-%d")))
+}
+
+/// Appends an agent job attempt's spend to its day's file; the first line of a day
+/// removes the files of days past [`JOB_SPEND_DAYS`].
+pub fn record_job_spend(dir: &Path, spend: &JobSpend) -> std::io::Result<()> {
+    let path = job_spend_file(dir, spend.finished);
+    let new_day = !path.exists();
+    let line = serde_json::to_string(spend).map_err(std::io::Error::other)?;
+    crate::fsutil::append_line(&path, &line)?;
+    if new_day {
+        prune_job_spend(dir, spend.finished);
+    }
+    Ok(())
+}
+
+fn prune_job_spend(dir: &Path, now: DateTime<Utc>) {
+    let oldest = job_spend_file(dir, now - chrono::Duration::days(JOB_SPEND_DAYS));
+    let Some(oldest) = oldest.file_name().map(|n| n.to_string_lossy().to_string()) else {
+        return;
+    };
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        // The names sort by day: `jobs-YYYY-MM-DD.jsonl`.
+        if name.starts_with("jobs-") && name.ends_with(".jsonl") && name < oldest {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
+/// What agent jobs spent today, from today's file in `dir`.
+pub fn jobs_spent_today(dir: &Path, now: DateTime<Utc>) -> Spend {
+    let mut s = Spend::default();
+    let path = job_spend_file(dir, now);
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        return s;
+    };
+    let since = day_start(now);
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        match serde_json::from_str::<JobSpend>(line) {
+            Ok(j) if j.finished >= since => {
+                let tokens = total(&j.tokens);
+                s.tokens += tokens;
+                s.runs += 1;
+                match j.cost_estimate {
+                    Some(c) => s.cost += c,
+                    None if tokens > 0 => s.cost_unknown = true,
+                    None => {}
+                }
+            }
+            Ok(_) => {}
+            Err(_) => s.unreadable += 1,
+        }
+    }
+    if s.unreadable > 0 {
+        tracing::warn!(
+            "{}: {} line(s) cannot be read, so today's spend of agent jobs is a lower bound; \
+             move the damaged lines out of the file (each line is one JSON record)",
+            path.display(),
+            s.unreadable
+        );
     }
     s
 }
@@ -126,4 +219,59 @@ pub fn over_daily(budget: &Budget, spent: &Spend) -> Option<String> {
         ));
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn at(d: u32, h: u32) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 12, d, h, 0, 0)
+            .single()
+            .expect("time")
+    }
+
+    fn attempt(job: u64, finished: DateTime<Utc>, input: u64, cost: Option<f64>) -> JobSpend {
+        JobSpend {
+            finished,
+            job,
+            attempt: 1,
+            tokens: crate::usage::Usage {
+                input,
+                output: 10,
+                ..Default::default()
+            },
+            cost_estimate: cost,
+        }
+    }
+
+    #[test]
+    fn agent_jobs_spend_today_is_the_sum_of_todays_file_and_old_days_are_pruned() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        record_job_spend(dir.path(), &attempt(1, at(1, 23), 1000, Some(1.0))).expect("write");
+        record_job_spend(dir.path(), &attempt(2, at(9, 8), 90, Some(0.25))).expect("write");
+        record_job_spend(dir.path(), &attempt(3, at(9, 9), 40, None)).expect("write");
+        std::fs::write(dir.path().join("jobs-2026-11-01.jsonl.bak"), "x").expect("other");
+        let s = jobs_spent_today(dir.path(), at(9, 12));
+        assert_eq!((s.tokens, s.runs), (150, 2));
+        assert!((s.cost - 0.25).abs() < 1e-9);
+        assert!(s.cost_unknown, "job 3's model has no price");
+        assert_eq!(jobs_spent_today(dir.path(), at(10, 0)), Spend::default());
+        assert!(
+            !dir.path().join("jobs-2026-12-01.jsonl").exists(),
+            "a day more than a week old is removed when a new day begins"
+        );
+        assert!(dir.path().join("jobs-2026-11-01.jsonl.bak").exists());
+    }
+
+    #[test]
+    fn a_damaged_job_spend_line_is_counted_as_unreadable_and_the_rest_still_counts() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        record_job_spend(dir.path(), &attempt(1, at(9, 8), 90, Some(0.5))).expect("write");
+        crate::fsutil::append_line(&dir.path().join("jobs-2026-12-09.jsonl"), "{not json")
+            .expect("damage");
+        let s = jobs_spent_today(dir.path(), at(9, 12));
+        assert_eq!((s.tokens, s.unreadable), (100, 1));
+    }
 }

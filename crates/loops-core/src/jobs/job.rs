@@ -500,6 +500,11 @@ pub struct Job {
     /// Delayed jobs: not before this.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run_at: Option<DateTime<Utc>>,
+    /// Why the runner holds this delayed job until `run_at` (the workspace's daily
+    /// budget is spent), not a retry's back-off: a follower stops waiting on it. Cleared
+    /// by its next move.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held: Option<String>,
     pub max_attempts: u32,
     /// Attempts that ended (success or failure). A run cut short by the runner itself
     /// (shutdown, a lost lease, a stall) does not count.
@@ -573,6 +578,7 @@ impl Job {
             to,
             reason,
         });
+        self.held = None;
         self.state = to;
         self.updated = now;
         if to != JobState::Delayed {

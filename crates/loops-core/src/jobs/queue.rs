@@ -197,6 +197,7 @@ pub fn plan(spec: &JobSpec, now: DateTime<Utc>) -> Result<Job, QueueError> {
         created: now,
         updated: now,
         run_at: delayed.map(|d| now + chrono_d(d)),
+        held: None,
         max_attempts,
         attempts: 0,
         backoff,
@@ -843,6 +844,13 @@ pub enum RunEnd {
     Paused,
     /// The runner itself cut the run short (shutdown): back to waiting, no attempt used.
     Aborted(String),
+    /// The runner held the job back, before it began or between turns, until `until`
+    /// (the workspace's daily budget is spent): delayed, no attempt used, an agent's
+    /// conversation saved so it goes on from where it stopped.
+    Held {
+        why: String,
+        until: DateTime<Utc>,
+    },
 }
 
 /// Records the end of a run this process holds the lease on.
@@ -935,6 +943,13 @@ fn apply_end(job: &mut Job, end: RunEnd, now: DateTime<Utc>) -> bool {
             );
             job.end_lease();
             job.control = None;
+            false
+        }
+        RunEnd::Held { why, until } => {
+            job.transition(JobState::Delayed, now, Some(why.clone()));
+            job.held = Some(why);
+            job.run_at = Some(until);
+            job.end_lease();
             false
         }
         RunEnd::Aborted(why) => {
@@ -1285,12 +1300,23 @@ pub fn resume(store: &JobStore, id: JobId, now: DateTime<Utc>) -> Result<Job, Qu
 
 pub fn resume_in(tx: &mut dyn JobTx, id: JobId, now: DateTime<Utc>) -> Result<Job, QueueError> {
     let mut job = tx.get(id)?.ok_or(QueueError::NotFound(id))?;
+    if job.state == JobState::Delayed && job.held.is_some() {
+        // If the budget is still spent, the worker holds it again before any request.
+        job.transition(
+            JobState::Waiting,
+            now,
+            Some("its hold lifted by the operator".into()),
+        );
+        save(tx, &mut job, now)?;
+        return Ok(job);
+    }
     if job.state != JobState::Paused {
         return Err(QueueError::InvalidState {
             id,
             state: job.state,
             op: "resume",
-            help: "only paused jobs can be resumed".into(),
+            help: "only paused jobs can be resumed (and agent jobs held for the day's budget)"
+                .into(),
         });
     }
     if job.lease_held(now) {

@@ -31,7 +31,9 @@ pub fn follow_line(j: &Job, children_done: Option<(usize, usize)>) -> String {
     if let Some((done, all)) = children_done {
         parts.push(format!("children {done}/{all} done"));
     }
-    if let (JobState::Delayed, Some(at)) = (j.state, j.run_at) {
+    if let (JobState::Delayed, Some(at), Some(_)) = (j.state, j.run_at, &j.held) {
+        parts.push(format!("held until {}", at.format("%Y-%m-%d %H:%M UTC")));
+    } else if let (JobState::Delayed, Some(at)) = (j.state, j.run_at) {
         parts.push(format!(
             "attempt {} of {} at {}",
             j.attempts + 1,
@@ -198,7 +200,10 @@ pub fn report(j: &Job, now: DateTime<Utc>) -> String {
         .run_at
         .filter(|_| j.state == JobState::Delayed && !j.kind.is_light())
     {
-        s.push_str(&format!("  next try: {}\n", t.to_rfc3339()));
+        match &j.held {
+            Some(why) => s.push_str(&format!("  held:     {why}\n")),
+            None => s.push_str(&format!("  next try: {}\n", t.to_rfc3339())),
+        }
     }
     s
 }
