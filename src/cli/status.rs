@@ -159,6 +159,7 @@ impl<'a> Snapshot<'a> {
                 "active": stats.health.active,
                 "waiting": stats.health.waiting,
                 "delayed": stats.health.delayed,
+                "held": stats.health.held,
                 "paused": stats.health.paused,
                 "stalled": stats.health.stalled,
                 "warnings": stats.warnings,
@@ -375,8 +376,12 @@ impl<'a> Snapshot<'a> {
 
     fn jobs_line(&self) -> String {
         let h = &self.stats.health;
+        let held = match h.held {
+            0 => String::new(),
+            n => format!(" ({n} held for the day's budget)"),
+        };
         format!(
-            "{} active, {} waiting, {} delayed, {} paused, {} stalled",
+            "{} active, {} waiting, {} delayed{held}, {} paused, {} stalled",
             h.active, h.waiting, h.delayed, h.paused, h.stalled
         )
     }

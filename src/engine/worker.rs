@@ -573,8 +573,35 @@ impl Worker {
         };
         if rx.has_changed().unwrap_or(false) {
             let ws = rx.borrow_and_update().clone();
+            let budget_changed = ws.settings.budget != self.cfg.ws.settings.budget;
             self.cfg.allow_shell = shell_allowed(&ws);
             self.cfg.ws = ws;
+            if budget_changed {
+                self.lift_holds();
+            }
+        }
+    }
+
+    /// loops.yaml's budget changed: the jobs held for the old one are looked at again
+    /// (and held again at once, before any request, if the day is still spent).
+    fn lift_holds(&mut self) {
+        let held: Vec<JobId> = self
+            .index
+            .iter()
+            .filter(|(_, e)| e.held)
+            .map(|(id, _)| *id)
+            .collect();
+        let now = self.cfg.clock.now();
+        for id in held {
+            match queue::lift_hold(
+                &self.store,
+                id,
+                now,
+                "its hold lifted: loops.yaml's budget changed",
+            ) {
+                Ok(j) => self.note(&j),
+                Err(e) => tracing::warn!(job = id, "cannot lift the job's budget hold: {e}"),
+            }
         }
     }
 
@@ -1741,7 +1768,7 @@ fn held_for_the_day(id: JobId, why: &str, now: DateTime<Utc>, begun: bool) -> Ru
     };
     RunEnd::Held {
         why: format!(
-            "{what} until {} (the next UTC midnight), no attempt used: {why}; to run it sooner, raise `budget:` in loops.yaml, then `loops jobs resume {id}`",
+            "{what} until {} (the next UTC midnight), no attempt used: {why}; to run it sooner, raise `budget:` in loops.yaml (a serving daemon then looks again) or `loops jobs resume {id}`",
             until.to_rfc3339()
         ),
         until,

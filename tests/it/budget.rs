@@ -665,3 +665,51 @@ fn a_run_that_moves_to_a_fallback_mid_way_is_priced_by_each_model_for_its_own_tu
     // All of it at the cheap model's price would be $0.00012; at the pricey one's, $0.12.
     assert!((cost - 0.06006).abs() < 1e-9, "{cost}: {rec}");
 }
+
+#[test]
+fn an_agent_job_held_for_the_budget_is_counted_in_status_and_runs_once_loops_yaml_raises_it() {
+    let fake = FakeModel::start(vec![done(), done()]);
+    let yaml = |tokens: u32| format!("budget: {{ tokens_per_day: {tokens} }}\n");
+    let ws = workspace(&fake, &yaml(50));
+    let d = ws.start_daemon();
+    d.wait_for_log("loops daemon started", LONG);
+    let job = |id: &str| ws.json(&["jobs", "get", id]);
+    let wait = |what: &dyn Fn() -> bool| crate::common::wait_until(LONG, what);
+    // The first job's one turn (55 tokens) spends the day's 50.
+    let ok = |args: &[&str]| {
+        let out = loops(&ws, args);
+        assert_eq!(out.code, Some(0), "{}", out.all());
+        out
+    };
+    ok(&["agent", "run", "Look around", "--detach"]);
+    assert!(wait(&|| job("1")["state"] == "completed"), "{}", d.log());
+    ok(&["agent", "run", "Look again", "--detach"]);
+    assert!(wait(&|| job("2")["held"].is_string()), "{:#}", job("2"));
+    assert_eq!(fake.request_count(), 1);
+    let status = ws.json(&["status"]);
+    assert_eq!(status["jobs"]["held"], 1, "{status:#}");
+    let text = ok(&["status"]);
+    assert!(
+        text.stdout.contains("(1 held for the day's budget)")
+            && text.all().contains("raise `budget:` in loops.yaml"),
+        "{}",
+        text.all()
+    );
+    // A person raises the budget: the daemon looks at the held job again, and it runs.
+    let raised = std::fs::read_to_string(ws.path().join("loops.yaml"))
+        .expect("loops.yaml")
+        .replace(&yaml(50), &yaml(1000));
+    ws.write("loops.yaml", &raised);
+    assert!(
+        wait(&|| job("2")["state"] == "completed"),
+        "{:#}\n{}",
+        job("2"),
+        d.log()
+    );
+    assert_eq!(fake.request_count(), 2);
+    let history = job("2")["history"].to_string();
+    assert!(
+        history.contains("its hold lifted: loops.yaml's budget changed"),
+        "{history}"
+    );
+}

@@ -277,7 +277,7 @@ fn agent_jobs_a_hostile_mcp_client_floods_cannot_spend_past_the_workspace_budget
     assert!(
         err.contains(" is held, and runs by itself at ")
             && err.contains(&midnight)
-            && err.contains("then `loops jobs resume "),
+            && err.contains("or `loops jobs resume "),
         "{err}"
     );
     let resumed = ws.json(&["jobs", "resume", "3"]);

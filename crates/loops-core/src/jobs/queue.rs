@@ -1299,17 +1299,11 @@ pub fn resume(store: &JobStore, id: JobId, now: DateTime<Utc>) -> Result<Job, Qu
 }
 
 pub fn resume_in(tx: &mut dyn JobTx, id: JobId, now: DateTime<Utc>) -> Result<Job, QueueError> {
-    let mut job = tx.get(id)?.ok_or(QueueError::NotFound(id))?;
+    let job = tx.get(id)?.ok_or(QueueError::NotFound(id))?;
     if job.state == JobState::Delayed && job.held.is_some() {
-        // If the budget is still spent, the worker holds it again before any request.
-        job.transition(
-            JobState::Waiting,
-            now,
-            Some("its hold lifted by the operator".into()),
-        );
-        save(tx, &mut job, now)?;
-        return Ok(job);
+        return lift_hold_in(tx, id, now, "its hold lifted by the operator");
     }
+    let mut job = job;
     if job.state != JobState::Paused {
         return Err(QueueError::InvalidState {
             id,
@@ -1329,6 +1323,33 @@ pub fn resume_in(tx: &mut dyn JobTx, id: JobId, now: DateTime<Utc>) -> Result<Jo
             Some("resumed by the operator".into()),
         );
     }
+    save(tx, &mut job, now)?;
+    Ok(job)
+}
+
+/// A job held for the day's budget goes back to waiting now, `why` recorded; any other
+/// job is returned as it is. If the budget is still spent, the worker holds it again
+/// before any request.
+pub fn lift_hold(
+    store: &JobStore,
+    id: JobId,
+    now: DateTime<Utc>,
+    why: &str,
+) -> Result<Job, QueueError> {
+    store.transaction(|tx| lift_hold_in(tx, id, now, why))
+}
+
+pub fn lift_hold_in(
+    tx: &mut dyn JobTx,
+    id: JobId,
+    now: DateTime<Utc>,
+    why: &str,
+) -> Result<Job, QueueError> {
+    let mut job = tx.get(id)?.ok_or(QueueError::NotFound(id))?;
+    if job.state != JobState::Delayed || job.held.is_none() {
+        return Ok(job);
+    }
+    job.transition(JobState::Waiting, now, Some(why.to_string()));
     save(tx, &mut job, now)?;
     Ok(job)
 }

@@ -34,6 +34,8 @@ pub struct Health {
     pub waiting_children: usize,
     /// Active jobs whose runner is gone (the next sweep requeues them).
     pub stalled: usize,
+    /// Delayed jobs held for the day's budget (among `delayed`).
+    pub held: usize,
 }
 
 #[derive(Debug, Default, Clone, Serialize)]
@@ -60,6 +62,12 @@ pub fn compute(store: &JobStore, now: DateTime<Utc>, daemon_running: bool) -> St
     let (live, _) = store.live_jobs();
     let ready = st.health.count(&live, now);
     ready.warn(&mut st.warnings, now, daemon_running);
+    if st.health.held > 0 {
+        st.warnings.push(format!(
+            "{} agent job(s) held for the day's budget: they run at the next UTC midnight; to run them sooner, raise `budget:` in loops.yaml (a daemon then lifts the holds), or `loops jobs resume ID`",
+            st.health.held
+        ));
+    }
     if st.health.stalled > 0 {
         st.warnings.push(format!(
             "{} active job(s) have lost their runner; the next sweep (at the daemon's start, or within 30s while it runs) requeues them",
@@ -117,7 +125,10 @@ impl Health {
         for j in live {
             match j.state {
                 JobState::Waiting => self.waiting += 1,
-                JobState::Delayed => self.delayed += 1,
+                JobState::Delayed => {
+                    self.delayed += 1;
+                    self.held += usize::from(j.held.is_some());
+                }
                 JobState::Active => {
                     self.active += 1;
                     active_queues.insert(j.queue.clone());
