@@ -798,6 +798,13 @@ fn after_submit(
     } else {
         print!("{}", report::report(&end, Utc::now()));
     }
+    if let Some((n, why)) = held_children(store, &end) {
+        eprintln!(
+            "note: job #{} waits for {n} child job(s) held for the day's budget; they run by themselves at the next UTC midnight while `loops run` serves the workspace: {why}",
+            end.id
+        );
+        return Err(CliError::silent(1));
+    }
     if let Some(why) = &end.held {
         eprintln!(
             "note: job #{} is held, and runs by itself at {} while `loops run` serves the workspace: {why}",
@@ -814,6 +821,21 @@ fn after_submit(
         }
         _ => Err(CliError::silent(1)),
     }
+}
+
+/// A fan-out's aggregator whose every outstanding child is held for the day's budget:
+/// how many, and why the first is.
+fn held_children(store: &JobStore, j: &Job) -> Option<(usize, String)> {
+    if j.state != JobState::WaitingChildren {
+        return None;
+    }
+    let pending = queue::outstanding_children(j);
+    let mut why = None;
+    for c in &pending {
+        let held = store.get(*c).ok().flatten().and_then(|c| c.held)?;
+        why.get_or_insert(held);
+    }
+    why.map(|w| (pending.len(), w))
 }
 
 /// Waits for a job to end (or pause), streaming its output: runs it here when no daemon
@@ -980,7 +1002,12 @@ async fn follow_daemon_run(store: &JobStore, id: JobId, stream: bool) -> Result<
             progress.observe(store, j);
         }
         match job {
-            Some(j) if j.state.is_terminal() || j.state == JobState::Paused || j.held.is_some() => {
+            Some(j)
+                if j.state.is_terminal()
+                    || j.state == JobState::Paused
+                    || j.held.is_some()
+                    || held_children(store, &j).is_some() =>
+            {
                 if stream {
                     tail.pump(store, id);
                 }

@@ -484,7 +484,7 @@ impl Worker {
     }
 
     fn target_ended(&mut self, t: JobId) -> bool {
-        if self.index.get(&t).is_some_and(|e| e.held) {
+        if self.only_holds_left() {
             // Held for the day: nothing here runs it before then (the daemon will).
             return true;
         }
@@ -495,6 +495,23 @@ impl Worker {
             Ok(Some(j)) => j.state.is_terminal() || j.state == JobState::Paused,
             _ => true,
         }
+    }
+
+    /// Nothing in this worker's scope can run before a hold ends: each live job in it is
+    /// held for the day's budget, or waits for children (a fan-out's aggregator).
+    fn only_holds_left(&self) -> bool {
+        let mut held = false;
+        for (id, e) in &self.index {
+            if !self.in_scope(*id) {
+                continue;
+            }
+            match (e.state, e.held) {
+                (JobState::Delayed, true) => held = true,
+                (JobState::WaitingChildren, _) => {}
+                _ => return false,
+            }
+        }
+        held
     }
 
     /// Starts ready jobs while there are permits. Returns true when ready jobs wait for

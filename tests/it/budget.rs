@@ -713,3 +713,35 @@ fn an_agent_job_held_for_the_budget_is_counted_in_status_and_runs_once_loops_yam
         "{history}"
     );
 }
+
+#[test]
+fn a_fan_out_whose_children_are_held_for_the_budget_does_not_keep_its_follower_waiting() {
+    let fake = FakeModel::start(vec![done()]);
+    let ws = workspace(&fake, "budget: { tokens_per_day: 50 }\n");
+    // No daemon: each `agent run` runs its jobs in the CLI process. The first spends the
+    // day's 50 tokens in its one turn.
+    let first = loops(&ws, &["agent", "run", "Look around"]);
+    assert_eq!(first.code, Some(0), "{}", first.all());
+    let items = json!([{"prompt": "Research {x}", "input_vars": {"x": "a"}}, {"prompt": "Research {x}", "input_vars": {"x": "b"}}]);
+    ws.write("manifest.json", &items.to_string());
+    let out = loops(
+        &ws,
+        &[
+            "agent",
+            "run",
+            "Combine",
+            "--fanout-manifest",
+            "manifest.json",
+        ],
+    );
+    assert_eq!(out.code, Some(1), "{}", out.all());
+    assert!(
+        out.stderr
+            .contains("waits for 2 child job(s) held for the day's budget")
+            && out.stderr.contains("tokens_per_day"),
+        "{}",
+        out.all()
+    );
+    assert!(out.elapsed < Duration::from_secs(60), "{:?}", out.elapsed);
+    assert_eq!(fake.request_count(), 1, "no child reached the model");
+}
