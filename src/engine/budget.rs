@@ -280,16 +280,12 @@ impl RunBudget {
         model: &str,
         now: DateTime<Utc>,
     ) -> Option<RunBudget> {
-        let spender = Spender {
-            name: MAIN_SESSION,
-            own: &Budget::default(),
-            file: "loops.yaml".into(),
-        };
-        RunBudget::for_spender(&ctx.ws, &ctx.runlog, spender, provider, model, now)
+        RunBudget::for_agent_job(&ctx.ws, &ctx.runlog, provider, model, now)
     }
 
-    /// The budget of an attempt of an agent job on `model`: the workspace's, as for the
-    /// main session; `None` when loops.yaml sets none.
+    /// The budget of an attempt of an agent job on `model`: the workspace's, as for a
+    /// wake of the main session (neither has a budget of its own); `None` when loops.yaml
+    /// sets none.
     pub fn for_agent_job(
         ws: &Workspace,
         runlog: &RunLog,
@@ -298,7 +294,6 @@ impl RunBudget {
         now: DateTime<Utc>,
     ) -> Option<RunBudget> {
         let spender = Spender {
-            // Jobs have no budget of their own, so no record of their own is read.
             name: MAIN_SESSION,
             own: &Budget::default(),
             file: "loops.yaml".into(),

@@ -2,7 +2,7 @@
 //! adaptive cadence (`schedule.adaptive`, `finish(next_check)`), through the real `loops`
 //! binary against the fake model server on 127.0.0.1.
 
-use crate::common::{git_commit_all, git_trailers, Out, TempWorkspace};
+use crate::common::{git_commit_all, git_trailers, next_utc_midnight, Out, TempWorkspace};
 use loops_testutil::fake_model::{openai, FakeModel, Reply};
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -82,15 +82,6 @@ fn state(ws: &TempWorkspace, name: &str) -> Value {
     let p = ws.path().join(format!(".loops/state/{name}.json"));
     let text = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
     serde_json::from_str(&text).expect("state json")
-}
-
-fn next_utc_midnight() -> chrono::DateTime<chrono::Utc> {
-    let now = chrono::Utc::now();
-    now.date_naive()
-        .and_hms_opt(0, 0, 0)
-        .expect("midnight")
-        .and_utc()
-        + chrono::Duration::days(1)
 }
 
 // ---------------------------------------------------------------------------------------

@@ -108,3 +108,13 @@ impl Out {
         )
     }
 }
+
+/// The next UTC midnight: when the runner lifts what a daily budget held.
+pub fn next_utc_midnight() -> chrono::DateTime<chrono::Utc> {
+    let now = chrono::Utc::now();
+    now.date_naive()
+        .and_hms_opt(0, 0, 0)
+        .expect("midnight")
+        .and_utc()
+        + chrono::Duration::days(1)
+}

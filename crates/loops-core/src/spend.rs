@@ -22,11 +22,17 @@ pub struct Spend {
 
 impl Spend {
     pub fn add_record(&mut self, rec: &RunRecord) {
-        let Some(u) = rec.tokens else { return };
-        let tokens = total(&u);
+        if let Some(u) = rec.tokens {
+            self.add_run(&u, rec.cost_estimate);
+        }
+    }
+
+    /// One run's (or job attempt's) tokens, and their cost when the model has a price.
+    fn add_run(&mut self, u: &crate::usage::Usage, cost: Option<f64>) {
+        let tokens = total(u);
         self.tokens += tokens;
         self.runs += 1;
-        match rec.cost_estimate {
+        match cost {
             Some(c) => self.cost += c,
             None if tokens > 0 => self.cost_unknown = true,
             None => {}
@@ -179,16 +185,7 @@ pub fn jobs_spent_today(dir: &Path, now: DateTime<Utc>) -> Spend {
     let since = day_start(now);
     for line in text.lines().filter(|l| !l.trim().is_empty()) {
         match serde_json::from_str::<JobSpend>(line) {
-            Ok(j) if j.finished >= since => {
-                let tokens = total(&j.tokens);
-                s.tokens += tokens;
-                s.runs += 1;
-                match j.cost_estimate {
-                    Some(c) => s.cost += c,
-                    None if tokens > 0 => s.cost_unknown = true,
-                    None => {}
-                }
-            }
+            Ok(j) if j.finished >= since => s.add_run(&j.tokens, j.cost_estimate),
             Ok(_) => {}
             Err(_) => s.unreadable += 1,
         }

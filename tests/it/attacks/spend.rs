@@ -143,16 +143,6 @@ fn a_flooded_inbox_cannot_make_the_main_session_spend_past_the_budget() {
     assert!(d.wait_exit(LONG).expect("stops").success(), "{}", d.log());
 }
 
-/// The next UTC midnight, as the runner holds things until it.
-fn next_midnight() -> chrono::DateTime<chrono::Utc> {
-    let now = chrono::Utc::now();
-    now.date_naive()
-        .and_hms_opt(0, 0, 0)
-        .expect("midnight")
-        .and_utc()
-        + chrono::Duration::days(1)
-}
-
 #[test]
 fn agent_jobs_a_hostile_mcp_client_floods_cannot_spend_past_the_workspace_budget() {
     // Every agent job would go on for ten turns of 55 tokens; the workspace may spend 120
@@ -208,7 +198,7 @@ fn agent_jobs_a_hostile_mcp_client_floods_cannot_spend_past_the_workspace_budget
     // tokens left: its first turn is made (a turn's size is known only after it), and it
     // stops before its second. Jobs 3 to 5 never reach the model.
     assert_eq!(jobs_model.request_count(), 3, "{}", d.log());
-    let midnight = next_midnight().to_rfc3339();
+    let midnight = crate::common::next_utc_midnight().to_rfc3339();
     for id in 1..=5u64 {
         let j = job(id);
         assert_eq!(j["attempts"], 0, "a hold uses no attempt: {j:#}");
