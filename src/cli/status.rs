@@ -59,6 +59,8 @@ struct Snapshot<'a> {
     remote: Option<loops_core::remote::RemoteState>,
     /// The main session held for the rest of the day: the budget is spent.
     main_hold: Option<crate::engine::doorbell::BudgetHold>,
+    /// Why `.loops/main/budget-hold.json` cannot be read, and what to do.
+    main_hold_damaged: Option<String>,
 }
 
 impl<'a> Snapshot<'a> {
@@ -70,6 +72,15 @@ impl<'a> Snapshot<'a> {
         let (record_files, record_bytes) = loops_core::retention::total_size(layout.root());
         let (commits_waiting, held) = loops_core::git_gate::waiting(&layout);
         let (unclean_24h, last_unclean) = unclean_stops(&layout, now);
+        let hold_file = layout.main_budget_hold();
+        let (main_hold, main_hold_damaged) =
+            match crate::engine::doorbell::BudgetHold::load(&hold_file) {
+                Ok(hold) => (hold.filter(|h| now < h.until), None),
+                Err(e) => (
+                    None,
+                    Some(crate::engine::doorbell::BudgetHold::damaged(&hold_file, &e)),
+                ),
+            };
         Snapshot {
             ws,
             now,
@@ -98,7 +109,8 @@ impl<'a> Snapshot<'a> {
             last_unclean,
             commits_waiting,
             held,
-            main_hold: crate::engine::doorbell::BudgetHold::read(&layout.main_budget_hold(), now),
+            main_hold,
+            main_hold_damaged,
         }
     }
 
@@ -154,6 +166,7 @@ impl<'a> Snapshot<'a> {
                 "active": self.stage_count(Stage::Active),
                 "rejected": self.stage_count(Stage::Rejected),
                 "main_held": self.main_hold.as_ref().map(|h| json!({"until": h.until, "why": h.why})),
+                "main_hold_damaged": self.main_hold_damaged,
             },
             "jobs": {
                 "active": stats.health.active,
@@ -571,6 +584,7 @@ impl<'a> Snapshot<'a> {
 
     fn warnings(&self) -> Vec<String> {
         let mut warnings = self.stats.warnings.clone();
+        warnings.extend(self.main_hold_damaged.clone());
         let waiting = self.stats.health.waiting > 0 || self.stage_count(Stage::Pending) > 0;
         if self.daemon.is_none() && waiting {
             warnings.push("work is waiting and no daemon is running: start `loops run`".into());

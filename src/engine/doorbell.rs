@@ -40,8 +40,16 @@ impl BudgetHold {
             .filter(|h| now < h.until)
     }
 
+    /// What a hold file that cannot be read means, and what to do.
+    pub(crate) fn damaged(path: &std::path::Path, error: &str) -> String {
+        format!(
+            "{} cannot be read ({error}): it is ignored, and the main session's budget is checked from the run records; delete the file to silence this",
+            path.display()
+        )
+    }
+
     /// The hold in `path` (`None`: there is none), or why it cannot be read.
-    fn load(path: &std::path::Path) -> Result<Option<BudgetHold>, String> {
+    pub(crate) fn load(path: &std::path::Path) -> Result<Option<BudgetHold>, String> {
         match std::fs::read(path) {
             Ok(text) => serde_json::from_slice(&text)
                 .map(Some)
@@ -60,10 +68,7 @@ fn held_at_start(ws: &Workspace, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
         Ok(hold) => hold.filter(|h| now < h.until)?,
         Err(e) => {
             // The day's spend is read from the run records at the next wake anyway.
-            tracing::warn!(
-                "{} cannot be read ({e}): it is ignored, and the main session's budget is checked from the run records; delete the file to silence this",
-                path.display()
-            );
+            tracing::warn!("{}", BudgetHold::damaged(&path, &e));
             return None;
         }
     };

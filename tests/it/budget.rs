@@ -620,6 +620,22 @@ fn a_damaged_budget_hold_is_said_and_the_budget_read_from_the_records() {
     d.wait_for_log("budget-hold.json cannot be read", LONG);
     assert!(d.log().contains("delete the file"), "{}", d.log());
     assert!(hold.exists(), "nothing on disk is taken away");
+    // `loops status` says it too, beside the other warnings, and in --json.
+    let status = loops(&ws, &["status"]);
+    assert!(
+        status.all().contains("budget-hold.json cannot be read")
+            && status.all().contains("delete the file"),
+        "{}",
+        status.all()
+    );
+    let json = ws.json(&["status"]);
+    assert!(
+        json["inbox"]["main_hold_damaged"]
+            .as_str()
+            .is_some_and(|w| w.contains("budget-hold.json")),
+        "{json:#}"
+    );
+    assert!(json["inbox"]["main_held"].is_null());
     d.signal(loops_testutil::Signal::TERM);
     assert!(d.wait_exit(LONG).expect("stops").success(), "{}", d.log());
 }
