@@ -225,7 +225,21 @@ pub async fn run(
             wait = wait.min((t - now).to_std().unwrap_or_default());
         }
         let permits = cfg.permits.clone();
+        // A good edit of loops.yaml wakes the loop: dispatch follows it at once (a changed
+        // budget lifts holds).
+        let mut live = w.cfg.live.clone();
+        let settings_changed = async {
+            match live.as_mut() {
+                Some(rx) => {
+                    if rx.changed().await.is_err() {
+                        std::future::pending::<()>().await;
+                    }
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
         tokio::select! {
+            _ = settings_changed => {}
             Some(batch) = watch_rx.recv() => {
                 let mut batch = batch;
                 while let Ok(more) = watch_rx.try_recv() { batch.extend(more); }
