@@ -61,6 +61,42 @@ struct Snapshot<'a> {
     main_hold: Option<crate::engine::doorbell::BudgetHold>,
     /// Why `.loops/main/budget-hold.json` cannot be read, and what to do.
     main_hold_damaged: Option<String>,
+    /// What was spent today, by who spent it: the workspace budget counts all three.
+    spend: SpendToday,
+}
+
+/// Today's spend (UTC day) of the loops, the main session and the agent jobs.
+struct SpendToday {
+    loops: loops_core::spend::Spend,
+    main: loops_core::spend::Spend,
+    jobs: loops_core::spend::Spend,
+}
+
+impl SpendToday {
+    fn gather(
+        ws: &Workspace,
+        loops: &[crate::operator::LoopRow],
+        now: chrono::DateTime<Utc>,
+    ) -> Self {
+        let layout = ws.layout();
+        let runlog = loops_core::runs::RunLog::new(&layout.runs_dir(), u64::MAX);
+        let mut of_loops = loops_core::spend::Spend::default();
+        for row in loops {
+            of_loops.add(&row.spent_today);
+        }
+        SpendToday {
+            loops: of_loops,
+            main: loops_core::spend::spent_today(&runlog, "main", now),
+            jobs: loops_core::spend::jobs_spent_today(&layout.jobs_spend_dir(), now),
+        }
+    }
+
+    fn total(&self) -> loops_core::spend::Spend {
+        let mut all = self.loops;
+        all.add(&self.main);
+        all.add(&self.jobs);
+        all
+    }
 }
 
 impl<'a> Snapshot<'a> {
@@ -72,6 +108,7 @@ impl<'a> Snapshot<'a> {
         let (record_files, record_bytes) = loops_core::retention::total_size(layout.root());
         let (commits_waiting, held) = loops_core::git_gate::waiting(&layout);
         let (unclean_24h, last_unclean) = unclean_stops(&layout, now);
+        let spend = SpendToday::gather(ws, &loops, now);
         let hold_file = layout.main_budget_hold();
         let (main_hold, main_hold_damaged) =
             match crate::engine::doorbell::BudgetHold::load(&hold_file) {
@@ -111,6 +148,7 @@ impl<'a> Snapshot<'a> {
             held,
             main_hold,
             main_hold_damaged,
+            spend,
         }
     }
 
@@ -177,6 +215,7 @@ impl<'a> Snapshot<'a> {
                 "stalled": stats.health.stalled,
                 "warnings": stats.warnings,
             },
+            "spend_today": self.spend_json(),
             "deliveries_24h": {
                 "delivered": self.deliveries_24h(DeliveryStatus::Delivered),
                 "delivery_failed": self.deliveries_24h(DeliveryStatus::DeliveryFailed),
@@ -252,6 +291,9 @@ impl<'a> Snapshot<'a> {
             ("inbox".into(), self.inbox_line()),
             ("jobs".into(), self.jobs_line()),
         ];
+        if let Some(line) = self.spend_line() {
+            lines.push(("spend".into(), line));
+        }
         if !self.ws.settings.channels.is_empty() || !self.deliveries.is_empty() {
             lines.push(("deliveries".into(), self.deliveries_line()));
         }
@@ -397,6 +439,59 @@ impl<'a> Snapshot<'a> {
             "{} active, {} waiting, {} delayed{held}, {} paused, {} stalled",
             h.active, h.waiting, h.delayed, h.paused, h.stalled
         )
+    }
+
+    /// Today's spend and the workspace budget over it; `None` when nothing was spent and
+    /// no budget is set.
+    fn spend_line(&self) -> Option<String> {
+        let total = self.spend.total();
+        let budget = &self.ws.settings.budget;
+        if total.runs == 0 && budget.is_empty() {
+            return None;
+        }
+        let s = &self.spend;
+        let mut line = format!(
+            "today (UTC) {}: loops {}, main session {}, agent jobs {} tokens",
+            total.describe(),
+            s.loops.tokens,
+            s.main.tokens,
+            s.jobs.tokens
+        );
+        let mut limits = Vec::new();
+        if let Some(t) = budget.tokens_per_day {
+            limits.push(format!("tokens_per_day {t}"));
+        }
+        if let Some(c) = budget.cost_per_day {
+            limits.push(format!("cost_per_day ${c}"));
+        }
+        if !limits.is_empty() {
+            let state = match loops_core::spend::over_daily(budget, &total) {
+                Some(_) => "reached: nothing more starts on a model before the next UTC midnight",
+                None => "not reached",
+            };
+            line.push_str(&format!(
+                " · budget {} (loops.yaml): {state}",
+                limits.join(", ")
+            ));
+        }
+        Some(line)
+    }
+
+    fn spend_json(&self) -> serde_json::Value {
+        let budget = &self.ws.settings.budget;
+        let total = self.spend.total();
+        json!({
+            "total": total,
+            "loops": self.spend.loops,
+            "main_session": self.spend.main,
+            "agent_jobs": self.spend.jobs,
+            "budget": {
+                "tokens_per_day": budget.tokens_per_day,
+                "cost_per_day": budget.cost_per_day,
+                "tokens_per_run": budget.tokens_per_run,
+            },
+            "reached": loops_core::spend::over_daily(budget, &total),
+        })
     }
 
     fn deliveries_line(&self) -> String {

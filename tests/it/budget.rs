@@ -695,10 +695,27 @@ fn an_agent_job_held_for_the_budget_is_counted_in_status_and_runs_once_loops_yam
     assert_eq!(fake.request_count(), 1);
     let status = ws.json(&["status"]);
     assert_eq!(status["jobs"]["held"], 1, "{status:#}");
+    let spend = &status["spend_today"];
+    assert_eq!(spend["agent_jobs"]["tokens"], 55, "{spend:#}");
+    assert_eq!(spend["total"]["tokens"], 55, "{spend:#}");
+    assert!(
+        spend["reached"]
+            .as_str()
+            .is_some_and(|r| r.contains("tokens_per_day 50")),
+        "{spend:#}"
+    );
     let text = ok(&["status"]);
     assert!(
         text.stdout.contains("(1 held for the day's budget)")
             && text.all().contains("raise `budget:` in loops.yaml"),
+        "{}",
+        text.all()
+    );
+    assert!(
+        text.stdout.contains("agent jobs 55 tokens")
+            && text
+                .stdout
+                .contains("budget tokens_per_day 50 (loops.yaml): reached"),
         "{}",
         text.all()
     );
