@@ -7,10 +7,9 @@
 use crate::engine::run_context::RunContext;
 use chrono::{DateTime, Utc};
 use loops_agent::model::{Message, Usage};
-use loops_agent::run::{BeforeTurn, TurnHooks};
+use loops_agent::run::{BeforeTurn, TurnHooks, TurnModel};
 use loops_core::budget::{self, Budget};
 use loops_core::domain::LoopDef;
-use loops_core::pricing::Pricing;
 use loops_core::runs::RunLog;
 use loops_core::spend::{self, Spend};
 use loops_core::workspace::{Settings, Workspace};
@@ -238,11 +237,14 @@ pub struct RunBudget {
     /// What today's tightest budget has left, and the file that sets it.
     tokens_left: Option<(u64, String)>,
     cost_left: Option<(f64, String)>,
-    pricing: Pricing,
-    model: String,
-    local: bool,
+    /// What prices a turn: the pricing table, and which providers are local.
+    settings: Settings,
     used: Usage,
     last: Usage,
+    /// The estimated cost of the turns so far, and of the last, each at the price of the
+    /// model that made it; `None` once a turn's model has no price.
+    cost_used: Option<f64>,
+    cost_last: Option<f64>,
     /// Why it stopped the run, once it has.
     pub stopped: Option<Stop>,
 }
@@ -255,58 +257,38 @@ pub struct Stop {
 }
 
 impl RunBudget {
-    /// The budget of a run of `def` on `model` starting at `now`; `None` when no budget
-    /// applies to it.
-    pub fn for_run(
-        ctx: &RunContext,
-        def: &LoopDef,
-        provider: &str,
-        model: &str,
-        now: DateTime<Utc>,
-    ) -> Option<RunBudget> {
+    /// The budget of a run of `def` starting at `now` (each turn priced as the model that
+    /// made it); `None` when no budget applies to it.
+    pub fn for_run(ctx: &RunContext, def: &LoopDef, now: DateTime<Utc>) -> Option<RunBudget> {
         let spender = Spender {
             name: &def.name,
             own: &def.budget,
             file: format!("domains/{}/config.yaml", def.name),
         };
-        RunBudget::for_spender(&ctx.ws, &ctx.runlog, spender, provider, model, now)
+        RunBudget::for_spender(&ctx.ws, &ctx.runlog, spender, now)
     }
 
-    /// The budget of a wake of the main session on `model`: the workspace's (loops.yaml
+    /// The budget of a wake of the main session: the workspace's (loops.yaml
     /// `budget:`), which all loops and the main session share; `None` when it sets none.
-    pub fn for_main_wake(
-        ctx: &RunContext,
-        provider: &str,
-        model: &str,
-        now: DateTime<Utc>,
-    ) -> Option<RunBudget> {
-        RunBudget::for_agent_job(&ctx.ws, &ctx.runlog, provider, model, now)
+    pub fn for_main_wake(ctx: &RunContext, now: DateTime<Utc>) -> Option<RunBudget> {
+        RunBudget::for_agent_job(&ctx.ws, &ctx.runlog, now)
     }
 
-    /// The budget of an attempt of an agent job on `model`: the workspace's, as for a
-    /// wake of the main session (neither has a budget of its own); `None` when loops.yaml
-    /// sets none.
-    pub fn for_agent_job(
-        ws: &Workspace,
-        runlog: &RunLog,
-        provider: &str,
-        model: &str,
-        now: DateTime<Utc>,
-    ) -> Option<RunBudget> {
+    /// The budget of an attempt of an agent job: the workspace's, as for a wake of the main
+    /// session (neither has a budget of its own); `None` when loops.yaml sets none.
+    pub fn for_agent_job(ws: &Workspace, runlog: &RunLog, now: DateTime<Utc>) -> Option<RunBudget> {
         let spender = Spender {
             name: MAIN_SESSION,
             own: &Budget::default(),
             file: "loops.yaml".into(),
         };
-        RunBudget::for_spender(ws, runlog, spender, provider, model, now)
+        RunBudget::for_spender(ws, runlog, spender, now)
     }
 
     fn for_spender(
         ws: &Workspace,
         runlog: &RunLog,
         spender: Spender<'_>,
-        provider: &str,
-        model: &str,
         now: DateTime<Utc>,
     ) -> Option<RunBudget> {
         let ws_budget = ws.settings.budget;
@@ -344,14 +326,11 @@ impl RunBudget {
                 .min(),
             tokens_left: min_u(t1, t2),
             cost_left: min_f(c1, c2),
-            pricing: s.pricing.clone(),
-            model: model.to_string(),
-            local: s
-                .providers
-                .get(provider)
-                .is_some_and(|p| loops_core::pricing::is_local_url(&p.base_url)),
+            settings: s.clone(),
             used: Usage::default(),
             last: Usage::default(),
+            cost_used: Some(0.0),
+            cost_last: Some(0.0),
             stopped: None,
         })
     }
@@ -376,13 +355,8 @@ impl RunBudget {
                 daily: true,
             });
         }
-        let cost = |u: &Usage| {
-            self.pricing
-                .estimate(u, &self.model, self.local)
-                .map(|c| c.0)
-        };
         if let (Some((l, file)), Some(a), Some(b)) =
-            (self.cost_left.as_ref(), cost(&self.used), cost(&self.last))
+            (self.cost_left.as_ref(), self.cost_used, self.cost_last)
         {
             if a + b > *l {
                 return Some(Stop {
@@ -408,8 +382,19 @@ impl TurnHooks for RunBudget {
         }
     }
 
-    fn after_turn(&mut self, _turn: u32, _m: &[Message], usage: &Usage, _last: Option<&str>) {
+    fn after_turn(
+        &mut self,
+        _turn: u32,
+        _m: &[Message],
+        usage: &Usage,
+        _last: Option<&str>,
+        by: &TurnModel,
+    ) {
         self.used.add(usage);
         self.last = *usage;
+        let names = [by.answered.as_deref(), Some(by.asked.as_str())];
+        let cost = cost_of(&self.settings, Some(&by.provider), &names, usage);
+        self.cost_last = cost;
+        self.cost_used = self.cost_used.zip(cost).map(|(a, b)| a + b);
     }
 }

@@ -392,12 +392,7 @@ pub async fn wake(
     };
     // The workspace's budget (loops.yaml), shared with every loop, covers the main
     // session too: a wake stops between turns before it would pass it.
-    let mut budget = crate::engine::budget::RunBudget::for_main_wake(
-        ctx,
-        &choice.provider.name,
-        &choice.model,
-        Utc::now(),
-    );
+    let mut budget = crate::engine::budget::RunBudget::for_main_wake(ctx, Utc::now());
     let mut run = session.converse(&conv, &mut tr, budget.as_mut()).await;
     if let Some(o) = run.as_ref().ok().and_then(|r| r.driven.overflow.clone()) {
         if session.fit_after_overflow(&mut conv, &o, &conv_path, &mut tr) {

@@ -541,13 +541,7 @@ impl PromptRun<'_> {
         cancel: Option<watch::Receiver<bool>>,
         tr: &mut Transcript,
     ) -> PromptOutcome {
-        let mut budget = crate::engine::budget::RunBudget::for_run(
-            self.ctx,
-            self.def,
-            &choice.provider.name,
-            &choice.model,
-            self.now,
-        );
+        let mut budget = crate::engine::budget::RunBudget::for_run(self.ctx, self.def, self.now);
         let spec = SessionSpec {
             model: choice,
             tools: self.tool_env(),

@@ -12,7 +12,7 @@ use crate::engine::budget::{self, RunBudget};
 use chrono::{DateTime, Utc};
 use loops_agent::context;
 use loops_agent::model::{Message, SystemPart, Usage};
-use loops_agent::run::{BeforeTurn, End, TurnHooks};
+use loops_agent::run::{BeforeTurn, End, TurnHooks, TurnModel};
 use loops_agent::sandbox::{Sandbox, Scope};
 use loops_agent::session::{
     Limits, ModelChoice, SessionRun, SessionSpec, TimeLimit, TranscriptSpec,
@@ -1465,10 +1465,11 @@ impl TurnHooks for JobHooks {
         messages: &[Message],
         usage: &Usage,
         last_tool: Option<&str>,
+        by: &TurnModel,
     ) {
         self.tokens.add(&Tokens::from_usage(usage));
         if let Some(budget) = self.budget.as_mut() {
-            budget.after_turn(turn, messages, usage, last_tool);
+            budget.after_turn(turn, messages, usage, last_tool, by);
         }
         if let Ok(text) = serde_json::to_string(messages) {
             // What a tool read (a key in a file) is not written down (src/secrets.rs).
@@ -1735,13 +1736,7 @@ async fn run_agent(
         conversation: plan.conversation.clone(),
         tokens: Tokens::default(),
         aggregator: plan.aggregator,
-        budget: RunBudget::for_agent_job(
-            &cfg.ws,
-            &runlog,
-            &plan.model.provider.name,
-            &plan.model.model,
-            now,
-        ),
+        budget: RunBudget::for_agent_job(&cfg.ws, &runlog, now),
     };
     let (cancel, forward) = cancel_on_stop(ctl.clone());
     let spec = SessionSpec {

@@ -769,3 +769,51 @@ fn a_fan_out_whose_children_are_held_for_the_budget_does_not_keep_its_follower_w
     assert!(out.elapsed < Duration::from_secs(60), "{:?}", out.elapsed);
     assert_eq!(fake.request_count(), 1, "no child reached the model");
 }
+
+#[test]
+fn after_a_fallback_mid_run_the_budget_prices_the_next_turn_as_the_model_now_answering() {
+    // Turn 1 on a free model; then it fails, and turn 2 goes to a pricey one (55 tokens, an
+    // estimated $0.06). A third at that price would pass the day's $0.10: the run stops,
+    // where pricing every turn as the first model would have let it go on for free.
+    let free = FakeModel::start(vec![
+        write_state("job", "ONE\n"),
+        Reply::json(503, json!({"error": {"message": "overloaded"}})),
+    ]);
+    let pricey = FakeModel::start(vec![
+        write_state("job", "TWO\n"),
+        write_state("job", "THREE\n"),
+        done(),
+    ]);
+    let ws = TempWorkspace::new();
+    let _ = std::fs::remove_dir_all(ws.path().join("domains/example"));
+    ws.write(
+        "loops.yaml",
+        &format!(
+            "limits:\n  shutdown_grace: 2s\nproviders:\n  free: {{ kind: openai, base_url: \"{}/v1\", model: free-1, max_retries: 0, fallback: [pricey] }}\n  pricey: {{ kind: openai, base_url: \"{}/v1\", model: pricey-1 }}\ndefaults: {{ provider: free }}\npricing:\n  free-1: {{ input: 0, output: 0 }}\n  pricey-1: {{ input: 1000, output: 2000 }}\nbudget: {{ cost_per_day: 0.10 }}\n",
+            free.url(),
+            pricey.url()
+        ),
+    );
+    git_commit_all(ws.path(), "setup");
+    prompt_loop(&ws, "job", "");
+    let (out, rec) = trigger(&ws, "job");
+    assert_eq!(
+        rec["fallbacks"],
+        json!(["free -> pricey"]),
+        "{rec}\n{}",
+        out.all()
+    );
+    assert_eq!(rec["outcome"], "budget", "{rec}\n{}", out.all());
+    assert!(
+        rec["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("budget.cost_per_day"),
+        "{rec}"
+    );
+    assert_eq!(pricey.request_count(), 1, "{rec}");
+    assert_eq!(
+        std::fs::read_to_string(ws.path().join("domains/job/state.md")).expect("state"),
+        "TWO\n"
+    );
+}

@@ -44,14 +44,25 @@ pub struct BeforeTurn {
 pub trait TurnHooks: Send {
     /// `turn` is the number of the turn about to be made (1-based, this drive).
     fn before_turn(&mut self, turn: u32) -> BeforeTurn;
-    /// After a turn's reply and tool results are in `messages`.
+    /// After a turn's reply and tool results are in `messages`; `by` made it.
     fn after_turn(
         &mut self,
         turn: u32,
         messages: &[Message],
         usage: &Usage,
         last_tool: Option<&str>,
+        by: &TurnModel,
     );
+}
+
+/// Who answered a turn: the provider (by its name in loops.yaml), the model asked for and
+/// the one the provider said answered. A fallback mid-run changes them, and with them
+/// what a turn costs.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TurnModel {
+    pub provider: String,
+    pub asked: String,
+    pub answered: Option<String>,
 }
 
 /// A provider a turn can go to, with the model and reply length it has there.
@@ -378,7 +389,13 @@ impl<'a> Drive<'a> {
         let mut turn_usage = c.reply.usage;
         turn_usage.add(&lost);
         out.usage.add(&turn_usage);
+        let mut by = TurnModel::default();
         if let Some(route) = self.route(out.fallbacks.len()) {
+            by = TurnModel {
+                provider: route.provider.name().to_string(),
+                asked: route.model.to_string(),
+                answered: c.reply.model.clone(),
+            };
             let m = ModelUsage {
                 provider: route.provider.name().to_string(),
                 asked: route.model.to_string(),
@@ -417,7 +434,7 @@ impl<'a> Drive<'a> {
         });
         if let Some(end) = self.stopped_short(&stop, &text, calls.is_empty(), out) {
             out.permanent = true;
-            self.after_turn(out, &turn_usage, None);
+            self.after_turn(out, &turn_usage, None, &by);
             return Some(end);
         }
         if stop == StopReason::Cut {
@@ -427,12 +444,12 @@ impl<'a> Drive<'a> {
             tr.message(&results, "");
             out.messages.push(results);
             out.cut_in_a_row += 1;
-            self.after_turn(out, &turn_usage, None);
+            self.after_turn(out, &turn_usage, None, &by);
             return None;
         }
         out.cut_in_a_row = 0;
         let Some(last_tool) = calls.last().map(|c| c.1.clone()) else {
-            self.after_turn(out, &turn_usage, None);
+            self.after_turn(out, &turn_usage, None, &by);
             return Some(if is_silent_token(&text) {
                 End::SilentToken(text.trim().to_string())
             } else {
@@ -442,7 +459,7 @@ impl<'a> Drive<'a> {
         let results = run_calls(kit, calls, self.deadline).await;
         tr.message(&results, "");
         out.messages.push(results);
-        self.after_turn(out, &turn_usage, Some(&last_tool));
+        self.after_turn(out, &turn_usage, Some(&last_tool), &by);
         kit.finish.clone().map(End::Finished)
     }
 
@@ -488,9 +505,9 @@ impl<'a> Drive<'a> {
         }
     }
 
-    fn after_turn(&mut self, out: &Driven, usage: &Usage, last_tool: Option<&str>) {
+    fn after_turn(&mut self, out: &Driven, usage: &Usage, last_tool: Option<&str>, by: &TurnModel) {
         if let Some(h) = self.hooks.as_deref_mut() {
-            h.after_turn(out.turns, &out.messages, usage, last_tool);
+            h.after_turn(out.turns, &out.messages, usage, last_tool, by);
         }
     }
 }
