@@ -834,3 +834,50 @@ fn the_pictures_show_estimated_cost_per_day_and_handoff_wait_times() {
         "the open one grows to now: {b}"
     );
 }
+
+#[test]
+fn a_job_held_for_the_budget_says_why_and_the_page_resumes_it() {
+    let ws = workspace();
+    // Nothing answers here: the job is held before any request, as the day is spent.
+    ws.write(
+        "loops.yaml",
+        "providers:\n  p: { kind: anthropic, base_url: \"http://127.0.0.1:9\", model: test-model }\nbudget: { tokens_per_day: 10 }\n",
+    );
+    let now = chrono::Utc::now();
+    ws.write(
+        &format!(".loops/spend/jobs-{}.jsonl", now.format("%Y-%m-%d")),
+        &format!(
+            "{}\n",
+            serde_json::json!({"finished": now, "job": 99, "attempt": 1, "tokens": {"input": 20, "output": 0}, "cost_estimate": 0.0})
+        ),
+    );
+    let out = loops_cmd(ws.path())
+        .args(["agent", "run", "Look around"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ui = start_ui(&ws, &[]);
+    let page = ui.get("/jobs/1");
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(
+        page.body.contains("held:") && page.body.contains("tokens_per_day 10"),
+        "{}",
+        page.body
+    );
+    assert!(page.body.contains("/jobs/1/resume"), "{}", page.body);
+    let csrf = ui.csrf("/jobs/1");
+    let r = ui.post("/jobs/1/resume", &[("csrf", &csrf)]);
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
+    let out = loops_cmd(ws.path())
+        .args(["jobs", "get", "1", "--json"])
+        .output()
+        .unwrap();
+    let job: serde_json::Value = serde_json::from_slice(&out.stdout).expect("job json");
+    assert_eq!(job["state"], "waiting", "{job:#}");
+    assert!(job["held"].is_null(), "{job:#}");
+}

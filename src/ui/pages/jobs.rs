@@ -129,7 +129,8 @@ fn actions(j: &Job, csrf: &str) -> Markup {
         @if open {
             p {
                 (view::button(&format!("{base}/cancel"), "cancel", csrf)) " "
-                @if j.state == JobState::Paused {
+                // A job held for the day's budget resumes as a paused one does.
+                @if j.state == JobState::Paused || j.held.is_some() {
                     (view::button(&format!("{base}/resume"), "resume", csrf))
                 } @else {
                     (view::button(&format!("{base}/pause"), "pause", csrf))
