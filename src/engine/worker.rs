@@ -218,28 +218,12 @@ pub async fn run(
             Mode::Only(t) if w.running.is_empty() && w.target_ended(t) => break,
             _ => {}
         }
-        let now = cfg.clock.now();
-        let next_delayed = w.next_delayed();
-        let mut wait = next_sweep.saturating_duration_since(Instant::now());
-        if let Some(t) = next_delayed {
-            wait = wait.min((t - now).to_std().unwrap_or_default());
-        }
+        let wait = w.wait(next_sweep);
         let permits = cfg.permits.clone();
-        // A good edit of loops.yaml wakes the loop: dispatch follows it at once (a changed
-        // budget lifts holds).
-        let mut live = w.cfg.live.clone();
-        let settings_changed = async {
-            match live.as_mut() {
-                Some(rx) => {
-                    if rx.changed().await.is_err() {
-                        std::future::pending::<()>().await;
-                    }
-                }
-                None => std::future::pending::<()>().await,
-            }
-        };
         tokio::select! {
-            _ = settings_changed => {}
+            // Dispatch follows a good edit of loops.yaml at once (a changed budget lifts
+            // holds).
+            _ = settings_changed(w.cfg.live.clone()) => {}
             Some(batch) = watch_rx.recv() => {
                 let mut batch = batch;
                 while let Ok(more) = watch_rx.try_recv() { batch.extend(more); }
@@ -266,6 +250,17 @@ pub async fn run(
     drop(w);
     let _ = ledger_task.await;
     ended
+}
+
+/// Resolves when a good edit of loops.yaml is applied; never, without a settings feed (or
+/// once the feed is gone).
+async fn settings_changed(live: Option<watch::Receiver<Arc<Workspace>>>) {
+    if let Some(mut rx) = live {
+        if rx.changed().await.is_ok() {
+            return;
+        }
+    }
+    std::future::pending::<()>().await
 }
 
 /// Watches the queue's folder for submits and edits; when the watcher cannot start, says
@@ -383,6 +378,15 @@ impl Worker {
     }
 
     /// When the first delayed job of this worker's is due.
+    /// How long the loop may sleep: until the next sweep, or the next delayed job's time.
+    fn wait(&self, next_sweep: Instant) -> Duration {
+        let wait = next_sweep.saturating_duration_since(Instant::now());
+        match self.next_delayed() {
+            Some(t) => wait.min((t - self.cfg.clock.now()).to_std().unwrap_or_default()),
+            None => wait,
+        }
+    }
+
     fn next_delayed(&self) -> Option<DateTime<Utc>> {
         self.queued
             .due
