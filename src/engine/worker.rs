@@ -1420,6 +1420,72 @@ struct JobHooks {
     /// The workspace's budget (loops.yaml), which agent jobs share with every loop and
     /// the main session.
     budget: Option<RunBudget>,
+    spend: JobSpender,
+}
+
+/// What an attempt of an agent job spends, written turn by turn to the day's spend file:
+/// a crash loses at most the turn in flight, and every other run's budget counts it at
+/// once rather than when the attempt ends.
+struct JobSpender {
+    ws: Arc<Workspace>,
+    clock: Arc<dyn Clock>,
+    job: JobId,
+    attempt: u32,
+    /// What the lines written so far add up to.
+    written: Usage,
+}
+
+impl JobSpender {
+    fn turn(&mut self, usage: &Usage, by: &TurnModel) {
+        self.write(
+            *usage,
+            &by.provider,
+            [by.answered.as_deref(), Some(&by.asked)],
+        );
+    }
+
+    /// The end of the attempt: what no turn accounted for (a call cut short, retries
+    /// that failed), priced as the last model that answered.
+    fn rest(
+        &mut self,
+        total: &Usage,
+        last: Option<&loops_agent::run::ModelUsage>,
+        asked: &ModelChoice,
+    ) {
+        let w = self.written;
+        let rest = Usage {
+            input: total.input.saturating_sub(w.input),
+            output: total.output.saturating_sub(w.output),
+            cache_read: total.cache_read.saturating_sub(w.cache_read),
+            cache_write: total.cache_write.saturating_sub(w.cache_write),
+        };
+        match last {
+            Some(m) => self.write(rest, &m.provider, [m.answered.as_deref(), Some(&m.asked)]),
+            None => self.write(rest, &asked.provider.name, [None, Some(&asked.model)]),
+        }
+    }
+
+    fn write(&mut self, usage: Usage, provider: &str, models: [Option<&str>; 2]) {
+        if usage.is_zero() {
+            return;
+        }
+        self.written.add(&usage);
+        let line = loops_core::spend::JobSpend {
+            finished: self.clock.now(),
+            job: self.job,
+            attempt: self.attempt,
+            tokens: usage,
+            cost_estimate: budget::cost_of(&self.ws.settings, Some(provider), &models, &usage),
+        };
+        let dir = self.ws.layout().jobs_spend_dir();
+        if let Err(e) = loops_core::spend::record_job_spend(&dir, &line) {
+            tracing::warn!(
+                job = self.job,
+                "cannot record what the job spent in {}: {e}; the workspace budget does not count it",
+                dir.display()
+            );
+        }
+    }
 }
 
 impl TurnHooks for JobHooks {
@@ -1475,6 +1541,7 @@ impl TurnHooks for JobHooks {
         if let Some(budget) = self.budget.as_mut() {
             budget.after_turn(turn, messages, usage, last_tool, by);
         }
+        self.spend.turn(usage, by);
         if let Ok(text) = serde_json::to_string(messages) {
             // What a tool read (a key in a file) is not written down (src/secrets.rs).
             let bytes = loops_core::secrets::redact(&text);
@@ -1741,6 +1808,13 @@ async fn run_agent(
         tokens: Tokens::default(),
         aggregator: plan.aggregator,
         budget: RunBudget::for_agent_job(&cfg.ws, &runlog, now),
+        spend: JobSpender {
+            ws: cfg.ws.clone(),
+            clock: cfg.clock.clone(),
+            job: job.id,
+            attempt: job.attempts + 1,
+            written: Usage::default(),
+        },
     };
     let (cancel, forward) = cancel_on_stop(ctl.clone());
     let spec = SessionSpec {
@@ -1766,7 +1840,8 @@ async fn run_agent(
         }
     };
     save_conversation(&plan.conversation, &run.driven.messages);
-    record_spend(cfg, job, &plan.model, &run);
+    let last = run.driven.usage_by_model.last();
+    hooks.spend.rest(&run.driven.usage, last, &plan.model);
     let tokens = Tokens::from_usage(&run.driven.usage);
     let turns = plan.offset + run.driven.turns;
     let mut result = JobResult {
@@ -1818,37 +1893,6 @@ fn budget_end(id: JobId, stop: budget::Stop, result: JobResult, now: DateTime<Ut
         ),
         result,
         permanent: true,
-    }
-}
-
-/// Keeps what the attempt spent, for the workspace's daily budget.
-fn record_spend(cfg: &WorkerConfig, job: &Job, asked: &ModelChoice, run: &SessionRun) {
-    let usage = run.driven.usage;
-    if usage.is_zero() {
-        return;
-    }
-    let answered = run.model(asked);
-    let cost = budget::cost_of_turns(
-        &cfg.ws.settings,
-        Some(&asked.provider.name),
-        &[Some(answered.as_str()), Some(asked.model.as_str())],
-        &usage,
-        &run.driven.usage_by_model,
-    );
-    let line = loops_core::spend::JobSpend {
-        finished: cfg.clock.now(),
-        job: job.id,
-        attempt: job.attempts + 1,
-        tokens: usage,
-        cost_estimate: cost,
-    };
-    let dir = cfg.ws.layout().jobs_spend_dir();
-    if let Err(e) = loops_core::spend::record_job_spend(&dir, &line) {
-        tracing::warn!(
-            job = job.id,
-            "cannot record what the job spent in {}: {e}; the workspace budget does not count it",
-            dir.display()
-        );
     }
 }
 

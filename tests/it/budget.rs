@@ -817,3 +817,46 @@ fn after_a_fallback_mid_run_the_budget_prices_the_next_turn_as_the_model_now_ans
         "TWO\n"
     );
 }
+
+#[test]
+fn what_an_agent_job_spent_before_its_daemon_was_killed_still_counts_against_the_budget() {
+    // Turn 1 (55 tokens) is answered; turn 2 is never answered before the daemon dies.
+    let fake = FakeModel::start(vec![
+        openai::tool_calls(&[("l", "list_files", json!({"path": "."}))], (50, 5, 0)),
+        loops_testutil::fake_model::slow(done(), Duration::from_secs(60)),
+    ]);
+    let ws = workspace(&fake, "budget: { tokens_per_day: 1000 }\n");
+    let mut d = ws.start_daemon();
+    d.wait_for_log("loops daemon started", LONG);
+    let out = loops(&ws, &["agent", "run", "Look around", "--detach"]);
+    assert_eq!(out.code, Some(0), "{}", out.all());
+    fake.wait_for_requests(2, LONG);
+    d.signal(loops_testutil::Signal::KILL);
+    assert!(d.wait_exit(LONG).is_some());
+    // The turn made before the crash is on disk: with the budget lowered to 50 a day, the
+    // day is spent, and the job that comes back after the restart is held before it asks
+    // the model again.
+    let day = chrono::Utc::now().format("%Y-%m-%d").to_string();
+    let spend = std::fs::read_to_string(ws.path().join(format!(".loops/spend/jobs-{day}.jsonl")))
+        .expect("the job spend file");
+    assert!(spend.contains(r#""input":50"#), "{spend}");
+    let status = ws.json(&["status"]);
+    assert_eq!(
+        status["spend_today"]["agent_jobs"]["tokens"], 55,
+        "{status:#}"
+    );
+    let yaml = std::fs::read_to_string(ws.path().join("loops.yaml")).expect("loops.yaml");
+    ws.write(
+        "loops.yaml",
+        &yaml.replace("tokens_per_day: 1000", "tokens_per_day: 50"),
+    );
+    let d = ws.start_daemon();
+    d.wait_for_log("loops daemon started", LONG);
+    assert!(
+        crate::common::wait_until(LONG, || ws.json(&["jobs", "get", "1"])["held"].is_string()),
+        "{:#}\n{}",
+        ws.json(&["jobs", "get", "1"]),
+        d.log()
+    );
+    assert_eq!(fake.request_count(), 2, "no request after the restart");
+}
