@@ -674,12 +674,12 @@ enum Stopped {
     Still(Job),
     /// Its job is gone: the run has ended and been recorded (the run's record, not the
     /// queue, is its history). With the run the job stood for.
-    Ended(Job, Option<loops_core::runs::RunInProgress>),
+    Ended(Job, Option<Box<loops_core::runs::RunInProgress>>),
 }
 
 fn wait_for_run_to_stop(store: &JobStore, asked: Job) -> Stopped {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let run = loops_core::runs::run_of_job(&asked);
+    let run = loops_core::runs::run_of_job(&asked).map(Box::new);
     loop {
         match store.get(asked.id) {
             Ok(Some(j)) if j.state.is_terminal() => return Stopped::Ended(j, run),

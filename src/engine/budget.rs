@@ -10,7 +10,7 @@ use loops_agent::model::{Message, Usage};
 use loops_agent::run::{BeforeTurn, TurnHooks, TurnModel};
 use loops_core::budget::{self, Budget};
 use loops_core::domain::LoopDef;
-use loops_core::runs::RunLog;
+use loops_core::runs::{RunInProgress, RunLog};
 use loops_core::spend::{self, Spend};
 use loops_core::workspace::{Settings, Workspace};
 
@@ -368,6 +368,53 @@ impl RunBudget {
             }
         }
         None
+    }
+}
+
+/// The hooks of a loop's prompt run or a wake of the main session: its budget, and its
+/// spend so far written into its job after each turn, so that a run whose process dies is
+/// recorded `interrupted` with its tokens, and a restart does not spend the day again.
+pub struct RunHooks<'a> {
+    pub budget: Option<RunBudget>,
+    ctx: &'a RunContext,
+    marker: RunInProgress,
+}
+
+impl<'a> RunHooks<'a> {
+    pub fn new(ctx: &'a RunContext, budget: Option<RunBudget>, marker: &RunInProgress) -> Self {
+        RunHooks {
+            budget,
+            ctx,
+            marker: marker.clone(),
+        }
+    }
+}
+
+impl TurnHooks for RunHooks<'_> {
+    fn before_turn(&mut self, turn: u32) -> BeforeTurn {
+        match self.budget.as_mut() {
+            Some(b) => b.before_turn(turn),
+            None => BeforeTurn::default(),
+        }
+    }
+
+    fn after_turn(
+        &mut self,
+        turn: u32,
+        m: &[Message],
+        usage: &Usage,
+        last: Option<&str>,
+        by: &TurnModel,
+    ) {
+        if let Some(b) = self.budget.as_mut() {
+            b.after_turn(turn, m, usage, last, by);
+        }
+        let names = [by.answered.as_deref(), Some(by.asked.as_str())];
+        let cost = cost_of(&self.ctx.ws.settings, Some(&by.provider), &names, usage);
+        self.marker.spent.get_or_insert_default().add(usage, cost);
+        if let Err(e) = self.ctx.running.put(&self.marker) {
+            tracing::warn!(run = %self.marker.run_id, "cannot note what the run has spent so far: {e}");
+        }
     }
 }
 

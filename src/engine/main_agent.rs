@@ -25,6 +25,7 @@ use loops_agent::transcript::{Redactor, Transcript};
 use loops_core::guard::Guard;
 use loops_core::handoff::Handoff;
 use loops_core::runs::Outcome;
+use loops_core::runs::RunInProgress;
 use loops_core::tool_names::MAIN_DEFAULT;
 use loops_core::workspace::{MainSettings, Workspace};
 use serde::{Deserialize, Serialize};
@@ -351,6 +352,7 @@ pub async fn wake(
     main: &MainSettings,
     kind: WakeKind,
     run_id: &str,
+    marker: &RunInProgress,
     handoffs: &[(Handoff, PathBuf)],
     cancel: Option<watch::Receiver<bool>>,
 ) -> ModelWake {
@@ -392,18 +394,19 @@ pub async fn wake(
     };
     // The workspace's budget (loops.yaml), shared with every loop, covers the main
     // session too: a wake stops between turns before it would pass it.
-    let mut budget = crate::engine::budget::RunBudget::for_main_wake(ctx, Utc::now());
-    let mut run = session.converse(&conv, &mut tr, budget.as_mut()).await;
+    let budget = crate::engine::budget::RunBudget::for_main_wake(ctx, Utc::now());
+    let mut hooks = crate::engine::budget::RunHooks::new(ctx, budget, marker);
+    let mut run = session.converse(&conv, &mut tr, &mut hooks).await;
     if let Some(o) = run.as_ref().ok().and_then(|r| r.driven.overflow.clone()) {
         if session.fit_after_overflow(&mut conv, &o, &conv_path, &mut tr) {
-            run = session.converse(&conv, &mut tr, budget.as_mut()).await;
+            run = session.converse(&conv, &mut tr, &mut hooks).await;
         }
     }
     let mut outcome = match &run {
         Ok(run) => PromptOutcome::of_session(run, &choice),
         Err(e) => PromptOutcome::failed(e.to_string()),
     };
-    let stop = budget.and_then(|b| b.stopped);
+    let stop = hooks.budget.and_then(|b| b.stopped);
     let daily_budget_spent = stop.as_ref().is_some_and(|s| s.daily);
     if let Some(stop) = stop {
         tr.note(&format!("budget: {}", stop.why));
@@ -445,7 +448,7 @@ impl Wake<'_> {
         &self,
         conv: &Conversation,
         tr: &mut Transcript,
-        budget: Option<&mut crate::engine::budget::RunBudget>,
+        hooks: &mut crate::engine::budget::RunHooks<'_>,
     ) -> Result<SessionRun, loops_agent::session::SessionError> {
         let ws = &self.ctx.ws;
         let spec = SessionSpec {
@@ -458,7 +461,7 @@ impl Wake<'_> {
                 time: TimeLimit::For(self.main.timeout),
             },
             cancel: self.cancel.clone(),
-            hooks: budget.map(|b| b as &mut dyn loops_agent::run::TurnHooks),
+            hooks: Some(hooks),
         };
         spec.run(tr).await
     }

@@ -497,6 +497,7 @@ impl WakeRun<'_> {
                     main,
                     self.kind,
                     self.run_id,
+                    self.marker,
                     handoffs,
                     cancel,
                 )

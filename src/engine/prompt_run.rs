@@ -389,7 +389,7 @@ pub async fn run(
                 run.agent_cli(&choice.provider, prompt, marker, cancel, &mut tr)
                     .await
             } else {
-                run.session(&choice, prompt, cancel, &mut tr).await
+                run.session(&choice, prompt, marker, cancel, &mut tr).await
             };
             if out.model.is_none() {
                 out.model = Some(choice.model.clone());
@@ -538,10 +538,12 @@ impl PromptRun<'_> {
         &self,
         choice: &ModelChoice,
         prompt: LoopPrompt,
+        marker: &RunInProgress,
         cancel: Option<watch::Receiver<bool>>,
         tr: &mut Transcript,
     ) -> PromptOutcome {
-        let mut budget = crate::engine::budget::RunBudget::for_run(self.ctx, self.def, self.now);
+        let budget = crate::engine::budget::RunBudget::for_run(self.ctx, self.def, self.now);
+        let mut hooks = crate::engine::budget::RunHooks::new(self.ctx, budget, marker);
         let spec = SessionSpec {
             model: choice,
             tools: self.tool_env(),
@@ -552,15 +554,13 @@ impl PromptRun<'_> {
                 time: TimeLimit::Until(self.deadline),
             },
             cancel,
-            hooks: budget
-                .as_mut()
-                .map(|b| b as &mut dyn loops_agent::run::TurnHooks),
+            hooks: Some(&mut hooks),
         };
         let mut out = match spec.run(tr).await {
             Ok(run) => PromptOutcome::of_session(&run, choice),
             Err(e) => PromptOutcome::failed(e.to_string()),
         };
-        if let Some(stop) = budget.and_then(|b| b.stopped) {
+        if let Some(stop) = hooks.budget.and_then(|b| b.stopped) {
             tr.note(&format!("budget: {}", stop.why));
             if stop.daily {
                 // The next run would stop after its first turn too: the day is spent.

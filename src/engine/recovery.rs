@@ -147,6 +147,11 @@ fn record_interrupted(ctx: &RunContext, m: &RunInProgress) -> Option<(String, St
     rec.run_id = m.run_id.clone();
     rec.started = m.started;
     rec.attempt = m.attempt;
+    // What its turns spent before the process died still counts against the budgets.
+    if let Some(spent) = m.spent {
+        rec.tokens = Some(spent.tokens);
+        rec.cost_estimate = spent.cost_estimate;
+    }
     rec.duration_ms = (now - m.started).num_milliseconds().max(0) as u64;
     tracing::warn!(loop_name = %m.loop_name, run = %m.run_id, "recorded an interrupted run left by pid {}", m.pid);
     if let Err(e) = ctx.runlog.append(&rec) {

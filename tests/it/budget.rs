@@ -860,3 +860,35 @@ fn what_an_agent_job_spent_before_its_daemon_was_killed_still_counts_against_the
     );
     assert_eq!(fake.request_count(), 2, "no request after the restart");
 }
+
+#[test]
+fn a_prompt_run_whose_daemon_is_killed_mid_way_is_recorded_interrupted_with_what_it_spent() {
+    // Turn 1 (55 tokens) is answered; turn 2 is never answered before the daemon dies.
+    let fake = FakeModel::start(vec![
+        write_state("job", "ONE\n"),
+        loops_testutil::fake_model::slow(done(), Duration::from_secs(60)),
+    ]);
+    let ws = workspace(&fake, "budget: { tokens_per_day: 1000 }\n");
+    let at = (chrono::Utc::now() + chrono::Duration::seconds(2)).to_rfc3339();
+    prompt_loop(&ws, "job", &format!("schedule: {{ at: \"{at}\" }}\n"));
+    let mut d = ws.start_daemon();
+    d.wait_for_log("loops daemon started", LONG);
+    fake.wait_for_requests(2, LONG);
+    d.signal(loops_testutil::Signal::KILL);
+    assert!(d.wait_exit(LONG).is_some());
+    // The next start records the run interrupted, with the tokens of the turn it made:
+    // the day's spend still counts them.
+    let mut d = ws.start_daemon();
+    d.wait_for_log("loops daemon started", LONG);
+    let rec = ws.runs("job").pop().expect("the interrupted run's record");
+    assert_eq!(rec["outcome"], "interrupted", "{rec}");
+    assert_eq!(rec["tokens"]["input"], 50, "{rec}");
+    assert!(
+        rec["cost_estimate"].as_f64().is_some_and(|c| c > 0.0),
+        "{rec}"
+    );
+    let (row, _) = list_row(&ws, "job");
+    assert_eq!(row["spent_today"]["tokens"], 55, "{row}");
+    d.signal(loops_testutil::Signal::TERM);
+    assert!(d.wait_exit(LONG).is_some());
+}

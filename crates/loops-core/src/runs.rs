@@ -432,7 +432,7 @@ pub fn record_lines(text: &str) -> impl Iterator<Item = Result<RunRecord, ()>> +
 /// A run in progress as its light job records it (the job's `params`): which run, who
 /// runs it, its command's process group and, for a wake, the handoffs it claimed. An older
 /// version kept the same record as a marker file in `.loops/running/`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunInProgress {
     #[serde(rename = "loop")]
     pub loop_name: String,
@@ -454,6 +454,36 @@ pub struct RunInProgress {
     /// inbox if the wake's process dies.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub handoffs: Vec<String>,
+    /// What its model turns have spent so far: a run whose process dies is recorded
+    /// `interrupted` with these, so the day's budget still counts them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spent: Option<SpentSoFar>,
+}
+
+/// The tokens of a run in progress, and their estimated cost (`None` once a turn's model
+/// has no price).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct SpentSoFar {
+    pub tokens: crate::usage::Usage,
+    #[serde(default)]
+    pub cost_estimate: Option<f64>,
+}
+
+impl Default for SpentSoFar {
+    fn default() -> Self {
+        SpentSoFar {
+            tokens: crate::usage::Usage::default(),
+            cost_estimate: Some(0.0),
+        }
+    }
+}
+
+impl SpentSoFar {
+    /// Adds a turn: its tokens, and its cost when its model has a price.
+    pub fn add(&mut self, usage: &crate::usage::Usage, cost: Option<f64>) {
+        self.tokens.add(usage);
+        self.cost_estimate = self.cost_estimate.zip(cost).map(|(a, b)| a + b);
+    }
 }
 
 impl RunInProgress {
@@ -478,6 +508,7 @@ impl RunInProgress {
             pgid: None,
             pgid_start: None,
             handoffs: Vec::new(),
+            spent: None,
         }
     }
 
