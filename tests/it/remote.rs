@@ -931,3 +931,40 @@ fn a_once_pass_pulls_before_it_runs_and_pushes_after() {
     assert!(linear(sc.server.path()));
     sc.fsck_all();
 }
+
+#[test]
+fn a_branch_lock_left_by_a_killed_git_is_named_with_the_fix_and_nothing_moves() {
+    let sc = Scene::new("  pull_every: 0\n");
+    sc.laptop_commit("from-laptop.md", "hi\n", "laptop: hi");
+    let head = git(sc.server.path(), &["rev-parse", "HEAD"]);
+    // What a git (or a loops) killed while moving the branch leaves behind.
+    let lock = sc
+        .server
+        .path()
+        .join(".git/refs/heads")
+        .join(format!("{}.lock", sc.branch));
+    std::fs::write(&lock, "").unwrap();
+    let out = sc.sync(&[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains(&format!("{}.lock", sc.branch)) && err.contains("remove it"),
+        "{err}"
+    );
+    assert_eq!(git(sc.server.path(), &["rev-parse", "HEAD"]), head);
+    assert!(
+        !sc.server.path().join("from-laptop.md").exists(),
+        "the work tree is as HEAD has it"
+    );
+    assert!(git(sc.server.path(), &["status", "--porcelain"])
+        .trim()
+        .is_empty());
+    assert!(
+        lock.exists(),
+        "loops does not remove a lock it cannot tell is stale"
+    );
+    std::fs::remove_file(&lock).unwrap();
+    let out = sc.sync_ok();
+    assert!(out.contains("fast-forwarded"), "{out}");
+    assert!(sc.server.path().join("from-laptop.md").exists());
+}

@@ -353,8 +353,30 @@ pub fn waiting(layout: &Layout) -> (usize, Option<HeldReport>) {
     (n, held)
 }
 
+/// What to do about a git lock file that a git error names (`failed to lock file
+/// '…/refs/heads/main.lock' for writing`): git takes them for milliseconds, so one that
+/// stays was left by a git, or a loops, that was killed while holding it. Git never removes
+/// such a file by itself, and neither does loops: a person must tell it is not in use.
+pub fn lock_help(message: &str) -> Option<String> {
+    let path = message.split('\'').find(|part| part.ends_with(".lock"))?;
+    Some(format!(
+        "if no git command is running in this repository, a git or loops that was killed left {path}: remove it, and loops goes on"
+    ))
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_lock_named_in_a_git_error_is_named_in_the_help() {
+        let m = "failed to lock file '/w/.git/refs/heads/main.lock' for writing: ";
+        let help = super::lock_help(m).expect("help");
+        assert!(
+            help.contains("/w/.git/refs/heads/main.lock") && help.contains("remove it"),
+            "{help}"
+        );
+        assert_eq!(super::lock_help("object not found"), None);
+    }
+
     use super::*;
 
     #[test]

@@ -46,10 +46,19 @@ impl HistoryError {
             HistoryError::NotARepository(_) => {
                 Some("run `git init` in the workspace (or create it with `loops init`)".into())
             }
-            HistoryError::Deferred(_) | HistoryError::Held(_) => Some(
+            HistoryError::Deferred(why) => Some(crate::git_gate::lock_help(why).unwrap_or_else(
+                || {
+                    "nothing to do unless it lasts: .loops/daemon.jsonl says when it is committed"
+                        .into()
+                },
+            )),
+            HistoryError::Held(_) => Some(
                 "nothing to do unless it lasts: .loops/daemon.jsonl says when it is committed"
                     .into(),
             ),
+            HistoryError::Git(e) if e.code() == git2::ErrorCode::Locked => {
+                crate::git_gate::lock_help(e.message())
+            }
             _ => None,
         }
     }

@@ -78,6 +78,9 @@ impl RemoteError {
                 "start the server from a clone of the remote (`git clone URL`), or join the histories by hand once (`git pull --allow-unrelated-histories {remote} {branch}`)"
             ),
             RemoteError::UnpushedMerge(_) => "push it by hand once (`git pull --rebase && git push`); loops syncs again after".into(),
+            RemoteError::Git(e) if e.code() == git2::ErrorCode::Locked => {
+                return crate::git_gate::lock_help(e.message())
+            }
             RemoteError::Stopped | RemoteError::Git(_) => return None,
         })
     }
