@@ -353,14 +353,19 @@ pub fn waiting(layout: &Layout) -> (usize, Option<HeldReport>) {
     (n, held)
 }
 
+/// A git lock file no live process holds is taken as left by a git that crashed once it
+/// is this old (younger, it may belong to a git that has only just started).
+pub const STALE_LOCK_AGE: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// What to do about a git lock file that a git error names (`failed to lock file
 /// '…/refs/heads/main.lock' for writing`): git takes them for milliseconds, so one that
-/// stays was left by a git, or a loops, that was killed while holding it. Git never removes
-/// such a file by itself, and neither does loops: a person must tell it is not in use.
+/// stays was left by a git, or a loops, that was killed while holding it. The committer
+/// removes such a file once no process holds it and it is [`STALE_LOCK_AGE`] old.
 pub fn lock_help(message: &str) -> Option<String> {
     let path = message.split('\'').find(|part| part.ends_with(".lock"))?;
     Some(format!(
-        "if no git command is running in this repository, a git or loops that was killed left {path}: remove it, and loops goes on"
+        "if no git command is running in this repository, a git or loops that was killed left {path}: loops removes it by itself once no process holds it and it is {}s old (the next commit or sync), or remove it now",
+        STALE_LOCK_AGE.as_secs()
     ))
 }
 

@@ -46,12 +46,12 @@ impl HistoryError {
             HistoryError::NotARepository(_) => {
                 Some("run `git init` in the workspace (or create it with `loops init`)".into())
             }
-            HistoryError::Deferred(why) => Some(crate::git_gate::lock_help(why).unwrap_or_else(
-                || {
+            HistoryError::Deferred(why) => {
+                Some(crate::git_gate::lock_help(why).unwrap_or_else(|| {
                     "nothing to do unless it lasts: .loops/daemon.jsonl says when it is committed"
                         .into()
-                },
-            )),
+                }))
+            }
             HistoryError::Held(_) => Some(
                 "nothing to do unless it lasts: .loops/daemon.jsonl says when it is committed"
                     .into(),
@@ -259,9 +259,7 @@ fn bound_object_cache() {
 /// How often the committer looks again at commits it had to defer and at index entries
 /// it could not update.
 const RETRY_EVERY: Duration = Duration::from_secs(2);
-/// A git lock file no live process holds is taken as left by a git that crashed once it
-/// is this old (younger, it may belong to a git that has only just started).
-pub const STALE_LOCK_AGE: Duration = Duration::from_secs(10);
+pub use crate::git_gate::STALE_LOCK_AGE;
 /// Deferred commits kept at most; beyond this the oldest are given up (and said so).
 const MAX_DEFERRED: usize = 1000;
 /// A commit that could not be made when asked (a lock held by another git, a read-only
@@ -330,6 +328,9 @@ impl CommitterThread {
             let (req, reply) = match msg {
                 Some(Ask::Commit(req, reply)) => (req, reply),
                 Some(Ask::Exclusive(work)) => {
+                    // A sync moves the branch too: a lock a killed git left is cleared as
+                    // a commit would clear it.
+                    self.clear_stale_locks();
                     work(&self.repo);
                     continue;
                 }
