@@ -481,7 +481,12 @@ fn inbox_retry_hands_a_held_handoff_back_once_the_cause_is_fixed() {
         "{}",
         d.log()
     );
-    assert!(commit_for(ws.path(), &id, "completed").is_some());
+    // The wake's commit follows the move into done/.
+    assert!(
+        wait_until(LONG, || commit_for(ws.path(), &id, "completed").is_some()),
+        "{}",
+        d.log()
+    );
     let s = ws.json(&["inbox", "show", &id]);
     assert!(s["note"]["held"].is_null(), "{s}");
     assert_eq!(
