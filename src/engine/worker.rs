@@ -377,7 +377,6 @@ impl Worker {
         }
     }
 
-    /// When the first delayed job of this worker's is due.
     /// How long the loop may sleep: until the next sweep, or the next delayed job's time.
     fn wait(&self, next_sweep: Instant) -> Duration {
         let wait = next_sweep.saturating_duration_since(Instant::now());
@@ -387,6 +386,7 @@ impl Worker {
         }
     }
 
+    /// When the first delayed job of this worker's is due.
     fn next_delayed(&self) -> Option<DateTime<Utc>> {
         self.queued
             .due

@@ -371,6 +371,8 @@ pub fn lock_help(message: &str) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn a_lock_named_in_a_git_error_is_named_in_the_help() {
         let m = "failed to lock file '/w/.git/refs/heads/main.lock' for writing: ";
@@ -381,8 +383,6 @@ mod tests {
         );
         assert_eq!(super::lock_help("object not found"), None);
     }
-
-    use super::*;
 
     #[test]
     fn subcommand_skips_global_options() {

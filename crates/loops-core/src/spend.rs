@@ -123,7 +123,8 @@ pub fn workspace_spent_today(
     s
 }
 
-/// One attempt of an agent job, as its spend is kept: a line of the day's file in
+/// What one turn of an agent job spent (or, at the end of an attempt, what no turn
+/// accounted for), as it is kept: a line of the day's file in
 /// [`crate::layout::Layout::jobs_spend_dir`]. Jobs have no run records, and the done
 /// index is far too long to sum on every check.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -145,7 +146,7 @@ fn job_spend_file(dir: &Path, at: DateTime<Utc>) -> std::path::PathBuf {
     dir.join(format!("jobs-{}.jsonl", at.format("%Y-%m-%d")))
 }
 
-/// Appends an agent job attempt's spend to its day's file; the first line of a day
+/// Appends a line of an agent job's spend to its day's file; the first line of a day
 /// removes the files of days past [`JOB_SPEND_DAYS`].
 pub fn record_job_spend(dir: &Path, spend: &JobSpend) -> std::io::Result<()> {
     let path = job_spend_file(dir, spend.finished);
@@ -175,9 +176,11 @@ fn prune_job_spend(dir: &Path, now: DateTime<Utc>) {
     }
 }
 
-/// What agent jobs spent today, from today's file in `dir`.
+/// What agent jobs spent today, from today's file in `dir`; `runs` counts their
+/// attempts, not the lines (one a turn).
 pub fn jobs_spent_today(dir: &Path, now: DateTime<Utc>) -> Spend {
     let mut s = Spend::default();
+    let mut attempts = std::collections::HashSet::new();
     let path = job_spend_file(dir, now);
     let Ok(text) = std::fs::read_to_string(&path) else {
         return s;
@@ -185,11 +188,15 @@ pub fn jobs_spent_today(dir: &Path, now: DateTime<Utc>) -> Spend {
     let since = day_start(now);
     for line in text.lines().filter(|l| !l.trim().is_empty()) {
         match serde_json::from_str::<JobSpend>(line) {
-            Ok(j) if j.finished >= since => s.add_run(&j.tokens, j.cost_estimate),
+            Ok(j) if j.finished >= since => {
+                s.add_run(&j.tokens, j.cost_estimate);
+                attempts.insert((j.job, j.attempt));
+            }
             Ok(_) => {}
             Err(_) => s.unreadable += 1,
         }
     }
+    s.runs = attempts.len() as u32;
     if s.unreadable > 0 {
         tracing::warn!(
             "{}: {} line(s) cannot be read, so today's spend of agent jobs is a lower bound; \
@@ -248,10 +255,11 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         record_job_spend(dir.path(), &attempt(1, at(1, 23), 1000, Some(1.0))).expect("write");
         record_job_spend(dir.path(), &attempt(2, at(9, 8), 90, Some(0.25))).expect("write");
-        record_job_spend(dir.path(), &attempt(3, at(9, 9), 40, None)).expect("write");
+        record_job_spend(dir.path(), &attempt(3, at(9, 9), 20, None)).expect("write");
+        record_job_spend(dir.path(), &attempt(3, at(9, 10), 0, None)).expect("write");
         std::fs::write(dir.path().join("jobs-2026-11-01.jsonl.bak"), "x").expect("other");
         let s = jobs_spent_today(dir.path(), at(9, 12));
-        assert_eq!((s.tokens, s.runs), (150, 2));
+        assert_eq!((s.tokens, s.runs), (140, 2), "three lines, two attempts");
         assert!((s.cost - 0.25).abs() < 1e-9);
         assert!(s.cost_unknown, "job 3's model has no price");
         assert_eq!(jobs_spent_today(dir.path(), at(10, 0)), Spend::default());

@@ -1299,11 +1299,10 @@ pub fn resume(store: &JobStore, id: JobId, now: DateTime<Utc>) -> Result<Job, Qu
 }
 
 pub fn resume_in(tx: &mut dyn JobTx, id: JobId, now: DateTime<Utc>) -> Result<Job, QueueError> {
-    let job = tx.get(id)?.ok_or(QueueError::NotFound(id))?;
+    let mut job = tx.get(id)?.ok_or(QueueError::NotFound(id))?;
     if job.state == JobState::Delayed && job.held.is_some() {
         return lift_hold_in(tx, id, now, "its hold lifted by the operator");
     }
-    let mut job = job;
     if job.state != JobState::Paused {
         return Err(QueueError::InvalidState {
             id,
