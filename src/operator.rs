@@ -815,12 +815,21 @@ pub fn retry_handoff(ws: &Workspace, id: &str) -> Result<Retried, OperatorError>
                 "it is pending, and the main session takes it at its next wake",
             ))
         }
-        (Stage::Active, None) => {
+        (Stage::Active, Some(why)) => why,
+        (Stage::Active, None) if notes.claimed_by_live_wake(&name) => {
             return Err(not_held(
-                "a wake of the main session claimed it, and gives it back when it ends (or the daemon's next start does, if that wake's runner is gone); `loops jobs cancel` on a running wake stops it sooner",
+                "a wake of the main session claimed it, and gives it back when it ends; `loops jobs cancel` on a running wake stops it sooner",
             ))
         }
-        (Stage::Active, Some(why)) => why,
+        // No live wake has it: its wake's runner died, or the note that held it cannot
+        // be read. Either way nobody will give it back but this.
+        (Stage::Active, None) => match notes.note_damaged(&name) {
+            Some(e) => format!(
+                "unknown: its note {} cannot be read ({e}); it is replaced",
+                ws.relative(&notes.note_path(&name)).display()
+            ),
+            None => "no: a wake whose runner is gone had claimed it".to_string(),
+        },
     };
     let to = inbox
         .try_release(&path)

@@ -67,7 +67,8 @@ impl InboxState {
         &self.layout
     }
 
-    fn note_path(&self, name: &str) -> PathBuf {
+    /// Where the runner's note on the handoff `name` is kept.
+    pub fn note_path(&self, name: &str) -> PathBuf {
         self.layout.inbox_notes_dir().join(format!("{name}.json"))
     }
 
@@ -76,6 +77,32 @@ impl InboxState {
             .ok()
             .and_then(|t| serde_json::from_str(&t).ok())
             .unwrap_or_default()
+    }
+
+    /// What is wrong with a handoff's note, when there is one that cannot be read (then
+    /// [`InboxState::note`] reads as no note: the hold it recorded is lost).
+    pub fn note_damaged(&self, name: &str) -> Option<String> {
+        let path = self.note_path(name);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+            Err(e) => return Some(e.to_string()),
+        };
+        serde_json::from_str::<Note>(&text)
+            .err()
+            .map(|e| e.to_string())
+    }
+
+    /// Whether a wake whose process lives has claimed the handoff `name` (in `active/`).
+    pub fn claimed_by_live_wake(&self, name: &str) -> bool {
+        loops_core::runs::RunningSet::new(self.layout.root())
+            .all()
+            .into_iter()
+            .any(|w| {
+                w.loop_name == MAIN
+                    && w.handoffs.iter().any(|f| f == name)
+                    && loops_core::fsutil::process_alive(w.pid, w.pid_start)
+            })
     }
 
     pub fn set_note(&self, name: &str, note: &Note) {

@@ -3,7 +3,7 @@
 //! rules, failed wakes, `loops inbox …`, and the 1,000-handoff stress runs (with and
 //! without SIGKILL). Waits poll with generous deadlines; nothing assumes a fast machine.
 
-use crate::common::{git, git_trailers, main_script, main_seen, wait_until, TempWorkspace};
+use crate::common::{git, git_trailers, main_script, main_seen, wait_until, Out, TempWorkspace};
 use loops_testutil::Signal;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -1233,5 +1233,53 @@ fn inbox_retry_during_a_conflicted_merge_commits_nothing_and_leaves_the_merge() 
     assert!(
         said.contains("warning"),
         "the person hears it was not committed: {said}"
+    );
+}
+
+#[test]
+fn inbox_retry_hands_back_an_active_handoff_no_live_wake_holds_saying_why() {
+    let ws = TempWorkspace::new();
+    let a = create(&ws, "a", "Left by a dead wake", &[]);
+    let b = create(&ws, "a", "Held, its note damaged", &[]);
+    // Where a wake's runner killed mid-wake leaves them: in active/, with no live wake
+    // naming them; the second one's hold note is cut short, as a full disk leaves it.
+    std::fs::create_dir_all(ws.path().join("inbox/active")).unwrap();
+    for id in [&a, &b] {
+        std::fs::rename(
+            ws.path().join(format!("inbox/{id}.md")),
+            ws.path().join(format!("inbox/active/{id}.md")),
+        )
+        .unwrap();
+    }
+    let notes = ws.path().join(".loops/inbox/notes");
+    std::fs::create_dir_all(&notes).unwrap();
+    std::fs::write(
+        notes.join(format!("{b}.md.json")),
+        "{\"held\": \"waiting for",
+    )
+    .unwrap();
+
+    let r = ws.json(&["inbox", "retry", &a]);
+    assert_eq!(r["stage"], "pending", "{r}");
+    assert!(
+        r["was_held"].as_str().unwrap().contains("runner is gone"),
+        "{r}"
+    );
+    let said = Out::of(ws.cmd().args(["inbox", "retry", &b]));
+    assert_eq!(said.code, Some(0), "{}", said.all());
+    assert!(said.stdout.contains("handed"), "{}", said.all());
+    assert!(said.stdout.contains("cannot be read"), "{}", said.all());
+    assert!(
+        said.stdout.contains(&format!("{b}.md.json")),
+        "{}",
+        said.all()
+    );
+    for id in [&a, &b] {
+        assert!(ws.path().join(format!("inbox/{id}.md")).is_file(), "{id}");
+        assert_eq!(ws.json(&["inbox", "show", id])["stage"], "pending");
+    }
+    assert!(
+        !notes.join(format!("{b}.md.json")).exists(),
+        "the damaged note is replaced"
     );
 }
