@@ -260,7 +260,7 @@ The never-share guard of loops.yaml (and of the loop named by --as) checks the t
     Resume { name: String },
     /// Serve loops, handoffs and jobs to other agents over the Model Context Protocol (stdio).
     #[command(
-        after_help = "Speaks MCP on stdin/stdout until the client closes them; logs go to stderr (LOOPS_LOG sets the level, default warn). Register it with an MCP client as the command `loops --workspace DIR mcp`.\n\nTools: list_loops, trigger_loop, list_handoffs, get_handoff, complete_handoff, submit_job, get_job, list_jobs, get_job_progress, cancel_job, pause_job, resume_job, replay_job, send_job_message, get_job_stats. Shell jobs cannot be submitted over MCP."
+        after_help = "Speaks MCP on stdin/stdout until the client closes them; logs go to stderr (LOOPS_LOG sets the level, default warn). Register it with an MCP client as the command `loops --workspace DIR mcp`.\n\nTools: list_loops, trigger_loop, list_handoffs, get_handoff, tick_handoff, complete_handoff, submit_job, get_job, list_jobs, get_job_progress, cancel_job, pause_job, resume_job, replay_job, send_job_message, get_job_stats. Shell jobs cannot be submitted over MCP."
     )]
     Mcp,
     /// A web view of the workspace: loops, runs, transcripts, diffs, the inbox and jobs.

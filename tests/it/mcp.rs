@@ -635,3 +635,21 @@ fn mcp_trigger_respects_a_run_of_the_loop_in_another_process() {
     assert!(tool_error(&r, 0).contains("in progress"));
     assert_eq!(ws.runs("example").len(), 0);
 }
+
+#[test]
+fn mcp_help_names_every_tool_the_server_lists() {
+    let ws = TempWorkspace::new();
+    let out = ws
+        .cmd()
+        .args(["mcp", "--help"])
+        .output()
+        .expect("run loops");
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for tool in TOOLS {
+        assert!(
+            help.contains(tool),
+            "`loops mcp --help` does not name {tool}:\n{help}"
+        );
+    }
+}
