@@ -167,10 +167,14 @@ fn git_running(workdir: &Path, commands: &[&str]) -> Option<String> {
             continue;
         };
         let base = e.path();
+        // Where a process works is one syscall (its name is three: open, read, close), and
+        // almost no process works in the workspace: this scan runs before every run and
+        // commit, over every process of the machine.
+        if !std::fs::read_link(base.join("cwd")).is_ok_and(|c| c.starts_with(workdir)) {
+            continue;
+        }
         let comm = std::fs::read_to_string(base.join("comm")).unwrap_or_default();
-        if comm.trim() != "git"
-            || !std::fs::read_link(base.join("cwd")).is_ok_and(|c| c.starts_with(workdir))
-        {
+        if comm.trim() != "git" {
             continue;
         }
         let cmdline = std::fs::read(base.join("cmdline")).unwrap_or_default();
