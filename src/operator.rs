@@ -816,19 +816,19 @@ pub fn retry_handoff(ws: &Workspace, id: &str) -> Result<Retried, OperatorError>
             ))
         }
         (Stage::Active, Some(why)) => why,
-        (Stage::Active, None) if notes.claimed_by_live_wake(&name) => {
-            return Err(not_held(
-                "a wake of the main session claimed it, and gives it back when it ends; `loops jobs cancel` on a running wake stops it sooner",
-            ))
-        }
-        // No live wake has it: its wake's runner died, or the note that held it cannot
-        // be read. Either way nobody will give it back but this.
+        // Held by a note that cannot be read (a full disk, a crash mid-write), with no
+        // live wake on it: it would wait in active/ for the daemon's next start. Handed
+        // back here, saying so.
         (Stage::Active, None) => match notes.note_damaged(&name) {
-            Some(e) => format!(
+            Some(e) if !notes.claimed_by_live_wake(&name) => format!(
                 "unknown: its note {} cannot be read ({e}); it is replaced",
                 ws.relative(&notes.note_path(&name)).display()
             ),
-            None => "no: a wake whose runner is gone had claimed it".to_string(),
+            _ => {
+                return Err(not_held(
+                    "a wake of the main session claimed it, and gives it back when it ends (or the daemon's next start does, if that wake's runner is gone); `loops jobs cancel` on a running wake stops it sooner",
+                ))
+            }
         },
     };
     let to = inbox

@@ -391,8 +391,8 @@ An item ticked already is reported, not an error; an item the handoff does not h
     /// Hand a handoff held for a person back to the main session: moves it from
     /// inbox/active/ to inbox/ with its failed wakes forgotten, and commits. For one held
     /// after `main.max_attempts` failed wakes once the cause is fixed, or one completed
-    /// without its ticks (also one in inbox/active/ that no live wake holds: left by a
-    /// wake whose runner died, or held by a note that cannot be read).
+    /// without its ticks (also one held by a note that cannot be read: the answer names
+    /// it).
     Retry {
         id: String,
         /// Print JSON on stdout instead of text (an error too, as {"error": {…}}).

@@ -1237,9 +1237,9 @@ fn inbox_retry_during_a_conflicted_merge_commits_nothing_and_leaves_the_merge() 
 }
 
 #[test]
-fn inbox_retry_hands_back_an_active_handoff_no_live_wake_holds_saying_why() {
+fn inbox_retry_hands_back_a_handoff_whose_hold_note_is_damaged_saying_so() {
     let ws = TempWorkspace::new();
-    let a = create(&ws, "a", "Left by a dead wake", &[]);
+    let a = create(&ws, "a", "Left by a dead wake, no note", &[]);
     let b = create(&ws, "a", "Held, its note damaged", &[]);
     // Where a wake's runner killed mid-wake leaves them: in active/, with no live wake
     // naming them; the second one's hold note is cut short, as a full disk leaves it.
@@ -1259,12 +1259,15 @@ fn inbox_retry_hands_back_an_active_handoff_no_live_wake_holds_saying_why() {
     )
     .unwrap();
 
-    let r = ws.json(&["inbox", "retry", &a]);
-    assert_eq!(r["stage"], "pending", "{r}");
+    // With no note, it is the next start's to give back (as for a wake still going).
+    let said = Out::of(ws.cmd().args(["inbox", "retry", &a]));
+    assert_eq!(said.code, Some(1), "{}", said.all());
     assert!(
-        r["was_held"].as_str().unwrap().contains("runner is gone"),
-        "{r}"
+        said.stderr.contains("daemon's next start"),
+        "{}",
+        said.all()
     );
+    assert!(ws.path().join(format!("inbox/active/{a}.md")).is_file());
     let said = Out::of(ws.cmd().args(["inbox", "retry", &b]));
     assert_eq!(said.code, Some(0), "{}", said.all());
     assert!(said.stdout.contains("handed"), "{}", said.all());
@@ -1274,10 +1277,8 @@ fn inbox_retry_hands_back_an_active_handoff_no_live_wake_holds_saying_why() {
         "{}",
         said.all()
     );
-    for id in [&a, &b] {
-        assert!(ws.path().join(format!("inbox/{id}.md")).is_file(), "{id}");
-        assert_eq!(ws.json(&["inbox", "show", id])["stage"], "pending");
-    }
+    assert!(ws.path().join(format!("inbox/{b}.md")).is_file());
+    assert_eq!(ws.json(&["inbox", "show", &b])["stage"], "pending");
     assert!(
         !notes.join(format!("{b}.md.json")).exists(),
         "the damaged note is replaced"
