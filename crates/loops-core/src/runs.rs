@@ -429,6 +429,22 @@ pub fn record_lines(text: &str) -> impl Iterator<Item = Result<RunRecord, ()>> +
         })
 }
 
+/// [`record_lines`], newest first (the file's last line first): a reader that needs only
+/// recent records stops when it has them, instead of parsing a file of up to
+/// `rotate_bytes` whole.
+pub fn record_lines_newest_first(text: &str) -> impl Iterator<Item = Result<RunRecord, ()>> + '_ {
+    let appending = !text.is_empty() && !text.ends_with('\n');
+    text.lines()
+        .rev()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .filter_map(move |(i, l)| match serde_json::from_str::<RunRecord>(l) {
+            Ok(r) => Some(Ok(r)),
+            Err(_) if appending && i == 0 => None,
+            Err(_) => Some(Err(())),
+        })
+}
+
 /// A run in progress as its light job records it (the job's `params`): which run, who
 /// runs it, its command's process group and, for a wake, the handoffs it claimed. An older
 /// version kept the same record as a marker file in `.loops/running/`.

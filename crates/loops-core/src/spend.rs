@@ -83,9 +83,15 @@ pub fn spent_today(runlog: &RunLog, loop_name: &str, now: DateTime<Utc>) -> Spen
         return s;
     };
     let since = day_start(now);
-    for line in crate::runs::record_lines(&text) {
+    // Records are appended as runs end, so the file runs oldest to newest; read from the
+    // end, the first record a whole day older than today's start ends the reading (a
+    // day of slack for a clock set back). Every budgeted run's start sums this for
+    // every loop, and the file may hold megabytes of older days.
+    let long_before = since - chrono::Duration::days(1);
+    for line in crate::runs::record_lines_newest_first(&text) {
         match line {
             Ok(rec) if rec.finished >= since => s.add_record(&rec),
+            Ok(rec) if rec.finished < long_before => break,
             Ok(_) => {}
             Err(()) => s.unreadable += 1,
         }
@@ -268,6 +274,52 @@ mod tests {
             "a day more than a week old is removed when a new day begins"
         );
         assert!(dir.path().join("jobs-2026-11-01.jsonl.bak").exists());
+    }
+
+    fn record(finished: DateTime<Utc>, input: u64) -> String {
+        let mut r = RunRecord::decision(
+            "l",
+            "schedule",
+            None,
+            finished,
+            crate::runs::Outcome::Acted,
+            String::new(),
+        );
+        r.tokens = Some(crate::usage::Usage {
+            input,
+            ..Default::default()
+        });
+        r.cost_estimate = Some(0.5);
+        serde_json::to_string(&r).expect("json")
+    }
+
+    #[test]
+    fn a_loops_spend_today_reads_back_only_to_the_records_of_days_before() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = RunLog::new(dir.path(), u64::MAX);
+        let mut lines = vec![
+            "{a line damaged long ago".to_string(),
+            record(at(1, 9), 1_000_000),
+        ];
+        // A record of yesterday (within the slack) and a damaged line after it are read;
+        // today's records count, in any order among themselves.
+        lines.push(record(at(8, 23), 7));
+        lines.push("{damaged".into());
+        lines.push(record(at(9, 10), 100));
+        lines.push(record(at(9, 8), 20));
+        std::fs::write(log.path("l"), lines.join("\n") + "\n").expect("write");
+        let s = spent_today(&log, "l", at(9, 12));
+        assert_eq!((s.tokens, s.runs), (120, 2), "{s:?}");
+        assert!((s.cost - 1.0).abs() < 1e-9, "{s:?}");
+        assert_eq!(
+            s.unreadable, 1,
+            "the line before the old record is not read: {s:?}"
+        );
+        // A record being appended (no newline yet) is not damage.
+        let mut text = lines.join("\n") + "\n";
+        text.push_str("{\"loop\": \"l\", \"run");
+        std::fs::write(log.path("l"), text).expect("write");
+        assert_eq!(spent_today(&log, "l", at(9, 12)).unreadable, 1);
     }
 
     #[test]
