@@ -678,10 +678,6 @@ impl Worker {
                 },
             };
             let ms = t0.elapsed().as_millis() as u64;
-            // The run is over: its place under the limit goes to the next job while its
-            // end is written and flushed (the limit is on what runs, not on what is
-            // being recorded).
-            drop(permit);
             let now = cfg.clock.now();
             let label = match &end {
                 RunEnd::Completed(_) => "completed".to_string(),
@@ -691,8 +687,15 @@ impl Worker {
                 RunEnd::Aborted(why) => format!("stopped: {why}"),
                 RunEnd::Held { why, .. } => format!("held: {why}"),
             };
-            // Returns once the end is on disk (shared with the ends around it).
-            let recorded = match ledger.finish(id, end, tokens, ms, now).await {
+            // The end is asked of the ledger before the permit goes: the claim the freed
+            // place brings is written after it, so a fan-out's `fail_parent` has cancelled
+            // the siblings before the next one can be claimed. Then the place under the
+            // limit goes to the next job while the end is written and flushed (the limit
+            // is on what runs, not on what is being recorded).
+            let recorded = ledger.finish(id, end, tokens, ms, now);
+            drop(permit);
+            // Resolves once the end is on disk (shared with the ends around it).
+            let recorded = match recorded.await {
                 Ok(j) => {
                     tracing::info!(job = id, state = %j.state, "job run ended: {label}");
                     Some(j)
@@ -827,15 +830,16 @@ impl Ledger {
         self.send(Op::Started { id, pgid, at });
     }
 
-    /// Records a run's end; returns once it is on disk.
-    async fn finish(
+    /// Records a run's end: asked for at once (so that it is written before any claim
+    /// asked for after this call), the future resolving once it is on disk.
+    fn finish(
         &self,
         id: JobId,
         end: RunEnd,
         tokens: Tokens,
         run_ms: u64,
         at: DateTime<Utc>,
-    ) -> Result<Job, String> {
+    ) -> impl std::future::Future<Output = Result<Job, String>> {
         let (reply, rx) = oneshot::channel();
         self.send(Op::Finish {
             id,
@@ -845,8 +849,10 @@ impl Ledger {
             at,
             reply,
         });
-        rx.await
-            .unwrap_or_else(|_| Err("the queue writer stopped".into()))
+        async move {
+            rx.await
+                .unwrap_or_else(|_| Err("the queue writer stopped".into()))
+        }
     }
 
     fn send(&self, op: Op) {
