@@ -344,6 +344,34 @@ fn check_near_miss_retry_key() {
 }
 
 #[test]
+fn a_payload_key_at_the_top_level_is_an_error_saying_where_it_goes() {
+    // Written beside `schedule:`, `command` would be a setting for a prompt loop's
+    // prompt: the loop the person meant to run a script would wait for a model instead.
+    let cfg = "schedule:\n  every: 1h\ncommand: sleep 30\n";
+    let out = check_one_error("misplaced", cfg, "command:");
+    assert!(
+        out.contains("`command` belongs under `payload:`, not at the top level"),
+        "{out}"
+    );
+    assert!(
+        out.contains("payload: { kind: command, command: [\"./run.sh\"] }"),
+        "{out}"
+    );
+    for (key, line) in [
+        ("model", "model: claude-sonnet-4-5\n"),
+        ("provider", "provider: anthropic\n"),
+        ("kind", "kind: command\n"),
+    ] {
+        let cfg = format!("schedule:\n  every: 1h\npayload:\n  command: [\"true\"]\n{line}");
+        let out = check_one_error("misplaced", &cfg, line.trim_end());
+        assert!(
+            out.contains(&format!("`{key}` belongs under `payload:`")),
+            "{out}"
+        );
+    }
+}
+
+#[test]
 fn check_prompt_loop_without_prompt_md() {
     let cfg = "schedule:\n  every: 10m\npayload:\n  kind: prompt\n  model: claude-sonnet-4-5\n";
     let out = check_one_error("briefing", cfg, "payload:");

@@ -1051,6 +1051,10 @@ fn loop_settings(sec: &mut Section, map: &Mapping) -> Mapping {
         let kept = match k.as_str() {
             None | Some("timing") => true,
             Some(key) if unknown.iter().any(|u| u == key) => {
+                if PAYLOAD_KEYS.contains(&key) {
+                    sec.push(key, misplaced_payload_key(sec, key));
+                    continue;
+                }
                 let typo = near_miss(key, TOP_KEYS).is_some_and(|known| known != key);
                 if typo {
                     let d = Diagnostic::error(sec.file, format!("unknown key `{key}`"))
@@ -1070,6 +1074,26 @@ fn loop_settings(sec: &mut Section, map: &Mapping) -> Mapping {
         }
     }
     settings
+}
+
+/// A payload key written at the top level (`command: ./run.sh` beside `schedule:`): kept
+/// as a setting it would leave the loop a prompt loop, or run another model, without a
+/// word, so it is an error that says where the key goes.
+fn misplaced_payload_key(sec: &Section, key: &str) -> Diagnostic {
+    let example = match key {
+        "command" => "payload: { kind: command, command: [\"./run.sh\"] }",
+        "kind" => "payload: { kind: command, command: [\"./run.sh\"] }",
+        "model" => "payload: { kind: prompt, model: claude-sonnet-4-5 }",
+        _ => "payload: { kind: prompt, provider: anthropic }",
+    };
+    Diagnostic::error(
+        sec.file,
+        format!("`{key}` belongs under `payload:`, not at the top level"),
+    )
+    .at(sec.key_pos(key))
+    .help(format!(
+        "move it into the payload, e.g. `{example}`; at the top level it would only be a setting handed to the prompt"
+    ))
 }
 
 /// What the payload and the other keys say together: `post` with no channel to post
