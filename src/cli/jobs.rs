@@ -77,7 +77,7 @@ pub struct SubmitOptions {
     #[arg(long)]
     pub idempotency_key: Option<String>,
     /// Make it a child of this job (the parent waits for it).
-    #[arg(long, value_name = "ID")]
+    #[arg(long, value_name = "ID", value_parser = job_id)]
     pub parent: Option<JobId>,
     /// What a parent does when a child fails: fail_parent, continue, ignore, remove_dep.
     #[arg(long, value_parser = ["fail_parent", "continue", "ignore", "remove_dep"])]
@@ -144,6 +144,7 @@ pub enum JobsCommand {
     /// One job: params, state history, attempts, result, tokens, timings, children,
     /// steering messages with their read receipts.
     Get {
+        #[arg(value_parser = job_id)]
         id: JobId,
         /// Print JSON on stdout instead of text (an error too, as {"error": {…}}).
         #[arg(long)]
@@ -151,6 +152,7 @@ pub enum JobsCommand {
     },
     /// Where a job is: step, total if known, last tool, tokens, elapsed (cheap to call).
     Progress {
+        #[arg(value_parser = job_id)]
         id: JobId,
         /// Print JSON on stdout instead of text (an error too, as {"error": {…}}).
         #[arg(long)]
@@ -158,6 +160,7 @@ pub enum JobsCommand {
     },
     /// A job's transcript (agent) or output (shell).
     Logs {
+        #[arg(value_parser = job_id)]
         id: JobId,
         /// Keep printing as it grows, until the job ends.
         #[arg(long, short)]
@@ -165,6 +168,7 @@ pub enum JobsCommand {
     },
     /// Cancel a job and its descendants (a running one is stopped).
     Cancel {
+        #[arg(value_parser = job_id)]
         id: JobId,
         /// Print JSON on stdout instead of text (an error too, as {"error": {…}}).
         #[arg(long)]
@@ -173,6 +177,7 @@ pub enum JobsCommand {
     /// Pause a job: a waiting one is held; a running agent stops between turns with its
     /// conversation saved; a running shell job's process group is stopped.
     Pause {
+        #[arg(value_parser = job_id)]
         id: JobId,
         /// Print JSON on stdout instead of text (an error too, as {"error": {…}}).
         #[arg(long)]
@@ -181,6 +186,7 @@ pub enum JobsCommand {
     /// Resume a paused job (an agent continues from its saved conversation), or run an
     /// agent job held for the day's budget now (held again at once if it is still spent).
     Resume {
+        #[arg(value_parser = job_id)]
         id: JobId,
         /// Print JSON on stdout instead of text (an error too, as {"error": {…}}).
         #[arg(long)]
@@ -189,6 +195,7 @@ pub enum JobsCommand {
     /// Submit a new job with the same parameters, keeping timeout, queue, retries and
     /// parent. `--set key=value` changes a parameter (the value is JSON if it parses).
     Replay {
+        #[arg(value_parser = job_id)]
         id: JobId,
         #[arg(long = "set", value_name = "KEY=VALUE")]
         set: Vec<String>,
@@ -200,6 +207,7 @@ pub enum JobsCommand {
     },
     /// Run a dead or failed job again, with fresh attempts.
     Retry {
+        #[arg(value_parser = job_id)]
         id: JobId,
         /// Print JSON on stdout instead of text (an error too, as {"error": {…}}).
         #[arg(long)]
@@ -211,11 +219,12 @@ pub enum JobsCommand {
         after_help = "Example:\n  loops jobs message 42 '{\"directive\": \"focus on revenue\"}'\n\nOnly an operator (this command) or the job's parent (--from-job) may steer a job."
     )]
     Message {
+        #[arg(value_parser = job_id)]
         id: JobId,
         /// The message: JSON (plain text is sent as {"directive": TEXT}).
         message: String,
         /// Send as this job (it must be the target's parent).
-        #[arg(long, value_name = "ID")]
+        #[arg(long, value_name = "ID", value_parser = job_id)]
         from_job: Option<JobId>,
         /// Print JSON on stdout instead of text (an error too, as {"error": {…}}).
         #[arg(long)]
@@ -429,6 +438,16 @@ pub(super) fn jobs(ws: &Workspace, cmd: JobsCommand) -> Result {
 }
 
 /// `loops jobs get ID`.
+/// A job id as lists and reports print it (`#42`) or as a number (`42`).
+fn job_id(text: &str) -> std::result::Result<JobId, String> {
+    let digits = text.trim().strip_prefix('#').unwrap_or(text.trim());
+    digits.parse::<JobId>().map_err(|_| {
+        format!(
+            "`{text}` is not a job id: give its number as `loops jobs list` shows it (42 or #42)"
+        )
+    })
+}
+
 fn show_job(store: &JobStore, id: JobId, json: bool) -> Result {
     let now = Utc::now();
     let j = get(store, id)?;

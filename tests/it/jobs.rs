@@ -1480,3 +1480,38 @@ fn a_silent_job_leaves_no_log_and_logs_says_so() {
     assert!(spoke.starts_with("--- job #2 attempt 1 started"), "{spoke}");
     assert!(spoke.contains("spoke"), "{spoke}");
 }
+
+#[test]
+fn a_job_id_is_taken_as_lists_print_it_and_a_wrong_one_says_what_an_id_is() {
+    let ws = ws_with("allow_shell_jobs: true\n");
+    let job = loops_json(
+        &ws,
+        &[
+            "jobs",
+            "submit",
+            "shell",
+            "--params",
+            r#"{"cmd": "true"}"#,
+            "--json",
+        ],
+    );
+    let id = job["id"].as_u64().expect("an id");
+    // `loops jobs list` and every report say `#N`: that is what a person copies.
+    let hashed = format!("#{id}");
+    assert_eq!(
+        loops_json(&ws, &["jobs", "get", &hashed, "--json"])["id"],
+        id
+    );
+    let cancelled = loops_json(&ws, &["jobs", "cancel", &hashed, "--json"]);
+    assert_eq!(cancelled["state"], "cancelled", "{cancelled}");
+
+    let out = run_loops(&ws, &["jobs", "get", "abc"]);
+    assert_eq!(out.status.code(), Some(2), "a usage error");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(
+            "`abc` is not a job id: give its number as `loops jobs list` shows it (42 or #42)"
+        ),
+        "{err}"
+    );
+}
