@@ -372,6 +372,43 @@ fn a_payload_key_at_the_top_level_is_an_error_saying_where_it_goes() {
 }
 
 #[test]
+fn a_prompt_md_or_config_yaml_that_is_no_readable_text_is_an_error_naming_it() {
+    let ws = bare_workspace();
+    let bytes = |rel: &str, b: &[u8]| std::fs::write(ws.path().join(rel), b).expect("write");
+    let prompt_loop = "schedule:\n  every: 1h\npayload:\n  kind: prompt\n";
+    write_loop(&ws, "latin1", prompt_loop);
+    bytes("domains/latin1/prompt.md", b"R\xe9sum\xe9 the news\n");
+    write_loop(&ws, "folder", prompt_loop);
+    std::fs::create_dir_all(ws.path().join("domains/folder/prompt.md")).expect("mkdir");
+    std::fs::create_dir_all(ws.path().join("domains/noconfig/config.yaml")).expect("mkdir");
+    // A command loop does not read prompt.md: whatever is there is not its business.
+    write_loop(
+        &ws,
+        "script",
+        "schedule:\n  every: 1h\npayload:\n  command: [\"true\"]\n",
+    );
+    bytes("domains/script/prompt.md", b"\xff");
+    let (out, code) = check(&ws, false);
+    assert_eq!(code, 1, "{out}");
+    for want in [
+        "error: domains/latin1/prompt.md: prompt.md is not UTF-8 text (the first bad byte is at offset 1)",
+        "error: domains/folder/prompt.md: cannot read prompt.md: Is a directory",
+        "error: domains/noconfig/config.yaml: cannot read config.yaml: Is a directory",
+    ] {
+        assert!(out.contains(want), "{want}\n{out}");
+    }
+    assert!(
+        !out.contains("needs prompt.md"),
+        "a folder is not a missing file: {out}"
+    );
+    assert!(!out.contains("domains/script/"), "{out}");
+    assert!(
+        out.contains("4 loop(s) checked: 1 valid, 3 with errors"),
+        "{out}"
+    );
+}
+
+#[test]
 fn check_prompt_loop_without_prompt_md() {
     let cfg = "schedule:\n  every: 10m\npayload:\n  kind: prompt\n  model: claude-sonnet-4-5\n";
     let out = check_one_error("briefing", cfg, "payload:");

@@ -230,7 +230,9 @@ pub fn discover(ws: &Workspace) -> Vec<DomainEntry> {
         if name.starts_with('.') || name.starts_with('_') {
             continue;
         }
-        if !d.join("config.yaml").is_file() {
+        // A config.yaml that is there but is no file (a folder, a broken link) is a loop
+        // the person meant to write: said by `load_domain`, not passed over in silence.
+        if std::fs::symlink_metadata(d.join("config.yaml")).is_err() {
             continue;
         }
         out.push(load_domain(ws, &name));
@@ -321,10 +323,11 @@ pub fn load_domain(ws: &Workspace, name: &str) -> DomainEntry {
             }
         },
         Err(e) => {
-            entry.diagnostics.push(Diagnostic::error(
-                &rel,
-                format!("cannot read config.yaml: {e}"),
-            ));
+            entry.diagnostics.push(
+                Diagnostic::error(&rel, format!("cannot read config.yaml: {e}")).help(
+                    "make config.yaml a file the runner can read (a folder or a broken link is not a loop)",
+                ),
+            );
             return entry;
         }
     };
@@ -336,9 +339,16 @@ pub fn load_domain(ws: &Workspace, name: &str) -> DomainEntry {
         }
         h
     };
-    let (def, diags) = parse_config(ws, name, &dir, &rel, &text, prompt.is_some());
+    // One that is there but cannot be read is said below, not taken for a missing one.
+    let has_prompt = prompt.is_some() || dir.join("prompt.md").exists();
+    let (def, diags) = parse_config(ws, name, &dir, &rel, &text, has_prompt);
     entry.def = def;
     entry.diagnostics = diags;
+    if let Some(d) = unreadable_prompt(ws, &dir, prompt.as_deref(), entry.def.as_ref()) {
+        // Its run would fail at its first tick, long after the person looked.
+        entry.diagnostics.push(d);
+        entry.def = None;
+    }
     if !valid_loop_name(name) {
         // The loop is not run: `loops new`, `trigger` and the name's other uses refuse it.
         let folder = ws.relative(&dir);
@@ -358,6 +368,41 @@ pub fn load_domain(ws: &Workspace, name: &str) -> DomainEntry {
         entry.def = None;
     }
     entry
+}
+
+/// What is wrong with a prompt loop's prompt.md when it is there but is no text a model
+/// could be given: not UTF-8, or not a file that can be read (a folder).
+fn unreadable_prompt(
+    ws: &Workspace,
+    dir: &Path,
+    prompt: Option<&[u8]>,
+    def: Option<&LoopDef>,
+) -> Option<Diagnostic> {
+    let path = dir.join("prompt.md");
+    let rel = ws.relative(&path);
+    if !def.is_some_and(LoopDef::is_prompt) {
+        return None;
+    }
+    match prompt {
+        Some(bytes) => std::str::from_utf8(bytes).err().map(|e| {
+            Diagnostic::error(
+                &rel,
+                format!(
+                    "prompt.md is not UTF-8 text (the first bad byte is at offset {})",
+                    e.valid_up_to()
+                ),
+            )
+            .help("save it as UTF-8 text: it is what the model is given as the loop's instructions")
+        }),
+        None => {
+            let err = std::fs::read(&path).err()?;
+            (err.kind() != std::io::ErrorKind::NotFound).then(|| {
+                Diagnostic::error(&rel, format!("cannot read prompt.md: {err}")).help(
+                    "make prompt.md a file of text the loop's process can read (the loop's instructions for its model)",
+                )
+            })
+        }
+    }
 }
 
 /// Parses config.yaml text for the loop `name` as [`load_domain`] does, without reading
