@@ -409,6 +409,31 @@ fn a_prompt_md_or_config_yaml_that_is_no_readable_text_is_an_error_naming_it() {
 }
 
 #[test]
+fn a_loops_yaml_that_cannot_be_read_says_why_and_what_to_do() {
+    let ws = bare_workspace();
+    std::fs::write(ws.path().join("loops.yaml"), b"budget: \xff\n").expect("write");
+    let (out, code) = check(&ws, false);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("error: loops.yaml: cannot read: stream did not contain valid UTF-8"),
+        "{out}"
+    );
+    assert!(out.contains("help: save loops.yaml as UTF-8 text"), "{out}");
+    std::fs::remove_file(ws.path().join("loops.yaml")).expect("rm");
+    std::fs::create_dir(ws.path().join("loops.yaml")).expect("mkdir");
+    let (out, code) = check(&ws, false);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("error: loops.yaml: cannot read: Is a directory"),
+        "{out}"
+    );
+    assert!(
+        out.contains("help: make loops.yaml a file this user can read"),
+        "{out}"
+    );
+}
+
+#[test]
 fn check_prompt_loop_without_prompt_md() {
     let cfg = "schedule:\n  every: 10m\npayload:\n  kind: prompt\n  model: claude-sonnet-4-5\n";
     let out = check_one_error("briefing", cfg, "payload:");

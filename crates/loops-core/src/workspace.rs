@@ -559,7 +559,13 @@ fn read_settings(root: &Path) -> (Settings, Vec<Diagnostic>) {
             return (Settings::default(), Vec::new())
         }
         Err(e) => {
-            let d = Diagnostic::error(Path::new("loops.yaml"), format!("cannot read: {e}"));
+            let help = if e.kind() == std::io::ErrorKind::InvalidData {
+                "save loops.yaml as UTF-8 text"
+            } else {
+                "make loops.yaml a file this user can read (or remove it: every setting then has its default)"
+            };
+            let d =
+                Diagnostic::error(Path::new("loops.yaml"), format!("cannot read: {e}")).help(help);
             let s = Settings {
                 unapplied: vec![d.clone()],
                 ..Settings::default()
