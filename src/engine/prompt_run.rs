@@ -466,7 +466,18 @@ impl PromptRun<'_> {
                 def.name
             )
         })?;
-        let state_md = std::fs::read_to_string(def.dir.join("state.md")).ok();
+        // A state.md that is there but cannot be read would be left out without a word,
+        // and the model, seeing no state, would write a fresh one over the old.
+        let state_md = match std::fs::read_to_string(def.dir.join("state.md")) {
+            Ok(t) => Some(t),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => {
+                return Err(format!(
+                    "cannot read domains/{}/state.md: {e}; save it as UTF-8 text (or remove it to start the loop's state afresh), then the next run reads it",
+                    def.name
+                ))
+            }
+        };
         let settings_yaml = if def.settings.is_empty() {
             String::new()
         } else {

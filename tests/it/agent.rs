@@ -1064,6 +1064,37 @@ fn a_rejected_request_fails_the_run_with_the_providers_message() {
 }
 
 #[test]
+fn a_state_md_that_is_not_text_fails_the_run_before_the_model_and_is_kept() {
+    // Left out of the prompt, the model would see no state and write a fresh state.md
+    // over the one the loop kept.
+    let fake = FakeModel::start(vec![anthropic::text("SILENT", (10, 1, 0, 0))]);
+    let ws = workspace(&anthropic_provider(&fake), false);
+    prompt_loop(&ws, "scout", "", SCOUT_PROMPT, SCOUT_STATE);
+    let state = ws.path().join("domains/scout/state.md");
+    let latin1 = b"seen: caf\xe9 opening hours\n";
+    std::fs::write(&state, latin1).expect("write");
+    let before = commit_count(&ws);
+    let (out, rec) = trigger(&ws, "scout");
+    assert_eq!(out.code, Some(1), "{}", out.all());
+    assert_eq!(rec["outcome"], "failed", "{rec}");
+    let err = rec["error"].as_str().unwrap_or_default();
+    assert!(err.contains("cannot read domains/scout/state.md"), "{rec}");
+    assert!(err.contains("save it as UTF-8 text"), "{rec}");
+    assert!(
+        out.stderr.contains("domains/scout/state.md"),
+        "{}",
+        out.all()
+    );
+    assert_eq!(fake.request_count(), 0, "the model was never asked");
+    assert_eq!(
+        std::fs::read(&state).expect("read"),
+        latin1,
+        "kept as it was"
+    );
+    assert_eq!(commit_count(&ws), before);
+}
+
+#[test]
 fn a_rate_limit_is_waited_out_and_retried() {
     let fake = FakeModel::start(vec![
         fake_model::rate_limited(1),
