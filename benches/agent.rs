@@ -638,10 +638,8 @@ fn main_heartbeat(root: &Path) -> anyhow::Result<MainBeat> {
         let text = std::fs::read_to_string(repo.join(f)).with_context(|| format!("read {f}"))?;
         write(&root.join(f), &text);
     }
-    let identity: Vec<(String, Option<String>)> = DEFAULT_MAIN_CONTEXT
-        .iter()
-        .map(|f| (f.to_string(), std::fs::read_to_string(root.join(f)).ok()))
-        .collect();
+    let files: Vec<String> = DEFAULT_MAIN_CONTEXT.iter().map(|f| f.to_string()).collect();
+    let identity = context::read_identity(root, &files);
     let prompt = std::fs::read_to_string(repo.join("domains/heartbeat/prompt.md"))?;
     let system = context::main_system(&identity, &prompt);
     let all = tools::all_specs();

@@ -158,29 +158,45 @@ pub fn add_rules(system: &mut [SystemPart], guard: &loops_core::guard::Guard) {
     }
 }
 
-/// The identity files (SOUL.md, USER.md, memory), each named as `files` lists it
-/// (workspace-relative) with its text now; a file that cannot be read is `None` and is
-/// shown as missing rather than failing the run.
-pub fn read_identity(root: &std::path::Path, files: &[String]) -> Vec<(String, Option<String>)> {
+/// An identity file (SOUL.md, USER.md, memory) as the prompt shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum IdentityText {
+    Text(String),
+    /// Not there (yet): the model may create it.
+    Missing,
+    /// There, but not text it can be given (not UTF-8, a folder): why, so that the model
+    /// leaves it alone rather than write a fresh one over it.
+    Unreadable(String),
+}
+
+/// The identity files, each named as `files` lists it (workspace-relative) with its text
+/// now; one that cannot be read is shown as such rather than failing the run.
+pub fn read_identity(root: &std::path::Path, files: &[String]) -> Vec<(String, IdentityText)> {
     files
         .iter()
-        .map(|f| (f.clone(), std::fs::read_to_string(root.join(f)).ok()))
+        .map(|f| {
+            let text = match std::fs::read_to_string(root.join(f)) {
+                Ok(t) => IdentityText::Text(t),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => IdentityText::Missing,
+                Err(e) => IdentityText::Unreadable(e.to_string()),
+            };
+            (f.clone(), text)
+        })
         .collect()
 }
 
-/// The identity files (SOUL.md, USER.md, memory) as one system part; `None` when no
-/// file is listed.
-pub fn identity_part(identity: &[(String, Option<String>)]) -> Option<SystemPart> {
+/// The identity files as one system part; `None` when no file is listed.
+pub fn identity_part(identity: &[(String, IdentityText)]) -> Option<SystemPart> {
     let mut id = String::new();
     for (path, text) in identity {
-        match text {
-            Some(t) => {
-                let _ = write!(id, "# {path}\n\n{}\n\n", clip_file(t));
-            }
-            None => {
-                let _ = write!(id, "# {path}\n\n(missing)\n\n");
-            }
-        }
+        let _ = match text {
+            IdentityText::Text(t) => write!(id, "# {path}\n\n{}\n\n", clip_file(t)),
+            IdentityText::Missing => write!(id, "# {path}\n\n(missing)\n\n"),
+            IdentityText::Unreadable(why) => write!(
+                id,
+                "# {path}\n\n(there, but it cannot be read as text: {why}; leave it as it is, a person will fix it)\n\n"
+            ),
+        };
     }
     (!id.is_empty()).then_some(SystemPart {
         text: id,
@@ -189,7 +205,7 @@ pub fn identity_part(identity: &[(String, Option<String>)]) -> Option<SystemPart
 }
 
 /// The stable part of the main session's prompt: preamble, identity files, its prompt.
-pub fn main_system(identity: &[(String, Option<String>)], prompt: &str) -> Vec<SystemPart> {
+pub fn main_system(identity: &[(String, IdentityText)], prompt: &str) -> Vec<SystemPart> {
     let mut parts = vec![SystemPart {
         text: MAIN_PREAMBLE.to_string(),
         cache: false,
@@ -291,4 +307,27 @@ fn clip_file(s: &str) -> String {
         loops_core::text::clip(s, MAX_FILE_BYTES),
         MAX_FILE_BYTES / 1024
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_identity_file_that_is_there_but_no_text_is_not_shown_as_missing() {
+        let d = tempfile::tempdir().expect("tempdir");
+        std::fs::write(d.path().join("SOUL.md"), "I am careful.\n").expect("write");
+        std::fs::write(d.path().join("USER.md"), b"Name: Ren\xe9\n").expect("write");
+        let files: Vec<String> = ["SOUL.md", "USER.md", "MEMORY.md"]
+            .iter()
+            .map(|f| f.to_string())
+            .collect();
+        let identity = read_identity(d.path(), &files);
+        assert_eq!(identity[0].1, IdentityText::Text("I am careful.\n".into()));
+        assert!(matches!(identity[1].1, IdentityText::Unreadable(_)));
+        assert_eq!(identity[2].1, IdentityText::Missing);
+        let text = identity_part(&identity).expect("a part").text;
+        assert!(text.contains("# USER.md\n\n(there, but it cannot be read as text: stream did not contain valid UTF-8; leave it as it is"), "{text}");
+        assert!(text.contains("# MEMORY.md\n\n(missing)"), "{text}");
+    }
 }
