@@ -1126,8 +1126,7 @@ fn loop_settings(sec: &mut Section, map: &Mapping) -> Mapping {
 /// word, so it is an error that says where the key goes.
 fn misplaced_payload_key(sec: &Section, key: &str) -> Diagnostic {
     let example = match key {
-        "command" => "payload: { kind: command, command: [\"./run.sh\"] }",
-        "kind" => "payload: { kind: command, command: [\"./run.sh\"] }",
+        "command" | "kind" => "payload: { kind: command, command: [\"./run.sh\"] }",
         "model" => "payload: { kind: prompt, model: claude-sonnet-4-5 }",
         _ => "payload: { kind: prompt, provider: anthropic }",
     };
