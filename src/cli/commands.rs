@@ -276,7 +276,10 @@ fn check(ws: &Workspace, json: bool) -> Result {
         if !diags.is_empty() {
             println!();
         }
-        let ok = entries.iter().filter(|e| e.def.is_some()).count();
+        let ok = entries
+            .iter()
+            .filter(|e| e.def.is_some() && e.errors().next().is_none())
+            .count();
         println!(
             "{} loop(s) checked: {ok} valid, {} with errors; {errors} error(s), {warnings} warning(s)",
             entries.len(),

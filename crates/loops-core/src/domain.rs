@@ -345,9 +345,10 @@ pub fn load_domain(ws: &Workspace, name: &str) -> DomainEntry {
     entry.def = def;
     entry.diagnostics = diags;
     if let Some(d) = unreadable_prompt(ws, &dir, prompt.as_deref(), entry.def.as_ref()) {
-        // Its run would fail at its first tick, long after the person looked.
+        // Said now, not first at a tick long after the person looked. The loop stays
+        // defined: each run fails with this file and its fix, recorded where `loops status`
+        // shows a failing loop, instead of the loop quietly dropping out of the schedule.
         entry.diagnostics.push(d);
-        entry.def = None;
     }
     if !valid_loop_name(name) {
         // The loop is not run: `loops new`, `trigger` and the name's other uses refuse it.
