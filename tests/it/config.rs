@@ -409,6 +409,42 @@ fn a_prompt_md_or_config_yaml_that_is_no_readable_text_is_an_error_naming_it() {
 }
 
 #[test]
+fn a_state_md_that_is_no_text_is_an_error_in_check_and_the_file_is_kept() {
+    let ws = bare_workspace();
+    let prompt_loop = "schedule:\n  every: 1h\npayload:\n  kind: prompt\n";
+    write_loop(&ws, "notes", prompt_loop);
+    ws.write("domains/notes/prompt.md", "Keep notes.\n");
+    let state = b"seen: caf\xe9\n";
+    std::fs::write(ws.path().join("domains/notes/state.md"), state).expect("write");
+    // A command loop's state.md is its own business: the runner never reads it.
+    write_loop(
+        &ws,
+        "script",
+        "schedule:\n  every: 1h\npayload:\n  command: [\"true\"]\n",
+    );
+    std::fs::write(ws.path().join("domains/script/state.md"), b"\xff").expect("write");
+    let (out, code) = check(&ws, false);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains(
+            "error: domains/notes/state.md: state.md is not UTF-8 text (the first bad byte is at offset 9)"
+        ),
+        "{out}"
+    );
+    assert!(
+        out.contains("remove it to start the loop's state afresh"),
+        "{out}"
+    );
+    assert!(!out.contains("domains/script/"), "{out}");
+    assert!(out.contains("1 valid, 1 with errors"), "{out}");
+    assert_eq!(
+        std::fs::read(ws.path().join("domains/notes/state.md")).expect("read"),
+        state,
+        "check changes nothing"
+    );
+}
+
+#[test]
 fn a_loops_yaml_that_cannot_be_read_says_why_and_what_to_do() {
     let ws = bare_workspace();
     std::fs::write(ws.path().join("loops.yaml"), b"budget: \xff\n").expect("write");

@@ -350,6 +350,9 @@ pub fn load_domain(ws: &Workspace, name: &str) -> DomainEntry {
         // shows a failing loop, instead of the loop quietly dropping out of the schedule.
         entry.diagnostics.push(d);
     }
+    entry
+        .diagnostics
+        .extend(unreadable_state(ws, &dir, entry.def.as_ref()));
     if !valid_loop_name(name) {
         // The loop is not run: `loops new`, `trigger` and the name's other uses refuse it.
         let folder = ws.relative(&dir);
@@ -379,30 +382,54 @@ fn unreadable_prompt(
     prompt: Option<&[u8]>,
     def: Option<&LoopDef>,
 ) -> Option<Diagnostic> {
-    let path = dir.join("prompt.md");
-    let rel = ws.relative(&path);
     if !def.is_some_and(LoopDef::is_prompt) {
         return None;
     }
-    match prompt {
-        Some(bytes) => std::str::from_utf8(bytes).err().map(|e| {
+    let path = dir.join("prompt.md");
+    let bytes = match prompt {
+        Some(bytes) => Ok(bytes.to_vec()),
+        None => std::fs::read(&path),
+    };
+    unreadable_text(ws, &path, bytes).map(|d| {
+        d.help("make it a file of UTF-8 text: it is what the model is given as the loop's instructions")
+    })
+}
+
+/// The same for its state.md: a run reads it before it asks the model, and fails while it
+/// cannot, so `loops check` says it before the first tick does.
+fn unreadable_state(ws: &Workspace, dir: &Path, def: Option<&LoopDef>) -> Option<Diagnostic> {
+    if !def.is_some_and(LoopDef::is_prompt) {
+        return None;
+    }
+    let path = dir.join("state.md");
+    unreadable_text(ws, &path, std::fs::read(&path)).map(|d| {
+        d.help(
+            "make it a file of UTF-8 text, or remove it to start the loop's state afresh: until then each run fails before its model is asked",
+        )
+    })
+}
+
+/// An error naming a file that is there but is not UTF-8 text; none when it is text or is
+/// not there at all.
+fn unreadable_text(
+    ws: &Workspace,
+    path: &Path,
+    bytes: std::io::Result<Vec<u8>>,
+) -> Option<Diagnostic> {
+    let rel = ws.relative(path);
+    let file = path.file_name()?.to_string_lossy().into_owned();
+    match bytes {
+        Ok(bytes) => std::str::from_utf8(&bytes).err().map(|e| {
             Diagnostic::error(
                 &rel,
                 format!(
-                    "prompt.md is not UTF-8 text (the first bad byte is at offset {})",
+                    "{file} is not UTF-8 text (the first bad byte is at offset {})",
                     e.valid_up_to()
                 ),
             )
-            .help("save it as UTF-8 text: it is what the model is given as the loop's instructions")
         }),
-        None => {
-            let err = std::fs::read(&path).err()?;
-            (err.kind() != std::io::ErrorKind::NotFound).then(|| {
-                Diagnostic::error(&rel, format!("cannot read prompt.md: {err}")).help(
-                    "make prompt.md a file of text the loop's process can read (the loop's instructions for its model)",
-                )
-            })
-        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => Some(Diagnostic::error(&rel, format!("cannot read {file}: {e}"))),
     }
 }
 
