@@ -377,6 +377,71 @@ fn handoff_create_refuses_a_bad_draft_or_input_and_writes_nothing() {
 }
 
 #[test]
+fn handoff_create_refuses_a_sender_or_receiver_that_is_no_name() {
+    let ws = TempWorkspace::new();
+    let head = git(ws.path(), &["rev-parse", "HEAD"]);
+    let cases: [(&[&str], &str); 4] = [
+        (&["--from", ""], "the handoff's `from` is empty"),
+        (&["--from", "  "], "the handoff's `from` is empty"),
+        (
+            &["--from", "x\npriority: urgent"],
+            "the handoff's `from` is not one line",
+        ),
+        (
+            &["--from", "x", "--to", "main\r"],
+            "the handoff's `to` is not one line",
+        ),
+    ];
+    for (args, want) in cases {
+        let out = ws
+            .cmd()
+            .args(["handoff", "create", "--title", "T"])
+            .args(args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(err.contains(want), "{args:?}: {err}");
+        assert!(
+            err.contains("help: `from` is the name of the loop"),
+            "{err}"
+        );
+        assert!(out.stdout.is_empty(), "{args:?}");
+    }
+    assert!(ws.inbox_files("").is_empty(), "{:?}", ws.inbox_files(""));
+    let writers = std::fs::read_dir(ws.path().join(".loops/inbox/writers"))
+        .map(|r| r.count())
+        .unwrap_or(0);
+    assert_eq!(
+        writers, 0,
+        "no writer recorded for a handoff that was not written"
+    );
+    assert_eq!(
+        git(ws.path(), &["rev-parse", "HEAD"]),
+        head,
+        "nothing committed"
+    );
+    // A name with spaces is still a name.
+    let out = ws
+        .cmd()
+        .args([
+            "handoff",
+            "create",
+            "--from",
+            "nightly script",
+            "--title",
+            "T",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
 fn handoff_malformed_files_are_rejected_once_settled_and_never_block_the_others() {
     let ws = TempWorkspace::new();
     let tools = tempfile::tempdir().unwrap();

@@ -36,6 +36,14 @@ pub enum HandoffError {
     },
     #[error("no handoff `{0}` in the inbox")]
     NotFound(String),
+    /// A sender or receiver that is no name: empty, or with a line break or other control
+    /// character that would show as two lines in `loops inbox` and in the commit message.
+    #[error("the handoff's `{field}` is {why}: {value:?}")]
+    BadName {
+        field: &'static str,
+        value: String,
+        why: &'static str,
+    },
     #[error("the draft {0} does not exist")]
     MissingDraft(String),
     #[error("the draft {0} is outside the workspace")]
@@ -98,9 +106,27 @@ impl HandoffError {
             HandoffError::AmbiguousItem { .. } => {
                 Some("give its number, or more of its text".into())
             }
+            HandoffError::BadName { .. } => Some(
+                "`from` is the name of the loop or script handing off and `to` who receives it (main by default), each a name on one line, e.g. --from research-minion".into(),
+            ),
             HandoffError::Io { .. } => None,
         }
     }
+}
+
+fn check_name(field: &'static str, value: &str) -> Result<(), HandoffError> {
+    let why = if value.trim().is_empty() {
+        "empty"
+    } else if value.chars().any(char::is_control) {
+        "not one line (it holds a line break or another control character)"
+    } else {
+        return Ok(());
+    };
+    Err(HandoffError::BadName {
+        field,
+        value: value.to_string(),
+        why,
+    })
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> HandoffError + '_ {
@@ -769,6 +795,8 @@ impl Inbox {
         now: DateTime<Utc>,
         before_publish: impl FnOnce(&str, &Path, &str),
     ) -> Result<(String, PathBuf, String), HandoffError> {
+        check_name("from", &n.from)?;
+        check_name("to", &n.to)?;
         if let Some(d) = &n.draft {
             self.check_draft(d)?;
         }
