@@ -114,8 +114,10 @@ impl HandoffError {
     }
 }
 
+/// An empty `to` is allowed (nothing at all, not blanks): it is written as `main`.
 fn check_name(field: &'static str, value: &str) -> Result<(), HandoffError> {
-    let why = if value.trim().is_empty() {
+    let unset_to = field == "to" && value.is_empty();
+    let why = if value.trim().is_empty() && !unset_to {
         "empty"
     } else if value.chars().any(char::is_control) {
         "not one line (it holds a line break or another control character)"
