@@ -138,8 +138,8 @@ struct Daemon {
     live: watch::Sender<Arc<Workspace>>,
     /// Where the watchers send what changed (the inbox's is re-armed as the folder comes
     /// and goes, and started or stopped as `main:` is).
-    watch_tx: mpsc::UnboundedSender<loops_core::watch::Batch>,
-    inbox_watcher: Option<loops_core::watch::Watcher>,
+    watch_tx: mpsc::UnboundedSender<loops_core::watcher::Batch>,
+    inbox_watcher: Option<loops_core::watcher::Watcher>,
     /// Set when a watcher could not start: everything is rescanned this often instead.
     fallback_rescan: Option<Duration>,
     once: bool,
@@ -164,7 +164,7 @@ struct Inputs {
     claim_rx: mpsc::UnboundedReceiver<(String, Option<Claim>, DateTime<Utc>)>,
     /// Claims sent to the blocking pool and not yet accepted.
     claiming: usize,
-    watch_rx: mpsc::UnboundedReceiver<loops_core::watch::Batch>,
+    watch_rx: mpsc::UnboundedReceiver<loops_core::watcher::Batch>,
     sigint: Signal,
     sigterm: Signal,
 }
@@ -373,7 +373,7 @@ impl Daemon {
 
     /// Watches what can change the plan (loops.yaml, domains/, nudges, the inbox); a
     /// `--once` pass watches nothing.
-    fn start_watching(&mut self) -> Option<loops_core::watch::Watcher> {
+    fn start_watching(&mut self) -> Option<loops_core::watcher::Watcher> {
         let watcher = if self.once {
             None
         } else {
@@ -384,9 +384,9 @@ impl Daemon {
             start_watcher(
                 &self.ws,
                 &[
-                    (self.ws.root.clone(), loops_core::watch::Mode::Flat),
-                    (self.ws.domains_dir(), loops_core::watch::Mode::Children),
-                    (signals, loops_core::watch::Mode::Flat),
+                    (self.ws.root.clone(), loops_core::watcher::Mode::Flat),
+                    (self.ws.domains_dir(), loops_core::watcher::Mode::Children),
+                    (signals, loops_core::watcher::Mode::Flat),
                 ],
                 Duration::from_millis(100),
                 &self.watch_tx,
@@ -1045,7 +1045,7 @@ impl Daemon {
         }
         self.inbox_watcher = start_watcher(
             &self.ws,
-            &[(dir, loops_core::watch::Mode::Flat)],
+            &[(dir, loops_core::watcher::Mode::Flat)],
             Duration::from_millis(2),
             &self.watch_tx,
             &mut self.fallback_rescan,
@@ -1174,17 +1174,17 @@ fn affects_discovery(domains: &std::path::Path, p: &std::path::Path) -> bool {
 /// waits for an event that will never come.
 fn start_watcher(
     ws: &Workspace,
-    dirs: &[(PathBuf, loops_core::watch::Mode)],
+    dirs: &[(PathBuf, loops_core::watcher::Mode)],
     debounce: Duration,
-    tx: &mpsc::UnboundedSender<loops_core::watch::Batch>,
+    tx: &mpsc::UnboundedSender<loops_core::watcher::Batch>,
     fallback_rescan: &mut Option<Duration>,
-) -> Option<loops_core::watch::Watcher> {
+) -> Option<loops_core::watcher::Watcher> {
     let report = ws.layout().watcher_report();
-    match loops_core::watch::watch_and_report(dirs, debounce, tx.clone(), Some(report)) {
+    match loops_core::watcher::watch_and_report(dirs, debounce, tx.clone(), Some(report)) {
         Ok(w) => Some(w),
         Err(e) => {
             tracing::error!("{}", e.explained());
-            *fallback_rescan = Some(loops_core::watch::POLL_EVERY);
+            *fallback_rescan = Some(loops_core::watcher::POLL_EVERY);
             None
         }
     }

@@ -73,10 +73,10 @@ fn init_logging() {
     let filter = loops_core::secrets::var("LOOPS_LOG")
         .ok()
         .and_then(|f| {
-            tracing_subscriber::EnvFilter::try_new(loops_core::watch::with_quiet_notify(&f)).ok()
+            tracing_subscriber::EnvFilter::try_new(loops_core::watcher::with_quiet_notify(&f)).ok()
         })
         .unwrap_or_else(|| {
-            tracing_subscriber::EnvFilter::new(loops_core::watch::with_quiet_notify("warn"))
+            tracing_subscriber::EnvFilter::new(loops_core::watcher::with_quiet_notify("warn"))
         });
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)

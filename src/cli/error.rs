@@ -72,7 +72,7 @@ from_module_error!(
     loops_core::history::HistoryError,
     crate::daemon::DaemonError,
     crate::templates::TemplateError,
-    loops_core::watch::WatchError,
+    loops_core::watcher::WatchError,
     loops_core::handoff::HandoffError,
     crate::operator::OperatorError,
     crate::mcp::McpError,

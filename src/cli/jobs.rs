@@ -1004,8 +1004,8 @@ fn watch_progress(store: JobStore, id: JobId) -> tokio::task::JoinHandle<()> {
 /// Follows the daemon's run of job `id` through its files until it ends or pauses.
 async fn follow_daemon_run(store: &JobStore, id: JobId, stream: bool) -> Result<Job> {
     let (wtx, mut wrx) = tokio::sync::mpsc::unbounded_channel();
-    let _w = loops_core::watch::watch(
-        &[(store.dir().to_path_buf(), loops_core::watch::Mode::Flat)],
+    let _w = loops_core::watcher::watch(
+        &[(store.dir().to_path_buf(), loops_core::watcher::Mode::Flat)],
         Duration::from_millis(20),
         wtx,
     )
@@ -1135,8 +1135,8 @@ fn logs(ws: &Workspace, store: &JobStore, id: JobId, follow: bool) -> Result {
             .map_err(|e| CliError::new(format!("cannot start the async runtime: {e}")))?;
         rt.block_on(async {
             let (wtx, mut wrx) = tokio::sync::mpsc::unbounded_channel();
-            let _w = loops_core::watch::watch(
-                &[(store.dir().to_path_buf(), loops_core::watch::Mode::Flat)],
+            let _w = loops_core::watcher::watch(
+                &[(store.dir().to_path_buf(), loops_core::watcher::Mode::Flat)],
                 Duration::from_millis(20),
                 wtx,
             )

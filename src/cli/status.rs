@@ -43,7 +43,7 @@ struct Snapshot<'a> {
     policy: loops_core::retention::Policy,
     /// Limits the daemon's file watchers ran into (inotify watches or instances): it
     /// then polls, and says so here.
-    watcher: Option<loops_core::watch::WatchReport>,
+    watcher: Option<loops_core::watcher::WatchReport>,
     running: Vec<Running>,
     runs: Vec<loops_core::runs::RunRecord>,
     commits: Vec<loops_core::history::LogEntry>,
@@ -123,7 +123,7 @@ impl<'a> Snapshot<'a> {
             now,
             watcher: daemon
                 .as_ref()
-                .and_then(|d| loops_core::watch::read_report(&layout, d.pid)),
+                .and_then(|d| loops_core::watcher::read_report(&layout, d.pid)),
             stats: loops_core::jobs::stats::compute(&store, now, daemon.is_some()),
             running: running_now(ws, &store, now),
             runs: recent_runs(ws, &layout, &loops),
@@ -577,7 +577,7 @@ impl<'a> Snapshot<'a> {
             .collect();
         Some(format!(
             "polling every {}: {}",
-            loops_core::duration::format_duration(loops_core::watch::POLL_EVERY),
+            loops_core::duration::format_duration(loops_core::watcher::POLL_EVERY),
             what.join("; ")
         ))
     }

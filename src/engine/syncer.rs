@@ -34,7 +34,7 @@ pub fn spawn(
 /// on those loops' runs that the daemon lets go once it has applied them.
 #[derive(Clone)]
 pub struct Changed {
-    pub events: tokio::sync::mpsc::UnboundedSender<loops_core::watch::Batch>,
+    pub events: tokio::sync::mpsc::UnboundedSender<loops_core::watcher::Batch>,
     pub hold: Arc<PullHold>,
 }
 

@@ -269,10 +269,10 @@ fn watch_queue(
     cfg: &WorkerConfig,
     store: &JobStore,
     mode: Mode,
-    tx: mpsc::UnboundedSender<loops_core::watch::Batch>,
-) -> Option<loops_core::watch::Watcher> {
-    match loops_core::watch::watch_and_report(
-        &[(store.dir().to_path_buf(), loops_core::watch::Mode::Flat)],
+    tx: mpsc::UnboundedSender<loops_core::watcher::Batch>,
+) -> Option<loops_core::watcher::Watcher> {
+    match loops_core::watcher::watch_and_report(
+        &[(store.dir().to_path_buf(), loops_core::watcher::Mode::Flat)],
         Duration::from_millis(2),
         tx,
         // Only the daemon's problems are shown by `loops status`; a CLI following one

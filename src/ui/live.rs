@@ -1,4 +1,4 @@
-//! Live pages: one file watcher for the whole server (the same `loops_core::watch` the
+//! Live pages: one file watcher for the whole server (the same `loops_core::watcher` the
 //! daemon uses) feeds a broadcast, and every open page listens on `/events` (Server-Sent
 //! Events). No client makes the server read the disk on a timer; a page that hears of a
 //! change in what it shows fetches itself again (assets/live.js).
@@ -6,7 +6,7 @@
 use axum::extract::State;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures_util::stream::{self, Stream};
-use loops_core::watch::{Mode, Watcher};
+use loops_core::watcher::{Mode, Watcher};
 use loops_core::workspace::Workspace;
 use std::convert::Infallible;
 use std::path::Path;
@@ -37,7 +37,8 @@ impl Live {
             (layout.deliveries_dir(), Mode::Flat),
         ];
         let (batch_tx, mut batch_rx) = mpsc::unbounded_channel();
-        let watcher = match loops_core::watch::watch(&dirs, Duration::from_millis(200), batch_tx) {
+        let watcher = match loops_core::watcher::watch(&dirs, Duration::from_millis(200), batch_tx)
+        {
             Ok(w) => Some(Arc::new(w)),
             Err(e) => {
                 tracing::warn!(

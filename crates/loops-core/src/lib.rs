@@ -12,7 +12,7 @@
 //! - **effects**, what a run does to the world: [`exec`] (child processes), [`history`]
 //!   and [`git_gate`] (commits beside a person's git), [`beneath`] (opening files beneath
 //!   the workspace), [`handoff`] (the inbox), [`channels`] (delivery), [`snapshot`] (what a
-//!   run changed), [`watch`] (the file watcher).
+//!   run changed), [`watcher`] (the file watcher).
 
 // Every dependency is used (issue #17): one a change leaves behind is a warning here. Not
 // in the unit-test build, which is handed the dev-dependencies of the integration tests.
@@ -57,5 +57,9 @@ pub mod sys;
 pub mod text;
 pub mod tool_names;
 pub mod usage;
-pub mod watch;
+pub mod watcher;
+/// The watcher's old name, kept one release for code written against it: `watch` read as
+/// `tokio::sync::watch` in every file that used both.
+#[doc(hidden)]
+pub use watcher as watch;
 pub mod workspace;
