@@ -5,7 +5,7 @@
 //! server of the integration tests (real HTTP on 127.0.0.1, `loops_testutil::fake_model`),
 //! answering at once.
 //!
-//! 1. Runner overhead per turn: `loops_agent::run::drive` with an `HttpProvider` on the
+//! 1. Runner overhead per turn: `loops_agent::agent_loop::drive` with an `HttpProvider` on the
 //!    fake, the isolated tool kit over a temporary workspace and a transcript on disk; a
 //!    conversation of 20 turns (19 `read_file` calls of a small file, then `finish`).
 //!    Overhead per turn = (`Driven.wall_time` − `Driven.server_time`) / turns, for both
@@ -31,10 +31,10 @@
 use anyhow::{anyhow, bail, Context};
 use loops::engine::main_agent::{wake_message, Conversation};
 use loops::engine::run_context::WakeKind;
+use loops_agent::agent_loop::{drive, Drive, End};
 use loops_agent::context::{self, Dynamic};
 use loops_agent::model::{Block, Message, ModelRequest, Role, SystemPart, ToolSpec};
 use loops_agent::provider::{self, HttpProvider};
-use loops_agent::run::{drive, Drive, End};
 use loops_agent::sandbox::{Sandbox, Scope};
 use loops_agent::tools::{self, ToolEnv, ToolKit};
 use loops_agent::transcript::{Redactor, Transcript};

@@ -6,8 +6,8 @@
 
 use crate::engine::run_context::RunContext;
 use chrono::{DateTime, Utc};
+use loops_agent::agent_loop::{BeforeTurn, TurnHooks, TurnModel};
 use loops_agent::model::{Message, Usage};
-use loops_agent::run::{BeforeTurn, TurnHooks, TurnModel};
 use loops_core::budget::{self, Budget};
 use loops_core::domain::LoopDef;
 use loops_core::runs::{RunInProgress, RunLog};
@@ -47,12 +47,12 @@ pub fn cost_of_turns(
     provider: Option<&str>,
     models: &[Option<&str>],
     total: &Usage,
-    by_model: &[loops_agent::run::ModelUsage],
+    by_model: &[loops_agent::agent_loop::ModelUsage],
 ) -> Option<f64> {
     let (Some(last), true) = (by_model.last(), by_model.len() > 1) else {
         return cost_of(s, provider, models, total);
     };
-    let price = |m: &loops_agent::run::ModelUsage, u: &Usage| {
+    let price = |m: &loops_agent::agent_loop::ModelUsage, u: &Usage| {
         let names = [m.answered.as_deref(), Some(m.asked.as_str())];
         cost_of(s, Some(&m.provider), &names, u)
     };

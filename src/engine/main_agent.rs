@@ -13,9 +13,9 @@ use crate::engine::prompt_run::PromptOutcome;
 use crate::engine::run_context::RunContext;
 use crate::engine::run_context::{WakeKind, MAIN};
 use chrono::Utc;
+use loops_agent::agent_loop::Overflow;
 use loops_agent::context;
 use loops_agent::model::{Block, Message, Role, SystemPart};
-use loops_agent::run::Overflow;
 use loops_agent::sandbox::{Sandbox, Scope};
 use loops_agent::session::{
     Limits, ModelChoice, SessionRun, SessionSpec, TimeLimit, TranscriptSpec,

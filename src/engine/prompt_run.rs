@@ -5,9 +5,9 @@
 
 use crate::engine::run_context::{RunContext, RunRequest};
 use chrono::{DateTime, Utc};
+use loops_agent::agent_loop::End;
 use loops_agent::context::{self, Dynamic};
 use loops_agent::model::{Message, SystemPart, Usage};
-use loops_agent::run::End;
 use loops_agent::sandbox::{Sandbox, Scope};
 use loops_agent::session::{
     Limits, ModelChoice, SessionRun, SessionSpec, TimeLimit, TranscriptSpec,
@@ -42,7 +42,7 @@ pub struct PromptOutcome {
     pub tokens: Option<Usage>,
     /// `tokens` by the provider and model that answered (more than one after a fallback
     /// mid-run).
-    pub usage_by_model: Vec<loops_agent::run::ModelUsage>,
+    pub usage_by_model: Vec<loops_agent::agent_loop::ModelUsage>,
     pub turns: Option<u32>,
     /// Each move to a fallback provider, `from -> to`.
     pub fallbacks: Vec<String>,

@@ -10,9 +10,9 @@
 
 use crate::engine::budget::{self, RunBudget};
 use chrono::{DateTime, Utc};
+use loops_agent::agent_loop::{BeforeTurn, End, TurnHooks, TurnModel};
 use loops_agent::context;
 use loops_agent::model::{Message, SystemPart, Usage};
-use loops_agent::run::{BeforeTurn, End, TurnHooks, TurnModel};
 use loops_agent::sandbox::{Sandbox, Scope};
 use loops_agent::session::{
     Limits, ModelChoice, SessionRun, SessionSpec, TimeLimit, TranscriptSpec,
@@ -1455,7 +1455,7 @@ impl JobSpender {
     fn rest(
         &mut self,
         total: &Usage,
-        last: Option<&loops_agent::run::ModelUsage>,
+        last: Option<&loops_agent::agent_loop::ModelUsage>,
         asked: &ModelChoice,
     ) {
         let w = self.written;

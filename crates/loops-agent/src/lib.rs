@@ -10,7 +10,7 @@
 //! - [`tools`]: the tool kit a run offers, and the other tools
 //! - [`context`]: the prompt, laid out stable-first
 //! - [`transcript`]: the record of a run, `.loops/runs/<loop>/<run>.md`
-//! - [`run`]: the agent loop itself
+//! - [`agent_loop`]: the agent loop itself
 //! - [`session`]: one agent session, set up the same way for a prompt loop, a main-session
 //!   wake and an agent job
 //! - [`mcp_client`]: the MCP servers of loops.yaml `mcp_servers:`
@@ -18,6 +18,7 @@
 // Every dependency is used (issue #17): one a change leaves behind is a warning here.
 #![warn(unused_crate_dependencies)]
 
+pub mod agent_loop;
 pub mod anthropic;
 pub mod context;
 pub mod executables;
@@ -28,7 +29,10 @@ pub mod model;
 pub mod openai;
 pub mod provider;
 pub mod request_options;
-pub mod run;
+/// The agent loop's old name, kept one release for code written against it: `run` read as
+/// `loops_core::runs`, the run records.
+#[doc(hidden)]
+pub use agent_loop as run;
 pub mod sandbox;
 pub mod session;
 pub mod sse;

@@ -12,10 +12,10 @@
 //! as a program instead), and the transcript's opening with its redaction
 //! ([`TranscriptSpec::open`], used by that program's run as well).
 
+use crate::agent_loop::{drive, Drive, Driven, Route, TurnHooks};
 use crate::context;
 use crate::model::{Message, SystemPart};
 use crate::provider::{HttpProvider, ProviderError};
-use crate::run::{drive, Drive, Driven, Route, TurnHooks};
 use crate::tools::{ToolEnv, ToolKit};
 use crate::transcript::{Redactor, Transcript};
 use loops_core::providers::{ProviderConfig, ProviderKind};
