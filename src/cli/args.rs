@@ -121,9 +121,15 @@ pub enum Command {
     },
     /// Recent run records of a loop from .loops/runs (every run, including silent, skipped
     /// and missed ones), ordered by start time, the latest last.
+    ///
+    /// Without NAME: the records of every loop and of the main session's wakes, merged by
+    /// start time, with a LOOP column.
+    #[command(
+        after_help = "Examples:\n  loops runs              the latest 20 runs of every loop, with a LOOP column\n  loops runs news -n 5    the latest 5 runs of `news`\n  loops runs --json       the records as JSON (each names its loop in `loop`)"
+    )]
     Runs {
-        /// The loop's name.
-        name: String,
+        /// The loop's name (default: every loop, and `main` for the main session's wakes).
+        name: Option<String>,
         /// The latest this many runs (by start time).
         #[arg(long, short = 'n', default_value_t = 20)]
         limit: usize,

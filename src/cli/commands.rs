@@ -51,7 +51,7 @@ pub fn dispatch(cli: Cli) -> Result {
             log(&Workspace::locate(ws_arg)?, name.as_deref(), limit, json)
         }
         Command::Runs { name, limit, json } => {
-            runs(&Workspace::locate(ws_arg)?, &name, limit, json)
+            runs(&Workspace::locate(ws_arg)?, name.as_deref(), limit, json)
         }
         Command::Handoff(h) => super::inbox::handoff(&Workspace::locate(ws_arg)?, h),
         Command::Inbox { command, json } => {
@@ -715,21 +715,24 @@ fn log(ws: &Workspace, name: Option<&str>, limit: usize, json: bool) -> Result {
     Ok(())
 }
 
-fn runs(ws: &Workspace, name: &str, limit: usize, json: bool) -> Result {
-    find_loop(ws, name)?;
+fn runs(ws: &Workspace, name: Option<&str>, limit: usize, json: bool) -> Result {
+    let names = match name {
+        Some(n) => {
+            find_loop(ws, n)?;
+            vec![n.to_string()]
+        }
+        None => loops_with_records(ws),
+    };
     let log = RunLog::new(&ws.layout().runs_dir(), ws.settings.rotate_bytes);
     // Records are appended as runs finish, so the file is in finish order: a long run
     // that started first would show after the short ones that overtook it. The whole
     // current file is read (as `recent` does anyway), ordered by start, and the last
     // `limit` kept.
-    let (mut recs, damaged) = log.all_counting_damaged(name);
-    if damaged > 0 {
-        eprintln!(
-            "note: {damaged} line{} of {} cannot be read and {} not shown; each line is one JSON record: move the damaged ones out of the file",
-            if damaged == 1 { "" } else { "s" },
-            ws.relative(&log.path(name)).display(),
-            if damaged == 1 { "is" } else { "are" },
-        );
+    let mut recs = Vec::new();
+    for n in &names {
+        let (mut of_loop, damaged) = log.all_counting_damaged(n);
+        note_damaged(ws, &log, n, damaged);
+        recs.append(&mut of_loop);
     }
     recs.sort_by_key(|r| r.started);
     let mut recs = recs.split_off(recs.len().saturating_sub(limit));
@@ -744,15 +747,65 @@ fn runs(ws: &Workspace, name: &str, limit: usize, json: bool) -> Result {
         return Ok(());
     }
     if recs.is_empty() {
-        println!("`{name}` has no run records yet.");
+        match name {
+            Some(n) => println!("`{n}` has no run records yet."),
+            None => println!(
+                "No run records yet: `loops trigger NAME` runs a loop now, `loops run` runs them on their schedules."
+            ),
+        }
         return Ok(());
     }
+    print!("{}", runs_table(&recs, name.is_none()));
+    Ok(())
+}
+
+/// Every discovered loop, then `main` (the main session's wakes) and any loop whose folder
+/// is gone but whose records are still in .loops/runs/.
+fn loops_with_records(ws: &Workspace) -> Vec<String> {
+    let mut names: Vec<String> = loops_core::domain::discover(ws)
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
+    let on_disk = std::fs::read_dir(ws.layout().runs_dir())
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let file = e.file_name().into_string().ok()?;
+            // A rotated file has a stamp in its name, which no loop name has.
+            file.strip_suffix(".jsonl")
+                .filter(|n| loops_core::domain::valid_loop_name(n))
+                .map(str::to_string)
+        });
+    for n in on_disk {
+        if !names.contains(&n) {
+            names.push(n);
+        }
+    }
+    names
+}
+
+fn note_damaged(ws: &Workspace, log: &RunLog, name: &str, damaged: usize) {
+    if damaged > 0 {
+        eprintln!(
+            "note: {damaged} line{} of {} cannot be read and {} not shown; each line is one JSON record: move the damaged ones out of the file",
+            if damaged == 1 { "" } else { "s" },
+            ws.relative(&log.path(name)).display(),
+            if damaged == 1 { "is" } else { "are" },
+        );
+    }
+}
+
+fn runs_table(recs: &[loops_core::runs::RunRecord], with_loop: bool) -> String {
     let local = host_timezone();
     let rows: Vec<Vec<String>> = recs
         .iter()
         .map(|r| {
-            vec![
-                local_stamp(r.started, &local, true),
+            let mut row = vec![local_stamp(r.started, &local, true)];
+            if with_loop {
+                row.push(r.loop_name.clone());
+            }
+            row.extend([
                 r.trigger.clone(),
                 r.outcome.to_string(),
                 duration_ms(r.duration_ms),
@@ -760,17 +813,18 @@ fn runs(ws: &Workspace, name: &str, limit: usize, json: bool) -> Result {
                     .map(|c| c.to_string())
                     .unwrap_or_else(|| "-".into()),
                 detail(r),
-            ]
+            ]);
+            row
         })
         .collect();
-    print!(
-        "{}",
-        table(
-            &["STARTED", "TRIGGER", "OUTCOME", "TIME", "EXIT", "DETAIL"],
-            &rows
-        )
-    );
-    Ok(())
+    let header: &[&str] = if with_loop {
+        &[
+            "STARTED", "LOOP", "TRIGGER", "OUTCOME", "TIME", "EXIT", "DETAIL",
+        ]
+    } else {
+        &["STARTED", "TRIGGER", "OUTCOME", "TIME", "EXIT", "DETAIL"]
+    };
+    table(header, &rows)
 }
 
 fn pause(ws: &Workspace, name: &str, reason: &str) -> Result {

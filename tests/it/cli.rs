@@ -658,6 +658,81 @@ fn cli_log_and_runs_show_the_zone_short_durations_and_start_order() {
     assert!(String::from_utf8_lossy(&help.stdout).contains("ordered by start time"));
 }
 
+/// `runs` without a name: every loop's records (and those of a loop whose folder is gone),
+/// merged by start time with a LOOP column; rotated files are not taken for loops.
+#[test]
+fn cli_runs_without_a_name_merges_every_loop_by_start_time() {
+    let ws = TempWorkspace::new();
+    ws.add_loop(
+        "second",
+        "schedule: { every: 1h }\npayload: { command: [\"true\"] }\n",
+    );
+    git_commit_all(ws.path(), "second");
+    let empty = ws.cmd().arg("runs").output().unwrap();
+    assert!(empty.status.success());
+    assert!(
+        String::from_utf8_lossy(&empty.stdout).contains("No run records yet"),
+        "{}",
+        String::from_utf8_lossy(&empty.stdout)
+    );
+    for name in ["example", "second", "example"] {
+        ws.cmd().args(["trigger", name]).assert().success();
+    }
+    // What rotation leaves beside the current file, and a loop since removed.
+    let runs_dir = ws.path().join(".loops/runs");
+    let example = std::fs::read_to_string(runs_dir.join("example.jsonl")).unwrap();
+    std::fs::write(runs_dir.join("example.20261101T000000Z.jsonl"), &example).unwrap();
+    let gone = example
+        .lines()
+        .next()
+        .unwrap()
+        .replace("\"loop\":\"example\"", "\"loop\":\"gone\"");
+    let mut gone_rec: serde_json::Value = serde_json::from_str(&gone).unwrap();
+    gone_rec["run_id"] = "01GONE".into();
+    gone_rec["started"] = "2020-01-01T00:00:00Z".into();
+    std::fs::write(runs_dir.join("gone.jsonl"), format!("{gone_rec}\n")).unwrap();
+
+    let out = ws.cmd().args(["runs", "--json"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let loops: Vec<&str> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["loop"].as_str().unwrap())
+        .collect();
+    assert_eq!(loops, ["gone", "example", "second", "example"], "{v:#}");
+    let started: Vec<&str> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["started"].as_str().unwrap())
+        .collect();
+    let mut sorted = started.clone();
+    sorted.sort_unstable();
+    assert_eq!(started, sorted, "by start time, the latest last");
+
+    let out = ws.cmd().args(["runs", "-n", "2"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 3, "a header and the latest two: {text}");
+    assert!(
+        lines[0].starts_with("STARTED") && lines[0].contains(" LOOP "),
+        "{text}"
+    );
+    assert!(lines[1].contains(" second "), "{text}");
+    assert!(lines[2].contains(" example "), "{text}");
+    // With a name, one loop's records and no LOOP column, as before.
+    let out = ws.cmd().args(["runs", "second"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!text.contains("LOOP"), "{text}");
+    assert_eq!(text.lines().count(), 2, "{text}");
+}
+
 /// `trigger` in a workspace that is not a git repository says the run's changes were not
 /// committed, and why, instead of a bare "acted".
 #[test]
