@@ -823,6 +823,38 @@ fn check_validates_a_prompt_main_session() {
     assert_eq!(code, 0, "{out}");
 }
 
+#[test]
+fn check_names_a_main_prompt_or_identity_file_that_is_no_text() {
+    let ws = bare_workspace();
+    ws.write(
+        "loops.yaml",
+        "providers:\n  anthropic: { kind: anthropic }\nmain:\n  prompt: MAIN.md\n",
+    );
+    std::fs::write(ws.path().join("MAIN.md"), b"Be helpful, Ren\xe9.\n").expect("write");
+    std::fs::write(ws.path().join("USER.md"), b"Name: Ren\xe9\n").expect("write");
+    let soul = ws.path().join("SOUL.md");
+    let _ = std::fs::remove_file(&soul);
+    std::fs::create_dir_all(&soul).expect("mkdir");
+    let (out, code) = check(&ws, false);
+    assert_eq!(code, 1, "{out}");
+    for want in [
+        "error: loops.yaml:4:11: main.prompt: `MAIN.md` cannot be read as text: stream did not contain valid UTF-8",
+        "warning: loops.yaml:3:1: main.context: `USER.md` cannot be read as text: stream did not contain valid UTF-8",
+        "main.context: `SOUL.md` cannot be read as text: Is a directory",
+        "help: save it as UTF-8 text: until then the main session is told it is there but not what it says",
+    ] {
+        assert!(out.contains(want), "{want}\n{out}");
+    }
+    // A missing identity file is no problem: a workspace starts without memory.
+    assert!(!out.contains(".working-memory/"), "{out}");
+    ws.write("MAIN.md", "Be helpful.\n");
+    ws.write("USER.md", "Name: Rene\n");
+    std::fs::remove_dir(&soul).expect("rmdir");
+    let (out, code) = check(&ws, false);
+    assert_eq!(code, 0, "{out}");
+    assert!(!out.contains("main."), "{out}");
+}
+
 /// Inputs the config_yaml fuzz target found (fuzz/regressions/config_yaml/): minutes too many
 /// for a duration, and a one-shot time so far ahead that adding its jitter overflowed. Each
 /// made `loops check`, `loops list` and the daemon panic; now each is an error at its value,

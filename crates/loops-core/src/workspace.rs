@@ -208,6 +208,14 @@ impl MainSettings {
     }
 }
 
+/// Why a file that is there cannot be read as text; `None` when it can, or is not there.
+fn not_text(path: &Path) -> Option<std::io::Error> {
+    match std::fs::read_to_string(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Some(e),
+        _ => None,
+    }
+}
+
 fn looks_inline(p: &str) -> bool {
     let t = p.trim();
     t.contains('\n') || (t.contains(' ') && !t.ends_with(".md") && !t.ends_with(".txt"))
@@ -1019,12 +1027,35 @@ fn check_main(
         );
         return;
     }
-    if !root.join(prompt.trim()).is_file() && !looks_inline(prompt) {
+    let file = root.join(prompt.trim());
+    if !file.is_file() && !looks_inline(prompt) {
         diags.push(
             Diagnostic::error(rel, format!("main.prompt: `{prompt}` does not exist"))
                 .at(loc.value(&["main", "prompt"]))
                 .help(format!("create {prompt} with the main session's instructions (a path relative to the workspace root)")),
         );
+    } else if let Some(e) = not_text(&file) {
+        // Every wake would fail on it, the first long after the person looked.
+        diags.push(
+            Diagnostic::error(
+                rel,
+                format!(
+                    "main.prompt: `{}` cannot be read as text: {e}",
+                    prompt.trim()
+                ),
+            )
+            .at(loc.value(&["main", "prompt"]))
+            .help("save it as UTF-8 text: it is the main session's instructions"),
+        );
+    }
+    for f in &m.context {
+        if let Some(e) = not_text(&root.join(f)) {
+            diags.push(
+                Diagnostic::warning(rel, format!("main.context: `{f}` cannot be read as text: {e}"))
+                    .at(loc.key(&["main"]))
+                    .help("save it as UTF-8 text: until then the main session is told it is there but not what it says"),
+            );
+        }
     }
     if s.providers.is_empty() {
         diags.push(
