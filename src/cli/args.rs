@@ -69,8 +69,8 @@ pub enum Command {
     Next {
         /// The loop's name.
         name: String,
-        /// How many fire times.
-        #[arg(long, short = 'n', default_value_t = 5)]
+        /// How many fire times (1 to 10000).
+        #[arg(long, short = 'n', default_value_t = 5, value_parser = fire_time_count)]
         count: usize,
         /// Start from this instant (RFC 3339) instead of now.
         #[arg(long, value_name = "RFC3339")]
@@ -112,7 +112,7 @@ pub enum Command {
     Log {
         /// Only this loop.
         name: Option<String>,
-        /// At most this many entries.
+        /// At most this many entries (0: all).
         #[arg(long, short = 'n', default_value_t = 20)]
         limit: usize,
         /// Print JSON on stdout instead of text (an error too, as {"error": {…}}).
@@ -130,7 +130,7 @@ pub enum Command {
     Runs {
         /// The loop's name (default: every loop, and `main` for the main session's wakes).
         name: Option<String>,
-        /// The latest this many runs (by start time).
+        /// The latest this many runs (by start time; 0: all).
         #[arg(long, short = 'n', default_value_t = 20)]
         limit: usize,
         /// Print JSON on stdout instead of text (an error too, as {"error": {…}}).
@@ -414,4 +414,20 @@ An item ticked already is reported, not an error; an item the handoff does not h
         #[arg(long)]
         json: bool,
     },
+}
+
+/// The most fire times `loops next` lists: each is computed before the first is printed.
+const MAX_FIRE_TIMES: usize = 10_000;
+
+/// `loops next -n`: a count of fire times there is a point in listing.
+fn fire_time_count(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n @ 1..=MAX_FIRE_TIMES) => Ok(n),
+        Ok(_) => Err(format!(
+            "give 1 to {MAX_FIRE_TIMES} fire times (use --from to start later)"
+        )),
+        Err(e) => Err(format!(
+            "{e} (a whole number of fire times, 1 to {MAX_FIRE_TIMES})"
+        )),
+    }
 }

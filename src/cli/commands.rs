@@ -679,6 +679,7 @@ fn log(ws: &Workspace, name: Option<&str>, limit: usize, json: bool) -> Result {
     if let Some(n) = name {
         find_loop(ws, n)?;
     }
+    let limit = if limit == 0 { usize::MAX } else { limit };
     let entries = loops_core::history::read_log(&ws.root, name, limit)?;
     if json {
         print_json(&serde_json::to_value(&entries).unwrap_or_default());
@@ -735,7 +736,8 @@ fn runs(ws: &Workspace, name: Option<&str>, limit: usize, json: bool) -> Result 
         recs.append(&mut of_loop);
     }
     recs.sort_by_key(|r| r.started);
-    let mut recs = recs.split_off(recs.len().saturating_sub(limit));
+    let keep = if limit == 0 { recs.len() } else { limit };
+    let mut recs = recs.split_off(recs.len().saturating_sub(keep));
     if let Some(state) = loops_core::remote::RemoteState::load(&ws.layout()) {
         let held = state.held_runs();
         for r in &mut recs {

@@ -4,6 +4,7 @@
 use crate::common::{git_commit_all, loops_cmd, TempWorkspace};
 use loops_testutil::Signal;
 use std::path::Path;
+use std::time::Duration;
 
 /// Escapes regex metacharacters in a literal.
 fn escape(s: &str) -> String {
@@ -656,6 +657,65 @@ fn cli_log_and_runs_show_the_zone_short_durations_and_start_order() {
     assert_eq!(v[0]["run_id"], second, "-n 1 is the latest start");
     let help = ws.cmd().args(["runs", "--help"]).output().unwrap();
     assert!(String::from_utf8_lossy(&help.stdout).contains("ordered by start time"));
+}
+
+/// `next -n` is a count there is a point in listing: a huge one made it compute (and
+/// reserve memory for) every fire time before printing the first, and `usize::MAX` panicked.
+/// `runs -n 0` and `log -n 0` are every record, as `jobs list -n 0` is every job.
+#[test]
+fn cli_next_refuses_a_count_it_cannot_list_and_n_0_lists_every_run() {
+    let ws = TempWorkspace::new();
+    for bad in ["0", "10001", "18446744073709551615", "many"] {
+        let out = ws
+            .cmd()
+            .args(["next", "example", "-n", bad])
+            .timeout(Duration::from_secs(20))
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "-n {bad}: {err}");
+        assert!(err.contains("1 to 10000"), "-n {bad}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+    let out = ws
+        .cmd()
+        .args(["next", "example", "-n", "10000", "--json"])
+        .timeout(Duration::from_secs(60))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let times = v
+        .as_object()
+        .unwrap()
+        .values()
+        .find_map(|x| x.as_array().filter(|a| a.len() > 100));
+    assert_eq!(
+        times.map(Vec::len),
+        Some(10000),
+        "{}",
+        &String::from_utf8_lossy(&out.stdout)[..400]
+    );
+
+    for _ in 0..3 {
+        ws.cmd().args(["trigger", "example"]).assert().success();
+    }
+    let count = |args: &[&str]| {
+        let out = ws.cmd().args(args).output().unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v.as_array().map(Vec::len).unwrap_or_default()
+    };
+    assert_eq!(count(&["runs", "example", "-n", "0", "--json"]), 3);
+    assert_eq!(count(&["runs", "-n", "0", "--json"]), 3);
+    assert_eq!(count(&["runs", "example", "-n", "2", "--json"]), 2);
+    // The example loop commits only when it changes something: git holds fewer runs.
+    let logged = count(&["log", "-n", "1000", "--json"]);
+    assert!(logged >= 1);
+    assert_eq!(count(&["log", "-n", "0", "--json"]), logged);
 }
 
 /// `runs` without a name: every loop's records (and those of a loop whose folder is gone),

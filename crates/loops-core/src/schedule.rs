@@ -178,7 +178,8 @@ impl Schedule {
 
     /// The next `count` fire times after `t`, for `loops next` and `loops list`.
     pub fn upcoming(&self, t: DateTime<Utc>, count: usize) -> Vec<DateTime<Utc>> {
-        let mut out = Vec::with_capacity(count);
+        // `count` may come from a person's `-n`: the list grows as it goes, not all at once.
+        let mut out = Vec::with_capacity(count.min(64));
         let mut cursor = t - chrono_dur(self.offset);
         while out.len() < count {
             match self.next_slot_after(cursor) {
