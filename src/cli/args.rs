@@ -240,7 +240,7 @@ The never-share guard of loops.yaml (and of the loop named by --as) checks the t
         /// Only failed and blocked deliveries.
         #[arg(long)]
         failed: bool,
-        /// At most this many.
+        /// At most this many (0: all).
         #[arg(long, default_value_t = 20)]
         limit: usize,
         /// Print JSON on stdout instead of text (an error too, as {"error": {…}}).

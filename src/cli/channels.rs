@@ -279,7 +279,7 @@ pub(super) fn deliveries(
                     DeliveryStatus::DeliveryFailed | DeliveryStatus::Blocked
                 )
         })
-        .take(limit)
+        .take(if limit == 0 { usize::MAX } else { limit })
         .collect();
     if json {
         println!(

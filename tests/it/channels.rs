@@ -203,6 +203,16 @@ fn each_http_channel_sends_its_own_wire_format_with_the_exact_headers() {
     let recs = recs.as_array().expect("array");
     assert_eq!(recs.len(), 4, "{recs:?}");
     assert!(recs.iter().all(|r| r["status"] == "delivered"), "{recs:?}");
+    let listed = |limit: &str| {
+        let out = loops(&ws, &env, &["deliveries", "--json", "--limit", limit]).stdout;
+        let v: Value = serde_json::from_str(&out).expect("deliveries --json --limit");
+        v.as_array().map(Vec::len).unwrap_or_default()
+    };
+    assert_eq!(
+        (listed("0"), listed("1")),
+        (4, 1),
+        "--limit 0 is all of them"
+    );
     let on_disk = all_text_under(ws.path());
     for (_, v) in &env {
         assert!(
