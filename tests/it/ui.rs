@@ -323,6 +323,19 @@ fn every_page_answers_and_a_run_links_its_diff() {
     ] {
         assert_eq!(ui.get(path).status, StatusCode::NOT_FOUND, "{path}");
     }
+    // A limit that is no number gets the page's own error; one past any history, the most.
+    let bad = ui.get("/history?limit=lots");
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST, "{}", bad.body);
+    assert!(
+        bad.body
+            .contains("`limit` is a number of commits, not `lots`"),
+        "{}",
+        bad.body
+    );
+    assert_guarded(&bad);
+    let huge = ui.get("/history?loop=report&limit=999999999999999999999");
+    assert_eq!(huge.status, StatusCode::OK, "{}", huge.body);
+    assert!(huge.body.contains(&commit[..10]), "{}", huge.body);
     let js = ui.get("/assets/live.js");
     assert!(js.headers["content-type"]
         .to_str()

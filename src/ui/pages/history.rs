@@ -15,7 +15,9 @@ pub(in crate::ui) struct Filter {
     #[serde(rename = "loop")]
     name: Option<String>,
     outcome: Option<String>,
-    limit: Option<usize>,
+    /// Text, not a number, so that `?limit=lots` gets this page's error, not the
+    /// framework's plain-text rejection.
+    limit: Option<String>,
 }
 
 /// At most this many commits are read for one page.
@@ -27,7 +29,21 @@ pub(in crate::ui) async fn page(State(app): State<App>, Query(f): Query<Filter>)
         blocking(move || {
             let name = f.name.filter(|n| !n.is_empty());
             let outcome = f.outcome.filter(|o| !o.is_empty());
-            let limit = f.limit.unwrap_or(50).clamp(1, MAX_LIMIT);
+            let limit = match f.limit.as_deref().map(str::trim).filter(|l| !l.is_empty()) {
+                None => 50,
+                Some(l) => match l.parse::<u64>() {
+                    Ok(n) => usize::try_from(n).unwrap_or(MAX_LIMIT).clamp(1, MAX_LIMIT),
+                    // More than any history holds: all of the most a page shows.
+                    Err(_) if !l.is_empty() && l.bytes().all(|b| b.is_ascii_digit()) => MAX_LIMIT,
+                    Err(_) => {
+                        return view::error_page(
+                            StatusCode::BAD_REQUEST,
+                            &format!("`limit` is a number of commits, not `{l}`"),
+                            Some(format!("e.g. /history?limit=100 (at most {MAX_LIMIT})")),
+                        )
+                    }
+                },
+            };
             // With an outcome filter more commits are read, so the page is not empty
             // because the newest fifty were all of another outcome.
             let read = if outcome.is_some() { MAX_LIMIT } else { limit };
