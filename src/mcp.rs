@@ -293,7 +293,8 @@ struct SubmitJobArgs {
     #[serde(default)]
     idempotency_key: Option<String>,
     /// Make this job a child of that job id (the parent must not have ended); the parent waits for its children.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "opt_job_id")]
+    #[schemars(with = "Option<JobId>")]
     parent: Option<JobId>,
     /// With a parent: what a failure of this child does to it: "fail_parent" (default), "continue", "ignore" or "remove_dep".
     #[serde(default)]
@@ -303,6 +304,8 @@ struct SubmitJobArgs {
 #[derive(Debug, Deserialize, JsonSchema)]
 struct JobArgs {
     /// The job's id (a number; submit_job and list_jobs give them).
+    #[serde(deserialize_with = "job_id")]
+    #[schemars(with = "JobId")]
     id: JobId,
 }
 
@@ -322,6 +325,8 @@ struct ListJobsArgs {
 #[derive(Debug, Deserialize, JsonSchema)]
 struct ReplayJobArgs {
     /// The job to run again.
+    #[serde(deserialize_with = "job_id")]
+    #[schemars(with = "JobId")]
     id: JobId,
     /// Changes to its params for the new job: keys are param names, or dotted paths into them ("input_vars.city"), values replace what is there.
     #[serde(default)]
@@ -331,12 +336,42 @@ struct ReplayJobArgs {
 #[derive(Debug, Deserialize, JsonSchema)]
 struct SendJobMessageArgs {
     /// The job to steer.
+    #[serde(deserialize_with = "job_id")]
+    #[schemars(with = "JobId")]
     id: JobId,
     /// The message: any JSON object, e.g. {"text": "focus on the EU market"}. An agent job reads it before its next turn.
     message: Map<String, Value>,
     /// Send as this job instead of as the operator: allowed only when it is the target's parent.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "opt_job_id")]
+    #[schemars(with = "Option<JobId>")]
     from_job: Option<JobId>,
+}
+
+/// A job id as a client may write it: 42, "42", or "#42" as `loops jobs list` prints it
+/// (a model copies what it read).
+fn job_id<'de, D: serde::Deserializer<'de>>(d: D) -> Result<JobId, D::Error> {
+    id_of(&Value::deserialize(d)?).map_err(serde::de::Error::custom)
+}
+
+fn opt_job_id<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<JobId>, D::Error> {
+    match Option::<Value>::deserialize(d)? {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => id_of(&v).map(Some).map_err(serde::de::Error::custom),
+    }
+}
+
+fn id_of(v: &Value) -> Result<JobId, String> {
+    let id = match v {
+        Value::Number(n) => n.as_u64(),
+        Value::String(s) => {
+            let t = s.trim();
+            t.strip_prefix('#').unwrap_or(t).parse::<JobId>().ok()
+        }
+        _ => None,
+    };
+    id.ok_or_else(|| {
+        format!("{v} is not a job id: give its number as list_jobs and submit_job return it (42, or \"#42\")")
+    })
 }
 
 // ---------------------------------------------------------------------------------------

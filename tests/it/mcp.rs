@@ -238,6 +238,53 @@ fn mcp_list_loops_sees_the_workspace_loops() {
     assert_eq!(cli["loops"].as_array().map(Vec::len), Some(loops.len()));
 }
 
+/// A model copies a job id as it read it: `#1` from a list, or "1" as text. Each is the
+/// job; what is no id is refused naming the value, and the schema still says a number.
+#[test]
+fn mcp_takes_a_job_id_as_a_number_a_string_or_as_lists_print_it() {
+    let ws = TempWorkspace::new();
+    let r = session(
+        &ws,
+        json!([
+            { "tool": "submit_job", "args": { "params": { "prompt": "Parent" } } },
+            { "tool": "get_job", "args": { "id": "#1" } },
+            { "tool": "get_job_progress", "args": { "id": " 1 " } },
+            { "tool": "submit_job", "args": { "params": { "prompt": "Child" }, "parent": "#1" } },
+            { "tool": "get_job", "args": { "id": "one" } },
+            { "tool": "get_job", "args": { "id": -1 } },
+            { "tool": "cancel_job", "args": { "id": "#1" } },
+        ]),
+    );
+    assert_eq!(
+        ok(&r, 0)["id"],
+        1,
+        "a fresh queue starts at 1: {:#}",
+        ok(&r, 0)
+    );
+    assert_eq!(ok(&r, 1)["id"], 1);
+    assert_eq!(ok(&r, 2)["id"], 1);
+    assert_eq!(ok(&r, 3)["parent"], 1, "{:#}", ok(&r, 3));
+    for i in [4, 5] {
+        let res = &r["results"][i];
+        assert_eq!(res["is_error"], true, "call {i}: {res:#}");
+        assert!(
+            res.to_string().contains("is not a job id"),
+            "call {i}: {res:#}"
+        );
+    }
+    assert_eq!(ok(&r, 6)["state"], "cancelled", "{:#}", ok(&r, 6));
+    let tools = r["tools"].as_array().expect("tools");
+    let get_job = tools
+        .iter()
+        .find(|t| t["name"] == "get_job")
+        .expect("get_job");
+    let id = &get_job["input_schema"]["properties"]["id"];
+    assert!(
+        id["type"] == "integer" || id.to_string().contains("integer"),
+        "{id}"
+    );
+}
+
 #[test]
 fn mcp_submits_an_agent_job_that_the_queue_and_its_files_know() {
     let ws = TempWorkspace::new();
