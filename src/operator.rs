@@ -45,6 +45,8 @@ pub enum OperatorError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("no reason given for rejecting `{0}`")]
+    NoReason(String),
     #[error("`{id}` is not held: {why}")]
     NotHeld { id: String, why: String },
     #[error("`{id}` has unticked checklist items:\n{}", bullets(.items))]
@@ -80,6 +82,9 @@ impl OperatorError {
             OperatorError::NoLoop { name, known, .. } => Some(loop_name_help(name, known)),
             OperatorError::BrokenLoop { .. } => Some(
                 "fix the file as shown, then try again (`loops check` lists every problem)".into(),
+            ),
+            OperatorError::NoReason(_) => Some(
+                "say why with --reason \"…\": it is kept beside the handoff in inbox/rejected/ for whoever reads the rejection".into(),
             ),
             OperatorError::NoProvider(_) => Some(
                 "prompt loops need `providers:` in loops.yaml; command loops run now".into(),
@@ -751,6 +756,9 @@ pub fn reject_handoff(
     reason: &str,
     now: DateTime<Utc>,
 ) -> Result<Rejected, OperatorError> {
+    if reason.trim().is_empty() {
+        return Err(OperatorError::NoReason(id.to_string()));
+    }
     let inbox = Inbox::of(ws);
     let path = find_open_handoff(&inbox, id)?;
     let name = file_name(&path);

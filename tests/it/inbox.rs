@@ -1284,3 +1284,47 @@ fn inbox_retry_hands_back_a_handoff_whose_hold_note_is_damaged_saying_so() {
         "the damaged note is replaced"
     );
 }
+
+/// A rejection is read by whoever sent the handoff: `--reason ""` is refused, as the web
+/// view's empty reason field is, and the handoff stays where it was.
+#[test]
+fn inbox_reject_refuses_an_empty_reason_and_moves_nothing() {
+    let ws = TempWorkspace::new();
+    let out = ws
+        .cmd()
+        .args([
+            "handoff", "create", "--from", "script", "--title", "Check it",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let head = git(ws.path(), &["rev-parse", "HEAD"]);
+    for reason in ["", "   "] {
+        let out = ws
+            .cmd()
+            .args(["inbox", "reject", &id, "--reason", reason])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{reason:?}: {err}");
+        assert!(
+            err.contains(&format!("no reason given for rejecting `{id}`")),
+            "{err}"
+        );
+        assert!(err.contains("help: say why with --reason"), "{err}");
+    }
+    assert_eq!(ws.inbox_files(""), vec![format!("{id}.md")]);
+    assert!(ws.inbox_files("rejected").is_empty());
+    assert_eq!(
+        git(ws.path(), &["rev-parse", "HEAD"]),
+        head,
+        "nothing committed"
+    );
+    let v = ws.json(&["inbox", "reject", &id, "--reason", "not for us"]);
+    assert_eq!(v["stage"], "rejected", "{v}");
+}
