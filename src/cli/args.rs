@@ -259,7 +259,7 @@ The never-share guard of loops.yaml (and of the loop named by --as) checks the t
     Pause {
         name: String,
         /// Why (shown in `loops list`).
-        #[arg(long, default_value = "paused by hand")]
+        #[arg(long, default_value = super::commands::PAUSED_BY_HAND)]
         reason: String,
     },
     /// Schedule a paused loop again (its missed slots are not replayed).

@@ -829,6 +829,9 @@ fn runs_table(recs: &[loops_core::runs::RunRecord], with_loop: bool) -> String {
     table(header, &rows)
 }
 
+/// The reason of a `loops pause` that gives none (also `--reason`'s default).
+pub(super) const PAUSED_BY_HAND: &str = "paused by hand";
+
 fn pause(ws: &Workspace, name: &str, reason: &str) -> Result {
     find_loop(ws, name)?;
     let store = StateStore::new(&ws.layout().state_dir());
@@ -837,7 +840,11 @@ fn pause(ws: &Workspace, name: &str, reason: &str) -> Result {
         let st = s.get_or_insert_with(|| loops_core::state::LoopState::new(now, ""));
         st.paused = Some(Pause {
             since: now,
-            reason: reason.to_string(),
+            // `--reason ""` is no reason: `loops list` would show a bare "paused:".
+            reason: Some(reason.trim())
+                .filter(|r| !r.is_empty())
+                .unwrap_or(PAUSED_BY_HAND)
+                .to_string(),
             last_error: None,
         });
     })?;

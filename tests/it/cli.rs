@@ -718,6 +718,28 @@ fn cli_next_refuses_a_count_it_cannot_list_and_n_0_lists_every_run() {
     assert_eq!(count(&["log", "-n", "0", "--json"]), logged);
 }
 
+/// `pause --reason ""` is a pause without a reason: the default one, not a bare "paused:".
+#[test]
+fn cli_pause_with_an_empty_reason_gives_the_default_one() {
+    let ws = TempWorkspace::new();
+    for reason in ["", "  ", "disk is full"] {
+        ws.cmd()
+            .args(["pause", "example", "--reason", reason])
+            .assert()
+            .success();
+        let v = ws.json(&["list"]);
+        let row = &v["loops"][0];
+        let want = if reason.trim().is_empty() {
+            "paused by hand"
+        } else {
+            reason
+        };
+        assert_eq!(row["paused"]["reason"], want, "{row}");
+        assert_eq!(row["status"], format!("paused: {want}"), "{row}");
+        ws.cmd().args(["resume", "example"]).assert().success();
+    }
+}
+
 /// `runs` without a name: every loop's records (and those of a loop whose folder is gone),
 /// merged by start time with a LOOP column; rotated files are not taken for loops.
 #[test]
