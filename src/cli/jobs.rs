@@ -94,7 +94,7 @@ pub enum JobsCommand {
     /// pass from the daemon's environment at spawn). Agent jobs: '{"prompt": "…",
     /// "tools": [...], "model": "…", "max_turns": 10}'.
     #[command(
-        after_help = "Shell jobs run only where they are allowed: LOOPS_ALLOW_SHELL_JOBS=1 in the daemon's environment, or `allow_shell_jobs: true` in loops.yaml. A refused job is recorded as dead at once, with the reason.\n\nExamples:\n  loops jobs submit shell --params '{\"cmd\": \"./backup.sh\", \"cwd\": \"/srv/app\"}' --timeout 10m\n  loops jobs submit agent --params '{\"prompt\": \"Summarise inbox/done this week\"}' --follow"
+        after_help = "Shell jobs run only where they are allowed: LOOPS_ALLOW_SHELL_JOBS=1 in the daemon's environment, or `allow_shell_jobs: true` in loops.yaml. A refused job is recorded as dead at once, with the reason.\n\nExamples:\n  loops jobs submit shell -- ./backup.sh --full\n  loops jobs submit shell --params '{\"cmd\": \"./backup.sh\", \"cwd\": \"/srv/app\"}' --timeout 10m\n  loops jobs submit agent --params '{\"prompt\": \"Summarise inbox/done this week\"}' --follow"
     )]
     Submit {
         /// shell or agent.
@@ -106,6 +106,10 @@ pub enum JobsCommand {
         /// The parameters from a JSON file ('-' for stdin).
         #[arg(long)]
         params_file: Option<PathBuf>,
+        /// A shell job's program and its arguments, after `--`, run as they are (no shell):
+        /// the same as --params '{"argv": [...]}'. For cwd or env, use --params.
+        #[arg(last = true, value_name = "COMMAND", conflicts_with_all = ["params", "params_file"])]
+        command: Vec<String>,
         #[command(flatten)]
         opts: Box<SubmitOptions>,
         /// Wait and stream its progress (runs it here if no daemon is running).
@@ -332,7 +336,7 @@ fn read_json_arg(inline: Option<&str>, file: Option<&PathBuf>, what: &str) -> Re
         ),
         (None, None) => {
             return Err(CliError::new(format!("no --{what} given"))
-                .help("e.g. --params '{\"cmd\": \"echo hello\"}'"))
+                .help("e.g. --params '{\"cmd\": \"echo hello\"}', or for a shell job the command after `--`: loops jobs submit shell -- echo hello"))
         }
     };
     serde_json::from_str(&text).map_err(|e| {
@@ -386,11 +390,19 @@ pub(super) fn jobs(ws: &Workspace, cmd: JobsCommand) -> Result {
             kind,
             params,
             params_file,
+            command,
             opts,
             follow,
             json,
         } => {
-            let params = read_json_arg(params.as_deref(), params_file.as_ref(), "params")?;
+            let params = match (kind.as_str(), command.is_empty()) {
+                (_, true) => read_json_arg(params.as_deref(), params_file.as_ref(), "params")?,
+                ("shell", false) => serde_json::json!({ "argv": command }),
+                _ => {
+                    return Err(CliError::new("an agent job takes no command after `--`")
+                    .help("an agent job is a prompt: --params '{\"prompt\": \"…\"}', or `loops agent run \"…\"`"))
+                }
+            };
             let spec = spec_from(&kind, params, &opts)?;
             submit_and_report(ws, &store, spec, opts.dry_run, follow, json)
         }

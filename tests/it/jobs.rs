@@ -623,6 +623,65 @@ fn shell_jobs_are_refused_to_dead_at_once_unless_allowed() {
     assert!(!ws.path().join("ran").exists());
 }
 
+/// `loops jobs submit shell -- PROGRAM ARGS…` is a shell job of that argv: each argument
+/// reaches the program as it was typed, with no shell splitting it again.
+#[test]
+fn a_shell_job_takes_its_command_after_a_double_dash_argument_by_argument() {
+    let ws = ws_with("allow_shell_jobs: true\n");
+    let script = "printf '%s|' \"$@\" > out.txt";
+    let v = loops_json(
+        &ws,
+        &[
+            "jobs", "submit", "shell", "--follow", "--json", "--", "sh", "-c", script, "sh", "a b",
+            "$HOME", "*",
+        ],
+    );
+    let id = v["id"].as_u64().unwrap_or_else(|| panic!("{v:#}"));
+    let job = job_json(&ws, id);
+    assert_eq!(job["state"], "completed", "{job:#}");
+    assert_eq!(
+        job["params"]["argv"],
+        serde_json::json!(["sh", "-c", script, "sh", "a b", "$HOME", "*"]),
+        "{job:#}"
+    );
+    let out = std::fs::read_to_string(ws.path().join("out.txt")).expect("the job wrote out.txt");
+    assert_eq!(out, "a b|$HOME|*|");
+
+    // An agent job is a prompt, and --params and a command are one or the other.
+    for args in [
+        &["jobs", "submit", "agent", "--", "echo", "hi"][..],
+        &[
+            "jobs",
+            "submit",
+            "shell",
+            "--params",
+            r#"{"cmd": "true"}"#,
+            "--",
+            "true",
+        ][..],
+    ] {
+        let out = loops_std_cmd(ws.path())
+            .args(args)
+            .output()
+            .expect("run loops");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?}: {err}");
+        assert!(
+            err.contains("takes no command after `--`") || err.contains("cannot be used with"),
+            "{args:?}: {err}"
+        );
+    }
+    let out = loops_std_cmd(ws.path())
+        .args(["jobs", "submit", "shell"])
+        .output()
+        .expect("run loops");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("loops jobs submit shell -- echo hello"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[test]
 fn concurrent_submits_with_one_idempotency_key_make_one_job() {
     let ws = ws_with("allow_shell_jobs: true\n");
