@@ -259,7 +259,7 @@ The never-share guard of loops.yaml (and of the loop named by --as) checks the t
     Pause {
         name: String,
         /// Why (shown in `loops list`).
-        #[arg(long, default_value = super::commands::PAUSED_BY_HAND)]
+        #[arg(long, default_value = PAUSED_BY_HAND)]
         reason: String,
     },
     /// Schedule a paused loop again (its missed slots are not replayed).
@@ -431,3 +431,6 @@ fn fire_time_count(s: &str) -> Result<usize, String> {
         )),
     }
 }
+
+/// The reason of a `loops pause` that gives none (also `--reason`'s default).
+pub(super) const PAUSED_BY_HAND: &str = "paused by hand";

@@ -829,9 +829,6 @@ fn runs_table(recs: &[loops_core::runs::RunRecord], with_loop: bool) -> String {
     table(header, &rows)
 }
 
-/// The reason of a `loops pause` that gives none (also `--reason`'s default).
-pub(super) const PAUSED_BY_HAND: &str = "paused by hand";
-
 fn pause(ws: &Workspace, name: &str, reason: &str) -> Result {
     find_loop(ws, name)?;
     let store = StateStore::new(&ws.layout().state_dir());
@@ -843,7 +840,7 @@ fn pause(ws: &Workspace, name: &str, reason: &str) -> Result {
             // `--reason ""` is no reason: `loops list` would show a bare "paused:".
             reason: Some(reason.trim())
                 .filter(|r| !r.is_empty())
-                .unwrap_or(PAUSED_BY_HAND)
+                .unwrap_or(super::args::PAUSED_BY_HAND)
                 .to_string(),
             last_error: None,
         });
