@@ -355,6 +355,8 @@ pub enum InboxCommand {
     },
     /// One handoff: front matter, body, checklist, where it is and what is noted about it.
     Show {
+        /// The handoff's id, as `loops inbox` lists it (or its file's path).
+        #[arg(value_parser = handoff_id)]
         id: String,
         /// Print JSON on stdout instead of text (an error too, as {"error": {…}}).
         #[arg(long)]
@@ -371,7 +373,8 @@ pub enum InboxCommand {
 An item ticked already is reported, not an error; an item the handoff does not have is an error that lists its items. Once every required item is ticked, `loops inbox complete ID` completes it."
     )]
     Tick {
-        /// The handoff's id, as `loops inbox` lists it.
+        /// The handoff's id, as `loops inbox` lists it (or its file's path).
+        #[arg(value_parser = handoff_id)]
         id: String,
         /// The items: numbers, texts or the start of a text.
         #[arg(required_unless_present = "all", conflicts_with = "all")]
@@ -386,6 +389,8 @@ An item ticked already is reported, not an error; an item the handoff does not h
     /// Complete a handoff: every required checklist item must be ticked. Moves it to
     /// inbox/done/YYYY-MM/ and commits.
     Complete {
+        /// The handoff's id, as `loops inbox` lists it (or its file's path).
+        #[arg(value_parser = handoff_id)]
         id: String,
         /// What was done.
         #[arg(long)]
@@ -400,6 +405,8 @@ An item ticked already is reported, not an error; an item the handoff does not h
     /// without its ticks (also one held by a note that cannot be read: the answer names
     /// it).
     Retry {
+        /// The handoff's id, as `loops inbox` lists it (or its file's path).
+        #[arg(value_parser = handoff_id)]
         id: String,
         /// Print JSON on stdout instead of text (an error too, as {"error": {…}}).
         #[arg(long)]
@@ -407,6 +414,8 @@ An item ticked already is reported, not an error; an item the handoff does not h
     },
     /// Refuse a handoff: moves it to inbox/rejected/ with the reason beside it.
     Reject {
+        /// The handoff's id, as `loops inbox` lists it (or its file's path).
+        #[arg(value_parser = handoff_id)]
         id: String,
         #[arg(long)]
         reason: String,
@@ -434,3 +443,22 @@ fn fire_time_count(s: &str) -> Result<usize, String> {
 
 /// The reason of a `loops pause` that gives none (also `--reason`'s default).
 pub(super) const PAUSED_BY_HAND: &str = "paused by hand";
+
+/// A handoff named by the path of its file (`inbox/ID.md`, as a shell completes it) is
+/// that file's id: the id is what goes into commit trailers and messages, never the path.
+fn handoff_id(text: &str) -> Result<String, String> {
+    let t = text.trim();
+    let name = if t.contains('/') || t.ends_with(".md") {
+        std::path::Path::new(t)
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or(t)
+    } else {
+        t
+    };
+    let id = name.strip_suffix(".md").unwrap_or(name);
+    if id.is_empty() {
+        return Err("give a handoff's id, as `loops inbox` lists it".into());
+    }
+    Ok(id.to_string())
+}

@@ -1328,3 +1328,44 @@ fn inbox_reject_refuses_an_empty_reason_and_moves_nothing() {
     let v = ws.json(&["inbox", "reject", &id, "--reason", "not for us"]);
     assert_eq!(v["stage"], "rejected", "{v}");
 }
+
+/// A shell completes a handoff's path, not its id: `inbox/ID.md` names the handoff, and
+/// what is committed names it by its id.
+#[test]
+fn inbox_commands_take_a_handoffs_file_path_and_commit_its_id() {
+    let ws = TempWorkspace::new();
+    let out = ws
+        .cmd()
+        .args([
+            "handoff", "create", "--from", "script", "--title", "By path", "--item", "Look",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let path = format!("inbox/{id}.md");
+    let shown = ws.json(&["inbox", "show", &path]);
+    assert_eq!(shown["handoff"]["id"], id.as_str(), "{shown}");
+    let ticked = ws.json(&["inbox", "tick", &format!("./{path}"), "1"]);
+    assert_eq!(ticked["id"], id.as_str(), "{ticked}");
+    let done = ws.json(&["inbox", "complete", &path, "--summary", "looked"]);
+    assert_eq!(done["id"], id.as_str(), "{done}");
+    let c = commit_for(ws.path(), &id, "completed").expect("the completion is committed by id");
+    let trailers = git_trailers(ws.path(), &c);
+    assert!(
+        !trailers.iter().any(|(_, v)| v.contains("inbox/")),
+        "{trailers:?}"
+    );
+    // A path names the file only: nothing outside the inbox is found by one.
+    let out = ws
+        .cmd()
+        .args(["inbox", "show", "../../etc/passwd"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no handoff `passwd`"));
+}
