@@ -677,29 +677,13 @@ fn cli_next_refuses_a_count_it_cannot_list_and_n_0_lists_every_run() {
         assert!(err.contains("1 to 10000"), "-n {bad}: {err}");
         assert!(!err.contains("panicked"), "{err}");
     }
-    let out = ws
-        .cmd()
-        .args(["next", "example", "-n", "10000", "--json"])
-        .timeout(Duration::from_secs(60))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = ws.json(&["next", "example", "-n", "10000"]);
     let times = v
         .as_object()
         .unwrap()
         .values()
         .find_map(|x| x.as_array().filter(|a| a.len() > 100));
-    assert_eq!(
-        times.map(Vec::len),
-        Some(10000),
-        "{}",
-        &String::from_utf8_lossy(&out.stdout)[..400]
-    );
+    assert_eq!(times.map(Vec::len), Some(10000), "{:.400}", v.to_string());
 
     for _ in 0..3 {
         ws.cmd().args(["trigger", "example"]).assert().success();

@@ -1290,19 +1290,10 @@ fn inbox_retry_hands_back_a_handoff_whose_hold_note_is_damaged_saying_so() {
 #[test]
 fn inbox_reject_refuses_an_empty_reason_and_moves_nothing() {
     let ws = TempWorkspace::new();
-    let out = ws
-        .cmd()
-        .args([
-            "handoff", "create", "--from", "script", "--title", "Check it",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let made = ws.json(&[
+        "handoff", "create", "--from", "script", "--title", "Check it",
+    ]);
+    let id = made["id"].as_str().expect("an id").to_string();
     let head = git(ws.path(), &["rev-parse", "HEAD"]);
     for reason in ["", "   "] {
         let out = ws
@@ -1334,19 +1325,10 @@ fn inbox_reject_refuses_an_empty_reason_and_moves_nothing() {
 #[test]
 fn inbox_commands_take_a_handoffs_file_path_and_commit_its_id() {
     let ws = TempWorkspace::new();
-    let out = ws
-        .cmd()
-        .args([
-            "handoff", "create", "--from", "script", "--title", "By path", "--item", "Look",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let made = ws.json(&[
+        "handoff", "create", "--from", "script", "--title", "By path", "--item", "Look",
+    ]);
+    let id = made["id"].as_str().expect("an id").to_string();
     let path = format!("inbox/{id}.md");
     let shown = ws.json(&["inbox", "show", &path]);
     assert_eq!(shown["handoff"]["id"], id.as_str(), "{shown}");
