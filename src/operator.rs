@@ -269,6 +269,13 @@ fn loop_row(
     row.tz_source = Some(def.schedule.tz_source);
     row.enabled = Some(def.enabled);
     row.status = loop_status(ws, def, state);
+    // A loop kept beside an error (a prompt.md or state.md that is no text) still runs,
+    // and each run fails on it: the error is what to fix, not "ok" or "waiting".
+    if let Some(first) = e.errors().next() {
+        if !row.status.starts_with("paused") {
+            row.status = format!("broken: {}", first.message);
+        }
+    }
     row.next = next_run(ws, def, state, now);
     if row.status == "ok" {
         if let Some(past) = past_one_shot(def, now) {

@@ -437,6 +437,16 @@ fn a_state_md_that_is_no_text_is_an_error_in_check_and_the_file_is_kept() {
     );
     assert!(!out.contains("domains/script/"), "{out}");
     assert!(out.contains("1 valid, 1 with errors"), "{out}");
+    let list = ws.json(&["list"]);
+    let notes = list["loops"]
+        .as_array()
+        .and_then(|l| l.iter().find(|r| r["name"] == "notes"))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        notes["status"], "broken: state.md is not UTF-8 text (the first bad byte is at offset 9)",
+        "{notes}"
+    );
     assert_eq!(
         std::fs::read(ws.path().join("domains/notes/state.md")).expect("read"),
         state,
